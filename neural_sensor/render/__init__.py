@@ -1,0 +1,108 @@
+"""render(): one entry point for every backend.
+
+Backends:
+    "gsplat"  gsplat.rasterization on CUDA (optional extra `pip install .[gpu]`)
+    "cpu"     numba kernels, parallel over tiles: the fast path on CPUs
+    "torch"   the plain-PyTorch reference (`_torch_ref.py`), differentiable
+    "auto"    gsplat when CUDA and gsplat are available, else "cpu"
+
+For gradients, call `neural_sensor.render._torch_ref.render_torch` with tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from neural_sensor.camera import Camera
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render._common import ALL_OUTPUTS, check_background, check_outputs, stack_cameras
+
+BACKENDS = ("auto", "gsplat", "cpu", "torch")
+
+
+@dataclass
+class RenderOutput:
+    """Rendered images for C cameras; fields not requested are None.
+
+    rgb       [C, H, W, 3] float32 in [0, 1] (plus background x remaining transmittance)
+    depth     [C, H, W] float32 expected camera z in metres (sum w z / alpha; 0 where alpha = 0)
+    alpha     [C, H, W] float32 accumulated opacity, 1 - final transmittance
+    semantic  [C, H, W] uint8 label of the Gaussian with the largest blending weight; 0 where alpha < 0.5
+    instance  [C, H, W] int32 instance id by the same rule
+    backend   the backend that produced it
+    """
+
+    rgb: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    semantic: np.ndarray | None = None
+    instance: np.ndarray | None = None
+    backend: str = ""
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device and gsplat imports."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        import gsplat  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """Map "auto" to a concrete backend; reject unknown names."""
+    if backend not in BACKENDS:
+        raise ValueError(f"render: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "gsplat" if cuda_available() else "cpu"
+    return backend
+
+
+def render(
+    scene: GaussianScene,
+    cameras: Camera | Sequence[Camera],
+    *,
+    backend: str = "auto",
+    outputs: Sequence[str] = ("rgb", "depth", "alpha"),
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+) -> RenderOutput:
+    """Render a Gaussian scene into C cameras that share one image size.
+
+    Args:
+        scene: GaussianScene with N Gaussians (world frame).
+        cameras: one Camera or a list of C Cameras, all W x H.
+        backend: "auto" | "gsplat" | "cpu" | "torch".
+        outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
+        background: [3] RGB in [0, 1].
+    Returns:
+        RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
+        semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
+    """
+    if not isinstance(scene, GaussianScene):
+        raise ValueError(f"render: scene must be a GaussianScene, got {type(scene).__name__}")
+    batch = stack_cameras(cameras)
+    outputs = check_outputs(outputs)
+    bg = check_background(background)
+    name = resolve_backend(backend)
+    if name == "cpu":
+        from neural_sensor.render.cpu import render_cpu as impl
+    elif name == "torch":
+        from neural_sensor.render._torch_ref import render_reference as impl
+    else:
+        from neural_sensor.render.gsplat_backend import render_gsplat as impl
+    images = impl(scene, batch, outputs, bg)
+    c, h, w = len(batch.viewmats), batch.height, batch.width
+    expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}
+    for key in outputs:
+        assert images[key].shape == expected[key], (key, images[key].shape)
+    return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
+
+
+__all__ = ["render", "RenderOutput", "BACKENDS", "resolve_backend", "cuda_available"]

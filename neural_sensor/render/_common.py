@@ -1,0 +1,81 @@
+"""Constants and input checks shared by every render backend.
+
+The constants are gsplat's "classic" rasterisation (DESIGN.md, Rendering
+contract). Every backend reads them from here so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from neural_sensor.camera import Camera
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # a Gaussian whose alpha at a pixel is below this is skipped there
+MAX_ALPHA = 0.99  # alpha = min(MAX_ALPHA, o * exp(-sigma)); gsplat >= 1.6 and INRIA use 0.99 (gsplat 1.5 used 0.999)
+TRANSMITTANCE_THRESHOLD = 1e-4  # a pixel stops when T * (1 - alpha) would fall to this or below (exclusive)
+EPS2D = 0.3  # px^2 added to the projected covariance diagonal (screen-space dilation)
+GAUSSIAN_EXTEND = 3.33  # bounding-box half-size cap in standard deviations
+NEAR_PLANE_M = 0.01  # Gaussians with camera z below this are culled
+FAR_PLANE_M = 1e10  # ... and above this
+TILE_SIZE = 16  # pixels per tile side
+SEMANTIC_MIN_ALPHA = 0.5  # semantic / instance are 0 where the pixel's alpha is below this
+
+ALL_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance")
+
+
+@dataclass
+class CameraBatch:
+    """Cameras stacked for a backend: all share one image size."""
+
+    viewmats: np.ndarray  # [C, 4, 4] float64, pose_world_to_camera per camera
+    Ks: np.ndarray  # [C, 3, 3] float64
+    width: int
+    height: int
+
+    @property
+    def camera_positions_world(self) -> np.ndarray:
+        """[C, 3] camera centres in the world frame."""
+        rot = self.viewmats[:, :3, :3]
+        return -np.einsum("cji,cj->ci", rot, self.viewmats[:, :3, 3])
+
+
+def stack_cameras(cameras: Camera | Sequence[Camera]) -> CameraBatch:
+    """Stack one camera or a list of cameras that share width and height."""
+    if isinstance(cameras, Camera):
+        cameras = [cameras]
+    cameras = list(cameras)
+    if not cameras:
+        raise ValueError("render: no cameras given")
+    for cam in cameras:
+        if not isinstance(cam, Camera):
+            raise ValueError(f"render: cameras must be Camera objects, got {type(cam).__name__}")
+    sizes = {(c.width, c.height) for c in cameras}
+    if len(sizes) != 1:
+        raise ValueError(f"render: all cameras in one call must share width x height, got {sorted(sizes)}")
+    width, height = sizes.pop()
+    return CameraBatch(
+        viewmats=np.stack([c.pose_world_to_camera for c in cameras]),
+        Ks=np.stack([c.K for c in cameras]),
+        width=width,
+        height=height,
+    )
+
+
+def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
+    """Validate the requested output names."""
+    outputs = tuple(outputs)
+    unknown = [o for o in outputs if o not in ALL_OUTPUTS]
+    if unknown or not outputs:
+        raise ValueError(f"render: outputs must be a non-empty subset of {ALL_OUTPUTS}, got {outputs}")
+    return outputs
+
+
+def check_background(background: Sequence[float]) -> np.ndarray:
+    """[3] float32 background colour in [0, 1]."""
+    bg = np.asarray(background, dtype=np.float32)
+    if bg.shape != (3,) or not np.all(np.isfinite(bg)):
+        raise ValueError(f"render: background must be 3 finite floats, got {background!r}")
+    return bg

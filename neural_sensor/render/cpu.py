@@ -1,0 +1,452 @@
+"""Fast CPU backend: numba kernels, parallel over Gaussians and over tiles.
+
+Same semantics as the reference (`_torch_ref.py`, gsplat "classic"), not
+differentiable. Per camera:
+
+1. project: EWA projection, opacity-aware tile box, SH colour (parallel over N);
+2. sort the visible Gaussians by camera z with an LSD radix sort on the float
+   bits (stable, so ties keep index order like the reference's stable argsort);
+3. bin them into 16x16 tiles (counting sort, depth order kept inside a tile);
+4. rasterise, parallel over tiles: each Gaussian only visits the pixels of the
+   tile inside its bounding box, pixels stop front to back at the transmittance
+   threshold, and a tile stops when all its pixels have.
+
+Kernels are compiled on first use and cached on disk (numba `cache=True`) so a
+second process starts fast. NUMBA_NUM_THREADS sets the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from neural_sensor.render._common import (
+    ALPHA_THRESHOLD,
+    EPS2D,
+    FAR_PLANE_M,
+    GAUSSIAN_EXTEND,
+    MAX_ALPHA,
+    NEAR_PLANE_M,
+    SEMANTIC_MIN_ALPHA,
+    TILE_SIZE,
+    TRANSMITTANCE_THRESHOLD,
+    CameraBatch,
+)
+from neural_sensor.sh import SH_C0, SH_C1, SH_C2, SH_C3
+
+# float32 copies so numba keeps the arithmetic in float32
+_F_ALPHA_THRESHOLD = np.float32(ALPHA_THRESHOLD)
+_F_MAX_ALPHA = np.float32(MAX_ALPHA)
+_F_T_THRESHOLD = np.float32(TRANSMITTANCE_THRESHOLD)
+_F_EPS2D = np.float32(EPS2D)
+_F_EXTEND = np.float32(GAUSSIAN_EXTEND)
+_F_NEAR = np.float32(NEAR_PLANE_M)
+_F_FAR = np.float32(FAR_PLANE_M)
+_C0 = np.float32(SH_C0)
+_C1 = np.float32(SH_C1)
+_C2 = np.array(SH_C2, np.float32)
+_C3 = np.array(SH_C3, np.float32)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+
+_SPAN_EPS_PX = np.float32(0.01)  # slack on each row span so float rounding never drops a contributing pixel
+
+GEOM_WIDTH = 12  # per-Gaussian projected record: mean_x, mean_y, conic a, b, c, opacity, camera z,
+#                  sigma_max, 1/conic_a, ellipse half-extent x, half-extent y (px), unused
+
+_JIT = dict(cache=True, fastmath=False, nogil=True)
+_JIT_FAST = dict(cache=True, fastmath=True, nogil=True)
+
+
+# exp(-s) for the pixel loop: exp(-s) = exp(-s/8)^8 with a degree-6 fit of exp(-y) on [0, 0.7]; relative
+# error < 2e-6 in float32 on [0, EXP_CLAMP]. Pure multiply-adds, so the loop that calls it vectorises.
+# s is clamped to EXP_CLAMP: exp(-5.6) < ALPHA_THRESHOLD, so a clamped value never passes the alpha test.
+EXP_CLAMP = 5.6
+_F_EXP_CLAMP = np.float32(EXP_CLAMP)
+_EXP_POLY = tuple(np.float32(c) for c in (
+    0.0009830238923477397, -0.007966792433229779, 0.04149725537742905, -0.1666259532230343,
+    0.4999953108192579, -0.999999796750499, 0.9999999985597138,
+))
+_EIGHTH = np.float32(0.125)
+assert math.exp(-EXP_CLAMP) < ALPHA_THRESHOLD
+
+
+@njit(inline="always", **_JIT_FAST)
+def _exp_neg(s):  # pragma: no cover - compiled
+    """exp(-s) for s in [0, EXP_CLAMP], float32; larger s gives exp(-EXP_CLAMP), negative s gives 1."""
+    y = min(max(s, _ZERO), _F_EXP_CLAMP) * _EIGHTH
+    p = _EXP_POLY[0]
+    p = p * y + _EXP_POLY[1]
+    p = p * y + _EXP_POLY[2]
+    p = p * y + _EXP_POLY[3]
+    p = p * y + _EXP_POLY[4]
+    p = p * y + _EXP_POLY[5]
+    p = p * y + _EXP_POLY[6]
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@njit(parallel=True, **_JIT)
+def _covariances(quats, scales, out):  # pragma: no cover - compiled
+    """World covariance R S S^T R^T as 6 unique entries (xx, xy, xz, yy, yz, zz) per Gaussian."""
+    for i in prange(quats.shape[0]):
+        w, x, y, z = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
+        norm = math.sqrt(w * w + x * x + y * y + z * z)
+        w, x, y, z = w / norm, x / norm, y / norm, z / norm
+        r00, r01, r02 = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
+        r10, r11, r12 = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
+        r20, r21, r22 = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
+        sx, sy, sz = scales[i, 0], scales[i, 1], scales[i, 2]
+        m00, m01, m02 = r00 * sx, r01 * sy, r02 * sz
+        m10, m11, m12 = r10 * sx, r11 * sy, r12 * sz
+        m20, m21, m22 = r20 * sx, r21 * sy, r22 * sz
+        out[i, 0] = m00 * m00 + m01 * m01 + m02 * m02
+        out[i, 1] = m00 * m10 + m01 * m11 + m02 * m12
+        out[i, 2] = m00 * m20 + m01 * m21 + m02 * m22
+        out[i, 3] = m10 * m10 + m11 * m11 + m12 * m12
+        out[i, 4] = m10 * m20 + m11 * m21 + m12 * m22
+        out[i, 5] = m20 * m20 + m21 * m21 + m22 * m22
+
+
+@njit(parallel=True, **_JIT)
+def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, height, tile_size,
+             out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
+    """Project every Gaussian into one camera.
+
+    out_geom [N, GEOM_WIDTH]: see the _G_* column names
+    out_color [N, 3]: SH colour + 0.5, clamped at 0 (visible Gaussians only)
+    out_rect [N, 4]: tile x0, x1, y0, y1 (x1, y1 exclusive) of the exact alpha >= ALPHA_THRESHOLD ellipse
+    out_valid [N]: 1 if the Gaussian passes gsplat's culling (near/far, det, opacity, box off image)
+    """
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    w_f = np.float32(width)
+    h_f = np.float32(height)
+    tan_fovx = _HALF * w_f / fx
+    tan_fovy = _HALF * h_f / fy
+    lim_x_pos = (w_f - cx) / fx + np.float32(0.3) * tan_fovx
+    lim_x_neg = cx / fx + np.float32(0.3) * tan_fovx
+    lim_y_pos = (h_f - cy) / fy + np.float32(0.3) * tan_fovy
+    lim_y_neg = cy / fy + np.float32(0.3) * tan_fovy
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    for i in prange(means.shape[0]):
+        out_valid[i] = 0
+        mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
+        x = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
+        y = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
+        z = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
+        if z < _F_NEAR or z > _F_FAR:
+            continue
+        opac = opacities[i]
+        if opac < _F_ALPHA_THRESHOLD:
+            continue
+        # camera-frame covariance W S W^T
+        s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
+        w00, w01, w02 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2]
+        w10, w11, w12 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2]
+        w20, w21, w22 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2]
+        a00 = w00 * s00 + w01 * s01 + w02 * s02
+        a01 = w00 * s01 + w01 * s11 + w02 * s12
+        a02 = w00 * s02 + w01 * s12 + w02 * s22
+        a10 = w10 * s00 + w11 * s01 + w12 * s02
+        a11 = w10 * s01 + w11 * s11 + w12 * s12
+        a12 = w10 * s02 + w11 * s12 + w12 * s22
+        a20 = w20 * s00 + w21 * s01 + w22 * s02
+        a21 = w20 * s01 + w21 * s11 + w22 * s12
+        a22 = w20 * s02 + w21 * s12 + w22 * s22
+        c00 = a00 * w00 + a01 * w01 + a02 * w02
+        c01 = a00 * w10 + a01 * w11 + a02 * w12
+        c02 = a00 * w20 + a01 * w21 + a02 * w22
+        c11 = a10 * w10 + a11 * w11 + a12 * w12
+        c12 = a10 * w20 + a11 * w21 + a12 * w22
+        c22 = a20 * w20 + a21 * w21 + a22 * w22
+        rz = _ONE / z
+        tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
+        ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
+        j00 = fx * rz
+        j02 = -fx * tx * rz * rz
+        j11 = fy * rz
+        j12 = -fy * ty * rz * rz
+        cov_a = j00 * j00 * c00 + np.float32(2.0) * j00 * j02 * c02 + j02 * j02 * c22 + _F_EPS2D
+        cov_b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
+        cov_c = j11 * j11 * c11 + np.float32(2.0) * j11 * j12 * c12 + j12 * j12 * c22 + _F_EPS2D
+        det = cov_a * cov_c - cov_b * cov_b
+        if det <= _ZERO:
+            continue
+        extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
+        radius_x = math.ceil(extend * math.sqrt(cov_a))
+        radius_y = math.ceil(extend * math.sqrt(cov_c))
+        if radius_x <= 0 and radius_y <= 0:
+            continue
+        px = fx * x * rz + cx
+        py = fy * y * rz + cy
+        if px + radius_x <= 0 or px - radius_x >= w_f or py + radius_y <= 0 or py - radius_y >= h_f:
+            continue
+        out_geom[i, 0] = px
+        out_geom[i, 1] = py
+        out_geom[i, 2] = cov_c / det
+        out_geom[i, 3] = -cov_b / det
+        out_geom[i, 4] = cov_a / det
+        out_geom[i, 5] = opac
+        out_geom[i, 6] = z
+        sigma_max = math.log(opac / _F_ALPHA_THRESHOLD)  # beyond this sigma, alpha < ALPHA_THRESHOLD
+        ext_x = math.sqrt(np.float32(2.0) * sigma_max * cov_a) + _SPAN_EPS_PX  # exact ellipse half-extents
+        ext_y = math.sqrt(np.float32(2.0) * sigma_max * cov_c) + _SPAN_EPS_PX
+        out_geom[i, 7] = sigma_max
+        out_geom[i, 8] = det / cov_c  # 1 / conic_a
+        out_geom[i, 9] = ext_x
+        out_geom[i, 10] = ext_y
+        # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
+        out_rect[i, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
+        out_rect[i, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
+        out_rect[i, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
+        out_rect[i, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
+        out_valid[i] = 1
+        # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
+        dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
+        inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
+        dx, dy, dz = dx * inv, dy * inv, dz * inv
+        for ch in range(3):
+            v = _C0 * sh[i, 0, ch]
+            if sh_degree >= 1:
+                v += -_C1 * dy * sh[i, 1, ch] + _C1 * dz * sh[i, 2, ch] - _C1 * dx * sh[i, 3, ch]
+            if sh_degree >= 2:
+                xx, yy, zz = dx * dx, dy * dy, dz * dz
+                v += (_C2[0] * dx * dy * sh[i, 4, ch] + _C2[1] * dy * dz * sh[i, 5, ch]
+                      + _C2[2] * (np.float32(2.0) * zz - xx - yy) * sh[i, 6, ch]
+                      + _C2[3] * dx * dz * sh[i, 7, ch] + _C2[4] * (xx - yy) * sh[i, 8, ch])
+            if sh_degree >= 3:
+                xx, yy, zz = dx * dx, dy * dy, dz * dz
+                v += (_C3[0] * dy * (np.float32(3.0) * xx - yy) * sh[i, 9, ch]
+                      + _C3[1] * dx * dy * dz * sh[i, 10, ch]
+                      + _C3[2] * dy * (np.float32(4.0) * zz - xx - yy) * sh[i, 11, ch]
+                      + _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy) * sh[i, 12, ch]
+                      + _C3[4] * dx * (np.float32(4.0) * zz - xx - yy) * sh[i, 13, ch]
+                      + _C3[5] * dz * (xx - yy) * sh[i, 14, ch]
+                      + _C3[6] * dx * (xx - np.float32(3.0) * yy) * sh[i, 15, ch])
+            out_color[i, ch] = max(v + _HALF, _ZERO)
+
+
+@njit(**_JIT)
+def _sort_visible(valid, geom):  # pragma: no cover - compiled
+    """Indices of valid Gaussians sorted by camera z (stable LSD radix sort on the float32 bits)."""
+    n_valid = 0
+    for i in range(valid.shape[0]):
+        n_valid += valid[i]
+    ids = np.empty(n_valid, np.int32)
+    keys = np.empty(n_valid, np.uint32)
+    k = 0
+    for i in range(valid.shape[0]):
+        if valid[i]:
+            ids[k] = i
+            keys[k] = geom[i, 6:7].view(np.uint32)[0]  # z > 0: the bit pattern orders like the value
+            k += 1
+    tmp_ids = np.empty_like(ids)
+    tmp_keys = np.empty_like(keys)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for j in range(n_valid):
+            counts[((keys[j] >> shift) & 2047) + 1] += 1
+        for b in range(2048):
+            counts[b + 1] += counts[b]
+        for j in range(n_valid):
+            d = (keys[j] >> shift) & 2047
+            pos = counts[d]
+            counts[d] = pos + 1
+            tmp_ids[pos] = ids[j]
+            tmp_keys[pos] = keys[j]
+        ids, tmp_ids = tmp_ids, ids
+        keys, tmp_keys = tmp_keys, keys
+    return ids
+
+
+@njit(parallel=True, **_JIT)
+def _bin_tiles(order, rect, n_tiles, tiles_x, n_chunks):  # pragma: no cover - compiled
+    """Parallel counting sort of (tile, Gaussian) pairs; `order` is depth-sorted, and so is each tile's list.
+
+    The sorted Gaussians are split into n_chunks consecutive chunks; chunk c's entries for
+    a tile are placed after chunk c-1's, which keeps the global depth order.
+    Returns tile_offsets [n_tiles + 1] and tile_gauss [n_isects] (Gaussian indices).
+    """
+    n = order.shape[0]
+    chunk_counts = np.zeros((n_chunks, n_tiles), np.int64)
+    for c in prange(n_chunks):
+        for k in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            g = order[k]
+            for ty in range(rect[g, 2], rect[g, 3]):
+                for tx in range(rect[g, 0], rect[g, 1]):
+                    chunk_counts[c, ty * tiles_x + tx] += 1
+    offsets = np.empty(n_tiles + 1, np.int64)
+    starts = np.empty((n_chunks, n_tiles), np.int64)
+    total = 0
+    for t in range(n_tiles):
+        offsets[t] = total
+        for c in range(n_chunks):
+            starts[c, t] = total
+            total += chunk_counts[c, t]
+    offsets[n_tiles] = total
+    out = np.empty(total, np.int32)
+    for c in prange(n_chunks):
+        fill = starts[c]
+        for k in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            g = order[k]
+            for ty in range(rect[g, 2], rect[g, 3]):
+                for tx in range(rect[g, 0], rect[g, 1]):
+                    t = ty * tiles_x + tx
+                    out[fill[t]] = g
+                    fill[t] += 1
+    return offsets, out
+
+
+_TILE_ORDERS: dict[int, np.ndarray] = {}
+
+
+def _tile_order(n_tiles: int) -> np.ndarray:
+    """A fixed shuffle of the tiles: numba splits prange statically, and sky / street rows differ in cost."""
+    if n_tiles not in _TILE_ORDERS:
+        _TILE_ORDERS[n_tiles] = np.random.default_rng(n_tiles).permutation(n_tiles).astype(np.int64)
+    return _TILE_ORDERS[n_tiles]
+
+
+@njit(parallel=True, **_JIT_FAST)
+def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile_size, tiles_x, background,
+               out_rgb, out_depth, out_alpha, out_best):  # pragma: no cover - compiled
+    """Front-to-back alpha compositing, parallel over tiles (tile lists are in depth order).
+
+    Each tile row of `tile_size` pixels walks the tile's Gaussian list on its own
+    and stops as soon as all its pixels have; the per-Gaussian update of a row
+    is branch-free over the row's pixels so LLVM vectorises it.
+    out_best [H, W] gets the index of the Gaussian with the largest
+    blending weight at each pixel (-1 if none).
+    """
+    n_tiles = offsets.shape[0] - 1
+    for j in prange(n_tiles):
+        tile = tile_order[j]
+        tx0 = (tile % tiles_x) * tile_size
+        ty0 = (tile // tiles_x) * tile_size
+        tw = min(tile_size, width - tx0)
+        th = min(tile_size, height - ty0)
+        start, end = offsets[tile], offsets[tile + 1]
+        count = end - start
+        # the tile's Gaussians, contiguous: x, y, conic a, b, c, opacity, z, half-extent y, r, g, b
+        local = np.empty((count, 11), np.float32)
+        for k in range(count):
+            g = tile_gauss[start + k]
+            for c in range(7):
+                local[k, c] = geom[g, c]
+            local[k, 7] = geom[g, 10]
+            local[k, 8] = color[g, 0]
+            local[k, 9] = color[g, 1]
+            local[k, 10] = color[g, 2]
+        lane_dx = np.empty(tile_size, np.float32)
+        for u in range(tile_size):
+            lane_dx[u] = np.float32(tx0 + u) + _HALF
+        # per-row state, one array so the vectorised loop has one base pointer:
+        # 0 trans (0 once finished), 1 t_end, 2-4 rgb, 5 depth, 6 best weight
+        state = np.empty((7, tile_size), np.float32)
+        best = np.empty(tile_size, np.int32)
+        for v in range(th):
+            py = np.float32(ty0 + v) + _HALF
+            for u in range(tile_size):
+                state[0, u] = _ONE if u < tw else _ZERO
+                state[1, u] = _ONE
+                for c in range(2, 7):
+                    state[c, u] = _ZERO
+                best[u] = -1
+            alive = tw
+            for k in range(count):
+                dy = local[k, 1] - py
+                if abs(dy) > local[k, 7]:
+                    continue
+                mx, ca, cb, cc = local[k, 0], local[k, 2], local[k, 3], local[k, 4]
+                opac, z = local[k, 5], local[k, 6]
+                cr, cg, cbl = local[k, 8], local[k, 9], local[k, 10]
+                cyy = _HALF * cc * dy * dy
+                cbdy = cb * dy
+                g = tile_gauss[start + k]
+                ended = 0
+                for u in range(tile_size):
+                    dx = mx - lane_dx[u]
+                    sigma = _HALF * ca * dx * dx + cyy + cbdy * dx
+                    alpha = min(_F_MAX_ALPHA, opac * _exp_neg(sigma))
+                    counts = (sigma >= _ZERO) & (alpha >= _F_ALPHA_THRESHOLD)
+                    t = state[0, u]
+                    next_t = t * (_ONE - alpha)
+                    ends = counts & (t > _ZERO) & (next_t <= _F_T_THRESHOLD)
+                    adds = counts & (next_t > _F_T_THRESHOLD)
+                    w = alpha * t * np.float32(adds)
+                    state[2, u] += w * cr
+                    state[3, u] += w * cg
+                    state[4, u] += w * cbl
+                    state[5, u] += w * z
+                    # selects written as 0/1 blends (exact): numba's ternaries would stop vectorisation
+                    better = w > state[6, u]
+                    state[6, u] = max(w, state[6, u])
+                    best[u] += (g - best[u]) * np.int32(better)
+                    ends_f = np.float32(ends)
+                    adds_f = np.float32(adds)
+                    state[1, u] = t * ends_f + state[1, u] * (_ONE - ends_f)
+                    state[0, u] = next_t * adds_f + t * (_ONE - adds_f - ends_f)
+                    ended += np.int32(ends)
+                alive -= ended
+                if alive <= 0:
+                    break
+            yy = ty0 + v
+            for u in range(tw):
+                t = state[0, u] if state[0, u] > _ZERO else state[1, u]
+                xx = tx0 + u
+                out_rgb[yy, xx, 0] = state[2, u] + t * background[0]
+                out_rgb[yy, xx, 1] = state[3, u] + t * background[1]
+                out_rgb[yy, xx, 2] = state[4, u] + t * background[2]
+                a = _ONE - t
+                out_alpha[yy, xx] = a
+                out_depth[yy, xx] = state[5, u] / max(a, np.float32(1e-10))
+                out_best[yy, xx] = best[u]
+
+
+def render_cpu(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
+    """Backend adapter for `render()`: numpy scene in, numpy images out."""
+    n = len(scene)
+    c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
+    tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
+    covs = np.empty((n, 6), np.float32)
+    _covariances(scene.quats, scene.scales, covs)
+    geom = np.zeros((n, GEOM_WIDTH), np.float32)
+    color = np.zeros((n, 3), np.float32)
+    rect = np.zeros((n, 4), np.int32)
+    valid = np.zeros(n, np.uint8)
+    rgb = np.empty((c_count, h, w, 3), np.float32)
+    depth = np.empty((c_count, h, w), np.float32)
+    alpha = np.empty((c_count, h, w), np.float32)
+    best = np.empty((c_count, h, w), np.int32)
+    want_labels = "semantic" in outputs or "instance" in outputs
+    semantic = np.zeros((c_count, h, w), np.uint8) if "semantic" in outputs else None
+    instance = np.zeros((c_count, h, w), np.int32) if "instance" in outputs else None
+    campos = batch.camera_positions_world.astype(np.float32)
+    for cam in range(c_count):
+        _project(scene.means, covs, scene.opacities, scene.sh, scene.sh_degree,
+                 batch.viewmats[cam].astype(np.float32), batch.Ks[cam].astype(np.float32), campos[cam],
+                 w, h, TILE_SIZE, geom, color, rect, valid)
+        order = _sort_visible(valid, geom)
+        offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
+        _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, TILE_SIZE,
+                   tiles_x, background, rgb[cam], depth[cam], alpha[cam], best[cam])
+        if want_labels:
+            hit = (best[cam] >= 0) & (alpha[cam] >= SEMANTIC_MIN_ALPHA)
+            gauss = np.where(hit, best[cam], 0)
+            if semantic is not None:
+                semantic[cam] = np.where(hit, scene.labels[gauss], 0)
+            if instance is not None:
+                instance[cam] = np.where(hit, scene.instance[gauss], 0)
+    result = {"rgb": rgb, "depth": depth, "alpha": alpha, "semantic": semantic, "instance": instance}
+    return {k: result[k] for k in outputs}
+
+
+def set_num_threads(count: int) -> None:
+    """Use `count` CPU threads for the parallel kernels (<= NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(count)
