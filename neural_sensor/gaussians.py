@@ -107,7 +107,12 @@ class GaussianScene:
         norms = np.linalg.norm(self.quats.astype(np.float64), axis=1)
         if (norms < 1e-12).any():
             _fail("quats", "are zero quaternions", norms < 1e-12)
-        self.quats = (self.quats / norms[:, None]).astype(np.float32)
+        # already-unit quaternions are kept bit-for-bit so a save / load round trip is exact
+        off_unit = np.abs(norms - 1.0) > 1e-6
+        if off_unit.any():
+            quats = self.quats.copy()
+            quats[off_unit] = (self.quats[off_unit] / norms[off_unit, None]).astype(np.float32)
+            self.quats = quats
         for name in ("means", "quats", "scales", "opacities", "sh", "labels", "instance"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name)))
 

@@ -46,15 +46,15 @@ def _surface(rng, n, origin, axis_u, axis_v, size_u, size_v, color_fn, label, in
     points, s, t = _rect_samples(rng, n, origin, axis_u, axis_v, size_u, size_v)
     spacing = math.sqrt(size_u * size_v / max(n, 1))
     scales = np.empty((n, 3))
-    scales[:, 0] = spacing * rng.uniform(0.45, 0.8, n)
-    scales[:, 1] = spacing * rng.uniform(0.45, 0.8, n)
+    scales[:, 0] = spacing * rng.uniform(0.7, 1.1, n)
+    scales[:, 1] = spacing * rng.uniform(0.7, 1.1, n)
     scales[:, 2] = spacing * 0.05 + 1e-3
     quat = _frame_quat(np.asarray(axis_u, float), np.asarray(axis_v, float))
     return {
         "means": points,
         "quats": np.repeat(quat[None], n, axis=0),
         "scales": scales,
-        "opacities": rng.uniform(0.55, 0.99, n),
+        "opacities": rng.uniform(0.75, 0.99, n),
         "colors": np.clip(color_fn(s, t), 0, 1),
         "labels": np.full(n, int(label)),
         "instance": np.full(n, instance),

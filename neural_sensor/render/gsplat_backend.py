@@ -1,0 +1,171 @@
+"""gsplat backend: `gsplat.rasterization` on CUDA ("classic" mode, RGB + expected depth).
+
+gsplat is an optional extra (`pip install .[gpu]`) and is imported only when
+this backend renders, never at module import on a CPU machine.
+
+Semantic and instance maps (label of the Gaussian with the largest blending
+weight) are not an accumulation, so gsplat cannot rasterise them directly: we
+ask gsplat for every contributing (Gaussian, pixel) pair with
+`rasterize_to_indices_in_range`, recompute each pair's alpha and transmittance
+exactly as the rasteriser composited them, and take the per-pixel maximum
+(`best_gaussian_from_pairs`, which runs and is tested on the CPU too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from neural_sensor.render._common import (
+    ALPHA_THRESHOLD,
+    EPS2D,
+    FAR_PLANE_M,
+    NEAR_PLANE_M,
+    SEMANTIC_MIN_ALPHA,
+    TILE_SIZE,
+    CameraBatch,
+)
+
+
+def gsplat_max_alpha() -> float:
+    """The alpha clamp of the installed gsplat: 0.999 before 1.6, 0.99 from 1.6 (ours is 0.99)."""
+    import gsplat
+
+    major, minor = (int(p) for p in gsplat.__version__.split(".")[:2])
+    return 0.999 if (major, minor) < (1, 6) else 0.99
+
+
+def best_gaussian_from_pairs(
+    gauss_ids: torch.Tensor,  # [M] int, Gaussian index of each contributing pair
+    pixel_ids: torch.Tensor,  # [M] int, flat pixel index (image * H * W + row * W + col)
+    alphas: torch.Tensor,  # [M] float, the pair's alpha as composited
+    depths: torch.Tensor,  # [M] float, the Gaussian's camera z (front-to-back order key)
+    n_pixels: int,
+) -> torch.Tensor:
+    """Index of the Gaussian with the largest blending weight alpha * T at each pixel.
+
+    Pairs may come in any order: each pixel's pairs are put front to back (camera z,
+    then Gaussian index, as the tile lists are) and T is the product of (1 - alpha) of
+    the pairs in front. Ties go to the front-most Gaussian.
+
+    Returns:
+        [n_pixels] int64, -1 where no Gaussian contributes.
+    """
+    m = gauss_ids.shape[0]
+    assert gauss_ids.shape == (m,) and pixel_ids.shape == (m,), (gauss_ids.shape, pixel_ids.shape)
+    assert alphas.shape == (m,) and depths.shape == (m,), (alphas.shape, depths.shape)
+    best = torch.full((n_pixels,), -1, dtype=torch.int64, device=gauss_ids.device)
+    if m == 0:
+        return best
+    order = torch.argsort(gauss_ids, stable=True)
+    order = order[torch.argsort(depths[order], stable=True)]
+    order = order[torch.argsort(pixel_ids[order], stable=True)]
+    pix, gid, alpha = pixel_ids[order].long(), gauss_ids[order].long(), alphas[order].double()
+    log_keep = torch.log1p(-alpha)
+    cum = torch.cumsum(log_keep, 0)
+    seg_start = torch.ones_like(pix, dtype=torch.bool)
+    seg_start[1:] = pix[1:] != pix[:-1]
+    start_index = torch.cummax(torch.where(seg_start, torch.arange(m, device=pix.device), 0), 0).values
+    before_segment = torch.where(start_index > 0, cum[(start_index - 1).clamp_min(0)], torch.zeros_like(cum))
+    trans_before = torch.exp(cum - log_keep - before_segment)
+    weight = alpha * trans_before
+    best_weight = torch.zeros(n_pixels, dtype=weight.dtype, device=weight.device)
+    best_weight = best_weight.scatter_reduce(0, pix, weight, reduce="amax")
+    position = torch.arange(m, device=pix.device)
+    candidate = torch.where(weight >= best_weight[pix], position, torch.full_like(position, m))
+    first = torch.full((n_pixels,), m, dtype=torch.int64, device=pix.device).scatter_reduce(
+        0, pix, candidate, reduce="amin"
+    )
+    hit = first < m
+    best[hit] = gid[first[hit]]
+    return best
+
+
+def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
+    """Backend adapter for `render()`: gsplat on the current CUDA device, numpy out."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("render: backend 'gsplat' needs a CUDA device; use backend='cpu' on this machine")
+    try:
+        from gsplat import rasterization
+    except ImportError as err:
+        raise RuntimeError(f"render: backend 'gsplat' needs the gsplat package (pip install .[gpu]): {err}") from None
+    device = torch.device("cuda")
+
+    def to_dev(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
+    opacities = to_dev(scene.opacities)
+    renders, alphas, meta = rasterization(
+        to_dev(scene.means),
+        to_dev(scene.quats),
+        to_dev(scene.scales),
+        opacities,
+        to_dev(scene.sh),
+        to_dev(batch.viewmats.astype(np.float32)),
+        to_dev(batch.Ks.astype(np.float32)),
+        w,
+        h,
+        near_plane=NEAR_PLANE_M,
+        far_plane=FAR_PLANE_M,
+        eps2d=EPS2D,
+        sh_degree=scene.sh_degree,
+        tile_size=TILE_SIZE,
+        backgrounds=to_dev(np.tile(background[None], (c_count, 1))),
+        render_mode="RGB+ED",
+        rasterize_mode="classic",
+        packed=False,
+    )
+    result = {
+        "rgb": renders[..., :3].float().cpu().numpy(),
+        "depth": renders[..., 3].float().cpu().numpy(),
+        "alpha": alphas[..., 0].float().cpu().numpy(),
+    }
+    if "semantic" in outputs or "instance" in outputs:
+        best = _best_gaussian_gsplat(meta, c_count, h, w, len(scene)).reshape(c_count, h, w)
+        shown = (best >= 0) & (alphas[..., 0] >= SEMANTIC_MIN_ALPHA)
+        index = best.clamp_min(0)
+        if "semantic" in outputs:
+            labels = torch.from_numpy(scene.labels.astype(np.int64)).to(device)[index]
+            result["semantic"] = torch.where(shown, labels, 0).to(torch.uint8).cpu().numpy()
+        if "instance" in outputs:
+            inst = torch.from_numpy(scene.instance.astype(np.int64)).to(device)[index]
+            result["instance"] = torch.where(shown, inst, 0).to(torch.int32).cpu().numpy()
+    return {k: result[k] for k in outputs}
+
+
+def _best_gaussian_gsplat(meta: dict, c_count: int, h: int, w: int, n: int) -> torch.Tensor:
+    """Per-pixel Gaussian of largest weight from gsplat's contributing pairs; [C * H * W] int64."""
+    from gsplat.cuda._wrapper import rasterize_to_indices_in_range
+
+    flatten_ids = meta["flatten_ids"]
+    n_batches = int(flatten_ids.numel()) // (TILE_SIZE * TILE_SIZE) + 1
+    flat_gauss, pixel_ids, image_ids = rasterize_to_indices_in_range(
+        0,
+        n_batches,
+        torch.ones((c_count, h, w), device=flatten_ids.device),
+        meta["means2d"],
+        meta["conics"],
+        meta["opacities"],
+        w,
+        h,
+        TILE_SIZE,
+        meta["isect_offsets"],
+        flatten_ids,
+    )
+    flat_gauss = flat_gauss.long()
+    cam = flat_gauss // n
+    gauss = flat_gauss % n
+    means2d = meta["means2d"].reshape(-1, 2)[flat_gauss]
+    conics = meta["conics"].reshape(-1, 3)[flat_gauss]
+    opac = meta["opacities"].reshape(-1)[flat_gauss]
+    px = (pixel_ids % w).float() + 0.5
+    py = (pixel_ids // w).float() + 0.5
+    dx, dy = means2d[:, 0] - px, means2d[:, 1] - py
+    sigma = 0.5 * (conics[:, 0] * dx * dx + conics[:, 2] * dy * dy) + conics[:, 1] * dx * dy
+    alpha = torch.clamp_max(opac * torch.exp(-sigma), gsplat_max_alpha())
+    keep = alpha >= ALPHA_THRESHOLD
+    depth = meta["depths"].reshape(-1)[flat_gauss]
+    flat_pixel = cam * (h * w) + pixel_ids.long()
+    assert torch.equal(cam, image_ids.long()), "gsplat pair image ids disagree with flatten ids"
+    return best_gaussian_from_pairs(gauss[keep], flat_pixel[keep], alpha[keep], depth[keep], c_count * h * w)

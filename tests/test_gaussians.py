@@ -1,0 +1,248 @@
+"""GaussianScene: validation, PLY round trip and interop, concat / subset / transformed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from plyfile import PlyData, PlyElement
+
+from _scenes import forward_camera, random_scene
+from neural_sensor.camera import Camera
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render import render
+from neural_sensor.sh import sh_basis
+
+
+def _arrays(n=10, k=1):
+    rng = np.random.default_rng(0)
+    return dict(
+        means=rng.normal(size=(n, 3)).astype(np.float32),
+        quats=rng.normal(size=(n, 4)).astype(np.float32),
+        scales=rng.uniform(0.1, 1, (n, 3)).astype(np.float32),
+        opacities=rng.uniform(0, 1, n).astype(np.float32),
+        sh=rng.normal(size=(n, k, 3)).astype(np.float32),
+    )
+
+
+def test_construction_normalises_quats_and_fills_labels():
+    scene = GaussianScene(**_arrays())
+    np.testing.assert_allclose(np.linalg.norm(scene.quats, axis=1), 1.0, rtol=1e-6)
+    assert scene.labels.dtype == np.uint8 and scene.labels.shape == (10,)
+    assert scene.instance.dtype == np.int32 and not scene.instance.any()
+    assert scene.sh_degree == 0 and len(scene) == 10
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("means", lambda a: a["means"][:, :2], r"means must be an \[N, 3\]"),
+        ("quats", lambda a: a["quats"][:5], r"quats must have shape \(10, 4\)"),
+        ("scales", lambda a: a["scales"].astype(np.float64), "scales must be float32, got float64"),
+        ("sh", lambda a: np.zeros((10, 5, 3), np.float32), "sh: SH coefficient count must be 1, 4, 9 or 16"),
+        ("opacities", lambda a: np.where(np.arange(10) < 3, np.nan, a["opacities"]).astype(np.float32),
+         r"opacities: 3 of 10 Gaussians are NaN or infinite \(first at index 0\)"),
+        ("means", lambda a: np.where(np.arange(30).reshape(10, 3) == 13, np.inf, a["means"]).astype(np.float32),
+         r"means: 1 of 10 Gaussians are NaN or infinite \(first at index 4\)"),
+        ("scales", lambda a: np.where(np.arange(30).reshape(10, 3) % 7 == 0, 0.0, a["scales"]).astype(np.float32),
+         "scales: 5 of 10 Gaussians have a non-positive scale"),
+        ("quats", lambda a: np.where(np.arange(10)[:, None] == 2, 0.0, a["quats"]).astype(np.float32),
+         r"quats: 1 of 10 Gaussians are zero quaternions \(first at index 2\)"),
+        ("opacities", lambda a: np.full(10, 1.5, np.float32), "opacities: 10 of 10 Gaussians are outside"),
+    ],
+)
+def test_construction_rejects_bad_fields(field, value, message):
+    arrays = _arrays()
+    arrays[field] = value(arrays)
+    with pytest.raises(ValueError, match=message):
+        GaussianScene(**arrays)
+
+
+def test_labels_dtype_checked():
+    with pytest.raises(ValueError, match="labels must be uint8"):
+        GaussianScene(**_arrays(), labels=np.zeros(10, np.int64))
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_ply_round_trip(tmp_path, degree):
+    scene = random_scene(500, seed=degree, sh_degree=degree)
+    path = tmp_path / "scene.ply"
+    scene.save_ply(path)
+    back = GaussianScene.load_ply(path)
+    # stored as-is: bit-exact
+    for name in ("means", "quats", "sh", "labels", "instance"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(scene, name), err_msg=name)
+    # stored as log / logit float32: exact to float32 rounding of exp and log
+    np.testing.assert_allclose(back.scales, scene.scales, rtol=2e-6)
+    np.testing.assert_allclose(back.opacities, np.clip(scene.opacities, 1e-7, 1 - 1e-7), rtol=2e-6, atol=1e-7)
+    # and a second round trip changes nothing
+    back.save_ply(tmp_path / "again.ply")
+    again = GaussianScene.load_ply(tmp_path / "again.ply")
+    np.testing.assert_allclose(again.scales, back.scales, rtol=2e-6)
+
+
+def _inria_vertex(n, degree, rng, extra=()):
+    k = (degree + 1) ** 2
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    record = np.zeros(n, dtype=[(name, "f4") for name in names] + list(extra))
+    for name in names:
+        record[name] = rng.normal(size=n)
+    return record, k
+
+
+def test_loads_plyfile_written_inria_layout(tmp_path):
+    rng = np.random.default_rng(3)
+    record, k = _inria_vertex(64, 3, rng)
+    for i in range(3 * (k - 1)):
+        record[f"f_rest_{i}"] = i  # channel-major: f_rest index = channel * (K-1) + (k-1)
+    PlyData([PlyElement.describe(record, "vertex")], byte_order="<").write(str(tmp_path / "inria.ply"))
+    scene = GaussianScene.load_ply(tmp_path / "inria.ply")
+    assert scene.sh_degree == 3 and len(scene) == 64
+    for band in range(1, k):
+        for channel in range(3):
+            assert np.all(scene.sh[:, band, channel] == channel * (k - 1) + band - 1)
+    np.testing.assert_allclose(scene.means[:, 0], record["x"])
+    np.testing.assert_allclose(scene.sh[:, 0, 1], record["f_dc_1"])
+    np.testing.assert_allclose(scene.opacities, 1 / (1 + np.exp(-record["opacity"].astype(np.float64))), rtol=1e-6)
+    np.testing.assert_allclose(scene.scales[:, 2], np.exp(record["scale_2"].astype(np.float64)), rtol=1e-6)
+    raw_q = np.stack([record[f"rot_{i}"] for i in range(4)], 1).astype(np.float64)
+    np.testing.assert_allclose(scene.quats, raw_q / np.linalg.norm(raw_q, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert not scene.labels.any() and not scene.instance.any()
+
+
+def test_loads_ascii_and_big_endian(tmp_path):
+    rng = np.random.default_rng(4)
+    record, _ = _inria_vertex(8, 1, rng)
+    PlyData([PlyElement.describe(record, "vertex")], text=True).write(str(tmp_path / "a.ply"))
+    PlyData([PlyElement.describe(record, "vertex")], byte_order=">").write(str(tmp_path / "b.ply"))
+    a = GaussianScene.load_ply(tmp_path / "a.ply")
+    b = GaussianScene.load_ply(tmp_path / "b.ply")
+    np.testing.assert_allclose(a.means, b.means, rtol=1e-6)
+    assert a.sh_degree == 1
+
+
+def test_written_ply_header_is_inria_layout(tmp_path):
+    random_scene(20, seed=1, sh_degree=2).save_ply(tmp_path / "s.ply")
+    ply = PlyData.read(str(tmp_path / "s.ply"))
+    names = ply["vertex"].data.dtype.names
+    assert names[:9] == ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
+    assert names[9:33] == tuple(f"f_rest_{i}" for i in range(24))
+    assert names[33:] == ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
+                          "semantic", "instance")
+    assert ply.byte_order == "<" and not ply.text
+
+
+def test_bad_files_raise_value_error(tmp_path):
+    scene = random_scene(100, seed=5, sh_degree=1)
+    good = tmp_path / "good.ply"
+    scene.save_ply(good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.ply"
+    truncated.write_bytes(data[: len(data) - 500])
+    with pytest.raises(ValueError, match="truncated.ply: not a readable 3DGS PLY"):
+        GaussianScene.load_ply(truncated)
+    not_ply = tmp_path / "image.png"
+    not_ply.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(ValueError, match="image.png: not a readable 3DGS PLY"):
+        GaussianScene.load_ply(not_ply)
+    with pytest.raises(ValueError, match="missing.ply: not a readable 3DGS PLY"):
+        GaussianScene.load_ply(tmp_path / "missing.ply")
+    # a point cloud PLY without the 3DGS properties
+    cloud = np.zeros(4, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    PlyData([PlyElement.describe(cloud, "vertex")]).write(str(tmp_path / "cloud.ply"))
+    with pytest.raises(ValueError, match=r"lacks the 3DGS properties \['f_dc_0'"):
+        GaussianScene.load_ply(tmp_path / "cloud.ply")
+
+
+def test_bad_values_in_file_raise(tmp_path):
+    rng = np.random.default_rng(6)
+    record, _ = _inria_vertex(16, 0, rng)
+    record["scale_1"][[3, 9]] = np.nan
+    PlyData([PlyElement.describe(record, "vertex")]).write(str(tmp_path / "nan.ply"))
+    with pytest.raises(ValueError, match=r"2 of 16 Gaussians have NaN/inf in 'scale' \(first at 3\)"):
+        GaussianScene.load_ply(tmp_path / "nan.ply")
+    record, _ = _inria_vertex(16, 0, rng)
+    for i in range(4):
+        record[f"rot_{i}"][7] = 0.0
+    PlyData([PlyElement.describe(record, "vertex")]).write(str(tmp_path / "zeroq.ply"))
+    with pytest.raises(ValueError, match=r"zeroq.ply: GaussianScene.quats: 1 of 16 Gaussians are zero quaternions"):
+        GaussianScene.load_ply(tmp_path / "zeroq.ply")
+    names = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("f_dc_0", "f4"), ("f_dc_1", "f4"), ("f_dc_2", "f4")]
+    names += [(f"f_rest_{i}", "f4") for i in range(6)]  # 6 is not 3 * (K - 1) for K in {4, 9, 16}
+    names += [(p, "f4") for p in ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")]
+    PlyData([PlyElement.describe(np.ones(3, dtype=names), "vertex")]).write(str(tmp_path / "rest.ply"))
+    with pytest.raises(ValueError, match="f_rest_\\* count 6"):
+        GaussianScene.load_ply(tmp_path / "rest.ply")
+
+
+def test_concat_pads_sh_and_subset_selects():
+    a = random_scene(30, seed=1, sh_degree=0)
+    b = random_scene(20, seed=2, sh_degree=2)
+    both = GaussianScene.concat([a, b])
+    assert len(both) == 50 and both.sh_degree == 2
+    np.testing.assert_array_equal(both.sh[:30, 0], a.sh[:, 0])
+    assert not both.sh[:30, 1:].any()
+    np.testing.assert_array_equal(both.sh[30:], b.sh)
+    np.testing.assert_array_equal(both.subset(np.arange(30, 50)).means, b.means)
+    mask = np.zeros(50, bool)
+    mask[[0, 49]] = True
+    sub = both.subset(mask)
+    np.testing.assert_array_equal(sub.instance, both.instance[[0, 49]])
+    with pytest.raises(ValueError, match=r"boolean mask must have shape \(50,\)"):
+        both.subset(np.ones(3, bool))
+    with pytest.raises(ValueError, match="at least one scene"):
+        GaussianScene.concat([])
+
+
+def _pose(yaw, pitch, translation):
+    cz, sz, cy, sy = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    rot = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = rot, translation
+    return pose
+
+
+@pytest.mark.parametrize("degree", [1, 3])
+def test_transformed_scene_renders_like_moved_camera(degree):
+    """Moving the scene and the camera by the same rigid transform leaves the image unchanged (SH rotated)."""
+    scene = random_scene(400, seed=11, sh_degree=degree)
+    scene.sh[:, 1:] *= 4.0  # strong view dependence so an unrotated SH would show
+    camera = forward_camera(48, 32)
+    pose = _pose(0.7, -0.3, [5.0, -2.0, 1.0])
+    moved = scene.transformed(pose)
+    moved_camera = camera.with_pose(pose @ camera.pose_camera_to_world)
+    ref = render(scene, camera, backend="cpu").rgb
+    out = render(moved, moved_camera, backend="cpu").rgb
+    assert np.abs(out - ref).max() < 2e-3
+
+
+def test_sh_rotation_matches_rotated_directions():
+    rng = np.random.default_rng(2)
+    scene = random_scene(5, seed=3, sh_degree=3)
+    pose = _pose(1.1, 0.4, [0, 0, 0])
+    moved = scene.transformed(pose)
+    dirs = rng.normal(size=(7, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    # colour of the moved Gaussian along R d equals the original along d
+    before = np.einsum("mk,nkc->nmc", sh_basis(3, dirs), scene.sh)
+    after = np.einsum("mk,nkc->nmc", sh_basis(3, dirs @ pose[:3, :3].T), moved.sh)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_transformed_rejects_non_rigid():
+    scene = random_scene(5, seed=3)
+    with pytest.raises(ValueError, match="not a proper rotation"):
+        scene.transformed(np.diag([2.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        scene.transformed(np.full((4, 4), np.nan))
+
+
+def test_from_colors_round_trips_colour():
+    rng = np.random.default_rng(0)
+    colors = rng.uniform(0, 1, (6, 3)).astype(np.float32)
+    arrays = _arrays(6)
+    del arrays["sh"]
+    scene = GaussianScene.from_colors(**arrays, colors_rgb=colors)
+    np.testing.assert_allclose(scene.colors_dc, colors, atol=1e-6)
+    assert isinstance(Camera, type)

@@ -1,0 +1,104 @@
+"""The numba CPU backend against its twin, the torch reference; render() input checks.
+
+Tolerances (CPU vs reference, same inputs):
+  rgb PSNR >= 45 dB; alpha max abs error <= 1e-4;
+  depth max abs error <= 5e-3 m where alpha >= 0.01 (expected depth divides by alpha);
+  semantic / instance equal on >= 99.9 % of pixels (near-ties in weight may flip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from _scenes import forward_camera, psnr, random_scene
+from neural_sensor.render import render
+from neural_sensor.render.cpu import EXP_CLAMP, _exp_neg
+from neural_sensor.testing import make_street_scene, street_cameras
+
+ALL = ("rgb", "depth", "alpha", "semantic", "instance")
+
+
+def _assert_matches_reference(scene, cameras, background=(0.0, 0.0, 0.0)):
+    out = render(scene, cameras, backend="cpu", outputs=ALL, background=background)
+    ref = render(scene, cameras, backend="torch", outputs=ALL, background=background)
+    assert out.backend == "cpu" and ref.backend == "torch"
+    assert ref.alpha.max() > 0.5, "nothing rendered: the comparison would be empty"
+    assert psnr(out.rgb, ref.rgb) >= 45.0
+    assert np.abs(out.alpha - ref.alpha).max() <= 1e-4
+    solid = ref.alpha >= 0.01
+    assert np.abs(out.depth - ref.depth)[solid].max() <= 5e-3
+    assert (out.semantic == ref.semantic).mean() >= 0.999
+    assert (out.instance == ref.instance).mean() >= 0.999
+    assert out.semantic.dtype == np.uint8 and out.instance.dtype == np.int32
+    return out, ref
+
+
+@pytest.mark.parametrize("seed, sh_degree", [(0, 0), (1, 1), (2, 2), (3, 3)])
+def test_cpu_matches_reference_on_random_scenes(seed, sh_degree):
+    scene = random_scene(2000, seed=seed, sh_degree=sh_degree)
+    cameras = [forward_camera(72, 40, yaw=yaw) for yaw in (0.0, 0.3)]
+    _assert_matches_reference(scene, cameras, background=(0.1, 0.5, 0.9))
+
+
+def test_cpu_matches_reference_on_street_scene():
+    scene = make_street_scene(40_000, seed=1, sh_degree=1)
+    out, _ = _assert_matches_reference(scene, street_cameras(160, 96, count=3))
+    labels = set(np.unique(out.semantic).tolist())
+    assert {1, 3, 14} <= labels  # road, building and car pixels are all present
+    assert out.instance.max() > 0
+
+
+def test_cpu_image_edges_and_odd_sizes():
+    """Partial tiles at the right and bottom edges (sizes not multiples of 16)."""
+    scene = random_scene(1500, seed=7, sh_degree=1)
+    _assert_matches_reference(scene, [forward_camera(37, 23)])
+
+
+def test_empty_view_is_background():
+    scene = random_scene(200, seed=1)
+    behind = forward_camera(32, 24, yaw=np.pi)  # everything is in front of the origin along +x
+    scene = scene.subset(scene.means[:, 0] > 0)
+    out = render(scene, behind, backend="cpu", outputs=ALL, background=(0.25, 0.5, 0.75))
+    np.testing.assert_array_equal(out.rgb[0], np.broadcast_to([0.25, 0.5, 0.75], (24, 32, 3)).astype(np.float32))
+    assert not out.alpha.any() and not out.depth.any() and not out.semantic.any()
+
+
+@njit(cache=True)
+def _exp_many(values):
+    out = np.empty_like(values)
+    for i in range(values.shape[0]):
+        out[i] = _exp_neg(values[i])
+    return out
+
+
+def test_fast_exp_accuracy_and_clamp():
+    s = np.linspace(0.0, EXP_CLAMP, 200_001).astype(np.float32)
+    rel = np.abs(_exp_many(s) / np.exp(-s.astype(np.float64)) - 1.0)
+    assert rel.max() < 3e-6
+    big = _exp_many(np.array([6.0, 50.0, 1e30], np.float32))
+    assert np.all(big * 1.0 < 1.0 / 255.0)  # clamped values can never pass the alpha threshold
+    assert _exp_many(np.array([-1.0], np.float32))[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_render_rejects_bad_arguments():
+    scene = random_scene(10, seed=0)
+    camera = forward_camera()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        render(scene, camera, backend="vulkan")
+    with pytest.raises(ValueError, match="share width x height"):
+        render(scene, [camera, forward_camera(32, 32)])
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
+        render(scene, camera, outputs=("rgb", "normals"))
+    with pytest.raises(ValueError, match="background must be 3 finite floats"):
+        render(scene, camera, background=(0.0, float("nan"), 0.0))
+    with pytest.raises(ValueError, match="no cameras"):
+        render(scene, [])
+    with pytest.raises(ValueError, match="scene must be a GaussianScene"):
+        render({"means": scene.means}, camera)
+
+
+def test_outputs_only_those_requested():
+    out = render(random_scene(50, seed=0), forward_camera(16, 16), backend="cpu", outputs=("depth",))
+    assert out.depth.shape == (1, 16, 16) and out.rgb is None and out.semantic is None
