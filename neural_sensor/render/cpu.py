@@ -313,17 +313,56 @@ def _tile_order(n_tiles: int) -> np.ndarray:
     return _TILE_ORDERS[n_tiles]
 
 
-@njit(parallel=True, **_JIT_FAST)
-def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile_size, tiles_x, background,
-               out_rgb, out_depth, out_alpha, out_best):  # pragma: no cover - compiled
-    """Front-to-back alpha compositing, parallel over tiles (tile lists are in depth order).
+LANES = 16  # pixels of a tile row, updated together (LLVM vectorises a fixed 16-trip loop, not an 8-trip one)
 
-    Each tile row of `tile_size` pixels walks the tile's Gaussian list on its own
-    and stops as soon as all its pixels have; the per-Gaussian update of a row
-    is branch-free over the row's pixels so LLVM vectorises it.
-    out_best [H, W] gets the index of the Gaussian with the largest
-    blending weight at each pixel (-1 if none).
+
+@njit(inline="always", **_JIT_FAST)
+def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, cbl, g):  # pragma: no cover
+    """Composite one Gaussian onto LANES pixels of a row; returns how many of them finished.
+
+    state [6, LANES], best [LANES], lane_px [LANES] (pixel centre x) are one tile row.
+
+    state rows: 0 transmittance (negated once the pixel has finished), 1-3 rgb, 4 depth,
+    5 best weight. Branch-free so LLVM vectorises it: selects are 0/1 blends, which are
+    exact. A finished pixel (t < 0) takes no weight and cannot finish again.
     """
+    ended = 0
+    for u in range(LANES):
+        dx = mx - lane_px[u]
+        sigma = _HALF * ca * dx * dx + cyy + cbdy * dx
+        alpha = min(_F_MAX_ALPHA, opac * _exp_neg(sigma))
+        counts = (sigma >= _ZERO) & (alpha >= _F_ALPHA_THRESHOLD)
+        t = state[0, u]
+        next_t = t * (_ONE - alpha)
+        ends = counts & (t > _ZERO) & (next_t <= _F_T_THRESHOLD)
+        adds = counts & (next_t > _F_T_THRESHOLD)
+        adds_f = np.float32(adds)
+        ends_f = np.float32(ends)
+        w = alpha * t * adds_f
+        state[1, u] += w * cr
+        state[2, u] += w * cg
+        state[3, u] += w * cbl
+        state[4, u] += w * z
+        better = w > state[5, u]
+        state[5, u] = max(w, state[5, u])
+        best[u] += (g - best[u]) * np.int32(better)
+        state[0, u] = next_t * adds_f + t * (_ONE - adds_f - np.float32(2.0) * ends_f)
+        ended += np.int32(ends)
+    return ended
+
+
+@njit(parallel=True, **_JIT_FAST)
+def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background,
+               out_rgb, out_depth, out_alpha, out_best):  # pragma: no cover - compiled
+    """Front-to-back alpha compositing, parallel over 16x16 tiles (tile lists are in depth order).
+
+    Each tile row walks the tile's Gaussian list on its own and stops as soon as all
+    its pixels have. A Gaussian is composited onto the row only where its exact
+    alpha >= ALPHA_THRESHOLD chord crosses the tile.
+    out_best [H, W] gets the index of the Gaussian with the largest blending weight
+    at each pixel (-1 if none).
+    """
+    tile_size = LANES
     n_tiles = offsets.shape[0] - 1
     for j in prange(n_tiles):
         tile = tile_order[j]
@@ -331,86 +370,70 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         ty0 = (tile // tiles_x) * tile_size
         tw = min(tile_size, width - tx0)
         th = min(tile_size, height - ty0)
-        start, end = offsets[tile], offsets[tile + 1]
-        count = end - start
-        # the tile's Gaussians, contiguous: x, y, conic a, b, c, opacity, z, half-extent y, r, g, b
-        local = np.empty((count, 11), np.float32)
+        start = offsets[tile]
+        count = offsets[tile + 1] - start
+        # the tile's Gaussians, one contiguous row per field (rows listed in the loop below)
+        local = np.empty((13, count), np.float32)
+        gid = np.empty(count, np.int32)
         for k in range(count):
             g = tile_gauss[start + k]
+            gid[k] = g
             for c in range(7):
-                local[k, c] = geom[g, c]
-            local[k, 7] = geom[g, 10]
-            local[k, 8] = color[g, 0]
-            local[k, 9] = color[g, 1]
-            local[k, 10] = color[g, 2]
-        lane_dx = np.empty(tile_size, np.float32)
-        for u in range(tile_size):
-            lane_dx[u] = np.float32(tx0 + u) + _HALF
-        # per-row state, one array so the vectorised loop has one base pointer:
-        # 0 trans (0 once finished), 1 t_end, 2-4 rgb, 5 depth, 6 best weight
-        state = np.empty((7, tile_size), np.float32)
-        best = np.empty(tile_size, np.int32)
+                local[c, k] = geom[g, c]  # x, y, conic a, b, c, opacity, z
+            local[7, k] = geom[g, 10]  # half-extent y
+            local[8, k] = geom[g, 7]  # sigma_max
+            local[9, k] = geom[g, 8]  # 1 / conic a
+            local[10, k] = color[g, 0]
+            local[11, k] = color[g, 1]
+            local[12, k] = color[g, 2]
+        lane_px = np.empty(LANES, np.float32)
+        for u in range(LANES):
+            lane_px[u] = np.float32(tx0 + u) + _HALF
+        state = np.empty((6, LANES), np.float32)
+        best = np.empty(LANES, np.int32)
         for v in range(th):
             py = np.float32(ty0 + v) + _HALF
-            for u in range(tile_size):
-                state[0, u] = _ONE if u < tw else _ZERO
-                state[1, u] = _ONE
-                for c in range(2, 7):
+            for u in range(LANES):
+                state[0, u] = _ONE if u < tw else -_ONE  # lanes past the image edge start finished
+                for c in range(1, 6):
                     state[c, u] = _ZERO
                 best[u] = -1
             alive = tw
             for k in range(count):
-                dy = local[k, 1] - py
-                if abs(dy) > local[k, 7]:
+                dy = local[1, k] - py
+                if abs(dy) > local[7, k]:
                     continue
-                mx, ca, cb, cc = local[k, 0], local[k, 2], local[k, 3], local[k, 4]
-                opac, z = local[k, 5], local[k, 6]
-                cr, cg, cbl = local[k, 8], local[k, 9], local[k, 10]
-                cyy = _HALF * cc * dy * dy
+                mx, ca, cb, cc = local[0, k], local[2, k], local[3, k], local[4, k]
+                # chord of this row inside the alpha >= ALPHA_THRESHOLD ellipse, in lane units
                 cbdy = cb * dy
-                g = tile_gauss[start + k]
-                ended = 0
-                for u in range(tile_size):
-                    dx = mx - lane_dx[u]
-                    sigma = _HALF * ca * dx * dx + cyy + cbdy * dx
-                    alpha = min(_F_MAX_ALPHA, opac * _exp_neg(sigma))
-                    counts = (sigma >= _ZERO) & (alpha >= _F_ALPHA_THRESHOLD)
-                    t = state[0, u]
-                    next_t = t * (_ONE - alpha)
-                    ends = counts & (t > _ZERO) & (next_t <= _F_T_THRESHOLD)
-                    adds = counts & (next_t > _F_T_THRESHOLD)
-                    w = alpha * t * np.float32(adds)
-                    state[2, u] += w * cr
-                    state[3, u] += w * cg
-                    state[4, u] += w * cbl
-                    state[5, u] += w * z
-                    # selects written as 0/1 blends (exact): numba's ternaries would stop vectorisation
-                    better = w > state[6, u]
-                    state[6, u] = max(w, state[6, u])
-                    best[u] += (g - best[u]) * np.int32(better)
-                    ends_f = np.float32(ends)
-                    adds_f = np.float32(adds)
-                    state[1, u] = t * ends_f + state[1, u] * (_ONE - ends_f)
-                    state[0, u] = next_t * adds_f + t * (_ONE - adds_f - ends_f)
-                    ended += np.int32(ends)
-                alive -= ended
+                disc = max(cbdy * cbdy - ca * (cc * dy * dy - np.float32(2.0) * local[8, k]), _ZERO)
+                root = math.sqrt(disc)
+                centre = mx - np.float32(tx0) - _HALF
+                lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
+                lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
+                cyy = _HALF * cc * dy * dy
+                if lane_hi < _ZERO or lane_lo > np.float32(LANES - 1):
+                    continue
+                alive -= _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, local[5, k], local[6, k],
+                                          local[10, k], local[11, k], local[12, k], gid[k])
                 if alive <= 0:
                     break
             yy = ty0 + v
             for u in range(tw):
-                t = state[0, u] if state[0, u] > _ZERO else state[1, u]
+                t = abs(state[0, u])
                 xx = tx0 + u
-                out_rgb[yy, xx, 0] = state[2, u] + t * background[0]
-                out_rgb[yy, xx, 1] = state[3, u] + t * background[1]
-                out_rgb[yy, xx, 2] = state[4, u] + t * background[2]
+                out_rgb[yy, xx, 0] = state[1, u] + t * background[0]
+                out_rgb[yy, xx, 1] = state[2, u] + t * background[1]
+                out_rgb[yy, xx, 2] = state[3, u] + t * background[2]
                 a = _ONE - t
                 out_alpha[yy, xx] = a
-                out_depth[yy, xx] = state[5, u] / max(a, np.float32(1e-10))
+                out_depth[yy, xx] = state[4, u] / max(a, np.float32(1e-10))
                 out_best[yy, xx] = best[u]
 
 
 def render_cpu(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: numpy scene in, numpy images out."""
+    assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
     n = len(scene)
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
@@ -434,8 +457,8 @@ def render_cpu(scene, batch: CameraBatch, outputs: tuple[str, ...], background: 
                  w, h, TILE_SIZE, geom, color, rect, valid)
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
-        _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, TILE_SIZE,
-                   tiles_x, background, rgb[cam], depth[cam], alpha[cam], best[cam])
+        _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
+                   rgb[cam], depth[cam], alpha[cam], best[cam])
         if want_labels:
             hit = (best[cam] >= 0) & (alpha[cam] >= SEMANTIC_MIN_ALPHA)
             gauss = np.where(hit, best[cam], 0)
