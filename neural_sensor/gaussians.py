@@ -23,14 +23,15 @@ bit-exact.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
 from neural_sensor.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation_matrices
 
 _FLOAT_FIELDS = ("means", "quats", "scales", "opacities", "sh")
+_ARRAY_FIELDS = _FLOAT_FIELDS + ("labels", "instance")
 _OPACITY_EPS = 1e-7  # opacities are clipped to [eps, 1-eps] before the logit so the file holds finite values
 
 
@@ -49,6 +50,10 @@ class GaussianScene:
     Construction validates shapes, dtypes and values and raises ValueError
     naming the field and the number of offending Gaussians. Quaternions are
     normalised on construction (a zero quaternion is an error).
+
+    A scene is a value: construction copies the arrays and makes them read-only,
+    so data derived from them (covariances, for the renderers) can be cached on
+    the scene. Use `replace(field=array)` for a modified copy.
     """
 
     means: np.ndarray  # [N, 3] float32, world frame, metres
@@ -58,6 +63,7 @@ class GaussianScene:
     sh: np.ndarray  # [N, K, 3] float32 SH coefficients
     labels: np.ndarray = field(default=None)  # [N] uint8 semantic class; zeros if omitted
     instance: np.ndarray = field(default=None)  # [N] int32 instance id; zeros if omitted
+    _derived: dict = field(default_factory=dict, init=False, repr=False)  # cache of data computed from the fields
 
     def __post_init__(self) -> None:
         if not isinstance(self.means, np.ndarray) or self.means.ndim != 2 or self.means.shape[1] != 3:
@@ -107,18 +113,31 @@ class GaussianScene:
         norms = np.linalg.norm(self.quats.astype(np.float64), axis=1)
         if (norms < 1e-12).any():
             _fail("quats", "are zero quaternions", norms < 1e-12)
-        # already-unit quaternions are kept bit-for-bit so a save / load round trip is exact
-        off_unit = np.abs(norms - 1.0) > 1e-6
-        if off_unit.any():
-            quats = self.quats.copy()
-            quats[off_unit] = (self.quats[off_unit] / norms[off_unit, None]).astype(np.float32)
-            self.quats = quats
-        for name in ("means", "quats", "scales", "opacities", "sh", "labels", "instance"):
-            setattr(self, name, np.ascontiguousarray(getattr(self, name)))
+        for name in _ARRAY_FIELDS:
+            value = np.array(getattr(self, name), order="C", copy=True)
+            if name == "quats":
+                # already-unit quaternions are kept bit-for-bit so a save / load round trip is exact
+                off_unit = np.abs(norms - 1.0) > 1e-6
+                value[off_unit] = (value[off_unit] / norms[off_unit, None]).astype(np.float32)
+            value.setflags(write=False)
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return self.means.shape[0]
+
+    def replace(self, **changes: np.ndarray) -> "GaussianScene":
+        """A validated copy with some fields replaced, e.g. scene.replace(opacities=new_opacities)."""
+        unknown = set(changes) - set(_ARRAY_FIELDS)
+        if unknown:
+            raise ValueError(f"GaussianScene.replace: unknown fields {sorted(unknown)}")
+        return GaussianScene(**{name: changes.get(name, getattr(self, name)) for name in _ARRAY_FIELDS})
+
+    def derived(self, key: str, compute: Callable[["GaussianScene"], object]) -> object:
+        """compute(self), cached on the scene under `key` (the fields are read-only, so it stays valid)."""
+        if key not in self._derived:
+            self._derived[key] = compute(self)
+        return self._derived[key]
 
     @property
     def sh_degree(self) -> int:
@@ -167,9 +186,7 @@ class GaussianScene:
             raise ValueError("GaussianScene.concat needs at least one scene")
         degree = max(s.sh_degree for s in scenes)
         parts = [s if s.sh_degree == degree else s.with_sh_degree(degree) for s in scenes]
-        return GaussianScene(
-            **{f.name: np.concatenate([getattr(p, f.name) for p in parts], axis=0) for f in fields(GaussianScene)}
-        )
+        return GaussianScene(**{name: np.concatenate([getattr(p, name) for p in parts], axis=0) for name in _ARRAY_FIELDS})
 
     def subset(self, mask_or_index: np.ndarray) -> "GaussianScene":
         """Gaussians selected by a boolean mask [N] or an integer index array [M]."""
@@ -178,7 +195,7 @@ class GaussianScene:
             raise ValueError(f"GaussianScene.subset: boolean mask must have shape ({len(self)},), got {sel.shape}")
         if sel.dtype != bool and not np.issubdtype(sel.dtype, np.integer):
             raise ValueError(f"GaussianScene.subset: expected a bool mask or integer indices, got {sel.dtype}")
-        return GaussianScene(**{f.name: getattr(self, f.name)[sel] for f in fields(GaussianScene)})
+        return GaussianScene(**{name: getattr(self, name)[sel] for name in _ARRAY_FIELDS})
 
     def transformed(self, pose_4x4: np.ndarray) -> "GaussianScene":
         """Apply a rigid transform (e.g. `pose_local_to_world`) to every Gaussian.

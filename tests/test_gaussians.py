@@ -207,7 +207,9 @@ def _pose(yaw, pitch, translation):
 def test_transformed_scene_renders_like_moved_camera(degree):
     """Moving the scene and the camera by the same rigid transform leaves the image unchanged (SH rotated)."""
     scene = random_scene(400, seed=11, sh_degree=degree)
-    scene.sh[:, 1:] *= 4.0  # strong view dependence so an unrotated SH would show
+    sh = scene.sh.copy()
+    sh[:, 1:] *= 4.0  # strong view dependence so an unrotated SH would show
+    scene = scene.replace(sh=sh)
     camera = forward_camera(48, 32)
     pose = _pose(0.7, -0.3, [5.0, -2.0, 1.0])
     moved = scene.transformed(pose)
@@ -246,3 +248,18 @@ def test_from_colors_round_trips_colour():
     scene = GaussianScene.from_colors(**arrays, colors_rgb=colors)
     np.testing.assert_allclose(scene.colors_dc, colors, atol=1e-6)
     assert isinstance(Camera, type)
+
+
+def test_scene_is_an_immutable_value():
+    arrays = _arrays()
+    scene = GaussianScene(**arrays)
+    assert arrays["means"].flags.writeable  # the caller's arrays are copied, not frozen
+    with pytest.raises(ValueError, match="read-only"):
+        scene.means[0, 0] = 1.0
+    brighter = scene.replace(opacities=np.ones(10, np.float32))
+    assert brighter.opacities.min() == 1.0 and scene.opacities.max() < 1.0
+    calls = []
+    assert scene.derived("k", lambda s: calls.append(1) or 5) == 5
+    assert scene.derived("k", lambda s: calls.append(1) or 6) == 5 and len(calls) == 1
+    with pytest.raises(ValueError, match="unknown fields"):
+        scene.replace(colour=np.zeros(3))

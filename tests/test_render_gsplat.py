@@ -51,7 +51,7 @@ def _contributing_pairs(scene, camera):
 
 def test_best_gaussian_from_pairs_matches_reference_semantics():
     scene = random_scene(400, seed=3, sh_degree=0)
-    scene.labels[:] = (np.arange(len(scene)) % 250 + 1).astype(np.uint8)  # labels identify Gaussians
+    scene = scene.replace(labels=(np.arange(len(scene)) % 250 + 1).astype(np.uint8))  # labels identify Gaussians
     camera = forward_camera(40, 30)
     gauss, pixel, alphas, depths, n_pixels = _contributing_pairs(scene, camera)
     assert gauss.numel() > 1000
@@ -79,7 +79,7 @@ needs_gsplat = pytest.mark.skipif(not cuda_available(), reason="needs CUDA and g
 def test_gsplat_matches_reference(seed, sh_degree):
     scene = random_scene(3000, seed=seed, sh_degree=sh_degree)
     # gsplat < 1.6 clamps alpha at 0.999, we (and gsplat >= 1.6) at 0.99: keep alpha below both
-    scene.opacities[:] = np.minimum(scene.opacities, np.float32(0.99))
+    scene = scene.replace(opacities=np.minimum(scene.opacities, np.float32(0.99)))
     cameras = [forward_camera(96, 64, yaw=yaw) for yaw in (0.0, 0.25)]
     out = render(scene, cameras, backend="gsplat", outputs=ALL, background=(0.1, 0.2, 0.3))
     ref = render(scene, cameras, backend="torch", outputs=ALL, background=(0.1, 0.2, 0.3))

@@ -80,8 +80,7 @@ def test_semantic_is_gaussian_of_largest_weight():
     """A faint Gaussian in front and an opaque one behind: the label is the one behind."""
     camera = _axis_camera()
     front, back = _single(opacity=0.3, depth=4.0), _single(opacity=0.95, depth=6.0)
-    back.labels[:] = 3
-    back.instance[:] = 9
+    back = back.replace(labels=np.array([3], np.uint8), instance=np.array([9], np.int32))
     out = render(GaussianScene.concat([front, back]), camera, backend="torch", outputs=("alpha", "semantic", "instance"))
     # weights at the centre: front 0.3, back 0.95 * 0.7 = 0.665
     assert out.semantic[0, 16, 16] == 3 and out.instance[0, 16, 16] == 9
@@ -146,8 +145,7 @@ def test_reference_does_not_depend_on_tile_size():
 def test_gradients_match_finite_differences():
     """d(image)/d(means, quats, scales, opacities, sh) against central differences, float64."""
     scene = random_scene(6, seed=9, sh_degree=1, spread_m=0.4)
-    scene.opacities[:] = np.float32(0.6)
-    scene.scales[:] = np.float32(0.15)
+    scene = scene.replace(opacities=np.full(6, 0.6, np.float32), scales=np.full((6, 3), 0.15, np.float32))
     viewmats, Ks, w, h = _camera_tensors([forward_camera(12, 10, fov_deg=40.0)], torch.float64)
     params = [t.requires_grad_(True) for t in _tensors(scene, torch.float64)]
     weights = torch.randn(h, w, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

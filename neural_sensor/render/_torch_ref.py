@@ -305,19 +305,20 @@ def render_torch(
 def render_reference(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: numpy scene in, numpy images out (no gradient)."""
     with torch.no_grad():
+        # torch.tensor copies: the scene's arrays are read-only
         out = render_torch(
-            torch.from_numpy(scene.means),
-            torch.from_numpy(scene.quats),
-            torch.from_numpy(scene.scales),
-            torch.from_numpy(scene.opacities),
-            torch.from_numpy(scene.sh),
-            torch.from_numpy(batch.viewmats.astype(np.float32)),
-            torch.from_numpy(batch.Ks.astype(np.float32)),
+            torch.tensor(scene.means),
+            torch.tensor(scene.quats),
+            torch.tensor(scene.scales),
+            torch.tensor(scene.opacities),
+            torch.tensor(scene.sh),
+            torch.tensor(batch.viewmats, dtype=torch.float32),
+            torch.tensor(batch.Ks, dtype=torch.float32),
             batch.width,
             batch.height,
-            background=torch.from_numpy(background),
-            labels=torch.from_numpy(scene.labels.astype(np.int64)) if "semantic" in outputs else None,
-            instance=torch.from_numpy(scene.instance.astype(np.int64)) if "instance" in outputs else None,
+            background=torch.tensor(background),
+            labels=torch.tensor(scene.labels, dtype=torch.int64) if "semantic" in outputs else None,
+            instance=torch.tensor(scene.instance, dtype=torch.int64) if "instance" in outputs else None,
         )
     result = {k: out[k].numpy() for k in outputs}
     if "semantic" in result:

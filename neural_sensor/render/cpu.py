@@ -118,7 +118,7 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
              out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
     """Project every Gaussian into one camera.
 
-    out_geom [N, GEOM_WIDTH]: see the _G_* column names
+    out_geom [N, GEOM_WIDTH]: the columns listed at GEOM_WIDTH
     out_color [N, 3]: SH colour + 0.5, clamped at 0 (visible Gaussians only)
     out_rect [N, 4]: tile x0, x1, y0, y1 (x1, y1 exclusive) of the exact alpha >= ALPHA_THRESHOLD ellipse
     out_valid [N]: 1 if the Gaussian passes gsplat's culling (near/far, det, opacity, box off image)
@@ -211,24 +211,31 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
         dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
         inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
         dx, dy, dz = dx * inv, dy * inv, dz * inv
+        # SH basis along the view direction (same polynomial as neural_sensor.sh.sh_basis)
+        b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = _ZERO
+        if sh_degree >= 1:
+            b1, b2, b3 = -_C1 * dy, _C1 * dz, -_C1 * dx
+        if sh_degree >= 2:
+            xx, yy, zz = dx * dx, dy * dy, dz * dz
+            b4, b5, b6 = _C2[0] * dx * dy, _C2[1] * dy * dz, _C2[2] * (np.float32(2.0) * zz - xx - yy)
+            b7, b8 = _C2[3] * dx * dz, _C2[4] * (xx - yy)
+            if sh_degree >= 3:
+                b9 = _C3[0] * dy * (np.float32(3.0) * xx - yy)
+                b10 = _C3[1] * dx * dy * dz
+                b11 = _C3[2] * dy * (np.float32(4.0) * zz - xx - yy)
+                b12 = _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy)
+                b13 = _C3[4] * dx * (np.float32(4.0) * zz - xx - yy)
+                b14 = _C3[5] * dz * (xx - yy)
+                b15 = _C3[6] * dx * (xx - np.float32(3.0) * yy)
         for ch in range(3):
             v = _C0 * sh[i, 0, ch]
             if sh_degree >= 1:
-                v += -_C1 * dy * sh[i, 1, ch] + _C1 * dz * sh[i, 2, ch] - _C1 * dx * sh[i, 3, ch]
+                v += b1 * sh[i, 1, ch] + b2 * sh[i, 2, ch] + b3 * sh[i, 3, ch]
             if sh_degree >= 2:
-                xx, yy, zz = dx * dx, dy * dy, dz * dz
-                v += (_C2[0] * dx * dy * sh[i, 4, ch] + _C2[1] * dy * dz * sh[i, 5, ch]
-                      + _C2[2] * (np.float32(2.0) * zz - xx - yy) * sh[i, 6, ch]
-                      + _C2[3] * dx * dz * sh[i, 7, ch] + _C2[4] * (xx - yy) * sh[i, 8, ch])
+                v += b4 * sh[i, 4, ch] + b5 * sh[i, 5, ch] + b6 * sh[i, 6, ch] + b7 * sh[i, 7, ch] + b8 * sh[i, 8, ch]
             if sh_degree >= 3:
-                xx, yy, zz = dx * dx, dy * dy, dz * dz
-                v += (_C3[0] * dy * (np.float32(3.0) * xx - yy) * sh[i, 9, ch]
-                      + _C3[1] * dx * dy * dz * sh[i, 10, ch]
-                      + _C3[2] * dy * (np.float32(4.0) * zz - xx - yy) * sh[i, 11, ch]
-                      + _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy) * sh[i, 12, ch]
-                      + _C3[4] * dx * (np.float32(4.0) * zz - xx - yy) * sh[i, 13, ch]
-                      + _C3[5] * dz * (xx - yy) * sh[i, 14, ch]
-                      + _C3[6] * dx * (xx - np.float32(3.0) * yy) * sh[i, 15, ch])
+                v += (b9 * sh[i, 9, ch] + b10 * sh[i, 10, ch] + b11 * sh[i, 11, ch] + b12 * sh[i, 12, ch]
+                      + b13 * sh[i, 13, ch] + b14 * sh[i, 14, ch] + b15 * sh[i, 15, ch])
             out_color[i, ch] = max(v + _HALF, _ZERO)
 
 
@@ -431,14 +438,20 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 out_best[yy, xx] = best[u]
 
 
+def _world_covariances(scene) -> np.ndarray:
+    """[N, 6] float32 world covariances (xx, xy, xz, yy, yz, zz); cached on the scene by the caller."""
+    covs = np.empty((len(scene), 6), np.float32)
+    _covariances(scene.quats, scene.scales, covs)
+    return covs
+
+
 def render_cpu(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: numpy scene in, numpy images out."""
     assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
     n = len(scene)
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
-    covs = np.empty((n, 6), np.float32)
-    _covariances(scene.quats, scene.scales, covs)
+    covs = scene.derived("covariances_world_6", _world_covariances)
     geom = np.zeros((n, GEOM_WIDTH), np.float32)
     color = np.zeros((n, 3), np.float32)
     rect = np.zeros((n, 4), np.int32)

@@ -92,7 +92,7 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
     device = torch.device("cuda")
 
     def to_dev(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return torch.tensor(array, device=device)  # copies: the scene's arrays are read-only
 
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     opacities = to_dev(scene.opacities)
@@ -126,10 +126,10 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
         shown = (best >= 0) & (alphas[..., 0] >= SEMANTIC_MIN_ALPHA)
         index = best.clamp_min(0)
         if "semantic" in outputs:
-            labels = torch.from_numpy(scene.labels.astype(np.int64)).to(device)[index]
+            labels = torch.tensor(scene.labels, dtype=torch.int64, device=device)[index]
             result["semantic"] = torch.where(shown, labels, 0).to(torch.uint8).cpu().numpy()
         if "instance" in outputs:
-            inst = torch.from_numpy(scene.instance.astype(np.int64)).to(device)[index]
+            inst = torch.tensor(scene.instance, dtype=torch.int64, device=device)[index]
             result["instance"] = torch.where(shown, inst, 0).to(torch.int32).cpu().numpy()
     return {k: result[k] for k in outputs}
 

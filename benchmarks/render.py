@@ -1,0 +1,146 @@
+"""Render benchmark: street scenes of 100k / 300k / 1M Gaussians at 640x360 and 1600x900, 1 and 6 cameras.
+
+For every configuration it times `render()` on the fast backend(s) (median and p90 over
+`--frames` frames after `--warmup` frames) and the torch reference on the same frame
+(the baseline for the speed-up ratio; fewer frames, it is slow). gsplat is timed too
+when CUDA is present. Prints one JSON object and a one-line summary, and writes
+benchmarks/results/render-<machine>.json.
+
+    python benchmarks/render.py                 # full table
+    python benchmarks/render.py --quick         # 300k at 640x360, one camera
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from neural_sensor.render import cuda_available, render
+from neural_sensor.testing import make_street_scene, street_cameras
+
+GAUSSIANS = (100_000, 300_000, 1_000_000)
+SIZES = ((640, 360), (1600, 900))
+CAMERAS = (1, 6)
+OUTPUTS = ("rgb", "depth", "alpha")
+
+
+def machine_name() -> str:
+    """A short slug for the results file: CPU model and core count, plus the GPU if any."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    slug = f"{slug}-{os.cpu_count()}c"
+    if torch.cuda.is_available():
+        slug += "-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return slug
+
+
+def time_frames(fn, frames: int, warmup: int, budget_s: float = float("inf")) -> dict:
+    """Run fn warmup + frames times; stop early (>= 1 timed frame) once budget_s of timed frames is spent."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+        if sum(times) / 1000.0 > budget_s:
+            break
+    times.sort()
+    return {
+        "median_ms": round(statistics.median(times), 2),
+        "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 2),
+        "frames": len(times),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    configs = []
+    gaussian_counts = (300_000,) if args.quick else GAUSSIANS
+    sizes = ((640, 360),) if args.quick else SIZES
+    cameras = (1,) if args.quick else CAMERAS
+    backends = ["cpu"] + (["gsplat"] if cuda_available() else [])
+    for n in gaussian_counts:
+        scene = make_street_scene(n, seed=0, sh_degree=args.sh_degree)
+        for width, height in sizes:
+            for count in cameras:
+                cams = street_cameras(width, height, count=count)
+                row = {"gaussians": n, "width": width, "height": height, "cameras": count}
+                for backend in backends:
+                    row[backend] = time_frames(lambda: render(scene, cams, backend=backend, outputs=OUTPUTS),
+                                               args.frames, args.warmup)
+                if not args.no_reference:
+                    row["torch"] = time_frames(lambda: render(scene, cams, backend="torch", outputs=OUTPUTS),
+                                               args.ref_frames, 0, budget_s=args.ref_budget_s)
+                    for backend in backends:
+                        row[f"{backend}_speedup_vs_torch"] = round(row["torch"]["median_ms"] / row[backend]["median_ms"], 1)
+                configs.append(row)
+                print(json.dumps(row), flush=True)
+    return {
+        "benchmark": "render",
+        "machine": machine_name(),
+        "cpu_threads": numba.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "numba": numba.__version__,
+        "torch": torch.__version__,
+        "scene": f"make_street_scene(n, seed=0, sh_degree={args.sh_degree}), street_cameras(width, height, count)",
+        "outputs": list(OUTPUTS),
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "configs": configs,
+    }
+
+
+def summary_line(result: dict) -> str:
+    for row in result["configs"]:
+        if row["gaussians"] == 300_000 and (row["width"], row["height"]) == (640, 360) and row["cameras"] == 1:
+            ratio = row.get("cpu_speedup_vs_torch")
+            text = f"300k Gaussians 640x360 1 camera: cpu median {row['cpu']['median_ms']} ms"
+            text += f", p90 {row['cpu']['p90_ms']} ms"
+            if ratio is not None:
+                text += f", {ratio}x faster than the torch reference ({row['torch']['median_ms']} ms)"
+            if "gsplat" in row:
+                text += f"; gsplat median {row['gsplat']['median_ms']} ms"
+            return f"{result['machine']}: {text}"
+    return f"{result['machine']}: {len(result['configs'])} configurations"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only 300k Gaussians, 640x360, one camera")
+    parser.add_argument("--frames", type=int, default=20, help="timed frames per fast backend")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (JIT, caches)")
+    parser.add_argument("--ref-frames", type=int, default=3, help="timed frames of the torch reference")
+    parser.add_argument("--ref-budget-s", type=float, default=60.0, help="stop the reference after this many s")
+    parser.add_argument("--no-reference", action="store_true", help="skip the torch reference")
+    parser.add_argument("--sh-degree", type=int, default=1, help="SH degree of the street scene")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/render-<machine>.json)")
+    args = parser.parse_args()
+    result = run(args)
+    result["summary"] = summary_line(result)
+    out = args.out or Path(__file__).parent / "results" / f"render-{result['machine']}.json"
+    if not args.quick or args.out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    print(result["summary"])
+
+
+if __name__ == "__main__":
+    main()
