@@ -1,0 +1,1 @@
+"""Scenario scripts (one scenario a file) and their runner; filled by the runtime issue."""
