@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numba
-import numpy as np
 import torch
 
 from neural_sensor.render import cuda_available, render

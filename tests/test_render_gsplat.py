@@ -6,54 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from _scenes import forward_camera, psnr, random_scene
+from _scenes import brute_force_composite, forward_camera, psnr, random_scene
 from neural_sensor.render import cuda_available, render
-from neural_sensor.render._common import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_THRESHOLD, stack_cameras
-from neural_sensor.render._torch_ref import _project, _quat_scale_to_covar
 from neural_sensor.render.gsplat_backend import best_gaussian_from_pairs
 from neural_sensor.testing import make_street_scene, street_cameras
 
 ALL = ("rgb", "depth", "alpha", "semantic", "instance")
 
 
-def _contributing_pairs(scene, camera):
-    """Every (Gaussian, pixel, alpha) that the reference composites, by brute force over pixels."""
-    t = {k: torch.tensor(getattr(scene, k), dtype=torch.float64) for k in ("means", "quats", "scales", "opacities")}
-    batch = stack_cameras([camera])
-    w, h = batch.width, batch.height
-    proj = _project(t["means"], _quat_scale_to_covar(t["quats"], t["scales"]), t["opacities"],
-                    torch.tensor(batch.viewmats[0]), torch.tensor(batch.Ks[0]), w, h)
-    ids = torch.nonzero(proj["valid"]).squeeze(1)
-    ids = ids[torch.argsort(proj["depth"][ids], stable=True)]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    trans = torch.ones(h * w, dtype=torch.float64)
-    done = torch.zeros(h * w, dtype=torch.bool)
-    gauss, pixel, alphas, depths = [], [], [], []
-    for g in ids.tolist():
-        dx = (proj["mean2d"][g, 0] - (xs + 0.5)).reshape(-1)
-        dy = (proj["mean2d"][g, 1] - (ys + 0.5)).reshape(-1)
-        a, b, c = proj["conic"][g]
-        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = torch.clamp(t["opacities"][g] * torch.exp(-sigma), max=MAX_ALPHA)
-        ok = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done
-        next_t = trans * (1 - alpha)
-        stop = ok & (next_t <= TRANSMITTANCE_THRESHOLD)
-        add = ok & ~stop
-        where = torch.nonzero(add).squeeze(1)
-        gauss.append(torch.full_like(where, g))
-        pixel.append(where)
-        alphas.append(alpha[where])
-        depths.append(torch.full((where.numel(),), float(proj["depth"][g]), dtype=torch.float64))
-        trans = torch.where(add, next_t, trans)
-        done |= stop
-    return torch.cat(gauss), torch.cat(pixel), torch.cat(alphas), torch.cat(depths), h * w
-
-
 def test_best_gaussian_from_pairs_matches_reference_semantics():
     scene = random_scene(400, seed=3, sh_degree=0)
     scene = scene.replace(labels=(np.arange(len(scene)) % 250 + 1).astype(np.uint8))  # labels identify Gaussians
     camera = forward_camera(40, 30)
-    gauss, pixel, alphas, depths, n_pixels = _contributing_pairs(scene, camera)
+    oracle = brute_force_composite(scene, camera)
+    gauss, pixel, alphas, depths = (oracle[k] for k in ("pair_gauss", "pair_pixel", "pair_alpha", "pair_depth"))
+    n_pixels = camera.width * camera.height
     assert gauss.numel() > 1000
     shuffle = torch.randperm(gauss.numel(), generator=torch.Generator().manual_seed(0))  # any input order
     best = best_gaussian_from_pairs(gauss[shuffle], pixel[shuffle], alphas[shuffle], depths[shuffle], n_pixels)

@@ -6,17 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from _scenes import forward_camera, random_scene
+from _scenes import brute_force_composite, forward_camera, random_scene
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import render
-from neural_sensor.render._common import (
-    ALPHA_THRESHOLD,
-    MAX_ALPHA,
-    TRANSMITTANCE_THRESHOLD,
-    stack_cameras,
-)
-from neural_sensor.render._torch_ref import _project, _quat_scale_to_covar, _sh_to_rgb, render_torch
+from neural_sensor.render._common import MAX_ALPHA, stack_cameras
+from neural_sensor.render._torch_ref import render_torch
 
 
 def _tensors(scene: GaussianScene, dtype=torch.float32):
@@ -86,48 +81,15 @@ def test_semantic_is_gaussian_of_largest_weight():
     assert out.semantic[0, 16, 16] == 3 and out.instance[0, 16, 16] == 9
 
 
-def _brute_force(scene, camera, background):
-    """Composite every projected Gaussian at every pixel, no tiles, float64: the oracle for the tiling."""
-    means, quats, scales, opacities, sh = _tensors(scene, torch.float64)
-    viewmats, Ks, w, h = _camera_tensors([camera], torch.float64)
-    proj = _project(means, _quat_scale_to_covar(quats, scales), opacities, viewmats[0], Ks[0], w, h)
-    campos = torch.tensor(camera.position_world)
-    colors = _sh_to_rgb(sh, means - campos)
-    ids = torch.nonzero(proj["valid"]).squeeze(1)
-    ids = ids[torch.argsort(proj["depth"][ids], stable=True)]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    rgb = np.zeros((h, w, 3))
-    alpha_img = np.zeros((h, w))
-    trans = torch.ones(h, w, dtype=torch.float64)
-    done = torch.zeros(h, w, dtype=torch.bool)
-    acc = torch.zeros(h, w, 3, dtype=torch.float64)
-    for g in ids.tolist():
-        dx = proj["mean2d"][g, 0] - (xs + 0.5)
-        dy = proj["mean2d"][g, 1] - (ys + 0.5)
-        a, b, c = proj["conic"][g]
-        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = torch.clamp(opacities[g] * torch.exp(-sigma), max=MAX_ALPHA)
-        ok = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done
-        next_t = trans * (1 - alpha)
-        stop = ok & (next_t <= TRANSMITTANCE_THRESHOLD)
-        add = ok & ~stop
-        acc += torch.where(add[..., None], (alpha * trans)[..., None] * colors[g], torch.zeros(3, dtype=torch.float64))
-        trans = torch.where(add, next_t, trans)
-        done |= stop
-    rgb = (acc + trans[..., None] * torch.tensor(background, dtype=torch.float64)).numpy()
-    alpha_img = (1 - trans).numpy()
-    return rgb, alpha_img
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reference_matches_brute_force_oracle(seed):
     scene = random_scene(300, seed=seed, sh_degree=2)
     camera = forward_camera(40, 28)
     background = (0.2, 0.4, 0.6)
     out = render(scene, camera, backend="torch", outputs=("rgb", "alpha"), background=background)
-    rgb, alpha = _brute_force(scene, camera, background)
-    np.testing.assert_allclose(out.rgb[0], rgb, atol=2e-5)
-    np.testing.assert_allclose(out.alpha[0], alpha, atol=2e-5)
+    oracle = brute_force_composite(scene, camera, background)
+    np.testing.assert_allclose(out.rgb[0], oracle["rgb"], atol=2e-5)
+    np.testing.assert_allclose(out.alpha[0], oracle["alpha"], atol=2e-5)
 
 
 def test_reference_does_not_depend_on_tile_size():

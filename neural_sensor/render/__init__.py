@@ -45,12 +45,14 @@ class RenderOutput:
 
 def cuda_available() -> bool:
     """True when torch sees a CUDA device and gsplat imports."""
+    import importlib
+
     try:
         import torch
 
         if not torch.cuda.is_available():
             return False
-        import gsplat  # noqa: F401
+        importlib.import_module("gsplat")
     except ImportError:
         return False
     return True
