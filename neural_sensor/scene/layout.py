@@ -1,0 +1,370 @@
+"""Layout: the bird's-eye description of a driving scene (X-Scene's layout stage, made procedurally).
+
+World frame FLU (x forward, y left, z up), metres, radians. A layout holds:
+
+- lanes: centre polylines with a width and a travel direction (+1 along the
+  polyline, -1 against it);
+- road edges: kerb polylines (where the road surface ends);
+- sidewalks: strips (a centre polyline and a width), raised by the kerb height;
+- crosswalks: oriented rectangles painted on the road;
+- static objects: oriented 3D boxes with a class;
+- a style: time of day, weather palette and seed for appearance.
+
+Templates build straight roads, curves and four-way intersections of any size.
+`to_json` / `from_json` round-trip exactly (floats as JSON numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from neural_sensor.labels import CityObjectLabel as L
+
+OBJECT_CLASSES = {  # static object class -> semantic label
+    "building": L.BUILDING,
+    "vegetation": L.VEGETATION,
+    "pole": L.POLE,
+    "traffic_sign": L.TRAFFIC_SIGN,
+    "parked_vehicle": L.CAR,
+    "barrier": L.GUARD_RAIL,
+}
+TIMES_OF_DAY = ("morning", "noon", "evening")
+PALETTES = ("clear", "overcast", "wet")
+
+
+def _polyline(points, name: str) -> np.ndarray:
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] < 2:
+        raise ValueError(f"{name}: a polyline needs >= 2 points of (x, y), got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: polyline contains NaN or infinity")
+    if np.any(np.linalg.norm(np.diff(array, axis=0), axis=1) < 1e-9):
+        raise ValueError(f"{name}: polyline has repeated consecutive points")
+    return array
+
+
+def _positive(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+@dataclass
+class Lane:
+    """A driving lane: centre polyline [P, 2] (m), width (m), direction +1 / -1 along the polyline."""
+
+    centre_m: np.ndarray
+    width_m: float = 3.5
+    direction: int = 1
+    lane_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.centre_m = _polyline(self.centre_m, f"Lane {self.lane_id}.centre_m")
+        self.width_m = _positive(self.width_m, f"Lane {self.lane_id}.width_m")
+        if self.direction not in (1, -1):
+            raise ValueError(f"Lane {self.lane_id}.direction must be +1 or -1, got {self.direction}")
+
+    def travel_polyline(self) -> np.ndarray:
+        """[P, 2] centre points in the direction of travel."""
+        return self.centre_m if self.direction == 1 else self.centre_m[::-1].copy()
+
+
+@dataclass
+class Strip:
+    """A band of constant width around a centre polyline (sidewalks)."""
+
+    centre_m: np.ndarray
+    width_m: float
+
+    def __post_init__(self) -> None:
+        self.centre_m = _polyline(self.centre_m, "Strip.centre_m")
+        self.width_m = _positive(self.width_m, "Strip.width_m")
+
+
+@dataclass
+class Box:
+    """An oriented box: bottom-centre (x, y, z) m, size (length, width, height) m, yaw rad about z."""
+
+    centre_m: tuple[float, float, float]
+    size_m: tuple[float, float, float]
+    yaw_rad: float = 0.0
+    cls: str = "building"
+
+    def __post_init__(self) -> None:
+        self.centre_m = tuple(float(v) for v in self.centre_m)
+        self.size_m = tuple(float(v) for v in self.size_m)
+        if len(self.centre_m) != 3 or not all(math.isfinite(v) for v in self.centre_m):
+            raise ValueError(f"Box.centre_m must be 3 finite numbers, got {self.centre_m}")
+        if len(self.size_m) != 3 or not all(math.isfinite(v) and v > 0 for v in self.size_m):
+            raise ValueError(f"Box.size_m must be 3 positive numbers, got {self.size_m}")
+        if not math.isfinite(float(self.yaw_rad)):
+            raise ValueError(f"Box.yaw_rad must be finite, got {self.yaw_rad}")
+        self.yaw_rad = float(self.yaw_rad)
+        if self.cls not in OBJECT_CLASSES and self.cls != "crosswalk":
+            raise ValueError(f"Box.cls must be one of {sorted(OBJECT_CLASSES)}, got {self.cls!r}")
+
+    @property
+    def label(self) -> int:
+        return int(OBJECT_CLASSES[self.cls])
+
+
+@dataclass
+class Style:
+    """Appearance controls: time of day, weather palette, seed."""
+
+    time_of_day: str = "noon"
+    palette: str = "clear"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.time_of_day not in TIMES_OF_DAY:
+            raise ValueError(f"Style.time_of_day must be one of {TIMES_OF_DAY}, got {self.time_of_day!r}")
+        if self.palette not in PALETTES:
+            raise ValueError(f"Style.palette must be one of {PALETTES}, got {self.palette!r}")
+        self.seed = int(self.seed)
+
+
+@dataclass
+class Layout:
+    """A scene layout; see the module docstring."""
+
+    lanes: list[Lane]
+    road_edges: list[np.ndarray] = field(default_factory=list)  # kerb polylines [P, 2]
+    sidewalks: list[Strip] = field(default_factory=list)
+    crosswalks: list[Box] = field(default_factory=list)  # flat boxes on the road, cls "crosswalk"
+    objects: list[Box] = field(default_factory=list)
+    style: Style = field(default_factory=Style)
+    name: str = "layout"
+
+    def __post_init__(self) -> None:
+        if not self.lanes:
+            raise ValueError("Layout needs at least one lane")
+        self.road_edges = [_polyline(edge, f"road edge {i}") for i, edge in enumerate(self.road_edges)]
+        for box in self.crosswalks:
+            if box.cls != "crosswalk":
+                raise ValueError(f"Layout.crosswalks entries must have cls 'crosswalk', got {box.cls!r}")
+
+    def bounds_m(self, margin_m: float = 0.0) -> tuple[float, float, float, float]:
+        """(x_min, y_min, x_max, y_max) covering every element, plus a margin."""
+        pts = [lane.centre_m for lane in self.lanes] + [s.centre_m for s in self.sidewalks] + list(self.road_edges)
+        for box in self.objects + self.crosswalks:
+            radius = 0.5 * math.hypot(box.size_m[0], box.size_m[1])
+            pts.append(np.array([[box.centre_m[0] - radius, box.centre_m[1] - radius],
+                                 [box.centre_m[0] + radius, box.centre_m[1] + radius]]))
+        pad = max([lane.width_m for lane in self.lanes] + [s.width_m for s in self.sidewalks]) + margin_m
+        allpts = np.concatenate(pts)
+        return (float(allpts[:, 0].min() - pad), float(allpts[:, 1].min() - pad),
+                float(allpts[:, 0].max() + pad), float(allpts[:, 1].max() + pad))
+
+    # ------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "lanes": [{"centre_m": l.centre_m.tolist(), "width_m": l.width_m, "direction": l.direction,
+                       "lane_id": l.lane_id} for l in self.lanes],
+            "road_edges": [e.tolist() for e in self.road_edges],
+            "sidewalks": [{"centre_m": s.centre_m.tolist(), "width_m": s.width_m} for s in self.sidewalks],
+            "crosswalks": [asdict(b) for b in self.crosswalks],
+            "objects": [asdict(b) for b in self.objects],
+            "style": asdict(self.style),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Layout":
+        try:
+            return cls(
+                lanes=[Lane(**lane) for lane in data["lanes"]],
+                road_edges=[np.asarray(e) for e in data.get("road_edges", [])],
+                sidewalks=[Strip(**s) for s in data.get("sidewalks", [])],
+                crosswalks=[Box(**b) for b in data.get("crosswalks", [])],
+                objects=[Box(**b) for b in data.get("objects", [])],
+                style=Style(**data.get("style", {})),
+                name=data.get("name", "layout"),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"Layout: malformed layout description ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Layout":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Layout: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError("Layout: JSON must be an object")
+        return cls.from_dict(data)
+
+
+# ---------------------------------------------------------------- templates
+def _offset_polyline(points: np.ndarray, offset_m: float) -> np.ndarray:
+    """Shift a polyline sideways by offset_m (positive = to the left of the direction of travel)."""
+    tangents = np.gradient(points, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    normals = np.stack([-tangents[:, 1], tangents[:, 0]], axis=1)
+    return points + offset_m * normals
+
+
+def _road_from_reference(reference: np.ndarray, lanes_per_direction: int, lane_width_m: float,
+                         sidewalk_width_m: float, first_id: int = 0):
+    """Lanes, kerbs and sidewalks of a two-way road around a reference (centre) polyline.
+
+    Right-hand traffic: lanes to the right of the reference travel along it (+1).
+    """
+    lanes, edges, sidewalks = [], [], []
+    lane_id = first_id
+    for side in (-1, 1):  # right of the reference, then left
+        for k in range(lanes_per_direction):
+            offset = side * (k + 0.5) * lane_width_m
+            lanes.append(Lane(_offset_polyline(reference, offset), lane_width_m, -side, lane_id))
+            lane_id += 1
+        half_road = lanes_per_direction * lane_width_m
+        edges.append(_offset_polyline(reference, side * half_road))
+        if sidewalk_width_m > 0:
+            sidewalks.append(Strip(_offset_polyline(reference, side * (half_road + sidewalk_width_m / 2)),
+                                   sidewalk_width_m))
+    return lanes, edges, sidewalks
+
+
+def _roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
+                      buildings: bool, skip_fn=None) -> list[Box]:
+    """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb."""
+    objects: list[Box] = []
+    seg = np.diff(reference, axis=0)
+    seg_len = np.linalg.norm(seg, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    total = cum[-1]
+
+    def at(s: float, lateral: float):
+        i = min(np.searchsorted(cum, s, side="right") - 1, len(seg) - 1)
+        t = (s - cum[i]) / seg_len[i]
+        p = reference[i] + t * seg[i]
+        d = seg[i] / seg_len[i]
+        n = np.array([-d[1], d[0]])
+        return p + lateral * n, math.atan2(d[1], d[0])
+
+    for side in (-1, 1):
+        s = rng.uniform(0, 4)
+        while buildings and s < total - 6:
+            length = rng.uniform(10, 24)
+            depth, height = rng.uniform(8, 14), rng.uniform(7, 20)
+            mid = min(s + length / 2, total - 3)
+            centre, yaw = at(mid, side * (half_road_m + sidewalk_m + 0.5 + depth / 2))
+            if skip_fn is None or not skip_fn(centre):
+                objects.append(Box((centre[0], centre[1], 0.0), (length, depth, height), yaw, "building"))
+            s += length + rng.uniform(0.5, 3)
+        s = rng.uniform(2, 10)
+        while s < total - 2:
+            kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=[0.4, 0.3, 0.1, 0.2])
+            if kind == "parked_vehicle":
+                centre, yaw = at(s, side * (half_road_m - 1.1))
+                box = Box((centre[0], centre[1], 0.0), (4.5, 1.9, 1.5), yaw, kind)
+            elif kind == "vegetation":
+                centre, yaw = at(s, side * (half_road_m + sidewalk_m * 0.75))
+                box = Box((centre[0], centre[1], 0.0), (2.2, 2.2, rng.uniform(4, 7)), yaw, kind)
+            elif kind == "pole":
+                centre, yaw = at(s, side * (half_road_m + 0.4))
+                box = Box((centre[0], centre[1], 0.0), (0.25, 0.25, 6.0), yaw, kind)
+            else:
+                centre, yaw = at(s, side * (half_road_m + 0.5))
+                box = Box((centre[0], centre[1], 1.8), (0.1, 0.8, 0.8), yaw, kind)
+            if skip_fn is None or not skip_fn(centre):
+                objects.append(box)
+            s += rng.uniform(7, 16)
+    return objects
+
+
+def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
+                  sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+    """A straight two-way road along +x from x = 0 to length_m, centre line on y = 0."""
+    style = style or Style()
+    length_m = _positive(length_m, "straight_road length_m")
+    n_points = max(2, int(length_m // 10) + 1)
+    reference = np.stack([np.linspace(0.0, length_m, n_points), np.zeros(n_points)], 1)
+    lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
+    half = lanes_per_direction * lane_width_m
+    rng = np.random.default_rng(style.seed)
+    objects = _roadside_objects(rng, reference, half, sidewalk_width_m, buildings)
+    crosswalks = [Box((length_m * 0.6, 0.0, 0.0), (4.0, 2 * half, 0.02), 0.0, "crosswalk")]
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"straight_{int(length_m)}m")
+
+
+def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
+          sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+    """A left-hand curve starting at the origin heading +x, turning angle_deg with the given centre-line radius."""
+    style = style or Style()
+    radius_m = _positive(radius_m, "curve radius_m")
+    angle = math.radians(_positive(angle_deg, "curve angle_deg"))
+    n = max(8, int(radius_m * angle / 4))
+    theta = np.linspace(0, angle, n)
+    reference = np.stack([radius_m * np.sin(theta), radius_m * (1 - np.cos(theta))], 1)
+    lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
+    rng = np.random.default_rng(style.seed)
+    objects = _roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings)
+    return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}")
+
+
+def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, lane_width_m: float = 3.5,
+                 sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+    """A four-way intersection centred on the origin, arms along +-x and +-y, crosswalks on every arm."""
+    style = style or Style()
+    arm = _positive(arm_length_m, "intersection arm_length_m")
+    half = lanes_per_direction * lane_width_m
+    lanes, edges, sidewalks, crosswalks = [], [], [], []
+    for axis in range(2):
+        reference = np.zeros((max(3, int(2 * arm // 10) + 1), 2))
+        reference[:, axis] = np.linspace(-arm, arm, reference.shape[0])
+        arm_lanes, _, _ = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m,
+                                               first_id=len(lanes))
+        lanes += arm_lanes
+    # kerbs and sidewalks: each of the four corners has an edge and a sidewalk along each arm
+    off = half + sidewalk_width_m / 2
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            along_x = np.array([[sx * half, sy * half], [sx * arm, sy * half]])
+            along_y = np.array([[sx * half, sy * half], [sx * half, sy * arm]])
+            edges += [along_x, along_y]
+            sidewalks.append(Strip(np.array([[sx * half, sy * off], [sx * arm, sy * off]]), sidewalk_width_m))
+            sidewalks.append(Strip(np.array([[sx * off, sy * half], [sx * off, sy * arm]]), sidewalk_width_m))
+    for axis in range(2):
+        for sign in (-1, 1):
+            c = [0.0, 0.0]
+            c[axis] = sign * (half + 2.5)
+            yaw = 0.0 if axis == 0 else math.pi / 2
+            crosswalks.append(Box((c[0], c[1], 0.0), (4.0, 2 * half, 0.02), yaw, "crosswalk"))
+    rng = np.random.default_rng(style.seed)
+    objects: list[Box] = []
+    clear = half + sidewalk_width_m + 2.0
+
+    for axis in range(2):
+        for sign in (-1, 1):
+            reference = np.zeros((2, 2))
+            reference[:, axis] = [sign * clear, sign * arm]
+            if sign < 0:
+                reference = reference[::-1].copy()
+            objects += _roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
+                                         skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear))
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m")
+
+
+TEMPLATES = {"straight": straight_road, "curve": curve, "intersection": intersection}
+
+
+def from_template(name: str, **kwargs) -> Layout:
+    """Build a layout from a template name: straight | curve | intersection."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown layout template {name!r}; choose from {sorted(TEMPLATES)}")
+    return TEMPLATES[name](**kwargs)
+
+
+def lanes_polylines(layout: Layout) -> Sequence[np.ndarray]:
+    """Travel-direction centre polylines of every lane."""
+    return [lane.travel_polyline() for lane in layout.lanes]
