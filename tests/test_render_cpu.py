@@ -95,7 +95,7 @@ def test_render_rejects_bad_arguments():
         render(scene, camera, background=(0.0, float("nan"), 0.0))
     with pytest.raises(ValueError, match="no cameras"):
         render(scene, [])
-    with pytest.raises(ValueError, match="scene must be a GaussianScene"):
+    with pytest.raises(ValueError, match="scene must be a GaussianScene or a non-empty list"):
         render({"means": scene.means}, camera)
 
 

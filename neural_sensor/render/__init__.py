@@ -68,7 +68,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def render(
-    scene: GaussianScene,
+    scene: GaussianScene | Sequence[GaussianScene],
     cameras: Camera | Sequence[Camera],
     *,
     backend: str = "auto",
@@ -78,7 +78,8 @@ def render(
     """Render a Gaussian scene into C cameras that share one image size.
 
     Args:
-        scene: GaussianScene with N Gaussians (world frame).
+        scene: GaussianScene with N Gaussians (world frame), or a list of scenes
+            rendered together as one (e.g. `compose()`'s background + agents).
         cameras: one Camera or a list of C Cameras, all W x H.
         backend: "auto" | "gsplat" | "cpu" | "torch".
         outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
@@ -87,8 +88,9 @@ def render(
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
     """
-    if not isinstance(scene, GaussianScene):
-        raise ValueError(f"render: scene must be a GaussianScene, got {type(scene).__name__}")
+    parts = [scene] if isinstance(scene, GaussianScene) else list(scene) if isinstance(scene, (list, tuple)) else None
+    if not parts or not all(isinstance(p, GaussianScene) for p in parts):
+        raise ValueError(f"render: scene must be a GaussianScene or a non-empty list of them, got {type(scene).__name__}")
     batch = stack_cameras(cameras)
     outputs = check_outputs(outputs)
     bg = check_background(background)
@@ -99,7 +101,9 @@ def render(
         from neural_sensor.render._torch_ref import render_reference as impl
     else:
         from neural_sensor.render.gsplat_backend import render_gsplat as impl
-    images = impl(scene, batch, outputs, bg)
+    if name != "cpu":
+        parts = [parts[0] if len(parts) == 1 else GaussianScene.concat(parts)]
+    images = impl(parts if name == "cpu" else parts[0], batch, outputs, bg)
     c, h, w = len(batch.viewmats), batch.height, batch.width
     expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}
     for key in outputs:

@@ -445,42 +445,55 @@ def _world_covariances(scene) -> np.ndarray:
     return covs
 
 
-def render_cpu(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
-    """Backend adapter for `render()`: numpy scene in, numpy images out."""
+def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
+    """Backend adapter for `render()`: scene parts (numpy) in, numpy images out.
+
+    The parts (e.g. a static background and posed agents) are projected into one
+    buffer side by side, so the background is never copied or concatenated.
+    """
     assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
-    n = len(scene)
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    n = int(starts[-1])
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
-    covs = scene.derived("covariances_world_6", _world_covariances)
-    geom = np.zeros((n, GEOM_WIDTH), np.float32)
-    color = np.zeros((n, 3), np.float32)
-    rect = np.zeros((n, 4), np.int32)
-    valid = np.zeros(n, np.uint8)
+    covs = [p.derived("covariances_world_6", _world_covariances) for p in parts]
+    # only entries of valid Gaussians are ever read, so the buffers need no clearing
+    geom = np.empty((n, GEOM_WIDTH), np.float32)
+    color = np.empty((n, 3), np.float32)
+    rect = np.empty((n, 4), np.int32)
+    valid = np.empty(n, np.uint8)
     rgb = np.empty((c_count, h, w, 3), np.float32)
     depth = np.empty((c_count, h, w), np.float32)
     alpha = np.empty((c_count, h, w), np.float32)
     best = np.empty((c_count, h, w), np.int32)
-    want_labels = "semantic" in outputs or "instance" in outputs
-    semantic = np.zeros((c_count, h, w), np.uint8) if "semantic" in outputs else None
-    instance = np.zeros((c_count, h, w), np.int32) if "instance" in outputs else None
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
-        _project(scene.means, covs, scene.opacities, scene.sh, scene.sh_degree,
-                 batch.viewmats[cam].astype(np.float32), batch.Ks[cam].astype(np.float32), campos[cam],
-                 w, h, TILE_SIZE, geom, color, rect, valid)
+        viewmat, K = batch.viewmats[cam].astype(np.float32), batch.Ks[cam].astype(np.float32)
+        for part, cov, lo, hi in zip(parts, covs, starts[:-1], starts[1:]):
+            _project(part.means, cov, part.opacities, part.sh, part.sh_degree, viewmat, K, campos[cam], w, h,
+                     TILE_SIZE, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                    rgb[cam], depth[cam], alpha[cam], best[cam])
-        if want_labels:
-            hit = (best[cam] >= 0) & (alpha[cam] >= SEMANTIC_MIN_ALPHA)
-            gauss = np.where(hit, best[cam], 0)
-            if semantic is not None:
-                semantic[cam] = np.where(hit, scene.labels[gauss], 0)
-            if instance is not None:
-                instance[cam] = np.where(hit, scene.instance[gauss], 0)
-    result = {"rgb": rgb, "depth": depth, "alpha": alpha, "semantic": semantic, "instance": instance}
+    result = {"rgb": rgb, "depth": depth, "alpha": alpha}
+    if "semantic" in outputs or "instance" in outputs:
+        result.update(_labels_of_best(parts, starts, best, alpha))
     return {k: result[k] for k in outputs}
+
+
+def _labels_of_best(parts, starts: np.ndarray, best: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
+    """semantic / instance images from the per-pixel best Gaussian (global index over the parts)."""
+    hit = (best >= 0) & (alpha >= SEMANTIC_MIN_ALPHA)
+    semantic = np.zeros(best.shape, np.uint8)
+    instance = np.zeros(best.shape, np.int32)
+    which = np.searchsorted(starts, best, side="right") - 1
+    for k, part in enumerate(parts):
+        sel = hit & (which == k)
+        local = best[sel] - starts[k]
+        semantic[sel] = part.labels[local]
+        instance[sel] = part.instance[local]
+    return {"semantic": semantic, "instance": instance}
 
 
 def set_num_threads(count: int) -> None:

@@ -1,0 +1,249 @@
+"""EmbeddedSimulator: a deterministic kinematic world, no CARLA server needed (the default).
+
+Fixed step (0.05 s by default). The ego is a kinematic bicycle driven by
+throttle / steer / brake. Other agents move by behaviour along the layout's
+lanes: follow a lane at a speed, cut in from a neighbouring lane when the ego
+comes close, cross the road (pedestrians, cyclists) when the ego comes close,
+or stay parked. Footprints are oriented boxes; an overlap with the ego (and in
+height) is a collision, reported in the snapshot. Frame ids count up by one per
+tick from `start_frame`, timestamps are frame steps times dt. The same inputs
+and seed give the same snapshots, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carla_bridge.simulator import VehicleControl
+from neural_sensor.assets import AGENT_KINDS
+from neural_sensor.scene.layout import Layout
+from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+BEHAVIOURS = ("follow_lane", "cut_in", "cross", "parked")
+EGO_ID = 0  # the ego's id in snapshots (agents are > 0; the ego carries the cameras and is not rendered)
+WHEELBASE_M = 2.8
+MAX_STEER_RAD = math.radians(35.0)
+MAX_ACCEL_MPS2 = 3.5
+MAX_BRAKE_MPS2 = 8.0
+ROLLING_DRAG_PER_S = 0.02  # fraction of speed lost per second without throttle
+
+
+class Path:
+    """A polyline with arc-length parametrisation: position and heading at s (clamped, extrapolated linearly)."""
+
+    def __init__(self, points_m: np.ndarray):
+        self.points = np.asarray(points_m, dtype=np.float64)
+        seg = np.diff(self.points, axis=0)
+        self.seg_len = np.linalg.norm(seg, axis=1)
+        self.cum = np.concatenate([[0.0], np.cumsum(self.seg_len)])
+        self.length_m = float(self.cum[-1])
+        self.dirs = seg / self.seg_len[:, None]
+
+    def at(self, s_m: float) -> tuple[np.ndarray, float]:
+        """(x, y) and heading (rad) at arc length s (beyond the ends: along the end segments)."""
+        i = int(np.clip(np.searchsorted(self.cum, s_m, side="right") - 1, 0, len(self.seg_len) - 1))
+        point = self.points[i] + (s_m - self.cum[i]) * self.dirs[i]
+        return point, math.atan2(self.dirs[i, 1], self.dirs[i, 0])
+
+    def project(self, xy: np.ndarray) -> tuple[float, float]:
+        """(arc length, signed lateral offset, left positive) of the closest point to xy."""
+        rel = xy[None, :] - self.points[:-1]
+        t = np.clip(np.einsum("sd,sd->s", rel, self.dirs), 0.0, self.seg_len)
+        closest = self.points[:-1] + t[:, None] * self.dirs
+        i = int(np.argmin(np.linalg.norm(xy[None, :] - closest, axis=1)))
+        lateral = self.dirs[i, 0] * rel[i, 1] - self.dirs[i, 1] * rel[i, 0]
+        return float(self.cum[i] + t[i]), float(lateral)
+
+
+@dataclass
+class AgentSpec:
+    """An agent and its behaviour.
+
+    follow_lane: drive lane `lane` from arc length `start_s_m` at `speed_mps`.
+    cut_in: like follow_lane, then move to `target_lane` over `duration_s` once the ego is within
+        `trigger_m` (arc length) behind it.
+    cross: walk / ride from `start_xy_m` along `heading_rad` at `speed_mps` for `distance_m`, once the ego is
+        within `trigger_m` (straight-line distance).
+    parked: stand at `start_xy_m`, `heading_rad`.
+    """
+
+    agent_id: int
+    kind: str = "car"
+    behaviour: str = "follow_lane"
+    lane: int = 0
+    start_s_m: float = 0.0
+    speed_mps: float = 8.0
+    target_lane: int = 0
+    trigger_m: float = 15.0
+    duration_s: float = 2.5
+    start_xy_m: tuple[float, float] = (0.0, 0.0)
+    heading_rad: float = 0.0
+    distance_m: float = 12.0
+    size_m: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.agent_id <= 0:
+            raise ValueError(f"AgentSpec.agent_id must be > 0 (0 is the background), got {self.agent_id}")
+        if self.kind not in AGENT_KINDS:
+            raise ValueError(f"agent {self.agent_id}: kind must be one of {sorted(AGENT_KINDS)}, got {self.kind!r}")
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"agent {self.agent_id}: behaviour must be one of {BEHAVIOURS}, got {self.behaviour!r}")
+        for name in ("start_s_m", "speed_mps", "trigger_m", "duration_s", "heading_rad", "distance_m"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"agent {self.agent_id}: {name} is not finite")
+        if self.size_m is None:
+            self.size_m = AGENT_KINDS[self.kind][1]
+
+
+@dataclass
+class EgoStart:
+    """Where the ego starts: a lane and an arc length on it, an initial speed, and a box size."""
+
+    lane: int = 0
+    start_s_m: float = 5.0
+    speed_mps: float = 0.0
+    size_m: tuple[float, float, float] = (4.7, 1.9, 1.5)
+
+
+@dataclass
+class _AgentRuntime:
+    spec: AgentSpec
+    s_m: float
+    speed_mps: float
+    triggered_at_s: float | None = None
+    travelled_m: float = 0.0
+    xy: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    yaw: float = 0.0
+
+
+def _obb_overlap(a: AgentState, b: AgentState) -> bool:
+    """Oriented-box overlap test: separating axes of the two footprints, then the height ranges."""
+    def corners(state: AgentState) -> np.ndarray:
+        length, width, _ = state.size_m
+        local = np.array([[length, width], [length, -width], [-length, -width], [-length, width]]) * 0.5
+        rot = state.pose_agent_to_world[:2, :2]
+        return local @ rot.T + state.pose_agent_to_world[:2, 3]
+
+    ca, cb = corners(a), corners(b)
+    for poly in (ca, cb):
+        for k in range(2):
+            edge = poly[k + 1] - poly[k]
+            axis = np.array([-edge[1], edge[0]])
+            pa, pb = ca @ axis, cb @ axis
+            if pa.max() < pb.min() or pb.max() < pa.min():
+                return False
+    za, zb = a.pose_agent_to_world[2, 3], b.pose_agent_to_world[2, 3]
+    return za < zb + b.size_m[2] and zb < za + a.size_m[2]
+
+
+class EmbeddedSimulator:
+    """See the module docstring. `tick()` first returns the initial state (frame start_frame)."""
+
+    def __init__(self, layout: Layout, ego: EgoStart, agents: list[AgentSpec] = (), *, dt_s: float = 0.05,
+                 seed: int = 0, start_frame: int = 1):
+        if not (0.0 < dt_s <= 1.0):
+            raise ValueError(f"EmbeddedSimulator: dt_s must be in (0, 1] s, got {dt_s}")
+        ids = [a.agent_id for a in agents]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"EmbeddedSimulator: duplicate agent ids {ids}")
+        self.layout = layout
+        self.dt_s = float(dt_s)
+        self.lanes = [Path(lane.travel_polyline()) for lane in layout.lanes]
+        for spec in list(agents) + [ego]:
+            for lane in (getattr(spec, "lane", 0), getattr(spec, "target_lane", 0)):
+                if not 0 <= lane < len(self.lanes):
+                    raise ValueError(f"lane index {lane} is out of range (layout has {len(self.lanes)} lanes)")
+        rng = np.random.default_rng(seed)
+        self._agents = []
+        for spec in agents:
+            jitter = 1.0 + 0.05 * rng.uniform(-1.0, 1.0)  # seeded speed variation
+            runtime = _AgentRuntime(spec, spec.start_s_m, spec.speed_mps * jitter)
+            if spec.behaviour in ("cross", "parked"):
+                runtime.xy, runtime.yaw = np.array(spec.start_xy_m, float), spec.heading_rad
+            self._agents.append(runtime)
+        self.ego_size_m = tuple(ego.size_m)
+        xy, yaw = self.lanes[ego.lane].at(ego.start_s_m)
+        self._ego = {"xy": xy.copy(), "yaw": yaw, "speed": float(ego.speed_mps)}
+        self._control = VehicleControl()
+        self._frame = int(start_frame)
+        self._steps = -1  # the first tick returns the initial state
+
+    # ------------------------------------------------------------------ API
+    def apply_control(self, control) -> None:
+        self._control = VehicleControl.from_any(control)
+
+    def tick(self) -> WorldSnapshot:
+        if self._steps >= 0:
+            self._step_ego()
+            for agent in self._agents:
+                self._step_agent(agent)
+        self._steps += 1
+        return self._snapshot()
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------- dynamics
+    def _step_ego(self) -> None:
+        c, dt = self._control, self.dt_s
+        ego = self._ego
+        accel = MAX_ACCEL_MPS2 * c.throttle - MAX_BRAKE_MPS2 * c.brake - ROLLING_DRAG_PER_S * ego["speed"]
+        speed = max(0.0, ego["speed"] + accel * dt)
+        delta = -c.steer * MAX_STEER_RAD  # CARLA: positive steer turns right, i.e. negative yaw rate in FLU
+        mean_speed = 0.5 * (speed + ego["speed"])
+        yaw_rate = mean_speed / WHEELBASE_M * math.tan(delta)
+        heading = ego["yaw"] + 0.5 * yaw_rate * dt
+        ego["xy"] = ego["xy"] + mean_speed * dt * np.array([math.cos(heading), math.sin(heading)])
+        ego["yaw"] = (ego["yaw"] + yaw_rate * dt + math.pi) % (2 * math.pi) - math.pi
+        ego["speed"] = speed
+
+    def _step_agent(self, agent: _AgentRuntime) -> None:
+        spec, dt = agent.spec, self.dt_s
+        t_now = (self._steps + 1) * dt
+        if spec.behaviour in ("follow_lane", "cut_in"):
+            agent.s_m += agent.speed_mps * dt
+            if spec.behaviour == "cut_in" and agent.triggered_at_s is None:
+                ego_s, _ = self.lanes[spec.lane].project(self._ego["xy"])
+                if 0.0 <= agent.s_m - ego_s <= spec.trigger_m:
+                    agent.triggered_at_s = t_now
+        elif spec.behaviour == "cross":
+            if agent.triggered_at_s is None:
+                if np.linalg.norm(self._ego["xy"] - agent.xy) <= spec.trigger_m:
+                    agent.triggered_at_s = t_now
+            elif agent.travelled_m < spec.distance_m:
+                step = min(agent.speed_mps * dt, spec.distance_m - agent.travelled_m)
+                agent.xy = agent.xy + step * np.array([math.cos(spec.heading_rad), math.sin(spec.heading_rad)])
+                agent.travelled_m += step
+
+    def _agent_pose(self, agent: _AgentRuntime) -> tuple[np.ndarray, float, float]:
+        spec = agent.spec
+        if spec.behaviour in ("follow_lane", "cut_in"):
+            xy, yaw = self.lanes[spec.lane].at(agent.s_m)
+            if spec.behaviour == "cut_in" and agent.triggered_at_s is not None:
+                t = min(1.0, (self._steps * self.dt_s - agent.triggered_at_s) / spec.duration_s)
+                blend = 0.5 - 0.5 * math.cos(math.pi * max(t, 0.0))
+                target_xy, _ = self.lanes[spec.target_lane].at(agent.s_m)
+                lateral = target_xy - xy
+                xy = xy + blend * lateral
+                # heading follows the motion: forward speed plus the rate of the sideways blend
+                blend_rate = 0.5 * math.pi * math.sin(math.pi * t) / spec.duration_s if t < 1.0 else 0.0
+                left = math.cos(yaw) * lateral[1] - math.sin(yaw) * lateral[0]  # signed sideways distance
+                yaw = yaw + math.atan2(blend_rate * left, max(agent.speed_mps, 0.1))
+            return xy, yaw, agent.speed_mps
+        moving = spec.behaviour == "cross" and agent.triggered_at_s is not None and agent.travelled_m < spec.distance_m
+        return agent.xy, agent.yaw, agent.speed_mps if moving else 0.0
+
+    def _snapshot(self) -> WorldSnapshot:
+        ego = AgentState(EGO_ID, "car", self.ego_size_m,
+                         pose_from_xyz_yaw(self._ego["xy"][0], self._ego["xy"][1], 0.0, self._ego["yaw"]),
+                         self._ego["speed"])
+        agents = []
+        for agent in self._agents:
+            xy, yaw, speed = self._agent_pose(agent)
+            agents.append(AgentState(agent.spec.agent_id, agent.spec.kind, tuple(agent.spec.size_m),
+                                     pose_from_xyz_yaw(xy[0], xy[1], 0.0, yaw), speed))
+        collisions = tuple(a.agent_id for a in agents if _obb_overlap(ego, a))
+        return WorldSnapshot(self._frame + self._steps, self._steps * self.dt_s, ego, tuple(agents), collisions)

@@ -1,0 +1,151 @@
+"""NeuralSensorRig: a WorldSnapshot in, one SensorFrame per camera out.
+
+Per capture: place each agent's Gaussian asset at its pose (`compose`, the
+background is not copied), render every camera (cameras of one size in one
+call), and hand back rgb, depth, semantic and instance with the snapshot's frame
+id and timestamp. The enhancer (ZeroMQ, another issue) refines rgb when one is
+given; without one the raw render is delivered and meta says why.
+
+Sensors are `SensorSpec`s in the ego frame (FLU, metres, radians, OpenCV camera
+axes). carla_bridge.transforms turns leaderboard-style sensor dicts (CARLA's UE
+frame, degrees) into them: only that module knows CARLA's frame.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from neural_sensor.assets import compose, make_asset
+from neural_sensor.camera import Camera
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render import render, resolve_backend
+from neural_sensor.world import WorldSnapshot, check_pose
+
+_CAMERA_FROM_FLU = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # FLU axes -> OpenCV axes
+
+
+def rotation_flu(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
+    """[3, 3] R = Rz(yaw) Ry(pitch) Rx(roll), right-handed about FLU axes (yaw left, pitch nose down)."""
+    cr, sr = math.cos(roll_rad), math.sin(roll_rad)
+    cp, sp = math.cos(pitch_rad), math.sin(pitch_rad)
+    cy, sy = math.cos(yaw_rad), math.sin(yaw_rad)
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return rz @ ry @ rx
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    """A camera on the ego: id, image size, horizontal fov, pose (OpenCV camera -> ego FLU)."""
+
+    sensor_id: str
+    width: int
+    height: int
+    fov_deg: float
+    pose_camera_to_ego: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sensor_id, str) or not self.sensor_id:
+            raise ValueError(f"sensor id must be a non-empty string, got {self.sensor_id!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"sensor {self.sensor_id!r}: {name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.fov_deg, (int, float)) and 0 < self.fov_deg < 180):
+            raise ValueError(f"sensor {self.sensor_id!r}: fov must be in (0, 180) degrees, got {self.fov_deg!r}")
+        object.__setattr__(self, "pose_camera_to_ego",
+                           check_pose(self.pose_camera_to_ego, f"sensor {self.sensor_id!r} pose_camera_to_ego"))
+
+    @classmethod
+    def mounted(cls, sensor_id: str, width: int, height: int, fov_deg: float, position_ego_m: Sequence[float],
+                roll_rad: float = 0.0, pitch_rad: float = 0.0, yaw_rad: float = 0.0) -> "SensorSpec":
+        """A camera at `position_ego_m` (FLU) looking along the ego x axis turned by roll / pitch / yaw (FLU)."""
+        pose = np.eye(4)
+        pose[:3, :3] = rotation_flu(roll_rad, pitch_rad, yaw_rad) @ _CAMERA_FROM_FLU.T
+        pose[:3, 3] = position_ego_m
+        return cls(sensor_id, int(width), int(height), float(fov_deg), pose)
+
+
+def nuscenes_like_rig(width: int = 480, height: int = 270) -> list[SensorSpec]:
+    """Six cameras around the roof like nuScenes: front, front-left/right, back, back-left/right."""
+    layout = [("CAM_FRONT", 0.0, 70.0, (1.5, 0.0)), ("CAM_FRONT_LEFT", 55.0, 70.0, (1.3, 0.5)),
+              ("CAM_FRONT_RIGHT", -55.0, 70.0, (1.3, -0.5)), ("CAM_BACK", 180.0, 110.0, (-1.0, 0.0)),
+              ("CAM_BACK_LEFT", 110.0, 70.0, (-0.8, 0.5)), ("CAM_BACK_RIGHT", -110.0, 70.0, (-0.8, -0.5))]
+    return [SensorSpec.mounted(name, width, height, fov, (x, y, 1.6), yaw_rad=math.radians(yaw))
+            for name, yaw, fov, (x, y) in layout]
+
+
+@dataclass
+class SensorFrame:
+    """One camera's output for one tick."""
+
+    frame: int  # the simulator's frame id, unchanged
+    timestamp_s: float  # simulation time, unchanged
+    sensor_id: str
+    rgb: np.ndarray  # [H, W, 3] float32 in [0, 1]
+    depth: np.ndarray  # [H, W] float32 expected camera z, metres
+    semantic: np.ndarray  # [H, W] uint8 CARLA labels
+    instance: np.ndarray  # [H, W] int32 agent / object ids
+    meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason
+
+
+class NeuralSensorRig:
+    """Renders a rig of cameras on the ego from a Gaussian scene plus the snapshot's agents."""
+
+    def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
+                 enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0):
+        if not isinstance(scene, GaussianScene):
+            raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
+        sensors = list(sensors)
+        if not sensors:
+            raise ValueError("NeuralSensorRig: no sensors")
+        ids = [s.sensor_id for s in sensors]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"NeuralSensorRig: duplicate sensor ids in {ids}")
+        if enhancer is not None:
+            raise ValueError("NeuralSensorRig: the ZeroMQ enhancer is not built yet; pass enhancer=None")
+        self.scene = scene
+        self.sensors = sensors
+        self.backend = resolve_backend(backend)
+        self.enhancer = enhancer
+        self.background_rgb = tuple(float(v) for v in background_rgb)
+        self.asset_seed = asset_seed
+        self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
+
+    def _asset(self, agent) -> GaussianScene:
+        key = (agent.agent_id, agent.kind, tuple(round(v, 3) for v in agent.size_m))
+        if key not in self._assets:
+            self._assets[key] = make_asset(agent.kind, instance_id=agent.agent_id, size_m=agent.size_m,
+                                           seed=self.asset_seed * 7919 + agent.agent_id)
+        return self._assets[key]
+
+    def capture(self, snapshot: WorldSnapshot) -> dict[str, SensorFrame]:
+        """Render every sensor for this snapshot; returns {sensor_id: SensorFrame}."""
+        start = time.perf_counter()
+        parts = compose(self.scene, [(self._asset(a), a.pose_agent_to_world) for a in snapshot.agents])
+        compose_ms = (time.perf_counter() - start) * 1000.0
+        pose_ego = snapshot.ego.pose_agent_to_world
+        frames: dict[str, SensorFrame] = {}
+        groups: dict[tuple[int, int], list[SensorSpec]] = {}
+        for spec in self.sensors:
+            groups.setdefault((spec.width, spec.height), []).append(spec)
+        for (width, height), specs in groups.items():
+            cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
+            start = time.perf_counter()
+            out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
+                         outputs=("rgb", "depth", "alpha", "semantic", "instance"))
+            render_ms = (time.perf_counter() - start) * 1000.0
+            for i, spec in enumerate(specs):
+                frames[spec.sensor_id] = SensorFrame(
+                    snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i], out.depth[i],
+                    out.semantic[i], out.instance[i],
+                    {"render_ms": render_ms / len(specs), "compose_ms": compose_ms, "backend": out.backend,
+                     "enhanced": False, "enhancer_reason": "no enhancer configured"},
+                )
+        return {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
