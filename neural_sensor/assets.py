@@ -69,7 +69,7 @@ def _parts(kind: str, size: tuple[float, float, float], rng: np.random.Generator
                 _Part((-0.1, -0.1, leg_h + torso_h), (0.2, 0.2, height - leg_h - torso_h), skin)]
     if kind == "cyclist":
         wheel = 0.7
-        rider = _parts("pedestrian", (0.5, 0.5, height - 0.2), rng)
+        rider = _parts("pedestrian", (0.5, 0.5, height - 0.5), rng)  # seated 0.5 m up: the head tops the box
         shifted = [_Part((p.lo[0], p.lo[1], p.lo[2] + 0.5), p.size, p.rgb) for p in rider[2:]]
         return [_Part((-length / 2, -0.03, 0.0), (wheel, 0.06, wheel), (0.1, 0.1, 0.1)),
                 _Part((length / 2 - wheel, -0.03, 0.0), (wheel, 0.06, wheel), (0.1, 0.1, 0.1)),

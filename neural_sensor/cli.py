@@ -1,4 +1,4 @@
-"""`neural-sensor` command line: render a Gaussian scene (a 3DGS PLY or the street fixture) to PNG.
+"""The rendering subcommands of `neural-sensor` (the whole CLI is scenarios.cli):
 
     neural-sensor render scene.ply --eye 0 0 1.6 --target 10 0 1.5 --out view.png
     neural-sensor street --gaussians 300000 --cameras 6 --out street.png
@@ -9,8 +9,6 @@ Each writes a contact sheet: RGB on top, depth and semantic below.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ def _add_view_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fov", dest="fov_deg", type=float, default=defaults.fov_deg, help="horizontal fov, degrees")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="render backend")
     parser.add_argument("--background", type=float, nargs=3, default=defaults.background, help="RGB in [0, 1]")
-    parser.add_argument("--out", type=Path, default=defaults.out, help="PNG file to write")
+    parser.add_argument("-o", "--out", type=Path, default=defaults.out, help="PNG file to write")
 
 
 def _palette(labels: np.ndarray) -> np.ndarray:
@@ -86,10 +84,8 @@ def _render_and_save(scene: GaussianScene, cameras: list[Camera], opts: ViewOpti
             "size": [opts.width, opts.height], "render_ms_first_call": round(elapsed_ms, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="neural-sensor", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_render_commands(sub) -> None:
+    """The `render` and `street` subcommands (the full CLI lives in scenarios.cli)."""
     p_render = sub.add_parser("render", help="render a 3DGS PLY from one camera")
     p_render.add_argument("ply", type=Path, help="INRIA-layout 3DGS PLY (gsplat, nerfstudio, INRIA trainer)")
     p_render.add_argument("--eye", type=float, nargs=3, required=True, help="camera position, world FLU metres")
@@ -104,24 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p_street.add_argument("--sh-degree", type=int, default=1, help="SH degree 0-3")
     _add_view_options(p_street)
 
-    args = parser.parse_args(argv)
+
+def run_render_command(args: argparse.Namespace) -> dict:
+    """Execute `render` or `street`; returns the JSON summary. Raises ValueError / RuntimeError on bad input."""
     opts = ViewOptions(args.width, args.height, args.fov_deg, args.backend, tuple(args.background), args.out)
-    try:
-        if args.command == "render":
-            scene = GaussianScene.load_ply(args.ply)
-            cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]
-        else:
-            from neural_sensor.testing import make_street_scene, street_cameras
+    if args.command == "render":
+        scene = GaussianScene.load_ply(args.ply)
+        cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]
+    else:
+        from neural_sensor.testing import make_street_scene, street_cameras
 
-            scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)
-            cameras = street_cameras(opts.width, opts.height, count=args.cameras, fov_deg=opts.fov_deg)
-        summary = _render_and_save(scene, cameras, opts)
-    except (ValueError, RuntimeError) as err:
-        print(f"neural-sensor: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)
+        cameras = street_cameras(opts.width, opts.height, count=args.cameras, fov_deg=opts.fov_deg)
+    return _render_and_save(scene, cameras, opts)

@@ -72,15 +72,6 @@ class SensorSpec:
         return cls(sensor_id, int(width), int(height), float(fov_deg), pose)
 
 
-def nuscenes_like_rig(width: int = 480, height: int = 270) -> list[SensorSpec]:
-    """Six cameras around the roof like nuScenes: front, front-left/right, back, back-left/right."""
-    layout = [("CAM_FRONT", 0.0, 70.0, (1.5, 0.0)), ("CAM_FRONT_LEFT", 55.0, 70.0, (1.3, 0.5)),
-              ("CAM_FRONT_RIGHT", -55.0, 70.0, (1.3, -0.5)), ("CAM_BACK", 180.0, 110.0, (-1.0, 0.0)),
-              ("CAM_BACK_LEFT", 110.0, 70.0, (-0.8, 0.5)), ("CAM_BACK_RIGHT", -110.0, 70.0, (-0.8, -0.5))]
-    return [SensorSpec.mounted(name, width, height, fov, (x, y, 1.6), yaw_rad=math.radians(yaw))
-            for name, yaw, fov, (x, y) in layout]
-
-
 @dataclass
 class SensorFrame:
     """One camera's output for one tick."""

@@ -22,6 +22,7 @@ from neural_sensor.scene.layout import Layout, Style
 from neural_sensor.scene.occupancy import Occupancy
 
 STATIC_INSTANCE_BASE = 100_000  # instance id of static object k is this + k (agents use small ids)
+STREET_EYE_HEIGHT_M = 3.0  # faces are kept if a viewer up to this height on a lane could see their front side
 FACE_SIGMA = 0.55  # tangent standard deviation of a face Gaussian, in voxels
 FACE_THICKNESS = 0.03  # normal standard deviation, in voxels
 FACE_OPACITY = 0.97
@@ -106,6 +107,29 @@ def _shade(albedo: np.ndarray, normal: np.ndarray, style: Style) -> np.ndarray:
     return np.clip(albedo * (ambient + diffuse * lambert * np.array(tint)), 0.0, 1.0)
 
 
+def _street_visible(means: np.ndarray, normals: np.ndarray, labels: np.ndarray, layout: Layout) -> np.ndarray:
+    """Faces a street-level viewer can see: a face is kept if some lane centre point, raised to eye
+    height, lies on its front side (n . (eye - x) > 0). Roofs above eye height and the backs of
+    buildings go; the back side of a face is never visible, so the image from the street is the same.
+    """
+    samples = []
+    for lane in layout.lanes:
+        seg = np.diff(lane.centre_m, axis=0)
+        for a, d in zip(lane.centre_m[:-1], seg):
+            steps = max(1, int(np.linalg.norm(d) // 4.0))
+            samples.append(a + np.linspace(0, 1, steps, endpoint=False)[:, None] * d)
+    samples.append(layout.lanes[-1].centre_m[-1:])
+    eyes = np.concatenate(samples)
+    eyes = np.concatenate([eyes, np.full((len(eyes), 1), STREET_EYE_HEIGHT_M)], axis=1)
+    keep = np.ones(len(means), bool)
+    for lo in range(0, len(means), 20000):
+        x, n = means[lo:lo + 20000], normals[lo:lo + 20000]
+        # n . (eye - x) = n . eye - n . x, for all eyes at once
+        front = (n @ eyes.T) - np.einsum("md,md->m", n, x)[:, None] > 0
+        keep[lo:lo + 20000] &= front.any(axis=1)
+    return keep
+
+
 def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout) -> GaussianScene:
     """Surface Gaussians on the exposed faces of an occupancy grid.
 
@@ -143,6 +167,12 @@ def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout) -> GaussianScen
     normals = np.concatenate(parts["normals"])
     face_labels = np.concatenate(parts["labels"])
     objects = np.concatenate(parts["objects"])
+    keep = _street_visible(means, normals, face_labels, layout)
+    coarse = keep & (face_labels == L.TERRAIN)  # terrain is seen only in gaps: one face in four, twice as wide
+    index = np.floor((means - occupancy.origin_m) / voxel).astype(np.int64)
+    keep &= ~coarse | ((index[:, 0] % 2 == 0) & (index[:, 1] % 2 == 0))
+    widen = np.where(coarse[keep], 2.0, 1.0)
+    means, normals, face_labels, objects = means[keep], normals[keep], face_labels[keep], objects[keep]
     colors = _shade(_albedo(face_labels, means, normals, objects, layout), normals, layout.style)
     quats = np.zeros((len(means), 4))
     for direction in _DIRECTIONS:
@@ -153,7 +183,7 @@ def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout) -> GaussianScen
         quats[np.all(normals == normal, axis=1)] = rotmat_to_quat(rot)
     n = len(means)
     scales = np.empty((n, 3))
-    scales[:, :2] = FACE_SIGMA * voxel
+    scales[:, :2] = FACE_SIGMA * voxel * widen[:, None]
     scales[:, 2] = FACE_THICKNESS * voxel
     instance = np.where(objects >= 0, STATIC_INSTANCE_BASE + objects, 0)
     return GaussianScene.from_colors(

@@ -1,0 +1,101 @@
+"""The only place that knows CARLA's frame: left-handed Unreal axes (x forward, y right, z up), degrees.
+
+A CARLA transform (x, y, z, roll, pitch, yaw) has the matrix that
+`carla.Transform.get_matrix()` returns, M_ue = [R | t] with
+R = Rz(yaw) Ry(-pitch) Rx(-roll) in CARLA's convention. The right-handed FLU
+world of this project is S M_ue S with S = diag(1, -1, 1, 1). A camera's UE
+axes (x forward, y right, z up) map to OpenCV axes (x right, y down, z forward)
+as (x, y, z) -> (y, -z, x).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from neural_sensor.rig import SensorSpec
+
+_S = np.diag([1.0, -1.0, 1.0, 1.0])
+_OPENCV_FROM_UE = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # UE axes -> OpenCV axes
+LEADERBOARD_SENSOR_KEYS = ("id", "x", "y", "z", "roll", "pitch", "yaw", "width", "height", "fov")
+
+
+def ue_matrix(x: float, y: float, z: float, roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
+    """[4, 4] as carla.Transform(Location(x, y, z), Rotation(pitch, yaw, roll)).get_matrix() gives it."""
+    cy, sy = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+    cr, sr = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+    cp, sp = math.cos(math.radians(pitch_deg)), math.sin(math.radians(pitch_deg))
+    return np.array([
+        [cp * cy, cy * sp * sr - sy * cr, -cy * sp * cr - sy * sr, x],
+        [cp * sy, sy * sp * sr + cy * cr, -sy * sp * cr + cy * sr, y],
+        [sp, -cp * sr, cp * cr, z],
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+
+
+def ue_to_flu(matrix_ue: np.ndarray) -> np.ndarray:
+    """A UE-frame pose [4, 4] as a right-handed FLU pose: S M S."""
+    return _S @ np.asarray(matrix_ue, dtype=np.float64) @ _S
+
+
+def flu_to_ue(matrix_flu: np.ndarray) -> np.ndarray:
+    """Inverse of ue_to_flu (S is its own inverse)."""
+    return _S @ np.asarray(matrix_flu, dtype=np.float64) @ _S
+
+
+def camera_pose_from_ue(matrix_ue: np.ndarray) -> np.ndarray:
+    """pose_camera_to_<parent> (OpenCV camera axes, FLU parent) from a UE camera transform matrix."""
+    pose = ue_to_flu(matrix_ue)
+    out = np.eye(4)
+    # FLU camera-body axes -> OpenCV: the body's x is forward, -y (FLU) is right, -z is down
+    body_to_opencv = _OPENCV_FROM_UE @ _S[:3, :3]
+    out[:3, :3] = pose[:3, :3] @ body_to_opencv.T
+    out[:3, 3] = pose[:3, 3]
+    return out
+
+
+def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
+    """A leaderboard sensor dict (id, x, y, z, roll, pitch, yaw, width, height, fov; UE, degrees) as a SensorSpec.
+
+    Raises ValueError naming the sensor and the missing or bad value.
+    """
+    if not isinstance(sensor, Mapping):
+        raise ValueError(f"sensor must be a dict, got {type(sensor).__name__}")
+    name = sensor.get("id", "<no id>")
+    missing = [k for k in LEADERBOARD_SENSOR_KEYS if k not in sensor]
+    if missing:
+        raise ValueError(f"sensor {name!r}: missing keys {missing}")
+    kind = sensor.get("type", "sensor.camera.rgb")
+    if not str(kind).startswith("sensor.camera"):
+        raise ValueError(f"sensor {name!r}: type {kind!r} is not a camera")
+    values = {}
+    for key in ("x", "y", "z", "roll", "pitch", "yaw", "fov"):
+        value = sensor[key]
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {value!r}")
+        values[key] = float(value)
+    for key in ("width", "height"):
+        value = sensor[key]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"sensor {name!r}: {key} must be a positive integer, got {value!r}")
+    if not 0.0 < values["fov"] < 180.0:
+        raise ValueError(f"sensor {name!r}: fov must be in (0, 180) degrees, got {values['fov']}")
+    matrix = ue_matrix(values["x"], values["y"], values["z"], values["roll"], values["pitch"], values["yaw"])
+    return SensorSpec(str(sensor["id"]), int(sensor["width"]), int(sensor["height"]), values["fov"],
+                      camera_pose_from_ue(matrix))
+
+
+def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec]:
+    """All cameras of an agent's `sensors()` list, in order."""
+    return [sensor_spec_from_leaderboard(s) for s in sensors]
+
+
+def rgb_to_bgra(rgb: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float RGB in [0, 1] -> [H, W, 4] uint8 BGRA, alpha 255 (carla.Image raw_data layout)."""
+    assert rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
+    out = np.empty(rgb.shape[:2] + (4,), np.uint8)
+    out[..., :3] = np.clip(rgb[..., ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out[..., 3] = 255
+    return out

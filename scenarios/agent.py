@@ -1,0 +1,73 @@
+"""The built-in driving agent: lane keeping (pure pursuit on the route) and adaptive cruise control.
+
+It has the CARLA leaderboard's face: `sensors()` lists leaderboard sensor dicts
+(UE frame, degrees), `run_step(input_data, timestamp) -> control`. Besides the
+cameras it reads the embedded runner's privileged pseudo-sensor
+input_data["world"] = (frame, WorldSnapshot) for its own pose and the agents.
+A user's agent is any class with the same face, constructed as
+`Agent(route_xy_m=..., target_speed_mps=...)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from carla_bridge.embedded import MAX_STEER_RAD, WHEELBASE_M, Path
+from carla_bridge.simulator import VehicleControl
+
+
+def nuscenes_like_sensors(width: int = 480, height: int = 270) -> list[dict]:
+    """Six roof cameras like nuScenes', as leaderboard sensor dicts (UE frame: y right, yaw clockwise, degrees)."""
+    rig = [("CAM_FRONT", 1.5, 0.0, 0.0, 70.0), ("CAM_FRONT_LEFT", 1.3, -0.5, -55.0, 70.0),
+           ("CAM_FRONT_RIGHT", 1.3, 0.5, 55.0, 70.0), ("CAM_BACK", -1.0, 0.0, 180.0, 110.0),
+           ("CAM_BACK_LEFT", -0.8, -0.5, -110.0, 70.0), ("CAM_BACK_RIGHT", -0.8, 0.5, 110.0, 70.0)]
+    return [{"type": "sensor.camera.rgb", "id": name, "x": x, "y": y, "z": 1.6, "roll": 0.0, "pitch": 0.0,
+             "yaw": yaw, "width": width, "height": height, "fov": fov} for name, x, y, yaw, fov in rig]
+
+
+class BuiltinAgent:
+    """Pure-pursuit lane keeping on the route plus a time-gap cruise controller."""
+
+    def __init__(self, route_xy_m: np.ndarray, target_speed_mps: float = 10.0, width: int = 480, height: int = 270):
+        self.route = Path(np.asarray(route_xy_m, dtype=np.float64))
+        self.target_speed_mps = float(target_speed_mps)
+        self.width, self.height = width, height
+        self.time_gap_s = 1.5
+        self.standstill_gap_m = 4.0
+
+    def sensors(self) -> list[dict]:
+        return nuscenes_like_sensors(self.width, self.height)
+
+    def run_step(self, input_data: dict, timestamp: float) -> VehicleControl:
+        _, snapshot = input_data["world"]
+        ego = snapshot.ego
+        xy, yaw, speed = ego.position_m[:2], ego.yaw_rad, ego.speed_mps
+        # lateral: pure pursuit towards a point one look-ahead distance along the route
+        s, _ = self.route.project(xy)
+        lookahead = max(6.0, 0.9 * speed)
+        target, _ = self.route.at(s + lookahead)
+        rel = target - xy
+        alpha = math.atan2(rel[1], rel[0]) - yaw
+        curvature = 2.0 * math.sin(alpha) / max(float(np.linalg.norm(rel)), 1e-3)
+        delta = math.atan(WHEELBASE_M * curvature)
+        steer = float(np.clip(-delta / MAX_STEER_RAD, -1.0, 1.0))  # CARLA: positive steer turns right
+        # longitudinal: follow the closest agent in our corridor ahead, else cruise
+        desired = self.target_speed_mps
+        inv = np.linalg.inv(ego.pose_agent_to_world)
+        for agent in snapshot.agents:
+            local = inv @ np.append(agent.position_m, 1.0)
+            if local[0] <= 0 or local[0] > 60 or abs(local[1]) > 0.5 * (ego.size_m[1] + agent.size_m[1]) + 0.4:
+                continue
+            gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
+            lead_speed = max(0.0, math.cos(agent.yaw_rad - yaw) * agent.speed_mps)
+            safe = max(0.0, (gap - self.standstill_gap_m) / self.time_gap_s)
+            desired = min(desired, lead_speed + 0.5 * (safe - lead_speed), safe)
+        accel = 0.8 * (desired - speed)
+        throttle = float(np.clip(accel / 3.5, 0.0, 1.0))
+        brake = float(np.clip(-accel / 6.0, 0.0, 1.0)) if accel < -0.3 else 0.0
+        return VehicleControl(throttle, steer, brake)
+
+    def destroy(self) -> None:
+        pass

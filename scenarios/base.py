@@ -1,0 +1,119 @@
+"""Scenario: what a closed-loop test is made of, and the criteria it is judged by.
+
+A scenario module in this package defines `make_scenario(seed: int = 0) -> Scenario`.
+World frame FLU, metres, seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carla_bridge.embedded import AgentSpec, EgoStart, Path
+from neural_sensor.scene.layout import Layout
+from neural_sensor.world import WorldSnapshot
+
+
+@dataclass
+class Scenario:
+    """A closed-loop test: scene, ego start and route, agents, criteria thresholds."""
+
+    name: str
+    description: str
+    layout: Layout
+    ego: EgoStart
+    agents: list[AgentSpec]
+    route_xy_m: np.ndarray  # [P, 2] the path the ego is asked to drive
+    target_speed_mps: float = 10.0
+    route_goal_m: float = 80.0  # route completion is progress along the route / this distance
+    min_ttc_s: float = 1.0  # the minimum time-to-collision criterion threshold
+    max_ticks: int = 200
+    recorded_lane: int = 0  # the lane the scene was "recorded" along (off-trajectory is measured from it)
+    voxel_m: float = 0.3
+
+
+def lane_change_route(layout: Layout, lane: int, start_s_m: float, change_at_s_m: float,
+                      offset_m: float, length_m: float, change_len_m: float = 20.0) -> np.ndarray:
+    """A route along `lane` that shifts sideways by offset_m (left positive) over change_len_m."""
+    path = Path(layout.lanes[lane].travel_polyline())
+    s = np.arange(start_s_m, start_s_m + length_m, 1.0)
+    points = []
+    for value in s:
+        xy, yaw = path.at(float(value))
+        t = np.clip((value - change_at_s_m) / change_len_m, 0.0, 1.0)
+        shift = offset_m * (0.5 - 0.5 * math.cos(math.pi * t))
+        points.append(xy + shift * np.array([-math.sin(yaw), math.cos(yaw)]))
+    return np.asarray(points)
+
+
+def lane_route(layout: Layout, lane: int, start_s_m: float, length_m: float) -> np.ndarray:
+    return lane_change_route(layout, lane, start_s_m, math.inf, 0.0, length_m)
+
+
+@dataclass
+class CriteriaState:
+    """Running evaluation of collision, route completion and minimum time-to-collision."""
+
+    scenario: Scenario
+    route: Path = field(init=False)
+    start_s_m: float | None = None
+    progress_m: float = 0.0
+    collision_frame: int | None = None
+    collision_with: tuple[int, ...] = ()
+    min_ttc_s: float = math.inf
+    max_offset_from_recorded_m: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.route = Path(self.scenario.route_xy_m)
+        self.recorded = Path(self.scenario.layout.lanes[self.scenario.recorded_lane].travel_polyline())
+
+    def update(self, snapshot: WorldSnapshot) -> None:
+        ego = snapshot.ego
+        s, _ = self.route.project(ego.position_m[:2])
+        if self.start_s_m is None:
+            self.start_s_m = s
+        self.progress_m = max(self.progress_m, s - self.start_s_m)
+        _, lateral = self.recorded.project(ego.position_m[:2])
+        self.max_offset_from_recorded_m = max(self.max_offset_from_recorded_m, abs(lateral))
+        if snapshot.collisions and self.collision_frame is None:
+            self.collision_frame, self.collision_with = snapshot.frame, snapshot.collisions
+        self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot))
+
+    def results(self) -> dict:
+        completion = min(1.0, self.progress_m / self.scenario.route_goal_m)
+        return {
+            "collision": {"passed": self.collision_frame is None, "frame": self.collision_frame,
+                          "with": list(self.collision_with)},
+            "route_completion": {"passed": completion >= 0.95, "value": round(completion, 4),
+                                 "progress_m": round(self.progress_m, 2)},
+            "min_time_to_collision": {"passed": self.min_ttc_s >= self.scenario.min_ttc_s,
+                                      "value_s": None if math.isinf(self.min_ttc_s) else round(self.min_ttc_s, 3),
+                                      "threshold_s": self.scenario.min_ttc_s},
+            "max_offset_from_recorded_path_m": round(self.max_offset_from_recorded_m, 3),
+        }
+
+    @property
+    def passed(self) -> bool:
+        return all(v["passed"] for v in self.results().values() if isinstance(v, dict))
+
+
+def time_to_collision(snapshot: WorldSnapshot) -> float:
+    """Smallest gap / closing speed over agents in the ego's corridor ahead (inf if none is closing)."""
+    ego = snapshot.ego
+    inv = np.linalg.inv(ego.pose_agent_to_world)
+    best = math.inf
+    for agent in snapshot.agents:
+        local = inv @ np.append(agent.position_m, 1.0)
+        half_widths = 0.5 * (ego.size_m[1] + agent.size_m[1])
+        if local[0] <= 0 or abs(local[1]) > half_widths:
+            continue
+        gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
+        agent_forward = math.cos(agent.yaw_rad - ego.yaw_rad) * agent.speed_mps
+        closing = ego.speed_mps - agent_forward
+        if gap <= 0:
+            return 0.0
+        if closing > 1e-6:
+            best = min(best, gap / closing)
+    return best

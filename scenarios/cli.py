@@ -1,0 +1,96 @@
+"""`neural-sensor`: the command line.
+
+    neural-sensor demo [--ticks N] [--out DIR] ...     the default scenario on the embedded simulator
+    neural-sensor run SCENARIO [--ticks N] [--out DIR] ...
+    neural-sensor build-scene {straight,curve,intersection} [--length M] [--voxel M]
+    neural-sensor render SCENE.ply --eye X Y Z --target X Y Z [-o FILE.png]
+    neural-sensor street [--gaussians N] [--cameras C]
+    neural-sensor bench [--ticks N]                    closed-loop tick rate, per-stage ms (no video)
+
+Errors in the input (unknown scenario, bad sensor, unreadable scene) print one
+line naming the problem and exit with code 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from neural_sensor.cli import add_render_commands, run_render_command
+from neural_sensor.render import BACKENDS
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--ticks", type=int, default=None, help="ticks to run (default: the scenario's length)")
+    parser.add_argument("-o", "--out", type=Path, default=Path(default_out), help="output folder (replaced)")
+    parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
+    parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
+    parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
+    parser.add_argument("--agent", default=None, help="driving agent as 'package.module:Class' (default built-in)")
+    parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neural-sensor", description="Neural camera sensor for CARLA")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="run the default scenario (cut_in) with a 6-camera rig")
+    _add_run_options(p_demo, "out")
+    p_run = sub.add_parser("run", help="run a scenario by name")
+    p_run.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change")
+    _add_run_options(p_run, "out")
+    p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template")
+    p_build.add_argument("template", choices=("straight", "curve", "intersection"))
+    p_build.add_argument("--length", type=float, default=200.0, help="straight: road length; intersection: arm")
+    p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
+    p_build.add_argument("--seed", type=int, default=0, help="style seed")
+    p_build.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video")
+    _add_run_options(p_bench, "out/bench")
+    add_render_commands(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
+    from scenarios.runner import RunOptions, run_scenario
+
+    options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
+                         backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
+                         cache_dir=args.cache)
+    return run_scenario(scenario, options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("demo", "bench"):
+            from scenarios.runner import DEFAULT_SCENARIO
+
+            result = _run(args, DEFAULT_SCENARIO, video=args.command == "demo")
+            if args.command == "bench":
+                result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "cameras",
+                                                 "image_size", "backend", "stage_ms_median", "scene")}
+        elif args.command == "run":
+            result = _run(args, args.scenario, video=True)
+        elif args.command == "build-scene":
+            from neural_sensor.scene.build import build_scene
+            from neural_sensor.scene.layout import Style, from_template
+
+            kwargs = {"straight": {"length_m": args.length}, "intersection": {"arm_length_m": args.length},
+                      "curve": {}}[args.template]
+            layout = from_template(args.template, style=Style(seed=args.seed), **kwargs)
+            _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
+        else:
+            result = run_render_command(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"neural-sensor: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

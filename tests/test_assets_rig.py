@@ -1,0 +1,137 @@
+"""Agent assets, compose(), the sensor rig, leaderboard transforms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from carla_bridge.transforms import (
+    camera_pose_from_ue,
+    rgb_to_bgra,
+    sensor_spec_from_leaderboard,
+    ue_matrix,
+    ue_to_flu,
+)
+from neural_sensor.assets import compose, make_asset
+from neural_sensor.camera import Camera
+from neural_sensor.labels import CityObjectLabel as L
+from neural_sensor.render import render
+from neural_sensor.rig import NeuralSensorRig, SensorSpec
+from neural_sensor.testing import make_street_scene
+from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+
+@pytest.mark.parametrize("kind, label", [("car", L.CAR), ("truck", L.TRUCK), ("pedestrian", L.PEDESTRIAN),
+                                         ("cyclist", L.RIDER)])
+def test_assets_fit_their_box_and_carry_ids(kind, label):
+    asset = make_asset(kind, instance_id=7, seed=1)
+    assert (asset.labels == label).all() and (asset.instance == 7).all()
+    from neural_sensor.assets import AGENT_KINDS
+
+    length, width, height = AGENT_KINDS[kind][1]
+    assert asset.means[:, 2].min() >= -1e-5 and asset.means[:, 2].max() <= height + 1e-5
+    assert np.abs(asset.means[:, 0]).max() <= length / 2 + 1e-5
+    assert np.abs(asset.means[:, 1]).max() <= width / 2 + 1e-5
+    with pytest.raises(ValueError, match="instance_id must be > 0"):
+        make_asset(kind, instance_id=0)
+    with pytest.raises(ValueError, match="unknown agent kind"):
+        make_asset("tank", instance_id=1)
+
+
+def test_compose_moves_exactly_the_agents_gaussians():
+    background = make_street_scene(60_000, seed=0)  # its own cars have instance ids 1..21
+    car = make_asset("car", instance_id=99)
+    pose = pose_from_xyz_yaw(10.0, 2.0, 0.0, 0.5)
+    parts = compose(background, [(car, pose)])
+    assert parts[0] is background  # not copied
+    moved = parts[1]
+    np.testing.assert_allclose(moved.means, car.means @ pose[:3, :3].T + pose[:3, 3], atol=1e-5)
+    np.testing.assert_array_equal(moved.instance, car.instance)
+    # rendering the parts equals rendering their concatenation
+    camera = Camera.look_at(64, 48, 80.0, [0.0, 2.0, 1.6], [10.0, 2.0, 1.0])
+    from neural_sensor.gaussians import GaussianScene
+
+    a = render(parts, camera, backend="cpu", outputs=("rgb", "instance"))
+    b = render(GaussianScene.concat(parts), camera, backend="cpu", outputs=("rgb", "instance"))
+    np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-6)
+    np.testing.assert_array_equal(a.instance, b.instance)
+    assert (a.instance == 99).mean() > 0.03  # the car is in view
+
+
+def test_ue_to_flu_known_answers():
+    # UE yaw +90 deg faces UE +y (right); in FLU that is -y
+    pose = ue_to_flu(ue_matrix(1.0, 2.0, 3.0, 0.0, 0.0, 90.0))
+    np.testing.assert_allclose(pose[:3, 0], [0, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(pose[:3, 3], [1.0, -2.0, 3.0])
+    # UE pitch +10 deg is nose up: FLU forward gets +z
+    pose = ue_to_flu(ue_matrix(0, 0, 0, 0.0, 10.0, 0.0))
+    assert pose[2, 0] == pytest.approx(math.sin(math.radians(10)))
+    # a forward camera looks along +x with image right = -y, image down = -z
+    cam = camera_pose_from_ue(ue_matrix(1.5, 0, 1.6, 0, 0, 0))
+    np.testing.assert_allclose(cam[:3, :3], [[0, 0, 1], [-1, 0, 0], [0, -1, 0]], atol=1e-12)
+
+
+def test_ue_matrix_matches_carla():
+    carla = pytest.importorskip("carla", reason="the carla client package is not installed")
+    for values in [(1, 2, 3, 5, 10, 30), (-4, 0.5, 2, -20, 45, -170), (0, 0, 0, 90, -30, 200)]:
+        x, y, z, roll, pitch, yaw = values
+        t = carla.Transform(carla.Location(x, y, z), carla.Rotation(pitch=pitch, yaw=yaw, roll=roll))
+        np.testing.assert_allclose(np.array(t.get_matrix()), ue_matrix(*values), atol=1e-5)
+
+
+def test_labels_match_carla():
+    carla = pytest.importorskip("carla", reason="the carla client package is not installed")
+    from neural_sensor.labels import CityObjectLabel
+
+    names = {"Roads": "ROADS", "Sidewalks": "SIDEWALKS", "Buildings": "BUILDING", "Vegetation": "VEGETATION",
+             "Car": "CAR", "Truck": "TRUCK", "Pedestrians": "PEDESTRIAN", "Rider": "RIDER", "RoadLines": "ROAD_LINE",
+             "Poles": "POLE", "TrafficSigns": "TRAFFIC_SIGN", "Terrain": "TERRAIN", "GuardRail": "GUARD_RAIL"}
+    for carla_name, ours in names.items():
+        assert int(getattr(carla.CityObjectLabel, carla_name)) == CityObjectLabel[ours]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fov": 0}, "fov must be in"), ({"fov": -5}, "fov must be in"), ({"width": 0}, "width must be a positive"),
+    ({"height": 2.5}, "height must be a positive"), ({"x": float("nan")}, "x must be a finite"),
+    ({"type": "sensor.lidar.ray_cast"}, "is not a camera"),
+])
+def test_bad_sensor_dicts(change, message):
+    sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
+              "yaw": 0, "width": 64, "height": 48, "fov": 90}
+    sensor.update(change)
+    with pytest.raises(ValueError, match=message):
+        sensor_spec_from_leaderboard(sensor)
+    del sensor["yaw"]
+    with pytest.raises(ValueError, match=r"missing keys \['yaw'\]"):
+        sensor_spec_from_leaderboard(sensor)
+
+
+def test_rig_capture_echoes_frame_and_sees_agents():
+    background = make_street_scene(60_000, seed=0)
+    front = sensor_spec_from_leaderboard({"id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
+                                          "yaw": 0, "width": 64, "height": 48, "fov": 90})
+    left = SensorSpec.mounted("left", 32, 24, 90.0, (0, 0.5, 1.6), yaw_rad=math.pi / 2)
+    rig = NeuralSensorRig(background, [front, left], backend="cpu")
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    car = AgentState(55, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(9.0, -1.75, 0.0, 0.0), 3.0)
+    frames = rig.capture(WorldSnapshot(1234, 61.7, ego, (car,)))
+    assert list(frames) == ["front", "left"]
+    f = frames["front"]
+    assert f.frame == 1234 and f.timestamp_s == 61.7 and f.rgb.shape == (48, 64, 3)
+    assert frames["left"].rgb.shape == (24, 32, 3)
+    assert (f.instance == 55).mean() > 0.02 and (f.semantic[f.instance == 55] == L.CAR).all()
+    assert f.meta["enhanced"] is False and f.meta["enhancer_reason"] == "no enhancer configured"
+    with pytest.raises(ValueError, match="duplicate sensor ids"):
+        NeuralSensorRig(background, [front, front])
+    with pytest.raises(ValueError, match="enhancer is not built yet"):
+        NeuralSensorRig(background, [front], enhancer=object())
+
+
+def test_rgb_to_bgra():
+    rgb = np.zeros((2, 3, 3), np.float32)
+    rgb[0, 0] = [1.0, 0.5, 0.0]
+    out = rgb_to_bgra(rgb)
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    assert out[0, 0].tolist() == [0, 128, 255, 255]

@@ -1,0 +1,95 @@
+"""Layout JSON, occupancy rasterisation, occupancy -> Gaussians."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from neural_sensor.camera import Camera
+from neural_sensor.labels import CityObjectLabel as L
+from neural_sensor.render import render
+from neural_sensor.scene.layout import Box, Lane, Layout, Style, TEMPLATES, from_template, straight_road
+from neural_sensor.scene.occupancy import build_occupancy
+from neural_sensor.scene.to_gaussians import occupancy_to_gaussians, sky_rgb
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_layout_json_round_trip(template):
+    layout = from_template(template, style=Style(time_of_day="evening", palette="wet", seed=3))
+    text = layout.to_json()
+    back = Layout.from_json(text)
+    assert back.to_json() == text
+    assert len(back.lanes) == len(layout.lanes) and len(back.objects) == len(layout.objects)
+    np.testing.assert_array_equal(back.lanes[0].centre_m, layout.lanes[0].centre_m)
+    assert back.style == layout.style
+
+
+def test_layout_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one lane"):
+        Layout(lanes=[])
+    with pytest.raises(ValueError, match="polyline needs >= 2 points"):
+        Lane(np.array([[0.0, 0.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        Lane(np.array([[0.0, 0.0], [np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="Box.cls must be one of"):
+        Box((0, 0, 0), (1, 1, 1), 0.0, "spaceship")
+    with pytest.raises(ValueError, match="Box.size_m must be 3 positive"):
+        Box((0, 0, 0), (1, 0, 1))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Layout.from_json("{lanes: ")
+    with pytest.raises(ValueError, match="malformed layout"):
+        Layout.from_json(json.dumps({"objects": []}))
+    with pytest.raises(ValueError, match="unknown layout template"):
+        from_template("roundabout")
+
+
+@pytest.fixture(scope="module")
+def small_street():
+    layout = straight_road(40.0, style=Style(seed=1), buildings=False)
+    layout.objects.append(Box((20.0, 14.0, 0.0), (6.0, 5.0, 8.0), 0.0, "building"))
+    return layout, build_occupancy(layout, voxel_m=0.25)
+
+
+def test_occupancy_has_road_under_lanes_and_buildings_in_boxes(small_street):
+    layout, occ = small_street
+    for lane in layout.lanes:
+        points = np.concatenate([lane.centre_m[:, :2], np.full((len(lane.centre_m), 1), -0.1)], axis=1)
+        inside = (points[:, 0] > 1) & (points[:, 0] < 39)
+        labels = occ.label_at(points[inside])
+        assert np.isin(labels, [L.ROADS, L.ROAD_LINE]).all(), labels
+        above = occ.label_at(points[inside] + [0, 0, 0.5])
+        assert (above == 0).all()  # nothing stands on the lanes
+    # the added building: solid through its height, empty above
+    assert occ.label_at(np.array([[20.0, 14.0, 4.0]]))[0] == L.BUILDING
+    assert occ.label_at(np.array([[20.0, 14.0, 9.0]]))[0] == 0
+    # sidewalks are raised above the road
+    side_y = -(2 * 3.5 + 1.5)
+    assert occ.label_at(np.array([[20.0, side_y, 0.1]]))[0] == L.SIDEWALKS
+    assert occ.label_at(np.array([[20.0, -1.75, 0.1]]))[0] == 0
+
+
+def test_occupancy_chunks_have_no_seams(small_street):
+    layout, occ = small_street
+    other = build_occupancy(layout, voxel_m=0.25, chunk_m=5.3)
+    np.testing.assert_array_equal(other.labels, occ.labels)
+    np.testing.assert_array_equal(other.object_ids, occ.object_ids)
+    np.testing.assert_array_equal(other.origin_m, occ.origin_m)
+
+
+def test_gaussians_from_occupancy_render_the_street(small_street):
+    layout, occ = small_street
+    scene = occupancy_to_gaussians(occ, layout)
+    assert set(np.unique(scene.labels)) >= {L.ROADS, L.ROAD_LINE, L.SIDEWALKS, L.BUILDING}
+    assert (scene.instance[scene.labels == L.ROADS] == 0).all()
+    camera = Camera.look_at(96, 54, 90.0, [5.0, -1.75, 1.6], [25.0, -1.75, 1.2])
+    out = render(scene, camera, backend="cpu", outputs=("rgb", "alpha", "semantic"), background=sky_rgb(layout.style))
+    lower = out.semantic[0, 40:, 30:66]
+    assert np.isin(lower, [L.ROADS, L.ROAD_LINE]).mean() > 0.9  # the road ahead fills the bottom centre
+    assert out.alpha[0, 0, 48] < 0.5  # sky above the road
+
+
+def test_bad_voxel_size():
+    with pytest.raises(ValueError, match="voxel_m must be in"):
+        build_occupancy(straight_road(20.0), voxel_m=0.0)
