@@ -16,7 +16,10 @@ import numpy as np
 
 
 def _check_pose(pose: np.ndarray, name: str) -> np.ndarray:
-    pose = np.asarray(pose, dtype=np.float64)
+    try:
+        pose = np.asarray(pose, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"Camera.{name} must be a [4, 4] array of numbers") from None
     if pose.shape != (4, 4):
         raise ValueError(f"Camera.{name} must be [4, 4], got {pose.shape}")
     if not np.all(np.isfinite(pose)):
@@ -44,11 +47,15 @@ class Camera:
     pose_camera_to_world: np.ndarray  # [4, 4] float64
 
     def __post_init__(self) -> None:
-        if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
-            raise ValueError(f"Camera: width and height must be positive integers, got {self.width}x{self.height}")
-        object.__setattr__(self, "width", int(self.width))
-        object.__setattr__(self, "height", int(self.height))
-        K = np.asarray(self.K, dtype=np.float64)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"Camera: width and height must be positive integers, got {name}={value!r}")
+            object.__setattr__(self, name, int(value))
+        try:
+            K = np.asarray(self.K, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"Camera.K must be a [3, 3] array of numbers, got {self.K!r}") from None
         if K.shape != (3, 3):
             raise ValueError(f"Camera.K must be [3, 3], got {K.shape}")
         if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
@@ -61,8 +68,10 @@ class Camera:
     @classmethod
     def from_fov(cls, width: int, height: int, fov_deg: float, pose_camera_to_world: np.ndarray) -> "Camera":
         """CARLA-style camera: horizontal fov in degrees, square pixels, centred principal point."""
-        if not (0.0 < fov_deg < 180.0):
+        if isinstance(fov_deg, bool) or not isinstance(fov_deg, (int, float, np.floating)) or not (0.0 < fov_deg < 180.0):
             raise ValueError(f"Camera.from_fov: fov must be in (0, 180) degrees, got {fov_deg}")
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width <= 0:
+            raise ValueError(f"Camera: width and height must be positive integers, got width={width!r}")
         focal = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
         K = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
         return cls(width, height, K, pose_camera_to_world)

@@ -166,7 +166,9 @@ class GaussianScene:
             colors_rgb: [N, 3] float32, the view-independent colour.
         Other arguments as the fields.
         """
-        assert colors_rgb.ndim == 2 and colors_rgb.shape[1] == 3, colors_rgb.shape
+        colors_rgb = np.asarray(colors_rgb)
+        if colors_rgb.ndim != 2 or colors_rgb.shape[1] != 3:
+            raise ValueError(f"GaussianScene.from_colors: colors_rgb must be [N, 3], got shape {colors_rgb.shape}")
         sh = ((colors_rgb.astype(np.float32) - np.float32(0.5)) / np.float32(SH_C0))[:, None, :]
         return cls(means, quats, scales, opacities, sh.astype(np.float32), labels, instance)
 
@@ -184,6 +186,8 @@ class GaussianScene:
         """Concatenate scenes in order. Lower SH degrees are zero-padded to the highest (exact)."""
         if len(scenes) == 0:
             raise ValueError("GaussianScene.concat needs at least one scene")
+        if not all(isinstance(scene, GaussianScene) for scene in scenes):
+            raise ValueError("GaussianScene.concat takes GaussianScene objects only")
         degree = max(s.sh_degree for s in scenes)
         parts = [s if s.sh_degree == degree else s.with_sh_degree(degree) for s in scenes]
         return GaussianScene(**{name: np.concatenate([getattr(p, name) for p in parts], axis=0) for name in _ARRAY_FIELDS})
@@ -195,6 +199,9 @@ class GaussianScene:
             raise ValueError(f"GaussianScene.subset: boolean mask must have shape ({len(self)},), got {sel.shape}")
         if sel.dtype != bool and not np.issubdtype(sel.dtype, np.integer):
             raise ValueError(f"GaussianScene.subset: expected a bool mask or integer indices, got {sel.dtype}")
+        if sel.dtype != bool and sel.size and (sel.min() < -len(self) or sel.max() >= len(self)):
+            raise ValueError(f"GaussianScene.subset: indices must be in [-{len(self)}, {len(self)}), "
+                             f"got {sel.min()}..{sel.max()}")
         return GaussianScene(**{name: getattr(self, name)[sel] for name in _ARRAY_FIELDS})
 
     def transformed(self, pose_4x4: np.ndarray) -> "GaussianScene":
@@ -212,6 +219,8 @@ class GaussianScene:
         rot = pose[:3, :3]
         if not np.all(np.isfinite(pose)):
             raise ValueError("transformed: pose contains NaN or infinity")
+        if not np.array_equal(pose[3], [0.0, 0.0, 0.0, 1.0]):
+            raise ValueError(f"transformed: the last row of the pose must be [0, 0, 0, 1], got {pose[3].tolist()}")
         if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
             raise ValueError("transformed: the 3x3 block of the pose is not a proper rotation (rigid transforms only)")
         means = (self.means.astype(np.float64) @ rot.T + pose[:3, 3]).astype(np.float32)
@@ -309,8 +318,8 @@ class GaussianScene:
         with np.errstate(over="ignore"):
             opacities = 1.0 / (1.0 + np.exp(-logit))
             scales = np.exp(log_scales)
-        labels = np.asarray(data["semantic"], np.uint8) if "semantic" in props else None
-        instance = np.asarray(data["instance"], np.int32) if "instance" in props else None
+        labels = _integer_column(data, "semantic", np.uint8, path) if "semantic" in props else None
+        instance = _integer_column(data, "instance", np.int32, path) if "instance" in props else None
         try:
             return cls(
                 means.astype(np.float32),
@@ -323,6 +332,18 @@ class GaussianScene:
             )
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def _integer_column(data, name: str, dtype, path: str) -> np.ndarray:
+    """An integer PLY property cast to dtype, refusing values it cannot hold exactly."""
+    raw = np.asarray(data[name], dtype=np.float64)
+    info = np.iinfo(dtype)
+    bad = ~np.isfinite(raw) | (raw != np.round(raw)) | (raw < info.min) | (raw > info.max)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{path}: {rows.size} of {raw.size} Gaussians have a '{name}' value that is not an "
+                         f"integer in [{info.min}, {info.max}] (first at {rows[0]}: {raw[rows[0]]})")
+    return raw.astype(dtype)
 
 
 def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:

@@ -86,12 +86,12 @@ class CriteriaState:
         return {
             "collision": {"passed": self.collision_frame is None, "frame": self.collision_frame,
                           "with": list(self.collision_with)},
-            "route_completion": {"passed": completion >= 0.95, "value": round(completion, 4),
-                                 "progress_m": round(self.progress_m, 2)},
-            "min_time_to_collision": {"passed": self.min_ttc_s >= self.scenario.min_ttc_s,
-                                      "value_s": None if math.isinf(self.min_ttc_s) else round(self.min_ttc_s, 3),
+            "route_completion": {"passed": bool(completion >= 0.95), "value": round(float(completion), 4),
+                                 "progress_m": round(float(self.progress_m), 2)},
+            "min_time_to_collision": {"passed": bool(self.min_ttc_s >= self.scenario.min_ttc_s),
+                                      "value_s": None if math.isinf(self.min_ttc_s) else round(float(self.min_ttc_s), 3),
                                       "threshold_s": self.scenario.min_ttc_s},
-            "max_offset_from_recorded_path_m": round(self.max_offset_from_recorded_m, 3),
+            "max_offset_from_recorded_path_m": round(float(self.max_offset_from_recorded_m), 3),
         }
 
     @property

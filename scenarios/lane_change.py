@@ -16,6 +16,6 @@ def make_scenario(seed: int = 0) -> Scenario:
         AgentSpec(3, "truck", "follow_lane", lane=2, start_s_m=160.0, speed_mps=8.0),
     ]
     # lane 1 is the outer right lane (y = -5.25); moving 3 m to the left leaves its recorded path
-    route = lane_change_route(layout, 1, 0.0, change_at_s_m=30.0, offset_m=3.0, length_m=190.0)
+    route = lane_change_route(layout, 1, 0.0, change_at_s_m=18.0, offset_m=3.0, length_m=190.0)
     return Scenario("lane_change", __doc__.splitlines()[0], layout, ego, agents, route_xy_m=route,
                     target_speed_mps=11.0, route_goal_m=70.0, max_ticks=200, recorded_lane=1)

@@ -59,6 +59,15 @@ def test_bad_cameras_raise(kwargs, message):
         Camera(**kwargs)
 
 
+@pytest.mark.parametrize("width, K", [(None, np.eye(3)), (float("inf"), np.eye(3)), (np.array([5]), np.eye(3)),
+                                      (10, "K"), (True, np.eye(3))])
+def test_bad_camera_types_raise_value_error(width, K):
+    with pytest.raises(ValueError):
+        Camera(width, 10, K, np.eye(4))
+    with pytest.raises(ValueError, match="fov"):
+        Camera.from_fov(10, 10, "90", np.eye(4))
+
+
 def test_look_at_degenerate():
     with pytest.raises(ValueError, match="coincide"):
         Camera.look_at(10, 10, 60, [1, 1, 1], [1, 1, 1])

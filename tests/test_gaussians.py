@@ -7,7 +7,6 @@ import pytest
 from plyfile import PlyData, PlyElement
 
 from _scenes import forward_camera, random_scene
-from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import render
 from neural_sensor.sh import sh_basis
@@ -118,8 +117,11 @@ def test_loads_ascii_and_big_endian(tmp_path):
     PlyData([PlyElement.describe(record, "vertex")], byte_order=">").write(str(tmp_path / "b.ply"))
     a = GaussianScene.load_ply(tmp_path / "a.ply")
     b = GaussianScene.load_ply(tmp_path / "b.ply")
-    np.testing.assert_allclose(a.means, b.means, rtol=1e-6)
-    assert a.sh_degree == 1
+    written = np.stack([record["x"], record["y"], record["z"]], axis=1)
+    np.testing.assert_allclose(a.means, written, rtol=1e-6)  # ascii prints floats with limited digits
+    np.testing.assert_array_equal(b.means, written)
+    np.testing.assert_array_equal(b.sh[:, 2, 0], record["f_rest_1"])
+    assert a.sh_degree == 1 and b.sh_degree == 1
 
 
 def test_written_ply_header_is_inria_layout(tmp_path):
@@ -247,7 +249,8 @@ def test_from_colors_round_trips_colour():
     del arrays["sh"]
     scene = GaussianScene.from_colors(**arrays, colors_rgb=colors)
     np.testing.assert_allclose(scene.colors_dc, colors, atol=1e-6)
-    assert isinstance(Camera, type)
+    with pytest.raises(ValueError, match=r"colors_rgb must be \[N, 3\]"):
+        GaussianScene.from_colors(**arrays, colors_rgb=colors[:, :2])
 
 
 def test_scene_is_an_immutable_value():
@@ -263,3 +266,30 @@ def test_scene_is_an_immutable_value():
     assert scene.derived("k", lambda s: calls.append(1) or 6) == 5 and len(calls) == 1
     with pytest.raises(ValueError, match="unknown fields"):
         scene.replace(colour=np.zeros(3))
+
+
+def test_out_of_range_labels_in_file_raise(tmp_path):
+    rng = np.random.default_rng(8)
+    record, _ = _inria_vertex(6, 0, rng, extra=[("semantic", "i4"), ("instance", "f8")])
+    record["semantic"] = [1, 2, 300, 3, 4, 5]
+    record["instance"] = 0
+    PlyData([PlyElement.describe(record, "vertex")]).write(str(tmp_path / "labels.ply"))
+    with pytest.raises(ValueError, match=r"1 of 6 Gaussians have a 'semantic' value that is not an integer in \[0, 255\]"):
+        GaussianScene.load_ply(tmp_path / "labels.ply")
+    record["semantic"] = 1
+    record["instance"][2] = 3.5
+    PlyData([PlyElement.describe(record, "vertex")]).write(str(tmp_path / "inst.ply"))
+    with pytest.raises(ValueError, match="'instance' value that is not an integer"):
+        GaussianScene.load_ply(tmp_path / "inst.ply")
+
+
+def test_more_bad_arguments():
+    scene = random_scene(10, seed=0)
+    with pytest.raises(ValueError, match="GaussianScene objects only"):
+        GaussianScene.concat([scene, 2])
+    with pytest.raises(ValueError, match=r"indices must be in \[-10, 10\)"):
+        scene.subset(np.array([10]))
+    pose = np.eye(4)
+    pose[3, 0] = 1.0
+    with pytest.raises(ValueError, match="last row of the pose"):
+        scene.transformed(pose)

@@ -46,6 +46,8 @@ def stack_cameras(cameras: Camera | Sequence[Camera]) -> CameraBatch:
     """Stack one camera or a list of cameras that share width and height."""
     if isinstance(cameras, Camera):
         cameras = [cameras]
+    if not isinstance(cameras, (list, tuple)):
+        raise ValueError(f"render: cameras must be a Camera or a list of Cameras, got {type(cameras).__name__}")
     cameras = list(cameras)
     if not cameras:
         raise ValueError("render: no cameras given")
@@ -66,6 +68,8 @@ def stack_cameras(cameras: Camera | Sequence[Camera]) -> CameraBatch:
 
 def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
     """Validate the requested output names."""
+    if isinstance(outputs, str) or not isinstance(outputs, (list, tuple)):
+        raise ValueError(f"render: outputs must be a list or tuple of names from {ALL_OUTPUTS}, got {outputs!r}")
     outputs = tuple(outputs)
     unknown = [o for o in outputs if o not in ALL_OUTPUTS]
     if unknown or not outputs:
@@ -75,7 +79,10 @@ def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
 
 def check_background(background: Sequence[float]) -> np.ndarray:
     """[3] float32 background colour in [0, 1]."""
-    bg = np.asarray(background, dtype=np.float32)
-    if bg.shape != (3,) or not np.all(np.isfinite(bg)):
-        raise ValueError(f"render: background must be 3 finite floats, got {background!r}")
+    try:
+        bg = np.asarray(background, dtype=np.float32)
+    except (TypeError, ValueError):
+        bg = np.zeros(0, np.float32)
+    if bg.shape != (3,) or not np.all(np.isfinite(bg)) or bg.min() < 0 or bg.max() > 1:
+        raise ValueError(f"render: background must be 3 floats in [0, 1], got {background!r}")
     return bg

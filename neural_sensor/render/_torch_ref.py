@@ -297,6 +297,9 @@ def render_torch(
         shown = (best >= 0) & (alpha_img.detach() >= SEMANTIC_MIN_ALPHA)
         for name, values in (("semantic", labels), ("instance", instance)):
             if values is not None:
+                if values.numel() == 0:  # an empty scene labels nothing
+                    results[name].append(torch.zeros(height, width, dtype=torch.long))
+                    continue
                 picked = values.long()[best.clamp_min(0)]
                 results[name].append(torch.where(shown, picked, torch.zeros_like(picked)).reshape(height, width))
     return {k: torch.stack(v) for k, v in results.items() if v}

@@ -1,7 +1,9 @@
 """gsplat backend: `gsplat.rasterization` on CUDA ("classic" mode, RGB + expected depth).
 
 gsplat is an optional extra (`pip install .[gpu]`) and is imported only when
-this backend renders, never at module import on a CPU machine.
+this backend renders, never at module import on a CPU machine. gsplat 1.5.x
+clamps alpha at 0.999 where our contract (and gsplat >= 1.6) says 0.99: with
+1.5.x, pixels where a Gaussian's alpha would exceed 0.99 differ slightly.
 
 Semantic and instance maps (label of the Gaussian with the largest blending
 weight) are not an accumulation, so gsplat cannot rasterise them directly: we
@@ -121,7 +123,7 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
         "depth": renders[..., 3].float().cpu().numpy(),
         "alpha": alphas[..., 0].float().cpu().numpy(),
     }
-    if "semantic" in outputs or "instance" in outputs:
+    if ("semantic" in outputs or "instance" in outputs) and len(scene) > 0:
         best = _best_gaussian_gsplat(meta, c_count, h, w, len(scene)).reshape(c_count, h, w)
         shown = (best >= 0) & (alphas[..., 0] >= SEMANTIC_MIN_ALPHA)
         index = best.clamp_min(0)
@@ -131,6 +133,9 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
         if "instance" in outputs:
             inst = torch.tensor(scene.instance, dtype=torch.int64, device=device)[index]
             result["instance"] = torch.where(shown, inst, 0).to(torch.int32).cpu().numpy()
+    else:
+        result["semantic"] = np.zeros((c_count, h, w), np.uint8)
+        result["instance"] = np.zeros((c_count, h, w), np.int32)
     return {k: result[k] for k in outputs}
 
 
@@ -140,7 +145,7 @@ def _best_gaussian_gsplat(meta: dict, c_count: int, h: int, w: int, n: int) -> t
 
     flatten_ids = meta["flatten_ids"]
     n_batches = int(flatten_ids.numel()) // (TILE_SIZE * TILE_SIZE) + 1
-    flat_gauss, pixel_ids, image_ids = rasterize_to_indices_in_range(
+    gauss_ids, pixel_ids, image_ids = rasterize_to_indices_in_range(
         0,
         n_batches,
         torch.ones((c_count, h, w), device=flatten_ids.device),
@@ -153,19 +158,19 @@ def _best_gaussian_gsplat(meta: dict, c_count: int, h: int, w: int, n: int) -> t
         meta["isect_offsets"],
         flatten_ids,
     )
-    flat_gauss = flat_gauss.long()
-    cam = flat_gauss // n
-    gauss = flat_gauss % n
-    means2d = meta["means2d"].reshape(-1, 2)[flat_gauss]
-    conics = meta["conics"].reshape(-1, 3)[flat_gauss]
-    opac = meta["opacities"].reshape(-1)[flat_gauss]
+    # gsplat returns per-image Gaussian ids (g % N) and the image in a separate tensor
+    image = image_ids.long()
+    gauss = gauss_ids.long()
+    flat = image * n + gauss
+    means2d = meta["means2d"].reshape(-1, 2)[flat]
+    conics = meta["conics"].reshape(-1, 3)[flat]
+    opac = meta["opacities"].reshape(-1)[flat]
     px = (pixel_ids % w).float() + 0.5
     py = (pixel_ids // w).float() + 0.5
     dx, dy = means2d[:, 0] - px, means2d[:, 1] - py
     sigma = 0.5 * (conics[:, 0] * dx * dx + conics[:, 2] * dy * dy) + conics[:, 1] * dx * dy
     alpha = torch.clamp_max(opac * torch.exp(-sigma), gsplat_max_alpha())
     keep = alpha >= ALPHA_THRESHOLD
-    depth = meta["depths"].reshape(-1)[flat_gauss]
-    flat_pixel = cam * (h * w) + pixel_ids.long()
-    assert torch.equal(cam, image_ids.long()), "gsplat pair image ids disagree with flatten ids"
+    depth = meta["depths"].reshape(-1)[flat]
+    flat_pixel = image * (h * w) + pixel_ids.long()
     return best_gaussian_from_pairs(gauss[keep], flat_pixel[keep], alpha[keep], depth[keep], c_count * h * w)
