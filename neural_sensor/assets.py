@@ -5,8 +5,8 @@ origin at the centre of the box's bottom face, metres. Assets are procedural
 (boxes for body, cabin, wheels, limbs), coloured per seed, labelled with the
 agent's CARLA class and carrying its instance id.
 
-compose() does not copy the background: it returns the background and the
-posed agents as separate parts, which render() takes as a list.
+compose() copies nothing: it returns the background and each agent as an
+(asset, pose) PlacedScene, parts which render() takes as a list.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
+from neural_sensor.gaussians import GaussianScene, PlacedScene, rotmat_to_quat
 from neural_sensor.labels import CityObjectLabel as L
 
 AGENT_KINDS = {  # kind -> (semantic label, default box size (length, width, height) in m)
@@ -25,7 +25,7 @@ AGENT_KINDS = {  # kind -> (semantic label, default box size (length, width, hei
     "pedestrian": (L.PEDESTRIAN, (0.5, 0.6, 1.75)),
     "cyclist": (L.RIDER, (1.8, 0.6, 1.75)),
 }
-GAUSSIANS_PER_M2 = 400.0  # surface density of asset Gaussians
+GAUSSIANS_PER_M2 = 150.0  # surface density of asset Gaussians (about 8 cm apart)
 
 
 @dataclass(frozen=True)
@@ -138,16 +138,17 @@ def make_asset(kind: str, *, instance_id: int, size_m: tuple[float, float, float
                                      cat["colors"], np.full(n, int(label), np.uint8), np.full(n, instance_id, np.int32))
 
 
-def compose(background: GaussianScene, agents: list[tuple[GaussianScene, np.ndarray]]) -> list[GaussianScene]:
-    """The scene of one tick: the background and each agent asset moved to its pose.
+def compose(background: GaussianScene, agents: list[tuple[GaussianScene, np.ndarray]]) -> list:
+    """The scene of one tick: the background and each agent asset placed at its pose.
+
+    Nothing is copied: the background is passed through and each agent becomes a
+    PlacedScene (asset + pose); the CPU renderer folds the pose into its view
+    transform, other backends materialise it.
 
     Args:
-        background: static scene (world frame); not copied.
+        background: static scene (world frame).
         agents: (asset in its local box frame, pose_agent_to_world [4, 4]) per agent.
     Returns:
-        [background, posed agent 1, ...]: parts for render().
+        [background, PlacedScene(agent 1), ...]: parts for render().
     """
-    parts = [background]
-    for asset, pose in agents:
-        parts.append(asset.transformed(pose))
-    return parts
+    return [background] + [PlacedScene(asset, pose) for asset, pose in agents]

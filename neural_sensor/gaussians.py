@@ -334,6 +334,36 @@ class GaussianScene:
             raise ValueError(f"{path}: {err}") from None
 
 
+@dataclass(frozen=True, eq=False)
+class PlacedScene:
+    """A scene in its local frame and the rigid pose that places it in the world (an agent at this tick).
+
+    Renderers that can (the CPU backend) fold the pose into the view transform, so
+    nothing is copied per tick; others call `materialize()`.
+    """
+
+    scene: GaussianScene
+    pose_local_to_world: np.ndarray  # [4, 4] rigid
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scene, GaussianScene):
+            raise ValueError(f"PlacedScene.scene must be a GaussianScene, got {type(self.scene).__name__}")
+        pose = np.asarray(self.pose_local_to_world, dtype=np.float64)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)) or not np.array_equal(pose[3], [0, 0, 0, 1]):
+            raise ValueError("PlacedScene.pose_local_to_world must be a finite [4, 4] rigid transform")
+        rot = pose[:3, :3]
+        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
+            raise ValueError("PlacedScene.pose_local_to_world: the 3x3 block is not a proper rotation")
+        object.__setattr__(self, "pose_local_to_world", pose)
+
+    def __len__(self) -> int:
+        return len(self.scene)
+
+    def materialize(self) -> GaussianScene:
+        """The scene moved into the world frame (a copy)."""
+        return self.scene.transformed(self.pose_local_to_world)
+
+
 def _integer_column(data, name: str, dtype, path: str) -> np.ndarray:
     """An integer PLY property cast to dtype, refusing values it cannot hold exactly."""
     raw = np.asarray(data[name], dtype=np.float64)

@@ -106,7 +106,7 @@ def test_render_rejects_bad_arguments():
         render(scene, 5)
     with pytest.raises(ValueError, match="no cameras"):
         render(scene, [])
-    with pytest.raises(ValueError, match="scene must be a GaussianScene or a non-empty list"):
+    with pytest.raises(ValueError, match="scene must be a GaussianScene, a PlacedScene or a non-empty list"):
         render({"means": scene.means}, camera)
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from neural_sensor.camera import Camera
-from neural_sensor.gaussians import GaussianScene
+from neural_sensor.gaussians import GaussianScene, PlacedScene
 from neural_sensor.render._common import ALL_OUTPUTS, check_background, check_outputs, stack_cameras
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
@@ -68,7 +68,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def render(
-    scene: GaussianScene | Sequence[GaussianScene],
+    scene: GaussianScene | PlacedScene | Sequence[GaussianScene | PlacedScene],
     cameras: Camera | Sequence[Camera],
     *,
     backend: str = "auto",
@@ -78,8 +78,9 @@ def render(
     """Render a Gaussian scene into C cameras that share one image size.
 
     Args:
-        scene: GaussianScene with N Gaussians (world frame), or a list of scenes
-            rendered together as one (e.g. `compose()`'s background + agents).
+        scene: GaussianScene with N Gaussians (world frame), a PlacedScene (local
+            scene + pose), or a list of them rendered together as one scene
+            (e.g. `compose()`'s background + agents).
         cameras: one Camera or a list of C Cameras, all W x H.
         backend: "auto" | "gsplat" | "cpu" | "torch".
         outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
@@ -88,9 +89,11 @@ def render(
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
     """
-    parts = [scene] if isinstance(scene, GaussianScene) else list(scene) if isinstance(scene, (list, tuple)) else None
-    if not parts or not all(isinstance(p, GaussianScene) for p in parts):
-        raise ValueError(f"render: scene must be a GaussianScene or a non-empty list of them, got {type(scene).__name__}")
+    single = isinstance(scene, (GaussianScene, PlacedScene))
+    parts = [scene] if single else list(scene) if isinstance(scene, (list, tuple)) else None
+    if not parts or not all(isinstance(p, (GaussianScene, PlacedScene)) for p in parts):
+        raise ValueError("render: scene must be a GaussianScene, a PlacedScene or a non-empty list of them, "
+                         f"got {type(scene).__name__}")
     batch = stack_cameras(cameras)
     outputs = check_outputs(outputs)
     bg = check_background(background)
@@ -102,7 +105,8 @@ def render(
     else:
         from neural_sensor.render.gsplat_backend import render_gsplat as impl
     if name != "cpu":
-        parts = [parts[0] if len(parts) == 1 else GaussianScene.concat(parts)]
+        world = [p.materialize() if isinstance(p, PlacedScene) else p for p in parts]
+        parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
     images = impl(parts if name == "cpu" else parts[0], batch, outputs, bg)
     c, h, w = len(batch.viewmats), batch.height, batch.width
     expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}

@@ -35,6 +35,7 @@ from neural_sensor.render._common import (
     TRANSMITTANCE_THRESHOLD,
     CameraBatch,
 )
+from neural_sensor.gaussians import PlacedScene
 from neural_sensor.sh import SH_C0, SH_C1, SH_C2, SH_C3
 
 # float32 copies so numba keeps the arithmetic in float32
@@ -93,7 +94,7 @@ def _exp_neg(s):  # pragma: no cover - compiled
 
 @njit(parallel=True, **_JIT)
 def _covariances(quats, scales, out):  # pragma: no cover - compiled
-    """World covariance R S S^T R^T as 6 unique entries (xx, xy, xz, yy, yz, zz) per Gaussian."""
+    """World covariance R S S^T R^T as 6 unique entries (xx, xy, xz, yy, yz, zz), then a bounding radius."""
     for i in prange(quats.shape[0]):
         w, x, y, z = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
         norm = math.sqrt(w * w + x * x + y * y + z * z)
@@ -111,6 +112,7 @@ def _covariances(quats, scales, out):  # pragma: no cover - compiled
         out[i, 3] = m10 * m10 + m11 * m11 + m12 * m12
         out[i, 4] = m10 * m20 + m11 * m21 + m12 * m22
         out[i, 5] = m20 * m20 + m21 * m21 + m22 * m22
+        out[i, 6] = _F_EXTEND * max(sx, max(sy, sz))  # radius of a sphere holding the 3.33-sigma ellipsoid
 
 
 @njit(parallel=True, **_JIT)
@@ -134,6 +136,9 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
     lim_y_neg = cy / fy + np.float32(0.3) * tan_fovy
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
+    # the clamped Jacobian of persp_proj is at most (f / z) sqrt(1 + lim^2) per unit of 3D offset
+    slack_x = math.sqrt(_ONE + max(lim_x_pos, lim_x_neg) ** 2)
+    slack_y = math.sqrt(_ONE + max(lim_y_pos, lim_y_neg) ** 2)
     for i in prange(means.shape[0]):
         out_valid[i] = 0
         mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
@@ -144,6 +149,14 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
             continue
         opac = opacities[i]
         if opac < _F_ALPHA_THRESHOLD:
+            continue
+        # conservative early-out: a bounding sphere entirely outside a side of the frustum cannot reach
+        # the image (its EWA box, dilation included, stays beyond the edge), so skip the covariance work
+        reach = covs[i, 6]
+        margin = np.float32(2.0) * z
+        if (x * fx - z * (w_f - cx) > reach * slack_x * fx + margin or -x * fx - z * cx > reach * slack_x * fx + margin
+                or y * fy - z * (h_f - cy) > reach * slack_y * fy + margin
+                or -y * fy - z * cy > reach * slack_y * fy + margin):
             continue
         # camera-frame covariance W S W^T
         s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
@@ -439,8 +452,8 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
 
 
 def _world_covariances(scene) -> np.ndarray:
-    """[N, 6] float32 world covariances (xx, xy, xz, yy, yz, zz); cached on the scene by the caller."""
-    covs = np.empty((len(scene), 6), np.float32)
+    """[N, 7] float32: covariance (xx, xy, xz, yy, yz, zz) in the scene's frame, bounding radius (m)."""
+    covs = np.empty((len(scene), 7), np.float32)
     _covariances(scene.quats, scene.scales, covs)
     return covs
 
@@ -456,7 +469,9 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     n = int(starts[-1])
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
-    covs = [p.derived("covariances_world_6", _world_covariances) for p in parts]
+    scenes = [p.scene if isinstance(p, PlacedScene) else p for p in parts]
+    poses = [p.pose_local_to_world if isinstance(p, PlacedScene) else None for p in parts]
+    covs = [sc.derived("covariances_and_radius", _world_covariances) for sc in scenes]
     # only entries of valid Gaussians are ever read, so the buffers need no clearing
     geom = np.empty((n, GEOM_WIDTH), np.float32)
     color = np.empty((n, 3), np.float32)
@@ -468,17 +483,20 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     best = np.empty((c_count, h, w), np.int32)
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
-        viewmat, K = batch.viewmats[cam].astype(np.float32), batch.Ks[cam].astype(np.float32)
-        for part, cov, lo, hi in zip(parts, covs, starts[:-1], starts[1:]):
-            _project(part.means, cov, part.opacities, part.sh, part.sh_degree, viewmat, K, campos[cam], w, h,
-                     TILE_SIZE, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
+        K = batch.Ks[cam].astype(np.float32)
+        for sc, pose, cov, lo, hi in zip(scenes, poses, covs, starts[:-1], starts[1:]):
+            # a placed part is projected from its own frame: the pose folds into the view transform
+            viewmat = batch.viewmats[cam] if pose is None else batch.viewmats[cam] @ pose
+            eye = campos[cam] if pose is None else (np.linalg.inv(pose) @ np.append(campos[cam], 1.0))[:3]
+            _project(sc.means, cov, sc.opacities, sc.sh, sc.sh_degree, viewmat.astype(np.float32), K,
+                     eye.astype(np.float32), w, h, TILE_SIZE, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                    rgb[cam], depth[cam], alpha[cam], best[cam])
     result = {"rgb": rgb, "depth": depth, "alpha": alpha}
     if "semantic" in outputs or "instance" in outputs:
-        result.update(_labels_of_best(parts, starts, best, alpha))
+        result.update(_labels_of_best(scenes, starts, best, alpha))
     return {k: result[k] for k in outputs}
 
 
@@ -487,12 +505,17 @@ def _labels_of_best(parts, starts: np.ndarray, best: np.ndarray, alpha: np.ndarr
     hit = (best >= 0) & (alpha >= SEMANTIC_MIN_ALPHA)
     semantic = np.zeros(best.shape, np.uint8)
     instance = np.zeros(best.shape, np.int32)
-    which = np.searchsorted(starts, best, side="right") - 1
-    for k, part in enumerate(parts):
-        sel = hit & (which == k)
-        local = best[sel] - starts[k]
-        semantic[sel] = part.labels[local]
-        instance[sel] = part.instance[local]
+    first = hit & (best < starts[1])  # most pixels show the first part (the background): index it directly
+    semantic[first] = parts[0].labels[best[first]]
+    instance[first] = parts[0].instance[best[first]]
+    rest = np.flatnonzero(hit & ~first)
+    if rest.size:
+        index = best.reshape(-1)[rest]
+        which = np.searchsorted(starts, index, side="right") - 1
+        for k in np.unique(which):
+            sel = which == k
+            semantic.reshape(-1)[rest[sel]] = parts[k].labels[index[sel] - starts[k]]
+            instance.reshape(-1)[rest[sel]] = parts[k].instance[index[sel] - starts[k]]
     return {"semantic": semantic, "instance": instance}
 
 
