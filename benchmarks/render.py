@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
+
+from _machine import machine_name
 
 import numba
 import torch
@@ -31,23 +30,6 @@ GAUSSIANS = (100_000, 300_000, 1_000_000)
 SIZES = ((640, 360), (1600, 900))
 CAMERAS = (1, 6)
 OUTPUTS = ("rgb", "depth", "alpha")
-
-
-def machine_name() -> str:
-    """A short slug for the results file: CPU model and core count, plus the GPU if any."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
-    slug = f"{slug}-{os.cpu_count()}c"
-    if torch.cuda.is_available():
-        slug += "-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
-    return slug
 
 
 def time_frames(fn, frames: int, warmup: int, budget_s: float = float("inf")) -> dict:

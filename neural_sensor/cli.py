@@ -1,6 +1,7 @@
 """The rendering subcommands of `neural-sensor` (the whole CLI is scenarios.cli):
 
-    neural-sensor render scene.ply --eye 0 0 1.6 --target 10 0 1.5 --out view.png
+    neural-sensor render scene.ply --pose 0 0 1.6 0 5 0 -o view.png     (x y z roll pitch yaw)
+    neural-sensor render scene.ply --eye 0 0 1.6 --target 10 0 1.5 -o view.png
     neural-sensor street --gaussians 300000 --cameras 6 --out street.png
 
 Each writes a contact sheet: RGB on top, depth and semantic below.
@@ -9,6 +10,7 @@ Each writes a contact sheet: RGB on top, depth and semantic below.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +90,12 @@ def add_render_commands(sub) -> None:
     """The `render` and `street` subcommands (the full CLI lives in scenarios.cli)."""
     p_render = sub.add_parser("render", help="render a 3DGS PLY from one camera")
     p_render.add_argument("ply", type=Path, help="INRIA-layout 3DGS PLY (gsplat, nerfstudio, INRIA trainer)")
-    p_render.add_argument("--eye", type=float, nargs=3, required=True, help="camera position, world FLU metres")
-    p_render.add_argument("--target", type=float, nargs=3, required=True, help="point looked at, world FLU metres")
+    where = p_render.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pose", type=float, nargs=6, metavar=("X", "Y", "Z", "ROLL", "PITCH", "YAW"),
+                       help="camera pose: position in world FLU metres, then roll / pitch / yaw in degrees about "
+                            "the FLU axes (yaw left, pitch nose down); the camera looks along its x axis")
+    where.add_argument("--eye", type=float, nargs=3, help="camera position, world FLU metres (with --target)")
+    p_render.add_argument("--target", type=float, nargs=3, help="point looked at, world FLU metres (with --eye)")
     p_render.add_argument("--up", type=float, nargs=3, default=(0.0, 0.0, 1.0), help="world up direction")
     _add_view_options(p_render)
 
@@ -106,7 +112,17 @@ def run_render_command(args: argparse.Namespace) -> dict:
     opts = ViewOptions(args.width, args.height, args.fov_deg, args.backend, tuple(args.background), args.out)
     if args.command == "render":
         scene = GaussianScene.load_ply(args.ply)
-        cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]
+        if args.pose is not None:
+            from neural_sensor.rig import SensorSpec
+
+            x, y, z, roll, pitch, yaw = args.pose
+            spec = SensorSpec.mounted("cli", opts.width, opts.height, opts.fov_deg, (x, y, z), math.radians(roll),
+                                      math.radians(pitch), math.radians(yaw))
+            cameras = [Camera.from_fov(opts.width, opts.height, opts.fov_deg, spec.pose_camera_to_ego)]
+        else:
+            if args.target is None:
+                raise ValueError("render: --eye needs --target")
+            cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]
     else:
         from neural_sensor.testing import make_street_scene, street_cameras
 

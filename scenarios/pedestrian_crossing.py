@@ -15,7 +15,7 @@ def make_scenario(seed: int = 0) -> Scenario:
     crossing_x = layout.crosswalks[0].centre_m[0] if layout.crosswalks else 60.0
     agents = [
         AgentSpec(1, "pedestrian", "cross", start_xy_m=(crossing_x, -9.0), heading_rad=math.pi / 2,
-                  speed_mps=1.4, trigger_m=35.0, distance_m=18.0),
+                  speed_mps=1.4, trigger_m=55.0, distance_m=18.0),
         AgentSpec(2, "cyclist", "follow_lane", lane=1, start_s_m=20.0, speed_mps=5.0),
         AgentSpec(3, "car", "follow_lane", lane=3, start_s_m=170.0, speed_mps=9.0),
     ]

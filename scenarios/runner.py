@@ -188,6 +188,7 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             "agent": options.agent or "builtin", "paths": paths,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the record is meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

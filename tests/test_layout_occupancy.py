@@ -93,3 +93,20 @@ def test_gaussians_from_occupancy_render_the_street(small_street):
 def test_bad_voxel_size():
     with pytest.raises(ValueError, match="voxel_m must be in"):
         build_occupancy(straight_road(20.0), voxel_m=0.0)
+
+
+def test_scene_cache_builds_once_and_repairs_a_damaged_entry(tmp_path, capsys):
+    from neural_sensor.scene.build import build_scene
+
+    layout = straight_road(30.0, buildings=False)
+    scene, meta = build_scene(layout, voxel_m=0.5, cache_dir=tmp_path)
+    assert meta["cached"] is False and len(scene) == meta["n_gaussians"] > 1000
+    again, meta2 = build_scene(layout, voxel_m=0.5, cache_dir=tmp_path)
+    assert meta2["cached"] is True and meta2["key"] == meta["key"]
+    np.testing.assert_array_equal(again.means, scene.means)
+    ply = tmp_path / meta["key"] / "scene.ply"
+    ply.write_bytes(ply.read_bytes()[:200])  # truncate the cached file
+    repaired, meta3 = build_scene(layout, voxel_m=0.5, cache_dir=tmp_path)
+    assert meta3["cached"] is False and len(repaired) == len(scene)
+    assert "unreadable" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [meta["key"]]  # no temporary folders left

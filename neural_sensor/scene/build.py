@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +46,13 @@ def build_scene(layout: Layout, *, voxel_m: float = 0.3, cache_dir: Path | None 
     key = scene_key(layout, voxel_m)
     folder = cache_dir / key
     if (folder / "scene.ply").exists() and (folder / "meta.json").exists():
-        meta = json.loads((folder / "meta.json").read_text())
-        scene = GaussianScene.load_ply(folder / "scene.ply")
-        return scene, {**meta, "cached": True, "path": str(folder)}
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            scene = GaussianScene.load_ply(folder / "scene.ply")
+            return scene, {**meta, "cached": True, "path": str(folder)}
+        except (ValueError, OSError) as err:  # a damaged entry is derived data: say so and build it again
+            print(f"neural-sensor: scene cache entry {folder} is unreadable ({err}); rebuilding it", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     occupancy = build_occupancy(layout, voxel_m=voxel_m, progress=progress)
     scene = occupancy_to_gaussians(occupancy, layout)
