@@ -1,7 +1,8 @@
-"""A short slug naming the machine a benchmark ran on: CPU model and core count, plus the GPU if any."""
+"""Shared by the benchmarks: the machine's name, and writing a result as JSON with its summary line."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -9,6 +10,7 @@ from pathlib import Path
 
 
 def machine_name() -> str:
+    """CPU model and core count, plus the GPU if any, as a file-name slug."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -26,3 +28,13 @@ def machine_name() -> str:
     except ImportError:
         pass
     return slug
+
+
+def write_result(result: dict, name: str, out: Path | None, save: bool = True) -> None:
+    """Write results/<name>-<machine>.json (or `out`), then print the JSON and the one-line summary."""
+    path = out or Path(__file__).parent / "results" / f"{name}-{result['machine']}.json"
+    if save or out is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    print(result["summary"])

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _machine import machine_name
+from _machine import machine_name, write_result
 
 import numba
 import torch
@@ -117,12 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args)
     result["summary"] = summary_line(result)
-    out = args.out or Path(__file__).parent / "results" / f"render-{result['machine']}.json"
-    if not args.quick or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    print(result["summary"])
+    write_result(result, "render", args.out, save=not args.quick)
 
 
 if __name__ == "__main__":

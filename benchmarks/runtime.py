@@ -13,14 +13,13 @@ Prints one JSON object and a one-line summary; writes benchmarks/results/runtime
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numba
 
-from _machine import machine_name
+from _machine import machine_name, write_result
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import straight_road
 from scenarios.runner import RunOptions, run_scenario
@@ -59,11 +58,7 @@ def main() -> None:
                          f"{demo['image_size'][0]}x{demo['image_size'][1]}, {demo['backend']}), "
                          f"{result['demo_video']['ticks_per_s']} ticks/s writing video; "
                          f"200 m road scene built in {result['scene_build']['build_s']} s")
-    out = args.out or Path(__file__).parent / "results" / f"runtime-{result['machine']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    print(result["summary"])
+    write_result(result, "runtime", args.out)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def _check_pose(pose: np.ndarray, name: str) -> np.ndarray:
-    try:
-        pose = np.asarray(pose, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"Camera.{name} must be a [4, 4] array of numbers") from None
-    if pose.shape != (4, 4):
-        raise ValueError(f"Camera.{name} must be [4, 4], got {pose.shape}")
-    if not np.all(np.isfinite(pose)):
-        raise ValueError(f"Camera.{name} contains NaN or infinity: {pose.tolist()}")
-    rot = pose[:3, :3]
-    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) <= 0:
-        raise ValueError(f"Camera.{name}: the 3x3 block is not a proper rotation")
-    if not np.allclose(pose[3], [0, 0, 0, 1]):
-        raise ValueError(f"Camera.{name}: last row must be [0, 0, 0, 1], got {pose[3].tolist()}")
-    return pose
+from neural_sensor.poses import check_pose
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +48,8 @@ class Camera:
         if K[0, 1] != 0 or K[1, 0] != 0 or not np.array_equal(K[2], [0.0, 0.0, 1.0]):
             raise ValueError(f"Camera.K must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (no skew), got {K.tolist()}")
         object.__setattr__(self, "K", K)
-        object.__setattr__(self, "pose_camera_to_world", _check_pose(self.pose_camera_to_world, "pose_camera_to_world"))
+        object.__setattr__(self, "pose_camera_to_world",
+                           check_pose(self.pose_camera_to_world, "Camera.pose_camera_to_world"))
 
     @classmethod
     def from_fov(cls, width: int, height: int, fov_deg: float, pose_camera_to_world: np.ndarray) -> "Camera":

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from neural_sensor.poses import check_pose
 from neural_sensor.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation_matrices
 
 _FLOAT_FIELDS = ("means", "quats", "scales", "opacities", "sh")
@@ -213,16 +214,8 @@ class GaussianScene:
         Args:
             pose_4x4: [4, 4] rigid transform (rotation with det +1, translation).
         """
-        pose = np.asarray(pose_4x4, dtype=np.float64)
-        if pose.shape != (4, 4):
-            raise ValueError(f"transformed: pose must be [4, 4], got {pose.shape}")
+        pose = check_pose(pose_4x4, "transformed: pose", atol=1e-5)
         rot = pose[:3, :3]
-        if not np.all(np.isfinite(pose)):
-            raise ValueError("transformed: pose contains NaN or infinity")
-        if not np.array_equal(pose[3], [0.0, 0.0, 0.0, 1.0]):
-            raise ValueError(f"transformed: the last row of the pose must be [0, 0, 0, 1], got {pose[3].tolist()}")
-        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
-            raise ValueError("transformed: the 3x3 block of the pose is not a proper rotation (rigid transforms only)")
         means = (self.means.astype(np.float64) @ rot.T + pose[:3, 3]).astype(np.float32)
         quats = _quat_multiply(rotmat_to_quat(rot)[None, :], self.quats.astype(np.float64)).astype(np.float32)
         sh = self.sh.copy()
@@ -348,12 +341,7 @@ class PlacedScene:
     def __post_init__(self) -> None:
         if not isinstance(self.scene, GaussianScene):
             raise ValueError(f"PlacedScene.scene must be a GaussianScene, got {type(self.scene).__name__}")
-        pose = np.asarray(self.pose_local_to_world, dtype=np.float64)
-        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)) or not np.array_equal(pose[3], [0, 0, 0, 1]):
-            raise ValueError("PlacedScene.pose_local_to_world must be a finite [4, 4] rigid transform")
-        rot = pose[:3, :3]
-        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
-            raise ValueError("PlacedScene.pose_local_to_world: the 3x3 block is not a proper rotation")
+        pose = check_pose(self.pose_local_to_world, "PlacedScene.pose_local_to_world", atol=1e-5)
         object.__setattr__(self, "pose_local_to_world", pose)
 
     def __len__(self) -> int:

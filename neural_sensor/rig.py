@@ -24,7 +24,8 @@ from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import render, resolve_backend
-from neural_sensor.world import WorldSnapshot, check_pose
+from neural_sensor.poses import check_pose
+from neural_sensor.world import WorldSnapshot
 
 _CAMERA_FROM_FLU = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # FLU axes -> OpenCV axes
 

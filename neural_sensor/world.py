@@ -16,18 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def check_pose(pose: np.ndarray, name: str) -> np.ndarray:
-    """A finite rigid [4, 4] float64 pose, or ValueError naming it."""
-    pose = np.asarray(pose, dtype=np.float64)
-    if pose.shape != (4, 4):
-        raise ValueError(f"{name} must be [4, 4], got {pose.shape}")
-    if not np.all(np.isfinite(pose)):
-        raise ValueError(f"{name} contains NaN or infinity")
-    rot = pose[:3, :3]
-    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) <= 0:
-        raise ValueError(f"{name}: the 3x3 block is not a proper rotation")
-    return pose
+from neural_sensor.poses import check_pose
 
 
 def pose_from_xyz_yaw(x_m: float, y_m: float, z_m: float, yaw_rad: float) -> np.ndarray:

@@ -291,5 +291,5 @@ def test_more_bad_arguments():
         scene.subset(np.array([10]))
     pose = np.eye(4)
     pose[3, 0] = 1.0
-    with pytest.raises(ValueError, match="last row of the pose"):
+    with pytest.raises(ValueError, match="pose: the last row must be"):
         scene.transformed(pose)
