@@ -131,6 +131,26 @@ class Style:
 
 
 @dataclass
+class RoadReference:
+    """How a road was laid out: its reference (centre) polyline [P, 2] and lane widths on each side.
+
+    Right lanes (inner to outer) travel along the polyline, left lanes against it (right-hand traffic);
+    a sidewalk of sidewalk_width_m (0 = none) lies outside each side. The OpenDRIVE writer needs it.
+    """
+
+    points_m: np.ndarray
+    right_widths_m: tuple = ()
+    left_widths_m: tuple = ()
+    sidewalk_width_m: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.points_m = _polyline(self.points_m, "RoadReference.points_m")
+        self.right_widths_m = tuple(_positive(w, "RoadReference lane width") for w in self.right_widths_m)
+        self.left_widths_m = tuple(_positive(w, "RoadReference lane width") for w in self.left_widths_m)
+        self.sidewalk_width_m = float(self.sidewalk_width_m)
+
+
+@dataclass
 class Layout:
     """A scene layout; see the module docstring."""
 
@@ -141,6 +161,7 @@ class Layout:
     objects: list[Box] = field(default_factory=list)
     style: Style = field(default_factory=Style)
     name: str = "layout"
+    references: list[RoadReference] = field(default_factory=list)  # road structure, for OpenDRIVE export
 
     def __post_init__(self) -> None:
         if not self.lanes:
@@ -173,6 +194,9 @@ class Layout:
             "crosswalks": [asdict(b) for b in self.crosswalks],
             "objects": [asdict(b) for b in self.objects],
             "style": asdict(self.style),
+            "references": [{"points_m": r.points_m.tolist(), "right_widths_m": list(r.right_widths_m),
+                            "left_widths_m": list(r.left_widths_m), "sidewalk_width_m": r.sidewalk_width_m}
+                           for r in self.references],
         }
 
     def to_json(self) -> str:
@@ -189,6 +213,7 @@ class Layout:
                 objects=[Box(**b) for b in data.get("objects", [])],
                 style=Style(**data.get("style", {})),
                 name=data.get("name", "layout"),
+                references=[RoadReference(**r) for r in data.get("references", [])],
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"Layout: malformed layout description ({type(err).__name__}: {err})") from None
@@ -207,7 +232,7 @@ class Layout:
 # ---------------------------------------------------------------- templates
 def _offset_polyline(points: np.ndarray, offset_m: float) -> np.ndarray:
     """Shift a polyline sideways by offset_m (positive = to the left of the direction of travel)."""
-    tangents = np.gradient(points, axis=0)
+    tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
     tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
     normals = np.stack([-tangents[:, 1], tangents[:, 0]], axis=1)
     return points + offset_m * normals
@@ -294,7 +319,10 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
     rng = np.random.default_rng(style.seed)
     objects = _roadside_objects(rng, reference, half, sidewalk_width_m, buildings)
     crosswalks = [Box((length_m * 0.6, 0.0, 0.0), (4.0, 2 * half, 0.02), 0.0, "crosswalk")]
-    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"straight_{int(length_m)}m")
+    refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
+                          sidewalk_width_m)]
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"straight_{int(length_m)}m",
+                  references=refs)
 
 
 def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
@@ -309,7 +337,9 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
     lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
     rng = np.random.default_rng(style.seed)
     objects = _roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings)
-    return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}")
+    refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
+                          sidewalk_width_m)]
+    return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}", references=refs)
 
 
 def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, lane_width_m: float = 3.5,
@@ -318,13 +348,15 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
     style = style or Style()
     arm = _positive(arm_length_m, "intersection arm_length_m")
     half = lanes_per_direction * lane_width_m
-    lanes, edges, sidewalks, crosswalks = [], [], [], []
+    lanes, edges, sidewalks, crosswalks, refs = [], [], [], [], []
     for axis in range(2):
         reference = np.zeros((max(3, int(2 * arm // 10) + 1), 2))
         reference[:, axis] = np.linspace(-arm, arm, reference.shape[0])
         arm_lanes, _, _ = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m,
                                                first_id=len(lanes))
         lanes += arm_lanes
+        refs.append(RoadReference(reference, (lane_width_m,) * lanes_per_direction,
+                                  (lane_width_m,) * lanes_per_direction, 0.0))
     # kerbs and sidewalks: each of the four corners has an edge and a sidewalk along each arm
     off = half + sidewalk_width_m / 2
     for sx in (-1, 1):
@@ -352,7 +384,8 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
                 reference = reference[::-1].copy()
             objects += _roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
                                          skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear))
-    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m")
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m",
+                  references=refs)
 
 
 TEMPLATES = {"straight": straight_road, "curve": curve, "intersection": intersection}

@@ -50,18 +50,32 @@ class Occupancy:
         return out
 
 
-def _segment_distances(points: np.ndarray, polyline: np.ndarray):
-    """Distance from points [M, 2] to a polyline [P, 2], the arc length of the closest point, and the side sign."""
+def _segment_distances(points: np.ndarray, polyline: np.ndarray, reach_m: float = np.inf):
+    """Distance from points [M, 2] to a polyline [P, 2], the arc length of the closest point, and the side sign.
+
+    Only segments that come within reach_m of the points' bounding box are examined (a chunk is small,
+    a road may be long); where none does, the distance is inf. Results within reach_m are exact.
+    """
     a, b = polyline[:-1], polyline[1:]
     ab = b - a
     seg_len = np.linalg.norm(ab, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    if np.isfinite(reach_m):
+        lo, hi = points.min(axis=0) - reach_m, points.max(axis=0) + reach_m
+        near = np.flatnonzero(np.all(np.minimum(a, b) <= hi, axis=1) & np.all(np.maximum(a, b) >= lo, axis=1))
+        if near.size == 0:
+            m = len(points)
+            return np.full(m, np.inf), np.zeros(m), np.zeros(m)
+        a, ab, seg_len, cum = a[near], ab[near], seg_len[near], cum[near]
+    else:
+        cum = cum[:-1]
     rel = points[:, None, :] - a[None]
     t = np.clip(np.einsum("msd,sd->ms", rel, ab) / (seg_len**2)[None], 0.0, 1.0)
     closest = a[None] + t[..., None] * ab[None]
     dist = np.linalg.norm(points[:, None, :] - closest, axis=2)
     best = np.argmin(dist, axis=1)
     rows = np.arange(len(points))
-    arc = np.concatenate([[0.0], np.cumsum(seg_len)])[best] + t[rows, best] * seg_len[best]
+    arc = cum[best] + t[rows, best] * seg_len[best]
     cross = ab[best, 0] * rel[rows, best, 1] - ab[best, 1] * rel[rows, best, 0]
     return dist[rows, best], arc, np.sign(cross)
 
@@ -74,17 +88,17 @@ def _inside_box_2d(points: np.ndarray, box: Box, pad: float = 0.0) -> np.ndarray
     return (np.abs(u) <= box.size_m[0] / 2 + pad) & (np.abs(v) <= box.size_m[1] / 2 + pad), u, v
 
 
-def _surface_labels(layout: Layout, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _surface_labels(layout: Layout, xy: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.ndarray]:
     """2D class of ground columns: (label, top height in m) for points [M, 2]."""
     m = len(xy)
     label = np.full(m, int(L.TERRAIN), np.uint8)
     top = np.zeros(m)
     for strip in layout.sidewalks:
-        dist, _, _ = _segment_distances(xy, strip.centre_m)
+        dist, _, _ = _segment_distances(xy, strip.centre_m, reach_m=strip.width_m)
         on = dist <= strip.width_m / 2
         label[on] = L.SIDEWALKS
         top[on] = KERB_HEIGHT_M
-    per_lane = [_segment_distances(xy, lane.centre_m) for lane in layout.lanes]
+    per_lane = [_segment_distances(xy, lane.centre_m, reach_m=lane.width_m + 1.0) for lane in layout.lanes]
     lane_dist = np.stack([d for d, _, _ in per_lane], axis=1)
     lane_arc = np.stack([a for _, a, _ in per_lane], axis=1)
     widths = np.array([lane.width_m for lane in layout.lanes])
@@ -99,8 +113,9 @@ def _surface_labels(layout: Layout, xy: np.ndarray) -> tuple[np.ndarray, np.ndar
     d1 = lane_dist[rows, first]
     d2 = lane_dist[rows, second]
     w1 = widths[first]
-    near_boundary = on_road & (np.abs(d1 - w1 / 2) <= MARKING_WIDTH_M)
-    between = near_boundary & (np.abs(d2 - widths[second] / 2) <= MARKING_WIDTH_M + 0.05) & (second != first)
+    tol = max(MARKING_WIDTH_M, 0.5 * voxel_m)  # at least half a voxel, so every boundary marks one voxel row
+    near_boundary = on_road & (np.abs(d1 - w1 / 2) <= tol)
+    between = near_boundary & (np.abs(d2 - widths[second] / 2) <= tol + 0.05) & (second != first)
     same_direction = directions[first] == directions[second]
     dashed_on = (lane_arc[rows, first] % 9.0) < 3.0
     marking = (near_boundary & ~between) | (between & (~same_direction | dashed_on))
@@ -158,7 +173,7 @@ def build_occupancy(layout: Layout, *, voxel_m: float = 0.3, height_m: float = 2
         ni, nj = min(chunk_vox, shape[0] - ci), min(chunk_vox, shape[1] - cj)
         ii, jj = np.meshgrid(np.arange(ci, ci + ni), np.arange(cj, cj + nj), indexing="ij")
         xy = np.stack([origin[0] + (ii.ravel() + 0.5) * voxel_m, origin[1] + (jj.ravel() + 0.5) * voxel_m], 1)
-        surface, top = _surface_labels(layout, xy)
+        surface, top = _surface_labels(layout, xy, voxel_m)
         # ground up to the surface height, rounded to the nearest voxel boundary
         column = z_centres[None, :] < top[:, None] + 0.5 * voxel_m - 1e-9
         block = np.where(column, surface[:, None], 0).astype(np.uint8)

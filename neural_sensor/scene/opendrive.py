@@ -1,0 +1,326 @@
+"""OpenDRIVE <-> Layout: read a map's roads into a Layout, write a Layout's roads as OpenDRIVE 1.4.
+
+Reading (`layout_from_opendrive`): the plan view's geometries (line, arc,
+spiral, poly3, paramPoly3) are sampled along s; lane offsets, lane sections and
+lane width polynomials give every lane's boundaries; driving-type lanes become
+Layout lanes (travel direction from maliput's `vectorLane travelDir` user data
+when present, else right-hand traffic unless the road says rule="LHT"), sidewalk
+lanes become sidewalk strips, the outermost lane boundaries become road edges,
+and crosswalk objects become crosswalk boxes. Junction roads are read like any
+road, so their lanes pave the junction. Roadside buildings, trees and parked
+cars can be added procedurally (`decorate=True`): OpenDRIVE carries no
+buildings. A Layout lane has one width, so a lane whose width varies within a
+section takes its median width there.
+
+Writing (`layout_to_opendrive`): each road reference of the Layout (templates
+and the reader record them) becomes a road whose plan view is a chain of line
+geometries through the reference polyline, with constant-width driving lanes on
+both sides and sidewalk lanes outside them, for `client.generate_opendrive_world`.
+
+OpenDRIVE's inertial frame is x east, y north, z up, right-handed, metres, like
+our world frame.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+
+from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, _roadside_objects
+
+SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
+DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
+
+
+def _f(element, name: str, default: float | None = None) -> float:
+    value = element.get(name)
+    if value is None:
+        if default is None:
+            raise ValueError(f"OpenDRIVE: <{element.tag}> lacks attribute {name!r}")
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"OpenDRIVE: <{element.tag} {name}={value!r}> is not a number") from None
+
+
+def _geometry_points(geometry, s_local: np.ndarray) -> np.ndarray:
+    """[M, 3] (x, y, heading) of one plan-view geometry at local arc lengths s_local."""
+    x0, y0, h0, length = _f(geometry, "x"), _f(geometry, "y"), _f(geometry, "hdg"), _f(geometry, "length")
+    kind = next(iter(geometry), None)
+    if kind is None:
+        raise ValueError("OpenDRIVE: <geometry> without a shape element")
+    s = s_local
+    if kind.tag == "line":
+        return np.stack([x0 + s * math.cos(h0), y0 + s * math.sin(h0), np.full_like(s, h0)], axis=1)
+    if kind.tag == "arc":
+        k = _f(kind, "curvature")
+        if abs(k) < 1e-12:
+            return np.stack([x0 + s * math.cos(h0), y0 + s * math.sin(h0), np.full_like(s, h0)], axis=1)
+        heading = h0 + k * s
+        return np.stack([x0 + (np.sin(heading) - math.sin(h0)) / k, y0 - (np.cos(heading) - math.cos(h0)) / k,
+                         heading], axis=1)
+    if kind.tag == "spiral":
+        c0, c1 = _f(kind, "curvStart"), _f(kind, "curvEnd")
+        fine = np.linspace(0.0, length, max(2, int(length / 0.02) + 1))
+        heading = h0 + c0 * fine + (c1 - c0) * fine**2 / (2.0 * length)
+        dx, dy = np.cos(heading), np.sin(heading)
+        step = np.diff(fine)
+        xs = x0 + np.concatenate([[0.0], np.cumsum(0.5 * (dx[1:] + dx[:-1]) * step)])
+        ys = y0 + np.concatenate([[0.0], np.cumsum(0.5 * (dy[1:] + dy[:-1]) * step)])
+        return np.stack([np.interp(s, fine, xs), np.interp(s, fine, ys), np.interp(s, fine, heading)], axis=1)
+    if kind.tag in ("poly3", "paramPoly3"):
+        fine = np.linspace(0.0, 1.0, max(2, int(length / 0.02) + 1))
+        if kind.tag == "poly3":
+            # v(u) with u along the start heading; u runs to roughly the geometry length
+            a, b, c, d = (_f(kind, n) for n in "abcd")
+            u = fine * length
+            v = a + b * u + c * u**2 + d * u**3
+        else:
+            p_range = kind.get("pRange", "normalized")
+            p = fine if p_range == "normalized" else fine * length
+            u = _f(kind, "aU") + _f(kind, "bU") * p + _f(kind, "cU") * p**2 + _f(kind, "dU") * p**3
+            v = _f(kind, "aV") + _f(kind, "bV") * p + _f(kind, "cV") * p**2 + _f(kind, "dV") * p**3
+        xs = x0 + u * math.cos(h0) - v * math.sin(h0)
+        ys = y0 + u * math.sin(h0) + v * math.cos(h0)
+        arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(xs), np.diff(ys)))])
+        arc *= length / max(arc[-1], 1e-9)  # the record's length is authoritative
+        heading = np.unwrap(np.arctan2(np.gradient(ys), np.gradient(xs)))
+        return np.stack([np.interp(s, arc, xs), np.interp(s, arc, ys), np.interp(s, arc, heading)], axis=1)
+    raise ValueError(f"OpenDRIVE: unsupported geometry <{kind.tag}>")
+
+
+def _poly_records(elements, key: str):
+    """[(start, a, b, c, d)] sorted by start from elements with attribute `key` (s or sOffset)."""
+    records = sorted((_f(e, key), _f(e, "a", 0.0), _f(e, "b", 0.0), _f(e, "c", 0.0), _f(e, "d", 0.0)) for e in elements)
+    return records
+
+
+def _eval_poly(records, s: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(s)
+    for i, (start, a, b, c, d) in enumerate(records):
+        end = records[i + 1][0] if i + 1 < len(records) else np.inf
+        sel = (s >= start - 1e-9) & (s < end)
+        ds = s[sel] - start
+        out[sel] = a + b * ds + c * ds**2 + d * ds**3
+    return out
+
+
+@dataclass
+class _RoadSample:
+    s: np.ndarray  # [M]
+    xy: np.ndarray  # [M, 2]
+    heading: np.ndarray  # [M]
+    offset: np.ndarray  # [M] lane offset of the centre lane
+
+    def at(self, sel, t: np.ndarray) -> np.ndarray:
+        normal = np.stack([-np.sin(self.heading[sel]), np.cos(self.heading[sel])], axis=1)
+        return self.xy[sel] + (self.offset[sel] + t)[:, None] * normal
+
+
+def _sample_road(road) -> _RoadSample:
+    length = _f(road, "length")
+    plan = road.find("planView")
+    if plan is None or not list(plan):
+        raise ValueError(f"OpenDRIVE: road {road.get('id')} has no planView geometry")
+    geometries = sorted(plan.findall("geometry"), key=lambda g: _f(g, "s"))
+    s = np.unique(np.concatenate([np.arange(0.0, length, SAMPLE_STEP_M), [length]]))
+    out = np.zeros((len(s), 3))
+    for i, geometry in enumerate(geometries):
+        start = _f(geometry, "s")
+        end = _f(geometries[i + 1], "s") if i + 1 < len(geometries) else np.inf
+        sel = (s >= start - 1e-9) & (s <= end + 1e-9) if i + 1 == len(geometries) else (s >= start - 1e-9) & (s < end)
+        out[sel] = _geometry_points(geometry, np.clip(s[sel] - start, 0.0, _f(geometry, "length")))
+    lanes = road.find("lanes")
+    offsets = _poly_records(lanes.findall("laneOffset"), "s") if lanes is not None else []
+    return _RoadSample(s, out[:, :2], out[:, 2], _eval_poly(offsets, s) if offsets else np.zeros_like(s))
+
+
+def _lane_direction(lane, lane_id: int, rule: str) -> int:
+    vector = lane.find("userData/vectorLane")
+    if vector is not None and vector.get("travelDir") in ("forward", "backward"):
+        return 1 if vector.get("travelDir") == "forward" else -1
+    right_hand = rule != "LHT"
+    return (1 if lane_id < 0 else -1) if right_hand else (1 if lane_id > 0 else -1)
+
+
+def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | None = None,
+                          name: str = "opendrive") -> Layout:
+    """A Layout of the roads of an OpenDRIVE document (the text of a .xodr file).
+
+    Raises ValueError naming the problem for malformed or unsupported input.
+    """
+    try:
+        root = ET.fromstring(xodr)
+    except ET.ParseError as err:
+        raise ValueError(f"OpenDRIVE: not well-formed XML ({err})") from None
+    if root.tag != "OpenDRIVE":
+        raise ValueError(f"OpenDRIVE: the root element is <{root.tag}>, not <OpenDRIVE>")
+    roads = root.findall("road")
+    if not roads:
+        raise ValueError("OpenDRIVE: the document has no <road>")
+    style = style or Style()
+    lanes, edges, sidewalks, crosswalks, references = [], [], [], [], []
+    for road in roads:
+        sample = _sample_road(road)
+        rule = road.get("rule", "RHT")
+        sections = road.findall("lanes/laneSection")
+        starts = [_f(sec, "s") for sec in sections]
+        road_widths = {"left": [], "right": [], "sidewalk": 0.0}
+        for k, section in enumerate(sections):
+            end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1] + 1e-9
+            sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))
+            if len(sel) < 2:
+                continue
+            s_sec = sample.s[sel] - starts[k]
+            for side, sign in (("left", 1.0), ("right", -1.0)):
+                entries = sorted(section.findall(f"{side}/lane"), key=lambda e: abs(int(e.get("id", "0"))))
+                inner = np.zeros(len(sel))
+                outer_driving = None
+                for lane in entries:
+                    lane_id = int(lane.get("id"))
+                    widths = _poly_records(lane.findall("width"), "sOffset")
+                    width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
+                    outer = inner + width
+                    kind = lane.get("type", "none")
+                    centre = sample.at(sel, sign * 0.5 * (inner + outer))
+                    typical = float(np.median(width))
+                    if typical > 0.05:
+                        if kind in DRIVING_TYPES:
+                            lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
+                                              len(lanes)))
+                            outer_driving = outer
+                            if k == 0:
+                                road_widths[side].append(typical)
+                        elif kind == "sidewalk":
+                            sidewalks.append(Strip(_dedupe(centre), typical))
+                            road_widths["sidewalk"] = typical
+                    inner = outer
+                if outer_driving is not None and road.get("junction", "-1") == "-1":
+                    edges.append(_dedupe(sample.at(sel, sign * outer_driving)))
+        if road.get("junction", "-1") == "-1" and (road_widths["left"] or road_widths["right"]):
+            references.append(RoadReference(_dedupe(sample.at(slice(None), np.zeros(len(sample.s)))),
+                                            tuple(road_widths["right"]), tuple(road_widths["left"]),
+                                            road_widths["sidewalk"]))
+        for obj in road.findall("objects/object"):
+            if obj.get("type") == "crosswalk":
+                crosswalks.append(_crosswalk_box(obj, sample))
+    if not lanes:
+        raise ValueError("OpenDRIVE: no driving lanes found")
+    objects = []
+    if decorate:
+        rng = np.random.default_rng(style.seed)
+        drive_points = np.concatenate([lane.centre_m for lane in lanes])
+        for ref in references:
+            half = max(sum(ref.right_widths_m), sum(ref.left_widths_m))
+            near_other_lanes = _make_clearance_test(drive_points, half)
+            objects += _roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
+                                         skip_fn=near_other_lanes)
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
+
+
+def _make_clearance_test(drive_points: np.ndarray, half_road_m: float):
+    """skip_fn for decorations: True where a point is within a road's half width of any driving lane point."""
+    def too_close(p) -> bool:
+        return bool(np.min(np.linalg.norm(drive_points - np.asarray(p)[None, :2], axis=1)) < half_road_m + 2.0)
+    return too_close
+
+
+def _dedupe(points: np.ndarray) -> np.ndarray:
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(points, axis=0), axis=1) > 1e-6])
+    return points[keep]
+
+
+def _crosswalk_box(obj, sample: _RoadSample) -> Box:
+    corners = obj.findall("outlines/outline/cornerRoad") or obj.findall("outline/cornerRoad")
+    if corners:
+        s_c = np.array([_f(c, "s") for c in corners])
+        t_c = np.array([_f(c, "t") for c in corners])
+    else:
+        s0, t0 = _f(obj, "s"), _f(obj, "t", 0.0)
+        half_l, half_w = _f(obj, "length", 2.0) / 2, _f(obj, "width", 3.0) / 2
+        s_c = np.array([s0 - half_l, s0 + half_l, s0 + half_l, s0 - half_l])
+        t_c = np.array([t0 - half_w, t0 - half_w, t0 + half_w, t0 + half_w])
+    s_mid = float(np.clip(s_c.mean(), sample.s[0], sample.s[-1]))
+    i = int(np.argmin(np.abs(sample.s - s_mid)))
+    heading = float(sample.heading[i])
+    centre = sample.at(np.array([i]), np.array([t_c.mean()]))[0]
+    return Box((float(centre[0]), float(centre[1]), 0.0),
+               (max(float(np.ptp(s_c)), 0.5), max(float(np.ptp(t_c)), 0.5), 0.02), heading, "crosswalk")
+
+
+# ------------------------------------------------------------------ writing
+def _arc_chain(points: np.ndarray) -> list[tuple[np.ndarray, float, float, float]]:
+    """(start, heading, curvature, length) of circular arcs (or lines) through consecutive polyline points.
+
+    Each piece starts at a point with the polyline's tangent there and bends to reach the next point,
+    so points sampled on a circle give that circle exactly and straight runs give lines.
+    """
+    tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
+    out = []
+    for p, q, t in zip(points[:-1], points[1:], tangents[:-1]):
+        chord = q - p
+        c_len = float(np.linalg.norm(chord))
+        heading = math.atan2(t[1], t[0])
+        phi = math.atan2(chord[1], chord[0]) - heading
+        phi = (phi + math.pi) % (2 * math.pi) - math.pi  # turn from the tangent to the chord
+        if abs(phi) < 1e-9:
+            out.append((p, heading, 0.0, c_len))
+        else:
+            out.append((p, heading, 2.0 * math.sin(phi) / c_len, c_len * phi / math.sin(phi)))
+    return out
+
+
+
+def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
+    """OpenDRIVE 1.4 text for the layout's road references (lines through each reference polyline).
+
+    Raises ValueError when the layout records no road references (hand-made lane lists).
+    """
+    if not layout.references:
+        raise ValueError("layout_to_opendrive: the layout has no road references to export")
+    root = ET.Element("OpenDRIVE")
+    ET.SubElement(root, "header", revMajor="1", revMinor="4", name=name or layout.name, version="1.00",
+                  north="0.0", south="0.0", east="0.0", west="0.0")
+    for road_id, ref in enumerate(layout.references, start=1):
+        points = ref.points_m
+        chain = _arc_chain(points)
+        road = ET.SubElement(root, "road", name=f"road {road_id}", length=f"{sum(c[3] for c in chain):.6f}",
+                             id=str(road_id), junction="-1")
+        ET.SubElement(road, "link")
+        plan = ET.SubElement(road, "planView")
+        s = 0.0
+        for p, heading, curvature, length in _arc_chain(points):
+            geometry = ET.SubElement(plan, "geometry", s=f"{s:.6f}", x=f"{p[0]:.6f}", y=f"{p[1]:.6f}",
+                                     hdg=f"{heading:.9f}", length=f"{length:.6f}")
+            if abs(curvature) < 1e-9:
+                ET.SubElement(geometry, "line")
+            else:
+                ET.SubElement(geometry, "arc", curvature=f"{curvature:.9f}")
+            s += float(length)
+        ET.SubElement(road, "elevationProfile")
+        ET.SubElement(road, "lateralProfile")
+        lanes = ET.SubElement(road, "lanes")
+        section = ET.SubElement(lanes, "laneSection", s="0.0")
+        for side, widths, sign in (("left", ref.left_widths_m, 1), ("right", ref.right_widths_m, -1)):
+            if not widths and not ref.sidewalk_width_m:
+                continue
+            group = ET.SubElement(section, side)
+            entries = [("driving", w) for w in widths] + ([("sidewalk", ref.sidewalk_width_m)]
+                                                          if ref.sidewalk_width_m > 0 else [])
+            for k, (kind, width) in enumerate(entries, start=1):
+                lane = ET.SubElement(group, "lane", id=str(sign * k), type=kind, level="false")
+                ET.SubElement(lane, "link")
+                ET.SubElement(lane, "width", sOffset="0.0", a=f"{width:.6f}", b="0.0", c="0.0", d="0.0")
+                mark = "broken" if kind == "driving" and k < len(widths) else "solid"
+                ET.SubElement(lane, "roadMark", sOffset="0.0", type=mark, weight="standard", color="standard",
+                              width="0.12")
+        center = ET.SubElement(section, "center")
+        lane0 = ET.SubElement(center, "lane", id="0", type="none", level="false")
+        ET.SubElement(lane0, "roadMark", sOffset="0.0", type="solid solid", weight="standard", color="yellow",
+                      width="0.12")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
