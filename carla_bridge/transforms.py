@@ -99,3 +99,34 @@ def rgb_to_bgra(rgb: np.ndarray) -> np.ndarray:
     out[..., :3] = np.clip(rgb[..., ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     out[..., 3] = 255
     return out
+
+
+# ------------------------------------------------------- carla objects <-> poses
+def pose_from_transform(transform) -> np.ndarray:
+    """[4, 4] FLU pose of a carla.Transform (via its own get_matrix())."""
+    return ue_to_flu(np.array(transform.get_matrix(), dtype=np.float64))
+
+
+def transform_from_pose(pose_flu: np.ndarray):
+    """The carla.Transform of a FLU pose [4, 4] (inverse of pose_from_transform)."""
+    import carla
+
+    m = flu_to_ue(pose_flu)
+    pitch = math.degrees(math.asin(max(-1.0, min(1.0, m[2, 0]))))
+    yaw = math.degrees(math.atan2(m[1, 0], m[0, 0]))
+    roll = math.degrees(math.atan2(-m[2, 1], m[2, 2]))
+    return carla.Transform(carla.Location(float(m[0, 3]), float(m[1, 3]), float(m[2, 3])),
+                           carla.Rotation(pitch=pitch, yaw=yaw, roll=roll))
+
+
+def agent_box(bounding_box, actor_transform) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Our agent box from a CARLA actor: (size_m (l, w, h), pose_agent_to_world).
+
+    CARLA's bounding box has half-size extents and a location relative to the actor (its centre);
+    our agent frame sits at the centre of the box's bottom face.
+    """
+    ext, loc = bounding_box.extent, bounding_box.location
+    size = (2.0 * float(ext.x), 2.0 * float(ext.y), 2.0 * float(ext.z))
+    offset = np.eye(4)
+    offset[:3, 3] = (float(loc.x), -float(loc.y), float(loc.z) - float(ext.z))  # UE -> FLU: y flips
+    return size, pose_from_transform(actor_transform) @ offset
