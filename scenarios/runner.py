@@ -54,6 +54,7 @@ class RunOptions:
     video: bool = True  # write video.mp4
     cache_dir: Path | None = None  # scene cache; None = $NEURAL_SENSOR_CACHE or ~/.cache/neural_sensor
     progress: bool = True  # progress bars
+    carla: str | None = None  # "HOST:PORT" of a CARLA server to run on; None = the embedded simulator
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
@@ -104,11 +105,23 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         raise ValueError(f"ticks must be positive, got {ticks}")
     agent = load_agent(options.agent, scenario, options.width, options.height)
     specs = sensor_specs_from_leaderboard(agent.sensors())
-    scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
-                                    progress=options.progress)
-    rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=sky_rgb(scenario.layout.style),
-                          asset_seed=options.seed)
-    sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+    if options.carla:  # connect first: a missing server is reported before any scene is built
+        from carla_bridge.carla_world import CarlaSimulator, connect
+
+        sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+    else:
+        sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+    try:
+        scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
+                                        progress=options.progress)
+        rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=sky_rgb(scenario.layout.style),
+                              asset_seed=options.seed)
+        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim)
+    finally:
+        sim.close()
+
+
+def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> dict:
     criteria = CriteriaState(scenario)
 
     out_dir = Path(options.out_dir)

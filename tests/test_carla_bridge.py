@@ -198,3 +198,23 @@ def test_neural_camera_delivers_every_tick_in_order_with_agents():
     world.tick()
     assert images.empty() and not camera.is_listening()
     assert camera.destroy() and not world.callbacks
+
+
+def test_no_server_is_a_clear_error():
+    from carla_bridge.carla_world import connect
+
+    with pytest.raises(RuntimeError, match=r"no CARLA server answered at 127.0.0.1:2999 within 1 s \(CARLA says: "):
+        connect("127.0.0.1:2999", timeout_s=1.0)
+    with pytest.raises(ValueError, match="must be HOST:PORT"):
+        connect("localhost:twothousand")
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("CARLA_HOST"), reason="needs a CARLA server (set CARLA_HOST)")
+def test_scenario_runs_on_a_carla_server(tmp_path):
+    import os
+
+    from scenarios.runner import RunOptions, run_scenario
+
+    summary = run_scenario("cut_in", RunOptions(out_dir=tmp_path / "carla", ticks=20, width=96, height=54,
+                                                progress=False, carla=os.environ["CARLA_HOST"], video=False))
+    assert summary["ticks"] == 20

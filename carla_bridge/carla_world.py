@@ -1,0 +1,142 @@
+"""CarlaSimulator: the Simulator protocol over a real CARLA server, in synchronous mode.
+
+The scenario's layout is exported as OpenDRIVE and loaded with
+`client.generate_opendrive_world`, so CARLA's physics and the neural scene share
+the same roads. The ego is a CARLA vehicle driven by our control through
+physics; the other agents are CARLA actors placed each tick at the poses the
+scenario's behaviours give (the embedded simulator's kinematics run alongside
+as the behaviour engine), and a collision sensor on the ego reports hits.
+Synchronous mode with fixed_delta_seconds is switched on at start and the
+previous settings are restored by close() (also on Ctrl-C, via the context
+manager or the runner's finally).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from carla_bridge.embedded import EgoStart, EmbeddedSimulator
+from carla_bridge.simulator import VehicleControl
+from carla_bridge.transforms import agent_box, transform_from_pose
+from neural_sensor.scene.layout import Layout
+from neural_sensor.scene.opendrive import layout_to_opendrive
+from neural_sensor.world import AgentState, WorldSnapshot
+
+BLUEPRINTS = {"car": "vehicle.tesla.model3", "truck": "vehicle.carlamotors.carlacola",
+              "pedestrian": "walker.pedestrian.0001", "cyclist": "vehicle.diamondback.century"}
+
+
+def connect(address: str, timeout_s: float = 10.0):
+    """A carla.Client for "HOST:PORT" whose server answered, or RuntimeError with CARLA's own message."""
+    import carla
+
+    host, _, port = address.partition(":")
+    try:
+        client = carla.Client(host or "localhost", int(port or 2000))
+    except ValueError:
+        raise ValueError(f"--carla must be HOST:PORT, got {address!r}") from None
+    client.set_timeout(timeout_s)
+    try:
+        client.get_server_version()
+    except RuntimeError as err:
+        raise RuntimeError(f"no CARLA server answered at {host or 'localhost'}:{port or 2000} "
+                           f"within {timeout_s:.0f} s (CARLA says: {err})") from None
+    return client
+
+
+class CarlaSimulator:
+    """See the module docstring. `tick()` first returns the state after spawning (one world tick)."""
+
+    def __init__(self, client, layout: Layout, ego: EgoStart, agents=(), *, dt_s: float = 0.05, seed: int = 0):
+        import carla
+
+        self._carla = carla
+        self.dt_s = float(dt_s)
+        self._behaviours = EmbeddedSimulator(layout, ego, list(agents), dt_s=dt_s, seed=seed)
+        self.client = client
+        self.world = client.generate_opendrive_world(layout_to_opendrive(layout))
+        self._original_settings = self.world.get_settings()
+        settings = self.world.get_settings()
+        settings.synchronous_mode = True
+        settings.fixed_delta_seconds = self.dt_s
+        self.world.apply_settings(settings)
+        self._actors: dict[int, object] = {}
+        self._collisions: list[int] = []
+        try:
+            initial = self._behaviours.tick()
+            self._kinds = {agent.agent_id: agent.kind for agent in initial.agents}
+            library = self.world.get_blueprint_library()
+            ego_bp = library.find(BLUEPRINTS["car"])
+            ego_bp.set_attribute("role_name", "hero")
+            self.ego = self.world.spawn_actor(ego_bp, self._spawn_transform(initial.ego.pose_agent_to_world))
+            for agent in initial.agents:
+                bp = library.find(BLUEPRINTS[agent.kind])
+                actor = self.world.try_spawn_actor(bp, self._spawn_transform(agent.pose_agent_to_world))
+                if actor is None:
+                    raise RuntimeError(f"CARLA could not spawn agent {agent.agent_id} ({agent.kind}) at its start")
+                actor.set_simulate_physics(False)  # moved kinematically by its behaviour
+                self._actors[agent.agent_id] = actor
+            sensor_bp = library.find("sensor.other.collision")
+            self._collision_sensor = self.world.spawn_actor(sensor_bp, carla.Transform(), attach_to=self.ego)
+            by_carla_id = {actor.id: agent_id for agent_id, actor in self._actors.items()}
+            self._collision_sensor.listen(lambda event: self._collisions.append(by_carla_id.get(event.other_actor.id,
+                                                                                               -1)))
+        except BaseException:
+            self.close()
+            raise
+        self._started = False
+
+    def _spawn_transform(self, pose_agent_to_world: np.ndarray):
+        lifted = pose_agent_to_world.copy()
+        lifted[2, 3] += 0.3  # spawn slightly above the road so physics settles the wheels
+        return transform_from_pose(lifted)
+
+    def apply_control(self, control) -> None:
+        c = VehicleControl.from_any(control)
+        self.ego.apply_control(self._carla.VehicleControl(throttle=c.throttle, steer=c.steer, brake=c.brake))
+
+    def tick(self) -> WorldSnapshot:
+        if self._started:
+            moved = self._behaviours.tick()
+            for agent in moved.agents:
+                self._actors[agent.agent_id].set_transform(transform_from_pose(agent.pose_agent_to_world))
+        self._started = True
+        frame = self.world.tick()
+        snapshot = self.world.get_snapshot()
+        ego_snap = snapshot.find(self.ego.id)
+        size, ego_pose = agent_box(self.ego.bounding_box, ego_snap.get_transform())
+        v = ego_snap.get_velocity()
+        ego = AgentState(0, "car", size, ego_pose, math.sqrt(v.x**2 + v.y**2 + v.z**2))
+        agents = []
+        for agent_id, actor in self._actors.items():
+            actor_snap = snapshot.find(actor.id)
+            size, pose = agent_box(actor.bounding_box, actor_snap.get_transform())
+            v = actor_snap.get_velocity()
+            agents.append(AgentState(agent_id, self._kinds[agent_id], size, pose, math.sqrt(v.x**2 + v.y**2 + v.z**2)))
+        collisions = tuple(sorted(set(i for i in self._collisions if i > 0)))
+        self._collisions.clear()
+        return WorldSnapshot(int(frame), float(snapshot.timestamp.elapsed_seconds), ego, tuple(agents), collisions)
+
+    def close(self) -> None:
+        """Destroy what we spawned and restore the world's settings (idempotent)."""
+        sensor = getattr(self, "_collision_sensor", None)
+        if sensor is not None:
+            sensor.stop()
+            sensor.destroy()
+            self._collision_sensor = None
+        for actor in list(self._actors.values()) + [getattr(self, "ego", None)]:
+            if actor is not None:
+                actor.destroy()
+        self._actors.clear()
+        self.ego = None
+        if getattr(self, "_original_settings", None) is not None:
+            self.world.apply_settings(self._original_settings)
+            self._original_settings = None
+
+    def __enter__(self) -> "CarlaSimulator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
