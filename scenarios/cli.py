@@ -2,7 +2,8 @@
 
     neural-sensor demo [--ticks N] [--out DIR] ...     the default scenario on the embedded simulator
     neural-sensor run SCENARIO [--ticks N] [--out DIR] ...
-    neural-sensor build-scene {straight,curve,intersection} [--length M] [--voxel M]
+    neural-sensor build-scene {straight,curve,intersection} | --xodr MAP.xodr | --layout L.json [--voxel M]
+                              [--export-xodr OUT.xodr] [--ply OUT.ply]
     neural-sensor render SCENE.ply --eye X Y Z --target X Y Z [-o FILE.png]
     neural-sensor street [--gaussians N] [--cameras C]
     neural-sensor bench [--ticks N]                    closed-loop tick rate, per-stage ms (no video)
@@ -44,8 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run a scenario by name")
     p_run.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change")
     _add_run_options(p_run, "out")
-    p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template")
-    p_build.add_argument("template", choices=("straight", "curve", "intersection"))
+    p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template, "
+                                                 "an OpenDRIVE map or a layout JSON")
+    p_build.add_argument("template", nargs="?", choices=("straight", "curve", "intersection"),
+                         help="layout template (or give --xodr / --layout)")
+    p_build.add_argument("--xodr", type=Path, default=None, help="OpenDRIVE map, e.g. a CARLA town's")
+    p_build.add_argument("--layout", type=Path, default=None, help="layout JSON (Layout.to_json)")
+    p_build.add_argument("--export-xodr", type=Path, default=None, help="also write the layout's roads as OpenDRIVE")
+    p_build.add_argument("--ply", type=Path, default=None, help="also copy the scene PLY here")
     p_build.add_argument("--length", type=float, default=200.0, help="straight: road length; intersection: arm")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
@@ -65,6 +72,35 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     return run_scenario(scenario, options)
 
 
+def _build_scene(args: argparse.Namespace) -> dict:
+    import shutil
+
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.layout import Layout, Style, from_template
+    from neural_sensor.scene.opendrive import layout_from_opendrive, layout_to_opendrive
+
+    sources = [x for x in (args.template, args.xodr, args.layout) if x is not None]
+    if len(sources) != 1:
+        raise ValueError("build-scene takes exactly one of: a template name, --xodr FILE, --layout FILE")
+    style = Style(seed=args.seed)
+    if args.xodr is not None:
+        layout = layout_from_opendrive(args.xodr.read_text(), style=style, name=args.xodr.stem)
+    elif args.layout is not None:
+        layout = Layout.from_json(args.layout.read_text())
+    else:
+        kwargs = {"straight": {"length_m": args.length}, "intersection": {"arm_length_m": args.length},
+                  "curve": {}}[args.template]
+        layout = from_template(args.template, style=style, **kwargs)
+    _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
+    if args.export_xodr is not None:
+        args.export_xodr.write_text(layout_to_opendrive(layout))
+        result["xodr"] = str(args.export_xodr)
+    if args.ply is not None:
+        shutil.copyfile(Path(result["path"]) / "scene.ply", args.ply)
+        result["ply"] = str(args.ply)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -78,13 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             result = _run(args, args.scenario, video=True)
         elif args.command == "build-scene":
-            from neural_sensor.scene.build import build_scene
-            from neural_sensor.scene.layout import Style, from_template
-
-            kwargs = {"straight": {"length_m": args.length}, "intersection": {"arm_length_m": args.length},
-                      "curve": {}}[args.template]
-            layout = from_template(args.template, style=Style(seed=args.seed), **kwargs)
-            _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
+            result = _build_scene(args)
         else:
             result = run_render_command(args)
     except (ValueError, RuntimeError, OSError) as err:

@@ -218,3 +218,69 @@ def test_scenario_runs_on_a_carla_server(tmp_path):
     summary = run_scenario("cut_in", RunOptions(out_dir=tmp_path / "carla", ticks=20, width=96, height=54,
                                                 progress=False, carla=os.environ["CARLA_HOST"], video=False))
     assert summary["ticks"] == 20
+
+
+class _Blueprint:
+    def __init__(self, type_id, **attributes):
+        self.id = type_id
+        self._attributes = {k: str(v) for k, v in attributes.items()}
+
+    def has_attribute(self, key):
+        return key in self._attributes
+
+    def get_attribute(self, key):
+        value = self._attributes[key]
+
+        class _Attr:
+            def as_str(self):
+                return value
+
+        return _Attr()
+
+
+def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface(monkeypatch):
+    """enable() routes the leaderboard's `spawn_actor` of RGB cameras to NeuralCameras; other sensors pass through."""
+    import sys
+    import types
+
+    import carla_bridge.leaderboard as lb
+
+    box = carla.BoundingBox(carla.Location(0, 0, 0.75), carla.Vector3D(2.25, 0.95, 0.75))
+    ego = _Actor(1, "vehicle.tesla.model3", carla.Transform(carla.Location(0, 1.75, 0)), box)
+    world = _World([ego])
+    spawned = []
+    world.spawn_actor = lambda bp, transform, attach_to=None: spawned.append(bp.id) or "real sensor"
+
+    class CarlaDataProvider:
+        @staticmethod
+        def get_world():
+            return world
+
+    provider = types.ModuleType("srunner.scenariomanager.carla_data_provider")
+    provider.CarlaDataProvider = CarlaDataProvider
+    for name in ("srunner", "srunner.scenariomanager"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "srunner.scenariomanager.carla_data_provider", provider)
+    lb.enable(make_street_scene(20_000, seed=0), backend="cpu")
+    try:
+        proxy = CarlaDataProvider.get_world()
+        camera = proxy.spawn_actor(_Blueprint("sensor.camera.rgb", image_size_x=64, image_size_y=48, fov=100,
+                                              role_name="Center"), carla.Transform(carla.Location(x=1.5, z=1.6)), ego)
+        gnss = proxy.spawn_actor(_Blueprint("sensor.other.gnss"), carla.Transform(), ego)
+        assert isinstance(camera, NeuralCamera) and gnss == "real sensor" and spawned == ["sensor.other.gnss"]
+        assert camera.attributes["fov"] == "100" and camera.attributes["image_size_x"] == "64"
+        received = {}
+
+        def callback(data):  # what the leaderboard's CallBack does with a carla.Image
+            assert isinstance(data, carla.libcarla.Image)
+            array = np.frombuffer(data.raw_data, dtype=np.dtype("uint8")).reshape((data.height, data.width, 4))
+            received["Center"] = (data.frame, array.copy())
+
+        camera.listen(callback)
+        frame = proxy.tick()
+        assert received["Center"][0] == frame and received["Center"][1].shape == (48, 64, 4)
+        camera.stop()
+        camera.destroy()
+    finally:
+        lb.disable()
+    assert CarlaDataProvider.get_world() is world
