@@ -95,8 +95,11 @@ def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec
 def rgb_to_bgra(rgb: np.ndarray) -> np.ndarray:
     """[H, W, 3] float RGB in [0, 1] -> [H, W, 4] uint8 BGRA, alpha 255 (carla.Image raw_data layout)."""
     assert rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
+    scaled = rgb * np.float32(255.0)  # one temporary, clipped and rounded in place (it runs every tick)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    scaled += np.float32(0.5)
     out = np.empty(rgb.shape[:2] + (4,), np.uint8)
-    out[..., :3] = np.clip(rgb[..., ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out[..., 0], out[..., 1], out[..., 2] = scaled[..., 2], scaled[..., 1], scaled[..., 0]
     out[..., 3] = 255
     return out
 
@@ -127,6 +130,7 @@ def agent_box(bounding_box, actor_transform) -> tuple[tuple[float, float, float]
     """
     ext, loc = bounding_box.extent, bounding_box.location
     size = (2.0 * float(ext.x), 2.0 * float(ext.y), 2.0 * float(ext.z))
-    offset = np.eye(4)
-    offset[:3, 3] = (float(loc.x), -float(loc.y), float(loc.z) - float(ext.z))  # UE -> FLU: y flips
-    return size, pose_from_transform(actor_transform) @ offset
+    pose = pose_from_transform(actor_transform)
+    offset = np.array([float(loc.x), -float(loc.y), float(loc.z) - float(ext.z)])  # UE -> FLU: y flips
+    pose[:3, 3] += pose[:3, :3] @ offset
+    return size, pose

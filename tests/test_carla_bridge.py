@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import queue
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 carla = pytest.importorskip("carla", reason="the carla client package is not installed (pip install .[test])")
 
 from carla_bridge.sensor import NeuralCamera, NeuralImage  # noqa: E402
+from carla_bridge.standin import StandInBlueprint, StandInClient, StandInSettings, StandInWorld  # noqa: E402
 from carla_bridge.transforms import (  # noqa: E402
     agent_box,
     camera_pose_from_ue,
@@ -97,80 +100,17 @@ def test_neural_image_is_a_carla_image(tmp_path):
         image.convert(carla.ColorConverter.Depth)
 
 
-class _Actor:
-    def __init__(self, actor_id, type_id, transform, bbox, wheels="4"):
-        self.id, self.type_id, self.bounding_box = actor_id, type_id, bbox
-        self.attributes = {"number_of_wheels": wheels}
-        self._transform = transform
-
-    def get_transform(self):
-        return self._transform
-
-
-class _ActorSnapshot:
-    def __init__(self, actor):
-        self.id = actor.id
-        self._t = actor.get_transform()
-
-    def get_transform(self):
-        return self._t
-
-    def get_velocity(self):
-        return carla.Vector3D(3.0, 0.0, 0.0)
-
-
-class _Timestamp:
-    def __init__(self, seconds):
-        self.elapsed_seconds = seconds
-
-
-class _Snapshot:
-    """Stands in for carla.WorldSnapshot: iterable of actor snapshots, find(), frame, timestamp."""
-
-    def __init__(self, frame, actors):
-        self.frame = frame
-        self.timestamp = _Timestamp(frame * 0.05)
-        self._snaps = [_ActorSnapshot(a) for a in actors]
-
-    def __iter__(self):
-        return iter(self._snaps)
-
-    def find(self, actor_id):
-        return next((s for s in self._snaps if s.id == actor_id), None)
-
-
-class _World:
-    """Stands in for carla.World: on_tick callbacks fired by tick(), get_actors by id."""
-
-    def __init__(self, actors):
-        self.actors = {a.id: a for a in actors}
-        self.callbacks = {}
-        self.frame = 100
-
-    def on_tick(self, callback):
-        self.callbacks[len(self.callbacks) + 1] = callback
-        return len(self.callbacks)
-
-    def remove_on_tick(self, callback_id):
-        del self.callbacks[callback_id]
-
-    def get_actors(self, ids):
-        return [self.actors[i] for i in ids]
-
-    def tick(self):
-        self.frame += 1
-        snapshot = _Snapshot(self.frame, self.actors.values())
-        for callback in list(self.callbacks.values()):
-            callback(snapshot)
-        return self.frame
+def _standin_world_with(*placements):
+    """A stand-in world with vehicles at UE (x, y) positions; returns the world and the actors."""
+    world = StandInWorld()
+    bp = StandInBlueprint("vehicle.tesla.model3")
+    actors = [world.spawn_actor(bp, carla.Transform(carla.Location(x, y, 0.0))) for x, y in placements]
+    return world, actors
 
 
 def test_neural_camera_delivers_every_tick_in_order_with_agents():
-    box = carla.BoundingBox(carla.Location(0, 0, 0.75), carla.Vector3D(2.25, 0.95, 0.75))
-    ego = _Actor(1, "vehicle.tesla.model3", carla.Transform(carla.Location(0, 1.75, 0)), box)
-    lead = _Actor(2, "vehicle.audi.a2", carla.Transform(carla.Location(9, 1.75, 0)), box)  # UE y=1.75: FLU -1.75
-    light = _Actor(3, "traffic.traffic_light", carla.Transform(carla.Location(0, 0, 0)), box)
-    world = _World([ego, lead, light])
+    world, (ego, lead) = _standin_world_with((0.0, 1.75), (9.0, 1.75))  # UE y = 1.75 is FLU y = -1.75
+    world.spawn_actor(StandInBlueprint("traffic.traffic_light"), carla.Transform())
     scene = make_street_scene(30_000, seed=0)
     camera = NeuralCamera(world, {"image_size_x": 64, "image_size_y": 48, "fov": 90, "role_name": "front"},
                           carla.Transform(carla.Location(1.5, 0, 1.6)), ego, scene, backend="cpu")
@@ -181,23 +121,69 @@ def test_neural_camera_delivers_every_tick_in_order_with_agents():
         frame = world.tick()
         image = images.get(timeout=10)
         assert image.frame == frame and isinstance(image, carla.Image)
-    snapshot = camera.snapshot_from_carla(_Snapshot(5, world.actors.values()))
-    assert [a.agent_id for a in snapshot.agents] == [2] and snapshot.agents[0].kind == "car"
+    snapshot = camera.snapshot_from_carla(world.get_snapshot())
+    assert [a.agent_id for a in snapshot.agents] == [lead.id] and snapshot.agents[0].kind == "car"
     assert snapshot.agents[0].position_m[1] == pytest.approx(-1.75)
     # the lead car is drawn: the centre of the image differs from a render without it
-    world_without = _World([ego])
-    alone = NeuralCamera(world_without, {"image_size_x": 64, "image_size_y": 48, "fov": 90},
-                         carla.Transform(carla.Location(1.5, 0, 1.6)), ego, scene, backend="cpu")
+    world_alone, (ego_alone,) = _standin_world_with((0.0, 1.75))
+    alone = NeuralCamera(world_alone, {"image_size_x": 64, "image_size_y": 48, "fov": 90},
+                         carla.Transform(carla.Location(1.5, 0, 1.6)), ego_alone, scene, backend="cpu")
     other = queue.Queue()
     alone.listen(other.put)
-    world_without.tick()
+    world_alone.tick()
     a = np.frombuffer(image.raw_data, np.uint8).reshape(48, 64, 4).astype(int)
     b = np.frombuffer(other.get(timeout=10).raw_data, np.uint8).reshape(48, 64, 4).astype(int)
     assert np.abs(a[20:34, 24:40] - b[20:34, 24:40]).mean() > 10
     camera.stop()
     world.tick()
     assert images.empty() and not camera.is_listening()
-    assert camera.destroy() and not world.callbacks
+    assert camera.destroy() and not world._callbacks
+
+
+def test_carla_simulator_on_the_stand_in_server():
+    """CarlaSimulator's code path: settings, spawning, frame-id echo, control, collisions, restore on close."""
+    from carla_bridge.carla_world import CarlaSimulator
+    from carla_bridge.embedded import AgentSpec, EgoStart, EmbeddedSimulator
+    from carla_bridge.simulator import VehicleControl
+    from neural_sensor.scene.layout import straight_road
+
+    layout = straight_road(120.0)
+    agents = [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=25, speed_mps=6, target_lane=0, trigger_m=12)]
+    client = StandInClient()
+    sim = CarlaSimulator(client, layout, EgoStart(lane=0, start_s_m=5, speed_mps=0), agents, seed=0)
+    world = client.world
+    assert "<OpenDRIVE>" in world.opendrive and world.settings.synchronous_mode
+    assert world.settings.fixed_delta_seconds == pytest.approx(0.05)
+    reference = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=5, speed_mps=0), agents, seed=0)
+    for _ in range(40):
+        snapshot = sim.tick()
+        expected = reference.tick()
+        assert snapshot.frame == world.frame  # the server's frame id, echoed
+        sim.apply_control(VehicleControl(throttle=0.5))
+        reference.apply_control(VehicleControl(throttle=0.5))
+        np.testing.assert_allclose(snapshot.agents[0].position_m[:2], expected.agents[0].position_m[:2], atol=1e-3)
+    assert snapshot.ego.position_m[0] > 5.5  # the ego moved under our throttle
+    ego_actor = sim.ego
+    assert ego_actor.control.throttle == pytest.approx(0.5)
+    sensor = next(a for a in world.actors.values() if a.type_id == "sensor.other.collision")
+    cut_in_actor = next(a for a in world.actors.values() if a.type_id == "vehicle.tesla.model3" and a is not ego_actor)
+    sensor.emit(type("Event", (), {"other_actor": cut_in_actor})())
+    assert sim.tick().collisions == (1,)
+    sim.close()
+    assert not world.actors and world.settings == StandInSettings(False, None)  # restored, all destroyed
+
+
+def test_scenario_runner_drives_the_stand_in_server(tmp_path, monkeypatch):
+    import carla_bridge.carla_world as carla_world
+    from scenarios.runner import RunOptions, run_scenario
+
+    monkeypatch.setattr(carla_world, "connect", lambda address, timeout_s=10.0: StandInClient())
+    summary = run_scenario("cut_in", RunOptions(out_dir=tmp_path / "run", ticks=10, width=48, height=27,
+                                                backend="cpu", carla="standin:2000", video=False,
+                                                cache_dir=tmp_path / "cache", progress=False))
+    frames = [json.loads(line)["frame"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert frames == list(range(frames[0], frames[0] + 10)) and frames[0] > 5000
+    assert summary["ticks"] == 10
 
 
 def test_no_server_is_a_clear_error():
@@ -209,33 +195,50 @@ def test_no_server_is_a_clear_error():
         connect("localhost:twothousand")
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("CARLA_HOST"), reason="needs a CARLA server (set CARLA_HOST)")
-def test_scenario_runs_on_a_carla_server(tmp_path):
-    import os
+needs_server = pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="needs a CARLA server (set CARLA_HOST)")
 
+
+@needs_server
+def test_neural_camera_on_a_real_server():
+    """A vehicle and a neural camera on a live server: 20 ticks, every frame id arrives once, in order."""
+    from carla_bridge.carla_world import connect
+    from carla_bridge.sensor import spawn_neural_camera
+
+    client = connect(os.environ["CARLA_HOST"])
+    world = client.get_world()
+    original = world.get_settings()
+    settings = world.get_settings()
+    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
+    world.apply_settings(settings)
+    actors = []
+    try:
+        library = world.get_blueprint_library()
+        vehicle = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
+        actors.append(vehicle)
+        bp = library.find("sensor.camera.rgb")
+        bp.set_attribute("image_size_x", "96")
+        bp.set_attribute("image_size_y", "54")
+        camera = spawn_neural_camera(world, bp, carla.Transform(carla.Location(x=1.5, z=1.6)), vehicle,
+                                     make_street_scene(20_000), backend="cpu")
+        actors.append(camera)
+        images = queue.Queue()
+        camera.listen(images.put)
+        ticked = [world.tick() for _ in range(20)]
+        received = [images.get(timeout=30).frame for _ in range(20)]
+        assert received == ticked and images.empty()
+    finally:
+        for actor in actors:
+            actor.destroy()
+        world.apply_settings(original)
+
+
+@needs_server
+def test_scenario_runs_on_a_carla_server(tmp_path):
     from scenarios.runner import RunOptions, run_scenario
 
     summary = run_scenario("cut_in", RunOptions(out_dir=tmp_path / "carla", ticks=20, width=96, height=54,
                                                 progress=False, carla=os.environ["CARLA_HOST"], video=False))
     assert summary["ticks"] == 20
-
-
-class _Blueprint:
-    def __init__(self, type_id, **attributes):
-        self.id = type_id
-        self._attributes = {k: str(v) for k, v in attributes.items()}
-
-    def has_attribute(self, key):
-        return key in self._attributes
-
-    def get_attribute(self, key):
-        value = self._attributes[key]
-
-        class _Attr:
-            def as_str(self):
-                return value
-
-        return _Attr()
 
 
 def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface(monkeypatch):
@@ -245,9 +248,7 @@ def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface
 
     import carla_bridge.leaderboard as lb
 
-    box = carla.BoundingBox(carla.Location(0, 0, 0.75), carla.Vector3D(2.25, 0.95, 0.75))
-    ego = _Actor(1, "vehicle.tesla.model3", carla.Transform(carla.Location(0, 1.75, 0)), box)
-    world = _World([ego])
+    world, (ego,) = _standin_world_with((0.0, 1.75))
     spawned = []
     world.spawn_actor = lambda bp, transform, attach_to=None: spawned.append(bp.id) or "real sensor"
 
@@ -264,9 +265,9 @@ def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface
     lb.enable(make_street_scene(20_000, seed=0), backend="cpu")
     try:
         proxy = CarlaDataProvider.get_world()
-        camera = proxy.spawn_actor(_Blueprint("sensor.camera.rgb", image_size_x=64, image_size_y=48, fov=100,
+        camera = proxy.spawn_actor(StandInBlueprint("sensor.camera.rgb", image_size_x=64, image_size_y=48, fov=100,
                                               role_name="Center"), carla.Transform(carla.Location(x=1.5, z=1.6)), ego)
-        gnss = proxy.spawn_actor(_Blueprint("sensor.other.gnss"), carla.Transform(), ego)
+        gnss = proxy.spawn_actor(StandInBlueprint("sensor.other.gnss"), carla.Transform(), ego)
         assert isinstance(camera, NeuralCamera) and gnss == "real sensor" and spawned == ["sensor.other.gnss"]
         assert camera.attributes["fov"] == "100" and camera.attributes["image_size_x"] == "64"
         received = {}
