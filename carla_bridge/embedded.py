@@ -20,6 +20,7 @@ import numpy as np
 from carla_bridge.simulator import VehicleControl
 from neural_sensor.assets import AGENT_KINDS
 from neural_sensor.scene.layout import Layout
+from neural_sensor.scene.path import Path
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
 
 BEHAVIOURS = ("follow_lane", "cut_in", "cross", "parked")
@@ -29,33 +30,6 @@ MAX_STEER_RAD = math.radians(35.0)
 MAX_ACCEL_MPS2 = 3.5
 MAX_BRAKE_MPS2 = 8.0
 ROLLING_DRAG_PER_S = 0.02  # fraction of speed lost per second without throttle
-
-
-class Path:
-    """A polyline with arc-length parametrisation: position and heading at s (clamped, extrapolated linearly)."""
-
-    def __init__(self, points_m: np.ndarray):
-        self.points = np.asarray(points_m, dtype=np.float64)
-        seg = np.diff(self.points, axis=0)
-        self.seg_len = np.linalg.norm(seg, axis=1)
-        self.cum = np.concatenate([[0.0], np.cumsum(self.seg_len)])
-        self.length_m = float(self.cum[-1])
-        self.dirs = seg / self.seg_len[:, None]
-
-    def at(self, s_m: float) -> tuple[np.ndarray, float]:
-        """(x, y) and heading (rad) at arc length s (beyond the ends: along the end segments)."""
-        i = int(np.clip(np.searchsorted(self.cum, s_m, side="right") - 1, 0, len(self.seg_len) - 1))
-        point = self.points[i] + (s_m - self.cum[i]) * self.dirs[i]
-        return point, math.atan2(self.dirs[i, 1], self.dirs[i, 0])
-
-    def project(self, xy: np.ndarray) -> tuple[float, float]:
-        """(arc length, signed lateral offset, left positive) of the closest point to xy."""
-        rel = xy[None, :] - self.points[:-1]
-        t = np.clip(np.einsum("sd,sd->s", rel, self.dirs), 0.0, self.seg_len)
-        closest = self.points[:-1] + t[:, None] * self.dirs
-        i = int(np.argmin(np.linalg.norm(xy[None, :] - closest, axis=1)))
-        lateral = self.dirs[i, 0] * rel[i, 1] - self.dirs[i, 1] * rel[i, 0]
-        return float(self.cum[i] + t[i]), float(lateral)
 
 
 @dataclass

@@ -73,6 +73,23 @@ class SensorSpec:
         return cls(sensor_id, int(width), int(height), float(fov_deg), pose)
 
 
+# nuScenes-like roof rig: (id, x, y, z in the ego frame FLU metres, yaw left-positive degrees, horizontal fov degrees)
+NUSCENES_LIKE_RIG = (
+    ("CAM_FRONT", 1.5, 0.0, 1.6, 0.0, 70.0),
+    ("CAM_FRONT_LEFT", 1.3, 0.5, 1.6, 55.0, 70.0),
+    ("CAM_FRONT_RIGHT", 1.3, -0.5, 1.6, -55.0, 70.0),
+    ("CAM_BACK", -1.0, 0.0, 1.6, 180.0, 110.0),
+    ("CAM_BACK_LEFT", -0.8, 0.5, 1.6, 110.0, 70.0),
+    ("CAM_BACK_RIGHT", -0.8, -0.5, 1.6, -110.0, 70.0),
+)
+
+
+def nuscenes_like_rig(width: int = 480, height: int = 270) -> list[SensorSpec]:
+    """The six cameras of NUSCENES_LIKE_RIG as SensorSpecs."""
+    return [SensorSpec.mounted(name, width, height, fov, (x, y, z), yaw_rad=math.radians(yaw))
+            for name, x, y, z, yaw, fov in NUSCENES_LIKE_RIG]
+
+
 @dataclass
 class SensorFrame:
     """One camera's output for one tick."""

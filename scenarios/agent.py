@@ -14,17 +14,17 @@ import math
 
 import numpy as np
 
-from carla_bridge.embedded import MAX_STEER_RAD, WHEELBASE_M, Path
+from carla_bridge.embedded import MAX_STEER_RAD, WHEELBASE_M
 from carla_bridge.simulator import VehicleControl
+from neural_sensor.rig import NUSCENES_LIKE_RIG
+from neural_sensor.scene.path import Path
 
 
 def nuscenes_like_sensors(width: int = 480, height: int = 270) -> list[dict]:
-    """Six roof cameras like nuScenes', as leaderboard sensor dicts (UE frame: y right, yaw clockwise, degrees)."""
-    rig = [("CAM_FRONT", 1.5, 0.0, 0.0, 70.0), ("CAM_FRONT_LEFT", 1.3, -0.5, -55.0, 70.0),
-           ("CAM_FRONT_RIGHT", 1.3, 0.5, 55.0, 70.0), ("CAM_BACK", -1.0, 0.0, 180.0, 110.0),
-           ("CAM_BACK_LEFT", -0.8, -0.5, -110.0, 70.0), ("CAM_BACK_RIGHT", -0.8, 0.5, 110.0, 70.0)]
-    return [{"type": "sensor.camera.rgb", "id": name, "x": x, "y": y, "z": 1.6, "roll": 0.0, "pitch": 0.0,
-             "yaw": yaw, "width": width, "height": height, "fov": fov} for name, x, y, yaw, fov in rig]
+    """neural_sensor.rig.NUSCENES_LIKE_RIG as leaderboard sensor dicts (UE frame: y right, yaw clockwise, degrees)."""
+    return [{"type": "sensor.camera.rgb", "id": name, "x": x, "y": -y, "z": z, "roll": 0.0, "pitch": 0.0,
+             "yaw": -yaw, "width": width, "height": height, "fov": fov}
+            for name, x, y, z, yaw, fov in NUSCENES_LIKE_RIG]
 
 
 class BuiltinAgent:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carla_bridge.embedded import AgentSpec, EgoStart, Path
+from carla_bridge.embedded import AgentSpec, EgoStart
+from neural_sensor.scene.path import Path
 from neural_sensor.scene.layout import Layout
 from neural_sensor.world import WorldSnapshot
 
