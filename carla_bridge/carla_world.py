@@ -6,20 +6,22 @@ the same roads. The ego is a CARLA vehicle driven by our control through
 physics; the other agents are CARLA actors placed each tick at the poses the
 scenario's behaviours give (the embedded simulator's kinematics run alongside
 as the behaviour engine), and a collision sensor on the ego reports hits.
-Synchronous mode with fixed_delta_seconds is switched on at start and the
-previous settings are restored by close() (also on Ctrl-C, via the context
+Collisions with anything that is not an agent (walls, the static world) are
+reported with id -1. Synchronous mode with fixed_delta_seconds is switched on at
+start and the settings from before are restored by close() (also on Ctrl-C, via the context
 manager or the runner's finally).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from carla_bridge.embedded import EgoStart, EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
-from carla_bridge.transforms import agent_box, transform_from_pose
+from carla_bridge.transforms import actor_origin_pose, agent_box, transform_from_pose
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.opendrive import layout_to_opendrive
 from neural_sensor.world import AgentState, WorldSnapshot
@@ -34,9 +36,12 @@ def connect(address: str, timeout_s: float = 10.0):
 
     host, _, port = address.partition(":")
     try:
-        client = carla.Client(host or "localhost", int(port or 2000))
+        port_number = int(port or 2000)
     except ValueError:
         raise ValueError(f"--carla must be HOST:PORT, got {address!r}") from None
+    if not 0 < port_number < 65536:
+        raise ValueError(f"--carla port must be in 1..65535, got {port_number}")
+    client = carla.Client(host or "localhost", port_number)
     client.set_timeout(timeout_s)
     try:
         client.get_server_version()
@@ -56,14 +61,16 @@ class CarlaSimulator:
         self.dt_s = float(dt_s)
         self._behaviours = EmbeddedSimulator(layout, ego, list(agents), dt_s=dt_s, seed=seed)
         self.client = client
+        # generate_opendrive_world resets the settings: keep the user's from before
+        self._original_settings = client.get_world().get_settings()
         self.world = client.generate_opendrive_world(layout_to_opendrive(layout))
-        self._original_settings = self.world.get_settings()
         settings = self.world.get_settings()
         settings.synchronous_mode = True
         settings.fixed_delta_seconds = self.dt_s
         self.world.apply_settings(settings)
         self._actors: dict[int, object] = {}
-        self._collisions: list[int] = []
+        self._collisions: list[tuple[int, int]] = []  # (frame, agent id; -1 = the static world)
+        self._collision_lock = threading.Lock()
         try:
             initial = self._behaviours.tick()
             self._kinds = {agent.agent_id: agent.kind for agent in initial.agents}
@@ -73,25 +80,32 @@ class CarlaSimulator:
             self.ego = self.world.spawn_actor(ego_bp, self._spawn_transform(initial.ego.pose_agent_to_world))
             for agent in initial.agents:
                 bp = library.find(BLUEPRINTS[agent.kind])
-                actor = self.world.try_spawn_actor(bp, self._spawn_transform(agent.pose_agent_to_world))
+                # walkers' origins sit mid-body: spawn them high enough, the next tick places them exactly
+                lift = 1.2 if agent.kind == "pedestrian" else 0.3
+                actor = self.world.try_spawn_actor(bp, self._spawn_transform(agent.pose_agent_to_world, lift))
                 if actor is None:
                     raise RuntimeError(f"CARLA could not spawn agent {agent.agent_id} ({agent.kind}) at its start")
                 actor.set_simulate_physics(False)  # moved kinematically by its behaviour
                 self._actors[agent.agent_id] = actor
             sensor_bp = library.find("sensor.other.collision")
             self._collision_sensor = self.world.spawn_actor(sensor_bp, carla.Transform(), attach_to=self.ego)
-            by_carla_id = {actor.id: agent_id for agent_id, actor in self._actors.items()}
-            self._collision_sensor.listen(lambda event: self._collisions.append(by_carla_id.get(event.other_actor.id,
-                                                                                               -1)))
+            self._by_carla_id = {actor.id: agent_id for agent_id, actor in self._actors.items()}
+            self._collision_sensor.listen(self._on_collision)
         except BaseException:
             self.close()
             raise
         self._started = False
+        self._speeds: dict[int, float] = {}
 
-    def _spawn_transform(self, pose_agent_to_world: np.ndarray):
+    def _spawn_transform(self, pose_agent_to_world: np.ndarray, lift_m: float = 0.3):
         lifted = pose_agent_to_world.copy()
-        lifted[2, 3] += 0.3  # spawn slightly above the road so physics settles the wheels
+        lifted[2, 3] += lift_m  # spawn above the road so nothing starts inside it
         return transform_from_pose(lifted)
+
+    def _on_collision(self, event) -> None:
+        """Collision sensor callback (CARLA's thread): remember the frame and whom we hit."""
+        with self._collision_lock:
+            self._collisions.append((int(event.frame), self._by_carla_id.get(event.other_actor.id, -1)))
 
     def apply_control(self, control) -> None:
         c = VehicleControl.from_any(control)
@@ -100,8 +114,10 @@ class CarlaSimulator:
     def tick(self) -> WorldSnapshot:
         if self._started:
             moved = self._behaviours.tick()
+            self._speeds = {agent.agent_id: agent.speed_mps for agent in moved.agents}
             for agent in moved.agents:
-                self._actors[agent.agent_id].set_transform(transform_from_pose(agent.pose_agent_to_world))
+                actor = self._actors[agent.agent_id]
+                actor.set_transform(transform_from_pose(actor_origin_pose(actor.bounding_box, agent.pose_agent_to_world)))
         self._started = True
         frame = self.world.tick()
         snapshot = self.world.get_snapshot()
@@ -109,31 +125,41 @@ class CarlaSimulator:
         size, ego_pose = agent_box(self.ego.bounding_box, ego_snap.get_transform())
         v = ego_snap.get_velocity()
         ego = AgentState(0, "car", size, ego_pose, math.sqrt(v.x**2 + v.y**2 + v.z**2))
+        # the behaviours react to the real ego (cut-in and crossing triggers measure distance to it)
+        self._behaviours.set_ego_state(ego_pose[:2, 3], ego.yaw_rad, ego.speed_mps)
         agents = []
         for agent_id, actor in self._actors.items():
-            actor_snap = snapshot.find(actor.id)
-            size, pose = agent_box(actor.bounding_box, actor_snap.get_transform())
-            v = actor_snap.get_velocity()
-            agents.append(AgentState(agent_id, self._kinds[agent_id], size, pose, math.sqrt(v.x**2 + v.y**2 + v.z**2)))
-        collisions = tuple(sorted(set(i for i in self._collisions if i > 0)))
-        self._collisions.clear()
-        return WorldSnapshot(int(frame), float(snapshot.timestamp.elapsed_seconds), ego, tuple(agents), collisions)
+            size, pose = agent_box(actor.bounding_box, snapshot.find(actor.id).get_transform())
+            # kinematic actors report no velocity in CARLA: their speed is the behaviour's
+            agents.append(AgentState(agent_id, self._kinds[agent_id], size, pose, self._speeds.get(agent_id, 0.0)))
+        with self._collision_lock:
+            hits = [who for hit_frame, who in self._collisions if hit_frame <= frame]
+            self._collisions = [(f, who) for f, who in self._collisions if f > frame]
+        return WorldSnapshot(int(frame), float(snapshot.timestamp.elapsed_seconds), ego, tuple(agents),
+                             tuple(sorted(set(hits))))
 
     def close(self) -> None:
         """Destroy what we spawned and restore the world's settings (idempotent)."""
-        sensor = getattr(self, "_collision_sensor", None)
-        if sensor is not None:
-            sensor.stop()
-            sensor.destroy()
-            self._collision_sensor = None
-        for actor in list(self._actors.values()) + [getattr(self, "ego", None)]:
-            if actor is not None:
-                actor.destroy()
-        self._actors.clear()
-        self.ego = None
-        if getattr(self, "_original_settings", None) is not None:
-            self.world.apply_settings(self._original_settings)
-            self._original_settings = None
+        try:
+            sensor = getattr(self, "_collision_sensor", None)
+            if sensor is not None:
+                self._collision_sensor = None
+                try:
+                    sensor.stop()
+                finally:
+                    sensor.destroy()
+            for actor in list(self._actors.values()) + [getattr(self, "ego", None)]:
+                if actor is not None:
+                    try:
+                        actor.destroy()
+                    except RuntimeError:  # the server may already be gone; keep cleaning up
+                        pass
+            self._actors.clear()
+            self.ego = None
+        finally:
+            if getattr(self, "_original_settings", None) is not None and hasattr(self, "world"):
+                settings, self._original_settings = self._original_settings, None
+                self.world.apply_settings(settings)
 
     def __enter__(self) -> "CarlaSimulator":
         return self

@@ -6,7 +6,9 @@ lanes: follow a lane at a speed, cut in from a neighbouring lane when the ego
 comes close, cross the road (pedestrians, cyclists) when the ego comes close,
 or stay parked. Footprints are oriented boxes; an overlap with the ego (and in
 height) is a collision, reported in the snapshot. Frame ids count up by one per
-tick from `start_frame`, timestamps are frame steps times dt. The same inputs
+tick from `start_frame`, timestamps are frame steps times dt. Hitting a static
+object of the layout (a parked car, a building, a pole) is a collision with id -1.
+The same inputs
 and seed give the same snapshots, bit for bit.
 """
 
@@ -59,15 +61,21 @@ class AgentSpec:
     size_m: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.agent_id <= 0:
-            raise ValueError(f"AgentSpec.agent_id must be > 0 (0 is the background), got {self.agent_id}")
+        if isinstance(self.agent_id, bool) or not isinstance(self.agent_id, (int, np.integer)) or self.agent_id <= 0:
+            raise ValueError(f"AgentSpec.agent_id must be an integer > 0 (0 is the ego), got {self.agent_id!r}")
         if self.kind not in AGENT_KINDS:
             raise ValueError(f"agent {self.agent_id}: kind must be one of {sorted(AGENT_KINDS)}, got {self.kind!r}")
         if self.behaviour not in BEHAVIOURS:
             raise ValueError(f"agent {self.agent_id}: behaviour must be one of {BEHAVIOURS}, got {self.behaviour!r}")
         for name in ("start_s_m", "speed_mps", "trigger_m", "duration_s", "heading_rad", "distance_m"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"agent {self.agent_id}: {name} is not finite")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+                raise ValueError(f"agent {self.agent_id}: {name} must be a finite number, got {value!r}")
+        for name in ("speed_mps", "trigger_m", "distance_m"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"agent {self.agent_id}: {name} must be >= 0, got {getattr(self, name)}")
+        if self.duration_s <= 0:
+            raise ValueError(f"agent {self.agent_id}: duration_s must be > 0, got {self.duration_s}")
         if self.size_m is None:
             self.size_m = AGENT_KINDS[self.kind][1]
 
@@ -113,6 +121,12 @@ def _obb_overlap(a: AgentState, b: AgentState) -> bool:
     return za < zb + b.size_m[2] and zb < za + a.size_m[2]
 
 
+def _near(a: AgentState, b: AgentState) -> bool:
+    """Cheap pre-test for the box overlap: centres closer than the sum of the boxes' half diagonals."""
+    reach = 0.5 * (math.hypot(a.size_m[0], a.size_m[1]) + math.hypot(b.size_m[0], b.size_m[1]))
+    return float(np.linalg.norm(a.position_m[:2] - b.position_m[:2])) < reach
+
+
 class EmbeddedSimulator:
     """See the module docstring. `tick()` first returns the initial state (frame start_frame)."""
 
@@ -130,6 +144,14 @@ class EmbeddedSimulator:
             for lane in (getattr(spec, "lane", 0), getattr(spec, "target_lane", 0)):
                 if not 0 <= lane < len(self.lanes):
                     raise ValueError(f"lane index {lane} is out of range (layout has {len(self.lanes)} lanes)")
+            if getattr(spec, "behaviour", "") == "cut_in":
+                a, b = layout.lanes[spec.lane], layout.lanes[spec.target_lane]
+                if a.direction != b.direction or spec.lane == spec.target_lane:
+                    raise ValueError(f"agent {spec.agent_id}: cut_in needs a different target lane running the "
+                                     f"same way (lane {spec.lane} -> {spec.target_lane})")
+        # static boxes an agent can hit: everything but crosswalk paint (reported as collision id -1)
+        self._static = [AgentState(-1, "car", box.size_m, pose_from_xyz_yaw(*box.centre_m, box.yaw_rad))
+                        for box in layout.objects]
         rng = np.random.default_rng(seed)
         self._agents = []
         for spec in agents:
@@ -146,6 +168,11 @@ class EmbeddedSimulator:
         self._steps = -1  # the first tick returns the initial state
 
     # ------------------------------------------------------------------ API
+    def set_ego_state(self, xy_m: np.ndarray, yaw_rad: float, speed_mps: float) -> None:
+        """Override the ego's state (CarlaSimulator feeds the real ego in, so behaviours react to it)."""
+        self._ego = {"xy": np.asarray(xy_m, dtype=np.float64)[:2].copy(), "yaw": float(yaw_rad),
+                     "speed": float(speed_mps)}
+
     def apply_control(self, control) -> None:
         self._control = VehicleControl.from_any(control)
 
@@ -199,7 +226,9 @@ class EmbeddedSimulator:
             if spec.behaviour == "cut_in" and agent.triggered_at_s is not None:
                 t = min(1.0, (self._steps * self.dt_s - agent.triggered_at_s) / spec.duration_s)
                 blend = 0.5 - 0.5 * math.cos(math.pi * max(t, 0.0))
-                target_xy, _ = self.lanes[spec.target_lane].at(agent.s_m)
+                # the target lane's point beside us (lanes need not share arc length, e.g. on curves)
+                target = self.lanes[spec.target_lane]
+                target_xy, _ = target.at(target.project(xy)[0])
                 lateral = target_xy - xy
                 xy = xy + blend * lateral
                 # heading follows the motion: forward speed plus the rate of the sideways blend
@@ -220,4 +249,6 @@ class EmbeddedSimulator:
             agents.append(AgentState(agent.spec.agent_id, agent.spec.kind, tuple(agent.spec.size_m),
                                      pose_from_xyz_yaw(xy[0], xy[1], 0.0, yaw), speed))
         collisions = tuple(a.agent_id for a in agents if _obb_overlap(ego, a))
+        if any(_obb_overlap(ego, box) for box in self._static if _near(ego, box)):
+            collisions = (-1,) + collisions
         return WorldSnapshot(self._frame + self._steps, self._steps * self.dt_s, ego, tuple(agents), collisions)

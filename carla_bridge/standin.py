@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import carla
 
-_BOXES = {"vehicle": ((2.25, 0.95, 0.75), 0.75), "walker": ((0.25, 0.3, 0.9), 0.9)}
+# (half extents, box centre height above the actor origin): vehicles' origins are at their wheels' base,
+# walkers' at the middle of their capsule, as in CARLA
+_BOXES = {"vehicle": ((2.25, 0.95, 0.75), 0.75), "walker": ((0.25, 0.3, 0.9), 0.0)}
 
 
 @dataclass
@@ -74,6 +76,8 @@ class StandInActor:
         self.control = control
 
     def get_velocity(self):
+        if not self.physics:  # like CARLA: an actor moved by set_transform reports no velocity
+            return carla.Vector3D(0.0, 0.0, 0.0)
         yaw = math.radians(self._transform.rotation.yaw)
         return carla.Vector3D(self.speed_mps * math.cos(yaw), self.speed_mps * math.sin(yaw), 0.0)
 
@@ -89,9 +93,10 @@ class StandInActor:
     def stop(self) -> None:
         self._callback = None
 
-    def emit(self, event) -> None:
+    def emit_collision(self, other_actor) -> None:
+        """Fire a collision event at this (sensor) actor for the current frame, as CARLA would."""
         if self._callback is not None:
-            self._callback(event)
+            self._callback(type("CollisionEvent", (), {"frame": self.world.frame, "other_actor": other_actor})())
 
 
 class StandInActorSnapshot:

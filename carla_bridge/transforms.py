@@ -134,3 +134,12 @@ def agent_box(bounding_box, actor_transform) -> tuple[tuple[float, float, float]
     offset = np.array([float(loc.x), -float(loc.y), float(loc.z) - float(ext.z)])  # UE -> FLU: y flips
     pose[:3, 3] += pose[:3, :3] @ offset
     return size, pose
+
+
+def actor_origin_pose(bounding_box, pose_agent_to_world: np.ndarray) -> np.ndarray:
+    """The actor origin pose (FLU) that puts the actor's box bottom at pose_agent_to_world (inverse of agent_box)."""
+    ext, loc = bounding_box.extent, bounding_box.location
+    pose = np.array(pose_agent_to_world, dtype=np.float64)
+    offset = np.array([float(loc.x), -float(loc.y), float(loc.z) - float(ext.z)])
+    pose[:3, 3] -= pose[:3, :3] @ offset
+    return pose

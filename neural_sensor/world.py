@@ -62,7 +62,7 @@ class WorldSnapshot:
     timestamp_s: float
     ego: AgentState
     agents: tuple[AgentState, ...] = ()
-    collisions: tuple[int, ...] = field(default=())  # ids of agents whose box overlaps the ego's this tick
+    collisions: tuple[int, ...] = field(default=())  # ids of what the ego hit this tick; -1 = the static world
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.timestamp_s):

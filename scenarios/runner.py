@@ -74,17 +74,20 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot load agent {dotted!r}: {err}") from None
-    return cls(route_xy_m=scenario.route_xy_m, target_speed_mps=scenario.target_speed_mps)
+    try:
+        return cls(route_xy_m=scenario.route_xy_m, target_speed_mps=scenario.target_speed_mps)
+    except TypeError as err:
+        raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {err}") from None
 
 
 def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
     """Tile [H, W, 3] uint8 images into a grid with even width and height (video encoders need it)."""
-    h, w = frames[0].shape[:2]
+    h, w = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)  # cameras may differ in size
     rows = -(-len(frames) // columns)
     out = np.zeros((rows * h + (rows * h) % 2, columns * w + (columns * w) % 2, 3), np.uint8)
     for i, image in enumerate(frames):
         r, c = divmod(i, columns)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+        out[r * h:r * h + image.shape[0], c * w:c * w + image.shape[1]] = image
     return out
 
 
@@ -96,8 +99,23 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """The record folder: new, empty, or a previous record (it has summary.json); anything else is refused."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()) and not (out_dir / "summary.json").exists():
+            raise ValueError(f"--out {out_dir} is a non-empty folder that is not a previous record "
+                             "(no summary.json); refusing to replace it")
+    if out_dir.parent == out_dir:
+        raise ValueError(f"--out {out_dir} is a filesystem root")
+    return out_dir
+
+
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     """Run a scenario (or a scenario name) in closed loop and record it; returns the summary dict."""
+    check_out_dir(options.out_dir)
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, options.seed)
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)
@@ -105,6 +123,8 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         raise ValueError(f"ticks must be positive, got {ticks}")
     agent = load_agent(options.agent, scenario, options.width, options.height)
     specs = sensor_specs_from_leaderboard(agent.sensors())
+    if any(spec.sensor_id == "world" for spec in specs):
+        raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
     if options.carla:  # connect first: a missing server is reported before any scene is built
         from carla_bridge.carla_world import CarlaSimulator, connect
 
@@ -124,10 +144,11 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> dict:
     criteria = CriteriaState(scenario)
 
-    out_dir = Path(options.out_dir)
+    out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     writer = None
+    log = None
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "deliver", "agent", "record")}
     try:
         log = (tmp / "log.jsonl").open("w")
@@ -187,7 +208,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             writer = None
         from PIL import Image
 
-        Image.fromarray(np.concatenate(last_images, axis=1)).save(tmp / "strip.png")
+        Image.fromarray(mosaic(last_images, columns=len(last_images))).save(tmp / "strip.png")
         paths = {"log": str(out_dir / "log.jsonl"), "strip": str(out_dir / "strip.png")}
         if options.video:
             paths["video"] = str(out_dir / "video.mp4")
@@ -202,11 +223,18 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private; the record is meant to be shared
+        # swap in the new record; the old one (checked above to be a record) is removed only afterwards
+        old = None
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
+            out_dir.rename(old)
         tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return summary
     except BaseException:
+        if log is not None and not log.closed:
+            log.close()
         if writer is not None:
             try:
                 writer.close()

@@ -141,36 +141,47 @@ def test_neural_camera_delivers_every_tick_in_order_with_agents():
 
 
 def test_carla_simulator_on_the_stand_in_server():
-    """CarlaSimulator's code path: settings, spawning, frame-id echo, control, collisions, restore on close."""
+    """CarlaSimulator's code path: settings, spawning, frame-id echo, control, behaviours that see the real ego,
+    agent speeds, collisions by frame, restore on close."""
     from carla_bridge.carla_world import CarlaSimulator
-    from carla_bridge.embedded import AgentSpec, EgoStart, EmbeddedSimulator
+    from carla_bridge.embedded import AgentSpec, EgoStart
     from carla_bridge.simulator import VehicleControl
     from neural_sensor.scene.layout import straight_road
 
-    layout = straight_road(120.0)
-    agents = [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=25, speed_mps=6, target_lane=0, trigger_m=12)]
+    layout = straight_road(120.0, buildings=False)
+    layout.objects.clear()
+    agents = [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=25, speed_mps=4, target_lane=0, trigger_m=12),
+              AgentSpec(2, "pedestrian", "parked", start_xy_m=(60.0, -9.0))]
     client = StandInClient()
+    client.world.apply_settings(StandInSettings(False, 0.1))  # the user's settings before we start
     sim = CarlaSimulator(client, layout, EgoStart(lane=0, start_s_m=5, speed_mps=0), agents, seed=0)
     world = client.world
     assert "<OpenDRIVE>" in world.opendrive and world.settings.synchronous_mode
     assert world.settings.fixed_delta_seconds == pytest.approx(0.05)
-    reference = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=5, speed_mps=0), agents, seed=0)
-    for _ in range(40):
+    ys = []
+    for tick in range(160):
         snapshot = sim.tick()
-        expected = reference.tick()
         assert snapshot.frame == world.frame  # the server's frame id, echoed
-        sim.apply_control(VehicleControl(throttle=0.5))
-        reference.apply_control(VehicleControl(throttle=0.5))
-        np.testing.assert_allclose(snapshot.agents[0].position_m[:2], expected.agents[0].position_m[:2], atol=1e-3)
-    assert snapshot.ego.position_m[0] > 5.5  # the ego moved under our throttle
-    ego_actor = sim.ego
-    assert ego_actor.control.throttle == pytest.approx(0.5)
+        sim.apply_control(VehicleControl(throttle=1.0 if tick < 60 else 0.0))
+        ys.append(snapshot.agents[0].position_m[1])
+    assert snapshot.ego.position_m[0] > 30  # the ego moved under our throttle
+    assert sim.ego.control.throttle == pytest.approx(0.0)
+    assert ys[0] == pytest.approx(-5.25) and ys[-1] == pytest.approx(-1.75, abs=1e-3)  # the real ego triggered it
+    assert snapshot.agents[0].speed_mps > 3.5  # the behaviour's speed, not the kinematic actor's zero velocity
+    walker = snapshot.agents[1]
+    assert walker.kind == "pedestrian" and walker.position_m[2] == pytest.approx(0.0, abs=1e-6)  # feet on the road
     sensor = next(a for a in world.actors.values() if a.type_id == "sensor.other.collision")
-    cut_in_actor = next(a for a in world.actors.values() if a.type_id == "vehicle.tesla.model3" and a is not ego_actor)
-    sensor.emit(type("Event", (), {"other_actor": cut_in_actor})())
-    assert sim.tick().collisions == (1,)
+    car = sim._actors[1]
+    sensor.emit_collision(car)
+    sensor.emit_collision(world.spawn_actor(StandInBlueprint("static.prop.bench"), carla.Transform()))
+    world.frame += 5  # an event stamped with a later frame waits for that frame's snapshot
+    sensor.emit_collision(car)
+    world.frame -= 5
+    assert sim.tick().collisions == (-1, 1)
+    assert sim.tick().collisions == ()
     sim.close()
-    assert not world.actors and world.settings == StandInSettings(False, None)  # restored, all destroyed
+    assert world.settings == StandInSettings(False, 0.1)  # the user's settings are back
+    assert all(a.type_id == "static.prop.bench" for a in world.actors.values())  # ours are destroyed
 
 
 def test_scenario_runner_drives_the_stand_in_server(tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_bad_control_raises(bad):
 def test_bad_agent_specs_raise():
     with pytest.raises(ValueError, match="behaviour must be one of"):
         AgentSpec(1, "car", "teleport")
-    with pytest.raises(ValueError, match="agent_id must be > 0"):
+    with pytest.raises(ValueError, match="agent_id must be an integer > 0"):
         AgentSpec(0, "car")
     with pytest.raises(ValueError, match="lane index 9 is out of range"):
         EmbeddedSimulator(straight_road(50.0), EgoStart(lane=9))
@@ -167,3 +167,63 @@ def test_cli_demo_writes_summary(tmp_path, scene_cache):
     for key in ("ticks", "wall_s", "ticks_per_s", "stage_ms_median", "criteria", "paths"):
         assert key in summary
     assert np.isfinite(summary["wall_s"])
+
+
+def test_more_bad_agent_specs():
+    with pytest.raises(ValueError, match="duration_s must be > 0"):
+        AgentSpec(1, "car", "cut_in", duration_s=0.0)
+    with pytest.raises(ValueError, match="agent_id must be an integer"):
+        AgentSpec("1", "car")
+    with pytest.raises(ValueError, match="speed_mps must be >= 0"):
+        AgentSpec(1, "car", speed_mps=-3.0)
+    with pytest.raises(ValueError, match="cut_in needs a different target lane running the same way"):
+        EmbeddedSimulator(straight_road(80.0), EgoStart(), [AgentSpec(1, "car", "cut_in", lane=0, target_lane=2)])
+
+
+def test_cut_in_on_a_curve_keeps_its_speed():
+    from neural_sensor.scene.layout import curve
+
+    layout = curve(40.0, 90.0)
+    sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=2, speed_mps=5),
+                            [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=12, speed_mps=6, target_lane=0,
+                                       trigger_m=20, duration_s=2.0)])
+    positions = []
+    for _ in range(80):
+        snap = sim.tick()
+        sim.apply_control(VehicleControl(throttle=0.2))
+        positions.append(snap.agents[0].position_m[:2])
+    steps = np.linalg.norm(np.diff(np.array(positions), axis=0), axis=1) / 0.05
+    assert steps.max() < 6.0 * 1.4  # along the lane plus the sideways move, never a jump along the other lane
+
+
+def test_hitting_a_parked_car_is_a_collision():
+    from neural_sensor.scene.layout import Box
+
+    layout = straight_road(80.0, buildings=False)
+    layout.objects[:] = [Box((30.0, -1.75, 0.0), (4.5, 1.9, 1.5), 0.0, "parked_vehicle")]
+    sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=5, speed_mps=10))
+    hits = []
+    for _ in range(60):
+        snap = sim.tick()
+        sim.apply_control(VehicleControl(throttle=0.3))
+        hits += list(snap.collisions)
+    assert -1 in hits
+
+
+def test_out_folder_safety(tmp_path, scene_cache):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    options = RunOptions(out_dir=precious, ticks=2, width=32, height=18, cache_dir=scene_cache, progress=False,
+                         video=False)
+    with pytest.raises(ValueError, match="not a previous record"):
+        run_scenario("cut_in", options)
+    assert (precious / "thesis.tex").read_text() == "keep me"
+    record = tmp_path / "record"
+    options.out_dir = record
+    run_scenario("cut_in", options)
+    first = (record / "summary.json").read_text()
+    options.ticks = 3
+    run_scenario("cut_in", options)  # a previous record is replaced
+    assert json.loads((record / "summary.json").read_text())["ticks"] == 3 and first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "record"]

@@ -127,6 +127,8 @@ class Style:
             raise ValueError(f"Style.time_of_day must be one of {TIMES_OF_DAY}, got {self.time_of_day!r}")
         if self.palette not in PALETTES:
             raise ValueError(f"Style.palette must be one of {PALETTES}, got {self.palette!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"Style.seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
 
 
@@ -170,6 +172,9 @@ class Layout:
         for box in self.crosswalks:
             if box.cls != "crosswalk":
                 raise ValueError(f"Layout.crosswalks entries must have cls 'crosswalk', got {box.cls!r}")
+        for box in self.objects:
+            if box.cls == "crosswalk":
+                raise ValueError("Layout.objects: crosswalks belong in Layout.crosswalks, not objects")
 
     def bounds_m(self, margin_m: float = 0.0) -> tuple[float, float, float, float]:
         """(x_min, y_min, x_max, y_max) covering every element, plus a margin."""
@@ -290,7 +295,8 @@ def _roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road
         while s < total - 2:
             kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=[0.4, 0.3, 0.1, 0.2])
             if kind == "parked_vehicle":
-                centre, yaw = at(s, side * (half_road_m - 1.1))
+                # half up on the kerb, clear of the outer lane (agents driving there must not pass through it)
+                centre, yaw = at(s, side * (half_road_m + 0.4))
                 box = Box((centre[0], centre[1], 0.0), (4.5, 1.9, 1.5), yaw, kind)
             elif kind == "vegetation":
                 centre, yaw = at(s, side * (half_road_m + sidewalk_m * 0.75))
