@@ -73,6 +73,14 @@ class NeuralImage(_ImageBase):
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def __setitem__(self, index: int, color) -> None:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"pixel index {index} out of range for {len(self)} pixels")
+        self._bgra.reshape(-1, 4)[index] = (color.b, color.g, color.r, color.a)
+
+    def __str__(self) -> str:
+        return repr(self)
+
     def convert(self, color_converter) -> None:
         if color_converter != carla.ColorConverter.Raw:
             raise ValueError(f"NeuralImage holds an RGB camera image; only ColorConverter.Raw applies, "

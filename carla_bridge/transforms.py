@@ -11,6 +11,7 @@ as (x, y, z) -> (y, -z, x).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -64,16 +65,17 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     if not isinstance(sensor, Mapping):
         raise ValueError(f"sensor must be a dict, got {type(sensor).__name__}")
     name = sensor.get("id", "<no id>")
+    kind = sensor.get("type", "sensor.camera.rgb")
+    if kind != "sensor.camera.rgb":
+        raise ValueError(f"sensor {name!r}: type {kind!r} is not an RGB camera (the neural sensor renders "
+                         "sensor.camera.rgb)")
     missing = [k for k in LEADERBOARD_SENSOR_KEYS if k not in sensor]
     if missing:
         raise ValueError(f"sensor {name!r}: missing keys {missing}")
-    kind = sensor.get("type", "sensor.camera.rgb")
-    if not str(kind).startswith("sensor.camera"):
-        raise ValueError(f"sensor {name!r}: type {kind!r} is not a camera")
     values = {}
     for key in ("x", "y", "z", "roll", "pitch", "yaw", "fov"):
         value = sensor[key]
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {value!r}")
         values[key] = float(value)
     for key in ("width", "height"):

@@ -96,7 +96,7 @@ def test_labels_match_carla():
 @pytest.mark.parametrize("change, message", [
     ({"fov": 0}, "fov must be in"), ({"fov": -5}, "fov must be in"), ({"width": 0}, "width must be a positive"),
     ({"height": 2.5}, "height must be a positive"), ({"x": float("nan")}, "x must be a finite"),
-    ({"type": "sensor.lidar.ray_cast"}, "is not a camera"),
+    ({"type": "sensor.lidar.ray_cast"}, "is not an RGB camera"), ({"type": "sensor.camera.depth"}, "is not an RGB camera"),
 ])
 def test_bad_sensor_dicts(change, message):
     sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
@@ -104,6 +104,7 @@ def test_bad_sensor_dicts(change, message):
     sensor.update(change)
     with pytest.raises(ValueError, match=message):
         sensor_spec_from_leaderboard(sensor)
+    sensor["type"] = "sensor.camera.rgb"
     del sensor["yaw"]
     with pytest.raises(ValueError, match=r"missing keys \['yaw'\]"):
         sensor_spec_from_leaderboard(sensor)

@@ -296,3 +296,18 @@ def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface
     finally:
         lb.disable()
     assert CarlaDataProvider.get_world() is world
+
+
+def test_neural_image_prints_and_takes_pixels():
+    image = NeuralImage.create(3, 0.15, carla.Transform(), 90.0, np.zeros((2, 2, 4), np.uint8))
+    assert "frame=3" in str(image)
+    image[1] = carla.Color(10, 20, 30, 255)
+    assert np.frombuffer(image.raw_data, np.uint8)[4:8].tolist() == [30, 20, 10, 255]
+
+
+def test_sensor_values_accept_numpy_numbers():
+    from carla_bridge.transforms import sensor_spec_from_leaderboard
+
+    spec = sensor_spec_from_leaderboard({"id": "f", "x": np.float32(1.5), "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
+                                         "yaw": np.float64(10.0), "width": 64, "height": 48, "fov": np.float32(90)})
+    assert spec.fov_deg == pytest.approx(90.0)

@@ -92,3 +92,43 @@ def test_export_reads_in_an_independent_opendrive_reader(make, tmp_path):
                 # our template lanes are polylines through points on the arcs: chords sag by < 5 cm
                 assert min(_segment_distances(centre, ours.centre_m)[0].max() for ours in layout.lanes) < 0.06
     assert found == len(layout.lanes)
+
+
+def _road_xml(geometry: str, sections: str, length: float) -> str:
+    return (f'<OpenDRIVE><header revMajor="1" revMinor="4"/><road id="1" length="{length}" junction="-1">'
+            f'<planView>{geometry}</planView><lanes>{sections}</lanes></road></OpenDRIVE>')
+
+
+def _section(s: float, width: float) -> str:
+    lane = '<lane id="{}" type="driving"><width sOffset="0" a="{}" b="0" c="0" d="0"/></lane>'
+    return (f'<laneSection s="{s}"><left>{lane.format(1, width)}</left><center><lane id="0" type="none"/></center>'
+            f'<right>{lane.format(-1, width)}</right></laneSection>')
+
+
+def test_lane_sections_meet_and_short_sections_survive():
+    geometry = '<geometry s="0" x="0" y="0" hdg="0" length="30"><line/></geometry>'
+    layout = layout_from_opendrive(_road_xml(geometry, _section(0, 3.5) + _section(10.5, 3.0) + _section(11.2, 3.5),
+                                             30.0), decorate=False)
+    right = sorted((ln for ln in layout.lanes if ln.direction == 1), key=lambda ln: ln.centre_m[0, 0])
+    assert len(right) == 3  # the 0.7 m section keeps its lane
+    for a, b in zip(right[:-1], right[1:]):
+        assert a.centre_m[-1, 0] == pytest.approx(b.centre_m[0, 0])  # no gap along the road
+    assert right[1].width_m == pytest.approx(3.0)
+
+
+def test_poly3_ends_where_its_arc_length_does():
+    # v = 0.02 u^2 from u = 0 to 30: its arc length is the record's length
+    u = np.linspace(0, 30, 200001)
+    arc = float(np.sum(np.hypot(np.diff(u), np.diff(0.02 * u**2))))
+    geometry = f'<geometry s="0" x="0" y="0" hdg="0" length="{arc}"><poly3 a="0" b="0" c="0.02" d="0"/></geometry>'
+    layout = layout_from_opendrive(_road_xml(geometry, _section(0, 3.5), arc), decorate=False)
+    ref = layout.references[0].points_m
+    np.testing.assert_allclose(ref[-1], [30.0, 18.0], atol=0.02)
+
+
+def test_lane_without_id_is_a_clear_error():
+    geometry = '<geometry s="0" x="0" y="0" hdg="0" length="10"><line/></geometry>'
+    bad = ('<laneSection s="0"><right><lane type="driving"><width sOffset="0" a="3" b="0" c="0" d="0"/></lane>'
+           '</right></laneSection>')
+    with pytest.raises(ValueError, match="without an integer id"):
+        layout_from_opendrive(_road_xml(geometry, bad, 10.0))

@@ -75,9 +75,12 @@ def _geometry_points(geometry, s_local: np.ndarray) -> np.ndarray:
     if kind.tag in ("poly3", "paramPoly3"):
         fine = np.linspace(0.0, 1.0, max(2, int(length / 0.02) + 1))
         if kind.tag == "poly3":
-            # v(u) with u along the start heading; u runs to roughly the geometry length
+            # v(u) with u along the start heading; u ends where the curve's arc length reaches the record's length
             a, b, c, d = (_f(kind, n) for n in "abcd")
             u = fine * length
+            v = a + b * u + c * u**2 + d * u**3
+            arc_u = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(u), np.diff(v)))])
+            u = fine * float(np.interp(length, arc_u, u))
             v = a + b * u + c * u**2 + d * u**3
         else:
             p_range = kind.get("pRange", "normalized")
@@ -122,12 +125,15 @@ class _RoadSample:
 
 
 def _sample_road(road) -> _RoadSample:
+    """Sample the reference line every SAMPLE_STEP_M and at every lane section start (so sections meet)."""
     length = _f(road, "length")
     plan = road.find("planView")
     if plan is None or not list(plan):
         raise ValueError(f"OpenDRIVE: road {road.get('id')} has no planView geometry")
     geometries = sorted(plan.findall("geometry"), key=lambda g: _f(g, "s"))
-    s = np.unique(np.concatenate([np.arange(0.0, length, SAMPLE_STEP_M), [length]]))
+    section_starts = [_f(sec, "s") for sec in road.findall("lanes/laneSection")]
+    s = np.unique(np.concatenate([np.arange(0.0, length, SAMPLE_STEP_M), [length],
+                                  np.clip(section_starts, 0.0, length)]))
     out = np.zeros((len(s), 3))
     for i, geometry in enumerate(geometries):
         start = _f(geometry, "s")
@@ -137,6 +143,13 @@ def _sample_road(road) -> _RoadSample:
     lanes = road.find("lanes")
     offsets = _poly_records(lanes.findall("laneOffset"), "s") if lanes is not None else []
     return _RoadSample(s, out[:, :2], out[:, 2], _eval_poly(offsets, s) if offsets else np.zeros_like(s))
+
+
+def _lane_id_key(lane) -> int:
+    try:
+        return int(lane.get("id"))
+    except (TypeError, ValueError):
+        return 0  # reported with the road id where the lane is read
 
 
 def _lane_direction(lane, lane_id: int, rule: str) -> int:
@@ -171,17 +184,21 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
         starts = [_f(sec, "s") for sec in sections]
         road_widths = {"left": [], "right": [], "sidewalk": 0.0}
         for k, section in enumerate(sections):
-            end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1] + 1e-9
-            sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))
+            end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1]
+            sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))  # shares its end
             if len(sel) < 2:
                 continue
             s_sec = sample.s[sel] - starts[k]
             for side, sign in (("left", 1.0), ("right", -1.0)):
-                entries = sorted(section.findall(f"{side}/lane"), key=lambda e: abs(int(e.get("id", "0"))))
+                entries = sorted(section.findall(f"{side}/lane"), key=lambda e: abs(_lane_id_key(e)))
                 inner = np.zeros(len(sel))
                 outer_driving = None
                 for lane in entries:
-                    lane_id = int(lane.get("id"))
+                    try:
+                        lane_id = int(lane.get("id"))
+                    except (TypeError, ValueError):
+                        raise ValueError(f"OpenDRIVE: road {road.get('id')} has a <lane> without an integer id "
+                                         f"({lane.get('id')!r})") from None
                     widths = _poly_records(lane.findall("width"), "sOffset")
                     width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
                     outer = inner + width
@@ -305,10 +322,11 @@ def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
         ET.SubElement(road, "lateralProfile")
         lanes = ET.SubElement(road, "lanes")
         section = ET.SubElement(lanes, "laneSection", s="0.0")
+        groups = {}
         for side, widths, sign in (("left", ref.left_widths_m, 1), ("right", ref.right_widths_m, -1)):
             if not widths and not ref.sidewalk_width_m:
                 continue
-            group = ET.SubElement(section, side)
+            group = groups[side] = ET.Element(side)
             entries = [("driving", w) for w in widths] + ([("sidewalk", ref.sidewalk_width_m)]
                                                           if ref.sidewalk_width_m > 0 else [])
             for k, (kind, width) in enumerate(entries, start=1):
@@ -318,9 +336,12 @@ def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
                 mark = "broken" if kind == "driving" and k < len(widths) else "solid"
                 ET.SubElement(lane, "roadMark", sOffset="0.0", type=mark, weight="standard", color="standard",
                               width="0.12")
-        center = ET.SubElement(section, "center")
+        center = ET.Element("center")
         lane0 = ET.SubElement(center, "lane", id="0", type="none", level="false")
         ET.SubElement(lane0, "roadMark", sOffset="0.0", type="solid solid", weight="standard", color="yellow",
                       width="0.12")
+        for element in (groups.get("left"), center, groups.get("right")):  # the schema's order
+            if element is not None:
+                section.append(element)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
