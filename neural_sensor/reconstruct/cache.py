@@ -1,0 +1,98 @@
+"""SceneCache: content-addressed folders of built Gaussian scenes.
+
+An entry is `root/<key>/{scene.ply, meta.json, layout.json}` where the key hashes
+everything the scene depends on (the inputs and, for reconstructions, the
+checkpoint's hash). `get_or_build(inputs, build)` returns the cached scene or
+builds, stores and returns it:
+
+- writes go to a temporary folder in `root` that is renamed into place, so a
+  reader never sees a torn entry, and two processes building the same key both
+  succeed (the first rename wins, the other's copy is discarded);
+- an entry that fails to load (truncated PLY, bad JSON, meta for another key)
+  is reported on stderr, removed and rebuilt, never returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from neural_sensor.gaussians import GaussianScene
+
+
+def default_cache_root() -> Path:
+    """$NEURAL_SENSOR_CACHE/scenes, else ~/.cache/neural_sensor/scenes."""
+    return Path(os.environ.get("NEURAL_SENSOR_CACHE", Path.home() / ".cache" / "neural_sensor")) / "scenes"
+
+
+def cache_key(inputs: dict) -> str:
+    """The entry name for a JSON-serialisable description of everything a scene depends on."""
+    payload = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class SceneCache:
+    """See the module docstring."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_cache_root()
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> tuple[GaussianScene, dict] | None:
+        """The entry for key, or None if absent; a damaged entry is removed (and None returned)."""
+        folder = self.path(key)
+        if not folder.exists():
+            return None
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("key") != key:
+                raise ValueError(f"meta.json belongs to key {meta.get('key')!r}")
+            scene = GaussianScene.load_ply(folder / "scene.ply")
+            if len(scene) != meta.get("n_gaussians"):
+                raise ValueError(f"scene.ply holds {len(scene)} Gaussians, meta.json says {meta.get('n_gaussians')}")
+        except (ValueError, OSError) as err:
+            print(f"neural-sensor: scene cache entry {folder} is unreadable ({err}); rebuilding it", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return scene, {**meta, "cached": True, "path": str(folder)}
+
+    def store(self, key: str, scene: GaussianScene, meta: dict, layout_json: str | None = None) -> dict:
+        """Write an entry atomically (temporary folder + rename); returns its meta."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta = {**meta, "key": key, "n_gaussians": len(scene)}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
+        try:
+            scene.save_ply(tmp / "scene.ply")
+            if layout_json is not None:
+                (tmp / "layout.json").write_text(layout_json)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            tmp.chmod(0o755)
+            try:
+                tmp.rename(self.path(key))
+            except OSError:  # another process stored the same key first: theirs is as good as ours
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return {**meta, "cached": False, "path": str(self.path(key))}
+
+    def get_or_build(self, inputs: dict, build: Callable[[], tuple[GaussianScene, dict, str | None]]
+                     ) -> tuple[GaussianScene, dict]:
+        """The scene for `inputs`: from the cache, or build() -> (scene, meta, layout_json) stored first."""
+        key = cache_key(inputs)
+        hit = self.load(key)
+        if hit is not None:
+            return hit
+        start = time.perf_counter()
+        scene, meta, layout_json = build()
+        meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
+        return scene, self.store(key, scene, meta, layout_json)

@@ -1,0 +1,71 @@
+"""SceneCache: hit, miss, corruption and concurrent builders."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import numpy as np
+
+from neural_sensor.reconstruct.cache import SceneCache, cache_key
+from neural_sensor.testing import make_street_scene
+
+
+def _builder(seed: int, calls: list | None = None, delay_s: float = 0.0):
+    def build():
+        if calls is not None:
+            calls.append(seed)
+        time.sleep(delay_s)
+        return make_street_scene(2000, seed=seed), {"source": "street", "seed": seed}, None
+    return build
+
+
+def test_miss_then_hit(tmp_path):
+    cache = SceneCache(tmp_path)
+    calls = []
+    scene, meta = cache.get_or_build({"street": 1}, _builder(1, calls))
+    assert meta["cached"] is False and meta["key"] == cache_key({"street": 1}) and calls == [1]
+    again, meta2 = cache.get_or_build({"street": 1}, _builder(1, calls))
+    assert meta2["cached"] is True and calls == [1]  # not built again
+    np.testing.assert_array_equal(again.means, scene.means)
+    _, other = cache.get_or_build({"street": 2}, _builder(2, calls))
+    assert other["key"] != meta["key"] and calls == [1, 2]
+
+
+def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
+    cache = SceneCache(tmp_path)
+    _, meta = cache.get_or_build({"street": 3}, _builder(3))
+    folder = tmp_path / meta["key"]
+    damages = [
+        lambda: (folder / "scene.ply").write_bytes((folder / "scene.ply").read_bytes()[:300]),  # truncated
+        lambda: (folder / "meta.json").write_text("{not json"),
+        lambda: (folder / "meta.json").write_text(json.dumps({**meta, "key": "someone-else"})),
+        lambda: (folder / "meta.json").write_text(json.dumps({**meta, "n_gaussians": 7})),
+    ]
+    for damage in damages:
+        damage()
+        calls = []
+        scene, again = cache.get_or_build({"street": 3}, _builder(3, calls))
+        assert again["cached"] is False and calls == [3] and len(scene) == 2000
+        assert "unreadable" in capsys.readouterr().err
+
+
+def _build_in_process(root, seed, queue):
+    scene, meta = SceneCache(root).get_or_build({"street": seed}, _builder(seed, delay_s=0.5))
+    queue.put((meta["key"], len(scene)))
+
+
+def test_two_processes_building_the_same_scene(tmp_path):
+    queue = multiprocessing.get_context("fork").Queue()
+    procs = [multiprocessing.get_context("fork").Process(target=_build_in_process, args=(tmp_path, 4, queue))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    results = [queue.get(timeout=5) for _ in procs]
+    assert all(p.exitcode == 0 for p in procs) and results[0] == results[1]
+    assert [p.name for p in tmp_path.iterdir()] == [results[0][0]]  # one entry, no temporary folders
+    scene, meta = SceneCache(tmp_path).get_or_build({"street": 4}, _builder(4))
+    assert meta["cached"] is True and len(scene) == 2000
