@@ -3,7 +3,7 @@
 On the stand-in server (carla_bridge/standin.py, real carla value types): a neural camera
 on an ego among 100 vehicles and walkers; per tick we time the snapshot conversion (CARLA
 snapshot -> WorldSnapshot with every actor's kind and box) and the delivery (BGRA
-conversion, NeuralImage, callback), apart from the render itself.
+conversion and NeuralImage), apart from the rig's capture (compose + render).
 Prints one JSON object and a one-line summary; writes benchmarks/results/bridge-<machine>.json.
 
     python benchmarks/bridge.py [--ticks 200] [--actors 100]
@@ -19,9 +19,8 @@ import carla
 import numpy as np
 
 from _machine import machine_name, write_result
-from carla_bridge.sensor import NeuralCamera, NeuralImage
+from carla_bridge.sensor import NeuralCamera
 from carla_bridge.standin import StandInBlueprint, StandInWorld
-from carla_bridge.transforms import rgb_to_bgra, transform_from_pose
 from neural_sensor.testing import make_street_scene
 
 
@@ -50,17 +49,13 @@ def main() -> None:
         t0 = time.perf_counter()
         snapshot = camera.snapshot_from_carla(snapshot_carla)
         t1 = time.perf_counter()
-        frame = camera._rig.capture(snapshot)[camera._spec.sensor_id]
-        t2 = time.perf_counter()
-        pose = snapshot.ego.pose_agent_to_world @ camera._mount_pose_flu()
-        image = NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose),
-                                   camera._spec.fov_deg, rgb_to_bgra(frame.rgb))
+        image = camera.image_for(snapshot)  # render, then BGRA + NeuralImage (the delivery)
         delivered.append(image.frame)
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         if tick >= 5:  # warm-up
             convert_ms.append((t1 - t0) * 1e3)
-            render_ms.append((t2 - t1) * 1e3)
-            deliver_ms.append((t3 - t2) * 1e3)
+            render_ms.append(camera.last_render_ms)
+            deliver_ms.append((t2 - t1) * 1e3 - camera.last_render_ms)
     assert len(snapshot.agents) == args.actors
     med = {k: round(statistics.median(v), 3) for k, v in
            (("convert", convert_ms), ("render", render_ms), ("deliver", deliver_ms))}

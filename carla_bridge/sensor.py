@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 
 import numpy as np
 
@@ -133,6 +134,7 @@ class NeuralCamera:
         self._callback = None
         self._lock = threading.Lock()
         self._actors: dict[int, tuple[str, object]] = {}  # id -> (kind, bounding box)
+        self.last_render_ms = 0.0
         self._tick_id = world.on_tick(self._on_tick)
 
     # ---------------------------------------------------------- sensor face
@@ -198,19 +200,23 @@ class NeuralCamera:
         timestamp = world_snapshot.timestamp.elapsed_seconds
         return WorldSnapshot(int(world_snapshot.frame), float(timestamp), ego, tuple(agents))
 
+    def image_for(self, snapshot: WorldSnapshot) -> "NeuralImage":
+        """Render this camera for a snapshot and wrap it as a NeuralImage; the rig's ms go to last_render_ms."""
+        from carla_bridge.transforms import transform_from_pose
+
+        start = time.perf_counter()
+        frame = self._rig.capture(snapshot)[self._spec.sensor_id]
+        self.last_render_ms = (time.perf_counter() - start) * 1000.0  # the rig: compose + render
+        pose_world = snapshot.ego.pose_agent_to_world @ self._mount_pose_flu()
+        return NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose_world),
+                                  self._spec.fov_deg, rgb_to_bgra(frame.rgb))
+
     def _on_tick(self, world_snapshot) -> None:
         with self._lock:
             callback = self._callback
         if callback is None:
             return
-        snapshot = self.snapshot_from_carla(world_snapshot)
-        frame = self._rig.capture(snapshot)[self._spec.sensor_id]
-        pose_world = snapshot.ego.pose_agent_to_world @ self._mount_pose_flu()
-        from carla_bridge.transforms import transform_from_pose
-
-        image = NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose_world),
-                                   self._spec.fov_deg, rgb_to_bgra(frame.rgb))
-        callback(image)
+        callback(self.image_for(self.snapshot_from_carla(world_snapshot)))
 
 
 def spawn_neural_camera(world, blueprint, transform, attach_to, scene: GaussianScene, backend: str = "auto",

@@ -37,13 +37,16 @@ def ue_matrix(x: float, y: float, z: float, roll_deg: float, pitch_deg: float, y
 
 
 def ue_to_flu(matrix_ue: np.ndarray) -> np.ndarray:
-    """A UE-frame pose [4, 4] as a right-handed FLU pose: S M S."""
-    return _S @ np.asarray(matrix_ue, dtype=np.float64) @ _S
+    """A UE-frame pose [4, 4] as a right-handed FLU pose: S M S (row 1 and column 1 change sign)."""
+    out = np.array(matrix_ue, dtype=np.float64)
+    out[1, :] *= -1.0
+    out[:, 1] *= -1.0
+    return out
 
 
 def flu_to_ue(matrix_flu: np.ndarray) -> np.ndarray:
     """Inverse of ue_to_flu (S is its own inverse)."""
-    return _S @ np.asarray(matrix_flu, dtype=np.float64) @ _S
+    return ue_to_flu(matrix_flu)
 
 
 def camera_pose_from_ue(matrix_ue: np.ndarray) -> np.ndarray:

@@ -264,7 +264,7 @@ def _road_from_reference(reference: np.ndarray, lanes_per_direction: int, lane_w
     return lanes, edges, sidewalks
 
 
-def _roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
+def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
                       buildings: bool, skip_fn=None) -> list[Box]:
     """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb."""
     objects: list[Box] = []
@@ -323,7 +323,7 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
     lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
     half = lanes_per_direction * lane_width_m
     rng = np.random.default_rng(style.seed)
-    objects = _roadside_objects(rng, reference, half, sidewalk_width_m, buildings)
+    objects = roadside_objects(rng, reference, half, sidewalk_width_m, buildings)
     crosswalks = [Box((length_m * 0.6, 0.0, 0.0), (4.0, 2 * half, 0.02), 0.0, "crosswalk")]
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
@@ -342,7 +342,7 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
     reference = np.stack([radius_m * np.sin(theta), radius_m * (1 - np.cos(theta))], 1)
     lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
     rng = np.random.default_rng(style.seed)
-    objects = _roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings)
+    objects = roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings)
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
     return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}", references=refs)
@@ -388,7 +388,7 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
             reference[:, axis] = [sign * clear, sign * arm]
             if sign < 0:
                 reference = reference[::-1].copy()
-            objects += _roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
+            objects += roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
                                          skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m",
                   references=refs)

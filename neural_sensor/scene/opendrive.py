@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, _roadside_objects
+from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, roadside_objects
 
 SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
 DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
@@ -234,7 +234,7 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
         for ref in references:
             half = max(sum(ref.right_widths_m), sum(ref.left_widths_m))
             near_other_lanes = _make_clearance_test(drive_points, half)
-            objects += _roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
+            objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
                                          skip_fn=near_other_lanes)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
 
