@@ -107,6 +107,7 @@ def main() -> None:
     config = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
     result = {"benchmark": "fidelity", "machine": machine_name(), "checkpoint": str(args.checkpoint),
               "seeds": [first, last], "resolution": [config.width, config.height],
+              "lpips": "not computed: its pretrained backbone weights are not on this machine and cannot be downloaded",
               **evaluate(model, range(first, last), config)}
     interp, shift2 = result["interpolated"], result["shift_2m"]
     result["summary"] = (f"{result['machine']}: interpolated PSNR {interp['psnr']} dB; shift 2 m: visible "

@@ -33,6 +33,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--agent", default=None, help="driving agent as 'package.module:Class' (default built-in)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    parser.add_argument("--scene", choices=("builder", "reconstruction"), default="builder",
+                        help="render the layout's scene, or its reconstruction from a drive along the recorded lane")
     parser.add_argument("--carla", default=None, metavar="HOST:PORT",
                         help="run on a CARLA server (synchronous mode) instead of the embedded simulator")
 
@@ -68,7 +70,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
 
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
-                         cache_dir=args.cache, carla=args.carla)
+                         cache_dir=args.cache, carla=args.carla, scene=args.scene)
     return run_scenario(scenario, options)
 
 

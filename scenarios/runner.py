@@ -55,6 +55,7 @@ class RunOptions:
     cache_dir: Path | None = None  # scene cache; None = $NEURAL_SENSOR_CACHE or ~/.cache/neural_sensor
     progress: bool = True  # progress bars
     carla: str | None = None  # "HOST:PORT" of a CARLA server to run on; None = the embedded simulator
+    scene: str = "builder"  # "builder": the layout's scene; "reconstruction": reconstructed from a recorded drive
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
@@ -132,8 +133,17 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     try:
-        scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
-                                        progress=options.progress)
+        if options.scene == "reconstruction":
+            from neural_sensor.reconstruct.drive import reconstructed_scene
+
+            recorded = scenario.layout.lanes[scenario.recorded_lane].travel_polyline()
+            scene, scene_meta = reconstructed_scene(scenario.layout, recorded, voxel_m=scenario.voxel_m,
+                                                    cache_dir=options.cache_dir, progress=options.progress)
+        elif options.scene == "builder":
+            scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
+                                            progress=options.progress)
+        else:
+            raise ValueError(f"scene must be 'builder' or 'reconstruction', got {options.scene!r}")
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=sky_rgb(scenario.layout.style),
                               asset_seed=options.seed)
         return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim)
@@ -218,7 +228,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             "cameras": len(specs), "image_size": [options.width, options.height], "backend": rig.backend,
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
-            "scene": {k: scene_meta[k] for k in ("key", "n_gaussians", "voxel_m", "build_s", "cached", "path")},
+            "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
+                                                                                  "cached", "path")}},
             "agent": options.agent or "builtin", "paths": paths,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -65,3 +65,19 @@ def test_shipped_checkpoint_reconstructs_a_held_out_world():
     out = render(scene, [world.context.cameras[i] for i in ctx], backend="cpu", background=world.background_rgb)
     score = psnr(out.rgb, world.context.rgb[ctx])
     assert score >= SHIPPED_MIN_PSNR_DB, score
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
+def test_reconstructed_scene_of_a_drive_is_cached(tmp_path):
+    from neural_sensor.reconstruct.drive import reconstructed_scene
+    from neural_sensor.scene.layout import straight_road
+
+    layout = straight_road(40.0, buildings=False)
+    path = layout.lanes[0].travel_polyline()
+    scene, meta = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6, cache_dir=tmp_path)
+    assert meta["cached"] is False and meta["views"] == 3 * 6 and len(scene) > 1000
+    again, meta2 = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6,
+                                       cache_dir=tmp_path)
+    assert meta2["cached"] is True and len(again) == len(scene)
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        reconstructed_scene(layout, path, checkpoint=tmp_path / "nothing", cache_dir=tmp_path)

@@ -156,9 +156,9 @@ def gaussians_from_prediction(pred: dict[str, torch.Tensor], poses: torch.Tensor
             ((rgb - 0.5) / SH_C0).reshape(-1, 1, 3), sem.reshape(-1, sem.shape[-1]))
 
 
-def _merge(means: np.ndarray, opacities: np.ndarray, cell_m: np.ndarray) -> np.ndarray:
-    """Indices to keep: in each occupied cell of size cell_m (per Gaussian), the most opaque Gaussian."""
-    keys = np.floor(means / cell_m[:, None]).astype(np.int64)
+def _merge(means: np.ndarray, opacities: np.ndarray, cell_m: float) -> np.ndarray:
+    """Indices to keep: in each occupied cube of edge cell_m, the most opaque Gaussian."""
+    keys = np.floor(means / cell_m).astype(np.int64)
     order = np.lexsort((-opacities, keys[:, 2], keys[:, 1], keys[:, 0]))
     sorted_keys = keys[order]
     first = np.ones(len(order), bool)
@@ -168,14 +168,14 @@ def _merge(means: np.ndarray, opacities: np.ndarray, cell_m: np.ndarray) -> np.n
 
 @torch.no_grad()
 def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
-                min_opacity: float = 0.02) -> GaussianScene:
+                merge_cell_m: float = 0.15, min_opacity: float = 0.02) -> GaussianScene:
     """Posed images -> GaussianScene (world frame), in one forward pass.
 
     Args:
         model: a ReconNet.
         images: [V, H, W, 3] float RGB in [0, 1]; H, W divisible by 4.
         cameras: V Cameras (the images' poses and intrinsics).
-        merge: drop near-duplicates across views (per 0.6-pixel-footprint cell).
+        merge: drop near-duplicates across views: one Gaussian (the most opaque) per merge_cell_m cube.
         min_opacity: Gaussians fainter than this are dropped.
     """
     images = np.asarray(images, dtype=np.float32)
@@ -191,8 +191,7 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
     keep = opac >= min_opacity
     if merge:
         idx = np.flatnonzero(keep)
-        cell = np.maximum(scales[idx, :2].mean(axis=1) * 1.2, 1e-3)
-        keep_idx = idx[_merge(means[idx], opac[idx], cell)]
+        keep_idx = idx[_merge(means[idx], opac[idx], merge_cell_m)]
     else:
         keep_idx = np.flatnonzero(keep)
     return GaussianScene(means[keep_idx].astype(np.float32), quats[keep_idx].astype(np.float32),
