@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from carla_bridge.transforms import agent_box, camera_pose_from_ue, pose_from_transform, rgb_to_bgra
+from carla_bridge.transforms import agent_box, camera_pose_from_ue, pose_from_transform, rgb_to_bgra, ue_to_flu
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.rig import NeuralSensorRig, SensorSpec
 from neural_sensor.world import AgentState, WorldSnapshot
@@ -125,7 +125,7 @@ class NeuralCamera:
         self.attributes.update({k: str(v) for k, v in attributes.items()})
         width, height = int(self.attributes["image_size_x"]), int(self.attributes["image_size_y"])
         fov = float(self.attributes["fov"])
-        self._relative = transform
+        self._mount_flu = ue_to_flu(np.array(transform.get_matrix(), dtype=np.float64))  # fixed: computed once
         spec = SensorSpec(self.attributes["role_name"] or "camera", width, height, fov,
                           camera_pose_from_ue(np.array(transform.get_matrix(), dtype=np.float64)))
         self._rig = NeuralSensorRig(scene, [spec], backend=backend, background_rgb=background_rgb)
@@ -161,12 +161,7 @@ class NeuralCamera:
     def get_transform(self):
         from carla_bridge.transforms import transform_from_pose
 
-        return transform_from_pose(pose_from_transform(self.parent.get_transform()) @ self._mount_pose_flu())
-
-    def _mount_pose_flu(self) -> np.ndarray:
-        from carla_bridge.transforms import ue_to_flu
-
-        return ue_to_flu(np.array(self._relative.get_matrix(), dtype=np.float64))
+        return transform_from_pose(pose_from_transform(self.parent.get_transform()) @ self._mount_flu)
 
     # ------------------------------------------------------------- per tick
     def _refresh_actors(self, ids) -> None:
@@ -207,7 +202,7 @@ class NeuralCamera:
         start = time.perf_counter()
         frame = self._rig.capture(snapshot)[self._spec.sensor_id]
         self.last_render_ms = (time.perf_counter() - start) * 1000.0  # the rig: compose + render
-        pose_world = snapshot.ego.pose_agent_to_world @ self._mount_pose_flu()
+        pose_world = snapshot.ego.pose_agent_to_world @ self._mount_flu
         return NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose_world),
                                   self._spec.fov_deg, rgb_to_bgra(frame.rgb))
 

@@ -42,16 +42,22 @@ def test_simulator_is_deterministic_and_counts_frames():
     assert a[20][1] == pytest.approx(20 * 0.05)
 
 
-def test_cut_in_happens_and_kinematics_follow_controls():
-    layout = straight_road(120.0)
-    sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=5, speed_mps=8),
-                            [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=25, speed_mps=6, target_lane=0,
-                                       trigger_m=12, duration_s=2.0)])
-    ys = []
-    for _ in range(120):
+def _cut_in_track(layout, ego: EgoStart, *, start_s_m: float, trigger_m: float, ticks: int) -> list:
+    """Positions (x, y) per tick of a 6 m/s car cutting in from lane 1 to lane 0 while the ego cruises."""
+    sim = EmbeddedSimulator(layout, ego, [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=start_s_m, speed_mps=6,
+                                                    target_lane=0, trigger_m=trigger_m, duration_s=2.0)])
+    positions = []
+    for _ in range(ticks):
         snap = sim.tick()
         sim.apply_control(VehicleControl(throttle=0.2))
-        ys.append(snap.agents[0].position_m[1])
+        positions.append(snap.agents[0].position_m[:2])
+    return positions
+
+
+def test_cut_in_happens_and_kinematics_follow_controls():
+    layout = straight_road(120.0)
+    ys = [p[1] for p in _cut_in_track(layout, EgoStart(lane=0, start_s_m=5, speed_mps=8), start_s_m=25,
+                                      trigger_m=12, ticks=120)]
     assert ys[0] == pytest.approx(-5.25) and ys[-1] == pytest.approx(-1.75, abs=1e-6)  # moved into the ego lane
     # steering right (positive, CARLA convention) turns the ego clockwise: yaw decreases, y decreases
     sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=5, speed_mps=8))
@@ -184,14 +190,8 @@ def test_cut_in_on_a_curve_keeps_its_speed():
     from neural_sensor.scene.layout import curve
 
     layout = curve(40.0, 90.0)
-    sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=2, speed_mps=5),
-                            [AgentSpec(1, "car", "cut_in", lane=1, start_s_m=12, speed_mps=6, target_lane=0,
-                                       trigger_m=20, duration_s=2.0)])
-    positions = []
-    for _ in range(80):
-        snap = sim.tick()
-        sim.apply_control(VehicleControl(throttle=0.2))
-        positions.append(snap.agents[0].position_m[:2])
+    positions = _cut_in_track(layout, EgoStart(lane=0, start_s_m=2, speed_mps=5), start_s_m=12, trigger_m=20,
+                              ticks=80)
     steps = np.linalg.norm(np.diff(np.array(positions), axis=0), axis=1) / 0.05
     assert steps.max() < 6.0 * 1.4  # along the lane plus the sideways move, never a jump along the other lane
 

@@ -145,11 +145,12 @@ def _sample_road(road) -> _RoadSample:
     return _RoadSample(s, out[:, :2], out[:, 2], _eval_poly(offsets, s) if offsets else np.zeros_like(s))
 
 
-def _lane_id_key(lane) -> int:
+def _lane_id(lane, road) -> int:
     try:
         return int(lane.get("id"))
     except (TypeError, ValueError):
-        return 0  # reported with the road id where the lane is read
+        raise ValueError(f"OpenDRIVE: road {road.get('id')} has a <lane> without an integer id "
+                         f"({lane.get('id')!r})") from None
 
 
 def _lane_direction(lane, lane_id: int, rule: str) -> int:
@@ -190,15 +191,11 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
                 continue
             s_sec = sample.s[sel] - starts[k]
             for side, sign in (("left", 1.0), ("right", -1.0)):
-                entries = sorted(section.findall(f"{side}/lane"), key=lambda e: abs(_lane_id_key(e)))
+                entries = sorted(((_lane_id(lane, road), lane) for lane in section.findall(f"{side}/lane")),
+                                 key=lambda pair: abs(pair[0]))
                 inner = np.zeros(len(sel))
                 outer_driving = None
-                for lane in entries:
-                    try:
-                        lane_id = int(lane.get("id"))
-                    except (TypeError, ValueError):
-                        raise ValueError(f"OpenDRIVE: road {road.get('id')} has a <lane> without an integer id "
-                                         f"({lane.get('id')!r})") from None
+                for lane_id, lane in entries:
                     widths = _poly_records(lane.findall("width"), "sOffset")
                     width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
                     outer = inner + width
