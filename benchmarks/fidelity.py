@@ -23,46 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from _machine import machine_name, write_result
+from neural_sensor.enhance.warp import visibility_masks
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.synthetic import TARGET_KINDS, WorldConfig, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]
-
-
-def _points_world(camera, depth: np.ndarray) -> np.ndarray:
-    """[H, W, 3] world points of a depth map (camera z, metres)."""
-    ys, xs = np.meshgrid(np.arange(camera.height) + 0.5, np.arange(camera.width) + 0.5, indexing="ij")
-    cam = np.stack([(xs - camera.K[0, 2]) / camera.K[0, 0] * depth, (ys - camera.K[1, 2]) / camera.K[1, 1] * depth,
-                    depth], axis=-1)
-    return cam @ camera.pose_camera_to_world[:3, :3].T + camera.pose_camera_to_world[:3, 3]
-
-
-def _lookup(camera, points: np.ndarray):
-    """Pixel indices of world points in a camera, their depth, and whether they fall inside the image."""
-    uv, z = camera.project(points.reshape(-1, 3))
-    u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
-    inside = (z > 0.05) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    return u.clip(0, camera.width - 1), v.clip(0, camera.height - 1), z, inside
-
-
-def visibility_and_warp(target_cam, target_depth, target_alpha, contexts):
-    """Masks [H, W] of surface pixels visible in some context view and of disoccluded ones, and the context
-    images warped into the target by its true depth."""
-    points = _points_world(target_cam, target_depth)
-    h, w = target_depth.shape
-    visible = np.zeros(h * w, bool)
-    solid = (target_alpha.reshape(-1) > 0.5) & (target_depth.reshape(-1) > 0)
-    warp = np.zeros((h * w, 3), np.float32)
-    # nearest context first: each pixel takes its colour from the nearest context view that sees its point
-    for cam, rgb, depth in sorted(contexts, key=lambda c: np.linalg.norm(c[0].position_world - target_cam.position_world)):
-        u, v, z, inside = _lookup(cam, points)
-        consistent = inside & (np.abs(depth[v, u] - z) < 0.05 * z + 0.2) & solid
-        fill = consistent & ~visible
-        warp[fill] = rgb[v[fill], u[fill]]
-        visible |= consistent
-    return visible.reshape(h, w), (solid & ~visible).reshape(h, w), warp.reshape(h, w, 3)
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -82,7 +49,7 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig) -> dict:
             out = render(scene, views.cameras, backend="cpu", outputs=("rgb", "depth", "alpha"),
                          background=world.background_rgb)
             for i, cam in enumerate(views.cameras):
-                visible, disoccluded, warp = visibility_and_warp(cam, views.depth[i], views.alpha[i], contexts)
+                visible, disoccluded, warp = visibility_masks(cam, views.depth[i], views.alpha[i], contexts)
                 gt = views.rgb[i]
                 for name, image, depth in (("reconstruction", out.rgb[i], out.depth[i]), ("baseline_warp", warp, None)):
                     row = {"psnr": psnr(image, gt), "psnr_visible": psnr(image, gt, visible),

@@ -3,8 +3,11 @@
 Per capture: place each agent's Gaussian asset at its pose (`compose`, the
 background is not copied), render every camera (cameras of one size in one
 call), and hand back rgb, depth, semantic and instance with the snapshot's frame
-id and timestamp. The enhancer (ZeroMQ, another issue) refines rgb when one is
-given; without one the raw render is delivered and meta says why.
+id and timestamp. With an enhancer (an EnhancerClient: ZeroMQ, a deadline) every
+camera of the tick goes to it in ONE request and rgb is its refined image; when it
+has no answer in time (or no server is up) the raw render is delivered, and meta
+says so: enhanced False and enhancer_reason. A tick is never dropped or stalled
+beyond the client's deadline.
 
 Sensors are `SensorSpec`s in the ego frame (FLU, metres, radians, OpenCV camera
 axes). carla_bridge.transforms turns leaderboard-style sensor dicts (CARLA's UE
@@ -101,7 +104,7 @@ class SensorFrame:
     depth: np.ndarray  # [H, W] float32 expected camera z, metres
     semantic: np.ndarray  # [H, W] uint8 CARLA labels
     instance: np.ndarray  # [H, W] int32 agent / object ids
-    meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason
+    meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason, enhance_ms
 
 
 class NeuralSensorRig:
@@ -117,8 +120,9 @@ class NeuralSensorRig:
         ids = [s.sensor_id for s in sensors]
         if len(set(ids)) != len(ids):
             raise ValueError(f"NeuralSensorRig: duplicate sensor ids in {ids}")
-        if enhancer is not None:
-            raise ValueError("NeuralSensorRig: the ZeroMQ enhancer is not built yet; pass enhancer=None")
+        if enhancer is not None and not callable(getattr(enhancer, "enhance", None)):
+            raise ValueError(f"NeuralSensorRig: enhancer must have an enhance(frames) method (an EnhancerClient), "
+                             f"got {type(enhancer).__name__}")
         self.scene = scene
         self.sensors = sensors
         self.backend = resolve_backend(backend)
@@ -142,6 +146,7 @@ class NeuralSensorRig:
         pose_ego = snapshot.ego.pose_agent_to_world
         frames: dict[str, SensorFrame] = {}
         groups: dict[tuple[int, int], list[SensorSpec]] = {}
+        alphas: dict[str, np.ndarray] = {}
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
         for (width, height), specs in groups.items():
@@ -157,4 +162,20 @@ class NeuralSensorRig:
                     {"render_ms": render_ms / len(specs), "compose_ms": compose_ms, "backend": out.backend,
                      "enhanced": False, "enhancer_reason": "no enhancer configured"},
                 )
-        return {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
+                alphas[spec.sensor_id] = out.alpha[i]
+        ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
+        if self.enhancer is not None:
+            self._enhance(ordered, alphas)
+        return ordered
+
+    def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray]) -> None:
+        """One request with every camera; refined rgb in place, or the raw render flagged with the reason."""
+        result = self.enhancer.enhance([{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
+                                        for sid, f in frames.items()])
+        for i, frame in enumerate(frames.values()):
+            frame.meta["enhance_ms"] = result.latency_ms
+            if result.rgb is not None:
+                frame.rgb = result.rgb[i]
+                frame.meta.update(enhanced=True, enhancer_reason="", enhancer_model_ms=result.model_ms)
+            else:
+                frame.meta["enhancer_reason"] = result.reason

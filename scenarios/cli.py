@@ -35,6 +35,11 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     parser.add_argument("--scene", choices=("builder", "reconstruction"), default="builder",
                         help="render the layout's scene, or its reconstruction from a drive along the recorded lane")
+    parser.add_argument("--enhancer", default=None, metavar="local|tcp://HOST:PORT",
+                        help="refine every camera with the enhancer: 'local' starts a server subprocess")
+    parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
+                        help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
+    parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
     parser.add_argument("--carla", default=None, metavar="HOST:PORT",
                         help="run on a CARLA server (synchronous mode) instead of the embedded simulator")
 
@@ -61,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video")
     _add_run_options(p_bench, "out/bench")
+    p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)")
+    from neural_sensor.enhance.server import add_arguments as add_server_arguments
+
+    add_server_arguments(p_serve)
     add_render_commands(sub)
     return parser
 
@@ -70,7 +79,8 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
 
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
-                         cache_dir=args.cache, carla=args.carla, scene=args.scene)
+                         cache_dir=args.cache, carla=args.carla, scene=args.scene, enhancer=args.enhancer,
+                         enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint)
     return run_scenario(scenario, options)
 
 
@@ -112,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             result = _run(args, DEFAULT_SCENARIO, video=args.command == "demo")
             if args.command == "bench":
                 result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "cameras",
-                                                 "image_size", "backend", "stage_ms_median", "scene")}
+                                                 "image_size", "backend", "stage_ms_median", "scene", "enhancer")}
         elif args.command == "run":
             result = _run(args, args.scenario, video=True)
         elif args.command == "build-scene":
             result = _build_scene(args)
+        elif args.command == "serve-enhancer":
+            from neural_sensor.enhance.server import config_from_args, serve
+
+            serve(config_from_args(args))
+            return 0
         else:
             result = run_render_command(args)
     except (ValueError, RuntimeError, OSError) as err:

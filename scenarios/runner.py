@@ -56,6 +56,9 @@ class RunOptions:
     progress: bool = True  # progress bars
     carla: str | None = None  # "HOST:PORT" of a CARLA server to run on; None = the embedded simulator
     scene: str = "builder"  # "builder": the layout's scene; "reconstruction": reconstructed from a recorded drive
+    enhancer: str | None = None  # None | "local" (start a server subprocess) | "tcp://HOST:PORT" of a running server
+    enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
+    enhancer_checkpoint: Path | None = None  # for "local"; None = checkpoints/enhancer-small
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
@@ -132,7 +135,10 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+    enhancer = server = None
     try:
+        if options.enhancer is not None:
+            enhancer, server = _connect_enhancer(options)
         if options.scene == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
@@ -145,10 +151,41 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         else:
             raise ValueError(f"scene must be 'builder' or 'reconstruction', got {options.scene!r}")
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=sky_rgb(scenario.layout.style),
-                              asset_seed=options.seed)
+                              asset_seed=options.seed, enhancer=enhancer)
         return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim)
     finally:
         sim.close()
+        if enhancer is not None:
+            enhancer.close()
+        if server is not None:
+            from neural_sensor.enhance.local import stop_server
+
+            stop_server(server)
+
+
+def _connect_enhancer(options: RunOptions):
+    """(EnhancerClient, local server or None); the server must answer hello (versions checked) to start."""
+    from neural_sensor.enhance.client import EnhancerClient
+    from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server
+
+    server = None
+    endpoint = options.enhancer
+    if endpoint == "local":
+        server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT)
+        endpoint = server.endpoint
+    elif not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+        raise ValueError(f"enhancer must be 'local' or tcp://HOST:PORT, got {endpoint!r}")
+    client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
+    try:
+        client.wait_ready(timeout_s=10.0)
+    except BaseException:
+        client.close()
+        if server is not None:
+            from neural_sensor.enhance.local import stop_server
+
+            stop_server(server)
+        raise
+    return client, server
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> dict:
@@ -159,7 +196,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     writer = None
     log = None
-    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "deliver", "agent", "record")}
+    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "enhance", "deliver", "agent",
+                                                      "record")}
+    ticks_enhanced = 0
     try:
         log = (tmp / "log.jsonl").open("w")
         start_wall = time.perf_counter()
@@ -191,6 +230,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
                     writer.send(None)
                 writer.send(np.ascontiguousarray(image))
             first = next(iter(frames.values()))
+            enhance_ms = first.meta.get("enhance_ms", 0.0)
+            ticks_enhanced += bool(first.meta["enhanced"])
             record = {
                 "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
                 "ego": {"x_m": round(float(snapshot.ego.position_m[0]), 3),
@@ -203,7 +244,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
                 "collisions": list(snapshot.collisions),
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
-                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"], 2),
+                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - enhance_ms, 2),
+                       "enhance": round(enhance_ms, 2),
                        "deliver": round((t3 - t2) * 1e3, 2), "agent": round((t4 - t3) * 1e3, 2)},
             }
             t5 = time.perf_counter()
@@ -231,6 +273,10 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
                                                                                   "cached", "path")}},
             "agent": options.agent or "builtin", "paths": paths,
+            "enhancer": None if rig.enhancer is None else {
+                "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
+                **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version")},
+                "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private; the record is meant to be shared

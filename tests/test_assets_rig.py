@@ -127,7 +127,7 @@ def test_rig_capture_echoes_frame_and_sees_agents():
     assert f.meta["enhanced"] is False and f.meta["enhancer_reason"] == "no enhancer configured"
     with pytest.raises(ValueError, match="duplicate sensor ids"):
         NeuralSensorRig(background, [front, front])
-    with pytest.raises(ValueError, match="enhancer is not built yet"):
+    with pytest.raises(ValueError, match="enhancer must have an enhance"):
         NeuralSensorRig(background, [front], enhancer=object())
 
 

@@ -1,0 +1,243 @@
+"""EnhancerClient: Lazy-Pirate ZeroMQ client with a per-request deadline; never stalls a tick.
+
+    client = EnhancerClient("tcp://127.0.0.1:5555", deadline_ms=1000)
+    client.hello()                          # versions, model, checkpoint hash (raises if incompatible)
+    result = client.enhance(frames)         # frames: [{"camera", "rgb", "depth", "alpha"}, ...]
+    result.rgb                              # [H, W, 3] float32 per frame, or None with result.reason
+
+How a request runs (Lazy Pirate, zguide ch. 4): send on a DEALER socket (REQ-style
+envelope), poll for the reply until the deadline, and drop replies whose id is not the
+request's (late answers to earlier requests). On a missed deadline the socket is
+closed with LINGER 0 and a fresh one connects, so nothing stale is left queued;
+libzmq then keeps reconnecting in the background (every 100 ms), and IMMEDIATE mode
+means a request is only sent over a live connection: while the server is down,
+`enhance` returns at once with the reason instead of waiting out its deadline, and
+the first tick after the server is back is enhanced again. `hello` and `stats` retry
+a bounded number of times. A server speaking another protocol version is an
+EnhancerVersionError naming both versions, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from neural_sensor.enhance import protocol as wire
+
+
+class EnhancerError(RuntimeError):
+    """The enhancer answered with an error, or could not be reached for hello / stats."""
+
+
+class EnhancerVersionError(EnhancerError):
+    """Client and server speak different protocol versions."""
+
+
+@dataclass
+class EnhanceResult:
+    """What one enhance call gave: refined rgb per frame, or None and the reason."""
+
+    rgb: list[np.ndarray] | None  # per frame [H, W, 3] float32 in [0, 1]
+    reason: str  # "" when enhanced
+    latency_ms: float  # request send to reply (or to giving up)
+    model_ms: float | None = None  # the server's model time for the batch
+
+    @property
+    def enhanced(self) -> bool:
+        return self.rgb is not None
+
+
+class EnhancerClient:
+    """See the module docstring. Not thread-safe: one client per thread."""
+
+    def __init__(self, endpoint: str, deadline_ms: float = 1000.0, retries: int = 3,
+                 curve_server_public_key: bytes | None = None, curve_client_certificate: str | None = None,
+                 wire_dtype: str = "uint8"):
+        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"enhancer endpoint must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+        if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= 3_600_000):
+            raise ValueError(f"deadline_ms must be in (0, 3600000], got {deadline_ms!r}")
+        if wire_dtype not in ("uint8", "float32"):
+            raise ValueError(f"wire_dtype must be 'uint8' or 'float32', got {wire_dtype!r}")
+        self.endpoint = endpoint
+        self.deadline_ms = float(deadline_ms)
+        self.retries = int(retries)
+        self.wire_dtype = wire_dtype
+        self._curve = None
+        if curve_server_public_key is not None or curve_client_certificate is not None:
+            import zmq.auth as zmq_auth
+
+            if curve_server_public_key is None or curve_client_certificate is None:
+                raise ValueError("CurveZMQ needs both the server's public key and this client's certificate")
+            public, secret = zmq_auth.load_certificate(curve_client_certificate)
+            if secret is None:
+                raise ValueError(f"{curve_client_certificate} holds no secret key (use the .key_secret file)")
+            self._curve = (curve_server_public_key, public, secret)
+        self._ctx = zmq.Context.instance()
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+        self._socket = None
+        self.server: dict | None = None  # the last hello reply
+        self.resets = 0
+        self._open()
+
+    # -------------------------------------------------------------- socket
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        if self._curve is not None:
+            server_key, public, secret = self._curve
+            sock.curve_serverkey = server_key
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(self.endpoint)
+        self._socket = sock
+
+    def _reset(self) -> None:
+        """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
+        self._socket.close(0)
+        self.resets += 1
+        self._open()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -------------------------------------------------------------- one exchange
+    def _exchange(self, payload: bytes, request_id: str, budget_ms: float, wait_connect: bool) -> dict | str:
+        """Send and wait for the reply with this id; the reply dict, or a reason string on failure."""
+        t_end = time.monotonic() + budget_ms / 1000.0
+        try:
+            self._socket.send_multipart([b"", payload], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if not wait_connect:
+                return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
+            if not self._socket.poll(max(0, int((t_end - time.monotonic()) * 1000)), zmq.POLLOUT):
+                return f"no connection to the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
+            self._socket.send_multipart([b"", payload], copy=False)
+        while True:
+            remaining = int((t_end - time.monotonic()) * 1000)
+            if remaining <= 0 or not self._socket.poll(remaining, zmq.POLLIN):
+                self._reset()
+                return f"no reply from the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
+            parts = self._socket.recv_multipart()
+            try:
+                reply = wire.parse_reply(parts[-1])
+            except wire.ProtocolError as err:
+                self._reset()
+                return f"malformed reply from the enhancer ({err})"
+            if reply.get("id") == request_id:
+                return reply
+            if reply.get("id") is None and not reply["ok"]:  # an error the server could not tie to an id
+                self._check_version(reply)
+            # else: a late reply to an earlier request: drop it and keep waiting
+
+    def _check_version(self, reply: dict) -> None:
+        error = reply.get("error") or {}
+        if error.get("type") == "VersionMismatch":
+            raise EnhancerVersionError(f"enhancer at {self.endpoint}: {error.get('message')} "
+                                       f"(client protocol version {wire.PROTOCOL_VERSION}, server {reply.get('v')})")
+
+    def _call(self, op: str, timeout_ms: float | None) -> dict:
+        timeout_ms = float(timeout_ms if timeout_ms is not None else max(self.deadline_ms, 1000.0))
+        reason = ""
+        for _ in range(self.retries + 1):
+            rid = f"{self._prefix}-{next(self._counter)}"
+            reply = self._exchange(wire.make_request(op, rid), rid, timeout_ms, wait_connect=True)
+            if isinstance(reply, str):
+                reason = reply
+                continue
+            if not reply["ok"]:
+                self._check_version(reply)
+                raise EnhancerError(f"enhancer {op}: {reply['error']['type']}: {reply['error'].get('message')}")
+            return reply
+        raise EnhancerError(f"enhancer {op} failed after {self.retries + 1} attempts: {reason}")
+
+    # -------------------------------------------------------------- ops
+    def hello(self, timeout_ms: float | None = None) -> dict:
+        """The server's hello (protocol and server versions, model name, checkpoint hash, workers)."""
+        reply = self._call("hello", timeout_ms)
+        if reply.get("protocol_version") != wire.PROTOCOL_VERSION or reply.get("v") != wire.PROTOCOL_VERSION:
+            raise EnhancerVersionError(f"enhancer at {self.endpoint} speaks protocol version "
+                                       f"{reply.get('protocol_version')!r}; this client speaks {wire.PROTOCOL_VERSION}")
+        self.server = reply
+        return reply
+
+    def wait_ready(self, timeout_s: float = 30.0) -> dict:
+        """Hello until the server reports a ready worker (raises EnhancerError after timeout_s)."""
+        t_end = time.monotonic() + timeout_s
+        last = "no reply"
+        while time.monotonic() < t_end:
+            try:
+                hello = self.hello(timeout_ms=min(1000.0, max(50.0, (t_end - time.monotonic()) * 1000)))
+                if hello.get("workers_ready", 0) >= 1:
+                    return hello
+                last = "no worker ready yet"
+            except EnhancerVersionError:
+                raise
+            except EnhancerError as err:
+                last = str(err)
+            time.sleep(0.1)
+        raise EnhancerError(f"enhancer at {self.endpoint} not ready within {timeout_s:.0f} s ({last})")
+
+    def stats(self, timeout_ms: float | None = None) -> dict:
+        """The server's counters: requests, errors, frames_enhanced, p50_ms, p99_ms, workers, uptime_s."""
+        return self._call("stats", timeout_ms)
+
+    def enhance(self, frames: list[dict], deadline_ms: float | None = None) -> EnhanceResult:
+        """Enhance every camera of a tick in one request, within the deadline. Never raises for transport
+        problems (the result carries the reason); raises EnhancerVersionError on a version mismatch.
+
+        Args:
+            frames: per camera {"camera": id, "rgb": [H, W, 3] float in [0, 1], "depth": [H, W] metres,
+                    "alpha": [H, W]} (+ optional "reference" [H, W, 3], "reference_valid" [H, W]).
+        """
+        budget = float(deadline_ms if deadline_ms is not None else self.deadline_ms)
+        start = time.monotonic()
+        wire_frames = [self._wire_frame(f) for f in frames]
+        rid = f"{self._prefix}-{next(self._counter)}"
+        payload = wire.make_request("enhance", rid, wire_frames, deadline_ms=budget)
+        reply = self._exchange(payload, rid, budget - (time.monotonic() - start) * 1000.0, wait_connect=False)
+        latency = (time.monotonic() - start) * 1000.0
+        if isinstance(reply, str):
+            return EnhanceResult(None, reply, latency)
+        if not reply["ok"]:
+            self._check_version(reply)
+            error = reply["error"]
+            return EnhanceResult(None, f"enhancer error {error['type']}: {error.get('message')}", latency)
+        out = reply.get("frames") or []
+        if len(out) != len(frames) or any(o["camera"] != f["camera"] or o["rgb"].shape != f["rgb"].shape
+                                          for o, f in zip(out, frames)):
+            return EnhanceResult(None, "enhancer reply does not match the request's cameras / sizes", latency)
+        return EnhanceResult([wire.to_float(o["rgb"]) for o in out], "", latency, reply.get("model_ms"))
+
+    def _wire_frame(self, frame: dict) -> dict:
+        rgb = np.asarray(frame["rgb"])
+        h, w = rgb.shape[:2]
+        assert rgb.shape == (h, w, 3), rgb.shape
+        assert np.shape(frame["depth"]) == (h, w) and np.shape(frame["alpha"]) == (h, w)
+        u8 = self.wire_dtype == "uint8"
+        out = {"camera": str(frame["camera"]),
+               "rgb": wire.like(rgb, np.uint8) if u8 else rgb.astype(np.float32),
+               "depth": np.asarray(frame["depth"], np.float32).astype(np.float16 if u8 else np.float32),
+               "alpha": wire.like(np.asarray(frame["alpha"]), np.uint8) if u8 else np.asarray(frame["alpha"], np.float32)}
+        if frame.get("reference") is not None:
+            out["reference"] = wire.like(np.asarray(frame["reference"]), np.uint8) if u8 else \
+                np.asarray(frame["reference"], np.float32)
+            out["reference_valid"] = np.asarray(frame["reference_valid"]).astype(bool)
+        return out

@@ -1,0 +1,80 @@
+"""A local enhancer server as a subprocess: `--enhancer local` in the CLI, benchmarks and tests.
+
+    with local_server(checkpoint="checkpoints/enhancer-small") as server:
+        client = EnhancerClient(server.endpoint)
+
+The server binds a free loopback port (or the given endpoint) and writes a ready file once a worker has
+loaded the model; the context waits for it (the server's own errors are shown if it exits instead) and
+stops the server on exit (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "enhancer-small"
+
+
+@dataclass
+class LocalServer:
+    endpoint: str
+    process: subprocess.Popen
+    ready: dict
+
+    def kill(self) -> None:
+        """SIGKILL the server (and let its workers notice their parent is gone)."""
+        self.process.kill()
+        self.process.wait()
+
+
+def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp://127.0.0.1:*", workers: int = 1,
+                 threads: int = 0, timeout_s: float = 120.0, quiet: bool = True) -> LocalServer:
+    """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready."""
+    folder = Path(tempfile.mkdtemp(prefix="enhancer-local-"))
+    ready_file = folder / "ready.json"
+    log = folder / "server.log"
+    cmd = [sys.executable, "-m", "neural_sensor.enhance.server", "--bind", bind, "--checkpoint", str(checkpoint),
+           "--workers", str(workers), "--threads", str(threads), "--ready-file", str(ready_file)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out if quiet else None, stderr=subprocess.STDOUT if quiet else None,
+                                start_new_session=True)
+    t_end = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: {text.strip()}")
+        if time.monotonic() > t_end:
+            proc.kill()
+            raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s (log: {log})")
+        time.sleep(0.05)
+    ready = json.loads(ready_file.read_text())
+    os.unlink(ready_file)
+    return LocalServer(ready["endpoint"], proc, ready)
+
+
+def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@contextmanager
+def local_server(**kwargs):
+    """start_server(**kwargs) as a context manager that always stops the server."""
+    server = start_server(**kwargs)
+    try:
+        yield server
+    finally:
+        stop_server(server)

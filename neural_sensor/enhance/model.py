@@ -1,0 +1,233 @@
+"""Enhancer: a single-step, geometry-conditioned image fixer built on diffusers' UNet2DModel.
+
+Input contract (per camera): the raw render's rgb [H, W, 3] in [0, 1], its expected
+depth [H, W] (metres, 0 where nothing was hit) and alpha [H, W]; optionally a
+reference view already warped into the camera (rgb [H, W, 3] + validity [H, W]).
+The network sees 9 channels: rgb, inverse depth s/(s+d) (0 where alpha is 0), alpha,
+reference rgb and reference validity (zeros when no reference is given). Output: the
+refined rgb [H, W, 3].
+
+As in single-step fixers (Difix3D+: one denoising step at a fixed timestep), the
+UNet's timestep is fixed (`timestep`, default 199 of 1000) and no noise is added:
+the model is a deterministic one-step map. It predicts a residual on top of the raw
+rgb and its last convolution starts at zero, so an untrained enhancer is the
+identity. For speed on CPUs the UNet runs at half resolution on a pixel-unshuffled
+input (`unshuffle` = 2: 9 x 4 channels in, 3 x 4 out), shuffled back at the end.
+
+Checkpoints are self-describing folders: `config.json` (class, input contract, the
+UNet's diffusers config) + `model.safetensors`. `Enhancer.from_pretrained` also
+loads a user's larger diffusers checkpoint by path: a folder that diffusers'
+`UNet2DModel.from_pretrained` reads (config.json with "_class_name": "UNet2DModel"),
+with an optional `enhancer.json` giving the contract fields (unshuffle, timestep,
+depth_scale_m); its in/out channels must be 9 x unshuffle^2 and 3 x unshuffle^2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_CHANNELS = 9  # rgb 3, inverse depth 1, alpha 1, reference rgb 3, reference validity 1
+OUTPUT_CHANNELS = 3
+_WEIGHT_AND_CONFIG_FILES = ("config.json", "enhancer.json", "model.safetensors", "diffusion_pytorch_model.safetensors")
+_CONTRACT_FIELDS = ("unshuffle", "timestep", "depth_scale_m", "model_name")
+
+
+@dataclass
+class EnhancerConfig:
+    """The input contract and the UNet's shape (stored in config.json)."""
+
+    model_name: str = "enhancer-small"
+    unshuffle: int = 2  # pixel-unshuffle factor: the UNet runs at 1/unshuffle resolution
+    timestep: int = 199  # fixed diffusion timestep (single step, no added noise)
+    depth_scale_m: float = 10.0  # inverse-depth code s / (s + depth)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    unet: dict = field(default_factory=dict)  # a full diffusers config (overrides the three fields above)
+
+
+def _unet_from_config(config: EnhancerConfig):
+    from diffusers import UNet2DModel
+
+    if config.unet:
+        return UNet2DModel.from_config(config.unet)
+    n = len(config.block_out_channels)
+    s2 = config.unshuffle ** 2
+    return UNet2DModel(sample_size=None, in_channels=INPUT_CHANNELS * s2, out_channels=OUTPUT_CHANNELS * s2,
+                       block_out_channels=tuple(config.block_out_channels), down_block_types=("DownBlock2D",) * n,
+                       up_block_types=("UpBlock2D",) * n, layers_per_block=config.layers_per_block,
+                       norm_num_groups=config.norm_num_groups, add_attention=False)
+
+
+def encode_inputs(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor, reference_rgb: torch.Tensor | None,
+                  reference_valid: torch.Tensor | None, depth_scale_m: float) -> torch.Tensor:
+    """[B, 9, H, W] network input from rgb [B, 3, H, W], depth_m [B, H, W], alpha [B, H, W] and an optional
+    reference rgb [B, 3, H, W] with validity [B, H, W]."""
+    b, _, h, w = rgb.shape
+    assert depth_m.shape == (b, h, w) and alpha.shape == (b, h, w), (rgb.shape, depth_m.shape, alpha.shape)
+    inv = torch.where((alpha > 0) & (depth_m > 0), depth_scale_m / (depth_scale_m + depth_m.clamp_min(0)),
+                      torch.zeros_like(depth_m))
+    if reference_rgb is None:
+        reference_rgb = torch.zeros_like(rgb)
+        reference_valid = torch.zeros_like(alpha)
+    else:
+        assert reference_rgb.shape == rgb.shape and reference_valid is not None and reference_valid.shape == (b, h, w)
+    valid = reference_valid.to(rgb.dtype)
+    return torch.cat([rgb, inv[:, None], alpha[:, None], reference_rgb * valid[:, None], valid[:, None]], dim=1)
+
+
+class Enhancer(nn.Module):
+    """See the module docstring."""
+
+    def __init__(self, config: EnhancerConfig | None = None, unet=None):
+        super().__init__()
+        self.config = config or EnhancerConfig()
+        self.unet = unet if unet is not None else _unet_from_config(self.config)
+        s2 = self.config.unshuffle ** 2
+        if self.unet.config.in_channels != INPUT_CHANNELS * s2 or self.unet.config.out_channels != OUTPUT_CHANNELS * s2:
+            raise ValueError(f"enhancer UNet must take {INPUT_CHANNELS * s2} channels and give {OUTPUT_CHANNELS * s2} "
+                             f"(unshuffle {self.config.unshuffle}), got in={self.unet.config.in_channels} "
+                             f"out={self.unet.config.out_channels}")
+        self.config.unet = dict(self.unet.config)
+        if unet is None:  # identity start: the residual branch begins at exactly zero
+            nn.init.zeros_(self.unet.conv_out.weight)
+            nn.init.zeros_(self.unet.conv_out.bias)
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width are padded to a multiple of this."""
+        downs = len(self.unet.config.block_out_channels) - 1
+        return self.config.unshuffle * 2 ** downs
+
+    def forward(self, rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
+                reference_rgb: torch.Tensor | None = None, reference_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Refined rgb [B, 3, H, W] (not clamped) from rgb [B, 3, H, W], depth_m [B, H, W], alpha [B, H, W] and an
+        optional warped reference rgb [B, 3, H, W] with validity [B, H, W]. Differentiable."""
+        x = encode_inputs(rgb, depth_m, alpha, reference_rgb, reference_valid, self.config.depth_scale_m)
+        h, w = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        s = self.config.unshuffle
+        if s > 1:
+            x = F.pixel_unshuffle(x, s)
+        t = torch.full((x.shape[0],), self.config.timestep, dtype=torch.long)
+        residual = self.unet(x, t).sample
+        if s > 1:
+            residual = F.pixel_shuffle(residual, s)
+        return rgb + residual[..., :h, :w]
+
+    @torch.no_grad()
+    def enhance(self, rgb: np.ndarray, depth_m: np.ndarray, alpha: np.ndarray, reference_rgb: np.ndarray | None = None,
+                reference_valid: np.ndarray | None = None, max_batch: int = 6) -> np.ndarray:
+        """Refined rgb [C, H, W, 3] float32 in [0, 1] for C cameras of one size.
+
+        Args:
+            rgb: [C, H, W, 3] float in [0, 1]; depth_m: [C, H, W] metres; alpha: [C, H, W] in [0, 1].
+            reference_rgb: optional [C, H, W, 3] warped reference; reference_valid: [C, H, W] (needed with it).
+        """
+        rgb = np.asarray(rgb, np.float32)
+        assert rgb.ndim == 4 and rgb.shape[-1] == 3, rgb.shape
+        c, h, w, _ = rgb.shape
+        assert np.shape(depth_m) == (c, h, w) and np.shape(alpha) == (c, h, w), (np.shape(depth_m), np.shape(alpha))
+        if reference_rgb is not None:
+            assert np.shape(reference_rgb) == rgb.shape and np.shape(reference_valid) == (c, h, w)
+        self.eval()
+        out = np.empty_like(rgb)
+        for i in range(0, c, max_batch):
+            sl = slice(i, i + max_batch)
+            ref = None if reference_rgb is None else torch.from_numpy(
+                np.asarray(reference_rgb[sl], np.float32)).permute(0, 3, 1, 2)
+            valid = None if reference_rgb is None else torch.from_numpy(np.asarray(reference_valid[sl], np.float32))
+            y = self(torch.from_numpy(rgb[sl]).permute(0, 3, 1, 2), torch.from_numpy(np.asarray(depth_m[sl], np.float32)),
+                     torch.from_numpy(np.asarray(alpha[sl], np.float32)), ref, valid)
+            out[sl] = y.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        return out
+
+    # ------------------------------------------------------------- checkpoints
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write config.json (class, contract, diffusers UNet config) and model.safetensors into `folder`."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        config["unet"] = json.loads(json.dumps(dict(self.unet.config), default=list))
+        tmp = folder / "model.safetensors.tmp"
+        save_file({k: v.detach().contiguous() for k, v in self.unet.state_dict().items()}, str(tmp))
+        tmp.replace(folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps({"class": "Enhancer", **config}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "Enhancer":
+        """Load our checkpoint folder, or a diffusers UNet2DModel folder (+ optional enhancer.json)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{folder}: not an enhancer checkpoint: config.json unreadable ({err})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{folder}: config.json is not an object")
+        if raw.get("class") == "Enhancer":
+            raw.pop("class")
+            known = {f for f in EnhancerConfig.__dataclass_fields__}
+            unknown = set(raw) - known
+            if unknown:
+                raise ValueError(f"{folder}: config.json has unknown enhancer fields {sorted(unknown)}")
+            config = EnhancerConfig(**{**raw, "block_out_channels": tuple(raw.get("block_out_channels", (16, 32, 64)))})
+            try:
+                model = cls(config)
+                state = load_file(str(folder / "model.safetensors"))
+                model.unet.load_state_dict(state)
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error type; all become one message
+                raise ValueError(f"{folder}: model.safetensors does not load into the enhancer ({err})") from None
+            return model.eval()
+        if raw.get("_class_name") == "UNet2DModel":
+            return cls._from_diffusers_folder(folder)
+        raise ValueError(f"{folder}: config.json is neither an Enhancer config nor a diffusers UNet2DModel config "
+                         f"(class={raw.get('class')!r}, _class_name={raw.get('_class_name')!r})")
+
+    @classmethod
+    def _from_diffusers_folder(cls, folder: Path) -> "Enhancer":
+        from diffusers import UNet2DModel
+
+        contract = {}
+        if (folder / "enhancer.json").exists():
+            try:
+                contract = json.loads((folder / "enhancer.json").read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{folder}: enhancer.json unreadable ({err})") from None
+            bad = set(contract) - set(_CONTRACT_FIELDS)
+            if bad:
+                raise ValueError(f"{folder}: enhancer.json has unknown fields {sorted(bad)}; allowed {_CONTRACT_FIELDS}")
+        contract.setdefault("unshuffle", 1)
+        contract.setdefault("model_name", folder.name)
+        try:
+            unet = UNet2DModel.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, RuntimeError, TypeError) as err:
+            raise ValueError(f"{folder}: diffusers could not load the UNet2DModel ({err})") from None
+        return cls(EnhancerConfig(**contract), unet=unet).eval()
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    """sha256 (16 hex) over a checkpoint's config and weight files (not its card, history or optimiser state)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    names = [n for n in _WEIGHT_AND_CONFIG_FILES if (folder / n).is_file()]
+    if "config.json" not in names:
+        raise ValueError(f"{folder}: no config.json; not a checkpoint folder")
+    for name in names:
+        digest.update(name.encode())
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]

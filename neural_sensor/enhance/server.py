@@ -1,0 +1,465 @@
+"""Enhancer server: a ZeroMQ load-balancing broker in front of N model worker processes.
+
+    neural-sensor serve-enhancer --bind tcp://127.0.0.1:5555 --workers 2 --checkpoint checkpoints/enhancer-small
+
+Clients (REQ or DEALER) talk to the broker's ROUTER socket (`--bind`). The broker
+validates every request (protocol.parse_request): a malformed one gets an error reply
+at once and never reaches a worker. "hello" and "stats" are answered by the broker;
+"enhance" requests queue until a worker is free, and the requests waiting at that
+moment go to it together (up to `max_batch_frames` frames), so frames of one size
+from several clients run as one model batch. Requests that waited longer than their
+own deadline_ms are answered DeadlineExceeded instead of computed. Workers are
+processes (spawned, each loads the checkpoint) on a ROUTER over ipc://; a worker that
+dies is restarted and the requests it held get WorkerError replies.
+
+Security: the default bind is loopback. Binding anything else (tcp://0.0.0.0, a LAN
+address, a host name other than localhost) is refused unless CurveZMQ is configured:
+`--curve-secret-key` (a zmq certificate file with the server's secret key, from
+zmq.auth.create_certificates) and `--curve-clients` (a folder of the allowed clients'
+public certificates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from neural_sensor.enhance import protocol as wire
+
+SERVER_VERSION = "0.1.0"
+_LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// endpoints on the loopback interface."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    return host.startswith(_LOOPBACK_HOSTS)
+
+
+@dataclass
+class ServerConfig:
+    """What `serve` runs."""
+
+    bind: str = "tcp://127.0.0.1:5555"
+    checkpoint: str = "checkpoints/enhancer-small"
+    workers: int = 1
+    threads_per_worker: int = 0  # torch threads per worker; 0 = cores / workers
+    max_batch_frames: int = wire.MAX_FRAMES
+    curve_secret_key: str | None = None  # zmq certificate file holding the server's secret key
+    curve_clients: str | None = None  # folder of allowed client public certificates
+    ready_file: str | None = None  # JSON {endpoint, pid} written once the first worker is ready
+
+
+def check_bind(config: ServerConfig) -> None:
+    """Refuse a non-loopback bind without CurveZMQ keys (ValueError naming the endpoint)."""
+    if not config.bind.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError(f"bind {config.bind!r}: expected tcp://HOST:PORT or ipc://PATH")
+    curve = config.curve_secret_key is not None or config.curve_clients is not None
+    if curve and not (config.curve_secret_key and config.curve_clients):
+        raise ValueError("CurveZMQ needs both --curve-secret-key and --curve-clients")
+    if not is_loopback(config.bind) and not curve:
+        raise ValueError(f"refusing to bind {config.bind}: not a loopback address. Serving beyond this machine "
+                         f"needs CurveZMQ: --curve-secret-key SERVER.key_secret --curve-clients CLIENT_CERT_DIR")
+    if curve and not zmq.has("curve"):
+        raise ValueError("this libzmq has no CURVE support")
+
+
+# ------------------------------------------------------------------ worker process
+def _worker_main(backend: str, checkpoint: str, index: int, threads: int) -> None:
+    """A worker: load the model, say READY, then answer JOBs until the broker goes away."""
+    import torch
+
+    from neural_sensor.enhance.model import Enhancer
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
+    torch.set_num_threads(max(1, threads))
+    model = Enhancer.from_pretrained(checkpoint)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, f"w{index}-{os.getpid()}".encode())
+    sock.connect(backend)
+    sock.send_multipart([b"READY"])
+    parent = os.getppid()
+    while True:
+        if not sock.poll(1000):
+            if os.getppid() != parent:  # the broker died: do not linger as an orphan
+                return
+            continue
+        parts = sock.recv_multipart(copy=False)
+        if parts[0].bytes != b"JOB":
+            continue
+        jobs = [(parts[i].bytes, parts[i + 1].buffer) for i in range(1, len(parts) - 1, 2)]
+        out = [b"DONE"]
+        for key, ok, reply in _run_jobs(model, jobs):
+            out += [key, b"1" if ok else b"0", reply]
+        sock.send_multipart(out)
+
+
+def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool, bytes]]:
+    """(key, ok, reply) per job; frames of one size (and reference use) across jobs run as one batch."""
+    requests, replies = {}, []
+    for key, payload in jobs:
+        try:
+            requests[key] = wire.parse_request(payload)
+        except wire.ProtocolError as err:  # the broker validated it; this would be a broker bug
+            replies.append((key, False, wire.error_reply(err.request_id, err.error_type, err.message)))
+    groups: dict[tuple, list[tuple[bytes, int]]] = {}
+    for key, req in requests.items():
+        for i, f in enumerate(req.frames):
+            groups.setdefault((f["rgb"].shape, "reference" in f), []).append((key, i))
+    results: dict[tuple[bytes, int], np.ndarray] = {}
+    failed: dict[bytes, str] = {}
+    start = time.perf_counter()
+    for (_, with_ref), members in groups.items():
+        frames = [requests[k].frames[i] for k, i in members]
+        try:
+            out = model.enhance(
+                np.stack([wire.to_float(f["rgb"]) for f in frames]),
+                np.stack([f["depth"].astype(np.float32) for f in frames]),
+                np.stack([wire.to_float(f["alpha"]) for f in frames]),
+                np.stack([wire.to_float(f["reference"]) for f in frames]) if with_ref else None,
+                np.stack([f["reference_valid"].astype(np.float32) for f in frames]) if with_ref else None)
+        except Exception as err:  # noqa: BLE001 - reported to the client, the worker keeps serving
+            for k, _ in members:
+                failed[k] = f"{type(err).__name__}: {err}"
+            continue
+        for (k, i), rgb in zip(members, out):
+            results[(k, i)] = rgb
+    model_ms = (time.perf_counter() - start) * 1000.0
+    for key, req in requests.items():
+        if key in failed:
+            replies.append((key, False, wire.error_reply(req.request_id, "WorkerError", failed[key])))
+            continue
+        frames = [{"camera": f["camera"], "rgb": wire.encode_array(wire.like(results[(key, i)], f["rgb"].dtype))}
+                  for i, f in enumerate(req.frames)]
+        replies.append((key, True, wire.ok_reply(req.request_id, frames=frames, model_ms=round(model_ms, 3))))
+    return replies
+
+
+# ------------------------------------------------------------------ broker
+class Broker:
+    """The load-balancing broker (see the module docstring). `run()` blocks until `stop()`."""
+
+    def __init__(self, config: ServerConfig):
+        check_bind(config)
+        from neural_sensor.enhance.model import checkpoint_hash
+
+        self.config = config
+        ckpt = Path(config.checkpoint)
+        try:
+            meta = json.loads((ckpt / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"enhancer checkpoint {ckpt}: config.json unreadable ({err})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"enhancer checkpoint {ckpt}: config.json is not an object")
+        self.model_name = str(meta.get("model_name") or ckpt.name)
+        self.checkpoint_hash = checkpoint_hash(ckpt)
+        if config.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {config.workers}")
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self.frontend = self._ctx.socket(zmq.ROUTER)
+        self.frontend.setsockopt(zmq.LINGER, 0)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # up to twice the protocol limit still gets a LimitExceeded reply; beyond, libzmq drops the connection
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, 2 * wire.MAX_MESSAGE_BYTES)
+        self._auth = None
+        try:
+            if config.curve_secret_key:
+                self._setup_curve()
+            self.frontend.bind(config.bind)
+        except BaseException:
+            if self._auth is not None:
+                self._auth.stop()
+            self.frontend.close(0)
+            self._ctx.term()
+            raise
+        self.endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._tmp = tempfile.mkdtemp(prefix="enhancer-")
+        self.backend_endpoint = f"ipc://{self._tmp}/backend"
+        self.backend = self._ctx.socket(zmq.ROUTER)
+        self.backend.setsockopt(zmq.LINGER, 0)
+        self.backend.bind(self.backend_endpoint)
+        threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // config.workers)
+        self._threads = threads
+        self._mp = mp.get_context("spawn")
+        self._procs: dict[int, mp.Process] = {}
+        self._ready: deque[bytes] = deque()
+        self._identity_of: dict[int, bytes] = {}
+        self._inflight: dict[bytes, list[tuple[list, object, float]]] = {}  # worker -> [(envelope, id, t0)]
+        self._queue: deque = deque()  # (envelope, request id, payload, arrival, deadline_ms, n_frames)
+        self.started = time.monotonic()
+        self.counters = {"requests": 0, "errors": 0, "frames_enhanced": 0, "worker_restarts": 0}
+        self._latencies_ms: deque[float] = deque(maxlen=4096)
+        self._ready_written = False
+        self._start_failures = 0
+        for index in range(config.workers):
+            self._spawn(index)
+
+    def _setup_curve(self) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        try:
+            public, secret = zmq.auth.load_certificate(self.config.curve_secret_key)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"CurveZMQ: cannot read the server certificate {self.config.curve_secret_key} ({err})")
+        if secret is None:
+            raise ValueError(f"CurveZMQ: {self.config.curve_secret_key} holds no secret key (use the .key_secret file)")
+        if not Path(self.config.curve_clients).is_dir():
+            raise ValueError(f"CurveZMQ: client certificate folder {self.config.curve_clients} does not exist")
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(self.config.curve_clients))
+        self.frontend.curve_secretkey = secret
+        self.frontend.curve_publickey = public
+        self.frontend.curve_server = True
+
+    def _spawn(self, index: int) -> None:
+        proc = self._mp.Process(target=_worker_main, name=f"enhancer-worker-{index}",
+                                args=(self.backend_endpoint, str(self.config.checkpoint), index, self._threads),
+                                daemon=True)
+        proc.start()
+        self._procs[index] = proc
+
+    # -------------------------------------------------------------- replies
+    def _reply(self, envelope: list, payload: bytes, ok: bool, latency_ms: float | None = None) -> None:
+        self.frontend.send_multipart(envelope + [payload])
+        if not ok:
+            self.counters["errors"] += 1
+        if latency_ms is not None:
+            self._latencies_ms.append(latency_ms)
+
+    def _hello(self) -> dict:
+        return {"protocol_version": wire.PROTOCOL_VERSION, "server_version": SERVER_VERSION,
+                "model_name": self.model_name, "checkpoint_hash": self.checkpoint_hash,
+                "workers": self.config.workers, "workers_ready": self.workers_ready,
+                "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
+                "max_message_bytes": wire.MAX_MESSAGE_BYTES}
+
+    def stats(self) -> dict:
+        lat = np.array(self._latencies_ms) if self._latencies_ms else None
+        return {**self.counters, "p50_ms": None if lat is None else round(float(np.percentile(lat, 50)), 3),
+                "p99_ms": None if lat is None else round(float(np.percentile(lat, 99)), 3),
+                "workers": self.config.workers, "workers_ready": self.workers_ready,
+                "queued": len(self._queue), "uptime_s": round(time.monotonic() - self.started, 3)}
+
+    @property
+    def workers_ready(self) -> int:
+        return len(self._identity_of)
+
+    # -------------------------------------------------------------- loop
+    def _on_frontend(self) -> None:
+        parts = self.frontend.recv_multipart(copy=False)
+        self.counters["requests"] += 1
+        # REQ / DEALER-with-delimiter: [identity, b"", payload]; bare DEALER: [identity, payload]
+        envelope = [p.bytes for p in parts[:-1]]
+        if len(parts) < 2 or len(parts) > 3 or (len(parts) == 3 and parts[1].bytes != b""):
+            self._reply(envelope[:1] + ([b""] if len(parts) == 3 else []),
+                        wire.error_reply(None, "BadMessage", f"expected one message frame, got {len(parts) - 1}"),
+                        False)
+            return
+        payload = parts[-1].buffer
+        try:
+            req = wire.parse_request(payload)
+        except wire.ProtocolError as err:
+            self._reply(envelope, wire.error_reply(err.request_id, err.error_type, err.message), False)
+            return
+        if req.op == "hello":
+            self._reply(envelope, wire.ok_reply(req.request_id, **self._hello()), True)
+        elif req.op == "stats":
+            self._reply(envelope, wire.ok_reply(req.request_id, **self.stats()), True)
+        else:
+            self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
+                                len(req.frames)))
+
+    def _on_backend(self) -> None:
+        parts = self.backend.recv_multipart()
+        identity, kind = parts[0], parts[1]
+        if kind == b"READY":
+            index = int(identity.decode().split("-")[0][1:])
+            self._identity_of[index] = identity
+            self._ready.append(identity)
+            if not self._ready_written:
+                self._write_ready_file()
+            return
+        if kind != b"DONE":
+            return
+        held = {i: item for i, item in enumerate(self._inflight.pop(identity, []))}
+        now = time.monotonic()
+        for i in range(2, len(parts) - 2, 3):
+            envelope, _, t0 = held[int(parts[i])]
+            ok = parts[i + 1] == b"1"
+            self._reply(envelope, parts[i + 2], ok, (now - t0) * 1000.0 if ok else None)
+        if identity in self._identity_of.values():
+            self._ready.append(identity)
+
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        while self._ready and self._queue:
+            job, frames = [], 0
+            while self._queue:
+                envelope, rid, payload, t0, deadline, n = self._queue[0]
+                if deadline is not None and (now - t0) * 1000.0 > deadline:
+                    self._queue.popleft()
+                    self._reply(envelope, wire.error_reply(rid, "DeadlineExceeded",
+                                                           f"waited {(now - t0) * 1000.0:.0f} ms > {deadline} ms"),
+                                False)
+                    continue
+                if job and frames + n > self.config.max_batch_frames:
+                    break
+                self._queue.popleft()
+                job.append((envelope, rid, payload, t0))
+                frames += n
+            if not job:
+                return
+            worker = self._ready.popleft()
+            self._inflight[worker] = [(e, r, t0) for e, r, _, t0 in job]
+            message = [worker, b"JOB"]
+            for i, (_, _, payload, _) in enumerate(job):
+                message += [str(i).encode(), payload]
+            self.backend.send_multipart(message, copy=False)
+            self.counters["frames_enhanced"] += frames
+
+    def _check_workers(self) -> None:
+        for index, proc in list(self._procs.items()):
+            if proc.is_alive():
+                continue
+            identity = self._identity_of.pop(index, None)
+            if identity is None:
+                self._start_failures += 1
+                if self._start_failures >= 3:
+                    raise RuntimeError(f"enhancer workers die before they are ready ({self._start_failures} times, "
+                                       f"last exit code {proc.exitcode}); see the worker's error above")
+            else:
+                self._start_failures = 0
+                if identity in self._ready:
+                    self._ready.remove(identity)
+                for envelope, rid, _ in self._inflight.pop(identity, []):
+                    self._reply(envelope, wire.error_reply(rid, "WorkerError",
+                                                           f"worker {index} died (exit code {proc.exitcode})"), False)
+            if self._stop.is_set():
+                continue
+            self.counters["worker_restarts"] += 1
+            self._spawn(index)
+
+    def _write_ready_file(self) -> None:
+        self._ready_written = True
+        if self.config.ready_file:
+            path = Path(self.config.ready_file)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid(), "model_name": self.model_name,
+                                       "checkpoint_hash": self.checkpoint_hash}))
+            tmp.replace(path)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        last_check = 0.0
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(50))
+                if self.backend in events:
+                    self._on_backend()
+                if self.frontend in events:
+                    self._on_frontend()
+                self._dispatch()
+                if time.monotonic() - last_check > 0.2:
+                    self._check_workers()
+                    last_check = time.monotonic()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        for proc in self._procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self._procs.values():
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        if self._auth is not None:
+            self._auth.stop()
+        self.frontend.close(0)
+        self.backend.close(0)
+        self._ctx.term()
+        try:
+            os.unlink(self.backend_endpoint[len("ipc://"):])
+            os.rmdir(self._tmp)
+        except OSError:
+            pass
+
+
+def serve(config: ServerConfig) -> None:
+    """Run a broker in this process until SIGINT / SIGTERM."""
+    try:
+        broker = Broker(config)
+    except zmq.ZMQError as err:
+        raise ValueError(f"enhancer: cannot bind {config.bind}: {err}") from None
+    print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
+          f"checkpoint {broker.checkpoint_hash})", flush=True)
+
+    def _stop(signum, _frame):
+        broker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    broker.run()
+    print("enhancer: stopped", flush=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback unless CurveZMQ)")
+    parser.add_argument("--workers", type=int, default=1, help="model worker processes")
+    parser.add_argument("--checkpoint", default="checkpoints/enhancer-small", help="enhancer checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+    parser.add_argument("--max-batch-frames", type=int, default=wire.MAX_FRAMES)
+    parser.add_argument("--curve-secret-key", default=None, help="server certificate with secret key (CurveZMQ)")
+    parser.add_argument("--curve-clients", default=None, help="folder of allowed client certificates (CurveZMQ)")
+    parser.add_argument("--ready-file", default=None, help="write {endpoint, pid} here once a worker is ready")
+
+
+def config_from_args(args) -> ServerConfig:
+    return ServerConfig(bind=args.bind, checkpoint=args.checkpoint, workers=args.workers,
+                        threads_per_worker=args.threads, max_batch_frames=args.max_batch_frames,
+                        curve_secret_key=args.curve_secret_key, curve_clients=args.curve_clients,
+                        ready_file=args.ready_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="neural-sensor serve-enhancer", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        serve(config_from_args(args))
+    except (ValueError, RuntimeError, zmq.ZMQError) as err:
+        print(f"serve-enhancer: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
