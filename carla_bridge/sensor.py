@@ -117,7 +117,7 @@ class NeuralCamera:
     type_id = "sensor.camera.rgb"
 
     def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
-                 background_rgb=(0.53, 0.71, 0.92)):
+                 background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0):
         self.id = -next(_ids)  # negative: never clashes with a server actor id
         self.parent = parent
         self.attributes = {"image_size_x": "800", "image_size_y": "600", "fov": "90", "sensor_tick": "0.0",
@@ -128,13 +128,20 @@ class NeuralCamera:
         self._mount_flu = ue_to_flu(np.array(transform.get_matrix(), dtype=np.float64))  # fixed: computed once
         spec = SensorSpec(self.attributes["role_name"] or "camera", width, height, fov,
                           camera_pose_from_ue(np.array(transform.get_matrix(), dtype=np.float64)))
-        self._rig = NeuralSensorRig(scene, [spec], backend=backend, background_rgb=background_rgb)
+        self._enhancer = None
+        if enhancer is not None:  # one client per camera: each renders in its own on_tick callback
+            from neural_sensor.enhance.client import EnhancerClient
+
+            self._enhancer = EnhancerClient(enhancer, deadline_ms=enhancer_deadline_ms)
+        self._rig = NeuralSensorRig(scene, [spec], backend=backend, background_rgb=background_rgb,
+                                    enhancer=self._enhancer)
         self._spec = spec
         self._world = world
         self._callback = None
         self._lock = threading.Lock()
         self._actors: dict[int, tuple[str, object]] = {}  # id -> (kind, bounding box)
         self.last_render_ms = 0.0
+        self.last_meta: dict = {}
         self._tick_id = world.on_tick(self._on_tick)
 
     # ---------------------------------------------------------- sensor face
@@ -156,6 +163,9 @@ class NeuralCamera:
         if self._tick_id is not None:
             self._world.remove_on_tick(self._tick_id)
             self._tick_id = None
+        if self._enhancer is not None:
+            self._enhancer.close()
+            self._enhancer = None
         return True
 
     def get_transform(self):
@@ -201,7 +211,8 @@ class NeuralCamera:
 
         start = time.perf_counter()
         frame = self._rig.capture(snapshot)[self._spec.sensor_id]
-        self.last_render_ms = (time.perf_counter() - start) * 1000.0  # the rig: compose + render
+        self.last_render_ms = (time.perf_counter() - start) * 1000.0  # the rig: compose + render (+ enhance)
+        self.last_meta = frame.meta  # enhanced or not, and why
         pose_world = snapshot.ego.pose_agent_to_world @ self._mount_flu
         return NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose_world),
                                   self._spec.fov_deg, rgb_to_bgra(frame.rgb))
@@ -215,12 +226,15 @@ class NeuralCamera:
 
 
 def spawn_neural_camera(world, blueprint, transform, attach_to, scene: GaussianScene, backend: str = "auto",
-                        background_rgb=(0.53, 0.71, 0.92)) -> NeuralCamera:
-    """world.spawn_actor's stand-in for a camera: reads image_size_x / image_size_y / fov from the blueprint."""
+                        background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
+                        enhancer_deadline_ms: float = 1000.0) -> NeuralCamera:
+    """world.spawn_actor's stand-in for a camera: reads image_size_x / image_size_y / fov from the blueprint.
+    `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each image within the deadline."""
     if attach_to is None:
         raise ValueError("spawn_neural_camera: a neural camera must be attached to a parent actor")
     attributes = {}
     for key in ("image_size_x", "image_size_y", "fov", "sensor_tick", "role_name"):
         if blueprint.has_attribute(key):
             attributes[key] = blueprint.get_attribute(key).as_str()
-    return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb)
+    return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb, enhancer,
+                        enhancer_deadline_ms)

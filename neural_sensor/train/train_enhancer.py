@@ -176,7 +176,7 @@ def train(config: EnhancerTrainConfig, out: Path, data_root: Path, recon_folder:
     state_path = out / "train_state.pt"
     pairs = load_pairs(data_root, recon_folder, config.worlds)
     n = len(pairs["rgb"])
-    eval_pairs = heldout_pairs(ReconNet.from_pretrained(recon_folder))
+    eval_pairs = heldout_pairs(ReconNet.from_pretrained(recon_folder), EVAL_SEEDS)
     model = Enhancer(EnhancerConfig())
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     step, history = 0, []

@@ -71,6 +71,17 @@ def render_targets(gaussians, cameras, background):
                         background=torch.tensor(background, dtype=torch.float32))
 
 
+def supervised_losses(rendered: dict, gt_rgb: np.ndarray, gt_depth: np.ndarray, gt_alpha: np.ndarray):
+    """(L1 rgb, L1 log depth where both are solid) of renders [V, H, W, ...] against ground truth."""
+    loss_rgb = (rendered["rgb"] - torch.from_numpy(gt_rgb)).abs().mean()
+    solid = torch.from_numpy((gt_alpha > 0.5) & (gt_depth > 0)) & (rendered["alpha"] > 0.5)
+    if not solid.any():
+        return loss_rgb, torch.zeros(())
+    loss_depth = (torch.log(rendered["depth"][solid].clamp_min(1e-3))
+                  - torch.log(torch.from_numpy(gt_depth)[solid])).abs().mean()
+    return loss_rgb, loss_depth
+
+
 @torch.no_grad()
 def evaluate(model: ReconNet, worlds) -> dict:
     """Mean PSNR of the middle-timestep views and the interpolated targets on held-out worlds."""
@@ -123,13 +134,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
                              for kind, i in picks])
         gaussians = predict(model, world, ctx)
         rendered = render_targets(gaussians, cams, world.background_rgb)
-        loss_rgb = (rendered["rgb"] - torch.from_numpy(gt_rgb)).abs().mean()
-        solid = torch.from_numpy((gt_alpha > 0.5) & (gt_depth > 0)) & (rendered["alpha"] > 0.5)
-        if solid.any():
-            loss_depth = (torch.log(rendered["depth"][solid].clamp_min(1e-3))
-                          - torch.log(torch.from_numpy(gt_depth)[solid])).abs().mean()
-        else:
-            loss_depth = torch.zeros(())
+        loss_rgb, loss_depth = supervised_losses(rendered, gt_rgb, gt_depth, gt_alpha)
         loss = loss_rgb + config.depth_weight * loss_depth
         optimiser.zero_grad()
         loss.backward()

@@ -1,0 +1,159 @@
+"""Enhancer benchmark: model time, transport overhead, and resilience to server restarts.
+
+1. model: the checkpoint's ms per frame at 480x270 in this process (a batch of 6 cameras,
+   torch threads = cores), median over repeats.
+2. transport: the same 6 x 480x270 batch through EnhancerClient -> broker -> worker on
+   loopback; overhead per tick = client round trip - the worker's model time (both
+   medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding.
+3. restarts: a NeuralSensorRig (6 cameras, small images so the run stays short) ticks
+   `--ticks` times against a server that is SIGKILLed and started again every
+   `--restart-every` ticks; counts ticks delivered, enhanced and raw (flagged) and the
+   time from each restart's ready signal to the first enhanced tick.
+
+    python benchmarks/enhancer.py [--checkpoint checkpoints/enhancer-small] [--ticks 10000] [--restart-every 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _machine import machine_name, write_result
+from neural_sensor.enhance.client import EnhancerClient
+from neural_sensor.enhance.local import start_server, stop_server
+from neural_sensor.enhance.model import Enhancer
+from neural_sensor.rig import NeuralSensorRig, nuscenes_like_rig
+from neural_sensor.testing import make_street_scene
+from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+
+def _frames(seed: int, n: int = 6, h: int = 270, w: int = 480) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"camera": f"CAM{i}", "rgb": rng.random((h, w, 3), dtype=np.float32),
+             "depth": (rng.random((h, w), dtype=np.float32) * 40).astype(np.float32),
+             "alpha": np.ones((h, w), np.float32)} for i in range(n)]
+
+
+def bench_model(checkpoint: Path, repeats: int) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = Enhancer.from_pretrained(checkpoint)
+    frames = _frames(0)
+    rgb = np.stack([f["rgb"] for f in frames])
+    depth = np.stack([f["depth"] for f in frames])
+    alpha = np.stack([f["alpha"] for f in frames])
+    model.enhance(rgb[:1], depth[:1], alpha[:1])  # warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.enhance(rgb, depth, alpha)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return {"ms_per_tick_6_frames": round(float(np.median(times)), 2),
+            "ms_per_frame": round(float(np.median(times)) / 6, 2), "repeats": repeats,
+            "torch_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def bench_transport(checkpoint: Path, repeats: int) -> dict:
+    server = start_server(checkpoint=checkpoint)
+    try:
+        with EnhancerClient(server.endpoint, deadline_ms=60_000) as client:
+            client.wait_ready()
+            frames = _frames(1)
+            client.enhance(frames)  # warm up
+            rtt, model, encode = [], [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                wire_frames = [client._wire_frame(f) for f in frames]  # the encoding share, measured alone
+                encode.append((time.perf_counter() - t0) * 1000.0)
+                del wire_frames
+                result = client.enhance(frames)
+                if not result.enhanced:
+                    raise RuntimeError(f"transport benchmark: {result.reason}")
+                rtt.append(result.latency_ms)
+                model.append(result.model_ms)
+            stats = client.stats()
+    finally:
+        stop_server(server)
+    overhead = np.array(rtt) - np.array(model)
+    return {"round_trip_ms_median": round(float(np.median(rtt)), 2),
+            "worker_model_ms_median": round(float(np.median(model)), 2),
+            "overhead_ms_median": round(float(np.median(overhead)), 2),
+            "overhead_ms_p90": round(float(np.percentile(overhead, 90)), 2),
+            "client_encode_ms_median": round(float(np.median(encode)), 2),
+            "server_p50_ms": stats["p50_ms"], "server_p99_ms": stats["p99_ms"], "repeats": repeats,
+            "frames": "6 x 480x270, uint8 rgb / float16 depth / uint8 alpha on the wire"}
+
+
+def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int, height: int) -> dict:
+    scene = make_street_scene(50_000, seed=3)
+    server = start_server(checkpoint=checkpoint, threads=1)
+    endpoint = server.endpoint
+    client = EnhancerClient(endpoint, deadline_ms=2000)
+    rig = NeuralSensorRig(scene, nuscenes_like_rig(width, height), backend="cpu", enhancer=client)
+    counts = {"ticks": 0, "delivered": 0, "enhanced": 0, "raw_flagged": 0, "raw_unflagged": 0, "missing_frames": 0}
+    recover_s, restarts = [], 0
+    pending_ready = None
+    start = time.perf_counter()
+    try:
+        client.wait_ready()
+        for tick in range(ticks):
+            if tick and tick % restart_every == 0:
+                server.kill()
+                server = start_server(checkpoint=checkpoint, bind=endpoint, threads=1)
+                pending_ready = time.monotonic()
+                restarts += 1
+            x = 0.01 * tick
+            ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(x % 40, -1.75, 0.0, 0.0), 5.0)
+            frames = rig.capture(WorldSnapshot(tick, tick * 0.05, ego, ()))
+            counts["ticks"] += 1
+            if len(frames) != 6 or any(f.rgb is None or f.rgb.shape != (height, width, 3) for f in frames.values()):
+                counts["missing_frames"] += 1
+                continue
+            counts["delivered"] += 1
+            enhanced = [f.meta["enhanced"] for f in frames.values()]
+            if all(enhanced):
+                counts["enhanced"] += 1
+                if pending_ready is not None:
+                    recover_s.append(time.monotonic() - pending_ready)
+                    pending_ready = None
+            elif all(f.meta["enhancer_reason"] for f in frames.values()):
+                counts["raw_flagged"] += 1
+            else:
+                counts["raw_unflagged"] += 1
+    finally:
+        client.close()
+        stop_server(server)
+    return {**counts, "restarts": restarts, "wall_s": round(time.perf_counter() - start, 1),
+            "recover_after_ready_s_max": round(max(recover_s), 3) if recover_s else None,
+            "recover_after_ready_s_median": round(float(np.median(recover_s)), 3) if recover_s else None,
+            "image_size": [width, height], "cameras": 6, "kill": "SIGKILL of the broker, then a new server process"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--ticks", type=int, default=10_000)
+    parser.add_argument("--restart-every", type=int, default=1000)
+    parser.add_argument("--restart-size", type=int, nargs=2, default=(64, 36), metavar=("W", "H"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = {"benchmark": "enhancer", "machine": machine_name(), "checkpoint": str(args.checkpoint),
+              "model": bench_model(args.checkpoint, args.repeats),
+              "transport": bench_transport(args.checkpoint, args.repeats),
+              "restarts": bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size)}
+    m, t, r = result["model"], result["transport"], result["restarts"]
+    result["summary"] = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270; transport overhead "
+                         f"{t['overhead_ms_median']} ms/tick (6 x 480x270, p90 {t['overhead_ms_p90']}); "
+                         f"{r['ticks']} ticks, {r['restarts']} restarts: {r['missing_frames']} without a frame, "
+                         f"{r['enhanced']} enhanced, {r['raw_flagged']} raw (flagged), recovery <= "
+                         f"{r['recover_after_ready_s_max']} s after ready")
+    write_result(result, "enhancer", args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Co-training (FreeGen): distil the enhancer's prior back into the reconstructor.
+
+Fine-tunes a reconstructor checkpoint with its usual supervision (ground truth at the
+context-middle and interpolated poses, which a real drive also has) plus extra targets at
+off-trajectory poses (the ego shifted 1, 2, 3 m left), where a real drive has NO ground
+truth: there the target is the frozen enhancer's refinement of the reconstructor's own
+(detached) render. The synthetic worlds' ground truth at those poses is never used here.
+
+    python -m neural_sensor.train.cotrain --steps 600 --out out/reconstructor-cotrained
+
+Progress bar, a checkpoint + optimiser state every `save_every` steps, `--resume`.
+Compare the result with `benchmarks/fidelity.py --checkpoint OUT [--enhancer local]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from neural_sensor.enhance.model import Enhancer, checkpoint_hash
+from neural_sensor.reconstruct.model import ReconNet
+from neural_sensor.train.synthetic import SHIFTS_M, WorldConfig, make_world
+from neural_sensor.train.train_reconstructor import context_views, predict, render_targets, supervised_losses
+
+OFF_TRAJECTORY_KINDS = tuple(f"shift_{int(s)}m" for s in SHIFTS_M)
+
+
+@dataclass
+class CotrainConfig:
+    steps: int = 600
+    lr: float = 5e-4
+    worlds: int = 32  # training worlds, seeds 0..worlds-1 (as the reconstructor's own training)
+    targets_per_step: int = 2  # ground-truth targets (context middle / interpolated)
+    pseudo_per_step: int = 2  # off-trajectory targets refined by the enhancer
+    pseudo_weight: float = 0.5  # weight of the L1 to the enhancer's output
+    depth_weight: float = 0.1
+    save_every: int = 100
+    seed: int = 0
+
+
+def train(config: CotrainConfig, reconstructor: Path, enhancer: Path, out: Path, resume: bool = False) -> dict:
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    state_path = out / "train_state.pt"
+    world_config = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
+    worlds = [make_world(s, "train", world_config) for s in tqdm(range(config.worlds), desc="train worlds")]
+    fixer = Enhancer.from_pretrained(enhancer).eval()
+    for p in fixer.parameters():
+        p.requires_grad_(False)
+    source = out if resume and state_path.exists() else reconstructor
+    model = ReconNet.from_pretrained(source)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step, history = 0, []
+    if source == out:
+        state = torch.load(state_path, weights_only=True)
+        optimiser.load_state_dict(state["optimiser"])
+        step = int(state["step"])
+        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    rng = np.random.default_rng(config.seed + step)
+    start = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc="co-train", unit="step")
+    while step < config.steps:
+        model.train()
+        world = worlds[rng.integers(len(worlds))]
+        ctx, middle = context_views(world)
+        interp = world.targets["interpolated"]
+        pool = [(world.context.cameras[i], world.context.rgb[i], world.context.depth[i], world.context.alpha[i])
+                for i in middle] + [(c, interp.rgb[i], interp.depth[i], interp.alpha[i])
+                                    for i, c in enumerate(interp.cameras)]
+        picks = [pool[i] for i in rng.choice(len(pool), config.targets_per_step, replace=False)]
+        off_cams = [c for kind in OFF_TRAJECTORY_KINDS for c in world.targets[kind].cameras]  # poses only
+        off = [off_cams[i] for i in rng.choice(len(off_cams), config.pseudo_per_step, replace=False)]
+        gaussians = predict(model, world, ctx)
+        rendered = render_targets(gaussians, [p[0] for p in picks] + off, world.background_rgb)
+        n = len(picks)
+        loss_rgb, loss_depth = supervised_losses({k: v[:n] for k, v in rendered.items()},
+                                                 *(np.stack([p[j] for p in picks]) for j in (1, 2, 3)))
+        with torch.no_grad():
+            pseudo = fixer(rendered["rgb"][n:].detach().permute(0, 3, 1, 2), rendered["depth"][n:].detach(),
+                           rendered["alpha"][n:].detach()).clamp(0, 1).permute(0, 2, 3, 1)
+        loss_pseudo = (rendered["rgb"][n:] - pseudo).abs().mean()
+        loss = loss_rgb + config.depth_weight * loss_depth + config.pseudo_weight * loss_pseudo
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{loss_rgb.item():.4f}", pseudo=f"{loss_pseudo.item():.4f}")
+        history.append({"step": step, "loss_rgb_l1": round(loss_rgb.item(), 5),
+                        "loss_pseudo_l1": round(loss_pseudo.item(), 5), "loss_log_depth": round(loss_depth.item(), 4)})
+        if step % config.save_every == 0 or step == config.steps:
+            model.save_pretrained(out)
+            torch.save({"optimiser": optimiser.state_dict(), "step": step}, state_path)
+            (out / "history.json").write_text(json.dumps(history))
+    bar.close()
+    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
+               "initial_reconstructor": str(reconstructor), "enhancer": str(enhancer),
+               "enhancer_hash": checkpoint_hash(enhancer), "config": asdict(config)}
+    (out / "cotrain_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
+    parser.add_argument("--enhancer", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--out", type=Path, default=Path("out/reconstructor-cotrained"))
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(train(CotrainConfig(steps=args.steps), args.reconstructor, args.enhancer, args.out, args.resume)))
+
+
+if __name__ == "__main__":
+    main()
