@@ -1,6 +1,5 @@
 """Enhancer server and client over real loopback sockets with real processes."""
 
-import os
 import threading
 import time
 from pathlib import Path

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.reconstruct.model import ReconNet
+from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
 from neural_sensor.train.synthetic import SHIFTS_M, WorldConfig, make_world
 from neural_sensor.train.train_reconstructor import context_views, predict, render_targets, supervised_losses
 
@@ -48,21 +49,14 @@ class CotrainConfig:
 def train(config: CotrainConfig, reconstructor: Path, enhancer: Path, out: Path, resume: bool = False) -> dict:
     torch.manual_seed(config.seed)
     out = Path(out)
-    state_path = out / "train_state.pt"
     world_config = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
     worlds = [make_world(s, "train", world_config) for s in tqdm(range(config.worlds), desc="train worlds")]
     fixer = Enhancer.from_pretrained(enhancer).eval()
     for p in fixer.parameters():
         p.requires_grad_(False)
-    source = out if resume and state_path.exists() else reconstructor
-    model = ReconNet.from_pretrained(source)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, history = 0, []
-    if source == out:
-        state = torch.load(state_path, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        step = int(state["step"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    model, optimiser, step, history = start_or_resume(
+        out, resume, lambda: ReconNet.from_pretrained(reconstructor), ReconNet.from_pretrained,
+        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="co-train", unit="step")
@@ -87,19 +81,14 @@ def train(config: CotrainConfig, reconstructor: Path, enhancer: Path, out: Path,
                            rendered["alpha"][n:].detach()).clamp(0, 1).permute(0, 2, 3, 1)
         loss_pseudo = (rendered["rgb"][n:] - pseudo).abs().mean()
         loss = loss_rgb + config.depth_weight * loss_depth + config.pseudo_weight * loss_pseudo
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
+        apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
         bar.set_postfix(l1=f"{loss_rgb.item():.4f}", pseudo=f"{loss_pseudo.item():.4f}")
         history.append({"step": step, "loss_rgb_l1": round(loss_rgb.item(), 5),
                         "loss_pseudo_l1": round(loss_pseudo.item(), 5), "loss_log_depth": round(loss_depth.item(), 4)})
         if step % config.save_every == 0 or step == config.steps:
-            model.save_pretrained(out)
-            torch.save({"optimiser": optimiser.state_dict(), "step": step}, state_path)
-            (out / "history.json").write_text(json.dumps(history))
+            save_checkpoint(out, model, optimiser, step, history)
     bar.close()
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
                "initial_reconstructor": str(reconstructor), "enhancer": str(enhancer),

@@ -40,6 +40,7 @@ from neural_sensor.metrics import psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
+from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -173,20 +174,12 @@ def heldout_pairs(recon: ReconNet, seeds=EVAL_SEEDS) -> list[dict[str, np.ndarra
 def train(config: EnhancerTrainConfig, out: Path, data_root: Path, recon_folder: Path, resume: bool = False) -> dict:
     torch.manual_seed(config.seed)
     out = Path(out)
-    state_path = out / "train_state.pt"
     pairs = load_pairs(data_root, recon_folder, config.worlds)
     n = len(pairs["rgb"])
     eval_pairs = heldout_pairs(ReconNet.from_pretrained(recon_folder), EVAL_SEEDS)
-    model = Enhancer(EnhancerConfig())
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, history = 0, []
-    if resume and state_path.exists():
-        model = Enhancer.from_pretrained(out)
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-        state = torch.load(state_path, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        step = int(state["step"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    model, optimiser, step, history = start_or_resume(
+        out, resume, lambda: Enhancer(EnhancerConfig()), Enhancer.from_pretrained,
+        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer", unit="step")
@@ -205,10 +198,7 @@ def train(config: EnhancerTrainConfig, out: Path, data_root: Path, recon_folder:
         mse = (weight * (pred - target) ** 2).mean() / weight.mean()
         ssim_value = ssim_map_torch(pred, target).mean()
         loss = mse + config.ssim_weight * (1 - ssim_value)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
+        apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
         bar.set_postfix(mse=f"{mse.item():.5f}", ssim=f"{ssim_value.item():.3f}")
@@ -221,9 +211,7 @@ def train(config: EnhancerTrainConfig, out: Path, data_root: Path, recon_folder:
                        f"{shift['enhanced_psnr_visible']} dB")
         history.append(record)
         if step % config.save_every == 0 or step == config.steps:
-            model.save_pretrained(out)
-            torch.save({"optimiser": optimiser.state_dict(), "step": step}, state_path)
-            (out / "history.json").write_text(json.dumps(history))
+            save_checkpoint(out, model, optimiser, step, history)
     bar.close()
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1), "pairs": n,
                "reconstructor": str(recon_folder), "reconstructor_hash": checkpoint_hash(recon_folder),

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.render._torch_ref import render_torch
+from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, WorldConfig, check_split, make_world
 
 CONTEXT_TIMESTEPS = (0, 2)
@@ -101,21 +102,13 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     out = Path(out)
-    state_path = out / "train_state.pt"
     worlds = [make_world(s, "train", config.world) for s in tqdm(range(config.worlds), desc="train worlds")]
     for world in worlds:
         check_split(world.seed, "train")
     eval_worlds = [make_world(HELDOUT_FIRST_SEED + i, "heldout", config.world) for i in range(config.eval_worlds)]
-    model = ReconNet(ReconConfig())
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, history = 0, []
-    if resume and state_path.exists():
-        model = ReconNet.from_pretrained(out)
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-        state = torch.load(state_path, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        step = int(state["step"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    model, optimiser, step, history = start_or_resume(
+        out, resume, lambda: ReconNet(ReconConfig()), ReconNet.from_pretrained,
+        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
     while step < config.steps:
@@ -136,10 +129,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
         rendered = render_targets(gaussians, cams, world.background_rgb)
         loss_rgb, loss_depth = supervised_losses(rendered, gt_rgb, gt_depth, gt_alpha)
         loss = loss_rgb + config.depth_weight * loss_depth
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
+        apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
         bar.set_postfix(l1=f"{loss_rgb.item():.4f}", depth=f"{loss_depth.item():.3f}")
@@ -149,9 +139,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
             tqdm.write(json.dumps(record))
         history.append(record)
         if step % config.save_every == 0 or step == config.steps:
-            model.save_pretrained(out)
-            torch.save({"optimiser": optimiser.state_dict(), "step": step}, state_path)
-            (out / "history.json").write_text(json.dumps(history))
+            save_checkpoint(out, model, optimiser, step, history)
     bar.close()
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
                "final": history[-1] if history else {}, "config": asdict(config)}
