@@ -254,6 +254,21 @@ def test_scenario_runs_with_a_local_enhancer(tmp_path, identity_checkpoint):
     assert summary["stage_ms_median"]["enhance"] > 0
 
 
+def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_checkpoint):
+    from neural_sensor.enhance.server import Broker
+
+    with pytest.raises(ValueError, match="config.json unreadable"):
+        Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(tmp_path / "missing")))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text((identity_checkpoint / "config.json").read_text())
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="model.safetensors is damaged"):
+        Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(damaged)))
+    with pytest.raises(RuntimeError, match="exited with code 2.*damaged"):
+        start_server(checkpoint=damaged)
+
+
 def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys):
     from scenarios.cli import main
 

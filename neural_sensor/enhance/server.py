@@ -154,6 +154,21 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool
     return replies
 
 
+def _check_weights(folder: Path) -> None:
+    """Read the weight file's header here (no torch needed), so a damaged checkpoint fails at start, by name."""
+    from safetensors import safe_open
+
+    names = [n for n in ("model.safetensors", "diffusion_pytorch_model.safetensors") if (folder / n).exists()]
+    if not names:
+        raise ValueError(f"enhancer checkpoint {folder}: no model.safetensors (or diffusion_pytorch_model.safetensors)")
+    try:
+        with safe_open(str(folder / names[0]), framework="numpy") as weights:
+            if not list(weights.keys()):
+                raise ValueError("no tensors")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
+        raise ValueError(f"enhancer checkpoint {folder}: {names[0]} is damaged ({err})") from None
+
+
 # ------------------------------------------------------------------ broker
 class Broker:
     """The load-balancing broker (see the module docstring). `run()` blocks until `stop()`."""
@@ -171,6 +186,7 @@ class Broker:
         if not isinstance(meta, dict):
             raise ValueError(f"enhancer checkpoint {ckpt}: config.json is not an object")
         self.model_name = str(meta.get("model_name") or ckpt.name)
+        _check_weights(ckpt)
         self.checkpoint_hash = checkpoint_hash(ckpt)
         if config.workers < 1:
             raise ValueError(f"workers must be >= 1, got {config.workers}")
