@@ -131,6 +131,29 @@ def test_two_clients_on_one_server_get_their_own_replies(server):
     assert results == {"a": True, "b": True}
 
 
+def test_requests_that_arrive_together_run_as_one_batch(identity_checkpoint):
+    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(srv.endpoint)
+        try:
+            # a big request keeps the only worker busy while eight small ones queue up behind it
+            sock.send_multipart([b"", wire.make_request("enhance", "big", _frames(0, n=2, h=720, w=1280))])
+            for i in range(8):
+                sock.send_multipart([b"", wire.make_request("enhance", f"small{i}", _frames(i, n=1))])
+            ids = set()
+            while len(ids) < 9 and sock.poll(30_000):
+                reply = wire.parse_reply(sock.recv_multipart()[-1])
+                assert reply["ok"], reply
+                ids.add(reply["id"])
+            assert ids == {"big"} | {f"small{i}" for i in range(8)}
+            with EnhancerClient(srv.endpoint) as client:
+                stats = client.stats()
+            assert stats["enhance_requests"] == 9 and stats["jobs"] < 9, stats
+        finally:
+            sock.close(0)
+
+
 def test_a_missed_deadline_gives_the_raw_render_with_a_reason(server):
     with EnhancerClient(server.endpoint, deadline_ms=5000) as client:
         client.hello()

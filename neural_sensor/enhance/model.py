@@ -164,6 +164,7 @@ class Enhancer(nn.Module):
         config["unet"] = json.loads(json.dumps(dict(self.unet.config), default=list))
         tmp = folder / "model.safetensors.tmp"
         save_file({k: v.detach().contiguous() for k, v in self.unet.state_dict().items()}, str(tmp))
+        tmp.chmod(0o644)
         tmp.replace(folder / "model.safetensors")
         (folder / "config.json").write_text(json.dumps({"class": "Enhancer", **config}, indent=1))
 

@@ -12,7 +12,8 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
   hello:   protocol_version, server_version, model_name, checkpoint_hash, workers, workers_ready,
            max_frames, max_message_bytes
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms"
-  stats:   requests, errors, frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, uptime_s
+  stats:   requests, errors, enhance_requests, jobs (worker dispatches; < enhance_requests when batched),
+           frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, queued, uptime_s
 
 Arrays are maps {"__ndarray__": true, "dtype": str, "shape": [int, ...], "data": bytes (C order,
 little endian)}. Allowed per field (anything else is refused with a named error):

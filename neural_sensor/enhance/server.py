@@ -223,7 +223,8 @@ class Broker:
         self._inflight: dict[bytes, list[tuple[list, object, float]]] = {}  # worker -> [(envelope, id, t0)]
         self._queue: deque = deque()  # (envelope, request id, payload, arrival, deadline_ms, n_frames)
         self.started = time.monotonic()
-        self.counters = {"requests": 0, "errors": 0, "frames_enhanced": 0, "worker_restarts": 0}
+        self.counters = {"requests": 0, "errors": 0, "enhance_requests": 0, "jobs": 0, "frames_enhanced": 0,
+                         "worker_restarts": 0}
         self._latencies_ms: deque[float] = deque(maxlen=4096)
         self._ready_written = False
         self._start_failures = 0
@@ -304,6 +305,7 @@ class Broker:
         elif req.op == "stats":
             self._reply(envelope, wire.ok_reply(req.request_id, **self.stats()), True)
         else:
+            self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
                                 len(req.frames)))
 
@@ -354,6 +356,7 @@ class Broker:
                 message += [str(i).encode(), payload]
             self.backend.send_multipart(message, copy=False)
             self.counters["frames_enhanced"] += frames
+            self.counters["jobs"] += 1
 
     def _check_workers(self) -> None:
         for index, proc in list(self._procs.items()):
