@@ -68,8 +68,10 @@ def encode_array(array: np.ndarray) -> dict:
     name = "bool" if array.dtype == bool else array.dtype.name
     if name not in _DTYPES:
         raise ProtocolError("BadRequest", f"dtype {array.dtype} cannot be sent (allowed: {sorted(_DTYPES)})")
+    contiguous = np.ascontiguousarray(array, dtype=_DTYPES[name])
+    # a byte view, not a copy: msgpack copies it once into the message
     return {"__ndarray__": True, "dtype": name, "shape": list(array.shape),
-            "data": np.ascontiguousarray(array, dtype=_DTYPES[name]).tobytes()}
+            "data": memoryview(contiguous).cast("B") if contiguous.size else b""}
 
 
 def decode_array(obj, field: str) -> np.ndarray:
@@ -262,5 +264,8 @@ def to_float(array: np.ndarray) -> np.ndarray:
 def like(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float rgb in [0, 1] to `dtype` (uint8 rounds)."""
     if dtype == np.uint8:
-        return np.round(np.clip(rgb, 0, 1) * 255.0).astype(np.uint8)
+        scaled = np.multiply(rgb, np.float32(255.0), dtype=np.float32)  # one temporary, then in place
+        np.clip(scaled, 0.0, 255.0, out=scaled)
+        scaled += np.float32(0.5)  # round half up, then truncate
+        return scaled.astype(np.uint8)
     return rgb.astype(dtype)

@@ -8,7 +8,9 @@ truth: there the target is the frozen enhancer's refinement of the reconstructor
 
     python -m neural_sensor.train.cotrain --steps 600 --out out/reconstructor-cotrained
 
-Progress bar, a checkpoint + optimiser state every `save_every` steps, `--resume`.
+Progress bar, a checkpoint + optimiser state every `save_every` steps, `--resume`. The control run
+`--pseudo-weight 0` takes the same steps without the enhancer's targets, so a comparison separates the
+enhancer's effect from that of simply training longer.
 Compare the result with `benchmarks/fidelity.py --checkpoint OUT [--enhancer local]`.
 """
 
@@ -70,16 +72,19 @@ def train(config: CotrainConfig, reconstructor: Path, enhancer: Path, out: Path,
                                     for i, c in enumerate(interp.cameras)]
         picks = [pool[i] for i in rng.choice(len(pool), config.targets_per_step, replace=False)]
         off_cams = [c for kind in OFF_TRAJECTORY_KINDS for c in world.targets[kind].cameras]  # poses only
-        off = [off_cams[i] for i in rng.choice(len(off_cams), config.pseudo_per_step, replace=False)]
+        n_off = config.pseudo_per_step if config.pseudo_weight > 0 else 0  # weight 0: the control run
+        off = [off_cams[i] for i in rng.choice(len(off_cams), n_off, replace=False)]
         gaussians = predict(model, world, ctx)
         rendered = render_targets(gaussians, [p[0] for p in picks] + off, world.background_rgb)
         n = len(picks)
         loss_rgb, loss_depth = supervised_losses({k: v[:n] for k, v in rendered.items()},
                                                  *(np.stack([p[j] for p in picks]) for j in (1, 2, 3)))
-        with torch.no_grad():
-            pseudo = fixer(rendered["rgb"][n:].detach().permute(0, 3, 1, 2), rendered["depth"][n:].detach(),
-                           rendered["alpha"][n:].detach()).clamp(0, 1).permute(0, 2, 3, 1)
-        loss_pseudo = (rendered["rgb"][n:] - pseudo).abs().mean()
+        loss_pseudo = torch.zeros(())
+        if n_off:
+            with torch.no_grad():
+                pseudo = fixer(rendered["rgb"][n:].detach().permute(0, 3, 1, 2), rendered["depth"][n:].detach(),
+                               rendered["alpha"][n:].detach()).clamp(0, 1).permute(0, 2, 3, 1)
+            loss_pseudo = (rendered["rgb"][n:] - pseudo).abs().mean()
         loss = loss_rgb + config.depth_weight * loss_depth + config.pseudo_weight * loss_pseudo
         apply_gradients(model, optimiser, loss)
         step += 1
@@ -103,9 +108,12 @@ def main() -> None:
     parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
     parser.add_argument("--enhancer", type=Path, default=Path("checkpoints/enhancer-small"))
     parser.add_argument("--out", type=Path, default=Path("out/reconstructor-cotrained"))
+    parser.add_argument("--pseudo-weight", type=float, default=0.5,
+                        help="weight of the enhancer targets; 0 = the control run (same steps, no enhancer)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(train(CotrainConfig(steps=args.steps), args.reconstructor, args.enhancer, args.out, args.resume)))
+    config = CotrainConfig(steps=args.steps, pseudo_weight=args.pseudo_weight)
+    print(json.dumps(train(config, args.reconstructor, args.enhancer, args.out, args.resume)))
 
 
 if __name__ == "__main__":
