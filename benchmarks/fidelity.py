@@ -56,7 +56,16 @@ def _enhance(client, rgb, depth, alpha, references=None) -> np.ndarray:
     return np.stack(result.rgb)
 
 
-def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None) -> dict:
+def _save_picture(path: Path, raw: np.ndarray, enhanced: np.ndarray, truth: np.ndarray) -> None:
+    """Rows: raw render, enhanced, ground truth; columns: the views (each [V, H, W, 3] in [0, 1])."""
+    from PIL import Image
+
+    rows = [np.concatenate(list(images), axis=1) for images in (raw, enhanced, truth)]
+    grid = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, picture: Path | None = None) -> dict:
     names = ["reconstruction", "baseline_warp"] + (["enhanced", "enhanced_reference"] if enhancer else [])
     results = {kind: {name: [] for name in names} for kind in TARGET_KINDS}
     for seed in seeds:
@@ -76,6 +85,8 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None) 
                 rendered_ctx = [(c, world.context.rgb[i], d) for c, i, d in zip(ctx_cams, CONTEXT, ctx_render.depth)]
                 refs = [warp_views(cam, out.depth[i], out.alpha[i], rendered_ctx) for i, cam in enumerate(views.cameras)]
                 images["enhanced_reference"] = _enhance(enhancer, out.rgb, out.depth, out.alpha, refs)
+            if enhancer is not None and picture is not None and seed == seeds[0] and kind == "shift_2m":
+                _save_picture(picture, out.rgb, images["enhanced"], views.rgb)
             for i, cam in enumerate(views.cameras):
                 visible, disoccluded, warp = visibility_masks(cam, views.depth[i], views.alpha[i], contexts)
                 gt = views.rgb[i]
@@ -102,6 +113,8 @@ def main() -> None:
                         help="add 'enhanced' (render only, as the rig sends) and 'enhanced_reference' (+ the nearest "
                              "context view warped in) figures per target kind")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--picture", action="store_true",
+                        help="with --enhancer: save results/enhancer-shift2m.png (raw / enhanced / truth)")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split(":"))
     model = ReconNet.from_pretrained(args.checkpoint)
@@ -118,7 +131,8 @@ def main() -> None:
             client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000))
             hello = client.wait_ready()
             result["enhancer"] = {k: hello[k] for k in ("model_name", "checkpoint_hash", "server_version")}
-        result |= evaluate(model, range(first, last), config, client)
+        picture = Path(__file__).parent / "results" / "enhancer-shift2m.png" if args.picture else None
+        result |= evaluate(model, range(first, last), config, client, picture)
     interp, shift2 = result["interpolated"], result["shift_2m"]
     result["summary"] = (f"{result['machine']}: interpolated PSNR {interp['psnr']} dB; shift 2 m: visible "
                          f"{shift2['psnr_visible']} dB, disoccluded {shift2['psnr_disoccluded']} dB")
