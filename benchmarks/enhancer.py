@@ -6,9 +6,10 @@
    loopback; overhead per tick = client round trip - the worker's model time (both
    medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding.
 3. restarts: a NeuralSensorRig (6 cameras, small images so the run stays short) ticks
-   `--ticks` times against a server that is SIGKILLed and started again every
-   `--restart-every` ticks; counts ticks delivered, enhanced and raw (flagged) and the
-   time from each restart's ready signal to the first enhanced tick.
+   `--ticks` times at `--tick-hz` against a server that is SIGKILLed and started again
+   (in a thread: the rig keeps ticking) every `--restart-every` ticks; counts ticks
+   delivered, enhanced and raw (flagged), and the time from each restart's ready signal
+   to the first enhanced tick.
 
     python benchmarks/enhancer.py [--checkpoint checkpoints/enhancer-small] [--ticks 10000] [--restart-every 1000]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +66,7 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
             client.wait_ready()
             frames = _frames(1)
             client.enhance(frames)  # warm up
-            rtt, model, encode = [], [], []
+            rtt, model, worker, encode = [], [], [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 wire_frames = [client._wire_frame(f) for f in frames]  # the encoding share, measured alone
@@ -75,12 +77,16 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
                     raise RuntimeError(f"transport benchmark: {result.reason}")
                 rtt.append(result.latency_ms)
                 model.append(result.model_ms)
+                worker.append(result.worker_ms)
             stats = client.stats()
     finally:
         stop_server(server)
     overhead = np.array(rtt) - np.array(model)
     return {"round_trip_ms_median": round(float(np.median(rtt)), 2),
             "worker_model_ms_median": round(float(np.median(model)), 2),
+            "worker_total_ms_median": round(float(np.median(worker)), 2),
+            "worker_codec_ms_median": round(float(np.median(np.array(worker) - np.array(model))), 2),
+            "wire_and_client_ms_median": round(float(np.median(np.array(rtt) - np.array(worker))), 2),
             "overhead_ms_median": round(float(np.median(overhead)), 2),
             "overhead_ms_p90": round(float(np.percentile(overhead, 90)), 2),
             "client_encode_ms_median": round(float(np.median(encode)), 2),
@@ -88,49 +94,61 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
             "frames": "6 x 480x270, uint8 rgb / float16 depth / uint8 alpha on the wire"}
 
 
-def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int, height: int) -> dict:
+def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int, height: int, tick_hz: float) -> dict:
     scene = make_street_scene(50_000, seed=3)
-    server = start_server(checkpoint=checkpoint, threads=1)
-    endpoint = server.endpoint
-    client = EnhancerClient(endpoint, deadline_ms=2000)
+    servers = [start_server(checkpoint=checkpoint, threads=1)]
+    endpoint = servers[0].endpoint
+    client = EnhancerClient(endpoint, deadline_ms=500)
     rig = NeuralSensorRig(scene, nuscenes_like_rig(width, height), backend="cpu", enhancer=client)
     counts = {"ticks": 0, "delivered": 0, "enhanced": 0, "raw_flagged": 0, "raw_unflagged": 0, "missing_frames": 0}
-    recover_s, restarts = [], 0
-    pending_ready = None
+    recover_s: list[float] = []
+    ready_at: list[float] = []  # when each restarted server reported ready (set by the restart thread)
+    restarts: list[threading.Thread] = []
+
+    def restart() -> None:  # SIGKILL, then a new process on the same port; the rig keeps ticking meanwhile
+        servers[-1].kill()
+        servers.append(start_server(checkpoint=checkpoint, bind=endpoint, threads=1))
+        ready_at.append(time.monotonic())
+
     start = time.perf_counter()
+    period = 1.0 / tick_hz
     try:
         client.wait_ready()
+        t_next = time.monotonic()
         for tick in range(ticks):
             if tick and tick % restart_every == 0:
-                server.kill()
-                server = start_server(checkpoint=checkpoint, bind=endpoint, threads=1)
-                pending_ready = time.monotonic()
-                restarts += 1
+                restarts.append(threading.Thread(target=restart))
+                restarts[-1].start()
             x = 0.01 * tick
             ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(x % 40, -1.75, 0.0, 0.0), 5.0)
-            frames = rig.capture(WorldSnapshot(tick, tick * 0.05, ego, ()))
+            frames = rig.capture(WorldSnapshot(tick, tick * period, ego, ()))
             counts["ticks"] += 1
             if len(frames) != 6 or any(f.rgb is None or f.rgb.shape != (height, width, 3) for f in frames.values()):
                 counts["missing_frames"] += 1
-                continue
-            counts["delivered"] += 1
-            enhanced = [f.meta["enhanced"] for f in frames.values()]
-            if all(enhanced):
-                counts["enhanced"] += 1
-                if pending_ready is not None:
-                    recover_s.append(time.monotonic() - pending_ready)
-                    pending_ready = None
-            elif all(f.meta["enhancer_reason"] for f in frames.values()):
-                counts["raw_flagged"] += 1
             else:
-                counts["raw_unflagged"] += 1
+                counts["delivered"] += 1
+                if all(f.meta["enhanced"] for f in frames.values()):
+                    counts["enhanced"] += 1
+                    if len(ready_at) > len(recover_s):
+                        recover_s.append(time.monotonic() - ready_at[len(recover_s)])
+                elif all(f.meta["enhancer_reason"] for f in frames.values()):
+                    counts["raw_flagged"] += 1
+                else:
+                    counts["raw_unflagged"] += 1
+            t_next += period
+            time.sleep(max(0.0, t_next - time.monotonic()))
     finally:
+        for thread in restarts:
+            thread.join()
         client.close()
-        stop_server(server)
-    return {**counts, "restarts": restarts, "wall_s": round(time.perf_counter() - start, 1),
+        for server in servers:
+            stop_server(server)
+    return {**counts, "restarts": len(restarts), "wall_s": round(time.perf_counter() - start, 1),
+            "tick_hz": tick_hz, "recovered": len(recover_s),
             "recover_after_ready_s_max": round(max(recover_s), 3) if recover_s else None,
             "recover_after_ready_s_median": round(float(np.median(recover_s)), 3) if recover_s else None,
-            "image_size": [width, height], "cameras": 6, "kill": "SIGKILL of the broker, then a new server process"}
+            "image_size": [width, height], "cameras": 6, "deadline_ms": 500,
+            "kill": "SIGKILL of the broker, then a new server process on the same port (started in a thread)"}
 
 
 def main() -> None:
@@ -140,12 +158,14 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=10_000)
     parser.add_argument("--restart-every", type=int, default=1000)
     parser.add_argument("--restart-size", type=int, nargs=2, default=(64, 36), metavar=("W", "H"))
+    parser.add_argument("--tick-hz", type=float, default=20.0, help="tick pacing of the restart run (sim time rate)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     result = {"benchmark": "enhancer", "machine": machine_name(), "checkpoint": str(args.checkpoint),
               "model": bench_model(args.checkpoint, args.repeats),
               "transport": bench_transport(args.checkpoint, args.repeats),
-              "restarts": bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size)}
+              "restarts": bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
+                                        args.tick_hz)}
     m, t, r = result["model"], result["transport"], result["restarts"]
     result["summary"] = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270; transport overhead "
                          f"{t['overhead_ms_median']} ms/tick (6 x 480x270, p90 {t['overhead_ms_p90']}); "

@@ -11,8 +11,9 @@ request's (late answers to earlier requests). On a missed deadline the socket is
 closed with LINGER 0 and a fresh one connects, so nothing stale is left queued;
 libzmq then keeps reconnecting in the background (every 100 ms), and IMMEDIATE mode
 means a request is only sent over a live connection: while the server is down,
-`enhance` returns at once with the reason instead of waiting out its deadline, and
-the first tick after the server is back is enhanced again. `hello` and `stats` retry
+`enhance` returns at once with the reason instead of waiting out its deadline (a
+socket opened less than CONNECT_GRACE_S ago may wait, within the deadline, for its
+connection to form), and the first tick after the server is back is enhanced again. `hello` and `stats` retry
 a bounded number of times. A server speaking another protocol version is an
 EnhancerVersionError naming both versions, never a silent fallback.
 """
@@ -28,6 +29,9 @@ import numpy as np
 import zmq
 
 from neural_sensor.enhance import protocol as wire
+
+
+CONNECT_GRACE_S = 1.0  # how long a new socket's first request may wait for the connection (within its deadline)
 
 
 class EnhancerError(RuntimeError):
@@ -46,6 +50,7 @@ class EnhanceResult:
     reason: str  # "" when enhanced
     latency_ms: float  # request send to reply (or to giving up)
     model_ms: float | None = None  # the server's model time for the batch
+    worker_ms: float | None = None  # the worker's decode + model + encode time for the batch
 
     @property
     def enhanced(self) -> bool:
@@ -100,6 +105,7 @@ class EnhancerClient:
             sock.curve_secretkey = secret
         sock.connect(self.endpoint)
         self._socket = sock
+        self._connect_grace_until = time.monotonic() + CONNECT_GRACE_S
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
@@ -125,9 +131,12 @@ class EnhancerClient:
         try:
             self._socket.send_multipart([b"", payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            if not wait_connect:
-                return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
-            if not self._socket.poll(max(0, int((t_end - time.monotonic()) * 1000)), zmq.POLLOUT):
+            # a socket opened moments ago may simply not have finished connecting: give it the grace period
+            # (within the budget); an older one without a connection means the server is down: answer now
+            wait_until = t_end if wait_connect else min(t_end, self._connect_grace_until)
+            if not self._socket.poll(max(0, int((wait_until - time.monotonic()) * 1000)), zmq.POLLOUT):
+                if not wait_connect:
+                    return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
                 return f"no connection to the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
             self._socket.send_multipart([b"", payload], copy=False)
         while True:
@@ -224,7 +233,8 @@ class EnhancerClient:
         if len(out) != len(frames) or any(o["camera"] != f["camera"] or o["rgb"].shape != f["rgb"].shape
                                           for o, f in zip(out, frames)):
             return EnhanceResult(None, "enhancer reply does not match the request's cameras / sizes", latency)
-        return EnhanceResult([wire.to_float(o["rgb"]) for o in out], "", latency, reply.get("model_ms"))
+        return EnhanceResult([wire.to_float(o["rgb"]) for o in out], "", latency, reply.get("model_ms"),
+                             reply.get("worker_ms"))
 
     def _wire_frame(self, frame: dict) -> dict:
         rgb = np.asarray(frame["rgb"])

@@ -11,7 +11,8 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
           {"v": PROTOCOL_VERSION, "id": <id or null>, "ok": false, "error": {"type": str, "message": str}}
   hello:   protocol_version, server_version, model_name, checkpoint_hash, workers, workers_ready,
            max_frames, max_message_bytes
-  enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms"
+  enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
+           alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in
   stats:   requests, errors, enhance_requests, jobs (worker dispatches; < enhance_requests when batched),
            frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, queued, uptime_s
 

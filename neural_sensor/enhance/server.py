@@ -115,6 +115,7 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int) -> Non
 
 def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool, bytes]]:
     """(key, ok, reply) per job; frames of one size (and reference use) across jobs run as one batch."""
+    t_job = time.perf_counter()
     requests, replies = {}, []
     for key, payload in jobs:
         try:
@@ -144,13 +145,18 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool
         for (k, i), rgb in zip(members, out):
             results[(k, i)] = rgb
     model_ms = (time.perf_counter() - start) * 1000.0
+    encoded = {}
+    for key, req in requests.items():
+        if key not in failed:
+            encoded[key] = [{"camera": f["camera"], "rgb": wire.encode_array(wire.like(results[(key, i)], f["rgb"].dtype))}
+                            for i, f in enumerate(req.frames)]
+    worker_ms = (time.perf_counter() - t_job) * 1000.0  # decode + model + encode, before packing
     for key, req in requests.items():
         if key in failed:
             replies.append((key, False, wire.error_reply(req.request_id, "WorkerError", failed[key])))
             continue
-        frames = [{"camera": f["camera"], "rgb": wire.encode_array(wire.like(results[(key, i)], f["rgb"].dtype))}
-                  for i, f in enumerate(req.frames)]
-        replies.append((key, True, wire.ok_reply(req.request_id, frames=frames, model_ms=round(model_ms, 3))))
+        replies.append((key, True, wire.ok_reply(req.request_id, frames=encoded[key], model_ms=round(model_ms, 3),
+                                                 worker_ms=round(worker_ms, 3))))
     return replies
 
 
