@@ -123,6 +123,12 @@ class NeuralSensorRig:
         if enhancer is not None and not callable(getattr(enhancer, "enhance", None)):
             raise ValueError(f"NeuralSensorRig: enhancer must have an enhance(frames) method (an EnhancerClient), "
                              f"got {type(enhancer).__name__}")
+        if enhancer is not None:
+            from neural_sensor.enhance.protocol import MAX_FRAMES
+
+            if len(sensors) > MAX_FRAMES:
+                raise ValueError(f"NeuralSensorRig: {len(sensors)} cameras; an enhancer request carries at most "
+                                 f"{MAX_FRAMES} (every camera of a tick goes in one request)")
         self.scene = scene
         self.sensors = sensors
         self.backend = resolve_backend(backend)

@@ -129,6 +129,9 @@ def test_rig_capture_echoes_frame_and_sees_agents():
         NeuralSensorRig(background, [front, front])
     with pytest.raises(ValueError, match="enhancer must have an enhance"):
         NeuralSensorRig(background, [front], enhancer=object())
+    many = [SensorSpec.mounted(f"c{i}", 8, 8, 60.0, (0, 0, 1.5)) for i in range(17)]
+    with pytest.raises(ValueError, match="at most 16"):
+        NeuralSensorRig(background, many, enhancer=type("E", (), {"enhance": lambda self, frames: None})())
 
 
 def test_rgb_to_bgra():
