@@ -176,8 +176,17 @@ class NeuralSensorRig:
 
     def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray]) -> None:
         """One request with every camera; refined rgb in place, or the raw render flagged with the reason."""
-        result = self.enhancer.enhance([{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
-                                        for sid, f in frames.items()])
+        try:
+            result = self.enhancer.enhance([{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
+                                            for sid, f in frames.items()])
+        except Exception as err:  # noqa: BLE001 - the tick is delivered raw whatever the enhancer did
+            from neural_sensor.enhance.client import EnhancerVersionError
+
+            if isinstance(err, EnhancerVersionError):  # a misconfiguration, not a hiccup: say it loudly
+                raise
+            for frame in frames.values():
+                frame.meta["enhancer_reason"] = f"enhancer failed: {type(err).__name__}: {err}"
+            return
         for i, frame in enumerate(frames.values()):
             frame.meta["enhance_ms"] = result.latency_ms
             if result.rgb is not None:

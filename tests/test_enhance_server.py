@@ -61,7 +61,7 @@ def test_fuzz_of_a_thousand_malformed_messages_all_get_error_replies(server):
     good_frame = {k: (v if k == "camera" else wire.encode_array(v)) for k, v in _frames(1, 1)[0].items()}
 
     def malformed(i):
-        kind = i % 8
+        kind = i % 10
         if kind == 0:
             return rng.bytes(int(rng.integers(0, 300)))
         if kind == 1:
@@ -80,8 +80,15 @@ def test_fuzz_of_a_thousand_malformed_messages_all_get_error_replies(server):
             return msgpack.packb({"v": 1, "id": i, "op": "enhance", "frames": [{**good_frame, field: bad}]})
         if kind == 6:
             return msgpack.packb({"v": 1, "id": i, "op": "enhance", "frames": good_frame})
-        data = bytearray(wire.make_request("enhance", i, _frames(i, 1)))  # a real request, truncated
-        return bytes(data[: int(rng.integers(1, len(data)))])
+        if kind == 7:
+            data = bytearray(wire.make_request("enhance", i, _frames(i, 1)))  # a real request, truncated
+            return bytes(data[: int(rng.integers(1, len(data)))])
+        if kind == 8:  # an unhashable dtype
+            return msgpack.packb({"v": 1, "id": i, "op": "enhance", "frames": [
+                {**good_frame, "depth": {**good_frame["depth"], "dtype": [["float32"], {"a": 1}][i % 2]}}]})
+        # kind 9: zero-sized axes whose product still matches empty data
+        return msgpack.packb({"v": 1, "id": i, "op": "enhance", "frames": [
+            {**good_frame, "alpha": {"__ndarray__": True, "dtype": "uint8", "shape": [0, 2**26, 2**26], "data": b""}}]})
 
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -97,8 +104,8 @@ def test_fuzz_of_a_thousand_malformed_messages_all_get_error_replies(server):
         assert len(replies) == n
         assert all(r["ok"] is False and r["error"]["type"] in ("BadMessage", "VersionMismatch", "BadRequest",
                                                                "LimitExceeded") for r in replies)
-        # replies that could name their request do (ids 2, 3, 4, 5, 6 mod 8 are readable ints)
-        assert all(r["id"] == i for i, r in enumerate(replies) if i % 8 in (2, 3, 4, 5, 6))
+        # replies that could name their request do (ids 2-6, 8, 9 mod 10 are readable ints)
+        assert all(r["id"] == i for i, r in enumerate(replies) if i % 10 in (2, 3, 4, 5, 6, 8, 9))
     finally:
         sock.close(0)
     with EnhancerClient(server.endpoint, deadline_ms=5000) as client:  # still serving good requests
@@ -152,6 +159,32 @@ def test_requests_that_arrive_together_run_as_one_batch(identity_checkpoint):
             assert stats["enhance_requests"] == 9 and stats["jobs"] < 9, stats
         finally:
             sock.close(0)
+
+
+def test_an_oversized_tick_is_refused_at_once_not_after_the_deadline(server, monkeypatch):
+    with EnhancerClient(server.endpoint, deadline_ms=5000) as client:
+        client.hello()
+        monkeypatch.setattr(wire, "MAX_MESSAGE_BYTES", 10_000)  # this process only: the server keeps 64 MiB
+        result = client.enhance(_frames(0))
+        assert not result.enhanced and "exceeds" in result.reason and result.latency_ms < 1000
+
+
+def test_the_rig_delivers_raw_frames_whatever_the_enhancer_raises():
+    scene, sensors, snapshots = _rig_and_snapshots()
+
+    class Broken:
+        def enhance(self, frames):
+            raise RuntimeError("socket exploded")
+
+    frames = NeuralSensorRig(scene, sensors, backend="cpu", enhancer=Broken()).capture(next(snapshots))
+    assert all(not f.meta["enhanced"] and "socket exploded" in f.meta["enhancer_reason"] for f in frames.values())
+
+    class WrongVersion:
+        def enhance(self, frames):
+            raise EnhancerVersionError("server speaks protocol version 2; this client speaks 1")
+
+    with pytest.raises(EnhancerVersionError):
+        NeuralSensorRig(scene, sensors, backend="cpu", enhancer=WrongVersion()).capture(next(snapshots))
 
 
 def test_a_missed_deadline_gives_the_raw_render_with_a_reason(server):

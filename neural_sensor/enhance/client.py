@@ -134,11 +134,17 @@ class EnhancerClient:
             # a socket opened moments ago may simply not have finished connecting: give it the grace period
             # (within the budget); an older one without a connection means the server is down: answer now
             wait_until = t_end if wait_connect else min(t_end, self._connect_grace_until)
-            if not self._socket.poll(max(0, int((wait_until - time.monotonic()) * 1000)), zmq.POLLOUT):
+            sent = False
+            if self._socket.poll(max(0, int((wait_until - time.monotonic()) * 1000)), zmq.POLLOUT):
+                try:  # still non-blocking: the connection may have dropped since the poll
+                    self._socket.send_multipart([b"", payload], flags=zmq.NOBLOCK, copy=False)
+                    sent = True
+                except zmq.Again:
+                    pass
+            if not sent:
                 if not wait_connect:
                     return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
                 return f"no connection to the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
-            self._socket.send_multipart([b"", payload], copy=False)
         while True:
             remaining = int((t_end - time.monotonic()) * 1000)
             if remaining <= 0 or not self._socket.poll(remaining, zmq.POLLIN):
@@ -147,13 +153,15 @@ class EnhancerClient:
             parts = self._socket.recv_multipart()
             try:
                 reply = wire.parse_reply(parts[-1])
-            except wire.ProtocolError as err:
+            except Exception as err:  # noqa: BLE001 - whatever is wrong with a reply, the tick goes on
                 self._reset()
-                return f"malformed reply from the enhancer ({err})"
+                return f"malformed reply from the enhancer ({type(err).__name__}: {err})"
             if reply.get("id") == request_id:
                 return reply
-            if reply.get("id") is None and not reply["ok"]:  # an error the server could not tie to an id
-                self._check_version(reply)
+            if reply.get("id") is None and not reply["ok"]:
+                # an error the server could not tie to an id (e.g. the message was too big to read): a socket
+                # has one request outstanding (it is reset on every timeout), so it answers this one
+                return reply
             # else: a late reply to an earlier request: drop it and keep waiting
 
     def _check_version(self, reply: dict) -> None:
@@ -221,6 +229,10 @@ class EnhancerClient:
         wire_frames = [self._wire_frame(f) for f in frames]
         rid = f"{self._prefix}-{next(self._counter)}"
         payload = wire.make_request("enhance", rid, wire_frames, deadline_ms=budget)
+        if len(payload) > wire.MAX_MESSAGE_BYTES:
+            return EnhanceResult(None, f"request of {len(payload)} bytes exceeds the protocol's "
+                                       f"{wire.MAX_MESSAGE_BYTES}; send fewer or smaller frames",
+                                 (time.monotonic() - start) * 1000.0)
         reply = self._exchange(payload, rid, budget - (time.monotonic() - start) * 1000.0, wait_connect=False)
         latency = (time.monotonic() - start) * 1000.0
         if isinstance(reply, str):

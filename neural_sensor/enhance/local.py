@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,13 @@ class LocalServer:
     endpoint: str
     process: subprocess.Popen
     ready: dict
+    folder: Path  # ready file and server.log; removed by stop_server
 
     def kill(self) -> None:
         """SIGKILL the server (and let its workers notice their parent is gone)."""
         self.process.kill()
         self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp://127.0.0.1:*", workers: int = 1,
@@ -47,20 +50,25 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
         proc = subprocess.Popen(cmd, stdout=out if quiet else None, stderr=subprocess.STDOUT if quiet else None,
                                 start_new_session=True)
     t_end = time.monotonic() + timeout_s
-    while not ready_file.exists():
-        if proc.poll() is not None:
-            text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: {text.strip()}")
-        if time.monotonic() > t_end:
-            proc.kill()
-            raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s (log: {log})")
-        time.sleep(0.05)
-    ready = json.loads(ready_file.read_text())
-    os.unlink(ready_file)
-    return LocalServer(ready["endpoint"], proc, ready)
+    try:
+        while not ready_file.exists():
+            if proc.poll() is not None:
+                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: {text.strip()}")
+            if time.monotonic() > t_end:
+                raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s "
+                                   f"(its log: {log.read_text(errors='replace')[-2000:].strip()})")
+            time.sleep(0.05)
+        ready = json.loads(ready_file.read_text())
+        os.unlink(ready_file)
+    except BaseException:  # an error or Ctrl-C while waiting: the server (in its own session) must not outlive us
+        stop_server(LocalServer("", proc, {}, folder), grace_s=2.0)
+        raise
+    return LocalServer(ready["endpoint"], proc, ready, folder)
 
 
 def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:
+    """SIGTERM (the broker stops its workers), SIGKILL after `grace_s`; then remove its folder."""
     if server.process.poll() is None:
         server.process.terminate()
         try:
@@ -68,6 +76,7 @@ def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    shutil.rmtree(server.folder, ignore_errors=True)
 
 
 @contextmanager

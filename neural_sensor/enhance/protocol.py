@@ -83,11 +83,13 @@ def decode_array(obj, field: str) -> np.ndarray:
     if extra:
         raise ProtocolError("BadRequest", f"{field}: unknown ndarray keys {sorted(map(str, extra))}")
     dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ProtocolError("BadRequest", f"{field}: dtype {dtype!r} is not allowed (allowed: {sorted(_DTYPES)})")
     if (not isinstance(shape, list) or len(shape) > 4
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_MESSAGE_BYTES for s in shape)):
-        raise ProtocolError("BadRequest", f"{field}: shape must be a list of at most 4 non-negative ints, got {shape!r}")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise ProtocolError("BadRequest", f"{field}: shape must be a list of at most 4 positive ints, got {shape!r}")
+    if max(shape, default=0) > MAX_SIDE:
+        raise ProtocolError("LimitExceeded", f"{field}: shape {shape} has a side over {MAX_SIDE}")
     if not isinstance(data, bytes):
         raise ProtocolError("BadRequest", f"{field}: data must be bytes, got {type(data).__name__}")
     expected = math.prod(shape) * _DTYPES[dtype].itemsize

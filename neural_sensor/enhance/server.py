@@ -25,6 +25,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -122,6 +123,8 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool
             requests[key] = wire.parse_request(payload)
         except wire.ProtocolError as err:  # the broker validated it; this would be a broker bug
             replies.append((key, False, wire.error_reply(err.request_id, err.error_type, err.message)))
+        except Exception as err:  # noqa: BLE001 - never lose a request: answer it
+            replies.append((key, False, wire.error_reply(None, "BadRequest", f"{type(err).__name__}: {err}")))
     groups: dict[tuple, list[tuple[bytes, int]]] = {}
     for key, req in requests.items():
         for i, f in enumerate(req.frames):
@@ -204,26 +207,17 @@ class Broker:
         # up to twice the protocol limit still gets a LimitExceeded reply; beyond, libzmq drops the connection
         self.frontend.setsockopt(zmq.MAXMSGSIZE, 2 * wire.MAX_MESSAGE_BYTES)
         self._auth = None
+        self.backend = None
+        self._tmp = None
+        self._procs: dict[int, mp.Process] = {}
         try:
-            if config.curve_secret_key:
-                self._setup_curve()
-            self.frontend.bind(config.bind)
+            self._open_sockets(config)
         except BaseException:
-            if self._auth is not None:
-                self._auth.stop()
-            self.frontend.close(0)
-            self._ctx.term()
+            self.close()
             raise
-        self.endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._tmp = tempfile.mkdtemp(prefix="enhancer-")
-        self.backend_endpoint = f"ipc://{self._tmp}/backend"
-        self.backend = self._ctx.socket(zmq.ROUTER)
-        self.backend.setsockopt(zmq.LINGER, 0)
-        self.backend.bind(self.backend_endpoint)
         threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // config.workers)
         self._threads = threads
         self._mp = mp.get_context("spawn")
-        self._procs: dict[int, mp.Process] = {}
         self._ready: deque[bytes] = deque()
         self._identity_of: dict[int, bytes] = {}
         self._inflight: dict[bytes, list[tuple[list, object, float]]] = {}  # worker -> [(envelope, id, t0)]
@@ -234,8 +228,30 @@ class Broker:
         self._latencies_ms: deque[float] = deque(maxlen=4096)
         self._ready_written = False
         self._start_failures = 0
-        for index in range(config.workers):
-            self._spawn(index)
+        try:
+            for index in range(config.workers):
+                self._spawn(index)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_sockets(self, config: ServerConfig) -> None:
+        if config.curve_secret_key:
+            self._setup_curve()
+        try:
+            self.frontend.bind(config.bind)
+        except zmq.ZMQError as err:
+            raise ValueError(f"enhancer: cannot bind {config.bind}: {err}") from None
+        self.endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._tmp = tempfile.mkdtemp(prefix="enhancer-")
+        self.backend_endpoint = f"ipc://{self._tmp}/backend"
+        self.backend = self._ctx.socket(zmq.ROUTER)
+        self.backend.setsockopt(zmq.LINGER, 0)
+        try:
+            self.backend.bind(self.backend_endpoint)
+        except zmq.ZMQError as err:
+            raise ValueError(f"enhancer: cannot bind the workers' socket {self.backend_endpoint} ({err}); "
+                             f"a shorter TMPDIR helps if the path is too long") from None
 
     def _setup_curve(self) -> None:
         import zmq.auth
@@ -296,7 +312,8 @@ class Broker:
         # REQ / DEALER-with-delimiter: [identity, b"", payload]; bare DEALER: [identity, payload]
         envelope = [p.bytes for p in parts[:-1]]
         if len(parts) < 2 or len(parts) > 3 or (len(parts) == 3 and parts[1].bytes != b""):
-            self._reply(envelope[:1] + ([b""] if len(parts) == 3 else []),
+            delimiter = [b""] if len(parts) > 2 and parts[1].bytes == b"" else []
+            self._reply(envelope[:1] + delimiter,
                         wire.error_reply(None, "BadMessage", f"expected one message frame, got {len(parts) - 1}"),
                         False)
             return
@@ -305,6 +322,9 @@ class Broker:
             req = wire.parse_request(payload)
         except wire.ProtocolError as err:
             self._reply(envelope, wire.error_reply(err.request_id, err.error_type, err.message), False)
+            return
+        except Exception as err:  # noqa: BLE001 - a parser gap must cost one error reply, never the server
+            self._reply(envelope, wire.error_reply(None, "BadRequest", f"{type(err).__name__}: {err}"), False)
             return
         if req.op == "hello":
             self._reply(envelope, wire.ok_reply(req.request_id, **self._hello()), True)
@@ -318,10 +338,17 @@ class Broker:
     def _on_backend(self) -> None:
         parts = self.backend.recv_multipart()
         identity, kind = parts[0], parts[1]
+        try:
+            index, pid = (int(x) for x in identity.decode()[1:].split("-"))
+        except ValueError:
+            return
+        proc = self._procs.get(index)
+        if proc is None or proc.pid != pid or not proc.is_alive():
+            return  # a message from a worker already replaced (its requests were answered WorkerError)
         if kind == b"READY":
-            index = int(identity.decode().split("-")[0][1:])
             self._identity_of[index] = identity
             self._ready.append(identity)
+            self._start_failures = 0
             if not self._ready_written:
                 self._write_ready_file()
             return
@@ -330,7 +357,10 @@ class Broker:
         held = {i: item for i, item in enumerate(self._inflight.pop(identity, []))}
         now = time.monotonic()
         for i in range(2, len(parts) - 2, 3):
-            envelope, _, t0 = held[int(parts[i])]
+            item = held.get(int(parts[i]))
+            if item is None:
+                continue
+            envelope, _, t0 = item
             ok = parts[i + 1] == b"1"
             self._reply(envelope, parts[i + 2], ok, (now - t0) * 1000.0 if ok else None)
         if identity in self._identity_of.values():
@@ -419,6 +449,8 @@ class Broker:
 
     def close(self) -> None:
         self._stop.set()
+        if self._ctx.closed:
+            return
         for proc in self._procs.values():
             if proc.is_alive():
                 proc.terminate()
@@ -429,21 +461,16 @@ class Broker:
         if self._auth is not None:
             self._auth.stop()
         self.frontend.close(0)
-        self.backend.close(0)
+        if self.backend is not None:
+            self.backend.close(0)
         self._ctx.term()
-        try:
-            os.unlink(self.backend_endpoint[len("ipc://"):])
-            os.rmdir(self._tmp)
-        except OSError:
-            pass
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def serve(config: ServerConfig) -> None:
     """Run a broker in this process until SIGINT / SIGTERM."""
-    try:
-        broker = Broker(config)
-    except zmq.ZMQError as err:
-        raise ValueError(f"enhancer: cannot bind {config.bind}: {err}") from None
+    broker = Broker(config)
     print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
           f"checkpoint {broker.checkpoint_hash})", flush=True)
 
