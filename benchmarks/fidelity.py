@@ -35,8 +35,8 @@ from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.synthetic import TARGET_KINDS, WorldConfig, make_world
+from neural_sensor.train.train_enhancer import CONTEXT, context_with_depths
 
-CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -72,7 +72,7 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, 
         world = make_world(seed, "heldout", config)
         ctx_cams = [world.context.cameras[i] for i in CONTEXT]
         scene = reconstruct(model, world.context.rgb[CONTEXT], ctx_cams)
-        contexts = [(world.context.cameras[i], world.context.rgb[i], world.context.depth[i]) for i in CONTEXT]
+        rendered_ctx, contexts = context_with_depths(world, scene)
         for kind in TARGET_KINDS:
             views = world.targets[kind]
             out = render(scene, views.cameras, backend="cpu", outputs=("rgb", "depth", "alpha"),
@@ -81,8 +81,6 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, 
             if enhancer is not None:
                 images["enhanced"] = _enhance(enhancer, out.rgb, out.depth, out.alpha)
                 # the reference input: the nearest context image warped through the RENDERED depth
-                ctx_render = render(scene, ctx_cams, backend="cpu", outputs=("depth",))
-                rendered_ctx = [(c, world.context.rgb[i], d) for c, i, d in zip(ctx_cams, CONTEXT, ctx_render.depth)]
                 refs = [warp_views(cam, out.depth[i], out.alpha[i], rendered_ctx) for i, cam in enumerate(views.cameras)]
                 images["enhanced_reference"] = _enhance(enhancer, out.rgb, out.depth, out.alpha, refs)
             if enhancer is not None and picture is not None and seed == seeds[0] and kind == "shift_2m":

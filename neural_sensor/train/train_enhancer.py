@@ -65,6 +65,16 @@ class EnhancerTrainConfig:
     seed: int = 0
 
 
+def context_with_depths(world, scene) -> tuple[list, list]:
+    """The context views as (camera, rgb, depth) with the reconstruction's RENDERED depth (for the reference
+    warp: what run time has) and with the ground-truth depth (for visibility masks: what only evaluation has)."""
+    cams = [world.context.cameras[i] for i in CONTEXT]
+    depth = render(scene, cams, backend="cpu", outputs=("depth",)).depth
+    rendered = [(c, world.context.rgb[i], d) for c, i, d in zip(cams, CONTEXT, depth)]
+    true = [(c, world.context.rgb[i], world.context.depth[i]) for c, i in zip(cams, CONTEXT)]
+    return rendered, true
+
+
 def world_pairs(world, recon: ReconNet, with_masks: bool = False) -> dict[str, np.ndarray]:
     """Raw renders of `world`'s reconstruction at every target pose, their references and ground truth.
 
@@ -72,11 +82,8 @@ def world_pairs(world, recon: ReconNet, with_masks: bool = False) -> dict[str, n
     alpha [V, H, W], reference [V, H, W, 3], reference_valid [V, H, W], target [V, H, W, 3], kind [V] (index
     into TARGET_KINDS); with_masks adds visible / disoccluded [V, H, W] (from the ground-truth depth).
     """
-    ctx_cams = [world.context.cameras[i] for i in CONTEXT]
-    scene = reconstruct(recon, world.context.rgb[CONTEXT], ctx_cams)
-    ctx_render = render(scene, ctx_cams, backend="cpu", outputs=("depth",))
-    rendered_views = [(c, world.context.rgb[i], d) for c, i, d in zip(ctx_cams, CONTEXT, ctx_render.depth)]
-    true_views = [(c, world.context.rgb[i], world.context.depth[i]) for c, i in zip(ctx_cams, CONTEXT)]
+    scene = reconstruct(recon, world.context.rgb[CONTEXT], [world.context.cameras[i] for i in CONTEXT])
+    rendered_views, true_views = context_with_depths(world, scene)
     out: dict[str, list] = {k: [] for k in ("rgb", "depth", "alpha", "reference", "reference_valid", "target", "kind")}
     if with_masks:
         out |= {"visible": [], "disoccluded": []}
