@@ -35,6 +35,7 @@ OBJECT_CLASSES = {  # static object class -> semantic label
 }
 TIMES_OF_DAY = ("morning", "noon", "evening")
 PALETTES = ("clear", "overcast", "wet")
+BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facade families, for the appearance
 
 
 def _polyline(points, name: str) -> np.ndarray:
@@ -116,11 +117,12 @@ class Box:
 
 @dataclass
 class Style:
-    """Appearance controls: time of day, weather palette, seed."""
+    """Appearance controls: time of day, weather palette, seed, building (facade) style."""
 
     time_of_day: str = "noon"
     palette: str = "clear"
     seed: int = 0
+    building_style: str = "mixed"  # one of BUILDING_STYLES; "mixed" lets the appearance choose per building
 
     def __post_init__(self) -> None:
         if self.time_of_day not in TIMES_OF_DAY:
@@ -130,6 +132,8 @@ class Style:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"Style.seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
+        if self.building_style not in BUILDING_STYLES:
+            raise ValueError(f"Style.building_style must be one of {BUILDING_STYLES}, got {self.building_style!r}")
 
 
 @dataclass
@@ -265,8 +269,20 @@ def _road_from_reference(reference: np.ndarray, lanes_per_direction: int, lane_w
 
 
 def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
-                      buildings: bool, skip_fn=None) -> list[Box]:
-    """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb."""
+                      buildings: bool, skip_fn=None, *, building_height_m: tuple = (7.0, 20.0),
+                      tree_density: float = 0.4, parked_car_density: float = 0.2) -> list[Box]:
+    """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb.
+
+    building_height_m is the (min, max) of the uniform building heights; tree_density and parked_car_density
+    are the weights of trees and parked cars in the roadside mix (poles weigh 0.3, signs 0.1; 0 = none).
+    """
+    low_m, high_m = (float(v) for v in building_height_m)
+    if not (math.isfinite(low_m) and math.isfinite(high_m) and 0 < low_m <= high_m):
+        raise ValueError(f"building_height_m must be (min, max) with 0 < min <= max, got {building_height_m}")
+    weights = np.array([tree_density, 0.3, 0.1, parked_car_density], dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"tree_density and parked_car_density must be finite and >= 0, got "
+                         f"{tree_density}, {parked_car_density}")
     objects: list[Box] = []
     seg = np.diff(reference, axis=0)
     seg_len = np.linalg.norm(seg, axis=1)
@@ -285,7 +301,7 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
         s = rng.uniform(0, 4)
         while buildings and s < total - 6:
             length = rng.uniform(10, 24)
-            depth, height = rng.uniform(8, 14), rng.uniform(7, 20)
+            depth, height = rng.uniform(8, 14), rng.uniform(low_m, high_m)
             mid = min(s + length / 2, total - 3)
             centre, yaw = at(mid, side * (half_road_m + sidewalk_m + 0.5 + depth / 2))
             if skip_fn is None or not skip_fn(centre):
@@ -293,7 +309,7 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
             s += length + rng.uniform(0.5, 3)
         s = rng.uniform(2, 10)
         while s < total - 2:
-            kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=[0.4, 0.3, 0.1, 0.2])
+            kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=weights / weights.sum())
             if kind == "parked_vehicle":
                 # half up on the kerb, clear of the outer lane (agents driving there must not pass through it)
                 centre, yaw = at(s, side * (half_road_m + 0.4))
@@ -314,7 +330,9 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
 
 
 def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
-                  sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+                  sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
+                  building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+                  parked_car_density: float = 0.2) -> Layout:
     """A straight two-way road along +x from x = 0 to length_m, centre line on y = 0."""
     style = style or Style()
     length_m = _positive(length_m, "straight_road length_m")
@@ -323,7 +341,8 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
     lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
     half = lanes_per_direction * lane_width_m
     rng = np.random.default_rng(style.seed)
-    objects = roadside_objects(rng, reference, half, sidewalk_width_m, buildings)
+    objects = roadside_objects(rng, reference, half, sidewalk_width_m, buildings, building_height_m=building_height_m,
+                               tree_density=tree_density, parked_car_density=parked_car_density)
     crosswalks = [Box((length_m * 0.6, 0.0, 0.0), (4.0, 2 * half, 0.02), 0.0, "crosswalk")]
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
@@ -332,7 +351,9 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
 
 
 def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
-          sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+          sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
+          building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+          parked_car_density: float = 0.2) -> Layout:
     """A left-hand curve starting at the origin heading +x, turning angle_deg with the given centre-line radius."""
     style = style or Style()
     radius_m = _positive(radius_m, "curve radius_m")
@@ -342,14 +363,18 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
     reference = np.stack([radius_m * np.sin(theta), radius_m * (1 - np.cos(theta))], 1)
     lanes, edges, sidewalks = _road_from_reference(reference, lanes_per_direction, lane_width_m, sidewalk_width_m)
     rng = np.random.default_rng(style.seed)
-    objects = roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings)
+    objects = roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings,
+                               building_height_m=building_height_m, tree_density=tree_density,
+                               parked_car_density=parked_car_density)
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
     return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}", references=refs)
 
 
 def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, lane_width_m: float = 3.5,
-                 sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None) -> Layout:
+                 sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
+                 building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+                 parked_car_density: float = 0.2) -> Layout:
     """A four-way intersection centred on the origin, arms along +-x and +-y, crosswalks on every arm."""
     style = style or Style()
     arm = _positive(arm_length_m, "intersection arm_length_m")
@@ -389,7 +414,9 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
             if sign < 0:
                 reference = reference[::-1].copy()
             objects += roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
-                                         skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear))
+                                         skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear),
+                                         building_height_m=building_height_m, tree_density=tree_density,
+                                         parked_car_density=parked_car_density)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m",
                   references=refs)
 
