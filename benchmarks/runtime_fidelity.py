@@ -29,8 +29,8 @@ Aggregation: every view's metrics are averaged per world (over frames, cameras o
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
 shift, and per template and shift. Results go to results/runtime-fidelity-<machine>.json.
 
-    python benchmarks/runtime_fidelity.py [--worlds 6] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
-        [--clips 2] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--quick] [--picture]
+    python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
+        [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--quick] [--picture]
 """
 
 from __future__ import annotations
@@ -273,12 +273,12 @@ def _parse_shifts(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, default=6, help="held-out worlds (templates round-robin)")
+    parser.add_argument("--worlds", type=int, default=9, help="held-out worlds (templates round-robin)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_FIRST_SEED, help="first held-out seed to scan from")
     parser.add_argument("--shifts", default="0,1,2,3", help="lateral shifts to the left of the recorded path, metres")
     parser.add_argument("--width", type=int, default=480, help="rig image width (the run's default)")
     parser.add_argument("--height", type=int, default=270, help="rig image height (the run's default)")
-    parser.add_argument("--clips", type=int, default=2, help="clips per drive (spread along the recorded path)")
+    parser.add_argument("--clips", type=int, default=1, help="clips per drive (spread along the recorded path)")
     parser.add_argument("--ticks", type=int, default=3, help="consecutive frames per clip (flicker needs >= 2)")
     parser.add_argument("--tick-m", type=float, default=0.5, help="metres between frames (10 m/s at 20 Hz)")
     parser.add_argument("--perceptual-every", type=int, default=3,

@@ -1,0 +1,105 @@
+"""benchmarks/runtime_fidelity.py: its pieces (world choice, poses, flicker, aggregation) and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import runtime_fidelity as rf  # noqa: E402
+
+from neural_sensor.camera import Camera  # noqa: E402
+from neural_sensor.rig import nuscenes_like_rig  # noqa: E402
+from neural_sensor.scene.layout import TEMPLATES  # noqa: E402
+from neural_sensor.scene.path import Path as Polyline  # noqa: E402
+from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED  # noqa: E402
+
+
+def test_worlds_are_held_out_and_cover_every_template():
+    worlds = rf.heldout_worlds(HELDOUT_FIRST_SEED + 100, 4)
+    assert all(seed >= HELDOUT_FIRST_SEED for seed, _ in worlds)
+    assert len({seed for seed, _ in worlds}) == 4
+    assert [rf.template_of(layout) for _, layout in worlds] == list(TEMPLATES)[:3] + [list(TEMPLATES)[0]]
+    with pytest.raises(ValueError, match="not a held-out seed"):
+        rf.heldout_worlds(5, 1)  # a training seed never becomes an evaluation world
+
+
+def test_clips_stay_inside_the_drive():
+    starts = rf.clip_starts(100.0, 3, 4, 0.5)
+    assert len(starts) == 3 and starts == sorted(starts)
+    assert starts[0] >= rf.END_MARGIN_M and starts[-1] + 1.5 <= 100.0 - rf.END_MARGIN_M
+    with pytest.raises(ValueError, match="too short"):
+        rf.clip_starts(15.0, 1, 3, 0.5)
+
+
+def test_shifted_rig_moves_every_camera_sideways_by_the_shift():
+    path = Polyline(np.array([[0.0, 0.0], [10.0, 10.0]]))  # heading 45 degrees
+    specs = nuscenes_like_rig(64, 36)
+    on_path = rf.rig_cameras(specs, path, 5.0, 0.0)
+    shifted = rf.rig_cameras(specs, path, 5.0, 2.0)
+    left = np.array([-math.sin(math.pi / 4), math.cos(math.pi / 4), 0.0])
+    for a, b in zip(on_path, shifted):
+        np.testing.assert_allclose(b.position_world - a.position_world, 2.0 * left, atol=1e-9)
+        np.testing.assert_allclose(b.pose_camera_to_world[:3, :3], a.pose_camera_to_world[:3, :3])
+
+
+def test_flicker_is_zero_for_a_frame_against_itself_and_positive_for_a_change():
+    cam = Camera.look_at(48, 32, 70.0, eye_world=[0, 0, 1.5], target_world=[10, 0, 1.5])
+    depth = np.full((32, 48), 8.0, np.float32)
+    alpha = np.ones((32, 48), np.float32)
+    image = np.random.default_rng(0).random((32, 48, 3)).astype(np.float32)
+    same = rf.flicker(cam, image, depth, cam, image, depth, alpha)
+    assert same["mad"] == 0.0 and same["psnr"] == math.inf and same["valid"] == 1.0
+    brighter = np.clip(image + 0.1, 0, 1)
+    changed = rf.flicker(cam, image, depth, cam, brighter, depth, alpha)
+    expected = np.abs(brighter - image).mean() * 255
+    assert changed["mad"] == pytest.approx(expected, rel=1e-5)
+    sky = rf.flicker(cam, image, depth, cam, image, depth, np.zeros_like(alpha))
+    assert sky["valid"] == 0.0 and math.isnan(sky["mad"])
+
+
+def test_aggregate_averages_within_a_world_then_takes_the_median_over_worlds():
+    rows = []
+    for seed, values in ((1, [10.0, 12.0]), (2, [20.0, 20.0]), (3, [30.0, 34.0])):
+        for tick, v in enumerate(values):
+            rows.append({"seed": seed, "template": "straight", "shift_m": 0.0, "camera": "CAM_FRONT", "clip": 0,
+                         "tick": tick, "raw_psnr": v, "flicker_raw_mad": float("nan") if tick == 0 else v})
+    table = rf.aggregate(rows, ("shift_m",))["0m"]
+    assert table["raw_psnr"] == {"median": 20.0, "mean": 21.0, "min": 11.0, "max": 32.0, "n_worlds": 3}
+    assert table["flicker_raw_mad"]["median"] == 20.0  # the nan of a clip's first frame is skipped
+    by_camera = rf.aggregate(rows, ("camera", "shift_m"))
+    assert list(by_camera) == ["CAM_FRONT/0m"]
+
+
+def test_enhance_tick_refuses_a_missing_answer():
+    client = SimpleNamespace(enhance=lambda frames: SimpleNamespace(enhanced=False, rgb=None, reason="down"))
+    rgb = np.zeros((6, 8, 8, 3), np.float32)
+    with pytest.raises(RuntimeError, match="down"):
+        rf.enhance_tick(client, [f"c{i}" for i in range(6)], rgb, rgb[..., 0], rgb[..., 0])
+
+
+def test_tiny_end_to_end_run(tmp_path, capsys):
+    out = tmp_path / "rf.json"
+    rf.main(["--worlds", "1", "--width", "64", "--height", "36", "--clips", "1", "--ticks", "2", "--shifts", "0,1",
+             "--enhancer", "none", "--perceptual-every", "1", "--cache", str(tmp_path / "cache"), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["seeds"][0] >= HELDOUT_FIRST_SEED
+    assert set(result["per_shift"]) == {"0m", "1m"}
+    assert len(result["per_camera_shift"]) == 12
+    on_path = result["per_shift"]["0m"]
+    assert 5.0 < on_path["raw_psnr"]["median"] < 60.0
+    assert 0.0 <= on_path["raw_ssim"]["median"] <= 1.0
+    assert on_path["depth_abs_rel"]["median"] >= 0.0
+    assert "flicker_truth_mad" in on_path and "flicker_raw_mad" in on_path
+    assert "enhanced_psnr" not in on_path
+    if "approximates LPIPS" in result["perceptual"]["note"]:
+        assert on_path["raw_perceptual"]["median"] > 0.0
+    else:
+        assert result["perceptual"]["note"].startswith("not computed")
+    assert result["summary"] in capsys.readouterr().out
