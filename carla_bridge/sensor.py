@@ -1,27 +1,63 @@
-"""A neural camera with the face of a CARLA sensor, delivering images that ARE carla.Image objects.
+"""Neural cameras with the face of CARLA camera actors, delivering images that ARE carla.Image objects.
 
 Swap a CARLA camera for a neural one by changing the spawn line:
 
     camera = world.spawn_actor(bp, transform, attach_to=vehicle)                       # before
     camera = spawn_neural_camera(world, bp, transform, attach_to=vehicle, scene=scene) # after
 
-The camera subscribes to `world.on_tick`; on every simulator tick it renders the
-parent's view of the Gaussian scene, with every vehicle and walker of that tick
-composited as an asset, and calls the listener with a NeuralImage carrying that
-tick's frame id, so the synchronous-mode pattern of CARLA's examples (wait on a
-queue until image.frame == world.tick()) works unchanged.
+Blueprints: sensor.camera.rgb, .depth, .semantic_segmentation and .instance_segmentation, in
+CARLA 0.9.16's encodings (carla_bridge/encodings.py); any other blueprint is refused by name.
+Attributes are parsed as CARLA parses them and the post-processing ones with an image-space
+meaning are applied (carla_bridge/attributes.py).
+
+How a tick flows (libcarla's threading, which the stand-in server reproduces): the server's
+world snapshot reaches `world.on_tick` callbacks on a client thread after `world.tick()` has
+returned. Every camera on one parent (or every world-fixed camera) belongs to one `CameraRig`
+with ONE on_tick callback: it converts the snapshot once (the parent is the ego, every vehicle
+and walker an agent), picks the cameras due this tick (sensor_tick: the first tick at or after
+each period) and queues the frame for the rig's worker thread. The worker renders every due
+camera of the frame in one batched call (cameras with the same view share one rendered view:
+an rgb, a depth and a semantic camera on one mount cost one render), encodes each as its
+blueprint says, and calls each listener in frame order. A listener's exception is printed and
+swallowed, as libcarla does with sensor callbacks. A render error is logged at once (logger
+"carla_bridge") and raised as NeuralCameraError, naming the camera and the frame, by the next
+call on any camera of the rig (listen, stop, is_listening, get_transform, destroy, ...) or by
+`camera.raise_if_failed()`.
+
+Actor face: positive ids from NEURAL_ID_BASE (3 * 2^30) up, which a server counting up from 1
+never reaches; id, type_id, attributes (strings), is_alive, parent, get_world, get_transform,
+get_location, set_transform, destroy. `carla.command.DestroyActor(camera.id)` works in batches
+sent through a NeuralClient (carla_bridge/client.py), which destroys the camera client-side.
+
+Attachment: Rigid is exact; SpringArm and SpringArmGhost are applied as rigid (no spring lag,
+no collision test), with a warning once. A camera without a parent is fixed in the world.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import logging
 import math
 import threading
 import time
+import traceback
+import weakref
+from pathlib import Path
 
 import numpy as np
 
-from carla_bridge.transforms import agent_box, camera_pose_from_ue, pose_from_transform, rgb_to_bgra, ue_to_flu
+from carla_bridge.attributes import apply_postprocess, camera_settings, check_camera_type
+from carla_bridge.encodings import convert_bgra, depth_to_bgra, instance_to_bgra, semantic_to_bgra, sky_mask
+from carla_bridge.transforms import (
+    agent_box,
+    camera_pose_from_ue,
+    flu_to_ue,
+    pose_from_transform,
+    rgb_to_bgra,
+    transform_from_pose,
+    ue_to_flu,
+)
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.rig import NeuralSensorRig, SensorSpec
 from neural_sensor.world import AgentState, WorldSnapshot
@@ -34,14 +70,38 @@ except ImportError:  # pragma: no cover - exercised only without the carla packa
     carla = None
     _ImageBase = object
 
-_ids = itertools.count(start=1)
+_log = logging.getLogger("carla_bridge")
+NEURAL_ID_BASE = 3 << 30  # actor ids are uint32 and a server hands them out from 1 upwards
+_ids = itertools.count(start=NEURAL_ID_BASE + 1)
+_cameras: "weakref.WeakValueDictionary[int, NeuralCamera]" = weakref.WeakValueDictionary()
+_rigs: dict[tuple, "CameraRig"] = {}
+_rigs_lock = threading.Lock()
+_warned_attachments: set[str] = set()
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# the post-processing model is relative to the blueprint's defaults for these (carla_bridge/attributes.py)
+_REFERENCE_KEYS = ("exposure_compensation", "gamma", "lens_k", "lens_kcube", "lens_x_size", "lens_y_size")
 
 
+class NeuralCameraError(RuntimeError):
+    """A neural camera could not render a frame (raised by the next call on a camera of its rig)."""
+
+
+def neural_camera(actor_id: int) -> "NeuralCamera | None":
+    """The live NeuralCamera with this actor id, or None (the id belongs to the server, or the camera is gone)."""
+    return _cameras.get(int(actor_id))
+
+
+def is_neural_id(actor_id: int) -> bool:
+    return int(actor_id) > NEURAL_ID_BASE
+
+
+# --------------------------------------------------------------------------- images
 class NeuralImage(_ImageBase):
     """A carla.Image (isinstance holds) whose pixels come from the neural renderer.
 
     The C++ base cannot be constructed from Python, so instances are made with
-    `NeuralImage.create(...)` and every accessor is overridden here.
+    `NeuralImage.create(...)` and every accessor is overridden here. raw_data is read-only, as
+    CARLA's; convert() changes the pixels in place, as CARLA's does.
     """
 
     @classmethod
@@ -53,7 +113,8 @@ class NeuralImage(_ImageBase):
         image._fov, image._bgra = float(fov_deg), np.ascontiguousarray(bgra)
         return image
 
-    raw_data = property(lambda self: memoryview(self._bgra).cast("B"), doc="BGRA bytes, row-major, top row first")
+    raw_data = property(lambda self: memoryview(self._bgra).toreadonly().cast("B"),
+                        doc="BGRA bytes, row-major, top row first (read-only)")
     width = property(lambda self: int(self._bgra.shape[1]))
     height = property(lambda self: int(self._bgra.shape[0]))
     fov = property(lambda self: self._fov)
@@ -82,20 +143,42 @@ class NeuralImage(_ImageBase):
     def __str__(self) -> str:
         return repr(self)
 
-    def convert(self, color_converter) -> None:
-        if color_converter != carla.ColorConverter.Raw:
-            raise ValueError(f"NeuralImage holds an RGB camera image; only ColorConverter.Raw applies, "
-                             f"got {color_converter}")
+    @staticmethod
+    def _converter_name(color_converter) -> str:
+        if carla is None or not isinstance(color_converter, carla.ColorConverter):
+            raise TypeError(f"color_converter must be a carla.ColorConverter, got {color_converter!r}")
+        return str(color_converter.name)
 
-    def save_to_disk(self, path: str, color_converter=None) -> None:
-        """Write the image (format from the extension); a '%' in path is filled with the frame id, as CARLA does."""
+    def convert(self, color_converter) -> None:
+        """In place, as carla.Image.convert: Raw, Depth, LogarithmicDepth or CityScapesPalette."""
+        name = self._converter_name(color_converter)
+        if name != "Raw":
+            self._bgra = convert_bgra(self._bgra, name)
+
+    def save_to_disk(self, path: str, color_converter=None) -> str:
+        """Write the image and return the path written, as CARLA does: missing folders are created, an extension
+        other than png / jpg / jpeg / tif / tiff is replaced by .png, Raw and CityScapesPalette are written as
+        4-channel (RGBA) pictures, Depth and LogarithmicDepth as one-channel gray. The image itself is unchanged.
+        A '%' in path is filled with the frame id (path % frame)."""
         from PIL import Image
 
-        if color_converter is not None:
-            self.convert(color_converter)
+        name = "Raw" if color_converter is None else self._converter_name(color_converter)
+        path = str(path)
         if "%" in path:
             path = path % self._frame
-        Image.fromarray(self._bgra[..., [2, 1, 0]]).save(path)
+        target = Path(path)
+        if target.suffix.lower() not in _IMAGE_EXTENSIONS:
+            target = target.with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bgra = self._bgra if name == "Raw" else convert_bgra(self._bgra, name)
+        if name in ("Depth", "LogarithmicDepth"):
+            picture = Image.fromarray(np.ascontiguousarray(bgra[..., 0]), "L")
+        elif target.suffix.lower() in (".jpg", ".jpeg"):
+            picture = Image.fromarray(np.ascontiguousarray(bgra[..., 2::-1]), "RGB")
+        else:
+            picture = Image.fromarray(np.ascontiguousarray(bgra[..., [2, 1, 0, 3]]), "RGBA")
+        picture.save(target)
+        return str(target)
 
     def __repr__(self) -> str:
         return f"NeuralImage(frame={self._frame}, timestamp={self._timestamp:.3f}, size={self.width}x{self.height})"
@@ -111,130 +194,391 @@ def _kind_of(actor) -> str:
     return "truck" if 2.0 * actor.bounding_box.extent.x > 6.5 else "car"
 
 
-class NeuralCamera:
-    """A camera sensor rendered from a Gaussian scene; listen / stop / is_listening / destroy like carla.Sensor."""
+_EGO_SIZE_M = (4.5, 1.9, 1.5)
 
-    type_id = "sensor.camera.rgb"
 
-    def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
-                 background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0):
-        self.id = -next(_ids)  # negative: never clashes with a server actor id
+# --------------------------------------------------------------------------- the rig: one render per tick
+class CameraRig:
+    """Every neural camera on one parent (or every world-fixed one) of one world, scene and renderer setup:
+    one on_tick callback, one snapshot conversion and one batched render per tick, a worker thread that
+    delivers in frame order. Made by NeuralCamera; see the module docstring."""
+
+    def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
+                 enhancer: str | None, enhancer_deadline_ms: float):
+        self.key = key
+        self.world = world
         self.parent = parent
-        self.attributes = {"image_size_x": "800", "image_size_y": "600", "fov": "90", "sensor_tick": "0.0",
-                           "role_name": "front"}
-        self.attributes.update({k: str(v) for k, v in attributes.items()})
-        width, height = int(self.attributes["image_size_x"]), int(self.attributes["image_size_y"])
-        fov = float(self.attributes["fov"])
-        self._mount_flu = ue_to_flu(np.array(transform.get_matrix(), dtype=np.float64))  # fixed: computed once
-        spec = SensorSpec(self.attributes["role_name"] or "camera", width, height, fov,
-                          camera_pose_from_ue(np.array(transform.get_matrix(), dtype=np.float64)))
-        self._enhancer = None
-        if enhancer is not None:  # one client per camera: each renders in its own on_tick callback
+        self.scene = scene
+        self.backend = backend
+        self.background_rgb = tuple(background_rgb)
+        self.enhancer_client = None
+        if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
             from neural_sensor.enhance.client import EnhancerClient
 
-            self._enhancer = EnhancerClient(enhancer, deadline_ms=enhancer_deadline_ms)
-        self._rig = NeuralSensorRig(scene, [spec], backend=backend, background_rgb=background_rgb,
-                                    enhancer=self._enhancer)
-        self._spec = spec
-        self._world = world
-        self._callback = None
-        self._lock = threading.Lock()
-        self._actors: dict[int, tuple[str, object]] = {}  # id -> (kind, bounding box)
-        self.last_render_ms = 0.0
-        self.last_meta: dict = {}
+            self.enhancer_client = EnhancerClient(enhancer, deadline_ms=enhancer_deadline_ms)
+        self.cameras: list[NeuralCamera] = []
+        self._actors: dict[int, tuple[str, object]] = {}  # id -> (kind, bounding box); kind "" = not drawn
+        self._rigs: dict[tuple, NeuralSensorRig] = {}
+        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras)
+        self._sequence = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.error: NeuralCameraError | None = None
+        self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
+        self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
+        self._worker.start()
         self._tick_id = world.on_tick(self._on_tick)
 
-    # ---------------------------------------------------------- sensor face
-    def listen(self, callback) -> None:
-        if not callable(callback):
-            raise ValueError(f"listen: callback must be callable, got {type(callback).__name__}")
-        with self._lock:
-            self._callback = callback
+    # ---------------------------------------------------------------- membership
+    def add(self, camera: "NeuralCamera") -> None:
+        with self._cond:
+            self.cameras = self.cameras + [camera]
 
-    def stop(self) -> None:
-        with self._lock:
-            self._callback = None
+    def remove(self, camera: "NeuralCamera") -> None:
+        with self._cond:
+            self.cameras = [c for c in self.cameras if c is not camera]
+            empty = not self.cameras
+        if empty:
+            self.close()
 
-    def is_listening(self) -> bool:
-        return self._callback is not None
-
-    def destroy(self) -> bool:
-        self.stop()
+    def close(self) -> None:
+        with _rigs_lock:
+            if _rigs.get(self.key) is self:
+                del _rigs[self.key]
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
         if self._tick_id is not None:
-            self._world.remove_on_tick(self._tick_id)
+            self.world.remove_on_tick(self._tick_id)
             self._tick_id = None
-        if self._enhancer is not None:
-            self._enhancer.close()
-            self._enhancer = None
-        return True
+        if self.enhancer_client is not None:
+            self.enhancer_client.close()
+            self.enhancer_client = None
 
-    def get_transform(self):
-        from carla_bridge.transforms import transform_from_pose
+    def raise_if_failed(self) -> None:
+        with self._cond:
+            error, self.error = self.error, None
+        if error is not None:
+            raise error
 
-        return transform_from_pose(pose_from_transform(self.parent.get_transform()) @ self._mount_flu)
+    # ---------------------------------------------------------------- per tick (client stream thread)
+    def _on_tick(self, world_snapshot) -> None:
+        timestamp_s = float(world_snapshot.timestamp.elapsed_seconds)
+        due = [camera for camera in self.cameras if camera._due(timestamp_s)]
+        due = [camera for camera in due if camera._callback is not None]
+        if not due:
+            return
+        snapshot = self.snapshot_from_carla(world_snapshot)
+        with self._cond:
+            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due))
+            self._cond.notify_all()
 
-    # ------------------------------------------------------------- per tick
     def _refresh_actors(self, ids) -> None:
         missing = [i for i in ids if i not in self._actors]
         if not missing:
             return
-        for actor in self._world.get_actors(missing):
+        for actor in self.world.get_actors(missing):
             if actor.type_id.startswith(("vehicle.", "walker.")):
                 self._actors[actor.id] = (_kind_of(actor), actor.bounding_box)
             else:
                 self._actors[actor.id] = ("", None)
 
     def snapshot_from_carla(self, world_snapshot) -> WorldSnapshot:
-        """Our WorldSnapshot from a carla.WorldSnapshot: the parent is the ego, vehicles and walkers the agents."""
-        parent_snap = world_snapshot.find(self.parent.id)
-        if parent_snap is None:
-            raise ValueError(f"NeuralCamera: parent actor {self.parent.id} is not in frame {world_snapshot.frame}")
-        ids = [s.id for s in world_snapshot]
-        self._refresh_actors(ids)
-        ego_pose = pose_from_transform(parent_snap.get_transform())
-        ego = AgentState(0, "car", (4.5, 1.9, 1.5), ego_pose, 0.0)
+        """Our WorldSnapshot from a carla.WorldSnapshot: the parent (if any) is the ego, vehicles and walkers the
+        agents; a world-fixed rig has an ego at the origin that draws nothing."""
+        parent_id = self.parent.id if self.parent is not None else None
+        if parent_id is not None:
+            parent_snap = world_snapshot.find(parent_id)
+            if parent_snap is None:
+                raise NeuralCameraError(f"neural camera: parent actor {parent_id} is not in frame "
+                                        f"{world_snapshot.frame} (destroyed?)")
+            ego_pose = pose_from_transform(parent_snap.get_transform())
+        else:
+            ego_pose = np.eye(4)
+        self._refresh_actors([s.id for s in world_snapshot])
         agents = []
         for actor_snap in world_snapshot:
             kind, bbox = self._actors.get(actor_snap.id, ("", None))
-            if not kind or actor_snap.id == self.parent.id:
+            if not kind or actor_snap.id == parent_id:
                 continue
             size, pose = agent_box(bbox, actor_snap.get_transform())
             velocity = actor_snap.get_velocity()
             speed = math.sqrt(velocity.x**2 + velocity.y**2 + velocity.z**2)
             agents.append(AgentState(actor_snap.id, kind, size, pose, speed))
-        timestamp = world_snapshot.timestamp.elapsed_seconds
-        return WorldSnapshot(int(world_snapshot.frame), float(timestamp), ego, tuple(agents))
+        ego = AgentState(0, "car", _EGO_SIZE_M, ego_pose, 0.0)
+        return WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego,
+                             tuple(agents))
 
-    def image_for(self, snapshot: WorldSnapshot) -> "NeuralImage":
-        """Render this camera for a snapshot and wrap it as a NeuralImage; the rig's ms go to last_render_ms."""
-        from carla_bridge.transforms import transform_from_pose
+    # ---------------------------------------------------------------- render + delivery (worker thread)
+    def _rig_for(self, views: tuple) -> NeuralSensorRig:
+        rig = self._rigs.get(views)
+        if rig is None:
+            specs = [SensorSpec(f"view{i}", w, h, fov, np.array(pose, dtype=np.float64).reshape(4, 4))
+                     for i, (w, h, fov, pose) in enumerate(views)]
+            if len(self._rigs) > 8:  # mounts or sizes changing all the time: keep the cache small
+                self._rigs.clear()
+            rig = self._rigs[views] = NeuralSensorRig(self.scene, specs, backend=self.backend,
+                                                     background_rgb=self.background_rgb,
+                                                     enhancer=self.enhancer_client)
+        return rig
 
+    def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
+        """{camera: NeuralImage} for every camera, from one batched render of their distinct views."""
+        views, index = [], {}
+        for camera in cameras:
+            view = camera._view_key()
+            if view not in index:
+                index[view] = len(views)
+                views.append(view)
+        rig = self._rig_for(tuple(views))
         start = time.perf_counter()
-        frame = self._rig.capture(snapshot)[self._spec.sensor_id]
-        self.last_render_ms = (time.perf_counter() - start) * 1000.0  # the rig: compose + render (+ enhance)
-        self.last_meta = frame.meta  # enhanced or not, and why
-        pose_world = snapshot.ego.pose_agent_to_world @ self._mount_flu
-        return NeuralImage.create(snapshot.frame, snapshot.timestamp_s, transform_from_pose(pose_world),
-                                  self._spec.fov_deg, rgb_to_bgra(frame.rgb))
+        frames = rig.capture(snapshot)
+        render_ms = (time.perf_counter() - start) * 1000.0
+        self.renders += 1
+        pose_ego = snapshot.ego.pose_agent_to_world
+        out = {}
+        for camera in cameras:
+            frame = frames[f"view{index[camera._view_key()]}"]
+            camera.last_render_ms = render_ms
+            camera.last_meta = frame.meta
+            out[camera] = NeuralImage.create(snapshot.frame, snapshot.timestamp_s,
+                                             transform_from_pose(pose_ego @ camera._mount_flu),
+                                             camera.settings.fov_deg, camera._encode(frame))
+        return out
 
-    def _on_tick(self, world_snapshot) -> None:
-        with self._lock:
-            callback = self._callback
-        if callback is None:
-            return
-        callback(self.image_for(self.snapshot_from_carla(world_snapshot)))
+    def _next_job(self):
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if not self._jobs:
+                return None
+            return heapq.heappop(self._jobs)
+
+    def _run(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            frame, _, snapshot, cameras = job
+            cameras = [c for c in cameras if c._alive]
+            if not cameras:
+                continue
+            try:
+                images = self.capture(snapshot, cameras)
+            except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
+                names = ", ".join(f"{c.type_id} {c.id}" for c in cameras)
+                _log.error("neural camera: rendering frame %d failed for %s", frame, names, exc_info=True)
+                with self._cond:
+                    self.error = NeuralCameraError(f"neural camera ({names}): rendering frame {frame} failed: "
+                                                   f"{type(err).__name__}: {err}")
+                    self.error.__cause__ = err
+                continue
+            for camera, image in images.items():
+                callback = camera._callback
+                if callback is None or not camera._alive:
+                    continue
+                try:
+                    callback(image)
+                except Exception:  # noqa: BLE001 - libcarla prints a sensor callback's exception and goes on
+                    traceback.print_exc()
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Block until every queued frame has been taken by the worker (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._jobs:
+                    return True
+            time.sleep(0.001)
+        return False
 
 
-def spawn_neural_camera(world, blueprint, transform, attach_to, scene: GaussianScene, backend: str = "auto",
-                        background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
-                        enhancer_deadline_ms: float = 1000.0) -> NeuralCamera:
-    """world.spawn_actor's stand-in for a camera: reads image_size_x / image_size_y / fov from the blueprint.
-    `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each image within the deadline."""
-    if attach_to is None:
-        raise ValueError("spawn_neural_camera: a neural camera must be attached to a parent actor")
-    attributes = {}
-    for key in ("image_size_x", "image_size_y", "fov", "sensor_tick", "role_name"):
-        if blueprint.has_attribute(key):
-            attributes[key] = blueprint.get_attribute(key).as_str()
+def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms) -> tuple:
+    world_key = getattr(world, "id", None)
+    if not isinstance(world_key, int):
+        world_key = id(world)
+    return (world_key, None if parent is None else parent.id, id(scene), backend,
+            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms))
+
+
+# --------------------------------------------------------------------------- the camera actor
+class NeuralCamera:
+    """A camera actor rendered from a Gaussian scene; the sensor face of carla.Sensor and the actor face of
+    carla.Actor (see the module docstring). `attributes`: blueprint attributes by name (any value type)."""
+
+    def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
+                 background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0,
+                 *, type_id: str = "sensor.camera.rgb", attachment_type=None, strict_attributes: bool = True,
+                 attribute_defaults: dict | None = None):
+        check_camera_type(type_id)
+        if not isinstance(scene, GaussianScene):
+            raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
+        self.settings = camera_settings(type_id, attributes, strict=strict_attributes, defaults=attribute_defaults)
+        self.type_id = type_id
+        self.attributes = dict(self.settings.strings)
+        self.id = next(_ids)
+        self._parent = parent
+        self._world = world
+        self.attachment_type = _check_attachment(attachment_type, parent)
+        self._set_mount(np.array(transform.get_matrix(), dtype=np.float64))
+        self._callback = None
+        self._alive = True
+        self._next_due_s: float | None = None
+        self.last_render_ms = 0.0
+        self.last_meta: dict = {}
+        key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms)
+        with _rigs_lock:
+            rig = _rigs.get(key)
+            if rig is None:
+                rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
+                                             enhancer_deadline_ms)
+            rig.add(self)
+        self.rig = rig
+        _cameras[self.id] = self
+
+    def _set_mount(self, matrix_ue: np.ndarray) -> None:
+        self._mount_flu = ue_to_flu(matrix_ue)  # camera body -> parent (or world), FLU
+        self._view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
+                      tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
+
+    def _view_key(self) -> tuple:
+        return self._view
+
+    def _due(self, timestamp_s: float) -> bool:
+        """sensor_tick as CARLA: 0 = every tick; else the first tick at or after each period since the first."""
+        period = self.settings.sensor_tick_s
+        if period <= 0.0:
+            return True
+        if self._next_due_s is None:
+            self._next_due_s = timestamp_s + period
+            return True
+        if timestamp_s + 1e-6 < self._next_due_s:
+            return False
+        while self._next_due_s <= timestamp_s + 1e-6:
+            self._next_due_s += period
+        return True
+
+    def _encode(self, frame) -> np.ndarray:
+        """The blueprint's raw_data for one rendered view: [H, W, 4] BGRA uint8."""
+        if self.type_id == "sensor.camera.rgb":
+            return rgb_to_bgra(apply_postprocess(frame.rgb, self.settings))
+        if self.type_id == "sensor.camera.depth":
+            return depth_to_bgra(frame.depth, sky_mask(frame.semantic))
+        if self.type_id == "sensor.camera.semantic_segmentation":
+            return semantic_to_bgra(frame.semantic)
+        return instance_to_bgra(frame.semantic, frame.instance)
+
+    # ---------------------------------------------------------- sensor face
+    def raise_if_failed(self) -> None:
+        """Raise the NeuralCameraError of a failed render of this camera's rig, once."""
+        self.rig.raise_if_failed()
+
+    def listen(self, callback) -> None:
+        self.raise_if_failed()
+        if not callable(callback):
+            raise TypeError("callback argument must be callable!")  # libcarla's message
+        self._callback = callback
+
+    def stop(self) -> None:
+        self._callback = None
+        self.raise_if_failed()
+
+    def is_listening(self) -> bool:
+        self.raise_if_failed()
+        return self._callback is not None
+
+    def destroy(self) -> bool:
+        """Stop, leave the rig (the last one out closes it) and return True; False if already destroyed.
+        A pending render error is raised after the camera is gone."""
+        if not self._alive:
+            return False
+        self._alive = False
+        self._callback = None
+        _cameras.pop(self.id, None)
+        self.rig.remove(self)
+        self.raise_if_failed()
+        return True
+
+    # ---------------------------------------------------------- actor face
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    @property
+    def parent(self):
+        return self._parent
+
+    def get_world(self):
+        return self._world
+
+    def _pose_parent(self) -> np.ndarray:
+        return np.eye(4) if self._parent is None else pose_from_transform(self._parent.get_transform())
+
+    def get_transform(self):
+        """The camera's world transform now (parent's transform composed with the mount)."""
+        self.raise_if_failed()
+        return transform_from_pose(self._pose_parent() @ self._mount_flu)
+
+    def get_location(self):
+        return self.get_transform().location
+
+    def set_transform(self, transform) -> None:
+        """Move the camera to a world transform; an attached camera stays attached at the new offset (as UE does)."""
+        self.raise_if_failed()
+        pose_world = pose_from_transform(transform)
+        self._set_mount(flu_to_ue(np.linalg.inv(self._pose_parent()) @ pose_world))
+
+    def set_location(self, location) -> None:
+        current = self.get_transform()
+        self.set_transform(carla.Transform(location, current.rotation))
+
+    def __repr__(self) -> str:
+        return f"NeuralCamera(id={self.id}, type={self.type_id}, parent={getattr(self._parent, 'id', None)})"
+
+    # ---------------------------------------------------------- synchronous helpers (benchmarks, tests)
+    def snapshot_from_carla(self, world_snapshot) -> WorldSnapshot:
+        return self.rig.snapshot_from_carla(world_snapshot)
+
+    def image_for(self, snapshot: WorldSnapshot) -> NeuralImage:
+        """Render this camera alone for a snapshot, on the calling thread; the rig's ms go to last_render_ms."""
+        return self.rig.capture(snapshot, [self])[self]
+
+
+def _check_attachment(attachment_type, parent):
+    if attachment_type is None:
+        return None if carla is None else carla.AttachmentType.Rigid
+    if carla is not None and not isinstance(attachment_type, carla.AttachmentType):
+        raise ValueError(f"attachment_type must be a carla.AttachmentType, got {attachment_type!r}")
+    name = str(getattr(attachment_type, "name", attachment_type))
+    if parent is None and name != "Rigid":
+        raise ValueError(f"attachment_type {name} needs a parent actor (attach_to)")
+    if name != "Rigid" and name not in _warned_attachments:
+        _warned_attachments.add(name)
+        _log.warning("neural camera: attachment %s is applied as Rigid (no spring-arm lag or collision)", name)
+    return attachment_type
+
+
+def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: GaussianScene | None = None,
+                        backend: str = "auto", background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
+                        enhancer_deadline_ms: float = 1000.0, attachment_type=None,
+                        socket_name: str = "") -> NeuralCamera:
+    """world.spawn_actor's stand-in for a camera blueprint: every attribute of the blueprint is read and parsed.
+    `attach_to=None` fixes the camera in the world (transform is then a world transform).
+    `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each rgb image within the deadline."""
+    if scene is None:
+        raise ValueError("spawn_neural_camera: scene= (a GaussianScene) is required")
+    type_id = getattr(blueprint, "id", None)
+    check_camera_type(str(type_id))
+    if socket_name:
+        raise ValueError(f"spawn_neural_camera: socket_name {socket_name!r} is not supported (mount by transform)")
+    attributes, defaults = {}, {}
+    for attribute in blueprint:
+        attributes[attribute.id] = attribute.as_str()
+        recommended = list(getattr(attribute, "recommended_values", None) or [])
+        if recommended and attribute.id in _REFERENCE_KEYS:  # a server's first recommended value is its default
+            defaults[attribute.id] = recommended[0]
     return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb, enhancer,
-                        enhancer_deadline_ms)
+                        enhancer_deadline_ms, type_id=type_id, attachment_type=attachment_type,
+                        strict_attributes=False, attribute_defaults=defaults)

@@ -1,76 +1,274 @@
-"""A stand-in for the parts of a CARLA server that the bridge talks to, for tests and benchmarks without one.
+"""A stand-in CARLA server + client for tests, examples and benchmarks on machines without a server.
 
-It speaks the client API the bridge uses (generate_opendrive_world, settings, blueprint
-library, spawn_actor / try_spawn_actor, tick, get_snapshot, on_tick, get_actors) with
-real `carla` value types (Transform, Location, Vector3D, BoundingBox), and moves a vehicle
-under VehicleControl with a plain kinematic model. It is not a simulator of CARLA's
-physics; it exists so the bridge's code paths run, frame ids and all, on machines
-without a server. Needs the `carla` package.
+`StandInClient(host, port)` is a drop-in `carla.Client` for what a camera script touches, with
+real `carla` value types (Transform, Location, Timestamp, WorldSettings, WeatherParameters,
+and a real `carla.Map` built from the world's OpenDRIVE). It behaves as libcarla does where a
+script can tell:
+
+- `world.tick()` advances the world and returns the new frame id BEFORE the on_tick callbacks
+  run; they run on another thread (the "stream" thread, one per world, in frame order), and an
+  exception a callback raises is printed (with its traceback) and swallowed, as libcarla's
+  MakeCallback does. `on_tick` / `listen` refuse a non-callable with libcarla's TypeError.
+- Blueprints validate `set_attribute` as LibCarla's ActorAttribute does: an unknown attribute
+  is an IndexError, a bool must be true / false (ValueError), an int or a float is read with
+  atoi / atof (garbage reads as 0, as on a real client: the neural camera refuses it by name).
+- `apply_batch` / `apply_batch_sync` run DestroyActor, ApplyVehicleControl, ApplyTransform,
+  SetSimulatePhysics and SetAutopilot; a DestroyActor of an id the server does not know answers
+  an error ("actor not found"), as a server does (a neural camera lives in the client: destroy
+  it through carla_bridge.client.NeuralClient). A SpawnActor command built by the `carla`
+  package carries a blueprint Python cannot read back, so the stand-in answers it with an error
+  response naming this, unless it was built through NeuralClient.
+- `set_autopilot` is accepted and does nothing (there is no traffic manager); vehicles move
+  under VehicleControl with a plain kinematic model, not CARLA's physics.
+- `wait_for_tick()` advances the world one step itself (there is no free-running server).
+- `get_map().get_spawn_points()`: one spawn point every 20 m along every lane of the OpenDRIVE
+  (a generated world's spawn points are the server's choice; these are ours).
+Needs the `carla` package.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import math
-from dataclasses import dataclass
+import queue
+import threading
+import time
+import traceback
 
 import carla
+
+from carla_bridge.attributes import CAMERA_DEFINITIONS
 
 # (half extents, box centre height above the actor origin): vehicles' origins are at their wheels' base,
 # walkers' at the middle of their capsule, as in CARLA
 _BOXES = {"vehicle": ((2.25, 0.95, 0.75), 0.75), "walker": ((0.25, 0.3, 0.9), 0.0)}
+_VEHICLES = {"vehicle.tesla.model3": 4, "vehicle.audi.a2": 4, "vehicle.lincoln.mkz_2020": 4,
+             "vehicle.carlamotors.carlacola": 4, "vehicle.diamondback.century": 2, "vehicle.yamaha.yzf": 2}
+_OTHER_SENSORS = ("sensor.other.collision", "sensor.other.gnss", "sensor.other.imu", "sensor.other.lane_invasion",
+                  "sensor.other.obstacle", "sensor.lidar.ray_cast", "sensor.lidar.ray_cast_semantic",
+                  "sensor.other.radar", "sensor.camera.optical_flow", "sensor.camera.dvs",
+                  "sensor.camera.normals")
+_TYPES = {"bool": carla.ActorAttributeType.Bool, "int": carla.ActorAttributeType.Int,
+          "float": carla.ActorAttributeType.Float, "string": carla.ActorAttributeType.String}
+_world_ids = itertools.count(start=1)
 
 
-@dataclass
-class StandInSettings:
-    synchronous_mode: bool = False
-    fixed_delta_seconds: float | None = None
+def StandInSettings(synchronous_mode: bool = False, fixed_delta_seconds: float | None = None) -> carla.WorldSettings:
+    """A real carla.WorldSettings with these two fields set (the stand-in's settings type)."""
+    settings = carla.WorldSettings()
+    settings.synchronous_mode = bool(synchronous_mode)
+    settings.fixed_delta_seconds = fixed_delta_seconds
+    return settings
+
+
+# --------------------------------------------------------------------------- blueprints
+class StandInAttribute:
+    """carla.ActorAttribute's face: id, type, value accessors, is_modifiable, recommended_values."""
+
+    def __init__(self, attribute_id: str, kind: str, value: str, recommended=(), modifiable: bool = True):
+        self.id, self._kind, self._value = attribute_id, kind, str(value)
+        self.type = _TYPES[kind]
+        self.is_modifiable = modifiable
+        self.recommended_values = list(recommended) or [str(value)]
+
+    def _set(self, value) -> None:
+        if not self.is_modifiable:
+            raise ValueError(f"{self.id}: read-only attribute")
+        value = str(value)
+        if self._kind == "bool":
+            value = value.lower()
+            if value not in ("true", "false"):
+                raise ValueError(f"{self.id}: invalid bool: {value}")
+        if self._kind == "float":
+            number = _atof(value)
+            if abs(number) > 3.4028234663852886e38:
+                raise ValueError(f"{self.id}: float overflow")
+        self._value = value
+
+    def as_str(self) -> str:
+        return self._value
+
+    def as_int(self) -> int:
+        return _atoi(self._value)
+
+    def as_float(self) -> float:
+        return _atof(self._value)
+
+    def as_bool(self) -> bool:
+        return self._value.lower() == "true"
+
+    def __str__(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"ActorAttribute(id={self.id},type={self._kind},value={self._value})"
+
+
+def _number_prefix(text: str, allow_float: bool) -> str:
+    """The longest leading number C's atoi / atof would read (after leading blanks), or ''."""
+    text = text.lstrip()
+    best = ""
+    for end in range(1, len(text) + 1):
+        try:
+            (float if allow_float else int)(text[:end])
+        except ValueError:
+            continue
+        best = text[:end]
+    return best
+
+
+def _atoi(text: str) -> int:
+    prefix = _number_prefix(text, allow_float=False)
+    return int(prefix) if prefix else 0
+
+
+def _atof(text: str) -> float:
+    prefix = _number_prefix(text, allow_float=True)
+    return float(prefix) if prefix else 0.0
 
 
 class StandInBlueprint:
+    """carla.ActorBlueprint's face. Known type ids carry CARLA's attribute set; `attributes` set values (and, for an
+    unknown type id, define free string attributes)."""
+
     def __init__(self, type_id: str, **attributes):
         self.id = type_id
-        self._attributes = {k: str(v) for k, v in attributes.items()}
+        self.tags = type_id.split(".")
+        self._attributes: dict[str, StandInAttribute] = {}
+        if type_id in CAMERA_DEFINITIONS:
+            for key, spec in CAMERA_DEFINITIONS[type_id].items():
+                self._attributes[key] = StandInAttribute(key, spec.type, spec.default, spec.choices)
+        elif type_id.startswith(("sensor.",)):
+            self._attributes["role_name"] = StandInAttribute("role_name", "string", "front")
+            self._attributes["sensor_tick"] = StandInAttribute("sensor_tick", "float", "0.0")
+        elif type_id.startswith("vehicle."):
+            self._attributes["role_name"] = StandInAttribute("role_name", "string", "autopilot")
+            self._attributes["number_of_wheels"] = StandInAttribute(
+                "number_of_wheels", "int", str(_VEHICLES.get(type_id, 4)), modifiable=False)
+        elif type_id.startswith("walker."):
+            self._attributes["role_name"] = StandInAttribute("role_name", "string", "walker")
+            self._attributes["is_invincible"] = StandInAttribute("is_invincible", "bool", "true")
+        for key, value in attributes.items():
+            if key in self._attributes:
+                self._attributes[key]._set(value)
+            else:
+                self._attributes[key] = StandInAttribute(key, "string", str(value))
 
     def set_attribute(self, key, value) -> None:
-        self._attributes[str(key)] = str(value)
+        self.get_attribute(key)._set(value)
 
     def has_attribute(self, key) -> bool:
         return key in self._attributes
 
-    def get_attribute(self, key):
-        value = self._attributes[key]
-        return type("Attribute", (), {"as_str": lambda self: value})()
+    def get_attribute(self, key) -> StandInAttribute:
+        if key not in self._attributes:
+            raise IndexError(f"attribute '{key}' not found")
+        return self._attributes[key]
+
+    def has_tag(self, tag: str) -> bool:
+        return tag in self.tags
+
+    def match_tags(self, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(self.id, pattern) or any(fnmatch.fnmatchcase(t, pattern) for t in self.tags)
+
+    def __iter__(self):
+        return iter(list(self._attributes.values()))
+
+    def __len__(self) -> int:
+        return len(self._attributes)
+
+    def __repr__(self) -> str:
+        return f"ActorBlueprint(id={self.id},tags={self.tags})"
 
 
 class StandInLibrary:
+    """carla.BlueprintLibrary's face: find (IndexError when missing), filter (wildcards on ids and tags), iteration."""
+
+    _IDS = (tuple(_VEHICLES) + tuple(f"walker.pedestrian.{i:04d}" for i in range(1, 5)) + tuple(CAMERA_DEFINITIONS)
+            + _OTHER_SENSORS + ("static.prop.bench", "static.prop.streetbarrier", "traffic.traffic_light"))
+
+    def __init__(self, ids=None):
+        self._ids = tuple(ids) if ids is not None else self._IDS
+
     def find(self, type_id: str) -> StandInBlueprint:
+        if type_id not in self._ids:
+            raise IndexError(f"blueprint '{type_id}' not found")
         return StandInBlueprint(type_id)
 
+    def filter(self, pattern: str) -> "StandInLibrary":
+        return StandInLibrary([i for i in self._ids if StandInBlueprint(i).match_tags(pattern)])
 
+    def __iter__(self):
+        return (StandInBlueprint(i) for i in self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: int) -> StandInBlueprint:
+        return StandInBlueprint(self._ids[index])
+
+
+class StandInMap(carla.Map):
+    """A real carla.Map of the OpenDRIVE, with spawn points every 20 m along every lane (see the module docstring)."""
+
+    def __init__(self, name: str, opendrive: str):
+        super().__init__(name, opendrive)
+        self._spawn_points = [w.transform for w in self.generate_waypoints(20.0)]
+
+    def get_spawn_points(self):
+        return list(self._spawn_points)
+
+
+# --------------------------------------------------------------------------- actors
 class StandInActor:
-    def __init__(self, world, actor_id: int, type_id: str, transform, parent=None):
+    def __init__(self, world, actor_id: int, type_id: str, transform, parent=None, attributes=None):
         self.world, self.id, self.type_id, self.parent = world, actor_id, type_id, parent
         family = type_id.split(".")[0]
         extent, z = _BOXES.get(family, ((0.1, 0.1, 0.1), 0.0))
         self.bounding_box = carla.BoundingBox(carla.Location(0.0, 0.0, z), carla.Vector3D(*extent))
-        self.attributes = {"number_of_wheels": "4"} if family == "vehicle" else {}
-        self._transform = transform
+        self.attributes = dict(attributes or {})
+        if family == "vehicle":
+            self.attributes.setdefault("number_of_wheels", "4")
+        self.semantic_tags = []
+        self._transform = transform  # relative to the parent when attached, as given to spawn_actor
         self.speed_mps = 0.0
         self.control = carla.VehicleControl()
         self.physics = True
-        self.alive = True
+        self.autopilot = False
+        self._alive = True
         self._callback = None
 
     # actor face
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def get_world(self):
+        return self.world
+
     def get_transform(self):
-        return self._transform
+        if self.parent is None:
+            return self._transform
+        from carla_bridge.transforms import pose_from_transform, transform_from_pose
+
+        return transform_from_pose(pose_from_transform(self.parent.get_transform()) @ pose_from_transform(self._transform))
+
+    def get_location(self):
+        return self.get_transform().location
 
     def set_transform(self, transform) -> None:
         self._transform = transform
 
-    def set_simulate_physics(self, enabled: bool) -> None:
+    def set_location(self, location) -> None:
+        self._transform = carla.Transform(location, self._transform.rotation)
+
+    def set_simulate_physics(self, enabled: bool = True) -> None:
         self.physics = bool(enabled)
+
+    def set_autopilot(self, enabled: bool = True, port: int = 8000) -> None:
+        """Accepted and recorded; the stand-in has no traffic manager, so nothing drives the vehicle."""
+        self.autopilot = bool(enabled)
 
     def apply_control(self, control) -> None:
         self.control = control
@@ -78,25 +276,51 @@ class StandInActor:
     def get_velocity(self):
         if not self.physics:  # like CARLA: an actor moved by set_transform reports no velocity
             return carla.Vector3D(0.0, 0.0, 0.0)
-        yaw = math.radians(self._transform.rotation.yaw)
+        yaw = math.radians(self.get_transform().rotation.yaw)
         return carla.Vector3D(self.speed_mps * math.cos(yaw), self.speed_mps * math.sin(yaw), 0.0)
 
+    def get_angular_velocity(self):
+        return carla.Vector3D(0.0, 0.0, 0.0)
+
+    def get_acceleration(self):
+        return carla.Vector3D(0.0, 0.0, 0.0)
+
     def destroy(self) -> bool:
-        self.alive = False
+        if not self._alive:
+            return False
+        self._alive = False
         self.world.actors.pop(self.id, None)
         return True
 
     # sensor face
     def listen(self, callback) -> None:
+        if not callable(callback):
+            raise TypeError("callback argument must be callable!")
         self._callback = callback
 
     def stop(self) -> None:
         self._callback = None
 
+    def is_listening(self) -> bool:
+        return self._callback is not None
+
     def emit_collision(self, other_actor) -> None:
         """Fire a collision event at this (sensor) actor for the current frame, as CARLA would."""
         if self._callback is not None:
             self._callback(type("CollisionEvent", (), {"frame": self.world.frame, "other_actor": other_actor})())
+
+    def __repr__(self) -> str:
+        return f"Actor(id={self.id}, type={self.type_id})"
+
+
+class StandInActorList(list):
+    """carla.ActorList's face: a list with filter(wildcard) and find(id)."""
+
+    def filter(self, pattern: str) -> "StandInActorList":
+        return StandInActorList(a for a in self if fnmatch.fnmatchcase(a.type_id, pattern))
+
+    def find(self, actor_id: int):
+        return next((a for a in self if a.id == actor_id), None)
 
 
 class StandInActorSnapshot:
@@ -111,15 +335,24 @@ class StandInActorSnapshot:
     def get_velocity(self):
         return self._velocity
 
+    def get_angular_velocity(self):
+        return carla.Vector3D(0.0, 0.0, 0.0)
+
+    def get_acceleration(self):
+        return carla.Vector3D(0.0, 0.0, 0.0)
+
 
 class StandInSnapshot:
-    def __init__(self, frame: int, elapsed_seconds: float, actors):
+    """carla.WorldSnapshot's face: id, frame, a real carla.Timestamp, find, has_actor, iteration."""
+
+    def __init__(self, world_id: int, frame: int, elapsed_seconds: float, delta_seconds: float, actors):
+        self.id = world_id
         self.frame = frame
-        self.timestamp = type("Timestamp", (), {"elapsed_seconds": elapsed_seconds})()
+        self.timestamp = carla.Timestamp(frame, elapsed_seconds, delta_seconds, elapsed_seconds)
         self._snaps = {a.id: StandInActorSnapshot(a) for a in actors}
 
     def __iter__(self):
-        return iter(self._snaps.values())
+        return iter(list(self._snaps.values()))
 
     def __len__(self) -> int:
         return len(self._snaps)
@@ -127,42 +360,105 @@ class StandInSnapshot:
     def find(self, actor_id: int):
         return self._snaps.get(actor_id)
 
+    def has_actor(self, actor_id: int) -> bool:
+        return actor_id in self._snaps
 
+
+class StandInResponse:
+    """carla.command.Response's face: actor_id, error, has_error()."""
+
+    def __init__(self, actor_id: int = 0, error: str = ""):
+        self.actor_id, self.error = int(actor_id), str(error)
+
+    def has_error(self) -> bool:
+        return bool(self.error)
+
+    def __repr__(self) -> str:
+        return f"Response(actor_id={self.actor_id}, error={self.error!r})"
+
+
+# --------------------------------------------------------------------------- the world
 class StandInWorld:
-    """World with on_tick callbacks, spawning, synchronous ticking and a kinematic vehicle model."""
+    """World with on_tick callbacks on a stream thread, spawning, synchronous ticking, a kinematic vehicle model."""
 
-    def __init__(self, opendrive: str = ""):
+    def __init__(self, opendrive: str = "", map_name: str = "StandIn"):
+        self.id = next(_world_ids)
         self.opendrive = opendrive
+        self._map_name = map_name
+        self._map = None
         self.settings = StandInSettings()
-        self.settings_history: list[StandInSettings] = []
+        self.settings_history: list = []
         self.actors: dict[int, StandInActor] = {}
         self._ids = itertools.count(start=100)
         self._callbacks: dict[int, object] = {}
         self._callback_ids = itertools.count(start=1)
         self.frame = 5000
         self.elapsed_seconds = 0.0
+        self._delta_seconds = 0.0
+        self._weather = carla.WeatherParameters()
+        self._lock = threading.RLock()
+        self._stream: queue.Queue = queue.Queue()
+        self._stream_thread = threading.Thread(target=self._run_stream, name=f"standin-stream-{self.id}", daemon=True)
+        self._stream_thread.start()
+        self._spectator = self.spawn_actor(StandInBlueprint("spectator"), carla.Transform())
+        self._snapshot = self._make_snapshot()
 
-    def get_settings(self) -> StandInSettings:
+    # settings, map, weather
+    def get_settings(self):
         return StandInSettings(self.settings.synchronous_mode, self.settings.fixed_delta_seconds)
 
-    def apply_settings(self, settings) -> None:
+    def apply_settings(self, settings) -> int:
         self.settings = StandInSettings(settings.synchronous_mode, settings.fixed_delta_seconds)
         self.settings_history.append(self.settings)
+        return self.frame
+
+    def get_map(self) -> StandInMap:
+        if self._map is None:
+            if not self.opendrive:
+                from neural_sensor.scene.layout import straight_road
+                from neural_sensor.scene.opendrive import layout_to_opendrive
+
+                self.opendrive = layout_to_opendrive(straight_road(200.0, buildings=False))
+            self._map = StandInMap(self._map_name, self.opendrive)
+        return self._map
+
+    def get_weather(self):
+        return self._weather
+
+    def set_weather(self, weather) -> None:
+        self._weather = weather
 
     def get_blueprint_library(self) -> StandInLibrary:
         return StandInLibrary()
 
-    def spawn_actor(self, blueprint, transform, attach_to=None) -> StandInActor:
-        actor = StandInActor(self, next(self._ids), blueprint.id, transform, attach_to)
-        self.actors[actor.id] = actor
+    def get_spectator(self) -> StandInActor:
+        return self._spectator
+
+    # actors
+    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = ""):
+        attributes = {a.id: a.as_str() for a in blueprint} if hasattr(blueprint, "__iter__") else {}
+        with self._lock:
+            actor = StandInActor(self, next(self._ids), blueprint.id, transform, attach_to, attributes)
+            self.actors[actor.id] = actor
         return actor
 
-    try_spawn_actor = spawn_actor
+    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = ""):
+        """As spawn_actor: the stand-in has no collision test, so it never answers None."""
+        return self.spawn_actor(blueprint, transform, attach_to, attachment_type, socket_name)
 
-    def get_actors(self, ids=None):
-        return [self.actors[i] for i in ids] if ids is not None else list(self.actors.values())
+    def get_actors(self, ids=None) -> StandInActorList:
+        with self._lock:
+            if ids is None:
+                return StandInActorList(self.actors.values())
+            return StandInActorList(self.actors[i] for i in ids if i in self.actors)
 
+    def get_actor(self, actor_id: int):
+        return self.actors.get(actor_id)
+
+    # ticking
     def on_tick(self, callback) -> int:
+        if not callable(callback):
+            raise TypeError("callback argument must be callable!")
         callback_id = next(self._callback_ids)
         self._callbacks[callback_id] = callback
         return callback_id
@@ -171,38 +467,123 @@ class StandInWorld:
         self._callbacks.pop(callback_id, None)
 
     def get_snapshot(self) -> StandInSnapshot:
-        return StandInSnapshot(self.frame, self.elapsed_seconds, self.actors.values())
+        return self._snapshot
 
-    def tick(self) -> int:
+    def _make_snapshot(self) -> StandInSnapshot:
+        with self._lock:
+            return StandInSnapshot(self.id, self.frame, self.elapsed_seconds, self._delta_seconds,
+                                   list(self.actors.values()))
+
+    def _step(self) -> int:
         dt = self.settings.fixed_delta_seconds or 0.05
-        for actor in self.actors.values():
-            if actor.type_id.startswith("vehicle.") and actor.physics:
-                c = actor.control
-                actor.speed_mps = max(0.0, actor.speed_mps + (3.5 * c.throttle - 8.0 * c.brake) * dt)
-                t = actor.get_transform()
-                yaw = t.rotation.yaw + math.degrees(actor.speed_mps * dt / 2.8 * math.tan(c.steer * math.radians(35)))
-                step = actor.speed_mps * dt
-                loc = carla.Location(t.location.x + step * math.cos(math.radians(yaw)),
-                                     t.location.y + step * math.sin(math.radians(yaw)), t.location.z)
-                actor.set_transform(carla.Transform(loc, carla.Rotation(pitch=t.rotation.pitch, yaw=yaw,
-                                                                        roll=t.rotation.roll)))
-        self.frame += 1
-        self.elapsed_seconds += dt
-        snapshot = self.get_snapshot()
-        for callback in list(self._callbacks.values()):
-            callback(snapshot)
+        with self._lock:
+            for actor in self.actors.values():
+                if actor.type_id.startswith("vehicle.") and actor.physics and actor.parent is None:
+                    c = actor.control
+                    actor.speed_mps = max(0.0, actor.speed_mps + (3.5 * c.throttle - 8.0 * c.brake) * dt)
+                    t = actor.get_transform()
+                    yaw = t.rotation.yaw + math.degrees(actor.speed_mps * dt / 2.8
+                                                        * math.tan(c.steer * math.radians(35)))
+                    step = actor.speed_mps * dt
+                    loc = carla.Location(t.location.x + step * math.cos(math.radians(yaw)),
+                                         t.location.y + step * math.sin(math.radians(yaw)), t.location.z)
+                    actor.set_transform(carla.Transform(loc, carla.Rotation(pitch=t.rotation.pitch, yaw=yaw,
+                                                                            roll=t.rotation.roll)))
+            self.frame += 1
+            self.elapsed_seconds += dt
+            self._delta_seconds = dt
+            self._snapshot = snapshot = self._make_snapshot()
+        self._stream.put(snapshot)  # the callbacks run on the stream thread, after tick() has returned
         return self.frame
+
+    def tick(self, seconds: float = 10.0) -> int:
+        """Advance one step; returns the new frame id. on_tick callbacks run afterwards on the stream thread."""
+        return self._step()
+
+    def wait_for_tick(self, seconds: float = 10.0) -> StandInSnapshot:
+        """The stand-in has no free-running server: it advances one step itself and returns that snapshot."""
+        self._step()
+        return self._snapshot
+
+    def _run_stream(self) -> None:
+        while True:
+            snapshot = self._stream.get()
+            for callback in list(self._callbacks.values()):
+                try:
+                    callback(snapshot)
+                except Exception:  # noqa: BLE001 - libcarla's MakeCallback: PyErr_Print, then carry on
+                    traceback.print_exc()
+            self._stream.task_done()
+
+    def wait_for_callbacks(self, timeout_s: float = 30.0) -> None:
+        """Block until every snapshot so far went through the on_tick callbacks (tests; no CARLA equivalent)."""
+        deadline = time.monotonic() + timeout_s
+        while self._stream.unfinished_tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stand-in: on_tick callbacks still running after {timeout_s} s")
+            time.sleep(0.001)
+
+    # commands
+    def _apply(self, command) -> StandInResponse:
+        cmd = carla.command
+        spawn_request = getattr(command, "neural_spawn_request", None)
+        if spawn_request is not None:  # a SpawnActor built through carla_bridge.client with a readable blueprint
+            blueprint, transform, parent_id = spawn_request
+            parent = self.actors.get(parent_id) if parent_id else None
+            return StandInResponse(self.spawn_actor(blueprint, transform, parent).id)
+        if isinstance(command, cmd.SpawnActor):
+            return StandInResponse(0, "stand-in: a carla.command.SpawnActor's blueprint cannot be read from Python; "
+                                      "build the batch with carla_bridge.client.NeuralClient or use spawn_actor")
+        actor = self.actors.get(getattr(command, "actor_id", -1))
+        if actor is None:
+            return StandInResponse(getattr(command, "actor_id", 0), "unable to find actor: actor not found")
+        if isinstance(command, cmd.DestroyActor):
+            actor.destroy()
+        elif isinstance(command, cmd.ApplyVehicleControl):
+            actor.apply_control(command.control)
+        elif isinstance(command, cmd.ApplyTransform):
+            actor.set_transform(command.transform)
+        elif isinstance(command, cmd.SetSimulatePhysics):
+            actor.set_simulate_physics(command.enabled)
+        elif isinstance(command, cmd.SetAutopilot):
+            actor.set_autopilot(command.enabled)
+        else:
+            return StandInResponse(actor.id, f"stand-in: {type(command).__name__} is not supported")
+        return StandInResponse(actor.id)
 
 
 class StandInClient:
-    """carla.Client's face for the calls CarlaSimulator makes."""
+    """carla.Client's face: set_timeout, versions, get_world, generate_opendrive_world, apply_batch(_sync)."""
 
-    def __init__(self):
+    def __init__(self, host: str = "localhost", port: int = 2000, worker_threads: int = 0):
+        self.host, self.port = host, int(port)
+        self.timeout_s = 5.0
         self.world = StandInWorld()
 
-    def generate_opendrive_world(self, opendrive: str) -> StandInWorld:
-        self.world = StandInWorld(opendrive)
-        return self.world
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout_s = float(seconds)
+
+    def get_client_version(self) -> str:
+        return "0.9.16"
+
+    def get_server_version(self) -> str:
+        return self.get_client_version()
 
     def get_world(self) -> StandInWorld:
         return self.world
+
+    def get_available_maps(self) -> list[str]:
+        return [f"/Game/Carla/Maps/{self.world._map_name}"]
+
+    def generate_opendrive_world(self, opendrive: str, parameters=None, reset_settings: bool = True) -> StandInWorld:
+        self.world = StandInWorld(opendrive, map_name="OpenDriveMap")
+        return self.world
+
+    def apply_batch(self, commands, do_tick: bool = False) -> None:
+        self.apply_batch_sync(commands, do_tick)
+
+    def apply_batch_sync(self, commands, do_tick: bool = False) -> list[StandInResponse]:
+        responses = [self.world._apply(command) for command in commands]
+        if do_tick:
+            self.world.tick()
+        return responses
