@@ -223,6 +223,7 @@ class CameraRig:
         self._sequence = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
         self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
@@ -354,10 +355,14 @@ class CameraRig:
                 self._cond.wait()
             if not self._jobs:
                 return None
+            self._busy = True
             return heapq.heappop(self._jobs)
 
     def _run(self) -> None:
         while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
             job = self._next_job()
             if job is None:
                 return
@@ -385,14 +390,15 @@ class CameraRig:
                     traceback.print_exc()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Block until every queued frame has been taken by the worker (tests and benchmarks)."""
+        """Block until every queued frame has been rendered and delivered; False on timeout (tests, benchmarks)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._jobs:
-                    return True
-            time.sleep(0.001)
-        return False
+        with self._cond:
+            while self._jobs or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
 
 def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms) -> tuple:
