@@ -10,9 +10,15 @@ or set NEURAL_SENSOR_SCENE=path/to/scene.ply (and optionally NEURAL_SENSOR_BACKE
 
 How: the leaderboard's AgentWrapper spawns each sensor with
 `CarlaDataProvider.get_world().spawn_actor(blueprint, transform, vehicle)` and attaches its
-own CallBack. enable() makes get_world() return the real world behind a thin proxy whose
-spawn_actor answers `sensor.camera.rgb` blueprints with a NeuralCamera (same attributes,
-same mount) and passes everything else through. The agent keeps its sensor type names
+own CallBack. enable() makes get_world() return the real world behind a NeuralWorld proxy
+(carla_bridge/client.py) whose spawn_actor and try_spawn_actor answer the camera blueprints
+(sensor.camera.rgb, .depth, .semantic_segmentation, .instance_segmentation) with NeuralCameras
+(same attributes, same mount) and pass everything else through; every camera of one vehicle
+renders in one batched call per tick. CarlaDataProvider's client (set_client / get_client, and
+the one it batches with) becomes a NeuralClient, so batch SpawnActor of a camera blueprint and
+DestroyActor of a neural camera reach the cameras; while enabled, carla.command.SpawnActor and
+DestroyActor are carla_bridge.client's subclasses (isinstance holds) so that a batch's camera
+blueprint stays readable and DestroyActor takes a camera. The agent keeps its sensor type names
 (the leaderboard rejects unknown ones) and receives input_data {id: (frame, H x W x 4 BGRA)}
 from the leaderboard's own SensorInterface, because a NeuralImage is a carla.Image.
 """
@@ -22,37 +28,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from carla_bridge.sensor import spawn_neural_camera
+from carla_bridge.client import NeuralClient, NeuralWorld
 from neural_sensor.gaussians import GaussianScene
 
 CAMERA_TYPE = "sensor.camera.rgb"
 _state: dict = {}
 
 
-class NeuralSpawningWorld:
-    """A carla.World stand-in that spawns neural cameras for RGB camera blueprints and forwards the rest."""
+def NeuralSpawningWorld(world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
+                        enhancer: str | None = None) -> NeuralWorld:
+    """The proxy enable() puts behind CarlaDataProvider.get_world() (kept under its former name)."""
+    return NeuralWorld(world, scene, backend, background_rgb, enhancer)
 
-    def __init__(self, world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None):
-        self._world = world
-        self._scene = scene
-        self._backend = backend
-        self._background = background_rgb
-        self._enhancer = enhancer
 
-    def spawn_actor(self, blueprint, transform, attach_to=None, *args, **kwargs):
-        if getattr(blueprint, "id", None) == CAMERA_TYPE:
-            return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
-                                       self._background, enhancer=self._enhancer)
-        return self._world.spawn_actor(blueprint, transform, attach_to, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._world, name)
+def _options() -> dict:
+    return dict(scene=_state["scene"], backend=_state["backend"], enhancer=_state["enhancer"])
 
 
 def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enhancer: str | None = None) -> None:
-    """Route the leaderboard's RGB cameras to the neural renderer (idempotent; the last scene wins);
+    """Route the leaderboard's cameras to the neural renderer (idempotent; the last scene wins);
     `enhancer`: an enhancer server's endpoint (tcp://HOST:PORT) to refine every camera."""
+    import carla
+
+    from carla_bridge import client as neural_client
+
     if not isinstance(scene, GaussianScene):
         scene = GaussianScene.load_ply(Path(scene))
     try:
@@ -61,24 +60,53 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
         raise RuntimeError("carla_bridge.leaderboard.enable needs the CARLA leaderboard and scenario_runner on "
                            f"PYTHONPATH ({err})") from None
     _state.update(scene=scene, backend=backend, enhancer=enhancer)
-    if "original_get_world" not in _state:
-        _state["original_get_world"] = CarlaDataProvider.get_world
+    if "original_get_world" in _state:
+        return
+    _state["original_get_world"] = CarlaDataProvider.get_world
+    _state["original_commands"] = (carla.command.SpawnActor, carla.command.DestroyActor)
+    carla.command.SpawnActor = neural_client.SpawnActor
+    carla.command.DestroyActor = neural_client.DestroyActor
 
-        def get_world():
-            world = _state["original_get_world"]()
-            if world is None or isinstance(world, NeuralSpawningWorld):
-                return world
-            return NeuralSpawningWorld(world, _state["scene"], _state["backend"], enhancer=_state["enhancer"])
+    def get_world():
+        world = _state["original_get_world"]()
+        if world is None or isinstance(world, NeuralWorld):
+            return world
+        return NeuralWorld(world, **_options())
 
-        CarlaDataProvider.get_world = staticmethod(get_world)
+    CarlaDataProvider.get_world = staticmethod(get_world)
+
+    def wrap(client):
+        if client is None or isinstance(client, NeuralClient):
+            return client
+        return NeuralClient(client, **_options())
+
+    for name in ("set_client", "get_client"):
+        _state[f"original_{name}"] = CarlaDataProvider.__dict__.get(name)
+    if _state["original_set_client"] is not None:
+        original_set = _state["original_set_client"].__func__
+
+        def set_client(client):
+            original_set(wrap(client))
+
+        CarlaDataProvider.set_client = staticmethod(set_client)
+    if getattr(CarlaDataProvider, "_client", None) is not None:
+        CarlaDataProvider._client = wrap(CarlaDataProvider._client)
 
 
 def disable() -> None:
     """Undo enable()."""
     if "original_get_world" in _state:
+        import carla
+
         from srunner.scenariomanager.carla_data_provider import CarlaDataProvider
 
         CarlaDataProvider.get_world = staticmethod(_state.pop("original_get_world"))
+        if _state.get("original_set_client") is not None:
+            CarlaDataProvider.set_client = _state["original_set_client"]
+        client = getattr(CarlaDataProvider, "_client", None)
+        if isinstance(client, NeuralClient):
+            CarlaDataProvider._client = client.client
+        carla.command.SpawnActor, carla.command.DestroyActor = _state["original_commands"]
     _state.clear()
 
 

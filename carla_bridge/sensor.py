@@ -271,7 +271,11 @@ class CameraRig:
         due = [camera for camera in due if camera._callback is not None]
         if not due:
             return
-        snapshot = self.snapshot_from_carla(world_snapshot)
+        try:
+            snapshot = self.snapshot_from_carla(world_snapshot)
+        except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
+            self._fail(int(world_snapshot.frame), due, err)
+            return
         with self._cond:
             heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due))
             self._cond.notify_all()
@@ -349,6 +353,17 @@ class CameraRig:
                                              camera.settings.fov_deg, camera._encode(frame))
         return out
 
+    def _fail(self, frame: int, cameras, err: Exception) -> None:
+        """Log a failed frame at once and keep it for the next call on a camera of this rig (the first one kept)."""
+        names = ", ".join(f"{c.type_id} {c.id}" for c in cameras)
+        _log.error("neural camera: rendering frame %d failed for %s: %s: %s", frame, names, type(err).__name__, err,
+                   exc_info=err)
+        with self._cond:
+            if self.error is None:
+                self.error = NeuralCameraError(f"neural camera ({names}): rendering frame {frame} failed: "
+                                               f"{type(err).__name__}: {err}")
+                self.error.__cause__ = err
+
     def _next_job(self):
         with self._cond:
             while not self._jobs and not self._closed:
@@ -373,12 +388,7 @@ class CameraRig:
             try:
                 images = self.capture(snapshot, cameras)
             except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
-                names = ", ".join(f"{c.type_id} {c.id}" for c in cameras)
-                _log.error("neural camera: rendering frame %d failed for %s", frame, names, exc_info=True)
-                with self._cond:
-                    self.error = NeuralCameraError(f"neural camera ({names}): rendering frame {frame} failed: "
-                                                   f"{type(err).__name__}: {err}")
-                    self.error.__cause__ = err
+                self._fail(frame, cameras, err)
                 continue
             for camera, image in images.items():
                 callback = camera._callback

@@ -1,26 +1,20 @@
 """CARLA's synchronous-mode pattern with a neural camera: two lines differ from the stock example.
 
-    python -m carla_bridge.examples.synchronous_mode --scene scene.ply [--host localhost --port 2000]
+    python -m carla_bridge.examples.synchronous_mode --scene scene.ply [--host localhost --port 2000] [--standin]
 """
 
-import argparse
 import queue
 
 import carla
 
+from carla_bridge.examples._common import make_client, parse_args
 from carla_bridge.sensor import spawn_neural_camera  # changed line 1 of 2
 from neural_sensor.gaussians import GaussianScene
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scene", required=True, help="Gaussian scene PLY for this map")
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=2000)
-    parser.add_argument("--ticks", type=int, default=100)
-    args = parser.parse_args()
-    client = carla.Client(args.host, args.port)
-    client.set_timeout(10.0)
+def main(argv=None) -> list[int]:
+    args = parse_args(__doc__.splitlines()[0], argv, ticks=100)
+    client = make_client(args)
     world = client.get_world()
     original = world.get_settings()
     settings = world.get_settings()
@@ -34,13 +28,14 @@ def main():
         actors.append(vehicle)
         vehicle.set_autopilot(False)
         bp = library.find("sensor.camera.rgb")
-        bp.set_attribute("image_size_x", "800")
-        bp.set_attribute("image_size_y", "600")
+        bp.set_attribute("image_size_x", str(args.width))
+        bp.set_attribute("image_size_y", str(args.height))
         camera = spawn_neural_camera(world, bp, carla.Transform(carla.Location(x=1.5, z=1.6)),  # changed line 2
-                                     attach_to=vehicle, scene=scene)
+                                     attach_to=vehicle, scene=scene, backend=args.backend)
         actors.append(camera)
         images = queue.Queue()
         camera.listen(images.put)
+        delivered = []
         for _ in range(args.ticks):
             vehicle.apply_control(carla.VehicleControl(throttle=0.4))
             frame = world.tick()
@@ -48,10 +43,12 @@ def main():
             while image.frame < frame:  # the examples' way to align sensor data with the tick
                 image = images.get(timeout=10.0)
             print(f"frame {frame}: {image.width}x{image.height} neural image")
+            delivered.append(image.frame)
     finally:
         for actor in actors:
             actor.destroy()
         world.apply_settings(original)
+    return delivered
 
 
 if __name__ == "__main__":

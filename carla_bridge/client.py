@@ -1,0 +1,208 @@
+"""A carla.Client / carla.World proxy that spawns neural cameras and routes batch commands to them.
+
+    client = NeuralClient(carla.Client(host, port), scene=scene)   # or a StandInClient
+    world = client.get_world()                                     # a NeuralWorld
+    camera = world.spawn_actor(depth_bp, transform, attach_to=vehicle)         # a NeuralCamera
+    client.apply_batch([carla.command.DestroyActor(camera.id), ...])           # destroys it client-side
+
+NeuralWorld answers spawn_actor / try_spawn_actor of the four camera blueprints
+(carla_bridge.encodings.CAMERA_TYPES, or the `camera_types` given) with a NeuralCamera and passes
+everything else to the real world; get_actor / get_actors know the neural cameras by id.
+
+NeuralClient.apply_batch / apply_batch_sync run, in order: DestroyActor of a neural camera id
+(the camera is destroyed here; a server would answer "actor not found"); SpawnActor built with
+this module's `SpawnActor` (whose blueprint stays readable; libcarla's own command keeps it in
+C++) of a camera blueprint, as spawn_neural_camera; everything else goes to the real client in
+ONE batch. Responses come back in command order: the server's, or ours (`NeuralResponse`, with
+the carla.command.Response face) for the commands handled here.
+
+`SpawnActor` and `DestroyActor` here are subclasses of carla.command's (isinstance holds):
+SpawnActor keeps its blueprint, transform and parent readable; DestroyActor also takes a
+NeuralCamera object (libcarla's accepts a C++ actor or an id only). carla_bridge.leaderboard
+installs them as carla.command.SpawnActor / DestroyActor while it is enabled.
+"""
+
+from __future__ import annotations
+
+import carla
+
+from carla_bridge.encodings import CAMERA_TYPES
+from carla_bridge.sensor import NeuralCamera, is_neural_id, neural_camera, spawn_neural_camera
+from neural_sensor.gaussians import GaussianScene
+
+_LibcarlaSpawnActor = carla.command.SpawnActor
+_LibcarlaDestroyActor = carla.command.DestroyActor
+
+
+class SpawnActor(_LibcarlaSpawnActor):
+    """carla.command.SpawnActor that keeps its request readable (`neural_spawn_request`)."""
+
+    def __init__(self, blueprint, transform, parent=None, attachment_type=None, socket_name: str = ""):
+        parent_id = parent if isinstance(parent, int) else (parent.id if parent is not None else 0)
+        self.neural_spawn_request = (blueprint, transform, parent_id)
+        self.neural_parent = None if isinstance(parent, int) else parent
+        self.neural_attachment = (attachment_type, socket_name)
+        if isinstance(blueprint, carla.ActorBlueprint) and not isinstance(parent, NeuralCamera):
+            if parent is None:
+                super().__init__(blueprint, transform)
+            elif attachment_type is not None:
+                super().__init__(blueprint, transform, parent, attachment_type, socket_name)
+            else:
+                super().__init__(blueprint, transform, parent)
+        else:  # a stand-in blueprint: the C++ command stays empty, the request lives here
+            super().__init__()
+
+
+class DestroyActor(_LibcarlaDestroyActor):
+    """carla.command.DestroyActor that also takes a NeuralCamera (or any actor object with an id)."""
+
+    def __init__(self, actor):
+        if isinstance(actor, carla.Actor) and not isinstance(actor, NeuralCamera):
+            super().__init__(actor)
+        else:
+            super().__init__(int(actor if isinstance(actor, int) else actor.id))
+
+
+class NeuralResponse:
+    """carla.command.Response's face for a command handled client-side: actor_id, error, has_error()."""
+
+    def __init__(self, actor_id: int = 0, error: str = ""):
+        self.actor_id, self.error = int(actor_id), str(error)
+
+    def has_error(self) -> bool:
+        return bool(self.error)
+
+    def __repr__(self) -> str:
+        return f"NeuralResponse(actor_id={self.actor_id}, error={self.error!r})"
+
+
+class _ActorList(list):
+    """carla.ActorList's face over server actors and neural cameras: filter(wildcard), find(id)."""
+
+    def filter(self, pattern: str) -> "_ActorList":
+        import fnmatch
+
+        return _ActorList(a for a in self if fnmatch.fnmatchcase(a.type_id, pattern))
+
+    def find(self, actor_id: int):
+        return next((a for a in self if a.id == actor_id), None)
+
+
+class NeuralWorld:
+    """carla.World proxy: camera blueprints spawn NeuralCameras; see the module docstring."""
+
+    def __init__(self, world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES):
+        if not isinstance(scene, GaussianScene):
+            raise ValueError(f"NeuralWorld: scene must be a GaussianScene, got {type(scene).__name__}")
+        self._world = world
+        self._scene = scene
+        self._backend = backend
+        self._background = tuple(background_rgb)
+        self._enhancer = enhancer
+        self._camera_types = tuple(camera_types)
+
+    @property
+    def world(self):
+        """The real world behind the proxy."""
+        return self._world
+
+    def _is_neural(self, blueprint) -> bool:
+        return getattr(blueprint, "id", None) in self._camera_types
+
+    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = "",
+                    *args, **kwargs):
+        if self._is_neural(blueprint):
+            return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
+                                       self._background, enhancer=self._enhancer, attachment_type=attachment_type,
+                                       socket_name=socket_name)
+        extra = () if attachment_type is None else (attachment_type, socket_name)
+        return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
+
+    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = "",
+                        *args, **kwargs):
+        if self._is_neural(blueprint):  # a camera never collides: try_spawn_actor is spawn_actor for it
+            return self.spawn_actor(blueprint, transform, attach_to, attachment_type, socket_name)
+        extra = () if attachment_type is None else (attachment_type, socket_name)
+        return self._world.try_spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
+
+    def get_actor(self, actor_id: int):
+        if is_neural_id(actor_id):
+            return neural_camera(actor_id)
+        return self._world.get_actor(actor_id)
+
+    def get_actors(self, actor_ids=None):
+        if actor_ids is None:
+            return self._world.get_actors()  # the server's list; neural cameras live client-side
+        actor_ids = list(actor_ids)
+        server_ids = [i for i in actor_ids if not is_neural_id(i)]
+        found = {a.id: a for a in self._world.get_actors(server_ids)} if server_ids else {}
+        for i in actor_ids:
+            if is_neural_id(i) and neural_camera(i) is not None:
+                found[i] = neural_camera(i)
+        return _ActorList(found[i] for i in actor_ids if i in found)
+
+    def __getattr__(self, name):
+        return getattr(self._world, name)
+
+
+class NeuralClient:
+    """carla.Client proxy: get_world() is a NeuralWorld, batches reach neural cameras; see the module docstring."""
+
+    def __init__(self, client, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES):
+        self._client = client
+        self._options = dict(scene=scene, backend=backend, background_rgb=background_rgb, enhancer=enhancer,
+                             camera_types=camera_types)
+
+    @property
+    def client(self):
+        """The real client behind the proxy."""
+        return self._client
+
+    def get_world(self) -> NeuralWorld:
+        return NeuralWorld(self._client.get_world(), **self._options)
+
+    def _world_for(self, world) -> NeuralWorld:
+        return world if isinstance(world, NeuralWorld) else NeuralWorld(world, **self._options)
+
+    def apply_batch(self, commands, do_tick: bool = False) -> None:
+        self._run(commands, do_tick, sync=False)
+
+    def apply_batch_sync(self, commands, do_tick: bool = False) -> list:
+        return self._run(commands, do_tick, sync=True)
+
+    def _local(self, command, world: NeuralWorld):
+        """A response when this command is ours to run, else None."""
+        if isinstance(command, _LibcarlaDestroyActor) and is_neural_id(command.actor_id):
+            camera = neural_camera(command.actor_id)
+            if camera is None:
+                return NeuralResponse(command.actor_id, "unable to destroy actor: not found")
+            camera.destroy()
+            return NeuralResponse(command.actor_id)
+        request = getattr(command, "neural_spawn_request", None)
+        if request is not None and world._is_neural(request[0]):
+            blueprint, transform, parent_id = request
+            parent = getattr(command, "neural_parent", None) or (world.get_actor(parent_id) if parent_id else None)
+            attachment_type, socket_name = getattr(command, "neural_attachment", (None, ""))
+            try:
+                camera = world.spawn_actor(blueprint, transform, parent, attachment_type, socket_name)
+            except (ValueError, TypeError) as err:
+                return NeuralResponse(0, f"neural camera: {err}")
+            return NeuralResponse(camera.id)
+        return None
+
+    def _run(self, commands, do_tick: bool, sync: bool):
+        commands = list(commands)
+        world = self.get_world()
+        responses: list = [self._local(command, world) for command in commands]
+        forwarded = [c for c, r in zip(commands, responses) if r is None]
+        if sync:
+            server = iter(self._client.apply_batch_sync(forwarded, do_tick) if forwarded or do_tick else [])
+            return [r if r is not None else next(server) for r in responses]
+        if forwarded or do_tick:
+            self._client.apply_batch(forwarded, do_tick)
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
