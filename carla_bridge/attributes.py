@@ -192,7 +192,9 @@ def camera_settings(type_id: str, attributes: dict, strict: bool = True, default
         if isinstance(value, bool):
             value = "true" if value else "false"
         key = str(key)
-        if key not in definition and not strict:
+        if key not in definition and strict:
+            raise ValueError(f"{type_id}: no attribute {key!r} (CARLA: attribute '{key}' not found)")
+        if key not in definition:
             if key not in _warned:
                 _warned.add(key)
                 _log.warning("neural camera: %s attribute %s=%s is not known here and not modelled (warned once)",
@@ -278,7 +280,7 @@ def apply_postprocess(rgb: np.ndarray, settings: CameraSettings) -> np.ndarray:
     height, width = out.shape[:2]
     x, y = _radius_grid(height, width)
     radius = np.hypot(x, y)
-    if _distortion_active(v):
+    if _distortion_active(v, d):
         rx, ry = x * v["lens_x_size"], y * v["lens_y_size"]
         r_scaled = np.hypot(rx, ry)
         factor = 1.0 + v["lens_k"] * r_scaled**2 + v["lens_kcube"] * np.abs(r_scaled) ** 3
