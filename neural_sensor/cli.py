@@ -19,7 +19,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
-from neural_sensor.render import BACKENDS, RenderOutput, render
+from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ViewOptions:
     height: int = 360  # image height, pixels
     fov_deg: float = 90.0  # horizontal field of view, degrees (CARLA convention)
     backend: str = "auto"  # auto | gsplat | cpu | torch
-    background: tuple[float, float, float] = (0.53, 0.71, 0.92)  # RGB in [0, 1] behind everything (sky)
+    background: tuple[float, float, float] = SKY_RGB  # RGB in [0, 1] behind everything (sky)
     out: Path = field(default_factory=lambda: Path("render.png"))  # PNG contact sheet to write
 
 
@@ -86,9 +86,27 @@ def _render_and_save(scene: GaussianScene, cameras: list[Camera], opts: ViewOpti
             "size": [opts.width, opts.height], "render_ms_first_call": round(elapsed_ms, 1)}
 
 
-def add_render_commands(sub) -> None:
+MAX_SIDE_PX = 8192  # the largest image side the CLI renders (a 20000 x 20000 request is a typo, not a plan)
+
+
+def check_view_options(opts: ViewOptions) -> None:
+    """ValueError naming the option for sizes, fov, background or an output that is not a .png file."""
+    for name, value in (("width", opts.width), ("height", opts.height)):
+        if not 1 <= value <= MAX_SIDE_PX:
+            raise ValueError(f"--{name} must be in 1..{MAX_SIDE_PX} pixels, got {value}")
+    if not 0.0 < opts.fov_deg < 180.0:
+        raise ValueError(f"--fov must be in (0, 180) degrees, got {opts.fov_deg}")
+    if not all(math.isfinite(c) and 0.0 <= c <= 1.0 for c in opts.background):
+        raise ValueError(f"--background must be three numbers in [0, 1], got {list(opts.background)}")
+    if opts.out.suffix.lower() != ".png":
+        raise ValueError(f"-o/--out must be a .png file, got {opts.out}")
+    if opts.out.is_dir():
+        raise ValueError(f"-o/--out {opts.out} is a folder; give a .png file name")
+
+
+def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
     """The `render` and `street` subcommands (the full CLI lives in scenarios.cli)."""
-    p_render = sub.add_parser("render", help="render a 3DGS PLY from one camera")
+    p_render = sub.add_parser("render", help="render a 3DGS PLY from one camera", formatter_class=formatter_class)
     p_render.add_argument("ply", type=Path, help="INRIA-layout 3DGS PLY (gsplat, nerfstudio, INRIA trainer)")
     where = p_render.add_mutually_exclusive_group(required=True)
     where.add_argument("--pose", type=float, nargs=6, metavar=("X", "Y", "Z", "ROLL", "PITCH", "YAW"),
@@ -99,7 +117,8 @@ def add_render_commands(sub) -> None:
     p_render.add_argument("--up", type=float, nargs=3, default=(0.0, 0.0, 1.0), help="world up direction")
     _add_view_options(p_render)
 
-    p_street = sub.add_parser("street", help="render the street benchmark scene from a 1-6 camera rig")
+    p_street = sub.add_parser("street", help="render the street benchmark scene from a 1-6 camera rig",
+                              formatter_class=formatter_class)
     p_street.add_argument("--gaussians", type=int, default=300_000, help="Gaussian count")
     p_street.add_argument("--cameras", type=int, default=6, help="rig cameras (1-6)")
     p_street.add_argument("--seed", type=int, default=0, help="scene seed")
@@ -110,7 +129,12 @@ def add_render_commands(sub) -> None:
 def run_render_command(args: argparse.Namespace) -> dict:
     """Execute `render` or `street`; returns the JSON summary. Raises ValueError / RuntimeError on bad input."""
     opts = ViewOptions(args.width, args.height, args.fov_deg, args.backend, tuple(args.background), args.out)
+    check_view_options(opts)
     if args.command == "render":
+        if args.pose is not None and args.target is not None:
+            raise ValueError("render: --target goes with --eye; --pose already gives the viewing direction")
+        if args.eye is not None and args.target is None:
+            raise ValueError("render: --eye needs --target")
         scene = GaussianScene.load_ply(args.ply)
         if args.pose is not None:
             from neural_sensor.rig import SensorSpec
@@ -120,12 +144,14 @@ def run_render_command(args: argparse.Namespace) -> dict:
                                       math.radians(pitch), math.radians(yaw))
             cameras = [Camera.from_fov(opts.width, opts.height, opts.fov_deg, spec.pose_camera_to_ego)]
         else:
-            if args.target is None:
-                raise ValueError("render: --eye needs --target")
             cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]
     else:
         from neural_sensor.testing import make_street_scene, street_cameras
 
+        if not 1 <= args.cameras <= 6:
+            raise ValueError(f"--cameras must be in 1..6, got {args.cameras}")
+        if args.gaussians < 1:
+            raise ValueError(f"--gaussians must be positive, got {args.gaussians}")
         scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)
         cameras = street_cameras(opts.width, opts.height, count=args.cameras, fov_deg=opts.fov_deg)
     return _render_and_save(scene, cameras, opts)

@@ -96,6 +96,11 @@ class CriteriaState:
         }
 
     @property
+    def route_end_reached(self) -> bool:
+        """The ego is within 1 m of the route's end (there is no road to drive on past it)."""
+        return self.start_s_m is not None and self.start_s_m + self.progress_m >= self.route.length_m - 1.0
+
+    @property
     def passed(self) -> bool:
         return all(v["passed"] for v in self.results().values() if isinstance(v, dict))
 

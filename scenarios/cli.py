@@ -1,15 +1,17 @@
 """`neural-sensor`: the command line.
 
     neural-sensor demo [--ticks N] [--out DIR] ...     the default scenario on the embedded simulator
-    neural-sensor run SCENARIO [--ticks N] [--out DIR] ...
+    neural-sensor run SCENARIO [--ticks N] [--out DIR] ...  a built-in name, a .py file or a package.module
     neural-sensor build-scene {straight,curve,intersection} | --xodr MAP.xodr | --layout L.json [--voxel M]
                               [--export-xodr OUT.xodr] [--ply OUT.ply]
     neural-sensor render SCENE.ply --eye X Y Z --target X Y Z [-o FILE.png]
     neural-sensor street [--gaussians N] [--cameras C]
     neural-sensor bench [--ticks N]                    closed-loop tick rate, per-stage ms (no video)
 
-Errors in the input (unknown scenario, bad sensor, unreadable scene) print one
-line naming the problem and exit with code 2; nothing is left half-written.
+Exit codes: 0 done (and, for demo / run, the scenario passed its criteria); 1 the
+scenario failed its criteria (`--allow-fail` keeps 0); 2 bad input (unknown
+scenario, bad sensor, unreadable scene: one line naming the problem); 130 / 143
+interrupted by Ctrl-C / SIGTERM. Nothing is left half-written on any of them.
 """
 
 from __future__ import annotations
@@ -23,14 +25,21 @@ from neural_sensor.cli import add_render_commands, run_render_command
 from neural_sensor.render import BACKENDS
 
 
+_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--ticks", type=int, default=None, help="ticks to run (default: the scenario's length)")
-    parser.add_argument("-o", "--out", type=Path, default=Path(default_out), help="output folder (replaced)")
+    parser.add_argument("--ticks", type=int, default=None,
+                        help="ticks to run (default: the scenario's length); the run stops early if the ego "
+                             "reaches the end of its route")
+    parser.add_argument("-o", "--out", type=Path, default=Path(default_out),
+                        help="record folder: the files of a previous record there are replaced, nothing else")
     parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
     parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
-    parser.add_argument("--agent", default=None, help="driving agent as 'package.module:Class' (default built-in)")
+    parser.add_argument("--agent", default=None,
+                        help="driving agent as 'package.module:Class' (None: the built-in agent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     parser.add_argument("--scene", choices=("builder", "reconstruction"), default="builder",
@@ -42,18 +51,26 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
     parser.add_argument("--carla", default=None, metavar="HOST:PORT",
                         help="run on a CARLA server (synchronous mode) instead of the embedded simulator")
+    parser.add_argument("--allow-fail", action="store_true",
+                        help="exit 0 even when the scenario fails its criteria (default: exit 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neural-sensor", description="Neural camera sensor for CARLA")
+    parser = argparse.ArgumentParser(prog="neural-sensor", description="Neural camera sensor for CARLA",
+                                     epilog="exit codes: 0 ok; 1 the scenario failed its criteria (demo / run; "
+                                            "--allow-fail keeps 0); 2 bad input; 130 / 143 interrupted")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the default scenario (cut_in) with a 6-camera rig")
+    p_demo = sub.add_parser("demo", help="run the default scenario (cut_in) with a 6-camera rig",
+                            formatter_class=_FORMATTER)
     _add_run_options(p_demo, "out")
-    p_run = sub.add_parser("run", help="run a scenario by name")
-    p_run.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change")
+    p_run = sub.add_parser("run", help="run a scenario: a built-in name, a .py file or a package.module",
+                           formatter_class=_FORMATTER)
+    p_run.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change, or path/to/my_scenario.py, "
+                                        "or package.module (defining make_scenario(seed) -> Scenario)")
     _add_run_options(p_run, "out")
     p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template, "
-                                                 "an OpenDRIVE map or a layout JSON")
+                                                 "an OpenDRIVE map or a layout JSON", formatter_class=_FORMATTER)
     p_build.add_argument("template", nargs="?", choices=("straight", "curve", "intersection"),
                          help="layout template (or give --xodr / --layout)")
     p_build.add_argument("--xodr", type=Path, default=None, help="OpenDRIVE map, e.g. a CARLA town's")
@@ -64,14 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
     p_build.add_argument("--cache", type=Path, default=None, help="scene cache folder")
-    p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video")
+    p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
+                             formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench")
-    p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)")
+    p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)",
+                             formatter_class=_FORMATTER)
     from neural_sensor.enhance.server import add_arguments as add_server_arguments
 
     add_server_arguments(p_serve)
-    add_render_commands(sub)
+    add_render_commands(sub, formatter_class=_FORMATTER)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neural-sensor")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
@@ -96,9 +124,17 @@ def _build_scene(args: argparse.Namespace) -> dict:
         raise ValueError("build-scene takes exactly one of: a template name, --xodr FILE, --layout FILE")
     style = Style(seed=args.seed)
     if args.xodr is not None:
-        layout = layout_from_opendrive(args.xodr.read_text(), style=style, name=args.xodr.stem)
+        text = _read_text(args.xodr, "OpenDRIVE map")
+        try:
+            layout = layout_from_opendrive(text, style=style, name=args.xodr.stem)
+        except ValueError as err:
+            raise ValueError(f"OpenDRIVE map {args.xodr}: {err}") from None
     elif args.layout is not None:
-        layout = Layout.from_json(args.layout.read_text())
+        text = _read_text(args.layout, "layout")
+        try:
+            layout = Layout.from_json(text)
+        except ValueError as err:
+            raise ValueError(f"layout {args.layout}: {err}") from None
     else:
         kwargs = {"straight": {"length_m": args.length}, "intersection": {"arm_length_m": args.length},
                   "curve": {}}[args.template]
@@ -113,8 +149,32 @@ def _build_scene(args: argparse.Namespace) -> dict:
     return result
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's content, or ValueError naming the file and what it should have been."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not a UTF-8 text file (byte {err.start} is {err.object[err.start]:#04x})"
+                         ) from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("neural-sensor: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:  # SIGTERM unwinds a run as SystemExit(143)
+        if exit_.code == 143:
+            print("neural-sensor: terminated", file=sys.stderr)
+        raise
+
+
+def _main(args: argparse.Namespace) -> int:
+    failed = False
     try:
         if args.command in ("demo", "bench"):
             from scenarios.runner import DEFAULT_SCENARIO
@@ -123,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "bench":
                 result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "cameras",
                                                  "image_size", "backend", "stage_ms_median", "scene", "enhancer")}
+            else:
+                failed = not result["passed"] and not args.allow_fail
         elif args.command == "run":
             result = _run(args, args.scenario, video=True)
+            failed = not result["passed"] and not args.allow_fail
         elif args.command == "build-scene":
             result = _build_scene(args)
         elif args.command == "serve-enhancer":
@@ -138,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neural-sensor: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    if failed:
+        print(f"neural-sensor: scenario {result['scenario']} FAILED its criteria (see {args.out / 'summary.json'}; "
+              "--allow-fail exits 0)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,21 +6,35 @@ every camera; the frames go to the agent as leaderboard input_data
 the agent's control goes back to the simulator; the criteria are updated.
 
 Everything is written to a temporary folder next to `out_dir` and moved into
-place only when the run finishes, so a failed run leaves nothing half-written:
+place only when the run finishes, so a failed or interrupted run (an exception,
+Ctrl-C, SIGTERM) leaves nothing half-written and no temporary folder behind:
     out_dir/video.mp4       mosaic of all cameras, 20 fps (1 / dt)
     out_dir/strip.png       the cameras of the last tick, side by side
     out_dir/log.jsonl       one JSON object per tick (poses, control, stage times, criteria)
     out_dir/summary.json    ticks, wall_s, ticks_per_s, median stage ms, criteria, paths
+    out_dir/manifest.json   the files this run wrote
+A later run into the same folder replaces only the files named in its manifest;
+anything else in the folder (the user's notes, another record in a sub-folder) is
+left alone, and a folder that holds files but no record is refused.
+
+Scenarios: a built-in name (cut_in, pedestrian_crossing, lane_change), a Python
+file defining `make_scenario(seed) -> Scenario`, or an importable module doing so.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +52,7 @@ from scenarios.base import CriteriaState, Scenario
 
 SCENARIOS = ("cut_in", "pedestrian_crossing", "lane_change")
 DEFAULT_SCENARIO = "cut_in"
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -62,10 +77,51 @@ class RunOptions:
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
-    """The Scenario defined by scenarios/<name>.py."""
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-    return importlib.import_module(f"scenarios.{name}").make_scenario(seed)
+    """The Scenario of a built-in name, a Python file (`path/to/my_scenario.py`) or a module (`package.module`).
+
+    A file or module must define `make_scenario(seed: int) -> Scenario`; ValueError names what is wrong.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"scenario must be a built-in name, a .py file or a module, got {name!r}")
+    if name in SCENARIOS:
+        module = importlib.import_module(f"scenarios.{name}")
+        where = f"built-in scenario {name!r}"
+    elif name.endswith(".py") or os.sep in name or "/" in name:
+        module, where = _module_from_file(Path(name)), f"scenario file {name}"
+    elif "." in name:
+        where = f"scenario module {name!r}"
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"cannot import {where}: {err}") from None
+    else:
+        raise ValueError(f"unknown scenario {name!r}: use a built-in name ({', '.join(SCENARIOS)}), "
+                         "a path to a .py file, or a package.module defining make_scenario(seed)")
+    make = getattr(module, "make_scenario", None)
+    if not callable(make):
+        raise ValueError(f"{where} defines no make_scenario(seed) function returning a Scenario")
+    scenario = make(seed)
+    if not isinstance(scenario, Scenario):
+        raise ValueError(f"{where}: make_scenario({seed}) returned {type(scenario).__name__}, not a Scenario "
+                         "(scenarios.base.Scenario)")
+    return scenario
+
+
+def _module_from_file(path: Path):
+    if not path.is_file():
+        raise ValueError(f"scenario file {path} does not exist")
+    if path.suffix != ".py":
+        raise ValueError(f"scenario file {path} is not a .py file")
+    module_name = f"_neural_sensor_user_scenario_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(module_name, None)
+        raise ValueError(f"scenario file {path} failed to load: {type(err).__name__}: {err}") from err
+    return module
 
 
 def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
@@ -103,23 +159,100 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
 
 
+def _record_files(out_dir: Path) -> list[str]:
+    """The files a previous run wrote into out_dir, from its manifest ([] where there is none)."""
+    manifest = out_dir / MANIFEST
+    if manifest.exists():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+            assert isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and f not in
+                                                   (".", "..") for f in files)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise ValueError(f"--out {out_dir}: {MANIFEST} is damaged; refusing to touch the folder") from None
+        return files + [MANIFEST]
+    return []
+
+
 def check_out_dir(out_dir: Path) -> Path:
-    """The record folder: new, empty, or a previous record (it has summary.json); anything else is refused."""
+    """The record folder: new, empty, or a previous record (it has manifest.json).
+
+    Only the files the previous record lists are ever replaced; a non-empty folder that holds no record
+    is refused (ValueError naming it).
+    """
     out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.parent == out_dir:
+        raise ValueError(f"--out {out_dir} is a filesystem root")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ValueError(f"--out {out_dir} exists and is not a folder")
-        if any(out_dir.iterdir()) and not (out_dir / "summary.json").exists():
-            raise ValueError(f"--out {out_dir} is a non-empty folder that is not a previous record "
-                             "(no summary.json); refusing to replace it")
-    if out_dir.parent == out_dir:
-        raise ValueError(f"--out {out_dir} is a filesystem root")
+        if any(out_dir.iterdir()) and not _record_files(out_dir):
+            raise ValueError(f"--out {out_dir} is a non-empty folder that holds no record of a run (no "
+                             f"{MANIFEST}); refusing to write into it: choose another folder")
     return out_dir
 
 
+def _install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
+    """Move the new record's files from tmp into out_dir, replacing only the previous record's files."""
+    old = set(_record_files(out_dir)) if out_dir.exists() else set()
+    for name in files:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            raise ValueError(f"--out {out_dir}: {name} is a folder; refusing to replace it with a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.chmod(0o755)
+    # a manifest naming old and new files first: an interruption from here on leaves a folder that the
+    # next run still recognises (and cleans) as a record
+    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted((old | set(files)) - {MANIFEST})})
+    for name in files:
+        os.replace(tmp / name, out_dir / name)
+    for name in old - set(files) - {MANIFEST}:
+        (out_dir / name).unlink(missing_ok=True)
+    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted(files)})
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _terminate_as_exception():
+    """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs.
+
+    Only in the main thread and only when SIGTERM has its default action (a host application's own
+    handler is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
-    """Run a scenario (or a scenario name) in closed loop and record it; returns the summary dict."""
+    """Run a scenario (a Scenario, or a name / file / module for load_scenario) in closed loop and record it.
+
+    Returns the summary dict. SIGTERM (when the host has no handler of its own) unwinds like Ctrl-C: the
+    temporary folder is removed and a local enhancer server stopped on every way out.
+    """
+    with _terminate_as_exception():
+        return _run_scenario(scenario, options)
+
+
+def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     check_out_dir(options.out_dir)
+    if options.enhancer is not None:
+        _check_enhancer_options(options)
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, options.seed)
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)
@@ -130,6 +263,11 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     if any(spec.sensor_id == "world" for spec in specs):
         raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
     if options.carla:  # connect first: a missing server is reported before any scene is built
+        try:
+            import carla  # noqa: F401
+        except ImportError:
+            raise ValueError("--carla needs the CARLA client package, which is not installed: "
+                             "pip install carla==0.9.16") from None
         from carla_bridge.carla_world import CarlaSimulator, connect
 
         sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
@@ -163,26 +301,36 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             stop_server(server)
 
 
+def _check_enhancer_options(options: RunOptions) -> None:
+    """Everything about the enhancer options that can be checked before anything is started."""
+    endpoint = options.enhancer
+    if endpoint != "local" and (not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://"))):
+        raise ValueError(f"enhancer must be 'local' or tcp://HOST:PORT, got {endpoint!r}")
+    deadline = options.enhancer_deadline_ms
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
+        raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
+    if options.enhancer_checkpoint is not None and endpoint != "local":
+        raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
+
+
 def _connect_enhancer(options: RunOptions):
     """(EnhancerClient, local server or None); the server must answer hello (versions checked) to start."""
     from neural_sensor.enhance.client import EnhancerClient
-    from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server
+    from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server, stop_server
 
-    server = None
-    endpoint = options.enhancer
-    if endpoint == "local":
-        server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT)
-        endpoint = server.endpoint
-    elif not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
-        raise ValueError(f"enhancer must be 'local' or tcp://HOST:PORT, got {endpoint!r}")
-    client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
+    _check_enhancer_options(options)
+    server = client = None
     try:
+        endpoint = options.enhancer
+        if endpoint == "local":
+            server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT)
+            endpoint = server.endpoint
+        client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
         client.wait_ready(timeout_s=10.0)
     except BaseException:
-        client.close()
+        if client is not None:
+            client.close()
         if server is not None:
-            from neural_sensor.enhance.local import stop_server
-
             stop_server(server)
         raise
     return client, server
@@ -190,6 +338,7 @@ def _connect_enhancer(options: RunOptions):
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> dict:
     criteria = CriteriaState(scenario)
+    ticks_requested = ticks
 
     out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +352,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
         log = (tmp / "log.jsonl").open("w")
         start_wall = time.perf_counter()
         last_images: list[np.ndarray] = []
-        for _ in tqdm(range(ticks), desc=scenario.name, unit="tick", disable=not options.progress):
+        ticks_run, stopped_early = 0, None
+        bar = tqdm(range(ticks), desc=scenario.name, unit="tick", disable=not options.progress)
+        for tick in bar:
             t0 = time.perf_counter()
             snapshot = sim.tick()
             t1 = time.perf_counter()
@@ -253,7 +404,16 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             for key, value in record["ms"].items():
                 stages[key].append(value)
             log.write(json.dumps(record) + "\n")
+            ticks_run = tick + 1
+            if criteria.route_end_reached and ticks_run < ticks:
+                stopped_early = (f"the ego reached the end of its route ({criteria.route.length_m:.0f} m) "
+                                 f"at tick {ticks_run} of {ticks}")
+                bar.close()
+                if options.progress:
+                    print(f"{scenario.name}: stopped early: {stopped_early}", file=sys.stderr)
+                break
         wall_s = time.perf_counter() - start_wall
+        ticks = ticks_run
         log.close()
         if writer is not None:
             writer.close()
@@ -266,7 +426,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             paths["video"] = str(out_dir / "video.mp4")
         summary = {
             "scenario": scenario.name, "description": scenario.description, "seed": options.seed,
-            "ticks": ticks, "wall_s": round(wall_s, 3), "ticks_per_s": round(ticks / wall_s, 3),
+            "ticks": ticks, "ticks_requested": ticks_requested, "stopped_early": stopped_early,
+            "wall_s": round(wall_s, 3), "ticks_per_s": round(ticks / wall_s, 3),
             "cameras": len(specs), "image_size": [options.width, options.height], "backend": rig.backend,
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
@@ -279,15 +440,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the record is meant to be shared
-        # swap in the new record; the old one (checked above to be a record) is removed only afterwards
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        files = ["log.jsonl", "strip.png", "summary.json"] + (["video.mp4"] if options.video else [])
+        _install_record(tmp, check_out_dir(out_dir), files)
         return summary
     except BaseException:
         if log is not None and not log.closed:

@@ -5,7 +5,9 @@
 
 The server binds a free loopback port (or the given endpoint) and writes a ready file once a worker has
 loaded the model; the context waits for it (the server's own errors are shown if it exits instead) and
-stops the server on exit (SIGTERM, then SIGKILL after a grace period).
+stops the server on exit (SIGTERM, then SIGKILL after a grace period). The server is told our pid
+(`--parent-pid`): should this process die without stopping it (SIGKILL, a crash), the server notices
+within a fraction of a second, stops its workers and removes its folder, so nothing is orphaned.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "enhancer-small"
+from neural_sensor.checkpoints import default_checkpoint
+
+DEFAULT_CHECKPOINT = default_checkpoint("enhancer-small")
 
 
 @dataclass
@@ -45,11 +49,16 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
     ready_file = folder / "ready.json"
     log = folder / "server.log"
     cmd = [sys.executable, "-m", "neural_sensor.enhance.server", "--bind", bind, "--checkpoint", str(checkpoint),
-           "--workers", str(workers), "--threads", str(threads), "--ready-file", str(ready_file)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                                start_new_session=True)
+           "--workers", str(workers), "--threads", str(threads), "--ready-file", str(ready_file),
+           "--parent-pid", str(os.getpid()), "--owned-folder", str(folder)]
     t_end = time.monotonic() + timeout_s
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out if quiet else None,
+                                    stderr=subprocess.STDOUT if quiet else None, start_new_session=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     try:
         while not ready_file.exists():
             if proc.poll() is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance import protocol as wire
 
 SERVER_VERSION = "0.1.0"
@@ -59,13 +60,15 @@ class ServerConfig:
     """What `serve` runs."""
 
     bind: str = "tcp://127.0.0.1:5555"
-    checkpoint: str = "checkpoints/enhancer-small"
+    checkpoint: str = str(default_checkpoint("enhancer-small"))
     workers: int = 1
     threads_per_worker: int = 0  # torch threads per worker; 0 = cores / workers
     max_batch_frames: int = wire.MAX_FRAMES
     curve_secret_key: str | None = None  # zmq certificate file holding the server's secret key
     curve_clients: str | None = None  # folder of allowed client public certificates
     ready_file: str | None = None  # JSON {endpoint, pid} written once the first worker is ready
+    parent_pid: int | None = None  # stop when this process (the run that started us) is gone
+    owned_folder: str | None = None  # removed when we stop because the parent is gone (its ready-file folder)
 
 
 def check_bind(config: ServerConfig) -> None:
@@ -199,6 +202,10 @@ class Broker:
         self.checkpoint_hash = checkpoint_hash(ckpt)
         if config.workers < 1:
             raise ValueError(f"workers must be >= 1, got {config.workers}")
+        if config.threads_per_worker < 0:
+            raise ValueError(f"threads must be >= 0 (0: cores / workers), got {config.threads_per_worker}")
+        if not 1 <= config.max_batch_frames <= wire.MAX_FRAMES:
+            raise ValueError(f"max-batch-frames must be in [1, {wire.MAX_FRAMES}], got {config.max_batch_frames}")
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self.frontend = self._ctx.socket(zmq.ROUTER)
@@ -227,6 +234,7 @@ class Broker:
                          "worker_restarts": 0}
         self._latencies_ms: deque[float] = deque(maxlen=4096)
         self._ready_written = False
+        self.parent_gone = False
         self._start_failures = 0
         try:
             for index in range(config.workers):
@@ -243,8 +251,14 @@ class Broker:
         except zmq.ZMQError as err:
             raise ValueError(f"enhancer: cannot bind {config.bind}: {err}") from None
         self.endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._tmp = tempfile.mkdtemp(prefix="enhancer-")
-        self.backend_endpoint = f"ipc://{self._tmp}/backend"
+        # the workers' socket goes inside the owned folder when there is one (and the path fits an ipc address),
+        # so whoever removes that folder (stop_server, even after a SIGKILL of this process) removes it too
+        owned = config.owned_folder if config.owned_folder and Path(config.owned_folder).is_dir() else None
+        if owned and len(f"{owned}/backend") <= 100:
+            self.backend_endpoint = f"ipc://{owned}/backend"
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="enhancer-")
+            self.backend_endpoint = f"ipc://{self._tmp}/backend"
         self.backend = self._ctx.socket(zmq.ROUTER)
         self.backend.setsockopt(zmq.LINGER, 0)
         try:
@@ -441,8 +455,16 @@ class Broker:
                 if time.monotonic() - last_check > 0.2:
                     self._check_workers()
                     last_check = time.monotonic()
+                    if self._orphaned():
+                        print("enhancer: the process that started this server is gone; stopping", flush=True)
+                        self.parent_gone = True
+                        break
         finally:
             self.close()
+
+    def _orphaned(self) -> bool:
+        """True when config.parent_pid is set and that process is no longer our parent (it exited or died)."""
+        return self.config.parent_pid is not None and os.getppid() != self.config.parent_pid
 
     def stop(self) -> None:
         self._stop.set()
@@ -469,40 +491,52 @@ class Broker:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run a broker in this process until SIGINT / SIGTERM."""
-    broker = Broker(config)
-    print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
-          f"checkpoint {broker.checkpoint_hash})", flush=True)
+    """Run a broker in this process until SIGINT / SIGTERM (or until config.parent_pid is gone)."""
+    broker = None
 
     def _stop(signum, _frame):
+        if broker is None:  # still starting: unwind (a partial Broker start closes what it opened)
+            raise SystemExit(128 + signum)
         broker.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    broker = Broker(config)
+    print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
+          f"checkpoint {broker.checkpoint_hash})", flush=True)
     broker.run()
+    if broker.parent_gone and config.owned_folder:
+        shutil.rmtree(config.owned_folder, ignore_errors=True)
     print("enhancer: stopped", flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback unless CurveZMQ)")
     parser.add_argument("--workers", type=int, default=1, help="model worker processes")
-    parser.add_argument("--checkpoint", default="checkpoints/enhancer-small", help="enhancer checkpoint folder")
+    parser.add_argument("--checkpoint", default=str(default_checkpoint("enhancer-small")),
+                        help="enhancer checkpoint folder (default: the shipped enhancer-small)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
-    parser.add_argument("--max-batch-frames", type=int, default=wire.MAX_FRAMES)
+    parser.add_argument("--max-batch-frames", type=int, default=wire.MAX_FRAMES,
+                        help=f"most frames one worker job batches together (1-{wire.MAX_FRAMES})")
     parser.add_argument("--curve-secret-key", default=None, help="server certificate with secret key (CurveZMQ)")
     parser.add_argument("--curve-clients", default=None, help="folder of allowed client certificates (CurveZMQ)")
     parser.add_argument("--ready-file", default=None, help="write {endpoint, pid} here once a worker is ready")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process exits (set by --enhancer local: the server dies with its run)")
+    parser.add_argument("--owned-folder", default=None,
+                        help="folder to remove when stopping because the --parent-pid process is gone")
 
 
 def config_from_args(args) -> ServerConfig:
     return ServerConfig(bind=args.bind, checkpoint=args.checkpoint, workers=args.workers,
                         threads_per_worker=args.threads, max_batch_frames=args.max_batch_frames,
                         curve_secret_key=args.curve_secret_key, curve_clients=args.curve_clients,
-                        ready_file=args.ready_file)
+                        ready_file=args.ready_file, parent_pid=args.parent_pid, owned_folder=args.owned_folder)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="neural-sensor serve-enhancer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="neural-sensor serve-enhancer", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

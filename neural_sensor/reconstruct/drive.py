@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from neural_sensor.camera import Camera
+from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
@@ -25,7 +27,7 @@ from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.world import pose_from_xyz_yaw
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "reconstructor-small"
+DEFAULT_CHECKPOINT = default_checkpoint("reconstructor-small")
 
 
 def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Path = DEFAULT_CHECKPOINT,
@@ -42,14 +44,23 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     def build():
         world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
         rig = nuscenes_like_rig(width, height)
+        stations = np.arange(0.0, path.length_m + 1e-6, step_m)
         cameras: list[Camera] = []
-        for s in np.arange(0.0, path.length_m + 1e-6, step_m):
-            xy, heading = path.at(float(s))
-            ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
-            cameras += [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego)
+        images = []
+        # progress: one step per recorded timestep (all rig cameras), then one for the network pass + fusion
+        with tqdm(total=len(stations) + 1, desc="reconstruction", unit="step", disable=not progress) as bar:
+            for s in stations:
+                xy, heading = path.at(float(s))
+                ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
+                step = [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego)
                         for spec in rig]
-        images = render(world, cameras, backend="cpu", outputs=("rgb",), background=sky_rgb(layout.style)).rgb
-        scene = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras)
+                images.append(render(world, step, backend="cpu", outputs=("rgb",),
+                                     background=sky_rgb(layout.style)).rgb)
+                cameras += step
+                bar.update(1)
+            bar.set_postfix_str(f"network pass over {len(cameras)} views")
+            scene = reconstruct(ReconNet.from_pretrained(checkpoint), np.concatenate(images), cameras)
+            bar.update(1)
         meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
                 "sky_rgb": list(sky_rgb(layout.style))}
         return scene, meta, layout.to_json()

@@ -18,7 +18,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import ALL_OUTPUTS, check_background, check_outputs, stack_cameras
+from neural_sensor.render._common import ALL_OUTPUTS, SKY_RGB, check_background, check_outputs, stack_cameras
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
 
@@ -73,7 +73,7 @@ def render(
     *,
     backend: str = "auto",
     outputs: Sequence[str] = ("rgb", "depth", "alpha"),
-    background: Sequence[float] = (0.0, 0.0, 0.0),
+    background: Sequence[float] = SKY_RGB,
 ) -> RenderOutput:
     """Render a Gaussian scene into C cameras that share one image size.
 
@@ -84,7 +84,8 @@ def render(
         cameras: one Camera or a list of C Cameras, all W x H.
         backend: "auto" | "gsplat" | "cpu" | "torch".
         outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
-        background: [3] RGB in [0, 1].
+        background: [3] RGB in [0, 1] behind everything (default: a clear sky, SKY_RGB; pass
+            (0, 0, 0) for black).
     Returns:
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
@@ -115,4 +116,4 @@ def render(
     return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "resolve_backend", "cuda_available"]
+__all__ = ["render", "RenderOutput", "BACKENDS", "SKY_RGB", "resolve_backend", "cuda_available"]

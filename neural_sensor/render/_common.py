@@ -77,6 +77,9 @@ def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
     return outputs
 
 
+SKY_RGB = (0.53, 0.71, 0.92)  # the default background: a clear noon sky (the CLI and scenes use the same)
+
+
 def check_background(background: Sequence[float]) -> np.ndarray:
     """[3] float32 background colour in [0, 1]."""
     try:

@@ -33,9 +33,12 @@ OBJECT_CLASSES = {  # static object class -> semantic label
     "parked_vehicle": L.CAR,
     "barrier": L.GUARD_RAIL,
 }
-TIMES_OF_DAY = ("morning", "noon", "evening")
+TIMES_OF_DAY = ("morning", "noon", "evening", "dusk")  # dusk: the textured builder's after-sunset light
 PALETTES = ("clear", "overcast", "wet")
 BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facade families, for the appearance
+
+
+MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
 
 def _polyline(points, name: str) -> np.ndarray:
@@ -44,6 +47,10 @@ def _polyline(points, name: str) -> np.ndarray:
         raise ValueError(f"{name}: a polyline needs >= 2 points of (x, y), got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: polyline contains NaN or infinity")
+    if np.abs(array).max() > MAX_COORD_M:
+        where = np.unravel_index(np.argmax(np.abs(array)), array.shape)[0]
+        raise ValueError(f"{name}: point {where} {array[where].tolist()} is more than {MAX_COORD_M:.0f} m from the "
+                         "origin; move the layout near (0, 0)")
     if np.any(np.linalg.norm(np.diff(array, axis=0), axis=1) < 1e-9):
         raise ValueError(f"{name}: polyline has repeated consecutive points")
     return array
@@ -100,8 +107,9 @@ class Box:
     def __post_init__(self) -> None:
         self.centre_m = tuple(float(v) for v in self.centre_m)
         self.size_m = tuple(float(v) for v in self.size_m)
-        if len(self.centre_m) != 3 or not all(math.isfinite(v) for v in self.centre_m):
-            raise ValueError(f"Box.centre_m must be 3 finite numbers, got {self.centre_m}")
+        if len(self.centre_m) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_COORD_M for v in self.centre_m):
+            raise ValueError(f"Box.centre_m must be 3 finite numbers within {MAX_COORD_M:.0f} m of the origin, "
+                             f"got {self.centre_m}")
         if len(self.size_m) != 3 or not all(math.isfinite(v) and v > 0 for v in self.size_m):
             raise ValueError(f"Box.size_m must be 3 positive numbers, got {self.size_m}")
         if not math.isfinite(float(self.yaw_rad)):

@@ -141,6 +141,20 @@ def _object_label(box: Box, z: np.ndarray, inside: np.ndarray, inside_core: np.n
     return np.where(filled, box.label, 0).astype(np.uint8)
 
 
+MAX_GRID_BYTES = 4 * 2**30  # the dense label + object-id grid may take at most 4 GiB
+
+
+def check_grid_size(layout: Layout, shape: tuple[int, int, int], voxel_m: float) -> None:
+    """ValueError naming the layout when its dense grid (5 bytes a voxel) would exceed MAX_GRID_BYTES."""
+    n_bytes = 5 * math.prod(shape)
+    if n_bytes > MAX_GRID_BYTES:
+        x0, y0, x1, y1 = layout.bounds_m()
+        raise ValueError(f"layout {layout.name!r} spans {x1 - x0:.0f} x {y1 - y0:.0f} m (x {x0:.0f}..{x1:.0f}, "
+                         f"y {y0:.0f}..{y1:.0f}); at {voxel_m} m voxels its occupancy grid {shape} would need "
+                         f"{n_bytes / 2**30:.1f} GiB (at most {MAX_GRID_BYTES / 2**30:.0f} GiB): check for a stray "
+                         "point far from the others, or build with a larger voxel")
+
+
 def build_occupancy(layout: Layout, *, voxel_m: float = 0.3, height_m: float = 24.0, chunk_m: float = 32.0,
                     margin_m: float = 2.0, progress: bool = False) -> Occupancy:
     """Rasterise a layout into semantic voxels, chunk by chunk.
@@ -164,6 +178,7 @@ def build_occupancy(layout: Layout, *, voxel_m: float = 0.3, height_m: float = 2
                        -math.ceil(GROUND_DEPTH_M / voxel_m) * voxel_m])
     shape = (int(math.ceil((x1 - origin[0]) / voxel_m)), int(math.ceil((y1 - origin[1]) / voxel_m)),
              int(math.ceil((height_m - origin[2]) / voxel_m)))
+    check_grid_size(layout, shape, voxel_m)
     labels = np.zeros(shape, np.uint8)
     object_ids = np.full(shape, -1, np.int32)
     z_centres = origin[2] + (np.arange(shape[2]) + 0.5) * voxel_m

@@ -1,0 +1,48 @@
+"""Where the shipped checkpoints are, whatever the way the package was installed.
+
+    checkpoint_path("enhancer-small")  ->  .../checkpoints/enhancer-small
+
+An editable install (`pip install -e .`) or a checkout reads them from the repository's `checkpoints/`
+folder; a regular install (`pip install .`, a wheel) carries them as data files under
+`<prefix>/share/neural-sensor/checkpoints/` (setup.cfg `[options.data_files]`: config.json,
+model.safetensors and CARD.md of each; the training states stay in the repository).
+"""
+
+from __future__ import annotations
+
+import site
+import sys
+import sysconfig
+from pathlib import Path
+
+SHIPPED = ("reconstructor-small", "enhancer-small")
+_REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def _candidates(name: str) -> list[Path]:
+    roots = [_REPO_CHECKPOINTS]
+    for prefix in (sysconfig.get_path("data"), sys.prefix, getattr(site, "USER_BASE", None)):
+        if prefix:
+            roots.append(Path(prefix) / "share" / "neural-sensor" / "checkpoints")
+    return [root / name for root in roots]
+
+
+def checkpoint_path(name: str) -> Path:
+    """The folder of the shipped checkpoint `name` (one of SHIPPED); ValueError naming where it looked."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown shipped checkpoint {name!r}; shipped: {', '.join(SHIPPED)}")
+    candidates = _candidates(name)
+    for folder in candidates:
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return folder
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise ValueError(f"shipped checkpoint {name!r} not found (looked in {looked}); reinstall neural-sensor "
+                     "or pass a checkpoint folder explicitly")
+
+
+def default_checkpoint(name: str) -> Path:
+    """checkpoint_path(name) when it exists, else the repository path (so the error names a real place later)."""
+    try:
+        return checkpoint_path(name)
+    except ValueError:
+        return _REPO_CHECKPOINTS / name

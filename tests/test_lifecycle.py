@@ -1,0 +1,358 @@
+"""Process lifecycle and first-run behaviour of the CLI, with real processes and signals.
+
+Each case here was found by trying the tool as a new user would: children that outlived their run,
+temporary folders left behind, folders deleted, silent acceptance of bad input, tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.lifecycle_soak import MARKER, processes_with_marker
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--width", "64", "--height", "36", "--no-video"]
+
+
+def _cli(args, tmp_path, *, env=None, cwd=None, timeout=300):
+    env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "scenarios.cli", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _start(args, tmp_path, marker):
+    """A CLI run in its own TMPDIR, with a marker every child inherits; stderr is read line by line."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(tmpdir), **{MARKER: marker})
+    proc = subprocess.Popen([sys.executable, "-m", "scenarios.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.set_blocking(proc.stderr.fileno(), False)
+    return proc, tmpdir
+
+
+def _read_err(proc) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _wait_for(proc, text, timeout_s=240.0) -> str:
+    """stderr up to the first occurrence of `text` (tqdm writes \\r-separated updates)."""
+    seen = ""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        seen += _read_err(proc)
+        if text in seen:
+            return seen
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared on stderr: {seen[-2000:]}")
+
+
+def _leftovers(tmpdir: Path, out_parent: Path, marker: str) -> dict:
+    deadline = time.monotonic() + 8.0
+    alive = processes_with_marker(marker)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = processes_with_marker(marker)
+    for pid, _ in alive:
+        os.kill(pid, signal.SIGKILL)
+    return {"processes": [c for _, c in alive],
+            "tmp": sorted(p.name for p in tmpdir.iterdir() if not p.name.startswith("torchinductor_")),
+            "hidden": sorted(p.name for p in out_parent.iterdir() if p.name.startswith("."))}
+
+
+# ------------------------------------------------------------------ signals and children
+@pytest.mark.parametrize("enhancer", [False, True], ids=["no-enhancer", "enhancer-local"])
+def test_sigterm_mid_run_leaves_nothing(tmp_path, enhancer):
+    marker = uuid.uuid4().hex
+    out_parent = tmp_path / "records"
+    out_parent.mkdir()
+    args = ["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out")]
+    if enhancer:
+        args += ["--enhancer", "local"]
+    proc, tmpdir = _start(args, tmp_path, marker)
+    _wait_for(proc, "cut_in:")  # the tick loop has started (the local server answered hello before it)
+    if enhancer:
+        assert any(p.name.startswith("enhancer-local-") for p in tmpdir.iterdir())
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    err = _read_err(proc)
+    assert "Traceback" not in err and "terminated" in err
+    assert _leftovers(tmpdir, out_parent, marker) == {"processes": [], "tmp": [], "hidden": []}
+    assert not (out_parent / "out").exists()
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(tmp_path):
+    marker = uuid.uuid4().hex
+    out_parent = tmp_path / "records"
+    out_parent.mkdir()
+    proc, tmpdir = _start(["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out")], tmp_path, marker)
+    _wait_for(proc, "cut_in:")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    err = _read_err(proc)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "interrupted" in err
+    assert _leftovers(tmpdir, out_parent, marker) == {"processes": [], "tmp": [], "hidden": []}
+
+
+def test_sigkilled_run_takes_its_enhancer_server_with_it(tmp_path):
+    """No handler runs on SIGKILL: the server's parent watch stops it and removes its folder."""
+    marker = uuid.uuid4().hex
+    out_parent = tmp_path / "records"
+    out_parent.mkdir()
+    proc, tmpdir = _start(["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out"),
+                           "--enhancer", "local"], tmp_path, marker)
+    _wait_for(proc, "cut_in:")
+    servers = [pid for pid, cmd in processes_with_marker(marker) if "neural_sensor.enhance.server" in cmd]
+    assert servers, "the local server should be running"
+    proc.kill()
+    proc.wait(30)
+    left = _leftovers(tmpdir, out_parent, marker)
+    assert left["processes"] == [] and left["tmp"] == []
+    # the run's own temporary record folder cannot be removed by a SIGKILLed process; the next run into the
+    # same --out does not care about it, and it is named so a user sees what it is
+    assert all(name.startswith(".out.") for name in left["hidden"])
+
+
+def test_bad_deadline_starts_nothing(tmp_path):
+    marker = uuid.uuid4().hex
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    for deadline in ("0", "-1", "nan"):
+        result = _cli(["demo", *TINY, "-o", str(tmp_path / "out"), "--enhancer", "local",
+                       "--enhancer-deadline-ms", deadline], tmp_path, env={"TMPDIR": str(tmpdir), MARKER: marker})
+        assert result.returncode == 2, result.stderr
+        assert "deadline" in result.stderr and "Traceback" not in result.stderr
+    assert processes_with_marker(marker) == []
+    assert list(tmpdir.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ the record folder
+def _run(out_dir, **kw):
+    from scenarios.runner import RunOptions, run_scenario
+
+    return run_scenario("cut_in", RunOptions(out_dir=out_dir, ticks=2, width=64, height=36, video=False,
+                                             progress=False, **kw))
+
+
+def test_out_replaces_only_the_records_own_files(tmp_path):
+    from scenarios.runner import MANIFEST
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "summary.json").write_text("{}")
+    (user / "notes.txt").write_text("my notes")
+    with pytest.raises(ValueError, match="holds no record"):
+        _run(user)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt", "summary.json"]
+    assert (user / "summary.json").read_text() == "{}"
+
+    out = tmp_path / "out"
+    _run(out)
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["log.jsonl", "strip.png", "summary.json"]
+    _run(out / "bench")  # `bench` after `demo`: a record inside a record
+    (out / "notes.txt").write_text("added after the run")
+    first_log = (out / "log.jsonl").read_text()
+    _run(out, seed=1)  # `demo` again
+    assert (out / "bench" / "summary.json").exists() and (out / "notes.txt").read_text() == "added after the run"
+    assert (out / "log.jsonl").read_text() != first_log
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_damaged_manifest_is_refused(tmp_path):
+    out = tmp_path / "out"
+    _run(out)
+    (out / "manifest.json").write_text('{"files": ["../../etc"]}')
+    with pytest.raises(ValueError, match="manifest.json is damaged"):
+        _run(out)
+
+
+# ------------------------------------------------------------------ exit codes and user scenarios
+def test_failed_criteria_exit_1_unless_allowed(tmp_path):
+    failed = _cli(["run", "lane_change", "--ticks", "3", *TINY, "-o", str(tmp_path / "a")], tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    assert "FAILED its criteria" in failed.stderr
+    assert json.loads(failed.stdout)["passed"] is False
+    allowed = _cli(["run", "lane_change", "--ticks", "3", *TINY, "-o", str(tmp_path / "b"), "--allow-fail"],
+                   tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+USER_SCENARIO = '''
+"""slow_leader: a user's own scenario, written from scratch."""
+from carla_bridge.embedded import AgentSpec, EgoStart
+from neural_sensor.scene.layout import Style, straight_road
+from scenarios.base import Scenario, lane_route
+
+
+def make_scenario(seed: int = 0) -> Scenario:
+    layout = straight_road(120.0, style=Style(seed=seed))
+    ego = EgoStart(lane=1, start_s_m=5.0, speed_mps=8.0)
+    agents = [AgentSpec(1, "car", "follow_lane", lane=1, start_s_m=40.0, speed_mps=4.0)]
+    return Scenario("slow_leader", "a slow car ahead", layout, ego, agents,
+                    route_xy_m=lane_route(layout, 1, 0.0, 110.0), target_speed_mps=8.0, max_ticks=5)
+'''
+
+
+def test_user_scenario_file_and_module(tmp_path):
+    from scenarios.runner import load_scenario
+
+    path = tmp_path / "my_scenarios" / "slow_leader.py"
+    path.parent.mkdir()
+    path.write_text(USER_SCENARIO)
+    result = _cli(["run", str(path), *TINY, "-o", str(tmp_path / "out"), "--allow-fail"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["scenario"] == "slow_leader"
+    (path.parent / "__init__.py").write_text("")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = _cli(["run", "my_scenarios.slow_leader", *TINY, "-o", str(tmp_path / "out2"), "--allow-fail"],
+                  tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no make_scenario"):
+        load_scenario(str(tmp_path / "empty.py"))
+    (tmp_path / "wrong.py").write_text("def make_scenario(seed):\n    return 42\n")
+    with pytest.raises(ValueError, match="not a Scenario"):
+        load_scenario(str(tmp_path / "wrong.py"))
+    (tmp_path / "broken.py").write_text("import no_such_module_here\n")
+    with pytest.raises(ValueError, match="failed to load"):
+        load_scenario(str(tmp_path / "broken.py"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_scenario(str(tmp_path / "missing.py"))
+    with pytest.raises(ValueError, match="cannot import"):
+        load_scenario("no_such_package.scenario")
+
+
+def test_too_many_ticks_stop_at_the_end_of_the_route(tmp_path):
+    result = _cli(["demo", "--ticks", "100000", *TINY, "-o", str(tmp_path / "out"), "--allow-fail"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ticks_requested"] == 100000 and summary["ticks"] < 1000
+    assert "end of its route" in summary["stopped_early"]
+    last = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["ego"]["x_m"] < 205.0  # the demo street is 200 m long
+
+
+# ------------------------------------------------------------------ bad input, named
+def test_carla_without_the_carla_package(tmp_path):
+    code = ("import sys; sys.modules['carla'] = None; from scenarios.cli import main; "
+            f"sys.exit(main(['demo', '--carla', 'localhost:1', '-o', {str(tmp_path / 'out')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "pip install carla==0.9.16" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "--width", "20000"], "--width must be"),
+    (["render", "x.ply", "--pose", "0", "0", "1", "0", "0", "0", "--target", "5", "0", "1"], "--target goes with"),
+    (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
+    (["street", "--cameras", "9"], "--cameras must be"),
+    (["serve-enhancer", "--threads", "-1"], "threads must be >= 0"),
+    (["serve-enhancer", "--max-batch-frames", "0"], "max-batch-frames must be"),
+])
+def test_cli_refuses_bad_options_by_name(tmp_path, args, message):
+    result = _cli(args, tmp_path, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.txt"))
+
+
+def test_random_bytes_as_opendrive_name_the_file(tmp_path):
+    path = tmp_path / "map.xodr"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    result = _cli(["build-scene", "--xodr", str(path), "--cache", str(tmp_path / "cache")], tmp_path)
+    assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_far_away_layout_points_are_named_errors():
+    from neural_sensor.scene.layout import Layout, straight_road
+    from neural_sensor.scene.occupancy import build_occupancy
+
+    data = straight_road(50.0).to_dict()
+    data["lanes"][0]["centre_m"][-1] = [2000.0, 2000.0]
+    with pytest.raises(ValueError, match=r"layout 'straight_50m' spans 2007 x 2037 m.*GiB"):
+        build_occupancy(Layout.from_dict(data))
+    data["lanes"][0]["centre_m"][-1] = [1e9, 1e9]
+    with pytest.raises(ValueError, match="more than 100000 m from the origin"):
+        Layout.from_dict(data)
+
+
+def test_serve_enhancer_default_checkpoint_is_found_from_anywhere(tmp_path):
+    from neural_sensor.checkpoints import checkpoint_path
+    from neural_sensor.enhance.server import ServerConfig
+
+    folder = Path(ServerConfig().checkpoint)
+    assert folder.is_absolute() and folder == checkpoint_path("enhancer-small")
+    result = _cli(["serve-enhancer", "--help"], tmp_path, cwd=tmp_path)
+    assert str(folder) in result.stdout.replace("\n", "").replace(" ", "") or "enhancer-small" in result.stdout
+
+
+def test_wheel_carries_the_shipped_checkpoints(tmp_path):
+    """A non-editable install gets the checkpoints as data files under <prefix>/share/neural-sensor/."""
+    import zipfile
+
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for ckpt in ("enhancer-small", "reconstructor-small"):
+        for file in ("config.json", "model.safetensors", "CARD.md"):
+            assert any(n.endswith(f".data/data/share/neural-sensor/checkpoints/{ckpt}/{file}") for n in names), \
+                (ckpt, file)
+
+
+def test_checkpoint_lookup_falls_back_to_the_installed_data(tmp_path, monkeypatch):
+    import neural_sensor.checkpoints as ck
+
+    share = tmp_path / "share" / "neural-sensor" / "checkpoints" / "enhancer-small"
+    share.mkdir(parents=True)
+    (share / "config.json").write_text("{}")
+    (share / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(ck, "_REPO_CHECKPOINTS", tmp_path / "nowhere")
+    monkeypatch.setattr(ck.sys, "prefix", str(tmp_path))
+    assert ck.checkpoint_path("enhancer-small") == share
+    with pytest.raises(ValueError, match="reconstructor-small.*not found"):
+        ck.checkpoint_path("reconstructor-small")
+
+
+def test_help_shows_defaults_and_version(tmp_path):
+    result = _cli(["demo", "--help"], tmp_path)
+    assert "(default: 480)" in result.stdout and "--allow-fail" in result.stdout
+    result = _cli(["serve-enhancer", "--help"], tmp_path)
+    assert "most frames one worker job batches" in result.stdout.replace("\n", " ").replace("  ", " ")
+    result = _cli(["--version"], tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("neural-sensor ")
+
+
+def test_render_default_background_is_the_clis_sky():
+    from neural_sensor.camera import Camera
+    from neural_sensor.render import SKY_RGB, render
+    from neural_sensor.testing import make_street_scene
+
+    scene = make_street_scene(1000)
+    cam = Camera.look_at(32, 16, 60.0, eye_world=[0, 0, 100.0], target_world=[0, 100.0, 200.0])  # upwards: sky
+    rgb = render(scene, [cam], backend="cpu").rgb[0]
+    assert np.allclose(rgb, np.array(SKY_RGB, np.float32), atol=1e-6)
