@@ -1,6 +1,12 @@
-"""Occupancy -> GaussianScene: one flat Gaussian on every exposed voxel face, procedurally coloured.
+"""Occupancy -> GaussianScene, in one of two appearances.
 
-Each face that borders empty space (the underside of voxels excepted) gets a
+- "textured" (the default, builder version 3): `neural_sensor.scene.surfaces` puts photograph-textured
+  Gaussians on the continuous surfaces the occupancy bounds, with cast shadows, ambient occlusion and
+  (optionally) a sky dome. See that module.
+- "legacy": the appearance of builder version 2, which trained the shipped checkpoints, kept bit for bit
+  (the synthetic training worlds use it until the models are retrained); described below.
+
+Legacy: one flat Gaussian on every exposed voxel face, procedurally coloured. Each face that borders empty space (the underside of voxels excepted) gets a
 Gaussian at the face centre, flattened along the face normal, wide enough that
 neighbours overlap into a continuous surface. Colour is a per-class procedural
 albedo (asphalt grain, lane markings, paving, facades with windows, foliage,
@@ -20,6 +26,8 @@ from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
 from neural_sensor.labels import CityObjectLabel as L
 from neural_sensor.scene.layout import Layout, Style
 from neural_sensor.scene.occupancy import Occupancy
+
+APPEARANCES = ("textured", "legacy")
 
 STATIC_INSTANCE_BASE = 100_000  # instance id of static object k is this + k (agents use small ids)
 STREET_EYE_HEIGHT_M = 3.0  # faces are kept if a viewer up to this height on a lane could see their front side
@@ -42,7 +50,8 @@ def _hash01(*ints: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def sun_direction(style: Style) -> np.ndarray:
     """Unit vector towards the sun (world FLU) for the style's time of day."""
-    elevation, azimuth = {"morning": (20.0, 60.0), "noon": (65.0, 160.0), "evening": (12.0, 290.0)}[style.time_of_day]
+    elevation, azimuth = {"morning": (20.0, 60.0), "noon": (65.0, 160.0), "evening": (12.0, 290.0),
+                          "dusk": (3.0, 285.0)}[style.time_of_day]
     el, az = math.radians(elevation), math.radians(azimuth)
     return np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
 
@@ -51,7 +60,8 @@ def sky_rgb(style: Style) -> tuple[float, float, float]:
     """Background colour for the style (the sky is not made of Gaussians)."""
     if style.palette == "overcast":
         return (0.72, 0.74, 0.77)
-    return {"morning": (0.62, 0.74, 0.9), "noon": (0.53, 0.71, 0.92), "evening": (0.86, 0.62, 0.45)}[style.time_of_day]
+    return {"morning": (0.62, 0.74, 0.9), "noon": (0.53, 0.71, 0.92), "evening": (0.86, 0.62, 0.45),
+            "dusk": (0.45, 0.35, 0.42)}[style.time_of_day]
 
 
 def _albedo(label: np.ndarray, pos: np.ndarray, normal: np.ndarray, obj: np.ndarray, layout: Layout) -> np.ndarray:
@@ -101,7 +111,8 @@ def _albedo(label: np.ndarray, pos: np.ndarray, normal: np.ndarray, obj: np.ndar
 
 def _shade(albedo: np.ndarray, normal: np.ndarray, style: Style) -> np.ndarray:
     sun = sun_direction(style)
-    tint = {"morning": (1.0, 0.95, 0.85), "noon": (1.0, 1.0, 1.0), "evening": (1.0, 0.8, 0.6)}[style.time_of_day]
+    tint = {"morning": (1.0, 0.95, 0.85), "noon": (1.0, 1.0, 1.0), "evening": (1.0, 0.8, 0.6),
+            "dusk": (0.8, 0.6, 0.5)}[style.time_of_day]
     ambient, diffuse = (0.75, 0.25) if style.palette == "overcast" else (0.5, 0.6)
     lambert = np.clip(normal @ sun, 0.0, None)[:, None]
     return np.clip(albedo * (ambient + diffuse * lambert * np.array(tint)), 0.0, 1.0)
@@ -130,15 +141,31 @@ def _street_visible(means: np.ndarray, normals: np.ndarray, labels: np.ndarray, 
     return keep
 
 
-def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout) -> GaussianScene:
-    """Surface Gaussians on the exposed faces of an occupancy grid.
+def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout, *, appearance: str = "textured",
+                           sky: bool = False) -> GaussianScene:
+    """The appearance Gaussians of an occupancy grid.
 
     Args:
         occupancy: labels [X, Y, Z] and object ids from `build_occupancy`.
         layout: the layout it came from (style and seed for appearance).
+        appearance: "textured" (photographs on surfaces, shadows) or "legacy" (builder version 2's voxel faces).
+        sky: textured only: add the sky dome (label SKY).
     Returns:
         GaussianScene (SH degree 0) with labels and instance ids set.
     """
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+    if appearance == "textured":
+        from neural_sensor.scene.surfaces import surface_gaussians
+
+        return surface_gaussians(occupancy, layout, sky=sky)
+    if sky:
+        raise ValueError("occupancy_to_gaussians: the legacy appearance has no sky dome (sky=True)")
+    return _legacy_gaussians(occupancy, layout)
+
+
+def _legacy_gaussians(occupancy: Occupancy, layout: Layout) -> GaussianScene:
+    """Builder version 2: one flat Gaussian on every exposed voxel face (see the module docstring)."""
     labels = occupancy.labels
     solid = labels > 0
     voxel = occupancy.voxel_m

@@ -57,6 +57,9 @@ class WorldConfig:
     step_m: float = 4.0  # metres between context timesteps
     voxel_m: float = 0.4  # scene builder voxel size
     target_cameras: tuple[str, ...] = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT")  # rig cameras for targets
+    # scene appearance: "legacy" (builder version 2's voxel faces, which trained the shipped checkpoints; kept
+    # until the reconstructor and enhancer are retrained) or "textured" (photographs, shadows, sky dome)
+    appearance: str = "legacy"
 
 
 @dataclass
@@ -104,7 +107,8 @@ def make_world(seed: int, split: str, config: WorldConfig | None = None) -> Synt
     check_split(seed, split)
     config = config or WorldConfig()
     layout = world_layout(seed)
-    scene = occupancy_to_gaussians(build_occupancy(layout, voxel_m=config.voxel_m), layout)
+    scene = occupancy_to_gaussians(build_occupancy(layout, voxel_m=config.voxel_m), layout,
+                                   appearance=config.appearance, sky=config.appearance == "textured")
     background = sky_rgb(layout.style)
     rng = np.random.default_rng(seed + 17)
     lane = next(ln for ln in layout.lanes if ln.direction == 1)
