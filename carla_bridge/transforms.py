@@ -36,6 +36,22 @@ def ue_matrix(x: float, y: float, z: float, roll_deg: float, pitch_deg: float, y
     ])
 
 
+def flu_poses_from_ue(values: np.ndarray) -> np.ndarray:
+    """[N, 6] (x, y, z, roll, pitch, yaw) CARLA transforms (UE, degrees) -> [N, 4, 4] FLU poses, vectorised:
+    for each row, ue_to_flu(ue_matrix(...)) (tested against carla.Transform.get_matrix())."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1, 6)
+    roll, pitch, yaw = (np.radians(values[:, i]) for i in (3, 4, 5))
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    out = np.zeros((len(values), 4, 4))
+    # S M S with S = diag(1, -1, 1, 1): row 1 and column 1 of the UE matrix change sign
+    out[:, 0, 0], out[:, 0, 1], out[:, 0, 2] = cp * cy, -(cy * sp * sr - sy * cr), -cy * sp * cr - sy * sr
+    out[:, 1, 0], out[:, 1, 1], out[:, 1, 2] = -(cp * sy), sy * sp * sr + cy * cr, -(-sy * sp * cr + cy * sr)
+    out[:, 2, 0], out[:, 2, 1], out[:, 2, 2] = sp, cp * sr, cp * cr
+    out[:, 0, 3], out[:, 1, 3], out[:, 2, 3] = values[:, 0], -values[:, 1], values[:, 2]
+    out[:, 3, 3] = 1.0
+    return out
+
+
 def ue_to_flu(matrix_ue: np.ndarray) -> np.ndarray:
     """A UE-frame pose [4, 4] as a right-handed FLU pose: S M S (row 1 and column 1 change sign)."""
     out = np.array(matrix_ue, dtype=np.float64)
@@ -100,6 +116,12 @@ def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec
 def rgb_to_bgra(rgb: np.ndarray) -> np.ndarray:
     """[H, W, 3] float RGB in [0, 1] -> [H, W, 4] uint8 BGRA, alpha 255 (carla.Image raw_data layout)."""
     assert rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
+    if rgb.dtype == np.float32:  # the per-tick path: one pass in numba (same rounding as below)
+        from carla_bridge._kernels import rgb_to_bgra_kernel
+
+        out = np.empty(rgb.shape[:2] + (4,), np.uint8)
+        rgb_to_bgra_kernel(np.ascontiguousarray(rgb), out)
+        return out
     scaled = rgb * np.float32(255.0)  # one temporary, clipped and rounded in place (it runs every tick)
     np.clip(scaled, 0.0, 255.0, out=scaled)
     scaled += np.float32(0.5)

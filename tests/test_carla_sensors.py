@@ -65,7 +65,7 @@ def test_depth_code_round_trips_in_carlas_24_bits():
     bgra = depth_to_bgra(depth, sky)
     assert bgra.dtype == np.uint8 and (bgra[..., 3] == 255).all()
     metres = depth_from_bgra(bgra)
-    np.testing.assert_allclose(metres[0, :4], depth[0, :4], atol=1000.0 / (256**3 - 1))
+    np.testing.assert_allclose(metres[0, :4], depth[0, :4], atol=1000.0 / (256**3 - 1))  # one 24-bit step
     assert metres[0, 4] == pytest.approx(1000.0) and metres[0, 5] == pytest.approx(1000.0)  # clamped; sky = far
     code = round(37.25 / 1000.0 * (256**3 - 1))  # R low byte, G middle, B high (CARLA's docs)
     assert tuple(bgra[0, 2, :3]) == ((code >> 16) & 255, (code >> 8) & 255, code & 255)
@@ -523,3 +523,49 @@ def test_leaderboard_proxy_answers_try_spawn_and_batches(scene, monkeypatch):
     finally:
         lb.disable()
     assert carla.command.SpawnActor is libcarla_spawn and not isinstance(CarlaDataProvider._client, NeuralClient)
+
+
+# ------------------------------------------------------------------ the fast paths equal the reference formulas
+def test_fast_encoders_equal_the_numpy_formulas():
+    from carla_bridge.encodings import depth_to_bgra_fast, sky_mask
+    from carla_bridge.transforms import rgb_to_bgra
+
+    rng = np.random.default_rng(3)
+    rgb = rng.uniform(-0.2, 1.2, (17, 23, 3)).astype(np.float32)
+    expected = np.empty((17, 23, 4), np.uint8)
+    expected[..., :3] = (np.clip(rgb * np.float32(255.0), 0, 255) + np.float32(0.5)).astype(np.uint8)[..., ::-1]
+    expected[..., 3] = 255
+    np.testing.assert_array_equal(rgb_to_bgra(rgb), expected)
+    np.testing.assert_array_equal(rgb_to_bgra(rgb.astype(np.float64)), expected)  # the numpy path
+    depth = rng.uniform(0.0, 1200.0, (17, 23)).astype(np.float32)
+    semantic = rng.integers(0, 4, (17, 23)).astype(np.uint8)
+    np.testing.assert_array_equal(depth_to_bgra_fast(depth, semantic), depth_to_bgra(depth, sky_mask(semantic)))
+
+
+def test_vectorised_snapshot_conversion_equals_agent_box():
+    from carla_bridge.sensor import CameraRig
+    from carla_bridge.transforms import agent_box
+
+    world = StandInWorld()
+    ego = world.spawn_actor(StandInBlueprint("vehicle.tesla.model3"), carla.Transform())
+    rng = np.random.default_rng(4)
+    actors = []
+    for i in range(20):
+        kind = "walker.pedestrian.0001" if i % 3 == 0 else "vehicle.audi.a2"
+        where = carla.Transform(carla.Location(*rng.uniform(-50, 50, 3)),
+                                carla.Rotation(pitch=rng.uniform(-20, 20), yaw=rng.uniform(-180, 180),
+                                               roll=rng.uniform(-20, 20)))
+        actors.append(world.spawn_actor(StandInBlueprint(kind), where))
+    world.spawn_actor(StandInBlueprint("static.prop.bench"), carla.Transform())
+    rig = CameraRig(("test",), world, ego, make_street_scene(2000), "cpu", (0.5, 0.5, 0.5), None, 1000.0)
+    world.tick()  # a snapshot holds the actors of its frame, as CARLA's does
+    try:
+        snapshot = rig.snapshot_from_carla(world.get_snapshot())
+    finally:
+        rig.close()
+    assert [a.agent_id for a in snapshot.agents] == [a.id for a in actors]
+    for agent, actor in zip(snapshot.agents, actors):
+        size, pose = agent_box(actor.bounding_box, actor.get_transform())
+        assert agent.size_m == pytest.approx(size) and agent.kind == ("pedestrian" if "walker" in actor.type_id
+                                                                      else "car")
+        np.testing.assert_allclose(agent.pose_agent_to_world, pose, atol=1e-5)
