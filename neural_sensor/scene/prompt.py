@@ -51,7 +51,8 @@ SCENE_MIN_SIMILARITY = 0.60  # a retrieved scene fills in what the prompt leaves
 ATTRIBUTE_MIN_SIMILARITY = 0.55  # a phrase sets an attribute only above this
 WORD_MIN_SIMILARITY = 0.70  # a single word is noisier ("friday" ~ "evening" 0.56): alone it needs this
 UNRELATED_MAX_SIMILARITY = 0.35  # a prompt with nothing parsed and no phrase or scene above this is refused
-ATTRIBUTE_MARGIN = 0.06  # a phrase sets an attribute only if no other attribute (or plain noun) matches it better by this
+ATTRIBUTE_MARGIN = 0.06  # a phrase sets an attribute only if no other attribute matches it better by this
+PLAIN_NOUN_SIMILARITY = 0.90  # a phrase this close to a plain noun ("parked cars", "trees") names no value
 
 DENSITY_LEVELS = ("none", "few", "some", "many")
 PARKED_CAR_DENSITY = {"none": 0.0, "few": 0.07, "some": 0.2, "many": 0.6}  # roadside mix weights (layout.py)
@@ -83,8 +84,8 @@ ATTRIBUTE_ORDER = ("template", "length_m", "radius_m", "angle_deg", "lanes_per_d
 # ------------------------------------------------------------------ memory bank
 # Described values of each attribute: (phrase, value). A value may be a dict of several attributes.
 ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
-    "plain": [  # plain nouns: they set nothing, but outscore the attributes a bare "buildings" or "road" resembles
-        ("a road", None), ("a street", None), ("buildings", None), ("houses", None), ("cars", None),
+    "plain": [  # plain nouns: a bare "buildings" or "road" names no value (it resembles "tall buildings", "wet road")
+        ("a road", None), ("a street", None), ("buildings", None), ("cars", None),
         ("a lane", None), ("the city", None), ("a town", None), ("the weather", None), ("the sky", None),
         ("a scene", None), ("a place", None), ("a day", None), ("traffic", None), ("a neighbourhood", None),
         ("trees", None), ("parked cars", None), ("parked", None), ("lanes", None), ("sidewalks", None),
@@ -100,7 +101,8 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
     "curvature": [  # sets radius_m / angle_deg of a curve
         ("a sharp bend", {"radius_m": 25.0}), ("a tight turn", {"radius_m": 25.0}),
         ("a gentle curve", {"radius_m": 120.0}), ("a wide sweeping bend", {"radius_m": 120.0}),
-        ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}), ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
+        ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}),
+        ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
     ],
     "road_width": [  # sets lane_width_m
         ("a narrow street", 3.0), ("narrow lanes", 3.0), ("a tight alley", 3.0),
@@ -251,10 +253,25 @@ def _encoder():
     return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
 
 
+_EMBEDDINGS: dict[str, np.ndarray] = {}  # text -> embedding, so repeated phrases are encoded once per process
+
+
 def _embed(texts: list[str]) -> np.ndarray:
     """[N, 384] unit-length embeddings."""
-    return np.asarray(_encoder().encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                        show_progress_bar=False), dtype=np.float32)
+    missing = sorted({t for t in texts if t not in _EMBEDDINGS})
+    if missing:
+        import torch
+
+        # One thread: a batch of short phrases gains nothing from intra-op threads, and on a busy machine two
+        # threads were measured 10-20x slower (0.95-1.46 s vs 0.07-0.10 s for 15 phrases, load average 6).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            vectors = _encoder().encode(missing, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        finally:
+            torch.set_num_threads(threads)
+        _EMBEDDINGS.update(zip(missing, np.asarray(vectors, dtype=np.float32)))
+    return np.stack([_EMBEDDINGS[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -326,7 +343,8 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             take(match, {"radius_m": value, "template": "curve"})
         else:
             take(match, {"length_m": value})
-    negation = r"\b(?:no|without|zero|not any|free of|remove|delete|take away|get rid of|drop)\s+(?:the\s+|any\s+|all\s+)?"
+    negation = (r"\b(?:no|without|zero|not any|free of|remove|delete|take away|get rid of|drop)\s+"
+                r"(?:the\s+|any\s+|all\s+)?")
     for pattern, (key, value) in _NEGATED.items():
         for match in re.finditer(negation + rf"(?:{pattern})\b", text):
             take(match, {key: value})
@@ -363,8 +381,8 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
     """Attributes named by the prompt's phrases (nearest bank phrase above threshold), evidence, best similarity.
 
     A phrase sets an attribute when its best match in that attribute's bank is above ATTRIBUTE_MIN_SIMILARITY
-    and within ATTRIBUTE_MARGIN of its best match over all attributes (plain nouns included). Clauses come
-    first; pairs and single words only fill attributes the clauses left open.
+    (WORD_MIN_SIMILARITY for one word), within ATTRIBUTE_MARGIN of its best match over all attributes, and the
+    phrase is not a plain noun. Clauses come first; pairs and single words only fill attributes left open.
     """
     tiers = _chunks(text)
     candidates = [chunk for tier in tiers for chunk in tier]
@@ -375,6 +393,9 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
     attributes = list(ATTRIBUTE_BANK)
     row_attr = np.array([attributes.index(a) for a, _, _ in rows])
     per_attr = np.stack([sims[:, row_attr == k].max(axis=1) for k in range(len(attributes))], axis=1)  # [C, A]
+    plain = attributes.index("plain")
+    plain_score = per_attr[:, plain].copy()
+    per_attr[:, plain] = -1.0
     found, evidence = {}, {}
     c = 0
     for level, tier in enumerate(tiers):
@@ -384,6 +405,7 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
             for k, attribute in enumerate(attributes):
                 score = float(per_attr[c, k])
                 if (attribute == "plain" or attribute in found or score < threshold
+                        or plain_score[c] >= PLAIN_NOUN_SIMILARITY
                         or score < per_attr[c].max() - ATTRIBUTE_MARGIN
                         or score <= tier_best.get(attribute, (-1.0,))[0]):
                     continue
