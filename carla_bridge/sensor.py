@@ -228,7 +228,7 @@ class CameraRig:
 
             self.enhancer_client = EnhancerClient(enhancer, deadline_ms=enhancer_deadline_ms)
         self.cameras: list[NeuralCamera] = []
-        self._actors: dict[int, tuple[str, object]] = {}  # id -> (kind, bounding box); kind "" = not drawn
+        self._actors: dict[int, tuple] = {}  # id -> (kind, size_m, box-bottom offset FLU); kind "" = not drawn
         self._rigs: dict[tuple, NeuralSensorRig] = {}
         self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras)
         self._sequence = itertools.count()
@@ -247,9 +247,12 @@ class CameraRig:
             self.cameras = self.cameras + [camera]
 
     def remove(self, camera: "NeuralCamera") -> None:
-        with self._cond:
-            self.cameras = [c for c in self.cameras if c is not camera]
-            empty = not self.cameras
+        with _rigs_lock:  # a camera joining this rig meanwhile either finds it open or makes a new one
+            with self._cond:
+                self.cameras = [c for c in self.cameras if c is not camera]
+                empty = not self.cameras
+            if empty and _rigs.get(self.key) is self:
+                del _rigs[self.key]
         if empty:
             self.close()
 
