@@ -16,51 +16,21 @@ C++) of a camera blueprint, as spawn_neural_camera; everything else goes to the 
 ONE batch. Responses come back in command order: the server's, or ours (`NeuralResponse`, with
 the carla.command.Response face) for the commands handled here.
 
-`SpawnActor` and `DestroyActor` here are subclasses of carla.command's (isinstance holds):
-SpawnActor keeps its blueprint, transform and parent readable; DestroyActor also takes a
-NeuralCamera object (libcarla's accepts a C++ actor or an id only). carla_bridge.leaderboard
-installs them as carla.command.SpawnActor / DestroyActor while it is enabled.
+`SpawnActor` and `DestroyActor` (carla_bridge/commands.py, re-exported here) are subclasses of
+carla.command's (isinstance holds): SpawnActor keeps its blueprint, transform and parent
+readable; DestroyActor also takes a NeuralCamera object (libcarla's accepts a C++ actor or an id).
 """
 
 from __future__ import annotations
 
 import carla
 
+from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR, DestroyActor, SpawnActor  # noqa: F401 (re-exported)
 from carla_bridge.encodings import CAMERA_TYPES
-from carla_bridge.sensor import NeuralCamera, is_neural_id, neural_camera, spawn_neural_camera
+from carla_bridge.sensor import is_neural_id, neural_camera, spawn_neural_camera
 from neural_sensor.gaussians import GaussianScene
 
-_LibcarlaSpawnActor = carla.command.SpawnActor
-_LibcarlaDestroyActor = carla.command.DestroyActor
-
-
-class SpawnActor(_LibcarlaSpawnActor):
-    """carla.command.SpawnActor that keeps its request readable (`neural_spawn_request`)."""
-
-    def __init__(self, blueprint, transform, parent=None, attachment_type=None, socket_name: str = ""):
-        parent_id = parent if isinstance(parent, int) else (parent.id if parent is not None else 0)
-        self.neural_spawn_request = (blueprint, transform, parent_id)
-        self.neural_parent = None if isinstance(parent, int) else parent
-        self.neural_attachment = (attachment_type, socket_name)
-        if isinstance(blueprint, carla.ActorBlueprint) and not isinstance(parent, NeuralCamera):
-            if parent is None:
-                super().__init__(blueprint, transform)
-            elif attachment_type is not None:
-                super().__init__(blueprint, transform, parent, attachment_type, socket_name)
-            else:
-                super().__init__(blueprint, transform, parent)
-        else:  # a stand-in blueprint: the C++ command stays empty, the request lives here
-            super().__init__()
-
-
-class DestroyActor(_LibcarlaDestroyActor):
-    """carla.command.DestroyActor that also takes a NeuralCamera (or any actor object with an id)."""
-
-    def __init__(self, actor):
-        if isinstance(actor, carla.Actor) and not isinstance(actor, NeuralCamera):
-            super().__init__(actor)
-        else:
-            super().__init__(int(actor if isinstance(actor, int) else actor.id))
+_LibcarlaDestroyActor = LIBCARLA_DESTROY_ACTOR
 
 
 class NeuralResponse:

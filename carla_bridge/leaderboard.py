@@ -50,7 +50,7 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
     `enhancer`: an enhancer server's endpoint (tcp://HOST:PORT) to refine every camera."""
     import carla
 
-    from carla_bridge import client as neural_client
+    from carla_bridge import commands as neural_commands
 
     if not isinstance(scene, GaussianScene):
         scene = GaussianScene.load_ply(Path(scene))
@@ -64,8 +64,7 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
         return
     _state["original_get_world"] = CarlaDataProvider.get_world
     _state["original_commands"] = (carla.command.SpawnActor, carla.command.DestroyActor)
-    carla.command.SpawnActor = neural_client.SpawnActor
-    carla.command.DestroyActor = neural_client.DestroyActor
+    neural_commands.install(spawn=True)
 
     def get_world():
         world = _state["original_get_world"]()

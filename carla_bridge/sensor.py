@@ -26,8 +26,10 @@ call on any camera of the rig (listen, stop, is_listening, get_transform, destro
 
 Actor face: positive ids from NEURAL_ID_BASE (3 * 2^30) up, which a server counting up from 1
 never reaches; id, type_id, attributes (strings), is_alive, parent, get_world, get_transform,
-get_location, set_transform, destroy. `carla.command.DestroyActor(camera.id)` works in batches
-sent through a NeuralClient (carla_bridge/client.py), which destroys the camera client-side.
+get_location, set_transform, destroy. Importing this module makes carla.command.DestroyActor
+accept a camera too (carla_bridge/commands.py: a subclass, every former use unchanged); a batch
+sent through a NeuralClient (carla_bridge/client.py) destroys the cameras client-side, a batch
+sent to the server directly gets "not found" for them, as for any unknown id.
 
 Attachment: Rigid is exact; SpringArm and SpringArmGhost are applied as rigid (no spring lag,
 no collision test), with a warning once. A camera without a parent is fixed in the world.
@@ -69,6 +71,10 @@ try:  # the carla package is needed for NeuralImage; the rest of carla_bridge wo
 except ImportError:  # pragma: no cover - exercised only without the carla package
     carla = None
     _ImageBase = object
+else:  # DestroyActor(camera) in a clean-up batch, as CARLA's tutorial.py writes it (carla_bridge/commands.py)
+    from carla_bridge import commands as _commands
+
+    _commands.install()
 
 _log = logging.getLogger("carla_bridge")
 NEURAL_ID_BASE = 3 << 30  # actor ids are uint32 and a server hands them out from 1 upwards

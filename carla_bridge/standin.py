@@ -525,19 +525,21 @@ class StandInWorld:
 
     # commands
     def _apply(self, command) -> StandInResponse:
+        from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR, LIBCARLA_SPAWN_ACTOR
+
         cmd = carla.command
         spawn_request = getattr(command, "neural_spawn_request", None)
         if spawn_request is not None:  # a SpawnActor built through carla_bridge.client with a readable blueprint
             blueprint, transform, parent_id = spawn_request
             parent = self.actors.get(parent_id) if parent_id else None
             return StandInResponse(self.spawn_actor(blueprint, transform, parent).id)
-        if isinstance(command, cmd.SpawnActor):
+        if isinstance(command, LIBCARLA_SPAWN_ACTOR):
             return StandInResponse(0, "stand-in: a carla.command.SpawnActor's blueprint cannot be read from Python; "
                                       "build the batch with carla_bridge.client.NeuralClient or use spawn_actor")
         actor = self.actors.get(getattr(command, "actor_id", -1))
         if actor is None:
             return StandInResponse(getattr(command, "actor_id", 0), "unable to find actor: actor not found")
-        if isinstance(command, cmd.DestroyActor):
+        if isinstance(command, LIBCARLA_DESTROY_ACTOR):
             actor.destroy()
         elif isinstance(command, cmd.ApplyVehicleControl):
             actor.apply_control(command.control)

@@ -17,6 +17,7 @@ carla = pytest.importorskip("carla", reason="the carla client package is not ins
 
 from carla_bridge import attributes as attrs  # noqa: E402
 from carla_bridge.client import DestroyActor, NeuralClient, NeuralWorld, SpawnActor  # noqa: E402
+from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR  # noqa: E402
 from carla_bridge.encodings import (  # noqa: E402
     CITYSCAPES_PALETTE_RGB,
     convert_bgra,
@@ -296,10 +297,10 @@ def test_actor_face_and_batch_destroy_through_the_neural_client(scene):
     ego.set_transform(carla.Transform(carla.Location(15, 2, 0)))  # still attached at the new offset
     assert camera.get_location().x == pytest.approx(15) and camera.get_location().z == pytest.approx(3)
     second = world.spawn_actor(_bp(library, "rgb"), MOUNT, attach_to=ego)
-    # libcarla's DestroyActor takes an id (a NeuralCamera is not a C++ actor); the subclass also takes the object
-    commands = [carla.command.DestroyActor(camera.id), DestroyActor(second), carla.command.DestroyActor(ego)
-                if isinstance(ego, carla.Actor) else carla.command.DestroyActor(ego.id),
-                carla.command.DestroyActor(camera.id)]
+    # libcarla's DestroyActor takes an id or a C++ actor; the subclass carla_bridge installs takes any actor object
+    assert carla.command.DestroyActor is DestroyActor and issubclass(DestroyActor, LIBCARLA_DESTROY_ACTOR)
+    commands = [carla.command.DestroyActor(camera.id), carla.command.DestroyActor(second),
+                carla.command.DestroyActor(ego), carla.command.DestroyActor(camera.id)]
     responses = client.apply_batch_sync(commands)
     assert [r.actor_id for r in responses] == [camera.id, second.id, ego.id, camera.id]
     assert [r.has_error() for r in responses] == [False, False, False, True]  # the second destroy: not found
