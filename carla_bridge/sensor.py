@@ -401,8 +401,12 @@ class CameraRig:
     def _fail(self, frame: int, cameras, err: Exception) -> None:
         """Log a failed frame at once and keep it for the next call on a camera of this rig (the first one kept)."""
         names = ", ".join(f"{c.type_id} {c.id}" for c in cameras)
-        _log.error("neural camera: rendering frame %d failed for %s: %s: %s", frame, names, type(err).__name__, err,
-                   exc_info=err)
+        with self._cond:
+            pending = self.error is not None
+        # the first failure is logged at once; further ones while it waits to be raised only at debug level
+        # (a destroyed parent fails every tick)
+        _log.log(logging.DEBUG if pending else logging.ERROR, "neural camera: rendering frame %d failed for %s: %s: %s",
+                 frame, names, type(err).__name__, err, exc_info=err)
         with self._cond:
             if self.error is None:
                 self.error = NeuralCameraError(f"neural camera ({names}): rendering frame {frame} failed: "
@@ -594,6 +598,18 @@ class NeuralCamera:
     def set_location(self, location) -> None:
         current = self.get_transform()
         self.set_transform(carla.Transform(location, current.rotation))
+
+    def get_velocity(self):
+        """The parent's velocity (a rigid mount moves with it); zero for a world-fixed camera."""
+        return self._parent.get_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+
+    @property
+    def bounding_box(self):
+        return carla.BoundingBox(carla.Location(0.0, 0.0, 0.0), carla.Vector3D(0.0, 0.0, 0.0))
+
+    @property
+    def semantic_tags(self) -> list:
+        return []
 
     def __repr__(self) -> str:
         return f"NeuralCamera(id={self.id}, type={self.type_id}, parent={getattr(self._parent, 'id', None)})"

@@ -423,9 +423,13 @@ def test_render_errors_are_logged_at_once_and_raised_by_name(scene, caplog):
         camera.is_listening()
     assert camera.is_listening()  # raised once
     del camera.rig._rig_for
-    ego.destroy()  # the parent is gone: the next frame cannot be converted
-    frame = world.tick()
-    _settle(world, camera)
+    ego.destroy()  # the parent is gone: no frame can be converted any more
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="carla_bridge"):
+        frame = world.tick()
+        world.tick()
+        _settle(world, camera)
+    assert sum("parent actor" in r.getMessage() for r in caplog.records) == 1  # once while it waits to be raised
     with pytest.raises(NeuralCameraError, match=f"parent actor {ego.id} is not in frame {frame}"):
         camera.destroy()
     assert not camera.is_alive
