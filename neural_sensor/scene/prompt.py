@@ -227,6 +227,14 @@ _UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, n
 ]
 
 
+_QUANTIFIERS = {  # density level -> words before "parked cars" / "trees"
+    "few": r"(?:a\s+)?few|a\s+couple\s+of|couple\s+of|1\s+or\s+2|a\s+handful\s+of|sparse|scattered|the\s+odd",
+    "some": r"some|several|a\s+number\s+of",
+    "many": r"many|lots\s+of|a\s+lot\s+of|plenty\s+of|loads\s+of|numerous|dense|rows\s+of|full\s+of|"
+            r"packed\s+with|crowded\s+with|lined\s+with",
+}
+
+
 class PromptError(ValueError):
     """A prompt that is empty or matches nothing a layout can express."""
 
@@ -380,6 +388,11 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             take(match, {key: value})
         for match in re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text):
             take(match, {key: value})
+    # quantifiers: the embedding hardly tells "many trees" from "a few trees" (0.91), so they are parsed
+    for level, words in _QUANTIFIERS.items():
+        for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)"), ("trees", r"trees|greenery")):
+            for match in re.finditer(rf"\b(?:{words})\s+(?:{noun})\b", text):
+                take(match, {key: level})
     return found, evidence, spans
 
 
