@@ -36,7 +36,7 @@ AGENT_KINDS = {  # kind -> (semantic label, default box size (length, width, hei
     "pedestrian": (L.PEDESTRIAN, (0.5, 0.6, 1.75)),
     "cyclist": (L.RIDER, (1.8, 0.6, 1.75)),
 }
-GAUSSIANS_PER_M2 = 110.0  # surface density of asset Gaussians (about 10 cm apart)
+GAUSSIANS_PER_M2 = 85.0  # surface density of asset Gaussians (about 11 cm apart)
 
 _PAINTS = (  # (weight, rgb): the colour mix of a car park
     (0.24, (0.86, 0.86, 0.85)), (0.18, (0.05, 0.05, 0.06)), (0.16, (0.55, 0.56, 0.58)),
@@ -154,7 +154,7 @@ class _Builder:
         tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
         self.add(pts, normal, tangent, color_fn(pts, normal), math.sqrt(area / count))
 
-    def scene(self, label: int, instance_id: int, opacity: float = 0.97) -> GaussianScene:
+    def scene(self, label: int, instance_id: int, opacity: float = 0.99) -> GaussianScene:
         pts = np.concatenate(self.points)
         normals = np.concatenate(self.normals)
         tangents = np.concatenate(self.tangents)

@@ -199,7 +199,7 @@ def sky_dome(palette: Palette, centre_xy: np.ndarray, *, rings: int = 14) -> dic
     sizes.append(np.array([step * 1.2]))
     d = np.concatenate(means)
     arc = np.concatenate(sizes)
-    tangent = np.maximum(arc, step) * SKY_RADIUS_M * 0.75
-    scales = np.stack([tangent, np.full(len(d), step * SKY_RADIUS_M * 0.75), np.full(len(d), 2.0)], 1)
+    tangent = np.maximum(arc, step) * SKY_RADIUS_M * 0.6
+    scales = np.stack([tangent, np.full(len(d), step * SKY_RADIUS_M * 0.6), np.full(len(d), 2.0)], 1)
     centre = np.array([centre_xy[0], centre_xy[1], 0.0])
     return {"means": centre + d * SKY_RADIUS_M, "normals": -d, "scales": scales, "colors": sky_colour(palette, d)}

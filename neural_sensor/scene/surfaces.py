@@ -43,6 +43,7 @@ MARKING_HALF_WIDTH_M = 0.075
 FACE_SIGMA_PER_CELL = 0.7  # facade Gaussians overlap a little more: they are seen closer
 FACADE_CELLS_NEAR = (0.4, 0.2, 0.1)  # facade Gaussian sizes (m): split where the photograph has detail
 FACADE_CELLS_FAR = (0.6, 0.3)  # facades more than 12 m from the drivable area
+FINEST_BELOW_M = 7.0
 DETAIL_SPLIT = 0.12  # split a cell when the luminance std of the texture inside it exceeds this
 WINDOW_RECESS_M = 0.18
 MAX_SCALE_M = 1.2  # no surface Gaussian is wider than this (the sky dome excepted)
@@ -330,6 +331,8 @@ def _adaptive_cells(tex, span: float, height: float, sizes, offset_u: float, rng
         u, z = u[inside], z[inside]
         if level + 1 < len(sizes):
             split = tex.detail(u + offset_u, z, size) > DETAIL_SPLIT
+            if level + 2 == len(sizes):
+                split &= z < FINEST_BELOW_M  # the finest cells only where viewers are close: the lower storeys
             # cells on the outline too: a wide Gaussian there would blur the building's edge into the sky
             split |= (u - size / 2 < 1e-6) | (u + size / 2 > span - 1e-6) | (z + size / 2 > height - 1e-6)
         else:
@@ -359,7 +362,7 @@ def _box_frame(box: Box):
 def _building(parts: _Parts, box: Box, obj: int, layout: Layout, library: TextureLibrary, eyes, road_dist,
               palette) -> None:
     seed = layout.style.seed
-    tex = library.choose("facade", obj, seed)
+    tex = library.choose("facade", obj, seed, getattr(layout.style, "building_style", "mixed"))
     jitter = library.jitter("facade", obj, seed, hue=0.02, brightness=0.12)
     mask = tex.window_mask()
     centre, ex, ey = _box_frame(box)
@@ -450,10 +453,10 @@ def _tree(parts: _Parts, box: Box, obj: int, layout: Layout, library: TextureLib
     # crown: leaf clusters in a shell of an ellipsoid (denser near the surface), coloured from the photograph
     half = np.array([length / 2, width / 2, 0.65 * height / 2]) * 0.95
     mid = centre + np.array([0, 0, crown_lo - box.centre_m[2] + half[2]])
-    count = int(2.2 * 4 * math.pi * (np.prod(half) ** (2 / 3)) / 0.06)
+    count = int(1.3 * 4 * math.pi * (np.prod(half) ** (2 / 3)) / 0.06)
     d = rng.normal(size=(count, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    r = rng.uniform(0.55, 1.0, count) ** 0.5
+    r = rng.uniform(0.7, 1.0, count) ** 0.5
     wobble = 1.0 + 0.12 * np.sin(3 * np.arctan2(d[:, 1], d[:, 0]) + 2 * d[:, 2] * 3 + obj)
     pts = mid + d * half * (r * wobble)[:, None]
     leaves = tex.alpha is not None
@@ -465,11 +468,14 @@ def _tree(parts: _Parts, box: Box, obj: int, layout: Layout, library: TextureLib
     else:
         colour = tex.sample(rng.uniform(0, 10, count), rng.uniform(0, 10, count), 0.2)
     colour = np.clip(colour @ jitter.T, 0, 1) * (0.65 + 0.45 * r[:, None])  # darker inside the crown
-    q = rng.normal(size=(count, 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    size = rng.uniform(0.1, 0.2, (count, 1)) * np.array([1.0, 0.8, 0.3])
-    normals = d
-    parts.add(pts, q, size, colour, L.VEGETATION, instance, normals, opacity=0.9, ground_z=box.centre_m[2])
+    # leaf clusters face outwards, tilted at random, so a ray into the crown stops after a few
+    normals = d + rng.normal(0, 0.35, d.shape)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    tangent = np.cross(normals, rng.normal(size=(count, 3)))
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    q = _quats_from_frames(tangent, np.cross(normals, tangent), normals)
+    size = rng.uniform(0.12, 0.24, (count, 1)) * np.array([1.0, 0.8, 0.1])
+    parts.add(pts, q, size, colour, L.VEGETATION, instance, d, opacity=0.95, ground_z=box.centre_m[2])
 
 
 def _pole(parts: _Parts, box: Box, obj: int, layout: Layout, road_dir_sign: float) -> None:

@@ -50,9 +50,10 @@ class TextureSpec:
     licence: str
     crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     base_frac: float = 0.0
+    family: str = ""  # facades: office | apartment | old_town | house (Style.building_style)
 
 
-_S1, _E2 = "tracks/road/street-1/", "tracks/road/e-track-2/"
+_S1, _E2 = "tracks/road/street-1/", "tracks/road/e-track-2/"  # like g-track-1 and alpine-2: Free Art License
 TORCS_CATALOGUE: dict[str, tuple[TextureSpec, ...]] = {
     "asphalt": (TextureSpec(_S1 + "tr-asphalt-2-aa-r_n.png", (4.0, 4.0), FREE_ART),
                 TextureSpec(_S1 + "tr-road1_n.rgb", (6.0, 6.0), FREE_ART, crop=(0.05, 0.05, 0.95, 0.95))),
@@ -60,15 +61,19 @@ TORCS_CATALOGUE: dict[str, tuple[TextureSpec, ...]] = {
                  TextureSpec(_E2 + "house24brick.png", (1.6, 1.6), FREE_ART)),
     "kerb": (TextureSpec(_S1 + "tr-curb-bw-aa-r.rgb", (1.0, 0.3), FREE_ART, crop=(0.0, 0.0, 0.45, 1.0)),),
     "grass": (TextureSpec(_S1 + "grass-aa.rgb", (3.0, 3.0), FREE_ART),),
-    "facade": (TextureSpec(_E2 + "house17facade.png", (30.0, 15.0), FREE_ART),
-               TextureSpec(_E2 + "house23facade.png", (28.0, 15.0), FREE_ART, base_frac=0.2),
-               TextureSpec(_E2 + "house24facade.png", (22.0, 11.0), FREE_ART, base_frac=0.35),
-               TextureSpec(_E2 + "house33facade.png", (4.5, 10.5), FREE_ART, base_frac=0.0),
-               TextureSpec(_E2 + "house34facade.png", (24.0, 6.5), FREE_ART, base_frac=0.5),
-               TextureSpec(_E2 + "house35facade.png", (16.0, 8.0), FREE_ART, base_frac=0.5),
-               TextureSpec(_E2 + "house22facade.png", (7.0, 14.0), FREE_ART),
-               TextureSpec(_S1 + "tr-building7.rgb", (10.0, 10.0), FREE_ART),
-               TextureSpec(_S1 + "tr-building9.rgb", (10.0, 20.0), FREE_ART)),
+    "facade": (TextureSpec(_E2 + "house17facade.png", (30.0, 15.0), FREE_ART, family="apartment"),
+               TextureSpec(_E2 + "house23facade.png", (28.0, 15.0), FREE_ART, base_frac=0.2, family="office"),
+               TextureSpec(_E2 + "house24facade.png", (22.0, 11.0), FREE_ART, base_frac=0.35, family="old_town"),
+               TextureSpec(_E2 + "house33facade.png", (4.5, 10.5), FREE_ART, family="old_town"),
+               TextureSpec(_E2 + "house34facade.png", (24.0, 6.5), FREE_ART, base_frac=0.5, family="apartment"),
+               TextureSpec(_E2 + "house35facade.png", (16.0, 8.0), FREE_ART, base_frac=0.5, family="old_town"),
+               TextureSpec(_E2 + "house22facade.png", (7.0, 14.0), FREE_ART, family="office"),
+               TextureSpec(_S1 + "tr-building7.rgb", (10.0, 10.0), FREE_ART, family="apartment"),
+               TextureSpec(_S1 + "tr-building9.rgb", (10.0, 20.0), FREE_ART, family="office"),
+               TextureSpec("tracks/road/g-track-1/facade1-512.rgb", (10.0, 6.0), FREE_ART, crop=(0, 0.37, 1, 0.97),
+                           family="house"),
+               TextureSpec("tracks/road/g-track-1/facade6-512.rgb", (10.0, 6.0), FREE_ART, crop=(0, 0.37, 1, 0.97),
+                           family="house")),
     "roof": (TextureSpec(_S1 + "roof1.rgb", (3.0, 3.0), FREE_ART),
              TextureSpec("tracks/road/corkscrew/tileroof.png", (2.0, 2.0), GPL2)),
     "tree": (TextureSpec(_S1 + "tree-new_n.rgb", (4.0, 8.0), FREE_ART, crop=(0.0, 0.0, 0.5, 1.0)),
@@ -88,6 +93,7 @@ class Texture:
     licence: str
     alpha: np.ndarray | None = None
     base_frac: float = 0.0
+    family: str = ""
     _levels: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -190,9 +196,10 @@ class TextureLibrary:
     hash: str
     licences: tuple[str, ...]
 
-    def choose(self, cls: str, key: int, seed: int) -> Texture:
-        """A texture of class `cls` for instance `key`, by a seeded choice."""
-        options = self.textures[cls]
+    def choose(self, cls: str, key: int, seed: int, family: str = "mixed") -> Texture:
+        """A texture of class `cls` for instance `key`, by a seeded choice; family (facades: office | apartment |
+        old_town | house) narrows the choice where the library has textures of that family."""
+        options = [t for t in self.textures[cls] if t.family == family] or self.textures[cls]
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFF, CLASSES.index(cls)])
         return options[int(rng.integers(len(options)))]
 
@@ -232,11 +239,11 @@ def _from_torcs(root: Path) -> TextureLibrary | None:
             if not path.is_file():
                 return None
             data = path.read_bytes()
-            digest.update(spec.path.encode() + repr((spec.tile_m, spec.crop, spec.base_frac)).encode())
+            digest.update(spec.path.encode() + repr((spec.tile_m, spec.crop, spec.base_frac, spec.family)).encode())
             digest.update(hashlib.sha256(data).digest())
             image, alpha = _read_image(path, spec)
             textures.setdefault(cls, []).append(Texture(Path(spec.path).stem, image, spec.tile_m, spec.licence,
-                                                        alpha, spec.base_frac))
+                                                        alpha, spec.base_frac, spec.family))
             licences.add(spec.licence)
     return TextureLibrary(textures, "torcs", digest.hexdigest()[:16], tuple(sorted(licences)))
 
