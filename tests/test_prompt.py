@@ -317,3 +317,19 @@ def test_clock_times(text, time_of_day):
 def test_impossible_numbers_raise_by_name(text, names):
     with pytest.raises(P.PromptError, match=names):
         P.layout_from_prompt(text)
+
+
+def test_a_road_width_keeps_the_lane_count_when_it_fits():
+    _, base = P.layout_from_prompt("a road with six lanes", seed=0)
+    _, edited = P.layout_from_prompt("make the road 21 m wide", base=base)
+    assert edited["attributes"]["lanes_per_direction"] == 3 and edited["attributes"]["lane_width_m"] == 3.5
+    _, wide = P.layout_from_prompt("a 30 m wide road")
+    assert wide["attributes"]["lanes_per_direction"] == 4 and wide["attributes"]["lane_width_m"] == 3.75
+
+
+def test_a_malformed_base_is_refused_by_name():
+    _, base = P.layout_from_prompt(BASE_PROMPT)
+    broken = json.loads(json.dumps(base))
+    broken["attributes"]["weather"] = "hail"
+    with pytest.raises(P.PromptError, match="weather"):
+        P.layout_from_prompt("at dusk", base=broken)

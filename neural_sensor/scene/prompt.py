@@ -441,7 +441,7 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
     per_attr[:, plain] = -1.0
     found, evidence = {}, {}
     c = 0
-    for level, tier in enumerate(tiers):
+    for tier in tiers:
         tier_best: dict = {}
         for chunk in tier:
             threshold = WORD_MIN_SIMILARITY if len(chunk.split()) == 1 else ATTRIBUTE_MIN_SIMILARITY
@@ -491,9 +491,11 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
         full["buildings"] = True  # naming the buildings' style or height asks for buildings
     road_width = full.pop("road_width_m", None)
     if road_width is not None:
-        if "lanes_per_direction" not in named:
-            full["lanes_per_direction"] = max(1, round(road_width / (2 * 3.5)))
-        full["lane_width_m"] = round(road_width / (2 * full["lanes_per_direction"]), 4)
+        lanes = full["lanes_per_direction"]
+        if "lanes_per_direction" not in named and not 2.75 <= road_width / (2 * lanes) <= 4.5:
+            lanes = max(1, round(road_width / (2 * 3.5)))  # the current lane count does not fit: 3.5 m lanes
+        full["lanes_per_direction"] = lanes
+        full["lane_width_m"] = round(road_width / (2 * lanes), 4)
     if template == "curve" and "length_m" in named:
         if "radius_m" in named:  # arc length and radius given: the angle follows
             full["angle_deg"] = math.degrees(full["length_m"] / full["radius_m"])
@@ -529,6 +531,11 @@ def _check(attributes: dict) -> None:
         raise PromptError(f"building_height_m = {attributes['building_height_m']} must be 0 < low <= high")
     if not 1 <= attributes["lanes_per_direction"] <= 6:
         raise PromptError(f"lanes_per_direction = {attributes['lanes_per_direction']} is outside 1-6")
+    choices = {"template": tuple(TEMPLATE_DEFAULTS), "building_style": BUILDING_STYLES, "time_of_day": TIMES_OF_DAY,
+               "weather": PALETTES, "parked_cars": DENSITY_LEVELS, "trees": DENSITY_LEVELS, "buildings": (True, False)}
+    for key, allowed in choices.items():
+        if attributes[key] not in allowed:
+            raise PromptError(f"{key} = {attributes[key]!r} is not one of {allowed}")
 
 
 # ------------------------------------------------------------------ public
@@ -652,4 +659,4 @@ def describe(description: dict) -> str:
 
 
 __all__ = ["layout_from_prompt", "layout_from_description", "describe", "model_path", "PromptError",
-           "PromptModelMissing", "BUILDING_STYLES", "PALETTES", "TIMES_OF_DAY", "DENSITY_LEVELS"]
+           "PromptModelMissing"]
