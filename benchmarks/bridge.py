@@ -16,6 +16,7 @@ benchmarks/results/bridge-<machine>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -55,6 +56,7 @@ def main() -> None:
     rig = cameras[0].rig
     assert all(c.rig is rig for c in cameras)
     convert_ms, render_ms, deliver_ms = [], [], []
+    load_before = os.getloadavg()[0]
     for tick in range(args.ticks + 5):
         for actor in others:  # every actor moves every tick (outside the timed part)
             t = actor.get_transform()
@@ -82,7 +84,11 @@ def main() -> None:
               "image_size": [args.width, args.height], "median_ms": med,
               "p90_ms": {k: round(float(np.percentile(v, 90)), 3) for k, v in
                          (("convert", convert_ms), ("deliver", deliver_ms))},
-              "bridge_overhead_ms": round(med["convert"] + med["deliver"], 3)}
+              "bridge_overhead_ms": round(med["convert"] + med["deliver"], 3),
+              # the CPU renderer's OpenMP threads spin after each render unless told to wait passively, taking
+              # the bridge's CPU on a small machine; the load average says how busy the machine was otherwise
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+              "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     result["summary"] = (f"{result['machine']}: bridge overhead {result['bridge_overhead_ms']} ms per tick "
                          f"(convert {med['convert']} + deliver {med['deliver']}) for {args.actors} moving actors "
                          f"and {len(kinds)} cameras ({args.cameras}) from one render; render {med['render']} ms")
