@@ -17,8 +17,10 @@ Modelled (an image-space formula, applied to the rgb camera's picture in this or
     lens_x_size,           image corner) samples the undistorted picture at r (1 + k (r sx)^2 + kcube |r sx|^3),
     lens_y_size            with sx, sy = lens_x_size, lens_y_size per axis (CARLA's shader does not document
                            its formula; at CARLA's defaults, a shift under 0.7% of the radius, nothing is resampled)
-    lens_circle_falloff,   vignetting: out = in x (1 - multiplier x r^falloff) clamped to [0, 1]; multiplier 0
-    lens_circle_multiplier (the default) is no vignetting
+    lens_circle_falloff,   vignetting: out = in x (1 - min(multiplier / 10, 1) x r^falloff); both documented in
+    lens_circle_multiplier [0, 10]: multiplier 0 (the default) is none, 10 a black corner; the leaderboard-1.0
+                           cameras' 3 / 3 darken the corners by 30% (CARLA's shader is a binary material whose
+                           formula is not published: this is our model of the documented ranges)
     chromatic_aberration_  red and blue sampled at r (1 +/- intensity x max(0, r - offset) x 0.01): fringes grow
     intensity / _offset    towards the corners beyond `offset` (intensity 0, the default, is none)
     enable_postprocess_    false turns every effect above off, as it does on CARLA's camera
@@ -291,6 +293,7 @@ def apply_postprocess(rgb: np.ndarray, settings: CameraSettings) -> np.ndarray:
         out[..., 0] = _sample(out[..., 0], x * (1.0 + shift), y * (1.0 + shift))
         out[..., 2] = _sample(out[..., 2], x * (1.0 - shift), y * (1.0 - shift))
     if v["lens_circle_multiplier"] != 0.0:
-        falloff = np.clip(1.0 - v["lens_circle_multiplier"] * radius ** v["lens_circle_falloff"], 0.0, 1.0)
+        strength = min(max(v["lens_circle_multiplier"] / 10.0, 0.0), 1.0)
+        falloff = np.clip(1.0 - strength * radius ** max(v["lens_circle_falloff"], 0.0), 0.0, 1.0)
         out = out * falloff[..., None]
     return np.clip(out, 0.0, 1.0).astype(np.float32)

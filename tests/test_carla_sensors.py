@@ -207,11 +207,11 @@ def test_postprocessing_follows_the_documented_formulas():
     np.testing.assert_allclose(attrs.apply_postprocess(rgb, _settings(gamma=1.0)), rgb ** 2.2, rtol=1e-5)
     off = attrs.apply_postprocess(rgb, _settings(exposure_compensation=1.0, enable_postprocess_effects=False))
     assert off is rgb
-    # vignetting: 1 - multiplier * r^falloff, r = 1 at the corners, 0 at the centre
+    # vignetting: 1 - min(multiplier / 10, 1) * r^falloff, r = 1 at the corners, 0 at the centre
     flat = np.full((40, 60, 3), 0.5, np.float32)
-    vignette = attrs.apply_postprocess(flat, _settings(lens_circle_multiplier=0.5, lens_circle_falloff=2.0))
+    vignette = attrs.apply_postprocess(flat, _settings(lens_circle_multiplier=3.0, lens_circle_falloff=2.0))
     x, y = attrs._radius_grid(40, 60)
-    np.testing.assert_allclose(vignette[..., 0], 0.5 * (1 - 0.5 * (x**2 + y**2)), rtol=1e-5)
+    np.testing.assert_allclose(vignette[..., 0], 0.5 * (1 - 0.3 * (x**2 + y**2)), rtol=1e-5)
     # radial distortion: a horizontal ramp sampled at r (1 + k (r s)^2), row through the centre
     ramp = np.repeat(np.repeat(np.linspace(0, 1, 60, dtype=np.float32)[None, :, None], 40, 0), 3, 2)
     k, size = 2.0, 0.5
