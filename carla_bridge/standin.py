@@ -18,7 +18,8 @@ script can tell:
   it through carla_bridge.client.NeuralClient). A SpawnActor command built by the `carla`
   package carries a blueprint Python cannot read back, so the stand-in answers it with an error
   response naming this, unless it was built through NeuralClient.
-- `set_autopilot` is accepted and does nothing (there is no traffic manager); vehicles move
+- `set_autopilot` and the traffic manager's settings are accepted and recorded, and nothing drives
+  (there is no traffic manager: `get_trafficmanager()` records settings only); vehicles move
   under VehicleControl with a plain kinematic model, not CARLA's physics.
 - `wait_for_tick()` advances the world one step itself (there is no free-running server).
 - `get_map().get_spawn_points()`: one spawn point every 20 m along every lane of the OpenDRIVE
@@ -554,6 +555,39 @@ class StandInWorld:
         return StandInResponse(actor.id)
 
 
+class StandInTrafficManager:
+    """carla.TrafficManager's face for the calls traffic scripts make: settings are recorded, and nothing drives
+    (the stand-in has no traffic manager; set_autopilot vehicles stand still unless given VehicleControl)."""
+
+    def __init__(self, port: int = 8000):
+        self.port = int(port)
+        self.settings: dict = {}
+
+    def get_port(self) -> int:
+        return self.port
+
+    def _record(self, name: str, *args) -> None:
+        self.settings[name] = args
+
+    def set_synchronous_mode(self, mode: bool = True) -> None:
+        self._record("synchronous_mode", bool(mode))
+
+    def set_random_device_seed(self, seed: int) -> None:
+        self._record("random_device_seed", int(seed))
+
+    def set_global_distance_to_leading_vehicle(self, distance: float) -> None:
+        self._record("global_distance_to_leading_vehicle", float(distance))
+
+    def global_percentage_speed_difference(self, percentage: float) -> None:
+        self._record("global_percentage_speed_difference", float(percentage))
+
+    def set_hybrid_physics_mode(self, enabled: bool = True) -> None:
+        self._record("hybrid_physics_mode", bool(enabled))
+
+    def set_respawn_dormant_vehicles(self, enabled: bool = True) -> None:
+        self._record("respawn_dormant_vehicles", bool(enabled))
+
+
 class StandInClient:
     """carla.Client's face: set_timeout, versions, get_world, generate_opendrive_world, apply_batch(_sync)."""
 
@@ -561,6 +595,7 @@ class StandInClient:
         self.host, self.port = host, int(port)
         self.timeout_s = 5.0
         self.world = StandInWorld()
+        self._traffic_managers: dict[int, StandInTrafficManager] = {}
 
     def set_timeout(self, seconds: float) -> None:
         self.timeout_s = float(seconds)
@@ -573,6 +608,11 @@ class StandInClient:
 
     def get_world(self) -> StandInWorld:
         return self.world
+
+    def get_trafficmanager(self, port: int = 8000) -> StandInTrafficManager:
+        if port not in self._traffic_managers:
+            self._traffic_managers[port] = StandInTrafficManager(port)
+        return self._traffic_managers[port]
 
     def get_available_maps(self) -> list[str]:
         return [f"/Game/Carla/Maps/{self.world._map_name}"]

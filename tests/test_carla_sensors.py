@@ -457,7 +457,10 @@ def test_standin_is_a_drop_in_client_for_camera_scripts():
     spectator.set_transform(carla.Transform(carla.Location(0, 0, 50)))
     assert spectator.get_transform().location.z == 50
     vehicle = world.try_spawn_actor(library.find("vehicle.tesla.model3"), spawn_points[0])
-    vehicle.set_autopilot(True)  # accepted; nothing drives it
+    traffic_manager = client.get_trafficmanager(8000)
+    traffic_manager.set_synchronous_mode(True)
+    vehicle.set_autopilot(True, traffic_manager.get_port())  # accepted and recorded; nothing drives it
+    assert vehicle.autopilot and traffic_manager.settings["synchronous_mode"] == (True,)
     settings = world.get_settings()
     settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.1
     assert world.apply_settings(settings) == world.get_snapshot().frame
