@@ -1,4 +1,4 @@
-"""Run CARLA leaderboard agents unchanged, with their RGB cameras rendered by the neural sensor.
+"""Run CARLA leaderboard agents unchanged, with their cameras rendered by the neural sensor.
 
 Enable it with one line, anywhere that runs before the agent's sensors are set up
 (the top of the agent file is the simplest place):
