@@ -1,1 +1,3 @@
-"""Example scripts: a leaderboard agent and a stock-client synchronous-mode script with neural cameras."""
+"""Example scripts with neural cameras, each runnable against a CARLA server or, with --standin, the stand-in:
+synchronous_mode (the stock pattern), depth_camera (LogarithmicDepth), semantic_camera (CityScapesPalette),
+two_hertz_camera (sensor_tick), batch_destroy (NeuralClient batches), leaderboard_agent (a leaderboard agent)."""
