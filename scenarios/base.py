@@ -53,6 +53,29 @@ def lane_route(layout: Layout, lane: int, start_s_m: float, length_m: float) -> 
     return lane_change_route(layout, lane, start_s_m, math.inf, 0.0, length_m)
 
 
+def drive_scenario(layout: Layout, name: str, description: str, *, target_speed_mps: float = 10.0,
+                   dt_s: float = 0.05) -> Scenario:
+    """A plain drive through any layout (a prompt's, a user's map): the ego follows the layout's longest lane,
+    a slower car leads it, and a car comes the other way where the road has an oncoming lane."""
+    lengths = [Path(lane.travel_polyline()).length_m for lane in layout.lanes]
+    lane = int(np.argmax(lengths))
+    length_m = lengths[lane]
+    if length_m < 40.0:
+        raise ValueError(f"layout {layout.name!r}: its longest lane is {length_m:.0f} m; a drive needs >= 40 m")
+    ego = EgoStart(lane=lane, start_s_m=5.0, speed_mps=0.8 * target_speed_mps)
+    agents = [AgentSpec(1, "car", "follow_lane", lane=lane, start_s_m=min(40.0, 0.4 * length_m),
+                        speed_mps=0.6 * target_speed_mps)]
+    direction = layout.lanes[lane].direction
+    oncoming = [i for i, other in enumerate(layout.lanes) if other.direction != direction and lengths[i] >= 40.0]
+    if oncoming:
+        agents.append(AgentSpec(2, "car", "follow_lane", lane=oncoming[0], start_s_m=10.0,
+                                speed_mps=0.8 * target_speed_mps))
+    ticks = int(min(600, (length_m - 10.0) / (0.6 * target_speed_mps) / dt_s))
+    return Scenario(name, description, layout, ego, agents, route_xy_m=lane_route(layout, lane, 0.0, length_m - 1.0),
+                    target_speed_mps=target_speed_mps, route_goal_m=min(80.0, 0.5 * length_m), max_ticks=ticks,
+                    recorded_lane=lane)
+
+
 @dataclass
 class CriteriaState:
     """Running evaluation of collision, route completion and minimum time-to-collision."""

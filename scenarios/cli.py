@@ -66,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p_demo, "out")
     p_run = sub.add_parser("run", help="run a scenario: a built-in name, a .py file or a package.module",
                            formatter_class=_FORMATTER)
-    p_run.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change, or path/to/my_scenario.py, "
-                                        "or package.module (defining make_scenario(seed) -> Scenario)")
+    p_run.add_argument("scenario", nargs="?", default=None,
+                       help="cut_in | pedestrian_crossing | lane_change, or path/to/my_scenario.py, "
+                            "or package.module (defining make_scenario(seed) -> Scenario)")
+    p_run.add_argument("--prompt", default=None,
+                       help="instead of a scenario: a plain drive through the street a text prompt describes")
     _add_run_options(p_run, "out")
     p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template, "
                                                  "an OpenDRIVE map or a layout JSON", formatter_class=_FORMATTER)
     p_build.add_argument("template", nargs="?", choices=("straight", "curve", "intersection"),
-                         help="layout template (or give --xodr / --layout)")
+                         help="layout template (or give --xodr / --layout / --prompt)")
+    p_build.add_argument("--prompt", default=None,
+                         help="describe the street in words, e.g. 'a 300 m road with four lanes at dusk'")
     p_build.add_argument("--xodr", type=Path, default=None, help="OpenDRIVE map, e.g. a CARLA town's")
     p_build.add_argument("--layout", type=Path, default=None, help="layout JSON (Layout.to_json)")
     p_build.add_argument("--export-xodr", type=Path, default=None, help="also write the layout's roads as OpenDRIVE")
@@ -119,11 +124,15 @@ def _build_scene(args: argparse.Namespace) -> dict:
     from neural_sensor.scene.layout import Layout, Style, from_template
     from neural_sensor.scene.opendrive import layout_from_opendrive, layout_to_opendrive
 
-    sources = [x for x in (args.template, args.xodr, args.layout) if x is not None]
+    sources = [x for x in (args.template, args.xodr, args.layout, args.prompt) if x is not None]
     if len(sources) != 1:
-        raise ValueError("build-scene takes exactly one of: a template name, --xodr FILE, --layout FILE")
+        raise ValueError("build-scene takes exactly one of: a template name, --xodr FILE, --layout FILE, "
+                         "--prompt TEXT")
     style = Style(seed=args.seed)
-    if args.xodr is not None:
+    description = None
+    if args.prompt is not None:
+        layout, description = _layout_from_prompt(args.prompt, args.seed)
+    elif args.xodr is not None:
         text = _read_text(args.xodr, "OpenDRIVE map")
         try:
             layout = layout_from_opendrive(text, style=style, name=args.xodr.stem)
@@ -140,6 +149,8 @@ def _build_scene(args: argparse.Namespace) -> dict:
                   "curve": {}}[args.template]
         layout = from_template(args.template, style=style, **kwargs)
     _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
+    if description is not None:
+        result["description"] = description
     if args.export_xodr is not None:
         args.export_xodr.write_text(layout_to_opendrive(layout))
         result["xodr"] = str(args.export_xodr)
@@ -147,6 +158,18 @@ def _build_scene(args: argparse.Namespace) -> dict:
         shutil.copyfile(Path(result["path"]) / "scene.ply", args.ply)
         result["ply"] = str(args.ply)
     return result
+
+
+def _layout_from_prompt(prompt: str, seed: int):
+    """(Layout, description) for a prompt; the description the prompt was read as goes to stderr."""
+    from neural_sensor.scene.prompt import PromptModelMissing, describe, layout_from_prompt
+
+    try:
+        layout, description = layout_from_prompt(prompt, seed=seed)
+    except PromptModelMissing as err:
+        raise ValueError(str(err)) from None
+    print(describe(description), file=sys.stderr)
+    return layout, description
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -186,7 +209,15 @@ def _main(args: argparse.Namespace) -> int:
             else:
                 failed = not result["passed"] and not args.allow_fail
         elif args.command == "run":
-            result = _run(args, args.scenario, video=True)
+            if (args.scenario is None) == (args.prompt is None):
+                raise ValueError("run takes a scenario (a name, a .py file or a module) or --prompt TEXT, not both")
+            scenario = args.scenario
+            if args.prompt is not None:
+                from scenarios.base import drive_scenario
+
+                layout, _ = _layout_from_prompt(args.prompt, args.seed)
+                scenario = drive_scenario(layout, "prompt", args.prompt)
+            result = _run(args, scenario, video=True)
             failed = not result["passed"] and not args.allow_fail
         elif args.command == "build-scene":
             result = _build_scene(args)

@@ -356,3 +356,20 @@ def test_render_default_background_is_the_clis_sky():
     cam = Camera.look_at(32, 16, 60.0, eye_world=[0, 0, 100.0], target_world=[0, 100.0, 200.0])  # upwards: sky
     rgb = render(scene, [cam], backend="cpu").rgb[0]
     assert np.allclose(rgb, np.array(SKY_RGB, np.float32), atol=1e-6)
+
+
+def test_prompt_drives_build_scene_and_run(tmp_path):
+    pytest.importorskip("sentence_transformers", reason="the prompt model needs sentence-transformers")
+    prompt = "a 120 m street with two lanes and many parked cars at dusk"
+    built = _cli(["build-scene", "--prompt", prompt, "--voxel", "0.5", "--cache", str(tmp_path / "cache")], tmp_path)
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+    assert result["description"]["attributes"]["time_of_day"] in ("dusk", "evening")
+    assert result["description"]["attributes"]["length_m"] == 120.0
+    assert "parked_cars" in built.stderr  # the description it was read as is shown
+    run = _cli(["run", "--prompt", prompt, "--ticks", "3", *TINY, "-o", str(tmp_path / "out"), "--allow-fail",
+                "--cache", str(tmp_path / "cache")], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["scenario"] == "prompt"
+    both = _cli(["run", "cut_in", "--prompt", prompt, "-o", str(tmp_path / "x")], tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr
