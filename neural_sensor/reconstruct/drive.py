@@ -1,14 +1,23 @@
-"""A scenario's scene as the plugin is meant to get it: reconstructed from images along a recorded drive.
+"""A scenario's scene as the plugin is meant to get it: reconstructed from a drive log.
 
-The builder's scene stands in for the world; the nuScenes-like rig "records" it along
-a path (every `step_m`), and the feed-forward reconstructor turns those posed images
-into the Gaussian scene the sensor renders from then on. The result is cached in a
-SceneCache entry keyed by the layout, the path, the rig resolution and the
-checkpoint's hash.
+Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet -> scene):
+- `reconstructed_scene(layout, path_xy_m, ...)`: the builder's scene stands in for the
+  world; `record_drive` renders it with the nuScenes-like rig every `step_m` along the
+  path and writes a drive log (a temporary folder), which is then reconstructed. The
+  SceneCache key is the layout, the path, the rig resolution, the voxel size, the log
+  format and the checkpoint's hash, so a cached scene needs no recording;
+- `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
+  car; docs/drive_log.md). Its SceneCache key is the sha256 of its transforms.json and
+  image bytes plus the checkpoint's hash (and the resampling size, if any).
+
+A log whose images are not multiples of 4 on a side is cropped at the right and
+bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,51 +27,96 @@ from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.cache import SceneCache
+from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, read_drive_log, record_drive
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
-from neural_sensor.render import render
-from neural_sensor.rig import nuscenes_like_rig
-from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path as Polyline
-from neural_sensor.scene.to_gaussians import sky_rgb
-from neural_sensor.world import pose_from_xyz_yaw
 
 DEFAULT_CHECKPOINT = default_checkpoint("reconstructor-small")
+
+
+def _check_checkpoint(checkpoint: Path | str) -> Path:
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "model.safetensors").exists():
+        raise ValueError(f"reconstruction checkpoint not found at {checkpoint}")
+    return checkpoint
 
 
 def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Path = DEFAULT_CHECKPOINT,
                         step_m: float = 4.0, width: int = 160, height: int = 96, voxel_m: float = 0.3,
                         cache_dir: Path | None = None, progress: bool = False) -> tuple[GaussianScene, dict]:
-    """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres)."""
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / "model.safetensors").exists():
-        raise ValueError(f"reconstruction checkpoint not found at {checkpoint}")
+    """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
+
+    The drive is recorded as a drive log (record_drive) and the log reconstructed exactly as
+    reconstructed_scene_from_log does; the result is cached by the layout, path and settings.
+    """
+    checkpoint = _check_checkpoint(checkpoint)
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
-              "step_m": step_m, "size": [width, height], "voxel_m": voxel_m, "checkpoint": checkpoint_hash(checkpoint)}
+              "step_m": step_m, "size": [width, height], "voxel_m": voxel_m, "checkpoint": checkpoint_hash(checkpoint),
+              "drive_log_format": FORMAT_VERSION}
 
     def build():
-        world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-        rig = nuscenes_like_rig(width, height)
-        stations = np.arange(0.0, path.length_m + 1e-6, step_m)
-        cameras: list[Camera] = []
-        images = []
-        # progress: one step per recorded timestep (all rig cameras), then one for the network pass + fusion
-        with tqdm(total=len(stations) + 1, desc="reconstruction", unit="step", disable=not progress) as bar:
-            for s in stations:
-                xy, heading = path.at(float(s))
-                ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
-                step = [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego)
-                        for spec in rig]
-                images.append(render(world, step, backend="cpu", outputs=("rgb",),
-                                     background=sky_rgb(layout.style)).rgb)
-                cameras += step
-                bar.update(1)
-            bar.set_postfix_str(f"network pass over {len(cameras)} views")
-            scene = reconstruct(ReconNet.from_pretrained(checkpoint), np.concatenate(images), cameras)
-            bar.update(1)
-        meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
-                "sky_rgb": list(sky_rgb(layout.style))}
+        tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
+        try:
+            record_drive(layout, path.points, tmp / "log", step_m=step_m, width=width, height=height,
+                         voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
+            scene, meta = _reconstruct_log(tmp / "log", checkpoint, None, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        meta = {**meta, "log": None}  # the recorded log was temporary
         return scene, meta, layout.to_json()
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
+
+
+def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
+                                 size: tuple[int, int] | None = None, cache_dir: Path | None = None,
+                                 progress: bool = False) -> tuple[GaussianScene, dict]:
+    """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
+
+    size: (width, height) to resample every image to before the network (needed when the log's cameras
+    differ in size; the network was trained at 160x96); None keeps the log's size.
+    Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
+    """
+    checkpoint = _check_checkpoint(checkpoint)
+    folder = Path(folder)
+    inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
+              "size": None if size is None else [int(size[0]), int(size[1])]}
+
+    def build():
+        scene, meta = _reconstruct_log(folder, checkpoint, size, progress)
+        return scene, {**meta, "log": str(folder.resolve())}, None
+
+    return SceneCache(cache_dir).get_or_build(inputs, build)
+
+
+def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool
+                     ) -> tuple[GaussianScene, dict]:
+    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet."""
+    images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
+    images, cameras = _crop_to_multiple(images, cameras, 4)
+    with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
+        bar.set_postfix_str(f"network pass over {len(cameras)} views")
+        scene = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras)
+        bar.update(1)
+    source = (log_meta.get("neural_sensor") or {}).get("source") or {}
+    meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
+            "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
+            "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None}
+    if isinstance(source.get("sky_rgb"), list):
+        meta["sky_rgb"] = source["sky_rgb"]
+    return scene, meta
+
+
+def _crop_to_multiple(images: np.ndarray, cameras: list[Camera], multiple: int):
+    """Crop right / bottom so both sides are multiples of `multiple` (K unchanged: the origin stays put)."""
+    h, w = images.shape[1:3]
+    h2, w2 = h - h % multiple, w - w % multiple
+    if (h2, w2) == (h, w):
+        return images, cameras
+    if h2 == 0 or w2 == 0:
+        raise ValueError(f"drive log images of {w}x{h} are too small to reconstruct (at least "
+                         f"{multiple}x{multiple})")
+    return (np.ascontiguousarray(images[:, :h2, :w2]),
+            [Camera(w2, h2, c.K, c.pose_camera_to_world) for c in cameras])

@@ -1,0 +1,388 @@
+"""Drive logs: posed multi-camera images on disk, the reconstruction's input.
+
+A drive log is a folder holding a nerfstudio-style `transforms.json` (per-frame
+pinhole intrinsics `fl_x fl_y cx cy w h`, a camera-to-world `transform_matrix` in
+nerfstudio's OpenGL camera axes, `file_path`) and the images as PNG files beside
+it; docs/drive_log.md is the specification. Our own keys (`timestamp_s`, `camera`,
+`frame_index`, `pose_ego_to_world`, and the top-level `neural_sensor` block) are
+extra keys nerfstudio ignores, and optional when reading, so a pinhole nerfstudio
+dataset in a metric z-up world reads as a drive log too.
+
+- `write_drive_log(folder, images, cameras, ...)` writes one (atomically: a
+  temporary folder renamed into place);
+- `read_drive_log(folder)` -> (images [V, H, W, 3] float32, cameras, meta), every
+  problem raised as a `DriveLogError` naming the file and the frame;
+- `record_drive(layout, path_xy_m, folder, ...)` "records" a generated world: the
+  builder's scene rendered by the nuScenes-like rig every `step_m` along a path;
+- `log_digest(folder)`: sha256 of transforms.json and every image's bytes (the
+  SceneCache key of the log's reconstruction), without decoding the images.
+
+Frames: the world is FLU (x forward, y left, z up), metres; our cameras are OpenCV
+(x right, y down, z forward), nerfstudio's are OpenGL (x right, y up, z back), so
+transform_matrix = pose_camera_to_world @ diag(1, -1, -1, 1), both ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from neural_sensor.camera import Camera
+from neural_sensor.poses import check_pose
+
+FORMAT_NAME = "neural-sensor drive log"
+FORMAT_VERSION = 1
+TRANSFORMS = "transforms.json"
+IMAGES_DIR = "images"
+# OpenCV camera axes (x right, y down, z forward) <-> OpenGL / nerfstudio axes (x right, y up, z back)
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+# nerfstudio camera models that are a pinhole when their distortion parameters are zero
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+
+
+class DriveLogError(ValueError):
+    """A drive log that cannot be used; the message names the file and, where one is at fault, the frame."""
+
+    def __init__(self, folder: Path | str, problem: str, *, frame: int | None = None, file: str | None = None):
+        self.folder, self.frame, self.file = Path(folder), frame, file
+        where = f"drive log {self.folder}"
+        if frame is not None:
+            where += f": frame {frame}" + (f" ({file})" if file else "")
+        elif file:
+            where += f": {file}"
+        super().__init__(f"{where}: {problem}")
+
+
+def opencv_to_nerfstudio(pose_camera_to_world: np.ndarray) -> np.ndarray:
+    """Our camera-to-world pose (OpenCV camera axes) as nerfstudio's transform_matrix (OpenGL camera axes)."""
+    return np.asarray(pose_camera_to_world, dtype=np.float64) @ OPENCV_TO_OPENGL
+
+
+def nerfstudio_to_opencv(transform_matrix: np.ndarray) -> np.ndarray:
+    """nerfstudio's transform_matrix (OpenGL camera axes) as our pose_camera_to_world (OpenCV camera axes)."""
+    return np.asarray(transform_matrix, dtype=np.float64) @ OPENCV_TO_OPENGL
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if not np.all(np.isfinite(image)):
+        raise ValueError("write_drive_log: an image contains NaN or infinity")
+    return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "camera"
+
+
+def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
+                    camera_names: Sequence[str] | None = None, timestamps_s: Sequence[float] | None = None,
+                    frame_indices: Sequence[int] | None = None, poses_ego_to_world: Sequence[np.ndarray] | None = None,
+                    source: dict | None = None, progress: bool = False) -> Path:
+    """Write images and their cameras as a drive log; returns the folder.
+
+    Args:
+        folder: the log folder; it must not exist or be empty (the log is written beside it and renamed
+            into place, so a reader never sees half a log).
+        images: V images [H, W, 3], float RGB in [0, 1] (rounded to 8 bits) or uint8; an array [V, H, W, 3]
+            or a list (sizes may differ between cameras).
+        cameras: V Cameras; each image's size must be its camera's.
+        camera_names: the sensor of each view (e.g. "CAM_FRONT"); default "cam<i>".
+        timestamps_s, frame_indices: per view; default 0.0 and the view's index.
+        poses_ego_to_world: per view, the ego's [4, 4] FLU pose when the image was taken (optional).
+        source: JSON-serialisable facts about where the log came from (stored under neural_sensor.source).
+    """
+    folder = Path(folder)
+    views = len(cameras)
+    if len(images) != views:
+        raise ValueError(f"write_drive_log: {len(images)} images for {views} cameras")
+    for name, values in (("camera_names", camera_names), ("timestamps_s", timestamps_s),
+                         ("frame_indices", frame_indices), ("poses_ego_to_world", poses_ego_to_world)):
+        if values is not None and len(values) != views:
+            raise ValueError(f"write_drive_log: {len(values)} {name} for {views} cameras")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"write_drive_log: {folder} exists and is not an empty folder; choose another")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / IMAGES_DIR).mkdir()
+        frames = []
+        from PIL import Image
+
+        for i in tqdm(range(views), desc="writing drive log", unit="image", disable=not progress):
+            cam = cameras[i]
+            image = _to_uint8(images[i])
+            if image.shape != (cam.height, cam.width, 3):
+                raise ValueError(f"write_drive_log: image {i} is {image.shape}, its camera is "
+                                 f"{cam.width}x{cam.height} (expected [{cam.height}, {cam.width}, 3])")
+            name = camera_names[i] if camera_names is not None else f"cam{i}"
+            index = int(frame_indices[i]) if frame_indices is not None else i
+            file_path = f"{IMAGES_DIR}/{index:06d}_{_safe_name(name)}.png"
+            if (tmp / file_path).exists():
+                raise ValueError(f"write_drive_log: two views share frame index {index} and camera {name!r}")
+            Image.fromarray(image).save(tmp / file_path, compress_level=1)
+            frame = {"file_path": file_path,
+                     "fl_x": float(cam.K[0, 0]), "fl_y": float(cam.K[1, 1]),
+                     "cx": float(cam.K[0, 2]), "cy": float(cam.K[1, 2]), "w": cam.width, "h": cam.height,
+                     "transform_matrix": opencv_to_nerfstudio(cam.pose_camera_to_world).tolist(),
+                     "camera": name, "frame_index": index,
+                     "timestamp_s": float(timestamps_s[i]) if timestamps_s is not None else 0.0}
+            if poses_ego_to_world is not None:
+                frame["pose_ego_to_world"] = check_pose(poses_ego_to_world[i], f"poses_ego_to_world[{i}]").tolist()
+            frames.append(frame)
+        transforms = {"camera_model": "OPENCV",
+                      "neural_sensor": {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                        "world_frame": "FLU: x forward, y left, z up; metres",
+                                        "source": source or {}},
+                      "frames": frames}
+        (tmp / TRANSFORMS).write_text(json.dumps(transforms, indent=1))
+        tmp.chmod(0o755)
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _load_transforms(folder: Path) -> tuple[dict, bytes]:
+    path = folder / TRANSFORMS
+    if not folder.is_dir():
+        raise DriveLogError(folder, "not a folder (a drive log is a folder holding transforms.json and images)")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DriveLogError(folder, "no transforms.json in the folder", file=TRANSFORMS) from None
+    except OSError as err:
+        raise DriveLogError(folder, f"cannot be read: {err.strerror or err}", file=TRANSFORMS) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DriveLogError(folder, f"not UTF-8 text (byte {err.start})", file=TRANSFORMS) from None
+    except json.JSONDecodeError as err:
+        raise DriveLogError(folder, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}",
+                            file=TRANSFORMS) from None
+    if not isinstance(data, dict):
+        raise DriveLogError(folder, f"must hold a JSON object, got {type(data).__name__}", file=TRANSFORMS)
+    frames = data.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise DriveLogError(folder, "needs a non-empty list 'frames'", file=TRANSFORMS)
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise DriveLogError(folder, f"must be a JSON object, got {type(frame).__name__}", frame=i)
+        if not isinstance(frame.get("file_path"), str) or not frame["file_path"]:
+            raise DriveLogError(folder, "missing key 'file_path' (the image, relative to the log folder)", frame=i)
+    return data, raw
+
+
+def log_digest(folder: Path | str) -> str:
+    """sha256 of transforms.json and the bytes of every frame's image, in frame order (images not decoded)."""
+    folder = Path(folder)
+    data, raw = _load_transforms(folder)
+    digest = hashlib.sha256(raw)
+    for i, frame in enumerate(data["frames"]):
+        image_path = folder / frame["file_path"]
+        try:
+            digest.update(image_path.read_bytes())
+        except OSError as err:
+            raise DriveLogError(folder, f"image missing or unreadable: {err.strerror or err}", frame=i,
+                                file=frame["file_path"]) from None
+    return digest.hexdigest()
+
+
+def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> float:
+    """A frame's intrinsic: the top-level value when the file has one (as nerfstudio reads it), else the frame's."""
+    value = data[key] if key in data else frame.get(key)
+    if value is None:
+        raise DriveLogError(folder, f"missing key {key!r} (per frame or at the top of transforms.json)", frame=i,
+                            file=file)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DriveLogError(folder, f"{key} must be a finite number, got {value!r}", frame=i, file=file)
+    return float(value)
+
+
+def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            array = np.asarray(img)
+    except FileNotFoundError:
+        raise DriveLogError(folder, "image file missing", frame=i, file=file) from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise DriveLogError(folder, f"image unreadable: {err}", frame=i, file=file) from None
+    if mode == "RGBA":
+        if np.any(array[..., 3] != 255):
+            raise DriveLogError(folder, "image has transparent pixels (RGB images only; RGBA only if opaque)",
+                                frame=i, file=file)
+        array = array[..., :3]
+    elif mode != "RGB":
+        raise DriveLogError(folder, f"image mode {mode} is not 8-bit RGB", frame=i, file=file)
+    return array
+
+
+def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, progress: bool = False
+                   ) -> tuple[np.ndarray, list[Camera], dict]:
+    """A drive log's images and cameras.
+
+    Args:
+        folder: the log folder (holding transforms.json).
+        size: (width, height) to resample every image to (intrinsics scaled to match, area-averaged pixels);
+            None keeps the log's size, which must then be the same for every frame.
+    Returns:
+        images [V, H, W, 3] float32 RGB in [0, 1]; V Cameras (OpenCV axes, FLU world); meta
+        {"folder", "frames": [{file_path, camera, frame_index, timestamp_s, pose_ego_to_world}], "neural_sensor",
+        "image_size": [W, H], "sizes_in_log": [[W, H], ...]}.
+    Raises:
+        DriveLogError (a ValueError) naming the file and the frame: malformed JSON, missing keys, a missing or
+        unreadable image, an image whose size is not the frame's w x h, a NaN or non-rigid transform_matrix or
+        pose_ego_to_world, a distortion model, images of different sizes (without `size`).
+    """
+    folder = Path(folder)
+    data, _ = _load_transforms(folder)
+    model = data.get("camera_model", "OPENCV")
+    if model not in PINHOLE_MODELS:
+        raise DriveLogError(folder, f"camera_model {model!r} is not supported (pinhole only: "
+                                    f"{', '.join(PINHOLE_MODELS)} without distortion)", file=TRANSFORMS)
+    if size is not None:
+        if (len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0
+                                  for s in size)):
+            raise ValueError(f"read_drive_log: size must be (width, height) positive integers, got {size!r}")
+        size = (int(size[0]), int(size[1]))
+    images, cameras, frames_meta, sizes = [], [], [], []
+    first_size = None
+    for i, frame in enumerate(tqdm(data["frames"], desc="reading drive log", unit="image", disable=not progress)):
+        file = frame["file_path"]
+        for key in DISTORTION_KEYS:
+            value = data.get(key, frame.get(key, 0.0))
+            if value not in (0, 0.0):
+                raise DriveLogError(folder, f"distortion parameter {key}={value!r} is not supported (undistort "
+                                            "the images first; pinhole only)", frame=i, file=file)
+        fx, fy, cx, cy, w, h = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS)
+        if w != int(w) or h != int(h) or w <= 0 or h <= 0:
+            raise DriveLogError(folder, f"w and h must be positive integers, got w={w!r} h={h!r}", frame=i, file=file)
+        w, h = int(w), int(h)
+        if "transform_matrix" not in frame:
+            raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",
+                                frame=i, file=file)
+        try:
+            matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DriveLogError(folder, "transform_matrix must be a [4, 4] array of numbers", frame=i,
+                                file=file) from None
+        if matrix.shape == (3, 4):  # instant-ngp style, the homogeneous row left out
+            matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
+        try:
+            pose = nerfstudio_to_opencv(check_pose(matrix, "transform_matrix"))
+        except ValueError as err:
+            raise DriveLogError(folder, str(err), frame=i, file=file) from None
+        ego = frame.get("pose_ego_to_world")
+        if ego is not None:
+            try:
+                ego = check_pose(ego, "pose_ego_to_world")
+            except ValueError as err:
+                raise DriveLogError(folder, str(err), frame=i, file=file) from None
+        image = _read_image(folder, folder / file, i, file)
+        if image.shape[:2] != (h, w):
+            raise DriveLogError(folder, f"image is {image.shape[1]}x{image.shape[0]} but the frame says w={w} h={h}",
+                                frame=i, file=file)
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        if size is None:
+            if first_size is None:
+                first_size = (w, h)
+            elif (w, h) != first_size:
+                raise DriveLogError(folder, f"image is {w}x{h} but frame 0 is {first_size[0]}x{first_size[1]}: one "
+                                            "reconstruction takes one image size (resample them all with "
+                                            "--size W H)", frame=i, file=file)
+        elif (w, h) != size:
+            image, K = _resample(image, K, size)
+        try:
+            cameras.append(Camera(image.shape[1], image.shape[0], K, pose))
+        except ValueError as err:
+            raise DriveLogError(folder, str(err), frame=i, file=file) from None
+        images.append(image)
+        sizes.append([w, h])
+        timestamp = frame.get("timestamp_s")
+        frames_meta.append({"file_path": file, "camera": frame.get("camera"), "frame_index": frame.get("frame_index"),
+                            "timestamp_s": timestamp, "pose_ego_to_world": None if ego is None else ego.tolist()})
+    stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
+    meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": data.get("neural_sensor"),
+            "image_size": [stacked.shape[2], stacked.shape[1]], "sizes_in_log": sorted({tuple(s) for s in sizes})}
+    meta["sizes_in_log"] = [list(s) for s in meta["sizes_in_log"]]
+    return stacked, cameras, meta
+
+
+def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resample to size = (W, H) with PIL's area filter; K scales with the continuous image coordinates."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    out = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    scaled = K.copy()
+    scaled[0] *= size[0] / w
+    scaled[1] *= size[1] / h
+    scaled[2] = [0.0, 0.0, 1.0]
+    return out, scaled
+
+
+# ----------------------------------------------------------------------------------------------- recording
+def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: float = 4.0, width: int = 160,
+                 height: int = 96, voxel_m: float = 0.3, speed_mps: float = 10.0, cache_dir: Path | None = None,
+                 progress: bool = False) -> dict:
+    """Record a drive of a generated world as a drive log; returns a summary.
+
+    The builder's scene of `layout` (cached) is rendered by the nuScenes-like rig (six cameras, width x
+    height) at stations every `step_m` along `path_xy_m` ([P, 2] world FLU metres, ego at z = 0 heading
+    along the path), as a car driving at `speed_mps` would record it (timestamp_s = arc length / speed).
+    """
+    from neural_sensor.render import render
+    from neural_sensor.rig import nuscenes_like_rig
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.path import Path as Polyline
+    from neural_sensor.scene.to_gaussians import sky_rgb
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    if not (isinstance(step_m, (int, float)) and step_m > 0 and math.isfinite(step_m)):
+        raise ValueError(f"record_drive: step_m must be a positive number of metres, got {step_m!r}")
+    if not (isinstance(speed_mps, (int, float)) and speed_mps > 0 and math.isfinite(speed_mps)):
+        raise ValueError(f"record_drive: speed_mps must be positive, got {speed_mps!r}")
+    path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
+    world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
+    rig = nuscenes_like_rig(width, height)
+    background = sky_rgb(layout.style)
+    stations = np.arange(0.0, path.length_m + 1e-6, step_m)
+    images, cameras, names, stamps, indices, egos = [], [], [], [], [], []
+    for index, s in enumerate(tqdm(stations, desc="recording drive", unit="step", disable=not progress)):
+        xy, heading = path.at(float(s))
+        ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
+        step = [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego) for spec in rig]
+        images.extend(render(world, step, backend="cpu", outputs=("rgb",), background=background).rgb)
+        cameras += step
+        names += [spec.sensor_id for spec in rig]
+        stamps += [float(s) / speed_mps] * len(rig)
+        indices += [index] * len(rig)
+        egos += [ego] * len(rig)
+    source = {"kind": "generated", "layout": layout.name, "step_m": step_m, "speed_mps": speed_mps,
+              "voxel_m": voxel_m, "path_length_m": round(path.length_m, 3),
+              "sky_rgb": [float(c) for c in background]}
+    write_drive_log(folder, images, cameras, camera_names=names, timestamps_s=stamps, frame_indices=indices,
+                    poses_ego_to_world=egos, source=source)
+    return {"log": str(folder), "frames": len(stations), "views": len(cameras), "cameras": len(rig),
+            "image_size": [width, height], "path_length_m": round(path.length_m, 1), "step_m": step_m}
