@@ -44,9 +44,9 @@ class Palette:
 
 
 _SUN = {  # time of day -> (elevation deg, azimuth deg, sun colour)
-    "morning": (22.0, 60.0, (1.0, 0.88, 0.72)),
+    "morning": (25.0, 35.0, (1.0, 0.88, 0.72)),
     "noon": (62.0, 160.0, (1.0, 0.97, 0.92)),
-    "evening": (14.0, 290.0, (1.0, 0.74, 0.48)),
+    "evening": (16.0, 325.0, (1.0, 0.74, 0.48)),
     "dusk": (3.0, 285.0, (0.9, 0.45, 0.25)),
 }
 _SKY = {  # time of day -> (zenith, horizon, sky light)

@@ -44,7 +44,7 @@ FACE_SIGMA_PER_CELL = 0.7  # facade Gaussians overlap a little more: they are se
 FACADE_CELLS_NEAR = (0.4, 0.2, 0.1)  # facade Gaussian sizes (m): split where the photograph has detail
 FACADE_CELLS_FAR = (0.6, 0.3)  # facades more than 12 m from the drivable area
 FINEST_BELOW_M = 7.0
-DETAIL_SPLIT = 0.12  # split a cell when the luminance std of the texture inside it exceeds this
+DETAIL_SPLIT = 0.09  # split a cell when the luminance std of the texture inside it exceeds this
 WINDOW_RECESS_M = 0.18
 MAX_SCALE_M = 1.2  # no surface Gaussian is wider than this (the sky dome excepted)
 
