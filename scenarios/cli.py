@@ -7,6 +7,11 @@
     neural-sensor render SCENE.ply --eye X Y Z --target X Y Z [-o FILE.png]
     neural-sensor street [--gaussians N] [--cameras C]
     neural-sensor bench [--ticks N]                    closed-loop tick rate, per-stage ms (no video)
+    neural-sensor record-drive SCENARIO -o LOG         "record" a drive of the scenario's world as a drive log
+    neural-sensor reconstruct LOG [-o SCENE.ply]       reconstruct (and cache) the scene of a drive log
+
+Drive logs (docs/drive_log.md): a folder with a nerfstudio-style transforms.json and
+PNG images; `run` / `demo` take one as the scene source with `--scene-log LOG`.
 
 Exit codes: 0 done (and, for demo / run, the scenario passed its criteria); 1 the
 scenario failed its criteria (`--allow-fail` keeps 0); 2 bad input (unknown
@@ -44,6 +49,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     parser.add_argument("--scene", choices=("builder", "reconstruction"), default="builder",
                         help="render the layout's scene, or its reconstruction from a drive along the recorded lane")
+    parser.add_argument("--scene-log", type=Path, default=None, metavar="LOG",
+                        help="render the scene reconstructed from this drive log (docs/drive_log.md) instead; "
+                             "the same as RunOptions(scene='log:LOG')")
     parser.add_argument("--enhancer", default=None, metavar="local|tcp://HOST:PORT",
                         help="refine every camera with the enhancer: 'local' starts a server subprocess")
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
@@ -86,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
     p_build.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
+                                                    "lane, the nuScenes-like rig) as a drive log",
+                              formatter_class=_FORMATTER)
+    p_record.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change, a .py file or a package.module")
+    p_record.add_argument("-o", "--out", type=Path, required=True,
+                          help="the drive log folder to write (must not exist or be empty)")
+    p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
+    p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
+    p_record.add_argument("--width", type=int, default=160, help="camera width, pixels (the reconstructor's: 160)")
+    p_record.add_argument("--height", type=int, default=96, help="camera height, pixels (the reconstructor's: 96)")
+    p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
+    p_record.add_argument("--cache", type=Path, default=None, help="scene cache folder (the builder's scene)")
+    p_recon = sub.add_parser("reconstruct", help="reconstruct the Gaussian scene of a drive log (cached)",
+                             formatter_class=_FORMATTER)
+    p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md)")
+    p_recon.add_argument("-o", "--out", type=Path, default=None, help="also copy the scene PLY here")
+    p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                         help="resample every image to W x H first (needed when the cameras differ in size)")
+    p_recon.add_argument("--checkpoint", type=Path, default=None,
+                         help="reconstructor checkpoint folder (default: the shipped reconstructor-small)")
+    p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench")
@@ -110,9 +139,14 @@ def _version() -> str:
 def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     from scenarios.runner import RunOptions, run_scenario
 
+    scene = args.scene
+    if args.scene_log is not None:
+        if args.scene != "builder":
+            raise ValueError(f"give --scene {args.scene} or --scene-log LOG, not both")
+        scene = f"log:{args.scene_log}"
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
-                         cache_dir=args.cache, carla=args.carla, scene=args.scene, enhancer=args.enhancer,
+                         cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=args.enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint)
     return run_scenario(scenario, options)
 
@@ -157,6 +191,48 @@ def _build_scene(args: argparse.Namespace) -> dict:
     if args.ply is not None:
         shutil.copyfile(Path(result["path"]) / "scene.ply", args.ply)
         result["ply"] = str(args.ply)
+    return result
+
+
+def _record_drive(args: argparse.Namespace) -> dict:
+    """`record-drive`: the scenario's world along its recorded lane, as a drive log; returns the summary."""
+    import time
+
+    from neural_sensor.reconstruct.log import record_drive
+    from scenarios.runner import load_scenario
+
+    for name in ("width", "height"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be a positive number of pixels, got {getattr(args, name)}")
+    scenario = load_scenario(args.scenario, args.seed)
+    recorded = scenario.layout.lanes[scenario.recorded_lane].travel_polyline()
+    start = time.perf_counter()
+    summary = record_drive(scenario.layout, recorded, args.out, step_m=args.step, width=args.width,
+                           height=args.height, voxel_m=scenario.voxel_m, speed_mps=args.speed, cache_dir=args.cache,
+                           progress=True)
+    return {"scenario": scenario.name, "seed": args.seed, **summary, "wall_s": round(time.perf_counter() - start, 2)}
+
+
+def _reconstruct(args: argparse.Namespace) -> dict:
+    """`reconstruct`: a drive log -> a cached scene (and a PLY copy with -o); returns the summary."""
+    import shutil
+    import time
+
+    from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
+
+    if args.size is not None and min(args.size) <= 0:
+        raise ValueError(f"--size must be two positive numbers of pixels, got {args.size}")
+    start = time.perf_counter()
+    scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
+                                               size=None if args.size is None else tuple(args.size),
+                                               cache_dir=args.cache, progress=True)
+    result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
+                                                                "n_gaussians", "key", "cached", "build_s", "path")},
+              "wall_s": round(time.perf_counter() - start, 2)}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(meta["path"]) / "scene.ply", args.out)
+        result["ply"] = str(args.out)
     return result
 
 
@@ -221,6 +297,10 @@ def _main(args: argparse.Namespace) -> int:
             failed = not result["passed"] and not args.allow_fail
         elif args.command == "build-scene":
             result = _build_scene(args)
+        elif args.command == "record-drive":
+            result = _record_drive(args)
+        elif args.command == "reconstruct":
+            result = _reconstruct(args)
         elif args.command == "serve-enhancer":
             from neural_sensor.enhance.server import config_from_args, serve
 

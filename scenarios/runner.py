@@ -70,10 +70,20 @@ class RunOptions:
     cache_dir: Path | None = None  # scene cache; None = $NEURAL_SENSOR_CACHE or ~/.cache/neural_sensor
     progress: bool = True  # progress bars
     carla: str | None = None  # "HOST:PORT" of a CARLA server to run on; None = the embedded simulator
-    scene: str = "builder"  # "builder": the layout's scene; "reconstruction": reconstructed from a recorded drive
+    scene: str = "builder"  # "builder": the layout's scene; "reconstruction": reconstructed from a drive along the
+    #                         recorded lane; "log:PATH": reconstructed from the drive log at PATH (docs/drive_log.md)
     enhancer: str | None = None  # None | "local" (start a server subprocess) | "tcp://HOST:PORT" of a running server
     enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
     enhancer_checkpoint: Path | None = None  # for "local"; None = checkpoints/enhancer-small
+
+
+def scene_source(scene: str) -> tuple[str, Path | None]:
+    """("builder" | "reconstruction", None) or ("log", folder) for RunOptions.scene; ValueError otherwise."""
+    if scene in ("builder", "reconstruction"):
+        return scene, None
+    if isinstance(scene, str) and scene.startswith("log:") and len(scene) > 4:
+        return "log", Path(scene[4:]).expanduser()
+    raise ValueError(f"scene must be 'builder', 'reconstruction' or 'log:PATH' (a drive log folder), got {scene!r}")
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
@@ -251,6 +261,11 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     check_out_dir(options.out_dir)
+    scene_kind, log_folder = scene_source(options.scene)
+    if log_folder is not None:  # a missing log, bad JSON or a missing image is reported before anything starts
+        from neural_sensor.reconstruct.log import log_digest
+
+        log_digest(log_folder)
     if options.enhancer is not None:
         _check_enhancer_options(options)
     if isinstance(scenario, str):
@@ -277,18 +292,24 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     try:
         if options.enhancer is not None:
             enhancer, server = _connect_enhancer(options)
-        if options.scene == "reconstruction":
+        background = sky_rgb(scenario.layout.style)
+        if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
             recorded = scenario.layout.lanes[scenario.recorded_lane].travel_polyline()
             scene, scene_meta = reconstructed_scene(scenario.layout, recorded, voxel_m=scenario.voxel_m,
                                                     cache_dir=options.cache_dir, progress=options.progress)
-        elif options.scene == "builder":
+        elif scene_kind == "log":
+            from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
+
+            scene, scene_meta = reconstructed_scene_from_log(log_folder, cache_dir=options.cache_dir,
+                                                             progress=options.progress)
+            if scene_meta.get("sky_rgb") is not None:  # the sky the log was recorded under
+                background = tuple(float(c) for c in scene_meta["sky_rgb"])
+        else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
-        else:
-            raise ValueError(f"scene must be 'builder' or 'reconstruction', got {options.scene!r}")
-        rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=sky_rgb(scenario.layout.style),
+        rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
                               asset_seed=options.seed, enhancer=enhancer)
         return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim)
     finally:
@@ -432,7 +453,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
-                                                                                  "cached", "path")}},
+                                                                                  "cached", "path", "log")}},
             "agent": options.agent or "builtin", "paths": paths,
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,

@@ -1,0 +1,347 @@
+"""Drive logs (docs/drive_log.md): round trip, nerfstudio's conventions, the reconstruction through a log,
+every bad-log case named, and the CLI / runner entry points."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neural_sensor.camera import Camera
+from neural_sensor.reconstruct.log import (DriveLogError, log_digest, nerfstudio_to_opencv, opencv_to_nerfstudio,
+                                           read_drive_log, record_drive, write_drive_log)
+from neural_sensor.rig import nuscenes_like_rig
+from neural_sensor.world import pose_from_xyz_yaw
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "reconstructor-small"
+needs_checkpoint = pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
+
+SHORT_SCENARIO = '''
+import dataclasses
+from neural_sensor.scene.layout import straight_road
+from scenarios.base import drive_scenario
+
+def make_scenario(seed):
+    layout = straight_road(50.0, buildings=False)
+    return dataclasses.replace(drive_scenario(layout, "short_drive", "a short straight road"), voxel_m=0.6)
+'''
+
+
+def _random_pose(rng) -> np.ndarray:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    pose = np.eye(4)
+    pose[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                    [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                    [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
+    pose[:3, 3] = rng.uniform(-50, 50, size=3)
+    return pose
+
+
+def _tiny_views(rng, count: int = 3, width: int = 16, height: int = 12):
+    cameras = [Camera(width, height, [[20.0 + i, 0, 7.5 + i], [0, 21.5 + i, 6.25], [0, 0, 1]], _random_pose(rng))
+               for i in range(count)]
+    images = rng.integers(0, 256, size=(count, height, width, 3), dtype=np.uint8)
+    return images, cameras
+
+
+def _tiny_log(tmp_path: Path, name: str = "log") -> Path:
+    images, cameras = _tiny_views(np.random.default_rng(5))
+    return write_drive_log(tmp_path / name, images, cameras, camera_names=["CAM_A", "CAM_B", "CAM_C"])
+
+
+# --------------------------------------------------------------------------------------------- round trip
+def test_write_read_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    images, cameras = _tiny_views(rng, count=4)
+    egos = [pose_from_xyz_yaw(float(i), 2.0, 0.0, 0.3 * i) for i in range(4)]
+    write_drive_log(tmp_path / "log", images, cameras, camera_names=["F", "B", "F", "B"],
+                    timestamps_s=[0.0, 0.0, 0.4, 0.4], frame_indices=[0, 0, 1, 1], poses_ego_to_world=egos,
+                    source={"kind": "test"})
+    read_images, read_cameras, meta = read_drive_log(tmp_path / "log")
+    assert read_images.dtype == np.float32 and read_images.shape == (4, 12, 16, 3)
+    assert np.array_equal(np.round(read_images * 255.0).astype(np.uint8), images)  # 8-bit PNG: exact
+    for cam, back in zip(cameras, read_cameras):
+        assert (back.width, back.height) == (cam.width, cam.height)
+        assert np.array_equal(back.K, cam.K)
+        assert np.allclose(back.pose_camera_to_world, cam.pose_camera_to_world, rtol=0, atol=1e-12)
+    assert [f["camera"] for f in meta["frames"]] == ["F", "B", "F", "B"]
+    assert [f["timestamp_s"] for f in meta["frames"]] == [0.0, 0.0, 0.4, 0.4]
+    assert [f["frame_index"] for f in meta["frames"]] == [0, 0, 1, 1]
+    assert np.allclose(meta["frames"][3]["pose_ego_to_world"], egos[3], atol=1e-12)
+    assert meta["neural_sensor"]["source"] == {"kind": "test"} and meta["neural_sensor"]["version"] == 1
+    # float images are rounded to the nearest 8-bit level
+    floats = rng.uniform(0, 1, size=(1, 12, 16, 3)).astype(np.float32)
+    write_drive_log(tmp_path / "f", floats, cameras[:1])
+    back, _, _ = read_drive_log(tmp_path / "f")
+    assert np.abs(back - floats).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="not an empty folder"):
+        write_drive_log(tmp_path / "log", images, cameras)
+
+
+def test_axis_conversion_round_trip():
+    pose = _random_pose(np.random.default_rng(1))
+    gl = opencv_to_nerfstudio(pose)
+    assert np.array_equal(nerfstudio_to_opencv(gl), pose)
+    # OpenGL camera axes: x the same, y and z flipped
+    assert np.array_equal(gl[:3, 0], pose[:3, 0]) and np.array_equal(gl[:3, 1:3], -pose[:3, 1:3])
+
+
+def test_nerfstudio_reading_projects_points_to_the_same_pixels(tmp_path):
+    """A world point lands on the same pixel through our Camera and through transforms.json as nerfstudio reads
+    it (OpenGL camera: x right, y up, looking down -z; pixel centres at +0.5 as in nerfstudio's rays)."""
+    specs = nuscenes_like_rig(64, 40)
+    ego = pose_from_xyz_yaw(10.0, -2.0, 0.0, 0.4)
+    cameras = [Camera.from_fov(s.width, s.height, s.fov_deg, ego @ s.pose_camera_to_ego) for s in specs]
+    write_drive_log(tmp_path / "log", np.zeros((6, 40, 64, 3), np.uint8), cameras,
+                    camera_names=[s.sensor_id for s in specs])
+    transforms = json.loads((tmp_path / "log" / "transforms.json").read_text())
+    assert transforms["camera_model"] == "OPENCV"
+    rng = np.random.default_rng(2)
+    for cam, frame in zip(cameras, transforms["frames"]):
+        assert set(frame) >= {"file_path", "fl_x", "fl_y", "cx", "cy", "w", "h", "transform_matrix"}
+        # points in front of this camera, 3-40 m away
+        local = np.stack([rng.uniform(-1, 1, 50), rng.uniform(-0.5, 0.5, 50), np.ones(50)], 1) * rng.uniform(3, 40, (50, 1))
+        world = local @ cam.pose_camera_to_world[:3, :3].T + cam.pose_camera_to_world[:3, 3]
+        uv, _ = cam.project(world)
+        c2w = np.array(frame["transform_matrix"])
+        p = (np.linalg.inv(c2w) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
+        assert np.all(p[:, 2] < 0)  # in front of an OpenGL camera means negative z
+        u = frame["cx"] + frame["fl_x"] * p[:, 0] / -p[:, 2]
+        v = frame["cy"] - frame["fl_y"] * p[:, 1] / -p[:, 2]
+        assert np.allclose(np.stack([u, v], 1), uv, atol=1e-9)
+    front = np.array(transforms["frames"][0]["transform_matrix"])
+    assert transforms["frames"][0]["camera"] == "CAM_FRONT"
+    heading = np.array([math.cos(0.4), math.sin(0.4), 0.0])
+    assert np.allclose(-front[:3, 2], heading) and np.allclose(front[:3, 1], [0, 0, 1])  # looks ahead, y is up
+
+
+def test_resampling_scales_the_intrinsics(tmp_path):
+    rng = np.random.default_rng(3)
+    images, cameras = _tiny_views(rng, count=2, width=32, height=24)
+    write_drive_log(tmp_path / "log", images, cameras)
+    half, half_cams, meta = read_drive_log(tmp_path / "log", size=(16, 12))
+    assert half.shape == (2, 12, 16, 3) and meta["sizes_in_log"] == [[32, 24]]
+    point = cameras[0].pose_camera_to_world[:3, :3] @ [0.3, -0.2, 5.0] + cameras[0].pose_camera_to_world[:3, 3]
+    assert np.allclose(half_cams[0].project(point[None])[0], cameras[0].project(point[None])[0] / 2, atol=1e-9)
+    # area resampling: each output pixel is the mean of its 2x2 block (PIL's fixed-point rounding: within 1 level)
+    expected = images[0].reshape(12, 2, 16, 2, 3).mean(axis=(1, 3))
+    assert np.abs(half[0] * 255 - expected).max() <= 1.0 + 1e-3
+
+
+# --------------------------------------------------------------------------------------------- bad logs
+def _edit(log: Path, change) -> None:
+    data = json.loads((log / "transforms.json").read_text())
+    change(data)
+    (log / "transforms.json").write_text(json.dumps(data))
+
+
+def _expect(log: Path, *patterns: str, size=None) -> DriveLogError:
+    with pytest.raises(DriveLogError) as info:
+        read_drive_log(log, size=size)
+    message = str(info.value)
+    assert "\n" not in message and str(log) in message
+    for pattern in patterns:
+        assert pattern in message, (pattern, message)
+    return info.value
+
+
+def test_bad_logs_are_named(tmp_path):
+    log = _tiny_log(tmp_path, "missing_image")
+    (log / "images" / "000001_CAM_B.png").unlink()
+    err = _expect(log, "frame 1 (images/000001_CAM_B.png)", "missing")
+    assert err.frame == 1 and err.file == "images/000001_CAM_B.png"
+    with pytest.raises(DriveLogError, match="frame 1"):
+        log_digest(log)
+
+    log = _tiny_log(tmp_path, "nan_pose")
+    _edit(log, lambda d: d["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")))
+    _expect(log, "frame 2 (images/000002_CAM_C.png)", "NaN")
+
+    log = _tiny_log(tmp_path, "scaled_pose")  # a similarity transform (scale 2), not a rigid one
+    _edit(log, lambda d: d["frames"][0].__setitem__("transform_matrix", (np.diag([2.0, 2, 2, 1]) @ np.array(
+        d["frames"][0]["transform_matrix"])).tolist()))
+    _expect(log, "frame 0 (images/000000_CAM_A.png)", "not a proper rotation")
+
+    log = _tiny_log(tmp_path, "bad_ego")
+    _edit(log, lambda d: d["frames"][1].__setitem__("pose_ego_to_world", [[1, 0, 0, 0]] * 4))
+    _expect(log, "frame 1", "pose_ego_to_world")
+
+    log = _tiny_log(tmp_path, "wrong_size")
+    _edit(log, lambda d: d["frames"][1].__setitem__("w", 20))
+    _expect(log, "frame 1 (images/000001_CAM_B.png)", "image is 16x12 but the frame says w=20 h=12")
+
+    for key in ("fl_x", "cy", "h", "transform_matrix"):
+        log = _tiny_log(tmp_path, f"no_{key}")
+        _edit(log, lambda d: d["frames"][2].pop(key))
+        _expect(log, "frame 2 (images/000002_CAM_C.png)", f"missing key '{key}'")
+    log = _tiny_log(tmp_path, "no_file_path")
+    _edit(log, lambda d: d["frames"][1].pop("file_path"))
+    _expect(log, "frame 1", "missing key 'file_path'")
+    log = _tiny_log(tmp_path, "no_frames")
+    _edit(log, lambda d: d.pop("frames"))
+    _expect(log, "transforms.json", "'frames'")
+
+    log = _tiny_log(tmp_path, "malformed")
+    (log / "transforms.json").write_text('{"frames": [ {"file_path": "a.png",, } ]}')
+    _expect(log, "transforms.json", "malformed JSON at line 1")
+    (log / "transforms.json").unlink()
+    _expect(log, "no transforms.json")
+    _expect(tmp_path / "nowhere", "not a folder")
+
+    log = _tiny_log(tmp_path, "distorted")
+    _edit(log, lambda d: d["frames"][0].__setitem__("k1", 0.01))
+    _expect(log, "frame 0", "distortion parameter k1")
+    log = _tiny_log(tmp_path, "fisheye")
+    _edit(log, lambda d: d.__setitem__("camera_model", "OPENCV_FISHEYE"))
+    _expect(log, "transforms.json", "camera_model 'OPENCV_FISHEYE'")
+
+    log = _tiny_log(tmp_path, "not_an_image")
+    (log / "images" / "000000_CAM_A.png").write_bytes(b"not a png")
+    _expect(log, "frame 0 (images/000000_CAM_A.png)", "unreadable")
+
+
+def test_images_of_different_sizes_are_refused_or_resampled(tmp_path):
+    rng = np.random.default_rng(4)
+    big, big_cams = _tiny_views(rng, count=1, width=32, height=24)
+    small, small_cams = _tiny_views(rng, count=1, width=16, height=12)
+    log = write_drive_log(tmp_path / "log", [big[0], small[0]], big_cams + small_cams)
+    _expect(log, "frame 1 (images/000001_cam1.png)", "16x12 but frame 0 is 32x24", "--size W H")
+    images, cameras, meta = read_drive_log(log, size=(16, 12))
+    assert images.shape == (2, 12, 16, 3) and meta["sizes_in_log"] == [[16, 12], [32, 24]]
+    assert np.array_equal(cameras[1].K, small_cams[0].K)  # already the size asked for: untouched
+
+
+# --------------------------------------------------------------------------------------------- reconstruction
+@pytest.fixture(scope="module")
+def short_drive(tmp_path_factory):
+    """A 40 m road recorded every 15 m by the 6-camera rig at 64x40 (18 views)."""
+    from neural_sensor.scene.layout import straight_road
+
+    root = tmp_path_factory.mktemp("drive")
+    layout = straight_road(40.0, buildings=False)
+    path = layout.lanes[0].travel_polyline()
+    summary = record_drive(layout, path, root / "log", step_m=15.0, width=64, height=40, voxel_m=0.6,
+                           cache_dir=root / "cache")
+    return {"root": root, "layout": layout, "path": path, "log": root / "log", "summary": summary}
+
+
+def test_record_drive_writes_the_rig_along_the_path(short_drive):
+    summary = short_drive["summary"]
+    assert summary["frames"] == 3 and summary["views"] == 18
+    images, cameras, meta = read_drive_log(short_drive["log"])
+    assert images.shape == (18, 40, 64, 3)
+    assert [f["camera"] for f in meta["frames"][:6]] == [s.sensor_id for s in nuscenes_like_rig()]
+    assert [f["timestamp_s"] for f in meta["frames"][::6]] == [0.0, 1.5, 3.0]  # 15 m apart at 10 m/s
+    # each camera sits at its rig mount on the ego pose of its frame
+    for cam, frame, spec in zip(cameras, meta["frames"], nuscenes_like_rig(64, 40) * 3):
+        assert np.allclose(cam.pose_camera_to_world, np.array(frame["pose_ego_to_world"]) @ spec.pose_camera_to_ego)
+    assert meta["neural_sensor"]["source"]["sky_rgb"] and meta["neural_sensor"]["source"]["kind"] == "generated"
+
+
+@needs_checkpoint
+def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive):
+    from neural_sensor.reconstruct.drive import reconstructed_scene, reconstructed_scene_from_log
+    from neural_sensor.reconstruct.model import ReconNet, reconstruct
+    from neural_sensor.render import render
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.path import Path as Polyline
+    from neural_sensor.scene.to_gaussians import sky_rgb
+
+    cache = short_drive["root"] / "cache"
+    from_log, meta = reconstructed_scene_from_log(short_drive["log"], cache_dir=cache)
+    assert meta["cached"] is False and meta["views"] == 18 and meta["frames"] == 3
+    in_run, run_meta = reconstructed_scene(short_drive["layout"], short_drive["path"], step_m=15.0, width=64,
+                                           height=40, voxel_m=0.6, cache_dir=cache)
+    assert run_meta["key"] != meta["key"]  # keyed by layout + path vs by the log's bytes
+    for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
+        assert np.array_equal(getattr(from_log, name), getattr(in_run, name)), name
+    # the same scene from images rendered in memory and rounded to 8 bits, without any file in between
+    layout, path = short_drive["layout"], Polyline(short_drive["path"])
+    world, _ = build_scene(layout, voxel_m=0.6, cache_dir=cache)
+    images, cameras = [], []
+    for s in (0.0, 15.0, 30.0):
+        xy, heading = path.at(s)
+        ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
+        step = [Camera.from_fov(sp.width, sp.height, sp.fov_deg, ego @ sp.pose_camera_to_ego)
+                for sp in nuscenes_like_rig(64, 40)]
+        images.append(render(world, step, backend="cpu", outputs=("rgb",), background=sky_rgb(layout.style)).rgb)
+        cameras += step
+    quantised = np.clip(np.concatenate(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)  # rounded to nearest
+    direct = reconstruct(ReconNet.from_pretrained(SHIPPED), quantised.astype(np.float32) / np.float32(255), cameras)
+    for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
+        assert np.array_equal(getattr(direct, name), getattr(from_log, name)), name
+    # cached: the same key from the same bytes; a changed image is a new key
+    again, meta2 = reconstructed_scene_from_log(short_drive["log"], cache_dir=cache)
+    assert meta2["cached"] is True and meta2["key"] == meta["key"] and len(again) == len(from_log)
+
+
+@needs_checkpoint
+def test_odd_sizes_are_cropped_to_the_networks_stride(tmp_path):
+    from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
+
+    rng = np.random.default_rng(6)
+    images, cameras = _tiny_views(rng, count=2, width=34, height=26)
+    write_drive_log(tmp_path / "log", images, cameras)
+    scene, meta = reconstructed_scene_from_log(tmp_path / "log", cache_dir=tmp_path / "cache")
+    assert meta["image_size"] == [32, 24] and meta["log_image_sizes"] == [[34, 26]] and len(scene) > 0
+    new_key = reconstructed_scene_from_log(tmp_path / "log", size=(16, 12), cache_dir=tmp_path / "cache")[1]
+    assert new_key["cached"] is False and new_key["image_size"] == [16, 12]
+
+
+# --------------------------------------------------------------------------------------------- CLI and runner
+@needs_checkpoint
+def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
+    from neural_sensor.gaussians import GaussianScene
+    from scenarios.cli import main as cli_main
+
+    assert cli_main(["reconstruct", str(short_drive["log"]), "-o", str(tmp_path / "scene.ply"),
+                     "--cache", str(tmp_path / "cache")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["views"] == 18 and result["frames"] == 3 and result["image_size"] == [64, 40]
+    assert len(GaussianScene.load_ply(tmp_path / "scene.ply")) == result["n_gaussians"] > 1000
+
+    bad = _tiny_log(tmp_path, "bad")
+    (bad / "images" / "000002_CAM_C.png").unlink()
+    assert cli_main(["reconstruct", str(bad), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0] and err[0].startswith("neural-sensor: error")
+
+    scenario_file = tmp_path / "short_drive.py"
+    scenario_file.write_text(SHORT_SCENARIO)
+    assert cli_main(["record-drive", str(scenario_file), "-o", str(tmp_path / "rec"), "--step", "25", "--width", "32",
+                     "--height", "24", "--cache", str(tmp_path / "cache")]) == 0
+    recorded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert recorded["scenario"] == "short_drive" and recorded["views"] == 6 * recorded["frames"]
+    images, _, _ = read_drive_log(tmp_path / "rec")
+    assert images.shape == (recorded["views"], 24, 32, 3)
+    # the folder now holds a log: a second recording there is refused
+    assert cli_main(["record-drive", str(scenario_file), "-o", str(tmp_path / "rec")]) == 2
+
+
+@needs_checkpoint
+def test_a_run_takes_a_log_as_its_scene(tmp_path, capsys, short_drive):
+    from scenarios.cli import main as cli_main
+    from scenarios.runner import RunOptions, run_scenario
+
+    scenario_file = tmp_path / "short_drive.py"
+    scenario_file.write_text(SHORT_SCENARIO)
+    options = RunOptions(out_dir=tmp_path / "out", ticks=2, width=32, height=18, backend="cpu", video=False,
+                         cache_dir=short_drive["root"] / "cache", progress=False,
+                         scene=f"log:{short_drive['log']}")
+    summary = run_scenario(str(scenario_file), options)
+    assert summary["ticks"] == 2 and summary["scene"]["source"] == f"log:{short_drive['log']}"
+    assert summary["scene"]["log"] == str(short_drive["log"].resolve()) and summary["scene"]["n_gaussians"] > 1000
+    with pytest.raises(DriveLogError, match="no transforms.json"):
+        run_scenario(str(scenario_file), RunOptions(out_dir=tmp_path / "out2", ticks=2, progress=False,
+                                                    scene=f"log:{tmp_path}"))
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(ValueError, match="'log:PATH'"):
+        run_scenario(str(scenario_file), RunOptions(out_dir=tmp_path / "out3", scene="recon"))
+    assert cli_main(["run", str(scenario_file), "--scene", "reconstruction", "--scene-log", str(short_drive["log"]),
+                     "--out", str(tmp_path / "out4")]) == 2
+    assert "not both" in capsys.readouterr().err
