@@ -5,8 +5,9 @@ features at half resolution; per feature pixel the heads predict depth as a
 softmax over inverse-depth bins, opacity, two in-plane scales and a thickness,
 colour (SH degree 0) and semantic logits. Gaussians are unprojected along the
 pixel rays into the world, oriented with the camera (in-plane axes along the
-image axes), and the views are merged, dropping near-duplicates so a long drive
-does not grow without bound.
+image axes), and the views are fused (`neural_sensor.reconstruct.fuse`): Gaussians in
+space other views see through are carved away, near-duplicates merged, and a budget
+caps the count, so a long drive neither fogs up nor grows without bound.
 
 Self-describing: `save_pretrained(dir)` writes config.json + model.safetensors,
 `from_pretrained(dir)` reads them back (no pickle).
@@ -15,7 +16,7 @@ Self-describing: `save_pretrained(dir)` writes config.json + model.safetensors,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
+from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
 from neural_sensor.sh import SH_C0
 
 NUM_CLASSES = 29  # CARLA CityObjectLabel ids 0..28
@@ -156,27 +158,20 @@ def gaussians_from_prediction(pred: dict[str, torch.Tensor], poses: torch.Tensor
             ((rgb - 0.5) / SH_C0).reshape(-1, 1, 3), sem.reshape(-1, sem.shape[-1]))
 
 
-def _merge(means: np.ndarray, opacities: np.ndarray, cell_m: float) -> np.ndarray:
-    """Indices to keep: in each occupied cube of edge cell_m, the most opaque Gaussian."""
-    keys = np.floor(means / cell_m).astype(np.int64)
-    order = np.lexsort((-opacities, keys[:, 2], keys[:, 1], keys[:, 0]))
-    sorted_keys = keys[order]
-    first = np.ones(len(order), bool)
-    first[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
-    return np.sort(order[first])
+FUSIONS = ("carve", "merge")  # reconstruct()'s fusion of the views: see neural_sensor/reconstruct/fuse.py
 
 
 @torch.no_grad()
-def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
-                merge_cell_m: float = 0.15, min_opacity: float = 0.02) -> GaussianScene:
-    """Posed images -> GaussianScene (world frame), in one forward pass.
+def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) -> tuple[GaussianScene, np.ndarray]:
+    """Posed images -> every view's pixel-aligned Gaussians and depth map, in one forward pass (no fusion).
 
     Args:
         model: a ReconNet.
         images: [V, H, W, 3] float RGB in [0, 1]; H, W divisible by 4.
         cameras: V Cameras (the images' poses and intrinsics).
-        merge: drop near-duplicates across views: one Gaussian (the most opaque) per merge_cell_m cube.
-        min_opacity: Gaussians fainter than this are dropped.
+    Returns:
+        (per_view, depths): per_view holds V * h * w Gaussians (h, w = H / 2, W / 2), view-major and row-major
+        over each view's pixels, as `fuse.fuse_views` takes them; depths [V, h, w] float32 metres (camera z).
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] != 3 or len(cameras) != images.shape[0]:
@@ -188,16 +183,37 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(cameras, h, w)
     means, quats, scales, opac, sh, sem = (t.numpy() for t in gaussians_from_prediction(pred, poses, K))
-    keep = opac >= min_opacity
-    if merge:
-        idx = np.flatnonzero(keep)
-        keep_idx = idx[_merge(means[idx], opac[idx], merge_cell_m)]
-    else:
-        keep_idx = np.flatnonzero(keep)
-    return GaussianScene(means[keep_idx].astype(np.float32), quats[keep_idx].astype(np.float32),
-                         np.maximum(scales[keep_idx], 1e-5).astype(np.float32),
-                         np.clip(opac[keep_idx], 0, 1).astype(np.float32), sh[keep_idx].astype(np.float32),
-                         sem[keep_idx].argmax(axis=1).astype(np.uint8))
+    per_view = GaussianScene(means.astype(np.float32), quats.astype(np.float32),
+                             np.maximum(scales, 1e-5).astype(np.float32), np.clip(opac, 0, 1).astype(np.float32),
+                             sh.astype(np.float32), sem.argmax(axis=1).astype(np.uint8))
+    return per_view, pred["depth"].numpy().astype(np.float32)
+
+
+def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
+                merge_cell_m: float = 0.15, min_opacity: float = 0.02, fusion: str = "carve",
+                fusion_config: FusionConfig | None = None) -> GaussianScene:
+    """Posed images -> GaussianScene (world frame), in one forward pass and a fusion of the views.
+
+    Args:
+        model: a ReconNet.
+        images: [V, H, W, 3] float RGB in [0, 1]; H, W divisible by 4.
+        cameras: V Cameras (the images' poses and intrinsics).
+        merge: drop near-duplicates across views: one Gaussian (the most opaque) per merge_cell_m cube.
+        min_opacity: Gaussians fainter than this are dropped.
+        fusion: "carve" (the default: cross-view free-space carving, then the merge and the Gaussian
+            budget of `fusion_config`, see neural_sensor/reconstruct/fuse.py) or "merge" (the merge alone,
+            the fusion before carving existed).
+        fusion_config: options of the "carve" fusion (its merge_cell_m / min_opacity are overridden by the
+            arguments above, and merge=False sets merge_cell_m to 0).
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"reconstruct: fusion must be one of {FUSIONS}, got {fusion!r}")
+    per_view, depths = predict_views(model, images, cameras)
+    config = fusion_config or FusionConfig()
+    if fusion == "merge":
+        config = replace(config, carve_views=0, min_consistent=0, budget=0)
+    config = replace(config, merge_cell_m=merge_cell_m if merge else 0.0, min_opacity=min_opacity)
+    return fuse_views(per_view, depths, cameras, config)
 
 
 def checkpoint_hash(folder: str | Path) -> str:

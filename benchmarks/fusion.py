@@ -1,0 +1,244 @@
+"""Fusion of a whole drive: the reconstruction's fusion variants measured in the run's regime.
+
+For each held-out world (seeds from 1,000,100 up, `check_split`-checked, templates round-robin
+as in runtime_fidelity.py):
+1. the drive is recorded EXACTLY as `reconstructed_scene` records it (the builder's scene at
+   voxel 0.3 m, all six `nuscenes_like_rig` cameras at 160x96 every 4 m along the recorded lane,
+   the layout's sky behind), and the shipped reconstructor runs ONE forward pass over all views
+   (`predict_views`);
+2. each fusion variant turns those per-view Gaussians into a scene (`fuse_views`), timed;
+3. the six-camera rig is rendered at 480x270 at `--poses` poses spread along the recorded path
+   (10 m from its ends), on the path and shifted 1/2/3 m to its left, and so is the ground truth
+   (the builder's scene, same cameras, same sky);
+4. metrics per view: PSNR, SSIM, depth AbsRel on ground-truth surfaces that are not the sky dome
+   (the builder's sky dome sits ~900 m away; the reconstruction has no sky, its background is the
+   same sky colour), and the reconstruction's mean alpha on the ground truth's sky pixels (fog in the
+   sky). Each world's views are averaged per shift (and per camera and shift), then the median over
+   worlds is reported.
+Optionally (`--refine STEPS`) a test-time refinement of the fused scene: opacities and colours
+(optionally positions) optimised against the drive's own recorded images through the
+differentiable torch renderer, timed, measured like the variants.
+
+    python benchmarks/fusion.py [--worlds 3] [--poses 3] [--shifts 0,1,2,3] [--variants merge,carve]
+        [--refine 0] [--cache DIR] [--json FILE]
+
+A variant is `merge`, `carve`, or `carve:key=value,...` with FusionConfig fields (e.g.
+`carve:carve_tol=0.3,carve_views=2`). Results: results/fusion-<machine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _machine import machine_name, write_result
+from runtime_fidelity import DEFAULT_FIRST_SEED, END_MARGIN_M, heldout_worlds, recorded_path, rig_cameras, template_of
+from neural_sensor.camera import Camera
+from neural_sensor.labels import CityObjectLabel
+from neural_sensor.metrics import depth_abs_rel, psnr, ssim
+from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
+from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
+from neural_sensor.reconstruct.model import ReconNet, predict_views
+from neural_sensor.render import render
+from neural_sensor.rig import nuscenes_like_rig
+from neural_sensor.scene.build import build_scene
+from neural_sensor.scene.path import Path as Polyline
+from neural_sensor.scene.to_gaussians import sky_rgb
+from neural_sensor.world import pose_from_xyz_yaw
+
+VOXEL_M = 0.3  # the runner's builder voxel (reconstructed_scene's default)
+RECORD_SIZE = (160, 96)  # reconstructed_scene's default recording size
+RECORD_STEP_M = 4.0  # reconstructed_scene's default step
+
+
+def parse_variant(text: str) -> tuple[str, str, FusionConfig]:
+    """'merge' | 'carve' | 'carve:key=value,...' -> (label, fusion, FusionConfig)."""
+    name, _, options = text.partition(":")
+    if name not in ("merge", "carve"):
+        raise SystemExit(f"--variants: unknown fusion {name!r} (merge | carve[:key=value,...])")
+    config = FusionConfig()
+    if name == "merge":
+        config = replace(config, carve_views=0, min_consistent=0, budget=0)
+    known = {f.name: f.type for f in fields(FusionConfig)}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise SystemExit(f"--variants: {key!r} is not a FusionConfig field ({', '.join(known)})")
+        config = replace(config, **{key: int(value) if known[key] == "int" else float(value)})
+    return text, name, config
+
+
+def record_drive(layout, path: Polyline, world) -> tuple[np.ndarray, list[Camera]]:
+    """[V, 96, 160, 3] images and V cameras, as reconstructed_scene records them."""
+    rig = nuscenes_like_rig(*RECORD_SIZE)
+    cameras: list[Camera] = []
+    images = []
+    for s in np.arange(0.0, path.length_m + 1e-6, RECORD_STEP_M):
+        xy, heading = path.at(float(s))
+        ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
+        step = [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego) for spec in rig]
+        images.append(render(world, step, backend="cpu", outputs=("rgb",), background=sky_rgb(layout.style)).rgb)
+        cameras += step
+    return np.concatenate(images), cameras
+
+
+def refine(scene, images: np.ndarray, cameras: list[Camera], background, steps: int, lr: float = 0.05,
+           views_per_step: int = 2, seed: int = 0):
+    """Test-time refinement: the scene's opacities and colours (logit / SH DC) fitted to the drive's own
+    images ([V, H, W, 3]) with the torch reference renderer; L1, Adam, `views_per_step` random views per step."""
+    from neural_sensor.render._torch_ref import render_torch
+
+    rng = np.random.default_rng(seed)
+    logit = torch.logit(torch.tensor(scene.opacities).clamp(1e-4, 1 - 1e-4)).requires_grad_(True)
+    sh = torch.tensor(scene.sh).clone().requires_grad_(True)
+    means, quats, scales = (torch.tensor(a) for a in (scene.means, scene.quats, scene.scales))
+    optimiser = torch.optim.Adam([{"params": [logit], "lr": lr}, {"params": [sh], "lr": lr * 0.2}])
+    targets = torch.tensor(images)
+    viewmats = torch.tensor(np.stack([c.pose_world_to_camera for c in cameras]), dtype=torch.float32)
+    Ks = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32)
+    bg = torch.tensor(np.asarray(background, np.float32))
+    for _ in range(steps):
+        pick = torch.as_tensor(rng.choice(len(cameras), views_per_step, replace=False))
+        out = render_torch(means, quats, scales, torch.sigmoid(logit), sh, viewmats[pick], Ks[pick],
+                           cameras[0].width, cameras[0].height, background=bg)["rgb"]
+        loss = (out - targets[pick]).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return scene.replace(opacities=torch.sigmoid(logit).detach().numpy().astype(np.float32),
+                         sh=sh.detach().numpy().astype(np.float32))
+
+
+def evaluate(scene, truth_renders, poses_cameras, background) -> list[dict]:
+    """Rows of per-view metrics of `scene` against the cached ground-truth renders."""
+    rows = []
+    for (pose_index, shift), cams in poses_cameras.items():
+        gt = truth_renders[(pose_index, shift)]
+        out = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+        for i, cam in enumerate(cams):
+            sky = gt.semantic[i] == CityObjectLabel.SKY
+            surface = (gt.alpha[i] > 0.5) & ~sky
+            rows.append({"shift_m": shift, "camera": i, "pose": pose_index,
+                         "psnr": psnr(out.rgb[i], gt.rgb[i]), "ssim": ssim(out.rgb[i], gt.rgb[i]),
+                         "psnr_surface": psnr(out.rgb[i], gt.rgb[i], surface) if surface.any() else float("nan"),
+                         "depth_abs_rel": depth_abs_rel(out.depth[i], gt.depth[i], surface) if surface.any() else float("nan"),
+                         "alpha_on_sky": float(out.alpha[i][sky].mean()) if sky.any() else float("nan")})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", type=int, default=3, help="held-out worlds (templates round-robin)")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_FIRST_SEED, help="first held-out seed to scan from")
+    parser.add_argument("--poses", type=int, default=3, help="rig poses along the recorded path")
+    parser.add_argument("--shifts", default="0,1,2,3", help="lateral shifts to the left of the path, metres")
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--height", type=int, default=270)
+    parser.add_argument("--variants", default="merge,carve", help="fusion variants, comma-free list split on ' '; "
+                        "see the module docstring")
+    parser.add_argument("--refine", type=int, default=0, help="test-time refinement steps on the last variant (0: off)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--cache", type=Path, default=None, help="builder scene cache (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    shifts = [float(s) for s in args.shifts.split(",") if s.strip()]
+    variants = [parse_variant(v) for v in args.variants.split()]
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="fusion-bench-"))
+    model = ReconNet.from_pretrained(args.checkpoint)
+    worlds = heldout_worlds(args.seeds, args.worlds)
+    command = "python benchmarks/fusion.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    rows: list[dict] = []
+    facts: list[dict] = []
+    t_start = time.perf_counter()
+    for n, (seed, layout) in enumerate(worlds):
+        world, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache)
+        path = Polyline(recorded_path(layout))
+        background = sky_rgb(layout.style)
+        t0 = time.perf_counter()
+        images, cameras = record_drive(layout, path, world)
+        record_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        per_view, depths = predict_views(model, images, cameras)
+        network_s = time.perf_counter() - t0
+        specs = nuscenes_like_rig(args.width, args.height)
+        lo, hi = END_MARGIN_M, path.length_m - END_MARGIN_M
+        stations = [lo + (hi - lo) * (k + 0.5) / args.poses for k in range(args.poses)]
+        poses_cameras = {(k, shift): rig_cameras(specs, path, s, shift) for k, s in enumerate(stations) for shift in shifts}
+        truth = {key: render(world, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"),
+                             background=background) for key, cams in poses_cameras.items()}
+        world_facts = {"seed": seed, "template": template_of(layout), "layout": layout.name,
+                       "recorded_path_m": round(path.length_m, 1), "views": len(cameras), "record_s": round(record_s, 2),
+                       "network_s": round(network_s, 2), "variants": {}}
+        for label, fusion, config in variants:
+            t0 = time.perf_counter()
+            scene, stats = fuse_views(per_view, depths, cameras, config, return_stats=True)
+            fuse_s = time.perf_counter() - t0
+            entries = [(label, scene, {"fusion_s": round(fuse_s, 2), "gaussians": len(scene), "stats": stats})]
+            if args.refine and label == variants[-1][0]:
+                t0 = time.perf_counter()
+                refined = refine(scene, images, cameras, background, args.refine)
+                entries.append((label + f"+refine{args.refine}", refined,
+                                {"refine_s": round(time.perf_counter() - t0, 1), "gaussians": len(refined)}))
+            for name, s, info in entries:
+                world_facts["variants"][name] = info
+                for row in evaluate(s, truth, poses_cameras, background):
+                    rows.append({"seed": seed, "variant": name, **row})
+        facts.append(world_facts)
+        summary = "; ".join(f"{name} {np.nanmean([r['psnr'] for r in rows if r['seed'] == seed and r['variant'] == name]):.2f} dB "
+                            f"({info['gaussians']} G)" for name, info in world_facts["variants"].items())
+        print(f"[{n + 1}/{len(worlds)}] seed {seed} {world_facts['template']} ({len(cameras)} views): {summary}",
+              file=sys.stderr, flush=True)
+    result = {"benchmark": "fusion", "machine": machine_name(), "command": command.strip(),
+              "regime": {"recorded": f"nuscenes_like_rig at {RECORD_SIZE[0]}x{RECORD_SIZE[1]} every {RECORD_STEP_M} m "
+                                     "along the recorded lane (as reconstructed_scene)",
+                         "rendered": f"nuscenes_like_rig at {args.width}x{args.height}, {args.poses} poses, shifts {shifts}",
+                         "ground_truth": f"build_scene(layout, voxel {VOXEL_M} m), same cameras and sky",
+                         "depth_abs_rel": "on ground-truth surfaces other than the sky dome",
+                         "checkpoint": str(args.checkpoint)},
+              "seeds": [s for s, _ in worlds], "worlds": facts, "wall_s": round(time.perf_counter() - t_start, 1)}
+    result["per_shift"] = aggregate(rows, ("variant", "shift_m"))
+    result["per_camera_shift"] = aggregate(rows, ("variant", "camera", "shift_m"))
+    result["counts"] = {name: {"gaussians_median": statistics.median(f["variants"][name]["gaussians"] for f in facts),
+                               "fusion_s_median": statistics.median(f["variants"][name].get("fusion_s", f["variants"][name].get("refine_s", 0.0)) for f in facts)}
+                        for name in facts[0]["variants"]}
+    parts = []
+    for name in facts[0]["variants"]:
+        cells = [f"{s:g}m {result['per_shift'][f'{name}/{s:g}m']['psnr']:.2f}" for s in shifts]
+        parts.append(f"{name}: " + ", ".join(cells) + f" dB, {result['counts'][name]['gaussians_median']} G")
+    result["summary"] = f"{result['machine']}: median PSNR over {len(worlds)} held-out worlds: " + " | ".join(parts)
+    write_result(result, "fusion", args.json)
+
+
+def aggregate(rows: list[dict], by: tuple[str, ...]) -> dict:
+    """{group: {metric: median over worlds of the world's mean}} (nan-aware)."""
+    metrics = ("psnr", "ssim", "psnr_surface", "depth_abs_rel", "alpha_on_sky")
+    grouped: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        key = "/".join(f"{row[k]:g}m" if k == "shift_m" else str(row[k]) for k in by)
+        for m in metrics:
+            grouped[key][row["seed"]][m].append(row[m])
+    out = {}
+    for key, worlds in grouped.items():
+        table = {}
+        for m in metrics:
+            means = [float(np.nanmean(w[m])) for w in worlds.values() if not all(math.isnan(v) for v in w[m])]
+            if means:
+                table[m] = round(statistics.median(means), 4)
+        out[key] = table
+    return out
+
+
+if __name__ == "__main__":
+    main()
