@@ -138,11 +138,13 @@ def flicker(cam_prev: Camera, image_prev: np.ndarray, depth_prev: np.ndarray, ca
 
 
 def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path | None = None,
-                   picture: Path | None = None) -> tuple[list[dict], dict]:
-    """Per-view metric rows and the world's facts (reconstruction time, Gaussians) for one held-out world."""
+                   picture: Path | None = None, path_xy: np.ndarray | None = None) -> tuple[list[dict], dict]:
+    """Per-view metric rows and the world's facts (reconstruction time, Gaussians) for one held-out world.
+
+    path_xy: [P, 2] the recorded drive; None = `recorded_path(layout)` (a scenario passes its recorded lane)."""
     from neural_sensor.perceptual import perceptual_distance
 
-    path_xy = recorded_path(layout)
+    path_xy = recorded_path(layout) if path_xy is None else np.asarray(path_xy, dtype=np.float64)
     path = Polyline(path_xy)
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
@@ -261,6 +263,21 @@ def _label(key: str, value) -> str:
     return f"{value:g}m" if key == "shift_m" else str(value)
 
 
+def code_state() -> dict:
+    """The git commit measured and the files changed in the working tree at the start (others may be editing)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"commit": None, "note": f"git not available: {err}"}
+    return {"commit": commit or None, "modified_files": [line[3:] for line in dirty]}
+
+
 def _parse_shifts(text: str) -> list[float]:
     try:
         shifts = [float(v) for v in text.split(",") if v.strip()]
@@ -321,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as err:  # PerceptualWeightsMissing: report the metric as not computed, and why
         result["perceptual"] = {"note": f"not computed: {err}"}
         args.perceptual_every = 0
+    result["code"] = code_state()
     worlds = heldout_worlds(args.seeds, args.worlds)
     result["seeds"] = [seed for seed, _ in worlds]
     t_start = time.perf_counter()
@@ -350,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
             world_facts["wall_s"] = round(time.perf_counter() - t0, 1)
             rows += world_rows
             facts.append(world_facts)
+            if n + 1 < len(worlds):  # a partial record survives an interrupted run
+                _write_partial(result, rows, facts, args)
             print(f"[{n + 1}/{len(worlds)}] seed {seed} {world_facts['template']}: "
                   f"{world_facts['wall_s']} s, raw PSNR on path "
                   f"{np.nanmean([r['raw_psnr'] for r in world_rows if r['shift_m'] == args.shifts[0]]):.2f} dB",
@@ -362,6 +382,22 @@ def main(argv: list[str] | None = None) -> None:
     result["per_world_shift"] = aggregate(rows, ("seed", "shift_m"))
     result["summary"] = _summary(result, args)
     write_result(result, "runtime-fidelity", args.json)
+    _partial_path(result, args).unlink(missing_ok=True)
+
+
+def _write_partial(result: dict, rows: list[dict], facts: list[dict], args) -> None:
+    """The worlds finished so far, aggregated, to <output>.partial.json (removed when the run completes)."""
+    import json
+
+    partial = dict(result, worlds=facts, per_shift=aggregate(rows, ("shift_m",)),
+                   per_camera_shift=aggregate(rows, ("camera", "shift_m")),
+                   note=f"partial: {len(facts)} of {len(result['seeds'])} worlds")
+    _partial_path(result, args).write_text(json.dumps(partial, indent=2) + "\n")
+
+
+def _partial_path(result: dict, args) -> Path:
+    final = args.json or Path(__file__).parent / "results" / f"runtime-fidelity-{result['machine']}.json"
+    return final.with_suffix(".partial.json")
 
 
 def _summary(result: dict, args) -> str:
