@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the drive log folder to write (must not exist or be empty)")
     p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
     p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
-    p_record.add_argument("--width", type=int, default=160, help="camera width, pixels (the reconstructor's: 160)")
-    p_record.add_argument("--height", type=int, default=96, help="camera height, pixels (the reconstructor's: 96)")
+    p_record.add_argument("--width", type=int, default=160,
+                          help="camera width, pixels (the reconstructor was trained at 160x96)")
+    p_record.add_argument("--height", type=int, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
     p_record.add_argument("--cache", type=Path, default=None, help="scene cache folder (the builder's scene)")
     p_recon = sub.add_parser("reconstruct", help="reconstruct the Gaussian scene of a drive log (cached)",
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
                          help="resample every image to W x H first (needed when the cameras differ in size)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
-                         help="reconstructor checkpoint folder (default: the shipped reconstructor-small)")
+                         help="reconstructor checkpoint folder; None = the shipped reconstructor-small")
     p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)

@@ -105,7 +105,8 @@ def test_nerfstudio_reading_projects_points_to_the_same_pixels(tmp_path):
     for cam, frame in zip(cameras, transforms["frames"]):
         assert set(frame) >= {"file_path", "fl_x", "fl_y", "cx", "cy", "w", "h", "transform_matrix"}
         # points in front of this camera, 3-40 m away
-        local = np.stack([rng.uniform(-1, 1, 50), rng.uniform(-0.5, 0.5, 50), np.ones(50)], 1) * rng.uniform(3, 40, (50, 1))
+        local = np.stack([rng.uniform(-1, 1, 50), rng.uniform(-0.5, 0.5, 50), np.ones(50)], 1)
+        local *= rng.uniform(3, 40, (50, 1))
         world = local @ cam.pose_camera_to_world[:3, :3].T + cam.pose_camera_to_world[:3, 3]
         uv, _ = cam.project(world)
         c2w = np.array(frame["transform_matrix"])
