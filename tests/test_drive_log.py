@@ -294,6 +294,25 @@ def test_odd_sizes_are_cropped_to_the_networks_stride(tmp_path):
     assert new_key["cached"] is False and new_key["image_size"] == [16, 12]
 
 
+@needs_checkpoint
+def test_the_cache_key_follows_the_log_bytes_and_the_reconstruction_code(tmp_path, monkeypatch):
+    from neural_sensor.reconstruct import drive
+
+    rng = np.random.default_rng(7)
+    images, cameras = _tiny_views(rng, count=2, width=32, height=24)
+    log = write_drive_log(tmp_path / "log", images, cameras)
+    first = drive.reconstructed_scene_from_log(log, cache_dir=tmp_path / "cache")[1]
+    assert first["cached"] is False and drive.reconstructed_scene_from_log(log, cache_dir=tmp_path / "cache")[1][
+        "cached"] is True
+    monkeypatch.setattr(drive, "reconstruction_code_hash", lambda: "another fusion")
+    assert drive.reconstructed_scene_from_log(log, cache_dir=tmp_path / "cache")[1]["cached"] is False
+    monkeypatch.undo()
+    images[1, 0, 0] ^= 1  # one changed byte of one image
+    changed = write_drive_log(tmp_path / "changed", images, cameras)
+    again = drive.reconstructed_scene_from_log(changed, cache_dir=tmp_path / "cache")[1]
+    assert again["cached"] is False and again["key"] != first["key"]
+
+
 # --------------------------------------------------------------------------------------------- CLI and runner
 @needs_checkpoint
 def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):

@@ -5,10 +5,12 @@ Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet -> scen
   world; `record_drive` renders it with the nuScenes-like rig every `step_m` along the
   path and writes a drive log (a temporary folder), which is then reconstructed. The
   SceneCache key is the layout, the path, the rig resolution, the voxel size, the log
-  format and the checkpoint's hash, so a cached scene needs no recording;
+  format, the checkpoint's hash and the reconstruction code's hash, so a cached scene
+  needs no recording;
 - `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
   car; docs/drive_log.md). Its SceneCache key is the sha256 of its transforms.json and
-  image bytes plus the checkpoint's hash (and the resampling size, if any).
+  image bytes plus the checkpoint's hash, the reconstruction code's hash (model.py and
+  fuse.py, so a new fusion never serves an old scene) and the resampling size, if any.
 
 A log whose images are not multiples of 4 on a side is cropped at the right and
 bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
@@ -35,6 +37,20 @@ from neural_sensor.scene.path import Path as Polyline
 DEFAULT_CHECKPOINT = default_checkpoint("reconstructor-small")
 
 
+def reconstruction_code_hash() -> str:
+    """sha256 of the reconstruction's code (reconstruct/model.py and fuse.py): part of every reconstruction's
+    cache key, so a change to the network's use or the fusion never serves a scene the old code made."""
+    import hashlib
+
+    from neural_sensor.reconstruct import model
+
+    digest = hashlib.sha256()
+    for path in (Path(model.__file__), Path(model.__file__).with_name("fuse.py")):
+        if path.exists():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _check_checkpoint(checkpoint: Path | str) -> Path:
     checkpoint = Path(checkpoint)
     if not (checkpoint / "model.safetensors").exists():
@@ -54,7 +70,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
               "step_m": step_m, "size": [width, height], "voxel_m": voxel_m, "checkpoint": checkpoint_hash(checkpoint),
-              "drive_log_format": FORMAT_VERSION}
+              "drive_log_format": FORMAT_VERSION, "code": reconstruction_code_hash()}
 
     def build():
         tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
@@ -82,7 +98,7 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     checkpoint = _check_checkpoint(checkpoint)
     folder = Path(folder)
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
-              "size": None if size is None else [int(size[0]), int(size[1])]}
+              "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash()}
 
     def build():
         scene, meta = _reconstruct_log(folder, checkpoint, size, progress)
