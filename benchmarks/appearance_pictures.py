@@ -43,11 +43,12 @@ def _label(tile: np.ndarray, text: str) -> Image.Image:
 
 
 def _grid(tiles: list[Image.Image], cols: int) -> Image.Image:
+    """Tiles side by side, as a 256-colour PNG (a few hundred KB for the README)."""
     rows = (len(tiles) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * W, rows * H))
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % cols) * W, (i // cols) * H))
-    return sheet
+    return sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
 
 
 def main() -> None:

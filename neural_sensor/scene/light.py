@@ -153,9 +153,10 @@ def ambient_occlusion(occupancy: Occupancy, points: np.ndarray, normals: np.ndar
     of the point) and where a wall meets the ground."""
     from scipy.ndimage import uniform_filter
 
-    objects = (occupancy.labels > 0) & ~np.isin(occupancy.labels, GROUND_LABELS)
+    objects = ((occupancy.labels > 0) & ~np.isin(occupancy.labels, GROUND_LABELS)).astype(np.float32)
+    objects[occupancy.labels == L.VEGETATION] = 0.25  # a crown's box is mostly air and leaves
     size = max(3, int(round(2.1 / occupancy.voxel_m)) | 1)
-    density = uniform_filter(objects.astype(np.float32), size=size, mode="constant")
+    density = uniform_filter(objects, size=size, mode="constant")
     probe = points + normals * 0.6
     idx = np.floor((probe - occupancy.origin_m) / occupancy.voxel_m).astype(np.int64)
     idx = np.clip(idx, 0, np.array(occupancy.shape) - 1)

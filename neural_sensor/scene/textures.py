@@ -69,7 +69,6 @@ TORCS_CATALOGUE: dict[str, tuple[TextureSpec, ...]] = {
                TextureSpec(_E2 + "house35facade.png", (16.0, 8.0), FREE_ART, base_frac=0.5, family="old_town"),
                TextureSpec(_E2 + "house22facade.png", (7.0, 14.0), FREE_ART, family="office"),
                TextureSpec(_S1 + "tr-building7.rgb", (10.0, 10.0), FREE_ART, family="apartment"),
-               TextureSpec(_S1 + "tr-building9.rgb", (10.0, 20.0), FREE_ART, family="office"),
                TextureSpec("tracks/road/g-track-1/facade1-512.rgb", (10.0, 6.0), FREE_ART, crop=(0, 0.37, 1, 0.97),
                            family="house"),
                TextureSpec("tracks/road/g-track-1/facade6-512.rgb", (10.0, 6.0), FREE_ART, crop=(0, 0.37, 1, 0.97),
