@@ -96,7 +96,8 @@ def record_drive(layout, path: Polyline, world) -> tuple[np.ndarray, list[Camera
 def refine(scene, images: np.ndarray, cameras: list[Camera], background, steps: int, lr: float = 0.05,
            views_per_step: int = 2, seed: int = 0):
     """Test-time refinement: the scene's opacities and colours (logit / SH DC) fitted to the drive's own
-    images ([V, H, W, 3]) with the torch reference renderer; L1, Adam, `views_per_step` random views per step."""
+    images ([V, H, W, 3]) with the differentiable torch renderer; L1, Adam, `views_per_step` random views
+    per step, each step rendering only the Gaussians whose centres project into the picked views."""
     from neural_sensor.render._torch_ref import render_torch
 
     rng = np.random.default_rng(seed)
@@ -109,10 +110,17 @@ def refine(scene, images: np.ndarray, cameras: list[Camera], background, steps: 
     Ks = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32)
     bg = torch.tensor(np.asarray(background, np.float32))
     for _ in range(steps):
-        pick = torch.as_tensor(rng.choice(len(cameras), views_per_step, replace=False))
-        out = render_torch(means, quats, scales, torch.sigmoid(logit), sh, viewmats[pick], Ks[pick],
-                           cameras[0].width, cameras[0].height, background=bg)["rgb"]
-        loss = (out - targets[pick]).abs().mean()
+        pick = rng.choice(len(cameras), views_per_step, replace=False)
+        visible = np.zeros(len(scene), bool)
+        for i in pick:
+            uv, z = cameras[i].project(scene.means)
+            margin = 0.25 * cameras[i].width
+            visible |= (z > 0.05) & (uv[:, 0] > -margin) & (uv[:, 0] < cameras[i].width + margin) \
+                & (uv[:, 1] > -margin) & (uv[:, 1] < cameras[i].height + margin)
+        idx = torch.as_tensor(np.flatnonzero(visible))
+        out = render_torch(means[idx], quats[idx], scales[idx], torch.sigmoid(logit[idx]), sh[idx],
+                           viewmats[pick], Ks[pick], cameras[0].width, cameras[0].height, background=bg)["rgb"]
+        loss = (out - targets[torch.as_tensor(pick)]).abs().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -150,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refine", type=int, default=0, help="test-time refinement steps on the last variant (0: off)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--cache", type=Path, default=None, help="builder scene cache (default: a temporary one)")
+    parser.add_argument("--demo-street", action="store_true",
+                        help="also reconstruct the demo's 200 m street (cut_in, lane 0) with each variant: Gaussians, time")
+    parser.add_argument("--picture", action="store_true", help="save results/fusion-shift2m.png: each variant's "
+                        "render and the ground truth (first world, first pose, 2 m shift), cameras side by side")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/fusion.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rows: list[dict] = []
     facts: list[dict] = []
+    pictures: list[np.ndarray] = []
     t_start = time.perf_counter()
     for n, (seed, layout) in enumerate(worlds):
         world, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache)
@@ -193,9 +206,14 @@ def main(argv: list[str] | None = None) -> None:
                                 {"refine_s": round(time.perf_counter() - t0, 1), "gaussians": len(refined)}))
             for name, s, info in entries:
                 world_facts["variants"][name] = info
+                if args.picture and n == 0 and (0, 2.0) in poses_cameras:
+                    pictures.append(render(s, poses_cameras[(0, 2.0)], backend="cpu", outputs=("rgb",),
+                                           background=background).rgb)
                 for row in evaluate(s, truth, poses_cameras, background):
                     rows.append({"seed": seed, "variant": name, **row})
         facts.append(world_facts)
+        if args.picture and n == 0 and pictures:
+            save_picture(Path(__file__).parent / "results" / "fusion-shift2m.png", pictures + [truth[(0, 2.0)].rgb])
         summary = "; ".join(f"{name} {np.nanmean([r['psnr'] for r in rows if r['seed'] == seed and r['variant'] == name]):.2f} dB "
                             f"({info['gaussians']} G)" for name, info in world_facts["variants"].items())
         print(f"[{n + 1}/{len(worlds)}] seed {seed} {world_facts['template']} ({len(cameras)} views): {summary}",
@@ -208,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
                          "depth_abs_rel": "on ground-truth surfaces other than the sky dome",
                          "checkpoint": str(args.checkpoint)},
               "seeds": [s for s, _ in worlds], "worlds": facts, "wall_s": round(time.perf_counter() - t_start, 1)}
+    if args.demo_street:
+        result["demo_street"] = demo_street(model, variants, cache)
+        print(f"demo street: {result['demo_street']}", file=sys.stderr, flush=True)
     result["per_shift"] = aggregate(rows, ("variant", "shift_m"))
     result["per_camera_shift"] = aggregate(rows, ("variant", "camera", "shift_m"))
     result["counts"] = {name: {"gaussians_median": statistics.median(f["variants"][name]["gaussians"] for f in facts),
@@ -219,6 +240,39 @@ def main(argv: list[str] | None = None) -> None:
         parts.append(f"{name}: " + ", ".join(cells) + f" dB, {result['counts'][name]['gaussians_median']} G")
     result["summary"] = f"{result['machine']}: median PSNR over {len(worlds)} held-out worlds: " + " | ".join(parts)
     write_result(result, "fusion", args.json)
+
+
+def save_picture(path: Path, rows_of_images: list[np.ndarray]) -> None:
+    """Rows: [C, H, W, 3] image sets, cameras side by side, saved at half size."""
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(list(images), axis=1) for images in rows_of_images], axis=0)
+    image = Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
+    image.resize((image.width // 2, image.height // 2), Image.BILINEAR).save(path)
+
+
+def demo_street(model: ReconNet, variants, cache: Path) -> dict:
+    """The demo's street (scenarios/cut_in.py, 200 m) recorded along its lane 0 as `reconstructed_scene` does:
+    views, recording / network seconds, and per variant the fusion seconds and the Gaussian count."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scenarios.cut_in import make_scenario
+
+    scenario = make_scenario(0)
+    layout = scenario.layout
+    world, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache)
+    path = Polyline(layout.lanes[scenario.recorded_lane].travel_polyline())
+    t0 = time.perf_counter()
+    images, cameras = record_drive(layout, path, world)
+    out = {"layout": layout.name, "views": len(cameras), "record_s": round(time.perf_counter() - t0, 2)}
+    t0 = time.perf_counter()
+    per_view, depths = predict_views(model, images, cameras)
+    out["network_s"] = round(time.perf_counter() - t0, 2)
+    out["variants"] = {}
+    for label, _, config in variants:
+        t0 = time.perf_counter()
+        scene, stats = fuse_views(per_view, depths, cameras, config, return_stats=True)
+        out["variants"][label] = {"fusion_s": round(time.perf_counter() - t0, 2), "gaussians": len(scene), "stats": stats}
+    return out
 
 
 def aggregate(rows: list[dict], by: tuple[str, ...]) -> dict:

@@ -170,3 +170,25 @@ def test_reconstruct_fusion_options():
     with pytest.raises(ValueError, match="fusion must be one of"):
         reconstruct(model, images, cameras, fusion="fog")
 
+
+
+def test_fusion_key_names_the_options():
+    from neural_sensor.reconstruct.fuse import FUSION_VERSION, fusion_key
+
+    key = fusion_key()
+    assert key["version"] == FUSION_VERSION and key["fusion"] == "carve" and key["carve_views"] == FusionConfig().carve_views
+    assert fusion_key(config=FusionConfig(budget=10)) != key and fusion_key("merge") != key
+
+
+def test_hidden_points_are_dropped_when_asked():
+    """A block of view 0 put 4 m behind the wall: the other views see the wall in front of it, none agrees with it."""
+    cameras = _cameras()
+    depths = _wall_depths(cameras)
+    behind = np.zeros_like(depths, dtype=bool)
+    behind[0, 8:16, 10:22] = True
+    depths[behind] = 14.0
+    per_view = _pixel_gaussians(cameras, depths)
+    kept = fuse_views(per_view, depths, cameras, FusionConfig(**NO_MERGE))
+    assert len(kept) == depths.size  # carving alone keeps them: nothing sees through them
+    dropped = fuse_views(per_view, depths, cameras, FusionConfig(hidden_views=2, **NO_MERGE))
+    assert len(dropped) == depths.size - behind.sum() and np.allclose(dropped.means[:, 0], WALL_X_M, atol=1e-3)

@@ -15,7 +15,8 @@ network, no training):
    - *consistent*: it lies within `consistent_tol` (relative) of one of them;
    - otherwise it is behind that view's surface (occluded there: no evidence);
 2. free-space carving: a Gaussian seen through by >= `carve_views` other views, or by every other view
-   that sees it when those are >= `carve_unanimous`, is dropped;
+   that sees it when those are >= `carve_unanimous`, is dropped; optionally (`hidden_views`) so is
+   one that no other view agrees with and that lies behind the surface of >= `hidden_views` of them;
    depth consistency: one consistent in fewer than `min_consistent` other views is
    dropped (or, with `inconsistent_opacity` < 1, kept with its opacity scaled down);
 3. duplicates merged: in each `merge_cell_m` cube the Gaussian with the highest opacity;
@@ -29,7 +30,7 @@ pair), tested against it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from numba import njit, prange
@@ -38,6 +39,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 
 NEAR_M = 0.05  # points closer than this to a camera (or behind it) give that view no evidence
+FUSION_VERSION = 1  # bump when fuse_views' result changes for the same inputs and options (it is in fusion_key)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class FusionConfig:
     consistent_tol: float = 0.1  # relative depth agreement that counts a view as consistent
     min_consistent: int = 0  # drop (or down-weight) a Gaussian consistent in fewer other views (0: off)
     inconsistent_opacity: float = 0.0  # opacity factor for those (0 = drop them)
+    hidden_views: int = 0  # drop a Gaussian no other view agrees with that is behind the surface of at least this
+    #   many other views and seen through by none (0: off)
     neighbour_radius_m: float = 30.0  # other views taken into account: camera centres within this distance
     merge_cell_m: float = 0.15  # one Gaussian per cube of this edge (0: no merging)
     min_opacity: float = 0.02  # Gaussians fainter than this are dropped first
@@ -59,12 +63,18 @@ class FusionConfig:
         if not (0.0 <= self.carve_tol < 1.0 and 0.0 <= self.consistent_tol < 1.0):
             raise ValueError(f"FusionConfig: tolerances must be in [0, 1), got carve_tol={self.carve_tol}, "
                              f"consistent_tol={self.consistent_tol}")
-        if min(self.carve_views, self.carve_unanimous, self.min_consistent, self.budget) < 0:
+        if min(self.carve_views, self.carve_unanimous, self.hidden_views, self.min_consistent, self.budget) < 0:
             raise ValueError("FusionConfig: carve_views, carve_unanimous, min_consistent and budget must be >= 0")
         if not 0.0 <= self.inconsistent_opacity <= 1.0:
             raise ValueError(f"FusionConfig: inconsistent_opacity must be in [0, 1], got {self.inconsistent_opacity}")
         if self.merge_cell_m < 0 or self.neighbour_radius_m <= 0:
             raise ValueError("FusionConfig: merge_cell_m must be >= 0 and neighbour_radius_m > 0")
+
+
+def fusion_key(fusion: str = "carve", config: "FusionConfig | None" = None) -> dict:
+    """What a cached reconstruction depends on besides the checkpoint: the fusion, its options and its version
+    (for SceneCache inputs, e.g. `inputs["fusion"] = fusion_key()`)."""
+    return {"fusion": fusion, "version": FUSION_VERSION, **asdict(config or FusionConfig())}
 
 
 def view_geometry(cameras: list[Camera], height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -255,6 +265,9 @@ def fuse_views(per_view_gaussians: GaussianScene, depths: np.ndarray, cameras: l
             if config.carve_unanimous > 0:
                 carved |= (seen_through >= config.carve_unanimous) & (seen_through == observed)
             keep &= ~carved
+        if config.hidden_views > 0:
+            hidden = observed - seen_through - consistent
+            keep &= ~((consistent == 0) & (seen_through == 0) & (hidden >= config.hidden_views))
         stats["after_carving"] = int(keep.sum())
         if config.min_consistent > 0:
             weak = consistent < config.min_consistent
