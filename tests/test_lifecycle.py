@@ -246,13 +246,19 @@ def test_user_scenario_file_and_module(tmp_path):
 
 
 def test_too_many_ticks_stop_at_the_end_of_the_route(tmp_path):
-    result = _cli(["demo", "--ticks", "100000", *TINY, "-o", str(tmp_path / "out"), "--allow-fail"], tmp_path)
+    """`demo --ticks 100000` drove to x = 2145 m on a 200 m street; here a 60 m street, for speed."""
+    path = tmp_path / "short.py"
+    path.write_text(USER_SCENARIO.replace("straight_road(120.0", "straight_road(60.0")
+                    .replace("lane_route(layout, 1, 0.0, 110.0)", "lane_route(layout, 1, 0.0, 55.0)")
+                    .replace("start_s_m=40.0, speed_mps=4.0", "start_s_m=50.0, speed_mps=8.0"))
+    result = _cli(["run", str(path), "--ticks", "100000", *TINY, "-o", str(tmp_path / "out"), "--allow-fail"],
+                  tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["ticks_requested"] == 100000 and summary["ticks"] < 1000
+    assert summary["ticks_requested"] == 100000 and summary["ticks"] < 400
     assert "end of its route" in summary["stopped_early"]
     last = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[-1])
-    assert last["ego"]["x_m"] < 205.0  # the demo street is 200 m long
+    assert last["ego"]["x_m"] < 62.0
 
 
 # ------------------------------------------------------------------ bad input, named

@@ -64,3 +64,13 @@ def test_readme_block_runs(tmp_path, line, lang, code):
     result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (f"README block at line {line} ({lang}) failed with exit code "
                                     f"{result.returncode}:\n{code}\n--- stderr ---\n{result.stderr[-3000:]}")
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    """The README's test command is a text block (running it from a test would recurse); .ci/run runs it."""
+    [command] = [code.strip() for _, lang, code in BLOCKS if lang == "text" and "python -m pytest" in code]
+    ci = (ROOT / ".ci" / "run").read_text()
+    for step in command.split(" && "):
+        step = step.replace("pip install", "python3 -m pip install -q").replace("python -m pytest",
+                                                                               "python3 -m pytest")
+        assert step in ci, f".ci/run does not run the README's step {step!r}"
