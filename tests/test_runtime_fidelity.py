@@ -84,7 +84,10 @@ def test_enhance_tick_refuses_a_missing_answer():
         rf.enhance_tick(client, [f"c{i}" for i in range(6)], rgb, rgb[..., 0], rgb[..., 0])
 
 
-def test_tiny_end_to_end_run(tmp_path, capsys):
+def test_tiny_end_to_end_run(tmp_path, capsys, monkeypatch):
+    full = rf.recorded_path
+    # the first 24 m of the recorded lane: fewer recorded views to reconstruct, same code path
+    monkeypatch.setattr(rf, "recorded_path", lambda layout: _prefix(full(layout), 24.0))
     out = tmp_path / "rf.json"
     rf.main(["--worlds", "1", "--width", "64", "--height", "36", "--clips", "1", "--ticks", "2", "--shifts", "0,1",
              "--enhancer", "none", "--perceptual-every", "1", "--cache", str(tmp_path / "cache"), "--json", str(out)])
@@ -103,3 +106,9 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     else:
         assert result["perceptual"]["note"].startswith("not computed")
     assert result["summary"] in capsys.readouterr().out
+
+
+def _prefix(points: np.ndarray, length_m: float) -> np.ndarray:
+    """The first length_m of a polyline [P, 2]."""
+    path = Polyline(points)
+    return np.array([path.at(s)[0] for s in np.linspace(0.0, min(length_m, path.length_m), 7)])
