@@ -49,7 +49,7 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
 from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
-from neural_sensor.reconstruct.model import ReconNet, predict_views
+from neural_sensor.reconstruct.model import LEGACY_MERGE_CELL_M, ReconNet, predict_views
 from neural_sensor.render import render
 from neural_sensor.rig import nuscenes_like_rig
 from neural_sensor.scene.build import build_scene
@@ -68,8 +68,8 @@ def parse_variant(text: str) -> tuple[str, str, FusionConfig]:
     if name not in ("merge", "carve"):
         raise SystemExit(f"--variants: unknown fusion {name!r} (merge | carve[:key=value,...])")
     config = FusionConfig()
-    if name == "merge":
-        config = replace(config, carve_views=0, min_consistent=0, budget=0)
+    if name == "merge":  # reconstruct(fusion="merge"): the merge alone, as before carving existed
+        config = replace(config, carve_views=0, min_consistent=0, budget=0, merge_cell_m=LEGACY_MERGE_CELL_M)
     known = {f.name: f.type for f in fields(FusionConfig)}
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")

@@ -167,6 +167,8 @@ def test_reconstruct_fusion_options():
     merged = reconstruct(model, images, cameras, fusion="merge")
     expected = fuse_views(per_view, depths, cameras, FusionConfig())
     assert np.array_equal(carved.means, expected.means) and len(carved) <= len(merged)
+    legacy = fuse_views(per_view, depths, cameras, FusionConfig(carve_views=0, budget=0, merge_cell_m=0.15))
+    assert np.array_equal(merged.means, legacy.means)  # "merge" is the fusion reconstruct() had before carving
     with pytest.raises(ValueError, match="fusion must be one of"):
         reconstruct(model, images, cameras, fusion="fog")
 
@@ -192,3 +194,4 @@ def test_hidden_points_are_dropped_when_asked():
     assert len(kept) == depths.size  # carving alone keeps them: nothing sees through them
     dropped = fuse_views(per_view, depths, cameras, FusionConfig(hidden_views=2, **NO_MERGE))
     assert len(dropped) == depths.size - behind.sum() and np.allclose(dropped.means[:, 0], WALL_X_M, atol=1e-3)
+

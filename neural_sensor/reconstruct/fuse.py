@@ -55,7 +55,7 @@ class FusionConfig:
     hidden_views: int = 0  # drop a Gaussian no other view agrees with that is behind the surface of at least this
     #   many other views and seen through by none (0: off)
     neighbour_radius_m: float = 30.0  # other views taken into account: camera centres within this distance
-    merge_cell_m: float = 0.15  # one Gaussian per cube of this edge (0: no merging)
+    merge_cell_m: float = 0.25  # one Gaussian per cube of this edge (0: no merging)
     min_opacity: float = 0.02  # Gaussians fainter than this are dropped first
     budget: int = 600_000  # at most this many Gaussians (0: no budget)
 
