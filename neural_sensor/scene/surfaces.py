@@ -166,6 +166,10 @@ def _ground(parts: _Parts, layout: Layout, occupancy: Occupancy, library: Textur
     grass = library.choose("grass", 2, seed)
     rng = np.random.default_rng(seed + 5)
     refs = [r.points_m for r in layout.references] or [lane.centre_m for lane in layout.lanes]
+    # blocks in compact groups (16 x 16), so each classification batch only examines nearby lane segments
+    group = np.floor(corners / (16 * BLOCK_M)).astype(np.int64)
+    order = np.lexsort((corners[:, 1], corners[:, 0], group[:, 1], group[:, 0]))
+    corners, level = corners[order], level[order]
     for lv, spacing in enumerate(GROUND_SPACINGS):
         blocks = corners[level == lv]
         if len(blocks) == 0:

@@ -97,10 +97,14 @@ class Texture:
 
     @property
     def mean_rgb(self) -> np.ndarray:
-        if self.alpha is None:
-            return self.image.reshape(-1, 3).mean(axis=0)
-        weight = self.alpha.reshape(-1, 1)
-        return (self.image.reshape(-1, 3) * weight).sum(axis=0) / max(float(weight.sum()), 1e-6)
+        """[3] the mean colour (alpha-weighted where the image has alpha), cached."""
+        if "mean" not in self._levels:
+            if self.alpha is None:
+                self._levels["mean"] = self.image.reshape(-1, 3).mean(axis=0)
+            else:
+                weight = self.alpha.reshape(-1, 1)
+                self._levels["mean"] = (self.image.reshape(-1, 3) * weight).sum(axis=0) / max(float(weight.sum()), 1e-6)
+        return self._levels["mean"]
 
     def _level(self, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The image box-filtered by `factor` pixels (area average), cached."""
