@@ -46,7 +46,8 @@ def build_scene(layout: Layout, *, voxel_m: float = 0.3, cache_dir: Path | None 
 
     def build():
         occupancy = build_occupancy(layout, voxel_m=voxel_m, progress=progress)
-        scene = occupancy_to_gaussians(occupancy, layout, appearance=appearance, sky=appearance == "textured")
+        scene = occupancy_to_gaussians(occupancy, layout, appearance=appearance, sky=appearance == "textured",
+                                       progress=progress)
         meta = {"builder_version": BUILDER_VERSION, "layout_name": layout.name, "voxel_m": voxel_m,
                 "occupancy_shape": list(occupancy.shape), "sky_rgb": list(sky_rgb(layout.style)),
                 "appearance": appearance}

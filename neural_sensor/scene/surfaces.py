@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tqdm import tqdm
 
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.labels import CityObjectLabel as L
@@ -591,7 +592,7 @@ def _road_side_sign(layout: Layout, box: Box) -> float:
 
 
 def surface_gaussians(occupancy: Occupancy, layout: Layout, *, library: TextureLibrary | None = None,
-                      sky: bool = False, shadows: bool = True) -> GaussianScene:
+                      sky: bool = False, shadows: bool = True, progress: bool = False) -> GaussianScene:
     """The textured, lit Gaussian scene of a layout on the surfaces its occupancy bounds.
 
     Args:
@@ -600,18 +601,26 @@ def surface_gaussians(occupancy: Occupancy, layout: Layout, *, library: TextureL
         library: texture library (default `load_library()`).
         sky: add the sky dome (label SKY); the render background shows where it is absent.
         shadows: ray-march cast shadows (off: sun on every surface facing it).
+        progress: a progress bar over the phases (ground, markings and kerbs, each object, light).
     Returns:
         GaussianScene (SH degree 0) with labels and instance ids.
     """
     library = library or load_library()
     palette = light.lighting(layout.style)
     parts = _Parts()
+    bar = tqdm(total=3 + len(layout.objects), desc="surfaces", unit="step", disable=not progress)
     road_dist = _road_distance(occupancy)
     eyes = _lane_eyes(layout)
+    bar.set_postfix_str("ground")
     _ground(parts, layout, occupancy, library, road_dist)
+    bar.update(1)
+    bar.set_postfix_str("markings, kerbs")
     _markings(parts, layout, occupancy)
     _kerbs(parts, layout, occupancy, library)
+    bar.update(1)
+    bar.set_postfix_str("objects")
     for obj, box in enumerate(layout.objects):
+        bar.update(1)
         if box.cls == "building":
             _building(parts, box, obj, layout, library, eyes, road_dist, palette)
         elif box.cls == "vegetation":
@@ -625,6 +634,7 @@ def surface_gaussians(occupancy: Occupancy, layout: Layout, *, library: TextureL
         else:
             _generic_box(parts, box, obj, (0.62, 0.63, 0.6))
     g = parts.cat()
+    bar.set_postfix_str("shadows, ambient occlusion")
     lit = g["lit"]
     colors = g["albedo"].copy()
     if lit.any():
@@ -653,6 +663,8 @@ def surface_gaussians(occupancy: Occupancy, layout: Layout, *, library: TextureL
         chunks.append((dome["means"], _quats_from_frames(az_t, b, n), dome["scales"], np.full(len(d), 0.99),
                        dome["colors"], np.full(len(d), int(L.SKY), np.uint8), np.zeros(len(d), np.int32)))
     cat = [np.concatenate([c[i] for c in chunks]) for i in range(7)]
+    bar.update(1)
+    bar.close()
     return GaussianScene.from_colors(cat[0].astype(np.float32), cat[1].astype(np.float32),
                                      cat[2].astype(np.float32), cat[3].astype(np.float32), cat[4].astype(np.float32),
                                      cat[5].astype(np.uint8), cat[6].astype(np.int32))

@@ -142,7 +142,7 @@ def _street_visible(means: np.ndarray, normals: np.ndarray, labels: np.ndarray, 
 
 
 def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout, *, appearance: str = "textured",
-                           sky: bool = False) -> GaussianScene:
+                           sky: bool = False, progress: bool = False) -> GaussianScene:
     """The appearance Gaussians of an occupancy grid.
 
     Args:
@@ -150,6 +150,7 @@ def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout, *, appearance: 
         layout: the layout it came from (style and seed for appearance).
         appearance: "textured" (photographs on surfaces, shadows) or "legacy" (builder version 2's voxel faces).
         sky: textured only: add the sky dome (label SKY).
+        progress: textured only: a progress bar over the building phases.
     Returns:
         GaussianScene (SH degree 0) with labels and instance ids set.
     """
@@ -158,7 +159,7 @@ def occupancy_to_gaussians(occupancy: Occupancy, layout: Layout, *, appearance: 
     if appearance == "textured":
         from neural_sensor.scene.surfaces import surface_gaussians
 
-        return surface_gaussians(occupancy, layout, sky=sky)
+        return surface_gaussians(occupancy, layout, sky=sky, progress=progress)
     if sky:
         raise ValueError("occupancy_to_gaussians: the legacy appearance has no sky dome (sky=True)")
     return _legacy_gaussians(occupancy, layout)
