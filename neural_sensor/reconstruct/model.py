@@ -199,9 +199,9 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
         model: a ReconNet.
         images: [V, H, W, 3] float RGB in [0, 1]; H, W divisible by 4.
         cameras: V Cameras (the images' poses and intrinsics).
-        merge: drop near-duplicates across views: one Gaussian (the most opaque) per merge_cell_m cube
-            (None: 0.25 m for "carve", FusionConfig's default, measured as good with 18 % fewer Gaussians than
-            0.15 m; 0.15 m for "merge", as before).
+        merge: drop near-duplicates across views: one Gaussian (the most opaque) per merge_cell_m cube.
+        merge_cell_m: that cube's edge; None: 0.25 m for "carve" (FusionConfig's default, measured as good as
+            0.15 m with 18 % fewer Gaussians), 0.15 m for "merge" (as before).
         min_opacity: Gaussians fainter than this are dropped.
         fusion: "carve" (the default: cross-view free-space carving, then the merge and the Gaussian
             budget of `fusion_config`, see neural_sensor/reconstruct/fuse.py) or "merge" (the merge alone,
@@ -214,7 +214,7 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
     per_view, depths = predict_views(model, images, cameras)
     config = fusion_config or FusionConfig()
     if fusion == "merge":
-        config = replace(config, carve_views=0, min_consistent=0, budget=0)
+        config = replace(config, carve_views=0, hidden_views=0, min_consistent=0, budget=0)
     if merge_cell_m is None:
         merge_cell_m = LEGACY_MERGE_CELL_M if fusion == "merge" else config.merge_cell_m
     config = replace(config, merge_cell_m=merge_cell_m if merge else 0.0, min_opacity=min_opacity)
