@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shifts", default="0,1,2,3", help="lateral shifts to the left of the path, metres")
     parser.add_argument("--width", type=int, default=480)
     parser.add_argument("--height", type=int, default=270)
-    parser.add_argument("--variants", default="merge,carve", help="fusion variants, comma-free list split on ' '; "
+    parser.add_argument("--variants", default="merge,carve", help="fusion variants, separated by spaces; "
                         "see the module docstring")
     parser.add_argument("--refine", type=int, default=0, help="test-time refinement steps on the last variant (0: off)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -231,8 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"demo street: {result['demo_street']}", file=sys.stderr, flush=True)
     result["per_shift"] = aggregate(rows, ("variant", "shift_m"))
     result["per_camera_shift"] = aggregate(rows, ("variant", "camera", "shift_m"))
+
+    def seconds(info: dict) -> float:
+        return info.get("fusion_s", info.get("refine_s", 0.0))
+
     result["counts"] = {name: {"gaussians_median": statistics.median(f["variants"][name]["gaussians"] for f in facts),
-                               "fusion_s_median": statistics.median(f["variants"][name].get("fusion_s", f["variants"][name].get("refine_s", 0.0)) for f in facts)}
+                               "fusion_s_median": statistics.median(seconds(f["variants"][name]) for f in facts)}
                         for name in facts[0]["variants"]}
     parts = []
     for name in facts[0]["variants"]:

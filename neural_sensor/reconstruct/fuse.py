@@ -71,7 +71,8 @@ class FusionConfig:
             raise ValueError(f"FusionConfig: tolerances must be in [0, 1), got carve_tol={self.carve_tol}, "
                              f"consistent_tol={self.consistent_tol}")
         if min(self.carve_views, self.carve_unanimous, self.hidden_views, self.min_consistent, self.budget) < 0:
-            raise ValueError("FusionConfig: carve_views, carve_unanimous, hidden_views, min_consistent and budget must be >= 0")
+            raise ValueError("FusionConfig: carve_views, carve_unanimous, hidden_views, min_consistent and budget "
+                             "must be >= 0")
         if not 0.0 <= self.inconsistent_opacity <= 1.0:
             raise ValueError(f"FusionConfig: inconsistent_opacity must be in [0, 1], got {self.inconsistent_opacity}")
         if self.merge_cell_m < 0 or self.neighbour_radius_m <= 0:
@@ -157,7 +158,8 @@ def _check_counts_inputs(points, world_to_camera, intrinsics, depths, neighbours
 
 
 def cross_view_counts(points: np.ndarray, world_to_camera: np.ndarray, intrinsics: np.ndarray, depths: np.ndarray,
-                      neighbours: np.ndarray, carve_tol: float, consistent_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      neighbours: np.ndarray, carve_tol: float,
+                      consistent_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every view's points: how many neighbouring views see through them, agree with them, see them at all.
 
     Args:
@@ -177,7 +179,8 @@ def cross_view_counts(points: np.ndarray, world_to_camera: np.ndarray, intrinsic
 
 
 def _cross_view_counts(points: np.ndarray, world_to_camera: np.ndarray, intrinsics: np.ndarray, depths: np.ndarray,
-                       neighbours: np.ndarray, carve_tol: float, consistent_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       neighbours: np.ndarray, carve_tol: float,
+                      consistent_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference twin of `cross_view_counts`: plain numpy, one vectorised pass per (view, neighbour) pair."""
     _check_counts_inputs(points, world_to_camera, intrinsics, depths, neighbours)
     v_count, n_points = points.shape[:2]
@@ -205,7 +208,8 @@ def _cross_view_counts(points: np.ndarray, world_to_camera: np.ndarray, intrinsi
             c0 = np.clip(np.floor(u - 0.5).astype(np.int64), 0, width - 1)
             r0 = np.clip(np.floor(v - 0.5).astype(np.int64), 0, height - 1)
             c1, r1 = np.minimum(c0 + 1, width - 1), np.minimum(r0 + 1, height - 1)
-            four = np.stack([depths[j, r0, c0], depths[j, r0, c1], depths[j, r1, c0], depths[j, r1, c1]]).astype(np.float64)
+            four = np.stack([depths[j, r0, c0], depths[j, r0, c1], depths[j, r1, c0], depths[j, r1, c1]])
+            four = four.astype(np.float64)
             through = z < (1.0 - carve_tol) * four.min(axis=0)
             agree = ~through & (np.abs(z[None] - four) <= consistent_tol * four).any(axis=0)
             seen_through[i, idx] += through
