@@ -205,7 +205,7 @@ def _ground(parts: _Parts, layout: Layout, occupancy: Occupancy, library: Textur
                 for ref in refs:
                     d, arc, sign = _segment_distances(xy[side], ref, reach_m=30.0)
                     closer = d < best
-                    best[closer], u[closer], v[closer] = d[closer], arc[closer], (d * sign)[closer]
+                    best[closer], u[closer], v[closer] = d[closer], arc[closer], d[closer] * sign[closer]
                 albedo[side] = sidewalk_tex.sample(u, v, spacing) * (0.85 + 0.2 * wear[side])
                 if layout.style.palette == "wet":
                     albedo[side] *= 0.7
