@@ -225,13 +225,7 @@ def _markings(parts: _Parts, layout: Layout, occupancy: Occupancy) -> None:
     for i, lane in enumerate(layout.lanes):
         for side in (1, -1):
             boundary = _offset_polyline(lane.centre_m, side * lane.width_m / 2)
-            seg = np.diff(boundary, axis=0)
-            seg_len = np.linalg.norm(seg, axis=1)
-            cum = np.concatenate([[0.0], np.cumsum(seg_len)])
-            s = np.arange(0.5 * step, cum[-1], step)
-            j = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1)
-            pts = boundary[j] + ((s - cum[j]) / seg_len[j])[:, None] * seg[j]
-            tangent = seg[j] / seg_len[j][:, None]
+            s, pts, tangent = _resample(boundary, step)
             # shared with another lane? then only the lower-numbered lane draws it
             shared = np.zeros(len(pts), bool)
             shared_by_lower = np.zeros(len(pts), bool)
@@ -287,17 +281,22 @@ def _markings(parts: _Parts, layout: Layout, occupancy: Occupancy) -> None:
                   np.broadcast_to(albedo, (len(xy), 3)), L.ROAD_LINE, 0, (0.0, 0.0, 1.0), opacity=0.97)
 
 
+def _resample(polyline: np.ndarray, step_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points every step_m along a polyline [P, 2] (the first half a step in): arc lengths [M], points [M, 2],
+    unit tangents [M, 2]."""
+    seg = np.diff(polyline, axis=0)
+    seg_len = np.linalg.norm(seg, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    s = np.arange(0.5 * step_m, cum[-1], step_m)
+    j = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1)
+    return s, polyline[j] + ((s - cum[j]) / seg_len[j])[:, None] * seg[j], seg[j] / seg_len[j][:, None]
+
+
 def _kerbs(parts: _Parts, layout: Layout, occupancy: Occupancy, library: TextureLibrary) -> None:
     kerb = library.choose("kerb", 3, layout.style.seed)
     step = 0.15
     for edge in layout.road_edges:
-        seg = np.diff(edge, axis=0)
-        seg_len = np.linalg.norm(seg, axis=1)
-        cum = np.concatenate([[0.0], np.cumsum(seg_len)])
-        s = np.arange(0.5 * step, cum[-1], step)
-        j = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1)
-        pts = edge[j] + ((s - cum[j]) / seg_len[j])[:, None] * seg[j]
-        t = seg[j] / seg_len[j][:, None]
+        s, pts, t = _resample(edge, step)
         n = np.stack([-t[:, 1], t[:, 0]], 1)
         left, _ = _surface_labels(layout, pts + 0.3 * n, occupancy.voxel_m)
         right, _ = _surface_labels(layout, pts - 0.3 * n, occupancy.voxel_m)
