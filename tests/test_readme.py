@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,9 +62,23 @@ def test_readme_block_runs(tmp_path, line, lang, code):
         if installs and os.environ.get("CI") != "true":
             pytest.skip("installs the package and writes out/ in the repository: run in CI only (CI=true)")
         cmd, cwd = ["bash", "-euo", "pipefail", "-c", code], ROOT if installs else tmp_path
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (f"README block at line {line} ({lang}) failed with exit code "
-                                    f"{result.returncode}:\n{code}\n--- stderr ---\n{result.stderr[-3000:]}")
+    # its own process group: whatever the block leaves running (a server it forgot to stop) is killed, and
+    # cannot hold the output pipes open past the block
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"README block at line {line} ({lang}) ran past 900 s:\n{code}\n{stderr[-3000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, (f"README block at line {line} ({lang}) failed with exit code "
+                                  f"{proc.returncode}:\n{code}\n--- stderr ---\n{stderr[-3000:]}")
 
 
 def test_the_readme_test_command_is_what_ci_runs():
