@@ -264,7 +264,7 @@ def demo_street(model: ReconNet, variants, cache: Path) -> dict:
     scenario = make_scenario(0)
     layout = scenario.layout
     world, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache)
-    path = Polyline(layout.lanes[scenario.recorded_lane].travel_polyline())
+    path = Polyline(scenario.recorded_path_xy_m)
     t0 = time.perf_counter()
     images, cameras = record_drive(layout, path, world)
     out = {"layout": layout.name, "views": len(cameras), "record_s": round(time.perf_counter() - t0, 2)}

@@ -34,6 +34,11 @@ class Scenario:
     recorded_lane: int = 0  # the lane the scene was "recorded" along (off-trajectory is measured from it)
     voxel_m: float = 0.3
 
+    @property
+    def recorded_path_xy_m(self) -> np.ndarray:
+        """[P, 2] the recorded lane's centre line in its direction of travel (where the drive was recorded)."""
+        return self.layout.lanes[self.recorded_lane].travel_polyline()
+
 
 def lane_change_route(layout: Layout, lane: int, start_s_m: float, change_at_s_m: float,
                       offset_m: float, length_m: float, change_len_m: float = 20.0) -> np.ndarray:
@@ -91,7 +96,7 @@ class CriteriaState:
 
     def __post_init__(self) -> None:
         self.route = Path(self.scenario.route_xy_m)
-        self.recorded = Path(self.scenario.layout.lanes[self.scenario.recorded_lane].travel_polyline())
+        self.recorded = Path(self.scenario.recorded_path_xy_m)
 
     def update(self, snapshot: WorldSnapshot) -> None:
         ego = snapshot.ego

@@ -206,9 +206,8 @@ def _record_drive(args: argparse.Namespace) -> dict:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be a positive number of pixels, got {getattr(args, name)}")
     scenario = load_scenario(args.scenario, args.seed)
-    recorded = scenario.layout.lanes[scenario.recorded_lane].travel_polyline()
     start = time.perf_counter()
-    summary = record_drive(scenario.layout, recorded, args.out, step_m=args.step, width=args.width,
+    summary = record_drive(scenario.layout, scenario.recorded_path_xy_m, args.out, step_m=args.step, width=args.width,
                            height=args.height, voxel_m=scenario.voxel_m, speed_mps=args.speed, cache_dir=args.cache,
                            progress=True)
     return {"scenario": scenario.name, "seed": args.seed, **summary, "wall_s": round(time.perf_counter() - start, 2)}

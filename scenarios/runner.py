@@ -296,8 +296,8 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
-            recorded = scenario.layout.lanes[scenario.recorded_lane].travel_polyline()
-            scene, scene_meta = reconstructed_scene(scenario.layout, recorded, voxel_m=scenario.voxel_m,
+            scene, scene_meta = reconstructed_scene(scenario.layout, scenario.recorded_path_xy_m,
+                                                    voxel_m=scenario.voxel_m,
                                                     cache_dir=options.cache_dir, progress=options.progress)
         elif scene_kind == "log":
             from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
@@ -339,8 +339,7 @@ def _connect_enhancer(options: RunOptions):
     from neural_sensor.enhance.client import EnhancerClient
     from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server, stop_server
 
-    _check_enhancer_options(options)
-    server = client = None
+    server = client = None  # the options were checked by _check_enhancer_options before anything started
     try:
         endpoint = options.enhancer
         if endpoint == "local":
