@@ -57,13 +57,12 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
 from neural_sensor.render import render
-from neural_sensor.rig import nuscenes_like_rig
+from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import TEMPLATES, Layout
 from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
-from neural_sensor.world import pose_from_xyz_yaw
 
 VOXEL_M = 0.3  # the runner's (Scenario.voxel_m default): both the ground truth and the recorded drive use it
 END_MARGIN_M = 10.0  # clips keep this far from either end of the recorded path
@@ -110,10 +109,7 @@ def clip_starts(path_length_m: float, clips: int, ticks: int, tick_m: float) -> 
 
 def rig_cameras(specs, path: Polyline, s_m: float, left_m: float) -> list[Camera]:
     """The rig's cameras with the ego at arc length s_m of the path, shifted left_m to its left (as the rig poses them)."""
-    xy, heading = path.at(s_m)
-    xy = xy + left_m * np.array([-math.sin(heading), math.cos(heading)])
-    ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
-    return [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego) for spec in specs]
+    return rig_cameras_on_path(specs, path, s_m, left_m)
 
 
 def enhance_tick(client, sensor_ids, rgb, depth, alpha) -> np.ndarray:

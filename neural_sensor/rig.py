@@ -93,6 +93,17 @@ def nuscenes_like_rig(width: int = 480, height: int = 270) -> list[SensorSpec]:
             for name, x, y, z, yaw, fov in NUSCENES_LIKE_RIG]
 
 
+def rig_cameras_on_path(specs: Sequence["SensorSpec"], path, s_m: float, left_m: float = 0.0) -> list[Camera]:
+    """The rig's Cameras with the ego at arc length s_m of `path` (a scene.path.Path, world FLU metres, ego at
+    z = 0 heading along it), moved left_m to its left: how a recorded drive and its off-path checks pose the rig."""
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    xy, heading = path.at(float(s_m))
+    xy = np.asarray(xy, dtype=np.float64) + left_m * np.array([-math.sin(heading), math.cos(heading)])
+    ego = pose_from_xyz_yaw(xy[0], xy[1], 0.0, heading)
+    return [Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego @ spec.pose_camera_to_ego) for spec in specs]
+
+
 @dataclass
 class SensorFrame:
     """One camera's output for one tick."""

@@ -1,0 +1,286 @@
+"""Train the enhancer in the run's regime, so that it never harms: reconstruction renders AND clean renders.
+
+Data (what a run feeds the enhancer): for each training world (seeds 0..9999, the
+layouts of `synthetic.world_layout`, built by the textured builder at the runner's voxel
+size) the drive along its recorded lane is reconstructed exactly as `--scene
+reconstruction` does (`reconstructed_scene`: drive log every 4 m, six cameras, the
+shipped reconstructor, cached), and the six-camera rig renders it at 480x270 at random
+stations of the drive, on the recorded path or shifted 0.5-3 m to its left. Each frame
+keeps the raw render (rgb, depth, alpha) and the builder's render at the same pose
+(rgb, depth, alpha). Frames are stored per world under `--data` (a folder per
+reconstructor checkpoint hash and data version; existing worlds are reused, so
+generation resumes).
+
+Training: random crops; a fraction `identity_fraction` of the samples feed the CLEAN
+render (with its own depth and alpha) and ask for itself back, so that a sharp input
+passes through unchanged; the rest map the reconstruction's render to the ground truth.
+Loss = L1 + ssim_weight (1 - SSIM) + perceptual_weight x the VGG16 perceptual distance
+(`neural_sensor.perceptual`, approximates LPIPS; on a 64 px square of half the batch every
+second step, because the VGG16 pass costs ten times the enhancer's on a CPU). Adam, cosine schedule, random flips.
+Progress bar; checkpoint + optimiser state every `save_every` steps; `--resume`
+continues. Held-out worlds (seeds from HELDOUT_FIRST_SEED + 300, clear of the run-regime
+benchmark's) are evaluated every `eval_every` steps: PSNR raw vs enhanced, and a clean
+render through the enhancer against itself.
+
+    python -m neural_sensor.train.train_enhancer_run --worlds 24 --steps 2000 --out checkpoints/enhancer-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from neural_sensor.enhance.model import Enhancer, EnhancerConfig
+from neural_sensor.metrics import psnr
+from neural_sensor.train.losses import ssim_map_torch
+from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
+
+DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
+RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
+VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
+SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
+END_MARGIN_M = 10.0
+EVAL_SEEDS = range(HELDOUT_FIRST_SEED + 300, HELDOUT_FIRST_SEED + 302)
+RUN_ENHANCER = EnhancerConfig(model_name="enhancer-run", unshuffle=4, block_out_channels=(16, 32, 64))
+
+
+@dataclass
+class RunEnhancerTrainConfig:
+    """Training run settings (stored with the checkpoint)."""
+
+    steps: int = 2000
+    batch: int = 8
+    crop: tuple[int, int] = (128, 224)  # (height, width) of the training crops; multiples of 16
+    lr: float = 1e-3
+    identity_fraction: float = 0.35  # samples whose input is the clean render and target itself
+    ssim_weight: float = 0.1
+    perceptual_weight: float = 0.1
+    perceptual_every: int = 2  # the VGG16 term (costly on a CPU): every Nth step (weighted x N), on a
+    perceptual_crop: int = 64  # random square of this side from the first half of the batch
+    worlds: int = 24
+    ticks_per_world: int = 4  # rig poses per world (6 frames each)
+    eval_every: int = 250
+    save_every: int = 100
+    seed: int = 0
+
+
+def recorded_lane(layout) -> np.ndarray:
+    """[P, 2] the drive a world's log records: its first lane in the travel direction (as the runner's scenarios)."""
+    return next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline()
+
+
+def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
+                 cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Frames of one world in the run's regime (see the module docstring); deterministic per seed.
+
+    Returns uint8 rgb / truth [F, H, W, 3], float16 depth / truth_depth [F, H, W] (metres), uint8 alpha /
+    truth_alpha [F, H, W] (x 255) and float32 shift_m [F], for F = ticks x 6 frames at 480x270.
+    """
+    from neural_sensor.reconstruct.drive import reconstructed_scene
+    from neural_sensor.render import render
+    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.path import Path as Polyline
+    from neural_sensor.scene.to_gaussians import sky_rgb
+
+    check_split(seed, split)
+    layout = world_layout(seed)
+    lane = recorded_lane(layout)
+    path = Polyline(lane)
+    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    background = sky_rgb(layout.style)
+    specs = nuscenes_like_rig(*RUN_SIZE)
+    rng = np.random.default_rng(seed + 4242)
+    out: dict[str, list] = {k: [] for k in ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha", "shift_m")}
+    for _ in range(ticks):
+        s_m = float(rng.uniform(END_MARGIN_M, max(END_MARGIN_M + 1e-3, path.length_m - END_MARGIN_M)))
+        shift = float(rng.choice(SHIFTS_M))
+        cams = rig_cameras_on_path(specs, path, s_m, shift)
+        raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+        gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+        out["rgb"].append(_u8(raw.rgb))
+        out["depth"].append(raw.depth.astype(np.float16))
+        out["alpha"].append(_u8(raw.alpha))
+        out["truth"].append(_u8(gt.rgb))
+        out["truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
+        out["truth_alpha"].append(_u8(gt.alpha))
+        out["shift_m"].append(np.full(len(cams), shift, np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _world_file(folder: Path, seed: int, split: str, ticks: int, recon_folder: Path,
+                cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """One world's frames from `folder` if written before (with as many ticks), else made and written atomically."""
+    path = folder / f"world-{seed}-t{ticks}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return dict(data)
+        except (OSError, ValueError, EOFError):
+            path.unlink()  # damaged by an interrupted run: make it again
+    frames = world_frames(seed, split, ticks, recon_folder, cache_dir)
+    tmp = folder / f".world-{seed}.{os.getpid()}.npz"
+    np.savez(tmp, **frames)
+    tmp.replace(path)
+    return frames
+
+
+def data_folder(data_root: Path, recon_folder: Path) -> Path:
+    """Where the frames made with the reconstructor at `recon_folder` live."""
+    from neural_sensor.reconstruct.model import checkpoint_hash
+
+    return Path(data_root) / f"{checkpoint_hash(recon_folder)}-{DATA_VERSION}"
+
+
+def load_frames(data_root: Path, recon_folder: Path, seeds, split: str, ticks: int,
+                cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Frames of `seeds`, made where missing (progress bar over worlds)."""
+    folder = data_folder(data_root, recon_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [_world_file(folder, seed, split, ticks, recon_folder, cache_dir)
+              for seed in tqdm(list(seeds), desc=f"enhancer frames ({split})", unit="world")]
+    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+
+
+def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
+                 identity_fraction: float):
+    """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], identity [B] bool): random crops,
+    flips, and a fraction of clean-render identity samples."""
+    n, height, width = frames["rgb"].shape[:3]
+    ch, cw = crop
+    assert ch <= height and cw <= width, (crop, height, width)
+    idx = rng.integers(n, size=batch)
+    ys, xs = rng.integers(0, height - ch + 1, size=batch), rng.integers(0, width - cw + 1, size=batch)
+    identity = rng.random(batch) < identity_fraction
+    flip = rng.random(batch) < 0.5
+    rgb, depth, alpha, target = [], [], [], []
+    for i, y, x, ident, fl in zip(idx, ys, xs, identity, flip):
+        win = (slice(y, y + ch), slice(x, x + cw))
+        src = ("truth", "truth_depth", "truth_alpha") if ident else ("rgb", "depth", "alpha")
+        parts = [frames[src[0]][i][win], frames[src[1]][i][win], frames[src[2]][i][win], frames["truth"][i][win]]
+        if fl:
+            parts = [p[:, ::-1] for p in parts]
+        rgb.append(parts[0]), depth.append(parts[1]), alpha.append(parts[2]), target.append(parts[3])
+
+    def images(items):
+        return torch.from_numpy(np.stack(items).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+    return (images(rgb), torch.from_numpy(np.stack(depth).astype(np.float32)),
+            torch.from_numpy(np.stack(alpha).astype(np.float32) / 255.0), images(target), torch.from_numpy(identity))
+
+
+@torch.no_grad()
+def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
+    """Mean PSNR over held-out frames: raw and enhanced reconstruction renders against ground truth, and a clean
+    render through the enhancer against itself."""
+    f32 = {k: frames[k].astype(np.float32) for k in ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")}
+    for k in ("rgb", "alpha", "truth", "truth_alpha"):
+        f32[k] /= 255.0
+    enhanced = model.enhance(f32["rgb"], f32["depth"], f32["alpha"])
+    passthrough = model.enhance(f32["truth"], f32["truth_depth"], f32["truth_alpha"])
+    truth = f32["truth"]
+    return {"raw_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(f32["rgb"], truth)])), 3),
+            "enhanced_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(enhanced, truth)])), 3),
+            "passthrough_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(passthrough, truth)])), 3)}
+
+
+def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_folder: Path, resume: bool = False,
+          cache_dir: Path | None = None) -> dict:
+    from neural_sensor.perceptual import perceptual_distance_torch
+
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    frames = load_frames(data_root, recon_folder, range(config.worlds), "train", config.ticks_per_world, cache_dir)
+    eval_frames = load_frames(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
+    model, optimiser, step, history = start_or_resume(
+        out, resume, lambda: Enhancer(EnhancerConfig(**asdict(RUN_ENHANCER))), Enhancer.from_pretrained,
+        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
+    rng = np.random.default_rng(config.seed + step)
+    start = time.perf_counter()
+    if step == 0:
+        record = {"step": 0, "heldout": evaluate(model, eval_frames)}
+        history.append(record)
+        tqdm.write(json.dumps(record))
+    bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
+    while step < config.steps:
+        model.train()
+        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        rgb, depth, alpha, target, identity = sample_batch(frames, rng, config.batch, config.crop,
+                                                           config.identity_fraction)
+        pred = model(rgb, depth, alpha)
+        l1 = (pred - target).abs().mean()
+        loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
+        loss = l1 + config.ssim_weight * loss_ssim
+        loss_perceptual = None
+        if config.perceptual_weight > 0 and step % config.perceptual_every == 0:
+            c = config.perceptual_crop
+            y0, x0 = (int(rng.integers(0, n - c + 1)) for n in config.crop)
+            half = max(1, config.batch // 2)
+            window = (slice(0, half), slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
+            loss_perceptual = perceptual_distance_torch(pred[window].clamp(0, 1), target[window]).mean()
+            loss = loss + config.perceptual_every * config.perceptual_weight * loss_perceptual
+        apply_gradients(model, optimiser, loss)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.4f}")
+        record = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5),
+                  "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
+        if loss_perceptual is not None:
+            record["perceptual"] = round(loss_perceptual.item(), 5)
+        if step % config.eval_every == 0 or step == config.steps:
+            record["heldout"] = evaluate(model, eval_frames)
+            tqdm.write(json.dumps(record))
+        history.append(record)
+        if step % config.save_every == 0 or step == config.steps:
+            save_checkpoint(out, model, optimiser, step, history)
+    bar.close()
+    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
+               "final": history[-1] if history else {}, "config": asdict(config),
+               "frames": int(len(frames["rgb"])), "reconstructor": str(recon_folder)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def main() -> None:
+    from neural_sensor.checkpoints import default_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--worlds", type=int, default=24, help="training worlds, seeds 0..N-1")
+    parser.add_argument("--ticks", type=int, default=4, help="rig poses per world")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, default=Path("checkpoints/enhancer-run"))
+    parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "neural-sensor" / "enhancer-run-data")
+    parser.add_argument("--reconstructor", type=Path, default=default_checkpoint("reconstructor-small"))
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
+    args = parser.parse_args()
+    config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr)
+    if args.data_only:
+        load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
+        load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
+        return
+    summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
+    print(json.dumps(summary["final"]))
+
+
+if __name__ == "__main__":
+    main()

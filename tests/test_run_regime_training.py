@@ -1,0 +1,70 @@
+"""The run-regime training scripts (enhancer and reconstructor): batches, checkpoints, resume (tiny runs)."""
+
+import json
+
+import numpy as np
+
+from neural_sensor.enhance.model import Enhancer
+from neural_sensor.reconstruct.model import ReconNet
+from neural_sensor.train import train_enhancer_run, train_reconstructor_run
+
+
+def _fake_frames(seed, split, ticks, recon_folder, cache_dir=None):
+    rng = np.random.default_rng(seed)
+    n, h, w = 6 * ticks, 80, 112
+    truth = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    blurred = ((truth.astype(np.int32) + np.roll(truth, 1, axis=2)) // 2).astype(np.uint8)
+    return {"rgb": blurred, "depth": np.full((n, h, w), 12.0, np.float16), "alpha": np.full((n, h, w), 255, np.uint8),
+            "truth": truth, "truth_depth": np.full((n, h, w), 12.0, np.float16),
+            "truth_alpha": np.full((n, h, w), 255, np.uint8), "shift_m": np.zeros(n, np.float32)}
+
+
+def test_identity_samples_ask_for_their_own_input_back():
+    frames = _fake_frames(0, "train", 1, None)
+    rng = np.random.default_rng(0)
+    rgb, depth, alpha, target, identity = train_enhancer_run.sample_batch(frames, rng, 4, (48, 64), 1.0)
+    assert identity.all() and rgb.shape == (4, 3, 48, 64) and depth.shape == alpha.shape == (4, 48, 64)
+    assert np.array_equal(rgb.numpy(), target.numpy())
+    rgb, _, _, target, identity = train_enhancer_run.sample_batch(frames, rng, 4, (48, 64), 0.0)
+    assert not identity.any() and not np.array_equal(rgb.numpy(), target.numpy())
+
+
+def test_run_enhancer_training_checkpoints_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
+    monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
+    config = train_enhancer_run.RunEnhancerTrainConfig(steps=2, batch=2, crop=(64, 96), worlds=2, ticks_per_world=1,
+                                                       eval_every=2, save_every=2, perceptual_crop=32)
+    out, data = tmp_path / "enh", tmp_path / "data"
+    recon = train_enhancer_run.Path("checkpoints/reconstructor-small")
+    summary = train_enhancer_run.train(config, out, data, recon)
+    assert summary["steps"] == 2 and summary["frames"] == 12
+    assert len(list(data.glob("*/world-*.npz"))) == 3  # two training worlds and one held-out, stored per world
+    heldout = summary["final"]["heldout"]
+    assert np.isfinite(heldout["raw_psnr"]) and np.isfinite(heldout["enhanced_psnr"])
+    config.steps = 3
+    train_enhancer_run.train(config, out, data, recon, resume=True)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    assert "perceptual" in history[1] and "perceptual" not in history[2]  # the VGG16 term every second step
+    model = Enhancer.from_pretrained(out)
+    assert model.config.unshuffle == 4 and model.config.model_name == "enhancer-run"
+
+
+def test_run_reconstructor_training_fine_tunes_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
+    config = train_reconstructor_run.RunReconTrainConfig(steps=2, worlds=1, targets=2, eval_every=2, save_every=1)
+    out = tmp_path / "recon"
+    init = train_reconstructor_run.Path("checkpoints/reconstructor-small")
+    summary = train_reconstructor_run.train(config, out, tmp_path / "data", init=init)
+    assert summary["steps"] == 2
+    heldout = summary["final"]["heldout"]
+    assert np.isfinite(heldout["target_psnr"]) and 0 < heldout["view_depth_abs_rel"] < 10
+    world = train_reconstructor_run.load_world(tmp_path / "data", 0, "train", 2, config.size)
+    assert world["rgb"].shape[0] % 6 == 0 and world["target_rgb"].shape == (4, 96, 160, 3)
+    assert world["sky"].any() and (world["depth"][~world["sky"]] > 0).all()
+    config.steps = 3
+    train_reconstructor_run.train(config, out, tmp_path / "data", init=init, resume=True)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    before, after = ReconNet.from_pretrained(init).state_dict(), ReconNet.from_pretrained(out).state_dict()
+    assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
