@@ -38,14 +38,14 @@ DEFAULT_CHECKPOINT = default_checkpoint("reconstructor-small")
 
 
 def reconstruction_code_hash() -> str:
-    """sha256 of the reconstruction's code (reconstruct/model.py and fuse.py): part of every reconstruction's
+    """sha256 of the reconstruction's code (reconstruct/model.py, fuse.py and sky.py): part of every reconstruction's
     cache key, so a change to the network's use or the fusion never serves a scene the old code made."""
     import hashlib
 
     from neural_sensor.reconstruct import model
 
     digest = hashlib.sha256()
-    for path in (Path(model.__file__), Path(model.__file__).with_name("fuse.py")):
+    for path in [Path(model.__file__)] + [Path(model.__file__).with_name(n) for n in ("fuse.py", "sky.py")]:
         if path.exists():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

@@ -25,10 +25,13 @@ from torch import nn
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
+from neural_sensor.labels import CityObjectLabel
 from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
+from neural_sensor.reconstruct.sky import SKY_DEPTH_M, fit_sky_dome
 from neural_sensor.sh import SH_C0
 
 NUM_CLASSES = 29  # CARLA CityObjectLabel ids 0..28
+SKY = int(CityObjectLabel.SKY)
 
 
 @dataclass
@@ -40,6 +43,9 @@ class ReconConfig:
     min_depth_m: float = 1.0
     max_depth_m: float = 80.0
     num_classes: int = NUM_CLASSES
+    # the semantic head's SKY logit was trained against the ground-truth sky: reconstruct() then draws the sky as a
+    # fitted far dome (neural_sensor/reconstruct/sky.py) instead of Gaussians at a predicted depth
+    sky_head: bool = False
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -173,6 +179,7 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
     Returns:
         (per_view, depths): per_view holds V * h * w Gaussians (h, w = H / 2, W / 2), view-major and row-major
         over each view's pixels, as `fuse.fuse_views` takes them; depths [V, h, w] float32 metres (camera z).
+        With `config.sky_head`, the Gaussians of sky pixels carry the label SKY (CityObjectLabel).
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] != 3 or len(cameras) != images.shape[0]:
@@ -184,9 +191,13 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(cameras, h, w)
     means, quats, scales, opac, sh, sem = (t.numpy() for t in gaussians_from_prediction(pred, poses, K))
+    labels = sem.argmax(axis=1).astype(np.uint8)
+    if model.config.sky_head:  # the SKY logit alone decides sky (the other classes' logits are not trained)
+        sky = sem[:, SKY] > 0.0
+        labels = np.where(sky, SKY, np.where(labels == SKY, 0, labels)).astype(np.uint8)
     per_view = GaussianScene(means.astype(np.float32), quats.astype(np.float32),
                              np.maximum(scales, 1e-5).astype(np.float32), np.clip(opac, 0, 1).astype(np.float32),
-                             sh.astype(np.float32), sem.argmax(axis=1).astype(np.uint8))
+                             sh.astype(np.float32), labels)
     return per_view, pred["depth"].numpy().astype(np.float32)
 
 
@@ -212,13 +223,22 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
     if fusion not in FUSIONS:
         raise ValueError(f"reconstruct: fusion must be one of {FUSIONS}, got {fusion!r}")
     per_view, depths = predict_views(model, images, cameras)
+    dome = None
+    if model.config.sky_head:
+        sky = (per_view.labels == SKY).reshape(depths.shape)
+        v, h, w = depths.shape
+        half = np.asarray(images, np.float32)[:, :2 * h, :2 * w].reshape(v, h, 2, w, 2, 3).mean(axis=(2, 4))
+        dome = fit_sky_dome(half, sky, cameras)
+        per_view = per_view.replace(opacities=np.where(sky.reshape(-1), 0.0, per_view.opacities).astype(np.float32))
+        depths = np.where(sky, SKY_DEPTH_M, depths).astype(np.float32)
     config = fusion_config or FusionConfig()
     if fusion == "merge":
         config = replace(config, carve_views=0, hidden_views=0, min_consistent=0, budget=0)
     if merge_cell_m is None:
         merge_cell_m = LEGACY_MERGE_CELL_M if fusion == "merge" else config.merge_cell_m
     config = replace(config, merge_cell_m=merge_cell_m if merge else 0.0, min_opacity=min_opacity)
-    return fuse_views(per_view, depths, cameras, config)
+    fused = fuse_views(per_view, depths, cameras, config)
+    return fused if dome is None else GaussianScene.concat([fused, dome])
 
 
 def checkpoint_hash(folder: str | Path) -> str:

@@ -184,12 +184,13 @@ def shade(albedo: np.ndarray, normals: np.ndarray, palette: Palette, visibility:
     return np.clip(albedo * np.clip(light * EXPOSURE, 0.0, 1.6) ** (1 / 2.2), 0.0, 1.0)
 
 
-def sky_dome(palette: Palette, centre_xy: np.ndarray, *, rings: int = 14) -> dict:
-    """Gaussians of a sky hemisphere (elevation -6 to 90 degrees) around centre_xy at SKY_RADIUS_M, as arrays
-    (means, normals, scales, colors); flattened towards the centre, overlapping into a continuous sky."""
+def dome_geometry(centre_xy: np.ndarray, *, rings: int = 14) -> dict:
+    """The sky hemisphere's Gaussians without colour (elevation -6 to 90 degrees around centre_xy at SKY_RADIUS_M,
+    flattened towards the centre, overlapping into a continuous sky): means [M, 3], normals [M, 3] (towards the
+    centre), scales [M, 3] and quats [M, 4] (w, x, y, z; the flat axis along the normal)."""
     elevations = np.linspace(math.radians(-6.0), math.radians(84.0), rings)
     step = elevations[1] - elevations[0]
-    means, normals, sizes = [], [], []
+    means, sizes = [], []
     for el in elevations:
         count = max(6, int(round(2 * math.pi * math.cos(el) / step)))
         az = np.linspace(0, 2 * math.pi, count, endpoint=False) + (0.5 * (len(means) % 2)) * 2 * math.pi / count
@@ -203,4 +204,28 @@ def sky_dome(palette: Palette, centre_xy: np.ndarray, *, rings: int = 14) -> dic
     tangent = np.maximum(arc, step) * SKY_RADIUS_M * 0.6
     scales = np.stack([tangent, np.full(len(d), step * SKY_RADIUS_M * 0.6), np.full(len(d), 2.0)], 1)
     centre = np.array([centre_xy[0], centre_xy[1], 0.0])
-    return {"means": centre + d * SKY_RADIUS_M, "normals": -d, "scales": scales, "colors": sky_colour(palette, d)}
+    normals = -d
+    az_t = np.stack([-d[:, 1], d[:, 0], np.zeros(len(d))], 1)
+    norm = np.linalg.norm(az_t, axis=1, keepdims=True)
+    az_t = np.where(norm > 1e-6, az_t / np.maximum(norm, 1e-9), [1.0, 0.0, 0.0])
+    frames = np.stack([az_t, np.cross(normals, az_t), normals], axis=2)  # columns: tangent, bitangent, normal
+    return {"means": centre + d * SKY_RADIUS_M, "normals": normals, "scales": scales,
+            "quats": rotmat_to_quat_batch(frames)}
+
+
+def rotmat_to_quat_batch(m: np.ndarray) -> np.ndarray:
+    """[M, 4] (w, x, y, z) quaternions of rotation matrices m [M, 3, 3]."""
+    assert m.ndim == 3 and m.shape[1:] == (3, 3), m.shape
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    q = np.empty((len(m), 4))
+    q[:, 0] = np.sqrt(np.clip(1.0 + tr, 0, None)) / 2
+    q[:, 1] = np.copysign(np.sqrt(np.clip(1.0 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2, m[:, 2, 1] - m[:, 1, 2])
+    q[:, 2] = np.copysign(np.sqrt(np.clip(1.0 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2, m[:, 0, 2] - m[:, 2, 0])
+    q[:, 3] = np.copysign(np.sqrt(np.clip(1.0 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2], 0, None)) / 2, m[:, 1, 0] - m[:, 0, 1])
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def sky_dome(palette: Palette, centre_xy: np.ndarray, *, rings: int = 14) -> dict:
+    """dome_geometry with the palette's sky colours (colors [M, 3])."""
+    dome = dome_geometry(centre_xy, rings=rings)
+    return {**dome, "colors": sky_colour(palette, -dome["normals"])}

@@ -52,18 +52,7 @@ MAX_SCALE_M = 1.2  # no surface Gaussian is wider than this (the sky dome except
 
 def _quats_from_frames(t: np.ndarray, b: np.ndarray, n: np.ndarray) -> np.ndarray:
     """[M, 4] (w, x, y, z) quaternions of rotations whose columns are t, b, n (each [M, 3], right-handed)."""
-    m = np.stack([t, b, n], axis=2)  # [M, 3, 3], columns
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    q = np.empty((len(m), 4))
-    w = np.sqrt(np.clip(1.0 + tr, 0, None)) / 2
-    x = np.sqrt(np.clip(1.0 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2
-    y = np.sqrt(np.clip(1.0 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2
-    z = np.sqrt(np.clip(1.0 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2], 0, None)) / 2
-    q[:, 0] = w
-    q[:, 1] = np.copysign(x, m[:, 2, 1] - m[:, 1, 2])
-    q[:, 2] = np.copysign(y, m[:, 0, 2] - m[:, 2, 0])
-    q[:, 3] = np.copysign(z, m[:, 1, 0] - m[:, 0, 1])
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+    return light.rotmat_to_quat_batch(np.stack([t, b, n], axis=2))
 
 
 def _yaw_quats(yaw: np.ndarray) -> np.ndarray:
@@ -653,13 +642,8 @@ def surface_gaussians(occupancy: Occupancy, layout: Layout, *, library: TextureL
     if sky:
         x0, y0, x1, y1 = layout.bounds_m()
         dome = light.sky_dome(palette, np.array([(x0 + x1) / 2, (y0 + y1) / 2]))
-        d = -dome["normals"]
-        az_t = np.stack([-d[:, 1], d[:, 0], np.zeros(len(d))], 1)
-        norm = np.linalg.norm(az_t, axis=1, keepdims=True)
-        az_t = np.where(norm > 1e-6, az_t / np.maximum(norm, 1e-9), [1.0, 0.0, 0.0])
-        n = dome["normals"]
-        b = np.cross(n, az_t)
-        chunks.append((dome["means"], _quats_from_frames(az_t, b, n), dome["scales"], np.full(len(d), 0.99),
+        d = dome["means"]
+        chunks.append((dome["means"], dome["quats"], dome["scales"], np.full(len(d), 0.99),
                        dome["colors"], np.full(len(d), int(L.SKY), np.uint8), np.zeros(len(d), np.int32)))
     cat = [np.concatenate([c[i] for c in chunks]) for i in range(7)]
     bar.update(1)

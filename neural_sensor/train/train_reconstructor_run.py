@@ -17,7 +17,8 @@ it (18 views) go through the network; their Gaussians are rendered (torch refere
 renderer, differentiable) at the target cameras. Loss = L1(rgb) + ssim_weight (1 - SSIM)
 + render_depth_weight L1(log depth of the render, solid pixels) + view_depth_weight
 L1(log depth of every context view's prediction against its ground truth, sky pixels at
-the network's far limit): the direct depth term is what the old training lacked
+the network's far limit) + sky_weight BCE(the semantic head's SKY logit, ground-truth sky;
+the reconstruction replaces sky pixels by a fitted sky dome): the direct depth term is what the old training lacked
 (its held-out depth AbsRel in the run regime was 0.36-0.42).
 
     python -m neural_sensor.train.train_reconstructor_run --init checkpoints/reconstructor-small \
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from neural_sensor.camera import Camera
+from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.train.losses import ssim_map_torch
@@ -64,6 +66,7 @@ class RunReconTrainConfig:
     ssim_weight: float = 0.1
     render_depth_weight: float = 0.1
     view_depth_weight: float = 0.5
+    sky_weight: float = 0.2  # BCE of the semantic head's SKY logit against the ground-truth sky (the explicit sky)
     eval_every: int = 250
     save_every: int = 100
     seed: int = 0
@@ -75,7 +78,6 @@ def _u8(x: np.ndarray) -> np.ndarray:
 
 def world_data(seed: int, split: str, targets: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """A world's recorded drive (with ground-truth depth) and its target views (see the module docstring)."""
-    from neural_sensor.labels import CityObjectLabel
     from neural_sensor.render import render
     from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
     from neural_sensor.scene.build import build_scene
@@ -169,7 +171,9 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
                           view_gt.clamp(model.config.min_depth_m, model.config.max_depth_m))
     inverse = F.avg_pool2d((1.0 / view_gt)[:, None], 2)[:, 0]  # half resolution, averaged as inverse depth
     view_depth = (torch.log(pred["depth"]) + torch.log(inverse)).abs().mean()
-    return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, "view_depth": view_depth,
+    sky_half = F.avg_pool2d(sky[:, None].float(), 2)[:, 0]  # fraction of sky in each half-resolution pixel
+    sky_term = F.binary_cross_entropy_with_logits(pred["semantic_logits"][:, CityObjectLabel.SKY], sky_half)
+    return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, "view_depth": view_depth, "sky": sky_term,
             "psnr": torch.tensor(psnr(rgb.detach().clamp(0, 1).numpy()[0], gt.numpy()[0]))}
 
 
@@ -177,16 +181,20 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
 def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -> dict:
     """Mean PSNR of the target views and mean context-view depth AbsRel (solid pixels) on held-out worlds."""
     model.eval()
-    scores, abs_rel = [], []
+    scores, abs_rel, sky_acc = [], [], []
     for world in worlds:
         for t in range(len(world["target_station"])):
             scores.append(float(step_losses(model, world, t, config)["psnr"]))
         images = torch.from_numpy(world["rgb"].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-        depth = model(images)["depth"].numpy()
+        pred = model(images)
+        depth = pred["depth"].numpy()
         gt = world["depth"].astype(np.float32)[:, ::2, ::2]
         solid = (gt > 0) & ~world["sky"][:, ::2, ::2]
         abs_rel.append(float(np.mean(np.abs(depth[solid] - gt[solid]) / gt[solid])))
-    return {"target_psnr": round(float(np.mean(scores)), 3), "view_depth_abs_rel": round(float(np.mean(abs_rel)), 4)}
+        sky_pred = pred["semantic_logits"][:, CityObjectLabel.SKY].numpy() > 0
+        sky_acc.append(float(np.mean(sky_pred == world["sky"][:, ::2, ::2])))
+    return {"target_psnr": round(float(np.mean(scores)), 3), "view_depth_abs_rel": round(float(np.mean(abs_rel)), 4),
+            "sky_accuracy": round(float(np.mean(sky_acc)), 4)}
 
 
 def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | None = None,
@@ -198,7 +206,9 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     eval_worlds = [load_world(data_root, s, "heldout", 4, config.size) for s in EVAL_SEEDS]
 
     def new_model():
-        return ReconNet.from_pretrained(init).train() if init else ReconNet(ReconConfig())
+        model = ReconNet.from_pretrained(init).train() if init else ReconNet(ReconConfig())
+        model.config.sky_head = config.sky_weight > 0  # the saved config says the SKY logit was trained
+        return model
 
     model, optimiser, step, history = start_or_resume(
         out, resume, new_model, ReconNet.from_pretrained, lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
@@ -214,7 +224,7 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         target = int(rng.integers(len(world["target_station"])))
         terms = step_losses(model, world, target, config)
         loss = (terms["l1"] + config.ssim_weight * terms["ssim"] + config.render_depth_weight * terms["render_depth"]
-                + config.view_depth_weight * terms["view_depth"])
+                + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
         apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
