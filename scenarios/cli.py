@@ -57,6 +57,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
+    parser.add_argument("--truth", action="store_true",
+                        help="also render the builder's scene of the layout (the ground truth) every tick: beside "
+                             "each camera in the video and strip, per-camera PSNR in log.jsonl and summary.json")
     parser.add_argument("--carla", default=None, metavar="HOST:PORT",
                         help="run on a CARLA server (synchronous mode) instead of the embedded simulator")
     parser.add_argument("--allow-fail", action="store_true",
@@ -148,7 +151,8 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=args.enhancer,
-                         enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint)
+                         enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
+                         truth=args.truth)
     return run_scenario(scenario, options)
 
 

@@ -10,7 +10,8 @@ place only when the run finishes, so a failed or interrupted run (an exception,
 Ctrl-C, SIGTERM) leaves nothing half-written and no temporary folder behind:
     out_dir/video.mp4       mosaic of all cameras, 20 fps (1 / dt)
     out_dir/strip.png       the cameras of the last tick, side by side
-    out_dir/log.jsonl       one JSON object per tick (poses, control, stage times, criteria)
+    out_dir/log.jsonl       one JSON object per tick (poses, control, stage times, criteria; with
+                            RunOptions.truth the per-camera PSNR against the builder's render)
     out_dir/summary.json    ticks, wall_s, ticks_per_s, median stage ms, criteria, paths
     out_dir/manifest.json   the files this run wrote
 A later run into the same folder replaces only the files named in its manifest;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -44,6 +46,7 @@ from tqdm import tqdm
 from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
+from neural_sensor.metrics import psnr
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
@@ -74,7 +77,9 @@ class RunOptions:
     #                         recorded lane; "log:PATH": reconstructed from the drive log at PATH (docs/drive_log.md)
     enhancer: str | None = None  # None | "local" (start a server subprocess) | "tcp://HOST:PORT" of a running server
     enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
-    enhancer_checkpoint: Path | None = None  # for "local"; None = checkpoints/enhancer-small
+    enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
+    truth: bool = False  # also render the builder's scene (the ground truth) at every tick: beside each camera in
+    #                      the video, and per-camera PSNR of the delivered image against it in log.jsonl
 
 
 def scene_source(scene: str) -> tuple[str, Path | None]:
@@ -311,7 +316,13 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
                                             progress=options.progress)
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
                               asset_seed=options.seed, enhancer=enhancer)
-        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim)
+        truth_rig = None
+        if options.truth:  # the builder's scene, the same assets and sky, no enhancer
+            truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(
+                scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
+            truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
+                                        asset_seed=options.seed)
+        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig)
     finally:
         sim.close()
         if enhancer is not None:
@@ -356,7 +367,7 @@ def _connect_enhancer(options: RunOptions):
     return client, server
 
 
-def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> dict:
+def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:
     criteria = CriteriaState(scenario)
     ticks_requested = ticks
 
@@ -368,6 +379,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "enhance", "deliver", "agent",
                                                       "record")}
     ticks_enhanced = 0
+    truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
     try:
         log = (tmp / "log.jsonl").open("w")
         start_wall = time.perf_counter()
@@ -388,6 +400,16 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             criteria.update(snapshot)
             t4 = time.perf_counter()
             last_images = [_to_uint8(f.rgb) for f in frames.values()]
+            tick_truth = None
+            if truth_rig is not None:
+                truth_frames = truth_rig.capture(snapshot)
+                tick_truth = {}
+                for sid, f in frames.items():  # None: identical images (infinite PSNR)
+                    value = float(psnr(f.rgb, truth_frames[sid].rgb))
+                    tick_truth[sid] = round(value, 3) if math.isfinite(value) else None
+                    truth_psnr[sid].append(value)
+                last_images = [np.concatenate([image, _to_uint8(truth_frames[sid].rgb)], axis=1)
+                               for image, sid in zip(last_images, frames)]
             if options.video:
                 image = mosaic(last_images)
                 if writer is None:
@@ -414,6 +436,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
                 "control": {"throttle": control.throttle, "steer": control.steer, "brake": control.brake},
                 "collisions": list(snapshot.collisions),
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
+                **({} if tick_truth is None else {"truth_psnr_db": tick_truth}),
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
                        "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - enhance_ms, 2),
                        "enhance": round(enhance_ms, 2),
@@ -454,6 +477,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim) -> d
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
                                                                                   "cached", "path", "log")}},
             "agent": options.agent or "builtin", "paths": paths,
+            "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
+                sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)
+                for sid, values in truth_psnr.items()},
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version")},

@@ -230,3 +230,24 @@ def test_out_folder_safety(tmp_path, scene_cache):
     run_scenario("cut_in", options)  # a previous record is replaced
     assert json.loads((record / "summary.json").read_text())["ticks"] == 3 and first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "record"]
+
+
+def test_truth_puts_the_builder_render_beside_each_camera_and_logs_psnr(tmp_path, scene_cache):
+    from PIL import Image
+
+    common = dict(ticks=2, width=64, height=36, backend="cpu", cache_dir=scene_cache, progress=False, video=False)
+    same = run_scenario("lane_change", RunOptions(out_dir=tmp_path / "same", truth=True, **common))
+    record = json.loads((tmp_path / "same" / "log.jsonl").read_text().splitlines()[0])
+    assert set(record["truth_psnr_db"]) == {"CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK",
+                                            "CAM_BACK_LEFT", "CAM_BACK_RIGHT"}
+    assert all(v is None for v in record["truth_psnr_db"].values())  # the builder's scene IS the truth: identical
+    assert all(v is None for v in same["truth_psnr_db_median"].values())
+    strip = np.asarray(Image.open(tmp_path / "same" / "strip.png"))
+    assert strip.shape[1] == 6 * 2 * 64  # each camera with its ground truth beside it
+    recon = run_scenario("lane_change", RunOptions(out_dir=tmp_path / "recon", truth=True, scene="reconstruction",
+                                                   **common))
+    values = list(recon["truth_psnr_db_median"].values())
+    assert all(v is not None and 5.0 < v < 60.0 for v in values), values
+    plain = run_scenario("lane_change", RunOptions(out_dir=tmp_path / "plain", **common))
+    assert plain["truth_psnr_db_median"] is None
+    assert "truth_psnr_db" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0])
