@@ -4,7 +4,9 @@
    torch threads = cores), median over repeats.
 2. transport: the same 6 x 480x270 batch through EnhancerClient -> broker -> worker on
    loopback; overhead per tick = client round trip - the worker's model time (both
-   medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding.
+   medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding. Both
+   paths: "shm" (frames in a shared block, headers over ZeroMQ) and "bytes" (the
+   client told shared_memory=False: the frames travel in the messages).
 3. restarts: a NeuralSensorRig (6 cameras, small images so the run stays short) ticks
    `--ticks` times at `--tick-hz` against a server that is SIGKILLed and started again
    (in a thread: the rig keeps ticking) every `--restart-every` ticks; counts ticks
@@ -12,6 +14,7 @@
    to the first enhanced tick.
 
     python benchmarks/enhancer.py [--checkpoint checkpoints/enhancer-small] [--ticks 10000] [--restart-every 1000]
+                                  [--skip-restarts]
 """
 
 from __future__ import annotations
@@ -59,22 +62,28 @@ def bench_model(checkpoint: Path, repeats: int) -> dict:
             "torch_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def bench_transport(checkpoint: Path, repeats: int) -> dict:
+def bench_transport(checkpoint: Path, repeats: int, shared_memory: bool) -> dict:
+    """Overhead per tick of one path: `shared_memory` True = the shared block, False = bytes in the messages."""
     server = start_server(checkpoint=checkpoint)
     try:
-        with EnhancerClient(server.endpoint, deadline_ms=60_000) as client:
+        with EnhancerClient(server.endpoint, deadline_ms=60_000, shared_memory=shared_memory) as client:
             client.wait_ready()
+            if client.transport != ("shm" if shared_memory else "bytes"):
+                raise RuntimeError(f"transport benchmark: asked shared_memory={shared_memory}, got {client.transport}")
             frames = _frames(1)
             client.enhance(frames)  # warm up
             rtt, model, worker, encode = [], [], [], []
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                wire_frames = [client._wire_frame(f) for f in frames]  # the encoding share, measured alone
+                t0 = time.perf_counter()  # the encoding share, measured alone: into the block, or into arrays
+                if shared_memory:
+                    layout, block_bytes, _ = client._shm_layout(frames)
+                    client._shm_request(frames, layout, block_bytes, "encode-only", 60_000)
+                else:
+                    del [client._wire_frame(f) for f in frames][:]
                 encode.append((time.perf_counter() - t0) * 1000.0)
-                del wire_frames
                 result = client.enhance(frames)
-                if not result.enhanced:
-                    raise RuntimeError(f"transport benchmark: {result.reason}")
+                if not result.enhanced or client.transport != ("shm" if shared_memory else "bytes"):
+                    raise RuntimeError(f"transport benchmark ({client.transport}): {result.reason}")
                 rtt.append(result.latency_ms)
                 model.append(result.model_ms)
                 worker.append(result.worker_ms)
@@ -82,7 +91,7 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
     finally:
         stop_server(server)
     overhead = np.array(rtt) - np.array(model)
-    return {"round_trip_ms_median": round(float(np.median(rtt)), 2),
+    return {"path": client.transport, "round_trip_ms_median": round(float(np.median(rtt)), 2),
             "worker_model_ms_median": round(float(np.median(model)), 2),
             "worker_total_ms_median": round(float(np.median(worker)), 2),
             "worker_codec_ms_median": round(float(np.median(np.array(worker) - np.array(model))), 2),
@@ -159,19 +168,26 @@ def main() -> None:
     parser.add_argument("--restart-every", type=int, default=1000)
     parser.add_argument("--restart-size", type=int, nargs=2, default=(64, 36), metavar=("W", "H"))
     parser.add_argument("--tick-hz", type=float, default=20.0, help="tick pacing of the restart run (sim time rate)")
+    parser.add_argument("--skip-restarts", action="store_true", help="only the model and transport parts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     result = {"benchmark": "enhancer", "machine": machine_name(), "checkpoint": str(args.checkpoint),
               "model": bench_model(args.checkpoint, args.repeats),
-              "transport": bench_transport(args.checkpoint, args.repeats),
-              "restarts": bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
-                                        args.tick_hz)}
-    m, t, r = result["model"], result["transport"], result["restarts"]
-    result["summary"] = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270; transport overhead "
-                         f"{t['overhead_ms_median']} ms/tick (6 x 480x270, p90 {t['overhead_ms_p90']}); "
-                         f"{r['ticks']} ticks, {r['restarts']} restarts: {r['missing_frames']} without a frame, "
-                         f"{r['enhanced']} enhanced, {r['raw_flagged']} raw (flagged), recovery <= "
-                         f"{r['recover_after_ready_s_max']} s after ready")
+              "transport": {"shm": bench_transport(args.checkpoint, args.repeats, shared_memory=True),
+                            "bytes": bench_transport(args.checkpoint, args.repeats, shared_memory=False)}}
+    if not args.skip_restarts:
+        result["restarts"] = bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
+                                            args.tick_hz)
+    m, t = result["model"], result["transport"]
+    summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270; transport overhead per tick "
+               f"(6 x 480x270, median / p90): shm {t['shm']['overhead_ms_median']} / {t['shm']['overhead_ms_p90']} ms, "
+               f"bytes {t['bytes']['overhead_ms_median']} / {t['bytes']['overhead_ms_p90']} ms")
+    if "restarts" in result:
+        r = result["restarts"]
+        summary += (f"; {r['ticks']} ticks, {r['restarts']} restarts: {r['missing_frames']} without a frame, "
+                    f"{r['enhanced']} enhanced, {r['raw_flagged']} raw (flagged), recovery <= "
+                    f"{r['recover_after_ready_s_max']} s after ready")
+    result["summary"] = summary
     write_result(result, "enhancer", args.json)
 
 

@@ -16,14 +16,27 @@ socket opened less than CONNECT_GRACE_S ago may wait, within the deadline, for i
 connection to form), and the first tick after the server is back is enhanced again. `hello` and `stats` retry
 a bounded number of times. A server speaking another protocol version is an
 EnhancerVersionError naming both versions, never a silent fallback.
+
+Same host (shared_memory=True, the default): when a hello offers shared memory, the
+endpoint is loopback (ipc://, tcp://127.x, localhost) and the offered folder's nonce
+file matches, the client keeps one block there (protocol.py) and sends only headers;
+the worker reads the frames and writes the refined rgb into the block. A
+SharedMemoryError reply (a restarted server, a removed block) sends the same tick over
+bytes within its deadline and hellos again (at most once a second) before the next
+ticks; a missed deadline retires the block (a late worker may still write into it).
+`transport` says which path the next tick takes. close() removes the block.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
+import os
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -32,6 +45,19 @@ from neural_sensor.enhance import protocol as wire
 
 
 CONNECT_GRACE_S = 1.0  # how long a new socket's first request may wait for the connection (within its deadline)
+SHM_HELLO_EVERY_S = 1.0  # how often enhance() may hello to (re)negotiate shared memory
+SHM_HELLO_MS = 50.0  # the most such a hello may take out of a tick's budget
+
+
+def _remove_block(path: str, mapping: mmap.mmap) -> None:
+    try:
+        mapping.close()
+    except BufferError:  # a view still holds it; the file goes anyway
+        pass
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class EnhancerError(RuntimeError):
@@ -62,7 +88,7 @@ class EnhancerClient:
 
     def __init__(self, endpoint: str, deadline_ms: float = 1000.0, retries: int = 3,
                  curve_server_public_key: bytes | None = None, curve_client_certificate: str | None = None,
-                 wire_dtype: str = "uint8"):
+                 wire_dtype: str = "uint8", shared_memory: bool = True):
         if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"enhancer endpoint must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
         if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= 3_600_000):
@@ -89,6 +115,10 @@ class EnhancerClient:
         self._socket = None
         self.server: dict | None = None  # the last hello reply
         self.resets = 0
+        self.shared_memory = bool(shared_memory) and wire.is_loopback(endpoint)  # may use it if offered
+        self._shm_offer: dict | None = None  # {"folder", "nonce"} of the server, checked
+        self._block = None  # (path, size, mapping, finalizer) of this client's block
+        self._next_shm_hello = 0.0  # monotonic time of the next allowed hello from enhance()
         self._open()
 
     # -------------------------------------------------------------- socket
@@ -112,11 +142,107 @@ class EnhancerClient:
         self._socket.close(0)
         self.resets += 1
         self._open()
+        self._next_shm_hello = min(self._next_shm_hello, time.monotonic())  # the server may have been replaced
 
     def close(self) -> None:
+        self._release_block()
         if self._socket is not None:
             self._socket.close(0)
             self._socket = None
+
+    @property
+    def transport(self) -> str:
+        """"shm" when the next enhance goes through shared memory, else "bytes"."""
+        return "shm" if self._shm_offer is not None else "bytes"
+
+    # -------------------------------------------------------------- shared memory
+    def _accept_shm(self, hello: dict) -> None:
+        """Use the hello's shared-memory offer if allowed here and the folder really is the server's."""
+        offer = hello.get("shm")
+        accepted = None
+        if self.shared_memory and isinstance(offer, dict):
+            folder, nonce = offer.get("folder"), offer.get("nonce")
+            try:
+                if isinstance(folder, str) and isinstance(nonce, str) and \
+                        (Path(folder) / "nonce").read_text() == nonce:
+                    accepted = {"folder": folder, "nonce": nonce}
+            except OSError:  # another host's folder (a tunnelled port), or no access: bytes
+                pass
+        if accepted != self._shm_offer:
+            self._release_block()
+        self._shm_offer = accepted
+        if accepted is None and "shm" not in hello:
+            self._next_shm_hello = float("inf")  # the server offers none: ask again only after a reset (restart?)
+
+    def _release_block(self) -> None:
+        if self._block is not None:
+            self._block[3]()  # the finalizer: unmap and remove the file
+            self._block = None
+
+    def _block_for(self, size: int) -> tuple[str, mmap.mmap]:
+        """(name, mapping) of this client's block, at least `size` bytes (a new block when it must grow)."""
+        if self._block is not None and self._block[1] >= size:
+            return os.path.basename(self._block[0]), self._block[2]
+        self._release_block()
+        size = max(size, 1 << 20)
+        path = os.path.join(self._shm_offer["folder"], f"blk-{os.getpid()}-{uuid.uuid4().hex[:16]}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        mapping[:wire.SHM_HEADER_BYTES] = wire.shm_block_header(self._shm_offer["nonce"])
+        self._block = (path, size, mapping, weakref.finalize(self, _remove_block, path, mapping))
+        return os.path.basename(path), mapping
+
+    def _shm_layout(self, frames: list[dict]) -> tuple[list[dict], int, int]:
+        """Per frame {field: ShmRef, "reply": ShmRef}, the block bytes they need, and the request's array bytes."""
+        layout, offset, data_bytes = [], wire.SHM_HEADER_BYTES, 0
+        for frame in frames:
+            refs = {}
+            for name, dtype in self._wire_dtypes(frame).items():
+                refs[name] = wire.ShmRef(dtype, tuple(np.shape(frame[name])), offset)
+                offset += -(-refs[name].nbytes // wire.SHM_ALIGN) * wire.SHM_ALIGN
+                data_bytes += refs[name].nbytes
+            refs["reply"] = wire.ShmRef(refs["rgb"].dtype, refs["rgb"].shape, offset)
+            offset += -(-refs["reply"].nbytes // wire.SHM_ALIGN) * wire.SHM_ALIGN
+            layout.append(refs)
+        return layout, offset, data_bytes
+
+    def _shm_request(self, frames: list[dict], layout: list[dict], block_bytes: int, request_id: str,
+                     budget: float) -> bytes:
+        """The header-only request for `frames`, whose arrays are written into the block here at `layout`."""
+        name, mapping = self._block_for(block_bytes)
+        header_frames = []
+        for frame, refs in zip(frames, layout):
+            for field, ref in refs.items():
+                if field != "reply":
+                    _convert(frame[field], ref.view(mapping))
+            header_frames.append({"camera": str(frame["camera"]), "reply_offset": refs["reply"].offset,
+                                  **{k: r.encode() for k, r in refs.items() if k != "reply"}})
+        message = {"v": wire.PROTOCOL_VERSION, "id": request_id, "op": "enhance", "deadline_ms": float(budget),
+                   "shm": {"block": name, "bytes": self._block[1], "nonce": self._shm_offer["nonce"]},
+                   "frames": header_frames}
+        return wire.pack(message)
+
+    def _maybe_hello(self, t_end: float) -> None:
+        """Negotiate shared memory again (after a restart of the server, or without an explicit hello) when due."""
+        now = time.monotonic()
+        if not self.shared_memory or self._shm_offer is not None or now < self._next_shm_hello:
+            return
+        self._next_shm_hello = now + SHM_HELLO_EVERY_S
+        budget = min(SHM_HELLO_MS, (t_end - now) * 1000.0 / 4)
+        if budget < 1.0:
+            return
+        rid = f"{self._prefix}-{next(self._counter)}"
+        reply = self._exchange(wire.make_request("hello", rid), rid, budget, wait_connect=False)
+        if isinstance(reply, dict) and reply.get("ok") and reply.get("protocol_version") == wire.PROTOCOL_VERSION:
+            self.server = reply
+            self._accept_shm(reply)
 
     def __enter__(self):
         return self
@@ -193,6 +319,7 @@ class EnhancerClient:
             raise EnhancerVersionError(f"enhancer at {self.endpoint} speaks protocol version "
                                        f"{reply.get('protocol_version')!r}; this client speaks {wire.PROTOCOL_VERSION}")
         self.server = reply
+        self._accept_shm(reply)
         return reply
 
     def wait_ready(self, timeout_s: float = 30.0) -> dict:
@@ -226,6 +353,12 @@ class EnhancerClient:
         """
         budget = float(deadline_ms if deadline_ms is not None else self.deadline_ms)
         start = time.monotonic()
+        t_end = start + budget / 1000.0
+        self._maybe_hello(t_end)
+        if self._shm_offer is not None:
+            result = self._enhance_shm(frames, budget, start)
+            if result is not None:
+                return result
         wire_frames = [self._wire_frame(f) for f in frames]
         rid = f"{self._prefix}-{next(self._counter)}"
         payload = wire.make_request("enhance", rid, wire_frames, deadline_ms=budget)
@@ -235,6 +368,52 @@ class EnhancerClient:
                                  (time.monotonic() - start) * 1000.0)
         reply = self._exchange(payload, rid, budget - (time.monotonic() - start) * 1000.0, wait_connect=False)
         latency = (time.monotonic() - start) * 1000.0
+        bad = self._bad_reply(reply, frames, latency)
+        if bad is not None:
+            return bad
+        if any(isinstance(o["rgb"], wire.ShmRef) for o in reply["frames"]):
+            return EnhanceResult(None, "enhancer reply names a shared block; this request sent bytes", latency)
+        return EnhanceResult([wire.to_float(o["rgb"]) for o in reply["frames"]], "", latency, reply.get("model_ms"),
+                             reply.get("worker_ms"))
+
+    def _enhance_shm(self, frames: list[dict], budget: float, start: float) -> EnhanceResult | None:
+        """enhance() through the shared block; None when the server refused it (SharedMemoryError: bytes now)."""
+        rid = f"{self._prefix}-{next(self._counter)}"
+        layout, block_bytes, data_bytes = self._shm_layout(frames)
+        if data_bytes > wire.MAX_MESSAGE_BYTES:  # the byte path's limit holds here too: same ticks on both paths
+            return EnhanceResult(None, f"request of {data_bytes} bytes exceeds the protocol's "
+                                       f"{wire.MAX_MESSAGE_BYTES}; send fewer or smaller frames",
+                                 (time.monotonic() - start) * 1000.0)
+        reply_refs = [refs["reply"] for refs in layout]
+        try:
+            payload = self._shm_request(frames, layout, block_bytes, rid, budget)
+        except OSError:  # the folder is gone (the server stopped) or full: bytes, and hello again later
+            self._shm_offer = None
+            self._release_block()
+            return None
+        remaining = budget - (time.monotonic() - start) * 1000.0
+        reply = self._exchange(payload, rid, remaining, wait_connect=False) if remaining > 0 else \
+            f"no reply from the enhancer at {self.endpoint} within {budget:.0f} ms"
+        latency = (time.monotonic() - start) * 1000.0
+        if isinstance(reply, str):
+            self._release_block()  # a worker may still write into it: the next tick takes a fresh block
+            return EnhanceResult(None, reply, latency)
+        if not reply["ok"] and reply["error"]["type"] == "SharedMemoryError":
+            self._shm_offer = None
+            self._release_block()
+            return None
+        bad = self._bad_reply(reply, frames, latency)
+        if bad is not None:
+            return bad
+        if any(not isinstance(o["rgb"], wire.ShmRef) or o["rgb"] != ref for o, ref in zip(reply["frames"], reply_refs)):
+            return EnhanceResult(None, "enhancer reply does not match the request's shared block layout", latency)
+        mapping = self._block[2]
+        rgb = [wire.to_float(ref.view(mapping)) for ref in reply_refs]  # copies: the block is reused next tick
+        return EnhanceResult(rgb, "", (time.monotonic() - start) * 1000.0, reply.get("model_ms"),
+                             reply.get("worker_ms"))
+
+    def _bad_reply(self, reply, frames: list[dict], latency: float) -> EnhanceResult | None:
+        """The raw-render result for a failed exchange, an error reply or a reply of the wrong cameras / sizes."""
         if isinstance(reply, str):
             return EnhanceResult(None, reply, latency)
         if not reply["ok"]:
@@ -242,24 +421,40 @@ class EnhancerClient:
             error = reply["error"]
             return EnhanceResult(None, f"enhancer error {error['type']}: {error.get('message')}", latency)
         out = reply.get("frames") or []
-        if len(out) != len(frames) or any(o["camera"] != f["camera"] or o["rgb"].shape != f["rgb"].shape
+        if len(out) != len(frames) or any(o["camera"] != f["camera"] or tuple(o["rgb"].shape) != np.shape(f["rgb"])
                                           for o, f in zip(out, frames)):
             return EnhanceResult(None, "enhancer reply does not match the request's cameras / sizes", latency)
-        return EnhanceResult([wire.to_float(o["rgb"]) for o in out], "", latency, reply.get("model_ms"),
-                             reply.get("worker_ms"))
+        return None
+
+    def _wire_dtypes(self, frame: dict) -> dict:
+        """The dtype each of a frame's arrays travels as (uint8 rgb / float16 depth / uint8 alpha by default)."""
+        u8 = self.wire_dtype == "uint8"
+        rgb = np.shape(frame["rgb"])
+        h, w = rgb[:2]
+        assert rgb == (h, w, 3), rgb
+        assert np.shape(frame["depth"]) == (h, w) and np.shape(frame["alpha"]) == (h, w)
+        out = {"rgb": "uint8" if u8 else "float32", "depth": "float16" if u8 else "float32",
+               "alpha": "uint8" if u8 else "float32"}
+        if frame.get("reference") is not None:
+            out["reference"] = "uint8" if u8 else "float32"
+            out["reference_valid"] = "bool"
+        return out
 
     def _wire_frame(self, frame: dict) -> dict:
-        rgb = np.asarray(frame["rgb"])
-        h, w = rgb.shape[:2]
-        assert rgb.shape == (h, w, 3), rgb.shape
-        assert np.shape(frame["depth"]) == (h, w) and np.shape(frame["alpha"]) == (h, w)
-        u8 = self.wire_dtype == "uint8"
-        out = {"camera": str(frame["camera"]),
-               "rgb": wire.like(rgb, np.uint8) if u8 else rgb.astype(np.float32),
-               "depth": np.asarray(frame["depth"], np.float32).astype(np.float16 if u8 else np.float32),
-               "alpha": wire.like(np.asarray(frame["alpha"]), np.uint8) if u8 else np.asarray(frame["alpha"], np.float32)}
-        if frame.get("reference") is not None:
-            out["reference"] = wire.like(np.asarray(frame["reference"]), np.uint8) if u8 else \
-                np.asarray(frame["reference"], np.float32)
-            out["reference_valid"] = np.asarray(frame["reference_valid"]).astype(bool)
+        """A frame's arrays as they travel on the byte path."""
+        out = {"camera": str(frame["camera"])}
+        for name, dtype in self._wire_dtypes(frame).items():
+            out[name] = _convert(frame[name], np.empty(np.shape(frame[name]), dtype))
         return out
+
+
+def _convert(array, out: np.ndarray) -> np.ndarray:
+    """`array` written into `out` in out's wire dtype: uint8 rounds [0, 1] images, float16 rounds to nearest,
+    bool is array != 0 (the same values on both paths)."""
+    array = np.asarray(array)
+    if out.dtype == np.uint8:
+        return wire.to_uint8_into(array, out)
+    if out.dtype == np.float16:
+        return wire.to_float16_into(array, out)
+    np.copyto(out, array, casting="unsafe")
+    return out

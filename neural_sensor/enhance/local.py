@@ -7,7 +7,9 @@ The server binds a free loopback port (or the given endpoint) and writes a ready
 loaded the model; the context waits for it (the server's own errors are shown if it exits instead) and
 stops the server on exit (SIGTERM, then SIGKILL after a grace period). The server is told our pid
 (`--parent-pid`): should this process die without stopping it (SIGKILL, a crash), the server notices
-within a fraction of a second, stops its workers and removes its folder, so nothing is orphaned.
+within a fraction of a second, stops its workers and removes its folder, so nothing is orphaned. The
+server's shared-memory blocks live in protocol.shm_folder_for(its folder), which goes with the folder
+here too (also after a SIGKILL of the server, when nothing of it could clean up).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural_sensor.checkpoints import default_checkpoint
+from neural_sensor.enhance.protocol import shm_folder_for
 
 DEFAULT_CHECKPOINT = default_checkpoint("enhancer-small")
 
@@ -39,25 +42,35 @@ class LocalServer:
         """SIGKILL the server (and let its workers notice their parent is gone)."""
         self.process.kill()
         self.process.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_folders(self.folder)
+
+
+def _remove_folders(folder: Path) -> None:
+    """The server's folder and its shared-memory folder."""
+    shutil.rmtree(shm_folder_for(folder), ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp://127.0.0.1:*", workers: int = 1,
-                 threads: int = 0, timeout_s: float = 120.0, quiet: bool = True) -> LocalServer:
-    """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready."""
+                 threads: int = 0, timeout_s: float = 120.0, quiet: bool = True,
+                 shared_memory: bool = True) -> LocalServer:
+    """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready (`shared_memory`:
+    offer same-host clients shared blocks)."""
     folder = Path(tempfile.mkdtemp(prefix="enhancer-local-"))
     ready_file = folder / "ready.json"
     log = folder / "server.log"
     cmd = [sys.executable, "-m", "neural_sensor.enhance.server", "--bind", bind, "--checkpoint", str(checkpoint),
            "--workers", str(workers), "--threads", str(threads), "--ready-file", str(ready_file),
            "--parent-pid", str(os.getpid()), "--owned-folder", str(folder)]
+    if not shared_memory:
+        cmd.append("--no-shared-memory")
     t_end = time.monotonic() + timeout_s
     try:
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out if quiet else None,
                                     stderr=subprocess.STDOUT if quiet else None, start_new_session=True)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_folders(folder)
         raise
     try:
         while not ready_file.exists():
@@ -85,7 +98,7 @@ def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
-    shutil.rmtree(server.folder, ignore_errors=True)
+    _remove_folders(server.folder)
 
 
 @contextmanager

@@ -17,6 +17,17 @@ address, a host name other than localhost) is refused unless CurveZMQ is configu
 `--curve-secret-key` (a zmq certificate file with the server's secret key, from
 zmq.auth.create_certificates) and `--curve-clients` (a folder of the allowed clients'
 public certificates).
+
+Shared memory (protocol.py): unless `--no-shared-memory`, hello offers clients on this
+host a folder of shared blocks (protocol.shm_folder_for the server's own folder, mode
+0700, removed when the server stops, by its workers when the broker is killed, and by
+local.stop_server). The broker checks only the header (block name, nonce, offsets);
+the worker maps the client's block, reads the frames in place and writes the refined
+rgb back, so the pixels never pass through the broker. Blocks of clients that died
+(their pid in the name is gone) are removed every few seconds. A block another process of
+the same user truncates while a worker has it mapped would kill that worker (SIGBUS; it is
+restarted and its requests answered WorkerError): the folder is private to the user, who
+could stop the worker anyway.
 """
 
 from __future__ import annotations
@@ -24,7 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import mmap
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -42,17 +55,7 @@ from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance import protocol as wire
 
 SERVER_VERSION = "0.1.0"
-_LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// endpoints on the loopback interface."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-    return host.startswith(_LOOPBACK_HOSTS)
+is_loopback = wire.is_loopback  # where it always lived; the client needs it too
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ServerConfig:
     ready_file: str | None = None  # JSON {endpoint, pid} written once the first worker is ready
     parent_pid: int | None = None  # stop when this process (the run that started us) is gone
     owned_folder: str | None = None  # removed when we stop because the parent is gone (its ready-file folder)
+    shared_memory: bool = True  # offer same-host clients shared blocks at hello (else bytes only)
 
 
 def check_bind(config: ServerConfig) -> None:
@@ -86,7 +90,8 @@ def check_bind(config: ServerConfig) -> None:
 
 
 # ------------------------------------------------------------------ worker process
-def _worker_main(backend: str, checkpoint: str, index: int, threads: int) -> None:
+def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_folder: str | None = None,
+                 nonce: str = "") -> None:
     """A worker: load the model, say READY, then answer JOBs until the broker goes away."""
     import torch
 
@@ -101,10 +106,14 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int) -> Non
     sock.setsockopt(zmq.IDENTITY, f"w{index}-{os.getpid()}".encode())
     sock.connect(backend)
     sock.send_multipart([b"READY"])
+    blocks = _BlockCache(shm_folder, nonce)
     parent = os.getppid()
     while True:
         if not sock.poll(1000):
-            if os.getppid() != parent:  # the broker died: do not linger as an orphan
+            if os.getppid() != parent:  # the broker died: do not linger as an orphan, nor leave its blocks
+                blocks.close()
+                if shm_folder:
+                    shutil.rmtree(shm_folder, ignore_errors=True)
                 return
             continue
         parts = sock.recv_multipart(copy=False)
@@ -112,19 +121,102 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int) -> Non
             continue
         jobs = [(parts[i].bytes, parts[i + 1].buffer) for i in range(1, len(parts) - 1, 2)]
         out = [b"DONE"]
-        for key, ok, reply in _run_jobs(model, jobs):
+        for key, ok, reply in _run_jobs(model, jobs, blocks):
             out += [key, b"1" if ok else b"0", reply]
         sock.send_multipart(out)
 
 
-def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool, bytes]]:
-    """(key, ok, reply) per job; frames of one size (and reference use) across jobs run as one batch."""
+class _BlockCache:
+    """A worker's mappings of client blocks, by name; a block replaced or removed since is mapped afresh."""
+
+    MAX_BLOCKS = 16
+
+    def __init__(self, folder: str | None, nonce: str):
+        self.folder = Path(folder) if folder else None
+        self.nonce = nonce
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}  # name -> (inode, mapping)
+
+    def get(self, shm: dict, request_id) -> mmap.mmap:
+        """The mapped block a request's "shm" header names, checked (wire.check_shm_block); SharedMemoryError for
+        a server without shared memory and for a missing, too small or foreign block."""
+        name = shm["block"]
+        if self.folder is None or shm["nonce"] != self.nonce:
+            raise wire.ProtocolError("SharedMemoryError", "this server offers no shared memory to that nonce",
+                                     request_id)
+        try:
+            inode = os.stat(self.folder / name).st_ino
+        except OSError:
+            self._drop(name)
+            raise wire.ProtocolError("SharedMemoryError", f"shm block {name} does not exist (removed?)",
+                                     request_id) from None
+        cached = self._maps.get(name)
+        if cached is None or cached[0] != inode or len(cached[1]) < shm["bytes"]:
+            self._drop(name)
+            try:
+                fd = os.open(self.folder / name, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            except OSError as err:
+                raise wire.ProtocolError("SharedMemoryError", f"shm block {name} cannot be opened ({err.strerror})",
+                                         request_id) from None
+            try:
+                size = os.fstat(fd).st_size
+                if size < shm["bytes"]:
+                    raise wire.ProtocolError("SharedMemoryError", f"shm block {name} is {size} bytes; the request "
+                                                                  f"says {shm['bytes']}", request_id)
+                mapping = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+            if len(self._maps) >= self.MAX_BLOCKS:
+                self._drop(next(iter(self._maps)))
+            self._maps[name] = (inode, mapping)
+        mapping = self._maps[name][1]
+        try:
+            wire.check_shm_block(mapping, name, self.nonce, shm["bytes"], request_id)
+        except wire.ProtocolError:
+            self._drop(name)
+            raise
+        return mapping
+
+    def sweep(self) -> None:
+        """Unmap blocks whose file is gone or was replaced (their clients closed)."""
+        for name, (inode, _) in list(self._maps.items()):
+            try:
+                if os.stat(self.folder / name).st_ino == inode:
+                    continue
+            except OSError:
+                pass
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        entry = self._maps.pop(name, None)
+        if entry is not None:
+            try:
+                entry[1].close()
+            except BufferError:  # a view of it is still alive: the mapping goes with it
+                pass
+
+    def close(self) -> None:
+        for name in list(self._maps):
+            self._drop(name)
+
+
+def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | None = None
+              ) -> list[tuple[bytes, bool, bytes]]:
+    """(key, ok, reply) per job; frames of one size (and reference use) across jobs run as one batch. Requests
+    with a "shm" header are read from and answered into their client's block (`blocks`)."""
     t_job = time.perf_counter()
-    requests, replies = {}, []
+    requests, replies, mapped = {}, [], {}
+    if blocks is not None:
+        blocks.sweep()
     for key, payload in jobs:
         try:
-            requests[key] = wire.parse_request(payload)
-        except wire.ProtocolError as err:  # the broker validated it; this would be a broker bug
+            req = wire.parse_request(payload)
+            if req.shm is not None:
+                if blocks is None:
+                    raise wire.ProtocolError("SharedMemoryError", "this worker has no shared memory", req.request_id)
+                mapped[key] = blocks.get(req.shm, req.request_id)
+                req.frames = wire.read_shm_frames(req, mapped[key])
+            requests[key] = req
+        except wire.ProtocolError as err:  # a bad block, or (for bytes) a broker bug: the broker validated it
             replies.append((key, False, wire.error_reply(err.request_id, err.error_type, err.message)))
         except Exception as err:  # noqa: BLE001 - never lose a request: answer it
             replies.append((key, False, wire.error_reply(None, "BadRequest", f"{type(err).__name__}: {err}")))
@@ -153,9 +245,14 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool
     model_ms = (time.perf_counter() - start) * 1000.0
     encoded = {}
     for key, req in requests.items():
-        if key not in failed:
-            encoded[key] = [{"camera": f["camera"], "rgb": wire.encode_array(wire.like(results[(key, i)], f["rgb"].dtype))}
-                            for i, f in enumerate(req.frames)]
+        if key in failed:
+            continue
+        try:
+            encoded[key] = [_encode_result(results[(key, i)], f, mapped.get(key)) for i, f in enumerate(req.frames)]
+        except Exception as err:  # noqa: BLE001 - e.g. the block went away mid-request: answer, keep serving
+            failed[key] = f"{type(err).__name__}: {err}"
+        for f in req.frames:  # drop the views into the block before it may be unmapped
+            f.clear()
     worker_ms = (time.perf_counter() - t_job) * 1000.0  # decode + model + encode, before packing
     for key, req in requests.items():
         if key in failed:
@@ -164,6 +261,19 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]]) -> list[tuple[bytes, bool
         replies.append((key, True, wire.ok_reply(req.request_id, frames=encoded[key], model_ms=round(model_ms, 3),
                                                  worker_ms=round(worker_ms, 3))))
     return replies
+
+
+def _encode_result(rgb: np.ndarray, frame: dict, block) -> dict:
+    """A reply frame: the refined rgb [H, W, 3] in the request's rgb dtype, as bytes or written into the block."""
+    if block is None:
+        return {"camera": frame["camera"], "rgb": wire.encode_array(wire.like(rgb, frame["rgb"].dtype))}
+    ref = frame["reply_offset"]
+    target = ref.view(block)
+    if target.dtype == np.uint8:
+        wire.to_uint8_into(rgb, target)
+    else:
+        np.copyto(target, rgb, casting="same_kind")
+    return {"camera": frame["camera"], "rgb": ref.encode()}
 
 
 def _check_weights(folder: Path) -> None:
@@ -216,6 +326,8 @@ class Broker:
         self._auth = None
         self.backend = None
         self._tmp = None
+        self.shm_folder: Path | None = None
+        self.nonce = secrets.token_hex(16)
         self._procs: dict[int, mp.Process] = {}
         try:
             self._open_sockets(config)
@@ -266,6 +378,25 @@ class Broker:
         except zmq.ZMQError as err:
             raise ValueError(f"enhancer: cannot bind the workers' socket {self.backend_endpoint} ({err}); "
                              f"a shorter TMPDIR helps if the path is too long") from None
+        if config.shared_memory:
+            self._open_shm_folder(owned or self._tmp)
+
+    def _open_shm_folder(self, server_folder: str) -> None:
+        """The folder of client blocks (mode 0700) and its nonce file, which proves to a client it is on our host."""
+        folder = wire.shm_folder_for(server_folder)
+        folder.mkdir(mode=0o700, exist_ok=False)
+        self.shm_folder = folder
+        (folder / "nonce").write_text(self.nonce)
+
+    def _sweep_dead_clients(self) -> None:
+        """Remove blocks whose client process (the pid in blk-<pid>-<hex>) is gone: a SIGKILLed client's block."""
+        for path in self.shm_folder.glob("blk-*"):
+            try:
+                os.kill(int(path.name.split("-")[1]), 0)
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+            except (ValueError, IndexError, PermissionError, OSError):
+                continue
 
     def _setup_curve(self) -> None:
         import zmq.auth
@@ -288,7 +419,8 @@ class Broker:
 
     def _spawn(self, index: int) -> None:
         proc = self._mp.Process(target=_worker_main, name=f"enhancer-worker-{index}",
-                                args=(self.backend_endpoint, str(self.config.checkpoint), index, self._threads),
+                                args=(self.backend_endpoint, str(self.config.checkpoint), index, self._threads,
+                                      None if self.shm_folder is None else str(self.shm_folder), self.nonce),
                                 daemon=True)
         proc.start()
         self._procs[index] = proc
@@ -306,7 +438,8 @@ class Broker:
                 "model_name": self.model_name, "checkpoint_hash": self.checkpoint_hash,
                 "workers": self.config.workers, "workers_ready": self.workers_ready,
                 "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
-                "max_message_bytes": wire.MAX_MESSAGE_BYTES}
+                "max_message_bytes": wire.MAX_MESSAGE_BYTES,
+                **({"shm": {"folder": str(self.shm_folder), "nonce": self.nonce}} if self.shm_folder else {})}
 
     def stats(self) -> dict:
         lat = np.array(self._latencies_ms) if self._latencies_ms else None
@@ -344,6 +477,11 @@ class Broker:
             self._reply(envelope, wire.ok_reply(req.request_id, **self._hello()), True)
         elif req.op == "stats":
             self._reply(envelope, wire.ok_reply(req.request_id, **self.stats()), True)
+        elif req.shm is not None and (self.shm_folder is None or req.shm["nonce"] != self.nonce):
+            # a client of an earlier server on this endpoint (or one that skipped hello): it falls back to bytes
+            self._reply(envelope, wire.error_reply(req.request_id, "SharedMemoryError",
+                                                   "this server offers no shared memory to that nonce (hello "
+                                                   "again)"), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
@@ -443,7 +581,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
-        last_check = 0.0
+        last_check = last_sweep = 0.0
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(50))
@@ -455,6 +593,9 @@ class Broker:
                 if time.monotonic() - last_check > 0.2:
                     self._check_workers()
                     last_check = time.monotonic()
+                    if self.shm_folder is not None and last_check - last_sweep > 5.0:
+                        self._sweep_dead_clients()
+                        last_sweep = last_check
                     if self._orphaned():
                         print("enhancer: the process that started this server is gone; stopping", flush=True)
                         self.parent_gone = True
@@ -486,6 +627,8 @@ class Broker:
         if self.backend is not None:
             self.backend.close(0)
         self._ctx.term()
+        if self.shm_folder is not None:
+            shutil.rmtree(self.shm_folder, ignore_errors=True)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -525,13 +668,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop when this process exits (set by --enhancer local: the server dies with its run)")
     parser.add_argument("--owned-folder", default=None,
                         help="folder to remove when stopping because the --parent-pid process is gone")
+    parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                        help="do not offer same-host clients shared-memory blocks (bytes over ZeroMQ only)")
 
 
 def config_from_args(args) -> ServerConfig:
     return ServerConfig(bind=args.bind, checkpoint=args.checkpoint, workers=args.workers,
                         threads_per_worker=args.threads, max_batch_frames=args.max_batch_frames,
                         curve_secret_key=args.curve_secret_key, curve_clients=args.curve_clients,
-                        ready_file=args.ready_file, parent_pid=args.parent_pid, owned_folder=args.owned_folder)
+                        ready_file=args.ready_file, parent_pid=args.parent_pid, owned_folder=args.owned_folder,
+                        shared_memory=args.shared_memory)
 
 
 def main(argv: list[str] | None = None) -> int:

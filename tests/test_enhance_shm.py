@@ -1,0 +1,219 @@
+"""The enhancer's shared-memory path: same results as bytes, named errors for bad headers, no leaked blocks."""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from neural_sensor.enhance import protocol as wire
+from neural_sensor.enhance.client import EnhancerClient
+from neural_sensor.enhance.local import local_server, start_server, stop_server
+from neural_sensor.enhance.model import Enhancer, EnhancerConfig
+
+
+@pytest.fixture(scope="module")
+def identity_checkpoint(tmp_path_factory):
+    """A small untrained enhancer: exactly the identity (as in test_enhance_server.py)."""
+    folder = tmp_path_factory.mktemp("identity")
+    Enhancer(EnhancerConfig(model_name="identity", block_out_channels=(8, 16), norm_num_groups=4)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(identity_checkpoint):
+    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv:
+        yield srv
+
+
+def _frames(seed, n=3, h=24, w=40, reference=False):
+    rng = np.random.default_rng(seed)
+    frames = [{"camera": f"cam{i}", "rgb": rng.random((h, w, 3)).astype(np.float32),
+               "depth": rng.random((h, w)).astype(np.float32) * 30, "alpha": rng.random((h, w)).astype(np.float32)}
+              for i in range(n)]
+    if reference:
+        for f in frames:
+            f["reference"] = rng.random((h, w, 3)).astype(np.float32)
+            f["reference_valid"] = rng.random((h, w)) > 0.5
+    return frames
+
+
+def _blocks(folder) -> list[str]:
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("blk-"))
+
+
+def _raw_request(endpoint: str, message: dict) -> dict:
+    """Send one hand-made request on a bare DEALER (REQ envelope) and return the parsed reply."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b"", wire.pack(message)])
+        assert sock.poll(20_000), "no reply"
+        return wire.unpack(sock.recv_multipart()[-1])
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["render", "with-reference"])
+def test_shared_memory_round_trip_equals_the_byte_path(server, reference):
+    frames = _frames(1, reference=reference)
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as shm, \
+            EnhancerClient(server.endpoint, deadline_ms=10_000, shared_memory=False) as plain:
+        assert shm.hello()["shm"]["folder"] and plain.hello()
+        assert (shm.transport, plain.transport) == ("shm", "bytes")
+        for _ in range(2):  # the second tick reuses the block
+            via_shm, via_bytes = shm.enhance(frames), plain.enhance(frames)
+            assert via_shm.enhanced and via_bytes.enhanced, (via_shm.reason, via_bytes.reason)
+            assert shm.transport == "shm"
+            for a, b, sent in zip(via_shm.rgb, via_bytes.rgb, frames):
+                assert a.dtype == np.float32 and a.shape == sent["rgb"].shape
+                np.testing.assert_array_equal(a, b)
+                np.testing.assert_array_equal(a, np.floor(np.clip(sent["rgb"] * np.float32(255), 0, 255)
+                                                          + np.float32(0.5)).astype(np.float32) / np.float32(255))
+
+
+def test_malformed_shared_memory_headers_get_named_errors_and_the_worker_keeps_serving(server):
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
+        hello = client.hello()
+        folder, nonce = Path(hello["shm"]["folder"]), hello["shm"]["nonce"]
+        assert client.enhance(_frames(2)).enhanced  # makes the client's block
+        (block,) = _blocks(folder)
+        size = (folder / block).stat().st_size
+        h, w = 24, 40
+
+        def request(block_name=block, block_bytes=size, offset=wire.SHM_HEADER_BYTES, reply_offset=None,
+                    nonce_=nonce):
+            ref = lambda dtype, shape, off: {"__shm__": True, "dtype": dtype, "shape": list(shape), "offset": off}
+            frame = {"camera": "cam0", "rgb": ref("uint8", (h, w, 3), offset),
+                     "depth": ref("float16", (h, w), 8192), "alpha": ref("uint8", (h, w), 12288),
+                     "reply_offset": 16384 if reply_offset is None else reply_offset}
+            return {"v": wire.PROTOCOL_VERSION, "id": "bad", "op": "enhance",
+                    "shm": {"block": block_name, "bytes": block_bytes, "nonce": nonce_}, "frames": [frame]}
+
+        foreign = folder / f"blk-{os.getpid()}-0123456789abcdef"
+        foreign.write_bytes(b"\1" * size)  # the right size, not a block of this server
+        small = folder / f"blk-{os.getpid()}-fedcba9876543210"
+        small.write_bytes(wire.shm_block_header(nonce) + b"\0" * 100)
+        cases = {
+            "missing": (request(block_name=f"blk-{os.getpid()}-00000000"), "SharedMemoryError", "does not exist"),
+            "too small": (request(block_name=small.name), "SharedMemoryError", "bytes; the request says"),
+            "foreign": (request(block_name=foreign.name), "SharedMemoryError", "foreign"),
+            "not a block name": (request(block_name="../../etc/passwd"), "SharedMemoryError", "not a block name"),
+            "other server": (request(nonce_="0" * 32), "SharedMemoryError", "no shared memory to that nonce"),
+            "offset past the end": (request(offset=size - 10), "BadRequest", "out of range"),
+            "offset into the header": (request(offset=0), "BadRequest", "out of range"),
+            "reply past the end": (request(reply_offset=size), "BadRequest", "out of range"),
+            "negative size": (request(block_bytes=-1), "BadRequest", "shm bytes"),
+        }
+        for name, (message, error_type, words) in cases.items():
+            reply = _raw_request(server.endpoint, message)
+            assert reply["ok"] is False, name
+            assert reply["error"]["type"] == error_type and words in reply["error"]["message"], (name, reply)
+        foreign.unlink()
+        small.unlink()
+
+        # a block removed between ticks: the tick still arrives (over bytes), then shared memory is negotiated again
+        os.unlink(folder / block)
+        result = client.enhance(_frames(3))
+        assert result.enhanced, result.reason
+        client.hello()
+        assert client.transport == "shm" and client.enhance(_frames(3)).enhanced
+
+        # a block removed while its request is in flight: the worker either wrote into the unlinked file or answered
+        # SharedMemoryError and the client sent the tick over bytes; enhanced either way, and no worker died
+        frames = _frames(4, n=6, h=96, w=160)
+        outcome = []
+        thread = threading.Thread(target=lambda: outcome.append(client.enhance(frames)))
+        thread.start()
+        for path in folder.glob("blk-*"):
+            path.unlink(missing_ok=True)
+        thread.join()
+        assert outcome[0].enhanced, outcome[0].reason
+        assert client.stats()["worker_restarts"] == 0
+        client.hello()
+        after = client.enhance(_frames(5))
+        assert after.enhanced and client.transport == "shm", after.reason
+
+
+def test_no_block_is_left_after_close_stop_or_a_killed_server(identity_checkpoint):
+    srv = start_server(checkpoint=identity_checkpoint, threads=1)
+    try:
+        folder = wire.shm_folder_for(srv.folder)
+        with EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
+            client.hello()
+            assert client.enhance(_frames(6)).enhanced and client.transport == "shm"
+            assert len(_blocks(folder)) == 1
+        assert _blocks(folder) == []  # close() removed it
+        client = EnhancerClient(srv.endpoint, deadline_ms=10_000)
+        client.hello()
+        assert client.enhance(_frames(7)).enhanced and len(_blocks(folder)) == 1
+    finally:
+        stop_server(srv)
+    assert not folder.exists()  # the server's stop removed the folder with the block the client still held
+    client.close()
+
+    # SIGKILL of the broker with nobody to clean up after it: its workers remove the folder when they notice
+    srv = start_server(checkpoint=identity_checkpoint, threads=1)
+    folder = wire.shm_folder_for(srv.folder)
+    try:
+        with EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
+            client.hello()
+            assert client.enhance(_frames(8)).enhanced and len(_blocks(folder)) == 1
+            srv.process.kill()
+            srv.process.wait()
+            t_end = time.monotonic() + 30
+            while folder.exists() and time.monotonic() < t_end:
+                time.sleep(0.1)
+            assert not folder.exists()
+    finally:
+        stop_server(srv)
+
+
+def test_local_kill_removes_the_shared_memory_folder(identity_checkpoint):
+    srv = start_server(checkpoint=identity_checkpoint, threads=1)
+    folder = wire.shm_folder_for(srv.folder)
+    try:
+        with EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
+            client.hello()
+            assert client.enhance(_frames(9)).enhanced and len(_blocks(folder)) == 1
+            srv.kill()
+            assert not folder.exists() and not srv.folder.exists()
+    finally:
+        stop_server(srv)
+
+
+def test_client_uses_bytes_when_the_server_offers_no_shared_memory(identity_checkpoint):
+    frames = _frames(10)
+    with local_server(checkpoint=identity_checkpoint, threads=1, shared_memory=False) as srv:
+        assert not wire.shm_folder_for(srv.folder).exists()
+        with EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
+            assert "shm" not in client.hello()
+            result = client.enhance(frames)
+            assert result.enhanced and client.transport == "bytes", result.reason
+            np.testing.assert_array_equal(result.rgb[0], wire.to_float(wire.like(frames[0]["rgb"], np.uint8)))
+
+
+def test_a_restarted_server_is_served_over_bytes_then_shared_memory_again(identity_checkpoint):
+    first = start_server(checkpoint=identity_checkpoint, threads=1)
+    servers = [first]
+    try:
+        with EnhancerClient(first.endpoint, deadline_ms=5_000) as client:
+            client.hello()
+            assert client.enhance(_frames(11)).enhanced and client.transport == "shm"
+            first.kill()
+            servers.append(start_server(checkpoint=identity_checkpoint, bind=first.endpoint, threads=1))
+            results = []
+            t_end = time.monotonic() + 30
+            while (not results or not results[-1].enhanced or client.transport != "shm") and time.monotonic() < t_end:
+                results.append(client.enhance(_frames(12)))
+                time.sleep(0.05)
+            assert results[-1].enhanced and client.transport == "shm", [r.reason for r in results]
+            assert all(r.enhanced or r.reason for r in results)  # every tick: enhanced, or raw with its reason
+    finally:
+        for srv in servers:
+            stop_server(srv)
