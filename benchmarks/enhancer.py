@@ -13,7 +13,7 @@
    delivered, enhanced and raw (flagged), and the time from each restart's ready signal
    to the first enhanced tick.
 
-    python benchmarks/enhancer.py [--checkpoint checkpoints/enhancer-small] [--ticks 10000] [--restart-every 1000]
+    python benchmarks/enhancer.py [--checkpoint checkpoints/enhancer-run] [--ticks 10000] [--restart-every 1000]
                                   [--skip-restarts]
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from _machine import machine_name, write_result
+from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.client import EnhancerClient
 from neural_sensor.enhance.local import start_server, stop_server
 from neural_sensor.enhance.model import Enhancer
@@ -162,7 +163,7 @@ def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ticks", type=int, default=10_000)
     parser.add_argument("--restart-every", type=int, default=1000)

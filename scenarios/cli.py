@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
                          help="resample every image to W x H first (needed when the cameras differ in size)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
-                         help="reconstructor checkpoint folder; None = the shipped reconstructor-small")
+                         help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
     p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)

@@ -306,13 +306,13 @@ def test_far_away_layout_points_are_named_errors():
 
 
 def test_serve_enhancer_default_checkpoint_is_found_from_anywhere(tmp_path):
-    from neural_sensor.checkpoints import checkpoint_path
+    from neural_sensor.checkpoints import DEFAULT_ENHANCER, checkpoint_path
     from neural_sensor.enhance.server import ServerConfig
 
     folder = Path(ServerConfig().checkpoint)
-    assert folder.is_absolute() and folder == checkpoint_path("enhancer-small")
+    assert folder.is_absolute() and folder == checkpoint_path(DEFAULT_ENHANCER)
     result = _cli(["serve-enhancer", "--help"], tmp_path, cwd=tmp_path)
-    assert str(folder) in result.stdout.replace("\n", "").replace(" ", "") or "enhancer-small" in result.stdout
+    assert str(folder) in result.stdout.replace("\n", "").replace(" ", "") or DEFAULT_ENHANCER in result.stdout
 
 
 def test_wheel_carries_the_shipped_checkpoints(tmp_path):
@@ -324,7 +324,9 @@ def test_wheel_carries_the_shipped_checkpoints(tmp_path):
     assert result.returncode == 0, result.stderr
     wheel = next(tmp_path.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for ckpt in ("enhancer-small", "reconstructor-small"):
+    from neural_sensor.checkpoints import SHIPPED
+
+    for ckpt in SHIPPED:
         for file in ("config.json", "model.safetensors", "CARD.md"):
             assert any(n.endswith(f".data/data/share/neural-sensor/checkpoints/{ckpt}/{file}") for n in names), \
                 (ckpt, file)

@@ -1,6 +1,6 @@
 """A local enhancer server as a subprocess: `--enhancer local` in the CLI, benchmarks and tests.
 
-    with local_server(checkpoint="checkpoints/enhancer-small") as server:
+    with local_server(checkpoint="checkpoints/enhancer-run") as server:
         client = EnhancerClient(server.endpoint)
 
 The server binds a free loopback port (or the given endpoint) and writes a ready file once a worker has
@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from neural_sensor.checkpoints import default_checkpoint
+from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.protocol import shm_folder_for
 
-DEFAULT_CHECKPOINT = default_checkpoint("enhancer-small")
+DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_ENHANCER)
 
 
 @dataclass

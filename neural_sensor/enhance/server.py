@@ -1,6 +1,6 @@
 """Enhancer server: a ZeroMQ load-balancing broker in front of N model worker processes.
 
-    neural-sensor serve-enhancer --bind tcp://127.0.0.1:5555 --workers 2 --checkpoint checkpoints/enhancer-small
+    neural-sensor serve-enhancer --bind tcp://127.0.0.1:5555 --workers 2 --checkpoint checkpoints/enhancer-run
 
 Clients (REQ or DEALER) talk to the broker's ROUTER socket (`--bind`). The broker
 validates every request (protocol.parse_request): a malformed one gets an error reply
@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from neural_sensor.checkpoints import default_checkpoint
+from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance import protocol as wire
 
 SERVER_VERSION = "0.1.0"
@@ -63,7 +63,7 @@ class ServerConfig:
     """What `serve` runs."""
 
     bind: str = "tcp://127.0.0.1:5555"
-    checkpoint: str = str(default_checkpoint("enhancer-small"))
+    checkpoint: str = str(default_checkpoint(DEFAULT_ENHANCER))
     workers: int = 1
     threads_per_worker: int = 0  # torch threads per worker; 0 = cores / workers
     max_batch_frames: int = wire.MAX_FRAMES
@@ -656,8 +656,8 @@ def serve(config: ServerConfig) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback unless CurveZMQ)")
     parser.add_argument("--workers", type=int, default=1, help="model worker processes")
-    parser.add_argument("--checkpoint", default=str(default_checkpoint("enhancer-small")),
-                        help="enhancer checkpoint folder (default: the shipped enhancer-small)")
+    parser.add_argument("--checkpoint", default=str(default_checkpoint(DEFAULT_ENHANCER)),
+                        help=f"enhancer checkpoint folder (default: the shipped {DEFAULT_ENHANCER})")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     parser.add_argument("--max-batch-frames", type=int, default=wire.MAX_FRAMES,
                         help=f"most frames one worker job batches together (1-{wire.MAX_FRAMES})")

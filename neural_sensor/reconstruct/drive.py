@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neural_sensor.camera import Camera
-from neural_sensor.checkpoints import default_checkpoint
+from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, read_drive_log, record_drive
@@ -34,7 +34,7 @@ from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstru
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path as Polyline
 
-DEFAULT_CHECKPOINT = default_checkpoint("reconstructor-small")
+DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
 
 
 def reconstruction_code_hash() -> str:

@@ -199,8 +199,13 @@ def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
             "passthrough_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(passthrough, truth)])), 3)}
 
 
+def new_model(init: Path | None = None) -> Enhancer:
+    """A fresh run-regime enhancer (RUN_ENHANCER, the identity at start), or the weights of `init` to fine-tune."""
+    return Enhancer.from_pretrained(init).train() if init else Enhancer(EnhancerConfig(**asdict(RUN_ENHANCER)))
+
+
 def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_folder: Path, resume: bool = False,
-          cache_dir: Path | None = None) -> dict:
+          cache_dir: Path | None = None, init: Path | None = None) -> dict:
     from neural_sensor.perceptual import perceptual_distance_torch
 
     torch.manual_seed(config.seed)
@@ -208,7 +213,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     frames = load_frames(data_root, recon_folder, range(config.worlds), "train", config.ticks_per_world, cache_dir)
     eval_frames = load_frames(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
     model, optimiser, step, history = start_or_resume(
-        out, resume, lambda: Enhancer(EnhancerConfig(**asdict(RUN_ENHANCER))), Enhancer.from_pretrained,
+        out, resume, lambda: new_model(init), Enhancer.from_pretrained,
         lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
@@ -253,13 +258,14 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     bar.close()
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
                "final": history[-1] if history else {}, "config": asdict(config),
-               "frames": int(len(frames["rgb"])), "reconstructor": str(recon_folder)}
+               "frames": int(len(frames["rgb"])), "reconstructor": str(recon_folder),
+               "init": str(init) if init else None}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
 def main() -> None:
-    from neural_sensor.checkpoints import default_checkpoint
+    from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -269,8 +275,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=Path("checkpoints/enhancer-run"))
     parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "neural-sensor" / "enhancer-run-data")
-    parser.add_argument("--reconstructor", type=Path, default=default_checkpoint("reconstructor-small"))
+    parser.add_argument("--reconstructor", type=Path, default=default_checkpoint(DEFAULT_RECONSTRUCTOR))
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
     args = parser.parse_args()
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr)
@@ -278,7 +285,7 @@ def main() -> None:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
         return
-    summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
+    summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
     print(json.dumps(summary["final"]))
 
 
