@@ -20,7 +20,8 @@ round-robin so straight, curve and intersection all appear):
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha);
-5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM);
+5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
+   ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
 6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH depth
    and poses (`neural_sensor.enhance.warp.warp_views`), compared with frame t over the
    surface pixels both frames see: mean absolute difference (x 255, 8-bit levels) and PSNR,
@@ -206,6 +207,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         row[f"{name}_ssim"] = ssim(image, gt.rgb[i])
                         if do_perceptual:
                             row[f"{name}_perceptual"] = float(perceptual_distance(image, gt.rgb[i]))
+                    # a floor: the ground truth's own mean colour everywhere (what a scene of fog converges to)
+                    flat = np.ascontiguousarray(np.broadcast_to(gt.rgb[i].mean(axis=(0, 1)), gt.rgb[i].shape))
+                    row["flat_psnr"], row["flat_ssim"] = psnr(flat, gt.rgb[i]), ssim(flat, gt.rgb[i])
                     if "truth_enhanced" in images:
                         row["truth_enhanced_psnr"] = psnr(images["truth_enhanced"][i], gt.rgb[i])
                         row["truth_enhanced_ssim"] = ssim(images["truth_enhanced"][i], gt.rgb[i])

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from neural_sensor.camera import Camera
+from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
 from neural_sensor.reconstruct.log import (DriveLogError, log_digest, nerfstudio_to_opencv, opencv_to_nerfstudio,
                                            read_drive_log, record_drive, write_drive_log)
 from neural_sensor.rig import nuscenes_like_rig
 from neural_sensor.world import pose_from_xyz_yaw
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "reconstructor-small"
+SHIPPED = DEFAULT_CHECKPOINT  # the reconstructor a run uses (neural_sensor.checkpoints.DEFAULT_RECONSTRUCTOR)
 needs_checkpoint = pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
 
 SHORT_SCENARIO = '''

@@ -1,12 +1,17 @@
-"""Checkpointing shared by the training scripts: start or resume, save, one optimiser step."""
+"""Shared by the training scripts: start or resume, one optimiser step, record / save, the summary, cached data."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
 HISTORY_FILE = "history.json"  # one record per step
@@ -40,3 +45,41 @@ def apply_gradients(model, optimiser, loss: torch.Tensor, clip_norm: float = 1.0
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimiser.step()
+
+
+def record_step(out: Path, model, optimiser, step: int, history: list, record: dict, config,
+                evaluate: Callable[[], dict], key: str = "heldout") -> None:
+    """After an optimiser step: record[key] = evaluate() every config.eval_every steps (and at the last, printed),
+    append the record to history, save a checkpoint every config.save_every steps (and at the last)."""
+    last = step == config.steps
+    if step % config.eval_every == 0 or last:
+        record[key] = evaluate()
+        tqdm.write(json.dumps(record))
+    history.append(record)
+    if step % config.save_every == 0 or last:
+        save_checkpoint(out, model, optimiser, step, history)
+
+
+def write_summary(out: Path, step: int, start_s: float, history: list, config, **extra) -> dict:
+    """Write and return out/train_summary.json: steps, this run's wall time, the last record, the config, extras."""
+    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start_s, 1),
+               "final": history[-1] if history else {}, "config": asdict(config), **extra}
+    (Path(out) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def load_or_make_npz(path: Path, make: Callable[[], dict]) -> dict:
+    """The arrays stored at `path` (an .npz) when written before, else make()'s, written atomically first; a file
+    damaged by an interrupted run is made again."""
+    path = Path(path)
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return dict(data)
+        except (OSError, ValueError, EOFError):
+            path.unlink()
+    arrays = make()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return arrays

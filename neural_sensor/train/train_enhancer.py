@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from neural_sensor.metrics import psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.state import apply_gradients, load_or_make_npz, save_checkpoint, start_or_resume
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -109,21 +108,14 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
 
 def _world_file(folder: Path, seed: int, split: str, recon: ReconNet) -> dict[str, np.ndarray]:
     """The pairs of one world, from `folder` if written before, else made and written atomically."""
-    path = folder / f"world-{seed}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                return dict(data)
-        except (OSError, ValueError, EOFError):
-            path.unlink()  # damaged by an interrupted run: make it again
-    pairs = world_pairs(make_world(seed, split, WORLD_CONFIG), recon, with_masks=True)
-    packed = {"disoccluded": pairs["disoccluded"], "rgb": _to_u8(pairs["rgb"]), "depth": pairs["depth"].astype(np.float16), "alpha": _to_u8(pairs["alpha"]),
-              "reference": _to_u8(pairs["reference"]), "reference_valid": pairs["reference_valid"],
-              "target": _to_u8(pairs["target"]), "kind": pairs["kind"].astype(np.uint8)}
-    tmp = folder / f".world-{seed}.{os.getpid()}.npz"
-    np.savez(tmp, **packed)
-    tmp.replace(path)
-    return packed
+    def make() -> dict[str, np.ndarray]:
+        pairs = world_pairs(make_world(seed, split, WORLD_CONFIG), recon, with_masks=True)
+        return {"disoccluded": pairs["disoccluded"], "rgb": _to_u8(pairs["rgb"]),
+                "depth": pairs["depth"].astype(np.float16), "alpha": _to_u8(pairs["alpha"]),
+                "reference": _to_u8(pairs["reference"]), "reference_valid": pairs["reference_valid"],
+                "target": _to_u8(pairs["target"]), "kind": pairs["kind"].astype(np.uint8)}
+
+    return load_or_make_npz(folder / f"world-{seed}.npz", make)
 
 
 def load_pairs(data_root: Path, recon_folder: Path, worlds: int) -> dict[str, np.ndarray]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,8 @@ from tqdm import tqdm
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, start_or_resume,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
 
 DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
@@ -126,18 +126,8 @@ def _u8(x: np.ndarray) -> np.ndarray:
 def _world_file(folder: Path, seed: int, split: str, ticks: int, recon_folder: Path,
                 cache_dir: Path | None) -> dict[str, np.ndarray]:
     """One world's frames from `folder` if written before (with as many ticks), else made and written atomically."""
-    path = folder / f"world-{seed}-t{ticks}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                return dict(data)
-        except (OSError, ValueError, EOFError):
-            path.unlink()  # damaged by an interrupted run: make it again
-    frames = world_frames(seed, split, ticks, recon_folder, cache_dir)
-    tmp = folder / f".world-{seed}.{os.getpid()}.npz"
-    np.savez(tmp, **frames)
-    tmp.replace(path)
-    return frames
+    return load_or_make_npz(folder / f"world-{seed}-t{ticks}.npz",
+                            lambda: world_frames(seed, split, ticks, recon_folder, cache_dir))
 
 
 def data_folder(data_root: Path, recon_folder: Path) -> Path:
@@ -249,19 +239,10 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
                   "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
         if loss_perceptual is not None:
             record["perceptual"] = round(loss_perceptual.item(), 5)
-        if step % config.eval_every == 0 or step == config.steps:
-            record["heldout"] = evaluate(model, eval_frames)
-            tqdm.write(json.dumps(record))
-        history.append(record)
-        if step % config.save_every == 0 or step == config.steps:
-            save_checkpoint(out, model, optimiser, step, history)
+        record_step(out, model, optimiser, step, history, record, config, lambda: evaluate(model, eval_frames))
     bar.close()
-    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
-               "final": history[-1] if history else {}, "config": asdict(config),
-               "frames": int(len(frames["rgb"])), "reconstructor": str(recon_folder),
-               "init": str(init) if init else None}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
+                         reconstructor=str(recon_folder), init=str(init) if init else None)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.render._torch_ref import render_torch
-from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.state import apply_gradients, record_step, start_or_resume, write_summary
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, WorldConfig, check_split, make_world
 
 CONTEXT_TIMESTEPS = (0, 2)
@@ -134,17 +134,10 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
         bar.update(1)
         bar.set_postfix(l1=f"{loss_rgb.item():.4f}", depth=f"{loss_depth.item():.3f}")
         record = {"step": step, "loss_rgb_l1": round(loss_rgb.item(), 5), "loss_log_depth": round(loss_depth.item(), 4)}
-        if step % config.eval_every == 0 or step == config.steps:
-            record["heldout_psnr"] = evaluate(model, eval_worlds)
-            tqdm.write(json.dumps(record))
-        history.append(record)
-        if step % config.save_every == 0 or step == config.steps:
-            save_checkpoint(out, model, optimiser, step, history)
+        record_step(out, model, optimiser, step, history, record, config, lambda: evaluate(model, eval_worlds),
+                    key="heldout_psnr")
     bar.close()
-    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
-               "final": history[-1] if history else {}, "config": asdict(config)}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return write_summary(out, step, start, history, config)
 
 
 def main() -> None:

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,8 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, start_or_resume,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
 
 DATA_VERSION = "run-v1"
@@ -115,18 +115,7 @@ def load_world(root: Path, seed: int, split: str, targets: int, size: tuple[int,
     """world_data from `root` when stored before, else made and stored atomically."""
     folder = Path(root) / f"{DATA_VERSION}-{size[0]}x{size[1]}"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"world-{seed}-t{targets}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                return dict(data)
-        except (OSError, ValueError, EOFError):
-            path.unlink()
-    data = world_data(seed, split, targets, size)
-    tmp = folder / f".world-{seed}.{os.getpid()}.npz"
-    np.savez(tmp, **data)
-    tmp.replace(path)
-    return data
+    return load_or_make_npz(folder / f"world-{seed}-t{targets}.npz", lambda: world_data(seed, split, targets, size))
 
 
 def _cameras(K: np.ndarray, pose: np.ndarray, size: tuple[int, int]) -> list[Camera]:
@@ -230,17 +219,10 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         bar.update(1)
         bar.set_postfix(l1=f"{terms['l1'].item():.4f}", depth=f"{terms['view_depth'].item():.3f}")
         record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
-        if step % config.eval_every == 0 or step == config.steps:
-            record["heldout"] = evaluate(model, eval_worlds, config)
-            tqdm.write(json.dumps(record))
-        history.append(record)
-        if step % config.save_every == 0 or step == config.steps:
-            save_checkpoint(out, model, optimiser, step, history)
+        record_step(out, model, optimiser, step, history, record, config,
+                    lambda: evaluate(model, eval_worlds, config))
     bar.close()
-    summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start, 1),
-               "final": history[-1] if history else {}, "config": asdict(config), "init": str(init) if init else None}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return write_summary(out, step, start, history, config, init=str(init) if init else None)
 
 
 def main() -> None:
