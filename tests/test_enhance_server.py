@@ -12,21 +12,13 @@ import zmq
 from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.client import EnhancerClient, EnhancerVersionError
 from neural_sensor.enhance.local import local_server, start_server, stop_server
-from neural_sensor.enhance.model import Enhancer, EnhancerConfig, checkpoint_hash
+from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.enhance.server import ServerConfig, check_bind, is_loopback
 from neural_sensor.rig import NeuralSensorRig, SensorSpec
 from neural_sensor.testing import make_street_scene
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "enhancer-small"
-
-
-@pytest.fixture(scope="module")
-def identity_checkpoint(tmp_path_factory):
-    """A small untrained enhancer: exactly the identity, so replies can be checked against the request."""
-    folder = tmp_path_factory.mktemp("identity")
-    Enhancer(EnhancerConfig(model_name="identity", block_out_channels=(8, 16), norm_num_groups=4)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

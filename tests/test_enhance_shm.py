@@ -12,15 +12,6 @@ import zmq
 from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.client import EnhancerClient
 from neural_sensor.enhance.local import local_server, start_server, stop_server
-from neural_sensor.enhance.model import Enhancer, EnhancerConfig
-
-
-@pytest.fixture(scope="module")
-def identity_checkpoint(tmp_path_factory):
-    """A small untrained enhancer: exactly the identity (as in test_enhance_server.py)."""
-    folder = tmp_path_factory.mktemp("identity")
-    Enhancer(EnhancerConfig(model_name="identity", block_out_channels=(8, 16), norm_num_groups=4)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

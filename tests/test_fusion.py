@@ -41,14 +41,19 @@ def _pixel_gaussians(cameras: list[Camera], depths: np.ndarray, opacity: float =
                          np.zeros((n, 1, 3), np.float32))
 
 
-def _wall_with_floaters():
-    """Three views of the wall; view 0 has a block of floaters at 6 m (4 m in front of the wall)."""
+def _wall_with_block(depth_m: float):
+    """Three views of the wall; a block of view 0's pixels put at depth_m instead of on the wall."""
     cameras = _cameras()
     depths = _wall_depths(cameras)
-    floater = np.zeros_like(depths, dtype=bool)
-    floater[0, 8:16, 10:22] = True
-    depths[floater] = 6.0
-    return cameras, depths, floater, _pixel_gaussians(cameras, depths)
+    block = np.zeros_like(depths, dtype=bool)
+    block[0, 8:16, 10:22] = True
+    depths[block] = depth_m
+    return cameras, depths, block, _pixel_gaussians(cameras, depths)
+
+
+def _wall_with_floaters():
+    """View 0 has a block of floaters at 6 m (4 m in front of the wall)."""
+    return _wall_with_block(6.0)
 
 
 NO_MERGE = dict(merge_cell_m=0.0, budget=0)
@@ -184,12 +189,7 @@ def test_fusion_key_names_the_options():
 
 def test_hidden_points_are_dropped_when_asked():
     """A block of view 0 put 4 m behind the wall: the other views see the wall in front of it, none agrees with it."""
-    cameras = _cameras()
-    depths = _wall_depths(cameras)
-    behind = np.zeros_like(depths, dtype=bool)
-    behind[0, 8:16, 10:22] = True
-    depths[behind] = 14.0
-    per_view = _pixel_gaussians(cameras, depths)
+    cameras, depths, behind, per_view = _wall_with_block(14.0)
     kept = fuse_views(per_view, depths, cameras, FusionConfig(**NO_MERGE))
     assert len(kept) == depths.size  # carving alone keeps them: nothing sees through them
     dropped = fuse_views(per_view, depths, cameras, FusionConfig(hidden_views=2, **NO_MERGE))

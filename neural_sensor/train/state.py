@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict
@@ -37,6 +38,14 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
     model.save_pretrained(out)
     torch.save({"optimiser": optimiser.state_dict(), "step": step}, out / STATE_FILE)
     (out / HISTORY_FILE).write_text(json.dumps(history))
+
+
+def set_cosine_lr(optimiser, base_lr: float, step: int, steps: int, floor: float = 0.05) -> float:
+    """Set every group's learning rate to base_lr on a cosine from 1 down to `floor` over `steps`; returns it."""
+    lr = base_lr * (floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def apply_gradients(model, optimiser, loss: torch.Tensor, clip_norm: float = 1.0) -> None:

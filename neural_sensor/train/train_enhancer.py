@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +38,8 @@ from neural_sensor.metrics import psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import apply_gradients, load_or_make_npz, save_checkpoint, start_or_resume
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, save_checkpoint, set_cosine_lr,
+                                       start_or_resume)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -184,9 +184,7 @@ def train(config: EnhancerTrainConfig, out: Path, data_root: Path, recon_folder:
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer", unit="step")
     while step < config.steps:
         model.train()
-        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
+        lr = set_cosine_lr(optimiser, config.lr, step, config.steps)
         idx = rng.integers(n, size=config.batch)
         rgb, target, ref, depth, alpha, valid, disoccluded = _batch(pairs, idx, rng.random(config.batch) < 0.5,
                                                        rng.random(config.batch) < config.reference_dropout)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +40,8 @@ from tqdm import tqdm
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, start_or_resume,
-                                       write_summary)
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, set_cosine_lr,
+                                       start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
 
 DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
@@ -214,9 +213,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
     while step < config.steps:
         model.train()
-        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
+        set_cosine_lr(optimiser, config.lr, step, config.steps)
         rgb, depth, alpha, target, identity = sample_batch(frames, rng, config.batch, config.crop,
                                                            config.identity_fraction)
         pred = model(rgb, depth, alpha)
