@@ -385,6 +385,21 @@ def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
+def rotmats_to_quats(m: np.ndarray) -> np.ndarray:
+    """[M, 3, 3] rotations -> [M, 4] unit quaternions (w, x, y, z), w >= 0: rotmat_to_quat for many, vectorised."""
+    assert m.ndim == 3 and m.shape[1:] == (3, 3), m.shape
+    d0, d1, d2 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
+
+    def root(x: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.clip(x, 0, None)) / 2
+
+    q = np.stack([root(1.0 + d0 + d1 + d2),
+                  np.copysign(root(1.0 + d0 - d1 - d2), m[:, 2, 1] - m[:, 1, 2]),
+                  np.copysign(root(1.0 - d0 + d1 - d2), m[:, 0, 2] - m[:, 2, 0]),
+                  np.copysign(root(1.0 - d0 - d1 + d2), m[:, 1, 0] - m[:, 0, 1])], axis=1)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
 def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamilton product of [.., 4] (w, x, y, z) quaternions (broadcasting)."""
     aw, ax, ay, az = (a[..., i] for i in range(4))

@@ -293,3 +293,12 @@ def test_more_bad_arguments():
     pose[3, 0] = 1.0
     with pytest.raises(ValueError, match="pose: the last row must be"):
         scene.transformed(pose)
+
+
+def test_rotmats_to_quats_matches_its_one_at_a_time_twin():
+    from neural_sensor.gaussians import quats_to_rotmats, rotmat_to_quat, rotmats_to_quats
+
+    q = np.random.default_rng(0).normal(size=(500, 4))
+    rotations = quats_to_rotmats(q / np.linalg.norm(q, axis=1, keepdims=True))
+    np.testing.assert_allclose(rotmats_to_quats(rotations), np.stack([rotmat_to_quat(r) for r in rotations]),
+                               atol=1e-9)

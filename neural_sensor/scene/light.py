@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from neural_sensor.gaussians import rotmats_to_quats
 from neural_sensor.labels import CityObjectLabel as L
 from neural_sensor.scene.layout import Style
 from neural_sensor.scene.occupancy import Occupancy
@@ -210,19 +211,7 @@ def dome_geometry(centre_xy: np.ndarray, *, rings: int = 14) -> dict:
     az_t = np.where(norm > 1e-6, az_t / np.maximum(norm, 1e-9), [1.0, 0.0, 0.0])
     frames = np.stack([az_t, np.cross(normals, az_t), normals], axis=2)  # columns: tangent, bitangent, normal
     return {"means": centre + d * SKY_RADIUS_M, "normals": normals, "scales": scales,
-            "quats": rotmat_to_quat_batch(frames)}
-
-
-def rotmat_to_quat_batch(m: np.ndarray) -> np.ndarray:
-    """[M, 4] (w, x, y, z) quaternions of rotation matrices m [M, 3, 3]."""
-    assert m.ndim == 3 and m.shape[1:] == (3, 3), m.shape
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    q = np.empty((len(m), 4))
-    q[:, 0] = np.sqrt(np.clip(1.0 + tr, 0, None)) / 2
-    q[:, 1] = np.copysign(np.sqrt(np.clip(1.0 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2, m[:, 2, 1] - m[:, 1, 2])
-    q[:, 2] = np.copysign(np.sqrt(np.clip(1.0 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 0, None)) / 2, m[:, 0, 2] - m[:, 2, 0])
-    q[:, 3] = np.copysign(np.sqrt(np.clip(1.0 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2], 0, None)) / 2, m[:, 1, 0] - m[:, 0, 1])
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+            "quats": rotmats_to_quats(frames)}
 
 
 def sky_dome(palette: Palette, centre_xy: np.ndarray, *, rings: int = 14) -> dict:

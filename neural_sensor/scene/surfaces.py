@@ -28,7 +28,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from neural_sensor.gaussians import GaussianScene
+from neural_sensor.gaussians import GaussianScene, rotmats_to_quats
 from neural_sensor.labels import CityObjectLabel as L
 from neural_sensor.scene import light
 from neural_sensor.scene.layout import Box, Layout, _offset_polyline
@@ -52,7 +52,7 @@ MAX_SCALE_M = 1.2  # no surface Gaussian is wider than this (the sky dome except
 
 def _quats_from_frames(t: np.ndarray, b: np.ndarray, n: np.ndarray) -> np.ndarray:
     """[M, 4] (w, x, y, z) quaternions of rotations whose columns are t, b, n (each [M, 3], right-handed)."""
-    return light.rotmat_to_quat_batch(np.stack([t, b, n], axis=2))
+    return rotmats_to_quats(np.stack([t, b, n], axis=2))
 
 
 def _yaw_quats(yaw: np.ndarray) -> np.ndarray:
