@@ -65,7 +65,7 @@ from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import TEMPLATES, Layout
 from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
-from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
+from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 VOXEL_M = 0.3  # the runner's (Scenario.voxel_m default): both the ground truth and the recorded drive use it
 END_MARGIN_M = 10.0  # clips keep this far from either end of the recorded path
@@ -98,7 +98,7 @@ def heldout_worlds(first_seed: int, n_worlds: int) -> list[tuple[int, Layout]]:
 
 def recorded_path(layout: Layout) -> np.ndarray:
     """[P, 2] the recorded drive: the first lane in the travel direction (as the synthetic worlds record)."""
-    return next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline()
+    return recorded_lane_xy_m(layout)
 
 
 def clip_starts(path_length_m: float, clips: int, ticks: int, tick_m: float) -> list[float]:

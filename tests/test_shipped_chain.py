@@ -19,7 +19,7 @@ from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
-from neural_sensor.train.synthetic import check_split, world_layout
+from neural_sensor.train.synthetic import check_split, recorded_lane_xy_m, world_layout
 
 SEED = 1_000_340  # held out: clear of every seed a training script or benchmark uses
 PASSTHROUGH_MIN_DB = 35.0  # a sharp render through the enhancer, against itself (the target)
@@ -31,7 +31,7 @@ def drive(tmp_path_factory):
     check_split(SEED, "heldout")
     cache = tmp_path_factory.mktemp("cache")
     layout = world_layout(SEED)
-    lane = next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline()
+    lane = recorded_lane_xy_m(layout)
     scene, _ = reconstructed_scene(layout, lane, checkpoint=default_checkpoint(DEFAULT_RECONSTRUCTOR), voxel_m=0.3,
                                    cache_dir=cache)
     truth, _ = build_scene(layout, voxel_m=0.3, cache_dir=cache)

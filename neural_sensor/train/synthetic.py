@@ -98,6 +98,12 @@ def world_layout(seed: int) -> Layout:
     return intersection(float(rng.uniform(35, 55)), style=style)
 
 
+def recorded_lane_xy_m(layout: Layout) -> np.ndarray:
+    """[P, 2] world metres: the lane a synthetic world's drive is recorded along, its first lane in the travel
+    direction, in travel order (make_world, the run-regime trainings and benchmarks/runtime_fidelity.py)."""
+    return next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline()
+
+
 def _render(scene, cameras, background) -> dict:
     return render(scene, cameras, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"), background=background)
 
@@ -111,8 +117,7 @@ def make_world(seed: int, split: str, config: WorldConfig | None = None) -> Synt
                                    appearance=config.appearance, sky=config.appearance == "textured")
     background = sky_rgb(layout.style)
     rng = np.random.default_rng(seed + 17)
-    lane = next(ln for ln in layout.lanes if ln.direction == 1)
-    path = Path(lane.travel_polyline())
+    path = Path(recorded_lane_xy_m(layout))
     span = (config.timesteps - 1) * config.step_m
     start = float(rng.uniform(2.0, max(2.5, path.length_m - span - 8.0)))
     specs = nuscenes_like_rig(config.width, config.height)  # the rig the demo drives with

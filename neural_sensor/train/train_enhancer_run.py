@@ -42,7 +42,7 @@ from neural_sensor.metrics import psnr
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, set_cosine_lr,
                                        start_or_resume, write_summary)
-from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
+from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
@@ -73,11 +73,6 @@ class RunEnhancerTrainConfig:
     seed: int = 0
 
 
-def recorded_lane(layout) -> np.ndarray:
-    """[P, 2] the drive a world's log records: its first lane in the travel direction (as the runner's scenarios)."""
-    return next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline()
-
-
 def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
                  cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Frames of one world in the run's regime (see the module docstring); deterministic per seed.
@@ -94,7 +89,7 @@ def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
 
     check_split(seed, split)
     layout = world_layout(seed)
-    lane = recorded_lane(layout)
+    lane = recorded_lane_xy_m(layout)
     path = Polyline(lane)
     scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
     truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)

@@ -45,7 +45,7 @@ from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensor
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, start_or_resume,
                                        write_summary)
-from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, world_layout
+from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v1"
 VOXEL_M = 0.3  # the runner's voxel size
@@ -86,7 +86,7 @@ def world_data(seed: int, split: str, targets: int, size: tuple[int, int]) -> di
 
     check_split(seed, split)
     layout = world_layout(seed)
-    path = Polyline(next(lane for lane in layout.lanes if lane.direction == 1).travel_polyline())
+    path = Polyline(recorded_lane_xy_m(layout))
     truth, _ = build_scene(layout, voxel_m=VOXEL_M)
     background = np.asarray(sky_rgb(layout.style), np.float32)
     specs = nuscenes_like_rig(*size)
@@ -107,7 +107,8 @@ def world_data(seed: int, split: str, targets: int, size: tuple[int, int]) -> di
     return {"rgb": _u8(views.rgb), "depth": np.where(sky, 0.0, views.depth).astype(np.float16),
             "sky": sky, "K": np.stack([c.K for c in cams]), "pose": np.stack([c.pose_camera_to_world for c in cams]),
             "target_rgb": _u8(gt.rgb), "target_depth": gt.depth.astype(np.float16), "target_alpha": _u8(gt.alpha),
-            "target_K": np.stack([c.K for c in t_cams]), "target_pose": np.stack([c.pose_camera_to_world for c in t_cams]),
+            "target_K": np.stack([c.K for c in t_cams]),
+            "target_pose": np.stack([c.pose_camera_to_world for c in t_cams]),
             "target_station": np.asarray(t_station, np.int32), "background": background}
 
 
@@ -233,7 +234,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints/reconstructor-run"))
-    parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
+    parser.add_argument("--data", type=Path,
+                        default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
