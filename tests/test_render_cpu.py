@@ -136,3 +136,41 @@ def test_contract_constants_are_gsplat_classic():
 
     assert (c.ALPHA_THRESHOLD, c.MAX_ALPHA, c.TRANSMITTANCE_THRESHOLD) == (1.0 / 255.0, 0.99, 1e-4)
     assert (c.EPS2D, c.GAUSSIAN_EXTEND, c.NEAR_PLANE_M, c.TILE_SIZE, c.SEMANTIC_MIN_ALPHA) == (0.3, 3.33, 0.01, 16, 0.5)
+
+
+def test_chunk_culling_changes_nothing(monkeypatch):
+    """The projection skips whole spatial chunks that cannot reach the image: the images must equal those of a
+    render whose chunks never cull (one chunk per Gaussian, each with an infinite sphere), for the six cameras
+    of a rig on the street, and the chunks must really cull something there."""
+    import neural_sensor.render.cpu as cpu
+
+    def street():  # in an order that follows the street, as the builder emits it (chunks follow index order)
+        unordered = make_street_scene(30_000, seed=4, sh_degree=1)
+        return unordered.subset(np.argsort(np.round(unordered.means[:, 0] / 4.0) * 1e4 + unordered.means[:, 1],
+                                           kind="stable"))
+
+    scene = street()
+    cameras = street_cameras(96, 64, count=6)
+    culled = render(scene, cameras, backend="cpu", outputs=ALL)
+    order, starts, spheres = cpu._spatial_chunks(scene)
+    assert sorted(order.tolist()) == list(range(len(scene))) and starts[-1] == len(scene)
+    # every Gaussian's bounding sphere lies inside its chunk's sphere
+    reach = cpu._world_covariances(scene)[:, 6]
+    for c in range(len(starts) - 1):
+        members = order[starts[c]:starts[c + 1]]
+        gap = np.linalg.norm(scene.means[members] - spheres[c, :3], axis=1) + reach[members]
+        assert (gap <= spheres[c, 3]).all()
+    # chunks wholly behind the front camera are skipped by the near-plane test alone
+    centre_cam = (cameras[0].pose_world_to_camera @ np.c_[spheres[:, :3], np.ones(len(spheres))].T).T
+    assert (centre_cam[:, 2] + spheres[:, 3] < 0).sum() > len(spheres) // 10
+
+    def never_culled(sc):
+        n = len(sc)
+        return (np.arange(n, dtype=np.int32), np.arange(n + 1, dtype=np.int64),
+                np.tile(np.array([0.0, 0.0, 0.0, 1e30], np.float32), (n, 1)))
+
+    monkeypatch.setattr(cpu, "_spatial_chunks", never_culled)
+    fresh = street()  # no chunks cached on it
+    plain = render(fresh, cameras, backend="cpu", outputs=ALL)
+    for key in ALL:
+        np.testing.assert_array_equal(getattr(culled, key), getattr(plain, key), err_msg=key)

@@ -116,9 +116,13 @@ def _covariances(quats, scales, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, **_JIT)
-def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, height, tile_size,
-             out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
-    """Project every Gaussian into one camera.
+def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, height, tile_size, chunk_order,
+             chunk_starts, chunk_spheres, out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
+    """Project every Gaussian into one camera, skipping spatial chunks that cannot reach the image.
+
+    chunk_order, chunk_starts, chunk_spheres: `_spatial_chunks` of the scene. A chunk whose bounding
+    sphere fails the per-Gaussian early-out below (or lies behind the near plane) is skipped whole:
+    every Gaussian in it would have been skipped one by one, so the result is the same.
 
     out_geom [N, GEOM_WIDTH]: the columns listed at GEOM_WIDTH
     out_color [N, 3]: SH colour + 0.5, clamped at 0 (visible Gaussians only)
@@ -139,117 +143,135 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
     # the clamped Jacobian of persp_proj is at most (f / z) sqrt(1 + lim^2) per unit of 3D offset
     slack_x = math.sqrt(_ONE + max(lim_x_pos, lim_x_neg) ** 2)
     slack_y = math.sqrt(_ONE + max(lim_y_pos, lim_y_neg) ** 2)
-    for i in prange(means.shape[0]):
-        out_valid[i] = 0
-        mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
-        x = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
-        y = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
-        z = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
-        if z < _F_NEAR or z > _F_FAR:
-            continue
-        opac = opacities[i]
-        if opac < _F_ALPHA_THRESHOLD:
-            continue
-        # conservative early-out: a bounding sphere entirely outside a side of the frustum cannot reach
-        # the image (its EWA box, dilation included, stays beyond the edge), so skip the covariance work
-        reach = covs[i, 6]
+    # the per-Gaussian early-out below is "f(mean) > reach * k" with f linear in camera coordinates; for a
+    # chunk sphere (centre c, radius R holding every mean + reach) f(c) > R * max(k, |grad f|) implies it
+    kx = max(slack_x * fx, math.sqrt(fx * fx + (max(w_f - cx, cx) + np.float32(2.0)) ** 2))
+    ky = max(slack_y * fy, math.sqrt(fy * fy + (max(h_f - cy, cy) + np.float32(2.0)) ** 2))
+    for ci in prange(chunk_starts.shape[0] - 1):
+        cmx, cmy, cmz, rad = chunk_spheres[ci, 0], chunk_spheres[ci, 1], chunk_spheres[ci, 2], chunk_spheres[ci, 3]
+        x = viewmat[0, 0] * cmx + viewmat[0, 1] * cmy + viewmat[0, 2] * cmz + viewmat[0, 3]
+        y = viewmat[1, 0] * cmx + viewmat[1, 1] * cmy + viewmat[1, 2] * cmz + viewmat[1, 3]
+        z = viewmat[2, 0] * cmx + viewmat[2, 1] * cmy + viewmat[2, 2] * cmz + viewmat[2, 3]
         margin = np.float32(2.0) * z
-        if (x * fx - z * (w_f - cx) > reach * slack_x * fx + margin or -x * fx - z * cx > reach * slack_x * fx + margin
-                or y * fy - z * (h_f - cy) > reach * slack_y * fy + margin
-                or -y * fy - z * cy > reach * slack_y * fy + margin):
+        if (z + rad < _F_NEAR or x * fx - z * (w_f - cx) - margin > rad * kx or -x * fx - z * cx - margin > rad * kx
+                or y * fy - z * (h_f - cy) - margin > rad * ky or -y * fy - z * cy - margin > rad * ky):
+            for j in range(chunk_starts[ci], chunk_starts[ci + 1]):
+                out_valid[chunk_order[j]] = 0
             continue
-        # camera-frame covariance W S W^T
-        s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
-        w00, w01, w02 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2]
-        w10, w11, w12 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2]
-        w20, w21, w22 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2]
-        a00 = w00 * s00 + w01 * s01 + w02 * s02
-        a01 = w00 * s01 + w01 * s11 + w02 * s12
-        a02 = w00 * s02 + w01 * s12 + w02 * s22
-        a10 = w10 * s00 + w11 * s01 + w12 * s02
-        a11 = w10 * s01 + w11 * s11 + w12 * s12
-        a12 = w10 * s02 + w11 * s12 + w12 * s22
-        a20 = w20 * s00 + w21 * s01 + w22 * s02
-        a21 = w20 * s01 + w21 * s11 + w22 * s12
-        a22 = w20 * s02 + w21 * s12 + w22 * s22
-        c00 = a00 * w00 + a01 * w01 + a02 * w02
-        c01 = a00 * w10 + a01 * w11 + a02 * w12
-        c02 = a00 * w20 + a01 * w21 + a02 * w22
-        c11 = a10 * w10 + a11 * w11 + a12 * w12
-        c12 = a10 * w20 + a11 * w21 + a12 * w22
-        c22 = a20 * w20 + a21 * w21 + a22 * w22
-        rz = _ONE / z
-        tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
-        ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
-        j00 = fx * rz
-        j02 = -fx * tx * rz * rz
-        j11 = fy * rz
-        j12 = -fy * ty * rz * rz
-        cov_a = j00 * j00 * c00 + np.float32(2.0) * j00 * j02 * c02 + j02 * j02 * c22 + _F_EPS2D
-        cov_b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
-        cov_c = j11 * j11 * c11 + np.float32(2.0) * j11 * j12 * c12 + j12 * j12 * c22 + _F_EPS2D
-        det = cov_a * cov_c - cov_b * cov_b
-        if det <= _ZERO:
-            continue
-        extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
-        radius_x = math.ceil(extend * math.sqrt(cov_a))
-        radius_y = math.ceil(extend * math.sqrt(cov_c))
-        if radius_x <= 0 and radius_y <= 0:
-            continue
-        px = fx * x * rz + cx
-        py = fy * y * rz + cy
-        if px + radius_x <= 0 or px - radius_x >= w_f or py + radius_y <= 0 or py - radius_y >= h_f:
-            continue
-        out_geom[i, 0] = px
-        out_geom[i, 1] = py
-        out_geom[i, 2] = cov_c / det
-        out_geom[i, 3] = -cov_b / det
-        out_geom[i, 4] = cov_a / det
-        out_geom[i, 5] = opac
-        out_geom[i, 6] = z
-        sigma_max = math.log(opac / _F_ALPHA_THRESHOLD)  # beyond this sigma, alpha < ALPHA_THRESHOLD
-        ext_x = math.sqrt(np.float32(2.0) * sigma_max * cov_a) + _SPAN_EPS_PX  # exact ellipse half-extents
-        ext_y = math.sqrt(np.float32(2.0) * sigma_max * cov_c) + _SPAN_EPS_PX
-        out_geom[i, 7] = sigma_max
-        out_geom[i, 8] = det / cov_c  # 1 / conic_a
-        out_geom[i, 9] = ext_x
-        out_geom[i, 10] = ext_y
-        # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
-        out_rect[i, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
-        out_rect[i, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
-        out_rect[i, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
-        out_rect[i, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
-        out_valid[i] = 1
-        # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
-        dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
-        inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
-        dx, dy, dz = dx * inv, dy * inv, dz * inv
-        # SH basis along the view direction (same polynomial as neural_sensor.sh.sh_basis)
-        b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = _ZERO
-        if sh_degree >= 1:
-            b1, b2, b3 = -_C1 * dy, _C1 * dz, -_C1 * dx
-        if sh_degree >= 2:
-            xx, yy, zz = dx * dx, dy * dy, dz * dz
-            b4, b5, b6 = _C2[0] * dx * dy, _C2[1] * dy * dz, _C2[2] * (np.float32(2.0) * zz - xx - yy)
-            b7, b8 = _C2[3] * dx * dz, _C2[4] * (xx - yy)
-            if sh_degree >= 3:
-                b9 = _C3[0] * dy * (np.float32(3.0) * xx - yy)
-                b10 = _C3[1] * dx * dy * dz
-                b11 = _C3[2] * dy * (np.float32(4.0) * zz - xx - yy)
-                b12 = _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy)
-                b13 = _C3[4] * dx * (np.float32(4.0) * zz - xx - yy)
-                b14 = _C3[5] * dz * (xx - yy)
-                b15 = _C3[6] * dx * (xx - np.float32(3.0) * yy)
-        for ch in range(3):
-            v = _C0 * sh[i, 0, ch]
+        for j in range(chunk_starts[ci], chunk_starts[ci + 1]):
+            i = chunk_order[j]
+            out_valid[i] = 0
+            mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
+            x = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
+            y = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
+            z = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
+            if z < _F_NEAR or z > _F_FAR:
+                continue
+            opac = opacities[i]
+            if opac < _F_ALPHA_THRESHOLD:
+                continue
+            # conservative early-out: a bounding sphere entirely outside a side of the frustum cannot reach
+            # the image (its EWA box, dilation included, stays beyond the edge), so skip the covariance work
+            reach = covs[i, 6]
+            margin = np.float32(2.0) * z
+            if (x * fx - z * (w_f - cx) > reach * slack_x * fx + margin
+                    or -x * fx - z * cx > reach * slack_x * fx + margin
+                    or y * fy - z * (h_f - cy) > reach * slack_y * fy + margin
+                    or -y * fy - z * cy > reach * slack_y * fy + margin):
+                continue
+            # camera-frame covariance W S W^T
+            s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
+            w00, w01, w02 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2]
+            w10, w11, w12 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2]
+            w20, w21, w22 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2]
+            a00 = w00 * s00 + w01 * s01 + w02 * s02
+            a01 = w00 * s01 + w01 * s11 + w02 * s12
+            a02 = w00 * s02 + w01 * s12 + w02 * s22
+            a10 = w10 * s00 + w11 * s01 + w12 * s02
+            a11 = w10 * s01 + w11 * s11 + w12 * s12
+            a12 = w10 * s02 + w11 * s12 + w12 * s22
+            a20 = w20 * s00 + w21 * s01 + w22 * s02
+            a21 = w20 * s01 + w21 * s11 + w22 * s12
+            a22 = w20 * s02 + w21 * s12 + w22 * s22
+            c00 = a00 * w00 + a01 * w01 + a02 * w02
+            c01 = a00 * w10 + a01 * w11 + a02 * w12
+            c02 = a00 * w20 + a01 * w21 + a02 * w22
+            c11 = a10 * w10 + a11 * w11 + a12 * w12
+            c12 = a10 * w20 + a11 * w21 + a12 * w22
+            c22 = a20 * w20 + a21 * w21 + a22 * w22
+            rz = _ONE / z
+            tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
+            ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
+            j00 = fx * rz
+            j02 = -fx * tx * rz * rz
+            j11 = fy * rz
+            j12 = -fy * ty * rz * rz
+            cov_a = j00 * j00 * c00 + np.float32(2.0) * j00 * j02 * c02 + j02 * j02 * c22 + _F_EPS2D
+            cov_b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
+            cov_c = j11 * j11 * c11 + np.float32(2.0) * j11 * j12 * c12 + j12 * j12 * c22 + _F_EPS2D
+            det = cov_a * cov_c - cov_b * cov_b
+            if det <= _ZERO:
+                continue
+            extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
+            radius_x = math.ceil(extend * math.sqrt(cov_a))
+            radius_y = math.ceil(extend * math.sqrt(cov_c))
+            if radius_x <= 0 and radius_y <= 0:
+                continue
+            px = fx * x * rz + cx
+            py = fy * y * rz + cy
+            if px + radius_x <= 0 or px - radius_x >= w_f or py + radius_y <= 0 or py - radius_y >= h_f:
+                continue
+            out_geom[i, 0] = px
+            out_geom[i, 1] = py
+            out_geom[i, 2] = cov_c / det
+            out_geom[i, 3] = -cov_b / det
+            out_geom[i, 4] = cov_a / det
+            out_geom[i, 5] = opac
+            out_geom[i, 6] = z
+            sigma_max = math.log(opac / _F_ALPHA_THRESHOLD)  # beyond this sigma, alpha < ALPHA_THRESHOLD
+            ext_x = math.sqrt(np.float32(2.0) * sigma_max * cov_a) + _SPAN_EPS_PX  # exact ellipse half-extents
+            ext_y = math.sqrt(np.float32(2.0) * sigma_max * cov_c) + _SPAN_EPS_PX
+            out_geom[i, 7] = sigma_max
+            out_geom[i, 8] = det / cov_c  # 1 / conic_a
+            out_geom[i, 9] = ext_x
+            out_geom[i, 10] = ext_y
+            # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
+            out_rect[i, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
+            out_rect[i, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
+            out_rect[i, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
+            out_rect[i, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
+            out_valid[i] = 1
+            # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
+            dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
+            inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
+            dx, dy, dz = dx * inv, dy * inv, dz * inv
+            # SH basis along the view direction (same polynomial as neural_sensor.sh.sh_basis)
+            b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = _ZERO
             if sh_degree >= 1:
-                v += b1 * sh[i, 1, ch] + b2 * sh[i, 2, ch] + b3 * sh[i, 3, ch]
+                b1, b2, b3 = -_C1 * dy, _C1 * dz, -_C1 * dx
             if sh_degree >= 2:
-                v += b4 * sh[i, 4, ch] + b5 * sh[i, 5, ch] + b6 * sh[i, 6, ch] + b7 * sh[i, 7, ch] + b8 * sh[i, 8, ch]
-            if sh_degree >= 3:
-                v += (b9 * sh[i, 9, ch] + b10 * sh[i, 10, ch] + b11 * sh[i, 11, ch] + b12 * sh[i, 12, ch]
-                      + b13 * sh[i, 13, ch] + b14 * sh[i, 14, ch] + b15 * sh[i, 15, ch])
-            out_color[i, ch] = max(v + _HALF, _ZERO)
+                xx, yy, zz = dx * dx, dy * dy, dz * dz
+                b4, b5, b6 = _C2[0] * dx * dy, _C2[1] * dy * dz, _C2[2] * (np.float32(2.0) * zz - xx - yy)
+                b7, b8 = _C2[3] * dx * dz, _C2[4] * (xx - yy)
+                if sh_degree >= 3:
+                    b9 = _C3[0] * dy * (np.float32(3.0) * xx - yy)
+                    b10 = _C3[1] * dx * dy * dz
+                    b11 = _C3[2] * dy * (np.float32(4.0) * zz - xx - yy)
+                    b12 = _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy)
+                    b13 = _C3[4] * dx * (np.float32(4.0) * zz - xx - yy)
+                    b14 = _C3[5] * dz * (xx - yy)
+                    b15 = _C3[6] * dx * (xx - np.float32(3.0) * yy)
+            for ch in range(3):
+                v = _C0 * sh[i, 0, ch]
+                if sh_degree >= 1:
+                    v += b1 * sh[i, 1, ch] + b2 * sh[i, 2, ch] + b3 * sh[i, 3, ch]
+                if sh_degree >= 2:
+                    v += (b4 * sh[i, 4, ch] + b5 * sh[i, 5, ch] + b6 * sh[i, 6, ch] + b7 * sh[i, 7, ch]
+                          + b8 * sh[i, 8, ch])
+                if sh_degree >= 3:
+                    v += (b9 * sh[i, 9, ch] + b10 * sh[i, 10, ch] + b11 * sh[i, 11, ch] + b12 * sh[i, 12, ch]
+                          + b13 * sh[i, 13, ch] + b14 * sh[i, 14, ch] + b15 * sh[i, 15, ch])
+                out_color[i, ch] = max(v + _HALF, _ZERO)
 
 
 @njit(**_JIT)
@@ -451,6 +473,36 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 out_best[yy, xx] = best[u]
 
 
+CHUNK_SIZE = 256  # Gaussians per spatial chunk of the projection's frustum test
+
+
+def _spatial_chunks(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consecutive runs of CHUNK_SIZE Gaussians (index order) with a bounding sphere each, for frustum culling.
+
+    Index order keeps memory access sequential; scenes whose order follows space (the builder emits
+    surface by surface, a reconstruction view by view) get tight spheres, others simply cull less.
+    Returns order [N] int32 (Gaussian indices, chunk by chunk), starts [M + 1] int64 and spheres [M, 4]
+    float32: centre xyz and a radius that holds every member's mean plus its bounding radius (covariances'
+    column 6), rounded up so float32 arithmetic never makes it too small.
+    """
+    n = len(scene)
+    means = scene.means.astype(np.float64)
+    reach = scene.derived("covariances_and_radius", _world_covariances)[:, 6].astype(np.float64)
+    if n == 0:
+        return np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros((0, 4), np.float32)
+    order = np.arange(n, dtype=np.int32)
+    starts = np.append(np.arange(0, n, CHUNK_SIZE), n).astype(np.int64)
+    spheres = np.empty((len(starts) - 1, 4), np.float32)
+    for c in range(len(starts) - 1):
+        members = order[starts[c]:starts[c + 1]]
+        pts = means[members]
+        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
+        radius = (np.linalg.norm(pts - centre, axis=1) + reach[members]).max()
+        spheres[c, :3] = centre
+        spheres[c, 3] = radius * (1.0 + 1e-4) + 1e-3
+    return order, starts, spheres
+
+
 def _world_covariances(scene) -> np.ndarray:
     """[N, 7] float32: covariance (xx, xy, xz, yy, yz, zz) in the scene's frame, bounding radius (m)."""
     covs = np.empty((len(scene), 7), np.float32)
@@ -472,6 +524,7 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     scenes = [p.scene if isinstance(p, PlacedScene) else p for p in parts]
     poses = [p.pose_local_to_world if isinstance(p, PlacedScene) else None for p in parts]
     covs = [sc.derived("covariances_and_radius", _world_covariances) for sc in scenes]
+    chunks = [sc.derived("spatial_chunks", _spatial_chunks) for sc in scenes]
     # only entries of valid Gaussians are ever read, so the buffers need no clearing
     geom = np.empty((n, GEOM_WIDTH), np.float32)
     color = np.empty((n, 3), np.float32)
@@ -484,12 +537,12 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         K = batch.Ks[cam].astype(np.float32)
-        for sc, pose, cov, lo, hi in zip(scenes, poses, covs, starts[:-1], starts[1:]):
+        for sc, pose, cov, chunk, lo, hi in zip(scenes, poses, covs, chunks, starts[:-1], starts[1:]):
             # a placed part is projected from its own frame: the pose folds into the view transform
             viewmat = batch.viewmats[cam] if pose is None else batch.viewmats[cam] @ pose
             eye = campos[cam] if pose is None else (np.linalg.inv(pose) @ np.append(campos[cam], 1.0))[:3]
             _project(sc.means, cov, sc.opacities, sc.sh, sc.sh_degree, viewmat.astype(np.float32), K,
-                     eye.astype(np.float32), w, h, TILE_SIZE, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
+                     eye.astype(np.float32), w, h, TILE_SIZE, *chunk, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
@@ -500,15 +553,32 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     return {k: result[k] for k in outputs}
 
 
+@njit(parallel=True, **_JIT)
+def _labels_of_first_part(best, alpha, first_end, labels, instance, out_semantic, out_instance):  # pragma: no cover
+    """Flat per-pixel labels: the first part's label / instance where its Gaussian wins with alpha >=
+    SEMANTIC_MIN_ALPHA, 0 where no Gaussian does; returns a mask of the pixels another part wins (left 0)."""
+    other = np.zeros(best.shape[0], np.bool_)
+    for p in prange(best.shape[0]):
+        b = best[p]
+        out_semantic[p] = 0
+        out_instance[p] = 0
+        if b < 0 or alpha[p] < SEMANTIC_MIN_ALPHA:
+            continue
+        if b < first_end:
+            out_semantic[p] = labels[b]
+            out_instance[p] = instance[b]
+        else:
+            other[p] = True
+    return other
+
+
 def _labels_of_best(parts, starts: np.ndarray, best: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
     """semantic / instance images from the per-pixel best Gaussian (global index over the parts)."""
-    hit = (best >= 0) & (alpha >= SEMANTIC_MIN_ALPHA)
-    semantic = np.zeros(best.shape, np.uint8)
-    instance = np.zeros(best.shape, np.int32)
-    first = hit & (best < starts[1])  # most pixels show the first part (the background): index it directly
-    semantic[first] = parts[0].labels[best[first]]
-    instance[first] = parts[0].instance[best[first]]
-    rest = np.flatnonzero(hit & ~first)
+    semantic = np.empty(best.shape, np.uint8)
+    instance = np.empty(best.shape, np.int32)
+    # most pixels show the first part (the background): a kernel labels those, the rest are gathered here
+    rest = np.flatnonzero(_labels_of_first_part(best.reshape(-1), alpha.reshape(-1), int(starts[1]), parts[0].labels,
+                                                parts[0].instance, semantic.reshape(-1), instance.reshape(-1)))
     if rest.size:
         index = best.reshape(-1)[rest]
         which = np.searchsorted(starts, index, side="right") - 1
