@@ -68,3 +68,28 @@ def test_run_reconstructor_training_fine_tunes_and_resumes(tmp_path, monkeypatch
     assert [h["step"] for h in history] == [0, 1, 2, 3]
     before, after = ReconNet.from_pretrained(init).state_dict(), ReconNet.from_pretrained(out).state_dict()
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_gpu_pipeline_runs_every_stage_on_a_cpu(tmp_path, monkeypatch):
+    """The one-command GPU pipeline, tiny and on the CPU (the torch reference renderer): reconstructor data,
+    the reconstructor trained through the run's fusion, enhancer frames (stand-ins here) and the enhancer."""
+    from neural_sensor.train import gpu_pipeline
+
+    monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
+    monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
+    monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
+    report = gpu_pipeline.run_pipeline(
+        tmp_path / "pair", device="cpu", minutes=30.0, recon_worlds=1, enhancer_worlds=1,
+        reconstructor_init=gpu_pipeline.Path("checkpoints/reconstructor-run"),
+        enhancer_init=gpu_pipeline.Path("checkpoints/enhancer-run"), context_stations=3, recon_steps=2,
+        enhancer_steps=2, workers=1, eval_every=2, recon_overrides={"targets": 2},
+        enhancer_overrides={"crop": (64, 96), "batch": 2, "perceptual_crop": 32, "ticks_per_world": 1})
+    assert list(report["stages"]) == ["reconstructor_data", "reconstructor", "enhancer_data", "enhancer"]
+    assert report["stages"]["reconstructor"]["steps"] == 2 and report["stages"]["enhancer"]["steps"] == 2
+    assert np.isfinite(report["stages"]["reconstructor"]["final"]["heldout"]["target_psnr"])
+    assert json.loads((tmp_path / "pair" / "pipeline.json").read_text())["stages"]["enhancer"]["steps"] == 2
+    recon = ReconNet.from_pretrained(tmp_path / "pair" / "reconstructor")
+    assert recon.config.sky_head
+    Enhancer.from_pretrained(tmp_path / "pair" / "enhancer")
+    summary = json.loads((tmp_path / "pair" / "reconstructor" / "train_summary.json").read_text())
+    assert summary["config"]["fuse"] and summary["config"]["context_stations"] == 3

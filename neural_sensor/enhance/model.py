@@ -142,15 +142,18 @@ class Enhancer(nn.Module):
         if reference_rgb is not None:
             assert np.shape(reference_rgb) == rgb.shape and np.shape(reference_valid) == (c, h, w)
         self.eval()
+        device = next(self.parameters()).device
+
+        def tensor(array) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(array, np.float32)).to(device)
+
         out = np.empty_like(rgb)
         for i in range(0, c, max_batch):
             sl = slice(i, i + max_batch)
-            ref = None if reference_rgb is None else torch.from_numpy(
-                np.asarray(reference_rgb[sl], np.float32)).permute(0, 3, 1, 2)
-            valid = None if reference_rgb is None else torch.from_numpy(np.asarray(reference_valid[sl], np.float32))
-            y = self(torch.from_numpy(rgb[sl]).permute(0, 3, 1, 2), torch.from_numpy(np.asarray(depth_m[sl], np.float32)),
-                     torch.from_numpy(np.asarray(alpha[sl], np.float32)), ref, valid)
-            out[sl] = y.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            ref = None if reference_rgb is None else tensor(reference_rgb[sl]).permute(0, 3, 1, 2)
+            valid = None if reference_rgb is None else tensor(reference_valid[sl])
+            y = self(tensor(rgb[sl]).permute(0, 3, 1, 2), tensor(depth_m[sl]), tensor(alpha[sl]), ref, valid)
+            out[sl] = y.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return out
 
     # ------------------------------------------------------------- checkpoints
@@ -163,7 +166,7 @@ class Enhancer(nn.Module):
         config = asdict(self.config)
         config["unet"] = json.loads(json.dumps(dict(self.unet.config), default=list))
         tmp = folder / "model.safetensors.tmp"
-        save_file({k: v.detach().contiguous() for k, v in self.unet.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}, str(tmp))
         tmp.chmod(0o644)
         tmp.replace(folder / "model.safetensors")
         (folder / "config.json").write_text(json.dumps({"class": "Enhancer", **config}, indent=1))

@@ -253,21 +253,41 @@ def fuse_views(per_view_gaussians: GaussianScene, depths: np.ndarray, cameras: l
         the fused GaussianScene (and the stats dict if return_stats).
     """
     config = config or FusionConfig()
+    idx, opacities, stats = fusion_selection(per_view_gaussians.means, per_view_gaussians.scales,
+                                             per_view_gaussians.opacities, depths, cameras, config)
+    fused = per_view_gaussians.subset(idx)
+    if config.min_consistent > 0 and config.inconsistent_opacity > 0:
+        fused = fused.replace(opacities=opacities)
+    return (fused, stats) if return_stats else fused
+
+
+def fusion_selection(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, depths: np.ndarray,
+                     cameras: list[Camera], config: FusionConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Which per-view Gaussians `fuse_views` keeps: the geometry alone, so a training step can select from its
+    differentiable tensors with the same rule the run uses.
+
+    Args:
+        means [V * h * w, 3], scales [V * h * w, 3], opacities [V * h * w]: the per-view Gaussians (layout as in
+            `fuse_views`); depths [V, h, w]; cameras: V Cameras; config: FusionConfig.
+    Returns:
+        idx [M] int64 (sorted), the kept Gaussians' opacities [M] (scaled where `inconsistent_opacity` applies)
+        and the stats dict of `fuse_views`.
+    """
     depths = np.asarray(depths, dtype=np.float32)
     assert depths.ndim == 3, depths.shape
     v_count, height, width = depths.shape
     n = v_count * height * width
     assert len(cameras) == v_count, (len(cameras), v_count)
-    assert len(per_view_gaussians) == n, (len(per_view_gaussians), depths.shape)
+    assert means.shape == (n, 3) and scales.shape == (n, 3) and opacities.shape == (n,), (means.shape, depths.shape)
     assert np.all(np.isfinite(depths)) and np.all(depths > 0), "depths must be finite and positive"
     stats = {"input": n}
-    keep = per_view_gaussians.opacities >= config.min_opacity
+    keep = opacities >= config.min_opacity
     stats["after_min_opacity"] = int(keep.sum())
-    opacities = per_view_gaussians.opacities.copy()
+    opacities = np.array(opacities, dtype=np.float32)
     if config.carve_views > 0 or config.min_consistent > 0 or config.hidden_views > 0:
         world_to_camera, intrinsics, centres = view_geometry(cameras, height, width)
         neighbours = neighbour_lists(centres, config.neighbour_radius_m)
-        points = per_view_gaussians.means.reshape(v_count, height * width, 3)
+        points = np.ascontiguousarray(means, dtype=np.float32).reshape(v_count, height * width, 3)
         seen_through, consistent, observed = cross_view_counts(points, world_to_camera, intrinsics, depths,
                                                                neighbours, config.carve_tol, config.consistent_tol)
         seen_through, consistent, observed = seen_through.reshape(-1), consistent.reshape(-1), observed.reshape(-1)
@@ -290,13 +310,10 @@ def fuse_views(per_view_gaussians: GaussianScene, depths: np.ndarray, cameras: l
         stats["after_consistency"] = int(keep.sum())
     idx = np.flatnonzero(keep)
     if config.merge_cell_m > 0 and len(idx):
-        idx = idx[merge_cells(per_view_gaussians.means[idx], opacities[idx], config.merge_cell_m)]
+        idx = idx[merge_cells(means[idx], opacities[idx], config.merge_cell_m)]
     stats["after_merge"] = len(idx)
     if config.budget and len(idx) > config.budget:
-        score = usefulness(per_view_gaussians.scales[idx], opacities[idx])
+        score = usefulness(scales[idx], opacities[idx])
         idx = np.sort(idx[np.argpartition(-score, config.budget - 1)[:config.budget]])
     stats["output"] = len(idx)
-    fused = per_view_gaussians.subset(idx)
-    if config.min_consistent > 0 and config.inconsistent_opacity > 0:
-        fused = fused.replace(opacities=opacities[idx])
-    return (fused, stats) if return_stats else fused
+    return idx, opacities[idx], stats

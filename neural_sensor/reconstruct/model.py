@@ -102,7 +102,8 @@ class ReconNet(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps({"class": "ReconNet", **asdict(self.config)}, indent=1))
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(folder / "model.safetensors"))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "ReconNet":
@@ -143,8 +144,9 @@ def gaussians_from_prediction(pred: dict[str, torch.Tensor], poses: torch.Tensor
         means [M, 3], quats [M, 4], scales [M, 3], opacities [M], sh [M, 1, 3], semantic_logits [M, K].
     """
     v, h, w = pred["depth"].shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
-                            indexing="ij")
+    device = pred["depth"].device
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                            torch.arange(w, dtype=torch.float32, device=device) + 0.5, indexing="ij")
     fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
     depth = pred["depth"]
     x = (xs[None] - cx[:, None, None]) / fx[:, None, None] * depth
@@ -156,7 +158,8 @@ def gaussians_from_prediction(pred: dict[str, torch.Tensor], poses: torch.Tensor
     pixel_m = (depth / fx[:, None, None]).reshape(v, -1)
     s = pred["scale_px"].permute(0, 2, 3, 1).reshape(v, -1, 3)
     scales = torch.stack([s[..., 0] * pixel_m, s[..., 1] * pixel_m, 0.2 * s[..., 2] * pixel_m], dim=-1)
-    quats = torch.tensor(np.stack([rotmat_to_quat(r) for r in rot.numpy()]), dtype=torch.float32)
+    quats = torch.tensor(np.stack([rotmat_to_quat(r) for r in rot.detach().cpu().numpy()]), dtype=torch.float32,
+                         device=device)
     quats = quats[:, None, :].expand(v, h * w, 4)
     rgb = pred["rgb"].permute(0, 2, 3, 1).reshape(v, -1, 3)
     sem = pred["semantic_logits"].permute(0, 2, 3, 1).reshape(v, h * w, -1)

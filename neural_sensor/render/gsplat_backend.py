@@ -18,15 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neural_sensor.render._common import (
-    ALPHA_THRESHOLD,
-    EPS2D,
-    FAR_PLANE_M,
-    NEAR_PLANE_M,
-    SEMANTIC_MIN_ALPHA,
-    TILE_SIZE,
-    CameraBatch,
-)
+from neural_sensor.render._common import ALPHA_THRESHOLD, SEMANTIC_MIN_ALPHA, TILE_SIZE, CameraBatch
+from neural_sensor.render.differentiable import gsplat_kwargs
 
 
 def gsplat_max_alpha() -> float:
@@ -108,15 +101,7 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
         to_dev(batch.Ks.astype(np.float32)),
         w,
         h,
-        near_plane=NEAR_PLANE_M,
-        far_plane=FAR_PLANE_M,
-        eps2d=EPS2D,
-        sh_degree=scene.sh_degree,
-        tile_size=TILE_SIZE,
-        backgrounds=to_dev(np.tile(background[None], (c_count, 1))),
-        render_mode="RGB+ED",
-        rasterize_mode="classic",
-        packed=False,
+        **gsplat_kwargs(scene.sh.shape[1], to_dev(background), c_count),
     )
     result = {
         "rgb": renders[..., :3].float().cpu().numpy(),

@@ -57,16 +57,22 @@ def apply_gradients(model, optimiser, loss: torch.Tensor, clip_norm: float = 1.0
 
 
 def record_step(out: Path, model, optimiser, step: int, history: list, record: dict, config,
-                evaluate: Callable[[], dict], key: str = "heldout") -> None:
+                evaluate: Callable[[], dict], key: str = "heldout", last: bool = False) -> None:
     """After an optimiser step: record[key] = evaluate() every config.eval_every steps (and at the last, printed),
-    append the record to history, save a checkpoint every config.save_every steps (and at the last)."""
-    last = step == config.steps
+    append the record to history, save a checkpoint every config.save_every steps (and at the last: step ==
+    config.steps, or `last` when a time budget ends the run early)."""
+    last = last or step == config.steps
     if step % config.eval_every == 0 or last:
         record[key] = evaluate()
         tqdm.write(json.dumps(record))
     history.append(record)
     if step % config.save_every == 0 or last:
         save_checkpoint(out, model, optimiser, step, history)
+
+
+def out_of_time(config, start_s: float) -> bool:
+    """True once config.time_budget_s (0: none) seconds have passed since start_s."""
+    return bool(config.time_budget_s) and time.perf_counter() - start_s > config.time_budget_s
 
 
 def write_summary(out: Path, step: int, start_s: float, history: list, config, **extra) -> dict:

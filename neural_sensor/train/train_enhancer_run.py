@@ -40,8 +40,8 @@ from tqdm import tqdm
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, set_cosine_lr,
-                                       start_or_resume, write_summary)
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
+                                       set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
@@ -71,6 +71,8 @@ class RunEnhancerTrainConfig:
     eval_every: int = 250
     save_every: int = 100
     seed: int = 0
+    time_budget_s: float = 0.0  # stop at this many seconds of training even before `steps` (0: no budget)
+    device: str = "cpu"  # "cpu" or "cuda"
 
 
 def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
@@ -197,7 +199,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     frames = load_frames(data_root, recon_folder, range(config.worlds), "train", config.ticks_per_world, cache_dir)
     eval_frames = load_frames(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
     model, optimiser, step, history = start_or_resume(
-        out, resume, lambda: new_model(init), Enhancer.from_pretrained,
+        out, resume, lambda: new_model(init).to(config.device),
+        lambda folder: Enhancer.from_pretrained(folder).to(config.device),
         lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
@@ -206,11 +209,12 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         history.append(record)
         tqdm.write(json.dumps(record))
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
-    while step < config.steps:
+    while step < config.steps and not out_of_time(config, start):
         model.train()
         set_cosine_lr(optimiser, config.lr, step, config.steps)
         rgb, depth, alpha, target, identity = sample_batch(frames, rng, config.batch, config.crop,
                                                            config.identity_fraction)
+        rgb, depth, alpha, target = (t.to(config.device) for t in (rgb, depth, alpha, target))
         pred = model(rgb, depth, alpha)
         l1 = (pred - target).abs().mean()
         loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
@@ -231,7 +235,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
                   "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
         if loss_perceptual is not None:
             record["perceptual"] = round(loss_perceptual.item(), 5)
-        record_step(out, model, optimiser, step, history, record, config, lambda: evaluate(model, eval_frames))
+        record_step(out, model, optimiser, step, history, record, config, lambda: evaluate(model, eval_frames),
+                    last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
                          reconstructor=str(recon_folder), init=str(init) if init else None)
@@ -252,8 +257,11 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     args = parser.parse_args()
-    config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
+                                    device=device)
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)

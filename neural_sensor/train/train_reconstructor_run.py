@@ -43,14 +43,15 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, record_step, start_or_resume,
-                                       write_summary)
+from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
+                                       start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v1"
 VOXEL_M = 0.3  # the runner's voxel size
 STEP_M = 4.0  # the runner's recording step
 CAMERAS = 6
+TARGET_SKY_M = 500.0  # a target pixel whose true depth is beyond this shows the builder's sky dome (at ~1 km)
 EVAL_SEEDS = range(HELDOUT_FIRST_SEED + 320, HELDOUT_FIRST_SEED + 322)  # clear of the run-regime benchmark's
 
 
@@ -70,6 +71,11 @@ class RunReconTrainConfig:
     eval_every: int = 250
     save_every: int = 100
     seed: int = 0
+    time_budget_s: float = 0.0  # stop at this many seconds of training even before `steps` (0: no budget)
+    context_stations: int = 3  # stations around the target whose views (6 each) go through the network
+    fuse: bool = False  # render the target from the context views' Gaussians as the run's fusion keeps them
+    device: str = "cpu"  # "cpu" or "cuda" (the model, its inputs and the render)
+    renderer: str = "auto"  # render_differentiable backend: "torch" on a CPU, "gsplat" on CUDA
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -123,30 +129,63 @@ def _cameras(K: np.ndarray, pose: np.ndarray, size: tuple[int, int]) -> list[Cam
     return [Camera(size[0], size[1], k, p) for k, p in zip(K, pose)]
 
 
-def context_indices(world: dict, station: int) -> np.ndarray:
-    """The views of the stations station-1, station, station+1 (clipped to the drive)."""
+def context_indices(world: dict, station: int, stations: int = 3) -> np.ndarray:
+    """The views of `stations` consecutive stations around `station` (the target lies between station and
+    station + 1), shifted to stay on the drive."""
     n_stations = len(world["rgb"]) // CAMERAS
-    lo, hi = max(0, station - 1), min(n_stations, station + 2)
+    lo = min(max(0, station - (stations - 1) // 2), max(0, n_stations - stations))
+    hi = min(n_stations, lo + stations)
     return np.arange(lo * CAMERAS, hi * CAMERAS)
+
+
+def fused_selection(model: ReconNet, pred: dict, means: torch.Tensor, scales: torch.Tensor, opac: torch.Tensor,
+                    cameras: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context Gaussians the run's fusion keeps (`fuse.fusion_selection` on the detached prediction, sky
+    pixels given no Gaussian as `reconstruct` does): (indices [M], opacities with the sky zeroed [V * h * w])."""
+    from neural_sensor.reconstruct.fuse import FusionConfig, fusion_selection
+    from neural_sensor.reconstruct.sky import SKY_DEPTH_M
+
+    depth = pred["depth"].detach()
+    if model.config.sky_head:
+        sky = pred["semantic_logits"][:, CityObjectLabel.SKY].detach() > 0.0
+        opac = torch.where(sky.reshape(-1), torch.zeros_like(opac), opac)
+        depth = torch.where(sky, torch.full_like(depth, SKY_DEPTH_M), depth)
+    idx, _, _ = fusion_selection(means.detach().cpu().numpy(), scales.detach().cpu().numpy(),
+                                 opac.detach().clamp(0, 1).cpu().numpy(), depth.cpu().numpy(), cameras,
+                                 FusionConfig())
+    return torch.from_numpy(idx).to(means.device), opac
 
 
 def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
     """The loss terms of one target view with its 18 context views (see the module docstring)."""
-    from neural_sensor.render._torch_ref import render_torch
+    from neural_sensor.render.differentiable import render_differentiable
 
-    ctx = context_indices(world, int(world["target_station"][target]))
+    device = torch.device(config.device)
+    ctx = context_indices(world, int(world["target_station"][target]), config.context_stations)
     images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-    pred = model(images)
+    pred = model(images.to(device))
     h, w = pred["depth"].shape[-2:]
-    poses, K = camera_tensors(_cameras(world["K"][ctx], world["pose"][ctx], config.size), h, w)
-    means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses, K)
+    context_cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
+    poses, K = camera_tensors(context_cameras, h, w)
+    means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses.to(device), K.to(device))
+    if config.fuse:
+        idx, opac = fused_selection(model, pred, means, scales, opac, context_cameras)
+        means, quats, scales, opac, sh = (t[idx] for t in (means, quats, scales, opac, sh))
     cam = _cameras(world["target_K"][target:target + 1], world["target_pose"][target:target + 1], config.size)[0]
-    out = render_torch(means, quats, scales, opac, sh,
-                       torch.tensor(cam.pose_world_to_camera[None], dtype=torch.float32),
-                       torch.tensor(cam.K[None], dtype=torch.float32), cam.width, cam.height,
-                       background=torch.from_numpy(world["background"]))
+    background = torch.from_numpy(world["background"])
+    out = render_differentiable(means, quats, scales, opac, sh,
+                                torch.tensor(cam.pose_world_to_camera[None], dtype=torch.float32, device=device),
+                                torch.tensor(cam.K[None], dtype=torch.float32, device=device), cam.width,
+                                cam.height, background=torch.zeros(3) if config.fuse else background,
+                                backend=config.renderer)
+    out = {k: v.cpu() for k, v in out.items()}
+    pred = {k: v.cpu() for k, v in pred.items()}
     gt = torch.from_numpy(world["target_rgb"][target].astype(np.float32) / 255.0)[None]
     rgb = out["rgb"]
+    if config.fuse:  # the run draws the sky as a dome fitted to the drive: stand in for it with the true sky
+        target_sky = torch.from_numpy(world["target_depth"][target].astype(np.float32) > TARGET_SKY_M)[None]
+        behind = torch.where(target_sky[..., None], gt, background)
+        rgb = rgb + (1.0 - out["alpha"])[..., None] * behind
     l1 = (rgb - gt).abs().mean()
     ssim_term = 1.0 - ssim_map_torch(rgb.permute(0, 3, 1, 2).clamp(0, 1), gt.permute(0, 3, 1, 2)).mean()
     gt_depth = torch.from_numpy(world["target_depth"][target].astype(np.float32))[None]
@@ -176,7 +215,7 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
         for t in range(len(world["target_station"])):
             scores.append(float(step_losses(model, world, t, config)["psnr"]))
         images = torch.from_numpy(world["rgb"].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-        pred = model(images)
+        pred = {k: v.cpu() for k, v in model(images.to(config.device)).items()}
         depth = pred["depth"].numpy()
         gt = world["depth"].astype(np.float32)[:, ::2, ::2]
         solid = (gt > 0) & ~world["sky"][:, ::2, ::2]
@@ -198,17 +237,18 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     def new_model():
         model = ReconNet.from_pretrained(init).train() if init else ReconNet(ReconConfig())
         model.config.sky_head = config.sky_weight > 0  # the saved config says the SKY logit was trained
-        return model
+        return model.to(config.device)
 
     model, optimiser, step, history = start_or_resume(
-        out, resume, new_model, ReconNet.from_pretrained, lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
+        out, resume, new_model, lambda folder: ReconNet.from_pretrained(folder).to(config.device),
+        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     if step == 0:
         history.append({"step": 0, "heldout": evaluate(model, eval_worlds, config)})
         tqdm.write(json.dumps(history[-1]))
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="train reconstructor (run regime)", unit="step")
-    while step < config.steps:
+    while step < config.steps and not out_of_time(config, start):
         model.train()
         world = worlds[int(rng.integers(len(worlds)))]
         target = int(rng.integers(len(world["target_station"])))
@@ -221,7 +261,7 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         bar.set_postfix(l1=f"{terms['l1'].item():.4f}", depth=f"{terms['view_depth'].item():.3f}")
         record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
         record_step(out, model, optimiser, step, history, record, config,
-                    lambda: evaluate(model, eval_worlds, config))
+                    lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, init=str(init) if init else None)
 
@@ -236,10 +276,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("checkpoints/reconstructor-run"))
     parser.add_argument("--data", type=Path,
                         default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
+    parser.add_argument("--context-stations", type=int, default=3, help="stations (6 views each) per step")
+    parser.add_argument("--fuse", action="store_true",
+                        help="render targets from the context Gaussians the run's fusion keeps (train through it)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
+    parser.add_argument("--renderer", default="auto", choices=("auto", "torch", "gsplat"),
+                        help="differentiable renderer: auto = gsplat on CUDA, the torch reference on a CPU")
+    parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
-    config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
+                                 context_stations=args.context_stations, fuse=args.fuse, device=device,
+                                 renderer=args.renderer, eval_every=args.eval_every)
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)

@@ -1,0 +1,167 @@
+"""One command that makes the data and trains the run-regime pair on a single GPU in about ten minutes.
+
+    python -m neural_sensor.train.gpu_pipeline --out out/gpu-pair            # ~10 min on one large GPU
+    python -m neural_sensor.train.gpu_pipeline --out out/gpu-pair --resume   # continue where it stopped
+
+Stages (each resumes: data is stored per world, trainings keep their optimiser state):
+
+1. reconstructor data: every training world's recorded drive and target views
+   (`train_reconstructor_run.load_world`), made in parallel over the CPU cores;
+2. reconstructor: fine-tuned from `--reconstructor-init` (the shipped `reconstructor-run`)
+   THROUGH the run's fusion (`--context-stations` stations of six views per step, the targets
+   rendered from the Gaussians the carving fusion keeps) on CUDA, rendering with gsplat's
+   differentiable rasteriser; stops at its share of the time budget;
+3. enhancer data: the new reconstructor's drives rendered by the rig at 480x270
+   (`train_enhancer_run.load_frames`), in parallel over the CPU cores;
+4. enhancer: fine-tuned from `--enhancer-init` on those renders, on CUDA, to its budget.
+
+Writes OUT/reconstructor, OUT/enhancer (checkpoints, each with train_summary.json) and
+OUT/pipeline.json (stage wall times and the held-out figures of both trainings). Without
+CUDA it runs on the CPU (`--device cpu`, the torch reference renderer): that is how the
+tests run it, with tiny settings. Measure the pair in the run's regime afterwards with
+`python benchmarks/runtime_fidelity.py --checkpoint OUT/reconstructor --enhancer-checkpoint
+OUT/enhancer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from neural_sensor.train import train_enhancer_run as enhancer_run
+from neural_sensor.train import train_reconstructor_run as recon_run
+
+
+def _quiet_worker() -> None:
+    """One thread per worker process: the pool, not the kernels, spreads over the cores."""
+    import numba
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def _recon_world(args) -> int:
+    root, seed, split, targets, size = args
+    recon_run.load_world(Path(root), seed, split, targets, size)
+    return seed
+
+
+def _enhancer_world(args) -> int:
+    root, recon, seed, split, ticks = args
+    enhancer_run.load_frames(Path(root), Path(recon), [seed], split, ticks)
+    return seed
+
+
+def _parallel(fn, jobs: list, workers: int, what: str) -> None:
+    from tqdm import tqdm
+
+    if workers <= 1:
+        for job in tqdm(jobs, desc=what, unit="world"):
+            fn(job)
+        return
+    with ProcessPoolExecutor(workers, initializer=_quiet_worker) as pool:
+        for _ in tqdm(pool.map(fn, jobs), total=len(jobs), desc=what, unit="world"):
+            pass
+
+
+def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, enhancer_worlds: int,
+                 reconstructor_init: Path, enhancer_init: Path, context_stations: int = 7, recon_steps: int = 100_000,
+                 enhancer_steps: int = 100_000, recon_share: float = 0.55, workers: int | None = None,
+                 data_root: Path | None = None, resume: bool = False, eval_every: int = 200,
+                 recon_overrides: dict | None = None, enhancer_overrides: dict | None = None) -> dict:
+    """The four stages (module docstring); returns what OUT/pipeline.json holds.
+
+    minutes: the whole budget; data making takes what it takes, and the rest is split between the two trainings
+    (recon_share of it for the reconstructor). recon_steps / enhancer_steps cap the steps as well.
+    recon_overrides / enhancer_overrides: other fields of the two training configs (e.g. tiny crops in tests).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = Path(data_root or out / "data")
+    workers = workers or max(1, (os.cpu_count() or 1) - 1)
+    start = time.perf_counter()
+    report: dict = {"device": device, "minutes": minutes, "workers": workers, "stages": {}}
+    if device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(0)
+
+    def stage_done(name: str, t0: float, **extra) -> None:
+        report["stages"][name] = {"wall_s": round(time.perf_counter() - t0, 1), **extra}
+        (out / "pipeline.json").write_text(json.dumps(report, indent=1, default=str))
+
+    def left_s() -> float:
+        return max(0.0, minutes * 60.0 - (time.perf_counter() - start))
+
+    recon_config = recon_run.RunReconTrainConfig(
+        steps=recon_steps, worlds=recon_worlds, lr=2e-4, context_stations=context_stations, fuse=True,
+        device=device, renderer="auto", eval_every=eval_every, save_every=eval_every, **(recon_overrides or {}))
+    t0 = time.perf_counter()
+    size = recon_config.size
+    jobs = [(str(data_root / "reconstructor"), s, "train", recon_config.targets, size) for s in range(recon_worlds)]
+    jobs += [(str(data_root / "reconstructor"), s, "heldout", 4, size) for s in recon_run.EVAL_SEEDS]
+    _parallel(_recon_world, jobs, workers, "reconstructor data")
+    stage_done("reconstructor_data", t0, worlds=len(jobs))
+
+    t0 = time.perf_counter()
+    # the enhancer's data and training come after; keep (1 - recon_share) of what is left for them
+    recon_config.time_budget_s = left_s() * recon_share
+    recon_out = out / "reconstructor"
+    summary = recon_run.train(recon_config, recon_out, data_root / "reconstructor", init=reconstructor_init,
+                              resume=resume)
+    stage_done("reconstructor", t0, steps=summary["steps"], final=summary["final"])
+
+    t0 = time.perf_counter()
+    enhancer_config = enhancer_run.RunEnhancerTrainConfig(steps=enhancer_steps, worlds=enhancer_worlds,
+                                                          lr=5e-4, device=device, eval_every=eval_every,
+                                                          save_every=eval_every, **(enhancer_overrides or {}))
+    jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world)
+            for s in range(enhancer_worlds)]
+    jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2) for s in enhancer_run.EVAL_SEEDS]
+    _parallel(_enhancer_world, jobs, workers, "enhancer frames")
+    stage_done("enhancer_data", t0, worlds=len(jobs))
+
+    t0 = time.perf_counter()
+    enhancer_config.time_budget_s = max(left_s(), 1.0)
+    summary = enhancer_run.train(enhancer_config, out / "enhancer", data_root / "enhancer", recon_out,
+                                 resume=resume, init=enhancer_init)
+    stage_done("enhancer", t0, steps=summary["steps"], final=summary["final"])
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    (out / "pipeline.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def main() -> None:
+    from neural_sensor.checkpoints import DEFAULT_ENHANCER, DEFAULT_RECONSTRUCTOR, default_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/gpu-pair"))
+    parser.add_argument("--minutes", type=float, default=10.0, help="the whole budget, data included")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available) | cuda | cpu")
+    parser.add_argument("--recon-worlds", type=int, default=48)
+    parser.add_argument("--enhancer-worlds", type=int, default=24)
+    parser.add_argument("--context-stations", type=int, default=7, help="stations (6 views each) per step")
+    parser.add_argument("--recon-steps", type=int, default=100_000, help="cap (the time budget usually ends it)")
+    parser.add_argument("--enhancer-steps", type=int, default=100_000, help="cap (the time budget usually ends it)")
+    parser.add_argument("--reconstructor-init", type=Path, default=default_checkpoint(DEFAULT_RECONSTRUCTOR))
+    parser.add_argument("--enhancer-init", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
+    parser.add_argument("--workers", type=int, default=None, help="data processes (default: cores - 1)")
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default OUT/data)")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
+                          enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,
+                          enhancer_init=args.enhancer_init, context_stations=args.context_stations,
+                          recon_steps=args.recon_steps, enhancer_steps=args.enhancer_steps, workers=args.workers,
+                          data_root=args.data, resume=args.resume)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
