@@ -27,7 +27,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
-from neural_sensor.reconstruct.sky import SKY_DEPTH_M, fit_sky_dome
+from neural_sensor.reconstruct.sky import fit_sky_dome, without_sky
 from neural_sensor.sh import SH_C0
 
 NUM_CLASSES = 29  # CARLA CityObjectLabel ids 0..28
@@ -232,8 +232,8 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
         v, h, w = depths.shape
         half = np.asarray(images, np.float32)[:, :2 * h, :2 * w].reshape(v, h, 2, w, 2, 3).mean(axis=(2, 4))
         dome = fit_sky_dome(half, sky, cameras)
-        per_view = per_view.replace(opacities=np.where(sky.reshape(-1), 0.0, per_view.opacities).astype(np.float32))
-        depths = np.where(sky, SKY_DEPTH_M, depths).astype(np.float32)
+        opacities, depths = without_sky(per_view.opacities, depths, sky)
+        per_view = per_view.replace(opacities=opacities)
     config = fusion_config or FusionConfig()
     if fusion == "merge":
         config = replace(config, carve_views=0, hidden_views=0, min_consistent=0, budget=0)

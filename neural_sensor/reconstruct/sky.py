@@ -31,6 +31,14 @@ SKY_DEPTH_M = SKY_RADIUS_M  # depth given to sky pixels for the carving
 DOME_OPACITY = 0.99
 
 
+def without_sky(opacities: np.ndarray, depths: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fusion inputs where sky pixels get no Gaussian: opacities [V * h * w] zeroed there, and depths [V, h, w]
+    set to SKY_DEPTH_M there (the carving then treats those rays as empty up to the dome); sky [V, h, w] bool."""
+    assert sky.shape == depths.shape and opacities.shape == (sky.size,), (sky.shape, depths.shape, opacities.shape)
+    return (np.where(sky.reshape(-1), 0.0, opacities).astype(np.float32),
+            np.where(sky, SKY_DEPTH_M, depths).astype(np.float32))
+
+
 def sky_ray_directions(cameras: list[Camera], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per view and pixel of an h x w grid (pixel centres at integer + 0.5): world unit ray directions
     [V, h, w, 3] and camera centres [V, 3] (float64)."""

@@ -139,21 +139,20 @@ def context_indices(world: dict, station: int, stations: int = 3) -> np.ndarray:
 
 
 def fused_selection(model: ReconNet, pred: dict, means: torch.Tensor, scales: torch.Tensor, opac: torch.Tensor,
-                    cameras: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The context Gaussians the run's fusion keeps (`fuse.fusion_selection` on the detached prediction, sky
-    pixels given no Gaussian as `reconstruct` does): (indices [M], opacities with the sky zeroed [V * h * w])."""
+                    cameras: list[Camera]) -> torch.Tensor:
+    """Indices [M] of the context Gaussians the run's fusion keeps: `fuse.fusion_selection` on the detached
+    prediction, sky pixels given no Gaussian as `reconstruct` does (`sky.without_sky`)."""
     from neural_sensor.reconstruct.fuse import FusionConfig, fusion_selection
-    from neural_sensor.reconstruct.sky import SKY_DEPTH_M
+    from neural_sensor.reconstruct.sky import without_sky
 
-    depth = pred["depth"].detach()
+    opacities = opac.detach().clamp(0, 1).cpu().numpy()
+    depths = pred["depth"].detach().cpu().numpy()
     if model.config.sky_head:
-        sky = pred["semantic_logits"][:, CityObjectLabel.SKY].detach() > 0.0
-        opac = torch.where(sky.reshape(-1), torch.zeros_like(opac), opac)
-        depth = torch.where(sky, torch.full_like(depth, SKY_DEPTH_M), depth)
-    idx, _, _ = fusion_selection(means.detach().cpu().numpy(), scales.detach().cpu().numpy(),
-                                 opac.detach().clamp(0, 1).cpu().numpy(), depth.cpu().numpy(), cameras,
-                                 FusionConfig())
-    return torch.from_numpy(idx).to(means.device), opac
+        sky = (pred["semantic_logits"][:, CityObjectLabel.SKY] > 0.0).detach().cpu().numpy()
+        opacities, depths = without_sky(opacities, depths, sky)
+    idx, _, _ = fusion_selection(means.detach().cpu().numpy(), scales.detach().cpu().numpy(), opacities, depths,
+                                 cameras, FusionConfig())
+    return torch.from_numpy(idx).to(means.device)
 
 
 def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
@@ -169,7 +168,7 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
     poses, K = camera_tensors(context_cameras, h, w)
     means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses.to(device), K.to(device))
     if config.fuse:
-        idx, opac = fused_selection(model, pred, means, scales, opac, context_cameras)
+        idx = fused_selection(model, pred, means, scales, opac, context_cameras)  # never a sky Gaussian
         means, quats, scales, opac, sh = (t[idx] for t in (means, quats, scales, opac, sh))
     cam = _cameras(world["target_K"][target:target + 1], world["target_pose"][target:target + 1], config.size)[0]
     background = torch.from_numpy(world["background"])
