@@ -492,14 +492,13 @@ def _spatial_chunks(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros((0, 4), np.float32)
     order = np.arange(n, dtype=np.int32)
     starts = np.append(np.arange(0, n, CHUNK_SIZE), n).astype(np.int64)
-    spheres = np.empty((len(starts) - 1, 4), np.float32)
-    for c in range(len(starts) - 1):
-        members = order[starts[c]:starts[c + 1]]
-        pts = means[members]
-        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
-        radius = (np.linalg.norm(pts - centre, axis=1) + reach[members]).max()
-        spheres[c, :3] = centre
-        spheres[c, 3] = radius * (1.0 + 1e-4) + 1e-3
+    firsts = starts[:-1]
+    centres = (np.minimum.reduceat(means, firsts, axis=0) + np.maximum.reduceat(means, firsts, axis=0)) / 2.0
+    chunk_of = np.repeat(np.arange(len(firsts)), np.diff(starts))
+    gap = np.linalg.norm(means - centres[chunk_of], axis=1) + reach
+    spheres = np.empty((len(firsts), 4), np.float32)
+    spheres[:, :3] = centres
+    spheres[:, 3] = np.maximum.reduceat(gap, firsts) * (1.0 + 1e-4) + 1e-3
     return order, starts, spheres
 
 
