@@ -203,3 +203,22 @@ def test_a_view_warped_into_itself_is_itself():
     assert visible[3:].all() and not visible[:3].any()
     np.testing.assert_array_equal(warped[3:], rgb[3:])
     assert (warped[:3] == 0).all()
+
+
+def test_compiled_codecs_equal_their_numpy_twins():
+    """The wire's uint8 / float conversions (numba, one pass) give exactly the numpy references' values."""
+    rng = np.random.default_rng(0)
+    edges = np.array([-1.0, -0.0, 0.0, 0.5 / 255, 0.49999 / 255, 0.50001 / 255, 0.5, 254.5 / 255, 1.0, 1.5, 1e9],
+                     np.float32)
+    for dtype in (np.float32, np.float64):
+        image = np.concatenate([rng.uniform(-0.1, 1.1, 10_007), edges]).astype(dtype).reshape(-1, 1)
+        fast = wire.to_uint8_into(image, np.empty(image.shape, np.uint8))
+        np.testing.assert_array_equal(fast, wire._to_uint8_reference(image, np.empty(image.shape, np.uint8)))
+    codes = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(wire.to_float(codes), wire._to_float_reference(codes))
+    frames = [rng.integers(0, 256, (4, 5, 3), dtype=np.uint8) for _ in range(3)]
+    np.testing.assert_array_equal(wire.stack_float(frames), np.stack([wire._to_float_reference(f) for f in frames]))
+    halves = [rng.uniform(0, 80, (4, 5)).astype(np.float16) for _ in range(2)]
+    np.testing.assert_array_equal(wire.stack_float(halves), np.stack([h.astype(np.float32) for h in halves]))
+    flags = [rng.random((4, 5)) > 0.5 for _ in range(2)]
+    np.testing.assert_array_equal(wire.stack_float(flags), np.stack(flags).astype(np.float32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,86 @@ def test_reconstructed_scene_of_a_drive_is_cached(tmp_path):
     assert meta2["cached"] is True and len(again) == len(scene)
     with pytest.raises(ValueError, match="checkpoint not found"):
         reconstructed_scene(layout, path, checkpoint=tmp_path / "nothing", cache_dir=tmp_path)
+
+
+def test_neighbour_views_are_the_same_camera_one_station_back_and_ahead():
+    from neural_sensor.reconstruct.model import neighbour_views
+    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
+    from neural_sensor.scene.path import Path as Polyline
+
+    path = Polyline(np.array([[0.0, 0.0], [100.0, 0.0]]))
+    specs = nuscenes_like_rig(64, 40)
+    cams = [c for s in (10.0, 14.0, 18.0, 60.0) for c in rig_cameras_on_path(specs, path, s)]
+    poses = np.stack([c.pose_camera_to_world for c in cams])
+    nb = neighbour_views(poses, 2)
+    for cam in range(6):  # the middle station's cameras: the same camera 4 m back and 4 m ahead
+        assert sorted(nb[6 + cam].tolist()) == [cam, 12 + cam]
+    assert (nb[18:] == -1).all()  # 42 m from the others: no neighbour
+    assert nb[0].tolist() == [6, 12]  # the first station: the next two (4 m and 8 m ahead)
+
+
+def _textured_plane_features(camera_x_m: float, K: np.ndarray, h: int, w: int, depth_m: float) -> torch.Tensor:
+    """[C, h, w] unit features of a textured plane at z = depth_m seen by a camera at x = camera_x_m (OpenCV frame)."""
+    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    X = camera_x_m + (xs - K[0, 2]) / K[0, 0] * depth_m
+    Y = (ys - K[1, 2]) / K[1, 1] * depth_m
+    rng = np.random.default_rng(0)
+    freq, phase = rng.uniform(0.5, 3.0, (8, 2)), rng.uniform(0, 6.3, 8)
+    f = np.stack([np.sin(a * X + b * Y + p) for (a, b), p in zip(freq, phase)])
+    return torch.nn.functional.normalize(torch.from_numpy(f).float(), dim=0)
+
+
+def test_plane_sweep_cost_peaks_at_the_true_depth():
+    """Two cameras 1 m apart see a textured plane 10 m away: the cost volume's best plane is the 10 m one, and
+    pixels whose rays leave the neighbour's image get no cost."""
+    from neural_sensor.reconstruct.model import plane_sweep_cost
+
+    h, w = 24, 40
+    K = np.array([[30.0, 0, w / 2], [0, 30.0, h / 2], [0, 0, 1]])
+    poses = np.stack([np.eye(4), np.eye(4)])
+    poses[1, 0, 3] = 1.0
+    features = torch.stack([_textured_plane_features(x, K, h, w, 10.0) for x in (0.0, 1.0)])
+    depths = torch.tensor([4.0, 6.0, 8.0, 9.0, 10.0, 11.0, 13.0, 16.0, 25.0, 50.0])
+    cost = plane_sweep_cost(features, torch.from_numpy(poses).float(), torch.from_numpy(K).float()[None].repeat(2, 1, 1),
+                            torch.tensor([[1], [0]]), depths)
+    assert cost.shape == (2, len(depths) + 1, h, w)
+    inner = cost[:, :-1, 4:-4, 8:-8]  # pixels that every plane maps inside the other image
+    best = depths[inner.argmax(dim=1)]
+    assert (best == 10.0).float().mean() > 0.95, best
+    assert inner[:, 4].mean() > 0.99
+    # camera 0's left edge at 4 m maps 7.5 px left of camera 1's image: no sample, no cost
+    assert (cost[0, 0, :, :4] == 0).all() and (cost[0, -1, :, 0] < 1.0).all()
+    none = plane_sweep_cost(features, torch.from_numpy(poses).float(), torch.from_numpy(K).float()[None].repeat(2, 1, 1),
+                            torch.tensor([[-1], [-1]]), depths)
+    assert (none == 0).all()
+
+
+def test_an_extended_net_starts_as_its_single_view_net_and_round_trips(tmp_path):
+    from neural_sensor.reconstruct.model import view_inputs
+
+    world = make_world(1_000_002, "heldout", WorldConfig(width=64, height=40, timesteps=2, voxel_m=0.6))
+    torch.manual_seed(0)
+    single = ReconNet(ReconConfig(channels=16, depth_bins=8)).eval()
+    multi = single.extended(cost_volume=True, ray_inputs=True).eval()
+    images = torch.from_numpy(world.context.rgb[:12]).permute(0, 3, 1, 2).float().contiguous()
+    inputs = view_inputs(multi, world.context.cameras[:12], 40, 64)
+    assert (inputs["neighbours"] >= 0).any()
+    with torch.no_grad():
+        before, after = single(images), multi(images, **inputs)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    with pytest.raises(ValueError, match="needs the views' K"):
+        multi(images)
+    with pytest.raises(ValueError, match="needs the views' poses"):
+        multi(images, K=inputs["K"])
+    with torch.no_grad():  # trained cost-volume layers change the depth, and survive save / load
+        multi.cost_logits.weight.normal_(0, 0.5)
+        changed = multi(images, **inputs)
+    assert not torch.equal(changed["depth"], before["depth"])
+    multi.save_pretrained(tmp_path / "mv")
+    loaded = ReconNet.from_pretrained(tmp_path / "mv")
+    assert loaded.config.cost_volume and loaded.config.ray_inputs
+    with torch.no_grad():
+        assert torch.equal(loaded(images, **inputs)["depth"], changed["depth"])
+    scene = reconstruct(loaded, world.context.rgb[:12], world.context.cameras[:12])
+    assert len(scene) > 0

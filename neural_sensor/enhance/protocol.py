@@ -442,15 +442,51 @@ _TORCH_GRAIN = 1 << 15  # torch runs a copy of fewer elements on one thread
 def to_float(array: np.ndarray) -> np.ndarray:
     """float32 image: uint8 / 255, floats as they are, bool as 0/1."""
     if array.dtype == np.uint8:
-        return np.divide(array, np.float32(255.0), dtype=np.float32)  # one pass; the same values as astype / 255
+        return _float_into(array, np.empty(array.shape, np.float32))
     return array.astype(np.float32)
+
+
+def stack_float(arrays: list[np.ndarray]) -> np.ndarray:
+    """[B, ...] float32: `to_float` of every array (one shape), written straight into the batch (no temporaries)."""
+    assert arrays and all(a.shape == arrays[0].shape for a in arrays), [a.shape for a in arrays]
+    out = np.empty((len(arrays), *arrays[0].shape), np.float32)
+    for array, target in zip(arrays, out):
+        if array.dtype == np.uint8:
+            _float_into(array, target)
+        elif array.dtype == np.float16:
+            _torch_copy(array, target)  # torch's half -> float cast is much faster than numpy's
+        else:
+            np.copyto(target, array, casting="unsafe")
+    return out
+
+
+def _float_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
+    from neural_sensor.enhance._codec_kernels import float_from_uint8
+
+    float_from_uint8(np.ascontiguousarray(array).reshape(-1), out.reshape(-1))
+    return out
+
+
+def _to_float_reference(array: np.ndarray) -> np.ndarray:
+    """The numpy twin of `to_float` for uint8 (tests)."""
+    return np.divide(array, np.float32(255.0), dtype=np.float32)
 
 
 def to_uint8_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`out` (uint8, the shape of `image`) = clip(image * 255, 0, 255) rounded half up; image in [0, 1]."""
     assert out.dtype == np.uint8 and out.shape == image.shape, (out.dtype, out.shape, image.shape)
+    if image.dtype.kind != "f":
+        return _to_uint8_reference(image, out)
+    from neural_sensor.enhance._codec_kernels import uint8_from_float
+
+    uint8_from_float(np.ascontiguousarray(image).reshape(-1), out.reshape(-1))  # out.reshape: a view (contiguous)
+    return out
+
+
+def _to_uint8_reference(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The numpy twin of `to_uint8_into` (chunked so the float temporary stays in the cache)."""
     flat_in = np.ascontiguousarray(image).reshape(-1)
-    flat_out = out.reshape(-1)  # a view: out is contiguous (a fresh array or a block view)
+    flat_out = out.reshape(-1)
     scratch = np.empty(min(_CHUNK, flat_in.size), np.float32)
     for start in range(0, flat_in.size, _CHUNK):
         stop = min(flat_in.size, start + _CHUNK)
@@ -465,10 +501,15 @@ def to_uint8_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
 def to_float16_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`out` (float16, the shape of `array`) = array rounded to float16 (IEEE round to nearest even, as numpy's
     astype; torch's vectorised cast is about 20x faster than numpy's)."""
+    assert out.dtype == np.float16 and out.shape == np.shape(array), (out.dtype, out.shape, np.shape(array))
+    return _torch_copy(np.ascontiguousarray(array, dtype=np.float32), out)
+
+
+def _torch_copy(array: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`out` = array cast to out's dtype by torch (float32 <-> float16), in pieces that each run on one thread."""
     import torch
 
-    assert out.dtype == np.float16 and out.shape == np.shape(array), (out.dtype, out.shape, np.shape(array))
-    source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(-1))
+    source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1))
     target = torch.from_numpy(out.reshape(-1))
     # pieces under torch's parallel grain (32768): one thread each, no waiting on cores busy with other work
     for start in range(0, source.numel(), _TORCH_GRAIN):

@@ -231,10 +231,10 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
         frames = [requests[k].frames[i] for k, i in members]
         try:
             out = model.enhance(
-                np.stack([wire.to_float(f["rgb"]) for f in frames]),
-                np.stack([f["depth"].astype(np.float32) for f in frames]),
-                np.stack([wire.to_float(f["alpha"]) for f in frames]),
-                np.stack([wire.to_float(f["reference"]) for f in frames]) if with_ref else None,
+                wire.stack_float([f["rgb"] for f in frames]),
+                wire.stack_float([f["depth"] for f in frames]),
+                wire.stack_float([f["alpha"] for f in frames]),
+                wire.stack_float([f["reference"] for f in frames]) if with_ref else None,
                 np.stack([f["reference_valid"].astype(np.float32) for f in frames]) if with_ref else None)
         except Exception as err:  # noqa: BLE001 - reported to the client, the worker keeps serving
             for k, _ in members:

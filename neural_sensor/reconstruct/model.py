@@ -1,9 +1,14 @@
-"""ReconNet: a small feed-forward reconstructor (MVSplat / DrivingForward family, single-view depth).
+"""ReconNet: a small feed-forward reconstructor (MVSplat / DrivingForward family).
 
 Each context view goes through a CNN encoder (with pixel-coordinate channels) to
 features at half resolution; per feature pixel the heads predict depth as a
 softmax over inverse-depth bins, opacity, two in-plane scales and a thickness,
-colour (SH degree 0) and semantic logits. Gaussians are unprojected along the
+colour (SH degree 0) and semantic logits. With `config.cost_volume` the depth is
+multi-view, as in MVSplat: matching features at quarter resolution are plane-swept
+into each view's neighbours (`neighbour_views`: the nearest other views that look the
+same way, i.e. the same camera one station back and ahead on a drive) at every depth
+bin, and the correlations (a cost volume [V, D, h, w]) feed the depth logits directly
+and the decoder; a view without neighbours falls back to its single-view cues. Gaussians are unprojected along the
 pixel rays into the world, oriented with the camera (in-plane axes along the
 image axes), and the views are fused (`neural_sensor.reconstruct.fuse`): Gaussians in
 space other views see through are carved away, near-duplicates merged, and a budget
@@ -46,6 +51,13 @@ class ReconConfig:
     # the semantic head's SKY logit was trained against the ground-truth sky: reconstruct() then draws the sky as a
     # fitted far dome (neural_sensor/reconstruct/sky.py) instead of Gaussians at a predicted depth
     sky_head: bool = False
+    # multi-view depth: a plane-sweep cost volume over each view's neighbour views (see the module docstring)
+    cost_volume: bool = False
+    match_channels: int = 16  # width of the matching features (L2-normalised; correlation = cosine)
+    neighbours: int = 2  # neighbour views per view
+    # two more input channels: each pixel's camera ray (x / z, y / z from K), so the depth can follow the
+    # intrinsics (the same image row is a different ground distance behind a 110 degree lens than a 70 degree one)
+    ray_inputs: bool = False
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -59,18 +71,34 @@ class ReconNet(nn.Module):
         super().__init__()
         self.config = config or ReconConfig()
         c = self.config.channels
-        self.stem = _block(3 + 2, c, stride=2)  # rgb + (u, v) coordinates -> 1/2 resolution
+        # rgb + (u, v) coordinates (+ the camera ray) -> 1/2 resolution
+        self.stem = _block(3 + 2 + (2 if self.config.ray_inputs else 0), c, stride=2)
         self.down = nn.Sequential(_block(c, c), _block(c, 2 * c, stride=2), _block(2 * c, 2 * c))  # 1/4
         self.fuse = nn.Sequential(_block(3 * c, c), _block(c, c))
         self.head = nn.Conv2d(c, self.config.depth_bins + 1 + 3 + 3 + self.config.num_classes, 1)
         inv = torch.linspace(1.0 / self.config.max_depth_m, 1.0 / self.config.min_depth_m, self.config.depth_bins)
         self.register_buffer("inverse_depths", inv, persistent=False)
+        if self.config.cost_volume:
+            d = self.config.depth_bins
+            self.match = nn.Conv2d(2 * c, self.config.match_channels, 1)
+            # the cost volume (+ the fraction of its samples that fell inside a neighbour) into the decoder and,
+            # directly, into the depth logits; both zero at initialisation, so a single-view net extended with
+            # `extended` starts out predicting exactly what it did
+            self.cost_decoder = nn.Sequential(_block(d + 1, c), nn.Conv2d(c, c, 3, 1, 1))
+            self.cost_logits = nn.Conv2d(d + 1, d, 3, 1, 1)
+            for conv in (self.cost_decoder[-1], self.cost_logits):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, poses: torch.Tensor | None = None, K: torch.Tensor | None = None,
+                neighbours: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-pixel Gaussian parameters at half resolution.
 
         Args:
             images: [V, 3, H, W] RGB in [0, 1], H and W divisible by 4.
+            poses, K, neighbours: [V, 4, 4] pose_camera_to_world, [V, 3, 3] intrinsics at H x W, [V, N] long
+                indices of each view's neighbour views (-1: none; `neighbour_views`): all three required with
+                `config.cost_volume`, K with `config.ray_inputs`, else ignored (`view_inputs` makes them).
         Returns:
             depth [V, h, w] metres, opacity [V, h, w], scale_px [V, 3, h, w] (in-plane x, y in half-res
             pixels, thickness as a fraction of them), rgb [V, 3, h, w], semantic_logits [V, K, h, w].
@@ -78,14 +106,34 @@ class ReconNet(nn.Module):
         v, ch, height, width = images.shape
         assert ch == 3 and height % 4 == 0 and width % 4 == 0, images.shape
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-        coords = torch.stack([xs, ys]).expand(v, 2, height, width)
+        coords = torch.stack([xs, ys]).expand(v, 2, height, width).to(images.device)
+        if self.config.ray_inputs:
+            if K is None:
+                raise ValueError("ReconNet: a checkpoint with ray inputs needs the views' K")
+            coords = torch.cat([coords, pixel_rays(K.to(images.device, images.dtype), height, width)], dim=1)
         half = self.stem(torch.cat([images * 2.0 - 1.0, coords], dim=1))
         quarter = self.down(half)
         up = nn.functional.interpolate(quarter, size=half.shape[-2:], mode="bilinear", align_corners=False)
         feat = self.fuse(torch.cat([half, up], dim=1))
+        cost_logits = None
+        if self.config.cost_volume:
+            if poses is None or K is None or neighbours is None:
+                raise ValueError("ReconNet: a cost-volume checkpoint needs the views' poses, K and neighbours")
+            assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape[0] == v, \
+                (poses.shape, K.shape, neighbours.shape)
+            q_h, q_w = quarter.shape[-2:]
+            K_quarter = K.to(quarter.dtype).clone()
+            K_quarter[:, 0] *= q_w / width
+            K_quarter[:, 1] *= q_h / height
+            cost = plane_sweep_cost(nn.functional.normalize(self.match(quarter), dim=1), poses.to(quarter.dtype),
+                                    K_quarter, neighbours, 1.0 / self.inverse_depths)
+            cost = nn.functional.interpolate(cost, size=half.shape[-2:], mode="bilinear", align_corners=False)
+            feat = feat + self.cost_decoder(cost)
+            cost_logits = self.cost_logits(cost)
         out = self.head(feat)
         d = self.config.depth_bins
-        probs = torch.softmax(out[:, :d], dim=1)
+        logits = out[:, :d] if cost_logits is None else out[:, :d] + cost_logits
+        probs = torch.softmax(logits, dim=1)
         inverse_depth = (probs * self.inverse_depths[None, :, None, None]).sum(dim=1)
         return {
             "depth": 1.0 / inverse_depth,
@@ -94,6 +142,23 @@ class ReconNet(nn.Module):
             "rgb": torch.sigmoid(out[:, d + 4:d + 7]),
             "semantic_logits": out[:, d + 7:],
         }
+
+    def extended(self, cost_volume: bool = False, ray_inputs: bool = False) -> "ReconNet":
+        """A copy of this net with a cost volume and / or ray inputs added (see ReconConfig): the same weights,
+        the new layers' outputs and the new input channels' weights zeroed, so it predicts exactly what this one
+        does until trained."""
+        if (cost_volume and self.config.cost_volume) or (ray_inputs and self.config.ray_inputs):
+            raise ValueError("ReconNet.extended: the net already has what was asked for")
+        config = replace(self.config, cost_volume=self.config.cost_volume or cost_volume,
+                         ray_inputs=self.config.ray_inputs or ray_inputs)
+        model = ReconNet(config)
+        state = dict(self.state_dict())
+        if ray_inputs:
+            old = state["stem.0.weight"]
+            state["stem.0.weight"] = torch.cat([old, old.new_zeros(old.shape[0], 2, *old.shape[2:])], dim=1)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.split(".")[0] in ("match", "cost_decoder", "cost_logits") for k in missing)
+        return model.train(self.training)
 
     # ------------------------------------------------------------- checkpoints
     def save_pretrained(self, folder: str | Path) -> None:
@@ -123,6 +188,113 @@ class ReconNet(nn.Module):
         except (OSError, RuntimeError, ValueError) as err:
             raise ValueError(f"{folder}: model.safetensors does not load into ReconNet ({err})") from None
         return model.eval()
+
+
+def neighbour_views(poses_camera_to_world: np.ndarray, count: int, max_angle_deg: float = 40.0,
+                    min_distance_m: float = 0.5, max_distance_m: float = 12.0) -> np.ndarray:
+    """Each view's `count` nearest other views that look the same way (the cost volume's matching partners).
+
+    Args:
+        poses_camera_to_world: [V, 4, 4].
+        count: neighbours per view.
+        max_angle_deg: largest angle between the two optical axes; min/max_distance_m: camera-centre distance
+            (too close: no parallax; too far: little overlap).
+    Returns:
+        [V, count] int64 view indices, nearest first; -1 where fewer qualify.
+    """
+    poses = np.asarray(poses_camera_to_world, dtype=np.float64)
+    assert poses.ndim == 3 and poses.shape[1:] == (4, 4), poses.shape
+    centres, axes = poses[:, :3, 3], poses[:, :3, 2]
+    distance = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    aligned = (axes @ axes.T) >= np.cos(np.radians(max_angle_deg))
+    ok = aligned & (distance >= min_distance_m) & (distance <= max_distance_m)
+    np.fill_diagonal(ok, False)
+    order = np.argsort(np.where(ok, distance, np.inf), axis=1, kind="stable")[:, :count]
+    found = np.take_along_axis(ok, order, axis=1)
+    result = np.where(found, order, -1).astype(np.int64)
+    if result.shape[1] < count:
+        result = np.pad(result, ((0, 0), (0, count - result.shape[1])), constant_values=-1)
+    return result
+
+
+def plane_sweep_cost(features: torch.Tensor, poses: torch.Tensor, K: torch.Tensor, neighbours: torch.Tensor,
+                     depths_m: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Plane-sweep correlation of every view's features with its neighbours' (MVSplat's cost volume).
+
+    Args:
+        features: [V, C, h, w] matching features (L2-normalised over C: the correlation is a cosine).
+        poses: [V, 4, 4] pose_camera_to_world; K: [V, 3, 3] intrinsics at h x w (pixel centres at i + 0.5).
+        neighbours: [V, N] long neighbour view indices, -1 for none.
+        depths_m: [D] camera-z depths of the sweep's planes.
+        chunk: views per batch of samples (bounds memory on long drives).
+    Returns:
+        [V, D + 1, h, w]: per depth plane, the mean over neighbours that see the point of the cosine between the
+        view's feature and the neighbour's, sampled where the pixel's ray meets the plane (0 where none sees it);
+        the last channel, the fraction of (neighbour, plane) samples that landed inside a neighbour.
+    """
+    v, c, h, w = features.shape
+    n = neighbours.shape[1]
+    dn = depths_m.shape[0]
+    assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape == (v, n), \
+        (poses.shape, K.shape, neighbours.shape)
+    device, dtype = features.device, features.dtype
+    neighbours = neighbours.to(device)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=device) + 0.5,
+                            torch.arange(w, dtype=dtype, device=device) + 0.5, indexing="ij")
+    pixels = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)  # [P, 3]
+    world_to_camera = torch.linalg.inv(poses)
+    out = []
+    for lo in range(0, v, chunk):
+        idx = torch.arange(lo, min(v, lo + chunk), device=device)
+        nb = neighbours[idx]  # [B, N]
+        present = nb >= 0
+        nb_safe = nb.clamp_min(0)
+        rays = pixels @ torch.linalg.inv(K[idx]).transpose(1, 2)  # [B, P, 3] camera-frame rays with z = 1
+        relative = world_to_camera[nb_safe] @ poses[idx][:, None]  # [B, N, 4, 4] this camera -> neighbour's
+        direction = torch.einsum("bnij,bpj->bnpi", relative[..., :3, :3], rays)  # [B, N, P, 3]
+        points = depths_m[None, None, :, None, None] * direction[:, :, None] + relative[:, :, None, None, :3, 3]
+        projected = torch.einsum("bnij,bndpj->bndpi", K[nb_safe], points)  # [B, N, D, P, 3] neighbour pixels
+        z = projected[..., 2]
+        front = z > 1e-3
+        u = projected[..., 0] / z.clamp_min(1e-3)
+        vv = projected[..., 1] / z.clamp_min(1e-3)
+        inside = front & (u >= 0) & (u <= w) & (vv >= 0) & (vv <= h) & present[:, :, None, None]
+        grid = torch.stack([u / w * 2 - 1, vv / h * 2 - 1], dim=-1)  # [B, N, D, P, 2]
+        grid = torch.where(inside[..., None], grid, torch.full_like(grid, 2.0))  # outside: sampled as zeros
+        sampled = nn.functional.grid_sample(features[nb_safe.reshape(-1)],
+                                            grid.reshape(len(idx) * n, dn * h, w, 2), mode="bilinear",
+                                            padding_mode="zeros", align_corners=False)  # [B*N, C, D*h, w]
+        sampled = sampled.reshape(len(idx), n, c, dn, h, w)
+        correlation = (sampled * features[idx][:, None, :, None]).sum(dim=2)  # [B, N, D, h, w]
+        seen = inside.reshape(len(idx), n, dn, h, w).to(dtype)
+        count = seen.sum(dim=1)
+        cost = (correlation * seen).sum(dim=1) / count.clamp_min(1.0)
+        coverage = seen.mean(dim=(1, 2))[:, None]
+        out.append(torch.cat([cost, coverage], dim=1))
+    return torch.cat(out, dim=0)
+
+
+def view_inputs(model: ReconNet, cameras: list[Camera], height: int, width: int,
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """ReconNet.forward's keyword arguments for views of these cameras at height x width: poses, K and
+    neighbours for a cost-volume net, K for one with ray inputs, nothing for a plain single-view one."""
+    if not (model.config.cost_volume or model.config.ray_inputs):
+        return {}
+    poses, K = camera_tensors(cameras, height, width)
+    if not model.config.cost_volume:
+        return {"K": K.to(device)}
+    neighbours = torch.from_numpy(neighbour_views(poses.numpy(), model.config.neighbours))
+    return {"poses": poses.to(device), "K": K.to(device), "neighbours": neighbours.to(device)}
+
+
+def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[V, 2, H, W] each pixel centre's camera ray as (x / z, y / z), from K [V, 3, 3] at H x W."""
+    assert K.ndim == 3 and K.shape[1:] == (3, 3), K.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=K.dtype, device=K.device) + 0.5,
+                            torch.arange(width, dtype=K.dtype, device=K.device) + 0.5, indexing="ij")
+    x = (xs[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (ys[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    return torch.stack([x, y], dim=1)
 
 
 def camera_tensors(cameras: list[Camera], height: int, width: int):
@@ -190,7 +362,7 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
                          f"and {len(cameras)} cameras")
     model.eval()
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    pred = model(tensor)
+    pred = model(tensor, **view_inputs(model, cameras, tensor.shape[-2], tensor.shape[-1]))
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(cameras, h, w)
     means, quats, scales, opac, sh, sem = (t.numpy() for t in gaussians_from_prediction(pred, poses, K))

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
-from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
+from neural_sensor.reconstruct.model import (ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction,
+                                             view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
                                        start_or_resume, write_summary)
@@ -76,6 +77,9 @@ class RunReconTrainConfig:
     fuse: bool = False  # render the target from the context views' Gaussians as the run's fusion keeps them
     device: str = "cpu"  # "cpu" or "cuda" (the model, its inputs and the render)
     renderer: str = "auto"  # render_differentiable backend: "torch" on a CPU, "gsplat" on CUDA
+    cost_volume: bool = False  # a multi-view net (plane-sweep cost volume); an --init without one is extended
+    ray_inputs: bool = False  # the camera ray of every pixel as input; an --init without them is extended
+    new_layer_lr_scale: float = 10.0  # the cost-volume layers' learning rate / lr (they start from zero)
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -162,9 +166,10 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
     device = torch.device(config.device)
     ctx = context_indices(world, int(world["target_station"][target]), config.context_stations)
     images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-    pred = model(images.to(device))
-    h, w = pred["depth"].shape[-2:]
     context_cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
+    pred = model(images.to(device), **view_inputs(model, context_cameras, images.shape[-2], images.shape[-1],
+                                                       device))
+    h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(context_cameras, h, w)
     means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses.to(device), K.to(device))
     if config.fuse:
@@ -214,7 +219,10 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
         for t in range(len(world["target_station"])):
             scores.append(float(step_losses(model, world, t, config)["psnr"]))
         images = torch.from_numpy(world["rgb"].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-        pred = {k: v.cpu() for k, v in model(images.to(config.device)).items()}
+        cameras = _cameras(world["K"], world["pose"], config.size)
+        pred = model(images.to(config.device), **view_inputs(model, cameras, images.shape[-2],
+                                                                 images.shape[-1], config.device))
+        pred = {k: v.cpu() for k, v in pred.items()}
         depth = pred["depth"].numpy()
         gt = world["depth"].astype(np.float32)[:, ::2, ::2]
         solid = (gt > 0) & ~world["sky"][:, ::2, ::2]
@@ -235,12 +243,21 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
 
     def new_model():
         model = ReconNet.from_pretrained(init).train() if init else ReconNet(ReconConfig())
+        add_cost = config.cost_volume and not model.config.cost_volume
+        add_rays = config.ray_inputs and not model.config.ray_inputs
+        if add_cost or add_rays:
+            model = model.extended(cost_volume=add_cost, ray_inputs=add_rays)
         model.config.sky_head = config.sky_weight > 0  # the saved config says the SKY logit was trained
         return model.to(config.device)
 
+    def optimiser_of(m: ReconNet) -> torch.optim.Optimizer:
+        new = [p for n, p in m.named_parameters() if n.split(".")[0] in ("match", "cost_decoder", "cost_logits")]
+        old = [p for n, p in m.named_parameters() if n.split(".")[0] not in ("match", "cost_decoder", "cost_logits")]
+        groups = [{"params": old}] + ([{"params": new, "lr": config.lr * config.new_layer_lr_scale}] if new else [])
+        return torch.optim.Adam(groups, lr=config.lr)
+
     model, optimiser, step, history = start_or_resume(
-        out, resume, new_model, lambda folder: ReconNet.from_pretrained(folder).to(config.device),
-        lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
+        out, resume, new_model, lambda folder: ReconNet.from_pretrained(folder).to(config.device), optimiser_of)
     rng = np.random.default_rng(config.seed + step)
     if step == 0:
         history.append({"step": 0, "heldout": evaluate(model, eval_worlds, config)})
@@ -281,6 +298,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     parser.add_argument("--renderer", default="auto", choices=("auto", "torch", "gsplat"),
                         help="differentiable renderer: auto = gsplat on CUDA, the torch reference on a CPU")
+    parser.add_argument("--cost-volume", action="store_true",
+                        help="multi-view depth (a plane-sweep cost volume over neighbour views); extends a "
+                             "single-view --init with zero-initialised cost-volume layers")
+    parser.add_argument("--ray-inputs", action="store_true",
+                        help="each pixel's camera ray as two more input channels (depth that follows the "
+                             "intrinsics); extends an --init without them with zero-initialised weights")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
@@ -288,7 +311,8 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
-                                 renderer=args.renderer, eval_every=args.eval_every)
+                                 renderer=args.renderer, eval_every=args.eval_every, cost_volume=args.cost_volume,
+                                 ray_inputs=args.ray_inputs)
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)
