@@ -222,3 +222,26 @@ def test_compiled_codecs_equal_their_numpy_twins():
     np.testing.assert_array_equal(wire.stack_float(halves), np.stack([h.astype(np.float32) for h in halves]))
     flags = [rng.random((4, 5)) > 0.5 for _ in range(2)]
     np.testing.assert_array_equal(wire.stack_float(flags), np.stack(flags).astype(np.float32))
+
+
+def test_compiled_float16_codecs_equal_numpy_on_every_half():
+    """float32 -> float16 (round to nearest even) and back, against numpy's casts, on every float16 value, the
+    midpoints between neighbours (ties), random floats, and the odd ones (zeros, subnormals, overflow, inf, NaN)."""
+    every_half = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    back = wire.stack_float([every_half])[0]
+    expected = every_half.astype(np.float32)
+    np.testing.assert_array_equal(back.view(np.uint32)[~np.isnan(expected)],
+                                  expected.view(np.uint32)[~np.isnan(expected)])
+    assert np.isnan(back[np.isnan(expected)]).all()
+    finite = expected[np.isfinite(expected)]
+    ordered = np.sort(finite[finite > 0])
+    ties = ((ordered[1:].astype(np.float64) + ordered[:-1]) / 2).astype(np.float32)
+    rng = np.random.default_rng(1)
+    values = np.concatenate([finite, ties, -ties, rng.uniform(-1e3, 1e3, 50_000).astype(np.float32),
+                             rng.uniform(0, 80, 50_000).astype(np.float32),
+                             np.array([0.0, -0.0, 1e-8, 6e-5, 6.1e-5, 65504.0, 65519.0, 65520.0, 1e6, np.inf, -np.inf],
+                                      np.float32)])
+    fast = wire.to_float16_into(values, np.empty(values.shape, np.float16))
+    np.testing.assert_array_equal(fast.view(np.uint16), wire._to_float16_reference(values).view(np.uint16))
+    nan = wire.to_float16_into(np.array([np.nan], np.float32), np.empty(1, np.float16))
+    assert np.isnan(nan).all()
