@@ -436,6 +436,7 @@ def _decode_reply_rgb(obj):
 
 # ------------------------------------------------------------------ image codecs
 _CHUNK = 1 << 16  # elements per pass of the uint8 conversion: the float temporary (256 KiB) stays in the cache
+_TORCH_GRAIN = 1 << 15  # torch runs a copy of fewer elements on one thread
 
 
 def to_float(array: np.ndarray) -> np.ndarray:
@@ -453,7 +454,7 @@ def stack_float(arrays: list[np.ndarray]) -> np.ndarray:
         if array.dtype == np.uint8:
             _float_into(array, target)
         elif array.dtype == np.float16:
-            _float32_from_float16_into(array, target)  # one compiled pass (numpy's cast is ~20x slower)
+            _torch_copy(array, target)  # torch's half -> float cast is much faster than numpy's
         else:
             np.copyto(target, array, casting="unsafe")
     return out
@@ -469,6 +470,12 @@ def _float_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
 def _to_float_reference(array: np.ndarray) -> np.ndarray:
     """The numpy twin of `to_float` for uint8 (tests)."""
     return np.divide(array, np.float32(255.0), dtype=np.float32)
+
+
+def _to_float16_reference(array: np.ndarray) -> np.ndarray:
+    """The numpy twin of `to_float16_into` (tests)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(array, dtype=np.float32).astype(np.float16)
 
 
 def to_uint8_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -499,31 +506,20 @@ def _to_uint8_reference(image: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def to_float16_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`out` (float16, the shape of `array`) = array rounded to float16 (IEEE round to nearest even, as numpy's
-    astype, which is about 20x slower than this compiled pass)."""
+    astype; torch's vectorised cast is about 20x faster than numpy's)."""
     assert out.dtype == np.float16 and out.shape == np.shape(array), (out.dtype, out.shape, np.shape(array))
-    from neural_sensor.enhance._codec_kernels import half_bits_from_float_bits
-
-    source = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-    flat_out = out.reshape(-1)
-    if half_bits_from_float_bits(source.view(np.uint32), flat_out.view(np.uint16)):
-        # float16 subnormals (0 < |x| < 6.1e-5) or NaN somewhere: numpy for those (rare)
-        bits = source.view(np.uint32)
-        f_exp = bits & np.uint32(0x7F800000)
-        odd = ((f_exp < np.uint32(0x38800000)) & ((bits & np.uint32(0x7FFFFFFF)) != 0)) | np.isnan(source)
-        flat_out[odd] = source[odd].astype(np.float16)
-    return out
+    return _torch_copy(np.ascontiguousarray(array, dtype=np.float32), out)
 
 
-def _to_float16_reference(array: np.ndarray) -> np.ndarray:
-    """The numpy twin of `to_float16_into` (tests)."""
-    with np.errstate(over="ignore"):
-        return np.asarray(array, dtype=np.float32).astype(np.float16)
+def _torch_copy(array: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`out` = array cast to out's dtype by torch (float32 <-> float16), in pieces that each run on one thread."""
+    import torch
 
-
-def _float32_from_float16_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
-    from neural_sensor.enhance._codec_kernels import float_bits_from_half_bits
-
-    float_bits_from_half_bits(np.ascontiguousarray(array).reshape(-1).view(np.uint16), out.reshape(-1).view(np.uint32))
+    source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1))
+    target = torch.from_numpy(out.reshape(-1))
+    # pieces under torch's parallel grain (32768): one thread each, no waiting on cores busy with other work
+    for start in range(0, source.numel(), _TORCH_GRAIN):
+        target[start:start + _TORCH_GRAIN].copy_(source[start:start + _TORCH_GRAIN])
     return out
 
 
