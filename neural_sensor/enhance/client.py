@@ -119,6 +119,8 @@ class EnhancerClient:
         self._shm_offer: dict | None = None  # {"folder", "nonce"} of the server, checked
         self._block = None  # (path, size, mapping, finalizer) of this client's block
         self._next_shm_hello = 0.0  # monotonic time of the next allowed hello from enhance()
+        if wire_dtype == "uint8":
+            wire.warm_codecs()  # the first tick's request must not wait for numba
         self._open()
 
     # -------------------------------------------------------------- socket

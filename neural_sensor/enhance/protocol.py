@@ -439,6 +439,13 @@ _CHUNK = 1 << 16  # elements per pass of the uint8 conversion: the float tempora
 _TORCH_GRAIN = 1 << 15  # torch runs a copy of fewer elements on one thread
 
 
+def warm_codecs() -> None:
+    """Compile (or load from numba's cache) the compiled codecs now, so a process's first request does not pay
+    for it against its deadline (a worker before it says READY, a client when it is made)."""
+    to_uint8_into(np.zeros(4, np.float32), np.empty(4, np.uint8))
+    to_float(np.zeros(4, np.uint8))
+
+
 def to_float(array: np.ndarray) -> np.ndarray:
     """float32 image: uint8 / 255, floats as they are, bool as 0/1."""
     if array.dtype == np.uint8:
