@@ -60,6 +60,9 @@ class ReconConfig:
     ray_inputs: bool = False
 
 
+COST_VOLUME_LAYERS = ("match", "cost_decoder", "cost_logits")  # ReconNet's modules that only a cost volume has
+
+
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
@@ -157,7 +160,7 @@ class ReconNet(nn.Module):
             old = state["stem.0.weight"]
             state["stem.0.weight"] = torch.cat([old, old.new_zeros(old.shape[0], 2, *old.shape[2:])], dim=1)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.split(".")[0] in ("match", "cost_decoder", "cost_logits") for k in missing)
+        assert not unexpected and all(k.split(".")[0] in COST_VOLUME_LAYERS for k in missing)
         return model.train(self.training)
 
     # ------------------------------------------------------------- checkpoints
@@ -237,19 +240,16 @@ def plane_sweep_cost(features: torch.Tensor, poses: torch.Tensor, K: torch.Tenso
     dn = depths_m.shape[0]
     assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape == (v, n), \
         (poses.shape, K.shape, neighbours.shape)
-    device, dtype = features.device, features.dtype
-    neighbours = neighbours.to(device)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=device) + 0.5,
-                            torch.arange(w, dtype=dtype, device=device) + 0.5, indexing="ij")
-    pixels = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)  # [P, 3]
+    neighbours = neighbours.to(features.device)
     world_to_camera = torch.linalg.inv(poses)
     out = []
     for lo in range(0, v, chunk):
-        idx = torch.arange(lo, min(v, lo + chunk), device=device)
+        idx = torch.arange(lo, min(v, lo + chunk), device=features.device)
         nb = neighbours[idx]  # [B, N]
         present = nb >= 0
         nb_safe = nb.clamp_min(0)
-        rays = pixels @ torch.linalg.inv(K[idx]).transpose(1, 2)  # [B, P, 3] camera-frame rays with z = 1
+        xy = pixel_rays(K[idx], h, w).flatten(2).transpose(1, 2)  # [B, P, 2]
+        rays = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)  # [B, P, 3] camera-frame rays with z = 1
         relative = world_to_camera[nb_safe] @ poses[idx][:, None]  # [B, N, 4, 4] this camera -> neighbour's
         direction = torch.einsum("bnij,bpj->bnpi", relative[..., :3, :3], rays)  # [B, N, P, 3]
         points = depths_m[None, None, :, None, None] * direction[:, :, None] + relative[:, :, None, None, :3, 3]
@@ -266,7 +266,7 @@ def plane_sweep_cost(features: torch.Tensor, poses: torch.Tensor, K: torch.Tenso
                                             padding_mode="zeros", align_corners=False)  # [B*N, C, D*h, w]
         sampled = sampled.reshape(len(idx), n, c, dn, h, w)
         correlation = (sampled * features[idx][:, None, :, None]).sum(dim=2)  # [B, N, D, h, w]
-        seen = inside.reshape(len(idx), n, dn, h, w).to(dtype)
+        seen = inside.reshape(len(idx), n, dn, h, w).to(features.dtype)
         count = seen.sum(dim=1)
         cost = (correlation * seen).sum(dim=1) / count.clamp_min(1.0)
         coverage = seen.mean(dim=(1, 2))[:, None]

@@ -41,8 +41,8 @@ from tqdm import tqdm
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
-from neural_sensor.reconstruct.model import (ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction,
-                                             view_inputs)
+from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, ReconConfig, ReconNet, camera_tensors,
+                                             gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
                                        start_or_resume, write_summary)
@@ -167,8 +167,7 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
     ctx = context_indices(world, int(world["target_station"][target]), config.context_stations)
     images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
     context_cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
-    pred = model(images.to(device), **view_inputs(model, context_cameras, images.shape[-2], images.shape[-1],
-                                                       device))
+    pred = model(images.to(device), **view_inputs(model, context_cameras, images.shape[-2], images.shape[-1], device))
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(context_cameras, h, w)
     means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses.to(device), K.to(device))
@@ -251,8 +250,8 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         return model.to(config.device)
 
     def optimiser_of(m: ReconNet) -> torch.optim.Optimizer:
-        new = [p for n, p in m.named_parameters() if n.split(".")[0] in ("match", "cost_decoder", "cost_logits")]
-        old = [p for n, p in m.named_parameters() if n.split(".")[0] not in ("match", "cost_decoder", "cost_logits")]
+        new = [p for n, p in m.named_parameters() if n.split(".")[0] in COST_VOLUME_LAYERS]
+        old = [p for n, p in m.named_parameters() if n.split(".")[0] not in COST_VOLUME_LAYERS]
         groups = [{"params": old}] + ([{"params": new, "lr": config.lr * config.new_layer_lr_scale}] if new else [])
         return torch.optim.Adam(groups, lr=config.lr)
 
