@@ -149,7 +149,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     path = Polyline(path_xy)
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
-                                            cache_dir=cache_dir)
+                                            cache_dir=cache_dir, refine=refine_config(args.refine_iterations))
     recon_s = time.perf_counter() - t0
     truth, truth_meta = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
     sky = scene.labels == CityObjectLabel.SKY
@@ -161,6 +161,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
              "recorded_path_m": round(path.length_m, 1), "views_recorded": scene_meta.get("views"),
              "gaussians_reconstruction": len(scene), "gaussians_truth": len(truth),
              "reconstruct_s": round(recon_s, 2), "reconstruction_cached": bool(scene_meta.get("cached")),
+             "colour_refinement": scene_meta.get("colour_refinement"),
              "render_ms_per_tick": [], "enhance_ms_per_tick": []}
     rows: list[dict] = []
     for clip, start in enumerate(clip_starts(path.length_m, args.clips, args.ticks, args.tick_m)):
@@ -293,6 +294,17 @@ def code_state() -> dict:
     return {"commit": commit or None, "modified_files": [line[3:] for line in dirty]}
 
 
+def refine_config(iterations: int | None):
+    """The colour refinement for --refine-iterations: None = the runner's default, 0 = none (no pruning either)."""
+    from dataclasses import replace
+
+    from neural_sensor.reconstruct.refine import DEFAULT_REFINE
+
+    if iterations is None:
+        return DEFAULT_REFINE
+    return replace(DEFAULT_REFINE, iterations=iterations, prune_weight=DEFAULT_REFINE.prune_weight if iterations else 0.0)
+
+
 def _parse_shifts(text: str) -> list[float]:
     try:
         shifts = [float(v) for v in text.split(",") if v.strip()]
@@ -320,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
+                        help="colour refinement sweeps of the reconstruction (0: none); default: the runner's")
     parser.add_argument("--quick", action="store_true",
                         help="one world per template, 1 clip of 2 frames, shifts 0 and 2 m")
     parser.add_argument("--picture", action="store_true",
@@ -340,8 +354,9 @@ def main(argv: list[str] | None = None) -> None:
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [args.width, args.height],
                          "reconstruction": "neural_sensor.reconstruct.drive.reconstructed_scene(layout, recorded lane), "
                                            "the runner's defaults (recorded every 4 m, 160x96, voxel 0.3 m)",
-                         "checkpoint": str(args.checkpoint), "ground_truth": "build_scene(layout, voxel 0.3 m), "
-                                                                            "same cameras and sky",
+                         "checkpoint": str(args.checkpoint),
+                         "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
+                         "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every},
               "perceptual": None, "flicker": "frame t-1 warped into frame t with ground-truth depth and poses; "

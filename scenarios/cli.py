@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--checkpoint", type=Path, default=None,
                          help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
     p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
+                         help="sweeps of the colour refinement against the log's images (0: none); None = the "
+                              "default (neural_sensor.reconstruct.refine.RefineConfig)")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench")
@@ -222,16 +225,25 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import shutil
     import time
 
+    from dataclasses import replace
+
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
+    from neural_sensor.reconstruct.refine import DEFAULT_REFINE
 
     if args.size is not None and min(args.size) <= 0:
         raise ValueError(f"--size must be two positive numbers of pixels, got {args.size}")
+    if args.refine_iterations is not None and args.refine_iterations < 0:
+        raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
+    refine = DEFAULT_REFINE if args.refine_iterations is None else replace(
+        DEFAULT_REFINE, iterations=args.refine_iterations, prune_weight=DEFAULT_REFINE.prune_weight
+        if args.refine_iterations > 0 else 0.0)
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
-                                               cache_dir=args.cache, progress=True)
+                                               cache_dir=args.cache, progress=True, refine=refine)
     result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
-                                                                "n_gaussians", "key", "cached", "build_s", "path")},
+                                                                "n_gaussians", "key", "cached", "build_s", "path",
+                                                                "colour_refinement")},
               "wall_s": round(time.perf_counter() - start, 2)}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

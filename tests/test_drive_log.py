@@ -249,6 +249,7 @@ def test_record_drive_writes_the_rig_along_the_path(short_drive):
 def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive):
     from neural_sensor.reconstruct.drive import reconstructed_scene, reconstructed_scene_from_log
     from neural_sensor.reconstruct.model import ReconNet, reconstruct
+    from neural_sensor.reconstruct.refine import refine_colours
     from neural_sensor.render import render
     from neural_sensor.scene.build import build_scene
     from neural_sensor.scene.path import Path as Polyline
@@ -274,7 +275,11 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
         images.append(render(world, step, backend="cpu", outputs=("rgb",), background=sky_rgb(layout.style)).rgb)
         cameras += step
     quantised = np.clip(np.concatenate(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)  # rounded to nearest
-    direct = reconstruct(ReconNet.from_pretrained(SHIPPED), quantised.astype(np.float32) / np.float32(255), cameras)
+    inputs = quantised.astype(np.float32) / np.float32(255)
+    direct = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras)
+    # then the default colour refinement against the same images, over the sky the log names
+    direct, stats = refine_colours(direct, inputs, cameras, background=sky_rgb(layout.style))
+    assert meta["colour_refinement"]["psnr_db"] == stats["psnr_db"] and stats["iterations"] == 2
     for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
         assert np.array_equal(getattr(direct, name), getattr(from_log, name)), name
     # cached: the same key from the same bytes; a changed image is a new key

@@ -195,3 +195,27 @@ def test_hidden_points_are_dropped_when_asked():
     dropped = fuse_views(per_view, depths, cameras, FusionConfig(hidden_views=2, **NO_MERGE))
     assert len(dropped) == depths.size - behind.sum() and np.allclose(dropped.means[:, 0], WALL_X_M, atol=1e-3)
 
+
+
+def test_a_fused_scene_is_in_spatial_order():
+    """fuse_views returns its Gaussians along a Morton curve: the same set as the selection, runs of consecutive
+    Gaussians compact in space (the renderers cull them by one bounding sphere)."""
+    from neural_sensor.reconstruct.fuse import fusion_selection, morton_order
+
+    cameras, depths, _, per_view = _wall_with_floaters()
+    config = FusionConfig(**NO_MERGE)
+    fused = fuse_views(per_view, depths, cameras, config)
+    idx = fusion_selection(per_view.means, per_view.scales, per_view.opacities, depths, cameras, config)[0]
+    assert len(fused) == len(idx)
+    assert np.array_equal(np.sort(fused.means.view(np.uint8).reshape(len(fused), -1), axis=0),
+                          np.sort(per_view.means[idx].view(np.uint8).reshape(len(idx), -1), axis=0))
+    # the order itself: a permutation that puts the points of one cell next to each other
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 8, (4000, 3))
+    order = morton_order(points, 1.0)
+    assert np.array_equal(np.sort(order), np.arange(len(points)))
+    runs = points[order].reshape(-1, 8, 3)  # 8 consecutive points
+    shuffled = points.reshape(-1, 8, 3)
+    spread = lambda r: np.ptp(r, axis=1).max(axis=1).mean()  # noqa: E731
+    assert spread(runs) < 0.5 * spread(shuffled)
+    assert len(morton_order(np.zeros((0, 3)), 1.0)) == 0

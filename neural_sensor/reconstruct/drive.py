@@ -28,9 +28,11 @@ from tqdm import tqdm
 from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, read_drive_log, record_drive
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
+from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path as Polyline
 
@@ -38,14 +40,14 @@ DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
 
 
 def reconstruction_code_hash() -> str:
-    """sha256 of the reconstruction's code (reconstruct/model.py, fuse.py and sky.py): part of every reconstruction's
+    """sha256 of the reconstruction's code (model.py, fuse.py, sky.py, refine.py): part of every reconstruction's
     cache key, so a change to the network's use or the fusion never serves a scene the old code made."""
     import hashlib
 
     from neural_sensor.reconstruct import model
 
     digest = hashlib.sha256()
-    for path in [Path(model.__file__)] + [Path(model.__file__).with_name(n) for n in ("fuse.py", "sky.py")]:
+    for path in [Path(model.__file__)] + [Path(model.__file__).with_name(n) for n in ("fuse.py", "sky.py", "refine.py")]:
         if path.exists():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -60,24 +62,26 @@ def _check_checkpoint(checkpoint: Path | str) -> Path:
 
 def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Path = DEFAULT_CHECKPOINT,
                         step_m: float = 4.0, width: int = 160, height: int = 96, voxel_m: float = 0.3,
-                        cache_dir: Path | None = None, progress: bool = False) -> tuple[GaussianScene, dict]:
+                        cache_dir: Path | None = None, progress: bool = False,
+                        refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
     The drive is recorded as a drive log (record_drive) and the log reconstructed exactly as
     reconstructed_scene_from_log does; the result is cached by the layout, path and settings.
+    refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     """
     checkpoint = _check_checkpoint(checkpoint)
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
               "step_m": step_m, "size": [width, height], "voxel_m": voxel_m, "checkpoint": checkpoint_hash(checkpoint),
-              "drive_log_format": FORMAT_VERSION, "code": reconstruction_code_hash()}
+              "drive_log_format": FORMAT_VERSION, "code": reconstruction_code_hash(), **refine.cache_inputs()}
 
     def build():
         tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
         try:
             record_drive(layout, path.points, tmp / "log", step_m=step_m, width=width, height=height,
                          voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-            scene, meta = _reconstruct_log(tmp / "log", checkpoint, None, progress)
+            scene, meta = _reconstruct_log(tmp / "log", checkpoint, None, progress, refine)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         meta = {**meta, "log": None}  # the recorded log was temporary
@@ -88,28 +92,32 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
 
 def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
                                  size: tuple[int, int] | None = None, cache_dir: Path | None = None,
-                                 progress: bool = False) -> tuple[GaussianScene, dict]:
+                                 progress: bool = False, refine: RefineConfig = DEFAULT_REFINE
+                                 ) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
     size: (width, height) to resample every image to before the network (needed when the log's cameras
     differ in size; the network was trained at 160x96); None keeps the log's size.
+    refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
     checkpoint = _check_checkpoint(checkpoint)
     folder = Path(folder)
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
-              "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash()}
+              "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
+              **refine.cache_inputs()}
 
     def build():
-        scene, meta = _reconstruct_log(folder, checkpoint, size, progress)
+        scene, meta = _reconstruct_log(folder, checkpoint, size, progress, refine)
         return scene, {**meta, "log": str(folder.resolve())}, None
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
 
 
-def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool
-                     ) -> tuple[GaussianScene, dict]:
-    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet."""
+def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
+                     refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict]:
+    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet,
+    then the colour refinement against the log's images (rendered over the log's sky colour, if it names one)."""
     images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
@@ -117,9 +125,14 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         scene = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras)
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
+    refine_stats = None
+    if refine.iterations > 0:
+        sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
+        scene, refine_stats = refine_colours(scene, images, cameras, background=sky, config=refine, progress=progress)
     meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
-            "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None}
+            "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
+            "colour_refinement": refine_stats}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
     return scene, meta

@@ -46,7 +46,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 
 NEAR_M = 0.05  # points closer than this to a camera (or behind it) give that view no evidence
-FUSION_VERSION = 1  # bump when fuse_views' result changes for the same inputs and options (it is in fusion_key)
+FUSION_VERSION = 2  # bump when fuse_views' result changes for the same inputs and options (it is in fusion_key)
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,27 @@ def fuse_views(per_view_gaussians: GaussianScene, depths: np.ndarray, cameras: l
     fused = per_view_gaussians.subset(idx)
     if config.min_consistent > 0 and config.inconsistent_opacity > 0:
         fused = fused.replace(opacities=opacities)
+    # kept in space-filling-curve order: the renderers cull runs of consecutive Gaussians by a bounding sphere,
+    # and view-major order makes those runs span a view's whole depth range (12 m median on the demo drive)
+    fused = fused.subset(morton_order(fused.means, SPATIAL_ORDER_CELL_M))
     return (fused, stats) if return_stats else fused
+
+
+SPATIAL_ORDER_CELL_M = 0.25  # cell of the Morton order of a fused scene
+
+
+def morton_order(points: np.ndarray, cell_m: float) -> np.ndarray:
+    """[M] int64: an order of points [M, 3] along a Z-order (Morton) curve of cubes of edge cell_m (stable)."""
+    assert points.ndim == 2 and points.shape[1] == 3, points.shape
+    if len(points) == 0:
+        return np.zeros(0, np.int64)
+    cells = np.floor((points.astype(np.float64) - points.min(axis=0)) / cell_m).astype(np.int64)
+    cells = np.clip(cells, 0, (1 << 21) - 1)
+    code = np.zeros(len(points), np.int64)
+    for bit in range(21):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return np.argsort(code, kind="stable")
 
 
 def fusion_selection(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, depths: np.ndarray,

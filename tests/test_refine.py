@@ -1,0 +1,85 @@
+"""Test-time colour refinement (neural_sensor/reconstruct/refine.py): it fits colours, prunes what no view weighs,
+keeps geometry, and refuses bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.reconstruct.refine import RefineConfig, refine_colours
+from neural_sensor.render import render
+from neural_sensor.testing import make_street_scene, street_cameras
+
+BACKGROUND = (0.53, 0.71, 0.92)
+
+
+def _psnr(a, b) -> float:
+    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def street():
+    """A street scene, views of it, and the same scene with every colour replaced by grey noise."""
+    truth = make_street_scene(20_000, seed=3, sh_degree=0)
+    cameras = street_cameras(96, 64, count=6)
+    images = render(truth, cameras, backend="cpu", background=BACKGROUND).rgb
+    noise = np.random.default_rng(0).uniform(0.3, 0.7, (len(truth), 3)).astype(np.float32)
+    wrong = GaussianScene.from_colors(truth.means, truth.quats, truth.scales, truth.opacities, noise, truth.labels)
+    return truth, wrong, images, cameras
+
+
+def test_refinement_fits_the_colours_the_images_were_rendered_with(street):
+    truth, wrong, images, cameras = street
+    before = _psnr(render(wrong, cameras, backend="cpu", background=BACKGROUND).rgb, images)
+    refined, stats = refine_colours(wrong, images, cameras, background=BACKGROUND,
+                                    config=RefineConfig(iterations=4, prune_weight=0.0, report_final=True))
+    after = _psnr(render(refined, cameras, backend="cpu", background=BACKGROUND).rgb, images)
+    assert after > before + 8.0, (before, after)
+    assert stats["psnr_db"][0] == pytest.approx(before, abs=1e-3) and stats["psnr_db"][-1] == pytest.approx(after, abs=1e-3)
+    assert all(b > a for a, b in zip(stats["psnr_db"], stats["psnr_db"][1:])), stats["psnr_db"]
+    # the Gaussians the views see well get (close to) their true colour; geometry, opacity and labels are untouched
+    seen = stats["updated"]
+    assert seen > 1000
+    for name in ("means", "quats", "scales", "opacities", "labels"):
+        assert np.array_equal(getattr(refined, name), getattr(wrong, name)), name
+    assert refined.colors_dc.min() >= 0.0 and refined.colors_dc.max() <= 1.0 + 1e-6
+
+
+def test_pruning_drops_only_what_no_view_weighs(street):
+    truth, wrong, images, cameras = street
+    # a cluster 500 m under the street: no view sees it
+    far = GaussianScene.from_colors(truth.means[:50] - np.float32([0.0, 0.0, 500.0]), truth.quats[:50],
+                                    truth.scales[:50], truth.opacities[:50], np.full((50, 3), 0.5, np.float32))
+    scene = GaussianScene.concat([wrong, far])
+    # a threshold just above 0 drops exactly what no recorded pixel weighs: the renders cannot change
+    kept, stats = refine_colours(scene, images, cameras, background=BACKGROUND,
+                                 config=RefineConfig(iterations=2, prune_weight=1e-9))
+    unpruned, _ = refine_colours(scene, images, cameras, background=BACKGROUND,
+                                 config=RefineConfig(iterations=2, prune_weight=0.0))
+    assert stats["pruned"] == len(scene) - len(kept) >= 50
+    assert kept.means[:, 2].min() > -100.0  # the unseen cluster is gone
+    a = render(kept, cameras, backend="cpu", background=BACKGROUND).rgb
+    b = render(unpruned, cameras, backend="cpu", background=BACKGROUND).rgb
+    assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()  # float32 rounding only
+    # the default threshold (1 pixel of summed weight) drops more, and the fit still beats the start
+    lean, lean_stats = refine_colours(scene, images, cameras, background=BACKGROUND)
+    assert lean_stats["pruned"] > stats["pruned"]
+    start = _psnr(render(scene, cameras, backend="cpu", background=BACKGROUND).rgb, images)
+    assert _psnr(render(lean, cameras, backend="cpu", background=BACKGROUND).rgb, images) > start + 3.0
+
+
+def test_zero_iterations_is_the_identity_and_bad_input_is_refused(street):
+    truth, wrong, images, cameras = street
+    same, stats = refine_colours(wrong, images, cameras, config=RefineConfig(iterations=0, prune_weight=0.0))
+    assert same is wrong and stats["psnr_db"] == [] and stats["updated"] == 0
+    bad = images.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        refine_colours(wrong, bad, cameras)
+    with pytest.raises(AssertionError):
+        refine_colours(wrong, images[:3], cameras)
+    with pytest.raises(ValueError, match="RefineConfig"):
+        RefineConfig(step=0.0)
+    assert RefineConfig(iterations=0).cache_inputs() == {}
+    assert RefineConfig().cache_inputs() != RefineConfig(iterations=3).cache_inputs()
