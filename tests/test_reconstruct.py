@@ -165,3 +165,25 @@ def test_an_extended_net_starts_as_its_single_view_net_and_round_trips(tmp_path)
         assert torch.equal(loaded(images, **inputs)["depth"], changed["depth"])
     scene = reconstruct(loaded, world.context.rgb[:12], world.context.cameras[:12])
     assert len(scene) > 0
+
+
+@pytest.mark.parametrize("cost_volume", [False, True])
+def test_chunked_inference_equals_one_batch(cost_volume):
+    """forward_chunked (what predict_views runs) gives forward's outputs, chunks that split neighbours included;
+    the shipped multi-view checkpoint on a drive of 18 views in chunks of 4."""
+    from neural_sensor.reconstruct.model import view_inputs
+
+    world = make_world(1_000_002, "heldout", WorldConfig(width=64, height=40, timesteps=3, voxel_m=0.6))
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / ("reconstructor-run" if cost_volume else
+                                                                    "reconstructor-small")
+    net = ReconNet.from_pretrained(folder).eval()
+    assert net.config.cost_volume == cost_volume
+    views = len(world.context.cameras)
+    images = torch.from_numpy(world.context.rgb).permute(0, 3, 1, 2).float().contiguous()
+    inputs = view_inputs(net, world.context.cameras, 40, 64)
+    if cost_volume:
+        assert (inputs["neighbours"] >= 0).sum() > views  # views do have neighbours, across chunk borders too
+    with torch.inference_mode():
+        whole, chunked = net(images, **inputs), net.forward_chunked(images, **inputs, chunk=4)
+    for key in whole:
+        assert whole[key].shape == chunked[key].shape and torch.allclose(whole[key], chunked[key], atol=1e-5), key
