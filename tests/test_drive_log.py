@@ -330,6 +330,16 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["views"] == 18 and result["frames"] == 3 and result["image_size"] == [64, 40]
     assert len(GaussianScene.load_ply(tmp_path / "scene.ply")) == result["n_gaussians"] > 1000
+    refined = result["colour_refinement"]  # on by default: the fit raised the log views' PSNR
+    assert refined["iterations"] == 2 and refined["psnr_db"][1] > refined["psnr_db"][0]
+    # without the refinement: another cache entry, nothing pruned, the network's colours
+    assert cli_main(["reconstruct", str(short_drive["log"]), "--refine-iterations", "0",
+                     "--cache", str(tmp_path / "cache")]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plain["colour_refinement"] is None and plain["key"] != result["key"]
+    assert plain["n_gaussians"] == result["n_gaussians"] + refined["pruned"]
+    assert cli_main(["reconstruct", str(short_drive["log"]), "--refine-iterations", "-1"]) == 2
+    assert "--refine-iterations must be >= 0" in capsys.readouterr().err
 
     bad = _tiny_log(tmp_path, "bad")
     (bad / "images" / "000002_CAM_C.png").unlink()

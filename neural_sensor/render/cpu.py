@@ -396,6 +396,46 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
     return ended
 
 
+@njit(inline="always", **_JIT_FAST)
+def _tile_gaussians(tile_gauss, start, count, geom, color):  # pragma: no cover - compiled
+    """A tile's Gaussians, one contiguous row per field: x, y, conic a, b, c, opacity, z, half-extent y,
+    sigma_max, 1 / conic a, r, g, b ([13, count] float32), and their indices ([count] int32)."""
+    local = np.empty((13, count), np.float32)
+    gid = np.empty(count, np.int32)
+    for k in range(count):
+        g = tile_gauss[start + k]
+        gid[k] = g
+        for c in range(7):
+            local[c, k] = geom[g, c]
+        local[7, k] = geom[g, 10]
+        local[8, k] = geom[g, 7]
+        local[9, k] = geom[g, 8]
+        local[10, k] = color[g, 0]
+        local[11, k] = color[g, 1]
+        local[12, k] = color[g, 2]
+    return local, gid
+
+
+@njit(inline="always", **_JIT_FAST)
+def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
+    """Does tile Gaussian k's alpha >= ALPHA_THRESHOLD ellipse cross the tile row at pixel-centre height py?
+    Returns (crosses, cyy, cbdy): the row's constant terms of the Gaussian's exponent for _composite_lanes."""
+    dy = local[1, k] - py
+    if abs(dy) > local[7, k]:
+        return False, _ZERO, _ZERO
+    ca, cb, cc = local[2, k], local[3, k], local[4, k]
+    # chord of this row inside the ellipse, in lane units
+    cbdy = cb * dy
+    disc = max(cbdy * cbdy - ca * (cc * dy * dy - np.float32(2.0) * local[8, k]), _ZERO)
+    root = math.sqrt(disc)
+    centre = local[0, k] - np.float32(tx0) - _HALF
+    lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
+    lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
+    if lane_hi < _ZERO or lane_lo > np.float32(LANES - 1):
+        return False, _ZERO, _ZERO
+    return True, _HALF * cc * dy * dy, cbdy
+
+
 @njit(parallel=True, **_JIT_FAST)
 def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background,
                out_rgb, out_depth, out_alpha, out_best):  # pragma: no cover - compiled
@@ -417,20 +457,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         th = min(tile_size, height - ty0)
         start = offsets[tile]
         count = offsets[tile + 1] - start
-        # the tile's Gaussians, one contiguous row per field (rows listed in the loop below)
-        local = np.empty((13, count), np.float32)
-        gid = np.empty(count, np.int32)
-        for k in range(count):
-            g = tile_gauss[start + k]
-            gid[k] = g
-            for c in range(7):
-                local[c, k] = geom[g, c]  # x, y, conic a, b, c, opacity, z
-            local[7, k] = geom[g, 10]  # half-extent y
-            local[8, k] = geom[g, 7]  # sigma_max
-            local[9, k] = geom[g, 8]  # 1 / conic a
-            local[10, k] = color[g, 0]
-            local[11, k] = color[g, 1]
-            local[12, k] = color[g, 2]
+        local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
         lane_px = np.empty(LANES, np.float32)
         for u in range(LANES):
             lane_px[u] = np.float32(tx0 + u) + _HALF
@@ -445,22 +472,11 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 best[u] = -1
             alive = tw
             for k in range(count):
-                dy = local[1, k] - py
-                if abs(dy) > local[7, k]:
+                crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
+                if not crosses:
                     continue
-                mx, ca, cb, cc = local[0, k], local[2, k], local[3, k], local[4, k]
-                # chord of this row inside the alpha >= ALPHA_THRESHOLD ellipse, in lane units
-                cbdy = cb * dy
-                disc = max(cbdy * cbdy - ca * (cc * dy * dy - np.float32(2.0) * local[8, k]), _ZERO)
-                root = math.sqrt(disc)
-                centre = mx - np.float32(tx0) - _HALF
-                lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
-                lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
-                cyy = _HALF * cc * dy * dy
-                if lane_hi < _ZERO or lane_lo > np.float32(LANES - 1):
-                    continue
-                alive -= _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, local[5, k], local[6, k],
-                                          local[10, k], local[11, k], local[12, k], gid[k], None)
+                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None)
                 if alive <= 0:
                     break
             yy = ty0 + v
@@ -499,19 +515,8 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
         th = min(tile_size, height - ty0)
         start = offsets[tile]
         count = offsets[tile + 1] - start
-        local = np.empty((13, count), np.float32)
-        gid = np.empty(count, np.int32)
+        local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
         for k in range(count):
-            g = tile_gauss[start + k]
-            gid[k] = g
-            for c in range(7):
-                local[c, k] = geom[g, c]
-            local[7, k] = geom[g, 10]
-            local[8, k] = geom[g, 7]
-            local[9, k] = geom[g, 8]
-            local[10, k] = color[g, 0]
-            local[11, k] = color[g, 1]
-            local[12, k] = color[g, 2]
             for c in range(4):
                 out_isect[start + k, c] = _ZERO
         lane_px = np.empty(LANES, np.float32)
@@ -532,21 +537,11 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
             alive = tw
             m = 0
             for k in range(count):
-                dy = local[1, k] - py
-                if abs(dy) > local[7, k]:
+                crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
+                if not crosses:
                     continue
-                mx, ca, cb, cc = local[0, k], local[2, k], local[3, k], local[4, k]
-                cbdy = cb * dy
-                disc = max(cbdy * cbdy - ca * (cc * dy * dy - np.float32(2.0) * local[8, k]), _ZERO)
-                root = math.sqrt(disc)
-                centre = mx - np.float32(tx0) - _HALF
-                lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
-                lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
-                cyy = _HALF * cc * dy * dy
-                if lane_hi < _ZERO or lane_lo > np.float32(LANES - 1):
-                    continue
-                alive -= _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, local[5, k], local[6, k],
-                                          local[10, k], local[11, k], local[12, k], gid[k], row_w[m])
+                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], row_w[m])
                 row_k[m] = k
                 m += 1
                 if alive <= 0:

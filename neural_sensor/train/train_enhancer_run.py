@@ -44,7 +44,7 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v1"  # bump when the stored frame fields or their making change
+DATA_VERSION = "run-v2"  # bump when the stored frame fields or their making change (v2: colour-refined reconstructions)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
 VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
 SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
