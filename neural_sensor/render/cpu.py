@@ -397,6 +397,14 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
 
 
 @njit(inline="always", **_JIT_FAST)
+def _tile_box(tile, tiles_x, width, height):  # pragma: no cover - compiled
+    """(x0, y0, width, height) in pixels of a tile (LANES x LANES, cut at the image's right and bottom)."""
+    tx0 = (tile % tiles_x) * LANES
+    ty0 = (tile // tiles_x) * LANES
+    return tx0, ty0, min(LANES, width - tx0), min(LANES, height - ty0)
+
+
+@njit(inline="always", **_JIT_FAST)
 def _tile_gaussians(tile_gauss, start, count, geom, color):  # pragma: no cover - compiled
     """A tile's Gaussians, one contiguous row per field: x, y, conic a, b, c, opacity, z, half-extent y,
     sigma_max, 1 / conic a, r, g, b ([13, count] float32), and their indices ([count] int32)."""
@@ -447,14 +455,9 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
     out_best [H, W] gets the index of the Gaussian with the largest blending weight
     at each pixel (-1 if none).
     """
-    tile_size = LANES
-    n_tiles = offsets.shape[0] - 1
-    for j in prange(n_tiles):
+    for j in prange(offsets.shape[0] - 1):
         tile = tile_order[j]
-        tx0 = (tile % tiles_x) * tile_size
-        ty0 = (tile // tiles_x) * tile_size
-        tw = min(tile_size, width - tx0)
-        th = min(tile_size, height - ty0)
+        tx0, ty0, tw, th = _tile_box(tile, tiles_x, width, height)
         start = offsets[tile]
         count = offsets[tile + 1] - start
         local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
@@ -505,14 +508,9 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
         residual out once the row is rendered. Every entry belongs to one tile and a tile to one
         thread: no two threads write the same row.
     """
-    tile_size = LANES
-    n_tiles = offsets.shape[0] - 1
-    for j in prange(n_tiles):
+    for j in prange(offsets.shape[0] - 1):
         tile = tile_order[j]
-        tx0 = (tile % tiles_x) * tile_size
-        ty0 = (tile // tiles_x) * tile_size
-        tw = min(tile_size, width - tx0)
-        th = min(tile_size, height - ty0)
+        tx0, ty0, tw, th = _tile_box(tile, tiles_x, width, height)
         start = offsets[tile]
         count = offsets[tile + 1] - start
         local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
