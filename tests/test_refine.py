@@ -83,3 +83,19 @@ def test_zero_iterations_is_the_identity_and_bad_input_is_refused(street):
         RefineConfig(step=0.0)
     assert RefineConfig(iterations=0).cache_inputs() == {}
     assert RefineConfig().cache_inputs() != RefineConfig(iterations=3).cache_inputs()
+
+
+def test_what_no_view_sees_keeps_its_coefficients_bit_for_bit(street):
+    """Only moved colours are written: an unseen Gaussian keeps its SH (even a colour outside [0, 1]), and the
+    stats count only Gaussians of the result."""
+    truth, wrong, images, cameras = street
+    bright = np.full((50, 3), 1.2, np.float32)  # outside [0, 1]: a refit would clip it
+    far = GaussianScene.from_colors(truth.means[:50] - np.float32([0.0, 0.0, 500.0]), truth.quats[:50],
+                                    truth.scales[:50], truth.opacities[:50], bright)
+    scene = GaussianScene.concat([wrong, far])
+    refined, stats = refine_colours(scene, images, cameras, background=BACKGROUND,
+                                    config=RefineConfig(iterations=2, prune_weight=0.0))
+    assert np.array_equal(refined.sh[len(wrong):], scene.sh[len(wrong):])
+    assert 0 < stats["updated"] <= len(refined)
+    pruned, pruned_stats = refine_colours(scene, images, cameras, background=BACKGROUND)
+    assert pruned_stats["updated"] <= len(pruned) < len(scene)

@@ -1,6 +1,7 @@
 """A scenario's scene as the plugin is meant to get it: reconstructed from a drive log.
 
-Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet -> scene):
+Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet + fusion -> colour refinement
+against the log's images (refine.py) -> scene):
 - `reconstructed_scene(layout, path_xy_m, ...)`: the builder's scene stands in for the
   world; `record_drive` renders it with the nuScenes-like rig every `step_m` along the
   path and writes a drive log (a temporary folder), which is then reconstructed. The
@@ -9,8 +10,10 @@ Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet -> scen
   needs no recording;
 - `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
   car; docs/drive_log.md). Its SceneCache key is the sha256 of its transforms.json and
-  image bytes plus the checkpoint's hash, the reconstruction code's hash (model.py and
-  fuse.py, so a new fusion never serves an old scene) and the resampling size, if any.
+  image bytes plus the checkpoint's hash, the reconstruction code's hash (`reconstruction_code_hash`,
+  so a new fusion never serves an old scene), the resampling size, if any, and the refinement's settings.
+  A log that names no sky colour is refined over SKY_RGB (the runner then renders it over the scenario's
+  sky; the two differ only where the fitted sky dome leaves a gap).
 
 A log whose images are not multiples of 4 on a side is cropped at the right and
 bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
@@ -40,14 +43,19 @@ DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
 
 
 def reconstruction_code_hash() -> str:
-    """sha256 of the reconstruction's code (model.py, fuse.py, sky.py, refine.py): part of every reconstruction's
-    cache key, so a change to the network's use or the fusion never serves a scene the old code made."""
+    """sha256 of the reconstruction's code: reconstruct/model.py, fuse.py, sky.py and refine.py, and the CPU
+    renderer the refinement renders with (render/cpu.py, render/_common.py). Part of every reconstruction's
+    cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
+    scene the old code made."""
     import hashlib
 
     from neural_sensor.reconstruct import model
+    from neural_sensor.render import cpu
 
+    files = [Path(model.__file__).with_name(n) for n in ("model.py", "fuse.py", "sky.py", "refine.py")]
+    files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "_common.py")]
     digest = hashlib.sha256()
-    for path in [Path(model.__file__)] + [Path(model.__file__).with_name(n) for n in ("fuse.py", "sky.py", "refine.py")]:
+    for path in files:
         if path.exists():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

@@ -131,6 +131,8 @@ class ReconNet(nn.Module):
         """
         v, ch, height, width = images.shape
         assert ch == 3 and height % 4 == 0 and width % 4 == 0 and chunk >= 1, (images.shape, chunk)
+        if v <= chunk:  # one chunk: exactly forward
+            return self(images, poses, K, neighbours)
         spans = [(lo, min(v, lo + chunk)) for lo in range(0, v, chunk)]
 
         def view_K(lo, hi):
@@ -401,7 +403,8 @@ LEGACY_MERGE_CELL_M = 0.15  # the "merge" fusion's cell, as reconstruct() merged
 
 @torch.no_grad()
 def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) -> tuple[GaussianScene, np.ndarray]:
-    """Posed images -> every view's pixel-aligned Gaussians and depth map, in one forward pass (no fusion).
+    """Posed images -> every view's pixel-aligned Gaussians and depth map, one network pass over the views
+    (INFERENCE_CHUNK views at a time, `ReconNet.forward_chunked`; no fusion).
 
     Args:
         model: a ReconNet.
@@ -437,7 +440,7 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
 def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
                 merge_cell_m: float | None = None, min_opacity: float = 0.02, fusion: str = "carve",
                 fusion_config: FusionConfig | None = None) -> GaussianScene:
-    """Posed images -> GaussianScene (world frame), in one forward pass and a fusion of the views.
+    """Posed images -> GaussianScene (world frame): one network pass over the views and a fusion of them.
 
     Args:
         model: a ReconNet.

@@ -14,8 +14,14 @@ weighted mean of the residuals it contributes to (sum_i w_ip <= 1 at a pixel, so
 step of 1 cannot overshoot a pixel on its own). `backproject_colour_residuals`
 (render/cpu.py, numba; torch-autograd twin in render/_torch_ref.py) renders a view and
 shares its residual out in the same pass. Only the degree-0 colour changes; higher
-SH bands, geometry and opacities are untouched, and colours stay in [0, 1].
+SH bands, geometry and opacities are untouched, and a moved colour stays in [0, 1].
 Gaussians that no recorded pixel weighs more than `min_weight` keep their colour.
+
+Pruning: after the first sweep, Gaussians whose blending weight summed over every pixel of
+every recorded view is below `prune_weight` are dropped, so the refined scene can have fewer
+Gaussians than the input (41 % fewer on the demo drive, 160x96 views every 4 m). The threshold
+is in pixels of the log's images: a log of few or small images weighs every Gaussian less, so
+the same threshold prunes more of it (set prune_weight=0 for such logs).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class RefineConfig:
     views_per_batch: int = 60  # views rendered per call (the per-Gaussian buffers are allocated once per call)
     report_final: bool = False  # one more render pass to report the PSNR after the last sweep
     prune_weight: float = 1.0  # after the first sweep, drop Gaussians whose summed blending weight over every
-    #   recorded pixel is below this (pixels of the log's images; 0: keep all)
+    #   recorded pixel is below this (pixels of the log's images, so it prunes more of a small log; 0: keep all)
 
     def __post_init__(self) -> None:
         if (self.iterations < 0 or not 0.0 < self.step <= 2.0 or self.min_weight < 0 or self.views_per_batch < 1
@@ -73,9 +79,11 @@ def refine_colours(scene: GaussianScene, images: np.ndarray, cameras: list[Camer
         background: [3] the colour the scene is rendered over (the log's sky colour).
         config: RefineConfig.
     Returns:
-        (scene with refitted colours, stats) where stats has "psnr_db": the PSNR of the renders against
-        the images before each sweep (and after the last with config.report_final), "updated": Gaussians
-        whose colour moved, and "seconds".
+        (scene, stats): the scene with refitted colours, without the Gaussians the pruning dropped (so its
+        indices do not line up with the input's when any were); stats has "psnr_db": the PSNR of the
+        renders against the images before each sweep (and after the last with config.report_final),
+        "updated": Gaussians of the result whose colour moved, "pruned": Gaussians dropped, "iterations"
+        and "seconds".
     """
     images = np.asarray(images, dtype=np.float32)
     v_count = len(cameras)
@@ -108,14 +116,14 @@ def refine_colours(scene: GaussianScene, images: np.ndarray, cameras: list[Camer
             break
         seen = weight > config.min_weight
         updated[kept[seen]] = True
-        colours[seen] += config.step * weighted[seen] / weight[seen, None]
-        np.clip(colours, 0.0, 1.0, out=colours)
-        sh[:, 0, :] = ((colours - 0.5) / SH_C0).astype(np.float32)
+        # only the colours that move are written: an unseen Gaussian keeps its coefficients bit for bit
+        colours[seen] = np.clip(colours[seen] + config.step * weighted[seen] / weight[seen, None], 0.0, 1.0)
+        sh[seen, 0, :] = ((colours[seen] - 0.5) / SH_C0).astype(np.float32)
         current = current.replace(sh=sh.copy())
         if sweep == 0 and config.prune_weight > 0:
             keep = weight >= config.prune_weight
             kept, colours, sh = kept[keep], colours[keep], sh[keep]
             current = current.subset(keep)
-    return current, {"psnr_db": history, "updated": int(updated.sum()), "pruned": len(scene) - len(current),
+    return current, {"psnr_db": history, "updated": int(updated[kept].sum()), "pruned": len(scene) - len(current),
                      "iterations": config.iterations,
                      "seconds": round(time.perf_counter() - start, 2)}

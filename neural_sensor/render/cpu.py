@@ -581,7 +581,8 @@ def _spatial_chunks(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Consecutive runs of CHUNK_SIZE Gaussians (index order) with a bounding sphere each, for frustum culling.
 
     Index order keeps memory access sequential; scenes whose order follows space (the builder emits
-    surface by surface, a reconstruction view by view) get tight spheres, others simply cull less.
+    surface by surface, a fused reconstruction is stored along a Morton curve) get tight spheres, others
+    simply cull less.
     Returns order [N] int32 (Gaussian indices, chunk by chunk), starts [M + 1] int64 and spheres [M, 4]
     float32: centre xyz and a radius that holds every member's mean plus its bounding radius (covariances'
     column 6), rounded up so float32 arithmetic never makes it too small.
