@@ -59,6 +59,7 @@ from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
+from neural_sensor.reconstruct.refine import refine_config
 from neural_sensor.render import render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
@@ -292,17 +293,6 @@ def code_state() -> dict:
     except (OSError, subprocess.SubprocessError) as err:
         return {"commit": None, "note": f"git not available: {err}"}
     return {"commit": commit or None, "modified_files": [line[3:] for line in dirty]}
-
-
-def refine_config(iterations: int | None):
-    """The colour refinement for --refine-iterations: None = the runner's default, 0 = none (no pruning either)."""
-    from dataclasses import replace
-
-    from neural_sensor.reconstruct.refine import DEFAULT_REFINE
-
-    if iterations is None:
-        return DEFAULT_REFINE
-    return replace(DEFAULT_REFINE, iterations=iterations, prune_weight=DEFAULT_REFINE.prune_weight if iterations else 0.0)
 
 
 def _parse_shifts(text: str) -> list[float]:

@@ -225,18 +225,14 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import shutil
     import time
 
-    from dataclasses import replace
-
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
-    from neural_sensor.reconstruct.refine import DEFAULT_REFINE
+    from neural_sensor.reconstruct.refine import refine_config
 
     if args.size is not None and min(args.size) <= 0:
         raise ValueError(f"--size must be two positive numbers of pixels, got {args.size}")
     if args.refine_iterations is not None and args.refine_iterations < 0:
         raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
-    refine = DEFAULT_REFINE if args.refine_iterations is None else replace(
-        DEFAULT_REFINE, iterations=args.refine_iterations, prune_weight=DEFAULT_REFINE.prune_weight
-        if args.refine_iterations > 0 else 0.0)
+    refine = refine_config(args.refine_iterations)
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),

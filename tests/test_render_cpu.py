@@ -183,7 +183,7 @@ def test_colour_backprojection_matches_its_autograd_twin(seed, size):
     the gradients the torch reference gives (sum_p w r and sum_p w), to float32 accumulation error."""
     from neural_sensor.render._common import stack_cameras
     from neural_sensor.render._torch_ref import _backproject_colour_residuals_reference
-    from neural_sensor.render.cpu import backproject_colour_residuals
+    from neural_sensor.render.backproject import backproject_colour_residuals
 
     scene = random_scene(1500, seed=seed, sh_degree=0)
     # the twin is exact where a colour is not clamped at 0 (no gradient there): keep every colour in (0, 1)

@@ -64,6 +64,14 @@ INFERENCE_CHUNK = 12  # views per forward pass in predict_views (demo drive, 306
 COST_VOLUME_LAYERS = ("match", "cost_decoder", "cost_logits")  # ReconNet's modules that only a cost volume has
 
 
+def _check_cost_volume_inputs(v: int, poses, K, neighbours) -> None:
+    """A cost-volume net's forward needs every view's pose [V, 4, 4], K [V, 3, 3] and neighbours [V, N]."""
+    if poses is None or K is None or neighbours is None:
+        raise ValueError("ReconNet: a cost-volume checkpoint needs the views' poses, K and neighbours")
+    assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape[0] == v, \
+        (poses.shape, K.shape, neighbours.shape)
+
+
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
@@ -112,10 +120,7 @@ class ReconNet(nn.Module):
         half, quarter = self._trunk(images, K)
         cost = None
         if self.config.cost_volume:
-            if poses is None or K is None or neighbours is None:
-                raise ValueError("ReconNet: a cost-volume checkpoint needs the views' poses, K and neighbours")
-            assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape[0] == v, \
-                (poses.shape, K.shape, neighbours.shape)
+            _check_cost_volume_inputs(v, poses, K, neighbours)
             cost = plane_sweep_cost(self._matching(quarter), poses.to(quarter.dtype),
                                     self._quarter_K(K, quarter, height, width), neighbours, 1.0 / self.inverse_depths)
         return self._decode(half, quarter, cost)
@@ -126,8 +131,9 @@ class ReconNet(nn.Module):
 
         Every layer but the cost volume works on one view, and a few dozen views' activations stay in the CPU's
         caches (306 views of the demo drive: 9.5 s in one batch, 4.4 s in chunks of 12). The cost volume needs
-        each view's neighbours: a first pass makes every view's matching features, a second recomputes the
-        trunk chunk by chunk and sweeps against those. Arguments and outputs as `forward`.
+        each view's neighbours: a first pass makes every view's quarter-resolution features (kept) and matching
+        features, a second recomputes the half-resolution stem chunk by chunk, sweeps against every view's
+        matching features and decodes. Arguments and outputs as `forward`.
         """
         v, ch, height, width = images.shape
         assert ch == 3 and height % 4 == 0 and width % 4 == 0 and chunk >= 1, (images.shape, chunk)
@@ -141,15 +147,13 @@ class ReconNet(nn.Module):
         if not self.config.cost_volume:
             parts = [self(images[lo:hi], K=view_K(lo, hi)) for lo, hi in spans]
             return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        if poses is None or K is None or neighbours is None:
-            raise ValueError("ReconNet: a cost-volume checkpoint needs the views' poses, K and neighbours")
-        assert poses.shape == (v, 4, 4) and K.shape == (v, 3, 3) and neighbours.shape[0] == v, \
-            (poses.shape, K.shape, neighbours.shape)
-        matching = torch.cat([self._matching(self._trunk(images[lo:hi], view_K(lo, hi))[1]) for lo, hi in spans])
+        _check_cost_volume_inputs(v, poses, K, neighbours)
+        quarters = [self._trunk(images[lo:hi], view_K(lo, hi))[1] for lo, hi in spans]
+        matching = torch.cat([self._matching(quarter) for quarter in quarters])
         K_quarter = self._quarter_K(K, matching, height, width)
         parts = []
-        for lo, hi in spans:
-            half, quarter = self._trunk(images[lo:hi], view_K(lo, hi))
+        for (lo, hi), quarter in zip(spans, quarters):
+            half = self._stem(images[lo:hi], view_K(lo, hi))
             cost = plane_sweep_cost(matching, poses.to(matching.dtype), K_quarter, neighbours,
                                     1.0 / self.inverse_depths, views=torch.arange(lo, hi))
             parts.append(self._decode(half, quarter, cost))
@@ -157,6 +161,11 @@ class ReconNet(nn.Module):
 
     def _trunk(self, images: torch.Tensor, K: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per view: the half- and quarter-resolution features of images [V, 3, H, W] (K [V, 3, 3] at H x W)."""
+        half = self._stem(images, K)
+        return half, self.down(half)
+
+    def _stem(self, images: torch.Tensor, K: torch.Tensor | None) -> torch.Tensor:
+        """Per view: the half-resolution features of images [V, 3, H, W] (K [V, 3, 3] at H x W)."""
         v, _, height, width = images.shape
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
         coords = torch.stack([xs, ys]).expand(v, 2, height, width).to(images.device)
@@ -164,8 +173,7 @@ class ReconNet(nn.Module):
             if K is None:
                 raise ValueError("ReconNet: a checkpoint with ray inputs needs the views' K")
             coords = torch.cat([coords, pixel_rays(K.to(images.device, images.dtype), height, width)], dim=1)
-        half = self.stem(torch.cat([images * 2.0 - 1.0, coords], dim=1))
-        return half, self.down(half)
+        return self.stem(torch.cat([images * 2.0 - 1.0, coords], dim=1))
 
     def _matching(self, quarter: torch.Tensor) -> torch.Tensor:
         """[V, match_channels, h/2, w/2] L2-normalised matching features of the cost volume."""
@@ -401,7 +409,7 @@ FUSIONS = ("carve", "merge")  # reconstruct()'s fusion of the views: see neural_
 LEGACY_MERGE_CELL_M = 0.15  # the "merge" fusion's cell, as reconstruct() merged before carving existed
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) -> tuple[GaussianScene, np.ndarray]:
     """Posed images -> every view's pixel-aligned Gaussians and depth map, one network pass over the views
     (INFERENCE_CHUNK views at a time, `ReconNet.forward_chunked`; no fusion).
@@ -421,9 +429,8 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
                          f"and {len(cameras)} cameras")
     model.eval()
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    with torch.inference_mode():
-        pred = model.forward_chunked(tensor, **view_inputs(model, cameras, tensor.shape[-2], tensor.shape[-1]),
-                                     chunk=INFERENCE_CHUNK)
+    pred = model.forward_chunked(tensor, **view_inputs(model, cameras, tensor.shape[-2], tensor.shape[-1]),
+                                 chunk=INFERENCE_CHUNK)
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(cameras, h, w)
     means, quats, scales, opac, sh, sem = (t.numpy() for t in gaussians_from_prediction(pred, poses, K))

@@ -12,7 +12,7 @@ a Jacobi-style iteration on it:
 over every pixel p of every recorded view, i.e. each Gaussian moves to the blend
 weighted mean of the residuals it contributes to (sum_i w_ip <= 1 at a pixel, so a
 step of 1 cannot overshoot a pixel on its own). `backproject_colour_residuals`
-(render/cpu.py, numba; torch-autograd twin in render/_torch_ref.py) renders a view and
+(render/backproject.py, numba; torch-autograd twin in render/_torch_ref.py) renders a view and
 shares its residual out in the same pass. Only the degree-0 colour changes; higher
 SH bands, geometry and opacities are untouched, and a moved colour stays in [0, 1].
 Gaussians that no recorded pixel weighs more than `min_weight` keep their colour.
@@ -27,7 +27,7 @@ the same threshold prunes more of it (set prune_weight=0 for such logs).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -67,6 +67,14 @@ class RefineConfig:
 DEFAULT_REFINE = RefineConfig()
 
 
+def refine_config(iterations: int | None = None) -> RefineConfig:
+    """The refinement a `--refine-iterations N` option asks for: None = DEFAULT_REFINE, 0 = none (no pruning
+    either: pruning happens inside a sweep), N > 0 = the default with N sweeps."""
+    if iterations is None:
+        return DEFAULT_REFINE
+    return replace(DEFAULT_REFINE, iterations=iterations, prune_weight=DEFAULT_REFINE.prune_weight if iterations else 0.0)
+
+
 def refine_colours(scene: GaussianScene, images: np.ndarray, cameras: list[Camera], *,
                    background=SKY_RGB, config: RefineConfig = RefineConfig(),
                    progress: bool = False) -> tuple[GaussianScene, dict]:
@@ -91,7 +99,7 @@ def refine_colours(scene: GaussianScene, images: np.ndarray, cameras: list[Camer
     if not np.isfinite(images).all():
         raise ValueError("refine_colours: images contain NaN or infinite values")
     bg = check_background(background)
-    from neural_sensor.render.cpu import backproject_colour_residuals
+    from neural_sensor.render.backproject import backproject_colour_residuals
 
     start = time.perf_counter()
     sh = scene.sh.copy()

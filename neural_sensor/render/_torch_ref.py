@@ -333,7 +333,7 @@ def render_reference(scene, batch: CameraBatch, outputs: tuple[str, ...], backgr
 
 def _backproject_colour_residuals_reference(scene, batch: CameraBatch, targets_rgb: np.ndarray,
                                             background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Twin of `cpu.backproject_colour_residuals` by autograd: sum_p w_ip r_p is the gradient of sum_p r_p . rgb_p
+    """Twin of `backproject.backproject_colour_residuals` by autograd: sum_p w_ip r_p is the gradient of sum_p r_p . rgb_p
     (r held fixed) with respect to Gaussian i's colour, and sum_p w_ip that of the summed image.
 
     Exact for Gaussians whose colour is not clamped at 0 (where the render's colour has no gradient).

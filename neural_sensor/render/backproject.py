@@ -1,0 +1,158 @@
+"""Residual backprojection on the CPU: render views and share each pixel's residual out to its Gaussians.
+
+The walk is `cpu._rasterize`'s (same projection, depth sort, tile binning and compositing code, so
+the render is bit-identical); a tile row additionally keeps the blending weight of every Gaussian it
+composited and, once the row is rendered, hands each of them its weighted share of the row's
+residual. `neural_sensor.reconstruct.refine` fits colours with it. Reference twin:
+`render._torch_ref._backproject_colour_residuals_reference` (torch autograd), tested against it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render._common import TILE_SIZE, CameraBatch
+from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_WIDTH, LANES, _bin_tiles,
+                                      _composite_lanes, _project, _row_chord, _sort_visible, _spatial_chunks,
+                                      _tile_box, _tile_gaussians, _tile_order, _world_covariances)
+
+
+@njit(parallel=True, **_JIT_FAST)
+def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background, target,
+                 out_rgb, out_isect):  # pragma: no cover - compiled
+    """`_rasterize`, plus handing each Gaussian its share of the residual of the pixels it was blended into.
+
+    target [H, W, 3]: the image the render is compared with.
+    out_rgb [H, W, 3]: the render (equal to `_rasterize`'s: same walk, same code).
+    out_isect [n_isects, 4]: per (tile, Gaussian) entry of tile_gauss, over the tile's pixels p:
+        sum_p w_p (target_p - render_p) per channel, and sum_p w_p, with w_p the Gaussian's blending
+        weight alpha T at p. A tile row keeps the weights of the Gaussians it composited and shares the
+        residual out once the row is rendered. Every entry belongs to one tile and a tile to one
+        thread: no two threads write the same row.
+    """
+    for j in prange(offsets.shape[0] - 1):
+        tile = tile_order[j]
+        tx0, ty0, tw, th = _tile_box(tile, tiles_x, width, height)
+        start = offsets[tile]
+        count = offsets[tile + 1] - start
+        local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
+        for k in range(count):
+            for c in range(4):
+                out_isect[start + k, c] = _ZERO
+        lane_px = np.empty(LANES, np.float32)
+        for u in range(LANES):
+            lane_px[u] = np.float32(tx0 + u) + _HALF
+        state = np.empty((6, LANES), np.float32)
+        best = np.empty(LANES, np.int32)
+        residual = np.empty((3, LANES), np.float32)
+        row_k = np.empty(count, np.int32)  # the row's composited Gaussians (list positions) ...
+        row_w = np.empty((count, LANES), np.float32)  # ... and their weight at each lane
+        for v in range(th):
+            py = np.float32(ty0 + v) + _HALF
+            for u in range(LANES):
+                state[0, u] = _ONE if u < tw else -_ONE
+                for c in range(1, 6):
+                    state[c, u] = _ZERO
+                best[u] = -1
+            alive = tw
+            m = 0
+            for k in range(count):
+                crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
+                if not crosses:
+                    continue
+                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], row_w[m])
+                row_k[m] = k
+                m += 1
+                if alive <= 0:
+                    break
+            yy = ty0 + v
+            for u in range(LANES):
+                if u < tw:
+                    t = abs(state[0, u])
+                    xx = tx0 + u
+                    for c in range(3):
+                        value = state[1 + c, u] + t * background[c]
+                        out_rgb[yy, xx, c] = value
+                        residual[c, u] = target[yy, xx, c] - value
+                else:
+                    for c in range(3):
+                        residual[c, u] = _ZERO
+            for e in range(m):
+                sr = _ZERO
+                sg = _ZERO
+                sb = _ZERO
+                sw = _ZERO
+                for u in range(LANES):
+                    w = row_w[e, u]
+                    sr += w * residual[0, u]
+                    sg += w * residual[1, u]
+                    sb += w * residual[2, u]
+                    sw += w
+                slot = start + row_k[e]
+                out_isect[slot, 0] += sr
+                out_isect[slot, 1] += sg
+                out_isect[slot, 2] += sb
+                out_isect[slot, 3] += sw
+
+
+@njit(**_JIT)
+def _scatter_add(tile_gauss, isect, weighted, weight):  # pragma: no cover - compiled
+    """weighted[g] += isect[k, :3], weight[g] += isect[k, 3] for g = tile_gauss[k] (float64 sums, in place)."""
+    for k in range(tile_gauss.shape[0]):
+        g = tile_gauss[k]
+        weighted[g, 0] += isect[k, 0]
+        weighted[g, 1] += isect[k, 1]
+        weighted[g, 2] += isect[k, 2]
+        weight[g] += isect[k, 3]
+
+
+def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targets_rgb: np.ndarray,
+                                 background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render C cameras and share each pixel's colour residual out to the Gaussians that made it.
+
+    For a view-independent colour c_i the render is linear, rgb_p = sum_i w_ip c_i + T_p bg, so
+    -sum_p w_ip (target_p - rgb_p) is the gradient of 0.5 |rgb - target|^2 with respect to c_i,
+    and sum_p w_ip its Jacobi scale. `neural_sensor.reconstruct.refine` fits colours with them.
+    Pass many cameras per call: the per-Gaussian buffers are allocated once per call.
+
+    Args:
+        scene: N Gaussians (one scene, world frame).
+        batch: C cameras of H x W.
+        targets_rgb: [C, H, W, 3] float32, the images the renders are compared with.
+        background: [3] float32.
+    Returns:
+        weighted_residual [N, 3] float64: sum over cameras and pixels of w (target - render);
+        weight [N] float64: sum over cameras and pixels of w;
+        rgb [C, H, W, 3] float32: the renders (equal to `render_cpu`'s).
+    Reference twin: `_backproject_colour_residuals_reference` (torch autograd through the reference renderer).
+    """
+    c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
+    assert targets_rgb.shape == (c_count, h, w, 3), targets_rgb.shape
+    assert TILE_SIZE == LANES
+    targets_rgb = np.ascontiguousarray(targets_rgb, dtype=np.float32)
+    n = len(scene)
+    tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
+    cov = scene.derived("covariances_and_radius", _world_covariances)
+    chunk = scene.derived("spatial_chunks", _spatial_chunks)
+    geom = np.empty((n, GEOM_WIDTH), np.float32)
+    color = np.empty((n, 3), np.float32)
+    rect = np.empty((n, 4), np.int32)
+    valid = np.empty(n, np.uint8)
+    rgb = np.empty((c_count, h, w, 3), np.float32)
+    weighted = np.zeros((n, 3), np.float64)
+    weight = np.zeros(n, np.float64)
+    campos = batch.camera_positions_world.astype(np.float32)
+    for cam in range(c_count):
+        _project(scene.means, cov, scene.opacities, scene.sh, scene.sh_degree, batch.viewmats[cam].astype(np.float32),
+                 batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *chunk, geom, color, rect, valid)
+        order = _sort_visible(valid, geom)
+        offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
+        isect = np.empty((len(tile_gauss), 4), np.float32)
+        _backproject(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
+                     targets_rgb[cam], rgb[cam], isect)
+        _scatter_add(tile_gauss, isect, weighted, weight)
+    return weighted, weight, rgb
