@@ -26,7 +26,7 @@ import numpy as np
 from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
-from neural_sensor.render import render, resolve_backend
+from neural_sensor.render import LOD_PX, render, resolve_backend
 from neural_sensor.poses import check_pose
 from neural_sensor.world import WorldSnapshot
 
@@ -122,7 +122,8 @@ class NeuralSensorRig:
     """Renders a rig of cameras on the ego from a Gaussian scene plus the snapshot's agents."""
 
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
-                 enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0):
+                 enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
+                 lod_px: float = LOD_PX):
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
         sensors = list(sensors)
@@ -146,6 +147,9 @@ class NeuralSensorRig:
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
+        if not (isinstance(lod_px, (int, float)) and math.isfinite(lod_px) and lod_px >= 0):
+            raise ValueError(f"NeuralSensorRig: lod_px must be a finite number >= 0 (0 = exact), got {lod_px!r}")
+        self.lod_px = float(lod_px)  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
         self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
 
     def _asset(self, agent) -> GaussianScene:
@@ -170,7 +174,7 @@ class NeuralSensorRig:
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=("rgb", "depth", "alpha", "semantic", "instance"))
+                         outputs=("rgb", "depth", "alpha", "semantic", "instance"), lod_px=self.lod_px)
             render_ms = (time.perf_counter() - start) * 1000.0
             for i, spec in enumerate(specs):
                 frames[spec.sensor_id] = SensorFrame(

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from neural_sensor.cli import add_render_commands, run_render_command
-from neural_sensor.render import BACKENDS
+from neural_sensor.render import BACKENDS, LOD_PX
 
 
 _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
@@ -42,6 +42,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
     parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
+    parser.add_argument("--lod-px", type=float, default=LOD_PX, metavar="PX",
+                        help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
+                             "as one where that one's largest standard deviation spans <= PX pixels; 0 draws every "
+                             f"Gaussian (exact; default {LOD_PX})")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")
@@ -155,7 +159,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=args.enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
-                         truth=args.truth)
+                         truth=args.truth, lod_px=args.lod_px)
     return run_scenario(scenario, options)
 
 

@@ -47,6 +47,7 @@ from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.metrics import psnr
+from neural_sensor.render import LOD_PX
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
@@ -80,6 +81,8 @@ class RunOptions:
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     truth: bool = False  # also render the builder's scene (the ground truth) at every tick: beside each camera in
     #                      the video, and per-camera PSNR of the delivered image against it in log.jsonl
+    lod_px: float = LOD_PX  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact).
+    #                         The --truth render is always exact
 
 
 def scene_source(scene: str) -> tuple[str, Path | None]:
@@ -315,13 +318,13 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
-                              asset_seed=options.seed, enhancer=enhancer)
+                              asset_seed=options.seed, enhancer=enhancer, lod_px=options.lod_px)
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
             truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(
                 scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
             truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
-                                        asset_seed=options.seed)
+                                        asset_seed=options.seed, lod_px=0.0)
         return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig)
     finally:
         sim.close()

@@ -109,6 +109,9 @@ def test_render_rejects_bad_arguments():
         render(scene, [])
     with pytest.raises(ValueError, match="scene must be a GaussianScene, a PlacedScene or a non-empty list"):
         render({"means": scene.means}, camera)
+    for bad in (-1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="lod_px must be a finite number >= 0"):
+            render(scene, camera, lod_px=bad)
 
 
 def test_outputs_only_those_requested():
@@ -203,3 +206,60 @@ def test_colour_backprojection_matches_its_autograd_twin(seed, size):
     # a Gaussian off screen or behind the camera is handed nothing
     behind = scene.means[:, 0] < 0
     assert behind.any() and np.all(weight[behind] == 0) and np.all(weighted[behind] == 0)
+
+
+def test_level_of_detail_matches_its_twin_and_stays_close_to_exact():
+    """render(lod_px=2): each camera's image equals the reference render of `lod_scene` (the Gaussians the cpu
+    backend draws for that camera: near groups in full, far groups as their merges) within the usual tolerances;
+    far groups really are merged; and the image stays close to the exact render (lod_px=0)."""
+    from neural_sensor.render.cpu import lod_scene
+
+    scene = make_street_scene(40_000, seed=1, sh_degree=1)
+    cameras = street_cameras(160, 96, count=3)
+    fast = render(scene, cameras, backend="cpu", outputs=ALL, lod_px=2.0)
+    exact = render(scene, cameras, backend="cpu", outputs=ALL)
+    merged_any = False
+    for i, cam in enumerate(cameras):
+        drawn = lod_scene(scene, cam, 2.0)
+        merged_any |= len(drawn) < len(scene)
+        ref = render(drawn, [cam], backend="torch", outputs=ALL, background=(0.53, 0.71, 0.92))
+        assert psnr(fast.rgb[i:i + 1], ref.rgb) >= 90.0
+        alpha_err = np.abs(fast.alpha[i:i + 1] - ref.alpha)
+        assert np.percentile(alpha_err, 99.9) <= 1e-4 and alpha_err.max() <= 5e-3
+        solid = ref.alpha >= 0.01
+        assert np.percentile(np.abs(fast.depth[i:i + 1] - ref.depth)[solid], 99.9) <= 5e-3
+        assert (fast.semantic[i:i + 1] == ref.semantic).mean() >= 0.999
+    assert merged_any, "no group was far enough to merge: the test would not exercise the level of detail"
+    assert psnr(fast.rgb, exact.rgb) >= 35.0
+    assert (fast.semantic == exact.semantic).mean() >= 0.99
+    same = render(scene, cameras, backend="cpu", outputs=ALL, lod_px=0.0)
+    for key in ALL:
+        np.testing.assert_array_equal(getattr(same, key), getattr(exact, key), err_msg=key)
+
+
+def test_level_of_detail_groups_hold_every_gaussian_once():
+    """_lod_groups: every Gaussian in exactly one group of at most LOD_GROUP, groups inside their chunk, each
+    chunk's (grown) sphere holds its members' and its merges' bounding spheres, merges are moment-matched."""
+    import neural_sensor.render.cpu as cpu
+
+    scene = make_street_scene(5_000, seed=2, sh_degree=0)
+    lod = cpu._lod_groups(scene)
+    assert sorted(lod.group_order.tolist()) == list(range(len(scene)))
+    sizes = np.diff(lod.group_starts)
+    assert sizes.min() >= 1 and sizes.max() <= cpu.LOD_GROUP
+    order, starts, _ = cpu._spatial_chunks(scene)
+    covs = cpu._world_covariances(scene)
+    for c in range(len(starts) - 1):
+        groups = range(lod.chunk_groups[c], lod.chunk_groups[c + 1])
+        members = lod.group_order[lod.group_starts[groups.start]:lod.group_starts[groups.stop]]
+        assert sorted(members.tolist()) == sorted(order[starts[c]:starts[c + 1]].tolist())
+        centre, radius = lod.chunk_spheres[c, :3], lod.chunk_spheres[c, 3]
+        assert (np.linalg.norm(scene.means[members] - centre, axis=1) + covs[members, 6] <= radius).all()
+        reach = np.linalg.norm(lod.means[groups.start:groups.stop] - centre, axis=1) + lod.covs[groups.start:groups.stop, 6]
+        assert (reach <= radius).all()
+    g = int(np.argmax(sizes))
+    idx = lod.group_order[lod.group_starts[g]:lod.group_starts[g + 1]]
+    sc = np.sort(scene.scales[idx].astype(np.float64), axis=1)
+    w = scene.opacities[idx] * sc[:, 1] * sc[:, 2]
+    np.testing.assert_allclose(lod.means[g], (w[:, None] * scene.means[idx]).sum(0) / w.sum(), rtol=1e-5, atol=1e-5)
+    assert lod.opacities[g] == scene.opacities[idx].max()

@@ -11,6 +11,7 @@ For gradients, call `neural_sensor.render._torch_ref.render_torch` with tensors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import ALL_OUTPUTS, SKY_RGB, check_background, check_outputs, stack_cameras
+from neural_sensor.render._common import ALL_OUTPUTS, LOD_PX, SKY_RGB, check_background, check_outputs, stack_cameras
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
 
@@ -74,6 +75,7 @@ def render(
     backend: str = "auto",
     outputs: Sequence[str] = ("rgb", "depth", "alpha"),
     background: Sequence[float] = SKY_RGB,
+    lod_px: float = 0.0,
 ) -> RenderOutput:
     """Render a Gaussian scene into C cameras that share one image size.
 
@@ -86,6 +88,10 @@ def render(
         outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
         background: [3] RGB in [0, 1] behind everything (default: a clear sky, SKY_RGB; pass
             (0, 0, 0) for black).
+        lod_px: level of detail of the "cpu" backend (the others draw every Gaussian): where a group of up to 8
+            neighbouring Gaussians lies so far that its moment-matched merge has its largest standard deviation
+            within lod_px pixels, the merge is drawn instead of the group (`render.cpu.LOD_PX` is what a run
+            uses). 0 (the default) draws every Gaussian: the exact render.
     Returns:
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
@@ -98,6 +104,8 @@ def render(
     batch = stack_cameras(cameras)
     outputs = check_outputs(outputs)
     bg = check_background(background)
+    if not (isinstance(lod_px, (int, float)) and math.isfinite(lod_px) and lod_px >= 0):
+        raise ValueError(f"render: lod_px must be a finite number >= 0 (0 = every Gaussian), got {lod_px!r}")
     name = resolve_backend(backend)
     if name == "cpu":
         from neural_sensor.render.cpu import render_cpu as impl
@@ -108,7 +116,7 @@ def render(
     if name != "cpu":
         world = [p.materialize() if isinstance(p, PlacedScene) else p for p in parts]
         parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
-    images = impl(parts if name == "cpu" else parts[0], batch, outputs, bg)
+    images = impl(parts, batch, outputs, bg, lod_px=float(lod_px)) if name == "cpu" else impl(parts[0], batch, outputs, bg)
     c, h, w = len(batch.viewmats), batch.height, batch.width
     expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}
     for key in outputs:
@@ -116,4 +124,4 @@ def render(
     return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "SKY_RGB", "resolve_backend", "cuda_available"]
+__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "SKY_RGB", "resolve_backend", "cuda_available"]

@@ -16,7 +16,7 @@ from numba import njit, prange
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import TILE_SIZE, CameraBatch
 from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_WIDTH, LANES, _bin_tiles,
-                                      _composite_lanes, _project, _row_chord, _sort_visible, _spatial_chunks,
+                                      _chunk_groups, _composite_lanes, _project, _row_chord, _sort_visible,
                                       _tile_box, _tile_gaussians, _tile_order, _world_covariances)
 
 
@@ -137,18 +137,20 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
     n = len(scene)
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
     cov = scene.derived("covariances_and_radius", _world_covariances)
-    chunk = scene.derived("spatial_chunks", _spatial_chunks)
-    geom = np.empty((n, GEOM_WIDTH), np.float32)
-    color = np.empty((n, 3), np.float32)
-    rect = np.empty((n, 4), np.int32)
-    valid = np.empty(n, np.uint8)
+    lod = scene.derived("chunk_groups", _chunk_groups)  # every Gaussian is drawn (lod_px = 0)
+    rows = n + len(lod.sigma)  # the projection's layout: the Gaussians, then one placeholder row per group
+    geom = np.empty((rows, GEOM_WIDTH), np.float32)
+    color = np.empty((rows, 3), np.float32)
+    rect = np.empty((rows, 4), np.int32)
+    valid = np.empty(rows, np.uint8)
     rgb = np.empty((c_count, h, w, 3), np.float32)
     weighted = np.zeros((n, 3), np.float64)
     weight = np.zeros(n, np.float64)
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         _project(scene.means, cov, scene.opacities, scene.sh, scene.sh_degree, batch.viewmats[cam].astype(np.float32),
-                 batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *chunk, geom, color, rect, valid)
+                 batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *lod.project_args(), np.float32(0.0),
+                 geom, color, rect, valid)
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         isect = np.empty((len(tile_gauss), 4), np.float32)

@@ -18,6 +18,7 @@ second process starts fast. NUMBA_NUM_THREADS sets the thread count.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -28,6 +29,7 @@ from neural_sensor.render._common import (
     EPS2D,
     FAR_PLANE_M,
     GAUSSIAN_EXTEND,
+    LOD_PX,
     MAX_ALPHA,
     NEAR_PLANE_M,
     SEMANTIC_MIN_ALPHA,
@@ -115,163 +117,201 @@ def _covariances(quats, scales, out):  # pragma: no cover - compiled
         out[i, 6] = _F_EXTEND * max(sx, max(sy, sz))  # radius of a sphere holding the 3.33-sigma ellipsoid
 
 
+@njit(inline="always", **_JIT)
+def _project_one(means, covs, opacities, sh, src, dst, sh_degree, viewmat, K, campos, w_f, h_f, lims, slacks,
+                 tiles_x, tiles_y, tile_size, out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
+    """Project Gaussian `src` of (means, covs, opacities, sh) into output row `dst` (see `_project`)."""
+    out_valid[dst] = 0
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = lims[0], lims[1], lims[2], lims[3]
+    slack_x, slack_y = slacks[0], slacks[1]
+    i = src
+    mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
+    x = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
+    y = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
+    z = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
+    if z < _F_NEAR or z > _F_FAR:
+        return
+    opac = opacities[i]
+    if opac < _F_ALPHA_THRESHOLD:
+        return
+    # conservative early-out: a bounding sphere entirely outside a side of the frustum cannot reach
+    # the image (its EWA box, dilation included, stays beyond the edge), so skip the covariance work
+    reach = covs[i, 6]
+    margin = np.float32(2.0) * z
+    if (x * fx - z * (w_f - cx) > reach * slack_x * fx + margin
+            or -x * fx - z * cx > reach * slack_x * fx + margin
+            or y * fy - z * (h_f - cy) > reach * slack_y * fy + margin
+            or -y * fy - z * cy > reach * slack_y * fy + margin):
+        return
+    # camera-frame covariance W S W^T
+    s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
+    w00, w01, w02 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2]
+    w10, w11, w12 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2]
+    w20, w21, w22 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2]
+    a00 = w00 * s00 + w01 * s01 + w02 * s02
+    a01 = w00 * s01 + w01 * s11 + w02 * s12
+    a02 = w00 * s02 + w01 * s12 + w02 * s22
+    a10 = w10 * s00 + w11 * s01 + w12 * s02
+    a11 = w10 * s01 + w11 * s11 + w12 * s12
+    a12 = w10 * s02 + w11 * s12 + w12 * s22
+    a20 = w20 * s00 + w21 * s01 + w22 * s02
+    a21 = w20 * s01 + w21 * s11 + w22 * s12
+    a22 = w20 * s02 + w21 * s12 + w22 * s22
+    c00 = a00 * w00 + a01 * w01 + a02 * w02
+    c01 = a00 * w10 + a01 * w11 + a02 * w12
+    c02 = a00 * w20 + a01 * w21 + a02 * w22
+    c11 = a10 * w10 + a11 * w11 + a12 * w12
+    c12 = a10 * w20 + a11 * w21 + a12 * w22
+    c22 = a20 * w20 + a21 * w21 + a22 * w22
+    rz = _ONE / z
+    tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
+    ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
+    j00 = fx * rz
+    j02 = -fx * tx * rz * rz
+    j11 = fy * rz
+    j12 = -fy * ty * rz * rz
+    cov_a = j00 * j00 * c00 + np.float32(2.0) * j00 * j02 * c02 + j02 * j02 * c22 + _F_EPS2D
+    cov_b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
+    cov_c = j11 * j11 * c11 + np.float32(2.0) * j11 * j12 * c12 + j12 * j12 * c22 + _F_EPS2D
+    det = cov_a * cov_c - cov_b * cov_b
+    if det <= _ZERO:
+        return
+    extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
+    radius_x = math.ceil(extend * math.sqrt(cov_a))
+    radius_y = math.ceil(extend * math.sqrt(cov_c))
+    if radius_x <= 0 and radius_y <= 0:
+        return
+    px = fx * x * rz + cx
+    py = fy * y * rz + cy
+    if px + radius_x <= 0 or px - radius_x >= w_f or py + radius_y <= 0 or py - radius_y >= h_f:
+        return
+    out_geom[dst, 0] = px
+    out_geom[dst, 1] = py
+    out_geom[dst, 2] = cov_c / det
+    out_geom[dst, 3] = -cov_b / det
+    out_geom[dst, 4] = cov_a / det
+    out_geom[dst, 5] = opac
+    out_geom[dst, 6] = z
+    sigma_max = math.log(opac / _F_ALPHA_THRESHOLD)  # beyond this sigma, alpha < ALPHA_THRESHOLD
+    ext_x = math.sqrt(np.float32(2.0) * sigma_max * cov_a) + _SPAN_EPS_PX  # exact ellipse half-extents
+    ext_y = math.sqrt(np.float32(2.0) * sigma_max * cov_c) + _SPAN_EPS_PX
+    out_geom[dst, 7] = sigma_max
+    out_geom[dst, 8] = det / cov_c  # 1 / conic_a
+    out_geom[dst, 9] = ext_x
+    out_geom[dst, 10] = ext_y
+    # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
+    out_rect[dst, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
+    out_rect[dst, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
+    out_rect[dst, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
+    out_rect[dst, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
+    out_valid[dst] = 1
+    # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
+    dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
+    inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
+    dx, dy, dz = dx * inv, dy * inv, dz * inv
+    # SH basis along the view direction (same polynomial as neural_sensor.sh.sh_basis)
+    b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = _ZERO
+    if sh_degree >= 1:
+        b1, b2, b3 = -_C1 * dy, _C1 * dz, -_C1 * dx
+    if sh_degree >= 2:
+        xx, yy, zz = dx * dx, dy * dy, dz * dz
+        b4, b5, b6 = _C2[0] * dx * dy, _C2[1] * dy * dz, _C2[2] * (np.float32(2.0) * zz - xx - yy)
+        b7, b8 = _C2[3] * dx * dz, _C2[4] * (xx - yy)
+        if sh_degree >= 3:
+            b9 = _C3[0] * dy * (np.float32(3.0) * xx - yy)
+            b10 = _C3[1] * dx * dy * dz
+            b11 = _C3[2] * dy * (np.float32(4.0) * zz - xx - yy)
+            b12 = _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy)
+            b13 = _C3[4] * dx * (np.float32(4.0) * zz - xx - yy)
+            b14 = _C3[5] * dz * (xx - yy)
+            b15 = _C3[6] * dx * (xx - np.float32(3.0) * yy)
+    for ch in range(3):
+        v = _C0 * sh[i, 0, ch]
+        if sh_degree >= 1:
+            v += b1 * sh[i, 1, ch] + b2 * sh[i, 2, ch] + b3 * sh[i, 3, ch]
+        if sh_degree >= 2:
+            v += (b4 * sh[i, 4, ch] + b5 * sh[i, 5, ch] + b6 * sh[i, 6, ch] + b7 * sh[i, 7, ch]
+                  + b8 * sh[i, 8, ch])
+        if sh_degree >= 3:
+            v += (b9 * sh[i, 9, ch] + b10 * sh[i, 10, ch] + b11 * sh[i, 11, ch] + b12 * sh[i, 12, ch]
+                  + b13 * sh[i, 13, ch] + b14 * sh[i, 14, ch] + b15 * sh[i, 15, ch])
+        out_color[dst, ch] = max(v + _HALF, _ZERO)
+
+
 @njit(parallel=True, **_JIT)
-def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, height, tile_size, chunk_order,
-             chunk_starts, chunk_spheres, out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
-    """Project every Gaussian into one camera, skipping spatial chunks that cannot reach the image.
+def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, height, tile_size, chunk_spheres,
+             chunk_groups, group_starts, group_order, lod_means, lod_covs, lod_opacities, lod_sh, lod_sigma, lod_px,
+             out_geom, out_color, out_rect, out_valid):  # pragma: no cover - compiled
+    """Project every Gaussian into one camera, skipping spatial chunks that cannot reach the image, and drawing
+    far groups of neighbours as their merged Gaussian (level of detail).
 
-    chunk_order, chunk_starts, chunk_spheres: `_spatial_chunks` of the scene. A chunk whose bounding
-    sphere fails the per-Gaussian early-out below (or lies behind the near plane) is skipped whole:
-    every Gaussian in it would have been skipped one by one, so the result is the same.
+    chunk_spheres [C, 4], chunk_groups [C + 1], group_starts [M + 1], group_order [N], lod_* (M merged
+    Gaussians and their largest standard deviation lod_sigma, metres): `_lod_groups` of the scene. Chunk c
+    holds groups chunk_groups[c]..chunk_groups[c + 1]; group g holds Gaussians
+    group_order[group_starts[g]:group_starts[g + 1]]. A chunk whose bounding sphere fails the per-Gaussian
+    early-out below (or lies behind the near plane) is skipped whole: every Gaussian in it would have been
+    skipped one by one, so the result is the same. With lod_px > 0 a group whose merged Gaussian lies
+    far enough that its largest standard deviation projects to at most lod_px pixels (camera z * lod_px >=
+    focal * lod_sigma) is drawn as that one Gaussian (output row N + g) instead of its members; lod_px = 0
+    draws every Gaussian (exact).
 
-    out_geom [N, GEOM_WIDTH]: the columns listed at GEOM_WIDTH
-    out_color [N, 3]: SH colour + 0.5, clamped at 0 (visible Gaussians only)
-    out_rect [N, 4]: tile x0, x1, y0, y1 (x1, y1 exclusive) of the exact alpha >= ALPHA_THRESHOLD ellipse
-    out_valid [N]: 1 if the Gaussian passes gsplat's culling (near/far, det, opacity, box off image)
+    Outputs have N + M rows (row i: Gaussian i, row N + g: group g's merged Gaussian):
+    out_geom [N + M, GEOM_WIDTH]: the columns listed at GEOM_WIDTH
+    out_color [N + M, 3]: SH colour + 0.5, clamped at 0 (visible rows only)
+    out_rect [N + M, 4]: tile x0, x1, y0, y1 (x1, y1 exclusive) of the exact alpha >= ALPHA_THRESHOLD ellipse
+    out_valid [N + M]: 1 if the row is drawn and passes gsplat's culling (near/far, det, opacity, box off image)
     """
+    n = means.shape[0]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     w_f = np.float32(width)
     h_f = np.float32(height)
     tan_fovx = _HALF * w_f / fx
     tan_fovy = _HALF * h_f / fy
-    lim_x_pos = (w_f - cx) / fx + np.float32(0.3) * tan_fovx
-    lim_x_neg = cx / fx + np.float32(0.3) * tan_fovx
-    lim_y_pos = (h_f - cy) / fy + np.float32(0.3) * tan_fovy
-    lim_y_neg = cy / fy + np.float32(0.3) * tan_fovy
+    lims = np.empty(4, np.float32)
+    lims[0] = (w_f - cx) / fx + np.float32(0.3) * tan_fovx
+    lims[1] = cx / fx + np.float32(0.3) * tan_fovx
+    lims[2] = (h_f - cy) / fy + np.float32(0.3) * tan_fovy
+    lims[3] = cy / fy + np.float32(0.3) * tan_fovy
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     # the clamped Jacobian of persp_proj is at most (f / z) sqrt(1 + lim^2) per unit of 3D offset
-    slack_x = math.sqrt(_ONE + max(lim_x_pos, lim_x_neg) ** 2)
-    slack_y = math.sqrt(_ONE + max(lim_y_pos, lim_y_neg) ** 2)
-    # the per-Gaussian early-out below is "f(mean) > reach * k" with f linear in camera coordinates; for a
+    slacks = np.empty(2, np.float32)
+    slacks[0] = math.sqrt(_ONE + max(lims[0], lims[1]) ** 2)
+    slacks[1] = math.sqrt(_ONE + max(lims[2], lims[3]) ** 2)
+    # the per-Gaussian early-out is "f(mean) > reach * k" with f linear in camera coordinates; for a
     # chunk sphere (centre c, radius R holding every mean + reach) f(c) > R * max(k, |grad f|) implies it
-    kx = max(slack_x * fx, math.sqrt(fx * fx + (max(w_f - cx, cx) + np.float32(2.0)) ** 2))
-    ky = max(slack_y * fy, math.sqrt(fy * fy + (max(h_f - cy, cy) + np.float32(2.0)) ** 2))
-    for ci in prange(chunk_starts.shape[0] - 1):
+    kx = max(slacks[0] * fx, math.sqrt(fx * fx + (max(w_f - cx, cx) + np.float32(2.0)) ** 2))
+    ky = max(slacks[1] * fy, math.sqrt(fy * fy + (max(h_f - cy, cy) + np.float32(2.0)) ** 2))
+    focal = max(fx, fy)
+    for ci in prange(chunk_spheres.shape[0]):
         cmx, cmy, cmz, rad = chunk_spheres[ci, 0], chunk_spheres[ci, 1], chunk_spheres[ci, 2], chunk_spheres[ci, 3]
         x = viewmat[0, 0] * cmx + viewmat[0, 1] * cmy + viewmat[0, 2] * cmz + viewmat[0, 3]
         y = viewmat[1, 0] * cmx + viewmat[1, 1] * cmy + viewmat[1, 2] * cmz + viewmat[1, 3]
         z = viewmat[2, 0] * cmx + viewmat[2, 1] * cmy + viewmat[2, 2] * cmz + viewmat[2, 3]
         margin = np.float32(2.0) * z
-        if (z + rad < _F_NEAR or x * fx - z * (w_f - cx) - margin > rad * kx or -x * fx - z * cx - margin > rad * kx
-                or y * fy - z * (h_f - cy) - margin > rad * ky or -y * fy - z * cy - margin > rad * ky):
-            for j in range(chunk_starts[ci], chunk_starts[ci + 1]):
-                out_valid[chunk_order[j]] = 0
-            continue
-        for j in range(chunk_starts[ci], chunk_starts[ci + 1]):
-            i = chunk_order[j]
-            out_valid[i] = 0
-            mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
-            x = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
-            y = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
-            z = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
-            if z < _F_NEAR or z > _F_FAR:
-                continue
-            opac = opacities[i]
-            if opac < _F_ALPHA_THRESHOLD:
-                continue
-            # conservative early-out: a bounding sphere entirely outside a side of the frustum cannot reach
-            # the image (its EWA box, dilation included, stays beyond the edge), so skip the covariance work
-            reach = covs[i, 6]
-            margin = np.float32(2.0) * z
-            if (x * fx - z * (w_f - cx) > reach * slack_x * fx + margin
-                    or -x * fx - z * cx > reach * slack_x * fx + margin
-                    or y * fy - z * (h_f - cy) > reach * slack_y * fy + margin
-                    or -y * fy - z * cy > reach * slack_y * fy + margin):
-                continue
-            # camera-frame covariance W S W^T
-            s00, s01, s02, s11, s12, s22 = covs[i, 0], covs[i, 1], covs[i, 2], covs[i, 3], covs[i, 4], covs[i, 5]
-            w00, w01, w02 = viewmat[0, 0], viewmat[0, 1], viewmat[0, 2]
-            w10, w11, w12 = viewmat[1, 0], viewmat[1, 1], viewmat[1, 2]
-            w20, w21, w22 = viewmat[2, 0], viewmat[2, 1], viewmat[2, 2]
-            a00 = w00 * s00 + w01 * s01 + w02 * s02
-            a01 = w00 * s01 + w01 * s11 + w02 * s12
-            a02 = w00 * s02 + w01 * s12 + w02 * s22
-            a10 = w10 * s00 + w11 * s01 + w12 * s02
-            a11 = w10 * s01 + w11 * s11 + w12 * s12
-            a12 = w10 * s02 + w11 * s12 + w12 * s22
-            a20 = w20 * s00 + w21 * s01 + w22 * s02
-            a21 = w20 * s01 + w21 * s11 + w22 * s12
-            a22 = w20 * s02 + w21 * s12 + w22 * s22
-            c00 = a00 * w00 + a01 * w01 + a02 * w02
-            c01 = a00 * w10 + a01 * w11 + a02 * w12
-            c02 = a00 * w20 + a01 * w21 + a02 * w22
-            c11 = a10 * w10 + a11 * w11 + a12 * w12
-            c12 = a10 * w20 + a11 * w21 + a12 * w22
-            c22 = a20 * w20 + a21 * w21 + a22 * w22
-            rz = _ONE / z
-            tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
-            ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
-            j00 = fx * rz
-            j02 = -fx * tx * rz * rz
-            j11 = fy * rz
-            j12 = -fy * ty * rz * rz
-            cov_a = j00 * j00 * c00 + np.float32(2.0) * j00 * j02 * c02 + j02 * j02 * c22 + _F_EPS2D
-            cov_b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
-            cov_c = j11 * j11 * c11 + np.float32(2.0) * j11 * j12 * c12 + j12 * j12 * c22 + _F_EPS2D
-            det = cov_a * cov_c - cov_b * cov_b
-            if det <= _ZERO:
-                continue
-            extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
-            radius_x = math.ceil(extend * math.sqrt(cov_a))
-            radius_y = math.ceil(extend * math.sqrt(cov_c))
-            if radius_x <= 0 and radius_y <= 0:
-                continue
-            px = fx * x * rz + cx
-            py = fy * y * rz + cy
-            if px + radius_x <= 0 or px - radius_x >= w_f or py + radius_y <= 0 or py - radius_y >= h_f:
-                continue
-            out_geom[i, 0] = px
-            out_geom[i, 1] = py
-            out_geom[i, 2] = cov_c / det
-            out_geom[i, 3] = -cov_b / det
-            out_geom[i, 4] = cov_a / det
-            out_geom[i, 5] = opac
-            out_geom[i, 6] = z
-            sigma_max = math.log(opac / _F_ALPHA_THRESHOLD)  # beyond this sigma, alpha < ALPHA_THRESHOLD
-            ext_x = math.sqrt(np.float32(2.0) * sigma_max * cov_a) + _SPAN_EPS_PX  # exact ellipse half-extents
-            ext_y = math.sqrt(np.float32(2.0) * sigma_max * cov_c) + _SPAN_EPS_PX
-            out_geom[i, 7] = sigma_max
-            out_geom[i, 8] = det / cov_c  # 1 / conic_a
-            out_geom[i, 9] = ext_x
-            out_geom[i, 10] = ext_y
-            # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
-            out_rect[i, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
-            out_rect[i, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
-            out_rect[i, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
-            out_rect[i, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
-            out_valid[i] = 1
-            # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
-            dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
-            inv = _ONE / max(math.sqrt(dx * dx + dy * dy + dz * dz), np.float32(1e-12))
-            dx, dy, dz = dx * inv, dy * inv, dz * inv
-            # SH basis along the view direction (same polynomial as neural_sensor.sh.sh_basis)
-            b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = _ZERO
-            if sh_degree >= 1:
-                b1, b2, b3 = -_C1 * dy, _C1 * dz, -_C1 * dx
-            if sh_degree >= 2:
-                xx, yy, zz = dx * dx, dy * dy, dz * dz
-                b4, b5, b6 = _C2[0] * dx * dy, _C2[1] * dy * dz, _C2[2] * (np.float32(2.0) * zz - xx - yy)
-                b7, b8 = _C2[3] * dx * dz, _C2[4] * (xx - yy)
-                if sh_degree >= 3:
-                    b9 = _C3[0] * dy * (np.float32(3.0) * xx - yy)
-                    b10 = _C3[1] * dx * dy * dz
-                    b11 = _C3[2] * dy * (np.float32(4.0) * zz - xx - yy)
-                    b12 = _C3[3] * dz * (np.float32(2.0) * zz - np.float32(3.0) * xx - np.float32(3.0) * yy)
-                    b13 = _C3[4] * dx * (np.float32(4.0) * zz - xx - yy)
-                    b14 = _C3[5] * dz * (xx - yy)
-                    b15 = _C3[6] * dx * (xx - np.float32(3.0) * yy)
-            for ch in range(3):
-                v = _C0 * sh[i, 0, ch]
-                if sh_degree >= 1:
-                    v += b1 * sh[i, 1, ch] + b2 * sh[i, 2, ch] + b3 * sh[i, 3, ch]
-                if sh_degree >= 2:
-                    v += (b4 * sh[i, 4, ch] + b5 * sh[i, 5, ch] + b6 * sh[i, 6, ch] + b7 * sh[i, 7, ch]
-                          + b8 * sh[i, 8, ch])
-                if sh_degree >= 3:
-                    v += (b9 * sh[i, 9, ch] + b10 * sh[i, 10, ch] + b11 * sh[i, 11, ch] + b12 * sh[i, 12, ch]
-                          + b13 * sh[i, 13, ch] + b14 * sh[i, 14, ch] + b15 * sh[i, 15, ch])
-                out_color[i, ch] = max(v + _HALF, _ZERO)
+        culled = (z + rad < _F_NEAR or x * fx - z * (w_f - cx) - margin > rad * kx
+                  or -x * fx - z * cx - margin > rad * kx
+                  or y * fy - z * (h_f - cy) - margin > rad * ky or -y * fy - z * cy - margin > rad * ky)
+        for g in range(chunk_groups[ci], chunk_groups[ci + 1]):
+            coarse = False
+            if not culled and lod_px > _ZERO:
+                gz = (viewmat[2, 0] * lod_means[g, 0] + viewmat[2, 1] * lod_means[g, 1]
+                      + viewmat[2, 2] * lod_means[g, 2] + viewmat[2, 3])
+                coarse = gz * lod_px >= focal * lod_sigma[g]
+            if coarse:
+                _project_one(lod_means, lod_covs, lod_opacities, lod_sh, g, n + g, sh_degree, viewmat, K, campos,
+                             w_f, h_f, lims, slacks, tiles_x, tiles_y, tile_size, out_geom, out_color, out_rect,
+                             out_valid)
+            else:
+                out_valid[n + g] = 0
+            for j in range(group_starts[g], group_starts[g + 1]):
+                i = group_order[j]
+                if culled or coarse:
+                    out_valid[i] = 0
+                else:
+                    _project_one(means, covs, opacities, sh, i, i, sh_degree, viewmat, K, campos, w_f, h_f, lims,
+                                 slacks, tiles_x, tiles_y, tile_size, out_geom, out_color, out_rect, out_valid)
 
 
 @njit(**_JIT)
@@ -525,6 +565,122 @@ def _spatial_chunks(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, starts, spheres
 
 
+LOD_GROUP = 8  # neighbouring Gaussians merged into one for the level of detail
+
+
+@dataclass(frozen=True)
+class LodGroups:
+    """A scene's spatial chunks split into groups of up to LOD_GROUP neighbours, each with its merged Gaussian.
+
+    chunk_spheres [C, 4] float32: each chunk's bounding sphere (`_spatial_chunks`), grown to hold its merged
+        Gaussians' bounding spheres too; chunk_groups [C + 1] int64: chunk c holds groups
+        chunk_groups[c]..chunk_groups[c + 1]; group_starts [M + 1] int64 and group_order [N] int32: group g
+        holds Gaussians group_order[group_starts[g]:group_starts[g + 1]] (neighbours: consecutive along a
+        Morton curve inside the chunk).
+    means [M, 3], covs [M, 7] (as `_world_covariances`), opacities [M], sh [M, K, 3]: the merged Gaussians;
+        sigma [M]: the largest standard deviation of each (metres); labels [M], instance [M]: those of the member
+        that weighs most.
+    """
+
+    chunk_spheres: np.ndarray
+    chunk_groups: np.ndarray
+    group_starts: np.ndarray
+    group_order: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+    opacities: np.ndarray
+    sh: np.ndarray
+    sigma: np.ndarray
+    labels: np.ndarray
+    instance: np.ndarray
+
+    def project_args(self) -> tuple:
+        """The arguments `_project` takes after chunk_spheres... up to lod_sigma, in its order."""
+        return (self.chunk_spheres, self.chunk_groups, self.group_starts, self.group_order, self.means, self.covs,
+                self.opacities, self.sh, self.sigma)
+
+
+def _lod_groups(scene) -> LodGroups:
+    """The level-of-detail groups of a scene (see LodGroups): moment-matched merges of neighbouring Gaussians.
+
+    A group's merged Gaussian has the weighted mean and second moment of its members (weights: opacity times
+    the area of the two largest axes, so each member counts as the surface it covers), their weighted SH, and
+    the largest member opacity (the members of a surface overlap, so the group is at least as opaque as each).
+    """
+    order, starts, spheres = scene.derived("spatial_chunks", _spatial_chunks)
+    covs = scene.derived("covariances_and_radius", _world_covariances)
+    n = len(scene)
+    n_chunks = len(starts) - 1
+    chunk_of = np.repeat(np.arange(n_chunks), np.diff(starts))
+    means = scene.means.astype(np.float64)
+    if n == 0:
+        empty = np.zeros(0, np.float32)
+        return LodGroups(spheres, np.zeros(n_chunks + 1, np.int64), np.zeros(1, np.int64), order,
+                         np.zeros((0, 3), np.float32), np.zeros((0, 7), np.float32), empty,
+                         np.zeros((0,) + scene.sh.shape[1:], np.float32), empty, np.zeros(0, np.uint8),
+                         np.zeros(0, np.int32))
+    # a Morton order inside each chunk (7 bits per axis of the chunk's box), so groups are compact
+    members = means[order]
+    first = starts[:-1]
+    lo = np.minimum.reduceat(members, first, axis=0)[chunk_of]
+    span = np.maximum(np.maximum.reduceat(members, first, axis=0)[chunk_of] - lo, 1e-9)
+    cells = np.clip(((members - lo) / span * 127.0).astype(np.int64), 0, 127)
+    code = np.zeros(n, np.int64)
+    for bit in range(7):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+    group_order = order[np.lexsort((code, chunk_of))].astype(np.int32)
+    # groups of LOD_GROUP consecutive members inside each chunk (the last one of a chunk may be smaller)
+    sizes = np.diff(starts)
+    per_chunk = -(-sizes // LOD_GROUP)
+    chunk_groups = np.concatenate([[0], np.cumsum(per_chunk)]).astype(np.int64)
+    m = int(chunk_groups[-1])
+    rank = np.arange(n) - np.repeat(starts[:-1], sizes)
+    gid = np.repeat(chunk_groups[:-1], sizes) + rank // LOD_GROUP
+    group_starts = np.concatenate([[0], np.cumsum(np.bincount(gid, minlength=m))]).astype(np.int64)
+    idx = group_order.astype(np.int64)
+    scales = np.sort(scene.scales[idx].astype(np.float64), axis=1)
+    opac = scene.opacities[idx].astype(np.float64)
+    w = opac * scales[:, 1] * scales[:, 2] + 1e-30
+    total = np.bincount(gid, w, m)
+    mu = np.stack([np.bincount(gid, w * means[idx, a], m) for a in range(3)], axis=1) / total[:, None]
+    d = means[idx] - mu[gid]
+    pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+    merged = np.stack([np.bincount(gid, w * (covs[idx, k] + d[:, a] * d[:, b]), m)
+                       for k, (a, b) in enumerate(pairs)], axis=1) / total[:, None]
+    full = merged[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(m, 3, 3)
+    sigma = np.sqrt(np.maximum(np.linalg.eigvalsh(full)[:, 2], 0.0))
+    lod_covs = np.empty((m, 7), np.float32)
+    lod_covs[:, :6] = merged
+    lod_covs[:, 6] = GAUSSIAN_EXTEND * sigma
+    sh = np.stack([np.stack([np.bincount(gid, w * scene.sh[idx, k, c], m) for c in range(3)], axis=1)
+                   for k in range(scene.sh.shape[1])], axis=1) / total[:, None, None]
+    opacity = np.zeros(m)
+    np.maximum.at(opacity, gid, opac)
+    heaviest = np.lexsort((-w, gid))[group_starts[:-1]]  # per group, the member of largest weight
+    # grow each chunk's sphere to hold its merged Gaussians' bounding spheres (the projection culls by it)
+    centres = spheres[:, :3].astype(np.float64)
+    chunk_of_group = np.repeat(np.arange(n_chunks), per_chunk)
+    gap = np.linalg.norm(mu - centres[chunk_of_group], axis=1) + lod_covs[:, 6]
+    grown = spheres.copy()
+    grown[:, 3] = np.maximum(spheres[:, 3], (np.maximum.reduceat(gap, chunk_groups[:-1]) if m else 0.0)
+                             * (1.0 + 1e-4) + 1e-3)
+    return LodGroups(grown.astype(np.float32), chunk_groups, group_starts, group_order, mu.astype(np.float32),
+                     lod_covs, opacity.astype(np.float32), sh.astype(np.float32), sigma.astype(np.float32),
+                     scene.labels[idx[heaviest]], scene.instance[idx[heaviest]])
+
+
+def _chunk_groups(scene) -> LodGroups:
+    """LodGroups of one group per spatial chunk, with placeholder merged Gaussians: for projections that draw
+    every Gaussian (lod_px = 0), at none of `_lod_groups`' cost."""
+    order, starts, spheres = scene.derived("spatial_chunks", _spatial_chunks)
+    c = len(starts) - 1
+    zeros = np.zeros(c, np.float32)
+    return LodGroups(spheres, np.arange(c + 1, dtype=np.int64), starts, order, np.zeros((c, 3), np.float32),
+                     np.zeros((c, 7), np.float32), zeros, np.zeros((c,) + scene.sh.shape[1:], np.float32), zeros,
+                     np.zeros(c, np.uint8), np.zeros(c, np.int32))
+
+
 def _world_covariances(scene) -> np.ndarray:
     """[N, 7] float32: covariance (xx, xy, xz, yy, yz, zz) in the scene's frame, bounding radius (m)."""
     covs = np.empty((len(scene), 7), np.float32)
@@ -532,21 +688,27 @@ def _world_covariances(scene) -> np.ndarray:
     return covs
 
 
-def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
+def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray,
+               lod_px: float = 0.0) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: scene parts (numpy) in, numpy images out.
 
     The parts (e.g. a static background and posed agents) are projected into one
     buffer side by side, so the background is never copied or concatenated.
+    lod_px > 0: level of detail (see `_project`): groups of neighbours whose merged Gaussian's largest standard
+    deviation projects to <= lod_px pixels are drawn as that Gaussian; 0 draws every Gaussian (exact).
+    Reference twin of the level of detail: `lod_scene` (the Gaussians one camera draws), rendered exactly.
     """
     assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
-    starts = np.cumsum([0] + [len(p) for p in parts])
+    assert lod_px >= 0.0, lod_px
+    scenes = [p.scene if isinstance(p, PlacedScene) else p for p in parts]
+    lods = [sc.derived("lod_groups", _lod_groups) for sc in scenes]
+    # rows of part k: its Gaussians, then its merged groups
+    starts = np.cumsum([0] + [len(sc) + len(lod.sigma) for sc, lod in zip(scenes, lods)])
     n = int(starts[-1])
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
-    scenes = [p.scene if isinstance(p, PlacedScene) else p for p in parts]
     poses = [p.pose_local_to_world if isinstance(p, PlacedScene) else None for p in parts]
     covs = [sc.derived("covariances_and_radius", _world_covariances) for sc in scenes]
-    chunks = [sc.derived("spatial_chunks", _spatial_chunks) for sc in scenes]
     # only entries of valid Gaussians are ever read, so the buffers need no clearing
     geom = np.empty((n, GEOM_WIDTH), np.float32)
     color = np.empty((n, 3), np.float32)
@@ -559,20 +721,77 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         K = batch.Ks[cam].astype(np.float32)
-        for sc, pose, cov, chunk, lo, hi in zip(scenes, poses, covs, chunks, starts[:-1], starts[1:]):
+        for sc, pose, cov, lod, lo, hi in zip(scenes, poses, covs, lods, starts[:-1], starts[1:]):
             # a placed part is projected from its own frame: the pose folds into the view transform
             viewmat = batch.viewmats[cam] if pose is None else batch.viewmats[cam] @ pose
             eye = campos[cam] if pose is None else (np.linalg.inv(pose) @ np.append(campos[cam], 1.0))[:3]
             _project(sc.means, cov, sc.opacities, sc.sh, sc.sh_degree, viewmat.astype(np.float32), K,
-                     eye.astype(np.float32), w, h, TILE_SIZE, *chunk, geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
+                     eye.astype(np.float32), w, h, TILE_SIZE, *lod.project_args(), np.float32(lod_px),
+                     geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
         order = _sort_visible(valid, geom)
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                    rgb[cam], depth[cam], alpha[cam], best[cam])
     result = {"rgb": rgb, "depth": depth, "alpha": alpha}
     if "semantic" in outputs or "instance" in outputs:
-        result.update(_labels_of_best(scenes, starts, best, alpha))
+        labels = [np.concatenate([sc.labels, lod.labels]) for sc, lod in zip(scenes, lods)]
+        instance = [np.concatenate([sc.instance, lod.instance]) for sc, lod in zip(scenes, lods)]
+        result.update(_labels_of_best(labels, instance, starts, best, alpha))
     return {k: result[k] for k in outputs}
+
+
+def lod_scene(scene, camera, lod_px: float):
+    """The Gaussians `render_cpu(..., lod_px)` draws for one camera: the reference twin of the level of detail.
+
+    Args:
+        scene: a GaussianScene (world frame); camera: a Camera; lod_px >= 0.
+    Returns:
+        GaussianScene: the members of the groups drawn in full, then the merged Gaussians of the others (covariances
+        turned into scales and rotations), labelled as `render_cpu` labels them.
+    """
+    from neural_sensor.gaussians import GaussianScene
+
+    assert lod_px >= 0.0, lod_px
+    lod = scene.derived("lod_groups", _lod_groups)
+    viewmat = camera.pose_world_to_camera.astype(np.float32)
+    focal = np.float32(max(camera.K[0, 0], camera.K[1, 1]))
+    z = (lod.means @ viewmat[2, :3].T + viewmat[2, 3]).astype(np.float32)
+    coarse = (z * np.float32(lod_px) >= focal * lod.sigma) if lod_px > 0 else np.zeros(len(lod.sigma), bool)
+    fine = np.ones(len(scene), bool)
+    member_group = np.repeat(np.arange(len(lod.sigma)), np.diff(lod.group_starts))
+    fine[lod.group_order[coarse[member_group]]] = False
+    full = lod.covs[coarse, :6].astype(np.float64)[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
+    eigenvalues, vectors = np.linalg.eigh(full)
+    vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a rotation
+    merged = GaussianScene(lod.means[coarse], _quats_of_rotations(vectors), np.sqrt(np.maximum(eigenvalues, 0.0)).astype(
+        np.float32), lod.opacities[coarse], lod.sh[coarse], lod.labels[coarse], lod.instance[coarse])
+    return GaussianScene.concat([scene.subset(fine), merged])
+
+
+def _quats_of_rotations(r: np.ndarray) -> np.ndarray:
+    """[M, 4] float32 (w, x, y, z) unit quaternions of rotation matrices [M, 3, 3] (Shepperd's method)."""
+    m = len(r)
+    q = np.empty((m, 4))
+    trace = r[:, 0, 0] + r[:, 1, 1] + r[:, 2, 2]
+    diag = np.stack([trace, r[:, 0, 0], r[:, 1, 1], r[:, 2, 2]], axis=1)
+    pick = np.argmax(diag, axis=1)
+    for k in range(4):
+        sel = pick == k
+        rs = r[sel]
+        if k == 0:
+            s = np.sqrt(1.0 + trace[sel]) * 2.0
+            q[sel] = np.stack([0.25 * s, (rs[:, 2, 1] - rs[:, 1, 2]) / s, (rs[:, 0, 2] - rs[:, 2, 0]) / s,
+                               (rs[:, 1, 0] - rs[:, 0, 1]) / s], axis=1)
+        else:
+            i, j, l = k - 1, k % 3, (k + 1) % 3
+            s = np.sqrt(np.maximum(1.0 + rs[:, i, i] - rs[:, j, j] - rs[:, l, l], 1e-30)) * 2.0
+            out = np.empty((len(rs), 4))
+            out[:, 0] = (rs[:, l, j] - rs[:, j, l]) / s
+            out[:, 1 + i] = 0.25 * s
+            out[:, 1 + j] = (rs[:, j, i] + rs[:, i, j]) / s
+            out[:, 1 + l] = (rs[:, l, i] + rs[:, i, l]) / s
+            q[sel] = out
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 @njit(parallel=True, **_JIT)
@@ -594,21 +813,23 @@ def _labels_of_first_part(best, alpha, first_end, labels, instance, out_semantic
     return other
 
 
-def _labels_of_best(parts, starts: np.ndarray, best: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
-    """semantic / instance images from the per-pixel best Gaussian (global index over the parts)."""
+def _labels_of_best(labels: list, instance: list, starts: np.ndarray, best: np.ndarray,
+                    alpha: np.ndarray) -> dict[str, np.ndarray]:
+    """semantic / instance images from the per-pixel best row (global over the parts; part k's rows
+    starts[k]..starts[k + 1] carry labels[k] and instance[k])."""
     semantic = np.empty(best.shape, np.uint8)
-    instance = np.empty(best.shape, np.int32)
+    inst = np.empty(best.shape, np.int32)
     # most pixels show the first part (the background): a kernel labels those, the rest are gathered here
-    rest = np.flatnonzero(_labels_of_first_part(best.reshape(-1), alpha.reshape(-1), int(starts[1]), parts[0].labels,
-                                                parts[0].instance, semantic.reshape(-1), instance.reshape(-1)))
+    rest = np.flatnonzero(_labels_of_first_part(best.reshape(-1), alpha.reshape(-1), int(starts[1]), labels[0],
+                                                instance[0], semantic.reshape(-1), inst.reshape(-1)))
     if rest.size:
         index = best.reshape(-1)[rest]
         which = np.searchsorted(starts, index, side="right") - 1
         for k in np.unique(which):
             sel = which == k
-            semantic.reshape(-1)[rest[sel]] = parts[k].labels[index[sel] - starts[k]]
-            instance.reshape(-1)[rest[sel]] = parts[k].instance[index[sel] - starts[k]]
-    return {"semantic": semantic, "instance": instance}
+            semantic.reshape(-1)[rest[sel]] = labels[k][index[sel] - starts[k]]
+            inst.reshape(-1)[rest[sel]] = instance[k][index[sel] - starts[k]]
+    return {"semantic": semantic, "instance": inst}
 
 
 def set_num_threads(count: int) -> None:
