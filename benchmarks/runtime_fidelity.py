@@ -60,7 +60,7 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
 from neural_sensor.reconstruct.refine import refine_config
-from neural_sensor.render import render
+from neural_sensor.render import LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import TEMPLATES, Layout
@@ -171,7 +171,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
             for tick in range(args.ticks):
                 cams = rig_cameras(specs, path, start + tick * args.tick_m, shift)
                 t1 = time.perf_counter()
-                raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+                raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background,
+                             lod_px=args.lod_px)  # as the run draws it; the truth below is exact
                 facts["render_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                 # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
                 # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--lod-px", type=float, default=LOD_PX, metavar="PX",
+                        help=f"the reconstruction's level of detail (render(lod_px=); default the run's, {LOD_PX}; "
+                             "0 = exact); the ground truth is always exact")
     parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                         help="colour refinement sweeps of the reconstruction (0: none); default: the runner's")
     parser.add_argument("--quick", action="store_true",
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "the runner's defaults (recorded every 4 m, 160x96, voxel 0.3 m)",
                          "checkpoint": str(args.checkpoint),
                          "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
+                         "lod_px": args.lod_px,
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every},

@@ -263,3 +263,21 @@ def test_level_of_detail_groups_hold_every_gaussian_once():
     w = scene.opacities[idx] * sc[:, 1] * sc[:, 2]
     np.testing.assert_allclose(lod.means[g], (w[:, None] * scene.means[idx]).sum(0) / w.sum(), rtol=1e-5, atol=1e-5)
     assert lod.opacities[g] == scene.opacities[idx].max()
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 8])
+def test_parallel_depth_sort_matches_its_serial_twin(pieces):
+    """_sort_visible (parallel over pieces) returns exactly the serial radix sort's order: valid rows only,
+    by camera z, ties in row order (many ties and an all-invalid tail on purpose)."""
+    from neural_sensor.render.cpu import GEOM_WIDTH, _sort_visible, _sort_visible_reference
+
+    rng = np.random.default_rng(pieces)
+    n = 50_000
+    geom = np.zeros((n, GEOM_WIDTH), np.float32)
+    geom[:, 6] = np.round(rng.uniform(0.05, 300.0, n), 1).astype(np.float32)  # ~3000 distinct depths: ties
+    valid = (rng.random(n) < 0.6).astype(np.uint8)
+    valid[-1000:] = 0
+    fast = _sort_visible(valid, geom, pieces)
+    np.testing.assert_array_equal(fast, _sort_visible_reference(valid, geom))
+    np.testing.assert_array_equal(fast, np.flatnonzero(valid)[np.argsort(geom[valid == 1, 6], kind="stable")])
+    assert len(_sort_visible(np.zeros(10, np.uint8), geom[:10], pieces)) == 0

@@ -15,9 +15,9 @@ from numba import njit, prange
 
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import TILE_SIZE, CameraBatch
-from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_WIDTH, LANES, _bin_tiles,
-                                      _chunk_groups, _composite_lanes, _project, _row_chord, _sort_visible,
-                                      _tile_box, _tile_gaussians, _tile_order, _world_covariances)
+from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_WIDTH, LANES, SORT_PIECES_PER_THREAD,
+                                      _bin_tiles, _chunk_groups, _composite_lanes, _project, _row_chord,
+                                      _sort_visible, _tile_box, _tile_gaussians, _tile_order, _world_covariances)
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -151,7 +151,7 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
         _project(scene.means, cov, scene.opacities, scene.sh, scene.sh_degree, batch.viewmats[cam].astype(np.float32),
                  batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *lod.project_args(), np.float32(0.0),
                  geom, color, rect, valid)
-        order = _sort_visible(valid, geom)
+        order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         isect = np.empty((len(tile_gauss), 4), np.float32)
         _backproject(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,

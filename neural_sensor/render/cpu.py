@@ -314,9 +314,68 @@ def _project(means, covs, opacities, sh, sh_degree, viewmat, K, campos, width, h
                                  slacks, tiles_x, tiles_y, tile_size, out_geom, out_color, out_rect, out_valid)
 
 
+SORT_BITS = 11  # radix digit of the depth sort: three passes over the 32-bit keys
+SORT_PIECES_PER_THREAD = 2
+
+
+@njit(parallel=True, **_JIT)
+def _sort_visible(valid, geom, pieces):  # pragma: no cover - compiled
+    """Indices of valid rows sorted by camera z: a stable LSD radix sort on the float32 bits (z > 0, so the bit
+    pattern orders like the value), parallel over `pieces` consecutive pieces of the data.
+
+    Each pass counts digits per piece in parallel, then scatters each piece in parallel to offsets that put
+    every piece's entries of a digit after the previous pieces' (stable). Twin: `_sort_visible_reference`.
+    """
+    n = valid.shape[0]
+    counts = np.zeros(pieces + 1, np.int64)
+    for p in prange(pieces):
+        c = 0
+        for i in range(p * n // pieces, (p + 1) * n // pieces):
+            c += valid[i]
+        counts[p + 1] = c
+    for p in range(pieces):
+        counts[p + 1] += counts[p]
+    n_valid = counts[pieces]
+    ids = np.empty(n_valid, np.int32)
+    keys = np.empty(n_valid, np.uint32)
+    for p in prange(pieces):
+        k = counts[p]
+        for i in range(p * n // pieces, (p + 1) * n // pieces):
+            if valid[i]:
+                ids[k] = i
+                keys[k] = geom[i, 6:7].view(np.uint32)[0]
+                k += 1
+    tmp_ids = np.empty_like(ids)
+    tmp_keys = np.empty_like(keys)
+    radix = 1 << SORT_BITS
+    mask = radix - 1
+    for shift in (0, SORT_BITS, 2 * SORT_BITS):
+        hist = np.zeros((pieces, radix), np.int64)
+        for p in prange(pieces):
+            for j in range(p * n_valid // pieces, (p + 1) * n_valid // pieces):
+                hist[p, (keys[j] >> shift) & mask] += 1
+        total = 0
+        for d in range(radix):  # exclusive offsets, digit-major then piece-major: stable
+            for p in range(pieces):
+                c = hist[p, d]
+                hist[p, d] = total
+                total += c
+        for p in prange(pieces):
+            fill = hist[p]
+            for j in range(p * n_valid // pieces, (p + 1) * n_valid // pieces):
+                d = (keys[j] >> shift) & mask
+                pos = fill[d]
+                fill[d] = pos + 1
+                tmp_ids[pos] = ids[j]
+                tmp_keys[pos] = keys[j]
+        ids, tmp_ids = tmp_ids, ids
+        keys, tmp_keys = tmp_keys, keys
+    return ids
+
+
 @njit(**_JIT)
-def _sort_visible(valid, geom):  # pragma: no cover - compiled
-    """Indices of valid Gaussians sorted by camera z (stable LSD radix sort on the float32 bits)."""
+def _sort_visible_reference(valid, geom):  # pragma: no cover - compiled
+    """The serial twin of `_sort_visible` (tests): the same stable LSD radix sort, one thread."""
     n_valid = 0
     for i in range(valid.shape[0]):
         n_valid += valid[i]
@@ -728,7 +787,7 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
             _project(sc.means, cov, sc.opacities, sc.sh, sc.sh_degree, viewmat.astype(np.float32), K,
                      eye.astype(np.float32), w, h, TILE_SIZE, *lod.project_args(), np.float32(lod_px),
                      geom[lo:hi], color[lo:hi], rect[lo:hi], valid[lo:hi])
-        order = _sort_visible(valid, geom)
+        order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                    rgb[cam], depth[cam], alpha[cam], best[cam])
@@ -753,9 +812,9 @@ def lod_scene(scene, camera, lod_px: float):
 
     assert lod_px >= 0.0, lod_px
     lod = scene.derived("lod_groups", _lod_groups)
-    viewmat = camera.pose_world_to_camera.astype(np.float32)
+    v = camera.pose_world_to_camera[2].astype(np.float32)
     focal = np.float32(max(camera.K[0, 0], camera.K[1, 1]))
-    z = (lod.means @ viewmat[2, :3].T + viewmat[2, 3]).astype(np.float32)
+    z = ((v[0] * lod.means[:, 0] + v[1] * lod.means[:, 1]) + v[2] * lod.means[:, 2]) + v[3]  # `_project`'s float32 sum
     coarse = (z * np.float32(lod_px) >= focal * lod.sigma) if lod_px > 0 else np.zeros(len(lod.sigma), bool)
     fine = np.ones(len(scene), bool)
     member_group = np.repeat(np.arange(len(lod.sigma)), np.diff(lod.group_starts))
