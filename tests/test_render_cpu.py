@@ -281,3 +281,31 @@ def test_parallel_depth_sort_matches_its_serial_twin(pieces):
     np.testing.assert_array_equal(fast, _sort_visible_reference(valid, geom))
     np.testing.assert_array_equal(fast, np.flatnonzero(valid)[np.argsort(geom[valid == 1, 6], kind="stable")])
     assert len(_sort_visible(np.zeros(10, np.uint8), geom[:10], pieces)) == 0
+
+
+def test_numba_vector_width_setting():
+    """neural_sensor drops LLVM's 256-bit vector preference before numba compiles anything, where the host has
+    AVX-512F; a user's NUMBA_CPU_FEATURES (or NEURAL_SENSOR_PREFER_256_BIT=1) is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+
+    probe = "import neural_sensor; from numba.core import config; print(config.CPU_FEATURES or '')"
+
+    def features(**env):
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NEURAL_SENSOR_PREFER_256_BIT")}
+        out = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
+                             check=True)
+        return out.stdout.strip()
+
+    host_has_avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    default = features()
+    if host_has_avx512:
+        assert default.endswith(",-prefer-256-bit") and "+avx512f" in default
+    else:
+        assert default == ""
+    assert features(NUMBA_CPU_FEATURES="+sse2") == "+sse2"
+    assert features(NEURAL_SENSOR_PREFER_256_BIT="1") == ""
