@@ -760,7 +760,9 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
     assert lod_px >= 0.0, lod_px
     scenes = [p.scene if isinstance(p, PlacedScene) else p for p in parts]
-    lods = [sc.derived("lod_groups", _lod_groups) for sc in scenes]
+    # the exact render needs only the chunks (`_chunk_groups`), not the merges
+    lods = [sc.derived("lod_groups", _lod_groups) if lod_px > 0 else sc.derived("chunk_groups", _chunk_groups)
+            for sc in scenes]
     # rows of part k: its Gaussians, then its merged groups
     starts = np.cumsum([0] + [len(sc) + len(lod.sigma) for sc, lod in zip(scenes, lods)])
     n = int(starts[-1])
