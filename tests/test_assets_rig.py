@@ -140,3 +140,13 @@ def test_rgb_to_bgra():
     out = rgb_to_bgra(rgb)
     assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
     assert out[0, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_bgra_read_as_rgb_equals_the_recorders_uint8():
+    """The runner records the delivered BGRA images read back as RGB (a view) instead of converting the float
+    frames again: both roundings must agree everywhere, out-of-range values and the rounding edges included."""
+    from scenarios.runner import _to_uint8
+
+    rgb = np.random.default_rng(0).uniform(-0.1, 1.1, (40, 50, 3)).astype(np.float32)
+    rgb[0, :4, 0] = [0.5 / 255, 254.5 / 255, 1.0, 0.0]
+    np.testing.assert_array_equal(rgb_to_bgra(rgb)[..., 2::-1], _to_uint8(rgb))
