@@ -3,7 +3,8 @@
 1. model: the checkpoint's ms per frame at 480x270 in this process (a batch of 6 cameras,
    torch threads = cores), median over repeats.
 2. transport: the same 6 x 480x270 batch through EnhancerClient -> broker -> worker on
-   loopback; overhead per tick = client round trip - the worker's model time (both
+   loopback, decoded into buffers the caller owns (`enhance(frames, out=...)`, as the rig
+   calls it); overhead per tick = client round trip - the worker's model time (both
    medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding. Both
    paths: "shm" (frames in a shared block, headers over ZeroMQ) and "bytes" (the
    client told shared_memory=False: the frames travel in the messages).
@@ -72,7 +73,8 @@ def bench_transport(checkpoint: Path, repeats: int, shared_memory: bool) -> dict
             if client.transport != ("shm" if shared_memory else "bytes"):
                 raise RuntimeError(f"transport benchmark: asked shared_memory={shared_memory}, got {client.transport}")
             frames = _frames(1)
-            client.enhance(frames)  # warm up
+            out = [np.empty_like(f["rgb"]) for f in frames]  # as the rig calls it: into buffers it already owns
+            client.enhance(frames, out=out)  # warm up
             rtt, model, worker, encode = [], [], [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()  # the encoding share, measured alone: into the block, or into arrays
@@ -82,7 +84,7 @@ def bench_transport(checkpoint: Path, repeats: int, shared_memory: bool) -> dict
                 else:
                     del [client._wire_frame(f) for f in frames][:]
                 encode.append((time.perf_counter() - t0) * 1000.0)
-                result = client.enhance(frames)
+                result = client.enhance(frames, out=out)
                 if not result.enhanced or client.transport != ("shm" if shared_memory else "bytes"):
                     raise RuntimeError(f"transport benchmark ({client.transport}): {result.reason}")
                 rtt.append(result.latency_ms)

@@ -177,7 +177,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
                 # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
                 surface_depth = raw.depth if surfaces_only is None else render(
-                    surfaces_only, cams, backend="cpu", outputs=("depth",), background=background).depth
+                    surfaces_only, cams, backend="cpu", outputs=("depth",), background=background,
+                    lod_px=args.lod_px).depth
                 gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"),
                             background=background)
                 # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of

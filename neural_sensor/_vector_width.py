@@ -15,10 +15,22 @@ import os
 import sys
 
 
+OURS = "NEURAL_SENSOR_NUMBA_CPU_FEATURES"  # the value we set, so a child process can tell it from a user's
+
+
 def prefer_512_bit_vectors() -> str | None:
     """Set numba's CPU features to the host's minus LLVM's 256-bit preference, if it applies; returns the
-    feature string set, or None (no AVX-512, a user setting, or numba's code generator already built)."""
-    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+    feature string set, or None (no AVX-512, a user setting, or numba's code generator already built).
+
+    A user setting is NUMBA_CPU_NAME, NUMBA_CPU_FEATURES (unless it is the value this function set in a parent
+    process, which child processes inherit), NUMBA_ENABLE_AVX=0 or a .numba_config.yaml in the working folder.
+    """
+    inherited = os.environ.get("NUMBA_CPU_FEATURES")
+    if inherited is not None and inherited == os.environ.get(OURS):
+        del os.environ["NUMBA_CPU_FEATURES"]  # a parent's choice, not the user's: decide again here
+        del os.environ[OURS]
+    if (os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES")
+            or os.environ.get("NUMBA_ENABLE_AVX", "").strip() == "0" or os.path.exists(".numba_config.yaml")):
         return None
     if os.environ.get("NEURAL_SENSOR_PREFER_256_BIT", "") not in ("", "0"):
         return None
@@ -33,6 +45,7 @@ def prefer_512_bit_vectors() -> str | None:
     features += ",-prefer-256-bit"
     if "numba" not in sys.modules:
         os.environ["NUMBA_CPU_FEATURES"] = features  # numba reads it when it is imported
+        os.environ[OURS] = features
         return features
     from numba.core import config, registry
 

@@ -17,6 +17,7 @@ frame, degrees) into them: only that module knows CARLA's frame.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -147,7 +148,7 @@ class NeuralSensorRig:
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
-        if not (isinstance(lod_px, (int, float)) and math.isfinite(lod_px) and lod_px >= 0):
+        if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
             raise ValueError(f"NeuralSensorRig: lod_px must be a finite number >= 0 (0 = exact), got {lod_px!r}")
         self.lod_px = float(lod_px)  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
         self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
@@ -192,8 +193,11 @@ class NeuralSensorRig:
     def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray]) -> None:
         """One request with every camera; refined rgb in place, or the raw render flagged with the reason."""
         try:
-            result = self.enhancer.enhance([{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
-                                            for sid, f in frames.items()])
+            requests = [{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
+                        for sid, f in frames.items()]
+            # the refined images go straight into the render's own buffers (no fresh memory each tick)
+            result = (self.enhancer.enhance(requests, out=[f.rgb for f in frames.values()])
+                      if _takes_out(self.enhancer) else self.enhancer.enhance(requests))
         except Exception as err:  # noqa: BLE001 - the tick is delivered raw whatever the enhancer did
             from neural_sensor.enhance.client import EnhancerVersionError
 
@@ -209,3 +213,13 @@ class NeuralSensorRig:
                 frame.meta.update(enhanced=True, enhancer_reason="", enhancer_model_ms=result.model_ms)
             else:
                 frame.meta["enhancer_reason"] = result.reason
+
+
+def _takes_out(enhancer) -> bool:
+    """Does enhancer.enhance accept out= (EnhancerClient does; a user's enhancer need not)?"""
+    import inspect
+
+    try:
+        return "out" in inspect.signature(enhancer.enhance).parameters
+    except (TypeError, ValueError):
+        return False

@@ -396,15 +396,16 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             frames = rig.capture(snapshot)
             t2 = time.perf_counter()
             input_data = {sid: (f.frame, rgb_to_bgra(f.rgb)) for sid, f in frames.items()}
+            # what the video and strip show: the delivered images read back as RGB (the same rounding as
+            # _to_uint8), copied before the agent may touch its buffers
+            delivered = [np.ascontiguousarray(input_data[sid][1][..., 2::-1]) for sid in frames]
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
             control = VehicleControl.from_any(agent.run_step(input_data, snapshot.timestamp_s))
             sim.apply_control(control)
             criteria.update(snapshot)
             t4 = time.perf_counter()
-            # the delivered BGRA images read as RGB (views; the same rounding as _to_uint8): no work per tick
-            # unless the video or the truth needs the pixels
-            last_images = [input_data[sid][1][..., 2::-1] for sid in frames]
+            last_images = delivered
             tick_truth = None
             if truth_rig is not None:
                 truth_frames = truth_rig.capture(snapshot)

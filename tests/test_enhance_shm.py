@@ -68,6 +68,27 @@ def test_shared_memory_round_trip_equals_the_byte_path(server, reference):
                                                           + np.float32(0.5)).astype(np.float32) / np.float32(255))
 
 
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "bytes"])
+def test_enhance_into_callers_buffers(server, shared_memory):
+    """enhance(frames, out=...): the same values as fresh arrays, written into (and returned as) the caller's
+    buffers, which may be the frames' own rgb; bad buffers are a named ValueError before anything is sent."""
+    frames = _frames(5)
+    with EnhancerClient(server.endpoint, deadline_ms=10_000, shared_memory=shared_memory) as client:
+        client.hello()
+        fresh = client.enhance(frames)
+        own = [f["rgb"].copy() for f in frames]
+        into = client.enhance([{**f, "rgb": o} for f, o in zip(frames, own)], out=own)
+        assert fresh.enhanced and into.enhanced, (fresh.reason, into.reason)
+        for a, b, o in zip(fresh.rgb, into.rgb, own):
+            assert b is o
+            np.testing.assert_array_equal(a, b)
+        for bad in ([np.zeros((24, 40, 3), np.float64)] * 3, [np.zeros((24, 40, 3), np.float32)] * 2,
+                    [np.zeros((40, 24, 3), np.float32)] * 3, [np.zeros((24, 40, 3), np.float32)[:, ::-1]] * 3):
+            with pytest.raises(ValueError, match="out must hold one writable C-contiguous float32 array"):
+                client.enhance(frames, out=bad)
+
+
 def test_malformed_shared_memory_headers_get_named_errors_and_the_worker_keeps_serving(server):
     with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
         hello = client.hello()

@@ -109,9 +109,10 @@ def test_render_rejects_bad_arguments():
         render(scene, [])
     with pytest.raises(ValueError, match="scene must be a GaussianScene, a PlacedScene or a non-empty list"):
         render({"means": scene.means}, camera)
-    for bad in (-1.0, float("nan"), float("inf"), "2"):
+    for bad in (-1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(ValueError, match="lod_px must be a finite number >= 0"):
             render(scene, camera, lod_px=bad)
+    assert render(scene, camera, lod_px=np.float32(2.0)).rgb.shape == (1, camera.height, camera.width, 3)
 
 
 def test_outputs_only_those_requested():
@@ -296,7 +297,8 @@ def test_numba_vector_width_setting():
 
     def features(**env):
         clean = {k: v for k, v in os.environ.items()
-                 if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NEURAL_SENSOR_PREFER_256_BIT")}
+                 if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NEURAL_SENSOR_PREFER_256_BIT",
+                              "NEURAL_SENSOR_NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX")}
         out = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
                              check=True)
         return out.stdout.strip()
@@ -309,3 +311,8 @@ def test_numba_vector_width_setting():
         assert default == ""
     assert features(NUMBA_CPU_FEATURES="+sse2") == "+sse2"
     assert features(NEURAL_SENSOR_PREFER_256_BIT="1") == ""
+    assert features(NUMBA_ENABLE_AVX="0") == ""
+    if host_has_avx512:  # a child inherits the parent's choice as ours, not as a user setting: it may opt out
+        assert features(NUMBA_CPU_FEATURES=default, NEURAL_SENSOR_NUMBA_CPU_FEATURES=default) == default
+        assert features(NUMBA_CPU_FEATURES=default, NEURAL_SENSOR_NUMBA_CPU_FEATURES=default,
+                        NEURAL_SENSOR_PREFER_256_BIT="1") == ""

@@ -345,20 +345,31 @@ class EnhancerClient:
         """The server's counters: requests, errors, frames_enhanced, p50_ms, p99_ms, workers, uptime_s."""
         return self._call("stats", timeout_ms)
 
-    def enhance(self, frames: list[dict], deadline_ms: float | None = None) -> EnhanceResult:
+    def enhance(self, frames: list[dict], deadline_ms: float | None = None,
+                out: list[np.ndarray] | None = None) -> EnhanceResult:
         """Enhance every camera of a tick in one request, within the deadline. Never raises for transport
         problems (the result carries the reason); raises EnhancerVersionError on a version mismatch.
 
         Args:
             frames: per camera {"camera": id, "rgb": [H, W, 3] float in [0, 1], "depth": [H, W] metres,
                     "alpha": [H, W]} (+ optional "reference" [H, W, 3], "reference_valid" [H, W]).
+            out: optional, per frame a writable C-contiguous float32 [H, W, 3] array that receives the enhanced
+                 image (and is returned in result.rgb); it may be the frame's own "rgb", which is read
+                 before anything is written. Untouched when the tick is not enhanced. Saves allocating (and
+                 the kernel zeroing) fresh memory every tick: the rig passes its render buffers.
         """
+        if out is not None:
+            if len(out) != len(frames) or any(
+                    not isinstance(o, np.ndarray) or o.dtype != np.float32 or o.shape != np.shape(f["rgb"])
+                    or not o.flags.c_contiguous or not o.flags.writeable for o, f in zip(out, frames)):
+                raise ValueError("enhance: out must hold one writable C-contiguous float32 array per frame, "
+                                 "shaped like that frame's rgb")
         budget = float(deadline_ms if deadline_ms is not None else self.deadline_ms)
         start = time.monotonic()
         t_end = start + budget / 1000.0
         self._maybe_hello(t_end)
         if self._shm_offer is not None:
-            result = self._enhance_shm(frames, budget, start)
+            result = self._enhance_shm(frames, budget, start, out)
             if result is not None:
                 return result
         wire_frames = [self._wire_frame(f) for f in frames]
@@ -375,10 +386,11 @@ class EnhancerClient:
             return bad
         if any(isinstance(o["rgb"], wire.ShmRef) for o in reply["frames"]):
             return EnhanceResult(None, "enhancer reply names a shared block; this request sent bytes", latency)
-        return EnhanceResult([wire.to_float(o["rgb"]) for o in reply["frames"]], "", latency, reply.get("model_ms"),
+        return EnhanceResult(_decode([o["rgb"] for o in reply["frames"]], out), "", latency, reply.get("model_ms"),
                              reply.get("worker_ms"))
 
-    def _enhance_shm(self, frames: list[dict], budget: float, start: float) -> EnhanceResult | None:
+    def _enhance_shm(self, frames: list[dict], budget: float, start: float,
+                     out: list[np.ndarray] | None = None) -> EnhanceResult | None:
         """enhance() through the shared block; None when the server refused it (SharedMemoryError: bytes now)."""
         rid = f"{self._prefix}-{next(self._counter)}"
         layout, block_bytes, data_bytes = self._shm_layout(frames)
@@ -410,7 +422,7 @@ class EnhancerClient:
         if any(not isinstance(o["rgb"], wire.ShmRef) or o["rgb"] != ref for o, ref in zip(reply["frames"], reply_refs)):
             return EnhanceResult(None, "enhancer reply does not match the request's shared block layout", latency)
         mapping = self._block[2]
-        rgb = [wire.to_float(ref.view(mapping)) for ref in reply_refs]  # copies: the block is reused next tick
+        rgb = _decode([ref.view(mapping) for ref in reply_refs], out)  # copies: the block is reused next tick
         return EnhanceResult(rgb, "", (time.monotonic() - start) * 1000.0, reply.get("model_ms"),
                              reply.get("worker_ms"))
 
@@ -460,3 +472,12 @@ def _convert(array, out: np.ndarray) -> np.ndarray:
         return wire.to_float16_into(array, out)
     np.copyto(out, array, casting="unsafe")
     return out
+
+
+def _decode(arrays: list[np.ndarray], out: list[np.ndarray] | None) -> list[np.ndarray]:
+    """`protocol.to_float` of each reply image: into `out` (checked by `enhance`) when given, else fresh arrays."""
+    if out is None:
+        return [wire.to_float(a) for a in arrays]
+    for array, target in zip(arrays, out):
+        wire.float_into(array, target)
+    return list(out)

@@ -453,6 +453,15 @@ def to_float(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def float_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`to_float(array)` written into `out` (float32, C-contiguous, array's shape); returns out."""
+    assert out.dtype == np.float32 and out.shape == array.shape and out.flags.c_contiguous, (out.dtype, out.shape)
+    if array.dtype == np.uint8:
+        return _float_into(array, out)
+    np.copyto(out, array, casting="unsafe")
+    return out
+
+
 def stack_float(arrays: list[np.ndarray]) -> np.ndarray:
     """[B, ...] float32: `to_float` of every array (one shape), written straight into the batch (no temporaries)."""
     assert arrays and all(a.shape == arrays[0].shape for a in arrays), [a.shape for a in arrays]

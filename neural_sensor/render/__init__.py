@@ -12,6 +12,7 @@ For gradients, call `neural_sensor.render._torch_ref.render_torch` with tensors.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -104,7 +105,7 @@ def render(
     batch = stack_cameras(cameras)
     outputs = check_outputs(outputs)
     bg = check_background(background)
-    if not (isinstance(lod_px, (int, float)) and math.isfinite(lod_px) and lod_px >= 0):
+    if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
         raise ValueError(f"render: lod_px must be a finite number >= 0 (0 = every Gaussian), got {lod_px!r}")
     name = resolve_backend(backend)
     if name == "cpu":

@@ -3,9 +3,11 @@
 Same semantics as the reference (`_torch_ref.py`, gsplat "classic"), not
 differentiable. Per camera:
 
-1. project: EWA projection, opacity-aware tile box, SH colour (parallel over N);
+1. project: EWA projection, opacity-aware tile box, SH colour (parallel over spatial chunks; far groups
+   of neighbours drawn as one merged Gaussian when a level of detail is asked for);
 2. sort the visible Gaussians by camera z with an LSD radix sort on the float
-   bits (stable, so ties keep index order like the reference's stable argsort);
+   bits (parallel over pieces of the data; stable, so ties keep index order like
+   the reference's stable argsort);
 3. bin them into 16x16 tiles (counting sort, depth order kept inside a tile);
 4. rasterise, parallel over tiles: each Gaussian only visits the pixels of the
    tile inside its bounding box, pixels stop front to back at the transmittance
@@ -795,8 +797,11 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
                    rgb[cam], depth[cam], alpha[cam], best[cam])
     result = {"rgb": rgb, "depth": depth, "alpha": alpha}
     if "semantic" in outputs or "instance" in outputs:
-        labels = [np.concatenate([sc.labels, lod.labels]) for sc, lod in zip(scenes, lods)]
-        instance = [np.concatenate([sc.instance, lod.instance]) for sc, lod in zip(scenes, lods)]
+        rows = "lod" if lod_px > 0 else "chunk"  # the labels of each part's rows, cached with the groups
+        labels = [sc.derived(f"{rows}_row_labels", lambda s, g=lod: np.concatenate([s.labels, g.labels]))
+                  for sc, lod in zip(scenes, lods)]
+        instance = [sc.derived(f"{rows}_row_instance", lambda s, g=lod: np.concatenate([s.instance, g.instance]))
+                    for sc, lod in zip(scenes, lods)]
         result.update(_labels_of_best(labels, instance, starts, best, alpha))
     return {k: result[k] for k in outputs}
 
@@ -824,8 +829,9 @@ def lod_scene(scene, camera, lod_px: float):
     full = lod.covs[coarse, :6].astype(np.float64)[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
     eigenvalues, vectors = np.linalg.eigh(full)
     vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a rotation
-    merged = GaussianScene(lod.means[coarse], _quats_of_rotations(vectors), np.sqrt(np.maximum(eigenvalues, 0.0)).astype(
-        np.float32), lod.opacities[coarse], lod.sh[coarse], lod.labels[coarse], lod.instance[coarse])
+    scales = np.sqrt(np.maximum(eigenvalues, 1e-24)).astype(np.float32)  # a degenerate merge: a tiny positive axis
+    merged = GaussianScene(lod.means[coarse], _quats_of_rotations(vectors), scales, lod.opacities[coarse],
+                           lod.sh[coarse], lod.labels[coarse], lod.instance[coarse])
     return GaussianScene.concat([scene.subset(fine), merged])
 
 
