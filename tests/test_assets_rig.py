@@ -142,11 +142,14 @@ def test_rgb_to_bgra():
     assert out[0, 0].tolist() == [0, 128, 255, 255]
 
 
-def test_bgra_read_as_rgb_equals_the_recorders_uint8():
-    """The runner records the delivered BGRA images read back as RGB (a view) instead of converting the float
-    frames again: both roundings must agree everywhere, out-of-range values and the rounding edges included."""
+def test_recorded_uint8_equals_the_delivered_bgra():
+    """The runner records the frames with the compiled to_uint8_into: the same pixels as the BGRA the agent
+    gets (read back as RGB) and as the numpy _to_uint8, out-of-range values and rounding edges included."""
+    from neural_sensor.enhance.protocol import to_uint8_into
     from scenarios.runner import _to_uint8
 
     rgb = np.random.default_rng(0).uniform(-0.1, 1.1, (40, 50, 3)).astype(np.float32)
     rgb[0, :4, 0] = [0.5 / 255, 254.5 / 255, 1.0, 0.0]
-    np.testing.assert_array_equal(rgb_to_bgra(rgb)[..., 2::-1], _to_uint8(rgb))
+    recorded = to_uint8_into(rgb, np.empty(rgb.shape, np.uint8))
+    np.testing.assert_array_equal(recorded, rgb_to_bgra(rgb)[..., 2::-1])
+    np.testing.assert_array_equal(recorded, _to_uint8(rgb))
