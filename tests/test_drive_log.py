@@ -276,9 +276,10 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
         cameras += step
     quantised = np.clip(np.concatenate(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)  # rounded to nearest
     inputs = quantised.astype(np.float32) / np.float32(255)
-    direct = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras)
-    # then the default colour refinement against the same images, over the sky the log names
-    direct, stats = refine_colours(direct, inputs, cameras, background=sky_rgb(layout.style))
+    direct, sky_masks = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras, return_sky=True)
+    assert sky_masks.shape == inputs.shape[:3] and sky_masks.any()
+    # then the default colour refinement (and its sky pruning) against the same images, over the log's sky
+    direct, stats = refine_colours(direct, inputs, cameras, background=sky_rgb(layout.style), sky_masks=sky_masks)
     assert meta["colour_refinement"]["psnr_db"] == stats["psnr_db"] and stats["iterations"] == 2
     for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
         assert np.array_equal(getattr(direct, name), getattr(from_log, name)), name

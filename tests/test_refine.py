@@ -99,3 +99,36 @@ def test_what_no_view_sees_keeps_its_coefficients_bit_for_bit(street):
     assert 0 < stats["updated"] <= len(refined)
     pruned, pruned_stats = refine_colours(scene, images, cameras, background=BACKGROUND)
     assert pruned_stats["updated"] <= len(pruned) < len(scene)
+
+
+def test_sky_pruning_drops_what_lies_on_sky_and_spares_the_dome(street):
+    """With sky masks, the first sweep also drops the Gaussians, other than SKY-labelled ones (the dome), that
+    have more than sky_prune_fraction of their blending weight on sky pixels: exactly those, from the weights
+    `backproject_colour_residuals` reports."""
+    from neural_sensor.labels import CityObjectLabel
+    from neural_sensor.render._common import stack_cameras
+    from neural_sensor.render.backproject import backproject_colour_residuals
+
+    truth, wrong, images, cameras = street
+    sky = np.zeros(images.shape[:3], bool)
+    sky[:, :26] = True  # the upper 40 % of every view stands in for the sky the network would mark
+    labels = wrong.labels.copy()
+    labels[::7] = CityObjectLabel.SKY  # every 7th Gaussian plays a dome Gaussian: never pruned on sky
+    scene = wrong.replace(labels=labels)
+    config = RefineConfig(iterations=2, prune_weight=0.0, sky_prune_fraction=0.3)
+    pruned, stats = refine_colours(scene, images, cameras, background=BACKGROUND, config=config, sky_masks=sky)
+    _, weight, _, on_sky = backproject_colour_residuals(scene, stack_cameras(cameras), images,
+                                                        np.float32(BACKGROUND), sky)
+    expected = (on_sky > 0.3 * weight) & (labels != CityObjectLabel.SKY)
+    assert 100 < expected.sum() < len(scene) // 2
+    assert stats["pruned_on_sky"] == stats["pruned"] == expected.sum()
+    assert np.array_equal(pruned.means, scene.means[~expected])
+    # without masks, or with the fraction at 1, nothing is pruned on sky
+    for kwargs in ({}, {"config": RefineConfig(iterations=2, prune_weight=0.0, sky_prune_fraction=1.0),
+                        "sky_masks": sky}):
+        kept, kept_stats = refine_colours(scene, images, cameras, background=BACKGROUND,
+                                          **{"config": config, **kwargs})
+        assert kept_stats["pruned"] == kept_stats["pruned_on_sky"] == 0 and len(kept) == len(scene)
+    with pytest.raises(ValueError, match="sky_prune_fraction"):
+        RefineConfig(sky_prune_fraction=1.5)
+    assert RefineConfig().cache_inputs() != RefineConfig(sky_prune_fraction=1.0).cache_inputs()

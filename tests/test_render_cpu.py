@@ -184,7 +184,8 @@ def test_chunk_culling_changes_nothing(monkeypatch):
 @pytest.mark.parametrize("seed, size", [(0, (64, 48)), (1, (37, 23))])
 def test_colour_backprojection_matches_its_autograd_twin(seed, size):
     """backproject_colour_residuals: its render equals render_cpu's bit for bit, and its per-Gaussian sums equal
-    the gradients the torch reference gives (sum_p w r and sum_p w), to float32 accumulation error."""
+    the gradients the torch reference gives (sum_p w r, sum_p w and sum_p w sky_p), to float32 accumulation
+    error."""
     from neural_sensor.render._common import stack_cameras
     from neural_sensor.render._torch_ref import _backproject_colour_residuals_reference
     from neural_sensor.render.backproject import backproject_colour_residuals
@@ -197,13 +198,21 @@ def test_colour_backprojection_matches_its_autograd_twin(seed, size):
     batch = stack_cameras(cameras)
     background = np.array([0.2, 0.4, 0.6], np.float32)
     targets = np.random.default_rng(seed + 10).uniform(0, 1, (2, size[1], size[0], 3)).astype(np.float32)
-    weighted, weight, rgb = backproject_colour_residuals(scene, batch, targets, background)
+    sky = np.random.default_rng(seed + 20).random((2, size[1], size[0])) < 0.4
+    weighted, weight, rgb, sky_weight = backproject_colour_residuals(scene, batch, targets, background, sky)
     assert np.array_equal(rgb, render(scene, cameras, backend="cpu", background=background).rgb)
-    ref_weighted, ref_weight, ref_rgb = _backproject_colour_residuals_reference(scene, batch, targets, background)
+    ref_weighted, ref_weight, ref_rgb, ref_sky = _backproject_colour_residuals_reference(scene, batch, targets,
+                                                                                         background, sky)
     assert psnr(rgb, ref_rgb) >= 90.0
     assert (weight > 1.0).sum() > 100, "too few Gaussians weigh anything: the comparison would be empty"
     np.testing.assert_allclose(weight, ref_weight, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(weighted, ref_weighted, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sky_weight, ref_sky, rtol=1e-4, atol=1e-3)
+    assert 0.2 < sky_weight.sum() / weight.sum() < 0.6  # about the mask's 40 %
+    assert np.all(sky_weight <= weight + 1e-6)
+    # without a mask nothing lies on sky, the rest unchanged
+    none = backproject_colour_residuals(scene, batch, targets, background)
+    assert np.all(none[3] == 0) and np.array_equal(none[1], weight) and np.array_equal(none[0], weighted)
     # a Gaussian off screen or behind the camera is handed nothing
     behind = scene.means[:, 0] < 0
     assert behind.any() and np.all(weight[behind] == 0) and np.all(weighted[behind] == 0)

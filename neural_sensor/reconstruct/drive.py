@@ -130,13 +130,14 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
-        scene = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras)
+        scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True)
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
     refine_stats = None
     if refine.iterations > 0:
         sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
-        scene, refine_stats = refine_colours(scene, images, cameras, background=sky, config=refine, progress=progress)
+        scene, refine_stats = refine_colours(scene, images, cameras, background=sky, config=refine, sky_masks=sky_masks,
+                                             progress=progress)
     meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,

@@ -446,7 +446,7 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
 
 def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
                 merge_cell_m: float | None = None, min_opacity: float = 0.02, fusion: str = "carve",
-                fusion_config: FusionConfig | None = None) -> GaussianScene:
+                fusion_config: FusionConfig | None = None, return_sky: bool = False):
     """Posed images -> GaussianScene (world frame): one network pass over the views and a fusion of them.
 
     Args:
@@ -462,16 +462,23 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
             the fusion before carving existed).
         fusion_config: options of the "carve" fusion (min_opacity, and merge_cell_m unless None, are taken from
             the arguments above; merge=False sets merge_cell_m to 0).
+        return_sky: also return the views' sky masks.
+    Returns:
+        GaussianScene; with return_sky, (GaussianScene, sky [V, H, W] bool: the pixels the network's sky output
+        calls sky, each half-resolution prediction covering its 2 x 2 pixels; None for a net without one).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"reconstruct: fusion must be one of {FUSIONS}, got {fusion!r}")
     per_view, depths = predict_views(model, images, cameras)
-    dome = None
+    dome = sky_masks = None
     if model.config.sky_head:
         sky = (per_view.labels == SKY).reshape(depths.shape)
         v, h, w = depths.shape
         half = np.asarray(images, np.float32)[:, :2 * h, :2 * w].reshape(v, h, 2, w, 2, 3).mean(axis=(2, 4))
         dome = fit_sky_dome(half, sky, cameras)
+        if return_sky:
+            sky_masks = np.zeros(np.shape(images)[:3], bool)
+            sky_masks[:, :2 * h, :2 * w] = np.repeat(np.repeat(sky, 2, axis=1), 2, axis=2)
         opacities, depths = without_sky(per_view.opacities, depths, sky)
         per_view = per_view.replace(opacities=opacities)
     config = fusion_config or FusionConfig()
@@ -481,7 +488,8 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
         merge_cell_m = LEGACY_MERGE_CELL_M if fusion == "merge" else config.merge_cell_m
     config = replace(config, merge_cell_m=merge_cell_m if merge else 0.0, min_opacity=min_opacity)
     fused = fuse_views(per_view, depths, cameras, config)
-    return fused if dome is None else GaussianScene.concat([fused, dome])
+    scene = fused if dome is None else GaussianScene.concat([fused, dome])
+    return (scene, sky_masks) if return_sky else scene
 
 
 def checkpoint_hash(folder: str | Path) -> str:

@@ -332,12 +332,14 @@ def render_reference(scene, batch: CameraBatch, outputs: tuple[str, ...], backgr
 
 
 def _backproject_colour_residuals_reference(scene, batch: CameraBatch, targets_rgb: np.ndarray,
-                                            background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                                            background: np.ndarray, sky_masks: np.ndarray | None = None
+                                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Twin of `backproject.backproject_colour_residuals` by autograd: sum_p w_ip r_p is the gradient of sum_p r_p . rgb_p
-    (r held fixed) with respect to Gaussian i's colour, and sum_p w_ip that of the summed image.
+    (r held fixed) with respect to Gaussian i's colour, sum_p w_ip that of the summed image, and sum_p w_ip s_p
+    that of the image weighted by the sky mask s.
 
     Exact for Gaussians whose colour is not clamped at 0 (where the render's colour has no gradient).
-    Returns weighted_residual [N, 3], weight [N], rgb [C, H, W, 3] as the fast path does.
+    Returns weighted_residual [N, 3], weight [N], rgb [C, H, W, 3], sky_weight [N] as the fast path does.
     """
     sh = torch.tensor(scene.sh, dtype=torch.float64, requires_grad=True)
     out = render_torch(torch.tensor(scene.means, dtype=torch.float64), torch.tensor(scene.quats, dtype=torch.float64),
@@ -348,7 +350,10 @@ def _backproject_colour_residuals_reference(scene, batch: CameraBatch, targets_r
     rgb = out["rgb"]
     residual = torch.tensor(targets_rgb, dtype=torch.float64) - rgb.detach()
     (grad_weighted,) = torch.autograd.grad((residual * rgb).sum(), sh, retain_graph=True)
-    (grad_weight,) = torch.autograd.grad(rgb[..., 0].sum(), sh)
+    (grad_weight,) = torch.autograd.grad(rgb[..., 0].sum(), sh, retain_graph=True)
+    sky = torch.zeros(rgb.shape[:3], dtype=torch.float64) if sky_masks is None else torch.tensor(
+        np.asarray(sky_masks, np.float64))
+    (grad_sky,) = torch.autograd.grad((rgb[..., 0] * sky).sum(), sh)
     weighted = grad_weighted[:, 0, :].numpy() / SH_C0  # d colour / d sh_dc = SH_C0
     weight = grad_weight[:, 0, 0].numpy() / SH_C0
-    return weighted, weight, rgb.detach().numpy().astype(np.float32)
+    return weighted, weight, rgb.detach().numpy().astype(np.float32), grad_sky[:, 0, 0].numpy() / SH_C0

@@ -22,14 +22,15 @@ from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_
 
 @njit(parallel=True, **_JIT_FAST)
 def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background, target,
-                 out_rgb, out_isect):  # pragma: no cover - compiled
+                 sky, out_rgb, out_isect):  # pragma: no cover - compiled
     """`_rasterize`, plus handing each Gaussian its share of the residual of the pixels it was blended into.
 
     target [H, W, 3]: the image the render is compared with.
+    sky [H, W] float32: a per-pixel mask (1 where the view sees sky, else 0).
     out_rgb [H, W, 3]: the render (equal to `_rasterize`'s: same walk, same code).
-    out_isect [n_isects, 4]: per (tile, Gaussian) entry of tile_gauss, over the tile's pixels p:
-        sum_p w_p (target_p - render_p) per channel, and sum_p w_p, with w_p the Gaussian's blending
-        weight alpha T at p. A tile row keeps the weights of the Gaussians it composited and shares the
+    out_isect [n_isects, 5]: per (tile, Gaussian) entry of tile_gauss, over the tile's pixels p:
+        sum_p w_p (target_p - render_p) per channel, sum_p w_p and sum_p w_p sky_p, with w_p the Gaussian's
+        blending weight alpha T at p. A tile row keeps the weights of the Gaussians it composited and shares the
         residual out once the row is rendered. Every entry belongs to one tile and a tile to one
         thread: no two threads write the same row.
     """
@@ -40,14 +41,14 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
         count = offsets[tile + 1] - start
         local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
         for k in range(count):
-            for c in range(4):
+            for c in range(5):
                 out_isect[start + k, c] = _ZERO
         lane_px = np.empty(LANES, np.float32)
         for u in range(LANES):
             lane_px[u] = np.float32(tx0 + u) + _HALF
         state = np.empty((6, LANES), np.float32)
         best = np.empty(LANES, np.int32)
-        residual = np.empty((3, LANES), np.float32)
+        residual = np.empty((4, LANES), np.float32)  # rgb residual, then the sky mask
         row_k = np.empty(count, np.int32)  # the row's composited Gaussians (list positions) ...
         row_w = np.empty((count, LANES), np.float32)  # ... and their weight at each lane
         for v in range(th):
@@ -78,40 +79,47 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
                         value = state[1 + c, u] + t * background[c]
                         out_rgb[yy, xx, c] = value
                         residual[c, u] = target[yy, xx, c] - value
+                    residual[3, u] = sky[yy, xx]
                 else:
-                    for c in range(3):
+                    for c in range(4):
                         residual[c, u] = _ZERO
             for e in range(m):
                 sr = _ZERO
                 sg = _ZERO
                 sb = _ZERO
                 sw = _ZERO
+                ss = _ZERO
                 for u in range(LANES):
                     w = row_w[e, u]
                     sr += w * residual[0, u]
                     sg += w * residual[1, u]
                     sb += w * residual[2, u]
                     sw += w
+                    ss += w * residual[3, u]
                 slot = start + row_k[e]
                 out_isect[slot, 0] += sr
                 out_isect[slot, 1] += sg
                 out_isect[slot, 2] += sb
                 out_isect[slot, 3] += sw
+                out_isect[slot, 4] += ss
 
 
 @njit(**_JIT)
-def _scatter_add(tile_gauss, isect, weighted, weight):  # pragma: no cover - compiled
-    """weighted[g] += isect[k, :3], weight[g] += isect[k, 3] for g = tile_gauss[k] (float64 sums, in place)."""
+def _scatter_add(tile_gauss, isect, weighted, weight, sky_weight):  # pragma: no cover - compiled
+    """weighted[g] += isect[k, :3], weight[g] += isect[k, 3], sky_weight[g] += isect[k, 4] for g = tile_gauss[k]
+    (float64 sums, in place)."""
     for k in range(tile_gauss.shape[0]):
         g = tile_gauss[k]
         weighted[g, 0] += isect[k, 0]
         weighted[g, 1] += isect[k, 1]
         weighted[g, 2] += isect[k, 2]
         weight[g] += isect[k, 3]
+        sky_weight[g] += isect[k, 4]
 
 
 def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targets_rgb: np.ndarray,
-                                 background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                                 background: np.ndarray, sky_masks: np.ndarray | None = None
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render C cameras and share each pixel's colour residual out to the Gaussians that made it.
 
     For a view-independent colour c_i the render is linear, rgb_p = sum_i w_ip c_i + T_p bg, so
@@ -124,16 +132,22 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
         batch: C cameras of H x W.
         targets_rgb: [C, H, W, 3] float32, the images the renders are compared with.
         background: [3] float32.
+        sky_masks: optional [C, H, W] bool or 0/1: the pixels that see sky (None: no sky anywhere).
     Returns:
         weighted_residual [N, 3] float64: sum over cameras and pixels of w (target - render);
         weight [N] float64: sum over cameras and pixels of w;
-        rgb [C, H, W, 3] float32: the renders (equal to `render_cpu`'s).
+        rgb [C, H, W, 3] float32: the renders (equal to `render_cpu`'s);
+        sky_weight [N] float64: sum over cameras and sky pixels of w (how much of a Gaussian lies on sky).
     Reference twin: `_backproject_colour_residuals_reference` (torch autograd through the reference renderer).
     """
     c_count, h, w = batch.viewmats.shape[0], batch.height, batch.width
     assert targets_rgb.shape == (c_count, h, w, 3), targets_rgb.shape
     assert TILE_SIZE == LANES
     targets_rgb = np.ascontiguousarray(targets_rgb, dtype=np.float32)
+    if sky_masks is None:
+        sky_masks = np.zeros((c_count, h, w), np.float32)
+    assert np.shape(sky_masks) == (c_count, h, w), np.shape(sky_masks)
+    sky_masks = np.ascontiguousarray(sky_masks, dtype=np.float32)
     n = len(scene)
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
     cov = scene.derived("covariances_and_radius", _world_covariances)
@@ -146,6 +160,7 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
     rgb = np.empty((c_count, h, w, 3), np.float32)
     weighted = np.zeros((n, 3), np.float64)
     weight = np.zeros(n, np.float64)
+    sky_weight = np.zeros(n, np.float64)
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         _project(scene.means, cov, scene.opacities, scene.sh, scene.sh_degree, batch.viewmats[cam].astype(np.float32),
@@ -153,8 +168,8 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
                  geom, color, rect, valid)
         order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
-        isect = np.empty((len(tile_gauss), 4), np.float32)
+        isect = np.empty((len(tile_gauss), 5), np.float32)
         _backproject(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
-                     targets_rgb[cam], rgb[cam], isect)
-        _scatter_add(tile_gauss, isect, weighted, weight)
-    return weighted, weight, rgb
+                     targets_rgb[cam], sky_masks[cam], rgb[cam], isect)
+        _scatter_add(tile_gauss, isect, weighted, weight, sky_weight)
+    return weighted, weight, rgb, sky_weight
