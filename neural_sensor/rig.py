@@ -216,10 +216,8 @@ class NeuralSensorRig:
 
 
 def _takes_out(enhancer) -> bool:
-    """Does enhancer.enhance accept out= (EnhancerClient does; a user's enhancer need not)?"""
-    import inspect
+    """Is the enhancer an EnhancerClient, whose enhance(out=) writes the buffers only for an enhanced tick? (A user's
+    enhancer may have a parameter of that name that means something else: it gets the plain call.)"""
+    from neural_sensor.enhance.client import EnhancerClient
 
-    try:
-        return "out" in inspect.signature(enhancer.enhance).parameters
-    except (TypeError, ValueError):
-        return False
+    return isinstance(enhancer, EnhancerClient)
