@@ -29,6 +29,7 @@ from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR, DestroyActor, SpawnAct
 from carla_bridge.encodings import CAMERA_TYPES
 from carla_bridge.sensor import is_neural_id, neural_camera, spawn_neural_camera
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render import LOD_PX
 
 _LibcarlaDestroyActor = LIBCARLA_DESTROY_ACTOR
 
@@ -62,7 +63,7 @@ class NeuralWorld:
     """carla.World proxy: camera blueprints spawn NeuralCameras; see the module docstring."""
 
     def __init__(self, world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX):
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralWorld: scene must be a GaussianScene, got {type(scene).__name__}")
         self._world = world
@@ -71,6 +72,7 @@ class NeuralWorld:
         self._background = tuple(background_rgb)
         self._enhancer = enhancer
         self._camera_types = tuple(camera_types)
+        self._lod_px = lod_px  # the CPU renderer's level of detail for every camera it spawns (0: exact)
 
     @property
     def world(self):
@@ -85,7 +87,7 @@ class NeuralWorld:
         if self._is_neural(blueprint):
             return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
-                                       socket_name=socket_name)
+                                       socket_name=socket_name, lod_px=self._lod_px)
         extra = () if attachment_type is None else (attachment_type, socket_name)
         return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
@@ -120,10 +122,10 @@ class NeuralClient:
     """carla.Client proxy: get_world() is a NeuralWorld, batches reach neural cameras; see the module docstring."""
 
     def __init__(self, client, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX):
         self._client = client
         self._options = dict(scene=scene, backend=backend, background_rgb=background_rgb, enhancer=enhancer,
-                             camera_types=camera_types)
+                             camera_types=camera_types, lod_px=lod_px)
 
     @property
     def client(self):

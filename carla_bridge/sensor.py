@@ -42,6 +42,7 @@ import heapq
 import itertools
 import logging
 import math
+import numbers
 import threading
 import time
 import traceback
@@ -62,6 +63,7 @@ from carla_bridge.transforms import (
     ue_to_flu,
 )
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render import LOD_PX
 from neural_sensor.rig import NeuralSensorRig, SensorSpec
 from neural_sensor.world import AgentState, WorldSnapshot
 
@@ -222,12 +224,13 @@ class CameraRig:
     delivers in frame order. Made by NeuralCamera; see the module docstring."""
 
     def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
-                 enhancer: str | None, enhancer_deadline_ms: float):
+                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX):
         self.key = key
         self.world = world
         self.parent = parent
         self.scene = scene
         self.backend = backend
+        self.lod_px = float(lod_px)
         self.background_rgb = tuple(background_rgb)
         self.enhancer_client = None
         if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
@@ -372,7 +375,7 @@ class CameraRig:
                 self._rigs.clear()
             rig = self._rigs[views] = NeuralSensorRig(self.scene, specs, backend=self.backend,
                                                      background_rgb=self.background_rgb,
-                                                     enhancer=self.enhancer_client)
+                                                     enhancer=self.enhancer_client, lod_px=self.lod_px)
         return rig
 
     def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
@@ -461,12 +464,12 @@ class CameraRig:
         return True
 
 
-def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms) -> tuple:
+def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX) -> tuple:
     world_key = getattr(world, "id", None)
     if not isinstance(world_key, int):
         world_key = id(world)
     return (world_key, None if parent is None else parent.id, id(scene), backend,
-            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms))
+            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms), float(lod_px))
 
 
 # --------------------------------------------------------------------------- the camera actor
@@ -477,8 +480,10 @@ class NeuralCamera:
     def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
                  background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0,
                  *, type_id: str = "sensor.camera.rgb", attachment_type=None, strict_attributes: bool = True,
-                 attribute_defaults: dict | None = None):
+                 attribute_defaults: dict | None = None, lod_px: float = LOD_PX):
         check_camera_type(type_id)
+        if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
+            raise ValueError(f"neural camera: lod_px must be a finite number >= 0 (0 = exact), got {lod_px!r}")
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
         self.settings = camera_settings(type_id, attributes, strict=strict_attributes, defaults=attribute_defaults)
@@ -494,12 +499,12 @@ class NeuralCamera:
         self._next_due_s: float | None = None
         self.last_render_ms = 0.0
         self.last_meta: dict = {}
-        key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms)
+        key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px)
         with _rigs_lock:
             rig = _rigs.get(key)
             if rig is None:
                 rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
-                                             enhancer_deadline_ms)
+                                             enhancer_deadline_ms, lod_px)
             rig.add(self)
         self.rig = rig
         _cameras[self.id] = self
@@ -641,10 +646,11 @@ def _check_attachment(attachment_type, parent):
 def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: GaussianScene | None = None,
                         backend: str = "auto", background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
                         enhancer_deadline_ms: float = 1000.0, attachment_type=None,
-                        socket_name: str = "") -> NeuralCamera:
+                        socket_name: str = "", lod_px: float = LOD_PX) -> NeuralCamera:
     """world.spawn_actor's stand-in for a camera blueprint: every attribute of the blueprint is read and parsed.
     `attach_to=None` fixes the camera in the world (transform is then a world transform).
-    `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each rgb image within the deadline."""
+    `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each rgb image within the deadline.
+    `lod_px`: the CPU renderer's level of detail (`neural_sensor.render.render(lod_px=)`; 0 draws every Gaussian)."""
     if scene is None:
         raise ValueError("spawn_neural_camera: scene= (a GaussianScene) is required")
     type_id = getattr(blueprint, "id", None)
@@ -659,4 +665,4 @@ def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: Gaus
             defaults[attribute.id] = recommended[0]
     return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb, enhancer,
                         enhancer_deadline_ms, type_id=type_id, attachment_type=attachment_type,
-                        strict_attributes=False, attribute_defaults=defaults)
+                        strict_attributes=False, attribute_defaults=defaults, lod_px=lod_px)

@@ -577,3 +577,24 @@ def test_vectorised_snapshot_conversion_equals_agent_box():
         assert agent.size_m == pytest.approx(size) and agent.kind == ("pedestrian" if "walker" in actor.type_id
                                                                       else "car")
         np.testing.assert_allclose(agent.pose_agent_to_world, pose, atol=1e-5)
+
+
+def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
+    """lod_px travels from NeuralWorld / spawn_neural_camera to the rig that renders (cameras of different
+    levels never share a rig); a negative or NaN one is refused by name."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    exact = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                lod_px=0.0)
+    default = NeuralWorld(world, scene, backend="cpu").spawn_actor(_bp(library, "rgb"), MOUNT, attach_to=ego)
+    try:
+        assert exact.rig is not default.rig
+        assert exact.rig.lod_px == 0.0 and default.rig.lod_px == 2.0
+        for bad in (-1.0, float("nan")):
+            with pytest.raises(ValueError, match="lod_px must be a finite number >= 0"):
+                spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                    lod_px=bad)
+    finally:
+        exact.destroy()
+        default.destroy()
