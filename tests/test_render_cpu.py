@@ -222,7 +222,7 @@ def test_level_of_detail_matches_its_twin_and_stays_close_to_exact():
     """render(lod_px=2): each camera's image equals the reference render of `lod_scene` (the Gaussians the cpu
     backend draws for that camera: near groups in full, far groups as their merges) within the usual tolerances;
     far groups really are merged; and the image stays close to the exact render (lod_px=0)."""
-    from neural_sensor.render.cpu import lod_scene
+    from neural_sensor.render.lod import lod_scene
 
     scene = make_street_scene(40_000, seed=1, sh_degree=1)
     cameras = street_cameras(160, 96, count=3)
@@ -251,12 +251,13 @@ def test_level_of_detail_groups_hold_every_gaussian_once():
     """_lod_groups: every Gaussian in exactly one group of at most LOD_GROUP, groups inside their chunk, each
     chunk's (grown) sphere holds its members' and its merges' bounding spheres, merges are moment-matched."""
     import neural_sensor.render.cpu as cpu
+    import neural_sensor.render.lod as lod_module
 
     scene = make_street_scene(5_000, seed=2, sh_degree=0)
-    lod = cpu._lod_groups(scene)
+    lod = lod_module._lod_groups(scene)
     assert sorted(lod.group_order.tolist()) == list(range(len(scene)))
     sizes = np.diff(lod.group_starts)
-    assert sizes.min() >= 1 and sizes.max() <= cpu.LOD_GROUP
+    assert sizes.min() >= 1 and sizes.max() <= lod_module.LOD_GROUP
     order, starts, _ = cpu._spatial_chunks(scene)
     covs = cpu._world_covariances(scene)
     for c in range(len(starts) - 1):

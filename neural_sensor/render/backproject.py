@@ -15,9 +15,11 @@ from numba import njit, prange
 
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import TILE_SIZE, CameraBatch
-from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ONE, _ZERO, GEOM_WIDTH, LANES, SORT_PIECES_PER_THREAD,
-                                      _bin_tiles, _chunk_groups, _composite_lanes, _project, _row_chord,
-                                      _sort_visible, _tile_box, _tile_gaussians, _tile_order, _world_covariances)
+from neural_sensor.render.cpu import (_HALF, _JIT, _JIT_FAST, _ZERO, GEOM_WIDTH, LANES, SORT_PIECES_PER_THREAD,
+                                      _bin_tiles, _composite_lanes, _lane_centres, _project, _row_chord,
+                                      _sort_visible, _start_row, _tile_box, _tile_gaussians, _tile_order,
+                                      _world_covariances)
+from neural_sensor.render.lod import _chunk_groups
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -37,15 +39,11 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
     for j in prange(offsets.shape[0] - 1):
         tile = tile_order[j]
         tx0, ty0, tw, th = _tile_box(tile, tiles_x, width, height)
-        start = offsets[tile]
-        count = offsets[tile + 1] - start
-        local, gid = _tile_gaussians(tile_gauss, start, count, geom, color)
+        start, count, local, gid = _tile_gaussians(tile_gauss, offsets, tile, geom, color)
         for k in range(count):
             for c in range(5):
                 out_isect[start + k, c] = _ZERO
-        lane_px = np.empty(LANES, np.float32)
-        for u in range(LANES):
-            lane_px[u] = np.float32(tx0 + u) + _HALF
+        lane_px = _lane_centres(tx0)
         state = np.empty((6, LANES), np.float32)
         best = np.empty(LANES, np.int32)
         residual = np.empty((4, LANES), np.float32)  # rgb residual, then the sky mask
@@ -53,11 +51,7 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
         row_w = np.empty((count, LANES), np.float32)  # ... and their weight at each lane
         for v in range(th):
             py = np.float32(ty0 + v) + _HALF
-            for u in range(LANES):
-                state[0, u] = _ONE if u < tw else -_ONE
-                for c in range(1, 6):
-                    state[c, u] = _ZERO
-                best[u] = -1
+            _start_row(state, best, tw)
             alive = tw
             m = 0
             for k in range(count):
