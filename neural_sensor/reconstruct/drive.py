@@ -44,7 +44,7 @@ DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
 
 def reconstruction_code_hash() -> str:
     """sha256 of the reconstruction's code: reconstruct/model.py, fuse.py, sky.py, refine.py and drive.py (which
-    wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py,
+    wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
     backproject.py, _common.py). Part of every reconstruction's
     cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
     scene the old code made."""
@@ -54,7 +54,7 @@ def reconstruction_code_hash() -> str:
     from neural_sensor.render import cpu
 
     files = [Path(model.__file__).with_name(n) for n in ("model.py", "fuse.py", "sky.py", "refine.py", "drive.py")]
-    files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "backproject.py", "_common.py")]
+    files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "lod.py", "backproject.py", "_common.py")]
     files.append(Path(cpu.__file__).parent.parent / "labels.py")
     digest = hashlib.sha256()
     for path in files:
