@@ -42,7 +42,6 @@ import heapq
 import itertools
 import logging
 import math
-import numbers
 import threading
 import time
 import traceback
@@ -64,6 +63,7 @@ from carla_bridge.transforms import (
 )
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX
+from neural_sensor.render._common import check_lod_px
 from neural_sensor.rig import NeuralSensorRig, SensorSpec
 from neural_sensor.world import AgentState, WorldSnapshot
 
@@ -482,8 +482,7 @@ class NeuralCamera:
                  *, type_id: str = "sensor.camera.rgb", attachment_type=None, strict_attributes: bool = True,
                  attribute_defaults: dict | None = None, lod_px: float = LOD_PX):
         check_camera_type(type_id)
-        if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
-            raise ValueError(f"neural camera: lod_px must be a finite number >= 0 (0 = exact), got {lod_px!r}")
+        lod_px = check_lod_px(lod_px, "neural camera")
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
         self.settings = camera_settings(type_id, attributes, strict=strict_attributes, defaults=attribute_defaults)

@@ -17,7 +17,6 @@ frame, degrees) into them: only that module knows CARLA's frame.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,6 +27,7 @@ from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX, render, resolve_backend
+from neural_sensor.render._common import check_lod_px
 from neural_sensor.poses import check_pose
 from neural_sensor.world import WorldSnapshot
 
@@ -148,9 +148,7 @@ class NeuralSensorRig:
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
-        if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
-            raise ValueError(f"NeuralSensorRig: lod_px must be a finite number >= 0 (0 = exact), got {lod_px!r}")
-        self.lod_px = float(lod_px)  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
+        self.lod_px = check_lod_px(lod_px, "NeuralSensorRig")  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
         self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
 
     def _asset(self, agent) -> GaussianScene:

@@ -11,8 +11,6 @@ For gradients, call `neural_sensor.render._torch_ref.render_torch` with tensors.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,7 +18,8 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import ALL_OUTPUTS, LOD_PX, SKY_RGB, check_background, check_outputs, stack_cameras
+from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, SKY_RGB, check_background, check_lod_px, check_outputs,
+                                          stack_cameras)
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
 
@@ -105,8 +104,7 @@ def render(
     batch = stack_cameras(cameras)
     outputs = check_outputs(outputs)
     bg = check_background(background)
-    if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
-        raise ValueError(f"render: lod_px must be a finite number >= 0 (0 = every Gaussian), got {lod_px!r}")
+    lod_px = check_lod_px(lod_px, "render")
     name = resolve_backend(backend)
     if name == "cpu":
         from neural_sensor.render.cpu import render_cpu as impl
@@ -117,7 +115,7 @@ def render(
     if name != "cpu":
         world = [p.materialize() if isinstance(p, PlacedScene) else p for p in parts]
         parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
-    images = impl(parts, batch, outputs, bg, lod_px=float(lod_px)) if name == "cpu" else impl(parts[0], batch, outputs, bg)
+    images = impl(parts, batch, outputs, bg, lod_px=lod_px) if name == "cpu" else impl(parts[0], batch, outputs, bg)
     c, h, w = len(batch.viewmats), batch.height, batch.width
     expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}
     for key in outputs:

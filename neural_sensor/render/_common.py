@@ -6,6 +6,8 @@ contract). Every backend reads them from here so they cannot drift apart.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -80,6 +82,13 @@ def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
 
 
 SKY_RGB = (0.53, 0.71, 0.92)  # the default background: a clear noon sky (the CLI and scenes use the same)
+
+
+def check_lod_px(lod_px, who: str) -> float:
+    """lod_px as a float: a finite real >= 0 (0 = every Gaussian, exact); ValueError naming `who` otherwise."""
+    if isinstance(lod_px, bool) or not (isinstance(lod_px, numbers.Real) and math.isfinite(lod_px) and lod_px >= 0):
+        raise ValueError(f"{who}: lod_px must be a finite number >= 0 (0 = every Gaussian, exact), got {lod_px!r}")
+    return float(lod_px)
 
 
 def check_background(background: Sequence[float]) -> np.ndarray:
