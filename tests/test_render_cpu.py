@@ -5,7 +5,9 @@ Tolerances (CPU vs reference, same inputs; both float32):
   alpha: 99.9th percentile of abs error <= 1e-4, max <= 5e-3 (a pixel whose alpha sits exactly at the
     1/255 cut-off may go either way in float32, costing up to ~4e-3 there);
   depth (where alpha >= 0.01): 99.9th percentile <= 5e-3 m (expected depth divides by alpha);
-  semantic / instance equal on >= 99.9 % of pixels (near-ties in weight may flip).
+  semantic / instance equal on >= 99.9 % of pixels (near-ties in weight may flip);
+  median depth within 1e-5 relative on >= 99.9 % of pixels (a transmittance within float error of 0.5 may
+    cross at either of two Gaussians).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from neural_sensor.render import render
 from neural_sensor.render.cpu import EXP_CLAMP, _exp_neg
 from neural_sensor.testing import make_street_scene, street_cameras
 
-ALL = ("rgb", "depth", "alpha", "semantic", "instance")
+ALL = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")
 
 
 def _assert_matches_reference(scene, cameras, background=(0.0, 0.0, 0.0)):
@@ -36,6 +38,8 @@ def _assert_matches_reference(scene, cameras, background=(0.0, 0.0, 0.0)):
     assert (out.semantic == ref.semantic).mean() >= 0.999
     assert (out.instance == ref.instance).mean() >= 0.999
     assert out.semantic.dtype == np.uint8 and out.instance.dtype == np.int32
+    assert (np.abs(out.median_depth - ref.median_depth) <= 1e-5 * ref.median_depth + 1e-6).mean() >= 0.999
+    assert out.median_depth.dtype == np.float32
     return out, ref
 
 
@@ -113,6 +117,27 @@ def test_render_rejects_bad_arguments():
         with pytest.raises(ValueError, match="lod_px must be a finite number >= 0"):
             render(scene, camera, lod_px=bad)
     assert render(scene, camera, lod_px=np.float32(2.0)).rgb.shape == (1, camera.height, camera.width, 3)
+
+
+def test_median_depth_is_the_surface_behind_a_faint_veil():
+    """A faint sheet (opacity 0.3) 4 m ahead and an opaque one at 10 m: where the camera sees both, the expected
+    depth mixes them and the median depth is the opaque sheet's 10 m (the transmittance crosses 0.5 there);
+    where it sees only the veil (alpha < 0.5) the median falls back to the expected depth, 4 m."""
+    def sheet(x_m, y_m, half_width_m, opacity):  # one thin camera-facing Gaussian (the camera looks along +x)
+        return GaussianScene(np.float32([[x_m, y_m, 0.0]]), np.float32([[1, 0, 0, 0]]),
+                             np.float32([[0.01, half_width_m, 5.0]]), np.float32([opacity]),
+                             np.zeros((1, 1, 3), np.float32))
+    scene = GaussianScene.concat([sheet(4.0, 0.0, 3.0, 0.3), sheet(10.0, 6.0, 2.5, 1.0)])
+    camera = forward_camera(32, 16)
+    rows = slice(4, 12)
+    for backend in ("cpu", "torch"):
+        out = render(scene, camera, backend=backend, outputs=("depth", "alpha", "median_depth"))
+        both, veil = out.alpha[0][rows, 8], out.alpha[0][rows, 28]  # image left sees both sheets, right the veil
+        assert (both > 0.6).all() and (veil < 0.5).all()
+        np.testing.assert_allclose(out.median_depth[0][rows, 8], 10.0, atol=0.05)
+        assert (out.depth[0][rows, 8] < 9.0).all()  # the veil pulls the expected depth in front of the surface
+        np.testing.assert_allclose(out.median_depth[0][rows, 28], out.depth[0][rows, 28])
+        np.testing.assert_allclose(out.median_depth[0][rows, 28], 4.0, atol=0.05)
 
 
 def test_outputs_only_those_requested():

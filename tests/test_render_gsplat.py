@@ -11,7 +11,7 @@ from neural_sensor.render import cuda_available, render
 from neural_sensor.render.gsplat_backend import best_gaussian_from_pairs
 from neural_sensor.testing import make_street_scene, street_cameras
 
-ALL = ("rgb", "depth", "alpha", "semantic", "instance")
+ALL = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")
 
 
 def test_best_gaussian_from_pairs_matches_reference_semantics():
@@ -56,6 +56,7 @@ def test_gsplat_matches_reference(seed, sh_degree):
     assert np.abs(out.depth - ref.depth)[solid].max() <= 1e-2
     assert (out.semantic == ref.semantic).mean() >= 0.995
     assert (out.instance == ref.instance).mean() >= 0.995
+    assert (np.abs(out.median_depth - ref.median_depth) <= 1e-3 * ref.median_depth + 1e-4).mean() >= 0.995
 
 
 @needs_gsplat
@@ -78,7 +79,7 @@ def test_gsplat_pair_decoding_with_a_fake_gsplat(monkeypatch):
 
     from neural_sensor.render._common import stack_cameras
     from neural_sensor.render._torch_ref import _project, _quat_scale_to_covar
-    from neural_sensor.render.gsplat_backend import _best_gaussian_gsplat
+    from neural_sensor.render.gsplat_backend import _gsplat_pairs, median_depth_from_pairs
 
     scene = random_scene(300, seed=3)
     scene = scene.replace(instance=np.arange(1, len(scene) + 1, dtype=np.int32))
@@ -111,8 +112,14 @@ def test_gsplat_pair_decoding_with_a_fake_gsplat(monkeypatch):
     monkeypatch.setitem(sys.modules, "gsplat", gsplat)
     monkeypatch.setitem(sys.modules, "gsplat.cuda", types.ModuleType("gsplat.cuda"))
     monkeypatch.setitem(sys.modules, "gsplat.cuda._wrapper", wrapper)
-    best = _best_gaussian_gsplat(meta, c_count, h, w, n).reshape(c_count, h, w)
-    ref = render(scene, cams, backend="torch", outputs=("alpha", "instance"))
+    pairs = _gsplat_pairs(meta, c_count, h, w, n)
+    best = best_gaussian_from_pairs(*pairs, c_count * h * w).reshape(c_count, h, w)
+    median = median_depth_from_pairs(*pairs, c_count * h * w).reshape(c_count, h, w).numpy()
+    ref = render(scene, cams, backend="torch", outputs=("alpha", "instance", "median_depth", "depth"))
+    crossed = ref.alpha > 0.5 + 1e-4  # away from the 0.5 crossing itself, where float order decides
+    assert crossed.mean() > 0.3
+    np.testing.assert_allclose(median[crossed], ref.median_depth[crossed], rtol=1e-5)
+    assert np.isnan(median[ref.alpha < 0.5 - 1e-4]).all()
     shown = (best >= 0).numpy() & (ref.alpha >= 0.5)
     instance = np.where(shown, scene.instance[best.clamp_min(0).numpy()], 0)
     for cam in range(c_count):

@@ -33,6 +33,8 @@ class RenderOutput:
     alpha     [C, H, W] float32 accumulated opacity, 1 - final transmittance
     semantic  [C, H, W] uint8 label of the Gaussian with the largest blending weight; 0 where alpha < 0.5
     instance  [C, H, W] int32 instance id by the same rule
+    median_depth [C, H, W] float32 camera z in metres of the Gaussian that takes the transmittance to 0.5
+              or below (the surface a depth sensor sees; MEDIAN_T); the expected depth where alpha < 0.5
     backend   the backend that produced it
     """
 
@@ -41,6 +43,7 @@ class RenderOutput:
     alpha: np.ndarray | None = None
     semantic: np.ndarray | None = None
     instance: np.ndarray | None = None
+    median_depth: np.ndarray | None = None
     backend: str = ""
 
 
@@ -85,7 +88,7 @@ def render(
             (e.g. `compose()`'s background + agents).
         cameras: one Camera or a list of C Cameras, all W x H.
         backend: "auto" | "gsplat" | "cpu" | "torch".
-        outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance").
+        outputs: subset of ("rgb", "depth", "alpha", "semantic", "instance", "median_depth").
         background: [3] RGB in [0, 1] behind everything (default: a clear sky, SKY_RGB; pass
             (0, 0, 0) for black).
         lod_px: level of detail of the "cpu" backend (the others draw every Gaussian): where a group of up to 8
@@ -94,7 +97,7 @@ def render(
             uses). 0 (the default) draws every Gaussian: the exact render.
     Returns:
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
-        semantic [C, H, W] uint8, instance [C, H, W] int32 (those requested).
+        semantic [C, H, W] uint8, instance [C, H, W] int32, median_depth [C, H, W] (those requested).
     """
     single = isinstance(scene, (GaussianScene, PlacedScene))
     parts = [scene] if single else list(scene) if isinstance(scene, (list, tuple)) else None
@@ -117,7 +120,7 @@ def render(
         parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
     images = impl(parts, batch, outputs, bg, lod_px=lod_px) if name == "cpu" else impl(parts[0], batch, outputs, bg)
     c, h, w = len(batch.viewmats), batch.height, batch.width
-    expected = {"rgb": (c, h, w, 3), "depth": (c, h, w), "alpha": (c, h, w), "semantic": (c, h, w), "instance": (c, h, w)}
+    expected = {"rgb": (c, h, w, 3), **{k: (c, h, w) for k in ALL_OUTPUTS if k != "rgb"}}
     for key in outputs:
         assert images[key].shape == expected[key], (key, images[key].shape)
     return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)

@@ -24,10 +24,11 @@ NEAR_PLANE_M = 0.01  # Gaussians with camera z below this are culled
 FAR_PLANE_M = 1e10  # ... and above this
 TILE_SIZE = 16  # pixels per tile side
 SEMANTIC_MIN_ALPHA = 0.5  # semantic / instance are 0 where the pixel's alpha is below this
+MEDIAN_T = 0.5  # median depth: z of the Gaussian that takes the transmittance to this or below (the surface)
 LOD_PX = 2.0  # the run's level of detail (render(lod_px=), cpu backend): a group of neighbours is drawn as its
 #               merged Gaussian where that one's largest standard deviation projects to <= LOD_PX pixels
 
-ALL_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance")
+ALL_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from neural_sensor.render._common import (
     FAR_PLANE_M,
     GAUSSIAN_EXTEND,
     MAX_ALPHA,
+    MEDIAN_T,
     NEAR_PLANE_M,
     SEMANTIC_MIN_ALPHA,
     TILE_SIZE,
@@ -209,7 +210,9 @@ def render_torch(
         labels, instance: [N]; when given, "semantic" / "instance" are returned.
     Returns:
         dict with rgb [C, H, W, 3], depth [C, H, W] (expected camera z, 0 where
-        alpha is 0), alpha [C, H, W], and semantic / instance [C, H, W] int64 if asked.
+        alpha is 0), alpha [C, H, W], median_depth [C, H, W] (camera z of the Gaussian that takes the
+        transmittance to MEDIAN_T or below; the expected depth where it never gets there; no gradient),
+        and semantic / instance [C, H, W] int64 if asked.
     """
     n = means.shape[0]
     assert means.shape == (n, 3), means.shape
@@ -235,14 +238,15 @@ def render_torch(
     ty_grid, tx_grid = torch.meshgrid(torch.arange(tile_size), torch.arange(tile_size), indexing="ij")
     local_x, local_y = tx_grid.reshape(-1), ty_grid.reshape(-1)
 
-    results: dict[str, list[torch.Tensor]] = {"rgb": [], "depth": [], "alpha": [], "semantic": [], "instance": []}
+    results: dict[str, list[torch.Tensor]] = {"rgb": [], "depth": [], "alpha": [], "median_depth": [], "semantic": [],
+                                              "instance": []}
     for cam in range(c_count):
         proj = _project(means, covars, opacities, viewmats[cam], Ks[cam], width, height)
         colors = _sh_to_rgb(sh, means - camera_pos[cam])
         offsets, flat_ids, _, _ = _intersect_tiles(
             proj["mean2d"], proj["radii"], proj["depth"], proj["valid"], width, height, tile_size
         )
-        pix_index, rgb_px, depth_px, alpha_px, best_px = [], [], [], [], []
+        pix_index, rgb_px, depth_px, alpha_px, best_px, median_px = [], [], [], [], [], []
         for tile in range(tiles_x * tiles_y):
             t_x, t_y = tile % tiles_x, tile // tiles_x
             px = t_x * tile_size + local_x
@@ -257,6 +261,7 @@ def render_torch(
                 depth_px.append(torch.zeros(p, dtype=dtype))
                 alpha_px.append(torch.zeros(p, dtype=dtype))
                 best_px.append(torch.full((p,), -1, dtype=torch.long))
+                median_px.append(torch.full((p,), math.nan, dtype=dtype))
                 continue
             mean2d = proj["mean2d"][ids]
             conic = proj["conic"][ids]
@@ -280,6 +285,11 @@ def render_torch(
             with torch.no_grad():
                 w_max, arg = weights.detach().max(dim=1)
                 best_px.append(torch.where(w_max > 0, ids[arg], torch.full_like(arg, -1)))
+                # median depth: the first Gaussian after which T <= MEDIAN_T (NaN: never; the expected depth below)
+                crossed = trans_incl.detach() <= MEDIAN_T
+                first = crossed.to(torch.int8).argmax(dim=1)
+                median_px.append(torch.where(crossed.any(dim=1), proj["depth"].detach()[ids][first],
+                                             torch.full_like(t_final.detach(), math.nan)))
         order = torch.cat(pix_index)
         hw = height * width
 
@@ -293,6 +303,9 @@ def render_torch(
         results["rgb"].append(scatter(rgb_px, (3,)).reshape(height, width, 3))
         results["alpha"].append(alpha_img.reshape(height, width))
         results["depth"].append((depth_sum / alpha_img.clamp_min(1e-10)).reshape(height, width))
+        median = scatter(median_px)
+        results["median_depth"].append(torch.where(torch.isnan(median), results["depth"][-1].detach().reshape(-1),
+                                                   median).reshape(height, width))
         best = scatter(best_px)
         shown = (best >= 0) & (alpha_img.detach() >= SEMANTIC_MIN_ALPHA)
         for name, values in (("semantic", labels), ("instance", instance)):

@@ -59,7 +59,8 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
                 if not crosses:
                     continue
                 alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
-                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], row_w[m])
+                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], row_w[m],
+                                          None)
                 row_k[m] = k
                 m += 1
                 if alive <= 0:

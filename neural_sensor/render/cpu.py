@@ -31,6 +31,7 @@ from neural_sensor.render._common import (
     FAR_PLANE_M,
     GAUSSIAN_EXTEND,
     MAX_ALPHA,
+    MEDIAN_T,
     NEAR_PLANE_M,
     SEMANTIC_MIN_ALPHA,
     TILE_SIZE,
@@ -45,6 +46,7 @@ from neural_sensor.sh import SH_C0, SH_C1, SH_C2, SH_C3
 _F_ALPHA_THRESHOLD = np.float32(ALPHA_THRESHOLD)
 _F_MAX_ALPHA = np.float32(MAX_ALPHA)
 _F_T_THRESHOLD = np.float32(TRANSMITTANCE_THRESHOLD)
+_F_MEDIAN_T = np.float32(MEDIAN_T)
 _F_EPS2D = np.float32(EPS2D)
 _F_EXTEND = np.float32(GAUSSIAN_EXTEND)
 _F_NEAR = np.float32(NEAR_PLANE_M)
@@ -459,11 +461,14 @@ LANES = 16  # pixels of a tile row, updated together (LLVM vectorises a fixed 16
 
 
 @njit(inline="always", **_JIT_FAST)
-def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, cbl, g, w_out):  # pragma: no cover
+def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, cbl, g, w_out,
+                     median):  # pragma: no cover
     """Composite one Gaussian onto LANES pixels of a row; returns how many of them finished.
 
     state [6, LANES], best [LANES], lane_px [LANES] (pixel centre x) are one tile row;
-    w_out [LANES] or None: gets the Gaussian's blending weight alpha T at each lane (0 where it adds nothing).
+    w_out [LANES] or None: gets the Gaussian's blending weight alpha T at each lane (0 where it adds nothing);
+    median [LANES] or None: gets z where this Gaussian takes the transmittance from above MEDIAN_T to MEDIAN_T or
+    below (the pixel's median depth; left as it was elsewhere).
 
     state rows: 0 transmittance (negated once the pixel has finished), 1-3 rgb, 4 depth,
     5 best weight. Branch-free so LLVM vectorises it: selects are 0/1 blends, which are
@@ -484,6 +489,8 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
         w = alpha * t * adds_f
         if w_out is not None:  # pruned at compile time when the caller passes None
             w_out[u] = w
+        if median is not None:  # likewise
+            median[u] += (z - median[u]) * np.float32(adds & (t > _F_MEDIAN_T) & (next_t <= _F_MEDIAN_T))
         state[1, u] += w * cr
         state[2, u] += w * cg
         state[3, u] += w * cbl
@@ -569,14 +576,16 @@ def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
 
 @njit(parallel=True, **_JIT_FAST)
 def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background,
-               out_rgb, out_depth, out_alpha, out_best):  # pragma: no cover - compiled
+               out_rgb, out_depth, out_alpha, out_best, out_median):  # pragma: no cover - compiled
     """Front-to-back alpha compositing, parallel over 16x16 tiles (tile lists are in depth order).
 
     Each tile row walks the tile's Gaussian list on its own and stops as soon as all
     its pixels have. A Gaussian is composited onto the row only where its exact
     alpha >= ALPHA_THRESHOLD chord crosses the tile.
     out_best [H, W] gets the index of the Gaussian with the largest blending weight
-    at each pixel (-1 if none).
+    at each pixel (-1 if none); out_median [H, W] or None (then not computed): the median depth, the z of
+    the Gaussian that takes the pixel's transmittance to MEDIAN_T or below (the expected depth where it
+    never gets there, i.e. alpha < 1 - MEDIAN_T).
     """
     for j in prange(offsets.shape[0] - 1):
         tile = tile_order[j]
@@ -585,6 +594,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         lane_px = _lane_centres(tx0)
         state = np.empty((6, LANES), np.float32)
         best = np.empty(LANES, np.int32)
+        median = np.zeros(LANES, np.float32)
         for v in range(th):
             py = np.float32(ty0 + v) + _HALF
             _start_row(state, best, tw)
@@ -593,8 +603,14 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
                 if not crosses:
                     continue
-                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
-                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None)
+                if out_median is None:  # pruned at compile time: the plain render keeps its kernel
+                    alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                              local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None,
+                                              None)
+                else:
+                    alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                              local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None,
+                                              median)
                 if alive <= 0:
                     break
             yy = ty0 + v
@@ -608,6 +624,9 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 out_alpha[yy, xx] = a
                 out_depth[yy, xx] = state[4, u] / max(a, np.float32(1e-10))
                 out_best[yy, xx] = best[u]
+                if out_median is not None:
+                    out_median[yy, xx] = median[u] if t <= _F_MEDIAN_T else out_depth[yy, xx]
+                    median[u] = _ZERO
 
 
 CHUNK_SIZE = 256  # Gaussians per spatial chunk of the projection's frustum test
@@ -679,6 +698,7 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     depth = np.empty((c_count, h, w), np.float32)
     alpha = np.empty((c_count, h, w), np.float32)
     best = np.empty((c_count, h, w), np.int32)
+    median = np.empty((c_count, h, w), np.float32) if "median_depth" in outputs else None
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         K = batch.Ks[cam].astype(np.float32)
@@ -692,8 +712,8 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
         order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
-                   rgb[cam], depth[cam], alpha[cam], best[cam])
-    result = {"rgb": rgb, "depth": depth, "alpha": alpha}
+                   rgb[cam], depth[cam], alpha[cam], best[cam], None if median is None else median[cam])
+    result = {"rgb": rgb, "depth": depth, "alpha": alpha, "median_depth": median}
     if "semantic" in outputs or "instance" in outputs:
         rows = "lod" if lod_px > 0 else "chunk"  # the labels of each part's rows, cached with the groups
         labels = [sc.derived(f"{rows}_row_labels", lambda s, g=lod: np.concatenate([s.labels, g.labels]))

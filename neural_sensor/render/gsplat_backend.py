@@ -10,15 +10,19 @@ weight) are not an accumulation, so gsplat cannot rasterise them directly: we
 ask gsplat for every contributing (Gaussian, pixel) pair with
 `rasterize_to_indices_in_range`, recompute each pair's alpha and transmittance
 exactly as the rasteriser composited them, and take the per-pixel maximum
-(`best_gaussian_from_pairs`, which runs and is tested on the CPU too).
+(`best_gaussian_from_pairs`, which runs and is tested on the CPU too). The median depth
+comes from the same pairs (`median_depth_from_pairs`: the pair that takes the
+transmittance to MEDIAN_T).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from neural_sensor.render._common import ALPHA_THRESHOLD, SEMANTIC_MIN_ALPHA, TILE_SIZE, CameraBatch
+from neural_sensor.render._common import ALPHA_THRESHOLD, MEDIAN_T, SEMANTIC_MIN_ALPHA, TILE_SIZE, CameraBatch
 from neural_sensor.render.differentiable import gsplat_kwargs
 
 
@@ -28,6 +32,33 @@ def gsplat_max_alpha() -> float:
 
     major, minor = (int(p) for p in gsplat.__version__.split(".")[:2])
     return 0.999 if (major, minor) < (1, 6) else 0.99
+
+
+def _front_to_back(pixel_ids: torch.Tensor, alphas: torch.Tensor, depths: torch.Tensor, gauss_ids: torch.Tensor):
+    """The pairs put front to back per pixel (camera z, then Gaussian index, as the tile lists are).
+
+    Returns (order [M] into the pairs, pixel [M] int64, alpha [M] float64, transmittance before each pair [M],
+    transmittance after it [M]), all in that order.
+    """
+    m = gauss_ids.shape[0]
+    order = torch.argsort(gauss_ids, stable=True)
+    order = order[torch.argsort(depths[order], stable=True)]
+    order = order[torch.argsort(pixel_ids[order], stable=True)]
+    pix, alpha = pixel_ids[order].long(), alphas[order].double()
+    log_keep = torch.log1p(-alpha)
+    cum = torch.cumsum(log_keep, 0)
+    seg_start = torch.ones_like(pix, dtype=torch.bool)
+    seg_start[1:] = pix[1:] != pix[:-1]
+    start_index = torch.cummax(torch.where(seg_start, torch.arange(m, device=pix.device), 0), 0).values
+    before_segment = torch.where(start_index > 0, cum[(start_index - 1).clamp_min(0)], torch.zeros_like(cum))
+    trans_before = torch.exp(cum - log_keep - before_segment)
+    return order, pix, alpha, trans_before, torch.exp(cum - before_segment)
+
+
+def _check_pairs(gauss_ids, pixel_ids, alphas, depths) -> None:
+    m = gauss_ids.shape[0]
+    assert gauss_ids.shape == (m,) and pixel_ids.shape == (m,), (gauss_ids.shape, pixel_ids.shape)
+    assert alphas.shape == (m,) and depths.shape == (m,), (alphas.shape, depths.shape)
 
 
 def best_gaussian_from_pairs(
@@ -46,23 +77,13 @@ def best_gaussian_from_pairs(
     Returns:
         [n_pixels] int64, -1 where no Gaussian contributes.
     """
+    _check_pairs(gauss_ids, pixel_ids, alphas, depths)
     m = gauss_ids.shape[0]
-    assert gauss_ids.shape == (m,) and pixel_ids.shape == (m,), (gauss_ids.shape, pixel_ids.shape)
-    assert alphas.shape == (m,) and depths.shape == (m,), (alphas.shape, depths.shape)
     best = torch.full((n_pixels,), -1, dtype=torch.int64, device=gauss_ids.device)
     if m == 0:
         return best
-    order = torch.argsort(gauss_ids, stable=True)
-    order = order[torch.argsort(depths[order], stable=True)]
-    order = order[torch.argsort(pixel_ids[order], stable=True)]
-    pix, gid, alpha = pixel_ids[order].long(), gauss_ids[order].long(), alphas[order].double()
-    log_keep = torch.log1p(-alpha)
-    cum = torch.cumsum(log_keep, 0)
-    seg_start = torch.ones_like(pix, dtype=torch.bool)
-    seg_start[1:] = pix[1:] != pix[:-1]
-    start_index = torch.cummax(torch.where(seg_start, torch.arange(m, device=pix.device), 0), 0).values
-    before_segment = torch.where(start_index > 0, cum[(start_index - 1).clamp_min(0)], torch.zeros_like(cum))
-    trans_before = torch.exp(cum - log_keep - before_segment)
+    order, pix, alpha, trans_before, _ = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    gid = gauss_ids[order].long()
     weight = alpha * trans_before
     best_weight = torch.zeros(n_pixels, dtype=weight.dtype, device=weight.device)
     best_weight = best_weight.scatter_reduce(0, pix, weight, reduce="amax")
@@ -74,6 +95,29 @@ def best_gaussian_from_pairs(
     hit = first < m
     best[hit] = gid[first[hit]]
     return best
+
+
+def median_depth_from_pairs(
+    gauss_ids: torch.Tensor,  # [M] int
+    pixel_ids: torch.Tensor,  # [M] int, flat pixel index
+    alphas: torch.Tensor,  # [M] float
+    depths: torch.Tensor,  # [M] float, camera z
+    n_pixels: int,
+) -> torch.Tensor:
+    """Camera z of the pair that takes each pixel's transmittance from above MEDIAN_T to MEDIAN_T or below
+    (pairs in any order, put front to back as in `best_gaussian_from_pairs`).
+
+    Returns:
+        [n_pixels] float32, NaN where the transmittance never gets there.
+    """
+    _check_pairs(gauss_ids, pixel_ids, alphas, depths)
+    median = torch.full((n_pixels,), math.nan, dtype=torch.float32, device=gauss_ids.device)
+    if gauss_ids.shape[0] == 0:
+        return median
+    order, pix, _, trans_before, trans_after = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    crossing = (trans_before > MEDIAN_T) & (trans_after <= MEDIAN_T)
+    median[pix[crossing]] = depths[order][crossing].float()
+    return median
 
 
 def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
@@ -108,8 +152,15 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
         "depth": renders[..., 3].float().cpu().numpy(),
         "alpha": alphas[..., 0].float().cpu().numpy(),
     }
+    pairs = _gsplat_pairs(meta, c_count, h, w, len(scene)) if len(scene) > 0 and (
+        {"semantic", "instance", "median_depth"} & set(outputs)) else None
+    if "median_depth" in outputs:
+        median = torch.full((c_count * h * w,), math.nan, device=device) if pairs is None else \
+            median_depth_from_pairs(*pairs, c_count * h * w)
+        median = median.reshape(c_count, h, w).cpu().numpy()
+        result["median_depth"] = np.where(np.isnan(median), result["depth"], median).astype(np.float32)
     if ("semantic" in outputs or "instance" in outputs) and len(scene) > 0:
-        best = _best_gaussian_gsplat(meta, c_count, h, w, len(scene)).reshape(c_count, h, w)
+        best = best_gaussian_from_pairs(*pairs, c_count * h * w).reshape(c_count, h, w)
         shown = (best >= 0) & (alphas[..., 0] >= SEMANTIC_MIN_ALPHA)
         index = best.clamp_min(0)
         if "semantic" in outputs:
@@ -124,8 +175,9 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
     return {k: result[k] for k in outputs}
 
 
-def _best_gaussian_gsplat(meta: dict, c_count: int, h: int, w: int, n: int) -> torch.Tensor:
-    """Per-pixel Gaussian of largest weight from gsplat's contributing pairs; [C * H * W] int64."""
+def _gsplat_pairs(meta: dict, c_count: int, h: int, w: int, n: int) -> tuple[torch.Tensor, ...]:
+    """gsplat's contributing (Gaussian, pixel) pairs: Gaussian index, flat pixel (image * H * W + pixel), alpha
+    and camera z, each [M]: the input of `best_gaussian_from_pairs` and `median_depth_from_pairs`."""
     from gsplat.cuda._wrapper import rasterize_to_indices_in_range
 
     flatten_ids = meta["flatten_ids"]
@@ -158,4 +210,4 @@ def _best_gaussian_gsplat(meta: dict, c_count: int, h: int, w: int, n: int) -> t
     keep = alpha >= ALPHA_THRESHOLD
     depth = meta["depths"].reshape(-1)[flat]
     flat_pixel = image * (h * w) + pixel_ids.long()
-    return best_gaussian_from_pairs(gauss[keep], flat_pixel[keep], alpha[keep], depth[keep], c_count * h * w)
+    return gauss[keep], flat_pixel[keep], alpha[keep], depth[keep]
