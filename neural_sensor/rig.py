@@ -113,7 +113,8 @@ class SensorFrame:
     timestamp_s: float  # simulation time, unchanged
     sensor_id: str
     rgb: np.ndarray  # [H, W, 3] float32 in [0, 1]
-    depth: np.ndarray  # [H, W] float32 expected camera z, metres
+    depth: np.ndarray  # [H, W] float32 camera z of the surface, metres: the median depth (where the transmittance
+    #                    reaches 0.5, as a depth camera's z-buffer); the expected depth where alpha < 0.5
     semantic: np.ndarray  # [H, W] uint8 CARLA labels
     instance: np.ndarray  # [H, W] int32 agent / object ids
     meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason, enhance_ms
@@ -167,31 +168,35 @@ class NeuralSensorRig:
         frames: dict[str, SensorFrame] = {}
         groups: dict[tuple[int, int], list[SensorSpec]] = {}
         alphas: dict[str, np.ndarray] = {}
+        expected_depths: dict[str, np.ndarray] = {}  # the enhancer's depth input (it was trained on the expected depth)
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
         for (width, height), specs in groups.items():
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=("rgb", "depth", "alpha", "semantic", "instance"), lod_px=self.lod_px)
+                         outputs=("rgb", "depth", "alpha", "semantic", "instance", "median_depth"), lod_px=self.lod_px)
             render_ms = (time.perf_counter() - start) * 1000.0
             for i, spec in enumerate(specs):
                 frames[spec.sensor_id] = SensorFrame(
-                    snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i], out.depth[i],
+                    snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i], out.median_depth[i],
                     out.semantic[i], out.instance[i],
                     {"render_ms": render_ms / len(specs), "compose_ms": compose_ms, "backend": out.backend,
                      "enhanced": False, "enhancer_reason": "no enhancer configured"},
                 )
                 alphas[spec.sensor_id] = out.alpha[i]
+                expected_depths[spec.sensor_id] = out.depth[i]
         ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
         if self.enhancer is not None:
-            self._enhance(ordered, alphas)
+            self._enhance(ordered, alphas, expected_depths)
         return ordered
 
-    def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray]) -> None:
-        """One request with every camera; refined rgb in place, or the raw render flagged with the reason."""
+    def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray],
+                 depths: dict[str, np.ndarray]) -> None:
+        """One request with every camera (rgb, expected depth, alpha); refined rgb in place, or the raw render
+        flagged with the reason."""
         try:
-            requests = [{"camera": sid, "rgb": f.rgb, "depth": f.depth, "alpha": alphas[sid]}
+            requests = [{"camera": sid, "rgb": f.rgb, "depth": depths[sid], "alpha": alphas[sid]}
                         for sid, f in frames.items()]
             # the refined images go straight into the render's own buffers (no fresh memory each tick)
             result = (self.enhancer.enhance(requests, out=[f.rgb for f in frames.values()])

@@ -134,6 +134,28 @@ def test_rig_capture_echoes_frame_and_sees_agents():
         NeuralSensorRig(background, many, enhancer=type("E", (), {"enhance": lambda self, frames: None})())
 
 
+def test_rig_depth_is_the_surface_and_the_enhancer_gets_the_expected_depth():
+    """A frame's depth is the median depth (what a depth camera reports); the enhancer is sent the expected
+    depth it was trained on."""
+    scene = make_street_scene(30_000, seed=4)
+    spec = SensorSpec.mounted("front", 48, 32, 90.0, (0, 0, 1.6))
+    seen = {}
+
+    class Recorder:
+        def enhance(self, frames):
+            seen.update({f["camera"]: f["depth"].copy() for f in frames})
+            return type("R", (), {"rgb": None, "reason": "recorder", "latency_ms": 0.0})()
+
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    rig = NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Recorder(), lod_px=0.0)
+    frame = rig.capture(WorldSnapshot(1, 0.0, ego, ()))
+    camera = Camera.from_fov(48, 32, 90.0, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
+    ref = render(scene, camera, backend="cpu", outputs=("depth", "median_depth"))
+    np.testing.assert_array_equal(frame["front"].depth, ref.median_depth[0])
+    np.testing.assert_array_equal(seen["front"], ref.depth[0])
+    assert not np.array_equal(ref.depth[0], ref.median_depth[0])  # the two differ on this scene
+
+
 def test_rgb_to_bgra():
     rgb = np.zeros((2, 3, 3), np.float32)
     rgb[0, 0] = [1.0, 0.5, 0.0]
