@@ -5,7 +5,8 @@ the front cameras at two context timesteps; its scene is rendered at every targe
 (interpolated; shifted 1, 2, 3 m; raised 1 m) and compared with the ground truth:
 PSNR over all pixels, over surface pixels visible in some context view and over
 disoccluded surface pixels (seen by no context view; visibility from ground-truth depth;
-sky pixels belong to neither), SSIM, depth AbsRel. Baseline in the same
+sky pixels belong to neither), SSIM, depth AbsRel (ground-truth depth: the builder's median
+depth, the surface; results written before it used its expected depth). Baseline in the same
 run: the context images warped into the target with the target's ground-truth depth, each
 pixel from the nearest context view that sees it (`baseline_warp`; disoccluded pixels black). The builder's own scene is the ground
 truth itself, so it is not listed as a baseline. LPIPS is not reported: its backbone

@@ -68,7 +68,8 @@ class Views:
 
     cameras: list[Camera]
     rgb: np.ndarray  # [V, H, W, 3] float32
-    depth: np.ndarray  # [V, H, W] float32, metres
+    depth: np.ndarray  # [V, H, W] float32, metres: the median depth (the surface; the builder's expected depth looks
+    #                    through the gaps between a textured surface's Gaussians)
     alpha: np.ndarray  # [V, H, W] float32
     semantic: np.ndarray  # [V, H, W] uint8
     timestep: np.ndarray  # [V] context timestep (fractional for interpolated targets)
@@ -105,7 +106,8 @@ def recorded_lane_xy_m(layout: Layout) -> np.ndarray:
 
 
 def _render(scene, cameras, background) -> dict:
-    return render(scene, cameras, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic"), background=background)
+    return render(scene, cameras, backend="cpu", outputs=("rgb", "median_depth", "alpha", "semantic"),
+                  background=background)
 
 
 def make_world(seed: int, split: str, config: WorldConfig | None = None) -> SyntheticWorld:
@@ -136,7 +138,7 @@ def make_world(seed: int, split: str, config: WorldConfig | None = None) -> Synt
                     cams.append(Camera.from_fov(spec.width, spec.height, spec.fov_deg, pose @ spec.pose_camera_to_ego))
                     stamps.append(t)
         out = _render(scene, cams, background)
-        return Views(cams, out.rgb, out.depth, out.alpha, out.semantic, np.asarray(stamps, np.float32))
+        return Views(cams, out.rgb, out.median_depth, out.alpha, out.semantic, np.asarray(stamps, np.float32))
 
     context = views(range(config.timesteps))
     mids = [t + 0.5 for t in range(config.timesteps - 1)]

@@ -44,7 +44,7 @@ from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, Worl
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
 WORLD_CONFIG = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
-DATA_VERSION = "v2"  # bump when the stored pair fields change
+DATA_VERSION = "v3"  # bump when the stored pair fields change (v3: ground-truth views carry the median depth)
 EVAL_SEEDS = range(HELDOUT_FIRST_SEED + 4, HELDOUT_FIRST_SEED + 8)  # the fidelity benchmark uses +10..+13
 
 
