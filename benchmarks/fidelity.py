@@ -5,8 +5,9 @@ the front cameras at two context timesteps; its scene is rendered at every targe
 (interpolated; shifted 1, 2, 3 m; raised 1 m) and compared with the ground truth:
 PSNR over all pixels, over surface pixels visible in some context view and over
 disoccluded surface pixels (seen by no context view; visibility from ground-truth depth;
-sky pixels belong to neither), SSIM, depth AbsRel (ground-truth depth: the builder's median
-depth, the surface; results written before it used its expected depth). Baseline in the same
+sky pixels belong to neither), SSIM, depth AbsRel (median depths, the surfaces, of the reconstruction
+and the builder; results written before compared expected depths, and the visibility masks and the
+baseline warp used the builder's expected depth too). Baseline in the same
 run: the context images warped into the target with the target's ground-truth depth, each
 pixel from the nearest context view that sees it (`baseline_warp`; disoccluded pixels black). The builder's own scene is the ground
 truth itself, so it is not listed as a baseline. LPIPS is not reported: its backbone
@@ -76,7 +77,7 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, 
         rendered_ctx, contexts = context_with_depths(world, scene)
         for kind in TARGET_KINDS:
             views = world.targets[kind]
-            out = render(scene, views.cameras, backend="cpu", outputs=("rgb", "depth", "alpha"),
+            out = render(scene, views.cameras, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
                          background=world.background_rgb)
             images = {"reconstruction": out.rgb}
             if enhancer is not None:
@@ -89,7 +90,7 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, 
             for i, cam in enumerate(views.cameras):
                 visible, disoccluded, warp = visibility_masks(cam, views.depth[i], views.alpha[i], contexts)
                 gt = views.rgb[i]
-                candidates = [(name, images[name][i], out.depth[i] if name == "reconstruction" else None)
+                candidates = [(name, images[name][i], out.median_depth[i] if name == "reconstruction" else None)
                               for name in images] + [("baseline_warp", warp, None)]
                 for name, image, depth in candidates:
                     row = {"psnr": psnr(image, gt), "psnr_visible": psnr(image, gt, visible),

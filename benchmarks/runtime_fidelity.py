@@ -17,7 +17,7 @@ round-robin so straight, curve and intersection all appear):
    here), depth AbsRel against the ground truth's MEDIAN depth (the surface: where the transmittance
    crosses 0.5; the builder's expected depth looks through the gaps between a textured facade's
    Gaussians and lies 0.4-0.5 AbsRel behind it): `depth_abs_rel` of the reconstruction's median
-   depth, `depth_abs_rel_expected` of its expected depth (what the rig delivers), and the old
+   depth, `depth_abs_rel_expected` of its expected depth (what the enhancer is sent), and the old
    `depth_abs_rel_vs_expected_truth` (expected against expected; a fitted sky dome is left out of the
    reconstruction's depth render) and the reconstruction's alpha on ground-truth surface and sky
    ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws

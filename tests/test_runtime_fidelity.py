@@ -99,9 +99,9 @@ def test_tiny_end_to_end_run(tmp_path, capsys, monkeypatch):
     assert 5.0 < on_path["raw_psnr"]["median"] < 60.0
     assert 0.0 <= on_path["raw_ssim"]["median"] <= 1.0
     assert on_path["depth_abs_rel"]["median"] >= 0.0
-    # the builder's expected depth lies behind its own surfaces (it looks through textured gaps): the median
-    # depth is the yardstick, and the reconstruction is closer to it than to the expected depth
-    assert on_path["depth_abs_rel_expected"]["median"] >= 0.0
+    # the builder's expected depth lies behind its own surfaces (it looks through textured gaps): median depths
+    # (surface against surface) agree better than expected depths do
+    assert 0.0 <= on_path["depth_abs_rel_expected"]["median"] < 1.0
     assert on_path["depth_abs_rel"]["median"] < on_path["depth_abs_rel_vs_expected_truth"]["median"]
     assert "flicker_truth_mad" in on_path and "flicker_raw_mad" in on_path
     assert "enhanced_psnr" not in on_path

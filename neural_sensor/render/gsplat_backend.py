@@ -114,8 +114,14 @@ def median_depth_from_pairs(
     median = torch.full((n_pixels,), math.nan, dtype=torch.float32, device=gauss_ids.device)
     if gauss_ids.shape[0] == 0:
         return median
-    order, pix, _, trans_before, trans_after = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
-    crossing = (trans_before > MEDIAN_T) & (trans_after <= MEDIAN_T)
+    order, pix, _, _, trans_after = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    # the transmittance before a pair is the one after the previous pair of its pixel (1 for the first), the same
+    # float: exactly one crossing per pixel that gets there
+    first = torch.ones_like(pix, dtype=torch.bool)
+    first[1:] = pix[1:] != pix[:-1]
+    before = torch.cat([torch.ones_like(trans_after[:1]), trans_after[:-1]])
+    before = torch.where(first, torch.ones_like(before), before)
+    crossing = (before > MEDIAN_T) & (trans_after <= MEDIAN_T)
     median[pix[crossing]] = depths[order][crossing].float()
     return median
 
