@@ -37,6 +37,21 @@ def test_best_gaussian_from_pairs_empty():
     assert best.tolist() == [-1] * 5
 
 
+def test_median_depth_from_pairs_known_answers():
+    """Pixel 0: alphas 0.3, 0.3, 0.9 at z 2, 3, 4 (T 0.7, 0.49, ...): the crossing is the second pair, z 3.
+    Pixel 1: one pair of alpha 0.6 (T 0.4) at z 7. Pixel 2: alpha 0.3 alone: never (NaN).
+    Pixel 3: no pairs (NaN). Pairs come shuffled."""
+    from neural_sensor.render.gsplat_backend import median_depth_from_pairs
+
+    gauss = torch.tensor([0, 1, 2, 3, 4])
+    pixel = torch.tensor([0, 0, 0, 1, 2])
+    alphas = torch.tensor([0.3, 0.3, 0.9, 0.6, 0.3], dtype=torch.float64)
+    depths = torch.tensor([2.0, 3.0, 4.0, 7.0, 5.0], dtype=torch.float64)
+    shuffle = torch.tensor([4, 2, 0, 3, 1])
+    median = median_depth_from_pairs(gauss[shuffle], pixel[shuffle], alphas[shuffle], depths[shuffle], 4)
+    assert median[:2].tolist() == [3.0, 7.0] and torch.isnan(median[2:]).all()
+
+
 needs_gsplat = pytest.mark.skipif(not cuda_available(), reason="needs CUDA and gsplat (pip install .[gpu])")
 
 
