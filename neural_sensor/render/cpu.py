@@ -594,7 +594,10 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         lane_px = _lane_centres(tx0)
         state = np.empty((6, LANES), np.float32)
         best = np.empty(LANES, np.int32)
-        median = np.zeros(LANES, np.float32)
+        if out_median is None:  # pruned at compile time: the plain render keeps its kernel
+            median = None
+        else:
+            median = np.zeros(LANES, np.float32)
         for v in range(th):
             py = np.float32(ty0 + v) + _HALF
             _start_row(state, best, tw)
@@ -603,14 +606,8 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
                 if not crosses:
                     continue
-                if out_median is None:  # pruned at compile time: the plain render keeps its kernel
-                    alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
-                                              local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None,
-                                              None)
-                else:
-                    alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
-                                              local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None,
-                                              median)
+                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
+                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None, median)
                 if alive <= 0:
                     break
             yy = ty0 + v

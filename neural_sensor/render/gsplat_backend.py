@@ -38,7 +38,7 @@ def _front_to_back(pixel_ids: torch.Tensor, alphas: torch.Tensor, depths: torch.
     """The pairs put front to back per pixel (camera z, then Gaussian index, as the tile lists are).
 
     Returns (order [M] into the pairs, pixel [M] int64, alpha [M] float64, transmittance before each pair [M],
-    transmittance after it [M]), all in that order.
+    transmittance after it [M], first pair of its pixel [M] bool), all in that order.
     """
     m = gauss_ids.shape[0]
     order = torch.argsort(gauss_ids, stable=True)
@@ -52,7 +52,7 @@ def _front_to_back(pixel_ids: torch.Tensor, alphas: torch.Tensor, depths: torch.
     start_index = torch.cummax(torch.where(seg_start, torch.arange(m, device=pix.device), 0), 0).values
     before_segment = torch.where(start_index > 0, cum[(start_index - 1).clamp_min(0)], torch.zeros_like(cum))
     trans_before = torch.exp(cum - log_keep - before_segment)
-    return order, pix, alpha, trans_before, torch.exp(cum - before_segment)
+    return order, pix, alpha, trans_before, torch.exp(cum - before_segment), seg_start
 
 
 def _check_pairs(gauss_ids, pixel_ids, alphas, depths) -> None:
@@ -82,7 +82,7 @@ def best_gaussian_from_pairs(
     best = torch.full((n_pixels,), -1, dtype=torch.int64, device=gauss_ids.device)
     if m == 0:
         return best
-    order, pix, alpha, trans_before, _ = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    order, pix, alpha, trans_before, _, _ = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
     gid = gauss_ids[order].long()
     weight = alpha * trans_before
     best_weight = torch.zeros(n_pixels, dtype=weight.dtype, device=weight.device)
@@ -114,11 +114,9 @@ def median_depth_from_pairs(
     median = torch.full((n_pixels,), math.nan, dtype=torch.float32, device=gauss_ids.device)
     if gauss_ids.shape[0] == 0:
         return median
-    order, pix, _, _, trans_after = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    order, pix, _, _, trans_after, first = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
     # the transmittance before a pair is the one after the previous pair of its pixel (1 for the first), the same
     # float: exactly one crossing per pixel that gets there
-    first = torch.ones_like(pix, dtype=torch.bool)
-    first[1:] = pix[1:] != pix[:-1]
     before = torch.cat([torch.ones_like(trans_after[:1]), trans_after[:-1]])
     before = torch.where(first, torch.ones_like(before), before)
     crossing = (before > MEDIAN_T) & (trans_after <= MEDIAN_T)
