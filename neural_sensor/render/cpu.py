@@ -60,6 +60,7 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 _SPAN_EPS_PX = np.float32(0.01)  # slack on each row span so float rounding never drops a contributing pixel
+_ROW_SLACK_PX = np.float32(1e-3)  # slack on the rows a Gaussian's y half-extent reaches (a superset of the exact test)
 
 GEOM_WIDTH = 12  # per-Gaussian projected record: mean_x, mean_y, conic a, b, c, opacity, camera z,
 #                  sigma_max, 1/conic_a, ellipse half-extent x, half-extent y (px), unused
@@ -574,14 +575,35 @@ def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
     return True, _HALF * cc * dy * dy, cbdy
 
 
+@njit(inline="always", **_JIT_FAST)
+def _tile_chords(local, k, row_py, tx0, chord):  # pragma: no cover - compiled
+    """_row_chord for all LANES rows of a tile at once (branch-free, so it vectorises): row_py [LANES] pixel-centre
+    heights; chord [3, LANES] gets per row 1 / 0 (crosses or not), cyy, cbdy."""
+    ca, cb, cc = local[2, k], local[3, k], local[4, k]
+    two_sig = np.float32(2.0) * local[8, k]
+    centre = local[0, k] - np.float32(tx0) - _HALF
+    for v in range(LANES):
+        dy = local[1, k] - row_py[v]
+        cbdy = cb * dy
+        disc = max(cbdy * cbdy - ca * (cc * dy * dy - two_sig), _ZERO)
+        root = math.sqrt(disc)
+        lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
+        lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
+        ok = (abs(dy) <= local[7, k]) & (lane_hi >= _ZERO) & (lane_lo <= np.float32(LANES - 1))
+        chord[0, v] = np.float32(ok)
+        chord[1, v] = _HALF * cc * dy * dy
+        chord[2, v] = cbdy
+
+
 @njit(parallel=True, **_JIT_FAST)
 def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background,
                out_rgb, out_depth, out_alpha, out_best, out_median):  # pragma: no cover - compiled
     """Front-to-back alpha compositing, parallel over 16x16 tiles (tile lists are in depth order).
 
-    Each tile row walks the tile's Gaussian list on its own and stops as soon as all
-    its pixels have. A Gaussian is composited onto the row only where its exact
-    alpha >= ALPHA_THRESHOLD chord crosses the tile.
+    A tile walks its Gaussian list once; each Gaussian is composited onto the tile rows its alpha >=
+    ALPHA_THRESHOLD ellipse crosses (the rows are independent, so their work overlaps in the core), only where
+    that exact chord crosses the tile. A row stops taking Gaussians once all its pixels have stopped, the tile
+    once all its rows have. Every pixel sees the same Gaussians in the same order as a row-by-row walk.
     out_best [H, W] gets the index of the Gaussian with the largest blending weight
     at each pixel (-1 if none); out_median [H, W] or None (then not computed): the median depth, the z of
     the Gaussian that takes the pixel's transmittance to MEDIAN_T or below (the expected depth where it
@@ -592,38 +614,55 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         tx0, ty0, tw, th = _tile_box(tile, tiles_x, width, height)
         _, count, local, gid = _tile_gaussians(tile_gauss, offsets, tile, geom, color)
         lane_px = _lane_centres(tx0)
-        state = np.empty((6, LANES), np.float32)
-        best = np.empty(LANES, np.int32)
-        if out_median is None:  # pruned at compile time: the plain render keeps its kernel
-            median = None
-        else:
-            median = np.zeros(LANES, np.float32)
+        state = np.empty((LANES, 6, LANES), np.float32)  # per row, see _composite_lanes
+        best = np.empty((LANES, LANES), np.int32)
+        alive = np.empty(LANES, np.int32)  # pixels of each row still taking Gaussians
+        median = np.zeros((LANES, LANES), np.float32)
         for v in range(th):
-            py = np.float32(ty0 + v) + _HALF
-            _start_row(state, best, tw)
-            alive = tw
-            for k in range(count):
-                crosses, cyy, cbdy = _row_chord(local, k, py, tx0)
-                if not crosses:
+            _start_row(state[v], best[v], tw)
+            alive[v] = tw
+        rows_left = th
+        row_py = np.empty(LANES, np.float32)
+        for v in range(LANES):
+            row_py[v] = np.float32(ty0 + v) + _HALF
+        chord = np.empty((3, LANES), np.float32)
+        for k in range(count):
+            # rows within the ellipse's half-extent (with a slack far above float32 rounding at these
+            # magnitudes); _row_chord makes the exact test
+            centre_row = local[1, k] - np.float32(ty0) - _HALF
+            v_lo = max(0, int(math.ceil(centre_row - local[7, k] - _ROW_SLACK_PX)))
+            v_hi = min(th, int(math.floor(centre_row + local[7, k] + _ROW_SLACK_PX)) + 1)
+            _tile_chords(local, k, row_py, tx0, chord)
+            for v in range(v_lo, v_hi):
+                if alive[v] <= 0 or chord[0, v] == _ZERO:
                     continue
-                alive -= _composite_lanes(state, best, lane_px, local[0, k], local[2, k], cyy, cbdy, local[5, k],
-                                          local[6, k], local[10, k], local[11, k], local[12, k], gid[k], None, median)
-                if alive <= 0:
-                    break
+                cyy = chord[1, v]
+                cbdy = chord[2, v]
+                if out_median is None:  # pruned at compile time: the plain render keeps its kernel
+                    median_row = None
+                else:
+                    median_row = median[v]
+                alive[v] -= _composite_lanes(state[v], best[v], lane_px, local[0, k], local[2, k], cyy, cbdy,
+                                             local[5, k], local[6, k], local[10, k], local[11, k], local[12, k],
+                                             gid[k], None, median_row)
+                if alive[v] <= 0:
+                    rows_left -= 1
+            if rows_left <= 0:
+                break
+        for v in range(th):
             yy = ty0 + v
             for u in range(tw):
-                t = abs(state[0, u])
+                t = abs(state[v, 0, u])
                 xx = tx0 + u
-                out_rgb[yy, xx, 0] = state[1, u] + t * background[0]
-                out_rgb[yy, xx, 1] = state[2, u] + t * background[1]
-                out_rgb[yy, xx, 2] = state[3, u] + t * background[2]
+                out_rgb[yy, xx, 0] = state[v, 1, u] + t * background[0]
+                out_rgb[yy, xx, 1] = state[v, 2, u] + t * background[1]
+                out_rgb[yy, xx, 2] = state[v, 3, u] + t * background[2]
                 a = _ONE - t
                 out_alpha[yy, xx] = a
-                out_depth[yy, xx] = state[4, u] / max(a, np.float32(1e-10))
-                out_best[yy, xx] = best[u]
+                out_depth[yy, xx] = state[v, 4, u] / max(a, np.float32(1e-10))
+                out_best[yy, xx] = best[v, u]
                 if out_median is not None:
-                    out_median[yy, xx] = median[u] if t <= _F_MEDIAN_T else out_depth[yy, xx]
-                    median[u] = _ZERO
+                    out_median[yy, xx] = median[v, u] if t <= _F_MEDIAN_T else out_depth[yy, xx]
 
 
 CHUNK_SIZE = 256  # Gaussians per spatial chunk of the projection's frustum test
