@@ -1,7 +1,8 @@
 """Residual backprojection on the CPU: render views and share each pixel's residual out to its Gaussians.
 
-The walk is `cpu._rasterize`'s (same projection, depth sort, tile binning and compositing code, so
-the render is bit-identical); a tile row additionally keeps the blending weight of every Gaussian it
+The walk uses `cpu._rasterize`'s projection, depth sort, tile binning and compositing code, row by row
+(`_rasterize` interleaves a tile's rows, but every pixel sees the same Gaussians in the same order, so the
+render is bit-identical); a tile row additionally keeps the blending weight of every Gaussian it
 composited and, once the row is rendered, hands each of them its weighted share of the row's
 residual. `neural_sensor.reconstruct.refine` fits colours with it. Reference twin:
 `render._torch_ref._backproject_colour_residuals_reference` (torch autograd), tested against it.
