@@ -37,3 +37,34 @@ def test_cotraining_fine_tunes_the_reconstructor_with_enhancer_targets(tmp_path)
     before = ReconNet.from_pretrained("checkpoints/reconstructor-small").state_dict()
     after = ReconNet.from_pretrained(tmp_path / "recon").state_dict()
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_network_input_and_shuffle_equal_their_torch_twins():
+    """The enhancer's fast input path (channels written into one padded buffer, unshuffled by a reshape-permute
+    copy) equals cat + replicate pad + F.pixel_unshuffle bit for bit, with and without a reference, padded or
+    not, and passes the same gradient to the rgb; its pixel_shuffle equals F.pixel_shuffle."""
+    import torch
+    import torch.nn.functional as F
+
+    from neural_sensor.enhance.model import _network_input_reference, network_input, pixel_shuffle
+
+    g = torch.Generator().manual_seed(0)
+    for b, h, w, multiple, s, with_ref in [(2, 27, 48, 16, 4, False), (1, 37, 53, 8, 2, True), (3, 16, 16, 4, 4, True),
+                                           (1, 5, 7, 1, 1, False)]:
+        rgb = torch.rand(b, 3, h, w, generator=g, requires_grad=True)
+        depth = torch.rand(b, h, w, generator=g) * 30
+        depth[0, 0, :3] = 0  # no depth: inverse depth 0
+        alpha = torch.rand(b, h, w, generator=g)
+        alpha[0, 1, :4] = 0
+        ref = torch.rand(b, 3, h, w, generator=g) if with_ref else None
+        valid = (torch.rand(b, h, w, generator=g) > 0.5).float() if with_ref else None
+        fast = network_input(rgb, depth, alpha, ref, valid, 10.0, multiple, s)
+        plain = _network_input_reference(rgb, depth, alpha, ref, valid, 10.0, multiple, s)
+        assert fast.shape == (b, 9 * s * s, (h + (-h) % multiple) // s, (w + (-w) % multiple) // s)
+        assert torch.equal(fast, plain), (b, h, w, s)
+        weights = torch.rand(fast.shape, generator=g)
+        grad_fast = torch.autograd.grad((fast * weights).sum(), rgb)[0]
+        grad_plain = torch.autograd.grad((plain * weights).sum(), rgb)[0]
+        torch.testing.assert_close(grad_fast, grad_plain)  # the padding's sums may add in another order
+        z = torch.rand(b, 3 * s * s, 6, 9, generator=g)
+        assert torch.equal(pixel_shuffle(z, s), F.pixel_shuffle(z, s))
