@@ -89,6 +89,33 @@ def test_enhance_into_callers_buffers(server, shared_memory):
                 client.enhance(frames, out=bad)
 
 
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "bytes"])
+@pytest.mark.parametrize("wire_dtype", ["uint8", "float32"])
+def test_uint8_images_are_taken_as_0_to_255_and_other_dtypes_are_refused(server, shared_memory, wire_dtype):
+    """An 8-bit rgb / alpha / reference (0-255, as cameras give them) is enhanced exactly like the float image
+    u8 / 255 on either path and wire; an integer image of another dtype, or an integer depth, is a ValueError
+    that names the frame and field (it used to go through as if it were a [0, 1] float: a white image)."""
+    as_float = _frames(7, reference=True)
+    rng = np.random.default_rng(8)
+    as_u8 = []
+    for f in as_float:
+        u8 = {k: rng.integers(0, 256, np.shape(f[k])).astype(np.uint8) for k in ("rgb", "alpha", "reference")}
+        f.update({k: v.astype(np.float32) / np.float32(255) for k, v in u8.items()})
+        as_u8.append({**f, **u8})
+    with EnhancerClient(server.endpoint, deadline_ms=10_000, shared_memory=shared_memory,
+                        wire_dtype=wire_dtype) as client:
+        client.hello()
+        want, got = client.enhance(as_float), client.enhance(as_u8)
+        assert want.enhanced and got.enhanced, (want.reason, got.reason)
+        for a, b in zip(want.rgb, got.rgb):
+            np.testing.assert_array_equal(a, b)
+        for field, dtype in (("rgb", np.int32), ("alpha", np.uint16), ("reference", np.int64), ("depth", np.uint8)):
+            bad = [dict(f) for f in as_float]
+            bad[1][field] = bad[1][field].astype(dtype)
+            with pytest.raises(ValueError, match=rf"frames\[1\]\.{field} has dtype"):
+                client.enhance(bad)
+
+
 def test_malformed_shared_memory_headers_get_named_errors_and_the_worker_keeps_serving(server):
     with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
         hello = client.hello()

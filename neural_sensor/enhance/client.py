@@ -351,13 +351,17 @@ class EnhancerClient:
         problems (the result carries the reason); raises EnhancerVersionError on a version mismatch.
 
         Args:
-            frames: per camera {"camera": id, "rgb": [H, W, 3] float in [0, 1], "depth": [H, W] metres,
-                    "alpha": [H, W]} (+ optional "reference" [H, W, 3], "reference_valid" [H, W]).
+            frames: per camera {"camera": id, "rgb": [H, W, 3] float in [0, 1] or uint8 in [0, 255],
+                    "depth": [H, W] float metres, "alpha": [H, W] float in [0, 1] or uint8 in [0, 255]}
+                    (+ optional "reference" [H, W, 3] like rgb, "reference_valid" [H, W]). uint8 images go
+                    on the (default) uint8 wire as they are. ValueError names a frame whose images have
+                    another dtype.
             out: optional, per frame a writable C-contiguous float32 [H, W, 3] array that receives the enhanced
                  image (and is returned in result.rgb); it may be the frame's own "rgb", which is read
                  before anything is written. Untouched when the tick is not enhanced. Saves allocating (and
                  the kernel zeroing) fresh memory every tick: the rig passes its render buffers.
         """
+        _check_frame_dtypes(frames)
         if out is not None:
             if len(out) != len(frames) or any(
                     not isinstance(o, np.ndarray) or o.dtype != np.float32 or o.shape != np.shape(f["rgb"])
@@ -462,10 +466,32 @@ class EnhancerClient:
         return out
 
 
+_IMAGE_FIELDS = ("rgb", "alpha", "reference")  # float in [0, 1] or uint8 in [0, 255]
+
+
+def _check_frame_dtypes(frames: list[dict]) -> None:
+    """ValueError naming the first frame field whose dtype the wire cannot take as meant."""
+    for index, frame in enumerate(frames):
+        for name in (*_IMAGE_FIELDS, "depth"):
+            if frame.get(name) is None and name == "reference":
+                continue
+            kind = np.asarray(frame[name]).dtype if name in frame else None
+            if kind is None or kind.kind == "f" or (kind == np.uint8 and name != "depth"):
+                continue
+            allowed = "float metres" if name == "depth" else "float in [0, 1] or uint8 in [0, 255]"
+            raise ValueError(f"enhance: frames[{index}].{name} has dtype {kind}; it must be {allowed}")
+
+
 def _convert(array, out: np.ndarray) -> np.ndarray:
-    """`array` written into `out` in out's wire dtype: uint8 rounds [0, 1] images, float16 rounds to nearest,
-    bool is array != 0 (the same values on both paths)."""
+    """`array` written into `out` in out's wire dtype: uint8 rounds [0, 1] images (a uint8 image is copied as
+    it is), float16 rounds to nearest, float32 takes a uint8 image as u8 / 255, bool is array != 0 (the same
+    values on both paths)."""
     array = np.asarray(array)
+    if array.dtype == np.uint8 and out.dtype == np.uint8:  # an 8-bit image on the uint8 wire
+        np.copyto(out, array)
+        return out
+    if array.dtype == np.uint8 and out.dtype == np.float32:  # ... on the float32 wire
+        return wire.float_into(array, out)
     if out.dtype == np.uint8:
         return wire.to_uint8_into(array, out)
     if out.dtype == np.float16:
