@@ -30,14 +30,18 @@ round-robin so straight, curve and intersection all appear):
    depth and poses (`neural_sensor.enhance.warp.warp_views`), compared with frame t over the
    surface pixels both frames see: mean absolute difference (x 255, 8-bit levels) and PSNR,
    for raw, enhanced and ground truth (the ground truth's own value is the floor the
-   nearest-pixel warp and view-dependent colour leave).
+   nearest-pixel warp and view-dependent colour leave), and for the raw render rounded to 8 bits
+   (`flicker_raw8_*`): the enhanced frames come back over the enhancer's uint8 wire, rounded to 8 bits
+   like the raw frames a driving stack gets as CARLA's BGRA, while the raw render here is float
+   (`--wire float32` sends and returns floats instead).
 
 Aggregation: every view's metrics are averaged per world (over frames, cameras or both) and
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
 shift, and per template and shift. Results go to results/runtime-fidelity-<machine>.json.
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
-        [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--quick] [--picture]
+        [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]
+        [--quick] [--picture]
 """
 
 from __future__ import annotations
@@ -143,6 +147,13 @@ def flicker(cam_prev: Camera, image_prev: np.ndarray, depth_prev: np.ndarray, ca
     return {"mad": mad, "psnr": psnr(warped, image, seen), "valid": float(seen.mean())}
 
 
+def _rounded_to_8_bits(rgb: np.ndarray) -> np.ndarray:
+    """rgb [..., 3] float in [0, 1] rounded to 8 bits as the enhancer's wire and CARLA's BGRA do, back as float32."""
+    from neural_sensor.enhance import protocol as wire
+
+    return wire.to_float(wire.to_uint8_into(rgb, np.empty(rgb.shape, np.uint8)))
+
+
 def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path | None = None,
                    picture: Path | None = None, path_xy: np.ndarray | None = None) -> tuple[list[dict], dict]:
     """Per-view metric rows and the world's facts (reconstruction time, Gaussians) for one held-out world.
@@ -189,7 +200,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 # Gaussians); the flicker warps use only these pixels
                 surfaces = (gt.alpha > 0.5) & (gt.semantic != CityObjectLabel.SKY)
                 surface_alpha = np.where(surfaces, gt.alpha, 0.0).astype(np.float32)
-                images = {"raw": raw.rgb, "truth": gt.rgb}
+                images = {"raw": raw.rgb, "truth": gt.rgb, "raw8": _rounded_to_8_bits(raw.rgb)}
                 if client is not None:
                     t1 = time.perf_counter()
                     images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha)
@@ -226,7 +237,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         row["truth_enhanced_ssim"] = ssim(images["truth_enhanced"][i], gt.rgb[i])
                     if previous is not None:
                         prev_cams, prev_images, prev_depth = previous
-                        for name in ("raw", "enhanced", "truth"):
+                        for name in ("raw", "enhanced", "truth", "raw8"):
                             if name in images:
                                 f = flicker(prev_cams[i], prev_images[name][i], prev_depth[i], cams[i],
                                             images[name][i], gt.median_depth[i], surface_alpha[i])
@@ -327,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--perceptual-every", type=int, default=3,
                         help="perceptual distance on every k-th frame of a clip (0: never)")
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
+    parser.add_argument("--wire", choices=("uint8", "float32"), default="uint8",
+                        help="the enhancer client's wire dtype (uint8: the run's default)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
@@ -361,9 +374,11 @@ def main(argv: list[str] | None = None) -> None:
                          "lod_px": args.lod_px,
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
-                         "tick_m": args.tick_m, "perceptual_every": args.perceptual_every},
+                         "tick_m": args.tick_m, "perceptual_every": args.perceptual_every,
+                         "enhancer_wire": args.wire},
               "perceptual": None, "flicker": "frame t-1 warped into frame t with ground-truth depth and poses; "
-                                             "mad = mean |difference| in 8-bit levels over surface pixels both see"}
+                                             "mad = mean |difference| in 8-bit levels over surface pixels both see; raw8: the raw "
+                                             "render rounded to 8 bits (as the uint8 wire returns the enhanced one)"}
     try:
         from neural_sensor.perceptual import NOTE, weights_path
 
@@ -390,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
             endpoint = args.enhancer
             if endpoint == "local":
                 endpoint = stack.enter_context(local_server(checkpoint=args.enhancer_checkpoint)).endpoint
-            client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000))
+            client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000, wire_dtype=args.wire))
             hello = client.wait_ready()
             result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version")}
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None
