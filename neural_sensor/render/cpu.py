@@ -98,6 +98,21 @@ def _exp_neg(s):  # pragma: no cover - compiled
     return p * p
 
 
+@njit(inline="always", **_JIT_FAST)
+def _floor_int(x):  # pragma: no cover - compiled
+    """floor(x) as an int for |x| < 2**31 (x float32), inline: numba makes math.floor a libm call, with a vzeroupper
+    each time, in the projection's and the rasteriser's per-Gaussian paths."""
+    t = np.int64(x)  # truncates toward zero
+    return t - np.int64(x < np.float32(t))
+
+
+@njit(inline="always", **_JIT_FAST)
+def _ceil_int(x):  # pragma: no cover - compiled
+    """ceil(x) as an int for |x| < 2**31, inline (see _floor_int)."""
+    t = np.int64(x)
+    return t + np.int64(x > np.float32(t))
+
+
 @njit(parallel=True, **_JIT)
 def _covariances(quats, scales, out):  # pragma: no cover - compiled
     """World covariance R S S^T R^T as 6 unique entries (xx, xy, xz, yy, yz, zz), then a bounding radius."""
@@ -182,8 +197,8 @@ def _project_one(means, covs, opacities, sh, src, dst, sh_degree, viewmat, K, ca
     if det <= _ZERO:
         return
     extend = min(_F_EXTEND, math.sqrt(np.float32(2.0) * math.log(opac / _F_ALPHA_THRESHOLD)))
-    radius_x = math.ceil(extend * math.sqrt(cov_a))
-    radius_y = math.ceil(extend * math.sqrt(cov_c))
+    radius_x = _ceil_int(extend * math.sqrt(cov_a))
+    radius_y = _ceil_int(extend * math.sqrt(cov_c))
     if radius_x <= 0 and radius_y <= 0:
         return
     px = fx * x * rz + cx
@@ -205,10 +220,10 @@ def _project_one(means, covs, opacities, sh, src, dst, sh_degree, viewmat, K, ca
     out_geom[dst, 9] = ext_x
     out_geom[dst, 10] = ext_y
     # tiles holding a pixel centre inside the ellipse: centres are at k + 0.5
-    out_rect[dst, 0] = min(max(0, int(math.ceil(px - ext_x - _HALF)) // tile_size), tiles_x)
-    out_rect[dst, 1] = min(max(0, int(math.floor(px + ext_x - _HALF)) // tile_size + 1), tiles_x)
-    out_rect[dst, 2] = min(max(0, int(math.ceil(py - ext_y - _HALF)) // tile_size), tiles_y)
-    out_rect[dst, 3] = min(max(0, int(math.floor(py + ext_y - _HALF)) // tile_size + 1), tiles_y)
+    out_rect[dst, 0] = min(max(0, _ceil_int(px - ext_x - _HALF) // tile_size), tiles_x)
+    out_rect[dst, 1] = min(max(0, _floor_int(px + ext_x - _HALF) // tile_size + 1), tiles_x)
+    out_rect[dst, 2] = min(max(0, _ceil_int(py - ext_y - _HALF) // tile_size), tiles_y)
+    out_rect[dst, 3] = min(max(0, _floor_int(py + ext_y - _HALF) // tile_size + 1), tiles_y)
     out_valid[dst] = 1
     # view-dependent colour, direction from the camera centre to the Gaussian (world frame)
     dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
@@ -630,8 +645,8 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
             # rows within the ellipse's half-extent (with a slack far above float32 rounding at these
             # magnitudes); _row_chord makes the exact test
             centre_row = local[1, k] - np.float32(ty0) - _HALF
-            v_lo = max(0, int(math.ceil(centre_row - local[7, k] - _ROW_SLACK_PX)))
-            v_hi = min(th, int(math.floor(centre_row + local[7, k] + _ROW_SLACK_PX)) + 1)
+            v_lo = max(0, _ceil_int(centre_row - local[7, k] - _ROW_SLACK_PX))
+            v_hi = min(th, _floor_int(centre_row + local[7, k] + _ROW_SLACK_PX) + 1)
             _tile_chords(local, k, row_py, tx0, chord)
             for v in range(v_lo, v_hi):
                 if alive[v] <= 0 or chord[0, v] == _ZERO:
