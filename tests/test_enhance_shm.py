@@ -93,8 +93,9 @@ def test_enhance_into_callers_buffers(server, shared_memory):
 @pytest.mark.parametrize("wire_dtype", ["uint8", "float32"])
 def test_uint8_images_are_taken_as_0_to_255_and_other_dtypes_are_refused(server, shared_memory, wire_dtype):
     """An 8-bit rgb / alpha / reference (0-255, as cameras give them) is enhanced exactly like the float image
-    u8 / 255 on either path and wire; an integer image of another dtype, or an integer depth, is a ValueError
-    that names the frame and field (it used to go through as if it were a [0, 1] float: a white image)."""
+    u8 / 255 on either path and wire (and goes on the wire as the same bytes); a bool alpha and float16 images
+    are taken; an integer image of another dtype, a bool rgb or an integer depth is a ValueError that names the
+    frame and field (a uint8 image used to go through as if it were a [0, 1] float: a white image)."""
     as_float = _frames(7, reference=True)
     rng = np.random.default_rng(8)
     as_u8 = []
@@ -109,7 +110,24 @@ def test_uint8_images_are_taken_as_0_to_255_and_other_dtypes_are_refused(server,
         assert want.enhanced and got.enhanced, (want.reason, got.reason)
         for a, b in zip(want.rgb, got.rgb):
             np.testing.assert_array_equal(a, b)
-        for field, dtype in (("rgb", np.int32), ("alpha", np.uint16), ("reference", np.int64), ("depth", np.uint8)):
+        # alpha and reference do not reach an identity model's output: check what goes on the wire directly
+        from neural_sensor.enhance.client import _convert
+
+        wire_type = np.uint8 if wire_dtype == "uint8" else np.float32
+        for name in ("alpha", "reference"):
+            want_wire = _convert(as_float[0][name], np.empty(np.shape(as_float[0][name]), wire_type))
+            got_wire = _convert(as_u8[0][name], np.empty(np.shape(as_u8[0][name]), wire_type))
+            np.testing.assert_array_equal(want_wire, got_wire, err_msg=name)
+        # a bool alpha (a mask) is 0 / 1; float16 images are taken like their float32 values
+        mask = as_u8[0]["alpha"] > 127
+        np.testing.assert_array_equal(_convert(mask, np.empty(mask.shape, wire_type)),
+                                      _convert(mask.astype(np.float32), np.empty(mask.shape, wire_type)))
+        half = as_float[0]["rgb"].astype(np.float16)
+        np.testing.assert_array_equal(_convert(half, np.empty(half.shape, wire_type)),
+                                      _convert(half.astype(np.float32), np.empty(half.shape, wire_type)))
+        assert client.enhance([{**as_float[0], "rgb": half, "alpha": mask}]).enhanced
+        for field, dtype in (("rgb", np.int32), ("alpha", np.uint16), ("reference", np.int64), ("depth", np.uint8),
+                             ("rgb", np.bool_)):
             bad = [dict(f) for f in as_float]
             bad[1][field] = bad[1][field].astype(dtype)
             with pytest.raises(ValueError, match=rf"frames\[1\]\.{field} has dtype"):

@@ -355,24 +355,34 @@ def test_numba_vector_width_setting():
 
 def test_interleaved_rows_composite_like_a_row_by_row_walk():
     """`_rasterize` composites each Gaussian onto every row of a tile its ellipse reaches (rows interleaved, only
-    those within its y half-extent visited); the backprojection walks the same lists row by row with the full
-    per-row test. Thin Gaussians whose ellipses end near pixel-row centres must come out bit for bit the same."""
+    those within its y half-extent visited, a row stopping once its pixels have, the tile once its rows have);
+    the backprojection walks the same lists row by row with the full per-row test. Thin Gaussians whose
+    ellipses end near pixel-row centres, opaque ones that finish rows early, partial tiles at the image's edges
+    (93 x 77): rgb must come out bit for bit the same, and so must the alpha of a plain render."""
     from neural_sensor.render._common import stack_cameras
     from neural_sensor.render.backproject import backproject_colour_residuals
 
     rng = np.random.default_rng(7)
-    n = 4000
-    camera = forward_camera(96, 80, fov_deg=60.0)
+    n, width, height = 4000, 93, 77
+    camera = forward_camera(width, height, fov_deg=60.0)
     means = np.stack([rng.uniform(2.0, 6.0, n), rng.uniform(-2.0, 2.0, n), rng.uniform(-1.5, 1.5, n)], axis=1)
-    # a few pixels across and a fraction of a pixel tall (about 0.015 m per pixel at 2-6 m), at any angle
+    # a few pixels across and a fraction of a pixel tall (about 0.015 m per pixel at 2-6 m), at any angle ...
     scales = np.stack([rng.uniform(0.01, 0.08, n), rng.uniform(0.002, 0.02, n), rng.uniform(0.002, 0.02, n)], axis=1)
+    opacities = rng.uniform(0.05, 0.99, n)
+    # ... and a tenth of them large and opaque, so that rows and tiles finish before their lists end
+    big = rng.random(n) < 0.1
+    scales[big] = rng.uniform(0.05, 0.3, (big.sum(), 3))
+    opacities[big] = 0.99
     quats = rng.normal(size=(n, 4))
     quats /= np.linalg.norm(quats, axis=1, keepdims=True)
-    scene = GaussianScene.from_colors(*(a.astype(np.float32) for a in (means, quats, scales, rng.uniform(0.05, 0.99, n),
+    scene = GaussianScene.from_colors(*(a.astype(np.float32) for a in (means, quats, scales, opacities,
                                                                        rng.uniform(0, 1, (n, 3)))))
     background = np.array([0.1, 0.2, 0.3], np.float32)
-    targets = np.zeros((1, 80, 96, 3), np.float32)
+    targets = np.zeros((1, height, width, 3), np.float32)
     rgb = backproject_colour_residuals(scene, stack_cameras([camera]), targets, background)[2]
     out = render(scene, [camera], backend="cpu", background=background, outputs=("rgb", "alpha"))
-    assert (out.alpha > 0.5).mean() > 0.3, "the Gaussians must cover the image for the comparison to mean anything"
+    # a pixel stops before the Gaussian that would take its transmittance to 1e-4, so one behind two opaque
+    # Gaussians ends at alpha ~0.99; others run through their whole list
+    assert (out.alpha > 0.98).mean() > 0.3, "some pixels must finish early for the comparison to cover it"
+    assert (out.alpha < 0.9).mean() > 0.01, "and some must run through their whole list"
     assert np.array_equal(out.rgb, rgb)

@@ -353,7 +353,8 @@ class EnhancerClient:
         Args:
             frames: per camera {"camera": id, "rgb": [H, W, 3] float in [0, 1] or uint8 in [0, 255],
                     "depth": [H, W] float metres, "alpha": [H, W] float in [0, 1] or uint8 in [0, 255]}
-                    (+ optional "reference" [H, W, 3] like rgb, "reference_valid" [H, W]). uint8 images go
+                    (+ optional "reference" [H, W, 3] like rgb, "reference_valid" [H, W]); alpha may also
+                    be bool. Floats of any width are taken (float16 / longdouble via float32). uint8 images go
                     on the (default) uint8 wire as they are. ValueError names a frame whose images have
                     another dtype.
             out: optional, per frame a writable C-contiguous float32 [H, W, 3] array that receives the enhanced
@@ -476,9 +477,11 @@ def _check_frame_dtypes(frames: list[dict]) -> None:
             if frame.get(name) is None and name == "reference":
                 continue
             kind = np.asarray(frame[name]).dtype if name in frame else None
-            if kind is None or kind.kind == "f" or (kind == np.uint8 and name != "depth"):
+            if (kind is None or kind.kind == "f" or (kind == np.uint8 and name != "depth")
+                    or (kind == np.bool_ and name == "alpha")):
                 continue
-            allowed = "float metres" if name == "depth" else "float in [0, 1] or uint8 in [0, 255]"
+            allowed = {"depth": "float metres", "alpha": "float in [0, 1], uint8 in [0, 255] or bool"}.get(
+                name, "float in [0, 1] or uint8 in [0, 255]")
             raise ValueError(f"enhance: frames[{index}].{name} has dtype {kind}; it must be {allowed}")
 
 
@@ -487,6 +490,8 @@ def _convert(array, out: np.ndarray) -> np.ndarray:
     it is), float16 rounds to nearest, float32 takes a uint8 image as u8 / 255, bool is array != 0 (the same
     values on both paths)."""
     array = np.asarray(array)
+    if array.dtype.kind == "f" and array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32)  # float16 / longdouble: the codecs take float32 and float64
     if array.dtype == np.uint8 and out.dtype == np.uint8:  # an 8-bit image on the uint8 wire
         np.copyto(out, array)
         return out

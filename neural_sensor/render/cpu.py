@@ -60,7 +60,8 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 _SPAN_EPS_PX = np.float32(0.01)  # slack on each row span so float rounding never drops a contributing pixel
-_ROW_SLACK_PX = np.float32(1e-3)  # slack on the rows a Gaussian's y half-extent reaches (a superset of the exact test)
+_ROW_SLACK_PX = np.float32(1e-3)  # slack on the rows a Gaussian's y half-extent reaches, plus _ROW_SLACK_REL x the
+_ROW_SLACK_REL = np.float32(1e-6)  # magnitudes involved (8 float32 steps): always a superset of _row_chord's exact test
 
 GEOM_WIDTH = 12  # per-Gaussian projected record: mean_x, mean_y, conic a, b, c, opacity, camera z,
 #                  sigma_max, 1/conic_a, ellipse half-extent x, half-extent y (px), unused
@@ -100,7 +101,7 @@ def _exp_neg(s):  # pragma: no cover - compiled
 
 @njit(inline="always", **_JIT_FAST)
 def _floor_int(x):  # pragma: no cover - compiled
-    """floor(x) as an int for |x| < 2**31 (x float32), inline: numba makes math.floor a libm call, with a vzeroupper
+    """floor(x) as an int (x float32, |x| < 2**63), inline: numba makes math.floor a libm call, with a vzeroupper
     each time, in the projection's and the rasteriser's per-Gaussian paths."""
     t = np.int64(x)  # truncates toward zero
     return t - np.int64(x < np.float32(t))
@@ -108,7 +109,7 @@ def _floor_int(x):  # pragma: no cover - compiled
 
 @njit(inline="always", **_JIT_FAST)
 def _ceil_int(x):  # pragma: no cover - compiled
-    """ceil(x) as an int for |x| < 2**31, inline (see _floor_int)."""
+    """ceil(x) as an int (x float32, |x| < 2**63), inline (see _floor_int)."""
     t = np.int64(x)
     return t + np.int64(x > np.float32(t))
 
@@ -642,11 +643,12 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
             row_py[v] = np.float32(ty0 + v) + _HALF
         chord = np.empty((3, LANES), np.float32)
         for k in range(count):
-            # rows within the ellipse's half-extent (with a slack far above float32 rounding at these
-            # magnitudes); _row_chord makes the exact test
+            # rows within the ellipse's half-extent, with a slack above the float32 rounding of _row_chord's
+            # dy at any magnitude (the exact test is in _tile_chords)
             centre_row = local[1, k] - np.float32(ty0) - _HALF
-            v_lo = max(0, _ceil_int(centre_row - local[7, k] - _ROW_SLACK_PX))
-            v_hi = min(th, _floor_int(centre_row + local[7, k] + _ROW_SLACK_PX) + 1)
+            slack = _ROW_SLACK_PX + _ROW_SLACK_REL * (abs(local[1, k]) + local[7, k] + np.float32(ty0 + LANES))
+            v_lo = max(0, _ceil_int(centre_row - local[7, k] - slack))
+            v_hi = min(th, _floor_int(centre_row + local[7, k] + slack) + 1)
             _tile_chords(local, k, row_py, tx0, chord)
             for v in range(v_lo, v_hi):
                 if alive[v] <= 0 or chord[0, v] == _ZERO:
