@@ -467,22 +467,22 @@ class EnhancerClient:
         return out
 
 
-_IMAGE_FIELDS = ("rgb", "alpha", "reference")  # float in [0, 1] or uint8 in [0, 255]
+_IMAGE = "float in [0, 1] or uint8 in [0, 255]"
+# per frame field: what it may be, and the non-float dtypes that are taken (any float is)
+_FRAME_DTYPES = {"rgb": (_IMAGE, (np.uint8,)), "alpha": (_IMAGE + " or bool", (np.uint8, np.bool_)),
+                 "reference": (_IMAGE, (np.uint8,)), "depth": ("float metres", ())}
 
 
 def _check_frame_dtypes(frames: list[dict]) -> None:
-    """ValueError naming the first frame field whose dtype the wire cannot take as meant."""
+    """ValueError naming the first frame field whose dtype the wire cannot take as meant (missing fields are
+    left to the checks that follow)."""
     for index, frame in enumerate(frames):
-        for name in (*_IMAGE_FIELDS, "depth"):
-            if frame.get(name) is None and name == "reference":
+        for name, (allowed, taken) in _FRAME_DTYPES.items():
+            if frame.get(name) is None:
                 continue
-            kind = np.asarray(frame[name]).dtype if name in frame else None
-            if (kind is None or kind.kind == "f" or (kind == np.uint8 and name != "depth")
-                    or (kind == np.bool_ and name == "alpha")):
-                continue
-            allowed = {"depth": "float metres", "alpha": "float in [0, 1], uint8 in [0, 255] or bool"}.get(
-                name, "float in [0, 1] or uint8 in [0, 255]")
-            raise ValueError(f"enhance: frames[{index}].{name} has dtype {kind}; it must be {allowed}")
+            dtype = np.asarray(frame[name]).dtype
+            if dtype.kind != "f" and dtype not in taken:
+                raise ValueError(f"enhance: frames[{index}].{name} has dtype {dtype}; it must be {allowed}")
 
 
 def _convert(array, out: np.ndarray) -> np.ndarray:

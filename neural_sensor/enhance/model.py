@@ -67,14 +67,19 @@ def _unet_from_config(config: EnhancerConfig):
                        norm_num_groups=config.norm_num_groups, add_attention=False)
 
 
+def _inverse_depth_code(depth_m: torch.Tensor, alpha: torch.Tensor, depth_scale_m: float) -> torch.Tensor:
+    """[B, H, W] s / (s + depth), 0 where nothing was hit (alpha or depth 0)."""
+    return torch.where((alpha > 0) & (depth_m > 0), depth_scale_m / (depth_scale_m + depth_m.clamp_min(0)),
+                       torch.zeros_like(depth_m))
+
+
 def encode_inputs(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor, reference_rgb: torch.Tensor | None,
                   reference_valid: torch.Tensor | None, depth_scale_m: float) -> torch.Tensor:
     """[B, 9, H, W] network input from rgb [B, 3, H, W], depth_m [B, H, W], alpha [B, H, W] and an optional
     reference rgb [B, 3, H, W] with validity [B, H, W]."""
     b, _, h, w = rgb.shape
     assert depth_m.shape == (b, h, w) and alpha.shape == (b, h, w), (rgb.shape, depth_m.shape, alpha.shape)
-    inv = torch.where((alpha > 0) & (depth_m > 0), depth_scale_m / (depth_scale_m + depth_m.clamp_min(0)),
-                      torch.zeros_like(depth_m))
+    inv = _inverse_depth_code(depth_m, alpha, depth_scale_m)
     if reference_rgb is None:
         reference_rgb = torch.zeros_like(rgb)
         reference_valid = torch.zeros_like(alpha)
@@ -102,8 +107,7 @@ def network_input(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
     x = rgb.new_empty((b, INPUT_CHANNELS, hp, wp))
     inner = x[:, :, :h, :w]
     inner[:, 0:3] = rgb
-    inner[:, 3] = torch.where((alpha > 0) & (depth_m > 0), depth_scale_m / (depth_scale_m + depth_m.clamp_min(0)),
-                              torch.zeros_like(depth_m))
+    inner[:, 3] = _inverse_depth_code(depth_m, alpha, depth_scale_m)
     inner[:, 4] = alpha
     if reference_rgb is None:
         inner[:, 5:9] = 0.0

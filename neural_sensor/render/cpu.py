@@ -553,7 +553,8 @@ def _tile_gaussians(tile_gauss, offsets, tile, geom, color):  # pragma: no cover
 
 @njit(inline="always", **_JIT_FAST)
 def _lane_centres(tx0):  # pragma: no cover - compiled
-    """[LANES] float32: the pixel-centre x of each lane of a tile row starting at pixel tx0."""
+    """[LANES] float32: the pixel-centre coordinate of LANES consecutive pixels from pixel tx0 (a tile row's
+    lanes in x, or a tile's rows in y)."""
     lane_px = np.empty(LANES, np.float32)
     for u in range(LANES):
         lane_px[u] = np.float32(tx0 + u) + _HALF
@@ -572,42 +573,40 @@ def _start_row(state, best, tw):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_JIT_FAST)
-def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
-    """Does tile Gaussian k's alpha >= ALPHA_THRESHOLD ellipse cross the tile row at pixel-centre height py?
-    Returns (crosses, cyy, cbdy): the row's constant terms of the Gaussian's exponent for _composite_lanes."""
-    dy = local[1, k] - py
-    if abs(dy) > local[7, k]:
-        return False, _ZERO, _ZERO
+def _chord_at(local, k, dy, tx0):  # pragma: no cover - compiled
+    """Branch-free chord of tile Gaussian k's alpha >= ALPHA_THRESHOLD ellipse along a row dy pixels from its
+    centre: (crosses, cyy, cbdy), crosses = the row lies within the ellipse's half-extent and its chord (in
+    lane units, with _SPAN_EPS_PX of slack) reaches the tile; cyy, cbdy: the row's constant terms of the
+    Gaussian's exponent for _composite_lanes."""
     ca, cb, cc = local[2, k], local[3, k], local[4, k]
-    # chord of this row inside the ellipse, in lane units
     cbdy = cb * dy
     disc = max(cbdy * cbdy - ca * (cc * dy * dy - np.float32(2.0) * local[8, k]), _ZERO)
     root = math.sqrt(disc)
     centre = local[0, k] - np.float32(tx0) - _HALF
     lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
     lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
-    if lane_hi < _ZERO or lane_lo > np.float32(LANES - 1):
+    crosses = (abs(dy) <= local[7, k]) & (lane_hi >= _ZERO) & (lane_lo <= np.float32(LANES - 1))
+    return crosses, _HALF * cc * dy * dy, cbdy
+
+
+@njit(inline="always", **_JIT_FAST)
+def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
+    """Does tile Gaussian k's ellipse cross the tile row at pixel-centre height py? `_chord_at` for one row,
+    skipping the arithmetic for rows beyond the half-extent (the row-by-row walk of the backprojection)."""
+    dy = local[1, k] - py
+    if abs(dy) > local[7, k]:
         return False, _ZERO, _ZERO
-    return True, _HALF * cc * dy * dy, cbdy
+    return _chord_at(local, k, dy, tx0)
 
 
 @njit(inline="always", **_JIT_FAST)
 def _tile_chords(local, k, row_py, tx0, chord):  # pragma: no cover - compiled
-    """_row_chord for all LANES rows of a tile at once (branch-free, so it vectorises): row_py [LANES] pixel-centre
-    heights; chord [3, LANES] gets per row 1 / 0 (crosses or not), cyy, cbdy."""
-    ca, cb, cc = local[2, k], local[3, k], local[4, k]
-    two_sig = np.float32(2.0) * local[8, k]
-    centre = local[0, k] - np.float32(tx0) - _HALF
+    """`_chord_at` for all LANES rows of a tile at once (it vectorises): row_py [LANES] pixel-centre heights;
+    chord [3, LANES] gets per row 1 / 0 (crosses or not), cyy, cbdy."""
     for v in range(LANES):
-        dy = local[1, k] - row_py[v]
-        cbdy = cb * dy
-        disc = max(cbdy * cbdy - ca * (cc * dy * dy - two_sig), _ZERO)
-        root = math.sqrt(disc)
-        lane_lo = centre + (cbdy - root) * local[9, k] - _SPAN_EPS_PX
-        lane_hi = centre + (cbdy + root) * local[9, k] + _SPAN_EPS_PX
-        ok = (abs(dy) <= local[7, k]) & (lane_hi >= _ZERO) & (lane_lo <= np.float32(LANES - 1))
-        chord[0, v] = np.float32(ok)
-        chord[1, v] = _HALF * cc * dy * dy
+        crosses, cyy, cbdy = _chord_at(local, k, local[1, k] - row_py[v], tx0)
+        chord[0, v] = np.float32(crosses)
+        chord[1, v] = cyy
         chord[2, v] = cbdy
 
 
@@ -633,14 +632,12 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         state = np.empty((LANES, 6, LANES), np.float32)  # per row, see _composite_lanes
         best = np.empty((LANES, LANES), np.int32)
         alive = np.empty(LANES, np.int32)  # pixels of each row still taking Gaussians
-        median = np.zeros((LANES, LANES), np.float32)
+        median = np.zeros((LANES, LANES), np.float32)  # (always made: numba's parfor analysis rejects an optional one)
         for v in range(th):
             _start_row(state[v], best[v], tw)
             alive[v] = tw
         rows_left = th
-        row_py = np.empty(LANES, np.float32)
-        for v in range(LANES):
-            row_py[v] = np.float32(ty0 + v) + _HALF
+        row_py = _lane_centres(ty0)  # the pixel-centre heights of the tile's rows
         chord = np.empty((3, LANES), np.float32)
         for k in range(count):
             # rows within the ellipse's half-extent, with a slack above the float32 rounding of _row_chord's
