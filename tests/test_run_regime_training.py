@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from neural_sensor.enhance.model import Enhancer
 from neural_sensor.reconstruct.model import ReconNet
@@ -93,3 +94,46 @@ def test_gpu_pipeline_runs_every_stage_on_a_cpu(tmp_path, monkeypatch):
     Enhancer.from_pretrained(tmp_path / "pair" / "enhancer")
     summary = json.loads((tmp_path / "pair" / "reconstructor" / "train_summary.json").read_text())
     assert summary["config"]["fuse"] and summary["config"]["context_stations"] == 3
+
+
+def test_gpu_pipeline_runs_only_the_stages_asked_for(tmp_path, monkeypatch):
+    """`--stages reconstructor_data` makes the data and trains nothing; an unknown stage is named."""
+    from neural_sensor.train import gpu_pipeline
+
+    monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
+    kwargs = dict(device="cpu", minutes=30.0, recon_worlds=1, enhancer_worlds=1,
+                  reconstructor_init=gpu_pipeline.Path("checkpoints/reconstructor-run"),
+                  enhancer_init=gpu_pipeline.Path("checkpoints/enhancer-run"), workers=1,
+                  recon_overrides={"targets": 2})
+    report = gpu_pipeline.run_pipeline(tmp_path / "pair", stages=("reconstructor_data",), **kwargs)
+    assert list(report["stages"]) == ["reconstructor_data"]
+    assert len(list((tmp_path / "pair" / "data" / "reconstructor").glob("*/world-*.npz"))) == 2  # train + held-out
+    assert not (tmp_path / "pair" / "reconstructor").exists()
+    with pytest.raises(ValueError, match="unknown stages \\['enhancer-data'\\]"):
+        gpu_pipeline.run_pipeline(tmp_path / "other", stages=("reconstructor_data", "enhancer-data"), **kwargs)
+
+
+def test_several_targets_per_step_are_the_mean_of_single_targets(tmp_path):
+    """A step over targets sharing their context renders them in one call: its L1 and PSNR are the means of the
+    single-target steps (equal-sized views), and every target it draws shares the first one's context."""
+    import torch
+
+    config = train_reconstructor_run.RunReconTrainConfig(worlds=1, targets=6, fuse=True, context_stations=64)
+    world = train_reconstructor_run.load_world(tmp_path / "data", 0, "train", 6, config.size)
+    model = ReconNet.from_pretrained(train_reconstructor_run.Path("checkpoints/reconstructor-run")).eval()
+    rng = np.random.default_rng(0)
+    targets = train_reconstructor_run.targets_sharing_context(world, 2, 4, config.context_stations, rng)
+    assert len(targets) == 4 and targets[0] == 2 and len(set(targets.tolist())) == 4  # whole drive: all share
+    with torch.no_grad():
+        together = train_reconstructor_run.step_losses(model, world, targets, config)
+        alone = [train_reconstructor_run.step_losses(model, world, int(t), config) for t in targets]
+    assert abs(float(together["l1"]) - np.mean([float(a["l1"]) for a in alone])) < 1e-5
+    assert abs(float(together["psnr"]) - np.mean([float(a["psnr"]) for a in alone])) < 1e-4
+    assert abs(float(together["view_depth"]) - float(alone[0]["view_depth"])) < 1e-6  # the same context views
+    config.context_stations = 1  # one station each: only targets between the same stations share it
+    near = train_reconstructor_run.targets_sharing_context(world, 0, 6, 1, rng)
+    stations = world["target_station"][near]
+    assert (stations == stations[0]).all()
+    with pytest.raises(AssertionError, match="does not share the context"):
+        other = int(np.flatnonzero(world["target_station"] != stations[0])[0])
+        train_reconstructor_run.step_losses(model, world, [int(near[0]), other], config)

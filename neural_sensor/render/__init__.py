@@ -48,18 +48,21 @@ class RenderOutput:
 
 
 def cuda_available() -> bool:
-    """True when torch sees a CUDA device and gsplat imports."""
-    import importlib
+    """True when torch sees a CUDA device, gsplat imports and its CUDA kernels load.
 
+    gsplat's PyPI wheel compiles its kernels on first use (minutes, once per machine); where that compile
+    fails gsplat still imports but cannot rasterise, so "auto" must not pick it (it says why on stderr).
+    """
     try:
         import torch
 
         if not torch.cuda.is_available():
             return False
-        importlib.import_module("gsplat")
-    except ImportError:
+        import gsplat  # noqa: F401
+        from gsplat.cuda._backend import _C
+    except (ImportError, OSError, RuntimeError):  # not installed, or its kernels could not be built / loaded
         return False
-    return True
+    return _C is not None
 
 
 def resolve_backend(backend: str) -> str:

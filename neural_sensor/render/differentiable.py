@@ -5,7 +5,7 @@ dispatches by backend:
 
     "torch"         our reference (`_torch_ref.render_torch`): any device, the CPU default
     "gsplat"        `gsplat.rasterization` (CUDA kernels, "classic" mode, RGB + expected depth)
-    "auto"          "gsplat" when the tensors are on CUDA and gsplat imports, else "torch"
+    "auto"          "gsplat" when the tensors are on CUDA and gsplat's kernels load, else "torch"
 
 Every backend takes the same tensors and returns the same dict, so a training step is
 written once, and runs (and is tested) on a CPU with "torch". gsplat's rasteriser itself
@@ -31,13 +31,9 @@ def resolve_diff_backend(backend: str, device: torch.device | str) -> str:
         raise ValueError(f"render_differentiable: backend must be one of {DIFF_BACKENDS}, got {backend!r}")
     on_cuda = torch.device(device).type == "cuda"
     if backend == "auto":
-        if on_cuda:
-            try:
-                import gsplat  # noqa: F401
-                return "gsplat"
-            except ImportError:
-                return "torch"
-        return "torch"
+        from neural_sensor.render import cuda_available
+
+        return "gsplat" if on_cuda and cuda_available() else "torch"
     if backend == "gsplat" and not on_cuda:
         raise ValueError("render_differentiable: backend 'gsplat' needs CUDA tensors; use 'torch' on a CPU")
     return backend

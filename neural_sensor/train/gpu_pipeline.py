@@ -15,6 +15,9 @@ Stages (each resumes: data is stored per world, trainings keep their optimiser s
    (`train_enhancer_run.load_frames`), in parallel over the CPU cores;
 4. enhancer: fine-tuned from `--enhancer-init` on those renders, on CUDA, to its budget.
 
+`--stages` runs a subset (e.g. `--stages reconstructor_data` to make the data first, or
+`--stages reconstructor_data,reconstructor` when the enhancer is trained elsewhere).
+
 Writes OUT/reconstructor, OUT/enhancer (checkpoints, each with train_summary.json) and
 OUT/pipeline.json (stage wall times and the held-out figures of both trainings). Without
 CUDA it runs on the CPU (`--device cpu`, the torch reference renderer): that is how the
@@ -36,6 +39,8 @@ import torch
 
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
+
+STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
 
 def _quiet_worker() -> None:
@@ -74,13 +79,19 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
                  reconstructor_init: Path, enhancer_init: Path, context_stations: int = 7, recon_steps: int = 100_000,
                  enhancer_steps: int = 100_000, recon_share: float = 0.55, workers: int | None = None,
                  data_root: Path | None = None, resume: bool = False, eval_every: int = 200,
+                 stages: tuple[str, ...] = STAGES, recon_lr: float = 2e-4, enhancer_lr: float = 5e-4,
                  recon_overrides: dict | None = None, enhancer_overrides: dict | None = None) -> dict:
-    """The four stages (module docstring); returns what OUT/pipeline.json holds.
+    """The stages (module docstring) named in `stages`, in order; returns what OUT/pipeline.json holds.
 
-    minutes: the whole budget; data making takes what it takes, and the rest is split between the two trainings
-    (recon_share of it for the reconstructor). recon_steps / enhancer_steps cap the steps as well.
-    recon_overrides / enhancer_overrides: other fields of the two training configs (e.g. tiny crops in tests).
+    minutes: the whole budget; data making takes what it takes, and the rest goes to the trainings (recon_share
+    of it to the reconstructor when the enhancer trains after it). recon_steps / enhancer_steps cap the steps
+    as well. The enhancer stages use the reconstructor in OUT/reconstructor (trained before, by this call or
+    an earlier one). recon_overrides / enhancer_overrides: other fields of the two training configs (e.g. tiny
+    crops in tests).
     """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"gpu_pipeline: unknown stages {unknown}; the stages are {list(STAGES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root or out / "data")
@@ -98,38 +109,44 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
         return max(0.0, minutes * 60.0 - (time.perf_counter() - start))
 
     recon_config = recon_run.RunReconTrainConfig(
-        steps=recon_steps, worlds=recon_worlds, lr=2e-4, context_stations=context_stations, fuse=True,
+        steps=recon_steps, worlds=recon_worlds, lr=recon_lr, context_stations=context_stations, fuse=True,
         device=device, renderer="auto", eval_every=eval_every, save_every=eval_every, **(recon_overrides or {}))
-    t0 = time.perf_counter()
-    size = recon_config.size
-    jobs = [(str(data_root / "reconstructor"), s, "train", recon_config.targets, size) for s in range(recon_worlds)]
-    jobs += [(str(data_root / "reconstructor"), s, "heldout", 4, size) for s in recon_run.EVAL_SEEDS]
-    _parallel(_recon_world, jobs, workers, "reconstructor data")
-    stage_done("reconstructor_data", t0, worlds=len(jobs))
-
-    t0 = time.perf_counter()
-    # the enhancer's data and training come after; keep (1 - recon_share) of what is left for them
-    recon_config.time_budget_s = left_s() * recon_share
     recon_out = out / "reconstructor"
-    summary = recon_run.train(recon_config, recon_out, data_root / "reconstructor", init=reconstructor_init,
-                              resume=resume)
-    stage_done("reconstructor", t0, steps=summary["steps"], final=summary["final"])
+    if "reconstructor_data" in stages:
+        t0 = time.perf_counter()
+        size = recon_config.size
+        jobs = [(str(data_root / "reconstructor"), s, "train", recon_config.targets, size)
+                for s in range(recon_worlds)]
+        jobs += [(str(data_root / "reconstructor"), s, "heldout", 4, size) for s in recon_run.EVAL_SEEDS]
+        _parallel(_recon_world, jobs, workers, "reconstructor data")
+        stage_done("reconstructor_data", t0, worlds=len(jobs))
 
-    t0 = time.perf_counter()
+    if "reconstructor" in stages:
+        t0 = time.perf_counter()
+        # when the enhancer's data and training come after, keep (1 - recon_share) of what is left for them
+        share = recon_share if "enhancer" in stages else 1.0
+        recon_config.time_budget_s = max(left_s() * share, 1.0)
+        summary = recon_run.train(recon_config, recon_out, data_root / "reconstructor", init=reconstructor_init,
+                                  resume=resume)
+        stage_done("reconstructor", t0, steps=summary["steps"], final=summary["final"])
+
     enhancer_config = enhancer_run.RunEnhancerTrainConfig(steps=enhancer_steps, worlds=enhancer_worlds,
-                                                          lr=5e-4, device=device, eval_every=eval_every,
+                                                          lr=enhancer_lr, device=device, eval_every=eval_every,
                                                           save_every=eval_every, **(enhancer_overrides or {}))
-    jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world)
-            for s in range(enhancer_worlds)]
-    jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2) for s in enhancer_run.EVAL_SEEDS]
-    _parallel(_enhancer_world, jobs, workers, "enhancer frames")
-    stage_done("enhancer_data", t0, worlds=len(jobs))
+    if "enhancer_data" in stages:
+        t0 = time.perf_counter()
+        jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world)
+                for s in range(enhancer_worlds)]
+        jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2) for s in enhancer_run.EVAL_SEEDS]
+        _parallel(_enhancer_world, jobs, workers, "enhancer frames")
+        stage_done("enhancer_data", t0, worlds=len(jobs))
 
-    t0 = time.perf_counter()
-    enhancer_config.time_budget_s = max(left_s(), 1.0)
-    summary = enhancer_run.train(enhancer_config, out / "enhancer", data_root / "enhancer", recon_out,
-                                 resume=resume, init=enhancer_init)
-    stage_done("enhancer", t0, steps=summary["steps"], final=summary["final"])
+    if "enhancer" in stages:
+        t0 = time.perf_counter()
+        enhancer_config.time_budget_s = max(left_s(), 1.0)
+        summary = enhancer_run.train(enhancer_config, out / "enhancer", data_root / "enhancer", recon_out,
+                                     resume=resume, init=enhancer_init)
+        stage_done("enhancer", t0, steps=summary["steps"], final=summary["final"])
     report["wall_s"] = round(time.perf_counter() - start, 1)
     (out / "pipeline.json").write_text(json.dumps(report, indent=1, default=str))
     return report
@@ -153,13 +170,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="data processes (default: cores - 1)")
     parser.add_argument("--data", type=Path, default=None, help="data folder (default OUT/data)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated subset of the stages, run in this order: " + ", ".join(STAGES))
+    parser.add_argument("--recon-lr", type=float, default=2e-4)
+    parser.add_argument("--enhancer-lr", type=float, default=5e-4)
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
                           enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,
                           enhancer_init=args.enhancer_init, context_stations=args.context_stations,
                           recon_steps=args.recon_steps, enhancer_steps=args.enhancer_steps, workers=args.workers,
-                          data_root=args.data, resume=args.resume)
+                          data_root=args.data, resume=args.resume,
+                          stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
+                          recon_lr=args.recon_lr, enhancer_lr=args.enhancer_lr)
     print(json.dumps(report))
 
 

@@ -16,8 +16,10 @@ through the gaps between a textured facade's Gaussians and lies 0.4-0.5 AbsRel b
 the surface, which taught "run-v1" nets to put near surfaces 10-20 % too far.
 
 Per step: a world and one of its target poses; the views of the three stations around
-it (18 views) go through the network; their Gaussians are rendered (torch reference
-renderer, differentiable) at the target cameras. Loss = L1(rgb) + ssim_weight (1 - SSIM)
+it (18 views; `--context-stations`, up to the whole drive) go through the network; their
+Gaussians are rendered (torch reference renderer on a CPU, gsplat on CUDA; differentiable)
+at the target camera, or at `--targets-per-step` target cameras that share those context
+views (on a GPU: the whole drive and every target of the world in one step). Loss = L1(rgb) + ssim_weight (1 - SSIM)
 + render_depth_weight L1(log depth of the render, solid pixels) + view_depth_weight
 L1(log depth of every context view's prediction against its ground truth, sky pixels at
 the network's far limit) + sky_weight BCE(the semantic head's SKY logit, ground-truth sky;
@@ -77,6 +79,7 @@ class RunReconTrainConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # stop at this many seconds of training even before `steps` (0: no budget)
     context_stations: int = 3  # stations around the target whose views (6 each) go through the network
+    targets_per_step: int = 1  # target views rendered per step from the same context (one network pass)
     fuse: bool = False  # render the target from the context views' Gaussians as the run's fusion keeps them
     device: str = "cpu"  # "cpu" or "cuda" (the model, its inputs and the render)
     renderer: str = "auto"  # render_differentiable backend: "torch" on a CPU, "gsplat" on CUDA
@@ -163,12 +166,29 @@ def fused_selection(model: ReconNet, pred: dict, means: torch.Tensor, scales: to
     return torch.from_numpy(idx).to(means.device)
 
 
-def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
-    """The loss terms of one target view with its 18 context views (see the module docstring)."""
+def targets_sharing_context(world: dict, target: int, count: int, stations: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """`target` and up to count - 1 other target views drawn at random from those whose context (the views of
+    `stations` stations, `context_indices`) is the same as its own, so that one network pass serves them all."""
+    first = context_indices(world, int(world["target_station"][target]), stations)
+    same = [t for t in range(len(world["target_station"])) if t != target and np.array_equal(
+        context_indices(world, int(world["target_station"][t]), stations), first)]
+    more = rng.choice(same, min(count - 1, len(same)), replace=False) if same and count > 1 else []
+    return np.asarray([target, *more], np.int64)
+
+
+def step_losses(model: ReconNet, world: dict, target, config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of target view(s) `target` (an index, or indices of targets that share their context views,
+    `targets_sharing_context`) rendered from the Gaussians of their context views (see the module docstring);
+    "psnr" is the mean over the targets."""
     from neural_sensor.render.differentiable import render_differentiable
 
     device = torch.device(config.device)
-    ctx = context_indices(world, int(world["target_station"][target]), config.context_stations)
+    targets = np.atleast_1d(np.asarray(target, np.int64))
+    ctx = context_indices(world, int(world["target_station"][targets[0]]), config.context_stations)
+    for t in targets[1:]:
+        assert np.array_equal(context_indices(world, int(world["target_station"][t]), config.context_stations),
+                              ctx), f"target {t} does not share the context of target {targets[0]}"
     images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
     context_cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
     pred = model(images.to(device), **view_inputs(model, context_cameras, images.shape[-2], images.shape[-1], device))
@@ -178,25 +198,26 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
     if config.fuse:
         idx = fused_selection(model, pred, means, scales, opac, context_cameras)  # never a sky Gaussian
         means, quats, scales, opac, sh = (t[idx] for t in (means, quats, scales, opac, sh))
-    cam = _cameras(world["target_K"][target:target + 1], world["target_pose"][target:target + 1], config.size)[0]
+    cams = _cameras(world["target_K"][targets], world["target_pose"][targets], config.size)
     background = torch.from_numpy(world["background"])
     out = render_differentiable(means, quats, scales, opac, sh,
-                                torch.tensor(cam.pose_world_to_camera[None], dtype=torch.float32, device=device),
-                                torch.tensor(cam.K[None], dtype=torch.float32, device=device), cam.width,
-                                cam.height, background=torch.zeros(3) if config.fuse else background,
-                                backend=config.renderer)
+                                torch.tensor(np.stack([c.pose_world_to_camera for c in cams]), dtype=torch.float32,
+                                             device=device),
+                                torch.tensor(np.stack([c.K for c in cams]), dtype=torch.float32, device=device),
+                                config.size[0], config.size[1],
+                                background=torch.zeros(3) if config.fuse else background, backend=config.renderer)
     out = {k: v.cpu() for k, v in out.items()}
     pred = {k: v.cpu() for k, v in pred.items()}
-    gt = torch.from_numpy(world["target_rgb"][target].astype(np.float32) / 255.0)[None]
+    gt = torch.from_numpy(world["target_rgb"][targets].astype(np.float32) / 255.0)
     rgb = out["rgb"]
     if config.fuse:  # the run draws the sky as a dome fitted to the drive: stand in for it with the true sky
-        target_sky = torch.from_numpy(world["target_depth"][target].astype(np.float32) > TARGET_SKY_M)[None]
+        target_sky = torch.from_numpy(world["target_depth"][targets].astype(np.float32) > TARGET_SKY_M)
         behind = torch.where(target_sky[..., None], gt, background)
         rgb = rgb + (1.0 - out["alpha"])[..., None] * behind
     l1 = (rgb - gt).abs().mean()
     ssim_term = 1.0 - ssim_map_torch(rgb.permute(0, 3, 1, 2).clamp(0, 1), gt.permute(0, 3, 1, 2)).mean()
-    gt_depth = torch.from_numpy(world["target_depth"][target].astype(np.float32))[None]
-    solid = (torch.from_numpy(world["target_alpha"][target] > 127)[None] & (gt_depth > 0) & (gt_depth < 1e3)
+    gt_depth = torch.from_numpy(world["target_depth"][targets].astype(np.float32))
+    solid = (torch.from_numpy(world["target_alpha"][targets] > 127) & (gt_depth > 0) & (gt_depth < 1e3)
              & (out["alpha"] > 0.5))
     render_depth = ((torch.log(out["depth"][solid].clamp_min(1e-3)) - torch.log(gt_depth[solid])).abs().mean()
                     if solid.any() else torch.zeros(()))
@@ -210,7 +231,8 @@ def step_losses(model: ReconNet, world: dict, target: int, config: RunReconTrain
     sky_half = F.avg_pool2d(sky[:, None].float(), 2)[:, 0]  # fraction of sky in each half-resolution pixel
     sky_term = F.binary_cross_entropy_with_logits(pred["semantic_logits"][:, CityObjectLabel.SKY], sky_half)
     return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, "view_depth": view_depth, "sky": sky_term,
-            "psnr": torch.tensor(psnr(rgb.detach().clamp(0, 1).numpy()[0], gt.numpy()[0]))}
+            "psnr": torch.tensor(float(np.mean([psnr(a, b) for a, b in zip(rgb.detach().clamp(0, 1).numpy(),
+                                                                            gt.numpy())])))}
 
 
 @torch.no_grad()
@@ -219,7 +241,7 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
     model.eval()
     scores, abs_rel, sky_acc = [], [], []
     for world in worlds:
-        for t in range(len(world["target_station"])):
+        for t in range(len(world["target_station"])):  # one at a time: the same figure whatever targets_per_step
             scores.append(float(step_losses(model, world, t, config)["psnr"]))
         images = torch.from_numpy(world["rgb"].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
         cameras = _cameras(world["K"], world["pose"], config.size)
@@ -270,7 +292,8 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     while step < config.steps and not out_of_time(config, start):
         model.train()
         world = worlds[int(rng.integers(len(worlds)))]
-        target = int(rng.integers(len(world["target_station"])))
+        target = targets_sharing_context(world, int(rng.integers(len(world["target_station"]))),
+                                         config.targets_per_step, config.context_stations, rng)
         terms = step_losses(model, world, target, config)
         loss = (terms["l1"] + config.ssim_weight * terms["ssim"] + config.render_depth_weight * terms["render_depth"]
                 + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
@@ -295,7 +318,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("checkpoints/reconstructor-run"))
     parser.add_argument("--data", type=Path,
                         default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
-    parser.add_argument("--context-stations", type=int, default=3, help="stations (6 views each) per step")
+    parser.add_argument("--context-stations", type=int, default=3,
+                        help="stations (6 views each) per step; more than a drive has: the whole drive")
+    parser.add_argument("--targets-per-step", type=int, default=1,
+                        help="target views rendered per step from one network pass over their shared context")
     parser.add_argument("--fuse", action="store_true",
                         help="render targets from the context Gaussians the run's fusion keeps (train through it)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -307,6 +333,11 @@ def main() -> None:
     parser.add_argument("--ray-inputs", action="store_true",
                         help="each pixel's camera ray as two more input channels (depth that follows the "
                              "intrinsics); extends an --init without them with zero-initialised weights")
+    parser.add_argument("--view-depth-weight", type=float, default=RunReconTrainConfig.view_depth_weight,
+                        help="weight of the context views' log-depth term")
+    parser.add_argument("--render-depth-weight", type=float, default=RunReconTrainConfig.render_depth_weight,
+                        help="weight of the target render's log-depth term")
+    parser.add_argument("--minutes", type=float, default=0.0, help="stop after this much training (0: no limit)")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
@@ -315,7 +346,9 @@ def main() -> None:
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
                                  renderer=args.renderer, eval_every=args.eval_every, cost_volume=args.cost_volume,
-                                 ray_inputs=args.ray_inputs)
+                                 ray_inputs=args.ray_inputs, view_depth_weight=args.view_depth_weight,
+                                 render_depth_weight=args.render_depth_weight, time_budget_s=60.0 * args.minutes,
+                                 targets_per_step=args.targets_per_step)
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)
