@@ -67,6 +67,7 @@ def render_differentiable(
     assert opacities.shape == (n,) and sh.ndim == 3 and sh.shape[0] == n and sh.shape[2] == 3, sh.shape
     assert viewmats.shape == (c_count, 4, 4) and Ks.shape == (c_count, 3, 3), (viewmats.shape, Ks.shape)
     assert background.shape == (3,), background.shape
+    background = background.to(device=means.device, dtype=means.dtype)
     name = resolve_diff_backend(backend, means.device)
     if name == "torch":
         from neural_sensor.render._torch_ref import render_torch
