@@ -39,7 +39,7 @@ python3 -c "import torch, numba, numpy; print('torch', torch.__version__, 'cuda'
 
 # 1. gsplat's kernels (its wheel compiles them on first use) while the reconstructor's data is made
 say "gsplat build (background) + reconstructor data for $WORLDS worlds on $WORKERS processes"
-( MAX_JOBS=${MAX_JOBS:-10} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} timeout 300 python3 -c "
+( MAX_JOBS=${MAX_JOBS:-14} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} timeout 300 python3 -c "
 import time; t = time.perf_counter()
 from gsplat.cuda._backend import _C
 assert _C is not None, 'gsplat kernels did not build'
