@@ -27,6 +27,8 @@ from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX, render, resolve_backend
+
+RIG_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")  # every tick, every camera
 from neural_sensor.render._common import check_lod_px
 from neural_sensor.poses import check_pose
 from neural_sensor.world import WorldSnapshot
@@ -145,7 +147,7 @@ class NeuralSensorRig:
                                  f"{MAX_FRAMES} (every camera of a tick goes in one request)")
         self.scene = scene
         self.sensors = sensors
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_backend(backend, RIG_OUTPUTS)
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
@@ -175,7 +177,7 @@ class NeuralSensorRig:
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=("rgb", "depth", "alpha", "semantic", "instance", "median_depth"), lod_px=self.lod_px)
+                         outputs=RIG_OUTPUTS, lod_px=self.lod_px)
             render_ms = (time.perf_counter() - start) * 1000.0
             for i, spec in enumerate(specs):
                 frames[spec.sensor_id] = SensorFrame(

@@ -37,6 +37,53 @@ def test_best_gaussian_from_pairs_empty():
     assert best.tolist() == [-1] * 5
 
 
+def test_auto_takes_gsplat_only_for_accumulated_outputs(monkeypatch):
+    """Where gsplat's kernels load, "auto" renders rgb / depth / alpha with it, and anything that needs its
+    pair enumeration (the rig asks for all of them) with the cpu kernel."""
+    import neural_sensor.render as render_module
+    from neural_sensor.rig import RIG_OUTPUTS
+
+    monkeypatch.setattr(render_module, "cuda_available", lambda: True)
+    assert render_module.resolve_backend("auto") == "gsplat"
+    assert render_module.resolve_backend("auto", ("rgb", "alpha")) == "gsplat"
+    for extra in ("semantic", "instance", "median_depth"):
+        assert render_module.resolve_backend("auto", ("rgb", extra)) == "cpu"
+    assert render_module.resolve_backend("auto", RIG_OUTPUTS) == "cpu"
+    assert render_module.resolve_backend("gsplat", RIG_OUTPUTS) == "gsplat"  # asked for by name: taken
+    monkeypatch.setattr(render_module, "cuda_available", lambda: False)
+    assert render_module.resolve_backend("auto") == "cpu"
+
+
+def test_pair_order_matches_its_three_sort_twin():
+    """Pixel, then camera z, then Gaussian index: the packed two-sort order equals one stable sort per key, with
+    many ties in z (quantised) and in pixel, negative z included."""
+    from neural_sensor.render.gsplat_backend import _pair_order, _pair_order_reference
+
+    g = torch.Generator().manual_seed(0)
+    m = 20_000
+    gauss = torch.randint(0, 3000, (m,), generator=g)
+    pixel = torch.randint(0, 500, (m,), generator=g)
+    depth = (torch.randint(-40, 400, (m,), generator=g).float() * 0.25).float()  # ties, and z < 0
+    fast, ref = _pair_order(pixel, depth, gauss), _pair_order_reference(pixel, depth, gauss)
+    assert torch.equal(fast, ref)
+    key = [(int(pixel[i]), float(depth[i]), int(gauss[i])) for i in fast.tolist()]
+    assert key == sorted(key)
+
+
+def test_one_ordering_serves_median_and_labels():
+    from neural_sensor.render.gsplat_backend import _front_to_back, median_depth_from_pairs
+
+    scene = random_scene(400, seed=4, sh_degree=0)
+    oracle = brute_force_composite(scene, forward_camera(40, 30))
+    pairs = tuple(oracle[k] for k in ("pair_gauss", "pair_pixel", "pair_alpha", "pair_depth"))
+    ordered = _front_to_back(pairs[1], pairs[2], pairs[3], pairs[0])
+    n = 40 * 30
+    assert torch.equal(best_gaussian_from_pairs(*pairs, n, ordered=ordered), best_gaussian_from_pairs(*pairs, n))
+    median = median_depth_from_pairs(*pairs, n, ordered=ordered)
+    assert torch.allclose(median, median_depth_from_pairs(*pairs, n), rtol=0, atol=0, equal_nan=True)
+    assert torch.isfinite(median).mean(dtype=torch.float32) > 0.3
+
+
 def test_median_depth_from_pairs_known_answers():
     """Pixel 0: alphas 0.3, 0.3, 0.9 at z 2, 3, 4 (T 0.7, 0.49, ...): the crossing is the second pair, z 3.
     Pixel 1: one pair of alpha 0.6 (T 0.4) at z 7. Pixel 2: alpha 0.3 alone: never (NaN).

@@ -65,12 +65,20 @@ def cuda_available() -> bool:
     return _C is not None
 
 
-def resolve_backend(backend: str) -> str:
-    """Map "auto" to a concrete backend; reject unknown names."""
+# outputs gsplat cannot accumulate: it enumerates every (Gaussian, pixel) pair and sorts them
+# (`gsplat_backend`), measured slower than the cpu kernel on a run's rig (README, "On a GPU")
+PAIR_OUTPUTS = frozenset({"semantic", "instance", "median_depth"})
+
+
+def resolve_backend(backend: str, outputs: Sequence[str] = ("rgb", "depth", "alpha")) -> str:
+    """Map "auto" to a concrete backend for these outputs; reject unknown names.
+
+    "auto" is gsplat where its kernels load and every output is an accumulation (rgb, depth, alpha), else cpu.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"render: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "gsplat" if cuda_available() else "cpu"
+        return "gsplat" if not PAIR_OUTPUTS & set(outputs) and cuda_available() else "cpu"
     return backend
 
 
@@ -111,7 +119,7 @@ def render(
     outputs = check_outputs(outputs)
     bg = check_background(background)
     lod_px = check_lod_px(lod_px, "render")
-    name = resolve_backend(backend)
+    name = resolve_backend(backend, outputs)
     if name == "cpu":
         from neural_sensor.render.cpu import render_cpu as impl
     elif name == "torch":

@@ -34,16 +34,36 @@ def gsplat_max_alpha() -> float:
     return 0.999 if (major, minor) < (1, 6) else 0.99
 
 
+def _sortable_float_bits(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys that order like the float32 `values` (finite; -0.0 sorts just before 0.0)."""
+    bits = values.float().contiguous().view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _pair_order(pixel_ids: torch.Tensor, depths: torch.Tensor, gauss_ids: torch.Tensor) -> torch.Tensor:
+    """[M] order that puts the pairs front to back per pixel: by pixel, then camera z, then Gaussian index (as the
+    tile lists are). Two stable sorts: (z, Gaussian) packed into one int64 key, then the pixel; the same order as
+    `_pair_order_reference`'s three (tested)."""
+    key = (_sortable_float_bits(depths) << 32) | gauss_ids.long()
+    order = torch.argsort(key, stable=True)
+    return order[torch.argsort(pixel_ids[order], stable=True)]
+
+
+def _pair_order_reference(pixel_ids: torch.Tensor, depths: torch.Tensor, gauss_ids: torch.Tensor) -> torch.Tensor:
+    """`_pair_order`'s twin: one stable sort per key, the least significant first."""
+    order = torch.argsort(gauss_ids, stable=True)
+    order = order[torch.argsort(depths[order], stable=True)]
+    return order[torch.argsort(pixel_ids[order], stable=True)]
+
+
 def _front_to_back(pixel_ids: torch.Tensor, alphas: torch.Tensor, depths: torch.Tensor, gauss_ids: torch.Tensor):
-    """The pairs put front to back per pixel (camera z, then Gaussian index, as the tile lists are).
+    """The pairs put front to back per pixel (`_pair_order`).
 
     Returns (order [M] into the pairs, pixel [M] int64, alpha [M] float64, transmittance before each pair [M],
     transmittance after it [M], first pair of its pixel [M] bool), all in that order.
     """
     m = gauss_ids.shape[0]
-    order = torch.argsort(gauss_ids, stable=True)
-    order = order[torch.argsort(depths[order], stable=True)]
-    order = order[torch.argsort(pixel_ids[order], stable=True)]
+    order = _pair_order(pixel_ids, depths, gauss_ids)
     pix, alpha = pixel_ids[order].long(), alphas[order].double()
     log_keep = torch.log1p(-alpha)
     cum = torch.cumsum(log_keep, 0)
@@ -67,12 +87,14 @@ def best_gaussian_from_pairs(
     alphas: torch.Tensor,  # [M] float, the pair's alpha as composited
     depths: torch.Tensor,  # [M] float, the Gaussian's camera z (front-to-back order key)
     n_pixels: int,
+    ordered: tuple | None = None,
 ) -> torch.Tensor:
     """Index of the Gaussian with the largest blending weight alpha * T at each pixel.
 
     Pairs may come in any order: each pixel's pairs are put front to back (camera z,
     then Gaussian index, as the tile lists are) and T is the product of (1 - alpha) of
-    the pairs in front. Ties go to the front-most Gaussian.
+    the pairs in front. Ties go to the front-most Gaussian. `ordered`: `_front_to_back` of these pairs when
+    the caller has it already (the median depth uses the same).
 
     Returns:
         [n_pixels] int64, -1 where no Gaussian contributes.
@@ -82,7 +104,7 @@ def best_gaussian_from_pairs(
     best = torch.full((n_pixels,), -1, dtype=torch.int64, device=gauss_ids.device)
     if m == 0:
         return best
-    order, pix, alpha, trans_before, _, _ = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    order, pix, alpha, trans_before, _, _ = ordered or _front_to_back(pixel_ids, alphas, depths, gauss_ids)
     gid = gauss_ids[order].long()
     weight = alpha * trans_before
     best_weight = torch.zeros(n_pixels, dtype=weight.dtype, device=weight.device)
@@ -103,9 +125,10 @@ def median_depth_from_pairs(
     alphas: torch.Tensor,  # [M] float
     depths: torch.Tensor,  # [M] float, camera z
     n_pixels: int,
+    ordered: tuple | None = None,
 ) -> torch.Tensor:
     """Camera z of the pair that takes each pixel's transmittance from above MEDIAN_T to MEDIAN_T or below
-    (pairs in any order, put front to back as in `best_gaussian_from_pairs`).
+    (pairs in any order, put front to back as in `best_gaussian_from_pairs`; `ordered` as there).
 
     Returns:
         [n_pixels] float32, NaN where the transmittance never gets there.
@@ -114,7 +137,7 @@ def median_depth_from_pairs(
     median = torch.full((n_pixels,), math.nan, dtype=torch.float32, device=gauss_ids.device)
     if gauss_ids.shape[0] == 0:
         return median
-    order, pix, _, _, trans_after, first = _front_to_back(pixel_ids, alphas, depths, gauss_ids)
+    order, pix, _, _, trans_after, first = ordered or _front_to_back(pixel_ids, alphas, depths, gauss_ids)
     # the transmittance before a pair is the one after the previous pair of its pixel (1 for the first), the same
     # float: exactly one crossing per pixel that gets there
     before = torch.cat([torch.ones_like(trans_after[:1]), trans_after[:-1]])
@@ -158,13 +181,16 @@ def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], backgroun
     }
     pairs = _gsplat_pairs(meta, c_count, h, w, len(scene)) if len(scene) > 0 and (
         {"semantic", "instance", "median_depth"} & set(outputs)) else None
+    # one front-to-back ordering of the pairs serves the median depth and the labels
+    ordered = None if pairs is None or pairs[0].numel() == 0 else _front_to_back(pairs[1], pairs[2], pairs[3],
+                                                                                pairs[0])
     if "median_depth" in outputs:
         median = torch.full((c_count * h * w,), math.nan, device=device) if pairs is None else \
-            median_depth_from_pairs(*pairs, c_count * h * w)
+            median_depth_from_pairs(*pairs, c_count * h * w, ordered=ordered)
         median = median.reshape(c_count, h, w).cpu().numpy()
         result["median_depth"] = np.where(np.isnan(median), result["depth"], median).astype(np.float32)
     if ("semantic" in outputs or "instance" in outputs) and len(scene) > 0:
-        best = best_gaussian_from_pairs(*pairs, c_count * h * w).reshape(c_count, h, w)
+        best = best_gaussian_from_pairs(*pairs, c_count * h * w, ordered=ordered).reshape(c_count, h, w)
         shown = (best >= 0) & (alphas[..., 0] >= SEMANTIC_MIN_ALPHA)
         index = best.clamp_min(0)
         if "semantic" in outputs:
