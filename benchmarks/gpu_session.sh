@@ -72,14 +72,16 @@ fi
 MINUTES=$(python3 -c "print(round(max(0.5, ($(left) - 100) / 60), 2))")
 say "training three reconstructor variants for $MINUTES min each (renderer $RENDERER)"
 COMMON=(--init checkpoints/reconstructor-run --fuse --device auto --renderer "$RENDERER" --worlds "$WORLDS"
-        --data "$WORK/data/reconstructor" --minutes "$MINUTES")
+        --data "$WORK/data/reconstructor" --minutes "$MINUTES" --steps 1000000)  # the deadline ends them
 declare -A VARIANTS=(
     [whole-lr5e-5]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50"
     [whole-lr1e-4]="--context-stations 64 --targets-per-step 24 --lr 1e-4 --eval-every 50"
     [seven-lr5e-5]="--context-stations 7 --targets-per-step 2 --lr 5e-5 --eval-every 200"
 )
 if [ "$RENDERER" = torch ]; then  # the torch reference keeps every pixel-Gaussian pair: fewer targets per step
-    for name in "${!VARIANTS[@]}"; do VARIANTS[$name]=${VARIANTS[$name]/--targets-per-step 24/--targets-per-step 4}; done
+    for name in "${!VARIANTS[@]}"; do
+        VARIANTS[$name]=${VARIANTS[$name]/--targets-per-step 24/--targets-per-step 4}
+    done
 fi
 PIDS=()
 for name in "${!VARIANTS[@]}"; do

@@ -19,9 +19,9 @@ Per step: a world and one of its target poses; the views of the three stations a
 it (18 views; `--context-stations`, up to the whole drive) go through the network; their
 Gaussians are rendered (torch reference renderer on a CPU, gsplat on CUDA; differentiable)
 at the target camera, or at `--targets-per-step` target cameras that share those context
-views (on a GPU: the whole drive and every target of the world in one step). Loss = L1(rgb) + ssim_weight (1 - SSIM)
-+ render_depth_weight L1(log depth of the render, solid pixels) + view_depth_weight
-L1(log depth of every context view's prediction against its ground truth, sky pixels at
+views (on a GPU: the whole drive and every target of the world in one step).
+Loss = L1(rgb) + ssim_weight (1 - SSIM) + render_depth_weight L1(log depth of the render, solid
+pixels) + view_depth_weight L1(log depth of every context view's prediction against its ground truth, sky pixels at
 the network's far limit) + sky_weight BCE(the semantic head's SKY logit, ground-truth sky;
 the reconstruction replaces sky pixels by a fitted sky dome): the direct depth term is what the old training lacked
 (its held-out depth AbsRel in the run regime was 0.36-0.42).
