@@ -58,8 +58,7 @@ def cuda_available() -> bool:
 
         if not torch.cuda.is_available():
             return False
-        import gsplat  # noqa: F401
-        from gsplat.cuda._backend import _C
+        from gsplat.cuda._backend import _C  # imports gsplat; compiles its kernels on first use
     except (ImportError, OSError, RuntimeError):  # not installed, or its kernels could not be built / loaded
         return False
     return _C is not None

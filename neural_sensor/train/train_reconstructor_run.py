@@ -171,8 +171,9 @@ def targets_sharing_context(world: dict, target: int, count: int, stations: int,
     """`target` and up to count - 1 other target views drawn at random from those whose context (the views of
     `stations` stations, `context_indices`) is the same as its own, so that one network pass serves them all."""
     first = context_indices(world, int(world["target_station"][target]), stations)
-    same = [t for t in range(len(world["target_station"])) if t != target and np.array_equal(
-        context_indices(world, int(world["target_station"][t]), stations), first)]
+    shares = {int(s): np.array_equal(context_indices(world, int(s), stations), first)
+              for s in np.unique(world["target_station"])}  # a target's context is its station's
+    same = [t for t, s in enumerate(world["target_station"]) if t != target and shares[int(s)]]
     more = rng.choice(same, min(count - 1, len(same)), replace=False) if same and count > 1 else []
     return np.asarray([target, *more], np.int64)
 
