@@ -64,7 +64,7 @@ from carla_bridge.transforms import (
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX
 from neural_sensor.render._common import check_lod_px
-from neural_sensor.rig import NeuralSensorRig, SensorSpec
+from neural_sensor.rig import NeuralSensorRig, SensorSpec, frame_fields
 from neural_sensor.world import AgentState, WorldSnapshot
 
 try:  # the carla package is needed for NeuralImage; the rest of carla_bridge works without it
@@ -86,6 +86,10 @@ _cameras: "weakref.WeakValueDictionary[int, NeuralCamera]" = weakref.WeakValueDi
 _rigs: dict[tuple, "CameraRig"] = {}
 _rigs_lock = threading.Lock()
 _warned_attachments: set[str] = set()
+# the SensorFrame fields each camera type's raw_data is made from (NeuralCamera._encode)
+_FRAME_FIELDS_OF_TYPE = {"sensor.camera.rgb": ("rgb",), "sensor.camera.depth": ("rgb", "depth", "semantic"),
+                         "sensor.camera.semantic_segmentation": ("rgb", "semantic"),
+                         "sensor.camera.instance_segmentation": ("rgb", "semantic", "instance")}
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # the post-processing model is relative to the blueprint's defaults for these (carla_bridge/attributes.py)
 _REFERENCE_KEYS = ("exposure_compensation", "gamma", "lens_k", "lens_kcube", "lens_x_size", "lens_y_size")
@@ -366,16 +370,17 @@ class CameraRig:
         return WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents)
 
     # ---------------------------------------------------------------- render + delivery (worker thread)
-    def _rig_for(self, views: tuple) -> NeuralSensorRig:
-        rig = self._rigs.get(views)
+    def _rig_for(self, views: tuple, fields: tuple) -> NeuralSensorRig:
+        rig = self._rigs.get((views, fields))
         if rig is None:
             specs = [SensorSpec(f"view{i}", w, h, fov, np.array(pose, dtype=np.float64).reshape(4, 4))
                      for i, (w, h, fov, pose) in enumerate(views)]
             if len(self._rigs) > 8:  # mounts or sizes changing all the time: keep the cache small
                 self._rigs.clear()
-            rig = self._rigs[views] = NeuralSensorRig(self.scene, specs, backend=self.backend,
-                                                     background_rgb=self.background_rgb,
-                                                     enhancer=self.enhancer_client, lod_px=self.lod_px)
+            rig = self._rigs[(views, fields)] = NeuralSensorRig(self.scene, specs, backend=self.backend,
+                                                               background_rgb=self.background_rgb,
+                                                               enhancer=self.enhancer_client, lod_px=self.lod_px,
+                                                               outputs=fields)
         return rig
 
     def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
@@ -386,7 +391,9 @@ class CameraRig:
             if view not in index:
                 index[view] = len(views)
                 views.append(view)
-        rig = self._rig_for(tuple(views))
+        # only what these cameras' types encode is rendered (RGB cameras alone: no median depth, no labels)
+        fields = frame_fields([f for camera in cameras for f in _FRAME_FIELDS_OF_TYPE[camera.type_id]])
+        rig = self._rig_for(tuple(views), fields)
         start = time.perf_counter()
         frames = rig.capture(snapshot)
         render_ms = (time.perf_counter() - start) * 1000.0
@@ -531,7 +538,8 @@ class NeuralCamera:
         return True
 
     def _encode(self, frame) -> np.ndarray:
-        """The blueprint's raw_data for one rendered view: [H, W, 4] BGRA uint8."""
+        """The blueprint's raw_data for one rendered view: [H, W, 4] BGRA uint8 (from the SensorFrame fields
+        _FRAME_FIELDS_OF_TYPE names)."""
         if self.type_id == "sensor.camera.rgb":
             return rgb_to_bgra(apply_postprocess(frame.rgb, self.settings))
         if self.type_id == "sensor.camera.depth":

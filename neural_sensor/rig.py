@@ -2,7 +2,8 @@
 
 Per capture: place each agent's Gaussian asset at its pose (`compose`, the
 background is not copied), render every camera (cameras of one size in one
-call), and hand back rgb, depth, semantic and instance with the snapshot's frame
+call), and hand back rgb, depth, semantic and instance (those the rig's `outputs`
+name: a rig of RGB cameras renders no depth or labels) with the snapshot's frame
 id and timestamp. With an enhancer (an EnhancerClient: ZeroMQ, a deadline) every
 camera of the tick goes to it in ONE request and rgb is its refined image; when it
 has no answer in time (or no server is up) the raw render is delivered, and meta
@@ -28,10 +29,30 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX, render, resolve_backend
 
-RIG_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")  # every tick, every camera
+FRAME_FIELDS = ("rgb", "depth", "semantic", "instance")  # what a SensorFrame can carry (NeuralSensorRig(outputs=))
+RIG_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")  # render() outputs for all of them
 from neural_sensor.render._common import check_lod_px
 from neural_sensor.poses import check_pose
 from neural_sensor.world import WorldSnapshot
+
+def frame_fields(outputs: Sequence[str], who: str = "frame_fields") -> tuple[str, ...]:
+    """The SensorFrame fields a rig fills, in FRAME_FIELDS order; "rgb" must be one, unknown names are a ValueError."""
+    if isinstance(outputs, str):
+        outputs = (outputs,)
+    names = tuple(outputs)
+    unknown = [n for n in names if n not in FRAME_FIELDS]
+    if unknown or "rgb" not in names:
+        raise ValueError(f"{who}: outputs must include 'rgb' and be among {FRAME_FIELDS}, got {names}")
+    return tuple(n for n in FRAME_FIELDS if n in names)
+
+
+def render_outputs(fields: Sequence[str]) -> tuple[str, ...]:
+    """The render() outputs that fill these SensorFrame fields: rgb, expected depth and alpha always (the
+    enhancer's inputs), the median depth for "depth", the labels for "semantic" / "instance"."""
+    extra = {"depth": ("median_depth",), "semantic": ("semantic",), "instance": ("instance",)}
+    wanted = {"rgb", "depth", "alpha"}.union(*(extra.get(f, ()) for f in fields))
+    return tuple(n for n in RIG_OUTPUTS if n in wanted)
+
 
 _CAMERA_FROM_FLU = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # FLU axes -> OpenCV axes
 
@@ -115,10 +136,11 @@ class SensorFrame:
     timestamp_s: float  # simulation time, unchanged
     sensor_id: str
     rgb: np.ndarray  # [H, W, 3] float32 in [0, 1]
-    depth: np.ndarray  # [H, W] float32 camera z of the surface, metres: the median depth (where the transmittance
-    #                    reaches 0.5, as a depth camera's z-buffer); the expected depth where alpha < 0.5
-    semantic: np.ndarray  # [H, W] uint8 CARLA labels
-    instance: np.ndarray  # [H, W] int32 agent / object ids
+    depth: np.ndarray | None  # [H, W] float32 camera z of the surface, metres: the median depth (where the
+    #                           transmittance reaches 0.5, as a depth camera's z-buffer); the expected depth where
+    #                           alpha < 0.5. None when the rig's outputs leave it out (likewise below)
+    semantic: np.ndarray | None  # [H, W] uint8 CARLA labels
+    instance: np.ndarray | None  # [H, W] int32 agent / object ids
     meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason, enhance_ms
 
 
@@ -127,7 +149,9 @@ class NeuralSensorRig:
 
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
                  enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
-                 lod_px: float = LOD_PX):
+                 lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS):
+        """outputs: the SensorFrame fields to fill (FRAME_FIELDS; "rgb" always); the others are None and not
+        rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`)."""
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
         sensors = list(sensors)
@@ -147,7 +171,9 @@ class NeuralSensorRig:
                                  f"{MAX_FRAMES} (every camera of a tick goes in one request)")
         self.scene = scene
         self.sensors = sensors
-        self.backend = resolve_backend(backend, RIG_OUTPUTS)
+        self.outputs = frame_fields(outputs, "NeuralSensorRig")
+        self.render_outputs = render_outputs(self.outputs)
+        self.backend = resolve_backend(backend, self.render_outputs)
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
@@ -177,12 +203,14 @@ class NeuralSensorRig:
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=RIG_OUTPUTS, lod_px=self.lod_px)
+                         outputs=self.render_outputs, lod_px=self.lod_px)
             render_ms = (time.perf_counter() - start) * 1000.0
             for i, spec in enumerate(specs):
                 frames[spec.sensor_id] = SensorFrame(
-                    snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i], out.median_depth[i],
-                    out.semantic[i], out.instance[i],
+                    snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i],
+                    None if out.median_depth is None else out.median_depth[i],
+                    None if out.semantic is None else out.semantic[i],
+                    None if out.instance is None else out.instance[i],
                     {"render_ms": render_ms / len(specs), "compose_ms": compose_ms, "backend": out.backend,
                      "enhanced": False, "enhancer_reason": "no enhancer configured"},
                 )

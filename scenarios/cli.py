@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from neural_sensor.cli import add_render_commands, run_render_command
-from neural_sensor.render import BACKENDS, LOD_PX
+from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
 
 
 _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
@@ -42,10 +42,11 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
     parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
-    parser.add_argument("--lod-px", type=float, default=LOD_PX, metavar="PX",
+    parser.add_argument("--lod-px", type=float, default=None, metavar="PX",
                         help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
                              "as one where that one's largest standard deviation spans <= PX pixels; 0 draws every "
-                             f"Gaussian (exact; default {LOD_PX})")
+                             f"Gaussian (exact; default {LOD_PX} for the builder's scene, {RECONSTRUCTION_LOD_PX} for "
+                             "a reconstruction)")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")

@@ -48,7 +48,7 @@ from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.metrics import psnr
-from neural_sensor.render import LOD_PX
+from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
@@ -82,8 +82,17 @@ class RunOptions:
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     truth: bool = False  # also render the builder's scene (the ground truth) at every tick: beside each camera in
     #                      the video, and per-camera PSNR of the delivered image against it in log.jsonl
-    lod_px: float = LOD_PX  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact).
-    #                         The --truth render is always exact
+    lod_px: float | None = None  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact);
+    #                              None = the scene's: LOD_PX for the builder's, RECONSTRUCTION_LOD_PX for a
+    #                              reconstruction (`scene_lod_px`). The --truth render is always exact
+
+
+def scene_lod_px(scene_kind: str, lod_px: float | None = None) -> float:
+    """The level of detail a run draws a scene with: lod_px if given, else LOD_PX for the builder's scene and
+    RECONSTRUCTION_LOD_PX for a reconstruction ("reconstruction" or "log")."""
+    if lod_px is not None:
+        return float(lod_px)
+    return LOD_PX if scene_kind == "builder" else RECONSTRUCTION_LOD_PX
 
 
 def scene_source(scene: str) -> tuple[str, Path | None]:
@@ -318,14 +327,16 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
+        # the agent's sensors are RGB cameras (sensor_spec_from_leaderboard): no depth or labels are rendered
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
-                              asset_seed=options.seed, enhancer=enhancer, lod_px=options.lod_px)
+                              asset_seed=options.seed, enhancer=enhancer,
+                              lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",))
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
             truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(
                 scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
             truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
-                                        asset_seed=options.seed, lod_px=0.0)
+                                        asset_seed=options.seed, lod_px=0.0, outputs=("rgb",))
         return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig)
     finally:
         sim.close()
@@ -383,6 +394,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "enhance", "deliver", "agent",
                                                       "record")}
     ticks_enhanced = 0
+    tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
     try:
         log = (tmp / "log.jsonl").open("w")
@@ -450,6 +462,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             }
             t5 = time.perf_counter()
             record["ms"]["record"] = round((t5 - t4) * 1e3, 2)
+            tick_ms.append(round((t5 - t0) * 1e3, 2))  # the whole tick, video included
             for key, value in record["ms"].items():
                 stages[key].append(value)
             log.write(json.dumps(record) + "\n")
@@ -478,6 +491,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "ticks": ticks, "ticks_requested": ticks_requested, "stopped_early": stopped_early,
             "wall_s": round(wall_s, 3), "ticks_per_s": round(ticks / wall_s, 3),
             "cameras": len(specs), "image_size": [options.width, options.height], "backend": rig.backend,
+            "lod_px": rig.lod_px, "tick_ms_median": _median(tick_ms),
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",

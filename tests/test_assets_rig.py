@@ -134,6 +134,30 @@ def test_rig_capture_echoes_frame_and_sees_agents():
         NeuralSensorRig(background, many, enhancer=type("E", (), {"enhance": lambda self, frames: None})())
 
 
+def test_rig_renders_only_the_fields_it_is_asked_for():
+    """A rig of RGB cameras (outputs=("rgb",)) skips the median depth and the labels: the same pixels as a full
+    rig (the compositing kernel without the best-Gaussian and median bookkeeping), the other fields None."""
+    background = make_street_scene(40_000, seed=2)
+    specs = [SensorSpec.mounted("front", 64, 48, 90.0, (1.5, 0, 1.6)),
+             SensorSpec.mounted("left", 48, 32, 100.0, (0, 0.5, 1.6), yaw_rad=math.pi / 2)]
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    car = AgentState(9, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(8.0, -1.75, 0.0, 0.0), 2.0)
+    snapshot = WorldSnapshot(3, 0.1, ego, (car,))
+    full = NeuralSensorRig(background, specs, backend="cpu").capture(snapshot)
+    rgb_only = NeuralSensorRig(background, specs, backend="cpu", outputs=("rgb",))
+    assert rgb_only.render_outputs == ("rgb", "depth", "alpha")
+    frames = rgb_only.capture(snapshot)
+    for sid in ("front", "left"):
+        np.testing.assert_array_equal(frames[sid].rgb, full[sid].rgb)
+        assert frames[sid].depth is None and frames[sid].semantic is None and frames[sid].instance is None
+    labelled = NeuralSensorRig(background, specs, backend="cpu", outputs=("semantic", "rgb")).capture(snapshot)
+    np.testing.assert_array_equal(labelled["front"].semantic, full["front"].semantic)
+    assert labelled["front"].depth is None and labelled["front"].instance is None
+    for bad in (("depth",), ("rgb", "normals")):
+        with pytest.raises(ValueError, match="outputs must include 'rgb'"):
+            NeuralSensorRig(background, specs, outputs=bad)
+
+
 def test_rig_depth_is_the_surface_and_the_enhancer_gets_the_expected_depth():
     """A frame's depth is the median depth (what a depth camera reports); the enhancer is sent the expected
     depth it was trained on."""

@@ -144,8 +144,14 @@ def test_four_blueprints_from_one_render_in_carlas_encodings(scene):
     image = images["semantic_segmentation"][-1]
     image.convert(carla.ColorConverter.CityScapesPalette)
     assert _array(image)[H // 2, W // 2, 2::-1].tolist() == [0, 0, 142]
-    for camera in cameras.values():
-        assert camera.destroy()
+    # the rig rendered what the four types need; an RGB camera alone would need no depth or labels
+    assert [fields for _, fields in cameras["rgb"].rig._rigs] == [("rgb", "depth", "semantic", "instance")]
+    for kind in ("depth", "semantic_segmentation", "instance_segmentation"):
+        assert cameras[kind].destroy()
+    world.tick()
+    assert _array(queues["rgb"].get(timeout=30)).shape == (H, W, 4)
+    assert [fields for _, fields in cameras["rgb"].rig._rigs][-1] == ("rgb",)
+    assert cameras["rgb"].destroy()
 
 
 def test_other_blueprints_are_refused_by_name(scene):
@@ -413,7 +419,7 @@ def test_render_errors_are_logged_at_once_and_raised_by_name(scene, caplog):
         def capture(self, snapshot):
             raise MemoryError("renderer ran out")
 
-    camera.rig._rig_for = lambda views: Broken()
+    camera.rig._rig_for = lambda views, fields: Broken()
     with caplog.at_level(logging.ERROR, logger="carla_bridge"):
         frame = world.tick()
         _settle(world, camera)

@@ -205,6 +205,29 @@ def test_a_view_warped_into_itself_is_itself():
     assert (warped[:3] == 0).all()
 
 
+def test_source_pixels_are_where_warp_views_takes_its_colours():
+    """`source_pixels` (one view, as indices) agrees with `warp_views` for a camera moved forward over a wall."""
+    from neural_sensor.enhance.warp import source_pixels
+
+    target = Camera.from_fov(40, 24, 70.0, np.eye(4))
+    moved = np.eye(4)
+    moved[2, 3] = -0.5  # half a metre behind: the earlier frame of a drive
+    source = Camera.from_fov(40, 24, 70.0, moved)
+    depth_t = np.full((24, 40), 8.0, np.float32)
+    depth_s = np.full((24, 40), 8.5, np.float32)
+    alpha = np.ones((24, 40), np.float32)
+    alpha[:2] = 0
+    rgb = np.random.default_rng(0).random((24, 40, 3)).astype(np.float32)
+    index = source_pixels(target, depth_t, alpha, source, depth_s)
+    warped, visible = warp_views(target, depth_t, alpha, [(source, rgb, depth_s)])
+    np.testing.assert_array_equal(index >= 0, visible)
+    assert visible[2:].mean() > 0.8 and not visible[:2].any()
+    np.testing.assert_array_equal(rgb.reshape(-1, 3)[index[visible]], warped[visible])
+    assert (index[visible] != np.arange(24 * 40).reshape(24, 40)[visible]).any()  # it did move
+    far = np.full((24, 40), 20.0, np.float32)  # the source sees something else there: hidden
+    assert (source_pixels(target, depth_t, alpha, source, far) == -1).all()
+
+
 def test_compiled_codecs_equal_their_numpy_twins():
     """The wire's uint8 / float conversions (numba, one pass) give exactly the numpy references' values."""
     rng = np.random.default_rng(0)

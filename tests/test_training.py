@@ -39,6 +39,28 @@ def test_cotraining_fine_tunes_the_reconstructor_with_enhancer_targets(tmp_path)
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
 
 
+def test_enhancer_without_a_reference_skips_the_zero_channels():
+    """Without a reference the UNet's first convolution takes the five render channels only; the result equals
+    the full input with zero reference channels (to float rounding), and the checkpoint keeps its keys."""
+    import torch
+
+    from neural_sensor.enhance.model import Enhancer, EnhancerConfig, _network_input_reference
+
+    torch.manual_seed(0)
+    model = Enhancer(EnhancerConfig(unshuffle=4))
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # not the identity start
+    rgb, depth, alpha = torch.rand(2, 3, 40, 72), torch.rand(2, 40, 72) * 30, torch.rand(2, 40, 72)
+    with torch.no_grad():
+        fast = model(rgb, depth, alpha)
+        x = _network_input_reference(rgb, depth, alpha, None, None, model.config.depth_scale_m, model.multiple, 4)
+        assert x.shape[1] == 9 * 16
+        t = torch.full((2,), model.config.timestep, dtype=torch.long)
+        full = rgb + torch.nn.functional.pixel_shuffle(model.unet(x, t).sample, 4)[..., :40, :72]
+    assert (fast - rgb).abs().max() > 1e-3
+    torch.testing.assert_close(fast, full, rtol=0, atol=2e-6)
+    assert "conv_in.weight" in model.unet.state_dict() and model.unet.conv_in.weight.shape[1] == 9 * 16
+
+
 def test_network_input_and_shuffle_equal_their_torch_twins():
     """The enhancer's fast input path (channels written into one padded buffer, unshuffled by a reshape-permute
     copy) equals cat + replicate pad + F.pixel_unshuffle bit for bit, with and without a reference, padded or
@@ -60,8 +82,11 @@ def test_network_input_and_shuffle_equal_their_torch_twins():
         valid = (torch.rand(b, h, w, generator=g) > 0.5).float() if with_ref else None
         fast = network_input(rgb, depth, alpha, ref, valid, 10.0, multiple, s)
         plain = _network_input_reference(rgb, depth, alpha, ref, valid, 10.0, multiple, s)
-        assert fast.shape == (b, 9 * s * s, (h + (-h) % multiple) // s, (w + (-w) % multiple) // s)
-        assert torch.equal(fast, plain), (b, h, w, s)
+        made = (9 if with_ref else 5) * s * s  # without a reference the four zero channels are not made
+        assert fast.shape == (b, made, (h + (-h) % multiple) // s, (w + (-w) % multiple) // s)
+        assert torch.equal(fast, plain[:, :made]), (b, h, w, s)
+        assert not plain[:, made:].any()
+        plain = plain[:, :made]
         weights = torch.rand(fast.shape, generator=g)
         grad_fast = torch.autograd.grad((fast * weights).sum(), rgb)[0]
         grad_plain = torch.autograd.grad((plain * weights).sum(), rgb)[0]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INPUT_CHANNELS = 9  # rgb 3, inverse depth 1, alpha 1, reference rgb 3, reference validity 1
+RENDER_CHANNELS = 5  # ... the first five: what the network sees without a reference (the rest would be zeros)
 OUTPUT_CHANNELS = 3
 _WEIGHT_AND_CONFIG_FILES = ("config.json", "enhancer.json", "model.safetensors", "diffusion_pytorch_model.safetensors")
 _CONTRACT_FIELDS = ("unshuffle", "timestep", "depth_scale_m", "model_name")
@@ -94,6 +95,8 @@ def network_input(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
                   unshuffle: int) -> torch.Tensor:
     """The UNet's input [B, 9 * s * s, Hp / s, Wp / s] (s = unshuffle): `encode_inputs`, padded at the bottom /
     right by repeating the last row / column up to Hp, Wp (multiples of `multiple`), then pixel-unshuffled.
+    Without a reference only the first RENDER_CHANNELS * s * s channels are made (the rest would be zeros, and
+    the UNet's first convolution skips their weights: `_LeadingChannelsConv2d`).
 
     Fast path: the channels are written straight into one padded buffer and unshuffled by a reshape-permute
     copy (torch's pixel_unshuffle kernel is several times slower on CPUs); pure data movement, so it equals its
@@ -104,14 +107,13 @@ def network_input(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
     s = unshuffle
     assert multiple % s == 0, (multiple, s)
     hp, wp = h + (-h) % multiple, w + (-w) % multiple
-    x = rgb.new_empty((b, INPUT_CHANNELS, hp, wp))
+    channels = RENDER_CHANNELS if reference_rgb is None else INPUT_CHANNELS
+    x = rgb.new_empty((b, channels, hp, wp))
     inner = x[:, :, :h, :w]
     inner[:, 0:3] = rgb
     inner[:, 3] = _inverse_depth_code(depth_m, alpha, depth_scale_m)
     inner[:, 4] = alpha
-    if reference_rgb is None:
-        inner[:, 5:9] = 0.0
-    else:
+    if reference_rgb is not None:
         assert reference_rgb.shape == rgb.shape and reference_valid is not None and reference_valid.shape == (b, h, w)
         valid = reference_valid.to(rgb.dtype)
         inner[:, 5:8] = reference_rgb * valid[:, None]
@@ -122,8 +124,8 @@ def network_input(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
         x[:, :, h:, :] = x[:, :, h - 1:h, :]
     if s == 1:
         return x
-    return x.view(b, INPUT_CHANNELS, hp // s, s, wp // s, s).permute(0, 1, 3, 5, 2, 4).reshape(
-        b, INPUT_CHANNELS * s * s, hp // s, wp // s)
+    return x.view(b, channels, hp // s, s, wp // s, s).permute(0, 1, 3, 5, 2, 4).reshape(
+        b, channels * s * s, hp // s, wp // s)
 
 
 def _network_input_reference(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_scale_m: float, multiple: int,
@@ -145,6 +147,18 @@ def pixel_shuffle(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.view(b, c // (s * s), s, s, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // (s * s), h * s, w * s)
 
 
+class _LeadingChannelsConv2d(nn.Conv2d):
+    """An nn.Conv2d (same parameters, same state dict) that also takes only its leading input channels: the
+    missing trailing ones count as zeros, so their weights are skipped instead of multiplied by zeros."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == self.in_channels:
+            return super().forward(x)
+        assert x.shape[1] < self.in_channels and self.groups == 1 and self.padding_mode == "zeros", (
+            x.shape, self.in_channels, self.groups, self.padding_mode)
+        return F.conv2d(x, self.weight[:, :x.shape[1]], self.bias, self.stride, self.padding, self.dilation)
+
+
 class Enhancer(nn.Module):
     """See the module docstring."""
 
@@ -158,6 +172,9 @@ class Enhancer(nn.Module):
                              f"(unshuffle {self.config.unshuffle}), got in={self.unet.config.in_channels} "
                              f"out={self.unet.config.out_channels}")
         self.config.unet = dict(self.unet.config)
+        if type(self.unet.conv_in) is not nn.Conv2d:
+            raise ValueError(f"enhancer UNet's conv_in must be an nn.Conv2d, got {type(self.unet.conv_in).__name__}")
+        self.unet.conv_in.__class__ = _LeadingChannelsConv2d  # a render without a reference skips 4 zero channels
         if unet is None:  # identity start: the residual branch begins at exactly zero
             nn.init.zeros_(self.unet.conv_out.weight)
             nn.init.zeros_(self.unet.conv_out.bias)

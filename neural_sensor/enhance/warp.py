@@ -49,13 +49,36 @@ def warp_views(target: Camera, target_depth_m: np.ndarray, target_alpha: np.ndar
     visible = np.zeros(h * w, bool)
     warped = np.zeros((h * w, 3), np.float32)
     for cam, rgb, depth in sorted(views, key=lambda v: np.linalg.norm(v[0].position_world - target.position_world)):
-        assert rgb.shape == (cam.height, cam.width, 3) and depth.shape == (cam.height, cam.width)
-        u, v, z, inside = _lookup(cam, points)
-        consistent = inside & (np.abs(depth[v, u] - z) < 0.05 * z + 0.2) & solid
-        fill = consistent & ~visible
-        warped[fill] = rgb[v[fill], u[fill]]
-        visible |= consistent
+        assert rgb.shape == (cam.height, cam.width, 3)
+        index = _source_index(points, solid, cam, depth)
+        fill = (index >= 0) & ~visible
+        warped[fill] = rgb.reshape(-1, 3)[index[fill]]
+        visible |= index >= 0
     return warped.reshape(h, w, 3), visible.reshape(h, w)
+
+
+def _source_index(points: np.ndarray, solid: np.ndarray, cam: Camera, depth_m: np.ndarray) -> np.ndarray:
+    """[P] flat pixel index in `cam` of each world point [P, 3] it sees (inside the image, its depth there within
+    5 % + 0.2 m of the point's), -1 elsewhere and where `solid` [P] is False."""
+    assert depth_m.shape == (cam.height, cam.width), (depth_m.shape, cam.height, cam.width)
+    u, v, z, inside = _lookup(cam, points)
+    consistent = inside & (np.abs(depth_m[v, u] - z) < 0.05 * z + 0.2) & solid
+    return np.where(consistent, v * cam.width + u, -1)
+
+
+def source_pixels(target: Camera, target_depth_m: np.ndarray, target_alpha: np.ndarray, source: Camera,
+                  source_depth_m: np.ndarray) -> np.ndarray:
+    """Where each target pixel's surface point lies in a source view: `warp_views` for one view, as indices.
+
+    Args: target camera, target_depth_m [H, W] metres, target_alpha [H, W] (surface where > 0.5), the source
+    camera and its depth source_depth_m [h, w].
+    Returns: [H, W] int64 flat index into the source image (row * w + column), -1 where the source does not
+    see the point (outside it, hidden: depths disagree, or no surface).
+    """
+    h, w = target_depth_m.shape
+    assert target_alpha.shape == (h, w), (target_alpha.shape, h, w)
+    solid = (target_alpha.reshape(-1) > 0.5) & (target_depth_m.reshape(-1) > 0)
+    return _source_index(points_world(target, target_depth_m), solid, source, source_depth_m).reshape(h, w)
 
 
 def visibility_masks(target: Camera, target_depth_m: np.ndarray, target_alpha: np.ndarray,

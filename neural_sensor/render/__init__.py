@@ -18,7 +18,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, SKY_RGB, check_background, check_lod_px, check_outputs,
+from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background, check_lod_px, check_outputs,
                                           stack_cameras)
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
@@ -136,4 +136,4 @@ def render(
     return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "SKY_RGB", "resolve_backend", "cuda_available"]
+__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "SKY_RGB", "resolve_backend", "cuda_available"]

@@ -482,7 +482,8 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
                      median):  # pragma: no cover
     """Composite one Gaussian onto LANES pixels of a row; returns how many of them finished.
 
-    state [6, LANES], best [LANES], lane_px [LANES] (pixel centre x) are one tile row;
+    state [6, LANES], best [LANES] or None (then the best Gaussian is not tracked), lane_px [LANES] (pixel
+    centre x) are one tile row;
     w_out [LANES] or None: gets the Gaussian's blending weight alpha T at each lane (0 where it adds nothing);
     median [LANES] or None: gets z where this Gaussian takes the transmittance from above MEDIAN_T to MEDIAN_T or
     below (the pixel's median depth; left as it was elsewhere).
@@ -512,9 +513,10 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
         state[2, u] += w * cg
         state[3, u] += w * cbl
         state[4, u] += w * z
-        better = w > state[5, u]
-        state[5, u] = max(w, state[5, u])
-        best[u] += (g - best[u]) * np.int32(better)
+        if best is not None:  # pruned at compile time when the caller passes None
+            better = w > state[5, u]
+            state[5, u] = max(w, state[5, u])
+            best[u] += (g - best[u]) * np.int32(better)
         state[0, u] = next_t * adds_f + t * (_ONE - adds_f - np.float32(2.0) * ends_f)
         ended += np.int32(ends)
     return ended
@@ -619,7 +621,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
     ALPHA_THRESHOLD ellipse crosses (the rows are independent, so their work overlaps in the core), only where
     that exact chord crosses the tile. A row stops taking Gaussians once all its pixels have stopped, the tile
     once all its rows have. Every pixel sees the same Gaussians in the same order as a row-by-row walk.
-    out_best [H, W] gets the index of the Gaussian with the largest blending weight
+    out_best [H, W] or None (then not computed): the index of the Gaussian with the largest blending weight
     at each pixel (-1 if none); out_median [H, W] or None (then not computed): the median depth, the z of
     the Gaussian that takes the pixel's transmittance to MEDIAN_T or below (the expected depth where it
     never gets there, i.e. alpha < 1 - MEDIAN_T).
@@ -656,7 +658,11 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                     median_row = None
                 else:
                     median_row = median[v]
-                alive[v] -= _composite_lanes(state[v], best[v], lane_px, local[0, k], local[2, k], cyy, cbdy,
+                if out_best is None:  # likewise
+                    best_row = None
+                else:
+                    best_row = best[v]
+                alive[v] -= _composite_lanes(state[v], best_row, lane_px, local[0, k], local[2, k], cyy, cbdy,
                                              local[5, k], local[6, k], local[10, k], local[11, k], local[12, k],
                                              gid[k], None, median_row)
                 if alive[v] <= 0:
@@ -674,7 +680,8 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                 a = _ONE - t
                 out_alpha[yy, xx] = a
                 out_depth[yy, xx] = state[v, 4, u] / max(a, np.float32(1e-10))
-                out_best[yy, xx] = best[v, u]
+                if out_best is not None:
+                    out_best[yy, xx] = best[v, u]
                 if out_median is not None:
                     out_median[yy, xx] = median[v, u] if t <= _F_MEDIAN_T else out_depth[yy, xx]
 
@@ -747,7 +754,8 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     rgb = np.empty((c_count, h, w, 3), np.float32)
     depth = np.empty((c_count, h, w), np.float32)
     alpha = np.empty((c_count, h, w), np.float32)
-    best = np.empty((c_count, h, w), np.int32)
+    labelled = "semantic" in outputs or "instance" in outputs  # they come from the best Gaussian of each pixel
+    best = np.empty((c_count, h, w), np.int32) if labelled else None
     median = np.empty((c_count, h, w), np.float32) if "median_depth" in outputs else None
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
@@ -762,9 +770,10 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
         order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
-                   rgb[cam], depth[cam], alpha[cam], best[cam], None if median is None else median[cam])
+                   rgb[cam], depth[cam], alpha[cam], None if best is None else best[cam],
+                   None if median is None else median[cam])
     result = {"rgb": rgb, "depth": depth, "alpha": alpha, "median_depth": median}
-    if "semantic" in outputs or "instance" in outputs:
+    if labelled:
         rows = "lod" if lod_px > 0 else "chunk"  # the labels of each part's rows, cached with the groups
         labels = [sc.derived(f"{rows}_row_labels", lambda s, g=lod: np.concatenate([s.labels, g.labels]))
                   for sc, lod in zip(scenes, lods)]

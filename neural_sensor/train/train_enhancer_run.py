@@ -14,6 +14,11 @@ generation resumes).
 Training: random crops; a fraction `identity_fraction` of the samples feed the CLEAN
 render (with its own depth and alpha) and ask for itself back, so that a sharp input
 passes through unchanged; the rest map the reconstruction's render to the ground truth.
+Temporal term (`temporal_weight` > 0): consecutive frame pairs PAIR_STEP_M apart along the
+drive (`world_pairs`: each pixel of the later frame knows where its surface point lies in
+the earlier one, through the ground-truth depth and poses, as the benchmark's flicker warp);
+the enhancer's residual (output - input) must agree at the two: mean |r_t - r_{t-1}(warped)|,
+so that it adds no flicker of its own. The pair crops also take the L1 towards the truth.
 Loss = L1 + ssim_weight (1 - SSIM) + perceptual_weight x the VGG16 perceptual distance
 (`neural_sensor.perceptual`, approximates LPIPS; on a 64 px square of half the batch every
 second step, because the VGG16 pass costs ten times the enhancer's on a CPU). Adam, cosine schedule, random flips.
@@ -45,6 +50,7 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v2"  # bump when the stored frame fields or their making change (v2: colour-refined reconstructions)
+PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
 VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
 SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
@@ -68,6 +74,9 @@ class RunEnhancerTrainConfig:
     perceptual_crop: int = 64  # random square of this side from the first half of the batch
     worlds: int = 24
     ticks_per_world: int = 4  # rig poses per world (6 frames each)
+    temporal_weight: float = 0.0  # the residual-consistency term on frame pairs (0: no pairs loaded)
+    pair_batch: int = 4  # frame pairs per step (two crops each)
+    pairs_per_world: int = 4  # pair poses per world (6 cameras each)
     eval_every: int = 250
     save_every: int = 100
     seed: int = 0
@@ -115,6 +124,61 @@ def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
+                cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Consecutive frame pairs of one world in the run's regime; deterministic per seed.
+
+    Each pose (a station of the recorded lane, on it or shifted as SHIFTS_M) gives six frames and the same
+    cameras PAIR_STEP_M further on. Returns the `world_frames` fields of both (the earlier frames' with a
+    "prev_" prefix), F = pairs x 6, and source [F, H, W] int32: for each surface pixel of the later frame (ground
+    truth alpha > 0.5, not sky) its flat index in the earlier frame (`warp.source_pixels` through the
+    ground-truth median depths and poses), -1 where the earlier frame does not see it.
+    """
+    from neural_sensor.enhance.warp import source_pixels
+    from neural_sensor.labels import CityObjectLabel
+    from neural_sensor.reconstruct.drive import reconstructed_scene
+    from neural_sensor.render import render
+    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.path import Path as Polyline
+    from neural_sensor.scene.to_gaussians import sky_rgb
+
+    check_split(seed, split)
+    layout = world_layout(seed)
+    lane = recorded_lane_xy_m(layout)
+    path = Polyline(lane)
+    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    background = sky_rgb(layout.style)
+    specs = nuscenes_like_rig(*RUN_SIZE)
+    rng = np.random.default_rng(seed + 7373)
+    fields = ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")
+    out: dict[str, list] = {k: [] for k in (*fields, *(f"prev_{k}" for k in fields), "source", "shift_m")}
+    for _ in range(pairs):
+        s_m = float(rng.uniform(END_MARGIN_M, max(END_MARGIN_M + 1e-3, path.length_m - END_MARGIN_M - PAIR_STEP_M)))
+        shift = float(rng.choice(SHIFTS_M))
+        views = []
+        for prefix, station in (("prev_", s_m), ("", s_m + PAIR_STEP_M)):
+            cams = rig_cameras_on_path(specs, path, station, shift)
+            raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+            gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
+                        background=background)
+            out[f"{prefix}rgb"].append(_u8(raw.rgb))
+            out[f"{prefix}depth"].append(raw.depth.astype(np.float16))
+            out[f"{prefix}alpha"].append(_u8(raw.alpha))
+            out[f"{prefix}truth"].append(_u8(gt.rgb))
+            out[f"{prefix}truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
+            out[f"{prefix}truth_alpha"].append(_u8(gt.alpha))
+            views.append((cams, gt))
+        (cams0, gt0), (cams1, gt1) = views
+        surface = (gt1.alpha > 0.5) & (gt1.semantic != CityObjectLabel.SKY)
+        out["source"].append(np.stack([
+            source_pixels(cams1[i], gt1.median_depth[i], np.where(surface[i], gt1.alpha[i], 0.0), cams0[i],
+                          gt0.median_depth[i]) for i in range(len(cams1))]).astype(np.int32))
+        out["shift_m"].append(np.full(len(cams1), shift, np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def _u8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
@@ -141,6 +205,74 @@ def load_frames(data_root: Path, recon_folder: Path, seeds, split: str, ticks: i
     shards = [_world_file(folder, seed, split, ticks, recon_folder, cache_dir)
               for seed in tqdm(list(seeds), desc=f"enhancer frames ({split})", unit="world")]
     return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+
+
+def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: int,
+               cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Frame pairs (`world_pairs`) of `seeds`, made where missing (progress bar over worlds)."""
+    folder = data_folder(data_root, recon_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [load_or_make_npz(folder / f"pairs-{seed}-p{pairs}.npz",
+                               lambda seed=seed: world_pairs(seed, split, pairs, recon_folder, cache_dir))
+              for seed in tqdm(list(seeds), desc=f"enhancer frame pairs ({split})", unit="world")]
+    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+
+
+def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: int, crop: tuple[int, int],
+                 identity_fraction: float):
+    """Crops of `count` frame pairs, the same window (and flip) in both frames: (rgb [2B, 3, h, w], depth [2B, h,
+    w], alpha [2B, h, w], target [2B, 3, h, w], source [B, h, w] int64), rows 0..B-1 the earlier frames, B..2B-1
+    the later ones; source: each later-crop pixel's flat index in its earlier crop, -1 where that frame does not
+    see it or it falls outside the window. A fraction of the pairs are clean renders (the truth as input)."""
+    n, height, width = pairs["rgb"].shape[:3]
+    ch, cw = crop
+    assert ch <= height and cw <= width, (crop, height, width)
+    idx = rng.integers(n, size=count)
+    ys, xs = rng.integers(0, height - ch + 1, size=count), rng.integers(0, width - cw + 1, size=count)
+    identity = rng.random(count) < identity_fraction
+    flip = rng.random(count) < 0.5
+    items = {k: [] for k in ("rgb", "depth", "alpha", "target")}
+    sources = []
+    for prefix in ("prev_", ""):
+        for i, y, x, ident, fl in zip(idx, ys, xs, identity, flip):
+            win = (slice(y, y + ch), slice(x, x + cw))
+            src = ("truth", "truth_depth", "truth_alpha") if ident else ("rgb", "depth", "alpha")
+            parts = [pairs[prefix + k][i][win] for k in (*src, "truth")]
+            if fl:
+                parts = [p[:, ::-1] for p in parts]
+            for key, part in zip(items, parts):
+                items[key].append(part)
+            if prefix == "":
+                source = pairs["source"][i][win].astype(np.int64)
+                sv, su = np.divmod(source, width)
+                inside = (source >= 0) & (sv >= y) & (sv < y + ch) & (su >= x) & (su < x + cw)
+                su = su - x
+                if fl:
+                    su = cw - 1 - su
+                local = np.where(inside, (sv - y) * cw + su, -1)
+                sources.append(local[:, ::-1] if fl else local)
+
+    def images(values):
+        return torch.from_numpy(np.stack(values).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+    return (images(items["rgb"]), torch.from_numpy(np.stack(items["depth"]).astype(np.float32)),
+            torch.from_numpy(np.stack(items["alpha"]).astype(np.float32) / 255.0), images(items["target"]),
+            torch.from_numpy(np.ascontiguousarray(np.stack(sources))))
+
+
+def residual_change(residual_prev: torch.Tensor, residual: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Mean |r_t - r_{t-1}(warped)| over the pixels with a source, per channel: residual_prev / residual [B, 3, h,
+    w] (output - input of the earlier / later frames), source [B, h, w] int64 (flat index into the earlier frame,
+    -1: none). 0 when no pixel has a source."""
+    b, c, h, w = residual.shape
+    assert residual_prev.shape == residual.shape and source.shape == (b, h, w), (residual.shape, source.shape)
+    valid = source >= 0
+    if not valid.any():
+        return residual.sum() * 0.0
+    gathered = torch.gather(residual_prev.reshape(b, c, h * w), 2,
+                            source.clamp(min=0).reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
+    mask = valid[:, None].to(residual.dtype)
+    return ((residual - gathered).abs() * mask).sum() / (mask.sum() * c)
 
 
 def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
@@ -185,6 +317,27 @@ def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
             "passthrough_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(passthrough, truth)])), 3)}
 
 
+@torch.no_grad()
+def evaluate_pairs(model: Enhancer, pairs: dict[str, np.ndarray]) -> dict:
+    """Flicker over held-out frame pairs, as the run-regime benchmark measures it (8-bit levels): mean |frame t -
+    frame t-1 warped| over the pixels with a source, raw and enhanced."""
+    def f32(key, scale=255.0):
+        return pairs[key].astype(np.float32) / scale
+
+    images = {"raw": (f32("prev_rgb"), f32("rgb"))}
+    images["enhanced"] = tuple(model.enhance(f32(p + "rgb"), f32(p + "depth", 1.0), f32(p + "alpha"))
+                               for p in ("prev_", ""))
+    result = {}
+    for name, (prev, now) in images.items():
+        diffs = []
+        for a, b, src in zip(prev, now, pairs["source"]):
+            seen = src >= 0
+            if seen.any():
+                diffs.append(np.abs(a.reshape(-1, 3)[src[seen]] - b[seen]).mean() * 255.0)
+        result[f"flicker_{name}"] = round(float(np.mean(diffs)), 4)
+    return result
+
+
 def new_model(init: Path | None = None) -> Enhancer:
     """A fresh run-regime enhancer (RUN_ENHANCER, the identity at start), or the weights of `init` to fine-tune."""
     return Enhancer.from_pretrained(init).train() if init else Enhancer(EnhancerConfig(**asdict(RUN_ENHANCER)))
@@ -198,6 +351,14 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     out = Path(out)
     frames = load_frames(data_root, recon_folder, range(config.worlds), "train", config.ticks_per_world, cache_dir)
     eval_frames = load_frames(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
+    pairs = eval_pairs = None
+    if config.temporal_weight > 0:
+        pairs = load_pairs(data_root, recon_folder, range(config.worlds), "train", config.pairs_per_world, cache_dir)
+        eval_pairs = load_pairs(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
+
+    def monitor() -> dict:
+        return {**evaluate(model, eval_frames), **(evaluate_pairs(model, eval_pairs) if eval_pairs else {})}
+
     model, optimiser, step, history = start_or_resume(
         out, resume, lambda: new_model(init).to(config.device),
         lambda folder: Enhancer.from_pretrained(folder).to(config.device),
@@ -205,7 +366,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
     if step == 0:
-        record = {"step": 0, "heldout": evaluate(model, eval_frames)}
+        record = {"step": 0, "heldout": monitor()}
         history.append(record)
         tqdm.write(json.dumps(record))
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
@@ -227,6 +388,17 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
             window = (slice(0, half), slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
             loss_perceptual = perceptual_distance_torch(pred[window].clamp(0, 1), target[window]).mean()
             loss = loss + config.perceptual_every * config.perceptual_weight * loss_perceptual
+        loss_temporal = None
+        if pairs is not None:
+            p_rgb, p_depth, p_alpha, p_target, source = sample_pairs(pairs, rng, config.pair_batch, config.crop,
+                                                                     config.identity_fraction)
+            p_rgb, p_depth, p_alpha, p_target, source = (t.to(config.device)
+                                                         for t in (p_rgb, p_depth, p_alpha, p_target, source))
+            p_pred = model(p_rgb, p_depth, p_alpha)
+            residual = p_pred - p_rgb
+            half = config.pair_batch
+            loss_temporal = residual_change(residual[:half], residual[half:], source)
+            loss = loss + (p_pred - p_target).abs().mean() + config.temporal_weight * loss_temporal
         apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
@@ -235,7 +407,9 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
                   "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
         if loss_perceptual is not None:
             record["perceptual"] = round(loss_perceptual.item(), 5)
-        record_step(out, model, optimiser, step, history, record, config, lambda: evaluate(model, eval_frames),
+        if loss_temporal is not None:
+            record["temporal"] = round(loss_temporal.item(), 6)
+        record_step(out, model, optimiser, step, history, record, config, monitor,
                     last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
@@ -258,13 +432,19 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
+    parser.add_argument("--temporal-weight", type=float, default=0.0,
+                        help="weight of the residual-consistency term on consecutive frame pairs (0: off)")
+    parser.add_argument("--pairs", type=int, default=4, help="frame-pair poses per world (with --temporal-weight)")
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
-                                    device=device)
+                                    device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs)
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
+        if config.temporal_weight > 0:
+            load_pairs(args.data, args.reconstructor, range(config.worlds), "train", config.pairs_per_world)
+            load_pairs(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
         return
     summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
     print(json.dumps(summary["final"]))
