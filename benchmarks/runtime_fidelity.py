@@ -68,7 +68,7 @@ from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
 from neural_sensor.reconstruct.refine import refine_config
-from neural_sensor.render import LOD_PX, render
+from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import TEMPLATES, Layout
@@ -344,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")
-    parser.add_argument("--lod-px", type=float, default=LOD_PX, metavar="PX",
-                        help=f"the reconstruction's level of detail (render(lod_px=); default the run's, {LOD_PX}; "
+    parser.add_argument("--lod-px", type=float, default=RECONSTRUCTION_LOD_PX, metavar="PX",
+                        help=f"the reconstruction's level of detail (render(lod_px=); default the run's, "
+                             f"{RECONSTRUCTION_LOD_PX}; "
                              "0 = exact); the ground truth is always exact")
     parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                         help="colour refinement sweeps of the reconstruction (0: none); default: the runner's")

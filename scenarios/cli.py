@@ -1,6 +1,9 @@
 """`neural-sensor`: the command line.
 
-    neural-sensor demo [--ticks N] [--out DIR] ...     the default scenario on the embedded simulator
+    neural-sensor demo [--ticks N] [--out DIR] ...     the default scenario on the embedded simulator, seen
+                                                       through the neural chain: its world's recorded drive
+                                                       reconstructed (cached), rendered, enhanced by a local
+                                                       server (--scene builder: the ground truth instead)
     neural-sensor run SCENARIO [--ticks N] [--out DIR] ...  a built-in name, a .py file or a package.module
     neural-sensor build-scene {straight,curve,intersection} | --xodr MAP.xodr | --layout L.json [--voxel M]
                               [--export-xodr OUT.xodr] [--ply OUT.ply]
@@ -52,13 +55,16 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
-    parser.add_argument("--scene", choices=("builder", "reconstruction"), default="builder",
-                        help="render the layout's scene, or its reconstruction from a drive along the recorded lane")
+    parser.add_argument("--scene", choices=("reconstruction", "builder"), default=None,
+                        help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
+                             "along the recorded lane (cached); builder: the layout's own scene, the ground truth")
     parser.add_argument("--scene-log", type=Path, default=None, metavar="LOG",
                         help="render the scene reconstructed from this drive log (docs/drive_log.md) instead; "
                              "the same as RunOptions(scene='log:LOG')")
-    parser.add_argument("--enhancer", default=None, metavar="local|tcp://HOST:PORT",
-                        help="refine every camera with the enhancer: 'local' starts a server subprocess")
+    parser.add_argument("--enhancer", default=None, metavar="local|none|tcp://HOST:PORT",
+                        help="refine every camera with the enhancer: 'local' starts a server subprocess for the "
+                             "run, 'none' delivers the raw render (default: local for a reconstruction, none for "
+                             "the builder's scene)")
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
@@ -151,14 +157,16 @@ def _version() -> str:
 def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     from scenarios.runner import RunOptions, run_scenario
 
-    scene = args.scene
+    scene = args.scene or "reconstruction"
     if args.scene_log is not None:
-        if args.scene != "builder":
+        if args.scene is not None:
             raise ValueError(f"give --scene {args.scene} or --scene-log LOG, not both")
         scene = f"log:{args.scene_log}"
+    enhancer = args.enhancer or ("none" if scene == "builder" else "local")
+    enhancer = None if enhancer == "none" else enhancer
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
-                         cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=args.enhancer,
+                         cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          truth=args.truth, lod_px=args.lod_px)
     return run_scenario(scenario, options)
@@ -297,8 +305,9 @@ def _main(args: argparse.Namespace) -> int:
 
             result = _run(args, DEFAULT_SCENARIO, video=args.command == "demo")
             if args.command == "bench":
-                result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "cameras",
-                                                 "image_size", "backend", "stage_ms_median", "scene", "enhancer")}
+                result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "tick_ms_median",
+                                                 "cameras", "image_size", "backend", "lod_px", "stage_ms_median",
+                                                 "scene", "enhancer")}
             else:
                 failed = not result["passed"] and not args.allow_fail
         elif args.command == "run":

@@ -11,6 +11,7 @@ import pytest
 
 from carla_bridge.embedded import AgentSpec, EgoStart, EmbeddedSimulator
 from carla_bridge.simulator import Simulator, VehicleControl
+from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
 from neural_sensor.scene.layout import straight_road
 from scenarios.base import time_to_collision
 from scenarios.cli import main as cli_main
@@ -169,13 +170,34 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache):
 def test_cli_demo_writes_summary(tmp_path, scene_cache):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--ticks", "3", "--width", "48", "--height", "32", "--out", str(out), "--no-video",
-                     "--cache", str(scene_cache), "--backend", "cpu"]) == 1  # 3 ticks do not complete the route
+                     "--cache", str(scene_cache), "--backend", "cpu", "--scene", "builder"]) == 1  # route unfinished
     assert cli_main(["demo", "--ticks", "3", "--width", "48", "--height", "32", "--out", str(out), "--no-video",
-                     "--cache", str(scene_cache), "--backend", "cpu", "--allow-fail"]) == 0
+                     "--cache", str(scene_cache), "--backend", "cpu", "--scene", "builder", "--allow-fail"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("ticks", "wall_s", "ticks_per_s", "stage_ms_median", "criteria", "paths"):
+    for key in ("ticks", "wall_s", "ticks_per_s", "tick_ms_median", "stage_ms_median", "criteria", "paths"):
         assert key in summary
-    assert np.isfinite(summary["wall_s"])
+    assert np.isfinite(summary["wall_s"]) and summary["tick_ms_median"] > 0
+    # the builder's scene is the ground-truth mode: no enhancer unless asked for, the run's level of detail
+    assert summary["scene"]["source"] == "builder" and summary["enhancer"] is None and summary["lod_px"] == LOD_PX
+
+
+def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache):
+    """No --scene, no --enhancer: the world's recorded drive reconstructed (cached), drawn at the
+    reconstruction's level of detail, every tick refined by a local enhancer server the run starts and stops."""
+    out = tmp_path / "chain"
+    assert cli_main(["run", "lane_change", "--ticks", "3", "--width", "64", "--height", "36", "--out", str(out),
+                     "--no-video", "--cache", str(scene_cache), "--backend", "cpu", "--allow-fail"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scene"]["source"] == "reconstruction" and summary["lod_px"] == RECONSTRUCTION_LOD_PX
+    assert summary["enhancer"]["endpoint"].startswith("tcp://127.0.0.1:") and summary["enhancer"]["ticks_enhanced"] >= 2
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(r["enhanced"] for r in records) == summary["enhancer"]["ticks_enhanced"]
+    plain = tmp_path / "plain"
+    assert cli_main(["run", "lane_change", "--ticks", "2", "--width", "64", "--height", "36", "--out", str(plain),
+                     "--no-video", "--cache", str(scene_cache), "--backend", "cpu", "--allow-fail",
+                     "--enhancer", "none"]) == 0
+    summary = json.loads((plain / "summary.json").read_text())
+    assert summary["scene"]["source"] == "reconstruction" and summary["enhancer"] is None
 
 
 def test_more_bad_agent_specs():

@@ -63,7 +63,7 @@ def _fake_pairs(seed, split, pairs, recon_folder, cache_dir=None):
 
 def test_frame_pair_crops_keep_their_correspondence():
     """The same window and flip in both frames; a pixel's source index points at the same content in the earlier
-    crop, so a residual that moves with the content has no change, and one that does not is caught."""
+    crop, so a pair that moves with the content changes as the truth does, and one that stays put is caught."""
     import torch
 
     pairs = _fake_pairs(0, "train", 2, None)
@@ -76,10 +76,12 @@ def test_frame_pair_crops_keep_their_correspondence():
         earlier = rgb[:4].reshape(4, 3, -1)
         gathered = torch.gather(earlier, 2, source.clamp(min=0).reshape(4, 1, -1).expand(4, 3, -1)).reshape(4, 3, 48, 64)
         assert torch.equal(gathered.permute(0, 2, 3, 1)[valid], rgb[4:].permute(0, 2, 3, 1)[valid])
-        assert float(train_enhancer_run.residual_change(rgb[:4], rgb[4:], source)) == 0.0  # moves with the content
-        assert float(train_enhancer_run.residual_change(rgb[:4], rgb[:4], source)) > 0.05  # stays put: changes
+        error = train_enhancer_run.temporal_change_error
+        assert float(error(rgb[:4], rgb[4:], target[:4], target[4:], source)) == 0.0  # changes as the truth does
+        assert float(error(rgb[:4], rgb[:4], target[:4], target[4:], source)) > 0.05  # stays put: the truth moved
+        assert float(error(target[:4], target[4:], target[:4], target[4:], source)) == 0.0
     none = torch.full((4, 48, 64), -1, dtype=torch.long)
-    assert float(train_enhancer_run.residual_change(rgb[:4], rgb[4:], none)) == 0.0
+    assert float(train_enhancer_run.temporal_change_error(rgb[:4], rgb[:4], target[:4], target[4:], none)) == 0.0
 
 
 def test_run_enhancer_training_with_the_temporal_term(tmp_path, monkeypatch):
@@ -126,16 +128,21 @@ def test_gpu_pipeline_runs_every_stage_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
     monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
+    monkeypatch.setattr(train_enhancer_run, "world_pairs", _fake_pairs)
     report = gpu_pipeline.run_pipeline(
         tmp_path / "pair", device="cpu", minutes=30.0, recon_worlds=1, enhancer_worlds=1,
         reconstructor_init=gpu_pipeline.Path("checkpoints/reconstructor-run"),
         enhancer_init=gpu_pipeline.Path("checkpoints/enhancer-run"), context_stations=3, recon_steps=2,
         enhancer_steps=2, workers=1, eval_every=2, recon_overrides={"targets": 2},
-        enhancer_overrides={"crop": (64, 96), "batch": 2, "perceptual_crop": 32, "ticks_per_world": 1})
+        enhancer_overrides={"crop": (64, 96), "batch": 2, "perceptual_crop": 32, "ticks_per_world": 1,
+                            "pairs_per_world": 1, "pair_batch": 2})
     assert list(report["stages"]) == ["reconstructor_data", "reconstructor", "enhancer_data", "enhancer"]
     assert report["stages"]["reconstructor"]["steps"] == 2 and report["stages"]["enhancer"]["steps"] == 2
     assert np.isfinite(report["stages"]["reconstructor"]["final"]["heldout"]["target_psnr"])
     assert json.loads((tmp_path / "pair" / "pipeline.json").read_text())["stages"]["enhancer"]["steps"] == 2
+    assert len(list((tmp_path / "pair" / "data" / "enhancer").glob("*/pairs-*.npz"))) == 2  # the temporal term's
+    history = json.loads((tmp_path / "pair" / "enhancer" / "history.json").read_text())
+    assert "temporal" in history[-1]
     recon = ReconNet.from_pretrained(tmp_path / "pair" / "reconstructor")
     assert recon.config.sky_head
     Enhancer.from_pretrained(tmp_path / "pair" / "enhancer")

@@ -58,8 +58,10 @@ def _recon_world(args) -> int:
 
 
 def _enhancer_world(args) -> int:
-    root, recon, seed, split, ticks = args
+    root, recon, seed, split, ticks, pairs = args
     enhancer_run.load_frames(Path(root), Path(recon), [seed], split, ticks)
+    if pairs:  # the temporal term's frame pairs
+        enhancer_run.load_pairs(Path(root), Path(recon), [seed], split, pairs)
     return seed
 
 
@@ -130,14 +132,16 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
                                   resume=resume)
         stage_done("reconstructor", t0, steps=summary["steps"], final=summary["final"])
 
-    enhancer_config = enhancer_run.RunEnhancerTrainConfig(steps=enhancer_steps, worlds=enhancer_worlds,
-                                                          lr=enhancer_lr, device=device, eval_every=eval_every,
-                                                          save_every=eval_every, **(enhancer_overrides or {}))
+    enhancer_config = enhancer_run.RunEnhancerTrainConfig(
+        steps=enhancer_steps, worlds=enhancer_worlds, lr=enhancer_lr, device=device, eval_every=eval_every,
+        save_every=eval_every, **{"temporal_weight": enhancer_run.SHIPPED_TEMPORAL_WEIGHT, **(enhancer_overrides or {})})
     if "enhancer_data" in stages:
         t0 = time.perf_counter()
-        jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world)
-                for s in range(enhancer_worlds)]
-        jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2) for s in enhancer_run.EVAL_SEEDS]
+        temporal = enhancer_config.temporal_weight > 0
+        jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world,
+                 enhancer_config.pairs_per_world if temporal else 0) for s in range(enhancer_worlds)]
+        jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2, 2 if temporal else 0)
+                 for s in enhancer_run.EVAL_SEEDS]
         _parallel(_enhancer_world, jobs, workers, "enhancer frames")
         stage_done("enhancer_data", t0, worlds=len(jobs))
 

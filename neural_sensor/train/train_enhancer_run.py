@@ -17,8 +17,11 @@ passes through unchanged; the rest map the reconstruction's render to the ground
 Temporal term (`temporal_weight` > 0): consecutive frame pairs PAIR_STEP_M apart along the
 drive (`world_pairs`: each pixel of the later frame knows where its surface point lies in
 the earlier one, through the ground-truth depth and poses, as the benchmark's flicker warp);
-the enhancer's residual (output - input) must agree at the two: mean |r_t - r_{t-1}(warped)|,
-so that it adds no flicker of its own. The pair crops also take the L1 towards the truth.
+the enhanced pair must change from one frame to the next as the truth does: mean
+|(E_t - E_{t-1}(warped)) - (G_t - G_{t-1}(warped))| (`temporal_change_error`), so that it
+adds no flicker and removes the reconstruction's (a term on the enhancer's residual alone,
+|r_t - r_{t-1}(warped)|, was tried first: it drives the enhancer to the identity before the
+raw render's flicker is reached). The pair crops also take the L1 towards the truth.
 Loss = L1 + ssim_weight (1 - SSIM) + perceptual_weight x the VGG16 perceptual distance
 (`neural_sensor.perceptual`, approximates LPIPS; on a 64 px square of half the batch every
 second step, because the VGG16 pass costs ten times the enhancer's on a CPU). Adam, cosine schedule, random flips.
@@ -51,6 +54,7 @@ from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recor
 
 DATA_VERSION = "run-v2"  # bump when the stored frame fields or their making change (v2: colour-refined reconstructions)
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
+SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's weight the shipped enhancer was trained with (CLI default)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
 VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
 SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
@@ -74,7 +78,7 @@ class RunEnhancerTrainConfig:
     perceptual_crop: int = 64  # random square of this side from the first half of the batch
     worlds: int = 24
     ticks_per_world: int = 4  # rig poses per world (6 frames each)
-    temporal_weight: float = 0.0  # the residual-consistency term on frame pairs (0: no pairs loaded)
+    temporal_weight: float = 0.0  # the temporal-change term on frame pairs (0: no pairs loaded)
     pair_batch: int = 4  # frame pairs per step (two crops each)
     pairs_per_world: int = 4  # pair poses per world (6 cameras each)
     eval_every: int = 250
@@ -260,19 +264,25 @@ def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: 
             torch.from_numpy(np.ascontiguousarray(np.stack(sources))))
 
 
-def residual_change(residual_prev: torch.Tensor, residual: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Mean |r_t - r_{t-1}(warped)| over the pixels with a source, per channel: residual_prev / residual [B, 3, h,
-    w] (output - input of the earlier / later frames), source [B, h, w] int64 (flat index into the earlier frame,
-    -1: none). 0 when no pixel has a source."""
-    b, c, h, w = residual.shape
-    assert residual_prev.shape == residual.shape and source.shape == (b, h, w), (residual.shape, source.shape)
+def warped_change(image_prev: torch.Tensor, image: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """image - image_prev warped into it ([B, C, h, w]; 0 where a pixel has no source): image_prev / image [B, C,
+    h, w] the earlier / later frame, source [B, h, w] int64 (flat index into the earlier frame, -1: none)."""
+    b, c, h, w = image.shape
+    assert image_prev.shape == image.shape and source.shape == (b, h, w), (image.shape, source.shape)
+    gathered = torch.gather(image_prev.reshape(b, c, h * w), 2,
+                            source.clamp(min=0).reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
+    return (image - gathered) * (source >= 0)[:, None].to(image.dtype)
+
+
+def temporal_change_error(pred_prev: torch.Tensor, pred: torch.Tensor, target_prev: torch.Tensor,
+                          target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Mean |(pred_t - pred_{t-1} warped) - (target_t - target_{t-1} warped)| over the pixels with a source and
+    the channels (all [B, C, h, w]; source as `warped_change`); 0 when no pixel has a source."""
     valid = source >= 0
     if not valid.any():
-        return residual.sum() * 0.0
-    gathered = torch.gather(residual_prev.reshape(b, c, h * w), 2,
-                            source.clamp(min=0).reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
-    mask = valid[:, None].to(residual.dtype)
-    return ((residual - gathered).abs() * mask).sum() / (mask.sum() * c)
+        return pred.sum() * 0.0
+    error = warped_change(pred_prev, pred, source) - warped_change(target_prev, target, source)
+    return error.abs().sum() / (valid.sum() * pred.shape[1])
 
 
 def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
@@ -395,9 +405,9 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
             p_rgb, p_depth, p_alpha, p_target, source = (t.to(config.device)
                                                          for t in (p_rgb, p_depth, p_alpha, p_target, source))
             p_pred = model(p_rgb, p_depth, p_alpha)
-            residual = p_pred - p_rgb
             half = config.pair_batch
-            loss_temporal = residual_change(residual[:half], residual[half:], source)
+            loss_temporal = temporal_change_error(p_pred[:half], p_pred[half:], p_target[:half], p_target[half:],
+                                                  source)
             loss = loss + (p_pred - p_target).abs().mean() + config.temporal_weight * loss_temporal
         apply_gradients(model, optimiser, loss)
         step += 1
@@ -432,8 +442,8 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    parser.add_argument("--temporal-weight", type=float, default=0.0,
-                        help="weight of the residual-consistency term on consecutive frame pairs (0: off)")
+    parser.add_argument("--temporal-weight", type=float, default=SHIPPED_TEMPORAL_WEIGHT,
+                        help="weight of the temporal-change term on consecutive frame pairs (0: off)")
     parser.add_argument("--pairs", type=int, default=4, help="frame-pair poses per world (with --temporal-weight)")
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
