@@ -95,35 +95,19 @@ def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
     Returns uint8 rgb / truth [F, H, W, 3], float16 depth / truth_depth [F, H, W] (metres), uint8 alpha /
     truth_alpha [F, H, W] (x 255) and float32 shift_m [F], for F = ticks x 6 frames at 480x270.
     """
-    from neural_sensor.reconstruct.drive import reconstructed_scene
     from neural_sensor.render import render
-    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
-    from neural_sensor.scene.build import build_scene
-    from neural_sensor.scene.path import Path as Polyline
-    from neural_sensor.scene.to_gaussians import sky_rgb
+    from neural_sensor.rig import rig_cameras_on_path
 
-    check_split(seed, split)
-    layout = world_layout(seed)
-    lane = recorded_lane_xy_m(layout)
-    path = Polyline(lane)
-    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
-    truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
-    background = sky_rgb(layout.style)
-    specs = nuscenes_like_rig(*RUN_SIZE)
+    path, scene, truth, background, specs = _world_scenes(seed, split, recon_folder, cache_dir)
     rng = np.random.default_rng(seed + 4242)
-    out: dict[str, list] = {k: [] for k in ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha", "shift_m")}
+    out: dict[str, list] = {k: [] for k in (*FRAME_FIELDS, "shift_m")}
     for _ in range(ticks):
         s_m = float(rng.uniform(END_MARGIN_M, max(END_MARGIN_M + 1e-3, path.length_m - END_MARGIN_M)))
         shift = float(rng.choice(SHIFTS_M))
         cams = rig_cameras_on_path(specs, path, s_m, shift)
         raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
         gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
-        out["rgb"].append(_u8(raw.rgb))
-        out["depth"].append(raw.depth.astype(np.float16))
-        out["alpha"].append(_u8(raw.alpha))
-        out["truth"].append(_u8(gt.rgb))
-        out["truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
-        out["truth_alpha"].append(_u8(gt.alpha))
+        _store_frames(out, "", raw, gt)
         out["shift_m"].append(np.full(len(cams), shift, np.float32))
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -140,24 +124,13 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
     """
     from neural_sensor.enhance.warp import source_pixels
     from neural_sensor.labels import CityObjectLabel
-    from neural_sensor.reconstruct.drive import reconstructed_scene
     from neural_sensor.render import render
-    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
-    from neural_sensor.scene.build import build_scene
-    from neural_sensor.scene.path import Path as Polyline
-    from neural_sensor.scene.to_gaussians import sky_rgb
+    from neural_sensor.rig import rig_cameras_on_path
 
-    check_split(seed, split)
-    layout = world_layout(seed)
-    lane = recorded_lane_xy_m(layout)
-    path = Polyline(lane)
-    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
-    truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
-    background = sky_rgb(layout.style)
-    specs = nuscenes_like_rig(*RUN_SIZE)
+    path, scene, truth, background, specs = _world_scenes(seed, split, recon_folder, cache_dir)
     rng = np.random.default_rng(seed + 7373)
-    fields = ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")
-    out: dict[str, list] = {k: [] for k in (*fields, *(f"prev_{k}" for k in fields), "source", "shift_m")}
+    out: dict[str, list] = {k: [] for k in (*FRAME_FIELDS, *(f"prev_{k}" for k in FRAME_FIELDS), "source",
+                                            "shift_m")}
     for _ in range(pairs):
         s_m = float(rng.uniform(END_MARGIN_M, max(END_MARGIN_M + 1e-3, path.length_m - END_MARGIN_M - PAIR_STEP_M)))
         shift = float(rng.choice(SHIFTS_M))
@@ -167,12 +140,7 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
             raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
             gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                         background=background)
-            out[f"{prefix}rgb"].append(_u8(raw.rgb))
-            out[f"{prefix}depth"].append(raw.depth.astype(np.float16))
-            out[f"{prefix}alpha"].append(_u8(raw.alpha))
-            out[f"{prefix}truth"].append(_u8(gt.rgb))
-            out[f"{prefix}truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
-            out[f"{prefix}truth_alpha"].append(_u8(gt.alpha))
+            _store_frames(out, prefix, raw, gt)
             views.append((cams, gt))
         (cams0, gt0), (cams1, gt1) = views
         surface = (gt1.alpha > 0.5) & (gt1.semantic != CityObjectLabel.SKY)
@@ -181,6 +149,37 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
                           gt0.median_depth[i]) for i in range(len(cams1))]).astype(np.int32))
         out["shift_m"].append(np.full(len(cams1), shift, np.float32))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+FRAME_FIELDS = ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")  # a stored frame, render and truth
+
+
+def _world_scenes(seed: int, split: str, recon_folder: Path, cache_dir: Path | None):
+    """(recorded lane as a scene.path.Path, its reconstruction as a run makes it, the builder's scene, the sky
+    colour, the run's rig specs) of training / held-out world `seed`."""
+    from neural_sensor.reconstruct.drive import reconstructed_scene
+    from neural_sensor.rig import nuscenes_like_rig
+    from neural_sensor.scene.build import build_scene
+    from neural_sensor.scene.path import Path as Polyline
+    from neural_sensor.scene.to_gaussians import sky_rgb
+
+    check_split(seed, split)
+    layout = world_layout(seed)
+    lane = recorded_lane_xy_m(layout)
+    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    return Polyline(lane), scene, truth, sky_rgb(layout.style), nuscenes_like_rig(*RUN_SIZE)
+
+
+def _store_frames(out: dict[str, list], prefix: str, raw, gt) -> None:
+    """Append a tick's raw render and ground truth (RenderOutputs) to out[prefix + field] as stored: uint8 images
+    and alphas, float16 depths."""
+    out[f"{prefix}rgb"].append(_u8(raw.rgb))
+    out[f"{prefix}depth"].append(raw.depth.astype(np.float16))
+    out[f"{prefix}alpha"].append(_u8(raw.alpha))
+    out[f"{prefix}truth"].append(_u8(gt.rgb))
+    out[f"{prefix}truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
+    out[f"{prefix}truth_alpha"].append(_u8(gt.alpha))
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -211,6 +210,22 @@ def load_frames(data_root: Path, recon_folder: Path, seeds, split: str, ticks: i
     return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
 
 
+def _draw_crops(shape: tuple[int, int, int], rng: np.random.Generator, count: int, crop: tuple[int, int],
+                identity_fraction: float):
+    """(frame index, crop top, crop left, identity, flip), [count] each, for frames of shape (N, H, W)."""
+    n, height, width = shape
+    ch, cw = crop
+    assert ch <= height and cw <= width, (crop, height, width)
+    idx = rng.integers(n, size=count)
+    ys, xs = rng.integers(0, height - ch + 1, size=count), rng.integers(0, width - cw + 1, size=count)
+    return idx, ys, xs, rng.random(count) < identity_fraction, rng.random(count) < 0.5
+
+
+def _images(items: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [h, w, 3] images -> float [B, 3, h, w] in [0, 1]."""
+    return torch.from_numpy(np.stack(items).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
 def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: int,
                cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Frame pairs (`world_pairs`) of `seeds`, made where missing (progress bar over worlds)."""
@@ -228,13 +243,9 @@ def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: 
     w], alpha [2B, h, w], target [2B, 3, h, w], source [B, h, w] int64), rows 0..B-1 the earlier frames, B..2B-1
     the later ones; source: each later-crop pixel's flat index in its earlier crop, -1 where that frame does not
     see it or it falls outside the window. A fraction of the pairs are clean renders (the truth as input)."""
-    n, height, width = pairs["rgb"].shape[:3]
+    width = pairs["rgb"].shape[2]
     ch, cw = crop
-    assert ch <= height and cw <= width, (crop, height, width)
-    idx = rng.integers(n, size=count)
-    ys, xs = rng.integers(0, height - ch + 1, size=count), rng.integers(0, width - cw + 1, size=count)
-    identity = rng.random(count) < identity_fraction
-    flip = rng.random(count) < 0.5
+    idx, ys, xs, identity, flip = _draw_crops(pairs["rgb"].shape[:3], rng, count, crop, identity_fraction)
     items = {k: [] for k in ("rgb", "depth", "alpha", "target")}
     sources = []
     for prefix in ("prev_", ""):
@@ -255,12 +266,8 @@ def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: 
                     su = cw - 1 - su
                 local = np.where(inside, (sv - y) * cw + su, -1)
                 sources.append(local[:, ::-1] if fl else local)
-
-    def images(values):
-        return torch.from_numpy(np.stack(values).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-
-    return (images(items["rgb"]), torch.from_numpy(np.stack(items["depth"]).astype(np.float32)),
-            torch.from_numpy(np.stack(items["alpha"]).astype(np.float32) / 255.0), images(items["target"]),
+    return (_images(items["rgb"]), torch.from_numpy(np.stack(items["depth"]).astype(np.float32)),
+            torch.from_numpy(np.stack(items["alpha"]).astype(np.float32) / 255.0), _images(items["target"]),
             torch.from_numpy(np.ascontiguousarray(np.stack(sources))))
 
 
@@ -289,13 +296,8 @@ def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch:
                  identity_fraction: float):
     """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], identity [B] bool): random crops,
     flips, and a fraction of clean-render identity samples."""
-    n, height, width = frames["rgb"].shape[:3]
     ch, cw = crop
-    assert ch <= height and cw <= width, (crop, height, width)
-    idx = rng.integers(n, size=batch)
-    ys, xs = rng.integers(0, height - ch + 1, size=batch), rng.integers(0, width - cw + 1, size=batch)
-    identity = rng.random(batch) < identity_fraction
-    flip = rng.random(batch) < 0.5
+    idx, ys, xs, identity, flip = _draw_crops(frames["rgb"].shape[:3], rng, batch, crop, identity_fraction)
     rgb, depth, alpha, target = [], [], [], []
     for i, y, x, ident, fl in zip(idx, ys, xs, identity, flip):
         win = (slice(y, y + ch), slice(x, x + cw))
@@ -304,12 +306,8 @@ def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch:
         if fl:
             parts = [p[:, ::-1] for p in parts]
         rgb.append(parts[0]), depth.append(parts[1]), alpha.append(parts[2]), target.append(parts[3])
-
-    def images(items):
-        return torch.from_numpy(np.stack(items).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-
-    return (images(rgb), torch.from_numpy(np.stack(depth).astype(np.float32)),
-            torch.from_numpy(np.stack(alpha).astype(np.float32) / 255.0), images(target), torch.from_numpy(identity))
+    return (_images(rgb), torch.from_numpy(np.stack(depth).astype(np.float32)),
+            torch.from_numpy(np.stack(alpha).astype(np.float32) / 255.0), _images(target), torch.from_numpy(identity))
 
 
 @torch.no_grad()
