@@ -27,13 +27,14 @@ import numpy as np
 from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.poses import check_pose
 from neural_sensor.render import LOD_PX, render, resolve_backend
+from neural_sensor.render._common import check_lod_px
+from neural_sensor.world import WorldSnapshot
 
 FRAME_FIELDS = ("rgb", "depth", "semantic", "instance")  # what a SensorFrame can carry (NeuralSensorRig(outputs=))
 RIG_OUTPUTS = ("rgb", "depth", "alpha", "semantic", "instance", "median_depth")  # render() outputs for all of them
-from neural_sensor.render._common import check_lod_px
-from neural_sensor.poses import check_pose
-from neural_sensor.world import WorldSnapshot
+
 
 def frame_fields(outputs: Sequence[str], who: str = "frame_fields") -> tuple[str, ...]:
     """The SensorFrame fields a rig fills, in FRAME_FIELDS order; "rgb" must be one, unknown names are a ValueError."""

@@ -59,6 +59,20 @@ def test_enhancer_without_a_reference_skips_the_zero_channels():
     assert (fast - rgb).abs().max() > 1e-3
     torch.testing.assert_close(fast, full, rtol=0, atol=2e-6)
     assert "conv_in.weight" in model.unet.state_dict() and model.unet.conv_in.weight.shape[1] == 9 * 16
+    # a first layer of another type is not touched: it is sent the zero channels, as before
+    wrapped = Enhancer(EnhancerConfig(unshuffle=4), unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
+    assert not wrapped._skips_reference
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(rgb, depth, alpha), full, rtol=0, atol=2e-6)
+
+
+def _with_conv_in(unet, cls):
+    """A copy of a UNet whose first layer is of class `cls` (same weights)."""
+    import copy
+
+    unet = copy.deepcopy(unet)
+    unet.conv_in.__class__ = cls
+    return unet
 
 
 def test_network_input_and_shuffle_equal_their_torch_twins():

@@ -172,9 +172,11 @@ class Enhancer(nn.Module):
                              f"(unshuffle {self.config.unshuffle}), got in={self.unet.config.in_channels} "
                              f"out={self.unet.config.out_channels}")
         self.config.unet = dict(self.unet.config)
-        if type(self.unet.conv_in) is not nn.Conv2d:
-            raise ValueError(f"enhancer UNet's conv_in must be an nn.Conv2d, got {type(self.unet.conv_in).__name__}")
-        self.unet.conv_in.__class__ = _LeadingChannelsConv2d  # a render without a reference skips 4 zero channels
+        # a render without a reference skips the 4 zero channels (a plain nn.Conv2d first layer, as diffusers makes
+        # it; any other layer is sent the zeros)
+        self._skips_reference = type(self.unet.conv_in) is nn.Conv2d
+        if self._skips_reference:
+            self.unet.conv_in.__class__ = _LeadingChannelsConv2d
         if unet is None:  # identity start: the residual branch begins at exactly zero
             nn.init.zeros_(self.unet.conv_out.weight)
             nn.init.zeros_(self.unet.conv_out.bias)
@@ -191,6 +193,8 @@ class Enhancer(nn.Module):
         optional warped reference rgb [B, 3, H, W] with validity [B, H, W]. Differentiable."""
         h, w = rgb.shape[-2:]
         s = self.config.unshuffle
+        if reference_rgb is None and not self._skips_reference:
+            reference_rgb, reference_valid = torch.zeros_like(rgb), torch.zeros_like(alpha)
         x = network_input(rgb, depth_m, alpha, reference_rgb, reference_valid, self.config.depth_scale_m,
                           self.multiple, s)
         t = torch.full((x.shape[0],), self.config.timestep, dtype=torch.long)
