@@ -8,7 +8,8 @@
 # Made for a lent machine that cannot reach a package index: packages the project needs beyond that machine's
 # own (gsplat's wheel, plyfile, pyzmq, msgpack) come as wheels in .whl/, and the street photographs the worlds
 # are textured with (Debian's torcs-data, Free Art License; never committed) in .torcs/ (NEURAL_SENSOR_TORCS).
-# Writes to $OUT: session.log (every stage, with times), gsplat-tests.log, render-gsplat.json and
+# Writes to $OUT: session.log (every stage, with times), gsplat-tests.log, render-gsplat.json,
+# bench-chain-enhancer-{none,local}.json (the closed loop on the reconstruction, "auto" backend) and
 # reconstructor-variants.tar.gz (each variant's checkpoint, history, summary and training log).
 # Afterwards, measure each variant in the run's regime on the CPU machine:
 #   python benchmarks/runtime_fidelity.py --checkpoint VARIANT ...
@@ -64,6 +65,15 @@ if [ "$GSPLAT_RC" = 0 ]; then
     timeout 100 python3 benchmarks/render.py --backends gsplat --no-reference --frames 10 --warmup 3 \
         --out "$OUT/render-gsplat.json" >"$WORK/render.log" 2>&1
     say "render benchmark: rc $? ($(tail -n 1 "$WORK/render.log"))"
+    # the closed loop as a run has it: the rig asks for rgb alone, so "auto" renders with gsplat (the demo's
+    # reconstruction is built first, into the session's cache); the chain alone, then with the enhancer
+    for mode in none local; do
+        timeout 150 python3 -m scenarios.cli bench --ticks 100 --enhancer "$mode" --cache "$WORK/cache" \
+            -o "$WORK/bench-$mode" >"$OUT/bench-chain-enhancer-$mode.json" 2>"$WORK/bench-$mode.log"
+        say "closed loop, enhancer $mode: rc $? ($(python3 -c "
+import json; d = json.load(open('$OUT/bench-chain-enhancer-$mode.json'))
+print(d['backend'], d['ticks_per_s'], 'ticks/s', d['stage_ms_median'])" 2>&1 | tail -n 1))"
+    done
 fi
 
 # 3. the reconstructor on CUDA: three settings at once, each to the same deadline. "whole": every view of the
