@@ -45,7 +45,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
     parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
-    parser.add_argument("--lod-px", type=float, default=None, metavar="PX",
+    parser.add_argument("--lod-px", type=float, default=argparse.SUPPRESS, metavar="PX",
                         help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
                              "as one where that one's largest standard deviation spans <= PX pixels; 0 draws every "
                              f"Gaussian (exact; default {LOD_PX} for the builder's scene, {RECONSTRUCTION_LOD_PX} for "
@@ -55,13 +55,13 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
-    parser.add_argument("--scene", choices=("reconstruction", "builder"), default=None,
+    parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,
                         help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
                              "along the recorded lane (cached); builder: the layout's own scene, the ground truth")
     parser.add_argument("--scene-log", type=Path, default=None, metavar="LOG",
                         help="render the scene reconstructed from this drive log (docs/drive_log.md) instead; "
                              "the same as RunOptions(scene='log:LOG')")
-    parser.add_argument("--enhancer", default=None, metavar="local|none|tcp://HOST:PORT",
+    parser.add_argument("--enhancer", default=argparse.SUPPRESS, metavar="local|none|tcp://HOST:PORT",
                         help="refine every camera with the enhancer: 'local' starts a server subprocess for the "
                              "run, 'none' delivers the raw render (default: local for a reconstruction, none for "
                              "the builder's scene)")
@@ -157,18 +157,19 @@ def _version() -> str:
 def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     from scenarios.runner import RunOptions, run_scenario
 
-    scene = args.scene or "reconstruction"
+    # --scene, --enhancer and --lod-px have no default in args (argparse.SUPPRESS): theirs depend on the scene
+    scene = getattr(args, "scene", None) or "reconstruction"
     if args.scene_log is not None:
-        if args.scene is not None:
+        if hasattr(args, "scene"):
             raise ValueError(f"give --scene {args.scene} or --scene-log LOG, not both")
         scene = f"log:{args.scene_log}"
-    enhancer = args.enhancer or ("none" if scene == "builder" else "local")
+    enhancer = getattr(args, "enhancer", None) or ("none" if scene == "builder" else "local")
     enhancer = None if enhancer == "none" else enhancer
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
-                         truth=args.truth, lod_px=args.lod_px)
+                         truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
 
