@@ -1,11 +1,12 @@
-"""SIGTERM soak: interrupt `neural-sensor demo` at random moments and look for anything left behind.
+"""SIGTERM soak: interrupt `neural-sensor demo --scene builder` at random moments; look for anything left behind.
 
     python benchmarks/lifecycle_soak.py [--runs 20] [--seed 0] [--json benchmarks/results/lifecycle-soak.json]
 
-Each run (every other one with `--enhancer local`) gets its own TMPDIR and output folder and a marker in
-its environment that every child process inherits (the enhancer server and its workers too). A SIGTERM
-is sent at a uniformly random moment between 0.2 s and the run's usual length; afterwards (5 s grace)
-the script checks:
+Each run (every other one with `--enhancer local`, the others `--enhancer none`; the builder's scene, built
+in the run: a reconstruction would take most of a run's length to build) gets its own TMPDIR and output
+folder and a marker in its environment that every child process inherits (the enhancer server and its
+workers too). A SIGTERM is sent at a uniformly random moment between 0.2 s and the run's usual length;
+afterwards (5 s grace) the script checks:
 - no process carrying the run's marker is alive (an orphaned server or worker);
 - TMPDIR is empty (no `enhancer-local-*` folder, no broker socket folder; torch's own compile cache,
   `torchinductor_<user>`, is not ours and is ignored);
@@ -59,9 +60,8 @@ def one_run(index: int, enhancer: bool, kill_after_s: float, root: Path, ticks: 
     out_parent.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir), **{MARKER: marker})
     cmd = [sys.executable, "-m", "scenarios.cli", "demo", "--ticks", str(ticks), "--width", "160", "--height", "96",
-           "-o", str(out_parent / "out"), "--cache", str(run_root / "cache")]
-    if enhancer:
-        cmd += ["--enhancer", "local"]
+           "-o", str(out_parent / "out"), "--cache", str(run_root / "cache"), "--scene", "builder",
+           "--enhancer", "local" if enhancer else "none"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
