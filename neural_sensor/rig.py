@@ -3,8 +3,9 @@
 Per capture: place each agent's Gaussian asset at its pose (`compose`, the
 background is not copied), render every camera (cameras of one size in one
 call), and hand back rgb, depth, semantic and instance (those the rig's `outputs`
-name: a rig of RGB cameras renders no depth or labels) with the snapshot's frame
-id and timestamp. With an enhancer (an EnhancerClient: ZeroMQ, a deadline) every
+name: a rig of RGB cameras renders no median depth or labels, only rgb and the
+expected depth and alpha the enhancer takes) with the snapshot's frame id and
+timestamp. With an enhancer (an EnhancerClient: ZeroMQ, a deadline) every
 camera of the tick goes to it in ONE request and rgb is its refined image; when it
 has no answer in time (or no server is up) the raw render is delivered, and meta
 says so: enhanced False and enhancer_reason. A tick is never dropped or stalled

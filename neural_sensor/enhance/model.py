@@ -4,7 +4,8 @@ Input contract (per camera): the raw render's rgb [H, W, 3] in [0, 1], its expec
 depth [H, W] (metres, 0 where nothing was hit) and alpha [H, W]; optionally a
 reference view already warped into the camera (rgb [H, W, 3] + validity [H, W]).
 The network sees 9 channels: rgb, inverse depth s/(s+d) (0 where alpha is 0), alpha,
-reference rgb and reference validity (zeros when no reference is given). Output: the
+reference rgb and reference validity (zeros when no reference is given: then only the
+first five are made and the first convolution skips the others' weights). Output: the
 refined rgb [H, W, 3].
 
 As in single-step fixers (Difix3D+: one denoising step at a fixed timestep), the
@@ -100,7 +101,8 @@ def network_input(rgb: torch.Tensor, depth_m: torch.Tensor, alpha: torch.Tensor,
 
     Fast path: the channels are written straight into one padded buffer and unshuffled by a reshape-permute
     copy (torch's pixel_unshuffle kernel is several times slower on CPUs); pure data movement, so it equals its
-    twin `_network_input_reference` (cat, replicate pad, F.pixel_unshuffle) bit for bit. Differentiable.
+    twin `_network_input_reference` (cat, replicate pad, F.pixel_unshuffle) bit for bit (without a reference:
+    the twin's leading channels, the rest of which are zeros). Differentiable.
     """
     b, _, h, w = rgb.shape
     assert depth_m.shape == (b, h, w) and alpha.shape == (b, h, w), (rgb.shape, depth_m.shape, alpha.shape)
