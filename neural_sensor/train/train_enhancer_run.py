@@ -203,10 +203,15 @@ def data_folder(data_root: Path, recon_folder: Path) -> Path:
 def load_frames(data_root: Path, recon_folder: Path, seeds, split: str, ticks: int,
                 cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Frames of `seeds`, made where missing (progress bar over worlds)."""
+    return _load_worlds(data_root, recon_folder, seeds, f"enhancer frames ({split})",
+                        lambda folder, seed: _world_file(folder, seed, split, ticks, recon_folder, cache_dir))
+
+
+def _load_worlds(data_root: Path, recon_folder: Path, seeds, what: str, load) -> dict[str, np.ndarray]:
+    """load(folder, seed) -> arrays of each seed (the data folder of `recon_folder` made first), concatenated."""
     folder = data_folder(data_root, recon_folder)
     folder.mkdir(parents=True, exist_ok=True)
-    shards = [_world_file(folder, seed, split, ticks, recon_folder, cache_dir)
-              for seed in tqdm(list(seeds), desc=f"enhancer frames ({split})", unit="world")]
+    shards = [load(folder, seed) for seed in tqdm(list(seeds), desc=what, unit="world")]
     return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
 
 
@@ -229,12 +234,10 @@ def _images(items: list[np.ndarray]) -> torch.Tensor:
 def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: int,
                cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Frame pairs (`world_pairs`) of `seeds`, made where missing (progress bar over worlds)."""
-    folder = data_folder(data_root, recon_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = [load_or_make_npz(folder / f"pairs-{seed}-p{pairs}.npz",
-                               lambda seed=seed: world_pairs(seed, split, pairs, recon_folder, cache_dir))
-              for seed in tqdm(list(seeds), desc=f"enhancer frame pairs ({split})", unit="world")]
-    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+    return _load_worlds(data_root, recon_folder, seeds, f"enhancer frame pairs ({split})",
+                        lambda folder, seed: load_or_make_npz(
+                            folder / f"pairs-{seed}-p{pairs}.npz",
+                            lambda: world_pairs(seed, split, pairs, recon_folder, cache_dir)))
 
 
 def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: int, crop: tuple[int, int],
