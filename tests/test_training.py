@@ -112,3 +112,45 @@ def test_network_input_and_shuffle_equal_their_torch_twins():
         assert torch.equal(pixel_shuffle(z, s), F.pixel_shuffle(z, s))
         z = z.contiguous(memory_format=torch.channels_last)  # the UNet's output from a channels-last input
         assert torch.equal(pixel_shuffle(z, s), F.pixel_shuffle(z, s))
+
+
+def test_enhance_on_a_cpu_equals_the_torch_forward():
+    """`Enhancer.enhance` on a CPU makes its input and finishes its output with compiled passes
+    (`_model_kernels`); the result equals the torch forward (network_input, UNet, pixel_shuffle, add, clamp) bit
+    for bit: with and without a reference, padded, in batches, and for a first layer that needs the zero
+    channels."""
+    import numpy as np
+    import torch
+
+    from neural_sensor.enhance.model import Enhancer, EnhancerConfig
+
+    torch.manual_seed(0)
+    model = Enhancer(EnhancerConfig(unshuffle=4)).eval()
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.2)  # not the identity start: residuals clamp too
+    rng = np.random.default_rng(1)
+    c, h, w = 3, 37, 70  # padded to 48 x 80
+    rgb = rng.random((c, h, w, 3), dtype=np.float32)
+    depth = (rng.random((c, h, w)) * 40).astype(np.float32)
+    depth[0, :2] = 0
+    alpha = rng.random((c, h, w), dtype=np.float32)
+    alpha[1, 3:5] = 0
+    ref = rng.random((c, h, w, 3), dtype=np.float32)
+    valid = rng.random((c, h, w)) > 0.5
+
+    def torch_forward(m, reference, batch=c):  # in the same batches (oneDNN's sums depend on the batch size)
+        t = torch.from_numpy
+        out = []
+        for sl in (slice(i, i + batch) for i in range(0, c, batch)):
+            with torch.no_grad():
+                y = m(t(rgb[sl]).permute(0, 3, 1, 2), t(depth[sl]), t(alpha[sl]), *(
+                    (t(ref[sl]).permute(0, 3, 1, 2), t(valid[sl].astype(np.float32))) if reference else (None, None)))
+            out.append(y.clamp(0, 1).permute(0, 2, 3, 1).numpy())
+        return np.concatenate(out)
+
+    for reference in (False, True):
+        expected = torch_forward(model, reference, batch=2)
+        assert np.abs(expected - rgb).max() > 1e-2 and (expected == 0).any() and (expected == 1).any()
+        got = model.enhance(rgb, depth, alpha, *((ref, valid) if reference else (None, None)), max_batch=2)
+        assert got.dtype == np.float32 and np.array_equal(got, expected), reference
+    wrapped = Enhancer(EnhancerConfig(unshuffle=4), unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
+    assert np.array_equal(wrapped.enhance(rgb, depth, alpha), torch_forward(wrapped, False))

@@ -228,6 +228,8 @@ class Enhancer(nn.Module):
             assert np.shape(reference_rgb) == rgb.shape and np.shape(reference_valid) == (c, h, w)
         self.eval()
         device = next(self.parameters()).device
+        if device.type == "cpu":
+            return self._enhance_cpu(rgb, depth_m, alpha, reference_rgb, reference_valid, max_batch)
 
         def tensor(array) -> torch.Tensor:
             return torch.from_numpy(np.asarray(array, np.float32)).to(device)
@@ -239,6 +241,48 @@ class Enhancer(nn.Module):
             valid = None if reference_rgb is None else tensor(reference_valid[sl])
             y = self(tensor(rgb[sl]).permute(0, 3, 1, 2), tensor(depth_m[sl]), tensor(alpha[sl]), ref, valid)
             torch.from_numpy(out[sl]).copy_(y.clamp_(0, 1).permute(0, 2, 3, 1))  # one parallel copy into NHWC
+        return out
+
+    def warm_up(self) -> None:
+        """Run one tiny frame, so a server's first request does not pay for compiling the CPU passes (numba's
+        cache makes it fast after the first process) or for torch's first call."""
+        m = self.multiple
+        self.enhance(np.zeros((1, m, m, 3), np.float32), np.ones((1, m, m), np.float32), np.ones((1, m, m), np.float32))
+
+    def _enhance_cpu(self, rgb: np.ndarray, depth_m: np.ndarray, alpha: np.ndarray, reference_rgb, reference_valid,
+                     max_batch: int) -> np.ndarray:
+        """`enhance` on a CPU: the input is made and the output finished by compiled passes over the numpy arrays
+        (`_model_kernels`: the same values as `network_input` and `pixel_shuffle` + add + clamp, tested), so the
+        only torch work is the UNet's."""
+        from neural_sensor.enhance._model_kernels import add_shuffled_residual, unshuffled_input
+
+        c, h, w, _ = rgb.shape
+        s, multiple = self.config.unshuffle, self.multiple
+        hp, wp = h + (-h) % multiple, w + (-w) % multiple
+        rgb = np.ascontiguousarray(rgb, np.float32)
+        depth_m = np.ascontiguousarray(depth_m, np.float32)
+        alpha = np.ascontiguousarray(alpha, np.float32)
+        if reference_rgb is None and not self._skips_reference:  # a first layer that needs the zero channels
+            reference_rgb, reference_valid = np.zeros_like(rgb), np.zeros_like(alpha)
+        if reference_rgb is None:
+            channels = RENDER_CHANNELS
+            reference_rgb, reference_valid = np.empty((0, 0, 0, 3), np.float32), np.empty((0, 0, 0), np.float32)
+        else:
+            channels = INPUT_CHANNELS
+            reference_rgb = np.ascontiguousarray(reference_rgb, np.float32)
+            reference_valid = np.ascontiguousarray(reference_valid, np.float32)
+        out = np.empty_like(rgb)
+        for i in range(0, c, max_batch):
+            sl = slice(i, i + max_batch)
+            n = len(rgb[sl])
+            x = np.empty((n, hp // s, wp // s, channels * s * s), np.float32)
+            unshuffled_input(rgb[sl], depth_m[sl], alpha[sl], reference_rgb[sl] if channels == INPUT_CHANNELS
+                             else reference_rgb, reference_valid[sl] if channels == INPUT_CHANNELS else reference_valid,
+                             self.config.depth_scale_m, s, x)
+            t = torch.full((n,), self.config.timestep, dtype=torch.long)
+            residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
+            residual = residual.permute(0, 2, 3, 1).contiguous()  # a view: oneDNN answers channels-last
+            add_shuffled_residual(rgb[sl], residual.numpy(), s, out[sl])
         return out
 
     # ------------------------------------------------------------- checkpoints

@@ -100,6 +100,7 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fo
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
     model = Enhancer.from_pretrained(checkpoint)
+    model.warm_up()
     wire.warm_codecs()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
