@@ -100,7 +100,10 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fo
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
     model = Enhancer.from_pretrained(checkpoint)
-    model.warm_up()
+    try:
+        model.warm_up()
+    except Exception as err:  # noqa: BLE001 - only a warm-up (a user's model may not take its tiniest frame)
+        print(f"enhancer worker {index}: warm-up failed ({type(err).__name__}: {err}); serving anyway", flush=True)
     wire.warm_codecs()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
