@@ -7,7 +7,9 @@
 #
 # Made for a lent machine that cannot reach a package index: packages the project needs beyond that machine's
 # own (gsplat's wheel, plyfile, pyzmq, msgpack) come as wheels in .whl/, and the street photographs the worlds
-# are textured with (Debian's torcs-data, Free Art License; never committed) in .torcs/ (NEURAL_SENSOR_TORCS).
+# are textured with (Debian's torcs-data, Free Art License; never committed) in .torcs/ (NEURAL_SENSOR_TORCS),
+# and, for the enhancer's perceptual term (gpu_pipeline's enhancer stages), the VGG16 weights as float16 in .vgg/
+# (`python -m neural_sensor.perceptual --export .vgg/vgg16-hed-f16.npz`, 28 MiB; NEURAL_SENSOR_VGG16_WEIGHTS).
 # Writes to $OUT: session.log (every stage, with times), gsplat-tests.log, render-gsplat.json,
 # bench-chain-enhancer-{none,local}.json (the closed loop on the reconstruction, "auto" backend) and
 # reconstructor-variants.tar.gz (each variant's checkpoint, history, summary and training log).
@@ -35,6 +37,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 [ -d .torcs ] && export NEURAL_SENSOR_TORCS="$PWD/.torcs"
+[ -f .vgg/vgg16-hed-f16.npz ] && export NEURAL_SENSOR_VGG16_WEIGHTS="$PWD/.vgg/vgg16-hed-f16.npz"
 python3 -c "import torch, numba, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'numba', numba.__version__, 'numpy', numpy.__version__)" >>"$LOG" 2>&1
 

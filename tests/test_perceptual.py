@@ -120,3 +120,29 @@ def test_shapes_are_checked():
         perceptual_distance_torch(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 33))
     with pytest.raises(AssertionError):
         perceptual_distance(np.zeros((32, 32, 4), np.float32), np.zeros((32, 32, 4), np.float32))
+
+
+def test_exported_float16_weights_stand_in_for_the_package(tmp_path, monkeypatch):
+    """`export_weights` writes the trunk as float16 .npz; with NEURAL_SENSOR_VGG16_WEIGHTS pointing at it the
+    distance moves by well under 1 % and needs no h5py; a missing or damaged file is a named error."""
+    source = _weights_or_skip()
+    a, b = _scene_image(seed=0), _scene_image(seed=1)
+    monkeypatch.setattr(perceptual, "_CONVS", None)
+    expected = perceptual_distance(a, b)
+    path = perceptual.export_weights(tmp_path / "vgg16.npz", source)
+    assert 25e6 < path.stat().st_size < 32e6  # float16: half the .h5's 59 MB
+    monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(path))
+    monkeypatch.setattr(perceptual, "_CONVS", None)
+    assert weights_path() == path
+    got = perceptual_distance(a, b)
+    assert expected > 0.05 and abs(got - expected) < 0.01 * expected, (got, expected)
+    monkeypatch.setattr(perceptual, "_CONVS", None)
+    monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(tmp_path / "missing.npz"))
+    with pytest.raises(PerceptualWeightsMissing, match="missing.npz"):
+        perceptual_distance(a, b)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(path.read_bytes()[:1000])
+    monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(damaged))
+    with pytest.raises(ValueError, match="damaged.npz"):
+        perceptual_distance(a, b)
+    monkeypatch.setattr(perceptual, "_CONVS", None)

