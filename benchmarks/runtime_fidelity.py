@@ -381,10 +381,11 @@ def main(argv: list[str] | None = None) -> None:
                                              "mad = mean |difference| in 8-bit levels over surface pixels both see; raw8: the raw "
                                              "render rounded to 8 bits (as the uint8 wire returns the enhanced one)"}
     try:
-        from neural_sensor.perceptual import NOTE, weights_path
+        from neural_sensor.perceptual import NOTE, perceptual_distance, weights_path
 
-        result["perceptual"] = {"note": NOTE, "weights": str(weights_path())}
-    except RuntimeError as err:  # PerceptualWeightsMissing: report the metric as not computed, and why
+        perceptual_distance(np.zeros((16, 16, 3)), np.zeros((16, 16, 3)))  # loads the weights: a bad file fails here
+        result["perceptual"] = {"note": NOTE, "weights": str(weights_path())}  # an .npz: the float16 export
+    except (RuntimeError, ValueError) as err:  # PerceptualWeightsMissing / an unreadable file: not computed, why
         result["perceptual"] = {"note": f"not computed: {err}"}
         args.perceptual_every = 0
     result["code"] = code_state()

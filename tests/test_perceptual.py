@@ -14,6 +14,12 @@ from neural_sensor.perceptual import (PerceptualWeightsMissing, perceptual_dista
                                       weights_path)
 
 
+@pytest.fixture(autouse=True)
+def _package_weights(monkeypatch):
+    """The package's file, also where NEURAL_SENSOR_VGG16_WEIGHTS is set (gpu_session.sh sets it)."""
+    monkeypatch.delenv(perceptual.WEIGHTS_ENV, raising=False)
+
+
 def _weights_or_skip():
     try:
         return weights_path()
@@ -125,18 +131,19 @@ def test_shapes_are_checked():
 def test_exported_float16_weights_stand_in_for_the_package(tmp_path, monkeypatch):
     """`export_weights` writes the trunk as float16 .npz; with NEURAL_SENSOR_VGG16_WEIGHTS pointing at it the
     distance moves by well under 1 % and needs no h5py; a missing or damaged file is a named error."""
+    import sys
+
     source = _weights_or_skip()
     a, b = _scene_image(seed=0), _scene_image(seed=1)
-    monkeypatch.setattr(perceptual, "_CONVS", None)
     expected = perceptual_distance(a, b)
     path = perceptual.export_weights(tmp_path / "vgg16.npz", source)
     assert 25e6 < path.stat().st_size < 32e6  # float16: half the .h5's 59 MB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vgg16.npz"]  # no temporary left
     monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(path))
-    monkeypatch.setattr(perceptual, "_CONVS", None)
+    monkeypatch.setitem(sys.modules, "h5py", None)  # the export is read without h5py
     assert weights_path() == path
     got = perceptual_distance(a, b)
     assert expected > 0.05 and abs(got - expected) < 0.01 * expected, (got, expected)
-    monkeypatch.setattr(perceptual, "_CONVS", None)
     monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(tmp_path / "missing.npz"))
     with pytest.raises(PerceptualWeightsMissing, match="missing.npz"):
         perceptual_distance(a, b)
@@ -145,4 +152,5 @@ def test_exported_float16_weights_stand_in_for_the_package(tmp_path, monkeypatch
     monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(damaged))
     with pytest.raises(ValueError, match="damaged.npz"):
         perceptual_distance(a, b)
-    monkeypatch.setattr(perceptual, "_CONVS", None)
+    with pytest.raises(SystemExit):  # the CLI names a bad target, no traceback
+        perceptual.main(["--export", str(tmp_path / "weights.h5")])

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.reconstruct.model import ReconNet
@@ -114,21 +115,22 @@ def test_network_input_and_shuffle_equal_their_torch_twins():
         assert torch.equal(pixel_shuffle(z, s), F.pixel_shuffle(z, s))
 
 
-def test_enhance_on_a_cpu_equals_the_torch_forward():
+@pytest.mark.parametrize("unshuffle, h, w", [(4, 37, 70), (2, 32, 48), (1, 13, 21)])
+def test_enhance_on_a_cpu_equals_the_torch_forward(unshuffle, h, w):
     """`Enhancer.enhance` on a CPU makes its input and finishes its output with compiled passes
     (`_model_kernels`); the result equals the torch forward (network_input, UNet, pixel_shuffle, add, clamp) bit
-    for bit: with and without a reference, padded, in batches, and for a first layer that needs the zero
-    channels."""
+    for bit: with and without a reference, padded or not, unshuffled by 4, 2 or not at all, in batches, and for
+    a first layer that needs the zero channels. Mismatched shapes are a ValueError."""
     import numpy as np
     import torch
 
     from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 
     torch.manual_seed(0)
-    model = Enhancer(EnhancerConfig(unshuffle=4)).eval()
+    model = Enhancer(EnhancerConfig(unshuffle=unshuffle)).eval()
     torch.nn.init.normal_(model.unet.conv_out.weight, std=0.2)  # not the identity start: residuals clamp too
     rng = np.random.default_rng(1)
-    c, h, w = 3, 37, 70  # padded to 48 x 80
+    c = 3
     rgb = rng.random((c, h, w, 3), dtype=np.float32)
     depth = (rng.random((c, h, w)) * 40).astype(np.float32)
     depth[0, :2] = 0
@@ -152,5 +154,10 @@ def test_enhance_on_a_cpu_equals_the_torch_forward():
         assert np.abs(expected - rgb).max() > 1e-2 and (expected == 0).any() and (expected == 1).any()
         got = model.enhance(rgb, depth, alpha, *((ref, valid) if reference else (None, None)), max_batch=2)
         assert got.dtype == np.float32 and np.array_equal(got, expected), reference
-    wrapped = Enhancer(EnhancerConfig(unshuffle=4), unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
+    wrapped = Enhancer(EnhancerConfig(unshuffle=unshuffle),
+                       unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
     assert np.array_equal(wrapped.enhance(rgb, depth, alpha), torch_forward(wrapped, False))
+    with pytest.raises(ValueError, match="reference_rgb"):
+        model.enhance(rgb, depth, alpha, ref[:1, :8, :8], valid[:1, :8, :8])
+    with pytest.raises(ValueError, match="depth_m and alpha"):
+        model.enhance(rgb, depth[:, :-1], alpha)

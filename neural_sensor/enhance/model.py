@@ -219,13 +219,21 @@ class Enhancer(nn.Module):
         Args:
             rgb: [C, H, W, 3] float in [0, 1]; depth_m: [C, H, W] metres; alpha: [C, H, W] in [0, 1].
             reference_rgb: optional [C, H, W, 3] warped reference; reference_valid: [C, H, W] (needed with it).
+        On a CPU the UNet is called between compiled input / output passes (`_enhance_cpu`), not through
+        `forward`: a subclass's forward or a forward hook applies on other devices only.
+        Raises ValueError for mismatched shapes (the compiled passes do not check bounds).
         """
         rgb = np.asarray(rgb, np.float32)
-        assert rgb.ndim == 4 and rgb.shape[-1] == 3, rgb.shape
+        if rgb.ndim != 4 or rgb.shape[-1] != 3:
+            raise ValueError(f"enhance: rgb must be [C, H, W, 3], got {rgb.shape}")
         c, h, w, _ = rgb.shape
-        assert np.shape(depth_m) == (c, h, w) and np.shape(alpha) == (c, h, w), (np.shape(depth_m), np.shape(alpha))
-        if reference_rgb is not None:
-            assert np.shape(reference_rgb) == rgb.shape and np.shape(reference_valid) == (c, h, w)
+        if np.shape(depth_m) != (c, h, w) or np.shape(alpha) != (c, h, w):
+            raise ValueError(f"enhance: depth_m and alpha must be {(c, h, w)}, got {np.shape(depth_m)} and "
+                             f"{np.shape(alpha)}")
+        if reference_rgb is not None and (np.shape(reference_rgb) != rgb.shape
+                                          or np.shape(reference_valid) != (c, h, w)):
+            raise ValueError(f"enhance: reference_rgb must be {rgb.shape} and reference_valid {(c, h, w)}, got "
+                             f"{np.shape(reference_rgb)} and {np.shape(reference_valid)}")
         self.eval()
         device = next(self.parameters()).device
         if device.type == "cpu":
@@ -281,7 +289,8 @@ class Enhancer(nn.Module):
                              self.config.depth_scale_m, s, x)
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
             residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
-            residual = residual.permute(0, 2, 3, 1).contiguous()  # a view: oneDNN answers channels-last
+            # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast
+            residual = residual.permute(0, 2, 3, 1).contiguous().float()
             add_shuffled_residual(rgb[sl], residual.numpy(), s, out[sl])
         return out
 
