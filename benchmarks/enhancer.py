@@ -1,7 +1,8 @@
 """Enhancer benchmark: model time, transport overhead, and resilience to server restarts.
 
 1. model: the checkpoint's ms per frame at 480x270 in this process (a batch of 6 cameras,
-   torch threads = cores), median over repeats.
+   torch threads = cores), median over repeats, and its ratio to a baseline run alternating with it
+   (the plain torch forward on a contiguous NCHW input, as `enhance` ran before 2026-12-01).
 2. transport: the same 6 x 480x270 batch through EnhancerClient -> broker -> worker on
    loopback, decoded into buffers the caller owns (`enhance(frames, out=...)`, as the rig
    calls it); overhead per tick = client round trip - the worker's model time (both
@@ -33,7 +34,7 @@ from _machine import machine_name, write_result
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.client import EnhancerClient
 from neural_sensor.enhance.local import start_server, stop_server
-from neural_sensor.enhance.model import Enhancer
+from neural_sensor.enhance.model import Enhancer, network_input, pixel_shuffle
 from neural_sensor.rig import NeuralSensorRig, nuscenes_like_rig
 from neural_sensor.testing import make_street_scene
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
@@ -46,21 +47,44 @@ def _frames(seed: int, n: int = 6, h: int = 270, w: int = 480) -> list[dict]:
              "alpha": np.ones((h, w), np.float32)} for i in range(n)]
 
 
+def _plain_torch_enhance(model: Enhancer, rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The baseline: `Enhancer.enhance` as it ran before its CPU passes and channels-last memory (the torch
+    forward on a contiguous NCHW input, the result copied into NHWC); the same values to float rounding."""
+    t = torch.from_numpy
+    s, (c, h, w) = model.config.unshuffle, depth.shape
+    with torch.no_grad():
+        x = network_input(t(rgb).permute(0, 3, 1, 2), t(depth), t(alpha), None, None, model.config.depth_scale_m,
+                          model.multiple, s).contiguous()
+        residual = model.unet(x, torch.full((c,), model.config.timestep, dtype=torch.long)).sample
+        y = t(rgb).permute(0, 3, 1, 2) + pixel_shuffle(residual, s)[..., :h, :w]
+        out = np.empty_like(rgb)
+        torch.from_numpy(out).copy_(y.clamp_(0, 1).permute(0, 2, 3, 1))
+    return out
+
+
 def bench_model(checkpoint: Path, repeats: int) -> dict:
+    """The shipped `enhance` on a CPU, and its ratio to the plain torch baseline, alternating in this process."""
     torch.set_num_threads(os.cpu_count() or 1)
     model = Enhancer.from_pretrained(checkpoint)
     frames = _frames(0)
     rgb = np.stack([f["rgb"] for f in frames])
     depth = np.stack([f["depth"] for f in frames])
     alpha = np.stack([f["alpha"] for f in frames])
-    model.enhance(rgb[:1], depth[:1], alpha[:1])  # warm up
-    times = []
+    model.enhance(rgb, depth, alpha)  # warm up both
+    _plain_torch_enhance(model, rgb, depth, alpha)
+    times, baseline = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.enhance(rgb, depth, alpha)
-        times.append((time.perf_counter() - t0) * 1000.0)
+        for run, into in ((lambda: model.enhance(rgb, depth, alpha), times),
+                          (lambda: _plain_torch_enhance(model, rgb, depth, alpha), baseline)):
+            t0 = time.perf_counter()
+            run()
+            into.append((time.perf_counter() - t0) * 1000.0)
     return {"ms_per_tick_6_frames": round(float(np.median(times)), 2),
             "ms_per_frame": round(float(np.median(times)) / 6, 2), "repeats": repeats,
+            "baseline_plain_torch_ms_per_tick": round(float(np.median(baseline)), 2),
+            "ratio_to_baseline": round(float(np.median(times) / np.median(baseline)), 3),
+            "baseline": "the torch forward on a contiguous NCHW input (enhance before channels-last and its "
+                        "compiled passes), alternating with the shipped path",
             "torch_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -182,7 +206,8 @@ def main() -> None:
         result["restarts"] = bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
                                             args.tick_hz)
     m, t = result["model"], result["transport"]
-    summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270; transport overhead per tick "
+    summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270 ({m['ratio_to_baseline']} x the "
+               f"plain torch baseline); transport overhead per tick "
                f"(6 x 480x270, median / p90): shm {t['shm']['overhead_ms_median']} / {t['shm']['overhead_ms_p90']} ms, "
                f"bytes {t['bytes']['overhead_ms_median']} / {t['bytes']['overhead_ms_p90']} ms")
     if "restarts" in result:
