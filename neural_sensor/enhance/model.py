@@ -284,9 +284,8 @@ class Enhancer(nn.Module):
             sl = slice(i, i + max_batch)
             n = len(rgb[sl])
             x = np.empty((n, hp // s, wp // s, channels * s * s), np.float32)
-            unshuffled_input(rgb[sl], depth_m[sl], alpha[sl], reference_rgb[sl] if channels == INPUT_CHANNELS
-                             else reference_rgb, reference_valid[sl] if channels == INPUT_CHANNELS else reference_valid,
-                             self.config.depth_scale_m, s, x)
+            unshuffled_input(rgb[sl], depth_m[sl], alpha[sl], reference_rgb[sl], reference_valid[sl],
+                             self.config.depth_scale_m, s, x)  # (slices of the empty placeholders stay empty)
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
             residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
             # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast
