@@ -161,3 +161,45 @@ def test_enhance_on_a_cpu_equals_the_torch_forward(unshuffle, h, w):
         model.enhance(rgb, depth, alpha, ref[:1, :8, :8], valid[:1, :8, :8])
     with pytest.raises(ValueError, match="depth_m and alpha"):
         model.enhance(rgb, depth[:, :-1], alpha)
+
+
+@pytest.mark.parametrize("unshuffle, h, w, reference", [(2, 27, 48, False), (4, 37, 70, True), (1, 13, 21, False)])
+def test_enhance_reads_and_writes_wire_frames_in_place(unshuffle, h, w, reference):
+    """A server hands `enhance` the wire's frames as they arrived (uint8 rgb / alpha, float16 depth, per camera)
+    and a uint8 target per camera (its reply slot): the result is bit for bit what decoding them (`to_float`),
+    enhancing floats and encoding the result (`to_uint8_into`) gives, and a float32 target gets the float
+    result itself. Bad targets are a ValueError."""
+    import torch
+
+    from neural_sensor.enhance import protocol as wire
+
+    torch.manual_seed(1)
+    model = Enhancer(EnhancerConfig(unshuffle=unshuffle)).eval()
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.2)  # residuals large enough to clamp
+    rng = np.random.default_rng(2)
+    c = 3
+    rgb8 = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(c)]
+    alpha8 = [rng.integers(0, 256, (h, w), dtype=np.uint8) for _ in range(c)]
+    depth16 = [(rng.random((h, w)) * 60).astype(np.float16) for _ in range(c)]
+    ref8 = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(c)] if reference else None
+    valid = [rng.random((h, w)) > 0.5 for _ in range(c)] if reference else None
+    floats = model.enhance(np.stack([wire.to_float(a) for a in rgb8]), np.stack(depth16).astype(np.float32),
+                           np.stack([wire.to_float(a) for a in alpha8]),
+                           np.stack([wire.to_float(a) for a in ref8]) if reference else None,
+                           np.stack(valid).astype(np.float32) if reference else None, max_batch=2)
+    assert (floats == 0).any() and (floats == 1).any()
+    expected = [wire.to_uint8_into(f, np.empty(f.shape, np.uint8)) for f in floats]
+    assert len({e.tobytes() for e in expected}) == c and any((e != r).any() for e, r in zip(expected, rgb8))
+    out8 = [np.empty((h, w, 3), np.uint8) for _ in range(c)]
+    assert model.enhance(rgb8, depth16, alpha8, ref8, valid, max_batch=2, out=out8) is not None
+    for got, want in zip(out8, expected):
+        assert np.array_equal(got, want)
+    out32 = np.empty((c, h, w, 3), np.float32)
+    model.enhance(rgb8, depth16, alpha8, ref8, valid, max_batch=2, out=out32)
+    assert np.array_equal(out32, floats)
+    with pytest.raises(ValueError, match="out must be"):
+        model.enhance(rgb8, depth16, alpha8, out=[np.empty((h, w, 3), np.float64)] * c)
+    with pytest.raises(ValueError, match="out must be"):
+        model.enhance(rgb8, depth16, alpha8, out=out8[:2])
+    with pytest.raises(ValueError, match="rgb must be"):
+        model.enhance([rgb8[0], rgb8[1][:-1]], depth16[:2], alpha8[:2])

@@ -9,6 +9,11 @@ Float32 arithmetic in the torch twins' order (torch's scalar / tensor is a recip
 results equal them bit for bit (tested).
 One thread: parallel over rows they were faster alone (1.7 vs 3.7 ms for the input) but no faster inside the
 whole call, where numba's thread pool meets torch's OpenMP one (measured in one process, alternating).
+
+Both also take the enhancer wire's uint8 images (`rgb_div` / `alpha_div` = 255: a value is float32(u8) / 255, as
+`protocol.to_float` decodes it; 1 for float images, an exact division) and the output side writes uint8
+(`to_u8`: rounded as `protocol.to_uint8_into`), so a server reads a request's frames and writes its reply in
+place, in the shared block, with no decode / encode pass (the same bits as decoding, enhancing and encoding).
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ _JIT = dict(cache=True, nogil=True, fastmath=False, parallel=False)
 
 
 @njit(**_JIT)
-def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_scale_m, s, out):  # pragma: no cover
-    """out [B, Hp/s, Wp/s, C*s*s] (channels-last; channel c*s*s + dy*s + dx) from rgb [B, H, W, 3], depth_m and
-    alpha [B, H, W] (float32), and (C = 9) reference_rgb [B, H, W, 3] with reference_valid [B, H, W], or (C = 5)
-    empty [0, 0, 0, 3] / [0, 0, 0] arrays. Rows / columns past H, W repeat the last one."""
+def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_scale_m, s, rgb_div, alpha_div,
+                     out):  # pragma: no cover - compiled
+    """out [B, Hp/s, Wp/s, C*s*s] (channels-last; channel c*s*s + dy*s + dx) from rgb [B, H, W, 3] (float32, or
+    uint8 with rgb_div 255), depth_m [B, H, W] float32, alpha [B, H, W] (float32, or uint8 with alpha_div 255),
+    and (C = 9) reference_rgb [B, H, W, 3] with reference_valid [B, H, W] (float32), or (C = 5) empty
+    [0, 0, 0, 3] / [0, 0, 0] arrays. Rows / columns past H, W repeat the last one."""
     b, h, w = depth_m.shape
     _, hs, ws, channels = out.shape
     with_ref = channels == 9 * s * s
     scale = np.float32(depth_scale_m)
     zero, one = np.float32(0.0), np.float32(1.0)
+    c_div, a_div = np.float32(rgb_div), np.float32(alpha_div)
     for row in prange(b * hs):
         i, oy = row // hs, row % hs
         for ox in range(ws):
@@ -38,11 +46,11 @@ def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_
                 for dx in range(s):
                     x = min(ox * s + dx, w - 1)
                     k = dy * s + dx
-                    a = alpha[i, y, x]
+                    a = np.float32(alpha[i, y, x]) / a_div
                     d = depth_m[i, y, x]
-                    target[k] = rgb[i, y, x, 0]
-                    target[s * s + k] = rgb[i, y, x, 1]
-                    target[2 * s * s + k] = rgb[i, y, x, 2]
+                    target[k] = np.float32(rgb[i, y, x, 0]) / c_div
+                    target[s * s + k] = np.float32(rgb[i, y, x, 1]) / c_div
+                    target[2 * s * s + k] = np.float32(rgb[i, y, x, 2]) / c_div
                     target[3 * s * s + k] = one / (scale + max(d, zero)) * scale if (a > zero and d > zero) else zero
                     target[4 * s * s + k] = a
                     if with_ref:
@@ -54,12 +62,14 @@ def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_
 
 
 @njit(**_JIT)
-def add_shuffled_residual(rgb, residual, s, out):  # pragma: no cover - compiled
+def add_shuffled_residual(rgb, residual, s, rgb_div, to_u8, out):  # pragma: no cover - compiled
     """out [B, H, W, 3] = clip(rgb [B, H, W, 3] + the pixel-shuffled residual, 0, 1); residual [B, Hs, Ws, 3*s*s]
-    channels-last (channel c*s*s + dy*s + dx of pixel (y // s, x // s)), Hs * s >= H, Ws * s >= W. out may be
-    rgb itself."""
+    channels-last (channel c*s*s + dy*s + dx of pixel (y // s, x // s)), Hs * s >= H, Ws * s >= W. rgb: float32,
+    or uint8 with rgb_div 255; out: float32, or uint8 with to_u8 (clip(v * 255, 0, 255) + 0.5, truncated). out
+    may be rgb itself."""
     b, h, w, _ = rgb.shape
     lo, hi = np.float32(0.0), np.float32(1.0)
+    c_div, u8_scale, u8_max, half = np.float32(rgb_div), np.float32(255.0), np.float32(255.0), np.float32(0.5)
     for row in prange(b * h):
         i, y = row // h, row % h
         oy, dy = y // s, y % s
@@ -67,4 +77,8 @@ def add_shuffled_residual(rgb, residual, s, out):  # pragma: no cover - compiled
             source = residual[i, oy, x // s]
             k = dy * s + x % s
             for c in range(3):
-                out[i, y, x, c] = min(max(rgb[i, y, x, c] + source[c * s * s + k], lo), hi)
+                v = min(max(np.float32(rgb[i, y, x, c]) / c_div + source[c * s * s + k], lo), hi)
+                if to_u8:
+                    out[i, y, x, c] = np.uint8(min(max(v * u8_scale, lo), u8_max) + half)
+                else:
+                    out[i, y, x, c] = v

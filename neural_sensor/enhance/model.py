@@ -167,6 +167,58 @@ class _LeadingChannelsConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight[:, :x.shape[1]], self.bias, self.stride, self.padding, self.dilation)
 
 
+def _per_camera(arrays, name: str) -> list[np.ndarray]:
+    """A [C, ...] array or a sequence of C arrays, as a list of C numpy arrays."""
+    if isinstance(arrays, np.ndarray):
+        if arrays.ndim < 1:
+            raise ValueError(f"enhance: {name} must be [C, ...] or a sequence of C arrays, got a scalar")
+        return list(arrays)
+    if isinstance(arrays, torch.Tensor):
+        raise ValueError(f"enhance: {name} must be numpy arrays, got a torch tensor")
+    return [np.asarray(a) for a in arrays]
+
+
+def _image(array: np.ndarray, name: str) -> np.ndarray:
+    """A C-contiguous float32 or uint8 image (uint8 stays: the compiled passes decode it); bool / other floats ->
+    float32."""
+    if array.dtype == np.uint8 or array.dtype == np.float32:
+        return np.ascontiguousarray(array)
+    if array.dtype.kind not in "fb":
+        raise ValueError(f"enhance: {name} must be float or uint8, got {array.dtype}")
+    return np.ascontiguousarray(array, np.float32)
+
+
+def _divisor(image: np.ndarray) -> float:
+    """What the compiled passes divide an image's values by: 255 for uint8, 1 (exact) for float32."""
+    return 255.0 if image.dtype == np.uint8 else 1.0
+
+
+def _as_float(array: np.ndarray) -> np.ndarray:
+    """float32 [..]: uint8 / 255 (the wire's decoding, bit for bit), bool as 0 / 1, other floats cast."""
+    if array.dtype == np.uint8:
+        return np.divide(array, np.float32(255.0), dtype=np.float32)
+    return np.ascontiguousarray(array, np.float32)
+
+
+def _float32_into(array: np.ndarray, out: np.ndarray) -> None:
+    """out (float32) = array, a float of any width (float16 through torch's vectorised cast)."""
+    if array.dtype.kind not in "fb":
+        raise ValueError(f"enhance: depth_m must be float, got {array.dtype}")
+    if array.dtype == np.float16:
+        torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    else:
+        np.copyto(out, array, casting="unsafe")
+
+
+def _store(value: np.ndarray, target: np.ndarray) -> None:
+    """target = value (float32 in [0, 1]); a uint8 target gets clip(v * 255, 0, 255) + 0.5 truncated (the wire's)."""
+    if target.dtype == np.uint8:
+        scaled = np.clip(value * np.float32(255.0), 0.0, 255.0) + np.float32(0.5)
+        target[...] = scaled.astype(np.uint8)
+    else:
+        target[...] = value
+
+
 class Enhancer(nn.Module):
     """See the module docstring."""
 
@@ -212,86 +264,112 @@ class Enhancer(nn.Module):
         return rgb + residual[..., :h, :w]
 
     @torch.no_grad()
-    def enhance(self, rgb: np.ndarray, depth_m: np.ndarray, alpha: np.ndarray, reference_rgb: np.ndarray | None = None,
-                reference_valid: np.ndarray | None = None, max_batch: int = 6) -> np.ndarray:
-        """Refined rgb [C, H, W, 3] float32 in [0, 1] for C cameras of one size.
+    def enhance(self, rgb, depth_m, alpha, reference_rgb=None, reference_valid=None, max_batch: int = 6,
+                out=None) -> np.ndarray | list[np.ndarray]:
+        """Refined rgb in [0, 1] for C cameras of one size.
 
         Args:
-            rgb: [C, H, W, 3] float in [0, 1]; depth_m: [C, H, W] metres; alpha: [C, H, W] in [0, 1].
-            reference_rgb: optional [C, H, W, 3] warped reference; reference_valid: [C, H, W] (needed with it).
+            rgb: [C, H, W, 3] float in [0, 1] or uint8 (value / 255, as the wire's `to_float`), or a sequence of C
+                such [H, W, 3] arrays; depth_m: [C, H, W] metres (any float width) or C [H, W] arrays; alpha:
+                [C, H, W] float in [0, 1] or uint8, or C [H, W] arrays.
+            reference_rgb: optional warped reference, [C, H, W, 3] or C arrays (float or uint8);
+                reference_valid: [C, H, W] or C arrays (needed with it).
+            out: None, or C writable targets [H, W, 3] (a [C, H, W, 3] array or a sequence), float32 or uint8 (rounded
+                as the wire's `to_uint8_into`): a server writes a reply straight into a client's shared block.
+        Returns:
+            [C, H, W, 3] float32 (out=None), else out.
         On a CPU the UNet is called between compiled input / output passes (`_enhance_cpu`), not through
         `forward`: a subclass's forward or a forward hook applies on other devices only.
-        Raises ValueError for mismatched shapes (the compiled passes do not check bounds).
+        Raises ValueError for mismatched shapes or dtypes (the compiled passes do not check bounds).
         """
-        rgb = np.asarray(rgb, np.float32)
-        if rgb.ndim != 4 or rgb.shape[-1] != 3:
-            raise ValueError(f"enhance: rgb must be [C, H, W, 3], got {rgb.shape}")
-        c, h, w, _ = rgb.shape
-        if np.shape(depth_m) != (c, h, w) or np.shape(alpha) != (c, h, w):
-            raise ValueError(f"enhance: depth_m and alpha must be {(c, h, w)}, got {np.shape(depth_m)} and "
-                             f"{np.shape(alpha)}")
-        if reference_rgb is not None and (np.shape(reference_rgb) != rgb.shape
-                                          or np.shape(reference_valid) != (c, h, w)):
-            raise ValueError(f"enhance: reference_rgb must be {rgb.shape} and reference_valid {(c, h, w)}, got "
-                             f"{np.shape(reference_rgb)} and {np.shape(reference_valid)}")
+        rgb, depth_m, alpha = _per_camera(rgb, "rgb"), _per_camera(depth_m, "depth_m"), _per_camera(alpha, "alpha")
+        c = len(rgb)
+        if c == 0 or rgb[0].ndim != 3 or rgb[0].shape[-1] != 3 or any(a.shape != rgb[0].shape for a in rgb):
+            raise ValueError(f"enhance: rgb must be [C, H, W, 3] (C >= 1, one size), got {[a.shape for a in rgb]}")
+        h, w, _ = rgb[0].shape
+        if len(depth_m) != c or len(alpha) != c or any(a.shape != (h, w) for a in depth_m + alpha):
+            raise ValueError(f"enhance: depth_m and alpha must be {(c, h, w)}, got {[a.shape for a in depth_m]} and "
+                             f"{[a.shape for a in alpha]}")
+        if reference_rgb is not None:
+            reference_rgb = _per_camera(reference_rgb, "reference_rgb")
+            reference_valid = _per_camera(reference_valid, "reference_valid") if reference_valid is not None else []
+            if (len(reference_rgb) != c or len(reference_valid) != c or any(a.shape != (h, w, 3) for a in reference_rgb)
+                    or any(a.shape != (h, w) for a in reference_valid)):
+                raise ValueError(f"enhance: reference_rgb must be {(c, h, w, 3)} and reference_valid {(c, h, w)}, got "
+                                 f"{[a.shape for a in reference_rgb]} and {[a.shape for a in reference_valid]}")
+        result = None
+        if out is None:
+            result = np.empty((c, h, w, 3), np.float32)
+            out = list(result)
+        else:
+            out = _per_camera(out, "out")
+            if len(out) != c or any(a.shape != (h, w, 3) or a.dtype not in (np.float32, np.uint8)
+                                    or not a.flags.writeable for a in out):
+                raise ValueError(f"enhance: out must be {c} writable float32 / uint8 arrays of {(h, w, 3)}, got "
+                                 f"{[(a.shape, str(a.dtype)) for a in out]}")
+        rgb, alpha = [_image(a, "rgb") for a in rgb], [_image(a, "alpha") for a in alpha]
         self.eval()
         device = next(self.parameters()).device
         if device.type == "cpu":
-            return self._enhance_cpu(rgb, depth_m, alpha, reference_rgb, reference_valid, max_batch)
+            self._enhance_cpu(rgb, depth_m, alpha, reference_rgb, reference_valid, max_batch, out)
+            return out if result is None else result
 
-        def tensor(array) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(array, np.float32)).to(device)
+        def tensor(arrays, channels_last=False) -> torch.Tensor:
+            t = torch.from_numpy(np.stack([_as_float(a) for a in arrays])).to(device)
+            return t.permute(0, 3, 1, 2) if channels_last else t
 
-        out = np.empty_like(rgb)
         for i in range(0, c, max_batch):
             sl = slice(i, i + max_batch)
-            ref = None if reference_rgb is None else tensor(reference_rgb[sl]).permute(0, 3, 1, 2)
+            ref = None if reference_rgb is None else tensor(reference_rgb[sl], True)
             valid = None if reference_rgb is None else tensor(reference_valid[sl])
-            y = self(tensor(rgb[sl]).permute(0, 3, 1, 2), tensor(depth_m[sl]), tensor(alpha[sl]), ref, valid)
-            torch.from_numpy(out[sl]).copy_(y.clamp_(0, 1).permute(0, 2, 3, 1))  # one parallel copy into NHWC
-        return out
+            y = self(tensor(rgb[sl], True), tensor(depth_m[sl]), tensor(alpha[sl]), ref, valid)
+            y = y.clamp_(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+            for value, target in zip(y, out[sl]):
+                _store(value, target)
+        return out if result is None else result
 
     def warm_up(self) -> None:
-        """Run one tiny frame, so a server's first request does not pay for compiling the CPU passes (numba's
-        cache makes it fast after the first process) or for torch's first call."""
+        """Run one tiny frame, as arrays of floats and as a server's uint8 frames with a uint8 reply, so a server's
+        first request does not pay for compiling the CPU passes (numba's cache makes it fast after the first
+        process) or for torch's first call."""
         m = self.multiple
         self.enhance(np.zeros((1, m, m, 3), np.float32), np.ones((1, m, m), np.float32), np.ones((1, m, m), np.float32))
+        self.enhance([np.zeros((m, m, 3), np.uint8)], [np.ones((m, m), np.float16)], [np.ones((m, m), np.uint8)],
+                     out=[np.empty((m, m, 3), np.uint8)])
 
-    def _enhance_cpu(self, rgb: np.ndarray, depth_m: np.ndarray, alpha: np.ndarray, reference_rgb, reference_valid,
-                     max_batch: int) -> np.ndarray:
-        """`enhance` on a CPU: the input is made and the output finished by compiled passes over the numpy arrays
-        (`_model_kernels`: the same values as `network_input` and `pixel_shuffle` + add + clamp, tested), so the
-        only torch work is the UNet's."""
+    def _enhance_cpu(self, rgb: list, depth_m: list, alpha: list, reference_rgb, reference_valid, max_batch: int,
+                     out: list) -> None:
+        """`enhance` on a CPU, into `out`: each camera's input is made and its output finished by compiled passes
+        over its numpy arrays (`_model_kernels`: the same values as `network_input` and `pixel_shuffle` + add +
+        clamp, tested; uint8 images read and written in place), so the only torch work is the UNet's."""
         from neural_sensor.enhance._model_kernels import add_shuffled_residual, unshuffled_input
 
-        c, h, w, _ = rgb.shape
+        c, (h, w, _) = len(rgb), rgb[0].shape
         s, multiple = self.config.unshuffle, self.multiple
         hp, wp = h + (-h) % multiple, w + (-w) % multiple
-        rgb = np.ascontiguousarray(rgb, np.float32)
-        depth_m = np.ascontiguousarray(depth_m, np.float32)
-        alpha = np.ascontiguousarray(alpha, np.float32)
         if reference_rgb is None and not self._skips_reference:  # a first layer that needs the zero channels
-            reference_rgb, reference_valid = np.zeros_like(rgb), np.zeros_like(alpha)
-        if reference_rgb is None:
-            channels = RENDER_CHANNELS
-            reference_rgb, reference_valid = np.empty((0, 0, 0, 3), np.float32), np.empty((0, 0, 0), np.float32)
-        else:
-            channels = INPUT_CHANNELS
-            reference_rgb = np.ascontiguousarray(reference_rgb, np.float32)
-            reference_valid = np.ascontiguousarray(reference_valid, np.float32)
-        out = np.empty_like(rgb)
+            reference_rgb, reference_valid = [np.zeros((h, w, 3), np.float32)] * c, [np.zeros((h, w), np.float32)] * c
+        channels = RENDER_CHANNELS if reference_rgb is None else INPUT_CHANNELS
+        no_ref, no_valid = np.empty((0, 0, 0, 3), np.float32), np.empty((0, 0, 0), np.float32)
+        depth = np.empty((min(max_batch, c), h, w), np.float32)
         for i in range(0, c, max_batch):
-            sl = slice(i, i + max_batch)
-            n = len(rgb[sl])
+            n = min(max_batch, c - i)
             x = np.empty((n, hp // s, wp // s, channels * s * s), np.float32)
-            unshuffled_input(rgb[sl], depth_m[sl], alpha[sl], reference_rgb[sl], reference_valid[sl],
-                             self.config.depth_scale_m, s, x)  # (slices of the empty placeholders stay empty)
+            for j in range(n):
+                k = i + j
+                _float32_into(depth_m[k], depth[j])
+                ref = no_ref if reference_rgb is None else _as_float(reference_rgb[k])[None]
+                valid = no_valid if reference_rgb is None else _as_float(reference_valid[k])[None]
+                unshuffled_input(rgb[k][None], depth[j:j + 1], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
+                                 _divisor(rgb[k]), _divisor(alpha[k]), x[j:j + 1])
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
             residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
             # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast
-            residual = residual.permute(0, 2, 3, 1).contiguous().float()
-            add_shuffled_residual(rgb[sl], residual.numpy(), s, out[sl])
-        return out
+            residual = residual.permute(0, 2, 3, 1).contiguous().float().numpy()
+            for j in range(n):
+                k = i + j
+                add_shuffled_residual(rgb[k][None], residual[j:j + 1], s, _divisor(rgb[k]), out[k].dtype == np.uint8,
+                                      out[k][None])
 
     # ------------------------------------------------------------- checkpoints
     def save_pretrained(self, folder: str | Path) -> None:

@@ -229,35 +229,32 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
     for key, req in requests.items():
         for i, f in enumerate(req.frames):
             groups.setdefault((f["rgb"].shape, "reference" in f), []).append((key, i))
-    results: dict[tuple[bytes, int], np.ndarray] = {}
+    targets = {(key, i): _reply_target(f, mapped.get(key)) for key, req in requests.items()
+               for i, f in enumerate(req.frames)}
     failed: dict[bytes, str] = {}
     start = time.perf_counter()
     for (_, with_ref), members in groups.items():
         frames = [requests[k].frames[i] for k, i in members]
-        try:
-            out = model.enhance(
-                wire.stack_float([f["rgb"] for f in frames]),
-                wire.stack_float([f["depth"] for f in frames]),
-                wire.stack_float([f["alpha"] for f in frames]),
-                wire.stack_float([f["reference"] for f in frames]) if with_ref else None,
-                np.stack([f["reference_valid"].astype(np.float32) for f in frames]) if with_ref else None)
+        try:  # the frames as they arrived (views into the block for shm): uint8 is decoded inside the model's pass
+            model.enhance([f["rgb"] for f in frames], [f["depth"] for f in frames], [f["alpha"] for f in frames],
+                          [f["reference"] for f in frames] if with_ref else None,
+                          [f["reference_valid"] for f in frames] if with_ref else None,
+                          out=[targets[m] for m in members])
         except Exception as err:  # noqa: BLE001 - reported to the client, the worker keeps serving
             for k, _ in members:
                 failed[k] = f"{type(err).__name__}: {err}"
-            continue
-        for (k, i), rgb in zip(members, out):
-            results[(k, i)] = rgb
     model_ms = (time.perf_counter() - start) * 1000.0
     encoded = {}
     for key, req in requests.items():
         if key in failed:
             continue
         try:
-            encoded[key] = [_encode_result(results[(key, i)], f, mapped.get(key)) for i, f in enumerate(req.frames)]
+            encoded[key] = [_encode_result(targets[(key, i)], f, mapped.get(key)) for i, f in enumerate(req.frames)]
         except Exception as err:  # noqa: BLE001 - e.g. the block went away mid-request: answer, keep serving
             failed[key] = f"{type(err).__name__}: {err}"
         for f in req.frames:  # drop the views into the block before it may be unmapped
             f.clear()
+    targets.clear()
     worker_ms = (time.perf_counter() - t_job) * 1000.0  # decode + model + encode, before packing
     for key, req in requests.items():
         if key in failed:
@@ -268,15 +265,24 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
     return replies
 
 
+def _reply_target(frame: dict, block) -> np.ndarray:
+    """Where the model writes a frame's refined rgb [H, W, 3]: its reply slot in the client's block when the
+    request's rgb dtype is uint8 or float32 (the model writes those directly), else a float32 array."""
+    dtype = frame["rgb"].dtype
+    if block is not None and dtype in (np.uint8, np.float32):
+        return frame["reply_offset"].view(block)
+    return np.empty(frame["rgb"].shape, dtype if dtype == np.uint8 else np.float32)
+
+
 def _encode_result(rgb: np.ndarray, frame: dict, block) -> dict:
-    """A reply frame: the refined rgb [H, W, 3] in the request's rgb dtype, as bytes or written into the block."""
+    """A reply frame: the refined rgb [H, W, 3] (`_reply_target`) in the request's rgb dtype, as bytes or in the
+    block (already there unless the request's rgb was float16)."""
+    dtype = frame["rgb"].dtype
     if block is None:
-        return {"camera": frame["camera"], "rgb": wire.encode_array(wire.like(rgb, frame["rgb"].dtype))}
+        return {"camera": frame["camera"], "rgb": wire.encode_array(rgb if rgb.dtype == dtype else rgb.astype(dtype))}
     ref = frame["reply_offset"]
     target = ref.view(block)
-    if target.dtype == np.uint8:
-        wire.to_uint8_into(rgb, target)
-    else:
+    if not np.shares_memory(target, rgb):
         np.copyto(target, rgb, casting="same_kind")
     return {"camera": frame["camera"], "rgb": ref.encode()}
 
