@@ -282,7 +282,7 @@ def _encode_result(rgb: np.ndarray, frame: dict, block) -> dict:
         return {"camera": frame["camera"], "rgb": wire.encode_array(rgb if rgb.dtype == dtype else rgb.astype(dtype))}
     ref = frame["reply_offset"]
     target = ref.view(block)
-    if not np.shares_memory(target, rgb):
+    if not np.may_share_memory(target, rgb):  # the reply slot itself, or a separate float32 array
         np.copyto(target, rgb, casting="same_kind")
     return {"camera": frame["camera"], "rgb": ref.encode()}
 
