@@ -274,3 +274,18 @@ def test_a_restarted_server_is_served_over_bytes_then_shared_memory_again(identi
     finally:
         for srv in servers:
             stop_server(srv)
+
+
+def test_replies_are_written_in_place_only_when_the_requests_arrays_lie_apart():
+    """The worker writes a reply into its slot while the model still reads other frames' inputs only when no two
+    arrays of the request overlap in the block (our client lays them apart); otherwise it answers from copies."""
+    from neural_sensor.enhance.server import _apart
+
+    def frame(offset, reply):
+        return {"rgb": wire.ShmRef("uint8", (4, 4, 3), offset), "depth": wire.ShmRef("float16", (4, 4), offset + 64),
+                "alpha": wire.ShmRef("uint8", (4, 4), offset + 128), "reply_offset": wire.ShmRef("uint8", (4, 4, 3), reply)}
+
+    assert _apart([frame(64, 256), frame(320, 512)])
+    assert not _apart([frame(64, 64)])  # the reply slot is the frame's own rgb
+    assert not _apart([frame(64, 256), frame(320, 200)])  # a reply slot over the first frame's alpha / reply
+    assert not _apart([frame(64, 256), frame(100, 512)])  # two frames' inputs overlap

@@ -203,3 +203,15 @@ def test_enhance_reads_and_writes_wire_frames_in_place(unshuffle, h, w, referenc
         model.enhance(rgb8, depth16, alpha8, out=out8[:2])
     with pytest.raises(ValueError, match="rgb must be"):
         model.enhance([rgb8[0], rgb8[1][:-1]], depth16[:2], alpha8[:2])
+    with pytest.raises(ValueError, match="read-only"):
+        frozen = np.empty((c, h, w, 3), np.uint8)
+        frozen.setflags(write=False)
+        model.enhance(rgb8, depth16, alpha8, out=frozen)
+    assert model.enhance(rgb8, depth16, alpha8, out=out32) is out32  # an array given is the array returned
+    assert model.enhance(np.empty((0, h, w, 3), np.float32), np.empty((0, h, w)), np.empty((0, h, w))).shape == \
+        (0, h, w, 3)  # nothing to refine (a mask that selected no view)
+    if reference:  # an integer mask means valid where nonzero, as a bool one (not u8 / 255 like an image)
+        as_u8 = [v.astype(np.uint8) for v in valid]
+        model.enhance(rgb8, depth16, alpha8, ref8, as_u8, max_batch=2, out=out8)
+        for got, want in zip(out8, expected):
+            assert np.array_equal(got, want)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,12 +201,29 @@ def _as_float(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, np.float32)
 
 
+def _mask(array: np.ndarray) -> np.ndarray:
+    """A reference validity as float32: bool / integer masks as 0 / 1 (nonzero = valid), floats as they are."""
+    if array.dtype.kind == "f":
+        return np.ascontiguousarray(array, np.float32)
+    return (array != 0).astype(np.float32)
+
+
+def _depth(array: np.ndarray) -> np.ndarray:
+    """A depth map as float32 (any float width); ValueError for other dtypes."""
+    out = np.empty(array.shape, np.float32)
+    _float32_into(array, out)
+    return out
+
+
 def _float32_into(array: np.ndarray, out: np.ndarray) -> None:
     """out (float32) = array, a float of any width (float16 through torch's vectorised cast)."""
-    if array.dtype.kind not in "fb":
+    if array.dtype.kind != "f":
         raise ValueError(f"enhance: depth_m must be float, got {array.dtype}")
     if array.dtype == np.float16:
-        torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(array)))
+        with warnings.catch_warnings():  # a bytes message's arrays are read-only; torch only reads this one
+            warnings.simplefilter("ignore", UserWarning)
+            source = torch.from_numpy(np.ascontiguousarray(array))
+        torch.from_numpy(out).copy_(source)
     else:
         np.copyto(out, array, casting="unsafe")
 
@@ -273,17 +291,23 @@ class Enhancer(nn.Module):
                 such [H, W, 3] arrays; depth_m: [C, H, W] metres (any float width) or C [H, W] arrays; alpha:
                 [C, H, W] float in [0, 1] or uint8, or C [H, W] arrays.
             reference_rgb: optional warped reference, [C, H, W, 3] or C arrays (float or uint8);
-                reference_valid: [C, H, W] or C arrays (needed with it).
+                reference_valid: [C, H, W] or C arrays (needed with it): float weights, or bool / integer masks
+                (nonzero = valid).
             out: None, or C writable targets [H, W, 3] (a [C, H, W, 3] array or a sequence), float32 or uint8 (rounded
                 as the wire's `to_uint8_into`): a server writes a reply straight into a client's shared block.
         Returns:
-            [C, H, W, 3] float32 (out=None), else out.
+            [C, H, W, 3] float32 (out=None), else out itself; C = 0 gives an empty result.
         On a CPU the UNet is called between compiled input / output passes (`_enhance_cpu`), not through
         `forward`: a subclass's forward or a forward hook applies on other devices only.
         Raises ValueError for mismatched shapes or dtypes (the compiled passes do not check bounds).
         """
+        given = rgb
         rgb, depth_m, alpha = _per_camera(rgb, "rgb"), _per_camera(depth_m, "depth_m"), _per_camera(alpha, "alpha")
         c = len(rgb)
+        if c == 0 and not depth_m and not alpha:  # nothing to refine (e.g. a mask that selected no view)
+            if out is not None:
+                return out
+            return np.empty((0, *np.shape(given)[1:]) if np.ndim(given) == 4 else (0, 0, 0, 3), np.float32)
         if c == 0 or rgb[0].ndim != 3 or rgb[0].shape[-1] != 3 or any(a.shape != rgb[0].shape for a in rgb):
             raise ValueError(f"enhance: rgb must be [C, H, W, 3] (C >= 1, one size), got {[a.shape for a in rgb]}")
         h, w, _ = rgb[0].shape
@@ -297,7 +321,7 @@ class Enhancer(nn.Module):
                     or any(a.shape != (h, w) for a in reference_valid)):
                 raise ValueError(f"enhance: reference_rgb must be {(c, h, w, 3)} and reference_valid {(c, h, w)}, got "
                                  f"{[a.shape for a in reference_rgb]} and {[a.shape for a in reference_valid]}")
-        result = None
+        result = out
         if out is None:
             result = np.empty((c, h, w, 3), np.float32)
             out = list(result)
@@ -306,36 +330,42 @@ class Enhancer(nn.Module):
             if len(out) != c or any(a.shape != (h, w, 3) or a.dtype not in (np.float32, np.uint8)
                                     or not a.flags.writeable for a in out):
                 raise ValueError(f"enhance: out must be {c} writable float32 / uint8 arrays of {(h, w, 3)}, got "
-                                 f"{[(a.shape, str(a.dtype)) for a in out]}")
+                                 f"{[(a.shape, str(a.dtype), 'writable' if a.flags.writeable else 'read-only') for a in out]}")
         rgb, alpha = [_image(a, "rgb") for a in rgb], [_image(a, "alpha") for a in alpha]
         self.eval()
         device = next(self.parameters()).device
         if device.type == "cpu":
             self._enhance_cpu(rgb, depth_m, alpha, reference_rgb, reference_valid, max_batch, out)
-            return out if result is None else result
+            return result
 
-        def tensor(arrays, channels_last=False) -> torch.Tensor:
-            t = torch.from_numpy(np.stack([_as_float(a) for a in arrays])).to(device)
+        def tensor(arrays, channels_last=False, convert=_as_float) -> torch.Tensor:
+            t = torch.from_numpy(np.stack([convert(a) for a in arrays])).to(device)
             return t.permute(0, 3, 1, 2) if channels_last else t
 
         for i in range(0, c, max_batch):
             sl = slice(i, i + max_batch)
             ref = None if reference_rgb is None else tensor(reference_rgb[sl], True)
-            valid = None if reference_rgb is None else tensor(reference_valid[sl])
-            y = self(tensor(rgb[sl], True), tensor(depth_m[sl]), tensor(alpha[sl]), ref, valid)
+            valid = None if reference_rgb is None else tensor(reference_valid[sl], convert=_mask)
+            y = self(tensor(rgb[sl], True), tensor(depth_m[sl], convert=_depth), tensor(alpha[sl]), ref, valid)
             y = y.clamp_(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
             for value, target in zip(y, out[sl]):
                 _store(value, target)
-        return out if result is None else result
+        return result
 
     def warm_up(self) -> None:
-        """Run one tiny frame, as arrays of floats and as a server's uint8 frames with a uint8 reply, so a server's
-        first request does not pay for compiling the CPU passes (numba's cache makes it fast after the first
+        """Run one tiny frame, as arrays of floats and as a server's frames (uint8 and float32, writable and
+        read-only) with replies of their dtype, so a server's first request does not pay for compiling the CPU passes (numba's cache makes it fast after the first
         process) or for torch's first call."""
         m = self.multiple
         self.enhance(np.zeros((1, m, m, 3), np.float32), np.ones((1, m, m), np.float32), np.ones((1, m, m), np.float32))
-        self.enhance([np.zeros((m, m, 3), np.uint8)], [np.ones((m, m), np.float16)], [np.ones((m, m), np.uint8)],
-                     out=[np.empty((m, m, 3), np.uint8)])
+        for writable in (True, False):  # frames in a shared block are writable, those of a bytes message read-only
+            frames = [np.zeros((m, m, 3), np.uint8), np.ones((m, m), np.float16), np.ones((m, m), np.uint8),
+                      np.zeros((m, m, 3), np.float32), np.ones((m, m), np.float32)]
+            for array in frames:
+                array.setflags(write=writable)
+            rgb8, depth16, alpha8, rgb32, one32 = frames
+            self.enhance([rgb8], [depth16], [alpha8], out=[np.empty((m, m, 3), np.uint8)])
+            self.enhance([rgb32], [one32], [one32], out=[np.empty((m, m, 3), np.float32)])
 
     def _enhance_cpu(self, rgb: list, depth_m: list, alpha: list, reference_rgb, reference_valid, max_batch: int,
                      out: list) -> None:
@@ -359,7 +389,7 @@ class Enhancer(nn.Module):
                 k = i + j
                 _float32_into(depth_m[k], depth[j])
                 ref = no_ref if reference_rgb is None else _as_float(reference_rgb[k])[None]
-                valid = no_valid if reference_rgb is None else _as_float(reference_valid[k])[None]
+                valid = no_valid if reference_rgb is None else _mask(reference_valid[k])[None]
                 unshuffled_input(rgb[k][None], depth[j:j + 1], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
                                  _divisor(rgb[k]), _divisor(alpha[k]), x[j:j + 1])
             t = torch.full((n,), self.config.timestep, dtype=torch.long)

@@ -212,14 +212,19 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
     requests, replies, mapped = {}, [], {}
     if blocks is not None:
         blocks.sweep()
+    targets: dict[tuple[bytes, int], np.ndarray] = {}
     for key, payload in jobs:
         try:
             req = wire.parse_request(payload)
+            in_place = False
             if req.shm is not None:
                 if blocks is None:
                     raise wire.ProtocolError("SharedMemoryError", "this worker has no shared memory", req.request_id)
                 mapped[key] = blocks.get(req.shm, req.request_id)
+                in_place = _apart(req.frames)
                 req.frames = wire.read_shm_frames(req, mapped[key])
+            for i, f in enumerate(req.frames):
+                targets[(key, i)] = _reply_target(f, mapped.get(key) if in_place else None)
             requests[key] = req
         except wire.ProtocolError as err:  # a bad block, or (for bytes) a broker bug: the broker validated it
             replies.append((key, False, wire.error_reply(err.request_id, err.error_type, err.message)))
@@ -229,8 +234,6 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
     for key, req in requests.items():
         for i, f in enumerate(req.frames):
             groups.setdefault((f["rgb"].shape, "reference" in f), []).append((key, i))
-    targets = {(key, i): _reply_target(f, mapped.get(key)) for key, req in requests.items()
-               for i, f in enumerate(req.frames)}
     failed: dict[bytes, str] = {}
     start = time.perf_counter()
     for (_, with_ref), members in groups.items():
@@ -265,9 +268,19 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
     return replies
 
 
+def _apart(frames: list) -> bool:
+    """True when no two arrays of a shared-memory request (its frames' inputs and reply slots, ShmRefs) overlap in
+    the block: then the model may write a reply into its slot while it still reads other frames' inputs. Our
+    client lays them out apart; a request that overlaps them is answered from copies, as before."""
+    spans = sorted((ref.offset, ref.offset + ref.nbytes) for f in frames
+                   for ref in [f[name] for name in wire.FRAME_FIELDS if name in f] + [f["reply_offset"]])
+    return all(start >= end for (_, end), (start, _) in zip(spans, spans[1:]))
+
+
 def _reply_target(frame: dict, block) -> np.ndarray:
-    """Where the model writes a frame's refined rgb [H, W, 3]: its reply slot in the client's block when the
-    request's rgb dtype is uint8 or float32 (the model writes those directly), else a float32 array."""
+    """Where the model writes a frame's refined rgb [H, W, 3]: its reply slot in the client's block (block: None
+    unless the request's arrays lie apart, `_apart`) when the request's rgb dtype is uint8 or float32 (the model
+    writes those directly), else an array of its own (uint8, or float32 for float16 requests)."""
     dtype = frame["rgb"].dtype
     if block is not None and dtype in (np.uint8, np.float32):
         return frame["reply_offset"].view(block)
