@@ -329,8 +329,8 @@ class Enhancer(nn.Module):
             out = _per_camera(out, "out")
             if len(out) != c or any(a.shape != (h, w, 3) or a.dtype not in (np.float32, np.uint8)
                                     or not a.flags.writeable for a in out):
-                raise ValueError(f"enhance: out must be {c} writable float32 / uint8 arrays of {(h, w, 3)}, got "
-                                 f"{[(a.shape, str(a.dtype), 'writable' if a.flags.writeable else 'read-only') for a in out]}")
+                got = [(a.shape, str(a.dtype), "writable" if a.flags.writeable else "read-only") for a in out]
+                raise ValueError(f"enhance: out must be {c} writable float32 / uint8 arrays of {(h, w, 3)}, got {got}")
         rgb, alpha = [_image(a, "rgb") for a in rgb], [_image(a, "alpha") for a in alpha]
         self.eval()
         device = next(self.parameters()).device
@@ -354,8 +354,8 @@ class Enhancer(nn.Module):
 
     def warm_up(self) -> None:
         """Run one tiny frame, as arrays of floats and as a server's frames (uint8 and float32, writable and
-        read-only) with replies of their dtype, so a server's first request does not pay for compiling the CPU passes (numba's cache makes it fast after the first
-        process) or for torch's first call."""
+        read-only) with replies of their dtype, so a server's first request does not pay for compiling the CPU
+        passes (numba's cache makes it fast after the first process) or for torch's first call."""
         m = self.multiple
         self.enhance(np.zeros((1, m, m, 3), np.float32), np.ones((1, m, m), np.float32), np.ones((1, m, m), np.float32))
         for writable in (True, False):  # frames in a shared block are writable, those of a bytes message read-only

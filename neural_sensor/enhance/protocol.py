@@ -462,20 +462,6 @@ def float_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def stack_float(arrays: list[np.ndarray]) -> np.ndarray:
-    """[B, ...] float32: `to_float` of every array (one shape), written straight into the batch (no temporaries)."""
-    assert arrays and all(a.shape == arrays[0].shape for a in arrays), [a.shape for a in arrays]
-    out = np.empty((len(arrays), *arrays[0].shape), np.float32)
-    for array, target in zip(arrays, out):
-        if array.dtype == np.uint8:
-            _float_into(array, target)
-        elif array.dtype == np.float16:
-            _torch_copy(array, target)  # torch's half -> float cast is much faster than numpy's
-        else:
-            np.copyto(target, array, casting="unsafe")
-    return out
-
-
 def _float_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
     from neural_sensor.enhance._codec_kernels import float_from_uint8
 
