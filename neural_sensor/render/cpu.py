@@ -61,7 +61,7 @@ _ZERO = np.float32(0.0)
 
 _SPAN_EPS_PX = np.float32(0.01)  # slack on each row span so float rounding never drops a contributing pixel
 _ROW_SLACK_PX = np.float32(1e-3)  # slack on the rows a Gaussian's y half-extent reaches, plus _ROW_SLACK_REL x the
-_ROW_SLACK_REL = np.float32(1e-6)  # magnitudes involved (8 float32 steps): always a superset of _row_chord's exact test
+_ROW_SLACK_REL = np.float32(1e-6)  # magnitudes involved (8 float32 steps): always a superset of _tile_chords' exact test
 
 GEOM_WIDTH = 12  # per-Gaussian projected record: mean_x, mean_y, conic a, b, c, opacity, camera z,
 #                  sigma_max, 1/conic_a, ellipse half-extent x, half-extent y (px), unused
@@ -592,13 +592,13 @@ def _chord_at(local, k, dy, tx0):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_JIT_FAST)
-def _row_chord(local, k, py, tx0):  # pragma: no cover - compiled
-    """Does tile Gaussian k's ellipse cross the tile row at pixel-centre height py? `_chord_at` for one row,
-    skipping the arithmetic for rows beyond the half-extent (the row-by-row walk of the backprojection)."""
-    dy = local[1, k] - py
-    if abs(dy) > local[7, k]:
-        return False, _ZERO, _ZERO
-    return _chord_at(local, k, dy, tx0)
+def _row_range(local, k, ty0, th):  # pragma: no cover - compiled
+    """(v_lo, v_hi): the tile rows within tile Gaussian k's half-extent, with a slack above the float32 rounding
+    of the rows' dy at any magnitude (the exact test is `_tile_chords`')."""
+    centre_row = local[1, k] - np.float32(ty0) - _HALF
+    slack = _ROW_SLACK_PX + _ROW_SLACK_REL * (abs(local[1, k]) + local[7, k] + np.float32(ty0 + LANES))
+    return (max(0, _ceil_int(centre_row - local[7, k] - slack)),
+            min(th, _floor_int(centre_row + local[7, k] + slack) + 1))
 
 
 @njit(inline="always", **_JIT_FAST)
@@ -642,12 +642,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         row_py = _lane_centres(ty0)  # the pixel-centre heights of the tile's rows
         chord = np.empty((3, LANES), np.float32)
         for k in range(count):
-            # rows within the ellipse's half-extent, with a slack above the float32 rounding of _row_chord's
-            # dy at any magnitude (the exact test is in _tile_chords)
-            centre_row = local[1, k] - np.float32(ty0) - _HALF
-            slack = _ROW_SLACK_PX + _ROW_SLACK_REL * (abs(local[1, k]) + local[7, k] + np.float32(ty0 + LANES))
-            v_lo = max(0, _ceil_int(centre_row - local[7, k] - slack))
-            v_hi = min(th, _floor_int(centre_row + local[7, k] + slack) + 1)
+            v_lo, v_hi = _row_range(local, k, ty0, th)
             _tile_chords(local, k, row_py, tx0, chord)
             for v in range(v_lo, v_hi):
                 if alive[v] <= 0 or chord[0, v] == _ZERO:
