@@ -5,7 +5,8 @@ tile rows its chord crosses, so the render is bit-identical); a tile row additio
 weight of every Gaussian it composited and, once the tile is rendered, hands each of them its weighted share
 of the row's residual. It used to walk row by row (every row testing every Gaussian of its tile) and to track
 each pixel's best Gaussian, which it never used: the same sums, bit for bit, 19.2 -> 11.0 ms per 160x96 view
-of the demo drive's reconstruction (AMD EPYC, 2 threads, alternating in one process). `neural_sensor.reconstruct.refine` fits colours with it. Reference twin:
+of the demo drive's reconstruction (AMD EPYC, 2 threads, alternating in one process).
+`neural_sensor.reconstruct.refine` fits colours with it. Reference twin:
 `render._torch_ref._backproject_colour_residuals_reference` (torch autograd), tested against it.
 """
 
@@ -19,7 +20,7 @@ from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import TILE_SIZE, CameraBatch
 from neural_sensor.render.cpu import (_JIT, _JIT_FAST, _ZERO, GEOM_WIDTH, LANES, SORT_PIECES_PER_THREAD,
                                       _bin_tiles, _composite_lanes, _lane_centres, _project, _row_range,
-                                      _sort_visible, _start_row, _tile_box, _tile_chords, _tile_gaussians,
+                                      _sort_visible, _start_tile, _tile_box, _tile_chords, _tile_gaussians,
                                       _tile_order, _world_covariances)
 from neural_sensor.render.lod import _chunk_groups
 
@@ -57,10 +58,7 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
         best = np.empty((LANES, LANES), np.int32)  # (_start_row's; the best Gaussian is not tracked here)
         alive = np.empty(LANES, np.int32)
         composited = np.zeros(LANES, np.int32)  # per row: how many Gaussians it took
-        for v in range(th):
-            _start_row(state[v], best[v], tw)
-            alive[v] = tw
-        rows_left = th
+        rows_left = _start_tile(state, best, alive, tw, th)
         row_py = _lane_centres(ty0)
         chord = np.empty((3, LANES), np.float32)
         for k in range(count):

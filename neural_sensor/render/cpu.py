@@ -575,6 +575,15 @@ def _start_row(state, best, tw):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_JIT_FAST)
+def _start_tile(state, best, alive, tw, th):  # pragma: no cover - compiled
+    """Reset a tile's th rows (`_start_row`, alive[v] = tw pixels still taking Gaussians); returns the rows left."""
+    for v in range(th):
+        _start_row(state[v], best[v], tw)
+        alive[v] = tw
+    return th
+
+
+@njit(inline="always", **_JIT_FAST)
 def _chord_at(local, k, dy, tx0):  # pragma: no cover - compiled
     """Branch-free chord of tile Gaussian k's alpha >= ALPHA_THRESHOLD ellipse along a row dy pixels from its
     centre: (crosses, cyy, cbdy), crosses = the row lies within the ellipse's half-extent and its chord (in
@@ -635,10 +644,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
         best = np.empty((LANES, LANES), np.int32)
         alive = np.empty(LANES, np.int32)  # pixels of each row still taking Gaussians
         median = np.zeros((LANES, LANES), np.float32)  # (always made: numba's parfor analysis rejects an optional one)
-        for v in range(th):
-            _start_row(state[v], best[v], tw)
-            alive[v] = tw
-        rows_left = th
+        rows_left = _start_tile(state, best, alive, tw, th)
         row_py = _lane_centres(ty0)  # the pixel-centre heights of the tile's rows
         chord = np.empty((3, LANES), np.float32)
         for k in range(count):
