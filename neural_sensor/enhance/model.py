@@ -381,16 +381,19 @@ class Enhancer(nn.Module):
             reference_rgb, reference_valid = [np.zeros((h, w, 3), np.float32)] * c, [np.zeros((h, w), np.float32)] * c
         channels = RENDER_CHANNELS if reference_rgb is None else INPUT_CHANNELS
         no_ref, no_valid = np.empty((0, 0, 0, 3), np.float32), np.empty((0, 0, 0), np.float32)
-        depth = np.empty((min(max_batch, c), h, w), np.float32)
+        depth = np.empty((h, w), np.float32)  # a float16 / float64 depth map converted, one camera at a time
         for i in range(0, c, max_batch):
             n = min(max_batch, c - i)
             x = np.empty((n, hp // s, wp // s, channels * s * s), np.float32)
             for j in range(n):
                 k = i + j
-                _float32_into(depth_m[k], depth[j])
+                d = depth_m[k]
+                if d.dtype != np.float32 or not d.flags.c_contiguous:
+                    _float32_into(d, depth)
+                    d = depth
                 ref = no_ref if reference_rgb is None else _as_float(reference_rgb[k])[None]
                 valid = no_valid if reference_rgb is None else _mask(reference_valid[k])[None]
-                unshuffled_input(rgb[k][None], depth[j:j + 1], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
+                unshuffled_input(rgb[k][None], d[None], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
                                  _divisor(rgb[k]), _divisor(alpha[k]), x[j:j + 1])
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
             residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
