@@ -205,6 +205,34 @@ def test_a_view_warped_into_itself_is_itself():
     assert (warped[:3] == 0).all()
 
 
+def test_bilinear_warp_of_a_small_view_is_its_bilinear_upsampling():
+    """A 16 x 10 view of a wall seen again by a camera of three times its resolution at the same pose: sample=
+    "bilinear" gives the bilinear upsampling of the small image (pixel centres aligned, edges clamped), a view into
+    itself is itself, and a source pixel hidden behind another surface is left out of the blend."""
+    small = Camera.from_fov(16, 10, 70.0, np.eye(4))
+    big = Camera(48, 30, small.K * np.array([[3.0], [3.0], [1.0]]), np.eye(4))
+    ys, xs = np.meshgrid(np.arange(10) + 0.5, np.arange(16) + 0.5, indexing="ij")
+    rgb = np.stack([xs / 16, ys / 10, 0.5 + 0 * xs], -1).astype(np.float32)  # linear in x and y
+    depth_s = np.full((10, 16), 6.0, np.float32)
+    depth_t = np.full((30, 48), 6.0, np.float32)
+    alpha = np.ones((30, 48), np.float32)
+    warped, visible = warp_views(big, depth_t, alpha, [(small, rgb, depth_s)], sample="bilinear")
+    assert visible.all()
+    by, bx = np.meshgrid((np.arange(30) + 0.5) / 3, (np.arange(48) + 0.5) / 3, indexing="ij")
+    inner = (bx >= 0.5) & (bx <= 15.5) & (by >= 0.5) & (by <= 9.5)  # between the outer pixel centres
+    np.testing.assert_allclose(warped[inner][:, 0], (bx / 16)[inner], atol=1e-6)
+    np.testing.assert_allclose(warped[inner][:, 1], (by / 10)[inner], atol=1e-6)
+    same, _ = warp_views(small, depth_s, np.ones((10, 16), np.float32), [(small, rgb, depth_s)], sample="bilinear")
+    np.testing.assert_allclose(same, rgb, atol=1e-6)
+    hidden = depth_s.copy()
+    hidden[:, 8:] = 2.0  # columns 8+ of the source see a nearer surface: not the wall's colour
+    warped, visible = warp_views(big, depth_t, alpha, [(small, rgb, hidden)], sample="bilinear")
+    assert visible[:, :24].all() and not visible[:, 24:].any()
+    np.testing.assert_allclose(warped[:, 22:24, 0], rgb[0, 7, 0], atol=1e-6)  # centres 7.5, 7.83: column 7 alone
+    with pytest.raises(ValueError, match="sample"):
+        warp_views(big, depth_t, alpha, [(small, rgb, depth_s)], sample="cubic")
+
+
 def test_source_pixels_are_where_warp_views_takes_its_colours():
     """`source_pixels` (one view, as indices) agrees with `warp_views` for a camera moved forward over a wall."""
     from neural_sensor.enhance.warp import source_pixels
