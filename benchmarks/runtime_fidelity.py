@@ -23,7 +23,8 @@ round-robin so straight, curve and intersection all appear):
    ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
-   rig sends it (rgb, depth, alpha);
+   rig sends it (rgb, depth, alpha, and the drive log's two nearest images of each camera warped
+   in through the render's median depth, the reference; `--no-reference`: without it);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
    ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
 6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH (median)
@@ -66,7 +67,7 @@ from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
-from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene
+from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene, scene_reference
 from neural_sensor.reconstruct.refine import refine_config
 from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
@@ -76,6 +77,7 @@ from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
+REFERENCE_VIEWS = 2  # log views warped into each camera for the enhancer's reference (NeuralSensorRig's default)
 VOXEL_M = 0.3  # the runner's (Scenario.voxel_m default): both the ground truth and the recorded drive use it
 END_MARGIN_M = 10.0  # clips keep this far from either end of the recorded path
 DEFAULT_FIRST_SEED = HELDOUT_FIRST_SEED + 100  # clear of the seeds the enhancer's training watched (1,000,004-7)
@@ -124,9 +126,13 @@ def rig_cameras(specs, path: Polyline, s_m: float, left_m: float) -> list[Camera
     return rig_cameras_on_path(specs, path, s_m, left_m)
 
 
-def enhance_tick(client, sensor_ids, rgb, depth, alpha) -> np.ndarray:
-    """[C, H, W, 3] the enhancer's output for one tick, every camera in one request as NeuralSensorRig sends it."""
+def enhance_tick(client, sensor_ids, rgb, depth, alpha, reference=None) -> np.ndarray:
+    """[C, H, W, 3] the enhancer's output for one tick, every camera in one request as NeuralSensorRig sends it
+    (reference: None, or the log reference's (rgb [C, H, W, 3], valid [C, H, W]) as the rig warps it)."""
     frames = [{"camera": sid, "rgb": rgb[i], "depth": depth[i], "alpha": alpha[i]} for i, sid in enumerate(sensor_ids)]
+    if reference is not None:
+        for frame, ref, valid in zip(frames, *reference):
+            frame["reference"], frame["reference_valid"] = ref, valid
     result = client.enhance(frames)
     if not result.enhanced:
         raise RuntimeError(f"runtime_fidelity: the enhancer gave no answer ({result.reason})")
@@ -166,6 +172,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
                                             cache_dir=cache_dir, refine=refine_config(args.refine_iterations))
+    log_reference = scene_reference(scene_meta) if args.reference else None
     recon_s = time.perf_counter() - t0
     truth, truth_meta = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
     sky = scene.labels == CityObjectLabel.SKY
@@ -203,7 +210,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 images = {"raw": raw.rgb, "truth": gt.rgb, "raw8": _rounded_to_8_bits(raw.rgb)}
                 if client is not None:
                     t1 = time.perf_counter()
-                    images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha)
+                    reference = None if log_reference is None else log_reference.warp(
+                        ids, cams, raw.median_depth, raw.alpha, REFERENCE_VIEWS)  # as the rig does
+                    images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference)
                     facts["enhance_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                     images["truth_enhanced"] = enhance_tick(client, ids, gt.rgb, gt.depth, gt.alpha)
                 if picture is not None and clip == 0 and tick == 0 and shift == 2.0:
@@ -338,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--perceptual-every", type=int, default=3,
                         help="perceptual distance on every k-th frame of a clip (0: never)")
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="send the enhancer no log reference (the rig sends the drive log's images warped in)")
     parser.add_argument("--wire", choices=("uint8", "float32"), default="uint8",
                         help="the enhancer client's wire dtype (uint8: the run's default)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
@@ -376,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every,
-                         "enhancer_wire": args.wire},
+                         "enhancer_wire": args.wire,
+                         "enhancer_reference": f"the drive log, {REFERENCE_VIEWS} views per camera" if args.reference
+                         else None},
               "perceptual": None, "flicker": "frame t-1 warped into frame t with ground-truth depth and poses; "
                                              "mad = mean |difference| in 8-bit levels over surface pixels both see; raw8: the raw "
                                              "render rounded to 8 bits (as the uint8 wire returns the enhanced one)"}

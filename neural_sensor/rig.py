@@ -9,7 +9,11 @@ timestamp. With an enhancer (an EnhancerClient: ZeroMQ, a deadline) every
 camera of the tick goes to it in ONE request and rgb is its refined image; when it
 has no answer in time (or no server is up) the raw render is delivered, and meta
 says so: enhanced False and enhancer_reason. A tick is never dropped or stalled
-beyond the client's deadline.
+beyond the client's deadline. Given the drive log its scene was reconstructed from
+(`reference`, a `reconstruct.reference.LogReference`), each camera's request also
+carries the log's nearest images of that camera warped in through the render's median
+depth (the enhancer's reference input; the median depth is then rendered even for a
+rig of RGB cameras).
 
 Sensors are `SensorSpec`s in the ego frame (FLU, metres, radians, OpenCV camera
 axes). carla_bridge.transforms turns leaderboard-style sensor dicts (CARLA's UE
@@ -151,9 +155,12 @@ class NeuralSensorRig:
 
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
                  enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
-                 lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS):
+                 lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS, reference=None,
+                 reference_views: int = 2):
         """outputs: the SensorFrame fields to fill (FRAME_FIELDS; "rgb" always); the others are None and not
-        rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`)."""
+        rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`).
+        reference: the scene's LogReference (`reconstruct.drive.scene_reference`), sent to the enhancer as each
+        camera's reference (its `reference_views` nearest log images of that camera, warped in); None: none."""
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
         sensors = list(sensors)
@@ -171,10 +178,16 @@ class NeuralSensorRig:
             if len(sensors) > MAX_FRAMES:
                 raise ValueError(f"NeuralSensorRig: {len(sensors)} cameras; an enhancer request carries at most "
                                  f"{MAX_FRAMES} (every camera of a tick goes in one request)")
+        if reference is not None and not callable(getattr(reference, "warp", None)):
+            raise ValueError(f"NeuralSensorRig: reference must be a LogReference, got {type(reference).__name__}")
+        if isinstance(reference_views, bool) or not isinstance(reference_views, int) or reference_views < 1:
+            raise ValueError(f"NeuralSensorRig: reference_views must be an integer >= 1, got {reference_views!r}")
         self.scene = scene
         self.sensors = sensors
         self.outputs = frame_fields(outputs, "NeuralSensorRig")
-        self.render_outputs = render_outputs(self.outputs)
+        self.reference = reference if enhancer is not None else None  # only the enhancer reads it
+        self.reference_views = reference_views
+        self.render_outputs = render_outputs(self.outputs + (("depth",) if self.reference is not None else ()))
         self.backend = resolve_backend(backend, self.render_outputs)
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
@@ -199,6 +212,7 @@ class NeuralSensorRig:
         groups: dict[tuple[int, int], list[SensorSpec]] = {}
         alphas: dict[str, np.ndarray] = {}
         expected_depths: dict[str, np.ndarray] = {}  # the enhancer's depth input (it was trained on the expected depth)
+        references: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the warped log, per camera
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
         for (width, height), specs in groups.items():
@@ -207,29 +221,40 @@ class NeuralSensorRig:
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
                          outputs=self.render_outputs, lod_px=self.lod_px)
             render_ms = (time.perf_counter() - start) * 1000.0
+            reference_ms = 0.0
+            if self.reference is not None:
+                start = time.perf_counter()
+                warped, valid = self.reference.warp([s.sensor_id for s in specs], cameras, out.median_depth, out.alpha,
+                                                    self.reference_views)
+                reference_ms = (time.perf_counter() - start) * 1000.0
+                references.update((s.sensor_id, (warped[i], valid[i])) for i, s in enumerate(specs))
             for i, spec in enumerate(specs):
                 frames[spec.sensor_id] = SensorFrame(
                     snapshot.frame, snapshot.timestamp_s, spec.sensor_id, out.rgb[i],
-                    None if out.median_depth is None else out.median_depth[i],
+                    None if out.median_depth is None or "depth" not in self.outputs else out.median_depth[i],
                     None if out.semantic is None else out.semantic[i],
                     None if out.instance is None else out.instance[i],
                     {"render_ms": render_ms / len(specs), "compose_ms": compose_ms, "backend": out.backend,
-                     "enhanced": False, "enhancer_reason": "no enhancer configured"},
+                     "enhanced": False, "enhancer_reason": "no enhancer configured",
+                     **({"reference_ms": reference_ms / len(specs)} if self.reference is not None else {})},
                 )
                 alphas[spec.sensor_id] = out.alpha[i]
                 expected_depths[spec.sensor_id] = out.depth[i]
         ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
         if self.enhancer is not None:
-            self._enhance(ordered, alphas, expected_depths)
+            self._enhance(ordered, alphas, expected_depths, references)
         return ordered
 
     def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray],
-                 depths: dict[str, np.ndarray]) -> None:
-        """One request with every camera (rgb, expected depth, alpha); refined rgb in place, or the raw render
-        flagged with the reason."""
+                 depths: dict[str, np.ndarray], references: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """One request with every camera (rgb, expected depth, alpha, and the warped log when there is one);
+        refined rgb in place, or the raw render flagged with the reason."""
         try:
             requests = [{"camera": sid, "rgb": f.rgb, "depth": depths[sid], "alpha": alphas[sid]}
                         for sid, f in frames.items()]
+            for request in requests:
+                if request["camera"] in references:
+                    request["reference"], request["reference_valid"] = references[request["camera"]]
             # the refined images go straight into the render's own buffers (no fresh memory each tick)
             result = (self.enhancer.enhance(requests, out=[f.rgb for f in frames.values()])
                       if _takes_out(self.enhancer) else self.enhancer.enhance(requests))

@@ -327,10 +327,16 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
+        reference, reference_views = None, int((enhancer.server or {}).get("reference_views") or 0) if enhancer else 0
+        if reference_views > 0 and scene_kind in ("reconstruction", "log"):  # an enhancer trained with the log's
+            from neural_sensor.reconstruct.drive import scene_reference  # images as its reference: send them
+
+            reference = scene_reference(scene_meta)
         # the agent's sensors are RGB cameras (sensor_spec_from_leaderboard): no depth or labels are rendered
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
                               asset_seed=options.seed, enhancer=enhancer,
-                              lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",))
+                              lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",), reference=reference,
+                              reference_views=max(1, reference_views))
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
             truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(
@@ -391,8 +397,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     writer = None
     log = None
-    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "enhance", "deliver", "agent",
-                                                      "record")}
+    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "deliver",
+                                                      "agent", "record")}
     ticks_enhanced = 0
     tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
@@ -442,6 +448,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 writer.send(np.ascontiguousarray(image))
             first = next(iter(frames.values()))
             enhance_ms = first.meta.get("enhance_ms", 0.0)
+            reference_ms = sum(f.meta.get("reference_ms", 0.0) for f in frames.values())  # the log warped in
             ticks_enhanced += bool(first.meta["enhanced"])
             record = {
                 "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
@@ -456,8 +463,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
                 **({} if tick_truth is None else {"truth_psnr_db": tick_truth}),
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
-                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - enhance_ms, 2),
-                       "enhance": round(enhance_ms, 2),
+                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - reference_ms - enhance_ms, 2),
+                       "reference": round(reference_ms, 2), "enhance": round(enhance_ms, 2),
                        "deliver": round((t3 - t2) * 1e3, 2), "agent": round((t4 - t3) * 1e3, 2)},
             }
             t5 = time.perf_counter()

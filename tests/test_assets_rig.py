@@ -180,6 +180,43 @@ def test_rig_depth_is_the_surface_and_the_enhancer_gets_the_expected_depth():
     assert not np.array_equal(ref.depth[0], ref.median_depth[0])  # the two differ on this scene
 
 
+def test_rig_sends_each_camera_its_warped_log_reference():
+    """Given a LogReference, each camera's request carries the log's nearest views of that camera warped in
+    through the render's MEDIAN depth (`LogReference.warp`), while the frame keeps its own fields; without an
+    enhancer the rig neither renders nor warps for it."""
+    from neural_sensor.reconstruct.reference import LogReference
+
+    scene = make_street_scene(30_000, seed=4)
+    spec = SensorSpec.mounted("front", 48, 32, 90.0, (0, 0, 1.6))
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    camera = Camera.from_fov(48, 32, 90.0, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, -1.75, 0.0, 0.0) @ spec.pose_camera_to_ego)
+                for x in (-4.0, 0.5, 4.0)]
+    log_images = render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb
+    reference = LogReference.from_views(log_images, log_cams, ["front"] * 3, scene, (0.53, 0.71, 0.92))
+    seen = {}
+
+    class Recorder:
+        def enhance(self, frames):
+            seen.update({f["camera"]: (f["reference"].copy(), f["reference_valid"].copy()) for f in frames})
+            return type("R", (), {"rgb": None, "reason": "recorder", "latency_ms": 0.0})()
+
+    rig = NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Recorder(), lod_px=0.0, outputs=("rgb",),
+                          reference=reference)
+    frame = rig.capture(WorldSnapshot(1, 0.0, ego, ()))["front"]
+    assert frame.depth is None and frame.meta["reference_ms"] >= 0.0  # an RGB camera: no depth delivered
+    out = render(scene, camera, backend="cpu", outputs=("rgb", "alpha", "median_depth"))
+    expected = reference.warp(["front"], [camera], out.median_depth, out.alpha, 2)
+    np.testing.assert_array_equal(seen["front"][0], expected[0][0])
+    np.testing.assert_array_equal(seen["front"][1], expected[1][0])
+    assert expected[1][0][out.alpha[0] > 0.5].mean() > 0.3  # a good share of the street is seen by the log
+    assert NeuralSensorRig(scene, [spec], backend="cpu", reference=reference).reference is None
+    with pytest.raises(ValueError, match="reference must be a LogReference"):
+        NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Recorder(), reference="log")
+    with pytest.raises(ValueError, match="reference_views"):
+        NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Recorder(), reference=reference, reference_views=0)
+
+
 def test_rgb_to_bgra():
     rgb = np.zeros((2, 3, 3), np.float32)
     rgb[0, 0] = [1.0, 0.5, 0.0]

@@ -289,6 +289,45 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
 
 
 @needs_checkpoint
+def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, tmp_path):
+    """The cache entry holds the log's images with each view's depth rendered from the reconstruction
+    (reference.npz); the compiled warp equals its numpy twin (warp_views, bilinear); a damaged file is named."""
+    from neural_sensor.reconstruct.drive import reconstructed_scene_from_log, scene_reference
+    from neural_sensor.reconstruct.log import read_drive_log
+    from neural_sensor.reconstruct.reference import LogReference, warp_reference
+    from neural_sensor.render import render
+    from neural_sensor.render._common import SKY_RGB
+
+    scene, meta = reconstructed_scene_from_log(short_drive["log"], cache_dir=short_drive["root"] / "cache")
+    reference = scene_reference(meta)
+    images, cameras, log_meta = read_drive_log(short_drive["log"])
+    assert len(reference) == len(cameras) == 18
+    assert list(reference.sensor_ids) == [f["camera"] for f in log_meta["frames"]]
+    np.testing.assert_array_equal(reference.images, np.round(images * 255).astype(np.uint8))
+    depth = render(scene, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB).median_depth
+    np.testing.assert_allclose(reference.depth_m[:6], depth, rtol=1e-3)  # stored as float16
+    # the rig's cameras at twice the log's resolution, 1 m to the left of each station's pose
+    specs = nuscenes_like_rig(128, 80)
+    targets = [Camera(128, 80, c.K * np.array([[2.0], [2.0], [1.0]]),
+                      pose_from_xyz_yaw(0.0, 1.0, 0.0, 0.0) @ c.pose_camera_to_world) for c in cameras[6:12]]
+    out = render(scene, targets, backend="cpu", outputs=("rgb", "alpha", "median_depth"), background=SKY_RGB)
+    ids = [s.sensor_id for s in specs]
+    fast = reference.warp(ids, targets, out.median_depth, out.alpha, 2)
+    twin = warp_reference(reference, ids, targets, out.median_depth, out.alpha, 2)
+    np.testing.assert_array_equal(fast[1], twin[1])
+    assert fast[0].dtype == np.uint8  # the wire's dtype, rounded from the twin's floats
+    assert np.abs(fast[0].astype(np.int16) - np.round(twin[0] * 255).astype(np.int16)).max() <= 1
+    assert fast[1].mean() > 0.5
+    # a sensor id the log lacks takes the views facing its way
+    assert set(reference.sensor_ids[reference.nearest_views("my_front", targets[0], 3)]) == {"CAM_FRONT"}
+    damaged = tmp_path / "reference.npz"
+    damaged.write_bytes(b"not a numpy file")
+    with pytest.raises(ValueError, match="reference.npz is unreadable"):
+        LogReference.load(damaged)
+    assert scene_reference({"path": str(tmp_path / "nothing")}) is None
+
+
+@needs_checkpoint
 def test_odd_sizes_are_cropped_to_the_networks_stride(tmp_path):
     from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
 

@@ -15,19 +15,31 @@ def _fake_frames(seed, split, ticks, recon_folder, cache_dir=None):
     n, h, w = 6 * ticks, 80, 112
     truth = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     blurred = ((truth.astype(np.int32) + np.roll(truth, 1, axis=2)) // 2).astype(np.uint8)
+    valid = np.zeros((n, h, w), bool)
+    valid[:, :, : w // 2] = True  # the log sees the left half: there the reference is the truth
     return {"rgb": blurred, "depth": np.full((n, h, w), 12.0, np.float16), "alpha": np.full((n, h, w), 255, np.uint8),
             "truth": truth, "truth_depth": np.full((n, h, w), 12.0, np.float16),
-            "truth_alpha": np.full((n, h, w), 255, np.uint8), "shift_m": np.zeros(n, np.float32)}
+            "truth_alpha": np.full((n, h, w), 255, np.uint8), "shift_m": np.zeros(n, np.float32),
+            "reference": np.where(valid[..., None], truth, 0).astype(np.uint8), "reference_valid": valid}
 
 
 def test_identity_samples_ask_for_their_own_input_back():
+    """Identity samples: the clean render in, itself out, no reference; the others carry their log reference
+    (cropped and flipped with them) unless it is dropped."""
     frames = _fake_frames(0, "train", 1, None)
     rng = np.random.default_rng(0)
-    rgb, depth, alpha, target, identity = train_enhancer_run.sample_batch(frames, rng, 4, (48, 64), 1.0)
+    rgb, depth, alpha, target, reference, valid, identity = train_enhancer_run.sample_batch(
+        frames, rng, 4, (48, 64), 1.0)
     assert identity.all() and rgb.shape == (4, 3, 48, 64) and depth.shape == alpha.shape == (4, 48, 64)
     assert np.array_equal(rgb.numpy(), target.numpy())
-    rgb, _, _, target, identity = train_enhancer_run.sample_batch(frames, rng, 4, (48, 64), 0.0)
+    assert not valid.any()  # a clean render has no log
+    rgb, _, _, target, reference, valid, identity = train_enhancer_run.sample_batch(frames, rng, 8, (48, 64), 0.0)
     assert not identity.any() and not np.array_equal(rgb.numpy(), target.numpy())
+    assert reference.shape == rgb.shape and valid.shape == (8, 48, 64) and valid.any()
+    seen = valid.bool()[:, None].expand_as(reference)
+    assert np.array_equal(reference[seen].numpy(), target[seen].numpy())  # the fake log is the truth where it sees
+    *_, valid, _ = train_enhancer_run.sample_batch(frames, rng, 8, (48, 64), 0.0, reference_dropout=1.0)
+    assert not valid.any()
 
 
 def test_run_enhancer_training_checkpoints_and_resumes(tmp_path, monkeypatch):
@@ -69,7 +81,9 @@ def test_frame_pair_crops_keep_their_correspondence():
     pairs = _fake_pairs(0, "train", 2, None)
     rng = np.random.default_rng(1)
     for _ in range(3):
-        rgb, depth, alpha, target, source = train_enhancer_run.sample_pairs(pairs, rng, 4, (48, 64), 0.5)
+        rgb, depth, alpha, target, reference, valid, source = train_enhancer_run.sample_pairs(
+            pairs, rng, 4, (48, 64), 0.5)
+        assert reference.shape == rgb.shape and valid.shape == depth.shape
         assert rgb.shape == (8, 3, 48, 64) and source.shape == (4, 48, 64) and depth.shape == (8, 48, 64)
         valid = source >= 0
         assert valid.float().mean() > 0.9

@@ -33,6 +33,18 @@ def test_miss_then_hit(tmp_path):
     assert other["key"] != meta["key"] and calls == [1, 2]
 
 
+def test_a_build_can_add_files_to_its_entry(tmp_path):
+    """build() may return a fourth item, name -> writer: each writer writes that file inside the entry (before
+    the entry appears), and the file is there when the entry is served from the cache."""
+    def build():
+        return make_street_scene(1000, seed=5), {"source": "street"}, None, {"extra.txt": lambda p: p.write_text("hi")}
+
+    _, meta = SceneCache(tmp_path).get_or_build({"street": 5}, build)
+    _, again = SceneCache(tmp_path).get_or_build({"street": 5}, build)
+    assert again["cached"] is True and again["path"] == meta["path"]
+    assert (tmp_path / meta["key"] / "extra.txt").read_text() == "hi"
+
+
 def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
     cache = SceneCache(tmp_path)
     _, meta = cache.get_or_build({"street": 3}, _builder(3))

@@ -10,7 +10,7 @@ results equal them bit for bit (tested).
 One thread: parallel over rows they were faster alone (1.7 vs 3.7 ms for the input) but no faster inside the
 whole call, where numba's thread pool meets torch's OpenMP one (measured in one process, alternating).
 
-Both also take the enhancer wire's uint8 images (`rgb_div` / `alpha_div` = 255: a value is float32(u8) / 255, as
+Both also take the enhancer wire's uint8 images (`rgb_div` / `alpha_div` / `ref_div` = 255: a value is float32(u8) / 255, as
 `protocol.to_float` decodes it; 1 for float images, an exact division) and the output side writes uint8
 (`to_u8`: rounded as `protocol.to_uint8_into`), so a server reads a request's frames and writes its reply in
 place, in the shared block, with no decode / encode pass (the same bits as decoding, enhancing and encoding).
@@ -26,17 +26,18 @@ _JIT = dict(cache=True, nogil=True, fastmath=False, parallel=False)
 
 @njit(**_JIT)
 def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_scale_m, s, rgb_div, alpha_div,
-                     out):  # pragma: no cover - compiled
+                     ref_div, out):  # pragma: no cover - compiled
     """out [B, Hp/s, Wp/s, C*s*s] (channels-last; channel c*s*s + dy*s + dx) from rgb [B, H, W, 3] (float32, or
     uint8 with rgb_div 255), depth_m [B, H, W] float32, alpha [B, H, W] (float32, or uint8 with alpha_div 255),
-    and (C = 9) reference_rgb [B, H, W, 3] with reference_valid [B, H, W] (float32), or (C = 5) empty
-    [0, 0, 0, 3] / [0, 0, 0] arrays. Rows / columns past H, W repeat the last one."""
+    and (C = 9) reference_rgb [B, H, W, 3] (float32, or uint8 with ref_div 255) with reference_valid [B, H, W]
+    (float32 weights, or bool), or (C = 5) empty [0, 0, 0, 3] / [0, 0, 0] arrays. Rows / columns past H, W repeat
+    the last one."""
     b, h, w = depth_m.shape
     _, hs, ws, channels = out.shape
     with_ref = channels == 9 * s * s
     scale = np.float32(depth_scale_m)
     zero, one = np.float32(0.0), np.float32(1.0)
-    c_div, a_div = np.float32(rgb_div), np.float32(alpha_div)
+    c_div, a_div, r_div = np.float32(rgb_div), np.float32(alpha_div), np.float32(ref_div)
     for row in prange(b * hs):
         i, oy = row // hs, row % hs
         for ox in range(ws):
@@ -54,10 +55,10 @@ def unshuffled_input(rgb, depth_m, alpha, reference_rgb, reference_valid, depth_
                     target[3 * s * s + k] = one / (scale + max(d, zero)) * scale if (a > zero and d > zero) else zero
                     target[4 * s * s + k] = a
                     if with_ref:
-                        v = reference_valid[i, y, x]
-                        target[5 * s * s + k] = reference_rgb[i, y, x, 0] * v
-                        target[6 * s * s + k] = reference_rgb[i, y, x, 1] * v
-                        target[7 * s * s + k] = reference_rgb[i, y, x, 2] * v
+                        v = np.float32(reference_valid[i, y, x])
+                        target[5 * s * s + k] = np.float32(reference_rgb[i, y, x, 0]) / r_div * v
+                        target[6 * s * s + k] = np.float32(reference_rgb[i, y, x, 1]) / r_div * v
+                        target[7 * s * s + k] = np.float32(reference_rgb[i, y, x, 2]) / r_div * v
                         target[8 * s * s + k] = v
 
 

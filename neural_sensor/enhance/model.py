@@ -55,6 +55,8 @@ class EnhancerConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     unet: dict = field(default_factory=dict)  # a full diffusers config (overrides the three fields above)
+    reference_views: int = 0  # trained with the drive log's nearest views of each camera warped in as its reference:
+    #   how many (the rig then sends them, `reconstruct.reference`); 0: trained without, the rig sends none
 
 
 def _unet_from_config(config: EnhancerConfig):
@@ -199,6 +201,14 @@ def _as_float(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return np.divide(array, np.float32(255.0), dtype=np.float32)
     return np.ascontiguousarray(array, np.float32)
+
+
+def _kernel_mask(array: np.ndarray) -> np.ndarray:
+    """A reference validity as the compiled input pass takes it: a bool mask or float32 weights as they are, an
+    integer mask as bool (nonzero = valid), other floats as float32 (the same values as `_mask`)."""
+    if array.dtype == np.bool_ or array.dtype == np.float32:
+        return array
+    return np.ascontiguousarray(array, np.float32) if array.dtype.kind == "f" else array != 0
 
 
 def _mask(array: np.ndarray) -> np.ndarray:
@@ -366,6 +376,9 @@ class Enhancer(nn.Module):
             rgb8, depth16, alpha8, rgb32, one32 = frames
             self.enhance([rgb8], [depth16], [alpha8], out=[np.empty((m, m, 3), np.uint8)])
             self.enhance([rgb32], [one32], [one32], out=[np.empty((m, m, 3), np.float32)])
+            valid = np.ones((m, m), np.bool_)  # and with the rig's reference: uint8 rgb, a bool mask
+            valid.setflags(write=writable)
+            self.enhance([rgb8], [depth16], [alpha8], [rgb8], [valid], out=[np.empty((m, m, 3), np.uint8)])
 
     def _enhance_cpu(self, rgb: list, depth_m: list, alpha: list, reference_rgb, reference_valid, max_batch: int,
                      out: list) -> None:
@@ -391,10 +404,10 @@ class Enhancer(nn.Module):
                 if d.dtype != np.float32 or not d.flags.c_contiguous:
                     _float32_into(d, depth)
                     d = depth
-                ref = no_ref if reference_rgb is None else _as_float(reference_rgb[k])[None]
-                valid = no_valid if reference_rgb is None else _mask(reference_valid[k])[None]
+                ref = no_ref if reference_rgb is None else _image(reference_rgb[k], "reference_rgb")[None]
+                valid = no_valid if reference_rgb is None else _kernel_mask(reference_valid[k])[None]
                 unshuffled_input(rgb[k][None], d[None], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
-                                 _divisor(rgb[k]), _divisor(alpha[k]), x[j:j + 1])
+                                 _divisor(rgb[k]), _divisor(alpha[k]), _divisor(ref), x[j:j + 1])
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
             residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
             # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast

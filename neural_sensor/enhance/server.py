@@ -332,6 +332,8 @@ class Broker:
         if not isinstance(meta, dict):
             raise ValueError(f"enhancer checkpoint {ckpt}: config.json is not an object")
         self.model_name = str(meta.get("model_name") or ckpt.name)
+        views = meta.get("reference_views", 0)  # what the rig should send it (EnhancerConfig.reference_views)
+        self.reference_views = views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
         _check_weights(ckpt)
         self.checkpoint_hash = checkpoint_hash(ckpt)
         if config.workers < 1:
@@ -460,6 +462,7 @@ class Broker:
     def _hello(self) -> dict:
         return {"protocol_version": wire.PROTOCOL_VERSION, "server_version": SERVER_VERSION,
                 "model_name": self.model_name, "checkpoint_hash": self.checkpoint_hash,
+                "reference_views": self.reference_views,
                 "workers": self.config.workers, "workers_ready": self.workers_ready,
                 "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
                 "max_message_bytes": wire.MAX_MESSAGE_BYTES,

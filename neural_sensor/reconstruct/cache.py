@@ -1,6 +1,7 @@
 """SceneCache: content-addressed folders of built Gaussian scenes.
 
-An entry is `root/<key>/{scene.ply, meta.json, layout.json}` where the key hashes
+An entry is `root/<key>/{scene.ply, meta.json, layout.json}` (plus any files the build
+adds, such as a reconstruction's `reference.npz`) where the key hashes
 everything the scene depends on (the inputs and, for reconstructions, the
 checkpoint's hash). `get_or_build(inputs, build)` returns the cached scene or
 builds, stores and returns it:
@@ -65,8 +66,10 @@ class SceneCache:
             return None
         return scene, {**meta, "cached": True, "path": str(folder)}
 
-    def store(self, key: str, scene: GaussianScene, meta: dict, layout_json: str | None = None) -> dict:
-        """Write an entry atomically (temporary folder + rename); returns its meta."""
+    def store(self, key: str, scene: GaussianScene, meta: dict, layout_json: str | None = None,
+              files: dict[str, Callable[[Path], None]] | None = None) -> dict:
+        """Write an entry atomically (temporary folder + rename); returns its meta. `files`: name -> a writer
+        that writes that file of the entry, given its path."""
         self.root.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "key": key, "n_gaussians": len(scene)}
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
@@ -74,6 +77,8 @@ class SceneCache:
             scene.save_ply(tmp / "scene.ply")
             if layout_json is not None:
                 (tmp / "layout.json").write_text(layout_json)
+            for name, write in (files or {}).items():
+                write(tmp / name)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             tmp.chmod(0o755)
             try:
@@ -85,14 +90,14 @@ class SceneCache:
             raise
         return {**meta, "cached": False, "path": str(self.path(key))}
 
-    def get_or_build(self, inputs: dict, build: Callable[[], tuple[GaussianScene, dict, str | None]]
-                     ) -> tuple[GaussianScene, dict]:
-        """The scene for `inputs`: from the cache, or build() -> (scene, meta, layout_json) stored first."""
+    def get_or_build(self, inputs: dict, build: Callable[[], tuple]) -> tuple[GaussianScene, dict]:
+        """The scene for `inputs`: from the cache, or build() -> (scene, meta, layout_json) or (scene, meta,
+        layout_json, files) stored first (files: name -> a writer of that file of the entry; see `store`)."""
         key = cache_key(inputs)
         hit = self.load(key)
         if hit is not None:
             return hit
         start = time.perf_counter()
-        scene, meta, layout_json = build()
+        scene, meta, layout_json, *files = build()
         meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
-        return scene, self.store(key, scene, meta, layout_json)
+        return scene, self.store(key, scene, meta, layout_json, files[0] if files else None)

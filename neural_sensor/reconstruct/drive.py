@@ -15,6 +15,9 @@ against the log's images (refine.py) -> scene):
   A log that names no sky colour is refined over SKY_RGB (the runner then renders it over the scenario's
   sky; the two differ only where the fitted sky dome leaves a gap).
 
+Both keep the log's images, with each view's depth rendered from the reconstruction, in the cache entry
+as the enhancer's reference (`reference.LogReference`, `reference.npz`): `scene_reference(meta)` reads it.
+
 A log whose images are not multiples of 4 on a side is cropped at the right and
 bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
 """
@@ -35,6 +38,8 @@ from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, read_drive_log, record_drive
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
+from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
+from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path as Polyline
@@ -43,8 +48,8 @@ DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
 
 
 def reconstruction_code_hash() -> str:
-    """sha256 of the reconstruction's code: reconstruct/model.py, fuse.py, sky.py, refine.py and drive.py (which
-    wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
+    """sha256 of the reconstruction's code: reconstruct/model.py, fuse.py, sky.py, refine.py, reference.py (the
+    stored reference) and drive.py (which wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
     backproject.py, _common.py). Part of every reconstruction's
     cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
     scene the old code made."""
@@ -53,7 +58,8 @@ def reconstruction_code_hash() -> str:
     from neural_sensor.reconstruct import model
     from neural_sensor.render import cpu
 
-    files = [Path(model.__file__).with_name(n) for n in ("model.py", "fuse.py", "sky.py", "refine.py", "drive.py")]
+    files = [Path(model.__file__).with_name(n)
+             for n in ("model.py", "fuse.py", "sky.py", "refine.py", "drive.py", "reference.py")]
     files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "lod.py", "backproject.py", "_common.py")]
     files.append(Path(cpu.__file__).parent.parent / "labels.py")
     digest = hashlib.sha256()
@@ -91,11 +97,11 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
         try:
             record_drive(layout, path.points, tmp / "log", step_m=step_m, width=width, height=height,
                          voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-            scene, meta = _reconstruct_log(tmp / "log", checkpoint, None, progress, refine)
+            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, None, progress, refine)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        meta = {**meta, "log": None}  # the recorded log was temporary
-        return scene, meta, layout.to_json()
+        meta = {**meta, "log": None}  # the recorded log was temporary (its images are in the reference)
+        return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
 
@@ -118,16 +124,24 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
               **refine.cache_inputs()}
 
     def build():
-        scene, meta = _reconstruct_log(folder, checkpoint, size, progress, refine)
-        return scene, {**meta, "log": str(folder.resolve())}, None
+        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine)
+        return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
 
 
+def scene_reference(meta: dict) -> LogReference | None:
+    """The log reference stored with a reconstruction (the meta `reconstructed_scene*` returned), None for a
+    scene that has none (a builder scene, or an entry written before references were kept)."""
+    path = Path(meta.get("path") or "") / REFERENCE_FILE
+    return LogReference.load(path) if meta.get("path") and path.is_file() else None
+
+
 def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
-                     refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict]:
+                     refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict, LogReference]:
     """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet,
-    then the colour refinement against the log's images (rendered over the log's sky colour, if it names one)."""
+    then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
+    and the log's LogReference (its views' depths rendered from the scene)."""
     images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
@@ -135,9 +149,9 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True)
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
+    sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
     refine_stats = None
     if refine.iterations > 0:
-        sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
         scene, refine_stats = refine_colours(scene, images, cameras, background=sky, config=refine, sky_masks=sky_masks,
                                              progress=progress)
     meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
@@ -146,7 +160,8 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
             "colour_refinement": refine_stats}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
-    return scene, meta
+    reference = LogReference.from_views(images, cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
+    return scene, meta, reference
 
 
 def _crop_to_multiple(images: np.ndarray, cameras: list[Camera], multiple: int):

@@ -7,13 +7,17 @@ reconstruction` does (`reconstructed_scene`: drive log every 4 m, six cameras, t
 shipped reconstructor, cached), and the six-camera rig renders it at 480x270 at random
 stations of the drive, on the recorded path or shifted 0.5-3 m to its left. Each frame
 keeps the raw render (rgb, depth, alpha) and the builder's render at the same pose
-(rgb, depth, alpha). Frames are stored per world under `--data` (a folder per
+(rgb, depth, alpha), and the reference the rig sends with it: the drive log's two nearest
+images of that camera warped in through the render's median depth (`reconstruct.reference`,
+the log kept with the reconstruction). Frames are stored per world under `--data` (a folder per
 reconstructor checkpoint hash and data version; existing worlds are reused, so
 generation resumes).
 
 Training: random crops; a fraction `identity_fraction` of the samples feed the CLEAN
 render (with its own depth and alpha) and ask for itself back, so that a sharp input
-passes through unchanged; the rest map the reconstruction's render to the ground truth.
+passes through unchanged (with no reference: a builder scene has no log); the rest map the
+reconstruction's render, with its reference (dropped for `reference_dropout` of them, so the
+enhancer also serves a reconstruction without a log), to the ground truth.
 Temporal term (`temporal_weight` > 0): consecutive frame pairs PAIR_STEP_M apart along the
 drive (`world_pairs`: each pixel of the later frame knows where its surface point lies in
 the earlier one, through the ground-truth depth and poses, as the benchmark's flicker warp);
@@ -38,7 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,9 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v2"  # bump when the stored frame fields or their making change (v2: colour-refined reconstructions)
+DATA_VERSION = "run-v3"  # bump when the stored frame fields or their making change (v2: colour-refined
+#   reconstructions; v3: the log reference)
+REFERENCE_VIEWS = 2  # log views warped into each camera (NeuralSensorRig's default)
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's weight the shipped enhancer was trained with (CLI default)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
@@ -72,6 +78,7 @@ class RunEnhancerTrainConfig:
     crop: tuple[int, int] = (128, 224)  # (height, width) of the training crops; multiples of 16
     lr: float = 1e-3
     identity_fraction: float = 0.35  # samples whose input is the clean render and target itself
+    reference_dropout: float = 0.2  # reconstruction samples trained without their log reference
     ssim_weight: float = 0.1
     perceptual_weight: float = 0.1
     perceptual_every: int = 2  # the VGG16 term (costly on a CPU): every Nth step (weighted x N), on a
@@ -92,22 +99,25 @@ def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
                  cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Frames of one world in the run's regime (see the module docstring); deterministic per seed.
 
-    Returns uint8 rgb / truth [F, H, W, 3], float16 depth / truth_depth [F, H, W] (metres), uint8 alpha /
-    truth_alpha [F, H, W] (x 255) and float32 shift_m [F], for F = ticks x 6 frames at 480x270.
+    Returns uint8 rgb / truth / reference [F, H, W, 3], float16 depth / truth_depth [F, H, W] (metres), uint8
+    alpha / truth_alpha [F, H, W] (x 255), bool reference_valid [F, H, W] and float32 shift_m [F], for F = ticks x
+    6 frames at 480x270.
     """
     from neural_sensor.render import render
     from neural_sensor.rig import rig_cameras_on_path
 
-    path, scene, truth, background, specs = _world_scenes(seed, split, recon_folder, cache_dir)
+    path, scene, truth, background, specs, reference = _world_scenes(seed, split, recon_folder, cache_dir)
     rng = np.random.default_rng(seed + 4242)
     out: dict[str, list] = {k: [] for k in (*FRAME_FIELDS, "shift_m")}
     for _ in range(ticks):
         s_m = float(rng.uniform(END_MARGIN_M, max(END_MARGIN_M + 1e-3, path.length_m - END_MARGIN_M)))
         shift = float(rng.choice(SHIFTS_M))
         cams = rig_cameras_on_path(specs, path, s_m, shift)
-        raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+        raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
+                     background=background)
         gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
-        _store_frames(out, "", raw, gt)
+        _store_frames(out, "", raw, gt, reference.warp([s.sensor_id for s in specs], cams, raw.median_depth, raw.alpha,
+                                                       REFERENCE_VIEWS))
         out["shift_m"].append(np.full(len(cams), shift, np.float32))
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -127,7 +137,7 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
     from neural_sensor.render import render
     from neural_sensor.rig import rig_cameras_on_path
 
-    path, scene, truth, background, specs = _world_scenes(seed, split, recon_folder, cache_dir)
+    path, scene, truth, background, specs, reference = _world_scenes(seed, split, recon_folder, cache_dir)
     rng = np.random.default_rng(seed + 7373)
     out: dict[str, list] = {k: [] for k in (*FRAME_FIELDS, *(f"prev_{k}" for k in FRAME_FIELDS), "source",
                                             "shift_m")}
@@ -137,10 +147,12 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
         views = []
         for prefix, station in (("prev_", s_m), ("", s_m + PAIR_STEP_M)):
             cams = rig_cameras_on_path(specs, path, station, shift)
-            raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
+            raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
+                         background=background)
             gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                         background=background)
-            _store_frames(out, prefix, raw, gt)
+            _store_frames(out, prefix, raw, gt, reference.warp([s.sensor_id for s in specs], cams, raw.median_depth,
+                                                               raw.alpha, REFERENCE_VIEWS))
             views.append((cams, gt))
         (cams0, gt0), (cams1, gt1) = views
         surface = (gt1.alpha > 0.5) & (gt1.semantic != CityObjectLabel.SKY)
@@ -151,13 +163,14 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-FRAME_FIELDS = ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")  # a stored frame, render and truth
+# a stored frame: render, truth, and the render's log reference
+FRAME_FIELDS = ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha", "reference", "reference_valid")
 
 
 def _world_scenes(seed: int, split: str, recon_folder: Path, cache_dir: Path | None):
     """(recorded lane as a scene.path.Path, its reconstruction as a run makes it, the builder's scene, the sky
-    colour, the run's rig specs) of training / held-out world `seed`."""
-    from neural_sensor.reconstruct.drive import reconstructed_scene
+    colour, the run's rig specs, the reconstruction's LogReference) of training / held-out world `seed`."""
+    from neural_sensor.reconstruct.drive import reconstructed_scene, scene_reference
     from neural_sensor.rig import nuscenes_like_rig
     from neural_sensor.scene.build import build_scene
     from neural_sensor.scene.path import Path as Polyline
@@ -166,20 +179,23 @@ def _world_scenes(seed: int, split: str, recon_folder: Path, cache_dir: Path | N
     check_split(seed, split)
     layout = world_layout(seed)
     lane = recorded_lane_xy_m(layout)
-    scene, _ = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
+    scene, meta = reconstructed_scene(layout, lane, checkpoint=recon_folder, voxel_m=VOXEL_M, cache_dir=cache_dir)
     truth, _ = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
-    return Polyline(lane), scene, truth, sky_rgb(layout.style), nuscenes_like_rig(*RUN_SIZE)
+    return (Polyline(lane), scene, truth, sky_rgb(layout.style), nuscenes_like_rig(*RUN_SIZE),
+            scene_reference(meta))
 
 
-def _store_frames(out: dict[str, list], prefix: str, raw, gt) -> None:
-    """Append a tick's raw render and ground truth (RenderOutputs) to out[prefix + field] as stored: uint8 images
-    and alphas, float16 depths."""
+def _store_frames(out: dict[str, list], prefix: str, raw, gt, reference: tuple[np.ndarray, np.ndarray]) -> None:
+    """Append a tick's raw render, ground truth (RenderOutputs) and log reference (rgb [C, H, W, 3], valid [C, H,
+    W]) to out[prefix + field] as stored: uint8 images and alphas, float16 depths, bool validity."""
     out[f"{prefix}rgb"].append(_u8(raw.rgb))
     out[f"{prefix}depth"].append(raw.depth.astype(np.float16))
     out[f"{prefix}alpha"].append(_u8(raw.alpha))
     out[f"{prefix}truth"].append(_u8(gt.rgb))
     out[f"{prefix}truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
     out[f"{prefix}truth_alpha"].append(_u8(gt.alpha))
+    out[f"{prefix}reference"].append(reference[0] if reference[0].dtype == np.uint8 else _u8(reference[0]))
+    out[f"{prefix}reference_valid"].append(reference[1])
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -241,21 +257,25 @@ def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: in
 
 
 def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: int, crop: tuple[int, int],
-                 identity_fraction: float):
+                 identity_fraction: float, reference_dropout: float = 0.0):
     """Crops of `count` frame pairs, the same window (and flip) in both frames: (rgb [2B, 3, h, w], depth [2B, h,
-    w], alpha [2B, h, w], target [2B, 3, h, w], source [B, h, w] int64), rows 0..B-1 the earlier frames, B..2B-1
-    the later ones; source: each later-crop pixel's flat index in its earlier crop, -1 where that frame does not
-    see it or it falls outside the window. A fraction of the pairs are clean renders (the truth as input)."""
+    w], alpha [2B, h, w], target [2B, 3, h, w], reference [2B, 3, h, w], reference_valid [2B, h, w], source [B, h,
+    w] int64), rows 0..B-1 the earlier frames, B..2B-1 the later ones; source: each later-crop pixel's flat index
+    in its earlier crop, -1 where that frame does not see it or it falls outside the window. A fraction of the
+    pairs are clean renders (the truth as input, no reference); `reference_dropout` of the others have none."""
     width = pairs["rgb"].shape[2]
     ch, cw = crop
     idx, ys, xs, identity, flip = _draw_crops(pairs["rgb"].shape[:3], rng, count, crop, identity_fraction)
-    items = {k: [] for k in ("rgb", "depth", "alpha", "target")}
+    use_reference = ~identity & (rng.random(count) >= reference_dropout)
+    items = {k: [] for k in ("rgb", "depth", "alpha", "target", "reference", "reference_valid")}
     sources = []
     for prefix in ("prev_", ""):
-        for i, y, x, ident, fl in zip(idx, ys, xs, identity, flip):
+        for i, y, x, ident, fl, use in zip(idx, ys, xs, identity, flip, use_reference):
             win = (slice(y, y + ch), slice(x, x + cw))
             src = ("truth", "truth_depth", "truth_alpha") if ident else ("rgb", "depth", "alpha")
-            parts = [pairs[prefix + k][i][win] for k in (*src, "truth")]
+            parts = [pairs[prefix + k][i][win] for k in (*src, "truth", "reference", "reference_valid")]
+            if not use:
+                parts[-1] = np.zeros_like(parts[-1])
             if fl:
                 parts = [p[:, ::-1] for p in parts]
             for key, part in zip(items, parts):
@@ -271,6 +291,7 @@ def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: 
                 sources.append(local[:, ::-1] if fl else local)
     return (_images(items["rgb"]), torch.from_numpy(np.stack(items["depth"]).astype(np.float32)),
             torch.from_numpy(np.stack(items["alpha"]).astype(np.float32) / 255.0), _images(items["target"]),
+            _images(items["reference"]), torch.from_numpy(np.stack(items["reference_valid"]).astype(np.float32)),
             torch.from_numpy(np.ascontiguousarray(np.stack(sources))))
 
 
@@ -296,36 +317,49 @@ def temporal_change_error(pred_prev: torch.Tensor, pred: torch.Tensor, target_pr
 
 
 def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
-                 identity_fraction: float):
-    """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], identity [B] bool): random crops,
-    flips, and a fraction of clean-render identity samples."""
+                 identity_fraction: float, reference_dropout: float = 0.0):
+    """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], reference [B, 3, h, w],
+    reference_valid [B, h, w], identity [B] bool): random crops, flips, and a fraction of clean-render identity
+    samples (no reference); `reference_dropout` of the others go without their reference too."""
     ch, cw = crop
     idx, ys, xs, identity, flip = _draw_crops(frames["rgb"].shape[:3], rng, batch, crop, identity_fraction)
-    rgb, depth, alpha, target = [], [], [], []
-    for i, y, x, ident, fl in zip(idx, ys, xs, identity, flip):
+    use_reference = ~identity & (rng.random(batch) >= reference_dropout)
+    items: list[list] = [[] for _ in range(6)]
+    for i, y, x, ident, fl, use in zip(idx, ys, xs, identity, flip, use_reference):
         win = (slice(y, y + ch), slice(x, x + cw))
         src = ("truth", "truth_depth", "truth_alpha") if ident else ("rgb", "depth", "alpha")
-        parts = [frames[src[0]][i][win], frames[src[1]][i][win], frames[src[2]][i][win], frames["truth"][i][win]]
+        parts = [frames[k][i][win] for k in (*src, "truth", "reference", "reference_valid")]
+        if not use:
+            parts[-1] = np.zeros_like(parts[-1])
         if fl:
             parts = [p[:, ::-1] for p in parts]
-        rgb.append(parts[0]), depth.append(parts[1]), alpha.append(parts[2]), target.append(parts[3])
+        for item, part in zip(items, parts):
+            item.append(part)
+    rgb, depth, alpha, target, reference, valid = items
     return (_images(rgb), torch.from_numpy(np.stack(depth).astype(np.float32)),
-            torch.from_numpy(np.stack(alpha).astype(np.float32) / 255.0), _images(target), torch.from_numpy(identity))
+            torch.from_numpy(np.stack(alpha).astype(np.float32) / 255.0), _images(target), _images(reference),
+            torch.from_numpy(np.stack(valid).astype(np.float32)), torch.from_numpy(identity))
 
 
 @torch.no_grad()
 def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
-    """Mean PSNR over held-out frames: raw and enhanced reconstruction renders against ground truth, and a clean
-    render through the enhancer against itself."""
-    f32 = {k: frames[k].astype(np.float32) for k in ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha")}
-    for k in ("rgb", "alpha", "truth", "truth_alpha"):
+    """Mean PSNR over held-out frames: raw and enhanced reconstruction renders against ground truth (enhanced with
+    the log reference, as the rig sends it, and without), and a clean render through the enhancer against
+    itself."""
+    f32 = {k: frames[k].astype(np.float32) for k in ("rgb", "depth", "alpha", "truth", "truth_depth", "truth_alpha",
+                                                     "reference")}
+    for k in ("rgb", "alpha", "truth", "truth_alpha", "reference"):
         f32[k] /= 255.0
-    enhanced = model.enhance(f32["rgb"], f32["depth"], f32["alpha"])
+    enhanced = model.enhance(f32["rgb"], f32["depth"], f32["alpha"], f32["reference"], frames["reference_valid"])
+    alone = model.enhance(f32["rgb"], f32["depth"], f32["alpha"])
     passthrough = model.enhance(f32["truth"], f32["truth_depth"], f32["truth_alpha"])
     truth = f32["truth"]
-    return {"raw_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(f32["rgb"], truth)])), 3),
-            "enhanced_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(enhanced, truth)])), 3),
-            "passthrough_psnr": round(float(np.mean([psnr(a, b) for a, b in zip(passthrough, truth)])), 3)}
+
+    def mean_psnr(images) -> float:
+        return round(float(np.mean([psnr(a, b) for a, b in zip(images, truth)])), 3)
+
+    return {"raw_psnr": mean_psnr(f32["rgb"]), "enhanced_psnr": mean_psnr(enhanced),
+            "enhanced_no_reference_psnr": mean_psnr(alone), "passthrough_psnr": mean_psnr(passthrough)}
 
 
 @torch.no_grad()
@@ -336,8 +370,8 @@ def evaluate_pairs(model: Enhancer, pairs: dict[str, np.ndarray]) -> dict:
         return pairs[key].astype(np.float32) / scale
 
     images = {"raw": (f32("prev_rgb"), f32("rgb"))}
-    images["enhanced"] = tuple(model.enhance(f32(p + "rgb"), f32(p + "depth", 1.0), f32(p + "alpha"))
-                               for p in ("prev_", ""))
+    images["enhanced"] = tuple(model.enhance(f32(p + "rgb"), f32(p + "depth", 1.0), f32(p + "alpha"),
+                                             f32(p + "reference"), pairs[p + "reference_valid"]) for p in ("prev_", ""))
     result = {}
     for name, (prev, now) in images.items():
         diffs = []
@@ -370,8 +404,13 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     def monitor() -> dict:
         return {**evaluate(model, eval_frames), **(evaluate_pairs(model, eval_pairs) if eval_pairs else {})}
 
+    def fresh() -> Enhancer:  # trained with the log reference: its config says so (the rig then sends it)
+        model = new_model(init)
+        model.config = replace(model.config, reference_views=REFERENCE_VIEWS)
+        return model.to(config.device)
+
     model, optimiser, step, history = start_or_resume(
-        out, resume, lambda: new_model(init).to(config.device),
+        out, resume, fresh,
         lambda folder: Enhancer.from_pretrained(folder).to(config.device),
         lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
@@ -384,10 +423,11 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     while step < config.steps and not out_of_time(config, start):
         model.train()
         set_cosine_lr(optimiser, config.lr, step, config.steps)
-        rgb, depth, alpha, target, identity = sample_batch(frames, rng, config.batch, config.crop,
-                                                           config.identity_fraction)
-        rgb, depth, alpha, target = (t.to(config.device) for t in (rgb, depth, alpha, target))
-        pred = model(rgb, depth, alpha)
+        rgb, depth, alpha, target, reference, valid, identity = sample_batch(
+            frames, rng, config.batch, config.crop, config.identity_fraction, config.reference_dropout)
+        rgb, depth, alpha, target, reference, valid = (t.to(config.device)
+                                                       for t in (rgb, depth, alpha, target, reference, valid))
+        pred = model(rgb, depth, alpha, reference, valid)
         l1 = (pred - target).abs().mean()
         loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
         loss = l1 + config.ssim_weight * loss_ssim
@@ -401,11 +441,10 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
             loss = loss + config.perceptual_every * config.perceptual_weight * loss_perceptual
         loss_temporal = None
         if pairs is not None:
-            p_rgb, p_depth, p_alpha, p_target, source = sample_pairs(pairs, rng, config.pair_batch, config.crop,
-                                                                     config.identity_fraction)
-            p_rgb, p_depth, p_alpha, p_target, source = (t.to(config.device)
-                                                         for t in (p_rgb, p_depth, p_alpha, p_target, source))
-            p_pred = model(p_rgb, p_depth, p_alpha)
+            p_rgb, p_depth, p_alpha, p_target, p_ref, p_valid, source = (
+                t.to(config.device) for t in sample_pairs(pairs, rng, config.pair_batch, config.crop,
+                                                          config.identity_fraction, config.reference_dropout))
+            p_pred = model(p_rgb, p_depth, p_alpha, p_ref, p_valid)
             half = config.pair_batch
             loss_temporal = temporal_change_error(p_pred[:half], p_pred[half:], p_target[:half], p_target[half:],
                                                   source)
