@@ -68,6 +68,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
+    parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
+                        help="do not send the enhancer the drive log's images warped into each camera (faster: no "
+                             "median depth and no warp per tick; the enhancer then gains less)")
     parser.add_argument("--truth", action="store_true",
                         help="also render the builder's scene of the layout (the ground truth) every tick: beside "
                              "each camera in the video and strip, per-camera PSNR in log.jsonl and summary.json")
@@ -169,7 +172,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
-                         truth=args.truth, lod_px=getattr(args, "lod_px", None))
+                         log_reference=args.log_reference, truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
 

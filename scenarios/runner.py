@@ -80,6 +80,8 @@ class RunOptions:
     enhancer: str | None = None  # None | "local" (start a server subprocess) | "tcp://HOST:PORT" of a running server
     enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
+    log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
+    #                             reference_views); False: none (faster: no median depth and no warp per tick)
     truth: bool = False  # also render the builder's scene (the ground truth) at every tick: beside each camera in
     #                      the video, and per-camera PSNR of the delivered image against it in log.jsonl
     lod_px: float | None = None  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact);
@@ -328,7 +330,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
         reference, reference_views = None, int((enhancer.server or {}).get("reference_views") or 0) if enhancer else 0
-        if reference_views > 0 and scene_kind in ("reconstruction", "log"):  # an enhancer trained with the log's
+        if options.log_reference and reference_views > 0 and scene_kind in ("reconstruction", "log"):  # an enhancer trained with the log's
             from neural_sensor.reconstruct.drive import scene_reference  # images as its reference: send them
 
             reference = scene_reference(scene_meta)

@@ -302,6 +302,29 @@ def test_scenario_runs_with_a_local_enhancer(tmp_path, identity_checkpoint):
     assert summary["stage_ms_median"]["enhance"] > 0
 
 
+def test_hello_says_how_many_log_views_the_checkpoint_takes(tmp_path, identity_checkpoint):
+    """The rig sends the drive-log reference only to a checkpoint trained with it: the hello passes on its
+    config's reference_views (0 when absent or not a positive integer)."""
+    import json
+    import shutil
+
+    from neural_sensor.enhance.server import Broker
+
+    for value, expected in ((2, 2), (None, 0), (True, 0), (-1, 0)):
+        folder = tmp_path / f"views-{value}"
+        shutil.copytree(identity_checkpoint, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("reference_views", None)
+        if value is not None:
+            config["reference_views"] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(folder), workers=1))
+        try:
+            assert broker._hello()["reference_views"] == expected
+        finally:
+            broker.close()
+
+
 def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_checkpoint):
     from neural_sensor.enhance.server import Broker
 
