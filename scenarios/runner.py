@@ -329,9 +329,11 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
-        reference, reference_views = None, int((enhancer.server or {}).get("reference_views") or 0) if enhancer else 0
-        if options.log_reference and reference_views > 0 and scene_kind in ("reconstruction", "log"):  # an enhancer trained with the log's
-            from neural_sensor.reconstruct.drive import scene_reference  # images as its reference: send them
+        # an enhancer trained with the drive log's images as its reference (its hello says how many): send them
+        views = (enhancer.server or {}).get("reference_views") if enhancer is not None else 0
+        reference, reference_views = None, views if isinstance(views, int) and not isinstance(views, bool) else 0
+        if options.log_reference and reference_views > 0 and scene_kind in ("reconstruction", "log"):
+            from neural_sensor.reconstruct.drive import scene_reference
 
             reference = scene_reference(scene_meta)
         # the agent's sensors are RGB cameras (sensor_spec_from_leaderboard): no depth or labels are rendered
