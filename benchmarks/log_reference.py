@@ -36,6 +36,7 @@ from neural_sensor.enhance.warp import warp_views
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
 from neural_sensor.reconstruct.log import read_drive_log, record_drive
+from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig
 from neural_sensor.scene.build import build_scene
@@ -43,12 +44,6 @@ from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
 
 SHIFTS_M = (0.0, 1.0, 2.0, 3.0)
-
-
-def log_view_depths(scene, cameras, background) -> np.ndarray:
-    """[V, h, w] the reconstruction's median depth at every log view (what the warp's visibility test uses)."""
-    return np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("rgb", "median_depth"),
-                                  background=background).median_depth for i in range(0, len(cameras), 60)])
 
 
 def evaluate_world(seed: int, layout, work: Path, views: int, sample: str) -> list[dict]:
@@ -62,8 +57,8 @@ def evaluate_world(seed: int, layout, work: Path, views: int, sample: str) -> li
     truth, _ = build_scene(layout, voxel_m=rf.VOXEL_M, cache_dir=work)
     background = sky_rgb(layout.style)
     images, log_cams, log_meta = read_drive_log(folder)
-    log_names = np.array([frame["camera"] for frame in log_meta["frames"]])
-    log_depth = log_view_depths(scene, log_cams, background)
+    # the log's views and their depths as the run keeps them (the warp below is the float twin, bilinear or nearest)
+    reference = LogReference.from_views(images, log_cams, [f["camera"] for f in log_meta["frames"]], scene, background)
     specs = nuscenes_like_rig(480, 270)
     rows = []
     for start in rf.clip_starts(path.length_m, 1, 3, 0.5):
@@ -74,12 +69,11 @@ def evaluate_world(seed: int, layout, work: Path, views: int, sample: str) -> li
                              background=background, lod_px=RECONSTRUCTION_LOD_PX)
                 gt = render(truth, cams, backend="cpu", outputs=("rgb",), background=background)
                 for i, (spec, cam) in enumerate(zip(specs, cams)):
-                    same = np.flatnonzero(log_names == spec.sensor_id)
-                    near = same[np.argsort([np.linalg.norm(log_cams[j].position_world - cam.position_world)
-                                            for j in same])[:views]]
+                    near = reference.nearest_views(spec.sensor_id, cam, views)
                     t0 = time.perf_counter()
                     ref, seen = warp_views(cam, raw.median_depth[i], raw.alpha[i],
-                                           [(log_cams[j], images[j], log_depth[j]) for j in near], sample=sample)
+                                           [(log_cams[j], images[j], reference.depth_m[j]) for j in near],
+                                           sample=sample)
                     warp_ms = (time.perf_counter() - t0) * 1e3
                     filled = np.where(seen[..., None], ref, raw.rgb[i])
                     blend = np.where(seen[..., None], 0.5 * (ref + raw.rgb[i]), raw.rgb[i])

@@ -194,7 +194,7 @@ def _store_frames(out: dict[str, list], prefix: str, raw, gt, reference: tuple[n
     out[f"{prefix}truth"].append(_u8(gt.rgb))
     out[f"{prefix}truth_depth"].append(np.minimum(gt.depth, 6.0e4).astype(np.float16))
     out[f"{prefix}truth_alpha"].append(_u8(gt.alpha))
-    out[f"{prefix}reference"].append(reference[0] if reference[0].dtype == np.uint8 else _u8(reference[0]))
+    out[f"{prefix}reference"].append(reference[0])  # LogReference.warp's uint8, as stored
     out[f"{prefix}reference_valid"].append(reference[1])
 
 
