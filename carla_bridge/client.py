@@ -63,7 +63,7 @@ class NeuralWorld:
     """carla.World proxy: camera blueprints spawn NeuralCameras; see the module docstring."""
 
     def __init__(self, world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None):
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralWorld: scene must be a GaussianScene, got {type(scene).__name__}")
         self._world = world
@@ -73,6 +73,7 @@ class NeuralWorld:
         self._enhancer = enhancer
         self._camera_types = tuple(camera_types)
         self._lod_px = lod_px  # the CPU renderer's level of detail for every camera it spawns (0: exact)
+        self._reference = reference  # a reconstruction's drive log for the enhancer (carla_bridge.sensor docstring)
 
     @property
     def world(self):
@@ -87,7 +88,7 @@ class NeuralWorld:
         if self._is_neural(blueprint):
             return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
-                                       socket_name=socket_name, lod_px=self._lod_px)
+                                       socket_name=socket_name, lod_px=self._lod_px, reference=self._reference)
         extra = () if attachment_type is None else (attachment_type, socket_name)
         return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
@@ -122,10 +123,10 @@ class NeuralClient:
     """carla.Client proxy: get_world() is a NeuralWorld, batches reach neural cameras; see the module docstring."""
 
     def __init__(self, client, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None):
         self._client = client
         self._options = dict(scene=scene, backend=backend, background_rgb=background_rgb, enhancer=enhancer,
-                             camera_types=camera_types, lod_px=lod_px)
+                             camera_types=camera_types, lod_px=lod_px, reference=reference)
 
     @property
     def client(self):

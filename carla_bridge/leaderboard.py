@@ -5,8 +5,10 @@ Enable it with one line, anywhere that runs before the agent's sensors are set u
 
     import carla_bridge.leaderboard; carla_bridge.leaderboard.enable("path/to/scene.ply")
 
-or set NEURAL_SENSOR_SCENE=path/to/scene.ply (and optionally NEURAL_SENSOR_BACKEND, NEURAL_SENSOR_ENHANCER) and add
-`import carla_bridge.leaderboard` to the agent file: importing the module enables it.
+or set NEURAL_SENSOR_SCENE=path/to/scene.ply (and optionally NEURAL_SENSOR_BACKEND, NEURAL_SENSOR_ENHANCER,
+NEURAL_SENSOR_REFERENCE) and add `import carla_bridge.leaderboard` to the agent file: importing the module
+enables it. NEURAL_SENSOR_REFERENCE / `reference=`: a reconstruction's drive log (the `reference.npz` beside
+its cached scene, or a LogReference), which the enhancer trained to take it gains most of its decibels from.
 
 How: the leaderboard's AgentWrapper spawns each sensor with
 `CarlaDataProvider.get_world().spawn_actor(blueprint, transform, vehicle)` and attaches its
@@ -36,30 +38,36 @@ _state: dict = {}
 
 
 def NeuralSpawningWorld(world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                        enhancer: str | None = None) -> NeuralWorld:
+                        enhancer: str | None = None, reference=None) -> NeuralWorld:
     """The proxy enable() puts behind CarlaDataProvider.get_world() (kept under its former name)."""
-    return NeuralWorld(world, scene, backend, background_rgb, enhancer)
+    return NeuralWorld(world, scene, backend, background_rgb, enhancer, reference=reference)
 
 
 def _options() -> dict:
-    return dict(scene=_state["scene"], backend=_state["backend"], enhancer=_state["enhancer"])
+    return dict(scene=_state["scene"], backend=_state["backend"], enhancer=_state["enhancer"],
+                reference=_state.get("reference"))
 
 
-def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enhancer: str | None = None) -> None:
+def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enhancer: str | None = None,
+           reference=None) -> None:
     """Route the leaderboard's cameras to the neural renderer (idempotent; the last scene wins);
-    `enhancer`: an enhancer server's endpoint (tcp://HOST:PORT) to refine every camera."""
+    `enhancer`: an enhancer server's endpoint (tcp://HOST:PORT) to refine every camera; `reference`: the scene's
+    drive log for it (a LogReference or the path of its reference.npz; see the module docstring)."""
     import carla
 
     from carla_bridge import commands as neural_commands
+    from neural_sensor.reconstruct.reference import LogReference
 
     if not isinstance(scene, GaussianScene):
         scene = GaussianScene.load_ply(Path(scene))
+    if reference is not None and not isinstance(reference, LogReference):
+        reference = LogReference.load(Path(reference))
     try:
         from srunner.scenariomanager.carla_data_provider import CarlaDataProvider
     except ImportError as err:
         raise RuntimeError("carla_bridge.leaderboard.enable needs the CARLA leaderboard and scenario_runner on "
                            f"PYTHONPATH ({err})") from None
-    _state.update(scene=scene, backend=backend, enhancer=enhancer)
+    _state.update(scene=scene, backend=backend, enhancer=enhancer, reference=reference)
     if "original_get_world" in _state:
         return
     _state["original_get_world"] = CarlaDataProvider.get_world
@@ -111,4 +119,4 @@ def disable() -> None:
 
 if os.environ.get("NEURAL_SENSOR_SCENE"):
     enable(os.environ["NEURAL_SENSOR_SCENE"], os.environ.get("NEURAL_SENSOR_BACKEND", "auto"),
-           os.environ.get("NEURAL_SENSOR_ENHANCER") or None)
+           os.environ.get("NEURAL_SENSOR_ENHANCER") or None, os.environ.get("NEURAL_SENSOR_REFERENCE") or None)

@@ -32,6 +32,13 @@ accept a camera too (carla_bridge/commands.py: a subclass, every former use unch
 sent through a NeuralClient (carla_bridge/client.py) destroys the cameras client-side, a batch
 sent to the server directly gets "not found" for them, as for any unknown id.
 
+Drive-log reference: an enhancer trained with the drive log's images as its reference (its hello's
+`reference_views` > 0, as the shipped one) gains most of its decibels from it; give the camera the
+reconstruction's log (`reference=`, `neural_sensor.reconstruct.drive.scene_reference(meta)`) and each
+camera's request carries the log views facing its way, warped in through the render's median depth (as
+`neural-sensor run` sends them). The rig asks the server's hello once (again after a failed one, at most
+every RETRY_HELLO_S seconds); an enhancer without `reference_views` gets no reference.
+
 Attachment: Rigid is exact; SpringArm and SpringArmGhost are applied as rigid (no spring lag,
 no collision test), with a warning once. A camera without a parent is fixed in the world.
 """
@@ -80,6 +87,8 @@ else:  # DestroyActor(camera) in a clean-up batch, as CARLA's tutorial.py writes
     _commands.install()
 
 _log = logging.getLogger("carla_bridge")
+RETRY_HELLO_S = 5.0  # after a failed hello, the enhancer is asked for its reference_views again after this long
+HELLO_TIMEOUT_MS = 500.0
 NEURAL_ID_BASE = 3 << 30  # actor ids are uint32 and a server hands them out from 1 upwards
 _ids = itertools.count(start=NEURAL_ID_BASE + 1)
 _cameras: "weakref.WeakValueDictionary[int, NeuralCamera]" = weakref.WeakValueDictionary()
@@ -228,8 +237,11 @@ class CameraRig:
     delivers in frame order. Made by NeuralCamera; see the module docstring."""
 
     def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
-                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX):
+                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None):
         self.key = key
+        self.reference = reference  # the drive log (LogReference) sent to an enhancer trained to take it
+        self._reference_views: int | None = None  # from the enhancer's hello; None: not asked yet (or it failed)
+        self._hello_failed_at = -math.inf
         self.world = world
         self.parent = parent
         self.scene = scene
@@ -370,17 +382,40 @@ class CameraRig:
         return WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents)
 
     # ---------------------------------------------------------------- render + delivery (worker thread)
+    def _reference_views_now(self) -> int | None:
+        """The log views the enhancer takes per camera (0: none; None: unknown, its hello failed just now)."""
+        if self.reference is None or self.enhancer_client is None:
+            return 0
+        if self._reference_views is None:
+            if time.monotonic() - self._hello_failed_at < RETRY_HELLO_S:
+                return None
+            from neural_sensor.enhance.client import EnhancerError
+
+            try:
+                hello = self.enhancer_client.server or self.enhancer_client.hello(timeout_ms=HELLO_TIMEOUT_MS)
+            except EnhancerError as err:
+                self._hello_failed_at = time.monotonic()
+                _log.warning("neural camera: the enhancer's hello failed (%s); no drive-log reference until it "
+                             "answers", err)
+                return None
+            views = hello.get("reference_views", 0)
+            self._reference_views = views if isinstance(views, int) and not isinstance(views, bool) else 0
+        return self._reference_views
+
     def _rig_for(self, views: tuple, fields: tuple) -> NeuralSensorRig:
-        rig = self._rigs.get((views, fields))
+        reference_views = self._reference_views_now()
+        rig = self._rigs.get((views, fields, reference_views))
         if rig is None:
             specs = [SensorSpec(f"view{i}", w, h, fov, np.array(pose, dtype=np.float64).reshape(4, 4))
                      for i, (w, h, fov, pose) in enumerate(views)]
             if len(self._rigs) > 8:  # mounts or sizes changing all the time: keep the cache small
                 self._rigs.clear()
-            rig = self._rigs[(views, fields)] = NeuralSensorRig(self.scene, specs, backend=self.backend,
-                                                               background_rgb=self.background_rgb,
-                                                               enhancer=self.enhancer_client, lod_px=self.lod_px,
-                                                               outputs=fields)
+            rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
+                                  enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
+                                  reference=self.reference if reference_views else None,
+                                  reference_views=max(1, reference_views or 0))
+            if reference_views is not None:  # an unknown answer is asked again later: not kept
+                self._rigs[(views, fields, reference_views)] = rig
         return rig
 
     def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
@@ -471,12 +506,14 @@ class CameraRig:
         return True
 
 
-def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX) -> tuple:
+def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX,
+             reference=None) -> tuple:
     world_key = getattr(world, "id", None)
     if not isinstance(world_key, int):
         world_key = id(world)
     return (world_key, None if parent is None else parent.id, id(scene), backend,
-            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms), float(lod_px))
+            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms), float(lod_px),
+            None if reference is None else id(reference))
 
 
 # --------------------------------------------------------------------------- the camera actor
@@ -487,11 +524,14 @@ class NeuralCamera:
     def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
                  background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0,
                  *, type_id: str = "sensor.camera.rgb", attachment_type=None, strict_attributes: bool = True,
-                 attribute_defaults: dict | None = None, lod_px: float = LOD_PX):
+                 attribute_defaults: dict | None = None, lod_px: float = LOD_PX, reference=None):
         check_camera_type(type_id)
         lod_px = check_lod_px(lod_px, "neural camera")
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
+        if reference is not None and not callable(getattr(reference, "warp", None)):
+            raise ValueError(f"neural camera: reference must be a LogReference (reconstruct.drive.scene_reference), "
+                             f"got {type(reference).__name__}")
         self.settings = camera_settings(type_id, attributes, strict=strict_attributes, defaults=attribute_defaults)
         self.type_id = type_id
         self.attributes = dict(self.settings.strings)
@@ -505,12 +545,13 @@ class NeuralCamera:
         self._next_due_s: float | None = None
         self.last_render_ms = 0.0
         self.last_meta: dict = {}
-        key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px)
+        key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px,
+                       reference)
         with _rigs_lock:
             rig = _rigs.get(key)
             if rig is None:
                 rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
-                                             enhancer_deadline_ms, lod_px)
+                                             enhancer_deadline_ms, lod_px, reference)
             rig.add(self)
         self.rig = rig
         _cameras[self.id] = self
@@ -653,10 +694,12 @@ def _check_attachment(attachment_type, parent):
 def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: GaussianScene | None = None,
                         backend: str = "auto", background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
                         enhancer_deadline_ms: float = 1000.0, attachment_type=None,
-                        socket_name: str = "", lod_px: float = LOD_PX) -> NeuralCamera:
+                        socket_name: str = "", lod_px: float = LOD_PX, reference=None) -> NeuralCamera:
     """world.spawn_actor's stand-in for a camera blueprint: every attribute of the blueprint is read and parsed.
     `attach_to=None` fixes the camera in the world (transform is then a world transform).
     `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each rgb image within the deadline.
+    `reference`: the scene's drive log (`neural_sensor.reconstruct.drive.scene_reference(meta)` of a
+    reconstruction), sent to an enhancer trained to take it (see the module docstring).
     `lod_px`: the CPU renderer's level of detail (`neural_sensor.render.render(lod_px=)`; 0 draws every Gaussian)."""
     if scene is None:
         raise ValueError("spawn_neural_camera: scene= (a GaussianScene) is required")
@@ -672,4 +715,4 @@ def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: Gaus
             defaults[attribute.id] = recommended[0]
     return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb, enhancer,
                         enhancer_deadline_ms, type_id=type_id, attachment_type=attachment_type,
-                        strict_attributes=False, attribute_defaults=defaults, lod_px=lod_px)
+                        strict_attributes=False, attribute_defaults=defaults, lod_px=lod_px, reference=reference)

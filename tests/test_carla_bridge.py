@@ -252,12 +252,15 @@ def test_scenario_runs_on_a_carla_server(tmp_path):
     assert summary["ticks"] == 20
 
 
-def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface(monkeypatch):
-    """enable() routes the leaderboard's `spawn_actor` of RGB cameras to NeuralCameras; other sensors pass through."""
+def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface(monkeypatch, tmp_path):
+    """enable() routes the leaderboard's `spawn_actor` of RGB cameras to NeuralCameras; other sensors pass through.
+    A drive log given as its reference.npz reaches the cameras; a damaged one is named."""
     import sys
     import types
 
     import carla_bridge.leaderboard as lb
+    from neural_sensor.camera import Camera
+    from neural_sensor.reconstruct.reference import LogReference
 
     world, (ego,) = _standin_world_with((0.0, 1.75))
     spawned = []
@@ -273,7 +276,14 @@ def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface
     for name in ("srunner", "srunner.scenariomanager"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "srunner.scenariomanager.carla_data_provider", provider)
-    lb.enable(make_street_scene(20_000, seed=0), backend="cpu")
+    scene = make_street_scene(20_000, seed=0)
+    log_camera = Camera.from_fov(16, 12, 90.0, np.eye(4))
+    LogReference(np.zeros((1, 12, 16, 3), np.uint8), np.ones((1, 12, 16), np.float32), log_camera.K[None],
+                 np.eye(4)[None], np.array(["CAM_FRONT"])).save(tmp_path / "reference.npz")
+    (tmp_path / "damaged.npz").write_bytes(b"PK not really")
+    with pytest.raises(ValueError, match="damaged.npz is unreadable"):
+        lb.enable(scene, backend="cpu", reference=tmp_path / "damaged.npz")
+    lb.enable(scene, backend="cpu", reference=tmp_path / "reference.npz")
     try:
         proxy = CarlaDataProvider.get_world()
         camera = proxy.spawn_actor(StandInBlueprint("sensor.camera.rgb", image_size_x=64, image_size_y=48, fov=100,
@@ -281,6 +291,7 @@ def test_leaderboard_cameras_become_neural_and_deliver_like_the_sensor_interface
         gnss = proxy.spawn_actor(StandInBlueprint("sensor.other.gnss"), carla.Transform(), ego)
         assert isinstance(camera, NeuralCamera) and gnss == "real sensor" and spawned == ["sensor.other.gnss"]
         assert camera.attributes["fov"] == "100" and camera.attributes["image_size_x"] == "64"
+        assert isinstance(camera.rig.reference, LogReference) and len(camera.rig.reference) == 1
         received = {}
 
         def callback(data):  # what the leaderboard's CallBack does with a carla.Image

@@ -145,12 +145,12 @@ def test_four_blueprints_from_one_render_in_carlas_encodings(scene):
     image.convert(carla.ColorConverter.CityScapesPalette)
     assert _array(image)[H // 2, W // 2, 2::-1].tolist() == [0, 0, 142]
     # the rig rendered what the four types need; an RGB camera alone would need no depth or labels
-    assert [fields for _, fields in cameras["rgb"].rig._rigs] == [("rgb", "depth", "semantic", "instance")]
+    assert [fields for _, fields, _ in cameras["rgb"].rig._rigs] == [("rgb", "depth", "semantic", "instance")]
     for kind in ("depth", "semantic_segmentation", "instance_segmentation"):
         assert cameras[kind].destroy()
     world.tick()
     assert _array(queues["rgb"].get(timeout=30)).shape == (H, W, 4)
-    assert [fields for _, fields in cameras["rgb"].rig._rigs][-1] == ("rgb",)
+    assert [fields for _, fields, _ in cameras["rgb"].rig._rigs][-1] == ("rgb",)
     assert cameras["rgb"].destroy()
 
 
@@ -604,3 +604,71 @@ def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
     finally:
         exact.destroy()
         default.destroy()
+
+
+def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, monkeypatch, caplog):
+    """Given a reconstruction's LogReference, a CARLA camera's enhancer request carries the log warped into it
+    once the enhancer's hello says it takes `reference_views`; while the hello fails the frames go without it (a
+    warning), and the answer is asked again (after RETRY_HELLO_S) and then kept."""
+    from carla_bridge import sensor as sensor_module
+    from carla_bridge.transforms import camera_pose_from_ue
+    from neural_sensor.camera import Camera
+    from neural_sensor.enhance.client import EnhancerError
+    from neural_sensor.reconstruct.reference import LogReference
+    from neural_sensor.render import render
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    mount = camera_pose_from_ue(np.array(MOUNT.get_matrix()))  # the ego sits at the origin
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, 0.0, 0.0, 0.0) @ mount) for x in (-3.0, 3.0)]
+    log_images = render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb
+    reference = LogReference.from_views(log_images, log_cams, ["CAM_FRONT"] * 2, scene, (0.53, 0.71, 0.92))
+    with pytest.raises(ValueError, match="reference must be a LogReference"):
+        spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, reference="log.npz")
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                 reference=reference)
+    requests = []
+
+    class Server:  # an EnhancerClient's face: hello (failing at first), enhance, close
+        server = None
+        hellos = 0
+        down = True
+
+        def hello(self, timeout_ms=None):
+            self.hellos += 1
+            if self.down:
+                raise EnhancerError("no reply within 500 ms")
+            self.server = {"reference_views": 2}
+            return self.server
+
+        def enhance(self, frames, out=None):
+            requests.append([(f.get("reference"), f.get("reference_valid")) for f in frames])
+            return type("Reply", (), {"rgb": None, "reason": "recorded", "latency_ms": 0.0})()
+
+        def close(self):
+            pass
+
+    server = camera.rig.enhancer_client = Server()
+    camera.listen(lambda image: None)
+    with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+        world.tick()
+        _settle(world, camera)
+    assert requests[-1][0][0] is None and "no drive-log reference" in caplog.text
+    monkeypatch.setattr(sensor_module, "RETRY_HELLO_S", 0.0)
+    server.down = False
+    for _ in range(2):
+        world.tick()
+    _settle(world, camera)
+    assert server.hellos == 2  # asked again once, then kept
+    warped, valid = requests[-1][0]
+    assert warped.shape == (H, W, 3) and warped.dtype == np.uint8 and valid.shape == (H, W)
+    view = Camera.from_fov(W, H, 90.0, mount)
+    out = render(scene, view, backend="cpu", outputs=("rgb", "alpha", "median_depth"), lod_px=camera.rig.lod_px)
+    expected = reference.warp(["view0"], [view], out.median_depth, out.alpha, 2)  # no such sensor: facing views
+    np.testing.assert_array_equal(valid, expected[1][0])
+    difference = np.abs(warped.astype(np.int16) - expected[0][0])  # the pose came through carla's float32
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4, (difference.mean(), difference.max())
+    assert valid[out.alpha[0] > 0.5].mean() > 0.25  # the log sees a good share of the street in front
+    camera.destroy()
