@@ -5,7 +5,9 @@ In the run's regime (held-out worlds as `runtime_fidelity.py` picks them, the re
 480x270 on the recorded path and shifted 1-3 m), each rig camera's nearest log images of the same
 camera (`--views`, by camera centre) are warped into it through the reconstruction's RENDERED median depth
 (`neural_sensor.enhance.warp.warp_views`, the log views' own depth rendered from the reconstruction at their
-poses, `--sample` nearest or bilinear). Against the builder's ground truth at the same pose, per shift:
+poses, `--sample` nearest or bilinear), blended by distance as the rig does (`--combine distance`:
+`neural_sensor.enhance.log_warp`) or each pixel from the nearest view that sees it (`--combine nearest-first`,
+the rig's rule until 2026-12-01's second round). Against the builder's ground truth at the same pose, per shift:
 
 - raw: the reconstruction's render (what the enhancer gets today);
 - filled: the warped log colour where a log view sees the pixel's surface, the render elsewhere;
@@ -16,7 +18,8 @@ poses, `--sample` nearest or bilinear). Against the builder's ground truth at th
 The learned use of the reference (the enhancer trained with it as input) is the next step; this measures
 what a fixed rule already gets, with no training.
 
-    python benchmarks/log_reference.py [--worlds 6] [--views 2] [--sample bilinear] [--json PATH]
+    python benchmarks/log_reference.py [--worlds 6] [--views 2] [--sample bilinear] [--combine distance]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 import runtime_fidelity as rf
 from _machine import machine_name, write_result
+from neural_sensor.enhance.log_warp import log_view_weights
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
@@ -46,7 +50,7 @@ from neural_sensor.scene.to_gaussians import sky_rgb
 SHIFTS_M = (0.0, 1.0, 2.0, 3.0)
 
 
-def evaluate_world(seed: int, layout, work: Path, views: int, sample: str) -> list[dict]:
+def evaluate_world(seed: int, layout, work: Path, views: int, sample: str, combine: str) -> list[dict]:
     """Per camera and tick: {"seed", "shift_m", "raw", "filled", "blend", "coverage", "warp_ms"}."""
     path_xy = rf.recorded_path(layout)
     path = Polyline(path_xy)
@@ -69,11 +73,11 @@ def evaluate_world(seed: int, layout, work: Path, views: int, sample: str) -> li
                              background=background, lod_px=RECONSTRUCTION_LOD_PX)
                 gt = render(truth, cams, backend="cpu", outputs=("rgb",), background=background)
                 for i, (spec, cam) in enumerate(zip(specs, cams)):
-                    near = reference.nearest_views(spec.sensor_id, cam, views)
+                    near, weight = log_view_weights(reference, spec.sensor_id, cam, views)
                     t0 = time.perf_counter()
                     ref, seen = warp_views(cam, raw.median_depth[i], raw.alpha[i],
                                            [(log_cams[j], images[j], reference.depth_m[j]) for j in near],
-                                           sample=sample)
+                                           sample=sample, weights=weight if combine == "distance" else None)
                     warp_ms = (time.perf_counter() - t0) * 1e3
                     filled = np.where(seen[..., None], ref, raw.rgb[i])
                     blend = np.where(seen[..., None], 0.5 * (ref + raw.rgb[i]), raw.rgb[i])
@@ -108,6 +112,8 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, default=6, help="held-out worlds (templates round-robin)")
     parser.add_argument("--views", type=int, default=2, help="nearest log views of the same camera to warp")
     parser.add_argument("--sample", choices=("nearest", "bilinear"), default="bilinear")
+    parser.add_argument("--combine", choices=("distance", "nearest-first"), default="distance",
+                        help="blend the views by distance (the rig's rule) or take the nearest that sees a pixel")
     parser.add_argument("--work", type=Path, default=None, help="folder for logs and caches (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="output (default results/log-reference-<machine>)")
     args = parser.parse_args()
@@ -116,7 +122,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         rows = []
         for seed, layout in rf.heldout_worlds(rf.DEFAULT_FIRST_SEED, args.worlds):
-            rows += evaluate_world(seed, layout, work, args.views, args.sample)
+            rows += evaluate_world(seed, layout, work, args.views, args.sample, args.combine)
             print(f"seed {seed} {layout.name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     per_shift = summarise(rows)
     summary = "; ".join(f"{s}: raw {e['raw']['median']:.2f} / filled {e['filled']['median']:.2f} / blend "
@@ -125,7 +131,7 @@ def main() -> None:
     result = {"benchmark": "log_reference", "machine": machine_name(),
               "command": "python benchmarks/log_reference.py " + shlex.join(sys.argv[1:]),
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [480, 270],
-                         "log": "160x96 every 4 m (record_drive)", "views": args.views, "sample": args.sample,
+                         "log": "160x96 every 4 m (record_drive)", "views": args.views, "sample": args.sample, "combine": args.combine,
                          "target_depth": "the reconstruction's rendered median depth", "clips": 1, "ticks": 3,
                          "shifts_m": list(SHIFTS_M)},
               "seeds": sorted({r["seed"] for r in rows}), "wall_s": round(time.perf_counter() - start, 1),

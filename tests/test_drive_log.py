@@ -291,10 +291,12 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
 @needs_checkpoint
 def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, tmp_path):
     """The cache entry holds the log's images with each view's depth rendered from the reconstruction
-    (reference.npz); the compiled warp equals its numpy twin (warp_views, bilinear); a damaged file is named."""
+    (reference.npz); the compiled warp equals its numpy twin (warp_views, bilinear, blended by the same
+    weights); a damaged file is named."""
     from neural_sensor.reconstruct.drive import reconstructed_scene_from_log, scene_reference
     from neural_sensor.reconstruct.log import read_drive_log
-    from neural_sensor.reconstruct.reference import LogReference, warp_reference
+    from neural_sensor.enhance.log_warp import log_view_weights, warp_log_reference
+    from neural_sensor.reconstruct.reference import LogReference
     from neural_sensor.render import render
     from neural_sensor.render._common import SKY_RGB
 
@@ -313,13 +315,13 @@ def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, 
     out = render(scene, targets, backend="cpu", outputs=("rgb", "alpha", "median_depth"), background=SKY_RGB)
     ids = [s.sensor_id for s in specs]
     fast = reference.warp(ids, targets, out.median_depth, out.alpha, 2)
-    twin = warp_reference(reference, ids, targets, out.median_depth, out.alpha, 2)
+    twin = warp_log_reference(reference, ids, targets, out.median_depth, out.alpha, 2)
     np.testing.assert_array_equal(fast[1], twin[1])
     assert fast[0].dtype == np.uint8  # the wire's dtype, rounded from the twin's floats
     assert np.abs(fast[0].astype(np.int16) - np.round(twin[0] * 255).astype(np.int16)).max() <= 1
     assert fast[1].mean() > 0.5
     # a sensor id the log lacks takes the views facing its way
-    assert set(reference.sensor_ids[reference.nearest_views("my_front", targets[0], 3)]) == {"CAM_FRONT"}
+    assert set(reference.sensor_ids[log_view_weights(reference, "my_front", targets[0], 3)[0]]) == {"CAM_FRONT"}
     damaged = tmp_path / "reference.npz"
     damaged.write_bytes(b"not a numpy file")
     with pytest.raises(ValueError, match="reference.npz is unreadable"):

@@ -8,7 +8,9 @@ its surface point: the point projects inside that view and agrees with that view
 depth within 5 % + 0.2 m. The colour is that view's pixel (`sample="nearest"`), or
 (`sample="bilinear"`, for sources of lower resolution than the target such as a drive
 log's 160x96 images under a 480x270 rig) the bilinear blend of the 2 x 2 source pixels
-around the projection that pass the same depth test, their weights renormalised.
+around the projection that pass the same depth test, their weights renormalised. With
+`weights`, a pixel instead takes the weighted mean over every view that sees it (the drive
+log's reference: `log_warp`).
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ def _lookup(camera: Camera, points: np.ndarray):
 
 
 def warp_views(target: Camera, target_depth_m: np.ndarray, target_alpha: np.ndarray,
-               views: list[tuple[Camera, np.ndarray, np.ndarray]], sample: str = "nearest"
-               ) -> tuple[np.ndarray, np.ndarray]:
+               views: list[tuple[Camera, np.ndarray, np.ndarray]], sample: str = "nearest",
+               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Warp posed views into `target` through its depth.
 
     Args:
         target: the target camera; target_depth_m [H, W] metres; target_alpha [H, W] (surface where > 0.5).
         views: (camera, rgb [h, w, 3], depth_m [h, w]) per view; sizes may differ from the target's.
         sample: "nearest" (the source pixel the point falls in) or "bilinear" (see the module docstring).
+        weights: None (each pixel from the nearest view that sees it) or [len(views)] > 0: each pixel the
+            weighted mean over the views that see it (`log_warp.log_view_weights` makes them).
     Returns:
         rgb [H, W, 3] float32 (0 where no view sees the point) and visible [H, W] bool.
     """
@@ -53,6 +57,22 @@ def warp_views(target: Camera, target_depth_m: np.ndarray, target_alpha: np.ndar
     assert target_alpha.shape == (h, w), (target_alpha.shape, h, w)
     points = points_world(target, target_depth_m)
     solid = (target_alpha.reshape(-1) > 0.5) & (target_depth_m.reshape(-1) > 0)
+    if weights is not None:
+        assert np.shape(weights) == (len(views),) and np.all(np.asarray(weights) > 0), (np.shape(weights), len(views))
+        total = np.zeros((h * w, 3), np.float64)
+        weight_sum = np.zeros(h * w, np.float64)
+        for (cam, rgb, depth), wv in zip(views, weights):
+            assert rgb.shape == (cam.height, cam.width, 3)
+            index = _source_index(points, solid, cam, depth)
+            seen = index >= 0
+            colour = (rgb.reshape(-1, 3)[index[seen]] if sample == "nearest"
+                      else _bilinear(cam, rgb, depth, points.reshape(-1, 3)[seen]))
+            total[seen] += float(wv) * colour
+            weight_sum[seen] += float(wv)
+        visible = weight_sum > 0
+        warped = np.zeros((h * w, 3), np.float32)
+        warped[visible] = total[visible] / weight_sum[visible, None]
+        return warped.reshape(h, w, 3), visible.reshape(h, w)
     visible = np.zeros(h * w, bool)
     warped = np.zeros((h * w, 3), np.float32)
     for cam, rgb, depth in sorted(views, key=lambda v: np.linalg.norm(v[0].position_world - target.position_world)):

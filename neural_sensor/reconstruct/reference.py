@@ -5,12 +5,9 @@ upsampled, is ~3.6 dB closer to the ground truth than the 480x270 render of the 
 Gaussians: README, "where the enhancer's missing decibels are"). `LogReference` keeps a
 log's images, cameras and sensor ids with each view's depth (the reconstruction's median
 depth rendered at the log pose, for the visibility test), and `warp` gives every rig camera
-its reference: the `views` log images of the same sensor nearest to it (camera centres),
-warped in through the camera's RENDERED depth with bilinear sampling, the nearest view first
-(`neural_sensor.enhance.warp.warp_views(..., sample="bilinear")` is the numpy reference twin;
-`_warp_kernel` the compiled fast path, tested against it). A camera whose sensor id the log
-does not have takes the nearest log views that look the same way (forward axes within 45
-degrees) instead.
+its reference: the log images of the same sensor nearest to it warped in through the camera's
+RENDERED depth and blended by distance (`neural_sensor.enhance.log_warp`, where the per-tick
+warp lives so that changing it never invalidates a cached scene).
 
 Stored with a reconstruction in its SceneCache entry (`reference.npz`: uint8 images, float16
 depths, intrinsics, poses and sensor ids), so a cached scene comes back with its reference.
@@ -22,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
 
 from neural_sensor.camera import Camera
 
 FILE_NAME = "reference.npz"
-FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
 
 
 @dataclass
@@ -91,113 +86,16 @@ class LogReference:
             raise ValueError(f"log reference {path}: non-finite intrinsics or poses")
         return ref
 
-    # ------------------------------------------------------------------ the reference
-    def nearest_views(self, sensor_id: str, camera: Camera, views: int) -> np.ndarray:
-        """Indices of the `views` log views of `sensor_id` nearest to the camera (centres), nearest first; for a
-        sensor id the log lacks, of the views facing within 45 degrees of it."""
-        same = np.flatnonzero(self.sensor_ids == sensor_id)
-        if len(same) == 0:
-            forward = self.pose_camera_to_world[:, :3, 2] @ camera.pose_camera_to_world[:3, 2]
-            same = np.flatnonzero(forward > FACING_COS)
-        distance = np.linalg.norm(self.pose_camera_to_world[same, :3, 3] - camera.position_world, axis=1)
-        return same[np.argsort(distance, kind="stable")[:views]]
+    @property
+    def world_to_camera(self) -> np.ndarray:
+        """[V, 4, 4] each view's world -> camera transform."""
+        return self._view
 
     def warp(self, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray, views: int = 2
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Every camera's reference (compiled; `warp_reference` is the numpy twin).
+        """Every camera's reference: `neural_sensor.enhance.log_warp.warp_log` (rgb [C, H, W, 3] uint8, valid
+        [C, H, W] bool from depth_m / alpha [C, H, W]; the per-tick warp lives there, outside the scene cache's
+        code hash)."""
+        from neural_sensor.enhance.log_warp import warp_log
 
-        Args:
-            sensor_ids: C sensor ids; cameras: C Cameras of H x W; depth_m [C, H, W] the rendered depth (metres);
-            alpha [C, H, W] the rendered alpha (a surface where > 0.5); views: log views per camera.
-        Returns:
-            rgb [C, H, W, 3] uint8 (the blend rounded to nearest; 0 where unseen: the enhancer's wire dtype, so the
-            client sends it as it is) and valid [C, H, W] bool.
-        """
-        c = len(cameras)
-        assert len(sensor_ids) == c and np.shape(depth_m)[0] == c and np.shape(alpha) == np.shape(depth_m), \
-            (len(sensor_ids), c, np.shape(depth_m), np.shape(alpha))
-        h, w = np.shape(depth_m)[1:]
-        rgb = np.zeros((c, h, w, 3), np.uint8)
-        valid = np.zeros((c, h, w), np.bool_)
-        for i, (sid, cam) in enumerate(zip(sensor_ids, cameras)):
-            assert (cam.height, cam.width) == (h, w), (cam.height, cam.width, h, w)
-            near = self.nearest_views(str(sid), cam, views)
-            if len(near) == 0:
-                continue
-            _warp_kernel(np.ascontiguousarray(depth_m[i], dtype=np.float32), np.ascontiguousarray(alpha[i], np.float32),
-                         cam.K.astype(np.float64), cam.pose_camera_to_world.astype(np.float64),
-                         np.ascontiguousarray(self.images[near]), np.ascontiguousarray(self.depth_m[near]),
-                         np.ascontiguousarray(self.K[near]), np.ascontiguousarray(self._view[near]), rgb[i], valid[i])
-        return rgb, valid
-
-
-def warp_reference(reference: LogReference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray,
-                   alpha: np.ndarray, views: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy reference twin of `LogReference.warp` (`warp_views` with bilinear sampling), its rgb as float32
-    in [0, 1] before the fast path's rounding to uint8."""
-    from neural_sensor.enhance.warp import warp_views
-
-    out = [warp_views(cam, depth_m[i], alpha[i],
-                      [(reference.camera(j), reference.images[j].astype(np.float32) / np.float32(255.0),
-                        reference.depth_m[j]) for j in reference.nearest_views(str(sid), cam, views)],
-                      sample="bilinear") for i, (sid, cam) in enumerate(zip(sensor_ids, cameras))]
-    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _warp_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, out_rgb, out_valid):  # pragma: no cover
-    """Per target pixel: its surface point (depth, pixel centre) tried in each view in order; the first whose
-    nearest pixel agrees in depth (5 % + 0.2 m) gives the bilinear blend of the 2 x 2 pixels around the projection
-    that agree too (weights renormalised). Pixels with alpha <= 0.5 or depth <= 0 stay unseen."""
-    h, w = depth.shape
-    n_views, vh, vw = view_depth.shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    for y in prange(h):
-        for x in range(w):
-            z = depth[y, x]
-            if not (alpha[y, x] > 0.5 and z > 0.0):
-                continue
-            xc = (x + 0.5 - cx) / fx * z
-            yc = (y + 0.5 - cy) / fy * z
-            px = pose[0, 0] * xc + pose[0, 1] * yc + pose[0, 2] * z + pose[0, 3]
-            py = pose[1, 0] * xc + pose[1, 1] * yc + pose[1, 2] * z + pose[1, 3]
-            pz = pose[2, 0] * xc + pose[2, 1] * yc + pose[2, 2] * z + pose[2, 3]
-            for v in range(n_views):
-                m = view_w2c[v]
-                qx = m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz + m[0, 3]
-                qy = m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz + m[1, 3]
-                qz = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz + m[2, 3]
-                if qz <= 0.05:
-                    continue
-                u = qx / qz * view_K[v, 0, 0] + view_K[v, 0, 2]
-                t = qy / qz * view_K[v, 1, 1] + view_K[v, 1, 2]
-                un, tn = int(np.floor(u)), int(np.floor(t))
-                if un < 0 or un >= vw or tn < 0 or tn >= vh:
-                    continue
-                tol = 0.05 * qz + 0.2
-                if not abs(view_depth[v, tn, un] - qz) < tol:
-                    continue
-                fu, ft = u - 0.5, t - 0.5
-                u0, t0 = int(np.floor(fu)), int(np.floor(ft))
-                au, at = fu - u0, ft - t0
-                r = 0.0
-                g = 0.0
-                b = 0.0
-                wsum = 0.0
-                for k in range(4):
-                    du, dt = k % 2, k // 2
-                    uu, tt = u0 + du, t0 + dt
-                    wk = (au if du else 1.0 - au) * (at if dt else 1.0 - at)
-                    if uu < 0 or uu >= vw or tt < 0 or tt >= vh or wk <= 0.0:
-                        continue
-                    if not abs(view_depth[v, tt, uu] - qz) < tol:
-                        continue
-                    r += wk * images[v, tt, uu, 0]
-                    g += wk * images[v, tt, uu, 1]
-                    b += wk * images[v, tt, uu, 2]
-                    wsum += wk
-                out_rgb[y, x, 0] = np.uint8(r / wsum + 0.5)  # a weighted mean of 8-bit values: <= 255
-                out_rgb[y, x, 1] = np.uint8(g / wsum + 0.5)
-                out_rgb[y, x, 2] = np.uint8(b / wsum + 0.5)
-                out_valid[y, x] = True
-                break
+        return warp_log(self, sensor_ids, cameras, depth_m, alpha, views)

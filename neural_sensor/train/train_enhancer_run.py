@@ -8,8 +8,8 @@ shipped reconstructor, cached), and the six-camera rig renders it at 480x270 at 
 stations of the drive, on the recorded path or shifted 0.5-3 m to its left. Each frame
 keeps the raw render (rgb, depth, alpha) and the builder's render at the same pose
 (rgb, depth, alpha), and the reference the rig sends with it: the drive log's two nearest
-images of that camera warped in through the render's median depth (`reconstruct.reference`,
-the log kept with the reconstruction). Frames are stored per world under `--data` (a folder per
+images of that camera warped in through the render's median depth and blended by distance
+(`enhance.log_warp`; the log is kept with the reconstruction, `reconstruct.reference`). Frames are stored per world under `--data` (a folder per
 reconstructor checkpoint hash and data version; existing worlds are reused, so
 generation resumes).
 
@@ -56,8 +56,8 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v3"  # bump when the stored frame fields or their making change (v2: colour-refined
-#   reconstructions; v3: the log reference)
+DATA_VERSION = "run-v4"  # bump when the stored frame fields or their making change (v2: colour-refined
+#   reconstructions; v3: the log reference; v4: the log views blended by distance)
 REFERENCE_VIEWS = 2  # log views warped into each camera (NeuralSensorRig's default)
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's weight the shipped enhancer was trained with (CLI default)

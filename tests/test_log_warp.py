@@ -1,0 +1,79 @@
+"""The drive log's reference for the enhancer (`neural_sensor.enhance.log_warp`): view weights that change
+continuously as the camera moves, and the compiled blend against its numpy twin."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neural_sensor.camera import Camera
+from neural_sensor.enhance.log_warp import log_view_weights, warp_log, warp_log_reference
+from neural_sensor.reconstruct.reference import LogReference
+
+
+def _camera_at(z_m: float, x_m: float = 0.0, size=(40, 24)) -> Camera:
+    pose = np.eye(4)
+    pose[0, 3], pose[2, 3] = x_m, z_m  # OpenCV camera looking down +z, moved along its own axis
+    return Camera.from_fov(size[0], size[1], 70.0, pose)
+
+
+def _log_along_z(spacing_m: float = 4.0, count: int = 5, wall_z_m: float = 40.0) -> LogReference:
+    """`count` views 'CAM_FRONT' every `spacing_m` along z facing a wall at z = wall_z_m, each image one flat
+    colour (view i: red = 40 i + 20), their depth the wall's."""
+    cams = [_camera_at(i * spacing_m) for i in range(count)]
+    images = np.zeros((count, 24, 40, 3), np.uint8)
+    images[..., 0] = (40 * np.arange(count) + 20)[:, None, None]
+    images[..., 1] = 128
+    depth = np.stack([np.full((24, 40), wall_z_m - c.pose_camera_to_world[2, 3], np.float32) for c in cams])
+    return LogReference(images, depth, np.stack([c.K for c in cams]), np.stack([c.pose_camera_to_world for c in cams]),
+                        np.array(["CAM_FRONT"] * count))
+
+
+def _dense_weights(reference: LogReference, camera: Camera, views: int) -> np.ndarray:
+    index, weight = log_view_weights(reference, "CAM_FRONT", camera, views)
+    dense = np.zeros(len(reference))
+    dense[index] = weight
+    return dense
+
+
+def test_log_view_weights_change_continuously_along_the_drive():
+    """Along the log's path the weights sum to one, a camera at a log view takes (almost) only that view, halfway
+    between two views it takes both evenly, and no view's weight jumps when the set of nearest views changes (a
+    nearest-first choice jumps by 1 there)."""
+    reference = _log_along_z()
+    positions = np.arange(0.0, 16.0, 0.02)
+    dense = np.stack([_dense_weights(reference, _camera_at(z, x_m=0.5), 2) for z in positions])
+    np.testing.assert_allclose(dense.sum(1), 1.0, atol=1e-12)
+    assert (dense >= 0).all() and ((dense > 0).sum(1) <= 2).all()
+    assert np.abs(np.diff(dense, axis=0)).max() < 0.1
+    at_view = _dense_weights(reference, _camera_at(8.0), 2)
+    assert at_view[2] > 0.95
+    np.testing.assert_allclose(_dense_weights(reference, _camera_at(6.0), 2)[[1, 2]], [0.5, 0.5], atol=1e-12)
+    # a sensor id the log lacks takes the views facing its way; none facing it: no views
+    index, _ = log_view_weights(reference, "CAM_BACK", _camera_at(6.0), 2)
+    np.testing.assert_array_equal(np.sort(index), [1, 2])
+    behind = _camera_at(6.0)
+    behind.pose_camera_to_world[:3, :3] = np.diag([-1.0, 1.0, -1.0])
+    assert len(log_view_weights(reference, "CAM_BACK", behind, 2)[0]) == 0
+
+
+def test_compiled_log_warp_equals_its_twin_and_blends_by_weight():
+    """A rig camera between two log views of a wall, at twice their resolution: the compiled warp equals the numpy
+    twin (rounded to uint8), every wall pixel is seen, its colour the views' weighted mean where both see it and
+    the nearer view's alone at the border the farther one's narrower frustum misses; sky (alpha 0) stays unseen."""
+    reference = _log_along_z()
+    target = _camera_at(5.0, size=(80, 48))
+    target = Camera(80, 48, reference.K[0] * np.array([[2.0], [2.0], [1.0]]), target.pose_camera_to_world)
+    depth = np.full((1, 48, 80), 35.0, np.float32)
+    alpha = np.ones((1, 48, 80), np.float32)
+    alpha[0, :5] = 0.0
+    fast_rgb, fast_valid = warp_log(reference, ["CAM_FRONT"], [target], depth, alpha, 2)
+    twin_rgb, twin_valid = warp_log_reference(reference, ["CAM_FRONT"], [target], depth, alpha, 2)
+    np.testing.assert_array_equal(fast_valid, twin_valid)
+    assert fast_rgb.dtype == np.uint8
+    assert np.abs(fast_rgb.astype(np.int16) - np.round(twin_rgb * 255).astype(np.int16)).max() <= 1
+    assert fast_valid[0, 5:].all() and not fast_valid[0, :5].any()
+    index, weight = log_view_weights(reference, "CAM_FRONT", target, 2)
+    expected_red = float(weight @ reference.images[index, 0, 0, 0])
+    np.testing.assert_allclose(fast_rgb[0, 10:40, 10:70, 0], round(expected_red), atol=1)
+    assert (fast_rgb[0, 10:40, 0, 0] == reference.images[index[0], 0, 0, 0]).all()  # the border: the nearest view alone
+    assert (fast_rgb[0, :5] == 0).all()
