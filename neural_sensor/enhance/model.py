@@ -56,7 +56,7 @@ class EnhancerConfig:
     norm_num_groups: int = 8
     unet: dict = field(default_factory=dict)  # a full diffusers config (overrides the three fields above)
     reference_views: int = 0  # trained with the drive log's nearest views of each camera warped in as its reference:
-    #   how many (the rig then sends them, `reconstruct.reference`); 0: trained without, the rig sends none
+    #   how many (the rig then sends them, `enhance.log_warp`); 0: trained without, the rig sends none
 
 
 def _unet_from_config(config: EnhancerConfig):
