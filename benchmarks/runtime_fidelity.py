@@ -64,6 +64,7 @@ import numpy as np
 from _machine import machine_name, write_result
 from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
+from neural_sensor.enhance.temporal import TemporalFilter
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
@@ -190,6 +191,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     for clip, start in enumerate(clip_starts(path.length_m, args.clips, args.ticks, args.tick_m)):
         for shift in args.shifts:
             previous = None
+            history = None if args.temporal_blend is None else TemporalFilter(args.temporal_blend)  # as the rig
             for tick in range(args.ticks):
                 cams = rig_cameras(specs, path, start + tick * args.tick_m, shift)
                 t1 = time.perf_counter()
@@ -215,6 +217,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                     images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference)
                     facts["enhance_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                     images["truth_enhanced"] = enhance_tick(client, ids, gt.rgb, gt.depth, gt.alpha)
+                    if history is not None:  # the enhanced images accumulated over the clip's ticks
+                        images["temporal"] = np.stack([history.apply(sid, cams[i], raw.median_depth[i], raw.alpha[i],
+                                                                     images["enhanced"][i]) for i, sid in enumerate(ids)])
                 if picture is not None and clip == 0 and tick == 0 and shift == 2.0:
                     _save_picture(picture, [images[k] for k in ("raw", "enhanced", "truth") if k in images])
                 do_perceptual = args.perceptual_every > 0 and tick % args.perceptual_every == 0
@@ -228,7 +233,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                            "depth_abs_rel_vs_expected_truth": depth_abs_rel(expected_m, gt.depth[i], surface),
                            "alpha_on_surface": float(raw.alpha[i][surface].mean()) if surface.any() else float("nan"),
                            "alpha_on_sky": float(raw.alpha[i][~surface].mean()) if (~surface).any() else float("nan")}
-                    for name in ("raw", "enhanced"):
+                    for name in ("raw", "enhanced", "temporal"):
                         if name not in images:
                             continue
                         image = images[name][i]
@@ -246,7 +251,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         row["truth_enhanced_ssim"] = ssim(images["truth_enhanced"][i], gt.rgb[i])
                     if previous is not None:
                         prev_cams, prev_images, prev_depth = previous
-                        for name in ("raw", "enhanced", "truth", "raw8"):
+                        for name in ("raw", "enhanced", "temporal", "truth", "raw8"):
                             if name in images:
                                 f = flicker(prev_cams[i], prev_images[name][i], prev_depth[i], cams[i],
                                             images[name][i], gt.median_depth[i], surface_alpha[i])
@@ -352,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wire", choices=("uint8", "float32"), default="uint8",
                         help="the enhancer client's wire dtype (uint8: the run's default)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
+    parser.add_argument("--temporal-blend", type=float, default=None, metavar="B",
+                        help="also measure the enhanced images accumulated over each clip's ticks with this history "
+                             "weight (neural_sensor.enhance.temporal; metrics named temporal_*)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")

@@ -13,7 +13,10 @@ beyond the client's deadline. Given the drive log its scene was reconstructed fr
 (`reference`, a `reconstruct.reference.LogReference`), each camera's request also
 carries the log's nearest images of that camera warped in through the render's median
 depth (the enhancer's reference input; the median depth is then rendered even for a
-rig of RGB cameras).
+rig of RGB cameras). With `temporal_blend` > 0 each camera's enhanced image is blended
+with its previous one reprojected through the median depth, clamped to the new image's
+neighbourhood (`enhance.temporal.TemporalFilter`: temporal accumulation, as a game
+engine's TAA), which steadies what the enhancer adds from tick to tick.
 
 Sensors are `SensorSpec`s in the ego frame (FLU, metres, radians, OpenCV camera
 axes). carla_bridge.transforms turns leaderboard-style sensor dicts (CARLA's UE
@@ -156,11 +159,13 @@ class NeuralSensorRig:
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
                  enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
                  lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS, reference=None,
-                 reference_views: int = 2):
+                 reference_views: int = 2, temporal_blend: float = 0.0):
         """outputs: the SensorFrame fields to fill (FRAME_FIELDS; "rgb" always); the others are None and not
         rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`).
         reference: the scene's LogReference (`reconstruct.drive.scene_reference`), sent to the enhancer as each
-        camera's reference (its `reference_views` nearest log images of that camera, warped in); None: none."""
+        camera's reference (its `reference_views` nearest log images of that camera, warped in); None: none.
+        temporal_blend: the weight in [0, 1) of each camera's previous enhanced image, reprojected (0: none; see the
+        module docstring); only with an enhancer."""
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
         sensors = list(sensors)
@@ -187,7 +192,12 @@ class NeuralSensorRig:
         self.outputs = frame_fields(outputs, "NeuralSensorRig")
         self.reference = reference if enhancer is not None else None  # only the enhancer reads it
         self.reference_views = reference_views
-        self.render_outputs = render_outputs(self.outputs + (("depth",) if self.reference is not None else ()))
+        from neural_sensor.enhance.temporal import TemporalFilter
+
+        temporal = TemporalFilter(temporal_blend)  # checks the value even when unused
+        self.temporal = temporal if enhancer is not None and temporal.blend > 0.0 else None
+        needs_median = self.reference is not None or self.temporal is not None
+        self.render_outputs = render_outputs(self.outputs + (("depth",) if needs_median else ()))
         self.backend = resolve_backend(backend, self.render_outputs)
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
@@ -213,6 +223,7 @@ class NeuralSensorRig:
         alphas: dict[str, np.ndarray] = {}
         expected_depths: dict[str, np.ndarray] = {}  # the enhancer's depth input (it was trained on the expected depth)
         references: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the warped log, per camera
+        views: dict[str, tuple[Camera, np.ndarray]] = {}  # camera and median depth, for the temporal filter
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
         for (width, height), specs in groups.items():
@@ -240,9 +251,21 @@ class NeuralSensorRig:
                 )
                 alphas[spec.sensor_id] = out.alpha[i]
                 expected_depths[spec.sensor_id] = out.depth[i]
+                if self.temporal is not None:
+                    views[spec.sensor_id] = (cameras[i], out.median_depth[i])
         ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
         if self.enhancer is not None:
             self._enhance(ordered, alphas, expected_depths, references)
+            if self.temporal is not None:
+                start = time.perf_counter()
+                for sid, frame in ordered.items():
+                    if frame.meta["enhanced"]:
+                        frame.rgb = self.temporal.apply(sid, views[sid][0], views[sid][1], alphas[sid], frame.rgb)
+                    else:  # a raw tick between enhanced ones: the next enhanced one starts afresh
+                        self.temporal.reset(sid)
+                temporal_ms = (time.perf_counter() - start) * 1000.0
+                for frame in ordered.values():
+                    frame.meta["temporal_ms"] = temporal_ms / len(ordered)
         return ordered
 
     def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray],

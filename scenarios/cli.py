@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from neural_sensor.cli import add_render_commands, run_render_command
+from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
 
 
@@ -71,6 +72,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less)")
+    parser.add_argument("--temporal-blend", type=float, default=TEMPORAL_BLEND, metavar="B",
+                        help="weight in [0, 1) of each camera's previous enhanced image, reprojected through the "
+                             f"render's depth and clamped, in the delivered one (default {TEMPORAL_BLEND}; 0: none)")
     parser.add_argument("--truth", action="store_true",
                         help="also render the builder's scene of the layout (the ground truth) every tick: beside "
                              "each camera in the video and strip, per-camera PSNR in log.jsonl and summary.json")
@@ -172,7 +176,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
-                         log_reference=args.log_reference, truth=args.truth, lod_px=getattr(args, "lod_px", None))
+                         log_reference=args.log_reference, temporal_blend=args.temporal_blend, truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
 

@@ -47,6 +47,7 @@ from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
+from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.metrics import psnr
 from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
 from neural_sensor.rig import NeuralSensorRig
@@ -82,6 +83,8 @@ class RunOptions:
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
     #                             reference_views); False: none (faster: no median depth and no warp per tick)
+    temporal_blend: float = TEMPORAL_BLEND  # with an enhancer: the weight of each camera's previous enhanced image,
+    #                                         reprojected and clamped (enhance.temporal); 0: every tick on its own
     truth: bool = False  # also render the builder's scene (the ground truth) at every tick: beside each camera in
     #                      the video, and per-camera PSNR of the delivered image against it in log.jsonl
     lod_px: float | None = None  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact);
@@ -340,7 +343,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
                               asset_seed=options.seed, enhancer=enhancer,
                               lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",), reference=reference,
-                              reference_views=max(1, reference_views))
+                              reference_views=max(1, reference_views), temporal_blend=options.temporal_blend)
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
             truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(
@@ -401,8 +404,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     writer = None
     log = None
-    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "deliver",
-                                                      "agent", "record")}
+    stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "temporal",
+                                                      "deliver", "agent", "record")}
     ticks_enhanced = 0
     tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
@@ -453,6 +456,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             first = next(iter(frames.values()))
             enhance_ms = first.meta.get("enhance_ms", 0.0)
             reference_ms = sum(f.meta.get("reference_ms", 0.0) for f in frames.values())  # the log warped in
+            temporal_ms = sum(f.meta.get("temporal_ms", 0.0) for f in frames.values())  # the history blended in
             ticks_enhanced += bool(first.meta["enhanced"])
             record = {
                 "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
@@ -467,8 +471,10 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
                 **({} if tick_truth is None else {"truth_psnr_db": tick_truth}),
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
-                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - reference_ms - enhance_ms, 2),
+                       "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - reference_ms - enhance_ms
+                                       - temporal_ms, 2),
                        "reference": round(reference_ms, 2), "enhance": round(enhance_ms, 2),
+                       "temporal": round(temporal_ms, 2),
                        "deliver": round((t3 - t2) * 1e3, 2), "agent": round((t4 - t3) * 1e3, 2)},
             }
             t5 = time.perf_counter()

@@ -236,3 +236,43 @@ def test_recorded_uint8_equals_the_delivered_bgra():
     recorded = to_uint8_into(rgb, np.empty(rgb.shape, np.uint8))
     np.testing.assert_array_equal(recorded, rgb_to_bgra(rgb)[..., 2::-1])
     np.testing.assert_array_equal(recorded, _to_uint8(rgb))
+
+
+def test_rig_accumulates_enhanced_images_over_ticks():
+    """temporal_blend: the second enhanced tick is blended with the first, reprojected and clamped (the twin's
+    values); a tick the enhancer did not refine is delivered raw and the next one starts afresh."""
+    from neural_sensor.enhance.temporal import accumulate_reference
+
+    scene = make_street_scene(30_000, seed=4)
+    spec = SensorSpec.mounted("front", 48, 32, 90.0, (0, 0, 1.6))
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    rng = np.random.default_rng(0)
+    state = {"fail": False}
+
+    class Noisy:  # refines by adding noise: every tick differs
+        def enhance(self, frames):
+            if state["fail"]:
+                return type("R", (), {"rgb": None, "reason": "down", "latency_ms": 0.0})()
+            rgb = [np.clip(f["rgb"] + 0.1 * rng.standard_normal(f["rgb"].shape), 0, 1).astype(np.float32)
+                   for f in frames]
+            state["sent"] = rgb
+            return type("R", (), {"rgb": rgb, "reason": "", "latency_ms": 0.0, "model_ms": 0.0})()
+
+    rig = NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Noisy(), lod_px=0.0, outputs=("rgb",),
+                          temporal_blend=0.5)
+    first = rig.capture(WorldSnapshot(1, 0.0, ego, ()))["front"]
+    np.testing.assert_array_equal(first.rgb, state["sent"][0])  # no history yet
+    second = rig.capture(WorldSnapshot(2, 0.05, ego, ()))["front"]
+    camera = Camera.from_fov(48, 32, 90.0, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
+    out = render(scene, camera, backend="cpu", outputs=("rgb", "alpha", "median_depth"))
+    expected = accumulate_reference(camera, out.median_depth[0], out.alpha[0], state["sent"][0], camera, first.rgb,
+                                    out.median_depth[0], 0.5)
+    np.testing.assert_allclose(second.rgb, expected, atol=1e-5)
+    assert not np.allclose(second.rgb, state["sent"][0]) and second.meta["temporal_ms"] >= 0.0
+    state["fail"] = True
+    assert not rig.capture(WorldSnapshot(3, 0.1, ego, ()))["front"].meta["enhanced"]
+    state["fail"] = False
+    fourth = rig.capture(WorldSnapshot(4, 0.15, ego, ()))["front"]
+    np.testing.assert_array_equal(fourth.rgb, state["sent"][0])  # afresh after the raw tick
+    with pytest.raises(ValueError, match="blend"):
+        NeuralSensorRig(scene, [spec], backend="cpu", temporal_blend=1.0)

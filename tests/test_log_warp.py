@@ -4,6 +4,7 @@ continuously as the camera moves, and the compiled blend against its numpy twin.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from neural_sensor.camera import Camera
 from neural_sensor.enhance.log_warp import log_view_weights, warp_log, warp_log_reference
@@ -77,3 +78,38 @@ def test_compiled_log_warp_equals_its_twin_and_blends_by_weight():
     np.testing.assert_allclose(fast_rgb[0, 10:40, 10:70, 0], round(expected_red), atol=1)
     assert (fast_rgb[0, 10:40, 0, 0] == reference.images[index[0], 0, 0, 0]).all()  # the border: the nearest view alone
     assert (fast_rgb[0, :5] == 0).all()
+
+
+def test_temporal_filter_equals_its_twin_clamps_and_forgets():
+    """The compiled temporal accumulation equals its numpy twin; a history far outside the new image's 3 x 3
+    range is clamped to it (no ghost); a camera that jumped, or a first tick, gets the new image as it is."""
+    from neural_sensor.enhance.temporal import TemporalFilter, accumulate_reference
+
+    rng = np.random.default_rng(5)
+    prev_cam, cam = _camera_at(0.0, size=(40, 24)), _camera_at(0.5, x_m=0.1, size=(40, 24))
+    depth_prev = np.full((24, 40), 20.0, np.float32)
+    depth = np.full((24, 40), 19.5, np.float32)  # the same wall, half a metre nearer
+    alpha = np.ones((24, 40), np.float32)
+    alpha[:3] = 0.0
+    first = rng.random((24, 40, 3)).astype(np.float32)
+    second = np.clip(first + 0.05 * rng.standard_normal(first.shape), 0, 1).astype(np.float32)
+    f = TemporalFilter(0.5)
+    np.testing.assert_array_equal(f.apply("front", prev_cam, depth_prev, alpha, first), first)  # no history yet
+    fast = f.apply("front", cam, depth, alpha, second)
+    twin = accumulate_reference(cam, depth, alpha, second, prev_cam, first, depth_prev, 0.5)
+    np.testing.assert_allclose(fast, twin, atol=2e-6)
+    assert not np.array_equal(fast[3:], second[3:]) and np.array_equal(fast[:3], second[:3])  # sky as it is
+    # a history of white over a black new image: clamped to the new image's neighbourhood (black), no ghost
+    f = TemporalFilter(0.5)
+    f.apply("front", prev_cam, depth_prev, alpha, np.ones_like(first))
+    np.testing.assert_array_equal(f.apply("front", cam, depth, alpha, np.zeros_like(first)), 0.0)
+    # a jump beyond max_jump_m starts afresh
+    f.apply("front", _camera_at(50.0, size=(40, 24)), depth, alpha, second)
+    np.testing.assert_array_equal(f.apply("front", _camera_at(50.0, size=(40, 24)), depth, alpha, first)[:3],
+                                  first[:3])
+    far = TemporalFilter(0.5, max_jump_m=0.1)
+    far.apply("front", prev_cam, depth_prev, alpha, first)
+    np.testing.assert_array_equal(far.apply("front", cam, depth, alpha, second), second)
+    for bad in (-0.1, 1.0, "0.5"):
+        with pytest.raises(ValueError, match="blend"):
+            TemporalFilter(bad)

@@ -31,7 +31,9 @@ def points_world(camera: Camera, depth_m: np.ndarray) -> np.ndarray:
 
 def _lookup(camera: Camera, points: np.ndarray):
     """Pixel indices of world points [..., 3] in a camera, their depth, and whether they fall inside the image."""
-    uv, z = camera.project(points.reshape(-1, 3))
+    with np.errstate(divide="ignore", invalid="ignore"):  # points at the camera centre (z = 0): outside below
+        uv, z = camera.project(points.reshape(-1, 3))
+        uv = np.where(np.isfinite(uv), uv, -1.0)
     u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
     inside = (z > 0.05) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
     return u.clip(0, camera.width - 1), v.clip(0, camera.height - 1), z, inside

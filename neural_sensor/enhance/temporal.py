@@ -1,0 +1,150 @@
+"""Temporal accumulation of the enhancer's output: each camera's previous image, reprojected, blended in.
+
+The enhancer refines every tick on its own, so detail it adds (above all from the drive log's reference,
+warped through the render's imperfect depth) can swim from one tick to the next. As a game engine's
+temporal anti-aliasing does, `TemporalFilter` keeps each camera's last delivered image with its camera
+and rendered median depth; the next tick, every surface pixel's point (the new render's median depth)
+is projected into the previous camera, and where that camera saw the same surface (its depth there within
+5 % + 0.2 m, as the log warp's test) the previous image is sampled bilinearly, CLAMPED to the range of
+the new image's 3 x 3 neighbourhood (per channel, so a stale colour, e.g. a car that moved, cannot ghost
+in), and blended: out = (1 - blend) new + blend history. The output becomes the next history
+(an exponential moving average along each surface point's track). Sky and pixels the previous camera did
+not see take the new image as it is.
+
+`TemporalFilter.apply` runs the compiled kernel; `accumulate_reference` is its numpy twin (`warp.warp_views`
+for the reprojection), tested equal. State is per sensor id; `reset()` forgets it (a jump of the camera by
+more than `max_jump_m` between ticks, a tick the enhancer did not refine, or a new scene does too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from neural_sensor.camera import Camera
+
+MAX_JUMP_M = 5.0  # a camera that moved farther than this since its last tick starts afresh
+TEMPORAL_BLEND = 0.0  # the run's default history weight (RunOptions.temporal_blend, --temporal-blend)
+
+
+class TemporalFilter:
+    """Per-camera history of delivered images (see the module docstring). blend in [0, 1): the history's weight."""
+
+    def __init__(self, blend: float, max_jump_m: float = MAX_JUMP_M):
+        if not (isinstance(blend, (int, float)) and 0.0 <= float(blend) < 1.0):
+            raise ValueError(f"TemporalFilter: blend must be in [0, 1), got {blend!r}")
+        self.blend = float(blend)
+        self.max_jump_m = float(max_jump_m)
+        self._history: dict[str, tuple[Camera, np.ndarray, np.ndarray]] = {}
+
+    def reset(self, sensor_id: str | None = None) -> None:
+        """Forget one camera's history (or every camera's)."""
+        if sensor_id is None:
+            self._history.clear()
+        else:
+            self._history.pop(sensor_id, None)
+
+    def apply(self, sensor_id: str, camera: Camera, depth_m: np.ndarray, alpha: np.ndarray, rgb: np.ndarray
+              ) -> np.ndarray:
+        """The delivered image for this tick, [H, W, 3] float32 in [0, 1] (a new array), from the enhanced rgb
+        [H, W, 3] and the render's median depth_m / alpha [H, W] at `camera`; it becomes the history."""
+        h, w = depth_m.shape
+        assert rgb.shape == (h, w, 3) and alpha.shape == (h, w) and (camera.height, camera.width) == (h, w), \
+            (rgb.shape, alpha.shape, depth_m.shape, camera.width, camera.height)
+        current = np.ascontiguousarray(rgb, dtype=np.float32)
+        previous = self._history.get(sensor_id)
+        if previous is not None and (previous[1].shape != current.shape or np.linalg.norm(
+                previous[0].position_world - camera.position_world) > self.max_jump_m):
+            previous = None
+        if previous is None or self.blend == 0.0:
+            out = current.copy()
+        else:
+            prev_cam, prev_rgb, prev_depth = previous
+            out = np.empty_like(current)
+            _accumulate_kernel(np.ascontiguousarray(depth_m, np.float32), np.ascontiguousarray(alpha, np.float32),
+                               camera.K.astype(np.float64), camera.pose_camera_to_world.astype(np.float64), current,
+                               prev_rgb, prev_depth, prev_cam.K.astype(np.float64),
+                               np.linalg.inv(prev_cam.pose_camera_to_world), np.float32(self.blend), out)
+        self._history[sensor_id] = (camera, out, np.ascontiguousarray(depth_m, np.float32).copy())
+        return out.copy()  # the caller's to keep or change; the history stays as delivered
+
+
+def accumulate_reference(camera: Camera, depth_m: np.ndarray, alpha: np.ndarray, rgb: np.ndarray,
+                         prev_camera: Camera, prev_rgb: np.ndarray, prev_depth_m: np.ndarray, blend: float
+                         ) -> np.ndarray:
+    """The numpy twin of one `TemporalFilter.apply` with a history: rgb [H, W, 3], depth_m / alpha [H, W] at
+    `camera`; the previous camera's delivered prev_rgb [H, W, 3] and its depth prev_depth_m [H, W]."""
+    from neural_sensor.enhance.warp import warp_views
+
+    history, seen = warp_views(camera, depth_m, alpha, [(prev_camera, prev_rgb, prev_depth_m)], sample="bilinear")
+    padded = np.pad(rgb, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = depth_m.shape
+    windows = np.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
+    clamped = np.clip(history, windows.min(0), windows.max(0))
+    out = np.where(seen[..., None], (1.0 - blend) * rgb + blend * clamped, rgb)
+    return out.astype(np.float32)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, prev_K, prev_w2c, blend,
+                       out):  # pragma: no cover - compiled
+    """out = current, and where the previous camera saw the pixel's surface point (nearest pixel's depth within
+    5 % + 0.2 m), (1 - blend) current + blend clamp(bilinear history over the 2 x 2 pixels that agree too,
+    current's 3 x 3 min / max)."""
+    h, w = depth.shape
+    vh, vw = prev_depth.shape
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    m = prev_w2c
+    for y in prange(h):
+        for x in range(w):
+            for c in range(3):
+                out[y, x, c] = current[y, x, c]
+            z = depth[y, x]
+            if not (alpha[y, x] > 0.5 and z > 0.0):
+                continue
+            xc = (x + 0.5 - cx) / fx * z
+            yc = (y + 0.5 - cy) / fy * z
+            px = pose[0, 0] * xc + pose[0, 1] * yc + pose[0, 2] * z + pose[0, 3]
+            py = pose[1, 0] * xc + pose[1, 1] * yc + pose[1, 2] * z + pose[1, 3]
+            pz = pose[2, 0] * xc + pose[2, 1] * yc + pose[2, 2] * z + pose[2, 3]
+            qx = m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz + m[0, 3]
+            qy = m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz + m[1, 3]
+            qz = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz + m[2, 3]
+            if qz <= 0.05:
+                continue
+            u = qx / qz * prev_K[0, 0] + prev_K[0, 2]
+            t = qy / qz * prev_K[1, 1] + prev_K[1, 2]
+            un, tn = int(np.floor(u)), int(np.floor(t))
+            if un < 0 or un >= vw or tn < 0 or tn >= vh:
+                continue
+            tol = 0.05 * qz + 0.2
+            if not abs(prev_depth[tn, un] - qz) < tol:
+                continue
+            fu, ft = u - 0.5, t - 0.5
+            u0, t0 = int(np.floor(fu)), int(np.floor(ft))
+            au, at = fu - u0, ft - t0
+            hist = np.zeros(3)
+            wsum = 0.0
+            for k in range(4):
+                du, dt = k % 2, k // 2
+                uu, tt = u0 + du, t0 + dt
+                wk = (au if du else 1.0 - au) * (at if dt else 1.0 - at)
+                if uu < 0 or uu >= vw or tt < 0 or tt >= vh or wk <= 0.0:
+                    continue
+                if not abs(prev_depth[tt, uu] - qz) < tol:
+                    continue
+                for c in range(3):
+                    hist[c] += wk * prev_rgb[tt, uu, c]
+                wsum += wk
+            for c in range(3):
+                lo = current[y, x, c]
+                hi = lo
+                for dy in range(-1, 2):
+                    yy = min(max(y + dy, 0), h - 1)
+                    for dx in range(-1, 2):
+                        xx = min(max(x + dx, 0), w - 1)
+                        v = current[yy, xx, c]
+                        lo = min(lo, v)
+                        hi = max(hi, v)
+                value = min(max(hist[c] / wsum, lo), hi)
+                out[y, x, c] = (1.0 - blend) * current[y, x, c] + blend * value
