@@ -37,7 +37,8 @@ Drive-log reference: an enhancer trained with the drive log's images as its refe
 reconstruction's log (`reference=`, `neural_sensor.reconstruct.drive.scene_reference(meta)`) and each
 camera's request carries the log views facing its way, warped in through the render's median depth (as
 `neural-sensor run` sends them). The rig asks the server's hello once (again after a failed one, at most
-every RETRY_HELLO_S seconds); an enhancer without `reference_views` gets no reference.
+every RETRY_HELLO_S seconds); an enhancer without `reference_views` gets no reference. The enhanced
+images are accumulated over ticks as a run does (`neural_sensor.enhance.temporal`, TEMPORAL_BLEND).
 
 Attachment: Rigid is exact; SpringArm and SpringArmGhost are applied as rigid (no spring lag,
 no collision test), with a warning once. A camera without a parent is fixed in the world.
@@ -68,6 +69,7 @@ from carla_bridge.transforms import (
     transform_from_pose,
     ue_to_flu,
 )
+from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX
 from neural_sensor.render._common import check_lod_px
@@ -413,7 +415,7 @@ class CameraRig:
             rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
                                   enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
                                   reference=self.reference if reference_views else None,
-                                  reference_views=max(1, reference_views or 0))
+                                  reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND)
             if reference_views is not None:  # an unknown answer is asked again later: not kept
                 self._rigs[(views, fields, reference_views)] = rig
         return rig

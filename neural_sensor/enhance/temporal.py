@@ -123,7 +123,9 @@ def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, pre
             fu, ft = u - 0.5, t - 0.5
             u0, t0 = int(np.floor(fu)), int(np.floor(ft))
             au, at = fu - u0, ft - t0
-            hist = np.zeros(3)
+            h0 = 0.0  # no per-pixel arrays: a heap allocation per pixel costs more than the rest
+            h1 = 0.0
+            h2 = 0.0
             wsum = 0.0
             for k in range(4):
                 du, dt = k % 2, k // 2
@@ -133,18 +135,19 @@ def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, pre
                     continue
                 if not abs(prev_depth[tt, uu] - qz) < tol:
                     continue
-                for c in range(3):
-                    hist[c] += wk * prev_rgb[tt, uu, c]
+                h0 += wk * prev_rgb[tt, uu, 0]
+                h1 += wk * prev_rgb[tt, uu, 1]
+                h2 += wk * prev_rgb[tt, uu, 2]
                 wsum += wk
-            for c in range(3):
-                lo = current[y, x, c]
-                hi = lo
-                for dy in range(-1, 2):
-                    yy = min(max(y + dy, 0), h - 1)
-                    for dx in range(-1, 2):
-                        xx = min(max(x + dx, 0), w - 1)
-                        v = current[yy, xx, c]
-                        lo = min(lo, v)
-                        hi = max(hi, v)
-                value = min(max(hist[c] / wsum, lo), hi)
-                out[y, x, c] = (1.0 - blend) * current[y, x, c] + blend * value
+            lo0, lo1, lo2 = current[y, x, 0], current[y, x, 1], current[y, x, 2]
+            hi0, hi1, hi2 = lo0, lo1, lo2
+            for dy in range(-1, 2):
+                yy = min(max(y + dy, 0), h - 1)
+                for dx in range(-1, 2):
+                    xx = min(max(x + dx, 0), w - 1)
+                    v0, v1, v2 = current[yy, xx, 0], current[yy, xx, 1], current[yy, xx, 2]
+                    lo0, lo1, lo2 = min(lo0, v0), min(lo1, v1), min(lo2, v2)
+                    hi0, hi1, hi2 = max(hi0, v0), max(hi1, v1), max(hi2, v2)
+            out[y, x, 0] = (1.0 - blend) * current[y, x, 0] + blend * min(max(h0 / wsum, lo0), hi0)
+            out[y, x, 1] = (1.0 - blend) * current[y, x, 1] + blend * min(max(h1 / wsum, lo1), hi1)
+            out[y, x, 2] = (1.0 - blend) * current[y, x, 2] + blend * min(max(h2 / wsum, lo2), hi2)
