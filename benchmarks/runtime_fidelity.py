@@ -24,7 +24,9 @@ round-robin so straight, curve and intersection all appear):
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha, and the drive log's two nearest images of each camera warped
-   in through the render's median depth, the reference; `--no-reference`: without it);
+   in through the render's median depth and blended by distance, the reference; `--no-reference`:
+   without it); with `--temporal-blend B` also "temporal": the enhanced images accumulated over each
+   clip's ticks as the rig does (`neural_sensor.enhance.temporal`; a clip's first tick has no history);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
    ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
 6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH (median)
@@ -42,7 +44,7 @@ shift, and per template and shift. Results go to results/runtime-fidelity-<machi
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
         [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]
-        [--quick] [--picture]
+        [--temporal-blend B] [--quick] [--picture]
 """
 
 from __future__ import annotations
