@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from neural_sensor.camera import Camera
+from neural_sensor.enhance._warp_kernels import sample_view, surface_point
 
 FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
 MIN_DISTANCE_M = 0.1  # distances below this count as this (a camera at a log view takes ~all of it)
@@ -100,66 +101,29 @@ def warp_log_reference(reference, sensor_ids, cameras: list[Camera], depth_m: np
 @njit(parallel=True, cache=True, nogil=True)
 def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, view_weight, out_rgb,
                   out_valid):  # pragma: no cover - compiled
-    """Per target pixel: its surface point (depth, pixel centre) in each view; a view whose nearest pixel agrees
-    in depth (5 % + 0.2 m) gives the bilinear blend of the 2 x 2 pixels around the projection that agree too
-    (weights renormalised); the views' colours are blended by `view_weight` over the views that see the point.
-    Pixels with alpha <= 0.5 or depth <= 0 stay unseen."""
+    """Per target pixel: its surface point (depth, pixel centre) looked up in each view (`sample_view`: the nearest
+    pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too); the views' colours are
+    blended by `view_weight` over the views that see the point. Pixels with alpha <= 0.5 or depth <= 0 stay
+    unseen."""
     h, w = depth.shape
-    n_views, vh, vw = view_depth.shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     for y in prange(h):
         for x in range(w):
             z = depth[y, x]
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
-            xc = (x + 0.5 - cx) / fx * z
-            yc = (y + 0.5 - cy) / fy * z
-            px = pose[0, 0] * xc + pose[0, 1] * yc + pose[0, 2] * z + pose[0, 3]
-            py = pose[1, 0] * xc + pose[1, 1] * yc + pose[1, 2] * z + pose[1, 3]
-            pz = pose[2, 0] * xc + pose[2, 1] * yc + pose[2, 2] * z + pose[2, 3]
+            px, py, pz = surface_point(x, y, z, K, pose)
             r = 0.0
             g = 0.0
             b = 0.0
             total = 0.0
-            for v in range(n_views):
-                m = view_w2c[v]
-                qx = m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz + m[0, 3]
-                qy = m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz + m[1, 3]
-                qz = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz + m[2, 3]
-                if qz <= 0.05:
+            for v in range(view_depth.shape[0]):
+                seen, vr, vg, vb = sample_view(px, py, pz, view_w2c[v], view_K[v], images[v], view_depth[v])
+                if not seen:
                     continue
-                u = qx / qz * view_K[v, 0, 0] + view_K[v, 0, 2]
-                t = qy / qz * view_K[v, 1, 1] + view_K[v, 1, 2]
-                un, tn = int(np.floor(u)), int(np.floor(t))
-                if un < 0 or un >= vw or tn < 0 or tn >= vh:
-                    continue
-                tol = 0.05 * qz + 0.2
-                if not abs(view_depth[v, tn, un] - qz) < tol:
-                    continue
-                fu, ft = u - 0.5, t - 0.5
-                u0, t0 = int(np.floor(fu)), int(np.floor(ft))
-                au, at = fu - u0, ft - t0
-                vr = 0.0
-                vg = 0.0
-                vb = 0.0
-                wsum = 0.0
-                for k in range(4):
-                    du, dt = k % 2, k // 2
-                    uu, tt = u0 + du, t0 + dt
-                    wk = (au if du else 1.0 - au) * (at if dt else 1.0 - at)
-                    if uu < 0 or uu >= vw or tt < 0 or tt >= vh or wk <= 0.0:
-                        continue
-                    if not abs(view_depth[v, tt, uu] - qz) < tol:
-                        continue
-                    vr += wk * images[v, tt, uu, 0]
-                    vg += wk * images[v, tt, uu, 1]
-                    vb += wk * images[v, tt, uu, 2]
-                    wsum += wk
-                # the nearest pixel (a bilinear weight >= 0.25) passed the test, so wsum > 0
                 wv = view_weight[v]
-                r += wv * vr / wsum
-                g += wv * vg / wsum
-                b += wv * vb / wsum
+                r += wv * vr
+                g += wv * vg
+                b += wv * vb
                 total += wv
             if total > 0.0:
                 out_rgb[y, x, 0] = np.uint8(r / total + 0.5)  # a weighted mean of 8-bit values: <= 255
