@@ -114,8 +114,8 @@ def test_scenario_runs_40_ticks_and_criteria_evaluate(tmp_path, scene_cache):
     assert summary["criteria"]["collision"]["passed"] is True
     assert 0.1 < summary["criteria"]["route_completion"]["value"] < 1.0
     assert summary["criteria"]["max_offset_from_recorded_path_m"] > 0.3  # the lane change has begun
-    assert set(summary["stage_ms_median"]) == {"sim", "compose", "render", "reference", "enhance", "deliver", "agent",
-                                               "record"}
+    assert set(summary["stage_ms_median"]) == {"sim", "compose", "render", "reference", "enhance", "temporal",
+                                               "deliver", "agent", "record"}
     assert summary["enhancer"] is None and summary["stage_ms_median"]["enhance"] == 0.0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["log.jsonl", "manifest.json", "strip.png", "summary.json", "video.mp4"]
