@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every,
                          "enhancer_wire": args.wire,
-                         "enhancer_reference": f"the drive log, {REFERENCE_VIEWS} views per camera" if args.reference
-                         else None},
+                         "enhancer_reference": f"the drive log, {REFERENCE_VIEWS} views per camera blended by distance"
+                         if args.reference else None, "temporal_blend": args.temporal_blend},
               "perceptual": None, "flicker": "frame t-1 warped into frame t with ground-truth depth and poses; "
                                              "mad = mean |difference| in 8-bit levels over surface pixels both see; raw8: the raw "
                                              "render rounded to 8 bits (as the uint8 wire returns the enhanced one)"}

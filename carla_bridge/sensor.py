@@ -385,16 +385,18 @@ class CameraRig:
 
     # ---------------------------------------------------------------- render + delivery (worker thread)
     def _reference_views_now(self) -> int | None:
-        """The log views the enhancer takes per camera (0: none; None: unknown, its hello failed just now)."""
-        if self.reference is None or self.enhancer_client is None:
+        """The log views the enhancer takes per camera (0: none; None: unknown, its hello failed lately)."""
+        client = self.enhancer_client  # read once: close() may clear it from another thread
+        if self.reference is None or client is None:
             return 0
         if self._reference_views is None:
             if time.monotonic() - self._hello_failed_at < RETRY_HELLO_S:
                 return None
             from neural_sensor.enhance.client import EnhancerError
 
-            try:
-                hello = self.enhancer_client.server or self.enhancer_client.hello(timeout_ms=HELLO_TIMEOUT_MS)
+            try:  # the client retries a call: the attempts together stay within HELLO_TIMEOUT_MS
+                hello = client.server or client.hello(
+                    timeout_ms=HELLO_TIMEOUT_MS / (1 + max(0, int(getattr(client, "retries", 0)))))
             except EnhancerError as err:
                 self._hello_failed_at = time.monotonic()
                 _log.warning("neural camera: the enhancer's hello failed (%s); no drive-log reference until it "
@@ -406,6 +408,9 @@ class CameraRig:
 
     def _rig_for(self, views: tuple, fields: tuple) -> NeuralSensorRig:
         reference_views = self._reference_views_now()
+        if reference_views is not None:  # answered: the rig made while it was unknown is done with
+            for key in [k for k in self._rigs if k[2] is None]:
+                del self._rigs[key]
         rig = self._rigs.get((views, fields, reference_views))
         if rig is None:
             specs = [SensorSpec(f"view{i}", w, h, fov, np.array(pose, dtype=np.float64).reshape(4, 4))
@@ -416,8 +421,7 @@ class CameraRig:
                                   enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
                                   reference=self.reference if reference_views else None,
                                   reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND)
-            if reference_views is not None:  # an unknown answer is asked again later: not kept
-                self._rigs[(views, fields, reference_views)] = rig
+            self._rigs[(views, fields, reference_views)] = rig
         return rig
 
     def capture(self, snapshot: WorldSnapshot, cameras) -> dict:

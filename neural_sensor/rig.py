@@ -14,9 +14,11 @@ beyond the client's deadline. Given the drive log its scene was reconstructed fr
 carries the log's nearest images of that camera warped in through the render's median
 depth (the enhancer's reference input; the median depth is then rendered even for a
 rig of RGB cameras). With `temporal_blend` > 0 each camera's enhanced image is blended
-with its previous one reprojected through the median depth, clamped to the new image's
-neighbourhood (`enhance.temporal.TemporalFilter`: temporal accumulation, as a game
-engine's TAA), which steadies what the enhancer adds from tick to tick.
+with its previous one reprojected through the render's depth (the median depth when the
+rig renders it, else the expected depth, so the filter alone never asks the renderer for
+more: gsplat keeps a rig of RGB cameras), clamped to the new image's neighbourhood
+(`enhance.temporal.TemporalFilter`: temporal accumulation, as a game engine's TAA), which
+steadies what the enhancer adds from tick to tick.
 
 Sensors are `SensorSpec`s in the ego frame (FLU, metres, radians, OpenCV camera
 axes). carla_bridge.transforms turns leaderboard-style sensor dicts (CARLA's UE
@@ -196,8 +198,7 @@ class NeuralSensorRig:
 
         temporal = TemporalFilter(temporal_blend)  # checks the value even when unused
         self.temporal = temporal if enhancer is not None and temporal.blend > 0.0 else None
-        needs_median = self.reference is not None or self.temporal is not None
-        self.render_outputs = render_outputs(self.outputs + (("depth",) if needs_median else ()))
+        self.render_outputs = render_outputs(self.outputs + (("depth",) if self.reference is not None else ()))
         self.backend = resolve_backend(backend, self.render_outputs)
         self.enhancer = enhancer
         self.background_rgb = tuple(float(v) for v in background_rgb)
@@ -223,7 +224,7 @@ class NeuralSensorRig:
         alphas: dict[str, np.ndarray] = {}
         expected_depths: dict[str, np.ndarray] = {}  # the enhancer's depth input (it was trained on the expected depth)
         references: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the warped log, per camera
-        views: dict[str, tuple[Camera, np.ndarray]] = {}  # camera and median depth, for the temporal filter
+        views: dict[str, tuple[Camera, np.ndarray]] = {}  # camera and depth, for the temporal filter
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
         for (width, height), specs in groups.items():
@@ -251,8 +252,9 @@ class NeuralSensorRig:
                 )
                 alphas[spec.sensor_id] = out.alpha[i]
                 expected_depths[spec.sensor_id] = out.depth[i]
-                if self.temporal is not None:
-                    views[spec.sensor_id] = (cameras[i], out.median_depth[i])
+                if self.temporal is not None:  # the surface depth when rendered (the reference needs it)
+                    views[spec.sensor_id] = (cameras[i], out.depth[i] if out.median_depth is None
+                                             else out.median_depth[i])
         ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
         if self.enhancer is not None:
             self._enhance(ordered, alphas, expected_depths, references)

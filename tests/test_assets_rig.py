@@ -239,8 +239,10 @@ def test_recorded_uint8_equals_the_delivered_bgra():
 
 
 def test_rig_accumulates_enhanced_images_over_ticks():
-    """temporal_blend: the second enhanced tick is blended with the first, reprojected and clamped (the twin's
-    values); a tick the enhancer did not refine is delivered raw and the next one starts afresh."""
+    """temporal_blend: the second enhanced tick (the ego half a metre on) is blended with the first, reprojected
+    through the render's depth and clamped (the twin's values; a rig without a reference renders no median depth
+    for it, so the expected depth serves); a tick the enhancer did not refine is delivered raw and the next one
+    starts afresh."""
     from neural_sensor.enhance.temporal import accumulate_reference
 
     scene = make_street_scene(30_000, seed=4)
@@ -260,19 +262,21 @@ def test_rig_accumulates_enhanced_images_over_ticks():
 
     rig = NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Noisy(), lod_px=0.0, outputs=("rgb",),
                           temporal_blend=0.5)
+    assert "median_depth" not in rig.render_outputs  # the filter alone asks the renderer for nothing more
     first = rig.capture(WorldSnapshot(1, 0.0, ego, ()))["front"]
     np.testing.assert_array_equal(first.rgb, state["sent"][0])  # no history yet
-    second = rig.capture(WorldSnapshot(2, 0.05, ego, ()))["front"]
-    camera = Camera.from_fov(48, 32, 90.0, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
-    out = render(scene, camera, backend="cpu", outputs=("rgb", "alpha", "median_depth"))
-    expected = accumulate_reference(camera, out.median_depth[0], out.alpha[0], state["sent"][0], camera, first.rgb,
-                                    out.median_depth[0], 0.5)
+    moved = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.5, -1.75, 0.0, 0.0))
+    second = rig.capture(WorldSnapshot(2, 0.05, moved, ()))["front"]
+    cameras = [Camera.from_fov(48, 32, 90.0, e.pose_agent_to_world @ spec.pose_camera_to_ego) for e in (ego, moved)]
+    before, now = (render(scene, c, backend="cpu", outputs=("rgb", "depth", "alpha"), lod_px=0.0) for c in cameras)
+    expected = accumulate_reference(cameras[1], now.depth[0], now.alpha[0], state["sent"][0], cameras[0], first.rgb,
+                                    before.depth[0], 0.5)
     np.testing.assert_allclose(second.rgb, expected, atol=1e-5)
     assert not np.allclose(second.rgb, state["sent"][0]) and second.meta["temporal_ms"] >= 0.0
     state["fail"] = True
-    assert not rig.capture(WorldSnapshot(3, 0.1, ego, ()))["front"].meta["enhanced"]
+    assert not rig.capture(WorldSnapshot(3, 0.1, moved, ()))["front"].meta["enhanced"]
     state["fail"] = False
-    fourth = rig.capture(WorldSnapshot(4, 0.15, ego, ()))["front"]
+    fourth = rig.capture(WorldSnapshot(4, 0.15, moved, ()))["front"]
     np.testing.assert_array_equal(fourth.rgb, state["sent"][0])  # afresh after the raw tick
     with pytest.raises(ValueError, match="blend"):
         NeuralSensorRig(scene, [spec], backend="cpu", temporal_blend=1.0)

@@ -5,9 +5,12 @@ lacks takes the views facing within 45 degrees of it), each warped in through th
 bilinear sampling (a surface pixel's point must agree with the view's own depth within 5 % + 0.2 m, as
 `warp.warp_views`), and BLENDED per pixel by weights that change continuously as the camera moves
 (`log_view_weights`): view i of the k nearest gets 1 / d_i - 1 / d_(k+1), d the distance between camera
-centres (floored at 0.1 m), so a view enters the blend at weight zero and the one it replaces leaves at weight
-zero. Taking the nearest view first instead (the 2026-12-01 stage 5 enhancer's input) swaps the whole reference
-image the moment another view becomes nearer, and the enhancer's output flickered with it.
+centres (floored at 0.1 m; views at one centre count once), so a view enters the blend at weight zero and the
+one it replaces leaves at weight zero. Weights are renormalised per pixel over the views that see it, so where
+only one view sees a surface (a frustum's border, a disocclusion) that view's colour is taken whatever its
+weight, and such pixels can still change at once as views come and go; everywhere else the reference changes
+continuously. Taking the nearest view first instead (the 2026-12-01 stage 5 enhancer's input) swapped the
+whole reference image the moment another view became nearer, and the enhancer's output flickered with it.
 
 `warp_log` is the compiled fast path (numba, rows in parallel) the rig runs every tick; `warp_log_reference` its
 numpy twin (`warp.warp_views(..., sample="bilinear", weights=...)`), tested equal. The log itself (images, the
@@ -25,6 +28,7 @@ from neural_sensor.enhance._warp_kernels import sample_view, surface_point
 
 FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
 MIN_DISTANCE_M = 0.1  # distances below this count as this (a camera at a log view takes ~all of it)
+SAME_CENTRE_M = 0.01  # log views whose centres are closer than this count once (the nearest of them)
 
 
 def log_view_weights(reference, sensor_id: str, camera: Camera, views: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +46,14 @@ def log_view_weights(reference, sensor_id: str, camera: Camera, views: int) -> t
     if len(same) == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     distance = np.linalg.norm(poses[same, :3, 3] - camera.position_world, axis=1)
-    order = np.argsort(distance, kind="stable")[:views + 1]
+    order = []  # nearest first, one view per camera centre (a log that stood still repeats its pose)
+    for i in np.argsort(distance, kind="stable"):
+        centre = poses[same[i], :3, 3]
+        if all(np.linalg.norm(centre - poses[same[j], :3, 3]) > SAME_CENTRE_M for j in order):
+            order.append(i)
+            if len(order) == views + 1:
+                break
+    order = np.array(order, np.int64)
     inverse = 1.0 / np.maximum(distance[order], MIN_DISTANCE_M)
     weight = inverse[:views] - (inverse[views] if len(order) > views else 0.0)
     if not weight.sum() > 0.0:  # the k-th and (k+1)-th views equally far: an even blend of the k

@@ -3,17 +3,19 @@
 The enhancer refines every tick on its own, so detail it adds (above all from the drive log's reference,
 warped through the render's imperfect depth) can swim from one tick to the next. As a game engine's
 temporal anti-aliasing does, `TemporalFilter` keeps each camera's last delivered image with its camera
-and rendered median depth; the next tick, every surface pixel's point (the new render's median depth)
-is projected into the previous camera, and where that camera saw the same surface (its depth there within
-5 % + 0.2 m, as the log warp's test) the previous image is sampled bilinearly, CLAMPED to the range of
+and rendered depth (the rig's median depth when it renders one, else the expected depth); the next
+tick, every surface pixel's point (the new render's depth) is projected into the previous camera, and
+where that camera saw the same surface (its depth there within 5 % + 0.2 m, as the log warp's test) the
+previous image is sampled bilinearly, CLAMPED to the range of
 the new image's 3 x 3 neighbourhood (per channel, so a stale colour, e.g. a car that moved, cannot ghost
 in), and blended: out = (1 - blend) new + blend history. The output becomes the next history
 (an exponential moving average along each surface point's track). Sky and pixels the previous camera did
 not see take the new image as it is.
 
 `TemporalFilter.apply` runs the compiled kernel; `accumulate_reference` is its numpy twin (`warp.warp_views`
-for the reprojection), tested equal. State is per sensor id; `reset()` forgets it (a jump of the camera by
-more than `max_jump_m` between ticks, a tick the enhancer did not refine, or a new scene does too).
+for the reprojection), tested equal. State is per sensor id: a camera that moved more than `max_jump_m` since
+its last tick starts afresh, and `reset()` forgets a camera (the rig calls it for a tick the enhancer did not
+refine; a new rig, as for a new scene, starts empty).
 """
 
 from __future__ import annotations
