@@ -51,11 +51,12 @@ class TemporalFilter:
     def apply(self, sensor_id: str, camera: Camera, depth_m: np.ndarray, alpha: np.ndarray, rgb: np.ndarray
               ) -> np.ndarray:
         """The delivered image for this tick, [H, W, 3] float32 in [0, 1] (a new array), from the enhanced rgb
-        [H, W, 3] and the render's median depth_m / alpha [H, W] at `camera`; it becomes the history."""
+        [H, W, 3] and the render's depth_m / alpha [H, W] at `camera`; it becomes the history."""
         h, w = depth_m.shape
         assert rgb.shape == (h, w, 3) and alpha.shape == (h, w) and (camera.height, camera.width) == (h, w), \
             (rgb.shape, alpha.shape, depth_m.shape, camera.width, camera.height)
         current = np.ascontiguousarray(rgb, dtype=np.float32)
+        depth = np.array(depth_m, dtype=np.float32, order="C")  # a copy: it is kept as the next tick's history
         previous = self._history.get(sensor_id)
         if previous is not None and (previous[1].shape != current.shape or np.linalg.norm(
                 previous[0].position_world - camera.position_world) > self.max_jump_m):
@@ -65,11 +66,11 @@ class TemporalFilter:
         else:
             prev_cam, prev_rgb, prev_depth = previous
             out = np.empty_like(current)
-            _accumulate_kernel(np.ascontiguousarray(depth_m, np.float32), np.ascontiguousarray(alpha, np.float32),
+            _accumulate_kernel(depth, np.ascontiguousarray(alpha, np.float32),
                                camera.K.astype(np.float64), camera.pose_camera_to_world.astype(np.float64), current,
                                prev_rgb, prev_depth, prev_cam.K.astype(np.float64),
-                               np.linalg.inv(prev_cam.pose_camera_to_world), np.float32(self.blend), out)
-        self._history[sensor_id] = (camera, out, np.ascontiguousarray(depth_m, np.float32).copy())
+                               prev_cam.pose_world_to_camera, np.float32(self.blend), out)
+        self._history[sensor_id] = (camera, out, depth)
         return out.copy()  # the caller's to keep or change; the history stays as delivered
 
 
