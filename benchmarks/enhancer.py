@@ -3,12 +3,14 @@
 1. model: the checkpoint's ms per frame at 480x270 in this process (a batch of 6 cameras,
    torch threads = cores), median over repeats, and its ratio to a baseline run alternating with it
    (the plain torch forward on a contiguous NCHW input, as `enhance` ran before 2026-12-01).
-2. transport: the same 6 x 480x270 batch through EnhancerClient -> broker -> worker on
-   loopback, decoded into buffers the caller owns (`enhance(frames, out=...)`, as the rig
-   calls it); overhead per tick = client round trip - the worker's model time (both
-   medians over the same requests), i.e. encoding, ZeroMQ, broker and decoding. Both
-   paths: "shm" (frames in a shared block, headers over ZeroMQ) and "bytes" (the
-   client told shared_memory=False: the frames travel in the messages).
+2. transport: the same 6 x 480x270 batch (with the warped log, as the rig sends it) through
+   EnhancerClient -> worker on loopback, decoded into buffers the caller owns
+   (`enhance(frames, out=...)`, as the rig calls it); overhead per tick = client round trip -
+   the worker's model time (per request, median), i.e. encoding, the hops, the broker and
+   decoding. Three paths, alternating request by request against one server: "direct" (frames
+   in a shared block, headers straight to the worker's socket: the default on one host),
+   "shm" (the same through the broker's ZeroMQ sockets: direct=False) and "bytes" (the client
+   told shared_memory=False: the frames travel in the messages).
 3. restarts: a NeuralSensorRig (6 cameras, small images so the run stays short) ticks
    `--ticks` times at `--tick-hz` against a server that is SIGKILLed and started again
    (in a thread: the rig keeps ticking) every `--restart-every` ticks; counts ticks
@@ -40,11 +42,14 @@ from neural_sensor.testing import make_street_scene
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
 
 
-def _frames(seed: int, n: int = 6, h: int = 270, w: int = 480) -> list[dict]:
+def _frames(seed: int, n: int = 6, h: int = 270, w: int = 480, reference: bool = False) -> list[dict]:
+    """Random frames of the rig's dtypes (with `reference`: the warped log as `warp_log` gives it, uint8 + bool)."""
     rng = np.random.default_rng(seed)
     return [{"camera": f"CAM{i}", "rgb": rng.random((h, w, 3), dtype=np.float32),
              "depth": (rng.random((h, w), dtype=np.float32) * 40).astype(np.float32),
-             "alpha": np.ones((h, w), np.float32)} for i in range(n)]
+             "alpha": np.ones((h, w), np.float32),
+             **({"reference": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                 "reference_valid": rng.random((h, w)) > 0.2} if reference else {})} for i in range(n)]
 
 
 def _plain_torch_enhance(model: Enhancer, rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -88,46 +93,67 @@ def bench_model(checkpoint: Path, repeats: int) -> dict:
             "torch_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def bench_transport(checkpoint: Path, repeats: int, shared_memory: bool) -> dict:
-    """Overhead per tick of one path: `shared_memory` True = the shared block, False = bytes in the messages."""
+TRANSPORTS = {  # name: EnhancerClient options, and the (transport, route) it must take
+    "direct": (dict(shared_memory=True, direct=True), ("shm", "direct")),
+    "shm": (dict(shared_memory=True, direct=False), ("shm", "broker")),
+    "bytes": (dict(shared_memory=False), ("bytes", "broker")),
+}
+
+
+def bench_transport(checkpoint: Path, repeats: int) -> dict:
+    """Overhead per tick of each path (TRANSPORTS), one server, the paths alternating request by request (this
+    host's speed drifts within minutes)."""
     server = start_server(checkpoint=checkpoint)
+    clients: dict[str, EnhancerClient] = {}
     try:
-        with EnhancerClient(server.endpoint, deadline_ms=60_000, shared_memory=shared_memory) as client:
+        for name, (options, expected) in TRANSPORTS.items():
+            clients[name] = client = EnhancerClient(server.endpoint, deadline_ms=60_000, **options)
             client.wait_ready()
-            if client.transport != ("shm" if shared_memory else "bytes"):
-                raise RuntimeError(f"transport benchmark: asked shared_memory={shared_memory}, got {client.transport}")
-            frames = _frames(1)
-            out = [np.empty_like(f["rgb"]) for f in frames]  # as the rig calls it: into buffers it already owns
+            if (client.transport, client.route) != expected:
+                raise RuntimeError(f"transport benchmark: {name} takes {client.transport} / {client.route}")
+        frames = _frames(1, reference=True)
+        out = [np.empty_like(f["rgb"]) for f in frames]  # as the rig calls it: into buffers it already owns
+        times = {name: {"rtt": [], "model": [], "worker": [], "encode": []} for name in clients}
+        for client in clients.values():
             client.enhance(frames, out=out)  # warm up
-            rtt, model, worker, encode = [], [], [], []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for name, client in clients.items():
+                t = times[name]
                 t0 = time.perf_counter()  # the encoding share, measured alone: into the block, or into arrays
-                if shared_memory:
+                if client.transport == "shm":
                     layout, block_bytes, _ = client._shm_layout(frames)
                     client._shm_request(frames, layout, block_bytes, "encode-only", 60_000)
                 else:
                     del [client._wire_frame(f) for f in frames][:]
-                encode.append((time.perf_counter() - t0) * 1000.0)
+                t["encode"].append((time.perf_counter() - t0) * 1000.0)
                 result = client.enhance(frames, out=out)
-                if not result.enhanced or client.transport != ("shm" if shared_memory else "bytes"):
-                    raise RuntimeError(f"transport benchmark ({client.transport}): {result.reason}")
-                rtt.append(result.latency_ms)
-                model.append(result.model_ms)
-                worker.append(result.worker_ms)
-            stats = client.stats()
+                if not result.enhanced or (client.transport, client.route) != TRANSPORTS[name][1]:
+                    raise RuntimeError(f"transport benchmark ({name}): {result.reason}")
+                t["rtt"].append(result.latency_ms)
+                t["model"].append(result.model_ms)
+                t["worker"].append(result.worker_ms)
+        stats = clients["shm"].stats()
     finally:
+        for client in clients.values():
+            client.close()
         stop_server(server)
-    overhead = np.array(rtt) - np.array(model)
-    return {"path": client.transport, "round_trip_ms_median": round(float(np.median(rtt)), 2),
-            "worker_model_ms_median": round(float(np.median(model)), 2),
-            "worker_total_ms_median": round(float(np.median(worker)), 2),
-            "worker_codec_ms_median": round(float(np.median(np.array(worker) - np.array(model))), 2),
-            "wire_and_client_ms_median": round(float(np.median(np.array(rtt) - np.array(worker))), 2),
-            "overhead_ms_median": round(float(np.median(overhead)), 2),
-            "overhead_ms_p90": round(float(np.percentile(overhead, 90)), 2),
-            "client_encode_ms_median": round(float(np.median(encode)), 2),
-            "server_p50_ms": stats["p50_ms"], "server_p99_ms": stats["p99_ms"], "repeats": repeats,
-            "frames": "6 x 480x270, uint8 rgb / float16 depth / uint8 alpha on the wire"}
+    out = {}
+    for name, t in times.items():
+        rtt, model, worker = (np.array(t[k]) for k in ("rtt", "model", "worker"))
+        overhead = rtt - model
+        out[name] = {"path": "/".join(TRANSPORTS[name][1]), "round_trip_ms_median": round(float(np.median(rtt)), 2),
+                     "worker_model_ms_median": round(float(np.median(model)), 2),
+                     "worker_total_ms_median": round(float(np.median(worker)), 2),
+                     "worker_codec_ms_median": round(float(np.median(worker - model)), 2),
+                     "wire_and_client_ms_median": round(float(np.median(rtt - worker)), 2),
+                     "overhead_ms_median": round(float(np.median(overhead)), 2),
+                     "overhead_ms_p90": round(float(np.percentile(overhead, 90)), 2),
+                     "client_encode_ms_median": round(float(np.median(t["encode"])), 2), "repeats": repeats}
+    out["server_p50_ms"], out["server_p99_ms"] = stats["p50_ms"], stats["p99_ms"]
+    out["frames"] = ("6 x 480x270 as the rig sends them: float32 rgb / depth / alpha and the warped log (uint8 rgb, "
+                     "bool valid); uint8 rgb / float16 depth / uint8 alpha on the wire")
+    out["order"] = "the paths alternate request by request against one server"
+    return out
 
 
 def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int, height: int, tick_hz: float) -> dict:
@@ -200,16 +226,15 @@ def main() -> None:
     args = parser.parse_args()
     result = {"benchmark": "enhancer", "machine": machine_name(), "checkpoint": str(args.checkpoint),
               "model": bench_model(args.checkpoint, args.repeats),
-              "transport": {"shm": bench_transport(args.checkpoint, args.repeats, shared_memory=True),
-                            "bytes": bench_transport(args.checkpoint, args.repeats, shared_memory=False)}}
+              "transport": bench_transport(args.checkpoint, args.repeats)}
     if not args.skip_restarts:
         result["restarts"] = bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
                                             args.tick_hz)
     m, t = result["model"], result["transport"]
     summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270 ({m['ratio_to_baseline']} x the "
                f"plain torch baseline); transport overhead per tick "
-               f"(6 x 480x270, median / p90): shm {t['shm']['overhead_ms_median']} / {t['shm']['overhead_ms_p90']} ms, "
-               f"bytes {t['bytes']['overhead_ms_median']} / {t['bytes']['overhead_ms_p90']} ms")
+               f"(6 x 480x270, median / p90): " +
+               ", ".join(f"{name} {t[name]['overhead_ms_median']} / {t[name]['overhead_ms_p90']} ms" for name in TRANSPORTS))
     if "restarts" in result:
         r = result["restarts"]
         summary += (f"; {r['ticks']} ticks, {r['restarts']} restarts: {r['missing_frames']} without a frame, "

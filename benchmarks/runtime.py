@@ -9,7 +9,8 @@
    without and with the video writer), "chain" (the reconstruction, no enhancer) and
    "builder" (the ground-truth mode, `--scene builder`); report ticks/s (wall, first tick
    included), the median ms of a whole tick and of every stage (sim, compose, render,
-   enhance, deliver, agent, record).
+   enhance, deliver, agent, record), and with the enhancer the median of its round trip above
+   the model's time per tick (the transport overhead as the run pays it).
 Prints one JSON object and a one-line summary; writes benchmarks/results/runtime-<machine>.json.
 
     python benchmarks/runtime.py [--ticks 200]
@@ -80,7 +81,9 @@ def main() -> None:
                                                     "cameras", "image_size", "backend", "lod_px",
                                                     "stage_ms_median")}
             result[mode].update(scene=summary["scene"]["source"], gaussians=summary["scene"]["n_gaussians"],
-                                enhanced_ticks=(summary["enhancer"] or {}).get("ticks_enhanced"))
+                                enhanced_ticks=(summary["enhancer"] or {}).get("ticks_enhanced"),
+                                enhancer_transport=(summary["enhancer"] or {}).get("transport"),
+                                transport_ms_median=(summary["enhancer"] or {}).get("transport_ms_median"))
     parts = [f"{m} {result[m]['ticks_per_s']} ticks/s ({result[m]['tick_ms_median']} ms per tick)" for m in modes]
     result["summary"] = (f"{result['machine']}: " + "; ".join(parts) +
                          f"; the demo's reconstruction {result['reconstruction']['reconstruct_s']} s, "

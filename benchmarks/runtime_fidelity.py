@@ -36,7 +36,12 @@ round-robin so straight, curve and intersection all appear):
    nearest-pixel warp and view-dependent colour leave), and for the raw render rounded to 8 bits
    (`flicker_raw8_*`): the enhanced frames come back over the enhancer's uint8 wire, rounded to 8 bits
    like the raw frames a driving stack gets as CARLA's BGRA, while the raw render here is float
-   (`--wire float32` sends and returns floats instead).
+   (`--wire float32` sends and returns floats instead);
+7. disoccluded pixels: surface pixels that no view of the drive log saw (each log view given the
+   ground truth's median depth, each camera its ground-truth depth; the SEEN_VIEWS nearest views
+   of every log sensor tested, not only the camera's own): `disoccluded_fraction`, and
+   `<raw|enhanced|temporal>_psnr_disoccluded` over them (nan for a view with fewer than
+   MIN_DISOCCLUDED_PX of them): what neither the reconstruction nor the reference could copy.
 
 Aggregation: every view's metrics are averaged per world (over frames, cameras or both) and
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
@@ -81,6 +86,8 @@ from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 REFERENCE_VIEWS = 2  # log views warped into each camera for the enhancer's reference (NeuralSensorRig's default)
+SEEN_VIEWS = 8  # log views of each sensor tested when telling a pixel the drive log saw from one it never did
+MIN_DISOCCLUDED_PX = 50  # a view's disoccluded PSNR needs at least this many such pixels (else nan)
 VOXEL_M = 0.3  # the runner's (Scenario.voxel_m default): both the ground truth and the recorded drive use it
 END_MARGIN_M = 10.0  # clips keep this far from either end of the recorded path
 DEFAULT_FIRST_SEED = HELDOUT_FIRST_SEED + 100  # clear of the seeds the enhancer's training watched (1,000,004-7)
@@ -175,12 +182,14 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
                                             cache_dir=cache_dir, refine=refine_config(args.refine_iterations))
-    log_reference = scene_reference(scene_meta) if args.reference else None
+    log = scene_reference(scene_meta)
+    log_reference = log if args.reference else None
     recon_s = time.perf_counter() - t0
     truth, truth_meta = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
     sky = scene.labels == CityObjectLabel.SKY
-    surfaces_only = scene.subset(~sky) if sky.any() else None
     background = sky_rgb(layout.style)
+    truth_log = None if log is None else truth_depth_log(log, truth, background)
+    surfaces_only = scene.subset(~sky) if sky.any() else None
     specs = nuscenes_like_rig(args.width, args.height)
     ids = [spec.sensor_id for spec in specs]
     facts = {"seed": seed, "template": template_of(layout), "layout": layout.name,
@@ -211,6 +220,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 # Gaussians); the flicker warps use only these pixels
                 surfaces = (gt.alpha > 0.5) & (gt.semantic != CityObjectLabel.SKY)
                 surface_alpha = np.where(surfaces, gt.alpha, 0.0).astype(np.float32)
+                # disoccluded: surface pixels no view of the drive log saw (ground-truth geometry on both sides)
+                disoccluded = None if truth_log is None else surfaces & ~seen_by_log(
+                    truth_log, cams, gt.median_depth, surface_alpha)
                 images = {"raw": raw.rgb, "truth": gt.rgb, "raw8": _rounded_to_8_bits(raw.rgb)}
                 if client is not None:
                     t1 = time.perf_counter()
@@ -235,6 +247,11 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                            "depth_abs_rel_vs_expected_truth": depth_abs_rel(expected_m, gt.depth[i], surface),
                            "alpha_on_surface": float(raw.alpha[i][surface].mean()) if surface.any() else float("nan"),
                            "alpha_on_sky": float(raw.alpha[i][~surface].mean()) if (~surface).any() else float("nan")}
+                    unseen = None if disoccluded is None else disoccluded[i]
+                    if unseen is not None:
+                        row["disoccluded_fraction"] = float(unseen.mean())
+                        if unseen.sum() < MIN_DISOCCLUDED_PX:
+                            unseen = None
                     for name in ("raw", "enhanced", "temporal"):
                         if name not in images:
                             continue
@@ -242,6 +259,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                         row[f"{name}_psnr"] = psnr(image, gt.rgb[i])
                         row[f"{name}_psnr_surface"] = psnr(image, gt.rgb[i], surface)
                         row[f"{name}_psnr_sky"] = psnr(image, gt.rgb[i], ~surface)
+                        if disoccluded is not None:
+                            row[f"{name}_psnr_disoccluded"] = (float("nan") if unseen is None
+                                                               else psnr(image, gt.rgb[i], unseen))
                         row[f"{name}_ssim"] = ssim(image, gt.rgb[i])
                         if do_perceptual:
                             row[f"{name}_perceptual"] = float(perceptual_distance(image, gt.rgb[i]))
@@ -263,6 +283,28 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     for key in ("render_ms_per_tick", "enhance_ms_per_tick"):
         facts[key] = round(statistics.median(facts[key]), 1) if facts[key] else None
     return rows, facts
+
+
+def truth_depth_log(log, truth, background) -> "LogReference":
+    """The drive log's views with the ground truth's median depth at each (for `seen_by_log`'s occlusion test)."""
+    from neural_sensor.reconstruct.reference import LogReference
+
+    return LogReference.from_views(log.images, [log.camera(i) for i in range(len(log))], log.sensor_ids, truth,
+                                   background)
+
+
+def seen_by_log(truth_log, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """[C, H, W] bool: the pixels of `cameras` (ground-truth depth_m / surface alpha [C, H, W]) that some view of
+    the drive log saw, among the SEEN_VIEWS nearest views of every log sensor (not only the camera's own)."""
+    from neural_sensor.enhance.log_warp import warp_log
+
+    c = len(cameras)
+    assert np.shape(depth_m)[0] == c and np.shape(alpha) == np.shape(depth_m), (c, np.shape(depth_m))
+    seen = np.zeros(np.shape(depth_m), bool)
+    for sensor in np.unique(truth_log.sensor_ids):
+        _, valid = warp_log(truth_log, [sensor] * c, cameras, depth_m, alpha, SEEN_VIEWS)
+        seen |= valid
+    return seen
 
 
 def _save_picture(path: Path, rows_of_images: list[np.ndarray]) -> None:

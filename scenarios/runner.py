@@ -407,6 +407,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "temporal",
                                                       "deliver", "agent", "record")}
     ticks_enhanced = 0
+    transport_ms: list[float] = []  # per enhanced tick: the enhancer's round trip above its model time
     tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
     try:
@@ -458,6 +459,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             reference_ms = sum(f.meta.get("reference_ms", 0.0) for f in frames.values())  # the log warped in
             temporal_ms = sum(f.meta.get("temporal_ms", 0.0) for f in frames.values())  # the history blended in
             ticks_enhanced += bool(first.meta["enhanced"])
+            if first.meta["enhanced"] and first.meta.get("enhancer_model_ms") is not None:
+                transport_ms.append(enhance_ms - first.meta["enhancer_model_ms"])
             record = {
                 "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
                 "ego": {"x_m": round(float(snapshot.ego.position_m[0]), 3),
@@ -520,7 +523,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version")},
-                "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced},
+                "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
+                "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",
+                "transport_ms_median": _median(transport_ms) if transport_ms else None},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         files = ["log.jsonl", "strip.png", "summary.json"] + (["video.mp4"] if options.video else [])

@@ -289,3 +289,93 @@ def test_replies_are_written_in_place_only_when_the_requests_arrays_lie_apart():
     assert not _apart([frame(64, 64)])  # the reply slot is the frame's own rgb
     assert not _apart([frame(64, 256), frame(320, 200)])  # a reply slot over the first frame's alpha / reply
     assert not _apart([frame(64, 256), frame(100, 512)])  # two frames' inputs overlap
+
+
+# ------------------------------------------------------------------ the direct path (no broker)
+def _direct_socket(client: EnhancerClient) -> Path:
+    assert client.route == "direct", client.route
+    return Path(client._direct_path)
+
+
+def test_direct_path_equals_the_broker_path_and_is_counted(server):
+    frames = _frames(21, reference=True)
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as direct, \
+            EnhancerClient(server.endpoint, deadline_ms=10_000, direct=False) as brokered:
+        hello = direct.hello()
+        brokered.hello()
+        assert hello["shm"]["direct"] and (direct.route, brokered.route) == ("direct", "broker")
+        assert _direct_socket(direct).parent == Path(hello["shm"]["folder"])
+        before = direct.stats()["direct_requests"]
+        for _ in range(3):
+            a, b = direct.enhance(frames), brokered.enhance(frames)
+            assert a.enhanced and b.enhanced, (a.reason, b.reason)
+            assert direct.route == "direct" and a.model_ms is not None
+            for x, y in zip(a.rgb, b.rgb):
+                np.testing.assert_array_equal(x, y)
+        t_end = time.monotonic() + 10  # the worker reports to the broker after it answers: soon, not at once
+        while direct.stats()["direct_requests"] < before + 3 and time.monotonic() < t_end:
+            time.sleep(0.02)
+        assert direct.stats()["direct_requests"] == before + 3
+
+
+def test_direct_path_answers_anything_but_a_shared_memory_enhance_with_a_named_error(server):
+    import socket
+
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
+        client.hello()
+        path = str(_direct_socket(client))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(20)
+        sock.connect(path)
+        try:
+            cases = [(wire.make_request("hello", "h1"), "BadRequest"),
+                     (wire.make_request("enhance", "b1", [{k: v for k, v in f.items()} for f in _frames(2, n=1)]),
+                      "BadRequest"),  # bytes go to the broker
+                     (b"\xc1 not msgpack", "BadMessage"),
+                     (b"x" * (wire.DIRECT_MAX_BYTES + 10), "LimitExceeded")]
+            for payload, error in cases:
+                sock.send(payload)
+                reply = wire.parse_reply(sock.recv(wire.DIRECT_MAX_BYTES))
+                assert not reply["ok"] and reply["error"]["type"] == error, (error, reply)
+        finally:
+            sock.close()
+        assert client.enhance(_frames(3)).enhanced and client.route == "direct"  # the worker still serves
+
+
+def test_a_missed_deadline_on_the_direct_path_leaves_no_stale_reply(identity_checkpoint):
+    import signal
+
+    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv, \
+            EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
+        client.hello()
+        pid = int(_direct_socket(client).name.split("-")[1].split(".")[0])
+        first = _frames(31)
+        os.kill(pid, signal.SIGSTOP)  # the worker takes the request but cannot answer it in time
+        try:
+            late = client.enhance(first, deadline_ms=300)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not late.enhanced and "no reply from the enhancer's worker" in late.reason, late.reason
+        second = _frames(32)
+        result = client.enhance(second)  # a fresh connection: the late reply to `first` cannot be taken for it
+        assert result.enhanced and client.route == "direct", result.reason
+        for got, sent in zip(result.rgb, second):
+            np.testing.assert_array_equal(got, wire.to_float(wire.like(sent["rgb"], np.uint8)))
+        assert client.stats()["worker_restarts"] == 0
+
+
+def test_a_killed_worker_sends_ticks_over_the_broker_then_direct_to_its_replacement(identity_checkpoint):
+    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv, \
+            EnhancerClient(srv.endpoint, deadline_ms=5_000) as client:
+        client.hello()
+        assert client.enhance(_frames(41)).enhanced
+        old = _direct_socket(client)
+        os.kill(int(old.name.split("-")[1].split(".")[0]), 9)  # w<index>-<pid>.sock
+        results = []
+        t_end = time.monotonic() + 60
+        while (not results or not results[-1].enhanced or client.route != "direct") and time.monotonic() < t_end:
+            results.append(client.enhance(_frames(42)))
+            time.sleep(0.05)
+        assert results[-1].enhanced and client.route == "direct", [r.reason for r in results]
+        assert _direct_socket(client) != old and not old.exists()
+        assert all(r.enhanced or r.reason for r in results)  # every tick: enhanced, or raw with its reason

@@ -77,6 +77,25 @@ def test_aggregate_averages_within_a_world_then_takes_the_median_over_worlds():
     assert list(by_camera) == ["CAM_FRONT/0m"]
 
 
+def test_seen_by_log_marks_what_a_log_view_saw_and_nothing_behind_it():
+    from neural_sensor.reconstruct.reference import LogReference
+
+    w, h = 64, 36
+    view = Camera.from_fov(w, h, 70.0, np.eye(4))  # looks along world +z at a wall 10 m away
+    log = LogReference(np.zeros((1, h, w, 3), np.uint8), np.full((1, h, w), 10.0, np.float32), view.K[None],
+                       view.pose_camera_to_world[None], np.array(["CAM_FRONT"]))
+    depth = np.full((1, h, w), 10.0, np.float32)
+    alpha = np.ones((1, h, w), np.float32)
+    assert rf.seen_by_log(log, [view], depth, alpha).all()
+    sideways = np.eye(4)
+    sideways[0, 3] = 6.0  # 6 m to the side: the wall's left part is in the log view, the right part is not
+    seen = rf.seen_by_log(log, [Camera.from_fov(w, h, 70.0, sideways)], depth, alpha)[0]
+    assert seen[:, :8].all() and not seen[:, -8:].any()
+    behind = np.diag([-1.0, 1.0, -1.0, 1.0])  # facing the other way: a wall the log never saw
+    assert not rf.seen_by_log(log, [Camera.from_fov(w, h, 70.0, behind)], depth, alpha).any()
+    assert not rf.seen_by_log(log, [view], depth, np.zeros_like(alpha)).any()  # no surface: nothing to see
+
+
 def test_enhance_tick_refuses_a_missing_answer():
     client = SimpleNamespace(enhance=lambda frames: SimpleNamespace(enhanced=False, rgb=None, reason="down"))
     rgb = np.zeros((6, 8, 8, 3), np.float32)
@@ -104,6 +123,7 @@ def test_tiny_end_to_end_run(tmp_path, capsys, monkeypatch):
     assert 0.0 <= on_path["depth_abs_rel_expected"]["median"] < 1.0
     assert on_path["depth_abs_rel"]["median"] < on_path["depth_abs_rel_vs_expected_truth"]["median"]
     assert "flicker_truth_mad" in on_path and "flicker_raw_mad" in on_path
+    assert 0.0 <= on_path["disoccluded_fraction"]["median"] <= 1.0
     assert "enhanced_psnr" not in on_path
     if "approximates LPIPS" in result["perceptual"]["note"]:
         assert on_path["raw_perceptual"]["median"] > 0.0

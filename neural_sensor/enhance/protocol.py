@@ -14,7 +14,8 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
            alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in
   stats:   requests, errors, enhance_requests, jobs (worker dispatches; < enhance_requests when batched),
-           frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, queued, uptime_s
+           frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, queued, uptime_s,
+           direct_requests (the requests workers served over the direct path, counted when they report it)
 
 Arrays are maps {"__ndarray__": true, "dtype": str, "shape": [int, ...], "data": bytes (C order,
 little endian)}. Allowed per field (anything else is refused with a named error):
@@ -36,6 +37,14 @@ SHM_MAGIC + the nonce, and sends only headers:
            dtype and shape).
   reply:   "frames": [{"camera", "rgb": {"__shm__": true, "dtype", "shape", "offset"}}]: written in place.
 A missing, too-small or foreign block, or a nonce of another server, is a SharedMemoryError reply.
+
+Direct path (same host, shared memory only): the hello's "shm" also lists "direct": the names of the ready
+workers' sockets in FOLDER (w<index>-<pid>.sock, AF_UNIX SOCK_SEQPACKET). A client may connect to one and send
+its shared-memory enhance requests there, one per packet (at most DIRECT_MAX_BYTES), each answered by one reply
+packet, skipping the broker's two ZeroMQ hops. The worker checks them as the broker would (anything else gets
+an error reply) and reports what it served to the broker's stats; it does not see deadlines (it serves a
+request when it comes; a client that gives up closes its connection). A worker that dies takes its socket
+with it: the client sends over the broker and hellos again.
 """
 
 from __future__ import annotations
@@ -59,6 +68,9 @@ SHM_HEADER_BYTES = 64  # magic (8) + nonce (32 hex chars), padded; arrays start 
 SHM_ALIGN = 64
 MAX_SHM_BYTES = 1 << 33
 SHM_BLOCK_NAME = re.compile(r"blk-[0-9]{1,10}-[0-9a-f]{8,32}")
+DIRECT_SOCKET_NAME = re.compile(r"w[0-9]{1,4}-[0-9]{1,10}\.sock")
+DIRECT_MAX_BYTES = 1 << 16  # one direct packet: a shared-memory request or reply is a header of a few kB
+DIRECT_MAX_PATH_BYTES = 100  # an AF_UNIX address holds 108 bytes
 _LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
 
 _IMAGE_DTYPES = ("uint8", "float16", "float32")

@@ -40,6 +40,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -110,25 +111,169 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fo
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"w{index}-{os.getpid()}".encode())
     sock.connect(backend)
-    sock.send_multipart([b"READY"])
+    direct = _DirectSockets(shm_folder, index)
+    sock.send_multipart([b"READY", (direct.name or "").encode()])
     blocks = _BlockCache(shm_folder, nonce)
     parent = os.getppid()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    direct.register(poller)
     while True:
-        if not sock.poll(1000):
+        events = dict(poller.poll(1000))
+        if not events:
             if os.getppid() != parent:  # the broker died: do not linger as an orphan, nor leave its blocks
                 blocks.close()
+                direct.close()
                 if shm_folder:
                     shutil.rmtree(shm_folder, ignore_errors=True)
                 return
             continue
-        parts = sock.recv_multipart(copy=False)
-        if parts[0].bytes != b"JOB":
-            continue
-        jobs = [(parts[i].bytes, parts[i + 1].buffer) for i in range(1, len(parts) - 1, 2)]
-        out = [b"DONE"]
-        for key, ok, reply in _run_jobs(model, jobs, blocks):
-            out += [key, b"1" if ok else b"0", reply]
-        sock.send_multipart(out)
+        if sock in events:
+            parts = sock.recv_multipart(copy=False)
+            if parts[0].bytes == b"JOB":
+                jobs = [(parts[i].bytes, parts[i + 1].buffer) for i in range(1, len(parts) - 1, 2)]
+                out = [b"DONE"]
+                for key, ok, reply in _run_jobs(model, jobs, blocks):
+                    out += [key, b"1" if ok else b"0", reply]
+                sock.send_multipart(out)
+        jobs = direct.receive(events)
+        if jobs:  # the direct requests that arrived together run as one batch, as the broker's would
+            start = time.perf_counter()
+            replies = _run_jobs(model, jobs, blocks)
+            for key, _, reply in replies:
+                direct.send(key, reply)
+            report = {"requests": len(replies), "errors": sum(not ok for _, ok, _ in replies),
+                      "frames": direct.frames_of(jobs),
+                      "ms": round((time.perf_counter() - start) * 1000.0, 3)}
+            sock.send_multipart([b"DIRECT", json.dumps(report).encode()])
+
+
+class _DirectSockets:
+    """A worker's broker-less local path (protocol.py, "Direct path"): a SOCK_SEQPACKET listener named
+    w<index>-<pid>.sock in the shared-memory folder (mode 0700: this user only) and the connections of the
+    clients that took it. Each packet is one shared-memory enhance request, answered with one packet. No listener
+    without a shared-memory folder, or when its path is too long for a socket address."""
+
+    def __init__(self, folder: str | None, index: int):
+        self.listener: socket.socket | None = None
+        self.name: str | None = None
+        self.path: str | None = None
+        self._conns: dict[int, socket.socket] = {}
+        self._poller = None
+        if folder is None:
+            return
+        name = f"w{index}-{os.getpid()}.sock"
+        path = os.path.join(folder, name)
+        if len(path.encode()) > wire.DIRECT_MAX_PATH_BYTES:
+            print(f"enhancer worker {index}: no direct path ({path} is too long for a socket address)", flush=True)
+            return
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            listener.bind(path)
+            listener.listen(64)
+            listener.setblocking(False)
+        except OSError as err:
+            listener.close()
+            print(f"enhancer worker {index}: no direct path ({path}: {err})", flush=True)
+            return
+        self.listener, self.name, self.path = listener, name, path
+
+    def register(self, poller: zmq.Poller) -> None:
+        if self.listener is not None:
+            self._poller = poller
+            poller.register(self.listener.fileno(), zmq.POLLIN)
+
+    def receive(self, events: dict) -> list[tuple[bytes, bytes]]:
+        """Accept new clients; (key, payload) of each connection that sent a request (one per connection: the
+        poll is level-triggered, so a second waits for the next round). A packet over DIRECT_MAX_BYTES is
+        answered LimitExceeded here; a closed connection is dropped."""
+        if self.listener is None:
+            return []
+        if self.listener.fileno() in events:
+            while True:
+                try:
+                    conn, _ = self.listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # e.g. out of file descriptors: the client times out and takes the broker
+                    break
+                conn.setblocking(False)
+                self._conns[conn.fileno()] = conn
+                self._poller.register(conn.fileno(), zmq.POLLIN)
+        jobs = []
+        for fd, conn in list(self._conns.items()):
+            if fd not in events:
+                continue
+            try:
+                payload = conn.recv(wire.DIRECT_MAX_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                payload = b""
+            if not payload:
+                self._drop(fd)
+            elif len(payload) > wire.DIRECT_MAX_BYTES:
+                self.send(str(fd).encode(), wire.error_reply(None, "LimitExceeded", f"a direct request must be at "
+                                                                                    f"most {wire.DIRECT_MAX_BYTES} "
+                                                                                    f"bytes (the broker takes more)"))
+            elif self._is_shm_enhance(payload):
+                jobs.append((str(fd).encode(), payload))
+            else:  # _run_jobs would take a hello for an empty enhance; the broker answers those
+                self.send(str(fd).encode(), wire.error_reply(None, "BadRequest", "the direct path takes shared-"
+                                                                                 "memory enhance requests only "
+                                                                                 "(hello, stats and bytes go to "
+                                                                                 "the broker)"))
+        return jobs
+
+    @staticmethod
+    def _is_shm_enhance(payload: bytes) -> bool:
+        try:
+            message = wire.unpack(payload)
+        except Exception:  # noqa: BLE001 - _run_jobs names what is wrong with it
+            return True
+        return not isinstance(message, dict) or (message.get("op") == "enhance" and "shm" in message)
+
+    @staticmethod
+    def frames_of(jobs: list[tuple[bytes, bytes]]) -> int:
+        """How many frames the jobs held, for the broker's counters (none for one that does not parse)."""
+        total = 0
+        for _, payload in jobs:
+            try:
+                total += len(wire.unpack(payload).get("frames") or [])
+            except Exception:  # noqa: BLE001 - it was answered with an error; it counts no frames
+                pass
+        return total
+
+    def send(self, key: bytes, reply: bytes) -> None:
+        """The reply packet to the connection `key`; a client that left (timed out, died) or does not read is
+        dropped."""
+        fd = int(key)
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
+        try:
+            conn.send(reply)
+        except OSError:  # BrokenPipe / ConnectionReset (it gave up on this request), or a full buffer
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        conn = self._conns.pop(fd, None)
+        if conn is not None:
+            try:
+                self._poller.unregister(fd)
+            except KeyError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        for fd in list(self._conns):
+            self._drop(fd)
+        if self.listener is not None:
+            self.listener.close()
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 class _BlockCache:
@@ -368,8 +513,9 @@ class Broker:
         self._inflight: dict[bytes, list[tuple[list, object, float]]] = {}  # worker -> [(envelope, id, t0)]
         self._queue: deque = deque()  # (envelope, request id, payload, arrival, deadline_ms, n_frames)
         self.started = time.monotonic()
-        self.counters = {"requests": 0, "errors": 0, "enhance_requests": 0, "jobs": 0, "frames_enhanced": 0,
-                         "worker_restarts": 0}
+        self.counters = {"requests": 0, "errors": 0, "enhance_requests": 0, "direct_requests": 0, "jobs": 0,
+                         "frames_enhanced": 0, "worker_restarts": 0}
+        self._direct: dict[int, str] = {}  # worker index -> its direct socket's name in the shm folder
         self._latencies_ms: deque[float] = deque(maxlen=4096)
         self._ready_written = False
         self.parent_gone = False
@@ -466,7 +612,15 @@ class Broker:
                 "workers": self.config.workers, "workers_ready": self.workers_ready,
                 "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
                 "max_message_bytes": wire.MAX_MESSAGE_BYTES,
-                **({"shm": {"folder": str(self.shm_folder), "nonce": self.nonce}} if self.shm_folder else {})}
+                **({"shm": {"folder": str(self.shm_folder), "nonce": self.nonce, **self._direct_offer()}}
+                   if self.shm_folder else {})}
+
+    def _direct_offer(self) -> dict:
+        """{"direct": the ready workers' socket names} when the folder can hold worker sockets, else nothing."""
+        longest = self.shm_folder / f"w{9999}-{9999999999}.sock"
+        if len(str(longest).encode()) > wire.DIRECT_MAX_PATH_BYTES:
+            return {}
+        return {"direct": [self._direct[i] for i in sorted(self._direct) if i in self._identity_of]}
 
     def stats(self) -> dict:
         lat = np.array(self._latencies_ms) if self._latencies_ms else None
@@ -525,11 +679,28 @@ class Broker:
         if proc is None or proc.pid != pid or not proc.is_alive():
             return  # a message from a worker already replaced (its requests were answered WorkerError)
         if kind == b"READY":
+            name = parts[2].decode() if len(parts) > 2 else ""
+            if wire.DIRECT_SOCKET_NAME.fullmatch(name):
+                self._direct[index] = name
             self._identity_of[index] = identity
             self._ready.append(identity)
             self._start_failures = 0
             if not self._ready_written:
                 self._write_ready_file()
+            return
+        if kind == b"DIRECT":  # what the worker served over its direct path, for the counters
+            try:
+                report = json.loads(parts[2])
+                requests, errors, frames, ms = (report[k] for k in ("requests", "errors", "frames", "ms"))
+            except (IndexError, ValueError, KeyError, TypeError):
+                return
+            self.counters["requests"] += requests
+            self.counters["enhance_requests"] += requests
+            self.counters["direct_requests"] += requests
+            self.counters["jobs"] += 1
+            self.counters["frames_enhanced"] += frames
+            self.counters["errors"] += errors
+            self._latencies_ms.extend([ms] * max(0, requests - errors))
             return
         if kind != b"DONE":
             return
@@ -578,6 +749,9 @@ class Broker:
             if proc.is_alive():
                 continue
             identity = self._identity_of.pop(index, None)
+            name = self._direct.pop(index, None)
+            if name is not None and self.shm_folder is not None:  # clients connecting to it find it gone
+                (self.shm_folder / name).unlink(missing_ok=True)
             if identity is None:
                 self._start_failures += 1
                 if self._start_failures >= 3:
