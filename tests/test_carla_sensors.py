@@ -672,3 +672,56 @@ def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, m
     assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4, (difference.mean(), difference.max())
     assert valid[out.alpha[0] > 0.5].mean() > 0.25  # the log sees a good share of the street in front
     camera.destroy()
+
+
+def test_an_enhancer_that_takes_no_log_gets_none_and_its_images_are_accumulated_over_ticks(scene):
+    """A camera given a drive log sends none to an enhancer whose hello says reference_views 0, and what it
+    delivers is the enhanced image blended with the previous one reprojected (TEMPORAL_BLEND), as a run does."""
+    from carla_bridge.transforms import camera_pose_from_ue
+    from neural_sensor.camera import Camera
+    from neural_sensor.enhance.temporal import TEMPORAL_BLEND
+    from neural_sensor.reconstruct.reference import LogReference
+    from neural_sensor.render import render
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    mount = camera_pose_from_ue(np.array(MOUNT.get_matrix()))
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, 0.0, 0.0, 0.0) @ mount) for x in (-3.0, 3.0)]
+    reference = LogReference.from_views(render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb, log_cams,
+                                        ["CAM_FRONT"] * 2, scene, (0.53, 0.71, 0.92))
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                 reference=reference)
+    rng = np.random.default_rng(5)
+    sent, replies = [], []
+
+    class Server:  # an EnhancerClient's face: it takes no log; "enhances" by adding a little noise
+        server = {"reference_views": 0}
+
+        def hello(self, timeout_ms=None):
+            return self.server
+
+        def enhance(self, frames, out=None):
+            sent.append([f.get("reference") for f in frames])
+            rgb = [np.clip(f["rgb"] + rng.normal(0.0, 0.03, f["rgb"].shape), 0, 1).astype(np.float32) for f in frames]
+            replies.append(rgb)
+            return type("Reply", (), {"rgb": rgb, "reason": "", "latency_ms": 1.0, "model_ms": 0.5})()
+
+        def close(self):
+            pass
+
+    camera.rig.enhancer_client = Server()
+    images = []
+    camera.listen(lambda image: images.append(np.frombuffer(image.raw_data, np.uint8).reshape(H, W, 4)[..., 2::-1]))
+    for _ in range(2):  # the ego stands still: the previous image reprojects onto itself
+        world.tick()
+    _settle(world, camera)
+    assert len(images) == 2 and all(refs == [None] for refs in sent), sent
+    first, second = (np.round(r[0] * 255).astype(np.float32) for r in replies)
+    np.testing.assert_allclose(images[0], first, atol=1)  # the first tick has no history
+    blended = TEMPORAL_BLEND * first + (1 - TEMPORAL_BLEND) * second  # where the history stays within the clamp
+    error_blended = np.abs(images[1] - blended).mean()
+    error_plain = np.abs(images[1] - second).mean()
+    assert error_blended < 0.6 * error_plain, (error_blended, error_plain)
+    camera.destroy()
