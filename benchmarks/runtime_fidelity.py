@@ -39,7 +39,8 @@ round-robin so straight, curve and intersection all appear):
    (`--wire float32` sends and returns floats instead);
 7. disoccluded pixels: surface pixels that no view of the drive log saw (each log view given the
    ground truth's median depth, each camera its ground-truth depth; the SEEN_VIEWS nearest views
-   of every log sensor tested, not only the camera's own): `disoccluded_fraction`, and
+   of every log sensor tested, not only the camera's own; a pixel that only farther views saw
+   counts as disoccluded, so this is an upper bound): `disoccluded_fraction` (of the image), and
    `<raw|enhanced|temporal>_psnr_disoccluded` over them (nan for a view with fewer than
    MIN_DISOCCLUDED_PX of them): what neither the reconstruction nor the reference could copy.
 

@@ -524,7 +524,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version")},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
-                "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",
+                "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",  # the path at the end of the run
                 "transport_ms_median": _median(transport_ms) if transport_ms else None},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -324,6 +324,7 @@ def test_direct_path_answers_anything_but_a_shared_memory_enhance_with_a_named_e
     with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
         client.hello()
         path = str(_direct_socket(client))
+        before = client.stats()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.settimeout(20)
         sock.connect(path)
@@ -340,6 +341,12 @@ def test_direct_path_answers_anything_but_a_shared_memory_enhance_with_a_named_e
         finally:
             sock.close()
         assert client.enhance(_frames(3)).enhanced and client.route == "direct"  # the worker still serves
+        t_end = time.monotonic() + 10  # the refusals are counted as requests and errors once the worker reports
+        while client.stats()["direct_requests"] < before["direct_requests"] + 5 and time.monotonic() < t_end:
+            time.sleep(0.02)
+        after = client.stats()
+        assert after["direct_requests"] == before["direct_requests"] + 5
+        assert after["errors"] == before["errors"] + 4
 
 
 def test_a_missed_deadline_on_the_direct_path_leaves_no_stale_reply(identity_checkpoint):
@@ -365,17 +372,31 @@ def test_a_missed_deadline_on_the_direct_path_leaves_no_stale_reply(identity_che
 
 
 def test_a_killed_worker_sends_ticks_over_the_broker_then_direct_to_its_replacement(identity_checkpoint):
-    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv, \
+    with local_server(checkpoint=identity_checkpoint, workers=2, threads=1) as srv, \
             EnhancerClient(srv.endpoint, deadline_ms=5_000) as client:
-        client.hello()
-        assert client.enhance(_frames(41)).enhanced
+        t_end = time.monotonic() + 60  # both workers listed: the client stays on one of them
+        while len(client.hello()["shm"]["direct"]) < 2 and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert client.enhance(_frames(41)).enhanced and client.route == "direct"
         old = _direct_socket(client)
-        os.kill(int(old.name.split("-")[1].split(".")[0]), 9)  # w<index>-<pid>.sock
+        pid = int(old.name.split("-")[1].split(".")[0])  # w<index>-<pid>.sock
+        os.kill(pid, 9)
+        while client.stats()["worker_restarts"] < 1 and time.monotonic() < t_end:  # the broker noticed (a job it
+            time.sleep(0.05)  # gave the dead worker before would be answered WorkerError)
+        via_broker = client.enhance(_frames(42))  # its socket is gone: this tick goes to the other worker
+        assert via_broker.enhanced and client.route == "broker", via_broker.reason
         results = []
-        t_end = time.monotonic() + 60
         while (not results or not results[-1].enhanced or client.route != "direct") and time.monotonic() < t_end:
-            results.append(client.enhance(_frames(42)))
+            results.append(client.enhance(_frames(43)))
             time.sleep(0.05)
         assert results[-1].enhanced and client.route == "direct", [r.reason for r in results]
-        assert _direct_socket(client) != old and not old.exists()
-        assert all(r.enhanced or r.reason for r in results)  # every tick: enhanced, or raw with its reason
+        assert _direct_socket(client) != old
+        assert client.stats()["worker_restarts"] == 1 and not old.exists()
+
+
+def test_direct_requests_are_batched_up_to_the_servers_limit():
+    from neural_sensor.enhance.server import _batches
+
+    jobs = [(b"a", b"", 6), (b"b", b"", 6), (b"c", b"", 6), (b"d", b"", 20), (b"e", b"", 1)]
+    assert [[k for k, _, _ in batch] for batch in _batches(jobs, 12)] == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
+    assert _batches([], 16) == []

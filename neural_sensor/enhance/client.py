@@ -30,8 +30,11 @@ Direct path (direct=True, the default, with shared memory): when the hello lists
 sockets (protocol.py), the client connects to one and sends its shared-memory requests there,
 skipping the broker and its two ZeroMQ hops (each costs ~0.3 ms of thread wake-ups each way on an
 idle machine). A missed deadline closes that connection (a late reply goes nowhere) and retires the
-block, as above; a socket that is gone or breaks (its worker died) sends the tick over the broker
-within its deadline and hellos again before the next ticks. `route` says which the next tick takes.
+block, as above (DIRECT_TIMEOUTS_TO_LEAVE in a row leave that worker for the broker); a socket that
+is gone or breaks (its worker died) sends the tick over the broker within its deadline, and a hello
+(at most one a second) finds the replacement's. While the hello lists fewer sockets than the server
+has workers it is asked again each second, so clients spread over all of them. `route` says which
+path the next tick takes.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from neural_sensor.enhance import protocol as wire
 CONNECT_GRACE_S = 1.0  # how long a new socket's first request may wait for the connection (within its deadline)
 SHM_HELLO_EVERY_S = 1.0  # how often enhance() may hello to (re)negotiate shared memory
 SHM_HELLO_MS = 50.0  # the most such a hello may take out of a tick's budget
+DIRECT_TIMEOUTS_TO_LEAVE = 3  # direct requests in a row without a reply in time before the client leaves that worker
 
 
 def _remove_block(path: str, mapping: mmap.mmap) -> None:
@@ -130,7 +134,8 @@ class EnhancerClient:
         self.direct = bool(direct)  # may send shared-memory requests straight to a worker if offered
         self._direct_path: str | None = None  # the offered worker socket this client uses
         self._direct_sock: socket.socket | None = None
-        self._direct_lost = False  # the socket went away: hello again for the replacement worker's
+        self._direct_rehello = False  # hello again (at most once a second) for a fuller or newer list of sockets
+        self._direct_timeouts = 0  # direct requests in a row that got no reply in time
         if wire_dtype == "uint8":
             wire.warm_codecs()  # the first tick's request must not wait for numba
         self._open()
@@ -198,9 +203,13 @@ class EnhancerClient:
         if path != self._direct_path:
             self._close_direct()
         self._direct_path = path if path is None or len(path.encode()) <= wire.DIRECT_MAX_PATH_BYTES else None
-        # a server with direct sockets but none ready now (its worker restarting): ask again in a second
-        self._direct_lost = bool(self.direct and accepted is not None and isinstance(offer.get("direct"), list)
-                                 and self._direct_path is None)
+        self._direct_timeouts = 0
+        # a server with direct sockets, fewer ready than it has workers (starting, restarting): ask again in a
+        # second, so that clients spread over all of them and find a replacement
+        workers = hello.get("workers")
+        self._direct_rehello = bool(self.direct and accepted is not None and isinstance(offer.get("direct"), list)
+                                    and (self._direct_path is None
+                                         or (isinstance(workers, int) and len(names) < workers)))
         if accepted is None and "shm" not in hello:
             self._next_shm_hello = float("inf")  # the server offers none: ask again only after a reset (restart?)
 
@@ -262,7 +271,7 @@ class EnhancerClient:
     def _maybe_hello(self, t_end: float) -> None:
         """Negotiate shared memory again (after a restart of the server, or without an explicit hello) when due."""
         now = time.monotonic()
-        due = self._shm_offer is None or self._direct_lost
+        due = self._shm_offer is None or self._direct_rehello
         if not self.shared_memory or not due or now < self._next_shm_hello:
             return
         self._next_shm_hello = now + SHM_HELLO_EVERY_S
@@ -495,8 +504,12 @@ class EnhancerClient:
                 sock.settimeout(remaining)
                 data = sock.recv(wire.DIRECT_MAX_BYTES + 1)
             except TimeoutError:
+                path = self._direct_path
                 self._close_direct()  # the worker's late reply finds the connection gone
-                return f"no reply from the enhancer's worker ({self._direct_path}) within {budget_ms:.0f} ms"
+                self._direct_timeouts += 1
+                if self._direct_timeouts >= DIRECT_TIMEOUTS_TO_LEAVE:  # hung or swamped: the broker, then a hello
+                    self._lose_direct()
+                return f"no reply from the enhancer's worker ({path}) within {budget_ms:.0f} ms"
             except OSError:
                 data = b""
             if not data:  # the worker went away mid-request: it writes nothing more into the block
@@ -508,6 +521,7 @@ class EnhancerClient:
                 self._close_direct()
                 return f"malformed reply from the enhancer's worker ({type(err).__name__}: {err})"
             if reply.get("id") == request_id or (reply.get("id") is None and not reply["ok"]):
+                self._direct_timeouts = 0
                 return reply
 
     def _close_direct(self) -> None:
@@ -516,11 +530,11 @@ class EnhancerClient:
             self._direct_sock = None
 
     def _lose_direct(self) -> None:
-        """The worker's socket is gone: the broker takes the ticks until a hello names another."""
+        """The worker's socket is gone (or its worker hung): the broker takes the ticks until a hello names
+        another (at most one hello a second, SHM_HELLO_EVERY_S)."""
         self._close_direct()
         self._direct_path = None
-        self._direct_lost = True
-        self._next_shm_hello = min(self._next_shm_hello, time.monotonic())
+        self._direct_rehello = True
 
     def _bad_reply(self, reply, frames: list[dict], latency: float) -> EnhanceResult | None:
         """The raw-render result for a failed exchange, an error reply or a reply of the wrong cameras / sizes."""

@@ -14,8 +14,9 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
            alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in
   stats:   requests, errors, enhance_requests, jobs (worker dispatches; < enhance_requests when batched),
-           frames_enhanced, worker_restarts, p50_ms, p99_ms, workers, workers_ready, queued, uptime_s,
-           direct_requests (the requests workers served over the direct path, counted when they report it)
+           frames_enhanced, worker_restarts, p50_ms, p99_ms (the broker's round trips), workers, workers_ready,
+           queued, uptime_s, direct_requests (the requests workers took over the direct path, counted when they
+           report it, in requests / errors too), direct_worker_p50_ms (the workers' time per direct batch)
 
 Arrays are maps {"__ndarray__": true, "dtype": str, "shape": [int, ...], "data": bytes (C order,
 little endian)}. Allowed per field (anything else is refused with a named error):
@@ -42,9 +43,10 @@ Direct path (same host, shared memory only): the hello's "shm" also lists "direc
 workers' sockets in FOLDER (w<index>-<pid>.sock, AF_UNIX SOCK_SEQPACKET). A client may connect to one and send
 its shared-memory enhance requests there, one per packet (at most DIRECT_MAX_BYTES), each answered by one reply
 packet, skipping the broker's two ZeroMQ hops. The worker checks them as the broker would (anything else gets
-an error reply) and reports what it served to the broker's stats; it does not see deadlines (it serves a
-request when it comes; a client that gives up closes its connection). A worker that dies takes its socket
-with it: the client sends over the broker and hellos again.
+an error reply), batches those that arrive together up to the server's max_batch_frames, and reports what it
+served to the broker's stats; it does not see deadlines (it serves a request when it comes; a client that
+gives up closes its connection). A worker that dies takes its socket with it: the client sends over the
+broker and hellos again.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ def check_bind(config: ServerConfig) -> None:
 
 # ------------------------------------------------------------------ worker process
 def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_folder: str | None = None,
-                 nonce: str = "") -> None:
-    """A worker: load the model, say READY, then answer JOBs until the broker goes away."""
+                 nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES) -> None:
+    """A worker: load the model, say READY, then answer JOBs (and direct requests) until the broker goes away."""
     import torch
 
     from neural_sensor.enhance.model import Enhancer
@@ -118,16 +118,18 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fo
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     direct.register(poller)
+    next_parent_check = time.monotonic() + 1.0
     while True:
         events = dict(poller.poll(1000))
-        if not events:
+        now = time.monotonic()
+        if now >= next_parent_check:  # on a timer: a worker busy with direct clients must notice too
+            next_parent_check = now + 1.0
             if os.getppid() != parent:  # the broker died: do not linger as an orphan, nor leave its blocks
                 blocks.close()
                 direct.close()
                 if shm_folder:
                     shutil.rmtree(shm_folder, ignore_errors=True)
                 return
-            continue
         if sock in events:
             parts = sock.recv_multipart(copy=False)
             if parts[0].bytes == b"JOB":
@@ -136,16 +138,40 @@ def _worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fo
                 for key, ok, reply in _run_jobs(model, jobs, blocks):
                     out += [key, b"1" if ok else b"0", reply]
                 sock.send_multipart(out)
-        jobs = direct.receive(events)
-        if jobs:  # the direct requests that arrived together run as one batch, as the broker's would
+        # the direct requests that arrived together run as batches of at most max_batch_frames, as the broker's
+        for batch in _batches(direct.receive(events), max_batch_frames):
             start = time.perf_counter()
-            replies = _run_jobs(model, jobs, blocks)
+            replies = _run_jobs(model, [(key, payload) for key, payload, _ in batch], blocks)
             for key, _, reply in replies:
                 direct.send(key, reply)
             report = {"requests": len(replies), "errors": sum(not ok for _, ok, _ in replies),
-                      "frames": direct.frames_of(jobs),
+                      "frames": sum(n for _, _, n in batch),
                       "ms": round((time.perf_counter() - start) * 1000.0, 3)}
-            sock.send_multipart([b"DIRECT", json.dumps(report).encode()])
+            _report(sock, report)
+        if direct.refused:
+            _report(sock, {"requests": direct.refused, "errors": direct.refused, "frames": 0, "ms": None})
+            direct.refused = 0
+
+
+def _report(sock, report: dict) -> None:
+    """Tell the broker what the direct path served (its stats); dropped rather than block if the broker is gone."""
+    try:
+        sock.send_multipart([b"DIRECT", json.dumps(report).encode()], flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
+def _batches(jobs: list[tuple[bytes, bytes, int]], max_frames: int) -> list[list[tuple[bytes, bytes, int]]]:
+    """`jobs` (key, payload, frames) in arrival order, cut into batches of at most max_frames frames (a job
+    larger than that alone)."""
+    batches, frames = [], 0
+    for job in jobs:
+        if not batches or frames + job[2] > max_frames:
+            batches.append([])
+            frames = 0
+        batches[-1].append(job)
+        frames += job[2]
+    return batches
 
 
 class _DirectSockets:
@@ -158,17 +184,22 @@ class _DirectSockets:
         self.listener: socket.socket | None = None
         self.name: str | None = None
         self.path: str | None = None
+        self.refused = 0  # requests answered with an error here (not by _run_jobs), for the broker's counters
         self._conns: dict[int, socket.socket] = {}
         self._poller = None
         if folder is None:
             return
-        name = f"w{index}-{os.getpid()}.sock"
+        name = direct_socket_name(index, os.getpid())
         path = os.path.join(folder, name)
         if len(path.encode()) > wire.DIRECT_MAX_PATH_BYTES:
             print(f"enhancer worker {index}: no direct path ({path} is too long for a socket address)", flush=True)
             return
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            try:
+                os.unlink(path)  # a file left by an earlier process of this pid (the folder is private)
+            except FileNotFoundError:
+                pass
             listener.bind(path)
             listener.listen(64)
             listener.setblocking(False)
@@ -183,10 +214,10 @@ class _DirectSockets:
             self._poller = poller
             poller.register(self.listener.fileno(), zmq.POLLIN)
 
-    def receive(self, events: dict) -> list[tuple[bytes, bytes]]:
-        """Accept new clients; (key, payload) of each connection that sent a request (one per connection: the
-        poll is level-triggered, so a second waits for the next round). A packet over DIRECT_MAX_BYTES is
-        answered LimitExceeded here; a closed connection is dropped."""
+    def receive(self, events: dict) -> list[tuple[bytes, bytes, int]]:
+        """Accept new clients; (key, payload, frames) of each connection that sent a shared-memory enhance request
+        (one per connection: the poll is level-triggered, so a second waits for the next round). Anything else is
+        answered here with a named error; a closed connection is dropped."""
         if self.listener is None:
             return []
         if self.listener.fileno() in events:
@@ -195,7 +226,8 @@ class _DirectSockets:
                     conn, _ = self.listener.accept()
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError:  # e.g. out of file descriptors: the client times out and takes the broker
+                except OSError:  # e.g. out of file descriptors: the client times out and takes the broker; the
+                    time.sleep(0.01)  # listener stays readable, so do not spin on it
                     break
                 conn.setblocking(False)
                 self._conns[conn.fileno()] = conn
@@ -212,37 +244,38 @@ class _DirectSockets:
                 payload = b""
             if not payload:
                 self._drop(fd)
-            elif len(payload) > wire.DIRECT_MAX_BYTES:
-                self.send(str(fd).encode(), wire.error_reply(None, "LimitExceeded", f"a direct request must be at "
-                                                                                    f"most {wire.DIRECT_MAX_BYTES} "
-                                                                                    f"bytes (the broker takes more)"))
-            elif self._is_shm_enhance(payload):
-                jobs.append((str(fd).encode(), payload))
-            else:  # _run_jobs would take a hello for an empty enhance; the broker answers those
-                self.send(str(fd).encode(), wire.error_reply(None, "BadRequest", "the direct path takes shared-"
-                                                                                 "memory enhance requests only "
-                                                                                 "(hello, stats and bytes go to "
-                                                                                 "the broker)"))
+                continue
+            key = str(fd).encode()
+            if len(payload) > wire.DIRECT_MAX_BYTES:
+                self._refuse(key, "LimitExceeded", f"a direct request must be at most {wire.DIRECT_MAX_BYTES} bytes "
+                                                   f"(the broker takes more)")
+                continue
+            frames = self._shm_enhance_frames(payload)
+            if frames is None:  # _run_jobs would take a hello for an empty enhance; the broker answers those
+                self._refuse(key, "BadRequest", "the direct path takes shared-memory enhance requests only (hello, "
+                                                "stats and bytes go to the broker)")
+            else:
+                jobs.append((key, payload, frames))
         return jobs
 
     @staticmethod
-    def _is_shm_enhance(payload: bytes) -> bool:
+    def _shm_enhance_frames(payload: bytes) -> int | None:
+        """The frames of a shared-memory enhance request; None for another op or a request without "shm"; 0 for
+        one that does not parse (`_run_jobs` names what is wrong with it)."""
         try:
             message = wire.unpack(payload)
-        except Exception:  # noqa: BLE001 - _run_jobs names what is wrong with it
-            return True
-        return not isinstance(message, dict) or (message.get("op") == "enhance" and "shm" in message)
+        except Exception:  # noqa: BLE001 - answered by _run_jobs with the parser's own error
+            return 0
+        if not isinstance(message, dict):
+            return 0
+        if message.get("op") != "enhance" or "shm" not in message:
+            return None
+        frames = message.get("frames")
+        return len(frames) if isinstance(frames, list) else 0
 
-    @staticmethod
-    def frames_of(jobs: list[tuple[bytes, bytes]]) -> int:
-        """How many frames the jobs held, for the broker's counters (none for one that does not parse)."""
-        total = 0
-        for _, payload in jobs:
-            try:
-                total += len(wire.unpack(payload).get("frames") or [])
-            except Exception:  # noqa: BLE001 - it was answered with an error; it counts no frames
-                pass
-        return total
+    def _refuse(self, key: bytes, error_type: str, message: str) -> None:
+        self.refused += 1
+        self.send(key, wire.error_reply(None, error_type, message))
 
     def send(self, key: bytes, reply: bytes) -> None:
         """The reply packet to the connection `key`; a client that left (timed out, died) or does not read is
@@ -274,6 +307,11 @@ class _DirectSockets:
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+def direct_socket_name(index: int, pid: int) -> str:
+    """The file name of worker `index`'s direct socket (process `pid`) in the shared-memory folder."""
+    return f"w{index}-{pid}.sock"
 
 
 class _BlockCache:
@@ -516,6 +554,7 @@ class Broker:
         self.counters = {"requests": 0, "errors": 0, "enhance_requests": 0, "direct_requests": 0, "jobs": 0,
                          "frames_enhanced": 0, "worker_restarts": 0}
         self._direct: dict[int, str] = {}  # worker index -> its direct socket's name in the shm folder
+        self._direct_ms: deque[float] = deque(maxlen=4096)  # the workers' time per direct batch (not a round trip)
         self._latencies_ms: deque[float] = deque(maxlen=4096)
         self._ready_written = False
         self.parent_gone = False
@@ -592,7 +631,8 @@ class Broker:
     def _spawn(self, index: int) -> None:
         proc = self._mp.Process(target=_worker_main, name=f"enhancer-worker-{index}",
                                 args=(self.backend_endpoint, str(self.config.checkpoint), index, self._threads,
-                                      None if self.shm_folder is None else str(self.shm_folder), self.nonce),
+                                      None if self.shm_folder is None else str(self.shm_folder), self.nonce,
+                                      self.config.max_batch_frames),
                                 daemon=True)
         proc.start()
         self._procs[index] = proc
@@ -624,8 +664,10 @@ class Broker:
 
     def stats(self) -> dict:
         lat = np.array(self._latencies_ms) if self._latencies_ms else None
+        direct = np.array(self._direct_ms) if self._direct_ms else None
         return {**self.counters, "p50_ms": None if lat is None else round(float(np.percentile(lat, 50)), 3),
                 "p99_ms": None if lat is None else round(float(np.percentile(lat, 99)), 3),
+                "direct_worker_p50_ms": None if direct is None else round(float(np.percentile(direct, 50)), 3),
                 "workers": self.config.workers, "workers_ready": self.workers_ready,
                 "queued": len(self._queue), "uptime_s": round(time.monotonic() - self.started, 3)}
 
@@ -679,9 +721,8 @@ class Broker:
         if proc is None or proc.pid != pid or not proc.is_alive():
             return  # a message from a worker already replaced (its requests were answered WorkerError)
         if kind == b"READY":
-            name = parts[2].decode() if len(parts) > 2 else ""
-            if wire.DIRECT_SOCKET_NAME.fullmatch(name):
-                self._direct[index] = name
+            if len(parts) > 2 and parts[2] == direct_socket_name(index, pid).encode():
+                self._direct[index] = direct_socket_name(index, pid)
             self._identity_of[index] = identity
             self._ready.append(identity)
             self._start_failures = 0
@@ -692,15 +733,18 @@ class Broker:
             try:
                 report = json.loads(parts[2])
                 requests, errors, frames, ms = (report[k] for k in ("requests", "errors", "frames", "ms"))
+                requests, errors, frames = int(requests), int(errors), int(frames)
             except (IndexError, ValueError, KeyError, TypeError):
                 return
             self.counters["requests"] += requests
-            self.counters["enhance_requests"] += requests
             self.counters["direct_requests"] += requests
-            self.counters["jobs"] += 1
-            self.counters["frames_enhanced"] += frames
             self.counters["errors"] += errors
-            self._latencies_ms.extend([ms] * max(0, requests - errors))
+            if frames:  # a batch the model ran (refusals report no frames)
+                self.counters["enhance_requests"] += requests
+                self.counters["jobs"] += 1
+                self.counters["frames_enhanced"] += frames
+                if isinstance(ms, (int, float)):
+                    self._direct_ms.append(float(ms))
             return
         if kind != b"DONE":
             return
@@ -749,9 +793,9 @@ class Broker:
             if proc.is_alive():
                 continue
             identity = self._identity_of.pop(index, None)
-            name = self._direct.pop(index, None)
-            if name is not None and self.shm_folder is not None:  # clients connecting to it find it gone
-                (self.shm_folder / name).unlink(missing_ok=True)
+            self._direct.pop(index, None)
+            if self.shm_folder is not None and proc.pid is not None:  # clients connecting to it find it gone
+                (self.shm_folder / direct_socket_name(index, proc.pid)).unlink(missing_ok=True)
             if identity is None:
                 self._start_failures += 1
                 if self._start_failures >= 3:
