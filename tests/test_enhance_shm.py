@@ -395,7 +395,7 @@ def test_a_killed_worker_sends_ticks_over_the_broker_then_direct_to_its_replacem
 
 
 def test_direct_requests_are_batched_up_to_the_servers_limit():
-    from neural_sensor.enhance.server import _batches
+    from neural_sensor.enhance.direct import batches as _batches
 
     jobs = [(b"a", b"", 6), (b"b", b"", 6), (b"c", b"", 6), (b"d", b"", 20), (b"e", b"", 1)]
     assert [[k for k, _, _ in batch] for batch in _batches(jobs, 12)] == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
