@@ -8,6 +8,14 @@ benchmarks/results/render-<machine>.json.
 
     python benchmarks/render.py                 # full table
     python benchmarks/render.py --quick         # 300k at 640x360, one camera
+    python benchmarks/render.py --rig           # the run's regime (below)
+
+`--rig` times the run's own regime instead: the demo's reconstruction (cut_in's recorded drive, reconstructed
+as `neural-sensor demo` does, from the scene cache), the six rig cameras at 480x270 at stations along the
+recorded path, drawn at the reconstruction's level of detail, with the outputs each consumer asks for: the
+runner (rgb, depth, alpha), the runner with the drive-log reference (+ the median depth) and a CARLA depth or
+semantic camera (+ the median depth and the labels). The output sets alternate frame by frame, so a drift of
+the host's speed reaches all of them alike. Writes benchmarks/results/render-rig-<machine>.json.
 """
 
 from __future__ import annotations
@@ -90,6 +98,50 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+RIG_OUTPUTS = {  # what each consumer of a rig render asks for (neural_sensor.rig.render_outputs)
+    "runner": ("rgb", "depth", "alpha"),
+    "runner_with_log_reference": ("rgb", "depth", "alpha", "median_depth"),
+    "bridge_depth_or_semantic_camera": ("rgb", "depth", "alpha", "median_depth", "semantic", "instance"),
+}
+
+
+def run_rig(args: argparse.Namespace) -> dict:
+    """Median ms per six-camera render of the demo's reconstruction for each of RIG_OUTPUTS (see the docstring)."""
+    import numpy as np
+
+    from neural_sensor.reconstruct.drive import reconstructed_scene
+    from neural_sensor.render import RECONSTRUCTION_LOD_PX
+    from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
+    from neural_sensor.scene.path import Path as Polyline
+    from scenarios.runner import load_scenario
+
+    demo = load_scenario("cut_in")
+    scene, meta = reconstructed_scene(demo.layout, demo.recorded_path_xy_m, voxel_m=demo.voxel_m,
+                                      cache_dir=args.cache, progress=True)
+    path = Polyline(demo.recorded_path_xy_m)
+    specs = nuscenes_like_rig(480, 270)
+    stations = np.linspace(10.0, path.length_m - 10.0, args.frames)
+    rigs = [rig_cameras_on_path(specs, path, float(s)) for s in stations]
+    background = meta.get("sky_rgb") or (0.5, 0.6, 0.7)
+    times: dict[str, list[float]] = {name: [] for name in RIG_OUTPUTS}
+    for timed_pass in range(1 + args.warmup):  # pass 0 (JIT, caches) is not timed; the others are
+        for cameras in rigs:
+            for name, outputs in RIG_OUTPUTS.items():
+                start = time.perf_counter()
+                render(scene, cameras, backend="cpu", outputs=outputs, background=background,
+                       lod_px=RECONSTRUCTION_LOD_PX)
+                if timed_pass > 0:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+    rows = {name: {"median_ms": round(statistics.median(t), 2), "p90_ms": round(sorted(t)[int(0.9 * (len(t) - 1))], 2),
+                   "frames": len(t), "outputs": list(RIG_OUTPUTS[name])} for name, t in times.items()}
+    return {"benchmark": "render-rig", "machine": machine_name(), "cpu_threads": numba.get_num_threads(),
+            "numba": numba.__version__, "scene": f"cut_in's reconstruction ({len(scene)} Gaussians)",
+            "cameras": "nuscenes_like_rig(480, 270), 6 cameras", "lod_px": RECONSTRUCTION_LOD_PX,
+            "stations": len(stations), "passes": args.warmup, "configs": rows,
+            "summary": f"{machine_name()}: six 480x270 cameras of the demo's reconstruction: " + "; ".join(
+                f"{name} {row['median_ms']} ms" for name, row in rows.items())}
+
+
 def summary_line(result: dict) -> str:
     for row in result["configs"]:
         if row["gaussians"] == 300_000 and (row["width"], row["height"]) == (640, 360) and row["cameras"] == 1:
@@ -116,8 +168,18 @@ def main() -> None:
     parser.add_argument("--backends", default="cpu,gsplat",
                         help="fast backends to time, comma-separated (gsplat only where CUDA is)")
     parser.add_argument("--sh-degree", type=int, default=1, help="SH degree of the street scene")
+    parser.add_argument("--rig", action="store_true",
+                        help="the run's regime: six 480x270 rig cameras of the demo's reconstruction (--frames "
+                             "stations, --warmup timed passes over them after an untimed one)")
+    parser.add_argument("--cache", type=Path, default=None, help="--rig: scene cache (default: the runner's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/render-<machine>.json)")
     args = parser.parse_args()
+    if args.rig:
+        if args.warmup < 1:
+            parser.error("--rig times --warmup passes over the stations after an untimed one: give --warmup >= 1")
+        result = run_rig(args)
+        write_result(result, "render-rig", args.out)
+        return
     result = run(args)
     result["summary"] = summary_line(result)
     write_result(result, "render", args.out, save=not args.quick)
