@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from neural_sensor.camera import Camera
+from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
 from neural_sensor.reconstruct.log import (DriveLogError, log_digest, nerfstudio_to_opencv, opencv_to_nerfstudio,
                                            read_drive_log, record_drive, write_drive_log)
@@ -281,6 +282,8 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
     # then the default colour refinement (and its sky pruning) against the same images, over the log's sky
     direct, stats = refine_colours(direct, inputs, cameras, background=sky_rgb(layout.style), sky_masks=sky_masks)
     assert meta["colour_refinement"]["psnr_db"] == stats["psnr_db"] and stats["iterations"] == 2
+    direct.save_ply(short_drive["root"] / "direct.ply")  # the cache returns a scene as its PLY stores it
+    direct = GaussianScene.load_ply(short_drive["root"] / "direct.ply")
     for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
         assert np.array_equal(getattr(direct, name), getattr(from_log, name)), name
     # cached: the same key from the same bytes; a changed image is a new key

@@ -33,6 +33,19 @@ def test_miss_then_hit(tmp_path):
     assert other["key"] != meta["key"] and calls == [1, 2]
 
 
+def test_a_fresh_build_is_returned_as_later_runs_load_it(tmp_path):
+    """The PLY stores log-scales, and exp(log(s)) is not always s in float32: the first run must get the scene
+    every later run loads, bit for bit, not the one in memory."""
+    built = make_street_scene(2000, seed=3)
+    cache = SceneCache(tmp_path)
+    first, meta = cache.get_or_build({"street": 3}, lambda: (built, {"source": "street"}, None))
+    later, meta2 = cache.get_or_build({"street": 3}, lambda: (built, {"source": "street"}, None))
+    assert meta["cached"] is False and meta2["cached"] is True
+    assert not np.array_equal(built.scales, later.scales)  # the round trip does move some scales
+    for field in ("means", "quats", "scales", "opacities", "sh", "labels", "instance"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(later, field), err_msg=field)
+
+
 def test_a_build_can_add_files_to_its_entry(tmp_path):
     """build() may return a fourth item, name -> writer: each writer writes that file inside the entry (before
     the entry appears), and the file is there when the entry is served from the cache."""
