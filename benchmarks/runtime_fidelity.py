@@ -86,7 +86,6 @@ from neural_sensor.scene.path import Path as Polyline
 from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-REFERENCE_VIEWS = 2  # log views warped into each camera for the enhancer's reference (NeuralSensorRig's default)
 SEEN_VIEWS = 8  # log views of each sensor tested when telling a pixel the drive log saw from one it never did
 MIN_DISOCCLUDED_PX = 50  # a view's disoccluded PSNR needs at least this many such pixels (else nan)
 VOXEL_M = 0.3  # the runner's (Scenario.voxel_m default): both the ground truth and the recorded drive use it
@@ -184,7 +183,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
                                             cache_dir=cache_dir, refine=refine_config(args.refine_iterations))
     log = scene_reference(scene_meta)
-    log_reference = log if args.reference else None
+    log_reference = log if args.reference and args.reference_views > 0 else None  # as the runner decides
     recon_s = time.perf_counter() - t0
     truth, truth_meta = build_scene(layout, voxel_m=VOXEL_M, cache_dir=cache_dir)
     sky = scene.labels == CityObjectLabel.SKY
@@ -228,7 +227,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 if client is not None:
                     t1 = time.perf_counter()
                     reference = None if log_reference is None else log_reference.warp(
-                        ids, cams, raw.median_depth, raw.alpha, REFERENCE_VIEWS)  # as the rig does
+                        ids, cams, raw.median_depth, raw.alpha, args.reference_views)  # as the rig does
                     images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference)
                     facts["enhance_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                     images["truth_enhanced"] = enhance_tick(client, ids, gt.rgb, gt.depth, gt.alpha)
@@ -429,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         args.worlds, args.clips, args.ticks, args.shifts = 3, 1, 2, [0.0, 2.0]
     if args.worlds < 1 or args.clips < 1 or args.ticks < 1:
         raise SystemExit("--worlds, --clips and --ticks must be >= 1")
+    args.reference_views = 0  # set from the enhancer's hello
     command = "python benchmarks/runtime_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {"benchmark": "runtime_fidelity", "machine": machine_name(), "command": command.strip(),
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [args.width, args.height],
@@ -441,8 +441,7 @@ def main(argv: list[str] | None = None) -> None:
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every,
                          "enhancer_wire": args.wire,
-                         "enhancer_reference": f"the drive log, {REFERENCE_VIEWS} views per camera blended by distance"
-                         if args.reference else None, "temporal_blend": args.temporal_blend},
+                         "enhancer_reference": None, "temporal_blend": args.temporal_blend},
               "perceptual": None, "flicker": "frame t-1 warped into frame t with ground-truth depth and poses; "
                                              "mad = mean |difference| in 8-bit levels over surface pixels both see; raw8: the raw "
                                              "render rounded to 8 bits (as the uint8 wire returns the enhanced one)"}
@@ -475,7 +474,14 @@ def main(argv: list[str] | None = None) -> None:
                 endpoint = stack.enter_context(local_server(checkpoint=args.enhancer_checkpoint)).endpoint
             client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000, wire_dtype=args.wire))
             hello = client.wait_ready()
-            result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version")}
+            result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version",
+                                                            "reference_views")}
+            # the log views the enhancer was trained to take, as its hello says (what the runner sends it)
+            views = hello.get("reference_views")
+            args.reference_views = views if isinstance(views, int) and not isinstance(views, bool) else 0
+            if args.reference and args.reference_views > 0:
+                result["regime"]["enhancer_reference"] = (f"the drive log, {args.reference_views} views per camera "
+                                                          f"blended by distance (the enhancer's hello)")
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None
         for n, (seed, layout) in enumerate(worlds):
             t0 = time.perf_counter()
