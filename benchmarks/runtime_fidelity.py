@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
             stack.callback(shutil.rmtree, cache_dir, True)
         client = None
         if args.enhancer != "none":
-            from neural_sensor.enhance.client import EnhancerClient
+            from neural_sensor.enhance.client import EnhancerClient, hello_reference_views
             from neural_sensor.enhance.local import local_server
 
             endpoint = args.enhancer
@@ -477,8 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                             "reference_views")}
             # the log views the enhancer was trained to take, as its hello says (what the runner sends it)
-            views = hello.get("reference_views")
-            args.reference_views = views if isinstance(views, int) and not isinstance(views, bool) else 0
+            args.reference_views = hello_reference_views(hello)
             if args.reference and args.reference_views > 0:
                 result["regime"]["enhancer_reference"] = (f"the drive log, {args.reference_views} views per camera "
                                                           f"blended by distance (the enhancer's hello)")

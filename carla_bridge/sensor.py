@@ -392,7 +392,7 @@ class CameraRig:
         if self._reference_views is None:
             if time.monotonic() - self._hello_failed_at < RETRY_HELLO_S:
                 return None
-            from neural_sensor.enhance.client import EnhancerError
+            from neural_sensor.enhance.client import EnhancerError, hello_reference_views
 
             try:  # the client retries a call: the attempts together stay within HELLO_TIMEOUT_MS
                 hello = client.server or client.hello(
@@ -402,8 +402,7 @@ class CameraRig:
                 _log.warning("neural camera: the enhancer's hello failed (%s); no drive-log reference until it "
                              "answers", err)
                 return None
-            views = hello.get("reference_views", 0)
-            self._reference_views = views if isinstance(views, int) and not isinstance(views, bool) else 0
+            self._reference_views = hello_reference_views(hello)
         return self._reference_views
 
     def _rig_for(self, views: tuple, fields: tuple) -> NeuralSensorRig:

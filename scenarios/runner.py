@@ -333,8 +333,9 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
         # an enhancer trained with the drive log's images as its reference (its hello says how many): send them
-        views = (enhancer.server or {}).get("reference_views") if enhancer is not None else 0
-        reference, reference_views = None, views if isinstance(views, int) and not isinstance(views, bool) else 0
+        from neural_sensor.enhance.client import hello_reference_views
+
+        reference, reference_views = None, hello_reference_views(enhancer.server if enhancer is not None else None)
         if options.log_reference and reference_views > 0 and scene_kind in ("reconstruction", "log"):
             from neural_sensor.reconstruct.drive import scene_reference
 

@@ -294,3 +294,15 @@ def test_float16_codecs_equal_numpy_on_every_half():
     np.testing.assert_array_equal(fast.view(np.uint16), wire._to_float16_reference(values).view(np.uint16))
     nan = wire.to_float16_into(np.array([np.nan], np.float32), np.empty(1, np.float16))
     assert np.isnan(nan).all()
+
+
+def test_hello_reference_views_takes_only_a_positive_integer():
+    """The log views a client sends per camera come from the hello: a positive int, else none (the runner, the CARLA
+    bridge and the run-regime benchmark share this reading)."""
+    from neural_sensor.enhance.client import hello_reference_views
+
+    assert hello_reference_views({"reference_views": 2}) == 2
+    assert hello_reference_views({"reference_views": 4, "model_name": "x"}) == 4
+    for bad in ({}, None, {"reference_views": 0}, {"reference_views": -1}, {"reference_views": True},
+                {"reference_views": 2.0}, {"reference_views": "2"}, {"reference_views": None}):
+        assert hello_reference_views(bad) == 0, bad

@@ -578,6 +578,14 @@ _FRAME_DTYPES = {"rgb": (_IMAGE, (np.uint8,)), "alpha": (_IMAGE + " or bool", (n
                  "reference": (_IMAGE, (np.uint8,)), "depth": ("float metres", ())}
 
 
+def hello_reference_views(hello: dict | None) -> int:
+    """The drive-log views per camera an enhancer takes as its reference, from its hello ({"reference_views": k},
+    EnhancerConfig.reference_views): k when a positive integer, else 0 (no hello, an older server, a value of
+    another type: send no reference). The runner, the CARLA bridge and the run-regime benchmark all ask this."""
+    views = (hello or {}).get("reference_views")
+    return views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
+
+
 def _check_frame_dtypes(frames: list[dict]) -> None:
     """ValueError naming the first frame field whose dtype the wire cannot take as meant (missing fields are
     left to the checks that follow)."""
