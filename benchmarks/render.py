@@ -51,7 +51,12 @@ def time_frames(fn, frames: int, warmup: int, budget_s: float = float("inf")) ->
         times.append((time.perf_counter() - start) * 1000.0)
         if sum(times) / 1000.0 > budget_s:
             break
-    times.sort()
+    return timing_stats(times)
+
+
+def timing_stats(times_ms: list[float]) -> dict:
+    """{"median_ms", "p90_ms", "frames"} of per-frame times (ms)."""
+    times = sorted(times_ms)
     return {
         "median_ms": round(statistics.median(times), 2),
         "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 2),
@@ -132,8 +137,7 @@ def run_rig(args: argparse.Namespace) -> dict:
                        lod_px=RECONSTRUCTION_LOD_PX)
                 if timed_pass > 0:
                     times[name].append((time.perf_counter() - start) * 1000.0)
-    rows = {name: {"median_ms": round(statistics.median(t), 2), "p90_ms": round(sorted(t)[int(0.9 * (len(t) - 1))], 2),
-                   "frames": len(t), "outputs": list(RIG_OUTPUTS[name])} for name, t in times.items()}
+    rows = {name: {**timing_stats(t), "outputs": list(RIG_OUTPUTS[name])} for name, t in times.items()}
     return {"benchmark": "render-rig", "machine": machine_name(), "cpu_threads": numba.get_num_threads(),
             "numba": numba.__version__, "scene": f"cut_in's reconstruction ({len(scene)} Gaussians)",
             "cameras": "nuscenes_like_rig(480, 270), 6 cameras", "lod_px": RECONSTRUCTION_LOD_PX,
