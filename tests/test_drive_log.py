@@ -260,7 +260,7 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
     from_log, meta = reconstructed_scene_from_log(short_drive["log"], cache_dir=cache)
     assert meta["cached"] is False and meta["views"] == 18 and meta["frames"] == 3
     in_run, run_meta = reconstructed_scene(short_drive["layout"], short_drive["path"], step_m=15.0, width=64,
-                                           height=40, voxel_m=0.6, cache_dir=cache)
+                                           height=40, voxel_m=0.6, cache_dir=cache, record_size=(64, 40))
     assert run_meta["key"] != meta["key"]  # keyed by layout + path vs by the log's bytes
     for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
         assert np.array_equal(getattr(from_log, name), getattr(in_run, name)), name
@@ -289,6 +289,39 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
     # cached: the same key from the same bytes; a changed image is a new key
     again, meta2 = reconstructed_scene_from_log(short_drive["log"], cache_dir=cache)
     assert meta2["cached"] is True and meta2["key"] == meta["key"] and len(again) == len(from_log)
+
+
+@needs_checkpoint
+def test_a_drive_recorded_larger_than_the_network_reads_keeps_its_resolution_as_the_reference(short_drive):
+    """reconstructed_scene records at record_size and reconstructs as reconstructed_scene_from_log(size=) does: the
+    network (and the colour refinement) read the log resampled to width x height, the enhancer's reference keeps
+    the log's own images at their size, with each view's depth rendered there; the two paths give the same scene."""
+    from neural_sensor.reconstruct.drive import (REFERENCE_MAX_WIDTH, reconstructed_scene, reconstructed_scene_from_log,
+                                                 reference_size, scene_reference)
+    from neural_sensor.render import render
+    from neural_sensor.render._common import SKY_RGB
+
+    root = short_drive["root"]
+    record_drive(short_drive["layout"], short_drive["path"], root / "log128", step_m=15.0, width=128, height=80,
+                 voxel_m=0.6, cache_dir=root / "cache")
+    in_run, run_meta = reconstructed_scene(short_drive["layout"], short_drive["path"], step_m=15.0, width=64,
+                                           height=40, voxel_m=0.6, cache_dir=root / "cache", record_size=(128, 80))
+    from_log, meta = reconstructed_scene_from_log(root / "log128", size=(64, 40), cache_dir=root / "cache")
+    for name in ("means", "quats", "scales", "opacities", "sh", "labels"):
+        assert np.array_equal(getattr(from_log, name), getattr(in_run, name)), name
+    assert meta["image_size"] == run_meta["image_size"] == [64, 40]
+    assert meta["reference_size"] == run_meta["reference_size"] == [128, 80]
+    images, cameras, _ = read_drive_log(root / "log128")
+    for entry in (meta, run_meta):
+        reference = scene_reference(entry)
+        np.testing.assert_array_equal(reference.images, np.round(images * 255).astype(np.uint8))
+        assert reference.depth_m.shape == (18, 80, 128)
+        depth = render(from_log, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"),
+                       background=SKY_RGB).median_depth
+        np.testing.assert_allclose(reference.depth_m[:6], depth, rtol=1e-3)  # stored as float16
+    # a log wider than the run's rig keeps a reference of at most REFERENCE_MAX_WIDTH pixels across
+    assert reference_size((128, 80)) == (128, 80) and reference_size((REFERENCE_MAX_WIDTH, 7)) == (REFERENCE_MAX_WIDTH, 7)
+    assert reference_size((1600, 900)) == (480, 270) == reference_size((960, 540))
 
 
 @needs_checkpoint

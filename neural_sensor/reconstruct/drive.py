@@ -17,6 +17,10 @@ against the log's images (refine.py) -> scene):
 
 Both keep the log's images, with each view's depth rendered from the reconstruction, in the cache entry
 as the enhancer's reference (`reference.LogReference`, `reference.npz`): `scene_reference(meta)` reads it.
+The network reads the log at the size it was trained at (160x96, resampled: `size`); the reference keeps the
+log's own resolution (at most REFERENCE_MAX_WIDTH wide), since what the network cannot use the enhancer can:
+a generated drive is recorded at RECORD_SIZE for that reason (measured: its reference at 320x192 is 1.7 dB
+closer to the ground truth on the recorded path than at 160x96, 0.7 dB at 1 m, 0.4 dB at 2 m).
 
 A log whose images are not multiples of 4 on a side is cropped at the right and
 bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
@@ -45,6 +49,11 @@ from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path as Polyline
 
 DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
+NETWORK_SIZE = (160, 96)  # (width, height) the reconstructors were trained at: a generated drive is resampled to it
+RECORD_SIZE = (320, 192)  # (width, height) a generated drive is recorded at: the network reads it at NETWORK_SIZE,
+#   the enhancer's reference keeps it (twice the network's size: 480x288 measured only 0-0.4 dB better, at 2.25x
+#   the reference's bytes)
+REFERENCE_MAX_WIDTH = 480  # a log wider than this keeps its reference resampled to this width (the run's rig width)
 
 
 def reconstruction_code_hash() -> str:
@@ -77,27 +86,32 @@ def _check_checkpoint(checkpoint: Path | str) -> Path:
 
 
 def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Path = DEFAULT_CHECKPOINT,
-                        step_m: float = 4.0, width: int = 160, height: int = 96, voxel_m: float = 0.3,
-                        cache_dir: Path | None = None, progress: bool = False,
-                        refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict]:
+                        step_m: float = 4.0, width: int = NETWORK_SIZE[0], height: int = NETWORK_SIZE[1],
+                        voxel_m: float = 0.3, cache_dir: Path | None = None, progress: bool = False,
+                        refine: RefineConfig = DEFAULT_REFINE,
+                        record_size: tuple[int, int] = RECORD_SIZE) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
-    The drive is recorded as a drive log (record_drive) and the log reconstructed exactly as
-    reconstructed_scene_from_log does; the result is cached by the layout, path and settings.
+    The drive is recorded as a drive log (record_drive, the rig at record_size = (width, height) of its
+    cameras) and the log reconstructed exactly as reconstructed_scene_from_log(size=(width, height)) does: the
+    network reads it resampled to width x height, the enhancer's reference keeps record_size. The result is
+    cached by the layout, path and settings.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     """
     checkpoint = _check_checkpoint(checkpoint)
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
+    record_size = (int(record_size[0]), int(record_size[1]))
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
-              "step_m": step_m, "size": [width, height], "voxel_m": voxel_m, "checkpoint": checkpoint_hash(checkpoint),
-              "drive_log_format": FORMAT_VERSION, "code": reconstruction_code_hash(), **refine.cache_inputs()}
+              "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
+              "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
+              "code": reconstruction_code_hash(), **refine.cache_inputs()}
 
     def build():
         tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
         try:
-            record_drive(layout, path.points, tmp / "log", step_m=step_m, width=width, height=height,
-                         voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, None, progress, refine)
+            record_drive(layout, path.points, tmp / "log", step_m=step_m, width=record_size[0],
+                         height=record_size[1], voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
+            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, (width, height), progress, refine)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         meta = {**meta, "log": None}  # the recorded log was temporary (its images are in the reference)
@@ -113,7 +127,9 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
     size: (width, height) to resample every image to before the network (needed when the log's cameras
-    differ in size; the network was trained at 160x96); None keeps the log's size.
+    differ in size; the network was trained at 160x96, NETWORK_SIZE); None keeps the log's size. The
+    enhancer's reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH
+    wide, resampled beyond), else takes `size`.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
@@ -143,6 +159,12 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
     and the log's LogReference (its views' depths rendered from the scene)."""
     images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
+    ref_images, ref_cameras = images, cameras  # the reference: the log's own size, where the network's differs
+    native = log_meta["sizes_in_log"]
+    if size is not None and len(native) == 1:
+        ref_size = reference_size(tuple(native[0]))
+        if ref_size != tuple(size):
+            ref_images, ref_cameras, _ = read_drive_log(folder, size=None if ref_size == tuple(native[0]) else ref_size)
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
@@ -156,12 +178,23 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
                                              progress=progress)
     meta = {"source": "reconstruction", "views": len(cameras), "checkpoint": str(checkpoint),
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
+            "reference_size": [ref_images.shape[2], ref_images.shape[1]],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
             "colour_refinement": refine_stats}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
-    reference = LogReference.from_views(images, cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
+    reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
     return scene, meta, reference
+
+
+def reference_size(log_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) the enhancer's reference keeps of a log of log_size: the log's own, at most
+    REFERENCE_MAX_WIDTH wide (the height scaled alike, rounded)."""
+    w, h = int(log_size[0]), int(log_size[1])
+    assert w > 0 and h > 0, log_size
+    if w <= REFERENCE_MAX_WIDTH:
+        return w, h
+    return REFERENCE_MAX_WIDTH, max(1, round(h * REFERENCE_MAX_WIDTH / w))
 
 
 def _crop_to_multiple(images: np.ndarray, cameras: list[Camera], multiple: int):

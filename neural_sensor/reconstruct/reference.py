@@ -2,7 +2,8 @@
 
 A reconstruction loses detail its log holds (at the log's own poses the 160x96 log image,
 upsampled, is ~3.6 dB closer to the ground truth than the 480x270 render of the fused
-Gaussians: README, "where the enhancer's missing decibels are"). `LogReference` keeps a
+Gaussians: docs/results.md, "where the enhancer's missing decibels are"), all the more when the log is
+recorded at a higher resolution than the network reads (drive.RECORD_SIZE). `LogReference` keeps a
 log's images, cameras and sensor ids with each view's depth (the reconstruction's median
 depth rendered at the log pose, for the visibility test), and `warp` gives every rig camera
 its reference: the log images of the same sensor nearest to it warped in through the camera's
