@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 
 SHIPPED = ("reconstructor-small", "enhancer-small", "reconstructor-run", "enhancer-run")
-# what a run uses unless told otherwise: the pair trained in the run's regime (their CARDs; README "Results")
+# what a run uses unless told otherwise: the pair trained in the run's regime (their CARDs; README "Results", docs/results.md)
 DEFAULT_RECONSTRUCTOR = "reconstructor-run"
 DEFAULT_ENHANCER = "enhancer-run"
 _REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"

@@ -65,7 +65,7 @@ def cuda_available() -> bool:
 
 
 # outputs gsplat cannot accumulate: it enumerates every (Gaussian, pixel) pair and sorts them
-# (`gsplat_backend`), measured slower than the cpu kernel on a run's rig (README, "On a GPU")
+# (`gsplat_backend`), measured slower than the cpu kernel on a run's rig (docs/results.md, "On a GPU")
 PAIR_OUTPUTS = frozenset({"semantic", "instance", "median_depth"})
 
 
