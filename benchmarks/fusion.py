@@ -58,7 +58,7 @@ from neural_sensor.scene.to_gaussians import sky_rgb
 from neural_sensor.world import pose_from_xyz_yaw
 
 VOXEL_M = 0.3  # the runner's builder voxel (reconstructed_scene's default)
-RECORD_SIZE = (160, 96)  # reconstructed_scene's default recording size
+RECORD_SIZE = (160, 96)  # the network's size: reconstructed_scene recorded at it until 2026-12-01 (late; now 320x192)
 RECORD_STEP_M = 4.0  # reconstructed_scene's default step
 
 

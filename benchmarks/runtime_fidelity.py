@@ -4,7 +4,8 @@ For each held-out world (seeds >= 1,000,000, checked with `check_split`; templat
 round-robin so straight, curve and intersection all appear):
 1. the scene is reconstructed EXACTLY as `neural-sensor run --scene reconstruction` builds it:
    `reconstructed_scene(layout, recorded_path)` with the runner's defaults (every rig camera
-   recorded every 4 m along the recorded lane at 160x96, builder voxel 0.3 m), timed;
+   recorded every 4 m along the recorded lane at 320x192 and read by the network at 160x96, builder
+   voxel 0.3 m), timed;
 2. the six-camera `nuscenes_like_rig` is rendered at the run's resolution (480x270) at poses
    along the recorded path and shifted 1/2/3 m to the left of it (`--clips` clips of
    `--ticks` consecutive frames `--tick-m` apart, clip starts spread evenly along the drive);
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "runtime_fidelity", "machine": machine_name(), "command": command.strip(),
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [args.width, args.height],
                          "reconstruction": "neural_sensor.reconstruct.drive.reconstructed_scene(layout, recorded lane), "
-                                           "the runner's defaults (recorded every 4 m, 160x96, voxel 0.3 m)",
+                                           "the runner's defaults (recorded every 4 m at 320x192, read at 160x96, voxel 0.3 m)",
                          "checkpoint": str(args.checkpoint),
                          "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
                          "lod_px": args.lod_px,

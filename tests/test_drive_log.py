@@ -292,10 +292,11 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
 
 
 @needs_checkpoint
-def test_a_drive_recorded_larger_than_the_network_reads_keeps_its_resolution_as_the_reference(short_drive):
+def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_drive, monkeypatch):
     """reconstructed_scene records at record_size and reconstructs as reconstructed_scene_from_log(size=) does: the
     network (and the colour refinement) read the log resampled to width x height, the enhancer's reference keeps
     the log's own images at their size, with each view's depth rendered there; the two paths give the same scene."""
+    from neural_sensor.reconstruct import drive
     from neural_sensor.reconstruct.drive import (REFERENCE_MAX_WIDTH, reconstructed_scene, reconstructed_scene_from_log,
                                                  reference_size, scene_reference)
     from neural_sensor.render import render
@@ -320,8 +321,13 @@ def test_a_drive_recorded_larger_than_the_network_reads_keeps_its_resolution_as_
                        background=SKY_RGB).median_depth
         np.testing.assert_allclose(reference.depth_m[:6], depth, rtol=1e-3)  # stored as float16
     # a log wider than the run's rig keeps a reference of at most REFERENCE_MAX_WIDTH pixels across
-    assert reference_size((128, 80)) == (128, 80) and reference_size((REFERENCE_MAX_WIDTH, 7)) == (REFERENCE_MAX_WIDTH, 7)
+    assert reference_size((128, 80)) == (128, 80)
+    assert reference_size((REFERENCE_MAX_WIDTH, 7)) == (REFERENCE_MAX_WIDTH, 7)
     assert reference_size((1600, 900)) == (480, 270) == reference_size((960, 540))
+    monkeypatch.setattr(drive, "REFERENCE_MAX_WIDTH", 96)  # the network reads the log as it is, the reference less
+    _, capped = reconstructed_scene_from_log(root / "log128", cache_dir=root / "capped")
+    assert capped["image_size"] == [128, 80] and capped["reference_size"] == [96, 60]
+    assert scene_reference(capped).images.shape == (18, 60, 96, 3)
 
 
 @needs_checkpoint
@@ -374,6 +380,7 @@ def test_odd_sizes_are_cropped_to_the_networks_stride(tmp_path):
     write_drive_log(tmp_path / "log", images, cameras)
     scene, meta = reconstructed_scene_from_log(tmp_path / "log", cache_dir=tmp_path / "cache")
     assert meta["image_size"] == [32, 24] and meta["log_image_sizes"] == [[34, 26]] and len(scene) > 0
+    assert meta["reference_size"] == [34, 26]  # the reference keeps the log's images whole
     new_key = reconstructed_scene_from_log(tmp_path / "log", size=(16, 12), cache_dir=tmp_path / "cache")[1]
     assert new_key["cached"] is False and new_key["image_size"] == [16, 12]
 

@@ -75,10 +75,11 @@ def test_reconstructed_scene_of_a_drive_is_cached(tmp_path):
 
     layout = straight_road(40.0, buildings=False)
     path = layout.lanes[0].travel_polyline()
-    scene, meta = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6, cache_dir=tmp_path)
+    scene, meta = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6, cache_dir=tmp_path,
+                                      record_size=(64, 40))
     assert meta["cached"] is False and meta["views"] == 3 * 6 and len(scene) > 1000
     again, meta2 = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6,
-                                       cache_dir=tmp_path)
+                                       cache_dir=tmp_path, record_size=(64, 40))
     assert meta2["cached"] is True and len(again) == len(scene)
     with pytest.raises(ValueError, match="checkpoint not found"):
         reconstructed_scene(layout, path, checkpoint=tmp_path / "nothing", cache_dir=tmp_path)

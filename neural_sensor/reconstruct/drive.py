@@ -5,7 +5,7 @@ against the log's images (refine.py) -> scene):
 - `reconstructed_scene(layout, path_xy_m, ...)`: the builder's scene stands in for the
   world; `record_drive` renders it with the nuScenes-like rig every `step_m` along the
   path and writes a drive log (a temporary folder), which is then reconstructed. The
-  SceneCache key is the layout, the path, the rig resolution, the voxel size, the log
+  SceneCache key is the layout, the path, the record and network sizes, the voxel size, the log
   format, the checkpoint's hash and the reconstruction code's hash, so a cached scene
   needs no recording;
 - `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
@@ -19,8 +19,8 @@ Both keep the log's images, with each view's depth rendered from the reconstruct
 as the enhancer's reference (`reference.LogReference`, `reference.npz`): `scene_reference(meta)` reads it.
 The network reads the log at the size it was trained at (160x96, resampled: `size`); the reference keeps the
 log's own resolution (at most REFERENCE_MAX_WIDTH wide), since what the network cannot use the enhancer can:
-a generated drive is recorded at RECORD_SIZE for that reason (measured: its reference at 320x192 is 1.7 dB
-closer to the ground truth on the recorded path than at 160x96, 0.7 dB at 1 m, 0.4 dB at 2 m).
+a generated drive is recorded at RECORD_SIZE for that reason (measured: its reference at 320x192 is 1.8 dB
+closer to the ground truth on the recorded path than at 160x96, 0.8 dB at 1 m, 0.3 dB at 2 m).
 
 A log whose images are not multiples of 4 on a side is cropped at the right and
 bottom to the nearest multiple (the network's stride; the intrinsics stay exact).
@@ -92,8 +92,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
                         record_size: tuple[int, int] = RECORD_SIZE) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
-    The drive is recorded as a drive log (record_drive, the rig at record_size = (width, height) of its
-    cameras) and the log reconstructed exactly as reconstructed_scene_from_log(size=(width, height)) does: the
+    The drive is recorded as a drive log (record_drive, the rig's cameras at record_size, (width, height)
+    pixels) and the log reconstructed exactly as reconstructed_scene_from_log(size=(width, height)) does: the
     network reads it resampled to width x height, the enhancer's reference keeps record_size. The result is
     cached by the layout, path and settings.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
@@ -129,7 +129,7 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     size: (width, height) to resample every image to before the network (needed when the log's cameras
     differ in size; the network was trained at 160x96, NETWORK_SIZE); None keeps the log's size. The
     enhancer's reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH
-    wide, resampled beyond), else takes `size`.
+    wide, resampled beyond), else takes the network's images.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
@@ -159,12 +159,14 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
     and the log's LogReference (its views' depths rendered from the scene)."""
     images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
-    ref_images, ref_cameras = images, cameras  # the reference: the log's own size, where the network's differs
+    # the reference: the log's own size (capped; not cropped to the network's stride), where the network's differs
+    ref_images, ref_cameras = images, cameras
     native = log_meta["sizes_in_log"]
-    if size is not None and len(native) == 1:
+    if len(native) == 1:
         ref_size = reference_size(tuple(native[0]))
-        if ref_size != tuple(size):
-            ref_images, ref_cameras, _ = read_drive_log(folder, size=None if ref_size == tuple(native[0]) else ref_size)
+        if ref_size != (images.shape[2], images.shape[1]):
+            ref_images, ref_cameras, _ = read_drive_log(folder, size=None if ref_size == tuple(native[0]) else ref_size,
+                                                        progress=progress)
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
