@@ -313,12 +313,11 @@ def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_driv
     assert meta["image_size"] == run_meta["image_size"] == [64, 40]
     assert meta["reference_size"] == run_meta["reference_size"] == [128, 80]
     images, cameras, _ = read_drive_log(root / "log128")
+    depth = render(from_log, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB).median_depth
     for entry in (meta, run_meta):
         reference = scene_reference(entry)
         np.testing.assert_array_equal(reference.images, np.round(images * 255).astype(np.uint8))
         assert reference.depth_m.shape == (18, 80, 128)
-        depth = render(from_log, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"),
-                       background=SKY_RGB).median_depth
         np.testing.assert_allclose(reference.depth_m[:6], depth, rtol=1e-3)  # stored as float16
     # a log wider than the run's rig keeps a reference of at most REFERENCE_MAX_WIDTH pixels across
     assert reference_size((128, 80)) == (128, 80)
