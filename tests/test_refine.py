@@ -31,10 +31,11 @@ def street():
 
 def test_refinement_fits_the_colours_the_images_were_rendered_with(street):
     truth, wrong, images, cameras = street
-    before = _psnr(render(wrong, cameras, backend="cpu", background=BACKGROUND).rgb, images)
-    refined, stats = refine_colours(wrong, images, cameras, background=BACKGROUND,
-                                    config=RefineConfig(iterations=4, prune_weight=0.0, report_final=True))
-    after = _psnr(render(refined, cameras, backend="cpu", background=BACKGROUND).rgb, images)
+    config = RefineConfig(iterations=4, prune_weight=0.0, report_final=True)
+    assert config.lod_px > 0  # the default: the views are rendered at the run's level of detail
+    before = _psnr(render(wrong, cameras, backend="cpu", background=BACKGROUND, lod_px=config.lod_px).rgb, images)
+    refined, stats = refine_colours(wrong, images, cameras, background=BACKGROUND, config=config)
+    after = _psnr(render(refined, cameras, backend="cpu", background=BACKGROUND, lod_px=config.lod_px).rgb, images)
     assert after > before + 8.0, (before, after)
     assert stats["psnr_db"][0] == pytest.approx(before, abs=1e-3) and stats["psnr_db"][-1] == pytest.approx(after, abs=1e-3)
     assert all(b > a for a, b in zip(stats["psnr_db"], stats["psnr_db"][1:])), stats["psnr_db"]
@@ -52,11 +53,12 @@ def test_pruning_drops_only_what_no_view_weighs(street):
     far = GaussianScene.from_colors(truth.means[:50] - np.float32([0.0, 0.0, 500.0]), truth.quats[:50],
                                     truth.scales[:50], truth.opacities[:50], np.full((50, 3), 0.5, np.float32))
     scene = GaussianScene.concat([wrong, far])
-    # a threshold just above 0 drops exactly what no recorded pixel weighs: the renders cannot change
+    # a threshold just above 0 drops exactly what no recorded pixel weighs: the renders cannot change (drawing
+    # every Gaussian: at a level of detail a pruned member would change its group's merge)
     kept, stats = refine_colours(scene, images, cameras, background=BACKGROUND,
-                                 config=RefineConfig(iterations=2, prune_weight=1e-9))
+                                 config=RefineConfig(iterations=2, prune_weight=1e-9, lod_px=0.0))
     unpruned, _ = refine_colours(scene, images, cameras, background=BACKGROUND,
-                                 config=RefineConfig(iterations=2, prune_weight=0.0))
+                                 config=RefineConfig(iterations=2, prune_weight=0.0, lod_px=0.0))
     assert stats["pruned"] == len(scene) - len(kept) >= 50
     assert kept.means[:, 2].min() > -100.0  # the unseen cluster is gone
     a = render(kept, cameras, backend="cpu", background=BACKGROUND).rgb
@@ -115,7 +117,7 @@ def test_sky_pruning_drops_what_lies_on_sky_and_spares_the_dome(street):
     labels = wrong.labels.copy()
     labels[::7] = CityObjectLabel.SKY  # every 7th Gaussian plays a dome Gaussian: never pruned on sky
     scene = wrong.replace(labels=labels)
-    config = RefineConfig(iterations=2, prune_weight=0.0, sky_prune_fraction=0.3)
+    config = RefineConfig(iterations=2, prune_weight=0.0, sky_prune_fraction=0.3, lod_px=0.0)  # the exact weights
     pruned, stats = refine_colours(scene, images, cameras, background=BACKGROUND, config=config, sky_masks=sky)
     _, weight, _, on_sky = backproject_colour_residuals(scene, stack_cameras(cameras), images,
                                                         np.float32(BACKGROUND), sky)

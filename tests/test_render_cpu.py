@@ -299,6 +299,44 @@ def test_level_of_detail_groups_hold_every_gaussian_once():
     w = scene.opacities[idx] * sc[:, 1] * sc[:, 2]
     np.testing.assert_allclose(lod.means[g], (w[:, None] * scene.means[idx]).sum(0) / w.sum(), rtol=1e-5, atol=1e-5)
     assert lod.opacities[g] == scene.opacities[idx].max()
+    # the shares are the merge's weights: the merged SH is their blend of the members'
+    np.testing.assert_allclose(lod.shares[lod.group_starts[g]:lod.group_starts[g + 1]], w / w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(lod.sh[g], np.einsum("i,ikc->kc", w / w.sum(), scene.sh[idx]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.add.reduceat(lod.shares.astype(np.float64), lod.group_starts[:-1]), 1.0, rtol=1e-5)
+
+
+def test_colour_backprojection_with_level_of_detail_matches_its_autograd_twin():
+    """backproject_colour_residuals(lod_px=2): its render equals render_cpu(lod_px=2)'s bit for bit, and each
+    Gaussian's sums equal the autograd twin's, far groups handing their members their share of the merge."""
+    from neural_sensor.render._common import stack_cameras
+    from neural_sensor.render._torch_ref import _backproject_colour_residuals_reference
+    from neural_sensor.render.backproject import backproject_colour_residuals
+    from neural_sensor.render.lod import lod_split
+
+    base = make_street_scene(6_000, seed=3, sh_degree=0)
+    # keep every colour in (0, 1): the twin is exact where a colour is not clamped at 0
+    scene = GaussianScene.from_colors(base.means, base.quats, base.scales, base.opacities,
+                                      np.random.default_rng(3).uniform(0.05, 0.95, (len(base), 3)), base.labels)
+    cameras = street_cameras(64, 40, count=2)
+    coarse_groups = sum(int(lod_split(scene, cam, 2.0)[1].sum()) for cam in cameras)
+    assert coarse_groups > 50, "too few groups are merged: the test would not exercise the level of detail"
+    batch = stack_cameras(cameras)
+    background = np.array([0.2, 0.4, 0.6], np.float32)
+    targets = np.random.default_rng(13).uniform(0, 1, (2, 40, 64, 3)).astype(np.float32)
+    sky = np.random.default_rng(23).random((2, 40, 64)) < 0.4
+    weighted, weight, rgb, sky_weight = backproject_colour_residuals(scene, batch, targets, background, sky, lod_px=2.0)
+    assert np.array_equal(rgb, render(scene, cameras, backend="cpu", background=background, lod_px=2.0).rgb)
+    ref_weighted, ref_weight, ref_rgb, ref_sky = _backproject_colour_residuals_reference(
+        scene, batch, targets, background, sky, lod_px=2.0)
+    assert psnr(rgb, ref_rgb) >= 80.0
+    assert (weight > 1.0).sum() > 100, "too few Gaussians weigh anything: the comparison would be empty"
+    np.testing.assert_allclose(weight, ref_weight, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(weighted, ref_weighted, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sky_weight, ref_sky, rtol=1e-4, atol=1e-3)
+    # the merged groups' members were handed something, and lod_px=0 is the exact walk
+    exact = backproject_colour_residuals(scene, batch, targets, background, sky)
+    assert not np.array_equal(exact[1], weight)
+    assert np.array_equal(exact[2], render(scene, cameras, backend="cpu", background=background).rgb)
 
 
 @pytest.mark.parametrize("pieces", [1, 3, 8])

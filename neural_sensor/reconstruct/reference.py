@@ -61,7 +61,7 @@ class LogReference:
         assert images.ndim == 4 and images.shape[0] == len(cameras) == len(sensor_ids), (images.shape, len(cameras))
         if images.dtype != np.uint8:
             images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-        depth = np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("rgb", "median_depth"),
+        depth = np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("median_depth",),
                                        background=background).median_depth for i in range(0, len(cameras), 60)])
         return cls(images, depth, np.stack([c.K for c in cameras]), np.stack([c.pose_camera_to_world for c in cameras]),
                    np.array([str(s) for s in sensor_ids]))

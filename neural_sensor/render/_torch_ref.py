@@ -345,28 +345,65 @@ def render_reference(scene, batch: CameraBatch, outputs: tuple[str, ...], backgr
 
 
 def _backproject_colour_residuals_reference(scene, batch: CameraBatch, targets_rgb: np.ndarray,
-                                            background: np.ndarray, sky_masks: np.ndarray | None = None
+                                            background: np.ndarray, sky_masks: np.ndarray | None = None,
+                                            lod_px: float = 0.0
                                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Twin of `backproject.backproject_colour_residuals` by autograd: sum_p w_ip r_p is the gradient of sum_p r_p . rgb_p
     (r held fixed) with respect to Gaussian i's colour, sum_p w_ip that of the summed image, and sum_p w_ip s_p
     that of the image weighted by the sky mask s.
 
+    With lod_px > 0 each camera renders what `render_cpu(..., lod_px)` draws (`lod.lod_split`): the Gaussians
+    drawn themselves, then the merged Gaussians of the far groups, whose gradients reach their members through
+    the merge (merged colour = sum_i shares_i c_i, `LodGroups.shares`).
     Exact for Gaussians whose colour is not clamped at 0 (where the render's colour has no gradient).
     Returns weighted_residual [N, 3], weight [N], rgb [C, H, W, 3], sky_weight [N] as the fast path does.
     """
-    sh = torch.tensor(scene.sh, dtype=torch.float64, requires_grad=True)
-    out = render_torch(torch.tensor(scene.means, dtype=torch.float64), torch.tensor(scene.quats, dtype=torch.float64),
-                       torch.tensor(scene.scales, dtype=torch.float64),
-                       torch.tensor(scene.opacities, dtype=torch.float64), sh,
-                       torch.tensor(batch.viewmats, dtype=torch.float64), torch.tensor(batch.Ks, dtype=torch.float64),
-                       batch.width, batch.height, background=torch.tensor(background, dtype=torch.float64))
-    rgb = out["rgb"]
-    residual = torch.tensor(targets_rgb, dtype=torch.float64) - rgb.detach()
-    (grad_weighted,) = torch.autograd.grad((residual * rgb).sum(), sh, retain_graph=True)
-    (grad_weight,) = torch.autograd.grad(rgb[..., 0].sum(), sh, retain_graph=True)
-    sky = torch.zeros(rgb.shape[:3], dtype=torch.float64) if sky_masks is None else torch.tensor(
-        np.asarray(sky_masks, np.float64))
-    (grad_sky,) = torch.autograd.grad((rgb[..., 0] * sky).sum(), sh)
-    weighted = grad_weighted[:, 0, :].numpy() / SH_C0  # d colour / d sh_dc = SH_C0
-    weight = grad_weight[:, 0, 0].numpy() / SH_C0
-    return weighted, weight, rgb.detach().numpy().astype(np.float32), grad_sky[:, 0, 0].numpy() / SH_C0
+    from neural_sensor.camera import Camera
+    from neural_sensor.render.lod import _lod_groups, lod_split, lod_scene
+
+    n = len(scene)
+    weighted, weight, sky_weight = np.zeros((n, 3)), np.zeros(n), np.zeros(n)
+    rgbs = []
+    for cam in range(batch.viewmats.shape[0]):
+        drawn, to_members = scene, None
+        if lod_px > 0:
+            camera = Camera(batch.width, batch.height, batch.Ks[cam], np.linalg.inv(batch.viewmats[cam]))
+            fine, coarse = lod_split(scene, camera, lod_px)
+            drawn = lod_scene(scene, camera, lod_px)  # scene.subset(fine), then the coarse groups' merges
+            lod = scene.derived("lod_groups", _lod_groups)
+            # row r of `drawn` -> (member, share) pairs: a fine Gaussian itself, a merge each of its group's members
+            member_group = np.repeat(np.arange(len(lod.sigma)), np.diff(lod.group_starts))
+            in_coarse = coarse[member_group]
+            merged_row = np.full(len(lod.sigma), -1)
+            merged_row[coarse] = int(fine.sum()) + np.arange(int(coarse.sum()))
+            to_members = (np.concatenate([np.nonzero(fine)[0], lod.group_order[in_coarse]]),
+                          np.concatenate([np.arange(int(fine.sum())), merged_row[member_group[in_coarse]]]),
+                          np.concatenate([np.ones(int(fine.sum())), lod.shares[in_coarse].astype(np.float64)]))
+        sh = torch.tensor(drawn.sh, dtype=torch.float64, requires_grad=True)
+        out = render_torch(torch.tensor(drawn.means, dtype=torch.float64),
+                           torch.tensor(drawn.quats, dtype=torch.float64),
+                           torch.tensor(drawn.scales, dtype=torch.float64),
+                           torch.tensor(drawn.opacities, dtype=torch.float64), sh,
+                           torch.tensor(batch.viewmats[cam:cam + 1], dtype=torch.float64),
+                           torch.tensor(batch.Ks[cam:cam + 1], dtype=torch.float64),
+                           batch.width, batch.height, background=torch.tensor(background, dtype=torch.float64))
+        rgb = out["rgb"]
+        residual = torch.tensor(targets_rgb[cam:cam + 1], dtype=torch.float64) - rgb.detach()
+        (grad_weighted,) = torch.autograd.grad((residual * rgb).sum(), sh, retain_graph=True)
+        (grad_weight,) = torch.autograd.grad(rgb[..., 0].sum(), sh, retain_graph=True)
+        sky = torch.zeros(rgb.shape[:3], dtype=torch.float64) if sky_masks is None else torch.tensor(
+            np.asarray(sky_masks[cam:cam + 1], np.float64))
+        (grad_sky,) = torch.autograd.grad((rgb[..., 0] * sky).sum(), sh)
+        rows = (grad_weighted[:, 0, :].numpy() / SH_C0, grad_weight[:, 0, 0].numpy() / SH_C0,
+                grad_sky[:, 0, 0].numpy() / SH_C0)  # d colour / d sh_dc = SH_C0
+        if to_members is None:
+            weighted += rows[0]
+            weight += rows[1]
+            sky_weight += rows[2]
+        else:
+            member, row, share = to_members
+            np.add.at(weighted, member, share[:, None] * rows[0][row])
+            np.add.at(weight, member, share * rows[1][row])
+            np.add.at(sky_weight, member, share * rows[2][row])
+        rgbs.append(rgb.detach().numpy()[0].astype(np.float32))
+    return weighted, weight, np.stack(rgbs), sky_weight

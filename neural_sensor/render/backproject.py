@@ -22,7 +22,7 @@ from neural_sensor.render.cpu import (_JIT, _JIT_FAST, _ZERO, GEOM_WIDTH, LANES,
                                       _bin_tiles, _composite_lanes, _lane_centres, _project, _row_range,
                                       _sort_visible, _start_tile, _tile_box, _tile_chords, _tile_gaussians,
                                       _tile_order, _world_covariances)
-from neural_sensor.render.lod import _chunk_groups
+from neural_sensor.render.lod import _chunk_groups, _lod_groups
 
 
 @njit(parallel=True, **_JIT_FAST)
@@ -114,20 +114,34 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
 
 
 @njit(**_JIT)
-def _scatter_add(tile_gauss, isect, weighted, weight, sky_weight):  # pragma: no cover - compiled
+def _scatter_add(tile_gauss, isect, group_starts, group_order, shares, weighted, weight,
+                 sky_weight):  # pragma: no cover - compiled
     """weighted[g] += isect[k, :3], weight[g] += isect[k, 3], sky_weight[g] += isect[k, 4] for g = tile_gauss[k]
-    (float64 sums, in place)."""
+    (float64 sums, in place); a row g >= N (group g - N drawn as its merged Gaussian) hands each member i its
+    share of the entry (shares[j] for i = group_order[j]: the merged colour is sum_i shares_i c_i, so these are
+    the chain rule's sums through the merge)."""
+    n = weight.shape[0]
     for k in range(tile_gauss.shape[0]):
         g = tile_gauss[k]
-        weighted[g, 0] += isect[k, 0]
-        weighted[g, 1] += isect[k, 1]
-        weighted[g, 2] += isect[k, 2]
-        weight[g] += isect[k, 3]
-        sky_weight[g] += isect[k, 4]
+        if g < n:
+            weighted[g, 0] += isect[k, 0]
+            weighted[g, 1] += isect[k, 1]
+            weighted[g, 2] += isect[k, 2]
+            weight[g] += isect[k, 3]
+            sky_weight[g] += isect[k, 4]
+        else:
+            for j in range(group_starts[g - n], group_starts[g - n + 1]):
+                i = group_order[j]
+                a = shares[j]
+                weighted[i, 0] += a * isect[k, 0]
+                weighted[i, 1] += a * isect[k, 1]
+                weighted[i, 2] += a * isect[k, 2]
+                weight[i] += a * isect[k, 3]
+                sky_weight[i] += a * isect[k, 4]
 
 
 def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targets_rgb: np.ndarray,
-                                 background: np.ndarray, sky_masks: np.ndarray | None = None
+                                 background: np.ndarray, sky_masks: np.ndarray | None = None, lod_px: float = 0.0
                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render C cameras and share each pixel's colour residual out to the Gaussians that made it.
 
@@ -142,10 +156,13 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
         targets_rgb: [C, H, W, 3] float32, the images the renders are compared with.
         background: [3] float32.
         sky_masks: optional [C, H, W] bool or 0/1: the pixels that see sky (None: no sky anywhere).
+        lod_px: the level of detail of `render_cpu(..., lod_px)` (0: every Gaussian drawn). A group drawn as its
+            merged Gaussian hands each member its share of the merge (`LodGroups.shares`): the sums are the
+            chain rule's through the merge, and far content costs a group's work, not its members'.
     Returns:
         weighted_residual [N, 3] float64: sum over cameras and pixels of w (target - render);
         weight [N] float64: sum over cameras and pixels of w;
-        rgb [C, H, W, 3] float32: the renders (equal to `render_cpu`'s);
+        rgb [C, H, W, 3] float32: the renders (equal to `render_cpu(..., lod_px)`'s);
         sky_weight [N] float64: sum over cameras and sky pixels of w (how much of a Gaussian lies on sky).
     Reference twin: `_backproject_colour_residuals_reference` (torch autograd through the reference renderer).
     """
@@ -160,7 +177,9 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
     n = len(scene)
     tiles_x, tiles_y = -(-w // TILE_SIZE), -(-h // TILE_SIZE)
     cov = scene.derived("covariances_and_radius", _world_covariances)
-    lod = scene.derived("chunk_groups", _chunk_groups)  # every Gaussian is drawn (lod_px = 0)
+    assert np.isfinite(lod_px) and lod_px >= 0, lod_px
+    # the exact walk needs only the chunks (`_chunk_groups`), not the merges
+    lod = scene.derived("lod_groups", _lod_groups) if lod_px > 0 else scene.derived("chunk_groups", _chunk_groups)
     rows = n + len(lod.sigma)  # the projection's layout: the Gaussians, then one placeholder row per group
     geom = np.empty((rows, GEOM_WIDTH), np.float32)
     color = np.empty((rows, 3), np.float32)
@@ -175,7 +194,7 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
     row_w = np.empty((numba.config.NUMBA_NUM_THREADS, LANES, 0, LANES), np.float32)
     for cam in range(c_count):
         _project(scene.means, cov, scene.opacities, scene.sh, scene.sh_degree, batch.viewmats[cam].astype(np.float32),
-                 batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *lod.project_args(), np.float32(0.0),
+                 batch.Ks[cam].astype(np.float32), campos[cam], w, h, TILE_SIZE, *lod.project_args(), np.float32(lod_px),
                  geom, color, rect, valid)
         order = _sort_visible(valid, geom, SORT_PIECES_PER_THREAD * numba.get_num_threads())
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
@@ -186,5 +205,5 @@ def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targe
             row_w = np.empty((numba.config.NUMBA_NUM_THREADS, LANES, longest, LANES), np.float32)
         _backproject(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                      targets_rgb[cam], sky_masks[cam], rgb[cam], isect, row_k, row_w)
-        _scatter_add(tile_gauss, isect, weighted, weight, sky_weight)
+        _scatter_add(tile_gauss, isect, lod.group_starts, lod.group_order, lod.shares, weighted, weight, sky_weight)
     return weighted, weight, rgb, sky_weight

@@ -39,6 +39,8 @@ class LodGroups:
     means [M, 3], covs [M, 7] (as `_world_covariances`), opacities [M], sh [M, K, 3]: the merged Gaussians;
         sigma [M]: the largest standard deviation of each (metres); labels [M], instance [M]: those of the member
         that weighs most.
+    shares [N] float32, aligned with group_order: each member's weight in its group's merge (w_i / sum_group w, so
+        a merged colour is sum_i shares_i c_i; `_chunk_groups`' placeholders: zeros).
     """
 
     chunk_spheres: np.ndarray
@@ -52,6 +54,7 @@ class LodGroups:
     sigma: np.ndarray
     labels: np.ndarray
     instance: np.ndarray
+    shares: np.ndarray
 
     def project_args(self) -> tuple:
         """The arguments `_project` takes after chunk_spheres... up to lod_sigma, in its order."""
@@ -77,7 +80,7 @@ def _lod_groups(scene) -> LodGroups:
         return LodGroups(spheres, np.zeros(n_chunks + 1, np.int64), np.zeros(1, np.int64), order,
                          np.zeros((0, 3), np.float32), np.zeros((0, 7), np.float32), empty,
                          np.zeros((0,) + scene.sh.shape[1:], np.float32), empty, np.zeros(0, np.uint8),
-                         np.zeros(0, np.int32))
+                         np.zeros(0, np.int32), empty)
     # a Morton order inside each chunk (7 bits per axis of the chunk's box), so groups are compact
     members = means[order]
     first = starts[:-1]
@@ -126,7 +129,8 @@ def _lod_groups(scene) -> LodGroups:
                              * (1.0 + 1e-4) + 1e-3)
     return LodGroups(grown.astype(np.float32), chunk_groups, group_starts, group_order, mu.astype(np.float32),
                      lod_covs, opacity.astype(np.float32), sh.astype(np.float32), sigma.astype(np.float32),
-                     scene.labels[idx[heaviest]], scene.instance[idx[heaviest]])
+                     scene.labels[idx[heaviest]], scene.instance[idx[heaviest]],
+                     (w / total[gid]).astype(np.float32))
 
 
 def _chunk_groups(scene) -> LodGroups:
@@ -137,7 +141,7 @@ def _chunk_groups(scene) -> LodGroups:
     zeros = np.zeros(c, np.float32)
     return LodGroups(spheres, np.arange(c + 1, dtype=np.int64), starts, order, np.zeros((c, 3), np.float32),
                      np.zeros((c, 7), np.float32), zeros, np.zeros((c,) + scene.sh.shape[1:], np.float32), zeros,
-                     np.zeros(c, np.uint8), np.zeros(c, np.int32))
+                     np.zeros(c, np.uint8), np.zeros(c, np.int32), np.zeros(len(order), np.float32))
 
 
 def lod_scene(scene, camera, lod_px: float):
@@ -149,6 +153,20 @@ def lod_scene(scene, camera, lod_px: float):
         GaussianScene: the members of the groups drawn in full, then the merged Gaussians of the others (covariances
         turned into scales and rotations), labelled as `render_cpu` labels them.
     """
+    fine, coarse = lod_split(scene, camera, lod_px)
+    lod = scene.derived("lod_groups", _lod_groups)
+    full = lod.covs[coarse, :6].astype(np.float64)[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
+    eigenvalues, vectors = np.linalg.eigh(full)
+    vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a rotation
+    scales = np.sqrt(np.maximum(eigenvalues, 1e-24)).astype(np.float32)  # a degenerate merge: a tiny positive axis
+    merged = GaussianScene(lod.means[coarse], _quats_of_rotations(vectors), scales, lod.opacities[coarse],
+                           lod.sh[coarse], lod.labels[coarse], lod.instance[coarse])
+    return GaussianScene.concat([scene.subset(fine), merged])
+
+
+def lod_split(scene, camera, lod_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which Gaussians `render_cpu(..., lod_px)` draws for one camera: fine [N] bool (drawn themselves) and coarse
+    [M] bool (the groups of `scene.derived("lod_groups", _lod_groups)` drawn as their merged Gaussian)."""
     assert lod_px >= 0.0, lod_px
     lod = scene.derived("lod_groups", _lod_groups)
     v = camera.pose_world_to_camera[2].astype(np.float32)
@@ -158,13 +176,7 @@ def lod_scene(scene, camera, lod_px: float):
     fine = np.ones(len(scene), bool)
     member_group = np.repeat(np.arange(len(lod.sigma)), np.diff(lod.group_starts))
     fine[lod.group_order[coarse[member_group]]] = False
-    full = lod.covs[coarse, :6].astype(np.float64)[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
-    eigenvalues, vectors = np.linalg.eigh(full)
-    vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a rotation
-    scales = np.sqrt(np.maximum(eigenvalues, 1e-24)).astype(np.float32)  # a degenerate merge: a tiny positive axis
-    merged = GaussianScene(lod.means[coarse], _quats_of_rotations(vectors), scales, lod.opacities[coarse],
-                           lod.sh[coarse], lod.labels[coarse], lod.instance[coarse])
-    return GaussianScene.concat([scene.subset(fine), merged])
+    return fine, coarse
 
 
 def _quats_of_rotations(r: np.ndarray) -> np.ndarray:
