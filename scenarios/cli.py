@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md)")
     p_recon.add_argument("-o", "--out", type=Path, default=None, help="also copy the scene PLY here")
     p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
-                         help="resample every image to W x H first (needed when the cameras differ in size)")
+                         help="resample every image to W x H first (needed when the cameras differ in size; default: "
+                              "a log wider than 160 px, the network's training size, is read at 160 px wide with "
+                              "its aspect kept; give the log's own size to read it as it is)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
                          help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
     p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")

@@ -327,6 +327,14 @@ def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_driv
     _, capped = reconstructed_scene_from_log(root / "log128", cache_dir=root / "capped")
     assert capped["image_size"] == [128, 80] and capped["reference_size"] == [96, 60]
     assert scene_reference(capped).images.shape == (18, 60, 96, 3)
+    # by default a log wider than the network's training size is read at that width, its aspect kept (the same
+    # cache entry as asking for that size); a narrower log, or one of mixed sizes, as it is
+    assert drive.network_read_size([(1600, 900)]) == (160, 90) and drive.network_read_size([(320, 192)]) == (160, 96)
+    assert drive.network_read_size([(160, 96)]) is None and drive.network_read_size([(320, 192), (64, 40)]) is None
+    monkeypatch.setattr(drive, "NETWORK_SIZE", (64, 40))
+    auto, auto_meta = reconstructed_scene_from_log(root / "log128", cache_dir=root / "cache")
+    assert auto_meta["cached"] and auto_meta["key"] == meta["key"] and auto_meta["image_size"] == [64, 40]
+    assert np.array_equal(auto.means, from_log.means)
 
 
 @needs_checkpoint

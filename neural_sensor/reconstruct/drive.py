@@ -40,7 +40,7 @@ from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
-from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, read_drive_log, record_drive
+from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, record_drive
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
@@ -127,14 +127,18 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
     size: (width, height) to resample every image to before the network (needed when the log's cameras
-    differ in size; the network was trained at 160x96, NETWORK_SIZE); None keeps the log's size. The
-    enhancer's reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH
-    wide, resampled beyond), else takes the network's images.
+    differ in size). None: the network's scale (`network_read_size`): a log of one size wider than
+    NETWORK_SIZE (160x96, what the network was trained at) is resampled to its width, the aspect kept; a
+    narrower one is read as it is. Pass the log's own size to read a wider log as it is. The enhancer's
+    reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH wide,
+    resampled beyond), else takes the network's images.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
     checkpoint = _check_checkpoint(checkpoint)
     folder = Path(folder)
+    if size is None:
+        size = network_read_size(log_image_sizes(folder))
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
               "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
               **refine.cache_inputs()}
@@ -187,6 +191,21 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         meta["sky_rgb"] = source["sky_rgb"]
     reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
     return scene, meta, reference
+
+
+def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """(width, height) the network reads a drive log at by default, given the log's image sizes: a log of one
+    size wider than NETWORK_SIZE is resampled to NETWORK_SIZE's width with its aspect kept (the height rounded;
+    the stride crop takes it to a multiple of 4), since the network does not carry over to other scales (a
+    320x192 log read as it is measured 4-6 dB worse than resampled to 160x96); None (read as it is) for a
+    narrower log, or one of mixed sizes (which then needs an explicit size)."""
+    if len(log_sizes) != 1:
+        return None
+    w, h = (int(v) for v in log_sizes[0])
+    assert w > 0 and h > 0, log_sizes
+    if w <= NETWORK_SIZE[0]:
+        return None
+    return NETWORK_SIZE[0], max(1, round(h * NETWORK_SIZE[0] / w))
 
 
 def reference_size(log_size: tuple[int, int]) -> tuple[int, int]:

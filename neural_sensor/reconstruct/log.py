@@ -205,6 +205,21 @@ def log_digest(folder: Path | str) -> str:
     return digest.hexdigest()
 
 
+def log_image_sizes(folder: Path | str) -> list[tuple[int, int]]:
+    """The distinct (width, height) of a drive log's frames, from transforms.json alone (sorted; no image read).
+    DriveLogError for a malformed transforms.json or a frame without a positive integer w / h."""
+    folder = Path(folder)
+    data, _ = _load_transforms(folder)
+    sizes = set()
+    for i, frame in enumerate(data["frames"]):
+        w, h = (_number(folder, data, frame, key, i, frame["file_path"]) for key in ("w", "h"))
+        if w != int(w) or h != int(h) or w <= 0 or h <= 0:
+            raise DriveLogError(folder, f"w and h must be positive integers, got w={w!r} h={h!r}", frame=i,
+                                file=frame["file_path"])
+        sizes.add((int(w), int(h)))
+    return sorted(sizes)
+
+
 def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> float:
     """A frame's intrinsic: the top-level value when the file has one (as nerfstudio reads it), else the frame's."""
     value = data[key] if key in data else frame.get(key)
