@@ -83,6 +83,10 @@ def test_zero_iterations_is_the_identity_and_bad_input_is_refused(street):
         refine_colours(wrong, images[:3], cameras)
     with pytest.raises(ValueError, match="RefineConfig"):
         RefineConfig(step=0.0)
+    for bad in (-1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="lod_px"):
+            RefineConfig(lod_px=bad)
+    assert RefineConfig().cache_inputs() != RefineConfig(lod_px=0.0).cache_inputs()
     assert RefineConfig(iterations=0).cache_inputs() == {}
     assert RefineConfig().cache_inputs() != RefineConfig(iterations=3).cache_inputs()
 

@@ -25,7 +25,7 @@ by at most 0.01 dB (docs/results.md, "2026-12-01 (night)").
 
 Pruning: after the first sweep, Gaussians whose blending weight summed over every pixel of
 every recorded view is below `prune_weight` are dropped, so the refined scene can have fewer
-Gaussians than the input (41 % fewer on the demo drive, 160x96 views every 4 m). The threshold
+Gaussians than the input (31 % fewer on the demo drive, its views read at 160x96 every 4 m). The threshold
 is in pixels of the log's images: a log of few or small images weighs every Gaussian less, so
 the same threshold prunes more of it (set prune_weight=0 for such logs).
 
@@ -66,14 +66,17 @@ class RefineConfig:
     #   recorded pixel is below this (pixels of the log's images, so it prunes more of a small log; 0: keep all)
     sky_prune_fraction: float = 0.3  # ... and, given sky masks, those (the sky dome's aside) with more than this
     #   fraction of their weight on sky pixels (1: keep all)
-    lod_px: float = 1.5  # the level of detail the views are rendered at (pixels of the log's images; 0: exact):
-    #   a far group is drawn as its merged Gaussian and its members share its residual (backproject_colour_residuals;
-    #   1.5 px of a 160x96 view is about the run's RECONSTRUCTION_LOD_PX of 4 at 480x270)
+    lod_px: float = 1.5  # the level of detail the views are rendered at (pixels of the images refined against: 160
+    #   wide for a generated drive and, by default, any wider log; 0: exact): a far group is drawn as its merged
+    #   Gaussian and its members share its residual (backproject_colour_residuals), so the summed weights of
+    #   min_weight / prune_weight count a member's share of its merge's; 1.5 px of a 160x96 view is about the
+    #   run's RECONSTRUCTION_LOD_PX of 4 at 480x270
 
     def __post_init__(self) -> None:
         if (self.iterations < 0 or not 0.0 < self.step <= 2.0 or self.min_weight < 0 or self.views_per_batch < 1
                 or self.prune_weight < 0 or not 0.0 <= self.sky_prune_fraction <= 1.0
-                or not (np.isfinite(self.lod_px) and self.lod_px >= 0)):
+                or not (isinstance(self.lod_px, (int, float, np.number)) and np.isfinite(self.lod_px)
+                        and self.lod_px >= 0)):
             raise ValueError(f"RefineConfig: need iterations >= 0, 0 < step <= 2, min_weight >= 0, views_per_batch >= 1, "
                              f"prune_weight >= 0, 0 <= sky_prune_fraction <= 1 and lod_px >= 0, got {self}")
 
