@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                          help="sweeps of the colour refinement against the log's images (0: none); None = the "
                               "default (neural_sensor.reconstruct.refine.RefineConfig)")
+    p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
+                                           "removes the least recently used down to a size", formatter_class=_FORMATTER)
+    p_cache.add_argument("--cache", type=Path, default=None,
+                         help="scene cache folder; None = $NEURAL_SENSOR_CACHE/scenes or ~/.cache/neural_sensor/scenes")
+    p_cache.add_argument("--prune-gb", type=float, default=None, metavar="GB",
+                         help="remove least recently used entries until the cache holds at most GB gigabytes (every "
+                              "store already keeps it under $NEURAL_SENSOR_CACHE_MAX_GB, default 10)")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench")
@@ -243,6 +250,25 @@ def _record_drive(args: argparse.Namespace) -> dict:
     return {"scenario": scenario.name, "seed": args.seed, **summary, "wall_s": round(time.perf_counter() - start, 2)}
 
 
+def _cache(args: argparse.Namespace) -> dict:
+    """`cache`: the scene cache's entries, least recently used first (after --prune-gb, if given)."""
+    import math
+    import time
+
+    from neural_sensor.reconstruct.cache import SceneCache
+
+    if args.prune_gb is not None and not (math.isfinite(args.prune_gb) and args.prune_gb >= 0):
+        raise ValueError(f"--prune-gb must be a finite number of gigabytes >= 0, got {args.prune_gb}")
+    cache = SceneCache(args.cache, max_bytes=None)
+    removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
+    entries = cache.entries()
+    return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),
+            "removed": removed,
+            "list": [{"key": e["key"], "source": e["source"], "mb": round(e["bytes"] / 1e6, 1),
+                      "last_used": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["last_used"]))}
+                     for e in entries]}
+
+
 def _reconstruct(args: argparse.Namespace) -> dict:
     """`reconstruct`: a drive log -> a cached scene (and a PLY copy with -o); returns the summary."""
     import shutil
@@ -337,6 +363,8 @@ def _main(args: argparse.Namespace) -> int:
             result = _record_drive(args)
         elif args.command == "reconstruct":
             result = _reconstruct(args)
+        elif args.command == "cache":
+            result = _cache(args)
         elif args.command == "serve-enhancer":
             from neural_sensor.enhance.server import config_from_args, serve
 

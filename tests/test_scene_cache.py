@@ -7,6 +7,7 @@ import multiprocessing
 import time
 
 import numpy as np
+import pytest
 
 from neural_sensor.reconstruct.cache import SceneCache, cache_key
 from neural_sensor.testing import make_street_scene
@@ -94,3 +95,62 @@ def test_two_processes_building_the_same_scene(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [results[0][0]]  # one entry, no temporary folders
     scene, meta = SceneCache(tmp_path).get_or_build({"street": 4}, _builder(4))
     assert meta["cached"] is True and len(scene) == 2000
+
+
+def test_the_cache_keeps_its_bound_removing_what_was_used_least_recently(tmp_path, monkeypatch):
+    """After each store, least recently used entries go until the cache fits its bound (a load counts as a use);
+    the entry just stored stays even when it alone is over the bound; a bad bound in the environment is named."""
+    import os
+
+    from neural_sensor.reconstruct.cache import default_max_bytes
+
+    free = SceneCache(tmp_path, max_bytes=None)
+    for seed in (1, 2, 3):
+        free.get_or_build({"street": seed}, _builder(seed))
+    keys = [cache_key({"street": s}) for s in (1, 2, 3)]
+    for age, key in zip((300, 200, 100), keys):  # used 300, 200 and 100 s ago
+        os.utime(free.path(key), (time.time() - age, time.time() - age))
+    sizes = {e["key"]: e["bytes"] for e in free.entries()}
+    assert [e["key"] for e in free.entries()] == keys and min(sizes.values()) > 0
+    assert free.load(keys[0]) is not None  # a use: now the most recent
+    assert [e["key"] for e in free.entries()] == [keys[1], keys[2], keys[0]]
+    # a bound that holds three entries but not four: storing a fourth removes the least recently used (street 2)
+    bounded = SceneCache(tmp_path, max_bytes=sum(sizes.values()) + sizes[keys[0]] // 2)
+    _, meta = bounded.get_or_build({"street": 4}, _builder(4))
+    assert sorted(e["key"] for e in bounded.entries()) == sorted([keys[2], keys[0], meta["key"]])
+    # a bound below one entry keeps only the one just stored
+    _, meta5 = SceneCache(tmp_path, max_bytes=1).get_or_build({"street": 5}, _builder(5))
+    assert [e["key"] for e in bounded.entries()] == [meta5["key"]]
+    assert SceneCache(tmp_path, max_bytes=None).prune(0) == [meta5["key"]] and bounded.entries() == []
+    monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", "2.5")
+    assert default_max_bytes() == 2_500_000_000 and SceneCache(tmp_path).max_bytes == 2_500_000_000
+    for unbounded in ("0", "none"):
+        monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", unbounded)
+        assert default_max_bytes() is None
+    for bad in ("lots", "-1", "inf"):
+        monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", bad)
+        with pytest.raises(ValueError, match="NEURAL_SENSOR_CACHE_MAX_GB"):
+            default_max_bytes()
+
+
+def test_cli_cache_lists_and_prunes(tmp_path, capsys):
+    """`neural-sensor cache` lists the entries least recently used first; --prune-gb trims; a bad size is named."""
+    import os
+
+    from scenarios.cli import main
+
+    cache = SceneCache(tmp_path, max_bytes=None)
+    for seed in (1, 2):
+        cache.get_or_build({"street": seed}, _builder(seed))
+    old = cache_key({"street": 2})
+    os.utime(cache.path(old), (time.time() - 60, time.time() - 60))
+    assert main(["cache", "--cache", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["entries"] == 2 and listed["removed"] == [] and listed["list"][0]["key"] == old
+    total = sum(e["bytes"] for e in cache.entries())
+    assert listed["total_gb"] == round(total / 1e9, 3) and all(e["mb"] > 0 for e in listed["list"])
+    assert main(["cache", "--cache", str(tmp_path), "--prune-gb", str((total - 1) / 1e9)]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["removed"] == [old] and pruned["entries"] == 1
+    assert main(["cache", "--cache", str(tmp_path), "--prune-gb", "-1"]) == 2
+    assert "--prune-gb" in capsys.readouterr().err

@@ -16,6 +16,11 @@ builds, stores and returns it:
   drive in) a scene one float step away from what every later run loads (measured: the demo street's
   scales differed by up to 1.5e-5, and the reconstruction of a drive recorded in it had 331,637 Gaussians
   against 331,640 from the cached street).
+- the cache is bounded: after each store, entries used least recently (a load or a store marks an entry used)
+  are removed until the cache holds at most `max_bytes` ($NEURAL_SENSOR_CACHE_MAX_GB, default 10 GB; 0: no
+  bound), never the entry just stored. Every code change that enters a key leaves its old entries behind (a
+  reconstruction of the demo drive is about 120 MB with its log reference), so without a bound the cache only
+  grows. `neural-sensor cache` lists the entries and prunes on request.
 """
 
 from __future__ import annotations
@@ -38,6 +43,26 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("NEURAL_SENSOR_CACHE", Path.home() / ".cache" / "neural_sensor")) / "scenes"
 
 
+DEFAULT_MAX_GB = 10.0
+
+
+def default_max_bytes() -> int | None:
+    """$NEURAL_SENSOR_CACHE_MAX_GB in bytes (default DEFAULT_MAX_GB; 0 or "none": no bound)."""
+    raw = os.environ.get("NEURAL_SENSOR_CACHE_MAX_GB", "").strip()
+    if not raw:
+        return int(DEFAULT_MAX_GB * 1e9)
+    if raw.lower() == "none":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"NEURAL_SENSOR_CACHE_MAX_GB must be a number of gigabytes (0 or 'none': no bound), "
+                         f"got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"NEURAL_SENSOR_CACHE_MAX_GB must be a finite number >= 0, got {raw!r}")
+    return None if value == 0 else int(value * 1e9)
+
+
 def cache_key(inputs: dict) -> str:
     """The entry name for a JSON-serialisable description of everything a scene depends on."""
     payload = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
@@ -47,8 +72,11 @@ def cache_key(inputs: dict) -> str:
 class SceneCache:
     """See the module docstring."""
 
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, max_bytes: int | None | str = "env"):
+        """root: None = default_cache_root(); max_bytes: the bound kept after each store (None: no bound;
+        "env": default_max_bytes())."""
         self.root = Path(root) if root is not None else default_cache_root()
+        self.max_bytes = default_max_bytes() if max_bytes == "env" else max_bytes
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -69,7 +97,47 @@ class SceneCache:
             print(f"neural-sensor: scene cache entry {folder} is unreadable ({err}); rebuilding it", file=sys.stderr)
             shutil.rmtree(folder, ignore_errors=True)
             return None
+        _mark_used(folder)
         return scene, {**meta, "cached": True, "path": str(folder)}
+
+    def entries(self) -> list[dict]:
+        """Every complete entry, least recently used first: {"key", "bytes", "last_used" (unix s), "source" (the
+        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable)}."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or not folder.is_dir():  # a store in progress
+                continue
+            try:
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                used = folder.stat().st_mtime
+            except OSError:  # removed meanwhile by another process
+                continue
+            try:
+                meta = json.loads((folder / "meta.json").read_text())
+                source = meta.get("source") or ("builder" if "builder_version" in meta else None)
+            except (OSError, ValueError):  # damaged: listed (and pruned first among equals) all the same
+                source = None
+            out.append({"key": folder.name, "bytes": size, "last_used": used, "source": source})
+        return sorted(out, key=lambda e: (e["last_used"], e["key"]))
+
+    def prune(self, max_bytes: int, keep: tuple[str, ...] = ()) -> list[str]:
+        """Remove least recently used entries (not those in keep) until the cache holds at most max_bytes;
+        returns the removed keys."""
+        assert max_bytes >= 0, max_bytes
+        entries = self.entries()
+        total = sum(e["bytes"] for e in entries)
+        removed = []
+        for entry in entries:
+            if total <= max_bytes:
+                break
+            if entry["key"] in keep:
+                continue
+            shutil.rmtree(self.path(entry["key"]), ignore_errors=True)
+            total -= entry["bytes"]
+            removed.append(entry["key"])
+        return removed
 
     def store(self, key: str, scene: GaussianScene, meta: dict, layout_json: str | None = None,
               files: dict[str, Callable[[Path], None]] | None = None) -> dict:
@@ -93,6 +161,12 @@ class SceneCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _mark_used(self.path(key))
+        if self.max_bytes is not None:
+            removed = self.prune(self.max_bytes, keep=(key,))
+            if removed:
+                print(f"neural-sensor: scene cache {self.root} over {self.max_bytes / 1e9:g} GB: removed {len(removed)} "
+                      f"least recently used entries ($NEURAL_SENSOR_CACHE_MAX_GB sets the bound)", file=sys.stderr)
         return {**meta, "cached": False, "path": str(self.path(key))}
 
     def get_or_build(self, inputs: dict, build: Callable[[], tuple]) -> tuple[GaussianScene, dict]:
@@ -107,3 +181,11 @@ class SceneCache:
         meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
         meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
         return GaussianScene.load_ply(Path(meta["path"]) / "scene.ply"), meta  # what later runs load (above)
+
+
+def _mark_used(folder: Path) -> None:
+    """Record a use of an entry (its folder's modification time: what `SceneCache.prune` orders by)."""
+    try:
+        os.utime(folder)
+    except OSError:  # removed meanwhile by another process's prune: nothing to mark
+        pass
