@@ -40,7 +40,8 @@ from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
-from neural_sensor.reconstruct.log import FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, record_drive
+from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, record_drive,
+                                           resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
@@ -162,15 +163,15 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet,
     then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
     and the log's LogReference (its views' depths rendered from the scene)."""
-    images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
-    # the reference: the log's own size (capped; not cropped to the network's stride), where the network's differs
-    ref_images, ref_cameras = images, cameras
-    native = log_meta["sizes_in_log"]
-    if len(native) == 1:
-        ref_size = reference_size(tuple(native[0]))
-        if ref_size != (images.shape[2], images.shape[1]):
-            ref_images, ref_cameras, _ = read_drive_log(folder, size=None if ref_size == tuple(native[0]) else ref_size,
-                                                        progress=progress)
+    native = log_image_sizes(folder)
+    if len(native) == 1:  # read once at the log's own size; the network's and the reference's views resampled
+        log_images, log_cameras, log_meta = read_drive_log(folder, progress=progress)
+        images, cameras = (log_images, log_cameras) if size is None else resample_views(log_images, log_cameras, size)
+        # the reference: the log's own size (capped; not cropped to the network's stride)
+        ref_images, ref_cameras = resample_views(log_images, log_cameras, reference_size(native[0]))
+    else:  # mixed sizes: the network's size for both
+        images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
+        ref_images, ref_cameras = images, cameras
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
@@ -201,21 +202,24 @@ def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | Non
     narrower log, or one of mixed sizes (which then needs an explicit size)."""
     if len(log_sizes) != 1:
         return None
-    w, h = (int(v) for v in log_sizes[0])
-    assert w > 0 and h > 0, log_sizes
-    if w <= NETWORK_SIZE[0]:
-        return None
-    return NETWORK_SIZE[0], max(1, round(h * NETWORK_SIZE[0] / w))
+    capped = _capped_width(log_sizes[0], NETWORK_SIZE[0])
+    return None if capped == tuple(log_sizes[0]) else capped
 
 
 def reference_size(log_size: tuple[int, int]) -> tuple[int, int]:
     """(width, height) the enhancer's reference keeps of a log of log_size: the log's own, at most
     REFERENCE_MAX_WIDTH wide (the height scaled alike, rounded)."""
-    w, h = int(log_size[0]), int(log_size[1])
-    assert w > 0 and h > 0, log_size
-    if w <= REFERENCE_MAX_WIDTH:
+    return _capped_width(log_size, REFERENCE_MAX_WIDTH)
+
+
+def _capped_width(size: tuple[int, int], max_width: int) -> tuple[int, int]:
+    """size = (width, height) as is when at most max_width wide, else max_width wide with the aspect kept (the
+    height rounded, at least 1)."""
+    w, h = int(size[0]), int(size[1])
+    assert w > 0 and h > 0, size
+    if w <= max_width:
         return w, h
-    return REFERENCE_MAX_WIDTH, max(1, round(h * REFERENCE_MAX_WIDTH / w))
+    return max_width, max(1, round(h * max_width / w))
 
 
 def _crop_to_multiple(images: np.ndarray, cameras: list[Camera], multiple: int):

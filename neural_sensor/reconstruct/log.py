@@ -210,14 +210,16 @@ def log_image_sizes(folder: Path | str) -> list[tuple[int, int]]:
     DriveLogError for a malformed transforms.json or a frame without a positive integer w / h."""
     folder = Path(folder)
     data, _ = _load_transforms(folder)
-    sizes = set()
-    for i, frame in enumerate(data["frames"]):
-        w, h = (_number(folder, data, frame, key, i, frame["file_path"]) for key in ("w", "h"))
-        if w != int(w) or h != int(h) or w <= 0 or h <= 0:
-            raise DriveLogError(folder, f"w and h must be positive integers, got w={w!r} h={h!r}", frame=i,
-                                file=frame["file_path"])
-        sizes.add((int(w), int(h)))
-    return sorted(sizes)
+    return sorted({_frame_size(folder, data, frame, i) for i, frame in enumerate(data["frames"])})
+
+
+def _frame_size(folder: Path, data: dict, frame: dict, i: int) -> tuple[int, int]:
+    """A frame's (w, h) in pixels; DriveLogError unless both are positive integers."""
+    w, h = (_number(folder, data, frame, key, i, frame["file_path"]) for key in ("w", "h"))
+    if w != int(w) or h != int(h) or w <= 0 or h <= 0:
+        raise DriveLogError(folder, f"w and h must be positive integers, got w={w!r} h={h!r}", frame=i,
+                            file=frame["file_path"])
+    return int(w), int(h)
 
 
 def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> float:
@@ -290,10 +292,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             if value not in (0, 0.0):
                 raise DriveLogError(folder, f"distortion parameter {key}={value!r} is not supported (undistort "
                                             "the images first; pinhole only)", frame=i, file=file)
-        fx, fy, cx, cy, w, h = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS)
-        if w != int(w) or h != int(h) or w <= 0 or h <= 0:
-            raise DriveLogError(folder, f"w and h must be positive integers, got w={w!r} h={h!r}", frame=i, file=file)
-        w, h = int(w), int(h)
+        fx, fy, cx, cy = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS[:4])
+        w, h = _frame_size(folder, data, frame, i)
         if "transform_matrix" not in frame:
             raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",
                                 frame=i, file=file)
@@ -342,6 +342,23 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             "image_size": [stacked.shape[2], stacked.shape[1]], "sizes_in_log": sorted({tuple(s) for s in sizes})}
     meta["sizes_in_log"] = [list(s) for s in meta["sizes_in_log"]]
     return stacked, cameras, meta
+
+
+def resample_views(images: np.ndarray, cameras: Sequence[Camera], size: tuple[int, int]
+                   ) -> tuple[np.ndarray, list[Camera]]:
+    """Views read by `read_drive_log` ([V, H, W, 3] float32 in [0, 1], 8-bit values) resampled to size = (W', H')
+    exactly as `read_drive_log(size=)` resamples them (the same 8-bit values through the same area filter, the
+    intrinsics scaled alike); returned as they are when already that size."""
+    images = np.asarray(images)
+    assert images.ndim == 4 and images.shape[0] == len(cameras) and images.shape[3] == 3, images.shape
+    if (images.shape[2], images.shape[1]) == tuple(size):
+        return images, list(cameras)
+    out, resampled = [], []
+    for image, cam in zip(np.round(images * np.float32(255.0)).astype(np.uint8), cameras):
+        image, K = _resample(image, cam.K, tuple(size))
+        out.append(image)
+        resampled.append(Camera(image.shape[1], image.shape[0], K, cam.pose_camera_to_world))
+    return np.stack(out).astype(np.float32) / np.float32(255.0), resampled
 
 
 def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
