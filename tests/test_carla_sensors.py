@@ -610,7 +610,7 @@ def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, m
     """Given a reconstruction's LogReference, a CARLA camera's enhancer request carries the log warped into it
     once the enhancer's hello says it takes `reference_views`; while the hello fails the frames go without it (a
     warning), and the answer is asked again (after RETRY_HELLO_S) and then kept."""
-    from carla_bridge import sensor as sensor_module
+    from carla_bridge import camera_rig
     from carla_bridge.transforms import camera_pose_from_ue
     from neural_sensor.camera import Camera
     from neural_sensor.enhance.client import EnhancerError
@@ -656,7 +656,7 @@ def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, m
         world.tick()
         _settle(world, camera)
     assert requests[-1][0][0] is None and "no drive-log reference" in caplog.text
-    monkeypatch.setattr(sensor_module, "RETRY_HELLO_S", 0.0)
+    monkeypatch.setattr(camera_rig, "RETRY_HELLO_S", 0.0)
     server.down = False
     for _ in range(2):
         world.tick()

@@ -1,0 +1,371 @@
+"""The rig behind neural cameras: one on_tick callback, one snapshot conversion and one batched render per tick.
+
+Every neural camera (carla_bridge/sensor.py) on one parent (or every world-fixed camera) of one world, scene
+and renderer setup belongs to one `CameraRig` (`join_rig` finds or makes it). How a tick flows (libcarla's
+threading, which the stand-in server reproduces): the server's world snapshot reaches the rig's `world.on_tick`
+callback on a client thread after `world.tick()` has returned; the rig converts the snapshot once (the parent
+is the ego, every vehicle and walker an agent), picks the cameras due this tick and queues the frame for its
+worker thread, which renders every due camera in one batched call per image size (cameras with the same view
+share one rendered view), lets each camera make its carla.Image (`NeuralCamera.image`) and calls each
+listener, lowest frame first. A render error is logged at once (logger "carla_bridge") and kept as a
+NeuralCameraError for the next call on any camera of the rig.
+
+Drive-log reference: given the reconstruction's log, the rig asks the enhancer's hello once how many log
+views it takes per camera (again after a failed hello, at most every RETRY_HELLO_S seconds) and sends them;
+the enhanced images are accumulated over ticks as a run does (TEMPORAL_BLEND).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from carla_bridge.transforms import flu_poses_from_ue, pose_from_transform
+from neural_sensor.enhance.temporal import TEMPORAL_BLEND
+from neural_sensor.gaussians import GaussianScene
+from neural_sensor.render import LOD_PX
+from neural_sensor.rig import NeuralSensorRig, SensorSpec, frame_fields
+from neural_sensor.world import AgentState, WorldSnapshot
+
+if TYPE_CHECKING:  # the camera module imports this one
+    from carla_bridge.sensor import NeuralCamera
+
+_log = logging.getLogger("carla_bridge")
+RETRY_HELLO_S = 5.0  # after a failed hello, the enhancer is asked for its reference_views again after this long
+HELLO_TIMEOUT_MS = 500.0
+_rigs: dict[tuple, "CameraRig"] = {}
+_rigs_lock = threading.Lock()
+
+
+class NeuralCameraError(RuntimeError):
+    """A neural camera could not render a frame (raised by the next call on a camera of its rig)."""
+
+
+def join_rig(camera, world, parent, scene: GaussianScene, backend: str, background_rgb, enhancer: str | None,
+             enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None) -> "CameraRig":
+    """The rig `camera` (a NeuralCamera) belongs to, made on first use; the camera is added to it."""
+    key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px, reference)
+    with _rigs_lock:
+        rig = _rigs.get(key)
+        if rig is None:
+            rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
+                                         enhancer_deadline_ms, lod_px, reference)
+        rig.add(camera)
+    return rig
+
+
+def _kind_of(actor) -> str:
+    type_id = actor.type_id
+    if type_id.startswith("walker."):
+        return "pedestrian"
+    wheels = actor.attributes.get("number_of_wheels", "4") if hasattr(actor, "attributes") else "4"
+    if str(wheels) == "2":
+        return "cyclist"
+    return "truck" if 2.0 * actor.bounding_box.extent.x > 6.5 else "car"
+
+
+_EGO_SIZE_M = (4.5, 1.9, 1.5)
+
+
+def _agent_state(agent_id: int, kind: str, size_m: tuple, pose: np.ndarray, speed_mps: float) -> AgentState:
+    """An AgentState without its per-instance check: the conversion builds every pose from CARLA's angles (a
+    rotation by construction), checks all of them for finiteness at once, and bounding-box sizes come from the
+    server (positive). AgentState's own check costs ~7 us per agent, a third of the 2 ms tick budget at 100 actors."""
+    state = object.__new__(AgentState)
+    for name, value in (("agent_id", agent_id), ("kind", kind), ("size_m", size_m), ("pose_agent_to_world", pose),
+                        ("speed_mps", speed_mps)):
+        object.__setattr__(state, name, value)
+    return state
+
+
+class CameraRig:
+    """Every neural camera on one parent (or every world-fixed one) of one world, scene and renderer setup:
+    one on_tick callback, one snapshot conversion and one batched render per tick, a worker thread that
+    delivers in frame order. Made by NeuralCamera; see the module docstring."""
+
+    def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
+                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None):
+        self.key = key
+        self.reference = reference  # the drive log (LogReference) sent to an enhancer trained to take it
+        self._reference_views: int | None = None  # from the enhancer's hello; None: not asked yet (or it failed)
+        self._hello_failed_at = -math.inf
+        self.world = world
+        self.parent = parent
+        self.scene = scene
+        self.backend = backend
+        self.lod_px = float(lod_px)
+        self.background_rgb = tuple(background_rgb)
+        self.enhancer_client = None
+        if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
+            from neural_sensor.enhance.client import EnhancerClient
+
+            self.enhancer_client = EnhancerClient(enhancer, deadline_ms=enhancer_deadline_ms)
+        self.cameras: list["NeuralCamera"] = []
+        self._actors: dict[int, tuple] = {}  # id -> (kind, size_m, box-bottom offset FLU); kind "" = not drawn
+        self._rigs: dict[tuple, NeuralSensorRig] = {}
+        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras)
+        self._sequence = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._busy = False
+        self.error: NeuralCameraError | None = None
+        self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
+        self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
+        self._worker.start()
+        self._tick_id = world.on_tick(self._on_tick)
+
+    # ---------------------------------------------------------------- membership
+    def add(self, camera: "NeuralCamera") -> None:
+        with self._cond:
+            self.cameras = self.cameras + [camera]
+
+    def remove(self, camera: "NeuralCamera") -> None:
+        with _rigs_lock:  # a camera joining this rig meanwhile either finds it open or makes a new one
+            with self._cond:
+                self.cameras = [c for c in self.cameras if c is not camera]
+                empty = not self.cameras
+            if empty and _rigs.get(self.key) is self:
+                del _rigs[self.key]
+        if empty:
+            self.close()
+
+    def close(self) -> None:
+        with _rigs_lock:
+            if _rigs.get(self.key) is self:
+                del _rigs[self.key]
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._tick_id is not None:
+            self.world.remove_on_tick(self._tick_id)
+            self._tick_id = None
+        if self.enhancer_client is not None:
+            self.enhancer_client.close()
+            self.enhancer_client = None
+
+    def raise_if_failed(self) -> None:
+        with self._cond:
+            error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    # ---------------------------------------------------------------- per tick (client stream thread)
+    def _on_tick(self, world_snapshot) -> None:
+        timestamp_s = float(world_snapshot.timestamp.elapsed_seconds)
+        due = [camera for camera in self.cameras if camera._due(timestamp_s)]
+        due = [camera for camera in due if camera._callback is not None]
+        if not due:
+            return
+        try:
+            snapshot = self.snapshot_from_carla(world_snapshot)
+        except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
+            self._fail(int(world_snapshot.frame), due, err)
+            return
+        with self._cond:
+            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due))
+            self._cond.notify_all()
+
+    def _refresh_actors(self, ids) -> None:
+        missing = [i for i in ids if i not in self._actors]
+        if not missing:
+            return
+        for actor in self.world.get_actors(missing):
+            if actor.type_id.startswith(("vehicle.", "walker.")):
+                ext, loc = actor.bounding_box.extent, actor.bounding_box.location
+                size = (2.0 * float(ext.x), 2.0 * float(ext.y), 2.0 * float(ext.z))
+                # the box-bottom centre in the actor frame, FLU (agent_box's offset)
+                offset = (float(loc.x), -float(loc.y), float(loc.z) - float(ext.z))
+                if not all(math.isfinite(v) and v > 0 for v in size):
+                    _log.warning("neural camera: actor %d (%s) has bounding box %s; it is not drawn", actor.id,
+                                 actor.type_id, size)
+                    self._actors[actor.id] = ("", None, None)
+                    continue
+                self._actors[actor.id] = (_kind_of(actor), size, offset)
+            else:
+                self._actors[actor.id] = ("", None, None)
+
+    def snapshot_from_carla(self, world_snapshot) -> WorldSnapshot:
+        """Our WorldSnapshot from a carla.WorldSnapshot: the parent (if any) is the ego, vehicles and walkers the
+        agents; a world-fixed rig has an ego at the origin that draws nothing. Vectorised over the actors (it
+        runs every tick for every actor): the same poses as transforms.agent_box, checked in bulk."""
+        parent_id = self.parent.id if self.parent is not None else None
+        if parent_id is not None:
+            parent_snap = world_snapshot.find(parent_id)
+            if parent_snap is None:
+                raise NeuralCameraError(f"neural camera: parent actor {parent_id} is not in frame "
+                                        f"{world_snapshot.frame} (destroyed?)")
+            ego_pose = pose_from_transform(parent_snap.get_transform())
+        else:
+            ego_pose = np.eye(4)
+        actor_snaps = list(world_snapshot)
+        self._refresh_actors([a.id for a in actor_snaps])
+        known = self._actors
+        drawn, rows = [], []
+        for actor_snap in actor_snaps:
+            entry = known.get(actor_snap.id)
+            if entry is None or not entry[0] or actor_snap.id == parent_id:
+                continue
+            transform = actor_snap.get_transform()
+            location, rotation, velocity = transform.location, transform.rotation, actor_snap.get_velocity()
+            drawn.append((actor_snap.id, entry))
+            rows.append((location.x, location.y, location.z, rotation.roll, rotation.pitch, rotation.yaw,
+                         velocity.x, velocity.y, velocity.z))
+        agents: tuple = ()
+        if drawn:
+            values = np.array(rows, dtype=np.float64)
+            poses = flu_poses_from_ue(values[:, :6])
+            offsets = np.array([entry[2] for _, entry in drawn])
+            poses[:, :3, 3] += np.einsum("nij,nj->ni", poses[:, :3, :3], offsets)
+            speeds = np.sqrt(np.einsum("ni,ni->n", values[:, 6:9], values[:, 6:9]))
+            if not (np.isfinite(poses).all() and np.isfinite(speeds).all()):
+                bad = [i for (i, _), row in zip(drawn, rows) if not all(map(math.isfinite, row))]
+                raise NeuralCameraError(f"neural camera: frame {world_snapshot.frame}: actors {bad} have "
+                                        "non-finite transforms or velocities")
+            agents = tuple(_agent_state(actor_id, entry[0], entry[1], pose, speed)
+                           for (actor_id, entry), pose, speed in zip(drawn, poses, speeds.tolist()))
+        ego = AgentState(0, "car", _EGO_SIZE_M, ego_pose, 0.0)
+        return WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents)
+
+    # ---------------------------------------------------------------- render + delivery (worker thread)
+    def _reference_views_now(self) -> int | None:
+        """The log views the enhancer takes per camera (0: none; None: unknown, its hello failed lately)."""
+        client = self.enhancer_client  # read once: close() may clear it from another thread
+        if self.reference is None or client is None:
+            return 0
+        if self._reference_views is None:
+            if time.monotonic() - self._hello_failed_at < RETRY_HELLO_S:
+                return None
+            from neural_sensor.enhance.client import EnhancerError, hello_reference_views
+
+            try:  # the client retries a call: the attempts together stay within HELLO_TIMEOUT_MS
+                hello = client.server or client.hello(
+                    timeout_ms=HELLO_TIMEOUT_MS / (1 + max(0, int(getattr(client, "retries", 0)))))
+            except EnhancerError as err:
+                self._hello_failed_at = time.monotonic()
+                _log.warning("neural camera: the enhancer's hello failed (%s); no drive-log reference until it "
+                             "answers", err)
+                return None
+            self._reference_views = hello_reference_views(hello)
+        return self._reference_views
+
+    def _rig_for(self, views: tuple, fields: tuple) -> NeuralSensorRig:
+        reference_views = self._reference_views_now()
+        if reference_views is not None:  # answered: the rig made while it was unknown is done with
+            for key in [k for k in self._rigs if k[2] is None]:
+                del self._rigs[key]
+        rig = self._rigs.get((views, fields, reference_views))
+        if rig is None:
+            specs = [SensorSpec(f"view{i}", w, h, fov, np.array(pose, dtype=np.float64).reshape(4, 4))
+                     for i, (w, h, fov, pose) in enumerate(views)]
+            if len(self._rigs) > 8:  # mounts or sizes changing all the time: keep the cache small
+                self._rigs.clear()
+            rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
+                                  enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
+                                  reference=self.reference if reference_views else None,
+                                  reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND)
+            self._rigs[(views, fields, reference_views)] = rig
+        return rig
+
+    def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
+        """{camera: NeuralImage} for every camera, from one batched render of their distinct views."""
+        views, index = [], {}
+        for camera in cameras:
+            view = camera._view_key()
+            if view not in index:
+                index[view] = len(views)
+                views.append(view)
+        # only what these cameras' types encode is rendered (RGB cameras alone: no median depth, no labels)
+        fields = frame_fields([f for camera in cameras for f in camera.frame_fields])
+        rig = self._rig_for(tuple(views), fields)
+        start = time.perf_counter()
+        frames = rig.capture(snapshot)
+        render_ms = (time.perf_counter() - start) * 1000.0
+        self.renders += 1
+        out = {}
+        for camera in cameras:
+            frame = frames[f"view{index[camera._view_key()]}"]
+            camera.last_render_ms = render_ms
+            camera.last_meta = frame.meta
+            out[camera] = camera.image(snapshot, frame)
+        return out
+
+    def _fail(self, frame: int, cameras, err: Exception) -> None:
+        """Log a failed frame at once and keep it for the next call on a camera of this rig (the first one kept)."""
+        names = ", ".join(f"{c.type_id} {c.id}" for c in cameras)
+        with self._cond:
+            pending = self.error is not None
+        # the first failure is logged at once; further ones while it waits to be raised only at debug level
+        # (a destroyed parent fails every tick)
+        _log.log(logging.DEBUG if pending else logging.ERROR, "neural camera: rendering frame %d failed for %s: %s: %s",
+                 frame, names, type(err).__name__, err, exc_info=err)
+        with self._cond:
+            if self.error is None:
+                self.error = NeuralCameraError(f"neural camera ({names}): rendering frame {frame} failed: "
+                                               f"{type(err).__name__}: {err}")
+                self.error.__cause__ = err
+
+    def _next_job(self):
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if not self._jobs:
+                return None
+            self._busy = True
+            return heapq.heappop(self._jobs)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+            job = self._next_job()
+            if job is None:
+                return
+            frame, _, snapshot, cameras = job
+            cameras = [c for c in cameras if c._alive]
+            if not cameras:
+                continue
+            try:
+                images = self.capture(snapshot, cameras)
+            except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
+                self._fail(frame, cameras, err)
+                continue
+            for camera, image in images.items():
+                callback = camera._callback
+                if callback is None or not camera._alive:
+                    continue
+                try:
+                    callback(image)
+                except Exception:  # noqa: BLE001 - libcarla prints a sensor callback's exception and goes on
+                    traceback.print_exc()
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Block until every queued frame has been rendered and delivered; False on timeout (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._jobs or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX,
+             reference=None) -> tuple:
+    world_key = getattr(world, "id", None)
+    if not isinstance(world_key, int):
+        world_key = id(world)
+    return (world_key, None if parent is None else parent.id, id(scene), backend,
+            tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms), float(lod_px),
+            None if reference is None else id(reference))
