@@ -113,41 +113,31 @@ def _backproject(tile_order, offsets, tile_gauss, geom, color, width, height, ti
                 out_isect[slot, 4] += ss
 
 
-@njit(parallel=True, **_JIT)
+@njit(**_JIT)
 def _scatter_add(tile_gauss, isect, group_starts, group_order, shares, weighted, weight,
                  sky_weight):  # pragma: no cover - compiled
     """weighted[g] += isect[k, :3], weight[g] += isect[k, 3], sky_weight[g] += isect[k, 4] for g = tile_gauss[k]
     (float64 sums, in place); a row g >= N (group g - N drawn as its merged Gaussian) hands each member i its
     share of the entry (shares[j] for i = group_order[j]: the merged colour is sum_i shares_i c_i, so these are
-    the chain rule's sums through the merge).
-
-    Parallel over ranges of Gaussian indices: every thread walks all entries in order and adds only to the
-    Gaussians of its range, so each sum takes its terms in the serial order (the same bits as one thread) and
-    no two threads write one row (tested against the same call on one thread)."""
+    the chain rule's sums through the merge)."""
     n = weight.shape[0]
-    parts = numba.get_num_threads()
-    for part in prange(parts):
-        lo = n * part // parts
-        hi = n * (part + 1) // parts
-        for k in range(tile_gauss.shape[0]):
-            g = tile_gauss[k]
-            if g < n:
-                if lo <= g < hi:
-                    weighted[g, 0] += isect[k, 0]
-                    weighted[g, 1] += isect[k, 1]
-                    weighted[g, 2] += isect[k, 2]
-                    weight[g] += isect[k, 3]
-                    sky_weight[g] += isect[k, 4]
-            else:
-                for j in range(group_starts[g - n], group_starts[g - n + 1]):
-                    i = group_order[j]
-                    if lo <= i < hi:
-                        a = shares[j]
-                        weighted[i, 0] += a * isect[k, 0]
-                        weighted[i, 1] += a * isect[k, 1]
-                        weighted[i, 2] += a * isect[k, 2]
-                        weight[i] += a * isect[k, 3]
-                        sky_weight[i] += a * isect[k, 4]
+    for k in range(tile_gauss.shape[0]):
+        g = tile_gauss[k]
+        if g < n:
+            weighted[g, 0] += isect[k, 0]
+            weighted[g, 1] += isect[k, 1]
+            weighted[g, 2] += isect[k, 2]
+            weight[g] += isect[k, 3]
+            sky_weight[g] += isect[k, 4]
+        else:
+            for j in range(group_starts[g - n], group_starts[g - n + 1]):
+                i = group_order[j]
+                a = shares[j]
+                weighted[i, 0] += a * isect[k, 0]
+                weighted[i, 1] += a * isect[k, 1]
+                weighted[i, 2] += a * isect[k, 2]
+                weight[i] += a * isect[k, 3]
+                sky_weight[i] += a * isect[k, 4]
 
 
 def backproject_colour_residuals(scene: GaussianScene, batch: CameraBatch, targets_rgb: np.ndarray,
