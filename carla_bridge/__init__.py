@@ -3,6 +3,8 @@
     transforms.py   the only place that knows CARLA's left-handed UE frame
     simulator.py    the Simulator protocol; embedded.py the kinematic world; carla_world.py CarlaSimulator
     sensor.py       NeuralCamera (rgb / depth / semantic / instance, the actor and sensor faces), NeuralImage
+    camera_rig.py   CameraRig / join_rig: the cameras of one parent share one on_tick callback and one
+                    batched render per tick; a worker thread delivers in frame order
     encodings.py    CARLA's image encodings and ColorConverters; attributes.py camera attributes and
                     post-processing; commands.py DestroyActor / SpawnActor that take neural cameras
     client.py       NeuralClient / NeuralWorld proxies; leaderboard.py the leaderboard drop-in

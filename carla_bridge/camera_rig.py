@@ -89,7 +89,7 @@ def _agent_state(agent_id: int, kind: str, size_m: tuple, pose: np.ndarray, spee
 class CameraRig:
     """Every neural camera on one parent (or every world-fixed one) of one world, scene and renderer setup:
     one on_tick callback, one snapshot conversion and one batched render per tick, a worker thread that
-    delivers in frame order. Made by NeuralCamera; see the module docstring."""
+    delivers in frame order. Made by `join_rig` (for a NeuralCamera); see the module docstring."""
 
     def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
                  enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None):

@@ -13,9 +13,9 @@ meaning are applied (carla_bridge/attributes.py).
 How a tick flows (libcarla's threading, which the stand-in server reproduces): the server's
 world snapshot reaches `world.on_tick` callbacks on a client thread after `world.tick()` has
 returned. Every camera on one parent (or every world-fixed camera) belongs to one `CameraRig`
-with ONE on_tick callback (carla_bridge/camera_rig.py): it converts the snapshot once (the parent is the ego, every vehicle
-and walker an agent), picks the cameras due this tick (sensor_tick: the first tick at or after
-each period) and queues the frame for the rig's worker thread. The worker renders every due
+(carla_bridge/camera_rig.py) with ONE on_tick callback: it converts the snapshot once (the parent
+is the ego, every vehicle and walker an agent), picks the cameras due this tick (sensor_tick: the
+first tick at or after each period) and queues the frame for the rig's worker thread. The worker renders every due
 camera of the frame in one batched call (one per image size: the renderer batches cameras of one
 size; cameras with the same view share one rendered view, so an rgb, a depth and a semantic
 camera on one mount cost one view), encodes each as its blueprint says, and calls each listener,
@@ -53,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from carla_bridge.camera_rig import CameraRig, NeuralCameraError, join_rig  # noqa: F401 - CameraRig re-exported
+# re-exported from here: CameraRig, NeuralCameraError
+from carla_bridge.camera_rig import CameraRig, NeuralCameraError, join_rig  # noqa: F401
 from carla_bridge.attributes import apply_postprocess, camera_settings, check_camera_type
 from carla_bridge.encodings import convert_bgra, depth_to_bgra_fast, instance_to_bgra, semantic_to_bgra
 from carla_bridge.transforms import (

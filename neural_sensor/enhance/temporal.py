@@ -28,9 +28,9 @@ from neural_sensor.enhance._warp_kernels import sample_view, surface_point
 
 MAX_JUMP_M = 5.0  # a camera that moved farther than this since its last tick starts afresh
 TEMPORAL_BLEND = 0.6  # the run's default history weight (RunOptions.temporal_blend, --temporal-blend). 0.5 took
-#   0.08-0.10 levels of flicker off enhancer-run stage 6 at the same PSNR (its CARD); with stage 7, 0.6 takes another
-#   0.016 off at every shift for 0.003 dB (six held-out worlds, docs/results.md, "2026-12-02"), which brings what the
-#   agent gets on the path below the raw render's flicker (1.278 against 1.291 levels; 0.5: 1.294)
+#   0.08-0.10 levels of flicker off enhancer-run stage 6 at the same PSNR (its CARD); with stage 7, 0.6 takes
+#   another 0.016-0.017 off at every shift for 0.003 dB (six held-out worlds, docs/results.md, "2026-12-02"),
+#   which brings what the agent gets on the path below the raw render's flicker (1.278 against 1.291; 0.5: 1.294)
 
 
 class TemporalFilter:
