@@ -1,0 +1,246 @@
+"""CameraRig (carla_bridge/camera_rig.py): the cameras of one parent rendered once per tick and delivered in order,
+render errors raised by name, the snapshot conversion, the level of detail, the drive-log reference sent to an
+enhancer that takes it and the enhanced images accumulated over ticks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+carla = pytest.importorskip("carla", reason="the carla client package is not installed (pip install .[test])")
+
+from _carla import MOUNT, H, W, camera_blueprint as _bp, settle as _settle  # noqa: E402
+from carla_bridge.client import NeuralWorld  # noqa: E402
+from carla_bridge.sensor import NeuralCameraError, spawn_neural_camera  # noqa: E402
+from carla_bridge.standin import StandInBlueprint, StandInWorld  # noqa: E402
+from neural_sensor.testing import make_street_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_street_scene(20_000, seed=0)
+
+
+def test_camera_delivers_every_frame_in_order_despite_a_slow_listener(scene, capfd):
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    got = []
+
+    def listener(image):
+        got.append(image.frame)
+        if len(got) == 2:
+            raise ValueError("a listener bug")  # printed and swallowed, as libcarla does with sensor callbacks
+
+    camera.listen(listener)
+    frames = [world.tick() for _ in range(5)]  # ticks do not wait for the renders
+    _settle(world, camera)
+    assert got == frames
+    assert "ValueError: a listener bug" in capfd.readouterr().err
+
+
+def test_render_errors_are_logged_at_once_and_raised_by_name(scene, caplog):
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    camera = spawn_neural_camera(world, _bp(library, "depth"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    camera.listen(lambda image: None)
+
+    class Broken:
+        def capture(self, snapshot):
+            raise MemoryError("renderer ran out")
+
+    camera.rig._rig_for = lambda views, fields: Broken()
+    with caplog.at_level(logging.ERROR, logger="carla_bridge"):
+        frame = world.tick()
+        _settle(world, camera)
+    assert any(f"frame {frame} failed" in r.getMessage() for r in caplog.records)  # logged at once
+    with pytest.raises(NeuralCameraError, match=rf"sensor.camera.depth {camera.id}\): rendering frame {frame} "
+                                                r"failed: MemoryError: renderer ran out"):
+        camera.is_listening()
+    assert camera.is_listening()  # raised once
+    del camera.rig._rig_for
+    ego.destroy()  # the parent is gone: no frame can be converted any more
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="carla_bridge"):
+        frame = world.tick()
+        world.tick()
+        _settle(world, camera)
+    assert sum("parent actor" in r.getMessage() for r in caplog.records) == 1  # once while it waits to be raised
+    with pytest.raises(NeuralCameraError, match=f"parent actor {ego.id} is not in frame {frame}"):
+        camera.destroy()
+    assert not camera.is_alive
+
+
+def test_vectorised_snapshot_conversion_equals_agent_box():
+    from carla_bridge.sensor import CameraRig
+    from carla_bridge.transforms import agent_box
+
+    world = StandInWorld()
+    ego = world.spawn_actor(StandInBlueprint("vehicle.tesla.model3"), carla.Transform())
+    rng = np.random.default_rng(4)
+    actors = []
+    for i in range(20):
+        kind = "walker.pedestrian.0001" if i % 3 == 0 else "vehicle.audi.a2"
+        where = carla.Transform(carla.Location(*rng.uniform(-50, 50, 3)),
+                                carla.Rotation(pitch=rng.uniform(-20, 20), yaw=rng.uniform(-180, 180),
+                                               roll=rng.uniform(-20, 20)))
+        actors.append(world.spawn_actor(StandInBlueprint(kind), where))
+    world.spawn_actor(StandInBlueprint("static.prop.bench"), carla.Transform())
+    rig = CameraRig(("test",), world, ego, make_street_scene(2000), "cpu", (0.5, 0.5, 0.5), None, 1000.0)
+    world.tick()  # a snapshot holds the actors of its frame, as CARLA's does
+    try:
+        snapshot = rig.snapshot_from_carla(world.get_snapshot())
+    finally:
+        rig.close()
+    assert [a.agent_id for a in snapshot.agents] == [a.id for a in actors]
+    for agent, actor in zip(snapshot.agents, actors):
+        size, pose = agent_box(actor.bounding_box, actor.get_transform())
+        assert agent.size_m == pytest.approx(size) and agent.kind == ("pedestrian" if "walker" in actor.type_id
+                                                                      else "car")
+        np.testing.assert_allclose(agent.pose_agent_to_world, pose, atol=1e-5)
+
+
+def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
+    """lod_px travels from NeuralWorld / spawn_neural_camera to the rig that renders (cameras of different
+    levels never share a rig); a negative or NaN one is refused by name."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    exact = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                lod_px=0.0)
+    default = NeuralWorld(world, scene, backend="cpu").spawn_actor(_bp(library, "rgb"), MOUNT, attach_to=ego)
+    try:
+        assert exact.rig is not default.rig
+        assert exact.rig.lod_px == 0.0 and default.rig.lod_px == 2.0
+        for bad in (-1.0, float("nan")):
+            with pytest.raises(ValueError, match="lod_px must be a finite number >= 0"):
+                spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                    lod_px=bad)
+    finally:
+        exact.destroy()
+        default.destroy()
+
+
+def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, monkeypatch, caplog):
+    """Given a reconstruction's LogReference, a CARLA camera's enhancer request carries the log warped into it
+    once the enhancer's hello says it takes `reference_views`; while the hello fails the frames go without it (a
+    warning), and the answer is asked again (after RETRY_HELLO_S) and then kept."""
+    from carla_bridge import camera_rig
+    from carla_bridge.transforms import camera_pose_from_ue
+    from neural_sensor.camera import Camera
+    from neural_sensor.enhance.client import EnhancerError
+    from neural_sensor.reconstruct.reference import LogReference
+    from neural_sensor.render import render
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    mount = camera_pose_from_ue(np.array(MOUNT.get_matrix()))  # the ego sits at the origin
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, 0.0, 0.0, 0.0) @ mount) for x in (-3.0, 3.0)]
+    log_images = render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb
+    reference = LogReference.from_views(log_images, log_cams, ["CAM_FRONT"] * 2, scene, (0.53, 0.71, 0.92))
+    with pytest.raises(ValueError, match="reference must be a LogReference"):
+        spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, reference="log.npz")
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                 reference=reference)
+    requests = []
+
+    class Server:  # an EnhancerClient's face: hello (failing at first), enhance, close
+        server = None
+        hellos = 0
+        down = True
+
+        def hello(self, timeout_ms=None):
+            self.hellos += 1
+            if self.down:
+                raise EnhancerError("no reply within 500 ms")
+            self.server = {"reference_views": 2}
+            return self.server
+
+        def enhance(self, frames, out=None):
+            requests.append([(f.get("reference"), f.get("reference_valid")) for f in frames])
+            return type("Reply", (), {"rgb": None, "reason": "recorded", "latency_ms": 0.0})()
+
+        def close(self):
+            pass
+
+    server = camera.rig.enhancer_client = Server()
+    camera.listen(lambda image: None)
+    with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+        world.tick()
+        _settle(world, camera)
+    assert requests[-1][0][0] is None and "no drive-log reference" in caplog.text
+    monkeypatch.setattr(camera_rig, "RETRY_HELLO_S", 0.0)
+    server.down = False
+    for _ in range(2):
+        world.tick()
+    _settle(world, camera)
+    assert server.hellos == 2  # asked again once, then kept
+    warped, valid = requests[-1][0]
+    assert warped.shape == (H, W, 3) and warped.dtype == np.uint8 and valid.shape == (H, W)
+    view = Camera.from_fov(W, H, 90.0, mount)
+    out = render(scene, view, backend="cpu", outputs=("rgb", "alpha", "median_depth"), lod_px=camera.rig.lod_px)
+    expected = reference.warp(["view0"], [view], out.median_depth, out.alpha, 2)  # no such sensor: facing views
+    np.testing.assert_array_equal(valid, expected[1][0])
+    difference = np.abs(warped.astype(np.int16) - expected[0][0])  # the pose came through carla's float32
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4, (difference.mean(), difference.max())
+    assert valid[out.alpha[0] > 0.5].mean() > 0.25  # the log sees a good share of the street in front
+    camera.destroy()
+
+
+def test_an_enhancer_that_takes_no_log_gets_none_and_its_images_are_accumulated_over_ticks(scene):
+    """A camera given a drive log sends none to an enhancer whose hello says reference_views 0, and what it
+    delivers is the enhanced image blended with the previous one reprojected (TEMPORAL_BLEND), as a run does."""
+    from carla_bridge.transforms import camera_pose_from_ue
+    from neural_sensor.camera import Camera
+    from neural_sensor.enhance.temporal import TEMPORAL_BLEND
+    from neural_sensor.reconstruct.reference import LogReference
+    from neural_sensor.render import render
+    from neural_sensor.world import pose_from_xyz_yaw
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    mount = camera_pose_from_ue(np.array(MOUNT.get_matrix()))
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, 0.0, 0.0, 0.0) @ mount) for x in (-3.0, 3.0)]
+    reference = LogReference.from_views(render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb, log_cams,
+                                        ["CAM_FRONT"] * 2, scene, (0.53, 0.71, 0.92))
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                 reference=reference)
+    rng = np.random.default_rng(5)
+    sent, replies = [], []
+
+    class Server:  # an EnhancerClient's face: it takes no log; "enhances" by adding a little noise
+        server = {"reference_views": 0}
+
+        def hello(self, timeout_ms=None):
+            return self.server
+
+        def enhance(self, frames, out=None):
+            sent.append([f.get("reference") for f in frames])
+            rgb = [np.clip(f["rgb"] + rng.normal(0.0, 0.03, f["rgb"].shape), 0, 1).astype(np.float32) for f in frames]
+            replies.append(rgb)
+            return type("Reply", (), {"rgb": rgb, "reason": "", "latency_ms": 1.0, "model_ms": 0.5})()
+
+        def close(self):
+            pass
+
+    camera.rig.enhancer_client = Server()
+    images = []
+    camera.listen(lambda image: images.append(np.frombuffer(image.raw_data, np.uint8).reshape(H, W, 4)[..., 2::-1]))
+    for _ in range(2):  # the ego stands still: the previous image reprojects onto itself
+        world.tick()
+    _settle(world, camera)
+    assert len(images) == 2 and all(refs == [None] for refs in sent), sent
+    first, second = (np.round(r[0] * 255).astype(np.float32) for r in replies)
+    np.testing.assert_allclose(images[0], first, atol=1)  # the first tick has no history
+    blended = TEMPORAL_BLEND * first + (1 - TEMPORAL_BLEND) * second  # where the history stays within the clamp
+    error_blended = np.abs(images[1] - blended).mean()
+    error_plain = np.abs(images[1] - second).mean()
+    assert error_blended < 0.6 * error_plain, (error_blended, error_plain)
+    camera.destroy()
