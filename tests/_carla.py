@@ -8,11 +8,11 @@ W, H = 48, 32
 MOUNT = carla.Transform(carla.Location(x=1.5, z=1.6))
 
 
-def camera_blueprint(library, kind: str, **attributes):
-    """sensor.camera.<kind> at W x H with the given attributes."""
+def camera_blueprint(library, kind: str, size: tuple[int, int] = (W, H), **attributes):
+    """sensor.camera.<kind> of `size` (width, height) pixels with the given attributes."""
     bp = library.find(f"sensor.camera.{kind}")
-    bp.set_attribute("image_size_x", str(W))
-    bp.set_attribute("image_size_y", str(H))
+    bp.set_attribute("image_size_x", str(size[0]))
+    bp.set_attribute("image_size_y", str(size[1]))
     for key, value in attributes.items():
         bp.set_attribute(key, str(value))
     return bp

@@ -18,6 +18,7 @@ import pytest
 carla = pytest.importorskip("carla", reason="the carla client package is not installed (pip install .[test])")
 pytestmark = pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="needs a CARLA server (set CARLA_HOST)")
 
+from _carla import camera_blueprint, image_array  # noqa: E402
 from carla_bridge import attributes as attrs  # noqa: E402
 from carla_bridge.client import NeuralClient  # noqa: E402
 from carla_bridge.encodings import CAMERA_TYPES, convert_bgra, depth_from_bgra  # noqa: E402
@@ -61,16 +62,11 @@ def live():
 
 
 def _bp(world, type_id, **values):
-    bp = world.get_blueprint_library().find(type_id)
-    bp.set_attribute("image_size_x", str(W))
-    bp.set_attribute("image_size_y", str(H))
-    for key, value in values.items():
-        bp.set_attribute(key, str(value))
-    return bp
+    return camera_blueprint(world.get_blueprint_library(), type_id.removeprefix("sensor.camera."), (W, H), **values)
 
 
 def _array(image) -> np.ndarray:
-    return np.frombuffer(image.raw_data, np.uint8).reshape(image.height, image.width, 4).copy()
+    return image_array(image).copy()
 
 
 def test_our_definitions_match_the_servers_blueprints(live):
