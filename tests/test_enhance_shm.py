@@ -279,7 +279,7 @@ def test_a_restarted_server_is_served_over_bytes_then_shared_memory_again(identi
 def test_replies_are_written_in_place_only_when_the_requests_arrays_lie_apart():
     """The worker writes a reply into its slot while the model still reads other frames' inputs only when no two
     arrays of the request overlap in the block (our client lays them apart); otherwise it answers from copies."""
-    from neural_sensor.enhance.server import _apart
+    from neural_sensor.enhance.worker import _apart
 
     def frame(offset, reply):
         return {"rgb": wire.ShmRef("uint8", (4, 4, 3), offset), "depth": wire.ShmRef("float16", (4, 4), offset + 64),

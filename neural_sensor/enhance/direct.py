@@ -1,7 +1,7 @@
 """The enhancer's direct path on the worker's side (protocol.py, "Direct path"): a worker's AF_UNIX
 SOCK_SEQPACKET listener in the server's shared-memory folder, the connections of same-host clients that took
 it, and the cutting of the requests that arrive together into model batches. The worker loop that serves them
-is `server._worker_main`; the client's side is `EnhancerClient._exchange_direct`.
+is `worker.worker_main`; the client's side is `EnhancerClient._exchange_direct`.
 """
 
 from __future__ import annotations
