@@ -11,7 +11,7 @@ import pytest
 
 carla = pytest.importorskip("carla", reason="the carla client package is not installed (pip install .[test])")
 
-from _carla import MOUNT, H, W, camera_blueprint as _bp, settle as _settle  # noqa: E402
+from _carla import MOUNT, H, W, camera_blueprint as _bp, image_array, settle as _settle  # noqa: E402
 from carla_bridge.client import NeuralWorld  # noqa: E402
 from carla_bridge.sensor import NeuralCameraError, spawn_neural_camera  # noqa: E402
 from carla_bridge.standin import StandInBlueprint, StandInWorld  # noqa: E402
@@ -232,7 +232,7 @@ def test_an_enhancer_that_takes_no_log_gets_none_and_its_images_are_accumulated_
 
     camera.rig.enhancer_client = Server()
     images = []
-    camera.listen(lambda image: images.append(np.frombuffer(image.raw_data, np.uint8).reshape(H, W, 4)[..., 2::-1]))
+    camera.listen(lambda image: images.append(image_array(image)[..., 2::-1]))
     for _ in range(2):  # the ego stands still: the previous image reprojects onto itself
         world.tick()
     _settle(world, camera)

@@ -164,14 +164,17 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
     and the log's LogReference (its views' depths rendered from the scene)."""
     native = log_image_sizes(folder)
-    if len(native) == 1:  # read once at the log's own size; the network's and the reference's views resampled
-        log_images, log_cameras, log_meta = read_drive_log(folder, progress=progress)
-        images, cameras = (log_images, log_cameras) if size is None else resample_views(log_images, log_cameras, size)
-        # the reference: the log's own size (capped; not cropped to the network's stride)
-        ref_images, ref_cameras = resample_views(log_images, log_cameras, reference_size(native[0]))
-    else:  # mixed sizes: the network's size for both
+    if len(native) == 1 and reference_size(native[0]) == tuple(native[0]):
+        # the reference keeps the log's own size (not cropped to the network's stride): read once, and the
+        # network's views resampled from it in memory
+        ref_images, ref_cameras, log_meta = read_drive_log(folder, progress=progress)
+        images, cameras = (ref_images, ref_cameras) if size is None else resample_views(ref_images, ref_cameras, size)
+    else:  # a log wider than the reference keeps (never held at its own size: each image resampled as it is read),
+        # or of mixed sizes (the network's size for both)
         images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
         ref_images, ref_cameras = images, cameras
+        if len(native) == 1:
+            ref_images, ref_cameras, _ = read_drive_log(folder, size=reference_size(native[0]), progress=progress)
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")

@@ -354,8 +354,8 @@ def resample_views(images: np.ndarray, cameras: Sequence[Camera], size: tuple[in
     if (images.shape[2], images.shape[1]) == tuple(size):
         return images, list(cameras)
     out, resampled = [], []
-    for image, cam in zip(np.round(images * np.float32(255.0)).astype(np.uint8), cameras):
-        image, K = _resample(image, cam.K, tuple(size))
+    for image, cam in zip(images, cameras):  # back to its 8-bit values one image at a time (no second stack)
+        image, K = _resample(np.round(image * np.float32(255.0)).astype(np.uint8), cam.K, tuple(size))
         out.append(image)
         resampled.append(Camera(image.shape[1], image.shape[0], K, cam.pose_camera_to_world))
     return np.stack(out).astype(np.float32) / np.float32(255.0), resampled
