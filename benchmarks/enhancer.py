@@ -7,8 +7,10 @@
    EnhancerClient -> worker on loopback, decoded into buffers the caller owns
    (`enhance(frames, out=...)`, as the rig calls it); overhead per tick = client round trip -
    the worker's model time (per request, median), i.e. encoding, the hops, the broker and
-   decoding. Three paths, alternating request by request against one server: "direct" (frames
-   in a shared block, headers straight to the worker's socket: the default on one host),
+   decoding. Four paths, alternating request by request against one server: "zero-copy" (the
+   rig's way since 2026-12-02: rgb / depth / alpha already lie in the client's block, where the
+   renderer wrote them, `frame_buffers`; float32 there and back, only the warped log is copied in),
+   "direct" (frames converted into a shared block, headers straight to the worker's socket),
    "shm" (the same through the broker's ZeroMQ sockets: direct=False) and "bytes" (the client
    told shared_memory=False: the frames travel in the messages).
 3. restarts: a NeuralSensorRig (6 cameras, small images so the run stays short) ticks
@@ -94,6 +96,7 @@ def bench_model(checkpoint: Path, repeats: int) -> dict:
 
 
 TRANSPORTS = {  # name: EnhancerClient options, and the (transport, route) it must take
+    "zero-copy": (dict(shared_memory=True, direct=True), ("shm", "direct")),
     "direct": (dict(shared_memory=True, direct=True), ("shm", "direct")),
     "shm": (dict(shared_memory=True, direct=False), ("shm", "broker")),
     "bytes": (dict(shared_memory=False), ("bytes", "broker")),
@@ -113,20 +116,30 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
                 raise RuntimeError(f"transport benchmark: {name} takes {client.transport} / {client.route}")
         frames = _frames(1, reference=True)
         out = [np.empty_like(f["rgb"]) for f in frames]  # as the rig calls it: into buffers it already owns
+        lent = clients["zero-copy"].frame_buffers(len(frames), *frames[0]["depth"].shape)
+        if lent is None:
+            raise RuntimeError("transport benchmark: the zero-copy client was lent no buffers")
+        for i, f in enumerate(frames):  # where the renderer would have written them (outside the timing)
+            for key in ("rgb", "depth", "alpha"):
+                lent[key][i] = f[key]
+        lent_frames = [{**f, **{key: lent[key][i] for key in ("rgb", "depth", "alpha")}} for i, f in enumerate(frames)]
+        lent_out = list(lent["enhanced"])  # as the rig calls it: the worker writes its reply there
         times = {name: {"rtt": [], "model": [], "worker": [], "encode": []} for name in clients}
-        for client in clients.values():
-            client.enhance(frames, out=out)  # warm up
+        for name, client in clients.items():
+            sent, into = (lent_frames, lent_out) if name == "zero-copy" else (frames, out)
+            client.enhance(sent, out=into)  # warm up
         for _ in range(repeats):
             for name, client in clients.items():
                 t = times[name]
+                sent, into = (lent_frames, lent_out) if name == "zero-copy" else (frames, out)
                 t0 = time.perf_counter()  # the encoding share, measured alone: into the block, or into arrays
                 if client.transport == "shm":
-                    layout, block_bytes, _ = client._shm_layout(frames)
-                    client._shm_request(frames, layout, block_bytes, "encode-only", 60_000)
+                    layout, block_bytes, _ = client._shm_layout(sent, into)
+                    client._shm_request(sent, layout, block_bytes, "encode-only", 60_000)
                 else:
-                    del [client._wire_frame(f) for f in frames][:]
+                    del [client._wire_frame(f) for f in sent][:]
                 t["encode"].append((time.perf_counter() - t0) * 1000.0)
-                result = client.enhance(frames, out=out)
+                result = client.enhance(sent, out=into)
                 if not result.enhanced or (client.transport, client.route) != TRANSPORTS[name][1]:
                     raise RuntimeError(f"transport benchmark ({name}): {result.reason}")
                 t["rtt"].append(result.latency_ms)
@@ -151,7 +164,7 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
                      "client_encode_ms_median": round(float(np.median(t["encode"])), 2), "repeats": repeats}
     out["server_p50_ms"], out["server_p99_ms"] = stats["p50_ms"], stats["p99_ms"]
     out["frames"] = ("6 x 480x270 as the rig sends them: float32 rgb / depth / alpha and the warped log (uint8 rgb, "
-                     "bool valid); uint8 rgb / float16 depth / uint8 alpha on the wire")
+                     "bool valid); uint8 rgb / float16 depth / uint8 alpha on the wire, except zero-copy: float32 where they lie)")
     out["order"] = "the paths alternate request by request against one server"
     return out
 

@@ -227,11 +227,16 @@ class NeuralSensorRig:
         views: dict[str, tuple[Camera, np.ndarray]] = {}  # camera and depth, for the temporal filter
         for spec in self.sensors:
             groups.setdefault((spec.width, spec.height), []).append(spec)
+        lent = None  # the render's rgb / depth / alpha in the enhancer client's shared block (no copy to its worker)
+        if len(groups) == 1 and _takes_out(self.enhancer):
+            (width, height), = groups
+            lent = self.enhancer.frame_buffers(len(self.sensors), height, width)
         for (width, height), specs in groups.items():
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=self.render_outputs, lod_px=self.lod_px)
+                         outputs=self.render_outputs, lod_px=self.lod_px,
+                         out=None if lent is None else {k: lent[k] for k in ("rgb", "depth", "alpha")})
             render_ms = (time.perf_counter() - start) * 1000.0
             reference_ms = 0.0
             if self.reference is not None:
@@ -257,7 +262,8 @@ class NeuralSensorRig:
                                              else out.median_depth[i])
         ordered = {spec.sensor_id: frames[spec.sensor_id] for spec in self.sensors}
         if self.enhancer is not None:
-            self._enhance(ordered, alphas, expected_depths, references)
+            self._enhance(ordered, alphas, expected_depths, references,
+                          None if lent is None else list(lent["enhanced"]))
             if self.temporal is not None:
                 start = time.perf_counter()
                 for sid, frame in ordered.items():
@@ -268,12 +274,18 @@ class NeuralSensorRig:
                 temporal_ms = (time.perf_counter() - start) * 1000.0
                 for frame in ordered.values():
                     frame.meta["temporal_ms"] = temporal_ms / len(ordered)
+        if lent is not None:  # the block is the next tick's: a frame keeps its own copy (the accumulation made one)
+            for frame in ordered.values():
+                if np.may_share_memory(frame.rgb, lent["rgb"]) or np.may_share_memory(frame.rgb, lent["enhanced"]):
+                    frame.rgb = frame.rgb.copy()
         return ordered
 
     def _enhance(self, frames: dict[str, SensorFrame], alphas: dict[str, np.ndarray],
-                 depths: dict[str, np.ndarray], references: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """One request with every camera (rgb, expected depth, alpha, and the warped log when there is one);
-        refined rgb in place, or the raw render flagged with the reason."""
+                 depths: dict[str, np.ndarray], references: dict[str, tuple[np.ndarray, np.ndarray]],
+                 out: list[np.ndarray] | None = None) -> None:
+        """One request with every camera (rgb, expected depth, alpha, and the warped log when there is one); the
+        refined rgb into `out` (the client's lent "enhanced" arrays) or else over the render's own, or the raw
+        render flagged with the reason."""
         try:
             requests = [{"camera": sid, "rgb": f.rgb, "depth": depths[sid], "alpha": alphas[sid]}
                         for sid, f in frames.items()]
@@ -281,7 +293,7 @@ class NeuralSensorRig:
                 if request["camera"] in references:
                     request["reference"], request["reference_valid"] = references[request["camera"]]
             # the refined images go straight into the render's own buffers (no fresh memory each tick)
-            result = (self.enhancer.enhance(requests, out=[f.rgb for f in frames.values()])
+            result = (self.enhancer.enhance(requests, out=out or [f.rgb for f in frames.values()])
                       if _takes_out(self.enhancer) else self.enhancer.enhance(requests))
         except Exception as err:  # noqa: BLE001 - the tick is delivered raw whatever the enhancer did
             from neural_sensor.enhance.client import EnhancerVersionError

@@ -296,6 +296,25 @@ def test_float16_codecs_equal_numpy_on_every_half():
     assert np.isnan(nan).all()
 
 
+def test_compiled_finiteness_check_matches_its_numpy_twin():
+    """all_finite's compiled float32 pass gives what `_all_finite_reference` gives: every non-finite value (NaN
+    of either sign and payload, +-inf) anywhere in an array is found, the largest finite floats are not."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(-3.4e38, 3.4e38, 10_001).astype(np.float32)
+    base[:4] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, 0.0, -0.0]
+    odd = [np.nan, -np.nan, np.inf, -np.inf, np.array([0x7FC00001], np.uint32).view(np.float32)[0]]
+    cases = [base] + [np.where(np.arange(base.size) == at, value, base).astype(np.float32)
+                      for at in (0, 5_000, base.size - 1) for value in odd]
+    for array in cases:
+        assert wire.all_finite(array) == wire._all_finite_reference(array)
+        assert wire.all_finite(array.reshape(1, -1)) == wire.all_finite(array)
+    assert wire.all_finite(base) and not wire.all_finite(cases[1])
+    assert wire.all_finite(base[::2]) == wire._all_finite_reference(base[::2])  # strided: the twin's path
+    with np.errstate(over="ignore"):
+        half = base.astype(np.float16)
+    assert wire.all_finite(half) == wire._all_finite_reference(half) is False  # overflowed to inf in float16
+
+
 def test_hello_reference_views_takes_only_a_positive_integer():
     """The log views a client sends per camera come from the hello: a positive int, else none (the runner, the CARLA
     bridge and the run-regime benchmark share this reading)."""

@@ -390,3 +390,36 @@ def test_neural_camera_with_an_enhancer_endpoint_delivers_refined_images(server)
         camera.destroy()
     # the identity enhancer hands back the render (uint8 on the wire): equal to within one grey level
     assert np.abs(images["raw"] - images["enhanced"]).max() <= 1
+
+
+@pytest.mark.parametrize("temporal_blend", [0.0, 0.6], ids=["plain", "accumulated"])
+def test_rig_renders_into_the_clients_block_and_delivers_frames_of_its_own(server, temporal_blend):
+    """With an EnhancerClient, the rig renders straight into the client's shared block (frame_buffers) and the
+    worker's reply lands there too; every delivered image is the frame's own memory: the next tick (written into
+    the same block) leaves it as it was. The identity enhancer hands back the render exactly (float32 both ways)."""
+    scene = make_street_scene(20_000, seed=0)
+    specs = [SensorSpec.mounted(name, 40, 24, 90.0, (1.5, 0.0, 1.6), yaw_rad=yaw)
+             for name, yaw in (("front", 0.0), ("left", 1.0))]
+    raw_rig = NeuralSensorRig(scene, specs, backend="cpu", lod_px=0.0)
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
+        client.hello()
+        rig = NeuralSensorRig(scene, specs, backend="cpu", lod_px=0.0, enhancer=client, temporal_blend=temporal_blend)
+        ticks = []
+        for t in range(3):
+            ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(2.0 * t, -1.75, 0.0, 0.0))
+            snapshot = WorldSnapshot(t, 0.05 * t, ego, ())
+            frames = rig.capture(snapshot)
+            assert all(f.meta["enhanced"] for f in frames.values()), [f.meta["enhancer_reason"] for f in frames.values()]
+            assert client._lent_bytes > 0  # the render's arrays were lent from the block
+            start, size = client._block_address, client._block[1]
+            for f in frames.values():
+                assert not start <= f.rgb.ctypes.data < start + size, "a delivered image lies in the block"
+            ticks.append({sid: f.rgb.copy() for sid, f in frames.items()} | {"frames": frames})
+            if temporal_blend == 0.0:
+                raw = raw_rig.capture(snapshot)
+                for sid, f in frames.items():
+                    np.testing.assert_array_equal(f.rgb, raw[sid].rgb)
+        for kept in ticks:  # later ticks rewrote the block: what was delivered stays
+            for sid, f in kept["frames"].items():
+                np.testing.assert_array_equal(f.rgb, kept[sid])
+        assert not np.array_equal(ticks[0]["front"], ticks[2]["front"])  # the car moved

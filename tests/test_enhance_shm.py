@@ -400,3 +400,62 @@ def test_direct_requests_are_batched_up_to_the_servers_limit():
     jobs = [(b"a", b"", 6), (b"b", b"", 6), (b"c", b"", 6), (b"d", b"", 20), (b"e", b"", 1)]
     assert [[k for k, _, _ in batch] for batch in _batches(jobs, 12)] == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
     assert _batches([], 16) == []
+
+
+def test_lent_frame_buffers_travel_without_a_copy_and_the_reply_lands_in_place(server):
+    """frame_buffers: arrays rendered into the client's block are named where they lie (float32, no conversion),
+    the reply is written straight into the lent "enhanced" arrays (the identity model: exactly the float rgb, no
+    8-bit rounding), a NaN there is still a named refusal, and other arrays beside them are converted as usual."""
+    frames = _frames(7, reference=True)
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as client, \
+            EnhancerClient(server.endpoint, deadline_ms=10_000, shared_memory=False) as plain:
+        assert client.frame_buffers(3, 24, 40) is None  # nothing negotiated yet: the caller renders on its own
+        client.hello()
+        assert plain.hello() and plain.frame_buffers(3, 24, 40) is None
+        with pytest.raises(ValueError, match="height must be a positive int"):
+            client.frame_buffers(3, 0, 40)
+        lent = client.frame_buffers(3, 24, 40)
+        block = client._block[0]
+        assert {k: (v.dtype, v.shape) for k, v in lent.items()} == {
+            "rgb": (np.float32, (3, 24, 40, 3)), "depth": (np.float32, (3, 24, 40)),
+            "alpha": (np.float32, (3, 24, 40)), "enhanced": (np.float32, (3, 24, 40, 3))}
+        for tick in range(2):
+            for i, f in enumerate(frames):  # what the renderer does: write into the lent arrays
+                for key in ("rgb", "depth", "alpha"):
+                    lent[key][i] = f[key] if tick == 0 else 1.0 - f[key] if key == "rgb" else f[key]
+            sent = [{**f, "rgb": lent["rgb"][i], "depth": lent["depth"][i], "alpha": lent["alpha"][i]}
+                    for i, f in enumerate(frames)]
+            out = list(lent["enhanced"])
+            layout, _, _ = client._shm_layout(sent, out)
+            base = client._block_address
+            for refs, f, o in zip(layout, sent, out):
+                for key in ("rgb", "depth", "alpha"):
+                    assert (refs[key].dtype, base + refs[key].offset) == ("float32", f[key].ctypes.data), key
+                assert base + refs["reply"].offset == o.ctypes.data
+                assert refs["reference"].dtype == "uint8"  # not lent: converted into the block
+            result = client.enhance(sent, out=out)
+            assert result.enhanced, result.reason
+            for got, o, f in zip(result.rgb, out, sent):
+                assert got is o
+                np.testing.assert_array_equal(got, f["rgb"])  # float32 both ways: not rounded to 8 bits
+            assert client._block[0] == block  # the same block every tick
+        lent["depth"][1, 3, 4] = np.nan
+        bad = client.enhance(sent, out=out)
+        assert not bad.enhanced and "frames[1].depth: contains NaN or inf" in bad.reason
+
+
+def test_lent_frame_buffers_outgrown_by_a_request_fall_back_to_copies(server):
+    """A request that does not fit the block beside what frame_buffers lent gets a new block with everything
+    copied into it (the lent arrays are read while they still lie in the old one): the same results."""
+    with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
+        client.hello()
+        lent = client.frame_buffers(1, 8, 8)
+        lent["rgb"][0], lent["depth"][0], lent["alpha"][0] = 0.25, 5.0, 1.0
+        big = _frames(8, n=4, h=300, w=400)
+        small = {"camera": "lent", "rgb": lent["rgb"][0], "depth": lent["depth"][0], "alpha": lent["alpha"][0]}
+        first_block = client._block[0]
+        result = client.enhance([small] + big)
+        assert result.enhanced, result.reason
+        assert client._block[0] != first_block and client._lent_bytes == 0
+        np.testing.assert_array_equal(result.rgb[0], np.full((8, 8, 3), 64 / 255, np.float32))  # uint8 wire now
+        assert client.frame_buffers(1, 8, 8) is not None  # lent again from the new block

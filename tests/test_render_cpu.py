@@ -145,6 +145,29 @@ def test_outputs_only_those_requested():
     assert out.depth.shape == (1, 16, 16) and out.rgb is None and out.semantic is None
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_render_into_callers_arrays(backend):
+    """render(out=): the requested float outputs land in (and are returned as) the caller's arrays, with the same
+    values as fresh ones; bad targets are a ValueError naming the output."""
+    scene, cameras = random_scene(300, seed=2), [forward_camera(24, 16), forward_camera(24, 16)]
+    outputs = ("rgb", "depth", "alpha", "median_depth")
+    fresh = render(scene, cameras, backend=backend, outputs=outputs)
+    out = {"rgb": np.full((2, 16, 24, 3), 7.0, np.float32), "depth": np.full((2, 16, 24), 7.0, np.float32),
+           "median_depth": np.full((2, 16, 24), 7.0, np.float32)}
+    into = render(scene, cameras, backend=backend, outputs=outputs, out=out)
+    for key in outputs:
+        np.testing.assert_array_equal(getattr(into, key), getattr(fresh, key))
+        if key in out:
+            assert getattr(into, key) is out[key]
+    for bad, match in [({"semantic": np.zeros((2, 16, 24), np.float32)}, "out\\['semantic'\\]: only requested"),
+                       ({"rgb": np.zeros((2, 16, 24, 3), np.float64)}, "out\\['rgb'\\] must be a writable"),
+                       ({"depth": np.zeros((1, 16, 24), np.float32)}, "out\\['depth'\\] must be"),
+                       ({"alpha": np.zeros((2, 16, 24, 2), np.float32)[..., 0]}, "out\\['alpha'\\] must be"),
+                       ([np.zeros(3)], "out must be a mapping")]:
+        with pytest.raises(ValueError, match=match):
+            render(scene, cameras, backend=backend, outputs=outputs, out=bad)
+
+
 def test_cpu_matches_reference_at_640x360():
     scene = random_scene(3000, seed=1, sh_degree=1)
     _assert_matches_reference(scene, [forward_camera(640, 360)])

@@ -26,6 +26,11 @@ bytes within its deadline and hellos again (at most once a second) before the ne
 ticks; a missed deadline retires the block (a late worker may still write into it).
 `transport` says which path the next tick takes. close() removes the block.
 
+Zero copy (`frame_buffers`): a caller that renders straight into the client's block (the
+rig: `render(out=)`) hands over float32 rgb / depth / alpha that need no conversion and no copy;
+the worker reads them where they lie and writes its float32 reply into the lent "enhanced"
+arrays when they are enhance()'s `out`. Everything else is converted into the block as before.
+
 Direct path (direct=True, the default, with shared memory): when the hello lists the workers'
 sockets (protocol.py), the client connects to one and sends its shared-memory requests there,
 skipping the broker and its two ZeroMQ hops (each costs ~0.3 ms of thread wake-ups each way on an
@@ -40,6 +45,7 @@ path the next tick takes.
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 import os
 import socket
@@ -130,6 +136,9 @@ class EnhancerClient:
         self.shared_memory = bool(shared_memory) and wire.is_loopback(endpoint)  # may use it if offered
         self._shm_offer: dict | None = None  # {"folder", "nonce"} of the server, checked
         self._block = None  # (path, size, mapping, finalizer) of this client's block
+        self._block_address = 0  # where the block is mapped in this process
+        self._lent_bytes = 0  # the block's bytes after its header that frame_buffers lent out (arrays lie after)
+        self._lent_replies = (0, 0)  # [start, end) offsets of the lent "enhanced" arrays: reply slots as they lie
         self._next_shm_hello = 0.0  # monotonic time of the next allowed hello from enhance()
         self.direct = bool(direct)  # may send shared-memory requests straight to a worker if offered
         self._direct_path: str | None = None  # the offered worker socket this client uses
@@ -215,8 +224,46 @@ class EnhancerClient:
 
     def _release_block(self) -> None:
         if self._block is not None:
-            self._block[3]()  # the finalizer: unmap and remove the file
+            self._block[3]()  # the finalizer: unmap (unless a caller still holds a view) and remove the file
             self._block = None
+            self._block_address = self._lent_bytes = 0
+            self._lent_replies = (0, 0)
+
+    def frame_buffers(self, count: int, height: int, width: int) -> dict[str, np.ndarray] | None:
+        """Render targets inside this client's shared block, so that a tick's images reach the worker without a
+        copy: {"rgb": [C, H, W, 3], "depth": [C, H, W], "alpha": [C, H, W]}, float32, uninitialised
+        (`render(out=)` takes them), and "enhanced" [C, H, W, 3] float32 for enhance()'s `out`. Frames whose
+        arrays are views of these travel as they lie, in float32 whatever wire_dtype says, their reply is float32,
+        and an `out` in "enhanced" is where the worker writes it (no decode); other arrays are converted into the
+        block as usual.
+
+        None when the next tick would not go through shared memory (no hello yet, the bytes path): render into
+        memory of your own then. The arrays are rewritten by the next call's tick and may be unmapped after a
+        failed tick or close(): copy what you keep. The block is sized for a whole request of C such frames
+        with a reference (uint8 rgb, bool mask) and float32 replies.
+        """
+        for name, value in (("count", count), ("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"frame_buffers: {name} must be a positive int, got {value!r}")
+        if self._shm_offer is None or count > wire.MAX_FRAMES:
+            return None
+        pixels = height * width
+        shapes = {"rgb": (count, height, width, 3), "depth": (count, height, width), "alpha": (count, height, width),
+                  "enhanced": (count, height, width, 3)}
+        lent = sum(_aligned(math.prod(shape) * 4) for shape in shapes.values())
+        rest = count * (_aligned(pixels * 3) + _aligned(pixels))  # the reference and its mask (uint8, bool)
+        self._lent_bytes, self._lent_replies = 0, (0, 0)  # the old loan ends here: a new block may replace it
+        try:
+            _, mapping = self._block_for(wire.SHM_HEADER_BYTES + lent + rest)
+        except OSError:  # the folder is gone (the server stopped) or full: the tick renders into its own memory
+            return None
+        buffers, offset = {}, wire.SHM_HEADER_BYTES
+        for name, shape in shapes.items():
+            buffers[name] = wire.ShmRef("float32", shape, offset).view(mapping)
+            offset += _aligned(buffers[name].nbytes)
+        self._lent_bytes = lent
+        self._lent_replies = (offset - _aligned(buffers["enhanced"].nbytes), offset)
+        return buffers
 
     def _block_for(self, size: int) -> tuple[str, mmap.mmap]:
         """(name, mapping) of this client's block, at least `size` bytes (a new block when it must grow)."""
@@ -236,21 +283,54 @@ class EnhancerClient:
             os.close(fd)
         mapping[:wire.SHM_HEADER_BYTES] = wire.shm_block_header(self._shm_offer["nonce"])
         self._block = (path, size, mapping, weakref.finalize(self, _remove_block, path, mapping))
+        probe = np.frombuffer(mapping, np.uint8, count=1)  # no lasting view: the mapping stays closable
+        self._block_address = probe.ctypes.data
+        del probe
         return os.path.basename(path), mapping
 
-    def _shm_layout(self, frames: list[dict]) -> tuple[list[dict], int, int]:
-        """Per frame {field: ShmRef, "reply": ShmRef}, the block bytes they need, and the request's array bytes."""
-        layout, offset, data_bytes = [], wire.SHM_HEADER_BYTES, 0
-        for frame in frames:
+    def _shm_layout(self, frames: list[dict], out: list[np.ndarray] | None = None,
+                    zero_copy: bool = True) -> tuple[list[dict], int, int]:
+        """Per frame {field: ShmRef, "reply": ShmRef}, the block bytes they need, and the request's array bytes (in
+        the wire's dtypes, as the byte path would send them).
+        A float32 rgb / depth / alpha that already lies in the part of the block frame_buffers lent out is named
+        where it lies (zero copy, `_lent_ref`), and so is a float32 rgb's reply when its `out` lies in the lent
+        "enhanced" arrays; the rest is laid out after that part (or, when that would outgrow the block, the whole
+        request after the header: the block is replaced and everything copied)."""
+        layout, offset, data_bytes = [], wire.SHM_HEADER_BYTES + self._lent_bytes, 0
+        for index, frame in enumerate(frames):
             refs = {}
             for name, dtype in self._wire_dtypes(frame).items():
-                refs[name] = wire.ShmRef(dtype, tuple(np.shape(frame[name])), offset)
-                offset += -(-refs[name].nbytes // wire.SHM_ALIGN) * wire.SHM_ALIGN
-                data_bytes += refs[name].nbytes
-            refs["reply"] = wire.ShmRef(refs["rgb"].dtype, refs["rgb"].shape, offset)
-            offset += -(-refs["reply"].nbytes // wire.SHM_ALIGN) * wire.SHM_ALIGN
+                lent = self._lent_ref(frame[name], (wire.SHM_HEADER_BYTES, self._lent_replies[0])) \
+                    if zero_copy and name in _LENDABLE else None
+                wired = wire.ShmRef(dtype, tuple(np.shape(frame[name])), offset)
+                data_bytes += wired.nbytes  # as on the byte path (its limit holds on every path)
+                if lent is not None:
+                    refs[name] = lent
+                else:
+                    refs[name] = wired
+                    offset += _aligned(wired.nbytes)
+            reply = self._lent_ref(out[index], self._lent_replies) \
+                if zero_copy and out is not None and refs["rgb"].dtype == "float32" else None
+            if reply is None:
+                reply = wire.ShmRef(refs["rgb"].dtype, refs["rgb"].shape, offset)
+                offset += _aligned(reply.nbytes)
+            refs["reply"] = reply
             layout.append(refs)
+        if self._lent_bytes and offset > self._block[1]:  # a new block: the lent arrays do not come with it
+            self._lent_bytes, self._lent_replies = 0, (0, 0)
+            return self._shm_layout(frames, out, zero_copy=False)
         return layout, offset, data_bytes
+
+    def _lent_ref(self, array, span: tuple[int, int]) -> wire.ShmRef | None:
+        """The ShmRef of `array` when it is a C-contiguous float32 array lying inside the lent part of the block
+        at offsets [span[0], span[1])."""
+        if not self._lent_bytes or not isinstance(array, np.ndarray) or array.dtype != np.float32 \
+                or not array.flags.c_contiguous or not array.size:
+            return None
+        offset = array.ctypes.data - self._block_address
+        if offset < span[0] or offset + array.nbytes > span[1]:
+            return None
+        return wire.ShmRef("float32", array.shape, offset)
 
     def _shm_request(self, frames: list[dict], layout: list[dict], block_bytes: int, request_id: str,
                      budget: float) -> bytes:
@@ -259,7 +339,7 @@ class EnhancerClient:
         header_frames = []
         for frame, refs in zip(frames, layout):
             for field, ref in refs.items():
-                if field != "reply":
+                if field != "reply" and not _lies_at(frame[field], ref, self._block_address):
                     _convert(frame[field], ref.view(mapping))
             header_frames.append({"camera": str(frame["camera"]), "reply_offset": refs["reply"].offset,
                                   **{k: r.encode() for k, r in refs.items() if k != "reply"}})
@@ -398,7 +478,9 @@ class EnhancerClient:
             out: optional, per frame a writable C-contiguous float32 [H, W, 3] array that receives the enhanced
                  image (and is returned in result.rgb); it may be the frame's own "rgb", which is read
                  before anything is written. Untouched when the tick is not enhanced. Saves allocating (and
-                 the kernel zeroing) fresh memory every tick: the rig passes its render buffers.
+                 the kernel zeroing) fresh memory every tick: the rig passes its render buffers, or, when its
+                 render went into this client's block, the lent "enhanced" arrays (`frame_buffers`), where the
+                 worker writes the reply itself.
         """
         _check_frame_dtypes(frames)
         if out is not None:
@@ -436,7 +518,7 @@ class EnhancerClient:
                      out: list[np.ndarray] | None = None) -> EnhanceResult | None:
         """enhance() through the shared block; None when the server refused it (SharedMemoryError: bytes now)."""
         rid = f"{self._prefix}-{next(self._counter)}"
-        layout, block_bytes, data_bytes = self._shm_layout(frames)
+        layout, block_bytes, data_bytes = self._shm_layout(frames, out)
         if data_bytes > wire.MAX_MESSAGE_BYTES:  # the byte path's limit holds here too: same ticks on both paths
             return EnhanceResult(None, f"request of {data_bytes} bytes exceeds the protocol's "
                                        f"{wire.MAX_MESSAGE_BYTES}; send fewer or smaller frames",
@@ -470,7 +552,8 @@ class EnhancerClient:
         if any(not isinstance(o["rgb"], wire.ShmRef) or o["rgb"] != ref for o, ref in zip(reply["frames"], reply_refs)):
             return EnhanceResult(None, "enhancer reply does not match the request's shared block layout", latency)
         mapping = self._block[2]
-        rgb = _decode([ref.view(mapping) for ref in reply_refs], out)  # copies: the block is reused next tick
+        # copies, unless the reply already lies in `out` (the lent "enhanced" arrays): the block is reused next tick
+        rgb = _decode([ref.view(mapping) for ref in reply_refs], out)
         return EnhanceResult(rgb, "", (time.monotonic() - start) * 1000.0, reply.get("model_ms"),
                              reply.get("worker_ms"))
 
@@ -598,6 +681,20 @@ def _check_frame_dtypes(frames: list[dict]) -> None:
                 raise ValueError(f"enhance: frames[{index}].{name} has dtype {dtype}; it must be {allowed}")
 
 
+_LENDABLE = ("rgb", "depth", "alpha")  # the fields frame_buffers lends space for
+
+
+def _aligned(nbytes: int) -> int:
+    """nbytes rounded up to the block's alignment."""
+    return -(-nbytes // wire.SHM_ALIGN) * wire.SHM_ALIGN
+
+
+def _lies_at(array, ref: wire.ShmRef, block_address: int) -> bool:
+    """Is `array` the very array `ref` names in the block mapped at block_address (nothing to write)?"""
+    return (isinstance(array, np.ndarray) and array.dtype.name == ref.dtype and array.shape == ref.shape
+            and array.flags.c_contiguous and array.ctypes.data == block_address + ref.offset)
+
+
 def _convert(array, out: np.ndarray) -> np.ndarray:
     """`array` written into `out` in out's wire dtype: uint8 rounds [0, 1] images (a uint8 image is copied as
     it is), float16 rounds to nearest, float32 takes a uint8 image as u8 / 255, bool is array != 0 (the same
@@ -623,5 +720,6 @@ def _decode(arrays: list[np.ndarray], out: list[np.ndarray] | None) -> list[np.n
     if out is None:
         return [wire.to_float(a) for a in arrays]
     for array, target in zip(arrays, out):
-        wire.float_into(array, target)
+        if array.ctypes.data != target.ctypes.data:  # else the worker wrote it there (frame_buffers' "enhanced")
+            wire.float_into(array, target)
     return list(out)

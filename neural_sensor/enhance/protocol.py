@@ -351,7 +351,20 @@ def _parse_frame(frame, index: int, rid, block_bytes: int | None = None) -> dict
 
 
 def all_finite(array: np.ndarray) -> bool:
-    """No NaN or inf in a float array (by the exponent bits: one pass, no boolean temporary); True for ints."""
+    """No NaN or inf in a float array (by the exponent bits: one pass, no boolean temporary); True for ints.
+    float32 (the zero-copy frames of `EnhancerClient.frame_buffers`) goes through a compiled pass; the numpy twin
+    is `_all_finite_reference`."""
+    if array.dtype.kind != "f":
+        return True
+    if array.dtype == np.float32 and array.size and array.flags.c_contiguous:
+        from neural_sensor.enhance._codec_kernels import largest_magnitude_bits
+
+        return int(largest_magnitude_bits(array.reshape(-1).view(np.uint32))) < 0x7F80_0000
+    return _all_finite_reference(array)
+
+
+def _all_finite_reference(array: np.ndarray) -> bool:
+    """The numpy twin of `all_finite` (any float width; tests)."""
     if array.dtype.kind != "f":
         return True
     bits = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFF_FFFF, 0x7F80_0000)}.get(array.dtype.itemsize)
@@ -458,6 +471,7 @@ def warm_codecs() -> None:
     for it against its deadline (a worker before it says READY, a client when it is made)."""
     to_uint8_into(np.zeros(4, np.float32), np.empty(4, np.uint8))
     to_float(np.zeros(4, np.uint8))
+    all_finite(np.zeros(4, np.float32))
 
 
 def to_float(array: np.ndarray) -> np.ndarray:

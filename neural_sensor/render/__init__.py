@@ -12,7 +12,7 @@ For gradients, call `neural_sensor.render._torch_ref.render_torch` with tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -89,6 +89,7 @@ def render(
     outputs: Sequence[str] = ("rgb", "depth", "alpha"),
     background: Sequence[float] = SKY_RGB,
     lod_px: float = 0.0,
+    out: Mapping[str, np.ndarray] | None = None,
 ) -> RenderOutput:
     """Render a Gaussian scene into C cameras that share one image size.
 
@@ -105,6 +106,10 @@ def render(
             neighbouring Gaussians lies so far that its moment-matched merge has its largest standard deviation
             within lod_px pixels, the merge is drawn instead of the group (`render.cpu.LOD_PX` is what a run
             uses). 0 (the default) draws every Gaussian: the exact render.
+        out: optional arrays the caller owns that receive some of the float outputs ("rgb", "depth", "alpha",
+            "median_depth", each requested, float32, C-contiguous, writable, shaped as below); the "cpu" backend
+            renders into them, the others copy into them. An enhancer client's shared block
+            (`EnhancerClient.frame_buffers`) is such a place: the images then travel to its worker without a copy.
     Returns:
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32, median_depth [C, H, W] (those requested).
@@ -119,6 +124,9 @@ def render(
     bg = check_background(background)
     lod_px = check_lod_px(lod_px, "render")
     name = resolve_backend(backend, outputs)
+    c, h, w = len(batch.viewmats), batch.height, batch.width
+    expected = {"rgb": (c, h, w, 3), **{k: (c, h, w) for k in ALL_OUTPUTS if k != "rgb"}}
+    out = _check_out(out, outputs, expected)
     if name == "cpu":
         from neural_sensor.render.cpu import render_cpu as impl
     elif name == "torch":
@@ -128,12 +136,38 @@ def render(
     if name != "cpu":
         world = [p.materialize() if isinstance(p, PlacedScene) else p for p in parts]
         parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
-    images = impl(parts, batch, outputs, bg, lod_px=lod_px) if name == "cpu" else impl(parts[0], batch, outputs, bg)
-    c, h, w = len(batch.viewmats), batch.height, batch.width
-    expected = {"rgb": (c, h, w, 3), **{k: (c, h, w) for k in ALL_OUTPUTS if k != "rgb"}}
+    if name == "cpu":
+        images = impl(parts, batch, outputs, bg, lod_px=lod_px, out=out)
+    else:
+        images = impl(parts[0], batch, outputs, bg)
+        for key, target in out.items():
+            np.copyto(target, images[key], casting="same_kind")
+            images[key] = target
     for key in outputs:
         assert images[key].shape == expected[key], (key, images[key].shape)
     return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
+
+
+_OUT_KEYS = ("rgb", "depth", "alpha", "median_depth")
+
+
+def _check_out(out, outputs: tuple[str, ...], expected: dict) -> dict[str, np.ndarray]:
+    """render()'s `out`, checked: {output: float32 C-contiguous writable array of its shape}; ValueError naming
+    the first that is not."""
+    if out is None:
+        return {}
+    if not isinstance(out, Mapping):
+        raise ValueError(f"render: out must be a mapping of output name to array, got {type(out).__name__}")
+    for key, array in out.items():
+        if key not in _OUT_KEYS or key not in outputs:
+            raise ValueError(f"render: out[{key!r}]: only requested outputs among {_OUT_KEYS} can be given "
+                             f"(requested: {outputs})")
+        if (not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.shape != expected[key]
+                or not array.flags.c_contiguous or not array.flags.writeable):
+            got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__)
+            raise ValueError(f"render: out[{key!r}] must be a writable C-contiguous float32 array of "
+                             f"{expected[key]}, got {got}")
+    return dict(out)
 
 
 __all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "SKY_RGB", "resolve_backend", "cuda_available"]

@@ -722,7 +722,7 @@ def _world_covariances(scene) -> np.ndarray:
 
 
 def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray,
-               lod_px: float = 0.0) -> dict[str, np.ndarray]:
+               lod_px: float = 0.0, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: scene parts (numpy) in, numpy images out.
 
     The parts (e.g. a static background and posed agents) are projected into one
@@ -730,6 +730,7 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     lod_px > 0: level of detail (see `_project`): groups of neighbours whose merged Gaussian's largest standard
     deviation projects to <= lod_px pixels are drawn as that Gaussian; 0 draws every Gaussian (exact).
     Reference twin of the level of detail: `render.lod.lod_scene` (the Gaussians one camera draws), rendered exactly.
+    out: {output: array} the caller owns (checked by `render`), rendered into instead of fresh arrays.
     """
     assert TILE_SIZE == LANES, "the rasteriser updates a whole tile row at once"
     assert lod_px >= 0.0, lod_px
@@ -749,12 +750,14 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     color = np.empty((n, 3), np.float32)
     rect = np.empty((n, 4), np.int32)
     valid = np.empty(n, np.uint8)
-    rgb = np.empty((c_count, h, w, 3), np.float32)
-    depth = np.empty((c_count, h, w), np.float32)
-    alpha = np.empty((c_count, h, w), np.float32)
+    out = out or {}
+    rgb = out["rgb"] if "rgb" in out else np.empty((c_count, h, w, 3), np.float32)
+    depth = out["depth"] if "depth" in out else np.empty((c_count, h, w), np.float32)
+    alpha = out["alpha"] if "alpha" in out else np.empty((c_count, h, w), np.float32)
     labelled = "semantic" in outputs or "instance" in outputs  # they come from the best Gaussian of each pixel
     best = np.empty((c_count, h, w), np.int32) if labelled else None
-    median = np.empty((c_count, h, w), np.float32) if "median_depth" in outputs else None
+    median = (out["median_depth"] if "median_depth" in out else np.empty((c_count, h, w), np.float32)
+              ) if "median_depth" in outputs else None
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         K = batch.Ks[cam].astype(np.float32)
