@@ -255,19 +255,27 @@ def _terminate_as_exception():
     """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs.
 
     Only in the main thread and only when SIGTERM has its default action (a host application's own
-    handler is left alone).
+    handler is left alone). A SIGTERM that lands inside an extension's call (numba's dispatcher loading a
+    kernel from its cache) comes out of that call as a SystemError wrapping the SystemExit: whatever unwinds
+    after a SIGTERM leaves as SystemExit 143 all the same.
     """
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
+    received: list[int] = []
 
     def _raise(signum, _frame):
+        received.append(signum)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _raise)
     try:
         yield
+    except BaseException as err:
+        if received and not (isinstance(err, SystemExit) and err.code == 128 + received[0]):
+            raise SystemExit(128 + received[0]) from err
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
