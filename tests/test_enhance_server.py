@@ -1,5 +1,6 @@
 """Enhancer server and client over real loopback sockets with real processes."""
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -347,7 +348,9 @@ def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys)
     assert main(["demo", "--ticks", "1", "--enhancer", "http://x", "-o", str(tmp_path / "o"),
                  "--cache", str(tmp_path / "c")]) == 2
     assert "enhancer must be 'local' or tcp://" in capsys.readouterr().err
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["serve-enhancer", "--bind", "tcp://0.0.0.0:5599"]) == 2
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # nothing left installed
     assert "not a loopback address" in capsys.readouterr().err
 
 

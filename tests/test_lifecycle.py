@@ -109,18 +109,22 @@ def test_sigterm_inside_an_extension_call_still_leaves_as_143():
     errors without a SIGTERM pass through unchanged."""
     from scenarios.runner import _terminate_as_exception
 
-    with pytest.raises(SystemExit) as info:
-        with _terminate_as_exception():
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5.0)  # the handler runs here
-            except SystemExit as err:  # what the extension does with the handler's exception
-                raise SystemError("CPUDispatcher(...) returned a result with an exception set") from err
-    assert info.value.code == 143 and isinstance(info.value.__cause__, SystemError)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    with pytest.raises(SystemError, match="no signal"):
-        with _terminate_as_exception():
-            raise SystemError("no signal")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a CLI run (another test may have left one)
+    try:
+        with pytest.raises(SystemExit) as info:
+            with _terminate_as_exception():
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5.0)  # the handler runs here
+                except SystemExit as err:  # what the extension does with the handler's exception
+                    raise SystemError("CPUDispatcher(...) returned a result with an exception set") from err
+        assert info.value.code == 143 and isinstance(info.value.__cause__, SystemError)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with pytest.raises(SystemError, match="no signal"):
+            with _terminate_as_exception():
+                raise SystemError("no signal")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_ctrl_c_is_one_line_not_a_traceback(tmp_path):

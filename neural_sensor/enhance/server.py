@@ -487,7 +487,8 @@ class Broker:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run a broker in this process until SIGINT / SIGTERM (or until config.parent_pid is gone)."""
+    """Run a broker in this process until SIGINT / SIGTERM (or until config.parent_pid is gone); the process's
+    own SIGINT / SIGTERM handlers are back in place when it returns or raises (a bad config included)."""
     broker = None
 
     def _stop(signum, _frame):
@@ -495,12 +496,15 @@ def serve(config: ServerConfig) -> None:
             raise SystemExit(128 + signum)
         broker.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    broker = Broker(config)
-    print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
-          f"checkpoint {broker.checkpoint_hash})", flush=True)
-    broker.run()
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        broker = Broker(config)
+        print(f"enhancer: listening on {broker.endpoint} ({config.workers} worker(s), model {broker.model_name}, "
+              f"checkpoint {broker.checkpoint_hash})", flush=True)
+        broker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if broker.parent_gone and config.owned_folder:
         shutil.rmtree(config.owned_folder, ignore_errors=True)
     print("enhancer: stopped", flush=True)
