@@ -137,17 +137,26 @@ def rig_cameras(specs, path: Polyline, s_m: float, left_m: float) -> list[Camera
     return rig_cameras_on_path(specs, path, s_m, left_m)
 
 
-def enhance_tick(client, sensor_ids, rgb, depth, alpha, reference=None) -> np.ndarray:
+def enhance_tick(client, sensor_ids, rgb, depth, alpha, reference=None, zero_copy: bool = True) -> np.ndarray:
     """[C, H, W, 3] the enhancer's output for one tick, every camera in one request as NeuralSensorRig sends it
-    (reference: None, or the log reference's (rgb [C, H, W, 3], valid [C, H, W]) as the rig warps it)."""
+    (reference: None, or the log reference's (rgb [C, H, W, 3], valid [C, H, W]) as the rig warps it). zero_copy:
+    the images go in the client's block as the rig renders them there (`frame_buffers`: float32 both ways), when
+    the client has one; else on its wire dtype."""
+    lend = getattr(client, "frame_buffers", None) if zero_copy else None
+    lent = lend(*rgb.shape[:3]) if lend is not None else None
+    out = None
+    if lent is not None:
+        for key, images in (("rgb", rgb), ("depth", depth), ("alpha", alpha)):
+            np.copyto(lent[key], images)
+        rgb, depth, alpha, out = lent["rgb"], lent["depth"], lent["alpha"], list(lent["enhanced"])
     frames = [{"camera": sid, "rgb": rgb[i], "depth": depth[i], "alpha": alpha[i]} for i, sid in enumerate(sensor_ids)]
     if reference is not None:
         for frame, ref, valid in zip(frames, *reference):
             frame["reference"], frame["reference_valid"] = ref, valid
-    result = client.enhance(frames)
+    result = client.enhance(frames) if out is None else client.enhance(frames, out=out)
     if not result.enhanced:
         raise RuntimeError(f"runtime_fidelity: the enhancer gave no answer ({result.reason})")
-    return np.stack(result.rgb)
+    return np.stack(result.rgb)  # a copy: the block is the next tick's
 
 
 def flicker(cam_prev: Camera, image_prev: np.ndarray, depth_prev: np.ndarray, cam: Camera, image: np.ndarray,
@@ -229,9 +238,11 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                     t1 = time.perf_counter()
                     reference = None if log_reference is None else log_reference.warp(
                         ids, cams, raw.median_depth, raw.alpha, args.reference_views)  # as the rig does
-                    images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference)
+                    images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference,
+                                                      zero_copy=args.wire == "zero-copy")
                     facts["enhance_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
-                    images["truth_enhanced"] = enhance_tick(client, ids, gt.rgb, gt.depth, gt.alpha)
+                    images["truth_enhanced"] = enhance_tick(client, ids, gt.rgb, gt.depth, gt.alpha,
+                                                            zero_copy=args.wire == "zero-copy")
                     if history is not None:  # the enhanced images accumulated over the clip's ticks
                         images["temporal"] = np.stack([history.apply(sid, cams[i], raw.median_depth[i], raw.alpha[i],
                                                                      images["enhanced"][i]) for i, sid in enumerate(ids)])
@@ -399,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="send the enhancer no log reference (the rig sends the drive log's images warped in)")
-    parser.add_argument("--wire", choices=("uint8", "float32"), default="uint8",
-                        help="the enhancer client's wire dtype (uint8: the run's default)")
+    parser.add_argument("--wire", choices=("zero-copy", "uint8", "float32"), default="zero-copy",
+                        help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
+                             "client's shared block), or converted to the client's wire dtype")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
     parser.add_argument("--temporal-blend", type=float, default=None, metavar="B",
                         help="also measure the enhanced images accumulated over each clip's ticks with this history "
@@ -473,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
             endpoint = args.enhancer
             if endpoint == "local":
                 endpoint = stack.enter_context(local_server(checkpoint=args.enhancer_checkpoint)).endpoint
-            client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000, wire_dtype=args.wire))
+            client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000,
+                                                        wire_dtype="uint8" if args.wire == "zero-copy" else args.wire))
             hello = client.wait_ready()
             result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                             "reference_views")}
