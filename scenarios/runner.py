@@ -256,8 +256,8 @@ def _terminate_as_exception():
 
     Only in the main thread and only when SIGTERM has its default action (a host application's own
     handler is left alone). A SIGTERM that lands inside an extension's call (numba's dispatcher loading a
-    kernel from its cache) comes out of that call as a SystemError wrapping the SystemExit: whatever unwinds
-    after a SIGTERM leaves as SystemExit 143 all the same.
+    kernel from its cache) comes out of that call as a SystemError wrapping the SystemExit, which a caller may
+    even catch: whatever unwinds, or returns, after a SIGTERM leaves as SystemExit 143 all the same.
     """
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -276,6 +276,9 @@ def _terminate_as_exception():
         if received and not (isinstance(err, SystemExit) and err.code == 128 + received[0]):
             raise SystemExit(128 + received[0]) from err
         raise
+    else:  # a handler's exception that something caught on the way (a tick delivered raw after it): still leave
+        if received:
+            raise SystemExit(128 + received[0])
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -444,18 +444,28 @@ def test_lent_frame_buffers_travel_without_a_copy_and_the_reply_lands_in_place(s
         assert not bad.enhanced and "frames[1].depth: contains NaN or inf" in bad.reason
 
 
-def test_lent_frame_buffers_outgrown_by_a_request_fall_back_to_copies(server):
+@pytest.mark.parametrize("big_first", [False, True], ids=["lent-first", "big-first"])
+def test_lent_frame_buffers_outgrown_by_a_request_fall_back_to_copies(server, big_first):
     """A request that does not fit the block beside what frame_buffers lent gets a new block with everything
-    copied into it (the lent arrays are read while they still lie in the old one): the same results."""
+    copied into it (the lent arrays are read while they still lie in the old one): the same results. Also when
+    the copies alone would fit the old block (a frame before the lent one: laid out there, its copy would land on
+    the lent arrays before they are read)."""
     with EnhancerClient(server.endpoint, deadline_ms=10_000) as client:
         client.hello()
         lent = client.frame_buffers(1, 8, 8)
+        assert client._block[1] == 1 << 20  # the smallest block: what the sizes below are chosen against
         lent["rgb"][0], lent["depth"][0], lent["alpha"][0] = 0.25, 5.0, 1.0
-        big = _frames(8, n=4, h=300, w=400)
+        # big-first: a 64-row frame takes 9 bytes a pixel on the uint8 wire with its reply (rgb 3, depth 2,
+        # alpha 1, reply 3); copied, the small frame takes 576 bytes after it, lent 2,048 before it and 768 after
+        width = ((1 << 20) - wire.SHM_HEADER_BYTES - 576) // (9 * 64)
+        assert wire.SHM_HEADER_BYTES + 2048 + 9 * 64 * width + 768 > 1 << 20  # lent: it does not fit
+        big = _frames(8, n=1, h=64, w=width) if big_first else _frames(8, n=4, h=300, w=400)
         small = {"camera": "lent", "rgb": lent["rgb"][0], "depth": lent["depth"][0], "alpha": lent["alpha"][0]}
         first_block = client._block[0]
-        result = client.enhance([small] + big)
+        frames = big + [small] if big_first else [small] + big
+        result = client.enhance(frames)
         assert result.enhanced, result.reason
         assert client._block[0] != first_block and client._lent_bytes == 0
-        np.testing.assert_array_equal(result.rgb[0], np.full((8, 8, 3), 64 / 255, np.float32))  # uint8 wire now
+        got = result.rgb[-1 if big_first else 0]
+        np.testing.assert_array_equal(got, np.full((8, 8, 3), 64 / 255, np.float32))  # uint8 wire now
         assert client.frame_buffers(1, 8, 8) is not None  # lent again from the new block

@@ -239,8 +239,10 @@ class EnhancerClient:
 
         None when the next tick would not go through shared memory (no hello yet, the bytes path): render into
         memory of your own then. The arrays are rewritten by the next call's tick and may be unmapped after a
-        failed tick or close(): copy what you keep. The block is sized for a whole request of C such frames
-        with a reference (uint8 rgb, bool mask) and float32 replies.
+        failed tick or close(): copy what you keep. After a failed tick "enhanced" may hold part of a reply (a
+        model error, or a worker answering after the deadline): use it only when the tick is enhanced. The block
+        is sized for a whole request of C such frames with a reference on the uint8 wire (uint8 rgb, bool mask);
+        a larger request gets a new block with everything copied into it.
         """
         for name, value in (("count", count), ("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -275,6 +277,8 @@ class EnhancerClient:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
+            if hasattr(os, "posix_fallocate"):  # a full /dev/shm is an OSError (the bytes path) here, not a SIGBUS later
+                os.posix_fallocate(fd, 0, size)
             mapping = mmap.mmap(fd, size)
         except BaseException:
             os.unlink(path)
@@ -316,8 +320,10 @@ class EnhancerClient:
                 offset += _aligned(reply.nbytes)
             refs["reply"] = reply
             layout.append(refs)
-        if self._lent_bytes and offset > self._block[1]:  # a new block: the lent arrays do not come with it
-            self._lent_bytes, self._lent_replies = 0, (0, 0)
+        if self._lent_bytes and offset > self._block[1]:
+            # a fresh block for a copy of everything: laid out in this one, the copies could land on lent arrays
+            # before they are read (the lent views keep the old mapping alive until they go)
+            self._release_block()
             return self._shm_layout(frames, out, zero_copy=False)
         return layout, offset, data_bytes
 
@@ -480,7 +486,8 @@ class EnhancerClient:
                  before anything is written. Untouched when the tick is not enhanced. Saves allocating (and
                  the kernel zeroing) fresh memory every tick: the rig passes its render buffers, or, when its
                  render went into this client's block, the lent "enhanced" arrays (`frame_buffers`), where the
-                 worker writes the reply itself.
+                 worker writes the reply itself (those may hold part of a reply after a tick that is not
+                 enhanced).
         """
         _check_frame_dtypes(frames)
         if out is not None:

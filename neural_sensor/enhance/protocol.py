@@ -335,7 +335,7 @@ def _parse_frame(frame, index: int, rid, block_bytes: int | None = None) -> dict
             size = (h, w)
         elif (h, w) != size:
             raise ProtocolError("BadRequest", f"{where}.{name}: {h}x{w} differs from rgb's {size[0]}x{size[1]}", rid)
-        if not isinstance(array, ShmRef) and not all_finite(array):
+        if not isinstance(array, ShmRef) and not _all_finite_reference(array):  # the broker: no numba here
             raise ProtocolError("BadRequest", f"{where}.{name}: contains NaN or inf", rid)
         out[name] = array
     if ("reference" in out) != ("reference_valid" in out):
@@ -352,8 +352,8 @@ def _parse_frame(frame, index: int, rid, block_bytes: int | None = None) -> dict
 
 def all_finite(array: np.ndarray) -> bool:
     """No NaN or inf in a float array (by the exponent bits: one pass, no boolean temporary); True for ints.
-    float32 (the zero-copy frames of `EnhancerClient.frame_buffers`) goes through a compiled pass; the numpy twin
-    is `_all_finite_reference`."""
+    float32 (the zero-copy frames of `EnhancerClient.frame_buffers`) goes through a compiled pass, for a worker
+    reading a shared block; the numpy twin `_all_finite_reference` serves the broker, which never imports numba."""
     if array.dtype.kind != "f":
         return True
     if array.dtype == np.float32 and array.size and array.flags.c_contiguous:
@@ -472,6 +472,9 @@ def warm_codecs() -> None:
     to_uint8_into(np.zeros(4, np.float32), np.empty(4, np.uint8))
     to_float(np.zeros(4, np.uint8))
     all_finite(np.zeros(4, np.float32))
+    readonly = np.zeros(4, np.float32)
+    readonly.flags.writeable = False
+    all_finite(readonly)  # numba compiles read-only arrays (a block mapped read-only, bytes) as another signature
 
 
 def to_float(array: np.ndarray) -> np.ndarray:

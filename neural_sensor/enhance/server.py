@@ -504,7 +504,7 @@ def serve(config: ServerConfig) -> None:
         broker.run()
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one installed from C
     if broker.parent_gone and config.owned_folder:
         shutil.rmtree(config.owned_folder, ignore_errors=True)
     print("enhancer: stopped", flush=True)
