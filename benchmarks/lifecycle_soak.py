@@ -13,7 +13,11 @@ afterwards (5 s grace) the script checks:
 - the run's own scene cache (`--cache`, empty at the start, so the scene is built in the run) holds no
   half-built entry;
 - the output folder's parent holds nothing but a complete record or nothing at all (no hidden
-  `.out.XXXX` temporary folder, no half-written record).
+  `.out.XXXX` temporary folder, no half-written record);
+- no shared-memory folder of its enhancer server is left in /dev/shm (`neural-sensor-enhancer-local-*`, where the
+  rig's frames are rendered since the zero-copy transport);
+- a run that got the SIGTERM exited 143 (the runner's unwinding) or -15 (killed before the runner took the
+  signal, during its imports).
 Prints one line per run and writes a JSON summary; exits 1 if any run left something behind.
 """
 
@@ -52,6 +56,12 @@ def processes_with_marker(marker: str) -> list[tuple[int, str]]:
     return found
 
 
+def _shm_folders() -> set[str]:
+    """The enhancer servers' shared-memory folders now in /dev/shm (empty where there is none)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("neural-sensor-enhancer-local-*")} if shm.is_dir() else set()
+
+
 def one_run(index: int, enhancer: bool, kill_after_s: float, root: Path, ticks: int) -> dict:
     marker = uuid.uuid4().hex
     run_root = root / f"run{index:02d}"
@@ -62,6 +72,7 @@ def one_run(index: int, enhancer: bool, kill_after_s: float, root: Path, ticks: 
     cmd = [sys.executable, "-m", "scenarios.cli", "demo", "--ticks", str(ticks), "--width", "160", "--height", "96",
            "-o", str(out_parent / "out"), "--cache", str(run_root / "cache"), "--scene", "builder",
            "--enhancer", "local" if enhancer else "none"]
+    shm_before = _shm_folders()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -95,10 +106,13 @@ def one_run(index: int, enhancer: bool, kill_after_s: float, root: Path, ticks: 
             pass
     cache = run_root / "cache"
     half_built = sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) if cache.exists() else []
-    clean = not alive and not leftover_tmp and record_ok and not half_built
+    leftover_shm = sorted(_shm_folders() - shm_before)
+    exit_ok = proc.returncode in ((143, -signal.SIGTERM) if signalled else (0, 1))
+    clean = not alive and not leftover_tmp and record_ok and not half_built and not leftover_shm and exit_ok
     return {"run": index, "enhancer": enhancer, "sigterm_after_s": round(kill_after_s, 2), "signalled": signalled,
-            "exit_code": proc.returncode, "exit_after_s": round(exit_s, 2), "orphans": [c for _, c in alive],
-            "leftover_tmp": leftover_tmp, "half_built_cache_entries": half_built, "out_parent": entries, "record_complete_or_absent": record_ok,
+            "exit_code": proc.returncode, "exit_code_ok": exit_ok, "exit_after_s": round(exit_s, 2),
+            "orphans": [c for _, c in alive], "leftover_tmp": leftover_tmp, "leftover_shm": leftover_shm,
+            "half_built_cache_entries": half_built, "out_parent": entries, "record_complete_or_absent": record_ok,
             "clean": clean, "stderr_tail": err.decode(errors="replace")[-300:] if not clean else ""}
 
 
@@ -137,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                "signalled": sum(r["signalled"] for r in results), "run_length_s": lengths, "ticks": args.ticks,
                "orphaned_processes": sum(len(r["orphans"]) for r in results),
                "leftover_tmp_entries": sum(len(r["leftover_tmp"]) for r in results),
-               "incomplete_records": sum(not r["record_complete_or_absent"] for r in results), "results": results}
+               "incomplete_records": sum(not r["record_complete_or_absent"] for r in results),
+               "leftover_shm_folders": sum(len(r["leftover_shm"]) for r in results),
+               "unexpected_exit_codes": sum(not r["exit_code_ok"] for r in results), "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
