@@ -1,7 +1,8 @@
 """Compiled image codecs of the enhancer's wire (numba, one thread, one pass over the data).
 
-The same values as the numpy references in `protocol.py` (`_to_uint8_reference`, `_to_float_reference`), tested
-against them (`all_finite` against `_all_finite_reference`): float32 arithmetic throughout, uint8 = clip(x * 255, 0, 255) + 0.5 truncated, float = u8 / 255.
+The same values as the numpy references in `protocol.py` (`_to_uint8_reference`, `_to_float_reference`,
+`_all_finite_reference`), tested against them: float32 arithmetic throughout, uint8 = clip(x * 255, 0, 255) + 0.5
+truncated, float = u8 / 255.
 One thread on purpose: the client's renderer and the server's model own the cores between these passes, and a
 parallel loop waiting on a busy core costs more than it saves (measured: 8 ms instead of 0.5 ms per tick).
 Imported lazily, so the broker and message parsing never pay numba's import.

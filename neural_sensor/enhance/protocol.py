@@ -364,7 +364,7 @@ def all_finite(array: np.ndarray) -> bool:
 
 
 def _all_finite_reference(array: np.ndarray) -> bool:
-    """The numpy twin of `all_finite` (any float width; tests)."""
+    """The numpy twin of `all_finite` (any float width): what the broker checks with, and the tests' reference."""
     if array.dtype.kind != "f":
         return True
     bits = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFF_FFFF, 0x7F80_0000)}.get(array.dtype.itemsize)
