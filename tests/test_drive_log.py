@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
+from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
 from neural_sensor.reconstruct.log import (DriveLogError, log_digest, nerfstudio_to_opencv, opencv_to_nerfstudio,
                                            read_drive_log, record_drive, write_drive_log)
 from neural_sensor.rig import nuscenes_like_rig
@@ -277,7 +279,10 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
         cameras += step
     quantised = np.clip(np.concatenate(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)  # rounded to nearest
     inputs = quantised.astype(np.float32) / np.float32(255)
-    direct, sky_masks = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras, return_sky=True)
+    # the network's depths refined photometrically (the run's default), then fused
+    direct, sky_masks = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras, return_sky=True,
+                                    depth_refine=DEFAULT_DEPTH_REFINE)
+    assert meta["depth_refinement"] == asdict(DEFAULT_DEPTH_REFINE)
     assert sky_masks.shape == inputs.shape[:3] and sky_masks.any()
     # then the default colour refinement (and its sky pruning) against the same images, over the log's sky
     direct, stats = refine_colours(direct, inputs, cameras, background=sky_rgb(layout.style), sky_masks=sky_masks)

@@ -43,6 +43,7 @@ from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, record_drive,
                                            resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
+from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
@@ -58,8 +59,8 @@ REFERENCE_MAX_WIDTH = 480  # a log wider than this keeps its reference resampled
 
 
 def reconstruction_code_hash() -> str:
-    """sha256 of the reconstruction's code: reconstruct/model.py, fuse.py, sky.py, refine.py, reference.py (the
-    stored reference) and drive.py (which wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
+    """sha256 of the reconstruction's code: reconstruct/model.py, photometric.py, fuse.py, sky.py, refine.py,
+    reference.py (the stored reference) and drive.py (which wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
     backproject.py, _common.py). Part of every reconstruction's
     cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
     scene the old code made."""
@@ -69,7 +70,7 @@ def reconstruction_code_hash() -> str:
     from neural_sensor.render import cpu
 
     files = [Path(model.__file__).with_name(n)
-             for n in ("model.py", "fuse.py", "sky.py", "refine.py", "drive.py", "reference.py")]
+             for n in ("model.py", "photometric.py", "fuse.py", "sky.py", "refine.py", "drive.py", "reference.py")]
     files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "lod.py", "backproject.py", "_common.py")]
     files.append(Path(cpu.__file__).parent.parent / "labels.py")
     digest = hashlib.sha256()
@@ -90,7 +91,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
                         step_m: float = 4.0, width: int = NETWORK_SIZE[0], height: int = NETWORK_SIZE[1],
                         voxel_m: float = 0.3, cache_dir: Path | None = None, progress: bool = False,
                         refine: RefineConfig = DEFAULT_REFINE,
-                        record_size: tuple[int, int] = RECORD_SIZE) -> tuple[GaussianScene, dict]:
+                        record_size: tuple[int, int] = RECORD_SIZE,
+                        depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
     The drive is recorded as a drive log (record_drive, the rig's cameras at record_size, (width, height)
@@ -98,6 +100,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     network reads it resampled to width x height, the enhancer's reference keeps record_size. The result is
     cached by the layout, path and settings.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
+    depth_refine: the test-time photometric refinement of the network's depths (photometric.py; None: none).
     """
     checkpoint = _check_checkpoint(checkpoint)
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
@@ -105,14 +108,15 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
               "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
               "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
-              "code": reconstruction_code_hash(), **refine.cache_inputs()}
+              "code": reconstruction_code_hash(), **refine.cache_inputs(), **_depth_refine_inputs(depth_refine)}
 
     def build():
         tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
         try:
             record_drive(layout, path.points, tmp / "log", step_m=step_m, width=record_size[0],
                          height=record_size[1], voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, (width, height), progress, refine)
+            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, (width, height), progress, refine,
+                                                      depth_refine)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         meta = {**meta, "log": None}  # the recorded log was temporary (its images are in the reference)
@@ -123,7 +127,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
 
 def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
                                  size: tuple[int, int] | None = None, cache_dir: Path | None = None,
-                                 progress: bool = False, refine: RefineConfig = DEFAULT_REFINE
+                                 progress: bool = False, refine: RefineConfig = DEFAULT_REFINE,
+                                 depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE
                                  ) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
@@ -134,6 +139,7 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH wide,
     resampled beyond), else takes the network's images.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
+    depth_refine: the test-time photometric refinement of the network's depths (photometric.py; None: none).
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
     checkpoint = _check_checkpoint(checkpoint)
@@ -142,10 +148,10 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
         size = network_read_size(log_image_sizes(folder))
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
               "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
-              **refine.cache_inputs()}
+              **refine.cache_inputs(), **_depth_refine_inputs(depth_refine)}
 
     def build():
-        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine)
+        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine)
         return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
@@ -159,9 +165,11 @@ def scene_reference(meta: dict) -> LogReference | None:
 
 
 def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
-                     refine: RefineConfig = DEFAULT_REFINE) -> tuple[GaussianScene, dict, LogReference]:
-    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet,
-    then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
+                     refine: RefineConfig = DEFAULT_REFINE,
+                     depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE
+                     ) -> tuple[GaussianScene, dict, LogReference]:
+    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet
+    (its depths refined photometrically against the neighbour views unless depth_refine is None), then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
     and the log's LogReference (its views' depths rendered from the scene)."""
     native = log_image_sizes(folder)
     if len(native) == 1 and reference_size(native[0]) == tuple(native[0]):
@@ -178,7 +186,8 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
-        scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True)
+        scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True,
+                                       depth_refine=depth_refine)
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
     sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
@@ -190,11 +199,16 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
             "reference_size": [ref_images.shape[2], ref_images.shape[1]],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
-            "colour_refinement": refine_stats}
+            "colour_refinement": refine_stats,
+            "depth_refinement": None if depth_refine is None else depth_refine.cache_inputs()["depth_refinement"]}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
     reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
     return scene, meta, reference
+
+
+def _depth_refine_inputs(depth_refine: DepthRefineConfig | None) -> dict:
+    return depth_refine.cache_inputs() if depth_refine is not None else {"depth_refinement": None}
 
 
 def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:

@@ -33,6 +33,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, rotmat_to_quat
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.reconstruct.fuse import FusionConfig, fuse_views
+from neural_sensor.reconstruct.photometric import DepthRefineConfig, move_along_rays, refine_depths
 from neural_sensor.reconstruct.sky import fit_sky_dome, without_sky
 from neural_sensor.sh import SH_C0
 
@@ -451,7 +452,8 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera]) ->
 
 def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, merge: bool = True,
                 merge_cell_m: float | None = None, min_opacity: float = 0.02, fusion: str = "carve",
-                fusion_config: FusionConfig | None = None, return_sky: bool = False):
+                fusion_config: FusionConfig | None = None, return_sky: bool = False,
+                depth_refine: DepthRefineConfig | None = None):
     """Posed images -> GaussianScene (world frame): one network pass over the views and a fusion of them.
 
     Args:
@@ -468,6 +470,9 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
         fusion_config: options of the "carve" fusion (min_opacity, and merge_cell_m unless None, are taken from
             the arguments above; merge=False sets merge_cell_m to 0).
         return_sky: also return the views' sky masks.
+        depth_refine: refine the network's depths against the neighbour views before the fusion
+            (`photometric.refine_depths`, the Gaussians moved along their rays); None: the network's depths (a
+            run's reconstruction passes photometric.DEFAULT_DEPTH_REFINE, drive.py).
     Returns:
         GaussianScene; with return_sky, (GaussianScene, sky [V, H, W] bool: the pixels the network's sky output
         calls sky, each half-resolution prediction covering its 2 x 2 pixels; None for a net without one).
@@ -475,6 +480,12 @@ def reconstruct(model: ReconNet, images: np.ndarray, cameras: list[Camera], *, m
     if fusion not in FUSIONS:
         raise ValueError(f"reconstruct: fusion must be one of {FUSIONS}, got {fusion!r}")
     per_view, depths = predict_views(model, images, cameras)
+    if depth_refine is not None:
+        network_sky = (per_view.labels == SKY).reshape(depths.shape) if model.config.sky_head else \
+            np.zeros(depths.shape, bool)
+        refined = refine_depths(depths, images, cameras, network_sky, depth_refine)
+        means, scales = move_along_rays(per_view.means, per_view.scales, depths, refined, cameras)
+        per_view, depths = per_view.replace(means=means, scales=scales), refined
     dome = sky_masks = None
     if model.config.sky_head:
         sky = (per_view.labels == SKY).reshape(depths.shape)

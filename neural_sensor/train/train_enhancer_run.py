@@ -56,9 +56,10 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v5"  # bump when the stored frame fields or their making change (v2: colour-refined
+DATA_VERSION = "run-v6"  # bump when the stored frame fields or their making change (v2: colour-refined
 #   reconstructions; v3: the log reference; v4: the log views blended by distance; v5: the drive recorded at
-#   320x192, the network reading it at 160x96 and the reference keeping 320x192)
+#   320x192, the network reading it at 160x96 and the reference keeping 320x192; v6: the network's depths refined
+#   photometrically before the fusion, reconstruct/photometric.py)
 REFERENCE_VIEWS = 2  # log views warped into each camera (NeuralSensorRig's default)
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's weight the shipped enhancer was trained with (CLI default)

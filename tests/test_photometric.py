@@ -1,0 +1,115 @@
+"""refine_depths: the photometric plane sweep finds a textured wall's depth, leaves what it cannot match alone,
+and agrees with its numpy twin; move_along_rays keeps a Gaussian where its own view sees it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neural_sensor.camera import Camera
+from neural_sensor.reconstruct.photometric import (DepthRefineConfig, _refine_depths_reference, move_along_rays,
+                                                   refine_depths)
+
+WIDTH, HEIGHT = 128, 96  # the images; the depth maps are half of it, as the network's
+WALL_X_M = 10.0  # a wall across the world x axis
+
+
+def _cameras(offsets_y=(-2.0, 0.0, 2.0)) -> list[Camera]:
+    return [Camera.look_at(WIDTH, HEIGHT, 60.0, [0.0, y, 1.5], [WALL_X_M, y, 1.5]) for y in offsets_y]
+
+
+def _rays_world(cam: Camera, width: int, height: int) -> np.ndarray:
+    """[h, w, 3] world ray directions (camera z = 1) through the pixel centres of an h x w grid of cam."""
+    ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    fx, fy = cam.K[0, 0] * width / cam.width, cam.K[1, 1] * height / cam.height
+    cx, cy = cam.K[0, 2] * width / cam.width, cam.K[1, 2] * height / cam.height
+    rays = np.stack([(xs - cx) / fx, (ys - cy) / fy, np.ones_like(xs)], -1)
+    return rays @ cam.pose_camera_to_world[:3, :3].T
+
+
+def _wall_images(cameras: list[Camera], texture) -> np.ndarray:
+    """[V, H, W, 3] each camera's view of the wall painted with texture(y_m, z_m) -> grey in [0, 1]."""
+    images = []
+    for cam in cameras:
+        rays = _rays_world(cam, WIDTH, HEIGHT)
+        t = (WALL_X_M - cam.position_world[0]) / rays[..., 0]
+        points = cam.position_world + rays * t[..., None]
+        images.append(np.repeat(texture(points[..., 1], points[..., 2])[..., None], 3, axis=-1))
+    return np.stack(images).astype(np.float32)
+
+
+def _bricks(y_m, z_m):
+    """A texture with structure at several scales (what a facade photograph has)."""
+    return (0.5 + 0.2 * np.sin(7.0 * y_m) * np.cos(5.0 * z_m) + 0.15 * np.sin(19.0 * y_m + 3.0 * z_m)
+            + 0.1 * np.cos(13.0 * z_m - 11.0 * y_m))
+
+
+def _true_depths(cameras: list[Camera]) -> np.ndarray:
+    """[V, h, w] the wall's camera z on the half-resolution grid (the cameras look along +x)."""
+    return np.stack([np.full((HEIGHT // 2, WIDTH // 2), WALL_X_M - c.position_world[0], np.float32) for c in cameras])
+
+
+def test_the_sweep_brings_a_wrong_depth_back_to_the_textured_wall():
+    cameras = _cameras()
+    truth = _true_depths(cameras)
+    guess = truth * np.float32(1.08)  # the network's scatter: 8 % behind the wall
+    refined = refine_depths(guess, _wall_images(cameras, _bricks), cameras, np.zeros(truth.shape, bool))
+    error_before = np.abs(guess - truth) / truth
+    error_after = np.abs(refined - truth) / truth
+    inner = np.s_[:, 8:-8, 8:-8]  # away from the borders, where a neighbour's patch falls outside
+    assert np.median(error_before[inner]) == pytest.approx(0.08, abs=1e-4)
+    assert np.median(error_after[inner]) < 0.01, np.median(error_after[inner])
+    assert np.mean(error_after[inner] < 0.02) > 0.9
+
+
+def test_what_cannot_be_matched_keeps_the_networks_depth():
+    cameras = _cameras()
+    guess = _true_depths(cameras) * np.float32(1.08)
+    flat = _wall_images(cameras, lambda y, z: np.full_like(y, 0.4))  # no texture: nothing to match
+    assert np.array_equal(refine_depths(guess, flat, cameras, np.zeros(guess.shape, bool)), guess)
+    skip = np.zeros(guess.shape, bool)
+    skip[:, :, : WIDTH // 4] = True  # the sky, say
+    refined = refine_depths(guess, _wall_images(cameras, _bricks), cameras, skip)
+    assert np.array_equal(refined[skip], guess[skip])
+    assert not np.array_equal(refined[~skip], guess[~skip])
+    alone = refine_depths(guess[:1], _wall_images(cameras[:1], _bricks), cameras[:1], skip[:1])  # no neighbour
+    assert np.array_equal(alone, guess[:1])
+
+
+def test_kernel_matches_its_numpy_twin():
+    cameras = _cameras((-2.0, -0.7, 0.0, 1.1, 2.0))
+    rng = np.random.default_rng(3)
+    truth = _true_depths(cameras)
+    guess = (truth * rng.uniform(0.9, 1.12, truth.shape)).astype(np.float32)  # scattered about the wall
+    images = _wall_images(cameras, _bricks)
+    skip = rng.random(truth.shape) < 0.1
+    config = DepthRefineConfig(neighbours=3, candidates=15)
+    fast = refine_depths(guess, images, cameras, skip, config)
+    twin = _refine_depths_reference(guess, images, cameras, skip, config)
+    changed_fast, changed_twin = fast != guess, twin != guess
+    assert changed_fast.mean() > 0.5
+    assert np.mean(changed_fast == changed_twin) > 0.995  # float32 against float64 may flip a borderline match
+    both = changed_fast & changed_twin
+    np.testing.assert_allclose(fast[both], twin[both], rtol=2e-3)
+
+
+def test_move_along_rays_keeps_each_gaussian_on_its_pixel():
+    cameras = _cameras()
+    before = _true_depths(cameras)
+    after = before * np.linspace(0.8, 1.3, before.size, dtype=np.float32).reshape(before.shape)
+    v, h, w = before.shape
+    means = np.concatenate([c.position_world + _rays_world(c, w, h).reshape(-1, 3) * d.reshape(-1, 1)
+                            for c, d in zip(cameras, before)]).astype(np.float32)
+    scales = np.full((v * h * w, 3), 0.05, np.float32)
+    moved, moved_scales = move_along_rays(means, scales, before, after, cameras)
+    expected = np.concatenate([c.position_world + _rays_world(c, w, h).reshape(-1, 3) * d.reshape(-1, 1)
+                               for c, d in zip(cameras, after)])
+    np.testing.assert_allclose(moved, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(moved_scales[:, 0], 0.05 * (after / before).reshape(-1), rtol=1e-5)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="candidates must be odd"):
+        DepthRefineConfig(candidates=24)
+    with pytest.raises(ValueError, match="neighbours >= 1"):
+        DepthRefineConfig(neighbours=0)
