@@ -1,17 +1,18 @@
 """A scenario's scene as the plugin is meant to get it: reconstructed from a drive log.
 
-Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet + fusion -> colour refinement
-against the log's images (refine.py) -> scene):
+Two ways in, one code path (`_reconstruct_log`: read the log -> ReconNet, its depths refined against the
+neighbour views (photometric.py), fusion -> colour refinement against the log's images (refine.py) -> scene):
 - `reconstructed_scene(layout, path_xy_m, ...)`: the builder's scene stands in for the
-  world; `record_drive` renders it with the nuScenes-like rig every `step_m` along the
-  path and writes a drive log (a temporary folder), which is then reconstructed. The
+  world; `render_drive` renders it with the nuScenes-like rig every `step_m` along the
+  path, and the drive log it would make (8-bit images; `RecordedDrive.as_read`) is reconstructed
+  from memory (no files: the same scene as `record_drive` + `reconstructed_scene_from_log`). The
   SceneCache key is the layout, the path, the record and network sizes, the voxel size, the log
   format, the checkpoint's hash and the reconstruction code's hash, so a cached scene
   needs no recording;
 - `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
   car; docs/drive_log.md). Its SceneCache key is the sha256 of its transforms.json and
   image bytes plus the checkpoint's hash, the reconstruction code's hash (`reconstruction_code_hash`,
-  so a new fusion never serves an old scene), the resampling size, if any, and the refinement's settings.
+  so a new fusion never serves an old scene), the resampling size, if any, and both refinements' settings.
   A log that names no sky colour is refined over SKY_RGB (the runner then renders it over the scenario's
   sky; the two differ only where the fitted sky dome leaves a gap).
 
@@ -28,8 +29,6 @@ bottom to the nearest multiple (the network's stride; the intrinsics stay exact)
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
-from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, record_drive,
+from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, render_drive,
                                            resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig
@@ -95,7 +94,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
                         depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE) -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
-    The drive is recorded as a drive log (record_drive, the rig's cameras at record_size, (width, height)
+    The drive is recorded as a drive log would hold it (render_drive, the rig's cameras at record_size, (width, height)
     pixels) and the log reconstructed exactly as reconstructed_scene_from_log(size=(width, height)) does: the
     network reads it resampled to width x height, the enhancer's reference keeps record_size. The result is
     cached by the layout, path and settings.
@@ -111,15 +110,19 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
               "code": reconstruction_code_hash(), **refine.cache_inputs(), **_depth_refine_inputs(depth_refine)}
 
     def build():
-        tmp = Path(tempfile.mkdtemp(prefix="neural-sensor-drive-"))
-        try:
-            record_drive(layout, path.points, tmp / "log", step_m=step_m, width=record_size[0],
-                         height=record_size[1], voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
-            scene, meta, reference = _reconstruct_log(tmp / "log", checkpoint, (width, height), progress, refine,
-                                                      depth_refine)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        meta = {**meta, "log": None}  # the recorded log was temporary (its images are in the reference)
+        # the drive as its log would hold it (8-bit images), handed over in memory: no PNG written or read back
+        # (the same scene as recording the log and reconstructing it, tests/test_drive_log.py)
+        drive = render_drive(layout, path.points, step_m=step_m, width=record_size[0], height=record_size[1],
+                             voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
+        log_images, log_cameras, log_meta = drive.as_read()
+        del drive
+        ref_size = reference_size(record_size)
+        ref_images, ref_cameras = resample_views(log_images, log_cameras, ref_size)
+        images, cameras = resample_views(log_images, log_cameras, (width, height))
+        del log_images
+        scene, meta, reference = _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint,
+                                                    progress, refine, depth_refine)
+        meta = {**meta, "log": None}  # the drive was never written (its images are in the reference)
         return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
@@ -183,6 +186,15 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         ref_images, ref_cameras = images, cameras
         if len(native) == 1:
             ref_images, ref_cameras, _ = read_drive_log(folder, size=reference_size(native[0]), progress=progress)
+    return _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint, progress, refine,
+                              depth_refine)
+
+
+def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np.ndarray, ref_cameras: list[Camera],
+                       log_meta: dict, checkpoint: Path, progress: bool, refine: RefineConfig,
+                       depth_refine: DepthRefineConfig | None) -> tuple[GaussianScene, dict, LogReference]:
+    """A log's views read for the network (images [V, H, W, 3] float32 in [0, 1] and cameras) and for the reference
+    (ref_images at the reference's size) -> (scene, meta, LogReference); log_meta as read_drive_log returns it."""
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")

@@ -13,7 +13,8 @@ dataset in a metric z-up world reads as a drive log too.
 - `read_drive_log(folder)` -> (images [V, H, W, 3] float32, cameras, meta), every
   problem raised as a `DriveLogError` naming the file and the frame;
 - `record_drive(layout, path_xy_m, folder, ...)` "records" a generated world: the
-  builder's scene rendered by the nuScenes-like rig every `step_m` along a path;
+  builder's scene rendered by the nuScenes-like rig every `step_m` along a path
+  (`render_drive`, which keeps the drive in memory, then `write_drive_log`);
 - `log_digest(folder)`: sha256 of transforms.json and every image's bytes (the
   SceneCache key of the log's reconstruction), without decoding the images.
 
@@ -31,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -375,10 +377,37 @@ def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------- recording
-def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: float = 4.0, width: int = 160,
-                 height: int = 96, voxel_m: float = 0.3, speed_mps: float = 10.0, cache_dir: Path | None = None,
-                 progress: bool = False) -> dict:
-    """Record a drive of a generated world as a drive log; returns a summary.
+@dataclass
+class RecordedDrive:
+    """A generated drive's views as `render_drive` renders them and `write_drive_log` stores them (per view:
+    images [H, W, 3] float RGB in [0, 1], cameras, camera_names, timestamps_s, frame_indices,
+    poses_ego_to_world [4, 4]; source: the log's neural_sensor.source facts)."""
+
+    images: list
+    cameras: list
+    camera_names: list
+    timestamps_s: list
+    frame_indices: list
+    poses_ego_to_world: list
+    source: dict
+    stations: int
+
+    def as_read(self) -> tuple[np.ndarray, list[Camera], dict]:
+        """What `read_drive_log` returns for the log `write_drive_log` would make of this drive, without the files:
+        the images rounded to 8 bits as the log stores them ([V, H, W, 3] float32), the cameras, and the meta's
+        fields the reconstruction reads (frames' camera and frame_index, neural_sensor.source, sizes_in_log)."""
+        images = np.stack([_to_uint8(image) for image in self.images]).astype(np.float32) / np.float32(255.0)
+        frames = [{"camera": name, "frame_index": int(index)}
+                  for name, index in zip(self.camera_names, self.frame_indices, strict=True)]
+        meta = {"folder": None, "frames": frames, "neural_sensor": {"source": self.source},
+                "image_size": [images.shape[2], images.shape[1]], "sizes_in_log": [[images.shape[2], images.shape[1]]]}
+        return images, list(self.cameras), meta
+
+
+def render_drive(layout, path_xy_m: np.ndarray, *, step_m: float = 4.0, width: int = 160, height: int = 96,
+                 voxel_m: float = 0.3, speed_mps: float = 10.0, cache_dir: Path | None = None,
+                 progress: bool = False) -> RecordedDrive:
+    """A drive of a generated world as a car would record it, in memory (`record_drive` writes it as a log).
 
     The builder's scene of `layout` (cached) is rendered by the nuScenes-like rig (six cameras, width x
     height) at stations every `step_m` along `path_xy_m` ([P, 2] world FLU metres, ego at z = 0 heading
@@ -414,7 +443,20 @@ def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: f
     source = {"kind": "generated", "layout": layout.name, "step_m": step_m, "speed_mps": speed_mps,
               "voxel_m": voxel_m, "path_length_m": round(path.length_m, 3),
               "sky_rgb": [float(c) for c in background]}
-    write_drive_log(folder, images, cameras, camera_names=names, timestamps_s=stamps, frame_indices=indices,
-                    poses_ego_to_world=egos, source=source)
-    return {"log": str(folder), "frames": len(stations), "views": len(cameras), "cameras": len(rig),
-            "image_size": [width, height], "path_length_m": round(path.length_m, 1), "step_m": step_m}
+    return RecordedDrive(images, cameras, names, stamps, indices, egos, source, len(stations))
+
+
+def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: float = 4.0, width: int = 160,
+                 height: int = 96, voxel_m: float = 0.3, speed_mps: float = 10.0, cache_dir: Path | None = None,
+                 progress: bool = False) -> dict:
+    """Record a drive of a generated world as a drive log (`render_drive`, then `write_drive_log`); returns a
+    summary."""
+    drive = render_drive(layout, path_xy_m, step_m=step_m, width=width, height=height, voxel_m=voxel_m,
+                         speed_mps=speed_mps, cache_dir=cache_dir, progress=progress)
+    write_drive_log(folder, drive.images, drive.cameras, camera_names=drive.camera_names,
+                    timestamps_s=drive.timestamps_s, frame_indices=drive.frame_indices,
+                    poses_ego_to_world=drive.poses_ego_to_world, source=drive.source)
+    return {"log": str(folder), "frames": drive.stations, "views": len(drive.cameras),
+            "cameras": len(set(drive.camera_names)), "image_size": [width, height],
+            "path_length_m": round(drive.source["path_length_m"], 1),
+            "step_m": step_m}
