@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                          help="sweeps of the colour refinement against the log's images (0: none); None = the "
                               "default (neural_sensor.reconstruct.refine.RefineConfig)")
+    p_recon.add_argument("--no-depth-refinement", action="store_true",
+                         help="keep the network's depths (skip the photometric refinement against the neighbour "
+                              "views, neural_sensor.reconstruct.photometric: faster, ~1 dB worse)")
     p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
                                            "removes the least recently used down to a size", formatter_class=_FORMATTER)
     p_cache.add_argument("--cache", type=Path, default=None,
@@ -275,6 +278,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import time
 
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
+    from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
     from neural_sensor.reconstruct.refine import refine_config
 
     if args.size is not None and min(args.size) <= 0:
@@ -285,10 +289,11 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
-                                               cache_dir=args.cache, progress=True, refine=refine)
+                                               cache_dir=args.cache, progress=True, refine=refine,
+                                               depth_refine=None if args.no_depth_refinement else DEFAULT_DEPTH_REFINE)
     result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
                                                                 "n_gaussians", "key", "cached", "build_s", "path",
-                                                                "colour_refinement")},
+                                                                "colour_refinement", "depth_refinement")},
               "wall_s": round(time.perf_counter() - start, 2)}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

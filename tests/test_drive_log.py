@@ -435,6 +435,11 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert plain["colour_refinement"] is None and plain["key"] != result["key"]
     assert plain["n_gaussians"] == result["n_gaussians"] + refined["pruned"]
+    assert result["depth_refinement"] == asdict(DEFAULT_DEPTH_REFINE)  # on by default, named in the result
+    assert cli_main(["reconstruct", str(short_drive["log"]), "--no-depth-refinement",
+                     "--cache", str(tmp_path / "cache")]) == 0
+    network_depths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert network_depths["depth_refinement"] is None and network_depths["key"] not in (result["key"], plain["key"])
     assert cli_main(["reconstruct", str(short_drive["log"]), "--refine-iterations", "-1"]) == 2
     assert "--refine-iterations must be >= 0" in capsys.readouterr().err
 
