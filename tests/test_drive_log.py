@@ -279,7 +279,9 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
         cameras += step
     quantised = np.clip(np.concatenate(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)  # rounded to nearest
     inputs = quantised.astype(np.float32) / np.float32(255)
-    # the network's depths refined photometrically (the run's default), then fused
+    # the network's depths refined photometrically (the run's default), then fused (this fixture's stations are 15
+    # m apart, beyond model.neighbour_views' 12 m, so the sweep finds no neighbour here and leaves the depths: what
+    # it does to a reconstruction is tests/test_photometric.py's)
     direct, sky_masks = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras, return_sky=True,
                                     depth_refine=DEFAULT_DEPTH_REFINE)
     assert meta["depth_refinement"] == asdict(DEFAULT_DEPTH_REFINE)

@@ -77,12 +77,12 @@ def nerfstudio_to_opencv(transform_matrix: np.ndarray) -> np.ndarray:
     return np.asarray(transform_matrix, dtype=np.float64) @ OPENCV_TO_OPENGL
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def _to_uint8(image: np.ndarray, who: str = "write_drive_log") -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
     if not np.all(np.isfinite(image)):
-        raise ValueError("write_drive_log: an image contains NaN or infinity")
+        raise ValueError(f"{who}: an image contains NaN or infinity")
     return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -381,7 +381,8 @@ def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[
 class RecordedDrive:
     """A generated drive's views as `render_drive` renders them and `write_drive_log` stores them (per view:
     images [H, W, 3] float RGB in [0, 1], cameras, camera_names, timestamps_s, frame_indices,
-    poses_ego_to_world [4, 4]; source: the log's neural_sensor.source facts)."""
+    poses_ego_to_world [4, 4]; source: the log's neural_sensor.source facts; stations along the path, and the
+    path's length in metres)."""
 
     images: list
     cameras: list
@@ -391,12 +392,14 @@ class RecordedDrive:
     poses_ego_to_world: list
     source: dict
     stations: int
+    path_length_m: float
 
     def as_read(self) -> tuple[np.ndarray, list[Camera], dict]:
         """What `read_drive_log` returns for the log `write_drive_log` would make of this drive, without the files:
         the images rounded to 8 bits as the log stores them ([V, H, W, 3] float32), the cameras, and the meta's
         fields the reconstruction reads (frames' camera and frame_index, neural_sensor.source, sizes_in_log)."""
-        images = np.stack([_to_uint8(image) for image in self.images]).astype(np.float32) / np.float32(255.0)
+        images = np.stack([_to_uint8(image, "RecordedDrive") for image in self.images])
+        images = images.astype(np.float32) / np.float32(255.0)
         frames = [{"camera": name, "frame_index": int(index)}
                   for name, index in zip(self.camera_names, self.frame_indices, strict=True)]
         meta = {"folder": None, "frames": frames, "neural_sensor": {"source": self.source},
@@ -443,7 +446,7 @@ def render_drive(layout, path_xy_m: np.ndarray, *, step_m: float = 4.0, width: i
     source = {"kind": "generated", "layout": layout.name, "step_m": step_m, "speed_mps": speed_mps,
               "voxel_m": voxel_m, "path_length_m": round(path.length_m, 3),
               "sky_rgb": [float(c) for c in background]}
-    return RecordedDrive(images, cameras, names, stamps, indices, egos, source, len(stations))
+    return RecordedDrive(images, cameras, names, stamps, indices, egos, source, len(stations), path.length_m)
 
 
 def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: float = 4.0, width: int = 160,
@@ -458,5 +461,5 @@ def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: f
                     poses_ego_to_world=drive.poses_ego_to_world, source=drive.source)
     return {"log": str(folder), "frames": drive.stations, "views": len(drive.cameras),
             "cameras": len(set(drive.camera_names)), "image_size": [width, height],
-            "path_length_m": round(drive.source["path_length_m"], 1),
+            "path_length_m": round(drive.path_length_m, 1),
             "step_m": step_m}
