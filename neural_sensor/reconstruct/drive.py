@@ -59,8 +59,9 @@ REFERENCE_MAX_WIDTH = 480  # a log wider than this keeps its reference resampled
 
 def reconstruction_code_hash() -> str:
     """sha256 of the reconstruction's code: reconstruct/model.py, photometric.py, fuse.py, sky.py, refine.py,
-    reference.py (the stored reference), log.py (reading, rounding and resampling the drive) and drive.py (which wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py, lod.py,
-    backproject.py, _common.py). Part of every reconstruction's
+    reference.py (the stored reference), log.py (reading, rounding and resampling the drive) and drive.py (which
+    wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py,
+    lod.py, backproject.py, _common.py). Part of every reconstruction's
     cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
     scene the old code made."""
     import hashlib
@@ -172,9 +173,10 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
                      refine: RefineConfig = DEFAULT_REFINE,
                      depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE
                      ) -> tuple[GaussianScene, dict, LogReference]:
-    """The one code path from a drive log on disk to a scene: read (validated), crop to the stride, ReconNet
-    (its depths refined photometrically against the neighbour views unless depth_refine is None), then the colour refinement against the log's images (rendered over the log's sky colour, if it names one),
-    and the log's LogReference (its views' depths rendered from the scene)."""
+    """A drive log on disk to a scene: read (validated), then `_reconstruct_views`: crop to the stride, ReconNet
+    (its depths refined photometrically against the neighbour views unless depth_refine is None), the colour
+    refinement against the log's images (rendered over the log's sky colour, if it names one), and the log's
+    LogReference (its views' depths rendered from the scene)."""
     native = log_image_sizes(folder)
     if len(native) == 1 and reference_size(native[0]) == tuple(native[0]):
         # the reference keeps the log's own size (not cropped to the network's stride): read once, and the

@@ -379,7 +379,8 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
                   & (best_score >= scores[:, m_count // 2] + config.margin))
         offset = inverse_offsets[best]
         left, right = np.clip(best - 1, 0, m_count - 1), np.clip(best + 1, 0, m_count - 1)
-        interior = (best > 0) & (best < m_count - 1) & (scores[rows, left] > _NO_SCORE) & (scores[rows, right] > _NO_SCORE)
+        interior = ((best > 0) & (best < m_count - 1) & (scores[rows, left] > _NO_SCORE)
+                    & (scores[rows, right] > _NO_SCORE))
         denominator = scores[rows, left] - 2.0 * best_score + scores[rows, right]
         vertex = np.where(denominator < 0, np.clip(0.5 * (scores[rows, left] - scores[rows, right])
                                                    / np.where(denominator < 0, denominator, -1.0), -0.5, 0.5), 0.0)
