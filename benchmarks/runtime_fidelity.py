@@ -78,7 +78,7 @@ from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene, scene_reference
-from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
+from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, depth_refine_inputs
 from neural_sensor.reconstruct.refine import refine_config
 from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
@@ -453,8 +453,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "the runner's defaults (recorded every 4 m at 320x192, read at 160x96, voxel 0.3 m)",
                          "checkpoint": str(args.checkpoint),
                          "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
-                         "depth_refinement": None if args.no_depth_refinement else
-                         DEFAULT_DEPTH_REFINE.cache_inputs()["depth_refinement"],
+                         **depth_refine_inputs(None if args.no_depth_refinement else DEFAULT_DEPTH_REFINE),
                          "lod_px": args.lod_px,
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,

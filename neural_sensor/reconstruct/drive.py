@@ -42,7 +42,7 @@ from neural_sensor.reconstruct.cache import SceneCache
 from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, render_drive,
                                            resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
-from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig
+from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig, depth_refine_inputs
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
@@ -109,7 +109,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
               "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
               "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
-              "code": reconstruction_code_hash(), **refine.cache_inputs(), **_depth_refine_inputs(depth_refine)}
+              "code": reconstruction_code_hash(), **refine.cache_inputs(), **depth_refine_inputs(depth_refine)}
 
     def build():
         # the drive as its log would hold it (8-bit images), handed over in memory: no PNG written or read back
@@ -153,7 +153,7 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
         size = network_read_size(log_image_sizes(folder))
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
               "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
-              **refine.cache_inputs(), **_depth_refine_inputs(depth_refine)}
+              **refine.cache_inputs(), **depth_refine_inputs(depth_refine)}
 
     def build():
         scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine)
@@ -214,16 +214,11 @@ def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
             "reference_size": [ref_images.shape[2], ref_images.shape[1]],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
-            "colour_refinement": refine_stats,
-            "depth_refinement": None if depth_refine is None else depth_refine.cache_inputs()["depth_refinement"]}
+            "colour_refinement": refine_stats, **depth_refine_inputs(depth_refine)}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
     reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
     return scene, meta, reference
-
-
-def _depth_refine_inputs(depth_refine: DepthRefineConfig | None) -> dict:
-    return depth_refine.cache_inputs() if depth_refine is not None else {"depth_refinement": None}
 
 
 def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:

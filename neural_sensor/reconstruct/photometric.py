@@ -76,6 +76,11 @@ class DepthRefineConfig:
 DEFAULT_DEPTH_REFINE = DepthRefineConfig()
 
 
+def depth_refine_inputs(config: DepthRefineConfig | None) -> dict:
+    """{"depth_refinement": its settings, or None when there is none}: a reconstruction's cache key and meta."""
+    return config.cache_inputs() if config is not None else {"depth_refinement": None}
+
+
 def refine_depths(depth_m: np.ndarray, images: np.ndarray, cameras: list[Camera], skip: np.ndarray,
                   config: DepthRefineConfig = DEFAULT_DEPTH_REFINE) -> np.ndarray:
     """Each view's depth refined against its neighbour views (see the module docstring).
