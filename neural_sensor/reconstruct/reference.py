@@ -24,6 +24,9 @@ import numpy as np
 from neural_sensor.camera import Camera
 
 FILE_NAME = "reference.npz"
+LOD_PX = 2.0  # the level of detail the views' depths are rendered at (pixels of the reference's images, 320 wide for a
+#   generated drive: about the colour refinement's 1.5 px at 160 wide): on the demo drive 4.1 s instead of 6.6 s for
+#   306 views at 320x192, 0.04 % of the pixels more than 5 % away from the exact render's depth (AMD EPYC, 2 threads)
 
 
 @dataclass
@@ -54,7 +57,7 @@ class LogReference:
     @classmethod
     def from_views(cls, images: np.ndarray, cameras: list[Camera], sensor_ids, scene, background) -> "LogReference":
         """From a log's images [V, h, w, 3] (float in [0, 1] or uint8), its cameras and sensor ids, and the scene
-        reconstructed from it (whose median depth is rendered at every log view, over `background`)."""
+        reconstructed from it (whose median depth is rendered at every log view, over `background`, at LOD_PX)."""
         from neural_sensor.render import render
 
         images = np.asarray(images)
@@ -62,7 +65,7 @@ class LogReference:
         if images.dtype != np.uint8:
             images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
         depth = np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("median_depth",),
-                                       background=background).median_depth for i in range(0, len(cameras), 60)])
+                                       background=background, lod_px=LOD_PX).median_depth for i in range(0, len(cameras), 60)])
         return cls(images, depth, np.stack([c.K for c in cameras]), np.stack([c.pose_camera_to_world for c in cameras]),
                    np.array([str(s) for s in sensor_ids]))
 
