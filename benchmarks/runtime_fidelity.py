@@ -300,11 +300,12 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
 
 
 def truth_depth_log(log, truth, background) -> "LogReference":
-    """The drive log's views with the ground truth's median depth at each (for `seen_by_log`'s occlusion test)."""
+    """The drive log's views with the ground truth's median depth at each, rendered exactly (for `seen_by_log`'s
+    occlusion test)."""
     from neural_sensor.reconstruct.reference import LogReference
 
     return LogReference.from_views(log.images, [log.camera(i) for i in range(len(log))], log.sensor_ids, truth,
-                                   background)
+                                   background, lod_px=0.0)
 
 
 def seen_by_log(truth_log, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 from neural_sensor.camera import Camera
 from neural_sensor.enhance.log_warp import log_view_weights, warp_log, warp_log_reference
-from neural_sensor.reconstruct.reference import LogReference
+from neural_sensor.reconstruct.reference import REFERENCE_LOD_PX, LogReference
 
 
 def _camera_at(z_m: float, x_m: float = 0.0, size=(40, 24)) -> Camera:
@@ -119,15 +119,13 @@ def test_temporal_filter_equals_its_twin_clamps_and_forgets():
 
 
 def test_reference_depths_are_the_median_depth_at_its_level_of_detail():
-    """`LogReference.from_views` keeps each view's median depth rendered at reference.LOD_PX (the level of detail a
+    """`LogReference.from_views` keeps each view's median depth rendered at REFERENCE_LOD_PX (the level of detail a
     generated drive's 320-wide reference is rendered at), which on a street scene stays within 5 % of the exact
-    render's depth on all but a few pixels, and keeps the images as uint8."""
-    from neural_sensor.reconstruct import reference as reference_module
+    render's depth on all but a few pixels (lod_px=0: exactly it), and keeps the images as uint8."""
     from neural_sensor.render import render
     from neural_sensor.testing import make_street_scene
 
     scene = make_street_scene(60_000, seed=3)
-    pose = np.eye(4)
     cams = []
     for x in (0.0, 4.0, 8.0):  # FLU street, an OpenCV camera looking along +x at 1.6 m
         pose = np.array([[0, 0, 1, x], [-1, 0, 0, -1.75], [0, -1, 0, 1.6], [0, 0, 0, 1]], float)
@@ -135,9 +133,12 @@ def test_reference_depths_are_the_median_depth_at_its_level_of_detail():
     images = render(scene, cams, backend="cpu", outputs=("rgb",)).rgb
     ref = LogReference.from_views(images, cams, ["CAM_FRONT"] * 3, scene, (0.5, 0.6, 0.9))
     at_lod = render(scene, cams, backend="cpu", outputs=("median_depth",), background=(0.5, 0.6, 0.9),
-                    lod_px=reference_module.LOD_PX).median_depth
+                    lod_px=REFERENCE_LOD_PX).median_depth
     exact = render(scene, cams, backend="cpu", outputs=("median_depth",), background=(0.5, 0.6, 0.9)).median_depth
     np.testing.assert_array_equal(ref.depth_m, at_lod)
+    assert not np.array_equal(at_lod, exact)  # the level of detail does change some pixels here
+    exactly = LogReference.from_views(images, cams, ["CAM_FRONT"] * 3, scene, (0.5, 0.6, 0.9), lod_px=0.0)
+    np.testing.assert_array_equal(exactly.depth_m, exact)  # lod_px=0: the exact depth (a benchmark's ground truth)
     assert ref.images.dtype == np.uint8 and ref.images.shape == (3, 96, 160, 3)
     surface = np.isfinite(exact) & (exact > 0) & (exact < 1e3)
     relative = np.abs(ref.depth_m - exact)[surface] / exact[surface]

@@ -24,9 +24,10 @@ import numpy as np
 from neural_sensor.camera import Camera
 
 FILE_NAME = "reference.npz"
-LOD_PX = 2.0  # the level of detail the views' depths are rendered at (pixels of the reference's images, 320 wide for a
-#   generated drive: about the colour refinement's 1.5 px at 160 wide): on the demo drive 4.1 s instead of 6.6 s for
-#   306 views at 320x192, 0.04 % of the pixels more than 5 % away from the exact render's depth (AMD EPYC, 2 threads)
+REFERENCE_LOD_PX = 2.0  # the level of detail the views' depths are rendered at (pixels of the reference's images, 320
+#   wide for a generated drive: about the colour refinement's 1.5 px at 160 wide). The demo drive's 306 views at
+#   320x192 took 6.55 s instead of 7.97-8.36 s within its reconstruction (alternating fresh processes; AMD EPYC, 2
+#   threads); 0.04 % of their pixels are more than 5 % away from the exact render's depth
 
 
 @dataclass
@@ -55,9 +56,11 @@ class LogReference:
         return len(self.depth_m)
 
     @classmethod
-    def from_views(cls, images: np.ndarray, cameras: list[Camera], sensor_ids, scene, background) -> "LogReference":
+    def from_views(cls, images: np.ndarray, cameras: list[Camera], sensor_ids, scene, background,
+                   lod_px: float = REFERENCE_LOD_PX) -> "LogReference":
         """From a log's images [V, h, w, 3] (float in [0, 1] or uint8), its cameras and sensor ids, and the scene
-        reconstructed from it (whose median depth is rendered at every log view, over `background`, at LOD_PX)."""
+        reconstructed from it (whose median depth is rendered at every log view, over `background`, at lod_px
+        pixels' level of detail: 0 renders it exactly, as a benchmark's ground truth does)."""
         from neural_sensor.render import render
 
         images = np.asarray(images)
@@ -65,7 +68,7 @@ class LogReference:
         if images.dtype != np.uint8:
             images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
         depth = np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("median_depth",),
-                                       background=background, lod_px=LOD_PX).median_depth for i in range(0, len(cameras), 60)])
+                                       background=background, lod_px=lod_px).median_depth for i in range(0, len(cameras), 60)])
         return cls(images, depth, np.stack([c.K for c in cameras]), np.stack([c.pose_camera_to_world for c in cameras]),
                    np.array([str(s) for s in sensor_ids]))
 
