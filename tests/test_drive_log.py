@@ -306,6 +306,7 @@ def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_driv
     from neural_sensor.reconstruct import drive
     from neural_sensor.reconstruct.drive import (REFERENCE_MAX_WIDTH, reconstructed_scene, reconstructed_scene_from_log,
                                                  reference_size, scene_reference)
+    from neural_sensor.reconstruct.reference import REFERENCE_LOD_PX
     from neural_sensor.render import render
     from neural_sensor.render._common import SKY_RGB
 
@@ -320,7 +321,8 @@ def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_driv
     assert meta["image_size"] == run_meta["image_size"] == [64, 40]
     assert meta["reference_size"] == run_meta["reference_size"] == [128, 80]
     images, cameras, _ = read_drive_log(root / "log128")
-    depth = render(from_log, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB).median_depth
+    depth = render(from_log, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB,
+                   lod_px=REFERENCE_LOD_PX).median_depth  # as the reference keeps it
     for entry in (meta, run_meta):
         reference = scene_reference(entry)
         np.testing.assert_array_equal(reference.images, np.round(images * 255).astype(np.uint8))
@@ -352,7 +354,7 @@ def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, 
     from neural_sensor.reconstruct.drive import reconstructed_scene_from_log, scene_reference
     from neural_sensor.reconstruct.log import read_drive_log
     from neural_sensor.enhance.log_warp import log_view_weights, warp_log_reference
-    from neural_sensor.reconstruct.reference import LogReference
+    from neural_sensor.reconstruct.reference import REFERENCE_LOD_PX, LogReference
     from neural_sensor.render import render
     from neural_sensor.render._common import SKY_RGB
 
@@ -362,7 +364,8 @@ def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, 
     assert len(reference) == len(cameras) == 18
     assert list(reference.sensor_ids) == [f["camera"] for f in log_meta["frames"]]
     np.testing.assert_array_equal(reference.images, np.round(images * 255).astype(np.uint8))
-    depth = render(scene, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB).median_depth
+    depth = render(scene, cameras[:6], backend="cpu", outputs=("rgb", "median_depth"), background=SKY_RGB,
+                   lod_px=REFERENCE_LOD_PX).median_depth  # as the reference keeps it
     np.testing.assert_allclose(reference.depth_m[:6], depth, rtol=1e-3)  # stored as float16
     # the rig's cameras at twice the log's resolution, 1 m to the left of each station's pose
     specs = nuscenes_like_rig(128, 80)
