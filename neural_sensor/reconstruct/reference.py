@@ -68,7 +68,8 @@ class LogReference:
         if images.dtype != np.uint8:
             images = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
         depth = np.concatenate([render(scene, cameras[i:i + 60], backend="cpu", outputs=("median_depth",),
-                                       background=background, lod_px=lod_px).median_depth for i in range(0, len(cameras), 60)])
+                                       background=background, lod_px=lod_px).median_depth
+                                for i in range(0, len(cameras), 60)])
         return cls(images, depth, np.stack([c.K for c in cameras]), np.stack([c.pose_camera_to_world for c in cameras]),
                    np.array([str(s) for s in sensor_ids]))
 
