@@ -78,7 +78,7 @@ from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene, scene_reference
-from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, depth_refine_inputs
+from neural_sensor.reconstruct.photometric import depth_refine_config, depth_refine_inputs
 from neural_sensor.reconstruct.refine import refine_config
 from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
@@ -193,7 +193,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
                                             cache_dir=cache_dir, refine=refine_config(args.refine_iterations),
-                                            depth_refine=None if args.no_depth_refinement else DEFAULT_DEPTH_REFINE)
+                                            depth_refine=depth_refine_config(args.no_depth_refinement))
     log = scene_reference(scene_meta)
     log_reference = log if args.reference and args.reference_views > 0 else None  # as the runner decides
     recon_s = time.perf_counter() - t0
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "the runner's defaults (recorded every 4 m at 320x192, read at 160x96, voxel 0.3 m)",
                          "checkpoint": str(args.checkpoint),
                          "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
-                         **depth_refine_inputs(None if args.no_depth_refinement else DEFAULT_DEPTH_REFINE),
+                         **depth_refine_inputs(depth_refine_config(args.no_depth_refinement)),
                          "lod_px": args.lod_px,
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,

@@ -278,7 +278,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import time
 
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
-    from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
+    from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
 
     if args.size is not None and min(args.size) <= 0:
@@ -290,7 +290,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
                                                cache_dir=args.cache, progress=True, refine=refine,
-                                               depth_refine=None if args.no_depth_refinement else DEFAULT_DEPTH_REFINE)
+                                               depth_refine=depth_refine_config(args.no_depth_refinement))
     result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
                                                                 "n_gaussians", "key", "cached", "build_s", "path",
                                                                 "colour_refinement", "depth_refinement")},

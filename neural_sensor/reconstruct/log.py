@@ -381,8 +381,7 @@ def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[
 class RecordedDrive:
     """A generated drive's views as `render_drive` renders them and `write_drive_log` stores them (per view:
     images [H, W, 3] float RGB in [0, 1], cameras, camera_names, timestamps_s, frame_indices,
-    poses_ego_to_world [4, 4]; source: the log's neural_sensor.source facts; stations along the path, and the
-    path's length in metres)."""
+    poses_ego_to_world [4, 4]; source: the log's neural_sensor.source facts; stations along the path)."""
 
     images: list
     cameras: list
@@ -392,7 +391,6 @@ class RecordedDrive:
     poses_ego_to_world: list
     source: dict
     stations: int
-    path_length_m: float
 
     def as_read(self) -> tuple[np.ndarray, list[Camera], dict]:
         """What `read_drive_log` returns for the log `write_drive_log` would make of this drive, without the files:
@@ -446,7 +444,7 @@ def render_drive(layout, path_xy_m: np.ndarray, *, step_m: float = 4.0, width: i
     source = {"kind": "generated", "layout": layout.name, "step_m": step_m, "speed_mps": speed_mps,
               "voxel_m": voxel_m, "path_length_m": round(path.length_m, 3),
               "sky_rgb": [float(c) for c in background]}
-    return RecordedDrive(images, cameras, names, stamps, indices, egos, source, len(stations), path.length_m)
+    return RecordedDrive(images, cameras, names, stamps, indices, egos, source, len(stations))
 
 
 def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: float = 4.0, width: int = 160,
@@ -461,5 +459,5 @@ def record_drive(layout, path_xy_m: np.ndarray, folder: Path | str, *, step_m: f
                     poses_ego_to_world=drive.poses_ego_to_world, source=drive.source)
     return {"log": str(folder), "frames": drive.stations, "views": len(drive.cameras),
             "cameras": len(set(drive.camera_names)), "image_size": [width, height],
-            "path_length_m": round(drive.path_length_m, 1),
+            "path_length_m": round(drive.source["path_length_m"], 1),
             "step_m": step_m}

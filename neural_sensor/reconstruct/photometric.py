@@ -76,6 +76,11 @@ class DepthRefineConfig:
 DEFAULT_DEPTH_REFINE = DepthRefineConfig()
 
 
+def depth_refine_config(no_refinement: bool = False) -> DepthRefineConfig | None:
+    """The depth refinement a `--no-depth-refinement` option asks for: DEFAULT_DEPTH_REFINE, or None when set."""
+    return None if no_refinement else DEFAULT_DEPTH_REFINE
+
+
 def depth_refine_inputs(config: DepthRefineConfig | None) -> dict:
     """{"depth_refinement": its settings, or None when there is none}: a reconstruction's cache key and meta."""
     return config.cache_inputs() if config is not None else {"depth_refinement": None}
