@@ -140,6 +140,20 @@ def test_median_depth_is_the_surface_behind_a_faint_veil():
         np.testing.assert_allclose(out.median_depth[0][rows, 28], 4.0, atol=0.05)
 
 
+def test_median_depth_alone_stops_at_the_median_with_the_same_values():
+    """A render of the median depth alone finishes each pixel at the Gaussian that takes it past MEDIAN_T (what
+    follows cannot change it): the same median, bit for bit, as a render that composites everything, on a street
+    scene exactly and at a level of detail, veils and pixels that never reach the median included."""
+    scene = make_street_scene(30_000, seed=3)
+    cameras = street_cameras(96, 64, count=3)
+    for lod_px in (0.0, 2.0):
+        alone = render(scene, cameras, backend="cpu", outputs=("median_depth",), lod_px=lod_px)
+        full = render(scene, cameras, backend="cpu", outputs=("rgb", "alpha", "median_depth"), lod_px=lod_px)
+        assert alone.rgb is None and alone.alpha is None
+        assert (full.alpha > 0.5).mean() > 0.5 and (full.alpha < 0.5).any()  # surfaces, and pixels left short
+        np.testing.assert_array_equal(alone.median_depth, full.median_depth)
+
+
 def test_outputs_only_those_requested():
     out = render(random_scene(50, seed=0), forward_camera(16, 16), backend="cpu", outputs=("depth",))
     assert out.depth.shape == (1, 16, 16) and out.rgb is None and out.semantic is None

@@ -479,14 +479,16 @@ LANES = 16  # pixels of a tile row, updated together (LLVM vectorises a fixed 16
 
 @njit(inline="always", **_JIT_FAST)
 def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, cbl, g, w_out,
-                     median):  # pragma: no cover
+                     median, median_stops=None):  # pragma: no cover
     """Composite one Gaussian onto LANES pixels of a row; returns how many of them finished.
 
     state [6, LANES] ([7, LANES] when the median is tracked), best [LANES] or None (then the best Gaussian is
     not tracked), lane_px [LANES] (pixel centre x) are one tile row;
     w_out [LANES] or None: gets the Gaussian's blending weight alpha T at each lane (0 where it adds nothing);
     median: None, or anything else to track the median depth in state row 6: it gets z where this Gaussian
-    takes the transmittance from above MEDIAN_T to MEDIAN_T or below (left as it was elsewhere).
+    takes the transmittance from above MEDIAN_T to MEDIAN_T or below (left as it was elsewhere);
+    median_stops: None, or (with median) anything else to finish a pixel at that Gaussian (a render of the median
+    depth alone: what comes after cannot change it), its transmittance kept as that Gaussian left it.
 
     state rows: 0 transmittance (negated once the pixel has finished), 1-3 rgb, 4 depth,
     5 best weight, 6 median depth. Branch-free so LLVM vectorises it: the sums take 0/1 blends, which are
@@ -509,8 +511,9 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
         w = alpha * t * adds_f
         if w_out is not None:  # pruned at compile time when the caller passes None
             w_out[u] = w
+        crossed = adds & (t > _F_MEDIAN_T) & (next_t <= _F_MEDIAN_T)
         if median is not None:  # likewise
-            state[6, u] = z if adds & (t > _F_MEDIAN_T) & (next_t <= _F_MEDIAN_T) else state[6, u]
+            state[6, u] = z if crossed else state[6, u]
         state[1, u] += w * cr
         state[2, u] += w * cg
         state[3, u] += w * cbl
@@ -521,6 +524,9 @@ def _composite_lanes(state, best, lane_px, mx, ca, cyy, cbdy, opac, z, cr, cg, c
             best[u] = g if better else best[u]
         state[0, u] = next_t * adds_f + t * (_ONE - adds_f - np.float32(2.0) * ends_f)
         ended += np.int32(ends)
+        if median_stops is not None:  # likewise: the median found, the pixel is finished (negated)
+            state[0, u] = -next_t if crossed else state[0, u]
+            ended += np.int32(crossed)
     return ended
 
 
@@ -625,7 +631,7 @@ def _tile_chords(local, k, row_py, tx0, chord):  # pragma: no cover - compiled
 
 @njit(parallel=True, **_JIT_FAST)
 def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tiles_x, background,
-               out_rgb, out_depth, out_alpha, out_best, out_median):  # pragma: no cover - compiled
+               out_rgb, out_depth, out_alpha, out_best, out_median, median_only=None):  # pragma: no cover - compiled
     """Front-to-back alpha compositing, parallel over 16x16 tiles (tile lists are in depth order).
 
     A tile walks its Gaussian list once; each Gaussian is composited onto the tile rows its alpha >=
@@ -635,7 +641,9 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
     out_best [H, W] or None (then not computed): the index of the Gaussian with the largest blending weight
     at each pixel (-1 if none); out_median [H, W] or None (then not computed): the median depth, the z of
     the Gaussian that takes the pixel's transmittance to MEDIAN_T or below (the expected depth where it
-    never gets there, i.e. alpha < 1 - MEDIAN_T).
+    never gets there, i.e. alpha < 1 - MEDIAN_T). median_only: None, or (with out_median) anything else when the
+    median depth is the only output wanted: a pixel stops at that Gaussian (`_composite_lanes`' median_stops), so
+    out_median is the same and out_rgb / out_depth / out_alpha are left partial (not to be used).
     """
     for j in prange(offsets.shape[0] - 1):
         tile = tile_order[j]
@@ -662,7 +670,7 @@ def _rasterize(tile_order, offsets, tile_gauss, geom, color, width, height, tile
                     best_row = best[v]
                 alive[v] -= _composite_lanes(state[v], best_row, lane_px, local[0, k], local[2, k], cyy, cbdy,
                                              local[5, k], local[6, k], local[10, k], local[11, k], local[12, k],
-                                             gid[k], None, out_median)  # out_median: track it or not
+                                             gid[k], None, out_median, median_only)  # track / stop or not
                 if alive[v] <= 0:
                     rows_left -= 1
             if rows_left <= 0:
@@ -758,6 +766,8 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
     best = np.empty((c_count, h, w), np.int32) if labelled else None
     median = (out["median_depth"] if "median_depth" in out else np.empty((c_count, h, w), np.float32)
               ) if "median_depth" in outputs else None
+    # the median depth alone (a log reference's depths): pixels stop where the median is found, the same values
+    median_only = tuple(outputs) == ("median_depth",)
     campos = batch.camera_positions_world.astype(np.float32)
     for cam in range(c_count):
         K = batch.Ks[cam].astype(np.float32)
@@ -772,7 +782,7 @@ def render_cpu(parts, batch: CameraBatch, outputs: tuple[str, ...], background: 
         offsets, tile_gauss = _bin_tiles(order, rect, tiles_x * tiles_y, tiles_x, 4 * numba.get_num_threads())
         _rasterize(_tile_order(tiles_x * tiles_y), offsets, tile_gauss, geom, color, w, h, tiles_x, background,
                    rgb[cam], depth[cam], alpha[cam], None if best is None else best[cam],
-                   None if median is None else median[cam])
+                   None if median is None else median[cam], True if median_only else None)
     result = {"rgb": rgb, "depth": depth, "alpha": alpha, "median_depth": median}
     if labelled:
         rows = "lod" if lod_px > 0 else "chunk"  # the labels of each part's rows, cached with the groups
