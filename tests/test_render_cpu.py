@@ -144,14 +144,32 @@ def test_median_depth_alone_stops_at_the_median_with_the_same_values():
     """A render of the median depth alone finishes each pixel at the Gaussian that takes it past MEDIAN_T (what
     follows cannot change it): the same median, bit for bit, as a render that composites everything, on a street
     scene exactly and at a level of detail, veils and pixels that never reach the median included."""
+    import neural_sensor.render.cpu as cpu
+
     scene = make_street_scene(30_000, seed=3)
     cameras = street_cameras(96, 64, count=3)
+    rasterize, partial = cpu._rasterize, []
+
+    def spy(*args):  # the median-only render's own alpha: where its pixels stopped
+        rasterize(*args)
+        if len(args) > 14 and args[14] is not None:
+            partial.append(args[11].copy())
+
     for lod_px in (0.0, 2.0):
-        alone = render(scene, cameras, backend="cpu", outputs=("median_depth",), lod_px=lod_px)
+        partial.clear()
+        cpu._rasterize = spy
+        try:
+            alone = render(scene, cameras, backend="cpu", outputs=("median_depth",), lod_px=lod_px)
+        finally:
+            cpu._rasterize = rasterize
         full = render(scene, cameras, backend="cpu", outputs=("rgb", "alpha", "median_depth"), lod_px=lod_px)
         assert alone.rgb is None and alone.alpha is None
         assert (full.alpha > 0.5).mean() > 0.5 and (full.alpha < 0.5).any()  # surfaces, and pixels left short
         np.testing.assert_array_equal(alone.median_depth, full.median_depth)
+        # it did stop early: most surface pixels ended at alpha 0.5-0.995, short of the full render's
+        assert len(partial) == len(cameras)
+        stopped = np.stack(partial) < full.alpha - 0.01
+        assert stopped[full.alpha > 0.5].mean() > 0.5
 
 
 def test_outputs_only_those_requested():
