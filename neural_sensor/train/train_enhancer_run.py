@@ -63,8 +63,9 @@ DATA_VERSION = "run-v7"  # bump when the stored frame fields or their making cha
 #   reference.REFERENCE_LOD_PX, so that frames made before and after never mix)
 REFERENCE_VIEWS = 2  # log views warped into each camera (NeuralSensorRig's default)
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
-SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; the shipped stage 8
-#   was fine-tuned at 10, then 600 steps at 20, which holds its delivered flicker under the raw render's: its CARD)
+SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
+#   fine-tuned at 10, then 600 steps at 20, which holds its delivered flicker under the raw render's, and the shipped
+#   stage 10 800 steps more at 20 on 48 worlds: its CARD)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
 VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
 SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
