@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="send the enhancer no log reference (the rig sends the drive log's images warped in)")
+    parser.add_argument("--reference-views", type=int, default=None, metavar="K",
+                        help="log views blended into each camera's reference (default: the enhancer's hello, as the "
+                             "runner sends)")
     parser.add_argument("--wire", choices=("zero-copy", "uint8", "float32"), default="zero-copy",
                         help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
                              "client's shared block), or converted to the client's wire dtype")
@@ -446,7 +449,9 @@ def main(argv: list[str] | None = None) -> None:
         args.worlds, args.clips, args.ticks, args.shifts = 3, 1, 2, [0.0, 2.0]
     if args.worlds < 1 or args.clips < 1 or args.ticks < 1:
         raise SystemExit("--worlds, --clips and --ticks must be >= 1")
-    args.reference_views = 0  # set from the enhancer's hello
+    if args.reference_views is not None and args.reference_views < 1:
+        raise SystemExit("--reference-views must be >= 1")
+    args.reference_views_override, args.reference_views = args.reference_views, 0  # 0: set from the enhancer's hello
     command = "python benchmarks/runtime_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {"benchmark": "runtime_fidelity", "machine": machine_name(), "command": command.strip(),
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [args.width, args.height],
@@ -498,9 +503,13 @@ def main(argv: list[str] | None = None) -> None:
                                                             "reference_views")}
             # the log views the enhancer was trained to take, as its hello says (what the runner sends it)
             args.reference_views = hello_reference_views(hello)
+            if args.reference_views_override is not None:
+                args.reference_views = args.reference_views_override
             if args.reference and args.reference_views > 0:
                 result["regime"]["enhancer_reference"] = (f"the drive log, {args.reference_views} views per camera "
-                                                          f"blended by distance (the enhancer's hello)")
+                                                          f"blended by distance ("
+                                                          + ("--reference-views)" if args.reference_views_override
+                                                             is not None else "the enhancer's hello)"))
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None
         for n, (seed, layout) in enumerate(worlds):
             t0 = time.perf_counter()

@@ -103,6 +103,11 @@ def test_enhance_tick_refuses_a_missing_answer():
         rf.enhance_tick(client, [f"c{i}" for i in range(6)], rgb, rgb[..., 0], rgb[..., 0])
 
 
+def test_reference_views_below_one_are_refused_before_any_work():
+    with pytest.raises(SystemExit, match="--reference-views must be >= 1"):
+        rf.main(["--reference-views", "0", "--enhancer", "none"])
+
+
 def test_tiny_end_to_end_run(tmp_path, capsys, monkeypatch):
     full = rf.recorded_path
     # the first 24 m of the recorded lane: fewer recorded views to reconstruct, same code path
