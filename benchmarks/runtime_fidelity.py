@@ -24,9 +24,9 @@ round-robin so straight, curve and intersection all appear):
    ("surface": ground-truth alpha > 0.5 and not labelled sky, since the textured builder draws
    the sky as a dome of Gaussians); raw and enhanced, "enhanced" being the render sent through
    the real enhancer server and client with every camera of the tick in one request as the
-   rig sends it (rgb, depth, alpha, and the drive log's two nearest images of each camera warped
-   in through the render's median depth and blended by distance, the reference; `--no-reference`:
-   without it); with `--temporal-blend B` also "temporal": the enhanced images accumulated over each
+   rig sends it (rgb, depth, alpha, and the drive log's nearest images of each camera, as many as
+   the enhancer's hello asks for or `--reference-views K`, warped in through the render's median
+   depth and blended by distance, the reference; `--no-reference`: without it); with `--temporal-blend B` also "temporal": the enhanced images accumulated over each
    clip's ticks as the rig does (`neural_sensor.enhance.temporal`; a clip's first tick has no history);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
    ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
