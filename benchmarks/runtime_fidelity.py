@@ -26,8 +26,9 @@ round-robin so straight, curve and intersection all appear):
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha, and the drive log's nearest images of each camera, as many as
    the enhancer's hello asks for or `--reference-views K`, warped in through the render's median
-   depth and blended by distance, the reference; `--no-reference`: without it); with `--temporal-blend B` also "temporal": the enhanced images accumulated over each
-   clip's ticks as the rig does (`neural_sensor.enhance.temporal`; a clip's first tick has no history);
+   depth and blended by distance, the reference; `--no-reference`: without it); with
+   `--temporal-blend B` also "temporal": the enhanced images accumulated over each clip's ticks
+   as the rig does (`neural_sensor.enhance.temporal`; a clip's first tick has no history);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
    ground truth's own mean colour in every pixel of a view (flat_psnr, flat_ssim: fog converges to it);
 6. temporal flicker along each clip: frame t-1 warped into frame t with the GROUND-TRUTH (median)
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enhancer", default="local", metavar="local|tcp://HOST:PORT|none")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="send the enhancer no log reference (the rig sends the drive log's images warped in)")
-    parser.add_argument("--reference-views", type=int, default=None, metavar="K",
+    parser.add_argument("--reference-views", dest="views_option", type=int, default=None, metavar="K",
                         help="log views blended into each camera's reference (default: the enhancer's hello, as the "
                              "runner sends)")
     parser.add_argument("--wire", choices=("zero-copy", "uint8", "float32"), default="zero-copy",
@@ -449,9 +450,9 @@ def main(argv: list[str] | None = None) -> None:
         args.worlds, args.clips, args.ticks, args.shifts = 3, 1, 2, [0.0, 2.0]
     if args.worlds < 1 or args.clips < 1 or args.ticks < 1:
         raise SystemExit("--worlds, --clips and --ticks must be >= 1")
-    if args.reference_views is not None and args.reference_views < 1:
+    if args.views_option is not None and args.views_option < 1:
         raise SystemExit("--reference-views must be >= 1")
-    args.reference_views_override, args.reference_views = args.reference_views, 0  # 0: set from the enhancer's hello
+    args.reference_views = 0  # set from the enhancer's hello (or --reference-views)
     command = "python benchmarks/runtime_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {"benchmark": "runtime_fidelity", "machine": machine_name(), "command": command.strip(),
               "regime": {"rig": "nuscenes_like_rig (6 cameras)", "size": [args.width, args.height],
@@ -502,14 +503,12 @@ def main(argv: list[str] | None = None) -> None:
             result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                             "reference_views")}
             # the log views the enhancer was trained to take, as its hello says (what the runner sends it)
-            args.reference_views = hello_reference_views(hello)
-            if args.reference_views_override is not None:
-                args.reference_views = args.reference_views_override
+            from_hello = args.views_option is None
+            args.reference_views = hello_reference_views(hello) if from_hello else args.views_option
             if args.reference and args.reference_views > 0:
-                result["regime"]["enhancer_reference"] = (f"the drive log, {args.reference_views} views per camera "
-                                                          f"blended by distance ("
-                                                          + ("--reference-views)" if args.reference_views_override
-                                                             is not None else "the enhancer's hello)"))
+                result["regime"]["enhancer_reference"] = (
+                    f"the drive log, {args.reference_views} views per camera blended by distance "
+                    + ("(the enhancer's hello)" if from_hello else "(--reference-views)"))
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None
         for n, (seed, layout) in enumerate(worlds):
             t0 = time.perf_counter()
