@@ -6,7 +6,8 @@
    recorded, reconstructed, colour-refined; the builder's street included, built first).
 2. Run the demo scenario (cut_in, 6 cameras at 480x270) for --ticks ticks in each mode:
    "demo" (what `neural-sensor demo` runs: the reconstruction and a local enhancer server;
-   without and with the video writer), "chain" (the reconstruction, no enhancer) and
+   without and with the video writer; "demo_float32": the same with the enhancer's arithmetic forced
+   to float32, the baseline of a host where the server's auto precision picks bfloat16), "chain" (the reconstruction, no enhancer) and
    "builder" (the ground-truth mode, `--scene builder`); report ticks/s (wall, first tick
    included), the median ms of a whole tick and of every stage (sim, compose, render,
    enhance, deliver, agent, record), and with the enhancer the median of its round trip above
@@ -33,6 +34,7 @@ from scenarios.runner import RunOptions, load_scenario, run_scenario
 
 MODES = {  # name: (RunOptions fields, video)
     "demo": (dict(scene="reconstruction", enhancer="local"), False),
+    "demo_float32": (dict(scene="reconstruction", enhancer="local", enhancer_precision="float32"), False),
     "demo_video": (dict(scene="reconstruction", enhancer="local"), True),
     "chain": (dict(scene="reconstruction"), False),
     "builder": (dict(scene="builder"), False),
@@ -83,6 +85,7 @@ def main() -> None:
             result[mode].update(scene=summary["scene"]["source"], gaussians=summary["scene"]["n_gaussians"],
                                 enhanced_ticks=(summary["enhancer"] or {}).get("ticks_enhanced"),
                                 enhancer_transport=(summary["enhancer"] or {}).get("transport"),
+                                enhancer_cpu_precision=(summary["enhancer"] or {}).get("cpu_precision"),
                                 transport_ms_median=(summary["enhancer"] or {}).get("transport_ms_median"))
     parts = [f"{m} {result[m]['ticks_per_s']} ticks/s ({result[m]['tick_ms_median']} ms per tick)" for m in modes]
     result["summary"] = (f"{result['machine']}: " + "; ".join(parts) +

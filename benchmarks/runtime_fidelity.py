@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
                              "client's shared block), or converted to the client's wire dtype")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
+    parser.add_argument("--enhancer-precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="--enhancer local: the model's arithmetic on a CPU (auto, as a run: bfloat16 with AMX)")
     parser.add_argument("--temporal-blend", type=float, default=None, metavar="B",
                         help="also measure the enhanced images accumulated over each clip's ticks with this history "
                              "weight (neural_sensor.enhance.temporal; metrics named temporal_*)")
@@ -496,12 +498,13 @@ def main(argv: list[str] | None = None) -> None:
 
             endpoint = args.enhancer
             if endpoint == "local":
-                endpoint = stack.enter_context(local_server(checkpoint=args.enhancer_checkpoint)).endpoint
+                endpoint = stack.enter_context(local_server(checkpoint=args.enhancer_checkpoint,
+                                                            precision=args.enhancer_precision)).endpoint
             client = stack.enter_context(EnhancerClient(endpoint, deadline_ms=120_000,
                                                         wire_dtype="uint8" if args.wire == "zero-copy" else args.wire))
             hello = client.wait_ready()
             result["enhancer"] = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version",
-                                                            "reference_views")}
+                                                            "reference_views", "cpu_precision")}
             # the log views the enhancer was trained to take, as its hello says (what the runner sends it)
             from_hello = args.views_option is None
             args.reference_views = hello_reference_views(hello) if from_hello else args.views_option

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from neural_sensor.cli import add_render_commands, run_render_command
+from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
 
@@ -69,6 +70,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
+    parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
+                        help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
+                             "has AMX, where it is faster; float32 elsewhere)")
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less)")
@@ -188,6 +192,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
+                         enhancer_precision=args.enhancer_precision,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend, truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 

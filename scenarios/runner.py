@@ -81,6 +81,8 @@ class RunOptions:
     enhancer: str | None = None  # None | "local" (start a server subprocess) | "tcp://HOST:PORT" of a running server
     enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
+    enhancer_precision: str = "auto"  # for "local": the model's arithmetic on a CPU, auto (bfloat16 where the CPU has
+    #                                   AMX) | float32 | bfloat16 (enhance.precision)
     log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
     #                             reference_views); False: none (faster: no median depth and no warp per tick)
     temporal_blend: float = TEMPORAL_BLEND  # with an enhancer: the weight of each camera's previous enhanced image,
@@ -383,6 +385,13 @@ def _check_enhancer_options(options: RunOptions) -> None:
         raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
     if options.enhancer_checkpoint is not None and endpoint != "local":
         raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
+    from neural_sensor.enhance.precision import CPU_PRECISIONS
+
+    if options.enhancer_precision not in CPU_PRECISIONS:
+        raise ValueError(f"enhancer precision must be one of {', '.join(CPU_PRECISIONS)}, "
+                         f"got {options.enhancer_precision!r}")
+    if options.enhancer_precision != "auto" and endpoint != "local":
+        raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
 
 
 def _connect_enhancer(options: RunOptions):
@@ -394,7 +403,8 @@ def _connect_enhancer(options: RunOptions):
     try:
         endpoint = options.enhancer
         if endpoint == "local":
-            server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT)
+            server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT,
+                                  precision=options.enhancer_precision)
             endpoint = server.endpoint
         client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
         client.wait_ready(timeout_s=10.0)
@@ -534,7 +544,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 for sid, values in truth_psnr.items()},
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
-                **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version")},
+                **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version",
+                                                                    "cpu_precision")},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
                 "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",  # the path at the end of the run
                 "transport_ms_median": _median(transport_ms) if transport_ms else None},

@@ -327,6 +327,31 @@ def test_hello_says_how_many_log_views_the_checkpoint_takes(tmp_path, identity_c
             broker.close()
 
 
+def test_the_cpu_precision_is_chosen_checked_and_said_at_hello(identity_checkpoint):
+    """A server resolves --precision on its host (auto: bfloat16 with AMX) and says it at hello; an unknown one
+    is refused before anything starts, by the broker, `start_server` and a run's options."""
+    from neural_sensor.enhance.precision import resolve_cpu_precision
+    from neural_sensor.enhance.server import Broker
+    from scenarios.runner import RunOptions, _check_enhancer_options
+
+    for precision in ("auto", "float32", "bfloat16"):
+        broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1,
+                                     precision=precision))
+        try:
+            assert broker._hello()["cpu_precision"] == resolve_cpu_precision(precision)
+        finally:
+            broker.close()
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, got 'half'"):
+        Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), precision="half"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        start_server(checkpoint=identity_checkpoint, precision="half")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="half"))
+    with pytest.raises(ValueError, match="--enhancer-precision is for --enhancer local"):
+        _check_enhancer_options(RunOptions(enhancer="tcp://127.0.0.1:5555", enhancer_precision="float32"))
+    _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="bfloat16"))
+
+
 def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_checkpoint):
     from neural_sensor.enhance.server import Broker
 

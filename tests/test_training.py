@@ -163,6 +163,37 @@ def test_enhance_on_a_cpu_equals_the_torch_forward(unshuffle, h, w):
         model.enhance(rgb, depth[:, :-1], alpha)
 
 
+def test_enhance_in_bfloat16_stays_within_a_level_of_float32():
+    """`set_cpu_precision("bfloat16")` (what a server picks on a CPU with AMX) runs the shipped enhancer's UNet
+    under a bfloat16 autocast: its output differs from float32's (the autocast is on) by at most 0.01 and by
+    less than 1e-3 on average (a quarter of an 8-bit level), a street-like frame with its reference. Float32 is
+    the default; an unknown precision is a ValueError naming the choices."""
+    import numpy as np
+
+    from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
+    from neural_sensor.enhance.model import Enhancer
+
+    model = Enhancer.from_pretrained(default_checkpoint(DEFAULT_ENHANCER))
+    assert model.cpu_precision == "float32"
+    rng = np.random.default_rng(3)
+    c, h, w = 2, 64, 96
+    ramp = np.linspace(0.2, 0.8, w, dtype=np.float32)[None, None, :, None]
+    rgb = np.clip(ramp + 0.05 * rng.standard_normal((c, h, w, 3)), 0, 1).astype(np.float32)
+    depth = np.broadcast_to(np.linspace(40.0, 4.0, h, dtype=np.float32)[None, :, None], (c, h, w)).copy()
+    alpha = np.ones((c, h, w), np.float32)
+    ref = np.clip(rgb + 0.03 * rng.standard_normal(rgb.shape), 0, 1).astype(np.float32)
+    valid = rng.random((c, h, w)) > 0.2
+    exact = model.enhance(rgb, depth, alpha, ref, valid)
+    assert model.set_cpu_precision("bfloat16") == "bfloat16"
+    fast = model.enhance(rgb, depth, alpha, ref, valid)
+    difference = np.abs(fast - exact)
+    assert not np.array_equal(fast, exact)
+    assert difference.max() <= 0.01 and difference.mean() < 1e-3, (difference.max(), difference.mean())
+    assert model.set_cpu_precision("auto") in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="auto, float32, bfloat16"):
+        model.set_cpu_precision("float16")
+
+
 @pytest.mark.parametrize("unshuffle, h, w, reference", [(2, 27, 48, False), (4, 37, 70, True), (1, 13, 21, False)])
 def test_enhance_reads_and_writes_wire_frames_in_place(unshuffle, h, w, reference):
     """A server hands `enhance` the wire's frames as they arrived (uint8 rgb / alpha, float16 depth, per camera)

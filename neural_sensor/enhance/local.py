@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
+from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.protocol import shm_folder_for
 
 DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_ENHANCER)
@@ -53,15 +54,17 @@ def _remove_folders(folder: Path) -> None:
 
 def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp://127.0.0.1:*", workers: int = 1,
                  threads: int = 0, timeout_s: float = 120.0, quiet: bool = True,
-                 shared_memory: bool = True) -> LocalServer:
+                 shared_memory: bool = True, precision: str = "auto") -> LocalServer:
     """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready (`shared_memory`:
-    offer same-host clients shared blocks)."""
+    offer same-host clients shared blocks; `precision`: the model's arithmetic on a CPU, as its --precision)."""
+    if precision not in CPU_PRECISIONS:
+        raise ValueError(f"enhancer precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
     folder = Path(tempfile.mkdtemp(prefix="enhancer-local-"))
     ready_file = folder / "ready.json"
     log = folder / "server.log"
     cmd = [sys.executable, "-m", "neural_sensor.enhance.server", "--bind", bind, "--checkpoint", str(checkpoint),
            "--workers", str(workers), "--threads", str(threads), "--ready-file", str(ready_file),
-           "--parent-pid", str(os.getpid()), "--owned-folder", str(folder)]
+           "--parent-pid", str(os.getpid()), "--owned-folder", str(folder), "--precision", precision]
     if not shared_memory:
         cmd.append("--no-shared-memory")
     t_end = time.monotonic() + timeout_s

@@ -24,8 +24,9 @@ from neural_sensor.enhance.direct import DirectSockets, batches
 
 
 def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_folder: str | None = None,
-                 nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES) -> None:
-    """A worker: load the model, say READY, then answer JOBs (and direct requests) until the broker goes away."""
+                 nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES, precision: str = "float32") -> None:
+    """A worker: load the model (its CPU arithmetic `precision`, as `Enhancer.set_cpu_precision` takes it), say
+    READY, then answer JOBs (and direct requests) until the broker goes away."""
     import torch
 
     from neural_sensor.enhance.model import Enhancer
@@ -33,6 +34,7 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
     model = Enhancer.from_pretrained(checkpoint)
+    model.set_cpu_precision(precision)
     try:
         model.warm_up()
     except Exception as err:  # noqa: BLE001 - only a warm-up (a user's model may not take its tiniest frame)
