@@ -1,8 +1,9 @@
 """Enhancer benchmark: model time, transport overhead, and resilience to server restarts.
 
 1. model: the checkpoint's ms per frame at 480x270 in this process (a batch of 6 cameras,
-   torch threads = cores), median over repeats, and its ratio to a baseline run alternating with it
-   (the plain torch forward on a contiguous NCHW input, as `enhance` ran before 2026-12-01).
+   torch threads = cores, the CPU precision a server picks here: bfloat16 with AMX), median over repeats,
+   and its ratio to a baseline run alternating with it (the plain torch forward on a contiguous NCHW
+   input in float32, as `enhance` ran before 2026-12-01) and, where bfloat16 is picked, to float32.
 2. transport: the same 6 x 480x270 batch (with the warped log, as the rig sends it) through
    EnhancerClient -> worker on loopback, decoded into buffers the caller owns
    (`enhance(frames, out=...)`, as the rig calls it); overhead per tick = client round trip -
@@ -70,28 +71,38 @@ def _plain_torch_enhance(model: Enhancer, rgb: np.ndarray, depth: np.ndarray, al
 
 
 def bench_model(checkpoint: Path, repeats: int) -> dict:
-    """The shipped `enhance` on a CPU, and its ratio to the plain torch baseline, alternating in this process."""
+    """The shipped `enhance` on a CPU at the precision a server picks here (`--precision auto`), its ratio to the
+    plain torch baseline and, where that precision is bfloat16, to the same path in float32; alternating in this
+    process."""
     torch.set_num_threads(os.cpu_count() or 1)
     model = Enhancer.from_pretrained(checkpoint)
+    precision = model.set_cpu_precision("auto")
+    exact = Enhancer.from_pretrained(checkpoint)  # float32
     frames = _frames(0)
     rgb = np.stack([f["rgb"] for f in frames])
     depth = np.stack([f["depth"] for f in frames])
     alpha = np.stack([f["alpha"] for f in frames])
-    model.enhance(rgb, depth, alpha)  # warm up both
-    _plain_torch_enhance(model, rgb, depth, alpha)
-    times, baseline = [], []
+    runs = {"shipped": lambda: model.enhance(rgb, depth, alpha),
+            "baseline": lambda: _plain_torch_enhance(exact, rgb, depth, alpha)}
+    if precision != "float32":
+        runs["float32"] = lambda: exact.enhance(rgb, depth, alpha)
+    for run in runs.values():  # warm up
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for run, into in ((lambda: model.enhance(rgb, depth, alpha), times),
-                          (lambda: _plain_torch_enhance(model, rgb, depth, alpha), baseline)):
+        for name, run in runs.items():
             t0 = time.perf_counter()
             run()
-            into.append((time.perf_counter() - t0) * 1000.0)
-    return {"ms_per_tick_6_frames": round(float(np.median(times)), 2),
-            "ms_per_frame": round(float(np.median(times)) / 6, 2), "repeats": repeats,
-            "baseline_plain_torch_ms_per_tick": round(float(np.median(baseline)), 2),
-            "ratio_to_baseline": round(float(np.median(times) / np.median(baseline)), 3),
-            "baseline": "the torch forward on a contiguous NCHW input (enhance before channels-last and its "
-                        "compiled passes), alternating with the shipped path",
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    median = {name: float(np.median(values)) for name, values in times.items()}
+    return {"ms_per_tick_6_frames": round(median["shipped"], 2), "ms_per_frame": round(median["shipped"] / 6, 2),
+            "cpu_precision": precision, "repeats": repeats,
+            "baseline_plain_torch_ms_per_tick": round(median["baseline"], 2),
+            "ratio_to_baseline": round(median["shipped"] / median["baseline"], 3),
+            "baseline": "the torch forward on a contiguous NCHW input in float32 (enhance before channels-last "
+                        "and its compiled passes), alternating with the shipped path",
+            **({"float32_ms_per_tick": round(median["float32"], 2),
+                "ratio_to_float32": round(median["shipped"] / median["float32"], 3)} if "float32" in median else {}),
             "torch_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -244,8 +255,9 @@ def main() -> None:
         result["restarts"] = bench_restarts(args.checkpoint, args.ticks, args.restart_every, *args.restart_size,
                                             args.tick_hz)
     m, t = result["model"], result["transport"]
-    summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270 ({m['ratio_to_baseline']} x the "
-               f"plain torch baseline); transport overhead per tick "
+    against_float32 = f", {m['ratio_to_float32']} x float32" if "ratio_to_float32" in m else ""
+    summary = (f"{result['machine']}: model {m['ms_per_frame']} ms/frame at 480x270 in {m['cpu_precision']} "
+               f"({m['ratio_to_baseline']} x the plain torch baseline{against_float32}); transport overhead per tick "
                f"(6 x 480x270, median / p90): " +
                ", ".join(f"{name} {t[name]['overhead_ms_median']} / {t[name]['overhead_ms_p90']} ms" for name in TRANSPORTS))
     if "restarts" in result:
