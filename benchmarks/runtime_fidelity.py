@@ -74,6 +74,7 @@ import numpy as np
 from _machine import machine_name, write_result
 from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
+from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TemporalFilter
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.labels import CityObjectLabel
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
                              "client's shared block), or converted to the client's wire dtype")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
-    parser.add_argument("--enhancer-precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="--enhancer local: the model's arithmetic on a CPU (auto, as a run: bfloat16 with AMX)")
     parser.add_argument("--temporal-blend", type=float, default=None, metavar="B",
                         help="also measure the enhanced images accumulated over each clip's ticks with this history "
