@@ -42,6 +42,23 @@ def test_identity_samples_ask_for_their_own_input_back():
     assert not valid.any()
 
 
+def test_shift_weights_draw_frames_in_proportion():
+    """`--shift-weights`: a frame is drawn in proportion to its shift's weight (a weight of 0 never), uniformly
+    without weights; a shift of the data without a weight, or all weights 0, is a ValueError naming it."""
+    shift_m = np.array([0.0] * 6 + [1.0] * 6 + [3.0] * 6, np.float32)
+    assert train_enhancer_run.shift_probabilities(shift_m, ()) is None
+    p = train_enhancer_run.shift_probabilities(shift_m, ((0.0, 0.0), (1.0, 1.0), (3.0, 3.0)))
+    np.testing.assert_allclose(p, np.repeat([0.0, 1 / 24, 3 / 24], 6))
+    rng = np.random.default_rng(0)
+    idx = train_enhancer_run._draw_crops((18, 80, 112), rng, 4000, (64, 96), 0.0, p)[0]
+    counts = np.bincount((shift_m[idx]).astype(int), minlength=4)
+    assert counts[0] == 0 and abs(counts[3] / counts[1] - 3.0) < 0.4, counts
+    with pytest.raises(ValueError, match=r"missing \[3.0\]"):
+        train_enhancer_run.shift_probabilities(shift_m, ((0.0, 1.0), (1.0, 1.0)))
+    with pytest.raises(ValueError, match="weight 0"):
+        train_enhancer_run.shift_probabilities(shift_m, ((0.0, 0.0), (1.0, 0.0), (3.0, 0.0)))
+
+
 def test_run_enhancer_training_checkpoints_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))

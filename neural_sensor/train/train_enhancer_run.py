@@ -99,6 +99,8 @@ class RunEnhancerTrainConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # stop at this many seconds of training even before `steps` (0: no budget)
     device: str = "cpu"  # "cpu" or "cuda"
+    shift_weights: tuple[tuple[float, float], ...] = ()  # (shift_m, weight): frames (and pairs) drawn in proportion
+    #                                                      to the weight of their shift; () = uniformly
 
 
 def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
@@ -237,13 +239,32 @@ def _load_worlds(data_root: Path, recon_folder: Path, seeds, what: str, load) ->
     return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
 
 
+def shift_probabilities(shift_m: np.ndarray, shift_weights) -> np.ndarray | None:
+    """Each frame's probability of being drawn, [N] summing to 1, from its shift_m [N] and (shift_m, weight) pairs
+    (every shift present must have a weight); None for no weights (uniform)."""
+    if not shift_weights:
+        return None
+    table = {round(float(shift), 3): float(weight) for shift, weight in shift_weights}
+    missing = sorted({round(float(s), 3) for s in shift_m} - set(table))
+    if missing or any(w < 0 for w in table.values()):
+        raise ValueError(f"shift weights {dict(table)}: need a weight >= 0 for every shift in the data, "
+                         f"missing {missing}")
+    weights = np.array([table[round(float(s), 3)] for s in shift_m], np.float64)
+    if not weights.sum() > 0:
+        raise ValueError(f"shift weights {dict(table)} give every frame weight 0")
+    return weights / weights.sum()
+
+
 def _draw_crops(shape: tuple[int, int, int], rng: np.random.Generator, count: int, crop: tuple[int, int],
-                identity_fraction: float):
-    """(frame index, crop top, crop left, identity, flip), [count] each, for frames of shape (N, H, W)."""
+                identity_fraction: float, probabilities: np.ndarray | None = None):
+    """(frame index, crop top, crop left, identity, flip), [count] each, for frames of shape (N, H, W); frames
+    drawn uniformly or by `probabilities` [N]."""
     n, height, width = shape
     ch, cw = crop
     assert ch <= height and cw <= width, (crop, height, width)
-    idx = rng.integers(n, size=count)
+    assert probabilities is None or probabilities.shape == (n,), (None if probabilities is None else
+                                                                  probabilities.shape, n)
+    idx = rng.integers(n, size=count) if probabilities is None else rng.choice(n, size=count, p=probabilities)
     ys, xs = rng.integers(0, height - ch + 1, size=count), rng.integers(0, width - cw + 1, size=count)
     return idx, ys, xs, rng.random(count) < identity_fraction, rng.random(count) < 0.5
 
@@ -263,15 +284,17 @@ def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: in
 
 
 def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: int, crop: tuple[int, int],
-                 identity_fraction: float, reference_dropout: float = 0.0):
+                 identity_fraction: float, reference_dropout: float = 0.0, probabilities: np.ndarray | None = None):
     """Crops of `count` frame pairs, the same window (and flip) in both frames: (rgb [2B, 3, h, w], depth [2B, h,
     w], alpha [2B, h, w], target [2B, 3, h, w], reference [2B, 3, h, w], reference_valid [2B, h, w], source [B, h,
     w] int64), rows 0..B-1 the earlier frames, B..2B-1 the later ones; source: each later-crop pixel's flat index
     in its earlier crop, -1 where that frame does not see it or it falls outside the window. A fraction of the
-    pairs are clean renders (the truth as input, no reference); `reference_dropout` of the others have none."""
+    pairs are clean renders (the truth as input, no reference); `reference_dropout` of the others have none;
+    `probabilities` [N] draws the pairs unevenly (`shift_probabilities`)."""
     width = pairs["rgb"].shape[2]
     ch, cw = crop
-    idx, ys, xs, identity, flip = _draw_crops(pairs["rgb"].shape[:3], rng, count, crop, identity_fraction)
+    idx, ys, xs, identity, flip = _draw_crops(pairs["rgb"].shape[:3], rng, count, crop, identity_fraction,
+                                              probabilities)
     use_reference = ~identity & (rng.random(count) >= reference_dropout)
     items = {k: [] for k in ("rgb", "depth", "alpha", "target", "reference", "reference_valid")}
     sources = []
@@ -323,12 +346,13 @@ def temporal_change_error(pred_prev: torch.Tensor, pred: torch.Tensor, target_pr
 
 
 def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
-                 identity_fraction: float, reference_dropout: float = 0.0):
+                 identity_fraction: float, reference_dropout: float = 0.0, probabilities: np.ndarray | None = None):
     """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], reference [B, 3, h, w],
     reference_valid [B, h, w], identity [B] bool): random crops, flips, and a fraction of clean-render identity
     samples (no reference); `reference_dropout` of the others go without their reference too."""
     ch, cw = crop
-    idx, ys, xs, identity, flip = _draw_crops(frames["rgb"].shape[:3], rng, batch, crop, identity_fraction)
+    idx, ys, xs, identity, flip = _draw_crops(frames["rgb"].shape[:3], rng, batch, crop, identity_fraction,
+                                              probabilities)
     use_reference = ~identity & (rng.random(batch) >= reference_dropout)
     items: list[list] = [[] for _ in range(6)]
     for i, y, x, ident, fl, use in zip(idx, ys, xs, identity, flip, use_reference):
@@ -406,6 +430,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     if config.temporal_weight > 0:
         pairs = load_pairs(data_root, recon_folder, range(config.worlds), "train", config.pairs_per_world, cache_dir)
         eval_pairs = load_pairs(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
+    frame_p = shift_probabilities(frames["shift_m"], config.shift_weights)
+    pair_p = None if pairs is None else shift_probabilities(pairs["shift_m"], config.shift_weights)
 
     def monitor() -> dict:
         return {**evaluate(model, eval_frames), **(evaluate_pairs(model, eval_pairs) if eval_pairs else {})}
@@ -430,7 +456,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         model.train()
         set_cosine_lr(optimiser, config.lr, step, config.steps)
         rgb, depth, alpha, target, reference, valid, identity = sample_batch(
-            frames, rng, config.batch, config.crop, config.identity_fraction, config.reference_dropout)
+            frames, rng, config.batch, config.crop, config.identity_fraction, config.reference_dropout, frame_p)
         rgb, depth, alpha, target, reference, valid = (t.to(config.device)
                                                        for t in (rgb, depth, alpha, target, reference, valid))
         pred = model(rgb, depth, alpha, reference, valid)
@@ -449,7 +475,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         if pairs is not None:
             p_rgb, p_depth, p_alpha, p_target, p_ref, p_valid, source = (
                 t.to(config.device) for t in sample_pairs(pairs, rng, config.pair_batch, config.crop,
-                                                          config.identity_fraction, config.reference_dropout))
+                                                          config.identity_fraction, config.reference_dropout, pair_p))
             p_pred = model(p_rgb, p_depth, p_alpha, p_ref, p_valid)
             half = config.pair_batch
             loss_temporal = temporal_change_error(p_pred[:half], p_pred[half:], p_target[:half], p_target[half:],
@@ -491,10 +517,19 @@ def main() -> None:
     parser.add_argument("--temporal-weight", type=float, default=SHIPPED_TEMPORAL_WEIGHT,
                         help="weight of the temporal-change term on consecutive frame pairs (0: off)")
     parser.add_argument("--pairs", type=int, default=4, help="frame-pair poses per world (with --temporal-weight)")
+    parser.add_argument("--shift-weights", default="", metavar="S:W,...",
+                        help="draw frames in proportion to the weight of their shift off the path, e.g. "
+                             "0:0.5,0.5:1,1:1,2:1.5,3:1.5 (every shift of the data needs one; default: uniformly)")
     args = parser.parse_args()
+    try:
+        shift_weights = tuple((float(a), float(b)) for a, b in (item.split(":") for item in args.shift_weights.split(",")
+                                                                if item.strip()))
+    except ValueError:
+        parser.error(f"--shift-weights {args.shift_weights!r}: expected SHIFT:WEIGHT pairs separated by commas")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
-                                    device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs)
+                                    device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
+                                    shift_weights=shift_weights)
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
