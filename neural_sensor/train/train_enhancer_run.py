@@ -66,7 +66,7 @@ REFERENCE_VIEWS = 2  # log views warped into each camera (NeuralSensorRig's defa
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
 #   fine-tuned at 10, then 600 steps at 20, which holds its delivered flicker under the raw render's, and the shipped
-#   stage 10 800 steps more at 20 on 48 worlds: its CARD)
+#   stage 10 800 steps more at 20 on 48 worlds; stage 12, shipped, 800 more with --shift-weights: its CARD)
 RUN_SIZE = (480, 270)  # the rig's size in a run (nuscenes_like_rig's default)
 VOXEL_M = 0.3  # the runner's voxel size (Scenario.voxel_m's default)
 SHIFTS_M = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0)  # drawn uniformly: a third of the frames on the recorded path
