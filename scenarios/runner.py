@@ -385,12 +385,9 @@ def _check_enhancer_options(options: RunOptions) -> None:
         raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
     if options.enhancer_checkpoint is not None and endpoint != "local":
         raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
-    from neural_sensor.enhance.precision import CPU_PRECISIONS
+    from neural_sensor.enhance.precision import check_cpu_precision
 
-    if options.enhancer_precision not in CPU_PRECISIONS:
-        raise ValueError(f"enhancer precision must be one of {', '.join(CPU_PRECISIONS)}, "
-                         f"got {options.enhancer_precision!r}")
-    if options.enhancer_precision != "auto" and endpoint != "local":
+    if check_cpu_precision(options.enhancer_precision) != "auto" and endpoint != "local":
         raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
 
 

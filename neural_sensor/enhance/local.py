@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
-from neural_sensor.enhance.precision import CPU_PRECISIONS
+from neural_sensor.enhance.precision import check_cpu_precision
 from neural_sensor.enhance.protocol import shm_folder_for
 
 DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_ENHANCER)
@@ -57,8 +57,7 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
                  shared_memory: bool = True, precision: str = "auto") -> LocalServer:
     """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready (`shared_memory`:
     offer same-host clients shared blocks; `precision`: the model's arithmetic on a CPU, as its --precision)."""
-    if precision not in CPU_PRECISIONS:
-        raise ValueError(f"enhancer precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
+    check_cpu_precision(precision)  # before anything starts
     folder = Path(tempfile.mkdtemp(prefix="enhancer-local-"))
     ready_file = folder / "ready.json"
     log = folder / "server.log"

@@ -28,11 +28,16 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def resolve_cpu_precision(precision: str) -> str:
-    """"float32" or "bfloat16" for a `CPU_PRECISIONS` value: "auto" is bfloat16 where the CPU has AMX
-    (`cpu_has_amx`), float32 elsewhere. ValueError for anything else."""
+def check_cpu_precision(precision: str) -> str:
+    """`precision` itself when it is one of CPU_PRECISIONS; ValueError naming the choices otherwise."""
     if precision not in CPU_PRECISIONS:
         raise ValueError(f"enhancer CPU precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
+    return precision
+
+
+def resolve_cpu_precision(precision: str) -> str:
+    """"float32" or "bfloat16" for a `CPU_PRECISIONS` value: "auto" is bfloat16 where the CPU has AMX
+    (`cpu_has_amx`), float32 elsewhere. ValueError for anything else (`check_cpu_precision`)."""
+    if check_cpu_precision(precision) == "auto":
         return "bfloat16" if cpu_has_amx() else "float32"
     return precision
