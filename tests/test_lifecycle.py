@@ -22,6 +22,9 @@ from benchmarks.lifecycle_soak import MARKER, processes_with_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", "64", "--height", "36", "--no-video", "--scene", "builder"]  # the chain is tested on its own
+# runs a signal must catch mid-run: at the rig's full size, so the demo cannot reach the end of its route (~400
+# ticks; a second or two at 64x36) while a loaded machine keeps the test from sending the signal
+LONG = ["--width", "480", "--height", "270", "--no-video", "--scene", "builder"]
 
 
 def _cli(args, tmp_path, *, env=None, cwd=None, timeout=300):
@@ -87,7 +90,7 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path, enhancer):
     marker = uuid.uuid4().hex
     out_parent = tmp_path / "records"
     out_parent.mkdir()
-    args = ["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out")]
+    args = ["demo", "--ticks", "100000", *LONG, "-o", str(out_parent / "out")]
     if enhancer:
         args += ["--enhancer", "local"]
     proc, tmpdir = _start(args, tmp_path, marker)
@@ -142,7 +145,7 @@ def test_ctrl_c_is_one_line_not_a_traceback(tmp_path):
     marker = uuid.uuid4().hex
     out_parent = tmp_path / "records"
     out_parent.mkdir()
-    proc, tmpdir = _start(["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out")], tmp_path, marker)
+    proc, tmpdir = _start(["demo", "--ticks", "100000", *LONG, "-o", str(out_parent / "out")], tmp_path, marker)
     _wait_for(proc, "cut_in:")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
@@ -156,7 +159,7 @@ def test_sigkilled_run_takes_its_enhancer_server_with_it(tmp_path):
     marker = uuid.uuid4().hex
     out_parent = tmp_path / "records"
     out_parent.mkdir()
-    proc, tmpdir = _start(["demo", "--ticks", "100000", *TINY, "-o", str(out_parent / "out"),
+    proc, tmpdir = _start(["demo", "--ticks", "100000", *LONG, "-o", str(out_parent / "out"),
                            "--enhancer", "local"], tmp_path, marker)
     _wait_for(proc, "cut_in:")
     servers = [pid for pid, cmd in processes_with_marker(marker) if "neural_sensor.enhance.server" in cmd]

@@ -78,6 +78,41 @@ def test_run_enhancer_training_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert "perceptual" in history[1] and "perceptual" not in history[2]  # the VGG16 term every second step
     model = Enhancer.from_pretrained(out)
     assert model.config.unshuffle == 4 and model.config.model_name == "enhancer-run"
+    # a widened fine-tune with the squared-error term: the checkpoint is the wide model
+    wide_config = train_enhancer_run.replace(config, steps=1, widen=True, mse_weight=10.0, perceptual_weight=0.0)
+    summary = train_enhancer_run.train(wide_config, tmp_path / "wide", data, recon, init=out)
+    assert np.isfinite(summary["final"]["loss"])
+    assert tuple(Enhancer.from_pretrained(tmp_path / "wide").config.block_out_channels) == (32, 64, 128)
+    with pytest.raises(ValueError, match="widen needs init"):
+        train_enhancer_run.train(wide_config, tmp_path / "wide2", data, recon)
+
+
+def test_widened_enhancer_starts_as_the_same_function():
+    """`widened` doubles every UNet width of a trained (here: perturbed) enhancer and computes the same image to
+    float rounding, the time embedding and the skip concatenations included; noise parts the copies a little."""
+    import torch
+
+    small = train_enhancer_run.new_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in small.parameters():  # a non-trivial function (a fresh model is the identity)
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    wide = train_enhancer_run.widened(small)
+    assert tuple(wide.config.block_out_channels) == (32, 64, 128)
+    assert wide.config.model_name == small.config.model_name and wide.config.unshuffle == small.config.unshuffle
+    rgb = torch.rand(2, 3, 48, 80, generator=generator)
+    depth = torch.rand(2, 48, 80, generator=generator) * 30 + 1
+    alpha, valid = torch.ones(2, 48, 80), (torch.rand(2, 48, 80, generator=generator) > 0.5).float()
+    reference = torch.rand(2, 3, 48, 80, generator=generator)
+    with torch.no_grad():
+        before = small.eval()(rgb, depth, alpha, reference, valid)
+        after = wide.eval()(rgb, depth, alpha, reference, valid)
+        parted = train_enhancer_run.widened(small, noise=0.01).eval()(rgb, depth, alpha, reference, valid)
+    assert float((before - rgb).abs().mean()) > 0.01  # the residual is not trivially zero
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    assert 0 < float((parted - before).abs().max()) < 0.05
+    with pytest.raises(ValueError, match="keeps the shape"):
+        train_enhancer_run.new_model(train_enhancer_run.Path("checkpoints/enhancer-run"), (32, 64, 128))
 
 
 def _fake_pairs(seed, split, pairs, recon_folder, cache_dir=None):

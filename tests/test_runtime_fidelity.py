@@ -141,3 +141,47 @@ def _prefix(points: np.ndarray, length_m: float) -> np.ndarray:
     """The first length_m of a polyline [P, 2]."""
     path = Polyline(points)
     return np.array([path.at(s)[0] for s in np.linspace(0.0, min(length_m, path.length_m), 7)])
+
+
+def test_log_reference_probes_noise_and_sweep():
+    """benchmarks/log_reference.py's geometry probes: the smooth depth noise has the AbsRel it promises, and the
+    photo-consistency sweep takes a depth 8 % off a textured plane back to the plane, leaving pixels without a
+    surface (and a camera with one view) as they were; the views' disagreement gate fires through the wrong depth
+    and not through the true one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import log_reference as lr
+
+    rng = np.random.default_rng(0)
+    field = lr.smooth_log_noise((96, 160), 0.06, rng)
+    assert field.shape == (96, 160) and (field > 0).all()
+    assert abs(float(np.mean(np.abs(field - 1.0))) - 0.8 * 0.06) < 0.015
+    assert np.array_equal(field, lr.smooth_log_noise((96, 160), 0.06, np.random.default_rng(0)))
+
+    plane_m = 5.0
+
+    def camera(x_m: float) -> Camera:
+        pose = np.eye(4)
+        pose[0, 3] = x_m
+        return Camera.from_fov(160, 96, 90.0, pose)
+
+    def image(cam: Camera) -> np.ndarray:  # a textured plane at camera z = plane_m, seen by a camera at (x, 0, 0)
+        ys, xs = np.meshgrid(np.arange(cam.height) + 0.5, np.arange(cam.width) + 0.5, indexing="ij")
+        x = cam.pose_camera_to_world[0, 3] + (xs - cam.K[0, 2]) / cam.K[0, 0] * plane_m
+        y = (ys - cam.K[1, 2]) / cam.K[1, 1] * plane_m
+        grey = 0.5 + 0.25 * np.sin(7.0 * x) * np.cos(5.0 * y) + 0.15 * np.sin(3.1 * x + 2.3 * y)
+        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+
+    target = camera(0.0)
+    views = [(cam, image(cam), np.full((96, 160), plane_m, np.float32)) for cam in (camera(-2.0), camera(2.0))]
+    off = np.full((96, 160), plane_m * 1.08, np.float32)
+    alpha = np.ones((96, 160), np.float32)
+    alpha[:, :10] = 0.0
+    swept = lr.swept_depth(target, off, alpha, views)
+    interior = np.s_[20:76, 50:110]  # both views see it, away from the borders
+    assert abs(float(np.median(swept[interior])) / plane_m - 1.0) < 0.015
+    assert np.array_equal(swept[:, :10], off[:, :10])  # no surface: kept
+    assert np.array_equal(lr.swept_depth(target, off, alpha, views[:1]), off)  # one view: nothing to compare
+    # the views' colours agree through the true depth and disagree through the wrong one
+    true = np.full((96, 160), plane_m, np.float32)
+    assert lr.inconsistent_views(target, true, alpha, views, "bilinear", 0.05)[interior].mean() < 0.02
+    assert lr.inconsistent_views(target, off, alpha, views, "bilinear", 0.05)[interior].mean() > 0.3

@@ -26,9 +26,11 @@ the enhanced pair must change from one frame to the next as the truth does: mean
 adds no flicker and removes the reconstruction's (a term on the enhancer's residual alone,
 |r_t - r_{t-1}(warped)|, was tried first: it drives the enhancer to the identity before the
 raw render's flicker is reached). The pair crops also take the L1 towards the truth.
-Loss = L1 + ssim_weight (1 - SSIM) + perceptual_weight x the VGG16 perceptual distance
+Loss = L1 + ssim_weight (1 - SSIM) [+ mse_weight x squared error] + perceptual_weight x the VGG16 perceptual distance
 (`neural_sensor.perceptual`, approximates LPIPS; on a 64 px square of half the batch every
 second step, because the VGG16 pass costs ten times the enhancer's on a CPU). Adam, cosine schedule, random flips.
+A fresh model takes RUN_ENHANCER's widths or `--block-channels`; `--widen` starts from `--init` with every width
+doubled and the same function (`widened`), to try a larger enhancer without training it from the identity.
 Progress bar; checkpoint + optimiser state every `save_every` steps; `--resume`
 continues. Held-out worlds (seeds from HELDOUT_FIRST_SEED + 300, clear of the run-regime
 benchmark's) are evaluated every `eval_every` steps: PSNR raw vs enhanced, and a clean
@@ -86,6 +88,7 @@ class RunEnhancerTrainConfig:
     identity_fraction: float = 0.35  # samples whose input is the clean render and target itself
     reference_dropout: float = 0.2  # reconstruction samples trained without their log reference
     ssim_weight: float = 0.1
+    mse_weight: float = 0.0  # a squared-error term beside the L1 (PSNR reads squared error; 0 until stage 13)
     perceptual_weight: float = 0.1
     perceptual_every: int = 2  # the VGG16 term (costly on a CPU): every Nth step (weighted x N), on a
     perceptual_crop: int = 64  # random square of this side from the first half of the batch
@@ -99,6 +102,9 @@ class RunEnhancerTrainConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # stop at this many seconds of training even before `steps` (0: no budget)
     device: str = "cpu"  # "cpu" or "cuda"
+    block_out_channels: tuple[int, ...] = ()  # a fresh model's UNet widths (() = RUN_ENHANCER's)
+    widen: bool = False  # start from `init` with every UNet width doubled (`widened`: the same function)
+    widen_noise: float = 0.01  # with widen: the noise that lets the copied channels part
     shift_weights: tuple[tuple[float, float], ...] = ()  # (shift_m, weight): frames (and pairs) drawn in proportion
     #                                                      to the weight of their shift; () = uniformly
 
@@ -413,9 +419,59 @@ def evaluate_pairs(model: Enhancer, pairs: dict[str, np.ndarray]) -> dict:
     return result
 
 
-def new_model(init: Path | None = None) -> Enhancer:
-    """A fresh run-regime enhancer (RUN_ENHANCER, the identity at start), or the weights of `init` to fine-tune."""
-    return Enhancer.from_pretrained(init).train() if init else Enhancer(EnhancerConfig(**asdict(RUN_ENHANCER)))
+def new_model(init: Path | None = None, block_out_channels: tuple[int, ...] = ()) -> Enhancer:
+    """A fresh run-regime enhancer (RUN_ENHANCER, with `block_out_channels` if given; the identity at start), or the
+    weights of `init` to fine-tune (then `block_out_channels` must be empty: a checkpoint's shape is its own)."""
+    if init:
+        if block_out_channels:
+            raise ValueError(f"block_out_channels {block_out_channels} with init {init}: a fine-tune keeps the shape "
+                             "of the checkpoint it starts from")
+        return Enhancer.from_pretrained(init).train()
+    config = asdict(RUN_ENHANCER)
+    if block_out_channels:
+        config["block_out_channels"] = tuple(block_out_channels)
+    return Enhancer(EnhancerConfig(**config))
+
+
+def widened(model: Enhancer, noise: float = 0.0, seed: int = 0) -> Enhancer:
+    """`model` with every UNet width doubled and the same function (Net2WiderNet, Chen et al. 2016): each channel of
+    every feature map becomes two adjacent copies (new 2i and 2i + 1 <- old i), so each GroupNorm group of the wide
+    net holds its old group's channels twice (the same mean and variance) and a concatenation of copies is the copy
+    of the concatenation; a weight reading a doubled dimension is halved over the two copies. The fixed timestep's
+    embedding is carried as a constant (the wide net's sinusoid has other frequencies). `noise` > 0 adds Gaussian
+    noise of that fraction of each widened tensor's std, so the copies can part in training (0: the same outputs to
+    float rounding, tested).
+    """
+    unet = model.unet
+    config = replace(model.config, block_out_channels=tuple(2 * c for c in unet.config.block_out_channels), unet={})
+    assert config.norm_num_groups == unet.config.norm_num_groups, (config.norm_num_groups, unet.config)
+    wide = Enhancer(config)
+    generator = torch.Generator().manual_seed(seed)
+    old = unet.state_dict()
+    new = wide.unet.state_dict()
+    with torch.no_grad():
+        t = torch.full((1,), model.config.timestep, dtype=torch.long)
+        temb = unet.time_embedding.linear_1(unet.time_proj(t).to(unet.dtype))[0]  # [E] before its activation
+        for name, target in new.items():
+            source = old[name]
+            if name == "time_embedding.linear_1.weight":
+                new[name] = torch.zeros_like(target)
+                continue
+            if name == "time_embedding.linear_1.bias":
+                source = temb
+            value = source
+            for dim in range(source.ndim):
+                if target.shape[dim] == source.shape[dim]:
+                    continue
+                assert target.shape[dim] == 2 * source.shape[dim], (name, source.shape, target.shape)
+                value = value.repeat_interleave(2, dim=dim)
+                if dim == 1:  # an input dimension of a conv / linear: its two copies share the old weight
+                    value = value / 2.0
+            if noise > 0 and value.ndim > 1 and value.shape != source.shape:
+                value = value + noise * value.std() * torch.randn(value.shape, generator=generator)
+            new[name] = value.to(target.dtype)
+    wide.unet.load_state_dict(new)
+    return wide
 
 
 def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_folder: Path, resume: bool = False,
@@ -437,7 +493,11 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         return {**evaluate(model, eval_frames), **(evaluate_pairs(model, eval_pairs) if eval_pairs else {})}
 
     def fresh() -> Enhancer:  # trained with the log reference: its config says so (the rig then sends it)
-        model = new_model(init)
+        model = new_model(init, config.block_out_channels)
+        if config.widen:
+            if init is None:
+                raise ValueError("widen needs init: it doubles the widths of a trained enhancer")
+            model = widened(model, config.widen_noise, config.seed).train()
         model.config = replace(model.config, reference_views=REFERENCE_VIEWS)
         return model.to(config.device)
 
@@ -463,6 +523,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         l1 = (pred - target).abs().mean()
         loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
         loss = l1 + config.ssim_weight * loss_ssim
+        if config.mse_weight > 0:
+            loss = loss + config.mse_weight * (pred - target).square().mean()
         loss_perceptual = None
         if config.perceptual_weight > 0 and step % config.perceptual_every == 0:
             c = config.perceptual_crop
@@ -517,6 +579,14 @@ def main() -> None:
     parser.add_argument("--temporal-weight", type=float, default=SHIPPED_TEMPORAL_WEIGHT,
                         help="weight of the temporal-change term on consecutive frame pairs (0: off)")
     parser.add_argument("--pairs", type=int, default=4, help="frame-pair poses per world (with --temporal-weight)")
+    parser.add_argument("--identity-fraction", type=float, default=RunEnhancerTrainConfig.identity_fraction,
+                        help="fraction of the samples that feed a clean render and ask for itself back")
+    parser.add_argument("--block-channels", default="", metavar="C,C,...",
+                        help="a fresh model's UNet block widths (default: RUN_ENHANCER's 16,32,64)")
+    parser.add_argument("--widen", action="store_true",
+                        help="with --init: double every UNet width, starting from the same function (Net2WiderNet)")
+    parser.add_argument("--mse-weight", type=float, default=RunEnhancerTrainConfig.mse_weight,
+                        help="weight of a squared-error term beside the L1 (0: off)")
     parser.add_argument("--shift-weights", default="", metavar="S:W,...",
                         help="draw frames in proportion to the weight of their shift off the path, e.g. "
                              "0:0.5,0.5:1,1:1,2:1.5,3:1.5 (every shift of the data needs one; default: uniformly)")
@@ -526,10 +596,27 @@ def main() -> None:
                                                                 if item.strip()))
     except ValueError:
         parser.error(f"--shift-weights {args.shift_weights!r}: expected SHIFT:WEIGHT pairs separated by commas")
+    if not 0.0 <= args.identity_fraction <= 1.0:
+        parser.error(f"--identity-fraction {args.identity_fraction}: expected a fraction in [0, 1]")
+    if not args.mse_weight >= 0.0:
+        parser.error(f"--mse-weight {args.mse_weight}: expected a weight >= 0")
+    try:
+        block_channels = tuple(int(c) for c in args.block_channels.split(",") if c.strip())
+        assert all(c > 0 and c % 8 == 0 for c in block_channels)  # GroupNorm's 8 groups divide every width
+    except (ValueError, AssertionError):
+        parser.error(f"--block-channels {args.block_channels!r}: expected positive multiples of 8 separated by "
+                     "commas, e.g. 32,64,128")
+    if args.widen and args.init is None:
+        parser.error("--widen doubles the widths of a trained enhancer: it needs --init")
+    if block_channels and args.init is not None:
+        parser.error("--block-channels shapes a fresh enhancer: a fine-tune (--init) keeps its checkpoint's widths")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
                                     device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
-                                    shift_weights=shift_weights)
+                                    shift_weights=shift_weights, identity_fraction=args.identity_fraction,
+                                    mse_weight=args.mse_weight,
+                                    block_out_channels=block_channels,
+                                    widen=args.widen)
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
