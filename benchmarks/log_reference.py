@@ -10,8 +10,9 @@ camera's nearest log images of the same camera (`--views`, by camera centre) are
 and at the log views (the run's), the ground truth's at both (`truth`: an oracle of perfect geometry; with
 `--depth-noise SIGMA` every depth map multiplied by a smooth log-normal field, to see what depth error the log
 tolerates), the ground truth's at the rig camera only (`truth-target`), or the reconstruction's with the rig
-camera's refined by photo-consistency between the log views (`sweep`, `swept_depth`: a probe). Against the
-builder's ground truth at the same pose, per shift:
+camera's refined by photo-consistency between the log views (`sweep`, `swept_depth`: a probe). `--gate TAU`
+counts as unseen the pixels whose log views disagree by more than TAU (`inconsistent_views`: a probe of a validity
+signal). Against the builder's ground truth at the same pose, per shift:
 
 - raw: the reconstruction's render (what the enhancer gets today);
 - filled: the warped log colour where a log view sees the pixel's surface, the render elsewhere;
@@ -25,7 +26,8 @@ The enhancer takes this warp as its reference input; this measures what a fixed 
 training, and how much of the log's information the geometry lets through.
 
     python benchmarks/log_reference.py [--worlds 6] [--views 2] [--sample bilinear] [--combine distance]
-        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep] [--depth-noise SIGMA] [--json PATH]
+        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep] [--depth-noise SIGMA] [--gate TAU]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -138,10 +140,12 @@ def inconsistent_views(camera, depth_m: np.ndarray, alpha: np.ndarray, views: li
 def evaluate_world(seed: int, layout, work: Path, views: int, sample: str, combine: str,
                    log_size: tuple[int, int] = RECORD_SIZE, depth: str = "reconstruction",
                    depth_noise: float = 0.0, gate: float = 0.0) -> list[dict]:
-    """Per camera and tick: {"seed", "shift_m", "raw", "filled", "blend", "coverage", "warp_ms"}. depth: what the
+    """Per camera and tick: {"seed", "shift_m", "camera", "raw", "filled", "blend", "coverage", "warp_ms",
+    "depth_abs_rel", "depth_within_warp_tol"}. depth: what the
     log is warped through, "reconstruction" (the run's: the rendered median depth at the rig camera and at every
     log view), "truth" (the builder's at both: an oracle of perfect geometry) or "truth-target" (the builder's at
-    the rig camera, the reconstruction's at the log views, whose depth only tests occlusion). depth_noise (with
+    the rig camera, the reconstruction's at the log views, whose depth only tests occlusion) or "sweep" (the
+    reconstruction's, the rig camera's refined by `swept_depth`). depth_noise (with
     "truth"): every depth map, the rig cameras' and the log views', multiplied by `smooth_log_noise` of this sigma,
     to see how the oracle degrades with the depth's error (its AbsRel is recorded as "depth_abs_rel"). gate > 0: a
     pixel whose views disagree by more than it (`inconsistent_views`) counts as unseen."""
@@ -245,7 +249,8 @@ def main() -> None:
                         help="the drive log's image size (default: the run's, reconstruct.drive.RECORD_SIZE)")
     parser.add_argument("--depth", choices=tuple(DEPTHS), default="reconstruction",
                         help="warp through the reconstruction's rendered depth (the run's) or the ground truth's "
-                             "(an oracle of perfect geometry; truth-target: at the rig cameras only)")
+                             "(an oracle of perfect geometry; truth-target: at the rig cameras only), or the "
+                             "reconstruction's refined per tick by photo-consistency (sweep, a probe)")
     parser.add_argument("--depth-noise", type=float, default=0.0, metavar="SIGMA",
                         help="with --depth truth: multiply every depth map by a smooth log-normal field of this sigma")
     parser.add_argument("--gate", type=float, default=0.0, metavar="TAU",
@@ -253,6 +258,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for logs and caches (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="output (default results/log-reference-<machine>)")
     args = parser.parse_args()
+    if not args.depth_noise >= 0.0:
+        parser.error(f"--depth-noise {args.depth_noise}: expected a sigma >= 0")
+    if not 0.0 <= args.gate <= 1.0:
+        parser.error(f"--gate {args.gate}: expected a colour difference in [0, 1] (0: off)")
     if args.depth_noise and args.depth != "truth":
         parser.error("--depth-noise perturbs the oracle's depths: it needs --depth truth")
     try:
