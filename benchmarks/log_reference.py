@@ -45,7 +45,7 @@ import runtime_fidelity as rf
 from _machine import machine_name, write_result
 from neural_sensor.enhance.log_warp import log_view_weights
 from neural_sensor.enhance.warp import warp_views
-from neural_sensor.metrics import psnr
+from neural_sensor.metrics import depth_abs_rel, psnr
 from neural_sensor.reconstruct.drive import RECORD_SIZE, reconstructed_scene_from_log
 from neural_sensor.reconstruct.log import read_drive_log, record_drive
 from neural_sensor.reconstruct.reference import REFERENCE_LOD_PX, LogReference
@@ -180,21 +180,19 @@ def evaluate_world(seed: int, layout, work: Path, views: int, sample: str, combi
                 target = gt if depth in ("truth", "truth-target") else raw  # the depth the log is warped through
                 for i, (spec, cam) in enumerate(zip(specs, cams)):
                     near, weight = log_view_weights(reference, spec.sensor_id, cam, views)
+                    near_views = [(log_cams[j], images[j], view_depth[j]) for j in near]
                     target_depth = target.median_depth[i]
                     if depth_noise:
                         target_depth = target_depth * smooth_log_noise(target_depth.shape, depth_noise, noise_rng)
                     if depth == "sweep":
-                        target_depth = swept_depth(cam, target_depth, target.alpha[i],
-                                                   [(log_cams[j], images[j], view_depth[j]) for j in near])
+                        target_depth = swept_depth(cam, target_depth, target.alpha[i], near_views)
                     t0 = time.perf_counter()
-                    ref, seen = warp_views(cam, target_depth, target.alpha[i],
-                                           [(log_cams[j], images[j], view_depth[j]) for j in near],
+                    ref, seen = warp_views(cam, target_depth, target.alpha[i], near_views,
                                            sample=sample, weights=weight if combine == "distance" else None)
                     warp_ms = (time.perf_counter() - t0) * 1e3
                     if gate > 0 and len(near) >= 2:
-                        seen = seen & ~inconsistent_views(cam, target_depth, target.alpha[i],
-                                                          [(log_cams[j], images[j], view_depth[j]) for j in near],
-                                                          sample, gate)
+                        seen = seen & ~inconsistent_views(cam, target_depth, target.alpha[i], near_views, sample,
+                                                          gate)
                     filled = np.where(seen[..., None], ref, raw.rgb[i])
                     blend = np.where(seen[..., None], 0.5 * (ref + raw.rgb[i]), raw.rgb[i])
                     rows.append({"seed": seed, "shift_m": shift, "camera": spec.sensor_id,
@@ -211,11 +209,9 @@ def _depth_errors(depth_m: np.ndarray, truth_m: np.ndarray, mask: np.ndarray) ->
     truth| / truth, and "depth_within_warp_tol", the share within the warp's own depth test (5 % + 0.2 m)."""
     keep = (mask & np.isfinite(truth_m) & (truth_m > 0) & (truth_m < 500.0) & (depth_m > 0)
             & (depth_m < 500.0))
-    if not keep.any():
-        return {"depth_abs_rel": float("nan"), "depth_within_warp_tol": float("nan")}
-    error = np.abs(depth_m[keep] - truth_m[keep])
-    return {"depth_abs_rel": float(np.mean(error / truth_m[keep])),
-            "depth_within_warp_tol": float(np.mean(error < 0.05 * truth_m[keep] + 0.2))}
+    within = np.abs(depth_m[keep] - truth_m[keep]) < 0.05 * truth_m[keep] + 0.2
+    return {"depth_abs_rel": depth_abs_rel(depth_m, truth_m, keep),
+            "depth_within_warp_tol": float(within.mean()) if keep.any() else float("nan")}
 
 
 def summarise(rows: list[dict]) -> dict:

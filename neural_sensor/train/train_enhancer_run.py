@@ -419,13 +419,31 @@ def evaluate_pairs(model: Enhancer, pairs: dict[str, np.ndarray]) -> dict:
     return result
 
 
+def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> None:
+    """ValueError naming the setting, for a training run that cannot work: identity_fraction outside [0, 1], a
+    negative mse_weight, block_out_channels that are not positive multiples of RUN_ENHANCER's GroupNorm groups or
+    are given with `init` (a fine-tune keeps its checkpoint's shape), widen without `init`. `train` calls it before
+    loading any data; the CLI turns it into a usage error."""
+    if not 0.0 <= config.identity_fraction <= 1.0:
+        raise ValueError(f"identity_fraction {config.identity_fraction}: expected a fraction in [0, 1]")
+    if not config.mse_weight >= 0.0:
+        raise ValueError(f"mse_weight {config.mse_weight}: expected a weight >= 0")
+    groups = RUN_ENHANCER.norm_num_groups
+    if not all(c > 0 and c % groups == 0 for c in config.block_out_channels):
+        raise ValueError(f"block_out_channels {config.block_out_channels}: expected positive multiples of {groups} "
+                         "(the GroupNorm groups)")
+    if config.block_out_channels and init:
+        raise ValueError(f"block_out_channels {config.block_out_channels} with init {init}: a fine-tune keeps the "
+                         "shape of the checkpoint it starts from")
+    if config.widen and init is None:
+        raise ValueError("widen needs init: it doubles the widths of a trained enhancer")
+
+
 def new_model(init: Path | None = None, block_out_channels: tuple[int, ...] = ()) -> Enhancer:
     """A fresh run-regime enhancer (RUN_ENHANCER, with `block_out_channels` if given; the identity at start), or the
     weights of `init` to fine-tune (then `block_out_channels` must be empty: a checkpoint's shape is its own)."""
+    check_config(RunEnhancerTrainConfig(block_out_channels=tuple(block_out_channels)), init)
     if init:
-        if block_out_channels:
-            raise ValueError(f"block_out_channels {block_out_channels} with init {init}: a fine-tune keeps the shape "
-                             "of the checkpoint it starts from")
         return Enhancer.from_pretrained(init).train()
     config = asdict(RUN_ENHANCER)
     if block_out_channels:
@@ -478,6 +496,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
           cache_dir: Path | None = None, init: Path | None = None) -> dict:
     from neural_sensor.perceptual import perceptual_distance_torch
 
+    check_config(config, init)  # before any data is made or loaded
     torch.manual_seed(config.seed)
     out = Path(out)
     frames = load_frames(data_root, recon_folder, range(config.worlds), "train", config.ticks_per_world, cache_dir)
@@ -495,8 +514,6 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     def fresh() -> Enhancer:  # trained with the log reference: its config says so (the rig then sends it)
         model = new_model(init, config.block_out_channels)
         if config.widen:
-            if init is None:
-                raise ValueError("widen needs init: it doubles the widths of a trained enhancer")
             model = widened(model, config.widen_noise, config.seed).train()
         model.config = replace(model.config, reference_views=REFERENCE_VIEWS)
         return model.to(config.device)
@@ -596,20 +613,10 @@ def main() -> None:
                                                                 if item.strip()))
     except ValueError:
         parser.error(f"--shift-weights {args.shift_weights!r}: expected SHIFT:WEIGHT pairs separated by commas")
-    if not 0.0 <= args.identity_fraction <= 1.0:
-        parser.error(f"--identity-fraction {args.identity_fraction}: expected a fraction in [0, 1]")
-    if not args.mse_weight >= 0.0:
-        parser.error(f"--mse-weight {args.mse_weight}: expected a weight >= 0")
     try:
         block_channels = tuple(int(c) for c in args.block_channels.split(",") if c.strip())
-        assert all(c > 0 and c % 8 == 0 for c in block_channels)  # GroupNorm's 8 groups divide every width
-    except (ValueError, AssertionError):
-        parser.error(f"--block-channels {args.block_channels!r}: expected positive multiples of 8 separated by "
-                     "commas, e.g. 32,64,128")
-    if args.widen and args.init is None:
-        parser.error("--widen doubles the widths of a trained enhancer: it needs --init")
-    if block_channels and args.init is not None:
-        parser.error("--block-channels shapes a fresh enhancer: a fine-tune (--init) keeps its checkpoint's widths")
+    except ValueError:
+        parser.error(f"--block-channels {args.block_channels!r}: expected widths separated by commas, e.g. 32,64,128")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
                                     device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
@@ -617,6 +624,10 @@ def main() -> None:
                                     mse_weight=args.mse_weight,
                                     block_out_channels=block_channels,
                                     widen=args.widen)
+    try:
+        check_config(config, args.init)
+    except ValueError as err:
+        parser.error(str(err))
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
