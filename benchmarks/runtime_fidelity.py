@@ -52,7 +52,7 @@ shift, and per template and shift. Results go to results/runtime-fidelity-<machi
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
         [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]
-        [--temporal-blend B] [--quick] [--picture]
+        [--temporal-blend B] [--reference-gate TAU] [--quick] [--picture]
 """
 
 from __future__ import annotations
@@ -242,6 +242,9 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                     t1 = time.perf_counter()
                     reference = None if log_reference is None else log_reference.warp(
                         ids, cams, raw.median_depth, raw.alpha, args.reference_views)  # as the rig does
+                    if reference is not None and args.reference_gate > 0:
+                        reference = gated_reference(log_reference, reference, ids, cams, raw.median_depth, raw.alpha,
+                                                    args.reference_views, args.reference_gate)
                     images["enhanced"] = enhance_tick(client, ids, raw.rgb, raw.depth, raw.alpha, reference,
                                                       zero_copy=args.wire == "zero-copy")
                     facts["enhance_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
@@ -299,6 +302,28 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     for key in ("render_ms_per_tick", "enhance_ms_per_tick"):
         facts[key] = round(statistics.median(facts[key]), 1) if facts[key] else None
     return rows, facts
+
+
+def gated_reference(log, reference: tuple[np.ndarray, np.ndarray], sensor_ids, cameras: list[Camera],
+                    depth_m: np.ndarray, alpha: np.ndarray, views: int, gate: float) -> tuple[np.ndarray, np.ndarray]:
+    """A probe of a validity signal: the rig's reference (rgb [C, H, W, 3] uint8, valid [C, H, W]) with the pixels
+    whose log views, warped in one at a time, disagree by more than `gate` (`log_reference.inconsistent_views`,
+    bilinear) marked unseen (rgb 0, as the warp leaves unseen pixels). Numpy, slow: not the rig's path."""
+    from log_reference import inconsistent_views
+
+    from neural_sensor.enhance.log_warp import log_view_weights
+
+    rgb, valid = reference[0].copy(), reference[1].copy()
+    for i, (sid, cam) in enumerate(zip(sensor_ids, cameras)):
+        near, _ = log_view_weights(log, str(sid), cam, views)
+        if len(near) < 2:
+            continue
+        log_views = [(log.camera(j), log.images[j].astype(np.float32) / np.float32(255.0), log.depth_m[j])
+                     for j in near]
+        disagree = inconsistent_views(cam, depth_m[i], alpha[i], log_views, "bilinear", gate)
+        valid[i] &= ~disagree
+        rgb[i][disagree] = 0
+    return rgb, valid
 
 
 def truth_depth_log(log, truth, background) -> "LogReference":
@@ -418,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-views", dest="views_option", type=int, default=None, metavar="K",
                         help="log views blended into each camera's reference (default: the enhancer's hello, as the "
                              "runner sends)")
+    parser.add_argument("--reference-gate", type=float, default=0.0, metavar="TAU",
+                        help="a probe: reference pixels whose log views disagree by more than TAU (0-1, "
+                             "log_reference.inconsistent_views) sent as unseen; 0 (default): as the rig sends it")
     parser.add_argument("--wire", choices=("zero-copy", "uint8", "float32"), default="zero-copy",
                         help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
                              "client's shared block), or converted to the client's wire dtype")
@@ -455,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--worlds, --clips and --ticks must be >= 1")
     if args.views_option is not None and args.views_option < 1:
         raise SystemExit("--reference-views must be >= 1")
+    if not 0.0 <= args.reference_gate <= 1.0:
+        raise SystemExit("--reference-gate must be in [0, 1] (0: off)")
     args.reference_views = 0  # set from the enhancer's hello (or --reference-views)
     command = "python benchmarks/runtime_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {"benchmark": "runtime_fidelity", "machine": machine_name(), "command": command.strip(),
@@ -512,7 +542,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.reference and args.reference_views > 0:
                 result["regime"]["enhancer_reference"] = (
                     f"the drive log, {args.reference_views} views per camera blended by distance "
-                    + ("(the enhancer's hello)" if from_hello else "(--reference-views)"))
+                    + ("(the enhancer's hello)" if from_hello else "(--reference-views)")
+                    + (f"; pixels whose views disagree by more than {args.reference_gate} sent as unseen "
+                       "(--reference-gate)" if args.reference_gate > 0 else ""))
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None
         for n, (seed, layout) in enumerate(worlds):
             t0 = time.perf_counter()

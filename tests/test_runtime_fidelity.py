@@ -185,3 +185,40 @@ def test_log_reference_probes_noise_and_sweep():
     true = np.full((96, 160), plane_m, np.float32)
     assert lr.inconsistent_views(target, true, alpha, views, "bilinear", 0.05)[interior].mean() < 0.02
     assert lr.inconsistent_views(target, off, alpha, views, "bilinear", 0.05)[interior].mean() > 0.3
+
+
+def test_reference_gate_marks_what_the_log_views_disagree_on(monkeypatch):
+    """`--reference-gate`'s probe: through the true depth of a textured plane two log views agree and the reference
+    is passed on as it is; through a depth 8 % off they disagree and those pixels go out as unseen (rgb 0)."""
+    import neural_sensor.enhance.log_warp as log_warp
+
+    plane_m = 5.0
+    cams = []
+    for x_m in (-2.0, 2.0):
+        pose = np.eye(4)
+        pose[0, 3] = x_m
+        cams.append(Camera.from_fov(160, 96, 90.0, pose))
+    target = Camera.from_fov(160, 96, 90.0, np.eye(4))
+
+    def image(cam: Camera) -> np.ndarray:  # uint8 views of the plane at camera z = plane_m
+        ys, xs = np.meshgrid(np.arange(96) + 0.5, np.arange(160) + 0.5, indexing="ij")
+        x = cam.pose_camera_to_world[0, 3] + (xs - cam.K[0, 2]) / cam.K[0, 0] * plane_m
+        y = (ys - cam.K[1, 2]) / cam.K[1, 1] * plane_m
+        grey = 0.5 + 0.25 * np.sin(7.0 * x) * np.cos(5.0 * y) + 0.15 * np.sin(3.1 * x + 2.3 * y)
+        return np.round(np.repeat(grey[..., None], 3, axis=2) * 255).astype(np.uint8)
+
+    log = SimpleNamespace(images=np.stack([image(c) for c in cams]), depth_m=np.full((2, 96, 160), plane_m, np.float32),
+                          camera=lambda j: cams[j])
+    monkeypatch.setattr(log_warp, "log_view_weights", lambda reference, sid, cam, views: (np.array([0, 1]), None))
+    alpha = np.ones((1, 96, 160), np.float32)
+    reference = (np.full((1, 96, 160, 3), 100, np.uint8), np.ones((1, 96, 160), bool))
+    interior = np.s_[20:76, 50:110]
+    for depth_m, unseen_share in ((plane_m, (0.0, 0.02)), (plane_m * 1.08, (0.3, 1.0))):
+        depth = np.full((1, 96, 160), depth_m, np.float32)
+        rgb, valid = rf.gated_reference(log, reference, ["CAM_FRONT"], [target], depth, alpha, 2, 0.05)
+        share = 1.0 - valid[0][interior].mean()
+        assert unseen_share[0] <= share <= unseen_share[1], (depth_m, share)
+        assert (rgb[~valid] == 0).all() and (rgb[valid] == 100).all()
+    assert reference[1].all() and (reference[0] == 100).all()  # the rig's reference itself untouched
+    with pytest.raises(SystemExit, match="--reference-gate must be in"):
+        rf.main(["--reference-gate", "1.5", "--enhancer", "none"])
