@@ -257,3 +257,32 @@ def test_several_targets_per_step_are_the_mean_of_single_targets(tmp_path):
     with pytest.raises(AssertionError, match="does not share the context"):
         other = int(np.flatnonzero(world["target_station"] != stations[0])[0])
         train_reconstructor_run.step_losses(model, world, [int(near[0]), other], config)
+
+
+def test_depth_only_training_moves_the_depth_and_holds_the_rest(tmp_path, monkeypatch):
+    """--depth-only: no render; the context views' depth and sky terms are step_losses' own, the "keep" term is
+    zero for the --init net itself, a run fine-tunes and checkpoints, and it refuses to start without --init."""
+    import torch
+
+    monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
+    config = train_reconstructor_run.RunReconTrainConfig(steps=2, worlds=1, targets=2, eval_every=2, save_every=1,
+                                                         depth_only=True, context_stations=2, lr=1e-3)
+    init = train_reconstructor_run.Path("checkpoints/reconstructor-run")
+    world = train_reconstructor_run.load_world(tmp_path / "data", 0, "train", 2, config.size)
+    model, reference = ReconNet.from_pretrained(init).eval(), ReconNet.from_pretrained(init).eval()
+    station = int(world["target_station"][0])
+    with torch.no_grad():
+        depth_terms = train_reconstructor_run.depth_step_losses(model, reference, world, station, config)
+        rendered = train_reconstructor_run.step_losses(model, world, 0, config)
+    assert float(depth_terms["keep"]) == 0.0
+    assert abs(float(depth_terms["view_depth"]) - float(rendered["view_depth"])) < 1e-6
+    assert abs(float(depth_terms["sky"]) - float(rendered["sky"])) < 1e-6
+    summary = train_reconstructor_run.train(config, tmp_path / "recon", tmp_path / "data", init=init)
+    assert summary["steps"] == 2
+    history = json.loads((tmp_path / "recon" / "history.json").read_text())
+    assert {"view_depth", "sky", "keep"} <= set(history[1]) and "l1" not in history[1]
+    assert np.isfinite(summary["final"]["heldout"]["view_depth_abs_rel"])
+    before, after = ReconNet.from_pretrained(init).state_dict(), ReconNet.from_pretrained(tmp_path / "recon").state_dict()
+    assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
+    with pytest.raises(SystemExit, match="--depth-only needs --init"):
+        train_reconstructor_run.train(config, tmp_path / "other", tmp_path / "data")

@@ -26,6 +26,12 @@ the network's far limit) + sky_weight BCE(the semantic head's SKY logit, ground-
 the reconstruction replaces sky pixels by a fitted sky dome): the direct depth term is what the old training lacked
 (its held-out depth AbsRel in the run regime was 0.36-0.42).
 
+`--depth-only` (a fine-tune, cheap on a CPU: ~0.7 s a step for three stations on two cores): no render; per step
+the views of `--context-stations` stations through the network, loss = view_depth_weight x the depth term +
+sky_weight x the sky term + keep_weight x L1(opacity, log scale, colour against the frozen --init net's outputs
+on the same views), so that the depth moves while the appearance the run's fusion and refinement were tuned
+with stays.
+
     python -m neural_sensor.train.train_reconstructor_run --init checkpoints/reconstructor-small \
         --worlds 48 --steps 1500 --out checkpoints/reconstructor-run
 """
@@ -86,6 +92,8 @@ class RunReconTrainConfig:
     cost_volume: bool = False  # a multi-view net (plane-sweep cost volume); an --init without one is extended
     ray_inputs: bool = False  # the camera ray of every pixel as input; an --init without them is extended
     new_layer_lr_scale: float = 10.0  # the cost-volume layers' learning rate / lr (they start from zero)
+    depth_only: bool = False  # no render: the context views' depth and sky terms, the other heads held (keep_weight)
+    keep_weight: float = 1.0  # depth_only: L1 of opacity, log scale and colour against the --init net's own outputs
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -223,17 +231,45 @@ def step_losses(model: ReconNet, world: dict, target, config: RunReconTrainConfi
     render_depth = ((torch.log(out["depth"][solid].clamp_min(1e-3)) - torch.log(gt_depth[solid])).abs().mean()
                     if solid.any() else torch.zeros(()))
     # every context view's own depth against its ground truth (sky: the network's far limit)
+    return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, **view_terms(model, pred, world, ctx),
+            "psnr": torch.tensor(float(np.mean([psnr(a, b) for a, b in zip(rgb.detach().clamp(0, 1).numpy(),
+                                                                            gt.numpy())])))}
+
+
+def view_terms(model: ReconNet, pred: dict, world: dict, ctx: np.ndarray) -> dict[str, torch.Tensor]:
+    """The context views' own terms: L1 of log depth against the ground truth at half resolution (averaged as
+    inverse depth; sky pixels at the network's far limit) and the BCE of the SKY logit against each half-resolution
+    pixel's sky fraction. pred: the network's outputs on the views `ctx` of `world` (on the CPU)."""
     view_gt = torch.from_numpy(world["depth"][ctx].astype(np.float32))
     sky = torch.from_numpy(world["sky"][ctx])
     view_gt = torch.where(sky | (view_gt <= 0), torch.full_like(view_gt, model.config.max_depth_m),
                           view_gt.clamp(model.config.min_depth_m, model.config.max_depth_m))
     inverse = F.avg_pool2d((1.0 / view_gt)[:, None], 2)[:, 0]  # half resolution, averaged as inverse depth
+    assert inverse.shape == pred["depth"].shape, (inverse.shape, pred["depth"].shape)
     view_depth = (torch.log(pred["depth"]) + torch.log(inverse)).abs().mean()
     sky_half = F.avg_pool2d(sky[:, None].float(), 2)[:, 0]  # fraction of sky in each half-resolution pixel
     sky_term = F.binary_cross_entropy_with_logits(pred["semantic_logits"][:, CityObjectLabel.SKY], sky_half)
-    return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, "view_depth": view_depth, "sky": sky_term,
-            "psnr": torch.tensor(float(np.mean([psnr(a, b) for a, b in zip(rgb.detach().clamp(0, 1).numpy(),
-                                                                            gt.numpy())])))}
+    return {"view_depth": view_depth, "sky": sky_term}
+
+
+def depth_step_losses(model: ReconNet, reference: ReconNet, world: dict, station: int,
+                      config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
+    """A depth-only step (`config.depth_only`): the views of `config.context_stations` stations around `station`
+    through the network, no render; `view_terms` plus "keep": the L1 of the opacity, log in-plane scale and colour
+    against `reference` (the frozen --init net) on the same views, so that the appearance heads, which the run's
+    refinement and fusion were tuned with, stay where they were while the depth moves."""
+    device = torch.device(config.device)
+    ctx = context_indices(world, station, config.context_stations)
+    images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
+    inputs = view_inputs(model, cameras, images.shape[-2], images.shape[-1], device)
+    pred = {k: v.cpu() for k, v in model(images.to(device), **inputs).items()}
+    with torch.no_grad():
+        ref = {k: v.cpu() for k, v in reference(images.to(device), **inputs).items()}
+    keep = ((pred["opacity"] - ref["opacity"]).abs().mean()
+            + (torch.log(pred["scale_px"]) - torch.log(ref["scale_px"])).abs().mean()
+            + (pred["rgb"] - ref["rgb"]).abs().mean())
+    return {**view_terms(model, pred, world, ctx), "keep": keep}
 
 
 @torch.no_grad()
@@ -285,6 +321,13 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     model, optimiser, step, history = start_or_resume(
         out, resume, new_model, lambda folder: ReconNet.from_pretrained(folder).to(config.device), optimiser_of)
     rng = np.random.default_rng(config.seed + step)
+    reference = None
+    if config.depth_only:
+        if init is None:
+            raise SystemExit("--depth-only needs --init: the net whose appearance heads it holds")
+        reference = ReconNet.from_pretrained(init).to(config.device).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
     if step == 0:
         history.append({"step": 0, "heldout": evaluate(model, eval_worlds, config)})
         tqdm.write(json.dumps(history[-1]))
@@ -293,15 +336,24 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     while step < config.steps and not out_of_time(config, start):
         model.train()
         world = worlds[int(rng.integers(len(worlds)))]
-        target = targets_sharing_context(world, int(rng.integers(len(world["target_station"]))),
-                                         config.targets_per_step, config.context_stations, rng)
-        terms = step_losses(model, world, target, config)
-        loss = (terms["l1"] + config.ssim_weight * terms["ssim"] + config.render_depth_weight * terms["render_depth"]
-                + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
+        if config.depth_only:
+            terms = depth_step_losses(model, reference, world, int(rng.integers(len(world["rgb"]) // CAMERAS)),
+                                      config)
+            loss = (config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"]
+                    + config.keep_weight * terms["keep"])
+        else:
+            target = targets_sharing_context(world, int(rng.integers(len(world["target_station"]))),
+                                             config.targets_per_step, config.context_stations, rng)
+            terms = step_losses(model, world, target, config)
+            loss = (terms["l1"] + config.ssim_weight * terms["ssim"]
+                    + config.render_depth_weight * terms["render_depth"]
+                    + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
         apply_gradients(model, optimiser, loss)
         step += 1
         bar.update(1)
-        bar.set_postfix(l1=f"{terms['l1'].item():.4f}", depth=f"{terms['view_depth'].item():.3f}")
+        bar.set_postfix(depth=f"{terms['view_depth'].item():.3f}",
+                        **({"keep": f"{terms['keep'].item():.4f}"} if config.depth_only
+                           else {"l1": f"{terms['l1'].item():.4f}"}))
         record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
         record_step(out, model, optimiser, step, history, record, config,
                     lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
@@ -338,6 +390,11 @@ def main() -> None:
                         help="weight of the context views' log-depth term")
     parser.add_argument("--render-depth-weight", type=float, default=RunReconTrainConfig.render_depth_weight,
                         help="weight of the target render's log-depth term")
+    parser.add_argument("--depth-only", action="store_true",
+                        help="no render: train the context views' depth (and sky) against the ground truth, "
+                             "the other heads held to the --init net's outputs (--keep-weight); cheap on a CPU")
+    parser.add_argument("--keep-weight", type=float, default=RunReconTrainConfig.keep_weight,
+                        help="--depth-only: weight of the L1 that holds opacity, scale and colour to --init's")
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after this much training (0: no limit)")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -349,7 +406,8 @@ def main() -> None:
                                  renderer=args.renderer, eval_every=args.eval_every, cost_volume=args.cost_volume,
                                  ray_inputs=args.ray_inputs, view_depth_weight=args.view_depth_weight,
                                  render_depth_weight=args.render_depth_weight, time_budget_s=60.0 * args.minutes,
-                                 targets_per_step=args.targets_per_step)
+                                 targets_per_step=args.targets_per_step, depth_only=args.depth_only,
+                                 keep_weight=args.keep_weight)
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)
