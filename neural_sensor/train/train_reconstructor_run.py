@@ -26,7 +26,7 @@ the network's far limit) + sky_weight BCE(the semantic head's SKY logit, ground-
 the reconstruction replaces sky pixels by a fitted sky dome): the direct depth term is what the old training lacked
 (its held-out depth AbsRel in the run regime was 0.36-0.42).
 
-`--depth-only` (a fine-tune, cheap on a CPU: ~0.7 s a step for three stations on two cores): no render; per step
+`--depth-only` (a fine-tune, cheap on a CPU: ~1 s a step for three stations on two cores): no render; per step
 the views of `--context-stations` stations through the network, loss = view_depth_weight x the depth term +
 sky_weight x the sky term + keep_weight x L1(opacity, log scale, colour against the frozen --init net's outputs
 on the same views), so that the depth moves while the appearance the run's fusion and refinement were tuned
@@ -186,6 +186,15 @@ def targets_sharing_context(world: dict, target: int, count: int, stations: int,
     return np.asarray([target, *more], np.int64)
 
 
+def context_inputs(model: ReconNet, world: dict, ctx: np.ndarray, config: RunReconTrainConfig):
+    """The context views `ctx` of `world` as the network takes them: (images [V, 3, H, W] float on config.device,
+    their cameras, the forward pass's keyword inputs: poses, K and neighbours where the net uses them)."""
+    device = torch.device(config.device)
+    images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
+    return images.to(device), cameras, view_inputs(model, cameras, images.shape[-2], images.shape[-1], device)
+
+
 def step_losses(model: ReconNet, world: dict, target, config: RunReconTrainConfig) -> dict[str, torch.Tensor]:
     """The loss terms of target view(s) `target` (an index, or indices of targets that share their context views,
     `targets_sharing_context`) rendered from the Gaussians of their context views (see the module docstring);
@@ -198,9 +207,8 @@ def step_losses(model: ReconNet, world: dict, target, config: RunReconTrainConfi
     for t in targets[1:]:
         assert np.array_equal(context_indices(world, int(world["target_station"][t]), config.context_stations),
                               ctx), f"target {t} does not share the context of target {targets[0]}"
-    images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-    context_cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
-    pred = model(images.to(device), **view_inputs(model, context_cameras, images.shape[-2], images.shape[-1], device))
+    images, context_cameras, inputs = context_inputs(model, world, ctx, config)
+    pred = model(images, **inputs)
     h, w = pred["depth"].shape[-2:]
     poses, K = camera_tensors(context_cameras, h, w)
     means, quats, scales, opac, sh, _ = gaussians_from_prediction(pred, poses.to(device), K.to(device))
@@ -230,7 +238,6 @@ def step_losses(model: ReconNet, world: dict, target, config: RunReconTrainConfi
              & (out["alpha"] > 0.5))
     render_depth = ((torch.log(out["depth"][solid].clamp_min(1e-3)) - torch.log(gt_depth[solid])).abs().mean()
                     if solid.any() else torch.zeros(()))
-    # every context view's own depth against its ground truth (sky: the network's far limit)
     return {"l1": l1, "ssim": ssim_term, "render_depth": render_depth, **view_terms(model, pred, world, ctx),
             "psnr": torch.tensor(float(np.mean([psnr(a, b) for a, b in zip(rgb.detach().clamp(0, 1).numpy(),
                                                                             gt.numpy())])))}
@@ -258,14 +265,11 @@ def depth_step_losses(model: ReconNet, reference: ReconNet, world: dict, station
     through the network, no render; `view_terms` plus "keep": the L1 of the opacity, log in-plane scale and colour
     against `reference` (the frozen --init net) on the same views, so that the appearance heads, which the run's
     refinement and fusion were tuned with, stay where they were while the depth moves."""
-    device = torch.device(config.device)
     ctx = context_indices(world, station, config.context_stations)
-    images = torch.from_numpy(world["rgb"][ctx].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-    cameras = _cameras(world["K"][ctx], world["pose"][ctx], config.size)
-    inputs = view_inputs(model, cameras, images.shape[-2], images.shape[-1], device)
-    pred = {k: v.cpu() for k, v in model(images.to(device), **inputs).items()}
+    images, _, inputs = context_inputs(model, world, ctx, config)
+    pred = {k: v.cpu() for k, v in model(images, **inputs).items()}
     with torch.no_grad():
-        ref = {k: v.cpu() for k, v in reference(images.to(device), **inputs).items()}
+        ref = {k: v.cpu() for k, v in reference(images, **inputs).items()}
     keep = ((pred["opacity"] - ref["opacity"]).abs().mean()
             + (torch.log(pred["scale_px"]) - torch.log(ref["scale_px"])).abs().mean()
             + (pred["rgb"] - ref["rgb"]).abs().mean())
@@ -297,6 +301,8 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
 
 def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | None = None,
           resume: bool = False) -> dict:
+    if config.depth_only and init is None:
+        raise SystemExit("--depth-only needs --init: the net whose appearance heads it holds")
     torch.manual_seed(config.seed)
     out = Path(out)
     worlds = [load_world(data_root, s, "train", config.targets, config.size)
@@ -323,8 +329,6 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     rng = np.random.default_rng(config.seed + step)
     reference = None
     if config.depth_only:
-        if init is None:
-            raise SystemExit("--depth-only needs --init: the net whose appearance heads it holds")
         reference = ReconNet.from_pretrained(init).to(config.device).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
