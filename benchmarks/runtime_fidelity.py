@@ -26,7 +26,9 @@ round-robin so straight, curve and intersection all appear):
    the real enhancer server and client with every camera of the tick in one request as the
    rig sends it (rgb, depth, alpha, and the drive log's nearest images of each camera, as many as
    the enhancer's hello asks for or `--reference-views K`, warped in through the render's median
-   depth and blended by distance, the reference; `--no-reference`: without it); with
+   depth and blended by distance, the other cameras' log views filling what those do not see
+   (`--no-reference-fallback`: not, the reference before 2026-12-04), the reference;
+   `--no-reference`: without it); with
    `--temporal-blend B` also "temporal": the enhanced images accumulated over each clip's ticks
    as the rig does (`neural_sensor.enhance.temporal`; a clip's first tick has no history);
 5. "a ground-truth render sent through the enhancer, vs itself" (PSNR, SSIM), and a floor: the
@@ -52,7 +54,7 @@ shift, and per template and shift. Results go to results/runtime-fidelity-<machi
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
         [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]
-        [--temporal-blend B] [--reference-gate TAU] [--quick] [--picture]
+        [--temporal-blend B] [--reference-gate TAU] [--no-reference-fallback] [--quick] [--picture]
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 if client is not None:
                     t1 = time.perf_counter()
                     reference = None if log_reference is None else log_reference.warp(
-                        ids, cams, raw.median_depth, raw.alpha, args.reference_views)  # as the rig does
+                        ids, cams, raw.median_depth, raw.alpha, args.reference_views,
+                        fallback=args.reference_fallback)  # as the rig does
                     if reference is not None and args.reference_gate > 0:
                         reference = gated_reference(log_reference, reference, ids, cams, raw.median_depth, raw.alpha,
                                                     args.reference_views, args.reference_gate)
@@ -344,7 +347,7 @@ def seen_by_log(truth_log, cameras: list[Camera], depth_m: np.ndarray, alpha: np
     assert np.shape(depth_m)[0] == c and np.shape(alpha) == np.shape(depth_m), (c, np.shape(depth_m))
     seen = np.zeros(np.shape(depth_m), bool)
     for sensor in np.unique(truth_log.sensor_ids):
-        _, valid = warp_log(truth_log, [sensor] * c, cameras, depth_m, alpha, SEEN_VIEWS)
+        _, valid = warp_log(truth_log, [sensor] * c, cameras, depth_m, alpha, SEEN_VIEWS, fallback=False)
         seen |= valid
     return seen
 
@@ -446,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-gate", type=float, default=0.0, metavar="TAU",
                         help="a probe: reference pixels whose log views disagree by more than TAU (0-1, "
                              "log_reference.inconsistent_views) sent as unseen; 0 (default): as the rig sends it")
+    parser.add_argument("--no-reference-fallback", dest="reference_fallback", action="store_false",
+                        help="the reference from each camera's own log views only (the other cameras' views do not "
+                             "fill what those miss: the rig's reference before 2026-12-04)")
     parser.add_argument("--wire", choices=("zero-copy", "uint8", "float32"), default="zero-copy",
                         help="how frames reach the enhancer: zero-copy (the rig's way on one host: float32 in the "
                              "client's shared block), or converted to the client's wire dtype")
@@ -543,6 +549,8 @@ def main(argv: list[str] | None = None) -> None:
                 result["regime"]["enhancer_reference"] = (
                     f"the drive log, {args.reference_views} views per camera blended by distance "
                     + ("(the enhancer's hello)" if from_hello else "(--reference-views)")
+                    + ("; the other cameras' views fill what those do not see" if args.reference_fallback
+                       else "; the camera's own views only (--no-reference-fallback)")
                     + (f"; pixels whose views disagree by more than {args.reference_gate} sent as unseen "
                        "(--reference-gate)" if args.reference_gate > 0 else ""))
         picture = Path(__file__).parent / "results" / "runtime-fidelity-shift2m.png" if args.picture else None

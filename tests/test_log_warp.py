@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from neural_sensor.camera import Camera
-from neural_sensor.enhance.log_warp import log_view_weights, warp_log, warp_log_reference
+from neural_sensor.enhance.log_warp import fallback_view_weights, log_view_weights, warp_log, warp_log_reference
 from neural_sensor.reconstruct.reference import REFERENCE_LOD_PX, LogReference
 
 
@@ -84,6 +84,48 @@ def test_compiled_log_warp_equals_its_twin_and_blends_by_weight():
     np.testing.assert_allclose(fast_rgb[0, 10:40, 10:70, 0], round(expected_red), atol=1)
     assert (fast_rgb[0, 10:40, 0, 0] == reference.images[index[0], 0, 0, 0]).all()  # the border: the nearest view alone
     assert (fast_rgb[0, :5] == 0).all()
+
+
+def _log_with_other_sensors() -> LogReference:
+    """`_log_along_z` (CAM_FRONT at x = 0) plus two views of CAM_SIDE at x = 20 m facing the same wall (blue 200)
+    and one of CAM_BACK there facing away from it."""
+    front = _log_along_z()
+    cams = [_camera_at(0.0, x_m=20.0), _camera_at(4.0, x_m=20.0), _camera_at(4.0, x_m=20.0)]
+    cams[2].pose_camera_to_world[:3, :3] = np.diag([-1.0, 1.0, -1.0])  # CAM_BACK: looking down -z
+    images = np.zeros((3, 24, 40, 3), np.uint8)
+    images[..., 2] = 200
+    depth = np.stack([np.full((24, 40), 40.0 - c.pose_camera_to_world[2, 3], np.float32) for c in cams])
+    return LogReference(np.concatenate([front.images, images]), np.concatenate([front.depth_m, depth]),
+                        np.concatenate([front.K, np.stack([c.K for c in cams])]),
+                        np.concatenate([front.pose_camera_to_world, np.stack([c.pose_camera_to_world for c in cams])]),
+                        np.array(list(front.sensor_ids) + ["CAM_SIDE", "CAM_SIDE", "CAM_BACK"]))
+
+
+def test_other_sensors_fill_what_the_cameras_own_views_miss():
+    """A rig camera 10 m to the side of its own sensor's log views sees part of the wall only the other sensor's
+    views saw: with the fallback those pixels take that sensor's colour (its views weighted by distance, the sensor
+    facing away left out), every pixel the camera's own views see keeps their blend, and the compiled warp equals
+    its twin; without it (`fallback=False`, the stage-12 enhancer's input) they stay unseen."""
+    reference = _log_with_other_sensors()
+    target = _camera_at(5.0, x_m=10.0, size=(80, 48))
+    target = Camera(80, 48, reference.K[0] * np.array([[2.0], [2.0], [1.0]]), target.pose_camera_to_world)
+    depth = np.full((1, 48, 80), 35.0, np.float32)
+    alpha = np.ones((1, 48, 80), np.float32)
+    own_rgb, own_valid = warp_log(reference, ["CAM_FRONT"], [target], depth, alpha, 2, fallback=False)
+    rgb, valid = warp_log(reference, ["CAM_FRONT"], [target], depth, alpha, 2)
+    twin_rgb, twin_valid = warp_log_reference(reference, ["CAM_FRONT"], [target], depth, alpha, 2)
+    np.testing.assert_array_equal(valid, twin_valid)
+    assert np.abs(rgb.astype(np.int16) - np.round(twin_rgb * 255).astype(np.int16)).max() <= 1
+    filled = valid & ~own_valid
+    assert own_valid.mean() > 0.5 and filled.mean() > 0.1 and valid.all()
+    np.testing.assert_array_equal(rgb[own_valid], own_rgb[own_valid])  # the camera's own views come first
+    assert (rgb[filled][:, 2] == 200).all() and (rgb[filled][:, 0] == 0).all()  # CAM_SIDE's blue, nothing of CAM_FRONT
+    index, weight = fallback_view_weights(reference, "CAM_FRONT", target, 2)
+    assert set(reference.sensor_ids[index]) == {"CAM_SIDE"}  # CAM_BACK faces away
+    np.testing.assert_allclose(weight.sum(), 1.0)
+    assert len(fallback_view_weights(reference, "CAM_FRONT", target, 2, exclude=index)[0]) == 0
+    twin_none = warp_log_reference(reference, ["CAM_FRONT"], [target], depth, alpha, 2, fallback=False)[1]
+    np.testing.assert_array_equal(twin_none, own_valid)
 
 
 def test_temporal_filter_equals_its_twin_clamps_and_forgets():

@@ -12,6 +12,13 @@ weight, and such pixels can still change at once as views come and go; everywher
 continuously. Taking the nearest view first instead (the 2026-12-01 stage 5 enhancer's input) swapped the
 whole reference image the moment another view became nearer, and the enhancer's output flickered with it.
 
+Where none of those views sees a pixel, the OTHER sensors' log views fill it in (`fallback=True`, the default;
+`fallback_view_weights`): each other sensor id's `views` nearest views, weighted alike and shared evenly between
+the sensors whose nearest view faces within 90 degrees of the camera. A rig camera moved off the recorded path
+sees parts of the street that its own log views missed but a neighbouring camera's saw (the road and facades at
+the edges of the right-hand cameras when the car moves left): 2-3 m off the path that fills 13-39 % of such a
+camera's pixels (docs/results.md, "2026-12-04: the other cameras' log views").
+
 `warp_log` is the compiled fast path (numba, rows in parallel) the rig runs every tick; `warp_log_reference` its
 numpy twin (`warp.warp_views(..., sample="bilinear", weights=...)`), tested equal. The log itself (images, the
 depth of each view, cameras) is `neural_sensor.reconstruct.reference.LogReference`, kept with the reconstruction;
@@ -27,6 +34,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.enhance._warp_kernels import sample_view, surface_point
 
 FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
+FALLBACK_FACING_COS = 0.0  # another sensor fills in only when its nearest view faces within 90 degrees of the camera
 MIN_DISTANCE_M = 0.1  # distances below this count as this (a camera at a log view takes ~all of it)
 SAME_CENTRE_M = 0.01  # log views whose centres are closer than this count once (the nearest of them)
 
@@ -62,14 +70,43 @@ def log_view_weights(reference, sensor_id: str, camera: Camera, views: int) -> t
     return same[order[:views]][keep].astype(np.int64), weight[keep] / weight[keep].sum()
 
 
-def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray, views: int = 2
-             ) -> tuple[np.ndarray, np.ndarray]:
+def fallback_view_weights(reference, sensor_id: str, camera: Camera, views: int, exclude=()
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """The log views that fill in the pixels `camera`'s own views (`log_view_weights`) do not see.
+
+    Args: reference a LogReference; the camera's sensor id; camera; views (k) per other sensor; exclude: indices
+    already among the camera's own views (a sensor id the log lacks takes views of other ids there).
+    Returns: indices [m] int64 into the log and weights [m] float64 summing to 1 (empty when no other sensor's
+    nearest view faces within 90 degrees of the camera): every other sensor id's k nearest views with their
+    `log_view_weights`, divided evenly between the sensors kept.
+    """
+    excluded = set(int(i) for i in exclude)
+    axis = camera.pose_camera_to_world[:3, 2]
+    indices, weights = [], []
+    for other in np.unique(reference.sensor_ids):
+        if other == sensor_id:
+            continue
+        near, weight = log_view_weights(reference, str(other), camera, views)
+        if len(near) == 0 or not reference.pose_camera_to_world[near[0], :3, 2] @ axis > FALLBACK_FACING_COS:
+            continue
+        keep = np.array([int(i) not in excluded for i in near], bool)
+        if keep.any():
+            indices.append(near[keep])
+            weights.append(weight[keep] / weight[keep].sum())
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(indices).astype(np.int64), np.concatenate(weights) / len(indices)
+
+
+def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray, views: int = 2,
+             fallback: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Every camera's reference, compiled (`warp_log_reference` is the numpy twin).
 
     Args:
         reference: a LogReference; sensor_ids: C sensor ids; cameras: C Cameras of H x W; depth_m [C, H, W] the
         rendered depth (metres); alpha [C, H, W] the rendered alpha (a surface where > 0.5); views: log views
-        blended per camera.
+        blended per camera; fallback: the other sensors' views fill in what the camera's own do not see
+        (`fallback_view_weights`).
     Returns:
         rgb [C, H, W, 3] uint8 (the blend rounded to nearest; 0 where unseen: the enhancer's wire dtype, so the
         client sends it as it is) and valid [C, H, W] bool.
@@ -84,38 +121,55 @@ def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, 
     for i, (sid, cam) in enumerate(zip(sensor_ids, cameras)):
         assert (cam.height, cam.width) == (h, w), (cam.height, cam.width, h, w)
         near, weight = log_view_weights(reference, str(sid), cam, views)
-        if len(near) == 0:
+        other, other_weight = (fallback_view_weights(reference, str(sid), cam, views, near) if fallback
+                               else (np.zeros(0, np.int64), np.zeros(0)))
+        if len(near) == 0 and len(other) == 0:
             continue
         _blend_kernel(np.ascontiguousarray(depth_m[i], dtype=np.float32), np.ascontiguousarray(alpha[i], np.float32),
                       cam.K.astype(np.float64), cam.pose_camera_to_world.astype(np.float64),
                       np.ascontiguousarray(reference.images[near]), np.ascontiguousarray(reference.depth_m[near]),
                       np.ascontiguousarray(reference.K[near]), np.ascontiguousarray(view_w2c[near]),
-                      weight.astype(np.float64), rgb[i], valid[i])
+                      weight.astype(np.float64),
+                      np.ascontiguousarray(reference.images[other]), np.ascontiguousarray(reference.depth_m[other]),
+                      np.ascontiguousarray(reference.K[other]), np.ascontiguousarray(view_w2c[other]),
+                      other_weight.astype(np.float64), rgb[i], valid[i])
     return rgb, valid
 
 
 def warp_log_reference(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray,
-                       views: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy twin of `warp_log` (`warp_views`, bilinear, the same weights), rgb float32 in [0, 1] before the
-    fast path's rounding to uint8."""
+                       views: int = 2, fallback: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy twin of `warp_log` (`warp_views`, bilinear, the same weights; the other sensors' views where the
+    camera's own see nothing), rgb float32 in [0, 1] before the fast path's rounding to uint8."""
     from neural_sensor.enhance.warp import warp_views
 
-    out = []
+    def warp(cam, depth, alpha_i, index, weight):
+        if len(index) == 0:
+            return np.zeros(depth.shape + (3,), np.float32), np.zeros(depth.shape, bool)
+        return warp_views(cam, depth, alpha_i, [(reference.camera(j), reference.images[j].astype(np.float32)
+                                                 / np.float32(255.0), reference.depth_m[j]) for j in index],
+                          sample="bilinear", weights=weight)
+
+    rgbs, valids = [], []
     for i, (sid, cam) in enumerate(zip(sensor_ids, cameras)):
         near, weight = log_view_weights(reference, str(sid), cam, views)
-        out.append(warp_views(cam, depth_m[i], alpha[i],
-                              [(reference.camera(j), reference.images[j].astype(np.float32) / np.float32(255.0),
-                                reference.depth_m[j]) for j in near], sample="bilinear", weights=weight))
-    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        rgb, valid = warp(cam, depth_m[i], alpha[i], near, weight)
+        if fallback:
+            other_rgb, other_valid = warp(cam, depth_m[i], alpha[i],
+                                          *fallback_view_weights(reference, str(sid), cam, views, near))
+            fill = other_valid & ~valid
+            rgb[fill], valid = other_rgb[fill], valid | fill
+        rgbs.append(rgb)
+        valids.append(valid)
+    return np.stack(rgbs), np.stack(valids)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, view_weight, out_rgb,
-                  out_valid):  # pragma: no cover - compiled
+def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, view_weight, other_images, other_depth,
+                  other_K, other_w2c, other_weight, out_rgb, out_valid):  # pragma: no cover - compiled
     """Per target pixel: its surface point (depth, pixel centre) looked up in each view (`sample_view`: the nearest
     pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too); the views' colours are
-    blended by `view_weight` over the views that see the point. Pixels with alpha <= 0.5 or depth <= 0 stay
-    unseen."""
+    blended by `view_weight` over the views that see the point, or, where none does, the `other_*` views' by
+    `other_weight`. Pixels with alpha <= 0.5 or depth <= 0 stay unseen."""
     h, w = depth.shape
     for y in prange(h):
         for x in range(w):
@@ -123,21 +177,31 @@ def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, v
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
             px, py, pz = surface_point(x, y, z, K, pose)
-            r = 0.0
-            g = 0.0
-            b = 0.0
-            total = 0.0
-            for v in range(view_depth.shape[0]):
-                seen, vr, vg, vb = sample_view(px, py, pz, view_w2c[v], view_K[v], images[v], view_depth[v])
-                if not seen:
-                    continue
-                wv = view_weight[v]
-                r += wv * vr
-                g += wv * vg
-                b += wv * vb
-                total += wv
+            r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, view_weight)
+            if total == 0.0:
+                r, g, b, total = _blend_views(px, py, pz, other_images, other_depth, other_K, other_w2c, other_weight)
             if total > 0.0:
                 out_rgb[y, x, 0] = np.uint8(r / total + 0.5)  # a weighted mean of 8-bit values: <= 255
                 out_rgb[y, x, 1] = np.uint8(g / total + 0.5)
                 out_rgb[y, x, 2] = np.uint8(b / total + 0.5)
                 out_valid[y, x] = True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, view_weight):  # pragma: no cover - compiled
+    """(r, g, b, total): the `view_weight`-weighted sums of the colours the views see at world point (px, py, pz)
+    and the sum of those views' weights (0 when none sees it)."""
+    r = 0.0
+    g = 0.0
+    b = 0.0
+    total = 0.0
+    for v in range(view_depth.shape[0]):
+        seen, vr, vg, vb = sample_view(px, py, pz, view_w2c[v], view_K[v], images[v], view_depth[v])
+        if not seen:
+            continue
+        wv = view_weight[v]
+        r += wv * vr
+        g += wv * vg
+        b += wv * vb
+        total += wv
+    return r, g, b, total

@@ -7,8 +7,9 @@ recorded at a higher resolution than the network reads (drive.RECORD_SIZE). `Log
 log's images, cameras and sensor ids with each view's depth (the reconstruction's median
 depth rendered at the log pose, for the visibility test), and `warp` gives every rig camera
 its reference: the log images of the same sensor nearest to it warped in through the camera's
-RENDERED depth and blended by distance (`neural_sensor.enhance.log_warp`, where the per-tick
-warp lives so that changing it never invalidates a cached scene).
+RENDERED depth and blended by distance, the other sensors' views filling what those do not see
+(`neural_sensor.enhance.log_warp`, where the per-tick warp lives so that changing it never invalidates a cached
+scene).
 
 Stored with a reconstruction in its SceneCache entry (`reference.npz`: uint8 images, float16
 depths, intrinsics, poses and sensor ids), so a cached scene comes back with its reference.
@@ -101,11 +102,11 @@ class LogReference:
         """[V, 4, 4] each view's world -> camera transform."""
         return self._view
 
-    def warp(self, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray, views: int = 2
-             ) -> tuple[np.ndarray, np.ndarray]:
+    def warp(self, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, alpha: np.ndarray, views: int = 2,
+             fallback: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Every camera's reference: `neural_sensor.enhance.log_warp.warp_log` (rgb [C, H, W, 3] uint8, valid
-        [C, H, W] bool from depth_m / alpha [C, H, W]; the per-tick warp lives there, outside the scene cache's
-        code hash)."""
+        [C, H, W] bool from depth_m / alpha [C, H, W]; fallback: the other sensors' views fill in what the
+        camera's own do not see; the per-tick warp lives there, outside the scene cache's code hash)."""
         from neural_sensor.enhance.log_warp import warp_log
 
-        return warp_log(self, sensor_ids, cameras, depth_m, alpha, views)
+        return warp_log(self, sensor_ids, cameras, depth_m, alpha, views, fallback)
