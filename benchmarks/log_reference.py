@@ -6,7 +6,8 @@ reconstruction` builds it, the six-camera rig at 480x270 on the recorded path an
 camera's nearest log images of the same camera (`--views`, by camera centre) are warped into it through a depth
 (`neural_sensor.enhance.warp.warp_views`, `--sample` nearest or bilinear), blended by distance as the rig does
 (`--combine distance`: `neural_sensor.enhance.log_warp`) or each pixel from the nearest view that sees it
-(`--combine nearest-first`). The depth (`--depth`): the reconstruction's rendered median depth at the rig camera
+(`--combine nearest-first`); the camera's own sensor's views only (the rig's fallback to the other cameras' views
+where those see nothing, `log_warp.fallback_view_weights`, is not applied here). The depth (`--depth`): the reconstruction's rendered median depth at the rig camera
 and at the log views (the run's), the ground truth's at both (`truth`: an oracle of perfect geometry; with
 `--depth-noise SIGMA` every depth map multiplied by a smooth log-normal field, to see what depth error the log
 tolerates), the ground truth's at the rig camera only (`truth-target`), or the reconstruction's with the rig

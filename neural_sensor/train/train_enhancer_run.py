@@ -574,7 +574,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
                     last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
-                         reconstructor=str(recon_folder), init=str(init) if init else None)
+                         reconstructor=str(recon_folder), init=str(init) if init else None,
+                         data_version=DATA_VERSION)
 
 
 def main() -> None:
