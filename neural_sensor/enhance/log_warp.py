@@ -16,7 +16,7 @@ Where none of those views sees a pixel, the OTHER sensors' log views fill it in 
 `fallback_view_weights`): each other sensor id's `views` nearest views, weighted alike and shared evenly between
 the sensors whose nearest view faces within 90 degrees of the camera. A rig camera moved off the recorded path
 sees parts of the street that its own log views missed but a neighbouring camera's saw (the road and facades at
-the edges of the right-hand cameras when the car moves left): 2-3 m off the path that fills 13-39 % of such a
+the edges of the right-hand cameras when the car moves left): 2-3 m off the path that fills 14-39 % of such a
 camera's pixels (docs/results.md, "2026-12-04: the other cameras' log views").
 
 `warp_log` is the compiled fast path (numba, rows in parallel) the rig runs every tick; `warp_log_reference` its
