@@ -72,7 +72,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
     parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
-                             "has AMX, where it is faster; float32 elsewhere)")
+                             "has AMX or a timed probe finds it faster; float32 elsewhere)")
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less)")

@@ -82,7 +82,7 @@ class RunOptions:
     enhancer_deadline_ms: float = 1000.0  # per-tick budget for the enhancer; past it the raw render is delivered
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     enhancer_precision: str = "auto"  # for "local": the model's arithmetic on a CPU, auto (bfloat16 where the CPU has
-    #                                   AMX) | float32 | bfloat16 (enhance.precision)
+    #                                   AMX or runs it faster, precision.py) | float32 | bfloat16 (enhance.precision)
     log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
     #                             reference_views); False: none (faster: no median depth and no warp per tick)
     temporal_blend: float = TEMPORAL_BLEND  # with an enhancer: the weight of each camera's previous enhanced image,

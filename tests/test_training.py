@@ -194,6 +194,38 @@ def test_enhance_in_bfloat16_stays_within_a_level_of_float32():
         model.set_cpu_precision("float16")
 
 
+def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_faster(monkeypatch):
+    """"auto": bfloat16 with AMX (no probe); without AMX, bfloat16 only where the CPU runs it natively AND the
+    timed probe finds it at least BF16_MIN_SPEEDUP faster (an AMD EPYC Zen 4: ~1.5x; an earlier AVX-512 BF16
+    Xeon: slower); float32 otherwise, without timing anything on a CPU with no native bfloat16. The probe itself
+    returns a positive ratio on this host."""
+    import math
+
+    from neural_sensor.enhance import precision
+
+    speedup = precision.bfloat16_speedup()
+    assert math.isfinite(speedup) and speedup > 0.0
+    calls = []
+
+    def probe(ratio):
+        def timed():
+            calls.append(ratio)
+            return ratio
+        return timed
+
+    for amx, native, ratio, expected, probed in [(True, True, 0.5, "bfloat16", False),
+                                                 (False, True, 1.5, "bfloat16", True),
+                                                 (False, True, 1.05, "float32", True),
+                                                 (False, False, 9.0, "float32", False)]:
+        calls.clear()
+        monkeypatch.setattr(precision, "cpu_has_amx", lambda amx=amx: amx)
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "bfloat16_speedup", probe(ratio))
+        assert precision.resolve_cpu_precision("auto") == expected, (amx, native, ratio)
+        assert bool(calls) == probed, (amx, native, ratio)
+        assert precision.resolve_cpu_precision("float32") == "float32"
+        assert precision.resolve_cpu_precision("bfloat16") == "bfloat16"
+
 @pytest.mark.parametrize("unshuffle, h, w, reference", [(2, 27, 48, False), (4, 37, 70, True), (1, 13, 21, False)])
 def test_enhance_reads_and_writes_wire_frames_in_place(unshuffle, h, w, reference):
     """A server hands `enhance` the wire's frames as they arrived (uint8 rgb / alpha, float16 depth, per camera)

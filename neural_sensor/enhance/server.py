@@ -12,7 +12,8 @@ own deadline_ms are answered DeadlineExceeded instead of computed. Workers are
 processes (worker.py; spawned, each loads the checkpoint) on a ROUTER over ipc://; a worker that
 dies is restarted and the requests it held get WorkerError replies. `--precision` sets the model's
 arithmetic on a CPU (precision.py): auto, the default, is bfloat16 where the CPU has AMX (an Intel Xeon of the
-Sapphire Rapids generation or later: the UNet ~40 % faster there) and float32 elsewhere; hello says which.
+Sapphire Rapids generation or later: the UNet ~40 % faster there) or native bfloat16 that a short timed probe
+finds faster (an AMD EPYC of the Zen 4 generation: ~1.5x), and float32 elsewhere; hello says which.
 
 Security: the default bind is loopback. Binding anything else (tcp://0.0.0.0, a LAN
 address, a host name other than localhost) is refused unless CurveZMQ is configured:
@@ -77,7 +78,7 @@ class ServerConfig:
     parent_pid: int | None = None  # stop when this process (the run that started us) is gone
     owned_folder: str | None = None  # removed when we stop because the parent is gone (its ready-file folder)
     shared_memory: bool = True  # offer same-host clients shared blocks at hello (else bytes only)
-    precision: str = "auto"  # the UNet's arithmetic on a CPU: auto (bfloat16 with AMX) | float32 | bfloat16
+    precision: str = "auto"  # the UNet's arithmetic on a CPU: auto (bfloat16 where faster) | float32 | bfloat16
 
 
 def check_bind(config: ServerConfig) -> None:
@@ -533,8 +534,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
                         help="do not offer same-host clients shared-memory blocks (bytes over ZeroMQ only)")
     parser.add_argument("--precision", choices=CPU_PRECISIONS, default="auto",
-                        help="the model's arithmetic on a CPU: auto = bfloat16 where the CPU has AMX (faster there), "
-                             "float32 elsewhere")
+                        help="the model's arithmetic on a CPU: auto = bfloat16 where the CPU has AMX, or native bfloat16 "
+                             "that a short timed probe finds faster; float32 elsewhere")
 
 
 def config_from_args(args) -> ServerConfig:
