@@ -275,8 +275,8 @@ class Enhancer(nn.Module):
     def set_cpu_precision(self, precision: str) -> str:
         """How `enhance` runs the UNet on a CPU: "float32" (exact; the default), "bfloat16" (an autocast: the
         weights and the input stay float32, the convolutions run in bfloat16; the residual differs by ~1e-4 on
-        average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`). Returns the
-        precision now in use. Training, `forward` and other devices are not affected."""
+        average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`).
+        Returns the precision now in use. Training, `forward` and other devices are not affected."""
         self.cpu_precision = resolve_cpu_precision(precision)
         return self.cpu_precision
 

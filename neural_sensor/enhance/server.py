@@ -534,8 +534,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
                         help="do not offer same-host clients shared-memory blocks (bytes over ZeroMQ only)")
     parser.add_argument("--precision", choices=CPU_PRECISIONS, default="auto",
-                        help="the model's arithmetic on a CPU: auto = bfloat16 where the CPU has AMX, or native bfloat16 "
-                             "that a short timed probe finds faster; float32 elsewhere")
+                        help="the model's arithmetic on a CPU: auto = bfloat16 where the CPU has AMX, or native "
+                             "bfloat16 that a short timed probe finds faster; float32 elsewhere")
 
 
 def config_from_args(args) -> ServerConfig:
