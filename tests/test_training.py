@@ -226,6 +226,7 @@ def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_fast
         assert precision.resolve_cpu_precision("float32") == "float32"
         assert precision.resolve_cpu_precision("bfloat16") == "bfloat16"
 
+
 @pytest.mark.parametrize("unshuffle, h, w, reference", [(2, 27, 48, False), (4, 37, 70, True), (1, 13, 21, False)])
 def test_enhance_reads_and_writes_wire_frames_in_place(unshuffle, h, w, reference):
     """A server hands `enhance` the wire's frames as they arrived (uint8 rgb / alpha, float16 depth, per camera)

@@ -20,7 +20,8 @@ CPU_PRECISIONS = ("auto", "float32", "bfloat16")  # the UNet's arithmetic on a C
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bfloat16 convolutions
     on the tile unit: the enhancer's UNet takes 33 ms instead of 53 for six 480x270 frames on two cores of such a
-    Xeon. Without AMX a bfloat16 autocast was slower than float32 (an AVX-512 BF16 Xeon, docs/results.md)."""
+    Xeon. Without AMX the speed of bfloat16 depends on the CPU (slower than float32 on an AVX-512 BF16 Xeon, 1.5x
+    faster on an AMD EPYC Zen 4, docs/results.md): `bfloat16_speedup` measures it there."""
     import torch
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
