@@ -51,11 +51,14 @@ def cpu_has_bf16() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def bfloat16_speedup(repeats: int = 5) -> float:
+def bfloat16_speedup(repeats: int = 5, rounds: int = 3) -> float:
     """float32 time / bfloat16-autocast time of a small stack of 3x3 convolutions like the enhancer UNet's
-    (channels-last, 1 x 144 x 68 x 120 in, the unshuffled size of one 480x270 frame; 16, 32 and 64 channels),
-    medians over `repeats` alternating timed passes after one warm-up each, on the threads torch uses now.
-    ~50 ms on two cores of an AMD EPYC; measured once per process (cached)."""
+    (channels-last, 1 x 144 x 68 x 120 in, the unshuffled size of one 480x270 frame; 16, 32 and 64 channels):
+    the medians over `repeats` alternating timed passes after one warm-up each, on the threads torch uses now,
+    and the best of up to `rounds` such rounds (stopping at the first that clears BF16_MIN_SPEEDUP): another
+    process busy on the same cores for a moment (a run compiling its kernels as its server starts) can take
+    one round under 1 on a CPU where bfloat16 is 1.5x faster. ~50 ms a round on two cores of an AMD EPYC;
+    measured once per process (cached)."""
     import torch
     from torch import nn
 
@@ -71,13 +74,18 @@ def bfloat16_speedup(repeats: int = 5) -> float:
                 net(x)
             return time.perf_counter() - start
 
-        seconds(False), seconds(True)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(repeats):
-            for bf16 in (False, True):
-                times[bf16].append(seconds(bf16))
-    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return median[False] / max(median[True], 1e-9)
+        best = 0.0
+        for _ in range(max(1, rounds)):
+            seconds(False), seconds(True)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(repeats):
+                for bf16 in (False, True):
+                    times[bf16].append(seconds(bf16))
+            median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            best = max(best, median[False] / max(median[True], 1e-9))
+            if best >= BF16_MIN_SPEEDUP:
+                break
+    return best
 
 
 def check_cpu_precision(precision: str) -> str:
