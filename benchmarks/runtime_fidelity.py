@@ -50,7 +50,9 @@ round-robin so straight, curve and intersection all appear):
 
 Aggregation: every view's metrics are averaged per world (over frames, cameras or both) and
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
-shift, and per template and shift. Results go to results/runtime-fidelity-<machine>.json.
+shift, and per template and shift. `<enhanced|temporal>_gain_db` is each view's PSNR gain over its own
+raw render, so its median over worlds is the median of the PAIRED per-world gains; the README's gain
+figures are the difference of the two medians (delivered median - raw median), which can differ from it. Results go to results/runtime-fidelity-<machine>.json.
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
         [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]
@@ -285,6 +287,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                             row[f"{name}_psnr_disoccluded"] = (float("nan") if unseen is None
                                                                else psnr(image, gt.rgb[i], unseen))
                         row[f"{name}_ssim"] = ssim(image, gt.rgb[i])
+                        if name != "raw":  # paired: this view's gain over its own raw render
+                            row[f"{name}_gain_db"] = row[f"{name}_psnr"] - row["raw_psnr"]
                         if do_perceptual:
                             row[f"{name}_perceptual"] = float(perceptual_distance(image, gt.rgb[i]))
                     # a floor: the ground truth's own mean colour everywhere (what a scene of fog converges to)

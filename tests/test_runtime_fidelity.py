@@ -73,6 +73,14 @@ def test_aggregate_averages_within_a_world_then_takes_the_median_over_worlds():
     table = rf.aggregate(rows, ("shift_m",))["0m"]
     assert table["raw_psnr"] == {"median": 20.0, "mean": 21.0, "min": 11.0, "max": 32.0, "n_worlds": 3}
     assert table["flicker_raw_mad"]["median"] == 20.0  # the nan of a clip's first frame is skipped
+    # a paired gain per view: its median over worlds is the median of the worlds' gains, not a difference of medians
+    gains = {1: [1.0, 1.0], 2: [0.0, 0.0], 3: [3.0, 5.0]}
+    for row in rows:
+        row["temporal_psnr"] = row["raw_psnr"] + gains[row["seed"]][row["tick"]]
+        row["temporal_gain_db"] = row["temporal_psnr"] - row["raw_psnr"]
+    table = rf.aggregate(rows, ("shift_m",))["0m"]
+    assert table["temporal_gain_db"]["median"] == 1.0
+    assert table["temporal_psnr"]["median"] - table["raw_psnr"]["median"] == 0.0  # world 2's 20 dB both ways
     by_camera = rf.aggregate(rows, ("camera", "shift_m"))
     assert list(by_camera) == ["CAM_FRONT/0m"]
 
