@@ -13,8 +13,9 @@
 # Writes to $OUT: session.log (every stage, with times), gsplat-tests.log, render-gsplat.json,
 # bench-chain-enhancer-{none,local}.json (the closed loop on the reconstruction, "auto" backend) and
 # reconstructor-variants.tar.gz (each variant's checkpoint, history, summary and training log).
-# Afterwards, measure each variant in the run's regime on the CPU machine:
-#   python benchmarks/runtime_fidelity.py --checkpoint VARIANT ...
+# Afterwards, measure each variant in the run's regime on the CPU machine, on twelve held-out worlds (six
+# overstated how close the 3 m targets are, docs/results.md "2026-12-04 (later)"):
+#   python benchmarks/runtime_fidelity.py --worlds 12 --checkpoint VARIANT ...
 set -u
 START=$(date +%s)
 SESSION_S=${SESSION_S:-570}
