@@ -73,9 +73,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
-    parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
+    parser.add_argument("--no-log-reference", dest="log_reference", action="store_false", default=argparse.SUPPRESS,
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
-                             "median depth and no warp per tick; the enhancer then gains less)")
+                             "median depth and no warp per tick; the enhancer then gains less; by default they are "
+                             "sent)")
     parser.add_argument("--temporal-blend", type=float, default=TEMPORAL_BLEND, metavar="B",
                         help="weight in [0, 1) of each camera's previous enhanced image, reprojected through the "
                              f"render's depth and clamped, in the delivered one (default {TEMPORAL_BLEND}; 0: none)")
@@ -193,7 +194,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision,
-                         log_reference=args.log_reference, temporal_blend=args.temporal_blend, truth=args.truth, lod_px=getattr(args, "lod_px", None))
+                         log_reference=getattr(args, "log_reference", True), temporal_blend=args.temporal_blend, truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
 
@@ -357,7 +358,10 @@ def _main(args: argparse.Namespace) -> int:
             else:
                 failed = not result["passed"] and not args.allow_fail
         elif args.command == "run":
-            if (args.scenario is None) == (args.prompt is None):
+            if args.scenario is None and args.prompt is None:
+                raise ValueError("run needs a scenario (a name, a .py file or a module) or --prompt TEXT; "
+                                 "neural-sensor run --help lists the scenarios")
+            if args.scenario is not None and args.prompt is not None:
                 raise ValueError("run takes a scenario (a name, a .py file or a module) or --prompt TEXT, not both")
             scenario = args.scenario
             if args.prompt is not None:

@@ -121,7 +121,7 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     if name in SCENARIOS:
         module = importlib.import_module(f"scenarios.{name}")
         where = f"built-in scenario {name!r}"
-    elif name.endswith(".py") or os.sep in name or "/" in name:
+    elif name.endswith(".py") or os.sep in name or "/" in name or Path(name).is_file():  # README.md: "not .py"
         module, where = _module_from_file(Path(name)), f"scenario file {name}"
     elif "." in name:
         where = f"scenario module {name!r}"

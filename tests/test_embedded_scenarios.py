@@ -156,9 +156,18 @@ def test_every_scenario_loads():
         load_scenario("nope")
 
 
-def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache):
+def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
     assert cli_main(["run", "nope", "--out", str(tmp_path / "a")]) == 2
     assert "unknown scenario 'nope'" in capsys.readouterr().err
+    assert cli_main(["run", "--ticks", "2", "--out", str(tmp_path / "a")]) == 2  # neither a scenario nor --prompt
+    err = capsys.readouterr().err
+    assert "run needs a scenario" in err and "not both" not in err
+    notes = tmp_path / "notes.md"  # a file in the working folder that is not Python: said so, not "No module named"
+    notes.write_text("# not a scenario\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["run", "notes.md", "--out", str(tmp_path / "a")]) == 2
+    assert "scenario file notes.md is not a .py file" in capsys.readouterr().err
+    notes.unlink()
     assert cli_main(["render", str(tmp_path / "missing.ply"), "--eye", "0", "0", "1", "--target", "1", "0", "1",
                      "-o", str(tmp_path / "x.png")]) == 2
     assert cli_main(["demo", "--ticks", "2", "--agent", "no.such:Agent", "--out", str(tmp_path / "b"),
