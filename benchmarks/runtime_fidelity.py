@@ -52,7 +52,8 @@ Aggregation: every view's metrics are averaged per world (over frames, cameras o
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
 shift, and per template and shift. `<enhanced|temporal>_gain_db` is each view's PSNR gain over its own
 raw render, so its median over worlds is the median of the PAIRED per-world gains; the README's gain
-figures are the difference of the two medians (delivered median - raw median), which can differ from it. Results go to results/runtime-fidelity-<machine>.json.
+figures are the difference of the two medians (delivered median - raw median), which can differ from it.
+Results go to results/runtime-fidelity-<machine>.json.
 
     python benchmarks/runtime_fidelity.py [--worlds 9] [--seeds 1000100] [--shifts 0,1,2,3] [--width 480 --height 270]
         [--clips 1] [--ticks 3] [--tick-m 0.5] [--enhancer local|tcp://HOST:PORT|none] [--wire uint8|float32]

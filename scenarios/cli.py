@@ -194,7 +194,8 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision,
-                         log_reference=getattr(args, "log_reference", True), temporal_blend=args.temporal_blend, truth=args.truth, lod_px=getattr(args, "lod_px", None))
+                         log_reference=getattr(args, "log_reference", True), temporal_blend=args.temporal_blend,
+                         truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
 
