@@ -35,7 +35,15 @@ from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
 
 
-_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except an on/off flag's: "--no-X ... (default: True)" read as if the flag
+    were on by default."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
+_FORMATTER = _Formatter
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -73,7 +81,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
-    parser.add_argument("--no-log-reference", dest="log_reference", action="store_false", default=argparse.SUPPRESS,
+    parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
                              "sent)")
@@ -194,7 +202,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision,
-                         log_reference=getattr(args, "log_reference", True), temporal_blend=args.temporal_blend,
+                         log_reference=args.log_reference, temporal_blend=args.temporal_blend,
                          truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
 
