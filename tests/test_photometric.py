@@ -14,8 +14,8 @@ WIDTH, HEIGHT = 128, 96  # the images; the depth maps are half of it, as the net
 WALL_X_M = 10.0  # a wall across the world x axis
 
 
-def _cameras(offsets_y=(-2.0, 0.0, 2.0)) -> list[Camera]:
-    return [Camera.look_at(WIDTH, HEIGHT, 60.0, [0.0, y, 1.5], [WALL_X_M, y, 1.5]) for y in offsets_y]
+def _cameras(offsets_y=(-2.0, 0.0, 2.0), wall_x_m: float = WALL_X_M) -> list[Camera]:
+    return [Camera.look_at(WIDTH, HEIGHT, 60.0, [0.0, y, 1.5], [wall_x_m, y, 1.5]) for y in offsets_y]
 
 
 def _rays_world(cam: Camera, width: int, height: int) -> np.ndarray:
@@ -27,12 +27,13 @@ def _rays_world(cam: Camera, width: int, height: int) -> np.ndarray:
     return rays @ cam.pose_camera_to_world[:3, :3].T
 
 
-def _wall_images(cameras: list[Camera], texture) -> np.ndarray:
-    """[V, H, W, 3] each camera's view of the wall painted with texture(y_m, z_m) -> grey in [0, 1]."""
+def _wall_images(cameras: list[Camera], texture, wall_x_m: float = WALL_X_M) -> np.ndarray:
+    """[V, H, W, 3] each camera's view of the wall (at x = wall_x_m) painted with texture(y_m, z_m) -> grey in
+    [0, 1]."""
     images = []
     for cam in cameras:
         rays = _rays_world(cam, WIDTH, HEIGHT)
-        t = (WALL_X_M - cam.position_world[0]) / rays[..., 0]
+        t = (wall_x_m - cam.position_world[0]) / rays[..., 0]
         points = cam.position_world + rays * t[..., None]
         images.append(np.repeat(texture(points[..., 1], points[..., 2])[..., None], 3, axis=-1))
     return np.stack(images).astype(np.float32)
@@ -57,9 +58,14 @@ def _blotches(y_m, z_m, cell_m: float = 0.15):
                         + (_NOISE[i, j + 1] * (1 - fu) + _NOISE[i + 1, j + 1] * fu) * fv)
 
 
-def _true_depths(cameras: list[Camera]) -> np.ndarray:
+def _far_blotches(y_m, z_m):
+    """_blotches on a 0.5 m grid: at 30 m a cell covers ~2 pixels (0.15 m cells would alias to noise)."""
+    return _blotches(y_m, z_m, cell_m=0.5)
+
+
+def _true_depths(cameras: list[Camera], wall_x_m: float = WALL_X_M) -> np.ndarray:
     """[V, h, w] the wall's camera z on the half-resolution grid (the cameras look along +x)."""
-    return np.stack([np.full((HEIGHT // 2, WIDTH // 2), WALL_X_M - c.position_world[0], np.float32) for c in cameras])
+    return np.stack([np.full((HEIGHT // 2, WIDTH // 2), wall_x_m - c.position_world[0], np.float32) for c in cameras])
 
 
 def test_the_sweep_brings_a_wrong_depth_back_to_the_textured_wall():
@@ -73,6 +79,34 @@ def test_the_sweep_brings_a_wrong_depth_back_to_the_textured_wall():
     assert np.median(error_before[inner]) == pytest.approx(0.08, abs=1e-4)
     assert np.median(error_after[inner]) < 0.01, np.median(error_after[inner])
     assert np.mean(error_after[inner] < 0.02) > 0.9
+
+
+def test_the_far_sweep_finds_a_far_wall_the_local_span_cannot_reach():
+    """The network's far depths are its coarsest (its last planes: 13, 22 and 80 m): a wall at 30 m guessed at 12 m
+    lies 0.05 1/m off, beyond the local span (+-0.03); the far sweep over 4.5-40 m finds it, and without it the
+    guess stays wrong."""
+    from dataclasses import replace
+
+    from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
+
+    cameras = _cameras(wall_x_m=30.0)
+    truth = _true_depths(cameras, wall_x_m=30.0)
+    images = _wall_images(cameras, _far_blotches, wall_x_m=30.0)
+    guess = np.full_like(truth, 12.0)
+    skip = np.zeros(truth.shape, bool)
+    inner = np.s_[:, 8:-8, 8:-8]
+    local_only = refine_depths(guess, images, cameras, skip, replace(DEFAULT_DEPTH_REFINE, far_from_m=0.0))
+    assert np.median((np.abs(local_only - truth) / truth)[inner]) > 0.3
+    refined = refine_depths(guess, images, cameras, skip, DEFAULT_DEPTH_REFINE)
+    error = (np.abs(refined - truth) / truth)[inner]
+    # within half a far candidate's step (at 30 m the 60 candidates over 4.5-40 m lie ~10 % apart; the far sweep
+    # takes its best candidate as it is, no parabola between them)
+    assert np.median(error) < 0.06 and np.mean(error < 0.06) > 0.9, (np.median(error), np.mean(error < 0.06))
+    # a depth the local sweep leaves nearer than far_from_m (5 m: its span reaches 5.9 m) never enters the far one
+    near_guess = np.full_like(truth, 5.0)
+    no_far = replace(DEFAULT_DEPTH_REFINE, far_from_m=0.0)
+    assert np.array_equal(refine_depths(near_guess, images, cameras, skip, DEFAULT_DEPTH_REFINE),
+                          refine_depths(near_guess, images, cameras, skip, no_far))
 
 
 def test_a_slanted_wall_seen_by_yawed_cameras():
@@ -185,3 +219,27 @@ def test_bad_settings_are_named():
         DepthRefineConfig(neighbours=0)
     with pytest.raises(ValueError, match="min_texture > 0"):
         DepthRefineConfig(min_texture=0.0)
+    with pytest.raises(ValueError, match="far_candidates >= 2"):
+        DepthRefineConfig(far_candidates=1)
+    with pytest.raises(ValueError, match="far_from_m >= 0"):
+        DepthRefineConfig(far_from_m=-1.0)
+    with pytest.raises(ValueError, match="far_max_m > far_from_m"):
+        DepthRefineConfig(far_from_m=50.0)
+
+
+def test_the_far_sweep_matches_its_numpy_twin():
+    cameras = _cameras((-2.0, -0.7, 0.0, 1.1, 2.0), wall_x_m=30.0)
+    rng = np.random.default_rng(5)
+    truth = _true_depths(cameras, wall_x_m=30.0)
+    guess = (truth * rng.uniform(0.35, 0.45, truth.shape)).astype(np.float32)  # 10.5-13.5 m: beyond the local span
+    images = _wall_images(cameras, _far_blotches, wall_x_m=30.0)
+    skip = rng.random(truth.shape) < 0.1
+    config = DepthRefineConfig(neighbours=3, candidates=15, far_candidates=40)
+    fast = refine_depths(guess, images, cameras, skip, config)
+    twin = _refine_depths_reference(guess, images, cameras, skip, config)
+    far_fast, far_twin = fast > 20.0, twin > 20.0  # what the far sweep moved onto the wall
+    assert far_fast.mean() > 0.5
+    assert np.mean(far_fast == far_twin) > 0.99
+    both = far_fast & far_twin
+    # the same far candidate (float32 against float64 may pick the other of two near-equal ones)
+    assert np.mean(np.isclose(fast[both], twin[both], rtol=1e-6)) > 0.995

@@ -22,12 +22,26 @@ elsewhere (sky, flat walls, out of view) the network's depth stays. `move_along_
 each Gaussian along its pixel ray to the refined depth, its extent scaled alike, so its own view
 sees it exactly where it was.
 
+The far sweep. The network's far planes are its coarsest (13.1, 22.5, then 80 m), and where a far
+surface shows through a gap (a crossing street seen between two corner buildings) it puts the surface
+near the gap's edges, at half its true depth, beyond the local span's reach. Those too-near depths keep
+the other views from carving the Gaussians they place in the gap: the ghost facades across side streets
+3 m off the path (docs/results.md, "2026-12-04 (evening)"). So a pixel whose depth after the local sweep
+lies beyond `far_from_m` is also scored at `far_candidates` depths evenly spaced in inverse depth from
+`far_max_m` to 0.75 x far_from_m (`far_inverse_depths`); the best of them replaces it only where it
+correlates almost perfectly (score >= `far_min_ncc`) and beats the local result's own score by
+`far_margin`. A wide sweep finds false matches on repeated texture: these bounds keep 1-2 % of the
+pixels, and the 40 m limit keeps the false ones from flying off (out to 150 m, 7-12 % of the replaced
+pixels went beyond 60 m, all of them wrong, and one rig camera's depth AbsRel rose from 0.20 to 0.53 where
+they showed through its holes).
+
 A reference twin in numpy (`_refine_depths_reference`, the same arithmetic in float64, a view at a
 time) is tested against the compiled kernel.
 
 Measured (docs/results.md, "2026-12-02 (third round)"): the run-regime benchmark's six held-out worlds,
 raw PSNR +1.16 / +1.18 / +0.98 / +0.65 dB at 0 / 1 / 2 / 3 m, depth AbsRel 0.124 -> 0.096 on the path; about
-2.3 s per 100 views of 160x96 on two cores.
+2.3 s per 100 views of 160x96 on two cores. The far sweep and its settings: docs/results.md, "2026-12-04
+(evening)"; it adds about 40 % to the refinement's time.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ from neural_sensor.camera import Camera
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 luma
 FAR_LIMIT_INVERSE_M = 1.0 / 150.0  # no candidate beyond 150 m
 _NO_SCORE = -2.0  # below any NCC: no neighbour could score the candidate
+_MAX_NCC = 1.001  # above any NCC (1 in exact arithmetic; float32 rounding may pass it by a hair)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,11 @@ class DepthRefineConfig:
     min_ncc: float = 0.5  # the best candidate's score must reach this ...
     margin: float = 0.02  # ... and beat the network's depth's score by this
     prior_weight: float = 0.1  # score penalty per span of offset from the network's depth
+    far_from_m: float = 6.0  # a depth beyond this (after the local sweep) also tries the far sweep (0: none)
+    far_max_m: float = 40.0  # the far sweep's farthest depth
+    far_candidates: int = 60  # depths of the far sweep (far_inverse_depths)
+    far_min_ncc: float = 0.85  # the far sweep's best must reach this score ...
+    far_margin: float = 0.15  # ... and beat the depth it would replace by this
 
     def __post_init__(self) -> None:
         if self.candidates < 3 or self.candidates % 2 == 0:
@@ -67,6 +87,10 @@ class DepthRefineConfig:
         if not (self.min_texture > 0 and -1.0 <= self.min_ncc <= 1.0 and self.margin >= 0 and self.prior_weight >= 0):
             raise ValueError(f"DepthRefineConfig: min_texture > 0 (a flat patch has no correlation), min_ncc in "
                              f"[-1, 1], margin and prior_weight >= 0: {self}")
+        if self.far_from_m < 0 or self.far_max_m <= self.far_from_m or self.far_candidates < 2 or \
+                not -1.0 <= self.far_min_ncc <= 1.0 or self.far_margin < 0:
+            raise ValueError(f"DepthRefineConfig: far_from_m >= 0 (0: no far sweep), far_max_m > far_from_m, "
+                             f"far_candidates >= 2, far_min_ncc in [-1, 1], far_margin >= 0: {self}")
 
     def cache_inputs(self) -> dict:
         """What a cached reconstruction depends on."""
@@ -74,6 +98,14 @@ class DepthRefineConfig:
 
 
 DEFAULT_DEPTH_REFINE = DepthRefineConfig()
+
+
+def far_inverse_depths(config: DepthRefineConfig) -> np.ndarray:
+    """[far_candidates] float64: the far sweep's inverse depths (1/m), evenly spaced from 1 / far_max_m to
+    1 / (0.75 x far_from_m); empty when far_from_m is 0."""
+    if config.far_from_m <= 0:
+        return np.zeros(0)
+    return np.linspace(1.0 / config.far_max_m, 1.0 / (0.75 * config.far_from_m), config.far_candidates)
 
 
 def depth_refine_config(no_refinement: bool = False) -> DepthRefineConfig | None:
@@ -167,7 +199,9 @@ def _projections(cameras: list[Camera], poses: np.ndarray, neighbours: np.ndarra
 
 def _refine_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, config) -> np.ndarray:
     return _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, np.float32(config.min_texture),
-                  np.float32(config.min_ncc), np.float32(config.margin), np.float32(config.prior_weight))
+                  np.float32(config.min_ncc), np.float32(config.margin), np.float32(config.prior_weight),
+                  np.float32(config.far_from_m), far_inverse_depths(config).astype(np.float32),
+                  np.float32(config.far_min_ncc), np.float32(config.far_margin))
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -188,8 +222,48 @@ def _inside(x, y, width, height):
     return 0.5 <= x < width - 0.501 and 0.5 <= y < height - 0.501
 
 
+@nb.njit(inline="always", fastmath=True)
+def _score(d, v, grey, rays, offsets, neighbours, source, nccs):
+    """The score of depth d for view v's patch (source: its normalised grey samples; rays: their rays mapped into
+    each neighbour): the mean of the best two neighbours' NCCs (_best_two_mean), _NO_SCORE if none sees it."""
+    width, height = grey.shape[2], grey.shape[1]
+    p_count = source.shape[0]
+    count = 0
+    for n in range(neighbours.shape[1]):
+        k = neighbours[v, n]
+        if k < 0:
+            continue
+        t1 = 0.0
+        t2 = 0.0
+        cross = 0.0
+        seen = True
+        for p in range(p_count):
+            z = d * rays[n, p, 2] + offsets[v, n, 2]
+            if z < 0.1:
+                seen = False
+                break
+            x = (d * rays[n, p, 0] + offsets[v, n, 0]) / z
+            y = (d * rays[n, p, 1] + offsets[v, n, 1]) / z
+            if not _inside(x, y, width, height):
+                seen = False
+                break
+            value = _bilinear(grey[k], x, y)
+            t1 += value
+            t2 += value * value
+            cross += value * source[p]
+        if not seen:
+            continue
+        variance = t2 / p_count - (t1 / p_count) ** 2
+        if variance < 1e-8:
+            continue
+        nccs[count] = cross / p_count / np.sqrt(variance)
+        count += 1
+    return _best_two_mean(nccs, count)
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_texture, min_ncc, margin, prior_weight):
+def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_texture, min_ncc, margin, prior_weight,
+           far_from_m, far_inverse, far_min_ncc, far_margin):
     v_count, h, w = depth.shape
     height, width = grey.shape[1], grey.shape[2]
     scale_x = width / w
@@ -245,38 +319,8 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
                         rays[n, p, c] = maps[v, n, c, 0] * x + maps[v, n, c, 1] * y + maps[v, n, c, 2]
             inverse0 = 1.0 / d0
             for m in range(m_count):
-                d = 1.0 / max(inverse0 + inverse_offsets[m], FAR_LIMIT_INVERSE_M)
-                count = 0
-                for n in range(n_count):
-                    k = neighbours[v, n]
-                    if k < 0:
-                        continue
-                    t1 = 0.0
-                    t2 = 0.0
-                    cross = 0.0
-                    seen = True
-                    for p in range(p_count):
-                        z = d * rays[n, p, 2] + offsets[v, n, 2]
-                        if z < 0.1:
-                            seen = False
-                            break
-                        x = (d * rays[n, p, 0] + offsets[v, n, 0]) / z
-                        y = (d * rays[n, p, 1] + offsets[v, n, 1]) / z
-                        if not _inside(x, y, width, height):
-                            seen = False
-                            break
-                        value = _bilinear(grey[k], x, y)
-                        t1 += value
-                        t2 += value * value
-                        cross += value * source[p]
-                    if not seen:
-                        continue
-                    variance = t2 / p_count - (t1 / p_count) ** 2
-                    if variance < 1e-8:
-                        continue
-                    nccs[count] = cross / p_count / np.sqrt(variance)
-                    count += 1
-                scores[m] = _best_two_mean(nccs, count)
+                scores[m] = _score(1.0 / max(inverse0 + inverse_offsets[m], FAR_LIMIT_INVERSE_M), v, grey, rays,
+                                   offsets, neighbours, source, nccs)
             best = -1
             best_value = -1e30
             for m in range(m_count):
@@ -286,13 +330,26 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
                 if value > best_value:
                     best_value = value
                     best = m
-            if best < 0 or scores[best] < min_ncc or scores[best] < scores[middle] + margin:
-                continue
-            offset = inverse_offsets[best]
-            if 0 < best < m_count - 1 and scores[best - 1] > _NO_SCORE and scores[best + 1] > _NO_SCORE:
-                offset += _vertex(scores[best - 1], scores[best], scores[best + 1]) * (
-                    inverse_offsets[best + 1] - inverse_offsets[best - 1]) * 0.5
-            out[v, i, j] = 1.0 / max(inverse0 + offset, FAR_LIMIT_INVERSE_M)
+            if best >= 0 and scores[best] >= min_ncc and scores[best] >= scores[middle] + margin:
+                offset = inverse_offsets[best]
+                if 0 < best < m_count - 1 and scores[best - 1] > _NO_SCORE and scores[best + 1] > _NO_SCORE:
+                    offset += _vertex(scores[best - 1], scores[best], scores[best + 1]) * (
+                        inverse_offsets[best + 1] - inverse_offsets[best - 1]) * 0.5
+                out[v, i, j] = 1.0 / max(inverse0 + offset, FAR_LIMIT_INVERSE_M)
+            # the far sweep: a depth beyond far_from_m may lie farther than the local span reaches
+            if far_from_m > 0.0 and out[v, i, j] > far_from_m:
+                here = _score(out[v, i, j], v, grey, rays, offsets, neighbours, source, nccs)
+                if here + far_margin > _MAX_NCC:  # no correlation can beat it by the margin
+                    continue
+                far_best = -1
+                far_value = np.float32(_NO_SCORE)
+                for f in range(far_inverse.shape[0]):
+                    value = _score(1.0 / far_inverse[f], v, grey, rays, offsets, neighbours, source, nccs)
+                    if value > far_value:
+                        far_value = value
+                        far_best = f
+                if far_best >= 0 and far_value >= far_min_ncc and far_value > here + far_margin:
+                    out[v, i, j] = 1.0 / far_inverse[far_best]
     return out
 
 
@@ -357,29 +414,31 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
         textured = inside.all(axis=1) & (std[:, 0] >= config.min_texture)
         source = (source - mean) / np.where(std > 0, std, 1.0)
         inverse0 = 1.0 / depth[v, ii, jj].astype(np.float64)
-        d = 1.0 / np.maximum(inverse0[:, None] + inverse_offsets[None], FAR_LIMIT_INVERSE_M)  # [Q, M]
-        nccs = []  # per neighbour [Q, M], nan where it cannot score
-        for n, k in enumerate(neighbours[v]):
-            if k < 0:
-                continue
-            rays = np.einsum("ab,qpb->qpa", maps[v, n].astype(np.float64), np.stack([x, y, np.ones_like(x)], -1))
-            b = offsets[v, n].astype(np.float64)
-            hom = d[:, :, None, None] * rays[:, None] + b  # [Q, M, P, 3]
-            z = hom[..., 2]
-            front = z >= 0.1
-            zs = np.where(front, z, 1.0)
-            values, seen = sample(grey[k], hom[..., 0] / zs, hom[..., 1] / zs)
-            seen &= front
-            variance = (values ** 2).mean(-1) - values.mean(-1) ** 2
-            ok = seen.all(-1) & (variance >= 1e-8)
-            ncc = (values * source[:, None]).mean(-1) / np.sqrt(np.where(ok, variance, 1.0))
-            nccs.append(np.where(ok, ncc, np.nan))
-        if not nccs:
+        live = [(n, k) for n, k in enumerate(neighbours[v]) if k >= 0]
+        if not live:
             continue
-        stack = np.sort(np.nan_to_num(np.stack(nccs), nan=-np.inf), axis=0)[::-1]  # best first
-        count = np.isfinite(stack).sum(axis=0)
-        best_two = np.where(count >= 2, 0.5 * (stack[0] + stack[min(1, len(stack) - 1)]), stack[0])
-        scores = np.where(count == 0, _NO_SCORE, best_two)
+        ray_maps = {n: np.einsum("ab,qpb->qpa", maps[v, n].astype(np.float64), np.stack([x, y, np.ones_like(x)], -1))
+                    for n, _ in live}
+
+        def scores_of(d):  # d [Q, M] depths -> [Q, M] the mean of the best two neighbours' NCCs, or _NO_SCORE
+            nccs = []  # per neighbour [Q, M], nan where it cannot score
+            for n, k in live:
+                hom = d[:, :, None, None] * ray_maps[n][:, None] + offsets[v, n].astype(np.float64)  # [Q, M, P, 3]
+                z = hom[..., 2]
+                front = z >= 0.1
+                zs = np.where(front, z, 1.0)
+                values, seen = sample(grey[k], hom[..., 0] / zs, hom[..., 1] / zs)
+                seen &= front
+                variance = (values ** 2).mean(-1) - values.mean(-1) ** 2
+                ok = seen.all(-1) & (variance >= 1e-8)
+                ncc = (values * source[:, None]).mean(-1) / np.sqrt(np.where(ok, variance, 1.0))
+                nccs.append(np.where(ok, ncc, np.nan))
+            stack = np.sort(np.nan_to_num(np.stack(nccs), nan=-np.inf), axis=0)[::-1]  # best first
+            count = np.isfinite(stack).sum(axis=0)
+            best_two = np.where(count >= 2, 0.5 * (stack[0] + stack[min(1, len(stack) - 1)]), stack[0])
+            return np.where(count == 0, _NO_SCORE, best_two)
+
+        scores = scores_of(1.0 / np.maximum(inverse0[:, None] + inverse_offsets[None], FAR_LIMIT_INVERSE_M))  # [Q, M]
         penalised = np.where(scores > _NO_SCORE,
                              scores - config.prior_weight * np.abs(inverse_offsets) / inverse_offsets[-1], -np.inf)
         best = np.argmax(penalised, axis=1)
@@ -396,5 +455,15 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
                                                    / np.where(denominator < 0, denominator, -1.0), -0.5, 0.5), 0.0)
         offset = offset + np.where(interior, vertex * (inverse_offsets[right] - inverse_offsets[left]) * 0.5, 0.0)
         refined = 1.0 / np.maximum(inverse0 + offset, FAR_LIMIT_INVERSE_M)
-        out[v, ii, jj] = np.where(accept, refined, depth[v, ii, jj]).astype(np.float32)
+        result = np.where(accept, refined, depth[v, ii, jj])
+        far_inverse = far_inverse_depths(config)
+        far = textured & (result > config.far_from_m) if len(far_inverse) else np.zeros(len(ii), bool)
+        if far.any():
+            here = scores_of(result[:, None])[:, 0]
+            far_scores = scores_of(np.broadcast_to(1.0 / far_inverse[None], (len(ii), len(far_inverse))))
+            far_best = np.argmax(far_scores, axis=1)
+            far_value = far_scores[rows, far_best]
+            take = far & (far_value >= config.far_min_ncc) & (far_value > here + config.far_margin)
+            result = np.where(take, 1.0 / far_inverse[far_best], result)
+        out[v, ii, jj] = result.astype(np.float32)
     return out
