@@ -121,7 +121,8 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     if name in SCENARIOS:
         module = importlib.import_module(f"scenarios.{name}")
         where = f"built-in scenario {name!r}"
-    elif name.endswith(".py") or os.sep in name or "/" in name or Path(name).is_file():  # README.md: "not .py"
+    elif name.endswith(".py") or os.sep in name or "/" in name or Path(name).is_file():
+        # any existing file goes to the file loader, which names a non-.py one as such
         module, where = _module_from_file(Path(name)), f"scenario file {name}"
     elif "." in name:
         where = f"scenario module {name!r}"
