@@ -97,11 +97,16 @@ def test_the_far_sweep_finds_a_far_wall_the_local_span_cannot_reach():
     inner = np.s_[:, 8:-8, 8:-8]
     local_only = refine_depths(guess, images, cameras, skip, replace(DEFAULT_DEPTH_REFINE, far_from_m=0.0))
     assert np.median((np.abs(local_only - truth) / truth)[inner]) > 0.3
+    # the best candidate as it is: within half a far candidate's step (at 30 m the 60 candidates over 4.5-40 m lie
+    # ~10 % apart; measured: median 5.2 %)
+    candidate = refine_depths(guess, images, cameras, skip, replace(DEFAULT_DEPTH_REFINE, far_vertex=False))
+    error = (np.abs(candidate - truth) / truth)[inner]
+    assert np.median(error) < 0.06 and np.mean(error < 0.06) > 0.9, (np.median(error), np.mean(error < 0.06))
+    # the parabola through the best's and its neighbours' scores finds the wall between candidates (measured:
+    # median 0.3 %, 90 % within 2 %)
     refined = refine_depths(guess, images, cameras, skip, DEFAULT_DEPTH_REFINE)
     error = (np.abs(refined - truth) / truth)[inner]
-    # within half a far candidate's step (at 30 m the 60 candidates over 4.5-40 m lie ~10 % apart; the far sweep
-    # takes its best candidate as it is, no parabola between them)
-    assert np.median(error) < 0.06 and np.mean(error < 0.06) > 0.9, (np.median(error), np.mean(error < 0.06))
+    assert np.median(error) < 0.01 and np.mean(error < 0.02) > 0.85, (np.median(error), np.mean(error < 0.02))
     # a depth the local sweep leaves nearer than far_from_m (5 m: its span reaches 5.9 m) never enters the far one
     near_guess = np.full_like(truth, 5.0)
     no_far = replace(DEFAULT_DEPTH_REFINE, far_from_m=0.0)
@@ -241,5 +246,11 @@ def test_the_far_sweep_matches_its_numpy_twin():
     assert far_fast.mean() > 0.5
     assert np.mean(far_fast == far_twin) > 0.99
     both = far_fast & far_twin
-    # the same far candidate (float32 against float64 may pick the other of two near-equal ones)
-    assert np.mean(np.isclose(fast[both], twin[both], rtol=1e-6)) > 0.995
+    # the same far depth (float32 against float64 may pick the other of two near-equal candidates)
+    assert np.mean(np.isclose(fast[both], twin[both], rtol=2e-3)) > 0.995
+    # and the same without the parabola: the same candidate
+    config = DepthRefineConfig(neighbours=3, candidates=15, far_candidates=40, far_vertex=False)
+    fast = refine_depths(guess, images, cameras, skip, config)
+    twin = _refine_depths_reference(guess, images, cameras, skip, config)
+    both = (fast > 20.0) & (twin > 20.0)
+    assert both.mean() > 0.5 and np.mean(np.isclose(fast[both], twin[both], rtol=1e-6)) > 0.995

@@ -150,13 +150,31 @@ def test_frame_pair_crops_keep_their_correspondence():
     assert float(train_enhancer_run.temporal_change_error(rgb[:4], rgb[:4], target[:4], target[4:], none)) == 0.0
 
 
+def test_unseen_error_reads_only_what_the_reference_misses():
+    import torch
+
+    pred, target = torch.zeros(3, 3, 4, 5), torch.zeros(3, 3, 4, 5)
+    valid = torch.ones(3, 4, 5)
+    valid[0, :2] = 0.0  # sample 0: a reference missing its top half
+    valid[1] = 0.0  # sample 1: sent no reference (a clean render or a dropped one)
+    pred[0, :, :2] += 0.5  # wrong where sample 0's reference is missing ...
+    pred[0, :, 2:] += 9.0  # ... and worse where it has one: not this term's business
+    pred[1] += 7.0  # wrong everywhere in the sample without a reference: not this term's either
+    pred[2] += 3.0  # sample 2's reference covers all of it
+    assert float(train_enhancer_run.unseen_error(pred, target, valid)) == pytest.approx(0.5)
+    assert float(train_enhancer_run.unseen_error(pred, target, torch.ones(3, 4, 5))) == 0.0
+    with pytest.raises(ValueError, match="unseen_weight"):
+        train_enhancer_run.check_config(train_enhancer_run.RunEnhancerTrainConfig(unseen_weight=-1.0))
+
+
 def test_run_enhancer_training_with_the_temporal_term(tmp_path, monkeypatch):
     monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
     monkeypatch.setattr(train_enhancer_run, "world_pairs", _fake_pairs)
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
     config = train_enhancer_run.RunEnhancerTrainConfig(steps=2, batch=2, crop=(64, 96), worlds=2, ticks_per_world=1,
                                                        eval_every=2, save_every=2, perceptual_weight=0.0,
-                                                       temporal_weight=1.0, pair_batch=2, pairs_per_world=1)
+                                                       temporal_weight=1.0, pair_batch=2, pairs_per_world=1,
+                                                       unseen_weight=1.0)
     out, data = tmp_path / "enh", tmp_path / "data"
     summary = train_enhancer_run.train(config, out, data, train_enhancer_run.Path("checkpoints/reconstructor-small"))
     assert len(list(data.glob("*/pairs-*.npz"))) == 3

@@ -30,10 +30,11 @@ the other views from carving the Gaussians they place in the gap: the ghost faca
 lies beyond `far_from_m` is also scored at `far_candidates` depths evenly spaced in inverse depth from
 `far_max_m` to 0.75 x far_from_m (`far_inverse_depths`); the best of them replaces it only where it
 correlates almost perfectly (score >= `far_min_ncc`) and beats the local result's own score by
-`far_margin`. A wide sweep finds false matches on repeated texture: these bounds keep 1-2 % of the
-pixels, and the 40 m limit keeps the false ones from flying off (out to 150 m, 7-12 % of the replaced
-pixels went beyond 60 m, all of them wrong, and one rig camera's depth AbsRel rose from 0.20 to 0.53 where
-they showed through its holes).
+`far_margin`, moved between candidates to the peak of the parabola through its and its two neighbours'
+scores (`far_vertex`; the candidates lie ~10 % apart at 30 m). A wide sweep finds false matches on
+repeated texture: these bounds keep 1-2 % of the pixels, and the 40 m limit keeps the false ones from
+flying off (out to 150 m, 7-12 % of the replaced pixels went beyond 60 m, all of them wrong, and one rig
+camera's depth AbsRel rose from 0.20 to 0.53 where they showed through its holes).
 
 A reference twin in numpy (`_refine_depths_reference`, the same arithmetic in float64, a view at a
 time) is tested against the compiled kernel.
@@ -78,6 +79,8 @@ class DepthRefineConfig:
     far_candidates: int = 60  # depths of the far sweep (far_inverse_depths)
     far_min_ncc: float = 0.85  # the far sweep's best must reach this score ...
     far_margin: float = 0.15  # ... and beat the depth it would replace by this
+    far_vertex: bool = True  # the far sweep's depth moved between candidates to the peak of a parabola through
+    #   the best's and its two neighbours' scores (as the local sweep's); False: the best candidate as it is
 
     def __post_init__(self) -> None:
         if self.candidates < 3 or self.candidates % 2 == 0:
@@ -201,7 +204,7 @@ def _refine_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, patc
     return _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, np.float32(config.min_texture),
                   np.float32(config.min_ncc), np.float32(config.margin), np.float32(config.prior_weight),
                   np.float32(config.far_from_m), far_inverse_depths(config).astype(np.float32),
-                  np.float32(config.far_min_ncc), np.float32(config.far_margin))
+                  np.float32(config.far_min_ncc), np.float32(config.far_margin), config.far_vertex)
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -263,7 +266,7 @@ def _score(d, v, grey, rays, offsets, neighbours, source, nccs):
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
 def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_texture, min_ncc, margin, prior_weight,
-           far_from_m, far_inverse, far_min_ncc, far_margin):
+           far_from_m, far_inverse, far_min_ncc, far_margin, far_vertex):
     v_count, h, w = depth.shape
     height, width = grey.shape[1], grey.shape[2]
     scale_x = width / w
@@ -273,6 +276,7 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
     p_count = patch.shape[0]
     middle = m_count // 2
     span = inverse_offsets[m_count - 1]
+    f_count = far_inverse.shape[0]
     out = depth.copy()
     for row in nb.prange(v_count * h):
         v = row // h
@@ -280,6 +284,7 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
         source = np.empty(p_count, np.float32)
         rays = np.empty((n_count, p_count, 3), np.float32)
         scores = np.empty(m_count, np.float32)
+        far_scores = np.empty(max(f_count, 1), np.float32)
         nccs = np.empty(n_count, np.float32)
         for j in range(w):
             d0 = depth[v, i, j]
@@ -343,13 +348,18 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
                     continue
                 far_best = -1
                 far_value = np.float32(_NO_SCORE)
-                for f in range(far_inverse.shape[0]):
-                    value = _score(1.0 / far_inverse[f], v, grey, rays, offsets, neighbours, source, nccs)
-                    if value > far_value:
-                        far_value = value
+                for f in range(f_count):
+                    far_scores[f] = _score(1.0 / far_inverse[f], v, grey, rays, offsets, neighbours, source, nccs)
+                    if far_scores[f] > far_value:
+                        far_value = far_scores[f]
                         far_best = f
                 if far_best >= 0 and far_value >= far_min_ncc and far_value > here + far_margin:
-                    out[v, i, j] = 1.0 / far_inverse[far_best]
+                    inverse = far_inverse[far_best]
+                    if far_vertex and 0 < far_best < f_count - 1 and far_scores[far_best - 1] > _NO_SCORE and \
+                            far_scores[far_best + 1] > _NO_SCORE:
+                        inverse += _vertex(far_scores[far_best - 1], far_value, far_scores[far_best + 1]) * (
+                            far_inverse[far_best + 1] - far_inverse[far_best - 1]) * 0.5
+                    out[v, i, j] = 1.0 / inverse
     return out
 
 
@@ -446,14 +456,7 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
         best_score = scores[rows, best]
         accept = (textured & np.isfinite(penalised[rows, best]) & (best_score >= config.min_ncc)
                   & (best_score >= scores[:, m_count // 2] + config.margin))
-        offset = inverse_offsets[best]
-        left, right = np.clip(best - 1, 0, m_count - 1), np.clip(best + 1, 0, m_count - 1)
-        interior = ((best > 0) & (best < m_count - 1) & (scores[rows, left] > _NO_SCORE)
-                    & (scores[rows, right] > _NO_SCORE))
-        denominator = scores[rows, left] - 2.0 * best_score + scores[rows, right]
-        vertex = np.where(denominator < 0, np.clip(0.5 * (scores[rows, left] - scores[rows, right])
-                                                   / np.where(denominator < 0, denominator, -1.0), -0.5, 0.5), 0.0)
-        offset = offset + np.where(interior, vertex * (inverse_offsets[right] - inverse_offsets[left]) * 0.5, 0.0)
+        offset = inverse_offsets[best] + _peak_offsets(scores, best, inverse_offsets)
         refined = 1.0 / np.maximum(inverse0 + offset, FAR_LIMIT_INVERSE_M)
         result = np.where(accept, refined, depth[v, ii, jj])
         far_inverse = far_inverse_depths(config)
@@ -464,6 +467,23 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
             far_best = np.argmax(far_scores, axis=1)
             far_value = far_scores[rows, far_best]
             take = far & (far_value >= config.far_min_ncc) & (far_value > here + config.far_margin)
-            result = np.where(take, 1.0 / far_inverse[far_best], result)
+            far_chosen = far_inverse[far_best]
+            if config.far_vertex:
+                far_chosen = far_chosen + _peak_offsets(far_scores, far_best, far_inverse)
+            result = np.where(take, 1.0 / far_chosen, result)
         out[v, ii, jj] = result.astype(np.float32)
     return out
+
+
+def _peak_offsets(scores: np.ndarray, best: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """scores [Q, M] of the candidates `values` [M], best [Q] the chosen ones -> [Q]: how far the peak of the
+    parabola through the best's and its two neighbours' scores lies from values[best] (`_vertex`'s twin; 0 at an
+    end, where a neighbour could not score, or where the scores do not peak)."""
+    m_count = len(values)
+    rows = np.arange(len(best))
+    left, right = np.clip(best - 1, 0, m_count - 1), np.clip(best + 1, 0, m_count - 1)
+    interior = (best > 0) & (best < m_count - 1) & (scores[rows, left] > _NO_SCORE) & (scores[rows, right] > _NO_SCORE)
+    denominator = scores[rows, left] - 2.0 * scores[rows, best] + scores[rows, right]
+    vertex = np.where(denominator < 0, np.clip(0.5 * (scores[rows, left] - scores[rows, right])
+                                               / np.where(denominator < 0, denominator, -1.0), -0.5, 0.5), 0.0)
+    return np.where(interior, vertex * (values[right] - values[left]) * 0.5, 0.0)

@@ -26,7 +26,8 @@ the enhanced pair must change from one frame to the next as the truth does: mean
 adds no flicker and removes the reconstruction's (a term on the enhancer's residual alone,
 |r_t - r_{t-1}(warped)|, was tried first: it drives the enhancer to the identity before the
 raw render's flicker is reached). The pair crops also take the L1 towards the truth.
-Loss = L1 + ssim_weight (1 - SSIM) [+ mse_weight x squared error] + perceptual_weight x the VGG16 perceptual distance
+Loss = L1 + ssim_weight (1 - SSIM) [+ mse_weight x squared error] [+ unseen_weight x the L1 over the pixels the log
+reference does not cover, `unseen_error`] + perceptual_weight x the VGG16 perceptual distance
 (`neural_sensor.perceptual`, approximates LPIPS; on a 64 px square of half the batch every
 second step, because the VGG16 pass costs ten times the enhancer's on a CPU). Adam, cosine schedule, random flips.
 A fresh model takes RUN_ENHANCER's widths or `--block-channels`; `--widen` starts from `--init` with every width
@@ -58,13 +59,13 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v10"  # bump when the stored frame fields or their making change (v2: colour-refined
+DATA_VERSION = "run-v11"  # bump when the stored frame fields or their making change (v2: colour-refined
 #   reconstructions; v3: the log reference; v4: the log views blended by distance; v5: the drive recorded at
 #   320x192, the network reading it at 160x96 and the reference keeping 320x192; v6: the network's depths refined
 #   photometrically before the fusion, reconstruct/photometric.py; v7: the reference's per-view depths rendered at
 #   reference.REFERENCE_LOD_PX, so that frames made before and after never mix; v8: the fusion's carve_tol 0.1,
 #   fuse.FUSION_VERSION 3; v9: the other sensors' log views fill what a camera's own do not see, log_warp.fallback_view_weights;
-#   v10: three views per sensor)
+#   v10: three views per sensor; v11: the depth refinement's far sweep, photometric.DepthRefineConfig.far_from_m)
 REFERENCE_VIEWS = 3  # log views per sensor warped into each camera (stage 14 on; 2 until stage 13: its CARD); the
 #   checkpoint's config.json says it, the server's hello passes it on and the rig sends that many
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
@@ -91,6 +92,8 @@ class RunEnhancerTrainConfig:
     reference_dropout: float = 0.2  # reconstruction samples trained without their log reference
     ssim_weight: float = 0.1
     mse_weight: float = 0.0  # a squared-error term beside the L1 (PSNR reads squared error; 0 until stage 13)
+    unseen_weight: float = 0.0  # an L1 term averaged over the pixels no log view covers (`unseen_error`; where the
+    #   enhancer has no reference to copy: the disocclusions off the path)
     perceptual_weight: float = 0.1
     perceptual_every: int = 2  # the VGG16 term (costly on a CPU): every Nth step (weighted x N), on a
     perceptual_crop: int = 64  # random square of this side from the first half of the batch
@@ -353,6 +356,19 @@ def temporal_change_error(pred_prev: torch.Tensor, pred: torch.Tensor, target_pr
     return error.abs().sum() / (valid.sum() * pred.shape[1])
 
 
+def unseen_error(pred: torch.Tensor, target: torch.Tensor, reference_valid: torch.Tensor) -> torch.Tensor:
+    """Mean |pred - target| over the channels and the pixels the log reference does not cover, in the samples that
+    were sent one (pred / target [B, C, h, w], reference_valid [B, h, w] 0/1; a sample whose reference_valid is all
+    0 had none: a clean render or a dropped reference); 0 when no such pixel exists."""
+    b, c, h, w = pred.shape
+    assert target.shape == pred.shape and reference_valid.shape == (b, h, w), (pred.shape, reference_valid.shape)
+    covered = reference_valid > 0.5
+    unseen = ~covered & covered.flatten(1).any(dim=1)[:, None, None]
+    if not unseen.any():
+        return pred.sum() * 0.0
+    return ((pred - target).abs() * unseen[:, None].to(pred.dtype)).sum() / (unseen.sum() * c)
+
+
 def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch: int, crop: tuple[int, int],
                  identity_fraction: float, reference_dropout: float = 0.0, probabilities: np.ndarray | None = None):
     """(rgb [B, 3, h, w], depth [B, h, w], alpha [B, h, w], target [B, 3, h, w], reference [B, 3, h, w],
@@ -423,13 +439,15 @@ def evaluate_pairs(model: Enhancer, pairs: dict[str, np.ndarray]) -> dict:
 
 def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> None:
     """ValueError naming the setting, for a training run that cannot work: identity_fraction outside [0, 1], a
-    negative mse_weight, block_out_channels that are not positive multiples of RUN_ENHANCER's GroupNorm groups or
-    are given with `init` (a fine-tune keeps its checkpoint's shape), widen without `init`. `train` calls it before
-    loading any data; the CLI turns it into a usage error."""
+    negative mse_weight or unseen_weight, block_out_channels that are not positive multiples of RUN_ENHANCER's
+    GroupNorm groups or are given with `init` (a fine-tune keeps its checkpoint's shape), widen without `init`.
+    `train` calls it before loading any data; the CLI turns it into a usage error."""
     if not 0.0 <= config.identity_fraction <= 1.0:
         raise ValueError(f"identity_fraction {config.identity_fraction}: expected a fraction in [0, 1]")
     if not config.mse_weight >= 0.0:
         raise ValueError(f"mse_weight {config.mse_weight}: expected a weight >= 0")
+    if not config.unseen_weight >= 0.0:
+        raise ValueError(f"unseen_weight {config.unseen_weight}: expected a weight >= 0")
     groups = RUN_ENHANCER.norm_num_groups
     if not all(c > 0 and c % groups == 0 for c in config.block_out_channels):
         raise ValueError(f"block_out_channels {config.block_out_channels}: expected positive multiples of {groups} "
@@ -544,6 +562,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         loss = l1 + config.ssim_weight * loss_ssim
         if config.mse_weight > 0:
             loss = loss + config.mse_weight * (pred - target).square().mean()
+        if config.unseen_weight > 0:
+            loss = loss + config.unseen_weight * unseen_error(pred, target, valid)
         loss_perceptual = None
         if config.perceptual_weight > 0 and step % config.perceptual_every == 0:
             c = config.perceptual_crop
@@ -607,6 +627,8 @@ def main() -> None:
                         help="with --init: double every UNet width, starting from the same function (Net2WiderNet)")
     parser.add_argument("--mse-weight", type=float, default=RunEnhancerTrainConfig.mse_weight,
                         help="weight of a squared-error term beside the L1 (0: off)")
+    parser.add_argument("--unseen-weight", type=float, default=RunEnhancerTrainConfig.unseen_weight,
+                        help="weight of an L1 term over the pixels the log reference does not cover (0: off)")
     parser.add_argument("--shift-weights", default="", metavar="S:W,...",
                         help="draw frames in proportion to the weight of their shift off the path, e.g. "
                              "0:0.5,0.5:1,1:1,2:1.5,3:1.5 (every shift of the data needs one; default: uniformly)")
@@ -624,7 +646,7 @@ def main() -> None:
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
                                     device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
                                     shift_weights=shift_weights, identity_fraction=args.identity_fraction,
-                                    mse_weight=args.mse_weight,
+                                    mse_weight=args.mse_weight, unseen_weight=args.unseen_weight,
                                     block_out_channels=block_channels,
                                     widen=args.widen)
     try:
