@@ -336,10 +336,7 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
                     best_value = value
                     best = m
             if best >= 0 and scores[best] >= min_ncc and scores[best] >= scores[middle] + margin:
-                offset = inverse_offsets[best]
-                if 0 < best < m_count - 1 and scores[best - 1] > _NO_SCORE and scores[best + 1] > _NO_SCORE:
-                    offset += _vertex(scores[best - 1], scores[best], scores[best + 1]) * (
-                        inverse_offsets[best + 1] - inverse_offsets[best - 1]) * 0.5
+                offset = inverse_offsets[best] + _peak_offset(scores, best, inverse_offsets)
                 out[v, i, j] = 1.0 / max(inverse0 + offset, FAR_LIMIT_INVERSE_M)
             # the far sweep: a depth beyond far_from_m may lie farther than the local span reaches
             if far_from_m > 0.0 and out[v, i, j] > far_from_m:
@@ -355,10 +352,8 @@ def _sweep(depth, grey, maps, offsets, neighbours, inverse_offsets, patch, min_t
                         far_best = f
                 if far_best >= 0 and far_value >= far_min_ncc and far_value > here + far_margin:
                     inverse = far_inverse[far_best]
-                    if far_vertex and 0 < far_best < f_count - 1 and far_scores[far_best - 1] > _NO_SCORE and \
-                            far_scores[far_best + 1] > _NO_SCORE:
-                        inverse += _vertex(far_scores[far_best - 1], far_value, far_scores[far_best + 1]) * (
-                            far_inverse[far_best + 1] - far_inverse[far_best - 1]) * 0.5
+                    if far_vertex:
+                        inverse += _peak_offset(far_scores, far_best, far_inverse)
                     out[v, i, j] = 1.0 / inverse
     return out
 
@@ -385,6 +380,15 @@ def _vertex(left, centre, right):
     if denominator >= 0.0:
         return 0.0
     return min(0.5, max(-0.5, 0.5 * (left - right) / denominator))
+
+
+@nb.njit(inline="always")
+def _peak_offset(scores, best, values):
+    """How far the peak of the parabola through the scores of candidate `best` and its two neighbours lies from
+    values[best] (candidates `values`, evenly spaced; 0 at an end or where a neighbour could not score)."""
+    if 0 < best < values.shape[0] - 1 and scores[best - 1] > _NO_SCORE and scores[best + 1] > _NO_SCORE:
+        return _vertex(scores[best - 1], scores[best], scores[best + 1]) * (values[best + 1] - values[best - 1]) * 0.5
+    return 0.0
 
 
 # ---------------------------------------------------------------------------------------------- reference twin
@@ -477,7 +481,7 @@ def _reference_kernel(depth, grey, maps, offsets, neighbours, inverse_offsets, p
 
 def _peak_offsets(scores: np.ndarray, best: np.ndarray, values: np.ndarray) -> np.ndarray:
     """scores [Q, M] of the candidates `values` [M], best [Q] the chosen ones -> [Q]: how far the peak of the
-    parabola through the best's and its two neighbours' scores lies from values[best] (`_vertex`'s twin; 0 at an
+    parabola through the best's and its two neighbours' scores lies from values[best] (`_peak_offset`'s twin; 0 at an
     end, where a neighbour could not score, or where the scores do not peak)."""
     m_count = len(values)
     rows = np.arange(len(best))
