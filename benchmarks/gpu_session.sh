@@ -3,7 +3,14 @@
 # timings, and the reconstructor trained on CUDA through gsplat's differentiable rasteriser (three settings
 # side by side on the one GPU), everything written under $OUT within about SESSION_S seconds.
 #
-#   OUT=/tmp/gpu-out SESSION_S=570 bash benchmarks/gpu_session.sh
+#   OUT=/tmp/gpu-out SESSION_S=545 bash benchmarks/gpu_session.sh
+#
+# Preparing the carried folders (here, in the repository's root; both are git-ignored):
+#   .whl/:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#              --platform manylinux_2_28_x86_64 -d .whl gsplat==1.5.3 plyfile pyzmq     (7 MiB)
+#   .torcs/: the catalogue's 21 photographs copied from /usr/share/games/torcs under their own paths (7.5 MiB;
+#            neural_sensor.scene.textures.TORCS_CATALOGUE; the library's hash is the same as the installed one's)
+# and the call carries [".whl", ".torcs"].
 #
 # Made for a lent machine that cannot reach a package index: packages the project needs beyond that machine's
 # own (gsplat's wheel, plyfile, pyzmq, msgpack) come as wheels in .whl/, and the street photographs the worlds
@@ -21,8 +28,8 @@ START=$(date +%s)
 SESSION_S=${SESSION_S:-570}
 OUT=${OUT:?set OUT to the folder the results go to}
 WORK=${WORK:-/tmp/gpu-session}
-WORKERS=${WORKERS:-6}
-WORLDS=${WORLDS:-48}
+WORKERS=${WORKERS:-14}
+WORLDS=${WORLDS:-96}
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
@@ -69,28 +76,20 @@ if [ "$GSPLAT_RC" = 0 ]; then
     timeout 100 python3 benchmarks/render.py --backends gsplat --no-reference --frames 10 --warmup 3 \
         --out "$OUT/render-gsplat.json" >"$WORK/render.log" 2>&1
     say "render benchmark: rc $? ($(tail -n 1 "$WORK/render.log"))"
-    # the closed loop as a run has it: the rig asks for rgb alone, so "auto" renders with gsplat (the demo's
-    # reconstruction is built first, into the session's cache); the chain alone, then with the enhancer
-    for mode in none local; do
-        timeout 150 python3 -m scenarios.cli bench --ticks 100 --enhancer "$mode" --cache "$WORK/cache" \
-            -o "$WORK/bench-$mode" >"$OUT/bench-chain-enhancer-$mode.json" 2>"$WORK/bench-$mode.log"
-        say "closed loop, enhancer $mode: rc $? ($(python3 -c "
-import json; d = json.load(open('$OUT/bench-chain-enhancer-$mode.json'))
-print(d['backend'], d['ticks_per_s'], 'ticks/s', d['stage_ms_median'])" 2>&1 | tail -n 1))"
-    done
 fi
 
-# 3. the reconstructor on CUDA: three settings at once, each to the same deadline. "whole": every view of the
-# drive through the network and the run's fusion in each step, all 24 target views of the world rendered from
-# it (the run's own regime: a whole drive fused); "seven": seven stations and the two views of one target pose
-MINUTES=$(python3 -c "print(round(max(0.5, ($(left) - 100) / 60), 2))")
+# 3. the reconstructor on CUDA: three settings at once, each to the same deadline, from the shipped stage 6.
+# "whole": every view of the drive through the network and the run's fusion in each step, all 24 target views of
+# the world rendered from it (the run's own regime: a whole drive fused; stage 6's recipe, here on 96 worlds);
+# beside it a lower rate and a heavier depth term on the rendered targets
+MINUTES=$(python3 -c "print(round(max(0.5, ($(left) - ${CLOSED_LOOP_S:-110}) / 60), 2))")
 say "training three reconstructor variants for $MINUTES min each (renderer $RENDERER)"
 COMMON=(--init checkpoints/reconstructor-run --fuse --device auto --renderer "$RENDERER" --worlds "$WORLDS"
         --data "$WORK/data/reconstructor" --minutes "$MINUTES" --steps 1000000)  # the deadline ends them
 declare -A VARIANTS=(
     [whole-lr5e-5]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50"
-    [whole-lr1e-4]="--context-stations 64 --targets-per-step 24 --lr 1e-4 --eval-every 50"
-    [seven-lr5e-5]="--context-stations 7 --targets-per-step 2 --lr 5e-5 --eval-every 200"
+    [whole-lr2.5e-5]="--context-stations 64 --targets-per-step 24 --lr 2.5e-5 --eval-every 50"
+    [whole-lr5e-5-rdepth0.3]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50 --render-depth-weight 0.3"
 )
 if [ "$RENDERER" = torch ]; then  # the torch reference keeps every pixel-Gaussian pair: fewer targets per step
     for name in "${!VARIANTS[@]}"; do
@@ -115,4 +114,18 @@ print(s['steps'], 'steps in', s['wall_s_this_run'], 's; last held-out', s['final
     tr '\r' '\n' <"$WORK/variants/$name/train.log" | grep -h '^{"step"' | tail -n 20 >>"$LOG"
 done
 tar -czf "$OUT/reconstructor-variants.tar.gz" -C "$WORK" variants
+
+# 4. the closed loop as a run has it, in the time left after training
+if [ "$GSPLAT_RC" = 0 ]; then
+    # the closed loop as a run has it: the rig asks for rgb alone, so "auto" renders with gsplat (the demo's
+    # reconstruction is built first, into the session's cache); the chain alone, then with the enhancer
+    for mode in ${CLOSED_LOOP_MODES:-none}; do
+        timeout $(( $(left) > 40 ? $(left) - 15 : 25 )) python3 -m scenarios.cli bench --ticks "${CLOSED_LOOP_TICKS:-60}" \
+            --enhancer "$mode" --cache "$WORK/cache" \
+            -o "$WORK/bench-$mode" >"$OUT/bench-chain-enhancer-$mode.json" 2>"$WORK/bench-$mode.log"
+        say "closed loop, enhancer $mode: rc $? ($(python3 -c "
+import json; d = json.load(open('$OUT/bench-chain-enhancer-$mode.json'))
+print(d['backend'], d['ticks_per_s'], 'ticks/s', d['stage_ms_median'])" 2>&1 | tail -n 1))"
+    done
+fi
 say "done; $(left) s of the session left"
