@@ -399,6 +399,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"neural-sensor: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None
+    if enhancer and enhancer.get("ticks_raw"):
+        print(f"neural-sensor: the enhancer missed its {enhancer['deadline_ms']:g} ms deadline on "
+              f"{enhancer['ticks_raw']} of {result['ticks']} ticks; those cameras got the raw render (a busy host, "
+              "or --enhancer-deadline-ms)", file=sys.stderr)
     if failed:
         print(f"neural-sensor: scenario {result['scenario']} FAILED its criteria (see {args.out / 'summary.json'}; "
               "--allow-fail exits 0)", file=sys.stderr)

@@ -330,6 +330,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         if options.enhancer is not None:
             enhancer, server = _connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)
+        scene_start = time.perf_counter()
         if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
@@ -346,6 +347,8 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
+        # what this run spent on its scene (a cache hit's build_s is the time the cached entry took to build)
+        scene_meta = {**scene_meta, "scene_s": round(time.perf_counter() - scene_start, 2)}
         # an enhancer trained with the drive log's images as its reference (its hello says how many): send them
         from neural_sensor.enhance.client import hello_reference_views
 
@@ -535,7 +538,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
-                                                                                  "cached", "path", "log")}},
+                                                                                  "cached", "scene_s", "path", "log")}},
             "agent": options.agent or "builtin", "paths": paths,
             "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
                 sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)

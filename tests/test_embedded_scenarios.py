@@ -189,9 +189,10 @@ def test_cli_demo_writes_summary(tmp_path, scene_cache):
     assert np.isfinite(summary["wall_s"]) and summary["tick_ms_median"] > 0
     # the builder's scene is the ground-truth mode: no enhancer unless asked for, the run's level of detail
     assert summary["scene"]["source"] == "builder" and summary["enhancer"] is None and summary["lod_px"] == LOD_PX
+    assert summary["scene"]["scene_s"] >= 0  # what this run spent on its scene (build_s: the cached entry's build)
 
 
-def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache):
+def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache, capsys):
     """No --scene, no --enhancer: the world's recorded drive reconstructed (cached), drawn at the
     reconstruction's level of detail, every tick refined by a local enhancer server the run starts and stops."""
     out = tmp_path / "chain"
@@ -208,6 +209,15 @@ def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache):
                      "--enhancer", "none"]) == 0
     summary = json.loads((plain / "summary.json").read_text())
     assert summary["scene"]["source"] == "reconstruction" and summary["enhancer"] is None
+    assert "missed" not in capsys.readouterr().err
+    # a deadline no enhancer meets: every tick delivers the raw render, and the terminal says so
+    late = tmp_path / "late"
+    assert cli_main(["run", "lane_change", "--ticks", "2", "--width", "64", "--height", "36", "--out", str(late),
+                     "--no-video", "--cache", str(scene_cache), "--backend", "cpu", "--allow-fail",
+                     "--enhancer-deadline-ms", "0.001"]) == 0
+    summary = json.loads((late / "summary.json").read_text())
+    assert summary["enhancer"]["ticks_raw"] == 2 and summary["enhancer"]["ticks_enhanced"] == 0
+    assert "the enhancer missed its 0.001 ms deadline on 2 of 2 ticks" in capsys.readouterr().err
 
 
 def test_more_bad_agent_specs():

@@ -167,6 +167,24 @@ def test_unseen_error_reads_only_what_the_reference_misses():
         train_enhancer_run.check_config(train_enhancer_run.RunEnhancerTrainConfig(unseen_weight=-1.0))
 
 
+def test_worlds_are_joined_per_array_or_only_made(tmp_path, monkeypatch):
+    """_load_worlds joins each array name over the seeds in seed order (one name at a time); keep=False makes every
+    seed's data and holds none of it."""
+    monkeypatch.setattr(train_enhancer_run, "data_folder", lambda root, recon: tmp_path / "data")
+    made = []
+
+    def load(folder, seed):
+        made.append(seed)
+        return {"rgb": np.full((2, 3), seed, np.uint8), "shift_m": np.array([seed, -seed], np.float32)}
+
+    joined = train_enhancer_run._load_worlds(tmp_path, tmp_path, [4, 1, 7], "test", load)
+    assert made == [4, 1, 7] and (tmp_path / "data").is_dir()
+    assert joined["rgb"].shape == (6, 3) and joined["rgb"][:, 0].tolist() == [4, 4, 1, 1, 7, 7]
+    assert joined["shift_m"].tolist() == [4, -4, 1, -1, 7, -7]
+    assert train_enhancer_run._load_worlds(tmp_path, tmp_path, [2, 3], "test", load, keep=False) is None
+    assert made[3:] == [2, 3]
+
+
 def test_run_enhancer_training_with_the_temporal_term(tmp_path, monkeypatch):
     monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
     monkeypatch.setattr(train_enhancer_run, "world_pairs", _fake_pairs)

@@ -61,9 +61,9 @@ def _recon_world(args) -> int:
 
 def _enhancer_world(args) -> int:
     root, recon, seed, split, ticks, pairs = args
-    enhancer_run.load_frames(Path(root), Path(recon), [seed], split, ticks)
+    enhancer_run.load_frames(Path(root), Path(recon), [seed], split, ticks, keep=False)
     if pairs:  # the temporal term's frame pairs
-        enhancer_run.load_pairs(Path(root), Path(recon), [seed], split, pairs)
+        enhancer_run.load_pairs(Path(root), Path(recon), [seed], split, pairs, keep=False)
     return seed
 
 

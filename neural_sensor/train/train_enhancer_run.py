@@ -236,18 +236,29 @@ def data_folder(data_root: Path, recon_folder: Path) -> Path:
 
 
 def load_frames(data_root: Path, recon_folder: Path, seeds, split: str, ticks: int,
-                cache_dir: Path | None = None) -> dict[str, np.ndarray]:
-    """Frames of `seeds`, made where missing (progress bar over worlds)."""
+                cache_dir: Path | None = None, keep: bool = True) -> dict[str, np.ndarray] | None:
+    """Frames of `seeds`, made where missing (progress bar over worlds); keep=False: only made, None returned."""
     return _load_worlds(data_root, recon_folder, seeds, f"enhancer frames ({split})",
-                        lambda folder, seed: _world_file(folder, seed, split, ticks, recon_folder, cache_dir))
+                        lambda folder, seed: _world_file(folder, seed, split, ticks, recon_folder, cache_dir), keep)
 
 
-def _load_worlds(data_root: Path, recon_folder: Path, seeds, what: str, load) -> dict[str, np.ndarray]:
-    """load(folder, seed) -> arrays of each seed (the data folder of `recon_folder` made first), concatenated."""
+def _load_worlds(data_root: Path, recon_folder: Path, seeds, what: str, load,
+                 keep: bool = True) -> dict[str, np.ndarray] | None:
+    """load(folder, seed) -> arrays of each seed (the data folder of `recon_folder` made first), concatenated; with
+    keep=False each seed's file is only made where missing (nothing is held: `--data-only`) and None is returned.
+    The concatenation goes one array name at a time, each seed's copy dropped as it is joined, so loading holds
+    the data about once (96 worlds of frame pairs are ~11 GB)."""
     folder = data_folder(data_root, recon_folder)
     folder.mkdir(parents=True, exist_ok=True)
-    shards = [load(folder, seed) for seed in tqdm(list(seeds), desc=what, unit="world")]
-    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+    shards = []
+    for seed in tqdm(list(seeds), desc=what, unit="world"):
+        arrays = load(folder, seed)
+        if keep:
+            shards.append(arrays)
+        del arrays
+    if not keep:
+        return None
+    return {k: np.concatenate([s.pop(k) for s in shards]) for k in list(shards[0])}
 
 
 def shift_probabilities(shift_m: np.ndarray, shift_weights) -> np.ndarray | None:
@@ -286,12 +297,13 @@ def _images(items: list[np.ndarray]) -> torch.Tensor:
 
 
 def load_pairs(data_root: Path, recon_folder: Path, seeds, split: str, pairs: int,
-               cache_dir: Path | None = None) -> dict[str, np.ndarray]:
-    """Frame pairs (`world_pairs`) of `seeds`, made where missing (progress bar over worlds)."""
+               cache_dir: Path | None = None, keep: bool = True) -> dict[str, np.ndarray] | None:
+    """Frame pairs (`world_pairs`) of `seeds`, made where missing (progress bar over worlds); keep=False: only
+    made, None returned."""
     return _load_worlds(data_root, recon_folder, seeds, f"enhancer frame pairs ({split})",
                         lambda folder, seed: load_or_make_npz(
                             folder / f"pairs-{seed}-p{pairs}.npz",
-                            lambda: world_pairs(seed, split, pairs, recon_folder, cache_dir)))
+                            lambda: world_pairs(seed, split, pairs, recon_folder, cache_dir)), keep)
 
 
 def sample_pairs(pairs: dict[str, np.ndarray], rng: np.random.Generator, count: int, crop: tuple[int, int],
@@ -654,11 +666,12 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     if args.data_only:
-        load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world)
-        load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
+        load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world, keep=False)
+        load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
         if config.temporal_weight > 0:
-            load_pairs(args.data, args.reconstructor, range(config.worlds), "train", config.pairs_per_world)
-            load_pairs(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2)
+            load_pairs(args.data, args.reconstructor, range(config.worlds), "train", config.pairs_per_world,
+                       keep=False)
+            load_pairs(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
         return
     summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
     print(json.dumps(summary["final"]))
