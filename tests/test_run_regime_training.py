@@ -165,6 +165,8 @@ def test_unseen_error_reads_only_what_the_reference_misses():
     assert float(train_enhancer_run.unseen_error(pred, target, torch.ones(3, 4, 5))) == 0.0
     with pytest.raises(ValueError, match="unseen_weight"):
         train_enhancer_run.check_config(train_enhancer_run.RunEnhancerTrainConfig(unseen_weight=-1.0))
+    with pytest.raises(ValueError, match="pair_worlds"):
+        train_enhancer_run.check_config(train_enhancer_run.RunEnhancerTrainConfig(worlds=4, pair_worlds=5))
 
 
 def test_worlds_are_joined_per_array_or_only_made(tmp_path, monkeypatch):
@@ -192,10 +194,12 @@ def test_run_enhancer_training_with_the_temporal_term(tmp_path, monkeypatch):
     config = train_enhancer_run.RunEnhancerTrainConfig(steps=2, batch=2, crop=(64, 96), worlds=2, ticks_per_world=1,
                                                        eval_every=2, save_every=2, perceptual_weight=0.0,
                                                        temporal_weight=1.0, pair_batch=2, pairs_per_world=1,
-                                                       unseen_weight=1.0)
+                                                       unseen_weight=1.0, pair_worlds=1)
     out, data = tmp_path / "enh", tmp_path / "data"
     summary = train_enhancer_run.train(config, out, data, train_enhancer_run.Path("checkpoints/reconstructor-small"))
-    assert len(list(data.glob("*/pairs-*.npz"))) == 3
+    # frames of both training worlds; pairs of the first one (pair_worlds) and of the held-out world
+    assert sorted(p.name for p in data.glob("*/pairs-*.npz")) == ["pairs-0-p1.npz", "pairs-1000300-p2.npz"]
+    assert len(list(data.glob("*/world-*.npz"))) == 3
     history = json.loads((out / "history.json").read_text())
     assert all(np.isfinite(h["temporal"]) for h in history[1:])
     heldout = summary["final"]["heldout"]

@@ -141,7 +141,8 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
         t0 = time.perf_counter()
         temporal = enhancer_config.temporal_weight > 0
         jobs = [(str(data_root / "enhancer"), str(recon_out), s, "train", enhancer_config.ticks_per_world,
-                 enhancer_config.pairs_per_world if temporal else 0) for s in range(enhancer_worlds)]
+                 enhancer_config.pairs_per_world if temporal and s < enhancer_run.pair_worlds(enhancer_config)
+                 else 0) for s in range(enhancer_worlds)]
         jobs += [(str(data_root / "enhancer"), str(recon_out), s, "heldout", 2, 2 if temporal else 0)
                  for s in enhancer_run.EVAL_SEEDS]
         _parallel(_enhancer_world, jobs, workers, "enhancer frames")

@@ -102,6 +102,7 @@ class RunEnhancerTrainConfig:
     temporal_weight: float = 0.0  # the temporal-change term on frame pairs (0: no pairs loaded)
     pair_batch: int = 4  # frame pairs per step (two crops each)
     pairs_per_world: int = 4  # pair poses per world (6 cameras each)
+    pair_worlds: int = 0  # frame pairs from the first this many training worlds (0: all `worlds`; ~110 MB each)
     eval_every: int = 250
     save_every: int = 100
     seed: int = 0
@@ -460,6 +461,8 @@ def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> No
         raise ValueError(f"mse_weight {config.mse_weight}: expected a weight >= 0")
     if not config.unseen_weight >= 0.0:
         raise ValueError(f"unseen_weight {config.unseen_weight}: expected a weight >= 0")
+    if not 0 <= config.pair_worlds <= config.worlds:
+        raise ValueError(f"pair_worlds {config.pair_worlds}: expected 0 (all) to worlds ({config.worlds})")
     groups = RUN_ENHANCER.norm_num_groups
     if not all(c > 0 and c % groups == 0 for c in config.block_out_channels):
         raise ValueError(f"block_out_channels {config.block_out_channels}: expected positive multiples of {groups} "
@@ -469,6 +472,11 @@ def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> No
                          "shape of the checkpoint it starts from")
     if config.widen and init is None:
         raise ValueError("widen needs init: it doubles the widths of a trained enhancer")
+
+
+def pair_worlds(config: RunEnhancerTrainConfig) -> int:
+    """How many training worlds the frame pairs come from (the first ones)."""
+    return config.pair_worlds or config.worlds
 
 
 def new_model(init: Path | None = None, block_out_channels: tuple[int, ...] = ()) -> Enhancer:
@@ -535,7 +543,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
     eval_frames = load_frames(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
     pairs = eval_pairs = None
     if config.temporal_weight > 0:
-        pairs = load_pairs(data_root, recon_folder, range(config.worlds), "train", config.pairs_per_world, cache_dir)
+        pairs = load_pairs(data_root, recon_folder, range(pair_worlds(config)), "train", config.pairs_per_world,
+                           cache_dir)
         eval_pairs = load_pairs(data_root, recon_folder, EVAL_SEEDS, "heldout", 2, cache_dir)
     frame_p = shift_probabilities(frames["shift_m"], config.shift_weights)
     pair_p = None if pairs is None else shift_probabilities(pairs["shift_m"], config.shift_weights)
@@ -631,6 +640,9 @@ def main() -> None:
     parser.add_argument("--temporal-weight", type=float, default=SHIPPED_TEMPORAL_WEIGHT,
                         help="weight of the temporal-change term on consecutive frame pairs (0: off)")
     parser.add_argument("--pairs", type=int, default=4, help="frame-pair poses per world (with --temporal-weight)")
+    parser.add_argument("--pair-worlds", type=int, default=0,
+                        help="frame pairs from the first N training worlds only (0: all; each world's pairs take "
+                             "~110 MB of memory, its frames ~50 MB)")
     parser.add_argument("--identity-fraction", type=float, default=RunEnhancerTrainConfig.identity_fraction,
                         help="fraction of the samples that feed a clean render and ask for itself back")
     parser.add_argument("--block-channels", default="", metavar="C,C,...",
@@ -657,6 +669,7 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
                                     device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
+                                    pair_worlds=args.pair_worlds,
                                     shift_weights=shift_weights, identity_fraction=args.identity_fraction,
                                     mse_weight=args.mse_weight, unseen_weight=args.unseen_weight,
                                     block_out_channels=block_channels,
@@ -669,7 +682,7 @@ def main() -> None:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world, keep=False)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
         if config.temporal_weight > 0:
-            load_pairs(args.data, args.reconstructor, range(config.worlds), "train", config.pairs_per_world,
+            load_pairs(args.data, args.reconstructor, range(pair_worlds(config)), "train", config.pairs_per_world,
                        keep=False)
             load_pairs(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
         return
