@@ -255,35 +255,46 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 @contextmanager
 def _terminate_as_exception():
-    """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs.
+    """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs; and a signal's exception
+    (SystemExit 143, or Ctrl-C's KeyboardInterrupt) that something turned into another error, or caught, on the way
+    out still leaves as that exception.
 
-    Only in the main thread and only when SIGTERM has its default action (a host application's own
-    handler is left alone). A SIGTERM that lands inside an extension's call (numba's dispatcher loading a
-    kernel from its cache) comes out of that call as a SystemError wrapping the SystemExit, which a caller may
-    even catch: whatever unwinds, or returns, after a SIGTERM leaves as SystemExit 143 all the same.
+    Only in the main thread, and for each signal only while it has its default action (SIGTERM: SIG_DFL; SIGINT:
+    Python's default_int_handler); a host application's own handler is left alone. A signal that lands inside an
+    extension's call (numba's dispatcher loading a kernel from its cache) comes out of that call as a SystemError
+    wrapping the handler's exception, which a caller may even catch (a Ctrl-C on the first tick once ended a demo
+    with exit status 0): whatever unwinds, or returns, after such a signal leaves with the first one's exception.
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
 
+    def _exception(signum: int) -> BaseException:
+        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
     def _raise(signum, _frame):
         received.append(signum)
-        raise SystemExit(128 + signum)
+        raise _exception(signum)
 
-    signal.signal(signal.SIGTERM, _raise)
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    installed = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
+    for sig in installed:
+        signal.signal(sig, _raise)
     try:
         yield
     except BaseException as err:
-        if received and not (isinstance(err, SystemExit) and err.code == 128 + received[0]):
-            raise SystemExit(128 + received[0]) from err
+        if received:
+            expected = _exception(received[0])
+            if not (type(err) is type(expected) and getattr(err, "code", None) == getattr(expected, "code", None)):
+                raise expected from err
         raise
     else:  # a handler's exception that something caught on the way (a tick delivered raw after it): still leave
         if received:
-            raise SystemExit(128 + received[0])
+            raise _exception(received[0])
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in installed:
+            signal.signal(sig, defaults[sig])
 
 
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:

@@ -143,6 +143,43 @@ def test_sigterm_inside_an_extension_call_still_leaves_as_143():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_ctrl_c_inside_an_extension_call_still_interrupts():
+    """Ctrl-C's KeyboardInterrupt, wrapped by a C extension and caught on the way (a Ctrl-C on a demo's first tick
+    once ended it with exit status 0), still leaves the run as KeyboardInterrupt; the default handler is back after."""
+    from scenarios.runner import _terminate_as_exception
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a CLI run
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _terminate_as_exception():
+                try:
+                    try:
+                        os.kill(os.getpid(), signal.SIGINT)
+                        time.sleep(5.0)  # the handler runs here
+                    except KeyboardInterrupt as err:
+                        raise SystemError("returned a result with an exception set") from err
+                except Exception:  # noqa: BLE001 - a caller that swallows the extension's error
+                    pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt) as info:  # wrapped and not caught: the cause is kept
+            with _terminate_as_exception():
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5.0)
+                except KeyboardInterrupt as err:
+                    raise SystemError("returned a result with an exception set") from err
+        assert isinstance(info.value.__cause__, SystemError)
+        def host(*_):  # a host application's own handler is left alone
+            pass
+
+        signal.signal(signal.SIGINT, host)
+        with _terminate_as_exception():
+            assert signal.getsignal(signal.SIGINT) is host
+        assert signal.getsignal(signal.SIGINT) is host
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_is_one_line_not_a_traceback(tmp_path):
     marker = uuid.uuid4().hex
     out_parent = tmp_path / "records"
