@@ -253,6 +253,19 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+_SIGNALLED: list[int] = []  # the signals _terminate_as_exception's handler took during this run (the loop checks)
+
+
+def _signal_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def _raise_if_signalled() -> None:
+    """Leave the run with the first signal's exception if one was taken and caught on the way (once a tick)."""
+    if _SIGNALLED:
+        raise _signal_exception(_SIGNALLED[0])
+
+
 @contextmanager
 def _terminate_as_exception():
     """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs; and a signal's exception
@@ -263,15 +276,15 @@ def _terminate_as_exception():
     Python's default_int_handler); a host application's own handler is left alone. A signal that lands inside an
     extension's call (numba's dispatcher loading a kernel from its cache) comes out of that call as a SystemError
     wrapping the handler's exception, which a caller may even catch (a Ctrl-C on the first tick once ended a demo
-    with exit status 0): whatever unwinds, or returns, after such a signal leaves with the first one's exception.
+    with exit status 0): whatever unwinds, or returns, after such a signal leaves with the first one's exception,
+    and the tick loop leaves with it at the next tick (`_raise_if_signalled`).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-
-    def _exception(signum: int) -> BaseException:
-        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+    received = _SIGNALLED
+    received.clear()
+    _exception = _signal_exception
 
     def _raise(signum, _frame):
         received.append(signum)
@@ -295,6 +308,7 @@ def _terminate_as_exception():
     finally:
         for sig in installed:
             signal.signal(sig, defaults[sig])
+        received.clear()
 
 
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
@@ -451,6 +465,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         ticks_run, stopped_early = 0, None
         bar = tqdm(range(ticks), desc=scenario.name, unit="tick", disable=not options.progress)
         for tick in bar:
+            _raise_if_signalled()  # a signal whose exception something caught during the last tick
             t0 = time.perf_counter()
             snapshot = sim.tick()
             t1 = time.perf_counter()

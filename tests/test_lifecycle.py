@@ -169,6 +169,21 @@ def test_ctrl_c_inside_an_extension_call_still_interrupts():
                 except KeyboardInterrupt as err:
                     raise SystemError("returned a result with an exception set") from err
         assert isinstance(info.value.__cause__, SystemError)
+        from scenarios.runner import _raise_if_signalled
+
+        after = []
+        with pytest.raises(KeyboardInterrupt):  # the tick loop's check leaves at once, not at the end of the run
+            with _terminate_as_exception():
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5.0)
+                except KeyboardInterrupt:
+                    pass  # swallowed on the way
+                _raise_if_signalled()
+                after.append("the next tick ran")
+        assert after == []
+        _raise_if_signalled()  # nothing pending once the run is over
+
         def host(*_):  # a host application's own handler is left alone
             pass
 
