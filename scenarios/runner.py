@@ -275,9 +275,9 @@ def _terminate_as_exception():
     Only in the main thread, and for each signal only while it has its default action (SIGTERM: SIG_DFL; SIGINT:
     Python's default_int_handler); a host application's own handler is left alone. A signal that lands inside an
     extension's call (numba's dispatcher loading a kernel from its cache) comes out of that call as a SystemError
-    wrapping the handler's exception, which a caller may even catch (a Ctrl-C on the first tick once ended a demo
-    with exit status 0): whatever unwinds, or returns, after such a signal leaves with the first one's exception,
-    and the tick loop leaves with it at the next tick (`_raise_if_signalled`).
+    wrapping the handler's exception, which a caller may even catch: whatever unwinds, or returns, after such a
+    signal leaves with the first one's exception, and the tick loop leaves with it at the next tick
+    (`_raise_if_signalled`). A run started with SIGINT ignored (by a non-interactive shell's `&`) keeps ignoring it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
