@@ -284,11 +284,10 @@ def _terminate_as_exception():
         return
     received = _SIGNALLED
     received.clear()
-    _exception = _signal_exception
 
     def _raise(signum, _frame):
         received.append(signum)
-        raise _exception(signum)
+        raise _signal_exception(signum)
 
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
     installed = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
@@ -298,13 +297,12 @@ def _terminate_as_exception():
         yield
     except BaseException as err:
         if received:
-            expected = _exception(received[0])
+            expected = _signal_exception(received[0])
             if not (type(err) is type(expected) and getattr(err, "code", None) == getattr(expected, "code", None)):
                 raise expected from err
         raise
     else:  # a handler's exception that something caught on the way (a tick delivered raw after it): still leave
-        if received:
-            raise _exception(received[0])
+        _raise_if_signalled()
     finally:
         for sig in installed:
             signal.signal(sig, defaults[sig])

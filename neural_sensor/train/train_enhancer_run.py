@@ -256,7 +256,6 @@ def _load_worlds(data_root: Path, recon_folder: Path, seeds, what: str, load,
         arrays = load(folder, seed)
         if keep:
             shards.append(arrays)
-        del arrays
     if not keep:
         return None
     return {k: np.concatenate([s.pop(k) for s in shards]) for k in list(shards[0])}
