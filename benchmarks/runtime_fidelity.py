@@ -200,7 +200,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
     t0 = time.perf_counter()
     scene, scene_meta = reconstructed_scene(layout, path_xy, checkpoint=args.checkpoint, voxel_m=VOXEL_M,
                                             cache_dir=cache_dir, refine=refine_config(args.refine_iterations),
-                                            depth_refine=depth_refine_config(args.no_depth_refinement))
+                                            depth_refine=depth_refine_config(args.no_depth_refinement),
+                                            network_precision=args.network_precision)
     log = scene_reference(scene_meta)
     log_reference = log if args.reference and args.reference_views > 0 else None  # as the runner decides
     recon_s = time.perf_counter() - t0
@@ -467,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also measure the enhanced images accumulated over each clip's ticks with this history "
                              "weight (neural_sensor.enhance.temporal; metrics named temporal_*)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="reconstructor checkpoint")
+    parser.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
+                        help="the reconstruction network's arithmetic (auto: as a run picks it on this host)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="scene cache folder (default: a temporary one, removed at the end)")
     parser.add_argument("--lod-px", type=float, default=RECONSTRUCTION_LOD_PX, metavar="PX",

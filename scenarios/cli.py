@@ -81,6 +81,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
+    parser.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
+                        help="a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs "
+                             "it natively and a timed probe finds it faster, as for the enhancer; part of the "
+                             "scene's cache key)")
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_recon.add_argument("--no-depth-refinement", action="store_true",
                          help="keep the network's depths (skip the photometric refinement against the neighbour "
                               "views, neural_sensor.reconstruct.photometric: faster, ~1 dB worse)")
+    p_recon.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
+                         help="the network's arithmetic on a CPU (auto: bfloat16 where the CPU runs it natively and a "
+                              "timed probe finds it faster; part of the scene's cache key)")
     p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
                                            "removes the least recently used down to a size", formatter_class=_FORMATTER)
     p_cache.add_argument("--cache", type=Path, default=None,
@@ -201,7 +208,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
-                         enhancer_precision=args.enhancer_precision,
+                         enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend,
                          truth=args.truth, lod_px=getattr(args, "lod_px", None))
     return run_scenario(scenario, options)
@@ -305,10 +312,12 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
                                                cache_dir=args.cache, progress=True, refine=refine,
-                                               depth_refine=depth_refine_config(args.no_depth_refinement))
+                                               depth_refine=depth_refine_config(args.no_depth_refinement),
+                                               network_precision=args.network_precision)
     result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
                                                                 "n_gaussians", "key", "cached", "build_s", "path",
-                                                                "colour_refinement", "depth_refinement")},
+                                                                "colour_refinement", "depth_refinement",
+                                                                "network_precision")},
               "wall_s": round(time.perf_counter() - start, 2)}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

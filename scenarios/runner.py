@@ -83,6 +83,8 @@ class RunOptions:
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     enhancer_precision: str = "auto"  # for "local": the model's arithmetic on a CPU, auto (bfloat16 where the CPU has
     #                                   AMX or runs it faster, precision.py) | float32 | bfloat16 (enhance.precision)
+    network_precision: str = "auto"  # a reconstructed scene's network arithmetic: auto (bfloat16 where the CPU runs it
+    #                                  faster, as enhancer_precision's auto) | float32 | bfloat16; in the scene's cache key
     log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
     #                             reference_views); False: none (faster: no median depth and no warp per tick)
     temporal_blend: float = TEMPORAL_BLEND  # with an enhancer: the weight of each camera's previous enhanced image,
@@ -358,13 +360,15 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
             scene, scene_meta = reconstructed_scene(scenario.layout, scenario.recorded_path_xy_m,
-                                                    voxel_m=scenario.voxel_m,
-                                                    cache_dir=options.cache_dir, progress=options.progress)
+                                                    voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
+                                                    progress=options.progress,
+                                                    network_precision=options.network_precision)
         elif scene_kind == "log":
             from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
 
             scene, scene_meta = reconstructed_scene_from_log(log_folder, cache_dir=options.cache_dir,
-                                                             progress=options.progress)
+                                                             progress=options.progress,
+                                                             network_precision=options.network_precision)
             if scene_meta.get("sky_rgb") is not None:  # the sky the log was recorded under
                 background = tuple(float(c) for c in scene_meta["sky_rgb"])
         else:

@@ -1,7 +1,8 @@
-"""The enhancer's arithmetic on a CPU: float32 everywhere, or bfloat16 where the CPU multiplies it fast.
+"""The networks' arithmetic on a CPU: float32 everywhere, or bfloat16 where the CPU multiplies it fast.
 
 A light module (torch is imported only to probe the CPU) so that the server's command line can offer the choices
-without loading torch; `Enhancer.set_cpu_precision` applies one.
+without loading torch; `Enhancer.set_cpu_precision` applies one to the enhancer, and the reconstruction's network
+takes one too (`neural_sensor.reconstruct.drive.network_precision_inputs`, `reconstruct.model.predict_views`).
 
 "auto" takes bfloat16 where the CPU has AMX tiles, and elsewhere where it runs bfloat16 convolutions natively
 (AVX-512 BF16) AND a short timed probe finds them clearly faster than float32 (`bfloat16_speedup`): the same flag
@@ -91,7 +92,7 @@ def bfloat16_speedup(repeats: int = 5, rounds: int = 3) -> float:
 def check_cpu_precision(precision: str) -> str:
     """`precision` itself when it is one of CPU_PRECISIONS; ValueError naming the choices otherwise."""
     if precision not in CPU_PRECISIONS:
-        raise ValueError(f"enhancer CPU precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"CPU precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
     return precision
 
 

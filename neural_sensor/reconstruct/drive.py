@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
+from neural_sensor.enhance.precision import resolve_cpu_precision
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache
@@ -93,7 +94,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
                         voxel_m: float = 0.3, cache_dir: Path | None = None, progress: bool = False,
                         refine: RefineConfig = DEFAULT_REFINE,
                         record_size: tuple[int, int] = RECORD_SIZE,
-                        depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE) -> tuple[GaussianScene, dict]:
+                        depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE,
+                        network_precision: str = "auto") -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of `layout` from a drive along `path_xy_m` ([P, 2], world FLU metres).
 
     The drive is recorded as a drive log would hold it (render_drive, the rig's cameras at record_size, (width, height)
@@ -102,14 +104,18 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
     cached by the layout, path and settings.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     depth_refine: the test-time photometric refinement of the network's depths (photometric.py; None: none).
+    network_precision: the network's arithmetic, "auto" (bfloat16 where this CPU runs it faster, as the
+        enhancer's "auto" decides: `network_precision_inputs`), "float32" or "bfloat16"; part of the cache key.
     """
     checkpoint = _check_checkpoint(checkpoint)
+    precision = network_precision_inputs(network_precision)
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
     record_size = (int(record_size[0]), int(record_size[1]))
     inputs = {"kind": "reconstruction", "layout": layout.to_dict(), "path": np.round(path.points, 3).tolist(),
               "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
               "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
-              "code": reconstruction_code_hash(), **refine.cache_inputs(), **depth_refine_inputs(depth_refine)}
+              "code": reconstruction_code_hash(), **refine.cache_inputs(), **depth_refine_inputs(depth_refine),
+              **precision}
 
     def build():
         # the drive as its log would hold it (8-bit images), handed over in memory: no PNG written or read back
@@ -123,7 +129,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
         images, cameras = resample_views(log_images, log_cameras, (width, height))
         del log_images
         scene, meta, reference = _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint,
-                                                    progress, refine, depth_refine)
+                                                    progress, refine, depth_refine, precision)
         meta = {**meta, "log": None}  # the drive was never written (its images are in the reference)
         return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
@@ -133,8 +139,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
 def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
                                  size: tuple[int, int] | None = None, cache_dir: Path | None = None,
                                  progress: bool = False, refine: RefineConfig = DEFAULT_REFINE,
-                                 depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE
-                                 ) -> tuple[GaussianScene, dict]:
+                                 depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE,
+                                 network_precision: str = "auto") -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
     size: (width, height) to resample every image to before the network (needed when the log's cameras
@@ -145,18 +151,20 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     resampled beyond), else takes the network's images.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     depth_refine: the test-time photometric refinement of the network's depths (photometric.py; None: none).
+    network_precision: the network's arithmetic (as `reconstructed_scene`'s); part of the cache key.
     Raises DriveLogError (a ValueError) naming the file and frame of a bad log.
     """
     checkpoint = _check_checkpoint(checkpoint)
+    precision = network_precision_inputs(network_precision)
     folder = Path(folder)
     if size is None:
         size = network_read_size(log_image_sizes(folder))
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),
               "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
-              **refine.cache_inputs(), **depth_refine_inputs(depth_refine)}
+              **refine.cache_inputs(), **depth_refine_inputs(depth_refine), **precision}
 
     def build():
-        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine)
+        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine, precision)
         return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
 
     return SceneCache(cache_dir).get_or_build(inputs, build)
@@ -171,7 +179,7 @@ def scene_reference(meta: dict) -> LogReference | None:
 
 def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
                      refine: RefineConfig = DEFAULT_REFINE,
-                     depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE
+                     depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE, precision: dict | None = None
                      ) -> tuple[GaussianScene, dict, LogReference]:
     """A drive log on disk to a scene: read (validated), then `_reconstruct_views`: crop to the stride, ReconNet
     (its depths refined photometrically against the neighbour views unless depth_refine is None), the colour
@@ -190,19 +198,23 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         if len(native) == 1:
             ref_images, ref_cameras, _ = read_drive_log(folder, size=reference_size(native[0]), progress=progress)
     return _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint, progress, refine,
-                              depth_refine)
+                              depth_refine, precision)
 
 
 def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np.ndarray, ref_cameras: list[Camera],
                        log_meta: dict, checkpoint: Path, progress: bool, refine: RefineConfig,
-                       depth_refine: DepthRefineConfig | None) -> tuple[GaussianScene, dict, LogReference]:
+                       depth_refine: DepthRefineConfig | None, precision: dict | None = None
+                       ) -> tuple[GaussianScene, dict, LogReference]:
     """A log's views read for the network (images [V, H, W, 3] float32 in [0, 1] and cameras) and for the reference
-    (ref_images at the reference's size) -> (scene, meta, LogReference); log_meta as read_drive_log returns it."""
+    (ref_images at the reference's size) -> (scene, meta, LogReference); log_meta as read_drive_log returns it;
+    precision: `network_precision_inputs`'s dict (None: float32)."""
+    precision = precision or {}
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
         scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True,
-                                       depth_refine=depth_refine)
+                                       depth_refine=depth_refine,
+                                       precision=precision.get("network_precision", "float32"))
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
     sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
@@ -214,11 +226,21 @@ def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np
             "image_size": [images.shape[2], images.shape[1]], "log_image_sizes": log_meta["sizes_in_log"],
             "reference_size": [ref_images.shape[2], ref_images.shape[1]],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
-            "colour_refinement": refine_stats, **depth_refine_inputs(depth_refine)}
+            "colour_refinement": refine_stats, **depth_refine_inputs(depth_refine),
+            "network_precision": precision.get("network_precision", "float32")}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
     reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
     return scene, meta, reference
+
+
+def network_precision_inputs(network_precision: str) -> dict:
+    """The network's arithmetic as a reconstruction's cache inputs: {} for float32 (the key every reconstruction
+    had before bfloat16 existed), {"network_precision": "bfloat16"} for bfloat16. "auto" is resolved on this host
+    (`resolve_cpu_precision`: AMX, or native bfloat16 that a timed probe finds faster); ValueError for a value
+    other than auto / float32 / bfloat16."""
+    resolved = resolve_cpu_precision(network_precision)
+    return {"network_precision": resolved} if resolved == "bfloat16" else {}
 
 
 def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
