@@ -21,6 +21,7 @@ logit, supervised with the ground-truth sky) lets `reconstruct` replace those pi
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
@@ -84,7 +85,9 @@ def fit_sky_dome(images: np.ndarray, sky: np.ndarray, cameras: list[Camera], *,
     b = np.einsum("pi,pi->p", d, offset)
     t = -b + np.sqrt(np.maximum(b * b - (np.einsum("pi,pi->p", offset, offset) - SKY_RADIUS_M ** 2), 0.0))
     hit = (offset + t[:, None] * d) / SKY_RADIUS_M
-    nearest = np.argmax(hit @ directions.T, axis=1)
+    # the dome Gaussian of largest cosine = the nearest on the unit sphere (both unit vectors): a k-d tree instead of
+    # the [P, M] cosines (the demo drive's sky pixels: ~0.5 s -> ~0.05 s, the same Gaussians but for exact ties)
+    nearest = cKDTree(directions).query(hit, workers=-1)[1]
     counts = np.bincount(nearest, minlength=len(directions)).astype(np.float64)
     colours = np.stack([np.bincount(nearest, weights=images[sky][:, c], minlength=len(directions))
                         for c in range(3)], axis=1)
