@@ -282,8 +282,9 @@ def test_a_log_reconstructs_to_the_same_scene_as_the_in_memory_path(short_drive)
     # the network's depths refined photometrically (the run's default), then fused (this fixture's stations are 15
     # m apart, beyond model.neighbour_views' 12 m, so the sweep finds no neighbour here and leaves the depths: what
     # it does to a reconstruction is tests/test_photometric.py's)
+    # (in the arithmetic the reconstruction resolved "auto" to on this host)
     direct, sky_masks = reconstruct(ReconNet.from_pretrained(SHIPPED), inputs, cameras, return_sky=True,
-                                    depth_refine=DEFAULT_DEPTH_REFINE)
+                                    depth_refine=DEFAULT_DEPTH_REFINE, precision=meta["network_precision"])
     assert meta["depth_refinement"] == asdict(DEFAULT_DEPTH_REFINE)
     assert sky_masks.shape == inputs.shape[:3] and sky_masks.any()
     # then the default colour refinement (and its sky pruning) against the same images, over the log's sky

@@ -348,19 +348,23 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
 
 def resample_views(images: np.ndarray, cameras: Sequence[Camera], size: tuple[int, int]
                    ) -> tuple[np.ndarray, list[Camera]]:
-    """Views read by `read_drive_log` ([V, H, W, 3] float32 in [0, 1], 8-bit values) resampled to size = (W', H')
-    exactly as `read_drive_log(size=)` resamples them (the same 8-bit values through the same area filter, the
-    intrinsics scaled alike); returned as they are when already that size."""
+    """Views read by `read_drive_log` ([V, H, W, 3] float32 in [0, 1], 8-bit values; or those values as uint8)
+    resampled to size = (W', H') exactly as `read_drive_log(size=)` resamples them (the same 8-bit values through
+    the same area filter, the intrinsics scaled alike), in the dtype given; returned as they are when already
+    that size."""
     images = np.asarray(images)
     assert images.ndim == 4 and images.shape[0] == len(cameras) and images.shape[3] == 3, images.shape
     if (images.shape[2], images.shape[1]) == tuple(size):
         return images, list(cameras)
     out, resampled = [], []
     for image, cam in zip(images, cameras):  # back to its 8-bit values one image at a time (no second stack)
-        image, K = _resample(np.round(image * np.float32(255.0)).astype(np.uint8), cam.K, tuple(size))
+        if image.dtype != np.uint8:
+            image = np.round(image * np.float32(255.0)).astype(np.uint8)
+        image, K = _resample(image, cam.K, tuple(size))
         out.append(image)
         resampled.append(Camera(image.shape[1], image.shape[0], K, cam.pose_camera_to_world))
-    return np.stack(out).astype(np.float32) / np.float32(255.0), resampled
+    stack = np.stack(out)
+    return (stack if images.dtype == np.uint8 else stack.astype(np.float32) / np.float32(255.0)), resampled
 
 
 def _resample(image: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -392,12 +396,14 @@ class RecordedDrive:
     source: dict
     stations: int
 
-    def as_read(self) -> tuple[np.ndarray, list[Camera], dict]:
+    def as_read(self, *, uint8: bool = False) -> tuple[np.ndarray, list[Camera], dict]:
         """What `read_drive_log` returns for the log `write_drive_log` would make of this drive, without the files:
-        the images rounded to 8 bits as the log stores them ([V, H, W, 3] float32), the cameras, and the meta's
-        fields the reconstruction reads (frames' camera and frame_index, neural_sensor.source, sizes_in_log)."""
+        the images rounded to 8 bits as the log stores them ([V, H, W, 3] float32; with uint8, those 8-bit values
+        as uint8, a quarter of the memory and no conversion), the cameras, and the meta's fields the reconstruction
+        reads (frames' camera and frame_index, neural_sensor.source, sizes_in_log)."""
         images = np.stack([_to_uint8(image, "RecordedDrive") for image in self.images])
-        images = images.astype(np.float32) / np.float32(255.0)
+        if not uint8:
+            images = images.astype(np.float32) / np.float32(255.0)
         frames = [{"camera": name, "frame_index": int(index)}
                   for name, index in zip(self.camera_names, self.frame_indices, strict=True)]
         meta = {"folder": None, "frames": frames, "neural_sensor": {"source": self.source},
