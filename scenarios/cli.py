@@ -299,6 +299,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import shutil
     import time
 
+    from neural_sensor.jit_cache import compile_notice
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
     from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
@@ -308,6 +309,9 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     if args.refine_iterations is not None and args.refine_iterations < 0:
         raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
     refine = refine_config(args.refine_iterations)
+    notice = compile_notice()
+    if notice:
+        print(notice, file=sys.stderr)
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),

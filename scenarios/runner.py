@@ -48,6 +48,7 @@ from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
+from neural_sensor.jit_cache import compile_notice
 from neural_sensor.metrics import psnr
 from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
 from neural_sensor.rig import NeuralSensorRig
@@ -355,6 +356,9 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         if options.enhancer is not None:
             enhancer, server = _connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)
+        notice = compile_notice()  # a fresh install's first run compiles the kernels on the way: say so
+        if notice:
+            print(notice, file=sys.stderr)
         scene_start = time.perf_counter()
         if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene

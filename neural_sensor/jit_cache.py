@@ -1,0 +1,50 @@
+"""Whether numba has already compiled the CPU kernels on this machine (its on-disk cache), so a run can say why
+its first time is slow.
+
+Every compiled kernel of the chain is cached by numba next to its source (`cache=True`), per machine: a fresh
+checkout, or a kernel whose source changed, compiles on first use. On two cores of an AMD EPYC that made a fresh
+clone's first demo reconstruction take 68 s instead of ~31 (2026-12-04); the run says so on the terminal instead of
+leaving the user to wonder (`scenarios.runner`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# the modules whose kernels a run of the chain compiles (the renderer, the reconstruction's refinements, the street
+# builder's light, the enhancer's client-side warp and accumulation)
+KERNEL_MODULES = ("neural_sensor.render.cpu", "neural_sensor.render.backproject", "neural_sensor.reconstruct.photometric",
+                  "neural_sensor.reconstruct.fuse", "neural_sensor.scene.light", "neural_sensor.enhance.log_warp",
+                  "neural_sensor.enhance.temporal")
+
+
+def uncompiled_modules(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
+    """The modules among `modules` whose numba kernels have no current entry in numba's on-disk cache on this
+    machine: never compiled here, or compiled from an older version of the file (numba stamps a file's cache with
+    its source's modification time and size, so an edit makes all of that file's kernels stale at once). A
+    module counts as compiled when any of its cached kernels is (its inlined helpers never get an entry of their
+    own). [] when all are compiled, or when numba's cache cannot be inspected (its private layout changed): then
+    nothing is claimed."""
+    from numba.core.registry import CPUDispatcher
+
+    missing = []
+    try:
+        for name in modules:
+            module = importlib.import_module(name)
+            cache_files = [cache_file for value in vars(module).values()
+                           if isinstance(value, CPUDispatcher) and value.__module__ == name
+                           and (cache_file := getattr(getattr(value, "_cache", None), "_cache_file", None)) is not None]
+            if cache_files and not any(f._load_index() for f in cache_files):  # noqa: SLF001 - {}: absent or stale
+                missing.append(name)
+    except Exception:  # noqa: BLE001 - numba's private cache layout: say nothing rather than something wrong
+        return []
+    return missing
+
+
+def compile_notice() -> str | None:
+    """The line a run prints before its scene when `uncompiled_modules()` finds kernels to compile, else None."""
+    missing = uncompiled_modules()
+    if not missing:
+        return None
+    return (f"neural-sensor: compiling the CPU kernels of {len(missing)} modules for this machine (the first run after "
+            "an install or an update; about half a minute more on two cores, cached after)")

@@ -1,0 +1,39 @@
+"""neural_sensor.jit_cache: a machine that has not compiled the chain's kernels is told so, one that has is not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json
+import numpy as np
+from neural_sensor.jit_cache import KERNEL_MODULES, compile_notice, uncompiled_modules
+from neural_sensor.reconstruct.fuse import cross_view_counts
+
+before = uncompiled_modules()
+notice = compile_notice()
+# compile one module's kernel (two views that see each other) into the empty cache
+cross_view_counts(np.zeros((2, 3, 3), np.float32) + [0.0, 0.0, 5.0], np.tile(np.eye(4)[:3], (2, 1, 1)),
+                  np.tile([10.0, 10.0, 4.0, 4.0], (2, 1)), np.full((2, 8, 8), 5.0, np.float32),
+                  np.array([[1], [0]]), 0.1, 0.05)
+print(json.dumps({"modules": list(KERNEL_MODULES), "before": before, "notice": notice, "after": uncompiled_modules()}))
+"""
+
+
+def test_an_empty_kernel_cache_is_announced_and_a_compiled_module_is_not(tmp_path):
+    """In a process whose numba cache is an empty folder every module of the chain is uncompiled and the run's
+    notice says it is compiling; once a module's kernel has run (and so been cached) that module drops out."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["before"] == out["modules"]
+    assert "compiling the CPU kernels of 7 modules" in out["notice"] and "cached after" in out["notice"]
+    assert out["after"] == [m for m in out["modules"] if m != "neural_sensor.reconstruct.fuse"]
