@@ -570,7 +570,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
-                                                                                  "cached", "scene_s", "path", "log")}},
+                                                                                  "cached", "scene_s", "path", "log",
+                                                                                  "network_precision")}},
             "agent": options.agent or "builtin", "paths": paths,
             "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
                 sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)
