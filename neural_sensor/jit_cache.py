@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import importlib
 
-# the modules whose kernels a run of the chain compiles (the renderer, the reconstruction's refinements, the street
-# builder's light, the enhancer's client-side warp and accumulation)
-KERNEL_MODULES = ("neural_sensor.render.cpu", "neural_sensor.render.backproject", "neural_sensor.reconstruct.photometric",
-                  "neural_sensor.reconstruct.fuse", "neural_sensor.scene.light", "neural_sensor.enhance.log_warp",
-                  "neural_sensor.enhance.temporal")
+# the modules whose kernels the chain compiles, by the part of a run that runs them
+RENDER_MODULES = ("neural_sensor.render.cpu",)  # the CPU renderer (a reconstruction's refinements use it too)
+RECONSTRUCTION_MODULES = ("neural_sensor.render.cpu", "neural_sensor.render.backproject",
+                          "neural_sensor.reconstruct.photometric", "neural_sensor.reconstruct.fuse")
+STREET_MODULES = ("neural_sensor.scene.light",)  # building a generated street (its shadows)
+LOG_REFERENCE_MODULES = ("neural_sensor.enhance.log_warp",)  # the drive log warped into each camera, per tick
+TEMPORAL_MODULES = ("neural_sensor.enhance.temporal",)  # the enhancer's output accumulated over ticks
+KERNEL_MODULES = tuple(dict.fromkeys(RENDER_MODULES + RECONSTRUCTION_MODULES + STREET_MODULES + LOG_REFERENCE_MODULES
+                                     + TEMPORAL_MODULES))  # all of them
 
 
 def uncompiled_modules(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
@@ -25,10 +29,10 @@ def uncompiled_modules(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
     module counts as compiled when any of its cached kernels is (its inlined helpers never get an entry of their
     own). [] when all are compiled, or when numba's cache cannot be inspected (its private layout changed): then
     nothing is claimed."""
-    from numba.core.registry import CPUDispatcher
-
     missing = []
     try:
+        from numba.core.registry import CPUDispatcher
+
         for name in modules:
             module = importlib.import_module(name)
             cache_files = [cache_file for value in vars(module).values()
@@ -41,9 +45,11 @@ def uncompiled_modules(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:
     return missing
 
 
-def compile_notice() -> str | None:
-    """The line a run prints before its scene when `uncompiled_modules()` finds kernels to compile, else None."""
-    missing = uncompiled_modules()
+def compile_notice(modules: tuple[str, ...] | list[str]) -> str | None:
+    """The line to print before the work that runs `modules`' kernels when `uncompiled_modules` finds some of them
+    uncompiled on this machine, else None. Name only the modules the command will run (a run without an enhancer
+    never compiles the warp), so that a machine that has compiled what it uses is told nothing."""
+    missing = uncompiled_modules(tuple(dict.fromkeys(modules)))
     if not missing:
         return None
     return (f"neural-sensor: compiling the CPU kernels of {len(missing)} modules for this machine (the first run after "

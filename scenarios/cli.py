@@ -84,7 +84,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
                         help="a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs "
                              "it natively and a timed probe finds it faster, as for the enhancer; part of the "
-                             "scene's cache key)")
+                             "scene's cache key; with auto a scene cached in either precision is used)")
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "views, neural_sensor.reconstruct.photometric: faster, ~1 dB worse)")
     p_recon.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
                          help="the network's arithmetic on a CPU (auto: bfloat16 where the CPU runs it natively and a "
-                              "timed probe finds it faster; part of the scene's cache key)")
+                              "timed probe finds it faster; part of the scene's cache key; with auto a scene cached "
+                              "in either precision is used)")
     p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
                                            "removes the least recently used down to a size", formatter_class=_FORMATTER)
     p_cache.add_argument("--cache", type=Path, default=None,
@@ -299,7 +300,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import shutil
     import time
 
-    from neural_sensor.jit_cache import compile_notice
+    from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, compile_notice
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
     from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
@@ -309,7 +310,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     if args.refine_iterations is not None and args.refine_iterations < 0:
         raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
     refine = refine_config(args.refine_iterations)
-    notice = compile_notice()
+    notice = compile_notice(RECONSTRUCTION_MODULES)
     if notice:
         print(notice, file=sys.stderr)
     start = time.perf_counter()

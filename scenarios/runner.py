@@ -48,9 +48,10 @@ from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
-from neural_sensor.jit_cache import compile_notice
+from neural_sensor.jit_cache import (LOG_REFERENCE_MODULES, RECONSTRUCTION_MODULES, RENDER_MODULES, TEMPORAL_MODULES,
+                                     compile_notice)
 from neural_sensor.metrics import psnr
-from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
+from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX, resolve_backend
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
@@ -322,6 +323,20 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         return _run_scenario(scenario, options)
 
 
+def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
+    """The modules whose compiled kernels this run will use (`neural_sensor.jit_cache`): the CPU renderer, unless
+    a builder's scene is rendered by gsplat or torch; a reconstruction's; the enhancer client's log warp and
+    temporal accumulation when they run. (A generated street's shadow kernel runs only when the street is not
+    cached, which cannot be known here: left out.)"""
+    modules = list(RECONSTRUCTION_MODULES) if scene_kind != "builder" else []
+    if resolve_backend(options.backend, ("rgb",)) == "cpu":
+        modules += RENDER_MODULES
+    if options.enhancer is not None:
+        modules += list(LOG_REFERENCE_MODULES) if options.log_reference and scene_kind != "builder" else []
+        modules += list(TEMPORAL_MODULES) if options.temporal_blend > 0 else []
+    return modules
+
+
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     check_out_dir(options.out_dir)
     scene_kind, log_folder = scene_source(options.scene)
@@ -351,12 +366,17 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+    if scene_kind != "builder":  # checked, and "auto"'s timed probe run (cached), before the enhancer server
+        # starts beside this process and competes for the cores
+        from neural_sensor.enhance.precision import resolve_cpu_precision
+
+        resolve_cpu_precision(options.network_precision, "network precision")
     enhancer = server = None
     try:
         if options.enhancer is not None:
             enhancer, server = _connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)
-        notice = compile_notice()  # a fresh install's first run compiles the kernels on the way: say so
+        notice = compile_notice(_kernel_modules(options, scene_kind))  # a fresh install compiles on the way: say so
         if notice:
             print(notice, file=sys.stderr)
         scene_start = time.perf_counter()
@@ -422,7 +442,7 @@ def _check_enhancer_options(options: RunOptions) -> None:
         raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
     from neural_sensor.enhance.precision import check_cpu_precision
 
-    if check_cpu_precision(options.enhancer_precision) != "auto" and endpoint != "local":
+    if check_cpu_precision(options.enhancer_precision, "enhancer precision") != "auto" and endpoint != "local":
         raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
 
 

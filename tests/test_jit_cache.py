@@ -17,7 +17,7 @@ from neural_sensor.jit_cache import KERNEL_MODULES, compile_notice, uncompiled_m
 from neural_sensor.reconstruct.fuse import cross_view_counts
 
 before = uncompiled_modules()
-notice = compile_notice()
+notice = compile_notice(KERNEL_MODULES)
 # compile one module's kernel (two views that see each other) into the empty cache
 cross_view_counts(np.zeros((2, 3, 3), np.float32) + [0.0, 0.0, 5.0], np.tile(np.eye(4)[:3], (2, 1, 1)),
                   np.tile([10.0, 10.0, 4.0, 4.0], (2, 1)), np.full((2, 8, 8), 5.0, np.float32),
@@ -37,3 +37,23 @@ def test_an_empty_kernel_cache_is_announced_and_a_compiled_module_is_not(tmp_pat
     assert out["before"] == out["modules"]
     assert "compiling the CPU kernels of 7 modules" in out["notice"] and "cached after" in out["notice"]
     assert out["after"] == [m for m in out["modules"] if m != "neural_sensor.reconstruct.fuse"]
+
+
+def test_a_run_names_only_the_kernels_it_will_use():
+    """The notice's modules follow the run: the renderer for a builder's scene on the CPU, a reconstruction's
+    kernels for a reconstructed scene, the enhancer client's warp and accumulation only when they run."""
+    from pathlib import Path as P
+
+    from neural_sensor.jit_cache import KERNEL_MODULES, compile_notice
+    from scenarios.runner import RunOptions, _kernel_modules
+
+    out = P("unused")
+    builder = _kernel_modules(RunOptions(out_dir=out, backend="cpu"), "builder")
+    assert builder == ["neural_sensor.render.cpu"]
+    assert _kernel_modules(RunOptions(out_dir=out, backend="torch"), "builder") == []
+    chain = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local"), "reconstruction"))
+    assert chain == set(KERNEL_MODULES) - {"neural_sensor.scene.light"}
+    bare = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local", log_reference=False,
+                                          temporal_blend=0.0), "log"))
+    assert bare == chain - {"neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}
+    assert compile_notice([]) is None

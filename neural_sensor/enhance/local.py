@@ -57,7 +57,7 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
                  shared_memory: bool = True, precision: str = "auto") -> LocalServer:
     """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready (`shared_memory`:
     offer same-host clients shared blocks; `precision`: the model's arithmetic on a CPU, as its --precision)."""
-    check_cpu_precision(precision)  # before anything starts
+    check_cpu_precision(precision, "enhancer precision")  # before anything starts
     folder = Path(tempfile.mkdtemp(prefix="enhancer-local-"))
     ready_file = folder / "ready.json"
     log = folder / "server.log"

@@ -277,7 +277,7 @@ class Enhancer(nn.Module):
         weights and the input stay float32, the convolutions run in bfloat16; the residual differs by ~1e-4 on
         average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`).
         Returns the precision now in use. Training, `forward` and other devices are not affected."""
-        self.cpu_precision = resolve_cpu_precision(precision)
+        self.cpu_precision = resolve_cpu_precision(precision, "enhancer precision")
         return self.cpu_precision
 
     @property

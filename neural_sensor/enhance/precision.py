@@ -89,18 +89,19 @@ def bfloat16_speedup(repeats: int = 5, rounds: int = 3) -> float:
     return best
 
 
-def check_cpu_precision(precision: str) -> str:
-    """`precision` itself when it is one of CPU_PRECISIONS; ValueError naming the choices otherwise."""
+def check_cpu_precision(precision: str, name: str = "CPU precision") -> str:
+    """`precision` itself when it is one of CPU_PRECISIONS; ValueError naming the option (`name`) and the choices
+    otherwise."""
     if precision not in CPU_PRECISIONS:
-        raise ValueError(f"CPU precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"{name} must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
     return precision
 
 
-def resolve_cpu_precision(precision: str) -> str:
+def resolve_cpu_precision(precision: str, name: str = "CPU precision") -> str:
     """"float32" or "bfloat16" for a `CPU_PRECISIONS` value: "auto" is bfloat16 where the CPU has AMX
     (`cpu_has_amx`), or native bfloat16 (`cpu_has_bf16`) that the timed probe finds at least BF16_MIN_SPEEDUP
     times faster (`bfloat16_speedup`), float32 elsewhere. ValueError for anything else (`check_cpu_precision`)."""
-    if check_cpu_precision(precision) == "auto":
+    if check_cpu_precision(precision, name) == "auto":
         if cpu_has_amx():
             return "bfloat16"
         return "bfloat16" if cpu_has_bf16() and bfloat16_speedup() >= BF16_MIN_SPEEDUP else "float32"

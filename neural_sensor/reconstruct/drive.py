@@ -7,12 +7,14 @@ neighbour views (photometric.py), fusion -> colour refinement against the log's 
   path, and the drive log it would make (8-bit images; `RecordedDrive.as_read`) is reconstructed
   from memory (no files: the same scene as `record_drive` + `reconstructed_scene_from_log`). The
   SceneCache key is the layout, the path, the record and network sizes, the voxel size, the log
-  format, the checkpoint's hash and the reconstruction code's hash, so a cached scene
-  needs no recording;
+  format, the checkpoint's hash, the reconstruction code's hash and the network's precision (when bfloat16),
+  so a cached scene needs no recording;
 - `reconstructed_scene_from_log(folder, ...)`: a drive log from disk (ours or a user's
   car; docs/drive_log.md). Its SceneCache key is the sha256 of its transforms.json and
   image bytes plus the checkpoint's hash, the reconstruction code's hash (`reconstruction_code_hash`,
-  so a new fusion never serves an old scene), the resampling size, if any, and both refinements' settings.
+  so a new fusion never serves an old scene), the resampling size, if any, both refinements' settings and the
+  network's precision (when bfloat16). With network_precision "auto" a scene cached in the other precision is
+  served as it is (`_get_or_build`).
   A log that names no sky colour is refined over SKY_RGB (the runner then renders it over the scenario's
   sky; the two differ only where the fitted sky dome leaves a gap).
 
@@ -39,7 +41,7 @@ from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.enhance.precision import resolve_cpu_precision
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render._common import SKY_RGB
-from neural_sensor.reconstruct.cache import SceneCache
+from neural_sensor.reconstruct.cache import SceneCache, cache_key
 from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, render_drive,
                                            resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
@@ -136,7 +138,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
         meta = {**meta, "log": None}  # the drive was never written (its images are in the reference)
         return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
-    return SceneCache(cache_dir).get_or_build(inputs, build)
+    return _get_or_build(cache_dir, inputs, network_precision, build)
 
 
 def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
@@ -170,7 +172,25 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
         scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine, precision)
         return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
 
-    return SceneCache(cache_dir).get_or_build(inputs, build)
+    return _get_or_build(cache_dir, inputs, network_precision, build)
+
+
+def _get_or_build(cache_dir: Path | None, inputs: dict, network_precision: str, build) -> tuple[GaussianScene, dict]:
+    """`SceneCache.get_or_build`, except that with network_precision "auto" an entry already built in the other
+    precision is served when this one's is absent: "auto" rests on a timed probe (`resolve_cpu_precision`),
+    which another process, or a moment when another process holds a core, may answer the other way, and the
+    two precisions' scenes tie in fidelity (docs/results.md, "2026-12-04 (third session)"), so such a flip
+    never costs a rebuild. An explicit precision is served only in that precision."""
+    cache = SceneCache(cache_dir)
+    if network_precision == "auto" and not cache.path(cache_key(inputs)).exists():
+        other = dict(inputs)
+        if other.pop("network_precision", None) is None:
+            other["network_precision"] = "bfloat16"
+        if cache.path(cache_key(other)).exists():
+            hit = cache.load(cache_key(other))
+            if hit is not None:
+                return hit
+    return cache.get_or_build(inputs, build)
 
 
 def scene_reference(meta: dict) -> LogReference | None:
@@ -243,7 +263,7 @@ def network_precision_inputs(network_precision: str) -> dict:
     had before bfloat16 existed), {"network_precision": "bfloat16"} for bfloat16. "auto" is resolved on this host
     (`resolve_cpu_precision`: AMX, or native bfloat16 that a timed probe finds faster); ValueError for a value
     other than auto / float32 / bfloat16."""
-    resolved = resolve_cpu_precision(network_precision)
+    resolved = resolve_cpu_precision(network_precision, "network precision")
     return {"network_precision": resolved} if resolved == "bfloat16" else {}
 
 

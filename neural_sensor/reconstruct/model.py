@@ -179,7 +179,8 @@ class ReconNet(nn.Module):
               views: torch.Tensor | None = None) -> torch.Tensor:
         """`plane_sweep_cost` over the depth bins, in float32 even under a bfloat16 autocast (`predict_views`):
         swept in bfloat16, the demo drive's depths moved 5.6 % from float32's at the 90th percentile, with the
-        sweep in float32 and the convolutions in bfloat16 0.6 % (AMD EPYC Zen 4, 2026-12-04)."""
+        sweep (and its intrinsics, `_quarter_K`) in float32 and the convolutions in bfloat16 0.5 % (AMD EPYC Zen 4,
+        2026-12-04)."""
         with torch.autocast(matching.device.type, enabled=False):
             return plane_sweep_cost(matching.float(), poses.float(), K_quarter.float(), neighbours,
                                     (1.0 / self.inverse_depths).float(), views=views)
@@ -190,9 +191,11 @@ class ReconNet(nn.Module):
 
     @staticmethod
     def _quarter_K(K: torch.Tensor, quarter: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """K [V, 3, 3] at height x width rescaled to the quarter-resolution features' grid."""
+        """K [V, 3, 3] at height x width rescaled to the quarter-resolution features' grid, float32 (the cost
+        volume's sweep is float32, `_cost`: under a bfloat16 autocast the features are bfloat16, and K in their dtype
+        would lose its focal lengths' third digit)."""
         q_h, q_w = quarter.shape[-2:]
-        K_quarter = K.to(quarter.dtype).clone()
+        K_quarter = K.to(torch.float32).clone()
         K_quarter[:, 0] *= q_w / width
         K_quarter[:, 1] *= q_h / height
         return K_quarter
@@ -430,7 +433,7 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera], *,
         cameras: V Cameras (the images' poses and intrinsics).
         precision: "float32", or "bfloat16": the convolutions under a CPU bfloat16 autocast (the cost volume's
             sweep stays float32, `ReconNet._cost`; the outputs are float32). On an AMD EPYC Zen 4 (AVX-512 BF16)
-            the demo drive's 306 views take 2.8-3.2 s instead of 4.8-5.0, the depths within 0.6 % of float32's
+            the demo drive's 306 views take 2.8-3.8 s instead of 4.8-5.0, the depths within 0.5 % of float32's
             at the 90th percentile; slower than float32 where the CPU emulates bfloat16
             (`neural_sensor.enhance.precision.resolve_cpu_precision` picks it per host).
     Returns:
