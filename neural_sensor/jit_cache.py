@@ -53,4 +53,4 @@ def compile_notice(modules: tuple[str, ...] | list[str]) -> str | None:
     if not missing:
         return None
     return (f"neural-sensor: compiling the CPU kernels of {len(missing)} modules for this machine (the first run after "
-            "an install or an update; about half a minute more on two cores, cached after)")
+            "an install or an update; about a minute more on two cores, cached after)")

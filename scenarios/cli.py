@@ -36,14 +36,26 @@ from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except an on/off flag's: "--no-X ... (default: True)" read as if the flag
-    were on by default."""
+    """Shows each option's default, except an on/off flag's ("--no-X ... (default: True)" read as if the flag
+    were on by default), a None (which says nothing: the help says what happens without the option) and one the
+    help already states ("(default 0.6) (default: 0.6)")."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 _FORMATTER = _Formatter
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line naming the problem and where the options are listed (exit code 2, as every
+    bad input), not argparse's usage block before it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -64,7 +76,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
-    parser.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
+                             "~/.cache/neural_sensor/scenes)")
     parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,
                         help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
                              "along the recorded lane (cached); builder: the layout's own scene, the ground truth")
@@ -102,7 +116,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neural-sensor", description="Neural camera sensor for CARLA",
+    parser = _Parser(prog="neural-sensor", description="Neural camera sensor for CARLA",
                                      epilog="exit codes: 0 ok; 1 the scenario failed its criteria (demo / run; "
                                             "--allow-fail keeps 0); 2 bad input; 130 / 143 interrupted")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -131,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--length", type=float, default=200.0, help="straight: road length; intersection: arm")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
-    p_build.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    p_build.add_argument("--cache", type=Path, default=None,
+                         help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
+                              "~/.cache/neural_sensor/scenes)")
     p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
                                                     "lane, the nuScenes-like rig) as a drive log",
                               formatter_class=_FORMATTER)
@@ -144,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="camera width, pixels (the reconstructor was trained at 160x96)")
     p_record.add_argument("--height", type=int, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
-    p_record.add_argument("--cache", type=Path, default=None, help="scene cache folder (the builder's scene)")
+    p_record.add_argument("--cache", type=Path, default=None,
+                          help="scene cache folder of the builder's scene (default: $NEURAL_SENSOR_CACHE/scenes or "
+                               "~/.cache/neural_sensor/scenes)")
     p_recon = sub.add_parser("reconstruct", help="reconstruct the Gaussian scene of a drive log (cached)",
                              formatter_class=_FORMATTER)
     p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md)")
@@ -155,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "its aspect kept; give the log's own size to read it as it is)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
                          help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
-    p_recon.add_argument("--cache", type=Path, default=None, help="scene cache folder")
+    p_recon.add_argument("--cache", type=Path, default=None,
+                         help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
+                              "~/.cache/neural_sensor/scenes)")
     p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                          help="sweeps of the colour refinement against the log's images (0: none); None = the "
                               "default (neural_sensor.reconstruct.refine.RefineConfig)")
