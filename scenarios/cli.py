@@ -58,6 +58,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_NETWORK_PRECISION_HELP = ("a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs it "
+                           "natively and a timed probe finds it faster, as for the enhancer; part of the scene's "
+                           "cache key; with auto a scene cached in either precision is used)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--ticks", type=int, default=None,
                         help="ticks to run (default: the scenario's length); the run stops early if the ego "
@@ -96,9 +101,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
     parser.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
-                        help="a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs "
-                             "it natively and a timed probe finds it faster, as for the enhancer; part of the "
-                             "scene's cache key; with auto a scene cached in either precision is used)")
+                        help=_NETWORK_PRECISION_HELP)
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
@@ -183,9 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep the network's depths (skip the photometric refinement against the neighbour "
                               "views, neural_sensor.reconstruct.photometric: faster, ~1 dB worse)")
     p_recon.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
-                         help="the network's arithmetic on a CPU (auto: bfloat16 where the CPU runs it natively and a "
-                              "timed probe finds it faster; part of the scene's cache key; with auto a scene cached "
-                              "in either precision is used)")
+                         help=_NETWORK_PRECISION_HELP)
     p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
                                            "removes the least recently used down to a size", formatter_class=_FORMATTER)
     p_cache.add_argument("--cache", type=Path, default=None,

@@ -134,7 +134,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
         del log_images
         images = images.astype(np.float32) / np.float32(255.0)
         scene, meta, reference = _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint,
-                                                    progress, refine, depth_refine, precision)
+                                                    progress, refine, depth_refine, _resolved(precision))
         meta = {**meta, "log": None}  # the drive was never written (its images are in the reference)
         return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
@@ -169,7 +169,8 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
               **refine.cache_inputs(), **depth_refine_inputs(depth_refine), **precision}
 
     def build():
-        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine, precision)
+        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine,
+                                                  _resolved(precision))
         return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
 
     return _get_or_build(cache_dir, inputs, network_precision, build)
@@ -202,7 +203,7 @@ def scene_reference(meta: dict) -> LogReference | None:
 
 def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
                      refine: RefineConfig = DEFAULT_REFINE,
-                     depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE, precision: dict | None = None
+                     depth_refine: DepthRefineConfig | None = DEFAULT_DEPTH_REFINE, precision: str = "float32"
                      ) -> tuple[GaussianScene, dict, LogReference]:
     """A drive log on disk to a scene: read (validated), then `_reconstruct_views`: crop to the stride, ReconNet
     (its depths refined photometrically against the neighbour views unless depth_refine is None), the colour
@@ -226,19 +227,16 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
 
 def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np.ndarray, ref_cameras: list[Camera],
                        log_meta: dict, checkpoint: Path, progress: bool, refine: RefineConfig,
-                       depth_refine: DepthRefineConfig | None, precision: dict | None = None
+                       depth_refine: DepthRefineConfig | None, precision: str = "float32"
                        ) -> tuple[GaussianScene, dict, LogReference]:
     """A log's views read for the network (images [V, H, W, 3] float32 in [0, 1] and cameras) and for the reference
     (ref_images at the reference's size, float32 or uint8) -> (scene, meta, LogReference); log_meta as
-    read_drive_log returns it;
-    precision: `network_precision_inputs`'s dict (None: float32)."""
-    precision = precision or {}
+    read_drive_log returns it; precision: the network's arithmetic, resolved ("float32" or "bfloat16")."""
     images, cameras = _crop_to_multiple(images, cameras, 4)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
         scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True,
-                                       depth_refine=depth_refine,
-                                       precision=precision.get("network_precision", "float32"))
+                                       depth_refine=depth_refine, precision=precision)
         bar.update(1)
     source = (log_meta.get("neural_sensor") or {}).get("source") or {}
     sky = source.get("sky_rgb") if isinstance(source.get("sky_rgb"), list) else SKY_RGB
@@ -251,7 +249,7 @@ def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np
             "reference_size": [ref_images.shape[2], ref_images.shape[1]],
             "frames": len({f["frame_index"] for f in log_meta["frames"]} - {None}) or None,
             "colour_refinement": refine_stats, **depth_refine_inputs(depth_refine),
-            "network_precision": precision.get("network_precision", "float32")}
+            "network_precision": precision}
     if isinstance(source.get("sky_rgb"), list):
         meta["sky_rgb"] = source["sky_rgb"]
     reference = LogReference.from_views(ref_images, ref_cameras, [f["camera"] for f in log_meta["frames"]], scene, sky)
@@ -265,6 +263,11 @@ def network_precision_inputs(network_precision: str) -> dict:
     other than auto / float32 / bfloat16."""
     resolved = resolve_cpu_precision(network_precision, "network precision")
     return {"network_precision": resolved} if resolved == "bfloat16" else {}
+
+
+def _resolved(precision_inputs: dict) -> str:
+    """The precision `network_precision_inputs` put in a cache key: "bfloat16", or "float32" where it put none."""
+    return precision_inputs.get("network_precision", "float32")
 
 
 def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
