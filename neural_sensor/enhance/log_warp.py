@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from neural_sensor.camera import Camera
-from neural_sensor.enhance._warp_kernels import sample_view, surface_point
+from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, sample_view, surface_point
 
 FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
 FALLBACK_FACING_COS = 0.0  # another sensor fills in only when its nearest view faces within 90 degrees of the camera
@@ -117,7 +117,6 @@ def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, 
     h, w = np.shape(depth_m)[1:]
     rgb = np.zeros((c, h, w, 3), np.uint8)
     valid = np.zeros((c, h, w), np.bool_)
-    view_w2c = reference.world_to_camera
     for i, (sid, cam) in enumerate(zip(sensor_ids, cameras)):
         assert (cam.height, cam.width) == (h, w), (cam.height, cam.width, h, w)
         near, weight = log_view_weights(reference, str(sid), cam, views)
@@ -125,14 +124,11 @@ def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, 
                                else (np.zeros(0, np.int64), np.zeros(0)))
         if len(near) == 0 and len(other) == 0:
             continue
+        # the log's arrays whole, with the indices of the views blended (no per-tick copies of its images)
         _blend_kernel(np.ascontiguousarray(depth_m[i], dtype=np.float32), np.ascontiguousarray(alpha[i], np.float32),
-                      cam.K.astype(np.float64), cam.pose_camera_to_world.astype(np.float64),
-                      np.ascontiguousarray(reference.images[near]), np.ascontiguousarray(reference.depth_m[near]),
-                      np.ascontiguousarray(reference.K[near]), np.ascontiguousarray(view_w2c[near]),
-                      weight.astype(np.float64),
-                      np.ascontiguousarray(reference.images[other]), np.ascontiguousarray(reference.depth_m[other]),
-                      np.ascontiguousarray(reference.K[other]), np.ascontiguousarray(view_w2c[other]),
-                      other_weight.astype(np.float64), rgb[i], valid[i])
+                      cam.K.astype(np.float64), cam.pose_camera_to_world.astype(np.float64), reference.images,
+                      reference.depth_m, reference.K, reference.world_to_camera, near, weight.astype(np.float64),
+                      other, other_weight.astype(np.float64), rgb[i], valid[i])
     return rgb, valid
 
 
@@ -163,12 +159,13 @@ def warp_log_reference(reference, sensor_ids, cameras: list[Camera], depth_m: np
     return np.stack(rgbs), np.stack(valids)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, view_weight, other_images, other_depth,
-                  other_K, other_w2c, other_weight, out_rgb, out_valid):  # pragma: no cover - compiled
-    """Per target pixel: its surface point (depth, pixel centre) looked up in each view (`sample_view`: the nearest
-    pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too); the views' colours are
-    blended by `view_weight` over the views that see the point, or, where none does, the `other_*` views' by
+@njit(parallel=True, cache=True, nogil=True, fastmath=WARP_FASTMATH)
+def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, index, weight, other, other_weight,
+                  out_rgb, out_valid):  # pragma: no cover - compiled
+    """Per target pixel: its surface point (depth, pixel centre) looked up in the log views `index` (`sample_view`:
+    the nearest pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too; images
+    [V, h, w, 3] uint8, view_depth [V, h, w], view_K [V, 3, 3], view_w2c [V, 4, 4], the whole log); their colours
+    are blended by `weight` over the views that see the point, or, where none does, the views `other`'s by
     `other_weight`. Pixels with alpha <= 0.5 or depth <= 0 stay unseen."""
     h, w = depth.shape
     for y in prange(h):
@@ -177,9 +174,9 @@ def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, v
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
             px, py, pz = surface_point(x, y, z, K, pose)
-            r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, view_weight)
+            r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, index, weight)
             if total == 0.0:
-                r, g, b, total = _blend_views(px, py, pz, other_images, other_depth, other_K, other_w2c, other_weight)
+                r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, other, other_weight)
             if total > 0.0:
                 out_rgb[y, x, 0] = np.uint8(r / total + 0.5)  # a weighted mean of 8-bit values: <= 255
                 out_rgb[y, x, 1] = np.uint8(g / total + 0.5)
@@ -187,19 +184,19 @@ def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, v
                 out_valid[y, x] = True
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, view_weight):  # pragma: no cover - compiled
-    """(r, g, b, total): the `view_weight`-weighted sums of the colours the views see at world point (px, py, pz)
-    and the sum of those views' weights (0 when none sees it)."""
+@njit(cache=True, nogil=True, inline="always", fastmath=WARP_FASTMATH)
+def _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, index, weight):  # pragma: no cover - compiled
+    """(r, g, b, total): the `weight`-weighted sums of the colours the log views `index` see at world point
+    (px, py, pz) and the sum of those views' weights (0 when none sees it)."""
     r = 0.0
     g = 0.0
     b = 0.0
     total = 0.0
-    for v in range(view_depth.shape[0]):
-        seen, vr, vg, vb = sample_view(px, py, pz, view_w2c[v], view_K[v], images[v], view_depth[v])
+    for j in range(index.shape[0]):
+        seen, vr, vg, vb = sample_view(px, py, pz, index[j], view_w2c, view_K, images, view_depth)
         if not seen:
             continue
-        wv = view_weight[v]
+        wv = weight[j]
         r += wv * vr
         g += wv * vg
         b += wv * vb

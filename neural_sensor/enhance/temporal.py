@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from neural_sensor.camera import Camera
-from neural_sensor.enhance._warp_kernels import sample_view, surface_point
+from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, sample_view, surface_point
 
 MAX_JUMP_M = 5.0  # a camera that moved farther than this since its last tick starts afresh
 TEMPORAL_BLEND = 0.6  # the run's default history weight (RunOptions.temporal_blend, --temporal-blend). 0.5 took
@@ -70,8 +70,8 @@ class TemporalFilter:
             out = np.empty_like(current)
             _accumulate_kernel(depth, np.ascontiguousarray(alpha, np.float32),
                                camera.K.astype(np.float64), camera.pose_camera_to_world.astype(np.float64), current,
-                               prev_rgb, prev_depth, prev_cam.K.astype(np.float64),
-                               prev_cam.pose_world_to_camera, np.float32(self.blend), out)
+                               prev_rgb[None], prev_depth[None], prev_cam.K.astype(np.float64)[None],
+                               prev_cam.pose_world_to_camera.astype(np.float64)[None], np.float32(self.blend), out)
         self._history[sensor_id] = (camera, out, depth)
         return out.copy()  # the caller's to keep or change; the history stays as delivered
 
@@ -92,10 +92,11 @@ def accumulate_reference(camera: Camera, depth_m: np.ndarray, alpha: np.ndarray,
     return out.astype(np.float32)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=WARP_FASTMATH)
 def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, prev_K, prev_w2c, blend,
                        out):  # pragma: no cover - compiled
-    """out = current, and where the previous camera saw the pixel's surface point (`sample_view`: the nearest
+    """out = current, and where the previous camera (prev_* with a leading axis of one view, as `sample_view` takes
+    them) saw the pixel's surface point (`sample_view`: the nearest
     pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too), (1 - blend) current +
     blend clamp(that history colour, current's 3 x 3 min / max)."""
     h, w = depth.shape
@@ -107,7 +108,7 @@ def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, pre
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
             px, py, pz = surface_point(x, y, z, K, pose)
-            seen, h0, h1, h2 = sample_view(px, py, pz, prev_w2c, prev_K, prev_rgb, prev_depth)
+            seen, h0, h1, h2 = sample_view(px, py, pz, 0, prev_w2c, prev_K, prev_rgb, prev_depth)
             if not seen:
                 continue
             lo0, lo1, lo2 = c0, c1, c2
