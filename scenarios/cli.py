@@ -63,14 +63,25 @@ _NETWORK_PRECISION_HELP = ("a reconstructed scene's network arithmetic on a CPU 
                            "cache key; with auto a scene cached in either precision is used)")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad one is the option's own one-line error, not a sensor's later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--ticks", type=int, default=None,
+    parser.add_argument("--ticks", type=_positive_int, default=None,
                         help="ticks to run (default: the scenario's length); the run stops early if the ego "
                              "reaches the end of its route")
     parser.add_argument("-o", "--out", type=Path, default=Path(default_out),
                         help="record folder: the files of a previous record there are replaced, nothing else")
-    parser.add_argument("--width", type=int, default=480, help="camera width, pixels")
-    parser.add_argument("--height", type=int, default=270, help="camera height, pixels")
+    parser.add_argument("--width", type=_positive_int, default=480, help="camera width, pixels")
+    parser.add_argument("--height", type=_positive_int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
     parser.add_argument("--lod-px", type=float, default=argparse.SUPPRESS, metavar="PX",
                         help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
@@ -159,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the drive log folder to write (must not exist or be empty)")
     p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
     p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
-    p_record.add_argument("--width", type=int, default=160,
+    p_record.add_argument("--width", type=_positive_int, default=160,
                           help="camera width, pixels (the reconstructor was trained at 160x96)")
-    p_record.add_argument("--height", type=int, default=96, help="camera height, pixels")
+    p_record.add_argument("--height", type=_positive_int, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
     p_record.add_argument("--cache", type=Path, default=None,
                           help="scene cache folder of the builder's scene (default: $NEURAL_SENSOR_CACHE/scenes or "

@@ -173,7 +173,11 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
     assert cli_main(["demo", "--ticks", "2", "--agent", "no.such:Agent", "--out", str(tmp_path / "b"),
                      "--cache", str(scene_cache)]) == 2
     assert "cannot load agent" in capsys.readouterr().err
-    assert cli_main(["demo", "--ticks", "0", "--out", str(tmp_path / "c"), "--cache", str(scene_cache)]) == 2
+    for option, value in (("--ticks", "0"), ("--width", "-5")):  # argparse's own exit 2, naming the option
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
+        assert exit_.value.code == 2
+        assert f"argument {option}: must be a positive integer, got {int(value)}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
