@@ -3,9 +3,9 @@ temporal accumulation, `temporal`): a world point looked up in a posed view with
 (`sample="bilinear"`) does in numpy.
 
 The kernels compile with `WARP_FASTMATH`: LLVM may contract multiply-adds into FMAs, reassociate sums and divide
-by reciprocals (about a fifth less time for the log warp, 2026-12-04), but not assume away NaNs or infinities, so
-a NaN depth still fails every depth test. Results then differ from the numpy twins in the last bits: the tests
-allow one level of 255 (the log warp's uint8) or 2e-6 (the accumulation).
+by reciprocals (the log warp 35 -> 30 ms for six cameras on a Zen 4 EPYC, 2026-12-04), but not assume away NaNs
+or infinities, so a NaN depth still fails every depth test. Results then differ from the numpy twins in the last
+bits: the tests allow one level of 255 (the log warp's uint8) or 2e-6 (the accumulation).
 """
 
 from __future__ import annotations
