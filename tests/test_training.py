@@ -194,34 +194,6 @@ def test_enhance_in_bfloat16_stays_within_a_level_of_float32():
         model.set_cpu_precision("float16")
 
 
-def test_bfloat16_unet_copy_equals_the_autocast_and_follows_the_weights():
-    """`enhance` in bfloat16 runs a copy of the UNet with bfloat16 convolution and linear weights on a bfloat16
-    input (`_bfloat16_unet`): the same residual, value for value, as the float32 UNet under a bfloat16 autocast
-    (the shipped enhancer, a channels-last input as `_enhance_cpu` makes it); the copy is reused while the weights
-    stay, and made again when one changes (an optimiser's in-place step)."""
-    import torch
-
-    from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
-    from neural_sensor.enhance.model import Enhancer
-
-    model = Enhancer.from_pretrained(default_checkpoint(DEFAULT_ENHANCER)).eval()
-    torch.manual_seed(0)
-    x = torch.randn(2, 36, 48, model.unet.config.in_channels).permute(0, 3, 1, 2)  # channels-last, as served
-    t = torch.full((2,), model.config.timestep, dtype=torch.long)
-    with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            expected = model.unet(x, t).sample.float()
-        copy = model._bfloat16_unet()
-        got = copy(x.to(torch.bfloat16), t).sample.float()
-        assert torch.equal(got, expected)
-        assert model._bfloat16_unet() is copy  # unchanged weights: the same copy
-        assert all(p.dtype == torch.float32 for p in model.unet.parameters())  # the float32 UNet is untouched
-        model.unet.conv_out.bias.add_(0.25)
-        assert model._bfloat16_unet() is not copy
-        moved = model._bfloat16_unet()(x.to(torch.bfloat16), t).sample.float()
-    assert not torch.equal(moved, got)
-
-
 def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_faster(monkeypatch):
     """"auto": bfloat16 with AMX (no probe); without AMX, bfloat16 only where the CPU runs it natively AND the
     timed probe finds it at least BF16_MIN_SPEEDUP faster (an AMD EPYC Zen 4: ~1.5x; an earlier AVX-512 BF16

@@ -25,8 +25,6 @@ depth_scale_m); its in/out channels must be 9 x unshuffle^2 and 3 x unshuffle^2.
 
 from __future__ import annotations
 
-import copy
-
 import hashlib
 import json
 import warnings
@@ -275,31 +273,12 @@ class Enhancer(nn.Module):
         self.cpu_precision = "float32"  # the UNet's arithmetic in `enhance` on a CPU (`set_cpu_precision`)
 
     def set_cpu_precision(self, precision: str) -> str:
-        """How `enhance` runs the UNet on a CPU: "float32" (exact; the default), "bfloat16" (the convolutions in
-        bfloat16, as a bfloat16 autocast runs them, through a bfloat16 copy of the UNet, `_bfloat16_unet`; the
-        residual differs by ~1e-4 on average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`).
+        """How `enhance` runs the UNet on a CPU: "float32" (exact; the default), "bfloat16" (an autocast: the
+        weights and the input stay float32, the convolutions run in bfloat16; the residual differs by ~1e-4 on
+        average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`).
         Returns the precision now in use. Training, `forward` and other devices are not affected."""
         self.cpu_precision = resolve_cpu_precision(precision, "enhancer precision")
         return self.cpu_precision
-
-    def _bfloat16_unet(self):
-        """The UNet `enhance` runs in bfloat16 on a CPU: a copy whose convolutions and linear layers hold bfloat16
-        weights (the group norms keep theirs in float32 and take the bfloat16 activations as they are), fed a
-        bfloat16 input. The same values as the UNet under a bfloat16 autocast (tested) without the autocast's
-        per-call casts of every weight and of the activations around each norm: 8 % less UNet time on the AMD
-        EPYC Zen 4 (2026-12-04). Kept until a parameter of the float32 UNet changes (an optimiser step or
-        load_state_dict bumps its version), then made again."""
-        key = tuple((id(q), q._version) for q in self.unet.parameters())
-        cached = getattr(self, "_bfloat16_cache", None)
-        if cached is None or cached[0] != key:
-            unet = copy.deepcopy(self.unet).requires_grad_(False)
-            for module in unet.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    module.to(torch.bfloat16)
-            # outside the module tree: not a submodule, so neither state_dict nor .to() sees it
-            object.__setattr__(self, "_bfloat16_cache", (key, unet))
-            cached = self._bfloat16_cache
-        return cached[1]
 
     @property
     def multiple(self) -> int:
@@ -442,12 +421,9 @@ class Enhancer(nn.Module):
                 unshuffled_input(rgb[k][None], d[None], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
                                  _divisor(rgb[k]), _divisor(alpha[k]), _divisor(ref), x[j:j + 1])
             t = torch.full((n,), self.config.timestep, dtype=torch.long)
-            x_nchw = torch.from_numpy(x).permute(0, 3, 1, 2)  # a channels-last view
-            if self.cpu_precision == "bfloat16":
-                residual = self._bfloat16_unet()(x_nchw.to(torch.bfloat16), t).sample
-            else:
-                residual = self.unet(x_nchw, t).sample
-            # a view (oneDNN answers channels-last); float32 from bfloat16 too
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_precision == "bfloat16"):
+                residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
+            # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast
             residual = residual.permute(0, 2, 3, 1).contiguous().float().numpy()
             for j in range(n):
                 k = i + j
