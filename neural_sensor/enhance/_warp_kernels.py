@@ -6,6 +6,10 @@ The kernels compile with `WARP_FASTMATH`: LLVM may contract multiply-adds into F
 by reciprocals (the log warp 35 -> 30 ms for six cameras on a Zen 4 EPYC, 2026-12-04), but not assume away NaNs
 or infinities, so a NaN depth still fails every depth test. Results then differ from the numpy twins in the last
 bits: the tests allow one level of 255 (the log warp's uint8) or 2e-6 (the accumulation).
+
+Numba's on-disk cache keys each kernel on its OWN file: these helpers are inlined into `log_warp._blend_kernel`
+and `temporal._accumulate_kernel`, so an edit here alone leaves those cached kernels stale. Touch (or edit) both
+callers' files with any change here.
 """
 
 from __future__ import annotations
