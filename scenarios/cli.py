@@ -58,6 +58,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_CACHE_DEFAULT = "(default: $NEURAL_SENSOR_CACHE/scenes or ~/.cache/neural_sensor/scenes)"  # every --cache
+
 _NETWORK_PRECISION_HELP = ("a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs it "
                            "natively and a timed probe finds it faster, as for the enhancer; part of the scene's "
                            "cache key; with auto a scene cached in either precision is used)")
@@ -92,9 +94,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (None: the built-in agent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
-                             "~/.cache/neural_sensor/scenes)")
+    parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,
                         help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
                              "along the recorded lane (cached); builder: the layout's own scene, the ground truth")
@@ -159,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--length", type=float, default=200.0, help="straight: road length; intersection: arm")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
-    p_build.add_argument("--cache", type=Path, default=None,
-                         help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
-                              "~/.cache/neural_sensor/scenes)")
+    p_build.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
                                                     "lane, the nuScenes-like rig) as a drive log",
                               formatter_class=_FORMATTER)
@@ -175,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_record.add_argument("--height", type=_positive_int, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
     p_record.add_argument("--cache", type=Path, default=None,
-                          help="scene cache folder of the builder's scene (default: $NEURAL_SENSOR_CACHE/scenes or "
-                               "~/.cache/neural_sensor/scenes)")
+                          help=f"scene cache folder of the builder's scene {_CACHE_DEFAULT}")
     p_recon = sub.add_parser("reconstruct", help="reconstruct the Gaussian scene of a drive log (cached)",
                              formatter_class=_FORMATTER)
     p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md)")
@@ -187,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "its aspect kept; give the log's own size to read it as it is)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
                          help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
-    p_recon.add_argument("--cache", type=Path, default=None,
-                         help="scene cache folder (default: $NEURAL_SENSOR_CACHE/scenes or "
-                              "~/.cache/neural_sensor/scenes)")
+    p_recon.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                          help="sweeps of the colour refinement against the log's images (0: none); None = the "
                               "default (neural_sensor.reconstruct.refine.RefineConfig)")
