@@ -271,6 +271,7 @@ class Enhancer(nn.Module):
             nn.init.zeros_(self.unet.conv_out.weight)
             nn.init.zeros_(self.unet.conv_out.bias)
         self.cpu_precision = "float32"  # the UNet's arithmetic in `enhance` on a CPU (`set_cpu_precision`)
+        self._folded_biases: dict = {}  # `unet_cpu.folded_biases`' cache
 
     def set_cpu_precision(self, precision: str) -> str:
         """How `enhance` runs the UNet on a CPU: "float32" (exact; the default), "bfloat16" (an autocast: the
@@ -396,8 +397,10 @@ class Enhancer(nn.Module):
                      out: list) -> None:
         """`enhance` on a CPU, into `out`: each camera's input is made and its output finished by compiled passes
         over its numpy arrays (`_model_kernels`: the same values as `network_input` and `pixel_shuffle` + add +
-        clamp, tested; uint8 images read and written in place), so the only torch work is the UNet's."""
+        clamp, tested; uint8 images read and written in place), so the only torch work is the UNet's (`unet_cpu`'s forward
+        where it applies, diffusers' otherwise)."""
         from neural_sensor.enhance._model_kernels import add_shuffled_residual, unshuffled_input
+        from neural_sensor.enhance.unet_cpu import unet_forward, unsupported_reason
 
         c, (h, w, _) = len(rgb), rgb[0].shape
         s, multiple = self.config.unshuffle, self.multiple
@@ -406,6 +409,7 @@ class Enhancer(nn.Module):
             reference_rgb, reference_valid = [np.zeros((h, w, 3), np.float32)] * c, [np.zeros((h, w), np.float32)] * c
         channels = RENDER_CHANNELS if reference_rgb is None else INPUT_CHANNELS
         no_ref, no_valid = np.empty((0, 0, 0, 3), np.float32), np.empty((0, 0, 0), np.float32)
+        fast = unsupported_reason(self.unet) is None
         depth = np.empty((h, w), np.float32)  # a float16 / float64 depth map converted, one camera at a time
         for i in range(0, c, max_batch):
             n = min(max_batch, c - i)
@@ -420,9 +424,13 @@ class Enhancer(nn.Module):
                 valid = no_valid if reference_rgb is None else _kernel_mask(reference_valid[k])[None]
                 unshuffled_input(rgb[k][None], d[None], alpha[k][None], ref, valid, self.config.depth_scale_m, s,
                                  _divisor(rgb[k]), _divisor(alpha[k]), _divisor(ref), x[j:j + 1])
-            t = torch.full((n,), self.config.timestep, dtype=torch.long)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_precision == "bfloat16"):
-                residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
+                if fast:  # diffusers' forward less its per-call costs (`unet_cpu`: equal to float rounding, tested)
+                    residual = unet_forward(self.unet, torch.from_numpy(x).permute(0, 3, 1, 2), self.config.timestep,
+                                            self._folded_biases)
+                else:
+                    t = torch.full((n,), self.config.timestep, dtype=torch.long)
+                    residual = self.unet(torch.from_numpy(x).permute(0, 3, 1, 2), t).sample
             # a view (oneDNN answers channels-last); float32 also under a bfloat16 autocast
             residual = residual.permute(0, 2, 3, 1).contiguous().float().numpy()
             for j in range(n):
