@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _lod_px(text: str) -> float:
+    """argparse type for --lod-px: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = every Gaussian, exact), got {text}")
+    return value
+
+
+def _enhancer(text: str) -> str:
+    """argparse type for --enhancer: local, none, or a server's endpoint (tcp://HOST:PORT, ipc://PATH)."""
+    if text in ("local", "none"):
+        return text
+    from neural_sensor.enhance.protocol import check_endpoint
+
+    try:
+        return check_endpoint(text, "endpoint")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"local, none or a server's endpoint: {err}") from None
+
+
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--ticks", type=_positive_int, default=None,
                         help="ticks to run (default: the scenario's length); the run stops early if the ego "
@@ -85,7 +109,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--width", type=_positive_int, default=480, help="camera width, pixels")
     parser.add_argument("--height", type=_positive_int, default=270, help="camera height, pixels")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
-    parser.add_argument("--lod-px", type=float, default=argparse.SUPPRESS, metavar="PX",
+    parser.add_argument("--lod-px", type=_lod_px, default=argparse.SUPPRESS, metavar="PX",
                         help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
                              "as one where that one's largest standard deviation spans <= PX pixels; 0 draws every "
                              f"Gaussian (exact; default {LOD_PX} for the builder's scene, {RECONSTRUCTION_LOD_PX} for "
@@ -101,7 +125,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--scene-log", type=Path, default=None, metavar="LOG",
                         help="render the scene reconstructed from this drive log (docs/drive_log.md) instead; "
                              "the same as RunOptions(scene='log:LOG')")
-    parser.add_argument("--enhancer", default=argparse.SUPPRESS, metavar="local|none|tcp://HOST:PORT",
+    parser.add_argument("--enhancer", type=_enhancer, default=argparse.SUPPRESS, metavar="local|none|tcp://HOST:PORT",
                         help="refine every camera with the enhancer: 'local' starts a server subprocess for the "
                              "run, 'none' delivers the raw render (default: local for a reconstruction, none for "
                              "the builder's scene)")
@@ -449,6 +473,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"neural-sensor: scenario {result['scenario']} FAILED its criteria (see {args.out / 'summary.json'}; "
               "--allow-fail exits 0)", file=sys.stderr)
         return 1
+    if args.command in ("demo", "bench", "run"):
+        verdict = "passed its criteria, " if result.get("passed") else ""
+        print(f"neural-sensor: scenario {result['scenario']} {verdict}{result['ticks']} ticks at "
+              f"{result['ticks_per_s']:.2f} ticks/s; the record is in {args.out}", file=sys.stderr)
     return 0
 
 

@@ -52,6 +52,7 @@ from neural_sensor.jit_cache import (LOG_REFERENCE_MODULES, RECONSTRUCTION_MODUL
                                      compile_notice)
 from neural_sensor.metrics import psnr
 from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX, resolve_backend
+from neural_sensor.render._common import check_lod_px
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
@@ -102,7 +103,7 @@ def scene_lod_px(scene_kind: str, lod_px: float | None = None) -> float:
     """The level of detail a run draws a scene with: lod_px if given, else LOD_PX for the builder's scene and
     RECONSTRUCTION_LOD_PX for a reconstruction ("reconstruction" or "log")."""
     if lod_px is not None:
-        return float(lod_px)
+        return check_lod_px(lod_px, "RunOptions (--lod-px)")
     return LOD_PX if scene_kind == "builder" else RECONSTRUCTION_LOD_PX
 
 
@@ -344,6 +345,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         from neural_sensor.reconstruct.log import log_digest
 
         log_digest(log_folder)
+    scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail is reported before anything loads
     if options.enhancer is not None:
         _check_enhancer_options(options)
     if isinstance(scenario, str):
@@ -433,8 +435,10 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 def _check_enhancer_options(options: RunOptions) -> None:
     """Everything about the enhancer options that can be checked before anything is started."""
     endpoint = options.enhancer
-    if endpoint != "local" and (not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://"))):
-        raise ValueError(f"enhancer must be 'local' or tcp://HOST:PORT, got {endpoint!r}")
+    if endpoint != "local":
+        from neural_sensor.enhance.protocol import check_endpoint
+
+        check_endpoint(endpoint, "enhancer endpoint (or 'local')")
     deadline = options.enhancer_deadline_ms
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
         raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")

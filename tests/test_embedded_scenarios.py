@@ -178,15 +178,25 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
             cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
         assert exit_.value.code == 2
         assert f"argument {option}: must be a positive integer, got {int(value)}" in capsys.readouterr().err
+    for option, value, said in (("--lod-px", "-1", "must be a finite number >= 0"),  # before any scene loads
+                                ("--lod-px", "nan", "must be a finite number >= 0"),
+                                ("--enhancer", "tcp://nowhere", "with a port 1-65535"),  # not zmq's traceback
+                                ("--enhancer", "remote", "local, none or a server's endpoint")):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
+        assert exit_.value.code == 2
+        assert f"argument {option}: " in (err := capsys.readouterr().err) and said in err, err
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_demo_writes_summary(tmp_path, scene_cache):
+def test_cli_demo_writes_summary(tmp_path, scene_cache, capsys):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--ticks", "3", "--width", "48", "--height", "32", "--out", str(out), "--no-video",
                      "--cache", str(scene_cache), "--backend", "cpu", "--scene", "builder"]) == 1  # route unfinished
     assert cli_main(["demo", "--ticks", "3", "--width", "48", "--height", "32", "--out", str(out), "--no-video",
                      "--cache", str(scene_cache), "--backend", "cpu", "--scene", "builder", "--allow-fail"]) == 0
+    err = capsys.readouterr().err  # a line for people after the JSON (the route unfinished: no "passed")
+    assert "3 ticks at" in err and "passed its criteria" not in err and "out/bench" not in err, err
     summary = json.loads((out / "summary.json").read_text())
     for key in ("ticks", "wall_s", "ticks_per_s", "tick_ms_median", "stage_ms_median", "criteria", "paths"):
         assert key in summary

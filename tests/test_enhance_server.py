@@ -369,10 +369,20 @@ def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_
 
 def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys):
     from scenarios.cli import main
+    from scenarios.runner import RunOptions, _check_enhancer_options
 
-    assert main(["demo", "--ticks", "1", "--enhancer", "http://x", "-o", str(tmp_path / "o"),
-                 "--cache", str(tmp_path / "c")]) == 2
-    assert "enhancer must be 'local' or tcp://" in capsys.readouterr().err
+    for endpoint in ("http://x", "tcp://nowhere", "tcp://127.0.0.1:99999"):  # argparse's exit 2 naming the option
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", "--ticks", "1", "--enhancer", endpoint, "-o", str(tmp_path / "o"),
+                  "--cache", str(tmp_path / "c")])
+        assert exit_.value.code == 2 and "argument --enhancer: local, none or a server's endpoint" in (
+            capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"endpoint \(or 'local'\) 'tcp://nowhere': expected tcp://HOST:PORT"):
+        _check_enhancer_options(RunOptions(enhancer="tcp://nowhere"))  # the API says it before anything starts
+    with pytest.raises(ValueError, match="enhancer endpoint 'ipc://': no path"):
+        EnhancerClient("ipc://")
+    assert main(["serve-enhancer", "--bind", "tcp://127.0.0.1"]) == 2
+    assert "bind 'tcp://127.0.0.1': expected tcp://HOST:PORT with a port 1-65535 (or *)" in capsys.readouterr().err
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["serve-enhancer", "--bind", "tcp://0.0.0.0:5599"]) == 2
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # nothing left installed

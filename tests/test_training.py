@@ -152,17 +152,19 @@ def test_enhance_on_a_cpu_equals_the_torch_forward(unshuffle, h, w, monkeypatch)
             out.append(y.clamp(0, 1).permute(0, 2, 3, 1).numpy())
         return np.concatenate(out)
 
+    assert unet_cpu.unsupported_reason(model.unet) is None  # the fast path is the one tested first
+    wrapped = Enhancer(EnhancerConfig(unshuffle=unshuffle),
+                       unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
     for reference in (False, True):
         expected = torch_forward(model, reference, batch=2)
         assert np.abs(expected - rgb).max() > 1e-2 and (expected == 0).any() and (expected == 1).any()
         got = model.enhance(rgb, depth, alpha, *((ref, valid) if reference else (None, None)), max_batch=2)
         assert got.dtype == np.float32 and np.abs(got - expected).max() < 1e-4, reference
+    assert np.abs(wrapped.enhance(rgb, depth, alpha) - torch_forward(wrapped, False)).max() < 1e-4
     monkeypatch.setattr(unet_cpu, "unsupported_reason", lambda unet: "diffusers' forward")
     for reference in (False, True):
         got = model.enhance(rgb, depth, alpha, *((ref, valid) if reference else (None, None)), max_batch=2)
         assert np.array_equal(got, torch_forward(model, reference, batch=2)), reference
-    wrapped = Enhancer(EnhancerConfig(unshuffle=unshuffle),
-                       unet=_with_conv_in(model.unet, type("Conv", (torch.nn.Conv2d,), {})))
     assert np.array_equal(wrapped.enhance(rgb, depth, alpha), torch_forward(wrapped, False))
     with pytest.raises(ValueError, match="reference_rgb"):
         model.enhance(rgb, depth, alpha, ref[:1, :8, :8], valid[:1, :8, :8])

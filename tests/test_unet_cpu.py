@@ -83,3 +83,37 @@ def test_folded_biases_follow_the_weights():
     other = unet_cpu.folded_biases(unet, 500, cache)
     assert not torch.allclose(other[id(resnet)], again[id(resnet)])
     assert torch.equal(other[id(resnet)], unet_cpu.folded_biases(unet, 500)[id(resnet)])
+
+
+def test_hooks_and_subclassed_convolutions_take_diffusers_forward():
+    """`unet_forward` calls some modules' weights directly, so a forward hook or pre-hook on any of the UNet's
+    modules, a global one, or a ResNet block's first convolution of another class is named unsupported; removing
+    the hook makes it supported again."""
+    unet = _random_unet()
+    assert unet_cpu.unsupported_reason(unet) is None
+    handle = unet.down_blocks[0].resnets[0].conv1.register_forward_hook(lambda m, i, o: o * 2)
+    assert "hook" in unet_cpu.unsupported_reason(unet)
+    handle.remove()
+    handle = unet.register_forward_pre_hook(lambda m, i: None)
+    assert "hook" in unet_cpu.unsupported_reason(unet)
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert "global" in unet_cpu.unsupported_reason(unet)
+    finally:
+        handle.remove()
+    assert unet_cpu.unsupported_reason(unet) is None
+    unet.mid_block.resnets[0].conv1.__class__ = type("Conv", (torch.nn.Conv2d,), {})
+    assert "plain nn.Conv2d" in unet_cpu.unsupported_reason(unet)
+
+
+def test_unet_forward_with_bfloat16_weights():
+    """A UNet whose weights are bfloat16, under a bfloat16 autocast (its small GroupNorms run in float32 with the
+    weights widened), gives diffusers' forward's output to bfloat16 rounding."""
+    unet = _random_unet().to(torch.bfloat16)
+    x = torch.rand(2, 32, 48, unet.config.in_channels, generator=torch.Generator().manual_seed(3)).permute(0, 3, 1, 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = unet(x, torch.full((2,), 199, dtype=torch.long)).sample.float()
+        got = unet_cpu.unet_forward(unet, x, 199).float()
+    scale = float(expected.abs().max())
+    assert scale > 1e-3 and float((got - expected).abs().max()) <= 0.05 * scale

@@ -95,8 +95,7 @@ class EnhancerClient(SharedBlock):
     def __init__(self, endpoint: str, deadline_ms: float = 1000.0, retries: int = 3,
                  curve_server_public_key: bytes | None = None, curve_client_certificate: str | None = None,
                  wire_dtype: str = "uint8", shared_memory: bool = True, direct: bool = True):
-        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"enhancer endpoint must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+        wire.check_endpoint(endpoint, "enhancer endpoint")
         if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= 3_600_000):
             raise ValueError(f"deadline_ms must be in (0, 3600000], got {deadline_ms!r}")
         if wire_dtype not in ("uint8", "float32"):

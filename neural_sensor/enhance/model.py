@@ -274,9 +274,10 @@ class Enhancer(nn.Module):
         self._folded_biases: dict = {}  # `unet_cpu.folded_biases`' cache
 
     def set_cpu_precision(self, precision: str) -> str:
-        """How `enhance` runs the UNet on a CPU: "float32" (exact; the default), "bfloat16" (an autocast: the
-        weights and the input stay float32, the convolutions run in bfloat16; the residual differs by ~1e-4 on
-        average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster, `resolve_cpu_precision`).
+        """How `enhance` runs the UNet on a CPU: "float32" (the default; within 1e-4 of `forward`), "bfloat16" (an
+        autocast: the weights and the input stay float32, the convolutions run in bfloat16; the residual differs by
+        ~1e-4 on average, tested), or "auto" (bfloat16 where the CPU has AMX or runs it faster,
+        `resolve_cpu_precision`).
         Returns the precision now in use. Training, `forward` and other devices are not affected."""
         self.cpu_precision = resolve_cpu_precision(precision, "enhancer precision")
         return self.cpu_precision
@@ -320,7 +321,8 @@ class Enhancer(nn.Module):
         Returns:
             [C, H, W, 3] float32 (out=None), else out itself; C = 0 gives an empty result.
         On a CPU the UNet is called between compiled input / output passes (`_enhance_cpu`), not through
-        `forward`: a subclass's forward or a forward hook applies on other devices only; its arithmetic is
+        `forward`: a subclass's forward or a forward hook on the Enhancer applies on other devices only (a hook on a
+        module of the UNet sends it through diffusers' forward instead of `unet_cpu`'s); its arithmetic is
         `cpu_precision` (float32 unless `set_cpu_precision` chose bfloat16).
         Raises ValueError for mismatched shapes or dtypes (the compiled passes do not check bounds).
         """
@@ -397,8 +399,8 @@ class Enhancer(nn.Module):
                      out: list) -> None:
         """`enhance` on a CPU, into `out`: each camera's input is made and its output finished by compiled passes
         over its numpy arrays (`_model_kernels`: the same values as `network_input` and `pixel_shuffle` + add +
-        clamp, tested; uint8 images read and written in place), so the only torch work is the UNet's (`unet_cpu`'s forward
-        where it applies, diffusers' otherwise)."""
+        clamp, tested; uint8 images read and written in place), so the only torch work is the UNet's (`unet_cpu`'s
+        forward where it applies, diffusers' otherwise)."""
         from neural_sensor.enhance._model_kernels import add_shuffled_residual, unshuffled_input
         from neural_sensor.enhance.unet_cpu import unet_forward, unsupported_reason
 

@@ -97,6 +97,24 @@ class ProtocolError(ValueError):
         self.request_id = request_id
 
 
+def check_endpoint(endpoint, what: str, bind: bool = False) -> str:
+    """endpoint if it is tcp://HOST:PORT (PORT 1-65535, or * for a bind), ipc://PATH or inproc://NAME, else a
+    ValueError naming `what` and the endpoint (zmq's own error would come later, as a traceback)."""
+    form = "tcp://HOST:PORT or ipc://PATH"
+    if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError(f"{what} must be {form}, got {endpoint!r}")
+    scheme, rest = endpoint.split("://", 1)
+    if scheme != "tcp":
+        if not rest:
+            raise ValueError(f"{what} {endpoint!r}: no {'path' if scheme == 'ipc' else 'name'} after {scheme}://")
+        return endpoint
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not (port == "*" and bind or port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{what} {endpoint!r}: expected tcp://HOST:PORT with a port 1-65535"
+                         + (" (or *)" if bind else ""))
+    return endpoint
+
+
 def is_loopback(endpoint: str) -> bool:
     """True for ipc://, inproc:// and tcp:// endpoints on the loopback interface."""
     if endpoint.startswith(("ipc://", "inproc://")):

@@ -83,8 +83,7 @@ class ServerConfig:
 
 def check_bind(config: ServerConfig) -> None:
     """Refuse a non-loopback bind without CurveZMQ keys (ValueError naming the endpoint)."""
-    if not config.bind.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ValueError(f"bind {config.bind!r}: expected tcp://HOST:PORT or ipc://PATH")
+    wire.check_endpoint(config.bind, "bind", bind=True)
     curve = config.curve_secret_key is not None or config.curve_clients is not None
     if curve and not (config.curve_secret_key and config.curve_clients):
         raise ValueError("CurveZMQ needs both --curve-secret-key and --curve-clients")

@@ -26,9 +26,18 @@ SMALL_NORM_ELEMENTS = 300_000  # a GroupNorm input at most this big runs in floa
 
 
 def unsupported_reason(unet) -> str | None:
-    """None when `unet_forward` computes this UNet exactly as its diffusers forward does, else why not (a string)."""
+    """None when `unet_forward` computes this UNet as its diffusers forward does (to float rounding), else why not
+    (a string). `unet_forward` calls some modules' weights directly, so a UNet with a forward hook or pre-hook on
+    any module (or a global one), or whose ResNet convolutions are not plain `nn.Conv2d`, is not supported."""
     if type(unet).__name__ != "UNet2DModel":
         return f"a {type(unet).__name__}, not a diffusers UNet2DModel"
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "a global module forward hook is registered"
+    hooked = [name or "the UNet" for name, m in unet.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        return f"forward hooks on {hooked[:3]}"
     config = unet.config
     if config.center_input_sample or config.time_embedding_type != "positional" or unet.class_embedding is not None:
         return "input centring, a Fourier time embedding or a class embedding"
@@ -48,8 +57,9 @@ def unsupported_reason(unet) -> str | None:
         if (type(r).__name__ != "ResnetBlock2D" or r.upsample is not None or r.downsample is not None
                 or r.time_embedding_norm != "default" or r.time_emb_proj is None or r.skip_time_act
                 or not isinstance(r.nonlinearity, nn.SiLU) or not isinstance(r.norm1, nn.GroupNorm)
-                or not isinstance(r.norm2, nn.GroupNorm) or r.conv1.bias is None):
-            return "a ResNet block with up/down sampling, a scale-shift or skipped time activation, or not SiLU"
+                or not isinstance(r.norm2, nn.GroupNorm) or type(r.conv1) is not nn.Conv2d or r.conv1.bias is None):
+            return ("a ResNet block with up/down sampling, a scale-shift or skipped time activation, not SiLU, or its "
+                    "first convolution not a plain nn.Conv2d with a bias")
     for b in unet.down_blocks:
         for d in b.downsamplers or []:
             if type(d).__name__ != "Downsample2D" or d.norm is not None or not d.use_conv or d.padding == 0:
@@ -72,12 +82,12 @@ def folded_biases(unet, timestep: int, cache: dict | None = None) -> dict[int, t
     used = [*unet.time_embedding.parameters(), *(p for r in resnets for p in (r.conv1.bias,
                                                                               *r.time_emb_proj.parameters()))]
     key = (timestep, tuple((p.data_ptr(), p._version) for p in used))
-    if cache is not None and cache.get("key") == key:
-        return cache["biases"]
+    entry = cache.get("entry") if cache is not None else None  # (key, biases): one object, read and set at once
+    if entry is not None and entry[0] == key:
+        return entry[1]
     biases = _folded_biases(unet, timestep)
     if cache is not None:
-        cache.clear()
-        cache.update(key=key, biases=biases)
+        cache["entry"] = (key, biases)
     return biases
 
 
@@ -91,7 +101,8 @@ def _folded_biases(unet, timestep: int) -> dict[int, torch.Tensor]:
 
 def _norm_silu(norm: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
     if h.dtype == torch.bfloat16 and h.numel() <= SMALL_NORM_ELEMENTS:
-        return F.silu(F.group_norm(h.float(), norm.num_groups, norm.weight, norm.bias, norm.eps)).to(h.dtype)
+        weight, bias = (None if p is None else p.float() for p in (norm.weight, norm.bias))  # weights of any width
+        return F.silu(F.group_norm(h.float(), norm.num_groups, weight, bias, norm.eps)).to(h.dtype)
     return F.silu(norm(h))
 
 

@@ -69,8 +69,8 @@ class RefineConfig:
     lod_px: float = 1.5  # the level of detail the views are rendered at (pixels of the images refined against: 160
     #   wide for a generated drive and, by default, any wider log; 0: exact): a far group is drawn as its merged
     #   Gaussian and its members share its residual (backproject_colour_residuals), so the summed weights of
-    #   min_weight / prune_weight count a member's share of its merge's; 1.5 px of a 160x96 view is about the
-    #   run's RECONSTRUCTION_LOD_PX of 4 at 480x270
+    #   min_weight / prune_weight count a member's share of its merge's; 1.5 px of a 160x96 view is 4.5 px at
+    #   480x270, about the run's RECONSTRUCTION_LOD_PX of 5
 
     def __post_init__(self) -> None:
         if (self.iterations < 0 or not 0.0 < self.step <= 2.0 or self.min_weight < 0 or self.views_per_batch < 1
