@@ -206,6 +206,46 @@ class NeuralSensorRig:
         self.lod_px = check_lod_px(lod_px, "NeuralSensorRig")  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
         self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
 
+    def prepare(self) -> float:
+        """Do now the one-off work of a first `capture`: derive what the renderer keeps per scene (its
+        level-of-detail groups, covariances, chunks: `scene.derived`) by drawing the scene into one tiny camera,
+        and, with an enhancer, send it one request of blank frames of the rig's sizes (the model's first call at a
+        size, the shared block). The run calls it while it loads: on the demo ~0.3 s out of its first tick. An
+        enhancer that fails here is not an error (the first tick reports it). Seconds taken."""
+        start = time.perf_counter()
+        camera = Camera.from_fov(8, 8, 90.0, np.eye(4))
+        render([self.scene], [camera], backend=self.backend, background=self.background_rgb,
+               outputs=self.render_outputs, lod_px=self.lod_px)
+        if self.enhancer is not None:
+            groups: dict[tuple[int, int], list[SensorSpec]] = {}
+            for spec in self.sensors:
+                groups.setdefault((spec.width, spec.height), []).append(spec)
+            for (width, height), specs in groups.items():
+                n = len(specs)
+                lent = (self.enhancer.frame_buffers(n, height, width)
+                        if len(groups) == 1 and _takes_out(self.enhancer) else None)
+                rgb, depth, alpha, out = ((lent["rgb"], lent["depth"], lent["alpha"], list(lent["enhanced"]))
+                                          if lent is not None else (np.empty((n, height, width, 3), np.float32),
+                                                                    np.empty((n, height, width), np.float32),
+                                                                    np.empty((n, height, width), np.float32), None))
+                rgb.fill(0.5)
+                depth.fill(10.0)
+                alpha.fill(1.0)
+                requests = [{"camera": s.sensor_id, "rgb": rgb[i], "depth": depth[i], "alpha": alpha[i]}
+                            for i, s in enumerate(specs)]
+                if self.reference is not None:  # the model's input with a reference is another size
+                    for request in requests:
+                        request["reference"] = np.zeros((height, width, 3), np.float32)
+                        request["reference_valid"] = np.zeros((height, width), bool)
+                try:
+                    if _takes_out(self.enhancer):
+                        self.enhancer.enhance(requests, out=out)
+                    else:
+                        self.enhancer.enhance(requests)
+                except Exception:  # noqa: BLE001 - only a warm-up: the first tick's own request says what fails
+                    pass
+        return time.perf_counter() - start
+
     def _asset(self, agent) -> GaussianScene:
         key = (agent.agent_id, agent.kind, tuple(round(v, 3) for v in agent.size_m))
         if key not in self._assets:

@@ -415,6 +415,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
                               asset_seed=options.seed, enhancer=enhancer,
                               lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",), reference=reference,
                               reference_views=max(1, reference_views), temporal_blend=options.temporal_blend)
+        rig.prepare()  # the scene's render data derived while it loads, not in the first tick
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
             truth_scene, _ = (scene, scene_meta) if scene_kind == "builder" and enhancer is None else build_scene(

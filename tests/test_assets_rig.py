@@ -217,6 +217,44 @@ def test_rig_sends_each_camera_its_warped_log_reference():
         NeuralSensorRig(scene, [spec], backend="cpu", enhancer=Recorder(), reference=reference, reference_views=0)
 
 
+def test_rig_prepare_does_the_first_captures_one_off_work():
+    """`prepare` derives the scene's level-of-detail data and sends the enhancer one request of blank frames at
+    each camera's size (with a reference when the rig sends one); the captures after it are the same as a rig's
+    without it, and an enhancer that fails in it is not an error."""
+    from neural_sensor.reconstruct.reference import LogReference
+
+    scene = make_street_scene(30_000, seed=4)
+    specs = [SensorSpec.mounted("front", 48, 32, 90.0, (0, 0, 1.6)),
+             SensorSpec.mounted("left", 48, 32, 100.0, (0, 0.5, 1.6), yaw_rad=math.pi / 2)]
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, -1.75, 0.0, 0.0) @ specs[0].pose_camera_to_ego)
+                for x in (-4.0, 4.0)]
+    reference = LogReference.from_views(render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb, log_cams,
+                                        ["front"] * 2, scene, (0.53, 0.71, 0.92))
+    requests = []
+
+    class Recorder:
+        def enhance(self, frames):
+            requests.append([(f["camera"], f["rgb"].shape, "reference" in f) for f in frames])
+            return type("R", (), {"rgb": None, "reason": "recorder", "latency_ms": 0.0})()
+
+    rig = NeuralSensorRig(scene, specs, backend="cpu", enhancer=Recorder(), lod_px=3.0, outputs=("rgb",),
+                          reference=reference)
+    scene._derived.clear()  # (the log's own render derived some)
+    assert rig.prepare() >= 0.0 and "lod_groups" in scene._derived
+    assert requests == [[("front", (32, 48, 3), True), ("left", (32, 48, 3), True)]]
+    snapshot = WorldSnapshot(1, 0.0, ego, ())
+    fresh = NeuralSensorRig(make_street_scene(30_000, seed=4), specs, backend="cpu", lod_px=3.0, outputs=("rgb",))
+    np.testing.assert_array_equal(NeuralSensorRig(scene, specs, backend="cpu", lod_px=3.0, outputs=("rgb",))
+                                  .capture(snapshot)["left"].rgb, fresh.capture(snapshot)["left"].rgb)
+
+    class Broken:
+        def enhance(self, frames):
+            raise ConnectionError("no server")
+
+    NeuralSensorRig(scene, specs, backend="cpu", enhancer=Broken()).prepare()
+
+
 def test_rgb_to_bgra():
     rgb = np.zeros((2, 3, 3), np.float32)
     rgb[0, 0] = [1.0, 0.5, 0.0]

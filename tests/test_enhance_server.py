@@ -1,5 +1,6 @@
 """Enhancer server and client over real loopback sockets with real processes."""
 
+import os
 import signal
 import threading
 import time
@@ -350,6 +351,27 @@ def test_the_cpu_precision_is_chosen_checked_and_said_at_hello(identity_checkpoi
     with pytest.raises(ValueError, match="--enhancer-precision is for --enhancer local"):
         _check_enhancer_options(RunOptions(enhancer="tcp://127.0.0.1:5555", enhancer_precision="float32"))
     _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="bfloat16"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a worker's environment from /proc")
+def test_workers_start_with_a_short_openmp_spin_unless_the_user_set_one(identity_checkpoint, monkeypatch):
+    """A worker is spawned with WORKER_ENV (GOMP_SPINCOUNT=30000: its threads sleep soon after a reply, leaving
+    the cores to a client on the same host); a value the user set wins; the broker's own environment is left as
+    it was."""
+    from neural_sensor.enhance.server import WORKER_ENV, Broker
+
+    for user in (None, "7"):
+        if user is None:
+            monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+        else:
+            monkeypatch.setenv("GOMP_SPINCOUNT", user)
+        broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1))
+        try:
+            environ = Path(f"/proc/{broker._procs[0].pid}/environ").read_bytes().split(b"\0")
+            assert f"GOMP_SPINCOUNT={user or WORKER_ENV['GOMP_SPINCOUNT']}".encode() in environ
+        finally:
+            broker.close()
+        assert os.environ.get("GOMP_SPINCOUNT") == user
 
 
 def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_checkpoint):

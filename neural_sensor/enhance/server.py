@@ -60,6 +60,12 @@ from neural_sensor.enhance.precision import CPU_PRECISIONS, resolve_cpu_precisio
 from neural_sensor.enhance.worker import worker_main
 
 SERVER_VERSION = "0.1.0"
+# A worker's OpenMP threads (torch's and numba's, libgomp) spin this many iterations for more work before they
+# sleep (libgomp's default 300,000 is several ms). On a host the client shares, a worker's threads spinning after
+# its reply take the cores from the client's next stage: on two cores of a Zen 4 EPYC the demo's temporal
+# accumulation 19.2 -> 15.5 ms a tick, the worker's own UNet no slower (`docs/results.md`, 2026-12-05, later).
+WORKER_ENV = {"GOMP_SPINCOUNT": "30000"}
+_SPAWN_LOCK = threading.Lock()
 is_loopback = wire.is_loopback  # where it always lived; the client needs it too
 
 
@@ -247,7 +253,16 @@ class Broker:
                                       None if self.shm_folder is None else str(self.shm_folder), self.nonce,
                                       self.config.max_batch_frames, self.precision),
                                 daemon=True)
-        proc.start()
+        with _SPAWN_LOCK:  # the worker starts with WORKER_ENV (a spawned process copies os.environ as it starts)
+            saved = {name: os.environ.get(name) for name in WORKER_ENV}
+            for name, value in WORKER_ENV.items():
+                os.environ.setdefault(name, value)  # the user's own setting wins
+            try:
+                proc.start()
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
         self._procs[index] = proc
 
     # -------------------------------------------------------------- replies
