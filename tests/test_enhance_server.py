@@ -353,24 +353,30 @@ def test_the_cpu_precision_is_chosen_checked_and_said_at_hello(identity_checkpoi
     _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="bfloat16"))
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a worker's environment from /proc")
 def test_workers_start_with_a_short_openmp_spin_unless_the_user_set_one(identity_checkpoint, monkeypatch):
     """A worker is spawned with WORKER_ENV (GOMP_SPINCOUNT=30000: its threads sleep soon after a reply, leaving
     the cores to a client on the same host); a value the user set wins; the broker's own environment is left as
     it was."""
+    import multiprocessing.context
+
     from neural_sensor.enhance.server import WORKER_ENV, Broker
 
+    seen = []  # the environment each worker was started with (a spawned process copies it as it starts)
+    start = multiprocessing.context.SpawnProcess.start
+
+    def recording_start(self):
+        seen.append(os.environ.get("GOMP_SPINCOUNT"))
+        start(self)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", recording_start)
     for user in (None, "7"):
         if user is None:
             monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
         else:
             monkeypatch.setenv("GOMP_SPINCOUNT", user)
         broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1))
-        try:
-            environ = Path(f"/proc/{broker._procs[0].pid}/environ").read_bytes().split(b"\0")
-            assert f"GOMP_SPINCOUNT={user or WORKER_ENV['GOMP_SPINCOUNT']}".encode() in environ
-        finally:
-            broker.close()
+        broker.close()
+        assert seen.pop() == (user or WORKER_ENV["GOMP_SPINCOUNT"])
         assert os.environ.get("GOMP_SPINCOUNT") == user
 
 
