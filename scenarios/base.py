@@ -83,9 +83,13 @@ def drive_scenario(layout: Layout, name: str, description: str, *, target_speed_
 
 @dataclass
 class CriteriaState:
-    """Running evaluation of collision, route completion and minimum time-to-collision."""
+    """Running evaluation of collision, route completion and minimum time-to-collision. `ticks`: the ticks the
+    run will take (None: the scenario's max_ticks); a run cut shorter than the scenario does not judge the route
+    completion it has not reached (a quick `--ticks 40` look is not a failed scenario): that criterion's "passed" is
+    None and "not_judged" says why, and `passed` is over the criteria judged."""
 
     scenario: Scenario
+    ticks: int | None = None
     route: Path = field(init=False)
     start_s_m: float | None = None
     progress_m: float = 0.0
@@ -112,11 +116,15 @@ class CriteriaState:
 
     def results(self) -> dict:
         completion = min(1.0, self.progress_m / self.scenario.route_goal_m)
+        route = {"passed": bool(completion >= 0.95), "value": round(float(completion), 4),
+                 "progress_m": round(float(self.progress_m), 2)}
+        if not route["passed"] and self.ticks is not None and self.ticks < self.scenario.max_ticks:
+            route.update(passed=None, not_judged=f"the run was cut to {self.ticks} of the scenario's "
+                                                 f"{self.scenario.max_ticks} ticks")
         return {
             "collision": {"passed": self.collision_frame is None, "frame": self.collision_frame,
                           "with": list(self.collision_with)},
-            "route_completion": {"passed": bool(completion >= 0.95), "value": round(float(completion), 4),
-                                 "progress_m": round(float(self.progress_m), 2)},
+            "route_completion": route,
             "min_time_to_collision": {"passed": bool(self.min_ttc_s >= self.scenario.min_ttc_s),
                                       "value_s": None if math.isinf(self.min_ttc_s) else round(float(self.min_ttc_s), 3),
                                       "threshold_s": self.scenario.min_ttc_s},
@@ -130,7 +138,13 @@ class CriteriaState:
 
     @property
     def passed(self) -> bool:
-        return all(v["passed"] for v in self.results().values() if isinstance(v, dict))
+        """Every criterion judged passed (route completion is not judged on a run cut short: see the class)."""
+        return all(v["passed"] is not False for v in self.results().values() if isinstance(v, dict))
+
+    def not_judged(self) -> list[str]:
+        """'criterion: why' for each criterion this run could not judge."""
+        return [f"{name.replace('_', ' ')}: {v['not_judged']}" for name, v in self.results().items()
+                if isinstance(v, dict) and "not_judged" in v]
 
 
 def time_to_collision(snapshot: WorldSnapshot) -> float:

@@ -102,8 +102,9 @@ def _enhancer(text: str) -> str:
 
 def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--ticks", type=_positive_int, default=None,
-                        help="ticks to run (default: the scenario's length); the run stops early if the ego "
-                             "reaches the end of its route")
+                        help="ticks to run (default: the scenario's length; fewer is a quick look: the route completion it "
+                             "cannot reach is then not judged); the run stops early if the ego reaches the end of its "
+                             "route")
     parser.add_argument("-o", "--out", type=Path, default=Path(default_out),
                         help="record folder: the files of a previous record there are replaced, nothing else")
     parser.add_argument("--width", type=_positive_int, default=480, help="camera width, pixels")
@@ -116,7 +117,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                              "a reconstruction)")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
-                        help="driving agent as 'package.module:Class' (None: the built-in agent)")
+                        help="driving agent as 'package.module:Class' (default: the built-in agent, scenarios.agent.BuiltinAgent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,
@@ -131,7 +132,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                              "the builder's scene)")
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
-    parser.add_argument("--enhancer-checkpoint", type=Path, default=None, help="checkpoint for --enhancer local")
+    parser.add_argument("--enhancer-checkpoint", type=Path, default=None,
+                        help="checkpoint folder for --enhancer local (default: the shipped one, checkpoints/enhancer-run)")
     parser.add_argument("--enhancer-precision", choices=CPU_PRECISIONS, default="auto",
                         help="for --enhancer local: the model's arithmetic on a CPU (auto: bfloat16 where the CPU "
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
@@ -207,11 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "a log wider than 160 px, the network's training size, is read at 160 px wide with "
                               "its aspect kept; give the log's own size to read it as it is)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
-                         help="reconstructor checkpoint folder; None = the shipped default (reconstructor-run)")
+                         help="reconstructor checkpoint folder (default: the shipped one, checkpoints/reconstructor-run)")
     p_recon.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_recon.add_argument("--refine-iterations", type=int, default=None, metavar="N",
-                         help="sweeps of the colour refinement against the log's images (0: none); None = the "
-                              "default (neural_sensor.reconstruct.refine.RefineConfig)")
+                         help="sweeps of the colour refinement against the log's images (0: none; default: "
+                              "neural_sensor.reconstruct.refine.RefineConfig's)")
     p_recon.add_argument("--no-depth-refinement", action="store_true",
                          help="keep the network's depths (skip the photometric refinement against the neighbour "
                               "views, neural_sensor.reconstruct.photometric: faster, ~1 dB worse)")
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cache = sub.add_parser("cache", help="list the scene cache's entries (least recently used first); --prune-gb "
                                            "removes the least recently used down to a size", formatter_class=_FORMATTER)
     p_cache.add_argument("--cache", type=Path, default=None,
-                         help="scene cache folder; None = $NEURAL_SENSOR_CACHE/scenes or ~/.cache/neural_sensor/scenes")
+                         help=f"scene cache folder {_CACHE_DEFAULT}")
     p_cache.add_argument("--prune-gb", type=float, default=None, metavar="GB",
                          help="remove least recently used entries until the cache holds at most GB gigabytes (every "
                               "store already keeps it under $NEURAL_SENSOR_CACHE_MAX_GB, default 10)")
@@ -419,18 +421,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    failed = False
+    prog = f"neural-sensor {args.command}"  # argparse's own errors name the command too
+    verdict = None  # demo / run: the scenario's verdict, said on the last line
     try:
         if args.command in ("demo", "bench"):
             from scenarios.runner import DEFAULT_SCENARIO
 
             result = _run(args, DEFAULT_SCENARIO, video=args.command == "demo")
-            if args.command == "bench":
+            if args.command == "demo":
+                verdict = _verdict(result)
+            else:
                 result = {k: result[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "tick_ms_median",
                                                  "cameras", "image_size", "backend", "lod_px", "stage_ms_median",
                                                  "scene", "enhancer")}
-            else:
-                failed = not result["passed"] and not args.allow_fail
         elif args.command == "run":
             if args.scenario is None and args.prompt is None:
                 raise ValueError("run needs a scenario (a name, a .py file or a module) or --prompt TEXT; "
@@ -444,7 +447,7 @@ def _main(args: argparse.Namespace) -> int:
                 layout, _ = _layout_from_prompt(args.prompt, args.seed)
                 scenario = drive_scenario(layout, "prompt", args.prompt)
             result = _run(args, scenario, video=True)
-            failed = not result["passed"] and not args.allow_fail
+            verdict = _verdict(result)
         elif args.command == "build-scene":
             result = _build_scene(args)
         elif args.command == "record-drive":
@@ -461,23 +464,38 @@ def _main(args: argparse.Namespace) -> int:
         else:
             result = run_render_command(args)
     except (ValueError, RuntimeError, OSError) as err:
-        print(f"neural-sensor: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None
     if enhancer and enhancer.get("ticks_raw"):
-        print(f"neural-sensor: the enhancer missed its {enhancer['deadline_ms']:g} ms deadline on "
+        print(f"{prog}: the enhancer missed its {enhancer['deadline_ms']:g} ms deadline on "
               f"{enhancer['ticks_raw']} of {result['ticks']} ticks; those cameras got the raw render (a busy host, "
               "or --enhancer-deadline-ms)", file=sys.stderr)
+    if args.command not in ("demo", "bench", "run"):
+        return 0
+    line = (f"{prog}: scenario {result['scenario']} {verdict}; " if verdict is not None
+            else f"{prog}: scenario {result['scenario']}, ")
+    line += (f"{result['ticks']} ticks at {result['ticks_per_s']:.2f} ticks/s (median tick "
+             f"{result['tick_ms_median']:.0f} ms); the record is in {args.out}")
+    failed = verdict is not None and not result["passed"]
     if failed:
-        print(f"neural-sensor: scenario {result['scenario']} FAILED its criteria (see {args.out / 'summary.json'}; "
-              "--allow-fail exits 0)", file=sys.stderr)
-        return 1
-    if args.command in ("demo", "bench", "run"):
-        verdict = "passed its criteria, " if result.get("passed") else ""
-        print(f"neural-sensor: scenario {result['scenario']} {verdict}{result['ticks']} ticks at "
-              f"{result['ticks_per_s']:.2f} ticks/s; the record is in {args.out}", file=sys.stderr)
-    return 0
+        line += " (exit 0: --allow-fail)" if args.allow_fail else " (exit 1; --allow-fail exits 0)"
+    print(line, file=sys.stderr)
+    return 1 if failed and not args.allow_fail else 0
+
+
+def _verdict(result: dict) -> str:
+    """'passed its criteria' or 'FAILED its criteria (route completion, ...)', and what was not judged and why."""
+    if result["passed"]:
+        text = "passed its criteria"
+    else:
+        failed = [name.replace("_", " ") for name, value in result["criteria"].items()
+                  if isinstance(value, dict) and value["passed"] is False]
+        text = f"FAILED its criteria ({', '.join(failed)})"
+    for reason in result.get("criteria_not_judged") or []:  # "route completion: the run was cut to ..."
+        text += f" ({reason.replace(': ', ' not judged: ', 1)})"
+    return text
 
 
 if __name__ == "__main__":

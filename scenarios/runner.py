@@ -475,7 +475,7 @@ def _connect_enhancer(options: RunOptions):
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:
-    criteria = CriteriaState(scenario)
+    criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
 
     out_dir = check_out_dir(options.out_dir)
@@ -594,6 +594,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "lod_px": rig.lod_px, "tick_ms_median": _median(tick_ms),
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
+            "criteria_not_judged": criteria.not_judged(),
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
                                                                                   "cached", "scene_s", "path", "log",
                                                                                   "network_precision")}},

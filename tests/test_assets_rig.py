@@ -255,6 +255,52 @@ def test_rig_prepare_does_the_first_captures_one_off_work():
     NeuralSensorRig(scene, specs, backend="cpu", enhancer=Broken()).prepare()
 
 
+def test_rig_prepare_loads_the_warp_and_accumulation_kernels_a_capture_runs(monkeypatch):
+    """A fresh install compiled the log warp's and the temporal accumulation's kernels in its first two ticks
+    (~4 s and ~2.5 s): `prepare` calls both with arguments of the types a capture passes, so the capture finds
+    them compiled (numba compiles once per type signature)."""
+    import numba
+
+    from neural_sensor.enhance import log_warp, temporal
+    from neural_sensor.reconstruct.reference import LogReference
+
+    calls: dict[str, list[tuple]] = {"warp": [], "temporal": []}
+
+    def spy(name, kernel):
+        def call(*args):
+            calls[name].append(tuple(numba.typeof(a) for a in args))
+            return kernel(*args)
+        return call
+
+    monkeypatch.setattr(log_warp, "_blend_kernel", spy("warp", log_warp._blend_kernel))
+    monkeypatch.setattr(temporal, "_accumulate_kernel", spy("temporal", temporal._accumulate_kernel))
+    scene = make_street_scene(20_000, seed=5)
+    specs = [SensorSpec.mounted("front", 40, 24, 90.0, (0, 0, 1.6))]
+    log_cams = [Camera.from_fov(24, 16, 90.0, pose_from_xyz_yaw(x, -1.75, 0.0, 0.0) @ specs[0].pose_camera_to_ego)
+                for x in (-4.0, 4.0)]
+    reference = LogReference.from_views(render(scene, log_cams, backend="cpu", outputs=("rgb",)).rgb, log_cams,
+                                        ["front"] * 2, scene, (0.53, 0.71, 0.92))
+
+    class Echo:  # "enhances" every camera into its own render
+        def enhance(self, frames):
+            return type("R", (), {"rgb": [f["rgb"].copy() for f in frames], "reason": "", "latency_ms": 0.0,
+                                  "model_ms": 0.0})()
+
+    rig = NeuralSensorRig(scene, specs, backend="cpu", enhancer=Echo(), lod_px=3.0, outputs=("rgb",),
+                          reference=reference, temporal_blend=0.5)
+    rig.prepare()
+    prepared = {name: set(types) for name, types in calls.items()}
+    assert all(prepared.values()), prepared  # both kernels ran in prepare
+    for name in calls:
+        calls[name].clear()
+    for frame in (1, 2):  # the second capture blends the first one's history in
+        rig.capture(WorldSnapshot(frame, 0.1 * frame, AgentState(0, "car", (4.5, 1.9, 1.5),
+                                                                  pose_from_xyz_yaw(0.3 * frame, -1.75, 0.0, 0.0)), ()))
+    assert calls["warp"] and calls["temporal"], calls
+    for name, types in calls.items():
+        assert set(types) <= prepared[name], (name, set(types) - prepared[name])
+
+
 def test_rgb_to_bgra():
     rgb = np.zeros((2, 3, 3), np.float32)
     rgb[0, 0] = [1.0, 0.5, 0.0]

@@ -453,7 +453,7 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     (bad / "images" / "000002_CAM_C.png").unlink()
     assert cli_main(["reconstruct", str(bad), "--cache", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0] and err[0].startswith("neural-sensor: error")
+    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0] and err[0].startswith("neural-sensor reconstruct: error")
 
     scenario_file = tmp_path / "short_drive.py"
     scenario_file.write_text(SHORT_SCENARIO)

@@ -288,13 +288,28 @@ def test_damaged_manifest_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ exit codes and user scenarios
 def test_failed_criteria_exit_1_unless_allowed(tmp_path):
-    failed = _cli(["run", "lane_change", "--ticks", "3", *TINY, "-o", str(tmp_path / "a")], tmp_path)
+    """The last line says the verdict and the speed; a run cut short by --ticks does not judge the route."""
+    path = tmp_path / "slow_leader.py"
+    path.write_text(USER_SCENARIO)  # 5 ticks: too short to complete its route
+    failed = _cli(["run", str(path), *TINY, "-o", str(tmp_path / "a")], tmp_path)
     assert failed.returncode == 1, failed.stderr
-    assert "FAILED its criteria" in failed.stderr
-    assert json.loads(failed.stdout)["passed"] is False
-    allowed = _cli(["run", "lane_change", "--ticks", "3", *TINY, "-o", str(tmp_path / "b"), "--allow-fail"],
-                   tmp_path)
+    last = failed.stderr.strip().splitlines()[-1]
+    assert "scenario slow_leader FAILED its criteria (route completion); 5 ticks at " in last, last
+    assert last.endswith("(exit 1; --allow-fail exits 0)"), last
+    summary = json.loads(failed.stdout)
+    assert summary["passed"] is False and summary["criteria"]["route_completion"]["passed"] is False
+    assert summary["criteria_not_judged"] == []
+    allowed = _cli(["run", str(path), *TINY, "-o", str(tmp_path / "b"), "--allow-fail"], tmp_path)
     assert allowed.returncode == 0, allowed.stderr
+    last = allowed.stderr.strip().splitlines()[-1]
+    assert "FAILED its criteria (route completion); 5 ticks at " in last and last.endswith("(exit 0: --allow-fail)")
+    cut = _cli(["run", "lane_change", "--ticks", "3", *TINY, "-o", str(tmp_path / "c")], tmp_path)
+    assert cut.returncode == 0, cut.stderr
+    summary = json.loads(cut.stdout)
+    route = summary["criteria"]["route_completion"]
+    assert summary["passed"] is True and route["passed"] is None and route["value"] < 0.95
+    assert summary["criteria_not_judged"] == ["route completion: the run was cut to 3 of the scenario's 200 ticks"]
+    assert "scenario lane_change passed its criteria (route completion not judged: " in cut.stderr
 
 
 USER_SCENARIO = '''
