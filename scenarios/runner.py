@@ -464,7 +464,12 @@ def _connect_enhancer(options: RunOptions):
                                   precision=options.enhancer_precision)
             endpoint = server.endpoint
         client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
-        client.wait_ready(timeout_s=10.0)
+        waiting = None
+        if server is None and options.progress:  # a remote server: say what the run is waiting for
+            def waiting(left_s: float) -> None:
+                print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to {left_s:.0f} s "
+                      "more", file=sys.stderr)
+        client.wait_ready(timeout_s=10.0, waiting=waiting)
     except BaseException:
         if client is not None:
             client.close()

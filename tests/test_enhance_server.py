@@ -489,3 +489,20 @@ def test_rig_renders_into_the_clients_block_and_delivers_frames_of_its_own(serve
             for sid, f in kept["frames"].items():
                 np.testing.assert_array_equal(f.rgb, kept[sid])
         assert not np.array_equal(ticks[0]["front"], ticks[2]["front"])  # the car moved
+
+
+def test_wait_ready_says_once_what_it_waits_for_then_names_the_endpoint():
+    """A closed port is only silence to ZeroMQ: a run waiting for a remote enhancer tells the person so once,
+    then fails naming the endpoint."""
+    from neural_sensor.enhance.client import EnhancerError
+
+    with zmq.Context.instance().socket(zmq.ROUTER) as probe:  # a port nobody listens on after this block
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+    told = []
+    client = EnhancerClient(f"tcp://127.0.0.1:{port}", deadline_ms=100.0)
+    try:
+        with pytest.raises(EnhancerError, match=f"enhancer at tcp://127.0.0.1:{port} not ready within 1 s"):
+            client.wait_ready(timeout_s=0.8, waiting=told.append, waiting_after_s=0.2)
+    finally:
+        client.close()
+    assert len(told) == 1 and 0.3 < told[0] < 0.7, told

@@ -300,13 +300,21 @@ class EnhancerClient(SharedBlock):
         self._accept_shm(reply)
         return reply
 
-    def wait_ready(self, timeout_s: float = 30.0) -> dict:
-        """Hello until the server reports a ready worker (raises EnhancerError after timeout_s)."""
+    def wait_ready(self, timeout_s: float = 30.0, waiting=None, waiting_after_s: float = 2.0) -> dict:
+        """Hello until the server reports a ready worker (raises EnhancerError after timeout_s). `waiting`: called
+        once with the seconds left when none is ready after `waiting_after_s` (to tell a person what the wait is:
+        to ZeroMQ a closed port or a wrong host is only silence)."""
         t_end = time.monotonic() + timeout_s
+        t_waiting = time.monotonic() + waiting_after_s
         last = "no reply"
         while time.monotonic() < t_end:
+            if waiting is not None and time.monotonic() >= t_waiting:
+                waiting(t_end - time.monotonic())
+                waiting = None
             try:
-                hello = self.hello(timeout_ms=min(1000.0, max(50.0, (t_end - time.monotonic()) * 1000)))
+                until = t_end if waiting is None else min(t_end, t_waiting)  # a hello tries retries + 1 times
+                hello = self.hello(timeout_ms=min(1000.0, max(50.0, (until - time.monotonic()) * 1000
+                                                              / (self.retries + 1))))
                 if hello.get("workers_ready", 0) >= 1:
                     return hello
                 last = "no worker ready yet"

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from neural_sensor.camera import Camera
-from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, sample_view, surface_point
+from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, pixel_to_view, project_pixel, sample_projected
 
 FACING_COS = float(np.cos(np.radians(45.0)))  # a log view of another sensor id must face within this of the camera
 FALLBACK_FACING_COS = 0.0  # another sensor fills in only when its nearest view faces within 90 degrees of the camera
@@ -124,11 +124,14 @@ def warp_log(reference, sensor_ids, cameras: list[Camera], depth_m: np.ndarray, 
                                else (np.zeros(0, np.int64), np.zeros(0)))
         if len(near) == 0 and len(other) == 0:
             continue
-        # the log's arrays whole, with the indices of the views blended (no per-tick copies of its images)
+        # the log's arrays whole, with the indices of the views blended (no per-tick copies of its images); the
+        # camera's pixels go into those views through one matrix each
+        views_used = np.concatenate([near, other])
+        to_view = pixel_to_view(cam.K, cam.pose_camera_to_world, reference.K[views_used],
+                                reference.world_to_camera[views_used])
         _blend_kernel(np.ascontiguousarray(depth_m[i], dtype=np.float32), np.ascontiguousarray(alpha[i], np.float32),
-                      cam.K.astype(np.float64), cam.pose_camera_to_world.astype(np.float64), reference.images,
-                      reference.depth_m, reference.K, reference.world_to_camera, near, weight.astype(np.float64),
-                      other, other_weight.astype(np.float64), rgb[i], valid[i])
+                      reference.images, reference.depth_m, to_view, near, weight.astype(np.float64), other,
+                      other_weight.astype(np.float64), rgb[i], valid[i])
     return rgb, valid
 
 
@@ -160,23 +163,24 @@ def warp_log_reference(reference, sensor_ids, cameras: list[Camera], depth_m: np
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=WARP_FASTMATH)
-def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, index, weight, other, other_weight,
-                  out_rgb, out_valid):  # pragma: no cover - compiled
-    """Per target pixel: its surface point (depth, pixel centre) looked up in the log views `index` (`sample_view`:
-    the nearest pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too; images
-    [V, h, w, 3] uint8, view_depth [V, h, w], view_K [V, 3, 3], view_w2c [V, 4, 4], the whole log); their colours
-    are blended by `weight` over the views that see the point, or, where none does, the views `other`'s by
-    `other_weight`. Pixels with alpha <= 0.5 or depth <= 0 stay unseen."""
+def _blend_kernel(depth, alpha, images, view_depth, to_view, index, weight, other, other_weight, out_rgb,
+                  out_valid):  # pragma: no cover - compiled
+    """Per target pixel: its surface point (depth, pixel centre) looked up in the log views `index` (images
+    [V, h, w, 3] uint8 and view_depth [V, h, w], the whole log; to_view [n + m, 3, 4] the camera's pixels into the
+    views `index` then `other`, `pixel_to_view`; `sample_projected`: the nearest pixel's depth within 5 % + 0.2 m,
+    bilinear over the 2 x 2 pixels that agree too); their colours are blended by `weight` over the views that see
+    the point, or, where none does, the views `other`'s by `other_weight`. Pixels with alpha <= 0.5 or depth <= 0
+    stay unseen."""
     h, w = depth.shape
+    n = index.shape[0]
     for y in prange(h):
         for x in range(w):
             z = depth[y, x]
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
-            px, py, pz = surface_point(x, y, z, K, pose)
-            r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, index, weight)
+            r, g, b, total = _blend_views(x, y, z, images, view_depth, to_view, 0, index, weight)
             if total == 0.0:
-                r, g, b, total = _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, other, other_weight)
+                r, g, b, total = _blend_views(x, y, z, images, view_depth, to_view, n, other, other_weight)
             if total > 0.0:
                 out_rgb[y, x, 0] = np.uint8(r / total + 0.5)  # a weighted mean of 8-bit values: <= 255
                 out_rgb[y, x, 1] = np.uint8(g / total + 0.5)
@@ -185,15 +189,17 @@ def _blend_kernel(depth, alpha, K, pose, images, view_depth, view_K, view_w2c, i
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=WARP_FASTMATH)
-def _blend_views(px, py, pz, images, view_depth, view_K, view_w2c, index, weight):  # pragma: no cover - compiled
-    """(r, g, b, total): the `weight`-weighted sums of the colours the log views `index` see at world point
-    (px, py, pz) and the sum of those views' weights (0 when none sees it)."""
+def _blend_views(x, y, z, images, view_depth, to_view, first, index, weight):  # pragma: no cover - compiled
+    """(r, g, b, total): the `weight`-weighted sums of the colours the log views `index` see at pixel (x, y)'s
+    point at depth z (to_view[first + j] takes it into view index[j]) and the sum of those views' weights (0 when
+    none sees it)."""
     r = 0.0
     g = 0.0
     b = 0.0
     total = 0.0
     for j in range(index.shape[0]):
-        seen, vr, vg, vb = sample_view(px, py, pz, index[j], view_w2c, view_K, images, view_depth)
+        uq, tq, q = project_pixel(to_view, first + j, x, y, z)
+        seen, vr, vg, vb = sample_projected(uq, tq, q, index[j], images, view_depth)
         if not seen:
             continue
         wv = weight[j]

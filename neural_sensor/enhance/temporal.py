@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from neural_sensor.camera import Camera
-from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, sample_view, surface_point
+from neural_sensor.enhance._warp_kernels import WARP_FASTMATH, pixel_to_view, project_pixel, sample_projected
 
 MAX_JUMP_M = 5.0  # a camera that moved farther than this since its last tick starts afresh
 TEMPORAL_BLEND = 0.6  # the run's default history weight (RunOptions.temporal_blend, --temporal-blend). 0.5 took
@@ -69,9 +69,9 @@ class TemporalFilter:
             prev_cam, prev_rgb, prev_depth = previous
             out = np.empty_like(current)
             _accumulate_kernel(depth, np.ascontiguousarray(alpha, np.float32),
-                               camera.K.astype(np.float64), camera.pose_camera_to_world.astype(np.float64), current,
-                               prev_rgb[None], prev_depth[None], prev_cam.K.astype(np.float64)[None],
-                               prev_cam.pose_world_to_camera.astype(np.float64)[None], np.float32(self.blend), out)
+                               pixel_to_view(camera.K, camera.pose_camera_to_world, prev_cam.K[None],
+                                             prev_cam.pose_world_to_camera[None]), current,
+                               prev_rgb[None], prev_depth[None], np.float32(self.blend), out)
         self._history[sensor_id] = (camera, out, depth)
         return out.copy()  # the caller's to keep or change; the history stays as delivered
 
@@ -93,33 +93,36 @@ def accumulate_reference(camera: Camera, depth_m: np.ndarray, alpha: np.ndarray,
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=WARP_FASTMATH)
-def _accumulate_kernel(depth, alpha, K, pose, current, prev_rgb, prev_depth, prev_K, prev_w2c, blend,
-                       out):  # pragma: no cover - compiled
-    """out = current, and where the previous camera (prev_* with a leading axis of one view, as `sample_view` takes
-    them) saw the pixel's surface point (`sample_view`: the nearest
-    pixel's depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too), (1 - blend) current +
-    blend clamp(that history colour, current's 3 x 3 min / max)."""
+def _accumulate_kernel(depth, alpha, to_prev, current, prev_rgb, prev_depth, blend, out):  # pragma: no cover
+    """out = current, and where the previous camera (prev_* with a leading axis of one view; to_prev [1, 3, 4] this
+    camera's pixels into it, `pixel_to_view`) saw the pixel's surface point (`sample_projected`: the nearest pixel's
+    depth within 5 % + 0.2 m, bilinear over the 2 x 2 pixels that agree too), (1 - blend) current +
+    blend clamp(that history colour, current's 3 x 3 min / max). The 3 x 3 min / max is taken as a 3-row min / max
+    per column first (each row's thread keeps its own), then over three columns."""
     h, w = depth.shape
     for y in prange(h):
+        lo = np.empty((w, 3), np.float32)  # per column, the min / max over rows y - 1 .. y + 1 (clamped)
+        hi = np.empty((w, 3), np.float32)
+        ya, yb = max(y - 1, 0), min(y + 1, h - 1)
+        for x in range(w):
+            for c in range(3):
+                a, b, d = current[ya, x, c], current[y, x, c], current[yb, x, c]
+                lo[x, c] = min(a, min(b, d))
+                hi[x, c] = max(a, max(b, d))
         for x in range(w):
             c0, c1, c2 = current[y, x, 0], current[y, x, 1], current[y, x, 2]
             out[y, x, 0], out[y, x, 1], out[y, x, 2] = c0, c1, c2
             z = depth[y, x]
             if not (alpha[y, x] > 0.5 and z > 0.0):
                 continue
-            px, py, pz = surface_point(x, y, z, K, pose)
-            seen, h0, h1, h2 = sample_view(px, py, pz, 0, prev_w2c, prev_K, prev_rgb, prev_depth)
+            uq, tq, q = project_pixel(to_prev, 0, x, y, z)
+            seen, h0, h1, h2 = sample_projected(uq, tq, q, 0, prev_rgb, prev_depth)
             if not seen:
                 continue
-            lo0, lo1, lo2 = c0, c1, c2
-            hi0, hi1, hi2 = c0, c1, c2
-            for dy in range(-1, 2):
-                yy = min(max(y + dy, 0), h - 1)
-                for dx in range(-1, 2):
-                    xx = min(max(x + dx, 0), w - 1)
-                    v0, v1, v2 = current[yy, xx, 0], current[yy, xx, 1], current[yy, xx, 2]
-                    lo0, lo1, lo2 = min(lo0, v0), min(lo1, v1), min(lo2, v2)
-                    hi0, hi1, hi2 = max(hi0, v0), max(hi1, v1), max(hi2, v2)
+            xa, xb = max(x - 1, 0), min(x + 1, w - 1)
+            lo0, hi0 = min(lo[xa, 0], min(lo[x, 0], lo[xb, 0])), max(hi[xa, 0], max(hi[x, 0], hi[xb, 0]))
+            lo1, hi1 = min(lo[xa, 1], min(lo[x, 1], lo[xb, 1])), max(hi[xa, 1], max(hi[x, 1], hi[xb, 1]))
+            lo2, hi2 = min(lo[xa, 2], min(lo[x, 2], lo[xb, 2])), max(hi[xa, 2], max(hi[x, 2], hi[xb, 2]))
             out[y, x, 0] = (1.0 - blend) * c0 + blend * min(max(h0, lo0), hi0)
             out[y, x, 1] = (1.0 - blend) * c1 + blend * min(max(h1, lo1), hi1)
             out[y, x, 2] = (1.0 - blend) * c2 + blend * min(max(h2, lo2), hi2)
