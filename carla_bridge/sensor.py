@@ -27,7 +27,8 @@ call on any camera of the rig (listen, stop, is_listening, get_transform, destro
 
 Actor face: positive ids from NEURAL_ID_BASE (3 * 2^30) up, which a server counting up from 1
 never reaches; id, type_id, attributes (strings), is_alive, parent, get_world, get_transform,
-get_location, set_transform, destroy. Importing this module makes carla.command.DestroyActor
+get_location, set_transform, destroy. After destroy(), as libcarla's, listen, get_transform, set_transform and
+get_velocity raise RuntimeError ("trying to operate on a destroyed actor; ..."). Importing this module makes carla.command.DestroyActor
 accept a camera too (carla_bridge/commands.py: a subclass, every former use unchanged); a batch
 sent through a NeuralClient (carla_bridge/client.py) destroys the cameras client-side, a batch
 sent to the server directly gets "not found" for them, as for any unknown id.
@@ -276,7 +277,15 @@ class NeuralCamera:
         """Raise the NeuralCameraError of a failed render of this camera's rig, once."""
         self.rig.raise_if_failed()
 
+    def _check_alive(self) -> None:
+        """libcarla's RuntimeError for a call that needs the simulator on a destroyed actor (its episode pointer is
+        cleared by destroy(); id, type_id, attributes, is_alive, is_listening and stop() still answer)."""
+        if not self._alive:
+            raise RuntimeError("trying to operate on a destroyed actor; an actor's function was called, but the actor "
+                               "is already destroyed.")
+
     def listen(self, callback) -> None:
+        self._check_alive()
         self.raise_if_failed()
         if not callable(callback):
             raise TypeError("callback argument must be callable!")  # libcarla's message
@@ -319,6 +328,7 @@ class NeuralCamera:
 
     def get_transform(self):
         """The camera's world transform now (parent's transform composed with the mount)."""
+        self._check_alive()
         self.raise_if_failed()
         return transform_from_pose(self._pose_parent() @ self._mount_flu)
 
@@ -327,6 +337,7 @@ class NeuralCamera:
 
     def set_transform(self, transform) -> None:
         """Move the camera to a world transform; an attached camera stays attached at the new offset (as UE does)."""
+        self._check_alive()
         self.raise_if_failed()
         pose_world = pose_from_transform(transform)
         self._set_mount(flu_to_ue(np.linalg.inv(self._pose_parent()) @ pose_world))
@@ -337,6 +348,7 @@ class NeuralCamera:
 
     def get_velocity(self):
         """The parent's velocity (a rigid mount moves with it); zero for a world-fixed camera."""
+        self._check_alive()
         return self._parent.get_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
 
     @property

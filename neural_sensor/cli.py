@@ -41,7 +41,9 @@ def _add_view_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fov", dest="fov_deg", type=float, default=defaults.fov_deg, help="horizontal fov, degrees")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="render backend")
     parser.add_argument("--background", type=float, nargs=3, default=defaults.background, help="RGB in [0, 1]")
-    parser.add_argument("-o", "--out", type=Path, default=defaults.out, help="PNG file to write")
+    parser.add_argument("-o", "--out", type=Path, default=defaults.out,
+                        help="PNG contact sheet to write: each camera's RGB on top; below it its depth (near bright) "
+                             "on the left half and its semantic labels on the right")
 
 
 def _palette(labels: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ leaving the user to wonder (`scenarios.runner`).
 from __future__ import annotations
 
 import importlib
+import sys
 
 # the modules whose kernels the chain compiles, by the part of a run that runs them
 RENDER_MODULES = ("neural_sensor.render.cpu",)  # the CPU renderer (a reconstruction's refinements use it too)
@@ -52,5 +53,21 @@ def compile_notice(modules: tuple[str, ...] | list[str]) -> str | None:
     missing = uncompiled_modules(tuple(dict.fromkeys(modules)))
     if not missing:
         return None
-    return (f"neural-sensor: compiling the CPU kernels of {len(missing)} modules for this machine (the first run after "
-            "an install or an update; about a minute more on two cores, cached after)")
+    return (f"neural-sensor: compiling the CPU kernels of {len(missing)} module{'s' if len(missing) > 1 else ''} "
+            "for this machine (the first run after an install or an update; about a minute more on two cores, cached "
+            "after)")
+
+
+_ANNOUNCED: set[str] = set()  # the modules this process has already told the user it compiles
+
+
+def announce_compiling(modules: tuple[str, ...] | list[str]) -> str | None:
+    """Print `compile_notice` to stderr for those of `modules` not announced before in this process (a run
+    announces its renderer, then its reconstruction's kernels only when the scene is not cached: once each), and
+    return the line (None: nothing printed)."""
+    fresh = [m for m in dict.fromkeys(modules) if m not in _ANNOUNCED]
+    notice = compile_notice(fresh) if fresh else None
+    if notice:
+        _ANNOUNCED.update(uncompiled_modules(tuple(fresh)))
+        print(notice, file=sys.stderr)
+    return notice

@@ -71,3 +71,15 @@ class BuiltinAgent:
 
     def destroy(self) -> None:
         pass
+
+
+class AgentError(RuntimeError):
+    """The user's driving agent raised: which agent, where (its constructor, sensors(), run_step at tick N), what.
+
+    The agent's own exception is the __cause__ (the CLI prints its traceback: the bug is in the agent's code).
+    """
+
+    def __init__(self, agent: str | None, where: str, err: BaseException):
+        self.agent, self.where = agent or "builtin", where
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        super().__init__(f"the agent {self.agent} raised {detail} in {where}")

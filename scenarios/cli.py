@@ -28,12 +28,14 @@ import argparse
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
 
-from neural_sensor.cli import add_render_commands, run_render_command
+from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
+from scenarios.agent import AgentError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -77,6 +79,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _side_px(text: str) -> int:
+    """argparse type for --width / --height: an integer in 1..MAX_SIDE_PX (as `render`'s)."""
+    value = _positive_int(text)
+    if value > MAX_SIDE_PX:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_SIDE_PX} pixels, got {value}")
+    return value
+
+
 def _lod_px(text: str) -> float:
     """argparse type for --lod-px: a finite number >= 0."""
     try:
@@ -107,8 +117,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                              "route")
     parser.add_argument("-o", "--out", type=Path, default=Path(default_out),
                         help="record folder: the files of a previous record there are replaced, nothing else")
-    parser.add_argument("--width", type=_positive_int, default=480, help="camera width, pixels")
-    parser.add_argument("--height", type=_positive_int, default=270, help="camera height, pixels")
+    parser.add_argument("--width", type=_side_px, default=480, help=f"camera width, pixels (1..{MAX_SIDE_PX})")
+    parser.add_argument("--height", type=_side_px, default=270, help=f"camera height, pixels (1..{MAX_SIDE_PX})")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="render backend")
     parser.add_argument("--lod-px", type=_lod_px, default=argparse.SUPPRESS, metavar="PX",
                         help="level of detail of the cpu renderer: far groups of neighbouring Gaussians are drawn "
@@ -194,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the drive log folder to write (must not exist or be empty)")
     p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
     p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
-    p_record.add_argument("--width", type=_positive_int, default=160,
+    p_record.add_argument("--width", type=_side_px, default=160,
                           help="camera width, pixels (the reconstructor was trained at 160x96)")
-    p_record.add_argument("--height", type=_positive_int, default=96, help="camera height, pixels")
+    p_record.add_argument("--height", type=_side_px, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
     p_record.add_argument("--cache", type=Path, default=None,
                           help=f"scene cache folder of the builder's scene {_CACHE_DEFAULT}")
@@ -224,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_cache.add_argument("--cache", type=Path, default=None,
                          help=f"scene cache folder {_CACHE_DEFAULT}")
     p_cache.add_argument("--prune-gb", type=float, default=None, metavar="GB",
-                         help="remove least recently used entries until the cache holds at most GB gigabytes (every "
-                              "store already keeps it under $NEURAL_SENSOR_CACHE_MAX_GB, default 10)")
+                         help="remove least recently used entries until the cache holds at most GB gigabytes (0 "
+                              "empties it; every store already keeps it under $NEURAL_SENSOR_CACHE_MAX_GB, default "
+                              "10, where 0 or none means no bound)")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench")
@@ -235,7 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_arguments(p_serve)
     add_render_commands(sub, formatter_class=_FORMATTER)
+    parser.commands = sub.choices  # name -> the command's parser (its own errors name it: `parse_args`)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """parser.parse_args, except that an unknown option is the command's error (its help, a close option named),
+    not the top level's: `run --tciks 5` says `neural-sensor run: error: ... (did you mean --ticks?)`."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        import difflib
+
+        command = parser.commands.get(getattr(args, "command", None), parser)
+        options = [o for action in command._actions for o in action.option_strings]  # noqa: SLF001
+        unknown = [e for e in extra if e.startswith("-")]
+        close = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1) if unknown else []
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
 
 
 def _version() -> str:
@@ -353,7 +380,6 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import shutil
     import time
 
-    from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, compile_notice
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
     from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
@@ -363,9 +389,11 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     if args.refine_iterations is not None and args.refine_iterations < 0:
         raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
     refine = refine_config(args.refine_iterations)
-    notice = compile_notice(RECONSTRUCTION_MODULES)
-    if notice:
-        print(notice, file=sys.stderr)
+    if args.out is not None:  # a PLY path that cannot be written is said before the reconstruction, not after
+        if args.out.is_dir():
+            raise ValueError(f"-o {args.out} is a folder; give the PLY file to write (e.g. {args.out / 'scene.ply'})")
+        if args.out.parent.exists() and not args.out.parent.is_dir():
+            raise ValueError(f"-o {args.out}: {args.out.parent} is not a folder")
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
@@ -408,7 +436,7 @@ def _read_text(path: Path, what: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return _main(args)
     except KeyboardInterrupt:
@@ -463,15 +491,20 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         else:
             result = run_render_command(args)
+    except AgentError as err:  # the bug is in the user's agent: its traceback, then what the run was doing
+        traceback.print_exception(err.__cause__, file=sys.stderr)
+        print(f"{prog}: error: {err} (its traceback is above)", file=sys.stderr)
+        return 2
     except (ValueError, RuntimeError, OSError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory (smaller images, --width / --height, or fewer cameras)", file=sys.stderr)
         return 2
     print(json.dumps(result))
     enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None
     if enhancer and enhancer.get("ticks_raw"):
-        print(f"{prog}: the enhancer missed its {enhancer['deadline_ms']:g} ms deadline on "
-              f"{enhancer['ticks_raw']} of {result['ticks']} ticks; those cameras got the raw render (a busy host, "
-              "or --enhancer-deadline-ms)", file=sys.stderr)
+        print(f"{prog}: {_raw_ticks_line(enhancer, result['ticks'])}", file=sys.stderr)
     if args.command not in ("demo", "bench", "run"):
         return 0
     line = (f"{prog}: scenario {result['scenario']} {verdict}; " if verdict is not None
@@ -483,6 +516,24 @@ def _main(args: argparse.Namespace) -> int:
         line += " (exit 0: --allow-fail)" if args.allow_fail else " (exit 1; --allow-fail exits 0)"
     print(line, file=sys.stderr)
     return 1 if failed and not args.allow_fail else 0
+
+
+def _raw_ticks_line(enhancer: dict, ticks: int) -> str:
+    """What the ticks the enhancer did not refine were, and why (the summary's raw_reasons, most frequent first)."""
+    reasons = enhancer.get("raw_reasons") or {}
+    line = f"the enhancer did not refine {enhancer['ticks_raw']} of {ticks} ticks; those cameras got the raw render"
+    if not reasons:
+        return line
+    reason, count = next(iter(reasons.items()))
+    if reason.startswith("no reply from the enhancer"):
+        hint = f"it missed its {enhancer['deadline_ms']:g} ms deadline: a busy host, or --enhancer-deadline-ms"
+    elif "not connected" in reason or reason.startswith("no connection"):
+        hint = "the connection to the server was lost: is it still running?"
+    else:
+        hint = "log.jsonl has each tick's enhancer_reason"
+    others = len(reasons) - 1
+    more = f"; {others} other reason{'s' if others > 1 else ''} in log.jsonl" if others else ""
+    return f"{line} ({count} of them: {reason}; {hint}{more})"
 
 
 def _verdict(result: dict) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -48,15 +49,14 @@ from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
-from neural_sensor.jit_cache import (LOG_REFERENCE_MODULES, RECONSTRUCTION_MODULES, RENDER_MODULES, TEMPORAL_MODULES,
-                                     compile_notice)
+from neural_sensor.jit_cache import LOG_REFERENCE_MODULES, RENDER_MODULES, TEMPORAL_MODULES, announce_compiling
 from neural_sensor.metrics import psnr
 from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX, resolve_backend
 from neural_sensor.render._common import check_lod_px
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
-from scenarios.agent import BuiltinAgent
+from scenarios.agent import AgentError, BuiltinAgent
 from scenarios.base import CriteriaState, Scenario
 
 SCENARIOS = ("cut_in", "pedestrian_crossing", "lane_change")
@@ -175,10 +175,25 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot load agent {dotted!r}: {err}") from None
+    kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
     try:
-        return cls(route_xy_m=scenario.route_xy_m, target_speed_mps=scenario.target_speed_mps)
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
         raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {err}") from None
+    except ValueError:  # no signature to read (a builtin): the call itself says
+        pass
+    try:
+        return cls(**kwargs)
+    except Exception as err:
+        raise AgentError(dotted, "its constructor", err) from err
+
+
+def _agent_call(agent_name: str | None, where: str, fn, *args):
+    """fn(*args), an exception from the agent's code re-raised as AgentError naming the agent and the call."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise AgentError(agent_name, where, err) from err
 
 
 def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
@@ -190,6 +205,23 @@ def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
         r, c = divmod(i, columns)
         out[r * h:r * h + image.shape[0], c * w:c * w + image.shape[1]] = image
     return out
+
+
+VIDEO_MAX_SIDE_PX = 16384  # libx264 opens no encoder for a longer side (it then writes an empty file, no error)
+
+
+def check_video_size(specs: list, columns: int = 3, truth: bool = False) -> tuple[int, int]:
+    """(width, height) of the video's mosaic of these cameras (each beside its truth with --truth); ValueError
+    where a side passes VIDEO_MAX_SIDE_PX, naming the cameras' size and the ways out."""
+    width = max(spec.width for spec in specs) * (2 if truth else 1)
+    height = max(spec.height for spec in specs)
+    rows = -(-len(specs) // columns)
+    size = (columns * width + (columns * width) % 2, rows * height + (rows * height) % 2)
+    if max(size) > VIDEO_MAX_SIDE_PX:
+        raise ValueError(f"the video of {len(specs)} cameras of up to {max(s.width for s in specs)}x"
+                         f"{height} pixels would be {size[0]}x{size[1]} pixels, and H.264 encodes no side longer "
+                         f"than {VIDEO_MAX_SIDE_PX}: smaller --width / --height, or --no-video")
+    return size
 
 
 def _to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -215,10 +247,11 @@ def _record_files(out_dir: Path) -> list[str]:
 
 
 def check_out_dir(out_dir: Path) -> Path:
-    """The record folder: new, empty, or a previous record (it has manifest.json).
+    """The record folder: new, empty, a previous record (it has manifest.json), or a folder holding only folders
+    of records (`bench` writes out/bench, `demo` then out/).
 
-    Only the files the previous record lists are ever replaced; a non-empty folder that holds no record
-    is refused (ValueError naming it).
+    Only the files the previous record lists are ever replaced; a folder holding anything else is refused
+    (ValueError naming it and what is in it).
     """
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.parent == out_dir:
@@ -226,10 +259,25 @@ def check_out_dir(out_dir: Path) -> Path:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ValueError(f"--out {out_dir} exists and is not a folder")
-        if any(out_dir.iterdir()) and not _record_files(out_dir):
-            raise ValueError(f"--out {out_dir} is a non-empty folder that holds no record of a run (no "
-                             f"{MANIFEST}); refusing to write into it: choose another folder")
+        if not _record_files(out_dir):
+            stray = _not_records(out_dir)
+            if stray:
+                raise ValueError(f"--out {out_dir} holds what no run of this tool wrote there ({stray[0].name}"
+                                 f"{f' and {len(stray) - 1} more' if len(stray) > 1 else ''}; a record has "
+                                 f"{MANIFEST}); refusing to write into it: choose another folder")
     return out_dir
+
+
+def _not_records(folder: Path, depth: int = 3) -> list[Path]:
+    """What in folder is not a record of a run: a file, a link, or a folder that neither is a record (has
+    MANIFEST), nor is empty, nor holds only such folders (to depth levels)."""
+    stray = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not entry.is_dir():
+            stray.append(entry)
+        elif not (entry / MANIFEST).exists() and (depth == 0 or _not_records(entry, depth - 1)):
+            stray.append(entry)
+    return stray
 
 
 def _install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
@@ -326,10 +374,10 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 
 def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
     """The modules whose compiled kernels this run will use (`neural_sensor.jit_cache`): the CPU renderer, unless
-    a builder's scene is rendered by gsplat or torch; a reconstruction's; the enhancer client's log warp and
-    temporal accumulation when they run. (A generated street's shadow kernel runs only when the street is not
-    cached, which cannot be known here: left out.)"""
-    modules = list(RECONSTRUCTION_MODULES) if scene_kind != "builder" else []
+    a builder's scene is rendered by gsplat or torch; the enhancer client's log warp and temporal accumulation
+    when they run. (A reconstruction's kernels run only when the scene is not cached: its build announces them,
+    `reconstructed_scene`; a generated street's shadow kernel likewise runs only when the street is built.)"""
+    modules = []
     if resolve_backend(options.backend, ("rgb",)) == "cpu":
         modules += RENDER_MODULES
     if options.enhancer is not None:
@@ -339,7 +387,6 @@ def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
 
 
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
-    check_out_dir(options.out_dir)
     scene_kind, log_folder = scene_source(options.scene)
     if log_folder is not None:  # a missing log, bad JSON or a missing image is reported before anything starts
         from neural_sensor.reconstruct.log import log_digest
@@ -353,8 +400,11 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)
     if ticks <= 0:
         raise ValueError(f"ticks must be positive, got {ticks}")
+    check_out_dir(options.out_dir)  # after the scenario's own errors, before the agent is constructed
     agent = load_agent(options.agent, scenario, options.width, options.height)
-    specs = sensor_specs_from_leaderboard(agent.sensors())
+    specs = sensor_specs_from_leaderboard(_agent_call(options.agent, "sensors()", agent.sensors))
+    if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
+        check_video_size(specs, columns=3, truth=options.truth)
     if any(spec.sensor_id == "world" for spec in specs):
         raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
     if options.carla:  # connect first: a missing server is reported before any scene is built
@@ -378,9 +428,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         if options.enhancer is not None:
             enhancer, server = _connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)
-        notice = compile_notice(_kernel_modules(options, scene_kind))  # a fresh install compiles on the way: say so
-        if notice:
-            print(notice, file=sys.stderr)
+        announce_compiling(_kernel_modules(options, scene_kind))  # a fresh install compiles on the way: say so
         scene_start = time.perf_counter()
         if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
@@ -491,6 +539,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "temporal",
                                                       "deliver", "agent", "record")}
     ticks_enhanced = 0
+    raw_reasons: dict[str, int] = {}  # why the ticks the enhancer did not refine got the raw render, counted
     transport_ms: list[float] = []  # per enhanced tick: the enhancer's round trip above its model time
     tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
@@ -510,7 +559,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             input_data = {sid: (f.frame, rgb_to_bgra(f.rgb)) for sid, f in frames.items()}
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
-            control = VehicleControl.from_any(agent.run_step(input_data, snapshot.timestamp_s))
+            control = VehicleControl.from_any(_agent_call(options.agent, f"run_step at tick {tick}", agent.run_step,
+                                                          input_data, snapshot.timestamp_s))
             sim.apply_control(control)
             criteria.update(snapshot)
             t4 = time.perf_counter()
@@ -544,6 +594,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             reference_ms = sum(f.meta.get("reference_ms", 0.0) for f in frames.values())  # the log warped in
             temporal_ms = sum(f.meta.get("temporal_ms", 0.0) for f in frames.values())  # the history blended in
             ticks_enhanced += bool(first.meta["enhanced"])
+            if rig.enhancer is not None and not first.meta["enhanced"]:
+                reason = first.meta["enhancer_reason"]
+                raw_reasons[reason] = raw_reasons.get(reason, 0) + 1
             if first.meta["enhanced"] and first.meta.get("enhancer_model_ms") is not None:
                 transport_ms.append(enhance_ms - first.meta["enhancer_model_ms"])
             record = {
@@ -585,6 +638,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         if writer is not None:
             writer.close()
             writer = None
+            if (tmp / "video.mp4").stat().st_size == 0:  # the encoder failed (its message is on stderr above)
+                raise RuntimeError(f"ffmpeg wrote an empty video.mp4 of the {image.shape[1]}x{image.shape[0]} "
+                                   "mosaic (its message is above); --no-video skips the video")
         from PIL import Image
 
         Image.fromarray(mosaic(last_images, columns=len(last_images))).save(tmp / "strip.png")
@@ -612,6 +668,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                                     "cpu_precision")},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
+                "raw_reasons": dict(sorted(raw_reasons.items(), key=lambda kv: -kv[1])),  # most frequent first
                 "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",  # the path at the end of the run
                 "transport_ms_median": _median(transport_ms) if transport_ms else None},
         }

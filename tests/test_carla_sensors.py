@@ -290,6 +290,13 @@ def test_actor_face_and_batch_destroy_through_the_neural_client(scene):
     assert [r.has_error() for r in responses] == [False, False, False, True]  # the second destroy: not found
     assert not camera.is_alive and not second.is_alive and ego.id not in raw.world.actors
     assert camera.destroy() is False
+    # as libcarla's: what needs the simulator raises on a destroyed actor; local state still answers
+    for call in (lambda: camera.listen(print), camera.get_transform, camera.get_location, camera.get_velocity,
+                 lambda: camera.set_transform(carla.Transform())):
+        with pytest.raises(RuntimeError, match="trying to operate on a destroyed actor"):
+            call()
+    assert camera.type_id == "sensor.camera.depth" and not camera.is_listening()
+    camera.stop()
     # the stand-in alone, like a server, does not know a neural id
     assert raw.apply_batch_sync([carla.command.DestroyActor(NEURAL_ID_BASE + 7)])[0].has_error()
 

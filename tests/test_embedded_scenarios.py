@@ -141,9 +141,14 @@ class _CrashingAgent:
 
 def test_failed_run_leaves_nothing_behind(tmp_path, scene_cache):
     out = tmp_path / "crash"
-    with pytest.raises(ValueError, match="VehicleControl.throttle"):
+    from scenarios.agent import AgentError
+
+    # the NaN control is built inside the agent's run_step: the agent's error, named so
+    with pytest.raises(AgentError, match=r"_CrashingAgent raised ValueError: VehicleControl.throttle .* in run_step "
+                                         r"at tick 3") as err:
         run_scenario("cut_in", RunOptions(out_dir=out, ticks=10, cache_dir=scene_cache, progress=False,
                                           agent=f"{__name__}:_CrashingAgent"))
+    assert isinstance(err.value.__cause__, ValueError)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder either
 
@@ -232,7 +237,22 @@ def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache, capsys)
                      "--enhancer-deadline-ms", "0.001"]) == 0
     summary = json.loads((late / "summary.json").read_text())
     assert summary["enhancer"]["ticks_raw"] == 2 and summary["enhancer"]["ticks_enhanced"] == 0
-    assert "the enhancer missed its 0.001 ms deadline on 2 of 2 ticks" in capsys.readouterr().err
+    assert sum(summary["enhancer"]["raw_reasons"].values()) == 2, summary["enhancer"]["raw_reasons"]
+    err = capsys.readouterr().err
+    assert "the enhancer did not refine 2 of 2 ticks; those cameras got the raw render (" in err, err
+    assert "it missed its 0.001 ms deadline" in err, err
+
+
+def test_the_raw_ticks_line_says_why_not_only_the_deadline():
+    """A server that went away is said as such, not blamed on the deadline (the summary counts the reasons)."""
+    from scenarios.cli import _raw_ticks_line
+
+    gone = "enhancer at tcp://h:5 is not connected (reconnecting in the background)"
+    line = _raw_ticks_line({"ticks_raw": 3, "deadline_ms": 1000.0, "raw_reasons": {
+        gone: 2, "no reply from the enhancer at tcp://h:5 within 1000 ms": 1}}, 5)
+    assert line == (f"the enhancer did not refine 3 of 5 ticks; those cameras got the raw render (2 of them: {gone}; "
+                    "the connection to the server was lost: is it still running?; 1 other reason in log.jsonl)")
+    assert "deadline" not in line
 
 
 def test_more_bad_agent_specs():
@@ -276,7 +296,7 @@ def test_out_folder_safety(tmp_path, scene_cache):
     (precious / "thesis.tex").write_text("keep me")
     options = RunOptions(out_dir=precious, ticks=2, width=32, height=18, cache_dir=scene_cache, progress=False,
                          video=False)
-    with pytest.raises(ValueError, match="holds no record of a run"):
+    with pytest.raises(ValueError, match="holds what no run of this tool wrote there"):
         run_scenario("cut_in", options)
     assert (precious / "thesis.tex").read_text() == "keep me"
     record = tmp_path / "record"

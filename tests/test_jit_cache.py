@@ -22,7 +22,17 @@ notice = compile_notice(KERNEL_MODULES)
 cross_view_counts(np.zeros((2, 3, 3), np.float32) + [0.0, 0.0, 5.0], np.tile(np.eye(4)[:3], (2, 1, 1)),
                   np.tile([10.0, 10.0, 4.0, 4.0], (2, 1)), np.full((2, 8, 8), 5.0, np.float32),
                   np.array([[1], [0]]), 0.1, 0.05)
-print(json.dumps({"modules": list(KERNEL_MODULES), "before": before, "notice": notice, "after": uncompiled_modules()}))
+after = uncompiled_modules()
+# announced once per module per process: the renderer first, then a reconstruction's other kernels, then nothing
+import contextlib, io
+from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, RENDER_MODULES, announce_compiling
+said = []
+for modules in (RENDER_MODULES, RECONSTRUCTION_MODULES, RECONSTRUCTION_MODULES):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        announce_compiling(modules)
+    said.append(err.getvalue())
+print(json.dumps({"modules": list(KERNEL_MODULES), "before": before, "notice": notice, "after": after,
+                  "said": said}))
 """
 
 
@@ -37,22 +47,26 @@ def test_an_empty_kernel_cache_is_announced_and_a_compiled_module_is_not(tmp_pat
     assert out["before"] == out["modules"]
     assert "compiling the CPU kernels of 7 modules" in out["notice"] and "cached after" in out["notice"]
     assert out["after"] == [m for m in out["modules"] if m != "neural_sensor.reconstruct.fuse"]
+    # render.cpu (1 module), then backproject and photometric (fuse is compiled by now; cpu was announced)
+    assert "compiling the CPU kernels of 1 module for" in out["said"][0]
+    assert "compiling the CPU kernels of 2 modules for" in out["said"][1] and out["said"][2] == ""
 
 
 def test_a_run_names_only_the_kernels_it_will_use():
-    """The notice's modules follow the run: the renderer for a builder's scene on the CPU, a reconstruction's
-    kernels for a reconstructed scene, the enhancer client's warp and accumulation only when they run."""
+    """The notice's modules follow the run: the renderer on the CPU, the enhancer client's warp and accumulation
+    only when they run (a reconstruction's own kernels are announced by its build: only a scene not cached)."""
     from pathlib import Path as P
 
-    from neural_sensor.jit_cache import KERNEL_MODULES, compile_notice
+    from neural_sensor.jit_cache import compile_notice
     from scenarios.runner import RunOptions, _kernel_modules
 
     out = P("unused")
     builder = _kernel_modules(RunOptions(out_dir=out, backend="cpu"), "builder")
     assert builder == ["neural_sensor.render.cpu"]
     assert _kernel_modules(RunOptions(out_dir=out, backend="torch"), "builder") == []
+    # a reconstruction's own kernels are announced by its build, only when the scene is not cached
     chain = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local"), "reconstruction"))
-    assert chain == set(KERNEL_MODULES) - {"neural_sensor.scene.light"}
+    assert chain == {"neural_sensor.render.cpu", "neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}
     bare = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local", log_reference=False,
                                           temporal_blend=0.0), "log"))
     assert bare == chain - {"neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}

@@ -261,7 +261,7 @@ def test_out_replaces_only_the_records_own_files(tmp_path):
     user.mkdir()
     (user / "summary.json").write_text("{}")
     (user / "notes.txt").write_text("my notes")
-    with pytest.raises(ValueError, match="holds no record"):
+    with pytest.raises(ValueError, match="holds what no run of this tool wrote there"):
         _run(user)
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt", "summary.json"]
     assert (user / "summary.json").read_text() == "{}"
@@ -276,6 +276,26 @@ def test_out_replaces_only_the_records_own_files(tmp_path):
     assert (out / "bench" / "summary.json").exists() and (out / "notes.txt").read_text() == "added after the run"
     assert (out / "log.jsonl").read_text() != first_log
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_folder_holding_only_records_takes_a_record(tmp_path):
+    """`bench` (out/bench), then `demo` (out/): a folder whose only entries are records (or empty folders) is
+    not a stranger's; one with a stray file at any depth still is, and the scenario's own error comes first."""
+    out = tmp_path / "out"
+    _run(out / "bench")
+    (out / "empty").mkdir()
+    _run(out)
+    assert (out / "summary.json").exists() and (out / "bench" / "summary.json").exists()
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "sub" / "photo.jpg").write_bytes(b"\xff")
+    with pytest.raises(ValueError, match=r"holds what no run of this tool wrote there \(sub;"):
+        _run(other)
+    assert (other / "sub" / "photo.jpg").read_bytes() == b"\xff"
+    from scenarios.runner import RunOptions, run_scenario
+
+    with pytest.raises(ValueError, match="unknown scenario|no scenario|not a scenario"):
+        run_scenario("cut_inn", RunOptions(out_dir=other, ticks=2, width=64, height=36, video=False, progress=False))
 
 
 def test_damaged_manifest_is_refused(tmp_path):
@@ -374,6 +394,41 @@ def test_too_many_ticks_stop_at_the_end_of_the_route(tmp_path):
 
 
 # ------------------------------------------------------------------ bad input, named
+USER_AGENTS = '''
+from scenarios.agent import BuiltinAgent
+
+
+class Crashing(BuiltinAgent):
+    def __init__(self, route_xy_m, target_speed_mps):
+        super().__init__(route_xy_m, target_speed_mps, 64, 36)
+
+    def run_step(self, input_data, timestamp):
+        return input_data["CAM_MISSING"]
+
+
+class BadConfig:
+    def __init__(self, route_xy_m, target_speed_mps):
+        raise TypeError("bad config")
+'''
+
+
+@pytest.mark.parametrize("agent, message", [
+    ("Crashing", "raised KeyError: 'CAM_MISSING' in run_step at tick 0"),
+    ("BadConfig", "raised TypeError: bad config in its constructor"),
+])
+def test_an_agents_exception_names_the_agent_and_shows_its_traceback(tmp_path, agent, message):
+    """A bug in the user's agent is an error of the run (exit 2) that names the agent and where it was called,
+    after the agent's own traceback; not a bare traceback (exit 1 would read as "the scenario failed")."""
+    (tmp_path / "my_agents.py").write_text(USER_AGENTS)
+    result = _cli(["run", "cut_in", *TINY, "--ticks", "3", "--agent", f"my_agents:{agent}", "-o", str(tmp_path / "o")],
+                  tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"neural-sensor run: error: the agent my_agents:{agent} {message} (its traceback is above)"
+    assert "Traceback" in result.stderr and "my_agents.py" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_carla_without_the_carla_package(tmp_path):
     code = ("import sys; sys.modules['carla'] = None; from scenarios.cli import main; "
             f"sys.exit(main(['demo', '--carla', 'localhost:1', '-o', {str(tmp_path / 'out')!r}]))")
@@ -387,6 +442,11 @@ def test_carla_without_the_carla_package(tmp_path):
     (["render", "x.ply", "--pose", "0", "0", "1", "0", "0", "0", "--target", "5", "0", "1"], "--target goes with"),
     (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
     (["street", "--cameras", "9"], "--cameras must be"),
+    (["run", "cut_in", "--width", "10000"], "must be in 1..8192 pixels, got 10000"),
+    (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized arguments: --tciks cut_in (did you "
+                                        "mean --ticks?) (see neural-sensor run --help)"),
+    (["reconstruct", "no_log", "-o", "."], "-o . is a folder; give the PLY file to write"),
+    (["demo", "--width", "6000", "--height", "36", "--scene", "builder"], "H.264 encodes no side longer than 16384"),
     (["serve-enhancer", "--threads", "-1"], "threads must be >= 0"),
     (["serve-enhancer", "--max-batch-frames", "0"], "max-batch-frames must be"),
 ])

@@ -40,6 +40,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
 from neural_sensor.enhance.precision import resolve_cpu_precision
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, announce_compiling
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache, cache_key
 from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, render_drive,
@@ -120,6 +121,8 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
               **precision}
 
     def build():
+        if progress:  # a cache miss: the reconstruction's kernels run (a fresh install compiles them first)
+            announce_compiling(RECONSTRUCTION_MODULES)
         # the drive as its log would hold it (8-bit images), handed over in memory: no PNG written or read back
         # (the same scene as recording the log and reconstructing it, tests/test_drive_log.py)
         drive = render_drive(layout, path.points, step_m=step_m, width=record_size[0], height=record_size[1],
@@ -169,6 +172,8 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
               **refine.cache_inputs(), **depth_refine_inputs(depth_refine), **precision}
 
     def build():
+        if progress:
+            announce_compiling(RECONSTRUCTION_MODULES)
         scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine,
                                                   _resolved(precision))
         return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
