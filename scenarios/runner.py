@@ -280,6 +280,34 @@ def _not_records(folder: Path, depth: int = 3) -> list[Path]:
     return stray
 
 
+RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4")  # what a run writes into its temporary folder
+
+
+def _remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Remove the temporary folders of earlier runs into out_dir that were killed outright (SIGKILL, a power cut:
+    no handler ran): `.NAME.run-PID-XXXX` beside out_dir whose PID is no longer a process and that hold nothing
+    but a record's files. Returns what was removed."""
+    removed = []
+    for folder in out_dir.parent.glob(f".{out_dir.name}.run-*-*"):
+        pid = folder.name[len(f".{out_dir.name}.run-"):].split("-", 1)[0]
+        if not (pid.isdigit() and folder.is_dir() and not folder.is_symlink()) or _process_alive(int(pid)):
+            continue
+        if all(entry.is_file() and entry.name in RECORD_FILES for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
     """Move the new record's files from tmp into out_dir, replacing only the previous record's files."""
     old = set(_record_files(out_dir)) if out_dir.exists() else set()
@@ -533,7 +561,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
 
     out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _remove_stale_temporaries(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.run-{os.getpid()}-", dir=out_dir.parent))
     writer = None
     log = None
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "temporal",

@@ -227,9 +227,12 @@ def test_sigkilled_run_takes_its_enhancer_server_with_it(tmp_path):
     proc.wait(30)
     left = _leftovers(tmpdir, out_parent, marker)
     assert left["processes"] == [] and left["tmp"] == []
-    # the run's own temporary record folder cannot be removed by a SIGKILLed process; the next run into the
-    # same --out does not care about it, and it is named so a user sees what it is
-    assert all(name.startswith(".out.") for name in left["hidden"])
+    # the run's own temporary record folder cannot be removed by a SIGKILLed process: it is named for its run
+    # (out, the pid), and the next run into the same --out removes it
+    assert left["hidden"] and all(name.startswith(f".out.run-{proc.pid}-") for name in left["hidden"])
+    again = _cli(["demo", "--ticks", "2", *TINY, "-o", str(out_parent / "out")], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out_parent.iterdir()) == ["out"]
 
 
 def test_bad_deadline_starts_nothing(tmp_path):
