@@ -67,6 +67,10 @@ def announce_compiling(modules: tuple[str, ...] | list[str]) -> str | None:
     return the line (None: nothing printed)."""
     fresh = [m for m in dict.fromkeys(modules) if m not in _ANNOUNCED]
     notice = compile_notice(fresh) if fresh else None
+    if notice and _ANNOUNCED:  # a second notice in one process: the same minute, more of it
+        missing = uncompiled_modules(tuple(fresh))
+        notice = (f"neural-sensor: compiling the CPU kernels of {len(missing)} more module"
+                  f"{'s' if len(missing) > 1 else ''} (part of the first run's extra time)")
     if notice:
         _ANNOUNCED.update(uncompiled_modules(tuple(fresh)))
         print(notice, file=sys.stderr)

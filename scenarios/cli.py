@@ -127,7 +127,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                              "a reconstruction)")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
-                        help="driving agent as 'package.module:Class' (default: the built-in agent, scenarios.agent.BuiltinAgent)")
+                        help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "
+                             "(default: the built-in agent, scenarios.agent.BuiltinAgent)")
     parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,

@@ -148,12 +148,13 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     return scenario
 
 
-def _module_from_file(path: Path):
+def _module_from_file(path: Path, what: str = "scenario"):
+    """The module of a user's .py file (a scenario's, or an agent's: `what`); ValueError naming the file."""
     if not path.is_file():
-        raise ValueError(f"scenario file {path} does not exist")
+        raise ValueError(f"{what} file {path} does not exist")
     if path.suffix != ".py":
-        raise ValueError(f"scenario file {path} is not a .py file")
-    module_name = f"_neural_sensor_user_scenario_{abs(hash(str(path.resolve())))}"
+        raise ValueError(f"{what} file {path} is not a .py file")
+    module_name = f"_neural_sensor_user_{what}_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
@@ -161,20 +162,29 @@ def _module_from_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as err:
         sys.modules.pop(module_name, None)
-        raise ValueError(f"scenario file {path} failed to load: {type(err).__name__}: {err}") from err
+        raise ValueError(f"{what} file {path} failed to load: {type(err).__name__}: {err}") from err
     return module
 
 
 def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
     if dotted is None:
         return BuiltinAgent(scenario.route_xy_m, scenario.target_speed_mps, width, height)
-    module_name, _, attr = dotted.partition(":")
-    if not attr:
-        raise ValueError(f"agent must be given as 'package.module:Class', got {dotted!r}")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load agent {dotted!r}: {err}") from None
+    module_name, _, attr = dotted.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"agent must be given as 'package.module:Class' or 'path/to/file.py:Class', got {dotted!r}")
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        module = _module_from_file(Path(module_name), "agent")
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            hint = (f" (a module is found on sys.path: run from the folder above its package, set PYTHONPATH, or "
+                    f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"
+                    if isinstance(err, ModuleNotFoundError) else "")
+            raise ValueError(f"cannot load agent {dotted!r}: {err}{hint}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
     kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
     try:
         inspect.signature(cls).bind(**kwargs)
@@ -529,7 +539,7 @@ def _check_enhancer_options(options: RunOptions) -> None:
 
 def _connect_enhancer(options: RunOptions):
     """(EnhancerClient, local server or None); the server must answer hello (versions checked) to start."""
-    from neural_sensor.enhance.client import EnhancerClient
+    from neural_sensor.enhance.client import EnhancerClient, EnhancerError, EnhancerVersionError
     from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server, stop_server
 
     server = client = None  # the options were checked by _check_enhancer_options before anything started
@@ -545,7 +555,15 @@ def _connect_enhancer(options: RunOptions):
             def waiting(left_s: float) -> None:
                 print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to {left_s:.0f} s "
                       "more", file=sys.stderr)
-        client.wait_ready(timeout_s=10.0, waiting=waiting)
+        try:
+            client.wait_ready(timeout_s=10.0, waiting=waiting)
+        except EnhancerError as err:
+            if server is not None or isinstance(err, EnhancerVersionError):
+                raise
+            # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
+            raise EnhancerError(f"{err}; is a server running there? (start one with `neural-sensor serve-enhancer "
+                                f"--bind {endpoint}`, or run with --enhancer local, which starts one for the run, "
+                                "or --enhancer none for the raw render)") from None
     except BaseException:
         if client is not None:
             client.close()
@@ -588,8 +606,13 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             input_data = {sid: (f.frame, rgb_to_bgra(f.rgb)) for sid, f in frames.items()}
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
-            control = VehicleControl.from_any(_agent_call(options.agent, f"run_step at tick {tick}", agent.run_step,
-                                                          input_data, snapshot.timestamp_s))
+            where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
+            returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s)
+            try:
+                control = VehicleControl.from_any(returned)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"the agent {options.agent or 'builtin'} returned a bad control from {where}: "
+                                 f"{err}") from None
             sim.apply_control(control)
             criteria.update(snapshot)
             t4 = time.perf_counter()
@@ -680,7 +703,10 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "scenario": scenario.name, "description": scenario.description, "seed": options.seed,
             "ticks": ticks, "ticks_requested": ticks_requested, "stopped_early": stopped_early,
             "wall_s": round(wall_s, 3), "ticks_per_s": round(ticks / wall_s, 3),
-            "cameras": len(specs), "image_size": [options.width, options.height], "backend": rig.backend,
+            # the agent's cameras' own size ([width, height]; None where they differ: image_sizes has each)
+            "cameras": len(specs), "image_size": (None if len({(sp.width, sp.height) for sp in specs}) > 1
+                                                  else [specs[0].width, specs[0].height]),
+            "image_sizes": {sp.sensor_id: [sp.width, sp.height] for sp in specs}, "backend": rig.backend,
             "lod_px": rig.lod_px, "tick_ms_median": _median(tick_ms),
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,

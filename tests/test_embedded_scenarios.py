@@ -145,7 +145,7 @@ def test_failed_run_leaves_nothing_behind(tmp_path, scene_cache):
 
     # the NaN control is built inside the agent's run_step: the agent's error, named so
     with pytest.raises(AgentError, match=r"_CrashingAgent raised ValueError: VehicleControl.throttle .* in run_step "
-                                         r"at tick 3") as err:
+                                         r"at frame 4") as err:
         run_scenario("cut_in", RunOptions(out_dir=out, ticks=10, cache_dir=scene_cache, progress=False,
                                           agent=f"{__name__}:_CrashingAgent"))
     assert isinstance(err.value.__cause__, ValueError)

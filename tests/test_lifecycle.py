@@ -412,11 +412,34 @@ class Crashing(BuiltinAgent):
 class BadConfig:
     def __init__(self, route_xy_m, target_speed_mps):
         raise TypeError("bad config")
+
+
+class NoControl(Crashing):
+    def run_step(self, input_data, timestamp):
+        return None
 '''
 
 
+def test_an_agent_by_file_and_a_bad_control_name_the_agent(tmp_path):
+    """`--agent path/to/file.py:Class` loads the file (as a scenario file does); a module not on sys.path says
+    how to make it found; a control that is not one names the agent and the frame."""
+    (tmp_path / "my_agents.py").write_text(USER_AGENTS)
+    bad = _cli(["run", "cut_in", *TINY, "--ticks", "3", "--agent", f"{tmp_path / 'my_agents.py'}:NoControl",
+                "-o", str(tmp_path / "o")], tmp_path)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"neural-sensor run: error: the agent {tmp_path / 'my_agents.py'}:NoControl returned a bad control from "
+        "run_step at frame 1: control must have throttle, steer and brake, got NoneType")
+    missing = _cli(["run", "cut_in", *TINY, "--agent", "my_agents:NoControl", "-o", str(tmp_path / "o")], tmp_path)
+    assert missing.returncode == 2 and "No module named 'my_agents'" in missing.stderr, missing.stderr
+    assert "set PYTHONPATH, or give the file: --agent path/to/my_agents.py:NoControl" in missing.stderr
+    relative = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent", "./my_agents.py:Crashing", "-o",
+                     str(tmp_path / "o")], tmp_path, cwd=tmp_path)
+    assert relative.returncode == 2 and "raised KeyError: 'CAM_MISSING' in run_step" in relative.stderr
+
+
 @pytest.mark.parametrize("agent, message", [
-    ("Crashing", "raised KeyError: 'CAM_MISSING' in run_step at tick 0"),
+    ("Crashing", "raised KeyError: 'CAM_MISSING' in run_step at frame 1"),
     ("BadConfig", "raised TypeError: bad config in its constructor"),
 ])
 def test_an_agents_exception_names_the_agent_and_shows_its_traceback(tmp_path, agent, message):
@@ -449,6 +472,8 @@ def test_carla_without_the_carla_package(tmp_path):
     (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized arguments: --tciks cut_in (did you "
                                         "mean --ticks?) (see neural-sensor run --help)"),
     (["reconstruct", "no_log", "-o", "."], "-o . is a folder; give the PLY file to write"),
+    (["run", "cut_in", *TINY, "--enhancer", "tcp://127.0.0.1:9"],  # a remote server absent at the start
+     "; is a server running there? (start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
     (["demo", "--width", "6000", "--height", "36", "--scene", "builder"], "H.264 encodes no side longer than 16384"),
     (["serve-enhancer", "--threads", "-1"], "threads must be >= 0"),
     (["serve-enhancer", "--max-batch-frames", "0"], "max-batch-frames must be"),

@@ -289,6 +289,9 @@ def _arc_chain(points: np.ndarray) -> list[tuple[np.ndarray, float, float, float
 
 
 
+GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+
+
 def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
     """OpenDRIVE 1.4 text for the layout's road references (lines through each reference polyline).
 
@@ -297,8 +300,11 @@ def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
     if not layout.references:
         raise ValueError("layout_to_opendrive: the layout has no road references to export")
     root = ET.Element("OpenDRIVE")
-    ET.SubElement(root, "header", revMajor="1", revMinor="4", name=name or layout.name, version="1.00",
-                  north="0.0", south="0.0", east="0.0", west="0.0")
+    header = ET.SubElement(root, "header", revMajor="1", revMinor="4", name=name or layout.name, version="1.00",
+                           north="0.0", south="0.0", east="0.0", west="0.0")
+    # the map's origin at latitude / longitude 0 as CARLA's own towns give it (without one libcarla warns "cannot
+    # parse georeference" on every map it reads)
+    ET.SubElement(header, "geoReference").text = GEO_REFERENCE
     for road_id, ref in enumerate(layout.references, start=1):
         points = ref.points_m
         chain = _arc_chain(points)
