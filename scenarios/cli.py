@@ -261,8 +261,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         command = parser.commands.get(getattr(args, "command", None), parser)
         options = [o for action in command._actions for o in action.option_strings]  # noqa: SLF001
         unknown = [e for e in extra if e.startswith("-")]
-        close = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1) if unknown else []
-        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        if not unknown:
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        close = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
+        command.error(f"unrecognized option{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+                      + (f" (did you mean {close[0]}?)" if close else ""))
     return args
 
 

@@ -469,8 +469,8 @@ def test_carla_without_the_carla_package(tmp_path):
     (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
     (["street", "--cameras", "9"], "--cameras must be"),
     (["run", "cut_in", "--width", "10000"], "must be in 1..8192 pixels, got 10000"),
-    (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized arguments: --tciks cut_in (did you "
-                                        "mean --ticks?) (see neural-sensor run --help)"),
+    (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized option --tciks (did you mean "
+                                        "--ticks?) (see neural-sensor run --help)"),
     (["reconstruct", "no_log", "-o", "."], "-o . is a folder; give the PLY file to write"),
     (["run", "cut_in", *TINY, "--enhancer", "tcp://127.0.0.1:9"],  # a remote server absent at the start
      "; is a server running there? (start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
