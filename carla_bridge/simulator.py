@@ -10,6 +10,7 @@ from here) and re-exported.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -39,9 +40,16 @@ class VehicleControl:
 
     @classmethod
     def from_any(cls, control) -> "VehicleControl":
-        """Accept our VehicleControl, a carla.VehicleControl, or anything with throttle / steer / brake."""
+        """Accept our VehicleControl, a carla.VehicleControl, anything with throttle / steer / brake, or a mapping
+        with those three keys (`{"throttle": 0.5, "steer": 0.0, "brake": 0.0}`)."""
         if isinstance(control, cls):
             return control
+        if isinstance(control, Mapping):
+            missing = [k for k in ("throttle", "steer", "brake") if k not in control]
+            if missing:
+                raise ValueError(f"control must have throttle, steer and brake, got a mapping without "
+                                 f"{', '.join(missing)}")
+            return cls(control["throttle"], control["steer"], control["brake"])
         try:
             return cls(control.throttle, control.steer, control.brake)
         except AttributeError:

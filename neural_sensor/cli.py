@@ -19,6 +19,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.labels import CityObjectLabel
 from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
 
 
@@ -55,13 +56,17 @@ def _palette(labels: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(images: RenderOutput) -> np.ndarray:
-    """[2 H, C W, 3] uint8: RGB per camera on top; depth (near bright) and semantic halves below."""
+    """[2 H, C W, 3] uint8: RGB per camera on top; depth (inverse depth: the nearest surfaces white, half as bright
+    twice as far, sky black) and semantic halves below."""
     rgb = np.clip(images.rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     top = np.concatenate(list(rgb), axis=1)
     depth = images.depth
-    solid = images.alpha > 0.5
-    far = np.percentile(depth[solid], 95) if solid.any() else 1.0
-    depth_u8 = (np.clip(1.0 - depth / max(far, 1e-6), 0, 1) * 255 * solid).astype(np.uint8)
+    # surfaces: drawn and not sky (a fitted sky dome ~1 km away is drawn too, and would make every surface white)
+    solid = (images.alpha > 0.5) & (images.semantic != CityObjectLabel.SKY)
+    # inverse depth (disparity) against the nearest surfaces' (their 2nd percentile): white near, halving at twice
+    # the distance, so a street's metres-to-a-hundred-metres all show
+    near = np.percentile(depth[solid], 2) if solid.any() else 1.0
+    depth_u8 = (np.clip(max(near, 1e-6) / np.maximum(depth, 1e-6), 0, 1) * 255 * solid).astype(np.uint8)
     bottom = []
     for cam in range(rgb.shape[0]):
         half = rgb.shape[2] // 2

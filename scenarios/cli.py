@@ -537,7 +537,7 @@ def _raw_ticks_line(enhancer: dict, ticks: int) -> str:
         hint = "log.jsonl has each tick's enhancer_reason"
     others = len(reasons) - 1
     more = f"; {others} other reason{'s' if others > 1 else ''} in log.jsonl" if others else ""
-    return f"{line} ({count} of them: {reason}; {hint}{more})"
+    return f"{line}; on {count} of them: {reason} ({hint}{more})"
 
 
 def _verdict(result: dict) -> str:

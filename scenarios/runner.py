@@ -443,6 +443,14 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     specs = sensor_specs_from_leaderboard(_agent_call(options.agent, "sensors()", agent.sensors))
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
+    if options.enhancer is not None:  # the enhancer's protocol refuses larger images: every tick would be raw
+        from neural_sensor.enhance.protocol import MAX_SIDE
+
+        large = [sp for sp in specs if max(sp.width, sp.height) > MAX_SIDE]
+        if large:
+            raise ValueError(f"the enhancer takes images of at most {MAX_SIDE} pixels a side, and camera "
+                             f"{large[0].sensor_id} is {large[0].width}x{large[0].height}: smaller --width / "
+                             "--height, or --enhancer none")
     if any(spec.sensor_id == "world" for spec in specs):
         raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
     if options.carla:  # connect first: a missing server is reported before any scene is built
@@ -607,7 +615,12 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
             where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
-            returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s)
+            try:
+                returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s)
+            except AgentError as err:
+                if isinstance(err.__cause__, KeyError):  # most often a sensor id the agent's sensors() did not list
+                    err.args = (f"{err.args[0]} (input_data has {', '.join(map(repr, input_data))})",)
+                raise
             try:
                 control = VehicleControl.from_any(returned)
             except (ValueError, TypeError) as err:

@@ -324,3 +324,22 @@ def test_sensor_values_accept_numpy_numbers():
     spec = sensor_spec_from_leaderboard({"id": "f", "x": np.float32(1.5), "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
                                          "yaw": np.float64(10.0), "width": 64, "height": 48, "fov": np.float32(90)})
     assert spec.fov_deg == pytest.approx(90.0)
+
+
+def test_a_control_from_carla_an_object_or_a_dict():
+    """run_step may return a carla.VehicleControl, our VehicleControl, any object with the three fields, or a
+    dict with them; anything else, or a dict missing one, is a ValueError naming what is missing."""
+    from types import SimpleNamespace
+
+    from carla_bridge.simulator import VehicleControl
+
+    expected = VehicleControl(throttle=0.5, steer=-0.25, brake=0.0)
+    assert VehicleControl.from_any(carla.VehicleControl(throttle=0.5, steer=-0.25, brake=0.0)) == expected
+    assert VehicleControl.from_any(SimpleNamespace(throttle=0.5, steer=-0.25, brake=0.0)) == expected
+    assert VehicleControl.from_any({"throttle": 0.5, "steer": -0.25, "brake": 0.0}) == expected
+    with pytest.raises(ValueError, match="a mapping without brake"):
+        VehicleControl.from_any({"throttle": 0.5, "steer": 0.0})
+    with pytest.raises(ValueError, match="got NoneType"):
+        VehicleControl.from_any(None)
+    with pytest.raises(ValueError, match="VehicleControl.throttle must be a number"):
+        VehicleControl.from_any({"throttle": float("nan"), "steer": 0.0, "brake": 0.0})

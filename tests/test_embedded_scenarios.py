@@ -239,7 +239,7 @@ def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache, capsys)
     assert summary["enhancer"]["ticks_raw"] == 2 and summary["enhancer"]["ticks_enhanced"] == 0
     assert sum(summary["enhancer"]["raw_reasons"].values()) == 2, summary["enhancer"]["raw_reasons"]
     err = capsys.readouterr().err
-    assert "the enhancer did not refine 2 of 2 ticks; those cameras got the raw render (" in err, err
+    assert "the enhancer did not refine 2 of 2 ticks; those cameras got the raw render; on 2 of them: " in err, err
     assert "it missed its 0.001 ms deadline" in err, err
 
 
@@ -250,8 +250,8 @@ def test_the_raw_ticks_line_says_why_not_only_the_deadline():
     gone = "enhancer at tcp://h:5 is not connected (reconnecting in the background)"
     line = _raw_ticks_line({"ticks_raw": 3, "deadline_ms": 1000.0, "raw_reasons": {
         gone: 2, "no reply from the enhancer at tcp://h:5 within 1000 ms": 1}}, 5)
-    assert line == (f"the enhancer did not refine 3 of 5 ticks; those cameras got the raw render (2 of them: {gone}; "
-                    "the connection to the server was lost: is it still running?; 1 other reason in log.jsonl)")
+    assert line == (f"the enhancer did not refine 3 of 5 ticks; those cameras got the raw render; on 2 of them: {gone} "
+                    "(the connection to the server was lost: is it still running?; 1 other reason in log.jsonl)")
     assert "deadline" not in line
 
 

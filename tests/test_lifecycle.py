@@ -450,7 +450,10 @@ def test_an_agents_exception_names_the_agent_and_shows_its_traceback(tmp_path, a
                   tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last == f"neural-sensor run: error: the agent my_agents:{agent} {message} (its traceback is above)"
+    assert last.startswith(f"neural-sensor run: error: the agent my_agents:{agent} {message}"), last
+    assert last.endswith(" (its traceback is above)"), last
+    if agent == "Crashing":  # a KeyError in run_step: the sensor ids the agent was given
+        assert "(input_data has 'CAM_FRONT', 'CAM_FRONT_LEFT'," in last and "'world')" in last, last
     assert "Traceback" in result.stderr and "my_agents.py" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -472,6 +475,8 @@ def test_carla_without_the_carla_package(tmp_path):
     (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized option --tciks (did you mean "
                                         "--ticks?) (see neural-sensor run --help)"),
     (["reconstruct", "no_log", "-o", "."], "-o . is a folder; give the PLY file to write"),
+    (["run", "cut_in", "--width", "5000", "--height", "36", "--no-video", "--scene", "builder", "--enhancer",
+      "local"], "the enhancer takes images of at most 4096 pixels a side, and camera CAM_FRONT is 5000x36"),
     (["run", "cut_in", *TINY, "--enhancer", "tcp://127.0.0.1:9"],  # a remote server absent at the start
      "; is a server running there? (start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
     (["demo", "--width", "6000", "--height", "36", "--scene", "builder"], "H.264 encodes no side longer than 16384"),
@@ -581,3 +586,26 @@ def test_prompt_drives_build_scene_and_run(tmp_path):
     assert json.loads(run.stdout)["scenario"] == "prompt"
     both = _cli(["run", "cut_in", "--prompt", prompt, "-o", str(tmp_path / "x")], tmp_path)
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_render_contact_sheet_depth_is_inverse_and_ignores_the_sky_dome():
+    """A reconstruction draws its sky as a dome ~1 km away: the depth panel must not scale to it (everything near
+    was white); inverse depth from the nearest surfaces: white near, half as bright twice as far, the sky black."""
+    from neural_sensor.cli import contact_sheet
+    from neural_sensor.labels import CityObjectLabel
+    from neural_sensor.render import RenderOutput
+
+    depth = np.full((1, 2, 4), 5.0, np.float32)
+    depth[0, :, 1] = 10.0
+    depth[0, :, 2] = 1000.0
+    semantic = np.full((1, 2, 4), CityObjectLabel.BUILDING, np.uint8)
+    semantic[0, :, 2] = CityObjectLabel.SKY
+    images = RenderOutput(rgb=np.zeros((1, 2, 4, 3), np.float32), depth=depth, alpha=np.ones((1, 2, 4), np.float32),
+                          semantic=semantic)
+    sheet = contact_sheet(images)
+    assert sheet.shape == (4, 4, 3)
+    # the bottom-left half is the depth: x = 0 (5 m) white, x = 1 (10 m) half
+    assert sheet[2, 0, 0] == 255 and abs(int(sheet[2, 1, 0]) - 128) <= 1
+    full = contact_sheet(RenderOutput(rgb=images.rgb, depth=depth[..., [2, 2, 0, 1]],
+                                      alpha=images.alpha, semantic=semantic[..., [2, 2, 0, 1]]))
+    assert full[2, 0, 0] == 0 and full[2, 1, 0] == 0  # the sky dome: black
