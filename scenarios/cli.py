@@ -509,6 +509,13 @@ def _main(args: argparse.Namespace) -> int:
     enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None
     if enhancer and enhancer.get("ticks_raw"):
         print(f"{prog}: {_raw_ticks_line(enhancer, result['ticks'])}", file=sys.stderr)
+    if args.command == "record-drive":  # a person's line beside the JSON on stdout
+        print(f"{prog}: {result['frames']} frames, {result['views']} images; the drive log is in {result['log']}",
+              file=sys.stderr)
+    elif args.command == "reconstruct":
+        how = "from the cache" if result.get("cached") else f"built in {result.get('wall_s')} s"
+        print(f"{prog}: {result.get('n_gaussians')} Gaussians ({how}); the scene is cached in {result.get('path')}"
+              + (f", its PLY copied to {result['ply']}" if result.get("ply") else ""), file=sys.stderr)
     if args.command not in ("demo", "bench", "run"):
         return 0
     line = (f"{prog}: scenario {result['scenario']} {verdict}; " if verdict is not None

@@ -430,8 +430,13 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
 
     assert cli_main(["reconstruct", str(short_drive["log"]), "-o", str(tmp_path / "scene.ply"),
                      "--cache", str(tmp_path / "cache")]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
     assert result["views"] == 18 and result["frames"] == 3 and result["image_size"] == [64, 40]
+    # and a person's line: how many Gaussians, built or cached, where the scene and its PLY are
+    assert captured.err.strip().splitlines()[-1] == (
+        f"neural-sensor reconstruct: {result['n_gaussians']} Gaussians (built in {result['wall_s']} s); the scene is "
+        f"cached in {result['path']}, its PLY copied to {tmp_path / 'scene.ply'}")
     assert len(GaussianScene.load_ply(tmp_path / "scene.ply")) == result["n_gaussians"] > 1000
     refined = result["colour_refinement"]  # on by default: the fit raised the log views' PSNR
     assert refined["iterations"] == 2 and refined["psnr_db"][1] > refined["psnr_db"][0]
@@ -459,8 +464,11 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     scenario_file.write_text(SHORT_SCENARIO)
     assert cli_main(["record-drive", str(scenario_file), "-o", str(tmp_path / "rec"), "--step", "25", "--width", "32",
                      "--height", "24", "--cache", str(tmp_path / "cache")]) == 0
-    recorded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    recorded = json.loads(captured.out.strip().splitlines()[-1])
     assert recorded["scenario"] == "short_drive" and recorded["views"] == 6 * recorded["frames"]
+    assert captured.err.strip().splitlines()[-1] == (f"neural-sensor record-drive: {recorded['frames']} frames, "
+                                                     f"{recorded['views']} images; the drive log is in {recorded['log']}")
     images, _, _ = read_drive_log(tmp_path / "rec")
     assert images.shape == (recorded["views"], 24, 32, 3)
     # the folder now holds a log: a second recording there is refused
