@@ -217,6 +217,24 @@ def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
     return out
 
 
+def label_tiles(image: np.ndarray, names: list[str], tile_width: int) -> np.ndarray:
+    """Write each name in the top-left corner of its tile of a side-by-side strip, in place: white text on a black
+    box (PIL's default bitmap font), clipped to the tile. image [H, W, 3] uint8; tile i spans columns
+    [i * tile_width, (i + 1) * tile_width). Returns image."""
+    from PIL import Image, ImageDraw
+
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (image.shape, image.dtype)
+    assert tile_width >= 1 and len(names) * tile_width <= image.shape[1], (len(names), tile_width, image.shape)
+    for i, name in enumerate(names):
+        tile = Image.fromarray(np.ascontiguousarray(image[:, i * tile_width:(i + 1) * tile_width]))
+        draw = ImageDraw.Draw(tile)
+        left, top, right, bottom = draw.textbbox((3, 2), str(name))
+        draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
+        draw.text((3, 2), str(name), fill=(255, 255, 255))
+        image[:, i * tile_width:(i + 1) * tile_width] = np.asarray(tile)
+    return image
+
+
 VIDEO_MAX_SIDE_PX = 16384  # libx264 opens no encoder for a longer side (it then writes an empty file, no error)
 
 
@@ -708,7 +726,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                                    "mosaic (its message is above); --no-video skips the video")
         from PIL import Image
 
-        Image.fromarray(mosaic(last_images, columns=len(last_images))).save(tmp / "strip.png")
+        strip = mosaic(last_images, columns=len(last_images))
+        label_tiles(strip, list(frames), tile_width=strip.shape[1] // len(last_images))  # which camera is which
+        Image.fromarray(strip).save(tmp / "strip.png")
         paths = {"log": str(out_dir / "log.jsonl"), "strip": str(out_dir / "strip.png")}
         if options.video:
             paths["video"] = str(out_dir / "video.mp4")

@@ -334,3 +334,20 @@ def test_truth_puts_the_builder_render_beside_each_camera_and_logs_psnr(tmp_path
     plain = run_scenario("lane_change", RunOptions(out_dir=tmp_path / "plain", **common))
     assert plain["truth_psnr_db_median"] is None
     assert "truth_psnr_db" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_the_strip_names_its_cameras():
+    """label_tiles writes each camera's name in its own tile's top-left corner and touches nothing else."""
+    from scenarios.runner import label_tiles
+
+    image = np.full((60, 300, 3), 128, np.uint8)
+    before = image.copy()
+    label_tiles(image, ["CAM_FRONT", "CAM_BACK", "X"], tile_width=100)
+    changed = np.any(image != before, axis=2)
+    rows, cols = np.nonzero(changed)
+    assert rows.max() < 20  # the label's box only
+    for tile in range(3):
+        in_tile = changed[:, tile * 100:(tile + 1) * 100]
+        assert in_tile[:, :4].any() and not in_tile[:, 95:].any()  # each tile labelled at its left, clipped
+    assert (image[0, 0] == 0).all() and image[..., 0].max() >= 250  # a black box, white text (antialiased)
+    assert changed[:, :100].sum() > changed[:, 200:].sum()  # the longer name takes more room
