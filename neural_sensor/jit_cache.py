@@ -50,12 +50,18 @@ def compile_notice(modules: tuple[str, ...] | list[str]) -> str | None:
     """The line to print before the work that runs `modules`' kernels when `uncompiled_modules` finds some of them
     uncompiled on this machine, else None. Name only the modules the command will run (a run without an enhancer
     never compiles the warp), so that a machine that has compiled what it uses is told nothing."""
-    missing = uncompiled_modules(tuple(dict.fromkeys(modules)))
+    return _notice(uncompiled_modules(tuple(dict.fromkeys(modules))))
+
+
+def _notice(missing: list[str], more: bool = False) -> str | None:
+    """The notice for these uncompiled modules (None for none); `more`: a second one in the same process."""
     if not missing:
         return None
-    return (f"neural-sensor: compiling the CPU kernels of {len(missing)} module{'s' if len(missing) > 1 else ''} "
-            "for this machine (the first run after an install or an update; about a minute more on two cores, cached "
-            "after)")
+    count = f"{len(missing)}{' more' if more else ''} module{'s' if len(missing) > 1 else ''}"
+    if more:
+        return f"neural-sensor: compiling the CPU kernels of {count} (part of the first run's extra time)"
+    return (f"neural-sensor: compiling the CPU kernels of {count} for this machine (the first run after an install or "
+            "an update; about a minute more on two cores, cached after)")
 
 
 _ANNOUNCED: set[str] = set()  # the modules this process has already told the user it compiles
@@ -65,13 +71,10 @@ def announce_compiling(modules: tuple[str, ...] | list[str]) -> str | None:
     """Print `compile_notice` to stderr for those of `modules` not announced before in this process (a run
     announces its renderer, then its reconstruction's kernels only when the scene is not cached: once each), and
     return the line (None: nothing printed)."""
-    fresh = [m for m in dict.fromkeys(modules) if m not in _ANNOUNCED]
-    notice = compile_notice(fresh) if fresh else None
-    if notice and _ANNOUNCED:  # a second notice in one process: the same minute, more of it
-        missing = uncompiled_modules(tuple(fresh))
-        notice = (f"neural-sensor: compiling the CPU kernels of {len(missing)} more module"
-                  f"{'s' if len(missing) > 1 else ''} (part of the first run's extra time)")
+    fresh = tuple(m for m in dict.fromkeys(modules) if m not in _ANNOUNCED)
+    missing = uncompiled_modules(fresh) if fresh else []
+    notice = _notice(missing, more=bool(_ANNOUNCED))  # a second notice in one process: the same minute, more of it
     if notice:
-        _ANNOUNCED.update(uncompiled_modules(tuple(fresh)))
+        _ANNOUNCED.update(missing)
         print(notice, file=sys.stderr)
     return notice

@@ -74,12 +74,15 @@ class BuiltinAgent:
 
 
 class AgentError(RuntimeError):
-    """The user's driving agent raised: which agent, where (its constructor, sensors(), run_step at tick N), what.
+    """The user's driving agent raised: which agent, where (its constructor, sensors(), run_step at frame N), what.
 
     The agent's own exception is the __cause__ (the CLI prints its traceback: the bug is in the agent's code).
     """
 
-    def __init__(self, agent: str | None, where: str, err: BaseException):
+    def __init__(self, agent: str | None, where: str, err: BaseException, keys=None):
         self.agent, self.where = agent or "builtin", where
         detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        super().__init__(f"the agent {self.agent} raised {detail} in {where}")
+        # keys: what the agent was given (input_data's sensor ids); a KeyError is most often one it did not get
+        given = (f" (input_data has {', '.join(map(repr, keys))})" if keys is not None and isinstance(err, KeyError)
+                 else "")
+        super().__init__(f"the agent {self.agent} raised {detail} in {where}{given}")

@@ -16,7 +16,7 @@ Ctrl-C, SIGTERM) leaves nothing half-written and no temporary folder behind:
     out_dir/manifest.json   the files this run wrote
 A later run into the same folder replaces only the files named in its manifest;
 anything else in the folder (the user's notes, another record in a sub-folder) is
-left alone, and a folder that holds files but no record is refused.
+left alone, and a folder that holds anything but records is refused (scenarios/record.py).
 
 Scenarios: a built-in name (cut_in, pedestrian_crossing, lane_change), a Python
 file defining `make_scenario(seed) -> Scenario`, or an importable module doing so.
@@ -58,10 +58,11 @@ from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
 from scenarios.agent import AgentError, BuiltinAgent
 from scenarios.base import CriteriaState, Scenario
+from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
+                              remove_stale_temporaries, to_uint8)
 
 SCENARIOS = ("cut_in", "pedestrian_crossing", "lane_change")
 DEFAULT_SCENARIO = "cut_in"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -198,168 +199,17 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
         raise AgentError(dotted, "its constructor", err) from err
 
 
-def _agent_call(agent_name: str | None, where: str, fn, *args):
-    """fn(*args), an exception from the agent's code re-raised as AgentError naming the agent and the call."""
+def _agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
+    """fn(*args), an exception from the agent's code re-raised as AgentError naming the agent and the call (and,
+    for a KeyError, `keys`: what input_data held)."""
     try:
         return fn(*args)
     except Exception as err:
-        raise AgentError(agent_name, where, err) from err
-
-
-def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
-    """Tile [H, W, 3] uint8 images into a grid with even width and height (video encoders need it)."""
-    h, w = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)  # cameras may differ in size
-    rows = -(-len(frames) // columns)
-    out = np.zeros((rows * h + (rows * h) % 2, columns * w + (columns * w) % 2, 3), np.uint8)
-    for i, image in enumerate(frames):
-        r, c = divmod(i, columns)
-        out[r * h:r * h + image.shape[0], c * w:c * w + image.shape[1]] = image
-    return out
-
-
-def label_tiles(image: np.ndarray, names: list[str], tile_width: int) -> np.ndarray:
-    """Write each name in the top-left corner of its tile of a side-by-side strip, in place: white text on a black
-    box (PIL's default bitmap font), clipped to the tile. image [H, W, 3] uint8; tile i spans columns
-    [i * tile_width, (i + 1) * tile_width). Returns image."""
-    from PIL import Image, ImageDraw
-
-    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (image.shape, image.dtype)
-    assert tile_width >= 1 and len(names) * tile_width <= image.shape[1], (len(names), tile_width, image.shape)
-    for i, name in enumerate(names):
-        tile = Image.fromarray(np.ascontiguousarray(image[:, i * tile_width:(i + 1) * tile_width]))
-        draw = ImageDraw.Draw(tile)
-        left, top, right, bottom = draw.textbbox((3, 2), str(name))
-        draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
-        draw.text((3, 2), str(name), fill=(255, 255, 255))
-        image[:, i * tile_width:(i + 1) * tile_width] = np.asarray(tile)
-    return image
-
-
-VIDEO_MAX_SIDE_PX = 16384  # libx264 opens no encoder for a longer side (it then writes an empty file, no error)
-
-
-def check_video_size(specs: list, columns: int = 3, truth: bool = False) -> tuple[int, int]:
-    """(width, height) of the video's mosaic of these cameras (each beside its truth with --truth); ValueError
-    where a side passes VIDEO_MAX_SIDE_PX, naming the cameras' size and the ways out."""
-    width = max(spec.width for spec in specs) * (2 if truth else 1)
-    height = max(spec.height for spec in specs)
-    rows = -(-len(specs) // columns)
-    size = (columns * width + (columns * width) % 2, rows * height + (rows * height) % 2)
-    if max(size) > VIDEO_MAX_SIDE_PX:
-        raise ValueError(f"the video of {len(specs)} cameras of up to {max(s.width for s in specs)}x"
-                         f"{height} pixels would be {size[0]}x{size[1]} pixels, and H.264 encodes no side longer "
-                         f"than {VIDEO_MAX_SIDE_PX}: smaller --width / --height, or --no-video")
-    return size
-
-
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        raise AgentError(agent_name, where, err, keys) from err
 
 
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
-
-
-def _record_files(out_dir: Path) -> list[str]:
-    """The files a previous run wrote into out_dir, from its manifest ([] where there is none)."""
-    manifest = out_dir / MANIFEST
-    if manifest.exists():
-        try:
-            files = json.loads(manifest.read_text())["files"]
-            assert isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and f not in
-                                                   (".", "..") for f in files)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
-            raise ValueError(f"--out {out_dir}: {MANIFEST} is damaged; refusing to touch the folder") from None
-        return files + [MANIFEST]
-    return []
-
-
-def check_out_dir(out_dir: Path) -> Path:
-    """The record folder: new, empty, a previous record (it has manifest.json), or a folder holding only folders
-    of records (`bench` writes out/bench, `demo` then out/).
-
-    Only the files the previous record lists are ever replaced; a folder holding anything else is refused
-    (ValueError naming it and what is in it).
-    """
-    out_dir = Path(out_dir).expanduser().absolute()
-    if out_dir.parent == out_dir:
-        raise ValueError(f"--out {out_dir} is a filesystem root")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ValueError(f"--out {out_dir} exists and is not a folder")
-        if not _record_files(out_dir):
-            stray = _not_records(out_dir)
-            if stray:
-                raise ValueError(f"--out {out_dir} holds what no run of this tool wrote there ({stray[0].name}"
-                                 f"{f' and {len(stray) - 1} more' if len(stray) > 1 else ''}; a record has "
-                                 f"{MANIFEST}); refusing to write into it: choose another folder")
-    return out_dir
-
-
-def _not_records(folder: Path, depth: int = 3) -> list[Path]:
-    """What in folder is not a record of a run: a file, a link, or a folder that neither is a record (has
-    MANIFEST), nor is empty, nor holds only such folders (to depth levels)."""
-    stray = []
-    for entry in sorted(folder.iterdir()):
-        if entry.is_symlink() or not entry.is_dir():
-            stray.append(entry)
-        elif not (entry / MANIFEST).exists() and (depth == 0 or _not_records(entry, depth - 1)):
-            stray.append(entry)
-    return stray
-
-
-RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4")  # what a run writes into its temporary folder
-
-
-def _remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Remove the temporary folders of earlier runs into out_dir that were killed outright (SIGKILL, a power cut:
-    no handler ran): `.NAME.run-PID-XXXX` beside out_dir whose PID is no longer a process and that hold nothing
-    but a record's files. Returns what was removed."""
-    removed = []
-    for folder in out_dir.parent.glob(f".{out_dir.name}.run-*-*"):
-        pid = folder.name[len(f".{out_dir.name}.run-"):].split("-", 1)[0]
-        if not (pid.isdigit() and folder.is_dir() and not folder.is_symlink()) or _process_alive(int(pid)):
-            continue
-        if all(entry.is_file() and entry.name in RECORD_FILES for entry in folder.iterdir()):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
-    """Move the new record's files from tmp into out_dir, replacing only the previous record's files."""
-    old = set(_record_files(out_dir)) if out_dir.exists() else set()
-    for name in files:
-        target = out_dir / name
-        if target.is_dir() and not target.is_symlink():
-            raise ValueError(f"--out {out_dir}: {name} is a folder; refusing to replace it with a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.chmod(0o755)
-    # a manifest naming old and new files first: an interruption from here on leaves a folder that the
-    # next run still recognises (and cleans) as a record
-    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted((old | set(files)) - {MANIFEST})})
-    for name in files:
-        os.replace(tmp / name, out_dir / name)
-    for name in old - set(files) - {MANIFEST}:
-        (out_dir / name).unlink(missing_ok=True)
-    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted(files)})
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 _SIGNALLED: list[int] = []  # the signals _terminate_as_exception's handler took during this run (the loop checks)
@@ -605,7 +455,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
 
     out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.run-{os.getpid()}-", dir=out_dir.parent))
     writer = None
     log = None
@@ -633,12 +483,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
             where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
-            try:
-                returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s)
-            except AgentError as err:
-                if isinstance(err.__cause__, KeyError):  # most often a sensor id the agent's sensors() did not list
-                    err.args = (f"{err.args[0]} (input_data has {', '.join(map(repr, input_data))})",)
-                raise
+            returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s,
+                                   keys=input_data)  # its keys are named only for a KeyError
             try:
                 control = VehicleControl.from_any(returned)
             except (ValueError, TypeError) as err:
@@ -658,7 +504,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                     value = float(psnr(f.rgb, truth_frames[sid].rgb))
                     tick_truth[sid] = round(value, 3) if math.isfinite(value) else None
                     truth_psnr[sid].append(value)
-                last_images = [np.concatenate([image, _to_uint8(truth_frames[sid].rgb)], axis=1)
+                last_images = [np.concatenate([image, to_uint8(truth_frames[sid].rgb)], axis=1)
                                for image, sid in zip(last_images, frames)]
             if options.video:
                 image = mosaic(last_images)
@@ -762,7 +608,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         files = ["log.jsonl", "strip.png", "summary.json"] + (["video.mp4"] if options.video else [])
-        _install_record(tmp, check_out_dir(out_dir), files)
+        install_record(tmp, check_out_dir(out_dir), files)
         return summary
     except BaseException:
         if log is not None and not log.closed:

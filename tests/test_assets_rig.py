@@ -313,7 +313,7 @@ def test_recorded_uint8_equals_the_delivered_bgra():
     """The runner records the frames with the compiled to_uint8_into: the same pixels as the BGRA the agent
     gets (read back as RGB) and as the numpy _to_uint8, out-of-range values and rounding edges included."""
     from neural_sensor.enhance.protocol import to_uint8_into
-    from scenarios.runner import _to_uint8
+    from scenarios.record import to_uint8 as _to_uint8
 
     rgb = np.random.default_rng(0).uniform(-0.1, 1.1, (40, 50, 3)).astype(np.float32)
     rgb[0, :4, 0] = [0.5 / 255, 254.5 / 255, 1.0, 0.0]

@@ -338,7 +338,7 @@ def test_truth_puts_the_builder_render_beside_each_camera_and_logs_psnr(tmp_path
 
 def test_the_strip_names_its_cameras():
     """label_tiles writes each camera's name in its own tile's top-left corner and touches nothing else."""
-    from scenarios.runner import label_tiles
+    from scenarios.record import label_tiles
 
     image = np.full((60, 300, 3), 128, np.uint8)
     before = image.copy()

@@ -258,7 +258,7 @@ def _run(out_dir, **kw):
 
 
 def test_out_replaces_only_the_records_own_files(tmp_path):
-    from scenarios.runner import MANIFEST
+    from scenarios.record import MANIFEST
 
     user = tmp_path / "mine"
     user.mkdir()
