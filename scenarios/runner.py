@@ -47,7 +47,7 @@ from tqdm import tqdm
 from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
-from neural_sensor.enhance.protocol import to_uint8_into
+from neural_sensor.enhance.protocol import is_loopback, to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.jit_cache import LOG_REFERENCE_MODULES, RENDER_MODULES, TEMPORAL_MODULES, announce_compiling
 from neural_sensor.metrics import psnr
@@ -413,6 +413,18 @@ def _check_enhancer_options(options: RunOptions) -> None:
         raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
 
 
+def serve_hint(endpoint: str) -> str:
+    """How to start a server the run's client can reach at `endpoint` (the error's hint when none answers): the
+    exact command for a loopback endpoint; for another host, a tunnel (a server binds beyond loopback only with
+    CurveZMQ keys, which the run's client does not take)."""
+    if is_loopback(endpoint):
+        return f"start one with `neural-sensor serve-enhancer --bind {endpoint}`"
+    port = endpoint.rsplit(":", 1)[-1] if endpoint.count(":") >= 2 else "5555"
+    return (f"a server binds beyond loopback only with CurveZMQ keys, which a run's client does not take: on that host "
+            f"start `neural-sensor serve-enhancer --bind tcp://127.0.0.1:{port}`, here `ssh -N -L "
+            f"{port}:127.0.0.1:{port} HOST`, then run with --enhancer tcp://127.0.0.1:{port}")
+
+
 def _connect_enhancer(options: RunOptions):
     """(EnhancerClient, local server or None); the server must answer hello (versions checked) to start."""
     from neural_sensor.enhance.client import EnhancerClient, EnhancerError, EnhancerVersionError
@@ -437,9 +449,8 @@ def _connect_enhancer(options: RunOptions):
             if server is not None or isinstance(err, EnhancerVersionError):
                 raise
             # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
-            raise EnhancerError(f"{err}; is a server running there? (start one with `neural-sensor serve-enhancer "
-                                f"--bind {endpoint}`, or run with --enhancer local, which starts one for the run, "
-                                "or --enhancer none for the raw render)") from None
+            raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with --enhancer "
+                                "local, which starts one for the run, or --enhancer none for the raw render)") from None
     except BaseException:
         if client is not None:
             client.close()

@@ -609,3 +609,12 @@ def test_render_contact_sheet_depth_is_inverse_and_ignores_the_sky_dome():
     full = contact_sheet(RenderOutput(rgb=images.rgb, depth=depth[..., [2, 2, 0, 1]],
                                       alpha=images.alpha, semantic=semantic[..., [2, 2, 0, 1]]))
     assert full[2, 0, 0] == 0 and full[2, 1, 0] == 0  # the sky dome: black
+
+
+def test_serve_hint_for_another_host_is_a_tunnel():
+    from scenarios.runner import serve_hint
+
+    assert serve_hint("tcp://127.0.0.1:9") == "start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"
+    hint = serve_hint("tcp://10.0.0.5:6000")  # the server refuses a non-loopback bind without CurveZMQ keys
+    assert "--bind tcp://127.0.0.1:6000" in hint and "ssh -N -L 6000:127.0.0.1:6000 HOST" in hint
+    assert "--enhancer tcp://127.0.0.1:6000" in hint and "10.0.0.5" not in hint
