@@ -80,7 +80,7 @@ def main() -> None:
                                                         backend=args.backend, video=video, cache_dir=run_cache,
                                                         progress=False, **fields))
             result[mode] = {k: summary[k] for k in ("scenario", "ticks", "wall_s", "ticks_per_s", "tick_ms_median",
-                                                    "cameras", "image_size", "backend", "lod_px",
+                                                    "cameras", "image_size", "backend", "lod_px", "render_scale",
                                                     "stage_ms_median")}
             result[mode].update(scene=summary["scene"]["source"], gaussians=summary["scene"]["n_gaussians"],
                                 enhanced_ticks=(summary["enhancer"] or {}).get("ticks_enhanced"),

@@ -87,7 +87,7 @@ from neural_sensor.metrics import depth_abs_rel, psnr, ssim
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene, scene_reference
 from neural_sensor.reconstruct.photometric import depth_refine_config, depth_refine_inputs
 from neural_sensor.reconstruct.refine import refine_config
-from neural_sensor.render import RECONSTRUCTION_LOD_PX, render
+from neural_sensor.render import RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE, render
 from neural_sensor.rig import nuscenes_like_rig, rig_cameras_on_path
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import TEMPLATES, Layout
@@ -227,13 +227,14 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 cams = rig_cameras(specs, path, start + tick * args.tick_m, shift)
                 t1 = time.perf_counter()
                 raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
-                             background=background, lod_px=args.lod_px)  # as the run draws it; the truth is exact
+                             background=background, lod_px=args.lod_px,
+                             scale=args.render_scale)  # as the run draws it; the truth is exact and full size
                 facts["render_ms_per_tick"].append((time.perf_counter() - t1) * 1e3)
                 # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
                 # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
                 surface_render = raw if surfaces_only is None else render(
                     surfaces_only, cams, backend="cpu", outputs=("depth", "median_depth"), background=background,
-                    lod_px=args.lod_px)
+                    lod_px=args.lod_px, scale=args.render_scale)
                 gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                             background=background)
                 # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of
@@ -476,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the reconstruction's level of detail (render(lod_px=); default the run's, "
                              f"{RECONSTRUCTION_LOD_PX}; "
                              "0 = exact); the ground truth is always exact")
+    parser.add_argument("--render-scale", type=float, default=RECONSTRUCTION_SCALE, metavar="S",
+                        help=f"the fraction of the cameras' size the reconstruction is drawn at, then upsampled "
+                             f"(render(scale=); default the run's, {RECONSTRUCTION_SCALE}; 1 = full size)")
     parser.add_argument("--refine-iterations", type=int, default=None, metavar="N",
                         help="colour refinement sweeps of the reconstruction (0: none); default: the runner's")
     parser.add_argument("--no-depth-refinement", action="store_true",
@@ -508,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
                          "checkpoint": str(args.checkpoint),
                          "colour_refinement": refine_config(args.refine_iterations).cache_inputs() or None,
                          **depth_refine_inputs(depth_refine_config(args.no_depth_refinement)),
-                         "lod_px": args.lod_px,
+                         "lod_px": args.lod_px, "render_scale": args.render_scale,
                          "ground_truth": "build_scene(layout, voxel 0.3 m), same cameras and sky",
                          "shifts_m": args.shifts, "clips": args.clips, "ticks_per_clip": args.ticks,
                          "tick_m": args.tick_m, "perceptual_every": args.perceptual_every,

@@ -50,14 +50,16 @@ class NeuralCameraError(RuntimeError):
 
 
 def join_rig(camera, world, parent, scene: GaussianScene, backend: str, background_rgb, enhancer: str | None,
-             enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None) -> "CameraRig":
+             enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None, render_scale: float = 1.0
+             ) -> "CameraRig":
     """The rig `camera` (a NeuralCamera) belongs to, made on first use; the camera is added to it."""
-    key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px, reference)
+    key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px, reference,
+                   render_scale)
     with _rigs_lock:
         rig = _rigs.get(key)
         if rig is None:
             rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
-                                         enhancer_deadline_ms, lod_px, reference)
+                                         enhancer_deadline_ms, lod_px, reference, render_scale)
         rig.add(camera)
     return rig
 
@@ -92,7 +94,8 @@ class CameraRig:
     delivers in frame order. Made by `join_rig` (for a NeuralCamera); see the module docstring."""
 
     def __init__(self, key: tuple, world, parent, scene: GaussianScene, backend: str, background_rgb,
-                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None):
+                 enhancer: str | None, enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None,
+                 render_scale: float = 1.0):
         self.key = key
         self.reference = reference  # the drive log (LogReference) sent to an enhancer trained to take it
         self._reference_views: int | None = None  # from the enhancer's hello; None: not asked yet (or it failed)
@@ -102,6 +105,7 @@ class CameraRig:
         self.scene = scene
         self.backend = backend
         self.lod_px = float(lod_px)
+        self.render_scale = float(render_scale)  # render(scale=): the fraction of the cameras' size drawn
         self.background_rgb = tuple(background_rgb)
         self.enhancer_client = None
         if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
@@ -271,6 +275,7 @@ class CameraRig:
                 self._rigs.clear()
             rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
                                   enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
+                                  render_scale=self.render_scale,
                                   reference=self.reference if reference_views else None,
                                   reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND)
             self._rigs[(views, fields, reference_views)] = rig
@@ -362,10 +367,10 @@ class CameraRig:
 
 
 def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX,
-             reference=None) -> tuple:
+             reference=None, render_scale=1.0) -> tuple:
     world_key = getattr(world, "id", None)
     if not isinstance(world_key, int):
         world_key = id(world)
     return (world_key, None if parent is None else parent.id, id(scene), backend,
             tuple(float(v) for v in background_rgb), enhancer, float(deadline_ms), float(lod_px),
-            None if reference is None else id(reference))
+            None if reference is None else id(reference), float(render_scale))

@@ -63,7 +63,8 @@ class NeuralWorld:
     """carla.World proxy: camera blueprints spawn NeuralCameras; see the module docstring."""
 
     def __init__(self, world, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None,
+                 render_scale: float = 1.0):
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralWorld: scene must be a GaussianScene, got {type(scene).__name__}")
         self._world = world
@@ -74,6 +75,7 @@ class NeuralWorld:
         self._camera_types = tuple(camera_types)
         self._lod_px = lod_px  # the CPU renderer's level of detail for every camera it spawns (0: exact)
         self._reference = reference  # a reconstruction's drive log for the enhancer (carla_bridge.sensor docstring)
+        self._render_scale = render_scale  # the fraction of each camera's size drawn (render(scale=))
 
     @property
     def world(self):
@@ -88,7 +90,8 @@ class NeuralWorld:
         if self._is_neural(blueprint):
             return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
-                                       socket_name=socket_name, lod_px=self._lod_px, reference=self._reference)
+                                       socket_name=socket_name, lod_px=self._lod_px, reference=self._reference,
+                                       render_scale=self._render_scale)
         extra = () if attachment_type is None else (attachment_type, socket_name)
         return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
@@ -123,10 +126,11 @@ class NeuralClient:
     """carla.Client proxy: get_world() is a NeuralWorld, batches reach neural cameras; see the module docstring."""
 
     def __init__(self, client, scene: GaussianScene, backend: str = "auto", background_rgb=(0.53, 0.71, 0.92),
-                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None):
+                 enhancer: str | None = None, camera_types=CAMERA_TYPES, lod_px: float = LOD_PX, reference=None,
+                 render_scale: float = 1.0):
         self._client = client
         self._options = dict(scene=scene, backend=backend, background_rgb=background_rgb, enhancer=enhancer,
-                             camera_types=camera_types, lod_px=lod_px, reference=reference)
+                             camera_types=camera_types, lod_px=lod_px, reference=reference, render_scale=render_scale)
 
     @property
     def client(self):

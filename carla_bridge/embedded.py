@@ -76,6 +76,10 @@ class AgentSpec:
                 raise ValueError(f"agent {self.agent_id}: {name} must be >= 0, got {getattr(self, name)}")
         if self.duration_s <= 0:
             raise ValueError(f"agent {self.agent_id}: duration_s must be > 0, got {self.duration_s}")
+        for name in ("lane", "target_lane"):
+            if not _is_index(getattr(self, name)):
+                raise ValueError(f"agent {self.agent_id}: {name} must be an integer >= 0 (a lane of the layout), "
+                                 f"got {getattr(self, name)!r}")
         if self.size_m is None:
             self.size_m = AGENT_KINDS[self.kind][1]
 
@@ -88,6 +92,24 @@ class EgoStart:
     start_s_m: float = 5.0
     speed_mps: float = 0.0
     size_m: tuple[float, float, float] = (4.7, 1.9, 1.5)
+
+    def __post_init__(self) -> None:
+        if not _is_index(self.lane):
+            raise ValueError(f"the ego's start: lane must be an integer >= 0 (a lane of the layout), got {self.lane!r}")
+        for name in ("start_s_m", "speed_mps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+                raise ValueError(f"the ego's start: {name} must be a finite number, got {value!r}")
+        if self.speed_mps < 0:
+            raise ValueError(f"the ego's start: speed_mps must be >= 0, got {self.speed_mps}")
+        size = np.asarray(self.size_m, dtype=object)
+        if size.shape != (3,) or not all(isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+                                         and math.isfinite(v) and v > 0 for v in self.size_m):
+            raise ValueError(f"the ego's start: size_m must be 3 positive lengths (m), got {self.size_m!r}")
+
+
+def _is_index(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 0
 
 
 @dataclass
@@ -141,9 +163,12 @@ class EmbeddedSimulator:
         self.dt_s = float(dt_s)
         self.lanes = [Path(lane.travel_polyline()) for lane in layout.lanes]
         for spec in list(agents) + [ego]:
-            for lane in (getattr(spec, "lane", 0), getattr(spec, "target_lane", 0)):
+            whose = f"agent {spec.agent_id}'s" if isinstance(spec, AgentSpec) else "the ego's"
+            for name in ("lane", "target_lane"):
+                lane = getattr(spec, name, 0)
                 if not 0 <= lane < len(self.lanes):
-                    raise ValueError(f"lane index {lane} is out of range (layout has {len(self.lanes)} lanes)")
+                    raise ValueError(f"{whose} {name}: lane index {lane} is out of range (layout has "
+                                     f"{len(self.lanes)} lanes)")
             if getattr(spec, "behaviour", "") == "cut_in":
                 a, b = layout.lanes[spec.lane], layout.lanes[spec.target_lane]
                 if a.direction != b.direction or spec.lane == spec.target_lane:
@@ -160,6 +185,10 @@ class EmbeddedSimulator:
             if spec.behaviour in ("cross", "parked"):
                 runtime.xy, runtime.yaw = np.array(spec.start_xy_m, float), spec.heading_rad
             self._agents.append(runtime)
+        length_m = self.lanes[ego.lane].length_m
+        if not 0.0 <= ego.start_s_m <= length_m:
+            raise ValueError(f"the ego's start_s_m {ego.start_s_m:g} is not on lane {ego.lane} (its length is "
+                             f"{length_m:.1f} m)")
         self.ego_size_m = tuple(ego.size_m)
         xy, yaw = self.lanes[ego.lane].at(ego.start_s_m)
         self._ego = {"xy": xy.copy(), "yaw": yaw, "speed": float(ego.speed_mps)}

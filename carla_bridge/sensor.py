@@ -69,6 +69,7 @@ from carla_bridge.transforms import (
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX
 from neural_sensor.render._common import check_lod_px
+from neural_sensor.render.upsample import check_scale
 from neural_sensor.world import WorldSnapshot
 
 try:  # the carla package is needed for NeuralImage; the rest of carla_bridge works without it
@@ -203,9 +204,11 @@ class NeuralCamera:
     def __init__(self, world, attributes: dict, transform, parent, scene: GaussianScene, backend: str = "auto",
                  background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None, enhancer_deadline_ms: float = 1000.0,
                  *, type_id: str = "sensor.camera.rgb", attachment_type=None, strict_attributes: bool = True,
-                 attribute_defaults: dict | None = None, lod_px: float = LOD_PX, reference=None):
+                 attribute_defaults: dict | None = None, lod_px: float = LOD_PX, reference=None,
+                 render_scale: float = 1.0):
         check_camera_type(type_id)
         lod_px = check_lod_px(lod_px, "neural camera")
+        render_scale = check_scale(render_scale, "neural camera")
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
         if reference is not None and not callable(getattr(reference, "warp", None)):
@@ -225,7 +228,7 @@ class NeuralCamera:
         self.last_render_ms = 0.0
         self.last_meta: dict = {}
         self.rig = join_rig(self, world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms,
-                            lod_px, reference)
+                            lod_px, reference, render_scale)
         _cameras[self.id] = self
 
     def _set_mount(self, matrix_ue: np.ndarray) -> None:
@@ -388,13 +391,16 @@ def _check_attachment(attachment_type, parent):
 def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: GaussianScene | None = None,
                         backend: str = "auto", background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
                         enhancer_deadline_ms: float = 1000.0, attachment_type=None,
-                        socket_name: str = "", lod_px: float = LOD_PX, reference=None) -> NeuralCamera:
+                        socket_name: str = "", lod_px: float = LOD_PX, reference=None,
+                        render_scale: float = 1.0) -> NeuralCamera:
     """world.spawn_actor's stand-in for a camera blueprint: every attribute of the blueprint is read and parsed.
     `attach_to=None` fixes the camera in the world (transform is then a world transform).
     `enhancer`: the endpoint (tcp://HOST:PORT) of an enhancer server refining each rgb image within the deadline.
     `reference`: the scene's drive log (`neural_sensor.reconstruct.drive.scene_reference(meta)` of a
     reconstruction), sent to an enhancer trained to take it (see the module docstring).
-    `lod_px`: the CPU renderer's level of detail (`neural_sensor.render.render(lod_px=)`; 0 draws every Gaussian)."""
+    `lod_px`: the CPU renderer's level of detail (`neural_sensor.render.render(lod_px=)`; 0 draws every Gaussian).
+    `render_scale`: the fraction of the camera's size the scene is drawn at, then upsampled (`render(scale=)`; a
+    reconstruction loses nothing at `neural_sensor.render.RECONSTRUCTION_SCALE`, in half the render's time)."""
     if scene is None:
         raise ValueError("spawn_neural_camera: scene= (a GaussianScene) is required")
     type_id = getattr(blueprint, "id", None)
@@ -409,4 +415,5 @@ def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: Gaus
             defaults[attribute.id] = recommended[0]
     return NeuralCamera(world, attributes, transform, attach_to, scene, backend, background_rgb, enhancer,
                         enhancer_deadline_ms, type_id=type_id, attachment_type=attachment_type,
-                        strict_attributes=False, attribute_defaults=defaults, lod_px=lod_px, reference=reference)
+                        strict_attributes=False, attribute_defaults=defaults, lod_px=lod_px, reference=reference,
+                        render_scale=render_scale)

@@ -19,8 +19,9 @@ RECONSTRUCTION_MODULES = ("neural_sensor.render.cpu", "neural_sensor.render.back
 STREET_MODULES = ("neural_sensor.scene.light",)  # building a generated street (its shadows)
 LOG_REFERENCE_MODULES = ("neural_sensor.enhance.log_warp",)  # the drive log warped into each camera, per tick
 TEMPORAL_MODULES = ("neural_sensor.enhance.temporal",)  # the enhancer's output accumulated over ticks
+UPSAMPLE_MODULES = ("neural_sensor.render.upsample",)  # a scene drawn below the cameras' size (render(scale=))
 KERNEL_MODULES = tuple(dict.fromkeys(RENDER_MODULES + RECONSTRUCTION_MODULES + STREET_MODULES + LOG_REFERENCE_MODULES
-                                     + TEMPORAL_MODULES))  # all of them
+                                     + TEMPORAL_MODULES + UPSAMPLE_MODULES))  # all of them
 
 
 def uncompiled_modules(modules: tuple[str, ...] = KERNEL_MODULES) -> list[str]:

@@ -7,8 +7,16 @@ import math
 import numpy as np
 
 
-def check_pose(pose, name: str, atol: float = 1e-4) -> np.ndarray:
-    """A finite rigid [4, 4] float64 pose (proper rotation, last row [0, 0, 0, 1]), or ValueError naming it."""
+SNAP_ATOL = 2e-3  # check_pose(snap=True): a 3x3 block this close to a rotation is replaced by the nearest rotation
+
+
+def check_pose(pose, name: str, atol: float = 1e-4, snap: bool = False) -> np.ndarray:
+    """A finite rigid [4, 4] float64 pose (proper rotation, last row [0, 0, 0, 1]), or ValueError naming it and
+    saying how far the 3x3 block is from a rotation (max |R^T R - I| and det R against the tolerance).
+
+    snap: a block within SNAP_ATOL of a rotation (poses rounded in a JSON file, a float32 export) is replaced by
+    the nearest rotation (the polar factor, from the SVD) instead of refused; a returned pose is then a new array.
+    """
     try:
         pose = np.asarray(pose, dtype=np.float64)
     except (TypeError, ValueError):
@@ -25,6 +33,14 @@ def check_pose(pose, name: str, atol: float = 1e-4) -> np.ndarray:
     det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
     gram = (a * a + b * b + c * c - 1.0, d * d + e * e + f * f - 1.0, g * g + h * h + i * i - 1.0,
             a * d + b * e + c * f, a * g + b * h + c * i, d * g + e * h + f * i)
-    if det <= 0 or max(map(abs, gram)) > atol:
-        raise ValueError(f"{name}: the 3x3 block is not a proper rotation (rigid transforms only)")
+    deviation = max(map(abs, gram))
+    if det > 0 and deviation > atol and snap and deviation <= SNAP_ATOL:
+        u, _, vt = np.linalg.svd(pose[:3, :3])
+        pose = pose.copy()
+        pose[:3, :3] = u @ vt
+        return pose
+    if det <= 0 or deviation > atol:
+        limit = f"{SNAP_ATOL:g} (rotations that close are snapped to the nearest)" if snap else f"{atol:g}"
+        raise ValueError(f"{name}: the 3x3 block is not a proper rotation (rigid transforms only): max |R^T R - I| = "
+                         f"{deviation:.2g} (tolerance {limit}), det R = {det:.4g}")
     return pose

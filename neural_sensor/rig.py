@@ -40,6 +40,7 @@ from neural_sensor.gaussians import GaussianScene
 from neural_sensor.poses import check_pose
 from neural_sensor.render import LOD_PX, render, resolve_backend
 from neural_sensor.render._common import check_lod_px
+from neural_sensor.render.upsample import check_scale
 from neural_sensor.world import WorldSnapshot
 
 FRAME_FIELDS = ("rgb", "depth", "semantic", "instance")  # what a SensorFrame can carry (NeuralSensorRig(outputs=))
@@ -161,9 +162,11 @@ class NeuralSensorRig:
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
                  enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
                  lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS, reference=None,
-                 reference_views: int = 2, temporal_blend: float = 0.0):
+                 reference_views: int = 2, temporal_blend: float = 0.0, render_scale: float = 1.0):
         """outputs: the SensorFrame fields to fill (FRAME_FIELDS; "rgb" always); the others are None and not
         rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`).
+        render_scale: in (0, 1], the fraction of the cameras' size the scene is drawn at, then upsampled
+        (render(scale=); a run draws a reconstruction at RECONSTRUCTION_SCALE).
         reference: the scene's LogReference (`reconstruct.drive.scene_reference`), sent to the enhancer as each
         camera's reference (its `reference_views` nearest log images of that camera, warped in); None: none.
         temporal_blend: the weight in [0, 1) of each camera's previous enhanced image, reprojected (0: none; see the
@@ -204,6 +207,7 @@ class NeuralSensorRig:
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
         self.lod_px = check_lod_px(lod_px, "NeuralSensorRig")  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
+        self.render_scale = check_scale(render_scale, "NeuralSensorRig")  # render(scale=)
         self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
 
     def prepare(self) -> float:
@@ -218,7 +222,7 @@ class NeuralSensorRig:
         start = time.perf_counter()
         camera = Camera.from_fov(8, 8, 90.0, np.eye(4))
         render([self.scene], [camera], backend=self.backend, background=self.background_rgb,
-               outputs=self.render_outputs, lod_px=self.lod_px)
+               outputs=self.render_outputs, lod_px=self.lod_px, scale=self.render_scale)
         depth, alpha = np.full((1, 8, 8), 10.0, np.float32), np.ones((1, 8, 8), np.float32)
         if self.reference is not None:  # a camera at the log's first view: that view is warped in
             at_view = Camera.from_fov(8, 8, 90.0, self.reference.pose_camera_to_world[0])
@@ -288,7 +292,7 @@ class NeuralSensorRig:
             cameras = [Camera.from_fov(width, height, s.fov_deg, pose_ego @ s.pose_camera_to_ego) for s in specs]
             start = time.perf_counter()
             out = render(parts, cameras, backend=self.backend, background=self.background_rgb,
-                         outputs=self.render_outputs, lod_px=self.lod_px,
+                         outputs=self.render_outputs, lod_px=self.lod_px, scale=self.render_scale,
                          out=None if lent is None else {k: lent[k] for k in ("rgb", "depth", "alpha")})
             render_ms = (time.perf_counter() - start) * 1000.0
             reference_ms = 0.0

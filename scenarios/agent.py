@@ -73,6 +73,15 @@ class BuiltinAgent:
         pass
 
 
+class ScenarioError(RuntimeError):
+    """A scenario's make_scenario raised something other than a ValueError: a bug in the user's code (the CLI prints
+    its traceback, the __cause__, and exits 2: the scenario could not be built, which is not a failed run)."""
+
+    def __init__(self, where: str, seed: int, err: BaseException):
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        super().__init__(f"{where}: make_scenario({seed}) raised {detail}")
+
+
 class AgentError(RuntimeError):
     """The user's driving agent raised: which agent, where (its constructor, sensors(), run_step at frame N), what.
 

@@ -34,6 +34,25 @@ class Scenario:
     recorded_lane: int = 0  # the lane the scene was "recorded" along (off-trajectory is measured from it)
     voxel_m: float = 0.3
 
+    def __post_init__(self) -> None:
+        """The fields a run reads before its simulator checks the rest (lanes, agents): ValueError naming one."""
+        if not isinstance(self.layout, Layout):
+            raise ValueError(f"scenario {self.name!r}: layout must be a Layout, got {type(self.layout).__name__}")
+        if not isinstance(self.ego, EgoStart):
+            raise ValueError(f"scenario {self.name!r}: ego must be an EgoStart, got {type(self.ego).__name__}")
+        if not isinstance(self.agents, (list, tuple)) or not all(isinstance(a, AgentSpec) for a in self.agents):
+            raise ValueError(f"scenario {self.name!r}: agents must be a list of AgentSpec")
+        lanes = len(self.layout.lanes)
+        if isinstance(self.recorded_lane, bool) or not isinstance(self.recorded_lane, (int, np.integer)) \
+                or not 0 <= self.recorded_lane < lanes:
+            raise ValueError(f"scenario {self.name!r}: recorded_lane must be a lane of the layout (0..{lanes - 1}), "
+                             f"got {self.recorded_lane!r}")
+        route = np.asarray(self.route_xy_m, dtype=np.float64) if self.route_xy_m is not None else np.zeros(0)
+        if route.ndim != 2 or route.shape[1] != 2 or len(route) < 2 or not np.isfinite(route).all():
+            raise ValueError(f"scenario {self.name!r}: route_xy_m must be [P >= 2, 2] finite metres, got shape "
+                             f"{route.shape}")
+        self.route_xy_m = route
+
     @property
     def recorded_path_xy_m(self) -> np.ndarray:
         """[P, 2] the recorded lane's centre line in its direction of travel (where the drive was recorded)."""

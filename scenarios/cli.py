@@ -34,8 +34,8 @@ from pathlib import Path
 from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
-from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX
-from scenarios.agent import AgentError
+from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE
+from scenarios.agent import AgentError, ScenarioError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -98,6 +98,17 @@ def _lod_px(text: str) -> float:
     return value
 
 
+def _render_scale(text: str) -> float:
+    """argparse type for --render-scale: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
 def _enhancer(text: str) -> str:
     """argparse type for --enhancer: local, none, or a server's endpoint (tcp://HOST:PORT, ipc://PATH)."""
     if text in ("local", "none"):
@@ -125,6 +136,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                              "as one where that one's largest standard deviation spans <= PX pixels; 0 draws every "
                              f"Gaussian (exact; default {LOD_PX} for the builder's scene, {RECONSTRUCTION_LOD_PX} for "
                              "a reconstruction)")
+    parser.add_argument("--render-scale", type=_render_scale, default=argparse.SUPPRESS, metavar="S",
+                        help="draw the scene at this fraction of the cameras' size, then upsample (bilinear; default "
+                             f"1 for the builder's scene, {RECONSTRUCTION_SCALE} for a reconstruction, whose Gaussians "
+                             "are coarser than the rig's pixels: half the render's time, no loss measured)")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "
@@ -206,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
     p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
     p_record.add_argument("--width", type=_side_px, default=160,
-                          help="camera width, pixels (the reconstructor was trained at 160x96)")
+                          help="camera width, pixels (the reconstructor was trained at 160x96; a run records its "
+                               "drive at 320x192, which the network reads resampled and the enhancer's reference "
+                               "keeps: pass --width 320 --height 192 for the run's reference)")
     p_record.add_argument("--height", type=_side_px, default=96, help="camera height, pixels")
     p_record.add_argument("--speed", type=float, default=10.0, help="driving speed for the timestamps, m/s")
     p_record.add_argument("--cache", type=Path, default=None,
@@ -281,7 +298,8 @@ def _version() -> str:
 def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
     from scenarios.runner import RunOptions, run_scenario
 
-    # --scene, --enhancer and --lod-px have no default in args (argparse.SUPPRESS): theirs depend on the scene
+    # --scene, --enhancer, --lod-px and --render-scale have no default in args (argparse.SUPPRESS): theirs depend on
+    # the scene
     scene = getattr(args, "scene", None) or "reconstruction"
     if args.scene_log is not None:
         if hasattr(args, "scene"):
@@ -295,7 +313,8 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend,
-                         truth=args.truth, lod_px=getattr(args, "lod_px", None))
+                         truth=args.truth, lod_px=getattr(args, "lod_px", None),
+                         render_scale=getattr(args, "render_scale", None))
     return run_scenario(scenario, options)
 
 
@@ -495,7 +514,8 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         else:
             result = run_render_command(args)
-    except AgentError as err:  # the bug is in the user's agent: its traceback, then what the run was doing
+    except (AgentError, ScenarioError) as err:  # the bug is in the user's agent or scenario: its traceback, then
+        #                                      what the run was doing
         traceback.print_exception(err.__cause__, file=sys.stderr)
         print(f"{prog}: error: {err} (its traceback is above)", file=sys.stderr)
         return 2

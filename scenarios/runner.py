@@ -49,14 +49,16 @@ from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import is_loopback, to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
-from neural_sensor.jit_cache import LOG_REFERENCE_MODULES, RENDER_MODULES, TEMPORAL_MODULES, announce_compiling
+from neural_sensor.jit_cache import (LOG_REFERENCE_MODULES, RENDER_MODULES, TEMPORAL_MODULES, UPSAMPLE_MODULES,
+                                     announce_compiling)
 from neural_sensor.metrics import psnr
-from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX, resolve_backend
+from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE, resolve_backend
 from neural_sensor.render._common import check_lod_px
+from neural_sensor.render.upsample import check_scale
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
-from scenarios.agent import AgentError, BuiltinAgent
+from scenarios.agent import AgentError, BuiltinAgent, ScenarioError
 from scenarios.base import CriteriaState, Scenario
 from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
                               remove_stale_temporaries, to_uint8)
@@ -98,6 +100,9 @@ class RunOptions:
     lod_px: float | None = None  # the cpu renderer's level of detail (render(lod_px=)); 0 = every Gaussian (exact);
     #                              None = the scene's: LOD_PX for the builder's, RECONSTRUCTION_LOD_PX for a
     #                              reconstruction (`scene_lod_px`). The --truth render is always exact
+    render_scale: float | None = None  # the fraction of the cameras' size the scene is drawn at, then upsampled
+    #                                    (render(scale=)); None = the scene's: 1 for the builder's, RECONSTRUCTION_SCALE
+    #                                    for a reconstruction (`scene_render_scale`). The --truth render is full size
 
 
 def scene_lod_px(scene_kind: str, lod_px: float | None = None) -> float:
@@ -106,6 +111,15 @@ def scene_lod_px(scene_kind: str, lod_px: float | None = None) -> float:
     if lod_px is not None:
         return check_lod_px(lod_px, "RunOptions (--lod-px)")
     return LOD_PX if scene_kind == "builder" else RECONSTRUCTION_LOD_PX
+
+
+def scene_render_scale(scene_kind: str, render_scale: float | None = None) -> float:
+    """The fraction of the cameras' size a run draws a scene at: render_scale if given, else 1 for the builder's
+    scene and RECONSTRUCTION_SCALE for a reconstruction ("reconstruction" or "log"), whose Gaussians are coarser
+    than the rig's pixels."""
+    if render_scale is not None:
+        return check_scale(render_scale, "RunOptions (--render-scale)")
+    return 1.0 if scene_kind == "builder" else RECONSTRUCTION_SCALE
 
 
 def scene_source(scene: str) -> tuple[str, Path | None]:
@@ -142,7 +156,12 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     make = getattr(module, "make_scenario", None)
     if not callable(make):
         raise ValueError(f"{where} defines no make_scenario(seed) function returning a Scenario")
-    scenario = make(seed)
+    try:
+        scenario = make(seed)
+    except ValueError as err:  # a field the scenario classes refuse, by name
+        raise ValueError(f"{where}: make_scenario({seed}): {err}") from None
+    except Exception as err:  # a bug in the user's code: its traceback, then this line (exit 2, not "failed")
+        raise ScenarioError(where, seed, err) from err
     if not isinstance(scenario, Scenario):
         raise ValueError(f"{where}: make_scenario({seed}) returned {type(scenario).__name__}, not a Scenario "
                          "(scenarios.base.Scenario)")
@@ -280,12 +299,14 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 
 def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
     """The modules whose compiled kernels this run will use (`neural_sensor.jit_cache`): the CPU renderer, unless
-    a builder's scene is rendered by gsplat or torch; the enhancer client's log warp and temporal accumulation
-    when they run. (A reconstruction's kernels run only when the scene is not cached: its build announces them,
+    a builder's scene is rendered by gsplat or torch; the upsampling of a scene drawn below the cameras' size; the
+    enhancer client's log warp and temporal accumulation when they run. (A reconstruction's kernels run only when the scene is not cached: its build announces them,
     `reconstructed_scene`; a generated street's shadow kernel likewise runs only when the street is built.)"""
     modules = []
     if resolve_backend(options.backend, ("rgb",)) == "cpu":
         modules += RENDER_MODULES
+    if scene_render_scale(scene_kind, options.render_scale) < 1.0:
+        modules += UPSAMPLE_MODULES
     if options.enhancer is not None:
         modules += list(LOG_REFERENCE_MODULES) if options.log_reference and scene_kind != "builder" else []
         modules += list(TEMPORAL_MODULES) if options.temporal_blend > 0 else []
@@ -298,7 +319,8 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         from neural_sensor.reconstruct.log import log_digest
 
         log_digest(log_folder)
-    scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail is reported before anything loads
+    scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail or scale is reported before anything loads
+    scene_render_scale(scene_kind, options.render_scale)
     if options.enhancer is not None:
         _check_enhancer_options(options)
     if isinstance(scenario, str):
@@ -308,6 +330,31 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         raise ValueError(f"ticks must be positive, got {ticks}")
     check_out_dir(options.out_dir)  # after the scenario's own errors, before the agent is constructed
     agent = load_agent(options.agent, scenario, options.width, options.height)
+    try:
+        summary = _run_with_agent(scenario, options, ticks, agent, scene_kind, log_folder)
+    except BaseException:
+        _destroy_agent(agent, options.agent, failing=True)
+        raise
+    _destroy_agent(agent, options.agent, failing=False)
+    return summary
+
+
+def _destroy_agent(agent, name: str | None, failing: bool) -> None:
+    """agent.destroy(), as the leaderboard calls it when a route ends, on every way out of a run: an exception from
+    it is the agent's error (AgentError) unless the run is already failing (then the first error stands)."""
+    destroy = getattr(agent, "destroy", None)
+    if not callable(destroy):
+        return
+    try:
+        destroy()
+    except Exception as err:
+        if not failing:
+            raise AgentError(name, "destroy()", err) from err
+
+
+def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,
+                    log_folder: Path | None) -> dict:
+    """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
     specs = sensor_specs_from_leaderboard(_agent_call(options.agent, "sensors()", agent.sensors))
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
@@ -376,7 +423,8 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         rig = NeuralSensorRig(scene, specs, backend=options.backend, background_rgb=background,
                               asset_seed=options.seed, enhancer=enhancer,
                               lod_px=scene_lod_px(scene_kind, options.lod_px), outputs=("rgb",), reference=reference,
-                              reference_views=max(1, reference_views), temporal_blend=options.temporal_blend)
+                              reference_views=max(1, reference_views), temporal_blend=options.temporal_blend,
+                              render_scale=scene_render_scale(scene_kind, options.render_scale))
         rig.prepare()  # the scene's render data derived while it loads, not in the first tick
         truth_rig = None
         if options.truth:  # the builder's scene, the same assets and sky, no enhancer
@@ -597,7 +645,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "cameras": len(specs), "image_size": (None if len({(sp.width, sp.height) for sp in specs}) > 1
                                                   else [specs[0].width, specs[0].height]),
             "image_sizes": {sp.sensor_id: [sp.width, sp.height] for sp in specs}, "backend": rig.backend,
-            "lod_px": rig.lod_px, "tick_ms_median": _median(tick_ms),
+            "lod_px": rig.lod_px, "render_scale": rig.render_scale, "tick_ms_median": _median(tick_ms),
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "criteria_not_judged": criteria.not_judged(),

@@ -158,6 +158,28 @@ def test_rig_renders_only_the_fields_it_is_asked_for():
             NeuralSensorRig(background, specs, outputs=bad)
 
 
+def test_rig_draws_at_its_render_scale_and_delivers_the_cameras_size():
+    """render_scale 0.5 (how a run draws a reconstruction): every field at the camera's own size, the pixels those
+    of render(scale=0.5) of the composed scene; a bad scale is refused by name."""
+    background = make_street_scene(40_000, seed=2)
+    specs = [SensorSpec.mounted("front", 64, 48, 90.0, (1.5, 0, 1.6)),
+             SensorSpec.mounted("left", 48, 32, 100.0, (0, 0.5, 1.6), yaw_rad=math.pi / 2)]
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))
+    snapshot = WorldSnapshot(3, 0.1, ego, ())
+    rig = NeuralSensorRig(background, specs, backend="cpu", render_scale=0.5)
+    frames = rig.capture(snapshot)
+    for spec in specs:
+        frame = frames[spec.sensor_id]
+        assert frame.rgb.shape == (spec.height, spec.width, 3) and frame.depth.shape == (spec.height, spec.width)
+        assert frame.semantic.shape == (spec.height, spec.width)
+        camera = Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
+        expected = render(compose(background, []), [camera], backend="cpu", outputs=("rgb",), lod_px=rig.lod_px,
+                          scale=0.5)
+        np.testing.assert_array_equal(frame.rgb, expected.rgb[0])
+    with pytest.raises(ValueError, match=r"NeuralSensorRig: scale must be a number in \(0, 1\]"):
+        NeuralSensorRig(background, specs, render_scale=0.0)
+
+
 def test_rig_depth_is_the_surface_and_the_enhancer_gets_the_expected_depth():
     """A frame's depth is the median depth (what a depth camera reports); the enhancer is sent the expected
     depth it was trained on."""

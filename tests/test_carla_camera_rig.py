@@ -125,6 +125,26 @@ def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
         default.destroy()
 
 
+def test_render_scale_reaches_the_rig_and_bad_values_are_named(scene):
+    """render_scale travels from NeuralWorld / spawn_neural_camera to the rig (and its NeuralSensorRig); cameras of
+    different scales never share a rig; 0 or above 1 is refused by name."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    half = NeuralWorld(world, scene, backend="cpu", render_scale=0.5).spawn_actor(_bp(library, "rgb"), MOUNT,
+                                                                                   attach_to=ego)
+    full = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    try:
+        assert half.rig is not full.rig and half.rig.render_scale == 0.5 and full.rig.render_scale == 1.0
+        for bad in (0.0, 1.5):
+            with pytest.raises(ValueError, match=r"neural camera: scale must be a number in \(0, 1\]"):
+                spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                    render_scale=bad)
+    finally:
+        half.destroy()
+        full.destroy()
+
+
 def test_a_camera_sends_the_drive_log_to_an_enhancer_trained_to_take_it(scene, monkeypatch, caplog):
     """Given a reconstruction's LogReference, a CARLA camera's enhancer request carries the log warped into it
     once the enhancer's hello says it takes `reference_views`; while the hello fails the frames go without it (a

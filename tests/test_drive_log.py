@@ -170,7 +170,15 @@ def test_bad_logs_are_named(tmp_path):
     log = _tiny_log(tmp_path, "scaled_pose")  # a similarity transform (scale 2), not a rigid one
     _edit(log, lambda d: d["frames"][0].__setitem__("transform_matrix", (np.diag([2.0, 2, 2, 1]) @ np.array(
         d["frames"][0]["transform_matrix"])).tolist()))
-    _expect(log, "frame 0 (images/000000_CAM_A.png)", "not a proper rotation")
+    _expect(log, "frame 0 (images/000000_CAM_A.png)", "not a proper rotation (rigid transforms only): max "
+                                                      "|R^T R - I| = 3 (tolerance 0.002", "det R = 8")
+
+    log = _tiny_log(tmp_path, "rounded_pose")  # a rotation rounded in the JSON (|R^T R - I| ~1e-3): snapped, read
+    _edit(log, lambda d: d["frames"][0].__setitem__("transform_matrix", (np.array(
+        d["frames"][0]["transform_matrix"]) @ np.diag([1.0005, 1, 1, 1])).tolist()))
+    _, cameras, _ = read_drive_log(log)
+    rotation = cameras[0].pose_camera_to_world[:3, :3]
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-12)
 
     log = _tiny_log(tmp_path, "bad_ego")
     _edit(log, lambda d: d["frames"][1].__setitem__("pose_ego_to_world", [[1, 0, 0, 0]] * 4))

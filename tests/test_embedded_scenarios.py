@@ -351,3 +351,59 @@ def test_the_strip_names_its_cameras():
         assert in_tile[:, :4].any() and not in_tile[:, 95:].any()  # each tile labelled at its left, clipped
     assert (image[0, 0] == 0).all() and image[..., 0].max() >= 250  # a black box, white text (antialiased)
     assert changed[:, :100].sum() > changed[:, 200:].sum()  # the longer name takes more room
+
+
+def test_scenario_fields_are_checked_by_name():
+    """What a user's make_scenario can get wrong is refused where it is made, naming the field (not a TypeError or
+    IndexError deep in the simulator, and not an ego extrapolated off its lane into empty space)."""
+    from scenarios.base import Scenario, lane_route
+
+    layout = straight_road(60.0, lanes_per_direction=1)
+    for kwargs, message in (({"lane": "1"}, "the ego's start: lane must be an integer >= 0"),
+                            ({"start_s_m": float("nan")}, "the ego's start: start_s_m must be a finite number"),
+                            ({"speed_mps": -1.0}, "the ego's start: speed_mps must be >= 0"),
+                            ({"size_m": (4.0, 0.0, 1.5)}, "the ego's start: size_m must be 3 positive lengths")):
+        with pytest.raises(ValueError, match=message):
+            EgoStart(**kwargs)
+    with pytest.raises(ValueError, match="agent 1: lane must be an integer >= 0"):
+        AgentSpec(1, lane="1")
+    with pytest.raises(ValueError, match="agent 2: target_lane must be an integer >= 0"):
+        AgentSpec(2, target_lane=1.0)
+    with pytest.raises(ValueError, match=r"the ego's start_s_m 300 is not on lane 0 \(its length is 60.0 m\)"):
+        EmbeddedSimulator(layout, EgoStart(start_s_m=300.0))
+    with pytest.raises(ValueError, match="the ego's start_s_m -10 is not on lane 0"):
+        EmbeddedSimulator(layout, EgoStart(start_s_m=-10.0))
+    with pytest.raises(ValueError, match="agent 7's lane: lane index 9 is out of range"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(7, lane=9)])
+    route = lane_route(layout, 0, 0.0, 50.0)
+    ok = Scenario("mine", "", layout, EgoStart(), [], route)
+    assert ok.route_xy_m.shape == (50, 2)
+    with pytest.raises(ValueError, match=r"recorded_lane must be a lane of the layout \(0..1\), got 9"):
+        Scenario("mine", "", layout, EgoStart(), [], route, recorded_lane=9)
+    with pytest.raises(ValueError, match=r"route_xy_m must be \[P >= 2, 2\]"):
+        Scenario("mine", "", layout, EgoStart(), [], route[:, :1])
+    with pytest.raises(ValueError, match="agents must be a list of AgentSpec"):
+        Scenario("mine", "", layout, EgoStart(), [{"agent_id": 1}], route)
+
+
+def test_the_agent_is_destroyed_on_every_way_out(tmp_path, scene_cache):
+    """As the leaderboard does when a route ends, the runner calls agent.destroy(): after a run, and after a run
+    the agent's run_step broke (whose error stands)."""
+    marks = tmp_path / "destroyed.txt"
+    (tmp_path / "my_agent.py").write_text(
+        "from scenarios.agent import BuiltinAgent\n"
+        "class Tidy(BuiltinAgent):\n"
+        "    def destroy(self):\n"
+        f"        open({str(marks)!r}, 'a').write('tidy\\n')\n"
+        "class Broken(Tidy):\n"
+        "    def run_step(self, input_data, timestamp):\n"
+        "        raise RuntimeError('wheel fell off')\n")
+    common = dict(ticks=2, width=32, height=18, cache_dir=scene_cache, progress=False, video=False, scene="builder")
+    run_scenario("lane_change", RunOptions(out_dir=tmp_path / "a", agent=f"{tmp_path / 'my_agent.py'}:Tidy", **common))
+    assert marks.read_text() == "tidy\n"
+    from scenarios.agent import AgentError
+
+    with pytest.raises(AgentError, match="wheel fell off"):
+        run_scenario("lane_change", RunOptions(out_dir=tmp_path / "b", agent=f"{tmp_path / 'my_agent.py'}:Broken",
+                                               **common))
+    assert marks.read_text() == "tidy\ntidy\n"

@@ -45,7 +45,7 @@ def test_an_empty_kernel_cache_is_announced_and_a_compiled_module_is_not(tmp_pat
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["before"] == out["modules"]
-    assert "compiling the CPU kernels of 7 modules" in out["notice"] and "cached after" in out["notice"]
+    assert "compiling the CPU kernels of 8 modules" in out["notice"] and "cached after" in out["notice"]
     assert out["after"] == [m for m in out["modules"] if m != "neural_sensor.reconstruct.fuse"]
     # render.cpu (1 module), then backproject and photometric (fuse is compiled by now; cpu was announced)
     assert "compiling the CPU kernels of 1 module for" in out["said"][0]
@@ -66,7 +66,10 @@ def test_a_run_names_only_the_kernels_it_will_use():
     assert _kernel_modules(RunOptions(out_dir=out, backend="torch"), "builder") == []
     # a reconstruction's own kernels are announced by its build, only when the scene is not cached
     chain = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local"), "reconstruction"))
-    assert chain == {"neural_sensor.render.cpu", "neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}
+    assert chain == {"neural_sensor.render.cpu", "neural_sensor.render.upsample", "neural_sensor.enhance.log_warp",
+                     "neural_sensor.enhance.temporal"}  # a reconstruction is drawn at half size and upsampled
+    assert "neural_sensor.render.upsample" not in _kernel_modules(
+        RunOptions(out_dir=out, backend="cpu", enhancer="local", render_scale=1.0), "reconstruction")
     bare = set(_kernel_modules(RunOptions(out_dir=out, backend="cpu", enhancer="local", log_reference=False,
                                           temporal_blend=0.0), "log"))
     assert bare == chain - {"neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}

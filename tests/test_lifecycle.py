@@ -472,6 +472,7 @@ def test_carla_without_the_carla_package(tmp_path):
     (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
     (["street", "--cameras", "9"], "--cameras must be"),
     (["run", "cut_in", "--width", "10000"], "must be in 1..8192 pixels, got 10000"),
+    (["run", "cut_in", "--render-scale", "0"], "--render-scale: must be a number in (0, 1], got 0"),
     (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized option --tciks (did you mean "
                                         "--ticks?) (see neural-sensor run --help)"),
     (["reconstruct", "no_log", "-o", "."], "-o . is a folder; give the PLY file to write"),
@@ -618,3 +619,28 @@ def test_serve_hint_for_another_host_is_a_tunnel():
     hint = serve_hint("tcp://10.0.0.5:6000")  # the server refuses a non-loopback bind without CurveZMQ keys
     assert "--bind tcp://127.0.0.1:6000" in hint and "ssh -N -L 6000:127.0.0.1:6000 HOST" in hint
     assert "--enhancer tcp://127.0.0.1:6000" in hint and "10.0.0.5" not in hint
+
+
+def test_a_scenario_that_raises_is_named_with_its_traceback(tmp_path):
+    """A bug in a user's make_scenario (here a missing argument) is exit 2 with the scenario's traceback and one
+    line naming the file; a field the scenario classes refuse is one line (exit 2, no traceback). Exit 1 stays
+    "the run finished and failed its criteria"."""
+    (tmp_path / "broken.py").write_text(
+        "from scenarios.base import Scenario\n"
+        "def make_scenario(seed=0):\n"
+        "    return Scenario('x', 'y')\n")
+    result = _cli(["run", str(tmp_path / "broken.py"), *TINY, "--ticks", "2", "-o", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" in result.stderr and "broken.py" in result.stderr
+    assert f"scenario file {tmp_path / 'broken.py'}: make_scenario(0) raised TypeError" in result.stderr
+    (tmp_path / "off_lane.py").write_text(
+        "from carla_bridge.embedded import EgoStart\n"
+        "from scenarios.lane_change import make_scenario as base\n"
+        "def make_scenario(seed=0):\n"
+        "    s = base(seed)\n"
+        "    s.ego = EgoStart(lane='1')\n"
+        "    return s\n")
+    result = _cli(["run", str(tmp_path / "off_lane.py"), *TINY, "--ticks", "2", "-o", str(tmp_path / "out2")],
+                  tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "make_scenario(0): the ego's start: lane must be an integer >= 0 (a lane of the layout), got '1'" in result.stderr

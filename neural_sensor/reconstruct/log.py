@@ -307,13 +307,13 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         if matrix.shape == (3, 4):  # instant-ngp style, the homogeneous row left out
             matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
         try:
-            pose = nerfstudio_to_opencv(check_pose(matrix, "transform_matrix"))
+            pose = nerfstudio_to_opencv(check_pose(matrix, "transform_matrix", snap=True))
         except ValueError as err:
             raise DriveLogError(folder, str(err), frame=i, file=file) from None
         ego = frame.get("pose_ego_to_world")
         if ego is not None:
             try:
-                ego = check_pose(ego, "pose_ego_to_world")
+                ego = check_pose(ego, "pose_ego_to_world", snap=True)
             except ValueError as err:
                 raise DriveLogError(folder, str(err), frame=i, file=file) from None
         image = _read_image(folder, folder / file, i, file)
@@ -326,8 +326,9 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
                 first_size = (w, h)
             elif (w, h) != first_size:
                 raise DriveLogError(folder, f"image is {w}x{h} but frame 0 is {first_size[0]}x{first_size[1]}: one "
-                                            "reconstruction takes one image size (resample them all with "
-                                            "--size W H)", frame=i, file=file)
+                                            "reconstruction takes one image size (resample them all: "
+                                            "`neural-sensor reconstruct LOG --size W H`, or size=(W, H) in "
+                                            "Python; `run --scene-log` reads a log of one size)", frame=i, file=file)
         elif (w, h) != size:
             image, K = _resample(image, K, size)
         try:

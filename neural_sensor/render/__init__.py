@@ -18,8 +18,9 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background, check_lod_px, check_outputs,
-                                          stack_cameras)
+from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background, check_lod_px,
+                                          check_outputs, stack_cameras)
+from neural_sensor.render.upsample import RECONSTRUCTION_SCALE, check_scale, upsample
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
 
@@ -90,6 +91,7 @@ def render(
     background: Sequence[float] = SKY_RGB,
     lod_px: float = 0.0,
     out: Mapping[str, np.ndarray] | None = None,
+    scale: float = 1.0,
 ) -> RenderOutput:
     """Render a Gaussian scene into C cameras that share one image size.
 
@@ -110,6 +112,11 @@ def render(
             "median_depth", each requested, float32, C-contiguous, writable, shaped as below); the "cpu" backend
             renders into them, the others copy into them. An enhancer client's shared block
             (`EnhancerClient.frame_buffers`) is such a place: the images then travel to its worker without a copy.
+        scale: in (0, 1]: render at this fraction of the cameras' size (each side rounded, at least 1 pixel; lod_px
+            keeps its meaning in the cameras' pixels) and upsample to it (`render.upsample`: bilinear for rgb,
+            depth and alpha, nearest for median_depth, semantic and instance). A reconstruction's Gaussians are
+            coarser than the rig's pixels, so the run draws one at RECONSTRUCTION_SCALE: half the render's time for
+            no loss (render/upsample.py). 1 (the default): the cameras' size.
     Returns:
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32, median_depth [C, H, W] (those requested).
@@ -123,10 +130,22 @@ def render(
     outputs = check_outputs(outputs)
     bg = check_background(background)
     lod_px = check_lod_px(lod_px, "render")
+    scale = check_scale(scale, "render")
     name = resolve_backend(backend, outputs)
     c, h, w = len(batch.viewmats), batch.height, batch.width
     expected = {"rgb": (c, h, w, 3), **{k: (c, h, w) for k in ALL_OUTPUTS if k != "rgb"}}
     out = _check_out(out, outputs, expected)
+    small_h, small_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    if (small_h, small_w) != (h, w):
+        cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
+        small = [Camera(small_w, small_h, np.diag([small_w / w, small_h / h, 1.0]) @ cam.K, cam.pose_camera_to_world)
+                 for cam in cams]
+        low = render(parts, small, backend=name, outputs=outputs, background=bg, lod_px=lod_px * small_w / w)
+        images = {}
+        for key in outputs:
+            mode = "bilinear" if key in ("rgb", "depth", "alpha") else "nearest"
+            images[key] = upsample(getattr(low, key), h, w, mode, out=out.get(key))
+        return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
     if name == "cpu":
         from neural_sensor.render.cpu import render_cpu as impl
     elif name == "torch":
@@ -170,4 +189,4 @@ def _check_out(out, outputs: tuple[str, ...], expected: dict) -> dict[str, np.nd
     return dict(out)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "SKY_RGB", "resolve_backend", "cuda_available"]
+__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB", "resolve_backend", "cuda_available"]
