@@ -300,8 +300,9 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
     """The modules whose compiled kernels this run will use (`neural_sensor.jit_cache`): the CPU renderer, unless
     a builder's scene is rendered by gsplat or torch; the upsampling of a scene drawn below the cameras' size; the
-    enhancer client's log warp and temporal accumulation when they run. (A reconstruction's kernels run only when the scene is not cached: its build announces them,
-    `reconstructed_scene`; a generated street's shadow kernel likewise runs only when the street is built.)"""
+    enhancer client's log warp and temporal accumulation when they run. (A reconstruction's kernels run only when
+    the scene is not cached: its build announces them, `reconstructed_scene`; a generated street's shadow kernel
+    likewise runs only when the street is built.)"""
     modules = []
     if resolve_backend(options.backend, ("rgb",)) == "cpu":
         modules += RENDER_MODULES

@@ -172,7 +172,8 @@ def test_rig_draws_at_its_render_scale_and_delivers_the_cameras_size():
         frame = frames[spec.sensor_id]
         assert frame.rgb.shape == (spec.height, spec.width, 3) and frame.depth.shape == (spec.height, spec.width)
         assert frame.semantic.shape == (spec.height, spec.width)
-        camera = Camera.from_fov(spec.width, spec.height, spec.fov_deg, ego.pose_agent_to_world @ spec.pose_camera_to_ego)
+        camera = Camera.from_fov(spec.width, spec.height, spec.fov_deg,
+                                 ego.pose_agent_to_world @ spec.pose_camera_to_ego)
         expected = render(compose(background, []), [camera], backend="cpu", outputs=("rgb",), lod_px=rig.lod_px,
                           scale=0.5)
         np.testing.assert_array_equal(frame.rgb, expected.rgb[0])

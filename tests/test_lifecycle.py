@@ -643,4 +643,5 @@ def test_a_scenario_that_raises_is_named_with_its_traceback(tmp_path):
     result = _cli(["run", str(tmp_path / "off_lane.py"), *TINY, "--ticks", "2", "-o", str(tmp_path / "out2")],
                   tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "make_scenario(0): the ego's start: lane must be an integer >= 0 (a lane of the layout), got '1'" in result.stderr
+    assert ("make_scenario(0): the ego's start: lane must be an integer >= 0 (a lane of the layout), got '1'"
+            in result.stderr)

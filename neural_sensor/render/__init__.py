@@ -18,8 +18,8 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
-from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background, check_lod_px,
-                                          check_outputs, stack_cameras)
+from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background,
+                                          check_lod_px, check_outputs, stack_cameras)
 from neural_sensor.render.upsample import RECONSTRUCTION_SCALE, check_scale, upsample
 
 BACKENDS = ("auto", "gsplat", "cpu", "torch")
@@ -189,4 +189,5 @@ def _check_out(out, outputs: tuple[str, ...], expected: dict) -> dict[str, np.nd
     return dict(out)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB", "resolve_backend", "cuda_available"]
+__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB",
+           "resolve_backend", "cuda_available"]

@@ -54,20 +54,24 @@ from tqdm import tqdm
 
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
+from neural_sensor.render.upsample import RECONSTRUCTION_SCALE
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v11"  # bump when the stored frame fields or their making change (v2: colour-refined
+DATA_VERSION = "run-v12"  # bump when the stored frame fields or their making change (v2: colour-refined
 #   reconstructions; v3: the log reference; v4: the log views blended by distance; v5: the drive recorded at
 #   320x192, the network reading it at 160x96 and the reference keeping 320x192; v6: the network's depths refined
 #   photometrically before the fusion, reconstruct/photometric.py; v7: the reference's per-view depths rendered at
 #   reference.REFERENCE_LOD_PX, so that frames made before and after never mix; v8: the fusion's carve_tol 0.1,
 #   fuse.FUSION_VERSION 3; v9: the other sensors' log views fill what a camera's own do not see, log_warp.fallback_view_weights;
-#   v10: three views per sensor; v11: the depth refinement's far sweep, photometric.DepthRefineConfig.far_from_m)
+#   v10: three views per sensor; v11: the depth refinement's far sweep, photometric.DepthRefineConfig.far_from_m;
+#   v12: the reconstruction drawn at half the cameras' size and upsampled, as the run draws it, RENDER_SCALE)
 REFERENCE_VIEWS = 3  # log views per sensor warped into each camera (stage 14 on; 2 until stage 13: its CARD); the
 #   checkpoint's config.json says it, the server's hello passes it on and the rig sends that many
+RENDER_SCALE = RECONSTRUCTION_SCALE  # the reconstruction drawn at this fraction of the rig's size, then upsampled
+#   (render(scale=)), as a run draws it since 2026-12-05 (fifth session); the ground truth at full size
 PAIR_STEP_M = 0.5  # metres between the two frames of a temporal pair (the run-regime benchmark's clip step)
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
 #   fine-tuned at 10, then 600 steps at 20, which holds its delivered flicker under the raw render's, and the shipped
@@ -134,7 +138,7 @@ def world_frames(seed: int, split: str, ticks: int, recon_folder: Path,
         shift = float(rng.choice(SHIFTS_M))
         cams = rig_cameras_on_path(specs, path, s_m, shift)
         raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
-                     background=background)
+                     background=background, scale=RENDER_SCALE)
         gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha"), background=background)
         _store_frames(out, "", raw, gt, reference.warp([s.sensor_id for s in specs], cams, raw.median_depth, raw.alpha,
                                                        REFERENCE_VIEWS))
@@ -168,7 +172,7 @@ def world_pairs(seed: int, split: str, pairs: int, recon_folder: Path,
         for prefix, station in (("prev_", s_m), ("", s_m + PAIR_STEP_M)):
             cams = rig_cameras_on_path(specs, path, station, shift)
             raw = render(scene, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "median_depth"),
-                         background=background)
+                         background=background, scale=RENDER_SCALE)
             gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                         background=background)
             _store_frames(out, prefix, raw, gt, reference.warp([s.sensor_id for s in specs], cams, raw.median_depth,
