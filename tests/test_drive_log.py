@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -484,7 +484,7 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
 
 
 @needs_checkpoint
-def test_a_run_takes_a_log_as_its_scene(tmp_path, capsys, short_drive):
+def test_a_run_takes_a_log_as_its_scene(tmp_path, capsys, short_drive, monkeypatch):
     from scenarios.cli import main as cli_main
     from scenarios.runner import RunOptions, run_scenario
 
@@ -496,6 +496,14 @@ def test_a_run_takes_a_log_as_its_scene(tmp_path, capsys, short_drive):
     summary = run_scenario(str(scenario_file), options)
     assert summary["ticks"] == 2 and summary["scene"]["source"] == f"log:{short_drive['log']}"
     assert summary["scene"]["log"] == str(short_drive["log"].resolve()) and summary["scene"]["n_gaussians"] > 1000
+    # the log passes the ego's start: no warning; a log of another world would be named (here: any distance is far)
+    import scenarios.runner as runner
+
+    assert 0.0 <= summary["scene"]["log_nearest_to_ego_start_m"] < runner.LOG_FAR_FROM_EGO_M
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(runner, "LOG_FAR_FROM_EGO_M", -1.0)
+    run_scenario(str(scenario_file), replace(options, out_dir=tmp_path / "out_far"))
+    assert "passes no nearer than" in capsys.readouterr().err
     with pytest.raises(DriveLogError, match="no transforms.json"):
         run_scenario(str(scenario_file), RunOptions(out_dir=tmp_path / "out2", ticks=2, progress=False,
                                                     scene=f"log:{tmp_path}"))
