@@ -84,6 +84,9 @@ class AgentSpec:
             self.size_m = AGENT_KINDS[self.kind][1]
 
 
+OFF_ROAD_LIMIT_M = 60.0  # a crossing or parked agent placed farther than this from every lane is refused
+
+
 @dataclass
 class EgoStart:
     """Where the ego starts: a lane and an arc length on it, an initial speed, and a box size."""
@@ -174,6 +177,13 @@ class EmbeddedSimulator:
                 if a.direction != b.direction or spec.lane == spec.target_lane:
                     raise ValueError(f"agent {spec.agent_id}: cut_in needs a different target lane running the "
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
+        road_xy = np.concatenate([lane.travel_polyline()[:, :2] for lane in layout.lanes]) if layout.lanes else None
+        for spec in agents:
+            if spec.behaviour in ("cross", "parked") and road_xy is not None:
+                off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
+                if off_m > OFF_ROAD_LIMIT_M:
+                    raise ValueError(f"agent {spec.agent_id}: start_xy_m {tuple(spec.start_xy_m)} is {off_m:.0f} m from "
+                                     f"the nearest lane (more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
         # static boxes an agent can hit: everything but crosswalk paint (reported as collision id -1)
         self._static = [AgentState(-1, "car", box.size_m, pose_from_xyz_yaw(*box.centre_m, box.yaw_rad))
                         for box in layout.objects]

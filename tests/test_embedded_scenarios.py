@@ -375,6 +375,9 @@ def test_scenario_fields_are_checked_by_name():
         EmbeddedSimulator(layout, EgoStart(start_s_m=-10.0))
     with pytest.raises(ValueError, match="agent 7's lane: lane index 9 is out of range"):
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(7, lane=9)])
+    with pytest.raises(ValueError, match=r"agent 3: start_xy_m \(500.0, 500.0\) is \d+ m from the nearest lane"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(500.0, 500.0))])
+    EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(30.0, -8.0))])  # a verge
     route = lane_route(layout, 0, 0.0, 50.0)
     ok = Scenario("mine", "", layout, EgoStart(), [], route)
     assert ok.route_xy_m.shape == (50, 2)
