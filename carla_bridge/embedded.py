@@ -69,7 +69,7 @@ class AgentSpec:
             raise ValueError(f"agent {self.agent_id}: behaviour must be one of {BEHAVIOURS}, got {self.behaviour!r}")
         for name in ("start_s_m", "speed_mps", "trigger_m", "duration_s", "heading_rad", "distance_m"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+            if not _is_finite_number(value):
                 raise ValueError(f"agent {self.agent_id}: {name} must be a finite number, got {value!r}")
         for name in ("speed_mps", "trigger_m", "distance_m"):
             if getattr(self, name) < 0:
@@ -101,18 +101,21 @@ class EgoStart:
             raise ValueError(f"the ego's start: lane must be an integer >= 0 (a lane of the layout), got {self.lane!r}")
         for name in ("start_s_m", "speed_mps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+            if not _is_finite_number(value):
                 raise ValueError(f"the ego's start: {name} must be a finite number, got {value!r}")
         if self.speed_mps < 0:
             raise ValueError(f"the ego's start: speed_mps must be >= 0, got {self.speed_mps}")
-        size = np.asarray(self.size_m, dtype=object)
-        if size.shape != (3,) or not all(isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
-                                         and math.isfinite(v) and v > 0 for v in self.size_m):
+        if not (isinstance(self.size_m, (tuple, list)) and len(self.size_m) == 3
+                and all(_is_finite_number(v) and v > 0 for v in self.size_m)):
             raise ValueError(f"the ego's start: size_m must be 3 positive lengths (m), got {self.size_m!r}")
 
 
 def _is_index(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 0
+
+
+def _is_finite_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) and math.isfinite(value)
 
 
 @dataclass
@@ -177,7 +180,7 @@ class EmbeddedSimulator:
                 if a.direction != b.direction or spec.lane == spec.target_lane:
                     raise ValueError(f"agent {spec.agent_id}: cut_in needs a different target lane running the "
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
-        road_xy = np.concatenate([lane.travel_polyline()[:, :2] for lane in layout.lanes]) if layout.lanes else None
+        road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
         for spec in agents:
             if spec.behaviour in ("cross", "parked") and road_xy is not None:
                 off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
