@@ -139,7 +139,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--render-scale", type=_render_scale, default=argparse.SUPPRESS, metavar="S",
                         help="draw the scene at this fraction of the cameras' size, then upsample (bilinear; default "
                              f"1 for the builder's scene, {RECONSTRUCTION_SCALE} for a reconstruction, whose Gaussians "
-                             "are coarser than the rig's pixels: half the render's time, no loss measured)")
+                             "are coarser than the rig's pixels: 40 %% less of the render's time, 0.00-0.02 dB)")
     parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "

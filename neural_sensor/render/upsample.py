@@ -1,10 +1,11 @@
 """Images rendered at a fraction of the cameras' size, brought back to it (`render(..., scale=)`).
 
 A reconstructed scene's Gaussians are as coarse as the pixels of the 160x96 images the network reads (one spans
-about three pixels of the rig's 480x270), so rendering it at half the rig's size and upsampling loses nothing the
-render had: on six held-out worlds the raw render is 0.05 dB CLOSER to the ground truth that way (the bilinear
-upsample smooths the splats' noise), what the agent gets after the enhancer moves by -0.00 to +0.02 dB, both
-flicker less, and the six-camera render takes half the time (docs/results.md, "2026-12-05 (fifth session)").
+about three pixels of the rig's 480x270), so rendering it at half the rig's size and upsampling loses almost
+nothing the render had: on twelve held-out worlds the raw render is 0.01-0.02 dB CLOSER to the ground truth that
+way (the bilinear upsample smooths the splats' noise; 0.05 on six others), what the agent gets after the enhancer
+is 0.00-0.02 dB lower, both flicker less, and the six-camera render takes 47 ms instead of 77 on an Intel Xeon
+(docs/results.md, "2026-12-05 (fifth session)").
 
 `upsample` is the compiled fast path (numba, rows in parallel), writing into a caller's array (the enhancer
 client's shared block); `upsample_reference` its torch twin (`torch.nn.functional.interpolate`, bilinear with
@@ -21,10 +22,9 @@ import numpy as np
 from numba import njit, prange
 
 MODES = ("bilinear", "nearest")
-RECONSTRUCTION_SCALE = 0.5  # the fraction of the cameras' size a run draws a reconstruction at (render(scale=)): the
-#   six tuning held-out worlds' raw render 0.05 dB closer to the truth, what the agent gets within -0.00 to +0.02
-#   dB, less flicker, the six-camera render in half the time (docs/results.md, 2026-12-05, fifth session). Kept
-#   here, not in _common.py, whose bytes are part of every reconstruction's cache key
+RECONSTRUCTION_SCALE = 0.5  # the fraction of the cameras' size a run draws a reconstruction at (render(scale=)): see
+#   the module docstring (docs/results.md, 2026-12-05, fifth session). Kept here, not in _common.py, whose bytes are
+#   part of every reconstruction's cache key
 
 
 def check_scale(scale, who: str) -> float:
