@@ -47,7 +47,7 @@ from tqdm import tqdm
 from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
-from neural_sensor.enhance.protocol import is_loopback, to_uint8_into
+from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.jit_cache import (LOG_REFERENCE_MODULES, RENDER_MODULES, TEMPORAL_MODULES, UPSAMPLE_MODULES,
                                      announce_compiling)
@@ -60,6 +60,7 @@ from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
 from scenarios.agent import AgentError, BuiltinAgent, ScenarioError
 from scenarios.base import CriteriaState, Scenario
+from scenarios.enhancer_link import check_enhancer_options, connect_enhancer
 from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
                               remove_stale_temporaries, to_uint8)
 
@@ -323,7 +324,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail or scale is reported before anything loads
     scene_render_scale(scene_kind, options.render_scale)
     if options.enhancer is not None:
-        _check_enhancer_options(options)
+        check_enhancer_options(options)
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, options.seed)
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)
@@ -388,7 +389,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
     enhancer = server = None
     try:
         if options.enhancer is not None:
-            enhancer, server = _connect_enhancer(options)
+            enhancer, server = connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)
         announce_compiling(_kernel_modules(options, scene_kind))  # a fresh install compiles on the way: say so
         scene_start = time.perf_counter()
@@ -468,71 +469,6 @@ def _log_distance_to_ego_start(scenario: Scenario, scene_meta: dict, log_folder:
               "smeared, and max_offset_from_recorded_path_m is measured from the scenario's recorded lane)",
               file=sys.stderr)
     return round(nearest, 2)
-
-
-def _check_enhancer_options(options: RunOptions) -> None:
-    """Everything about the enhancer options that can be checked before anything is started."""
-    endpoint = options.enhancer
-    if endpoint != "local":
-        from neural_sensor.enhance.protocol import check_endpoint
-
-        check_endpoint(endpoint, "enhancer endpoint (or 'local')")
-    deadline = options.enhancer_deadline_ms
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
-        raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
-    if options.enhancer_checkpoint is not None and endpoint != "local":
-        raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
-    from neural_sensor.enhance.precision import check_cpu_precision
-
-    if check_cpu_precision(options.enhancer_precision, "enhancer precision") != "auto" and endpoint != "local":
-        raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
-
-
-def serve_hint(endpoint: str) -> str:
-    """How to start a server the run's client can reach at `endpoint` (the error's hint when none answers): the
-    exact command for a loopback endpoint; for another host, a tunnel (a server binds beyond loopback only with
-    CurveZMQ keys, which the run's client does not take)."""
-    if is_loopback(endpoint):
-        return f"start one with `neural-sensor serve-enhancer --bind {endpoint}`"
-    port = endpoint.rsplit(":", 1)[-1] if endpoint.count(":") >= 2 else "5555"
-    return (f"a server binds beyond loopback only with CurveZMQ keys, which a run's client does not take: on that host "
-            f"start `neural-sensor serve-enhancer --bind tcp://127.0.0.1:{port}`, here `ssh -N -L "
-            f"{port}:127.0.0.1:{port} HOST`, then run with --enhancer tcp://127.0.0.1:{port}")
-
-
-def _connect_enhancer(options: RunOptions):
-    """(EnhancerClient, local server or None); the server must answer hello (versions checked) to start."""
-    from neural_sensor.enhance.client import EnhancerClient, EnhancerError, EnhancerVersionError
-    from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server, stop_server
-
-    server = client = None  # the options were checked by _check_enhancer_options before anything started
-    try:
-        endpoint = options.enhancer
-        if endpoint == "local":
-            server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT,
-                                  precision=options.enhancer_precision)
-            endpoint = server.endpoint
-        client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
-        waiting = None
-        if server is None and options.progress:  # a remote server: say what the run is waiting for
-            def waiting(left_s: float) -> None:
-                print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to {left_s:.0f} s "
-                      "more", file=sys.stderr)
-        try:
-            client.wait_ready(timeout_s=10.0, waiting=waiting)
-        except EnhancerError as err:
-            if server is not None or isinstance(err, EnhancerVersionError):
-                raise
-            # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
-            raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with --enhancer "
-                                "local, which starts one for the run, or --enhancer none for the raw render)") from None
-    except BaseException:
-        if client is not None:
-            client.close()
-        if server is not None:
-            stop_server(server)
-        raise
-    return client, server
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:

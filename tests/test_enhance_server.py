@@ -333,7 +333,8 @@ def test_the_cpu_precision_is_chosen_checked_and_said_at_hello(identity_checkpoi
     is refused before anything starts, by the broker, `start_server` and a run's options."""
     from neural_sensor.enhance.precision import resolve_cpu_precision
     from neural_sensor.enhance.server import Broker
-    from scenarios.runner import RunOptions, _check_enhancer_options
+    from scenarios.enhancer_link import check_enhancer_options
+    from scenarios.runner import RunOptions
 
     for precision in ("auto", "float32", "bfloat16"):
         broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1,
@@ -347,10 +348,10 @@ def test_the_cpu_precision_is_chosen_checked_and_said_at_hello(identity_checkpoi
     with pytest.raises(ValueError, match="precision must be one of"):
         start_server(checkpoint=identity_checkpoint, precision="half")
     with pytest.raises(ValueError, match="precision must be one of"):
-        _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="half"))
+        check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="half"))
     with pytest.raises(ValueError, match="--enhancer-precision is for --enhancer local"):
-        _check_enhancer_options(RunOptions(enhancer="tcp://127.0.0.1:5555", enhancer_precision="float32"))
-    _check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="bfloat16"))
+        check_enhancer_options(RunOptions(enhancer="tcp://127.0.0.1:5555", enhancer_precision="float32"))
+    check_enhancer_options(RunOptions(enhancer="local", enhancer_precision="bfloat16"))
 
 
 def test_workers_start_with_a_short_openmp_spin_unless_the_user_set_one(identity_checkpoint, monkeypatch):
@@ -397,7 +398,8 @@ def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_
 
 def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys):
     from scenarios.cli import main
-    from scenarios.runner import RunOptions, _check_enhancer_options
+    from scenarios.enhancer_link import check_enhancer_options
+    from scenarios.runner import RunOptions
 
     for endpoint in ("http://x", "tcp://nowhere", "tcp://127.0.0.1:99999"):  # argparse's exit 2 naming the option
         with pytest.raises(SystemExit) as exit_:
@@ -406,7 +408,7 @@ def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys)
         assert exit_.value.code == 2 and "argument --enhancer: local, none or a server's endpoint" in (
             capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"endpoint \(or 'local'\) 'tcp://nowhere': expected tcp://HOST:PORT"):
-        _check_enhancer_options(RunOptions(enhancer="tcp://nowhere"))  # the API says it before anything starts
+        check_enhancer_options(RunOptions(enhancer="tcp://nowhere"))  # the API says it before anything starts
     with pytest.raises(ValueError, match="enhancer endpoint 'ipc://': no path"):
         EnhancerClient("ipc://")
     assert main(["serve-enhancer", "--bind", "tcp://127.0.0.1"]) == 2

@@ -613,7 +613,7 @@ def test_render_contact_sheet_depth_is_inverse_and_ignores_the_sky_dome():
 
 
 def test_serve_hint_for_another_host_is_a_tunnel():
-    from scenarios.runner import serve_hint
+    from scenarios.enhancer_link import serve_hint
 
     assert serve_hint("tcp://127.0.0.1:9") == "start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"
     hint = serve_hint("tcp://10.0.0.5:6000")  # the server refuses a non-loopback bind without CurveZMQ keys

@@ -1,0 +1,78 @@
+"""A run's link to its enhancer server: the options checked before anything starts, a local server started (or a
+remote one reached) and its hello awaited, and what to tell a user whose remote server does not answer.
+
+`scenarios.runner` calls `check_enhancer_options` before it loads anything and `connect_enhancer` once the scene
+is known; the run stops a local server it started (`neural_sensor.enhance.local.stop_server`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from neural_sensor.enhance.protocol import is_loopback
+
+
+def check_enhancer_options(options) -> None:
+    """Everything about a RunOptions' enhancer options that can be checked before anything is started."""
+    endpoint = options.enhancer
+    if endpoint != "local":
+        from neural_sensor.enhance.protocol import check_endpoint
+
+        check_endpoint(endpoint, "enhancer endpoint (or 'local')")
+    deadline = options.enhancer_deadline_ms
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
+        raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
+    if options.enhancer_checkpoint is not None and endpoint != "local":
+        raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
+    from neural_sensor.enhance.precision import check_cpu_precision
+
+    if check_cpu_precision(options.enhancer_precision, "enhancer precision") != "auto" and endpoint != "local":
+        raise ValueError("--enhancer-precision is for --enhancer local (a remote server has its own)")
+
+
+def serve_hint(endpoint: str) -> str:
+    """How to start a server the run's client can reach at `endpoint` (the error's hint when none answers): the
+    exact command for a loopback endpoint; for another host, a tunnel (a server binds beyond loopback only with
+    CurveZMQ keys, which the run's client does not take)."""
+    if is_loopback(endpoint):
+        return f"start one with `neural-sensor serve-enhancer --bind {endpoint}`"
+    port = endpoint.rsplit(":", 1)[-1] if endpoint.count(":") >= 2 else "5555"
+    return (f"a server binds beyond loopback only with CurveZMQ keys, which a run's client does not take: on that host "
+            f"start `neural-sensor serve-enhancer --bind tcp://127.0.0.1:{port}`, here `ssh -N -L "
+            f"{port}:127.0.0.1:{port} HOST`, then run with --enhancer tcp://127.0.0.1:{port}")
+
+
+def connect_enhancer(options):
+    """A RunOptions' enhancer: (EnhancerClient, local server or None); the server must answer hello (versions
+    checked) to start."""
+    from neural_sensor.enhance.client import EnhancerClient, EnhancerError, EnhancerVersionError
+    from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, start_server, stop_server
+
+    server = client = None  # the options were checked by check_enhancer_options before anything started
+    try:
+        endpoint = options.enhancer
+        if endpoint == "local":
+            server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT,
+                                  precision=options.enhancer_precision)
+            endpoint = server.endpoint
+        client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
+        waiting = None
+        if server is None and options.progress:  # a remote server: say what the run is waiting for
+            def waiting(left_s: float) -> None:
+                print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to {left_s:.0f} s "
+                      "more", file=sys.stderr)
+        try:
+            client.wait_ready(timeout_s=10.0, waiting=waiting)
+        except EnhancerError as err:
+            if server is not None or isinstance(err, EnhancerVersionError):
+                raise
+            # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
+            raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with --enhancer "
+                                "local, which starts one for the run, or --enhancer none for the raw render)") from None
+    except BaseException:
+        if client is not None:
+            client.close()
+        if server is not None:
+            stop_server(server)
+        raise
+    return client, server
