@@ -11,9 +11,9 @@ import pytest
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel as L
 from neural_sensor.render import render
-from neural_sensor.scene.layout import curve, straight_road
+from neural_sensor.scene.layout import _footprint_distance_m, curve, densified, straight_road
 from neural_sensor.scene.occupancy import _segment_distances, build_occupancy
-from neural_sensor.scene.opendrive import layout_from_opendrive, layout_to_opendrive
+from neural_sensor.scene.opendrive import LANE_CLEARANCE_M, layout_from_opendrive, layout_to_opendrive
 from neural_sensor.scene.to_gaussians import occupancy_to_gaussians, sky_rgb
 
 MAPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "opendrive" / "maliput_xodr"
@@ -39,6 +39,19 @@ def test_real_map_imports_builds_and_renders(path):
     out = render(scene, camera, backend="cpu", outputs=("alpha", "semantic"), background=sky_rgb(layout.style))
     bottom = out.semantic[0, 40:, 24:72]
     assert np.isin(bottom, [L.ROADS, L.ROAD_LINE]).mean() > 0.8  # the road ahead of the camera
+
+
+@pytest.mark.skipif(not MAP_FILES, reason=f"third-party OpenDRIVE maps not found at {MAPS}")
+@pytest.mark.parametrize("path", MAP_FILES, ids=lambda p: p.stem)
+def test_real_map_buildings_stand_off_the_driving_lanes(path):
+    # three of these four maps had two decorated buildings each across a driving lane (only a building's centre was
+    # checked); a building that would cover one is now shortened along its road
+    layout = layout_from_opendrive(path.read_text(), name=path.stem)
+    lanes = np.concatenate([densified(lane.centre_m, 0.5) for lane in layout.lanes])
+    buildings = [o for o in layout.objects if o.cls == "building"]
+    assert buildings
+    for b in buildings:
+        assert _footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], lanes) >= LANE_CLEARANCE_M - 0.01, b
 
 
 @pytest.mark.parametrize("make", [lambda: straight_road(120.0), lambda: curve(50.0, 70.0)], ids=["straight", "curve"])

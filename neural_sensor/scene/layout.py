@@ -38,6 +38,7 @@ PALETTES = ("clear", "overcast", "wet")
 BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facade families, for the appearance
 
 
+MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
 
@@ -276,13 +277,41 @@ def _road_from_reference(reference: np.ndarray, lanes_per_direction: int, lane_w
     return lanes, edges, sidewalks
 
 
+def _footprint_distance_m(centre_xy: np.ndarray, yaw_rad: float, length_m: float, width_m: float,
+                          points_xy: np.ndarray) -> float:
+    """The smallest distance (m) from points [N, 2] to a box's footprint (0 for a point inside it)."""
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    d = np.asarray(points_xy, np.float64) - np.asarray(centre_xy, np.float64)[:2]
+    along, across = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
+    out_along = np.maximum(np.abs(along) - length_m / 2, 0.0)
+    out_across = np.maximum(np.abs(across) - width_m / 2, 0.0)
+    return float(np.min(np.hypot(out_along, out_across))) if len(d) else math.inf
+
+
+def densified(points_xy: np.ndarray, step_m: float = 1.0) -> np.ndarray:
+    """[M, 2]: a polyline [N, 2] with points at most step_m apart along each segment (the vertices kept)."""
+    points_xy = np.asarray(points_xy, np.float64)
+    out = [points_xy[:1]]
+    for a, b in zip(points_xy[:-1], points_xy[1:]):
+        n = max(1, int(math.ceil(np.linalg.norm(b - a) / step_m)))
+        out.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))
+    return np.concatenate(out)
+
+
 def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
                       buildings: bool, skip_fn=None, *, building_height_m: tuple = (7.0, 20.0),
-                      tree_density: float = 0.4, parked_car_density: float = 0.2) -> list[Box]:
+                      tree_density: float = 0.4, parked_car_density: float = 0.2,
+                      keep_clear_xy_m: np.ndarray | None = None, keep_clear_m: float = 0.0) -> list[Box]:
     """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb.
 
     building_height_m is the (min, max) of the uniform building heights; tree_density and parked_car_density
     are the weights of trees and parked cars in the roadside mix (poles weigh 0.3, signs 0.1; 0 = none).
+    keep_clear_xy_m: optional [N, 2] world points (other roads' centre lines or driving lanes, sampled densely)
+    that no building's footprint may come within keep_clear_m of: a building that would is shortened along its
+    road, 1 m at a time from whichever end is nearer to such a point, and dropped below MIN_BUILDING_LENGTH_M.
+    (skip_fn sees only an object's centre; a building up to 24 m long can reach past the end of its road's
+    reference, which at an intersection is the crossing road: the recorded drives of every intersection world
+    went through such buildings until 2026-12-05.)
     """
     low_m, high_m = (float(v) for v in building_height_m)
     if not (math.isfinite(low_m) and math.isfinite(high_m) and 0 < low_m <= high_m):
@@ -311,8 +340,18 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
             length = rng.uniform(10, 24)
             depth, height = rng.uniform(8, 14), rng.uniform(low_m, high_m)
             mid = min(s + length / 2, total - 3)
-            centre, yaw = at(mid, side * (half_road_m + sidewalk_m + 0.5 + depth / 2))
-            if skip_fn is None or not skip_fn(centre):
+            lateral = side * (half_road_m + sidewalk_m + 0.5 + depth / 2)
+            centre, yaw = at(mid, lateral)
+            if keep_clear_xy_m is not None:  # shortened until its footprint is clear of the other roads
+                first, last = mid - length / 2, mid + length / 2
+                while (last - first >= MIN_BUILDING_LENGTH_M
+                       and _footprint_distance_m(centre, yaw, last - first, depth, keep_clear_xy_m) < keep_clear_m):
+                    ends = [at(first, lateral)[0], at(last, lateral)[0]]
+                    nearer = [np.min(np.linalg.norm(keep_clear_xy_m - e, axis=1)) for e in ends]
+                    first, last = (first + 1.0, last) if nearer[0] < nearer[1] else (first, last - 1.0)
+                    centre, yaw = at((first + last) / 2, lateral)
+                length = last - first
+            if (skip_fn is None or not skip_fn(centre)) and length >= MIN_BUILDING_LENGTH_M:
                 objects.append(Box((centre[0], centre[1], 0.0), (length, depth, height), yaw, "building"))
             s += length + rng.uniform(0.5, 3)
         s = rng.uniform(2, 10)
@@ -416,6 +455,7 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
     clear = half + sidewalk_width_m + 2.0
 
     for axis in range(2):
+        crossing = densified(refs[1 - axis].points_m)  # the other road's centre line: buildings keep off it
         for sign in (-1, 1):
             reference = np.zeros((2, 2))
             reference[:, axis] = [sign * clear, sign * arm]
@@ -424,7 +464,8 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
             objects += roadside_objects(rng, reference, half, sidewalk_width_m, buildings,
                                          skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear),
                                          building_height_m=building_height_m, tree_density=tree_density,
-                                         parked_car_density=parked_car_density)
+                                         parked_car_density=parked_car_density, keep_clear_xy_m=crossing,
+                                         keep_clear_m=half + sidewalk_width_m)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m",
                   references=refs)
 

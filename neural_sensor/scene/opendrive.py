@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, roadside_objects
+from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, densified, roadside_objects
 
 SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
+LANE_CLEARANCE_M = 2.0  # a generated building's footprint keeps this far from every driving lane's centre line
 DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
 
 
@@ -228,11 +229,13 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
     if decorate:
         rng = np.random.default_rng(style.seed)
         drive_points = np.concatenate([lane.centre_m for lane in lanes])
+        lane_points = np.concatenate([densified(lane.centre_m) for lane in lanes])  # no building may stand on one
         for ref in references:
             half = max(sum(ref.right_widths_m), sum(ref.left_widths_m))
             near_other_lanes = _make_clearance_test(drive_points, half)
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
-                                         skip_fn=near_other_lanes)
+                                         skip_fn=near_other_lanes, keep_clear_xy_m=lane_points,
+                                         keep_clear_m=LANE_CLEARANCE_M)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
 
 

@@ -44,7 +44,8 @@ from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, Worl
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
 WORLD_CONFIG = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
-DATA_VERSION = "v3"  # bump when the stored pair fields change (v3: ground-truth views carry the median depth)
+DATA_VERSION = "v4"  # bump when the stored pair fields or the worlds change (v3: ground-truth views carry the median
+#   depth; v4: the intersection worlds' buildings kept off the crossing road, layout.roadside_objects)
 EVAL_SEEDS = range(HELDOUT_FIRST_SEED + 4, HELDOUT_FIRST_SEED + 8)  # the fidelity benchmark uses +10..+13
 
 

@@ -59,7 +59,8 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v2"  # v2: median-depth targets (v1: the expected depth)
+DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
+#   kept off the crossing road (layout.roadside_objects' keep_clear_xy_m: the drives went through them before)
 VOXEL_M = 0.3  # the runner's voxel size
 STEP_M = 4.0  # the runner's recording step
 CAMERAS = 6
