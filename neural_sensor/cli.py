@@ -162,3 +162,9 @@ def run_render_command(args: argparse.Namespace) -> dict:
         scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)
         cameras = street_cameras(opts.width, opts.height, count=args.cameras, fov_deg=opts.fov_deg)
     return _render_and_save(scene, cameras, opts)
+
+
+if __name__ == "__main__":  # `python -m neural_sensor.cli` is the whole command line, as `neural-sensor` is
+    from scenarios.cli import main
+
+    raise SystemExit(main())

@@ -415,8 +415,14 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     if args.out is not None:  # a PLY path that cannot be written is said before the reconstruction, not after
         if args.out.is_dir():
             raise ValueError(f"-o {args.out} is a folder; give the PLY file to write (e.g. {args.out / 'scene.ply'})")
+        if args.out.suffix.lower() != ".ply":
+            raise ValueError(f"-o {args.out}: the reconstruction is written as a PLY; give a .ply file name")
         if args.out.parent.exists() and not args.out.parent.is_dir():
             raise ValueError(f"-o {args.out}: {args.out.parent} is not a folder")
+        log_folder = Path(args.log).resolve()
+        if log_folder.is_dir() and args.out.resolve().is_relative_to(log_folder):
+            raise ValueError(f"-o {args.out} lies inside the drive log {args.log}; write the PLY outside it (a "
+                             f"reconstruction never writes into the log it reads)")
     start = time.perf_counter()
     scene, meta = reconstructed_scene_from_log(args.log, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
                                                size=None if args.size is None else tuple(args.size),
@@ -424,7 +430,8 @@ def _reconstruct(args: argparse.Namespace) -> dict:
                                                depth_refine=depth_refine_config(args.no_depth_refinement),
                                                network_precision=args.network_precision)
     result = {"log": str(args.log), **{k: meta.get(k) for k in ("views", "frames", "image_size", "log_image_sizes",
-                                                                "n_gaussians", "key", "cached", "build_s", "path",
+                                                                "reference_size", "n_gaussians", "key", "cached",
+                                                                "build_s", "path",
                                                                 "colour_refinement", "depth_refinement",
                                                                 "network_precision")},
               "wall_s": round(time.perf_counter() - start, 2)}

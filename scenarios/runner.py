@@ -408,8 +408,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                                                              network_precision=options.network_precision)
             if scene_meta.get("sky_rgb") is not None:  # the sky the log was recorded under
                 background = tuple(float(c) for c in scene_meta["sky_rgb"])
-            scene_meta = {**scene_meta, "log_nearest_to_ego_start_m": _log_distance_to_ego_start(scenario, scene_meta,
-                                                                                               log_folder)}
+            scene_meta = {**scene_meta, **_log_distance_to_ego_lane(scenario, scene_meta, log_folder)}
         else:
             scene, scene_meta = build_scene(scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                             progress=options.progress)
@@ -447,28 +446,41 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
             stop_server(server)
 
 
-LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from the ego's start is named
+LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from a point of the ego's lane is named
+LOG_ROUTE_CHECK_M = 60.0  # ... the ego's lane checked this far ahead of its start (or to the lane's end)
 
 
-def _log_distance_to_ego_start(scenario: Scenario, scene_meta: dict, log_folder: Path) -> float | None:
-    """The distance (m, ground plane) from the ego's start to the nearest camera of the drive log the scene was
-    reconstructed from; beyond LOG_FAR_FROM_EGO_M a warning on stderr (a log of another world renders smears, and
-    the off-trajectory criterion is measured from the scenario's lane, not the log's drive). None without the log's
-    poses (a scene cached before they were kept)."""
+def _log_distance_to_ego_lane(scenario: Scenario, scene_meta: dict, log_folder: Path) -> dict:
+    """How well the drive log the scene was reconstructed from covers the ego's drive: the distance (m, ground plane)
+    from the ego's start to the log's nearest camera, and the largest such distance along the ego's lane up to
+    LOG_ROUTE_CHECK_M ahead (every 5 m); beyond LOG_FAR_FROM_EGO_M a warning on stderr (a log of another world, or
+    of this one along another road, renders smears there, and the off-trajectory criterion is measured from the
+    scenario's lane, not the log's drive). Empty without the log's poses (a scene cached before they were kept)."""
     from neural_sensor.reconstruct.drive import scene_reference
     from neural_sensor.scene.path import Path as Polyline
 
     log = scene_reference(scene_meta)
     if log is None or len(log) == 0:
-        return None
-    start_xy, _ = Polyline(scenario.layout.lanes[scenario.ego.lane].travel_polyline()).at(float(scenario.ego.start_s_m))
-    nearest = float(np.min(np.linalg.norm(log.pose_camera_to_world[:, :2, 3] - np.asarray(start_xy)[:2], axis=1)))
-    if nearest > LOG_FAR_FROM_EGO_M:
-        print(f"neural-sensor: warning: the drive log {log_folder} passes no nearer than {nearest:.0f} m to the ego's "
+        return {}
+    lane = Polyline(scenario.layout.lanes[scenario.ego.lane].travel_polyline())
+    start_s = float(scenario.ego.start_s_m)
+    stations = np.append(np.arange(start_s, min(lane.length_m, start_s + LOG_ROUTE_CHECK_M), 5.0), start_s)
+    centres = log.pose_camera_to_world[:, :2, 3]
+    nearest = np.array([np.min(np.linalg.norm(centres - np.asarray(lane.at(float(s))[0])[:2], axis=1))
+                        for s in stations])
+    at_start, worst = float(nearest[-1]), int(np.argmax(nearest))
+    if at_start > LOG_FAR_FROM_EGO_M:
+        print(f"neural-sensor: warning: the drive log {log_folder} passes no nearer than {at_start:.0f} m to the ego's "
               f"start in scenario {scenario.name!r}: is it a drive of this scenario's world? (the images will be "
               "smeared, and max_offset_from_recorded_path_m is measured from the scenario's recorded lane)",
               file=sys.stderr)
-    return round(nearest, 2)
+    elif nearest[worst] > LOG_FAR_FROM_EGO_M:
+        print(f"neural-sensor: warning: the drive log {log_folder} leaves the ego's lane in scenario "
+              f"{scenario.name!r}: {stations[worst] - start_s:.0f} m ahead of the ego's start its nearest camera is "
+              f"{nearest[worst]:.0f} m away (the images will be smeared there: does the log drive this lane?)",
+              file=sys.stderr)
+    return {"log_nearest_to_ego_start_m": round(at_start, 2),
+            "log_farthest_from_ego_lane_m": round(float(nearest.max()), 2)}
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:
@@ -615,7 +627,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
                                                                                   "cached", "scene_s", "path", "log",
                                                                                   "network_precision",
-                                                                                  "log_nearest_to_ego_start_m")}},
+                                                                                  "log_nearest_to_ego_start_m",
+                                                                                  "log_farthest_from_ego_lane_m")}},
             "agent": options.agent or "builtin", "paths": paths,
             "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
                 sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)

@@ -461,6 +461,16 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     assert network_depths["depth_refinement"] is None and network_depths["key"] not in (result["key"], plain["key"])
     assert cli_main(["reconstruct", str(short_drive["log"]), "--refine-iterations", "-1"]) == 2
     assert "--refine-iterations must be >= 0" in capsys.readouterr().err
+    assert result["reference_size"] == [64, 40]
+    # -o never writes into the log it reads (it once overwrote transforms.json with the PLY), and writes a .ply
+    transforms = (short_drive["log"] / "transforms.json").read_bytes()
+    for out, problem in ((short_drive["log"] / "transforms.json", "give a .ply file name"),
+                         (short_drive["log"] / "scene.ply", "lies inside the drive log"),
+                         (tmp_path / "scene.png", "give a .ply file name")):
+        assert cli_main(["reconstruct", str(short_drive["log"]), "-o", str(out), "--cache", str(tmp_path / "cache")]) == 2
+        assert problem in capsys.readouterr().err
+    assert (short_drive["log"] / "transforms.json").read_bytes() == transforms
+    assert not (short_drive["log"] / "scene.ply").exists() and not (tmp_path / "scene.png").exists()
 
     bad = _tiny_log(tmp_path, "bad")
     (bad / "images" / "000002_CAM_C.png").unlink()
@@ -500,7 +510,15 @@ def test_a_run_takes_a_log_as_its_scene(tmp_path, capsys, short_drive, monkeypat
     import scenarios.runner as runner
 
     assert 0.0 <= summary["scene"]["log_nearest_to_ego_start_m"] < runner.LOG_FAR_FROM_EGO_M
+    assert (summary["scene"]["log_nearest_to_ego_start_m"] <= summary["scene"]["log_farthest_from_ego_lane_m"]
+            < runner.LOG_FAR_FROM_EGO_M)
     assert "warning" not in capsys.readouterr().err
+    # a log that passes the ego's start but not the whole lane ahead (this short drive covers its first metres)
+    near, far = summary["scene"]["log_nearest_to_ego_start_m"], summary["scene"]["log_farthest_from_ego_lane_m"]
+    assert far > near + 1.0, (near, far)
+    monkeypatch.setattr(runner, "LOG_FAR_FROM_EGO_M", (near + far) / 2)
+    run_scenario(str(scenario_file), replace(options, out_dir=tmp_path / "out_leaves"))
+    assert "leaves the ego's lane" in capsys.readouterr().err
     monkeypatch.setattr(runner, "LOG_FAR_FROM_EGO_M", -1.0)
     run_scenario(str(scenario_file), replace(options, out_dir=tmp_path / "out_far"))
     assert "passes no nearer than" in capsys.readouterr().err
