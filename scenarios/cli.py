@@ -29,6 +29,7 @@ import json
 import math
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command
@@ -61,6 +62,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_PYTHON_FORMAT_WARNING = warnings.formatwarning  # the CLI formats only a drive log's warnings itself
 _CACHE_DEFAULT = "(default: $NEURAL_SENSOR_CACHE/scenes or ~/.cache/neural_sensor/scenes)"  # every --cache
 
 _NETWORK_PRECISION_HELP = ("a reconstructed scene's network arithmetic on a CPU (auto: bfloat16 where the CPU runs it "
@@ -465,8 +467,19 @@ def _read_text(path: Path, what: str) -> str:
         raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """The CLI's warnings: a drive log's (log_checks.DriveLogWarning) as one line naming the tool, others as
+    Python formats them."""
+    from neural_sensor.reconstruct.log_checks import DriveLogWarning
+
+    if issubclass(category, DriveLogWarning):
+        return f"neural-sensor: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    warnings.formatwarning = _format_warning
     try:
         return _main(args)
     except KeyboardInterrupt:

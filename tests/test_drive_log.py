@@ -34,6 +34,10 @@ def make_scenario(seed):
 '''
 
 
+# the tiny logs below have cameras at random orientations, which read as upside down or not level: the reader's
+# DriveLogWarning for that is tested in test_log_checks.py
+pytestmark = pytest.mark.filterwarnings("ignore::neural_sensor.reconstruct.log_checks.DriveLogWarning")
+
 def _random_pose(rng) -> np.ndarray:
     q = rng.normal(size=4)
     q /= np.linalg.norm(q)

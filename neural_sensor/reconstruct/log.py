@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from neural_sensor.camera import Camera
 from neural_sensor.poses import check_pose
+from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings
 
 FORMAT_NAME = "neural-sensor drive log"
 FORMAT_VERSION = 1
@@ -187,8 +189,11 @@ def _load_transforms(folder: Path) -> tuple[dict, bytes]:
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise DriveLogError(folder, f"must be a JSON object, got {type(frame).__name__}", frame=i)
-        if not isinstance(frame.get("file_path"), str) or not frame["file_path"]:
+        if "file_path" not in frame:
             raise DriveLogError(folder, "missing key 'file_path' (the image, relative to the log folder)", frame=i)
+        if not isinstance(frame["file_path"], str) or not frame["file_path"]:
+            raise DriveLogError(folder, f"file_path must be a non-empty string (the image, relative to the log "
+                                        f"folder), got {frame['file_path']!r}", frame=i)
     return data, raw
 
 
@@ -340,6 +345,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         timestamp = frame.get("timestamp_s")
         frames_meta.append({"file_path": file, "camera": frame.get("camera"), "frame_index": frame.get("frame_index"),
                             "timestamp_s": timestamp, "pose_ego_to_world": None if ego is None else ego.tolist()})
+    for problem in drive_log_warnings(cameras, [f["camera"] for f in frames_meta]):
+        warnings.warn(f"drive log {folder}: {problem}", DriveLogWarning, stacklevel=2)
     stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
     meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": data.get("neural_sensor"),
             "image_size": [stacked.shape[2], stacked.shape[1]], "sizes_in_log": sorted({tuple(s) for s in sizes})}

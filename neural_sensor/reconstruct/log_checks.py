@@ -1,0 +1,65 @@
+"""Warnings about a drive log that reads cleanly but will reconstruct badly.
+
+`read_drive_log` refuses what cannot be used (a missing image, a NaN or non-rigid pose, mismatched sizes). Some logs
+pass every one of those checks and still make a poor scene without a word, most often a log written from a real
+car's data in a convention a step away from this one's; a new user's trial found each of these (2026-12-05):
+
+- poses in a geodetic frame (UTM, ENU with a far origin): a scene stores positions as float32, whose steps at
+  5,400 km are half a metre, so the reconstruction comes out on a coarse grid;
+- camera axes in the OpenCV convention written as `transform_matrix` (which takes OpenGL's, as nerfstudio): every
+  camera looks the right way but upside down;
+- a world whose up axis is not +z (the frame is FLU: x forward, y left, z up);
+- every view at one position: nothing to triangulate from.
+
+`drive_log_warnings` returns one line per problem (empty for a sound log); `read_drive_log` issues them as
+`DriveLogWarning`s, so a script and the command line both see them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neural_sensor.camera import Camera
+
+FAR_FROM_ORIGIN_M = 20_000.0  # camera centres beyond this: float32 positions step by > 1 mm there
+MIN_SPREAD_M = 0.5  # every camera centre within this of the first: the views cannot be triangulated
+UPSIDE_DOWN_Z = 0.5  # the median camera's image-down axis points this far UP in the world: upside down
+LEVEL_Z = 0.5  # ... and at most this far down (nor up): the world's up axis is not z
+
+
+class DriveLogWarning(UserWarning):
+    """A drive log that reads but will likely reconstruct badly (see `drive_log_warnings`)."""
+
+
+def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
+    """One line per likely problem of a log's cameras (OpenCV axes in an FLU world, as `read_drive_log` gives them).
+
+    Args: cameras: the log's V >= 1 cameras; sensor_ids: V camera names (None or None entries: one camera), so that
+        a rig's cameras at one station do not count as a drive.
+    Returns: the problems found, worded for the user (empty when none).
+    """
+    assert len(cameras) >= 1 and (sensor_ids is None or len(sensor_ids) == len(cameras)), (len(cameras), sensor_ids)
+    poses = np.stack([c.pose_camera_to_world for c in cameras])
+    centres = poses[:, :3, 3]
+    problems = []
+    far = float(np.abs(centres).max())
+    if far > FAR_FROM_ORIGIN_M:
+        step_m = float(np.spacing(np.float32(far)))
+        problems.append(f"camera centres lie up to {far / 1000:.0f} km from the world origin, where the scene's "
+                        f"float32 positions step by {step_m * 100:.1f} cm: subtract a local origin (e.g. the first "
+                        "pose's position) from every transform_matrix and pose_ego_to_world")
+    # OpenCV camera axes: column 1 is the image's down direction; level cameras in a z-up world have it at z = -1
+    down_z = float(np.median(poses[:, 2, 1]))
+    if down_z > UPSIDE_DOWN_Z:
+        problems.append(f"the cameras look upside down (their image-down axis points up, median z {down_z:+.2f}): "
+                        "transform_matrix takes OpenGL camera axes (x right, y up, z backwards, as nerfstudio); "
+                        "poses with OpenCV axes (y down, z forwards) need a right-multiplication by diag(1, -1, -1, 1)")
+    elif abs(down_z) < LEVEL_Z:
+        problems.append(f"the cameras' image-down axis is not along the world's -z (median z {down_z:+.2f}): the "
+                        "world frame must have z up (x forward, y left, z up); a y-up world needs rotating first")
+    ids = np.array(["" if s is None else str(s) for s in (sensor_ids if sensor_ids is not None else [None] * len(cameras))])
+    spread = max(float(np.linalg.norm(centres[ids == i] - centres[ids == i][0], axis=1).max()) for i in np.unique(ids))
+    if spread < MIN_SPREAD_M:
+        problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
+                        "from views taken at different positions along a drive (this log holds one station)")
+    return problems
