@@ -446,7 +446,8 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
             stop_server(server)
 
 
-LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from a point of the ego's lane is named
+LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from a point of the ego's lane:
+#   named on stderr
 LOG_ROUTE_CHECK_M = 60.0  # ... the ego's lane checked this far ahead of its start (or to the lane's end)
 
 
@@ -464,6 +465,7 @@ def _log_distance_to_ego_lane(scenario: Scenario, scene_meta: dict, log_folder: 
         return {}
     lane = Polyline(scenario.layout.lanes[scenario.ego.lane].travel_polyline())
     start_s = float(scenario.ego.start_s_m)
+    # every 5 m ahead, then the start itself last (the range is empty for an ego at its lane's very end)
     stations = np.append(np.arange(start_s, min(lane.length_m, start_s + LOG_ROUTE_CHECK_M), 5.0), start_s)
     centres = log.pose_camera_to_world[:, :2, 3]
     nearest = np.array([np.min(np.linalg.norm(centres - np.asarray(lane.at(float(s))[0])[:2], axis=1))

@@ -471,7 +471,8 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     for out, problem in ((short_drive["log"] / "transforms.json", "give a .ply file name"),
                          (short_drive["log"] / "scene.ply", "lies inside the drive log"),
                          (tmp_path / "scene.png", "give a .ply file name")):
-        assert cli_main(["reconstruct", str(short_drive["log"]), "-o", str(out), "--cache", str(tmp_path / "cache")]) == 2
+        assert cli_main(["reconstruct", str(short_drive["log"]), "-o", str(out),
+                         "--cache", str(tmp_path / "cache")]) == 2
         assert problem in capsys.readouterr().err
     assert (short_drive["log"] / "transforms.json").read_bytes() == transforms
     assert not (short_drive["log"] / "scene.ply").exists() and not (tmp_path / "scene.png").exists()

@@ -51,7 +51,8 @@ def test_real_map_buildings_stand_off_the_driving_lanes(path):
     buildings = [o for o in layout.objects if o.cls == "building"]
     assert buildings
     for b in buildings:
-        assert _footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], lanes) >= LANE_CLEARANCE_M - 0.01, b
+        distance_m = _footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], lanes)
+        assert distance_m >= LANE_CLEARANCE_M - 0.01, b
 
 
 @pytest.mark.parametrize("make", [lambda: straight_road(120.0), lambda: curve(50.0, 70.0)], ids=["straight", "curve"])

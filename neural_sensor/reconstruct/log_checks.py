@@ -57,7 +57,8 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
     elif abs(down_z) < LEVEL_Z:
         problems.append(f"the cameras' image-down axis is not along the world's -z (median z {down_z:+.2f}): the "
                         "world frame must have z up (x forward, y left, z up); a y-up world needs rotating first")
-    ids = np.array(["" if s is None else str(s) for s in (sensor_ids if sensor_ids is not None else [None] * len(cameras))])
+    names = [None] * len(cameras) if sensor_ids is None else sensor_ids
+    ids = np.array(["" if s is None else str(s) for s in names])
     spread = max(float(np.linalg.norm(centres[ids == i] - centres[ids == i][0], axis=1).max()) for i in np.unique(ids))
     if spread < MIN_SPREAD_M:
         problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
