@@ -9,7 +9,7 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
-from neural_sensor.reconstruct.model import ReconConfig, ReconNet, reconstruct
+from neural_sensor.reconstruct.model import SKY_LOGIT_THRESHOLD, ReconConfig, ReconNet, predict_views, reconstruct
 from neural_sensor.reconstruct.sky import fit_sky_dome
 from neural_sensor.render import render
 from neural_sensor.rig import nuscenes_like_rig
@@ -71,3 +71,22 @@ def test_reconstruct_draws_sky_pixels_as_the_dome_only():
     assert len(no_sky) > 0 and not (no_sky.labels == SKY).any()
     legacy = ReconNet(ReconConfig(channels=16, depth_bins=8)).eval()  # no sky head: no dome, as before
     assert not np.any(np.linalg.norm(reconstruct(legacy, images, cams).means, axis=1) > 500.0)
+
+
+def test_a_pixel_is_sky_only_past_the_threshold_not_at_even_odds():
+    """A SKY logit between 0 and SKY_LOGIT_THRESHOLD (more likely sky than not) is still drawn as a surface: a surface
+    called sky would carve away every Gaussian along its ray, so sky needs the larger margin."""
+    assert SKY_LOGIT_THRESHOLD > 0.0
+    cams = _rig(0.0, 0.0, 64, 48)
+    images = np.random.default_rng(0).random((6, 48, 64, 3)).astype(np.float32)
+    channel = ReconConfig(channels=16, depth_bins=8).depth_bins + 7 + SKY
+
+    def labels_with_sky_logit(logit: float) -> np.ndarray:
+        model = _model_that_calls_everything(sky=False)
+        with torch.no_grad():  # the SKY logit exactly `logit` at every pixel
+            model.head.weight[channel] = 0.0
+            model.head.bias[channel] = logit
+        return predict_views(model, images, cams)[0].labels
+
+    assert not (labels_with_sky_logit(0.5 * SKY_LOGIT_THRESHOLD) == SKY).any()
+    assert (labels_with_sky_logit(SKY_LOGIT_THRESHOLD + 0.5) == SKY).all()

@@ -52,8 +52,8 @@ from tqdm import tqdm
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.metrics import psnr
-from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, ReconConfig, ReconNet, camera_tensors,
-                                             gaussians_from_prediction, view_inputs)
+from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRESHOLD, ReconConfig, ReconNet,
+                                             camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
                                        start_or_resume, write_summary)
@@ -168,7 +168,7 @@ def fused_selection(model: ReconNet, pred: dict, means: torch.Tensor, scales: to
     opacities = opac.detach().clamp(0, 1).cpu().numpy()
     depths = pred["depth"].detach().cpu().numpy()
     if model.config.sky_head:
-        sky = (pred["semantic_logits"][:, CityObjectLabel.SKY] > 0.0).detach().cpu().numpy()
+        sky = (pred["semantic_logits"][:, CityObjectLabel.SKY] > SKY_LOGIT_THRESHOLD).detach().cpu().numpy()
         opacities, depths = without_sky(opacities, depths, sky)
     idx, _, _ = fusion_selection(means.detach().cpu().numpy(), scales.detach().cpu().numpy(), opacities, depths,
                                  cameras, FusionConfig())
