@@ -152,7 +152,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
                              "along the recorded lane (cached); builder: the layout's own scene, the ground truth")
     parser.add_argument("--scene-log", type=Path, default=None, metavar="LOG",
-                        help="render the scene reconstructed from this drive log (docs/drive_log.md) instead; "
+                        help="render the scene reconstructed from this drive log (its folder or its transforms.json; "
+                             "docs/drive_log.md) instead; "
                              "the same as RunOptions(scene='log:LOG')")
     parser.add_argument("--enhancer", type=_enhancer, default=argparse.SUPPRESS, metavar="local|none|tcp://HOST:PORT",
                         help="refine every camera with the enhancer: 'local' starts a server subprocess for the "
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"scene cache folder of the builder's scene {_CACHE_DEFAULT}")
     p_recon = sub.add_parser("reconstruct", help="reconstruct the Gaussian scene of a drive log (cached)",
                              formatter_class=_FORMATTER)
-    p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md)")
+    p_recon.add_argument("log", type=Path, help="drive log folder (transforms.json + images; docs/drive_log.md), "
+                                                "or its transforms.json")
     p_recon.add_argument("-o", "--out", type=Path, default=None, help="also copy the scene PLY here")
     p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
                          help="resample every image to W x H first (needed when the cameras differ in size; default: "
@@ -406,6 +408,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     import time
 
     from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
+    from neural_sensor.reconstruct.log import drive_log_folder
     from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
 
@@ -421,7 +424,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
             raise ValueError(f"-o {args.out}: the reconstruction is written as a PLY; give a .ply file name")
         if args.out.parent.exists() and not args.out.parent.is_dir():
             raise ValueError(f"-o {args.out}: {args.out.parent} is not a folder")
-        log_folder = Path(args.log).resolve()
+        log_folder = drive_log_folder(args.log).resolve()  # LOG may name its transforms.json
         if log_folder.is_dir() and args.out.resolve().is_relative_to(log_folder):
             raise ValueError(f"-o {args.out} lies inside the drive log {args.log}; write the PLY outside it (a "
                              f"reconstruction never writes into the log it reads)")

@@ -15,8 +15,8 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT
 from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE
-from neural_sensor.reconstruct.log import (DriveLogError, log_digest, nerfstudio_to_opencv, opencv_to_nerfstudio,
-                                           read_drive_log, record_drive, write_drive_log)
+from neural_sensor.reconstruct.log import (DriveLogError, log_digest, log_image_sizes, nerfstudio_to_opencv,
+                                           opencv_to_nerfstudio, read_drive_log, record_drive, write_drive_log)
 from neural_sensor.rig import nuscenes_like_rig
 from neural_sensor.world import pose_from_xyz_yaw
 
@@ -231,6 +231,79 @@ def test_images_of_different_sizes_are_refused_or_resampled(tmp_path):
     images, cameras, meta = read_drive_log(log, size=(16, 12))
     assert images.shape == (2, 12, 16, 3) and meta["sizes_in_log"] == [[16, 12], [32, 24]]
     assert np.array_equal(cameras[1].K, small_cams[0].K)  # already the size asked for: untouched
+
+
+@pytest.mark.parametrize("where, key, value, words", [
+    (1, "frame_index", "7", "frame_index must be an integer >= 0 (the rig frame the image belongs to), got '7'"),
+    (1, "frame_index", True, "frame_index must be an integer >= 0"),  # a JSON true is not the number 1
+    (1, "frame_index", 1.5, "frame_index must be an integer >= 0"),
+    (1, "frame_index", -1, "frame_index must be an integer >= 0"),
+    (2, "timestamp_s", "0.4", "timestamp_s must be a finite number of seconds, got '0.4'"),
+    (2, "timestamp_s", False, "timestamp_s must be a finite number of seconds, got False"),
+    (0, "camera", 3, "camera must be a non-empty string (the sensor's name, e.g. 'CAM_FRONT'), got 3"),
+    (0, "camera", "", "camera must be a non-empty string"),
+    (2, "pose_ego_to_world", "identity", "pose_ego_to_world must be a [4, 4] array of numbers"),
+    (None, "neural_sensor", "v1", "neural_sensor must be a JSON object, got 'v1'"),
+    (None, "source", ["generated"], "neural_sensor.source must be a JSON object"),
+    (None, "sky_rgb", [0.5, 0.7], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
+    (None, "sky_rgb", ["0.5", "0.7", "0.9"], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
+    (None, "sky_rgb", [128, 180, 230], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
+])
+def test_our_optional_keys_of_the_wrong_type_are_named(tmp_path, where, key, value, words):
+    log = _tiny_log(tmp_path)
+    if where is not None:
+        _edit(log, lambda d: d["frames"][where].__setitem__(key, value))
+        _expect(log, f"frame {where} (images/00000{where}_CAM_{'ABC'[where]}.png)", words)
+    else:
+        def edit(d):
+            if key == "neural_sensor":
+                d["neural_sensor"] = value
+            elif key == "source":
+                d["neural_sensor"]["source"] = value
+            else:
+                d["neural_sensor"]["source"][key] = value
+        _edit(log, edit)
+        _expect(log, "transforms.json", words)
+
+
+def test_our_optional_keys_absent_null_or_integral_are_read(tmp_path):
+    log = _tiny_log(tmp_path)
+
+    def edit(d):
+        d["frames"][0].update(frame_index=7.0, timestamp_s=3, camera=None)  # 7.0: a float writer's integer
+        d["frames"][1].pop("frame_index"), d["frames"][1].pop("camera")
+        d["frames"][2].update(colmap_im_id="x", mask_path=3)  # nerfstudio keys we do not read: not checked
+        d["neural_sensor"]["source"]["sky_rgb"] = [0.5, 0.7, 1]
+        d.update(ply_file_path=5, applied_transform="whatever")
+    _edit(log, edit)
+    _, _, meta = read_drive_log(log)
+    first, second = meta["frames"][:2]
+    assert (first["frame_index"], first["timestamp_s"], first["camera"]) == (7, 3.0, None)
+    assert type(first["frame_index"]) is int and type(first["timestamp_s"]) is float
+    assert (second["frame_index"], second["camera"]) == (None, None)
+    assert meta["neural_sensor"]["source"]["sky_rgb"] == [0.5, 0.7, 1]
+
+
+def test_a_log_is_named_by_its_folder_or_its_transforms_json(tmp_path):
+    log = _tiny_log(tmp_path)
+    images, cameras, meta = read_drive_log(log)
+    by_file, cameras_by_file, meta_by_file = read_drive_log(log / "transforms.json")
+    assert np.array_equal(by_file, images) and meta_by_file["folder"] == str(log) == meta["folder"]
+    assert all(np.array_equal(a.K, b.K) for a, b in zip(cameras, cameras_by_file))
+    assert log_digest(log / "transforms.json") == log_digest(log)
+    assert log_image_sizes(log / "transforms.json") == log_image_sizes(log) == [(16, 12)]
+    # the file's folder is the one read: a missing image there is named as in the folder's own reading
+    (log / "images" / "000001_CAM_B.png").unlink()
+    with pytest.raises(DriveLogError, match=r"drive log .*log: frame 1 \(images/000001_CAM_B.png\): image file missing"):
+        read_drive_log(log / "transforms.json")
+    # any other file is refused, saying what a log is
+    (log / "foo.json").write_text(json.dumps(json.loads((log / "transforms.json").read_text())))
+    for other in (log / "images" / "000000_CAM_A.png", log / "foo.json"):
+        for reader in (read_drive_log, log_digest, log_image_sizes):
+            with pytest.raises(DriveLogError) as info:
+                reader(other)
+            assert str(info.value) == (f"drive log {other}: is a file, not a drive log: give the log's folder (holding "
+                                       "transforms.json and the images) or its transforms.json")
 
 
 # --------------------------------------------------------------------------------------------- reconstruction
@@ -496,6 +569,45 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     assert images.shape == (recorded["views"], 24, 32, 3)
     # the folder now holds a log: a second recording there is refused
     assert cli_main(["record-drive", str(scenario_file), "-o", str(tmp_path / "rec")]) == 2
+
+
+def test_the_cli_and_a_run_take_a_logs_transforms_json(tmp_path, capsys):
+    from scenarios.cli import main as cli_main
+    from scenarios.runner import RunOptions, run_scenario
+
+    log = _tiny_log(tmp_path)
+    transforms = (log / "transforms.json").read_bytes()
+    # -o inside the log is refused before any reading, the log named by its transforms.json as by its folder
+    assert cli_main(["reconstruct", str(log / "transforms.json"), "-o", str(log / "scene.ply"),
+                     "--cache", str(tmp_path / "cache")]) == 2
+    assert "lies inside the drive log" in capsys.readouterr().err
+    assert not (log / "scene.ply").exists() and (log / "transforms.json").read_bytes() == transforms
+    assert cli_main(["reconstruct", str(log / "images" / "000000_CAM_A.png"), "-o", str(tmp_path / "scene.ply")]) == 2
+    assert "000000_CAM_A.png: is a file, not a drive log" in capsys.readouterr().err
+    # a run reads the file's folder: its missing image is named before anything starts
+    (log / "images" / "000002_CAM_C.png").unlink()
+    with pytest.raises(DriveLogError, match=r"frame 2 \(images/000002_CAM_C.png\): image missing"):
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "out", ticks=2, progress=False,
+                                          scene=f"log:{log / 'transforms.json'}"))
+    assert cli_main(["run", "cut_in", "--scene-log", str(log / "transforms.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@needs_checkpoint
+def test_reconstruct_takes_a_logs_transforms_json(tmp_path, capsys):
+    from scenarios.cli import main as cli_main
+
+    images, cameras = _tiny_views(np.random.default_rng(8), count=2, width=32, height=24)
+    log = write_drive_log(tmp_path / "log", images, cameras)
+    fast = ["--refine-iterations", "0", "--no-depth-refinement", "--cache", str(tmp_path / "cache")]
+    assert cli_main(["reconstruct", str(log / "transforms.json"), "-o", str(tmp_path / "scene.ply"), *fast]) == 0
+    by_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert by_file["views"] == 2 and by_file["cached"] is False and (tmp_path / "scene.ply").is_file()
+    assert cli_main(["reconstruct", str(log), *fast]) == 0  # the same log: the same cache entry
+    by_folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert by_folder["cached"] is True and by_folder["key"] == by_file["key"]
 
 
 @needs_checkpoint

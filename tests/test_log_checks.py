@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
 
 from neural_sensor.camera import Camera
-from neural_sensor.reconstruct.log import read_drive_log, write_drive_log
-from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings
+from neural_sensor.reconstruct.log import INTRINSIC_KEYS, read_drive_log, write_drive_log
+from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings
 from neural_sensor.rig import nuscenes_like_rig
 from neural_sensor.world import pose_from_xyz_yaw
 
@@ -55,3 +56,38 @@ def test_the_reader_warns_and_still_reads(tmp_path):
     with pytest.warns(DriveLogWarning, match=r"flipped: the cameras look upside down"):
         read_images, _, _ = read_drive_log(tmp_path / "flipped")
     assert read_images.shape == images.shape
+
+
+def test_frames_intrinsics_under_top_level_ones_are_named():
+    transforms = {"fl_x": 600.0, "w": 160,
+                  "frames": [{"fl_x": 600.0, "w": 160}, {"fl_x": 600.0000001}, {}, {"fl_x": 500.0, "cx": 80.0},
+                             {"fl_x": None}, {"fl_x": 600, "w": "160"}]}
+    assert ignored_intrinsics_warnings(transforms, INTRINSIC_KEYS) == [
+        "frame 3's fl_x 500.0 is ignored: the top-level fl_x 600.0 applies to every frame (nerfstudio's rule); 2 of 6 "
+        "frames give intrinsics that differ from the top-level ones (remove the top-level ones to use each frame's "
+        "own)"]
+    assert ignored_intrinsics_warnings({"frames": transforms["frames"]}, INTRINSIC_KEYS) == []  # no top-level ones
+    agreeing = {"fl_x": 600.0, "frames": [{"fl_x": 600.0}, {"cx": 3.0}]}
+    assert ignored_intrinsics_warnings(agreeing, INTRINSIC_KEYS) == []
+
+
+def test_the_reader_warns_of_ignored_intrinsics_and_applies_the_top_level_ones(tmp_path):
+    rng = np.random.default_rng(1)
+    cameras, ids = _drive()  # a sound drive: no other warning
+    images = rng.integers(0, 256, size=(len(cameras), 12, 16, 3), dtype=np.uint8)
+    log = write_drive_log(tmp_path / "log", images, cameras, camera_names=ids)
+    data = json.loads((log / "transforms.json").read_text())
+    data.update(fl_x=data["frames"][0]["fl_x"], w=16, h=12)  # CAM_FRONT's focal length; every frame's size
+    (log / "transforms.json").write_text(json.dumps(data))
+    differ = [i for i, f in enumerate(data["frames"]) if f["fl_x"] != data["fl_x"]]  # the rig's other fields of view
+    assert 0 < len(differ) < len(cameras)
+    first = data["frames"][differ[0]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, read_cameras, _ = read_drive_log(log)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DriveLogWarning)]
+    assert messages == [f"drive log {log}: frame {differ[0]}'s fl_x {first['fl_x']!r} is ignored: the top-level fl_x "
+                        f"{data['fl_x']!r} applies to every frame (nerfstudio's rule); {len(differ)} of {len(cameras)} "
+                        "frames give intrinsics that differ from the top-level ones (remove the top-level ones to use "
+                        "each frame's own)"]
+    assert all(c.K[0, 0] == data["fl_x"] for c in read_cameras)

@@ -43,8 +43,8 @@ from neural_sensor.gaussians import GaussianScene
 from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, announce_compiling
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache, cache_key
-from neural_sensor.reconstruct.log import (FORMAT_VERSION, log_digest, log_image_sizes, read_drive_log, render_drive,
-                                           resample_views)
+from neural_sensor.reconstruct.log import (FORMAT_VERSION, drive_log_folder, log_digest, log_image_sizes,
+                                           read_drive_log, render_drive, resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig, depth_refine_inputs
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
@@ -164,7 +164,7 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
     """
     checkpoint = _check_checkpoint(checkpoint)
     precision = network_precision_inputs(network_precision)
-    folder = Path(folder)
+    folder = drive_log_folder(folder)  # the folder, or its transforms.json
     if size is None:
         size = network_read_size(log_image_sizes(folder))
     inputs = {"kind": "reconstruction-log", "log_sha256": log_digest(folder), "checkpoint": checkpoint_hash(checkpoint),

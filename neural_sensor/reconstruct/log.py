@@ -11,12 +11,16 @@ dataset in a metric z-up world reads as a drive log too.
 - `write_drive_log(folder, images, cameras, ...)` writes one (atomically: a
   temporary folder renamed into place);
 - `read_drive_log(folder)` -> (images [V, H, W, 3] float32, cameras, meta), every
-  problem raised as a `DriveLogError` naming the file and the frame;
+  problem raised as a `DriveLogError` naming the file and the frame (our optional keys
+  too, when present with the wrong type);
 - `record_drive(layout, path_xy_m, folder, ...)` "records" a generated world: the
   builder's scene rendered by the nuScenes-like rig every `step_m` along a path
   (`render_drive`, which keeps the drive in memory, then `write_drive_log`);
 - `log_digest(folder)`: sha256 of transforms.json and every image's bytes (the
   SceneCache key of the log's reconstruction), without decoding the images.
+
+Every function that takes a log's folder takes the path of its transforms.json as well
+(`drive_log_folder`: what nerfstudio's tools and a file browser hand a user).
 
 Frames: the world is FLU (x forward, y left, z up), metres; our cameras are OpenCV
 (x right, y down, z forward), nerfstudio's are OpenGL (x right, y up, z back), so
@@ -42,7 +46,7 @@ from tqdm import tqdm
 
 from neural_sensor.camera import Camera
 from neural_sensor.poses import check_pose
-from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings
+from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings
 
 FORMAT_NAME = "neural-sensor drive log"
 FORMAT_VERSION = 1
@@ -164,6 +168,18 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
 
 
 # ----------------------------------------------------------------------------------------------- reading
+def drive_log_folder(path: Path | str) -> Path:
+    """The log folder a user's path names: the folder itself, or the folder holding it when the path is its
+    transforms.json; DriveLogError for a path to any other file (an image, another JSON file)."""
+    path = Path(path)
+    if path.name == TRANSFORMS and not path.is_dir():
+        return path.parent
+    if path.exists() and not path.is_dir():
+        raise DriveLogError(path, f"is a file, not a drive log: give the log's folder (holding {TRANSFORMS} and the "
+                                  f"images) or its {TRANSFORMS}")
+    return path
+
+
 def _load_transforms(folder: Path) -> tuple[dict, bytes]:
     path = folder / TRANSFORMS
     if not folder.is_dir():
@@ -199,7 +215,7 @@ def _load_transforms(folder: Path) -> tuple[dict, bytes]:
 
 def log_digest(folder: Path | str) -> str:
     """sha256 of transforms.json and the bytes of every frame's image, in frame order (images not decoded)."""
-    folder = Path(folder)
+    folder = drive_log_folder(folder)
     data, raw = _load_transforms(folder)
     digest = hashlib.sha256(raw)
     for i, frame in enumerate(data["frames"]):
@@ -215,7 +231,7 @@ def log_digest(folder: Path | str) -> str:
 def log_image_sizes(folder: Path | str) -> list[tuple[int, int]]:
     """The distinct (width, height) of a drive log's frames, from transforms.json alone (sorted; no image read).
     DriveLogError for a malformed transforms.json or a frame without a positive integer w / h."""
-    folder = Path(folder)
+    folder = drive_log_folder(folder)
     data, _ = _load_transforms(folder)
     return sorted({_frame_size(folder, data, frame, i) for i, frame in enumerate(data["frames"])})
 
@@ -238,6 +254,55 @@ def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> flo
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DriveLogError(folder, f"{key} must be a finite number, got {value!r}", frame=i, file=file)
     return float(value)
+
+
+def _frame_facts(folder: Path, frame: dict, i: int) -> dict:
+    """A frame's entry of read_drive_log's meta: its file_path and our optional keys (camera, frame_index,
+    timestamp_s, pose_ego_to_world), each None where absent or null; DriveLogError naming the frame and the key
+    for one of the wrong type. A JSON true / false is not taken for a number (Python's bool is an int)."""
+    file = frame["file_path"]
+    camera, index, timestamp, ego = (frame.get(key) for key in ("camera", "frame_index", "timestamp_s",
+                                                                "pose_ego_to_world"))
+    if camera is not None and (not isinstance(camera, str) or not camera):
+        raise DriveLogError(folder, f"camera must be a non-empty string (the sensor's name, e.g. 'CAM_FRONT'), got "
+                                    f"{camera!r}", frame=i, file=file)
+    if index is not None:
+        if (isinstance(index, bool) or not isinstance(index, (int, float)) or not math.isfinite(index)
+                or index != int(index) or index < 0):
+            raise DriveLogError(folder, f"frame_index must be an integer >= 0 (the rig frame the image belongs to), "
+                                        f"got {index!r}", frame=i, file=file)
+        index = int(index)
+    if timestamp is not None:
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+            raise DriveLogError(folder, f"timestamp_s must be a finite number of seconds, got {timestamp!r}",
+                                frame=i, file=file)
+        timestamp = float(timestamp)
+    if ego is not None:
+        try:
+            ego = check_pose(ego, "pose_ego_to_world", snap=True).tolist()
+        except ValueError as err:
+            raise DriveLogError(folder, str(err), frame=i, file=file) from None
+    return {"file_path": file, "camera": camera, "frame_index": index, "timestamp_s": timestamp,
+            "pose_ego_to_world": ego}
+
+
+def _neural_sensor_block(folder: Path, data: dict) -> dict | None:
+    """The top-level neural_sensor block (None where absent or null); DriveLogError naming the key where it, its
+    source or the source's sky_rgb (the keys a reconstruction reads) has the wrong type."""
+    block = data.get("neural_sensor")
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise DriveLogError(folder, f"neural_sensor must be a JSON object, got {block!r}", file=TRANSFORMS)
+    source = block.get("source")
+    if source is not None and not isinstance(source, dict):
+        raise DriveLogError(folder, f"neural_sensor.source must be a JSON object, got {source!r}", file=TRANSFORMS)
+    sky = (source or {}).get("sky_rgb")
+    if sky is not None and not (isinstance(sky, list) and len(sky) == 3 and all(
+            not isinstance(c, bool) and isinstance(c, (int, float)) and 0.0 <= c <= 1.0 for c in sky)):
+        raise DriveLogError(folder, f"neural_sensor.source.sky_rgb must be 3 numbers in [0, 1] (the background "
+                                    f"colour, RGB), got {sky!r}", file=TRANSFORMS)
+    return block
 
 
 def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
@@ -267,7 +332,7 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
     """A drive log's images and cameras.
 
     Args:
-        folder: the log folder (holding transforms.json).
+        folder: the log folder (holding transforms.json), or its transforms.json.
         size: (width, height) to resample every image to (intrinsics scaled to match, area-averaged pixels);
             None keeps the log's size, which must then be the same for every frame.
     Returns:
@@ -277,10 +342,12 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
     Raises:
         DriveLogError (a ValueError) naming the file and the frame: malformed JSON, missing keys, a missing or
         unreadable image, an image whose size is not the frame's w x h, a NaN or non-rigid transform_matrix or
-        pose_ego_to_world, a distortion model, images of different sizes (without `size`).
+        pose_ego_to_world, one of our optional keys of the wrong type, a distortion model, images of different
+        sizes (without `size`).
     """
-    folder = Path(folder)
+    folder = drive_log_folder(folder)
     data, _ = _load_transforms(folder)
+    neural_sensor_block = _neural_sensor_block(folder, data)
     model = data.get("camera_model", "OPENCV")
     if model not in PINHOLE_MODELS:
         raise DriveLogError(folder, f"camera_model {model!r} is not supported (pinhole only: "
@@ -315,12 +382,7 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             pose = nerfstudio_to_opencv(check_pose(matrix, "transform_matrix", snap=True))
         except ValueError as err:
             raise DriveLogError(folder, str(err), frame=i, file=file) from None
-        ego = frame.get("pose_ego_to_world")
-        if ego is not None:
-            try:
-                ego = check_pose(ego, "pose_ego_to_world", snap=True)
-            except ValueError as err:
-                raise DriveLogError(folder, str(err), frame=i, file=file) from None
+        facts = _frame_facts(folder, frame, i)
         image = _read_image(folder, folder / file, i, file)
         if image.shape[:2] != (h, w):
             raise DriveLogError(folder, f"image is {image.shape[1]}x{image.shape[0]} but the frame says w={w} h={h}",
@@ -342,13 +404,12 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             raise DriveLogError(folder, str(err), frame=i, file=file) from None
         images.append(image)
         sizes.append([w, h])
-        timestamp = frame.get("timestamp_s")
-        frames_meta.append({"file_path": file, "camera": frame.get("camera"), "frame_index": frame.get("frame_index"),
-                            "timestamp_s": timestamp, "pose_ego_to_world": None if ego is None else ego.tolist()})
-    for problem in drive_log_warnings(cameras, [f["camera"] for f in frames_meta]):
+        frames_meta.append(facts)
+    for problem in (ignored_intrinsics_warnings(data, INTRINSIC_KEYS)
+                    + drive_log_warnings(cameras, [f["camera"] for f in frames_meta])):
         warnings.warn(f"drive log {folder}: {problem}", DriveLogWarning, stacklevel=2)
     stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
-    meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": data.get("neural_sensor"),
+    meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": neural_sensor_block,
             "image_size": [stacked.shape[2], stacked.shape[1]], "sizes_in_log": sorted({tuple(s) for s in sizes})}
     meta["sizes_in_log"] = [list(s) for s in meta["sizes_in_log"]]
     return stacked, cameras, meta

@@ -9,13 +9,19 @@ car's data in a convention a step away from this one's; a new user's trial found
 - camera axes in the OpenCV convention written as `transform_matrix` (which takes OpenGL's, as nerfstudio): every
   camera looks the right way but upside down;
 - a world whose up axis is not +z (the frame is FLU: x forward, y left, z up);
-- every view at one position: nothing to triangulate from.
+- every view at one position: nothing to triangulate from;
+- intrinsics at the top of transforms.json and different ones in frames: the top-level ones apply to every frame
+  (nerfstudio's rule, which the reader follows), so the frames' own are silently ignored.
 
-`drive_log_warnings` returns one line per problem (empty for a sound log); `read_drive_log` issues them as
-`DriveLogWarning`s, so a script and the command line both see them.
+`drive_log_warnings` (of the cameras read) and `ignored_intrinsics_warnings` (of the transforms.json object) return
+one line per problem (empty for a sound log); `read_drive_log` issues them as `DriveLogWarning`s, so a script and the
+command line both see them.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import numpy as np
 
@@ -64,3 +70,31 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
         problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
                         "from views taken at different positions along a drive (this log holds one station)")
     return problems
+
+
+def ignored_intrinsics_warnings(transforms: dict, keys: Sequence[str]) -> list[str]:
+    """One line when frames give intrinsics that differ from the top-level ones, which win (nerfstudio's rule).
+
+    Args: transforms: the transforms.json object as read (its "frames" a list of objects); keys: the intrinsic keys
+        (fl_x, fl_y, cx, cy, w, h). A frame's value differs when it is not a number within one part in a million of
+        the top-level one (a null one counts as absent).
+    Returns: the problem (naming how many frames, and the first frame's first such key and both values), or [].
+    """
+    top = {key: transforms[key] for key in keys if key in transforms}
+    ignored = []  # (frame, key) of each frame's first overridden intrinsic
+    for i, frame in enumerate(transforms["frames"]):
+        for key, value in top.items():
+            if frame.get(key) is not None and not _same_number(frame[key], value):
+                ignored.append((i, key))
+                break
+    if not ignored:
+        return []
+    (i, key), count = ignored[0], len(ignored)
+    return [f"frame {i}'s {key} {transforms['frames'][i][key]!r} is ignored: the top-level {key} {top[key]!r} applies "
+            f"to every frame (nerfstudio's rule); {count} of {len(transforms['frames'])} frames give intrinsics that "
+            "differ from the top-level ones (remove the top-level ones to use each frame's own)"]
+
+
+def _same_number(a, b) -> bool:
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    return numbers and math.isclose(a, b, rel_tol=1e-6)
