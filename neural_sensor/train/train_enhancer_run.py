@@ -60,7 +60,7 @@ from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of
                                        set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
-DATA_VERSION = "run-v13"  # bump when the stored frame fields or their making change (v2: colour-refined
+DATA_VERSION = "run-v14"  # bump when the stored frame fields or their making change (v2: colour-refined
 #   reconstructions; v3: the log reference; v4: the log views blended by distance; v5: the drive recorded at
 #   320x192, the network reading it at 160x96 and the reference keeping 320x192; v6: the network's depths refined
 #   photometrically before the fusion, reconstruct/photometric.py; v7: the reference's per-view depths rendered at
@@ -68,7 +68,8 @@ DATA_VERSION = "run-v13"  # bump when the stored frame fields or their making ch
 #   fuse.FUSION_VERSION 3; v9: the other sensors' log views fill what a camera's own do not see, log_warp.fallback_view_weights;
 #   v10: three views per sensor; v11: the depth refinement's far sweep, photometric.DepthRefineConfig.far_from_m;
 #   v12: the reconstruction drawn at half the cameras' size and upsampled, as the run draws it, RENDER_SCALE; v13: the
-#   intersection worlds' buildings kept off the crossing road, layout.roadside_objects' keep_clear_xy_m)
+#   intersection worlds' buildings kept off the crossing road, layout.roadside_objects' keep_clear_xy_m; v14: a pixel
+#   is sky where the sky logit exceeds model.SKY_LOGIT_THRESHOLD, 1, not 0)
 REFERENCE_VIEWS = 3  # log views per sensor warped into each camera (stage 14 on; 2 until stage 13: its CARD); the
 #   checkpoint's config.json says it, the server's hello passes it on and the rig sends that many
 RENDER_SCALE = RECONSTRUCTION_SCALE  # the reconstruction drawn at this fraction of the rig's size, then upsampled
