@@ -213,6 +213,13 @@ def test_bad_logs_are_named(tmp_path):
     log = _tiny_log(tmp_path, "distorted")
     _edit(log, lambda d: d["frames"][0].__setitem__("k1", 0.01))
     _expect(log, "frame 0", "distortion parameter k1")
+    for value in (True, False, "0.01"):  # not a coefficient: named as such, not as an unsupported distortion
+        log = _tiny_log(tmp_path, f"k2_{value}")
+        _edit(log, lambda d: d["frames"][0].__setitem__("k2", value))
+        _expect(log, "frame 0", f"distortion parameter k2 must be a number (0 or absent: none), got {value!r}")
+    log = _tiny_log(tmp_path, "top_level_size")  # the size nerfstudio takes from the top applies to every frame
+    _edit(log, lambda d: d.update(w=20, h=12))
+    _expect(log, "frame 0", "image is 16x12 but the top of transforms.json says (for every frame) w=20 h=12")
     log = _tiny_log(tmp_path, "fisheye")
     _edit(log, lambda d: d.__setitem__("camera_model", "OPENCV_FISHEYE"))
     _expect(log, "transforms.json", "camera_model 'OPENCV_FISHEYE'")

@@ -363,7 +363,10 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         file = frame["file_path"]
         for key in DISTORTION_KEYS:
             value = data.get(key, frame.get(key, 0.0))
-            if value not in (0, 0.0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):  # true / "0.1" are not coefficients
+                raise DriveLogError(folder, f"distortion parameter {key} must be a number (0 or absent: none), got "
+                                            f"{value!r}", frame=i, file=file)
+            if value != 0:
                 raise DriveLogError(folder, f"distortion parameter {key}={value!r} is not supported (undistort "
                                             "the images first; pinhole only)", frame=i, file=file)
         fx, fy, cx, cy = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS[:4])
@@ -385,7 +388,9 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         facts = _frame_facts(folder, frame, i)
         image = _read_image(folder, folder / file, i, file)
         if image.shape[:2] != (h, w):
-            raise DriveLogError(folder, f"image is {image.shape[1]}x{image.shape[0]} but the frame says w={w} h={h}",
+            says = ("the top of transforms.json says (for every frame)" if "w" in data or "h" in data
+                    else "the frame says")
+            raise DriveLogError(folder, f"image is {image.shape[1]}x{image.shape[0]} but {says} w={w} h={h}",
                                 frame=i, file=file)
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         if size is None:
