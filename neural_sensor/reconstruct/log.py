@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from neural_sensor.camera import Camera
 from neural_sensor.poses import check_pose
-from neural_sensor.reconstruct.log_checks import DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings
+from neural_sensor.reconstruct.log_checks import (DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings,
+                                                  is_json_number)
 
 FORMAT_NAME = "neural-sensor drive log"
 FORMAT_VERSION = 1
@@ -251,7 +252,7 @@ def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> flo
     if value is None:
         raise DriveLogError(folder, f"missing key {key!r} (per frame or at the top of transforms.json)", frame=i,
                             file=file)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_json_number(value, finite=True):
         raise DriveLogError(folder, f"{key} must be a finite number, got {value!r}", frame=i, file=file)
     return float(value)
 
@@ -267,13 +268,12 @@ def _frame_facts(folder: Path, frame: dict, i: int) -> dict:
         raise DriveLogError(folder, f"camera must be a non-empty string (the sensor's name, e.g. 'CAM_FRONT'), got "
                                     f"{camera!r}", frame=i, file=file)
     if index is not None:
-        if (isinstance(index, bool) or not isinstance(index, (int, float)) or not math.isfinite(index)
-                or index != int(index) or index < 0):
+        if not is_json_number(index, finite=True) or index != int(index) or index < 0:
             raise DriveLogError(folder, f"frame_index must be an integer >= 0 (the rig frame the image belongs to), "
                                         f"got {index!r}", frame=i, file=file)
         index = int(index)
     if timestamp is not None:
-        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp):
+        if not is_json_number(timestamp, finite=True):
             raise DriveLogError(folder, f"timestamp_s must be a finite number of seconds, got {timestamp!r}",
                                 frame=i, file=file)
         timestamp = float(timestamp)
@@ -299,7 +299,7 @@ def _neural_sensor_block(folder: Path, data: dict) -> dict | None:
         raise DriveLogError(folder, f"neural_sensor.source must be a JSON object, got {source!r}", file=TRANSFORMS)
     sky = (source or {}).get("sky_rgb")
     if sky is not None and not (isinstance(sky, list) and len(sky) == 3 and all(
-            not isinstance(c, bool) and isinstance(c, (int, float)) and 0.0 <= c <= 1.0 for c in sky)):
+            is_json_number(c) and 0.0 <= c <= 1.0 for c in sky)):
         raise DriveLogError(folder, f"neural_sensor.source.sky_rgb must be 3 numbers in [0, 1] (the background "
                                     f"colour, RGB), got {sky!r}", file=TRANSFORMS)
     return block
@@ -363,7 +363,7 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         file = frame["file_path"]
         for key in DISTORTION_KEYS:
             value = data.get(key, frame.get(key, 0.0))
-            if isinstance(value, bool) or not isinstance(value, (int, float)):  # true / "0.1" are not coefficients
+            if not is_json_number(value):  # true / "0.1" are not coefficients
                 raise DriveLogError(folder, f"distortion parameter {key} must be a number (0 or absent: none), got "
                                             f"{value!r}", frame=i, file=file)
             if value != 0:

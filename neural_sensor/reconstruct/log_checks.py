@@ -95,6 +95,12 @@ def ignored_intrinsics_warnings(transforms: dict, keys: Sequence[str]) -> list[s
             "differ from the top-level ones (remove the top-level ones to use each frame's own)"]
 
 
+def is_json_number(value, finite: bool = False) -> bool:
+    """A JSON number as json.load gives it (an int or a float, not true / false, which Python counts as ints);
+    finite: NaN and infinities (json.load reads them) refused too."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and (not finite or math.isfinite(value))
+
+
 def _same_number(a, b) -> bool:
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
-    return numbers and math.isclose(a, b, rel_tol=1e-6)
+    return is_json_number(a) and is_json_number(b) and math.isclose(a, b, rel_tol=1e-6)
