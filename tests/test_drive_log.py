@@ -255,6 +255,12 @@ def test_images_of_different_sizes_are_refused_or_resampled(tmp_path):
     (None, "sky_rgb", [0.5, 0.7], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
     (None, "sky_rgb", ["0.5", "0.7", "0.9"], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
     (None, "sky_rgb", [128, 180, 230], "neural_sensor.source.sky_rgb must be 3 numbers in [0, 1]"),
+    (None, "version", 2, "neural_sensor.version 2: a newer drive log format than this neural-sensor reads (up to "
+                         "version 1); upgrade neural-sensor"),
+    (None, "version", "1", "neural_sensor.version must be an integer >= 1 (the drive log format's version), got '1'"),
+    (None, "version", True, "neural_sensor.version must be an integer >= 1"),
+    (None, "version", 1.5, "neural_sensor.version must be an integer >= 1"),
+    (None, "format", "nuscenes", "neural_sensor.format is 'nuscenes', not 'neural-sensor drive log'"),
 ])
 def test_our_optional_keys_of_the_wrong_type_are_named(tmp_path, where, key, value, words):
     log = _tiny_log(tmp_path)
@@ -265,8 +271,8 @@ def test_our_optional_keys_of_the_wrong_type_are_named(tmp_path, where, key, val
         def edit(d):
             if key == "neural_sensor":
                 d["neural_sensor"] = value
-            elif key == "source":
-                d["neural_sensor"]["source"] = value
+            elif key in ("source", "format", "version"):
+                d["neural_sensor"][key] = value
             else:
                 d["neural_sensor"]["source"][key] = value
         _edit(log, edit)
@@ -281,6 +287,7 @@ def test_our_optional_keys_absent_null_or_integral_are_read(tmp_path):
         d["frames"][1].pop("frame_index"), d["frames"][1].pop("camera")
         d["frames"][2].update(colmap_im_id="x", mask_path=3)  # nerfstudio keys we do not read: not checked
         d["neural_sensor"]["source"]["sky_rgb"] = [0.5, 0.7, 1]
+        d["neural_sensor"]["version"] = 1.0  # a float writer's 1
         d.update(ply_file_path=5, applied_transform="whatever")
     _edit(log, edit)
     _, _, meta = read_drive_log(log)

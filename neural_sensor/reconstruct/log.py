@@ -288,12 +288,26 @@ def _frame_facts(folder: Path, frame: dict, i: int) -> dict:
 
 def _neural_sensor_block(folder: Path, data: dict) -> dict | None:
     """The top-level neural_sensor block (None where absent or null); DriveLogError naming the key where it, its
-    source or the source's sky_rgb (the keys a reconstruction reads) has the wrong type."""
+    source or the source's sky_rgb (the keys a reconstruction reads) has the wrong type, where its format names
+    another format, or where its version is not an integer >= 1 or is newer than FORMAT_VERSION (a log from a
+    later neural-sensor, whose keys this one might misread)."""
     block = data.get("neural_sensor")
     if block is None:
         return None
     if not isinstance(block, dict):
         raise DriveLogError(folder, f"neural_sensor must be a JSON object, got {block!r}", file=TRANSFORMS)
+    name, version = block.get("format"), block.get("version")
+    if name is not None and name != FORMAT_NAME:
+        raise DriveLogError(folder, f"neural_sensor.format is {name!r}, not {FORMAT_NAME!r}: this block was not "
+                                    f"written for this reader", file=TRANSFORMS)
+    if version is not None and not (is_json_number(version, finite=True) and version == int(version)
+                                    and version >= 1):
+        raise DriveLogError(folder, f"neural_sensor.version must be an integer >= 1 (the drive log format's "
+                                    f"version), got {version!r}", file=TRANSFORMS)
+    if version is not None and version > FORMAT_VERSION:
+        raise DriveLogError(folder, f"neural_sensor.version {int(version)}: a newer drive log format than this "
+                                    f"neural-sensor reads (up to version {FORMAT_VERSION}); upgrade neural-sensor",
+                            file=TRANSFORMS)
     source = block.get("source")
     if source is not None and not isinstance(source, dict):
         raise DriveLogError(folder, f"neural_sensor.source must be a JSON object, got {source!r}", file=TRANSFORMS)
