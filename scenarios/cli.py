@@ -100,6 +100,17 @@ def _lod_px(text: str) -> float:
     return value
 
 
+def _blend(text: str) -> float:
+    """argparse type for --temporal-blend: a number in [0, 1) (checked before any scene is built)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1) (0: no blending), got {text}")
+    return value
+
+
 def _render_scale(text: str) -> float:
     """argparse type for --render-scale: a number in (0, 1]."""
     try:
@@ -172,7 +183,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
                              "sent)")
-    parser.add_argument("--temporal-blend", type=float, default=TEMPORAL_BLEND, metavar="B",
+    parser.add_argument("--temporal-blend", type=_blend, default=TEMPORAL_BLEND, metavar="B",
                         help="weight in [0, 1) of each camera's previous enhanced image, reprojected through the "
                              f"render's depth and clamped, in the delivered one (default {TEMPORAL_BLEND}; 0: none)")
     parser.add_argument("--truth", action="store_true",

@@ -148,7 +148,7 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     elif "." in name:
         where = f"scenario module {name!r}"
         try:
-            module = importlib.import_module(name)
+            module = import_user_module(name)
         except ImportError as err:
             raise ValueError(f"cannot import {where}: {err}") from None
     else:
@@ -187,6 +187,16 @@ def _module_from_file(path: Path, what: str = "scenario"):
     return module
 
 
+def import_user_module(name: str):
+    """importlib.import_module(name), the current folder searched too (after the rest of sys.path): what
+    `python -m scenarios.cli` does, so that the installed `neural-sensor` script finds a user's
+    package.module from the folder above its package, as the README says."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)  # kept: the module may import its package's other modules later
+    return importlib.import_module(name)
+
+
 def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
     if dotted is None:
         return BuiltinAgent(scenario.route_xy_m, scenario.target_speed_mps, width, height)
@@ -197,7 +207,7 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
         module = _module_from_file(Path(module_name), "agent")
     else:
         try:
-            module = importlib.import_module(module_name)
+            module = import_user_module(module_name)
         except ImportError as err:
             hint = (f" (a module is found on sys.path: run from the folder above its package, set PYTHONPATH, or "
                     f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"

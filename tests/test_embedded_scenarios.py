@@ -185,6 +185,8 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
         assert f"argument {option}: must be a positive integer, got {int(value)}" in capsys.readouterr().err
     for option, value, said in (("--lod-px", "-1", "must be a finite number >= 0"),  # before any scene loads
                                 ("--lod-px", "nan", "must be a finite number >= 0"),
+                                ("--temporal-blend", "1", "must be a number in [0, 1)"),
+                                ("--temporal-blend", "nan", "must be a number in [0, 1)"),
                                 ("--enhancer", "tcp://nowhere", "with a port 1-65535"),  # not zmq's traceback
                                 ("--enhancer", "remote", "local, none or a server's endpoint")):
         with pytest.raises(SystemExit) as exit_:

@@ -645,3 +645,19 @@ def test_a_scenario_that_raises_is_named_with_its_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert ("make_scenario(0): the ego's start: lane must be an integer >= 0 (a lane of the layout), got '1'"
             in result.stderr)
+
+
+def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tmp_path, monkeypatch):
+    """The installed `neural-sensor` script does not put the current folder on sys.path (`python -m` does): a
+    package.module named from the folder above its package is still found, as the README says."""
+    import sys
+
+    from scenarios.runner import import_user_module
+
+    package = tmp_path / "my_pkg_for_cwd_test"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "agents.py").write_text("VALUE = 7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert import_user_module("my_pkg_for_cwd_test.agents").VALUE == 7
