@@ -182,6 +182,13 @@ class EmbeddedSimulator:
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
         road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
         for spec in agents:
+            if spec.behaviour in ("cross", "parked") and (spec.lane != 0 or spec.start_s_m != 0.0):
+                raise ValueError(f"agent {spec.agent_id}: lane and start_s_m place a lane behaviour (follow_lane, "
+                                 f"cut_in); a {spec.behaviour!r} agent starts at start_xy_m (world x, y in metres)")
+            lane_m = self.lanes[spec.lane].length_m if spec.behaviour not in ("cross", "parked") else None
+            if lane_m is not None and not 0.0 <= spec.start_s_m <= lane_m:
+                raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on lane {spec.lane} "
+                                 f"(its length is {lane_m:.1f} m)")
             if spec.behaviour in ("cross", "parked") and road_xy is not None:
                 off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
                 if off_m > OFF_ROAD_LIMIT_M:

@@ -380,6 +380,10 @@ def test_scenario_fields_are_checked_by_name():
     with pytest.raises(ValueError, match=r"agent 3: start_xy_m \(500.0, 500.0\) is \d+ m from the nearest lane"):
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(500.0, 500.0))])
     EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(30.0, -8.0))])  # a verge
+    with pytest.raises(ValueError, match="a 'parked' agent starts at start_xy_m"):  # not silently at (0, 0)
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", lane=1, start_s_m=20.0)])
+    with pytest.raises(ValueError, match=r"agent 3: start_s_m 400 is not on lane 0 \(its length is"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "follow_lane", start_s_m=400.0)])
     route = lane_route(layout, 0, 0.0, 50.0)
     ok = Scenario("mine", "", layout, EgoStart(), [], route)
     assert ok.route_xy_m.shape == (50, 2)
