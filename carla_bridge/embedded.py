@@ -26,6 +26,7 @@ from neural_sensor.scene.path import Path
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
 
 BEHAVIOURS = ("follow_lane", "cut_in", "cross", "parked")
+XY_BEHAVIOURS = ("cross", "parked")  # placed by start_xy_m, not by a lane and an arc length
 EGO_ID = 0  # the ego's id in snapshots (agents are > 0; the ego carries the cameras and is not rendered)
 WHEELBASE_M = 2.8
 MAX_STEER_RAD = math.radians(35.0)
@@ -182,14 +183,16 @@ class EmbeddedSimulator:
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
         road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
         for spec in agents:
-            if spec.behaviour in ("cross", "parked") and (spec.lane != 0 or spec.start_s_m != 0.0):
+            if spec.behaviour not in XY_BEHAVIOURS:
+                lane_m = self.lanes[spec.lane].length_m
+                if not 0.0 <= spec.start_s_m <= lane_m:
+                    raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on lane {spec.lane} "
+                                     f"(its length is {lane_m:.1f} m)")
+                continue
+            if spec.lane != 0 or spec.start_s_m != 0.0:
                 raise ValueError(f"agent {spec.agent_id}: lane and start_s_m place a lane behaviour (follow_lane, "
                                  f"cut_in); a {spec.behaviour!r} agent starts at start_xy_m (world x, y in metres)")
-            lane_m = self.lanes[spec.lane].length_m if spec.behaviour not in ("cross", "parked") else None
-            if lane_m is not None and not 0.0 <= spec.start_s_m <= lane_m:
-                raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on lane {spec.lane} "
-                                 f"(its length is {lane_m:.1f} m)")
-            if spec.behaviour in ("cross", "parked") and road_xy is not None:
+            if road_xy is not None:
                 off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
                 if off_m > OFF_ROAD_LIMIT_M:
                     raise ValueError(f"agent {spec.agent_id}: start_xy_m {tuple(spec.start_xy_m)} is {off_m:.0f} m from "
@@ -202,7 +205,7 @@ class EmbeddedSimulator:
         for spec in agents:
             jitter = 1.0 + 0.05 * rng.uniform(-1.0, 1.0)  # seeded speed variation
             runtime = _AgentRuntime(spec, spec.start_s_m, spec.speed_mps * jitter)
-            if spec.behaviour in ("cross", "parked"):
+            if spec.behaviour in XY_BEHAVIOURS:
                 runtime.xy, runtime.yaw = np.array(spec.start_xy_m, float), spec.heading_rad
             self._agents.append(runtime)
         length_m = self.lanes[ego.lane].length_m

@@ -89,12 +89,17 @@ def _side_px(text: str) -> int:
     return value
 
 
-def _lod_px(text: str) -> float:
-    """argparse type for --lod-px: a finite number >= 0."""
+def _number(text: str) -> float:
+    """A float for an argparse type, or argparse's error naming the text."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+
+
+def _lod_px(text: str) -> float:
+    """argparse type for --lod-px: a finite number >= 0."""
+    value = _number(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = every Gaussian, exact), got {text}")
     return value
@@ -102,10 +107,7 @@ def _lod_px(text: str) -> float:
 
 def _blend(text: str) -> float:
     """argparse type for --temporal-blend: a number in [0, 1) (checked before any scene is built)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    value = _number(text)
     if not (math.isfinite(value) and 0 <= value < 1):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1) (0: no blending), got {text}")
     return value
@@ -113,10 +115,7 @@ def _blend(text: str) -> float:
 
 def _render_scale(text: str) -> float:
     """argparse type for --render-scale: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    value = _number(text)
     if not (math.isfinite(value) and 0 < value <= 1):
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
     return value
