@@ -52,11 +52,41 @@ class Scenario:
             raise ValueError(f"scenario {self.name!r}: route_xy_m must be [P >= 2, 2] finite metres, got shape "
                              f"{route.shape}")
         self.route_xy_m = route
+        for name, low, strict in (("target_speed_mps", 0.0, True), ("route_goal_m", 0.0, True),
+                                  ("min_ttc_s", 0.0, False), ("voxel_m", 0.0, True)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(value) or value < low or (strict and value == low):
+                raise ValueError(f"scenario {self.name!r}: {name} must be a finite number {'>' if strict else '>='} "
+                                 f"{low:g}, got {value!r}")
+        if isinstance(self.max_ticks, bool) or not isinstance(self.max_ticks, (int, np.integer)) or self.max_ticks < 1:
+            raise ValueError(f"scenario {self.name!r}: max_ticks must be an integer >= 1, got {self.max_ticks!r}")
+        off_m, point = _route_off_road_m(self.layout, route)
+        if off_m > 0.0:
+            raise ValueError(f"scenario {self.name!r}: route_xy_m point {point} {route[point].round(1).tolist()} is "
+                             f"{off_m:.1f} m beyond the layout's lanes (a route runs on the road: within a lane's "
+                             "width of some lane's centre line, never past a road's end)")
 
     @property
     def recorded_path_xy_m(self) -> np.ndarray:
         """[P, 2] the recorded lane's centre line in its direction of travel (where the drive was recorded)."""
         return self.layout.lanes[self.recorded_lane].travel_polyline()
+
+
+def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, int]:
+    """(metres, index) of the route point farthest beyond the road: its distance to the nearest lane's centre
+    polyline less that lane's width (0 where every point is within a lane width of some lane). route_xy_m [P, 2]."""
+    assert route_xy_m.ndim == 2 and route_xy_m.shape[1] == 2, route_xy_m.shape
+    excess = np.full(len(route_xy_m), np.inf)
+    for lane in layout.lanes:
+        a, b = lane.centre_m[:-1], lane.centre_m[1:]  # [S, 2] segments
+        d = b - a
+        rel = route_xy_m[:, None, :] - a[None]  # [P, S, 2]
+        t = np.clip(np.einsum("psd,sd->ps", rel, d) / np.einsum("sd,sd->s", d, d), 0.0, 1.0)
+        distance = np.linalg.norm(rel - t[..., None] * d[None], axis=2).min(axis=1)
+        excess = np.minimum(excess, distance - lane.width_m)
+    worst = int(np.argmax(excess))
+    return max(0.0, float(excess[worst])), worst
 
 
 def lane_change_route(layout: Layout, lane: int, start_s_m: float, change_at_s_m: float,

@@ -15,6 +15,14 @@ from neural_sensor.enhance.protocol import is_loopback
 def check_enhancer_options(options) -> None:
     """Everything about a RunOptions' enhancer options that can be checked before anything is started."""
     endpoint = options.enhancer
+    if endpoint is None:  # no enhancer: its options would be silently ignored (the builder's scene runs none)
+        given = [flag for flag, value in (("--enhancer-checkpoint", options.enhancer_checkpoint is not None),
+                                          ("--enhancer-precision", options.enhancer_precision != "auto")) if value]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --enhancer local, and "
+                             "this run has no enhancer (--enhancer none, the default for --scene builder): add "
+                             "--enhancer local")
+        return
     if endpoint != "local":
         from neural_sensor.enhance.protocol import check_endpoint
 

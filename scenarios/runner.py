@@ -159,14 +159,35 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
         raise ValueError(f"{where} defines no make_scenario(seed) function returning a Scenario")
     try:
         scenario = make(seed)
-    except ValueError as err:  # a field the scenario classes refuse, by name
-        raise ValueError(f"{where}: make_scenario({seed}): {err}") from None
+    except ValueError as err:
+        if _raised_by_our_checks(err, module):  # a field the scenario classes refuse, by name: one line
+            raise ValueError(f"{where}: make_scenario({seed}): {err}") from None
+        raise ScenarioError(where, seed, err) from err  # the user's own code (or a library it called): its traceback
     except Exception as err:  # a bug in the user's code: its traceback, then this line (exit 2, not "failed")
         raise ScenarioError(where, seed, err) from err
     if not isinstance(scenario, Scenario):
         raise ValueError(f"{where}: make_scenario({seed}) returned {type(scenario).__name__}, not a Scenario "
                          "(scenarios.base.Scenario)")
     return scenario
+
+
+_OUR_PACKAGES = tuple(Path(__file__).resolve().parents[1] / name for name in ("scenarios", "carla_bridge",
+                                                                              "neural_sensor"))
+
+
+def _raised_by_our_checks(err: BaseException, module) -> bool:
+    """Whether `err` was raised inside this project's packages (a field a Scenario, EgoStart or AgentSpec refuses,
+    or a layout's check), not in the user's module or a library it called: the innermost frame decides."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    raised_in = Path(tb.tb_frame.f_code.co_filename).resolve()
+    user_file = getattr(module, "__file__", None)
+    if user_file is not None and raised_in == Path(user_file).resolve():
+        return False
+    return any(raised_in.is_relative_to(package) for package in _OUR_PACKAGES)
 
 
 def _module_from_file(path: Path, what: str = "scenario"):
@@ -176,6 +197,9 @@ def _module_from_file(path: Path, what: str = "scenario"):
     if path.suffix != ".py":
         raise ValueError(f"{what} file {path} is not a .py file")
     module_name = f"_neural_sensor_user_{what}_{abs(hash(str(path.resolve())))}"
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # as `python file.py` runs it: a module beside the file imports (kept, for later
+        sys.path.append(folder)  # imports inside its functions; after the rest of sys.path, so it shadows nothing)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
@@ -333,8 +357,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         log_digest(log_folder)
     scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail or scale is reported before anything loads
     scene_render_scale(scene_kind, options.render_scale)
-    if options.enhancer is not None:
-        check_enhancer_options(options)
+    check_enhancer_options(options)
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, options.seed)
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)

@@ -437,9 +437,9 @@ def test_a_log_larger_than_the_network_reads_is_kept_as_the_reference(short_driv
     assert capped["image_size"] == [128, 80] and capped["reference_size"] == [96, 60]
     assert scene_reference(capped).images.shape == (18, 60, 96, 3)
     # by default a log wider than the network's training size is read at that width, its aspect kept (the same
-    # cache entry as asking for that size); a narrower log, or one of mixed sizes, as it is
+    # cache entry as asking for that size); a narrower log as it is; one of mixed sizes at one (`mixed_size`)
     assert drive.network_read_size([(1600, 900)]) == (160, 90) and drive.network_read_size([(320, 192)]) == (160, 96)
-    assert drive.network_read_size([(160, 96)]) is None and drive.network_read_size([(320, 192), (64, 40)]) is None
+    assert drive.network_read_size([(160, 96)]) is None and drive.network_read_size([(320, 192), (64, 40)]) == (64, 39)
     monkeypatch.setattr(drive, "NETWORK_SIZE", (64, 40))
     auto, auto_meta = reconstructed_scene_from_log(root / "log128", cache_dir=root / "cache")
     assert auto_meta["cached"] and auto_meta["key"] == meta["key"] and auto_meta["image_size"] == [64, 40]
@@ -622,6 +622,64 @@ def test_reconstruct_takes_a_logs_transforms_json(tmp_path, capsys):
     assert cli_main(["reconstruct", str(log), *fast]) == 0  # the same log: the same cache entry
     by_folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert by_folder["cached"] is True and by_folder["key"] == by_file["key"]
+
+
+def _with_wider_front_camera(log: Path, out: Path, size=(96, 48)) -> Path:
+    """A copy of `log` whose CAM_FRONT images are resampled to `size` (another aspect), their intrinsics scaled:
+    a rig whose cameras differ in size, as a real car's often do."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(log, out)
+    data = json.loads((out / "transforms.json").read_text())
+    for frame in data["frames"]:
+        if frame["camera"] == "CAM_FRONT":
+            sx, sy = size[0] / frame["w"], size[1] / frame["h"]
+            path = out / frame["file_path"]
+            Image.open(path).resize(size, Image.BICUBIC).save(path)
+            frame.update(w=size[0], h=size[1], fl_x=frame["fl_x"] * sx, cx=frame["cx"] * sx, fl_y=frame["fl_y"] * sy,
+                         cy=frame["cy"] * sy)
+    (out / "transforms.json").write_text(json.dumps(data))
+    return out
+
+
+@needs_checkpoint
+def test_a_log_of_mixed_sizes_is_reconstructed_and_run_without_a_size(tmp_path, short_drive):
+    """A log whose cameras differ in size (here the front camera 96x48, the others 64x40) is read at one size by
+    default (`mixed_size`: the narrowest width, the aspect halfway between the log's), and a run takes it as its
+    scene; its scene is as good as the one-size log's where the other cameras look."""
+    from neural_sensor.metrics import psnr
+    from neural_sensor.reconstruct import drive
+    from neural_sensor.reconstruct.drive import reconstructed_scene_from_log, scene_reference
+    from neural_sensor.render import render
+    from neural_sensor.render._common import SKY_RGB
+    from scenarios.runner import RunOptions, run_scenario
+
+    assert drive.mixed_size([(64, 40), (96, 48)], 160) == (64, 36)  # aspects 1.6 and 2.0: sqrt(3.2) = 1.79
+    assert drive.mixed_size([(1920, 1280), (1920, 886)], 160) == (160, 89)  # a front and a side camera
+    assert drive.network_read_size([(1920, 1280), (1920, 886)]) == (160, 89)
+    assert drive.mixed_size([(1920, 1280), (1920, 886)], drive.REFERENCE_MAX_WIDTH) == (480, 266)
+    mixed = _with_wider_front_camera(short_drive["log"], tmp_path / "mixed")
+    with pytest.raises(DriveLogError, match="one reconstruction takes one image size"):
+        read_drive_log(mixed)  # the reader itself still takes a size for such a log
+    cache = short_drive["root"] / "cache"
+    scene, meta = reconstructed_scene_from_log(mixed, cache_dir=cache)
+    assert meta["image_size"] == [64, 36] and meta["reference_size"] == [64, 36]
+    assert meta["log_image_sizes"] == [[64, 40], [96, 48]]
+    assert scene_reference(meta).images.shape == (18, 36, 64, 3)
+    same, _ = reconstructed_scene_from_log(short_drive["log"], size=(64, 36), cache_dir=cache)
+    images, cameras, log_meta = read_drive_log(short_drive["log"], size=(64, 36))
+    others = [i for i, f in enumerate(log_meta["frames"]) if f["camera"] != "CAM_FRONT"]
+    got = [render(s, [cameras[i] for i in others], backend="cpu", background=SKY_RGB).rgb for s in (scene, same)]
+    mixed_db, same_db = (psnr(g, images[others]) for g in got)
+    assert len(scene) > 1000 and mixed_db > same_db - 0.5, (mixed_db, same_db)  # 16.8 / 16.8 dB at 64x36
+    scenario_file = tmp_path / "short_drive.py"
+    scenario_file.write_text(SHORT_SCENARIO)
+    summary = run_scenario(str(scenario_file), RunOptions(out_dir=tmp_path / "out", ticks=2, width=32, height=18,
+                                                          backend="cpu", video=False, cache_dir=cache,
+                                                          progress=False, scene=f"log:{mixed}"))
+    assert summary["ticks"] == 2 and summary["scene"]["cached"] and summary["scene"]["key"] == meta["key"]
 
 
 @needs_checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,11 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
     assert cli_main(["demo", "--ticks", "2", "--agent", "no.such:Agent", "--out", str(tmp_path / "b"),
                      "--cache", str(scene_cache)]) == 2
     assert "cannot load agent" in capsys.readouterr().err
+    # an enhancer option where the run has no enhancer (the builder's default) is refused, not silently ignored
+    assert cli_main(["demo", "--scene", "builder", "--enhancer-checkpoint", str(tmp_path), "--ticks", "2",
+                     "--out", str(tmp_path / "b"), "--cache", str(scene_cache)]) == 2
+    assert ("--enhancer-checkpoint is for --enhancer local, and this run has no enhancer (--enhancer none, the "
+            "default for --scene builder): add --enhancer local") in capsys.readouterr().err
     for option, value in (("--ticks", "0"), ("--width", "-5")):  # argparse's own exit 2, naming the option
         with pytest.raises(SystemExit) as exit_:
             cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
@@ -393,6 +399,21 @@ def test_scenario_fields_are_checked_by_name():
         Scenario("mine", "", layout, EgoStart(), [], route[:, :1])
     with pytest.raises(ValueError, match="agents must be a list of AgentSpec"):
         Scenario("mine", "", layout, EgoStart(), [{"agent_id": 1}], route)
+    for field, value, message in (("target_speed_mps", -5.0, "target_speed_mps must be a finite number > 0, got -5.0"),
+                                  ("target_speed_mps", float("nan"), "target_speed_mps must be a finite number > 0"),
+                                  ("route_goal_m", 0.0, "route_goal_m must be a finite number > 0"),
+                                  ("min_ttc_s", -1.0, "min_ttc_s must be a finite number >= 0"),
+                                  ("voxel_m", "0.3", "voxel_m must be a finite number > 0"),
+                                  ("max_ticks", 0, "max_ticks must be an integer >= 1, got 0"),
+                                  ("max_ticks", 20.5, "max_ticks must be an integer >= 1")):
+        with pytest.raises(ValueError, match=rf"scenario 'mine': {re.escape(message)}"):
+            Scenario("mine", "", layout, EgoStart(), [], route, **{field: value})
+    # a route that runs on past the road's end (lane_route extrapolates the last segment), or beside the road
+    with pytest.raises(ValueError, match=r"route_xy_m point 99 \[99.0, -1.8\] is 35.5 m beyond the layout's lanes"):
+        Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 0.0, 100.0))
+    with pytest.raises(ValueError, match=r"route_xy_m point 0 .* is 6.5 m beyond the layout's lanes"):
+        Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -10.0]))
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]))  # a lane change's target lane
 
 
 def test_the_agent_is_destroyed_on_every_way_out(tmp_path, scene_cache):

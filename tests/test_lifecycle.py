@@ -645,6 +645,19 @@ def test_a_scenario_that_raises_is_named_with_its_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert ("make_scenario(0): the ego's start: lane must be an integer >= 0 (a lane of the layout), got '1'"
             in result.stderr)
+    # a ValueError of the user's own code (here int("x")) is a bug, not a refused field: its traceback is kept;
+    # and a module beside the file imports, as `python file.py` would find it
+    (tmp_path / "helpers_beside.py").write_text("def speed():\n    return int('eleven')\n")
+    (tmp_path / "uses_helper.py").write_text(
+        "from helpers_beside import speed\n"
+        "def make_scenario(seed=0):\n"
+        "    return speed()\n")
+    result = _cli(["run", str(tmp_path / "uses_helper.py"), *TINY, "--ticks", "2", "-o", str(tmp_path / "out3")],
+                  tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" in result.stderr and "helpers_beside.py" in result.stderr, result.stderr
+    assert (f"scenario file {tmp_path / 'uses_helper.py'}: make_scenario(0) raised ValueError: invalid literal for "
+            "int() with base 10: 'eleven'") in result.stderr
 
 
 def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tmp_path, monkeypatch):

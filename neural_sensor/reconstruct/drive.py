@@ -31,6 +31,7 @@ bottom to the nearest multiple (the network's stride; the intrinsics stay exact)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -151,12 +152,12 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
                                  network_precision: str = "auto") -> tuple[GaussianScene, dict]:
     """Reconstruct the scene of a drive log (docs/drive_log.md); cached by the log's bytes and the checkpoint.
 
-    size: (width, height) to resample every image to before the network (needed when the log's cameras
-    differ in size). None: the network's scale (`network_read_size`): a log of one size wider than
-    NETWORK_SIZE (160x96, what the network was trained at) is resampled to its width, the aspect kept; a
-    narrower one is read as it is. Pass the log's own size to read a wider log as it is. The enhancer's
+    size: (width, height) to resample every image to before the network. None: the network's scale
+    (`network_read_size`): a log of one size wider than NETWORK_SIZE (160x96, what the network was trained at)
+    is resampled to its width, the aspect kept; a narrower one is read as it is; a log of mixed sizes is
+    resampled to one (`mixed_size`). Pass the log's own size to read a wider log as it is. The enhancer's
     reference keeps the log's own size when all its images share one (at most REFERENCE_MAX_WIDTH wide,
-    resampled beyond), else takes the network's images.
+    resampled beyond); a mixed log's is `mixed_size` at most REFERENCE_MAX_WIDTH wide.
     refine: the test-time colour refinement against the log's images (RefineConfig(iterations=0): none).
     depth_refine: the test-time photometric refinement of the network's depths (photometric.py; None: none).
     network_precision: the network's arithmetic (as `reconstructed_scene`'s); part of the cache key.
@@ -220,12 +221,13 @@ def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | Non
         # network's views resampled from it in memory
         ref_images, ref_cameras, log_meta = read_drive_log(folder, progress=progress)
         images, cameras = (ref_images, ref_cameras) if size is None else resample_views(ref_images, ref_cameras, size)
-    else:  # a log wider than the reference keeps (never held at its own size: each image resampled as it is read),
-        # or of mixed sizes (the network's size for both)
+    else:  # a log wider than the reference keeps, or of mixed sizes: never held at its own size, each image
+        # resampled as it is read (a mixed log's reference at one size, as its network's, `mixed_size`)
         images, cameras, log_meta = read_drive_log(folder, size=size, progress=progress)
+        ref_size = reference_size(native[0]) if len(native) == 1 else mixed_size(native, REFERENCE_MAX_WIDTH)
         ref_images, ref_cameras = images, cameras
-        if len(native) == 1:
-            ref_images, ref_cameras, _ = read_drive_log(folder, size=reference_size(native[0]), progress=progress)
+        if ref_size != (images.shape[2], images.shape[1]):
+            ref_images, ref_cameras, _ = read_drive_log(folder, size=ref_size, progress=progress)
     return _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint, progress, refine,
                               depth_refine, precision)
 
@@ -276,15 +278,28 @@ def _resolved(precision_inputs: dict) -> str:
 
 
 def network_read_size(log_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """(width, height) the network reads a drive log at by default, given the log's image sizes: a log of one
-    size wider than NETWORK_SIZE is resampled to NETWORK_SIZE's width with its aspect kept (the height rounded;
-    the stride crop takes it to a multiple of 4), since the network does not carry over to other scales (a
-    320x192 log read as it is measured 4-6 dB worse than resampled to 160x96); None (read as it is) for a
-    narrower log, or one of mixed sizes (which then needs an explicit size)."""
+    """(width, height) the network reads a drive log at by default, given the log's distinct image sizes
+    [(width, height), ...]: a log of one size wider than NETWORK_SIZE is resampled to NETWORK_SIZE's width with
+    its aspect kept (the height rounded; the stride crop takes it to a multiple of 4), since the network does not
+    carry over to other scales (a 320x192 log read as it is measured 4-6 dB worse than resampled to 160x96);
+    None (read as it is) for a narrower log. A log of mixed sizes (a real rig's front and side cameras often
+    differ) is resampled to one size: `mixed_size(log_sizes, NETWORK_SIZE[0])`."""
+    assert len(log_sizes) >= 1, log_sizes
     if len(log_sizes) != 1:
-        return None
+        return mixed_size(log_sizes, NETWORK_SIZE[0])
     capped = _capped_width(log_sizes[0], NETWORK_SIZE[0])
     return None if capped == tuple(log_sizes[0]) else capped
+
+
+def mixed_size(log_sizes: list[tuple[int, int]], max_width: int) -> tuple[int, int]:
+    """One (width, height) for a log whose images differ in size: the narrowest image's width, at most max_width,
+    and the aspect (width / height) halfway, geometrically, between the log's narrowest and widest aspects, so no
+    camera's pixels are stretched more than another's (each image's fx, cx and fy, cy are scaled to match)."""
+    assert len(log_sizes) >= 1 and all(w > 0 and h > 0 for w, h in log_sizes), log_sizes
+    aspects = [w / h for w, h in log_sizes]
+    aspect = math.sqrt(min(aspects) * max(aspects))
+    width = min(max_width, min(w for w, _ in log_sizes))
+    return width, max(1, round(width / aspect))
 
 
 def reference_size(log_size: tuple[int, int]) -> tuple[int, int]:

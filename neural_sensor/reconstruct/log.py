@@ -412,9 +412,10 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
                 first_size = (w, h)
             elif (w, h) != first_size:
                 raise DriveLogError(folder, f"image is {w}x{h} but frame 0 is {first_size[0]}x{first_size[1]}: one "
-                                            "reconstruction takes one image size (resample them all: "
-                                            "`neural-sensor reconstruct LOG --size W H`, or size=(W, H) in "
-                                            "Python; `run --scene-log` reads a log of one size)", frame=i, file=file)
+                                            "reconstruction takes one image size (read_drive_log(size=(W, H)) "
+                                            "resamples them all; `neural-sensor reconstruct LOG` and "
+                                            "`reconstructed_scene_from_log` pick one by default, `--size W H` "
+                                            "another)", frame=i, file=file)
         elif (w, h) != size:
             image, K = _resample(image, K, size)
         try:
