@@ -58,6 +58,34 @@ def test_the_reader_warns_and_still_reads(tmp_path):
     assert read_images.shape == images.shape
 
 
+def test_a_cached_reconstruction_warns_of_its_log_again(tmp_path):
+    """The warnings come with the scene whether it is built or served from the cache (a second `run --scene-log`
+    of the same bad log names the problem again), each once; a sound log's scene warns of nothing."""
+    from neural_sensor.reconstruct.drive import DEFAULT_CHECKPOINT, reconstructed_scene_from_log
+    from neural_sensor.reconstruct.refine import RefineConfig
+
+    if not (DEFAULT_CHECKPOINT / "model.safetensors").exists():
+        pytest.skip("no shipped reconstructor checkpoint")
+    rng = np.random.default_rng(1)
+    cameras, ids = _drive()
+    images = rng.integers(0, 256, size=(len(cameras), 12, 16, 3), dtype=np.uint8)
+    flipped = [Camera(c.width, c.height, c.K, c.pose_camera_to_world @ OPENCV_AS_OPENGL) for c in cameras]
+    write_drive_log(tmp_path / "flipped", images, flipped, camera_names=ids)
+    write_drive_log(tmp_path / "good", images, cameras, camera_names=ids)
+    fast = dict(cache_dir=tmp_path / "cache", refine=RefineConfig(iterations=0), depth_refine=None)
+    for expect_cached in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, meta = reconstructed_scene_from_log(tmp_path / "flipped", **fast)
+        said = [str(w.message) for w in caught if issubclass(w.category, DriveLogWarning)]
+        assert meta["cached"] is expect_cached and len(said) == 1 and "upside down" in said[0], said
+        assert meta["log_warnings"] == said
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DriveLogWarning)
+            _, meta = reconstructed_scene_from_log(tmp_path / "good", **fast)
+        assert meta["cached"] is expect_cached and meta["log_warnings"] == []
+
+
 def test_frames_intrinsics_under_top_level_ones_are_named():
     transforms = {"fl_x": 600.0, "w": 160,
                   "frames": [{"fl_x": 600.0, "w": 160}, {"fl_x": 600.0000001}, {}, {"fl_x": 500.0, "cx": 80.0},

@@ -32,6 +32,7 @@ bottom to the nearest multiple (the network's stride; the intrinsics stay exact)
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from neural_sensor.gaussians import GaussianScene
 from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, announce_compiling
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache, cache_key
+from neural_sensor.reconstruct.log_checks import DriveLogWarning
 from neural_sensor.reconstruct.log import (FORMAT_VERSION, drive_log_folder, log_digest, log_image_sizes,
                                            read_drive_log, render_drive, resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
@@ -172,14 +174,27 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
               "size": None if size is None else [int(size[0]), int(size[1])], "code": reconstruction_code_hash(),
               **refine.cache_inputs(), **depth_refine_inputs(depth_refine), **precision}
 
+    built = []
+
     def build():
         if progress:
             announce_compiling(RECONSTRUCTION_MODULES)
-        scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine,
-                                                  _resolved(precision))
-        return scene, {**meta, "log": str(folder.resolve())}, None, {REFERENCE_FILE: reference.save}
+        with warnings.catch_warnings(record=True) as caught:  # issued below, and kept with the entry
+            warnings.simplefilter("always", DriveLogWarning)
+            scene, meta, reference = _reconstruct_log(folder, checkpoint, size, progress, refine, depth_refine,
+                                                      _resolved(precision))
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        built.append(True)
+        log_warnings = [str(w.message) for w in caught if issubclass(w.category, DriveLogWarning)]
+        return (scene, {**meta, "log": str(folder.resolve()), "log_warnings": log_warnings}, None,
+                {REFERENCE_FILE: reference.save})
 
-    return _get_or_build(cache_dir, inputs, network_precision, build)
+    scene, meta = _get_or_build(cache_dir, inputs, network_precision, build)
+    if not built:  # a cached scene: its log's warnings again (they still hold: the entry is keyed on its bytes)
+        for message in meta.get("log_warnings") or ():
+            warnings.warn(DriveLogWarning(message), stacklevel=2)
+    return scene, meta
 
 
 def _get_or_build(cache_dir: Path | None, inputs: dict, network_precision: str, build) -> tuple[GaussianScene, dict]:
