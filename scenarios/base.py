@@ -65,7 +65,7 @@ class Scenario:
         if off_m > 0.0:
             raise ValueError(f"scenario {self.name!r}: route_xy_m point {point} {route[point].round(1).tolist()} is "
                              f"{off_m:.1f} m beyond the layout's lanes (a route runs on the road: within a lane's "
-                             "width of some lane's centre line, never past a road's end)")
+                             f"width + {ROUTE_SLACK_M:g} m of some lane's centre line, never past a road's end)")
 
     @property
     def recorded_path_xy_m(self) -> np.ndarray:
@@ -73,9 +73,13 @@ class Scenario:
         return self.layout.lanes[self.recorded_lane].travel_polyline()
 
 
+ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
+
+
 def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, int]:
     """(metres, index) of the route point farthest beyond the road: its distance to the nearest lane's centre
-    polyline less that lane's width (0 where every point is within a lane width of some lane). route_xy_m [P, 2]."""
+    polyline less that lane's width and ROUTE_SLACK_M (0 where every point is within that of some lane).
+    route_xy_m [P, 2]."""
     assert route_xy_m.ndim == 2 and route_xy_m.shape[1] == 2, route_xy_m.shape
     excess = np.full(len(route_xy_m), np.inf)
     for lane in layout.lanes:
@@ -84,7 +88,7 @@ def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, in
         rel = route_xy_m[:, None, :] - a[None]  # [P, S, 2]
         t = np.clip(np.einsum("psd,sd->ps", rel, d) / np.einsum("sd,sd->s", d, d), 0.0, 1.0)
         distance = np.linalg.norm(rel - t[..., None] * d[None], axis=2).min(axis=1)
-        excess = np.minimum(excess, distance - lane.width_m)
+        excess = np.minimum(excess, distance - lane.width_m - ROUTE_SLACK_M)
     worst = int(np.argmax(excess))
     return max(0.0, float(excess[worst])), worst
 

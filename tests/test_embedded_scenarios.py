@@ -409,11 +409,12 @@ def test_scenario_fields_are_checked_by_name():
         with pytest.raises(ValueError, match=rf"scenario 'mine': {re.escape(message)}"):
             Scenario("mine", "", layout, EgoStart(), [], route, **{field: value})
     # a route that runs on past the road's end (lane_route extrapolates the last segment), or beside the road
-    with pytest.raises(ValueError, match=r"route_xy_m point 99 \[99.0, -1.8\] is 35.5 m beyond the layout's lanes"):
+    with pytest.raises(ValueError, match=r"route_xy_m point 99 \[99.0, -1.8\] is 33.5 m beyond the layout's lanes"):
         Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 0.0, 100.0))
-    with pytest.raises(ValueError, match=r"route_xy_m point 0 .* is 6.5 m beyond the layout's lanes"):
+    with pytest.raises(ValueError, match=r"route_xy_m point 0 .* is 4.5 m beyond the layout's lanes"):
         Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -10.0]))
     Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]))  # a lane change's target lane
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -5.4]))  # the shoulder: a wide turn's slack
 
 
 def test_the_agent_is_destroyed_on_every_way_out(tmp_path, scene_cache):
