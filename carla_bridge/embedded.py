@@ -39,7 +39,8 @@ ROLLING_DRAG_PER_S = 0.02  # fraction of speed lost per second without throttle
 class AgentSpec:
     """An agent and its behaviour.
 
-    follow_lane: drive lane `lane` from arc length `start_s_m` at `speed_mps`.
+    follow_lane: drive lane `lane` from arc length `start_s_m` at `speed_mps` (past the lane's end, on along its
+        last segment's heading: a lane does not continue into the next road).
     cut_in: like follow_lane, then move to `target_lane` over `duration_s` once the ego is within
         `trigger_m` (arc length) behind it.
     cross: walk / ride from `start_xy_m` along `heading_rad` at `speed_mps` for `distance_m`, once the ego is
@@ -56,7 +57,7 @@ class AgentSpec:
     target_lane: int = 0
     trigger_m: float = 15.0
     duration_s: float = 2.5
-    start_xy_m: tuple[float, float] = (0.0, 0.0)
+    start_xy_m: tuple[float, float] | None = None  # needed by (and only by) cross and parked
     heading_rad: float = 0.0
     distance_m: float = 12.0
     size_m: tuple[float, float, float] | None = None
@@ -77,6 +78,16 @@ class AgentSpec:
                 raise ValueError(f"agent {self.agent_id}: {name} must be >= 0, got {getattr(self, name)}")
         if self.duration_s <= 0:
             raise ValueError(f"agent {self.agent_id}: duration_s must be > 0, got {self.duration_s}")
+        if abs(self.heading_rad) > 2.0 * math.pi:
+            raise ValueError(f"agent {self.agent_id}: heading_rad {self.heading_rad:g} is more than a turn: it is in "
+                             f"radians (degrees? math.radians({self.heading_rad:g}) = "
+                             f"{math.radians(self.heading_rad):.4f})")
+        if self.start_xy_m is not None:
+            if not (isinstance(self.start_xy_m, (tuple, list, np.ndarray)) and len(self.start_xy_m) == 2
+                    and all(_is_finite_number(v) for v in self.start_xy_m)):
+                raise ValueError(f"agent {self.agent_id}: start_xy_m must be 2 finite numbers (world x, y in "
+                                 f"metres), got {self.start_xy_m!r}")
+            self.start_xy_m = (float(self.start_xy_m[0]), float(self.start_xy_m[1]))
         for name in ("lane", "target_lane"):
             if not _is_index(getattr(self, name)):
                 raise ValueError(f"agent {self.agent_id}: {name} must be an integer >= 0 (a lane of the layout), "
@@ -156,6 +167,24 @@ def _near(a: AgentState, b: AgentState) -> bool:
     return float(np.linalg.norm(a.position_m[:2] - b.position_m[:2])) < reach
 
 
+def _check_start_overlaps(start: WorldSnapshot, static: list[AgentState]) -> None:
+    """ValueError naming two actors (the ego, agents) whose boxes overlap where they start, or the ego starting in
+    an object of the layout (a parked car, a tree, a building): the first tick would be a collision the scenario did
+    not mean. An agent may start in an object's box (a pedestrian under a tree's crown: the boxes are coarse, and
+    only the ego's collisions are judged)."""
+    actors = [start.ego, *start.agents]
+    name = {a.agent_id: ("the ego" if a.agent_id == EGO_ID else f"agent {a.agent_id}") for a in actors}
+    for i, a in enumerate(actors):
+        for b in actors[i + 1:]:
+            if _near(a, b) and _obb_overlap(a, b):
+                raise ValueError(f"{name[a.agent_id]} and {name[b.agent_id]} overlap where they start (centres "
+                                 f"{np.linalg.norm(a.position_m[:2] - b.position_m[:2]):.1f} m apart): move one")
+    for box in static:
+        if _near(start.ego, box) and _obb_overlap(start.ego, box):
+            raise ValueError(f"the ego starts inside an object of the layout (a parked car, a tree, a building) at "
+                             f"({box.position_m[0]:.1f}, {box.position_m[1]:.1f}): move it")
+
+
 class EmbeddedSimulator:
     """See the module docstring. `tick()` first returns the initial state (frame start_frame)."""
 
@@ -188,10 +217,16 @@ class EmbeddedSimulator:
                 if not 0.0 <= spec.start_s_m <= lane_m:
                     raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on lane {spec.lane} "
                                      f"(its length is {lane_m:.1f} m)")
+                if spec.start_xy_m is not None:
+                    raise ValueError(f"agent {spec.agent_id}: start_xy_m places a {'/'.join(XY_BEHAVIOURS)} agent; a "
+                                     f"{spec.behaviour!r} agent starts on lane {spec.lane} at start_s_m")
                 continue
             if spec.lane != 0 or spec.start_s_m != 0.0:
                 raise ValueError(f"agent {spec.agent_id}: lane and start_s_m place a lane behaviour (follow_lane, "
                                  f"cut_in); a {spec.behaviour!r} agent starts at start_xy_m (world x, y in metres)")
+            if spec.start_xy_m is None:
+                raise ValueError(f"agent {spec.agent_id}: a {spec.behaviour!r} agent needs start_xy_m (world x, y in "
+                                 "metres; it is not placed on a lane)")
             if road_xy is not None:
                 off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
                 if off_m > OFF_ROAD_LIMIT_M:
@@ -218,6 +253,8 @@ class EmbeddedSimulator:
         self._control = VehicleControl()
         self._frame = int(start_frame)
         self._steps = -1  # the first tick returns the initial state
+        _check_start_overlaps(self._snapshot(), self._static)
+
 
     # ------------------------------------------------------------------ API
     def set_ego_state(self, xy_m: np.ndarray, yaw_rad: float, speed_mps: float) -> None:

@@ -16,6 +16,9 @@ from neural_sensor.scene.path import Path
 from neural_sensor.scene.layout import Layout
 from neural_sensor.world import WorldSnapshot
 
+ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
+ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
+
 
 @dataclass
 class Scenario:
@@ -66,14 +69,40 @@ class Scenario:
             raise ValueError(f"scenario {self.name!r}: route_xy_m point {point} {route[point].round(1).tolist()} is "
                              f"{off_m:.1f} m beyond the layout's lanes (a route runs on the road: within a lane's "
                              f"width + {ROUTE_SLACK_M:g} m of some lane's centre line, never past a road's end)")
+        self._check_route_from_the_ego()
+
+    def _check_route_from_the_ego(self) -> None:
+        """The route must pass the ego's start, run the ego's way there, and reach route_goal_m beyond it (the
+        route completion criterion measures progress along it from there). An ego start off its lane is left to
+        the simulator, which names it."""
+        lanes = self.layout.lanes
+        if not 0 <= self.ego.lane < len(lanes):
+            return
+        lane = Path(lanes[self.ego.lane].travel_polyline())
+        if not 0.0 <= self.ego.start_s_m <= lane.length_m:
+            return
+        start_xy, start_yaw = lane.at(self.ego.start_s_m)
+        route = Path(self.route_xy_m)
+        along_m, lateral_m = route.project(start_xy)
+        _, route_yaw = route.at(along_m)
+        where = f"scenario {self.name!r}: route_xy_m"
+        if abs(lateral_m) > ROUTE_FROM_EGO_M:
+            raise ValueError(f"{where} passes {abs(lateral_m):.1f} m from the ego's start {start_xy.round(1).tolist()} "
+                             f"(lane {self.ego.lane} at {self.ego.start_s_m:g} m); the route is the path the ego is asked "
+                             f"to drive from there (at most {ROUTE_FROM_EGO_M:g} m away)")
+        if math.cos(route_yaw - start_yaw) < 0.0:
+            raise ValueError(f"{where} runs against the ego's lane {self.ego.lane} at its start (their headings differ "
+                             f"by {abs(math.degrees(math.remainder(route_yaw - start_yaw, 2 * math.pi))):.0f} "
+                             "degrees): give its points in the direction the ego drives")
+        ahead_m = route.length_m - along_m
+        if self.route_goal_m > ahead_m + 1e-6:
+            raise ValueError(f"scenario {self.name!r}: route_goal_m {self.route_goal_m:g} is longer than the route "
+                             f"ahead of the ego's start ({ahead_m:.1f} m): route completion could never reach 1")
 
     @property
     def recorded_path_xy_m(self) -> np.ndarray:
         """[P, 2] the recorded lane's centre line in its direction of travel (where the drive was recorded)."""
         return self.layout.lanes[self.recorded_lane].travel_polyline()
-
-
-ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
 
 
 def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, int]:

@@ -166,6 +166,12 @@ def test_bad_logs_are_named(tmp_path):
     assert err.frame == 1 and err.file == "images/000001_CAM_B.png"
     with pytest.raises(DriveLogError, match="frame 1"):
         log_digest(log)
+    assert "separates folders" not in str(err)
+    log = _tiny_log(tmp_path, "windows_path")  # a log written on Windows: the separator is named
+    _edit(log, lambda d: d["frames"][1].__setitem__("file_path", "images\\000001_CAM_B.png"))
+    _expect(log, "image file missing (file_path separates folders with '\\'; write '/')")
+    with pytest.raises(DriveLogError, match="write '/'"):
+        log_digest(log)
 
     log = _tiny_log(tmp_path, "nan_pose")
     _edit(log, lambda d: d["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")))

@@ -391,7 +391,7 @@ def test_scenario_fields_are_checked_by_name():
     with pytest.raises(ValueError, match=r"agent 3: start_s_m 400 is not on lane 0 \(its length is"):
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "follow_lane", start_s_m=400.0)])
     route = lane_route(layout, 0, 0.0, 50.0)
-    ok = Scenario("mine", "", layout, EgoStart(), [], route)
+    ok = Scenario("mine", "", layout, EgoStart(), [], route, route_goal_m=40.0)
     assert ok.route_xy_m.shape == (50, 2)
     with pytest.raises(ValueError, match=r"recorded_lane must be a lane of the layout \(0..1\), got 9"):
         Scenario("mine", "", layout, EgoStart(), [], route, recorded_lane=9)
@@ -413,8 +413,62 @@ def test_scenario_fields_are_checked_by_name():
         Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"route_xy_m point 0 .* is 4.5 m beyond the layout's lanes"):
         Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -10.0]))
-    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]))  # a lane change's target lane
-    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -5.4]))  # the shoulder: a wide turn's slack
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]), route_goal_m=40.0)  # the next lane
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -4.9]), route_goal_m=40.0)  # the shoulder
+
+
+def test_a_route_and_agents_that_cannot_be_meant_are_refused_where_they_are_made():
+    """A new user's mistakes (2026-12-06), each refused naming it instead of a run that fails or passes for nothing:
+    a route joined from lane polylines (repeated end points) drives instead of steering NaN; a route against the
+    ego's lane, one far from its start, a route goal longer than the route; two actors overlapping at the start, the
+    ego inside a parked car; a heading in degrees; a parked agent without a place."""
+    from carla_bridge.embedded import AgentSpec
+    from neural_sensor.scene.path import Path as Polyline
+    from scenarios.base import Scenario, lane_route
+
+    layout = straight_road(120.0, lanes_per_direction=1)
+    route = lane_route(layout, 0, 0.0, 100.0)
+    joined = np.concatenate([route[:50], route[49:]])  # the joint repeated, as concatenated lanes give it
+    scenario = Scenario("mine", "", layout, EgoStart(), [], joined, max_ticks=40)
+    assert len(Polyline(scenario.route_xy_m).points) == 100 and np.isfinite(Polyline(joined).dirs).all()
+    from scenarios.agent import BuiltinAgent
+
+    agent = BuiltinAgent(joined, 10.0)  # its steering follows the route's Path: every segment has a direction
+    assert np.isfinite(agent.route.dirs).all() and agent.route.length_m == pytest.approx(99.0)
+    with pytest.raises(ValueError, match=r"route_xy_m runs against the ego's lane 0 at its start \(their headings "
+                                         r"differ by 180 degrees\)"):
+        Scenario("mine", "", layout, EgoStart(), [], route[::-1].copy())
+    with pytest.raises(ValueError, match=r"route_xy_m passes 6.0 m from the ego's start \[5.0, -1.8\]"):
+        Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 0.0, 90.0) + np.array([0.0, 6.0]))
+    with pytest.raises(ValueError, match=r"route_goal_m 100 is longer than the route ahead of the ego's start "
+                                         r"\(94.0 m\)"):
+        Scenario("mine", "", layout, EgoStart(), [], route, route_goal_m=100.0)
+    Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 10.0, 90.0))  # starting 5 m ahead: fine
+    with pytest.raises(ValueError, match=r"the ego and agent 1 overlap where they start \(centres 1.0 m apart\)"):
+        EmbeddedSimulator(layout, EgoStart(start_s_m=5.0), [AgentSpec(1, start_s_m=6.0)])
+    with pytest.raises(ValueError, match=r"agent 1 and agent 2 overlap where they start"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(1, start_s_m=30.0), AgentSpec(2, start_s_m=31.0)])
+    EmbeddedSimulator(layout, EgoStart(), [AgentSpec(1, lane=1, start_s_m=115.0)])  # the other lane, beside: fine
+    import dataclasses
+
+    from neural_sensor.scene.layout import Box
+
+    blocked = dataclasses.replace(layout, objects=[Box((6.0, -2.5, 0.0), (4.5, 1.9, 1.5), 0.0, "parked_vehicle")])
+    with pytest.raises(ValueError, match=r"the ego starts inside an object of the layout .* at \(6.0, -2.5\)"):
+        EmbeddedSimulator(blocked, EgoStart(start_s_m=5.0))
+    # a narrow street's parked cars stand clear of a car centred in its lane (they touched it until 2026-12-06)
+    narrow = straight_road(120.0, lanes_per_direction=1, lane_width_m=3.0, parked_car_density=5.0)
+    cars = [box for box in narrow.objects if box.cls == "parked_vehicle"]
+    assert cars and all(abs(box.centre_m[1]) - 0.95 >= 3.0 - (3.0 - 1.9) / 2 + 0.25 - 1e-9 for box in cars)
+    with pytest.raises(ValueError, match=r"heading_rad 90 is more than a turn: it is in radians \(degrees\? "
+                                         r"math.radians\(90\) = 1.5708\)"):
+        AgentSpec(1, "pedestrian", "parked", start_xy_m=(10.0, -5.0), heading_rad=90.0)
+    with pytest.raises(ValueError, match=r"agent 1: a 'parked' agent needs start_xy_m"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(1, "car", "parked")])
+    with pytest.raises(ValueError, match=r"agent 1: start_xy_m places a cross/parked agent"):
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(1, start_s_m=40.0, start_xy_m=(40.0, -1.75))])
+    with pytest.raises(ValueError, match=r"start_xy_m must be 2 finite numbers"):
+        AgentSpec(1, "car", "parked", start_xy_m=(1.0, float("nan")))
 
 
 def test_the_agent_is_destroyed_on_every_way_out(tmp_path, scene_cache):

@@ -385,7 +385,8 @@ def test_too_many_ticks_stop_at_the_end_of_the_route(tmp_path):
     path = tmp_path / "short.py"
     path.write_text(USER_SCENARIO.replace("straight_road(120.0", "straight_road(60.0")
                     .replace("lane_route(layout, 1, 0.0, 110.0)", "lane_route(layout, 1, 0.0, 55.0)")
-                    .replace("start_s_m=40.0, speed_mps=4.0", "start_s_m=50.0, speed_mps=8.0"))
+                    .replace("start_s_m=40.0, speed_mps=4.0", "start_s_m=50.0, speed_mps=8.0")
+                    .replace("target_speed_mps=8.0,", "target_speed_mps=8.0, route_goal_m=40.0,"))
     result = _cli(["run", str(path), "--ticks", "100000", *TINY, "-o", str(tmp_path / "out"), "--allow-fail"],
                   tmp_path)
     assert result.returncode == 0, result.stderr

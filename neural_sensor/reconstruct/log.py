@@ -74,6 +74,12 @@ class DriveLogError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+def _separator_hint(file_path: str) -> str:
+    """For a missing image: a hint when its file_path separates folders with backslashes (a log written on
+    Windows), which name no folder here."""
+    return " (file_path separates folders with '\\'; write '/')" if "\\" in str(file_path) else ""
+
+
 def opencv_to_nerfstudio(pose_camera_to_world: np.ndarray) -> np.ndarray:
     """Our camera-to-world pose (OpenCV camera axes) as nerfstudio's transform_matrix (OpenGL camera axes)."""
     return np.asarray(pose_camera_to_world, dtype=np.float64) @ OPENCV_TO_OPENGL
@@ -224,8 +230,8 @@ def log_digest(folder: Path | str) -> str:
         try:
             digest.update(image_path.read_bytes())
         except OSError as err:
-            raise DriveLogError(folder, f"image missing or unreadable: {err.strerror or err}", frame=i,
-                                file=frame["file_path"]) from None
+            raise DriveLogError(folder, f"image missing or unreadable: {err.strerror or err}"
+                                f"{_separator_hint(frame['file_path'])}", frame=i, file=frame["file_path"]) from None
     return digest.hexdigest()
 
 
@@ -328,7 +334,7 @@ def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
             mode = img.mode
             array = np.asarray(img)
     except FileNotFoundError:
-        raise DriveLogError(folder, "image file missing", frame=i, file=file) from None
+        raise DriveLogError(folder, f"image file missing{_separator_hint(file)}", frame=i, file=file) from None
     except (OSError, UnidentifiedImageError) as err:
         raise DriveLogError(folder, f"image unreadable: {err}", frame=i, file=file) from None
     if mode == "RGBA":

@@ -38,6 +38,8 @@ PALETTES = ("clear", "overcast", "wet")
 BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facade families, for the appearance
 
 
+PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
+PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
@@ -301,7 +303,8 @@ def densified(points_xy: np.ndarray, step_m: float = 1.0) -> np.ndarray:
 def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
                       buildings: bool, skip_fn=None, *, building_height_m: tuple = (7.0, 20.0),
                       tree_density: float = 0.4, parked_car_density: float = 0.2,
-                      keep_clear_xy_m: np.ndarray | None = None, keep_clear_m: float = 0.0) -> list[Box]:
+                      keep_clear_xy_m: np.ndarray | None = None, keep_clear_m: float = 0.0,
+                      lane_width_m: float = 3.5) -> list[Box]:
     """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb.
 
     building_height_m is the (min, max) of the uniform building heights; tree_density and parked_car_density
@@ -312,10 +315,14 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     (skip_fn sees only an object's centre; a building up to 24 m long can reach past the end of its road's
     reference, which at an intersection is the crossing road: the recorded drives of every intersection world
     went through such buildings until 2026-12-05.)
+    lane_width_m: the outer lanes' width: a parked car stands half on the kerb, at most as far into the lane as
+    leaves PARKED_CLEARANCE_M beside a car centred in it (narrower lanes push it further onto the kerb).
     """
     low_m, high_m = (float(v) for v in building_height_m)
     if not (math.isfinite(low_m) and math.isfinite(high_m) and 0 < low_m <= high_m):
         raise ValueError(f"building_height_m must be (min, max) with 0 < min <= max, got {building_height_m}")
+    # 0.4 m beyond the road's edge in lanes of 3.5 m or wider (as always), further out in narrower ones
+    parked_offset_m = max(0.4, PARKED_SIZE_M[1] / 2 + PARKED_CLEARANCE_M - (lane_width_m - PARKED_SIZE_M[1]) / 2)
     weights = np.array([tree_density, 0.3, 0.1, parked_car_density], dtype=np.float64)
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(f"tree_density and parked_car_density must be finite and >= 0, got "
@@ -358,9 +365,9 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
         while s < total - 2:
             kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=weights / weights.sum())
             if kind == "parked_vehicle":
-                # half up on the kerb, clear of the outer lane (agents driving there must not pass through it)
-                centre, yaw = at(s, side * (half_road_m + 0.4))
-                box = Box((centre[0], centre[1], 0.0), (4.5, 1.9, 1.5), yaw, kind)
+                # half up on the kerb, clear of a car centred in the outer lane (agents, and the ego, drive there)
+                centre, yaw = at(s, side * (half_road_m + parked_offset_m))
+                box = Box((centre[0], centre[1], 0.0), PARKED_SIZE_M, yaw, kind)
             elif kind == "vegetation":
                 centre, yaw = at(s, side * (half_road_m + sidewalk_m * 0.75))
                 box = Box((centre[0], centre[1], 0.0), (2.2, 2.2, rng.uniform(4, 7)), yaw, kind)
@@ -389,7 +396,8 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
     half = lanes_per_direction * lane_width_m
     rng = np.random.default_rng(style.seed)
     objects = roadside_objects(rng, reference, half, sidewalk_width_m, buildings, building_height_m=building_height_m,
-                               tree_density=tree_density, parked_car_density=parked_car_density)
+                               tree_density=tree_density, parked_car_density=parked_car_density,
+                               lane_width_m=lane_width_m)
     crosswalks = [Box((length_m * 0.6, 0.0, 0.0), (4.0, 2 * half, 0.02), 0.0, "crosswalk")]
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
@@ -412,7 +420,7 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
     rng = np.random.default_rng(style.seed)
     objects = roadside_objects(rng, reference, lanes_per_direction * lane_width_m, sidewalk_width_m, buildings,
                                building_height_m=building_height_m, tree_density=tree_density,
-                               parked_car_density=parked_car_density)
+                               parked_car_density=parked_car_density, lane_width_m=lane_width_m)
     refs = [RoadReference(reference, (lane_width_m,) * lanes_per_direction, (lane_width_m,) * lanes_per_direction,
                           sidewalk_width_m)]
     return Layout(lanes, edges, sidewalks, [], objects, style, name=f"curve_r{int(radius_m)}", references=refs)
@@ -465,7 +473,7 @@ def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, la
                                          skip_fn=lambda p: bool(abs(p[0]) < clear and abs(p[1]) < clear),
                                          building_height_m=building_height_m, tree_density=tree_density,
                                          parked_car_density=parked_car_density, keep_clear_xy_m=crossing,
-                                         keep_clear_m=half + sidewalk_width_m)
+                                         keep_clear_m=half + sidewalk_width_m, lane_width_m=lane_width_m)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=f"intersection_{int(arm)}m",
                   references=refs)
 

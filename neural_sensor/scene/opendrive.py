@@ -233,9 +233,10 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
         for ref in references:
             half = max(sum(ref.right_widths_m), sum(ref.left_widths_m))
             near_other_lanes = _make_clearance_test(drive_points, half)
+            outer = [widths[-1] for widths in (ref.right_widths_m, ref.left_widths_m) if widths]
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
                                          skip_fn=near_other_lanes, keep_clear_xy_m=lane_points,
-                                         keep_clear_m=LANE_CLEARANCE_M)
+                                         keep_clear_m=LANE_CLEARANCE_M, lane_width_m=min(outer, default=3.5))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
 
 

@@ -11,7 +11,15 @@ class Path:
     """A polyline with arc-length parametrisation: position and heading at s (clamped, extrapolated linearly)."""
 
     def __init__(self, points_m: np.ndarray):
-        self.points = np.asarray(points_m, dtype=np.float64)
+        points = np.asarray(points_m, dtype=np.float64)
+        assert points.ndim == 2 and points.shape[1] >= 2 and len(points) >= 2, points.shape
+        # a point repeating the one before it (polylines joined end to start) would be a zero-length segment with
+        # no direction: dropped
+        step = np.linalg.norm(np.diff(points[:, :2], axis=0), axis=1)
+        keep = np.concatenate([[True], step > 1e-9])
+        if keep.sum() < 2:
+            raise ValueError(f"Path: a polyline needs two distinct points, got {len(points)} at one place")
+        self.points = points[keep]
         seg = np.diff(self.points, axis=0)
         self.seg_len = np.linalg.norm(seg, axis=1)
         self.cum = np.concatenate([[0.0], np.cumsum(self.seg_len)])
