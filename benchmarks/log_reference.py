@@ -11,7 +11,8 @@ where those see nothing, `log_warp.fallback_view_weights`, is not applied here).
 and at the log views (the run's), the ground truth's at both (`truth`: an oracle of perfect geometry; with
 `--depth-noise SIGMA` every depth map multiplied by a smooth log-normal field, to see what depth error the log
 tolerates), the ground truth's at the rig camera only (`truth-target`), or the reconstruction's with the rig
-camera's refined by photo-consistency between the log views (`sweep`, `swept_depth`: a probe). `--gate TAU`
+camera's refined by photo-consistency between the log views (`sweep`, `swept_depth`: a probe), or the log views'
+depths splatted forward into the rig camera (`forward`, `forward_depth`: a probe). `--gate TAU`
 counts as unseen the pixels whose log views disagree by more than TAU (`inconsistent_views`: a probe of a validity
 signal). Against the builder's ground truth at the same pose, per shift:
 
@@ -27,7 +28,7 @@ The enhancer takes this warp as its reference input; this measures what a fixed 
 training, and how much of the log's information the geometry lets through.
 
     python benchmarks/log_reference.py [--worlds 6] [--views 2] [--sample bilinear] [--combine distance]
-        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep] [--depth-noise SIGMA] [--gate TAU]
+        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep|forward] [--depth-noise SIGMA] [--gate TAU]
         [--json PATH]
 """
 
@@ -61,7 +62,34 @@ DEPTHS = {"reconstruction": "the reconstruction's rendered median depth (rig and
           "truth": "the builder's median depth (rig and log views): an oracle",
           "truth-target": "the builder's median depth at the rig cameras, the reconstruction's at the log views",
           "sweep": "the reconstruction's, the rig cameras' refined by photo-consistency of the log views "
-                   "(swept_depth, a probe)"}
+                   "(swept_depth, a probe)",
+          "forward": "the reconstruction's at the log views, splatted forward into the rig camera (forward_depth, "
+                     "a probe); the render's where no view lands"}
+FORWARD_FAR_M = 500.0  # --depth forward: log-view depths beyond this (the sky dome) are not splatted
+
+
+def forward_depth(camera, depth_m: np.ndarray, views: list, footprint_px: int = 3) -> np.ndarray:
+    """A probe of the rig camera's geometry taken from the log views' own depths instead of the render at the new
+    pose: every log view's pixel (camera, rgb, depth [h, w]) unprojected and projected into `camera`, the nearest
+    kept per pixel (a z-buffer), then a footprint_px x footprint_px minimum closes the holes a lower-resolution
+    view leaves between its splats; depth_m [H, W] (the render's) where no view lands. Numpy: a measurement."""
+    from scipy.ndimage import minimum_filter
+
+    from neural_sensor.enhance.warp import points_world
+
+    h, w = depth_m.shape
+    zbuf = np.full(h * w, np.inf)
+    for cam, _, view_depth in views:
+        keep = (np.isfinite(view_depth) & (view_depth > 0) & (view_depth < FORWARD_FAR_M)).reshape(-1)
+        points = points_world(cam, view_depth).reshape(-1, 3)[keep]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv, z = camera.project(points)
+        uv = np.where(np.isfinite(uv), uv, -1.0)
+        u, t = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        inside = (z > 0.05) & (u >= 0) & (u < w) & (t >= 0) & (t < h)
+        np.minimum.at(zbuf, t[inside] * w + u[inside], z[inside])
+    zbuf = minimum_filter(zbuf.reshape(h, w), size=footprint_px, mode="nearest")
+    return np.where(np.isfinite(zbuf), zbuf, depth_m).astype(np.float32)
 
 
 def smooth_log_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator, cell_px: int = 16) -> np.ndarray:
@@ -187,6 +215,8 @@ def evaluate_world(seed: int, layout, work: Path, views: int, sample: str, combi
                         target_depth = target_depth * smooth_log_noise(target_depth.shape, depth_noise, noise_rng)
                     if depth == "sweep":
                         target_depth = swept_depth(cam, target_depth, target.alpha[i], near_views)
+                    if depth == "forward":
+                        target_depth = forward_depth(cam, target_depth, near_views)
                     t0 = time.perf_counter()
                     ref, seen = warp_views(cam, target_depth, target.alpha[i], near_views,
                                            sample=sample, weights=weight if combine == "distance" else None)
