@@ -255,7 +255,6 @@ class EmbeddedSimulator:
         self._steps = -1  # the first tick returns the initial state
         _check_start_overlaps(self._snapshot(), self._static)
 
-
     # ------------------------------------------------------------------ API
     def set_ego_state(self, xy_m: np.ndarray, yaw_rad: float, speed_mps: float) -> None:
         """Override the ego's state (CarlaSimulator feeds the real ego in, so behaviours react to it)."""
