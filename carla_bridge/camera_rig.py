@@ -108,6 +108,7 @@ class CameraRig:
         self.render_scale = float(render_scale)  # render(scale=): the fraction of the cameras' size drawn
         self.background_rgb = tuple(background_rgb)
         self.enhancer_client = None
+        self._raw_since: int | None = None  # the frame since which the enhancer has not refined (warned once)
         if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
             from neural_sensor.enhance.client import EnhancerClient
 
@@ -296,6 +297,7 @@ class CameraRig:
         frames = rig.capture(snapshot)
         render_ms = (time.perf_counter() - start) * 1000.0
         self.renders += 1
+        self._say_raw_frames(snapshot.frame, next(iter(frames.values())).meta)
         out = {}
         for camera in cameras:
             frame = frames[f"view{index[camera._view_key()]}"]
@@ -303,6 +305,19 @@ class CameraRig:
             camera.last_meta = frame.meta
             out[camera] = camera.image(snapshot, frame)
         return out
+
+    def _say_raw_frames(self, frame: int, meta: dict) -> None:
+        """A warning when the enhancer stops refining (the first raw frame, and the first after it recovers), so an
+        unreachable server or a wrong port is not silent; each frame's meta says it too (`camera.last_meta`)."""
+        if self.enhancer_client is None:
+            return
+        if meta.get("enhanced"):
+            self._raw_since = None
+        elif self._raw_since is None:
+            self._raw_since = frame
+            _log.warning("neural camera: the enhancer did not refine frame %d (%s): the cameras deliver the raw "
+                         "render until it answers again (camera.last_meta['enhancer_reason'] has each frame's reason)",
+                         frame, meta.get("enhancer_reason"))
 
     def _fail(self, frame: int, cameras, err: Exception) -> None:
         """Log a failed frame at once and keep it for the next call on a camera of this rig (the first one kept)."""

@@ -133,7 +133,7 @@ def _enhancer(text: str) -> str:
         raise argparse.ArgumentTypeError(f"local, none or a server's endpoint: {err}") from None
 
 
-def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: bool = True) -> None:
     parser.add_argument("--ticks", type=_positive_int, default=None,
                         help="ticks to run (default: the scenario's length; fewer is a quick look: the route completion it "
                              "cannot reach is then not judged); the run stops early if the ego reaches the end of its "
@@ -156,7 +156,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "
                              "(default: the built-in agent, scenarios.agent.BuiltinAgent)")
-    parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    if video:  # bench writes none
+        parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     parser.add_argument("--scene", choices=("reconstruction", "builder"), default=argparse.SUPPRESS,
                         help="reconstruction (the default): the neural chain, the scene reconstructed from a drive "
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--layout", type=Path, default=None, help="layout JSON (Layout.to_json)")
     p_build.add_argument("--export-xodr", type=Path, default=None, help="also write the layout's roads as OpenDRIVE")
     p_build.add_argument("--ply", type=Path, default=None, help="also copy the scene PLY here")
-    p_build.add_argument("--length", type=float, default=200.0, help="straight: road length; intersection: arm")
+    p_build.add_argument("--length", type=float, default=None,
+                         help="straight: road length; intersection: arm length (default 200 m; a curve takes none)")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=int, default=0, help="style seed")
     p_build.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "10, where 0 or none means no bound)")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
-    _add_run_options(p_bench, "out/bench")
+    _add_run_options(p_bench, "out/bench", video=False)
     p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)",
                              formatter_class=_FORMATTER)
     from neural_sensor.enhance.server import add_arguments as add_server_arguments
@@ -343,6 +345,13 @@ def _build_scene(args: argparse.Namespace) -> dict:
     if len(sources) != 1:
         raise ValueError("build-scene takes exactly one of: a template name, --xodr FILE, --layout FILE, "
                          "--prompt TEXT")
+    if args.length is not None and args.template not in ("straight", "intersection"):
+        given = args.template or ("--prompt" if args.prompt is not None else "--xodr" if args.xodr is not None
+                                  else "--layout")
+        raise ValueError(f"--length sets a straight road's length or an intersection's arms; {given} takes none")
+    if args.ply is not None and not args.ply.parent.is_dir():  # said before the scene is built, not after
+        raise ValueError(f"--ply {args.ply}: the folder {args.ply.parent} does not exist")
+    length = 200.0 if args.length is None else args.length
     style = Style(seed=args.seed)
     description = None
     if args.prompt is not None:
@@ -360,7 +369,7 @@ def _build_scene(args: argparse.Namespace) -> dict:
         except ValueError as err:
             raise ValueError(f"layout {args.layout}: {err}") from None
     else:
-        kwargs = {"straight": {"length_m": args.length}, "intersection": {"arm_length_m": args.length},
+        kwargs = {"straight": {"length_m": length}, "intersection": {"arm_length_m": length},
                   "curve": {}}[args.template]
         layout = from_template(args.template, style=style, **kwargs)
     _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
@@ -403,6 +412,8 @@ def _cache(args: argparse.Namespace) -> dict:
     if args.prune_gb is not None and not (math.isfinite(args.prune_gb) and args.prune_gb >= 0):
         raise ValueError(f"--prune-gb must be a finite number of gigabytes >= 0, got {args.prune_gb}")
     cache = SceneCache(args.cache, max_bytes=None)
+    if cache.root.exists() and not cache.root.is_dir():
+        raise ValueError(f"--cache {cache.root} is a file, not a scene cache folder")
     removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
     entries = cache.entries()
     return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),

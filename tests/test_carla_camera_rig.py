@@ -264,3 +264,29 @@ def test_an_enhancer_that_takes_no_log_gets_none_and_its_images_are_accumulated_
     error_plain = np.abs(images[1] - second).mean()
     assert error_blended < 0.6 * error_plain, (error_blended, error_plain)
     camera.destroy()
+
+
+def test_an_unreachable_enhancer_is_said_once_and_each_frame_says_it_went_raw(scene, caplog):
+    """A CARLA camera whose enhancer endpoint has no server (a wrong port) delivers the raw render every tick, as
+    the run's rig does, and says so: one warning naming the reason (not one a tick), and every frame's meta."""
+    import socket
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    with socket.socket() as probe:  # a free loopback port: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                 enhancer=f"tcp://127.0.0.1:{port}", enhancer_deadline_ms=50)
+    got = []
+    camera.listen(got.append)
+    with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+        for _ in range(3):
+            world.tick()
+            _settle(world, camera)
+    said = [r.getMessage() for r in caplog.records if "did not refine" in r.getMessage()]
+    assert len(got) == 3 and len(said) == 1, said
+    assert f"tcp://127.0.0.1:{port}" in said[0] and not camera.last_meta["enhanced"]
+    assert camera.last_meta["enhancer_reason"]
+    camera.destroy()

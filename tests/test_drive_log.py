@@ -351,6 +351,11 @@ def test_record_drive_writes_the_rig_along_the_path(short_drive):
     for cam, frame, spec in zip(cameras, meta["frames"], nuscenes_like_rig(64, 40) * 3):
         assert np.allclose(cam.pose_camera_to_world, np.array(frame["pose_ego_to_world"]) @ spec.pose_camera_to_ego)
     assert meta["neural_sensor"]["source"]["sky_rgb"] and meta["neural_sensor"]["source"]["kind"] == "generated"
+    # a step that leaves one station, or makes thousands (1e-3 m: 40,000 stations here), is refused before building
+    for step, said in ((50.0, r"step_m 50 is longer than the path \(40.0 m\)"), (1e-3, r"makes 40001 stations")):
+        with pytest.raises(ValueError, match=said):
+            record_drive(short_drive["layout"], short_drive["path"], short_drive["root"] / "never", step_m=step)
+    assert not (short_drive["root"] / "never").exists()
 
 
 @needs_checkpoint

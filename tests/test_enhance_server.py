@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from neural_sensor.enhance import protocol as wire
-from neural_sensor.enhance.client import EnhancerClient, EnhancerVersionError
+from neural_sensor.enhance.client import EnhancerClient, EnhancerError, EnhancerVersionError
 from neural_sensor.enhance.local import local_server, start_server, stop_server
 from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.enhance.server import ServerConfig, check_bind, is_loopback
@@ -186,8 +186,14 @@ def test_a_missed_deadline_gives_the_raw_render_with_a_reason(server):
     with EnhancerClient(server.endpoint, deadline_ms=5000) as client:
         client.hello()
         result = client.enhance(_frames(3, n=6, h=270, w=480), deadline_ms=0.5)
-        assert not result.enhanced and "within" in result.reason
+        # the reason cites the request's deadline (it cited what was left of it: -948 ms, 999 ms, 996 ms ...)
+        assert not result.enhanced and result.reason.endswith("within 0.5 ms"), result.reason
         assert client.enhance(_frames(4)).enhanced  # the late reply to the first request is not taken for this one
+    # a closed client says so (it connected again before, and reported a missed deadline)
+    closed = client.enhance(_frames(5))
+    assert not closed.enhanced and closed.reason == f"this EnhancerClient of {server.endpoint} is closed"
+    with pytest.raises(EnhancerError, match="is closed"):
+        client.hello()
 
 
 def test_version_mismatch_at_hello_names_both_versions():

@@ -132,6 +132,14 @@ def test_uint8_images_are_taken_as_0_to_255_and_other_dtypes_are_refused(server,
             bad[1][field] = bad[1][field].astype(dtype)
             with pytest.raises(ValueError, match=rf"frames\[1\]\.{field} has dtype"):
                 client.enhance(bad)
+        # a frame without a field, or with one of another size, is named too (a KeyError / a bare assert before)
+        for change, said in (({"depth": None}, r"frames\[1\] has no depth"),
+                             ({"depth": as_float[1]["depth"][:-6]}, r"frames\[1\]\.depth has shape \("),
+                             ({"reference_valid": None}, r"frames\[1\] needs reference and reference_valid")):
+            bad = [dict(f) for f in as_float]
+            bad[1].update(change)
+            with pytest.raises(ValueError, match=said):
+                client.enhance(bad)
 
 
 def test_malformed_shared_memory_headers_get_named_errors_and_the_worker_keeps_serving(server):

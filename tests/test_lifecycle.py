@@ -499,6 +499,22 @@ def test_random_bytes_as_opendrive_name_the_file(tmp_path):
     assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
 
 
+def test_build_scene_options_that_would_do_nothing_are_refused_first(tmp_path, capsys):
+    """`build-scene curve --length 50` built the default curve (a curve takes no length); a --ply into a missing
+    folder failed only after the scene was built. Both are refused before anything is built."""
+    from scenarios.cli import main as cli_main
+
+    cache = tmp_path / "cache"
+    for args, said in ((["curve", "--length", "50"], "--length sets a straight road's length or an intersection's "
+                                                     "arms; curve takes none"),
+                       (["--prompt", "a quiet street", "--length", "50"], "--prompt takes none"),
+                       (["straight", "--ply", str(tmp_path / "no" / "x.ply")], f"the folder {tmp_path / 'no'} does "
+                                                                               "not exist")):
+        assert cli_main(["build-scene", *args, "--cache", str(cache)]) == 2, args
+        assert said in capsys.readouterr().err, args
+    assert not cache.exists()
+
+
 def test_far_away_layout_points_are_named_errors():
     from neural_sensor.scene.layout import Layout, straight_road
     from neural_sensor.scene.occupancy import build_occupancy

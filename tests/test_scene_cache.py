@@ -122,6 +122,14 @@ def test_the_cache_keeps_its_bound_removing_what_was_used_least_recently(tmp_pat
     _, meta5 = SceneCache(tmp_path, max_bytes=1).get_or_build({"street": 5}, _builder(5))
     assert [e["key"] for e in bounded.entries()] == [meta5["key"]]
     assert SceneCache(tmp_path, max_bytes=None).prune(0) == [meta5["key"]] and bounded.entries() == []
+    # a cache pointed at a folder holding other things lists and prunes only its own entries (named as keys)
+    (tmp_path / "my_photos").mkdir()
+    (tmp_path / "my_photos" / "a.jpg").write_bytes(b"x" * 1000)
+    (tmp_path / "0123456789abcdef0123").mkdir()  # a damaged entry of its own: listed, pruned
+    (tmp_path / "0123456789abcdef0123" / "scene.ply").write_bytes(b"y" * 10)
+    assert [e["key"] for e in bounded.entries()] == ["0123456789abcdef0123"]
+    assert SceneCache(tmp_path, max_bytes=None).prune(0) == ["0123456789abcdef0123"]
+    assert (tmp_path / "my_photos" / "a.jpg").is_file()
     monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", "2.5")
     assert default_max_bytes() == 2_500_000_000 and SceneCache(tmp_path).max_bytes == 2_500_000_000
     for unbounded in ("0", "none"):
@@ -154,3 +162,6 @@ def test_cli_cache_lists_and_prunes(tmp_path, capsys):
     assert pruned["removed"] == [old] and pruned["entries"] == 1
     assert main(["cache", "--cache", str(tmp_path), "--prune-gb", "-1"]) == 2
     assert "--prune-gb" in capsys.readouterr().err
+    (tmp_path / "scene.ply").write_bytes(b"ply")
+    assert main(["cache", "--cache", str(tmp_path / "scene.ply")]) == 2
+    assert "is a file, not a scene cache folder" in capsys.readouterr().err

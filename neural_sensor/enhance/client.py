@@ -128,6 +128,10 @@ class EnhancerClient(SharedBlock):
         self._direct_path: str | None = None  # the offered worker socket this client uses
         self._direct_sock: socket.socket | None = None
         self._direct_rehello = False  # hello again (at most once a second) for a fuller or newer list of sockets
+        self.closed = False  # close() was called
+        # the depth goes out as float16 through torch's cast, whose first call imports torch (~1 s): paid here, not
+        # by the first tick's deadline
+        wire.to_float16_into(np.zeros(1, np.float32), np.empty(1, np.float16))
         self._direct_timeouts = 0  # direct requests in a row that got no reply in time
         if wire_dtype == "uint8":
             wire.warm_codecs()  # the first tick's request must not wait for numba
@@ -157,6 +161,9 @@ class EnhancerClient(SharedBlock):
         self._next_shm_hello = min(self._next_shm_hello, time.monotonic())  # the server may have been replaced
 
     def close(self) -> None:
+        """Release the socket and shared block; later calls answer that the client is closed (enhance: a raw tick
+        with that reason; hello / stats: EnhancerError) instead of connecting again."""
+        self.closed = True
         self._close_direct()
         self._release_block()
         if self._socket is not None:
@@ -229,9 +236,11 @@ class EnhancerClient(SharedBlock):
         self.close()
 
     # -------------------------------------------------------------- one exchange
-    def _exchange(self, payload: bytes, request_id: str, budget_ms: float, wait_connect: bool) -> dict | str:
+    def _exchange(self, payload: bytes, request_id: str, budget_ms: float, wait_connect: bool,
+                  deadline_ms: float | None = None) -> dict | str:
         """Send and wait for the reply with this id; the reply dict, or a reason string on failure."""
         t_end = time.monotonic() + budget_ms / 1000.0
+        deadline_ms = budget_ms if deadline_ms is None else deadline_ms  # what a reason cites: the request's own
         try:
             self._socket.send_multipart([b"", payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -248,12 +257,12 @@ class EnhancerClient(SharedBlock):
             if not sent:
                 if not wait_connect:
                     return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
-                return f"no connection to the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
+                return f"no connection to the enhancer at {self.endpoint} within {deadline_ms:g} ms"
         while True:
             remaining = int((t_end - time.monotonic()) * 1000)
             if remaining <= 0 or not self._socket.poll(remaining, zmq.POLLIN):
                 self._reset()
-                return f"no reply from the enhancer at {self.endpoint} within {budget_ms:.0f} ms"
+                return f"no reply from the enhancer at {self.endpoint} within {deadline_ms:g} ms"
             parts = self._socket.recv_multipart()
             try:
                 reply = wire.parse_reply(parts[-1])
@@ -275,6 +284,8 @@ class EnhancerClient(SharedBlock):
                                        f"(client protocol version {wire.PROTOCOL_VERSION}, server {reply.get('v')})")
 
     def _call(self, op: str, timeout_ms: float | None) -> dict:
+        if self.closed:
+            raise EnhancerError(f"this EnhancerClient of {self.endpoint} is closed")
         timeout_ms = float(timeout_ms if timeout_ms is not None else max(self.deadline_ms, 1000.0))
         reason = ""
         for _ in range(self.retries + 1):
@@ -350,6 +361,8 @@ class EnhancerClient(SharedBlock):
                  enhanced).
         """
         _check_frame_dtypes(frames)
+        if self.closed:
+            return EnhanceResult(None, f"this EnhancerClient of {self.endpoint} is closed", 0.0)
         if out is not None:
             if len(out) != len(frames) or any(
                     not isinstance(o, np.ndarray) or o.dtype != np.float32 or o.shape != np.shape(f["rgb"])
@@ -371,7 +384,8 @@ class EnhancerClient(SharedBlock):
             return EnhanceResult(None, f"request of {len(payload)} bytes exceeds the protocol's "
                                        f"{wire.MAX_MESSAGE_BYTES}; send fewer or smaller frames",
                                  (time.monotonic() - start) * 1000.0)
-        reply = self._exchange(payload, rid, budget - (time.monotonic() - start) * 1000.0, wait_connect=False)
+        reply = self._exchange(payload, rid, budget - (time.monotonic() - start) * 1000.0, wait_connect=False,
+                               deadline_ms=budget)
         latency = (time.monotonic() - start) * 1000.0
         bad = self._bad_reply(reply, frames, latency)
         if bad is not None:
@@ -400,11 +414,11 @@ class EnhancerClient(SharedBlock):
         remaining = budget - (time.monotonic() - start) * 1000.0
         reply = None
         if self._direct_path is not None and remaining > 0 and len(payload) <= wire.DIRECT_MAX_BYTES:
-            reply = self._exchange_direct(payload, rid, remaining)  # None: the socket is gone, take the broker
+            reply = self._exchange_direct(payload, rid, remaining, budget)  # None: the socket is gone: the broker
             remaining = budget - (time.monotonic() - start) * 1000.0
         if reply is None:
-            reply = self._exchange(payload, rid, remaining, wait_connect=False) if remaining > 0 else \
-                f"no reply from the enhancer at {self.endpoint} within {budget:.0f} ms"
+            reply = self._exchange(payload, rid, remaining, wait_connect=False, deadline_ms=budget) if remaining > 0 else \
+                f"no reply from the enhancer at {self.endpoint} within {budget:g} ms"
         latency = (time.monotonic() - start) * 1000.0
         if isinstance(reply, str):
             self._release_block()  # a worker may still write into it: the next tick takes a fresh block
@@ -424,7 +438,8 @@ class EnhancerClient(SharedBlock):
         return EnhanceResult(rgb, "", (time.monotonic() - start) * 1000.0, reply.get("model_ms"),
                              reply.get("worker_ms"))
 
-    def _exchange_direct(self, payload: bytes, request_id: str, budget_ms: float) -> dict | str | None:
+    def _exchange_direct(self, payload: bytes, request_id: str, budget_ms: float,
+                         deadline_ms: float | None = None) -> dict | str | None:
         """One request over the worker's socket: the reply dict, a reason string (no reply within the budget, a
         malformed reply: the connection is closed), or None when the socket is gone or broke before a reply (the
         worker died: the caller sends over the broker; a hello follows)."""
@@ -459,7 +474,8 @@ class EnhancerClient(SharedBlock):
                 self._direct_timeouts += 1
                 if self._direct_timeouts >= DIRECT_TIMEOUTS_TO_LEAVE:  # hung or swamped: the broker, then a hello
                     self._lose_direct()
-                return f"no reply from the enhancer's worker ({path}) within {budget_ms:.0f} ms"
+                cited = budget_ms if deadline_ms is None else deadline_ms
+                return f"no reply from the enhancer's worker ({path}) within {cited:g} ms"
             except OSError:
                 data = b""
             if not data:  # the worker went away mid-request: it writes nothing more into the block
@@ -537,9 +553,26 @@ def hello_reference_views(hello: dict | None) -> int:
 
 
 def _check_frame_dtypes(frames: list[dict]) -> None:
-    """ValueError naming the first frame field whose dtype the wire cannot take as meant (missing fields are
-    left to the checks that follow)."""
+    """ValueError naming the first frame that is not a dict with rgb [H, W, 3], depth and alpha [H, W] (and
+    reference [H, W, 3] with reference_valid [H, W] if either is given), or whose field has a dtype the wire cannot
+    take as meant."""
     for index, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise ValueError(f"enhance: frames[{index}] must be a dict (camera, rgb, depth, alpha), got "
+                             f"{type(frame).__name__}")
+        missing = [name for name in ("rgb", "depth", "alpha") if frame.get(name) is None]
+        if missing:
+            raise ValueError(f"enhance: frames[{index}] has no {' / '.join(missing)} (each frame needs rgb, depth and "
+                             "alpha)")
+        if (frame.get("reference") is None) != (frame.get("reference_valid") is None):
+            raise ValueError(f"enhance: frames[{index}] needs reference and reference_valid together")
+        h, w = np.shape(frame["rgb"])[:2]
+        expected = {"rgb": (h, w, 3), "depth": (h, w), "alpha": (h, w), "reference": (h, w, 3),
+                    "reference_valid": (h, w)}
+        for name, shape in expected.items():
+            if frame.get(name) is not None and np.shape(frame[name]) != shape:
+                raise ValueError(f"enhance: frames[{index}].{name} has shape {np.shape(frame[name])}; it must be "
+                                 f"{shape} (rgb's height and width)")
         for name, (allowed, taken) in _FRAME_DTYPES.items():
             if frame.get(name) is None:
                 continue

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,9 @@ def default_max_bytes() -> int | None:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"NEURAL_SENSOR_CACHE_MAX_GB must be a finite number >= 0, got {raw!r}")
     return None if value == 0 else int(value * 1e9)
+
+
+KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
 
 
 def cache_key(inputs: dict) -> str:
@@ -102,12 +106,15 @@ class SceneCache:
 
     def entries(self) -> list[dict]:
         """Every complete entry, least recently used first: {"key", "bytes", "last_used" (unix s), "source" (the
-        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable)}."""
+        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable)}. Only folders named
+        as `cache_key` names them count: a cache pointed at a folder that holds other things never lists (nor
+        prunes) those."""
         out = []
         if not self.root.is_dir():
             return out
         for folder in self.root.iterdir():
-            if folder.name.startswith(".") or not folder.is_dir():  # a store in progress
+            # a store in progress starts with "."; anything not named like a key is not the cache's
+            if not KEY_PATTERN.fullmatch(folder.name) or not folder.is_dir():
                 continue
             try:
                 size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())

@@ -53,6 +53,7 @@ FORMAT_NAME = "neural-sensor drive log"
 FORMAT_VERSION = 1
 TRANSFORMS = "transforms.json"
 IMAGES_DIR = "images"
+MAX_STATIONS = 2000  # record_drive refuses a step that would make more stations than this (a typo like 1e-3 m)
 # OpenCV camera axes (x right, y down, z forward) <-> OpenGL / nerfstudio axes (x right, y up, z back)
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 # nerfstudio camera models that are a pinhole when their distortion parameters are zero
@@ -527,10 +528,16 @@ def render_drive(layout, path_xy_m: np.ndarray, *, step_m: float = 4.0, width: i
     if not (isinstance(speed_mps, (int, float)) and speed_mps > 0 and math.isfinite(speed_mps)):
         raise ValueError(f"record_drive: speed_mps must be positive, got {speed_mps!r}")
     path = Polyline(np.asarray(path_xy_m, dtype=np.float64))
+    stations = np.arange(0.0, path.length_m + 1e-6, step_m)
+    if len(stations) < 2:  # said before the street is built; a log of one station reconstructs nothing
+        raise ValueError(f"record_drive: step_m {step_m:g} is longer than the path ({path.length_m:.1f} m): a drive "
+                         "needs two stations at least")
+    if len(stations) > MAX_STATIONS:
+        raise ValueError(f"record_drive: step_m {step_m:g} makes {len(stations)} stations of {len(nuscenes_like_rig())} "
+                         f"cameras along {path.length_m:.1f} m (at most {MAX_STATIONS}); the run records every 4 m")
     world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
     rig = nuscenes_like_rig(width, height)
     background = sky_rgb(layout.style)
-    stations = np.arange(0.0, path.length_m + 1e-6, step_m)
     images, cameras, names, stamps, indices, egos = [], [], [], [], [], []
     for index, s in enumerate(tqdm(stations, desc="recording drive", unit="step", disable=not progress)):
         xy, heading = path.at(float(s))
