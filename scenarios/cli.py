@@ -418,7 +418,7 @@ def _cache(args: argparse.Namespace) -> dict:
     entries = cache.entries()
     return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),
             "removed": removed,
-            "list": [{"key": e["key"], "source": e["source"], "mb": round(e["bytes"] / 1e6, 1),
+            "list": [{"key": e["key"], "source": e["source"], "name": e["name"], "mb": round(e["bytes"] / 1e6, 1),
                       "last_used": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["last_used"]))}
                      for e in entries]}
 

@@ -18,7 +18,8 @@ def _builder(seed: int, calls: list | None = None, delay_s: float = 0.0):
         if calls is not None:
             calls.append(seed)
         time.sleep(delay_s)
-        return make_street_scene(2000, seed=seed), {"source": "street", "seed": seed}, None
+        return make_street_scene(2000, seed=seed), {"source": "street", "seed": seed,
+                                                    "layout_name": f"street_{seed}"}, None
     return build
 
 
@@ -155,6 +156,7 @@ def test_cli_cache_lists_and_prunes(tmp_path, capsys):
     assert main(["cache", "--cache", str(tmp_path)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["entries"] == 2 and listed["removed"] == [] and listed["list"][0]["key"] == old
+    assert [e["name"] for e in listed["list"]] == ["street_2", "street_1"]  # what each is a scene of
     total = sum(e["bytes"] for e in cache.entries())
     assert listed["total_gb"] == round(total / 1e9, 3) and all(e["mb"] > 0 for e in listed["list"])
     assert main(["cache", "--cache", str(tmp_path), "--prune-gb", str((total - 1) / 1e9)]) == 0

@@ -73,6 +73,19 @@ def cache_key(inputs: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def _entry_name(folder: Path, meta: dict) -> str | None:
+    """What an entry is a scene of, for a person: its layout's name (a builder scene, or a generated drive's
+    reconstruction, whose layout.json names it) or its drive log's folder; None when neither says."""
+    if meta.get("layout_name"):
+        return str(meta["layout_name"])
+    if meta.get("log"):
+        return f"log {Path(meta['log']).name}"
+    try:
+        return json.loads((folder / "layout.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class SceneCache:
     """See the module docstring."""
 
@@ -106,7 +119,8 @@ class SceneCache:
 
     def entries(self) -> list[dict]:
         """Every complete entry, least recently used first: {"key", "bytes", "last_used" (unix s), "source" (the
-        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable)}. Only folders named
+        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable), "name" (the layout's
+        name or the drive log's folder, `_entry_name`)}. Only folders named
         as `cache_key` names them count: a cache pointed at a folder that holds other things never lists (nor
         prunes) those."""
         out = []
@@ -125,8 +139,9 @@ class SceneCache:
                 meta = json.loads((folder / "meta.json").read_text())
                 source = meta.get("source") or ("builder" if "builder_version" in meta else None)
             except (OSError, ValueError):  # damaged: listed (and pruned first among equals) all the same
-                source = None
-            out.append({"key": folder.name, "bytes": size, "last_used": used, "source": source})
+                meta, source = {}, None
+            out.append({"key": folder.name, "bytes": size, "last_used": used, "source": source,
+                        "name": _entry_name(folder, meta)})
         return sorted(out, key=lambda e: (e["last_used"], e["key"]))
 
     def prune(self, max_bytes: int, keep: tuple[str, ...] = ()) -> list[str]:
