@@ -108,7 +108,7 @@ class CameraRig:
         self.render_scale = float(render_scale)  # render(scale=): the fraction of the cameras' size drawn
         self.background_rgb = tuple(background_rgb)
         self.enhancer_client = None
-        self._raw_since: int | None = None  # the frame since which the enhancer has not refined (warned once)
+        self._said_raw = False  # the enhancer has not refined since the last warning
         if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
             from neural_sensor.enhance.client import EnhancerClient
 
@@ -312,9 +312,9 @@ class CameraRig:
         if self.enhancer_client is None:
             return
         if meta.get("enhanced"):
-            self._raw_since = None
-        elif self._raw_since is None:
-            self._raw_since = frame
+            self._said_raw = False
+        elif not self._said_raw:
+            self._said_raw = True
             _log.warning("neural camera: the enhancer did not refine frame %d (%s): the cameras deliver the raw "
                          "render until it answers again (camera.last_meta['enhancer_reason'] has each frame's reason)",
                          frame, meta.get("enhancer_reason"))

@@ -112,12 +112,7 @@ def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, in
     assert route_xy_m.ndim == 2 and route_xy_m.shape[1] == 2, route_xy_m.shape
     excess = np.full(len(route_xy_m), np.inf)
     for lane in layout.lanes:
-        a, b = lane.centre_m[:-1], lane.centre_m[1:]  # [S, 2] segments
-        d = b - a
-        rel = route_xy_m[:, None, :] - a[None]  # [P, S, 2]
-        t = np.clip(np.einsum("psd,sd->ps", rel, d) / np.einsum("sd,sd->s", d, d), 0.0, 1.0)
-        distance = np.linalg.norm(rel - t[..., None] * d[None], axis=2).min(axis=1)
-        excess = np.minimum(excess, distance - lane.width_m - ROUTE_SLACK_M)
+        excess = np.minimum(excess, Path(lane.centre_m).distances_m(route_xy_m) - lane.width_m - ROUTE_SLACK_M)
     worst = int(np.argmax(excess))
     return max(0.0, float(excess[worst])), worst
 

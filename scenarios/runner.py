@@ -197,9 +197,7 @@ def _module_from_file(path: Path, what: str = "scenario"):
     if path.suffix != ".py":
         raise ValueError(f"{what} file {path} is not a .py file")
     module_name = f"_neural_sensor_user_{what}_{abs(hash(str(path.resolve())))}"
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:  # as `python file.py` runs it: a module beside the file imports (kept, for later
-        sys.path.append(folder)  # imports inside its functions; after the rest of sys.path, so it shadows nothing)
+    _search_also(path.resolve().parent)  # as `python file.py` runs it: a module beside the file imports
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
@@ -215,10 +213,16 @@ def import_user_module(name: str):
     """importlib.import_module(name), the current folder searched too (after the rest of sys.path): what
     `python -m scenarios.cli` does, so that the installed `neural-sensor` script finds a user's
     package.module from the folder above its package, as the README says."""
-    cwd = os.getcwd()
-    if "" not in sys.path and cwd not in sys.path:
-        sys.path.append(cwd)  # kept: the module may import its package's other modules later
+    if "" not in sys.path:
+        _search_also(Path.cwd())
     return importlib.import_module(name)
+
+
+def _search_also(folder: Path) -> None:
+    """Put a user's folder at the end of sys.path (so it shadows nothing), kept: a module may import others from
+    it later, inside its functions."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 
 def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):

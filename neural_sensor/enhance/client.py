@@ -360,7 +360,7 @@ class EnhancerClient(SharedBlock):
                  worker writes the reply itself (those may hold part of a reply after a tick that is not
                  enhanced).
         """
-        _check_frame_dtypes(frames)
+        _check_frames(frames)
         if self.closed:
             return EnhanceResult(None, f"this EnhancerClient of {self.endpoint} is closed", 0.0)
         if out is not None:
@@ -552,7 +552,7 @@ def hello_reference_views(hello: dict | None) -> int:
     return views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
 
 
-def _check_frame_dtypes(frames: list[dict]) -> None:
+def _check_frames(frames: list[dict]) -> None:
     """ValueError naming the first frame that is not a dict with rgb [H, W, 3], depth and alpha [H, W] (and
     reference [H, W, 3] with reference_valid [H, W] if either is given), or whose field has a dtype the wire cannot
     take as meant."""

@@ -32,6 +32,14 @@ class Path:
         point = self.points[i] + (s_m - self.cum[i]) * self.dirs[i]
         return point, math.atan2(self.dirs[i, 1], self.dirs[i, 0])
 
+    def distances_m(self, points_xy: np.ndarray) -> np.ndarray:
+        """[P] each point's distance to the polyline (to its nearest segment, not beyond the ends); points_xy [P, 2]."""
+        points_xy = np.asarray(points_xy, dtype=np.float64)
+        assert points_xy.ndim == 2 and points_xy.shape[1] == 2, points_xy.shape
+        rel = points_xy[:, None, :] - self.points[None, :-1, :2]  # [P, S, 2]
+        t = np.clip(np.einsum("psd,sd->ps", rel, self.dirs[:, :2]), 0.0, self.seg_len)
+        return np.linalg.norm(rel - t[..., None] * self.dirs[None, :, :2], axis=2).min(axis=1)
+
     def project(self, xy: np.ndarray) -> tuple[float, float]:
         """(arc length, signed lateral offset, left positive) of the closest point to xy."""
         rel = xy[None, :] - self.points[:-1]
