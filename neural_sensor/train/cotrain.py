@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.reconstruct.model import ReconNet
-from neural_sensor.train.state import apply_gradients, save_checkpoint, start_or_resume
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
+                                       save_checkpoint, start_or_resume)
 from neural_sensor.train.synthetic import SHIFTS_M, WorldConfig, make_world
 from neural_sensor.train.train_reconstructor import context_views, predict, render_targets, supervised_losses
 
@@ -107,11 +108,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
     parser.add_argument("--enhancer", type=Path, default=Path("checkpoints/enhancer-small"))
-    parser.add_argument("--out", type=Path, default=Path("out/reconstructor-cotrained"))
+    add_out_options(parser, Path("out/reconstructor-cotrained"))
     parser.add_argument("--pseudo-weight", type=float, default=0.1,
                         help="weight of the enhancer targets; 0 = the control run (same steps, no enhancer)")
-    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
+    check_out_options(parser, args)
+    check_training_options(parser, args)
     config = CotrainConfig(steps=args.steps, pseudo_weight=args.pseudo_weight)
     print(json.dumps(train(config, args.reconstructor, args.enhancer, args.out, args.resume)))
 

@@ -41,6 +41,7 @@ import torch
 
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
+from neural_sensor.train.state import check_training_options
 
 STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--recon-lr", type=float, default=2e-4)
     parser.add_argument("--enhancer-lr", type=float, default=5e-4)
     args = parser.parse_args()
+    check_training_options(parser, args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
                           enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,

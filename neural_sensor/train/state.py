@@ -16,6 +16,69 @@ from tqdm import tqdm
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
 HISTORY_FILE = "history.json"  # one record per step
+CHECKPOINT_FILES = ("config.json", "model.safetensors", STATE_FILE)  # any of these: the folder holds a checkpoint
+
+
+def add_out_options(parser, default_out: Path) -> None:
+    """--out (default `default_out`), --resume and --overwrite, as every training script takes them; check them
+    with `check_out_options` right after parsing, before any data is made."""
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"checkpoint folder (default {default_out}; the shipped checkpoints/ are replaced only "
+                             "when named here with --overwrite)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a checkpoint already in --out (without it such a folder is refused)")
+
+
+def check_out_options(parser, args) -> None:
+    """parser.error (exit 2, before any data is made or any step run) when --out cannot take this run: a file;
+    --resume with no training state there (it would silently start afresh); a checkpoint there without --resume or
+    --overwrite (a new run would replace it: the shipped checkpoints/ among them); both flags."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: a file, not a folder for the checkpoint")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the checkpoint in --out and --overwrite replaces it: give one")
+    if args.resume and not (out / STATE_FILE).is_file():
+        parser.error(f"--resume: nothing to resume in {out} (no {STATE_FILE}); drop --resume to start a new run")
+    held = [name for name in CHECKPOINT_FILES if (out / name).exists()]
+    if held and not (args.resume or args.overwrite):
+        parser.error(f"--out {out} already holds a checkpoint ({', '.join(held)}): --resume continues it, "
+                     "--overwrite replaces it, or name another --out")
+
+
+_AT_LEAST_ONE = ("steps", "worlds", "batch", "ticks", "context_stations", "targets_per_step", "eval_every",
+                 "recon_worlds", "enhancer_worlds", "recon_steps", "enhancer_steps")
+_RATES = ("lr", "recon_lr", "enhancer_lr")
+_CHECKPOINT_OPTIONS = ("init", "reconstructor", "enhancer", "reconstructor_init", "enhancer_init")
+
+
+def check_training_options(parser, args) -> None:
+    """parser.error (exit 2, before any data is made) for the options a training script shares, where given: a
+    count below 1 (--steps, --worlds, ...), --pairs below 0, a learning rate that is not a positive number, a
+    checkpoint option (--init, --reconstructor, ...) naming no folder, a --device torch cannot use here."""
+    for name in _AT_LEAST_ONE:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if getattr(args, "pairs", None) is not None and args.pairs < 0:
+        parser.error(f"--pairs {args.pairs}: must be 0 (no temporal pairs) or more")
+    for name in _RATES:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be a positive learning rate")
+    for name in _CHECKPOINT_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and not Path(value).is_dir():
+            parser.error(f"--{name.replace('_', '-')} {value}: no such checkpoint folder")
+    device = getattr(args, "device", None)
+    if device is not None and device != "auto":
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            parser.error(f"--device {device!r}: not a torch device (use auto, cpu or cuda)")
+        if kind == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {device}: torch sees no CUDA device here (use auto or cpu)")
 
 
 def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Callable, make_optimiser: Callable):

@@ -17,7 +17,7 @@ checkpoint + optimiser state every `save_every` steps; `--resume` continues.
 Held-out worlds (seeds >= 1,000,000) are evaluated every `eval_every` steps: PSNR
 over all / visible / disoccluded pixels and SSIM, raw vs enhanced.
 
-    python -m neural_sensor.train.train_enhancer --steps 4000 --worlds 400 --out checkpoints/enhancer-small
+    python -m neural_sensor.train.train_enhancer --steps 4000 --worlds 400 --out out/enhancer-small
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from neural_sensor.metrics import psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, save_checkpoint, set_cosine_lr,
-                                       start_or_resume)
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
+                                       load_or_make_npz, save_checkpoint, set_cosine_lr, start_or_resume)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -224,11 +224,12 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, default=400)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/enhancer-small"))
+    add_out_options(parser, Path("out/enhancer-small"))
     parser.add_argument("--data", type=Path, default=Path("out/enhancer-data"), help="pair cache (per reconstructor)")
     parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     args = parser.parse_args()
+    check_out_options(parser, args)
+    check_training_options(parser, args)
     config = EnhancerTrainConfig(steps=args.steps, worlds=args.worlds, batch=args.batch, lr=args.lr)
     summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
     print(json.dumps(summary["final"]))

@@ -37,7 +37,7 @@ continues. Held-out worlds (seeds from HELDOUT_FIRST_SEED + 300, clear of the ru
 benchmark's) are evaluated every `eval_every` steps: PSNR raw vs enhanced, and a clean
 render through the enhancer against itself.
 
-    python -m neural_sensor.train.train_enhancer_run --worlds 24 --steps 2000 --out checkpoints/enhancer-run
+    python -m neural_sensor.train.train_enhancer_run --worlds 24 --steps 2000 --out out/enhancer-run
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
 from neural_sensor.render.upsample import RECONSTRUCTION_SCALE
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
-                                       set_cosine_lr, start_or_resume, write_summary)
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
+                                       load_or_make_npz, out_of_time, record_step, set_cosine_lr, start_or_resume,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v14"  # bump when the stored frame fields or their making change (v2: colour-refined
@@ -635,10 +636,9 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, default=24, help="training worlds, seeds 0..N-1")
     parser.add_argument("--ticks", type=int, default=4, help="rig poses per world")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/enhancer-run"))
+    add_out_options(parser, Path("out/enhancer-run"))
     parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "neural-sensor" / "enhancer-run-data")
     parser.add_argument("--reconstructor", type=Path, default=default_checkpoint(DEFAULT_RECONSTRUCTOR))
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -662,6 +662,8 @@ def main() -> None:
                         help="draw frames in proportion to the weight of their shift off the path, e.g. "
                              "0:0.5,0.5:1,1:1,2:1.5,3:1.5 (every shift of the data needs one; default: uniformly)")
     args = parser.parse_args()
+    check_out_options(parser, args)
+    check_training_options(parser, args)
     try:
         shift_weights = tuple((float(a), float(b)) for a, b in (item.split(":") for item in args.shift_weights.split(",")
                                                                 if item.strip()))

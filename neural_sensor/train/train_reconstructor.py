@@ -7,7 +7,7 @@ L1 on log depth where the ground truth is solid. Progress bar; a checkpoint (mod
 safetensors + optimiser state) every `save_every` steps; `--resume` continues from it;
 held-out worlds (seeds >= 1,000,000, never trained on) are evaluated every `eval_every`.
 
-    python -m neural_sensor.train.train_reconstructor --steps 800 --out checkpoints/reconstructor-small
+    python -m neural_sensor.train.train_reconstructor --steps 800 --out out/reconstructor-small
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from tqdm import tqdm
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.render._torch_ref import render_torch
-from neural_sensor.train.state import apply_gradients, record_step, start_or_resume, write_summary
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
+                                       record_step, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, WorldConfig, check_split, make_world
 
 CONTEXT_TIMESTEPS = (0, 2)
@@ -145,9 +146,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--worlds", type=int, default=24)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/reconstructor-small"))
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    add_out_options(parser, Path("out/reconstructor-small"))
     args = parser.parse_args()
+    check_out_options(parser, args)
+    check_training_options(parser, args)
     summary = train(TrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr), args.out, resume=args.resume)
     print(json.dumps(summary["final"]))
 

@@ -33,7 +33,7 @@ on the same views), so that the depth moves while the appearance the run's fusio
 with stays.
 
     python -m neural_sensor.train.train_reconstructor_run --init checkpoints/reconstructor-small \
-        --worlds 48 --steps 1500 --out checkpoints/reconstructor-run
+        --worlds 48 --steps 1500 --out out/reconstructor-run
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRESHOLD, ReconConfig, ReconNet,
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (apply_gradients, load_or_make_npz, out_of_time, record_step,
-                                       start_or_resume, write_summary)
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
+                                       load_or_make_npz, out_of_time, record_step, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -373,7 +373,7 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, default=48)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/reconstructor-run"))
+    add_out_options(parser, Path("out/reconstructor-run"))
     parser.add_argument("--data", type=Path,
                         default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
     parser.add_argument("--context-stations", type=int, default=3,
@@ -402,9 +402,10 @@ def main() -> None:
                         help="--depth-only: weight of the L1 that holds opacity, scale and colour to --init's")
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after this much training (0: no limit)")
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
+    check_out_options(parser, args)
+    check_training_options(parser, args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,

@@ -1,0 +1,68 @@
+"""The training scripts' command lines: what they refuse before making any data or taking any step (a new user's
+one-step trial used to replace the shipped checkpoints/enhancer-run, and `--resume` into an empty folder trained a
+fresh net without a word)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+import torch
+
+from neural_sensor.train import (cotrain, gpu_pipeline, train_enhancer, train_enhancer_run, train_reconstructor,
+                                 train_reconstructor_run)
+
+SCRIPTS = [train_enhancer, train_enhancer_run, train_reconstructor, train_reconstructor_run, cotrain]
+
+
+def _refusal(monkeypatch, capsys, module, *argv: str) -> str:
+    """The parser's error for `module.main()` on argv (exit status 2, nothing trained)."""
+    monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def _checkpoint(folder):
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_a_folder_holding_a_checkpoint_is_not_replaced_without_overwrite(module, tmp_path, monkeypatch, capsys):
+    """No script writes over a checkpoint unless told to; --resume needs a state to resume; a file is no folder;
+    the default --out is under out/, not checkpoints/."""
+    held = _checkpoint(tmp_path / "held")
+    assert "already holds a checkpoint (config.json)" in _refusal(monkeypatch, capsys, module, "--out", str(held))
+    assert "nothing to resume" in _refusal(monkeypatch, capsys, module, "--out", str(tmp_path / "none"), "--resume")
+    assert "nothing to resume" in _refusal(monkeypatch, capsys, module, "--out", str(held), "--resume")
+    assert "give one" in _refusal(monkeypatch, capsys, module, "--out", str(held), "--resume", "--overwrite")
+    (tmp_path / "file").write_text("x")
+    assert "a file, not a folder" in _refusal(monkeypatch, capsys, module, "--out", str(tmp_path / "file"))
+    assert 'add_out_options(parser, Path("out/' in inspect.getsource(module.main)  # the default: not checkpoints/
+
+
+def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkeypatch, capsys):
+    out = ["--out", str(tmp_path / "new")]
+    cases = [(train_enhancer_run, ["--steps", "0"], "--steps 0: must be at least 1"),
+             (train_enhancer_run, ["--worlds", "0"], "--worlds 0: must be at least 1"),
+             (train_enhancer_run, ["--pairs", "-1"], "--pairs -1"),
+             (train_enhancer_run, ["--lr", "-1"], "--lr -1.0: must be a positive learning rate"),
+             (train_enhancer_run, ["--lr", "nan"], "--lr nan"),
+             (train_enhancer_run, ["--init", str(tmp_path / "missing")], "no such checkpoint folder"),
+             (train_enhancer_run, ["--reconstructor", str(tmp_path / "missing")], "--reconstructor"),
+             (train_enhancer_run, ["--device", "bogus"], "not a torch device"),
+             (train_reconstructor_run, ["--context-stations", "0"], "--context-stations 0"),
+             (train_reconstructor_run, ["--targets-per-step", "0"], "--targets-per-step 0"),
+             (train_reconstructor, ["--worlds", "0"], "--worlds 0"),
+             (train_enhancer, ["--batch", "0"], "--batch 0"),
+             (cotrain, ["--enhancer", str(tmp_path / "missing")], "--enhancer"),
+             (gpu_pipeline, ["--recon-worlds", "0"], "--recon-worlds 0")]
+    if not torch.cuda.is_available():
+        cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))
+    for module, argv, message in cases:
+        assert message in _refusal(monkeypatch, capsys, module, *out, *argv), (module.__name__, argv)
+    assert not (tmp_path / "new").exists()
