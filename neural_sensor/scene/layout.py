@@ -41,6 +41,7 @@ BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facad
 PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
 PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
+ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
 MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
 
@@ -315,6 +316,9 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     (skip_fn sees only an object's centre; a building up to 24 m long can reach past the end of its road's
     reference, which at an intersection is the crossing road: the recorded drives of every intersection world
     went through such buildings until 2026-12-05.)
+    A building never comes within ROAD_CLEARANCE_M of its own road's edge: on the inside of a tight bend (a 25 m
+    radius) a straight one tangent to the sidewalk reached up to 1 m into the inner lane; such a building is
+    shortened from both ends, 0.5 m at a time (layouts where none reaches that close are unchanged).
     lane_width_m: the outer lanes' width: a parked car stands half on the kerb, at most as far into the lane as
     leaves PARKED_CLEARANCE_M beside a car centred in it (narrower lanes push it further onto the kerb).
     """
@@ -341,6 +345,7 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
         n = np.array([-d[1], d[0]])
         return p + lateral * n, math.atan2(d[1], d[0])
 
+    own_road = densified(reference, 0.5)
     for side in (-1, 1):
         s = rng.uniform(0, 4)
         while buildings and s < total - 6:
@@ -349,14 +354,23 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
             mid = min(s + length / 2, total - 3)
             lateral = side * (half_road_m + sidewalk_m + 0.5 + depth / 2)
             centre, yaw = at(mid, lateral)
+            first, last = mid - length / 2, mid + length / 2
+            shortened = False
             if keep_clear_xy_m is not None:  # shortened until its footprint is clear of the other roads
-                first, last = mid - length / 2, mid + length / 2
                 while (last - first >= MIN_BUILDING_LENGTH_M
                        and _footprint_distance_m(centre, yaw, last - first, depth, keep_clear_xy_m) < keep_clear_m):
                     ends = [at(first, lateral)[0], at(last, lateral)[0]]
                     nearer = [np.min(np.linalg.norm(keep_clear_xy_m - e, axis=1)) for e in ends]
                     first, last = (first + 1.0, last) if nearer[0] < nearer[1] else (first, last - 1.0)
                     centre, yaw = at((first + last) / 2, lateral)
+            # on the inside of a tight bend a straight building's ends swing towards the road: shortened from both
+            # ends until its footprint stays ROAD_CLEARANCE_M beyond the road's edge
+            while (last - first >= MIN_BUILDING_LENGTH_M and _footprint_distance_m(
+                    centre, yaw, last - first, depth, own_road) < half_road_m + ROAD_CLEARANCE_M):
+                first, last = first + 0.5, last - 0.5
+                centre, yaw = at((first + last) / 2, lateral)
+                shortened = True
+            if shortened or keep_clear_xy_m is not None:  # (as it always was with keep_clear: bit for bit)
                 length = last - first
             if (skip_fn is None or not skip_fn(centre)) and length >= MIN_BUILDING_LENGTH_M:
                 objects.append(Box((centre[0], centre[1], 0.0), (length, depth, height), yaw, "building"))
