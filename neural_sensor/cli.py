@@ -35,6 +35,18 @@ class ViewOptions:
     out: Path = field(default_factory=lambda: Path("render.png"))  # PNG contact sheet to write
 
 
+def seed_int(text: str) -> int:
+    """argparse type for --seed: an integer >= 0 (numpy's generators take no negative seed; a bad one is the
+    option's own one-line error, not a traceback from inside a build)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _add_view_options(parser: argparse.ArgumentParser) -> None:
     defaults = ViewOptions()
     parser.add_argument("--width", type=int, default=defaults.width, help="image width in pixels")
@@ -128,7 +140,7 @@ def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
                               formatter_class=formatter_class)
     p_street.add_argument("--gaussians", type=int, default=300_000, help="Gaussian count")
     p_street.add_argument("--cameras", type=int, default=6, help="rig cameras (1-6)")
-    p_street.add_argument("--seed", type=int, default=0, help="scene seed")
+    p_street.add_argument("--seed", type=seed_int, default=0, help="scene seed")
     p_street.add_argument("--sh-degree", type=int, default=1, help="SH degree 0-3")
     _add_view_options(p_street)
 

@@ -32,7 +32,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command
+from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command, seed_int
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE
@@ -152,7 +152,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
                         help="draw the scene at this fraction of the cameras' size, then upsample (bilinear; default "
                              f"1 for the builder's scene, {RECONSTRUCTION_SCALE} for a reconstruction, whose Gaussians "
                              "are coarser than the rig's pixels: 40 %% less of the render's time, 0.00-0.02 dB)")
-    parser.add_argument("--seed", type=int, default=0, help="scenario and simulator seed")
+    parser.add_argument("--seed", type=seed_int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "
                              "(default: the built-in agent, scenarios.agent.BuiltinAgent)")
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--length", type=float, default=None,
                          help="straight: road length; intersection: arm length (default 200 m; a curve takes none)")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
-    p_build.add_argument("--seed", type=int, default=0, help="style seed")
+    p_build.add_argument("--seed", type=seed_int, default=0, help="style seed")
     p_build.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
                                                     "lane, the nuScenes-like rig) as a drive log",
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_record.add_argument("scenario", help="cut_in | pedestrian_crossing | lane_change, a .py file or a package.module")
     p_record.add_argument("-o", "--out", type=Path, required=True,
                           help="the drive log folder to write (must not exist or be empty)")
-    p_record.add_argument("--seed", type=int, default=0, help="scenario seed")
+    p_record.add_argument("--seed", type=seed_int, default=0, help="scenario seed")
     p_record.add_argument("--step", type=float, default=4.0, help="metres between recorded rig frames")
     p_record.add_argument("--width", type=_side_px, default=160,
                           help="camera width, pixels (the reconstructor was trained at 160x96; a run records its "

@@ -194,7 +194,8 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
                                 ("--temporal-blend", "1", "must be a number in [0, 1)"),
                                 ("--temporal-blend", "nan", "must be a number in [0, 1)"),
                                 ("--enhancer", "tcp://nowhere", "with a port 1-65535"),  # not zmq's traceback
-                                ("--enhancer", "remote", "local, none or a server's endpoint")):
+                                ("--enhancer", "remote", "local, none or a server's endpoint"),
+                                ("--seed", "-1", "must be an integer >= 0, got -1")):  # numpy's traceback before
         with pytest.raises(SystemExit) as exit_:
             cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
         assert exit_.value.code == 2

@@ -82,6 +82,8 @@ def test_layout_rejects_bad_input():
         Layout.from_json(json.dumps({"objects": []}))
     with pytest.raises(ValueError, match="unknown layout template"):
         from_template("roundabout")
+    with pytest.raises(ValueError, match="Style.seed must be an integer >= 0"):  # numpy's generators refuse it later
+        Style(seed=-1)
 
 
 @pytest.fixture(scope="module")

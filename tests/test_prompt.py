@@ -333,3 +333,28 @@ def test_a_malformed_base_is_refused_by_name():
     broken["attributes"]["weather"] = "hail"
     with pytest.raises(P.PromptError, match="weather"):
         P.layout_from_prompt("at dusk", base=broken)
+
+
+@pytest.mark.parametrize("text, attributes, note", [
+    ("a road with no sidewalks", {"sidewalk_width_m": P.MIN_SIDEWALK_M}, "always has sidewalks"),
+    ("a street without pavements", {"sidewalk_width_m": P.MIN_SIDEWALK_M}, "always has sidewalks"),
+    ("a leafy street", {"trees": "many"}, None),
+    ("a one-lane alley", {"lanes_per_direction": 1}, "1 lane per direction"),
+    ("a one-way street", {}, "two-way road"),
+    ("a roundabout", {}, "'roundabout' is not available"),
+])
+def test_what_the_embedding_read_backwards_is_parsed_or_noted(text, attributes, note):
+    """A new user's prompts: the embedding took "no sidewalks" for wide ones (0.70) and "a leafy street" for a
+    treeless one (0.72); a one-lane road, a one-way street and a roundabout were laid out as something else
+    without a word."""
+    _, description = P.layout_from_prompt(text)
+    for key, value in attributes.items():
+        assert description["attributes"][key] == value, (key, description["attributes"][key])
+    if note is not None:
+        assert any(note in n for n in description["notes"]), description["notes"]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_a_seed_that_is_not_an_integer_from_0_is_refused(seed):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        P.layout_from_prompt("a straight road", seed=seed)

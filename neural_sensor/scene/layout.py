@@ -141,8 +141,8 @@ class Style:
             raise ValueError(f"Style.time_of_day must be one of {TIMES_OF_DAY}, got {self.time_of_day!r}")
         if self.palette not in PALETTES:
             raise ValueError(f"Style.palette must be one of {PALETTES}, got {self.palette!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"Style.seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"Style.seed must be an integer >= 0, got {self.seed!r}")
         self.seed = int(self.seed)
         if self.building_style not in BUILDING_STYLES:
             raise ValueError(f"Style.building_style must be one of {BUILDING_STYLES}, got {self.building_style!r}")

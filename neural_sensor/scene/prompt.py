@@ -227,6 +227,14 @@ _UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, n
 ]
 
 
+_NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn instead), said in the notes
+    (r"1\s*-?\s*way|single\s*-?\s*direction", "every template is a two-way road"),
+    (r"roundabouts?|traffic\s+circles?|rotary", "the templates are a straight road, a curve and a four-way "
+                                                "intersection; the closest of them by the rest of the prompt is used"),
+]
+MIN_SIDEWALK_M = 0.5  # the narrowest sidewalk a layout holds (`_check`); "no sidewalks" gets it, with a note
+
+
 _QUANTIFIERS = {  # density level -> words before "parked cars" / "trees"
     "few": r"(?:a\s+)?few|a\s+couple\s+of|couple\s+of|1\s+or\s+2|a\s+handful\s+of|sparse|scattered|the\s+odd",
     "some": r"some|several|a\s+number\s+of",
@@ -337,6 +345,9 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
                              rf"(?:direction|way|side)", text):
         take(match, {"lanes_per_direction": max(1, round(float(match.group(1))))})
     for match in re.finditer(r"\b(?:1\s*-?\s*lane|single\s*-?\s*lane|1\s*-?\s*track)\b", text):
+        if "lanes_per_direction" not in found:
+            found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} laid out as 1 lane per direction "
+                                                  "(the templates are two-way roads)")
         take(match, {"lanes_per_direction": 1})
     for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\b(?!\s*(?:in\s+)?(?:each|per|every|either)\b)", text):
         total = round(float(match.group(1)))
@@ -396,6 +407,18 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             take(match, {key: value})
         for match in re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text):
             take(match, {key: value})
+    # "no sidewalks": every template has them; the narrowest a layout holds (the embedding read "no sidewalks" as
+    # "wide sidewalks", 0.70)
+    for match in re.finditer(negation + r"(?:sidewalks?|pavements?|footpaths?)\b", text):
+        if "sidewalk_width_m" not in found:
+            found.setdefault("_notes", []).append(f"{match.group(0).strip()!r}: a street here always has sidewalks; "
+                                                  f"the narrowest, {MIN_SIDEWALK_M:g} m, used")
+        take(match, {"sidewalk_width_m": MIN_SIDEWALK_M})
+    for match in re.finditer(r"\b(?:leafy|wooded|tree\s*-?\s*lined)\b", text):  # read as "treeless" (0.72)
+        take(match, {"trees": "many"})
+    for pattern, note in _NOT_EXPRESSIBLE:
+        for match in re.finditer(rf"\b(?:{pattern})\b", text):
+            found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is not available: {note}")
     # quantifiers: the embedding hardly tells "many trees" from "a few trees" (0.91), so they are parsed
     for level, words in _QUANTIFIERS.items():
         for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)"), ("trees", r"trees|greenery")):
@@ -531,7 +554,7 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
 def _check(attributes: dict) -> None:
     """Refuse values no layout can hold, naming the attribute (diffusers: loud errors, no silent fixes)."""
     limits = {"length_m": (10.0, 5000.0), "radius_m": (8.0, 2000.0), "angle_deg": (5.0, 180.0),
-              "lane_width_m": (2.0, 6.0), "sidewalk_width_m": (0.5, 10.0)}
+              "lane_width_m": (2.0, 6.0), "sidewalk_width_m": (MIN_SIDEWALK_M, 10.0)}
     for key, (low, high) in limits.items():
         if not low <= attributes[key] <= high:
             raise PromptError(f"{key} = {attributes[key]:g} is outside what a layout can hold ({low:g}-{high:g})")
@@ -565,6 +588,8 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("empty prompt: describe a street, e.g. 'a 200 m straight road with four lanes at dusk'")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"layout_from_prompt: seed must be an integer >= 0 or None, got {seed!r}")
     text = _normalise(prompt)
     parsed, parsed_why, spans = _parse_rules(text)
     notes = parsed.pop("_notes", [])
