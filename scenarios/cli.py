@@ -349,8 +349,12 @@ def _build_scene(args: argparse.Namespace) -> dict:
         given = args.template or ("--prompt" if args.prompt is not None else "--xodr" if args.xodr is not None
                                   else "--layout")
         raise ValueError(f"--length sets a straight road's length or an intersection's arms; {given} takes none")
-    if args.ply is not None and not args.ply.parent.is_dir():  # said before the scene is built, not after
-        raise ValueError(f"--ply {args.ply}: the folder {args.ply.parent} does not exist")
+    # said before the scene is built, not after
+    for option, path in (("--ply", args.ply), ("--export-xodr", args.export_xodr)):
+        if path is not None and path.is_dir():
+            raise ValueError(f"{option} {path}: a folder; name the file to write")
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"{option} {path}: the folder {path.parent} does not exist")
     length = 200.0 if args.length is None else args.length
     style = Style(seed=args.seed)
     description = None
@@ -402,6 +406,12 @@ def _record_drive(args: argparse.Namespace) -> dict:
     return {"scenario": scenario.name, "seed": args.seed, **summary, "wall_s": round(time.perf_counter() - start, 2)}
 
 
+def _check_cache_folder(folder: Path | None) -> None:
+    """ValueError naming --cache when it names a file (None: the default folder)."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"--cache {folder} is a file, not a scene cache folder")
+
+
 def _cache(args: argparse.Namespace) -> dict:
     """`cache`: the scene cache's entries, least recently used first (after --prune-gb, if given)."""
     import math
@@ -412,8 +422,6 @@ def _cache(args: argparse.Namespace) -> dict:
     if args.prune_gb is not None and not (math.isfinite(args.prune_gb) and args.prune_gb >= 0):
         raise ValueError(f"--prune-gb must be a finite number of gigabytes >= 0, got {args.prune_gb}")
     cache = SceneCache(args.cache, max_bytes=None)
-    if cache.root.exists() and not cache.root.is_dir():
-        raise ValueError(f"--cache {cache.root} is a file, not a scene cache folder")
     removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
     entries = cache.entries()
     return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),
@@ -519,6 +527,7 @@ def _main(args: argparse.Namespace) -> int:
     prog = f"neural-sensor {args.command}"  # argparse's own errors name the command too
     verdict = None  # demo / run: the scenario's verdict, said on the last line
     try:
+        _check_cache_folder(getattr(args, "cache", None))  # every command that caches, before any work
         if args.command in ("demo", "bench"):
             from scenarios.runner import DEFAULT_SCENARIO
 

@@ -509,10 +509,17 @@ def test_build_scene_options_that_would_do_nothing_are_refused_first(tmp_path, c
                                                      "arms; curve takes none"),
                        (["--prompt", "a quiet street", "--length", "50"], "--prompt takes none"),
                        (["straight", "--ply", str(tmp_path / "no" / "x.ply")], f"the folder {tmp_path / 'no'} does "
-                                                                               "not exist")):
+                                                                               "not exist"),
+                       (["straight", "--ply", str(tmp_path)], f"--ply {tmp_path}: a folder; name the file to write"),
+                       (["straight", "--export-xodr", str(tmp_path)], "--export-xodr")):
         assert cli_main(["build-scene", *args, "--cache", str(cache)]) == 2, args
         assert said in capsys.readouterr().err, args
     assert not cache.exists()
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    for command in (["build-scene", "straight"], ["run", "cut_in", "--out", str(tmp_path / "run")], ["cache"]):
+        assert cli_main([*command, "--cache", str(a_file)]) == 2, command  # (build-scene built the scene first)
+        assert f"--cache {a_file} is a file, not a scene cache folder" in capsys.readouterr().err, command
 
 
 def test_far_away_layout_points_are_named_errors():
