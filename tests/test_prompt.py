@@ -358,3 +358,13 @@ def test_what_the_embedding_read_backwards_is_parsed_or_noted(text, attributes, 
 def test_a_seed_that_is_not_an_integer_from_0_is_refused(seed):
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         P.layout_from_prompt("a straight road", seed=seed)
+
+
+def test_a_length_said_with_long_sets_only_the_length_and_a_negative_number_is_refused():
+    """"a road 300 meters long" left "a road long" to the embedding, which read it as "a wide road" (3.8 m lanes);
+    "a -50 m road" became 50 m with the sign dropped."""
+    _, plain = P.layout_from_prompt("a 300 m road")
+    _, said_long = P.layout_from_prompt("a road 300 meters long")
+    assert said_long["attributes"] == plain["attributes"]
+    with pytest.raises(P.PromptError, match="'-50': a negative number"):
+        P.layout_from_prompt("a -50 m road")

@@ -382,6 +382,9 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             take(match, {"radius_m": value, "template": "curve"})
         else:
             take(match, {"length_m": value})
+            tail = re.match(r"\s*(?:long|in\s+length)\b", after)  # "300 m long": "long" is the length's, not a
+            if tail:  # phrase of its own ("a road long" matched "a wide road")
+                spans.append((match.end(), match.end() + tail.end()))
     for match in re.finditer(r"\b(\d{1,2})(?::(\d\d))?\s*(am|pm|h|hrs|o'clock)?(?![\w.])", text):
         if match.group(2) is None and match.group(3) is None:
             continue  # a bare number is not a time
@@ -591,6 +594,9 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"layout_from_prompt: seed must be an integer >= 0 or None, got {seed!r}")
     text = _normalise(prompt)
+    negative = re.search(r"(?<![\w-])-\s*\d+(?:\.\d+)?", text)
+    if negative:  # "a -50 m road" was read as 50 m with the sign left over
+        raise PromptError(f"{negative.group(0).strip()!r}: a negative number describes no street")
     parsed, parsed_why, spans = _parse_rules(text)
     notes = parsed.pop("_notes", [])
     phrase_found, phrase_evidence, best_phrase = _match_phrases(_blank(text, spans))
