@@ -548,9 +548,12 @@ def _main(args: argparse.Namespace) -> int:
             if args.prompt is not None:
                 from scenarios.base import drive_scenario
 
-                layout, _ = _layout_from_prompt(args.prompt, args.seed)
+                layout, description = _layout_from_prompt(args.prompt, args.seed)
                 scenario = drive_scenario(layout, "prompt", args.prompt)
             result = _run(args, scenario, video=True)
+            if args.prompt is not None:  # the structured description the street was built from, beside the run
+                (Path(args.out) / "prompt.json").write_text(json.dumps(description, indent=1))
+                result["paths"]["prompt"] = str(Path(args.out) / "prompt.json")
             verdict = _verdict(result)
         elif args.command == "build-scene":
             result = _build_scene(args)

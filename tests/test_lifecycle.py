@@ -609,6 +609,8 @@ def test_prompt_drives_build_scene_and_run(tmp_path):
                 "--cache", str(tmp_path / "cache")], tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["scenario"] == "prompt"
+    kept = json.loads((tmp_path / "out" / "prompt.json").read_text())  # the description, beside the run
+    assert kept["attributes"] == result["description"]["attributes"]
     both = _cli(["run", "cut_in", "--prompt", prompt, "-o", str(tmp_path / "x")], tmp_path)
     assert both.returncode == 2 and "not both" in both.stderr
 
