@@ -258,6 +258,7 @@ BASE_PROMPT = "a 300 m straight road with four lanes, office buildings and many 
     ("with six lanes", {"lanes_per_direction": 3}),
     ("remove the parked cars and add lots of trees", {"parked_cars": "none", "trees": "many"}),
     ("make it 500 m long", {"length_m": 500.0}),
+    ("make it an intersection", {"template": "intersection"}),  # its lanes and length kept (were reset: 1, 120 m)
 ])
 def test_edits_change_only_what_they_name(edit, changed):
     _, base = P.layout_from_prompt(BASE_PROMPT, seed=4)

@@ -613,8 +613,12 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
                               f"similarity {best_phrase:.2f}); try e.g. 'without parked cars', 'at dusk'")
         attributes = {**copy.deepcopy(base["attributes"]), **named}
         if "template" in named and named["template"] != base["attributes"]["template"]:
+            # another kind of road keeps what it shares with the old one (its lanes; a straight road's length as an
+            # intersection's extent and back); a curve's length follows its radius and angle
+            kept = ("lanes_per_direction",) + (() if "curve" in (named["template"], base["attributes"]["template"])
+                                               else ("length_m",))
             for key in ("length_m", "lanes_per_direction", "radius_m", "angle_deg"):
-                if key not in named:
+                if key not in named and key not in kept:
                     attributes[key] = TEMPLATE_DEFAULTS[named["template"]][key]
         description = copy.deepcopy(base)
         description["edits"] = list(base.get("edits", [])) + [prompt]
