@@ -34,7 +34,8 @@ def test_fallback_without_torcs_is_procedural_with_a_notice(tmp_path, capsys):
     load_library.cache_clear()
     library = load_library(str(tmp_path), allow_skimage=False)
     assert library.source == "procedural" and set(library.textures) == set(CLASSES)
-    assert "no texture photographs found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no texture photographs found under {tmp_path}" in err and "NEURAL_SENSOR_TORCS" in err
     try:
         import skimage  # noqa: F401
 

@@ -36,7 +36,8 @@ TORCS_ROOT_DEFAULT = Path("/usr/share/games/torcs")
 FREE_ART = "Free Art License 1.3 (torcs-data)"
 GPL2 = "GPL-2+ (torcs-data)"
 CLASSES = ("asphalt", "sidewalk", "kerb", "grass", "facade", "roof", "tree")
-NOTICE = "neural-sensor: no texture photographs found (apt-get install torcs-data); using procedural colours"
+NOTICE = ("neural-sensor: no texture photographs found under {root} (apt-get install torcs-data, or set "
+          "NEURAL_SENSOR_TORCS to the folder that holds its data); using procedural colours")
 
 
 @dataclass(frozen=True)
@@ -327,13 +328,14 @@ def torcs_root() -> Path:
 def load_library(root: str | None = None, allow_skimage: bool = True) -> TextureLibrary:
     """The texture library: torcs-data photographs if installed under root (default $NEURAL_SENSOR_TORCS or
     /usr/share/games/torcs), else scikit-image's CC0 textures, else procedural images (with a notice)."""
-    library = _from_torcs(Path(root) if root is not None else torcs_root())
+    searched = Path(root) if root is not None else torcs_root()
+    library = _from_torcs(searched)
     if library is not None:
         return library
     rng = np.random.default_rng(12345)
     library = _from_skimage(rng) if allow_skimage else None
     if library is None:
-        print(NOTICE, file=sys.stderr)
+        print(NOTICE.format(root=searched), file=sys.stderr)
         library = TextureLibrary(_procedural(rng), "procedural", hashlib.sha256(b"procedural-v1").hexdigest()[:16],
                                  ("procedural",))
     return library
