@@ -60,7 +60,8 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (train_reconstructor, ["--worlds", "0"], "--worlds 0"),
              (train_enhancer, ["--batch", "0"], "--batch 0"),
              (cotrain, ["--enhancer", str(tmp_path / "missing")], "--enhancer"),
-             (gpu_pipeline, ["--recon-worlds", "0"], "--recon-worlds 0")]
+             (gpu_pipeline, ["--recon-worlds", "0"], "--recon-worlds 0"),
+             (gpu_pipeline, ["--stages", "recon"], "the stages are reconstructor_data, reconstructor")]
     if not torch.cuda.is_available():
         cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))
     for module, argv, message in cases:

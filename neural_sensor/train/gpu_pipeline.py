@@ -184,13 +184,17 @@ def main() -> None:
     parser.add_argument("--enhancer-lr", type=float, default=5e-4)
     args = parser.parse_args()
     check_training_options(parser, args)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not stages:
+        parser.error(f"--stages {args.stages!r}: the stages are {', '.join(STAGES)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
                           enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,
                           enhancer_init=args.enhancer_init, context_stations=args.context_stations,
                           recon_steps=args.recon_steps, enhancer_steps=args.enhancer_steps, workers=args.workers,
                           data_root=args.data, resume=args.resume,
-                          stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
+                          stages=stages,
                           recon_lr=args.recon_lr, enhancer_lr=args.enhancer_lr)
     print(json.dumps(report))
 
