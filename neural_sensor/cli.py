@@ -35,16 +35,21 @@ class ViewOptions:
     out: Path = field(default_factory=lambda: Path("render.png"))  # PNG contact sheet to write
 
 
-def seed_int(text: str) -> int:
-    """argparse type for --seed: an integer >= 0 (numpy's generators take no negative seed; a bad one is the
-    option's own one-line error, not a traceback from inside a build)."""
+def int_at_least(text: str, minimum: int, must_be: str) -> int:
+    """An argparse type's integer >= minimum, else argparse's one-line error for the option ("must be
+    {must_be}, got ..."), not a traceback from deeper in."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {must_be}, got {value}")
     return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type for --seed: an integer >= 0 (numpy's generators take no negative seed)."""
+    return int_at_least(text, 0, "an integer >= 0")
 
 
 def _add_view_options(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, run_render_command, seed_int
+from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, int_at_least, run_render_command, seed_int
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE
@@ -72,13 +72,7 @@ _NETWORK_PRECISION_HELP = ("a reconstructed scene's network arithmetic on a CPU 
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a bad one is the option's own one-line error, not a sensor's later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    return int_at_least(text, 1, "a positive integer")
 
 
 def _side_px(text: str) -> int:
