@@ -340,13 +340,16 @@ def test_a_malformed_base_is_refused_by_name():
     ("a road with no sidewalks", {"sidewalk_width_m": P.MIN_SIDEWALK_M}, "always has sidewalks"),
     ("a street without pavements", {"sidewalk_width_m": P.MIN_SIDEWALK_M}, "always has sidewalks"),
     ("a leafy street", {"trees": "many"}, None),
+    ("a street with trees", {"trees": "some"}, None),  # was "none": 'a street trees' ~ 'a treeless street'
+    ("a street with parked cars", {"parked_cars": "some"}, None),  # was "none"
+    ("a street lined with trees", {"trees": "many"}, None),
     ("a one-lane alley", {"lanes_per_direction": 1}, "1 lane per direction"),
     ("a one-way street", {}, "two-way road"),
     ("a roundabout", {}, "'roundabout' is not available"),
 ])
 def test_what_the_embedding_read_backwards_is_parsed_or_noted(text, attributes, note):
-    """A new user's prompts: the embedding took "no sidewalks" for wide ones (0.70) and "a leafy street" for a
-    treeless one (0.72); a one-lane road, a one-way street and a roundabout were laid out as something else
+    """A new user's prompts: the embedding took "no sidewalks" for wide ones (0.70), "a leafy street" for a
+    treeless one (0.72) and "a street with trees" too (0.80); a one-lane road, a one-way street and a roundabout were laid out as something else
     without a word."""
     _, description = P.layout_from_prompt(text)
     for key, value in attributes.items():

@@ -427,6 +427,11 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)"), ("trees", r"trees|greenery")):
             for match in re.finditer(rf"\b(?:{words})\s+(?:{noun})\b", text):
                 take(match, {key: level})
+    # a bare "with trees" / "add parked cars" asks for some (the embedding read "a street with trees" as treeless,
+    # 0.80, and "with parked cars" named nothing in an edit); a quantifier above wins
+    for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)"), ("trees", r"trees|greenery")):
+        for match in re.finditer(rf"\b(?:with|add|has|have|and|plus)\s+(?:{noun})\b", text):
+            take(match, {key: "some"})
     return found, evidence, spans
 
 
