@@ -314,6 +314,7 @@ def test_clock_times(text, time_of_day):
 
 
 @pytest.mark.parametrize("text, names", [("a 0-lane road", "lane"), ("a 3 m road", "length_m"),
+                                         ("a 10 m curve", "a 10 m curve turning 90 degrees would need a radius"),
                                          ("a road with 0-storey buildings", "building_height_m")])
 def test_impossible_numbers_raise_by_name(text, names):
     with pytest.raises(P.PromptError, match=names):

@@ -233,6 +233,7 @@ _NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn in
                                                 "intersection; the closest of them by the rest of the prompt is used"),
 ]
 MIN_SIDEWALK_M = 0.5  # the narrowest sidewalk a layout holds (`_check`); "no sidewalks" gets it, with a note
+CURVE_RADIUS_M = (8.0, 2000.0)  # the radii a curve holds (`_check`)
 
 
 _QUANTIFIERS = {  # density level -> words before "parked cars" / "trees"
@@ -540,6 +541,12 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
             full["angle_deg"] = math.degrees(full["length_m"] / full["radius_m"])
         else:
             full["radius_m"] = full["length_m"] / math.radians(full["angle_deg"])
+            low_m, high_m = CURVE_RADIUS_M
+            if not low_m <= full["radius_m"] <= high_m:  # said in the user's terms, not the derived radius's
+                raise PromptError(f"a {full['length_m']:g} m curve turning {full['angle_deg']:g} degrees would need a "
+                                  f"radius of {full['radius_m']:.1f} m; curves hold {low_m:g}-{high_m:g} m (a "
+                                  f"{full['angle_deg']:g}-degree curve: {low_m * math.radians(full['angle_deg']):.1f}-"
+                                  f"{high_m * math.radians(full['angle_deg']):.0f} m long)")
     if template == "curve":
         full["length_m"] = full["radius_m"] * math.radians(full["angle_deg"])
         if full["angle_deg"] > 180.0:
@@ -561,7 +568,7 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
 
 def _check(attributes: dict) -> None:
     """Refuse values no layout can hold, naming the attribute (diffusers: loud errors, no silent fixes)."""
-    limits = {"length_m": (10.0, 5000.0), "radius_m": (8.0, 2000.0), "angle_deg": (5.0, 180.0),
+    limits = {"length_m": (10.0, 5000.0), "radius_m": CURVE_RADIUS_M, "angle_deg": (5.0, 180.0),
               "lane_width_m": (2.0, 6.0), "sidewalk_width_m": (MIN_SIDEWALK_M, 10.0)}
     for key, (low, high) in limits.items():
         if not low <= attributes[key] <= high:
