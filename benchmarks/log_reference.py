@@ -28,7 +28,8 @@ The enhancer takes this warp as its reference input; this measures what a fixed 
 training, and how much of the log's information the geometry lets through.
 
     python benchmarks/log_reference.py [--worlds 6] [--views 2] [--sample bilinear] [--combine distance]
-        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep|forward] [--depth-noise SIGMA] [--gate TAU]
+        [--log-size 320x192] [--depth reconstruction|truth|truth-target|sweep|forward] [--depth-noise SIGMA]
+        [--gate TAU]
         [--json PATH]
 """
 

@@ -88,8 +88,8 @@ class Scenario:
         where = f"scenario {self.name!r}: route_xy_m"
         if abs(lateral_m) > ROUTE_FROM_EGO_M:
             raise ValueError(f"{where} passes {abs(lateral_m):.1f} m from the ego's start {start_xy.round(1).tolist()} "
-                             f"(lane {self.ego.lane} at {self.ego.start_s_m:g} m); the route is the path the ego is asked "
-                             f"to drive from there (at most {ROUTE_FROM_EGO_M:g} m away)")
+                             f"(lane {self.ego.lane} at {self.ego.start_s_m:g} m); the route is the path the ego is "
+                             f"asked to drive from there (at most {ROUTE_FROM_EGO_M:g} m away)")
         if math.cos(route_yaw - start_yaw) < 0.0:
             raise ValueError(f"{where} runs against the ego's lane {self.ego.lane} at its start (their headings differ "
                              f"by {abs(math.degrees(math.remainder(route_yaw - start_yaw, 2 * math.pi))):.0f} "

@@ -291,7 +291,8 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     (bad / "images" / "000002_CAM_C.png").unlink()
     assert cli_main(["reconstruct", str(bad), "--cache", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0] and err[0].startswith("neural-sensor reconstruct: error")
+    assert len(err) == 1 and "frame 2 (images/000002_CAM_C.png)" in err[0]
+    assert err[0].startswith("neural-sensor reconstruct: error")
 
     scenario_file = tmp_path / "short_drive.py"
     scenario_file.write_text(SHORT_SCENARIO)
@@ -300,8 +301,9 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     captured = capsys.readouterr()
     recorded = json.loads(captured.out.strip().splitlines()[-1])
     assert recorded["scenario"] == "short_drive" and recorded["views"] == 6 * recorded["frames"]
-    assert captured.err.strip().splitlines()[-1] == (f"neural-sensor record-drive: {recorded['frames']} frames, "
-                                                     f"{recorded['views']} images; the drive log is in {recorded['log']}")
+    assert captured.err.strip().splitlines()[-1] == (
+        f"neural-sensor record-drive: {recorded['frames']} frames, {recorded['views']} images; the drive log is in "
+        f"{recorded['log']}")
     images, _, _ = read_drive_log(tmp_path / "rec")
     assert images.shape == (recorded["views"], 24, 32, 3)
     # the folder now holds a log: a second recording there is refused

@@ -350,8 +350,8 @@ def test_a_malformed_base_is_refused_by_name():
 ])
 def test_what_the_embedding_read_backwards_is_parsed_or_noted(text, attributes, note):
     """A new user's prompts: the embedding took "no sidewalks" for wide ones (0.70), "a leafy street" for a
-    treeless one (0.72) and "a street with trees" too (0.80); a one-lane road, a one-way street and a roundabout were laid out as something else
-    without a word."""
+    treeless one (0.72) and "a street with trees" too (0.80); a one-lane road, a one-way street and a roundabout
+    were laid out as something else without a word."""
     _, description = P.layout_from_prompt(text)
     for key, value in attributes.items():
         assert description["attributes"][key] == value, (key, description["attributes"][key])

@@ -417,8 +417,8 @@ class EnhancerClient(SharedBlock):
             reply = self._exchange_direct(payload, rid, remaining, budget)  # None: the socket is gone: the broker
             remaining = budget - (time.monotonic() - start) * 1000.0
         if reply is None:
-            reply = self._exchange(payload, rid, remaining, wait_connect=False, deadline_ms=budget) if remaining > 0 else \
-                f"no reply from the enhancer at {self.endpoint} within {budget:g} ms"
+            reply = (self._exchange(payload, rid, remaining, wait_connect=False, deadline_ms=budget)
+                     if remaining > 0 else f"no reply from the enhancer at {self.endpoint} within {budget:g} ms")
         latency = (time.monotonic() - start) * 1000.0
         if isinstance(reply, str):
             self._release_block()  # a worker may still write into it: the next tick takes a fresh block
