@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,18 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
     for module, argv, message in cases:
         assert message in _refusal(monkeypatch, capsys, module, *out, *argv), (module.__name__, argv)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("module, name", [(train_enhancer_run, "enhancer-run-data"),
+                                          (train_reconstructor_run, "reconstructor-run-data")])
+def test_the_data_default_follows_the_cache_variable(module, name, tmp_path, monkeypatch, capsys):
+    """--data defaults under $NEURAL_SENSOR_CACHE when it is set, as the scene cache does (it used to ignore it and
+    fill ~/.cache whatever the user had pointed the caches at)."""
+    monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path / "caches"))
+    monkeypatch.setattr(sys, "argv", [module.__name__, "--help"])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert str(tmp_path / "caches" / name) in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+    monkeypatch.delenv("NEURAL_SENSOR_CACHE")
+    from neural_sensor.train.state import default_data_root
+    assert default_data_root(name) == Path.home() / ".cache" / "neural-sensor" / name

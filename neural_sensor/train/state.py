@@ -19,6 +19,13 @@ HISTORY_FILE = "history.json"  # one record per step
 CHECKPOINT_FILES = ("config.json", "model.safetensors", STATE_FILE)  # any of these: the folder holds a checkpoint
 
 
+def default_data_root(name: str) -> Path:
+    """Where a training script keeps the data it makes (`--data`'s default): $NEURAL_SENSOR_CACHE/<name> when that
+    is set (the scene cache's root, `reconstruct.cache.default_cache_root`), else ~/.cache/neural-sensor/<name>."""
+    root = os.environ.get("NEURAL_SENSOR_CACHE")
+    return Path(root) / name if root else Path.home() / ".cache" / "neural-sensor" / name
+
+
 def add_out_options(parser, default_out: Path) -> None:
     """--out (default `default_out`), --resume and --overwrite, as every training script takes them; check them
     with `check_out_options` right after parsing, before any data is made."""

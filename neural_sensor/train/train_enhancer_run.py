@@ -57,8 +57,8 @@ from neural_sensor.metrics import psnr
 from neural_sensor.render.upsample import RECONSTRUCTION_SCALE
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       load_or_make_npz, out_of_time, record_step, set_cosine_lr, start_or_resume,
-                                       write_summary)
+                                       default_data_root, load_or_make_npz, out_of_time, record_step, set_cosine_lr,
+                                       start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v14"  # bump when the stored frame fields or their making change (v2: colour-refined
@@ -637,7 +637,8 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=4, help="rig poses per world")
     parser.add_argument("--lr", type=float, default=1e-3)
     add_out_options(parser, Path("out/enhancer-run"))
-    parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "neural-sensor" / "enhancer-run-data")
+    parser.add_argument("--data", type=Path, default=default_data_root("enhancer-run-data"),
+                        help="where the made data is kept ($NEURAL_SENSOR_CACHE/enhancer-run-data when that is set)")
     parser.add_argument("--reconstructor", type=Path, default=default_checkpoint(DEFAULT_RECONSTRUCTOR))
     parser.add_argument("--init", type=Path, default=None, help="start from this enhancer checkpoint's weights")
     parser.add_argument("--data-only", action="store_true", help="make the frames and stop")

@@ -56,7 +56,8 @@ from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRES
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       load_or_make_npz, out_of_time, record_step, start_or_resume, write_summary)
+                                       default_data_root, load_or_make_npz, out_of_time, record_step, start_or_resume,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -374,8 +375,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
     add_out_options(parser, Path("out/reconstructor-run"))
-    parser.add_argument("--data", type=Path,
-                        default=Path.home() / ".cache" / "neural-sensor" / "reconstructor-run-data")
+    parser.add_argument("--data", type=Path, default=default_data_root("reconstructor-run-data"),
+                        help="where the made data is kept ($NEURAL_SENSOR_CACHE/reconstructor-run-data if set)")
     parser.add_argument("--context-stations", type=int, default=3,
                         help="stations (6 views each) per step; more than a drive has: the whole drive")
     parser.add_argument("--targets-per-step", type=int, default=1,
