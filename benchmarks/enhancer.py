@@ -148,7 +148,7 @@ def bench_transport(checkpoint: Path, repeats: int) -> dict:
                     layout, block_bytes, _ = client._shm_layout(sent, into)
                     client._shm_request(sent, layout, block_bytes, "encode-only", 60_000)
                 else:
-                    del [client._wire_frame(f) for f in sent][:]
+                    del [client._wire_frame(f, i) for i, f in enumerate(sent)][:]
                 t["encode"].append((time.perf_counter() - t0) * 1000.0)
                 result = client.enhance(sent, out=into)
                 if not result.enhanced or (client.transport, client.route) != TRANSPORTS[name][1]:

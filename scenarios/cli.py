@@ -62,6 +62,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _OneDescription(argparse.Action):
+    """--prompt given twice is refused: argparse would keep the last and drop the first without a word, and a user
+    may take two prompts for one street described in parts."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: describe the street in one {option_string} (the second "
+                         "would replace the first)")
+        setattr(namespace, self.dest, values)
+
+
 _PYTHON_FORMAT_WARNING = warnings.formatwarning  # the CLI formats only a drive log's warnings itself
 _CACHE_DEFAULT = "(default: $NEURAL_SENSOR_CACHE/scenes or ~/.cache/neural_sensor/scenes)"  # every --cache
 
@@ -203,14 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("scenario", nargs="?", default=None,
                        help="cut_in | pedestrian_crossing | lane_change, or path/to/my_scenario.py, "
                             "or package.module (defining make_scenario(seed) -> Scenario)")
-    p_run.add_argument("--prompt", default=None,
+    p_run.add_argument("--prompt", default=None, action=_OneDescription,
                        help="instead of a scenario: a plain drive through the street a text prompt describes")
     _add_run_options(p_run, "out")
     p_build = sub.add_parser("build-scene", help="build (and cache) the Gaussian scene of a layout template, "
                                                  "an OpenDRIVE map or a layout JSON", formatter_class=_FORMATTER)
     p_build.add_argument("template", nargs="?", choices=("straight", "curve", "intersection"),
                          help="layout template (or give --xodr / --layout / --prompt)")
-    p_build.add_argument("--prompt", default=None,
+    p_build.add_argument("--prompt", default=None, action=_OneDescription,
                          help="describe the street in words, e.g. 'a 300 m road with four lanes at dusk'")
     p_build.add_argument("--xodr", type=Path, default=None, help="OpenDRIVE map, e.g. a CARLA town's")
     p_build.add_argument("--layout", type=Path, default=None, help="layout JSON (Layout.to_json)")

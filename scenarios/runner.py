@@ -568,7 +568,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             t4 = time.perf_counter()
             # what the video and strip show: the delivered images as RGB uint8 (one compiled pass each, the
             # rounding of rgb_to_bgra and _to_uint8; tested equal)
-            last_images = [to_uint8_into(f.rgb, np.empty(f.rgb.shape, np.uint8)) for f in frames.values()]
+            last_images = [to_uint8_into(f.rgb, np.empty(f.rgb.shape, np.uint8), allow_nan=True)
+                           for f in frames.values()]
             tick_truth = None
             if truth_rig is not None:
                 truth_frames = truth_rig.capture(snapshot)

@@ -223,6 +223,11 @@ def test_build_scene_options_that_would_do_nothing_are_refused_first(tmp_path, c
         assert cli_main(["build-scene", *args, "--cache", str(cache)]) == 2, args
         assert said in capsys.readouterr().err, args
     assert not cache.exists()
+    for command in ("build-scene", "run"):  # argparse kept the last of two --prompt and dropped the first silently
+        with pytest.raises(SystemExit) as exit_:
+            cli_main([command, "--prompt", "a wide road", "--prompt", "at dusk", "--cache", str(cache)])
+        assert exit_.value.code == 2
+        assert "--prompt given twice: describe the street in one --prompt" in capsys.readouterr().err, command
     a_file = tmp_path / "cache.txt"
     a_file.write_text("not a folder")
     for command in (["build-scene", "straight"], ["run", "cut_in", "--out", str(tmp_path / "run")], ["cache"]):

@@ -267,6 +267,11 @@ def test_compiled_codecs_equal_their_numpy_twins():
         np.testing.assert_array_equal(fast, wire._to_uint8_reference(image, np.empty(image.shape, np.uint8)))
     codes = np.arange(256, dtype=np.uint8).reshape(16, 16)
     np.testing.assert_array_equal(wire.to_float(codes), wire._to_float_reference(codes))
+    nan = np.array([0.2, np.nan, 1.0, np.inf, -np.inf], np.float32)  # NaN has no uint8: written as 0, and said
+    for convert in (wire.to_uint8_into, wire._to_uint8_reference):
+        with pytest.raises(wire.NaNImageError, match="contains NaN"):
+            convert(nan, np.empty(5, np.uint8))
+        np.testing.assert_array_equal(convert(nan, np.empty(5, np.uint8), allow_nan=True), [51, 0, 255, 255, 0])
 
 
 def test_float16_codecs_equal_numpy_on_every_half():

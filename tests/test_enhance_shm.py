@@ -70,6 +70,22 @@ def test_shared_memory_round_trip_equals_the_byte_path(server, reference):
 
 
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "bytes"])
+def test_a_nan_image_on_the_uint8_wire_is_named_not_sent(server, shared_memory):
+    """NaN has no uint8: an rgb / alpha / reference with NaN used to go out as whatever the cast made of it (the
+    float wire's server refuses it as a BadRequest). Now the tick is not enhanced, its reason naming the frame
+    and the field, as the server names a depth with NaN; the next good tick is enhanced."""
+    with EnhancerClient(server.endpoint, deadline_ms=10_000, shared_memory=shared_memory) as client:
+        for field in ("rgb", "alpha", "reference"):
+            frames = _frames(4, reference=True)
+            frames[2][field][5, 6] = np.nan
+            bad = client.enhance(frames)
+            assert not bad.enhanced and bad.reason == (f"frames[2].{field}: contains NaN (the uint8 wire cannot "
+                                                       "carry it)"), bad.reason
+        assert client.enhance(_frames(4, reference=True)).enhanced
+        assert client.transport == ("shm" if shared_memory else "bytes")
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "bytes"])
 def test_enhance_into_callers_buffers(server, shared_memory):
     """enhance(frames, out=...): the same values as fresh arrays, written into (and returned as) the caller's
     buffers, which may be the frames' own rgb; bad buffers are a named ValueError before anything is sent."""
@@ -111,7 +127,7 @@ def test_uint8_images_are_taken_as_0_to_255_and_other_dtypes_are_refused(server,
         for a, b in zip(want.rgb, got.rgb):
             np.testing.assert_array_equal(a, b)
         # alpha and reference do not reach an identity model's output: check what goes on the wire directly
-        from neural_sensor.enhance.client import _convert
+        from neural_sensor.enhance.client_block import convert as _convert
 
         wire_type = np.uint8 if wire_dtype == "uint8" else np.float32
         for name in ("alpha", "reference"):

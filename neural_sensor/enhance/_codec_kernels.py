@@ -18,11 +18,15 @@ _JIT = dict(cache=True, nogil=True, fastmath=False)
 
 @njit(**_JIT)
 def uint8_from_float(source, out):  # pragma: no cover - compiled
-    """out[i] = uint8(min(max(float32(source[i]) * 255, 0), 255) + 0.5) over flat arrays of one length."""
+    """out[i] = uint8(min(max(float32(source[i]) * 255, 0), 255) + 0.5) over flat arrays of one length; returns
+    whether any source value was NaN (which has no uint8: its out[i] is 0)."""
     scale, lo, hi, half = np.float32(255.0), np.float32(0.0), np.float32(255.0), np.float32(0.5)
+    nan = False
     for i in range(source.shape[0]):
         v = np.float32(source[i]) * scale
-        out[i] = np.uint8(min(max(v, lo), hi) + half)
+        nan |= v != v
+        out[i] = np.uint8(min(max(v, lo), hi) + half) if v == v else np.uint8(0)
+    return nan
 
 
 @njit(**_JIT)

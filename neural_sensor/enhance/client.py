@@ -57,7 +57,7 @@ import zmq
 
 from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.client_block import SharedBlock
-from neural_sensor.enhance.client_block import convert as _convert  # the byte path converts as the block does
+from neural_sensor.enhance.client_block import convert_named  # the byte path converts as the block does
 
 
 CONNECT_GRACE_S = 1.0  # how long a new socket's first request may wait for the connection (within its deadline)
@@ -377,7 +377,10 @@ class EnhancerClient(SharedBlock):
             result = self._enhance_shm(frames, budget, start, out)
             if result is not None:
                 return result
-        wire_frames = [self._wire_frame(f) for f in frames]
+        try:
+            wire_frames = [self._wire_frame(f, i) for i, f in enumerate(frames)]
+        except wire.NaNImageError as err:  # as the server's BadRequest on a float wire: this tick is not enhanced
+            return EnhanceResult(None, str(err), (time.monotonic() - start) * 1000.0)
         rid = f"{self._prefix}-{next(self._counter)}"
         payload = wire.make_request("enhance", rid, wire_frames, deadline_ms=budget)
         if len(payload) > wire.MAX_MESSAGE_BYTES:
@@ -407,6 +410,8 @@ class EnhancerClient(SharedBlock):
         reply_refs = [refs["reply"] for refs in layout]
         try:
             payload = self._shm_request(frames, layout, block_bytes, rid, budget)
+        except wire.NaNImageError as err:
+            return EnhanceResult(None, str(err), (time.monotonic() - start) * 1000.0)
         except OSError:  # the folder is gone (the server stopped) or full: bytes, and hello again later
             self._shm_offer = None
             self._release_block()
@@ -530,11 +535,11 @@ class EnhancerClient(SharedBlock):
             out["reference_valid"] = "bool"
         return out
 
-    def _wire_frame(self, frame: dict) -> dict:
-        """A frame's arrays as they travel on the byte path."""
+    def _wire_frame(self, frame: dict, index: int) -> dict:
+        """A frame's arrays as they travel on the byte path (NaNImageError naming frames[index] and the field)."""
         out = {"camera": str(frame["camera"])}
         for name, dtype in self._wire_dtypes(frame).items():
-            out[name] = _convert(frame[name], np.empty(np.shape(frame[name]), dtype))
+            out[name] = convert_named(index, name, frame[name], np.empty(np.shape(frame[name]), dtype))
         return out
 
 

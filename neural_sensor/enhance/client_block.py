@@ -163,10 +163,10 @@ class SharedBlock:
         """The header-only request for `frames`, whose arrays are written into the block here at `layout`."""
         name, mapping = self._block_for(block_bytes)
         header_frames = []
-        for frame, refs in zip(frames, layout):
+        for index, (frame, refs) in enumerate(zip(frames, layout)):
             for field, ref in refs.items():
                 if field != "reply" and not _lies_at(frame[field], ref, self._block_address):
-                    convert(frame[field], ref.view(mapping))
+                    convert_named(index, field, frame[field], ref.view(mapping))
             header_frames.append({"camera": str(frame["camera"]), "reply_offset": refs["reply"].offset,
                                   **{k: r.encode() for k, r in refs.items() if k != "reply"}})
         message = {"v": wire.PROTOCOL_VERSION, "id": request_id, "op": "enhance", "deadline_ms": float(budget),
@@ -187,6 +187,14 @@ def _lies_at(array, ref: wire.ShmRef, block_address: int) -> bool:
     """Is `array` the very array `ref` names in the block mapped at block_address (nothing to write)?"""
     return (isinstance(array, np.ndarray) and array.dtype.name == ref.dtype and array.shape == ref.shape
             and array.flags.c_contiguous and array.ctypes.data == block_address + ref.offset)
+
+
+def convert_named(index: int, name: str, array, out: np.ndarray) -> np.ndarray:
+    """`convert(array, out)`, its NaNImageError naming frames[index].name as the server's BadRequest names a field."""
+    try:
+        return convert(array, out)
+    except wire.NaNImageError as err:
+        raise wire.NaNImageError(f"frames[{index}].{name}: {err}") from None
 
 
 def convert(array, out: np.ndarray) -> np.ndarray:

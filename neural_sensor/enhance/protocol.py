@@ -529,29 +529,42 @@ def _to_float16_reference(array: np.ndarray) -> np.ndarray:
         return np.asarray(array, dtype=np.float32).astype(np.float16)
 
 
-def to_uint8_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """`out` (uint8, the shape of `image`) = clip(image * 255, 0, 255) rounded half up; image in [0, 1]."""
+class NaNImageError(ValueError):
+    """A float image with NaN sent on the uint8 wire, which cannot carry it (the float wire's server refuses NaN as
+    a BadRequest; this says the same on the client before anything is sent)."""
+
+
+def to_uint8_into(image: np.ndarray, out: np.ndarray, allow_nan: bool = False) -> np.ndarray:
+    """`out` (uint8, the shape of `image`) = clip(image * 255, 0, 255) rounded half up; image in [0, 1]. A NaN
+    becomes 0, and raises NaNImageError (after `out` is written) unless allow_nan (a picture for a person)."""
     assert out.dtype == np.uint8 and out.shape == image.shape, (out.dtype, out.shape, image.shape)
     if image.dtype.kind != "f":
         return _to_uint8_reference(image, out)
     from neural_sensor.enhance._codec_kernels import uint8_from_float
 
-    uint8_from_float(np.ascontiguousarray(image).reshape(-1), out.reshape(-1))  # out.reshape: a view (contiguous)
+    if uint8_from_float(np.ascontiguousarray(image).reshape(-1), out.reshape(-1)) and not allow_nan:
+        raise NaNImageError("contains NaN (the uint8 wire cannot carry it)")  # (out.reshape: a view)
     return out
 
 
-def _to_uint8_reference(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _to_uint8_reference(image: np.ndarray, out: np.ndarray, allow_nan: bool = False) -> np.ndarray:
     """The numpy twin of `to_uint8_into` (chunked so the float temporary stays in the cache)."""
     flat_in = np.ascontiguousarray(image).reshape(-1)
     flat_out = out.reshape(-1)
     scratch = np.empty(min(_CHUNK, flat_in.size), np.float32)
+    nan = False
     for start in range(0, flat_in.size, _CHUNK):
         stop = min(flat_in.size, start + _CHUNK)
         part = scratch[:stop - start]
         np.multiply(flat_in[start:stop], np.float32(255.0), out=part, dtype=np.float32)
+        if image.dtype.kind == "f" and np.isnan(part).any():
+            nan = True
+            np.nan_to_num(part, copy=False, nan=0.0)
         np.clip(part, 0.0, 255.0, out=part)
         part += np.float32(0.5)  # round half up, then truncate
         flat_out[start:stop] = part
+    if nan and not allow_nan:
+        raise NaNImageError("contains NaN (the uint8 wire cannot carry it)")
     return out
 
 
