@@ -42,6 +42,8 @@ PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
 PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
+DEFAULT_TREE_DENSITY = 0.4  # trees' weight in the roadside mix (poles 0.3, signs 0.1, parked cars 0.2 by default)
+MIN_TREE_GAP = 0.5  # a denser mix closes the gap after a tree down to this fraction of it (roadside_objects)
 MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
 
@@ -303,7 +305,7 @@ def densified(points_xy: np.ndarray, step_m: float = 1.0) -> np.ndarray:
 
 def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_m: float, sidewalk_m: float,
                       buildings: bool, skip_fn=None, *, building_height_m: tuple = (7.0, 20.0),
-                      tree_density: float = 0.4, parked_car_density: float = 0.2,
+                      tree_density: float = DEFAULT_TREE_DENSITY, parked_car_density: float = 0.2,
                       keep_clear_xy_m: np.ndarray | None = None, keep_clear_m: float = 0.0,
                       lane_width_m: float = 3.5) -> list[Box]:
     """Buildings behind the sidewalks, trees, poles and signs on them, parked cars at the kerb.
@@ -319,6 +321,8 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     A building never comes within ROAD_CLEARANCE_M of its own road's edge: on the inside of a tight bend (a 25 m
     radius) a straight one tangent to the sidewalk reached up to 1 m into the inner lane; such a building is
     shortened from both ends, 0.5 m at a time (layouts where none reaches that close are unchanged).
+    Above DEFAULT_TREE_DENSITY the gap after a tree also shrinks, by DEFAULT_TREE_DENSITY / tree_density down to
+    MIN_TREE_GAP of itself (3.5 m at the least: a tree and a parked car stay apart).
     lane_width_m: the outer lanes' width: a parked car stands half on the kerb, at most as far into the lane as
     leaves PARKED_CLEARANCE_M beside a car centred in it (narrower lanes push it further onto the kerb).
     """
@@ -331,6 +335,7 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(f"tree_density and parked_car_density must be finite and >= 0, got "
                          f"{tree_density}, {parked_car_density}")
+    tree_gap = min(1.0, max(MIN_TREE_GAP, DEFAULT_TREE_DENSITY / max(tree_density, 1e-9)))
     objects: list[Box] = []
     seg = np.diff(reference, axis=0)
     seg_len = np.linalg.norm(seg, axis=1)
@@ -393,13 +398,15 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
                 box = Box((centre[0], centre[1], 1.8), (0.1, 0.8, 0.8), yaw, kind)
             if skip_fn is None or not skip_fn(centre):
                 objects.append(box)
-            s += rng.uniform(7, 16)
+            # a denser mix of trees than the default also closes up the gap after each tree (the mix alone made
+            # "many trees" only 1.5 x "some"); at the default and below the gaps are as they always were
+            s += rng.uniform(7, 16) * (tree_gap if kind == "vegetation" else 1.0)
     return objects
 
 
 def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
                   sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
-                  building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+                  building_height_m: tuple = (7.0, 20.0), tree_density: float = DEFAULT_TREE_DENSITY,
                   parked_car_density: float = 0.2) -> Layout:
     """A straight two-way road along +x from x = 0 to length_m, centre line on y = 0."""
     style = style or Style()
@@ -421,7 +428,7 @@ def straight_road(length_m: float = 200.0, *, lanes_per_direction: int = 2, lane
 
 def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_direction: int = 2, lane_width_m: float = 3.5,
           sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
-          building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+          building_height_m: tuple = (7.0, 20.0), tree_density: float = DEFAULT_TREE_DENSITY,
           parked_car_density: float = 0.2) -> Layout:
     """A left-hand curve starting at the origin heading +x, turning angle_deg with the given centre-line radius."""
     style = style or Style()
@@ -442,7 +449,7 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
 
 def intersection(arm_length_m: float = 60.0, *, lanes_per_direction: int = 1, lane_width_m: float = 3.5,
                  sidewalk_width_m: float = 3.0, buildings: bool = True, style: Style | None = None,
-                 building_height_m: tuple = (7.0, 20.0), tree_density: float = 0.4,
+                 building_height_m: tuple = (7.0, 20.0), tree_density: float = DEFAULT_TREE_DENSITY,
                  parked_car_density: float = 0.2) -> Layout:
     """A four-way intersection centred on the origin, arms along +-x and +-y, crosswalks on every arm."""
     style = style or Style()
