@@ -83,3 +83,29 @@ def test_the_data_default_follows_the_cache_variable(module, name, tmp_path, mon
     monkeypatch.delenv("NEURAL_SENSOR_CACHE")
     from neural_sensor.train.state import default_data_root
     assert default_data_root(name) == Path.home() / ".cache" / "neural-sensor" / name
+
+
+def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """gpu_pipeline took neither the rule nor --overwrite: a rerun into the same --out replaced OUT/reconstructor
+    and OUT/enhancer without a word, and --resume into an empty folder started afresh. A data stage alone is
+    let through (it writes no checkpoint: gpu_session.sh makes the data first)."""
+    out = tmp_path / "pair"
+    out.mkdir()
+    _checkpoint(out / "reconstructor")
+    said = _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(out))
+    assert f"{out / 'reconstructor'} already holds a checkpoint (config.json)" in said
+    assert "give one" in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(out), "--resume", "--overwrite")
+    assert "nothing to resume" in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(tmp_path / "new"),
+                                           "--resume")
+    assert "nothing to resume" in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(out), "--resume",
+                                           "--stages", "enhancer")
+    (tmp_path / "file").write_text("x")
+    assert "a file, not a folder" in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(tmp_path / "file"))
+    from neural_sensor.train.gpu_pipeline import _check_out
+
+    class Parser:
+        def error(self, message):
+            raise AssertionError(message)
+
+    _check_out(Parser(), out, ("reconstructor_data", "enhancer_data"), False, False)  # data alone: let through
+    _check_out(Parser(), out, ("reconstructor", "enhancer"), False, True)  # --overwrite: let through

@@ -41,7 +41,7 @@ import torch
 
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
-from neural_sensor.train.state import check_training_options
+from neural_sensor.train.state import CHECKPOINT_FILES, STATE_FILE, check_training_options
 
 STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
@@ -160,6 +160,26 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
     return report
 
 
+def _check_out(parser, out: Path, stages: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """parser.error (before any data is made) when OUT cannot take this run, as `state.check_out_options` for the
+    other scripts: OUT a file; --resume with --overwrite; a training stage whose folder (OUT/reconstructor,
+    OUT/enhancer) holds a checkpoint, without --resume or --overwrite (a rerun replaced the trained pair without
+    a word); --resume with no training state in any of them. Data stages alone write no checkpoint."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: a file, not a folder for the pipeline")
+    if resume and overwrite:
+        parser.error("--resume continues the checkpoints in --out and --overwrite replaces them: give one")
+    trained = [out / name for name in ("reconstructor", "enhancer") if name in stages]
+    for folder in trained:
+        held = [name for name in CHECKPOINT_FILES if (folder / name).exists()]
+        if held and not (resume or overwrite):
+            parser.error(f"{folder} already holds a checkpoint ({', '.join(held)}): --resume continues it, "
+                         "--overwrite replaces it, or name another --out")
+    if resume and trained and not any((folder / STATE_FILE).is_file() for folder in trained):
+        parser.error(f"--resume: nothing to resume in {out} (no {STATE_FILE} under "
+                     f"{' or '.join(f.name for f in trained)}); drop --resume to start a new run")
+
+
 def main() -> None:
     from neural_sensor.checkpoints import DEFAULT_ENHANCER, DEFAULT_RECONSTRUCTOR, default_checkpoint
 
@@ -177,7 +197,9 @@ def main() -> None:
     parser.add_argument("--enhancer-init", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
     parser.add_argument("--workers", type=int, default=None, help="data processes (default: cores - 1)")
     parser.add_argument("--data", type=Path, default=None, help="data folder (default OUT/data)")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue the trainings whose state is in OUT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoints already in OUT/reconstructor or OUT/enhancer")
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="comma-separated subset of the stages, run in this order: " + ", ".join(STAGES))
     parser.add_argument("--recon-lr", type=float, default=2e-4)
@@ -188,6 +210,7 @@ def main() -> None:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown or not stages:
         parser.error(f"--stages {args.stages!r}: the stages are {', '.join(STAGES)}")
+    _check_out(parser, args.out, stages, args.resume, args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
                           enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,
