@@ -17,6 +17,7 @@ from neural_sensor.scene.layout import Layout
 from neural_sensor.world import WorldSnapshot
 
 ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
+ROUTE_CORRIDOR_M = 5.0  # time to collision follows the ego's route while the ego is within this of it
 ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
 
 
@@ -189,7 +190,7 @@ class CriteriaState:
         self.max_offset_from_recorded_m = max(self.max_offset_from_recorded_m, abs(lateral))
         if snapshot.collisions and self.collision_frame is None:
             self.collision_frame, self.collision_with = snapshot.frame, snapshot.collisions
-        self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot))
+        self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot, self.route))
 
     def results(self) -> dict:
         completion = min(1.0, self.progress_m / self.scenario.route_goal_m)
@@ -224,9 +225,21 @@ class CriteriaState:
                 if isinstance(v, dict) and "not_judged" in v]
 
 
-def time_to_collision(snapshot: WorldSnapshot) -> float:
-    """Smallest gap / closing speed over agents in the ego's corridor ahead (inf if none is closing)."""
+def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> float:
+    """Smallest gap / closing speed over agents in the ego's corridor ahead (inf if none is closing).
+
+    The corridor is as wide as the ego and the agent side by side. With the ego's `route` (what the run's criteria
+    pass) it follows the route: an agent is in it when its lateral offset from the route is within that width of
+    the ego's own, the gap is along the route and the speeds are along its tangents, so a car coming the other way
+    round a bend in its own lane is not ahead of the ego (a straight corridor along the ego's heading crosses the
+    oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s). Without a route, or
+    with the ego more than ROUTE_CORRIDOR_M off it, the corridor runs straight along the ego's heading.
+    """
     ego = snapshot.ego
+    if route is not None:
+        s_ego, lateral_ego = route.project(np.asarray(ego.position_m[:2], np.float64))
+        if abs(lateral_ego) <= ROUTE_CORRIDOR_M:
+            return _ttc_along(snapshot, route, s_ego, lateral_ego)
     inv = np.linalg.inv(ego.pose_agent_to_world)
     best = math.inf
     for agent in snapshot.agents:
@@ -237,6 +250,33 @@ def time_to_collision(snapshot: WorldSnapshot) -> float:
         gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
         agent_forward = math.cos(agent.yaw_rad - ego.yaw_rad) * agent.speed_mps
         closing = ego.speed_mps - agent_forward
+        if gap <= 0:
+            return 0.0
+        if closing > 1e-6:
+            best = min(best, gap / closing)
+    return best
+
+
+def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: float) -> float:
+    """`time_to_collision` in a corridor that follows `route` (the ego at arc length s_ego, lateral_ego off it)."""
+    ego = snapshot.ego
+
+    def along(s_m: float, yaw_rad: float, speed_mps: float) -> float:  # a speed's component along the route
+        return math.cos(yaw_rad - route.at(s_m)[1]) * speed_mps
+
+    ego_along = along(s_ego, ego.yaw_rad, ego.speed_mps)
+    end, end_heading = route.at(route.length_m)
+    best = math.inf
+    for agent in snapshot.agents:
+        xy = np.asarray(agent.position_m[:2], np.float64)
+        s_agent, lateral = route.project(xy)
+        if s_agent >= route.length_m - 1e-9:  # past the route's end: along its last direction
+            s_agent = route.length_m + float(np.dot(xy - end, (math.cos(end_heading), math.sin(end_heading))))
+        half_widths = 0.5 * (ego.size_m[1] + agent.size_m[1])
+        if s_agent <= s_ego or abs(lateral - lateral_ego) > half_widths:
+            continue
+        gap = s_agent - s_ego - 0.5 * (ego.size_m[0] + agent.size_m[0])
+        closing = ego_along - along(s_agent, agent.yaw_rad, agent.speed_mps)
         if gap <= 0:
             return 0.0
         if closing > 1e-6:

@@ -14,7 +14,7 @@ from carla_bridge.embedded import AgentSpec, EgoStart, EmbeddedSimulator
 from carla_bridge.simulator import Simulator, VehicleControl
 from neural_sensor.render import LOD_PX, RECONSTRUCTION_LOD_PX
 from neural_sensor.scene.layout import straight_road
-from scenarios.base import time_to_collision
+from scenarios.base import lane_route, time_to_collision
 from scenarios.cli import main as cli_main
 from scenarios.runner import SCENARIOS, RunOptions, load_scenario, run_scenario
 
@@ -493,3 +493,32 @@ def test_the_agent_is_destroyed_on_every_way_out(tmp_path, scene_cache):
         run_scenario("lane_change", RunOptions(out_dir=tmp_path / "b", agent=f"{tmp_path / 'my_agent.py'}:Broken",
                                                **common))
     assert marks.read_text() == "tidy\ntidy\n"
+
+
+def test_time_to_collision_follows_the_route_round_a_bend():
+    """A user's bend with a car coming the other way in its own lane failed min time-to-collision at 0.6 s: the
+    straight corridor along the ego's heading crosses the oncoming lane on a bend. Along the ego's route (what the
+    criteria pass) that car is not ahead, and a slower car ahead in the ego's own lane is, its gap along the arc."""
+    from neural_sensor.scene.layout import curve
+    from neural_sensor.scene.path import Path
+    from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+    layout = curve(40.0, 90.0, parked_car_density=0.0)
+    own = next(i for i, lane in enumerate(layout.lanes) if lane.direction == -1)
+    other = next(i for i, lane in enumerate(layout.lanes) if lane.direction == 1)
+    route = Path(lane_route(layout, own, 0.0, 55.0))
+    oncoming = Path(lane_route(layout, other, 0.0, 55.0))
+
+    def car(agent_id, path, s_m, speed_mps):
+        (x, y), yaw = path.at(s_m)
+        return AgentState(agent_id, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(x, y, 0.0, yaw), speed_mps)
+
+    ego = car(0, route, 20.0, 8.0)
+    coming = car(1, oncoming, 28.0, 8.0)  # further round the bend, in its own lane, where the heading points
+    crossing = WorldSnapshot(1, 0.05, ego, (coming,))
+    assert time_to_collision(crossing) < 1.0  # the straight corridor: what the criteria used to say
+    assert time_to_collision(crossing, route) == float("inf")
+    leader = car(2, route, 34.0, 5.0)  # 14 m ahead along the arc, 3 m/s slower
+    expected = (14.0 - 4.5) / 3.0
+    assert time_to_collision(WorldSnapshot(1, 0.05, ego, (coming, leader)), route) == pytest.approx(expected, rel=1e-3)
+
