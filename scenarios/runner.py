@@ -255,6 +255,8 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
         return cls(**kwargs)
     except Exception as err:
         raise AgentError(dotted, "its constructor", err) from err
+    except SystemExit as err:
+        _agent_exit(dotted, "its constructor", err)
 
 
 def _agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
@@ -264,6 +266,17 @@ def _agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
         return fn(*args)
     except Exception as err:
         raise AgentError(agent_name, where, err, keys) from err
+    except SystemExit as err:
+        _agent_exit(agent_name, where, err)
+
+
+def _agent_exit(agent_name: str | None, where: str, err: SystemExit):
+    """An agent's own sys.exit() as AgentError (it ended the run with no record, exit 0 or 1, which read as a pass
+    or a failed criterion); a signal's SystemExit (SIGTERM: 143) raised while the agent's code ran goes on as it
+    is."""
+    if _SIGNALLED:
+        raise err
+    raise AgentError(agent_name, where, err) from err
 
 
 def _median(values: list[float]) -> float:

@@ -126,6 +126,17 @@ class BadConfig:
 class NoControl(Crashing):
     def run_step(self, input_data, timestamp):
         return None
+
+
+class Exits(Crashing):
+    def run_step(self, input_data, timestamp):
+        raise SystemExit(0)
+
+
+class ExitsWithText(Crashing):
+    def run_step(self, input_data, timestamp):
+        import sys
+        sys.exit("model file missing")
 '''
 
 
@@ -150,6 +161,9 @@ def test_an_agent_by_file_and_a_bad_control_name_the_agent(tmp_path):
 @pytest.mark.parametrize("agent, message", [
     ("Crashing", "raised KeyError: 'CAM_MISSING' in run_step at frame 1"),
     ("BadConfig", "raised TypeError: bad config in its constructor"),
+    # sys.exit() in an agent ended the run with exit 0 (or 1 with a text: a failed criterion) and no record
+    ("Exits", "raised SystemExit: 0 in run_step at frame 1"),
+    ("ExitsWithText", "raised SystemExit: model file missing in run_step at frame 1"),
 ])
 def test_an_agents_exception_names_the_agent_and_shows_its_traceback(tmp_path, agent, message):
     """A bug in the user's agent is an error of the run (exit 2) that names the agent and where it was called,
