@@ -316,7 +316,7 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
+def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_description: dict | None = None) -> dict:
     from scenarios.runner import RunOptions, run_scenario
 
     # --scene, --enhancer, --lod-px and --render-scale have no default in args (argparse.SUPPRESS): theirs depend on
@@ -335,7 +335,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool) -> dict:
                          enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend,
                          truth=args.truth, lod_px=getattr(args, "lod_px", None),
-                         render_scale=getattr(args, "render_scale", None))
+                         render_scale=getattr(args, "render_scale", None), prompt_description=prompt_description)
     return run_scenario(scenario, options)
 
 
@@ -549,16 +549,14 @@ def _main(args: argparse.Namespace) -> int:
                                  "neural-sensor run --help lists the scenarios")
             if args.scenario is not None and args.prompt is not None:
                 raise ValueError("run takes a scenario (a name, a .py file or a module) or --prompt TEXT, not both")
-            scenario = args.scenario
+            scenario, description = args.scenario, None
             if args.prompt is not None:
                 from scenarios.base import drive_scenario
 
                 layout, description = _layout_from_prompt(args.prompt, args.seed)
                 scenario = drive_scenario(layout, "prompt", args.prompt)
-            result = _run(args, scenario, video=True)
-            if args.prompt is not None:  # the structured description the street was built from, beside the run
-                (Path(args.out) / "prompt.json").write_text(json.dumps(description, indent=1))
-                result["paths"]["prompt"] = str(Path(args.out) / "prompt.json")
+            # a prompt's structured description goes into the record as prompt.json (in its manifest)
+            result = _run(args, scenario, video=True, prompt_description=description)
             verdict = _verdict(result)
         elif args.command == "build-scene":
             result = _build_scene(args)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "manifest.json"
-RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4")  # what a run writes into its temporary folder
+RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4",  # what a run writes into its temporary folder
+                "prompt.json")  # (a run of a prompt's street: the description it was built from)
 
 
 def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:

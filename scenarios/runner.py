@@ -104,6 +104,8 @@ class RunOptions:
     render_scale: float | None = None  # the fraction of the cameras' size the scene is drawn at, then upsampled
     #                                    (render(scale=)); None = the scene's: 1 for the builder's, RECONSTRUCTION_SCALE
     #                                    for a reconstruction (`scene_render_scale`). The --truth render is full size
+    prompt_description: dict | None = None  # the structured description a prompt's street was built from
+    #                                        (`scene.prompt.layout_from_prompt`): kept in the record as prompt.json
 
 
 def scene_lod_px(scene_kind: str, lod_px: float | None = None) -> float:
@@ -665,6 +667,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         paths = {"log": str(out_dir / "log.jsonl"), "strip": str(out_dir / "strip.png")}
         if options.video:
             paths["video"] = str(out_dir / "video.mp4")
+        if options.prompt_description is not None:
+            paths["prompt"] = str(out_dir / "prompt.json")
         summary = {
             "scenario": scenario.name, "description": scenario.description, "seed": options.seed,
             "ticks": ticks, "ticks_requested": ticks_requested, "stopped_early": stopped_early,
@@ -697,6 +701,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         files = ["log.jsonl", "strip.png", "summary.json"] + (["video.mp4"] if options.video else [])
+        if options.prompt_description is not None:  # in the record (its manifest) like the rest: a later run
+            (tmp / "prompt.json").write_text(json.dumps(options.prompt_description, indent=1))  # replaces it
+            files.append("prompt.json")
         install_record(tmp, check_out_dir(out_dir), files)
         return summary
     except BaseException:

@@ -338,6 +338,12 @@ def test_prompt_drives_build_scene_and_run(tmp_path):
     assert json.loads(run.stdout)["scenario"] == "prompt"
     kept = json.loads((tmp_path / "out" / "prompt.json").read_text())  # the description, beside the run
     assert kept["attributes"] == result["description"]["attributes"]
+    # in the record's manifest, so the next run into the folder replaces it (it was left behind, stale)
+    assert "prompt.json" in json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    again = _cli(["run", "cut_in", "--ticks", "2", *TINY, "-o", str(tmp_path / "out"), "--allow-fail", "--cache",
+                  str(tmp_path / "cache")], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "out" / "prompt.json").exists()
     both = _cli(["run", "cut_in", "--prompt", prompt, "-o", str(tmp_path / "x")], tmp_path)
     assert both.returncode == 2 and "not both" in both.stderr
 
