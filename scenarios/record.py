@@ -116,11 +116,24 @@ def _not_records(folder: Path, depth: int = 3) -> list[Path]:
     MANIFEST), nor is empty, nor holds only such folders (to depth levels)."""
     stray = []
     for entry in sorted(folder.iterdir()):
+        if _is_run_temporary(entry):  # a run into a sub-folder is writing here, or was killed (SIGKILL) doing so
+            continue
         if entry.is_symlink() or not entry.is_dir():
             stray.append(entry)
         elif not (entry / MANIFEST).exists() and (depth == 0 or _not_records(entry, depth - 1)):
             stray.append(entry)
     return stray
+
+
+def _is_run_temporary(entry: Path) -> bool:
+    """Is entry a run's temporary folder (`.NAME.run-PID-XXXX`, as `runner` makes it beside its out_dir) holding
+    nothing but a record's files? A SIGKILLed `bench` leaves one beside out/bench, and `demo` into out/ then read it
+    as something no run of this tool wrote. The next run into NAME removes it (`remove_stale_temporaries`)."""
+    name = entry.name
+    if not (name.startswith(".") and ".run-" in name) or entry.is_symlink() or not entry.is_dir():
+        return False
+    pid = name.rsplit(".run-", 1)[1].split("-", 1)[0]
+    return pid.isdigit() and all(item.is_file() and item.name in RECORD_FILES for item in entry.iterdir())
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
@@ -155,8 +168,7 @@ def install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
         target = out_dir / name
         if target.is_dir() and not target.is_symlink():
             raise ValueError(f"--out {out_dir}: {name} is a folder; refusing to replace it with a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.chmod(0o755)
+    out_dir.mkdir(parents=True, exist_ok=True)  # a new folder as the umask makes it; an existing one keeps its mode
     # a manifest naming old and new files first: an interruption from here on leaves a folder that the
     # next run still recognises (and cleans) as a record
     _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted((old | set(files)) - {MANIFEST})})

@@ -279,18 +279,39 @@ def test_a_folder_holding_only_records_takes_a_record(tmp_path):
     out = tmp_path / "out"
     _run(out / "bench")
     (out / "empty").mkdir()
+    # a `bench` killed outright (SIGKILL: no handler ran) leaves its temporary folder beside out/bench; `demo` into
+    # out/ took it for a stranger's and refused
+    killed = out / ".bench.run-999999999-abcd1234"
+    killed.mkdir()
+    (killed / "log.jsonl").write_text("{}\n")
     _run(out)
     assert (out / "summary.json").exists() and (out / "bench" / "summary.json").exists()
+    _run(out / "bench")  # the next run into bench removes it
+    assert not killed.exists()
     other = tmp_path / "other"
     (other / "sub").mkdir(parents=True)
     (other / "sub" / "photo.jpg").write_bytes(b"\xff")
     with pytest.raises(ValueError, match=r"holds what no run of this tool wrote there \(sub;"):
         _run(other)
+    (other / "sub").rename(other / ".sub.run-12-x")  # a run's temporary name holding a stranger's file: refused
+    with pytest.raises(ValueError, match=r"holds what no run of this tool wrote there \(.sub.run-12-x;"):
+        _run(other)
+    (other / ".sub.run-12-x").rename(other / "sub")
     assert (other / "sub" / "photo.jpg").read_bytes() == b"\xff"
     from scenarios.runner import RunOptions, run_scenario
 
     with pytest.raises(ValueError, match="unknown scenario|no scenario|not a scenario"):
         run_scenario("cut_inn", RunOptions(out_dir=other, ticks=2, width=64, height=36, video=False, progress=False))
+
+
+def test_a_run_leaves_its_folders_mode_alone(tmp_path):
+    """install_record set every --out to 0755 (from when the private temporary folder itself was moved into
+    place): a user's 0700 folder became world-readable, a group's setgid 2775 lost its group bits."""
+    out = tmp_path / "private"
+    out.mkdir()
+    out.chmod(0o700)
+    _run(out)
+    assert (out / "summary.json").exists() and (out.stat().st_mode & 0o7777) == 0o700
 
 
 def test_damaged_manifest_is_refused(tmp_path):
