@@ -403,6 +403,9 @@ def _record_drive(args: argparse.Namespace) -> dict:
     for name in ("width", "height"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be a positive number of pixels, got {getattr(args, name)}")
+    out = Path(args.out)  # said before the drive is rendered (write_drive_log refuses it only when it writes)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"-o {out} exists and is not an empty folder; a drive log goes into a new one: choose another")
     scenario = load_scenario(args.scenario, args.seed)
     start = time.perf_counter()
     summary = record_drive(scenario.layout, scenario.recorded_path_xy_m, args.out, step_m=args.step, width=args.width,

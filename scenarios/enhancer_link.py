@@ -16,11 +16,15 @@ def check_enhancer_options(options) -> None:
     """Everything about a RunOptions' enhancer options that can be checked before anything is started."""
     endpoint = options.enhancer
     if endpoint is None:  # no enhancer: its options would be silently ignored (the builder's scene runs none)
-        given = [flag for flag, value in (("--enhancer-checkpoint", options.enhancer_checkpoint is not None),
-                                          ("--enhancer-precision", options.enhancer_precision != "auto")) if value]
+        defaults = type(options)()  # RunOptions' own defaults
+        given = [flag for flag, value in (
+            ("--enhancer-checkpoint", options.enhancer_checkpoint is not None),
+            ("--enhancer-precision", options.enhancer_precision != "auto"),
+            ("--enhancer-deadline-ms", options.enhancer_deadline_ms != defaults.enhancer_deadline_ms),
+            ("--temporal-blend", options.temporal_blend != defaults.temporal_blend)) if value]
         if given:
-            raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --enhancer local, and "
-                             "this run has no enhancer (--enhancer none, the default for --scene builder): add "
+            raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for a run with an enhancer, "
+                             "and this run has none (--enhancer none, the default for --scene builder): add "
                              "--enhancer local")
         return
     if endpoint != "local":

@@ -182,8 +182,13 @@ def test_cli_bad_input_exit_code_2(tmp_path, capsys, scene_cache, monkeypatch):
     # an enhancer option where the run has no enhancer (the builder's default) is refused, not silently ignored
     assert cli_main(["demo", "--scene", "builder", "--enhancer-checkpoint", str(tmp_path), "--ticks", "2",
                      "--out", str(tmp_path / "b"), "--cache", str(scene_cache)]) == 2
-    assert ("--enhancer-checkpoint is for --enhancer local, and this run has no enhancer (--enhancer none, the "
+    assert ("--enhancer-checkpoint is for a run with an enhancer, and this run has none (--enhancer none, the "
             "default for --scene builder): add --enhancer local") in capsys.readouterr().err
+    for option, value in (("--enhancer-deadline-ms", "nan"), ("--enhancer-deadline-ms", "50"),
+                          ("--temporal-blend", "0.3")):  # silently ignored without an enhancer (nan too)
+        assert cli_main(["demo", "--scene", "builder", option, value, "--ticks", "2", "--out", str(tmp_path / "b"),
+                         "--cache", str(scene_cache)]) == 2
+        assert f"{option} is for a run with an enhancer, and this run has none" in capsys.readouterr().err
     for option, value in (("--ticks", "0"), ("--width", "-5")):  # argparse's own exit 2, naming the option
         with pytest.raises(SystemExit) as exit_:
             cli_main(["demo", option, value, "--out", str(tmp_path / "c"), "--cache", str(scene_cache)])
@@ -326,6 +331,9 @@ def test_truth_puts_the_builder_render_beside_each_camera_and_logs_psnr(tmp_path
     record = json.loads((tmp_path / "same" / "log.jsonl").read_text().splitlines()[0])
     assert set(record["truth_psnr_db"]) == {"CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK",
                                             "CAM_BACK_LEFT", "CAM_BACK_RIGHT"}
+    # the truth's render is its own stage, not counted as the record's (writing the log and video)
+    assert record["ms"]["truth"] > 0 and "truth" in same["stage_ms_median"]
+    assert record["ms"]["record"] < record["ms"]["truth"]
     # the builder's scene drawn in full IS the truth: identical
     assert all(v is None for v in record["truth_psnr_db"].values())
     assert all(v is None for v in same["truth_psnr_db_median"].values())

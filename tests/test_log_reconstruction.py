@@ -306,8 +306,10 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
         f"{recorded['log']}")
     images, _, _ = read_drive_log(tmp_path / "rec")
     assert images.shape == (recorded["views"], 24, 32, 3)
-    # the folder now holds a log: a second recording there is refused
-    assert cli_main(["record-drive", str(scenario_file), "-o", str(tmp_path / "rec")]) == 2
+    # the folder now holds a log: a second recording there is refused, before the drive is rendered (it was
+    # refused only after rendering every view); a missing scenario would say so, so the folder is said first
+    assert cli_main(["record-drive", str(tmp_path / "no_such_scenario.py"), "-o", str(tmp_path / "rec")]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
 
 
 def test_the_cli_and_a_run_take_a_logs_transforms_json(tmp_path, capsys):
