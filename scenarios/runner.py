@@ -194,6 +194,8 @@ def _raised_by_our_checks(err: BaseException, module) -> bool:
 
 def _module_from_file(path: Path, what: str = "scenario"):
     """The module of a user's .py file (a scenario's, or an agent's: `what`); ValueError naming the file."""
+    if path.is_dir():
+        raise ValueError(f"{what} file {path} is a folder; name the .py file in it (or give package.module)")
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
     if path.suffix != ".py":
@@ -377,6 +379,13 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail or scale is reported before anything loads
     scene_render_scale(scene_kind, options.render_scale)
     check_enhancer_options(options)
+    seed = options.seed  # a Scenario object skips load_scenario's check: numpy said "expected non-negative integer"
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"RunOptions.seed must be an integer >= 0, got {seed!r}")
+    ticks = options.ticks
+    if ticks is not None and (isinstance(ticks, bool) or not isinstance(ticks, (int, np.integer))):
+        raise ValueError(f"RunOptions.ticks must be an integer (or None: the scenario's max_ticks), got "
+                         f"{options.ticks!r}")  # 2.5 ran 2 ticks
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, options.seed)
     ticks = scenario.max_ticks if options.ticks is None else int(options.ticks)

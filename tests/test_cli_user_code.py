@@ -84,6 +84,16 @@ def test_user_scenario_file_and_module(tmp_path):
         load_scenario(str(tmp_path / "broken.py"))
     with pytest.raises(ValueError, match="does not exist"):
         load_scenario(str(tmp_path / "missing.py"))
+    with pytest.raises(ValueError, match="is a folder; name the .py file in it"):  # it said "does not exist"
+        load_scenario(str(path.parent))
+    from scenarios.runner import RunOptions, run_scenario
+
+    scenario = load_scenario(str(path))  # a Scenario object: the options are checked by run_scenario itself
+    for bad, said in ((dict(seed=-1), "RunOptions.seed must be an integer >= 0, got -1"),  # numpy's message
+                      (dict(ticks=2.5), "RunOptions.ticks must be an integer")):  # ran 2 ticks
+        with pytest.raises(ValueError, match=said):
+            run_scenario(scenario, RunOptions(out_dir=tmp_path / "bad", progress=False, **bad))
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="cannot import"):
         load_scenario("no_such_package.scenario")
 
