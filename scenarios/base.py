@@ -232,13 +232,15 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> flo
     pass) it follows the route: an agent is in it when its lateral offset from the route is within that width of
     the ego's own, the gap is along the route and the speeds are along its tangents, so a car coming the other way
     round a bend in its own lane is not ahead of the ego (a straight corridor along the ego's heading crosses the
-    oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s). Without a route, or
-    with the ego more than ROUTE_CORRIDOR_M off it, the corridor runs straight along the ego's heading.
+    oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s); before the route's
+    start and past its end the route continues straight. Without a route, with the ego more than ROUTE_CORRIDOR_M
+    off it, or facing against it, the corridor runs straight along the ego's heading.
     """
     ego = snapshot.ego
     if route is not None:
-        s_ego, lateral_ego = route.project(np.asarray(ego.position_m[:2], np.float64))
-        if abs(lateral_ego) <= ROUTE_CORRIDOR_M:
+        s_ego, lateral_ego = _along_route(route, ego.position_m)
+        facing = math.cos(ego.yaw_rad - route.at(s_ego)[1]) > 0.0  # driving against the route: its heading
+        if abs(lateral_ego) <= ROUTE_CORRIDOR_M and facing:
             return _ttc_along(snapshot, route, s_ego, lateral_ego)
     inv = np.linalg.inv(ego.pose_agent_to_world)
     best = math.inf
@@ -257,6 +259,21 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> flo
     return best
 
 
+def _along_route(route: Path, position_m) -> tuple[float, float]:
+    """(arc length, lateral offset) of a position along `route`, the arc length continued along the first / last
+    segment before its start (negative) and past its end (Path.project clamps it there, which put an ego past the
+    end ahead of agents behind it)."""
+    xy = np.asarray(position_m[:2], np.float64)
+    s_m, lateral_m = route.project(xy)
+    for at_m, sign in ((0.0, -1.0), (route.length_m, 1.0)):
+        if abs(s_m - at_m) < 1e-9:
+            point, heading = route.at(at_m)
+            beyond = float(np.dot(xy - point, (math.cos(heading), math.sin(heading))))
+            if sign * beyond > 0.0:
+                return at_m + beyond, lateral_m
+    return s_m, lateral_m
+
+
 def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: float) -> float:
     """`time_to_collision` in a corridor that follows `route` (the ego at arc length s_ego, lateral_ego off it)."""
     ego = snapshot.ego
@@ -265,13 +282,9 @@ def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: 
         return math.cos(yaw_rad - route.at(s_m)[1]) * speed_mps
 
     ego_along = along(s_ego, ego.yaw_rad, ego.speed_mps)
-    end, end_heading = route.at(route.length_m)
     best = math.inf
     for agent in snapshot.agents:
-        xy = np.asarray(agent.position_m[:2], np.float64)
-        s_agent, lateral = route.project(xy)
-        if s_agent >= route.length_m - 1e-9:  # past the route's end: along its last direction
-            s_agent = route.length_m + float(np.dot(xy - end, (math.cos(end_heading), math.sin(end_heading))))
+        s_agent, lateral = _along_route(route, agent.position_m)
         half_widths = 0.5 * (ego.size_m[1] + agent.size_m[1])
         if s_agent <= s_ego or abs(lateral - lateral_ego) > half_widths:
             continue

@@ -530,3 +530,22 @@ def test_time_to_collision_follows_the_route_round_a_bend():
     expected = (14.0 - 4.5) / 3.0
     assert time_to_collision(WorldSnapshot(1, 0.05, ego, (coming, leader)), route) == pytest.approx(expected, rel=1e-3)
 
+
+
+@pytest.mark.parametrize("ego_x, ego_yaw, agent_x, agent_speed, expected", [
+    (10.0, 0.0, 20.0, 0.0, 0.55),  # the ego before the route's start (a route starting ahead of it)
+    (-4.0, 0.0, -0.5, 0.0, 0.0),  # ... touching a car there
+    (60.0, 0.0, 52.0, 5.0, float("inf")),  # past the route's end: a car behind is not ahead
+    (60.0, 0.0, 70.0, 5.0, 1.1),  # ... and one ahead is, at its own gap
+    (50.0, math.pi, 40.0, 0.0, 0.55),  # driving against the route: along its own heading
+])
+def test_time_to_collision_beyond_the_routes_ends(ego_x, ego_yaw, agent_x, agent_speed, expected):
+    """A route's arc length continues straight before its start and past its end (Path.project clamps it: an ego
+    past the end was put level with the end and a car behind it counted as ahead at a gap of zero)."""
+    from neural_sensor.scene.path import Path
+    from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+    route = Path(np.array([[30.0, 0.0], [50.0, 0.0]]) if ego_x == 10.0 else np.array([[0.0, 0.0], [50.0, 0.0]]))
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(ego_x, 0.0, 0.0, ego_yaw), 10.0)
+    agent = AgentState(1, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(agent_x, 0.0, 0.0, 0.0), agent_speed)
+    assert time_to_collision(WorldSnapshot(1, 0.05, ego, (agent,)), route) == pytest.approx(expected, rel=1e-6)
