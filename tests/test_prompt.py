@@ -392,3 +392,26 @@ def test_many_trees_are_many():
                 if (a.centre_m[1] > 0) == (b.centre_m[1] > 0):
                     assert b.centre_m[0] - a.centre_m[0] >= (a.size_m[0] + b.size_m[0]) / 2, (a, b)
     assert counts["many"] >= 2 * counts["some"], counts
+    for prompt in ("a hairpin bend with many trees", "a tight turn lined with trees"):  # on the inside of a bend a
+        for seed in range(4):  # gap along the road's centre line is shorter at the kerb: it overlapped there
+            layout, _ = P.layout_from_prompt(prompt, seed=seed)
+            kerb = [b for b in layout.objects if b.cls != "building"]
+            for i, a in enumerate(kerb):
+                for b in kerb[i + 1:]:
+                    assert not _boxes_overlap(a, b), (prompt, seed, a, b)
+
+
+def _boxes_overlap(a, b) -> bool:
+    """Do two layout boxes' footprints (oriented rectangles) overlap? Separating axes."""
+    def corners(box):
+        c, s = np.cos(box.yaw_rad), np.sin(box.yaw_rad)
+        half = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]]) * np.array(box.size_m[:2]) / 2
+        return half @ np.array([[c, s], [-s, c]]) + np.array(box.centre_m[:2])
+    pa, pb = corners(a), corners(b)
+    for poly in (pa, pb):
+        for i in range(4):
+            edge = poly[(i + 1) % 4] - poly[i]
+            normal = np.array([-edge[1], edge[0]])
+            if (pa @ normal).max() < (pb @ normal).min() or (pb @ normal).max() < (pa @ normal).min():
+                return False
+    return True

@@ -44,6 +44,7 @@ MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is drop
 ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
 DEFAULT_TREE_DENSITY = 0.4  # trees' weight in the roadside mix (poles 0.3, signs 0.1, parked cars 0.2 by default)
 MIN_TREE_GAP = 0.5  # a denser mix closes the gap after a tree down to this fraction of it (roadside_objects)
+TREE_CLEARANCE_M = 4.0  # ... the next object's centre this far from the tree's (bounding circles apart)
 MAX_COORD_M = 100_000.0  # a layout lives within 100 km of its origin (float32 scenes lose centimetres beyond)
 
 
@@ -322,7 +323,8 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     radius) a straight one tangent to the sidewalk reached up to 1 m into the inner lane; such a building is
     shortened from both ends, 0.5 m at a time (layouts where none reaches that close are unchanged).
     Above DEFAULT_TREE_DENSITY the gap after a tree also shrinks, by DEFAULT_TREE_DENSITY / tree_density down to
-    MIN_TREE_GAP of itself (3.5 m at the least: a tree and a parked car stay apart).
+    MIN_TREE_GAP of itself, keeping the next object TREE_CLEARANCE_M from the tree (on the inside of a bend a gap
+    along the road's centre line is shorter at the kerb).
     lane_width_m: the outer lanes' width: a parked car stands half on the kerb, at most as far into the lane as
     leaves PARKED_CLEARANCE_M beside a car centred in it (narrower lanes push it further onto the kerb).
     """
@@ -381,6 +383,9 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
                 objects.append(Box((centre[0], centre[1], 0.0), (length, depth, height), yaw, "building"))
             s += length + rng.uniform(0.5, 3)
         s = rng.uniform(2, 10)
+        # where each kind stands across the road on this side (parked car, tree, pole, sign)
+        kerb_lateral = [side * (half_road_m + parked_offset_m), side * (half_road_m + sidewalk_m * 0.75),
+                        side * (half_road_m + 0.4), side * (half_road_m + 0.5)]
         while s < total - 2:
             kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=weights / weights.sum())
             if kind == "parked_vehicle":
@@ -401,6 +406,11 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
             # a denser mix of trees than the default also closes up the gap after each tree (the mix alone made
             # "many trees" only 1.5 x "some"); at the default and below the gaps are as they always were
             s += rng.uniform(7, 16) * (tree_gap if kind == "vegetation" else 1.0)
+            if tree_gap < 1.0 and kind == "vegetation":  # a closed-up gap measured on the road's centre line is
+                # shorter on the inside of a bend: the next object keeps TREE_CLEARANCE_M from this tree's centre
+                while s < total - 2 and min(np.linalg.norm(at(s, lateral)[0] - centre)
+                                            for lateral in kerb_lateral) < TREE_CLEARANCE_M:
+                    s += 0.25
     return objects
 
 
