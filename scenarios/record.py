@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -125,15 +126,16 @@ def _not_records(folder: Path, depth: int = 3) -> list[Path]:
     return stray
 
 
+_RUN_TEMPORARY = re.compile(r"\.(.+)\.run-(\d+)-[a-z0-9_]{8}")  # runner's mkdtemp(prefix=".NAME.run-PID-")
+
+
 def _is_run_temporary(entry: Path) -> bool:
     """Is entry a run's temporary folder (`.NAME.run-PID-XXXX`, as `runner` makes it beside its out_dir) holding
     nothing but a record's files? A SIGKILLed `bench` leaves one beside out/bench, and `demo` into out/ then read it
     as something no run of this tool wrote. The next run into NAME removes it (`remove_stale_temporaries`)."""
-    name = entry.name
-    if not (name.startswith(".") and ".run-" in name) or entry.is_symlink() or not entry.is_dir():
+    if not _RUN_TEMPORARY.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
         return False
-    pid = name.rsplit(".run-", 1)[1].split("-", 1)[0]
-    return pid.isdigit() and all(item.is_file() and item.name in RECORD_FILES for item in entry.iterdir())
+    return all(item.is_file() and item.name in RECORD_FILES for item in entry.iterdir())
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:

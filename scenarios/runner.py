@@ -276,11 +276,20 @@ def _agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
 
 def _agent_exit(agent_name: str | None, where: str, err: SystemExit):
     """An agent's own sys.exit() as AgentError (it ended the run with no record, exit 0 or 1, which read as a pass
-    or a failed criterion); a signal's SystemExit (SIGTERM: 143) raised while the agent's code ran goes on as it
-    is."""
-    if _SIGNALLED:
+    or a failed criterion). A signal's SystemExit raised while the agent's code ran goes on as it is: ours (SIGTERM:
+    143), or a host application's own handler's (which `_terminate_as_exception` leaves in place: its exit cannot be
+    told from the agent's, so it is not taken for one)."""
+    if _SIGNALLED or _host_handles_signals():
         raise err
     raise AgentError(agent_name, where, err) from err
+
+
+def _host_handles_signals() -> bool:
+    """Has the host application its own SIGTERM or SIGINT handler in place (neither ours nor a default)?"""
+    if threading.current_thread() is not threading.main_thread():
+        return False  # Python runs signal handlers in the main thread only: a SystemExit here is the agent's
+    ours = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None, *_OUR_HANDLERS)
+    return any(signal.getsignal(sig) not in ours for sig in (signal.SIGTERM, signal.SIGINT))
 
 
 def _median(values: list[float]) -> float:
@@ -288,6 +297,7 @@ def _median(values: list[float]) -> float:
 
 
 _SIGNALLED: list[int] = []  # the signals _terminate_as_exception's handler took during this run (the loop checks)
+_OUR_HANDLERS: list = []  # the handler _terminate_as_exception installs while a run goes on (_host_handles_signals)
 
 
 def _signal_exception(signum: int) -> BaseException:
@@ -322,6 +332,8 @@ def _terminate_as_exception():
     def _raise(signum, _frame):
         received.append(signum)
         raise _signal_exception(signum)
+
+    _OUR_HANDLERS[:] = [_raise]
 
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
     installed = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
@@ -413,6 +425,9 @@ def _destroy_agent(agent, name: str | None, failing: bool) -> None:
     except Exception as err:
         if not failing:
             raise AgentError(name, "destroy()", err) from err
+    except SystemExit as err:  # as in every other call of the agent's (`_agent_exit`)
+        if not failing or _SIGNALLED or _host_handles_signals():
+            _agent_exit(name, "destroy()", err)
 
 
 def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,

@@ -320,3 +320,56 @@ def test_damaged_manifest_is_refused(tmp_path):
     (out / "manifest.json").write_text('{"files": ["../../etc"]}')
     with pytest.raises(ValueError, match="manifest.json is damaged"):
         _run(out)
+
+
+_EXITING_AGENTS = '''
+import os, signal, sys
+from scenarios.agent import BuiltinAgent
+
+
+class Small(BuiltinAgent):
+    def __init__(self, route_xy_m, target_speed_mps):
+        super().__init__(route_xy_m, target_speed_mps, 64, 36)
+
+
+class Signals(Small):  # SIGTERM to itself while its run_step runs
+    def run_step(self, input_data, timestamp):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return super().run_step(input_data, timestamp)
+
+
+class ExitsInDestroy(Small):
+    def destroy(self):
+        sys.exit(0)
+'''
+
+_HOST = '''
+import signal, sys
+from scenarios.runner import RunOptions, run_scenario
+agent, out, handler = sys.argv[1:]
+if handler == "host":  # an application embedding the run with its own SIGTERM handler
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+try:
+    run_scenario("cut_in", RunOptions(out_dir=out, ticks=2, width=64, height=36, video=False, progress=False,
+                                      agent=agent))
+    print("returned")
+except SystemExit as exit_:
+    print("SystemExit", exit_.code)
+except Exception as err:
+    print(type(err).__name__, err)
+'''
+
+
+@pytest.mark.parametrize("agent, handler, said", [
+    # sys.exit() in destroy() is the agent's error, as in its other calls (it ended a passing run with exit 0)
+    ("ExitsInDestroy", "ours", "AgentError the agent exiting_agents:ExitsInDestroy raised SystemExit: 0 in destroy()"),
+    # a host application's own SIGTERM handler exiting while the agent's code runs is not taken for the agent's
+    ("Signals", "host", "SystemExit 143"),
+])
+def test_an_exit_in_the_agents_code_is_told_from_a_signal(tmp_path, agent, handler, said):
+    (tmp_path / "exiting_agents.py").write_text(_EXITING_AGENTS)
+    (tmp_path / "host.py").write_text(_HOST)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = subprocess.run([sys.executable, str(tmp_path / "host.py"), f"exiting_agents:{agent}",
+                             str(tmp_path / "out"), handler], capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.strip().splitlines()[-1] == said, (result.stdout, result.stderr[-2000:])

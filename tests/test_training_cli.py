@@ -101,6 +101,10 @@ def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpo
                                            "--stages", "enhancer")
     (tmp_path / "file").write_text("x")
     assert "a file, not a folder" in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(tmp_path / "file"))
+    (out / "reconstructor" / "train_state.pt").write_bytes(b"")  # the reconstructor resumable, the enhancer's
+    _checkpoint(out / "enhancer")  # checkpoint without its state (killed between the two saves): not restarted over it
+    assert f"--resume: {out / 'enhancer'} holds a checkpoint (config.json) but no train_state.pt" in _refusal(
+        monkeypatch, capsys, gpu_pipeline, "--out", str(out), "--resume")
     from neural_sensor.train.gpu_pipeline import _check_out
 
     class Parser:

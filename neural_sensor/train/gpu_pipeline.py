@@ -175,6 +175,9 @@ def _check_out(parser, out: Path, stages: tuple[str, ...], resume: bool, overwri
         if held and not (resume or overwrite):
             parser.error(f"{folder} already holds a checkpoint ({', '.join(held)}): --resume continues it, "
                          "--overwrite replaces it, or name another --out")
+        if held and resume and not (folder / STATE_FILE).is_file():  # it would start afresh over the checkpoint
+            parser.error(f"--resume: {folder} holds a checkpoint ({', '.join(held)}) but no {STATE_FILE} to resume "
+                         "from: --overwrite replaces it, or name another --out")
     if resume and trained and not any((folder / STATE_FILE).is_file() for folder in trained):
         parser.error(f"--resume: nothing to resume in {out} (no {STATE_FILE} under "
                      f"{' or '.join(f.name for f in trained)}); drop --resume to start a new run")
