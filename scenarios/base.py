@@ -37,6 +37,8 @@ class Scenario:
     max_ticks: int = 200
     recorded_lane: int = 0  # the lane the scene was "recorded" along (off-trajectory is measured from it)
     voxel_m: float = 0.3
+    max_route_deviation_m: float = 2.5  # the route deviation criterion: the ego's centre at most this far from its
+    #                                     route (an agent that drove in the oncoming lane passed every criterion)
 
     def __post_init__(self) -> None:
         """The fields a run reads before its simulator checks the rest (lanes, agents): ValueError naming one."""
@@ -57,7 +59,8 @@ class Scenario:
                              f"{route.shape}")
         self.route_xy_m = route
         for name, low, strict in (("target_speed_mps", 0.0, True), ("route_goal_m", 0.0, True),
-                                  ("min_ttc_s", 0.0, False), ("voxel_m", 0.0, True)):
+                                  ("min_ttc_s", 0.0, False), ("voxel_m", 0.0, True),
+                                  ("max_route_deviation_m", 0.0, True)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                     or not math.isfinite(value) or value < low or (strict and value == low):
@@ -161,7 +164,7 @@ def drive_scenario(layout: Layout, name: str, description: str, *, target_speed_
 
 @dataclass
 class CriteriaState:
-    """Running evaluation of collision, route completion and minimum time-to-collision. `ticks`: the ticks the
+    """Running evaluation of collision, route completion, minimum time-to-collision and route deviation. `ticks`: the ticks the
     run will take (None: the scenario's max_ticks); a run cut shorter than the scenario does not judge the route
     completion it has not reached (a quick `--ticks 40` look is not a failed scenario): that criterion's "passed" is
     None and "not_judged" says why, and `passed` is over the criteria judged."""
@@ -175,6 +178,8 @@ class CriteriaState:
     collision_with: tuple[int, ...] = ()
     min_ttc_s: float = math.inf
     max_offset_from_recorded_m: float = 0.0
+    max_route_deviation_m: float = 0.0
+    route_deviation_frame: int | None = None  # the first frame past the scenario's max_route_deviation_m
 
     def __post_init__(self) -> None:
         self.route = Path(self.scenario.route_xy_m)
@@ -188,6 +193,10 @@ class CriteriaState:
         self.progress_m = max(self.progress_m, s - self.start_s_m)
         _, lateral = self.recorded.project(ego.position_m[:2])
         self.max_offset_from_recorded_m = max(self.max_offset_from_recorded_m, abs(lateral))
+        deviation = abs(_along_route(self.route, ego.position_m)[1])
+        self.max_route_deviation_m = max(self.max_route_deviation_m, deviation)
+        if deviation > self.scenario.max_route_deviation_m and self.route_deviation_frame is None:
+            self.route_deviation_frame = snapshot.frame
         if snapshot.collisions and self.collision_frame is None:
             self.collision_frame, self.collision_with = snapshot.frame, snapshot.collisions
         self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot, self.route))
@@ -206,6 +215,10 @@ class CriteriaState:
             "min_time_to_collision": {"passed": bool(self.min_ttc_s >= self.scenario.min_ttc_s),
                                       "value_s": None if math.isinf(self.min_ttc_s) else round(float(self.min_ttc_s), 3),
                                       "threshold_s": self.scenario.min_ttc_s},
+            "route_deviation": {"passed": self.route_deviation_frame is None,
+                                "value_m": round(float(self.max_route_deviation_m), 3),
+                                "threshold_m": self.scenario.max_route_deviation_m,
+                                "frame": self.route_deviation_frame},
             "max_offset_from_recorded_path_m": round(float(self.max_offset_from_recorded_m), 3),
         }
 

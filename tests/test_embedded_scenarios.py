@@ -549,3 +549,25 @@ def test_time_to_collision_beyond_the_routes_ends(ego_x, ego_yaw, agent_x, agent
     ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(ego_x, 0.0, 0.0, ego_yaw), 10.0)
     agent = AgentState(1, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(agent_x, 0.0, 0.0, 0.0), agent_speed)
     assert time_to_collision(WorldSnapshot(1, 0.05, ego, (agent,)), route) == pytest.approx(expected, rel=1e-6)
+
+
+def test_route_deviation_fails_an_ego_that_leaves_its_route():
+    """An agent that drove its whole run in the oncoming lane (7.6 m off its route) passed every criterion: route
+    completion projects onto the route whatever the distance. The ego's centre may stray max_route_deviation_m."""
+    from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+    from scenarios.base import CriteriaState, Scenario
+
+    layout = straight_road(120.0)
+    scenario = Scenario("s", "", layout, EgoStart(lane=1, start_s_m=5.0), [], lane_route(layout, 1, 0.0, 110.0),
+                        route_goal_m=40.0)
+    y_route = scenario.route_xy_m[0, 1]
+    for offset_m, passed in ((1.0, True), (scenario.max_route_deviation_m + 0.5, False)):
+        state = CriteriaState(scenario)
+        for frame in range(1, 30):
+            pose = pose_from_xyz_yaw(5.0 + 2.0 * frame, y_route + (offset_m if frame > 10 else 0.0), 0.0, 0.0)
+            state.update(WorldSnapshot(frame, frame * 0.05, AgentState(0, "car", (4.5, 1.9, 1.5), pose, 10.0)))
+        result = state.results()["route_deviation"]
+        assert result["passed"] is passed and result["value_m"] == pytest.approx(offset_m, abs=1e-6)
+        assert result["frame"] == (None if passed else 11) and state.passed is passed
+    with pytest.raises(ValueError, match="max_route_deviation_m must be a finite number > 0"):
+        Scenario("s", "", layout, EgoStart(lane=1), [], lane_route(layout, 1, 0.0, 110.0), max_route_deviation_m=0.0)
