@@ -81,14 +81,15 @@ fi
 # 3. the reconstructor on CUDA: three settings at once, each to the same deadline, from the shipped stage 6.
 # "whole": every view of the drive through the network and the run's fusion in each step, all 24 target views of
 # the world rendered from it (the run's own regime: a whole drive fused; stage 6's recipe, here on 96 worlds);
-# beside it a lower rate and a heavier depth term on the rendered targets
+# beside it twice as many depth planes (the far surfaces the side cameras place too near: `--depth-bins 64` rebins
+# the shipped net's 32, starting from nearly its own depth) and a heavier depth term on the rendered targets
 MINUTES=$(python3 -c "print(round(max(0.5, ($(left) - ${CLOSED_LOOP_S:-110}) / 60), 2))")
 say "training three reconstructor variants for $MINUTES min each (renderer $RENDERER)"
 COMMON=(--init checkpoints/reconstructor-run --fuse --device auto --renderer "$RENDERER" --worlds "$WORLDS"
         --data "$WORK/data/reconstructor" --minutes "$MINUTES" --steps 1000000)  # the deadline ends them
 declare -A VARIANTS=(
     [whole-lr5e-5]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50"
-    [whole-lr2.5e-5]="--context-stations 64 --targets-per-step 24 --lr 2.5e-5 --eval-every 50"
+    [whole-lr5e-5-bins64]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50 --depth-bins 64"
     [whole-lr5e-5-rdepth0.3]="--context-stations 64 --targets-per-step 24 --lr 5e-5 --eval-every 50 --render-depth-weight 0.3"
 )
 if [ "$RENDERER" = torch ]; then  # the torch reference keeps every pixel-Gaussian pair: fewer targets per step

@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,8 @@ class RunReconTrainConfig:
     renderer: str = "auto"  # render_differentiable backend: "torch" on a CPU, "gsplat" on CUDA
     cost_volume: bool = False  # a multi-view net (plane-sweep cost volume); an --init without one is extended
     ray_inputs: bool = False  # the camera ray of every pixel as input; an --init without them is extended
+    depth_bins: int = 0  # the depth planes; an --init with other planes is `rebinned` (0: the --init's own)
+    min_depth_m: float = 0.0  # the nearest plane, with depth_bins (0: the --init's own)
     new_layer_lr_scale: float = 10.0  # the cost-volume layers' learning rate / lr (they start from zero)
     depth_only: bool = False  # no render: the context views' depth and sky terms, the other heads held (keep_weight)
     keep_weight: float = 1.0  # depth_only: L1 of opacity, log scale and colour against the --init net's own outputs
@@ -301,6 +303,62 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
             "sky_accuracy": round(float(np.mean(sky_acc)), 4)}
 
 
+OUT_OF_RANGE_LOGIT = 10.0  # `rebinned`: logits of depth planes beyond the old range start this far below the edge's
+
+
+def _interpolation(old_inverse: np.ndarray, new_inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[D', D] weights taking values at the old inverse-depth planes (ascending) linearly to the new ones (clamped
+    to the old edges), and [D'] bool: the new planes outside the old range."""
+    weights = np.zeros((len(new_inverse), len(old_inverse)))
+    for i, x in enumerate(new_inverse):
+        j = int(np.clip(np.searchsorted(old_inverse, x) - 1, 0, len(old_inverse) - 2))
+        t = float(np.clip((x - old_inverse[j]) / (old_inverse[j + 1] - old_inverse[j]), 0.0, 1.0))
+        weights[i, j], weights[i, j + 1] = 1.0 - t, t
+    outside = (new_inverse < old_inverse[0] - 1e-9) | (new_inverse > old_inverse[-1] + 1e-9)
+    return weights, outside
+
+
+def rebinned(model: ReconNet, depth_bins: int, min_depth_m: float | None = None) -> ReconNet:
+    """A copy of `model` whose depth is a softmax over `depth_bins` inverse-depth planes (from min_depth_m, default
+    the model's, to its max_depth_m) instead of its own: finer planes, or a nearer first plane, for a GPU fine-tune.
+
+    It starts out predicting nearly what `model` does: the depth logits (the head's and the cost volume's) are the
+    old ones interpolated linearly in inverse depth onto the new planes (planes beyond the old range take the edge's
+    logit less OUT_OF_RANGE_LOGIT), and the layers that read the plane-sweep cost volume read the new planes
+    through the pseudo-inverse of that interpolation (so a cost volume sampled at the new planes, which is about the
+    interpolation of the old one, feeds them what the old one did). Everything else is copied.
+    """
+    old = model.config
+    config = replace(old, depth_bins=int(depth_bins), min_depth_m=float(min_depth_m or old.min_depth_m))
+    if not (config.depth_bins >= 2 and 0.0 < config.min_depth_m < config.max_depth_m):
+        raise ValueError(f"rebinned: {config.depth_bins} planes from {config.min_depth_m} to {config.max_depth_m} m")
+    new_model = ReconNet(config)
+    old_inverse = model.inverse_depths.detach().cpu().double().numpy()
+    new_inverse = new_model.inverse_depths.detach().cpu().double().numpy()
+    interp, outside = _interpolation(old_inverse, new_inverse)
+    to_new = torch.from_numpy(interp).float()  # [D', D]
+    from_new = torch.from_numpy(np.linalg.pinv(interp)).float()  # [D, D']
+    d, d2 = old.depth_bins, config.depth_bins
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def rows(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first d output channels of a conv mapped onto the new planes."""
+        w = torch.einsum("nd,d...->n...", to_new, weight[:d])
+        return torch.cat([w, weight[d:]]), torch.cat([to_new @ bias[:d], bias[d:]])
+
+    w, b = rows(state["head.weight"], state["head.bias"])
+    b[:d2][torch.from_numpy(outside)] -= OUT_OF_RANGE_LOGIT
+    state["head.weight"], state["head.bias"] = w, b
+    if old.cost_volume:
+        for name in ("cost_decoder.0.0.weight", "cost_logits.weight"):  # input channels: D planes + the inside share
+            weight = state[name]
+            state[name] = torch.cat([torch.einsum("oi...,in->on...", weight[:, :d], from_new), weight[:, d:]], dim=1)
+        state["cost_logits.weight"], state["cost_logits.bias"] = rows(state["cost_logits.weight"],
+                                                                      state["cost_logits.bias"])
+    new_model.load_state_dict(state)
+    return new_model.train(model.training)
+
+
 def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | None = None,
           resume: bool = False) -> dict:
     if config.depth_only and init is None:
@@ -317,6 +375,9 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         add_rays = config.ray_inputs and not model.config.ray_inputs
         if add_cost or add_rays:
             model = model.extended(cost_volume=add_cost, ray_inputs=add_rays)
+        if config.depth_bins and (config.depth_bins, config.min_depth_m or model.config.min_depth_m) != (
+                model.config.depth_bins, model.config.min_depth_m):
+            model = rebinned(model, config.depth_bins, config.min_depth_m)
         model.config.sky_head = config.sky_weight > 0  # the saved config says the SKY logit was trained
         return model.to(config.device)
 
@@ -392,6 +453,11 @@ def main() -> None:
     parser.add_argument("--ray-inputs", action="store_true",
                         help="each pixel's camera ray as two more input channels (depth that follows the "
                              "intrinsics); extends an --init without them with zero-initialised weights")
+    parser.add_argument("--depth-bins", type=int, default=0,
+                        help="inverse-depth planes of the depth softmax (0: the --init's; other counts rebin its "
+                             "depth layers, starting from nearly its own depth)")
+    parser.add_argument("--min-depth-m", type=float, default=0.0,
+                        help="the nearest depth plane with --depth-bins (0: the --init's, 1 m for the shipped net)")
     parser.add_argument("--view-depth-weight", type=float, default=RunReconTrainConfig.view_depth_weight,
                         help="weight of the context views' log-depth term")
     parser.add_argument("--render-depth-weight", type=float, default=RunReconTrainConfig.render_depth_weight,
@@ -414,7 +480,8 @@ def main() -> None:
                                  ray_inputs=args.ray_inputs, view_depth_weight=args.view_depth_weight,
                                  render_depth_weight=args.render_depth_weight, time_budget_s=60.0 * args.minutes,
                                  targets_per_step=args.targets_per_step, depth_only=args.depth_only,
-                                 keep_weight=args.keep_weight)
+                                 keep_weight=args.keep_weight, depth_bins=args.depth_bins,
+                                 min_depth_m=args.min_depth_m)
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)
