@@ -164,10 +164,10 @@ def drive_scenario(layout: Layout, name: str, description: str, *, target_speed_
 
 @dataclass
 class CriteriaState:
-    """Running evaluation of collision, route completion, minimum time-to-collision and route deviation. `ticks`: the ticks the
-    run will take (None: the scenario's max_ticks); a run cut shorter than the scenario does not judge the route
-    completion it has not reached (a quick `--ticks 40` look is not a failed scenario): that criterion's "passed" is
-    None and "not_judged" says why, and `passed` is over the criteria judged."""
+    """Running evaluation of collision, route completion, minimum time-to-collision and route deviation. `ticks`: the
+    ticks the run will take (None: the scenario's max_ticks); a run cut shorter than the scenario does not judge the
+    route completion it has not reached (a quick `--ticks 40` look is not a failed scenario): that criterion's
+    "passed" is None and "not_judged" says why, and `passed` is over the criteria judged."""
 
     scenario: Scenario
     ticks: int | None = None
