@@ -90,10 +90,13 @@ class Scenario:
         along_m, lateral_m = route.project(start_xy)
         _, route_yaw = route.at(along_m)
         where = f"scenario {self.name!r}: route_xy_m"
-        if abs(lateral_m) > ROUTE_FROM_EGO_M:
+        # an ego starting farther from its route than the route deviation criterion allows fails it at frame 1
+        limit_m = min(ROUTE_FROM_EGO_M, float(self.max_route_deviation_m))
+        if abs(lateral_m) > limit_m:
+            said = "" if limit_m == ROUTE_FROM_EGO_M else ", max_route_deviation_m"
             raise ValueError(f"{where} passes {abs(lateral_m):.1f} m from the ego's start {start_xy.round(1).tolist()} "
                              f"(lane {self.ego.lane} at {self.ego.start_s_m:g} m); the route is the path the ego is "
-                             f"asked to drive from there (at most {ROUTE_FROM_EGO_M:g} m away)")
+                             f"asked to drive from there (at most {limit_m:g} m away{said})")
         if math.cos(route_yaw - start_yaw) < 0.0:
             raise ValueError(f"{where} runs against the ego's lane {self.ego.lane} at its start (their headings differ "
                              f"by {abs(math.degrees(math.remainder(route_yaw - start_yaw, 2 * math.pi))):.0f} "
@@ -193,7 +196,12 @@ class CriteriaState:
         self.progress_m = max(self.progress_m, s - self.start_s_m)
         _, lateral = self.recorded.project(ego.position_m[:2])
         self.max_offset_from_recorded_m = max(self.max_offset_from_recorded_m, abs(lateral))
-        deviation = abs(_along_route(self.route, ego.position_m)[1])
+        along_m, lateral_m = _along_route(self.route, ego.position_m)
+        # within the route its distance to the polyline (a projection's lateral is to one segment's line, which
+        # near a corner is less: an ego going straight on past a turn read 0); beyond its ends, to the continuation
+        inside = 0.0 < along_m < self.route.length_m
+        deviation = float(self.route.distances_m(np.asarray(ego.position_m[:2], np.float64)[None])[0]) if inside \
+            else abs(lateral_m)
         self.max_route_deviation_m = max(self.max_route_deviation_m, deviation)
         if deviation > self.scenario.max_route_deviation_m and self.route_deviation_frame is None:
             self.route_deviation_frame = snapshot.frame

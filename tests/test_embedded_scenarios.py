@@ -571,3 +571,17 @@ def test_route_deviation_fails_an_ego_that_leaves_its_route():
         assert result["frame"] == (None if passed else 11) and state.passed is passed
     with pytest.raises(ValueError, match="max_route_deviation_m must be a finite number > 0"):
         Scenario("s", "", layout, EgoStart(lane=1), [], lane_route(layout, 1, 0.0, 110.0), max_route_deviation_m=0.0)
+    # a route passing farther from the ego's start than the criterion allows would fail it at frame 1: refused
+    with pytest.raises(ValueError, match=r"passes 3.0 m from the ego's start .* \(at most 2.5 m away, "
+                                         r"max_route_deviation_m\)"):
+        Scenario("s", "", layout, EgoStart(lane=1, start_s_m=5.0), [],
+                 lane_route(layout, 1, 0.0, 110.0) + np.array([0.0, 3.0]), route_goal_m=40.0)
+    # near a corner of a route given as a few waypoints the deviation is the distance to the polyline (the
+    # projection's lateral offset, to one segment's line, read 0 for an ego going straight on past the turn)
+    (x0, y0), (x1, _) = scenario.route_xy_m[0], scenario.route_xy_m[-1]
+    turning = Scenario("t", "", layout, EgoStart(lane=1, start_s_m=5.0), [],
+                       np.array([[x0, y0], [60.0, y0], [60.0, y0 + 0.5]]), route_goal_m=40.0)
+    state = CriteriaState(turning)
+    pose = pose_from_xyz_yaw(75.0, y0, 0.0, 0.0)  # 15 m straight on past the corner at x = 60
+    state.update(WorldSnapshot(1, 0.05, AgentState(0, "car", (4.5, 1.9, 1.5), pose, 10.0)))
+    assert state.results()["route_deviation"]["value_m"] == pytest.approx(15.0, abs=1e-6)  # was 0

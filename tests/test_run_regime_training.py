@@ -359,6 +359,11 @@ def test_a_rebinned_reconstructor_starts_from_nearly_its_own_depth(tmp_path, mon
     assert float(moved) < 0.05, float(moved)  # measured 0.028 on a held-out world
     abs_rel = lambda d: float(((d - half).abs() / half)[surface].mean())  # noqa: E731
     assert abs_rel(depth(finer)) < 1.05 * abs_rel(base), (abs_rel(depth(finer)), abs_rel(base))
+    nearer = train_reconstructor_run.rebinned(net, 64, 0.5)  # planes nearer than the old nearest: no mass at first,
+    assert float((depth(nearer) < 0.99).float().mean()) < 1e-3  # and the cost volume's readers ignore them
+    weights = nearer.state_dict()["cost_logits.weight"]
+    outside = nearer.inverse_depths > net.inverse_depths[-1] + 1e-6
+    assert outside.any() and float(weights[:, :64][:, outside].abs().max()) == 0.0
     monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
     train_reconstructor_run.train(config, tmp_path / "recon", tmp_path / "data",
                                   init=train_reconstructor_run.Path("checkpoints/reconstructor-run"))

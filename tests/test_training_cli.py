@@ -58,6 +58,8 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (train_enhancer_run, ["--device", "bogus"], "not a torch device"),
              (train_reconstructor_run, ["--context-stations", "0"], "--context-stations 0"),
              (train_reconstructor_run, ["--targets-per-step", "0"], "--targets-per-step 0"),
+             (train_reconstructor_run, ["--depth-bins", "1"], "--depth-bins 1: 0 (the --init's planes) or at least 2"),
+             (train_reconstructor_run, ["--min-depth-m", "-1"], "--min-depth-m -1.0"),
              (train_reconstructor, ["--worlds", "0"], "--worlds 0"),
              (train_enhancer, ["--batch", "0"], "--batch 0"),
              (cotrain, ["--enhancer", str(tmp_path / "missing")], "--enhancer"),

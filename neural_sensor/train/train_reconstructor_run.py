@@ -337,7 +337,11 @@ def rebinned(model: ReconNet, depth_bins: int, min_depth_m: float | None = None)
     new_inverse = new_model.inverse_depths.detach().cpu().double().numpy()
     interp, outside = _interpolation(old_inverse, new_inverse)
     to_new = torch.from_numpy(interp).float()  # [D', D]
-    from_new = torch.from_numpy(np.linalg.pinv(interp)).float()  # [D, D']
+    # the cost volume's readers see the new planes within the old range only: a plane nearer than the old nearest
+    # is clamped to it in `interp`, but the cost sampled there is not the cost at the old plane
+    inverse = np.zeros(interp.T.shape)
+    inverse[:, ~outside] = np.linalg.pinv(interp[~outside])
+    from_new = torch.from_numpy(inverse).float()  # [D, D']
     d, d2 = old.depth_bins, config.depth_bins
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -375,9 +379,10 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         add_rays = config.ray_inputs and not model.config.ray_inputs
         if add_cost or add_rays:
             model = model.extended(cost_volume=add_cost, ray_inputs=add_rays)
-        if config.depth_bins and (config.depth_bins, config.min_depth_m or model.config.min_depth_m) != (
-                model.config.depth_bins, model.config.min_depth_m):
-            model = rebinned(model, config.depth_bins, config.min_depth_m)
+        bins = config.depth_bins or model.config.depth_bins  # --min-depth-m alone keeps the init's plane count
+        if (bins, config.min_depth_m or model.config.min_depth_m) != (model.config.depth_bins,
+                                                                      model.config.min_depth_m):
+            model = rebinned(model, bins, config.min_depth_m)
         model.config.sky_head = config.sky_weight > 0  # the saved config says the SKY logit was trained
         return model.to(config.device)
 
@@ -457,7 +462,8 @@ def main() -> None:
                         help="inverse-depth planes of the depth softmax (0: the --init's; other counts rebin its "
                              "depth layers, starting from nearly its own depth)")
     parser.add_argument("--min-depth-m", type=float, default=0.0,
-                        help="the nearest depth plane with --depth-bins (0: the --init's, 1 m for the shipped net)")
+                        help="the nearest depth plane (0: the --init's, 1 m for the shipped net); alone it keeps the "
+                             "--init's number of planes")
     parser.add_argument("--view-depth-weight", type=float, default=RunReconTrainConfig.view_depth_weight,
                         help="weight of the context views' log-depth term")
     parser.add_argument("--render-depth-weight", type=float, default=RunReconTrainConfig.render_depth_weight,
@@ -473,6 +479,11 @@ def main() -> None:
     args = parser.parse_args()
     check_out_options(parser, args)
     check_training_options(parser, args)
+    if args.depth_bins == 1 or args.depth_bins < 0:
+        parser.error(f"--depth-bins {args.depth_bins}: 0 (the --init's planes) or at least 2")
+    if not (args.min_depth_m == 0.0 or 0.0 < args.min_depth_m < 80.0):  # (nan fails both)
+        parser.error(f"--min-depth-m {args.min_depth_m}: 0 (the --init's nearest plane) or a positive distance "
+                     "nearer than the farthest plane")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
