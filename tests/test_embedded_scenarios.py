@@ -422,8 +422,11 @@ def test_scenario_fields_are_checked_by_name():
         Scenario("mine", "", layout, EgoStart(), [], lane_route(layout, 0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"route_xy_m point 0 .* is 4.5 m beyond the layout's lanes"):
         Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -10.0]))
-    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]), route_goal_m=40.0)  # the next lane
-    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -4.9]), route_goal_m=40.0)  # the shoulder
+    # (a route that far from the ego's start takes a route deviation bound that lets the ego start there)
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, 3.4]), route_goal_m=40.0,
+             max_route_deviation_m=5.0)  # the next lane
+    Scenario("mine", "", layout, EgoStart(), [], route + np.array([0.0, -4.9]), route_goal_m=40.0,
+             max_route_deviation_m=5.0)  # the shoulder
 
 
 def test_a_route_and_agents_that_cannot_be_meant_are_refused_where_they_are_made():
