@@ -40,8 +40,10 @@ from neural_sensor.gaussians import GaussianScene
 
 
 def default_cache_root() -> Path:
-    """$NEURAL_SENSOR_CACHE/scenes, else ~/.cache/neural_sensor/scenes."""
-    return Path(os.environ.get("NEURAL_SENSOR_CACHE", Path.home() / ".cache" / "neural_sensor")) / "scenes"
+    """$NEURAL_SENSOR_CACHE/scenes, else ~/.cache/neural_sensor/scenes (an empty variable counts as unset: it put
+    the cache in ./scenes, wherever the run was started)."""
+    root = os.environ.get("NEURAL_SENSOR_CACHE")
+    return Path(root if root else Path.home() / ".cache" / "neural_sensor") / "scenes"
 
 
 DEFAULT_MAX_GB = 10.0
