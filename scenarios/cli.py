@@ -358,8 +358,8 @@ def _build_scene(args: argparse.Namespace) -> dict:
     for option, path in (("--ply", args.ply), ("--export-xodr", args.export_xodr)):
         if path is not None and path.is_dir():
             raise ValueError(f"{option} {path}: a folder; name the file to write")
-        if path is not None and not path.parent.is_dir():
-            raise ValueError(f"{option} {path}: the folder {path.parent} does not exist")
+        if path is not None:
+            _check_writable_parent(option, path)
     length = 200.0 if args.length is None else args.length
     style = Style(seed=args.seed)
     description = None
@@ -385,9 +385,11 @@ def _build_scene(args: argparse.Namespace) -> dict:
     if description is not None:
         result["description"] = description
     if args.export_xodr is not None:
+        args.export_xodr.parent.mkdir(parents=True, exist_ok=True)
         args.export_xodr.write_text(layout_to_opendrive(layout))
         result["xodr"] = str(args.export_xodr)
     if args.ply is not None:
+        args.ply.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(result["path"]) / "scene.ply", args.ply)
         result["ply"] = str(args.ply)
     return result
@@ -459,8 +461,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
             raise ValueError(f"-o {args.out} is a folder; give the PLY file to write (e.g. {args.out / 'scene.ply'})")
         if args.out.suffix.lower() != ".ply":
             raise ValueError(f"-o {args.out}: the reconstruction is written as a PLY; give a .ply file name")
-        if args.out.parent.exists() and not args.out.parent.is_dir():
-            raise ValueError(f"-o {args.out}: {args.out.parent} is not a folder")
+        _check_writable_parent("-o", args.out)
         log_folder = drive_log_folder(args.log).resolve()  # LOG may name its transforms.json
         if log_folder.is_dir() and args.out.resolve().is_relative_to(log_folder):
             raise ValueError(f"-o {args.out} lies inside the drive log {args.log}; write the PLY outside it (a "
@@ -494,6 +495,16 @@ def _layout_from_prompt(prompt: str, seed: int):
         raise ValueError(str(err)) from None
     print(describe(description), file=sys.stderr)
     return layout, description
+
+
+def _check_writable_parent(option: str, path: Path) -> None:
+    """Raise ValueError naming `option` when a file stands where `path`'s folders would be; missing folders are
+    fine (the command creates them, as `run --out` does)."""
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
+            return
 
 
 def _read_text(path: Path, what: str) -> str:

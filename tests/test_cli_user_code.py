@@ -232,16 +232,17 @@ def test_random_bytes_as_opendrive_name_the_file(tmp_path):
 
 
 def test_build_scene_options_that_would_do_nothing_are_refused_first(tmp_path, capsys):
-    """`build-scene curve --length 50` built the default curve (a curve takes no length); a --ply into a missing
-    folder failed only after the scene was built. Both are refused before anything is built."""
+    """`build-scene curve --length 50` built the default curve (a curve takes no length); a --ply under a file
+    failed only after the scene was built. Both are refused before anything is built."""
     from scenarios.cli import main as cli_main
 
     cache = tmp_path / "cache"
+    (tmp_path / "a_file").write_text("stands where a folder would be")
     for args, said in ((["curve", "--length", "50"], "--length sets a straight road's length or an intersection's "
                                                      "arms; curve takes none"),
                        (["--prompt", "a quiet street", "--length", "50"], "--prompt takes none"),
-                       (["straight", "--ply", str(tmp_path / "no" / "x.ply")], f"the folder {tmp_path / 'no'} does "
-                                                                               "not exist"),
+                       (["straight", "--ply", str(tmp_path / "a_file" / "no" / "x.ply")],
+                        f"{tmp_path / 'a_file'} is a file, not a folder"),
                        (["straight", "--ply", str(tmp_path)], f"--ply {tmp_path}: a folder; name the file to write"),
                        (["straight", "--export-xodr", str(tmp_path)], "--export-xodr")):
         assert cli_main(["build-scene", *args, "--cache", str(cache)]) == 2, args
@@ -443,3 +444,18 @@ def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert import_user_module("my_pkg_for_cwd_test.agents").VALUE == 7
+
+
+def test_build_scene_and_reconstruct_create_a_missing_output_folder(tmp_path, capsys):
+    """`reconstruct -o new/x.ply` created the folder while `build-scene --ply new/x.ply` refused it: both now create
+    it (as `run --out` does), and both refuse a file standing where a folder would be, before any work."""
+    from scenarios.cli import main as cli_main
+
+    ply, xodr = tmp_path / "new" / "deep" / "scene.ply", tmp_path / "maps" / "road.xodr"
+    assert cli_main(["build-scene", "straight", "--length", "30", "--cache", str(tmp_path / "cache"),
+                     "--ply", str(ply), "--export-xodr", str(xodr)]) == 0
+    assert ply.stat().st_size > 1000 and xodr.read_text().lstrip().startswith("<?xml")
+    capsys.readouterr()
+    (tmp_path / "a_file").write_text("x")
+    assert cli_main(["reconstruct", str(tmp_path / "no_log"), "-o", str(tmp_path / "a_file" / "x.ply")]) == 2
+    assert f"{tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
