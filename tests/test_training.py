@@ -203,7 +203,7 @@ def test_enhance_in_bfloat16_stays_within_a_level_of_float32():
         model.set_cpu_precision("float16")
 
 
-def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_faster(monkeypatch):
+def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_faster(monkeypatch, tmp_path):
     """"auto": bfloat16 with AMX (no probe); without AMX, bfloat16 only where the CPU runs it natively AND the
     timed probe finds it at least BF16_MIN_SPEEDUP faster (an AMD EPYC Zen 4: ~1.5x; an earlier AVX-512 BF16
     Xeon: slower); float32 otherwise, without timing anything on a CPU with no native bfloat16. The probe itself
@@ -227,6 +227,8 @@ def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_fast
                                                  (False, True, 1.05, "float32", True),
                                                  (False, False, 9.0, "float32", False)]:
         calls.clear()
+        monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path / f"{amx}-{native}-{ratio}"))  # no kept answer
+        precision.probed_bfloat16_faster.cache_clear()
         monkeypatch.setattr(precision, "cpu_has_amx", lambda amx=amx: amx)
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
         monkeypatch.setattr(precision, "bfloat16_speedup", probe(ratio))
@@ -234,6 +236,33 @@ def test_auto_precision_takes_bfloat16_with_amx_or_where_the_probe_finds_it_fast
         assert bool(calls) == probed, (amx, native, ratio)
         assert precision.resolve_cpu_precision("float32") == "float32"
         assert precision.resolve_cpu_precision("bfloat16") == "bfloat16"
+
+
+def test_auto_precision_keeps_a_bfloat16_answer_per_host(monkeypatch, tmp_path):
+    """The same command on the same host gave scenes of different cache keys and Gaussian counts: "auto" rested on a
+    timed probe that a moment of load answered the other way. A True answer is kept beside the scene cache and
+    served without timing again (in a new process too); a False is not kept; a damaged file is probed over."""
+    import json
+
+    from neural_sensor.enhance import precision
+
+    monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    ratios = [1.05, 1.5, 0.5]
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: ratios.pop(0))
+    answers = []
+    for _ in range(3):
+        precision.probed_bfloat16_faster.cache_clear()  # as a new process
+        answers.append(precision.resolve_cpu_precision("auto"))
+    assert answers == ["float32", "bfloat16", "bfloat16"] and ratios == [0.5]  # the third was not timed
+    kept = json.loads(precision.decision_path().read_text())
+    assert kept[precision.host_key()]["bfloat16_faster"] is True and kept[precision.host_key()]["speedup"] == 1.5
+    precision.decision_path().write_text("{not json")
+    precision.probed_bfloat16_faster.cache_clear()
+    assert precision.resolve_cpu_precision("auto") == "float32" and ratios == []  # probed again: 0.5, not kept
+    assert precision.decision_path().read_text() == "{not json"
+    precision.probed_bfloat16_faster.cache_clear()
 
 
 @pytest.mark.parametrize("unshuffle, h, w, reference", [(2, 27, 48, False), (4, 37, 70, True), (1, 13, 21, False)])

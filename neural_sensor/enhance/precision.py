@@ -7,13 +7,21 @@ takes one too (`neural_sensor.reconstruct.drive.network_precision_inputs`, `reco
 "auto" takes bfloat16 where the CPU has AMX tiles, and elsewhere where it runs bfloat16 convolutions natively
 (AVX-512 BF16) AND a short timed probe finds them clearly faster than float32 (`bfloat16_speedup`): the same flag
 ran the enhancer 1.5x faster on an AMD EPYC (Zen 4) and slower on an earlier Xeon (docs/results.md), so the
-flags alone cannot decide.
+flags alone cannot decide. Once the probe finds bfloat16 faster on a host, that answer is kept
+(`probed_bfloat16_faster`: a small JSON file beside the scene cache), so that the machine answers "auto" the same
+way from then on: a probe timed while another process held a core answered float32 on a CPU where bfloat16 is
+1.5x faster, and a reconstruction's network precision is part of its scene and its cache key.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 CPU_PRECISIONS = ("auto", "float32", "bfloat16")  # the UNet's arithmetic on a CPU (`Enhancer.set_cpu_precision`)
 
@@ -89,6 +97,68 @@ def bfloat16_speedup(repeats: int = 5, rounds: int = 3) -> float:
     return best
 
 
+DECISION_FILE = "cpu-precision.json"  # beside the scene cache's folder: {host key: the probe's answer}
+
+
+def decision_path() -> Path:
+    """Where the probe's answers are kept: $NEURAL_SENSOR_CACHE/cpu-precision.json, else
+    ~/.cache/neural_sensor/cpu-precision.json (the folder that holds the scene cache, `reconstruct.cache`)."""
+    root = os.environ.get("NEURAL_SENSOR_CACHE")
+    return Path(root if root else Path.home() / ".cache" / "neural_sensor") / DECISION_FILE
+
+
+def host_key() -> str:
+    """What the probe's answer depends on: the CPU's model and flags, torch's version and its thread count (16 hex
+    digits)."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        cpu = "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    text = json.dumps([cpu, platform.machine(), torch.__version__, torch.get_num_threads()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def probed_bfloat16_faster() -> bool:
+    """Whether bfloat16 is at least BF16_MIN_SPEEDUP times faster here: True when that answer is kept for this host
+    (`decision_path`, `host_key`), else `bfloat16_speedup` timed now, and a True kept. A False is not kept, so that
+    a probe slowed by another process on the same cores is not kept either (a host where bfloat16 is slower, ~0.8x
+    on an AVX-512 BF16 Xeon, answers False in every process, timing it each time as before). A
+    file that cannot be read or written only means the probe runs again. Delete the file to probe again;
+    --network-precision / --enhancer-precision choose explicitly."""
+    path, key = decision_path(), host_key()
+    try:
+        kept = json.loads(path.read_text()).get(key) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    if isinstance(kept, dict) and kept.get("bfloat16_faster") is True:
+        return True
+    speedup = bfloat16_speedup()
+    faster = speedup >= BF16_MIN_SPEEDUP
+    if not faster:
+        return False
+    try:
+        answers = json.loads(path.read_text()) if path.is_file() else {}
+        answers = answers if isinstance(answers, dict) else {}
+    except (OSError, ValueError):
+        answers = {}
+    answers[key] = {"bfloat16_faster": faster, "speedup": round(speedup, 3), "min_speedup": BF16_MIN_SPEEDUP,
+                    "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(answers, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return faster
+
+
 def check_cpu_precision(precision: str, name: str = "CPU precision") -> str:
     """`precision` itself when it is one of CPU_PRECISIONS; ValueError naming the option (`name`) and the choices
     otherwise."""
@@ -100,9 +170,10 @@ def check_cpu_precision(precision: str, name: str = "CPU precision") -> str:
 def resolve_cpu_precision(precision: str, name: str = "CPU precision") -> str:
     """"float32" or "bfloat16" for a `CPU_PRECISIONS` value: "auto" is bfloat16 where the CPU has AMX
     (`cpu_has_amx`), or native bfloat16 (`cpu_has_bf16`) that the timed probe finds at least BF16_MIN_SPEEDUP
-    times faster (`bfloat16_speedup`), float32 elsewhere. ValueError for anything else (`check_cpu_precision`)."""
+    times faster (`probed_bfloat16_faster`: timed once per host, then kept), float32 elsewhere. ValueError for
+    anything else (`check_cpu_precision`)."""
     if check_cpu_precision(precision, name) == "auto":
         if cpu_has_amx():
             return "bfloat16"
-        return "bfloat16" if cpu_has_bf16() and bfloat16_speedup() >= BF16_MIN_SPEEDUP else "float32"
+        return "bfloat16" if cpu_has_bf16() and probed_bfloat16_faster() else "float32"
     return precision
