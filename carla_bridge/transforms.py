@@ -84,7 +84,10 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     if not isinstance(sensor, Mapping):
         raise ValueError(f"sensor must be a dict, got {type(sensor).__name__}")
     name = sensor.get("id", "<no id>")
-    kind = sensor.get("type", "sensor.camera.rgb")
+    if "type" not in sensor:  # the leaderboard reads sensor["type"] (a KeyError there), so it is not assumed here
+        raise ValueError(f"sensor {name!r}: missing key 'type' (an RGB camera is 'sensor.camera.rgb', as the "
+                         "leaderboard requires)")
+    kind = sensor["type"]
     if kind != "sensor.camera.rgb":
         raise ValueError(f"sensor {name!r}: type {kind!r} is not an RGB camera (the neural sensor renders "
                          "sensor.camera.rgb)")

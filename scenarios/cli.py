@@ -405,6 +405,9 @@ def _record_drive(args: argparse.Namespace) -> dict:
     for name in ("width", "height"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be a positive number of pixels, got {getattr(args, name)}")
+    for option, value, unit in (("--step", args.step, "metres"), ("--speed", args.speed, "m/s")):
+        if not (math.isfinite(value) and value > 0):  # record_drive said "step_m" / "speed_mps", not the option
+            raise ValueError(f"{option} must be a positive number of {unit}, got {value:g}")
     out = Path(args.out)  # said before the drive is rendered (write_drive_log refuses it only when it writes)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"-o {out} exists and is not an empty folder; a drive log goes into a new one: choose another")
@@ -434,6 +437,11 @@ def _cache(args: argparse.Namespace) -> dict:
     cache = SceneCache(args.cache, max_bytes=None)
     removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
     entries = cache.entries()
+    if not entries and (cache.root / "scenes").is_dir() and SceneCache(cache.root / "scenes", max_bytes=None).entries():
+        # `--cache $NEURAL_SENSOR_CACHE` listed nothing without a word: the variable names the scenes folder's parent
+        print(f"neural-sensor cache: {cache.root} holds no scene, but its scenes/ folder does: --cache names the scene "
+              f"cache folder itself ({cache.root / 'scenes'}), $NEURAL_SENSOR_CACHE the folder that holds it",
+              file=sys.stderr)
     return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),
             "removed": removed,
             "list": [{"key": e["key"], "source": e["source"], "name": e["name"], "mb": round(e["bytes"] / 1e6, 1),
@@ -596,7 +604,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{prog}: error: out of memory (smaller images, --width / --height, or fewer cameras)", file=sys.stderr)
+        smaller = {"reconstruct": "a smaller --size", "build-scene": "a shorter street or a larger --voxel"}.get(
+            args.command, "smaller images (--width / --height)" + (", or fewer cameras" if args.command in (
+                "run", "demo", "bench") else ""))
+        print(f"{prog}: error: out of memory (try {smaller})", file=sys.stderr)
         return 2
     print(json.dumps(result))
     enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None

@@ -108,12 +108,15 @@ def test_bad_sensor_dicts(change, message):
     del sensor["yaw"]
     with pytest.raises(ValueError, match=r"missing keys \['yaw'\]"):
         sensor_spec_from_leaderboard(sensor)
+    del sensor["type"]  # was taken for an RGB camera; the leaderboard itself fails on it (sensor["type"])
+    with pytest.raises(ValueError, match=r"sensor 'front': missing key 'type'"):
+        sensor_spec_from_leaderboard(sensor)
 
 
 def test_rig_capture_echoes_frame_and_sees_agents():
     background = make_street_scene(60_000, seed=0)
-    front = sensor_spec_from_leaderboard({"id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
-                                          "yaw": 0, "width": 64, "height": 48, "fov": 90})
+    front = sensor_spec_from_leaderboard({"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6,
+                                          "roll": 0, "pitch": 0, "yaw": 0, "width": 64, "height": 48, "fov": 90})
     left = SensorSpec.mounted("left", 32, 24, 90.0, (0, 0.5, 1.6), yaw_rad=math.pi / 2)
     rig = NeuralSensorRig(background, [front, left], backend="cpu")
     ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, -1.75, 0.0, 0.0))

@@ -459,3 +459,24 @@ def test_build_scene_and_reconstruct_create_a_missing_output_folder(tmp_path, ca
     (tmp_path / "a_file").write_text("x")
     assert cli_main(["reconstruct", str(tmp_path / "no_log"), "-o", str(tmp_path / "a_file" / "x.ply")]) == 2
     assert f"{tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_out_of_memory_and_record_drive_options_are_named_as_the_command_takes_them(tmp_path, capsys, monkeypatch):
+    """`reconstruct --size 9000 9000` ran out of memory and was told to use --width / --height, which reconstruct
+    does not take; `record-drive --step 0` / `--speed 0` named record_drive's parameters (step_m, speed_mps)."""
+    import neural_sensor.reconstruct.drive as drive
+    from scenarios.cli import main as cli_main
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(drive, "reconstructed_scene_from_log", no_memory)
+    log = tmp_path / "log"
+    log.mkdir()
+    assert cli_main(["reconstruct", str(log), "--size", "9000", "9000"]) == 2
+    said = capsys.readouterr().err
+    assert "out of memory (try a smaller --size)" in said and "--width" not in said
+    for option, value, unit in (("--step", "0", "metres"), ("--speed", "-2", "m/s")):
+        assert cli_main(["record-drive", "cut_in", option, value, "-o", str(tmp_path / "rec")]) == 2
+        assert f"{option} must be a positive number of {unit}, got {float(value):g}" in capsys.readouterr().err
+    assert not (tmp_path / "rec").exists()

@@ -278,6 +278,12 @@ def test_more_bad_agent_specs():
         AgentSpec(1, "car", speed_mps=-3.0)
     with pytest.raises(ValueError, match="cut_in needs a different target lane running the same way"):
         EmbeddedSimulator(straight_road(80.0), EgoStart(), [AgentSpec(1, "car", "cut_in", lane=0, target_lane=2)])
+    # a size of the wrong form was a TypeError traceback (exit 1, as a failed scenario) or "not enough values to
+    # unpack" naming no agent, and only once the simulator was built
+    for size in ("big", (4.5, 1.8), (4.5, 1.8, -1.0), (4.5, float("nan"), 1.5)):
+        with pytest.raises(ValueError, match=r"agent 1: size_m must be 3 positive lengths"):
+            AgentSpec(1, "car", size_m=size)
+    assert AgentSpec(1, "car", size_m=[4, 2, 1.5]).size_m == (4.0, 2.0, 1.5)
 
 
 def test_cut_in_on_a_curve_keeps_its_speed():

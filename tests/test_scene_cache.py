@@ -167,6 +167,12 @@ def test_cli_cache_lists_and_prunes(tmp_path, capsys):
     (tmp_path / "scene.ply").write_bytes(b"ply")
     assert main(["cache", "--cache", str(tmp_path / "scene.ply")]) == 2
     assert "is a file, not a scene cache folder" in capsys.readouterr().err
+    parent = tmp_path / "root"  # `--cache $NEURAL_SENSOR_CACHE` (the scenes folder's parent) listed 0 without a word
+    SceneCache(parent / "scenes", max_bytes=None).get_or_build({"street": 3}, _builder(3))
+    assert main(["cache", "--cache", str(parent)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["entries"] == 0
+    assert f"its scenes/ folder does: --cache names the scene cache folder itself ({parent / 'scenes'})" in captured.err
 
 
 def test_an_empty_cache_variable_counts_as_unset(monkeypatch, tmp_path):
