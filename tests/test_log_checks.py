@@ -43,6 +43,17 @@ def test_each_problem_is_named(case, words):
     assert len(problems) == 1 and words in problems[0], problems
 
 
+def test_views_under_the_writers_default_names_are_not_called_one_station():
+    """write_drive_log without camera_names names view i "cam<i>": a drive of three stations was warned of as "one
+    station"; the warning now says what is wrong. A rig's six named cameras at one station still are one station."""
+    cameras, _ = _drive()
+    problems = drive_log_warnings(cameras, [f"cam{i}" for i in range(len(cameras))])
+    assert len(problems) == 1 and "every view of the log has a camera of its own" in problems[0], problems
+    assert "one station" not in problems[0] and "8.0 m apart" in problems[0]
+    one = drive_log_warnings(*_drive(stations=1))
+    assert len(one) == 1 and "holds one station" in one[0], one
+
+
 def test_the_reader_warns_and_still_reads(tmp_path):
     rng = np.random.default_rng(0)
     cameras, ids = _drive()

@@ -66,7 +66,15 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
     names = [None] * len(cameras) if sensor_ids is None else sensor_ids
     ids = np.array(["" if s is None else str(s) for s in names])
     spread = max(float(np.linalg.norm(centres[ids == i] - centres[ids == i][0], axis=1).max()) for i in np.unique(ids))
-    if spread < MIN_SPREAD_M:
+    overall = float(np.linalg.norm(centres - centres[0], axis=1).max())
+    default_names = len(ids) > 1 and [str(i) for i in ids] == [f"cam{k}" for k in range(len(ids))]
+    if spread < MIN_SPREAD_M and default_names and overall >= MIN_SPREAD_M:
+        # write_drive_log's default names (cam<i>, a camera per view): this was said as "one station"
+        problems.append(f"every view of the log has a camera of its own (cam0 ... cam{len(ids) - 1}, "
+                        "write_drive_log's names when it is given no camera_names), so no camera is seen to move, "
+                        f"though the views lie up to {overall:.1f} m apart: name each view's sensor (camera_names; "
+                        "the frames' \"camera\" key) so that the views of one camera are grouped")
+    elif spread < MIN_SPREAD_M:
         problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
                         "from views taken at different positions along a drive (this log holds one station)")
     return problems
