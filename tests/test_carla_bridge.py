@@ -322,7 +322,8 @@ def test_sensor_values_accept_numpy_numbers():
     from carla_bridge.transforms import sensor_spec_from_leaderboard
 
     spec = sensor_spec_from_leaderboard({"type": "sensor.camera.rgb", "id": "f", "x": np.float32(1.5), "y": 0,
-                                         "z": 1.6, "roll": 0, "pitch": 0, "yaw": np.float64(10.0), "width": 64, "height": 48, "fov": np.float32(90)})
+                                         "z": 1.6, "roll": 0, "pitch": 0, "yaw": np.float64(10.0), "width": 64,
+                                         "height": 48, "fov": np.float32(90)})
     assert spec.fov_deg == pytest.approx(90.0)
 
 
