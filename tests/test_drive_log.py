@@ -286,3 +286,32 @@ def test_a_log_is_named_by_its_folder_or_its_transforms_json(tmp_path):
                 reader(other)
             assert str(info.value) == (f"drive log {other}: is a file, not a drive log: give the log's folder (holding "
                                        "transforms.json and the images) or its transforms.json")
+
+
+def test_a_new_users_log_mistakes_are_named(tmp_path):
+    """A float image in 0-255 was written as an all-white log; a NaN timestamp was written and refused only when
+    read; a negative fl_x was named as Camera.K and a cx off the image accepted; a file_path without its extension
+    said only "missing"; a transforms.json with a byte-order mark was refused as malformed JSON."""
+    rng = np.random.default_rng(3)
+    images, cameras = _tiny_views(rng, count=3)
+    with pytest.raises(ValueError, match=r"float image holds values in \[200, 200\]; float images are RGB in \[0, 1\]"):
+        write_drive_log(tmp_path / "white", np.full((3, 12, 16, 3), 200.0, np.float32), cameras)
+    with pytest.raises(ValueError, match=r"timestamps_s\[1\] must be a finite number of seconds, got nan"):
+        write_drive_log(tmp_path / "nan_time", images, cameras, timestamps_s=[0.0, float("nan"), 1.0])
+    assert not (tmp_path / "white").exists() and not (tmp_path / "nan_time").exists()
+    overshoot = np.clip(images.astype(np.float32) / 255 * 1.01, 0, 1.01)  # a render a little over 1 is kept
+    write_drive_log(tmp_path / "overshoot", overshoot, cameras)
+
+    log = _tiny_log(tmp_path, "focal")
+    _edit(log, lambda d: d["frames"][1].__setitem__("fl_x", -114.0))
+    _expect(log, "frame 1", "fl_x must be a positive focal length in pixels, got -114")
+    log = _tiny_log(tmp_path, "centre")
+    _edit(log, lambda d: d["frames"][0].__setitem__("cx", 5000.0))
+    _expect(log, "frame 0", "cx=5000 lies outside the image (0..16 pixels")
+    log = _tiny_log(tmp_path, "no_extension")
+    _edit(log, lambda d: d["frames"][1].__setitem__("file_path", d["frames"][1]["file_path"][:-4]))
+    _expect(log, "image file missing (file_path has no extension; the folder holds 000001_CAM_B.png")
+    log = _tiny_log(tmp_path, "bom")
+    (log / "transforms.json").write_bytes(b"\xef\xbb\xbf" + (log / "transforms.json").read_bytes())
+    assert read_drive_log(log)[0].shape[0] == len(json.loads((log / "transforms.json").read_text("utf-8-sig"))[
+        "frames"])

@@ -29,6 +29,7 @@ transform_matrix = pose_camera_to_world @ diag(1, -1, -1, 1), both ways.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -81,6 +82,18 @@ def _separator_hint(file_path: str) -> str:
     return " (file_path separates folders with '\\'; write '/')" if "\\" in str(file_path) else ""
 
 
+def _extension_hint(folder: Path, file_path: str) -> str:
+    """For a missing image named without an extension (instant-ngp and Blender-style files often leave it out): a
+    hint naming the files beside it that have one."""
+    path = folder / file_path
+    if path.suffix or not path.parent.is_dir():
+        return ""
+    found = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.name)}.*"))
+    if not found:
+        return " (file_path has no extension: give the image's full file name)"
+    return f" (file_path has no extension; the folder holds {', '.join(found[:3])}: name the file in full)"
+
+
 def opencv_to_nerfstudio(pose_camera_to_world: np.ndarray) -> np.ndarray:
     """Our camera-to-world pose (OpenCV camera axes) as nerfstudio's transform_matrix (OpenGL camera axes)."""
     return np.asarray(pose_camera_to_world, dtype=np.float64) @ OPENCV_TO_OPENGL
@@ -91,12 +104,19 @@ def nerfstudio_to_opencv(transform_matrix: np.ndarray) -> np.ndarray:
     return np.asarray(transform_matrix, dtype=np.float64) @ OPENCV_TO_OPENGL
 
 
+FLOAT_IMAGE_MIN, FLOAT_IMAGE_MAX = -1.0, 2.0  # a float image beyond these is not RGB in [0, 1] (e.g. 0-255)
+
+
 def _to_uint8(image: np.ndarray, who: str = "write_drive_log") -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{who}: an image contains NaN or infinity")
+    if image.size and (image.max() > FLOAT_IMAGE_MAX or image.min() < FLOAT_IMAGE_MIN):
+        # a 0-255 float image was clipped to an all-white log without a word (renders overshoot 1 a little: kept)
+        raise ValueError(f"{who}: a float image holds values in [{float(image.min()):g}, {float(image.max()):g}]; "
+                         f"float images are RGB in [0, 1] (divide a 0-255 image by 255, or pass it as uint8)")
     return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -129,6 +149,11 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
                          ("frame_indices", frame_indices), ("poses_ego_to_world", poses_ego_to_world)):
         if values is not None and len(values) != views:
             raise ValueError(f"write_drive_log: {len(values)} {name} for {views} cameras")
+    if timestamps_s is not None:  # refused here, not when the log is read back
+        bad = [i for i, t in enumerate(timestamps_s) if not is_json_number(t, finite=True)]
+        if bad:
+            raise ValueError(f"write_drive_log: timestamps_s[{bad[0]}] must be a finite number of seconds, got "
+                             f"{timestamps_s[bad[0]]!r}")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"write_drive_log: {folder} exists and is not an empty folder; choose another")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +224,7 @@ def _load_transforms(folder: Path) -> tuple[dict, bytes]:
     except OSError as err:
         raise DriveLogError(folder, f"cannot be read: {err.strerror or err}", file=TRANSFORMS) from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))  # a byte-order mark (some Windows editors write one) is fine
     except UnicodeDecodeError as err:
         raise DriveLogError(folder, f"not UTF-8 text (byte {err.start})", file=TRANSFORMS) from None
     except json.JSONDecodeError as err:
@@ -335,7 +360,8 @@ def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
             mode = img.mode
             array = np.asarray(img)
     except FileNotFoundError:
-        raise DriveLogError(folder, f"image file missing{_separator_hint(file)}", frame=i, file=file) from None
+        raise DriveLogError(folder, f"image file missing{_separator_hint(file)}{_extension_hint(folder, file)}",
+                            frame=i, file=file) from None
     except (OSError, UnidentifiedImageError) as err:
         raise DriveLogError(folder, f"image unreadable: {err}", frame=i, file=file) from None
     if mode == "RGBA":
@@ -392,6 +418,15 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
                                             "the images first; pinhole only)", frame=i, file=file)
         fx, fy, cx, cy = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS[:4])
         w, h = _frame_size(folder, data, frame, i)
+        for key, value in (("fl_x", fx), ("fl_y", fy)):  # (named by the log's keys, not Camera.K)
+            if value <= 0:
+                raise DriveLogError(folder, f"{key} must be a positive focal length in pixels, got {value:g}",
+                                    frame=i, file=file)
+        for key, value, side in (("cx", cx, w), ("cy", cy, h)):
+            if not 0.0 <= value <= side:
+                raise DriveLogError(folder, f"{key}={value:g} lies outside the image (0..{side} pixels; the "
+                                            f"principal point is in pixels of the frame's {w}x{h} image)",
+                                    frame=i, file=file)
         if "transform_matrix" not in frame:
             raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",
                                 frame=i, file=file)
