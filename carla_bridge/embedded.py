@@ -94,7 +94,7 @@ class AgentSpec:
                                  f"got {getattr(self, name)!r}")
         if self.size_m is None:
             self.size_m = AGENT_KINDS[self.kind][1]
-        elif not (isinstance(self.size_m, (tuple, list)) and len(self.size_m) == 3
+        elif not (isinstance(self.size_m, (tuple, list, np.ndarray)) and np.shape(self.size_m) == (3,)
                   and all(_is_finite_number(v) and v > 0 for v in self.size_m)):
             raise ValueError(f"agent {self.agent_id}: size_m must be 3 positive lengths (m: length, width, height), "
                              f"got {self.size_m!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -512,6 +513,8 @@ def _check_writable_parent(option: str, path: Path) -> None:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {path}: the folder {ancestor} cannot be written to")
             return
 
 
@@ -604,9 +607,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except MemoryError:
-        smaller = {"reconstruct": "a smaller --size", "build-scene": "a shorter street or a larger --voxel"}.get(
-            args.command, "smaller images (--width / --height)" + (", or fewer cameras" if args.command in (
-                "run", "demo", "bench") else ""))
+        smaller = {"reconstruct": "a smaller --size", "build-scene": "a shorter --length or a larger --voxel",
+                   "record-drive": "smaller images (--width / --height) or a longer --step"}.get(
+            args.command, "smaller images (--width / --height)" + (", or fewer cameras (the agent's sensors())"
+                                                                   if args.command in ("run", "demo", "bench") else ""))
         print(f"{prog}: error: out of memory (try {smaller})", file=sys.stderr)
         return 2
     print(json.dumps(result))

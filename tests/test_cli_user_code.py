@@ -480,3 +480,20 @@ def test_out_of_memory_and_record_drive_options_are_named_as_the_command_takes_t
         assert cli_main(["record-drive", "cut_in", option, value, "-o", str(tmp_path / "rec")]) == 2
         assert f"{option} must be a positive number of {unit}, got {float(value):g}" in capsys.readouterr().err
     assert not (tmp_path / "rec").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys):
+    """A --ply into a folder that cannot be written failed only after the scene was built."""
+    from scenarios.cli import main as cli_main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert cli_main(["build-scene", "straight", "--cache", str(tmp_path / "cache"),
+                         "--ply", str(locked / "x.ply")]) == 2
+        assert f"the folder {locked} cannot be written to" in capsys.readouterr().err
+        assert not (tmp_path / "cache").exists()
+    finally:
+        locked.chmod(0o700)

@@ -294,23 +294,30 @@ def test_a_new_users_log_mistakes_are_named(tmp_path):
     said only "missing"; a transforms.json with a byte-order mark was refused as malformed JSON."""
     rng = np.random.default_rng(3)
     images, cameras = _tiny_views(rng, count=3)
-    with pytest.raises(ValueError, match=r"float image holds values in \[200, 200\]; float images are RGB in \[0, 1\]"):
-        write_drive_log(tmp_path / "white", np.full((3, 12, 16, 3), 200.0, np.float32), cameras)
+    with pytest.raises(ValueError, match=r"float images hold values in \[0.5, 200\]; float images are RGB in \[0, 1\]"):
+        dark_first = np.full((3, 12, 16, 3), 200.0, np.float32)
+        dark_first[0] = 0.5  # a dark frame of a 0-255 drive is judged with the others, not brightened alone
+        write_drive_log(tmp_path / "white", dark_first, cameras)
+    with pytest.raises(ValueError, match=r"an image is int64; images are uint8, or float RGB in \[0, 1\]"):
+        write_drive_log(tmp_path / "int64", images.astype(np.int64), cameras)
     with pytest.raises(ValueError, match=r"timestamps_s\[1\] must be a finite number of seconds, got nan"):
         write_drive_log(tmp_path / "nan_time", images, cameras, timestamps_s=[0.0, float("nan"), 1.0])
     assert not (tmp_path / "white").exists() and not (tmp_path / "nan_time").exists()
     overshoot = np.clip(images.astype(np.float32) / 255 * 1.01, 0, 1.01)  # a render a little over 1 is kept
-    write_drive_log(tmp_path / "overshoot", overshoot, cameras)
+    write_drive_log(tmp_path / "overshoot", overshoot, cameras, timestamps_s=np.array([0.0, 0.5, 1.0], np.float32))
 
     log = _tiny_log(tmp_path, "focal")
     _edit(log, lambda d: d["frames"][1].__setitem__("fl_x", -114.0))
     _expect(log, "frame 1", "fl_x must be a positive focal length in pixels, got -114")
     log = _tiny_log(tmp_path, "centre")
     _edit(log, lambda d: d["frames"][0].__setitem__("cx", 5000.0))
-    _expect(log, "frame 0", "cx=5000 lies outside the image (0..16 pixels")
+    _expect(log, "frame 0", "cx=5000 lies more than an image away from the frame's 16x12 image")
+    _edit(log, lambda d: d["frames"][0].__setitem__("cx", -1e-9))  # a crop's principal point just off the image
+    _edit(log, lambda d: d["frames"][1].__setitem__("cy", 14.0))
+    assert read_drive_log(log)[0].shape[0] == 3
     log = _tiny_log(tmp_path, "no_extension")
     _edit(log, lambda d: d["frames"][1].__setitem__("file_path", d["frames"][1]["file_path"][:-4]))
-    _expect(log, "image file missing (file_path has no extension; the folder holds 000001_CAM_B.png")
+    _expect(log, "image file missing (the folder holds 000001_CAM_B.png: name the file in full, with its extension)")
     log = _tiny_log(tmp_path, "bom")
     (log / "transforms.json").write_bytes(b"\xef\xbb\xbf" + (log / "transforms.json").read_bytes())
     assert read_drive_log(log)[0].shape[0] == len(json.loads((log / "transforms.json").read_text("utf-8-sig"))[

@@ -284,6 +284,7 @@ def test_more_bad_agent_specs():
         with pytest.raises(ValueError, match=r"agent 1: size_m must be 3 positive lengths"):
             AgentSpec(1, "car", size_m=size)
     assert AgentSpec(1, "car", size_m=[4, 2, 1.5]).size_m == (4.0, 2.0, 1.5)
+    assert AgentSpec(1, "car", size_m=np.array([4.5, 1.8, 1.5])).size_m == (4.5, 1.8, 1.5)
 
 
 def test_cut_in_on_a_curve_keeps_its_speed():

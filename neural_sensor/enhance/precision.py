@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def bfloat16_speedup(repeats: int = 5, rounds: int = 3) -> float:
 
 
 DECISION_FILE = "cpu-precision.json"  # beside the scene cache's folder: {host key: the probe's answer}
+KEEP_MIN_SPEEDUP = 1.3  # a bfloat16 answer is kept only with this margin (the probe, best of rounds, leans up)
 
 
 def decision_path() -> Path:
@@ -126,11 +128,11 @@ def host_key() -> str:
 @functools.lru_cache(maxsize=1)
 def probed_bfloat16_faster() -> bool:
     """Whether bfloat16 is at least BF16_MIN_SPEEDUP times faster here: True when that answer is kept for this host
-    (`decision_path`, `host_key`), else `bfloat16_speedup` timed now, and a True kept. A False is not kept, so that
-    a probe slowed by another process on the same cores is not kept either (a host where bfloat16 is slower, ~0.8x
-    on an AVX-512 BF16 Xeon, answers False in every process, timing it each time as before). A
-    file that cannot be read or written only means the probe runs again. Delete the file to probe again;
-    --network-precision / --enhancer-precision choose explicitly."""
+    (`decision_path`, `host_key`), else `bfloat16_speedup` timed now. A True is kept only where the probe found at
+    least KEEP_MIN_SPEEDUP (1.4-1.6x on a Zen 4 EPYC): a CPU near the bar, or a probe slowed by another process on
+    the same cores, answers per process as before, and a False is never kept (an AVX-512 BF16 Xeon, ~0.8x, times
+    it in every process). A file that cannot be read or written only means the probe runs again. Delete the file
+    to probe again; --network-precision / --enhancer-precision choose explicitly."""
     path, key = decision_path(), host_key()
     try:
         kept = json.loads(path.read_text()).get(key) if path.is_file() else None
@@ -140,8 +142,8 @@ def probed_bfloat16_faster() -> bool:
         return True
     speedup = bfloat16_speedup()
     faster = speedup >= BF16_MIN_SPEEDUP
-    if not faster:
-        return False
+    if speedup < KEEP_MIN_SPEEDUP:
+        return faster
     try:
         answers = json.loads(path.read_text()) if path.is_file() else {}
         answers = answers if isinstance(answers, dict) else {}
@@ -151,9 +153,14 @@ def probed_bfloat16_faster() -> bool:
                     "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(answers, indent=1))
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(answers, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
     except OSError:
         pass
     return faster

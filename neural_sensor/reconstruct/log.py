@@ -33,6 +33,7 @@ import glob
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -86,12 +87,12 @@ def _extension_hint(folder: Path, file_path: str) -> str:
     """For a missing image named without an extension (instant-ngp and Blender-style files often leave it out): a
     hint naming the files beside it that have one."""
     path = folder / file_path
-    if path.suffix or not path.parent.is_dir():
+    if not path.parent.is_dir():
         return ""
     found = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.name)}.*"))
-    if not found:
-        return " (file_path has no extension: give the image's full file name)"
-    return f" (file_path has no extension; the folder holds {', '.join(found[:3])}: name the file in full)"
+    if found:  # e.g. "frame.0001" for frame.0001.png
+        return f" (the folder holds {', '.join(found[:3])}: name the file in full, with its extension)"
+    return "" if path.suffix else " (file_path has no extension: give the image's full file name)"
 
 
 def opencv_to_nerfstudio(pose_camera_to_world: np.ndarray) -> np.ndarray:
@@ -111,6 +112,8 @@ def _to_uint8(image: np.ndarray, who: str = "write_drive_log") -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
+    if image.dtype.kind != "f":  # an int64 / uint16 / bool image was scaled as if it were [0, 1] floats
+        raise ValueError(f"{who}: an image is {image.dtype}; images are uint8, or float RGB in [0, 1]")
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{who}: an image contains NaN or infinity")
     if image.size and (image.max() > FLOAT_IMAGE_MAX or image.min() < FLOAT_IMAGE_MIN):
@@ -150,12 +153,19 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
         if values is not None and len(values) != views:
             raise ValueError(f"write_drive_log: {len(values)} {name} for {views} cameras")
     if timestamps_s is not None:  # refused here, not when the log is read back
-        bad = [i for i, t in enumerate(timestamps_s) if not is_json_number(t, finite=True)]
+        bad = [i for i, t in enumerate(timestamps_s)
+               if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real) or not math.isfinite(t)]
         if bad:
             raise ValueError(f"write_drive_log: timestamps_s[{bad[0]}] must be a finite number of seconds, got "
                              f"{timestamps_s[bad[0]]!r}")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"write_drive_log: {folder} exists and is not an empty folder; choose another")
+    floats = [np.asarray(image) for image in images if np.asarray(image).dtype.kind == "f" and np.size(image)]
+    if floats:  # over all the views: a dark frame of a 0-255 drive is not brightened 255 times on its own
+        low, high = min(float(np.nanmin(a)) for a in floats), max(float(np.nanmax(a)) for a in floats)
+        if high > FLOAT_IMAGE_MAX or low < FLOAT_IMAGE_MIN:
+            raise ValueError(f"write_drive_log: the float images hold values in [{low:g}, {high:g}]; float images "
+                             "are RGB in [0, 1] (divide 0-255 images by 255, or pass them as uint8)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -423,9 +433,9 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
                 raise DriveLogError(folder, f"{key} must be a positive focal length in pixels, got {value:g}",
                                     frame=i, file=file)
         for key, value, side in (("cx", cx, w), ("cy", cy, h)):
-            if not 0.0 <= value <= side:
-                raise DriveLogError(folder, f"{key}={value:g} lies outside the image (0..{side} pixels; the "
-                                            f"principal point is in pixels of the frame's {w}x{h} image)",
+            if not -side <= value <= 2 * side:  # a crop may move it off the image, but not by a whole image
+                raise DriveLogError(folder, f"{key}={value:g} lies more than an image away from the frame's "
+                                            f"{w}x{h} image (the principal point is in its pixels)",
                                     frame=i, file=file)
         if "transform_matrix" not in frame:
             raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",

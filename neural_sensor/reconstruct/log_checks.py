@@ -73,7 +73,8 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
         problems.append(f"every view of the log has a camera of its own (cam0 ... cam{len(ids) - 1}, "
                         "write_drive_log's names when it is given no camera_names), so no camera is seen to move, "
                         f"though the views lie up to {overall:.1f} m apart: name each view's sensor (camera_names; "
-                        "the frames' \"camera\" key) so that the views of one camera are grouped")
+                        "the frames' \"camera\" key) so that the views of one camera are grouped (if they are one "
+                        "rig's cameras at a single position, the log holds one station: nothing to triangulate from)")
     elif spread < MIN_SPREAD_M:
         problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
                         "from views taken at different positions along a drive (this log holds one station)")
