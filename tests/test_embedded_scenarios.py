@@ -588,7 +588,7 @@ def test_route_deviation_fails_an_ego_that_leaves_its_route():
                  lane_route(layout, 1, 0.0, 110.0) + np.array([0.0, 3.0]), route_goal_m=40.0)
     # near a corner of a route given as a few waypoints the deviation is the distance to the polyline (the
     # projection's lateral offset, to one segment's line, read 0 for an ego going straight on past the turn)
-    (x0, y0), (x1, _) = scenario.route_xy_m[0], scenario.route_xy_m[-1]
+    x0, y0 = scenario.route_xy_m[0]
     turning = Scenario("t", "", layout, EgoStart(lane=1, start_s_m=5.0), [],
                        np.array([[x0, y0], [60.0, y0], [60.0, y0 + 0.5]]), route_goal_m=40.0)
     state = CriteriaState(turning)
