@@ -103,10 +103,11 @@ KEEP_MIN_SPEEDUP = 1.3  # a bfloat16 answer is kept only with this margin (the p
 
 
 def decision_path() -> Path:
-    """Where the probe's answers are kept: $NEURAL_SENSOR_CACHE/cpu-precision.json, else
-    ~/.cache/neural_sensor/cpu-precision.json (the folder that holds the scene cache, `reconstruct.cache`)."""
-    root = os.environ.get("NEURAL_SENSOR_CACHE")
-    return Path(root if root else Path.home() / ".cache" / "neural_sensor") / DECISION_FILE
+    """Where the probe's answers are kept: beside the default scene cache (`reconstruct.cache.default_cache_root`),
+    $NEURAL_SENSOR_CACHE/cpu-precision.json, else ~/.cache/neural_sensor/cpu-precision.json."""
+    from neural_sensor.reconstruct.cache import default_cache_root
+
+    return default_cache_root().parent / DECISION_FILE
 
 
 def host_key() -> str:

@@ -116,10 +116,6 @@ def _to_uint8(image: np.ndarray, who: str = "write_drive_log") -> np.ndarray:
         raise ValueError(f"{who}: an image is {image.dtype}; images are uint8, or float RGB in [0, 1]")
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{who}: an image contains NaN or infinity")
-    if image.size and (image.max() > FLOAT_IMAGE_MAX or image.min() < FLOAT_IMAGE_MIN):
-        # a 0-255 float image was clipped to an all-white log without a word (renders overshoot 1 a little: kept)
-        raise ValueError(f"{who}: a float image holds values in [{float(image.min()):g}, {float(image.max()):g}]; "
-                         f"float images are RGB in [0, 1] (divide a 0-255 image by 255, or pass it as uint8)")
     return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -160,8 +156,9 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
                              f"{timestamps_s[bad[0]]!r}")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"write_drive_log: {folder} exists and is not an empty folder; choose another")
-    floats = [np.asarray(image) for image in images if np.asarray(image).dtype.kind == "f" and np.size(image)]
+    floats = [a for a in map(np.asarray, images) if a.dtype.kind == "f" and a.size]
     if floats:  # over all the views: a dark frame of a 0-255 drive is not brightened 255 times on its own
+        # (a 0-255 float drive was clipped to an all-white log without a word; renders overshoot 1 a little: kept)
         low, high = min(float(np.nanmin(a)) for a in floats), max(float(np.nanmax(a)) for a in floats)
         if high > FLOAT_IMAGE_MAX or low < FLOAT_IMAGE_MIN:
             raise ValueError(f"write_drive_log: the float images hold values in [{low:g}, {high:g}]; float images "
