@@ -6,11 +6,16 @@ cameras it reads the embedded runner's privileged pseudo-sensor
 input_data["world"] = (frame, WorldSnapshot) for its own pose and the agents.
 A user's agent is any class with the same face, constructed as
 `Agent(route_xy_m=..., target_speed_mps=...)`.
+
+`load_agent` builds the run's agent; `agent_call` and `destroy_agent` call into it, so that whatever the agent's
+code raises (its own sys.exit() included) comes out as an AgentError naming the agent and the call.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 
 import numpy as np
 
@@ -18,6 +23,9 @@ from carla_bridge.embedded import MAX_STEER_RAD, WHEELBASE_M
 from carla_bridge.simulator import VehicleControl
 from neural_sensor.rig import NUSCENES_LIKE_RIG
 from neural_sensor.scene.path import Path
+from scenarios.base import Scenario
+from scenarios.signals import SIGNALLED, host_handles_signals
+from scenarios.user_code import import_user_module, module_from_file
 
 
 def nuscenes_like_sensors(width: int = 480, height: int = 270) -> list[dict]:
@@ -95,3 +103,77 @@ class AgentError(RuntimeError):
         given = (f" (input_data has {', '.join(map(repr, keys))})" if keys is not None and isinstance(err, KeyError)
                  else "")
         super().__init__(f"the agent {self.agent} raised {detail} in {where}{given}")
+
+
+def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
+    """The run's driving agent: the BuiltinAgent (dotted None, its cameras width x height) or the user's class,
+    `package.module:Class` or `path/to/file.py:Class`, built as Class(route_xy_m=..., target_speed_mps=...).
+    ValueError names what cannot be loaded; AgentError wraps what the class's constructor raised."""
+    if dotted is None:
+        return BuiltinAgent(scenario.route_xy_m, scenario.target_speed_mps, width, height)
+    module_name, _, attr = dotted.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"agent must be given as 'package.module:Class' or 'path/to/file.py:Class', got {dotted!r}")
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        module = module_from_file(module_name, "agent")
+    else:
+        try:
+            module = import_user_module(module_name)
+        except ImportError as err:
+            hint = (f" (a module is found on sys.path: run from the folder above its package, set PYTHONPATH, or "
+                    f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"
+                    if isinstance(err, ModuleNotFoundError) else "")
+            raise ValueError(f"cannot load agent {dotted!r}: {err}{hint}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
+    kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {err}") from None
+    except ValueError:  # no signature to read (a builtin): the call itself says
+        pass
+    try:
+        return cls(**kwargs)
+    except Exception as err:
+        raise AgentError(dotted, "its constructor", err) from err
+    except SystemExit as err:
+        agent_exit(dotted, "its constructor", err)
+
+
+def agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
+    """fn(*args), an exception from the agent's code re-raised as AgentError naming the agent and the call (and,
+    for a KeyError, `keys`: what input_data held)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise AgentError(agent_name, where, err, keys) from err
+    except SystemExit as err:
+        agent_exit(agent_name, where, err)
+
+
+def agent_exit(agent_name: str | None, where: str, err: SystemExit):
+    """An agent's own sys.exit() as AgentError (it ended the run with no record, exit 0 or 1, which read as a pass
+    or a failed criterion). A signal's SystemExit raised while the agent's code ran goes on as it is: ours (SIGTERM:
+    143), or a host application's own handler's (which `terminate_as_exception` leaves in place: its exit cannot be
+    told from the agent's, so it is not taken for one)."""
+    if SIGNALLED or host_handles_signals():
+        raise err
+    raise AgentError(agent_name, where, err) from err
+
+
+def destroy_agent(agent, name: str | None, failing: bool) -> None:
+    """agent.destroy(), as the leaderboard calls it when a route ends, on every way out of a run: an exception from
+    it is the agent's error (AgentError) unless the run is already failing (then the first error stands)."""
+    destroy = getattr(agent, "destroy", None)
+    if not callable(destroy):
+        return
+    try:
+        destroy()
+    except Exception as err:
+        if not failing:
+            raise AgentError(name, "destroy()", err) from err
+    except SystemExit as err:  # as in every other call of the agent's (`agent_exit`)
+        if not failing or SIGNALLED or host_handles_signals():
+            agent_exit(name, "destroy()", err)

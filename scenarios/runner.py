@@ -25,19 +25,14 @@ file defining `make_scenario(seed) -> Scenario`, or an importable module doing s
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import inspect
 import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +53,13 @@ from neural_sensor.render.upsample import check_scale
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.to_gaussians import sky_rgb
-from scenarios.agent import AgentError, BuiltinAgent, ScenarioError
+from scenarios.agent import ScenarioError, agent_call, destroy_agent, load_agent
 from scenarios.base import CriteriaState, Scenario
 from scenarios.enhancer_link import check_enhancer_options, connect_enhancer
 from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
                               remove_stale_temporaries, to_uint8)
+from scenarios.signals import raise_if_signalled, terminate_as_exception
+from scenarios.user_code import import_user_module, module_from_file, raised_by_our_checks
 
 SCENARIOS = ("cut_in", "pedestrian_crossing", "lane_change")
 DEFAULT_SCENARIO = "cut_in"
@@ -146,7 +143,7 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
         where = f"built-in scenario {name!r}"
     elif name.endswith(".py") or os.sep in name or "/" in name or Path(name).is_file():
         # any existing file goes to the file loader, which names a non-.py one as such
-        module, where = _module_from_file(Path(name)), f"scenario file {name}"
+        module, where = module_from_file(Path(name)), f"scenario file {name}"
     elif "." in name:
         where = f"scenario module {name!r}"
         try:
@@ -162,7 +159,7 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     try:
         scenario = make(seed)
     except ValueError as err:
-        if _raised_by_our_checks(err, module):  # a field the scenario classes refuse, by name: one line
+        if raised_by_our_checks(err, module):  # a field the scenario classes refuse, by name: one line
             raise ValueError(f"{where}: make_scenario({seed}): {err}") from None
         raise ScenarioError(where, seed, err) from err  # the user's own code (or a library it called): its traceback
     except Exception as err:  # a bug in the user's code: its traceback, then this line (exit 2, not "failed")
@@ -173,186 +170,8 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     return scenario
 
 
-_OUR_PACKAGES = tuple(Path(__file__).resolve().parents[1] / name for name in ("scenarios", "carla_bridge",
-                                                                              "neural_sensor"))
-
-
-def _raised_by_our_checks(err: BaseException, module) -> bool:
-    """Whether `err` was raised inside this project's packages (a field a Scenario, EgoStart or AgentSpec refuses,
-    or a layout's check), not in the user's module or a library it called: the innermost frame decides."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    raised_in = Path(tb.tb_frame.f_code.co_filename).resolve()
-    user_file = getattr(module, "__file__", None)
-    if user_file is not None and raised_in == Path(user_file).resolve():
-        return False
-    return any(raised_in.is_relative_to(package) for package in _OUR_PACKAGES)
-
-
-def _module_from_file(path: Path, what: str = "scenario"):
-    """The module of a user's .py file (a scenario's, or an agent's: `what`); ValueError naming the file."""
-    if path.is_dir():
-        raise ValueError(f"{what} file {path} is a folder; name the .py file in it (or give package.module)")
-    if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist")
-    if path.suffix != ".py":
-        raise ValueError(f"{what} file {path} is not a .py file")
-    module_name = f"_neural_sensor_user_{what}_{abs(hash(str(path.resolve())))}"
-    _search_also(path.resolve().parent)  # as `python file.py` runs it: a module beside the file imports
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        sys.modules.pop(module_name, None)
-        raise ValueError(f"{what} file {path} failed to load: {type(err).__name__}: {err}") from err
-    return module
-
-
-def import_user_module(name: str):
-    """importlib.import_module(name), the current folder searched too (after the rest of sys.path): what
-    `python -m scenarios.cli` does, so that the installed `neural-sensor` script finds a user's
-    package.module from the folder above its package, as the README says."""
-    if "" not in sys.path:
-        _search_also(Path.cwd())
-    return importlib.import_module(name)
-
-
-def _search_also(folder: Path) -> None:
-    """Put a user's folder at the end of sys.path (so it shadows nothing), kept: a module may import others from
-    it later, inside its functions."""
-    if str(folder) not in sys.path:
-        sys.path.append(str(folder))
-
-
-def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
-    if dotted is None:
-        return BuiltinAgent(scenario.route_xy_m, scenario.target_speed_mps, width, height)
-    module_name, _, attr = dotted.rpartition(":")
-    if not module_name or not attr:
-        raise ValueError(f"agent must be given as 'package.module:Class' or 'path/to/file.py:Class', got {dotted!r}")
-    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
-        module = _module_from_file(Path(module_name), "agent")
-    else:
-        try:
-            module = import_user_module(module_name)
-        except ImportError as err:
-            hint = (f" (a module is found on sys.path: run from the folder above its package, set PYTHONPATH, or "
-                    f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"
-                    if isinstance(err, ModuleNotFoundError) else "")
-            raise ValueError(f"cannot load agent {dotted!r}: {err}{hint}") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
-    kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
-    try:
-        inspect.signature(cls).bind(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {err}") from None
-    except ValueError:  # no signature to read (a builtin): the call itself says
-        pass
-    try:
-        return cls(**kwargs)
-    except Exception as err:
-        raise AgentError(dotted, "its constructor", err) from err
-    except SystemExit as err:
-        _agent_exit(dotted, "its constructor", err)
-
-
-def _agent_call(agent_name: str | None, where: str, fn, *args, keys=None):
-    """fn(*args), an exception from the agent's code re-raised as AgentError naming the agent and the call (and,
-    for a KeyError, `keys`: what input_data held)."""
-    try:
-        return fn(*args)
-    except Exception as err:
-        raise AgentError(agent_name, where, err, keys) from err
-    except SystemExit as err:
-        _agent_exit(agent_name, where, err)
-
-
-def _agent_exit(agent_name: str | None, where: str, err: SystemExit):
-    """An agent's own sys.exit() as AgentError (it ended the run with no record, exit 0 or 1, which read as a pass
-    or a failed criterion). A signal's SystemExit raised while the agent's code ran goes on as it is: ours (SIGTERM:
-    143), or a host application's own handler's (which `_terminate_as_exception` leaves in place: its exit cannot be
-    told from the agent's, so it is not taken for one)."""
-    if _SIGNALLED or _host_handles_signals():
-        raise err
-    raise AgentError(agent_name, where, err) from err
-
-
-def _host_handles_signals() -> bool:
-    """Has the host application its own SIGTERM or SIGINT handler in place (neither ours nor a default)?"""
-    if threading.current_thread() is not threading.main_thread():
-        return False  # Python runs signal handlers in the main thread only: a SystemExit here is the agent's
-    ours = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None, *_OUR_HANDLERS)
-    return any(signal.getsignal(sig) not in ours for sig in (signal.SIGTERM, signal.SIGINT))
-
-
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
-
-
-_SIGNALLED: list[int] = []  # the signals _terminate_as_exception's handler took during this run (the loop checks)
-_OUR_HANDLERS: list = []  # the handler _terminate_as_exception installs while a run goes on (_host_handles_signals)
-
-
-def _signal_exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
-
-
-def _raise_if_signalled() -> None:
-    """Leave the run with the first signal's exception if one was taken and caught on the way (once a tick)."""
-    if _SIGNALLED:
-        raise _signal_exception(_SIGNALLED[0])
-
-
-@contextmanager
-def _terminate_as_exception():
-    """While running, SIGTERM unwinds like Ctrl-C (as SystemExit 143), so every cleanup runs; and a signal's exception
-    (SystemExit 143, or Ctrl-C's KeyboardInterrupt) that something turned into another error, or caught, on the way
-    out still leaves as that exception.
-
-    Only in the main thread, and for each signal only while it has its default action (SIGTERM: SIG_DFL; SIGINT:
-    Python's default_int_handler); a host application's own handler is left alone. A signal that lands inside an
-    extension's call (numba's dispatcher loading a kernel from its cache) comes out of that call as a SystemError
-    wrapping the handler's exception, which a caller may even catch: whatever unwinds, or returns, after such a
-    signal leaves with the first one's exception, and the tick loop leaves with it at the next tick
-    (`_raise_if_signalled`). A run started with SIGINT ignored (by a non-interactive shell's `&`) keeps ignoring it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = _SIGNALLED
-    received.clear()
-
-    def _raise(signum, _frame):
-        received.append(signum)
-        raise _signal_exception(signum)
-
-    _OUR_HANDLERS[:] = [_raise]
-
-    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
-    installed = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
-    for sig in installed:
-        signal.signal(sig, _raise)
-    try:
-        yield
-    except BaseException as err:
-        if received:
-            expected = _signal_exception(received[0])
-            if not (type(err) is type(expected) and getattr(err, "code", None) == getattr(expected, "code", None)):
-                raise expected from err
-        raise
-    else:  # a handler's exception that something caught on the way (a tick delivered raw after it): still leave
-        _raise_if_signalled()
-    finally:
-        for sig in installed:
-            signal.signal(sig, defaults[sig])
-        received.clear()
 
 
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
@@ -361,7 +180,7 @@ def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     Returns the summary dict. SIGTERM (when the host has no handler of its own) unwinds like Ctrl-C: the
     temporary folder is removed and a local enhancer server stopped on every way out.
     """
-    with _terminate_as_exception():
+    with terminate_as_exception():
         return _run_scenario(scenario, options)
 
 
@@ -408,32 +227,16 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     try:
         summary = _run_with_agent(scenario, options, ticks, agent, scene_kind, log_folder)
     except BaseException:
-        _destroy_agent(agent, options.agent, failing=True)
+        destroy_agent(agent, options.agent, failing=True)
         raise
-    _destroy_agent(agent, options.agent, failing=False)
+    destroy_agent(agent, options.agent, failing=False)
     return summary
-
-
-def _destroy_agent(agent, name: str | None, failing: bool) -> None:
-    """agent.destroy(), as the leaderboard calls it when a route ends, on every way out of a run: an exception from
-    it is the agent's error (AgentError) unless the run is already failing (then the first error stands)."""
-    destroy = getattr(agent, "destroy", None)
-    if not callable(destroy):
-        return
-    try:
-        destroy()
-    except Exception as err:
-        if not failing:
-            raise AgentError(name, "destroy()", err) from err
-    except SystemExit as err:  # as in every other call of the agent's (`_agent_exit`)
-        if not failing or _SIGNALLED or _host_handles_signals():
-            _agent_exit(name, "destroy()", err)
 
 
 def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,
                     log_folder: Path | None) -> dict:
     """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
-    specs = sensor_specs_from_leaderboard(_agent_call(options.agent, "sensors()", agent.sensors))
+    specs = sensor_specs_from_leaderboard(agent_call(options.agent, "sensors()", agent.sensors))
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
     if options.enhancer is not None:  # the enhancer's protocol refuses larger images: every tick would be raw
@@ -585,7 +388,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         ticks_run, stopped_early = 0, None
         bar = tqdm(range(ticks), desc=scenario.name, unit="tick", disable=not options.progress)
         for tick in bar:
-            _raise_if_signalled()  # a signal whose exception something caught during the last tick
+            raise_if_signalled()  # a signal whose exception something caught during the last tick
             t0 = time.perf_counter()
             snapshot = sim.tick()
             t1 = time.perf_counter()
@@ -595,7 +398,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             input_data["world"] = (snapshot.frame, snapshot)
             t3 = time.perf_counter()
             where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
-            returned = _agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s,
+            returned = agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s,
                                    keys=input_data)  # its keys are named only for a KeyError
             try:
                 control = VehicleControl.from_any(returned)

@@ -435,7 +435,7 @@ def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tm
     package.module named from the folder above its package is still found, as the README says."""
     import sys
 
-    from scenarios.runner import import_user_module
+    from scenarios.user_code import import_user_module
 
     package = tmp_path / "my_pkg_for_cwd_test"
     package.mkdir()

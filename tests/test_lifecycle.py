@@ -107,12 +107,12 @@ def test_sigterm_inside_an_extension_call_still_leaves_as_143():
     """A SIGTERM whose SystemExit a C extension wraps (numba's dispatcher, loading a kernel when the signal
     lands: "returned a result with an exception set") still unwinds as SystemExit 143, not exit status 1; other
     errors without a SIGTERM pass through unchanged."""
-    from scenarios.runner import _terminate_as_exception
+    from scenarios.signals import terminate_as_exception
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a CLI run (another test may have left one)
     try:
         with pytest.raises(SystemExit) as info:
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 try:
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(5.0)  # the handler runs here
@@ -121,7 +121,7 @@ def test_sigterm_inside_an_extension_call_still_leaves_as_143():
         assert info.value.code == 143 and isinstance(info.value.__cause__, SystemError)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         with pytest.raises(SystemExit) as info:  # the wrapped exception caught on the way (a tick delivered raw)
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 try:
                     try:
                         os.kill(os.getpid(), signal.SIGTERM)
@@ -132,7 +132,7 @@ def test_sigterm_inside_an_extension_call_still_leaves_as_143():
                     pass
         assert info.value.code == 143
         with pytest.raises(SystemError, match="no signal"):
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 raise SystemError("no signal")
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -142,12 +142,12 @@ def test_ctrl_c_inside_an_extension_call_still_interrupts():
     """Ctrl-C's KeyboardInterrupt, wrapped by a C extension (as numba's dispatcher does with SIGTERM's SystemExit)
     and caught on the way, still leaves the run as KeyboardInterrupt, at the next tick; the default handler is back
     after."""
-    from scenarios.runner import _terminate_as_exception
+    from scenarios.signals import terminate_as_exception
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a CLI run
     try:
         with pytest.raises(KeyboardInterrupt):
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 try:
                     try:
                         os.kill(os.getpid(), signal.SIGINT)
@@ -158,33 +158,33 @@ def test_ctrl_c_inside_an_extension_call_still_interrupts():
                     pass
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         with pytest.raises(KeyboardInterrupt) as info:  # wrapped and not caught: the cause is kept
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 try:
                     os.kill(os.getpid(), signal.SIGINT)
                     time.sleep(5.0)
                 except KeyboardInterrupt as err:
                     raise SystemError("returned a result with an exception set") from err
         assert isinstance(info.value.__cause__, SystemError)
-        from scenarios.runner import _raise_if_signalled
+        from scenarios.signals import raise_if_signalled
 
         after = []
         with pytest.raises(KeyboardInterrupt):  # the tick loop's check leaves at once, not at the end of the run
-            with _terminate_as_exception():
+            with terminate_as_exception():
                 try:
                     os.kill(os.getpid(), signal.SIGINT)
                     time.sleep(5.0)
                 except KeyboardInterrupt:
                     pass  # swallowed on the way
-                _raise_if_signalled()
+                raise_if_signalled()
                 after.append("the next tick ran")
         assert after == []
-        _raise_if_signalled()  # nothing pending once the run is over
+        raise_if_signalled()  # nothing pending once the run is over
 
         def host(*_):  # a host application's own handler is left alone
             pass
 
         signal.signal(signal.SIGINT, host)
-        with _terminate_as_exception():
+        with terminate_as_exception():
             assert signal.getsignal(signal.SIGINT) is host
         assert signal.getsignal(signal.SIGINT) is host
     finally:
