@@ -7,7 +7,7 @@ import pytest
 
 from neural_sensor.enhance.model import Enhancer
 from neural_sensor.reconstruct.model import ReconNet
-from neural_sensor.train import train_enhancer_run, train_reconstructor_run
+from neural_sensor.train import enhancer_run_data, train_enhancer_run, train_reconstructor_run
 
 
 def _fake_frames(seed, split, ticks, recon_folder, cache_dir=None):
@@ -60,7 +60,7 @@ def test_shift_weights_draw_frames_in_proportion():
 
 
 def test_run_enhancer_training_checkpoints_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
+    monkeypatch.setattr(enhancer_run_data, "world_frames", _fake_frames)
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
     config = train_enhancer_run.RunEnhancerTrainConfig(steps=2, batch=2, crop=(64, 96), worlds=2, ticks_per_world=1,
                                                        eval_every=2, save_every=2, perceptual_crop=32)
@@ -172,24 +172,24 @@ def test_unseen_error_reads_only_what_the_reference_misses():
 def test_worlds_are_joined_per_array_or_only_made(tmp_path, monkeypatch):
     """_load_worlds joins each array name over the seeds in seed order (one name at a time); keep=False makes every
     seed's data and holds none of it."""
-    monkeypatch.setattr(train_enhancer_run, "data_folder", lambda root, recon: tmp_path / "data")
+    monkeypatch.setattr(enhancer_run_data, "data_folder", lambda root, recon: tmp_path / "data")
     made = []
 
     def load(folder, seed):
         made.append(seed)
         return {"rgb": np.full((2, 3), seed, np.uint8), "shift_m": np.array([seed, -seed], np.float32)}
 
-    joined = train_enhancer_run._load_worlds(tmp_path, tmp_path, [4, 1, 7], "test", load)
+    joined = enhancer_run_data._load_worlds(tmp_path, tmp_path, [4, 1, 7], "test", load)
     assert made == [4, 1, 7] and (tmp_path / "data").is_dir()
     assert joined["rgb"].shape == (6, 3) and joined["rgb"][:, 0].tolist() == [4, 4, 1, 1, 7, 7]
     assert joined["shift_m"].tolist() == [4, -4, 1, -1, 7, -7]
-    assert train_enhancer_run._load_worlds(tmp_path, tmp_path, [2, 3], "test", load, keep=False) is None
+    assert enhancer_run_data._load_worlds(tmp_path, tmp_path, [2, 3], "test", load, keep=False) is None
     assert made[3:] == [2, 3]
 
 
 def test_run_enhancer_training_with_the_temporal_term(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
-    monkeypatch.setattr(train_enhancer_run, "world_pairs", _fake_pairs)
+    monkeypatch.setattr(enhancer_run_data, "world_frames", _fake_frames)
+    monkeypatch.setattr(enhancer_run_data, "world_pairs", _fake_pairs)
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
     config = train_enhancer_run.RunEnhancerTrainConfig(steps=2, batch=2, crop=(64, 96), worlds=2, ticks_per_world=1,
                                                        eval_every=2, save_every=2, perceptual_weight=0.0,
@@ -233,8 +233,8 @@ def test_gpu_pipeline_runs_every_stage_on_a_cpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_reconstructor_run, "EVAL_SEEDS", range(1_000_320, 1_000_321))
     monkeypatch.setattr(train_enhancer_run, "EVAL_SEEDS", range(1_000_300, 1_000_301))
-    monkeypatch.setattr(train_enhancer_run, "world_frames", _fake_frames)
-    monkeypatch.setattr(train_enhancer_run, "world_pairs", _fake_pairs)
+    monkeypatch.setattr(enhancer_run_data, "world_frames", _fake_frames)
+    monkeypatch.setattr(enhancer_run_data, "world_pairs", _fake_pairs)
     report = gpu_pipeline.run_pipeline(
         tmp_path / "pair", device="cpu", minutes=30.0, recon_worlds=1, enhancer_worlds=1,
         reconstructor_init=gpu_pipeline.Path("checkpoints/reconstructor-run"),

