@@ -46,7 +46,12 @@ round-robin so straight, curve and intersection all appear):
    of every log sensor tested, not only the camera's own; a pixel that only farther views saw
    counts as disoccluded, so this is an upper bound): `disoccluded_fraction` (of the image), and
    `<raw|enhanced|temporal>_psnr_disoccluded` over them (nan for a view with fewer than
-   MIN_DISOCCLUDED_PX of them): what neither the reconstruction nor the reference could copy.
+   MIN_DISOCCLUDED_PX of them): what neither the reconstruction nor the reference could copy;
+8. where the squared error lies (`error_shares`): `<raw|enhanced|temporal>_error_share_false_surface`, the
+   fraction of a view's squared error on pixels the truth shows as sky (not "surface" above) where the
+   reconstruction's surfaces (without its fitted dome) have alpha > 0.5 (a gap between buildings drawn
+   across, a halo), and `..._error_share_hole` on surface pixels where they have alpha <= 0.5 (the dome or
+   the background showing through; docs/results.md, "2026-12-06 (thirteenth session)").
 
 Aggregation: every view's metrics are averaged per world (over frames, cameras or both) and
 then reported as median and mean over worlds (plus min / max), per shift, per camera and
@@ -181,6 +186,22 @@ def flicker(cam_prev: Camera, image_prev: np.ndarray, depth_prev: np.ndarray, ca
     return {"mad": mad, "psnr": psnr(warped, image, seen), "valid": float(seen.mean())}
 
 
+def error_shares(name: str, image: np.ndarray, truth: np.ndarray, truth_surface: np.ndarray,
+                 drawn_surface: np.ndarray) -> dict:
+    """The fractions of a view's squared error (image, truth [H, W, 3]) on pixels the truth shows as sky while the
+    reconstruction draws a surface, and on truth-surface pixels the reconstruction's surfaces leave open
+    (truth_surface, drawn_surface [H, W] bool): {f"{name}_error_share_false_surface", f"{name}_error_share_hole"}
+    (nan for a view without error)."""
+    assert image.shape == truth.shape and truth_surface.shape == drawn_surface.shape == image.shape[:2], \
+        (image.shape, truth.shape, truth_surface.shape, drawn_surface.shape)
+    err = np.square(image.astype(np.float64) - truth.astype(np.float64)).mean(axis=-1)
+    total = float(err.sum())
+    if not total > 0.0:
+        return {f"{name}_error_share_false_surface": float("nan"), f"{name}_error_share_hole": float("nan")}
+    return {f"{name}_error_share_false_surface": float(err[~truth_surface & drawn_surface].sum()) / total,
+            f"{name}_error_share_hole": float(err[truth_surface & ~drawn_surface].sum()) / total}
+
+
 def _rounded_to_8_bits(rgb: np.ndarray) -> np.ndarray:
     """rgb [..., 3] float in [0, 1] rounded to 8 bits as the enhancer's wire and CARLA's BGRA do, back as float32."""
     from neural_sensor.enhance import protocol as wire
@@ -233,8 +254,8 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                 # the depth metric: the reconstructed surfaces alone (a fitted sky dome, 1 km away, left out: seen
                 # through a surface of alpha 0.95 it would add ~50 m to the expected depth)
                 surface_render = raw if surfaces_only is None else render(
-                    surfaces_only, cams, backend="cpu", outputs=("depth", "median_depth"), background=background,
-                    lod_px=args.lod_px, scale=args.render_scale)
+                    surfaces_only, cams, backend="cpu", outputs=("depth", "alpha", "median_depth"),
+                    background=background, lod_px=args.lod_px, scale=args.render_scale)
                 gt = render(truth, cams, backend="cpu", outputs=("rgb", "depth", "alpha", "semantic", "median_depth"),
                             background=background)
                 # surface: ground-truth alpha > 0.5 and not sky (the textured builder draws the sky as a dome of
@@ -290,6 +311,7 @@ def evaluate_world(seed: int, layout: Layout, args, client=None, cache_dir: Path
                             row[f"{name}_psnr_disoccluded"] = (float("nan") if unseen is None
                                                                else psnr(image, gt.rgb[i], unseen))
                         row[f"{name}_ssim"] = ssim(image, gt.rgb[i])
+                        row.update(error_shares(name, image, gt.rgb[i], surface, surface_render.alpha[i] > 0.5))
                         if name != "raw":  # paired: this view's gain over its own raw render
                             row[f"{name}_gain_db"] = row[f"{name}_psnr"] - row["raw_psnr"]
                         if do_perceptual:

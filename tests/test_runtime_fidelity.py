@@ -138,11 +138,33 @@ def test_tiny_end_to_end_run(tmp_path, capsys, monkeypatch):
     assert "flicker_truth_mad" in on_path and "flicker_raw_mad" in on_path
     assert 0.0 <= on_path["disoccluded_fraction"]["median"] <= 1.0
     assert "enhanced_psnr" not in on_path
+    shares = on_path["raw_error_share_false_surface"]["median"], on_path["raw_error_share_hole"]["median"]
+    assert all(0.0 <= s <= 1.0 for s in shares) and sum(shares) <= 1.0
     if "approximates LPIPS" in result["perceptual"]["note"]:
         assert on_path["raw_perceptual"]["median"] > 0.0
     else:
         assert result["perceptual"]["note"].startswith("not computed")
     assert result["summary"] in capsys.readouterr().out
+
+
+def test_error_shares_split_the_squared_error_by_what_truth_and_reconstruction_draw():
+    truth = np.zeros((4, 5, 3))
+    image = np.zeros((4, 5, 3))
+    truth_surface = np.ones((4, 5), bool)
+    truth_surface[0] = False  # the top row is sky in the truth
+    drawn = np.ones((4, 5), bool)
+    drawn[3, :2] = False  # the reconstruction leaves two pixels of the bottom row open
+    image[0, 0] = 0.5  # a surface drawn over the sky: error 0.25 a channel
+    image[3, 0] = 1.0  # a hole: error 1 a channel
+    image[2, 2] = np.sqrt(0.75)  # elsewhere: error 0.75
+    shares = rf.error_shares("raw", image, truth, truth_surface, drawn)
+    assert shares["raw_error_share_false_surface"] == pytest.approx(0.25 / 2.0)
+    assert shares["raw_error_share_hole"] == pytest.approx(1.0 / 2.0)
+    nothing = rf.error_shares("enhanced", truth, truth, truth_surface, drawn)
+    assert all(math.isnan(v) for v in nothing.values()) and set(nothing) == {
+        "enhanced_error_share_false_surface", "enhanced_error_share_hole"}
+    with pytest.raises(AssertionError):
+        rf.error_shares("raw", image, truth, truth_surface[:3], drawn)
 
 
 def _prefix(points: np.ndarray, length_m: float) -> np.ndarray:
