@@ -22,6 +22,9 @@ from neural_sensor.gaussians import GaussianScene
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
 
+STREET_MIN_GAUSSIANS = 1_000  # testing.make_street_scene's least
+STREET_MAX_GAUSSIANS = 10_000_000  # 20 M at SH degree 3 peaked at 15.9 GB; 100 M was killed for memory (24 GB)
+
 
 @dataclass
 class ViewOptions:
@@ -143,7 +146,8 @@ def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
 
     p_street = sub.add_parser("street", help="render the street benchmark scene from a 1-6 camera rig",
                               formatter_class=formatter_class)
-    p_street.add_argument("--gaussians", type=int, default=300_000, help="Gaussian count")
+    p_street.add_argument("--gaussians", type=int, default=300_000,
+                          help=f"Gaussian count ({STREET_MIN_GAUSSIANS:,}-{STREET_MAX_GAUSSIANS:,})")
     p_street.add_argument("--cameras", type=int, default=6, help="rig cameras (1-6)")
     p_street.add_argument("--seed", type=seed_int, default=0, help="scene seed")
     p_street.add_argument("--sh-degree", type=int, default=1, help="SH degree 0-3")
@@ -159,6 +163,12 @@ def run_render_command(args: argparse.Namespace) -> dict:
             raise ValueError("render: --target goes with --eye; --pose already gives the viewing direction")
         if args.eye is not None and args.target is None:
             raise ValueError("render: --eye needs --target")
+        for name in ("pose", "eye", "target", "up"):
+            values = getattr(args, name)
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ValueError(f"render: --{name} must be finite numbers, got {' '.join(map(str, values))}")
+        if not any(args.up):
+            raise ValueError("render: --up must not be the zero vector")
         scene = GaussianScene.load_ply(args.ply)
         if args.pose is not None:
             from neural_sensor.rig import SensorSpec
@@ -174,8 +184,10 @@ def run_render_command(args: argparse.Namespace) -> dict:
 
         if not 1 <= args.cameras <= 6:
             raise ValueError(f"--cameras must be in 1..6, got {args.cameras}")
-        if args.gaussians < 1:
-            raise ValueError(f"--gaussians must be positive, got {args.gaussians}")
+        if not STREET_MIN_GAUSSIANS <= args.gaussians <= STREET_MAX_GAUSSIANS:
+            raise ValueError(f"--gaussians must be in {STREET_MIN_GAUSSIANS:,}..{STREET_MAX_GAUSSIANS:,} (the "
+                             f"street's layout needs the least; the most keeps its arrays and the renderer's within a "
+                             f"few GB), got {args.gaussians:,}")
         scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)
         cameras = street_cameras(opts.width, opts.height, count=args.cameras, fov_deg=opts.fov_deg)
     return _render_and_save(scene, cameras, opts)

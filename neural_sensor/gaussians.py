@@ -32,6 +32,9 @@ from neural_sensor.poses import check_pose
 from neural_sensor.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation_matrices
 
 _FLOAT_FIELDS = ("means", "quats", "scales", "opacities", "sh")
+MAX_PLY_SCALE_M = 1.0e4  # a PLY's Gaussians larger than this are refused: the CPU and torch renderers agree exactly up
+#   to 10 km, not from 1,000 km (float32 EWA projection; one of 4.9e8 m above a street hid its buildings in the
+#   CPU render only), and no street scene needs one
 _ARRAY_FIELDS = _FLOAT_FIELDS + ("labels", "instance")
 _OPACITY_EPS = 1e-7  # opacities are clipped to [eps, 1-eps] before the logit so the file holds finite values
 
@@ -311,6 +314,12 @@ class GaussianScene:
         with np.errstate(over="ignore"):
             opacities = 1.0 / (1.0 + np.exp(-logit))
             scales = np.exp(log_scales)
+        huge = scales > MAX_PLY_SCALE_M
+        if huge.any():
+            rows = np.flatnonzero(huge.any(axis=1))
+            raise ValueError(f"{path}: {rows.size} of {n} Gaussians have a scale above {MAX_PLY_SCALE_M:g} m (first at "
+                             f"{rows[0]}: {scales[rows[0]].max():.3g} m); the renderers' float32 projection cannot draw "
+                             f"one that large (drop or shrink them)")
         labels = _integer_column(data, "semantic", np.uint8, path) if "semantic" in props else None
         instance = _integer_column(data, "instance", np.int32, path) if "instance" in props else None
         try:

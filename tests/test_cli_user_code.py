@@ -204,6 +204,12 @@ def test_carla_without_the_carla_package(tmp_path):
     (["render", "x.ply", "--pose", "0", "0", "1", "0", "0", "0", "--target", "5", "0", "1"], "--target goes with"),
     (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
     (["street", "--cameras", "9"], "--cameras must be"),
+    (["street", "--gaussians", "100000000"], "--gaussians must be in 1,000..10,000,000"),
+    (["street", "--gaussians", "10"], "--gaussians must be in 1,000..10,000,000"),
+    (["render", "x.ply", "--pose", "5", "-2", "1.6", "0", "inf", "0"], "render: --pose must be finite numbers"),
+    (["render", "x.ply", "--eye", "0", "0", "nan", "--target", "5", "0", "1"], "render: --eye must be finite"),
+    (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "--up", "0", "0", "0"],
+     "render: --up must not be the zero vector"),
     (["run", "cut_in", "--width", "10000"], "must be in 1..8192 pixels, got 10000"),
     (["run", "cut_in", "--render-scale", "0"], "--render-scale: must be a number in (0, 1], got 0"),
     (["run", "--tciks", "5", "cut_in"], "neural-sensor run: error: unrecognized option --tciks (did you mean "

@@ -1,5 +1,6 @@
 """Enhancer server and client over real loopback sockets with real processes."""
 
+import json
 import os
 import signal
 import threading
@@ -314,7 +315,6 @@ def test_scenario_runs_with_a_local_enhancer(tmp_path, identity_checkpoint):
 def test_hello_says_how_many_log_views_the_checkpoint_takes(tmp_path, identity_checkpoint):
     """The rig sends the drive-log reference only to a checkpoint trained with it: the hello passes on its
     config's reference_views (0 when absent or not a positive integer)."""
-    import json
     import shutil
 
     from neural_sensor.enhance.server import Broker
@@ -514,3 +514,30 @@ def test_wait_ready_says_once_what_it_waits_for_then_names_the_endpoint():
     finally:
         client.close()
     assert len(told) == 1 and 0.3 < told[0] < 0.7, told
+
+
+def test_the_ready_file_is_never_stale(tmp_path, identity_checkpoint):
+    """An old ready file is removed at start (a waiting script must not take it for this server), ours is written
+    once a worker is ready and removed when the server stops; a folder in its place is refused."""
+    from neural_sensor.enhance.server import Broker
+
+    ready = tmp_path / "ready.json"
+    ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "pid": 1}))  # an earlier server's
+    broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1,
+                                 threads_per_worker=1, ready_file=str(ready)))
+    assert not ready.exists()  # gone before any worker is ready
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written = json.loads(ready.read_text())
+        assert written["pid"] == os.getpid() and written["endpoint"] == broker.endpoint
+        assert written["model_name"] == "identity"
+    finally:
+        broker.stop()
+        thread.join()
+    assert not ready.exists()
+    with pytest.raises(ValueError, match="is a folder"):
+        Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), ready_file=str(tmp_path)))

@@ -135,6 +135,21 @@ def test_written_ply_header_is_inria_layout(tmp_path):
     assert ply.byte_order == "<" and not ply.text
 
 
+def test_a_ply_with_a_gaussian_too_large_to_project_is_refused(tmp_path):
+    from neural_sensor.gaussians import MAX_PLY_SCALE_M
+
+    scene = random_scene(50, seed=6, sh_degree=1)
+    scales = scene.scales.copy()
+    scales[7, 1] = 0.99 * MAX_PLY_SCALE_M
+    scene.replace(scales=scales).save_ply(tmp_path / "large.ply")
+    assert GaussianScene.load_ply(tmp_path / "large.ply").scales[7, 1] == pytest.approx(0.99 * MAX_PLY_SCALE_M)
+    scales[7, 1] = 4.9e8  # the 1,000 km and larger that the renderers' float32 projections disagree on
+    scales[9, 0] = 2.0 * MAX_PLY_SCALE_M
+    scene.replace(scales=scales).save_ply(tmp_path / "huge.ply")
+    with pytest.raises(ValueError, match=r"huge.ply: 2 of 50 Gaussians have a scale above 10000 m \(first at 7: 4.9e\+08"):
+        GaussianScene.load_ply(tmp_path / "huge.ply")
+
+
 def test_bad_files_raise_value_error(tmp_path):
     scene = random_scene(100, seed=5, sh_degree=1)
     good = tmp_path / "good.ply"

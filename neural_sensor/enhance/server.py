@@ -80,7 +80,9 @@ class ServerConfig:
     max_batch_frames: int = wire.MAX_FRAMES
     curve_secret_key: str | None = None  # zmq certificate file holding the server's secret key
     curve_clients: str | None = None  # folder of allowed client public certificates
-    ready_file: str | None = None  # JSON {endpoint, pid} written once the first worker is ready
+    ready_file: str | None = None  # JSON {endpoint, pid, model_name, checkpoint_hash} written once the first worker
+    #   is ready; an old one is removed at start and ours when the server stops (a waiting script never takes a
+    #   stale one for this server)
     parent_pid: int | None = None  # stop when this process (the run that started us) is gone
     owned_folder: str | None = None  # removed when we stop because the parent is gone (its ready-file folder)
     shared_memory: bool = True  # offer same-host clients shared blocks at hello (else bytes only)
@@ -125,6 +127,7 @@ class Broker:
         from neural_sensor.enhance.model import checkpoint_hash
 
         self.config = config
+        self._ready_written = False  # (close() reads it, even when __init__ fails)
         ckpt = Path(config.checkpoint)
         try:
             meta = json.loads((ckpt / "config.json").read_text())
@@ -144,6 +147,13 @@ class Broker:
         if not 1 <= config.max_batch_frames <= wire.MAX_FRAMES:
             raise ValueError(f"max-batch-frames must be in [1, {wire.MAX_FRAMES}], got {config.max_batch_frames}")
         self.precision = resolve_cpu_precision(config.precision)  # resolved here: the workers run on this host
+        if config.ready_file:  # a file left by an earlier server would tell a waiting script we are ready
+            ready = Path(config.ready_file)
+            if ready.is_dir():
+                raise ValueError(f"ready file {ready} is a folder; name a file")
+            if not ready.parent.is_dir():
+                raise ValueError(f"ready file {ready}: its folder {ready.parent} does not exist")
+            ready.unlink(missing_ok=True)
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self.frontend = self._ctx.socket(zmq.ROUTER)
@@ -175,7 +185,6 @@ class Broker:
         self._direct: dict[int, str] = {}  # worker index -> its direct socket's name in the shm folder
         self._direct_ms: deque[float] = deque(maxlen=4096)  # the workers' time per direct batch (not a round trip)
         self._latencies_ms: deque[float] = deque(maxlen=4096)
-        self._ready_written = False
         self.parent_gone = False
         self._start_failures = 0
         try:
@@ -450,6 +459,17 @@ class Broker:
                                        "checkpoint_hash": self.checkpoint_hash}))
             tmp.replace(path)
 
+    def _remove_ready_file(self) -> None:
+        """Remove the ready file this server wrote (not one another server has written over it since)."""
+        if not (self.config.ready_file and self._ready_written):
+            return
+        path = Path(self.config.ready_file)
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
@@ -487,6 +507,7 @@ class Broker:
         self._stop.set()
         if self._ctx.closed:
             return
+        self._remove_ready_file()
         for proc in self._procs.values():
             if proc.is_alive():
                 proc.terminate()
@@ -540,7 +561,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"most frames one worker job batches together (1-{wire.MAX_FRAMES})")
     parser.add_argument("--curve-secret-key", default=None, help="server certificate with secret key (CurveZMQ)")
     parser.add_argument("--curve-clients", default=None, help="folder of allowed client certificates (CurveZMQ)")
-    parser.add_argument("--ready-file", default=None, help="write {endpoint, pid} here once a worker is ready")
+    parser.add_argument("--ready-file", default=None,
+                        help="write {endpoint, pid, model_name, checkpoint_hash} here once a worker is ready (an old "
+                             "file there is removed at start, this one when the server stops)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process exits (set by --enhancer local: the server dies with its run)")
     parser.add_argument("--owned-folder", default=None,
