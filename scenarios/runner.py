@@ -524,6 +524,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                                     "cpu_precision")},
+                # the model that enhanced the run: its first hello's (a later server's other model is refused)
+                **{k: v for k, v in (rig.enhancer.model or {}).items() if v is not None},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
                 "raw_reasons": dict(sorted(raw_reasons.items(), key=lambda kv: -kv[1])),  # most frequent first
                 "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",  # the path at the end of the run

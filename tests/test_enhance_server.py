@@ -541,3 +541,51 @@ def test_the_ready_file_is_never_stale(tmp_path, identity_checkpoint):
     assert not ready.exists()
     with pytest.raises(ValueError, match="is a folder"):
         Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), ready_file=str(tmp_path)))
+
+
+def test_a_server_restarted_with_another_model_is_not_used(tmp_path, identity_checkpoint):
+    """A run's client keeps the model of its first hello: after the server on its endpoint restarts with another
+    checkpoint, its replies are refused (the raw render, with a reason naming both checkpoints), and the client
+    still says which model it served with; the same model back again is used."""
+    import shutil
+
+    from neural_sensor.enhance.server import Broker
+
+    other = tmp_path / "other"
+    shutil.copytree(identity_checkpoint, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model_name"] = "identity-b"
+    (other / "config.json").write_text(json.dumps(config))
+
+    def started(checkpoint, bind):
+        broker = Broker(ServerConfig(bind=bind, checkpoint=str(checkpoint), workers=1, threads_per_worker=1))
+        thread = threading.Thread(target=broker.run)
+        thread.start()
+        return broker, thread
+
+    broker, thread = started(identity_checkpoint, "tcp://127.0.0.1:*")
+    endpoint = broker.endpoint
+    frames = _frames(3, n=2)
+    try:
+        with EnhancerClient(endpoint, deadline_ms=20_000, retries=0) as client:
+            first = client.wait_ready(timeout_s=60)
+            assert client.enhance(frames).enhanced
+            broker.stop()
+            thread.join()
+            for checkpoint, used in ((other, False), (identity_checkpoint, True)):
+                broker, thread = started(checkpoint, endpoint)
+                try:
+                    client.wait_ready(timeout_s=60)
+                    result = client.enhance(frames)
+                    assert result.enhanced is used, result.reason
+                    if not used:
+                        assert checkpoint_hash(other) in result.reason and first["checkpoint_hash"] in result.reason
+                finally:
+                    broker.stop()
+                    thread.join()
+            assert client.model["model_name"] == "identity"
+            assert client.model["checkpoint_hash"] == first["checkpoint_hash"] == checkpoint_hash(identity_checkpoint)
+    finally:
+        broker.stop()
+        if thread.is_alive():
+            thread.join()

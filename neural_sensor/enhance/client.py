@@ -119,6 +119,10 @@ class EnhancerClient(SharedBlock):
         self._counter = itertools.count()
         self._socket = None
         self.server: dict | None = None  # the last hello reply
+        # the model this client serves with: {"model_name", "checkpoint_hash", "server_version", "cpu_precision"} of
+        # its first hello that names one (or {"checkpoint_hash"} of its first reply, before any hello);
+        # a reply from another checkpoint (the server restarted with another model) is not used (`_bad_reply`)
+        self.model: dict | None = None
         self.resets = 0
         self.shared_memory = bool(shared_memory) and wire.is_loopback(endpoint)  # may use it if offered
         self._shm_offer: dict | None = None  # {"folder", "nonce"} of the server, checked
@@ -226,7 +230,7 @@ class EnhancerClient(SharedBlock):
         rid = f"{self._prefix}-{next(self._counter)}"
         reply = self._exchange(wire.make_request("hello", rid), rid, budget, wait_connect=False)
         if isinstance(reply, dict) and reply.get("ok") and reply.get("protocol_version") == wire.PROTOCOL_VERSION:
-            self.server = reply
+            self._note_server(reply)
             self._accept_shm(reply)
 
     def __enter__(self):
@@ -307,9 +311,15 @@ class EnhancerClient(SharedBlock):
         if reply.get("protocol_version") != wire.PROTOCOL_VERSION or reply.get("v") != wire.PROTOCOL_VERSION:
             raise EnhancerVersionError(f"enhancer at {self.endpoint} speaks protocol version "
                                        f"{reply.get('protocol_version')!r}; this client speaks {wire.PROTOCOL_VERSION}")
-        self.server = reply
+        self._note_server(reply)
         self._accept_shm(reply)
         return reply
+
+    def _note_server(self, hello: dict) -> None:
+        """Keep a hello reply; the first one that names a checkpoint fixes this client's model."""
+        self.server = hello
+        if self.model is None and isinstance(hello.get("checkpoint_hash"), str):
+            self.model = {k: hello.get(k) for k in ("model_name", "checkpoint_hash", "server_version", "cpu_precision")}
 
     def wait_ready(self, timeout_s: float = 30.0, waiting=None, waiting_after_s: float = 2.0) -> dict:
         """Hello until the server reports a ready worker (raises EnhancerError after timeout_s). `waiting`: called
@@ -519,6 +529,15 @@ class EnhancerClient(SharedBlock):
         if len(out) != len(frames) or any(o["camera"] != f["camera"] or tuple(o["rgb"].shape) != np.shape(f["rgb"])
                                           for o, f in zip(out, frames)):
             return EnhanceResult(None, "enhancer reply does not match the request's cameras / sizes", latency)
+        served = reply.get("checkpoint_hash")
+        if isinstance(served, str):
+            if self.model is None:  # no hello yet: the first reply fixes the model
+                self.model = {"checkpoint_hash": served}
+            elif served != self.model["checkpoint_hash"]:
+                name = self.model.get("model_name")
+                return EnhanceResult(None, f"the enhancer at {self.endpoint} answered with checkpoint {served}, not "
+                                           f"{self.model['checkpoint_hash']}{f' ({name})' if name else ''} that this "
+                                           f"client started with (a server restarted with another model?)", latency)
         return None
 
     def _wire_dtypes(self, frame: dict) -> dict:

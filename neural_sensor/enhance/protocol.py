@@ -12,7 +12,9 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
   hello:   protocol_version, server_version, model_name, checkpoint_hash, workers, workers_ready,
            max_frames, max_message_bytes, and "shm" {folder, nonce} when it offers shared memory
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
-           alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in
+           alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in, and
+           "checkpoint_hash" (the model that answered: a client refuses a reply from another model than its
+           first hello's, as after a restart of the server with another checkpoint)
   stats:   requests, errors, enhance_requests, jobs (worker dispatches; < enhance_requests when batched),
            frames_enhanced, worker_restarts, p50_ms, p99_ms (the broker's round trips), workers, workers_ready,
            queued, uptime_s, direct_requests (the requests workers took over the direct path, counted when they

@@ -33,8 +33,11 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
+    from neural_sensor.enhance.model import checkpoint_hash
+
     model = Enhancer.from_pretrained(checkpoint)
     model.set_cpu_precision(precision)
+    served = checkpoint_hash(checkpoint)  # in every reply: a client tells a model swapped in under it (a restart)
     try:
         model.warm_up()
     except Exception as err:  # noqa: BLE001 - only a warm-up (a user's model may not take its tiniest frame)
@@ -69,13 +72,13 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
             if parts[0].bytes == b"JOB":
                 jobs = [(parts[i].bytes, parts[i + 1].buffer) for i in range(1, len(parts) - 1, 2)]
                 out = [b"DONE"]
-                for key, ok, reply in _run_jobs(model, jobs, blocks):
+                for key, ok, reply in _run_jobs(model, jobs, blocks, served):
                     out += [key, b"1" if ok else b"0", reply]
                 sock.send_multipart(out)
         # the direct requests that arrived together run as batches of at most max_batch_frames, as the broker's
         for batch in batches(direct.receive(events), max_batch_frames):
             start = time.perf_counter()
-            replies = _run_jobs(model, [(key, payload) for key, payload, _ in batch], blocks)
+            replies = _run_jobs(model, [(key, payload) for key, payload, _ in batch], blocks, served)
             for key, _, reply in replies:
                 direct.send(key, reply)
             report = {"requests": len(replies), "errors": sum(not ok for _, ok, _ in replies),
@@ -168,10 +171,11 @@ class _BlockCache:
             self._drop(name)
 
 
-def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | None = None
-              ) -> list[tuple[bytes, bool, bytes]]:
+def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | None = None,
+              served_hash: str | None = None) -> list[tuple[bytes, bool, bytes]]:
     """(key, ok, reply) per job; frames of one size (and reference use) across jobs run as one batch. Requests
-    with a "shm" header are read from and answered into their client's block (`blocks`)."""
+    with a "shm" header are read from and answered into their client's block (`blocks`). served_hash: the
+    checkpoint's hash, put in every enhance reply ("checkpoint_hash")."""
     t_job = time.perf_counter()
     requests, replies, mapped = {}, [], {}
     if blocks is not None:
@@ -227,8 +231,9 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
         if key in failed:
             replies.append((key, False, wire.error_reply(req.request_id, "WorkerError", failed[key])))
             continue
+        extra = {} if served_hash is None else {"checkpoint_hash": served_hash}
         replies.append((key, True, wire.ok_reply(req.request_id, frames=encoded[key], model_ms=round(model_ms, 3),
-                                                 worker_ms=round(worker_ms, 3))))
+                                                 worker_ms=round(worker_ms, 3), **extra)))
     return replies
 
 
