@@ -589,3 +589,29 @@ def test_a_server_restarted_with_another_model_is_not_used(tmp_path, identity_ch
         broker.stop()
         if thread.is_alive():
             thread.join()
+
+
+def test_an_ipv6_loopback_endpoint_serves(identity_checkpoint):
+    """tcp://[::1]:PORT passes the endpoint checks as a loopback address; the server binds it and a client reaches
+    it (both sockets have ZeroMQ's IPv6 option on)."""
+    import socket
+
+    from neural_sensor.enhance.server import Broker
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as err:
+        pytest.skip(f"this host has no IPv6 loopback ({err})")
+    broker = Broker(ServerConfig(bind="tcp://[::1]:*", checkpoint=str(identity_checkpoint), workers=1,
+                                 threads_per_worker=1))
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        assert broker.endpoint.startswith("tcp://[::1]:")
+        with EnhancerClient(broker.endpoint, deadline_ms=20_000, retries=0) as client:
+            assert client.wait_ready(timeout_s=60)["model_name"] == "identity"
+            assert client.enhance(_frames(4, n=1)).enhanced
+    finally:
+        broker.stop()
+        thread.join()
