@@ -174,8 +174,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
                              "the same as RunOptions(scene='log:LOG')")
     parser.add_argument("--enhancer", type=_enhancer, default=argparse.SUPPRESS, metavar="local|none|tcp://HOST:PORT",
                         help="refine every camera with the enhancer: 'local' starts a server subprocess for the "
-                             "run, 'none' delivers the raw render (default: local for a reconstruction, none for "
-                             "the builder's scene)")
+                             "run, 'none' delivers the raw render, tcp://HOST:PORT or ipc://PATH uses a running "
+                             "`neural-sensor serve-enhancer` there (one that does not answer within 10 s at the start "
+                             "is an error, exit 2; later, a tick it misses is delivered raw) (default: local for a "
+                             "reconstruction, none for the builder's scene)")
     parser.add_argument("--enhancer-deadline-ms", type=float, default=1000.0,
                         help="per-tick enhancer budget; past it the raw render is delivered (flagged)")
     parser.add_argument("--enhancer-checkpoint", type=Path, default=None,
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=_FORMATTER)
     _add_run_options(p_bench, "out/bench", video=False)
     p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)",
+                             description="Serve the enhancer over ZeroMQ: a broker and its model worker processes, "
+                                         "until Ctrl-C or SIGTERM. Runs use it with --enhancer tcp://HOST:PORT.",
                              formatter_class=_FORMATTER)
     from neural_sensor.enhance.server import add_arguments as add_server_arguments
 

@@ -262,12 +262,12 @@ class EnhancerClient(SharedBlock):
             if not sent:
                 if not wait_connect:
                     return f"enhancer at {self.endpoint} is not connected (reconnecting in the background)"
-                return f"no connection to the enhancer at {self.endpoint} within {deadline_ms:g} ms"
+                return f"no connection to the enhancer at {self.endpoint} within {_ms(deadline_ms)} ms"
         while True:
             remaining = int((t_end - time.monotonic()) * 1000)
             if remaining <= 0 or not self._socket.poll(remaining, zmq.POLLIN):
                 self._reset()
-                return f"no reply from the enhancer at {self.endpoint} within {deadline_ms:g} ms"
+                return f"no reply from the enhancer at {self.endpoint} within {_ms(deadline_ms)} ms"
             parts = self._socket.recv_multipart()
             try:
                 reply = wire.parse_reply(parts[-1])
@@ -434,7 +434,7 @@ class EnhancerClient(SharedBlock):
             remaining = budget - (time.monotonic() - start) * 1000.0
         if reply is None:
             reply = (self._exchange(payload, rid, remaining, wait_connect=False, deadline_ms=budget)
-                     if remaining > 0 else f"no reply from the enhancer at {self.endpoint} within {budget:g} ms")
+                     if remaining > 0 else f"no reply from the enhancer at {self.endpoint} within {_ms(budget)} ms")
         latency = (time.monotonic() - start) * 1000.0
         if isinstance(reply, str):
             self._release_block()  # a worker may still write into it: the next tick takes a fresh block
@@ -491,7 +491,7 @@ class EnhancerClient(SharedBlock):
                 if self._direct_timeouts >= DIRECT_TIMEOUTS_TO_LEAVE:  # hung or swamped: the broker, then a hello
                     self._lose_direct()
                 cited = budget_ms if deadline_ms is None else deadline_ms
-                return f"no reply from the enhancer's worker ({path}) within {cited:g} ms"
+                return f"no reply from the enhancer's worker ({path}) within {_ms(cited)} ms"
             except OSError:
                 data = b""
             if not data:  # the worker went away mid-request: it writes nothing more into the block
@@ -567,6 +567,11 @@ _IMAGE = "float in [0, 1] or uint8 in [0, 255]"
 # per frame field: what it may be, and the non-float dtypes that are taken (any float is)
 _FRAME_DTYPES = {"rgb": (_IMAGE, (np.uint8,)), "alpha": (_IMAGE + " or bool", (np.uint8, np.bool_)),
                  "reference": (_IMAGE, (np.uint8,)), "depth": ("float metres", ())}
+
+
+def _ms(value: float) -> str:
+    """A budget in milliseconds as a reason names it: whole milliseconds (949, not 949.312), a short one as it is."""
+    return f"{value:.0f}" if value >= 10 else f"{value:g}"
 
 
 def hello_reference_views(hello: dict | None) -> int:

@@ -553,7 +553,9 @@ def serve(config: ServerConfig) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback unless CurveZMQ)")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                        help="ZeroMQ endpoint: tcp://HOST:PORT (loopback, 127.0.0.1 or [::1], unless CurveZMQ; "
+                             "PORT * takes a free one, printed at start) or ipc://PATH")
     parser.add_argument("--workers", type=int, default=1, help="model worker processes")
     parser.add_argument("--checkpoint", default=str(default_checkpoint(DEFAULT_ENHANCER)),
                         help=f"enhancer checkpoint folder (default: the shipped {DEFAULT_ENHANCER})")
