@@ -29,12 +29,10 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
     READY, then answer JOBs (and direct requests) until the broker goes away."""
     import torch
 
-    from neural_sensor.enhance.model import Enhancer
+    from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
-    from neural_sensor.enhance.model import checkpoint_hash
-
     model = Enhancer.from_pretrained(checkpoint)
     model.set_cpu_precision(precision)
     served = checkpoint_hash(checkpoint)  # in every reply: a client tells a model swapped in under it (a restart)
