@@ -145,7 +145,8 @@ class EnhancerClient(SharedBlock):
     def _open(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT too (IPv4 addresses still work)
+        if "://[" in self.endpoint:  # an IPv6 address (tcp://[::1]:PORT); IPv4 ones stay on an IPv4 socket
+            sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
