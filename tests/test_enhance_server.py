@@ -615,3 +615,21 @@ def test_an_ipv6_loopback_endpoint_serves(identity_checkpoint):
     finally:
         broker.stop()
         thread.join()
+
+
+def test_an_ipc_server_removes_its_socket_file_when_it_stops(tmp_path, identity_checkpoint):
+    from neural_sensor.enhance.server import Broker
+
+    path = tmp_path / "enhancer.sock"
+    broker = Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1,
+                                 threads_per_worker=1))
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        assert path.is_socket()
+        with EnhancerClient(broker.endpoint, deadline_ms=20_000, retries=0) as client:
+            assert client.wait_ready(timeout_s=60)["model_name"] == "identity"
+    finally:
+        broker.stop()
+        thread.join()
+    assert not path.exists()

@@ -204,6 +204,12 @@ class Broker:
         except zmq.ZMQError as err:
             raise ValueError(f"enhancer: cannot bind {config.bind}: {err}") from None
         self.endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._ipc_inode = None  # an ipc:// bind's socket file, removed at close unless another server took the path
+        if self.endpoint.startswith("ipc://"):
+            try:
+                self._ipc_inode = Path(self.endpoint[len("ipc://"):]).stat().st_ino
+            except OSError:
+                pass
         # the workers' socket goes inside the owned folder when there is one (and the path fits an ipc address),
         # so whoever removes that folder (stop_server, even after a SIGKILL of this process) removes it too
         owned = config.owned_folder if config.owned_folder and Path(config.owned_folder).is_dir() else None
@@ -461,6 +467,18 @@ class Broker:
                                        "checkpoint_hash": self.checkpoint_hash}))
             tmp.replace(path)
 
+    def _remove_ipc_socket(self) -> None:
+        """Remove the socket file of an ipc:// bind (ZeroMQ leaves it behind), once our context is closed."""
+        inode = getattr(self, "_ipc_inode", None)  # unset when the bind itself failed
+        if inode is None:
+            return
+        path = Path(self.endpoint[len("ipc://"):])
+        try:
+            if path.is_socket() and path.stat().st_ino == inode:
+                path.unlink()
+        except OSError:
+            pass
+
     def _remove_ready_file(self) -> None:
         """Remove the ready file this server wrote (not one another server has written over it since)."""
         if not (self.config.ready_file and self._ready_written):
@@ -523,6 +541,7 @@ class Broker:
         if self.backend is not None:
             self.backend.close(0)
         self._ctx.term()
+        self._remove_ipc_socket()
         if self.shm_folder is not None:
             shutil.rmtree(self.shm_folder, ignore_errors=True)
         if self._tmp is not None:
