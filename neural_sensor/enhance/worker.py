@@ -27,11 +27,12 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
                  nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES, precision: str = "float32") -> None:
     """A worker: load the model (its CPU arithmetic `precision`, as `Enhancer.set_cpu_precision` takes it), say
     READY, then answer JOBs (and direct requests) until the broker goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us; first, so that a Ctrl-C at the terminal
+    #   while torch imports (~1.5 s) does not print this worker's traceback
     import torch
 
     from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us
     torch.set_num_threads(max(1, threads))
     model = Enhancer.from_pretrained(checkpoint)
     model.set_cpu_precision(precision)
