@@ -255,6 +255,36 @@ def test_no_block_is_left_after_close_stop_or_a_killed_server(identity_checkpoin
         stop_server(srv)
 
 
+def test_a_killed_standalone_server_leaves_no_temporary_folder(tmp_path, identity_checkpoint):
+    """`serve-enhancer` on its own keeps its workers' socket in a temporary folder of its own; SIGKILLed, it cannot
+    remove it, so its workers do when they notice (as they do its shared-memory folder)."""
+    import subprocess
+    import sys
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "neural_sensor.enhance.server", "--bind", "tcp://127.0.0.1:*",
+                             "--checkpoint", str(identity_checkpoint), "--threads", "1", "--ready-file", str(ready)],
+                            env={**os.environ, "TMPDIR": str(tmpdir)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        t_end = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < t_end:
+            time.sleep(0.1)
+        folders = list(tmpdir.glob("enhancer-*"))
+        assert ready.exists() and len(folders) == 1, folders
+        proc.kill()
+        proc.wait()
+        t_end = time.monotonic() + 30
+        while folders[0].exists() and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert not folders[0].exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_local_kill_removes_the_shared_memory_folder(identity_checkpoint):
     srv = start_server(checkpoint=identity_checkpoint, threads=1)
     folder = wire.shm_folder_for(srv.folder)

@@ -268,7 +268,7 @@ class Broker:
         proc = self._mp.Process(target=worker_main, name=f"enhancer-worker-{index}",
                                 args=(self.backend_endpoint, str(self.config.checkpoint), index, self._threads,
                                       None if self.shm_folder is None else str(self.shm_folder), self.nonce,
-                                      self.config.max_batch_frames, self.precision),
+                                      self.config.max_batch_frames, self.precision, self._tmp),
                                 daemon=True)
         with _SPAWN_LOCK:  # the worker starts with WORKER_ENV (a spawned process copies os.environ as it starts)
             saved = {name: os.environ.get(name) for name in WORKER_ENV}

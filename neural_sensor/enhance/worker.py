@@ -24,9 +24,11 @@ from neural_sensor.enhance.direct import DirectSockets, batches
 
 
 def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_folder: str | None = None,
-                 nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES, precision: str = "float32") -> None:
+                 nonce: str = "", max_batch_frames: int = wire.MAX_FRAMES, precision: str = "float32",
+                 broker_folder: str | None = None) -> None:
     """A worker: load the model (its CPU arithmetic `precision`, as `Enhancer.set_cpu_precision` takes it), say
-    READY, then answer JOBs (and direct requests) until the broker goes away."""
+    READY, then answer JOBs (and direct requests) until the broker goes away. broker_folder: the broker's own
+    temporary folder (its workers' socket), removed when the broker dies without doing it (a SIGKILL)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the broker stops us; first, so that a Ctrl-C at the terminal
     #   while torch imports (~1.5 s) does not print this worker's traceback
     import torch
@@ -63,8 +65,9 @@ def worker_main(backend: str, checkpoint: str, index: int, threads: int, shm_fol
             if os.getppid() != parent:  # the broker died: do not linger as an orphan, nor leave its blocks
                 blocks.close()
                 direct.close()
-                if shm_folder:
-                    shutil.rmtree(shm_folder, ignore_errors=True)
+                for folder in (shm_folder, broker_folder):
+                    if folder:
+                        shutil.rmtree(folder, ignore_errors=True)
                 return
         if sock in events:
             parts = sock.recv_multipart(copy=False)
