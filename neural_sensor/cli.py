@@ -21,8 +21,8 @@ from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
+from neural_sensor.testing import MIN_STREET_GAUSSIANS
 
-STREET_MIN_GAUSSIANS = 1_000  # testing.make_street_scene's least
 STREET_MAX_GAUSSIANS = 10_000_000  # 20 M at SH degree 3 peaked at 15.9 GB; 100 M was killed for memory (24 GB)
 
 
@@ -147,7 +147,7 @@ def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
     p_street = sub.add_parser("street", help="render the street benchmark scene from a 1-6 camera rig",
                               formatter_class=formatter_class)
     p_street.add_argument("--gaussians", type=int, default=300_000,
-                          help=f"Gaussian count ({STREET_MIN_GAUSSIANS:,}-{STREET_MAX_GAUSSIANS:,})")
+                          help=f"Gaussian count ({MIN_STREET_GAUSSIANS:,}-{STREET_MAX_GAUSSIANS:,})")
     p_street.add_argument("--cameras", type=int, default=6, help="rig cameras (1-6)")
     p_street.add_argument("--seed", type=seed_int, default=0, help="scene seed")
     p_street.add_argument("--sh-degree", type=int, default=1, help="SH degree 0-3")
@@ -184,8 +184,8 @@ def run_render_command(args: argparse.Namespace) -> dict:
 
         if not 1 <= args.cameras <= 6:
             raise ValueError(f"--cameras must be in 1..6, got {args.cameras}")
-        if not STREET_MIN_GAUSSIANS <= args.gaussians <= STREET_MAX_GAUSSIANS:
-            raise ValueError(f"--gaussians must be in {STREET_MIN_GAUSSIANS:,}..{STREET_MAX_GAUSSIANS:,} (the "
+        if not MIN_STREET_GAUSSIANS <= args.gaussians <= STREET_MAX_GAUSSIANS:
+            raise ValueError(f"--gaussians must be in {MIN_STREET_GAUSSIANS:,}..{STREET_MAX_GAUSSIANS:,} (the "
                              f"street's layout needs the least; the most keeps its arrays and the renderer's within a "
                              f"few GB), got {args.gaussians:,}")
         scene = make_street_scene(args.gaussians, seed=args.seed, sh_degree=args.sh_degree)

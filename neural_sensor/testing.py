@@ -69,6 +69,9 @@ def _split(total: int, weights: list[float]) -> list[int]:
     return counts.tolist()
 
 
+MIN_STREET_GAUSSIANS = 1000  # the street's layout needs at least this many
+
+
 def make_street_scene(n_gaussians: int = 100_000, *, seed: int = 0, sh_degree: int = 1) -> GaussianScene:
     """A seeded street of exactly `n_gaussians` Gaussians.
 
@@ -79,8 +82,8 @@ def make_street_scene(n_gaussians: int = 100_000, *, seed: int = 0, sh_degree: i
     Returns:
         GaussianScene with labels (CARLA ids) and instance ids (cars 1..).
     """
-    if n_gaussians < 1000:
-        raise ValueError(f"make_street_scene: n_gaussians must be >= 1000, got {n_gaussians}")
+    if n_gaussians < MIN_STREET_GAUSSIANS:
+        raise ValueError(f"make_street_scene: n_gaussians must be >= {MIN_STREET_GAUSSIANS}, got {n_gaussians}")
     rng = np.random.default_rng(seed)
     x0, x1 = STREET_X_RANGE_M
     length = x1 - x0

@@ -145,7 +145,7 @@ class EnhancerClient(SharedBlock):
     def _open(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        if "://[" in self.endpoint:  # an IPv6 address (tcp://[::1]:PORT); IPv4 ones stay on an IPv4 socket
+        if wire.is_ipv6(self.endpoint):
             sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -127,6 +127,12 @@ def is_loopback(endpoint: str) -> bool:
     return host.startswith(_LOOPBACK_HOSTS)
 
 
+def is_ipv6(endpoint: str) -> bool:
+    """True for a tcp:// endpoint on an IPv6 address (tcp://[::1]:PORT): its ZeroMQ socket needs the IPV6 option,
+    which an IPv4 one must not get (its bind would then name itself tcp://[::ffff:127.0.0.1]:PORT)."""
+    return endpoint.startswith("tcp://[")
+
+
 def shm_folder_for(server_folder: str | Path) -> Path:
     """Where a server whose own folder is `server_folder` keeps its shared blocks: /dev/shm/neural-sensor-<name>
     (memory, not disk) when /dev/shm is there, else `server_folder`/shm. Whoever removes the server's folder

@@ -158,8 +158,8 @@ class Broker:
         self._ctx = zmq.Context()
         self.frontend = self._ctx.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, 0)
-        if "://[" in config.bind:  # an IPv6 address (tcp://[::1]:PORT): with the option on, an IPv4 bind would
-            self.frontend.setsockopt(zmq.IPV6, 1)  # name itself as [::ffff:127.0.0.1], which no check calls loopback
+        if wire.is_ipv6(config.bind):
+            self.frontend.setsockopt(zmq.IPV6, 1)
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
         # up to twice the protocol limit still gets a LimitExceeded reply; beyond, libzmq drops the connection
         self.frontend.setsockopt(zmq.MAXMSGSIZE, 2 * wire.MAX_MESSAGE_BYTES)

@@ -229,11 +229,11 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
             f.clear()
     targets.clear()
     worker_ms = (time.perf_counter() - t_job) * 1000.0  # decode + model + encode, before packing
+    extra = {} if served_hash is None else {"checkpoint_hash": served_hash}
     for key, req in requests.items():
         if key in failed:
             replies.append((key, False, wire.error_reply(req.request_id, "WorkerError", failed[key])))
             continue
-        extra = {} if served_hash is None else {"checkpoint_hash": served_hash}
         replies.append((key, True, wire.ok_reply(req.request_id, frames=encoded[key], model_ms=round(model_ms, 3),
                                                  worker_ms=round(worker_ms, 3), **extra)))
     return replies
