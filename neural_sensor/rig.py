@@ -364,7 +364,8 @@ class NeuralSensorRig:
             frame.meta["enhance_ms"] = result.latency_ms
             if result.rgb is not None:
                 frame.rgb = result.rgb[i]
-                frame.meta.update(enhanced=True, enhancer_reason="", enhancer_model_ms=result.model_ms)
+                frame.meta.update(enhanced=True, enhancer_reason="", enhancer_model_ms=result.model_ms,
+                                  enhancer_path=getattr(result, "path", ""))
             else:
                 frame.meta["enhancer_reason"] = result.reason
 

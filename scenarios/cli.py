@@ -650,6 +650,8 @@ def _raw_ticks_line(enhancer: dict, ticks: int) -> str:
     reason, count = next(iter(reasons.items()))
     if reason.startswith("no reply from the enhancer"):
         hint = f"it missed its {enhancer['deadline_ms']:g} ms deadline: a busy host, or --enhancer-deadline-ms"
+    elif "NotReady" in reason:
+        hint = "the server was starting or restarting: its workers were loading the checkpoint"
     elif "not connected" in reason or reason.startswith("no connection"):
         hint = "the connection to the server was lost: is it still running?"
     else:

@@ -379,6 +379,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     ticks_enhanced = 0
     raw_reasons: dict[str, int] = {}  # why the ticks the enhancer did not refine got the raw render, counted
     transport_ms: list[float] = []  # per enhanced tick: the enhancer's round trip above its model time
+    routes: dict[str, int] = {}  # enhanced ticks per path they travelled ("shm/direct", ...)
     tick_ms: list[float] = []
     truth_psnr: dict[str, list[float]] = {spec.sensor_id: [] for spec in specs}
     try:
@@ -446,6 +447,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 raw_reasons[reason] = raw_reasons.get(reason, 0) + 1
             if first.meta["enhanced"] and first.meta.get("enhancer_model_ms") is not None:
                 transport_ms.append(enhance_ms - first.meta["enhancer_model_ms"])
+            if first.meta["enhanced"] and first.meta.get("enhancer_path"):
+                routes[first.meta["enhancer_path"]] = routes.get(first.meta["enhancer_path"], 0) + 1
             record = {
                 "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
                 "ego": {"x_m": round(float(snapshot.ego.position_m[0]), 3),
@@ -528,7 +531,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 **{k: v for k, v in (rig.enhancer.model or {}).items() if v is not None},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
                 "raw_reasons": dict(sorted(raw_reasons.items(), key=lambda kv: -kv[1])),  # most frequent first
-                "transport": f"{rig.enhancer.transport}/{rig.enhancer.route}",  # the path at the end of the run
+                # the path most enhanced ticks took, and how many took each
+                "transport": max(routes, key=routes.get) if routes else None, "transport_ticks": routes,
                 "transport_ms_median": _median(transport_ms) if transport_ms else None},
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -309,6 +309,9 @@ def test_scenario_runs_with_a_local_enhancer(tmp_path, identity_checkpoint):
                                                 enhancer_deadline_ms=10_000,
                                                 enhancer_checkpoint=identity_checkpoint))
     assert summary["enhancer"]["ticks_enhanced"] == 4 and summary["enhancer"]["model_name"] == "identity"
+    # the paths the enhanced ticks took (not the one planned for a tick after the last)
+    assert summary["enhancer"]["transport_ticks"] == {"shm/direct": 4}
+    assert summary["enhancer"]["transport"] == "shm/direct"
     assert summary["stage_ms_median"]["enhance"] > 0
 
 
@@ -633,3 +636,26 @@ def test_an_ipc_server_removes_its_socket_file_when_it_stops(tmp_path, identity_
         broker.stop()
         thread.join()
     assert not path.exists()
+
+
+def test_an_enhance_while_no_worker_holds_the_model_is_answered_not_ready_at_once(identity_checkpoint, monkeypatch):
+    """A server starting (or restarting every worker) answers an enhance NotReady instead of letting it wait out the
+    client's deadline, so a run's raw ticks say why (the CLI's line names a (re)starting server, not the deadline)."""
+    from neural_sensor.enhance import server as server_module
+    from scenarios.cli import _raw_ticks_line
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)  # workers that never load
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        with EnhancerClient(broker.endpoint, deadline_ms=60_000) as client:
+            assert client.hello()["workers_ready"] == 0
+            result = client.enhance(_frames(31))
+            assert not result.enhanced and "NotReady" in result.reason and "0 of 1 ready" in result.reason
+            assert "no reply" not in result.reason  # answered, not timed out
+    finally:
+        broker.stop()
+        thread.join(10)
+    line = _raw_ticks_line({"ticks_raw": 1, "deadline_ms": 1000.0, "raw_reasons": {result.reason: 1}}, 1)
+    assert "starting or restarting" in line and "deadline" not in line

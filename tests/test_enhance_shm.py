@@ -305,7 +305,7 @@ def test_client_uses_bytes_when_the_server_offers_no_shared_memory(identity_chec
         with EnhancerClient(srv.endpoint, deadline_ms=10_000) as client:
             assert "shm" not in client.hello()
             result = client.enhance(frames)
-            assert result.enhanced and client.transport == "bytes", result.reason
+            assert result.enhanced and client.transport == "bytes" and result.path == "bytes/broker", result.reason
             np.testing.assert_array_equal(result.rgb[0], wire.to_float(wire.like(frames[0]["rgb"], np.uint8)))
 
 
@@ -364,6 +364,7 @@ def test_direct_path_equals_the_broker_path_and_is_counted(server):
             a, b = direct.enhance(frames), brokered.enhance(frames)
             assert a.enhanced and b.enhanced, (a.reason, b.reason)
             assert direct.route == "direct" and a.model_ms is not None
+            assert (a.path, b.path) == ("shm/direct", "shm/broker")  # the path each tick took, as the run counts it
             for x, y in zip(a.rgb, b.rgb):
                 np.testing.assert_array_equal(x, y)
         t_end = time.monotonic() + 10  # the worker reports to the broker after it answers: soon, not at once

@@ -83,6 +83,7 @@ class EnhanceResult:
     latency_ms: float  # request send to reply (or to giving up)
     model_ms: float | None = None  # the server's model time for the batch
     worker_ms: float | None = None  # the worker's decode + model + encode time for the batch
+    path: str = ""  # how an enhanced tick travelled: "shm/direct", "shm/broker" or "bytes/broker" ("" when not)
 
     @property
     def enhanced(self) -> bool:
@@ -408,7 +409,7 @@ class EnhancerClient(SharedBlock):
         if any(isinstance(o["rgb"], wire.ShmRef) for o in reply["frames"]):
             return EnhanceResult(None, "enhancer reply names a shared block; this request sent bytes", latency)
         return EnhanceResult(_decode([o["rgb"] for o in reply["frames"]], out), "", latency, reply.get("model_ms"),
-                             reply.get("worker_ms"))
+                             reply.get("worker_ms"), "bytes/broker")
 
     def _enhance_shm(self, frames: list[dict], budget: float, start: float,
                      out: list[np.ndarray] | None = None) -> EnhanceResult | None:
@@ -433,6 +434,7 @@ class EnhancerClient(SharedBlock):
         if self._direct_path is not None and remaining > 0 and len(payload) <= wire.DIRECT_MAX_BYTES:
             reply = self._exchange_direct(payload, rid, remaining, budget)  # None: the socket is gone: the broker
             remaining = budget - (time.monotonic() - start) * 1000.0
+        path = "shm/direct" if reply is not None else "shm/broker"
         if reply is None:
             reply = (self._exchange(payload, rid, remaining, wait_connect=False, deadline_ms=budget)
                      if remaining > 0 else f"no reply from the enhancer at {self.endpoint} within {_ms(budget)} ms")
@@ -453,7 +455,7 @@ class EnhancerClient(SharedBlock):
         # copies, unless the reply already lies in `out` (the lent "enhanced" arrays): the block is reused next tick
         rgb = _decode([ref.view(mapping) for ref in reply_refs], out)
         return EnhanceResult(rgb, "", (time.monotonic() - start) * 1000.0, reply.get("model_ms"),
-                             reply.get("worker_ms"))
+                             reply.get("worker_ms"), path)
 
     def _exchange_direct(self, payload: bytes, request_id: str, budget_ms: float,
                          deadline_ms: float | None = None) -> dict | str | None:

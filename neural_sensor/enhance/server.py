@@ -8,7 +8,8 @@ at once and never reaches a worker. "hello" and "stats" are answered by the brok
 "enhance" requests queue until a worker is free, and the requests waiting at that
 moment go to it together (up to `max_batch_frames` frames), so frames of one size
 from several clients run as one model batch. Requests that waited longer than their
-own deadline_ms are answered DeadlineExceeded instead of computed. Workers are
+own deadline_ms are answered DeadlineExceeded instead of computed; while no worker holds the model (the server
+starting, or its only workers restarting) an enhance is answered NotReady at once. Workers are
 processes (worker.py; spawned, each loads the checkpoint) on a ROUTER over ipc://; a worker that
 dies is restarted and the requests it held get WorkerError replies. `--precision` sets the model's
 arithmetic on a CPU (precision.py): auto, the default, is bfloat16 where the CPU has AMX (an Intel Xeon of the
@@ -350,6 +351,10 @@ class Broker:
             self._reply(envelope, wire.error_reply(req.request_id, "SharedMemoryError",
                                                    "this server offers no shared memory to that nonce (hello "
                                                    "again)"), False)
+        elif not self._identity_of:  # no worker holds the model (starting, or every one restarting): say so now
+            self._reply(envelope, wire.error_reply(req.request_id, "NotReady",
+                                                   f"the server's workers are still loading the checkpoint (0 of "
+                                                   f"{self.config.workers} ready)"), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
