@@ -654,8 +654,44 @@ def test_an_enhance_while_no_worker_holds_the_model_is_answered_not_ready_at_onc
             result = client.enhance(_frames(31))
             assert not result.enhanced and "NotReady" in result.reason and "0 of 1 ready" in result.reason
             assert "no reply" not in result.reason  # answered, not timed out
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:  # a request without a deadline waits for a worker
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(broker.endpoint)
+            raw.send_multipart([b"", wire.make_request("enhance", "patient", _frames(32, n=1))])
+            assert raw.poll(500) == 0
+            with EnhancerClient(broker.endpoint, deadline_ms=60_000) as client:
+                assert client.stats()["queued"] == 1
     finally:
         broker.stop()
         thread.join(10)
     line = _raw_ticks_line({"ticks_raw": 1, "deadline_ms": 1000.0, "raw_reasons": {result.reason: 1}}, 1)
     assert "starting or restarting" in line and "deadline" not in line
+
+
+def test_requests_waiting_when_the_last_worker_dies_are_answered_not_ready(identity_checkpoint, monkeypatch):
+    """The queue is answered as new requests are: NotReady for a request with a deadline, the one without waits."""
+    from types import SimpleNamespace
+
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    try:
+        broker._identity_of[0] = b"w0-123"  # a worker that holds the model (and is busy: none is free)
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(broker.endpoint)
+            raw.send_multipart([b"", wire.make_request("enhance", "hurried", _frames(33, n=1), deadline_ms=60_000)])
+            raw.send_multipart([b"", wire.make_request("enhance", "patient", _frames(34, n=1))])
+            while len(broker._queue) < 2:
+                assert broker.frontend.poll(5000)
+                broker._on_frontend()
+            broker._procs[0] = SimpleNamespace(is_alive=lambda: False, pid=123, exitcode=-9)
+            broker._check_workers()
+            assert raw.poll(5000)
+            reply = msgpack.unpackb(raw.recv_multipart()[-1])
+            assert reply["id"] == "hurried" and reply["error"]["type"] == "NotReady", reply
+            assert [item[1] for item in broker._queue] == ["patient"] and raw.poll(200) == 0
+    finally:
+        broker._procs.clear()  # the stand-in has no process to join
+        broker.close()

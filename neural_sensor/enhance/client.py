@@ -1,7 +1,7 @@
 """EnhancerClient: Lazy-Pirate ZeroMQ client with a per-request deadline; never stalls a tick.
 
     client = EnhancerClient("tcp://127.0.0.1:5555", deadline_ms=1000)
-    client.hello()                          # versions, model, checkpoint hash (raises if incompatible)
+    client.wait_ready()                     # hello until a worker holds the model (raises if incompatible)
     result = client.enhance(frames)         # frames: [{"camera", "rgb", "depth", "alpha"}, ...]
     result.rgb                              # [H, W, 3] float32 per frame, or None with result.reason
 

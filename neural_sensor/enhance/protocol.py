@@ -28,7 +28,8 @@ little endian)}. Allowed per field (anything else is refused with a named error)
   reference_valid  [H,W]    bool | uint8
 with 1 <= H, W <= MAX_SIDE. Messages over MAX_MESSAGE_BYTES are refused before parsing.
 Error types: BadMessage, VersionMismatch, BadRequest, LimitExceeded, WorkerError, DeadlineExceeded,
-SharedMemoryError, NotReady (no worker has loaded the model yet).
+SharedMemoryError, NotReady (a request with a deadline while no worker holds the model: the server starting, or
+every worker restarting).
 
 Shared memory (same host only, negotiated at hello): a server that offers it says so in its hello,
 "shm": {"folder": str, "nonce": str}; a client proves it sees the same files by reading FOLDER/nonce.

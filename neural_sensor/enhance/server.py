@@ -9,7 +9,8 @@ at once and never reaches a worker. "hello" and "stats" are answered by the brok
 moment go to it together (up to `max_batch_frames` frames), so frames of one size
 from several clients run as one model batch. Requests that waited longer than their
 own deadline_ms are answered DeadlineExceeded instead of computed; while no worker holds the model (the server
-starting, or its only workers restarting) an enhance is answered NotReady at once. Workers are
+starting, or every worker restarting) an enhance with a deadline is answered NotReady at once (one without waits).
+Workers are
 processes (worker.py; spawned, each loads the checkpoint) on a ROUTER over ipc://; a worker that
 dies is restarted and the requests it held get WorkerError replies. `--precision` sets the model's
 arithmetic on a CPU (precision.py): auto, the default, is bfloat16 where the CPU has AMX (an Intel Xeon of the
@@ -351,14 +352,16 @@ class Broker:
             self._reply(envelope, wire.error_reply(req.request_id, "SharedMemoryError",
                                                    "this server offers no shared memory to that nonce (hello "
                                                    "again)"), False)
-        elif not self._identity_of:  # no worker holds the model (starting, or every one restarting): say so now
-            self._reply(envelope, wire.error_reply(req.request_id, "NotReady",
-                                                   f"the server's workers are still loading the checkpoint (0 of "
-                                                   f"{self.config.workers} ready)"), False)
+        elif not self._identity_of and req.deadline_ms is not None:  # no worker holds the model: say so now
+            self._reply(envelope, self._not_ready(req.request_id), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
                                 len(req.frames)))
+
+    def _not_ready(self, request_id) -> bytes:
+        return wire.error_reply(request_id, "NotReady", f"the server's workers are still loading the checkpoint "
+                                                        f"(0 of {self.config.workers} ready)")
 
     def _on_backend(self) -> None:
         parts = self.backend.recv_multipart()
@@ -458,6 +461,14 @@ class Broker:
                 for envelope, rid, _ in self._inflight.pop(identity, []):
                     self._reply(envelope, wire.error_reply(rid, "WorkerError",
                                                            f"worker {index} died (exit code {proc.exitcode})"), False)
+            if not self._identity_of:  # the last worker that held the model: what waits for one with a deadline
+                kept = deque()         # is answered now, as a request arriving meanwhile will be
+                for item in self._queue:
+                    if item[4] is None:
+                        kept.append(item)
+                    else:
+                        self._reply(item[0], self._not_ready(item[1]), False)
+                self._queue = kept
             if self._stop.is_set():
                 continue
             self.counters["worker_restarts"] += 1
