@@ -46,6 +46,8 @@ class AgentSpec:
     cross: walk / ride from `start_xy_m` along `heading_rad` at `speed_mps` for `distance_m`, once the ego is
         within `trigger_m` (straight-line distance).
     parked: stand at `start_xy_m`, `heading_rad`.
+    An agent's speed is `speed_mps` times a factor in [0.95, 1.05] drawn from the simulator's seed (the run's --seed),
+    as traffic varies; the same seed gives the same speeds.
     """
 
     agent_id: int
@@ -167,17 +169,29 @@ def _obb_overlap(a: AgentState, b: AgentState) -> bool:
     return za < zb + b.size_m[2] and zb < za + a.size_m[2]
 
 
+def _centre_inside(a: AgentState, box: AgentState) -> bool:
+    """Whether a's footprint centre lies inside box's footprint."""
+    local = box.pose_agent_to_world[:2, :2].T @ (a.pose_agent_to_world[:2, 3] - box.pose_agent_to_world[:2, 3])
+    return bool(abs(local[0]) < 0.5 * box.size_m[0] and abs(local[1]) < 0.5 * box.size_m[1])
+
+
 def _near(a: AgentState, b: AgentState) -> bool:
     """Cheap pre-test for the box overlap: centres closer than the sum of the boxes' half diagonals."""
     reach = 0.5 * (math.hypot(a.size_m[0], a.size_m[1]) + math.hypot(b.size_m[0], b.size_m[1]))
     return float(np.linalg.norm(a.position_m[:2] - b.position_m[:2])) < reach
 
 
-def _check_start_overlaps(start: WorldSnapshot, static: list[AgentState]) -> None:
-    """ValueError naming two actors (the ego, agents) whose boxes overlap where they start, or the ego starting in
-    an object of the layout (a parked car, a tree, a building): the first tick would be a collision the scenario did
-    not mean. An agent may start in an object's box (a pedestrian under a tree's crown: the boxes are coarse, and
-    only the ego's collisions are judged)."""
+SOLID_CLASSES = ("building", "parked_vehicle")  # layout objects no agent may start inside
+
+
+def _check_start_overlaps(start: WorldSnapshot, static: list[AgentState], classes: list[str]) -> None:
+    """ValueError naming two actors (the ego, agents) whose boxes overlap where they start, the ego starting in
+    an object of the layout (a parked car, a tree, a building), or an agent whose centre starts inside a building or
+    a parked car (static[i] of class classes[i]): the first tick would be a collision the scenario did not mean, or
+    an agent the cameras cannot see. An agent may graze such a box (a truck in the outer lane beside a parked car)
+    and start in a tree's, pole's or sign's (a pedestrian under a tree's crown: those boxes are coarse, and only the
+    ego's collisions are judged)."""
+    assert len(static) == len(classes), (len(static), len(classes))
     actors = [start.ego, *start.agents]
     name = {a.agent_id: ("the ego" if a.agent_id == EGO_ID else f"agent {a.agent_id}") for a in actors}
     for i, a in enumerate(actors):
@@ -189,6 +203,13 @@ def _check_start_overlaps(start: WorldSnapshot, static: list[AgentState]) -> Non
         if _near(start.ego, box) and _obb_overlap(start.ego, box):
             raise ValueError(f"the ego starts inside an object of the layout (a parked car, a tree, a building) at "
                              f"({box.position_m[0]:.1f}, {box.position_m[1]:.1f}): move it")
+    for agent in start.agents:  # its centre inside (grazing one, as a truck in the outer lane may, is allowed)
+        for box, cls in zip(static, classes):
+            if cls in SOLID_CLASSES and _near(agent, box) and _centre_inside(agent, box):
+                what = "a building" if cls == "building" else "a parked car of the layout"
+                raise ValueError(f"agent {agent.agent_id} starts inside {what} (its box centred at "
+                                 f"({box.position_m[0]:.1f}, {box.position_m[1]:.1f})), where no camera would see it: "
+                                 f"move it")
 
 
 class EmbeddedSimulator:
@@ -259,7 +280,7 @@ class EmbeddedSimulator:
         self._control = VehicleControl()
         self._frame = int(start_frame)
         self._steps = -1  # the first tick returns the initial state
-        _check_start_overlaps(self._snapshot(), self._static)
+        _check_start_overlaps(self._snapshot(), self._static, [box.cls for box in layout.objects])
 
     # ------------------------------------------------------------------ API
     def set_ego_state(self, xy_m: np.ndarray, yaw_rad: float, speed_mps: float) -> None:

@@ -132,7 +132,8 @@ def scene_source(scene: str) -> tuple[str, Path | None]:
 
 
 def load_scenario(name: str, seed: int = 0) -> Scenario:
-    """The Scenario of a built-in name, a Python file (`path/to/my_scenario.py`) or a module (`package.module`).
+    """The Scenario of a built-in name, a Python file (`path/to/my_scenario.py`) or a module (`package.module`, or
+    a top-level `module`, on the PYTHONPATH or in the current folder).
 
     A file or module must define `make_scenario(seed: int) -> Scenario`; ValueError names what is wrong.
     """
@@ -144,11 +145,15 @@ def load_scenario(name: str, seed: int = 0) -> Scenario:
     elif name.endswith(".py") or os.sep in name or "/" in name or Path(name).is_file():
         # any existing file goes to the file loader, which names a non-.py one as such
         module, where = module_from_file(Path(name)), f"scenario file {name}"
-    elif "." in name:
+    elif "." in name or name.isidentifier():  # a module on the PYTHONPATH (or beside us), dotted or not
         where = f"scenario module {name!r}"
         try:
             module = import_user_module(name)
         except ImportError as err:
+            if "." not in name and isinstance(err, ModuleNotFoundError) and err.name == name:
+                raise ValueError(f"unknown scenario {name!r}: use a built-in name ({', '.join(SCENARIOS)}), a path "
+                                 "to a .py file, or a module on the PYTHONPATH defining make_scenario(seed) (no "
+                                 f"module {name!r} there)") from None
             raise ValueError(f"cannot import {where}: {err}") from None
     else:
         raise ValueError(f"unknown scenario {name!r}: use a built-in name ({', '.join(SCENARIOS)}), "
@@ -495,7 +500,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         from PIL import Image
 
         strip = mosaic(last_images, columns=len(last_images))
-        label_tiles(strip, list(frames), tile_width=strip.shape[1] // len(last_images))  # which camera is which
+        # which camera is which (with --truth each camera's tile is its delivered image, then the builder's)
+        names = [name for sid in frames for name in ((sid, f"{sid} truth") if truth_rig is not None else (sid,))]
+        label_tiles(strip, names, tile_width=strip.shape[1] // len(names))
         Image.fromarray(strip).save(tmp / "strip.png")
         paths = {"log": str(out_dir / "log.jsonl"), "strip": str(out_dir / "strip.png")}
         if options.video:

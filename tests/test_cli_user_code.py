@@ -96,6 +96,21 @@ def test_user_scenario_file_and_module(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="cannot import"):
         load_scenario("no_such_package.scenario")
+    # a top-level module on the PYTHONPATH, as the README says ("unknown scenario" before)
+    (tmp_path / "top_level_leader.py").write_text(USER_SCENARIO)
+    (tmp_path / "top_level_broken.py").write_text("import no_such_module_here\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert load_scenario("top_level_leader").name == "slow_leader"
+        with pytest.raises(ValueError, match="cannot import scenario module 'top_level_broken'.*no_such_module_here"):
+            load_scenario("top_level_broken")
+        with pytest.raises(ValueError, match="unknown scenario 'cut_inn'.*no module 'cut_inn' there"):
+            load_scenario("cut_inn")
+    finally:
+        sys.path.remove(str(tmp_path))
+        for module in ("top_level_leader", "top_level_broken"):
+            sys.modules.pop(module, None)
 
 
 def test_too_many_ticks_stop_at_the_end_of_the_route(tmp_path):

@@ -318,6 +318,12 @@ def test_a_new_users_log_mistakes_are_named(tmp_path):
     log = _tiny_log(tmp_path, "no_extension")
     _edit(log, lambda d: d["frames"][1].__setitem__("file_path", d["frames"][1]["file_path"][:-4]))
     _expect(log, "image file missing (the folder holds 000001_CAM_B.png: name the file in full, with its extension)")
+    log = _tiny_log(tmp_path, "null")  # json's null became NaN and was named as one
+    _edit(log, lambda d: d["frames"][2]["transform_matrix"][0].__setitem__(3, None))
+    _expect(log, "frame 2", "transform_matrix must be a [4, 4] array of numbers (holds null)")
+    log = _tiny_log(tmp_path, "twice")  # a frame listed twice was read as two views of one image
+    _edit(log, lambda d: d["frames"].append(dict(d["frames"][0])))
+    _expect(log, "frame 3", "frame 0 already names this image: list each image once")
     log = _tiny_log(tmp_path, "bom")
     (log / "transforms.json").write_bytes(b"\xef\xbb\xbf" + (log / "transforms.json").read_bytes())
     assert read_drive_log(log)[0].shape[0] == len(json.loads((log / "transforms.json").read_text("utf-8-sig"))[

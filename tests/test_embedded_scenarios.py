@@ -351,6 +351,7 @@ def test_truth_puts_the_builder_render_beside_each_camera_and_logs_psnr(tmp_path
     assert all(v is None or v >= 25.0 for v in values) and any(v is not None for v in values), values
     strip = np.asarray(Image.open(tmp_path / "same" / "strip.png"))
     assert strip.shape[1] == 6 * 2 * 64  # each camera with its ground truth beside it
+    assert all((strip[0, x] == 0).all() for x in range(0, 6 * 2 * 64, 64))  # both halves labelled (black boxes)
     recon = run_scenario("lane_change", RunOptions(out_dir=tmp_path / "recon", truth=True, scene="reconstruction",
                                                    **common))
     values = list(recon["truth_psnr_db_median"].values())
@@ -401,7 +402,9 @@ def test_scenario_fields_are_checked_by_name():
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(7, lane=9)])
     with pytest.raises(ValueError, match=r"agent 3: start_xy_m \(500.0, 500.0\) is \d+ m from the nearest lane"):
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(500.0, 500.0))])
-    EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(30.0, -8.0))])  # a verge
+    EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(30.0, -5.0))])  # a verge
+    with pytest.raises(ValueError, match="agent 3 starts inside a building"):  # 1.5 m past the pavement
+        EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", start_xy_m=(30.0, -8.0))])
     with pytest.raises(ValueError, match="a 'parked' agent starts at start_xy_m"):  # not silently at (0, 0)
         EmbeddedSimulator(layout, EgoStart(), [AgentSpec(3, "car", "parked", lane=1, start_s_m=20.0)])
     with pytest.raises(ValueError, match=r"agent 3: start_s_m 400 is not on lane 0 \(its length is"):
@@ -595,3 +598,25 @@ def test_route_deviation_fails_an_ego_that_leaves_its_route():
     pose = pose_from_xyz_yaw(75.0, y0, 0.0, 0.0)  # 15 m straight on past the corner at x = 60
     state.update(WorldSnapshot(1, 0.05, AgentState(0, "car", (4.5, 1.9, 1.5), pose, 10.0)))
     assert state.results()["route_deviation"]["value_m"] == pytest.approx(15.0, abs=1e-6)  # was 0
+
+
+def test_an_agent_starting_inside_a_building_or_a_parked_car_is_refused():
+    """A parked agent placed inside a building or on the layout's own parked car is refused by name (the cameras
+    would never see it); one beside a parked car's box, or under a tree, is not."""
+    layout = straight_road(120.0, parked_car_density=1.0)
+    by_class = {}
+    for box in layout.objects:
+        by_class.setdefault(box.cls, box)
+    ego = EgoStart(lane=0, start_s_m=5.0)
+    for cls, what in (("building", "a building"), ("parked_vehicle", "a parked car of the layout")):
+        x, y, _ = by_class[cls].centre_m
+        with pytest.raises(ValueError, match=f"agent 7 starts inside {what}"):
+            EmbeddedSimulator(layout, ego, [AgentSpec(7, "pedestrian", "parked", start_xy_m=(x + 0.3, y))])
+    car = by_class["parked_vehicle"]
+    x, y, _ = car.centre_m
+    half_m = 0.5 * (car.size_m[1] + 0.6)  # a pedestrian's centre just off the car's long side
+    beside = (x - math.sin(car.yaw_rad) * half_m, y + math.cos(car.yaw_rad) * half_m)
+    EmbeddedSimulator(layout, ego, [AgentSpec(7, "pedestrian", "parked", start_xy_m=beside)])
+    if "vegetation" in by_class:
+        tree = by_class["vegetation"].centre_m
+        EmbeddedSimulator(layout, ego, [AgentSpec(7, "pedestrian", "parked", start_xy_m=tree[:2])])

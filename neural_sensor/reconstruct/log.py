@@ -396,8 +396,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
     Raises:
         DriveLogError (a ValueError) naming the file and the frame: malformed JSON, missing keys, a missing or
         unreadable image, an image whose size is not the frame's w x h, a NaN or non-rigid transform_matrix or
-        pose_ego_to_world, one of our optional keys of the wrong type, a distortion model, images of different
-        sizes (without `size`).
+        pose_ego_to_world (a null in it named as such), one of our optional keys of the wrong type, a distortion
+        model, images of different sizes (without `size`), an image listed twice.
     """
     folder = drive_log_folder(folder)
     data, _ = _load_transforms(folder)
@@ -413,8 +413,13 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         size = (int(size[0]), int(size[1]))
     images, cameras, frames_meta, sizes = [], [], [], []
     first_size = None
+    seen_files: dict[str, int] = {}
     for i, frame in enumerate(tqdm(data["frames"], desc="reading drive log", unit="image", disable=not progress)):
         file = frame["file_path"]
+        if os.path.normpath(file) in seen_files:  # one image twice would weigh twice in the reconstruction
+            raise DriveLogError(folder, f"frame {seen_files[os.path.normpath(file)]} already names this image: "
+                                        "list each image once", frame=i, file=file)
+        seen_files[os.path.normpath(file)] = i
         for key in DISTORTION_KEYS:
             value = data.get(key, frame.get(key, 0.0))
             if not is_json_number(value):  # true / "0.1" are not coefficients
@@ -438,9 +443,14 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",
                                 frame=i, file=file)
         try:
-            matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DriveLogError(folder, "transform_matrix must be a [4, 4] array of numbers", frame=i,
+            entries = np.asarray(frame["transform_matrix"], dtype=object)
+            if not all(is_json_number(v) for v in entries.reshape(-1)):  # null / true / "1" (null read as NaN)
+                bad = next(v for v in entries.reshape(-1) if not is_json_number(v))
+                raise ValueError(f"holds {json.dumps(bad, default=repr)}")
+            matrix = entries.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            said = f" ({err})" if str(err).startswith("holds") else ""
+            raise DriveLogError(folder, f"transform_matrix must be a [4, 4] array of numbers{said}", frame=i,
                                 file=file) from None
         if matrix.shape == (3, 4):  # instant-ngp style, the homogeneous row left out
             matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
