@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neural_sensor.camera import MAX_SIDE_PX
+
 _log = logging.getLogger("carla_bridge")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -206,6 +208,9 @@ def camera_settings(type_id: str, attributes: dict, strict: bool = True, default
     for key in ("image_size_x", "image_size_y"):
         if values[key] <= 0:
             raise ValueError(f"{type_id}: {key} must be a positive integer, got {strings[key]!r}")
+        if values[key] > MAX_SIDE_PX:  # CARLA itself would try; a 100000-wide render here exhausts memory
+            raise ValueError(f"{type_id}: {key} {values[key]} is over the largest side the neural camera renders "
+                             f"({MAX_SIDE_PX} pixels)")
     if not 0.0 < values["fov"] < 180.0:
         raise ValueError(f"{type_id}: fov must be in (0, 180) degrees, got {strings['fov']!r}")
     if values["sensor_tick"] < 0.0:

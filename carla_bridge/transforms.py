@@ -78,6 +78,8 @@ def camera_pose_from_ue(matrix_ue: np.ndarray) -> np.ndarray:
 
 def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     """A leaderboard sensor dict (id, x, y, z, roll, pitch, yaw, width, height, fov; UE, degrees) as a SensorSpec.
+    width, height and fov may also be numeric strings, and width / height whole floats: the leaderboard sends them
+    to CARLA as str(value), which CARLA parses.
 
     Raises ValueError naming the sensor and the missing or bad value.
     """
@@ -97,18 +99,34 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     values = {}
     for key in ("x", "y", "z", "roll", "pitch", "yaw", "fov"):
         value = sensor[key]
+        if key == "fov" and isinstance(value, str):  # the leaderboard sends it as str(fov): CARLA parses it
+            value = _number_text(value, value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {value!r}")
+            raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {sensor[key]!r}")
         values[key] = float(value)
-    for key in ("width", "height"):
-        value = sensor[key]
+    sizes = {}
+    for key in ("width", "height"):  # also as str(width) or 800.0, as the leaderboard's str() passes them on
+        value = _number_text(sensor[key], None) if isinstance(sensor[key], str) else sensor[key]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"sensor {name!r}: {key} must be a positive integer, got {value!r}")
+            raise ValueError(f"sensor {name!r}: {key} must be a positive integer, got {sensor[key]!r}")
+        sizes[key] = int(value)
     if not 0.0 < values["fov"] < 180.0:
         raise ValueError(f"sensor {name!r}: fov must be in (0, 180) degrees, got {values['fov']}")
     matrix = ue_matrix(values["x"], values["y"], values["z"], values["roll"], values["pitch"], values["yaw"])
-    return SensorSpec(str(sensor["id"]), int(sensor["width"]), int(sensor["height"]), values["fov"],
-                      camera_pose_from_ue(matrix))
+    return SensorSpec(str(sensor["id"]), sizes["width"], sizes["height"], values["fov"], camera_pose_from_ue(matrix))
+
+
+def _number_text(text: str, otherwise):
+    """The int or float a numeric string spells ("800" -> 800, "90.0" -> 90.0), else `otherwise`."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return otherwise
 
 
 def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec]:

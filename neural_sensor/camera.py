@@ -16,6 +16,8 @@ import numpy as np
 
 from neural_sensor.poses import check_pose
 
+MAX_SIDE_PX = 8192  # the largest image side a camera of this tool renders (20000 x 20000 is a typo, not a plan)
+
 
 @dataclass(frozen=True, eq=False)
 class Camera:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_sensor.camera import Camera
+from neural_sensor.camera import MAX_SIDE_PX, Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
@@ -113,7 +113,6 @@ def _render_and_save(scene: GaussianScene, cameras: list[Camera], opts: ViewOpti
             "size": [opts.width, opts.height], "render_ms_first_call": round(elapsed_ms, 1)}
 
 
-MAX_SIDE_PX = 8192  # the largest image side the CLI renders (a 20000 x 20000 request is a typo, not a plan)
 
 
 def check_view_options(opts: ViewOptions) -> None:

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from neural_sensor.assets import compose, make_asset
-from neural_sensor.camera import Camera
+from neural_sensor.camera import MAX_SIDE_PX, Camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.poses import check_pose
 from neural_sensor.render import LOD_PX, render, resolve_backend
@@ -95,8 +95,11 @@ class SensorSpec:
             raise ValueError(f"sensor id must be a non-empty string, got {self.sensor_id!r}")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"sensor {self.sensor_id!r}: {name} must be a positive integer, got {value!r}")
+            if value > MAX_SIDE_PX:
+                raise ValueError(f"sensor {self.sensor_id!r}: {name} {value} pixels is over the largest side this "
+                                 f"tool renders ({MAX_SIDE_PX})")
         if not (isinstance(self.fov_deg, (int, float)) and 0 < self.fov_deg < 180):
             raise ValueError(f"sensor {self.sensor_id!r}: fov must be in (0, 180) degrees, got {self.fov_deg!r}")
         object.__setattr__(self, "pose_camera_to_ego",

@@ -27,7 +27,9 @@ RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4",  # what a
 
 
 def mosaic(frames: list[np.ndarray], columns: int = 3) -> np.ndarray:
-    """Tile [H, W, 3] uint8 images into a grid with even width and height (video encoders need it)."""
+    """Tile [H, W, 3] uint8 images into a grid of at most `columns` columns (no more than there are images) with
+    even width and height (video encoders need it)."""
+    columns = min(columns, len(frames))  # two cameras: two tiles wide, not a third one left black
     h, w = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)  # cameras may differ in size
     rows = -(-len(frames) // columns)
     out = np.zeros((rows * h + (rows * h) % 2, columns * w + (columns * w) % 2, 3), np.uint8)
@@ -61,6 +63,7 @@ VIDEO_MAX_SIDE_PX = 16384  # libx264 opens no encoder for a longer side (it then
 def check_video_size(specs: list, columns: int = 3, truth: bool = False) -> tuple[int, int]:
     """(width, height) of the video's mosaic of these cameras (each beside its truth with --truth); ValueError
     where a side passes VIDEO_MAX_SIDE_PX, naming the cameras' size and the ways out."""
+    columns = min(columns, len(specs))  # as `mosaic` lays them out
     width = max(spec.width for spec in specs) * (2 if truth else 1)
     height = max(spec.height for spec in specs)
     rows = -(-len(specs) // columns)

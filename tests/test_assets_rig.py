@@ -97,6 +97,9 @@ def test_labels_match_carla():
     ({"fov": 0}, "fov must be in"), ({"fov": -5}, "fov must be in"), ({"width": 0}, "width must be a positive"),
     ({"height": 2.5}, "height must be a positive"), ({"x": float("nan")}, "x must be a finite"),
     ({"type": "sensor.lidar.ray_cast"}, "is not an RGB camera"), ({"type": "sensor.camera.depth"}, "is not an RGB camera"),
+    ({"width": 9000}, "width 9000 pixels is over the largest side"), ({"width": 64.5}, "width must be a positive"),
+    ({"fov": "wide"}, "fov must be a finite number, got 'wide'"), ({"height": "0"}, "height must be a positive"),
+    ({"x": "1.5"}, "x must be a finite"),  # carla.Location takes no string: neither does the leaderboard
 ])
 def test_bad_sensor_dicts(change, message):
     sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
@@ -111,6 +114,14 @@ def test_bad_sensor_dicts(change, message):
     del sensor["type"]  # was taken for an RGB camera; the leaderboard itself fails on it (sensor["type"])
     with pytest.raises(ValueError, match=r"sensor 'front': missing key 'type'"):
         sensor_spec_from_leaderboard(sensor)
+
+
+def test_sensor_dicts_as_the_leaderboard_passes_them_to_carla():
+    """The leaderboard hands width, height and fov to CARLA as str(value), so "90" or 800.0 work there: here too."""
+    sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
+              "yaw": 0, "width": 64.0, "height": "48", "fov": "90"}
+    spec = sensor_spec_from_leaderboard(sensor)
+    assert (spec.width, spec.height, spec.fov_deg) == (64, 48, 90.0) and isinstance(spec.width, int)
 
 
 def test_rig_capture_echoes_frame_and_sees_agents():

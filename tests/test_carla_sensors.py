@@ -157,7 +157,7 @@ def test_attributes_parsed_as_carla_and_garbage_refused_by_name(scene, caplog):
     bp.set_attribute("enable_postprocess_effects", "FALSE")  # lower-cased, as LibCarla does
     assert bp.get_attribute("enable_postprocess_effects").as_str() == "false"
     for key, value in (("image_size_x", "wide"), ("gamma", "bright"), ("sensor_tick", "-1"), ("fov", "180"),
-                       ("exposure_mode", "auto"), ("gamma", "0")):
+                       ("exposure_mode", "auto"), ("gamma", "0"), ("image_size_y", "100000")):
         bad = _bp(library, "rgb")
         bad.set_attribute(key, value)  # a client reads garbage ints / floats as 0 (atoi / atof): accepted here
         with pytest.raises(ValueError, match=key):

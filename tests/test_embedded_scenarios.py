@@ -378,6 +378,17 @@ def test_the_strip_names_its_cameras():
     assert changed[:, :100].sum() > changed[:, 200:].sum()  # the longer name takes more room
 
 
+def test_the_video_mosaic_has_no_empty_tiles_for_fewer_than_three_cameras():
+    from neural_sensor.rig import SensorSpec
+    from scenarios.record import check_video_size, mosaic
+
+    two = [np.full((96, 160, 3), 9, np.uint8), np.full((64, 96, 3), 9, np.uint8)]
+    assert mosaic(two).shape == (96, 320, 3)  # 480 wide, a third tile black, until 2026-12-06
+    assert mosaic(two * 3).shape == (192, 480, 3)
+    specs = [SensorSpec.mounted(name, w, h, 90.0, (0, 0, 1.6)) for name, w, h in (("a", 160, 96), ("b", 96, 64))]
+    assert check_video_size(specs) == (320, 96) and check_video_size(specs, truth=True) == (640, 96)
+
+
 def test_scenario_fields_are_checked_by_name():
     """What a user's make_scenario can get wrong is refused where it is made, naming the field (not a TypeError or
     IndexError deep in the simulator, and not an ego extrapolated off its lane into empty space)."""
