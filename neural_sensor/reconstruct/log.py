@@ -442,16 +442,12 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         if "transform_matrix" not in frame:
             raise DriveLogError(folder, "missing key 'transform_matrix' (camera-to-world, OpenGL camera axes)",
                                 frame=i, file=file)
-        try:
-            entries = np.asarray(frame["transform_matrix"], dtype=object)
-            if not all(is_json_number(v) for v in entries.reshape(-1)):  # null / true / "1" (null read as NaN)
-                bad = next(v for v in entries.reshape(-1) if not is_json_number(v))
-                raise ValueError(f"holds {json.dumps(bad, default=repr)}")
-            matrix = entries.astype(np.float64)
-        except (TypeError, ValueError) as err:
-            said = f" ({err})" if str(err).startswith("holds") else ""
-            raise DriveLogError(folder, f"transform_matrix must be a [4, 4] array of numbers{said}", frame=i,
-                                file=file) from None
+        entries = np.asarray(frame["transform_matrix"], dtype=object)  # ragged rows: an array of lists
+        bad = [v for v in entries.reshape(-1) if not is_json_number(v)]  # null (read as NaN before), true, "1"
+        if bad:
+            raise DriveLogError(folder, f"transform_matrix must be a [4, 4] array of numbers (holds "
+                                        f"{json.dumps(bad[0], default=repr)})", frame=i, file=file)
+        matrix = entries.astype(np.float64)
         if matrix.shape == (3, 4):  # instant-ngp style, the homogeneous row left out
             matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
         try:
