@@ -6,20 +6,29 @@ import json
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 
 
 def machine_name() -> str:
-    """CPU model and core count, plus the GPU if any, as a file-name slug."""
-    model = platform.processor() or platform.machine()
+    """CPU model and core count, plus the GPU if any, as a file-name slug. A virtual machine's CPU that calls itself
+    only "AMD EPYC" gets "zen4" where it has AVX-512 with bfloat16 (Zen 4 or later), so its results do not overwrite
+    an AVX2 EPYC's (amd-epyc-2c)."""
+    model, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first core's lines
+            if line.startswith("model name") and model is None:
                 model = line.split(":", 1)[1]
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") + f"-{os.cpu_count()}c"
+    model = model or platform.processor() or platform.machine()
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    if slug == "amd-epyc" and "avx512_bf16" in flags:
+        slug += "-zen4"
+    slug += f"-{os.cpu_count()}c"
     try:
         import torch
 
@@ -31,7 +40,9 @@ def machine_name() -> str:
 
 
 def write_result(result: dict, name: str, out: Path | None, save: bool = True) -> None:
-    """Write results/<name>-<machine>.json (or `out`), then print the JSON and the one-line summary."""
+    """Write results/<name>-<machine>.json (or `out`), then print the JSON and the one-line summary. The result
+    records the command that made it (`command`, unless the benchmark set its own)."""
+    result.setdefault("command", "python " + " ".join(shlex.quote(a) for a in sys.argv))
     path = out or Path(__file__).parent / "results" / f"{name}-{result['machine']}.json"
     if save or out is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

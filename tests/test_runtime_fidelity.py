@@ -252,3 +252,15 @@ def test_reference_gate_marks_what_the_log_views_disagree_on(monkeypatch):
     assert reference[1].all() and (reference[0] == 100).all()  # the rig's reference itself untouched
     with pytest.raises(SystemExit, match="--reference-gate must be in"):
         rf.main(["--reference-gate", "1.5", "--enhancer", "none"])
+
+
+def test_every_benchmark_result_records_its_command(tmp_path, monkeypatch, capsys):
+    """write_result (all the benchmarks write through it) records the command line unless the benchmark set one."""
+    import _machine
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/render.py", "--rig", "--frames", "8"])
+    _machine.write_result({"machine": "m", "summary": "s"}, "render-rig", tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text())["command"] == "python benchmarks/render.py --rig --frames 8"
+    _machine.write_result({"machine": "m", "summary": "s", "command": "own"}, "x", tmp_path / "b.json")
+    assert json.loads((tmp_path / "b.json").read_text())["command"] == "own"
+    capsys.readouterr()
