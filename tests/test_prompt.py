@@ -415,3 +415,16 @@ def _boxes_overlap(a, b) -> bool:
             if (pa @ normal).max() < (pb @ normal).min() or (pb @ normal).max() < (pa @ normal).min():
                 return False
     return True
+
+
+def test_a_speed_is_noted_not_read_as_a_length_and_a_lane_change_is_no_lane_width():
+    """"a road at 50 km/h" was refused as a 50,000 m road; "a 500 m lane change" as 500 m lanes."""
+    _, at_speed = P.layout_from_prompt("a road at 50 km/h")
+    assert at_speed["attributes"]["length_m"] == P.layout_from_prompt("a road")[1]["attributes"]["length_m"]
+    assert any("'50 km/h' is a speed" in note for note in at_speed["notes"])
+    for text in ("a 300 m road at 30 mph", "a 300 m road at 13 m/s", "a 300 m road at 40 kilometres per hour"):
+        _, said = P.layout_from_prompt(text)
+        assert said["attributes"]["length_m"] == 300.0 and any("is a speed" in n for n in said["notes"]), text
+    _, change = P.layout_from_prompt("a 500 m lane change")
+    assert change["attributes"]["length_m"] == 500.0
+    assert P.layout_from_prompt("a road with 3.2 m lanes")[1]["attributes"]["lane_width_m"] == 3.2

@@ -363,7 +363,14 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         take(match, {"building_height_m": [round(0.9 * height, 2), round(1.1 * height, 2)]})
     for match in re.finditer(rf"\b{_NUM}\s*-?\s*degrees?\b", text):
         take(match, {"angle_deg": float(match.group(1)), "template": "curve"})
-    for match in re.finditer(rf"\b{_NUM}\s*-?\s*(km|kilomet(?:re|er)s?|m|met(?:re|er)s?)\b", text):
+    for match in re.finditer(rf"\b{_NUM}\s*(?:km\s*/\s*h|kmh|kph|mph|m\s*/\s*s|(?:km|kilomet(?:re|er)s?|miles?|m|"
+                             rf"met(?:re|er)s?)\s+(?:per|an|a)\s+(?:hour|second))\b", text):
+        found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is a speed, which a layout does not have "
+                                              "(a scenario sets its speeds in Python: target_speed_mps, "
+                                              "AgentSpec.speed_mps); left out")
+        spans.append(match.span())
+    speed_after = r"(?!\s*(?:/\s*[hs]\b|(?:per|an|a)\s+(?:hour|second)\b))"  # "50 km/h" is no 50 km road
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*(km|kilomet(?:re|er)s?|m|met(?:re|er)s?)\b{speed_after}", text):
         value = float(match.group(1)) * (1000.0 if match.group(2).startswith("k") else 1.0)
         before, after = text[max(0, match.start() - 24):match.start()], text[match.end():match.end() + 30]
         if re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
@@ -373,7 +380,7 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
                 take(match, {"lane_width_m": value})
             else:
                 take(match, {"road_width_m": value})
-        elif re.match(r"\s*lanes?\b", after):
+        elif re.match(r"\s*lanes?\b(?!\s*-?\s*chang)", after):  # "3 m lane", not "a 500 m lane change"
             take(match, {"lane_width_m": value})
         elif re.match(r"\s*(?:sidewalks?|pavements?|footpaths?)\b", after):
             take(match, {"sidewalk_width_m": value})
