@@ -99,14 +99,14 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     values = {}
     for key in ("x", "y", "z", "roll", "pitch", "yaw", "fov"):
         value = sensor[key]
-        if key == "fov" and isinstance(value, str):  # the leaderboard sends it as str(fov): CARLA parses it
-            value = _number_text(value, value)
+        if key == "fov":  # the leaderboard sends it as str(fov): CARLA parses it
+            value = _number_text(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {sensor[key]!r}")
         values[key] = float(value)
     sizes = {}
     for key in ("width", "height"):  # also as str(width) or 800.0, as the leaderboard's str() passes them on
-        value = _number_text(sensor[key], None) if isinstance(sensor[key], str) else sensor[key]
+        value = _number_text(sensor[key])
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -118,15 +118,15 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     return SensorSpec(str(sensor["id"]), sizes["width"], sizes["height"], values["fov"], camera_pose_from_ue(matrix))
 
 
-def _number_text(text: str, otherwise):
-    """The int or float a numeric string spells ("800" -> 800, "90.0" -> 90.0), else `otherwise`."""
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return otherwise
+def _number_text(value):
+    """The int or float a numeric string spells ("800" -> 800, "90.0" -> 90.0); anything else as it is."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec]:
