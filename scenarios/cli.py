@@ -371,9 +371,8 @@ def _build_scene(args: argparse.Namespace) -> dict:
     if args.prompt is not None:
         layout, description = _layout_from_prompt(args.prompt, args.seed)
     elif args.xodr is not None:
-        text = _read_text(args.xodr, "OpenDRIVE map")
-        try:
-            layout = layout_from_opendrive(text, style=style, name=args.xodr.stem)
+        try:  # its bytes: the XML declaration names the encoding (UTF-8 without one)
+            layout = layout_from_opendrive(args.xodr.read_bytes(), style=style, name=args.xodr.stem)
         except ValueError as err:
             raise ValueError(f"OpenDRIVE map {args.xodr}: {err}") from None
     elif args.layout is not None:

@@ -254,10 +254,32 @@ class Layout:
 
 
 # ---------------------------------------------------------------- templates
+UNEVEN_END_STEP = 1e-3  # `polyline_tangents`: end steps differing by more than this fraction are taken unevenly
+
+
+def polyline_tangents(points: np.ndarray) -> np.ndarray:
+    """[N, 2] unit tangents of a polyline [N, 2] (N >= 2, no repeated consecutive points): central differences,
+    second order at the ends. An end whose last two steps differ by more than UNEVEN_END_STEP of the longer takes
+    its second-order difference against arc length: taken as if evenly spaced, an OpenDRIVE road sampled every metre
+    whose last step is 0.2 m got a backward end tangent, and its lane markings' last point crossed the lane. Other
+    polylines (the templates': their end steps agree to 2.5e-4) keep the plain differences bit for bit, and with
+    them their worlds' cache keys."""
+    assert points.ndim == 2 and points.shape[1] == 2 and len(points) >= 2, points.shape
+    tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
+    if len(points) > 2:
+        for end in (slice(0, 3), slice(-3, None)):
+            three = points[end]
+            step = np.linalg.norm(np.diff(three, axis=0), axis=1)
+            if abs(step[1] - step[0]) > UNEVEN_END_STEP * step.max():
+                arc = np.concatenate([[0.0], np.cumsum(step)])
+                tangents[0 if end.start == 0 else -1] = np.gradient(three, arc, axis=0, edge_order=2)[
+                    0 if end.start == 0 else -1]
+    return tangents / np.linalg.norm(tangents, axis=1, keepdims=True)
+
+
 def _offset_polyline(points: np.ndarray, offset_m: float) -> np.ndarray:
     """Shift a polyline sideways by offset_m (positive = to the left of the direction of travel)."""
-    tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
-    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    tangents = polyline_tangents(points)
     normals = np.stack([-tangents[:, 1], tangents[:, 0]], axis=1)
     return points + offset_m * normals
 

@@ -29,10 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.scene.layout import Box, Lane, Layout, RoadReference, Strip, Style, densified, roadside_objects
+from neural_sensor.scene.layout import (Box, Lane, Layout, RoadReference, Strip, Style, densified, polyline_tangents,
+                                       roadside_objects)
 
 SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
-LANE_CLEARANCE_M = 2.0  # a generated building's footprint keeps this far from every driving lane's centre line
+LANE_CLEARANCE_M = 2.0  # a generated building's footprint keeps this far from every driving lane's centre line,
+LANE_EDGE_CLEARANCE_M = 0.25  # and this far outside its edge (the two agree for 3.5 m lanes; wider ones need the edge)
+MAX_PLAN_GAP_M = 1.0  # a plan-view geometry must start within this of where the one before it ends
+MAX_ROAD_LENGTH_M = 100_000.0  # a layout lies within 100 km of its origin
 DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
 
 
@@ -43,9 +47,12 @@ def _f(element, name: str, default: float | None = None) -> float:
             raise ValueError(f"OpenDRIVE: <{element.tag}> lacks attribute {name!r}")
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"OpenDRIVE: <{element.tag} {name}={value!r}> is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"OpenDRIVE: <{element.tag} {name}={value!r}> is not a finite number")
+    return number
 
 
 def _geometry_points(geometry, s_local: np.ndarray) -> np.ndarray:
@@ -54,6 +61,10 @@ def _geometry_points(geometry, s_local: np.ndarray) -> np.ndarray:
     kind = next(iter(geometry), None)
     if kind is None:
         raise ValueError("OpenDRIVE: <geometry> without a shape element")
+    if length < 0.0:
+        raise ValueError(f"OpenDRIVE: <geometry length={geometry.get('length')!r}> is negative")
+    if length == 0.0:  # a point (some maps hold one between two geometries)
+        return np.tile([x0, y0, h0], (len(s_local), 1)).astype(np.float64)
     s = s_local
     if kind.tag == "line":
         return np.stack([x0 + s * math.cos(h0), y0 + s * math.sin(h0), np.full_like(s, h0)], axis=1)
@@ -128,10 +139,20 @@ class _RoadSample:
 def _sample_road(road) -> _RoadSample:
     """Sample the reference line every SAMPLE_STEP_M and at every lane section start (so sections meet)."""
     length = _f(road, "length")
+    if not 0.0 < length <= MAX_ROAD_LENGTH_M:
+        raise ValueError(f"OpenDRIVE: <road length={road.get('length')!r}> must be positive and at most "
+                         f"{MAX_ROAD_LENGTH_M:g} m")
     plan = road.find("planView")
     if plan is None or not list(plan):
-        raise ValueError(f"OpenDRIVE: road {road.get('id')} has no planView geometry")
+        raise ValueError("OpenDRIVE: no planView geometry")
     geometries = sorted(plan.findall("geometry"), key=lambda g: _f(g, "s"))
+    for before, after in zip(geometries[:-1], geometries[1:]):
+        end = _geometry_points(before, np.array([_f(before, "length")]))[0, :2]
+        gap = float(np.hypot(*(end - (_f(after, "x"), _f(after, "y")))))
+        if gap > MAX_PLAN_GAP_M:
+            raise ValueError(f"OpenDRIVE: the plan view jumps {gap:.6g} m between the geometries at s = "
+                             f"{_f(before, 's'):g} and s = {_f(after, 's'):g} (a geometry must start where the one "
+                             f"before it ends, within {MAX_PLAN_GAP_M:g} m)")
     section_starts = [_f(sec, "s") for sec in road.findall("lanes/laneSection")]
     s = np.unique(np.concatenate([np.arange(0.0, length, SAMPLE_STEP_M), [length],
                                   np.clip(section_starts, 0.0, length)]))
@@ -162,9 +183,10 @@ def _lane_direction(lane, lane_id: int, rule: str) -> int:
     return (1 if lane_id < 0 else -1) if right_hand else (1 if lane_id > 0 else -1)
 
 
-def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | None = None,
+def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: Style | None = None,
                           name: str = "opendrive") -> Layout:
-    """A Layout of the roads of an OpenDRIVE document (the text of a .xodr file).
+    """A Layout of the roads of an OpenDRIVE document (the text of a .xodr file, or its bytes: then the XML
+    declaration's encoding applies, UTF-8 without one).
 
     Raises ValueError naming the problem for malformed or unsupported input.
     """
@@ -178,51 +200,12 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
     if not roads:
         raise ValueError("OpenDRIVE: the document has no <road>")
     style = style or Style()
-    lanes, edges, sidewalks, crosswalks, references = [], [], [], [], []
+    lanes, edges, sidewalks, crosswalks, references, half_widths = [], [], [], [], [], []
     for road in roads:
-        sample = _sample_road(road)
-        rule = road.get("rule", "RHT")
-        sections = road.findall("lanes/laneSection")
-        starts = [_f(sec, "s") for sec in sections]
-        road_widths = {"left": [], "right": [], "sidewalk": 0.0}
-        for k, section in enumerate(sections):
-            end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1]
-            sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))  # shares its end
-            if len(sel) < 2:
-                continue
-            s_sec = sample.s[sel] - starts[k]
-            for side, sign in (("left", 1.0), ("right", -1.0)):
-                entries = sorted(((_lane_id(lane, road), lane) for lane in section.findall(f"{side}/lane")),
-                                 key=lambda pair: abs(pair[0]))
-                inner = np.zeros(len(sel))
-                outer_driving = None
-                for lane_id, lane in entries:
-                    widths = _poly_records(lane.findall("width"), "sOffset")
-                    width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
-                    outer = inner + width
-                    kind = lane.get("type", "none")
-                    centre = sample.at(sel, sign * 0.5 * (inner + outer))
-                    typical = float(np.median(width))
-                    if typical > 0.05:
-                        if kind in DRIVING_TYPES:
-                            lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
-                                              len(lanes)))
-                            outer_driving = outer
-                            if k == 0:
-                                road_widths[side].append(typical)
-                        elif kind == "sidewalk":
-                            sidewalks.append(Strip(_dedupe(centre), typical))
-                            road_widths["sidewalk"] = typical
-                    inner = outer
-                if outer_driving is not None and road.get("junction", "-1") == "-1":
-                    edges.append(_dedupe(sample.at(sel, sign * outer_driving)))
-        if road.get("junction", "-1") == "-1" and (road_widths["left"] or road_widths["right"]):
-            references.append(RoadReference(_dedupe(sample.at(slice(None), np.zeros(len(sample.s)))),
-                                            tuple(road_widths["right"]), tuple(road_widths["left"]),
-                                            road_widths["sidewalk"]))
-        for obj in road.findall("objects/object"):
-            if obj.get("type") == "crosswalk":
-                crosswalks.append(_crosswalk_box(obj, sample))
+        try:
+            _read_road(road, lanes, edges, sidewalks, crosswalks, references, half_widths)
+        except ValueError as err:
+            raise ValueError(f"road {road.get('id')!r}: {err}") from None
     if not lanes:
         raise ValueError("OpenDRIVE: no driving lanes found")
     objects = []
@@ -230,14 +213,71 @@ def layout_from_opendrive(xodr: str, *, decorate: bool = True, style: Style | No
         rng = np.random.default_rng(style.seed)
         drive_points = np.concatenate([lane.centre_m for lane in lanes])
         lane_points = np.concatenate([densified(lane.centre_m) for lane in lanes])  # no building may stand on one
-        for ref in references:
-            half = max(sum(ref.right_widths_m), sum(ref.left_widths_m))
+        # one clearance from every lane's centre line: the widest lane's (a map with a 6 m lane keeps buildings 3.25
+        # m from every lane's centre; until 2026-12-06 it was 2 m whatever the width, and 6 m lanes were built on)
+        keep_clear_m = max(LANE_CLEARANCE_M, LANE_EDGE_CLEARANCE_M + 0.5 * max(lane.width_m for lane in lanes))
+        for ref, half in zip(references, half_widths):
             near_other_lanes = _make_clearance_test(drive_points, half)
             outer = [widths[-1] for widths in (ref.right_widths_m, ref.left_widths_m) if widths]
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
                                          skip_fn=near_other_lanes, keep_clear_xy_m=lane_points,
-                                         keep_clear_m=LANE_CLEARANCE_M, lane_width_m=min(outer, default=3.5))
+                                         keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
+
+
+def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list, references: list,
+               half_widths: list) -> None:
+    """One <road>'s lanes, edges, sidewalks and crosswalks appended to the lists; a road outside a junction with
+    driving lanes also appends its RoadReference and, to half_widths, the largest distance from its reference
+    line to the outer edge of the lanes inside its sidewalks (driving, parking, biking, shoulder...: where the
+    roadside decoration starts)."""
+    sample = _sample_road(road)
+    rule = road.get("rule", "RHT")
+    sections = road.findall("lanes/laneSection")
+    starts = [_f(sec, "s") for sec in sections]
+    road_widths = {"left": [], "right": [], "sidewalk": 0.0}
+    kerb_m = 0.0  # the largest distance from the reference line to a non-sidewalk lane's outer edge
+    for k, section in enumerate(sections):
+        end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1]
+        sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))  # shares its end
+        if len(sel) < 2:
+            continue
+        s_sec = sample.s[sel] - starts[k]
+        for side, sign in (("left", 1.0), ("right", -1.0)):
+            entries = sorted(((_lane_id(lane, road), lane) for lane in section.findall(f"{side}/lane")),
+                             key=lambda pair: abs(pair[0]))
+            inner = np.zeros(len(sel))
+            outer_driving = None
+            for lane_id, lane in entries:
+                widths = _poly_records(lane.findall("width"), "sOffset")
+                width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
+                outer = inner + width
+                kind = lane.get("type", "none")
+                centre = sample.at(sel, sign * 0.5 * (inner + outer))
+                typical = float(np.median(width))
+                if kind not in ("sidewalk", "none"):
+                    kerb_m = max(kerb_m, float(np.max(np.abs(sample.offset[sel] + sign * outer))))
+                if typical > 0.05:
+                    if kind in DRIVING_TYPES:
+                        lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
+                                          len(lanes)))
+                        outer_driving = outer
+                        if k == 0:
+                            road_widths[side].append(typical)
+                    elif kind == "sidewalk":
+                        sidewalks.append(Strip(_dedupe(centre), typical))
+                        road_widths["sidewalk"] = typical
+                inner = outer
+            if outer_driving is not None and road.get("junction", "-1") == "-1":
+                edges.append(_dedupe(sample.at(sel, sign * outer_driving)))
+    if road.get("junction", "-1") == "-1" and (road_widths["left"] or road_widths["right"]):
+        references.append(RoadReference(_dedupe(sample.at(slice(None), np.zeros(len(sample.s)))),
+                                        tuple(road_widths["right"]), tuple(road_widths["left"]),
+                                        road_widths["sidewalk"]))
+        half_widths.append(max(kerb_m, sum(road_widths["right"]), sum(road_widths["left"])))
+    for obj in road.findall("objects/object"):
+        if obj.get("type") == "crosswalk":
+            crosswalks.append(_crosswalk_box(obj, sample))
 
 
 def _make_clearance_test(drive_points: np.ndarray, half_road_m: float):
@@ -253,21 +293,34 @@ def _dedupe(points: np.ndarray) -> np.ndarray:
 
 
 def _crosswalk_box(obj, sample: _RoadSample) -> Box:
-    corners = obj.findall("outlines/outline/cornerRoad") or obj.findall("outline/cornerRoad")
-    if corners:
-        s_c = np.array([_f(c, "s") for c in corners])
-        t_c = np.array([_f(c, "t") for c in corners])
+    """The crosswalk object's footprint as a Box on the road. Its outline's cornerRoad points (s, t) span a box along
+    the road; cornerLocal points (u, v) and an outline-less object's length (along u) and width (along v) lie in
+    the object's own frame at (s, t), turned by its hdg from the road's heading (CARLA's towns give a crosswalk
+    across the road as hdg ~ pi / 2 with its length across)."""
+    road_corners = obj.findall("outlines/outline/cornerRoad") or obj.findall("outline/cornerRoad")
+    if road_corners:
+        s_c = np.array([_f(c, "s") for c in road_corners])
+        t_c = np.array([_f(c, "t") for c in road_corners])
+        s_mid, t_mid, yaw, size = s_c.mean(), t_c.mean(), 0.0, (np.ptp(s_c), np.ptp(t_c))
     else:
-        s0, t0 = _f(obj, "s"), _f(obj, "t", 0.0)
-        half_l, half_w = _f(obj, "length", 2.0) / 2, _f(obj, "width", 3.0) / 2
-        s_c = np.array([s0 - half_l, s0 + half_l, s0 + half_l, s0 - half_l])
-        t_c = np.array([t0 - half_w, t0 - half_w, t0 + half_w, t0 + half_w])
-    s_mid = float(np.clip(s_c.mean(), sample.s[0], sample.s[-1]))
+        s0, t0, yaw = _f(obj, "s"), _f(obj, "t", 0.0), _f(obj, "hdg", 0.0)
+        local = obj.findall("outlines/outline/cornerLocal") or obj.findall("outline/cornerLocal")
+        if local:
+            u = np.array([_f(c, "u") for c in local])
+            v = np.array([_f(c, "v") for c in local])
+        else:
+            half_l, half_w = _f(obj, "length", 2.0) / 2, _f(obj, "width", 3.0) / 2
+            u, v = np.array([-half_l, half_l]), np.array([-half_w, half_w])
+        u_mid, v_mid = 0.5 * (u.min() + u.max()), 0.5 * (v.min() + v.max())
+        s_mid = s0 + u_mid * math.cos(yaw) - v_mid * math.sin(yaw)
+        t_mid = t0 + u_mid * math.sin(yaw) + v_mid * math.cos(yaw)
+        size = (np.ptp(u), np.ptp(v))
+    s_mid = float(np.clip(s_mid, sample.s[0], sample.s[-1]))
     i = int(np.argmin(np.abs(sample.s - s_mid)))
     heading = float(sample.heading[i])
-    centre = sample.at(np.array([i]), np.array([t_c.mean()]))[0]
+    centre = sample.at(np.array([i]), np.array([t_mid]))[0]
     return Box((float(centre[0]), float(centre[1]), 0.0),
-               (max(float(np.ptp(s_c)), 0.5), max(float(np.ptp(t_c)), 0.5), 0.02), heading, "crosswalk")
+               (max(float(size[0]), 0.5), max(float(size[1]), 0.5), 0.02), heading + float(yaw), "crosswalk")
 
 
 # ------------------------------------------------------------------ writing
@@ -277,7 +330,7 @@ def _arc_chain(points: np.ndarray) -> list[tuple[np.ndarray, float, float, float
     Each piece starts at a point with the polyline's tangent there and bends to reach the next point,
     so points sampled on a circle give that circle exactly and straight runs give lines.
     """
-    tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
+    tangents = polyline_tangents(points)
     out = []
     for p, q, t in zip(points[:-1], points[1:], tangents[:-1]):
         chord = q - p
