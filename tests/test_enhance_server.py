@@ -403,6 +403,17 @@ def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_
         Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(damaged)))
     with pytest.raises(RuntimeError, match="exited with code 2.*damaged"):
         start_server(checkpoint=damaged)
+    # a reconstructor's folder started three workers that each crashed with a traceback, and the run quoted the
+    # log's last 2000 characters from mid-word (a new user's finding): refused by the broker, quoted in one line
+    from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
+
+    with pytest.raises(RuntimeError) as error:
+        start_server(checkpoint=default_checkpoint(DEFAULT_RECONSTRUCTOR))
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith("the local enhancer server exited with code 2: serve-enhancer: enhancer checkpoint ")
+    assert message.endswith("config.json names class 'ReconNet', not an Enhancer (nor a diffusers UNet2DModel): a "
+                            "reconstructor, not an enhancer")
 
 
 def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys):

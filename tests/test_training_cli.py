@@ -64,12 +64,60 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (train_enhancer, ["--batch", "0"], "--batch 0"),
              (cotrain, ["--enhancer", str(tmp_path / "missing")], "--enhancer"),
              (gpu_pipeline, ["--recon-worlds", "0"], "--recon-worlds 0"),
-             (gpu_pipeline, ["--stages", "recon"], "the stages are reconstructor_data, reconstructor")]
+             (gpu_pipeline, ["--stages", "recon"], "the stages are reconstructor_data, reconstructor"),
+             # a new user's findings: these failed with a traceback after the data (minutes) had been made
+             (train_enhancer_run, ["--init", "checkpoints/reconstructor-run"],
+              "holds a checkpoint of class ReconNet; this option takes class Enhancer"),
+             (train_enhancer_run, ["--reconstructor", "checkpoints/enhancer-run"],
+              "holds a checkpoint of class Enhancer; this option takes class ReconNet"),
+             (train_reconstructor_run, ["--init", str(tmp_path)], "not a checkpoint folder"),
+             (train_enhancer_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
+             (train_reconstructor_run, ["--save-every", "0"], "--save-every 0: must be at least 1")]
     if not torch.cuda.is_available():
         cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))
     for module, argv, message in cases:
         assert message in _refusal(monkeypatch, capsys, module, *out, *argv), (module.__name__, argv)
     assert not (tmp_path / "new").exists()
+    unwritable = Path("/proc/neural-sensor-out")  # a run trained to the end, then died saving there
+    assert "no checkpoint can be written there" in _refusal(monkeypatch, capsys, train_enhancer_run, "--out",
+                                                            str(unwritable))
+
+
+class _TinyModel(torch.nn.Linear):
+    def save_pretrained(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), Path(folder) / "model.pt")
+
+
+@pytest.mark.parametrize("how, code", [("sigint", 130), ("sigterm", 143)])
+def test_an_interrupted_training_keeps_its_last_step(how, code, tmp_path, capsys):
+    """A Ctrl-C or SIGTERM inside the training loop saves the step it reached, says so and exits 130 / 143 (a run
+    under save_every steps kept nothing, with a KeyboardInterrupt traceback: a new user's finding); with no step
+    taken nothing is written."""
+    import os
+    import signal
+
+    from neural_sensor.train.state import STATE_FILE, checkpoint_on_interrupt
+
+    model = _TinyModel(2, 2)
+    optimiser = torch.optim.Adam(model.parameters())
+    history, step = [], 0
+    out = tmp_path / "out"
+    for reached in (0, 3):
+        step = reached
+        with pytest.raises(SystemExit) as exit_info:
+            with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
+                if how == "sigint":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert exit_info.value.code == code
+        err = capsys.readouterr().err
+        if reached == 0:
+            assert "no step was taken, so nothing was saved" in err and not out.exists()
+        else:
+            assert "holds step 3: --resume continues it" in err
+            assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler is put back (pytest's own, or the default)
 
 
 @pytest.mark.parametrize("module, name", [(train_enhancer_run, "enhancer-run-data"),

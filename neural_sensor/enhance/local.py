@@ -77,8 +77,8 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
     try:
         while not ready_file.exists():
             if proc.poll() is not None:
-                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: {text.strip()}")
+                raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: "
+                                   + (_last_error(log) if quiet else "see its output above"))
             if time.monotonic() > t_end:
                 raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s "
                                    f"(its log: {log.read_text(errors='replace')[-2000:].strip()})")
@@ -89,6 +89,13 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
         stop_server(LocalServer("", proc, {}, folder), grace_s=2.0)
         raise
     return LocalServer(ready["endpoint"], proc, ready, folder)
+
+
+def _last_error(log: Path) -> str:
+    """The server log's last non-empty line (its error: "serve-enhancer: ..."), or a note that it wrote none."""
+    lines = [line.strip() for line in (log.read_text(errors="replace") if log.exists() else "").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else "it printed nothing"
 
 
 def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -55,15 +59,28 @@ def check_out_options(parser, args) -> None:
 
 
 _AT_LEAST_ONE = ("steps", "worlds", "batch", "ticks", "context_stations", "targets_per_step", "eval_every",
-                 "recon_worlds", "enhancer_worlds", "recon_steps", "enhancer_steps")
+                 "save_every", "recon_worlds", "enhancer_worlds", "recon_steps", "enhancer_steps")
 _RATES = ("lr", "recon_lr", "enhancer_lr")
-_CHECKPOINT_OPTIONS = ("init", "reconstructor", "enhancer", "reconstructor_init", "enhancer_init")
+_CHECKPOINT_OPTIONS = {"init": None, "reconstructor": "ReconNet", "enhancer": "Enhancer",
+                       "reconstructor_init": "ReconNet", "enhancer_init": "Enhancer"}  # option: the class it takes
+_CLASS_NAMES = {"UNet2DModel": "Enhancer"}  # a diffusers UNet's config loads as an enhancer
 
 
-def check_training_options(parser, args) -> None:
+def checkpoint_class(folder: Path) -> str | None:
+    """The model class a checkpoint folder's config.json names ("ReconNet", "Enhancer"), None without one."""
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("class", data.get("_class_name")) if isinstance(data, dict) else None
+    return _CLASS_NAMES.get(name, name) if isinstance(name, str) else None
+
+
+def check_training_options(parser, args, init_class: str | None = None) -> None:
     """parser.error (exit 2, before any data is made) for the options a training script shares, where given: a
     count below 1 (--steps, --worlds, ...), --pairs below 0, a learning rate that is not a positive number, a
-    checkpoint option (--init, --reconstructor, ...) naming no folder, a --device torch cannot use here."""
+    checkpoint option (--init, --reconstructor, ...) naming no folder, or a folder that holds no checkpoint of the
+    class it takes (--init's: `init_class`), a --device torch cannot use here, --out where no folder can be made."""
     for name in _AT_LEAST_ONE:
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -74,10 +91,24 @@ def check_training_options(parser, args) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} {value}: must be a positive learning rate")
-    for name in _CHECKPOINT_OPTIONS:
+    for name, wanted in _CHECKPOINT_OPTIONS.items():
         value = getattr(args, name, None)
-        if value is not None and not Path(value).is_dir():
-            parser.error(f"--{name.replace('_', '-')} {value}: no such checkpoint folder")
+        if value is None:
+            continue
+        option = f"--{name.replace('_', '-')} {value}"
+        if not Path(value).is_dir():
+            parser.error(f"{option}: no such checkpoint folder")
+        wanted = wanted or init_class
+        found = checkpoint_class(value)
+        if found is None:
+            parser.error(f"{option}: not a checkpoint folder (no readable config.json naming its model class)")
+        if wanted is not None and found != wanted:
+            parser.error(f"{option}: holds a checkpoint of class {found}; this option takes class {wanted}")
+    out = getattr(args, "out", None)
+    if out is not None and (Path(out).is_dir() or not Path(out).exists()):  # a file: check_out_options says so
+        problem = _unwritable(Path(out))
+        if problem:
+            parser.error(f"--out {out}: no checkpoint can be written there ({problem})")
     device = getattr(args, "device", None)
     if device is not None and device != "auto":
         try:
@@ -86,6 +117,24 @@ def check_training_options(parser, args) -> None:
             parser.error(f"--device {device!r}: not a torch device (use auto, cpu or cuda)")
         if kind == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {device}: torch sees no CUDA device here (use auto or cpu)")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be written in `folder` (made for the probe and removed again if missing), None if one can."""
+    made = []
+    try:
+        for parent in reversed([folder, *folder.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    finally:
+        for parent in reversed(made):
+            parent.rmdir()
+    return None
 
 
 def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Callable, make_optimiser: Callable):
@@ -108,6 +157,37 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
     model.save_pretrained(out)
     torch.save({"optimiser": optimiser.state_dict(), "step": step}, out / STATE_FILE)
     (out / HISTORY_FILE).write_text(json.dumps(history))
+
+
+@contextmanager
+def checkpoint_on_interrupt(out: Path, progress: Callable[[], tuple]):
+    """Around a training loop: a Ctrl-C (SIGINT) or a SIGTERM inside it saves a checkpoint of progress()'s (model,
+    optimiser, step, history) in `out` (unless no step was taken, or that step is saved already), says so in one
+    line on stderr and exits 130 (143 for SIGTERM), so `--resume` continues from the last step taken instead of the
+    last `save_every` one (a run under save_every steps had kept nothing)."""
+    def _terminate(_signum, _frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    except (KeyboardInterrupt, _Terminated) as err:
+        model, optimiser, step, history = progress()
+        saved = (Path(out) / STATE_FILE).is_file() and int(torch.load(Path(out) / STATE_FILE, weights_only=True)
+                                                               ["step"]) == step
+        if step > 0 and not saved:
+            save_checkpoint(out, model, optimiser, step, history)
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+        kept = (f"the checkpoint in {out} holds step {step}: --resume continues it" if step > 0
+                else "no step was taken, so nothing was saved")
+        print(f"\ntraining {what} at step {step}; {kept}", file=sys.stderr)
+        raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else 143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM inside `checkpoint_on_interrupt`."""
 
 
 def set_cosine_lr(optimiser, base_lr: float, step: int, steps: int, floor: float = 0.05) -> float:

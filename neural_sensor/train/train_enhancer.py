@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
     args = parser.parse_args()
     check_out_options(parser, args)
-    check_training_options(parser, args)
+    check_training_options(parser, args, init_class="Enhancer")
     config = EnhancerTrainConfig(steps=args.steps, worlds=args.worlds, batch=args.batch, lr=args.lr)
     summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
     print(json.dumps(summary["final"]))

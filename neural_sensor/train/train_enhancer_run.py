@@ -47,8 +47,8 @@ from neural_sensor.metrics import psnr
 from neural_sensor.train.enhancer_run_data import DATA_VERSION, REFERENCE_VIEWS, load_frames, load_pairs
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       default_data_root, out_of_time, record_step, set_cosine_lr,
-                                       start_or_resume, write_summary)
+                                       checkpoint_on_interrupt, default_data_root, out_of_time, record_step,
+                                       set_cosine_lr, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED
 
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
@@ -391,51 +391,52 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         history.append(record)
         tqdm.write(json.dumps(record))
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
-    while step < config.steps and not out_of_time(config, start):
-        model.train()
-        set_cosine_lr(optimiser, config.lr, step, config.steps)
-        rgb, depth, alpha, target, reference, valid, identity = sample_batch(
-            frames, rng, config.batch, config.crop, config.identity_fraction, config.reference_dropout, frame_p)
-        rgb, depth, alpha, target, reference, valid = (t.to(config.device)
-                                                       for t in (rgb, depth, alpha, target, reference, valid))
-        pred = model(rgb, depth, alpha, reference, valid)
-        l1 = (pred - target).abs().mean()
-        loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
-        loss = l1 + config.ssim_weight * loss_ssim
-        if config.mse_weight > 0:
-            loss = loss + config.mse_weight * (pred - target).square().mean()
-        if config.unseen_weight > 0:
-            loss = loss + config.unseen_weight * unseen_error(pred, target, valid)
-        loss_perceptual = None
-        if config.perceptual_weight > 0 and step % config.perceptual_every == 0:
-            c = config.perceptual_crop
-            y0, x0 = (int(rng.integers(0, n - c + 1)) for n in config.crop)
-            half = max(1, config.batch // 2)
-            window = (slice(0, half), slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
-            loss_perceptual = perceptual_distance_torch(pred[window].clamp(0, 1), target[window]).mean()
-            loss = loss + config.perceptual_every * config.perceptual_weight * loss_perceptual
-        loss_temporal = None
-        if pairs is not None:
-            p_rgb, p_depth, p_alpha, p_target, p_ref, p_valid, source = (
-                t.to(config.device) for t in sample_pairs(pairs, rng, config.pair_batch, config.crop,
-                                                          config.identity_fraction, config.reference_dropout, pair_p))
-            p_pred = model(p_rgb, p_depth, p_alpha, p_ref, p_valid)
-            half = config.pair_batch
-            loss_temporal = temporal_change_error(p_pred[:half], p_pred[half:], p_target[:half], p_target[half:],
-                                                  source)
-            loss = loss + (p_pred - p_target).abs().mean() + config.temporal_weight * loss_temporal
-        apply_gradients(model, optimiser, loss)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}")
-        record = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5),
-                  "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
-        if loss_perceptual is not None:
-            record["perceptual"] = round(loss_perceptual.item(), 5)
-        if loss_temporal is not None:
-            record["temporal"] = round(loss_temporal.item(), 6)
-        record_step(out, model, optimiser, step, history, record, config, monitor,
-                    last=out_of_time(config, start))
+    with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
+        while step < config.steps and not out_of_time(config, start):
+            model.train()
+            set_cosine_lr(optimiser, config.lr, step, config.steps)
+            rgb, depth, alpha, target, reference, valid, identity = sample_batch(
+                frames, rng, config.batch, config.crop, config.identity_fraction, config.reference_dropout, frame_p)
+            rgb, depth, alpha, target, reference, valid = (t.to(config.device)
+                                                           for t in (rgb, depth, alpha, target, reference, valid))
+            pred = model(rgb, depth, alpha, reference, valid)
+            l1 = (pred - target).abs().mean()
+            loss_ssim = 1.0 - ssim_map_torch(pred.clamp(0, 1), target).mean()
+            loss = l1 + config.ssim_weight * loss_ssim
+            if config.mse_weight > 0:
+                loss = loss + config.mse_weight * (pred - target).square().mean()
+            if config.unseen_weight > 0:
+                loss = loss + config.unseen_weight * unseen_error(pred, target, valid)
+            loss_perceptual = None
+            if config.perceptual_weight > 0 and step % config.perceptual_every == 0:
+                c = config.perceptual_crop
+                y0, x0 = (int(rng.integers(0, n - c + 1)) for n in config.crop)
+                half = max(1, config.batch // 2)
+                window = (slice(0, half), slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
+                loss_perceptual = perceptual_distance_torch(pred[window].clamp(0, 1), target[window]).mean()
+                loss = loss + config.perceptual_every * config.perceptual_weight * loss_perceptual
+            loss_temporal = None
+            if pairs is not None:
+                p_rgb, p_depth, p_alpha, p_target, p_ref, p_valid, source = (
+                    t.to(config.device) for t in sample_pairs(pairs, rng, config.pair_batch, config.crop,
+                                                              config.identity_fraction, config.reference_dropout, pair_p))
+                p_pred = model(p_rgb, p_depth, p_alpha, p_ref, p_valid)
+                half = config.pair_batch
+                loss_temporal = temporal_change_error(p_pred[:half], p_pred[half:], p_target[:half], p_target[half:],
+                                                      source)
+                loss = loss + (p_pred - p_target).abs().mean() + config.temporal_weight * loss_temporal
+            apply_gradients(model, optimiser, loss)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(l1=f"{l1.item():.4f}")
+            record = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5),
+                      "ssim_term": round(loss_ssim.item(), 5), "identity_samples": int(identity.sum())}
+            if loss_perceptual is not None:
+                record["perceptual"] = round(loss_perceptual.item(), 5)
+            if loss_temporal is not None:
+                record["temporal"] = round(loss_temporal.item(), 6)
+            record_step(out, model, optimiser, step, history, record, config, monitor,
+                        last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
                          reconstructor=str(recon_folder), init=str(init) if init else None,
@@ -451,6 +452,8 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, default=24, help="training worlds, seeds 0..N-1")
     parser.add_argument("--ticks", type=int, default=4, help="rig poses per world")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=RunEnhancerTrainConfig.save_every,
+                        help="steps between checkpoints (a Ctrl-C or SIGTERM also saves the last step)")
     add_out_options(parser, Path("out/enhancer-run"))
     parser.add_argument("--data", type=Path, default=default_data_root("enhancer-run-data"),
                         help="where the made data is kept ($NEURAL_SENSOR_CACHE/enhancer-run-data when that is set)")
@@ -479,7 +482,7 @@ def main() -> None:
                              "0:0.5,0.5:1,1:1,2:1.5,3:1.5 (every shift of the data needs one; default: uniformly)")
     args = parser.parse_args()
     check_out_options(parser, args)
-    check_training_options(parser, args)
+    check_training_options(parser, args, init_class="Enhancer")
     try:
         shift_weights = tuple((float(a), float(b)) for a, b in (item.split(":") for item in args.shift_weights.split(",")
                                                                 if item.strip()))
@@ -491,6 +494,7 @@ def main() -> None:
         parser.error(f"--block-channels {args.block_channels!r}: expected widths separated by commas, e.g. 32,64,128")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunEnhancerTrainConfig(steps=args.steps, worlds=args.worlds, ticks_per_world=args.ticks, lr=args.lr,
+                                    save_every=args.save_every,
                                     device=device, temporal_weight=args.temporal_weight, pairs_per_world=args.pairs,
                                     pair_worlds=args.pair_worlds,
                                     shift_weights=shift_weights, identity_fraction=args.identity_fraction,

@@ -149,7 +149,7 @@ def main() -> None:
     add_out_options(parser, Path("out/reconstructor-small"))
     args = parser.parse_args()
     check_out_options(parser, args)
-    check_training_options(parser, args)
+    check_training_options(parser, args, init_class="ReconNet")
     summary = train(TrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr), args.out, resume=args.resume)
     print(json.dumps(summary["final"]))
 

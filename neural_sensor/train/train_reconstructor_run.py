@@ -56,8 +56,8 @@ from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRES
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       default_data_root, load_or_make_npz, out_of_time, record_step, start_or_resume,
-                                       write_summary)
+                                       checkpoint_on_interrupt, default_data_root, load_or_make_npz, out_of_time,
+                                       record_step, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -394,6 +394,8 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
 
     model, optimiser, step, history = start_or_resume(
         out, resume, new_model, lambda folder: ReconNet.from_pretrained(folder).to(config.device), optimiser_of)
+    for group, lr in zip(optimiser.param_groups, (config.lr, config.lr * config.new_layer_lr_scale)):
+        group["lr"] = lr  # a resumed optimiser state brings back its own rates: this run's --lr applies
     rng = np.random.default_rng(config.seed + step)
     reference = None
     if config.depth_only:
@@ -405,30 +407,31 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         tqdm.write(json.dumps(history[-1]))
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="train reconstructor (run regime)", unit="step")
-    while step < config.steps and not out_of_time(config, start):
-        model.train()
-        world = worlds[int(rng.integers(len(worlds)))]
-        if config.depth_only:
-            terms = depth_step_losses(model, reference, world, int(rng.integers(len(world["rgb"]) // CAMERAS)),
-                                      config)
-            loss = (config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"]
-                    + config.keep_weight * terms["keep"])
-        else:
-            target = targets_sharing_context(world, int(rng.integers(len(world["target_station"]))),
-                                             config.targets_per_step, config.context_stations, rng)
-            terms = step_losses(model, world, target, config)
-            loss = (terms["l1"] + config.ssim_weight * terms["ssim"]
-                    + config.render_depth_weight * terms["render_depth"]
-                    + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
-        apply_gradients(model, optimiser, loss)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(depth=f"{terms['view_depth'].item():.3f}",
-                        **({"keep": f"{terms['keep'].item():.4f}"} if config.depth_only
-                           else {"l1": f"{terms['l1'].item():.4f}"}))
-        record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
-        record_step(out, model, optimiser, step, history, record, config,
-                    lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
+    with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
+        while step < config.steps and not out_of_time(config, start):
+            model.train()
+            world = worlds[int(rng.integers(len(worlds)))]
+            if config.depth_only:
+                terms = depth_step_losses(model, reference, world, int(rng.integers(len(world["rgb"]) // CAMERAS)),
+                                          config)
+                loss = (config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"]
+                        + config.keep_weight * terms["keep"])
+            else:
+                target = targets_sharing_context(world, int(rng.integers(len(world["target_station"]))),
+                                                 config.targets_per_step, config.context_stations, rng)
+                terms = step_losses(model, world, target, config)
+                loss = (terms["l1"] + config.ssim_weight * terms["ssim"]
+                        + config.render_depth_weight * terms["render_depth"]
+                        + config.view_depth_weight * terms["view_depth"] + config.sky_weight * terms["sky"])
+            apply_gradients(model, optimiser, loss)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(depth=f"{terms['view_depth'].item():.3f}",
+                            **({"keep": f"{terms['keep'].item():.4f}"} if config.depth_only
+                               else {"l1": f"{terms['l1'].item():.4f}"}))
+            record = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
+            record_step(out, model, optimiser, step, history, record, config,
+                        lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
     bar.close()
     return write_summary(out, step, start, history, config, init=str(init) if init else None)
 
@@ -474,11 +477,13 @@ def main() -> None:
     parser.add_argument("--keep-weight", type=float, default=RunReconTrainConfig.keep_weight,
                         help="--depth-only: weight of the L1 that holds opacity, scale and colour to --init's")
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after this much training (0: no limit)")
-    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
+    parser.add_argument("--save-every", type=int, default=RunReconTrainConfig.save_every,
+                        help="steps between checkpoints (a Ctrl-C or SIGTERM also saves the last step)")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
     check_out_options(parser, args)
-    check_training_options(parser, args)
+    check_training_options(parser, args, init_class="ReconNet")
     if args.depth_bins == 1 or args.depth_bins < 0:
         parser.error(f"--depth-bins {args.depth_bins}: 0 (the --init's planes) or at least 2")
     if not (args.min_depth_m == 0.0 or 0.0 < args.min_depth_m < 80.0):  # (nan fails both)
@@ -487,7 +492,7 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
-                                 renderer=args.renderer, eval_every=args.eval_every, cost_volume=args.cost_volume,
+                                 renderer=args.renderer, eval_every=args.eval_every, save_every=args.save_every, cost_volume=args.cost_volume,
                                  ray_inputs=args.ray_inputs, view_depth_weight=args.view_depth_weight,
                                  render_depth_weight=args.render_depth_weight, time_budget_s=60.0 * args.minutes,
                                  targets_per_step=args.targets_per_step, depth_only=args.depth_only,
