@@ -187,6 +187,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
                              "has AMX or a timed probe finds it faster; float32 elsewhere)")
     parser.add_argument("--network-precision", choices=CPU_PRECISIONS, default="auto",
                         help=_NETWORK_PRECISION_HELP)
+    parser.add_argument("--reconstructor-checkpoint", type=Path, default=None,
+                        help="a reconstructed scene's network: a ReconNet checkpoint folder, e.g. one you trained "
+                             "(default: the shipped one, checkpoints/reconstructor-run; its hash is in the scene's "
+                             "cache key)")
     parser.add_argument("--no-log-reference", dest="log_reference", action="store_false",
                         help="do not send the enhancer the drive log's images warped into each camera (faster: no "
                              "median depth and no warp per tick; the enhancer then gains less; by default they are "
@@ -338,6 +342,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_descriptio
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,
+                         reconstructor_checkpoint=args.reconstructor_checkpoint,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend,
                          truth=args.truth, lod_px=getattr(args, "lod_px", None),
                          render_scale=getattr(args, "render_scale", None), prompt_description=prompt_description)

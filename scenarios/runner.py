@@ -87,6 +87,8 @@ class RunOptions:
     enhancer_checkpoint: Path | None = None  # for "local"; None = the shipped default (checkpoints.DEFAULT_ENHANCER)
     enhancer_precision: str = "auto"  # for "local": the model's arithmetic on a CPU, auto (bfloat16 where the CPU has
     #                                   AMX or runs it faster, precision.py) | float32 | bfloat16 (enhance.precision)
+    reconstructor_checkpoint: Path | None = None  # a reconstructed scene's network (a ReconNet checkpoint folder, in
+    #                                              the scene's cache key); None = the shipped default
     network_precision: str = "auto"  # a reconstructed scene's network arithmetic: auto (bfloat16 where the CPU runs it
     #                                  faster, as enhancer_precision's auto) | float32 | bfloat16; in the scene's cache key
     log_reference: bool = True  # send a reconstructed scene's drive log to an enhancer trained to take it (its hello's
@@ -206,6 +208,24 @@ def _kernel_modules(options: RunOptions, scene_kind: str) -> list[str]:
     return modules
 
 
+def check_reconstructor_checkpoint(checkpoint: Path | None, scene_kind: str) -> None:
+    """ValueError naming the problem: a reconstructor checkpoint for the builder's scene (which has none), a folder
+    that holds no ReconNet checkpoint (an enhancer's, say)."""
+    if checkpoint is None:
+        return
+    if scene_kind == "builder":
+        raise ValueError("--reconstructor-checkpoint is for a reconstructed scene (--scene reconstruction or "
+                         "--scene-log LOG); the builder's scene has no network")
+    from neural_sensor.train.state import checkpoint_class
+
+    found = checkpoint_class(checkpoint) if Path(checkpoint).is_dir() else None
+    if found != "ReconNet" or not (Path(checkpoint) / "model.safetensors").is_file():
+        what = ("no such folder" if not Path(checkpoint).is_dir() else f"a checkpoint of class {found}" if found
+                else "no checkpoint (no readable config.json naming its class)")
+        raise ValueError(f"--reconstructor-checkpoint {checkpoint}: {what}; it takes a reconstructor (ReconNet) "
+                         "checkpoint folder with config.json and model.safetensors")
+
+
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     scene_kind, log_folder = scene_source(options.scene)
     if log_folder is not None:  # a missing log, bad JSON or a missing image is reported before anything starts
@@ -213,6 +233,7 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
 
         log_digest(log_folder)
     scene_lod_px(scene_kind, options.lod_px)  # a bad level of detail or scale is reported before anything loads
+    check_reconstructor_checkpoint(options.reconstructor_checkpoint, scene_kind)
     scene_render_scale(scene_kind, options.render_scale)
     check_enhancer_options(options)
     seed = options.seed  # a Scenario object skips load_scenario's check: numpy said "expected non-negative integer"
@@ -236,6 +257,11 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
         raise
     destroy_agent(agent, options.agent, failing=False)
     return summary
+
+
+def _reconstructor(options: RunOptions) -> dict:
+    """The checkpoint keyword for `reconstructed_scene(_from_log)`: none for the shipped default."""
+    return {} if options.reconstructor_checkpoint is None else {"checkpoint": Path(options.reconstructor_checkpoint)}
 
 
 def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,
@@ -283,13 +309,15 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
             scene, scene_meta = reconstructed_scene(scenario.layout, scenario.recorded_path_xy_m,
                                                     voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                                     progress=options.progress,
-                                                    network_precision=options.network_precision)
+                                                    network_precision=options.network_precision,
+                                                    **_reconstructor(options))
         elif scene_kind == "log":
             from neural_sensor.reconstruct.drive import reconstructed_scene_from_log
 
             scene, scene_meta = reconstructed_scene_from_log(log_folder, cache_dir=options.cache_dir,
                                                              progress=options.progress,
-                                                             network_precision=options.network_precision)
+                                                             network_precision=options.network_precision,
+                                                             **_reconstructor(options))
             if scene_meta.get("sky_rgb") is not None:  # the sky the log was recorded under
                 background = tuple(float(c) for c in scene_meta["sky_rgb"])
             scene_meta = {**scene_meta, **_log_distance_to_ego_lane(scenario, scene_meta, log_folder)}
@@ -521,11 +549,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             "stage_ms_median": {k: _median(v) for k, v in stages.items()},
             "criteria": criteria.results(), "passed": criteria.passed,
             "criteria_not_judged": criteria.not_judged(),
-            "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in ("key", "n_gaussians", "build_s",
-                                                                                  "cached", "scene_s", "path", "log",
-                                                                                  "network_precision",
-                                                                                  "log_nearest_to_ego_start_m",
-                                                                                  "log_farthest_from_ego_lane_m")}},
+            "scene": {"source": options.scene, **{k: scene_meta.get(k) for k in (
+                "key", "checkpoint", "n_gaussians", "build_s", "cached", "scene_s", "path", "log", "network_precision",
+                "log_nearest_to_ego_start_m", "log_farthest_from_ego_lane_m")}},
             "agent": options.agent or "builtin", "paths": paths,
             "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
                 sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)

@@ -154,6 +154,44 @@ def test_failed_run_leaves_nothing_behind(tmp_path, scene_cache):
     assert list(tmp_path.iterdir()) == []  # no temporary folder either
 
 
+def test_a_run_takes_your_own_reconstructor(tmp_path, capsys, monkeypatch):
+    """--reconstructor-checkpoint reaches the reconstruction (whose cache key holds its hash); it is refused for the
+    builder's scene and for a folder that holds no reconstructor (a new user had no way to run the reconstructor they
+    trained: only the enhancer's checkpoint could be named)."""
+    import neural_sensor.reconstruct.drive as drive
+    from scenarios.cli import main as cli_main
+
+    seen = {}
+
+    class _Reached(Exception):
+        pass
+
+    def fake(*_args, **kwargs):
+        seen.update(kwargs)
+        raise _Reached
+
+    monkeypatch.setattr(drive, "reconstructed_scene", fake)
+    mine = Path("checkpoints/reconstructor-small").resolve()
+    with pytest.raises(_Reached):
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "a", ticks=2, scene="reconstruction", enhancer=None,
+                                          reconstructor_checkpoint=mine, progress=False, video=False))
+    assert seen["checkpoint"] == mine
+    seen.clear()
+    with pytest.raises(_Reached):  # without it: the shipped default, as before
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "b", ticks=2, scene="reconstruction", enhancer=None,
+                                          progress=False, video=False))
+    assert "checkpoint" not in seen
+    for argv, message in (
+            (["--scene", "builder", "--reconstructor-checkpoint", str(mine)],
+             "--reconstructor-checkpoint is for a reconstructed scene"),
+            (["--reconstructor-checkpoint", "checkpoints/enhancer-run"], "a checkpoint of class Enhancer; it takes a "
+                                                                         "reconstructor (ReconNet) checkpoint"),
+            (["--reconstructor-checkpoint", str(tmp_path / "missing")], "missing: no such folder")):
+        assert cli_main(["demo", "--ticks", "2", "--out", str(tmp_path / "c"), *argv]) == 2
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "c").exists()
+
+
 def test_every_scenario_loads():
     for name in SCENARIOS:
         scenario = load_scenario(name)
