@@ -100,7 +100,9 @@ class SensorSpec:
             if value > MAX_SIDE_PX:
                 raise ValueError(f"sensor {self.sensor_id!r}: {name} {value} pixels is over the largest side this "
                                  f"tool renders ({MAX_SIDE_PX})")
-        if not (isinstance(self.fov_deg, (int, float)) and 0 < self.fov_deg < 180):
+        if isinstance(self.fov_deg, bool) or not isinstance(self.fov_deg, (int, float, np.integer, np.floating)):
+            raise ValueError(f"sensor {self.sensor_id!r}: fov must be a number of degrees, got {self.fov_deg!r}")
+        if not 0 < self.fov_deg < 180:  # (a numpy float is a number: np.float32(90) was refused as out of range)
             raise ValueError(f"sensor {self.sensor_id!r}: fov must be in (0, 180) degrees, got {self.fov_deg!r}")
         object.__setattr__(self, "pose_camera_to_ego",
                            check_pose(self.pose_camera_to_ego, f"sensor {self.sensor_id!r} pose_camera_to_ego"))
@@ -179,6 +181,11 @@ class NeuralSensorRig:
         sensors = list(sensors)
         if not sensors:
             raise ValueError("NeuralSensorRig: no sensors")
+        for sensor in sensors:
+            if not isinstance(sensor, SensorSpec):
+                hint = (" (a leaderboard sensor dict: carla_bridge.transforms.sensor_spec_from_leaderboard "
+                        "reads one)" if isinstance(sensor, dict) else "")
+                raise ValueError(f"NeuralSensorRig: sensors must be SensorSpec, got {type(sensor).__name__}{hint}")
         ids = [s.sensor_id for s in sensors]
         if len(set(ids)) != len(ids):
             raise ValueError(f"NeuralSensorRig: duplicate sensor ids in {ids}")

@@ -116,6 +116,22 @@ def test_bad_sensor_dicts(change, message):
         sensor_spec_from_leaderboard(sensor)
 
 
+def test_a_numpy_fov_is_a_number_and_a_dict_is_no_sensor_spec():
+    """A new user's findings: SensorSpec refused np.float32(90) as "fov must be in (0, 180) degrees", and
+    NeuralSensorRig given a leaderboard dict said "'dict' object has no attribute 'sensor_id'"."""
+    from neural_sensor.testing import make_street_scene
+
+    spec = SensorSpec("a", 16, 12, np.float32(90), np.eye(4))
+    assert spec.fov_deg == 90
+    with pytest.raises(ValueError, match="fov must be a number of degrees, got True"):
+        SensorSpec("a", 16, 12, True, np.eye(4))
+    sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
+              "yaw": 0, "width": 64, "height": 48, "fov": 90}
+    with pytest.raises(ValueError, match="sensors must be SensorSpec, got dict .a leaderboard sensor dict: "
+                                         "carla_bridge.transforms.sensor_spec_from_leaderboard reads one"):
+        NeuralSensorRig(make_street_scene(1000), [sensor])
+
+
 def test_sensor_dicts_as_the_leaderboard_passes_them_to_carla():
     """The leaderboard hands width, height and fov to CARLA as str(value), so "90" or 800.0 work there: here too."""
     sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,

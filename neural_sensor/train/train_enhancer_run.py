@@ -229,6 +229,9 @@ def sample_batch(frames: dict[str, np.ndarray], rng: np.random.Generator, batch:
             torch.from_numpy(np.stack(valid).astype(np.float32)), torch.from_numpy(identity))
 
 
+MONITOR_MAX_PSNR_DB = 100.0  # `evaluate`: the PSNR an identical image is recorded with
+
+
 @torch.no_grad()
 def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
     """Mean PSNR over held-out frames: raw and enhanced reconstruction renders against ground truth (enhanced with
@@ -243,8 +246,8 @@ def evaluate(model: Enhancer, frames: dict[str, np.ndarray]) -> dict:
     passthrough = model.enhance(f32["truth"], f32["truth_depth"], f32["truth_alpha"])
     truth = f32["truth"]
 
-    def mean_psnr(images) -> float:
-        return round(float(np.mean([psnr(a, b) for a, b in zip(images, truth)])), 3)
+    def mean_psnr(images) -> float:  # an identical image counts as MONITOR_MAX_PSNR_DB: JSON has no Infinity
+        return round(float(np.mean([min(psnr(a, b), MONITOR_MAX_PSNR_DB) for a, b in zip(images, truth)])), 3)
 
     return {"raw_psnr": mean_psnr(f32["rgb"]), "enhanced_psnr": mean_psnr(enhanced),
             "enhanced_no_reference_psnr": mean_psnr(alone), "passthrough_psnr": mean_psnr(passthrough)}
