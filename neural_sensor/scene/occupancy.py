@@ -88,8 +88,30 @@ def _inside_box_2d(points: np.ndarray, box: Box, pad: float = 0.0) -> np.ndarray
     return (np.abs(u) <= box.size_m[0] / 2 + pad) & (np.abs(v) <= box.size_m[1] / 2 + pad), u, v
 
 
+LABEL_TILE_M = 32.0  # `_surface_labels` classifies points spread wider than this tile by tile
+
+
 def _surface_labels(layout: Layout, xy: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """2D class of ground columns: (label, top height in m) for points [M, 2]."""
+    """2D class of ground columns: (label, top height in m) for points [M, 2].
+
+    Points spread over more than LABEL_TILE_M are classified tile by tile (LABEL_TILE_M squares), so each tile's
+    distances examine only the lane segments near it: the same labels (every distance that decides one lies within
+    `_segment_distances`' reach, where it is exact either way), but a batch of ground blocks scattered over a large
+    map had examined most of its segments for every point (an OpenDRIVE grid of 24 lanes: 90 of its 119 s)."""
+    assert xy.ndim == 2 and xy.shape[1] == 2, xy.shape
+    if len(xy) == 0 or np.max(np.ptp(xy, axis=0)) <= LABEL_TILE_M:
+        return _surface_labels_near(layout, xy, voxel_m)
+    tile = np.floor(xy / LABEL_TILE_M).astype(np.int64)
+    _, index = np.unique(tile, axis=0, return_inverse=True)
+    label, top = np.empty(len(xy), np.uint8), np.empty(len(xy))
+    for members in np.split(np.argsort(index.ravel(), kind="stable"),
+                            np.flatnonzero(np.diff(np.sort(index.ravel(), kind="stable"))) + 1):
+        label[members], top[members] = _surface_labels_near(layout, xy[members], voxel_m)
+    return label, top
+
+
+def _surface_labels_near(layout: Layout, xy: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_surface_labels` for points close together (all lane segments near their bounding box are examined)."""
     m = len(xy)
     label = np.full(m, int(L.TERRAIN), np.uint8)
     top = np.zeros(m)
