@@ -174,6 +174,14 @@ def test_a_road_with_a_short_last_step_keeps_its_end_tangent():
         for side in (-1, 1):  # both marking boundaries stay on their own side of the lane, to the road's end
             boundary = _offset_polyline(lane.centre_m, side * lane.width_m / 2)
             np.testing.assert_allclose(np.abs(boundary[:, 1] - lane.centre_m[:, 1]), lane.width_m / 2, atol=1e-9)
+    # a scene cached before the fix is not served for such a layout: its cache key says so; the templates' keys
+    # (their lanes end evenly) did not move
+    from neural_sensor.scene.build import build_inputs
+    from neural_sensor.scene.layout import from_template
+
+    assert build_inputs(layout, 0.5, "legacy")["marking_ends"] == 2
+    assert all("marking_ends" not in build_inputs(from_template(t), 0.5, "legacy")
+               for t in ("straight", "curve", "intersection"))
     # on an arc sampled unevenly the end tangents follow the circle
     theta = np.concatenate([np.arange(0.0, 1.0, 0.05), [1.0, 1.01]])
     arc = 20.0 * np.stack([np.sin(theta), 1.0 - np.cos(theta)], axis=1)

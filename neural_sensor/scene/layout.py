@@ -266,15 +266,26 @@ def polyline_tangents(points: np.ndarray) -> np.ndarray:
     them their worlds' cache keys."""
     assert points.ndim == 2 and points.shape[1] == 2 and len(points) >= 2, points.shape
     tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
-    if len(points) > 2:
-        for end in (slice(0, 3), slice(-3, None)):
+    for end, at in zip((slice(0, 3), slice(-3, None)), (0, -1)):
+        if _uneven_end(points[end]):
             three = points[end]
-            step = np.linalg.norm(np.diff(three, axis=0), axis=1)
-            if abs(step[1] - step[0]) > UNEVEN_END_STEP * step.max():
-                arc = np.concatenate([[0.0], np.cumsum(step)])
-                tangents[0 if end.start == 0 else -1] = np.gradient(three, arc, axis=0, edge_order=2)[
-                    0 if end.start == 0 else -1]
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(three, axis=0), axis=1))])
+            tangents[at] = np.gradient(three, arc, axis=0, edge_order=2)[at]
     return tangents / np.linalg.norm(tangents, axis=1, keepdims=True)
+
+
+def _uneven_end(three: np.ndarray) -> bool:
+    """True for a polyline end's three points [3, 2] whose two steps differ by more than UNEVEN_END_STEP."""
+    if len(three) < 3:
+        return False
+    step = np.linalg.norm(np.diff(three, axis=0), axis=1)
+    return bool(abs(step[1] - step[0]) > UNEVEN_END_STEP * step.max())
+
+
+def has_uneven_ends(layout: "Layout") -> bool:
+    """True when a lane of `layout` ends unevenly (`polyline_tangents`): its markings' ends changed on 2026-12-06,
+    so `build_scene`'s cache key says so for such layouts (and only for them: the templates' keys did not move)."""
+    return any(_uneven_end(lane.centre_m[:3]) or _uneven_end(lane.centre_m[-3:]) for lane in layout.lanes)
 
 
 def _offset_polyline(points: np.ndarray, offset_m: float) -> np.ndarray:
