@@ -72,7 +72,9 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
               "holds a checkpoint of class Enhancer; this option takes class ReconNet"),
              (train_reconstructor_run, ["--init", str(tmp_path)], "not a checkpoint folder"),
              (train_enhancer_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
-             (train_reconstructor_run, ["--save-every", "0"], "--save-every 0: must be at least 1")]
+             (train_reconstructor_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
+             (train_reconstructor_run, ["--minutes", "nan"], "--minutes nan: must be a finite number of minutes"),
+             (gpu_pipeline, ["--minutes", "-1"], "--minutes -1.0: must be a finite number of minutes")]
     if not torch.cuda.is_available():
         cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))
     for module, argv, message in cases:

@@ -87,6 +87,9 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} {value}: must be at least 1")
     if getattr(args, "pairs", None) is not None and args.pairs < 0:
         parser.error(f"--pairs {args.pairs}: must be 0 (no temporal pairs) or more")
+    minutes = getattr(args, "minutes", None)  # NaN ran without a limit, a negative value took no step
+    if minutes is not None and not (math.isfinite(minutes) and minutes >= 0):
+        parser.error(f"--minutes {minutes}: must be a finite number of minutes, 0 or more")
     for name in _RATES:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
