@@ -74,6 +74,10 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (train_enhancer_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
              (train_reconstructor_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
              (train_reconstructor_run, ["--minutes", "nan"], "--minutes nan: must be a finite number of minutes"),
+             (train_enhancer_run, ["--shift-weights", "0:-1"], "shift_weights 0:-1: expected a shift >= 0 m and a "
+                                                               "finite weight >= 0"),
+             (train_enhancer_run, ["--shift-weights", "3:nan"], "shift_weights 3:nan"),
+             (train_enhancer_run, ["--shift-weights", "0:0,3:0"], "every weight is 0"),
              (gpu_pipeline, ["--minutes", "-1"], "--minutes -1.0: must be a finite number of minutes")]
     if not torch.cuda.is_available():
         cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -296,6 +297,11 @@ def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> No
                          "shape of the checkpoint it starts from")
     if config.widen and init is None:
         raise ValueError("widen needs init: it doubles the widths of a trained enhancer")
+    for shift, weight in config.shift_weights:  # (-1 failed in numpy after the data was made; nan was "all zero")
+        if not (math.isfinite(shift) and shift >= 0 and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"shift_weights {shift:g}:{weight:g}: expected a shift >= 0 m and a finite weight >= 0")
+    if config.shift_weights and not any(weight > 0 for _, weight in config.shift_weights):
+        raise ValueError("shift_weights: every weight is 0, so no frame could be drawn")
 
 
 def pair_worlds(config: RunEnhancerTrainConfig) -> int:
