@@ -10,6 +10,7 @@ model.safetensors and CARD.md of each; the training states stay in the repositor
 
 from __future__ import annotations
 
+import json
 import site
 import sys
 import sysconfig
@@ -49,3 +50,28 @@ def default_checkpoint(name: str) -> Path:
         return checkpoint_path(name)
     except ValueError:
         return _REPO_CHECKPOINTS / name
+
+
+_CLASS_NAMES = {"UNet2DModel": "Enhancer"}  # a diffusers UNet's config loads as an enhancer (Enhancer.from_pretrained)
+
+
+def checkpoint_class(folder: Path | str) -> str | None:
+    """The model class a checkpoint folder's config.json names ("ReconNet", "Enhancer"), None without one."""
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("class", data.get("_class_name")) if isinstance(data, dict) else None
+    return _CLASS_NAMES.get(name, name) if isinstance(name, str) else None
+
+
+def checkpoint_problem(folder: Path | str, wanted: str | None) -> str | None:
+    """Why `folder` is not a checkpoint of class `wanted` (any class when None), or None when it is one."""
+    if not Path(folder).is_dir():
+        return "no such folder"
+    found = checkpoint_class(folder)
+    if found is None:
+        return "not a checkpoint folder (no readable config.json naming its model class)"
+    if wanted is not None and found != wanted:
+        return f"a checkpoint of class {found}, not {wanted}"
+    return None

@@ -104,6 +104,7 @@ class SensorSpec:
             raise ValueError(f"sensor {self.sensor_id!r}: fov must be a number of degrees, got {self.fov_deg!r}")
         if not 0 < self.fov_deg < 180:  # (a numpy float is a number: np.float32(90) was refused as out of range)
             raise ValueError(f"sensor {self.sensor_id!r}: fov must be in (0, 180) degrees, got {self.fov_deg!r}")
+        object.__setattr__(self, "fov_deg", float(self.fov_deg))  # a numpy number as a Python float from here on
         object.__setattr__(self, "pose_camera_to_ego",
                            check_pose(self.pose_camera_to_ego, f"sensor {self.sensor_id!r} pose_camera_to_ego"))
 

@@ -376,8 +376,9 @@ def _build_scene(args: argparse.Namespace) -> dict:
     if args.prompt is not None:
         layout, description = _layout_from_prompt(args.prompt, args.seed)
     elif args.xodr is not None:
-        try:  # its bytes: the XML declaration names the encoding (UTF-8 without one)
-            layout = layout_from_opendrive(args.xodr.read_bytes(), style=style, name=args.xodr.stem)
+        data = _read_bytes(args.xodr, "OpenDRIVE map")  # the XML declaration names its encoding (UTF-8 without one)
+        try:
+            layout = layout_from_opendrive(data, style=style, name=args.xodr.stem)
         except ValueError as err:
             raise ValueError(f"OpenDRIVE map {args.xodr}: {err}") from None
     elif args.layout is not None:
@@ -526,15 +527,22 @@ def _check_writable_parent(option: str, path: Path) -> None:
             return
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """A file's bytes, or ValueError naming the file and what it should have been."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+
+
 def _read_text(path: Path, what: str) -> str:
     """A UTF-8 text file's content, or ValueError naming the file and what it should have been."""
+    data = _read_bytes(path, what)
     try:
-        return path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{what} {path} is not a UTF-8 text file (byte {err.start} is {err.object[err.start]:#04x})"
                          ) from None
-    except OSError as err:
-        raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

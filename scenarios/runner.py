@@ -216,14 +216,12 @@ def check_reconstructor_checkpoint(checkpoint: Path | None, scene_kind: str) -> 
     if scene_kind == "builder":
         raise ValueError("--reconstructor-checkpoint is for a reconstructed scene (--scene reconstruction or "
                          "--scene-log LOG); the builder's scene has no network")
-    from neural_sensor.train.state import checkpoint_class
+    from neural_sensor.checkpoints import checkpoint_problem
 
-    found = checkpoint_class(checkpoint) if Path(checkpoint).is_dir() else None
-    if found != "ReconNet" or not (Path(checkpoint) / "model.safetensors").is_file():
-        what = ("no such folder" if not Path(checkpoint).is_dir() else f"a checkpoint of class {found}" if found
-                else "no checkpoint (no readable config.json naming its class)")
-        raise ValueError(f"--reconstructor-checkpoint {checkpoint}: {what}; it takes a reconstructor (ReconNet) "
-                         "checkpoint folder with config.json and model.safetensors")
+    problem = checkpoint_problem(checkpoint, "ReconNet")
+    if problem:
+        raise ValueError(f"--reconstructor-checkpoint {checkpoint}: {problem}; it takes a reconstructor (ReconNet) "
+                         "checkpoint folder")
 
 
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:

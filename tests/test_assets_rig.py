@@ -121,8 +121,9 @@ def test_a_numpy_fov_is_a_number_and_a_dict_is_no_sensor_spec():
     NeuralSensorRig given a leaderboard dict said "'dict' object has no attribute 'sensor_id'"."""
     from neural_sensor.testing import make_street_scene
 
-    spec = SensorSpec("a", 16, 12, np.float32(90), np.eye(4))
-    assert spec.fov_deg == 90
+    for fov in (np.float32(90), np.int64(90)):  # kept as a float: an np.int64 failed later, at the capture
+        spec = SensorSpec("a", 16, 12, fov, np.eye(4))
+        assert spec.fov_deg == 90.0 and type(spec.fov_deg) is float
     with pytest.raises(ValueError, match="fov must be a number of degrees, got True"):
         SensorSpec("a", 16, 12, True, np.eye(4))
     sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,
@@ -130,6 +131,9 @@ def test_a_numpy_fov_is_a_number_and_a_dict_is_no_sensor_spec():
     with pytest.raises(ValueError, match="sensors must be SensorSpec, got dict .a leaderboard sensor dict: "
                                          "carla_bridge.transforms.sensor_spec_from_leaderboard reads one"):
         NeuralSensorRig(make_street_scene(1000), [sensor])
+    rig = NeuralSensorRig(make_street_scene(1000), [SensorSpec("a", 16, 12, np.int64(90), np.eye(4))], backend="cpu")
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, 0.0, 0.0, 0.0))
+    assert rig.capture(WorldSnapshot(0, 0.0, ego))["a"].rgb.shape == (12, 16, 3)
 
 
 def test_sensor_dicts_as_the_leaderboard_passes_them_to_carla():

@@ -184,8 +184,8 @@ def test_a_run_takes_your_own_reconstructor(tmp_path, capsys, monkeypatch):
     for argv, message in (
             (["--scene", "builder", "--reconstructor-checkpoint", str(mine)],
              "--reconstructor-checkpoint is for a reconstructed scene"),
-            (["--reconstructor-checkpoint", "checkpoints/enhancer-run"], "a checkpoint of class Enhancer; it takes a "
-                                                                         "reconstructor (ReconNet) checkpoint"),
+            (["--reconstructor-checkpoint", "checkpoints/enhancer-run"], "a checkpoint of class Enhancer, not "
+                                                                         "ReconNet; it takes a reconstructor"),
             (["--reconstructor-checkpoint", str(tmp_path / "missing")], "missing: no such folder")):
         assert cli_main(["demo", "--ticks", "2", "--out", str(tmp_path / "c"), *argv]) == 2
         assert message in capsys.readouterr().err, argv

@@ -412,8 +412,7 @@ def test_missing_or_damaged_checkpoints_are_refused_at_start(tmp_path, identity_
     message = str(error.value)
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith("the local enhancer server exited with code 2: serve-enhancer: enhancer checkpoint ")
-    assert message.endswith("config.json names class 'ReconNet', not an Enhancer (nor a diffusers UNet2DModel): a "
-                            "reconstructor, not an enhancer")
+    assert message.endswith("a checkpoint of class ReconNet, not Enhancer (a diffusers UNet2DModel folder loads too)")
 
 
 def test_cli_refuses_a_bad_enhancer_endpoint_and_a_public_bind(tmp_path, capsys):

@@ -182,6 +182,10 @@ def test_a_road_with_a_short_last_step_keeps_its_end_tangent():
     assert build_inputs(layout, 0.5, "legacy")["marking_ends"] == 2
     assert all("marking_ends" not in build_inputs(from_template(t), 0.5, "legacy")
                for t in ("straight", "curve", "intersection"))
+    import inspect
+
+    from neural_sensor.reconstruct import drive
+    assert "**marking_cache_inputs(layout)" in inspect.getsource(drive.reconstructed_scene)  # its drive: the built scene
     # on an arc sampled unevenly the end tangents follow the circle
     theta = np.concatenate([np.arange(0.0, 1.0, 0.05), [1.0, 1.01]])
     arc = 20.0 * np.stack([np.sin(theta), 1.0 - np.cos(theta)], axis=1)
@@ -196,12 +200,16 @@ def test_bad_numbers_in_a_map_are_named_with_their_road():
     two = ('<geometry s="0" x="0" y="0" hdg="0" length="10"><line/></geometry>'
            '<geometry s="10" x="{x}" y="0" hdg="{hdg}" length="20"><arc curvature="{k}"/></geometry>')
     sections = _section(0, 3.5)
-    with pytest.raises(ValueError, match=r"road '1': .*<geometry x='nan'> is not a finite number"):
+    with pytest.raises(ValueError, match=r"OpenDRIVE: road '1': <geometry x='nan'> is not a finite number"):
         layout_from_opendrive(_road_xml(two.format(x="nan", hdg=0, k=0.01), sections, 30.0), decorate=False)
     with pytest.raises(ValueError, match=r"<arc curvature='inf'> is not a finite number"):
         layout_from_opendrive(_road_xml(two.format(x=10, hdg=0, k="inf"), sections, 30.0), decorate=False)
-    with pytest.raises(ValueError, match=r"road '1': .*<road length='0'> must be positive and at most 100000 m"):
-        layout_from_opendrive(_road_xml(two.format(x=10, hdg=0, k=0.01), sections, 0), decorate=False)
+    with pytest.raises(ValueError, match=r"OpenDRIVE: road '1': <road length='-3'> must be positive and at most "
+                                         r"100000 m"):
+        layout_from_opendrive(_road_xml(two.format(x=10, hdg=0, k=0.01), sections, -3), decorate=False)
+    with pytest.raises(ValueError, match=r"<geometry length='2e6'> is over 100000 m"):
+        layout_from_opendrive(_road_xml(two.format(x=10, hdg=0, k=0.01).replace('length="20"', 'length="2e6"'),
+                                        sections, 30.0), decorate=False)
     with pytest.raises(ValueError, match=r"road '1': .*plan view jumps 89990 m between the geometries at s = 0 "
                                          r"and s = 10"):
         layout_from_opendrive(_road_xml(two.format(x=90000, hdg=0, k=0.01), sections, 30.0), decorate=False)
@@ -217,6 +225,15 @@ def test_bad_numbers_in_a_map_are_named_with_their_road():
                                                                                     + "<geometry s=\"10\"", 1),
                                              sections, 30.0), decorate=False)
     assert np.all(np.isfinite(layout.lanes[0].centre_m)) and len(layout.lanes) == 2
+    # a geometry longer than the next one's s is sampled only up to it: continuous there, so read
+    overshoot = two.format(x=10, hdg=0, k=0.01).replace('length="10"', 'length="15"', 1)
+    assert len(layout_from_opendrive(_road_xml(overshoot, sections, 30.0), decorate=False).lanes) == 2
+    # a road of length 0 (SUMO's netconvert writes junction connectors so) adds nothing, and the map still reads
+    text = _road_xml(two.format(x=10, hdg=0, k=0.01), sections, 30.0)
+    connector = ('<road id="9" length="0" junction="3"><planView><geometry s="0" x="30" y="0" hdg="0" length="0">'
+                 '<line/></geometry></planView><lanes>' + sections + '</lanes></road>')
+    assert len(layout_from_opendrive(text.replace("</OpenDRIVE>", connector + "</OpenDRIVE>"),
+                                     decorate=False).lanes) == 2
     layout = layout_from_opendrive(_road_xml(two.format(x=10.03, hdg=0, k=0.01), sections, 30.0), decorate=False)
     assert len(layout.lanes) == 2
 
@@ -257,12 +274,27 @@ def test_buildings_stand_behind_parking_lanes_and_sidewalks():
     reference = densified(layout.references[0].points_m, 0.5)
     for b in buildings:
         assert _footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], reference) >= 3.5 + 2.5 + 2.0
+    # a border lane outside the sidewalk is not the road's: the buildings stand where they did without it
+    border = lanes_xml.replace('</left>', lane.format(4, "border", 3.0) + '</left>').replace(
+        '</right>', lane.format(-4, "border", 3.0) + '</right>')
+    nearest = [min(_footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], reference)
+                   for b in lay.objects if b.cls == "building")
+               for lay in (layout, layout_from_opendrive(_line_road(200.0, border)))]
+    assert nearest[1] == pytest.approx(nearest[0])
 
 
-def test_a_map_in_latin_1_reads_from_its_bytes():
-    # the CLI decoded a map as UTF-8 before the XML parser saw its declaration; the bytes now go to the parser
+def test_a_map_in_latin_1_builds_from_the_command_line(tmp_path, capsys):
+    # the CLI decoded a map as UTF-8 before the XML parser saw its declaration ("not a UTF-8 text file"); the bytes
+    # now go to the parser. A missing map is still named.
+    from scenarios.cli import main
+
     text = _road_xml('<geometry s="0" x="0" y="0" hdg="0" length="30"><line/></geometry>', _section(0, 3.5), 30.0)
     data = text.replace("<OpenDRIVE>", '<?xml version="1.0" encoding="ISO-8859-1"?><OpenDRIVE>', 1)
-    data = data.replace('<road id="1"', '<road id="1" name="Stra\xdfe"', 1).encode("latin-1")
-    layout = layout_from_opendrive(data, decorate=False)
-    assert len(layout.lanes) == 2
+    path = tmp_path / "latin1.xodr"
+    path.write_bytes(data.replace('<road id="1"', '<road id="1" name="Stra\xdfe"', 1).encode("latin-1"))
+    assert main(["build-scene", "--xodr", str(path), "--voxel", "1.0", "--cache", str(tmp_path / "cache")]) == 0
+    assert '"n_gaussians"' in capsys.readouterr().out
+    assert main(["build-scene", "--xodr", str(tmp_path / "missing.xodr"), "--cache", str(tmp_path / "cache")]) == 2
+    assert f"OpenDRIVE map {tmp_path / 'missing.xodr'} cannot be read: No such file or directory" in \
+        capsys.readouterr().err
+

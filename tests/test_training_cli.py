@@ -67,9 +67,9 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (gpu_pipeline, ["--stages", "recon"], "the stages are reconstructor_data, reconstructor"),
              # a new user's findings: these failed with a traceback after the data (minutes) had been made
              (train_enhancer_run, ["--init", "checkpoints/reconstructor-run"],
-              "holds a checkpoint of class ReconNet; this option takes class Enhancer"),
+              "a checkpoint of class ReconNet, not Enhancer"),
              (train_enhancer_run, ["--reconstructor", "checkpoints/enhancer-run"],
-              "holds a checkpoint of class Enhancer; this option takes class ReconNet"),
+              "a checkpoint of class Enhancer, not ReconNet"),
              (train_reconstructor_run, ["--init", str(tmp_path)], "not a checkpoint folder"),
              (train_enhancer_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
              (train_reconstructor_run, ["--save-every", "0"], "--save-every 0: must be at least 1"),
@@ -95,35 +95,43 @@ class _TinyModel(torch.nn.Linear):
         torch.save(self.state_dict(), Path(folder) / "model.pt")
 
 
-@pytest.mark.parametrize("how, code", [("sigint", 130), ("sigterm", 143)])
-def test_an_interrupted_training_keeps_its_last_step(how, code, tmp_path, capsys):
-    """A Ctrl-C or SIGTERM inside the training loop saves the step it reached, says so and exits 130 / 143 (a run
-    under save_every steps kept nothing, with a KeyboardInterrupt traceback: a new user's finding); with no step
-    taken nothing is written."""
+@pytest.mark.parametrize("sig, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", SystemExit)])
+def test_an_interrupted_training_keeps_its_last_step(sig, raised, tmp_path, capsys):
+    """A Ctrl-C or SIGTERM inside the training loop lets the step in flight finish, saves the step reached, says so
+    and leaves as KeyboardInterrupt / SystemExit(143) (a run under save_every steps kept nothing, with a
+    KeyboardInterrupt traceback: a new user's finding); with no step taken nothing is written; the handlers that
+    were there are put back."""
     import os
     import signal
 
-    from neural_sensor.train.state import STATE_FILE, checkpoint_on_interrupt
+    from neural_sensor.train.state import STATE_FILE, stop_requested
 
+    signum = getattr(signal, sig)
     model = _TinyModel(2, 2)
     optimiser = torch.optim.Adam(model.parameters())
-    history, step = [], 0
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    history = []
     out = tmp_path / "out"
-    for reached in (0, 3):
-        step = reached
-        with pytest.raises(SystemExit) as exit_info:
-            with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
-                if how == "sigint":
-                    raise KeyboardInterrupt
-                os.kill(os.getpid(), signal.SIGTERM)
-        assert exit_info.value.code == code
+    for signal_at in (0, 3):
+        step = 0
+        with pytest.raises(raised) as exit_info:
+            with stop_requested(out, lambda: (model, optimiser, step, history)) as request:
+                while step < 10 and request.signum is None:
+                    if step == signal_at:
+                        os.kill(os.getpid(), signum)  # lands mid-step: the step still finishes
+                        if signal_at == 0:
+                            break
+                    step += 1
+                    history.append({"step": step})
+        if raised is SystemExit:
+            assert exit_info.value.code == 143
         err = capsys.readouterr().err
-        if reached == 0:
+        if signal_at == 0:
             assert "no step was taken, so nothing was saved" in err and not out.exists()
         else:
-            assert "holds step 3: --resume continues it" in err
-            assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 3
-    assert signal.getsignal(signal.SIGTERM) is not None  # the handler is put back (pytest's own, or the default)
+            assert "holds step 4: --resume continues it" in err
+            assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 4
+        assert {s: signal.getsignal(s) for s in before} == before
 
 
 @pytest.mark.parametrize("module, name", [(train_enhancer_run, "enhancer-run-data"),
@@ -169,3 +177,17 @@ def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpo
 
     _check_out(Parser(), out, ("reconstructor_data", "enhancer_data"), False, False)  # data alone: let through
     _check_out(Parser(), out, ("reconstructor", "enhancer"), False, True)  # --overwrite: let through
+
+
+def test_checkpoint_folders_of_the_wrong_class_are_named():
+    """One check (`checkpoints.checkpoint_problem`) for every option that takes a checkpoint: an enhancer's folder
+    given to the reconstruction failed only inside the network."""
+    from neural_sensor.checkpoints import checkpoint_problem
+    from neural_sensor.reconstruct.drive import _check_checkpoint
+
+    assert checkpoint_problem("checkpoints/reconstructor-run", "ReconNet") is None
+    assert checkpoint_problem("checkpoints/enhancer-run", "ReconNet") == "a checkpoint of class Enhancer, not ReconNet"
+    assert checkpoint_problem("checkpoints/no-such", None) == "no such folder"
+    with pytest.raises(ValueError, match="reconstruction checkpoint checkpoints/enhancer-run: a checkpoint of class "
+                                         "Enhancer, not ReconNet"):
+        _check_checkpoint("checkpoints/enhancer-run")

@@ -80,8 +80,8 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
                 raise RuntimeError(f"the local enhancer server exited with code {proc.returncode}: "
                                    + (_last_error(log) if quiet else "see its output above"))
             if time.monotonic() > t_end:
-                raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s "
-                                   f"(its log: {log.read_text(errors='replace')[-2000:].strip()})")
+                raise RuntimeError(f"the local enhancer server was not ready within {timeout_s:.0f} s"
+                                   + (f" (its last line: {_last_error(log)})" if quiet else ""))
             time.sleep(0.05)
         ready = json.loads(ready_file.read_text())
         os.unlink(ready_file)

@@ -126,6 +126,7 @@ class Broker:
 
     def __init__(self, config: ServerConfig):
         check_bind(config)
+        from neural_sensor.checkpoints import checkpoint_problem
         from neural_sensor.enhance.model import checkpoint_hash
 
         self.config = config
@@ -137,11 +138,9 @@ class Broker:
             raise ValueError(f"enhancer checkpoint {ckpt}: config.json unreadable ({err})") from None
         if not isinstance(meta, dict):
             raise ValueError(f"enhancer checkpoint {ckpt}: config.json is not an object")
-        if meta.get("class") != "Enhancer" and meta.get("_class_name") != "UNet2DModel":  # before any worker starts
-            found = meta.get("class", meta.get("_class_name"))
-            raise ValueError(f"enhancer checkpoint {ckpt}: config.json names class {found!r}, not an Enhancer (nor "
-                             "a diffusers UNet2DModel)" + (": a reconstructor, not an enhancer" if found == "ReconNet"
-                                                           else ""))
+        problem = checkpoint_problem(ckpt, "Enhancer")  # before any worker starts
+        if problem:
+            raise ValueError(f"enhancer checkpoint {ckpt}: {problem} (a diffusers UNet2DModel folder loads too)")
         self.model_name = str(meta.get("model_name") or ckpt.name)
         views = meta.get("reference_views", 0)  # what the rig should send it (EnhancerConfig.reference_views)
         self.reference_views = views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neural_sensor.camera import Camera
-from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, default_checkpoint
+from neural_sensor.checkpoints import DEFAULT_RECONSTRUCTOR, checkpoint_problem, default_checkpoint
 from neural_sensor.enhance.precision import resolve_cpu_precision
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, announce_compiling
@@ -53,7 +53,7 @@ from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRef
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
-from neural_sensor.scene.layout import Layout
+from neural_sensor.scene.layout import Layout, marking_cache_inputs
 from neural_sensor.scene.path import Path as Polyline
 
 DEFAULT_CHECKPOINT = default_checkpoint(DEFAULT_RECONSTRUCTOR)
@@ -92,6 +92,9 @@ def _check_checkpoint(checkpoint: Path | str) -> Path:
     checkpoint = Path(checkpoint)
     if not (checkpoint / "model.safetensors").exists():
         raise ValueError(f"reconstruction checkpoint not found at {checkpoint}")
+    problem = checkpoint_problem(checkpoint, "ReconNet")  # an enhancer's folder failed only inside the network
+    if problem:
+        raise ValueError(f"reconstruction checkpoint {checkpoint}: {problem}")
     return checkpoint
 
 
@@ -121,7 +124,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
               "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
               "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
               "code": reconstruction_code_hash(), **refine.cache_inputs(), **depth_refine_inputs(depth_refine),
-              **precision}
+              **precision, **marking_cache_inputs(layout)}
 
     def build():
         if progress:  # a cache miss: the reconstruction's kernels run (a fresh install compiles them first)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.reconstruct.cache import SceneCache
-from neural_sensor.scene.layout import Layout, has_uneven_ends
+from neural_sensor.scene.layout import Layout, marking_cache_inputs
 from neural_sensor.scene.occupancy import build_occupancy
 from neural_sensor.scene.to_gaussians import APPEARANCES, occupancy_to_gaussians, sky_rgb
 
@@ -25,8 +25,7 @@ def build_inputs(layout: Layout, voxel_m: float, appearance: str = "textured") -
         raise ValueError(f"build_scene: appearance must be one of {APPEARANCES}, got {appearance!r}")
     inputs = {"kind": "layout", "layout": layout.to_dict(), "voxel_m": voxel_m, "builder": BUILDER_VERSION,
               "appearance": appearance}
-    if has_uneven_ends(layout):  # markings that end as `polyline_tangents` draws them since 2026-12-06
-        inputs["marking_ends"] = 2
+    inputs.update(marking_cache_inputs(layout))  # markings that end as `polyline_tangents` draws them since 2026-12-06
     if appearance == "textured":
         from neural_sensor.scene.textures import load_library
 

@@ -262,8 +262,8 @@ def polyline_tangents(points: np.ndarray) -> np.ndarray:
     second order at the ends. An end whose last two steps differ by more than UNEVEN_END_STEP of the longer takes
     its second-order difference against arc length: taken as if evenly spaced, an OpenDRIVE road sampled every metre
     whose last step is 0.2 m got a backward end tangent, and its lane markings' last point crossed the lane. Other
-    polylines (the templates': their end steps agree to 2.5e-4) keep the plain differences bit for bit, and with
-    them their worlds' cache keys."""
+    polylines (the default templates' and the synthetic worlds': their end steps agree to 2.5e-4) keep the plain
+    differences bit for bit (`marking_cache_inputs`)."""
     assert points.ndim == 2 and points.shape[1] == 2 and len(points) >= 2, points.shape
     tangents = np.gradient(points, axis=0, edge_order=2 if len(points) > 2 else 1)
     for end, at in zip((slice(0, 3), slice(-3, None)), (0, -1)):
@@ -282,10 +282,14 @@ def _uneven_end(three: np.ndarray) -> bool:
     return bool(abs(step[1] - step[0]) > UNEVEN_END_STEP * step.max())
 
 
-def has_uneven_ends(layout: "Layout") -> bool:
-    """True when a lane of `layout` ends unevenly (`polyline_tangents`): its markings' ends changed on 2026-12-06,
-    so `build_scene`'s cache key says so for such layouts (and only for them: the templates' keys did not move)."""
-    return any(_uneven_end(lane.centre_m[:3]) or _uneven_end(lane.centre_m[-3:]) for lane in layout.lanes)
+def marking_cache_inputs(layout: "Layout") -> dict:
+    """What a scene's cache key adds for `layout`'s lane markings: {"marking_ends": 2} when a lane ends unevenly
+    (`polyline_tangents`; the markings' ends changed there on 2026-12-06), else nothing, so the default templates'
+    and the synthetic worlds' keys did not move (a curve of 30 m radius or less, a prompt's sharp bend or hairpin,
+    ends unevenly enough: its key moved, its markings by at most 1.6 mm). `build_scene` and the reconstructions
+    (whose drive is the built scene's) both add it."""
+    uneven = any(_uneven_end(lane.centre_m[:3]) or _uneven_end(lane.centre_m[-3:]) for lane in layout.lanes)
+    return {"marking_ends": 2} if uneven else {}
 
 
 def _offset_polyline(points: np.ndarray, offset_m: float) -> np.ndarray:

@@ -139,15 +139,19 @@ class _RoadSample:
 def _sample_road(road) -> _RoadSample:
     """Sample the reference line every SAMPLE_STEP_M and at every lane section start (so sections meet)."""
     length = _f(road, "length")
-    if not 0.0 < length <= MAX_ROAD_LENGTH_M:
+    if not 0.0 < length <= MAX_ROAD_LENGTH_M:  # (a zero-length road is skipped before this: `_read_road`)
         raise ValueError(f"OpenDRIVE: <road length={road.get('length')!r}> must be positive and at most "
                          f"{MAX_ROAD_LENGTH_M:g} m")
     plan = road.find("planView")
     if plan is None or not list(plan):
         raise ValueError("OpenDRIVE: no planView geometry")
     geometries = sorted(plan.findall("geometry"), key=lambda g: _f(g, "s"))
-    for before, after in zip(geometries[:-1], geometries[1:]):
-        end = _geometry_points(before, np.array([_f(before, "length")]))[0, :2]
+    for geometry in geometries:
+        if _f(geometry, "length") > MAX_ROAD_LENGTH_M:
+            raise ValueError(f"OpenDRIVE: <geometry length={geometry.get('length')!r}> is over {MAX_ROAD_LENGTH_M:g} m")
+    for before, after in zip(geometries[:-1], geometries[1:]):  # where the sampler leaves one for the next
+        used = min(_f(before, "length"), max(_f(after, "s") - _f(before, "s"), 0.0))
+        end = _geometry_points(before, np.array([used]))[0, :2]
         gap = float(np.hypot(*(end - (_f(after, "x"), _f(after, "y")))))
         if gap > MAX_PLAN_GAP_M:
             raise ValueError(f"OpenDRIVE: the plan view jumps {gap:.6g} m between the geometries at s = "
@@ -167,12 +171,11 @@ def _sample_road(road) -> _RoadSample:
     return _RoadSample(s, out[:, :2], out[:, 2], _eval_poly(offsets, s) if offsets else np.zeros_like(s))
 
 
-def _lane_id(lane, road) -> int:
+def _lane_id(lane) -> int:
     try:
         return int(lane.get("id"))
     except (TypeError, ValueError):
-        raise ValueError(f"OpenDRIVE: road {road.get('id')} has a <lane> without an integer id "
-                         f"({lane.get('id')!r})") from None
+        raise ValueError(f"OpenDRIVE: a <lane> without an integer id ({lane.get('id')!r})") from None
 
 
 def _lane_direction(lane, lane_id: int, rule: str) -> int:
@@ -205,7 +208,7 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
         try:
             _read_road(road, lanes, edges, sidewalks, crosswalks, references, half_widths)
         except ValueError as err:
-            raise ValueError(f"road {road.get('id')!r}: {err}") from None
+            raise ValueError(f"OpenDRIVE: road {road.get('id')!r}: {str(err).removeprefix('OpenDRIVE: ')}") from None
     if not lanes:
         raise ValueError("OpenDRIVE: no driving lanes found")
     objects = []
@@ -230,7 +233,9 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list
     """One <road>'s lanes, edges, sidewalks and crosswalks appended to the lists; a road outside a junction with
     driving lanes also appends its RoadReference and, to half_widths, the largest distance from its reference
     line to the outer edge of the lanes inside its sidewalks (driving, parking, biking, shoulder...: where the
-    roadside decoration starts)."""
+    roadside decoration starts). A road of length 0 (SUMO's netconvert writes junction connectors so) adds nothing."""
+    if _f(road, "length") == 0.0:
+        return
     sample = _sample_road(road)
     rule = road.get("rule", "RHT")
     sections = road.findall("lanes/laneSection")
@@ -244,10 +249,11 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list
             continue
         s_sec = sample.s[sel] - starts[k]
         for side, sign in (("left", 1.0), ("right", -1.0)):
-            entries = sorted(((_lane_id(lane, road), lane) for lane in section.findall(f"{side}/lane")),
+            entries = sorted(((_lane_id(lane), lane) for lane in section.findall(f"{side}/lane")),
                              key=lambda pair: abs(pair[0]))
             inner = np.zeros(len(sel))
             outer_driving = None
+            past_sidewalk = False
             for lane_id, lane in entries:
                 widths = _poly_records(lane.findall("width"), "sOffset")
                 width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
@@ -255,7 +261,9 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list
                 kind = lane.get("type", "none")
                 centre = sample.at(sel, sign * 0.5 * (inner + outer))
                 typical = float(np.median(width))
-                if kind not in ("sidewalk", "none"):
+                if kind == "sidewalk":
+                    past_sidewalk = True  # lanes beyond it (a border) are not the road's
+                elif kind != "none" and not past_sidewalk:
                     kerb_m = max(kerb_m, float(np.max(np.abs(sample.offset[sel] + sign * outer))))
                 if typical > 0.05:
                     if kind in DRIVING_TYPES:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -17,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from neural_sensor.checkpoints import checkpoint_problem
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
 HISTORY_FILE = "history.json"  # one record per step
@@ -63,19 +66,6 @@ _AT_LEAST_ONE = ("steps", "worlds", "batch", "ticks", "context_stations", "targe
 _RATES = ("lr", "recon_lr", "enhancer_lr")
 _CHECKPOINT_OPTIONS = {"init": None, "reconstructor": "ReconNet", "enhancer": "Enhancer",
                        "reconstructor_init": "ReconNet", "enhancer_init": "Enhancer"}  # option: the class it takes
-_CLASS_NAMES = {"UNet2DModel": "Enhancer"}  # a diffusers UNet's config loads as an enhancer
-
-
-def checkpoint_class(folder: Path) -> str | None:
-    """The model class a checkpoint folder's config.json names ("ReconNet", "Enhancer"), None without one."""
-    try:
-        data = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    name = data.get("class", data.get("_class_name")) if isinstance(data, dict) else None
-    return _CLASS_NAMES.get(name, name) if isinstance(name, str) else None
-
-
 def check_training_options(parser, args, init_class: str | None = None) -> None:
     """parser.error (exit 2, before any data is made) for the options a training script shares, where given: a
     count below 1 (--steps, --worlds, ...), --pairs below 0, a learning rate that is not a positive number, a
@@ -98,15 +88,10 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
         value = getattr(args, name, None)
         if value is None:
             continue
-        option = f"--{name.replace('_', '-')} {value}"
-        if not Path(value).is_dir():
-            parser.error(f"{option}: no such checkpoint folder")
-        wanted = wanted or init_class
-        found = checkpoint_class(value)
-        if found is None:
-            parser.error(f"{option}: not a checkpoint folder (no readable config.json naming its model class)")
-        if wanted is not None and found != wanted:
-            parser.error(f"{option}: holds a checkpoint of class {found}; this option takes class {wanted}")
+        problem = checkpoint_problem(value, wanted or init_class)
+        if problem:
+            parser.error(f"--{name.replace('_', '-')} {value}: "
+                         + ("no such checkpoint folder" if problem == "no such folder" else problem))
     out = getattr(args, "out", None)
     if out is not None and (Path(out).is_dir() or not Path(out).exists()):  # a file: check_out_options says so
         problem = _unwritable(Path(out))
@@ -158,39 +143,63 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
     """The model (save_pretrained), the optimiser state and step, and the history."""
     out = Path(out)
     model.save_pretrained(out)
-    torch.save({"optimiser": optimiser.state_dict(), "step": step}, out / STATE_FILE)
-    (out / HISTORY_FILE).write_text(json.dumps(history))
+    tmp = out / f".{STATE_FILE}.{os.getpid()}"  # each file replaced whole: a reader never finds one half-written
+    torch.save({"optimiser": optimiser.state_dict(), "step": step}, tmp)
+    tmp.replace(out / STATE_FILE)
+    tmp = out / f".{HISTORY_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(history))
+    tmp.replace(out / HISTORY_FILE)
+
+
+def _signal_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+class StopRequest:
+    """`stop_requested`'s flag: the signal number that asked the training to stop, None until one did."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
 
 
 @contextmanager
-def checkpoint_on_interrupt(out: Path, progress: Callable[[], tuple]):
-    """Around a training loop: a Ctrl-C (SIGINT) or a SIGTERM inside it saves a checkpoint of progress()'s (model,
-    optimiser, step, history) in `out` (unless no step was taken, or that step is saved already), says so in one
-    line on stderr and exits 130 (143 for SIGTERM), so `--resume` continues from the last step taken instead of the
-    last `save_every` one (a run under save_every steps had kept nothing)."""
-    def _terminate(_signum, _frame):
-        raise _Terminated()
+def stop_requested(out: Path, progress: Callable[[], tuple]):
+    """Around a training loop that checks `request.signum is None` once a step: a Ctrl-C (SIGINT) or SIGTERM only
+    sets the flag, so the step in flight finishes (never a half-applied optimiser step or a half-written file).
+    When the loop ends on it, a checkpoint of progress()'s (model, optimiser, step, history) is saved in `out`
+    (unless no step was taken), one line on stderr says so, and the signal's exception is raised:
+    KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM (as a run's, `scenarios.signals`). A second signal
+    before the loop ends raises at once. A run under `save_every` steps had kept nothing.
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    As `scenarios.signals.terminate_as_exception`: only in the main thread, and for each signal only while it has
+    its default action (a host application's own handler, or SIGINT ignored, is left alone)."""
+    request = StopRequest()
+
+    def _note(signum, _frame):
+        if request.signum is not None:
+            raise _signal_exception(signum)
+        request.signum = signum
+
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+        installed = {sig: default for sig, default in defaults.items() if signal.getsignal(sig) is default}
+        for sig in installed:
+            signal.signal(sig, _note)
     try:
-        yield
-    except (KeyboardInterrupt, _Terminated) as err:
+        yield request
+    finally:
+        for sig, default in installed.items():
+            signal.signal(sig, default)
+    if request.signum is not None:
         model, optimiser, step, history = progress()
-        saved = (Path(out) / STATE_FILE).is_file() and int(torch.load(Path(out) / STATE_FILE, weights_only=True)
-                                                               ["step"]) == step
-        if step > 0 and not saved:
+        if step > 0:
             save_checkpoint(out, model, optimiser, step, history)
-        what = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+        what = "interrupted" if request.signum == signal.SIGINT else "terminated"
         kept = (f"the checkpoint in {out} holds step {step}: --resume continues it" if step > 0
                 else "no step was taken, so nothing was saved")
         print(f"\ntraining {what} at step {step}; {kept}", file=sys.stderr)
-        raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else 143) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class _Terminated(Exception):
-    """SIGTERM inside `checkpoint_on_interrupt`."""
+        raise _signal_exception(request.signum)
 
 
 def set_cosine_lr(optimiser, base_lr: float, step: int, steps: int, floor: float = 0.05) -> float:

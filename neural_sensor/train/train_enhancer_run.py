@@ -48,8 +48,8 @@ from neural_sensor.metrics import psnr
 from neural_sensor.train.enhancer_run_data import DATA_VERSION, REFERENCE_VIEWS, load_frames, load_pairs
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       checkpoint_on_interrupt, default_data_root, out_of_time, record_step,
-                                       set_cosine_lr, start_or_resume, write_summary)
+                                       default_data_root, out_of_time, record_step, set_cosine_lr, start_or_resume,
+                                       stop_requested, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED
 
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
@@ -400,8 +400,8 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         history.append(record)
         tqdm.write(json.dumps(record))
     bar = tqdm(total=config.steps, initial=step, desc="train enhancer (run regime)", unit="step")
-    with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
-        while step < config.steps and not out_of_time(config, start):
+    with stop_requested(out, lambda: (model, optimiser, step, history)) as request:
+        while step < config.steps and not out_of_time(config, start) and request.signum is None:
             model.train()
             set_cosine_lr(optimiser, config.lr, step, config.steps)
             rgb, depth, alpha, target, reference, valid, identity = sample_batch(
@@ -522,7 +522,10 @@ def main() -> None:
                        keep=False)
             load_pairs(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
         return
-    summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
+    try:
+        summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
+    except KeyboardInterrupt:  # saved and said by `stop_requested`
+        raise SystemExit(130) from None
     print(json.dumps(summary["final"]))
 
 

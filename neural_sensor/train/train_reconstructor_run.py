@@ -56,8 +56,8 @@ from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRES
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       checkpoint_on_interrupt, default_data_root, load_or_make_npz, out_of_time,
-                                       record_step, start_or_resume, write_summary)
+                                       default_data_root, load_or_make_npz, out_of_time, record_step, start_or_resume,
+                                       stop_requested, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -407,8 +407,8 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         tqdm.write(json.dumps(history[-1]))
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="train reconstructor (run regime)", unit="step")
-    with checkpoint_on_interrupt(out, lambda: (model, optimiser, step, history)):
-        while step < config.steps and not out_of_time(config, start):
+    with stop_requested(out, lambda: (model, optimiser, step, history)) as request:
+        while step < config.steps and not out_of_time(config, start) and request.signum is None:
             model.train()
             world = worlds[int(rng.integers(len(worlds)))]
             if config.depth_only:
@@ -492,7 +492,8 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
-                                 renderer=args.renderer, eval_every=args.eval_every, save_every=args.save_every, cost_volume=args.cost_volume,
+                                 renderer=args.renderer, eval_every=args.eval_every,
+                                 save_every=args.save_every, cost_volume=args.cost_volume,
                                  ray_inputs=args.ray_inputs, view_depth_weight=args.view_depth_weight,
                                  render_depth_weight=args.render_depth_weight, time_budget_s=60.0 * args.minutes,
                                  targets_per_step=args.targets_per_step, depth_only=args.depth_only,
@@ -504,7 +505,10 @@ def main() -> None:
         for s in EVAL_SEEDS:
             load_world(args.data, s, "heldout", 4, config.size)
         return
-    summary = train(config, args.out, args.data, init=args.init, resume=args.resume)
+    try:
+        summary = train(config, args.out, args.data, init=args.init, resume=args.resume)
+    except KeyboardInterrupt:  # saved and said by `stop_requested`
+        raise SystemExit(130) from None
     print(json.dumps(summary["final"]))
 
 
