@@ -59,6 +59,14 @@ def test_real_map_buildings_stand_off_the_driving_lanes(path):
             for b in buildings:
                 distance_m = _footprint_distance_m(b.centre_m[:2], b.yaw_rad, b.size_m[0], b.size_m[1], centre)
                 assert distance_m >= clearance_m - 0.01, (b, lane.id, lane.width_m)
+        # trees, poles, signs and parked cars at the kerbs, none on a lane (until 2026-12-06 a clearance radius of
+        # the road's half width + 2 m took every one of them: the maps' streets had buildings only)
+        small = [o for o in layout.objects if o.cls != "building"]
+        assert {"vegetation", "pole", "parked_vehicle"} <= {str(o.cls) for o in small}
+        points = np.concatenate([densified(lane.centre_m, 0.5) for lane in layout.lanes])
+        on_lane_m = LANE_EDGE_CLEARANCE_M + max(lane.width_m for lane in layout.lanes) / 2
+        for o in small:
+            assert np.min(np.linalg.norm(points - np.asarray(o.centre_m[:2])[None], axis=1)) >= on_lane_m - 0.3, o
 
 
 @pytest.mark.parametrize("make", [lambda: straight_road(120.0), lambda: curve(50.0, 70.0)], ids=["straight", "curve"])

@@ -214,16 +214,15 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
     objects = []
     if decorate:
         rng = np.random.default_rng(style.seed)
-        drive_points = np.concatenate([lane.centre_m for lane in lanes])
         lane_points = np.concatenate([densified(lane.centre_m) for lane in lanes])  # no building may stand on one
         # one clearance from every lane's centre line: the widest lane's (a map with a 6 m lane keeps buildings 3.25
         # m from every lane's centre; until 2026-12-06 it was 2 m whatever the width, and 6 m lanes were built on)
         keep_clear_m = max(LANE_CLEARANCE_M, LANE_EDGE_CLEARANCE_M + 0.5 * max(lane.width_m for lane in lanes))
+        on_a_lane = _make_clearance_test(lane_points, LANE_EDGE_CLEARANCE_M + 0.5 * max(lane.width_m for lane in lanes))
         for ref, half in zip(references, half_widths):
-            near_other_lanes = _make_clearance_test(drive_points, half)
             outer = [widths[-1] for widths in (ref.right_widths_m, ref.left_widths_m) if widths]
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
-                                         skip_fn=near_other_lanes, keep_clear_xy_m=lane_points,
+                                         skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
 
@@ -288,10 +287,13 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list
             crosswalks.append(_crosswalk_box(obj, sample))
 
 
-def _make_clearance_test(drive_points: np.ndarray, half_road_m: float):
-    """skip_fn for decorations: True where a point is within a road's half width of any driving lane point."""
+def _make_clearance_test(lane_points: np.ndarray, clearance_m: float):
+    """skip_fn for decorations: True where an object's centre is within clearance_m of a driving lane's centre
+    line (lane_points [N, 2], sampled densely), i.e. on a lane. (Until 2026-12-06 the radius was the road's half
+    width + 2 m, which took every tree, pole and parked car at its own road's kerb: a map's streets had buildings
+    only.)"""
     def too_close(p) -> bool:
-        return bool(np.min(np.linalg.norm(drive_points - np.asarray(p)[None, :2], axis=1)) < half_road_m + 2.0)
+        return bool(np.min(np.linalg.norm(lane_points - np.asarray(p)[None, :2], axis=1)) < clearance_m)
     return too_close
 
 
