@@ -101,11 +101,11 @@ def _surface_labels(layout: Layout, xy: np.ndarray, voxel_m: float) -> tuple[np.
     assert xy.ndim == 2 and xy.shape[1] == 2, xy.shape
     if len(xy) == 0 or np.max(np.ptp(xy, axis=0)) <= LABEL_TILE_M:
         return _surface_labels_near(layout, xy, voxel_m)
-    tile = np.floor(xy / LABEL_TILE_M).astype(np.int64)
-    _, index = np.unique(tile, axis=0, return_inverse=True)
+    _, index = np.unique(np.floor(xy / LABEL_TILE_M).astype(np.int64), axis=0, return_inverse=True)
+    index = index.ravel()
+    order = np.argsort(index, kind="stable")
     label, top = np.empty(len(xy), np.uint8), np.empty(len(xy))
-    for members in np.split(np.argsort(index.ravel(), kind="stable"),
-                            np.flatnonzero(np.diff(np.sort(index.ravel(), kind="stable"))) + 1):
+    for members in np.split(order, np.flatnonzero(np.diff(index[order])) + 1):
         label[members], top[members] = _surface_labels_near(layout, xy[members], voxel_m)
     return label, top
 
