@@ -283,6 +283,8 @@ class NeuralSensorRig:
 
     def capture(self, snapshot: WorldSnapshot) -> dict[str, SensorFrame]:
         """Render every sensor for this snapshot; returns {sensor_id: SensorFrame}."""
+        if not isinstance(snapshot, WorldSnapshot):
+            raise TypeError(f"NeuralSensorRig.capture: expected a WorldSnapshot, got {type(snapshot).__name__}")
         start = time.perf_counter()
         parts = compose(self.scene, [(self._asset(a), a.pose_agent_to_world) for a in snapshot.agents])
         compose_ms = (time.perf_counter() - start) * 1000.0

@@ -67,3 +67,15 @@ class WorldSnapshot:
     def __post_init__(self) -> None:
         if not math.isfinite(self.timestamp_s):
             raise ValueError(f"WorldSnapshot.timestamp_s is not finite ({self.timestamp_s})")
+        if not isinstance(self.ego, AgentState):
+            raise TypeError(f"WorldSnapshot.ego: expected an AgentState, got {type(self.ego).__name__}")
+        seen = set()
+        for agent in self.agents:  # an agent's id labels its Gaussians (instance 0 is the background): said here,
+            if not isinstance(agent, AgentState):  # not at the capture that draws it
+                raise TypeError(f"WorldSnapshot.agents: expected AgentStates, got a {type(agent).__name__}")
+            if not (isinstance(agent.agent_id, (int, np.integer)) and agent.agent_id > 0):
+                raise ValueError(f"WorldSnapshot.agents: agent id {agent.agent_id!r} ({agent.kind}): an agent's id "
+                                 "must be an integer > 0 (0 is the background in the instance labels)")
+            if agent.agent_id in seen:
+                raise ValueError(f"WorldSnapshot.agents: agent id {agent.agent_id} is given twice")
+            seen.add(agent.agent_id)

@@ -225,6 +225,11 @@ def check_reconstructor_checkpoint(checkpoint: Path | None, scene_kind: str) -> 
 
 
 def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
+    if not isinstance(options, RunOptions):
+        raise TypeError(f"run_scenario: options must be a RunOptions, got {type(options).__name__}")
+    if not isinstance(scenario, (Scenario, str)):
+        raise TypeError(f"run_scenario: scenario must be a Scenario or a name / .py file / module for "
+                        f"load_scenario, got {type(scenario).__name__}")
     scene_kind, log_folder = scene_source(options.scene)
     if log_folder is not None:  # a missing log, bad JSON or a missing image is reported before anything starts
         from neural_sensor.reconstruct.log import log_digest

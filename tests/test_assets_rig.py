@@ -136,6 +136,28 @@ def test_a_numpy_fov_is_a_number_and_a_dict_is_no_sensor_spec():
     assert rig.capture(WorldSnapshot(0, 0.0, ego))["a"].rgb.shape == (12, 16, 3)
 
 
+def test_a_snapshot_names_an_agent_id_the_capture_could_not_draw():
+    """An agent with id 0 (the background's instance label) was accepted and failed at the capture that drew it, in
+    make_asset; a repeated id or a rig given None failed with unnamed errors."""
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(0.0, 0.0, 0.0, 0.0))  # the ego is 0
+
+    def agent(agent_id):
+        return AgentState(agent_id, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(10.0, 0.0, 0.0, 0.0))
+
+    with pytest.raises(ValueError, match=r"agent id 0 \(car\): an agent's id must be an integer > 0"):
+        WorldSnapshot(0, 0.0, ego, (agent(0),))
+    with pytest.raises(ValueError, match="agent id 3 is given twice"):
+        WorldSnapshot(0, 0.0, ego, (agent(3), agent(3)))
+    with pytest.raises(TypeError, match="expected AgentStates, got a dict"):
+        WorldSnapshot(0, 0.0, ego, ({"id": 3},))
+    with pytest.raises(TypeError, match="WorldSnapshot.ego: expected an AgentState, got NoneType"):
+        WorldSnapshot(0, 0.0, None)
+    assert WorldSnapshot(0, 0.0, ego, (agent(np.int64(3)), agent(4))).agents[0].agent_id == 3
+    rig = NeuralSensorRig(make_street_scene(1000), [SensorSpec("a", 16, 12, 90.0, np.eye(4))], backend="cpu")
+    with pytest.raises(TypeError, match="NeuralSensorRig.capture: expected a WorldSnapshot, got NoneType"):
+        rig.capture(None)
+
+
 def test_sensor_dicts_as_the_leaderboard_passes_them_to_carla():
     """The leaderboard hands width, height and fov to CARLA as str(value), so "90" or 800.0 work there: here too."""
     sensor = {"type": "sensor.camera.rgb", "id": "front", "x": 1.5, "y": 0, "z": 1.6, "roll": 0, "pitch": 0,

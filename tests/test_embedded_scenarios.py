@@ -307,6 +307,17 @@ def test_the_raw_ticks_line_says_why_not_only_the_deadline():
     assert "deadline" not in line
 
 
+def test_run_scenario_names_arguments_of_the_wrong_kind(tmp_path):
+    """run_scenario(None, options) and run_scenario("cut_in", None) failed with AttributeErrors from deep inside."""
+    from scenarios.runner import RunOptions, run_scenario
+
+    with pytest.raises(TypeError, match="scenario must be a Scenario or a name .* got NoneType"):
+        run_scenario(None, RunOptions(out_dir=tmp_path / "a"))
+    with pytest.raises(TypeError, match="options must be a RunOptions, got NoneType"):
+        run_scenario("cut_in", None)
+    assert not (tmp_path / "a").exists()
+
+
 def test_more_bad_agent_specs():
     with pytest.raises(ValueError, match="duration_s must be > 0"):
         AgentSpec(1, "car", "cut_in", duration_s=0.0)

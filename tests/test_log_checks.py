@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -95,6 +96,11 @@ def test_a_cached_reconstruction_warns_of_its_log_again(tmp_path):
             warnings.simplefilter("error", DriveLogWarning)
             _, meta = reconstructed_scene_from_log(tmp_path / "good", **fast)
         assert meta["cached"] is expect_cached and meta["log_warnings"] == []
+    shutil.copytree(tmp_path / "flipped", tmp_path / "moved")  # the same bytes elsewhere: named where read now
+    with pytest.warns(DriveLogWarning) as caught:
+        _, meta = reconstructed_scene_from_log(tmp_path / "moved", **fast)
+    assert meta["cached"] and [str(w.message) for w in caught] == meta["log_warnings"]
+    assert meta["log_warnings"][0].startswith(f"drive log {tmp_path / 'moved'}: the cameras look upside down")
 
 
 def test_frames_intrinsics_under_top_level_ones_are_named():

@@ -178,13 +178,13 @@ def test_cli_cache_lists_and_prunes(tmp_path, capsys):
 def test_an_empty_cache_variable_counts_as_unset(monkeypatch, tmp_path):
     """NEURAL_SENSOR_CACHE= (set, empty) put the scene cache in ./scenes, wherever a run was started; training data
     (`train.state.default_data_root`) already took an empty one as unset."""
-    from pathlib import Path
-
     from neural_sensor.reconstruct.cache import default_cache_root
     from neural_sensor.train.state import default_data_root
 
     monkeypatch.setenv("NEURAL_SENSOR_CACHE", "")
-    assert default_cache_root() == Path.home() / ".cache" / "neural_sensor" / "scenes"
-    assert default_data_root("enhancer-run-data") == Path.home() / ".cache" / "neural-sensor" / "enhancer-run-data"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / ".cache" / "neural_sensor"
+    assert default_cache_root() == cache / "scenes"
+    assert default_data_root("enhancer-run-data") == cache / "enhancer-run-data"  # one folder for both
     monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path))
     assert default_cache_root() == tmp_path / "scenes"

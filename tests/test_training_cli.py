@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neural_sensor.train import (cotrain, gpu_pipeline, train_enhancer, train_enhancer_run, train_reconstructor,
+from neural_sensor.train import (cotrain, gpu_pipeline, state, train_enhancer, train_enhancer_run, train_reconstructor,
                                  train_reconstructor_run)
 
 SCRIPTS = [train_enhancer, train_enhancer_run, train_reconstructor, train_reconstructor_run, cotrain]
@@ -145,8 +145,14 @@ def test_the_data_default_follows_the_cache_variable(module, name, tmp_path, mon
         module.main()
     assert str(tmp_path / "caches" / name) in capsys.readouterr().out.replace("\n", "").replace(" ", "")
     monkeypatch.delenv("NEURAL_SENSOR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
     from neural_sensor.train.state import default_data_root
-    assert default_data_root(name) == Path.home() / ".cache" / "neural-sensor" / name
+    cache = tmp_path / ".cache"
+    assert default_data_root(name) == cache / "neural_sensor" / name  # one folder with the scene cache
+    (cache / "neural-sensor" / name).mkdir(parents=True)  # data made before the folders were one is still used
+    assert default_data_root(name) == cache / "neural-sensor" / name
+    (cache / "neural_sensor" / name).mkdir(parents=True)
+    assert default_data_root(name) == cache / "neural_sensor" / name
 
 
 def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
@@ -191,3 +197,33 @@ def test_checkpoint_folders_of_the_wrong_class_are_named():
     with pytest.raises(ValueError, match="reconstruction checkpoint checkpoints/enhancer-run: a checkpoint of class "
                                          "Enhancer, not ReconNet"):
         _check_checkpoint("checkpoints/enhancer-run")
+
+
+def test_a_resumed_training_refuses_options_that_change_the_checkpoints_shape(tmp_path, monkeypatch, capsys):
+    """--resume loads the model saved in --out as it is: --depth-bins 64 on a 32-plane reconstructor, or other
+    enhancer widths, were silently ignored. They are refused by name; the checkpoint's own values pass."""
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    for name in ("reconstructor-run", "enhancer-run"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.json").write_text((root / name / "config.json").read_text())
+        (out / "train_state.pt").write_bytes(b"")
+    recon = str(tmp_path / "reconstructor-run")
+    err = _refusal(monkeypatch, capsys, train_reconstructor_run, "--out", recon, "--resume", "--depth-bins", "64",
+                   "--min-depth-m", "1")
+    assert "--depth-bins 64 (the checkpoint has 32)" in err and "--min-depth-m 1" not in err
+    enh = str(tmp_path / "enhancer-run")
+    assert "--block-channels 32,64,128 (the checkpoint has 16,32,64)" in _refusal(
+        monkeypatch, capsys, train_enhancer_run, "--out", enh, "--resume", "--block-channels", "32,64,128")
+    assert "--widen 32,64,128 (the checkpoint has 16,32,64)" in _refusal(
+        monkeypatch, capsys, train_enhancer_run, "--out", enh, "--resume", "--widen", "--init",
+        str(root / "enhancer-run"))
+
+    class Parser:  # what passes: the checkpoint's own shape
+        def error(self, message):
+            raise AssertionError(message)
+
+    args = type("Args", (), {"resume": True, "out": recon})()
+    state.check_resumed_shape(Parser(), args, {"--depth-bins": ("depth_bins", 32),
+                                               "--min-depth-m": ("min_depth_m", 1.0),
+                                               "--cost-volume": ("cost_volume", True)})

@@ -189,14 +189,18 @@ def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAU
         for warning in caught:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         built.append(True)
-        log_warnings = [str(w.message) for w in caught if issubclass(w.category, DriveLogWarning)]
-        return (scene, {**meta, "log": str(folder.resolve()), "log_warnings": log_warnings}, None,
-                {REFERENCE_FILE: reference.save})
+        said = [w.message for w in caught if issubclass(w.category, DriveLogWarning)]
+        return (scene, {**meta, "log": str(folder.resolve()), "log_warnings": [str(w) for w in said],
+                        "log_problems": [w.problem for w in said]}, None, {REFERENCE_FILE: reference.save})
 
     scene, meta = _get_or_build(cache_dir, inputs, network_precision, build)
-    if not built:  # a cached scene: its log's warnings again (they still hold: the entry is keyed on its bytes)
-        for message in meta.get("log_warnings") or ():
-            warnings.warn(DriveLogWarning(message), stacklevel=2)
+    if not built:  # a cached scene: its log's warnings again (they still hold: the entry is keyed on its bytes),
+        problems = meta.get("log_problems")  # naming the folder read now (the same bytes may have been elsewhere)
+        messages = ((meta.get("log_warnings") or ()) if problems is None
+                    else [f"drive log {folder}: {problem}" for problem in problems])
+        meta = {**meta, "log_warnings": list(messages)}
+        for message, problem in zip(messages, problems or messages):
+            warnings.warn(DriveLogWarning(message, problem), stacklevel=2)
     return scene, meta
 
 

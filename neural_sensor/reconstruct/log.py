@@ -482,7 +482,7 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         frames_meta.append(facts)
     for problem in (ignored_intrinsics_warnings(data, INTRINSIC_KEYS)
                     + drive_log_warnings(cameras, [f["camera"] for f in frames_meta])):
-        warnings.warn(f"drive log {folder}: {problem}", DriveLogWarning, stacklevel=2)
+        warnings.warn(DriveLogWarning(f"drive log {folder}: {problem}", problem), stacklevel=2)
     stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
     meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": neural_sensor_block,
             "image_size": [stacked.shape[2], stacked.shape[1]], "sizes_in_log": sorted({tuple(s) for s in sizes})}

@@ -34,7 +34,13 @@ LEVEL_Z = 0.5  # ... and at most this far down (nor up): the world's up axis is 
 
 
 class DriveLogWarning(UserWarning):
-    """A drive log that reads but will likely reconstruct badly (see `drive_log_warnings`)."""
+    """A drive log that reads but will likely reconstruct badly (see `drive_log_warnings`). str(): the message
+    naming the log; `problem`: the problem alone (a cached scene's warnings are said again under the folder the
+    log is read from now, not the one it was first built from)."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
 
 
 def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:

@@ -27,10 +27,15 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", STATE_FILE)  # any of th
 
 
 def default_data_root(name: str) -> Path:
-    """Where a training script keeps the data it makes (`--data`'s default): $NEURAL_SENSOR_CACHE/<name> when that
-    is set (the scene cache's root, `reconstruct.cache.default_cache_root`), else ~/.cache/neural-sensor/<name>."""
+    """Where a training script keeps the data it makes (`--data`'s default): under the scene cache's root
+    (`reconstruct.cache.default_cache_root`'s parent), $NEURAL_SENSOR_CACHE/<name> when that is set, else
+    ~/.cache/neural_sensor/<name>. Data made before 2026-12-07 under ~/.cache/neural-sensor/<name> is still used
+    when it is there and the new folder is not (hours of rendering are not made again for a folder's name)."""
     root = os.environ.get("NEURAL_SENSOR_CACHE")
-    return Path(root) / name if root else Path.home() / ".cache" / "neural-sensor" / name
+    if root:
+        return Path(root) / name
+    new, old = (Path.home() / ".cache" / folder / name for folder in ("neural_sensor", "neural-sensor"))
+    return old if old.is_dir() and not new.exists() else new
 
 
 def add_out_options(parser, default_out: Path) -> None:
@@ -59,6 +64,34 @@ def check_out_options(parser, args) -> None:
     if held and not (args.resume or args.overwrite):
         parser.error(f"--out {out} already holds a checkpoint ({', '.join(held)}): --resume continues it, "
                      "--overwrite replaces it, or name another --out")
+
+
+def check_resumed_shape(parser, args, asked: dict) -> None:
+    """parser.error (exit 2, before any data is made) when --resume would continue a checkpoint whose shape is not
+    the one the options ask for: a resumed run loads the model saved in --out as it is, so --depth-bins 64 on a
+    32-plane checkpoint (or --block-channels, --cost-volume, ...) was silently ignored. `asked`: option name ->
+    (the key in the checkpoint's config.json, the value asked for); options not given are left out."""
+    if not getattr(args, "resume", False) or not asked:
+        return
+    path = Path(args.out) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"--resume: {path} cannot be read ({err})")
+    clashes = [f"{option} {_shown(value)} (the checkpoint has {_shown(saved.get(key))})"
+               for option, (key, value) in asked.items() if _shown(saved.get(key)) != _shown(value)]
+    if clashes:
+        parser.error(f"--resume continues {args.out} in the shape it was saved with: " + "; ".join(clashes)
+                     + ". Drop the option, or start a new run in another --out")
+
+
+def _shown(value) -> str:
+    """A config value as the user writes it (lists and tuples as 16,32,64; 1.0 as 1)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 _AT_LEAST_ONE = ("steps", "worlds", "batch", "ticks", "context_stations", "targets_per_step", "eval_every",
@@ -243,6 +276,13 @@ def write_summary(out: Path, step: int, start_s: float, history: list, config, *
                "final": history[-1] if history else {}, "config": asdict(config), **extra}
     (Path(out) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def finished_line(out: Path, summary: dict) -> str:
+    """What a training script prints when it ends: where the checkpoint is and what it holds (the last record itself
+    was printed by `record_step`, and is in train_summary.json)."""
+    return (f"{out}: checkpoint at step {summary['steps']} ({summary['wall_s_this_run']:g} s this run); its last "
+            f"record and config in {Path(out) / 'train_summary.json'}")
 
 
 def load_or_make_npz(path: Path, make: Callable[[], dict]) -> dict:

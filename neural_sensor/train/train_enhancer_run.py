@@ -47,9 +47,9 @@ from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
 from neural_sensor.train.enhancer_run_data import DATA_VERSION, REFERENCE_VIEWS, load_frames, load_pairs
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       default_data_root, out_of_time, record_step, set_cosine_lr, start_or_resume,
-                                       stop_requested, write_summary)
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_resumed_shape,
+                                       check_training_options, default_data_root, finished_line, out_of_time,
+                                       record_step, set_cosine_lr, start_or_resume, stop_requested, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED
 
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
@@ -514,6 +514,12 @@ def main() -> None:
         check_config(config, args.init)
     except ValueError as err:
         parser.error(str(err))
+    widths = block_channels
+    if args.widen and args.init is not None:  # the widened run's widths: twice its --init's
+        saved = json.loads((Path(args.init) / "config.json").read_text())  # an enhancer's (check_training_options)
+        widths = tuple(2 * c for c in saved.get("block_out_channels", RUN_ENHANCER.block_out_channels))
+    option = "--widen" if args.widen else "--block-channels"
+    check_resumed_shape(parser, args, {option: ("block_out_channels", widths)} if widths else {})
     if args.data_only:
         load_frames(args.data, args.reconstructor, range(config.worlds), "train", config.ticks_per_world, keep=False)
         load_frames(args.data, args.reconstructor, EVAL_SEEDS, "heldout", 2, keep=False)
@@ -526,7 +532,7 @@ def main() -> None:
         summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
     except KeyboardInterrupt:  # saved and said by `stop_requested`
         raise SystemExit(130) from None
-    print(json.dumps(summary["final"]))
+    print(finished_line(args.out, summary))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ held-out worlds (seeds >= 1,000,000, never trained on) are evaluated every `eval
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.render._torch_ref import render_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       record_step, start_or_resume, write_summary)
+                                       finished_line, record_step, start_or_resume, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, WorldConfig, check_split, make_world
 
 CONTEXT_TIMESTEPS = (0, 2)
@@ -151,7 +150,7 @@ def main() -> None:
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="ReconNet")
     summary = train(TrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr), args.out, resume=args.resume)
-    print(json.dumps(summary["final"]))
+    print(finished_line(args.out, summary))
 
 
 if __name__ == "__main__":

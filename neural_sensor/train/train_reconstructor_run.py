@@ -55,9 +55,9 @@ from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRESHOLD, ReconConfig, ReconNet,
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       default_data_root, load_or_make_npz, out_of_time, record_step, start_or_resume,
-                                       stop_requested, write_summary)
+from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_resumed_shape,
+                                       check_training_options, default_data_root, finished_line, load_or_make_npz,
+                                       out_of_time, record_step, start_or_resume, stop_requested, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -489,6 +489,12 @@ def main() -> None:
     if not (args.min_depth_m == 0.0 or 0.0 < args.min_depth_m < 80.0):  # (nan fails both)
         parser.error(f"--min-depth-m {args.min_depth_m}: 0 (the --init's nearest plane) or a positive distance "
                      "nearer than the farthest plane")
+    check_resumed_shape(parser, args, {
+        name: value for name, value in (("--depth-bins", ("depth_bins", args.depth_bins or None)),
+                                        ("--min-depth-m", ("min_depth_m", args.min_depth_m or None)),
+                                        ("--cost-volume", ("cost_volume", args.cost_volume or None)),
+                                        ("--ray-inputs", ("ray_inputs", args.ray_inputs or None)))
+        if value[1] is not None})
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     config = RunReconTrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr,
                                  context_stations=args.context_stations, fuse=args.fuse, device=device,
@@ -509,7 +515,7 @@ def main() -> None:
         summary = train(config, args.out, args.data, init=args.init, resume=args.resume)
     except KeyboardInterrupt:  # saved and said by `stop_requested`
         raise SystemExit(130) from None
-    print(json.dumps(summary["final"]))
+    print(finished_line(args.out, summary))
 
 
 if __name__ == "__main__":
