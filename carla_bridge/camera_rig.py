@@ -17,6 +17,7 @@ the enhanced images are accumulated over ticks as a run does (TEMPORAL_BLEND).
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
@@ -31,14 +32,16 @@ import numpy as np
 from carla_bridge.transforms import flu_poses_from_ue, pose_from_transform
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
 from neural_sensor.gaussians import GaussianScene
-from neural_sensor.render import LOD_PX
-from neural_sensor.rig import NeuralSensorRig, SensorSpec, frame_fields
+from neural_sensor.render import LOD_PX, backend_impl, resolve_backend
+from neural_sensor.rig import FRAME_FIELDS, NeuralSensorRig, SensorSpec, frame_fields
 from neural_sensor.world import AgentState, WorldSnapshot
 
 if TYPE_CHECKING:  # the camera module imports this one
     from carla_bridge.sensor import NeuralCamera
 
 _log = logging.getLogger("carla_bridge")
+BACKLOG_WARN_FRAMES = 20  # frames queued for the worker before a warning that the cameras fall behind the ticks
+CLOSE_JOIN_S = 30.0  # close() waits this long at most for the frame in flight (a torch render cut off aborts)
 RETRY_HELLO_S = 5.0  # after a failed hello, the enhancer is asked for its reference_views again after this long
 HELLO_TIMEOUT_MS = 500.0
 _rigs: dict[tuple, "CameraRig"] = {}
@@ -116,13 +119,18 @@ class CameraRig:
         self.cameras: list["NeuralCamera"] = []
         self._actors: dict[int, tuple] = {}  # id -> (kind, size_m, box-bottom offset FLU); kind "" = not drawn
         self._rigs: dict[tuple, NeuralSensorRig] = {}
+        self._assets: dict = {}  # the agents' Gaussian assets, shared by every rig made here (mounts that move)
         self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras)
         self._sequence = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False
+        self._current: tuple = ()  # the cameras of the frame being rendered
+        self._said_backlog = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
+        for name in {resolve_backend(backend, ("rgb",)), resolve_backend(backend, FRAME_FIELDS)}:
+            backend_impl(name)  # its modules imported on this thread, not first by the worker (see backend_impl)
         self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
         self._worker.start()
         self._tick_id = world.on_tick(self._on_tick)
@@ -142,15 +150,21 @@ class CameraRig:
         if empty:
             self.close()
 
-    def close(self) -> None:
+    def close(self, drop_queued: bool = False) -> None:
+        """Stop taking ticks and let the worker end: after the frames queued (of cameras still alive), or, with
+        drop_queued, after the one in flight; wait for it (at most CLOSE_JOIN_S) unless called from it."""
         with _rigs_lock:
             if _rigs.get(self.key) is self:
                 del _rigs[self.key]
         with self._cond:
+            if drop_queued:
+                self._jobs.clear()
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(CLOSE_JOIN_S)
         if self._tick_id is not None:
             self.world.remove_on_tick(self._tick_id)
             self._tick_id = None
@@ -179,6 +193,31 @@ class CameraRig:
         with self._cond:
             heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due))
             self._cond.notify_all()
+            backlog = len(self._jobs)
+        if backlog > BACKLOG_WARN_FRAMES and not self._said_backlog:
+            self._said_backlog = True
+            _log.warning("neural camera: %d frames are queued to render: the cameras render slower than the world "
+                         "ticks (the queue, and its memory, grows); wait for each tick's image before the next "
+                         "world.tick() (e.g. a queue.Queue filled by the listener, get() per tick)", backlog)
+
+    def flush(self, camera, timeout_s: float) -> int:
+        """Wait until no queued or rendering frame is for `camera` (at most timeout_s); returns the frames still
+        waiting then (0 when flushed), after a warning naming them. Called from the worker (a listener destroying
+        its own camera) it waits for nothing."""
+        if threading.current_thread() is self._worker:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                left = sum(camera in job[3] for job in self._jobs) + (camera in self._current)
+                wait_s = deadline - time.monotonic()
+                if not left or self._closed or wait_s <= 0:
+                    break
+                self._cond.wait(wait_s)
+        if left:
+            _log.warning("neural camera: %s %d destroyed with %d frame(s) of past ticks still to render after %.0f s: "
+                         "they are dropped", camera.type_id, camera.id, left, timeout_s)
+        return left
 
     def _refresh_actors(self, ids) -> None:
         missing = [i for i in ids if i not in self._actors]
@@ -278,7 +317,8 @@ class CameraRig:
                                   enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
                                   render_scale=self.render_scale,
                                   reference=self.reference if reference_views else None,
-                                  reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND)
+                                  reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND,
+                                  assets=self._assets)
             self._rigs[(views, fields, reference_views)] = rig
         return rig
 
@@ -341,12 +381,17 @@ class CameraRig:
             if not self._jobs:
                 return None
             self._busy = True
-            return heapq.heappop(self._jobs)
+            job = heapq.heappop(self._jobs)
+            self._current = tuple(job[3])
+            return job
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._busy = False
+                self._current = ()
+                if not self._jobs:
+                    self._said_backlog = False
                 self._cond.notify_all()
             job = self._next_job()
             if job is None:
@@ -379,6 +424,16 @@ class CameraRig:
                     return False
                 self._cond.wait(left)
         return True
+
+
+@atexit.register
+def _close_rigs_at_exit() -> None:
+    """At interpreter exit, every rig ends after the frame in flight (its queue dropped): a worker thread cut off
+    inside a torch render aborted the process ("terminate called without an active exception")."""
+    with _rigs_lock:
+        rigs = list(_rigs.values())
+    for rig in rigs:
+        rig.close(drop_queued=True)
 
 
 def _rig_key(world, parent, scene, backend, background_rgb, enhancer, deadline_ms, lod_px=LOD_PX,

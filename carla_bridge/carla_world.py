@@ -77,7 +77,11 @@ class CarlaSimulator:
             library = self.world.get_blueprint_library()
             ego_bp = library.find(BLUEPRINTS["car"])
             ego_bp.set_attribute("role_name", "hero")
-            self.ego = self.world.spawn_actor(ego_bp, self._spawn_transform(initial.ego.pose_agent_to_world))
+            spawn = self._spawn_transform(initial.ego.pose_agent_to_world)
+            self.ego = self.world.spawn_actor(ego_bp, spawn)
+            yaw = math.radians(spawn.rotation.yaw)  # the scenario's start speed, along the heading (UE axes)
+            speed = float(initial.ego.speed_mps)
+            self.ego.set_target_velocity(carla.Vector3D(speed * math.cos(yaw), speed * math.sin(yaw), 0.0))
             for agent in initial.agents:
                 bp = library.find(BLUEPRINTS[agent.kind])
                 # walkers' origins sit mid-body: spawn them high enough, the next tick places them exactly
@@ -95,7 +99,7 @@ class CarlaSimulator:
             self.close()
             raise
         self._started = False
-        self._speeds: dict[int, float] = {}
+        self._speeds = {agent.agent_id: agent.speed_mps for agent in initial.agents}
 
     def _spawn_transform(self, pose_agent_to_world: np.ndarray, lift_m: float = 0.3):
         lifted = pose_agent_to_world.copy()
@@ -109,7 +113,8 @@ class CarlaSimulator:
 
     def apply_control(self, control) -> None:
         c = VehicleControl.from_any(control)
-        self.ego.apply_control(self._carla.VehicleControl(throttle=c.throttle, steer=c.steer, brake=c.brake))
+        self.ego.apply_control(self._carla.VehicleControl(throttle=c.throttle, steer=c.steer, brake=c.brake,
+                                                          hand_brake=c.hand_brake, reverse=c.reverse))
 
     def tick(self) -> WorldSnapshot:
         if self._started:

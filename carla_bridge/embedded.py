@@ -306,8 +306,15 @@ class EmbeddedSimulator:
     def _step_ego(self) -> None:
         c, dt = self._control, self.dt_s
         ego = self._ego
-        accel = MAX_ACCEL_MPS2 * c.throttle - MAX_BRAKE_MPS2 * c.brake - ROLLING_DRAG_PER_S * ego["speed"]
-        speed = max(0.0, ego["speed"] + accel * dt)
+        # speed is signed along the heading (negative: backwards, in reverse); the throttle pulls the way the gear
+        # does, the brakes (the hand brake fully) and the drag against the motion, and never past rest
+        gear, brake = (-1.0 if c.reverse else 1.0), (1.0 if c.hand_brake else c.brake)
+        moving = 1.0 if ego["speed"] > 0.0 else -1.0 if ego["speed"] < 0.0 else gear  # at rest: the gear's way
+        accel = (MAX_ACCEL_MPS2 * c.throttle * gear - MAX_BRAKE_MPS2 * brake * moving
+                 - ROLLING_DRAG_PER_S * abs(ego["speed"]) * moving)
+        speed = ego["speed"] + accel * dt
+        if speed * moving < 0.0 and not (gear != moving and c.throttle > 0.0):  # the brakes stop the car, no more
+            speed = 0.0
         delta = -c.steer * MAX_STEER_RAD  # CARLA: positive steer turns right, i.e. negative yaw rate in FLU
         mean_speed = 0.5 * (speed + ego["speed"])
         yaw_rate = mean_speed / WHEELBASE_M * math.tan(delta)
@@ -357,7 +364,7 @@ class EmbeddedSimulator:
     def _snapshot(self) -> WorldSnapshot:
         ego = AgentState(EGO_ID, "car", self.ego_size_m,
                          pose_from_xyz_yaw(self._ego["xy"][0], self._ego["xy"][1], 0.0, self._ego["yaw"]),
-                         self._ego["speed"])
+                         abs(self._ego["speed"]))  # a speed, as CARLA's velocity's length
         agents = []
         for agent in self._agents:
             xy, yaw, speed = self._agent_pose(agent)

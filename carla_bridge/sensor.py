@@ -22,12 +22,17 @@ camera on one mount cost one view), encodes each as its blueprint says, and call
 lowest frame first (frames queued while a render runs are taken in frame order). A listener's exception is printed and
 swallowed, as libcarla does with sensor callbacks. A render error is logged at once (logger
 "carla_bridge") and raised as NeuralCameraError, naming the camera and the frame, by the next
-call on any camera of the rig (listen, stop, is_listening, get_transform, destroy, ...) or by
-`camera.raise_if_failed()`.
+call on any camera of the rig (listen, is_listening, get_transform, ...; never by stop() or destroy(),
+which libcarla's never raise for sensor data, so a cleanup loop runs to its end) or by
+`camera.raise_if_failed()`. A neural camera renders after the tick (a server has its images by the
+time world.tick() returns): a loop that ticks without waiting for the images queues them (a warning
+past camera_rig.BACKLOG_WARN_FRAMES), and destroy() delivers the queued ones first (at most
+DESTROY_FLUSH_S). At interpreter exit the rigs stop after the frame in flight.
 
 Actor face: positive ids from NEURAL_ID_BASE (3 * 2^30) up, which a server counting up from 1
 never reaches; id, type_id, attributes (strings), is_alive, parent, get_world, get_transform,
-get_location, set_transform, destroy. After destroy(), as libcarla's, listen, get_transform, set_transform and
+get_location, set_transform (on an attached camera: its mount relative to the parent, as libcarla's),
+destroy. After destroy(), as libcarla's, listen, get_transform, set_transform and
 get_velocity raise RuntimeError ("trying to operate on a destroyed actor; ..."). Importing this module makes carla.command.DestroyActor
 accept a camera too (carla_bridge/commands.py: a subclass, every former use unchanged); a batch
 sent through a NeuralClient (carla_bridge/client.py) destroys the cameras client-side, a batch
@@ -60,14 +65,13 @@ from carla_bridge.attributes import apply_postprocess, camera_settings, check_ca
 from carla_bridge.encodings import convert_bgra, depth_to_bgra_fast, instance_to_bgra, semantic_to_bgra
 from carla_bridge.transforms import (
     camera_pose_from_ue,
-    flu_to_ue,
     pose_from_transform,
     rgb_to_bgra,
     transform_from_pose,
     ue_to_flu,
 )
 from neural_sensor.gaussians import GaussianScene
-from neural_sensor.render import LOD_PX
+from neural_sensor.render import BACKENDS, LOD_PX
 from neural_sensor.render._common import check_lod_px
 from neural_sensor.render.upsample import check_scale
 from neural_sensor.world import WorldSnapshot
@@ -93,7 +97,9 @@ _warned_attachments: set[str] = set()
 _FRAME_FIELDS_OF_TYPE = {"sensor.camera.rgb": ("rgb",), "sensor.camera.depth": ("rgb", "depth", "semantic"),
                          "sensor.camera.semantic_segmentation": ("rgb", "semantic"),
                          "sensor.camera.instance_segmentation": ("rgb", "semantic", "instance")}
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_FORMAT_BY_ENDING = (("tiff", "TIFF"), ("jpeg", "JPEG"), ("jpg", "JPEG"))  # libcarla's match_extension: how the
+_DEFAULT_EXTENSION = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg"}        # path ends, case and dot not considered
+DESTROY_FLUSH_S = 60.0  # NeuralCamera.destroy() waits this long at most for the frames of ticks already taken
 # the post-processing model is relative to the blueprint's defaults for these (carla_bridge/attributes.py)
 _REFERENCE_KEYS = ("exposure_compensation", "gamma", "lens_k", "lens_kcube", "lens_x_size", "lens_y_size")
 
@@ -168,28 +174,29 @@ class NeuralImage(_ImageBase):
             self._bgra = convert_bgra(self._bgra, name)
 
     def save_to_disk(self, path: str, color_converter=None) -> str:
-        """Write the image and return the path written, as CARLA does: missing folders are created, an extension
-        other than png / jpg / jpeg / tif / tiff is replaced by .png, Raw and CityScapesPalette are written as
-        4-channel (RGBA) pictures, Depth and LogarithmicDepth as one-channel gray. The image itself is unchanged.
-        A '%' in path is filled with the frame id (path % frame)."""
+        """Write the image and return the path written, as libcarla's ImageIO does: the format is chosen by how the
+        path ends (tiff, jpeg or jpg, else PNG, whatever the extension: "0.05" is a PNG file named 0.05), ".png"
+        is appended only to a path without an extension, missing folders are created, and the path is used as
+        given (a '%' is no placeholder: format the frame in yourself, `'out/%06d.png' % image.frame`). Raw and
+        CityScapesPalette are written as 4-channel (RGBA) pictures, Depth and LogarithmicDepth as one-channel
+        gray. The image itself is unchanged."""
         from PIL import Image
 
         name = "Raw" if color_converter is None else self._converter_name(color_converter)
         path = str(path)
-        if "%" in path:
-            path = path % self._frame
+        kind = next((k for ends, k in _FORMAT_BY_ENDING if path.endswith(ends)), "PNG")
         target = Path(path)
-        if target.suffix.lower() not in _IMAGE_EXTENSIONS:
-            target = target.with_suffix(".png")
+        if not target.suffix:  # boost::filesystem's extension(): none for "out/0" or "out/.hidden"
+            target = Path(path + "." + _DEFAULT_EXTENSION[kind])
         target.parent.mkdir(parents=True, exist_ok=True)
         bgra = self._bgra if name == "Raw" else convert_bgra(self._bgra, name)
         if name in ("Depth", "LogarithmicDepth"):
             picture = Image.fromarray(np.ascontiguousarray(bgra[..., 0]), "L")
-        elif target.suffix.lower() in (".jpg", ".jpeg"):
+        elif kind == "JPEG":
             picture = Image.fromarray(np.ascontiguousarray(bgra[..., 2::-1]), "RGB")
         else:
             picture = Image.fromarray(np.ascontiguousarray(bgra[..., [2, 1, 0, 3]]), "RGBA")
-        picture.save(target)
+        picture.save(target, format=kind)
         return str(target)
 
     def __repr__(self) -> str:
@@ -211,6 +218,8 @@ class NeuralCamera:
         render_scale = check_scale(render_scale, "neural camera")
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"neural camera: scene must be a GaussianScene, got {type(scene).__name__}")
+        if backend not in BACKENDS:  # said at the spawn, not by the first tick's render
+            raise ValueError(f"neural camera: backend must be one of {BACKENDS}, got {backend!r}")
         if reference is not None and not callable(getattr(reference, "warp", None)):
             raise ValueError(f"neural camera: reference must be a LogReference (reconstruct.drive.scene_reference), "
                              f"got {type(reference).__name__}")
@@ -221,7 +230,7 @@ class NeuralCamera:
         self._parent = parent
         self._world = world
         self.attachment_type = _check_attachment(attachment_type, parent)
-        self._set_mount(np.array(transform.get_matrix(), dtype=np.float64))
+        self._set_mount(transform)
         self._callback = None
         self._alive = True
         self._next_due_s: float | None = None
@@ -231,7 +240,13 @@ class NeuralCamera:
                             lod_px, reference, render_scale)
         _cameras[self.id] = self
 
-    def _set_mount(self, matrix_ue: np.ndarray) -> None:
+    def _set_mount(self, transform) -> None:
+        """The camera's transform relative to its parent (for a world-fixed camera: the world transform), as a
+        carla.Transform; a non-finite one is refused by name."""
+        matrix_ue = np.array(transform.get_matrix(), dtype=np.float64)
+        if not np.isfinite(matrix_ue).all():
+            raise ValueError(f"neural camera: transform {transform} is not finite")
+        self._mount = transform
         self._mount_flu = ue_to_flu(matrix_ue)  # camera body -> parent (or world), FLU
         self._view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
                       tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
@@ -295,23 +310,28 @@ class NeuralCamera:
         self._callback = callback
 
     def stop(self) -> None:
+        """Stop listening. As libcarla's, it never raises for a frame that failed to render (that was logged when
+        it happened; `raise_if_failed` still raises it): a cleanup loop of stop() / destroy() runs to its end."""
         self._callback = None
-        self.raise_if_failed()
 
     def is_listening(self) -> bool:
         self.raise_if_failed()
         return self._callback is not None
 
     def destroy(self) -> bool:
-        """Stop, leave the rig (the last one out closes it) and return True; False if already destroyed.
-        A pending render error is raised after the camera is gone."""
+        """Deliver the frames of ticks already taken (a server has rendered those by the time its tick returns; a
+        neural camera renders after it, so a loop of world.tick() calls that never waits for an image would lose
+        them all: this waits up to DESTROY_FLUSH_S, then says how many were dropped), stop, leave the rig (the
+        last one out closes it) and return True; False if already destroyed. As libcarla's, it never raises for
+        a frame that failed to render (logged when it happened)."""
         if not self._alive:
             return False
+        if self._callback is not None:
+            self.rig.flush(self, DESTROY_FLUSH_S)
         self._alive = False
         self._callback = None
         _cameras.pop(self.id, None)
         self.rig.remove(self)
-        self.raise_if_failed()
         return True
 
     # ---------------------------------------------------------- actor face
@@ -339,15 +359,17 @@ class NeuralCamera:
         return self.get_transform().location
 
     def set_transform(self, transform) -> None:
-        """Move the camera to a world transform; an attached camera stays attached at the new offset (as UE does)."""
+        """As libcarla: the server's SetActorGlobalTransform sets UE's RELATIVE transform, so on an attached camera
+        `transform` is its new mount, relative to the parent (x forward, y right, z up from the parent's origin),
+        and the camera stays attached; a world-fixed camera takes it as its world transform."""
         self._check_alive()
-        self.raise_if_failed()
-        pose_world = pose_from_transform(transform)
-        self._set_mount(flu_to_ue(np.linalg.inv(self._pose_parent()) @ pose_world))
+        self._set_mount(transform)
 
     def set_location(self, location) -> None:
-        current = self.get_transform()
-        self.set_transform(carla.Transform(location, current.rotation))
+        """As libcarla (SetActorRelativeLocation): the mount's location (a world-fixed camera's world location);
+        the mount's rotation is kept."""
+        self._check_alive()
+        self._set_mount(carla.Transform(location, self._mount.rotation))
 
     def get_velocity(self):
         """The parent's velocity (a rigid mount moves with it); zero for a world-fixed camera."""

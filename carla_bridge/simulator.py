@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from neural_sensor.world import AgentState, WorldSnapshot
 
 __all__ = ["AgentState", "Simulator", "VehicleControl", "WorldSnapshot"]
@@ -21,15 +23,18 @@ __all__ = ["AgentState", "Simulator", "VehicleControl", "WorldSnapshot"]
 
 @dataclass(frozen=True)
 class VehicleControl:
-    """The fields of carla.VehicleControl that drive a car: throttle, steer, brake.
+    """The fields of carla.VehicleControl that drive a car: throttle, steer, brake, hand_brake, reverse.
 
-    throttle in [0, 1], steer in [-1, 1] (positive steers right, as in CARLA), brake in [0, 1].
-    NaN or out-of-range values raise ValueError naming the field and value.
+    throttle in [0, 1], steer in [-1, 1] (positive steers right, as in CARLA), brake in [0, 1]; hand_brake
+    brakes fully; reverse makes the throttle drive backwards. NaN or out-of-range values raise ValueError naming
+    the field and value. (manual_gear_shift and gear are not modelled.)
     """
 
     throttle: float = 0.0
     steer: float = 0.0
     brake: float = 0.0
+    hand_brake: bool = False
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("throttle", 0.0, 1.0), ("steer", -1.0, 1.0), ("brake", 0.0, 1.0)):
@@ -37,11 +42,17 @@ class VehicleControl:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
                 raise ValueError(f"VehicleControl.{name} must be a number in [{lo}, {hi}], got {value!r}")
             object.__setattr__(self, name, float(value))
+        for name in ("hand_brake", "reverse"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"VehicleControl.{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
 
     @classmethod
     def from_any(cls, control) -> "VehicleControl":
         """Accept our VehicleControl, a carla.VehicleControl, anything with throttle / steer / brake, or a mapping
-        with those three keys (`{"throttle": 0.5, "steer": 0.0, "brake": 0.0}`)."""
+        with those three keys (`{"throttle": 0.5, "steer": 0.0, "brake": 0.0}`); hand_brake and reverse are read
+        where present (False otherwise)."""
         if isinstance(control, cls):
             return control
         if isinstance(control, Mapping):
@@ -49,9 +60,11 @@ class VehicleControl:
             if missing:
                 raise ValueError(f"control must have throttle, steer and brake, got a mapping without "
                                  f"{', '.join(missing)}")
-            return cls(control["throttle"], control["steer"], control["brake"])
+            return cls(control["throttle"], control["steer"], control["brake"], control.get("hand_brake", False),
+                       control.get("reverse", False))
         try:
-            return cls(control.throttle, control.steer, control.brake)
+            return cls(control.throttle, control.steer, control.brake, getattr(control, "hand_brake", False),
+                       getattr(control, "reverse", False))
         except AttributeError:
             raise ValueError(f"control must have throttle, steer and brake, got {type(control).__name__}") from None
 

@@ -274,6 +274,12 @@ class StandInActor:
     def apply_control(self, control) -> None:
         self.control = control
 
+    def set_target_velocity(self, velocity) -> None:
+        """As CARLA (for a vehicle with physics): its velocity from the next tick; the stand-in's vehicles move
+        along their heading, so the velocity's component along it is their speed."""
+        yaw = math.radians(self.get_transform().rotation.yaw)
+        self.speed_mps = float(velocity.x) * math.cos(yaw) + float(velocity.y) * math.sin(yaw)
+
     def get_velocity(self):
         if not self.physics:  # like CARLA: an actor moved by set_transform reports no velocity
             return carla.Vector3D(0.0, 0.0, 0.0)
@@ -480,8 +486,13 @@ class StandInWorld:
         with self._lock:
             for actor in self.actors.values():
                 if actor.type_id.startswith("vehicle.") and actor.physics and actor.parent is None:
-                    c = actor.control
-                    actor.speed_mps = max(0.0, actor.speed_mps + (3.5 * c.throttle - 8.0 * c.brake) * dt)
+                    c = actor.control  # speed signed along the heading: reverse drives backwards
+                    gear, brake = (-1.0 if c.reverse else 1.0), (1.0 if c.hand_brake else c.brake)
+                    moving = 1.0 if actor.speed_mps > 0.0 else -1.0 if actor.speed_mps < 0.0 else gear
+                    speed = actor.speed_mps + (3.5 * c.throttle * gear - 8.0 * brake * moving) * dt
+                    if speed * moving < 0.0 and not (gear != moving and c.throttle > 0.0):
+                        speed = 0.0  # the brakes stop the car, no more
+                    actor.speed_mps = speed
                     t = actor.get_transform()
                     yaw = t.rotation.yaw + math.degrees(actor.speed_mps * dt / 2.8
                                                         * math.tan(c.steer * math.radians(35)))

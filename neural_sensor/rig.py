@@ -168,7 +168,8 @@ class NeuralSensorRig:
     def __init__(self, scene: GaussianScene, sensors: Sequence[SensorSpec], backend: str = "auto",
                  enhancer=None, background_rgb: Sequence[float] = (0.53, 0.71, 0.92), asset_seed: int = 0,
                  lod_px: float = LOD_PX, outputs: Sequence[str] = FRAME_FIELDS, reference=None,
-                 reference_views: int = 2, temporal_blend: float = 0.0, render_scale: float = 1.0):
+                 reference_views: int = 2, temporal_blend: float = 0.0, render_scale: float = 1.0,
+                 assets: dict | None = None):
         """outputs: the SensorFrame fields to fill (FRAME_FIELDS; "rgb" always); the others are None and not
         rendered (a rig of RGB cameras skips the median depth and the labels: `render_outputs`).
         render_scale: in (0, 1], the fraction of the cameras' size the scene is drawn at, then upsampled
@@ -176,7 +177,10 @@ class NeuralSensorRig:
         reference: the scene's LogReference (`reconstruct.drive.scene_reference`), sent to the enhancer as each
         camera's reference (its `reference_views` nearest log images of that camera, warped in); None: none.
         temporal_blend: the weight in [0, 1) of each camera's previous enhanced image, reprojected (0: none; see the
-        module docstring); only with an enhancer."""
+        module docstring); only with an enhancer.
+        assets: a dict the agents' Gaussian assets are kept in, to share them with other rigs (a camera rig whose
+        mounts move makes a rig per mount; each making every agent's asset again cost ~20x a tick); None: the rig's
+        own."""
         if not isinstance(scene, GaussianScene):
             raise ValueError(f"NeuralSensorRig: scene must be a GaussianScene, got {type(scene).__name__}")
         sensors = list(sensors)
@@ -219,7 +223,7 @@ class NeuralSensorRig:
         self.asset_seed = asset_seed
         self.lod_px = check_lod_px(lod_px, "NeuralSensorRig")  # level of detail of the cpu backend (render(lod_px=)); 0 = exact
         self.render_scale = check_scale(render_scale, "NeuralSensorRig")  # render(scale=)
-        self._assets: dict[tuple[int, str, tuple], GaussianScene] = {}
+        self._assets: dict[tuple[int, int, str, tuple], GaussianScene] = {} if assets is None else assets
 
     def prepare(self) -> float:
         """Do now the one-off work of a first `capture`: derive what the renderer keeps per scene (its
@@ -275,7 +279,7 @@ class NeuralSensorRig:
         return time.perf_counter() - start
 
     def _asset(self, agent) -> GaussianScene:
-        key = (agent.agent_id, agent.kind, tuple(round(v, 3) for v in agent.size_m))
+        key = (self.asset_seed, agent.agent_id, agent.kind, tuple(round(v, 3) for v in agent.size_m))
         if key not in self._assets:
             self._assets[key] = make_asset(agent.kind, instance_id=agent.agent_id, size_m=agent.size_m,
                                            seed=self.asset_seed * 7919 + agent.agent_id)

@@ -271,6 +271,9 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                     log_folder: Path | None) -> dict:
     """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
     specs = sensor_specs_from_leaderboard(agent_call(options.agent, "sensors()", agent.sensors))
+    if not specs:  # (the video's size check said "max() arg is an empty sequence")
+        raise ValueError(f"agent {options.agent}: sensors() returned no camera; a neural-sensor run renders the "
+                         "cameras an agent asks for (leaderboard sensor dicts of type sensor.camera.rgb)")
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
     if options.enhancer is not None:  # the enhancer's protocol refuses larger images: every tick would be raw

@@ -94,8 +94,24 @@ def test_neural_image_is_a_carla_image(tmp_path):
     assert len(image) == 24
     pixel = image[1 * 6 + 2]
     assert (pixel.r, pixel.g, pixel.b, pixel.a) == (30, 20, 10, 255)
-    assert image.save_to_disk(str(tmp_path / "%06d.png")) == str(tmp_path / "000077.png")
+    assert image.save_to_disk(str(tmp_path / ("%06d.png" % image.frame))) == str(tmp_path / "000077.png")
     assert (tmp_path / "000077.png").exists()
+
+
+def test_save_to_disk_names_files_as_libcarla_does(tmp_path):
+    """libcarla's ImageIO (FileSystem::ValidateFilePath, io_any): ".png" only where the path has no extension, the
+    format by how the path ends, the path otherwise as given. A '%' was filled with the frame (three timestamps
+    "0.05", "0.10", "0.15" all became 0.png, and "100%_a.png" raised)."""
+    from PIL import Image
+
+    image = NeuralImage.create(77, 3.85, carla.Transform(), 90.0, np.full((4, 6, 4), 200, np.uint8))
+    for given, written, kind in (("0.05", "0.05", "PNG"), ("0.10", "0.10", "PNG"), ("run_100%_a.png", None, "PNG"),
+                                 ("frame", "frame.png", "PNG"), ("a/b/c.jpg", None, "JPEG"), ("d.tiff", None, "TIFF"),
+                                 ("e.tif", None, "PNG"), ("f.bmp", None, "PNG")):
+        path = image.save_to_disk(str(tmp_path / given))
+        assert path == str(tmp_path / (written or given))
+        with Image.open(path) as picture:
+            assert picture.format == kind and picture.size == (6, 4), given
 
 
 def _standin_world_with(*placements):
@@ -182,6 +198,23 @@ def test_carla_simulator_on_the_stand_in_server():
     sim.close()
     assert world.settings == StandInSettings(False, 0.1)  # the user's settings are back
     assert {a.type_id for a in world.actors.values()} == {"static.prop.bench", "spectator"}  # ours are destroyed
+
+
+def test_carla_simulator_starts_the_ego_and_the_agents_at_their_speeds():
+    """Under --carla the ego stood still at the first tick (the embedded run starts it at EgoStart.speed_mps: cut-in
+    and crossing triggers depend on it) and the agents reported speed 0 at the first tick."""
+    from carla_bridge.carla_world import CarlaSimulator
+    from carla_bridge.embedded import AgentSpec, EgoStart
+    from neural_sensor.scene.layout import straight_road
+
+    layout = straight_road(120.0, buildings=False)
+    layout.objects.clear()
+    sim = CarlaSimulator(StandInClient(), layout, EgoStart(lane=0, start_s_m=5, speed_mps=10.0),
+                         [AgentSpec(1, "car", "follow_lane", lane=0, start_s_m=40, speed_mps=6)], seed=0)
+    first, second = sim.tick(), sim.tick()
+    assert first.ego.speed_mps == pytest.approx(10.0, abs=0.1) and first.agents[0].speed_mps == pytest.approx(6.0, abs=0.2)
+    assert second.ego.position_m[0] - first.ego.position_m[0] == pytest.approx(0.5, abs=0.05)  # 10 m/s x 0.05 s
+    sim.close()
 
 
 def test_scenario_runner_drives_the_stand_in_server(tmp_path, monkeypatch):

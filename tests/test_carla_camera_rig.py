@@ -70,9 +70,11 @@ def test_render_errors_are_logged_at_once_and_raised_by_name(scene, caplog):
         world.tick()
         _settle(world, camera)
     assert sum("parent actor" in r.getMessage() for r in caplog.records) == 1  # once while it waits to be raised
+    camera.stop()  # stop() and destroy() never raise it (libcarla's do not): a cleanup loop runs to its end
+    other = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    assert camera.destroy() and not camera.is_alive and other.destroy()
     with pytest.raises(NeuralCameraError, match=f"parent actor {ego.id} is not in frame {frame}"):
-        camera.destroy()
-    assert not camera.is_alive
+        camera.raise_if_failed()  # still kept for whoever asks
 
 
 def test_vectorised_snapshot_conversion_equals_agent_box():
@@ -290,3 +292,90 @@ def test_an_unreachable_enhancer_is_said_once_and_each_frame_says_it_went_raw(sc
     assert f"tcp://127.0.0.1:{port}" in said[0] and not camera.last_meta["enhanced"]
     assert camera.last_meta["enhancer_reason"]
     camera.destroy()
+
+
+def test_destroy_delivers_the_frames_of_ticks_already_taken(scene, caplog):
+    """A loop of world.tick() that never waits for an image, then destroy(): all 0 of 50 images were lost (a server
+    has rendered them by the time its tick returns; a neural camera renders after it). destroy() delivers them
+    first; a backlog past BACKLOG_WARN_FRAMES is said once."""
+    from carla_bridge import camera_rig
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    got = []
+    camera.listen(lambda image: got.append(image.frame))
+    gate = camera_rig.threading.Event()  # the worker waits for it: every tick queues behind the first
+    capture = camera.rig.capture
+    camera.rig.capture = lambda snapshot, cameras: (gate.wait(10), capture(snapshot, cameras))[1]
+    with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+        frames = [world.tick() for _ in range(camera_rig.BACKLOG_WARN_FRAMES + 5)]
+        world.wait_for_callbacks()
+    assert sum("frames are queued to render" in r.getMessage() for r in caplog.records) == 1
+    gate.set()
+    assert camera.destroy() and got == frames
+
+
+def test_a_bad_transform_or_backend_is_refused_at_the_spawn(scene):
+    """Both were accepted and failed at the first tick (an ERROR logged, the image never delivered)."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    with pytest.raises(ValueError, match="neural camera: transform .* is not finite"):
+        spawn_neural_camera(world, _bp(library, "rgb"), carla.Transform(carla.Location(x=float("nan"))), scene=scene)
+    with pytest.raises(ValueError, match="neural camera: backend must be one of .* got 'bogus'"):
+        spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, scene=scene, backend="bogus")
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, scene=scene, backend="cpu")
+    with pytest.raises(ValueError, match="is not finite"):
+        camera.set_transform(carla.Transform(carla.Location(z=float("inf"))))
+    assert camera.get_location().x == pytest.approx(1.5) and camera.destroy()
+
+
+def test_a_moving_mount_keeps_the_agents_assets(scene):
+    """A gimbal (set_transform every tick) made a NeuralSensorRig per mount, each making every agent's asset again:
+    ~20x the tick. The assets are kept by the camera rig for every rig it makes."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform(carla.Location(x=12.0)))
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    camera.listen(lambda image: None)
+    assets = []
+    for yaw in (0.0, 5.0, 10.0):
+        camera.set_transform(carla.Transform(MOUNT.location, carla.Rotation(yaw=yaw)))
+        world.tick()
+        _settle(world, camera)
+        assets.append({key: id(value) for key, value in camera.rig._assets.items()})
+    assert len(camera.rig._rigs) == 3 and len(assets[0]) == 1 and assets[0] == assets[1] == assets[2]
+    camera.destroy()
+
+
+def test_a_script_ending_during_a_torch_render_exits_cleanly(tmp_path):
+    """With backend="torch" a script that ended while the rig's worker thread was inside a render aborted
+    ("terminate called without an active exception", exit 134): the rigs now stop at exit after that frame."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import carla\n"
+        "from carla_bridge.sensor import spawn_neural_camera\n"
+        "from carla_bridge.standin import StandInWorld\n"
+        "from neural_sensor.testing import make_street_scene\n"
+        "world = StandInWorld()\n"
+        "library = world.get_blueprint_library()\n"
+        "bp = library.find('sensor.camera.rgb')\n"
+        "bp.set_attribute('image_size_x', '160'); bp.set_attribute('image_size_y', '120')\n"
+        "ego = world.spawn_actor(library.find('vehicle.tesla.model3'), carla.Transform())\n"
+        "camera = spawn_neural_camera(world, bp, carla.Transform(carla.Location(x=1.5, z=1.6)), attach_to=ego,\n"
+        "                             scene=make_street_scene(20000, seed=0), backend='torch')\n"
+        "camera.listen(lambda image: None)\n"
+        "for _ in range(5):\n"
+        "    world.tick()\n"
+        "import sys, time\n"
+        "time.sleep(float(sys.argv[1]))\n"
+        "raise SystemExit('the script ends while frames are still rendering')\n")
+    for sleep_s in ("0", "2"):  # before the worker's first render (it imported torch at exit), and during one
+        result = subprocess.run([sys.executable, str(script), sleep_s], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and "terminate called" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == "the script ends while frames are still rendering"

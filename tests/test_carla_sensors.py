@@ -276,10 +276,21 @@ def test_actor_face_and_batch_destroy_through_the_neural_client(scene):
     assert camera.type_id == "sensor.camera.depth" and camera.attributes["image_size_x"] == str(W)
     assert camera.is_alive and camera.parent is ego and camera.get_world() is raw.world
     assert (camera.get_location().x, camera.get_location().y) == pytest.approx((6.5, 2.0))
-    camera.set_transform(carla.Transform(carla.Location(5, 2, 3), carla.Rotation(pitch=-30)))
+    # as libcarla (its SetActorGlobalTransform sets the relative transform): on an attached camera the new mount,
+    # and the stand-in server's own sensors agree
+    mount = carla.Transform(carla.Location(0.5, 0, 3), carla.Rotation(pitch=-30))
+    server_camera = raw.get_world().spawn_actor(library.find("sensor.camera.rgb"), MOUNT, attach_to=ego)
+    for moved in (camera, server_camera):
+        moved.set_transform(mount)
+        assert moved.get_transform().rotation.pitch == pytest.approx(-30, abs=1e-4)
+        assert (moved.get_location().x, moved.get_location().z) == pytest.approx((5.5, 3))
+    camera.set_location(carla.Location(1, 0, 2))  # the mount's location; its rotation kept
     assert camera.get_transform().rotation.pitch == pytest.approx(-30, abs=1e-4)
+    assert (camera.get_location().x, camera.get_location().z) == pytest.approx((6, 2))
+    camera.set_transform(mount)
     ego.set_transform(carla.Transform(carla.Location(15, 2, 0)))  # still attached at the new offset
-    assert camera.get_location().x == pytest.approx(15) and camera.get_location().z == pytest.approx(3)
+    assert camera.get_location().x == pytest.approx(15.5) and camera.get_location().z == pytest.approx(3)
+    server_camera.destroy()
     second = world.spawn_actor(_bp(library, "rgb"), MOUNT, attach_to=ego)
     # libcarla's DestroyActor takes an id or a C++ actor; the subclass carla_bridge installs takes any actor object
     assert carla.command.DestroyActor is DestroyActor and issubclass(DestroyActor, LIBCARLA_DESTROY_ACTOR)

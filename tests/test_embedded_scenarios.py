@@ -140,6 +140,36 @@ class _CrashingAgent:
         return VehicleControl(throttle=float("nan") if self.calls > 3 else 0.5)
 
 
+class _BlindAgent(_CrashingAgent):
+    def sensors(self):
+        return []
+
+
+def test_an_agent_asking_for_no_camera_is_named(tmp_path, scene_cache):
+    """An agent whose sensors() is [] met "max() arg is an empty sequence" (the video's size check) first."""
+    with pytest.raises(ValueError, match="_BlindAgent: sensors.. returned no camera"):
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "o", ticks=2, cache_dir=scene_cache, progress=False,
+                                          scene="builder", enhancer=None, agent=f"{__name__}:_BlindAgent"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reverse_and_the_hand_brake_drive_the_embedded_ego():
+    """carla.VehicleControl(reverse=True) sped the ego up forwards, hand_brake did nothing: both were dropped."""
+    import carla
+
+    sim = EmbeddedSimulator(straight_road(200.0), EgoStart(speed_mps=5.0), [])
+    start = sim.tick().ego.position_m[0]
+    sim.apply_control(carla.VehicleControl(throttle=1.0, reverse=True))  # slows, stops, then backs up
+    speeds = [sim.tick().ego.speed_mps for _ in range(60)]
+    assert min(speeds) < 1.0 and speeds[-1] > 1.0 and sim.tick().ego.position_m[0] < start + 5.0
+    backing = sim.tick().ego.position_m[0]
+    assert sim.tick().ego.position_m[0] < backing  # moving backwards
+    sim.apply_control({"throttle": 0.0, "steer": 0.0, "brake": 0.0, "hand_brake": True})
+    assert [sim.tick().ego.speed_mps for _ in range(40)][-1] == 0.0  # stopped, and not driven the other way
+    sim.apply_control(VehicleControl(throttle=0.5, brake=1.0))  # forwards: the brake wins, never backwards
+    assert sim.tick().ego.speed_mps == 0.0
+
+
 def test_failed_run_leaves_nothing_behind(tmp_path, scene_cache):
     out = tmp_path / "crash"
     from scenarios.agent import AgentError

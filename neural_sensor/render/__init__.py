@@ -82,6 +82,21 @@ def resolve_backend(backend: str, outputs: Sequence[str] = ("rgb", "depth", "alp
     return backend
 
 
+def backend_impl(name: str):
+    """The render function of a concrete backend ("cpu", "torch", "gsplat"), its module imported now (a caller
+    that renders on a worker thread imports it first on its own: torch's first import in a daemon thread while
+    the interpreter exits crashes it)."""
+    if name == "cpu":
+        from neural_sensor.render.cpu import render_cpu as impl
+    elif name == "torch":
+        from neural_sensor.render._torch_ref import render_reference as impl
+    elif name == "gsplat":
+        from neural_sensor.render.gsplat_backend import render_gsplat as impl
+    else:
+        raise ValueError(f"render: backend_impl takes cpu, torch or gsplat, got {name!r}")
+    return impl
+
+
 def render(
     scene: GaussianScene | PlacedScene | Sequence[GaussianScene | PlacedScene],
     cameras: Camera | Sequence[Camera],
@@ -146,12 +161,7 @@ def render(
             mode = "bilinear" if key in ("rgb", "depth", "alpha") else "nearest"
             images[key] = upsample(getattr(low, key), h, w, mode, out=out.get(key))
         return RenderOutput(**{k: images.get(k) for k in ALL_OUTPUTS}, backend=name)
-    if name == "cpu":
-        from neural_sensor.render.cpu import render_cpu as impl
-    elif name == "torch":
-        from neural_sensor.render._torch_ref import render_reference as impl
-    else:
-        from neural_sensor.render.gsplat_backend import render_gsplat as impl
+    impl = backend_impl(name)
     if name != "cpu":
         world = [p.materialize() if isinstance(p, PlacedScene) else p for p in parts]
         parts = [world[0] if len(world) == 1 else GaussianScene.concat(world)]
@@ -189,5 +199,5 @@ def _check_out(out, outputs: tuple[str, ...], expected: dict) -> dict[str, np.nd
     return dict(out)
 
 
-__all__ = ["render", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB",
+__all__ = ["render", "backend_impl", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB",
            "resolve_backend", "cuda_available"]
