@@ -27,7 +27,7 @@ import carla
 
 from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR, DestroyActor, SpawnActor  # noqa: F401 (re-exported)
 from carla_bridge.encodings import CAMERA_TYPES
-from carla_bridge.sensor import is_neural_id, neural_camera, spawn_neural_camera
+from carla_bridge.sensor import is_neural_id, neural_camera, neural_cameras_of, spawn_neural_camera
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.render import LOD_PX
 
@@ -108,8 +108,9 @@ class NeuralWorld:
         return self._world.get_actor(actor_id)
 
     def get_actors(self, actor_ids=None):
-        if actor_ids is None:
-            return self._world.get_actors()  # the server's list; neural cameras live client-side
+        if actor_ids is None:  # the server's actors, then the neural cameras (they live client-side), so that
+            # world.get_actors().filter("sensor.*") finds them for a cleanup
+            return _ActorList(list(self._world.get_actors()) + neural_cameras_of(self._world))
         actor_ids = list(actor_ids)
         server_ids = [i for i in actor_ids if not is_neural_id(i)]
         found = {a.id: a for a in self._world.get_actors(server_ids)} if server_ids else {}

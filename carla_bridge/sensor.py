@@ -109,6 +109,11 @@ def neural_camera(actor_id: int) -> "NeuralCamera | None":
     return _cameras.get(int(actor_id))
 
 
+def neural_cameras_of(world) -> list:
+    """The live NeuralCameras spawned in `world` (the server's world object), oldest first."""
+    return sorted((c for c in list(_cameras.values()) if c._world is world and c.is_alive), key=lambda c: c.id)
+
+
 def is_neural_id(actor_id: int) -> bool:
     return int(actor_id) > NEURAL_ID_BASE
 

@@ -273,6 +273,8 @@ def test_actor_face_and_batch_destroy_through_the_neural_client(scene):
     assert isinstance(camera, NeuralCamera) and camera.id > NEURAL_ID_BASE and camera.id < 2**32
     assert camera.id not in raw.world.actors and world.get_actor(camera.id) is camera
     assert [a.id for a in world.get_actors([ego.id, camera.id])] == [ego.id, camera.id]
+    assert world.get_actors().filter("sensor.camera.*") == [camera]  # a cleanup by filter finds it (it did not)
+    assert ego in world.get_actors() and world.get_actors().find(camera.id) is camera
     assert camera.type_id == "sensor.camera.depth" and camera.attributes["image_size_x"] == str(W)
     assert camera.is_alive and camera.parent is ego and camera.get_world() is raw.world
     assert (camera.get_location().x, camera.get_location().y) == pytest.approx((6.5, 2.0))
