@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the camera module imports this one
 
 _log = logging.getLogger("carla_bridge")
 BACKLOG_WARN_FRAMES = 20  # frames queued for the worker before a warning that the cameras fall behind the ticks
+PARENT_CLEARANCE_M = 0.5  # a camera this far outside its vehicle's box (on some axis) draws that vehicle
 CLOSE_JOIN_S = 30.0  # close() waits this long at most for the frame in flight (a torch render cut off aborts)
 RETRY_HELLO_S = 5.0  # after a failed hello, the enhancer is asked for its reference_views again after this long
 HELLO_TIMEOUT_MS = 500.0
@@ -186,12 +187,12 @@ class CameraRig:
         if not due:
             return
         try:
-            snapshot = self.snapshot_from_carla(world_snapshot)
+            snapshot, parent = self._convert(world_snapshot)
         except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
             self._fail(int(world_snapshot.frame), due, err)
             return
         with self._cond:
-            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due))
+            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due, parent))
             self._cond.notify_all()
             backlog = len(self._jobs)
         if backlog > BACKLOG_WARN_FRAMES and not self._said_backlog:
@@ -242,6 +243,11 @@ class CameraRig:
         """Our WorldSnapshot from a carla.WorldSnapshot: the parent (if any) is the ego, vehicles and walkers the
         agents; a world-fixed rig has an ego at the origin that draws nothing. Vectorised over the actors (it
         runs every tick for every actor): the same poses as transforms.agent_box, checked in bulk."""
+        return self._convert(world_snapshot)[0]
+
+    def _convert(self, world_snapshot) -> tuple[WorldSnapshot, AgentState | None]:
+        """`snapshot_from_carla`'s snapshot, and the parent as an agent (None for a world-fixed rig, or a parent
+        that is not drawn): cameras mounted clear of it see it (`_sees_parent`)."""
         parent_id = self.parent.id if self.parent is not None else None
         if parent_id is not None:
             parent_snap = world_snapshot.find(parent_id)
@@ -257,7 +263,7 @@ class CameraRig:
         drawn, rows = [], []
         for actor_snap in actor_snaps:
             entry = known.get(actor_snap.id)
-            if entry is None or not entry[0] or actor_snap.id == parent_id:
+            if entry is None or not entry[0]:
                 continue
             transform = actor_snap.get_transform()
             location, rotation, velocity = transform.location, transform.rotation, actor_snap.get_velocity()
@@ -277,8 +283,22 @@ class CameraRig:
                                         "non-finite transforms or velocities")
             agents = tuple(_agent_state(actor_id, entry[0], entry[1], pose, speed)
                            for (actor_id, entry), pose, speed in zip(drawn, poses, speeds.tolist()))
+        parent = next((a for a in agents if a.agent_id == parent_id), None)
+        agents = tuple(a for a in agents if a.agent_id != parent_id)
         ego = AgentState(0, "car", _EGO_SIZE_M, ego_pose, 0.0)
-        return WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents)
+        return (WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents),
+                parent)
+
+    def _sees_parent(self, camera) -> bool:
+        """Whether `camera` draws the vehicle it is mounted on: only from clear of its bounding box (by
+        PARENT_CLEARANCE_M on every side): a chase or a top-down camera sees it, as in CARLA; a roof or bumper
+        camera at or inside the box would look into the Gaussians of a box-shaped asset, not the car's mesh."""
+        entry = self._actors.get(getattr(self.parent, "id", None))
+        if entry is None or not entry[0]:
+            return False
+        size, offset = np.asarray(entry[1]), np.asarray(entry[2])
+        centre = offset + np.array([0.0, 0.0, 0.5 * size[2]])  # the box's centre in the parent's frame, FLU
+        return bool((np.abs(camera._mount_flu[:3, 3] - centre) > 0.5 * size + PARENT_CLEARANCE_M).any())
 
     # ---------------------------------------------------------------- render + delivery (worker thread)
     def _reference_views_now(self) -> int | None:
@@ -322,8 +342,18 @@ class CameraRig:
             self._rigs[(views, fields, reference_views)] = rig
         return rig
 
-    def capture(self, snapshot: WorldSnapshot, cameras) -> dict:
-        """{camera: NeuralImage} for every camera, from one batched render of their distinct views."""
+    def capture(self, snapshot: WorldSnapshot, cameras, parent: AgentState | None = None) -> dict:
+        """{camera: NeuralImage} for every camera, from one batched render of their distinct views; `parent` (the
+        vehicle they are mounted on, as an agent) is drawn for the cameras clear of its box, in a render of their
+        own."""
+        if parent is not None:
+            seeing = [c for c in cameras if self._sees_parent(c)]
+            if seeing:
+                rest = [c for c in cameras if c not in seeing]
+                with_parent = WorldSnapshot(snapshot.frame, snapshot.timestamp_s, snapshot.ego,
+                                            snapshot.agents + (parent,), snapshot.collisions)
+                images = {**(self.capture(snapshot, rest) if rest else {}), **self.capture(with_parent, seeing)}
+                return {camera: images[camera] for camera in cameras}  # delivered in the cameras' order
         views, index = [], {}
         for camera in cameras:
             view = camera._view_key()
@@ -396,12 +426,12 @@ class CameraRig:
             job = self._next_job()
             if job is None:
                 return
-            frame, _, snapshot, cameras = job
+            frame, _, snapshot, cameras, parent = job
             cameras = [c for c in cameras if c._alive]
             if not cameras:
                 continue
             try:
-                images = self.capture(snapshot, cameras)
+                images = self.capture(snapshot, cameras, parent)
             except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
                 self._fail(frame, cameras, err)
                 continue

@@ -308,7 +308,7 @@ def test_destroy_delivers_the_frames_of_ticks_already_taken(scene, caplog):
     camera.listen(lambda image: got.append(image.frame))
     gate = camera_rig.threading.Event()  # the worker waits for it: every tick queues behind the first
     capture = camera.rig.capture
-    camera.rig.capture = lambda snapshot, cameras: (gate.wait(10), capture(snapshot, cameras))[1]
+    camera.rig.capture = lambda *args: (gate.wait(10), capture(*args))[1]
     with caplog.at_level(logging.WARNING, logger="carla_bridge"):
         frames = [world.tick() for _ in range(camera_rig.BACKLOG_WARN_FRAMES + 5)]
         world.wait_for_callbacks()
@@ -379,3 +379,29 @@ def test_a_script_ending_during_a_torch_render_exits_cleanly(tmp_path):
         result = subprocess.run([sys.executable, str(script), sleep_s], capture_output=True, text=True, timeout=300)
         assert result.returncode == 1 and "terminate called" not in result.stderr, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1] == "the script ends while frames are still rendering"
+
+
+def test_a_chase_camera_sees_the_vehicle_it_follows(scene):
+    """A camera never drew the vehicle it was mounted on (a chase camera at 6 m behind saw no ego, as CARLA's
+    does). One clear of the vehicle's box draws it; one on the roof (inside the clearance) still does not."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    chase_mount = carla.Transform(carla.Location(x=-6.0, z=3.0), carla.Rotation(pitch=-15.0))
+    chase = spawn_neural_camera(world, _bp(library, "semantic_segmentation"), chase_mount, attach_to=ego,
+                                scene=scene, backend="cpu")
+    roof = spawn_neural_camera(world, _bp(library, "instance_segmentation"), MOUNT, attach_to=ego, scene=scene,
+                               backend="cpu")
+    fixed = spawn_neural_camera(world, _bp(library, "semantic_segmentation"), chase_mount, scene=scene,
+                                backend="cpu")  # the same pose, fixed in the world: it always drew the car
+    images = {}
+    for camera in (chase, roof, fixed):
+        camera.listen(lambda image, camera=camera: images.setdefault(camera, image_array(image).copy()))
+    world.tick()
+    _settle(world, chase, roof, fixed)
+    car = 14  # CityObjectLabel.Car, in R
+    assert (images[chase][..., 2] == car).sum() == (images[fixed][..., 2] == car).sum() > 50
+    ids = images[roof][..., 1].astype(np.int32) + 256 * images[roof][..., 0].astype(np.int32)
+    assert not (ids == ego.id % 65536).any()  # the roof camera does not see into the car's asset
+    for camera in (chase, roof, fixed):
+        camera.destroy()
