@@ -121,7 +121,7 @@ class CameraRig:
         self._actors: dict[int, tuple] = {}  # id -> (kind, size_m, box-bottom offset FLU); kind "" = not drawn
         self._rigs: dict[tuple, NeuralSensorRig] = {}
         self._assets: dict = {}  # the agents' Gaussian assets, shared by every rig made here (mounts that move)
-        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras)
+        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras, the parent as an agent or None)
         self._sequence = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -152,8 +152,8 @@ class CameraRig:
             self.close()
 
     def close(self, drop_queued: bool = False) -> None:
-        """Stop taking ticks and let the worker end: after the frames queued (of cameras still alive), or, with
-        drop_queued, after the one in flight; wait for it (at most CLOSE_JOIN_S) unless called from it."""
+        """Stop taking ticks and let the worker end after the frames queued (of cameras still alive); with
+        drop_queued (at interpreter exit), after the one in flight, waited for (at most CLOSE_JOIN_S)."""
         with _rigs_lock:
             if _rigs.get(self.key) is self:
                 del _rigs[self.key]
@@ -164,7 +164,7 @@ class CameraRig:
                 return
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._worker:
+        if drop_queued and threading.current_thread() is not self._worker:
             self._worker.join(CLOSE_JOIN_S)
         if self._tick_id is not None:
             self.world.remove_on_tick(self._tick_id)

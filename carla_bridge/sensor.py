@@ -251,7 +251,7 @@ class NeuralCamera:
         matrix_ue = np.array(transform.get_matrix(), dtype=np.float64)
         if not np.isfinite(matrix_ue).all():
             raise ValueError(f"neural camera: transform {transform} is not finite")
-        self._mount = transform
+        self._mount = carla.Transform(transform.location, transform.rotation)  # a copy: the caller's may change
         self._mount_flu = ue_to_flu(matrix_ue)  # camera body -> parent (or world), FLU
         self._view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
                       tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
