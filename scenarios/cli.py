@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import traceback
 import warnings
@@ -36,6 +35,7 @@ from pathlib import Path
 from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, int_at_least, run_render_command, seed_int
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
+from neural_sensor.host import write_problem
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE
 from scenarios.agent import AgentError, ScenarioError
 
@@ -469,8 +469,8 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     from neural_sensor.reconstruct.photometric import depth_refine_config
     from neural_sensor.reconstruct.refine import refine_config
 
-    if args.size is not None and min(args.size) <= 0:
-        raise ValueError(f"--size must be two positive numbers of pixels, got {args.size}")
+    if args.size is not None and not 0 < min(args.size) <= max(args.size) <= MAX_SIDE_PX:
+        raise ValueError(f"--size must be two numbers of pixels in 1..{MAX_SIDE_PX}, got {args.size}")
     if args.refine_iterations is not None and args.refine_iterations < 0:
         raise ValueError(f"--refine-iterations must be >= 0, got {args.refine_iterations}")
     refine = refine_config(args.refine_iterations)
@@ -522,8 +522,9 @@ def _check_writable_parent(option: str, path: Path) -> None:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
-            if not os.access(ancestor, os.W_OK | os.X_OK):
-                raise ValueError(f"{option} {path}: the folder {ancestor} cannot be written to")
+            problem = write_problem(ancestor)  # a real probe: os.access says yes to root, even in /proc
+            if problem:
+                raise ValueError(f"{option} {path}: nothing can be written in {ancestor} ({problem})")
             return
 
 
@@ -558,6 +559,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     warnings.formatwarning = _format_warning
+    ready = getattr(args, "ready_file", None) if args.command == "serve-enhancer" else None
+    if ready and Path(ready).is_file():  # a stale one (a killed server's) goes first, before the seconds of imports
+        Path(ready).unlink(missing_ok=True)  # and model loading: a script waiting for it would go on at once
     try:
         return _main(args)
     except KeyboardInterrupt:
@@ -622,12 +626,13 @@ def _main(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, OSError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except MemoryError as err:  # said before the work where it can be (`host.check_memory`), else when it hits
+        said = f": {err}" if str(err) else ""
         smaller = {"reconstruct": "a smaller --size", "build-scene": "a shorter --length or a larger --voxel",
                    "record-drive": "smaller images (--width / --height) or a longer --step"}.get(
             args.command, "smaller images (--width / --height)" + (", or fewer cameras (the agent's sensors())"
                                                                    if args.command in ("run", "demo", "bench") else ""))
-        print(f"{prog}: error: out of memory (try {smaller})", file=sys.stderr)
+        print(f"{prog}: error: out of memory{said} (try {smaller})", file=sys.stderr)
         return 2
     print(json.dumps(result))
     enhancer = result.get("enhancer") if args.command in ("demo", "bench", "run") else None

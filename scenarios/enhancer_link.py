@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from neural_sensor.enhance.protocol import is_loopback
+from neural_sensor.enhance.protocol import MAX_DEADLINE_MS, is_loopback
 
 
 def check_enhancer_options(options) -> None:
@@ -32,8 +32,10 @@ def check_enhancer_options(options) -> None:
 
         check_endpoint(endpoint, "enhancer endpoint (or 'local')")
     deadline = options.enhancer_deadline_ms
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
-        raise ValueError(f"enhancer deadline must be a positive number of milliseconds, got {deadline!r}")
+    if (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+            or not 0 < deadline <= MAX_DEADLINE_MS):  # (the client's own check named its parameter, not the option)
+        raise ValueError(f"enhancer deadline (--enhancer-deadline-ms) must be a positive number of milliseconds, "
+                         f"at most {MAX_DEADLINE_MS:g} (an hour), got {deadline!r}")
     if options.enhancer_checkpoint is not None and endpoint != "local":
         raise ValueError("--enhancer-checkpoint is for --enhancer local (a remote server has its own)")
     from neural_sensor.enhance.precision import check_cpu_precision

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neural_sensor.host import write_problem
+
 MANIFEST = "manifest.json"
 RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4",  # what a run writes into its temporary folder
                 "prompt.json")  # (a run of a prompt's street: the description it was built from)
@@ -112,6 +114,10 @@ def check_out_dir(out_dir: Path) -> Path:
                 raise ValueError(f"--out {out_dir} holds what no run of this tool wrote there ({stray[0].name}"
                                  f"{f' and {len(stray) - 1} more' if len(stray) > 1 else ''}; a record has "
                                  f"{MANIFEST}); refusing to write into it: choose another folder")
+    beside = next(folder for folder in out_dir.parents if folder.exists())  # the run writes next to out_dir first
+    problem = write_problem(beside) if beside.is_dir() else f"{beside} is a file"
+    if problem:
+        raise ValueError(f"--out {out_dir}: nothing can be written in {beside} ({problem})")
     return out_dir
 
 

@@ -236,6 +236,13 @@ def test_carla_without_the_carla_package(tmp_path):
      "; is a server running there? (start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
     (["demo", "--width", "6000", "--height", "36", "--scene", "builder"], "H.264 encodes no side longer than 16384"),
     (["serve-enhancer", "--threads", "-1"], "threads must be >= 0"),
+    (["serve-enhancer", "--workers", "1000"], "workers must be in 1..4 (two per CPU core, or 4), got 1000"
+     if (os.cpu_count() or 1) <= 2 else "workers must be in 1.."),  # 1000 model processes were started
+    (["reconstruct", "no_log", "--size", "100000", "100000"], "--size must be two numbers of pixels in 1..8192"),
+    (["run", "cut_in", *TINY[:-2], "--enhancer", "local", "--enhancer-deadline-ms", "1e12"],
+     "enhancer deadline (--enhancer-deadline-ms) must be a positive number of milliseconds, at most 3.6e+06"),
+    (["record-drive", "cut_in", "-o", "rec", "--width", "8192", "--height", "8192"],  # killed (exit 137), no word
+     "out of memory: recording 306 images of 8192x8192 needs about"),
     (["serve-enhancer", "--max-batch-frames", "0"], "max-batch-frames must be"),
 ])
 def test_cli_refuses_bad_options_by_name(tmp_path, args, message):
@@ -494,13 +501,25 @@ def test_out_of_memory_and_record_drive_options_are_named_as_the_command_takes_t
     monkeypatch.setattr(drive, "reconstructed_scene_from_log", no_memory)
     log = tmp_path / "log"
     log.mkdir()
-    assert cli_main(["reconstruct", str(log), "--size", "9000", "9000"]) == 2
+    assert cli_main(["reconstruct", str(log), "--size", "8000", "8000"]) == 2
     said = capsys.readouterr().err
     assert "out of memory (try a smaller --size)" in said and "--width" not in said
     for option, value, unit in (("--step", "0", "metres"), ("--speed", "-2", "m/s")):
         assert cli_main(["record-drive", "cut_in", option, value, "-o", str(tmp_path / "rec")]) == 2
         assert f"{option} must be a positive number of {unit}, got {float(value):g}" in capsys.readouterr().err
     assert not (tmp_path / "rec").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc: no folder that even root cannot write to")
+def test_a_folder_no_one_can_write_is_refused_before_any_work_even_for_root(tmp_path, capsys):
+    """os.access says yes to root everywhere: `reconstruct -o /proc/x.ply` reconstructed for 16 s and then failed,
+    `run -o /proc/out` failed with a bare errno. A real write probe now refuses both first."""
+    from scenarios.cli import main as cli_main
+
+    assert cli_main(["reconstruct", str(tmp_path / "no_log"), "-o", "/proc/x.ply"]) == 2
+    assert "-o /proc/x.ply: nothing can be written in /proc (" in capsys.readouterr().err
+    assert cli_main(["run", "cut_in", *TINY, "--ticks", "2", "-o", "/proc/out", "--cache", str(tmp_path / "c")]) == 2
+    assert "--out /proc/out: nothing can be written in /proc (" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
@@ -514,7 +533,18 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys):
     try:
         assert cli_main(["build-scene", "straight", "--cache", str(tmp_path / "cache"),
                          "--ply", str(locked / "x.ply")]) == 2
-        assert f"the folder {locked} cannot be written to" in capsys.readouterr().err
+        assert f"nothing can be written in {locked} (PermissionError" in capsys.readouterr().err
         assert not (tmp_path / "cache").exists()
     finally:
         locked.chmod(0o700)
+
+
+def test_serve_enhancer_removes_a_stale_ready_file_first(tmp_path, capsys):
+    """A killed server's ready file was removed only after the imports and the checks, so the README's wait loop
+    (until [ -e ready.json ]) went on at once; the CLI now removes it before anything else."""
+    from scenarios.cli import main as cli_main
+
+    ready = tmp_path / "ready.json"
+    ready.write_text('{"pid": 1}')
+    assert cli_main(["serve-enhancer", "--ready-file", str(ready), "--workers", "0"]) == 2
+    assert "workers must be in 1.." in capsys.readouterr().err and not ready.exists()

@@ -375,6 +375,24 @@ def test_a_length_said_with_long_sets_only_the_length_and_a_negative_number_is_r
         P.layout_from_prompt("a -50 m road")
 
 
+@pytest.mark.parametrize("text, attributes", [
+    ("a 500 ft road", {"length_m": 152.4}),  # feet and miles were dropped without a note: 200 m
+    ("a 1000 feet long road", {"length_m": 304.8}),
+    ("a 2 mile road", {"length_m": 3218.688}),
+    ("a 2e2 m road", {"length_m": 200.0}),  # an exponent was not read either
+    ("a 1.5e2 m road", {"length_m": 150.0}),
+    ("a sharp curve", {"template": "curve", "radius_m": 25.0}),  # read as 'a gentle curve' (0.81): radius 120 m
+    ("a tight curve", {"template": "curve", "radius_m": 25.0}),
+    ("a gentle curve", {"template": "curve", "radius_m": 120.0}),
+])
+def test_lengths_in_other_units_and_a_sharp_curve(text, attributes):
+    _, description = P.layout_from_prompt(text)
+    for key, value in attributes.items():
+        assert description["attributes"][key] == pytest.approx(value), (key, description["attributes"][key])
+    with pytest.raises(P.PromptError, match="length_m = 1e\\+06 is outside"):
+        P.layout_from_prompt("a 1e6 m road")
+
+
 def test_many_trees_are_many():
     """"many trees" only shifted the roadside mix (1.0 against 0.4 of 1.6 / 1.0), about 1.5 x the trees of "some"
     on a 200 m street; the gap after a tree now closes up too: at least twice as many, none overlapping another

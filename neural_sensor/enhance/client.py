@@ -97,8 +97,8 @@ class EnhancerClient(SharedBlock):
                  curve_server_public_key: bytes | None = None, curve_client_certificate: str | None = None,
                  wire_dtype: str = "uint8", shared_memory: bool = True, direct: bool = True):
         wire.check_endpoint(endpoint, "enhancer endpoint")
-        if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= 3_600_000):
-            raise ValueError(f"deadline_ms must be in (0, 3600000], got {deadline_ms!r}")
+        if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= wire.MAX_DEADLINE_MS):
+            raise ValueError(f"deadline_ms must be in (0, {wire.MAX_DEADLINE_MS:g}], got {deadline_ms!r}")
         if wire_dtype not in ("uint8", "float32"):
             raise ValueError(f"wire_dtype must be 'uint8' or 'float32', got {wire_dtype!r}")
         self.endpoint = endpoint

@@ -67,6 +67,7 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20
 MAX_FRAMES = 16
 MAX_SIDE = 4096
+MAX_DEADLINE_MS = 3_600_000.0  # an hour: the longest deadline a client gives a request
 OPS = ("hello", "enhance", "stats")
 SHM_MAGIC = b"NSENHSHM"
 SHM_HEADER_BYTES = 64  # magic (8) + nonce (32 hex chars), padded; arrays start after it

@@ -146,8 +146,9 @@ class Broker:
         self.reference_views = views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
         _check_weights(ckpt)
         self.checkpoint_hash = checkpoint_hash(ckpt)
-        if config.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {config.workers}")
+        most = max(4, 2 * (os.cpu_count() or 1))  # (1000 model processes spawned on two cores: none ready in 25 s)
+        if not 1 <= config.workers <= most:
+            raise ValueError(f"workers must be in 1..{most} (two per CPU core, or 4), got {config.workers}")
         if config.threads_per_worker < 0:
             raise ValueError(f"threads must be >= 0 (0: cores / workers), got {config.threads_per_worker}")
         if not 1 <= config.max_batch_frames <= wire.MAX_FRAMES:

@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neural_sensor.camera import Camera
+from neural_sensor.host import check_memory
 from neural_sensor.poses import check_pose
 from neural_sensor.reconstruct.log_checks import (DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings,
                                                   is_json_number)
@@ -397,7 +398,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         DriveLogError (a ValueError) naming the file and the frame: malformed JSON, missing keys, a missing or
         unreadable image, an image whose size is not the frame's w x h, a NaN or non-rigid transform_matrix or
         pose_ego_to_world (a null in it named as such), one of our optional keys of the wrong type, a distortion
-        model, images of different sizes (without `size`), an image listed twice.
+        model, images of different sizes (without `size`), an image listed twice. MemoryError when the images at
+        `size` would not fit in the memory available now.
     """
     folder = drive_log_folder(folder)
     data, _ = _load_transforms(folder)
@@ -411,6 +413,9 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
                                   for s in size)):
             raise ValueError(f"read_drive_log: size must be (width, height) positive integers, got {size!r}")
         size = (int(size[0]), int(size[1]))
+        # the images as read and their float32 stack (the reconstruction needs more): said before, not by the
+        check_memory(2 * len(data["frames"]) * size[0] * size[1] * 3 * 4,  # kernel's out-of-memory killer
+                     f"reading {len(data['frames'])} images at {size[0]}x{size[1]}")
     images, cameras, frames_meta, sizes = [], [], [], []
     first_size = None
     seen_files: dict[str, int] = {}
@@ -583,8 +588,10 @@ def render_drive(layout, path_xy_m: np.ndarray, *, step_m: float = 4.0, width: i
     if len(stations) > MAX_STATIONS:
         raise ValueError(f"record_drive: step_m {step_m:g} makes {len(stations)} stations of {len(nuscenes_like_rig())} "
                          f"cameras along {path.length_m:.1f} m (at most {MAX_STATIONS}); the run records every 4 m")
-    world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
     rig = nuscenes_like_rig(width, height)
+    views = len(stations) * len(rig)  # every view is held (float32 RGB) until the log is written: said before the
+    check_memory(views * width * height * 3 * 4, f"recording {views} images of {width}x{height}")  # OOM killer
+    world, _ = build_scene(layout, voxel_m=voxel_m, cache_dir=cache_dir, progress=progress)
     background = sky_rgb(layout.style)
     images, cameras, names, stamps, indices, egos = [], [], [], [], [], []
     for index, s in enumerate(tqdm(stations, desc="recording drive", unit="step", disable=not progress)):

@@ -103,6 +103,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
     ],
     "curvature": [  # sets radius_m / angle_deg of a curve
         ("a sharp bend", {"radius_m": 25.0}), ("a tight turn", {"radius_m": 25.0}),
+        ("a sharp curve", {"radius_m": 25.0}), ("a tight curve", {"radius_m": 25.0}),  # (read as gentle before)
         ("a gentle curve", {"radius_m": 120.0}), ("a wide sweeping bend", {"radius_m": 120.0}),
         ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}),
         ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
@@ -318,7 +319,8 @@ def _bank():
 
 
 # ------------------------------------------------------------------ rule-based parsing
-_NUM = r"(\d+(?:\.\d+)?)"
+_NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"  # 300, 2.5, 1e3 (an exponent was dropped: "1e6 m" read as nothing)
+_LENGTH_UNITS = r"(km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?)"
 
 
 def _normalise(prompt: str) -> str:
@@ -370,8 +372,8 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
                                               "AgentSpec.speed_mps); left out")
         spans.append(match.span())
     speed_after = r"(?!\s*(?:/\s*[hs]\b|(?:per|an|a)\s+(?:hour|second)\b))"  # "50 km/h" is no 50 km road
-    for match in re.finditer(rf"\b{_NUM}\s*-?\s*(km|kilomet(?:re|er)s?|m|met(?:re|er)s?)\b{speed_after}", text):
-        value = float(match.group(1)) * (1000.0 if match.group(2).startswith("k") else 1.0)
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*{_LENGTH_UNITS}\b{speed_after}", text):
+        value = float(match.group(1)) * _metres_per(match.group(2))
         before, after = text[max(0, match.start() - 24):match.start()], text[match.end():match.end() + 30]
         if re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
             if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after):
@@ -571,6 +573,19 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
     full["lanes_per_direction"] = int(full["lanes_per_direction"])
     _check(full)
     return {key: full[key] for key in ATTRIBUTE_ORDER}
+
+
+def _metres_per(unit: str) -> float:
+    """Metres in one of `_LENGTH_UNITS` (feet and miles were not read: "a 500 ft road" was 200 m, without a note)."""
+    if unit.startswith("k"):
+        return 1000.0
+    if unit.startswith("mi"):
+        return 1609.344
+    if unit.startswith(("ft", "fe", "fo")):
+        return 0.3048
+    if unit.startswith("y"):
+        return 0.9144
+    return 1.0
 
 
 def _check(attributes: dict) -> None:

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from neural_sensor.checkpoints import checkpoint_problem
+from neural_sensor.host import write_problem
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
 HISTORY_FILE = "history.json"  # one record per step
@@ -127,7 +127,7 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
                          + ("no such checkpoint folder" if problem == "no such folder" else problem))
     out = getattr(args, "out", None)
     if out is not None and (Path(out).is_dir() or not Path(out).exists()):  # a file: check_out_options says so
-        problem = _unwritable(Path(out))
+        problem = write_problem(Path(out))
         if problem:
             parser.error(f"--out {out}: no checkpoint can be written there ({problem})")
     device = getattr(args, "device", None)
@@ -138,24 +138,6 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
             parser.error(f"--device {device!r}: not a torch device (use auto, cpu or cuda)")
         if kind == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {device}: torch sees no CUDA device here (use auto or cpu)")
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why no file can be written in `folder` (made for the probe and removed again if missing), None if one can."""
-    made = []
-    try:
-        for parent in reversed([folder, *folder.parents]):
-            if not parent.exists():
-                parent.mkdir()
-                made.append(parent)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        return f"{type(err).__name__}: {err.strerror or err}"
-    finally:
-        for parent in reversed(made):
-            parent.rmdir()
-    return None
 
 
 def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Callable, make_optimiser: Callable):

@@ -1,0 +1,52 @@
+"""What this machine allows: whether a folder takes a file (a real write probe: `os.access` says yes to root
+everywhere, /proc included), and how much memory is free for a job that holds all its images."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be written in `folder`, or None if one can: a temporary file is made there and removed
+    (missing folders are made for the probe and removed again)."""
+    folder = Path(folder)
+    made = []
+    try:
+        for parent in reversed([folder, *folder.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    finally:
+        for parent in reversed(made):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (the memory a new job can take without swapping), None where the
+    file is not there (not Linux) or does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(need_bytes: float, what: str, fraction: float = 0.8) -> None:
+    """MemoryError naming `what` when it needs more than `fraction` of the memory available now (the kernel's
+    out-of-memory killer would end the process without a word, exit 137); nothing where that is unknown."""
+    available = available_memory_bytes()
+    if available is not None and need_bytes > fraction * available:
+        raise MemoryError(f"{what} needs about {need_bytes / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
+                          "available")
