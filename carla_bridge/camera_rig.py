@@ -46,7 +46,10 @@ CLOSE_JOIN_S = 30.0  # close() waits this long at most for the frame in flight (
 RETRY_HELLO_S = 5.0  # after a failed hello, the enhancer is asked for its reference_views again after this long
 HELLO_TIMEOUT_MS = 500.0
 _rigs: dict[tuple, "CameraRig"] = {}
+_live_rigs: set = set()  # rigs whose worker thread runs (a closed rig's may still render its last frame)
 _rigs_lock = threading.Lock()
+_live_lock = threading.Lock()
+MAX_ASSETS = 512  # agents' assets a camera rig keeps (ids only grow where traffic respawns: cleared past this)
 
 
 class NeuralCameraError(RuntimeError):
@@ -59,7 +62,9 @@ def join_rig(camera, world, parent, scene: GaussianScene, backend: str, backgrou
     """The rig `camera` (a NeuralCamera) belongs to, made on first use; the camera is added to it."""
     key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px, reference,
                    render_scale)
-    with _rigs_lock:
+    for name in {resolve_backend(backend, ("rgb",)), resolve_backend(backend, FRAME_FIELDS)}:
+        backend_impl(name)  # imported on the spawning thread, not first by a worker (see backend_impl), nor under
+    with _rigs_lock:  # the lock (torch's import or gsplat's load would hold up every other spawn and destroy)
         rig = _rigs.get(key)
         if rig is None:
             rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
@@ -121,7 +126,8 @@ class CameraRig:
         self._actors: dict[int, tuple] = {}  # id -> (kind, size_m, box-bottom offset FLU); kind "" = not drawn
         self._rigs: dict[tuple, NeuralSensorRig] = {}
         self._assets: dict = {}  # the agents' Gaussian assets, shared by every rig made here (mounts that move)
-        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras, the parent as an agent or None)
+        self._jobs: list = []  # heap of (frame, sequence, snapshot, cameras, the parent as an agent or None,
+        #                            {camera: its (view key, mount FLU) at the tick})
         self._sequence = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -130,8 +136,8 @@ class CameraRig:
         self._said_backlog = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
-        for name in {resolve_backend(backend, ("rgb",)), resolve_backend(backend, FRAME_FIELDS)}:
-            backend_impl(name)  # its modules imported on this thread, not first by the worker (see backend_impl)
+        with _live_lock:  # (join_rig holds _rigs_lock here)
+            _live_rigs.add(self)  # until its worker ends: joined at interpreter exit (`_close_rigs_at_exit`)
         self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
         self._worker.start()
         self._tick_id = world.on_tick(self._on_tick)
@@ -153,19 +159,20 @@ class CameraRig:
 
     def close(self, drop_queued: bool = False) -> None:
         """Stop taking ticks and let the worker end after the frames queued (of cameras still alive); with
-        drop_queued (at interpreter exit), after the one in flight, waited for (at most CLOSE_JOIN_S)."""
+        drop_queued (at interpreter exit), after the one in flight, waited for (at most CLOSE_JOIN_S) even on a
+        rig closed before."""
         with _rigs_lock:
             if _rigs.get(self.key) is self:
                 del _rigs[self.key]
         with self._cond:
             if drop_queued:
                 self._jobs.clear()
-            if self._closed:
-                return
-            self._closed = True
+            closed_before, self._closed = self._closed, True
             self._cond.notify_all()
         if drop_queued and threading.current_thread() is not self._worker:
             self._worker.join(CLOSE_JOIN_S)
+        if closed_before:
+            return
         if self._tick_id is not None:
             self.world.remove_on_tick(self._tick_id)
             self._tick_id = None
@@ -183,7 +190,7 @@ class CameraRig:
     def _on_tick(self, world_snapshot) -> None:
         timestamp_s = float(world_snapshot.timestamp.elapsed_seconds)
         due = [camera for camera in self.cameras if camera._due(timestamp_s)]
-        due = [camera for camera in due if camera._callback is not None]
+        due = [camera for camera in due if camera._callback is not None and not camera._closing]
         if not due:
             return
         try:
@@ -192,7 +199,8 @@ class CameraRig:
             self._fail(int(world_snapshot.frame), due, err)
             return
         with self._cond:
-            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due, parent))
+            placements = {camera: camera._placement() for camera in due}  # each camera's mount at this tick
+            heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due, parent, placements))
             self._cond.notify_all()
             backlog = len(self._jobs)
         if backlog > BACKLOG_WARN_FRAMES and not self._said_backlog:
@@ -289,16 +297,17 @@ class CameraRig:
         return (WorldSnapshot(int(world_snapshot.frame), float(world_snapshot.timestamp.elapsed_seconds), ego, agents),
                 parent)
 
-    def _sees_parent(self, camera) -> bool:
-        """Whether `camera` draws the vehicle it is mounted on: only from clear of its bounding box (by
-        PARENT_CLEARANCE_M on every side): a chase or a top-down camera sees it, as in CARLA; a roof or bumper
-        camera at or inside the box would look into the Gaussians of a box-shaped asset, not the car's mesh."""
+    def _sees_parent(self, mount_flu: np.ndarray) -> bool:
+        """Whether a camera mounted at `mount_flu` ([4, 4], in the parent's frame) draws the vehicle it is mounted
+        on: only from PARENT_CLEARANCE_M or more outside its bounding box along some axis: a chase or a top-down
+        camera sees it, as in CARLA; a roof or bumper camera at or inside the box would look into the Gaussians of
+        a box-shaped asset, not the car's mesh."""
         entry = self._actors.get(getattr(self.parent, "id", None))
         if entry is None or not entry[0]:
             return False
         size, offset = np.asarray(entry[1]), np.asarray(entry[2])
         centre = offset + np.array([0.0, 0.0, 0.5 * size[2]])  # the box's centre in the parent's frame, FLU
-        return bool((np.abs(camera._mount_flu[:3, 3] - centre) > 0.5 * size + PARENT_CLEARANCE_M).any())
+        return bool((np.abs(mount_flu[:3, 3] - centre) > 0.5 * size + PARENT_CLEARANCE_M).any())
 
     # ---------------------------------------------------------------- render + delivery (worker thread)
     def _reference_views_now(self) -> int | None:
@@ -333,6 +342,8 @@ class CameraRig:
                      for i, (w, h, fov, pose) in enumerate(views)]
             if len(self._rigs) > 8:  # mounts or sizes changing all the time: keep the cache small
                 self._rigs.clear()
+            if len(self._assets) > MAX_ASSETS:  # (kept across rigs; ids only grow where traffic respawns)
+                self._assets.clear()
             rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
                                   enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
                                   render_scale=self.render_scale,
@@ -342,21 +353,24 @@ class CameraRig:
             self._rigs[(views, fields, reference_views)] = rig
         return rig
 
-    def capture(self, snapshot: WorldSnapshot, cameras, parent: AgentState | None = None) -> dict:
+    def capture(self, snapshot: WorldSnapshot, cameras, parent: AgentState | None = None,
+                placements: dict | None = None) -> dict:
         """{camera: NeuralImage} for every camera, from one batched render of their distinct views; `parent` (the
         vehicle they are mounted on, as an agent) is drawn for the cameras clear of its box, in a render of their
-        own."""
+        own. placements: {camera: (view key, mount FLU)} at the frame's tick (None: now)."""
+        placements = placements or {camera: camera._placement() for camera in cameras}
         if parent is not None:
-            seeing = [c for c in cameras if self._sees_parent(c)]
+            seeing = [c for c in cameras if self._sees_parent(placements[c][1])]
             if seeing:
                 rest = [c for c in cameras if c not in seeing]
                 with_parent = WorldSnapshot(snapshot.frame, snapshot.timestamp_s, snapshot.ego,
                                             snapshot.agents + (parent,), snapshot.collisions)
-                images = {**(self.capture(snapshot, rest) if rest else {}), **self.capture(with_parent, seeing)}
+                images = {**(self.capture(snapshot, rest, None, placements) if rest else {}),
+                          **self.capture(with_parent, seeing, None, placements)}
                 return {camera: images[camera] for camera in cameras}  # delivered in the cameras' order
         views, index = [], {}
         for camera in cameras:
-            view = camera._view_key()
+            view = placements[camera][0]
             if view not in index:
                 index[view] = len(views)
                 views.append(view)
@@ -370,10 +384,10 @@ class CameraRig:
         self._say_raw_frames(snapshot.frame, next(iter(frames.values())).meta)
         out = {}
         for camera in cameras:
-            frame = frames[f"view{index[camera._view_key()]}"]
+            frame = frames[f"view{index[placements[camera][0]]}"]
             camera.last_render_ms = render_ms
             camera.last_meta = frame.meta
-            out[camera] = camera.image(snapshot, frame)
+            out[camera] = camera.image(snapshot, frame, placements[camera][1])
         return out
 
     def _say_raw_frames(self, frame: int, meta: dict) -> None:
@@ -425,13 +439,15 @@ class CameraRig:
                 self._cond.notify_all()
             job = self._next_job()
             if job is None:
+                with _live_lock:
+                    _live_rigs.discard(self)
                 return
-            frame, _, snapshot, cameras, parent = job
+            frame, _, snapshot, cameras, parent, placements = job
             cameras = [c for c in cameras if c._alive]
             if not cameras:
                 continue
             try:
-                images = self.capture(snapshot, cameras, parent)
+                images = self.capture(snapshot, cameras, parent, placements)
             except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
                 self._fail(frame, cameras, err)
                 continue
@@ -460,8 +476,8 @@ class CameraRig:
 def _close_rigs_at_exit() -> None:
     """At interpreter exit, every rig ends after the frame in flight (its queue dropped): a worker thread cut off
     inside a torch render aborted the process ("terminate called without an active exception")."""
-    with _rigs_lock:
-        rigs = list(_rigs.values())
+    with _live_lock:
+        rigs = list(_live_rigs)  # closed rigs too: a destroyed camera's last frame may still be rendering
     for rig in rigs:
         rig.close(drop_queued=True)
 

@@ -98,7 +98,7 @@ _FRAME_FIELDS_OF_TYPE = {"sensor.camera.rgb": ("rgb",), "sensor.camera.depth": (
                          "sensor.camera.semantic_segmentation": ("rgb", "semantic"),
                          "sensor.camera.instance_segmentation": ("rgb", "semantic", "instance")}
 _FORMAT_BY_ENDING = (("tiff", "TIFF"), ("jpeg", "JPEG"), ("jpg", "JPEG"))  # libcarla's match_extension: how the
-_DEFAULT_EXTENSION = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg"}        # path ends, case and dot not considered
+_DEFAULT_EXTENSION = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg"}        # path ends (iends_with: any case)
 DESTROY_FLUSH_S = 60.0  # NeuralCamera.destroy() waits this long at most for the frames of ticks already taken
 # the post-processing model is relative to the blueprint's defaults for these (carla_bridge/attributes.py)
 _REFERENCE_KEYS = ("exposure_compensation", "gamma", "lens_k", "lens_kcube", "lens_x_size", "lens_y_size")
@@ -110,8 +110,15 @@ def neural_camera(actor_id: int) -> "NeuralCamera | None":
 
 
 def neural_cameras_of(world) -> list:
-    """The live NeuralCameras spawned in `world` (the server's world object), oldest first."""
-    return sorted((c for c in list(_cameras.values()) if c._world is world and c.is_alive), key=lambda c: c.id)
+    """The live NeuralCameras spawned in `world`, oldest first: the same world id (libcarla's get_world() makes a
+    new Python object each call), or the same object where there is no id."""
+    key = getattr(world, "id", None)
+
+    def same(other) -> bool:
+        other_key = getattr(other, "id", None)
+        return other is world or (isinstance(key, int) and isinstance(other_key, int) and other_key == key)
+
+    return sorted((c for c in list(_cameras.values()) if c.is_alive and same(c._world)), key=lambda c: c.id)
 
 
 def is_neural_id(actor_id: int) -> bool:
@@ -189,7 +196,7 @@ class NeuralImage(_ImageBase):
 
         name = "Raw" if color_converter is None else self._converter_name(color_converter)
         path = str(path)
-        kind = next((k for ends, k in _FORMAT_BY_ENDING if path.endswith(ends)), "PNG")
+        kind = next((k for ends, k in _FORMAT_BY_ENDING if path.lower().endswith(ends)), "PNG")
         target = Path(path)
         if not target.suffix:  # boost::filesystem's extension(): none for "out/0" or "out/.hidden"
             target = Path(path + "." + _DEFAULT_EXTENSION[kind])
@@ -237,6 +244,7 @@ class NeuralCamera:
         self.attachment_type = _check_attachment(attachment_type, parent)
         self._set_mount(transform)
         self._callback = None
+        self._closing = False  # destroy() under way: no new tick is queued for it
         self._alive = True
         self._next_due_s: float | None = None
         self.last_render_ms = 0.0
@@ -252,12 +260,23 @@ class NeuralCamera:
         if not np.isfinite(matrix_ue).all():
             raise ValueError(f"neural camera: transform {transform} is not finite")
         self._mount = carla.Transform(transform.location, transform.rotation)  # a copy: the caller's may change
-        self._mount_flu = ue_to_flu(matrix_ue)  # camera body -> parent (or world), FLU
-        self._view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
-                      tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
+        mount_flu = ue_to_flu(matrix_ue)  # camera body -> parent (or world), FLU
+        view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
+                tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
+        # (the rendered view's key, the mount FLU): one attribute, replaced whole, so that a tick's job takes both
+        # as they were at its tick (`_placement`) whatever a set_transform does meanwhile on another thread
+        self._placement_now = (view, mount_flu)
+
+    @property
+    def _mount_flu(self) -> np.ndarray:
+        return self._placement_now[1]
 
     def _view_key(self) -> tuple:
-        return self._view
+        return self._placement_now[0]
+
+    def _placement(self) -> tuple:
+        """(view key, mount FLU) now: a queued frame is rendered and labelled at the mount of its tick."""
+        return self._placement_now
 
     def _due(self, timestamp_s: float) -> bool:
         """sensor_tick as CARLA: 0 = every tick; else the first tick at or after each period since the first."""
@@ -278,10 +297,12 @@ class NeuralCamera:
         """The SensorFrame fields this camera's raw_data is made from (the rig renders only what its cameras need)."""
         return _FRAME_FIELDS_OF_TYPE[self.type_id]
 
-    def image(self, snapshot: WorldSnapshot, frame) -> NeuralImage:
-        """The carla.Image of one rendered view (a rig's SensorFrame) of this camera at `snapshot`."""
+    def image(self, snapshot: WorldSnapshot, frame, mount_flu: np.ndarray | None = None) -> NeuralImage:
+        """The carla.Image of one rendered view (a rig's SensorFrame) of this camera at `snapshot`, mounted at
+        `mount_flu` (its tick's; None: now)."""
+        mount = self._mount_flu if mount_flu is None else mount_flu
         return NeuralImage.create(snapshot.frame, snapshot.timestamp_s,
-                                  transform_from_pose(snapshot.ego.pose_agent_to_world @ self._mount_flu),
+                                  transform_from_pose(snapshot.ego.pose_agent_to_world @ mount),
                                   self.settings.fov_deg, self._encode(frame))
 
     def _encode(self, frame) -> np.ndarray:
@@ -332,6 +353,7 @@ class NeuralCamera:
         if not self._alive:
             return False
         if self._callback is not None:
+            self._closing = True  # the ticks from now on are not waited for (nor rendered)
             self.rig.flush(self, DESTROY_FLUSH_S)
         self._alive = False
         self._callback = None

@@ -42,9 +42,9 @@ class VehicleControl:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
                 raise ValueError(f"VehicleControl.{name} must be a number in [{lo}, {hi}], got {value!r}")
             object.__setattr__(self, name, float(value))
-        for name in ("hand_brake", "reverse"):
+        for name in ("hand_brake", "reverse"):  # True / False, or 0 / 1 (libcarla's bool conversion takes both)
             value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
+            if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1))):
                 raise ValueError(f"VehicleControl.{name} must be True or False, got {value!r}")
             object.__setattr__(self, name, bool(value))
 

@@ -107,7 +107,8 @@ def test_save_to_disk_names_files_as_libcarla_does(tmp_path):
     image = NeuralImage.create(77, 3.85, carla.Transform(), 90.0, np.full((4, 6, 4), 200, np.uint8))
     for given, written, kind in (("0.05", "0.05", "PNG"), ("0.10", "0.10", "PNG"), ("run_100%_a.png", None, "PNG"),
                                  ("frame", "frame.png", "PNG"), ("a/b/c.jpg", None, "JPEG"), ("d.tiff", None, "TIFF"),
-                                 ("e.tif", None, "PNG"), ("f.bmp", None, "PNG")):
+                                 ("e.tif", None, "PNG"), ("f.bmp", None, "PNG"), ("g.JPG", None, "JPEG"),
+                                 ("h.TIFF", None, "TIFF")):  # (libcarla's iends_with: any case)
         path = image.save_to_disk(str(tmp_path / given))
         assert path == str(tmp_path / (written or given))
         with Image.open(path) as picture:

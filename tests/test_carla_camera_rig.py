@@ -313,8 +313,18 @@ def test_destroy_delivers_the_frames_of_ticks_already_taken(scene, caplog):
         frames = [world.tick() for _ in range(camera_rig.BACKLOG_WARN_FRAMES + 5)]
         world.wait_for_callbacks()
     assert sum("frames are queued to render" in r.getMessage() for r in caplog.records) == 1
+    # the ticks taken while destroy() waits are not waited for (with ticks faster than the renders it had waited
+    # out DESTROY_FLUSH_S and dropped everything): its frames are those of the ticks before it
+    destroying = camera_rig.threading.Thread(target=camera.destroy)
+    destroying.start()
+    while not camera._closing:
+        pass
+    for _ in range(5):
+        world.tick()
+    world.wait_for_callbacks()
     gate.set()
-    assert camera.destroy() and got == frames
+    destroying.join(30)
+    assert not destroying.is_alive() and not camera.is_alive and got == frames
 
 
 def test_a_bad_transform_or_backend_is_refused_at_the_spawn(scene):
@@ -370,15 +380,23 @@ def test_a_script_ending_during_a_torch_render_exits_cleanly(tmp_path):
         "camera = spawn_neural_camera(world, bp, carla.Transform(carla.Location(x=1.5, z=1.6)), attach_to=ego,\n"
         "                             scene=make_street_scene(20000, seed=0), backend='torch')\n"
         "camera.listen(lambda image: None)\n"
-        "for _ in range(5):\n"
-        "    world.tick()\n"
         "import sys, time\n"
-        "time.sleep(float(sys.argv[1]))\n"
+        "for _ in range(int(sys.argv[1])):\n"
+        "    world.tick()\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "busy = camera.rig._busy\n"
+        "if sys.argv[3] == 'destroy':\n"
+        "    camera.stop(); camera.destroy()\n"
+        "print('in flight' if busy else 'idle', flush=True)\n"
         "raise SystemExit('the script ends while frames are still rendering')\n")
-    for sleep_s in ("0", "2"):  # before the worker's first render (it imported torch at exit), and during one
-        result = subprocess.run([sys.executable, str(script), sleep_s], capture_output=True, text=True, timeout=300)
+    # before the worker's first render (it imported torch at exit); during one, the camera kept or stopped and
+    # destroyed (its rig left the registry the exit hook read, and aborted again)
+    for ticks, sleep_s, ending in (("5", "0", "keep"), ("40", "2", "keep"), ("40", "2", "destroy")):
+        result = subprocess.run([sys.executable, str(script), ticks, sleep_s, ending], capture_output=True,
+                                text=True, timeout=300)
         assert result.returncode == 1 and "terminate called" not in result.stderr, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1] == "the script ends while frames are still rendering"
+        assert ticks == "5" or result.stdout.strip() == "in flight"  # the case it is about did happen
 
 
 def test_a_chase_camera_sees_the_vehicle_it_follows(scene):

@@ -275,6 +275,16 @@ def test_actor_face_and_batch_destroy_through_the_neural_client(scene):
     assert [a.id for a in world.get_actors([ego.id, camera.id])] == [ego.id, camera.id]
     assert world.get_actors().filter("sensor.camera.*") == [camera]  # a cleanup by filter finds it (it did not)
     assert ego in world.get_actors() and world.get_actors().find(camera.id) is camera
+
+    class AnotherHandle:  # libcarla's client.get_world() makes a new World object each call: the same id
+        id = raw.world.id
+
+        def get_actors(self, ids=None):
+            return raw.world.get_actors(ids)
+
+    from carla_bridge.client import NeuralWorld
+
+    assert NeuralWorld(AnotherHandle(), scene=scene).get_actors().filter("sensor.camera.*") == [camera]
     assert camera.type_id == "sensor.camera.depth" and camera.attributes["image_size_x"] == str(W)
     assert camera.is_alive and camera.parent is ego and camera.get_world() is raw.world
     assert (camera.get_location().x, camera.get_location().y) == pytest.approx((6.5, 2.0))

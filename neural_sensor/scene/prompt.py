@@ -319,7 +319,8 @@ def _bank():
 
 
 # ------------------------------------------------------------------ rule-based parsing
-_NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"  # 300, 2.5, 1e3 (an exponent was dropped: "1e6 m" read as nothing)
+_NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d{1,2})?)"  # 300, 2.5, 1e3 (an exponent was dropped: "1e6 m" read as nothing;
+#                                             at most two digits, so that no number read is infinite: "1e400")
 _LENGTH_UNITS = r"(km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?)"
 
 
