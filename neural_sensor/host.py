@@ -3,6 +3,7 @@ everywhere, /proc included), and how much memory is free for a job that holds al
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,17 +31,33 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (the memory a new job can take without swapping), None where the
-    file is not there (not Linux) or does not say."""
+def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory a new job can take in bytes: MemAvailable of /proc/meminfo, or less where this process's cgroup
+    (v2: memory.max less memory.current, as a container's limit) leaves less; None where neither says (not Linux)."""
+    found = []
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    found.append(int(line.split()[1]) * 1024)
+                    break
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        pass
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(max(0, int(limit) - int((cgroup / "memory.current").read_text().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as a container's cpuset sets it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_memory(need_bytes: float, what: str, fraction: float = 0.8) -> None:

@@ -548,3 +548,21 @@ def test_serve_enhancer_removes_a_stale_ready_file_first(tmp_path, capsys):
     ready.write_text('{"pid": 1}')
     assert cli_main(["serve-enhancer", "--ready-file", str(ready), "--workers", "0"]) == 2
     assert "workers must be in 1.." in capsys.readouterr().err and not ready.exists()
+
+
+def test_the_memory_check_sees_a_containers_limit(tmp_path):
+    """MemAvailable is the host's: inside a container whose cgroup allows less, a job that passed the check was
+    still killed (exit 137). The cgroup's memory.max less memory.current bounds it too."""
+    from neural_sensor.host import available_memory_bytes, check_memory, usable_cores
+
+    host = available_memory_bytes(tmp_path / "no_cgroup")
+    assert host is None or host > 0
+    (tmp_path / "memory.max").write_text(f"{3 * 2**30}\n")
+    (tmp_path / "memory.current").write_text(f"{2**30}\n")
+    assert available_memory_bytes(tmp_path) == min(2 * 2**30, host or 2 * 2**30)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert available_memory_bytes(tmp_path) == host
+    assert usable_cores() >= 1
+    check_memory(1024, "a kilobyte")  # passes
+    with pytest.raises(MemoryError, match="a petabyte needs about 1048576.0 GiB and"):
+        check_memory(2**50, "a petabyte")

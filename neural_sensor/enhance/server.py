@@ -60,6 +60,7 @@ from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.direct import direct_socket_name
 from neural_sensor.enhance.precision import CPU_PRECISIONS, resolve_cpu_precision
 from neural_sensor.enhance.worker import worker_main
+from neural_sensor.host import usable_cores
 
 SERVER_VERSION = "0.1.0"
 # A worker's OpenMP threads (torch's and numba's, libgomp) spin this many iterations for more work before they
@@ -146,7 +147,7 @@ class Broker:
         self.reference_views = views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
         _check_weights(ckpt)
         self.checkpoint_hash = checkpoint_hash(ckpt)
-        most = max(4, 2 * (os.cpu_count() or 1))  # (1000 model processes spawned on two cores: none ready in 25 s)
+        most = max(4, 2 * usable_cores())  # (1000 model processes spawned on two cores: none ready in 25 s)
         if not 1 <= config.workers <= most:
             raise ValueError(f"workers must be in 1..{most} (two per CPU core, or 4), got {config.workers}")
         if config.threads_per_worker < 0:
