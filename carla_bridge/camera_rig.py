@@ -199,7 +199,7 @@ class CameraRig:
             self._fail(int(world_snapshot.frame), due, err)
             return
         with self._cond:
-            placements = {camera: camera._placement() for camera in due}  # each camera's mount at this tick
+            placements = {camera: camera._placement for camera in due}  # each camera's mount at this tick
             heapq.heappush(self._jobs, (snapshot.frame, next(self._sequence), snapshot, due, parent, placements))
             self._cond.notify_all()
             backlog = len(self._jobs)
@@ -358,7 +358,7 @@ class CameraRig:
         """{camera: NeuralImage} for every camera, from one batched render of their distinct views; `parent` (the
         vehicle they are mounted on, as an agent) is drawn for the cameras clear of its box, in a render of their
         own. placements: {camera: (view key, mount FLU)} at the frame's tick (None: now)."""
-        placements = placements or {camera: camera._placement() for camera in cameras}
+        placements = placements or {camera: camera._placement for camera in cameras}
         if parent is not None:
             seeing = [c for c in cameras if self._sees_parent(placements[c][1])]
             if seeing:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carla_bridge.simulator import VehicleControl
+from carla_bridge.simulator import VehicleControl, speed_after
 from neural_sensor.assets import AGENT_KINDS
 from neural_sensor.scene.layout import Layout
 from neural_sensor.scene.path import Path
@@ -306,15 +306,7 @@ class EmbeddedSimulator:
     def _step_ego(self) -> None:
         c, dt = self._control, self.dt_s
         ego = self._ego
-        # speed is signed along the heading (negative: backwards, in reverse); the throttle pulls the way the gear
-        # does, the brakes (the hand brake fully) and the drag against the motion, and never past rest
-        gear, brake = (-1.0 if c.reverse else 1.0), (1.0 if c.hand_brake else c.brake)
-        moving = 1.0 if ego["speed"] > 0.0 else -1.0 if ego["speed"] < 0.0 else gear  # at rest: the gear's way
-        accel = (MAX_ACCEL_MPS2 * c.throttle * gear - MAX_BRAKE_MPS2 * brake * moving
-                 - ROLLING_DRAG_PER_S * abs(ego["speed"]) * moving)
-        speed = ego["speed"] + accel * dt
-        if speed * moving < 0.0 and not (gear != moving and c.throttle > 0.0):  # the brakes stop the car, no more
-            speed = 0.0
+        speed = speed_after(ego["speed"], c, dt, MAX_ACCEL_MPS2, MAX_BRAKE_MPS2, ROLLING_DRAG_PER_S)  # signed
         delta = -c.steer * MAX_STEER_RAD  # CARLA: positive steer turns right, i.e. negative yaw rate in FLU
         mean_speed = 0.5 * (speed + ego["speed"])
         yaw_rate = mean_speed / WHEELBASE_M * math.tan(delta)

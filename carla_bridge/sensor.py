@@ -264,19 +264,16 @@ class NeuralCamera:
         view = (self.settings.width, self.settings.height, float(self.settings.fov_deg),
                 tuple(camera_pose_from_ue(matrix_ue).ravel().round(9)))
         # (the rendered view's key, the mount FLU): one attribute, replaced whole, so that a tick's job takes both
-        # as they were at its tick (`_placement`) whatever a set_transform does meanwhile on another thread
-        self._placement_now = (view, mount_flu)
+        # as they were at its tick whatever a set_transform does meanwhile on another thread (a queued frame is
+        # rendered and labelled at the mount of its tick)
+        self._placement = (view, mount_flu)
 
     @property
     def _mount_flu(self) -> np.ndarray:
-        return self._placement_now[1]
+        return self._placement[1]
 
     def _view_key(self) -> tuple:
-        return self._placement_now[0]
-
-    def _placement(self) -> tuple:
-        """(view key, mount FLU) now: a queued frame is rendered and labelled at the mount of its tick."""
-        return self._placement_now
+        return self._placement[0]
 
     def _due(self, timestamp_s: float) -> bool:
         """sensor_tick as CARLA: 0 = every tick; else the first tick at or after each period since the first."""

@@ -69,6 +69,21 @@ class VehicleControl:
             raise ValueError(f"control must have throttle, steer and brake, got {type(control).__name__}") from None
 
 
+def speed_after(speed_mps: float, control, dt_s: float, accel_mps2: float, brake_mps2: float,
+                drag_per_s: float = 0.0) -> float:
+    """A car's speed, signed along its heading (negative: backwards, in reverse), after dt_s under `control` (a
+    VehicleControl or a carla.VehicleControl): the throttle pulls the way the gear does (accel_mps2 at full
+    throttle), the brakes (brake_mps2 at full brake, the hand brake fully) and a drag of drag_per_s x |speed| act
+    against the motion and never past rest (the embedded ego's and the stand-in server's vehicles)."""
+    gear, brake = (-1.0 if control.reverse else 1.0), (1.0 if control.hand_brake else control.brake)
+    moving = 1.0 if speed_mps > 0.0 else -1.0 if speed_mps < 0.0 else gear  # at rest: the gear's way
+    accel = accel_mps2 * control.throttle * gear - brake_mps2 * brake * moving - drag_per_s * abs(speed_mps) * moving
+    speed = speed_mps + accel * dt_s
+    if speed * moving < 0.0 and not (gear != moving and control.throttle > 0.0):  # the brakes stop the car, no more
+        speed = 0.0
+    return speed
+
+
 @runtime_checkable
 class Simulator(Protocol):
     """A world that advances in fixed steps under the ego's control."""

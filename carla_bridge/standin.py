@@ -40,6 +40,7 @@ import traceback
 import carla
 
 from carla_bridge.attributes import CAMERA_DEFINITIONS
+from carla_bridge.simulator import speed_after
 
 # (half extents, box centre height above the actor origin): vehicles' origins are at their wheels' base,
 # walkers' at the middle of their capsule, as in CARLA
@@ -487,12 +488,7 @@ class StandInWorld:
             for actor in self.actors.values():
                 if actor.type_id.startswith("vehicle.") and actor.physics and actor.parent is None:
                     c = actor.control  # speed signed along the heading: reverse drives backwards
-                    gear, brake = (-1.0 if c.reverse else 1.0), (1.0 if c.hand_brake else c.brake)
-                    moving = 1.0 if actor.speed_mps > 0.0 else -1.0 if actor.speed_mps < 0.0 else gear
-                    speed = actor.speed_mps + (3.5 * c.throttle * gear - 8.0 * brake * moving) * dt
-                    if speed * moving < 0.0 and not (gear != moving and c.throttle > 0.0):
-                        speed = 0.0  # the brakes stop the car, no more
-                    actor.speed_mps = speed
+                    actor.speed_mps = speed_after(actor.speed_mps, c, dt, 3.5, 8.0)
                     t = actor.get_transform()
                     yaw = t.rotation.yaw + math.degrees(actor.speed_mps * dt / 2.8
                                                         * math.tan(c.steer * math.radians(35)))

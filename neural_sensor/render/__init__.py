@@ -199,5 +199,5 @@ def _check_out(out, outputs: tuple[str, ...], expected: dict) -> dict[str, np.nd
     return dict(out)
 
 
-__all__ = ["render", "backend_impl", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX", "RECONSTRUCTION_SCALE", "SKY_RGB",
-           "resolve_backend", "cuda_available"]
+__all__ = ["render", "backend_impl", "RenderOutput", "BACKENDS", "LOD_PX", "RECONSTRUCTION_LOD_PX",
+           "RECONSTRUCTION_SCALE", "SKY_RGB", "resolve_backend", "cuda_available"]
