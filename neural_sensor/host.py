@@ -31,9 +31,35 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
+def _stat_bytes(path: Path, key: str) -> int:
+    """One counter of a cgroup's memory.stat, 0 where absent."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_headroom(limit_file: Path, usage_file: Path, stat_file: Path, inactive_key: str) -> int | None:
+    """A cgroup's limit less what it uses, page cache the kernel can drop (its inactive files) not counted as
+    used, as docker's `stats` counts it; None where the cgroup sets no limit or says nothing."""
+    try:
+        limit = limit_file.read_text().strip()
+        if limit == "max" or int(limit) >= 2**60:  # v2 "max"; v1 writes no limit as a page-rounded 2**63 - 1
+            return None
+        used = int(usage_file.read_text().strip()) - _stat_bytes(stat_file, inactive_key)
+        return max(0, int(limit) - max(0, used))
+    except (OSError, ValueError):
+        return None
+
+
 def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The memory a new job can take in bytes: MemAvailable of /proc/meminfo, or less where this process's cgroup
-    (v2: memory.max less memory.current, as a container's limit) leaves less; None where neither says (not Linux)."""
+    leaves less (a container's limit: v2 memory.max, v1 memory/memory.limit_in_bytes, less what the cgroup uses);
+    None where neither says (not Linux)."""
     found = []
     try:
         with open("/proc/meminfo") as meminfo:
@@ -43,12 +69,13 @@ def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
                     break
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(max(0, int(limit) - int((cgroup / "memory.current").read_text().strip())))
-    except (OSError, ValueError):
-        pass
+    for headroom in (_cgroup_headroom(cgroup / "memory.max", cgroup / "memory.current", cgroup / "memory.stat",
+                                      "inactive_file"),
+                     _cgroup_headroom(cgroup / "memory" / "memory.limit_in_bytes",
+                                      cgroup / "memory" / "memory.usage_in_bytes", cgroup / "memory" / "memory.stat",
+                                      "total_inactive_file")):
+        if headroom is not None:
+            found.append(headroom)
     return min(found) if found else None
 
 

@@ -552,7 +552,8 @@ def test_serve_enhancer_removes_a_stale_ready_file_first(tmp_path, capsys):
 
 def test_the_memory_check_sees_a_containers_limit(tmp_path):
     """MemAvailable is the host's: inside a container whose cgroup allows less, a job that passed the check was
-    still killed (exit 137). The cgroup's memory.max less memory.current bounds it too."""
+    still killed (exit 137). The cgroup's limit less its use (v2 or v1, droppable page cache not counted) bounds it
+    too."""
     from neural_sensor.host import available_memory_bytes, check_memory, usable_cores
 
     host = available_memory_bytes(tmp_path / "no_cgroup")
@@ -560,8 +561,19 @@ def test_the_memory_check_sees_a_containers_limit(tmp_path):
     (tmp_path / "memory.max").write_text(f"{3 * 2**30}\n")
     (tmp_path / "memory.current").write_text(f"{2**30}\n")
     assert available_memory_bytes(tmp_path) == min(2 * 2**30, host or 2 * 2**30)
+    (tmp_path / "memory.stat").write_text(f"anon 1000\ninactive_file {2**29}\n")  # droppable page cache
+    assert available_memory_bytes(tmp_path) == min(int(2.5 * 2**30), host or int(2.5 * 2**30))
     (tmp_path / "memory.max").write_text("max\n")
     assert available_memory_bytes(tmp_path) == host
+    # cgroup v1 (docker on an older host): memory/memory.limit_in_bytes, no limit written as 2**63 rounded to a page
+    v1 = tmp_path / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{2**30}\n")
+    assert available_memory_bytes(tmp_path) == host
+    (v1 / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")
+    (v1 / "memory.stat").write_text(f"cache 5\ntotal_inactive_file {2**28}\n")
+    assert available_memory_bytes(tmp_path) == min(int(3.25 * 2**30), host or int(3.25 * 2**30))
     assert usable_cores() >= 1
     check_memory(1024, "a kilobyte")  # passes
     with pytest.raises(MemoryError, match="a petabyte needs about 1048576.0 GiB and"):
