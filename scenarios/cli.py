@@ -354,7 +354,7 @@ def _build_scene(args: argparse.Namespace) -> dict:
 
     from neural_sensor.scene.build import build_scene
     from neural_sensor.scene.layout import Layout, Style, from_template
-    from neural_sensor.scene.opendrive import layout_from_opendrive, layout_to_opendrive
+    from neural_sensor.scene.opendrive import layout_export_problem, layout_from_opendrive, layout_to_opendrive
 
     sources = [x for x in (args.template, args.xodr, args.layout, args.prompt) if x is not None]
     if len(sources) != 1:
@@ -391,12 +391,14 @@ def _build_scene(args: argparse.Namespace) -> dict:
         kwargs = {"straight": {"length_m": length}, "intersection": {"arm_length_m": length},
                   "curve": {}}[args.template]
         layout = from_template(args.template, style=style, **kwargs)
+    if args.export_xodr is not None and layout_export_problem(layout):  # before the build, not after it
+        raise ValueError(f"--export-xodr {args.export_xodr}: {layout_export_problem(layout)}")
     _, result = build_scene(layout, voxel_m=args.voxel, cache_dir=args.cache, progress=True)
     if description is not None:
         result["description"] = description
     if args.export_xodr is not None:
         args.export_xodr.parent.mkdir(parents=True, exist_ok=True)
-        args.export_xodr.write_text(layout_to_opendrive(layout))
+        args.export_xodr.write_text(layout_to_opendrive(layout), encoding="utf-8")  # as its declaration says
         result["xodr"] = str(args.export_xodr)
     if args.ply is not None:
         args.ply.parent.mkdir(parents=True, exist_ok=True)

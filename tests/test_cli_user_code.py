@@ -276,6 +276,17 @@ def test_build_scene_options_that_would_do_nothing_are_refused_first(tmp_path, c
         assert cli_main(["build-scene", *args, "--cache", str(cache)]) == 2, args
         assert said in capsys.readouterr().err, args
     assert not cache.exists()
+    # a hand-made layout (lanes without road references) cannot be exported: said before the build, and the --ply
+    # it would have skipped is never half-done (it was said after the whole build, and the --ply was not written)
+    from neural_sensor.scene.layout import Lane, Layout
+
+    hand_made = tmp_path / "hand_made.json"
+    hand_made.write_text(Layout([Lane(np.array([[0.0, 0.0], [60.0, 0.0]]))], name="mine").to_json())
+    assert cli_main(["build-scene", "--layout", str(hand_made), "--export-xodr", str(tmp_path / "m.xodr"), "--ply",
+                     str(tmp_path / "m.ply"), "--cache", str(cache)]) == 2
+    assert ("--export-xodr " + str(tmp_path / "m.xodr") + ": the layout 'mine' has no road references to export"
+            ) in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "m.xodr").exists()
     for command in ("build-scene", "run"):  # argparse kept the last of two --prompt and dropped the first silently
         with pytest.raises(SystemExit) as exit_:
             cli_main([command, "--prompt", "a wide road", "--prompt", "at dusk", "--cache", str(cache)])
@@ -474,7 +485,7 @@ def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tm
     assert import_user_module("my_pkg_for_cwd_test.agents").VALUE == 7
 
 
-def test_build_scene_and_reconstruct_create_a_missing_output_folder(tmp_path, capsys):
+def test_build_scene_and_reconstruct_create_a_missing_output_folder(tmp_path, capsys, monkeypatch):
     """`reconstruct -o new/x.ply` created the folder while `build-scene --ply new/x.ply` refused it: both now create
     it (as `run --out` does), and both refuse a file standing where a folder would be, before any work."""
     from scenarios.cli import main as cli_main
@@ -483,6 +494,19 @@ def test_build_scene_and_reconstruct_create_a_missing_output_folder(tmp_path, ca
     assert cli_main(["build-scene", "straight", "--length", "30", "--cache", str(tmp_path / "cache"),
                      "--ply", str(ply), "--export-xodr", str(xodr)]) == 0
     assert ply.stat().st_size > 1000 and xodr.read_text().lstrip().startswith("<?xml")
+    # a map's text goes out as UTF-8, as its declaration says, whatever the locale (an ASCII locale failed after
+    # the build with "'ascii' codec can't encode" and left an empty file)
+    from neural_sensor.scene.layout import straight_road
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+
+    (tmp_path / "Königstraße.xodr").write_bytes(layout_to_opendrive(straight_road(60.0)).replace(
+        "<header ", '<header vendor="Straßenbau" ').encode("latin-1").replace(b"UTF-8", b"ISO-8859-1"))
+    real_write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", lambda self, text, encoding=None, **kw: real_write_text(
+        self, text, encoding=encoding or "ascii", **kw))  # an ASCII locale's default
+    assert cli_main(["build-scene", "--xodr", str(tmp_path / "Königstraße.xodr"), "--cache", str(tmp_path / "cache"),
+                     "--export-xodr", str(xodr)]) == 0
+    assert 'vendor="Straßenbau"' in xodr.read_bytes().decode("utf-8")
     capsys.readouterr()
     (tmp_path / "a_file").write_text("x")
     assert cli_main(["reconstruct", str(tmp_path / "no_log"), "-o", str(tmp_path / "a_file" / "x.ply")]) == 2

@@ -306,3 +306,79 @@ def test_a_map_in_latin_1_builds_from_the_command_line(tmp_path, capsys):
     assert f"OpenDRIVE map {tmp_path / 'missing.xodr'} cannot be read: No such file or directory" in \
         capsys.readouterr().err
 
+
+
+def _one_road(lanes_xml: str, *, road_attrs: str = "", extra: str = "", geometry_s: str = "0") -> str:
+    return (f'<OpenDRIVE><header revMajor="1" revMinor="4"><geoReference><![CDATA[+proj=tmerc +lat_0=37.4 '
+            f'+lon_0=-122.1]]></geoReference></header><road id="7" length="60" junction="-1" {road_attrs}>'
+            f'<planView><geometry s="{geometry_s}" x="500" y="300" hdg="0" length="60"><line/></geometry></planView>'
+            f'{extra}<lanes><laneSection s="0">{lanes_xml}</laneSection></lanes></road></OpenDRIVE>')
+
+
+LANE = '<lane id="{id}" type="{type}"><width sOffset="0" a="{w}" b="0" c="0" d="0"/></lane>'
+TWO_WAY = (f'<left>{LANE.format(id=1, type="driving", w=3.5)}{LANE.format(id=2, type="sidewalk", w=2.0)}</left>'
+           f'<center><lane id="0" type="none"/></center>'
+           f'<right>{LANE.format(id=-1, type="median", w=2.0)}{LANE.format(id=-2, type="driving", w=3.5)}</right>')
+
+
+def test_a_map_is_exported_whole():
+    """A new user's findings (2026-12-06): the export rebuilt a read map from one lane width per side, so a
+    left-hand-traffic map's lanes ran the other way in CARLA, a median moved the lanes 2 m, a second lane section
+    and the map's geoReference were lost. A layout read from a map now writes that map back (its lanes, as CARLA
+    reads them), also after a trip through the layout's JSON."""
+    from neural_sensor.scene.layout import Layout
+
+    text = _one_road(TWO_WAY, road_attrs='rule="LHT"')
+    layout = layout_from_opendrive(text, decorate=False)
+    for exported in (layout_to_opendrive(layout), layout_to_opendrive(Layout.from_json(layout.to_json()))):
+        root = ET.fromstring(exported)
+        assert root.find("road").get("rule") == "LHT"
+        assert "+lat_0=37.4" in root.find("header/geoReference").text
+        assert [lane.get("type") for lane in root.findall("road/lanes/laneSection/right/lane")] == ["median",
+                                                                                                   "driving"]
+        back = layout_from_opendrive(exported.encode(), decorate=False)
+        assert [(ln.direction, ln.width_m) for ln in back.lanes] == [(ln.direction, ln.width_m) for ln in layout.lanes]
+        for ours, theirs in zip(layout.lanes, back.lanes):
+            assert np.allclose(ours.centre_m, theirs.centre_m)
+    # a template's export states its bounds (OpenDRIVE's north / south / east / west), not zeros
+    header = ET.fromstring(layout_to_opendrive(straight_road(100.0))).find("header")
+    assert float(header.get("east")) > float(header.get("west")) and float(header.get("north")) > 0.0
+
+
+def test_a_map_starting_past_s_0_makes_up_no_road():
+    """A first geometry at s = 1e-6 left the samples before it at the origin: a made-up 580 m road from (0, 0).
+    Those take the geometry's start; a plan view that starts metres into its road is refused by name."""
+    layout = layout_from_opendrive(_one_road(TWO_WAY, geometry_s="0.000001"), decorate=False)
+    for lane in layout.lanes:
+        assert lane.centre_m[:, 0].min() >= 499.0 and np.abs(lane.centre_m[:, 1] - 300.0).max() < 10.0
+    with pytest.raises(ValueError, match=r"road '7': the plan view starts at s = 5 \(its first geometry must start"):
+        layout_from_opendrive(_one_road(TWO_WAY, geometry_s="5"))
+
+
+def test_a_crosswalk_stands_at_its_t_from_the_reference_line():
+    """OpenDRIVE measures an object's t from the reference line; the lane offset had been added to it."""
+    crosswalk = ('<objects><object id="1" type="crosswalk" s="30" t="0" hdg="0" length="4" width="3"/></objects>')
+    lanes = '<laneOffset s="0" a="5" b="0" c="0" d="0"/>'
+    text = _one_road(TWO_WAY, extra="").replace("<lanes>", "<lanes>" + lanes).replace("</lanes>",
+                                                                                       "</lanes>" + crosswalk)
+    (box,) = layout_from_opendrive(text, decorate=False).crosswalks
+    assert box.centre_m[:2] == pytest.approx((530.0, 300.0), abs=1e-6)
+
+
+def test_what_the_reader_leaves_out_is_said():
+    """Elevation is not read: a climbing map is said to be drawn flat (it built flat without a word), and a lane
+    whose width is a <border> is refused by name (it was 'no driving lanes found')."""
+    from neural_sensor.scene.opendrive import OpenDriveWarning
+
+    climb = '<elevationProfile><elevation s="0" a="0" b="0.1" c="0" d="0"/></elevationProfile>'
+    with pytest.warns(OpenDriveWarning, match="rise and fall by 6.0 m .* drawn flat"):
+        layout_from_opendrive(_one_road(TWO_WAY, extra=climb), decorate=False)
+    level = '<elevationProfile><elevation s="0" a="12" b="0" c="0" d="0"/></elevationProfile>'
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layout_from_opendrive(_one_road(TWO_WAY, extra=level), decorate=False)  # level: nothing to say
+    border = TWO_WAY.replace('<width sOffset="0" a="3.5" b="0" c="0" d="0"/>', '<border sOffset="0" a="3.5"/>')
+    with pytest.raises(ValueError, match="lane 1 gives its width as <border>"):
+        layout_from_opendrive(_one_road(border))

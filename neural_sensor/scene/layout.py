@@ -156,7 +156,8 @@ class RoadReference:
     """How a road was laid out: its reference (centre) polyline [P, 2] and lane widths on each side.
 
     Right lanes (inner to outer) travel along the polyline, left lanes against it (right-hand traffic);
-    a sidewalk of sidewalk_width_m (0 = none) lies outside each side. The OpenDRIVE writer needs it.
+    a sidewalk of sidewalk_width_m (0 = none) lies outside each side. The OpenDRIVE writer needs it for a
+    layout not read from a map (one read from a map writes that map back; its references place the decoration).
     """
 
     points_m: np.ndarray
@@ -183,10 +184,13 @@ class Layout:
     style: Style = field(default_factory=Style)
     name: str = "layout"
     references: list[RoadReference] = field(default_factory=list)  # road structure, for OpenDRIVE export
+    opendrive: str | None = None  # the OpenDRIVE map it was read from, which the exporter writes back whole
 
     def __post_init__(self) -> None:
         if not self.lanes:
             raise ValueError("Layout needs at least one lane")
+        if self.opendrive is not None and not isinstance(self.opendrive, str):
+            raise ValueError(f"Layout.opendrive must be the map's text or None, not {type(self.opendrive).__name__}")
         self.road_edges = [_polyline(edge, f"road edge {i}") for i, edge in enumerate(self.road_edges)]
         for box in self.crosswalks:
             if box.cls != "crosswalk":
@@ -221,6 +225,7 @@ class Layout:
             "references": [{"points_m": r.points_m.tolist(), "right_widths_m": list(r.right_widths_m),
                             "left_widths_m": list(r.left_widths_m), "sidewalk_width_m": r.sidewalk_width_m}
                            for r in self.references],
+            **({"opendrive": self.opendrive} if self.opendrive is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -238,6 +243,7 @@ class Layout:
                 style=Style(**data.get("style", {})),
                 name=data.get("name", "layout"),
                 references=[RoadReference(**r) for r in data.get("references", [])],
+                opendrive=data.get("opendrive"),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"Layout: malformed layout description ({type(err).__name__}: {err})") from None

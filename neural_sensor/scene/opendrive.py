@@ -12,10 +12,17 @@ cars can be added procedurally (`decorate=True`): OpenDRIVE carries no
 buildings. A Layout lane has one width, so a lane whose width varies within a
 section takes its median width there.
 
-Writing (`layout_to_opendrive`): each road reference of the Layout (templates
-and the reader record them) becomes a road whose plan view is a chain of line
-geometries through the reference polyline, with constant-width driving lanes on
-both sides and sidewalk lanes outside them, for `client.generate_opendrive_world`.
+Not read: elevation and superelevation (the scene is flat; a map whose roads
+climb is said once, as an OpenDriveWarning), road marks, and lane widths given
+as <border> (refused by name).
+
+Writing (`layout_to_opendrive`), for `client.generate_opendrive_world`: a
+Layout read from a map writes that map back whole (its junctions, links,
+elevation, left-hand traffic and geoReference kept). Otherwise each road
+reference of the Layout (the templates record them) becomes a road whose plan
+view is a chain of lines and arcs through the reference polyline, with
+constant-width driving lanes on both sides (right-hand traffic) and sidewalk
+lanes outside them, its header's bounds those of the roads.
 
 OpenDRIVE's inertial frame is x east, y north, z up, right-handed, metres, like
 our world frame.
@@ -24,6 +31,7 @@ our world frame.
 from __future__ import annotations
 
 import math
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -38,6 +46,11 @@ LANE_EDGE_CLEARANCE_M = 0.25  # and this far outside its edge (the two agree for
 MAX_PLAN_GAP_M = 1.0  # a plan-view geometry must start within this of where the one before it ends
 MAX_ROAD_LENGTH_M = 100_000.0  # a layout lies within 100 km of its origin
 DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
+FLAT_TOLERANCE_M = 0.5  # a map whose roads rise or fall more than this is said to be drawn flat
+
+
+class OpenDriveWarning(UserWarning):
+    """What the reader draws differently from the map (its elevation, drawn flat)."""
 
 
 def _f(element, name: str, default: float | None = None) -> float:
@@ -131,9 +144,12 @@ class _RoadSample:
     heading: np.ndarray  # [M]
     offset: np.ndarray  # [M] lane offset of the centre lane
 
-    def at(self, sel, t: np.ndarray) -> np.ndarray:
+    def at(self, sel, t: np.ndarray, *, from_reference_line: bool = False) -> np.ndarray:
+        """[K, 2] points at lateral t from the centre lane (lanes' frame), or from the reference line itself
+        (objects' frame: OpenDRIVE measures an object's t from the reference line, not the lane offset)."""
         normal = np.stack([-np.sin(self.heading[sel]), np.cos(self.heading[sel])], axis=1)
-        return self.xy[sel] + (self.offset[sel] + t)[:, None] * normal
+        lateral = t if from_reference_line else self.offset[sel] + t
+        return self.xy[sel] + lateral[:, None] * normal
 
 
 def _sample_road(road) -> _RoadSample:
@@ -146,6 +162,9 @@ def _sample_road(road) -> _RoadSample:
     if plan is None or not list(plan):
         raise ValueError("OpenDRIVE: no planView geometry")
     geometries = sorted(plan.findall("geometry"), key=lambda g: _f(g, "s"))
+    if _f(geometries[0], "s") > MAX_PLAN_GAP_M:  # s before it would lie on no geometry
+        raise ValueError(f"OpenDRIVE: the plan view starts at s = {_f(geometries[0], 's'):g} (its first geometry "
+                         f"must start at s = 0, within {MAX_PLAN_GAP_M:g} m)")
     for geometry in geometries:
         if _f(geometry, "length") > MAX_ROAD_LENGTH_M:
             raise ValueError(f"OpenDRIVE: <geometry length={geometry.get('length')!r}> is over {MAX_ROAD_LENGTH_M:g} m")
@@ -164,7 +183,11 @@ def _sample_road(road) -> _RoadSample:
     for i, geometry in enumerate(geometries):
         start = _f(geometry, "s")
         end = _f(geometries[i + 1], "s") if i + 1 < len(geometries) else np.inf
-        sel = (s >= start - 1e-9) & (s <= end + 1e-9) if i + 1 == len(geometries) else (s >= start - 1e-9) & (s < end)
+        if i == 0:
+            start_sel = -np.inf  # s before a first geometry that starts a little after 0 takes its start point
+        else:
+            start_sel = start - 1e-9
+        sel = (s >= start_sel) & (s <= end + 1e-9) if i + 1 == len(geometries) else (s >= start_sel) & (s < end)
         out[sel] = _geometry_points(geometry, np.clip(s[sel] - start, 0.0, _f(geometry, "length")))
     lanes = road.find("lanes")
     offsets = _poly_records(lanes.findall("laneOffset"), "s") if lanes is not None else []
@@ -211,6 +234,7 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
             raise ValueError(f"OpenDRIVE: road {road.get('id')!r}: {str(err).removeprefix('OpenDRIVE: ')}") from None
     if not lanes:
         raise ValueError("OpenDRIVE: no driving lanes found")
+    _say_if_not_flat(roads)
     objects = []
     if decorate:
         rng = np.random.default_rng(style.seed)
@@ -224,7 +248,28 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
                                          skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
-    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references)
+    return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references,
+                  opendrive=ET.tostring(root, encoding="unicode"))
+
+
+def _say_if_not_flat(roads) -> None:
+    """An OpenDriveWarning where the roads' elevation spans more than FLAT_TOLERANCE_M or a road banks (the
+    scene is drawn flat: a camera riding CARLA's vehicle up a hill sees it from above the road)."""
+    heights, bank_rad = [], 0.0
+    for road in roads:
+        length = _f(road, "length")
+        s = np.linspace(0.0, length, max(2, int(length / SAMPLE_STEP_M) + 1))
+        elevation = _poly_records(road.findall("elevationProfile/elevation"), "s")
+        if elevation:
+            heights.append(_eval_poly(elevation, s))
+        bank = _poly_records(road.findall("lateralProfile/superelevation"), "s")
+        if bank:
+            bank_rad = max(bank_rad, float(np.max(np.abs(_eval_poly(bank, s)))))
+    rise_m = float(np.ptp(np.concatenate(heights))) if heights else 0.0
+    if rise_m > FLAT_TOLERANCE_M or bank_rad > 0.01:
+        warnings.warn(f"OpenDRIVE: the roads rise and fall by {rise_m:.1f} m and bank up to "
+                      f"{math.degrees(bank_rad):.1f} degrees; elevation is not read, the scene is drawn flat at "
+                      "z = 0", OpenDriveWarning, stacklevel=3)
 
 
 def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list, references: list,
@@ -254,6 +299,9 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list
             outer_driving = None
             past_sidewalk = False
             for lane_id, lane in entries:
+                if lane.find("border") is not None and lane.find("width") is None:
+                    raise ValueError(f"OpenDRIVE: lane {lane_id} gives its width as <border>, which is not read "
+                                     "(write it as <width> polynomials)")
                 widths = _poly_records(lane.findall("width"), "sOffset")
                 width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
                 outer = inner + width
@@ -328,7 +376,7 @@ def _crosswalk_box(obj, sample: _RoadSample) -> Box:
     s_mid = float(np.clip(s_mid, sample.s[0], sample.s[-1]))
     i = int(np.argmin(np.abs(sample.s - s_mid)))
     heading = float(sample.heading[i])
-    centre = sample.at(np.array([i]), np.array([t_mid]))[0]
+    centre = sample.at(np.array([i]), np.array([t_mid]), from_reference_line=True)[0]
     return Box((float(centre[0]), float(centre[1]), 0.0),
                (max(float(size[0]), 0.5), max(float(size[1]), 0.5), 0.02), heading + float(yaw), "crosswalk")
 
@@ -356,19 +404,36 @@ def _arc_chain(points: np.ndarray) -> list[tuple[np.ndarray, float, float, float
 
 
 
+def layout_export_problem(layout: Layout) -> str | None:
+    """Why `layout_to_opendrive` cannot write the layout, or None: a layout read from a map, or one whose roads
+    were recorded as road references (the templates, prompts), can be written; hand-made lane lists cannot."""
+    if layout.opendrive is None and not layout.references:
+        return (f"the layout {layout.name!r} has no road references to export (it was not read from a map, and its "
+                "lanes were given one by one)")
+    return None
+
+
 GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
 
 def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
-    """OpenDRIVE 1.4 text for the layout's road references (lines through each reference polyline).
+    """OpenDRIVE text for the layout: the map it was read from, whole, or else OpenDRIVE 1.4 for its road
+    references (lines and arcs through each reference polyline, right-hand traffic).
 
-    Raises ValueError when the layout records no road references (hand-made lane lists).
+    Raises ValueError when the layout has neither (hand-made lane lists): `layout_export_problem` says so first.
     """
-    if not layout.references:
-        raise ValueError("layout_to_opendrive: the layout has no road references to export")
+    if layout.opendrive is not None:
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + layout.opendrive + "\n"
+    problem = layout_export_problem(layout)
+    if problem:
+        raise ValueError(f"layout_to_opendrive: {problem}")
+    points = np.concatenate([ref.points_m for ref in layout.references])
+    reach_m = max(max(sum(ref.right_widths_m), sum(ref.left_widths_m)) + ref.sidewalk_width_m
+                  for ref in layout.references)
+    (west, south), (east, north) = points.min(axis=0) - reach_m, points.max(axis=0) + reach_m
     root = ET.Element("OpenDRIVE")
     header = ET.SubElement(root, "header", revMajor="1", revMinor="4", name=name or layout.name, version="1.00",
-                           north="0.0", south="0.0", east="0.0", west="0.0")
+                           north=f"{north:.3f}", south=f"{south:.3f}", east=f"{east:.3f}", west=f"{west:.3f}")
     # the map's origin at latitude / longitude 0 as CARLA's own towns give it (without one libcarla warns "cannot
     # parse georeference" on every map it reads)
     ET.SubElement(header, "geoReference").text = GEO_REFERENCE
