@@ -324,6 +324,22 @@ def test_a_new_users_log_mistakes_are_named(tmp_path):
     log = _tiny_log(tmp_path, "twice")  # a frame listed twice was read as two views of one image
     _edit(log, lambda d: d["frames"].append(dict(d["frames"][0])))
     _expect(log, "frame 3", "frame 0 already names this image: list each image once")
+    log = _tiny_log(tmp_path, "twice_absolute")  # the same image under its absolute path was read twice
+    _edit(log, lambda d: d["frames"].append(dict(d["frames"][0], file_path=str(log / d["frames"][0]["file_path"]))))
+    _expect(log, "frame 3", "frame 0 already names this image: list each image once")
+    log = _tiny_log(tmp_path, "bomb")  # a header claiming 20000x20000 pixels: PIL's bound raised through (exit 1)
+    from PIL import Image
+
+    with Image.open(log / "images" / "000000_CAM_A.png") as img:
+        img.load()
+        big = img.resize((16, 12))
+    original_bound = Image.MAX_IMAGE_PIXELS
+    big.save(log / "images" / "000000_CAM_A.png")
+    try:
+        Image.MAX_IMAGE_PIXELS = 50  # the 192-pixel image is over twice the bound: DecompressionBombError
+        _expect(log, "frame 0 (images/000000_CAM_A.png)", "image unreadable", "decompression bomb")
+    finally:
+        Image.MAX_IMAGE_PIXELS = original_bound
     log = _tiny_log(tmp_path, "bom")
     (log / "transforms.json").write_bytes(b"\xef\xbb\xbf" + (log / "transforms.json").read_bytes())
     assert read_drive_log(log)[0].shape[0] == len(json.loads((log / "transforms.json").read_text("utf-8-sig"))[

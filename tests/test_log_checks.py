@@ -44,6 +44,26 @@ def test_each_problem_is_named(case, words):
     assert len(problems) == 1 and words in problems[0], problems
 
 
+def test_a_z_down_world_is_told_from_opencv_camera_axes():
+    """A new user's NED (z-down) world with correct OpenGL cameras was told to right-multiply the cameras by
+    diag(1, -1, -1, 1); done, the log read without a word and looked backwards in an upside-down world. The ego's
+    poses tell the two apart."""
+    down = np.diag([1.0, -1.0, -1.0, 1.0])
+    cameras, ids = _drive(world=down)
+    egos = [down @ pose_from_xyz_yaw(4.0 * (k // 6), 0.0, 0.0, 0.0) for k in range(len(cameras))]
+    (problem,) = drive_log_warnings(cameras, ids, egos)
+    assert "look upside down" in problem and "because the world frame's z points down" in problem
+    assert "median z -1.00" in problem and "left-multiplied by diag(1, -1, -1, 1)" in problem
+    (problem,) = drive_log_warnings(cameras, ids)  # no ego poses: both causes named
+    assert "right-multiplication" in problem and "the world's z points down (a NED frame)" in problem
+    told = [Camera(c.width, c.height, c.K, c.pose_camera_to_world @ down) for c in cameras]  # the advice taken
+    (problem,) = drive_log_warnings(told, ids, egos)
+    assert problem.startswith("the world frame's z points down"), problem
+    (problem,) = drive_log_warnings(*_drive(post=OPENCV_AS_OPENGL), [pose_from_xyz_yaw(0, 0, 0, 0)] * 18)
+    assert "OpenCV axes" in problem and "NED" not in problem  # a z-up ego: the camera axes alone
+    assert drive_log_warnings(*_drive(), [pose_from_xyz_yaw(0, 0, 0, 0)] * 18) == []
+
+
 def test_views_under_the_writers_default_names_are_not_called_one_station():
     """write_drive_log without camera_names names view i "cam<i>": a drive of three stations was warned of as "one
     station"; the warning now says what is wrong. A rig's six named cameras at one station still are one station."""

@@ -370,7 +370,8 @@ def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
     except FileNotFoundError:
         raise DriveLogError(folder, f"image file missing{_separator_hint(file)}{_extension_hint(folder, file)}",
                             frame=i, file=file) from None
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        # (a header claiming more pixels than PIL's bound is not an OSError: it had raised through, exit 1)
         raise DriveLogError(folder, f"image unreadable: {err}", frame=i, file=file) from None
     if mode == "RGBA":
         if np.any(array[..., 3] != 255):
@@ -421,10 +422,13 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
     seen_files: dict[str, int] = {}
     for i, frame in enumerate(tqdm(data["frames"], desc="reading drive log", unit="image", disable=not progress)):
         file = frame["file_path"]
-        if os.path.normpath(file) in seen_files:  # one image twice would weigh twice in the reconstruction
-            raise DriveLogError(folder, f"frame {seen_files[os.path.normpath(file)]} already names this image: "
-                                        "list each image once", frame=i, file=file)
-        seen_files[os.path.normpath(file)] = i
+        # one image twice would weigh twice in the reconstruction; the same file under a relative and an absolute
+        # path, or through a link, is one image
+        same = os.path.realpath(folder / file)
+        if same in seen_files:
+            raise DriveLogError(folder, f"frame {seen_files[same]} already names this image: list each image once",
+                                frame=i, file=file)
+        seen_files[same] = i
         for key in DISTORTION_KEYS:
             value = data.get(key, frame.get(key, 0.0))
             if not is_json_number(value):  # true / "0.1" are not coefficients
@@ -486,7 +490,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         sizes.append([w, h])
         frames_meta.append(facts)
     for problem in (ignored_intrinsics_warnings(data, INTRINSIC_KEYS)
-                    + drive_log_warnings(cameras, [f["camera"] for f in frames_meta])):
+                    + drive_log_warnings(cameras, [f["camera"] for f in frames_meta],
+                                         [f["pose_ego_to_world"] for f in frames_meta])):
         warnings.warn(DriveLogWarning(f"drive log {folder}: {problem}", problem), stacklevel=2)
     stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
     meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": neural_sensor_block,

@@ -43,14 +43,19 @@ class DriveLogWarning(UserWarning):
         self.problem = message if problem is None else problem
 
 
-def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
+def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_world=None) -> list[str]:
     """One line per likely problem of a log's cameras (OpenCV axes in an FLU world, as `read_drive_log` gives them).
 
     Args: cameras: the log's V >= 1 cameras; sensor_ids: V camera names (None or None entries: one camera), so that
-        a rig's cameras at one station do not count as a drive.
+        a rig's cameras at one station do not count as a drive; poses_ego_to_world: V ego poses [4, 4] (FLU; None
+        or None entries where the log gives none), which tell a z-down world from cameras with OpenCV axes.
     Returns: the problems found, worded for the user (empty when none).
     """
     assert len(cameras) >= 1 and (sensor_ids is None or len(sensor_ids) == len(cameras)), (len(cameras), sensor_ids)
+    assert poses_ego_to_world is None or len(poses_ego_to_world) == len(cameras), len(poses_ego_to_world)
+    egos = [np.asarray(p, dtype=np.float64) for p in (poses_ego_to_world or []) if p is not None]
+    # the ego's up axis (FLU: its z, the pose's third column) in the world: +1 in a z-up world, -1 in a z-down one
+    ego_up_z = float(np.median([p[2, 2] for p in egos])) if egos else None
     poses = np.stack([c.pose_camera_to_world for c in cameras])
     centres = poses[:, :3, 3]
     problems = []
@@ -62,10 +67,21 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None) -> list[str]:
                         "pose's position) from every transform_matrix and pose_ego_to_world")
     # OpenCV camera axes: column 1 is the image's down direction; level cameras in a z-up world have it at z = -1
     down_z = float(np.median(poses[:, 2, 1]))
-    if down_z > UPSIDE_DOWN_Z:
+    z_down_world = (f"the world frame's z points down (the ego's up axis, pose_ego_to_world's third column, has "
+                    f"median z {ego_up_z:+.2f}; a NED or z-down frame): the log's world must be z up (x forward, y "
+                    "left, z up), e.g. every transform_matrix and pose_ego_to_world left-multiplied by diag(1, -1, "
+                    "-1, 1)") if ego_up_z is not None and ego_up_z < -LEVEL_Z else None
+    if down_z > UPSIDE_DOWN_Z and z_down_world:
+        problems.append(f"the cameras look upside down (their image-down axis points up, median z {down_z:+.2f}) "
+                        f"because {z_down_world}")
+    elif down_z > UPSIDE_DOWN_Z:
         problems.append(f"the cameras look upside down (their image-down axis points up, median z {down_z:+.2f}): "
                         "transform_matrix takes OpenGL camera axes (x right, y up, z backwards, as nerfstudio); "
-                        "poses with OpenCV axes (y down, z forwards) need a right-multiplication by diag(1, -1, -1, 1)")
+                        "poses with OpenCV axes (y down, z forwards) need a right-multiplication by diag(1, -1, -1, 1)"
+                        + ("" if egos else "; or, if the camera axes are OpenGL's, the world's z points down (a NED "
+                           "frame), which needs the world turned z up: a left-multiplication by diag(1, -1, -1, 1)"))
+    elif z_down_world:  # level-looking cameras over an upside-down ego: the axes and the world both flipped
+        problems.append(z_down_world)
     elif abs(down_z) < LEVEL_Z:
         problems.append(f"the cameras' image-down axis is not along the world's -z (median z {down_z:+.2f}): the "
                         "world frame must have z up (x forward, y left, z up); a y-up world needs rotating first")
