@@ -64,6 +64,18 @@ def test_a_z_down_world_is_told_from_opencv_camera_axes():
     assert drive_log_warnings(*_drive(), [pose_from_xyz_yaw(0, 0, 0, 0)] * 18) == []
 
 
+def test_a_log_that_sees_only_ahead_is_named():
+    """A new user's dashcam log (CAM_FRONT alone, or the three front cameras) built a scene with nothing behind
+    and the road just before the car faint, without a word; the six-camera rig's log says nothing."""
+    cameras, ids = _drive()
+    egos = [pose_from_xyz_yaw(4.0 * (k // 6), 0.0, 0.0, 0.0) for k in range(len(cameras))]
+    assert drive_log_warnings(cameras, ids, egos) == []
+    front = [k for k, name in enumerate(ids) if name.startswith("CAM_FRONT")]
+    (problem,) = drive_log_warnings([cameras[k] for k in front], [ids[k] for k in front], [egos[k] for k in front])
+    assert problem.startswith("the log's cameras see ") and "of the 360 degrees around the car" in problem
+    assert int(problem.split()[4]) < 270
+
+
 def test_views_under_the_writers_default_names_are_not_called_one_station():
     """write_drive_log without camera_names names view i "cam<i>": a drive of three stations was warned of as "one
     station"; the warning now says what is wrong. A rig's six named cameras at one station still are one station."""

@@ -31,6 +31,7 @@ FAR_FROM_ORIGIN_M = 20_000.0  # camera centres beyond this: float32 positions st
 MIN_SPREAD_M = 0.5  # every camera centre within this of the first: the views cannot be triangulated
 UPSIDE_DOWN_Z = 0.5  # the median camera's image-down axis points this far UP in the world: upside down
 LEVEL_Z = 0.5  # ... and at most this far down (nor up): the world's up axis is not z
+MIN_SEEN_AROUND_DEG = 270.0  # the log's cameras see less of the circle around the ego than this: said
 
 
 class DriveLogWarning(UserWarning):
@@ -85,6 +86,13 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_worl
     elif abs(down_z) < LEVEL_Z:
         problems.append(f"the cameras' image-down axis is not along the world's -z (median z {down_z:+.2f}): the "
                         "world frame must have z up (x forward, y left, z up); a y-up world needs rotating first")
+    if len(egos) == len(cameras) and not z_down_world:
+        seen_deg = _degrees_seen_around(cameras, egos)
+        if seen_deg < MIN_SEEN_AROUND_DEG:
+            problems.append(f"the log's cameras see {seen_deg:.0f} of the 360 degrees around the car: what none "
+                            "of them saw is missing from the scene (a rig camera that looks there sees sky), and "
+                            "the reconstructor, trained on six cameras all around (the nuScenes-like rig), draws "
+                            "the road just before a front-only log's cameras faint")
     names = [None] * len(cameras) if sensor_ids is None else sensor_ids
     ids = np.array(["" if s is None else str(s) for s in names])
     spread = max(float(np.linalg.norm(centres[ids == i] - centres[ids == i][0], axis=1).max()) for i in np.unique(ids))
@@ -101,6 +109,19 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_worl
         problems.append(f"no camera of the log moves more than {spread:.2f} m: a reconstruction triangulates "
                         "from views taken at different positions along a drive (this log holds one station)")
     return problems
+
+
+def _degrees_seen_around(cameras: list[Camera], egos: list[np.ndarray]) -> float:
+    """How many of the 360 degrees of yaw around the ego the cameras' horizontal fields of view cover (1 degree
+    bins; each camera's optical axis yawed in its ego's frame, its field from its fx and width)."""
+    seen = np.zeros(360, dtype=bool)
+    for camera, ego in zip(cameras, egos):
+        axis_ego = np.linalg.inv(ego)[:3, :3] @ camera.pose_camera_to_world[:3, 2]  # OpenCV z: the optical axis
+        yaw_deg = math.degrees(math.atan2(axis_ego[1], axis_ego[0]))
+        half_deg = math.degrees(math.atan2(0.5 * camera.width, float(camera.K[0, 0])))
+        offsets = np.arange(-math.floor(half_deg), math.floor(half_deg) + 1)
+        seen[np.round(yaw_deg + offsets).astype(int) % 360] = True
+    return float(seen.sum())
 
 
 def ignored_intrinsics_warnings(transforms: dict, keys: Sequence[str]) -> list[str]:
