@@ -47,18 +47,21 @@ def test_each_problem_is_named(case, words):
 def test_a_z_down_world_is_told_from_opencv_camera_axes():
     """A new user's NED (z-down) world with correct OpenGL cameras was told to right-multiply the cameras by
     diag(1, -1, -1, 1); done, the log read without a word and looked backwards in an upside-down world. The ego's
-    poses tell the two apart."""
+    poses hint at the world (both readings named where both fit: an FRD ego over OpenCV axes looks the same), and
+    an FRD ego under level cameras is not told to turn the world."""
     down = np.diag([1.0, -1.0, -1.0, 1.0])
     cameras, ids = _drive(world=down)
     egos = [down @ pose_from_xyz_yaw(4.0 * (k // 6), 0.0, 0.0, 0.0) for k in range(len(cameras))]
     (problem,) = drive_log_warnings(cameras, ids, egos)
-    assert "look upside down" in problem and "because the world frame's z points down" in problem
+    assert "look upside down" in problem and "most likely the world's z points down (a NED frame)" in problem
     assert "median z -1.00" in problem and "left-multiplied by diag(1, -1, -1, 1)" in problem
+    assert "or, if the ego poses use a z-down body frame (FRD" in problem
     (problem,) = drive_log_warnings(cameras, ids)  # no ego poses: both causes named
     assert "right-multiplication" in problem and "the world's z points down (a NED frame)" in problem
     told = [Camera(c.width, c.height, c.K, c.pose_camera_to_world @ down) for c in cameras]  # the advice taken
     (problem,) = drive_log_warnings(told, ids, egos)
-    assert problem.startswith("the world frame's z points down"), problem
+    assert problem.startswith("the ego's up axis (pose_ego_to_world's third column) points down"), problem
+    assert "if the ego poses use a z-down body frame (FRD), turn them to FLU" in problem
     (problem,) = drive_log_warnings(*_drive(post=OPENCV_AS_OPENGL), [pose_from_xyz_yaw(0, 0, 0, 0)] * 18)
     assert "OpenCV axes" in problem and "NED" not in problem  # a z-up ego: the camera axes alone
     assert drive_log_warnings(*_drive(), [pose_from_xyz_yaw(0, 0, 0, 0)] * 18) == []
@@ -66,14 +69,22 @@ def test_a_z_down_world_is_told_from_opencv_camera_axes():
 
 def test_a_log_that_sees_only_ahead_is_named():
     """A new user's dashcam log (CAM_FRONT alone, or the three front cameras) built a scene with nothing behind
-    and the road just before the car faint, without a word; the six-camera rig's log says nothing."""
+    and the road just before the car faint, without a word; the six-camera rig's log says nothing, whatever its
+    ego poses say (a reviewer: an ego pose given as a camera's made a sound rig look half-blind when the yaw was
+    taken in the ego's frame: it is taken about the world's z, per station)."""
     cameras, ids = _drive()
-    egos = [pose_from_xyz_yaw(4.0 * (k // 6), 0.0, 0.0, 0.0) for k in range(len(cameras))]
-    assert drive_log_warnings(cameras, ids, egos) == []
+    stations = [k // 6 for k in range(len(cameras))]
+    camera_as_ego = [c.pose_camera_to_world for c in cameras]
+    assert drive_log_warnings(cameras, ids, camera_as_ego, stations) == []
+    assert drive_log_warnings(cameras, ids, None, list(range(len(cameras)))) == []  # an index per image: unknown
     front = [k for k, name in enumerate(ids) if name.startswith("CAM_FRONT")]
-    (problem,) = drive_log_warnings([cameras[k] for k in front], [ids[k] for k in front], [egos[k] for k in front])
+    (problem,) = drive_log_warnings([cameras[k] for k in front], [ids[k] for k in front], None,
+                                    [stations[k] for k in front])
     assert problem.startswith("the log's cameras see ") and "of the 360 degrees around the car" in problem
     assert int(problem.split()[4]) < 270
+    one = [k for k, name in enumerate(ids) if name == "CAM_FRONT"]
+    (problem,) = drive_log_warnings([cameras[k] for k in one], [ids[k] for k in one], None, [stations[k] for k in one])
+    assert problem.startswith("the log's cameras see ")
 
 
 def test_views_under_the_writers_default_names_are_not_called_one_station():

@@ -328,9 +328,13 @@ def test_a_map_is_exported_whole():
     reads them), also after a trip through the layout's JSON."""
     from neural_sensor.scene.layout import Layout
 
-    text = _one_road(TWO_WAY, road_attrs='rule="LHT"')
+    text = _one_road(TWO_WAY, road_attrs='rule="LHT"').replace("<header", "<!-- (c) the map's licence --><header")
     layout = layout_from_opendrive(text, decorate=False)
-    for exported in (layout_to_opendrive(layout), layout_to_opendrive(Layout.from_json(layout.to_json()))):
+    latin1 = ('<?xml version="1.0" encoding="ISO-8859-1"?>\n' + text).encode("latin-1")
+    for exported in (layout_to_opendrive(layout), layout_to_opendrive(Layout.from_json(layout.to_json())),
+                     layout_to_opendrive(layout_from_opendrive(latin1, decorate=False))):
+        assert exported.count("<?xml") == 1 and "encoding=\"UTF-8\"" in exported
+        assert "<!-- (c) the map's licence -->" in exported  # a licence's comment goes with the map
         root = ET.fromstring(exported)
         assert root.find("road").get("rule") == "LHT"
         assert "+lat_0=37.4" in root.find("header/geoReference").text

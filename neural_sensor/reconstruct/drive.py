@@ -66,7 +66,8 @@ REFERENCE_MAX_WIDTH = 480  # a log wider than this keeps its reference resampled
 
 def reconstruction_code_hash() -> str:
     """sha256 of the reconstruction's code: reconstruct/model.py, photometric.py, fuse.py, sky.py, refine.py,
-    reference.py (the stored reference), log.py (reading, rounding and resampling the drive) and drive.py (which
+    reference.py (the stored reference), log.py (reading, rounding and resampling the drive), log_checks.py (the
+    log's warnings, which a cached scene says again) and drive.py (which
     wires them), labels.py (the sky label), and the CPU renderer the refinement renders with (render/cpu.py,
     lod.py, backproject.py, _common.py). Part of every reconstruction's
     cache key, so a change to the network's use, the fusion, the refinement or its kernels never serves a
@@ -78,7 +79,7 @@ def reconstruction_code_hash() -> str:
 
     files = [Path(model.__file__).with_name(n)
              for n in ("model.py", "photometric.py", "fuse.py", "sky.py", "refine.py", "drive.py", "reference.py",
-                       "log.py")]
+                       "log.py", "log_checks.py")]
     files += [Path(cpu.__file__).with_name(n) for n in ("cpu.py", "lod.py", "backproject.py", "_common.py")]
     files.append(Path(cpu.__file__).parent.parent / "labels.py")
     digest = hashlib.sha256()

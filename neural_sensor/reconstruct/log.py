@@ -491,7 +491,8 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
         frames_meta.append(facts)
     for problem in (ignored_intrinsics_warnings(data, INTRINSIC_KEYS)
                     + drive_log_warnings(cameras, [f["camera"] for f in frames_meta],
-                                         [f["pose_ego_to_world"] for f in frames_meta])):
+                                         [f["pose_ego_to_world"] for f in frames_meta],
+                                         [f["frame_index"] for f in frames_meta])):
         warnings.warn(DriveLogWarning(f"drive log {folder}: {problem}", problem), stacklevel=2)
     stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
     meta = {"folder": str(folder), "frames": frames_meta, "neural_sensor": neural_sensor_block,

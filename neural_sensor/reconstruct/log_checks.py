@@ -44,19 +44,24 @@ class DriveLogWarning(UserWarning):
         self.problem = message if problem is None else problem
 
 
-def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_world=None) -> list[str]:
+def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_world=None,
+                       frame_indices=None) -> list[str]:
     """One line per likely problem of a log's cameras (OpenCV axes in an FLU world, as `read_drive_log` gives them).
 
     Args: cameras: the log's V >= 1 cameras; sensor_ids: V camera names (None or None entries: one camera), so that
         a rig's cameras at one station do not count as a drive; poses_ego_to_world: V ego poses [4, 4] (FLU; None
-        or None entries where the log gives none), which tell a z-down world from cameras with OpenCV axes.
+        or None entries where the log gives none), which hint at a z-down world; frame_indices: V station indices
+        (None or None entries where unknown): the views of one station are one rig, whose cameras' coverage of
+        the circle around the car is checked.
     Returns: the problems found, worded for the user (empty when none).
     """
     assert len(cameras) >= 1 and (sensor_ids is None or len(sensor_ids) == len(cameras)), (len(cameras), sensor_ids)
     assert poses_ego_to_world is None or len(poses_ego_to_world) == len(cameras), len(poses_ego_to_world)
+    assert frame_indices is None or len(frame_indices) == len(cameras), len(frame_indices)
     egos = [np.asarray(p, dtype=np.float64) for p in (poses_ego_to_world or []) if p is not None]
-    # the ego's up axis (FLU: its z, the pose's third column) in the world: +1 in a z-up world, -1 in a z-down one
+    # the ego's up axis (FLU: its z, the pose's third column) in the world: +1 in a z-up world with FLU ego poses
     ego_up_z = float(np.median([p[2, 2] for p in egos])) if egos else None
+    ego_down = ego_up_z is not None and ego_up_z < -LEVEL_Z
     poses = np.stack([c.pose_camera_to_world for c in cameras])
     centres = poses[:, :3, 3]
     problems = []
@@ -68,31 +73,32 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_worl
                         "pose's position) from every transform_matrix and pose_ego_to_world")
     # OpenCV camera axes: column 1 is the image's down direction; level cameras in a z-up world have it at z = -1
     down_z = float(np.median(poses[:, 2, 1]))
-    z_down_world = (f"the world frame's z points down (the ego's up axis, pose_ego_to_world's third column, has "
-                    f"median z {ego_up_z:+.2f}; a NED or z-down frame): the log's world must be z up (x forward, y "
-                    "left, z up), e.g. every transform_matrix and pose_ego_to_world left-multiplied by diag(1, -1, "
-                    "-1, 1)") if ego_up_z is not None and ego_up_z < -LEVEL_Z else None
-    if down_z > UPSIDE_DOWN_Z and z_down_world:
+    opencv_axes = ("transform_matrix takes OpenGL camera axes (x right, y up, z backwards, as nerfstudio); poses "
+                   "with OpenCV axes (y down, z forwards) need a right-multiplication by diag(1, -1, -1, 1)")
+    z_down = ("the world's z points down (a NED frame), which needs the world turned z up: every transform_matrix "
+              "and pose_ego_to_world left-multiplied by diag(1, -1, -1, 1)")
+    if down_z > UPSIDE_DOWN_Z and ego_down:  # both readings fit: say the likelier first
         problems.append(f"the cameras look upside down (their image-down axis points up, median z {down_z:+.2f}) "
-                        f"because {z_down_world}")
+                        f"and the ego's up axis (pose_ego_to_world's third column) points down (median z "
+                        f"{ego_up_z:+.2f}): most likely {z_down}; or, if the ego poses use a z-down body frame "
+                        f"(FRD; the log takes FLU), {opencv_axes}")
     elif down_z > UPSIDE_DOWN_Z:
         problems.append(f"the cameras look upside down (their image-down axis points up, median z {down_z:+.2f}): "
-                        "transform_matrix takes OpenGL camera axes (x right, y up, z backwards, as nerfstudio); "
-                        "poses with OpenCV axes (y down, z forwards) need a right-multiplication by diag(1, -1, -1, 1)"
-                        + ("" if egos else "; or, if the camera axes are OpenGL's, the world's z points down (a NED "
-                           "frame), which needs the world turned z up: a left-multiplication by diag(1, -1, -1, 1)"))
-    elif z_down_world:  # level-looking cameras over an upside-down ego: the axes and the world both flipped
-        problems.append(z_down_world)
+                        + opencv_axes + ("" if egos else f"; or, if the camera axes are OpenGL's, {z_down}"))
+    elif ego_down:  # level cameras: an FRD ego (harmless, nothing else reads it) or a NED world AND OpenCV axes
+        problems.append(f"the ego's up axis (pose_ego_to_world's third column) points down (median z "
+                        f"{ego_up_z:+.2f}) while the cameras look level: if the ego poses use a z-down body frame "
+                        "(FRD), turn them to FLU (right-multiply by diag(1, -1, -1, 1)); if the world is z-down "
+                        f"(NED), the camera axes were flipped too: {z_down}, and {opencv_axes}")
     elif abs(down_z) < LEVEL_Z:
         problems.append(f"the cameras' image-down axis is not along the world's -z (median z {down_z:+.2f}): the "
                         "world frame must have z up (x forward, y left, z up); a y-up world needs rotating first")
-    if len(egos) == len(cameras) and not z_down_world:
-        seen_deg = _degrees_seen_around(cameras, egos)
-        if seen_deg < MIN_SEEN_AROUND_DEG:
-            problems.append(f"the log's cameras see {seen_deg:.0f} of the 360 degrees around the car: what none "
-                            "of them saw is missing from the scene (a rig camera that looks there sees sky), and "
-                            "the reconstructor, trained on six cameras all around (the nuScenes-like rig), draws "
-                            "the road just before a front-only log's cameras faint")
+    seen_deg = _degrees_seen_around(cameras, frame_indices, sensor_ids) if abs(down_z) >= LEVEL_Z else None
+    if seen_deg is not None and seen_deg < MIN_SEEN_AROUND_DEG:
+        problems.append(f"the log's cameras see {seen_deg:.0f} of the 360 degrees around the car: what none "
+                        "of them saw is missing from the scene (a rig camera that looks there sees sky), and "
+                        "the reconstructor, trained on six cameras all around (the nuScenes-like rig), draws "
+                        "the road just before a front-only log's cameras faint")
     names = [None] * len(cameras) if sensor_ids is None else sensor_ids
     ids = np.array(["" if s is None else str(s) for s in names])
     spread = max(float(np.linalg.norm(centres[ids == i] - centres[ids == i][0], axis=1).max()) for i in np.unique(ids))
@@ -111,17 +117,28 @@ def drive_log_warnings(cameras: list[Camera], sensor_ids=None, poses_ego_to_worl
     return problems
 
 
-def _degrees_seen_around(cameras: list[Camera], egos: list[np.ndarray]) -> float:
-    """How many of the 360 degrees of yaw around the ego the cameras' horizontal fields of view cover (1 degree
-    bins; each camera's optical axis yawed in its ego's frame, its field from its fx and width)."""
-    seen = np.zeros(360, dtype=bool)
-    for camera, ego in zip(cameras, egos):
-        axis_ego = np.linalg.inv(ego)[:3, :3] @ camera.pose_camera_to_world[:3, 2]  # OpenCV z: the optical axis
-        yaw_deg = math.degrees(math.atan2(axis_ego[1], axis_ego[0]))
-        half_deg = math.degrees(math.atan2(0.5 * camera.width, float(camera.K[0, 0])))
-        offsets = np.arange(-math.floor(half_deg), math.floor(half_deg) + 1)
-        seen[np.round(yaw_deg + offsets).astype(int) % 360] = True
-    return float(seen.sum())
+def _degrees_seen_around(cameras: list[Camera], frame_indices, sensor_ids) -> float | None:
+    """The median over the log's stations (views of one frame index) of how many of the 360 degrees of yaw about
+    the world's z their cameras' horizontal fields of view cover (1 degree bins; no ego pose needed); None where
+    stations cannot be told (no frame indices, or several named cameras but never two views at one index)."""
+    stations: dict = {}
+    for camera, index in zip(cameras, frame_indices or [None] * len(cameras)):
+        if index is not None:
+            stations.setdefault(index, []).append(camera)
+    named = {str(s) for s in (sensor_ids or []) if s is not None}
+    if not stations or (max(len(views) for views in stations.values()) < 2 and len(named) > 1):
+        return None
+    counts = []
+    for views in stations.values():
+        seen = np.zeros(360, dtype=bool)
+        for camera in views:
+            axis = camera.pose_camera_to_world[:3, 2]  # OpenCV z: the optical axis
+            yaw_deg = math.degrees(math.atan2(axis[1], axis[0]))
+            half_deg = math.degrees(math.atan2(0.5 * camera.width, float(camera.K[0, 0])))
+            offsets = np.arange(-math.floor(half_deg), math.floor(half_deg) + 1)
+            seen[np.round(yaw_deg + offsets).astype(int) % 360] = True
+        counts.append(int(seen.sum()))
+    return float(np.median(counts)) if counts else None
 
 
 def ignored_intrinsics_warnings(transforms: dict, keys: Sequence[str]) -> list[str]:

@@ -30,7 +30,9 @@ our world frame.
 
 from __future__ import annotations
 
+import codecs
 import math
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -249,7 +251,24 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
                                          skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references,
-                  opendrive=ET.tostring(root, encoding="unicode"))
+                  opendrive=_document_text(xodr, root))
+
+
+def _document_text(xodr: str | bytes, root) -> str:
+    """The map's own text (its comments, a licence's included), bytes decoded as the parser read them (a BOM, else
+    the XML declaration's encoding, else UTF-8); the parsed tree re-serialised where that decoding fails."""
+    if isinstance(xodr, str):
+        return xodr
+    for bom, codec in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if xodr.startswith(bom):
+            break
+    else:
+        declared = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']", xodr)
+        codec = declared.group(1).decode("ascii") if declared else "utf-8"
+    try:
+        return xodr.decode(codec)
+    except (LookupError, UnicodeDecodeError):
+        return ET.tostring(root, encoding="unicode")
 
 
 def _say_if_not_flat(roads) -> None:
@@ -422,8 +441,9 @@ def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
 
     Raises ValueError when the layout has neither (hand-made lane lists): `layout_export_problem` says so first.
     """
-    if layout.opendrive is not None:
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + layout.opendrive + "\n"
+    if layout.opendrive is not None:  # its own declaration (which may name another encoding) replaced
+        body = re.sub(r"^\ufeff?\s*<\?xml[^>]*\?>\s*", "", layout.opendrive)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + body.rstrip() + "\n"
     problem = layout_export_problem(layout)
     if problem:
         raise ValueError(f"layout_to_opendrive: {problem}")
