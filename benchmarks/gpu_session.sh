@@ -48,6 +48,11 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 [ -f .vgg/vgg16-hed-f16.npz ] && export NEURAL_SENSOR_VGG16_WEIGHTS="$PWD/.vgg/vgg16-hed-f16.npz"
 python3 -c "import torch, numba, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'numba', numba.__version__, 'numpy', numpy.__version__)" >>"$LOG" 2>&1
+# made for one GPU: without CUDA every stage would train on the CPU until its timeout and save nothing
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >>"$LOG" 2>&1; then
+    say "no CUDA device: this script is for a GPU session (the trainings run on a CPU with their own commands)"
+    exit 2
+fi
 
 # 1. gsplat's kernels (its wheel compiles them on first use) while the reconstructor's data is made
 say "gsplat build (background) + reconstructor data for $WORLDS worlds on $WORKERS processes"

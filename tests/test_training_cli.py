@@ -181,7 +181,10 @@ def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpo
         def error(self, message):
             raise AssertionError(message)
 
-    _check_out(Parser(), out, ("reconstructor_data", "enhancer_data"), False, False)  # data alone: let through
+    _check_out(Parser(), out, ("reconstructor_data",), False, False)  # data alone: let through
+    root = Path(__file__).resolve().parents[1] / "checkpoints"  # (the enhancer's data render with OUT/reconstructor)
+    (out / "reconstructor" / "config.json").write_text((root / "reconstructor-run" / "config.json").read_text())
+    _check_out(Parser(), out, ("reconstructor_data", "enhancer_data"), False, False)
     _check_out(Parser(), out, ("reconstructor", "enhancer"), False, True)  # --overwrite: let through
 
 
@@ -227,3 +230,85 @@ def test_a_resumed_training_refuses_options_that_change_the_checkpoints_shape(tm
     state.check_resumed_shape(Parser(), args, {"--depth-bins": ("depth_bins", 32),
                                                "--min-depth-m": ("min_depth_m", 1.0),
                                                "--cost-volume": ("cost_volume", True)})
+
+
+def test_training_checkpoints_and_data_survive_what_a_new_user_did(tmp_path, monkeypatch, capsys):
+    """A new user's training findings (2026-12-06), each checked on what it touches:
+    - a state saved on a GPU (CUDA tensors; the shipped reconstructor's) raised on a CPU-only resume;
+    - --resume with --steps at or below the saved step took no step and rewrote the summary with the smaller count;
+    - an interrupted run left the last run's train_summary.json saying its old step;
+    - a damaged model.safetensors raised safetensors' own error (and the file was written 0600, in place);
+    - a truncated cached .npz (BadZipFile) was never made again;
+    - gpu_pipeline's enhancer stages with no OUT/reconstructor failed after starting;
+    - train_reconstructor_run's default rate with --init was 5e-4, which undid the shipped net in three steps."""
+    from neural_sensor.reconstruct.model import ReconConfig, ReconNet
+    from neural_sensor.train.state import STATE_FILE, load_or_make_npz, save_checkpoint, start_or_resume
+
+    out = tmp_path / "run"
+    model = _TinyModel(2, 2)
+    optimiser = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimiser.step()
+    save_checkpoint(out, model, optimiser, 27, [{"step": 27}])
+    state_dict = torch.load(out / STATE_FILE, weights_only=True)
+    real_load = torch.load
+
+    def as_if_saved_on_a_gpu(path, *args, map_location=None, **kwargs):  # a CPU-only torch given CUDA tensors
+        if map_location is None:
+            raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() "
+                               "is False")
+        return real_load(path, *args, map_location=map_location, **kwargs)
+
+    monkeypatch.setattr(torch, "load", as_if_saved_on_a_gpu)
+    _, resumed, step, _ = start_or_resume(out, True, None, lambda folder: _TinyModel(2, 2),
+                                          lambda m: torch.optim.Adam(m.parameters()))
+    assert step == 27 and resumed.state_dict()["state"][0]["step"] == state_dict["optimiser"]["state"][0]["step"]
+    recon_out = tmp_path / "recon"
+    recon_out.mkdir()
+    (recon_out / "config.json").write_text((Path(__file__).resolve().parents[1] / "checkpoints" / "reconstructor-run"
+                                            / "config.json").read_text())
+    (recon_out / STATE_FILE).write_bytes((out / STATE_FILE).read_bytes())
+    assert "--steps 20: the checkpoint in" in _refusal(monkeypatch, capsys, train_reconstructor_run, "--out",
+                                                       str(recon_out), "--resume", "--steps", "20")
+    monkeypatch.setattr(torch, "load", real_load)
+    (out / "train_summary.json").write_text('{"steps": 4, "final": {"step": 4}, "config": {"lr": 0.1}}')
+    save_checkpoint(out, model, optimiser, 31, [{"step": 31}])  # as an interrupt saves it
+    import json
+
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary == {"steps": 31, "final": {"step": 31}, "config": {"lr": 0.1}, "in_progress": True}
+
+    net_folder = tmp_path / "net"
+    ReconNet(ReconConfig()).save_pretrained(net_folder)
+    assert (net_folder / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in net_folder.iterdir()) == ["config.json", "model.safetensors"]
+    data = (net_folder / "model.safetensors").read_bytes()
+    (net_folder / "model.safetensors").write_bytes(data[:1000])
+    with pytest.raises(ValueError, match="model.safetensors does not load into ReconNet"):
+        ReconNet.from_pretrained(net_folder)
+
+    npz = tmp_path / "world.npz"
+    import numpy as np
+
+    load_or_make_npz(npz, lambda: {"a": np.arange(1000)})
+    npz.write_bytes(npz.read_bytes()[:200])
+    assert load_or_make_npz(npz, lambda: {"a": np.arange(3)})["a"].tolist() == [0, 1, 2]
+
+    said = _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(tmp_path / "pair"), "--stages",
+                    "enhancer_data,enhancer")
+    assert "the enhancer stages render with the reconstructor in" in said and "add the reconstructor stage" in said
+
+    seen = {}
+
+    def rate_only(config, *args, **kwargs):  # the rate main() hands the training, then out as a Ctrl-C leaves
+        seen["lr"] = config.lr
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_reconstructor_run, "train", rate_only)
+    for argv, lr in ((["--init", "checkpoints/reconstructor-run"], train_reconstructor_run.FINE_TUNE_LR),
+                     ([], train_reconstructor_run.FROM_SCRATCH_LR), (["--lr", "1e-3"], 1e-3)):
+        seen.clear()
+        monkeypatch.setattr(sys, "argv", ["x", "--out", str(tmp_path / f"lr{len(argv)}"), *argv])
+        with pytest.raises(SystemExit):
+            train_reconstructor_run.main()
+        assert seen["lr"] == lr, argv

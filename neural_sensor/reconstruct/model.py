@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -252,9 +253,14 @@ class ReconNet(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({"class": "ReconNet", **asdict(self.config)}, indent=1))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(folder / "model.safetensors"))
+        # each file replaced whole, readable by all (safetensors writes 0600): a kill mid-save leaves the last one
+        tmp = folder / f".model.safetensors.{os.getpid()}"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.chmod(0o644)
+        tmp.replace(folder / "model.safetensors")
+        tmp = folder / f".config.json.{os.getpid()}"
+        tmp.write_text(json.dumps({"class": "ReconNet", **asdict(self.config)}, indent=1))
+        tmp.replace(folder / "config.json")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "ReconNet":
@@ -271,8 +277,9 @@ class ReconNet(nn.Module):
         try:
             state = load_file(str(folder / "model.safetensors"))
             model.load_state_dict(state)
-        except (OSError, RuntimeError, ValueError) as err:
-            raise ValueError(f"{folder}: model.safetensors does not load into ReconNet ({err})") from None
+        except Exception as err:  # noqa: BLE001 -- safetensors' own SafetensorError for a damaged file among them
+            raise ValueError(f"{folder}: model.safetensors does not load into ReconNet ({type(err).__name__}: "
+                             f"{err})") from None
         return model.eval()
 
 

@@ -182,6 +182,14 @@ def _check_out(parser, out: Path, stages: tuple[str, ...], resume: bool, overwri
     if resume and trained and not any((folder / STATE_FILE).is_file() for folder in trained):
         parser.error(f"--resume: nothing to resume in {out} (no {STATE_FILE} under "
                      f"{' or '.join(f.name for f in trained)}); drop --resume to start a new run")
+    if {"enhancer_data", "enhancer"} & set(stages) and "reconstructor" not in stages:
+        from neural_sensor.checkpoints import checkpoint_problem
+
+        problem = checkpoint_problem(out / "reconstructor", "ReconNet")  # the enhancer's data are its renders
+        if problem:
+            parser.error(f"--stages {','.join(stages)}: the enhancer stages render with the reconstructor in "
+                         f"{out / 'reconstructor'}, which is not there ({problem}): add the reconstructor stage "
+                         "or train one there first")
 
 
 def main() -> None:
@@ -216,14 +224,21 @@ def main() -> None:
         parser.error(f"--stages {args.stages!r}: the stages are {', '.join(STAGES)}")
     _check_out(parser, args.out, stages, args.resume, args.overwrite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    report = run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
+    try:
+        report = _run(args, device, stages)
+    except KeyboardInterrupt:  # the training in flight saved and said so (`state.stop_requested`)
+        raise SystemExit(130) from None
+    print(json.dumps(report))
+
+
+def _run(args, device: str, stages: tuple[str, ...]) -> dict:
+    return run_pipeline(args.out, device=device, minutes=args.minutes, recon_worlds=args.recon_worlds,
                           enhancer_worlds=args.enhancer_worlds, reconstructor_init=args.reconstructor_init,
                           enhancer_init=args.enhancer_init, context_stations=args.context_stations,
                           recon_steps=args.recon_steps, enhancer_steps=args.enhancer_steps, workers=args.workers,
                           data_root=args.data, resume=args.resume,
                           stages=stages,
                           recon_lr=args.recon_lr, enhancer_lr=args.enhancer_lr)
-    print(json.dumps(report))
 
 
 if __name__ == "__main__":

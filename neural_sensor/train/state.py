@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -117,6 +118,16 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} {value}: must be a positive learning rate")
+    steps = getattr(args, "steps", None)
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False) and steps is not None and out is not None and (Path(out) / STATE_FILE).is_file():
+        try:
+            saved = int(torch.load(Path(out) / STATE_FILE, weights_only=True, map_location="cpu")["step"])
+        except Exception:  # noqa: BLE001 -- an unreadable state is start_or_resume's to report
+            saved = None
+        if saved is not None and steps <= saved:  # it took no step and rewrote the summary with the smaller count
+            parser.error(f"--steps {steps}: the checkpoint in {out} is at step {saved} already; --resume trains on "
+                         "up to --steps, so give more")
     for name, wanted in _CHECKPOINT_OPTIONS.items():
         value = getattr(args, name, None)
         if value is None:
@@ -146,7 +157,9 @@ def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Ca
     if resume and (out / STATE_FILE).exists():
         model = load_model(out)
         optimiser = make_optimiser(model)
-        state = torch.load(out / STATE_FILE, weights_only=True)
+        # onto the CPU first (a state saved on a GPU loads on a machine without one); load_state_dict moves each
+        # tensor to its parameter's device
+        state = torch.load(out / STATE_FILE, weights_only=True, map_location="cpu")
         optimiser.load_state_dict(state["optimiser"])
         history = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
         return model, optimiser, int(state["step"]), history
@@ -164,6 +177,17 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
     tmp = out / f".{HISTORY_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(history))
     tmp.replace(out / HISTORY_FILE)
+    summary_path = out / "train_summary.json"
+    if summary_path.exists():  # a previous run's summary follows the checkpoint (an interrupted run's said step 4 at 27)
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = None
+        if isinstance(summary, dict) and summary.get("steps") != step:
+            summary.update(steps=step, final=history[-1] if history else {}, in_progress=True)
+            tmp = out / f".train_summary.json.{os.getpid()}"
+            tmp.write_text(json.dumps(summary, indent=1, default=str))
+            tmp.replace(summary_path)
 
 
 def _signal_exception(signum: int) -> BaseException:
@@ -275,7 +299,7 @@ def load_or_make_npz(path: Path, make: Callable[[], dict]) -> dict:
         try:
             with np.load(path) as data:
                 return dict(data)
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # (a truncated .npz is a BadZipFile)
             path.unlink()
     arrays = make()
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")

@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -433,7 +433,12 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
             record_step(out, model, optimiser, step, history, record, config,
                         lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
     bar.close()
-    return write_summary(out, step, start, history, config, init=str(init) if init else None)
+    return write_summary(out, step, start, history, config, init=str(init) if init else None,
+                         model_config=asdict(model.config))  # (config's flags say what this run added, not the net)
+
+
+FROM_SCRATCH_LR = 5e-4
+FINE_TUNE_LR = 5e-5  # (the cost-volume layers train at new_layer_lr_scale times it)
 
 
 def main() -> None:
@@ -441,7 +446,10 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--worlds", type=int, default=48)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"learning rate (default: {FROM_SCRATCH_LR:g} from scratch, {FINE_TUNE_LR:g} with --init "
+                             "or --resume: the default checkpoint's fine-tunes ran at 5e-5 to 1.5e-4, and 5e-4 "
+                             "undid it within three steps)")
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
     add_out_options(parser, Path("out/reconstructor-run"))
     parser.add_argument("--data", type=Path, default=default_data_root("reconstructor-run-data"),
@@ -482,6 +490,8 @@ def main() -> None:
                         help="steps between checkpoints (a Ctrl-C or SIGTERM also saves the last step)")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = FINE_TUNE_LR if (args.init is not None or args.resume) else FROM_SCRATCH_LR
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="ReconNet")
     if args.depth_bins == 1 or args.depth_bins < 0:
