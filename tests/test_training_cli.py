@@ -56,6 +56,11 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
              (train_enhancer_run, ["--init", str(tmp_path / "missing")], "no such checkpoint folder"),
              (train_enhancer_run, ["--reconstructor", str(tmp_path / "missing")], "--reconstructor"),
              (train_enhancer_run, ["--device", "bogus"], "not a torch device"),
+             (train_reconstructor_run, ["--renderer", "gsplat", "--device", "cpu"], "--renderer gsplat: gsplat's "
+              "rasteriser needs CUDA and the training runs on cpu"),
+             (train_enhancer_run, ["--data", __file__], "a file, not a folder for the training data"),
+             (train_reconstructor_run, ["--data", "/proc/no_such/data"], "--data /proc/no_such/data: no data can be "
+              "written there"),
              (train_reconstructor_run, ["--context-stations", "0"], "--context-stations 0"),
              (train_reconstructor_run, ["--targets-per-step", "0"], "--targets-per-step 0"),
              (train_reconstructor_run, ["--depth-bins", "1"], "--depth-bins 1: 0 (the --init's planes) or at least 2"),

@@ -142,6 +142,7 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
         if problem:
             parser.error(f"--out {out}: no checkpoint can be written there ({problem})")
     device = getattr(args, "device", None)
+    kind = None
     if device is not None and device != "auto":
         try:
             kind = torch.device(device).type
@@ -149,6 +150,18 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
             parser.error(f"--device {device!r}: not a torch device (use auto, cpu or cuda)")
         if kind == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {device}: torch sees no CUDA device here (use auto or cpu)")
+    if getattr(args, "renderer", None) == "gsplat":  # gsplat's rasteriser runs on CUDA only
+        on = kind or ("cuda" if torch.cuda.is_available() else "cpu")
+        if on != "cuda":
+            parser.error(f"--renderer gsplat: gsplat's rasteriser needs CUDA and the training runs on {on} (use "
+                         "--renderer auto or torch)")
+    data = getattr(args, "data", None)
+    if data is not None and Path(data).exists() and not Path(data).is_dir():
+        parser.error(f"--data {data}: a file, not a folder for the training data")
+    if data is not None and not Path(data).exists():
+        problem = write_problem(Path(data))
+        if problem:
+            parser.error(f"--data {data}: no data can be written there ({problem})")
 
 
 def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Callable, make_optimiser: Callable):
