@@ -563,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     ready = getattr(args, "ready_file", None) if args.command == "serve-enhancer" else None
     if ready and Path(ready).is_file():  # a stale one (a killed server's) goes first, before the seconds of imports
-        Path(ready).unlink(missing_ok=True)  # and model loading: a script waiting for it would go on at once
+        from neural_sensor.enhance.server import remove_stale_ready_file  # and model loading: a script waiting
+
+        remove_stale_ready_file(ready)  # for it would go on at once (a live server's stays)
     try:
         return _main(args)
     except KeyboardInterrupt:

@@ -56,6 +56,10 @@ def serve_hint(endpoint: str) -> str:
             f"{port}:127.0.0.1:{port} HOST`, then run with --enhancer tcp://127.0.0.1:{port}")
 
 
+REMOTE_WAIT_S = 10.0  # how long a run waits for a remote server to answer with a ready worker
+WORKERS_LOADING_S = 60.0  # how much longer a run waits for a remote server that answers but has no worker ready
+
+
 def connect_enhancer(options):
     """A RunOptions' enhancer: (EnhancerClient, local server or None); the server must answer hello (versions
     checked) to start."""
@@ -73,16 +77,34 @@ def connect_enhancer(options):
         waiting = None
         if server is None and options.progress:  # a remote server: say what the run is waiting for
             def waiting(left_s: float) -> None:
-                print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to {left_s:.0f} s "
-                      "more", file=sys.stderr)
+                if client.server is not None:  # it answered hello: its workers are loading the model
+                    print(f"neural-sensor: the enhancer at {endpoint} answers, but none of its workers is ready yet "
+                          f"(loading the model); waiting up to {left_s:.0f} s more", file=sys.stderr)
+                else:
+                    print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to "
+                          f"{left_s:.0f} s more", file=sys.stderr)
         try:
-            client.wait_ready(timeout_s=10.0, waiting=waiting)
+            client.wait_ready(timeout_s=REMOTE_WAIT_S, waiting=waiting)
         except EnhancerError as err:
             if server is not None or isinstance(err, EnhancerVersionError):
                 raise
-            # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
-            raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with --enhancer "
-                                "local, which starts one for the run, or --enhancer none for the raw render)") from None
+            if client.server is None:
+                # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
+                raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with "
+                                    "--enhancer local, which starts one for the run, or --enhancer none for the raw "
+                                    "render)") from None
+            # it answers and its workers are loading (a loaded host takes tens of seconds): give them longer
+            if options.progress:
+                print(f"neural-sensor: the enhancer at {endpoint} answers, but none of its workers is ready after "
+                      f"{REMOTE_WAIT_S:.0f} s (loading the model); waiting up to {WORKERS_LOADING_S:.0f} s more",
+                      file=sys.stderr)
+            try:
+                client.wait_ready(timeout_s=WORKERS_LOADING_S)
+            except EnhancerError as again:
+                if isinstance(again, EnhancerVersionError):
+                    raise
+                raise EnhancerError(f"{again}: the server answers, but none of its workers became ready (they "
+                                    "load the model at start and after a crash: see the server's output)") from None
     except BaseException:
         if client is not None:
             client.close()

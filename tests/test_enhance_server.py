@@ -534,8 +534,12 @@ def test_the_ready_file_is_never_stale(tmp_path, identity_checkpoint):
     once a worker is ready and removed when the server stops; a folder in its place is refused."""
     from neural_sensor.enhance.server import Broker
 
+    import subprocess
+    import sys
+
     ready = tmp_path / "ready.json"
-    ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "pid": 1}))  # an earlier server's
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "pid": int(gone.stdout)}))  # a killed server's
     broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1,
                                  threads_per_worker=1, ready_file=str(ready)))
     assert not ready.exists()  # gone before any worker is ready
@@ -705,3 +709,170 @@ def test_requests_waiting_when_the_last_worker_dies_are_answered_not_ready(ident
     finally:
         broker._procs.clear()  # the stand-in has no process to join
         broker.close()
+
+
+def test_a_stopping_server_answers_what_waits_instead_of_leaving_it_to_the_deadline(identity_checkpoint, monkeypatch):
+    """A new user's finding: Ctrl-C on a server left a waiting client hanging for its whole 20 s deadline (the
+    workers were joined first, the front socket closed last, nothing queued or in flight was answered). Now the
+    queue, what a worker holds and what arrives while the workers end are answered Stopping at once."""
+    from types import SimpleNamespace
+
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    broker._identity_of[0] = b"w0-123"  # a worker that holds the model and is busy with "held"
+    broker._inflight[b"w0-123"] = []
+    ending = {"polls": 0}
+
+    def alive():  # the worker takes a few polls to end: a request sent meanwhile must be answered too
+        ending["polls"] += 1
+        return ending["polls"] < 6
+
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(broker.endpoint)
+        raw.send_multipart([b"", wire.make_request("enhance", "held", _frames(35, n=1), deadline_ms=60_000)])
+        raw.send_multipart([b"", wire.make_request("enhance", "queued", _frames(36, n=1), deadline_ms=60_000)])
+        while len(broker._queue) < 2:
+            assert broker.frontend.poll(5000)
+            broker._on_frontend()
+        envelope, rid, *_ = broker._queue.popleft()
+        broker._inflight[b"w0-123"] = [(envelope, rid, time.monotonic())]
+        broker._procs[0] = SimpleNamespace(is_alive=alive, pid=123, exitcode=None, terminate=lambda: None,
+                                           join=lambda timeout=None: None, kill=lambda: None)
+        real_poll = broker.frontend.poll
+        sent = {"late": False}
+
+        def poll_and_send_late(timeout=None, flags=zmq.POLLIN):
+            if not sent["late"]:
+                sent["late"] = True
+                raw.send_multipart([b"", wire.make_request("enhance", "late", _frames(37, n=1), deadline_ms=60_000)])
+                time.sleep(0.05)
+            return real_poll(timeout, flags)
+
+        monkeypatch.setattr(broker.frontend, "poll", poll_and_send_late, raising=False)
+        t0 = time.monotonic()
+        broker.close()
+        replies = {}
+        while raw.poll(1000):
+            reply = msgpack.unpackb(raw.recv_multipart()[-1])
+            replies[reply["id"]] = reply["error"]["type"]
+        assert replies == {"held": "Stopping", "queued": "Stopping", "late": "Stopping"}, replies
+        assert time.monotonic() - t0 < 10.0
+
+
+def test_a_second_server_leaves_a_running_ones_endpoint_and_ready_file(tmp_path, identity_checkpoint):
+    """A new user's findings: a second server on a running one's ipc:// path took it over without a word (the first
+    went on, unreachable), and a second server that failed to bind deleted the running one's ready file."""
+    import subprocess
+    import sys
+
+    from neural_sensor.enhance.server import Broker, remove_stale_ready_file
+
+    path = tmp_path / "enhancer.sock"
+    first = Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1,
+                                threads_per_worker=1))
+    try:
+        with pytest.raises(ValueError, match=f"cannot bind ipc://{path}: Address already in use"):
+            Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1))
+    finally:
+        first.close()
+    assert not path.exists()
+    import socket
+
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a killed server's socket file: nobody listens
+    left.bind(str(path))
+    left.close()
+    assert path.is_socket()
+    Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1)).close()  # taken
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        try:
+            ready = tmp_path / "ready.json"
+            ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:5", "pid": running.pid}))
+            remove_stale_ready_file(ready)
+            assert ready.exists()  # a live server's
+        finally:
+            running.kill()
+    running.wait()
+    remove_stale_ready_file(ready)
+    assert not ready.exists()  # its process gone: stale
+
+
+def test_the_clients_own_mistakes_are_named_at_the_call(tmp_path):
+    """A new user's findings: a camera id that is not a str cost a server round trip and came back as "reply does
+    not match the request's cameras"; a frame without one raised KeyError; enhance(deadline_ms=0 / -5 / nan /
+    True) were taken; retries=-1 failed "after 0 attempts"; frame_buffers() after close() made a shared block
+    nobody removed; a header's "v": true passed as version 1; a two-frame message was said to have three."""
+    frames = [{"camera": 5, "rgb": np.zeros((4, 4, 3), np.float32), "depth": np.ones((4, 4), np.float32),
+               "alpha": np.ones((4, 4), np.float32)}]
+    client = EnhancerClient("tcp://127.0.0.1:1", deadline_ms=50.0, retries=0)
+    try:
+        with pytest.raises(ValueError, match=r'frames\[0\] needs a "camera" id, a non-empty str, got 5'):
+            client.enhance(frames)
+        del frames[0]["camera"]
+        with pytest.raises(ValueError, match="needs a \"camera\" id"):
+            client.enhance(frames)
+        frames[0]["camera"] = "CAM_FRONT"
+        for bad in (0, -5, float("nan"), True, 1e12):
+            with pytest.raises(ValueError, match="enhance: deadline_ms must be in"):
+                client.enhance(frames, deadline_ms=bad)
+        client._shm_offer = {"folder": str(tmp_path), "nonce": "x"}  # as a hello that offered shared memory
+    finally:
+        client.close()
+    assert client.frame_buffers(6, 27, 48) is None and list(tmp_path.iterdir()) == []
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="retries must be an int >= 0"):
+            EnhancerClient("tcp://127.0.0.1:1", retries=bad)
+    with pytest.raises(ValueError, match="deadline_ms must be in"):
+        EnhancerClient("tcp://127.0.0.1:1", deadline_ms=True)
+    for version in (True, 1.0):
+        with pytest.raises(wire.ProtocolError, match="client speaks protocol version"):
+            wire.parse_request(wire.pack({"v": version, "id": "a", "op": "hello"}))
+
+
+def test_a_message_of_two_frames_is_said_to_have_two(identity_checkpoint, monkeypatch):
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    try:
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(broker.endpoint)
+            raw.send_multipart([b"", wire.make_request("hello", "a"), wire.make_request("hello", "b")])
+            assert broker.frontend.poll(5000)
+            broker._on_frontend()
+            assert raw.poll(5000)
+            reply = msgpack.unpackb(raw.recv_multipart()[-1])
+            assert reply["error"]["message"] == "expected one message frame, got 2", reply
+    finally:
+        broker.close()
+
+
+def test_a_run_waits_longer_for_a_server_whose_workers_are_loading_and_says_so(identity_checkpoint, monkeypatch,
+                                                                                capsys):
+    """A new user's finding: a run started while a remote server was still loading its model was told "no answer
+    ... yet" and then "is a server running there?", though the server had answered hello with 0 workers ready.
+    It now says the server answers, waits longer for its workers, and names that in the error."""
+    from neural_sensor.enhance import server as server_module
+    from neural_sensor.enhance.client import EnhancerError
+    from scenarios import enhancer_link
+    from scenarios.runner import RunOptions
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)  # workers that never load
+    monkeypatch.setattr(enhancer_link, "REMOTE_WAIT_S", 2.5)
+    monkeypatch.setattr(enhancer_link, "WORKERS_LOADING_S", 1.0)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(EnhancerError, match="the server answers, but none of its workers became ready") as err:
+            enhancer_link.connect_enhancer(RunOptions(enhancer=broker.endpoint, progress=True))
+        assert "is a server running there" not in str(err.value)
+        said = capsys.readouterr().err
+        assert f"the enhancer at {broker.endpoint} answers, but none of its workers is ready yet" in said
+        assert "no answer from the enhancer" not in said and "waiting up to 1 s more" in said
+    finally:
+        broker.stop()
+        thread.join(10)

@@ -97,8 +97,11 @@ class EnhancerClient(SharedBlock):
                  curve_server_public_key: bytes | None = None, curve_client_certificate: str | None = None,
                  wire_dtype: str = "uint8", shared_memory: bool = True, direct: bool = True):
         wire.check_endpoint(endpoint, "enhancer endpoint")
-        if not (isinstance(deadline_ms, (int, float)) and 0 < deadline_ms <= wire.MAX_DEADLINE_MS):
+        if isinstance(deadline_ms, bool) or not (isinstance(deadline_ms, (int, float))
+                                                 and 0 < deadline_ms <= wire.MAX_DEADLINE_MS):
             raise ValueError(f"deadline_ms must be in (0, {wire.MAX_DEADLINE_MS:g}], got {deadline_ms!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0 (attempts after the first), got {retries!r}")
         if wire_dtype not in ("uint8", "float32"):
             raise ValueError(f"wire_dtype must be 'uint8' or 'float32', got {wire_dtype!r}")
         self.endpoint = endpoint
@@ -171,6 +174,7 @@ class EnhancerClient(SharedBlock):
         """Release the socket and shared block; later calls answer that the client is closed (enhance: a raw tick
         with that reason; hello / stats: EnhancerError) instead of connecting again."""
         self.closed = True
+        self._shm_offer = None  # nothing of the server's folder is used after this (frame_buffers: None)
         self._close_direct()
         self._release_block()
         if self._socket is not None:
@@ -374,6 +378,10 @@ class EnhancerClient(SharedBlock):
                  enhanced).
         """
         _check_frames(frames)
+        if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float))
+                                        or not 0 < deadline_ms <= wire.MAX_DEADLINE_MS):
+            raise ValueError(f"enhance: deadline_ms must be in (0, {wire.MAX_DEADLINE_MS:g}] or None (the client's), "
+                             f"got {deadline_ms!r}")
         if self.closed:
             return EnhanceResult(None, f"this EnhancerClient of {self.endpoint} is closed", 0.0)
         if out is not None:
@@ -597,6 +605,9 @@ def _check_frames(frames: list[dict]) -> None:
         if missing:
             raise ValueError(f"enhance: frames[{index}] has no {' / '.join(missing)} (each frame needs rgb, depth and "
                              "alpha)")
+        if not isinstance(frame.get("camera"), str) or not frame["camera"]:  # sent as str, replies compared as given
+            raise ValueError(f"enhance: frames[{index}] needs a \"camera\" id, a non-empty str, got "
+                             f"{frame.get('camera')!r}")
         if (frame.get("reference") is None) != (frame.get("reference_valid") is None):
             raise ValueError(f"enhance: frames[{index}] needs reference and reference_valid together")
         h, w = np.shape(frame["rgb"])[:2]

@@ -67,8 +67,8 @@ class SharedBlock:
         for name, value in (("count", count), ("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"frame_buffers: {name} must be a positive int, got {value!r}")
-        if self._shm_offer is None or count > wire.MAX_FRAMES:
-            return None
+        if self.closed or self._shm_offer is None or count > wire.MAX_FRAMES:  # (closed: a block made now
+            return None                                                          # would never be removed)
         pixels = height * width
         shapes = {"rgb": (count, height, width, 3), "depth": (count, height, width), "alpha": (count, height, width),
                   "enhanced": (count, height, width, 3)}

@@ -9,8 +9,11 @@ Request:  {"v": PROTOCOL_VERSION, "id": <str or int>, "op": "hello" | "enhance" 
             optional "reference": [H,W,3] + "reference_valid": [H,W]}
 Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
           {"v": PROTOCOL_VERSION, "id": <id or null>, "ok": false, "error": {"type": str, "message": str}}
-  hello:   protocol_version, server_version, model_name, checkpoint_hash, workers, workers_ready,
-           max_frames, max_message_bytes, and "shm" {folder, nonce} when it offers shared memory
+  hello:   protocol_version, server_version, model_name, checkpoint_hash, reference_views (the log views per
+           camera the model takes), cpu_precision, workers, workers_ready, max_frames (the most frames the server
+           runs through the model at once, its --max-batch-frames; a request may hold up to MAX_FRAMES, run in
+           parts), max_request_frames (MAX_FRAMES), max_message_bytes, and "shm" {folder, nonce} when it offers
+           shared memory
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
            alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in, and
            "checkpoint_hash" (the model that answered: a client refuses a reply from another model than its
@@ -26,10 +29,13 @@ little endian)}. Allowed per field (anything else is refused with a named error)
   depth            [H,W]    float16 | float32 (metres, 0 = nothing hit)
   alpha            [H,W]    uint8 (0..255) | float16 | float32 (0..1)
   reference_valid  [H,W]    bool | uint8
-with 1 <= H, W <= MAX_SIDE. Messages over MAX_MESSAGE_BYTES are refused before parsing.
+with 1 <= H, W <= MAX_SIDE. Messages over MAX_MESSAGE_BYTES are refused before parsing (LimitExceeded) up to twice
+that size; beyond it libzmq drops the connection unread (no reply: the client's deadline applies, and it
+reconnects).
 Error types: BadMessage, VersionMismatch, BadRequest, LimitExceeded, WorkerError, DeadlineExceeded,
 SharedMemoryError, NotReady (a request with a deadline while no worker holds the model: the server starting, or
-every worker restarting).
+every worker restarting), Stopping (the server was asked to stop: what it had queued or given to a worker, and what
+arrives while its workers end, is answered so at once).
 
 Shared memory (same host only, negotiated at hello): a server that offers it says so in its hello,
 "shm": {"folder": str, "nonce": str}; a client proves it sees the same files by reading FOLDER/nonce.
@@ -284,7 +290,7 @@ def parse_request(data: bytes) -> Request:
     message = unpack(data)
     rid = _request_id(message)
     version = message.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # (True and 1.0 equal 1 in Python)
         raise ProtocolError("VersionMismatch", f"client speaks protocol version {version!r}, this server speaks "
                                                f"{PROTOCOL_VERSION}", rid)
     if rid is None:

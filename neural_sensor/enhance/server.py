@@ -106,6 +106,47 @@ def check_bind(config: ServerConfig) -> None:
 
 
 # ------------------------------------------------------------------ worker process
+def remove_stale_ready_file(path: Path | str) -> None:
+    """Remove a ready file left by a server that is gone (a killed one's would tell a waiting script to go on at
+    once); one whose pid is a live process other than this one is a running server's, and stays."""
+    path = Path(path)
+    try:
+        pid = json.loads(path.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        pid = None
+    if isinstance(pid, int) and pid > 0 and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+            return  # alive (a server started after a failed one found it there: a bind clash ends the new one)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            return
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def _ipc_in_use(path: str) -> bool:
+    """True where a process accepts connections on the unix socket file `path` (a stale file refuses them)."""
+    import socket
+
+    if not path or not Path(path).is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _check_weights(folder: Path) -> None:
     """Read the weight file's header here (no torch needed), so a damaged checkpoint fails at start, by name."""
     from safetensors import safe_open
@@ -161,8 +202,9 @@ class Broker:
                 raise ValueError(f"ready file {ready} is a folder; name a file")
             if not ready.parent.is_dir():
                 raise ValueError(f"ready file {ready}: its folder {ready.parent} does not exist")
-            ready.unlink(missing_ok=True)
+            remove_stale_ready_file(ready)
         self._stop = threading.Event()
+        self._stopping = False  # set by close(): enhance requests are answered with Stopping from then on
         self._ctx = zmq.Context()
         self.frontend = self._ctx.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, 0)
@@ -207,6 +249,9 @@ class Broker:
     def _open_sockets(self, config: ServerConfig) -> None:
         if config.curve_secret_key:
             self._setup_curve()
+        if config.bind.startswith("ipc://") and _ipc_in_use(config.bind[len("ipc://"):]):
+            # (ZeroMQ binds over a live ipc socket file: the running server would go on unreachable)
+            raise ValueError(f"enhancer: cannot bind {config.bind}: Address already in use (a server listens there)")
         try:
             self.frontend.bind(config.bind)
         except zmq.ZMQError as err:
@@ -304,6 +349,7 @@ class Broker:
                 "reference_views": self.reference_views, "cpu_precision": self.precision,
                 "workers": self.config.workers, "workers_ready": self.workers_ready,
                 "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
+                "max_request_frames": wire.MAX_FRAMES,
                 "max_message_bytes": wire.MAX_MESSAGE_BYTES,
                 **({"shm": {"folder": str(self.shm_folder), "nonce": self.nonce, **self._direct_offer()}}
                    if self.shm_folder else {})}
@@ -336,9 +382,9 @@ class Broker:
         envelope = [p.bytes for p in parts[:-1]]
         if len(parts) < 2 or len(parts) > 3 or (len(parts) == 3 and parts[1].bytes != b""):
             delimiter = [b""] if len(parts) > 2 and parts[1].bytes == b"" else []
+            given = len(parts) - 1 - len(delimiter)  # the frames after the identity and the empty delimiter
             self._reply(envelope[:1] + delimiter,
-                        wire.error_reply(None, "BadMessage", f"expected one message frame, got {len(parts) - 1}"),
-                        False)
+                        wire.error_reply(None, "BadMessage", f"expected one message frame, got {given}"), False)
             return
         payload = parts[-1].buffer
         try:
@@ -358,12 +404,28 @@ class Broker:
             self._reply(envelope, wire.error_reply(req.request_id, "SharedMemoryError",
                                                    "this server offers no shared memory to that nonce (hello "
                                                    "again)"), False)
+        elif self._stopping:  # (closing: what would wait for a worker is answered now, not at the deadline)
+            self._reply(envelope, self._stopping_reply(req.request_id), False)
         elif not self._identity_of and req.deadline_ms is not None:  # no worker holds the model: say so now
             self._reply(envelope, self._not_ready(req.request_id), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
                                 len(req.frames)))
+
+    def _stopping_reply(self, request_id) -> bytes:
+        return wire.error_reply(request_id, "Stopping", "the enhancer server is stopping (Ctrl-C or SIGTERM)")
+
+    def _answer_waiting_requests(self) -> None:
+        """Answer every queued request and every request a worker holds with Stopping (a client waited out its whole
+        deadline for a server that had stopped)."""
+        for envelope, rid, *_ in getattr(self, "_queue", ()):
+            self._reply(envelope, self._stopping_reply(rid), False)
+        self._queue = deque()
+        for held in getattr(self, "_inflight", {}).values():
+            for envelope, rid, _ in held:
+                self._reply(envelope, self._stopping_reply(rid), False)
+        self._inflight = {}
 
     def _not_ready(self, request_id) -> bytes:
         return wire.error_reply(request_id, "NotReady", f"the server's workers are still loading the checkpoint "
@@ -546,17 +608,35 @@ class Broker:
         self._stop.set()
 
     def close(self) -> None:
+        """Stop: the ready file first, then every waiting request answered (Stopping), the workers ended (5 s each,
+        then killed) while requests arriving meanwhile are answered too, then the sockets and folders."""
         self._stop.set()
         if self._ctx.closed:
             return
         self._remove_ready_file()
+        self._stopping = True
+        answering = getattr(self, "_queue", None) is not None  # (the sockets and queues exist: not a failed start)
+        try:
+            if answering:
+                self._answer_waiting_requests()
+            for proc in self._procs.values():
+                if proc.is_alive():
+                    proc.terminate()
+            give_up = time.monotonic() + 5.0
+            while any(proc.is_alive() for proc in self._procs.values()) and time.monotonic() < give_up:
+                if answering and self.frontend.poll(50):
+                    self._on_frontend()
+                else:
+                    time.sleep(0.05)
+            while answering and self.frontend.poll(0):
+                self._on_frontend()
+        except zmq.ZMQError:
+            pass
         for proc in self._procs.values():
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self._procs.values():
-            proc.join(timeout=5)
+            proc.join(timeout=0.1)
             if proc.is_alive():
                 proc.kill()
+                proc.join(timeout=5)
         if self._auth is not None:
             self._auth.stop()
         self.frontend.close(0)
