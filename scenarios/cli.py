@@ -448,6 +448,7 @@ def _cache(args: argparse.Namespace) -> dict:
         raise ValueError(f"--prune-gb must be a finite number of gigabytes >= 0, got {args.prune_gb}")
     cache = SceneCache(args.cache, max_bytes=None)
     removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
+    abandoned = [] if args.prune_gb is None else cache.sweep_abandoned_stores()  # killed stores' folders
     entries = cache.entries()
     if not entries and (cache.root / "scenes").is_dir() and SceneCache(cache.root / "scenes", max_bytes=None).entries():
         # `--cache $NEURAL_SENSOR_CACHE` listed nothing without a word: the variable names the scenes folder's parent
@@ -455,7 +456,7 @@ def _cache(args: argparse.Namespace) -> dict:
               f"cache folder itself ({cache.root / 'scenes'}), $NEURAL_SENSOR_CACHE the folder that holds it",
               file=sys.stderr)
     return {"root": str(cache.root), "entries": len(entries), "total_gb": round(sum(e["bytes"] for e in entries) / 1e9, 3),
-            "removed": removed,
+            "removed": removed, **({"abandoned_stores_removed": abandoned} if abandoned else {}),
             "list": [{"key": e["key"], "source": e["source"], "name": e["name"], "mb": round(e["bytes"] / 1e6, 1),
                       "last_used": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["last_used"]))}
                      for e in entries]}
@@ -607,12 +608,14 @@ def _main(args: argparse.Namespace) -> int:
             # a prompt's structured description goes into the record as prompt.json (in its manifest)
             result = _run(args, scenario, video=True, prompt_description=description)
             verdict = _verdict(result)
-        elif args.command == "build-scene":
-            result = _build_scene(args)
-        elif args.command == "record-drive":
-            result = _record_drive(args)
-        elif args.command == "reconstruct":
-            result = _reconstruct(args)
+        elif args.command in ("build-scene", "record-drive", "reconstruct"):
+            from scenarios.signals import terminate_as_exception
+
+            # SIGTERM unwinds like Ctrl-C (temporary folders removed), and a Ctrl-C landing in a numba kernel's
+            # load (a SystemError wrapping it, exit 1) still leaves as an interrupt (130)
+            with terminate_as_exception():
+                result = {"build-scene": _build_scene, "record-drive": _record_drive,
+                          "reconstruct": _reconstruct}[args.command](args)
         elif args.command == "cache":
             result = _cache(args)
         elif args.command == "serve-enhancer":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -69,6 +70,7 @@ def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
         lambda: (folder / "meta.json").write_text("{not json"),
         lambda: (folder / "meta.json").write_text(json.dumps({**meta, "key": "someone-else"})),
         lambda: (folder / "meta.json").write_text(json.dumps({**meta, "n_gaussians": 7})),
+        lambda: (folder / "meta.json").write_text("null"),  # JSON, not an object: AttributeError tracebacks
     ]
     for damage in damages:
         damage()
@@ -76,6 +78,67 @@ def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
         scene, again = cache.get_or_build({"street": 3}, _builder(3, calls))
         assert again["cached"] is False and calls == [3] and len(scene) == 2000
         assert "unreadable" in capsys.readouterr().err
+    (folder / "meta.json").write_text("[1]")
+    assert SceneCache(tmp_path).entries()[0]["source"] is None  # `neural-sensor cache` lists it, no traceback
+
+    def with_reference():  # a file the build adds (a reconstruction's reference.npz), damaged or gone: a
+        # truncated one raised BadZipFile at every run, a deleted one ran without the enhancer's reference
+        return (make_street_scene(1000, seed=4), {"source": "street"}, None,
+                {"reference.npz": lambda p: np.savez(p, a=np.arange(5000))})
+
+    _, meta = cache.get_or_build({"street": 4}, with_reference)
+    folder = tmp_path / meta["key"]
+    for damage in (lambda: (folder / "reference.npz").write_bytes((folder / "reference.npz").read_bytes()[:900]),
+                   lambda: (folder / "reference.npz").unlink()):
+        damage()
+        calls = []
+        scene, again = cache.get_or_build({"street": 4}, lambda: (calls.append(4), with_reference())[1])
+        assert again["cached"] is False and calls == [4] and len(scene) == 1000
+        assert "reference.npz" in capsys.readouterr().err and (folder / "reference.npz").stat().st_size > 900
+
+
+def test_a_killed_store_leaves_nothing_for_good_and_prune_says_only_what_it_removed(tmp_path, monkeypatch):
+    """A new user's findings: a build killed mid-store (SIGKILL, a CI timeout) left its hidden temporary folder
+    forever (not listed, not pruned, not counted): the next store removes those of processes that are gone; and
+    `cache --prune-gb` said entries were removed that it could not remove."""
+    import shutil
+    import subprocess
+    import sys
+
+    cache = SceneCache(tmp_path, max_bytes=None)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f".{'a' * 20}-{int(dead.stdout)}-x1y2z3"
+    abandoned.mkdir()
+    (abandoned / "scene.ply").write_bytes(b"half")
+    running = tmp_path / f".{'b' * 20}-{os.getpid()}-q9w8e7"  # this process's own store in progress: kept
+    running.mkdir()
+    _, meta = cache.get_or_build({"street": 6}, _builder(6))
+    assert not abandoned.exists() and running.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["key"], running.name])
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)  # as on a read-only folder
+    assert cache.prune(0) == []
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert cache.prune(0) == [meta["key"]]
+
+
+def test_stopping_a_local_server_always_removes_its_folder(tmp_path, monkeypatch):
+    """A Ctrl-C landing while a run waited for its local enhancer to stop left /tmp/enhancer-local-XXXX behind."""
+    from types import SimpleNamespace
+
+    from neural_sensor.enhance import local
+
+    folder = tmp_path / "enhancer-local-x"
+    folder.mkdir()
+
+    def interrupted(timeout=None):
+        raise KeyboardInterrupt
+
+    server = SimpleNamespace(process=SimpleNamespace(poll=lambda: None, terminate=lambda: None, wait=interrupted,
+                                                     kill=lambda: None), folder=folder)
+    with pytest.raises(KeyboardInterrupt):
+        local.stop_server(server)
+    assert not folder.exists()
 
 
 def _build_in_process(root, seed, queue):

@@ -100,14 +100,16 @@ def _last_error(log: Path) -> str:
 
 def stop_server(server: LocalServer, grace_s: float = 10.0) -> None:
     """SIGTERM (the broker stops its workers), SIGKILL after `grace_s`; then remove its folder."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    _remove_folders(server.folder)
+    try:
+        if server.process.poll() is None:
+            server.process.terminate()
+            try:
+                server.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
+    finally:  # (a Ctrl-C or SIGTERM landing in the wait had left the folder behind)
+        _remove_folders(server.folder)
 
 
 @contextmanager

@@ -9,8 +9,11 @@ builds, stores and returns it:
 - writes go to a temporary folder in `root` that is renamed into place, so a
   reader never sees a torn entry, and two processes building the same key both
   succeed (the first rename wins, the other's copy is discarded);
-- an entry that fails to load (truncated PLY, bad JSON, meta for another key)
+- an entry that fails to load (truncated PLY, bad JSON, meta for another key, a file of another size
+  than meta.json's `file_bytes` says it was stored at, or missing: a truncated log reference)
   is reported on stderr, removed and rebuilt, never returned;
+- a store's temporary folder is named .<key>-<pid>-<random>: one whose process is gone (a SIGKILL or a CI
+  timeout mid-store) is removed by the next store;
 - a scene just built is returned as read back from its entry, not as built: the PLY stores log-scales, and
   exp(log(s)) is not always s in float32, so the first run of a scene would otherwise render (and record a
   drive in) a scene one float step away from what every later run loads (measured: the demo street's
@@ -67,6 +70,18 @@ def default_max_bytes() -> int | None:
 
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
+STORE_PATTERN = re.compile(r"\.[0-9a-f]{20}-(\d+)-\w+")  # a store in progress: .<key>-<pid>-<random>
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cache_key(inputs: dict) -> str:
@@ -107,8 +122,13 @@ class SceneCache:
             return None
         try:
             meta = json.loads((folder / "meta.json").read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta.json holds {type(meta).__name__}, not an object")
             if meta.get("key") != key:
                 raise ValueError(f"meta.json belongs to key {meta.get('key')!r}")
+            for name, size in (meta.get("file_bytes") or {}).items():  # each file as stored: a truncated or
+                if (folder / name).stat().st_size != size:  # deleted one (the log reference) is damage too
+                    raise ValueError(f"{name} is {(folder / name).stat().st_size} bytes, {size} when stored")
             scene = GaussianScene.load_ply(folder / "scene.ply")
             if len(scene) != meta.get("n_gaussians"):
                 raise ValueError(f"scene.ply holds {len(scene)} Gaussians, meta.json says {meta.get('n_gaussians')}")
@@ -139,6 +159,8 @@ class SceneCache:
                 continue
             try:
                 meta = json.loads((folder / "meta.json").read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError("meta.json is not an object")
                 source = meta.get("source") or ("builder" if "builder_version" in meta else None)
             except (OSError, ValueError):  # damaged: listed (and pruned first among equals) all the same
                 meta, source = {}, None
@@ -159,23 +181,42 @@ class SceneCache:
             if entry["key"] in keep:
                 continue
             shutil.rmtree(self.path(entry["key"]), ignore_errors=True)
+            if self.path(entry["key"]).exists():  # not ours to remove (another user's, a read-only folder)
+                continue
             total -= entry["bytes"]
             removed.append(entry["key"])
         return removed
+
+    def sweep_abandoned_stores(self) -> list[str]:
+        """Remove the temporary folders of stores whose process is gone (killed mid-store: SIGKILL, a CI timeout);
+        returns their names. A store's folder is named .<key>-<pid>-<random>; older ones (no pid) are left."""
+        gone = []
+        if not self.root.is_dir():
+            return gone
+        for folder in self.root.iterdir():
+            match = STORE_PATTERN.fullmatch(folder.name)
+            if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                gone.append(folder.name)
+        return gone
 
     def store(self, key: str, scene: GaussianScene, meta: dict, layout_json: str | None = None,
               files: dict[str, Callable[[Path], None]] | None = None) -> dict:
         """Write an entry atomically (temporary folder + rename); returns its meta. `files`: name -> a writer
         that writes that file of the entry, given its path."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep_abandoned_stores()
         meta = {**meta, "key": key, "n_gaussians": len(scene)}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=self.root))
         try:
             scene.save_ply(tmp / "scene.ply")
             if layout_json is not None:
                 (tmp / "layout.json").write_text(layout_json)
             for name, write in (files or {}).items():
                 write(tmp / name)
+            meta["file_bytes"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             tmp.chmod(0o755)
             try:

@@ -165,7 +165,8 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
             raise ValueError(f"write_drive_log: the float images hold values in [{low:g}, {high:g}]; float images "
                              "are RGB in [0, 1] (divide 0-255 images by 255, or pass them as uint8)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    _remove_abandoned_writes(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.log-{os.getpid()}-", dir=folder.parent))
     try:
         (tmp / IMAGES_DIR).mkdir()
         frames = []
@@ -206,6 +207,24 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _remove_abandoned_writes(folder: Path) -> None:
+    """Remove what killed writes of this log left beside it (SIGKILL: no handler ran): `.NAME.log-PID-XXXX`
+    folders whose process is gone, holding nothing but a log's images folder and transforms.json."""
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.log-*-*"):
+        pid = tmp.name[len(f".{folder.name}.log-"):].split("-", 1)[0]
+        if not (pid.isdigit() and tmp.is_dir() and not tmp.is_symlink()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's: PermissionError below)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if all(item.name in (IMAGES_DIR, TRANSFORMS) for item in tmp.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- reading

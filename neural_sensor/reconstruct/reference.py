@@ -17,6 +17,7 @@ depths, intrinsics, poses and sensor ids), so a cached scene comes back with its
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class LogReference:
             with np.load(path, allow_pickle=False) as data:
                 ref = cls(data["images"], data["depth_m"].astype(np.float32), data["K"].astype(np.float64),
                           data["pose_camera_to_world"].astype(np.float64), data["sensor_ids"])
-        except (OSError, KeyError, ValueError, AssertionError, EOFError) as err:
+        except (OSError, KeyError, ValueError, AssertionError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"log reference {path} is unreadable ({type(err).__name__}: {err})") from None
         if not (np.isfinite(ref.K).all() and np.isfinite(ref.pose_camera_to_world).all()):
             raise ValueError(f"log reference {path}: non-finite intrinsics or poses")
