@@ -431,10 +431,22 @@ def _record_drive(args: argparse.Namespace) -> dict:
     return {"scenario": scenario.name, "seed": args.seed, **summary, "wall_s": round(time.perf_counter() - start, 2)}
 
 
-def _check_cache_folder(folder: Path | None) -> None:
-    """ValueError naming --cache when it names a file (None: the default folder)."""
+def _check_cache_folder(folder: Path | None, command: str | None = None) -> None:
+    """ValueError naming --cache when it names a file (None: the default folder); for a command that builds
+    scenes, a warning first where the cache cannot be written (a read-only cache that holds the scene still
+    serves it; one that does not fails only after the build)."""
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"--cache {folder} is a file, not a scene cache folder")
+    if command in ("demo", "bench", "run", "build-scene", "reconstruct", "record-drive"):
+        from neural_sensor.host import write_problem
+        from neural_sensor.reconstruct.cache import default_cache_root
+
+        root = Path(folder) if folder is not None else default_cache_root()
+        problem = write_problem(root)
+        if problem:
+            print(f"neural-sensor: warning: the scene cache {root} cannot be written ({problem}): a scene not in it "
+                  "yet is built and then cannot be kept (give --cache or $NEURAL_SENSOR_CACHE a folder you can "
+                  "write)", file=sys.stderr)
 
 
 def _cache(args: argparse.Namespace) -> dict:
@@ -582,7 +594,7 @@ def _main(args: argparse.Namespace) -> int:
     prog = f"neural-sensor {args.command}"  # argparse's own errors name the command too
     verdict = None  # demo / run: the scenario's verdict, said on the last line
     try:
-        _check_cache_folder(getattr(args, "cache", None))  # every command that caches, before any work
+        _check_cache_folder(getattr(args, "cache", None), args.command)  # every command that caches, first
         if args.command in ("demo", "bench"):
             from scenarios.runner import DEFAULT_SCENARIO
 

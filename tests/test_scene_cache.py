@@ -251,3 +251,20 @@ def test_an_empty_cache_variable_counts_as_unset(monkeypatch, tmp_path):
     assert default_data_root("enhancer-run-data") == cache / "enhancer-run-data"  # one folder for both
     monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path))
     assert default_cache_root() == tmp_path / "scenes"
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys):
+    """A read-only cache built the whole scene and then failed with a bare "[Errno 30] Read-only file system:
+    '.../.key-xxx'": the command warns first, and the store's error names the cache and how to choose another."""
+    from scenarios.cli import _check_cache_folder
+
+    (tmp_path / "a_file").write_text("x")
+    cache = SceneCache(tmp_path / "a_file" / "scenes")
+    with pytest.raises(OSError, match=r"the scene cache .*a_file/scenes cannot take the scene just built .*"
+                                      r"give --cache \(or \$NEURAL_SENSOR_CACHE\) a folder you can write"):
+        cache.get_or_build({"street": 7}, _builder(7))
+    _check_cache_folder(tmp_path / "a_file" / "scenes", "run")
+    assert "warning: the scene cache" in capsys.readouterr().err
+    _check_cache_folder(tmp_path / "a_file" / "scenes", "cache")  # listing needs no write
+    _check_cache_folder(tmp_path / "fine", "run")
+    assert capsys.readouterr().err == "" and not (tmp_path / "fine").exists()

@@ -206,10 +206,14 @@ class SceneCache:
               files: dict[str, Callable[[Path], None]] | None = None) -> dict:
         """Write an entry atomically (temporary folder + rename); returns its meta. `files`: name -> a writer
         that writes that file of the entry, given its path."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=self.root))
+        except OSError as err:  # (it was a bare "[Errno 30] Read-only file system: '.../.key-xxx'")
+            raise OSError(f"the scene cache {self.root} cannot take the scene just built ({err.strerror or err}): "
+                          "give --cache (or $NEURAL_SENSOR_CACHE) a folder you can write") from None
         self.sweep_abandoned_stores()
         meta = {**meta, "key": key, "n_gaussians": len(scene)}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=self.root))
         try:
             scene.save_ply(tmp / "scene.ply")
             if layout_json is not None:
