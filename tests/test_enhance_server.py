@@ -786,9 +786,20 @@ def test_a_second_server_leaves_a_running_ones_endpoint_and_ready_file(tmp_path,
     left.close()
     assert path.is_socket()
     Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1)).close()  # taken
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+    ready = tmp_path / "ready.json"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:  # a reused pid
         try:
-            ready = tmp_path / "ready.json"
+            ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:5", "pid": other.pid}))
+            remove_stale_ready_file(ready)
+            assert not ready.exists()  # alive, but no server: the file is stale
+        finally:
+            other.kill()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "serve-enhancer"]) as running:
+        try:
+            deadline = time.monotonic() + 10  # (until the child has exec'd, its command line is ours)
+            while b"serve-enhancer" not in Path(f"/proc/{running.pid}/cmdline").read_bytes():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:5", "pid": running.pid}))
             remove_stale_ready_file(ready)
             assert ready.exists()  # a live server's

@@ -110,11 +110,18 @@ def test_a_killed_store_leaves_nothing_for_good_and_prune_says_only_what_it_remo
     abandoned = tmp_path / f".{'a' * 20}-{int(dead.stdout)}-x1y2z3"
     abandoned.mkdir()
     (abandoned / "scene.ply").write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    for path in (abandoned / "scene.ply", abandoned):
+        os.utime(path, (hour_ago, hour_ago))
+    # the same dead pid, written a moment ago: a store in another container or machine sharing the cache, whose
+    # pids mean nothing here (a reviewer saw a live store there removed): kept
+    shared = tmp_path / f".{'c' * 20}-{int(dead.stdout)}-r5t6y7"
+    shared.mkdir()
     running = tmp_path / f".{'b' * 20}-{os.getpid()}-q9w8e7"  # this process's own store in progress: kept
     running.mkdir()
     _, meta = cache.get_or_build({"street": 6}, _builder(6))
-    assert not abandoned.exists() and running.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["key"], running.name])
+    assert not abandoned.exists() and running.exists() and shared.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["key"], running.name, shared.name])
     real_rmtree = shutil.rmtree
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)  # as on a read-only folder
     assert cache.prune(0) == []

@@ -282,6 +282,8 @@ def test_training_checkpoints_and_data_survive_what_a_new_user_did(tmp_path, mon
 
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary == {"steps": 31, "final": {"step": 31}, "config": {"lr": 0.1}, "in_progress": True}
+    start_or_resume(out, False, lambda: _TinyModel(2, 2), None, lambda m: torch.optim.Adam(m.parameters()))
+    assert not (out / "train_summary.json").exists()  # a fresh run over it (--overwrite): not the old run's
 
     net_folder = tmp_path / "net"
     ReconNet(ReconConfig()).save_pretrained(net_folder)
@@ -310,8 +312,14 @@ def test_training_checkpoints_and_data_survive_what_a_new_user_did(tmp_path, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_reconstructor_run, "train", rate_only)
+    resumable = tmp_path / "resumable"  # a run started at 3e-4 resumes at 3e-4 (its saved optimiser's rate)
+    fresh = torch.optim.Adam(_TinyModel(2, 2).parameters(), lr=3e-4)
+    save_checkpoint(resumable, _TinyModel(2, 2), fresh, 5, [{"step": 5}])
+    (resumable / "config.json").write_text((Path(__file__).resolve().parents[1] / "checkpoints" / "reconstructor-run"
+                                            / "config.json").read_text())
     for argv, lr in ((["--init", "checkpoints/reconstructor-run"], train_reconstructor_run.FINE_TUNE_LR),
-                     ([], train_reconstructor_run.FROM_SCRATCH_LR), (["--lr", "1e-3"], 1e-3)):
+                     ([], train_reconstructor_run.FROM_SCRATCH_LR), (["--lr", "1e-3"], 1e-3),
+                     (["--resume", "--out", str(resumable)], 3e-4)):
         seen.clear()
         monkeypatch.setattr(sys, "argv", ["x", "--out", str(tmp_path / f"lr{len(argv)}"), *argv])
         with pytest.raises(SystemExit):

@@ -114,20 +114,30 @@ def remove_stale_ready_file(path: Path | str) -> None:
         pid = json.loads(path.read_text()).get("pid")
     except (OSError, ValueError, AttributeError):
         pid = None
-    if isinstance(pid, int) and pid > 0 and pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-            return  # alive (a server started after a failed one found it there: a bind clash ends the new one)
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # alive, another user's
-            return
+    if isinstance(pid, int) and pid > 0 and pid != os.getpid() and _is_server_process(pid):
+        return  # a running server's (a server started beside it that fails to bind must not take it away)
     try:
         path.unlink()
     except FileNotFoundError:
         pass
     except OSError:
         pass
+
+
+def _is_server_process(pid: int) -> bool:
+    """Whether pid is a live enhancer server (its command line names serve-enhancer or this module, where /proc
+    tells; elsewhere any live process counts): a reused pid, or pid 1 in another container's file, is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive, its command line may still be readable
+        pass
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"serve-enhancer" in command or b"neural_sensor.enhance.server" in command
 
 
 def _ipc_in_use(path: str) -> bool:
@@ -688,7 +698,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-clients", default=None, help="folder of allowed client certificates (CurveZMQ)")
     parser.add_argument("--ready-file", default=None,
                         help="write {endpoint, pid, model_name, checkpoint_hash} here once a worker is ready (an old "
-                             "file there is removed at start, this one when the server stops)")
+                             "file there is removed at start unless its pid is a running server's, this one when "
+                             "the server stops)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process exits (set by --enhancer local: the server dies with its run)")
     parser.add_argument("--owned-folder", default=None,

@@ -13,7 +13,7 @@ builds, stores and returns it:
   than meta.json's `file_bytes` says it was stored at, or missing: a truncated log reference)
   is reported on stderr, removed and rebuilt, never returned;
 - a store's temporary folder is named .<key>-<pid>-<random>: one whose process is gone (a SIGKILL or a CI
-  timeout mid-store) is removed by the next store;
+  timeout mid-store) and that nobody has written for an hour is removed by the next store;
 - a scene just built is returned as read back from its entry, not as built: the PLY stores log-scales, and
   exp(log(s)) is not always s in float32, so the first run of a scene would otherwise render (and record a
   drive in) a scene one float step away from what every later run loads (measured: the demo street's
@@ -70,6 +70,7 @@ def default_max_bytes() -> int | None:
 
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
+ABANDONED_STORE_S = 3600.0  # a store's folder unwritten this long, its pid gone: abandoned (a store takes minutes)
 STORE_PATTERN = re.compile(r"\.[0-9a-f]{20}-(\d+)-\w+")  # a store in progress: .<key>-<pid>-<random>
 
 
@@ -126,6 +127,8 @@ class SceneCache:
                 raise ValueError(f"meta.json holds {type(meta).__name__}, not an object")
             if meta.get("key") != key:
                 raise ValueError(f"meta.json belongs to key {meta.get('key')!r}")
+            if not isinstance(meta.get("file_bytes", {}), dict):
+                raise ValueError("meta.json's file_bytes is not an object")
             for name, size in (meta.get("file_bytes") or {}).items():  # each file as stored: a truncated or
                 if (folder / name).stat().st_size != size:  # deleted one (the log reference) is damage too
                     raise ValueError(f"{name} is {(folder / name).stat().st_size} bytes, {size} when stored")
@@ -188,14 +191,23 @@ class SceneCache:
         return removed
 
     def sweep_abandoned_stores(self) -> list[str]:
-        """Remove the temporary folders of stores whose process is gone (killed mid-store: SIGKILL, a CI timeout);
-        returns their names. A store's folder is named .<key>-<pid>-<random>; older ones (no pid) are left."""
+        """Remove the temporary folders of stores whose process is gone (killed mid-store: SIGKILL, a CI timeout)
+        and that nobody has written for ABANDONED_STORE_S (a pid means nothing in a cache shared with another
+        machine or container: a live store there is written to); returns their names. A store's folder is named
+        .<key>-<pid>-<random>; older ones (no pid) are left."""
         gone = []
         if not self.root.is_dir():
             return gone
+        now = time.time()
         for folder in self.root.iterdir():
             match = STORE_PATTERN.fullmatch(folder.name)
             if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+                continue
+            try:
+                written = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+            except OSError:  # removed meanwhile
+                continue
+            if now - written < ABANDONED_STORE_S:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             if not folder.exists():
@@ -208,11 +220,11 @@ class SceneCache:
         that writes that file of the entry, given its path."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.sweep_abandoned_stores()
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=self.root))
         except OSError as err:  # (it was a bare "[Errno 30] Read-only file system: '.../.key-xxx'")
             raise OSError(f"the scene cache {self.root} cannot take the scene just built ({err.strerror or err}): "
                           "give --cache (or $NEURAL_SENSOR_CACHE) a folder you can write") from None
-        self.sweep_abandoned_stores()
         meta = {**meta, "key": key, "n_gaussians": len(scene)}
         try:
             scene.save_ply(tmp / "scene.ply")

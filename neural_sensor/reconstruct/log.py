@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,8 @@ def write_drive_log(folder: Path | str, images, cameras: Sequence[Camera], *,
 
 def _remove_abandoned_writes(folder: Path) -> None:
     """Remove what killed writes of this log left beside it (SIGKILL: no handler ran): `.NAME.log-PID-XXXX`
-    folders whose process is gone, holding nothing but a log's images folder and transforms.json."""
+    folders whose process is gone, unwritten for an hour, holding nothing but a log's images folder and
+    transforms.json."""
     for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.log-*-*"):
         pid = tmp.name[len(f".{folder.name}.log-"):].split("-", 1)[0]
         if not (pid.isdigit() and tmp.is_dir() and not tmp.is_symlink()) or int(pid) == os.getpid():
@@ -223,7 +225,13 @@ def _remove_abandoned_writes(folder: Path) -> None:
             pass
         except PermissionError:
             continue
-        if all(item.name in (IMAGES_DIR, TRANSFORMS) for item in tmp.iterdir()):
+        try:
+            items = list(tmp.iterdir())
+            written = max([tmp.stat().st_mtime] + [item.stat().st_mtime for item in items])
+        except OSError:  # removed meanwhile (another writer's sweep)
+            continue
+        # (an hour unwritten too: a pid means nothing in a folder shared with another machine or container)
+        if all(item.name in (IMAGES_DIR, TRANSFORMS) for item in items) and time.time() - written > 3600.0:
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -177,6 +177,8 @@ def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Ca
         history = json.loads((out / HISTORY_FILE).read_text()) if (out / HISTORY_FILE).exists() else []
         return model, optimiser, int(state["step"]), history
     model = new_model()
+    # a fresh run (--overwrite, or a folder without a state): an earlier run's summary describes other weights
+    (out / "train_summary.json").unlink(missing_ok=True)
     return model, make_optimiser(model), 0, []
 
 

@@ -437,6 +437,19 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
                          model_config=asdict(model.config))  # (config's flags say what this run added, not the net)
 
 
+def resumed_rate(out: Path) -> float | None:
+    """The learning rate the run in `out` was trained at (its saved optimiser's first group: this script keeps
+    it constant), None where unknown."""
+    from neural_sensor.train.state import STATE_FILE
+
+    try:
+        state = torch.load(Path(out) / STATE_FILE, weights_only=True, map_location="cpu")
+        rate = state["optimiser"]["param_groups"][0]["lr"]
+    except Exception:  # noqa: BLE001 -- unreadable: start_or_resume names it; the default rate applies
+        return None
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 else None
+
+
 FROM_SCRATCH_LR = 5e-4
 FINE_TUNE_LR = 5e-5  # (the cost-volume layers train at new_layer_lr_scale times it)
 
@@ -447,9 +460,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--worlds", type=int, default=48)
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"learning rate (default: {FROM_SCRATCH_LR:g} from scratch, {FINE_TUNE_LR:g} with --init "
-                             "or --resume: the default checkpoint's fine-tunes ran at 5e-5 to 1.5e-4, and 5e-4 "
-                             "undid it within three steps)")
+                        help=f"learning rate (default: {FROM_SCRATCH_LR:g} from scratch, {FINE_TUNE_LR:g} with --init; "
+                             "with --resume the rate the run was trained at, from its saved optimiser: the "
+                             "default checkpoint's fine-tunes ran at 5e-5 to 1.5e-4, and 5e-4 undid it within "
+                             "three steps)")
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
     add_out_options(parser, Path("out/reconstructor-run"))
     parser.add_argument("--data", type=Path, default=default_data_root("reconstructor-run-data"),
@@ -490,8 +504,9 @@ def main() -> None:
                         help="steps between checkpoints (a Ctrl-C or SIGTERM also saves the last step)")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
-    if args.lr is None:
-        args.lr = FINE_TUNE_LR if (args.init is not None or args.resume) else FROM_SCRATCH_LR
+    if args.lr is None:  # a resumed run keeps the rate it was started with, where its summary says it
+        args.lr = (resumed_rate(args.out) if args.resume else None) or (
+            FINE_TUNE_LR if (args.init is not None or args.resume) else FROM_SCRATCH_LR)
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="ReconNet")
     if args.depth_bins == 1 or args.depth_bins < 0:
