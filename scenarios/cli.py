@@ -562,11 +562,12 @@ def _read_text(path: Path, what: str) -> str:
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """The CLI's warnings: a drive log's (log_checks.DriveLogWarning) as one line naming the tool, others as
-    Python formats them."""
+    """The CLI's warnings: a drive log's (log_checks.DriveLogWarning) and a map's (opendrive.OpenDriveWarning) as
+    one line naming the tool, others as Python formats them."""
     from neural_sensor.reconstruct.log_checks import DriveLogWarning
+    from neural_sensor.scene.opendrive import OpenDriveWarning
 
-    if issubclass(category, DriveLogWarning):
+    if issubclass(category, (DriveLogWarning, OpenDriveWarning)):
         return f"neural-sensor: warning: {message}\n"
     return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
 

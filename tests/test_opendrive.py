@@ -375,8 +375,12 @@ def test_what_the_reader_leaves_out_is_said():
     from neural_sensor.scene.opendrive import OpenDriveWarning
 
     climb = '<elevationProfile><elevation s="0" a="0" b="0.1" c="0" d="0"/></elevationProfile>'
-    with pytest.warns(OpenDriveWarning, match="rise and fall by 6.0 m .* drawn flat"):
+    with pytest.warns(OpenDriveWarning, match="rise and fall by 6.0 m .* drawn flat") as said:
         layout_from_opendrive(_one_road(TWO_WAY, extra=climb), decorate=False)
+    from scenarios.cli import _format_warning  # the CLI says it in one line, as a drive log's warnings
+
+    line = _format_warning(said[0].message, OpenDriveWarning, "opendrive.py", 1)
+    assert line.startswith("neural-sensor: warning: OpenDRIVE: the roads rise and fall") and line.count("\n") == 1
     level = '<elevationProfile><elevation s="0" a="12" b="0" c="0" d="0"/></elevationProfile>'
     import warnings
 
