@@ -1,10 +1,12 @@
 """What this machine allows: whether a folder takes a file (a real write probe: `os.access` says yes to root
-everywhere, /proc included), and how much memory is free for a job that holds all its images."""
+everywhere, /proc included), how much memory is free for a job that holds all its images, and whether a process
+(or the temporary folder it left) is still there."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -56,14 +58,15 @@ def _cgroup_headroom(limit_file: Path, usage_file: Path, stat_file: Path, inacti
         return None
 
 
-def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The memory a new job can take in bytes: MemAvailable of /proc/meminfo, or less where this process's cgroup
+def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")
+                           ) -> int | None:
+    """The memory a new job can take in bytes: MemAvailable of `meminfo`, or less where this process's cgroup
     leaves less (a container's limit: v2 memory.max, v1 memory/memory.limit_in_bytes, less what the cgroup uses);
     None where neither says (not Linux)."""
     found = []
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
+        with open(meminfo) as lines:
+            for line in lines:
                 if line.startswith("MemAvailable:"):
                     found.append(int(line.split()[1]) * 1024)
                     break
@@ -77,6 +80,33 @@ def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
         if headroom is not None:
             found.append(headroom)
     return min(found) if found else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid exists here (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+ABANDONED_AFTER_S = 3600.0  # a temporary folder unwritten this long, its process gone: abandoned
+
+
+def abandoned(folder: Path, pid: int, quiet_s: float = ABANDONED_AFTER_S) -> bool:
+    """Whether a temporary folder that process `pid` was writing was left by a killed process: the pid is not
+    ours nor alive here, and nothing in the folder was written for quiet_s (a pid means nothing in a folder shared
+    with another container or machine, whose live writer keeps writing)."""
+    if pid == os.getpid() or process_alive(pid):
+        return False
+    try:
+        written = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+    except OSError:  # removed meanwhile
+        return False
+    return time.time() - written >= quiet_s
 
 
 def usable_cores() -> int:

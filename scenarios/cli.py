@@ -438,7 +438,6 @@ def _check_cache_folder(folder: Path | None, command: str | None = None) -> None
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"--cache {folder} is a file, not a scene cache folder")
     if command in ("demo", "bench", "run", "build-scene", "reconstruct", "record-drive"):
-        from neural_sensor.host import write_problem
         from neural_sensor.reconstruct.cache import default_cache_root
 
         root = Path(folder) if folder is not None else default_cache_root()

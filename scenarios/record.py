@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_sensor.host import write_problem
+from neural_sensor.host import process_alive, write_problem
 
 MANIFEST = "manifest.json"
 RECORD_FILES = ("log.jsonl", "strip.png", "summary.json", "video.mp4",  # what a run writes into its temporary folder
@@ -154,22 +154,12 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     removed = []
     for folder in out_dir.parent.glob(f".{out_dir.name}.run-*-*"):
         pid = folder.name[len(f".{out_dir.name}.run-"):].split("-", 1)[0]
-        if not (pid.isdigit() and folder.is_dir() and not folder.is_symlink()) or _process_alive(int(pid)):
+        if not (pid.isdigit() and folder.is_dir() and not folder.is_symlink()) or process_alive(int(pid)):
             continue
         if all(entry.is_file() and entry.name in RECORD_FILES for entry in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:

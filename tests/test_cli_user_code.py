@@ -580,24 +580,26 @@ def test_the_memory_check_sees_a_containers_limit(tmp_path):
     too."""
     from neural_sensor.host import available_memory_bytes, check_memory, usable_cores
 
-    host = available_memory_bytes(tmp_path / "no_cgroup")
+    meminfo = tmp_path / "meminfo"  # the host's MemAvailable, fixed: the live one moves between two reads
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
+    host = available_memory_bytes(tmp_path / "no_cgroup", meminfo)
     assert host is None or host > 0
     (tmp_path / "memory.max").write_text(f"{3 * 2**30}\n")
     (tmp_path / "memory.current").write_text(f"{2**30}\n")
-    assert available_memory_bytes(tmp_path) == min(2 * 2**30, host or 2 * 2**30)
+    assert available_memory_bytes(tmp_path, meminfo) == min(2 * 2**30, host or 2 * 2**30)
     (tmp_path / "memory.stat").write_text(f"anon 1000\ninactive_file {2**29}\n")  # droppable page cache
-    assert available_memory_bytes(tmp_path) == min(int(2.5 * 2**30), host or int(2.5 * 2**30))
+    assert available_memory_bytes(tmp_path, meminfo) == min(int(2.5 * 2**30), host or int(2.5 * 2**30))
     (tmp_path / "memory.max").write_text("max\n")
-    assert available_memory_bytes(tmp_path) == host
+    assert available_memory_bytes(tmp_path, meminfo) == host
     # cgroup v1 (docker on an older host): memory/memory.limit_in_bytes, no limit written as 2**63 rounded to a page
     v1 = tmp_path / "memory"
     v1.mkdir()
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (v1 / "memory.usage_in_bytes").write_text(f"{2**30}\n")
-    assert available_memory_bytes(tmp_path) == host
+    assert available_memory_bytes(tmp_path, meminfo) == host
     (v1 / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")
     (v1 / "memory.stat").write_text(f"cache 5\ntotal_inactive_file {2**28}\n")
-    assert available_memory_bytes(tmp_path) == min(int(3.25 * 2**30), host or int(3.25 * 2**30))
+    assert available_memory_bytes(tmp_path, meminfo) == min(int(3.25 * 2**30), host or int(3.25 * 2**30))
     assert usable_cores() >= 1
     check_memory(1024, "a kilobyte")  # passes
     with pytest.raises(MemoryError, match="a petabyte needs about 1048576.0 GiB and"):

@@ -60,7 +60,7 @@ from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.direct import direct_socket_name
 from neural_sensor.enhance.precision import CPU_PRECISIONS, resolve_cpu_precision
 from neural_sensor.enhance.worker import worker_main
-from neural_sensor.host import usable_cores
+from neural_sensor.host import process_alive, usable_cores
 
 SERVER_VERSION = "0.1.0"
 # A worker's OpenMP threads (torch's and numba's, libgomp) spin this many iterations for more work before they
@@ -127,12 +127,8 @@ def remove_stale_ready_file(path: Path | str) -> None:
 def _is_server_process(pid: int) -> bool:
     """Whether pid is a live enhancer server (its command line names serve-enhancer or this module, where /proc
     tells; elsewhere any live process counts): a reused pid, or pid 1 in another container's file, is not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return False
-    except PermissionError:  # another user's: alive, its command line may still be readable
-        pass
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.host import abandoned
 
 
 def default_cache_root() -> Path:
@@ -70,19 +71,7 @@ def default_max_bytes() -> int | None:
 
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
-ABANDONED_STORE_S = 3600.0  # a store's folder unwritten this long, its pid gone: abandoned (a store takes minutes)
 STORE_PATTERN = re.compile(r"\.[0-9a-f]{20}-(\d+)-\w+")  # a store in progress: .<key>-<pid>-<random>
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of this pid exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cache_key(inputs: dict) -> str:
@@ -192,22 +181,15 @@ class SceneCache:
 
     def sweep_abandoned_stores(self) -> list[str]:
         """Remove the temporary folders of stores whose process is gone (killed mid-store: SIGKILL, a CI timeout)
-        and that nobody has written for ABANDONED_STORE_S (a pid means nothing in a cache shared with another
+        and that nobody has written for an hour (`host.abandoned`: a pid means nothing in a cache shared with another
         machine or container: a live store there is written to); returns their names. A store's folder is named
         .<key>-<pid>-<random>; older ones (no pid) are left."""
         gone = []
         if not self.root.is_dir():
             return gone
-        now = time.time()
         for folder in self.root.iterdir():
             match = STORE_PATTERN.fullmatch(folder.name)
-            if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
-                continue
-            try:
-                written = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
-            except OSError:  # removed meanwhile
-                continue
-            if now - written < ABANDONED_STORE_S:
+            if match is None or not abandoned(folder, int(match.group(1))):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             if not folder.exists():

@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neural_sensor.camera import Camera
-from neural_sensor.host import check_memory
+from neural_sensor.host import abandoned, check_memory
 from neural_sensor.poses import check_pose
 from neural_sensor.reconstruct.log_checks import (DriveLogWarning, drive_log_warnings, ignored_intrinsics_warnings,
                                                   is_json_number)
@@ -216,23 +215,13 @@ def _remove_abandoned_writes(folder: Path) -> None:
     transforms.json."""
     for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.log-*-*"):
         pid = tmp.name[len(f".{folder.name}.log-"):].split("-", 1)[0]
-        if not (pid.isdigit() and tmp.is_dir() and not tmp.is_symlink()) or int(pid) == os.getpid():
+        if not (pid.isdigit() and tmp.is_dir() and not tmp.is_symlink()) or not abandoned(tmp, int(pid)):
             continue
         try:
-            os.kill(int(pid), 0)
-            continue  # alive (or another user's: PermissionError below)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            items = list(tmp.iterdir())
-            written = max([tmp.stat().st_mtime] + [item.stat().st_mtime for item in items])
+            if all(item.name in (IMAGES_DIR, TRANSFORMS) for item in tmp.iterdir()):
+                shutil.rmtree(tmp, ignore_errors=True)
         except OSError:  # removed meanwhile (another writer's sweep)
-            continue
-        # (an hour unwritten too: a pid means nothing in a folder shared with another machine or container)
-        if all(item.name in (IMAGES_DIR, TRANSFORMS) for item in items) and time.time() - written > 3600.0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass
 
 
 # ----------------------------------------------------------------------------------------------- reading

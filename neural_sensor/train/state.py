@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -120,12 +121,10 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} {value}: must be a positive learning rate")
     steps = getattr(args, "steps", None)
     out = getattr(args, "out", None)
-    if getattr(args, "resume", False) and steps is not None and out is not None and (Path(out) / STATE_FILE).is_file():
-        try:
-            saved = int(torch.load(Path(out) / STATE_FILE, weights_only=True, map_location="cpu")["step"])
-        except Exception:  # noqa: BLE001 -- an unreadable state is start_or_resume's to report
-            saved = None
-        if saved is not None and steps <= saved:  # it took no step and rewrote the summary with the smaller count
+    state = saved_state(out) if getattr(args, "resume", False) and steps is not None and out is not None else None
+    if state is not None:
+        saved = state.get("step")
+        if isinstance(saved, int) and steps <= saved:  # it took no step and rewrote the summary with a smaller count
             parser.error(f"--steps {steps}: the checkpoint in {out} is at step {saved} already; --resume trains on "
                          "up to --steps, so give more")
     for name, wanted in _CHECKPOINT_OPTIONS.items():
@@ -162,6 +161,27 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
         problem = write_problem(Path(data))
         if problem:
             parser.error(f"--data {data}: no data can be written there ({problem})")
+
+
+def saved_state(out: Path | str) -> dict | None:
+    """The training state saved in `out` ({"optimiser", "step"}, read onto the CPU), None where there is none or it
+    does not read (start_or_resume names that). Read once per file version: the checks before a resumed run and
+    its defaults share it."""
+    path = Path(out) / STATE_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _read_state(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_state(path: str, _mtime_ns: int, _size: int) -> dict | None:
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 -- an unreadable state is start_or_resume's to report
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Callable, make_optimiser: Callable):

@@ -57,7 +57,8 @@ from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRES
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_resumed_shape,
                                        check_training_options, default_data_root, finished_line, load_or_make_npz,
-                                       out_of_time, record_step, start_or_resume, stop_requested, write_summary)
+                                       out_of_time, record_step, saved_state, start_or_resume, stop_requested,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
 DATA_VERSION = "run-v3"  # v2: median-depth targets (v1: the expected depth); v3: the intersection worlds' buildings
@@ -440,12 +441,9 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
 def resumed_rate(out: Path) -> float | None:
     """The learning rate the run in `out` was trained at (its saved optimiser's first group: this script keeps
     it constant), None where unknown."""
-    from neural_sensor.train.state import STATE_FILE
-
     try:
-        state = torch.load(Path(out) / STATE_FILE, weights_only=True, map_location="cpu")
-        rate = state["optimiser"]["param_groups"][0]["lr"]
-    except Exception:  # noqa: BLE001 -- unreadable: start_or_resume names it; the default rate applies
+        rate = saved_state(out)["optimiser"]["param_groups"][0]["lr"]
+    except (TypeError, KeyError, IndexError):  # none, or unreadable (start_or_resume names it): the default rate
         return None
     return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 else None
 
