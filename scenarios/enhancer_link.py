@@ -93,6 +93,9 @@ def connect_enhancer(options):
                 raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with "
                                     "--enhancer local, which starts one for the run, or --enhancer none for the raw "
                                     "render)") from None
+            if client.server.get("stopping") is True:
+                raise EnhancerError(f"{err}; start it again ({serve_hint(endpoint)}), or run with --enhancer local "
+                                    "or --enhancer none") from None
             # it answers and its workers are loading (a loaded host takes tens of seconds): give them longer
             if options.progress:
                 print(f"neural-sensor: the enhancer at {endpoint} answers, but none of its workers is ready after "

@@ -762,6 +762,30 @@ def test_a_stopping_server_answers_what_waits_instead_of_leaving_it_to_the_deadl
         assert time.monotonic() - t0 < 10.0
 
 
+def test_a_stopping_servers_hello_offers_no_worker(identity_checkpoint, monkeypatch):
+    """Noticed in review: during its shutdown a server's hello still counted its workers as ready and offered their
+    direct sockets (a new client connected to a worker being ended). From close() on it says stopping, no worker
+    ready and no direct socket; stats too."""
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    try:
+        broker._identity_of[0] = b"w0-123"
+        broker._direct[0] = "w0-123.sock"
+        hello = broker._hello()
+        assert hello["workers_ready"] == 1 and hello["stopping"] is False, hello
+        assert hello["shm"]["direct"] == ["w0-123.sock"], hello
+        broker._stopping = True  # what close() sets first
+        hello = broker._hello()
+        assert hello["workers_ready"] == 0 and hello["stopping"] is True, hello
+        assert "direct" not in hello["shm"], hello
+        assert broker.stats()["workers_ready"] == 0
+    finally:
+        broker._identity_of.clear()
+        broker.close()
+
+
 def test_a_second_server_leaves_a_running_ones_endpoint_and_ready_file(tmp_path, identity_checkpoint):
     """A new user's findings: a second server on a running one's ipc:// path took it over without a word (the first
     went on, unreachable), and a second server that failed to bind deleted the running one's ready file."""
@@ -884,6 +908,31 @@ def test_a_run_waits_longer_for_a_server_whose_workers_are_loading_and_says_so(i
         said = capsys.readouterr().err
         assert f"the enhancer at {broker.endpoint} answers, but none of its workers is ready yet" in said
         assert "no answer from the enhancer" not in said and "waiting up to 1 s more" in said
+    finally:
+        broker.stop()
+        thread.join(10)
+
+
+def test_a_run_does_not_wait_for_a_server_that_is_stopping(identity_checkpoint, monkeypatch):
+    """Noticed in review: a server answering hello while it stops had a run wait for its workers (up to 70 s),
+    then blamed their loading. A hello that says stopping ends the wait at once and says why."""
+    from neural_sensor.enhance import server as server_module
+    from neural_sensor.enhance.client import EnhancerError
+    from scenarios import enhancer_link
+    from scenarios.runner import RunOptions
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    monkeypatch.setattr(enhancer_link, "REMOTE_WAIT_S", 20.0)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    broker._stopping = True  # as close() sets it, while the sockets still answer
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EnhancerError, match="is stopping") as err:
+            enhancer_link.connect_enhancer(RunOptions(enhancer=broker.endpoint, progress=False))
+        assert time.monotonic() - t0 < 10.0
+        assert "loading" not in str(err.value) and "--enhancer local" in str(err.value), err.value
     finally:
         broker.stop()
         thread.join(10)

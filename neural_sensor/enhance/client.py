@@ -345,10 +345,14 @@ class EnhancerClient(SharedBlock):
                                                               / (self.retries + 1))))
                 if hello.get("workers_ready", 0) >= 1:
                     return hello
+                if hello.get("stopping") is True:  # (a server ending: none of its workers will become ready)
+                    raise EnhancerError(f"enhancer at {self.endpoint} is stopping (it was sent Ctrl-C or SIGTERM)")
                 last = "no worker ready yet"
             except EnhancerVersionError:
                 raise
             except EnhancerError as err:
+                if self.server is not None and self.server.get("stopping") is True:
+                    raise
                 last = str(err)
             time.sleep(0.1)
         raise EnhancerError(f"enhancer at {self.endpoint} not ready within {timeout_s:.0f} s ({last})")

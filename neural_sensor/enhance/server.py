@@ -353,7 +353,7 @@ class Broker:
         return {"protocol_version": wire.PROTOCOL_VERSION, "server_version": SERVER_VERSION,
                 "model_name": self.model_name, "checkpoint_hash": self.checkpoint_hash,
                 "reference_views": self.reference_views, "cpu_precision": self.precision,
-                "workers": self.config.workers, "workers_ready": self.workers_ready,
+                "workers": self.config.workers, "workers_ready": self.workers_ready, "stopping": self._stopping,
                 "max_frames": min(wire.MAX_FRAMES, self.config.max_batch_frames),
                 "max_request_frames": wire.MAX_FRAMES,
                 "max_message_bytes": wire.MAX_MESSAGE_BYTES,
@@ -363,8 +363,8 @@ class Broker:
     def _direct_offer(self) -> dict:
         """{"direct": the ready workers' socket names} when the folder can hold worker sockets, else nothing."""
         longest = self.shm_folder / f"w{9999}-{9999999999}.sock"
-        if len(str(longest).encode()) > wire.DIRECT_MAX_PATH_BYTES:
-            return {}
+        if len(str(longest).encode()) > wire.DIRECT_MAX_PATH_BYTES or self._stopping:
+            return {}  # (stopping: a worker's socket is about to go; the client takes the broker, which answers)
         return {"direct": [self._direct[i] for i in sorted(self._direct) if i in self._identity_of]}
 
     def stats(self) -> dict:
@@ -378,7 +378,8 @@ class Broker:
 
     @property
     def workers_ready(self) -> int:
-        return len(self._identity_of)
+        """Workers that take requests: none once the server is stopping (they are being ended)."""
+        return 0 if self._stopping else len(self._identity_of)
 
     # -------------------------------------------------------------- loop
     def _on_frontend(self) -> None:
@@ -634,7 +635,8 @@ class Broker:
                     self._on_frontend()
                 else:
                     time.sleep(0.05)
-            while answering and self.frontend.poll(0):
+            drain_until = time.monotonic() + 1.0  # (bounded: a client that floods it cannot hold the stop)
+            while answering and time.monotonic() < drain_until and self.frontend.poll(0):
                 self._on_frontend()
         except zmq.ZMQError:
             pass
