@@ -213,6 +213,7 @@ def test_run_reconstructor_training_fine_tunes_and_resumes(tmp_path, monkeypatch
     init = train_reconstructor_run.Path("checkpoints/reconstructor-small")
     summary = train_reconstructor_run.train(config, out, tmp_path / "data", init=init)
     assert summary["steps"] == 2
+    assert summary["renderer_used"] == "torch" and summary["config"]["renderer"] == "auto"  # "auto" resolved
     heldout = summary["final"]["heldout"]
     assert np.isfinite(heldout["target_psnr"]) and 0 < heldout["view_depth_abs_rel"] < 10
     world = train_reconstructor_run.load_world(tmp_path / "data", 0, "train", 2, config.size)

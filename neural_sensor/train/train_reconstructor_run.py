@@ -286,9 +286,12 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
     """Mean PSNR of the target views and mean context-view depth AbsRel (solid pixels) on held-out worlds."""
     model.eval()
     scores, abs_rel, sky_acc = [], [], []
+    bar = tqdm(total=sum(len(w["target_station"]) for w in worlds), desc="held-out evaluation", unit="view",
+               leave=False)  # (minutes on a CPU: say it is working)
     for world in worlds:
         for t in range(len(world["target_station"])):  # one at a time: the same figure whatever targets_per_step
             scores.append(float(step_losses(model, world, t, config)["psnr"]))
+            bar.update(1)
         images = torch.from_numpy(world["rgb"].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
         cameras = _cameras(world["K"], world["pose"], config.size)
         pred = model(images.to(config.device), **view_inputs(model, cameras, images.shape[-2],
@@ -300,6 +303,7 @@ def evaluate(model: ReconNet, worlds: list[dict], config: RunReconTrainConfig) -
         abs_rel.append(float(np.mean(np.abs(depth[solid] - gt[solid]) / gt[solid])))
         sky_pred = pred["semantic_logits"][:, CityObjectLabel.SKY].numpy() > 0
         sky_acc.append(float(np.mean(sky_pred == world["sky"][:, ::2, ::2])))
+    bar.close()
     return {"target_psnr": round(float(np.mean(scores)), 3), "view_depth_abs_rel": round(float(np.mean(abs_rel)), 4),
             "sky_accuracy": round(float(np.mean(sky_acc)), 4)}
 
@@ -434,8 +438,11 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
             record_step(out, model, optimiser, step, history, record, config,
                         lambda: evaluate(model, eval_worlds, config), last=out_of_time(config, start))
     bar.close()
+    from neural_sensor.render.differentiable import resolve_diff_backend
+
     return write_summary(out, step, start, history, config, init=str(init) if init else None,
-                         model_config=asdict(model.config))  # (config's flags say what this run added, not the net)
+                         model_config=asdict(model.config),  # (config's flags say what this run added, not the net)
+                         renderer_used=resolve_diff_backend(config.renderer, config.device))  # ("auto" resolved)
 
 
 def resumed_rate(out: Path) -> float | None:
