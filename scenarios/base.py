@@ -13,7 +13,7 @@ import numpy as np
 
 from carla_bridge.embedded import AgentSpec, EgoStart
 from neural_sensor.scene.path import Path
-from neural_sensor.scene.layout import Layout
+from neural_sensor.scene.layout import MIN_DRIVE_LANE_M, Layout
 from neural_sensor.world import WorldSnapshot
 
 ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
@@ -149,8 +149,9 @@ def drive_scenario(layout: Layout, name: str, description: str, *, target_speed_
     lengths = [Path(lane.travel_polyline()).length_m for lane in layout.lanes]
     lane = int(np.argmax(lengths))
     length_m = lengths[lane]
-    if length_m < 40.0:
-        raise ValueError(f"layout {layout.name!r}: its longest lane is {length_m:.0f} m; a drive needs >= 40 m")
+    if length_m < MIN_DRIVE_LANE_M:
+        raise ValueError(f"layout {layout.name!r}: its longest lane is {length_m:.0f} m; a drive needs >= "
+                         f"{MIN_DRIVE_LANE_M:g} m")
     ego = EgoStart(lane=lane, start_s_m=5.0, speed_mps=0.8 * target_speed_mps)
     agents = [AgentSpec(1, "car", "follow_lane", lane=lane, start_s_m=min(40.0, 0.4 * length_m),
                         speed_mps=0.6 * target_speed_mps)]

@@ -446,3 +446,78 @@ def test_a_speed_is_noted_not_read_as_a_length_and_a_lane_change_is_no_lane_widt
     _, change = P.layout_from_prompt("a 500 m lane change")
     assert change["attributes"]["length_m"] == 500.0
     assert P.layout_from_prompt("a road with 3.2 m lanes")[1]["attributes"]["lane_width_m"] == 3.2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("no rain", {"weather": "clear"}),
+    ("a dry road", {"weather": "clear"}),
+    ("a street without rain at noon", {"weather": "clear", "time_of_day": "noon"}),
+    ("a sunny street with no fog", {"weather": "clear"}),
+    ("a street, no snow", {"weather": "clear"}),
+    ("a clear morning, not night", {"time_of_day": "morning"}),
+    ("a street that is not sunny", {"weather": "overcast"}),
+    ("an overcast street with no rain", {"weather": "overcast"}),
+    ("a road at 3 am", {"time_of_day": P.DUSK}),
+    ("a highway with office towers", {"buildings": True, "building_style": "office"}),
+    ("a country road with detached houses", {"buildings": True, "building_style": "house"}),
+    ("a rural road with 3-storey buildings", {"buildings": True}),
+    ("a highway", {"buildings": False}),
+    ("a street with sidewalks 5 m wide", {"sidewalk_width_m": 5.0, "lane_width_m": 3.5}),
+    ("a road with lanes 3 m wide", {"lane_width_m": 3.0}),
+    ("four-way intersection, 120 m across", {"template": "intersection", "length_m": 120.0}),
+    ("a street with trees every 10 m", {"length_m": 200.0}),
+    ("buildings set back 5 m from the road, 300 m long street", {"length_m": 300.0}),
+    ("a road with 5 m lanes", {"lane_width_m": 5.0, "buildings": True}),
+    ("a street with 3 to 5 storey buildings", {"building_height_m": [9.0, 15.0]}),
+    ("a street with 10-20 m buildings", {"building_height_m": [10.0, 20.0]}),
+    ("a half-mile road", {"length_m": 804.672}),
+    ("a left turn", {"template": "curve", "angle_deg": 90.0}),
+])
+def test_a_new_users_prompts_read_as_meant(text, expected):
+    """A new user's findings (2026-12-07): negations of weather and time read as the condition ("no rain" was wet),
+    night clock times as evening, buildings asked for dropped by a road kind ("a highway with office towers"),
+    numbers taken for the wrong attribute ("sidewalks 5 m wide" as the road's width, "120 m across" as a width,
+    "trees every 10 m" as a 10 m road), ranges cut to their top, "half-mile" ignored, a left turn read as a U-turn."""
+    attributes = P.layout_from_prompt(text)[1]["attributes"]
+    assert {k: attributes[k] for k in expected} == expected, (text, attributes)
+
+
+def test_an_edit_can_take_the_rain_away_and_a_base_without_attributes_is_named():
+    _, base = P.layout_from_prompt("a rainy street")
+    assert base["attributes"]["weather"] == "wet"
+    for edit in ("without rain", "no rain", "stop the rain"):
+        assert P.layout_from_prompt(edit, base=base)[1]["attributes"]["weather"] == "clear", edit
+    with pytest.raises(P.PromptError, match="'attributes' is NoneType"):
+        P.layout_from_prompt("at noon", base={"attributes": None})
+
+
+@pytest.mark.parametrize("text, said", [
+    ("a hairpin with 6 lanes in each direction", "cannot hold 6 lane"),
+    ("a gentle curve with a radius of 2000 m", "GiB at 0.3 m voxels"),
+    ("a 1e400 m road", "a number this large"),
+    ("a curve with a radius of 6 m", "radius_m = 6"),
+    ("a 5 degree curve", "a 5-degree curve of radius 60 m is 5.2 m long"),
+    ("a 100 m wide road", "a road 100 m wide does not fit"),
+])
+def test_prompts_no_layout_can_hold_are_refused_in_their_own_terms(text, said):
+    """A curve whose inside lanes fold through its centre was built; a 2 km curve failed the build with advice for
+    maps; errors named derived values ("length_m = 9.42" for a 6 m radius)."""
+    with pytest.raises(P.PromptError, match=said):
+        P.layout_from_prompt(text)
+
+
+def test_prompts_a_run_cannot_drive_or_cannot_read_say_so():
+    """A 10 m road was accepted without a word and the run then refused it; a right-hand curve and a German
+    prompt were read in part without a word."""
+    notes = P.layout_from_prompt("a 10 m road")[1]["notes"]
+    assert any("a run drives at least 40 m" in n for n in notes), notes
+    assert any("turns left" in n for n in P.layout_from_prompt("a road turning right")[1]["notes"])
+    assert any("read as English" in n for n in P.layout_from_prompt("eine 300 m lange Straße bei Regen")[1]["notes"])
+
+
+def test_a_curve_whose_inside_would_fold_through_its_centre_is_refused():
+    from neural_sensor.scene.layout import curve
+
+    with pytest.raises(ValueError, match="radius must be at least 26"):
+        curve(20.0, 180.0, lanes_per_direction=6)
+    assert curve(26.0, 90.0, lanes_per_direction=6).lanes

@@ -42,6 +42,8 @@ PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
 PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
+MIN_DRIVE_LANE_M = 40.0  # a run's plain drive needs a lane at least this long (scenarios.base.drive_scenario)
+CURVE_INSIDE_M = 2.0  # a curve's inside sidewalk edge keeps at least this from its centre (its lanes folded before)
 DEFAULT_TREE_DENSITY = 0.4  # trees' weight in the roadside mix (poles 0.3, signs 0.1, parked cars 0.2 by default)
 MIN_TREE_GAP = 0.5  # a denser mix closes the gap after a tree down to this fraction of it (roadside_objects)
 TREE_CLEARANCE_M = 4.0  # ... the next object's centre this far from the tree's (bounding circles apart)
@@ -487,6 +489,11 @@ def curve(radius_m: float = 60.0, angle_deg: float = 90.0, *, lanes_per_directio
     style = style or Style()
     radius_m = _positive(radius_m, "curve radius_m")
     angle = math.radians(_positive(angle_deg, "curve angle_deg"))
+    half_m = lanes_per_direction * lane_width_m + sidewalk_width_m
+    if radius_m - half_m < CURVE_INSIDE_M:  # the inside lanes and sidewalk would fold through the centre
+        raise ValueError(f"curve: radius_m {radius_m:g} cannot hold {lanes_per_direction} lane(s) per direction of "
+                         f"{lane_width_m:g} m and {sidewalk_width_m:g} m sidewalks ({half_m:g} m each side of the "
+                         f"centre line); the radius must be at least {half_m + CURVE_INSIDE_M:g} m")
     n = max(8, int(radius_m * angle / 4))
     theta = np.linspace(0, angle, n)
     reference = np.stack([radius_m * np.sin(theta), radius_m * (1 - np.cos(theta))], 1)

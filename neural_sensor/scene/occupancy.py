@@ -166,9 +166,25 @@ def _object_label(box: Box, z: np.ndarray, inside: np.ndarray, inside_core: np.n
 MAX_GRID_BYTES = 4 * 2**30  # the dense label + object-id grid may take at most 4 GiB
 
 
+def grid_origin_shape(layout: Layout, voxel_m: float, height_m: float = 24.0, margin_m: float = 2.0
+                      ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The origin [3] (metres) and shape (nx, ny, nz) of the dense grid `build_occupancy` makes of a layout."""
+    x0, y0, x1, y1 = layout.bounds_m(margin_m)
+    origin = np.array([math.floor(x0 / voxel_m) * voxel_m, math.floor(y0 / voxel_m) * voxel_m,
+                       -math.ceil(GROUND_DEPTH_M / voxel_m) * voxel_m])
+    shape = (int(math.ceil((x1 - origin[0]) / voxel_m)), int(math.ceil((y1 - origin[1]) / voxel_m)),
+             int(math.ceil((height_m - origin[2]) / voxel_m)))
+    return origin, shape
+
+
+def grid_bytes(shape: tuple[int, int, int]) -> int:
+    """Bytes of the dense label + object-id grid of that shape (5 a voxel)."""
+    return 5 * math.prod(shape)
+
+
 def check_grid_size(layout: Layout, shape: tuple[int, int, int], voxel_m: float) -> None:
     """ValueError naming the layout when its dense grid (5 bytes a voxel) would exceed MAX_GRID_BYTES."""
-    n_bytes = 5 * math.prod(shape)
+    n_bytes = grid_bytes(shape)
     if n_bytes > MAX_GRID_BYTES:
         x0, y0, x1, y1 = layout.bounds_m()
         raise ValueError(f"layout {layout.name!r} spans {x1 - x0:.0f} x {y1 - y0:.0f} m (x {x0:.0f}..{x1:.0f}, "
@@ -195,11 +211,7 @@ def build_occupancy(layout: Layout, *, voxel_m: float = 0.3, height_m: float = 2
         raise ValueError(f"build_occupancy: voxel_m must be in [0.01, 5] m, got {voxel_m}")
     if chunk_m < voxel_m:
         raise ValueError(f"build_occupancy: chunk_m ({chunk_m}) must be >= voxel_m ({voxel_m})")
-    x0, y0, x1, y1 = layout.bounds_m(margin_m)
-    origin = np.array([math.floor(x0 / voxel_m) * voxel_m, math.floor(y0 / voxel_m) * voxel_m,
-                       -math.ceil(GROUND_DEPTH_M / voxel_m) * voxel_m])
-    shape = (int(math.ceil((x1 - origin[0]) / voxel_m)), int(math.ceil((y1 - origin[1]) / voxel_m)),
-             int(math.ceil((height_m - origin[2]) / voxel_m)))
+    origin, shape = grid_origin_shape(layout, voxel_m, height_m, margin_m)
     check_grid_size(layout, shape, voxel_m)
     labels = np.zeros(shape, np.uint8)
     object_ids = np.full(shape, -1, np.int32)

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_sensor.scene.layout import BUILDING_STYLES, PALETTES, TIMES_OF_DAY, Layout, Style, from_template
+from neural_sensor.scene.layout import (BUILDING_STYLES, CURVE_INSIDE_M, MIN_DRIVE_LANE_M, PALETTES, TIMES_OF_DAY, Layout, Style,
+                                       from_template)
 from neural_sensor.scene.occupancy import build_occupancy
 
 # After-sunset light where the styles have it (layout.TIMES_OF_DAY), else the nearest, evening.
@@ -92,6 +93,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("road", None), ("street", None), ("roads", None), ("streets", None), ("lane", None),
         ("a scene", None), ("a place", None), ("a day", None), ("traffic", None), ("a neighbourhood", None),
         ("trees", None), ("parked cars", None), ("parked", None), ("lanes", None), ("sidewalks", None),
+        ("a street with buildings", None), ("a road with buildings", None),  # ("a street buildings" ~ houses)
     ],
     "template": [
         ("a straight road", "straight"), ("a long straight street", "straight"), ("a boulevard", "straight"),
@@ -107,6 +109,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("a gentle curve", {"radius_m": 120.0}), ("a wide sweeping bend", {"radius_m": 120.0}),
         ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}),
         ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
+        ("a left turn", {"angle_deg": 90.0}), ("a right turn", {"angle_deg": 90.0}),  # (both were read as a U-turn)
     ],
     "road_width": [  # sets lane_width_m
         ("a narrow street", 3.0), ("narrow lanes", 3.0), ("a tight alley", 3.0),
@@ -221,6 +224,19 @@ _NEGATED = {  # what "no X" / "without X" / "remove the X" sets
 }
 
 
+_NEGATION = (r"\b(?:no|not|without|zero|not any|free of|remove|delete|take away|get rid of|drop|never|no more|"
+             r"stop|isn't|is not|aren't|are not)\s+(?:the\s+|any\s+|all\s+|a\s+|more\s+)?")
+_NEGATED_CONDITIONS = [  # "no rain", "not sunny", "a dry road": (pattern, attribute, values it rules out, instead)
+    (r"rain(?:y|ing|fall)?|wet|drizzl(?:e|y)|showers?|storms?|stormy|downpours?|puddles|snow(?:y|ing)?|sleet|icy|ice",
+     "weather", ("wet",), "clear"),
+    (r"clouds?|cloudy|overcast|grey\s+sky|gray\s+sky", "weather", ("overcast",), "clear"),
+    (r"sun|sunny|sunshine|clear\s+sky|blue\s+sky", "weather", ("clear",), "overcast"),
+    (r"fog(?:gy)?|mist(?:y)?|ha(?:ze|zy)", "weather", (), None),  # (no fog: nothing to change)
+    (r"night(?:time)?|midnight|after\s+dark|dark", "time_of_day", (), None),
+]
+_DRY = r"\b(?:dry|rain\s*-?\s*free|rainless)\b"  # a positive word for "not wet"
+
+
 _UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, nearest value, what exists)
     (r"night(?:time)?|midnight|after dark", "time_of_day", DUSK, TIMES_OF_DAY),
     (r"fog(?:gy)?|mist(?:y)?|ha(?:ze|zy)", "weather", "overcast", PALETTES),
@@ -230,11 +246,16 @@ _UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, n
 
 _NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn instead), said in the notes
     (r"1\s*-?\s*way|single\s*-?\s*direction", "every template is a two-way road"),
+    (r"(?:turn(?:s|ing)?|curv(?:e|es|ing)|bend(?:s|ing)?|sweep(?:s|ing)?|veer(?:s|ing)?)\s+(?:to\s+the\s+)?right|"
+     r"right\s*-?\s*(?:hand\s+)?(?:turn|curve|bend)s?", "a curve here turns left (the curve template is a left-hand "
+                                                         "curve; a right-hand one is not available)"),
     (r"roundabouts?|traffic\s+circles?|rotary", "the templates are a straight road, a curve and a four-way "
                                                 "intersection; the closest of them by the rest of the prompt is used"),
 ]
 MIN_SIDEWALK_M = 0.5  # the narrowest sidewalk a layout holds (`_check`); "no sidewalks" gets it, with a note
 CURVE_RADIUS_M = (8.0, 2000.0)  # the radii a curve holds (`_check`)
+LANE_WIDTH_M = (2.0, 6.0)  # the lane widths a layout holds (`_check`)
+MAX_LANES_PER_DIRECTION = 6
 
 
 _QUANTIFIERS = {  # density level -> words before "parked cars" / "trees"
@@ -326,6 +347,9 @@ _LENGTH_UNITS = r"(km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(
 
 def _normalise(prompt: str) -> str:
     text = " " + prompt.lower().replace("–", "-").replace("°", " degree ") + " "
+    for word, number in (("half", "0.5"), ("quarter", "0.25")):  # "a half-mile road" was the default 200 m
+        text = re.sub(rf"\b(?:a\s+)?{word}(?:\s*-\s*|\s+an?\s+|\s+of\s+an?\s+|\s+)(mile|kilomet(?:re|er)|km)\b",
+                      rf"{number} \1", text)
     text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)
     for word, number in sorted(WORD_NUMBERS.items(), key=lambda kv: -len(kv[0])):
         text = re.sub(rf"(?<![\w-]){word}(?=[\s-])", str(number), text)
@@ -361,6 +385,17 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         if total % 2 and total > 1:
             found.setdefault("_notes", []).append(f"{total} lanes laid out as {math.ceil(total / 2)} per "
                                                   "direction (the templates are two-way roads)")
+    # ranges first ("3 to 5 storey buildings", "10-20 m buildings", "between 10 and 20 m tall": the upper bound
+    # alone had been read)
+    storeys = r"(?:storeys?|stories|story|floors?|levels?)"
+    for match in re.finditer(rf"\b{_NUM}\s*(?:-|to|and)\s*{_NUM}\s*-?\s*{storeys}\b", text):
+        low, high = sorted((STOREY_M * float(match.group(1)), STOREY_M * float(match.group(2))))
+        take(match, {"building_height_m": [round(low, 2), round(high, 2)]})
+    for match in re.finditer(rf"\b{_NUM}\s*(?:-|to|and)\s*{_NUM}\s*-?\s*{_LENGTH_UNITS}\b(?=\s*(?:tall|high|"
+                             rf"buildings?|houses?|towers?)\b)", text):
+        unit = _metres_per(match.group(3))
+        low, high = sorted((float(match.group(1)) * unit, float(match.group(2)) * unit))
+        take(match, {"building_height_m": [round(low, 2), round(high, 2)]})
     for match in re.finditer(rf"\b{_NUM}\s*-?\s*(?:storeys?|stories|story|floors?|levels?)\b", text):
         height = STOREY_M * float(match.group(1))
         take(match, {"building_height_m": [round(0.9 * height, 2), round(1.1 * height, 2)]})
@@ -376,17 +411,34 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
     for match in re.finditer(rf"\b{_NUM}\s*-?\s*{_LENGTH_UNITS}\b{speed_after}", text):
         value = float(match.group(1)) * _metres_per(match.group(2))
         before, after = text[max(0, match.start() - 24):match.start()], text[match.end():match.end() + 30]
-        if re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
-            if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after):
+        subject = r"\s+(?:(?:that|which)\s+)?(?:are|is|of|about|each|roughly|around)?\s*$"  # "sidewalks (are) 5 m wide"
+        if (re.search(r"\b(?:every|each|per|spaced|apart)\s+(?:about\s+)?$", before)
+                or re.match(r"\s*(?:ahead|away|apart|behind|back|further|later|in\s+front|off|before|after|"
+                            r"from|into|down|up|along|between|setback|set\s+back|high\s+kerb)\b", after)
+                or re.search(r"\b(?:set\s*back|setback|after|within|ahead)\s+(?:of\s+|by\s+|about\s+)?$", before)):
+            # a spacing or a position ("trees every 10 m", "a crosswalk 50 m ahead", "set back 5 m"), not a length
+            found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is a spacing or a position, which a "
+                                                  "layout does not take; left out")
+            spans.append(match.span())
+        elif re.match(r"\s*across\b", after) and re.search(
+                r"\b(?:intersection|junction|crossroads?|crossing)\b[^;.]*$", before):
+            take(match, {"length_m": value})  # an intersection "120 m across" is its extent (as `describe` says)
+        elif re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
+            if (re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after)
+                    or re.search(rf"\b(?:sidewalks?|pavements?|footpaths?){subject}", before)):
                 take(match, {"sidewalk_width_m": value})
-            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after):
+            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after) or re.search(rf"\blanes?{subject}", before):
                 take(match, {"lane_width_m": value})
             else:
                 take(match, {"road_width_m": value})
+            noun = re.match(r"\s*(?:wide|width|across)?\s*(?:lanes?|sidewalks?|pavements?|footpaths?)?\b", after)
+            spans.append((match.end(), match.end() + noun.end()))  # ("lanes" left alone read as a motorway)
         elif re.match(r"\s*lanes?\b(?!\s*-?\s*chang)", after):  # "3 m lane", not "a 500 m lane change"
             take(match, {"lane_width_m": value})
+            spans.append((match.end(), match.end() + re.match(r"\s*lanes?\b", after).end()))
         elif re.match(r"\s*(?:sidewalks?|pavements?|footpaths?)\b", after):
             take(match, {"sidewalk_width_m": value})
+            spans.append((match.end(), match.end() + re.match(r"\s*\w+", after).end()))
         elif re.match(r"\s*(?:tall|high)\b", after) or re.match(r"\s*(?:buildings?|houses?|towers?)", after):
             take(match, {"building_height_m": [round(0.9 * value, 2), round(1.1 * value, 2)]})
         elif re.search(r"\bradius\s+(?:of\s+)?(?:about\s+)?$", before) or re.match(r"\s*radius\b", after):
@@ -403,19 +455,35 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             else int(match.group(1))
         if not 0 <= hour <= 24:
             continue
-        time_of_day = "morning" if 5 <= hour < 10 else "noon" if 10 <= hour < 16 else "evening" if hour < 20 else DUSK
+        time_of_day = ("morning" if 5 <= hour < 10 else "noon" if 10 <= hour < 16 else "evening" if 16 <= hour < 20
+                       else DUSK)  # (0-5 h and 20-24 h: after sunset; 3 am was read as evening)
         if hour >= 22 or hour < 5:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is night, which the styles do not "
                                                   f"have ({', '.join(TIMES_OF_DAY)}); {DUSK} used")
         take(match, {"time_of_day": time_of_day})
+    ruled_out: dict[str, tuple[tuple, object, str]] = {}  # attribute -> (values ruled out, instead, why)
+    negated_spans = []
+    for pattern, key, values, instead in _NEGATED_CONDITIONS:
+        for match in list(re.finditer(_NEGATION + rf"(?:{pattern})\b", text)) + list(
+                re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text)):
+            negated_spans.append(match.span())
+            spans.append(match.span())
+            if values and key not in ruled_out:
+                ruled_out[key] = (values, instead, match.group(0).strip())
+    for match in re.finditer(_DRY, text):
+        spans.append(match.span())
+        ruled_out.setdefault("weather", (("wet",), "clear", match.group(0).strip()))
+    if ruled_out:
+        found["_ruled_out"] = ruled_out
     for pattern, key, value, known in _UNAVAILABLE:
         for match in re.finditer(rf"\b(?:{pattern})\b", text):
+            if any(a <= match.start() < b for a, b in negated_spans):
+                continue  # "no fog", "not at night": nothing asked for
             if key not in found:
                 found.setdefault("_notes", []).append(f"{match.group(0)!r} is not available ({key}: "
                                                       f"{', '.join(known)}); {value} used")
             take(match, {key: value})
-    negation = (r"\b(?:no|without|zero|not any|free of|remove|delete|take away|get rid of|drop)\s+"
-                r"(?:the\s+|any\s+|all\s+)?")
+    negation = _NEGATION
     for pattern, (key, value) in _NEGATED.items():
         for match in re.finditer(negation + rf"(?:{pattern})\b", text):
             take(match, {key: value})
@@ -455,7 +523,7 @@ def _chunks(text: str) -> list[list[str]]:
     """The prompt's phrases in three tiers: clauses (split at punctuation and connectives, "lined with X" kept
     whole), adjacent clause pairs, single content words of longer clauses."""
     parts = [p.strip(" -") for p in re.split(r"[,;.!?]|(?<!lined )\b(?:with|and|at|in|on|under|during|through|"
-                                              r"along|but|plus|near|by|beside)\b|(?=\blined with\b)", text)]
+                                              r"along|but|plus|near|by|beside|past|among|amid|between|alongside|surrounded)\b|(?=\blined with\b)", text)]
     parts = [p for p in parts if re.search(r"[a-z]{3,}", p)]
     pairs = [f"{a} {b}" for a, b in zip(parts, parts[1:])]
     words = sorted({w for p in parts if " " in p for w in re.findall(r"[a-z][a-z-]{3,}", p)} - _STOPWORDS)
@@ -511,9 +579,10 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
     return found, evidence, float(sims[:, named_rows].max())
 
 
-def _phrases_to_attributes(found: dict, evidence: dict) -> tuple[dict, dict]:
-    """Bank attributes (curvature, road_width, ...) -> layout description attributes."""
-    attributes, why = {}, {}
+def _phrases_to_attributes(found: dict, evidence: dict) -> tuple[dict, dict, set]:
+    """Bank attributes (curvature, road_width, ...) -> layout description attributes, their evidence, and the keys
+    only implied by a kind of road ("a highway": no buildings), which what the prompt names outright overrides."""
+    attributes, why, implied = {}, {}, set()
     for attribute, value in found.items():
         if isinstance(value, dict):
             keys = dict(value, template="curve") if attribute == "curvature" else dict(value)
@@ -526,9 +595,15 @@ def _phrases_to_attributes(found: dict, evidence: dict) -> tuple[dict, dict]:
         else:
             keys = {attribute: value}
         for key, v in keys.items():
+            if attribute == "road_kind" and key in attributes:
+                continue  # (a phrase naming the attribute itself wins over a road kind's implication)
             attributes[key] = v
             why[key] = evidence[attribute]
-    return attributes, why
+            if attribute == "road_kind":
+                implied.add(key)
+            else:
+                implied.discard(key)
+    return attributes, why, implied
 
 
 def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
@@ -546,6 +621,11 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
             lanes = max(1, round(road_width / (2 * 3.5)))  # the current lane count does not fit: 3.5 m lanes
         full["lanes_per_direction"] = lanes
         full["lane_width_m"] = round(road_width / (2 * lanes), 4)
+        low_m, high_m = LANE_WIDTH_M
+        if not (1 <= lanes <= MAX_LANES_PER_DIRECTION and low_m <= full["lane_width_m"] <= high_m):
+            raise PromptError(f"a road {road_width:.4g} m wide does not fit {lanes} lane(s) per direction (lanes "
+                              f"{low_m:g}-{high_m:g} m wide, at most {MAX_LANES_PER_DIRECTION} per direction: "
+                              f"{2 * low_m:g}-{2 * MAX_LANES_PER_DIRECTION * high_m:g} m of road)")
     if template == "curve" and "length_m" in named:
         if "radius_m" in named:  # arc length and radius given: the angle follows
             full["angle_deg"] = math.degrees(full["length_m"] / full["radius_m"])
@@ -591,15 +671,28 @@ def _metres_per(unit: str) -> float:
 
 def _check(attributes: dict) -> None:
     """Refuse values no layout can hold, naming the attribute (diffusers: loud errors, no silent fixes)."""
-    limits = {"length_m": (10.0, 5000.0), "radius_m": CURVE_RADIUS_M, "angle_deg": (5.0, 180.0),
-              "lane_width_m": (2.0, 6.0), "sidewalk_width_m": (MIN_SIDEWALK_M, 10.0)}
+    limits = {"radius_m": CURVE_RADIUS_M, "angle_deg": (5.0, 180.0), "length_m": (10.0, 5000.0),
+              "lane_width_m": LANE_WIDTH_M, "sidewalk_width_m": (MIN_SIDEWALK_M, 10.0)}
     for key, (low, high) in limits.items():
         if not low <= attributes[key] <= high:
+            if key == "length_m" and attributes["template"] == "curve":  # said in the curve's own terms
+                raise PromptError(f"a {attributes['angle_deg']:g}-degree curve of radius {attributes['radius_m']:g} m "
+                                  f"is {attributes['length_m']:.1f} m long; a layout holds {low:g}-{high:g} m: ask "
+                                  "for a larger radius or angle")
             raise PromptError(f"{key} = {attributes[key]:g} is outside what a layout can hold ({low:g}-{high:g})")
+    if attributes["template"] == "curve":
+        half_m = attributes["lanes_per_direction"] * attributes["lane_width_m"] + attributes["sidewalk_width_m"]
+        if attributes["radius_m"] - half_m < CURVE_INSIDE_M:  # its inside lanes folded through the centre
+            raise PromptError(f"a curve of radius {attributes['radius_m']:g} m cannot hold "
+                              f"{attributes['lanes_per_direction']} lane(s) per direction of "
+                              f"{attributes['lane_width_m']:g} m and {attributes['sidewalk_width_m']:g} m sidewalks "
+                              f"({half_m:g} m each side of its centre line): ask for a radius of at least "
+                              f"{half_m + CURVE_INSIDE_M:g} m or fewer lanes")
     if not 0 < attributes["building_height_m"][0] <= attributes["building_height_m"][1]:
         raise PromptError(f"building_height_m = {attributes['building_height_m']} must be 0 < low <= high")
-    if not 1 <= attributes["lanes_per_direction"] <= 6:
-        raise PromptError(f"lanes_per_direction = {attributes['lanes_per_direction']} is outside 1-6")
+    if not 1 <= attributes["lanes_per_direction"] <= MAX_LANES_PER_DIRECTION:
+        raise PromptError(f"lanes_per_direction = {attributes['lanes_per_direction']} is outside "
+                          f"1-{MAX_LANES_PER_DIRECTION}")
     choices = {"template": tuple(TEMPLATE_DEFAULTS), "building_style": BUILDING_STYLES, "time_of_day": TIMES_OF_DAY,
                "weather": PALETTES, "parked_cars": DENSITY_LEVELS, "trees": DENSITY_LEVELS, "buildings": (True, False)}
     for key, allowed in choices.items():
@@ -629,24 +722,40 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"layout_from_prompt: seed must be an integer >= 0 or None, got {seed!r}")
     text = _normalise(prompt)
+    huge = re.search(r"\b\d+(?:\.\d+)?e[+-]?\d{3,}\b", text)
+    if huge:  # "a 1e400 m road": the length was dropped without a word
+        raise PromptError(f"{huge.group(0)!r}: a number this large describes no street")
     negative = re.search(r"(?<![\w-])-\s*\d+(?:\.\d+)?", text)
     if negative:  # "a -50 m road" was read as 50 m with the sign left over
         raise PromptError(f"{negative.group(0).strip()!r}: a negative number describes no street")
     parsed, parsed_why, spans = _parse_rules(text)
     notes = parsed.pop("_notes", [])
+    if re.search(r"[^\x00-\x7f°–’‘“”]", prompt):  # "eine 300 m lange Straße ... bei Regen": only the 300 m was read
+        notes.append("the prompt is read as English: words in other languages are not understood and were left out")
+    ruled_out = parsed.pop("_ruled_out", {})
     phrase_found, phrase_evidence, best_phrase = _match_phrases(_blank(text, spans))
-    named, why = _phrases_to_attributes(phrase_found, phrase_evidence)
+    named, why, implied = _phrases_to_attributes(phrase_found, phrase_evidence)
     named.update(parsed)  # numbers and negations take precedence over similar phrases
     why.update(parsed_why)
+    implied -= set(parsed)
+    asked = [k for k in ("building_style", "building_height_m") if k in named and k not in implied]
+    if "buildings" in implied and named["buildings"] is False and asked:
+        # "a highway with office towers": the towers were asked for, the highway only implied open land
+        named["buildings"] = True
+        why["buildings"] = f"asked for by {why[asked[0]]}"
 
     scene = None
     if base is not None:
         if "attributes" not in base:
             raise PromptError("base must be a description returned by layout_from_prompt (no 'attributes')")
-        if not named:
+        if not named and not ruled_out:
             raise PromptError(f"the edit {prompt!r} names nothing a layout can express (closest phrase "
                               f"similarity {best_phrase:.2f}); try e.g. 'without parked cars', 'at dusk'")
+        if not isinstance(base["attributes"], dict):
+            raise PromptError(f"base must be a description returned by layout_from_prompt ('attributes' is "
+                              f"{type(base['attributes']).__name__}, not a dict)")
         attributes = {**copy.deepcopy(base["attributes"]), **named}
+        _rule_out(attributes, named, why, ruled_out)
         if "template" in named and named["template"] != base["attributes"]["template"]:
             # another kind of road keeps what it shares with the old one (its lanes; a straight road's length as an
             # intersection's extent and back); a curve's length follows its radius and angle
@@ -666,7 +775,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
         _, _, scene_embeddings = _bank()
         scene_sims = scene_embeddings @ _embed([_blank(text, spans).strip() or text.strip()])[0]
         best = int(np.argmax(scene_sims))
-        if not named and max(float(scene_sims[best]), best_phrase) < UNRELATED_MAX_SIMILARITY:
+        if not named and not ruled_out and max(float(scene_sims[best]), best_phrase) < UNRELATED_MAX_SIMILARITY:
             raise PromptError(f"the prompt {prompt!r} does not describe a street this builder can lay out "
                               f"(closest scene similarity {float(scene_sims[best]):.2f}, phrase "
                               f"{best_phrase:.2f}); name a road, lanes, buildings, weather or time of day")
@@ -677,7 +786,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
             scene = {"text": scene_text, "similarity": round(float(scene_sims[best]), 3)}
             attributes.update(scene_attributes)
             evidence.update({k: f"scene {scene_text!r}" for k in scene_attributes})
-        if not named and scene is None:
+        if not named and not ruled_out and scene is None:
             raise PromptError(f"the prompt {prompt!r} names no attribute and is not close to any described scene "
                               f"(best {float(scene_sims[best]):.2f} < {SCENE_MIN_SIMILARITY})")
         if "template" in named and scene is not None and named["template"] != attributes.get("template"):
@@ -685,6 +794,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
                 if key in attributes and key not in named:
                     del attributes[key], evidence[key]
         attributes.update(named)
+        _rule_out(attributes, named, why, ruled_out)
         evidence.update(why)
         description = {"version": DESCRIPTION_VERSION, "prompt": prompt, "edits": [],
                        "seed": 0 if seed is None else int(seed), "scene": scene, "attributes": None,
@@ -692,7 +802,38 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
         description["attributes"] = _resolve(attributes, named, notes)
     description["evidence"] = {k: description["evidence"][k] for k in ATTRIBUTE_ORDER
                                if k in description["evidence"]}
-    return layout_from_description(description), description
+    layout = layout_from_description(description)
+    _check_buildable(layout, description)
+    return layout, description
+
+
+def _check_buildable(layout: Layout, description: dict) -> None:
+    """Refuse a layout whose scene cannot be built at the default voxel (a 2000 m curve spans 2 km x 2 km: the build
+    failed with advice for a map), and note one too short to drive (build-scene takes it; a run refuses it)."""
+    from neural_sensor.scene.occupancy import MAX_GRID_BYTES, grid_bytes, grid_origin_shape
+    from neural_sensor.scene.path import Path as PolylinePath
+
+    voxel_m = float(inspect.signature(build_occupancy).parameters["voxel_m"].default)
+    n_bytes = grid_bytes(grid_origin_shape(layout, voxel_m, MAX_BUILDING_HEIGHT_M)[1])
+    if n_bytes > MAX_GRID_BYTES:
+        x0, y0, x1, y1 = layout.bounds_m()
+        raise PromptError(f"this {describe(description).splitlines()[0].split(';')[0]} spans {x1 - x0:.0f} x "
+                          f"{y1 - y0:.0f} m: its scene would need {n_bytes / 2**30:.1f} GiB at {voxel_m:g} m voxels "
+                          f"(at most {MAX_GRID_BYTES / 2**30:.0f}); ask for a smaller radius or a shorter road")
+    longest_m = max((PolylinePath(lane.travel_polyline()).length_m for lane in layout.lanes), default=0.0)
+    if longest_m < MIN_DRIVE_LANE_M:
+        description["notes"].append(f"its longest lane is {longest_m:.0f} m: build-scene and render take it, but a "
+                                    f"run drives at least {MIN_DRIVE_LANE_M:g} m of lane (ask for a longer road)")
+
+
+def _rule_out(attributes: dict, named: dict, why: dict, ruled_out: dict) -> None:
+    """Apply what the prompt negated ("no rain", "not sunny", "a dry road"): an attribute whose value (named, the
+    scene's, the base's or the default) is one the prompt ruled out takes the value `_NEGATED_CONDITIONS` gives
+    instead ("no rain" had been read as rain: the word matched, the "no" was not read)."""
+    for key, (values, instead, said) in ruled_out.items():
+        if attributes.get(key, DEFAULTS[key]) in values and instead is not None:
+            attributes[key] = named[key] = instead
+            why[key] = f"parsed {said!r}"
 
 
 def layout_from_description(description: dict) -> Layout:
