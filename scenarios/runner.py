@@ -297,13 +297,13 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
         sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
-    if scene_kind != "builder":  # checked, and "auto"'s timed probe run (cached), before the enhancer server
-        # starts beside this process and competes for the cores
-        from neural_sensor.enhance.precision import resolve_cpu_precision
-
-        resolve_cpu_precision(options.network_precision, "network precision")
     enhancer = server = None
-    try:
+    try:  # (from here on the simulator is closed whatever happens: a CARLA server's settings restored, actors gone)
+        if scene_kind != "builder":  # checked, and "auto"'s timed probe run (cached), before the enhancer server
+            # starts beside this process and competes for the cores
+            from neural_sensor.enhance.precision import resolve_cpu_precision
+
+            resolve_cpu_precision(options.network_precision, "network precision")
         if options.enhancer is not None:
             enhancer, server = connect_enhancer(options)
         background = sky_rgb(scenario.layout.style)

@@ -378,3 +378,22 @@ def test_a_control_from_carla_an_object_or_a_dict():
         VehicleControl.from_any(None)
     with pytest.raises(ValueError, match="VehicleControl.throttle must be a number"):
         VehicleControl.from_any({"throttle": float("nan"), "steer": 0.0, "brake": 0.0})
+
+
+def test_a_run_that_fails_before_its_loop_leaves_the_server_as_it_found_it(tmp_path, monkeypatch):
+    """A new user's finding: a run stopped between the simulator's start (sync mode on, the ego, agents and a
+    collision sensor spawned) and its loop (the network precision's probe: a Ctrl-C there, or a bad precision) left a
+    CARLA server in synchronous mode with every actor: a real server then waits for ticks forever."""
+    import carla_bridge.carla_world as carla_world
+    from scenarios.runner import RunOptions, run_scenario
+
+    client = StandInClient()
+    monkeypatch.setattr(carla_world, "connect", lambda address, timeout_s=10.0: client)
+    with pytest.raises(ValueError, match="precision"):
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "run", ticks=2, width=48, height=27, backend="cpu",
+                                          carla="standin:2000", video=False, scene="reconstruction",
+                                          network_precision="bogus", enhancer=None, cache_dir=tmp_path / "cache",
+                                          progress=False))
+    world = client.get_world()  # (the run loaded the scenario's map: a new world)
+    assert world.get_settings().synchronous_mode is False
+    assert [a.type_id for a in world.get_actors()] == ["spectator"]

@@ -64,3 +64,26 @@ def test_synchronous_mode_example(scene_ply, tmp_path):
 
     delivered = synchronous_mode.main(_argv(scene_ply, tmp_path, 4))
     assert delivered == list(range(delivered[0], delivered[0] + 4))
+
+
+@pytest.mark.parametrize("name", ["depth_camera", "semantic_camera", "two_hertz_camera", "synchronous_mode",
+                                  "batch_destroy"])
+def test_an_example_that_fails_leaves_the_server_as_it_found_it(name, scene_ply, tmp_path, monkeypatch):
+    """A new user's finding: four examples switched the server to synchronous mode before reading --scene (a wrong
+    path left a real server waiting for ticks forever), and batch_destroy restored nothing on an error (its vehicle
+    stayed too)."""
+    import importlib
+
+    from carla_bridge.standin import StandInClient
+
+    module = importlib.import_module(f"carla_bridge.examples.{name}")
+    client = StandInClient()
+    monkeypatch.setattr(module, "make_client", lambda args: client)
+    argv = _argv("no_such_scene.ply" if name != "batch_destroy" else scene_ply, tmp_path, 1)
+    if name == "batch_destroy":  # a camera the server refuses, after the first vehicle was spawned
+        argv[argv.index("--width") + 1] = "0"
+    with pytest.raises(ValueError):
+        module.main(argv)
+    world = client.get_world()
+    assert world.get_settings().synchronous_mode is False
+    assert [a.type_id for a in world.get_actors()] == ["spectator"]

@@ -14,10 +14,10 @@ from neural_sensor.gaussians import GaussianScene
 
 def main(argv=None) -> list[str]:
     args = parse_args(__doc__.splitlines()[0], argv, ticks=10)
+    scene = GaussianScene.load_ply(args.scene)  # (read first: a bad path leaves the server as it was)
     client = make_client(args)
     world = client.get_world()
     original = synchronous(world)
-    scene = GaussianScene.load_ply(args.scene)
     actors, written = [], []
     try:
         library = world.get_blueprint_library()

@@ -14,13 +14,13 @@ from neural_sensor.gaussians import GaussianScene
 
 def main(argv=None) -> list[int]:
     args = parse_args(__doc__.splitlines()[0], argv, ticks=100)
+    scene = GaussianScene.load_ply(args.scene)  # (read first: a bad path leaves the server as it was)
     client = make_client(args)
     world = client.get_world()
     original = world.get_settings()
     settings = world.get_settings()
     settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
     world.apply_settings(settings)
-    scene = GaussianScene.load_ply(args.scene)
     actors = []
     try:
         library = world.get_blueprint_library()
