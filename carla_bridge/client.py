@@ -85,21 +85,21 @@ class NeuralWorld:
     def _is_neural(self, blueprint) -> bool:
         return getattr(blueprint, "id", None) in self._camera_types
 
-    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = "",
+    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = "",
                     *args, **kwargs):
         if self._is_neural(blueprint):
             return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
-                                       socket_name=socket_name, lod_px=self._lod_px, reference=self._reference,
+                                       socket_name=bone, lod_px=self._lod_px, reference=self._reference,
                                        render_scale=self._render_scale)
-        extra = () if attachment_type is None else (attachment_type, socket_name)
+        extra = () if attachment_type is None else (attachment_type, bone)
         return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
-    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = "",
+    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = "",
                         *args, **kwargs):
         if self._is_neural(blueprint):  # a camera never collides: try_spawn_actor is spawn_actor for it
-            return self.spawn_actor(blueprint, transform, attach_to, attachment_type, socket_name)
-        extra = () if attachment_type is None else (attachment_type, socket_name)
+            return self.spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
+        extra = () if attachment_type is None else (attachment_type, bone)
         return self._world.try_spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
     def get_actor(self, actor_id: int):

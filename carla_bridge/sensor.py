@@ -434,6 +434,22 @@ def _check_attachment(attachment_type, parent):
     return attachment_type
 
 
+def _check_parent(world, attach_to) -> None:
+    """Refuse at the spawn, as the server does, a parent that is gone; name what cannot be a parent (a neural camera
+    is not a server actor its rig can follow; a str was an AttributeError '...has no attribute id')."""
+    if attach_to is None:
+        return
+    if isinstance(attach_to, NeuralCamera):
+        raise ValueError("spawn_neural_camera: attach_to is a neural camera, which cannot carry another; attach both "
+                         "cameras to the vehicle")
+    actor_id = getattr(attach_to, "id", None)
+    if isinstance(actor_id, bool) or not isinstance(actor_id, int):
+        raise TypeError(f"spawn_neural_camera: attach_to must be a carla.Actor (or None), got "
+                        f"{type(attach_to).__name__}")
+    if world.get_actor(actor_id) is None:  # (libcarla: the server's spawn_actor_with_parent answers this error)
+        raise RuntimeError("unable to attach actor: parent actor not found")
+
+
 def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: GaussianScene | None = None,
                         backend: str = "auto", background_rgb=(0.53, 0.71, 0.92), enhancer: str | None = None,
                         enhancer_deadline_ms: float = 1000.0, attachment_type=None,
@@ -454,6 +470,7 @@ def spawn_neural_camera(world, blueprint, transform, attach_to=None, scene: Gaus
     check_camera_type(str(type_id))
     if socket_name:
         raise ValueError(f"spawn_neural_camera: socket_name {socket_name!r} is not supported (mount by transform)")
+    _check_parent(world, attach_to)
     attributes, defaults = {}, {}
     for attribute in blueprint:
         attributes[attribute.id] = attribute.as_str()

@@ -158,6 +158,10 @@ class StandInBlueprint:
                 self._attributes[key] = StandInAttribute(key, "string", str(value))
 
     def set_attribute(self, key, value) -> None:
+        if not (isinstance(key, str) and isinstance(value, str)):  # libcarla: set_attribute(str, str), Boost.Python
+            raise TypeError(f"Python argument types in ActorBlueprint.set_attribute(ActorBlueprint, "
+                            f"{type(key).__name__}, {type(value).__name__}) did not match C++ signature: "
+                            "set_attribute(carla::client::ActorBlueprint {lvalue}, std::string, std::string)")
         self.get_attribute(key)._set(value)
 
     def has_attribute(self, key) -> bool:
@@ -443,16 +447,21 @@ class StandInWorld:
         return self._spectator
 
     # actors
-    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = ""):
+    def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = ""):
+        """libcarla's keyword names (bone, not socket_name: that is command.SpawnActor's). As the server's
+        spawn_actor_with_parent, a parent that is gone is an error raised after the child was spawned (the server
+        leaves that child in the world)."""
         attributes = {a.id: a.as_str() for a in blueprint} if hasattr(blueprint, "__iter__") else {}
         with self._lock:
             actor = StandInActor(self, next(self._ids), blueprint.id, transform, attach_to, attributes)
             self.actors[actor.id] = actor
+            if attach_to is not None and getattr(attach_to, "id", None) not in self.actors:
+                raise RuntimeError("unable to attach actor: parent actor not found")
         return actor
 
-    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, socket_name: str = ""):
+    def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = ""):
         """As spawn_actor: the stand-in has no collision test, so it never answers None."""
-        return self.spawn_actor(blueprint, transform, attach_to, attachment_type, socket_name)
+        return self.spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
 
     def get_actors(self, ids=None) -> StandInActorList:
         with self._lock:

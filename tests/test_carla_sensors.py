@@ -510,3 +510,30 @@ def test_fast_encoders_equal_the_numpy_formulas():
     depth = rng.uniform(0.0, 1200.0, (17, 23)).astype(np.float32)
     semantic = rng.integers(0, 4, (17, 23)).astype(np.uint8)
     np.testing.assert_array_equal(depth_to_bgra_fast(depth, semantic), depth_to_bgra(depth, sky_mask(semantic)))
+
+
+def test_spawning_as_libcarla_does_a_dead_parent_a_bone_and_string_attributes(tmp_path):
+    """A new user's findings: a neural camera spawned on a destroyed vehicle was accepted (every tick then logged a
+    traceback), as was one on another neural camera or a str; the stand-in took set_attribute("image_size_x", 96)
+    (libcarla's signature is (str, str): a script that passed here failed on a server) and spawn_actor(socket_name=)
+    instead of libcarla's bone=."""
+    from carla_bridge.standin import StandInClient
+
+    world = StandInClient().get_world()
+    library = world.get_blueprint_library()
+    scene = make_street_scene(2000, seed=0)
+    bp = _bp(library, "rgb")
+    with pytest.raises(TypeError, match="did not match C\\+\\+ signature"):
+        bp.set_attribute("image_size_x", 96)
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform(), bone="")
+    camera = spawn_neural_camera(world, bp, MOUNT, attach_to=car, scene=scene)
+    with pytest.raises(ValueError, match="neural camera"):
+        spawn_neural_camera(world, bp, MOUNT, attach_to=camera, scene=scene)
+    with pytest.raises(TypeError, match="attach_to must be a carla.Actor"):
+        spawn_neural_camera(world, bp, MOUNT, attach_to="vehicle", scene=scene)
+    camera.destroy()
+    car.destroy()
+    with pytest.raises(RuntimeError, match="parent actor not found"):
+        spawn_neural_camera(world, bp, MOUNT, attach_to=car, scene=scene)
+    with pytest.raises(RuntimeError, match="parent actor not found"):
+        world.spawn_actor(library.find("sensor.other.collision"), carla.Transform(), attach_to=car)
