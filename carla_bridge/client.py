@@ -5,6 +5,11 @@
     camera = world.spawn_actor(depth_bp, transform, attach_to=vehicle)         # a NeuralCamera
     client.apply_batch([carla.command.DestroyActor(camera.id), ...])           # destroys it client-side
 
+NeuralClient's get_world, load_world, reload_world, load_world_if_different and generate_opendrive_world answer a
+NeuralWorld. An actor's own `get_world()` is libcarla's and answers the server's world, whose spawn_actor makes the
+server's camera: spawn cameras through the NeuralWorld (a script that takes `vehicle.get_world()`, as
+manual_control.py's CameraManager does, is handed the NeuralWorld instead).
+
 NeuralWorld answers spawn_actor / try_spawn_actor of the four camera blueprints
 (carla_bridge.encodings.CAMERA_TYPES, or the `camera_types` given) with a NeuralCamera and passes
 everything else to the real world; get_actor / get_actors know the neural cameras by id.
@@ -140,6 +145,21 @@ class NeuralClient:
 
     def get_world(self) -> NeuralWorld:
         return NeuralWorld(self._client.get_world(), **self._options)
+
+    # the client's calls that answer a world answer a NeuralWorld too (a new user's generate_opendrive_world world
+    # spawned the server's own cameras, which the stand-in never delivers)
+    def load_world(self, *args, **kwargs) -> NeuralWorld:
+        return NeuralWorld(self._client.load_world(*args, **kwargs), **self._options)
+
+    def reload_world(self, *args, **kwargs) -> NeuralWorld:
+        return NeuralWorld(self._client.reload_world(*args, **kwargs), **self._options)
+
+    def generate_opendrive_world(self, *args, **kwargs) -> NeuralWorld:
+        return NeuralWorld(self._client.generate_opendrive_world(*args, **kwargs), **self._options)
+
+    def load_world_if_different(self, *args, **kwargs):
+        world = self._client.load_world_if_different(*args, **kwargs)
+        return None if world is None else NeuralWorld(world, **self._options)
 
     def _world_for(self, world) -> NeuralWorld:
         return world if isinstance(world, NeuralWorld) else NeuralWorld(world, **self._options)

@@ -397,3 +397,23 @@ def test_a_run_that_fails_before_its_loop_leaves_the_server_as_it_found_it(tmp_p
     world = client.get_world()  # (the run loaded the scenario's map: a new world)
     assert world.get_settings().synchronous_mode is False
     assert [a.type_id for a in world.get_actors()] == ["spectator"]
+
+
+def test_a_neural_clients_new_worlds_spawn_neural_cameras():
+    """A new user's finding: the world of NeuralClient.generate_opendrive_world (and load_world / reload_world) was
+    the server's own, so a camera spawned there was the server's (on the stand-in it never delivered)."""
+    from carla_bridge.client import NeuralClient, NeuralWorld
+    from carla_bridge.sensor import NeuralCamera
+    from neural_sensor.scene.layout import straight_road
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+    from neural_sensor.testing import make_street_scene
+
+    client = NeuralClient(StandInClient(), scene=make_street_scene(2000, seed=0), backend="cpu")
+    world = client.generate_opendrive_world(layout_to_opendrive(straight_road(80.0)))
+    assert isinstance(world, NeuralWorld)
+    library = world.get_blueprint_library()
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
+    camera = world.spawn_actor(library.find("sensor.camera.rgb"), carla.Transform(), attach_to=car)
+    assert isinstance(camera, NeuralCamera)
+    camera.destroy()
+    car.destroy()
