@@ -136,6 +136,9 @@ class CameraRig:
         self._said_backlog = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
+        self._tick_thread = None  # the thread the world calls on_tick on (libcarla's stream thread)
+        self._seen_frame = _current_frame(world)  # the newest frame whose on_tick this rig has taken (or was
+        #                                           made after): `catch_up` waits for a ticked frame's to run
         with _live_lock:  # (join_rig holds _rigs_lock here)
             _live_rigs.add(self)  # until its worker ends: joined at interpreter exit (`_close_rigs_at_exit`)
         self._worker = threading.Thread(target=self._run, name=f"neural-camera-rig-{id(self):x}", daemon=True)
@@ -188,6 +191,31 @@ class CameraRig:
 
     # ---------------------------------------------------------------- per tick (client stream thread)
     def _on_tick(self, world_snapshot) -> None:
+        self._tick_thread = threading.current_thread()
+        try:
+            self._take_tick(world_snapshot)
+        finally:  # (after the frame is queued: a camera's destroy() then flushes it)
+            with self._cond:
+                self._seen_frame = max(self._seen_frame, int(world_snapshot.frame))
+                self._cond.notify_all()
+
+    def catch_up(self, timeout_s: float) -> bool:
+        """Wait until this rig's on_tick has taken the world's newest frame (libcarla calls it on its stream thread
+        after world.tick() has returned: a destroy() or wait_idle() right after a tick came before it, and dropped
+        or missed that frame); False after timeout_s, or at once when the world cannot say its frame."""
+        if threading.current_thread() in (self._worker, self._tick_thread):  # (a listener or an on_tick callback
+            return True  # destroying a camera: what it would wait for runs on its own thread, after it)
+        target = _current_frame(self.world)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._seen_frame < target and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _take_tick(self, world_snapshot) -> None:
         timestamp_s = float(world_snapshot.timestamp.elapsed_seconds)
         due = [camera for camera in self.cameras if camera._due(timestamp_s)]
         due = [camera for camera in due if camera._callback is not None and not camera._closing]
@@ -461,8 +489,11 @@ class CameraRig:
                     traceback.print_exc()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Block until every queued frame has been rendered and delivered; False on timeout (tests, benchmarks)."""
+        """Block until the world's newest tick has been taken (`catch_up`) and every queued frame rendered and
+        delivered; False on timeout (tests, benchmarks)."""
         deadline = time.monotonic() + timeout_s
+        if not self.catch_up(timeout_s):
+            return False
         with self._cond:
             while self._jobs or self._busy:
                 left = deadline - time.monotonic()
@@ -470,6 +501,14 @@ class CameraRig:
                     return False
                 self._cond.wait(left)
         return True
+
+
+def _current_frame(world) -> int:
+    """The world's newest frame (its snapshot's: world.tick() returns once the client holds it), -1 if unknown."""
+    try:
+        return int(world.get_snapshot().frame)
+    except Exception:  # noqa: BLE001 - a world that cannot say (a server gone): nothing to wait for
+        return -1
 
 
 @atexit.register

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import weakref
 from pathlib import Path
 
@@ -350,8 +351,10 @@ class NeuralCamera:
         if not self._alive:
             return False
         if self._callback is not None:
+            start = time.monotonic()
+            self.rig.catch_up(DESTROY_FLUSH_S)  # the ticks already taken reach the rig first (they were dropped)
             self._closing = True  # the ticks from now on are not waited for (nor rendered)
-            self.rig.flush(self, DESTROY_FLUSH_S)
+            self.rig.flush(self, max(0.0, DESTROY_FLUSH_S - (time.monotonic() - start)))
         self._alive = False
         self._callback = None
         _cameras.pop(self.id, None)

@@ -423,3 +423,29 @@ def test_a_chase_camera_sees_the_vehicle_it_follows(scene):
     assert not (ids == ego.id % 65536).any()  # the roof camera does not see into the car's asset
     for camera in (chase, roof, fixed):
         camera.destroy()
+
+
+def test_destroy_right_after_ticks_delivers_them_though_their_on_tick_comes_late(scene):
+    """A new user's finding: a loop of world.tick() that never waited, then destroy(), delivered every frame in some
+    runs and none in others, without a word: libcarla calls on_tick on its stream thread after tick() returns, and
+    destroy() had stopped the camera taking ticks before the rig's on_tick for them had run. The stream is slowed
+    here so that it always comes late."""
+    import time
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    slow = {"first": True}
+
+    def late(snapshot):  # (registered before the rig's: the stream calls it first)
+        if slow["first"]:
+            slow["first"] = False
+            time.sleep(0.5)
+
+    world.on_tick(late)
+    camera = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    delivered = []
+    camera.listen(lambda image: delivered.append(image.frame))
+    frames = [world.tick() for _ in range(4)]
+    assert camera.destroy()
+    assert delivered == frames
