@@ -68,7 +68,9 @@ def test_reconstruct_draws_sky_pixels_as_the_dome_only():
     assert (all_sky.labels == SKY).all() and len(all_sky) == len(light.dome_geometry(np.zeros(2))["means"])
     assert np.all(np.linalg.norm(all_sky.means, axis=1) > 500.0)  # far away, not at a predicted depth
     no_sky = reconstruct(_model_that_calls_everything(sky=False), images, cams)
-    assert len(no_sky) > 0 and not (no_sky.labels == SKY).any()
+    # and the rest UNLABELED: the other classes' logits are not trained (their argmax had made a plain street road
+    # lines, motorcycles and traffic lights for a semantic camera; a new user's finding)
+    assert len(no_sky) > 0 and (no_sky.labels == 0).all()
     legacy = ReconNet(ReconConfig(channels=16, depth_bins=8)).eval()  # no sky head: no dome, as before
     assert not np.any(np.linalg.norm(reconstruct(legacy, images, cams).means, axis=1) > 500.0)
 

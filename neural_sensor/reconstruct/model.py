@@ -475,9 +475,10 @@ def predict_views(model: ReconNet, images: np.ndarray, cameras: list[Camera], *,
     poses, K = camera_tensors(cameras, h, w)
     means, quats, scales, opac, sh, sem = (t.numpy() for t in gaussians_from_prediction(pred, poses, K))
     labels = sem.argmax(axis=1).astype(np.uint8)
-    if model.config.sky_head:  # the SKY logit alone decides sky (the other classes' logits are not trained)
-        sky = sem[:, SKY] > SKY_LOGIT_THRESHOLD
-        labels = np.where(sky, SKY, np.where(labels == SKY, 0, labels)).astype(np.uint8)
+    if model.config.sky_head:  # the SKY logit alone decides sky; the other classes' logits are not trained, so the
+        # rest is UNLABELED (their argmax had labelled a plain street's Gaussians road lines, motorcycles and traffic
+        # lights: a semantic camera on a reconstruction showed noise)
+        labels = np.where(sem[:, SKY] > SKY_LOGIT_THRESHOLD, SKY, CityObjectLabel.UNLABELED).astype(np.uint8)
     per_view = GaussianScene(means.astype(np.float32), quats.astype(np.float32),
                              np.maximum(scales, 1e-5).astype(np.float32), np.clip(opac, 0, 1).astype(np.float32),
                              sh.astype(np.float32), labels)
