@@ -19,6 +19,7 @@ import numpy as np
 
 from neural_sensor.camera import MAX_SIDE_PX, Camera
 from neural_sensor.gaussians import GaussianScene
+from neural_sensor.host import check_writable_parent
 from neural_sensor.labels import CityObjectLabel
 from neural_sensor.render import BACKENDS, SKY_RGB, RenderOutput, render
 from neural_sensor.testing import MIN_STREET_GAUSSIANS
@@ -61,7 +62,9 @@ def _add_view_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=defaults.height, help="image height in pixels")
     parser.add_argument("--fov", dest="fov_deg", type=float, default=defaults.fov_deg, help="horizontal fov, degrees")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="render backend")
-    parser.add_argument("--background", type=float, nargs=3, default=defaults.background, help="RGB in [0, 1]")
+    parser.add_argument("--background", type=float, nargs=3, default=defaults.background,
+                        help="RGB in [0, 1] behind every Gaussian (a built or reconstructed scene's PLY holds its "
+                             "own sky dome, which covers it)")
     parser.add_argument("-o", "--out", type=Path, default=defaults.out,
                         help="PNG contact sheet to write: each camera's RGB on top; below it its depth (near bright) "
                              "on the left half and its semantic labels on the right")
@@ -115,6 +118,9 @@ def _render_and_save(scene: GaussianScene, cameras: list[Camera], opts: ViewOpti
 
 
 
+MAX_COORDINATE_M = 1e7  # --pose / --eye / --target beyond this overflowed the renderer's float32 (a warning, a blank image)
+
+
 def check_view_options(opts: ViewOptions) -> None:
     """ValueError naming the option for sizes, fov, background or an output that is not a .png file."""
     for name, value in (("width", opts.width), ("height", opts.height)):
@@ -124,10 +130,11 @@ def check_view_options(opts: ViewOptions) -> None:
         raise ValueError(f"--fov must be in (0, 180) degrees, got {opts.fov_deg}")
     if not all(math.isfinite(c) and 0.0 <= c <= 1.0 for c in opts.background):
         raise ValueError(f"--background must be three numbers in [0, 1], got {list(opts.background)}")
-    if opts.out.suffix.lower() != ".png":
-        raise ValueError(f"-o/--out must be a .png file, got {opts.out}")
+    if opts.out.suffix.lower() != ".png" or opts.out.name.lower() == ".png":
+        raise ValueError(f"-o/--out must name a .png file (e.g. view.png), got {opts.out}")
     if opts.out.is_dir():
         raise ValueError(f"-o/--out {opts.out} is a folder; give a .png file name")
+    check_writable_parent("-o/--out", opts.out)  # before the render (it can take a minute), not after it
 
 
 def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
@@ -140,7 +147,8 @@ def add_render_commands(sub, formatter_class=argparse.HelpFormatter) -> None:
                             "the FLU axes (yaw left, pitch nose down); the camera looks along its x axis")
     where.add_argument("--eye", type=float, nargs=3, help="camera position, world FLU metres (with --target)")
     p_render.add_argument("--target", type=float, nargs=3, help="point looked at, world FLU metres (with --eye)")
-    p_render.add_argument("--up", type=float, nargs=3, default=(0.0, 0.0, 1.0), help="world up direction")
+    p_render.add_argument("--up", type=float, nargs=3, default=None,
+                          help="world up direction, with --eye / --target (default 0 0 1; --pose gives the roll)")
     _add_view_options(p_render)
 
     p_street = sub.add_parser("street", help="render the street benchmark scene from a 1-6 camera rig",
@@ -162,10 +170,16 @@ def run_render_command(args: argparse.Namespace) -> dict:
             raise ValueError("render: --target goes with --eye; --pose already gives the viewing direction")
         if args.eye is not None and args.target is None:
             raise ValueError("render: --eye needs --target")
+        if args.pose is not None and args.up is not None:  # (it was taken and dropped without a word)
+            raise ValueError("render: --up goes with --eye / --target; with --pose the roll angle sets the up")
+        args.up = (0.0, 0.0, 1.0) if args.up is None else args.up
         for name in ("pose", "eye", "target", "up"):
             values = getattr(args, name)
             if values is not None and not all(math.isfinite(v) for v in values):
                 raise ValueError(f"render: --{name} must be finite numbers, got {' '.join(map(str, values))}")
+            if values is not None and name != "up" and not all(abs(v) <= MAX_COORDINATE_M for v in values):
+                raise ValueError(f"render: --{name} must be within {MAX_COORDINATE_M:g} (metres, degrees) of zero, "
+                                 f"got {' '.join(map(str, values))}")
         if not any(args.up):
             raise ValueError("render: --up must not be the zero vector")
         scene = GaussianScene.load_ply(args.ply)
@@ -183,6 +197,8 @@ def run_render_command(args: argparse.Namespace) -> dict:
 
         if not 1 <= args.cameras <= 6:
             raise ValueError(f"--cameras must be in 1..6, got {args.cameras}")
+        if not 0 <= args.sh_degree <= 3:
+            raise ValueError(f"--sh-degree must be 0, 1, 2 or 3, got {args.sh_degree}")
         if not MIN_STREET_GAUSSIANS <= args.gaussians <= STREET_MAX_GAUSSIANS:
             raise ValueError(f"--gaussians must be in {MIN_STREET_GAUSSIANS:,}..{STREET_MAX_GAUSSIANS:,} (the "
                              f"street's layout needs the least; the most keeps its arrays and the renderer's within a "

@@ -33,6 +33,19 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
+def check_writable_parent(option: str, path: Path) -> None:
+    """Raise ValueError naming the command line's `option` when a file stands where `path`'s folders would be or
+    nothing can be written where they start; missing folders are fine (the command creates them)."""
+    for ancestor in Path(path).parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
+            problem = write_problem(ancestor)  # a real probe: os.access says yes to root, even in /proc
+            if problem:
+                raise ValueError(f"{option} {path}: nothing can be written in {ancestor} ({problem})")
+            return
+
+
 def _stat_bytes(path: Path, key: str) -> int:
     """One counter of a cgroup's memory.stat, 0 where absent."""
     try:

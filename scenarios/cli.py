@@ -35,7 +35,7 @@ from pathlib import Path
 from neural_sensor.cli import MAX_SIDE_PX, add_render_commands, int_at_least, run_render_command, seed_int
 from neural_sensor.enhance.precision import CPU_PRECISIONS
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
-from neural_sensor.host import write_problem
+from neural_sensor.host import check_writable_parent, write_problem
 from neural_sensor.render import BACKENDS, LOD_PX, RECONSTRUCTION_LOD_PX, RECONSTRUCTION_SCALE
 from scenarios.agent import AgentError, ScenarioError
 
@@ -139,7 +139,7 @@ def _enhancer(text: str) -> str:
         raise argparse.ArgumentTypeError(f"local, none or a server's endpoint: {err}") from None
 
 
-def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: bool = True) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: bool = True, truth: bool = True) -> None:
     parser.add_argument("--ticks", type=_positive_int, default=None,
                         help="ticks to run (default: the scenario's length; fewer is a quick look: the route completion it "
                              "cannot reach is then not judged); the run stops early if the ego reaches the end of its "
@@ -198,9 +198,12 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
     parser.add_argument("--temporal-blend", type=_blend, default=TEMPORAL_BLEND, metavar="B",
                         help="weight in [0, 1) of each camera's previous enhanced image, reprojected through the "
                              f"render's depth and clamped, in the delivered one (default {TEMPORAL_BLEND}; 0: none)")
-    parser.add_argument("--truth", action="store_true",
-                        help="also render the builder's scene of the layout (the ground truth) every tick: beside "
-                             "each camera in the video and strip, per-camera PSNR in log.jsonl and summary.json")
+    if truth:  # (not for bench: the truth's render would be timed as part of every tick)
+        parser.add_argument("--truth", action="store_true",
+                            help="also render the builder's scene of the layout (the ground truth, drawn exactly: "
+                                 "--lod-px 0) every tick: beside each camera in the video and strip, per-camera PSNR "
+                                 "in log.jsonl and summary.json (null: identical images). With --scene builder it "
+                                 "measures the level of detail's error alone")
     parser.add_argument("--carla", default=None, metavar="HOST:PORT",
                         help="run on a CARLA server (synchronous mode) instead of the embedded simulator")
     parser.add_argument("--allow-fail", action="store_true",
@@ -285,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "10, where 0 or none means no bound)")
     p_bench = sub.add_parser("bench", help="closed-loop tick rate of the demo, without video",
                              formatter_class=_FORMATTER)
-    _add_run_options(p_bench, "out/bench", video=False)
+    _add_run_options(p_bench, "out/bench", video=False, truth=False)
     p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)",
                              description="Serve the enhancer over ZeroMQ: a broker and its model worker processes, "
                                          "until Ctrl-C or SIGTERM. Runs use it with --enhancer tcp://HOST:PORT.",
@@ -344,7 +347,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_descriptio
                          enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,
                          reconstructor_checkpoint=args.reconstructor_checkpoint,
                          log_reference=args.log_reference, temporal_blend=args.temporal_blend,
-                         truth=args.truth, lod_px=getattr(args, "lod_px", None),
+                         truth=getattr(args, "truth", False), lod_px=getattr(args, "lod_px", None),
                          render_scale=getattr(args, "render_scale", None), prompt_description=prompt_description)
     return run_scenario(scenario, options)
 
@@ -369,7 +372,7 @@ def _build_scene(args: argparse.Namespace) -> dict:
         if path is not None and path.is_dir():
             raise ValueError(f"{option} {path}: a folder; name the file to write")
         if path is not None:
-            _check_writable_parent(option, path)
+            check_writable_parent(option, path)
     length = 200.0 if args.length is None else args.length
     style = Style(seed=args.seed)
     description = None
@@ -493,7 +496,7 @@ def _reconstruct(args: argparse.Namespace) -> dict:
             raise ValueError(f"-o {args.out} is a folder; give the PLY file to write (e.g. {args.out / 'scene.ply'})")
         if args.out.suffix.lower() != ".ply":
             raise ValueError(f"-o {args.out}: the reconstruction is written as a PLY; give a .ply file name")
-        _check_writable_parent("-o", args.out)
+        check_writable_parent("-o", args.out)
         log_folder = drive_log_folder(args.log).resolve()  # LOG may name its transforms.json
         if log_folder.is_dir() and args.out.resolve().is_relative_to(log_folder):
             raise ValueError(f"-o {args.out} lies inside the drive log {args.log}; write the PLY outside it (a "
@@ -527,19 +530,6 @@ def _layout_from_prompt(prompt: str, seed: int):
         raise ValueError(str(err)) from None
     print(describe(description), file=sys.stderr)
     return layout, description
-
-
-def _check_writable_parent(option: str, path: Path) -> None:
-    """Raise ValueError naming `option` when a file stands where `path`'s folders would be; missing folders are
-    fine (the command creates them, as `run --out` does)."""
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
-            problem = write_problem(ancestor)  # a real probe: os.access says yes to root, even in /proc
-            if problem:
-                raise ValueError(f"{option} {path}: nothing can be written in {ancestor} ({problem})")
-            return
 
 
 def _read_bytes(path: Path, what: str) -> bytes:

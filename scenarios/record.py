@@ -72,8 +72,9 @@ def check_video_size(specs: list, columns: int = 3, truth: bool = False) -> tupl
     size = (columns * width + (columns * width) % 2, rows * height + (rows * height) % 2)
     if max(size) > VIDEO_MAX_SIDE_PX:
         raise ValueError(f"the video of {len(specs)} cameras of up to {max(s.width for s in specs)}x"
-                         f"{height} pixels would be {size[0]}x{size[1]} pixels, and H.264 encodes no side longer "
-                         f"than {VIDEO_MAX_SIDE_PX}: smaller --width / --height, or --no-video")
+                         f"{height} pixels{', each beside its truth (--truth),' if truth else ''} would be "
+                         f"{size[0]}x{size[1]} pixels, and H.264 encodes no side longer than {VIDEO_MAX_SIDE_PX}: "
+                         "smaller --width / --height, or --no-video")
     return size
 
 

@@ -181,6 +181,13 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
 
 
+def _median_db(values: list[float]) -> float | None:
+    """The median of PSNRs where an identical image is +inf (they count: a camera identical on most ticks and 40 dB
+    on one had the median 40), None (JSON's null) where that median is infinite."""
+    median = statistics.median(values) if values else math.inf
+    return round(median, 2) if math.isfinite(median) else None
+
+
 def run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     """Run a scenario (a Scenario, or a name / file / module for load_scenario) in closed loop and record it.
 
@@ -559,9 +566,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "key", "checkpoint", "n_gaussians", "build_s", "cached", "scene_s", "path", "log", "network_precision",
                 "log_nearest_to_ego_start_m", "log_farthest_from_ego_lane_m")}},
             "agent": options.agent or "builtin", "paths": paths,
-            "truth_psnr_db_median": None if truth_rig is None else {  # None: identical at every tick
-                sid: (_median([v for v in values if math.isfinite(v)]) if any(map(math.isfinite, values)) else None)
-                for sid, values in truth_psnr.items()},
+            "truth_psnr_db_median": None if truth_rig is None else {  # None: identical on half the ticks or more
+                sid: _median_db(values) for sid, values in truth_psnr.items()},
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version",

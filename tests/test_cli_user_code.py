@@ -217,7 +217,7 @@ def test_carla_without_the_carla_package(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "--width", "20000"], "--width must be"),
     (["render", "x.ply", "--pose", "0", "0", "1", "0", "0", "0", "--target", "5", "0", "1"], "--target goes with"),
-    (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must be a .png"),
+    (["render", "x.ply", "--eye", "0", "0", "1", "--target", "5", "0", "1", "-o", "x.txt"], "must name a .png"),
     (["street", "--cameras", "9"], "--cameras must be"),
     (["street", "--gaussians", "100000000"], "--gaussians must be in 1,000..10,000,000"),
     (["street", "--gaussians", "10"], "--gaussians must be in 1,000..10,000,000"),
@@ -244,6 +244,15 @@ def test_carla_without_the_carla_package(tmp_path):
     (["record-drive", "cut_in", "-o", "rec", "--width", "8192", "--height", "8192"],  # killed (exit 137), no word
      "out of memory: recording 306 images of 8192x8192 needs about"),
     (["serve-enhancer", "--max-batch-frames", "0"], "max-batch-frames must be"),
+    # a new user's findings (2026-12-07): --up dropped with --pose; a pose at 1e300 m overflowed; an output path that
+    # could not be written failed after the whole render; --sh-degree not named; "-o .png"
+    (["render", "x.ply", "--pose", "0", "0", "1.6", "0", "0", "0", "--up", "0", "0", "-1"], "--up goes with --eye"),
+    (["render", "x.ply", "--pose", "0", "0", "1e300", "0", "0", "0"], "--pose must be within 1e+07"),
+    (["street", "--width", "16", "--height", "9", "-o", "/proc/view.png"], "-o/--out /proc/view.png: nothing can be "
+                                                                           "written in /proc"),
+    (["street", "--sh-degree", "4"], "--sh-degree must be 0, 1, 2 or 3, got 4"),
+    (["street", "-o", ".png"], "-o/--out must name a .png file"),
+    (["bench", "--truth"], "unrecognized option --truth"),  # (its truth render had been timed as part of each tick)
 ])
 def test_cli_refuses_bad_options_by_name(tmp_path, args, message):
     result = _cli(args, tmp_path, cwd=tmp_path, timeout=120)

@@ -710,3 +710,15 @@ def test_an_agent_starting_inside_a_building_or_a_parked_car_is_refused():
     if "vegetation" in by_class:
         tree = by_class["vegetation"].centre_m
         EmbeddedSimulator(layout, ego, [AgentSpec(7, "pedestrian", "parked", start_xy_m=tree[:2])])
+
+
+def test_truth_psnr_median_counts_identical_ticks():
+    """A new user's finding: the per-camera median of --truth's PSNR left out identical ticks (+inf): a camera
+    identical on most ticks and 40 dB on one had the median 40."""
+    import math
+
+    from scenarios.runner import _median_db
+
+    assert _median_db([math.inf, math.inf, 40.0]) is None
+    assert _median_db([30.0, math.inf, 40.0]) == 40.0
+    assert _median_db([30.0, 31.0, math.inf]) == 31.0
