@@ -288,8 +288,9 @@ class GaussianScene:
         try:
             k = 1 + n_rest // 3
             sh_degree_from_bases(k)
-        except ValueError as err:
-            raise ValueError(f"{path}: f_rest_* count {n_rest} gives {err}") from None
+        except ValueError:
+            raise ValueError(f"{path}: {n_rest} f_rest_* properties make {k} SH coefficients per colour channel "
+                             f"(1 + {n_rest} / 3); a 3DGS PLY has 0, 9, 24 or 45 of them (SH degree 0-3)") from None
         missing_rest = [f"f_rest_{i}" for i in range(n_rest) if f"f_rest_{i}" not in props]
         if missing_rest:
             raise ValueError(f"{path}: f_rest properties are not numbered 0..{n_rest - 1}: missing {missing_rest[:3]}")

@@ -183,6 +183,8 @@ def test_the_cache_keeps_its_bound_removing_what_was_used_least_recently(tmp_pat
         os.utime(free.path(key), (time.time() - age, time.time() - age))
     sizes = {e["key"]: e["bytes"] for e in free.entries()}
     assert [e["key"] for e in free.entries()] == keys and min(sizes.values()) > 0
+    # what tells two entries of one name apart (a new user could not): when each was stored, how many Gaussians
+    assert all(e["made"] is not None and e["gaussians"] == len(_builder(1)()[0]) for e in free.entries())
     assert free.load(keys[0]) is not None  # a use: now the most recent
     assert [e["key"] for e in free.entries()] == [keys[1], keys[2], keys[0]]
     # a bound that holds three entries but not four: storing a fourth removes the least recently used (street 2)

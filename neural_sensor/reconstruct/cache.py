@@ -132,9 +132,9 @@ class SceneCache:
         return scene, {**meta, "cached": True, "path": str(folder)}
 
     def entries(self) -> list[dict]:
-        """Every complete entry, least recently used first: {"key", "bytes", "last_used" (unix s), "source" (the
-        meta's: "reconstruction", "builder" for a generated world's scene, None if unreadable), "name" (the layout's
-        name or the drive log's folder, `_entry_name`)}. Only folders named
+        """Every complete entry, least recently used first: {"key", "bytes", "last_used" and "made" (unix s; made:
+        when stored, None if unknown), "gaussians", "source" (the meta's: "reconstruction", "builder" for a generated
+        world's scene, None if unreadable), "name" (the layout's name or the drive log's folder, `_entry_name`)}. Only folders named
         as `cache_key` names them count: a cache pointed at a folder that holds other things never lists (nor
         prunes) those."""
         out = []
@@ -156,8 +156,12 @@ class SceneCache:
                 source = meta.get("source") or ("builder" if "builder_version" in meta else None)
             except (OSError, ValueError):  # damaged: listed (and pruned first among equals) all the same
                 meta, source = {}, None
+            try:
+                made = (folder / "meta.json").stat().st_mtime
+            except OSError:
+                made = None
             out.append({"key": folder.name, "bytes": size, "last_used": used, "source": source,
-                        "name": _entry_name(folder, meta)})
+                        "name": _entry_name(folder, meta), "made": made, "gaussians": meta.get("n_gaussians")})
         return sorted(out, key=lambda e: (e["last_used"], e["key"]))
 
     def prune(self, max_bytes: int, keep: tuple[str, ...] = ()) -> list[str]:

@@ -150,7 +150,8 @@ def median_depth_from_pairs(
 def render_gsplat(scene, batch: CameraBatch, outputs: tuple[str, ...], background: np.ndarray) -> dict[str, np.ndarray]:
     """Backend adapter for `render()`: gsplat on the current CUDA device, numpy out."""
     if not torch.cuda.is_available():
-        raise RuntimeError("render: backend 'gsplat' needs a CUDA device; use backend='cpu' on this machine")
+        raise RuntimeError("render: backend 'gsplat' needs a CUDA device; use the cpu backend on this machine "
+                           "(--backend cpu, or backend='cpu' in Python)")
     try:
         from gsplat import rasterization
     except ImportError as err:
