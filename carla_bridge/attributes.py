@@ -140,6 +140,8 @@ def parse_value(type_id: str, key: str, value) -> object:
             number = float(text.strip())
         except ValueError:
             raise ValueError(f"{type_id}: {key}: {text!r} is not a number") from None
+        if math.isnan(number):  # (libcarla keeps a NaN; nothing here can be drawn with one)
+            raise ValueError(f"{type_id}: {key}: {text!r} is not a number the neural camera can use")
         if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             raise ValueError(f"{type_id}: {key}: float overflow ({text!r})")
         if key == "gamma" and number <= 0.0:
@@ -215,6 +217,10 @@ def camera_settings(type_id: str, attributes: dict, strict: bool = True, default
         raise ValueError(f"{type_id}: fov must be in (0, 180) degrees, got {strings['fov']!r}")
     if values["sensor_tick"] < 0.0:
         raise ValueError(f"{type_id}: sensor_tick must be >= 0 seconds, got {strings['sensor_tick']!r}")
+    if "lens_circle_multiplier" in values and not 0.0 <= values["lens_circle_multiplier"] <= 10.0:
+        # (CARLA's documented range: -3 was clamped to no effect without a word)
+        raise ValueError(f"{type_id}: lens_circle_multiplier must be in [0, 10], got "
+                         f"{strings['lens_circle_multiplier']!r}")
     for key in values:
         if key not in MODELLED and key not in _warned and strings[key] != definition[key].default:
             try:

@@ -403,6 +403,45 @@ class NeuralCamera:
         self._check_alive()
         return self._parent.get_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
 
+    def get_acceleration(self):
+        """The parent's acceleration (a rigid mount moves with it); zero for a world-fixed camera."""
+        self._check_alive()
+        return self._parent.get_acceleration() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+
+    def get_angular_velocity(self):
+        """The parent's angular velocity (deg/s, as libcarla's); zero for a world-fixed camera."""
+        self._check_alive()
+        return self._parent.get_angular_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+
+    # the rest of carla.Actor's face, as a server's camera answers it (a generic loop over world.get_actors(),
+    # which lists the neural cameras, failed on them): a camera is active while alive, has no physics and no bones
+    @property
+    def actor_state(self):
+        return carla.ActorState.Active if self._alive else carla.ActorState.Invalid
+
+    @property
+    def is_active(self) -> bool:
+        return self._alive
+
+    @property
+    def is_dormant(self) -> bool:
+        return False
+
+    def _no_physics(self, *args, **kwargs) -> None:
+        """A camera has no body: libcarla's call changes nothing on a sensor, and so does this."""
+        self._check_alive()
+
+    add_force = add_impulse = add_torque = add_angular_impulse = _no_physics
+    set_simulate_physics = set_enable_gravity = set_collisions = _no_physics
+    set_target_velocity = set_target_angular_velocity = _no_physics
+    enable_constant_velocity = disable_constant_velocity = _no_physics
+
+    def _none(self) -> list:
+        return []
+
+    get_bone_names = get_bone_relative_transforms = get_bone_world_transforms = _none
+    get_socket_names = get_socket_relative_transforms = get_socket_world_transforms = get_component_names = _none
+
     @property
     def bounding_box(self):
         return carla.BoundingBox(carla.Location(0.0, 0.0, 0.0), carla.Vector3D(0.0, 0.0, 0.0))
