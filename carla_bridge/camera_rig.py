@@ -136,7 +136,6 @@ class CameraRig:
         self._said_backlog = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
-        self._tick_thread = None  # the thread the world calls on_tick on (libcarla's stream thread)
         self._seen_frame = _current_frame(world)  # the newest frame whose on_tick this rig has taken (or was
         #                                           made after): `catch_up` waits for a ticked frame's to run
         with _live_lock:  # (join_rig holds _rigs_lock here)
@@ -191,7 +190,7 @@ class CameraRig:
 
     # ---------------------------------------------------------------- per tick (client stream thread)
     def _on_tick(self, world_snapshot) -> None:
-        self._tick_thread = threading.current_thread()
+        _stream_threads.add(threading.get_ident())
         try:
             self._take_tick(world_snapshot)
         finally:  # (after the frame is queued: a camera's destroy() then flushes it)
@@ -203,14 +202,17 @@ class CameraRig:
         """Wait until this rig's on_tick has taken the world's newest frame (libcarla calls it on its stream thread
         after world.tick() has returned: a destroy() or wait_idle() right after a tick came before it, and dropped
         or missed that frame); False after timeout_s, or at once when the world cannot say its frame."""
-        if threading.current_thread() in (self._worker, self._tick_thread):  # (a listener or an on_tick callback
-            return True  # destroying a camera: what it would wait for runs on its own thread, after it)
+        if _on_stream_thread() or threading.current_thread() is self._worker:
+            return True  # (a listener, or an on_tick callback, destroying a camera: what it would wait for runs on
+            #             this thread, after it)
         target = _current_frame(self.world)
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self._seen_frame < target and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    _log.warning("neural camera: the world's frame %d did not reach the camera rig within %.0f s "
+                                 "(is its stream stalled?); going on without it", target, timeout_s)
                     return False
                 self._cond.wait(left)
         return True
@@ -501,6 +503,17 @@ class CameraRig:
                     return False
                 self._cond.wait(left)
         return True
+
+
+_stream_threads: set[int] = set()  # the threads that have delivered a world's on_tick to a rig
+
+
+def _on_stream_thread() -> bool:
+    """Is this thread one the world's stream calls on_tick on? libcarla's stream threads are made in C++ (Python sees
+    them as dummy threads); the stand-in marks its own; any thread that has delivered an on_tick to a rig counts."""
+    thread = threading.current_thread()
+    return (isinstance(thread, threading._DummyThread) or getattr(thread, "carla_stream", False)
+            or threading.get_ident() in _stream_threads)
 
 
 def _current_frame(world) -> int:

@@ -5,8 +5,8 @@
     camera = world.spawn_actor(depth_bp, transform, attach_to=vehicle)         # a NeuralCamera
     client.apply_batch([carla.command.DestroyActor(camera.id), ...])           # destroys it client-side
 
-NeuralClient's get_world, load_world, reload_world, load_world_if_different and generate_opendrive_world answer a
-NeuralWorld. An actor's own `get_world()` is libcarla's and answers the server's world, whose spawn_actor makes the
+NeuralClient's get_world, load_world, reload_world and generate_opendrive_world answer a NeuralWorld
+(load_world_if_different answers None in libcarla 0.9.16: take get_world() after it). An actor's own `get_world()` is libcarla's and answers the server's world, whose spawn_actor makes the
 server's camera: spawn cameras through the NeuralWorld (a script that takes `vehicle.get_world()`, as
 manual_control.py's CameraManager does, is handed the NeuralWorld instead).
 
@@ -93,6 +93,9 @@ class NeuralWorld:
     def spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = "",
                     *args, **kwargs):
         if self._is_neural(blueprint):
+            if args or kwargs:  # (libcarla refuses an unknown argument; `socket_name=` had been dropped here)
+                raise TypeError(f"spawn_actor: unexpected arguments {list(args) + sorted(kwargs)} (libcarla's are "
+                                "blueprint, transform, attach_to, attachment_type, bone)")
             return spawn_neural_camera(self._world, blueprint, transform, attach_to, self._scene, self._backend,
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
                                        socket_name=bone, lod_px=self._lod_px, reference=self._reference,
@@ -157,9 +160,6 @@ class NeuralClient:
     def generate_opendrive_world(self, *args, **kwargs) -> NeuralWorld:
         return NeuralWorld(self._client.generate_opendrive_world(*args, **kwargs), **self._options)
 
-    def load_world_if_different(self, *args, **kwargs):
-        world = self._client.load_world_if_different(*args, **kwargs)
-        return None if world is None else NeuralWorld(world, **self._options)
 
     def _world_for(self, world) -> NeuralWorld:
         return world if isinstance(world, NeuralWorld) else NeuralWorld(world, **self._options)
@@ -185,7 +185,7 @@ class NeuralClient:
             attachment_type, socket_name = getattr(command, "neural_attachment", (None, ""))
             try:
                 camera = world.spawn_actor(blueprint, transform, parent, attachment_type, socket_name)
-            except (ValueError, TypeError) as err:
+            except (ValueError, TypeError, RuntimeError) as err:  # (the batch goes on, as a server's does)
                 return NeuralResponse(0, f"neural camera: {err}")
             return NeuralResponse(camera.id)
         return None

@@ -100,6 +100,7 @@ _FRAME_FIELDS_OF_TYPE = {"sensor.camera.rgb": ("rgb",), "sensor.camera.depth": (
                          "sensor.camera.instance_segmentation": ("rgb", "semantic", "instance")}
 _FORMAT_BY_ENDING = (("tiff", "TIFF"), ("jpeg", "JPEG"), ("jpg", "JPEG"))  # libcarla's match_extension: how the
 _DEFAULT_EXTENSION = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg"}        # path ends (iends_with: any case)
+DESTROY_MIN_FLUSH_S = 5.0  # ... of which the frames already queued get at least this
 DESTROY_FLUSH_S = 60.0  # NeuralCamera.destroy() waits this long at most for the frames of ticks already taken
 # the post-processing model is relative to the blueprint's defaults for these (carla_bridge/attributes.py)
 _REFERENCE_KEYS = ("exposure_compensation", "gamma", "lens_k", "lens_kcube", "lens_x_size", "lens_y_size")
@@ -354,7 +355,7 @@ class NeuralCamera:
             start = time.monotonic()
             self.rig.catch_up(DESTROY_FLUSH_S)  # the ticks already taken reach the rig first (they were dropped)
             self._closing = True  # the ticks from now on are not waited for (nor rendered)
-            self.rig.flush(self, max(0.0, DESTROY_FLUSH_S - (time.monotonic() - start)))
+            self.rig.flush(self, max(DESTROY_MIN_FLUSH_S, DESTROY_FLUSH_S - (time.monotonic() - start)))
         self._alive = False
         self._callback = None
         _cameras.pop(self.id, None)
@@ -488,7 +489,9 @@ def _check_parent(world, attach_to) -> None:
     if isinstance(actor_id, bool) or not isinstance(actor_id, int):
         raise TypeError(f"spawn_neural_camera: attach_to must be a carla.Actor (or None), got "
                         f"{type(attach_to).__name__}")
-    if world.get_actor(actor_id) is None:  # (libcarla: the server's spawn_actor_with_parent answers this error)
+    if world.get_actor(actor_id) is None:  # an id the client never knew or the server does not hold: as the
+        # server's spawn_actor_with_parent answers. (A parent destroyed through this client stays in libcarla's
+        # actor cache, so get_actor cannot tell it apart: such a camera fails at its first tick, by name.)
         raise RuntimeError("unable to attach actor: parent actor not found")
 
 

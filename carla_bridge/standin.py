@@ -400,7 +400,8 @@ class StandInWorld:
         self._map = None
         self.settings = StandInSettings()
         self.settings_history: list = []
-        self.actors: dict[int, StandInActor] = {}
+        self.actors: dict[int, StandInActor] = {}  # alive, as the server holds them
+        self._seen: dict[int, StandInActor] = {}  # every actor spawned here (libcarla's client-side actor cache)
         self._ids = itertools.count(start=100)
         self._callbacks: dict[int, object] = {}
         self._callback_ids = itertools.count(start=1)
@@ -411,6 +412,7 @@ class StandInWorld:
         self._lock = threading.RLock()
         self._stream: queue.Queue = queue.Queue()
         self._stream_thread = threading.Thread(target=self._run_stream, name=f"standin-stream-{self.id}", daemon=True)
+        self._stream_thread.carla_stream = True  # (libcarla's stream threads are C++ ones: the bridge tells them apart)
         self._stream_thread.start()
         self._spectator = self.spawn_actor(StandInBlueprint("spectator"), carla.Transform())
         self._snapshot = self._make_snapshot()
@@ -455,6 +457,7 @@ class StandInWorld:
         with self._lock:
             actor = StandInActor(self, next(self._ids), blueprint.id, transform, attach_to, attributes)
             self.actors[actor.id] = actor
+            self._seen[actor.id] = actor
             if attach_to is not None and getattr(attach_to, "id", None) not in self.actors:
                 raise RuntimeError("unable to attach actor: parent actor not found")
         return actor
@@ -467,10 +470,12 @@ class StandInWorld:
         with self._lock:
             if ids is None:
                 return StandInActorList(self.actors.values())
-            return StandInActorList(self.actors[i] for i in ids if i in self.actors)
+            return StandInActorList(self.actors.get(i) or self._seen[i] for i in ids
+                                    if i in self.actors or i in self._seen)
 
     def get_actor(self, actor_id: int):
-        return self.actors.get(actor_id)
+        """As libcarla's: its client keeps every actor it has seen (dead ones too) in a cache read first."""
+        return self.actors.get(actor_id) or self._seen.get(actor_id)
 
     # ticking
     def on_tick(self, callback) -> int:

@@ -449,3 +449,29 @@ def test_destroy_right_after_ticks_delivers_them_though_their_on_tick_comes_late
     frames = [world.tick() for _ in range(4)]
     assert camera.destroy()
     assert delivered == frames
+
+
+def test_destroy_from_a_users_on_tick_callback_does_not_wait_for_the_stream_it_blocks(scene):
+    """A reviewer's finding: destroy() called from the user's own world.on_tick callback waited (60 s) for the rig's
+    on_tick of that frame, which the same stream thread runs only after the user's callback returns."""
+    import threading
+    import time
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    took, cameras = {}, []
+    done = threading.Event()
+
+    def destroy_on_tick(snapshot):  # registered first: the stream calls it before the rig's on_tick
+        if cameras and not done.is_set():
+            start = time.monotonic()
+            cameras[0].destroy()
+            took["s"] = time.monotonic() - start
+            done.set()
+
+    world.on_tick(destroy_on_tick)
+    cameras.append(spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu"))
+    cameras[0].listen(lambda image: None)
+    world.tick()
+    assert done.wait(30) and took["s"] < 10.0, took

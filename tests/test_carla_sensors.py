@@ -536,9 +536,13 @@ def test_spawning_as_libcarla_does_a_dead_parent_a_bone_and_string_attributes(tm
         spawn_neural_camera(world, bp, MOUNT, attach_to=camera, scene=scene)
     with pytest.raises(TypeError, match="attach_to must be a carla.Actor"):
         spawn_neural_camera(world, bp, MOUNT, attach_to="vehicle", scene=scene)
+    stranger = type("Actor", (), {"id": 987_654})()  # an id neither the client nor the server knows
+    with pytest.raises(RuntimeError, match="parent actor not found"):
+        spawn_neural_camera(world, bp, MOUNT, attach_to=stranger, scene=scene)
     camera.destroy()
     car.destroy()
-    with pytest.raises(RuntimeError, match="parent actor not found"):
-        spawn_neural_camera(world, bp, MOUNT, attach_to=car, scene=scene)
-    with pytest.raises(RuntimeError, match="parent actor not found"):
+    assert world.get_actor(car.id) is car  # libcarla's client keeps the actors it has seen, dead ones too
+    with pytest.raises(RuntimeError, match="parent actor not found"):  # the server knows: refused at the spawn
         world.spawn_actor(library.find("sensor.other.collision"), carla.Transform(), attach_to=car)
+    with pytest.raises(TypeError, match="unexpected arguments"):  # (a socket_name= had been dropped silently)
+        NeuralWorld(world, scene).spawn_actor(bp, MOUNT, attach_to=None, socket_name="hood")

@@ -335,6 +335,7 @@ class EnhancerClient(SharedBlock):
         t_end = time.monotonic() + timeout_s
         t_waiting = time.monotonic() + waiting_after_s
         last = "no reply"
+        stopping = False  # this call's hello said the server is stopping (not an earlier call's: it may be back)
         while time.monotonic() < t_end:
             if waiting is not None and time.monotonic() >= t_waiting:
                 waiting(t_end - time.monotonic())
@@ -346,12 +347,13 @@ class EnhancerClient(SharedBlock):
                 if hello.get("workers_ready", 0) >= 1:
                     return hello
                 if hello.get("stopping") is True:  # (a server ending: none of its workers will become ready)
+                    stopping = True
                     raise EnhancerError(f"enhancer at {self.endpoint} is stopping (it was sent Ctrl-C or SIGTERM)")
                 last = "no worker ready yet"
             except EnhancerVersionError:
                 raise
             except EnhancerError as err:
-                if self.server is not None and self.server.get("stopping") is True:
+                if stopping:
                     raise
                 last = str(err)
             time.sleep(0.1)
