@@ -377,7 +377,7 @@ def _build_scene(args: argparse.Namespace) -> dict:
     style = Style(seed=args.seed)
     description = None
     if args.prompt is not None:
-        layout, description = _layout_from_prompt(args.prompt, args.seed)
+        layout, description = _layout_from_prompt(args.prompt, args.seed, args.voxel)
     elif args.xodr is not None:
         data = _read_bytes(args.xodr, "OpenDRIVE map")  # the XML declaration names its encoding (UTF-8 without one)
         try:
@@ -522,12 +522,13 @@ def _reconstruct(args: argparse.Namespace) -> dict:
     return result
 
 
-def _layout_from_prompt(prompt: str, seed: int):
-    """(Layout, description) for a prompt; the description the prompt was read as goes to stderr."""
+def _layout_from_prompt(prompt: str, seed: int, voxel_m: float | None = None):
+    """(Layout, description) for a prompt (refused where its scene would not fit in memory at voxel_m, default a
+    run's); the description the prompt was read as goes to stderr."""
     from neural_sensor.scene.prompt import PromptModelMissing, describe, layout_from_prompt
 
     try:
-        layout, description = layout_from_prompt(prompt, seed=seed)
+        layout, description = layout_from_prompt(prompt, seed=seed, voxel_m=voxel_m)
     except PromptModelMissing as err:
         raise ValueError(str(err)) from None
     print(describe(description), file=sys.stderr)

@@ -463,7 +463,14 @@ def test_a_speed_is_noted_not_read_as_a_length_and_a_lane_change_is_no_lane_widt
     ("a rural road with 3-storey buildings", {"buildings": True}),
     ("a highway", {"buildings": False}),
     ("a street with sidewalks 5 m wide", {"sidewalk_width_m": 5.0, "lane_width_m": 3.5}),
-    ("a road with lanes 3 m wide", {"lane_width_m": 3.0}),
+    ("a road with lanes 3 m wide", {"lane_width_m": 3.0, "lanes_per_direction": 2, "buildings": True}),
+    ("a street whose lanes are 3 m wide", {"lane_width_m": 3.0, "lanes_per_direction": 2, "buildings": True}),
+    ("4 lanes each 3 m wide", {"lane_width_m": 3.0, "lanes_per_direction": 2, "buildings": True}),
+    ("a rainy day, the road is not dry", {"weather": "wet"}),
+    ("no rain, no sun", {"weather": "overcast"}),
+    ("not sunny and not rainy", {"weather": "overcast"}),
+    ("a dry sunny road", {"weather": "clear", "template": "straight", "buildings": True}),
+    ("cars parked on the right", {"template": "straight"}),
     ("four-way intersection, 120 m across", {"template": "intersection", "length_m": 120.0}),
     ("a street with trees every 10 m", {"length_m": 200.0}),
     ("buildings set back 5 m from the road, 300 m long street", {"length_m": 300.0}),
@@ -497,7 +504,8 @@ def test_an_edit_can_take_the_rain_away_and_a_base_without_attributes_is_named()
     ("a 1e400 m road", "a number this large"),
     ("a curve with a radius of 6 m", "radius_m = 6"),
     ("a 5 degree curve", "a 5-degree curve of radius 60 m is 5.2 m long"),
-    ("a 100 m wide road", "a road 100 m wide does not fit"),
+    ("a 100 m wide road", "a road 100 m wide is outside what a layout holds"),
+    ("a single lane road 15 m wide", "makes lanes 7.5 m wide; a lane is 2-6 m"),
 ])
 def test_prompts_no_layout_can_hold_are_refused_in_their_own_terms(text, said):
     """A curve whose inside lanes fold through its centre was built; a 2 km curve failed the build with advice for
@@ -506,12 +514,20 @@ def test_prompts_no_layout_can_hold_are_refused_in_their_own_terms(text, said):
         P.layout_from_prompt(text)
 
 
+def test_a_large_layout_is_checked_at_the_voxel_it_will_be_built_at():
+    """A reviewer's finding: the check refused a 2 km curve even for `build-scene --voxel 2`, whose grid fits."""
+    with pytest.raises(P.PromptError, match="build-scene --voxel"):
+        P.layout_from_prompt("a gentle curve with a radius of 2000 m")
+    assert P.layout_from_prompt("a gentle curve with a radius of 2000 m", voxel_m=2.0)[1]["attributes"]["radius_m"] == 2000
+
+
 def test_prompts_a_run_cannot_drive_or_cannot_read_say_so():
     """A 10 m road was accepted without a word and the run then refused it; a right-hand curve and a German
     prompt were read in part without a word."""
     notes = P.layout_from_prompt("a 10 m road")[1]["notes"]
     assert any("a run drives at least 40 m" in n for n in notes), notes
     assert any("turns left" in n for n in P.layout_from_prompt("a road turning right")[1]["notes"])
+    assert not any("turns left" in n for n in P.layout_from_prompt("a road with a right-turn lane")[1]["notes"])
     assert any("read as English" in n for n in P.layout_from_prompt("eine 300 m lange Straße bei Regen")[1]["notes"])
 
 

@@ -117,7 +117,8 @@ _UNAVAILABLE = [  # words for conditions the styles lack: (pattern, attribute, n
 _NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn instead), said in the notes
     (r"1\s*-?\s*way|single\s*-?\s*direction", "every template is a two-way road"),
     (r"(?:turn(?:s|ing)?|curv(?:e|es|ing)|bend(?:s|ing)?|sweep(?:s|ing)?|veer(?:s|ing)?)\s+(?:to\s+the\s+)?right|"
-     r"right\s*-?\s*(?:hand\s+)?(?:turn|curve|bend)s?", "a curve here turns left (the curve template is a left-hand "
+     r"right\s*-?\s*(?:hand\s+)?(?:turn|curve|bend)s?(?!\s*-?\s*(?:lanes?|signals?|arrows?|only))",
+     "a curve here turns left (the curve template is a left-hand "
                                                          "curve; a right-hand one is not available)"),
     (r"roundabouts?|traffic\s+circles?|rotary", "the templates are a straight road, a curve and a four-way "
                                                 "intersection; the closest of them by the rest of the prompt is used"),
@@ -282,10 +283,12 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         value = float(match.group(1)) * _metres_per(match.group(2))
         before, after = text[max(0, match.start() - 24):match.start()], text[match.end():match.end() + 30]
         subject = r"\s+(?:(?:that|which)\s+)?(?:are|is|of|about|each|roughly|around)?\s*$"  # "sidewalks (are) 5 m wide"
-        if (re.search(r"\b(?:every|each|per|spaced|apart)\s+(?:about\s+)?$", before)
+        if not re.match(r"\s*(?:wide|long|tall|high|across)\b", after) and (
+                re.search(r"\b(?:every|each|per|spaced|apart)\s+(?:about\s+)?$", before)
                 or re.match(r"\s*(?:ahead|away|apart|behind|back|further|later|in\s+front|off|before|after|"
                             r"from|into|down|up|along|between|setback|set\s+back|high\s+kerb)\b", after)
                 or re.search(r"\b(?:set\s*back|setback|after|within|ahead)\s+(?:of\s+|by\s+|about\s+)?$", before)):
+            # (not "lanes each 3 m wide": a width)
             # a spacing or a position ("trees every 10 m", "a crosswalk 50 m ahead", "set back 5 m"), not a length
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is a spacing or a position, which a "
                                                   "layout does not take; left out")
@@ -294,13 +297,19 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
                 r"\b(?:intersection|junction|crossroads?|crossing)\b[^;.]*$", before):
             take(match, {"length_m": value})  # an intersection "120 m across" is its extent (as `describe` says)
         elif re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
-            if (re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after)
-                    or re.search(rf"\b(?:sidewalks?|pavements?|footpaths?){subject}", before)):
+            noun_before = (re.search(rf"\b(?:sidewalks?|pavements?|footpaths?){subject}", before),
+                           re.search(rf"\blanes?(?:\s+each)?{subject}", before))
+            if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after) or noun_before[0]:
                 take(match, {"sidewalk_width_m": value})
-            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after) or re.search(rf"\blanes?{subject}", before):
+            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after) or noun_before[1]:
                 take(match, {"lane_width_m": value})
             else:
                 take(match, {"road_width_m": value})
+            for noun in noun_before:  # "lanes are 3 m wide": "lanes" left alone was read as a multi-lane motorway
+                if noun:
+                    offset = match.start() - len(before)
+                    spans.append((offset + noun.start(), offset + noun.end()))
+                    break
             noun = re.match(r"\s*(?:wide|width|across)?\s*(?:lanes?|sidewalks?|pavements?|footpaths?)?\b", after)
             spans.append((match.end(), match.end() + noun.end()))  # ("lanes" left alone read as a motorway)
         elif re.match(r"\s*lanes?\b(?!\s*-?\s*chang)", after):  # "3 m lane", not "a 500 m lane change"
@@ -331,18 +340,19 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is night, which the styles do not "
                                                   f"have ({', '.join(TIMES_OF_DAY)}); {DUSK} used")
         take(match, {"time_of_day": time_of_day})
-    ruled_out: dict[str, tuple[tuple, object, str]] = {}  # attribute -> (values ruled out, instead, why)
+    ruled_out: dict[str, list[tuple[tuple, object, str]]] = {}  # attribute -> [(values ruled out, instead, why)]
     negated_spans = []
     for pattern, key, values, instead in _NEGATED_CONDITIONS:
         for match in list(re.finditer(_NEGATION + rf"(?:{pattern})\b", text)) + list(
                 re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text)):
             negated_spans.append(match.span())
             spans.append(match.span())
-            if values and key not in ruled_out:
-                ruled_out[key] = (values, instead, match.group(0).strip())
+            if values:
+                ruled_out.setdefault(key, []).append((values, instead, match.group(0).strip()))
     for match in re.finditer(_DRY, text):
-        spans.append(match.span())
-        ruled_out.setdefault("weather", (("wet",), "clear", match.group(0).strip()))
+        if re.search(r"\b(?:not|never|isn't|no\s+longer)\s+$", text[max(0, match.start() - 12):match.start()]):
+            continue  # "the road is not dry"
+        ruled_out.setdefault("weather", []).append((("wet",), "clear", match.group(0).strip()))
     if ruled_out:
         found["_ruled_out"] = ruled_out
     for pattern, key, value, known in _UNAVAILABLE:
@@ -368,6 +378,9 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         take(match, {"sidewalk_width_m": MIN_SIDEWALK_M})
     for match in re.finditer(r"\b(?:leafy|wooded|tree\s*-?\s*lined)\b", text):  # read as "treeless" (0.72)
         take(match, {"trees": "many"})
+    for match in re.finditer(r"\b(?:a\s+)?(?:left|right)\s*-?\s*(?:hand\s+)?turn\b(?!\s*-?\s*(?:lanes?|signals?|"
+                             r"arrows?|only))", text):  # a turn is a curve of 90 degrees, not a U-turn
+        take(match, {"template": "curve", "angle_deg": 90.0})
     for pattern, note in _NOT_EXPRESSIBLE:
         for match in re.finditer(rf"\b(?:{pattern})\b", text):
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is not available: {note}")
@@ -393,7 +406,7 @@ def _chunks(text: str) -> list[list[str]]:
     """The prompt's phrases in three tiers: clauses (split at punctuation and connectives, "lined with X" kept
     whole), adjacent clause pairs, single content words of longer clauses."""
     parts = [p.strip(" -") for p in re.split(r"[,;.!?]|(?<!lined )\b(?:with|and|at|in|on|under|during|through|"
-                                              r"along|but|plus|near|by|beside|past|among|amid|between|alongside|surrounded)\b|(?=\blined with\b)", text)]
+                                              r"along|but|plus|near|by|beside|past|among|amid|alongside|surrounded)\b|(?=\blined with\b)", text)]
     parts = [p for p in parts if re.search(r"[a-z]{3,}", p)]
     pairs = [f"{a} {b}" for a, b in zip(parts, parts[1:])]
     words = sorted({w for p in parts if " " in p for w in re.findall(r"[a-z][a-z-]{3,}", p)} - _STOPWORDS)
@@ -492,10 +505,14 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
         full["lanes_per_direction"] = lanes
         full["lane_width_m"] = round(road_width / (2 * lanes), 4)
         low_m, high_m = LANE_WIDTH_M
+        if "lanes_per_direction" in named and not low_m <= full["lane_width_m"] <= high_m:
+            raise PromptError(f"a road {road_width:.4g} m wide with {lanes} lane(s) per direction makes lanes "
+                              f"{full['lane_width_m']:.3g} m wide; a lane is {low_m:g}-{high_m:g} m: {lanes} lane(s) "
+                              f"per direction take {2 * lanes * low_m:g}-{2 * lanes * high_m:g} m of road")
         if not (1 <= lanes <= MAX_LANES_PER_DIRECTION and low_m <= full["lane_width_m"] <= high_m):
-            raise PromptError(f"a road {road_width:.4g} m wide does not fit {lanes} lane(s) per direction (lanes "
-                              f"{low_m:g}-{high_m:g} m wide, at most {MAX_LANES_PER_DIRECTION} per direction: "
-                              f"{2 * low_m:g}-{2 * MAX_LANES_PER_DIRECTION * high_m:g} m of road)")
+            raise PromptError(f"a road {road_width:.4g} m wide is outside what a layout holds ({2 * low_m:g}-"
+                              f"{2 * MAX_LANES_PER_DIRECTION * high_m:g} m: 1-{MAX_LANES_PER_DIRECTION} lanes per "
+                              f"direction, {low_m:g}-{high_m:g} m each)")
     if template == "curve" and "length_m" in named:
         if "radius_m" in named:  # arc length and radius given: the angle follows
             full["angle_deg"] = math.degrees(full["length_m"] / full["radius_m"])
@@ -571,7 +588,8 @@ def _check(attributes: dict) -> None:
 
 
 # ------------------------------------------------------------------ public
-def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | None = None) -> tuple[Layout, dict]:
+def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | None = None,
+                       voxel_m: float | None = None) -> tuple[Layout, dict]:
     """A layout and its structured description from a text prompt, or an edit of a previous description.
 
     Args:
@@ -579,6 +597,8 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
             edit such as "without parked cars" or "at dusk".
         seed: the appearance / object placement seed (default: the base's, else 0).
         base: a description returned earlier (or read back from JSON); only what the prompt names changes.
+        voxel_m: the voxel the scene will be built at (default: build_occupancy's, a run's): a layout whose scene
+            would not fit in memory at it is refused.
 
     Returns:
         (layout, description): see the module docstring; the description is JSON-serialisable.
@@ -673,26 +693,30 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     description["evidence"] = {k: description["evidence"][k] for k in ATTRIBUTE_ORDER
                                if k in description["evidence"]}
     layout = layout_from_description(description)
-    _check_buildable(layout, description)
+    _check_buildable(layout, description, voxel_m)
     return layout, description
 
 
-def _check_buildable(layout: Layout, description: dict) -> None:
+def _check_buildable(layout: Layout, description: dict, voxel_m: float | None = None) -> None:
     """Refuse a layout whose scene cannot be built at the default voxel (a 2000 m curve spans 2 km x 2 km: the build
     failed with advice for a map), and note one too short to drive (build-scene takes it; a run refuses it)."""
     from neural_sensor.scene.occupancy import MAX_GRID_BYTES, grid_bytes, grid_origin_shape
     from neural_sensor.scene.path import Path as PolylinePath
 
-    voxel_m = float(inspect.signature(build_occupancy).parameters["voxel_m"].default)
+    if voxel_m is None:
+        voxel_m = float(inspect.signature(build_occupancy).parameters["voxel_m"].default)
+    if not 0.01 <= voxel_m <= 5.0:
+        return  # (build_occupancy refuses such a voxel by name)
     n_bytes = grid_bytes(grid_origin_shape(layout, voxel_m, MAX_BUILDING_HEIGHT_M)[1])
     if n_bytes > MAX_GRID_BYTES:
         x0, y0, x1, y1 = layout.bounds_m()
         raise PromptError(f"this {describe(description).splitlines()[0].split(';')[0]} spans {x1 - x0:.0f} x "
                           f"{y1 - y0:.0f} m: its scene would need {n_bytes / 2**30:.1f} GiB at {voxel_m:g} m voxels "
-                          f"(at most {MAX_GRID_BYTES / 2**30:.0f}); ask for a smaller radius or a shorter road")
+                          f"(at most {MAX_GRID_BYTES / 2**30:.0f}); ask for a smaller radius or a shorter road, or "
+                          "build it with a larger voxel (build-scene --voxel)")
     longest_m = max((PolylinePath(lane.travel_polyline()).length_m for lane in layout.lanes), default=0.0)
     if longest_m < MIN_DRIVE_LANE_M:
-        description["notes"].append(f"its longest lane is {longest_m:.0f} m: build-scene and render take it, but a "
+        description["notes"].append(f"its longest lane is {longest_m:.1f} m: build-scene and render take it, but a "
                                     f"run drives at least {MIN_DRIVE_LANE_M:g} m of lane (ask for a longer road)")
 
 
@@ -700,10 +724,16 @@ def _rule_out(attributes: dict, named: dict, why: dict, ruled_out: dict) -> None
     """Apply what the prompt negated ("no rain", "not sunny", "a dry road"): an attribute whose value (named, the
     scene's, the base's or the default) is one the prompt ruled out takes the value `_NEGATED_CONDITIONS` gives
     instead ("no rain" had been read as rain: the word matched, the "no" was not read)."""
-    for key, (values, instead, said) in ruled_out.items():
-        if attributes.get(key, DEFAULTS[key]) in values and instead is not None:
-            attributes[key] = named[key] = instead
-            why[key] = f"parsed {said!r}"
+    choices = {"weather": ("clear", "overcast", "wet")}  # the values "instead" falls back on, in order
+    for key, negations in ruled_out.items():
+        excluded = {value for values, _, _ in negations for value in values}
+        if attributes.get(key, DEFAULTS[key]) not in excluded:
+            continue
+        candidates = [instead for _, instead, _ in negations if instead is not None] + list(choices.get(key, ()))
+        replacement = next((c for c in candidates if c not in excluded), None)
+        if replacement is not None:  # ("no rain, no sun": neither wet nor clear, so overcast)
+            attributes[key] = named[key] = replacement
+            why[key] = "parsed " + ", ".join(repr(said) for _, _, said in negations)
 
 
 def layout_from_description(description: dict) -> Layout:

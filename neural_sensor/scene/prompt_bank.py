@@ -32,7 +32,6 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("a gentle curve", {"radius_m": 120.0}), ("a wide sweeping bend", {"radius_m": 120.0}),
         ("a hairpin bend", {"radius_m": 20.0, "angle_deg": 180.0}),
         ("a U-turn", {"radius_m": 20.0, "angle_deg": 180.0}),
-        ("a left turn", {"angle_deg": 90.0}), ("a right turn", {"angle_deg": 90.0}),  # (both were read as a U-turn)
     ],
     "road_width": [  # sets lane_width_m
         ("a narrow street", 3.0), ("narrow lanes", 3.0), ("a tight alley", 3.0),
