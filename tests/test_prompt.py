@@ -500,7 +500,7 @@ def test_an_edit_can_take_the_rain_away_and_a_base_without_attributes_is_named()
 
 @pytest.mark.parametrize("text, said", [
     ("a hairpin with 6 lanes in each direction", "cannot hold 6 lane"),
-    ("a gentle curve with a radius of 2000 m", "GiB at 0.3 m voxels"),
+    ("a gentle curve with a radius of 2000 m", "at 0.3 m voxels its occupancy grid"),
     ("a 1e400 m road", "a number this large"),
     ("a curve with a radius of 6 m", "radius_m = 6"),
     ("a 5 degree curve", "a 5-degree curve of radius 60 m is 5.2 m long"),

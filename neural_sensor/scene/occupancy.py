@@ -182,15 +182,17 @@ def grid_bytes(shape: tuple[int, int, int]) -> int:
     return 5 * math.prod(shape)
 
 
-def check_grid_size(layout: Layout, shape: tuple[int, int, int], voxel_m: float) -> None:
-    """ValueError naming the layout when its dense grid (5 bytes a voxel) would exceed MAX_GRID_BYTES."""
+def check_grid_size(layout: Layout, shape: tuple[int, int, int], voxel_m: float, what: str | None = None,
+                    advice: str = "check for a stray point far from the others, or build with a larger voxel",
+                    error: type[Exception] = ValueError) -> None:
+    """`error` (ValueError) naming the layout (or `what`) and `advice` when its dense grid (5 bytes a voxel) would
+    exceed MAX_GRID_BYTES."""
     n_bytes = grid_bytes(shape)
     if n_bytes > MAX_GRID_BYTES:
         x0, y0, x1, y1 = layout.bounds_m()
-        raise ValueError(f"layout {layout.name!r} spans {x1 - x0:.0f} x {y1 - y0:.0f} m (x {x0:.0f}..{x1:.0f}, "
-                         f"y {y0:.0f}..{y1:.0f}); at {voxel_m} m voxels its occupancy grid {shape} would need "
-                         f"{n_bytes / 2**30:.1f} GiB (at most {MAX_GRID_BYTES / 2**30:.0f} GiB): check for a stray "
-                         "point far from the others, or build with a larger voxel")
+        raise error(f"{what or f'layout {layout.name!r}'} spans {x1 - x0:.0f} x {y1 - y0:.0f} m (x {x0:.0f}..{x1:.0f}, "
+                    f"y {y0:.0f}..{y1:.0f}); at {voxel_m:g} m voxels its occupancy grid {shape} would need "
+                    f"{n_bytes / 2**30:.1f} GiB (at most {MAX_GRID_BYTES / 2**30:.0f} GiB): {advice}")
 
 
 def build_occupancy(layout: Layout, *, voxel_m: float = 0.3, height_m: float = 24.0, chunk_m: float = 32.0,

@@ -700,20 +700,16 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
 def _check_buildable(layout: Layout, description: dict, voxel_m: float | None = None) -> None:
     """Refuse a layout whose scene cannot be built at the default voxel (a 2000 m curve spans 2 km x 2 km: the build
     failed with advice for a map), and note one too short to drive (build-scene takes it; a run refuses it)."""
-    from neural_sensor.scene.occupancy import MAX_GRID_BYTES, grid_bytes, grid_origin_shape
+    from neural_sensor.scene.occupancy import check_grid_size, grid_origin_shape
     from neural_sensor.scene.path import Path as PolylinePath
 
     if voxel_m is None:
         voxel_m = float(inspect.signature(build_occupancy).parameters["voxel_m"].default)
-    if not 0.01 <= voxel_m <= 5.0:
-        return  # (build_occupancy refuses such a voxel by name)
-    n_bytes = grid_bytes(grid_origin_shape(layout, voxel_m, MAX_BUILDING_HEIGHT_M)[1])
-    if n_bytes > MAX_GRID_BYTES:
-        x0, y0, x1, y1 = layout.bounds_m()
-        raise PromptError(f"this {describe(description).splitlines()[0].split(';')[0]} spans {x1 - x0:.0f} x "
-                          f"{y1 - y0:.0f} m: its scene would need {n_bytes / 2**30:.1f} GiB at {voxel_m:g} m voxels "
-                          f"(at most {MAX_GRID_BYTES / 2**30:.0f}); ask for a smaller radius or a shorter road, or "
-                          "build it with a larger voxel (build-scene --voxel)")
+    if 0.01 <= voxel_m <= 5.0:  # (build_occupancy refuses another voxel by name)
+        check_grid_size(layout, grid_origin_shape(layout, voxel_m, MAX_BUILDING_HEIGHT_M)[1], voxel_m,
+                        what=f"this {describe(description).splitlines()[0].split(';')[0]}", error=PromptError,
+                        advice="ask for a smaller radius or a shorter road, or build it with a larger voxel "
+                               "(build-scene --voxel)")
     longest_m = max((PolylinePath(lane.travel_polyline()).length_m for lane in layout.lanes), default=0.0)
     if longest_m < MIN_DRIVE_LANE_M:
         description["notes"].append(f"its longest lane is {longest_m:.1f} m: build-scene and render take it, but a "
