@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -49,3 +51,49 @@ def write_result(result: dict, name: str, out: Path | None, save: bool = True) -
         path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     print(result["summary"])
+
+
+def count(low: int = 1):
+    """An argparse type: an integer >= low, refused by name otherwise (0 ticks or repeats had ended in a traceback
+    after minutes of work: an empty median, an empty percentile)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0.0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def run_main(main) -> None:
+    """Run a benchmark's main() and exit with its code (an int it returns, else 0). Ctrl-C ends it with one line and
+    exit 130, SIGTERM with 143, no traceback: also inside a compiled kernel, where numba raises a SystemError over
+    the KeyboardInterrupt (`scenarios.signals.terminate_as_exception`, as the CLI's runs). What a benchmark writes as
+    it goes (runtime_fidelity's .partial.json) stays."""
+    from scenarios.signals import terminate_as_exception
+
+    try:
+        with terminate_as_exception():
+            code = main()
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as stop:
+        if stop.code == 143:
+            print(f"{Path(sys.argv[0]).name}: terminated", file=sys.stderr)
+        raise
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

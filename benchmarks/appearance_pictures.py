@@ -4,7 +4,7 @@
 Writes benchmarks/results/appearance/{before-after.png, times-weather.png} and prints one JSON line with
 the scenes' Gaussian counts.
 
-    python benchmarks/appearance_pictures.py [--seed 0]
+    python benchmarks/appearance_pictures.py [--seed 0] [--x 60] [--out FOLDER]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from _machine import run_main
 from neural_sensor.camera import Camera
 from neural_sensor.render import render
 from neural_sensor.rig import nuscenes_like_rig
@@ -54,9 +55,14 @@ def _grid(tiles: list[Image.Image], cols: int) -> Image.Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="layout seed (cut_in uses 0)")
-    parser.add_argument("--x", type=float, default=60.0, help="ego position along the road, m")
+    parser.add_argument("--x", type=float, default=60.0, help="ego position along the road, m (5-195)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="folder of the two pictures (default benchmarks/results/appearance, the README's)")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
+    if not 5.0 <= args.x <= 195.0:
+        parser.error(f"--x must be within the 200 m road, 5-195 m, got {args.x}")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     counts = {}
     layout = straight_road(200.0, style=Style(time_of_day="noon", seed=args.seed))
     occupancy = build_occupancy(layout, voxel_m=0.3)
@@ -67,7 +73,7 @@ def main() -> None:
         counts[appearance] = len(scene)
         rgb = render(scene, cams, backend="cpu", outputs=("rgb",), background=sky_rgb(layout.style)).rgb
         tiles += [_label(rgb[i], f"{appearance}: {name}") for i, name in enumerate(("CAM_FRONT", "CAM_FRONT_LEFT"))]
-    _grid(tiles, 2).save(OUT / "before-after.png", optimize=True)
+    _grid(tiles, 2).save(out / "before-after.png", optimize=True)
     tiles = []
     for tod, palette in (("morning", "clear"), ("noon", "clear"), ("evening", "clear"), ("dusk", "clear"),
                          ("noon", "overcast"), ("noon", "wet")):
@@ -77,10 +83,10 @@ def main() -> None:
         rgb = render(scene, _cameras(args.x, ("CAM_FRONT",)), backend="cpu", outputs=("rgb",),
                      background=sky_rgb(lay.style)).rgb
         tiles.append(_label(rgb[0], f"{tod}, {palette}"))
-    _grid(tiles, 3).save(OUT / "times-weather.png", optimize=True)
-    print(json.dumps({"pictures": [str(OUT / "before-after.png"), str(OUT / "times-weather.png")],
+    _grid(tiles, 3).save(out / "times-weather.png", optimize=True)
+    print(json.dumps({"pictures": [str(out / "before-after.png"), str(out / "times-weather.png")],
                       "gaussians": counts}))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

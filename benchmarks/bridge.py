@@ -19,11 +19,12 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 import carla
 import numpy as np
 
-from _machine import machine_name, write_result
+from _machine import count, machine_name, run_main, write_result
 from carla_bridge.sensor import NeuralCamera
 from carla_bridge.standin import StandInBlueprint, StandInWorld
 from neural_sensor.testing import make_street_scene
@@ -31,15 +32,19 @@ from neural_sensor.testing import make_street_scene
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ticks", type=int, default=200)
-    parser.add_argument("--actors", type=int, default=100)
-    parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--height", type=int, default=270)
+    parser.add_argument("--ticks", type=count(1), default=200, help="timed ticks (after 5 untimed)")
+    parser.add_argument("--actors", type=count(0), default=100, help="moving vehicles and walkers")
+    parser.add_argument("--width", type=count(1), default=480, help="camera width, pixels")
+    parser.add_argument("--height", type=count(1), default=270, help="camera height, pixels")
     parser.add_argument("--cameras", default="rgb,depth,semantic_segmentation",
                         help="camera blueprints (sensor.camera.<name>) on one mount of the ego")
-    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--backend", default="cpu", help="render backend")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="output (default results/bridge-<machine>.json, the committed one)")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.cameras.split(",") if k.strip()]
+    if not kinds:
+        parser.error(f"--cameras: no camera named in {args.cameras!r}")
     rng = np.random.default_rng(0)
     world = StandInWorld()
     ego = world.spawn_actor(StandInBlueprint("vehicle.tesla.model3"), carla.Transform(carla.Location(0, 1.75, 0)))
@@ -92,8 +97,8 @@ def main() -> None:
     result["summary"] = (f"{result['machine']}: bridge overhead {result['bridge_overhead_ms']} ms per tick "
                          f"(convert {med['convert']} + deliver {med['deliver']}) for {args.actors} moving actors "
                          f"and {len(kinds)} cameras ({args.cameras}) from one render; render {med['render']} ms")
-    write_result(result, "bridge", None)
+    write_result(result, "bridge", args.json)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

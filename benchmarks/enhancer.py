@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _machine import machine_name, write_result
+from _machine import count, machine_name, positive, run_main, write_result
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.client import EnhancerClient
 from neural_sensor.enhance.local import start_server, stop_server
@@ -240,11 +240,11 @@ def bench_restarts(checkpoint: Path, ticks: int, restart_every: int, width: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(DEFAULT_ENHANCER))
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--ticks", type=int, default=10_000)
-    parser.add_argument("--restart-every", type=int, default=1000)
-    parser.add_argument("--restart-size", type=int, nargs=2, default=(64, 36), metavar=("W", "H"))
-    parser.add_argument("--tick-hz", type=float, default=20.0, help="tick pacing of the restart run (sim time rate)")
+    parser.add_argument("--repeats", type=count(1), default=20, help="timed calls of the model and of each transport")
+    parser.add_argument("--ticks", type=count(1), default=10_000, help="ticks of the restart run")
+    parser.add_argument("--restart-every", type=count(1), default=1000, help="ticks between the server's restarts")
+    parser.add_argument("--restart-size", type=count(1), nargs=2, default=(64, 36), metavar=("W", "H"))
+    parser.add_argument("--tick-hz", type=positive, default=20.0, help="tick pacing of the restart run (sim time rate)")
     parser.add_argument("--skip-restarts", action="store_true", help="only the model and transport parts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -270,4 +270,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

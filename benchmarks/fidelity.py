@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_name, write_result
+from _machine import machine_name, run_main, write_result
+from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance.client import EnhancerClient
 from neural_sensor.enhance.local import local_server
 from neural_sensor.enhance.warp import visibility_masks, warp_views
@@ -107,16 +108,21 @@ def evaluate(model: ReconNet, seeds: range, config: WorldConfig, enhancer=None, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1000010:1000014", help="held-out seed range A:B (B exclusive)")
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/reconstructor-small"))
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint("reconstructor-small"))
     parser.add_argument("--json", type=Path, default=None, help="output JSON (default results/fidelity-<machine>)")
     parser.add_argument("--enhancer", default=None, metavar="local|tcp://HOST:PORT",
                         help="add 'enhanced' (render only, as the rig sends) and 'enhanced_reference' (+ the nearest "
                              "context view warped in) figures per target kind")
-    parser.add_argument("--enhancer-checkpoint", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--enhancer-checkpoint", type=Path, default=default_checkpoint("enhancer-small"))
     parser.add_argument("--picture", action="store_true",
                         help="with --enhancer: save results/enhancer-shift2m.png (raw / enhanced / truth)")
     args = parser.parse_args()
-    first, last = (int(x) for x in args.seeds.split(":"))
+    try:
+        first, last = (int(x) for x in args.seeds.split(":"))
+    except ValueError:
+        parser.error(f"--seeds must be a range A:B of integers, got {args.seeds!r}")
+    if not 0 <= first < last:
+        parser.error(f"--seeds A:B needs 0 <= A < B (B exclusive), got {args.seeds!r}")
     model = ReconNet.from_pretrained(args.checkpoint)
     config = WorldConfig(width=160, height=96, timesteps=3, voxel_m=0.4)
     result = {"benchmark": "fidelity", "machine": machine_name(), "checkpoint": str(args.checkpoint),
@@ -145,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,8 +29,11 @@ A variant is `merge`, `carve`, or `carve:key=value,...` with FusionConfig fields
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
+import re
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _machine import machine_name, write_result
+from _machine import count, machine_name, run_main, write_result
 from runtime_fidelity import DEFAULT_FIRST_SEED, END_MARGIN_M, heldout_worlds, recorded_path, rig_cameras, template_of
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel
@@ -60,6 +63,12 @@ from neural_sensor.world import pose_from_xyz_yaw
 VOXEL_M = 0.3  # the runner's builder voxel (reconstructed_scene's default)
 RECORD_SIZE = (160, 96)  # the network's size: reconstructed_scene recorded at it until 2026-12-01 (late; now 320x192)
 RECORD_STEP_M = 4.0  # reconstructed_scene's default step
+
+
+def split_variants(text: str) -> list[str]:
+    """--variants apart at spaces, or at commas before a variant's name ("merge,carve", the default, had been refused;
+    "carve:carve_tol=0.3,carve_views=2" keeps its own commas)."""
+    return [v for v in re.split(r"\s+|,(?=\s*(?:merge|carve)\b)", text.strip()) if v]
 
 
 def parse_variant(text: str) -> tuple[str, str, FusionConfig]:
@@ -149,15 +158,16 @@ def evaluate(scene, truth_renders, poses_cameras, background) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, default=3, help="held-out worlds (templates round-robin)")
+    parser.add_argument("--worlds", type=count(1), default=3, help="held-out worlds (templates round-robin)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_FIRST_SEED, help="first held-out seed to scan from")
-    parser.add_argument("--poses", type=int, default=3, help="rig poses along the recorded path")
+    parser.add_argument("--poses", type=count(1), default=3, help="rig poses along the recorded path")
     parser.add_argument("--shifts", default="0,1,2,3", help="lateral shifts to the left of the path, metres")
-    parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--height", type=int, default=270)
-    parser.add_argument("--variants", default="merge,carve", help="fusion variants, separated by spaces; "
+    parser.add_argument("--width", type=count(1), default=480)
+    parser.add_argument("--height", type=count(1), default=270)
+    parser.add_argument("--variants", default="merge,carve", help="fusion variants, separated by commas or spaces; "
                         "see the module docstring")
-    parser.add_argument("--refine", type=int, default=0, help="test-time refinement steps on the last variant (0: off)")
+    parser.add_argument("--refine", type=count(0), default=0,
+                        help="test-time refinement steps on the last variant (0: off)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--cache", type=Path, default=None, help="builder scene cache (default: a temporary one)")
     parser.add_argument("--demo-street", action="store_true",
@@ -168,8 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     shifts = [float(s) for s in args.shifts.split(",") if s.strip()]
-    variants = [parse_variant(v) for v in args.variants.split()]
-    cache = args.cache or Path(tempfile.mkdtemp(prefix="fusion-bench-"))
+    variants = [parse_variant(v) for v in split_variants(args.variants)]
+    if not variants:
+        parser.error(f"--variants: no variant named in {args.variants!r}")
+    if not shifts:
+        parser.error(f"--shifts: no shift named in {args.shifts!r}")
+    cache = args.cache
+    if cache is None:  # a temporary cache goes when the run ends, however it ends (it had stayed in /tmp)
+        cache = Path(tempfile.mkdtemp(prefix="fusion-bench-"))
+        atexit.register(shutil.rmtree, cache, True)
     model = ReconNet.from_pretrained(args.checkpoint)
     worlds = heldout_worlds(args.seeds, args.worlds)
     command = "python benchmarks/fusion.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -301,4 +318,4 @@ def aggregate(rows: list[dict], by: tuple[str, ...]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

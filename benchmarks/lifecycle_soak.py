@@ -36,6 +36,9 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (the tests import this as benchmarks.lifecycle_soak)
+from _machine import count, positive, run_main  # noqa: E402
+
 MARKER = "NEURAL_SENSOR_SOAK_ID"
 
 
@@ -118,12 +121,14 @@ def one_run(index: int, enhancer: bool, kill_after_s: float, root: Path, ticks: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=count(1), default=20, help="runs sent SIGTERM ('--runs 0' had written a record "
+                        "of nothing that read as a passing soak)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ticks", type=int, default=40, help="ticks per demo run (160x96 cameras)")
-    parser.add_argument("--max-s", type=float, default=None,
+    parser.add_argument("--ticks", type=count(1), default=40, help="ticks per demo run (160x96 cameras)")
+    parser.add_argument("--max-s", type=positive, default=None,
                         help="latest SIGTERM moment (default: the measured length of one unkilled run of each kind)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/lifecycle-soak.json"))
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "lifecycle-soak.json",
+                        help="output (default benchmarks/results/lifecycle-soak.json, wherever it is run from)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -161,4 +166,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

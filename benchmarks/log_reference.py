@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import runtime_fidelity as rf
-from _machine import machine_name, write_result
+from _machine import count, machine_name, run_main, write_result
 from neural_sensor.enhance.log_warp import log_view_weights
 from neural_sensor.enhance.warp import warp_views
 from neural_sensor.metrics import depth_abs_rel, psnr
@@ -268,8 +268,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, default=6, help="held-out worlds (templates round-robin)")
-    parser.add_argument("--views", type=int, default=2, help="nearest log views of the same camera to warp")
+    parser.add_argument("--worlds", type=count(1), default=6, help="held-out worlds (templates round-robin)")
+    parser.add_argument("--views", type=count(1), default=2, help="nearest log views of the same camera to warp")
     parser.add_argument("--sample", choices=("nearest", "bilinear"), default="bilinear")
     parser.add_argument("--combine", choices=("distance", "nearest-first"), default="distance",
                         help="blend the views by distance (the rig's rule) or take the nearest that sees a pixel")
@@ -322,4 +322,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

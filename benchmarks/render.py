@@ -7,7 +7,7 @@ when CUDA is present. Prints one JSON object and a one-line summary, and writes
 benchmarks/results/render-<machine>.json.
 
     python benchmarks/render.py                 # full table
-    python benchmarks/render.py --quick         # 300k at 640x360, one camera
+    python benchmarks/render.py --quick         # 300k at 640x360, one camera (printed; a file only with --out)
     python benchmarks/render.py --rig           # the run's regime (below)
 
 `--rig` times the run's own regime instead: the demo's reconstruction (cut_in's recorded drive, reconstructed
@@ -21,12 +21,13 @@ the host's speed reaches all of them alike. Writes benchmarks/results/render-rig
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import statistics
 import time
 from pathlib import Path
 
-from _machine import machine_name, write_result
+from _machine import count, machine_name, run_main, write_result
 
 import numba
 import torch
@@ -164,20 +165,29 @@ def summary_line(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only 300k Gaussians, 640x360, one camera")
-    parser.add_argument("--frames", type=int, default=20, help="timed frames per fast backend")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (JIT, caches)")
-    parser.add_argument("--ref-frames", type=int, default=3, help="timed frames of the torch reference")
+    parser.add_argument("--frames", type=count(1), default=20, help="timed frames per fast backend")
+    parser.add_argument("--warmup", type=count(0), default=3, help="untimed frames first (JIT, caches)")
+    parser.add_argument("--ref-frames", type=count(1), default=3, help="timed frames of the torch reference")
     parser.add_argument("--ref-budget-s", type=float, default=60.0, help="stop the reference after this many s")
     parser.add_argument("--no-reference", action="store_true", help="skip the torch reference")
     parser.add_argument("--backends", default="cpu,gsplat",
                         help="fast backends to time, comma-separated (gsplat only where CUDA is)")
-    parser.add_argument("--sh-degree", type=int, default=1, help="SH degree of the street scene")
+    parser.add_argument("--sh-degree", type=int, default=1, choices=range(4), help="SH degree of the street scene")
     parser.add_argument("--rig", action="store_true",
                         help="the run's regime: six 480x270 rig cameras of the demo's reconstruction (--frames "
-                             "stations, --warmup timed passes over them after an untimed one)")
+                             "stations, --warmup timed passes over them after an untimed one) on the cpu backend; "
+                             "the street's options (--backends, --sh-degree, --no-reference, --ref-*) do not apply")
     parser.add_argument("--cache", type=Path, default=None, help="--rig: scene cache (default: the runner's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/render-<machine>.json)")
     args = parser.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in ("cpu", "gsplat")]
+    if unknown or not backends:  # (an unknown one had failed after the scenes were built)
+        parser.error(f"--backends: of cpu, gsplat; got {args.backends!r}")
+    if not args.rig and backends == ["gsplat"] and not cuda_available():  # (it had written a result of nothing)
+        parser.error("--backends gsplat needs CUDA, which this machine lacks: --backends cpu")
+    if not args.rig and "gsplat" in backends and not cuda_available():
+        print("render.py: no CUDA here: gsplat is left out, cpu timed", file=sys.stderr)
     if args.rig:
         if args.warmup < 1:
             parser.error("--rig times --warmup passes over the stations after an untimed one: give --warmup >= 1")
@@ -190,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

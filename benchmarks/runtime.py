@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numba
 
-from _machine import machine_name, write_result
+from _machine import count, machine_name, run_main, write_result
 from neural_sensor.reconstruct.drive import reconstructed_scene
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.layout import straight_road
@@ -43,7 +43,7 @@ MODES = {  # name: (RunOptions fields, video)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ticks", type=int, default=200, help="demo ticks per run")
+    parser.add_argument("--ticks", type=count(1), default=200, help="demo ticks per run")
     parser.add_argument("--backend", default="auto", help="render backend")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/runtime-<machine>.json)")
@@ -95,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_name, write_result
+from _machine import machine_name, run_main, write_result
 from neural_sensor.camera import Camera
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance.precision import CPU_PRECISIONS
@@ -619,7 +619,9 @@ def _write_partial(result: dict, rows: list[dict], facts: list[dict], args) -> N
     partial = dict(result, worlds=facts, per_shift=aggregate(rows, ("shift_m",)),
                    per_camera_shift=aggregate(rows, ("camera", "shift_m")),
                    note=f"partial: {len(facts)} of {len(result['seeds'])} worlds")
-    _partial_path(result, args).write_text(json.dumps(partial, indent=2) + "\n")
+    path = _partial_path(result, args)
+    path.parent.mkdir(parents=True, exist_ok=True)  # (a --json in a new folder had failed after the first world)
+    path.write_text(json.dumps(partial, indent=2) + "\n")
 
 
 def _partial_path(result: dict, args) -> Path:
@@ -639,4 +641,4 @@ def _summary(result: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

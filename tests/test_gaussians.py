@@ -189,7 +189,7 @@ def test_bad_values_in_file_raise(tmp_path):
     names += [(f"f_rest_{i}", "f4") for i in range(6)]  # 6 is not 3 * (K - 1) for K in {4, 9, 16}
     names += [(p, "f4") for p in ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")]
     PlyData([PlyElement.describe(np.ones(3, dtype=names), "vertex")]).write(str(tmp_path / "rest.ply"))
-    with pytest.raises(ValueError, match="f_rest_\\* count 6"):
+    with pytest.raises(ValueError, match="6 f_rest_\\* properties make 3 SH coefficients"):
         GaussianScene.load_ply(tmp_path / "rest.ply")
 
 
