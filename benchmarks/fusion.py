@@ -75,7 +75,7 @@ def parse_variant(text: str) -> tuple[str, str, FusionConfig]:
     """'merge' | 'carve' | 'carve:key=value,...' -> (label, fusion, FusionConfig)."""
     name, _, options = text.partition(":")
     if name not in ("merge", "carve"):
-        raise SystemExit(f"--variants: unknown fusion {name!r} (merge | carve[:key=value,...])")
+        raise ValueError(f"--variants: unknown fusion {name!r} (merge | carve[:key=value,...])")
     config = FusionConfig()
     if name == "merge":  # reconstruct(fusion="merge"): the merge alone, as before carving existed
         config = replace(config, carve_views=0, min_consistent=0, budget=0, merge_cell_m=LEGACY_MERGE_CELL_M)
@@ -83,8 +83,11 @@ def parse_variant(text: str) -> tuple[str, str, FusionConfig]:
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         if key not in known:
-            raise SystemExit(f"--variants: {key!r} is not a FusionConfig field ({', '.join(known)})")
-        config = replace(config, **{key: int(value) if known[key] == "int" else float(value)})
+            raise ValueError(f"--variants: {key!r} is not a FusionConfig field ({', '.join(known)})")
+        try:
+            config = replace(config, **{key: int(value) if known[key] == "int" else float(value)})
+        except ValueError:
+            raise ValueError(f"--variants: {key}={value!r} is not a number") from None
     return text, name, config
 
 
@@ -178,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     shifts = [float(s) for s in args.shifts.split(",") if s.strip()]
-    variants = [parse_variant(v) for v in split_variants(args.variants)]
+    try:
+        variants = [parse_variant(v) for v in split_variants(args.variants)]
+    except ValueError as err:  # (exit 2 as every other bad option; it had been 1)
+        parser.error(str(err))
     if not variants:
         parser.error(f"--variants: no variant named in {args.variants!r}")
     if not shifts:

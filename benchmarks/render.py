@@ -180,10 +180,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="--rig: scene cache (default: the runner's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/render-<machine>.json)")
     args = parser.parse_args()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = list(dict.fromkeys(b.strip() for b in args.backends.split(",") if b.strip()))
     unknown = [b for b in backends if b not in ("cpu", "gsplat")]
     if unknown or not backends:  # (an unknown one had failed after the scenes were built)
         parser.error(f"--backends: of cpu, gsplat; got {args.backends!r}")
+    args.backends = ",".join(backends)  # (what `run` times: the checked list, not the text as typed)
     if not args.rig and backends == ["gsplat"] and not cuda_available():  # (it had written a result of nothing)
         parser.error("--backends gsplat needs CUDA, which this machine lacks: --backends cpu")
     if not args.rig and "gsplat" in backends and not cuda_available():

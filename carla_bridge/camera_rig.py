@@ -190,7 +190,7 @@ class CameraRig:
 
     # ---------------------------------------------------------------- per tick (client stream thread)
     def _on_tick(self, world_snapshot) -> None:
-        _stream_threads.add(threading.get_ident())
+        _stream.delivering = True  # (this thread is one the world's stream calls on_tick on: for `catch_up`)
         try:
             self._take_tick(world_snapshot)
         finally:  # (after the frame is queued: a camera's destroy() then flushes it)
@@ -505,15 +505,17 @@ class CameraRig:
         return True
 
 
-_stream_threads: set[int] = set()  # the threads that have delivered a world's on_tick to a rig
+_stream = threading.local()  # .delivering: this thread has delivered a world's on_tick to a rig (dies with the thread)
 
 
 def _on_stream_thread() -> bool:
     """Is this thread one the world's stream calls on_tick on? libcarla's stream threads are made in C++ (Python sees
-    them as dummy threads); the stand-in marks its own; any thread that has delivered an on_tick to a rig counts."""
+    them as dummy threads); the stand-in marks its own; a thread that has delivered an on_tick to a rig counts (a
+    world that calls on_tick inside tick() marks the caller: the frames are then delivered before tick returns, so
+    there is nothing to wait for)."""
     thread = threading.current_thread()
     return (isinstance(thread, threading._DummyThread) or getattr(thread, "carla_stream", False)
-            or threading.get_ident() in _stream_threads)
+            or getattr(_stream, "delivering", False))
 
 
 def _current_frame(world) -> int:

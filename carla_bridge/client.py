@@ -64,6 +64,14 @@ class _ActorList(list):
         return next((a for a in self if a.id == actor_id), None)
 
 
+def _attachment(attachment_type, bone: str) -> tuple:
+    """The attachment arguments for the server's spawn_actor: none by default; a bone needs its attachment type
+    (libcarla's default, Rigid, where none was given: the bone had been dropped)."""
+    if attachment_type is None and not bone:
+        return ()
+    return (carla.AttachmentType.Rigid if attachment_type is None else attachment_type, bone)
+
+
 class NeuralWorld:
     """carla.World proxy: camera blueprints spawn NeuralCameras; see the module docstring."""
 
@@ -100,14 +108,14 @@ class NeuralWorld:
                                        self._background, enhancer=self._enhancer, attachment_type=attachment_type,
                                        socket_name=bone, lod_px=self._lod_px, reference=self._reference,
                                        render_scale=self._render_scale)
-        extra = () if attachment_type is None else (attachment_type, bone)
+        extra = _attachment(attachment_type, bone)
         return self._world.spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
     def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = "",
                         *args, **kwargs):
         if self._is_neural(blueprint):  # a camera never collides: try_spawn_actor is spawn_actor for it
-            return self.spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
-        extra = () if attachment_type is None else (attachment_type, bone)
+            return self.spawn_actor(blueprint, transform, attach_to, attachment_type, bone, *args, **kwargs)
+        extra = _attachment(attachment_type, bone)
         return self._world.try_spawn_actor(blueprint, transform, attach_to, *extra, *args, **kwargs)
 
     def get_actor(self, actor_id: int):
@@ -182,6 +190,8 @@ class NeuralClient:
         if request is not None and world._is_neural(request[0]):
             blueprint, transform, parent_id = request
             parent = getattr(command, "neural_parent", None) or (world.get_actor(parent_id) if parent_id else None)
+            if parent_id and parent is None:  # (it had become a world-fixed camera, answered as a success)
+                return NeuralResponse(0, "neural camera: unable to attach actor: parent actor not found")
             attachment_type, socket_name = getattr(command, "neural_attachment", (None, ""))
             try:
                 camera = world.spawn_actor(blueprint, transform, parent, attachment_type, socket_name)

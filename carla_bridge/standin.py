@@ -553,8 +553,13 @@ class StandInWorld:
         spawn_request = getattr(command, "neural_spawn_request", None)
         if spawn_request is not None:  # a SpawnActor built through carla_bridge.client with a readable blueprint
             blueprint, transform, parent_id = spawn_request
-            parent = self.actors.get(parent_id) if parent_id else None
-            return StandInResponse(self.spawn_actor(blueprint, transform, parent).id)
+            parent = (self.actors.get(parent_id) or self._seen.get(parent_id)) if parent_id else None
+            if parent_id and parent is None:  # (the server's answer; it had spawned the sensor free in the world)
+                return StandInResponse(0, "unable to attach actor: parent actor not found")
+            try:
+                return StandInResponse(self.spawn_actor(blueprint, transform, parent).id)
+            except RuntimeError as err:  # a parent gone: the server answers the error (and keeps the child)
+                return StandInResponse(0, str(err))
         if isinstance(command, LIBCARLA_SPAWN_ACTOR):
             return StandInResponse(0, "stand-in: a carla.command.SpawnActor's blueprint cannot be read from Python; "
                                       "build the batch with carla_bridge.client.NeuralClient or use spawn_actor")

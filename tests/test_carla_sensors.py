@@ -546,3 +546,21 @@ def test_spawning_as_libcarla_does_a_dead_parent_a_bone_and_string_attributes(tm
         world.spawn_actor(library.find("sensor.other.collision"), carla.Transform(), attach_to=car)
     with pytest.raises(TypeError, match="unexpected arguments"):  # (a socket_name= had been dropped silently)
         NeuralWorld(world, scene).spawn_actor(bp, MOUNT, attach_to=None, socket_name="hood")
+
+
+def test_a_batch_spawn_on_a_parent_nobody_knows_answers_an_error(scene):
+    """A reviewer's findings: a batch SpawnActor of a neural camera whose parent id is unknown became a world-fixed
+    camera answered as a success, and one whose parent the server no longer holds raised mid-batch (the cameras
+    spawned before it stayed alive); the stand-in's own batch spawn on a gone parent succeeded."""
+    raw = StandInClient()
+    client = NeuralClient(raw, scene=scene, backend="cpu")
+    world = client.get_world()
+    library = world.get_blueprint_library()
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    responses = client.apply_batch_sync([SpawnActor(_bp(library, "rgb"), MOUNT, car.id),
+                                         SpawnActor(_bp(library, "rgb"), MOUNT, 987_654),
+                                         SpawnActor(library.find("sensor.other.collision"), MOUNT, 987_654)])
+    assert not responses[0].has_error() and isinstance(world.get_actor(responses[0].actor_id), NeuralCamera)
+    assert [r.error for r in responses[1:]] == ["neural camera: unable to attach actor: parent actor not found",
+                                                "unable to attach actor: parent actor not found"]
+    world.get_actor(responses[0].actor_id).destroy()

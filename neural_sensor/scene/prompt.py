@@ -299,10 +299,23 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         elif re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
             noun_before = (re.search(rf"\b(?:sidewalks?|pavements?|footpaths?){subject}", before),
                            re.search(rf"\blanes?(?:\s+each)?{subject}", before))
-            if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after) or noun_before[0]:
+            each = re.search(r"(?:\b(?:that|which|whose)\s+)?(?:\b(?:are|is)\s+)?\beach\s+(?:about\s+)?$", before)
+            if each:  # ("a road whose are each", left to the embedding, read as a country road)
+                spans.append((match.start() - len(before) + each.start(), match.start()))
+            clause = re.split(r"[;.]", text[max(0, match.start() - 80):match.start()])[-1]
+            nearest = list(re.finditer(r"\b(lanes?|sidewalks?|pavements?|footpaths?)\b", clause))
+            if each and nearest:  # the noun "each" refers to: consumed with the number ("lanes" alone: a motorway)
+                start = match.start() - len(clause)
+                spans.append((start + nearest[-1].start(), start + nearest[-1].end()))
+            if re.match(r"\s*(?:wide|width)?\s*(?:sidewalks?|pavements?|footpaths?)", after) or noun_before[0] or (
+                    each and nearest and not nearest[-1].group(1).startswith("lane")):
                 take(match, {"sidewalk_width_m": value})
-            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after) or noun_before[1]:
-                take(match, {"lane_width_m": value})
+            elif re.match(r"\s*(?:wide|width)?\s*lanes?\b", after) or noun_before[1] or (each and nearest):
+                take(match, {"lane_width_m": value})  # ("two lanes per direction, each 3 m wide": the lanes')
+            elif each:  # "each 3 m wide" of nothing this reads: no road's width (it had refused valid prompts)
+                found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} wide: of what is not read; left "
+                                                      "out")
+                spans.append(match.span())
             else:
                 take(match, {"road_width_m": value})
             for noun in noun_before:  # "lanes are 3 m wide": "lanes" left alone was read as a multi-lane motorway
@@ -350,8 +363,12 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             if values:
                 ruled_out.setdefault(key, []).append((values, instead, match.group(0).strip()))
     for match in re.finditer(_DRY, text):
-        if re.search(r"\b(?:not|never|isn't|no\s+longer)\s+$", text[max(0, match.start() - 12):match.start()]):
-            continue  # "the road is not dry"
+        negated = re.search(r"\b(?:not|never|isn't|no\s+longer)\s+$", text[max(0, match.start() - 12):match.start()])
+        if negated:  # "the road is not dry": wet
+            take(match, {"weather": "wet"}, f"{negated.group(0)}{match.group(0)}".strip())
+            spans.append((match.start() - len(negated.group(0)), match.start()))
+            continue
+        spans.append(match.span())  # (left to the embedding, "a dry road under a grey sky" read as a curve)
         ruled_out.setdefault("weather", []).append((("wet",), "clear", match.group(0).strip()))
     if ruled_out:
         found["_ruled_out"] = ruled_out
@@ -378,9 +395,20 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         take(match, {"sidewalk_width_m": MIN_SIDEWALK_M})
     for match in re.finditer(r"\b(?:leafy|wooded|tree\s*-?\s*lined)\b", text):  # read as "treeless" (0.72)
         take(match, {"trees": "many"})
-    for match in re.finditer(r"\b(?:a\s+)?(?:left|right)\s*-?\s*(?:hand\s+)?turn\b(?!\s*-?\s*(?:lanes?|signals?|"
-                             r"arrows?|only))", text):  # a turn is a curve of 90 degrees, not a U-turn
-        take(match, {"template": "curve", "angle_deg": 90.0})
+    # turns: a turn lane, signal or arrow is no road shape (consumed, nothing set); at a junction a turn is the
+    # driver's, not the road's; else a turn, said as a noun or a verb, is a 90-degree curve (the bank's U-turn and
+    # hairpin had caught them all)
+    for match in re.finditer(r"\b(?:left|right)\s*-?\s*turn(?:ing)?\s*-?\s*(?:only\s+)?(?:lanes?|signals?|arrows?|"
+                             r"pockets?)\b", text):
+        found.setdefault("_notes", []).append(f"{match.group(0).strip()!r}: turn lanes and signals are not drawn")
+        spans.append(match.span())
+    at_junction = re.search(r"\b(?:intersections?|junctions?|crossroads?|crossings?)\b", text) is not None
+    turn = (r"\b(?:a\s+)?(?:(?:left|right)\s*-?\s*(?:hand\s+)?turn|turn(?:s|ing)?\s+(?:to\s+the\s+)?"
+            r"(?:left|right))\b(?!\s*-?\s*(?:lanes?|signals?|arrows?|only|pockets?))")
+    for match in re.finditer(turn, text):
+        if any(a <= match.start() < b for a, b in spans):
+            continue
+        take(match, {} if at_junction else {"template": "curve", "angle_deg": 90.0})
     for pattern, note in _NOT_EXPRESSIBLE:
         for match in re.finditer(rf"\b(?:{pattern})\b", text):
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is not available: {note}")
@@ -501,7 +529,7 @@ def _resolve(attributes: dict, named: dict, notes: list[str]) -> dict:
     if road_width is not None:
         lanes = full["lanes_per_direction"]
         if "lanes_per_direction" not in named and not 2.75 <= road_width / (2 * lanes) <= 4.5:
-            lanes = max(1, round(road_width / (2 * 3.5)))  # the current lane count does not fit: 3.5 m lanes
+            lanes = min(MAX_LANES_PER_DIRECTION, max(1, round(road_width / (2 * 3.5))))  # (3.5 m lanes where they fit)
         full["lanes_per_direction"] = lanes
         full["lane_width_m"] = round(road_width / (2 * lanes), 4)
         low_m, high_m = LANE_WIDTH_M
@@ -645,7 +673,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
             raise PromptError(f"base must be a description returned by layout_from_prompt ('attributes' is "
                               f"{type(base['attributes']).__name__}, not a dict)")
         attributes = {**copy.deepcopy(base["attributes"]), **named}
-        _rule_out(attributes, named, why, ruled_out)
+        _rule_out(attributes, named, why, ruled_out, notes)
         if "template" in named and named["template"] != base["attributes"]["template"]:
             # another kind of road keeps what it shares with the old one (its lanes; a straight road's length as an
             # intersection's extent and back); a curve's length follows its radius and angle
@@ -663,7 +691,11 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
         description["attributes"] = _resolve(attributes, named, description["notes"])
     else:
         _, _, scene_embeddings = _bank()
-        scene_sims = scene_embeddings @ _embed([_blank(text, spans).strip() or text.strip()])[0]
+        leftover = _blank(text, spans).strip()
+        if named and not re.search(r"[a-z]{3,}", leftover):  # the rules read every word: no scene to retrieve
+            scene_sims = np.zeros(len(scene_embeddings))  # (the whole prompt had been embedded again instead:
+        else:  # "two lanes that are each 3 m wide" retrieved the motorway)
+            scene_sims = scene_embeddings @ _embed([leftover or text.strip()])[0]
         best = int(np.argmax(scene_sims))
         if not named and not ruled_out and max(float(scene_sims[best]), best_phrase) < UNRELATED_MAX_SIMILARITY:
             raise PromptError(f"the prompt {prompt!r} does not describe a street this builder can lay out "
@@ -684,7 +716,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
                 if key in attributes and key not in named:
                     del attributes[key], evidence[key]
         attributes.update(named)
-        _rule_out(attributes, named, why, ruled_out)
+        _rule_out(attributes, named, why, ruled_out, notes)
         evidence.update(why)
         description = {"version": DESCRIPTION_VERSION, "prompt": prompt, "edits": [],
                        "seed": 0 if seed is None else int(seed), "scene": scene, "attributes": None,
@@ -716,20 +748,24 @@ def _check_buildable(layout: Layout, description: dict, voxel_m: float | None = 
                                     f"run drives at least {MIN_DRIVE_LANE_M:g} m of lane (ask for a longer road)")
 
 
-def _rule_out(attributes: dict, named: dict, why: dict, ruled_out: dict) -> None:
+def _rule_out(attributes: dict, named: dict, why: dict, ruled_out: dict, notes: list) -> None:
     """Apply what the prompt negated ("no rain", "not sunny", "a dry road"): an attribute whose value (named, the
     scene's, the base's or the default) is one the prompt ruled out takes the value `_NEGATED_CONDITIONS` gives
     instead ("no rain" had been read as rain: the word matched, the "no" was not read)."""
-    choices = {"weather": ("clear", "overcast", "wet")}  # the values "instead" falls back on, in order
+    choices = {"weather": ("clear", "overcast")}  # what "instead" falls back on, in order (never rain unasked)
     for key, negations in ruled_out.items():
         excluded = {value for values, _, _ in negations for value in values}
         if attributes.get(key, DEFAULTS[key]) not in excluded:
             continue
         candidates = [instead for _, instead, _ in negations if instead is not None] + list(choices.get(key, ()))
-        replacement = next((c for c in candidates if c not in excluded), None)
+        replacement = next((c for c in candidates if c not in excluded and c != "wet"), None)
+        said = ", ".join(repr(s) for _, _, s in negations)
         if replacement is not None:  # ("no rain, no sun": neither wet nor clear, so overcast)
             attributes[key] = named[key] = replacement
-            why[key] = "parsed " + ", ".join(repr(said) for _, _, said in negations)
+            why[key] = f"parsed {said}"
+        else:  # ("no clouds, no sun" had become rain)
+            notes.append(f"{said} rule out every {key} but rain, which was not asked for; "
+                         f"{attributes.get(key, DEFAULTS[key])} kept")
 
 
 def layout_from_description(description: dict) -> Layout:
