@@ -344,3 +344,28 @@ def test_a_new_users_log_mistakes_are_named(tmp_path):
     (log / "transforms.json").write_bytes(b"\xef\xbb\xbf" + (log / "transforms.json").read_bytes())
     assert read_drive_log(log)[0].shape[0] == len(json.loads((log / "transforms.json").read_text("utf-8-sig"))[
         "frames"])
+
+
+def test_a_docs_checks_findings_16_bit_png_a_frames_own_distortion_and_a_null_top_level_intrinsic(tmp_path):
+    """A docs check found: a 16-bit RGB PNG read as 8 bits without a word (PIL calls it "RGB"); a frame's own k1 =
+    0.2 under a top-level k1 = 0 dropped; a top-level "fl_x": null called missing."""
+    import struct
+    import zlib
+
+    log = _tiny_log(tmp_path, "png16")
+    first = json.loads((log / "transforms.json").read_text())["frames"][0]["file_path"]
+    w, h = 16, 12
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + struct.pack(">" + "H" * 3 * w, *([40000] * 3 * w)) for _ in range(h))
+    (log / first).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                              + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    _expect(log, "16-bit PNG")
+    log = _tiny_log(tmp_path, "k1")
+    _edit(log, lambda d: (d.__setitem__("k1", 0), d["frames"][1].__setitem__("k1", 0.2)))
+    _expect(log, "k1=0.2 is not supported")
+    log = _tiny_log(tmp_path, "null")
+    _edit(log, lambda d: d.__setitem__("fl_x", None))
+    _expect(log, "fl_x at the top of transforms.json is null")

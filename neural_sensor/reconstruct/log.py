@@ -305,6 +305,10 @@ def _frame_size(folder: Path, data: dict, frame: dict, i: int) -> tuple[int, int
 def _number(folder, data: dict, frame: dict, key: str, i: int, file: str) -> float:
     """A frame's intrinsic: the top-level value when the file has one (as nerfstudio reads it), else the frame's."""
     value = data[key] if key in data else frame.get(key)
+    if value is None and key in data:  # (it had been called missing)
+        raise DriveLogError(folder, f"{key} at the top of transforms.json is null (a top-level value applies to "
+                                    "every frame: give a number, or leave it out and give it per frame)", frame=i,
+                            file=file)
     if value is None:
         raise DriveLogError(folder, f"missing key {key!r} (per frame or at the top of transforms.json)", frame=i,
                             file=file)
@@ -375,6 +379,16 @@ def _neural_sensor_block(folder: Path, data: dict) -> dict | None:
     return block
 
 
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth in a PNG's IHDR chunk (byte 24 of the file), 8 where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(25)
+    except OSError:
+        return 8
+    return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else 8
+
+
 def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -382,6 +396,9 @@ def _read_image(folder: Path, path: Path, i: int, file: str) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             mode = img.mode
+            if img.format == "PNG" and _png_bit_depth(path) > 8:  # (PIL reads a 16-bit RGB PNG as "RGB")
+                raise DriveLogError(folder, "image is a 16-bit PNG: 8-bit RGB only (PIL would cut it to 8 bits "
+                                            "without a word; convert it first)", frame=i, file=file)
             array = np.asarray(img)
     except FileNotFoundError:
         raise DriveLogError(folder, f"image file missing{_separator_hint(file)}{_extension_hint(folder, file)}",
@@ -445,14 +462,15 @@ def read_drive_log(folder: Path | str, *, size: tuple[int, int] | None = None, p
             raise DriveLogError(folder, f"frame {seen_files[same]} already names this image: list each image once",
                                 frame=i, file=file)
         seen_files[same] = i
-        for key in DISTORTION_KEYS:
-            value = data.get(key, frame.get(key, 0.0))
-            if not is_json_number(value):  # true / "0.1" are not coefficients
-                raise DriveLogError(folder, f"distortion parameter {key} must be a number (0 or absent: none), got "
-                                            f"{value!r}", frame=i, file=file)
-            if value != 0:
-                raise DriveLogError(folder, f"distortion parameter {key}={value!r} is not supported (undistort "
-                                            "the images first; pinhole only)", frame=i, file=file)
+        for key in DISTORTION_KEYS:  # the top level's and the frame's both (a frame's own k1 = 0.2 under a
+            # top-level 0 had been dropped without a word)
+            for value in (data.get(key, 0.0), frame.get(key, 0.0)):
+                if not is_json_number(value):  # true / "0.1" are not coefficients
+                    raise DriveLogError(folder, f"distortion parameter {key} must be a number (0 or absent: none), "
+                                                f"got {value!r}", frame=i, file=file)
+                if value != 0:
+                    raise DriveLogError(folder, f"distortion parameter {key}={value!r} is not supported (undistort "
+                                                "the images first; pinhole only)", frame=i, file=file)
         fx, fy, cx, cy = (_number(folder, data, frame, key, i, file) for key in INTRINSIC_KEYS[:4])
         w, h = _frame_size(folder, data, frame, i)
         for key, value in (("fl_x", fx), ("fl_y", fy)):  # (named by the log's keys, not Camera.K)
