@@ -55,17 +55,10 @@ def write_result(result: dict, name: str, out: Path | None, save: bool = True) -
 
 def count(low: int = 1):
     """An argparse type: an integer >= low, refused by name otherwise (0 ticks or repeats had ended in a traceback
-    after minutes of work: an empty median, an empty percentile)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
+    after minutes of work: an empty median, an empty percentile). The CLI's `int_at_least`."""
+    from neural_sensor.cli import int_at_least
 
-    return parse
+    return lambda text: int_at_least(text, low, f"at least {low}")
 
 
 def positive(text: str) -> float:
