@@ -1,0 +1,351 @@
+"""The enhancer server's lifecycle over real sockets: its ready file, a restart with another model, its ipc socket,
+workers that are not ready or die, a stop that answers what waits, a second server beside a running one, and a run
+waiting for a server that loads or stops."""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from _enhancer import frames as _frames
+from neural_sensor.enhance import protocol as wire
+from neural_sensor.enhance.client import EnhancerClient
+from neural_sensor.enhance.model import checkpoint_hash
+from neural_sensor.enhance.server import ServerConfig
+
+
+def test_the_ready_file_is_never_stale(tmp_path, identity_checkpoint):
+    """An old ready file is removed at start (a waiting script must not take it for this server), ours is written
+    once a worker is ready and removed when the server stops; a folder in its place is refused."""
+    from neural_sensor.enhance.server import Broker
+
+    import subprocess
+    import sys
+
+    ready = tmp_path / "ready.json"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "pid": int(gone.stdout)}))  # a killed server's
+    broker = Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), workers=1,
+                                 threads_per_worker=1, ready_file=str(ready)))
+    assert not ready.exists()  # gone before any worker is ready
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written = json.loads(ready.read_text())
+        assert written["pid"] == os.getpid() and written["endpoint"] == broker.endpoint
+        assert written["model_name"] == "identity"
+    finally:
+        broker.stop()
+        thread.join()
+    assert not ready.exists()
+    with pytest.raises(ValueError, match="is a folder"):
+        Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint), ready_file=str(tmp_path)))
+
+
+def test_a_server_restarted_with_another_model_is_not_used(tmp_path, identity_checkpoint):
+    """A run's client keeps the model of its first hello: after the server on its endpoint restarts with another
+    checkpoint, its replies are refused (the raw render, with a reason naming both checkpoints), and the client
+    still says which model it served with; the same model back again is used."""
+    import shutil
+
+    from neural_sensor.enhance.server import Broker
+
+    other = tmp_path / "other"
+    shutil.copytree(identity_checkpoint, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model_name"] = "identity-b"
+    (other / "config.json").write_text(json.dumps(config))
+
+    def started(checkpoint, bind):
+        broker = Broker(ServerConfig(bind=bind, checkpoint=str(checkpoint), workers=1, threads_per_worker=1))
+        thread = threading.Thread(target=broker.run)
+        thread.start()
+        return broker, thread
+
+    broker, thread = started(identity_checkpoint, "tcp://127.0.0.1:*")
+    endpoint = broker.endpoint
+    frames = _frames(3, n=2)
+    try:
+        with EnhancerClient(endpoint, deadline_ms=20_000, retries=0) as client:
+            first = client.wait_ready(timeout_s=60)
+            assert client.enhance(frames).enhanced
+            broker.stop()
+            thread.join()
+            for checkpoint, used in ((other, False), (identity_checkpoint, True)):
+                broker, thread = started(checkpoint, endpoint)
+                try:
+                    client.wait_ready(timeout_s=60)
+                    result = client.enhance(frames)
+                    assert result.enhanced is used, result.reason
+                    if not used:
+                        assert checkpoint_hash(other) in result.reason and first["checkpoint_hash"] in result.reason
+                finally:
+                    broker.stop()
+                    thread.join()
+            assert client.model["model_name"] == "identity"
+            assert client.model["checkpoint_hash"] == first["checkpoint_hash"] == checkpoint_hash(identity_checkpoint)
+    finally:
+        broker.stop()
+        if thread.is_alive():
+            thread.join()
+
+
+def test_an_ipc_server_removes_its_socket_file_when_it_stops(tmp_path, identity_checkpoint):
+    from neural_sensor.enhance.server import Broker
+
+    path = tmp_path / "enhancer.sock"
+    broker = Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1,
+                                 threads_per_worker=1))
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        assert path.is_socket()
+        with EnhancerClient(broker.endpoint, deadline_ms=20_000, retries=0) as client:
+            assert client.wait_ready(timeout_s=60)["model_name"] == "identity"
+    finally:
+        broker.stop()
+        thread.join()
+    assert not path.exists()
+
+
+def test_an_enhance_while_no_worker_holds_the_model_is_answered_not_ready_at_once(identity_checkpoint, monkeypatch):
+    """A server starting (or restarting every worker) answers an enhance NotReady instead of letting it wait out the
+    client's deadline, so a run's raw ticks say why (the CLI's line names a (re)starting server, not the deadline)."""
+    from neural_sensor.enhance import server as server_module
+    from scenarios.cli import _raw_ticks_line
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)  # workers that never load
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        with EnhancerClient(broker.endpoint, deadline_ms=60_000) as client:
+            assert client.hello()["workers_ready"] == 0
+            result = client.enhance(_frames(31))
+            assert not result.enhanced and "NotReady" in result.reason and "0 of 1 ready" in result.reason
+            assert "no reply" not in result.reason  # answered, not timed out
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:  # a request without a deadline waits for a worker
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(broker.endpoint)
+            raw.send_multipart([b"", wire.make_request("enhance", "patient", _frames(32, n=1))])
+            assert raw.poll(500) == 0
+            with EnhancerClient(broker.endpoint, deadline_ms=60_000) as client:
+                assert client.stats()["queued"] == 1
+    finally:
+        broker.stop()
+        thread.join(10)
+    line = _raw_ticks_line({"ticks_raw": 1, "deadline_ms": 1000.0, "raw_reasons": {result.reason: 1}}, 1)
+    assert "starting or restarting" in line and "deadline" not in line
+
+
+def test_requests_waiting_when_the_last_worker_dies_are_answered_not_ready(identity_checkpoint, monkeypatch):
+    """The queue is answered as new requests are: NotReady for a request with a deadline, the one without waits."""
+    from types import SimpleNamespace
+
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    try:
+        broker._identity_of[0] = b"w0-123"  # a worker that holds the model (and is busy: none is free)
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(broker.endpoint)
+            raw.send_multipart([b"", wire.make_request("enhance", "hurried", _frames(33, n=1), deadline_ms=60_000)])
+            raw.send_multipart([b"", wire.make_request("enhance", "patient", _frames(34, n=1))])
+            while len(broker._queue) < 2:
+                assert broker.frontend.poll(5000)
+                broker._on_frontend()
+            broker._procs[0] = SimpleNamespace(is_alive=lambda: False, pid=123, exitcode=-9)
+            broker._check_workers()
+            assert raw.poll(5000)
+            reply = msgpack.unpackb(raw.recv_multipart()[-1])
+            assert reply["id"] == "hurried" and reply["error"]["type"] == "NotReady", reply
+            assert [item[1] for item in broker._queue] == ["patient"] and raw.poll(200) == 0
+    finally:
+        broker._procs.clear()  # the stand-in has no process to join
+        broker.close()
+
+
+def test_a_stopping_server_answers_what_waits_instead_of_leaving_it_to_the_deadline(identity_checkpoint, monkeypatch):
+    """A new user's finding: Ctrl-C on a server left a waiting client hanging for its whole 20 s deadline (the
+    workers were joined first, the front socket closed last, nothing queued or in flight was answered). Now the
+    queue, what a worker holds and what arrives while the workers end are answered Stopping at once."""
+    from types import SimpleNamespace
+
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    broker._identity_of[0] = b"w0-123"  # a worker that holds the model and is busy with "held"
+    broker._inflight[b"w0-123"] = []
+    ending = {"polls": 0}
+
+    def alive():  # the worker takes a few polls to end: a request sent meanwhile must be answered too
+        ending["polls"] += 1
+        return ending["polls"] < 6
+
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as raw:
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(broker.endpoint)
+        raw.send_multipart([b"", wire.make_request("enhance", "held", _frames(35, n=1), deadline_ms=60_000)])
+        raw.send_multipart([b"", wire.make_request("enhance", "queued", _frames(36, n=1), deadline_ms=60_000)])
+        while len(broker._queue) < 2:
+            assert broker.frontend.poll(5000)
+            broker._on_frontend()
+        envelope, rid, *_ = broker._queue.popleft()
+        broker._inflight[b"w0-123"] = [(envelope, rid, time.monotonic())]
+        broker._procs[0] = SimpleNamespace(is_alive=alive, pid=123, exitcode=None, terminate=lambda: None,
+                                           join=lambda timeout=None: None, kill=lambda: None)
+        real_poll = broker.frontend.poll
+        sent = {"late": False}
+
+        def poll_and_send_late(timeout=None, flags=zmq.POLLIN):
+            if not sent["late"]:
+                sent["late"] = True
+                raw.send_multipart([b"", wire.make_request("enhance", "late", _frames(37, n=1), deadline_ms=60_000)])
+                time.sleep(0.05)
+            return real_poll(timeout, flags)
+
+        monkeypatch.setattr(broker.frontend, "poll", poll_and_send_late, raising=False)
+        t0 = time.monotonic()
+        broker.close()
+        replies = {}
+        while raw.poll(1000):
+            reply = msgpack.unpackb(raw.recv_multipart()[-1])
+            replies[reply["id"]] = reply["error"]["type"]
+        assert replies == {"held": "Stopping", "queued": "Stopping", "late": "Stopping"}, replies
+        assert time.monotonic() - t0 < 10.0
+
+
+def test_a_stopping_servers_hello_offers_no_worker(identity_checkpoint, monkeypatch):
+    """Noticed in review: during its shutdown a server's hello still counted its workers as ready and offered their
+    direct sockets (a new client connected to a worker being ended). From close() on it says stopping, no worker
+    ready and no direct socket; stats too."""
+    from neural_sensor.enhance import server as server_module
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    try:
+        broker._identity_of[0] = b"w0-123"
+        broker._direct[0] = "w0-123.sock"
+        hello = broker._hello()
+        assert hello["workers_ready"] == 1 and hello["stopping"] is False, hello
+        assert hello["shm"]["direct"] == ["w0-123.sock"], hello
+        broker._stopping = True  # what close() sets first
+        hello = broker._hello()
+        assert hello["workers_ready"] == 0 and hello["stopping"] is True, hello
+        assert "direct" not in hello["shm"], hello
+        assert broker.stats()["workers_ready"] == 0
+    finally:
+        broker._identity_of.clear()
+        broker.close()
+
+
+def test_a_second_server_leaves_a_running_ones_endpoint_and_ready_file(tmp_path, identity_checkpoint):
+    """A new user's findings: a second server on a running one's ipc:// path took it over without a word (the first
+    went on, unreachable), and a second server that failed to bind deleted the running one's ready file."""
+    import subprocess
+    import sys
+
+    from neural_sensor.enhance.server import Broker, remove_stale_ready_file
+
+    path = tmp_path / "enhancer.sock"
+    first = Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1,
+                                threads_per_worker=1))
+    try:
+        with pytest.raises(ValueError, match=f"cannot bind ipc://{path}: Address already in use"):
+            Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1))
+    finally:
+        first.close()
+    assert not path.exists()
+    import socket
+
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a killed server's socket file: nobody listens
+    left.bind(str(path))
+    left.close()
+    assert path.is_socket()
+    Broker(ServerConfig(bind=f"ipc://{path}", checkpoint=str(identity_checkpoint), workers=1)).close()  # taken
+    ready = tmp_path / "ready.json"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:  # a reused pid
+        try:
+            ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:5", "pid": other.pid}))
+            remove_stale_ready_file(ready)
+            assert not ready.exists()  # alive, but no server: the file is stale
+        finally:
+            other.kill()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "serve-enhancer"]) as running:
+        try:
+            deadline = time.monotonic() + 10  # (until the child has exec'd, its command line is ours)
+            while b"serve-enhancer" not in Path(f"/proc/{running.pid}/cmdline").read_bytes():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            ready.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:5", "pid": running.pid}))
+            remove_stale_ready_file(ready)
+            assert ready.exists()  # a live server's
+        finally:
+            running.kill()
+    running.wait()
+    remove_stale_ready_file(ready)
+    assert not ready.exists()  # its process gone: stale
+
+
+def test_a_run_waits_longer_for_a_server_whose_workers_are_loading_and_says_so(identity_checkpoint, monkeypatch,
+                                                                                capsys):
+    """A new user's finding: a run started while a remote server was still loading its model was told "no answer
+    ... yet" and then "is a server running there?", though the server had answered hello with 0 workers ready.
+    It now says the server answers, waits longer for its workers, and names that in the error."""
+    from neural_sensor.enhance import server as server_module
+    from neural_sensor.enhance.client import EnhancerError
+    from scenarios import enhancer_link
+    from scenarios.runner import RunOptions
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)  # workers that never load
+    monkeypatch.setattr(enhancer_link, "REMOTE_WAIT_S", 2.5)
+    monkeypatch.setattr(enhancer_link, "WORKERS_LOADING_S", 1.0)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(EnhancerError, match="the server answers, but none of its workers became ready") as err:
+            enhancer_link.connect_enhancer(RunOptions(enhancer=broker.endpoint, progress=True))
+        assert "is a server running there" not in str(err.value)
+        said = capsys.readouterr().err
+        assert f"the enhancer at {broker.endpoint} answers, but none of its workers is ready yet" in said
+        assert "no answer from the enhancer" not in said and "waiting up to 1 s more" in said
+    finally:
+        broker.stop()
+        thread.join(10)
+
+
+def test_a_run_does_not_wait_for_a_server_that_is_stopping(identity_checkpoint, monkeypatch):
+    """Noticed in review: a server answering hello while it stops had a run wait for its workers (up to 70 s),
+    then blamed their loading. A hello that says stopping ends the wait at once and says why."""
+    from neural_sensor.enhance import server as server_module
+    from neural_sensor.enhance.client import EnhancerError
+    from scenarios import enhancer_link
+    from scenarios.runner import RunOptions
+
+    monkeypatch.setattr(server_module.Broker, "_spawn", lambda self, index: None)
+    monkeypatch.setattr(enhancer_link, "REMOTE_WAIT_S", 20.0)
+    broker = server_module.Broker(ServerConfig(bind="tcp://127.0.0.1:*", checkpoint=str(identity_checkpoint)))
+    broker._stopping = True  # as close() sets it, while the sockets still answer
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EnhancerError, match="is stopping") as err:
+            enhancer_link.connect_enhancer(RunOptions(enhancer=broker.endpoint, progress=False))
+        assert time.monotonic() - t0 < 10.0
+        assert "loading" not in str(err.value) and "--enhancer local" in str(err.value), err.value
+    finally:
+        broker.stop()
+        thread.join(10)
