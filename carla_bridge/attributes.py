@@ -134,6 +134,12 @@ def parse_value(type_id: str, key: str, value) -> object:
         try:
             return int(text.strip())
         except ValueError:
+            try:  # a whole float ("800.0": the leaderboard's str() of a width given as 800.0), as CARLA's atoi reads it
+                number = float(text.strip())
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number) and number.is_integer():
+                return int(number)
             raise ValueError(f"{type_id}: {key}: {text!r} is not an integer") from None
     if spec.type == "float":
         try:

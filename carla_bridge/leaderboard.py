@@ -7,7 +7,9 @@ Enable it with one line, anywhere that runs before the agent's sensors are set u
 
 or set NEURAL_SENSOR_SCENE=path/to/scene.ply (and optionally NEURAL_SENSOR_BACKEND, NEURAL_SENSOR_ENHANCER,
 NEURAL_SENSOR_REFERENCE) and add `import carla_bridge.leaderboard` to the agent file: importing the module
-enables it. NEURAL_SENSOR_REFERENCE / `reference=`: a reconstruction's drive log (the `reference.npz` beside
+enables it (`enable_from_environment(default_scene)` does the same with a scene for when the variable is unset).
+enable() loads the renderer's kernels at once (on a fresh install it compiles them, ~20 s on two cores): the
+leaderboard's SensorInterface waits only 10 s for a camera's first frame. NEURAL_SENSOR_REFERENCE / `reference=`: a reconstruction's drive log (the `reference.npz` beside
 its cached scene, or a LogReference), which the enhancer trained to take it gains most of its decibels from.
 
 How: the leaderboard's AgentWrapper spawns each sensor with
@@ -59,7 +61,12 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
     from neural_sensor.reconstruct.reference import LogReference
 
     if not isinstance(scene, GaussianScene):
-        scene = GaussianScene.load_ply(Path(scene))
+        path = Path(scene).resolve()
+        if _state.get("scene_path") == path and "scene" in _state:  # (the module's own enable, then the agent's)
+            scene = _state["scene"]
+        else:
+            scene = GaussianScene.load_ply(path)
+            _state["scene_path"] = path
     if reference is not None and not isinstance(reference, LogReference):
         reference = LogReference.load(Path(reference))
     try:
@@ -68,7 +75,11 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
         raise RuntimeError("carla_bridge.leaderboard.enable needs the CARLA leaderboard and scenario_runner on "
                            f"PYTHONPATH ({err})") from None
     _state.update(scene=scene, backend=backend, enhancer=enhancer, reference=reference)
-    if "original_get_world" in _state:
+    warm_up(scene, backend)
+    if "original_get_world" in _state:  # enabled before: the batch client takes this call's scene and options too
+        client = getattr(CarlaDataProvider, "_client", None)
+        if isinstance(client, NeuralClient):
+            CarlaDataProvider._client = NeuralClient(client.client, **_options())
         return
     _state["original_get_world"] = CarlaDataProvider.get_world
     _state["original_commands"] = (carla.command.SpawnActor, carla.command.DestroyActor)
@@ -100,6 +111,29 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
         CarlaDataProvider._client = wrap(CarlaDataProvider._client)
 
 
+def warm_up(scene: GaussianScene, backend: str = "auto") -> None:
+    """Draw the scene into two 8 x 8 cameras (an rgb camera's outputs, and a depth and label camera's), which loads
+    the renderer's compiled kernels from numba's cache or, on a fresh install, compiles them (~20 s on two cores):
+    a leaderboard run's first route had failed with SensorReceivedNoData, its 10 s wait spent compiling."""
+    from neural_sensor.rig import NeuralSensorRig, SensorSpec
+
+    spec = SensorSpec.mounted("warm-up", 8, 8, 90.0, (0.0, 0.0, 1.6), 0.0, 0.0, 0.0)
+    for outputs in (("rgb",), ("rgb", "depth", "semantic")):
+        NeuralSensorRig(scene, [spec], backend=backend, outputs=outputs).prepare()
+
+
+def enable_from_environment(default_scene: GaussianScene | str | os.PathLike | None = None) -> bool:
+    """enable() with NEURAL_SENSOR_SCENE (else `default_scene`), NEURAL_SENSOR_BACKEND, NEURAL_SENSOR_ENHANCER and
+    NEURAL_SENSOR_REFERENCE; False (nothing done) when neither names a scene. (The shipped example had called
+    enable(scene) after the import had, which reset the backend, enhancer and reference the variables set.)"""
+    scene = os.environ.get("NEURAL_SENSOR_SCENE") or default_scene
+    if not scene:
+        return False
+    enable(scene, os.environ.get("NEURAL_SENSOR_BACKEND", "auto"), os.environ.get("NEURAL_SENSOR_ENHANCER") or None,
+           os.environ.get("NEURAL_SENSOR_REFERENCE") or None)
+    return True
+
+
 def disable() -> None:
     """Undo enable()."""
     if "original_get_world" in _state:
@@ -117,6 +151,4 @@ def disable() -> None:
     _state.clear()
 
 
-if os.environ.get("NEURAL_SENSOR_SCENE"):
-    enable(os.environ["NEURAL_SENSOR_SCENE"], os.environ.get("NEURAL_SENSOR_BACKEND", "auto"),
-           os.environ.get("NEURAL_SENSOR_ENHANCER") or None, os.environ.get("NEURAL_SENSOR_REFERENCE") or None)
+enable_from_environment()

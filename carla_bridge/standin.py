@@ -33,6 +33,7 @@ import fnmatch
 import itertools
 import math
 import queue
+import struct
 import threading
 import time
 import traceback
@@ -512,8 +513,9 @@ class StandInWorld:
                     actor.set_transform(carla.Transform(loc, carla.Rotation(pitch=t.rotation.pitch, yaw=yaw,
                                                                             roll=t.rotation.roll)))
             self.frame += 1
-            self.elapsed_seconds += dt
-            self._delta_seconds = dt
+            delta = struct.unpack("f", struct.pack("f", dt))[0]  # as the server's: Unreal's float DeltaSeconds, 0.05 -> 0.0500000007 (the
+            self.elapsed_seconds += delta  # leaderboard's speedometer, `now - last > 1 / rate`, read every other tick
+            self._delta_seconds = delta  # at an exact 0.05)
             self._snapshot = snapshot = self._make_snapshot()
         self._stream.put(snapshot)  # the callbacks run on the stream thread, after tick() has returned
         return self.frame

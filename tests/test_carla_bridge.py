@@ -417,3 +417,70 @@ def test_a_neural_clients_new_worlds_spawn_neural_cameras():
     assert isinstance(camera, NeuralCamera)
     camera.destroy()
     car.destroy()
+
+
+def test_leaderboard_enable_from_the_environment_warms_the_renderer_and_a_second_enable_reaches_the_batch_client(
+        monkeypatch, tmp_path):
+    """A new user's findings on the leaderboard path: the shipped example's enable(scene) after the import's reset the
+    NEURAL_SENSOR_BACKEND / ENHANCER / REFERENCE the variables had set (and read the PLY twice); nothing compiled the
+    renderer before the first camera's frame (a fresh install's first route failed: the SensorInterface waits 10 s);
+    a second enable() left the batch client with the first scene."""
+    import sys
+    import types
+
+    import carla_bridge.leaderboard as lb
+    from carla_bridge.client import NeuralClient
+
+    class CarlaDataProvider:
+        _client = None
+
+        @staticmethod
+        def get_world():
+            return None
+
+        @staticmethod
+        def set_client(client):
+            CarlaDataProvider._client = client
+
+    provider = types.ModuleType("srunner.scenariomanager.carla_data_provider")
+    provider.CarlaDataProvider = CarlaDataProvider
+    for name in ("srunner", "srunner.scenariomanager"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "srunner.scenariomanager.carla_data_provider", provider)
+    scene_path = tmp_path / "scene.ply"
+    make_street_scene(2000, seed=0).save_ply(scene_path)
+    warmed, loads = [], []
+    monkeypatch.setattr(lb, "warm_up", lambda scene, backend: warmed.append(backend))
+    real_load = lb.GaussianScene.load_ply
+    monkeypatch.setattr(lb.GaussianScene, "load_ply", staticmethod(lambda path: loads.append(path) or real_load(path)))
+    monkeypatch.setenv("NEURAL_SENSOR_SCENE", str(scene_path))
+    monkeypatch.setenv("NEURAL_SENSOR_BACKEND", "cpu")
+    monkeypatch.setenv("NEURAL_SENSOR_ENHANCER", "tcp://127.0.0.1:5999")
+    try:
+        assert lb.enable_from_environment("elsewhere.ply")
+        assert lb.enable_from_environment("elsewhere.ply")  # the example's line after the import's
+        assert lb._state["backend"] == "cpu" and lb._state["enhancer"] == "tcp://127.0.0.1:5999"
+        assert len(loads) == 1 and warmed == ["cpu", "cpu"]
+        CarlaDataProvider.set_client(StandInClient())
+        first = CarlaDataProvider._client
+        other = make_street_scene(2000, seed=1)
+        lb.enable(other, backend="cpu")
+        assert isinstance(first, NeuralClient) and CarlaDataProvider._client._options["scene"] is other
+    finally:
+        lb.disable()
+
+
+def test_the_stand_ins_tick_is_unreals_float_and_whole_float_sizes_read_as_carla_reads_them():
+    """The stand-in's delta was exactly 0.05 (the server's is Unreal's float, 0.0500000007: the leaderboard's
+    speedometer, now - last > 1 / rate, read every other tick); a width of "800.0" (the leaderboard's str() of 800.0)
+    was refused where CARLA's atoi reads 800."""
+    import struct
+
+    from carla_bridge.attributes import parse_value
+
+    world = StandInClient().get_world()
+    world.tick()
+    assert world.get_snapshot().timestamp.delta_seconds == struct.unpack("f", struct.pack("f", 0.05))[0]
+    assert parse_value("sensor.camera.rgb", "image_size_x", "800.0") == 800
+    with pytest.raises(ValueError, match="not an integer"):
+        parse_value("sensor.camera.rgb", "image_size_x", "800.5")

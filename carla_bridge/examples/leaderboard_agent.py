@@ -1,17 +1,16 @@
 """A CARLA leaderboard agent whose front camera is neural: the one added line is the `enable` call.
 
 Run it with the leaderboard as any agent (TEAM_AGENT=.../leaderboard_agent.py); set NEURAL_SENSOR_SCENE
-to a scene PLY built for the town (e.g. `neural-sensor build-scene` from the town's OpenDRIVE).
+to a scene PLY built for the town (e.g. `neural-sensor build-scene` from the town's OpenDRIVE), and optionally
+NEURAL_SENSOR_BACKEND, NEURAL_SENSOR_ENHANCER and NEURAL_SENSOR_REFERENCE (the module docstring).
 """
-
-import os
 
 import carla
 from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track
 
 import carla_bridge.leaderboard
 
-carla_bridge.leaderboard.enable(os.environ.get("NEURAL_SENSOR_SCENE", "scene.ply"))  # the one added line
+carla_bridge.leaderboard.enable_from_environment("scene.ply")  # the one added line (the variables, else scene.ply)
 
 
 def get_entry_point():
