@@ -6,9 +6,10 @@
     client.apply_batch([carla.command.DestroyActor(camera.id), ...])           # destroys it client-side
 
 NeuralClient's get_world, load_world, reload_world and generate_opendrive_world answer a NeuralWorld
-(load_world_if_different answers None in libcarla 0.9.16: take get_world() after it). An actor's own `get_world()` is libcarla's and answers the server's world, whose spawn_actor makes the
-server's camera: spawn cameras through the NeuralWorld (a script that takes `vehicle.get_world()`, as
-manual_control.py's CameraManager does, is handed the NeuralWorld instead).
+(load_world_if_different answers None in libcarla 0.9.16: take get_world() after it). An actor's own `get_world()` is
+libcarla's and answers the server's world, whose spawn_actor makes the server's camera: spawn cameras through the
+NeuralWorld (a script that takes `vehicle.get_world()`, as manual_control.py's CameraManager does, is handed the
+NeuralWorld instead).
 
 NeuralWorld answers spawn_actor / try_spawn_actor of the four camera blueprints
 (carla_bridge.encodings.CAMERA_TYPES, or the `camera_types` given) with a NeuralCamera and passes

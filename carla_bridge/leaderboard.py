@@ -9,8 +9,9 @@ or set NEURAL_SENSOR_SCENE=path/to/scene.ply (and optionally NEURAL_SENSOR_BACKE
 NEURAL_SENSOR_REFERENCE) and add `import carla_bridge.leaderboard` to the agent file: importing the module
 enables it (`enable_from_environment(default_scene)` does the same with a scene for when the variable is unset).
 enable() loads the renderer's kernels at once (on a fresh install it compiles them, ~20 s on two cores): the
-leaderboard's SensorInterface waits only 10 s for a camera's first frame. NEURAL_SENSOR_REFERENCE / `reference=`: a reconstruction's drive log (the `reference.npz` beside
-its cached scene, or a LogReference), which the enhancer trained to take it gains most of its decibels from.
+leaderboard's SensorInterface waits only 10 s for a camera's first frame. NEURAL_SENSOR_REFERENCE / `reference=`:
+a reconstruction's drive log (the `reference.npz` beside its cached scene, or a LogReference), which the enhancer
+trained to take it gains most of its decibels from.
 
 How: the leaderboard's AgentWrapper spawns each sensor with
 `CarlaDataProvider.get_world().spawn_actor(blueprint, transform, vehicle)` and attaches its

@@ -399,20 +399,22 @@ class NeuralCamera:
         self._check_alive()
         self._set_mount(carla.Transform(location, self._mount.rotation))
 
-    def get_velocity(self):
-        """The parent's velocity (a rigid mount moves with it); zero for a world-fixed camera."""
+    def _parent_motion(self, getter: str):
+        """The parent's vector `getter` answers (a rigid mount moves with it); zero for a world-fixed camera."""
         self._check_alive()
-        return self._parent.get_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+        return getattr(self._parent, getter)() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+
+    def get_velocity(self):
+        """The parent's velocity; zero for a world-fixed camera."""
+        return self._parent_motion("get_velocity")
 
     def get_acceleration(self):
-        """The parent's acceleration (a rigid mount moves with it); zero for a world-fixed camera."""
-        self._check_alive()
-        return self._parent.get_acceleration() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+        """The parent's acceleration; zero for a world-fixed camera."""
+        return self._parent_motion("get_acceleration")
 
     def get_angular_velocity(self):
         """The parent's angular velocity (deg/s, as libcarla's); zero for a world-fixed camera."""
-        self._check_alive()
-        return self._parent.get_angular_velocity() if self._parent is not None else carla.Vector3D(0.0, 0.0, 0.0)
+        return self._parent_motion("get_angular_velocity")
 
     # the rest of carla.Actor's face, as a server's camera answers it (a generic loop over world.get_actors(),
     # which lists the neural cameras, failed on them): a camera is active while alive, has no physics and no bones

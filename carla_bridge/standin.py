@@ -513,9 +513,11 @@ class StandInWorld:
                     actor.set_transform(carla.Transform(loc, carla.Rotation(pitch=t.rotation.pitch, yaw=yaw,
                                                                             roll=t.rotation.roll)))
             self.frame += 1
-            delta = struct.unpack("f", struct.pack("f", dt))[0]  # as the server's: Unreal's float DeltaSeconds, 0.05 -> 0.0500000007 (the
-            self.elapsed_seconds += delta  # leaderboard's speedometer, `now - last > 1 / rate`, read every other tick
-            self._delta_seconds = delta  # at an exact 0.05)
+            # as the server's: Unreal's float DeltaSeconds, 0.05 -> 0.0500000007 (the leaderboard's speedometer,
+            # `now - last > 1 / rate`, read every other tick at an exact 0.05)
+            delta = struct.unpack("f", struct.pack("f", dt))[0]
+            self.elapsed_seconds += delta
+            self._delta_seconds = delta
             self._snapshot = snapshot = self._make_snapshot()
         self._stream.put(snapshot)  # the callbacks run on the stream thread, after tick() has returned
         return self.frame

@@ -118,7 +118,7 @@ def _render_and_save(scene: GaussianScene, cameras: list[Camera], opts: ViewOpti
 
 
 
-MAX_COORDINATE_M = 1e7  # --pose / --eye / --target beyond this overflowed the renderer's float32 (a warning, a blank image)
+MAX_COORDINATE_M = 1e7  # --pose / --eye / --target beyond this overflowed the renderer's float32 (a blank image)
 
 
 def check_view_options(opts: ViewOptions) -> None:

@@ -473,7 +473,8 @@ def _cache(args: argparse.Namespace) -> dict:
             "removed": removed, **({"abandoned_stores_removed": abandoned} if abandoned else {}),
             "list": [{"key": e["key"], "source": e["source"], "name": e["name"], "mb": round(e["bytes"] / 1e6, 1),
                       "gaussians": e["gaussians"],  # (and "made": two entries of one name were told apart by nothing)
-                      "made": None if e["made"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["made"])),
+                      "made": None if e["made"] is None else time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                           time.localtime(e["made"])),
                       "last_used": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["last_used"]))}
                      for e in entries]}
 

@@ -528,7 +528,8 @@ def test_a_large_layout_is_checked_at_the_voxel_it_will_be_built_at():
     """A reviewer's finding: the check refused a 2 km curve even for `build-scene --voxel 2`, whose grid fits."""
     with pytest.raises(P.PromptError, match="build-scene --voxel"):
         P.layout_from_prompt("a gentle curve with a radius of 2000 m")
-    assert P.layout_from_prompt("a gentle curve with a radius of 2000 m", voxel_m=2.0)[1]["attributes"]["radius_m"] == 2000
+    coarse = P.layout_from_prompt("a gentle curve with a radius of 2000 m", voxel_m=2.0)[1]
+    assert coarse["attributes"]["radius_m"] == 2000
 
 
 def test_prompts_a_run_cannot_drive_or_cannot_read_say_so():

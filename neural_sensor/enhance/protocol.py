@@ -11,10 +11,11 @@ Reply:    {"v": PROTOCOL_VERSION, "id": <the request's id>, "ok": true, ...}
           {"v": PROTOCOL_VERSION, "id": <id or null>, "ok": false, "error": {"type": str, "message": str}}
   hello:   protocol_version, server_version, model_name, checkpoint_hash, reference_views (the log views per
            camera the model takes), cpu_precision, workers, workers_ready (0 once the server is stopping),
-           stopping (true from a Ctrl-C / SIGTERM on: enhance requests are answered "Stopping"), max_frames (the most frames the server
-           runs through the model at once, its --max-batch-frames; a request may hold up to MAX_FRAMES, run in
-           parts), max_request_frames (MAX_FRAMES), max_message_bytes, and "shm" {folder, nonce} when it offers
-           shared memory (with "direct", the ready workers' socket names, while it is not stopping)
+           stopping (true from a Ctrl-C / SIGTERM on: enhance requests are answered "Stopping"), max_frames (the
+           most frames the server runs through the model at once, its --max-batch-frames; a request may hold up
+           to MAX_FRAMES, run in parts), max_request_frames (MAX_FRAMES), max_message_bytes, and "shm" {folder,
+           nonce} when it offers shared memory (with "direct", the ready workers' socket names, while it is not
+           stopping)
   enhance: "frames": [{"camera": str, "rgb": [H,W,3] in the request's rgb dtype}], "model_ms" (the model
            alone), "worker_ms" (the worker's decode + model + encode) for the batch the request ran in, and
            "checkpoint_hash" (the model that answered: a client refuses a reply from another model than its

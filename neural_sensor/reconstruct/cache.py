@@ -134,9 +134,9 @@ class SceneCache:
     def entries(self) -> list[dict]:
         """Every complete entry, least recently used first: {"key", "bytes", "last_used" and "made" (unix s; made:
         when stored, None if unknown), "gaussians", "source" (the meta's: "reconstruction", "builder" for a generated
-        world's scene, None if unreadable), "name" (the layout's name or the drive log's folder, `_entry_name`)}. Only folders named
-        as `cache_key` names them count: a cache pointed at a folder that holds other things never lists (nor
-        prunes) those."""
+        world's scene, None if unreadable), "name" (the layout's name or the drive log's folder, `_entry_name`)}.
+        Only folders named as `cache_key` names them count: a cache pointed at a folder that holds other things never
+        lists (nor prunes) those."""
         out = []
         if not self.root.is_dir():
             return out

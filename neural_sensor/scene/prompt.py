@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_sensor.scene.layout import (BUILDING_STYLES, CURVE_INSIDE_M, MIN_DRIVE_LANE_M, PALETTES, TIMES_OF_DAY, Layout, Style,
-                                       from_template)
+from neural_sensor.scene.layout import (BUILDING_STYLES, CURVE_INSIDE_M, MIN_DRIVE_LANE_M, PALETTES, TIMES_OF_DAY,
+                                       Layout, Style, from_template)
 from neural_sensor.scene.occupancy import build_occupancy
 from neural_sensor.scene.prompt_bank import ATTRIBUTE_BANK, DUSK, SCENE_BANK  # the memory bank (DUSK re-exported)
 
@@ -433,8 +433,9 @@ _STOPWORDS = {"with", "that", "this", "there", "their", "from", "into", "onto", 
 def _chunks(text: str) -> list[list[str]]:
     """The prompt's phrases in three tiers: clauses (split at punctuation and connectives, "lined with X" kept
     whole), adjacent clause pairs, single content words of longer clauses."""
-    parts = [p.strip(" -") for p in re.split(r"[,;.!?]|(?<!lined )\b(?:with|and|at|in|on|under|during|through|"
-                                              r"along|but|plus|near|by|beside|past|among|amid|alongside|surrounded)\b|(?=\blined with\b)", text)]
+    splitters = (r"[,;.!?]|(?<!lined )\b(?:with|and|at|in|on|under|during|through|along|but|plus|near|by|beside|"
+                 r"past|among|amid|alongside|surrounded)\b|(?=\blined with\b)")
+    parts = [p.strip(" -") for p in re.split(splitters, text)]
     parts = [p for p in parts if re.search(r"[a-z]{3,}", p)]
     pairs = [f"{a} {b}" for a, b in zip(parts, parts[1:])]
     words = sorted({w for p in parts if " " in p for w in re.findall(r"[a-z][a-z-]{3,}", p)} - _STOPWORDS)
@@ -648,7 +649,7 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
         raise PromptError(f"{negative.group(0).strip()!r}: a negative number describes no street")
     parsed, parsed_why, spans = _parse_rules(text)
     notes = parsed.pop("_notes", [])
-    if re.search(r"[^\x00-\x7f°–’‘“”]", prompt):  # "eine 300 m lange Straße ... bei Regen": only the 300 m was read
+    if re.search(r"[^\x00-\x7f°–’‘“”]", prompt):  # ("eine 300 m lange Straße ... bei Regen": only 300 m was read)
         notes.append("the prompt is read as English: words in other languages are not understood and were left out")
     ruled_out = parsed.pop("_ruled_out", {})
     phrase_found, phrase_evidence, best_phrase = _match_phrases(_blank(text, spans))
