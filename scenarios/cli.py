@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -438,12 +439,17 @@ def _check_cache_folder(folder: Path | None, command: str | None = None) -> None
     """ValueError naming --cache when it names a file (None: the default folder); for a command that builds
     scenes, a warning first where the cache cannot be written (a read-only cache that holds the scene still
     serves it; one that does not fails only after the build)."""
+    from neural_sensor.reconstruct.cache import default_cache_root
+
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"--cache {folder} is a file, not a scene cache folder")
+    root = Path(folder) if folder is not None else default_cache_root()
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():  # a file on the way can never hold a cache (`cache` listed
+        # nothing without a word; a build warned, built the whole scene, then failed to keep it)
+        named = f"--cache {folder}" if folder is not None else f"$NEURAL_SENSOR_CACHE {os.environ.get('NEURAL_SENSOR_CACHE')}"
+        raise ValueError(f"{named}: {existing} is a file, so the scene cache {root} cannot be a folder there")
     if command in ("demo", "bench", "run", "build-scene", "reconstruct", "record-drive"):
-        from neural_sensor.reconstruct.cache import default_cache_root
-
-        root = Path(folder) if folder is not None else default_cache_root()
         problem = write_problem(root)
         if problem:
             print(f"neural-sensor: warning: the scene cache {root} cannot be written ({problem}): a scene not in it "
@@ -456,14 +462,18 @@ def _cache(args: argparse.Namespace) -> dict:
     import math
     import time
 
-    from neural_sensor.reconstruct.cache import SceneCache
+    from neural_sensor.reconstruct.cache import SceneCache, bytes_from_gb
 
     if args.prune_gb is not None and not (math.isfinite(args.prune_gb) and args.prune_gb >= 0):
         raise ValueError(f"--prune-gb must be a finite number of gigabytes >= 0, got {args.prune_gb}")
     cache = SceneCache(args.cache, max_bytes=None)
-    removed = [] if args.prune_gb is None else cache.prune(int(args.prune_gb * 1e9))
+    removed = [] if args.prune_gb is None else cache.prune(bytes_from_gb(args.prune_gb))
     abandoned = [] if args.prune_gb is None else cache.sweep_abandoned_stores()  # killed stores' folders
     entries = cache.entries()
+    left_gb = sum(e["bytes"] for e in entries) / 1e9
+    if args.prune_gb is not None and left_gb > args.prune_gb:  # (it said nothing: `"removed": []`, exit 0)
+        print(f"neural-sensor cache: {cache.root} still holds {left_gb:.3f} GB, over --prune-gb {args.prune_gb:g}: "
+              "what is left could not be removed (a folder this user cannot write?)", file=sys.stderr)
     if not entries and (cache.root / "scenes").is_dir() and SceneCache(cache.root / "scenes", max_bytes=None).entries():
         # `--cache $NEURAL_SENSOR_CACHE` listed nothing without a word: the variable names the scenes folder's parent
         print(f"neural-sensor cache: {cache.root} holds no scene, but its scenes/ folder does: --cache names the scene "

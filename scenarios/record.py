@@ -13,10 +13,12 @@ Pictures: `mosaic` tiles the cameras for the video (H.264: no side over `VIDEO_M
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -165,25 +167,32 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
 
 def install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
     """Move the new record's files from tmp into out_dir, replacing only the previous record's files."""
-    old = set(_record_files(out_dir)) if out_dir.exists() else set()
     for name in files:
         target = out_dir / name
         if target.is_dir() and not target.is_symlink():
             raise ValueError(f"--out {out_dir}: {name} is a folder; refusing to replace it with a file")
     out_dir.mkdir(parents=True, exist_ok=True)  # a new folder as the umask makes it; an existing one keeps its mode
-    # a manifest naming old and new files first: an interruption from here on leaves a folder that the
-    # next run still recognises (and cleans) as a record
-    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted((old | set(files)) - {MANIFEST})})
-    for name in files:
-        os.replace(tmp / name, out_dir / name)
-    for name in old - set(files) - {MANIFEST}:
-        (out_dir / name).unlink(missing_ok=True)
-    _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted(files)})
+    folder_fd = os.open(out_dir, os.O_RDONLY)
+    try:  # runs finishing into one folder at once install one after the other (the later record stays, whole;
+        # two threads had raced on one manifest's temporary file: FileNotFoundError)
+        fcntl.flock(folder_fd, fcntl.LOCK_EX)
+        old = set(_record_files(out_dir))
+        # a manifest naming old and new files first: an interruption from here on leaves a folder that the
+        # next run still recognises (and cleans) as a record
+        _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor",
+                                                "files": sorted((old | set(files)) - {MANIFEST})})
+        for name in files:
+            os.replace(tmp / name, out_dir / name)
+        for name in old - set(files) - {MANIFEST}:
+            (out_dir / name).unlink(missing_ok=True)
+        _write_json_atomic(out_dir / MANIFEST, {"tool": "neural-sensor", "files": sorted(files)})
+    finally:
+        os.close(folder_fd)  # (releases the lock)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
 

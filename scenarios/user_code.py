@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def module_from_file(path: Path | str, what: str = "scenario"):
     if path.suffix != ".py":
         raise ValueError(f"{what} file {path} is not a .py file")
     module_name = f"_neural_sensor_user_{what}_{abs(hash(str(path.resolve())))}"
-    _search_also(path.resolve().parent)  # as `python file.py` runs it: a module beside the file imports
+    _search_beside(path.resolve().parent)  # as `python file.py` runs it: a module beside the file imports
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
@@ -56,6 +57,39 @@ def import_user_module(name: str):
     if "" not in sys.path:
         _search_also(Path.cwd())
     return importlib.import_module(name)
+
+
+_BESIDE_FOLDERS: list[str] = []  # the folders of user files that _search_beside put on sys.path, latest first
+
+
+def _search_beside(folder: Path) -> None:
+    """A user file's folder on sys.path, as `_search_also`, but searched before the folders of user files loaded
+    earlier in this process; and a module imported from one of those that this folder holds too (a `params.py`
+    beside each of two scenario files) is forgotten, so that each file imports its own neighbour (the first
+    folder's was taken for both, without a word). A module beside the file is otherwise imported once per process,
+    as Python imports (`importlib.reload` takes an edit)."""
+    key = str(folder)
+    if key in sys.path and key not in _BESIDE_FOLDERS:  # the user's own sys.path (PYTHONPATH, ...): left as it is
+        _search_also(folder)
+        return
+    others = [f for f in _BESIDE_FOLDERS if f != key]
+    try:
+        here = {entry.stem if entry.suffix == ".py" else entry.name for entry in folder.iterdir()
+                if entry.suffix == ".py" or entry.is_dir()}
+    except OSError:
+        here = set()
+    for name, module in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        file = getattr(module, "__file__", None)
+        if top not in here or not file or any(Path(file).is_relative_to(package) for package in _OUR_PACKAGES):
+            continue
+        if any(file == os.path.join(f, top + ".py") or file.startswith(os.path.join(f, top) + os.sep) for f in others):
+            del sys.modules[name]
+    for f in [key, *others]:
+        while f in sys.path:
+            sys.path.remove(f)
+    _BESIDE_FOLDERS[:] = [key, *others]
+    sys.path.extend(_BESIDE_FOLDERS)
 
 
 def _search_also(folder: Path) -> None:

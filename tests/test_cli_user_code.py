@@ -478,6 +478,35 @@ def test_a_scenario_that_raises_is_named_with_its_traceback(tmp_path):
             "int() with base 10: 'eleven'") in result.stderr
 
 
+def test_each_scenario_file_imports_its_own_neighbour(tmp_path, monkeypatch):
+    """Two folders, each a scenario file and a `params.py` beside it, loaded one after the other in one process (a
+    test harness's): the second took the first folder's params (a 70 m road for both), without a word."""
+    from scenarios.runner import load_scenario
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name, length in (("a", 70), ("b", 120)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "params_beside_each.py").write_text(f"LENGTH_M = {length}.0\n")
+        (folder / "road.py").write_text(
+            "from carla_bridge.embedded import EgoStart\n"
+            "from neural_sensor.scene.layout import Style, straight_road\n"
+            "from scenarios.base import Scenario, lane_route\n"
+            "from params_beside_each import LENGTH_M\n"
+            "def make_scenario(seed=0):\n"
+            "    layout = straight_road(LENGTH_M, style=Style(seed=seed))\n"
+            "    return Scenario('road', 'a road', layout, EgoStart(lane=1, start_s_m=5.0, speed_mps=5.0), [],\n"
+            "                    route_xy_m=lane_route(layout, 1, 0.0, LENGTH_M - 10.0), target_speed_mps=5.0,\n"
+            "                    route_goal_m=30.0)\n")
+    try:
+        names = [load_scenario(str(tmp_path / name / "road.py")).layout.name for name in ("a", "b", "a", "b")]
+    finally:
+        for name in [m for m in sys.modules if m.startswith("params_beside_each")]:
+            del sys.modules[name]
+    assert names == ["straight_70m", "straight_120m", "straight_70m", "straight_120m"]
+    assert [p for p in sys.path if p.startswith(str(tmp_path))] == [str(tmp_path / "b"), str(tmp_path / "a")]
+
+
 def test_a_users_module_is_found_from_the_current_folder_as_python_m_finds_it(tmp_path, monkeypatch):
     """The installed `neural-sensor` script does not put the current folder on sys.path (`python -m` does): a
     package.module named from the folder above its package is still found, as the README says."""

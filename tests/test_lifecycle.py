@@ -314,6 +314,44 @@ def test_a_run_leaves_its_folders_mode_alone(tmp_path):
     assert (out / "summary.json").exists() and (out.stat().st_mode & 0o7777) == 0o700
 
 
+def test_records_finishing_into_one_folder_at_once_stay_whole(tmp_path):
+    """Three runs in threads finishing into one --out: one failed with FileNotFoundError on the manifest's
+    temporary file (every install wrote the same `.manifest.json.tmp`). They now install one after another: the
+    last record stays, whole, and nothing is left beside it."""
+    import threading
+
+    from scenarios.record import MANIFEST, install_record
+
+    out = tmp_path / "out"
+    errors, barrier = [], threading.Barrier(6)
+
+    def finish(i):
+        tmp = tmp_path / f".out.run-{i}"
+        tmp.mkdir()
+        names = ["summary.json", "log.jsonl"] + ([f"extra{i}.txt"] if i % 2 else [])
+        for name in names:
+            (tmp / name).write_text(str(i))
+        barrier.wait()
+        try:
+            for _ in range(20):  # (each install moves the files out of tmp: put them back for the next)
+                for name in names:
+                    (tmp / name).write_text(str(i))
+                install_record(tmp, out, names)
+                tmp.mkdir()
+        except Exception as err:  # noqa: BLE001 (the test reports whatever a thread raised)
+            errors.append(err)
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(listed + [MANIFEST])  # one record's files, no leftovers
+    assert len({(out / name).read_text() for name in listed}) == 1  # ... all of that one record
+
+
 def test_damaged_manifest_is_refused(tmp_path):
     out = tmp_path / "out"
     _run(out)

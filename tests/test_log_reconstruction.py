@@ -209,6 +209,8 @@ def test_a_reconstruction_keeps_its_log_as_the_enhancers_reference(short_drive, 
     with pytest.raises(ValueError, match="reference.npz is unreadable"):
         LogReference.load(damaged)
     assert scene_reference({"path": str(tmp_path / "nothing")}) is None
+    with pytest.raises(ValueError, match=f"entry {tmp_path} is damaged; remove that folder"):  # one stored
+        scene_reference({"path": str(tmp_path)})  # before the cache kept CRC-32s: how to get past it
 
 
 @needs_checkpoint

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,8 +89,14 @@ def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
 
     _, meta = cache.get_or_build({"street": 4}, with_reference)
     folder = tmp_path / meta["key"]
+    def same_size_other_bytes(name):  # a bad block in the middle: the size as stored, the contents not (the
+        # reference is read only by the run, which failed with BadZipFile at every run of that scene)
+        data = bytearray((folder / name).read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+        (folder / name).write_bytes(bytes(data))
+
     for damage in (lambda: (folder / "reference.npz").write_bytes((folder / "reference.npz").read_bytes()[:900]),
-                   lambda: (folder / "reference.npz").unlink()):
+                   lambda: (folder / "reference.npz").unlink(), lambda: same_size_other_bytes("reference.npz")):
         damage()
         calls = []
         scene, again = cache.get_or_build({"street": 4}, lambda: (calls.append(4), with_reference())[1])
@@ -97,7 +104,7 @@ def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, capsys):
         assert "reference.npz" in capsys.readouterr().err and (folder / "reference.npz").stat().st_size > 900
 
 
-def test_a_killed_store_leaves_nothing_for_good_and_prune_says_only_what_it_removed(tmp_path, monkeypatch):
+def test_a_killed_store_leaves_nothing_for_good_and_prune_says_only_what_it_removed(tmp_path, monkeypatch, capsys):
     """A new user's findings: a build killed mid-store (SIGKILL, a CI timeout) left its hidden temporary folder
     forever (not listed, not pruned, not counted): the next store removes those of processes that are gone; and
     `cache --prune-gb` said entries were removed that it could not remove."""
@@ -125,6 +132,10 @@ def test_a_killed_store_leaves_nothing_for_good_and_prune_says_only_what_it_remo
     real_rmtree = shutil.rmtree
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)  # as on a read-only folder
     assert cache.prune(0) == []
+    from scenarios.cli import main
+
+    assert main(["cache", "--cache", str(tmp_path), "--prune-gb", "0"]) == 0  # said nothing: `"removed": []`
+    assert "over --prune-gb 0: what is left could not be removed" in capsys.readouterr().err
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     assert cache.prune(0) == [meta["key"]]
 
@@ -205,6 +216,8 @@ def test_the_cache_keeps_its_bound_removing_what_was_used_least_recently(tmp_pat
     assert (tmp_path / "my_photos" / "a.jpg").is_file()
     monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", "2.5")
     assert default_max_bytes() == 2_500_000_000 and SceneCache(tmp_path).max_bytes == 2_500_000_000
+    monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", "1e300")  # beyond any disk (it was an OverflowError)
+    assert default_max_bytes() == 10**18
     for unbounded in ("0", "none"):
         monkeypatch.setenv("NEURAL_SENSOR_CACHE_MAX_GB", unbounded)
         assert default_max_bytes() is None
@@ -234,6 +247,8 @@ def test_cli_cache_lists_and_prunes(tmp_path, capsys):
     assert main(["cache", "--cache", str(tmp_path), "--prune-gb", str((total - 1) / 1e9)]) == 0
     pruned = json.loads(capsys.readouterr().out)
     assert pruned["removed"] == [old] and pruned["entries"] == 1
+    assert main(["cache", "--cache", str(tmp_path), "--prune-gb", "1e300"]) == 0  # beyond any disk: an
+    assert json.loads(capsys.readouterr().out)["removed"] == []  # OverflowError traceback and exit 1 before
     assert main(["cache", "--cache", str(tmp_path), "--prune-gb", "-1"]) == 2
     assert "--prune-gb" in capsys.readouterr().err
     (tmp_path / "scene.ply").write_bytes(b"ply")
@@ -262,7 +277,7 @@ def test_an_empty_cache_variable_counts_as_unset(monkeypatch, tmp_path):
     assert default_cache_root() == tmp_path / "scenes"
 
 
-def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys):
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
     """A read-only cache built the whole scene and then failed with a bare "[Errno 30] Read-only file system:
     '.../.key-xxx'": the command warns first, and the store's error names the cache and how to choose another."""
     from scenarios.cli import _check_cache_folder
@@ -272,8 +287,17 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys):
     with pytest.raises(OSError, match=r"the scene cache .*a_file/scenes cannot take the scene just built .*"
                                       r"give --cache \(or \$NEURAL_SENSOR_CACHE\) a folder you can write"):
         cache.get_or_build({"street": 7}, _builder(7))
-    _check_cache_folder(tmp_path / "a_file" / "scenes", "run")
-    assert "warning: the scene cache" in capsys.readouterr().err
-    _check_cache_folder(tmp_path / "a_file" / "scenes", "cache")  # listing needs no write
+    for command in ("run", "cache"):  # a file on the way: refused before any build (a run warned, built the
+        # whole scene, then failed to keep it; `cache` listed nothing without a word)
+        with pytest.raises(ValueError, match=f"--cache {tmp_path}/a_file/scenes: {tmp_path}/a_file is a file"):
+            _check_cache_folder(tmp_path / "a_file" / "scenes", command)
+    monkeypatch.setenv("NEURAL_SENSOR_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(ValueError, match=f"NEURAL_SENSOR_CACHE {tmp_path}/a_file: {tmp_path}/a_file is a file"):
+        _check_cache_folder(None, "cache")
+    monkeypatch.delenv("NEURAL_SENSOR_CACHE")
+    _check_cache_folder(Path("/proc/scenes"), "cache")  # nothing can be written there (root included): listing
+    assert capsys.readouterr().err == ""  # needs no write, a run is warned first (a cache holding its scene serves)
+    _check_cache_folder(Path("/proc/scenes"), "run")
+    assert "warning: the scene cache /proc/scenes cannot be written" in capsys.readouterr().err
     _check_cache_folder(tmp_path / "fine", "run")
     assert capsys.readouterr().err == "" and not (tmp_path / "fine").exists()

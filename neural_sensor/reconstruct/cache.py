@@ -10,7 +10,8 @@ builds, stores and returns it:
   reader never sees a torn entry, and two processes building the same key both
   succeed (the first rename wins, the other's copy is discarded);
 - an entry that fails to load (truncated PLY, bad JSON, meta for another key, a file of another size
-  than meta.json's `file_bytes` says it was stored at, or missing: a truncated log reference)
+  than meta.json's `file_bytes` says it was stored at, or missing: a truncated log reference, or of other
+  contents than its `file_crc32` says: a damaged log reference read only later, by the run)
   is reported on stderr, removed and rebuilt, never returned;
 - a store's temporary folder is named .<key>-<pid>-<random>: one whose process is gone (a SIGKILL or a CI
   timeout mid-store) and that nobody has written for an hour is removed by the next store;
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -67,7 +70,13 @@ def default_max_bytes() -> int | None:
                          f"got {raw!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"NEURAL_SENSOR_CACHE_MAX_GB must be a finite number >= 0, got {raw!r}")
-    return None if value == 0 else int(value * 1e9)
+    return None if value == 0 else bytes_from_gb(value)
+
+
+def bytes_from_gb(gb: float) -> int:
+    """Gigabytes (finite, >= 0) as bytes; a bound beyond any disk (1e9 GB) is taken as 1e9 GB (1e300 overflowed)."""
+    assert math.isfinite(gb) and gb >= 0, gb
+    return int(min(gb, 1e9) * 1e9)
 
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
@@ -121,6 +130,11 @@ class SceneCache:
             for name, size in (meta.get("file_bytes") or {}).items():  # each file as stored: a truncated or
                 if (folder / name).stat().st_size != size:  # deleted one (the log reference) is damage too
                     raise ValueError(f"{name} is {(folder / name).stat().st_size} bytes, {size} when stored")
+            if not isinstance(meta.get("file_crc32", {}), dict):
+                raise ValueError("meta.json's file_crc32 is not an object")
+            for name, crc in (meta.get("file_crc32") or {}).items():  # (entries stored before it: sizes only)
+                if file_crc32(folder / name) != crc:  # ~20 ms for a reconstruction's 55 MB
+                    raise ValueError(f"{name} holds other bytes than when stored (its CRC-32 differs)")
             scene = GaussianScene.load_ply(folder / "scene.ply")
             if len(scene) != meta.get("n_gaussians"):
                 raise ValueError(f"scene.ply holds {len(scene)} Gaussians, meta.json says {meta.get('n_gaussians')}")
@@ -218,7 +232,9 @@ class SceneCache:
                 (tmp / "layout.json").write_text(layout_json)
             for name, write in (files or {}).items():
                 write(tmp / name)
-            meta["file_bytes"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+            stored = [f for f in sorted(tmp.iterdir()) if f.is_file()]
+            meta["file_bytes"] = {f.name: f.stat().st_size for f in stored}
+            meta["file_crc32"] = {f.name: file_crc32(f) for f in stored}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             tmp.chmod(0o755)
             try:
@@ -248,6 +264,15 @@ class SceneCache:
         meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
         meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
         return GaussianScene.load_ply(Path(meta["path"]) / "scene.ply"), meta  # what later runs load (above)
+
+
+def file_crc32(path: Path, chunk_bytes: int = 1 << 24) -> int:
+    """zlib's CRC-32 of a file's bytes, read in chunks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _mark_used(folder: Path) -> None:

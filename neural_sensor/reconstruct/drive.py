@@ -227,7 +227,13 @@ def scene_reference(meta: dict) -> LogReference | None:
     """The log reference stored with a reconstruction (the meta `reconstructed_scene*` returned), None for a
     scene that has none (a builder scene, or an entry written before references were kept)."""
     path = Path(meta.get("path") or "") / REFERENCE_FILE
-    return LogReference.load(path) if meta.get("path") and path.is_file() else None
+    if not (meta.get("path") and path.is_file()):
+        return None
+    try:
+        return LogReference.load(path)
+    except ValueError as err:  # (an entry stored with its files' CRC-32s never gets here: the cache rebuilds it)
+        raise ValueError(f"{err}: the scene cache entry {path.parent} is damaged; remove that folder and run again "
+                         "to rebuild it") from None
 
 
 def _reconstruct_log(folder: Path, checkpoint: Path, size: tuple[int, int] | None, progress: bool,
