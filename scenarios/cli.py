@@ -265,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "or its transforms.json")
     p_recon.add_argument("-o", "--out", type=Path, default=None, help="also copy the scene PLY here")
     p_recon.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
-                         help="resample every image to W x H first (needed when the cameras differ in size; default: "
-                              "a log wider than 160 px, the network's training size, is read at 160 px wide with "
-                              "its aspect kept; give the log's own size to read it as it is)")
+                         help="resample every image to W x H first (default: a log wider than 160 px, the network's "
+                              "training size, is read at 160 px wide with its aspect kept, and one whose cameras "
+                              "differ in size at one size, 160 px wide at most, the aspect halfway between its "
+                              "cameras'; give the log's own size to read it as it is)")
     p_recon.add_argument("--checkpoint", type=Path, default=None,
                          help="reconstructor checkpoint folder (default: the shipped one, checkpoints/reconstructor-run)")
     p_recon.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
@@ -418,14 +419,25 @@ def _record_drive(args: argparse.Namespace) -> dict:
     from neural_sensor.reconstruct.log import record_drive
     from scenarios.runner import load_scenario
 
-    for name in ("width", "height"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be a positive number of pixels, got {getattr(args, name)}")
+    from neural_sensor.reconstruct.log import NETWORK_STRIDE_PX
+
+    for name in ("width", "height"):  # (a 1x1 log was written, and then refused by `reconstruct`)
+        if getattr(args, name) < NETWORK_STRIDE_PX:
+            raise ValueError(f"--{name} must be at least {NETWORK_STRIDE_PX} pixels (the smallest image the "
+                             f"reconstructor reads), got {getattr(args, name)}")
     for option, value, unit in (("--step", args.step, "metres"), ("--speed", args.speed, "m/s")):
         if not (math.isfinite(value) and value > 0):  # record_drive said "step_m" / "speed_mps", not the option
             raise ValueError(f"{option} must be a positive number of {unit}, got {value:g}")
+    from neural_sensor.reconstruct.log_checks import MAX_VIEW_GAP_M
+
+    if args.step > MAX_VIEW_GAP_M:  # (the log's reader says it too, at every reconstruction)
+        print(f"neural-sensor record-drive: warning: views {args.step:g} m apart reconstruct poorly (the reconstructor "
+              f"was trained on drives recorded every 4 m; 18 m gave an almost empty scene): --step 4-{MAX_VIEW_GAP_M:g}",
+              file=sys.stderr)
     out = Path(args.out)  # said before the drive is rendered (write_drive_log refuses it only when it writes)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out} exists and is not a folder; a drive log goes into a new one: choose another")
+    if out.exists() and any(out.iterdir()):
         raise ValueError(f"-o {out} exists and is not an empty folder; a drive log goes into a new one: choose another")
     scenario = load_scenario(args.scenario, args.seed)
     start = time.perf_counter()

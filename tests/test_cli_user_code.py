@@ -569,7 +569,14 @@ def test_out_of_memory_and_record_drive_options_are_named_as_the_command_takes_t
     for option, value, unit in (("--step", "0", "metres"), ("--speed", "-2", "m/s")):
         assert cli_main(["record-drive", "cut_in", option, value, "-o", str(tmp_path / "rec")]) == 2
         assert f"{option} must be a positive number of {unit}, got {float(value):g}" in capsys.readouterr().err
+    # a 1x1 log was written and then refused by `reconstruct` (at least 4x4)
+    assert cli_main(["record-drive", "cut_in", "--width", "3", "-o", str(tmp_path / "rec")]) == 2
+    assert "--width must be at least 4 pixels (the smallest image the reconstructor reads), got 3" in \
+        capsys.readouterr().err
     assert not (tmp_path / "rec").exists()
+    (tmp_path / "a_file").write_text("x")  # (it said "exists and is not an empty folder")
+    assert cli_main(["record-drive", "cut_in", "-o", str(tmp_path / "a_file")]) == 2
+    assert f"-o {tmp_path / 'a_file'} exists and is not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc: no folder that even root cannot write to")

@@ -318,6 +318,8 @@ def test_a_new_users_log_mistakes_are_named(tmp_path):
     log = _tiny_log(tmp_path, "no_extension")
     _edit(log, lambda d: d["frames"][1].__setitem__("file_path", d["frames"][1]["file_path"][:-4]))
     _expect(log, "image file missing (the folder holds 000001_CAM_B.png: name the file in full, with its extension)")
+    with pytest.raises(DriveLogError, match=r"image file missing \(the folder holds 000001_CAM_B.png: name the file"):
+        log_digest(log)  # what the command line reads first (the cache key): it had said only "No such file"
     log = _tiny_log(tmp_path, "null")  # json's null became NaN and was named as one
     _edit(log, lambda d: d["frames"][2]["transform_matrix"][0].__setitem__(3, None))
     _expect(log, "frame 2", "transform_matrix must be a [4, 4] array of numbers (holds null)")

@@ -303,6 +303,7 @@ def test_cli_reconstruct_and_record_drive(tmp_path, capsys, short_drive):
     captured = capsys.readouterr()
     recorded = json.loads(captured.out.strip().splitlines()[-1])
     assert recorded["scenario"] == "short_drive" and recorded["views"] == 6 * recorded["frames"]
+    assert "warning: views 25 m apart reconstruct poorly" in captured.err  # (18 m made an almost empty scene)
     assert captured.err.strip().splitlines()[-1] == (
         f"neural-sensor record-drive: {recorded['frames']} frames, {recorded['views']} images; the drive log is in "
         f"{recorded['log']}")
@@ -329,7 +330,7 @@ def test_the_cli_and_a_run_take_a_logs_transforms_json(tmp_path, capsys):
     assert "000000_CAM_A.png: is a file, not a drive log" in capsys.readouterr().err
     # a run reads the file's folder: its missing image is named before anything starts
     (log / "images" / "000002_CAM_C.png").unlink()
-    with pytest.raises(DriveLogError, match=r"frame 2 \(images/000002_CAM_C.png\): image missing"):
+    with pytest.raises(DriveLogError, match=r"frame 2 \(images/000002_CAM_C.png\): image file missing"):
         run_scenario("cut_in", RunOptions(out_dir=tmp_path / "out", ticks=2, progress=False,
                                           scene=f"log:{log / 'transforms.json'}"))
     assert cli_main(["run", "cut_in", "--scene-log", str(log / "transforms.json"), "--out", str(tmp_path / "out")]) == 2

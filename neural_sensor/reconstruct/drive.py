@@ -46,8 +46,8 @@ from neural_sensor.jit_cache import RECONSTRUCTION_MODULES, announce_compiling
 from neural_sensor.render._common import SKY_RGB
 from neural_sensor.reconstruct.cache import SceneCache, cache_key
 from neural_sensor.reconstruct.log_checks import DriveLogWarning
-from neural_sensor.reconstruct.log import (FORMAT_VERSION, drive_log_folder, log_digest, log_image_sizes,
-                                           read_drive_log, render_drive, resample_views)
+from neural_sensor.reconstruct.log import (FORMAT_VERSION, NETWORK_STRIDE_PX, drive_log_folder, log_digest,
+                                           log_image_sizes, read_drive_log, render_drive, resample_views)
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRefineConfig, depth_refine_inputs
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
@@ -268,7 +268,7 @@ def _reconstruct_views(images: np.ndarray, cameras: list[Camera], ref_images: np
     """A log's views read for the network (images [V, H, W, 3] float32 in [0, 1] and cameras) and for the reference
     (ref_images at the reference's size, float32 or uint8) -> (scene, meta, LogReference); log_meta as
     read_drive_log returns it; precision: the network's arithmetic, resolved ("float32" or "bfloat16")."""
-    images, cameras = _crop_to_multiple(images, cameras, 4)
+    images, cameras = _crop_to_multiple(images, cameras, NETWORK_STRIDE_PX)
     with tqdm(total=1, desc="reconstruction", unit="pass", disable=not progress) as bar:
         bar.set_postfix_str(f"network pass over {len(cameras)} views")
         scene, sky_masks = reconstruct(ReconNet.from_pretrained(checkpoint), images, cameras, return_sky=True,

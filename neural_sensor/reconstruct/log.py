@@ -56,6 +56,7 @@ FORMAT_NAME = "neural-sensor drive log"
 FORMAT_VERSION = 1
 TRANSFORMS = "transforms.json"
 IMAGES_DIR = "images"
+NETWORK_STRIDE_PX = 4  # the reconstructor crops a log's images to a multiple of it: no side may be under it
 MAX_STATIONS = 2000  # record_drive refuses a step that would make more stations than this (a typo like 1e-3 m)
 # OpenCV camera axes (x right, y down, z forward) <-> OpenGL / nerfstudio axes (x right, y up, z back)
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -279,9 +280,13 @@ def log_digest(folder: Path | str) -> str:
         image_path = folder / frame["file_path"]
         try:
             digest.update(image_path.read_bytes())
+        except FileNotFoundError:  # worded as the reader words it (the command line meets this one first)
+            file = frame["file_path"]
+            raise DriveLogError(folder, f"image file missing{_separator_hint(file)}{_extension_hint(folder, file)}",
+                                frame=i, file=file) from None
         except OSError as err:
-            raise DriveLogError(folder, f"image missing or unreadable: {err.strerror or err}"
-                                f"{_separator_hint(frame['file_path'])}", frame=i, file=frame["file_path"]) from None
+            raise DriveLogError(folder, f"image unreadable: {err.strerror or err}{_separator_hint(frame['file_path'])}",
+                                frame=i, file=frame["file_path"]) from None
     return digest.hexdigest()
 
 
