@@ -66,6 +66,13 @@ def join_rig(camera, world, parent, scene: GaussianScene, backend: str, backgrou
         backend_impl(name)  # imported on the spawning thread, not first by a worker (see backend_impl), nor under
     with _rigs_lock:  # the lock (torch's import or gsplat's load would hold up every other spawn and destroy)
         rig = _rigs.get(key)
+        if enhancer is not None:  # every rgb camera of the rig goes in one request a tick: one over the protocol's
+            # size went raw every tick without a word (six 1920x1080 cameras)
+            from neural_sensor.enhance.protocol import check_request_size
+
+            rgb = [c for c in (rig.cameras if rig is not None else []) + [camera] if c.type_id == "sensor.camera.rgb"]
+            check_request_size([(c.settings.width, c.settings.height) for c in rgb], reference is not None,
+                               what=f"spawn_neural_camera ({len(rgb)} rgb camera(s) on one parent with an enhancer)")
         if rig is None:
             rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
                                          enhancer_deadline_ms, lod_px, reference, render_scale)

@@ -198,11 +198,13 @@ class NeuralSensorRig:
             raise ValueError(f"NeuralSensorRig: enhancer must have an enhance(frames) method (an EnhancerClient), "
                              f"got {type(enhancer).__name__}")
         if enhancer is not None:
-            from neural_sensor.enhance.protocol import MAX_FRAMES
+            from neural_sensor.enhance.protocol import MAX_FRAMES, check_request_size
 
             if len(sensors) > MAX_FRAMES:
                 raise ValueError(f"NeuralSensorRig: {len(sensors)} cameras; an enhancer request carries at most "
                                  f"{MAX_FRAMES} (every camera of a tick goes in one request)")
+            check_request_size([(s.width, s.height) for s in sensors], reference is not None,
+                               getattr(enhancer, "wire_dtype", "uint8"), "NeuralSensorRig")
         if reference is not None and not callable(getattr(reference, "warp", None)):
             raise ValueError(f"NeuralSensorRig: reference must be a LogReference, got {type(reference).__name__}")
         if isinstance(reference_views, bool) or not isinstance(reference_views, int) or reference_views < 1:

@@ -293,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p_bench, "out/bench", video=False, truth=False)
     p_serve = sub.add_parser("serve-enhancer", help="serve the enhancer over ZeroMQ (broker + worker processes)",
                              description="Serve the enhancer over ZeroMQ: a broker and its model worker processes, "
-                                         "until Ctrl-C or SIGTERM. Runs use it with --enhancer tcp://HOST:PORT.",
+                                         "until Ctrl-C or SIGTERM (then exit 0; 130 / 143 when stopped before it "
+                                         "listens). Runs use it with --enhancer tcp://HOST:PORT; from another "
+                                         "machine through an SSH tunnel (ssh -N -L 5555:127.0.0.1:5555 HOST): "
+                                         "it binds loopback only, unless CurveZMQ, whose keys only the Python "
+                                         "EnhancerClient takes.",
                              formatter_class=_FORMATTER)
     from neural_sensor.enhance.server import add_arguments as add_server_arguments
 

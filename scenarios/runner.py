@@ -284,13 +284,16 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
     if options.enhancer is not None:  # the enhancer's protocol refuses larger images: every tick would be raw
-        from neural_sensor.enhance.protocol import MAX_SIDE
+        from neural_sensor.enhance.protocol import MAX_SIDE, check_request_size
 
         large = [sp for sp in specs if max(sp.width, sp.height) > MAX_SIDE]
         if large:
             raise ValueError(f"the enhancer takes images of at most {MAX_SIDE} pixels a side, and camera "
                              f"{large[0].sensor_id} is {large[0].width}x{large[0].height}: smaller --width / "
                              "--height, or --enhancer none")
+        # ... nor a request over its size: six 1920x1080 cameras went raw every tick, and the run passed
+        check_request_size([(sp.width, sp.height) for sp in specs], options.log_reference and scene_kind != "builder",
+                           what="--enhancer")
     if any(spec.sensor_id == "world" for spec in specs):
         raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
     if options.carla:  # connect first: a missing server is reported before any scene is built

@@ -127,6 +127,38 @@ def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
         default.destroy()
 
 
+def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn(scene):
+    """Six 1920x1080 rgb cameras with an enhancer: each tick's request (every rgb camera of the parent) was over the
+    protocol's 64 MiB, so every frame went unrefined without a word. The spawn that makes it too large is refused;
+    depth cameras (never enhanced) do not count; NeuralSensorRig refuses the same."""
+    from neural_sensor.rig import NeuralSensorRig, nuscenes_like_rig
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    hd = (1920, 1080)
+    cameras = [spawn_neural_camera(world, _bp(library, "rgb", hd), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                   enhancer="tcp://127.0.0.1:9") for _ in range(5)]
+    try:
+        cameras.append(spawn_neural_camera(world, _bp(library, "depth", hd), MOUNT, attach_to=ego, scene=scene,
+                                           backend="cpu", enhancer="tcp://127.0.0.1:9"))
+        with pytest.raises(ValueError, match=r"6 camera\(s\) up to 1920x1080 make an enhancer request of 75 MB"):
+            spawn_neural_camera(world, _bp(library, "rgb", hd), MOUNT, attach_to=ego, scene=scene, backend="cpu",
+                                enhancer="tcp://127.0.0.1:9")
+        assert len(cameras[0].rig.cameras) == 6
+    finally:
+        for camera in cameras:
+            camera.destroy()
+
+    class Enhancer:
+        def enhance(self, frames):
+            return None
+
+    with pytest.raises(ValueError, match=r"NeuralSensorRig: 6 camera\(s\) up to 1920x1080 make an enhancer request"):
+        NeuralSensorRig(scene, nuscenes_like_rig(*hd), backend="cpu", enhancer=Enhancer())
+    NeuralSensorRig(scene, nuscenes_like_rig(1280, 720), backend="cpu", enhancer=Enhancer())
+
+
 def test_render_scale_reaches_the_rig_and_bad_values_are_named(scene):
     """render_scale travels from NeuralWorld / spawn_neural_camera to the rig (and its NeuralSensorRig); cameras of
     different scales never share a rig; 0 or above 1 is refused by name."""

@@ -299,6 +299,10 @@ def test_float16_codecs_equal_numpy_on_every_half():
     np.testing.assert_array_equal(fast.view(np.uint16), wire._to_float16_reference(values).view(np.uint16))
     nan = wire.to_float16_into(np.array([np.nan], np.float32), np.empty(1, np.float16))
     assert np.isnan(nan).all()
+    # a depth of 65520 m or more became inf, and the server refused the whole tick as "NaN or inf": held at the
+    # largest float16; an inf given stays one (the server names it)
+    held = wire.to_float16_into(np.array([65520.0, 1e6, -1e9, np.inf], np.float32), np.empty(4, np.float16))
+    assert held.tolist() == [65504.0, 65504.0, -65504.0, np.inf]
 
 
 def test_compiled_finiteness_check_matches_its_numpy_twin():

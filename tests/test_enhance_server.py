@@ -151,6 +151,31 @@ def test_requests_that_arrive_together_run_as_one_batch(identity_checkpoint):
             sock.close(0)
 
 
+def test_requests_beyond_the_queues_bound_are_answered_busy_at_once(identity_checkpoint):
+    """One client's 60 requests without a deadline queued without bound (the broker grew by 700 MB) and held up
+    another's tick past its deadline: past MAX_QUEUED_REQUESTS waiting, a request is answered Busy at once."""
+    from neural_sensor.enhance.server import MAX_QUEUED_REQUESTS
+
+    with local_server(checkpoint=identity_checkpoint, workers=1, threads=1) as srv:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(srv.endpoint)
+        try:  # a big request keeps the only worker busy while the small ones arrive
+            sock.send_multipart([b"", wire.make_request("enhance", "big", _frames(0, n=2, h=720, w=1280))])
+            extra = 8
+            for i in range(MAX_QUEUED_REQUESTS + extra):
+                sock.send_multipart([b"", wire.make_request("enhance", f"small{i}", _frames(i, n=1))])
+            replies = []
+            while len(replies) < MAX_QUEUED_REQUESTS + extra + 1 and sock.poll(30_000):
+                replies.append(wire.parse_reply(sock.recv_multipart()[-1]))
+            busy = [r for r in replies if not r["ok"]]
+            assert len(replies) == MAX_QUEUED_REQUESTS + extra + 1 and 0 < len(busy) <= extra + 1, replies
+            assert all(r["error"]["type"] == "Busy" and "requests waiting; try again" in r["error"]["message"]
+                       for r in busy)
+        finally:
+            sock.close(0)
+
+
 def test_an_oversized_tick_is_refused_at_once_not_after_the_deadline(server, monkeypatch):
     with EnhancerClient(server.endpoint, deadline_ms=5000) as client:
         client.hello()
@@ -217,6 +242,12 @@ def test_version_mismatch_at_hello_names_both_versions():
 def test_non_loopback_binds_need_curve_keys(tmp_path):
     assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://localhost:1") and is_loopback("ipc:///tmp/x")
     assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://*:5555")
+    assert is_loopback("tcp://[::1]:5555") and is_loopback("tcp://127.1.2.3:5555") and is_loopback("tcp://LOCALHOST:1")
+    # names that only start like loopback ones were taken for loopback: a public bind without CurveZMQ
+    for name in ("tcp://127.attacker.net:5555", "tcp://localhost.example.com:5555", "tcp://[::1ab]:5555"):
+        assert not is_loopback(name), name
+    with pytest.raises(ValueError, match="must be tcp://HOST:PORT or ipc://PATH, got 'inproc://x'"):
+        check_bind(ServerConfig(bind="inproc://x", checkpoint="x"))  # "listened" where no process can reach it
     assert not is_loopback("tcp://192.168.1.4:5555")
     for bind in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://10.0.0.2:5555"):
         with pytest.raises(ValueError, match="not a loopback address.*CurveZMQ"):
@@ -598,3 +629,23 @@ def test_a_message_of_two_frames_is_said_to_have_two(identity_checkpoint, monkey
             assert reply["error"]["message"] == "expected one message frame, got 2", reply
     finally:
         broker.close()
+
+
+def test_a_frame_whose_output_is_not_finite_is_an_error_not_a_success():
+    """Float rgb of 1e30 (finite, far outside [0, 1]) on the float32 wire came back all NaN, answered ok=True and
+    delivered as enhanced. The worker now answers such a frame's request with a WorkerError naming it."""
+    from neural_sensor.enhance.worker import _run_jobs
+
+    class Overflowing:  # as a real network does with inputs of 1e30: NaN out
+        def enhance(self, rgb, depth, alpha, reference=None, valid=None, out=None):
+            for target, image in zip(out, rgb):
+                target[...] = np.nan if float(np.max(image)) > 1e6 else image
+
+    sane, wild = _frames(0, n=2), _frames(1, n=2)
+    wild[1]["rgb"] = np.full_like(wild[1]["rgb"], 1e30)
+    jobs = [(b"a", wire.make_request("enhance", "r1", sane)), (b"b", wire.make_request("enhance", "r2", wild))]
+    replies = {key: (ok, wire.parse_reply(reply)) for key, ok, reply in _run_jobs(Overflowing(), jobs)}
+    assert replies[b"a"][0] and replies[b"a"][1]["ok"]
+    ok, reply = replies[b"b"]
+    assert not ok and reply["error"]["type"] == "WorkerError"
+    assert "frames[1]: the model's output is not finite" in reply["error"]["message"]

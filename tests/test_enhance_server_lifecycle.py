@@ -349,3 +349,77 @@ def test_a_run_does_not_wait_for_a_server_that_is_stopping(identity_checkpoint, 
     finally:
         broker.stop()
         thread.join(10)
+
+
+def test_parent_pid_may_name_a_process_that_is_not_the_direct_parent():
+    """`serve-enhancer --parent-pid $$` under `timeout` (or `bash -c`, a supervisor) stopped at once: the broker took
+    'no longer our parent' for 'gone'. A pid that is not the parent is now watched for being alive."""
+    import subprocess
+    import sys
+    import types
+
+    from neural_sensor.enhance.server import Broker
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        broker = object.__new__(Broker)
+        broker.config = types.SimpleNamespace(parent_pid=sleeper.pid)
+        broker._parent_is_direct = False  # as __init__ finds it: our parent is this test's process, not the sleeper
+        assert not broker._orphaned()
+        sleeper.kill()
+        sleeper.wait()
+        assert broker._orphaned()
+    finally:
+        sleeper.kill()
+    broker.config, broker._parent_is_direct = types.SimpleNamespace(parent_pid=os.getppid()), True
+    assert not broker._orphaned()  # the direct parent (a run's local server): watched by getppid, as before
+    broker.config = types.SimpleNamespace(parent_pid=None)
+    assert not broker._orphaned()
+
+
+def test_folders_of_a_server_killed_with_its_workers_are_swept_at_the_next_start(tmp_path, monkeypatch):
+    """`kill -9 -- -<pgid>` (a server killed together with its workers: `docker stop` past its timeout, an
+    out-of-memory kill) left /dev/shm/neural-sensor-enhancer-* (client blocks held in memory) and TMPDIR/enhancer-*
+    for good. A server's folders now carry its broker's pid, refreshed every 5 s; a start removes those whose broker
+    is gone and that were not refreshed for ten minutes, and nothing else."""
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+
+    from neural_sensor.enhance.server import OWNER_FILE, sweep_abandoned_server_folders
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+
+    def folder(parent: Path, name: str, pid: int | None, refreshed: float) -> Path:
+        path = parent / name
+        path.mkdir()
+        (path / "blk-1-abcdef12").write_bytes(b"x" * 100)
+        if pid is not None:
+            (path / OWNER_FILE).write_text(str(pid))
+            os.utime(path / OWNER_FILE, (refreshed, refreshed))
+        return path
+
+    tag = uuid.uuid4().hex[:8]
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    made = []
+    try:
+        gone = [folder(tmp_path, f"enhancer-{tag}a", dead_pid, old)]
+        kept = [folder(tmp_path, f"enhancer-{tag}b", os.getpid(), old),  # a live broker's (this process)
+                folder(tmp_path, f"enhancer-{tag}c", dead_pid, time.time()),  # refreshed just now
+                folder(tmp_path, f"enhancer-{tag}d", None, old),  # no owner file: not a server's of ours
+                folder(tmp_path, f"other-{tag}", dead_pid, old)]  # another name
+        if shm is not None:
+            made = [folder(shm, f"neural-sensor-test-{tag}", dead_pid, old)]
+            gone += made
+        removed = sweep_abandoned_server_folders()
+        assert set(removed) >= {str(p) for p in gone} and not any(p.exists() for p in gone)
+        assert all(p.exists() for p in kept)
+    finally:
+        import shutil
+
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

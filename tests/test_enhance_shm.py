@@ -298,6 +298,14 @@ def test_local_kill_removes_the_shared_memory_folder(identity_checkpoint):
         stop_server(srv)
 
 
+def test_a_servers_shared_memory_folder_names_its_broker(server):
+    """What `sweep_abandoned_server_folders` reads to tell a killed server's folder from a live one's."""
+    from neural_sensor.enhance.server import OWNER_FILE
+
+    owner = wire.shm_folder_for(server.folder) / OWNER_FILE
+    assert owner.read_text() == str(server.process.pid) and time.time() - owner.stat().st_mtime < 60
+
+
 def test_client_uses_bytes_when_the_server_offers_no_shared_memory(identity_checkpoint):
     frames = _frames(10)
     with local_server(checkpoint=identity_checkpoint, threads=1, shared_memory=False) as srv:
@@ -307,6 +315,30 @@ def test_client_uses_bytes_when_the_server_offers_no_shared_memory(identity_chec
             result = client.enhance(frames)
             assert result.enhanced and client.transport == "bytes" and result.path == "bytes/broker", result.reason
             np.testing.assert_array_equal(result.rgb[0], wire.to_float(wire.like(frames[0]["rgb"], np.uint8)))
+
+
+def test_a_server_restarted_with_shared_memory_is_found_by_a_client_that_met_one_without(identity_checkpoint,
+                                                                                        monkeypatch):
+    """A client whose first server had --no-shared-memory stayed on bytes for good after that server was replaced
+    by one with shared memory (no reset when the restart fell between ticks): it asks again now and then."""
+    from neural_sensor.enhance import client as client_module
+
+    monkeypatch.setattr(client_module, "NO_SHM_HELLO_EVERY_S", 0.5)
+    first = start_server(checkpoint=identity_checkpoint, threads=1, shared_memory=False)
+    servers = [first]
+    try:
+        with EnhancerClient(first.endpoint, deadline_ms=5_000) as client:
+            assert "shm" not in client.hello() and client.enhance(_frames(13)).enhanced
+            stop_server(first)
+            servers.append(start_server(checkpoint=identity_checkpoint, bind=first.endpoint, threads=1))
+            t_end = time.monotonic() + 30
+            while client.transport != "shm" and time.monotonic() < t_end:
+                client.enhance(_frames(14))
+                time.sleep(0.1)
+            assert client.transport == "shm" and client.enhance(_frames(15)).path.startswith("shm/")
+    finally:
+        for srv in servers:
+            stop_server(srv)
 
 
 def test_a_restarted_server_is_served_over_bytes_then_shared_memory_again(identity_checkpoint):

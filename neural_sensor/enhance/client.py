@@ -62,6 +62,7 @@ from neural_sensor.enhance.client_block import convert_named  # the byte path co
 
 CONNECT_GRACE_S = 1.0  # how long a new socket's first request may wait for the connection (within its deadline)
 SHM_HELLO_EVERY_S = 1.0  # how often enhance() may hello to (re)negotiate shared memory
+NO_SHM_HELLO_EVERY_S = 30.0  # ... and how often when the server offered none (--no-shared-memory)
 SHM_HELLO_MS = 50.0  # the most such a hello may take out of a tick's budget
 DIRECT_TIMEOUTS_TO_LEAVE = 3  # direct requests in a row without a reply in time before the client leaves that worker
 
@@ -221,8 +222,9 @@ class EnhancerClient(SharedBlock):
         self._direct_rehello = bool(self.direct and accepted is not None and isinstance(offer.get("direct"), list)
                                     and (self._direct_path is None
                                          or (isinstance(workers, int) and len(names) < workers)))
-        if accepted is None and "shm" not in hello:
-            self._next_shm_hello = float("inf")  # the server offers none: ask again only after a reset (restart?)
+        if accepted is None and "shm" not in hello:  # the server offers none: ask again after a reset, or now and
+            # then (one restarted with shared memory within a deadline stayed on bytes for good)
+            self._next_shm_hello = time.monotonic() + NO_SHM_HELLO_EVERY_S
 
     def _maybe_hello(self, t_end: float) -> None:
         """Negotiate shared memory again (after a restart of the server, or without an explicit hello) when due."""

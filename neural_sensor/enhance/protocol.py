@@ -62,6 +62,7 @@ broker and hellos again.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -75,6 +76,7 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20
 MAX_FRAMES = 16
 MAX_SIDE = 4096
+FLOAT16_MAX = 65504.0  # the wire's float16 depth: finite values beyond it are held there
 MAX_DEADLINE_MS = 3_600_000.0  # an hour: the longest deadline a client gives a request
 OPS = ("hello", "enhance", "stats")
 SHM_MAGIC = b"NSENHSHM"
@@ -85,7 +87,6 @@ SHM_BLOCK_NAME = re.compile(r"blk-[0-9]{1,10}-[0-9a-f]{8,32}")
 DIRECT_SOCKET_NAME = re.compile(r"w[0-9]{1,4}-[0-9]{1,10}\.sock")
 DIRECT_MAX_BYTES = 1 << 16  # one direct packet: a shared-memory request or reply is a header of a few kB
 DIRECT_MAX_PATH_BYTES = 100  # an AF_UNIX address holds 108 bytes
-_LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
 
 _IMAGE_DTYPES = ("uint8", "float16", "float32")
 FRAME_FIELDS = {  # name: (trailing shape after [H, W], allowed dtypes, required)
@@ -110,15 +111,16 @@ class ProtocolError(ValueError):
 
 
 def check_endpoint(endpoint, what: str, bind: bool = False) -> str:
-    """endpoint if it is tcp://HOST:PORT (PORT 1-65535, or * for a bind), ipc://PATH or inproc://NAME, else a
-    ValueError naming `what` and the endpoint (zmq's own error would come later, as a traceback)."""
+    """endpoint if it is tcp://HOST:PORT (PORT 1-65535, or * for a bind) or ipc://PATH, else a ValueError naming
+    `what` and the endpoint (zmq's own error would come later, as a traceback; an inproc:// server had "listened"
+    where no other process can reach it)."""
     form = "tcp://HOST:PORT or ipc://PATH"
-    if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+    if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
         raise ValueError(f"{what} must be {form}, got {endpoint!r}")
     scheme, rest = endpoint.split("://", 1)
     if scheme != "tcp":
         if not rest:
-            raise ValueError(f"{what} {endpoint!r}: no {'path' if scheme == 'ipc' else 'name'} after {scheme}://")
+            raise ValueError(f"{what} {endpoint!r}: no path after {scheme}://")
         return endpoint
     host, colon, port = rest.rpartition(":")
     if not colon or not host or not (port == "*" and bind or port.isdigit() and 1 <= int(port) <= 65535):
@@ -128,13 +130,21 @@ def check_endpoint(endpoint, what: str, bind: bool = False) -> str:
 
 
 def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// endpoints on the loopback interface."""
-    if endpoint.startswith(("ipc://", "inproc://")):
+    """True for ipc:// endpoints and tcp:// ones on the loopback interface: an address in 127.0.0.0/8 or ::1, or
+    the name localhost (a name that only starts like one, "127.evil.net" or "localhost.example.com", is not)."""
+    if endpoint.startswith("ipc://"):
         return True
     if not endpoint.startswith("tcp://"):
         return False
     host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-    return host.startswith(_LOOPBACK_HOSTS)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name (or "*"): not known to be loopback
+        return False
 
 
 def is_ipv6(endpoint: str) -> bool:
@@ -446,6 +456,30 @@ def check_shm_block(buffer, block: str, nonce: str, block_bytes: int, request_id
                                                  f"header)", request_id)
 
 
+_WIRE_BYTES_PER_PIXEL = {  # (without, with) a reference: rgb + depth + alpha (+ reference + its mask)
+    "uint8": (3 + 2 + 1, 3 + 2 + 1 + 3 + 1), "float32": (12 + 4 + 4, 12 + 4 + 4 + 12 + 1)}
+
+
+def check_request_size(sizes_wh, reference: bool, wire_dtype: str = "uint8", what: str = "the rig") -> None:
+    """ValueError where one enhance request with a frame of each (width, height) in `sizes_wh` would hold more
+    array bytes than MAX_MESSAGE_BYTES (every tick of such a rig went raw, the run passing without a word): said
+    with the largest size of that aspect that fits. `reference`: the frames carry the drive log's reference."""
+    assert wire_dtype in _WIRE_BYTES_PER_PIXEL, wire_dtype
+    per_px = _WIRE_BYTES_PER_PIXEL[wire_dtype][bool(reference)]
+    sizes = [(int(w), int(h)) for w, h in sizes_wh]
+    total = per_px * sum(w * h for w, h in sizes)
+    room = MAX_MESSAGE_BYTES - (64 << 10)  # (the message's header and msgpack's framing: a few kB)
+    if total <= room:
+        return
+    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    scale = math.sqrt(room / total)
+    fit_w, fit_h = int(w * scale), int(h * scale)
+    raise ValueError(f"{what}: {len(sizes)} camera(s) up to {w}x{h} make an enhancer request of {total / 1e6:.0f} MB "
+                     f"a tick ({per_px} bytes a pixel{' with the drive log reference' if reference else ''}), over the "
+                     f"protocol's {MAX_MESSAGE_BYTES / 1e6:.0f} MB: every tick would go unrefined. Smaller cameras "
+                     f"(about {fit_w}x{fit_h} at most), fewer of them, or no enhancer")
+
+
 def make_request(op: str, request_id, frames: list[dict] | None = None, deadline_ms: float | None = None) -> bytes:
     """A request message; `frames` are dicts of camera + numpy arrays (encoded here)."""
     message = {"v": PROTOCOL_VERSION, "id": request_id, "op": op}
@@ -543,8 +577,8 @@ def _to_float_reference(array: np.ndarray) -> np.ndarray:
 
 def _to_float16_reference(array: np.ndarray) -> np.ndarray:
     """The numpy twin of `to_float16_into` (tests)."""
-    with np.errstate(over="ignore"):
-        return np.asarray(array, dtype=np.float32).astype(np.float16)
+    array = np.asarray(array, dtype=np.float32)
+    return np.where(np.isfinite(array), np.clip(array, -FLOAT16_MAX, FLOAT16_MAX), array).astype(np.float16)
 
 
 class NaNImageError(ValueError):
@@ -588,9 +622,19 @@ def _to_uint8_reference(image: np.ndarray, out: np.ndarray, allow_nan: bool = Fa
 
 def to_float16_into(array: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`out` (float16, the shape of `array`) = array rounded to float16 (IEEE round to nearest even, as numpy's
-    astype; torch's vectorised cast is about 20x faster than numpy's)."""
+    astype; torch's vectorised cast is about 20x faster than numpy's), finite values beyond float16's range held at
+    +-FLOAT16_MAX (a depth of 65520 m or more had become inf, and the server refused the whole tick as "NaN or
+    inf"); an inf or NaN stays one (the server names it)."""
     assert out.dtype == np.float16 and out.shape == np.shape(array), (out.dtype, out.shape, np.shape(array))
-    return _torch_copy(np.ascontiguousarray(array, dtype=np.float32), out)
+    import torch
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    _torch_copy(array, out)
+    if not (out.view(np.uint16) & 0x7FFF == 0x7C00).any():  # no inf (the common case: ~0.1 ms a tick)
+        return out
+    source, target = torch.from_numpy(array.reshape(-1)), torch.from_numpy(out.reshape(-1))
+    target.copy_(torch.where(torch.isinf(source), source, source.clamp(-FLOAT16_MAX, FLOAT16_MAX)))
+    return out
 
 
 def _torch_copy(array: np.ndarray, out: np.ndarray) -> np.ndarray:

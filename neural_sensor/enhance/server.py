@@ -68,6 +68,8 @@ SERVER_VERSION = "0.1.0"
 # its reply take the cores from the client's next stage: on two cores of a Zen 4 EPYC the demo's temporal
 # accumulation 19.2 -> 15.5 ms a tick, the worker's own UNet no slower (`docs/results.md`, 2026-12-05, later).
 WORKER_ENV = {"GOMP_SPINCOUNT": "30000"}
+MAX_QUEUED_REQUESTS = 32  # enhance requests waiting for a worker; more are answered Busy at once (each holds up to
+#   64 MiB: a client sending without deadlines had grown the broker by 700 MB and held up the others)
 _SPAWN_LOCK = threading.Lock()
 is_loopback = wire.is_loopback  # where it always lived; the client needs it too
 
@@ -178,6 +180,7 @@ class Broker:
         from neural_sensor.enhance.model import checkpoint_hash
 
         self.config = config
+        self._parent_is_direct = config.parent_pid is not None and os.getppid() == config.parent_pid  # `_orphaned`
         self._ready_written = False  # (close() reads it, even when __init__ fails)
         ckpt = Path(config.checkpoint)
         try:
@@ -272,10 +275,12 @@ class Broker:
         # the workers' socket goes inside the owned folder when there is one (and the path fits an ipc address),
         # so whoever removes that folder (stop_server, even after a SIGKILL of this process) removes it too
         owned = config.owned_folder if config.owned_folder and Path(config.owned_folder).is_dir() else None
+        sweep_abandoned_server_folders()  # those of servers killed with their workers (a process group's SIGKILL)
         if owned and len(f"{owned}/backend") <= 100:
             self.backend_endpoint = f"ipc://{owned}/backend"
         else:
             self._tmp = tempfile.mkdtemp(prefix="enhancer-")
+            _mark_owner(Path(self._tmp))
             self.backend_endpoint = f"ipc://{self._tmp}/backend"
         self.backend = self._ctx.socket(zmq.ROUTER)
         self.backend.setsockopt(zmq.LINGER, 0)
@@ -293,6 +298,7 @@ class Broker:
         folder.mkdir(mode=0o700, exist_ok=False)
         self.shm_folder = folder
         (folder / "nonce").write_text(self.nonce)
+        _mark_owner(folder)
 
     def _sweep_dead_clients(self) -> None:
         """Remove blocks whose client process (the pid in blk-<pid>-<hex>) is gone: a SIGKILLed client's block."""
@@ -415,6 +421,10 @@ class Broker:
             self._reply(envelope, self._stopping_reply(req.request_id), False)
         elif not self._identity_of and req.deadline_ms is not None:  # no worker holds the model: say so now
             self._reply(envelope, self._not_ready(req.request_id), False)
+        elif len(self._queue) >= MAX_QUEUED_REQUESTS:  # (one client's 60 requests without a deadline held 700 MB
+            # and kept another's tick waiting past its deadline)
+            self._reply(envelope, wire.error_reply(req.request_id, "Busy", f"the enhancer server has "
+                                                   f"{len(self._queue)} requests waiting; try again"), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
@@ -597,8 +607,11 @@ class Broker:
                 if time.monotonic() - last_check > 0.2:
                     self._check_workers()
                     last_check = time.monotonic()
-                    if self.shm_folder is not None and last_check - last_sweep > 5.0:
-                        self._sweep_dead_clients()
+                    if last_check - last_sweep > 5.0:
+                        if self.shm_folder is not None:
+                            self._sweep_dead_clients()
+                        for folder in (self.shm_folder, self._tmp):  # alive: never taken for abandoned
+                            _mark_owner(folder, touch_only=True)
                         last_sweep = last_check
                     if self._orphaned():
                         print("enhancer: the process that started this server is gone; stopping", flush=True)
@@ -608,8 +621,13 @@ class Broker:
             self.close()
 
     def _orphaned(self) -> bool:
-        """True when config.parent_pid is set and that process is no longer our parent (it exited or died)."""
-        return self.config.parent_pid is not None and os.getppid() != self.config.parent_pid
+        """True when config.parent_pid is set and that process is gone: where it is our parent, when it no longer
+        is (a pid reused meanwhile cannot fool that); else (a wrapper between: `timeout`, `bash -c`, a supervisor)
+        when no process has that pid (the server had stopped at once there, its parent being the wrapper)."""
+        pid = self.config.parent_pid
+        if pid is None:
+            return False
+        return os.getppid() != pid if self._parent_is_direct else not process_alive(pid)
 
     def stop(self) -> None:
         self._stop.set()
@@ -656,6 +674,50 @@ class Broker:
             shutil.rmtree(self.shm_folder, ignore_errors=True)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+OWNER_FILE = ".neural-sensor-enhancer-pid"  # in a server's own folders: the broker's pid, touched every 5 s
+ABANDONED_SERVER_S = 600.0  # a folder whose broker is gone and whose owner file is this old is removed at a start
+
+
+def _mark_owner(folder, touch_only: bool = False) -> None:
+    """Write (or, touch_only, refresh the time of) the owner file of one of this broker's folders."""
+    if folder is None:
+        return
+    path = Path(folder) / OWNER_FILE
+    try:
+        if touch_only:
+            os.utime(path)
+        else:
+            path.write_text(str(os.getpid()))
+    except OSError:  # removed meanwhile (a stop under way)
+        pass
+
+
+def sweep_abandoned_server_folders(quiet_s: float = ABANDONED_SERVER_S) -> list[str]:
+    """Remove the shared-memory folders (/dev/shm/neural-sensor-*) and temporary folders (TMPDIR/enhancer-*) of
+    servers killed together with their workers (a SIGKILL of the process group: `docker stop` past its timeout, an
+    out-of-memory kill), which nobody removed: those whose owner file names a broker that is gone and was last
+    refreshed quiet_s ago (a live broker refreshes it every 5 s; a pid means nothing to another container sharing
+    /dev/shm, the time does). Returns what was removed."""
+    removed = []
+    for parent, pattern in ((Path("/dev/shm"), "neural-sensor-*"), (Path(tempfile.gettempdir()), "enhancer-*")):
+        try:
+            folders = list(parent.glob(pattern))
+        except OSError:
+            continue
+        for folder in folders:
+            owner = folder / OWNER_FILE
+            try:
+                pid, refreshed = int(owner.read_text()), owner.stat().st_mtime
+            except (OSError, ValueError):  # not a server's folder of this version, or not ours to read
+                continue
+            if pid == os.getpid() or process_alive(pid) or time.time() - refreshed < quiet_s:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(str(folder))
+    return removed
 
 
 def serve(config: ServerConfig) -> None:

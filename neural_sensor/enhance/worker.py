@@ -216,6 +216,11 @@ def _run_jobs(model, jobs: list[tuple[bytes, object]], blocks: _BlockCache | Non
         except Exception as err:  # noqa: BLE001 - reported to the client, the worker keeps serving
             for k, _ in members:
                 failed[k] = f"{type(err).__name__}: {err}"
+            continue
+        for k, i in members:  # a float frame far outside [0, 1] (1e30) came back all NaN, answered as a success
+            if targets[(k, i)].dtype != np.uint8 and not wire.all_finite(targets[(k, i)]):
+                failed.setdefault(k, f"frames[{i}]: the model's output is not finite: an input far outside its range "
+                                     "(rgb, alpha and reference are floats in [0, 1], depth in metres)")
     model_ms = (time.perf_counter() - start) * 1000.0
     encoded = {}
     for key, req in requests.items():
