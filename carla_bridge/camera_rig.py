@@ -66,13 +66,14 @@ def join_rig(camera, world, parent, scene: GaussianScene, backend: str, backgrou
         backend_impl(name)  # imported on the spawning thread, not first by a worker (see backend_impl), nor under
     with _rigs_lock:  # the lock (torch's import or gsplat's load would hold up every other spawn and destroy)
         rig = _rigs.get(key)
-        if enhancer is not None:  # every rgb camera of the rig goes in one request a tick: one over the protocol's
-            # size went raw every tick without a word (six 1920x1080 cameras)
+        if enhancer is not None:  # every distinct view of the rig's cameras goes in one request a tick: one over the
+            # protocol's size went raw every tick without a word (six 1920x1080 cameras)
             from neural_sensor.enhance.protocol import check_request_size
 
-            rgb = [c for c in (rig.cameras if rig is not None else []) + [camera] if c.type_id == "sensor.camera.rgb"]
-            check_request_size([(c.settings.width, c.settings.height) for c in rgb], reference is not None,
-                               what=f"spawn_neural_camera ({len(rgb)} rgb camera(s) on one parent with an enhancer)")
+            views = {c._view_key() for c in (rig.cameras if rig is not None else []) + [camera]}
+            check_request_size([view[:2] for view in views], reference is not None,
+                               what=f"spawn_neural_camera ({len(views)} distinct camera view(s) on one parent with "
+                                    "an enhancer)")
         if rig is None:
             rig = _rigs[key] = CameraRig(key, world, parent, scene, backend, background_rgb, enhancer,
                                          enhancer_deadline_ms, lod_px, reference, render_scale)
@@ -125,6 +126,7 @@ class CameraRig:
         self.background_rgb = tuple(background_rgb)
         self.enhancer_client = None
         self._said_raw = False  # the enhancer has not refined since the last warning
+        self._said_too_large = False  # a rig of views over the enhancer's request size was said (`_rig_for`)
         if enhancer is not None:  # one client per rig: every camera of a tick goes in one request
             from neural_sensor.enhance.client import EnhancerClient
 
@@ -381,12 +383,21 @@ class CameraRig:
                 self._rigs.clear()
             if len(self._assets) > MAX_ASSETS:  # (kept across rigs; ids only grow where traffic respawns)
                 self._assets.clear()
-            rig = NeuralSensorRig(self.scene, specs, backend=self.backend, background_rgb=self.background_rgb,
-                                  enhancer=self.enhancer_client, lod_px=self.lod_px, outputs=fields,
-                                  render_scale=self.render_scale,
-                                  reference=self.reference if reference_views else None,
-                                  reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND,
-                                  assets=self._assets)
+            from neural_sensor.enhance.protocol import RequestTooLarge
+
+            options = dict(backend=self.backend, background_rgb=self.background_rgb, lod_px=self.lod_px,
+                           outputs=fields, render_scale=self.render_scale,
+                           reference=self.reference if reference_views else None,
+                           reference_views=max(1, reference_views or 0), temporal_blend=TEMPORAL_BLEND,
+                           assets=self._assets)
+            try:
+                rig = NeuralSensorRig(self.scene, specs, enhancer=self.enhancer_client, **options)
+            except RequestTooLarge as err:  # views the spawn did not see (a set_transform parted two cameras):
+                # these ticks unrefined, said once, rather than every frame failing
+                if not self._said_too_large:
+                    self._said_too_large = True
+                    _log.warning("neural camera: %s; these views are delivered unrefined", err)
+                rig = NeuralSensorRig(self.scene, specs, enhancer=None, **options)
             self._rigs[(views, fields, reference_views)] = rig
         return rig
 

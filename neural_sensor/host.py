@@ -96,14 +96,20 @@ def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path 
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this pid exists here (another user's counts)."""
+    """Whether a process of this pid exists here (another user's counts) and has not exited: a zombie (exited,
+    its parent not yet waiting for it) is not alive (`serve-enhancer --parent-pid` kept serving a dead one)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:  # the state after the command's closing parenthesis (the command may hold one itself)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except IndexError:
         return True
-    return True
+    except OSError:  # gone meanwhile (where there is a /proc), or not Linux
+        return not Path("/proc/self/stat").exists()
 
 
 ABANDONED_AFTER_S = 3600.0  # a temporary folder unwritten this long, its process gone: abandoned

@@ -452,20 +452,29 @@ def _record_drive(args: argparse.Namespace) -> dict:
 
 
 def _check_cache_folder(folder: Path | None, command: str | None = None) -> None:
-    """ValueError naming --cache when it names a file (None: the default folder); for a command that builds
-    scenes, a warning first where the cache cannot be written (a read-only cache that holds the scene still
-    serves it; one that does not fails only after the build)."""
+    """ValueError naming --cache when it names a file (None: the default folder); for a command that uses the scene
+    cache, ValueError where a file stands on the cache's way, and for one that builds scenes, a warning first where
+    the cache cannot be written (a read-only cache that holds the scene still serves it; one that does not fails
+    only after the build)."""
     from neural_sensor.reconstruct.cache import default_cache_root
 
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"--cache {folder} is a file, not a scene cache folder")
-    root = Path(folder) if folder is not None else default_cache_root()
-    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    builds = command in ("demo", "bench", "run", "build-scene", "reconstruct", "record-drive")
+    if not (builds or command == "cache"):  # (serve-enhancer, render, street: no cache, whatever HOME holds)
+        return
+    try:
+        root = Path(folder) if folder is not None else default_cache_root()
+        existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    except (RuntimeError, OSError):  # no home directory, an unreadable parent: the cache's own use says so
+        return
     if existing is not None and not existing.is_dir():  # a file on the way can never hold a cache (`cache` listed
         # nothing without a word; a build warned, built the whole scene, then failed to keep it)
-        named = f"--cache {folder}" if folder is not None else f"$NEURAL_SENSOR_CACHE {os.environ.get('NEURAL_SENSOR_CACHE')}"
+        variable = os.environ.get("NEURAL_SENSOR_CACHE")
+        named = (f"--cache {folder}" if folder is not None else f"$NEURAL_SENSOR_CACHE {variable}" if variable
+                 else "the scene cache's default place")
         raise ValueError(f"{named}: {existing} is a file, so the scene cache {root} cannot be a folder there")
-    if command in ("demo", "bench", "run", "build-scene", "reconstruct", "record-drive"):
+    if builds:
         problem = write_problem(root)
         if problem:
             print(f"neural-sensor: warning: the scene cache {root} cannot be written ({problem}): a scene not in it "

@@ -127,25 +127,43 @@ def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
         default.destroy()
 
 
-def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn(scene):
+def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn(scene, caplog):
     """Six 1920x1080 rgb cameras with an enhancer: each tick's request (every rgb camera of the parent) was over the
-    protocol's 64 MiB, so every frame went unrefined without a word. The spawn that makes it too large is refused;
-    depth cameras (never enhanced) do not count; NeuralSensorRig refuses the same."""
+    protocol's 64 MiB, so every frame went unrefined without a word. The spawn that makes it too large is refused
+    (counting the distinct views, of every camera type: each is rendered and sent); NeuralSensorRig refuses the
+    same."""
     from neural_sensor.rig import NeuralSensorRig, nuscenes_like_rig
 
     world = StandInWorld()
     library = world.get_blueprint_library()
     ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
     hd = (1920, 1080)
-    cameras = [spawn_neural_camera(world, _bp(library, "rgb", hd), MOUNT, attach_to=ego, scene=scene, backend="cpu",
-                                   enhancer="tcp://127.0.0.1:9") for _ in range(5)]
+
+    def mount(yaw_deg):
+        return carla.Transform(MOUNT.location, carla.Rotation(yaw=yaw_deg))
+
+    def spawn(kind, yaw_deg):
+        return spawn_neural_camera(world, _bp(library, kind, hd), mount(yaw_deg), attach_to=ego, scene=scene,
+                                   backend="cpu", enhancer="tcp://127.0.0.1:9")
+
+    cameras = [spawn("rgb", 60.0 * k) for k in range(4)] + [spawn("depth", 240.0)]  # five distinct views
     try:
-        cameras.append(spawn_neural_camera(world, _bp(library, "depth", hd), MOUNT, attach_to=ego, scene=scene,
-                                           backend="cpu", enhancer="tcp://127.0.0.1:9"))
-        with pytest.raises(ValueError, match=r"6 camera\(s\) up to 1920x1080 make an enhancer request of 75 MB"):
-            spawn_neural_camera(world, _bp(library, "rgb", hd), MOUNT, attach_to=ego, scene=scene, backend="cpu",
-                                enhancer="tcp://127.0.0.1:9")
+        cameras.append(spawn("semantic_segmentation", 0.0))  # the view of an rgb camera: no more to send
+        with pytest.raises(ValueError, match=r"6 distinct camera view\(s\) on one parent with an enhancer\): 6 "
+                                             r"camera\(s\) up to 1920x1080 make an enhancer request of 75 MB"):
+            spawn("depth", 300.0)  # a sixth view, of a depth camera: its view goes in the request too
         assert len(cameras[0].rig.cameras) == 6
+        # views the spawn did not count (a set_transform parting two cameras later): the render thread's rig is made
+        # without the enhancer, said once (every frame had failed)
+        poses = [np.eye(4) for _ in range(6)]
+        for k, pose in enumerate(poses):
+            pose[0, 3] = 0.1 * k
+        views = tuple((1920, 1080, 90.0, tuple(pose.ravel())) for pose in poses)
+        with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+            assert cameras[0].rig._rig_for(views, ("rgb",)).enhancer is None
+            assert cameras[0].rig._rig_for(views + views[:1], ("rgb",)).enhancer is None
+        said = [r.getMessage() for r in caplog.records if "delivered unrefined" in r.getMessage()]
+        assert len(said) == 1 and "make an enhancer request of 75 MB" in said[0], said
     finally:
         for camera in cameras:
             camera.destroy()

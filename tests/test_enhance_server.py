@@ -172,6 +172,19 @@ def test_requests_beyond_the_queues_bound_are_answered_busy_at_once(identity_che
             assert len(replies) == MAX_QUEUED_REQUESTS + extra + 1 and 0 < len(busy) <= extra + 1, replies
             assert all(r["error"]["type"] == "Busy" and "requests waiting; try again" in r["error"]["message"]
                        for r in busy)
+            # a queue full of requests past their deadline makes room for a fresh one (it had been refused Busy)
+            sock.send_multipart([b"", wire.make_request("enhance", "big2", _frames(0, n=2, h=720, w=1280))])
+            for i in range(MAX_QUEUED_REQUESTS):
+                sock.send_multipart([b"", wire.make_request("enhance", f"late{i}", _frames(i, n=1), deadline_ms=1)])
+            time.sleep(0.05)
+            sock.send_multipart([b"", wire.make_request("enhance", "fresh", _frames(0, n=1), deadline_ms=60_000)])
+            answered = {}
+            while "fresh" not in answered and sock.poll(30_000):
+                reply = wire.parse_reply(sock.recv_multipart()[-1])
+                answered[reply["id"]] = reply
+            assert answered["fresh"]["ok"], answered["fresh"]
+            assert all(not answered[f"late{i}"]["ok"] and answered[f"late{i}"]["error"]["type"] == "DeadlineExceeded"
+                       for i in range(MAX_QUEUED_REQUESTS) if f"late{i}" in answered)
         finally:
             sock.close(0)
 

@@ -351,30 +351,39 @@ def test_a_run_does_not_wait_for_a_server_that_is_stopping(identity_checkpoint, 
         thread.join(10)
 
 
-def test_parent_pid_may_name_a_process_that_is_not_the_direct_parent():
+def test_parent_pid_may_name_a_process_that_is_not_the_direct_parent(identity_checkpoint, tmp_path):
     """`serve-enhancer --parent-pid $$` under `timeout` (or `bash -c`, a supervisor) stopped at once: the broker took
-    'no longer our parent' for 'gone'. A pid that is not the parent is now watched for being alive."""
+    'no longer our parent' for 'gone'. A pid that is not the parent is now watched for being alive, a zombie (exited,
+    not yet waited for) counting as gone."""
     import subprocess
     import sys
-    import types
 
-    from neural_sensor.enhance.server import Broker
+    from neural_sensor.host import process_alive
 
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    ready = tmp_path / "ready.json"
+    server = subprocess.Popen(["timeout", "120", sys.executable, "-m", "neural_sensor.enhance.server", "--bind",
+                               "tcp://127.0.0.1:*", "--checkpoint", str(identity_checkpoint), "--threads", "1",
+                               "--parent-pid", str(watched.pid), "--ready-file", str(ready)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        broker = object.__new__(Broker)
-        broker.config = types.SimpleNamespace(parent_pid=sleeper.pid)
-        broker._parent_is_direct = False  # as __init__ finds it: our parent is this test's process, not the sleeper
-        assert not broker._orphaned()
-        sleeper.kill()
-        sleeper.wait()
-        assert broker._orphaned()
+        t_end = time.monotonic() + 60
+        while not ready.exists() and server.poll() is None and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert ready.exists(), server.communicate(timeout=30)[0] if server.poll() is not None else "no ready file"
+        time.sleep(1.0)  # the broker checks every 0.2 s: it had stopped by now
+        assert server.poll() is None
+        watched.kill()  # not waited for: a zombie
+        time.sleep(0.3)
+        assert not process_alive(watched.pid)
+        out, _ = server.communicate(timeout=30)
+        assert server.returncode == 0 and "the process that started this server is gone; stopping" in out, out
     finally:
-        sleeper.kill()
-    broker.config, broker._parent_is_direct = types.SimpleNamespace(parent_pid=os.getppid()), True
-    assert not broker._orphaned()  # the direct parent (a run's local server): watched by getppid, as before
-    broker.config = types.SimpleNamespace(parent_pid=None)
-    assert not broker._orphaned()
+        watched.kill()
+        watched.wait()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def test_folders_of_a_server_killed_with_its_workers_are_swept_at_the_next_start(tmp_path, monkeypatch):

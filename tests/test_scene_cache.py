@@ -295,6 +295,16 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match=f"NEURAL_SENSOR_CACHE {tmp_path}/a_file: {tmp_path}/a_file is a file"):
         _check_cache_folder(None, "cache")
     monkeypatch.delenv("NEURAL_SENSOR_CACHE")
+    home = tmp_path / "home"  # ~/.cache a file: said for a command that uses the cache, by its default place, and
+    home.mkdir()  # not for one that does not (serve-enhancer had failed on it, naming "$NEURAL_SENSOR_CACHE None")
+    (home / ".cache").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ValueError, match=f"the scene cache's default place: {home}/.cache is a file"):
+        _check_cache_folder(None, "run")
+    _check_cache_folder(None, "serve-enhancer")
+    monkeypatch.delenv("HOME")  # (and no home at all: Path.home() raises RuntimeError for an unknown uid)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    _check_cache_folder(None, "run")
     _check_cache_folder(Path("/proc/scenes"), "cache")  # nothing can be written there (root included): listing
     assert capsys.readouterr().err == ""  # needs no write, a run is warned first (a cache holding its scene serves)
     _check_cache_folder(Path("/proc/scenes"), "run")

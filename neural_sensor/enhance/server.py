@@ -224,7 +224,7 @@ class Broker:
         self.frontend.setsockopt(zmq.MAXMSGSIZE, 2 * wire.MAX_MESSAGE_BYTES)
         self._auth = None
         self.backend = None
-        self._tmp = None
+        self._tmp = self._owned = None
         self.shm_folder: Path | None = None
         self.nonce = secrets.token_hex(16)
         self._procs: dict[int, mp.Process] = {}
@@ -276,6 +276,8 @@ class Broker:
         # so whoever removes that folder (stop_server, even after a SIGKILL of this process) removes it too
         owned = config.owned_folder if config.owned_folder and Path(config.owned_folder).is_dir() else None
         sweep_abandoned_server_folders()  # those of servers killed with their workers (a process group's SIGKILL)
+        self._owned = owned
+        _mark_owner(owned)  # (a local server's folder: its run removes it, unless killed with it)
         if owned and len(f"{owned}/backend") <= 100:
             self.backend_endpoint = f"ipc://{owned}/backend"
         else:
@@ -421,14 +423,21 @@ class Broker:
             self._reply(envelope, self._stopping_reply(req.request_id), False)
         elif not self._identity_of and req.deadline_ms is not None:  # no worker holds the model: say so now
             self._reply(envelope, self._not_ready(req.request_id), False)
-        elif len(self._queue) >= MAX_QUEUED_REQUESTS:  # (one client's 60 requests without a deadline held 700 MB
-            # and kept another's tick waiting past its deadline)
+        elif len(self._queue) >= MAX_QUEUED_REQUESTS and not self._drop_expired():  # (one client's 60 requests
+            # without a deadline held 700 MB and kept another's tick waiting past its deadline)
             self._reply(envelope, wire.error_reply(req.request_id, "Busy", f"the enhancer server has "
                                                    f"{len(self._queue)} requests waiting; try again"), False)
         else:
             self.counters["enhance_requests"] += 1
             self._queue.append((envelope, req.request_id, parts[-1], time.monotonic(), req.deadline_ms,
                                 len(req.frames)))
+
+    def _drop_expired(self) -> bool:
+        """Answer and drop the queued requests past their deadline (a full queue of those refused a fresh one as
+        Busy while the worker was busy); whether that made room."""
+        now = time.monotonic()
+        self._queue = deque(item for item in self._queue if not self._expired(item, now))
+        return len(self._queue) < MAX_QUEUED_REQUESTS
 
     def _stopping_reply(self, request_id) -> bytes:
         return wire.error_reply(request_id, "Stopping", "the enhancer server is stopping (Ctrl-C or SIGTERM)")
@@ -498,17 +507,23 @@ class Broker:
         if identity in self._identity_of.values():
             self._ready.append(identity)
 
+    def _expired(self, item, now: float) -> bool:
+        """Answer a queued request DeadlineExceeded if it waited past its deadline; whether it did."""
+        envelope, rid, _, t0, deadline, _ = item
+        if deadline is None or (now - t0) * 1000.0 <= deadline:
+            return False
+        self._reply(envelope, wire.error_reply(rid, "DeadlineExceeded", f"waited {(now - t0) * 1000.0:.0f} ms > "
+                                                                        f"{deadline} ms"), False)
+        return True
+
     def _dispatch(self) -> None:
         now = time.monotonic()
         while self._ready and self._queue:
             job, frames = [], 0
             while self._queue:
                 envelope, rid, payload, t0, deadline, n = self._queue[0]
-                if deadline is not None and (now - t0) * 1000.0 > deadline:
+                if self._expired(self._queue[0], now):
                     self._queue.popleft()
-                    self._reply(envelope, wire.error_reply(rid, "DeadlineExceeded",
-                                                           f"waited {(now - t0) * 1000.0:.0f} ms > {deadline} ms"),
-                                False)
                     continue
                 if job and frames + n > self.config.max_batch_frames:
                     break
@@ -610,7 +625,7 @@ class Broker:
                     if last_check - last_sweep > 5.0:
                         if self.shm_folder is not None:
                             self._sweep_dead_clients()
-                        for folder in (self.shm_folder, self._tmp):  # alive: never taken for abandoned
+                        for folder in (self.shm_folder, self._tmp, self._owned):  # alive: never abandoned
                             _mark_owner(folder, touch_only=True)
                         last_sweep = last_check
                     if self._orphaned():
