@@ -56,12 +56,38 @@ class NeuralCameraError(RuntimeError):
     """A neural camera could not render a frame (raised by the next call on a camera of its rig)."""
 
 
+_WARMED: set = set()  # (backend, render scale below 1) whose kernels `warm_up` has loaded in this process
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up(scene: GaussianScene, backend: str = "auto", render_scale: float = 1.0) -> None:
+    """Draw the scene into two 8 x 8 cameras (an rgb camera's outputs, and a depth and label camera's), which loads
+    the renderer's compiled kernels from numba's cache or, on a fresh install, compiles them (~20 s on two cores,
+    said on stderr), once per process and backend. Called at a neural camera's spawn: the first image of a fresh
+    install came 5-20 s after `world.tick()` (CARLA's queue pattern, `q.get(timeout=2)`, raised queue.Empty), and a
+    leaderboard run's first route failed with SensorReceivedNoData, its 10 s wait spent compiling."""
+    from neural_sensor.jit_cache import RENDER_MODULES, UPSAMPLE_MODULES, announce_compiling
+
+    scaled = render_scale < 1.0
+    key = (resolve_backend(backend, ("rgb",)), resolve_backend(backend, FRAME_FIELDS), scaled)
+    with _WARM_LOCK:  # (two threads spawning at once compile once)
+        if key in _WARMED:
+            return
+        if "cpu" in key[:2]:
+            announce_compiling(RENDER_MODULES + (UPSAMPLE_MODULES if scaled else ()))
+        spec = SensorSpec.mounted("warm-up", 8, 8, 90.0, (0.0, 0.0, 1.6))
+        for outputs in (("rgb",), FRAME_FIELDS):
+            NeuralSensorRig(scene, [spec], backend=backend, outputs=outputs, render_scale=render_scale).prepare()
+        _WARMED.add(key)
+
+
 def join_rig(camera, world, parent, scene: GaussianScene, backend: str, background_rgb, enhancer: str | None,
              enhancer_deadline_ms: float, lod_px: float = LOD_PX, reference=None, render_scale: float = 1.0
              ) -> "CameraRig":
     """The rig `camera` (a NeuralCamera) belongs to, made on first use; the camera is added to it."""
     key = _rig_key(world, parent, scene, backend, background_rgb, enhancer, enhancer_deadline_ms, lod_px, reference,
                    render_scale)
+    warm_up(scene, backend, render_scale)  # on the spawning thread, outside the lock below
     for name in {resolve_backend(backend, ("rgb",)), resolve_backend(backend, FRAME_FIELDS)}:
         backend_impl(name)  # imported on the spawning thread, not first by a worker (see backend_impl), nor under
     with _rigs_lock:  # the lock (torch's import or gsplat's load would hold up every other spawn and destroy)

@@ -11,7 +11,7 @@ and what `carla.Image.convert(cc)` / `save_to_disk(path, cc)` make of them (LibC
 image/ColorConverter.h, image/ImageView.h, read for this module):
     Raw                no change
     Depth              gray = normalised depth (24-bit value / (256^3 - 1)), written as uint8(gray * 255 + 0.5)
-    LogarithmicDepth   gray = clamp(1 + ln(normalised) / 5.70378, 0, 1), same uint8 rounding
+    LogarithmicDepth   gray = clamp(1 + ln(normalised) / 5.70378, 0.005, 1), same uint8 rounding (so at least 1)
     CityScapesPalette  R (the label) looked up in the palette, label % 29
 The gray converters fill B, G and R with the gray value (alpha 255) in place; save_to_disk
 writes them as a one-channel image.
@@ -25,6 +25,7 @@ DEPTH_FAR_M = 1000.0  # CARLA's far plane: the 24-bit depth code 0xFFFFFF
 _DEPTH_CODES = 256 * 256 * 256 - 1
 SKY_LABEL = 11  # CityObjectLabel.Sky
 LOG_DEPTH_DIVISOR = 5.70378  # LibCarla's LogarithmicLinear constant
+LOG_DEPTH_FLOOR = 0.005  # ... and its lower clamp
 
 # CARLA 0.9.16's CityScapesPalette (LibCarla image/CityScapesPalette.h), index = CityObjectLabel id, RGB
 CITYSCAPES_PALETTE_RGB = np.array([
@@ -141,7 +142,8 @@ def convert_bgra(bgra: np.ndarray, converter: str) -> np.ndarray:
     if converter == "LogarithmicDepth":
         with np.errstate(divide="ignore"):
             value = np.float32(1.0) + np.log(normalised_depth(bgra)) / np.float32(LOG_DEPTH_DIVISOR)
-        return _gray_to_bgra(np.clip(value, 0.0, 1.0))
+        return _gray_to_bgra(np.clip(value, np.float32(LOG_DEPTH_FLOOR), np.float32(1.0)))  # (0 had come out where
+        # CARLA writes 1: every pixel nearer than ~3.4 m)
     if converter == "CityScapesPalette":
         return _PALETTE_BGRA[bgra[..., 2]]
     raise ValueError(f"invalid color converter {converter!r} (Raw, Depth, LogarithmicDepth, CityScapesPalette)")

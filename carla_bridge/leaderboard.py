@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from carla_bridge.camera_rig import warm_up
 from carla_bridge.client import NeuralClient, NeuralWorld
 from neural_sensor.gaussians import GaussianScene
 
@@ -110,17 +111,6 @@ def enable(scene: GaussianScene | str | os.PathLike, backend: str = "auto", enha
         CarlaDataProvider.set_client = staticmethod(set_client)
     if getattr(CarlaDataProvider, "_client", None) is not None:
         CarlaDataProvider._client = wrap(CarlaDataProvider._client)
-
-
-def warm_up(scene: GaussianScene, backend: str = "auto") -> None:
-    """Draw the scene into two 8 x 8 cameras (an rgb camera's outputs, and a depth and label camera's), which loads
-    the renderer's compiled kernels from numba's cache or, on a fresh install, compiles them (~20 s on two cores):
-    a leaderboard run's first route had failed with SensorReceivedNoData, its 10 s wait spent compiling."""
-    from neural_sensor.rig import NeuralSensorRig, SensorSpec
-
-    spec = SensorSpec.mounted("warm-up", 8, 8, 90.0, (0.0, 0.0, 1.6), 0.0, 0.0, 0.0)
-    for outputs in (("rgb",), ("rgb", "depth", "semantic")):
-        NeuralSensorRig(scene, [spec], backend=backend, outputs=outputs).prepare()
 
 
 def enable_from_environment(default_scene: GaussianScene | str | os.PathLike | None = None) -> bool:

@@ -187,8 +187,8 @@ def run_render_command(args: argparse.Namespace) -> dict:
             from neural_sensor.rig import SensorSpec
 
             x, y, z, roll, pitch, yaw = args.pose
-            spec = SensorSpec.mounted("cli", opts.width, opts.height, opts.fov_deg, (x, y, z), math.radians(roll),
-                                      math.radians(pitch), math.radians(yaw))
+            spec = SensorSpec.mounted("cli", opts.width, opts.height, opts.fov_deg, (x, y, z),
+                                      *(math.radians(math.remainder(a, 360.0)) for a in (roll, pitch, yaw)))
             cameras = [Camera.from_fov(opts.width, opts.height, opts.fov_deg, spec.pose_camera_to_ego)]
         else:
             cameras = [Camera.look_at(opts.width, opts.height, opts.fov_deg, args.eye, args.target, args.up)]

@@ -22,6 +22,7 @@ bit-exact.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -32,6 +33,8 @@ from neural_sensor.poses import check_pose
 from neural_sensor.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation_matrices
 
 _FLOAT_FIELDS = ("means", "quats", "scales", "opacities", "sh")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 MAX_PLY_SCALE_M = 1.0e4  # a PLY's Gaussians larger than this are refused: the CPU and torch renderers agree exactly up
 #   to 10 km, not from 1,000 km (float32 EWA projection; one of 4.9e8 m above a street hid its buildings in the
 #   CPU render only), and no street scene needs one
@@ -227,11 +230,27 @@ class GaussianScene:
             sh[:, lo:hi, :] = np.einsum("ij,njc->nic", band_map, self.sh[:, lo:hi, :].astype(np.float64))
         return GaussianScene(means, quats, self.scales, self.opacities, sh, self.labels, self.instance)
 
+    def scaled(self, factor: float) -> "GaussianScene":
+        """Every Gaussian's position and size times `factor` (> 0), about the origin: a scene trained at another
+        scale (a COLMAP reconstruction's units are arbitrary) brought to metres. Orientations, opacities and colours
+        are kept (`transformed` takes the rigid part)."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor)
+                                                                                  and factor > 0):
+            raise ValueError(f"scaled: factor must be a finite number > 0, got {factor!r}")
+        return self.replace(means=(self.means.astype(np.float64) * factor).astype(np.float32),
+                            scales=(self.scales.astype(np.float64) * factor).astype(np.float32))
+
     # -------------------------------------------------------------------- PLY
     def save_ply(self, path: str | os.PathLike) -> None:
-        """Write the INRIA 3DGS PLY (binary little-endian) with `semantic` and `instance`."""
+        """Write the INRIA 3DGS PLY (binary little-endian) with `semantic` and `instance`; ValueError for a scene
+        `load_ply` would refuse (a scale above MAX_PLY_SCALE_M), before anything is written."""
         from plyfile import PlyData, PlyElement
 
+        huge = np.flatnonzero((self.scales > MAX_PLY_SCALE_M).any(axis=1))
+        if huge.size:  # (it was written, and then refused by load_ply)
+            raise ValueError(f"save_ply: {huge.size} of {len(self)} Gaussians have a scale above "
+                             f"{MAX_PLY_SCALE_M:g} m (first at {huge[0]}: {self.scales[huge[0]].max():.3g} m), which "
+                             f"load_ply refuses (the renderers' float32 projection cannot draw one that large)")
         n, k = len(self), self.sh.shape[1]
         names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
         names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
@@ -269,9 +288,17 @@ class GaussianScene:
         try:
             with open(path, "rb") as fh:
                 ply = PlyData.read(fh)
+            if "vertex" not in [element.name for element in ply.elements]:
+                raise ValueError(f"{path}: the PLY has no vertex element (elements: "
+                                 f"{[element.name for element in ply.elements]}); a 3DGS PLY holds its Gaussians "
+                                 "as vertices")
             vertex = ply["vertex"]
             data = vertex.data
-        except (ValueError, KeyError, IndexError, EOFError, OSError, TypeError) as err:
+        except ValueError as err:
+            if str(err).startswith(f"{path}: the PLY has no vertex element"):
+                raise
+            raise ValueError(f"{path}: not a readable 3DGS PLY ({type(err).__name__}: {err})") from None
+        except (KeyError, IndexError, EOFError, OSError, TypeError) as err:
             raise ValueError(f"{path}: not a readable 3DGS PLY ({type(err).__name__}: {err})") from None
         except Exception as err:  # plyfile's own parse errors (PlyHeaderParseError, PlyElementParseError)
             raise ValueError(f"{path}: not a readable 3DGS PLY ({type(err).__name__}: {err})") from None
@@ -315,6 +342,15 @@ class GaussianScene:
         with np.errstate(over="ignore"):
             opacities = 1.0 / (1.0 + np.exp(-logit))
             scales = np.exp(log_scales)
+        beyond = np.flatnonzero((np.abs(np.concatenate([means, sh.reshape(n, -1)], axis=1)) > _FLOAT32_MAX).any(axis=1))
+        if beyond.size:  # (a double's 1e39 became inf in float32, said as "NaN or infinite")
+            raise ValueError(f"{path}: {beyond.size} of {n} Gaussians have a position or colour beyond float32's range "
+                             f"(first at {beyond[0]}); the scene is stored as float32")
+        tiny = np.flatnonzero((scales < _FLOAT32_TINY).any(axis=1))
+        if tiny.size:  # (a log-scale of -120 underflowed to 0, said as "a non-positive scale")
+            raise ValueError(f"{path}: {tiny.size} of {n} Gaussians have a scale below float32's smallest normal "
+                             f"number (first at {tiny[0]}: log-scale {log_scales[tiny[0]].min():.4g}); drop or "
+                             f"enlarge them")
         huge = scales > MAX_PLY_SCALE_M
         if huge.any():
             rows = np.flatnonzero(huge.any(axis=1))

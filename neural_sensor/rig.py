@@ -111,11 +111,22 @@ class SensorSpec:
     @classmethod
     def mounted(cls, sensor_id: str, width: int, height: int, fov_deg: float, position_ego_m: Sequence[float],
                 roll_rad: float = 0.0, pitch_rad: float = 0.0, yaw_rad: float = 0.0) -> "SensorSpec":
-        """A camera at `position_ego_m` (FLU) looking along the ego x axis turned by roll / pitch / yaw (FLU)."""
+        """A camera at `position_ego_m` (FLU, 3 metres) looking along the ego x axis turned by roll / pitch / yaw
+        (FLU, radians, each within a full turn: degrees given as radians are refused). Sizes are taken as SensorSpec
+        takes them (whole numbers: 64.7 had become 64 without a word)."""
+        position = np.asarray(position_ego_m, dtype=np.float64)
+        if position.shape != (3,):
+            raise ValueError(f"sensor {sensor_id!r}: position_ego_m must be 3 numbers (x, y, z metres), got "
+                             f"{position_ego_m!r}")
+        for name, angle in (("roll_rad", roll_rad), ("pitch_rad", pitch_rad), ("yaw_rad", yaw_rad)):
+            if not (isinstance(angle, (int, float, np.floating)) and math.isfinite(angle)
+                    and abs(angle) <= 2.0 * math.pi + 1e-9):
+                raise ValueError(f"sensor {sensor_id!r}: {name} must be a finite angle within a full turn (radians), "
+                                 f"got {angle!r} (degrees? math.radians converts)")
         pose = np.eye(4)
         pose[:3, :3] = rotation_flu(roll_rad, pitch_rad, yaw_rad) @ _CAMERA_FROM_FLU.T
-        pose[:3, 3] = position_ego_m
-        return cls(sensor_id, int(width), int(height), float(fov_deg), pose)
+        pose[:3, 3] = position
+        return cls(sensor_id, width, height, float(fov_deg), pose)
 
 
 # nuScenes-like roof rig: (id, x, y, z in the ego frame FLU metres, yaw left-positive degrees, horizontal fov degrees)
@@ -153,7 +164,7 @@ class SensorFrame:
     frame: int  # the simulator's frame id, unchanged
     timestamp_s: float  # simulation time, unchanged
     sensor_id: str
-    rgb: np.ndarray  # [H, W, 3] float32 in [0, 1]
+    rgb: np.ndarray  # [H, W, 3] float32 >= 0, <= 1 where the scene's colours are (README, Colours)
     depth: np.ndarray | None  # [H, W] float32 camera z of the surface, metres: the median depth (where the
     #                           transmittance reaches 0.5, as a depth camera's z-buffer); the expected depth where
     #                           alpha < 0.5. None when the rig's outputs leave it out (likewise below)
@@ -221,6 +232,13 @@ class NeuralSensorRig:
         self.render_outputs = render_outputs(self.outputs + (("depth",) if self.reference is not None else ()))
         self.backend = resolve_backend(backend, self.render_outputs)
         self.enhancer = enhancer
+        from neural_sensor.render._common import check_background
+
+        try:  # (a bad one failed at the first capture, or as "could not convert string to float: 'r'")
+            check_background(background_rgb)
+        except ValueError:
+            raise ValueError(f"NeuralSensorRig: background_rgb must be 3 floats in [0, 1], got {background_rgb!r}") \
+                from None
         self.background_rgb = tuple(float(v) for v in background_rgb)
         self.asset_seed = asset_seed
         self.lod_px = check_lod_px(lod_px, "NeuralSensorRig")  # level of detail of the cpu backend (render(lod_px=)); 0 = exact

@@ -73,9 +73,10 @@ class WorldSnapshot:
         for agent in self.agents:  # an agent's id labels its Gaussians (instance 0 is the background): said here,
             if not isinstance(agent, AgentState):  # not at the capture that draws it
                 raise TypeError(f"WorldSnapshot.agents: expected AgentStates, got a {type(agent).__name__}")
-            if not (isinstance(agent.agent_id, (int, np.integer)) and agent.agent_id > 0):
+            if not (isinstance(agent.agent_id, (int, np.integer)) and 0 < agent.agent_id < 2**31):
                 raise ValueError(f"WorldSnapshot.agents: agent id {agent.agent_id!r} ({agent.kind}): an agent's id "
-                                 "must be an integer > 0 (0 is the background in the instance labels)")
+                                 "must be an integer in 1..2**31 - 1 (0 is the background in the instance labels, "
+                                 "which are int32)")
             if agent.agent_id in seen:
                 raise ValueError(f"WorldSnapshot.agents: agent id {agent.agent_id} is given twice")
             seen.add(agent.agent_id)

@@ -144,8 +144,10 @@ def test_a_snapshot_names_an_agent_id_the_capture_could_not_draw():
     def agent(agent_id):
         return AgentState(agent_id, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(10.0, 0.0, 0.0, 0.0))
 
-    with pytest.raises(ValueError, match=r"agent id 0 \(car\): an agent's id must be an integer > 0"):
+    with pytest.raises(ValueError, match=r"agent id 0 \(car\): an agent's id must be an integer in 1..2\*\*31 - 1"):
         WorldSnapshot(0, 0.0, ego, (agent(0),))
+    with pytest.raises(ValueError, match=r"agent id 2147483648 \(car\)"):  # (an OverflowError at the capture)
+        WorldSnapshot(0, 0.0, ego, (agent(2**31),))
     with pytest.raises(ValueError, match="agent id 3 is given twice"):
         WorldSnapshot(0, 0.0, ego, (agent(3), agent(3)))
     with pytest.raises(TypeError, match="expected AgentStates, got a dict"):
@@ -443,3 +445,21 @@ def test_rig_accumulates_enhanced_images_over_ticks():
     np.testing.assert_array_equal(fourth.rgb, state["sent"][0])  # afresh after the raw tick
     with pytest.raises(ValueError, match="blend"):
         NeuralSensorRig(scene, [spec], backend="cpu", temporal_blend=1.0)
+
+
+def test_mounted_cameras_and_the_rigs_background_are_checked_at_once():
+    """A new user's findings: SensorSpec.mounted cut 64.7 pixels to 64 (SensorSpec itself refuses a float), a
+    position of two numbers was a bare broadcast error, degrees given as radians were taken; a bad background_rgb
+    failed at the first capture (or as "could not convert string to float: 'r'")."""
+    with pytest.raises(ValueError, match="sensor 'a': width must be a positive integer, got 64.7"):
+        SensorSpec.mounted("a", 64.7, 48, 90.0, (0, 0, 1.5))
+    with pytest.raises(ValueError, match=r"sensor 'a': position_ego_m must be 3 numbers \(x, y, z metres\)"):
+        SensorSpec.mounted("a", 64, 48, 90.0, (1, 2))
+    with pytest.raises(ValueError, match=r"sensor 'a': yaw_rad must be a finite angle within a full turn \(radians\), "
+                                         r"got 90 \(degrees\?"):
+        SensorSpec.mounted("a", 64, 48, 90.0, (0, 0, 1.5), yaw_rad=90)
+    assert SensorSpec.mounted("a", np.int64(64), 48, 90.0, (0, 0, 1.5), yaw_rad=-math.pi).width == 64
+    scene = make_street_scene(1000)
+    for bad in ((2.0, 0.0, 0.0), "red", (0.5, 0.5)):
+        with pytest.raises(ValueError, match="NeuralSensorRig: background_rgb must be 3 floats in"):
+            NeuralSensorRig(scene, [SensorSpec("a", 16, 12, 90.0, np.eye(4))], backend="cpu", background_rgb=bad)

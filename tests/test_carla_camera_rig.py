@@ -525,3 +525,28 @@ def test_destroy_from_a_users_on_tick_callback_does_not_wait_for_the_stream_it_b
     cameras[0].listen(lambda image: None)
     world.tick()
     assert done.wait(30) and took["s"] < 10.0, took
+
+
+def test_the_first_spawn_loads_the_renderers_kernels_before_the_first_tick(scene, monkeypatch):
+    """On a fresh install the first image came 5-20 s after world.tick() (numba compiling on the rig's worker):
+    CARLA's own queue pattern (`q.get(timeout=2)`) raised queue.Empty. The spawn now loads (or compiles, saying so)
+    the kernels, once per process and backend."""
+    from carla_bridge import camera_rig
+
+    monkeypatch.setattr(camera_rig, "_WARMED", set())
+    prepared = []
+    real_prepare = camera_rig.NeuralSensorRig.prepare
+    monkeypatch.setattr(camera_rig.NeuralSensorRig, "prepare",
+                        lambda self: prepared.append(self.outputs) or real_prepare(self))
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    cameras = [spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")]
+    try:
+        assert prepared == [("rgb",), tuple(camera_rig.FRAME_FIELDS)] and len(camera_rig._WARMED) == 1
+        cameras.append(spawn_neural_camera(world, _bp(library, "depth"), MOUNT, attach_to=ego, scene=scene,
+                                           backend="cpu"))
+        assert len(prepared) == 2  # once per process and backend
+    finally:
+        for camera in cameras:
+            camera.destroy()

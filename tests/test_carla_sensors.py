@@ -57,7 +57,8 @@ def test_converters_give_what_libcarla_gives():
     assert gray[0, 0, :3].tolist() == [255] * 3 and gray[0, 3, :3].tolist() == [0] * 3
     assert gray[0, 1, 0] == int(np.float32(depth[0, 1] / 1000.0) * 255 + 0.5)
     log = convert_bgra(bgra, "LogarithmicDepth")
-    assert log[0, :, 0].tolist() == [255, 128, 0, 0]  # 1 + ln(n) / 5.70378: 1, 0.5, 0, clamped (ln 0)
+    # 1 + ln(n) / 5.70378: 1, 0.5, then clamped at LibCarla's 0.005 (0 and ln 0): uint8(0.005 * 255 + 0.5) = 1
+    assert log[0, :, 0].tolist() == [255, 128, 1, 1]
     assert (log[..., 0] == log[..., 1]).all() and (log[..., 3] == 255).all()
     labels = np.array([[0, 1, 14, 24, 28, 29 + 14]], np.uint8)
     palette = convert_bgra(semantic_to_bgra(labels), "CityScapesPalette")

@@ -145,7 +145,14 @@ def test_a_ply_with_a_gaussian_too_large_to_project_is_refused(tmp_path):
     assert GaussianScene.load_ply(tmp_path / "large.ply").scales[7, 1] == pytest.approx(0.99 * MAX_PLY_SCALE_M)
     scales[7, 1] = 4.9e8  # the 1,000 km and larger that the renderers' float32 projections disagree on
     scales[9, 0] = 2.0 * MAX_PLY_SCALE_M
-    scene.replace(scales=scales).save_ply(tmp_path / "huge.ply")
+    with pytest.raises(ValueError, match=r"save_ply: 2 of 50 Gaussians have a scale above 10000 m \(first at 7: "
+                                         r"4.9e\+08 m\), which load_ply refuses"):
+        scene.replace(scales=scales).save_ply(tmp_path / "huge.ply")  # (written, then refused by load_ply)
+    assert not (tmp_path / "huge.ply").exists()
+    ply = PlyData.read(str(tmp_path / "large.ply"))  # another tool's file holding them
+    ply["vertex"].data["scale_1"][7] = np.log(4.9e8)
+    ply["vertex"].data["scale_0"][9] = np.log(2.0 * MAX_PLY_SCALE_M)
+    ply.write(str(tmp_path / "huge.ply"))
     with pytest.raises(ValueError, match=r"huge.ply: 2 of 50 Gaussians have a scale above 10000 m \(first at 7: 4.9e\+08"):
         GaussianScene.load_ply(tmp_path / "huge.ply")
 
@@ -191,6 +198,39 @@ def test_bad_values_in_file_raise(tmp_path):
     PlyData([PlyElement.describe(np.ones(3, dtype=names), "vertex")]).write(str(tmp_path / "rest.ply"))
     with pytest.raises(ValueError, match="6 f_rest_\\* properties make 3 SH coefficients"):
         GaussianScene.load_ply(tmp_path / "rest.ply")
+    # values a file holds that float32 cannot: said as what they are (they were "a non-positive scale" and "NaN or
+    # infinite")
+    record, _ = _inria_vertex(16, 0, rng)
+    record["scale_2"][5] = -120.0
+    PlyData([PlyElement.describe(record, "vertex")]).write(str(tmp_path / "tiny.ply"))
+    with pytest.raises(ValueError, match=r"1 of 16 Gaussians have a scale below float32's smallest normal number "
+                                         r"\(first at 5: log-scale -120\)"):
+        GaussianScene.load_ply(tmp_path / "tiny.ply")
+    record, _ = _inria_vertex(16, 0, rng)
+    wide = np.empty(16, dtype=[(name, "f8" if name == "x" else record.dtype[name]) for name in record.dtype.names])
+    for name in record.dtype.names:
+        wide[name] = record[name]
+    wide["x"][2] = 1e39
+    PlyData([PlyElement.describe(wide, "vertex")]).write(str(tmp_path / "wide.ply"))
+    with pytest.raises(ValueError, match=r"1 of 16 Gaussians have a position or colour beyond float32's range "
+                                         r"\(first at 2\)"):
+        GaussianScene.load_ply(tmp_path / "wide.ply")
+    face = np.zeros(2, dtype=[("vertex_indices", "i4", (3,))])
+    PlyData([PlyElement.describe(face, "face")]).write(str(tmp_path / "faces.ply"))
+    with pytest.raises(ValueError, match=r"faces.ply: the PLY has no vertex element \(elements: \['face'\]\)"):
+        GaussianScene.load_ply(tmp_path / "faces.ply")
+
+
+def test_scaled_moves_and_grows_every_gaussian_about_the_origin():
+    scene = random_scene(20, seed=3, sh_degree=1)
+    twice = scene.scaled(2.0)
+    np.testing.assert_allclose(twice.means, 2.0 * scene.means, rtol=1e-6)
+    np.testing.assert_allclose(twice.scales, 2.0 * scene.scales, rtol=1e-6)
+    np.testing.assert_array_equal(twice.quats, scene.quats)
+    np.testing.assert_array_equal(twice.sh, scene.sh)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="scaled: factor must be a finite number > 0"):
+            scene.scaled(bad)
 
 
 def test_concat_pads_sh_and_subset_selects():

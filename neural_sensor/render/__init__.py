@@ -29,7 +29,8 @@ BACKENDS = ("auto", "gsplat", "cpu", "torch")
 class RenderOutput:
     """Rendered images for C cameras; fields not requested are None.
 
-    rgb       [C, H, W, 3] float32 in [0, 1] (plus background x remaining transmittance)
+    rgb       [C, H, W, 3] float32 >= 0 (plus background x remaining transmittance); at most 1 where the
+              scene's colours are (a PLY's SH highlights above 1 are drawn as they are, as gsplat does)
     depth     [C, H, W] float32 expected camera z in metres (sum w z / alpha; 0 where alpha = 0)
     alpha     [C, H, W] float32 accumulated opacity, 1 - final transmittance
     semantic  [C, H, W] uint8 label of the Gaussian with the largest blending weight; 0 where alpha < 0.5
