@@ -56,7 +56,7 @@ class NeuralCameraError(RuntimeError):
     """A neural camera could not render a frame (raised by the next call on a camera of its rig)."""
 
 
-_WARMED: set = set()  # (backend, render scale below 1) whose kernels `warm_up` has loaded in this process
+_WARMED: set = set()  # (rgb backend, all-fields backend, scale below 1) that `warm_up` has loaded in this process
 _WARM_LOCK = threading.Lock()
 
 
