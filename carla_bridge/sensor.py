@@ -184,8 +184,9 @@ class NeuralImage(_ImageBase):
     def convert(self, color_converter) -> None:
         """In place, as carla.Image.convert: Raw, Depth, LogarithmicDepth or CityScapesPalette."""
         name = self._converter_name(color_converter)
-        if name != "Raw":
-            self._bgra = convert_bgra(self._bgra, name)
+        if name != "Raw":  # into its own buffer, as libcarla's ConvertInPlace: an array taken from raw_data before
+            # sees the change (the buffer had been replaced)
+            self._bgra[...] = convert_bgra(self._bgra, name)
 
     def save_to_disk(self, path: str, color_converter=None) -> str:
         """Write the image and return the path written, as libcarla's ImageIO does: the format is chosen by how the

@@ -33,6 +33,10 @@ from neural_sensor.poses import check_pose
 from neural_sensor.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation_matrices
 
 _FLOAT_FIELDS = ("means", "quats", "scales", "opacities", "sh")
+class _PlyProblem(ValueError):
+    """A PLY that reads but is not a whole 3DGS PLY (said as it is, not as "not a readable 3DGS PLY")."""
+
+
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 MAX_PLY_SCALE_M = 1.0e4  # a PLY's Gaussians larger than this are refused: the CPU and torch renderers agree exactly up
@@ -288,15 +292,21 @@ class GaussianScene:
         try:
             with open(path, "rb") as fh:
                 ply = PlyData.read(fh)
+                # (binary only: plyfile reads a text body through a wrapper that closes the file)
+                trailing = 0 if ply.text else os.fstat(fh.fileno()).st_size - fh.tell()
+            if trailing > 0:  # (a header counting fewer vertices than its body holds loaded the count without a word)
+                raise _PlyProblem(f"{path}: {trailing} bytes follow the elements its header counts (vertex: "
+                                 f"{ply['vertex'].count if 'vertex' in [e.name for e in ply.elements] else 0}); a "
+                                 "header written before all Gaussians were, or a damaged file")
             if "vertex" not in [element.name for element in ply.elements]:
-                raise ValueError(f"{path}: the PLY has no vertex element (elements: "
+                raise _PlyProblem(f"{path}: the PLY has no vertex element (elements: "
                                  f"{[element.name for element in ply.elements]}); a 3DGS PLY holds its Gaussians "
                                  "as vertices")
             vertex = ply["vertex"]
             data = vertex.data
+        except _PlyProblem:
+            raise
         except ValueError as err:
-            if str(err).startswith(f"{path}: the PLY has no vertex element"):
-                raise
             raise ValueError(f"{path}: not a readable 3DGS PLY ({type(err).__name__}: {err})") from None
         except (KeyError, IndexError, EOFError, OSError, TypeError) as err:
             raise ValueError(f"{path}: not a readable 3DGS PLY ({type(err).__name__}: {err})") from None

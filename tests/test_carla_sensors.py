@@ -371,8 +371,10 @@ def test_neural_image_read_only_and_save_to_disk(tmp_path):
     gray = Image.open(depth.save_to_disk(str(tmp_path / "d.png"), carla.ColorConverter.Depth))
     assert gray.mode == "L" and gray.getpixel((0, 0)) == 128  # 0.5 * 255 + 0.5
     assert _array(depth)[0, 0, 2] != 128  # saving did not convert the image itself
+    before = np.frombuffer(depth.raw_data, np.uint8).reshape(3, 4, 4)  # taken before the conversion
     depth.convert(carla.ColorConverter.Depth)
     assert _array(depth)[0, 0].tolist() == [128, 128, 128, 255]
+    assert before[0, 0].tolist() == [128, 128, 128, 255]  # in place, as libcarla (the buffer had been replaced)
     with pytest.raises(TypeError):
         depth.convert("Depth")
 

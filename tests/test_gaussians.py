@@ -166,6 +166,10 @@ def test_bad_files_raise_value_error(tmp_path):
     truncated.write_bytes(data[: len(data) - 500])
     with pytest.raises(ValueError, match="truncated.ply: not a readable 3DGS PLY"):
         GaussianScene.load_ply(truncated)
+    longer = tmp_path / "longer.ply"  # a header counting fewer vertices than the body holds: the count was loaded
+    longer.write_bytes(data + data[-620:])
+    with pytest.raises(ValueError, match=r"longer.ply: 620 bytes follow the elements its header counts \(vertex: 100\)"):
+        GaussianScene.load_ply(longer)
     not_ply = tmp_path / "image.png"
     not_ply.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(ValueError, match="image.png: not a readable 3DGS PLY"):
