@@ -231,6 +231,12 @@ class NeuralSensorRig:
         self.temporal = temporal if enhancer is not None and temporal.blend > 0.0 else None
         self.render_outputs = render_outputs(self.outputs + (("depth",) if self.reference is not None else ()))
         self.backend = resolve_backend(backend, self.render_outputs)
+        if self.backend == "gsplat":  # (it failed only at the first capture)
+            from neural_sensor.render import cuda_available
+
+            if not cuda_available():
+                raise ValueError("NeuralSensorRig: backend 'gsplat' needs a CUDA device and gsplat's kernels "
+                                 "(pip install .[gpu]); use backend='cpu' (or 'auto') on this machine")
         self.enhancer = enhancer
         from neural_sensor.render._common import check_background
 

@@ -283,6 +283,12 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                          "cameras an agent asks for (leaderboard sensor dicts of type sensor.camera.rgb)")
     if options.video:  # H.264 (libx264) encodes no side longer than 16384 pixels: say so before anything starts
         check_video_size(specs, columns=3, truth=options.truth)
+    if options.backend == "gsplat":  # said before any scene is built (the rig says it too, later)
+        from neural_sensor.render import cuda_available
+
+        if not cuda_available():
+            raise ValueError("--backend gsplat needs a CUDA device and gsplat's kernels (pip install .[gpu]); use "
+                             "--backend cpu (or auto) on this machine")
     if options.enhancer is not None:  # the enhancer's protocol refuses larger images: every tick would be raw
         from neural_sensor.enhance.protocol import MAX_SIDE, check_request_size
 

@@ -450,7 +450,7 @@ def test_rig_accumulates_enhanced_images_over_ticks():
 def test_mounted_cameras_and_the_rigs_background_are_checked_at_once():
     """A new user's findings: SensorSpec.mounted cut 64.7 pixels to 64 (SensorSpec itself refuses a float), a
     position of two numbers was a bare broadcast error, degrees given as radians were taken; a bad background_rgb
-    failed at the first capture (or as "could not convert string to float: 'r'")."""
+    failed at the first capture (or as "could not convert string to float: 'r'"), and so did gsplat without CUDA."""
     with pytest.raises(ValueError, match="sensor 'a': width must be a positive integer, got 64.7"):
         SensorSpec.mounted("a", 64.7, 48, 90.0, (0, 0, 1.5))
     with pytest.raises(ValueError, match=r"sensor 'a': position_ego_m must be 3 numbers \(x, y, z metres\)"):
@@ -463,3 +463,8 @@ def test_mounted_cameras_and_the_rigs_background_are_checked_at_once():
     for bad in ((2.0, 0.0, 0.0), "red", (0.5, 0.5)):
         with pytest.raises(ValueError, match="NeuralSensorRig: background_rgb must be 3 floats in"):
             NeuralSensorRig(scene, [SensorSpec("a", 16, 12, 90.0, np.eye(4))], backend="cpu", background_rgb=bad)
+    from neural_sensor.render import cuda_available
+
+    if not cuda_available():  # gsplat without CUDA failed only at the first capture
+        with pytest.raises(ValueError, match="NeuralSensorRig: backend 'gsplat' needs a CUDA device"):
+            NeuralSensorRig(scene, [SensorSpec("a", 16, 12, 90.0, np.eye(4))], backend="gsplat")
