@@ -294,14 +294,14 @@ class GaussianScene:
                 ply = PlyData.read(fh)
                 # (binary only: plyfile reads a text body through a wrapper that closes the file)
                 trailing = 0 if ply.text else os.fstat(fh.fileno()).st_size - fh.tell()
+            elements = [element.name for element in ply.elements]
             if trailing > 0:  # (a header counting fewer vertices than its body holds loaded the count without a word)
                 raise _PlyProblem(f"{path}: {trailing} bytes follow the elements its header counts (vertex: "
-                                 f"{ply['vertex'].count if 'vertex' in [e.name for e in ply.elements] else 0}); a "
-                                 "header written before all Gaussians were, or a damaged file")
-            if "vertex" not in [element.name for element in ply.elements]:
-                raise _PlyProblem(f"{path}: the PLY has no vertex element (elements: "
-                                 f"{[element.name for element in ply.elements]}); a 3DGS PLY holds its Gaussians "
-                                 "as vertices")
+                                  f"{ply['vertex'].count if 'vertex' in elements else 0}); a header written before "
+                                  "all Gaussians were, or a damaged file")
+            if "vertex" not in elements:
+                raise _PlyProblem(f"{path}: the PLY has no vertex element (elements: {elements}); a 3DGS PLY holds "
+                                  "its Gaussians as vertices")
             vertex = ply["vertex"]
             data = vertex.data
         except _PlyProblem:

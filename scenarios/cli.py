@@ -484,7 +484,6 @@ def _check_cache_folder(folder: Path | None, command: str | None = None) -> None
 
 def _cache(args: argparse.Namespace) -> dict:
     """`cache`: the scene cache's entries, least recently used first (after --prune-gb, if given)."""
-    import math
     import time
 
     from neural_sensor.reconstruct.cache import SceneCache, bytes_from_gb

@@ -396,7 +396,7 @@ def test_folders_of_a_server_killed_with_its_workers_are_swept_at_the_next_start
     import tempfile
     import uuid
 
-    from neural_sensor.enhance.server import OWNER_FILE, sweep_abandoned_server_folders
+    from neural_sensor.enhance.folders import OWNER_FILE, sweep_abandoned_server_folders
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -409,7 +409,8 @@ def test_folders_of_a_server_killed_with_its_workers_are_swept_at_the_next_start
         (path / "blk-1-abcdef12").write_bytes(b"x" * 100)
         if pid is not None:
             (path / OWNER_FILE).write_text(str(pid))
-            os.utime(path / OWNER_FILE, (refreshed, refreshed))
+        for written in [*path.iterdir(), path]:  # nothing in it written since
+            os.utime(written, (refreshed, refreshed))
         return path
 
     tag = uuid.uuid4().hex[:8]

@@ -300,7 +300,7 @@ def test_local_kill_removes_the_shared_memory_folder(identity_checkpoint):
 
 def test_a_servers_shared_memory_folder_names_its_broker(server):
     """What `sweep_abandoned_server_folders` reads to tell a killed server's folder from a live one's."""
-    from neural_sensor.enhance.server import OWNER_FILE
+    from neural_sensor.enhance.folders import OWNER_FILE
 
     for owner in (wire.shm_folder_for(server.folder) / OWNER_FILE, server.folder / OWNER_FILE):  # (and the local
         # server's own folder in TMPDIR: it had none, so a server killed with its workers left it for good)

@@ -58,6 +58,7 @@ import zmq
 from neural_sensor.checkpoints import DEFAULT_ENHANCER, default_checkpoint
 from neural_sensor.enhance import protocol as wire
 from neural_sensor.enhance.direct import direct_socket_name
+from neural_sensor.enhance.folders import mark_owner, sweep_abandoned_server_folders
 from neural_sensor.enhance.precision import CPU_PRECISIONS, resolve_cpu_precision
 from neural_sensor.enhance.worker import worker_main
 from neural_sensor.host import process_alive, usable_cores
@@ -277,12 +278,12 @@ class Broker:
         owned = config.owned_folder if config.owned_folder and Path(config.owned_folder).is_dir() else None
         sweep_abandoned_server_folders()  # those of servers killed with their workers (a process group's SIGKILL)
         self._owned = owned
-        _mark_owner(owned)  # (a local server's folder: its run removes it, unless killed with it)
+        mark_owner(owned)  # (a local server's folder: its run removes it, unless killed with it)
         if owned and len(f"{owned}/backend") <= 100:
             self.backend_endpoint = f"ipc://{owned}/backend"
         else:
             self._tmp = tempfile.mkdtemp(prefix="enhancer-")
-            _mark_owner(Path(self._tmp))
+            mark_owner(Path(self._tmp))
             self.backend_endpoint = f"ipc://{self._tmp}/backend"
         self.backend = self._ctx.socket(zmq.ROUTER)
         self.backend.setsockopt(zmq.LINGER, 0)
@@ -300,7 +301,7 @@ class Broker:
         folder.mkdir(mode=0o700, exist_ok=False)
         self.shm_folder = folder
         (folder / "nonce").write_text(self.nonce)
-        _mark_owner(folder)
+        mark_owner(folder)
 
     def _sweep_dead_clients(self) -> None:
         """Remove blocks whose client process (the pid in blk-<pid>-<hex>) is gone: a SIGKILLed client's block."""
@@ -626,7 +627,7 @@ class Broker:
                         if self.shm_folder is not None:
                             self._sweep_dead_clients()
                         for folder in (self.shm_folder, self._tmp, self._owned):  # alive: never abandoned
-                            _mark_owner(folder, touch_only=True)
+                            mark_owner(folder, touch_only=True)
                         last_sweep = last_check
                     if self._orphaned():
                         print("enhancer: the process that started this server is gone; stopping", flush=True)
@@ -689,50 +690,6 @@ class Broker:
             shutil.rmtree(self.shm_folder, ignore_errors=True)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-OWNER_FILE = ".neural-sensor-enhancer-pid"  # in a server's own folders: the broker's pid, touched every 5 s
-ABANDONED_SERVER_S = 600.0  # a folder whose broker is gone and whose owner file is this old is removed at a start
-
-
-def _mark_owner(folder, touch_only: bool = False) -> None:
-    """Write (or, touch_only, refresh the time of) the owner file of one of this broker's folders."""
-    if folder is None:
-        return
-    path = Path(folder) / OWNER_FILE
-    try:
-        if touch_only:
-            os.utime(path)
-        else:
-            path.write_text(str(os.getpid()))
-    except OSError:  # removed meanwhile (a stop under way)
-        pass
-
-
-def sweep_abandoned_server_folders(quiet_s: float = ABANDONED_SERVER_S) -> list[str]:
-    """Remove the shared-memory folders (/dev/shm/neural-sensor-*) and temporary folders (TMPDIR/enhancer-*) of
-    servers killed together with their workers (a SIGKILL of the process group: `docker stop` past its timeout, an
-    out-of-memory kill), which nobody removed: those whose owner file names a broker that is gone and was last
-    refreshed quiet_s ago (a live broker refreshes it every 5 s; a pid means nothing to another container sharing
-    /dev/shm, the time does). Returns what was removed."""
-    removed = []
-    for parent, pattern in ((Path("/dev/shm"), "neural-sensor-*"), (Path(tempfile.gettempdir()), "enhancer-*")):
-        try:
-            folders = list(parent.glob(pattern))
-        except OSError:
-            continue
-        for folder in folders:
-            owner = folder / OWNER_FILE
-            try:
-                pid, refreshed = int(owner.read_text()), owner.stat().st_mtime
-            except (OSError, ValueError):  # not a server's folder of this version, or not ours to read
-                continue
-            if pid == os.getpid() or process_alive(pid) or time.time() - refreshed < quiet_s:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            if not folder.exists():
-                removed.append(str(folder))
-    return removed
 
 
 def serve(config: ServerConfig) -> None:
