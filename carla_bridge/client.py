@@ -161,13 +161,22 @@ class NeuralClient:
     # the client's calls that answer a world answer a NeuralWorld too (a new user's generate_opendrive_world world
     # spawned the server's own cameras, which the stand-in never delivers)
     def load_world(self, *args, **kwargs) -> NeuralWorld:
-        return NeuralWorld(self._client.load_world(*args, **kwargs), **self._options)
+        return self._new_episode(self._client.load_world, *args, **kwargs)
 
     def reload_world(self, *args, **kwargs) -> NeuralWorld:
-        return NeuralWorld(self._client.reload_world(*args, **kwargs), **self._options)
+        return self._new_episode(self._client.reload_world, *args, **kwargs)
 
     def generate_opendrive_world(self, *args, **kwargs) -> NeuralWorld:
-        return NeuralWorld(self._client.generate_opendrive_world(*args, **kwargs), **self._options)
+        return self._new_episode(self._client.generate_opendrive_world, *args, **kwargs)
+
+    def _new_episode(self, call, *args, **kwargs) -> NeuralWorld:
+        """A new world as the server makes one destroys every actor of the old, its cameras too: the old world's
+        neural cameras are destroyed once the call succeeds (a refused map leaves them running)."""
+        old = neural_cameras_of(self._client.get_world())
+        world = NeuralWorld(call(*args, **kwargs), **self._options)
+        for camera in old:
+            camera.destroy()
+        return world
 
 
     def _world_for(self, world) -> NeuralWorld:

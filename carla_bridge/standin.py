@@ -619,7 +619,8 @@ class StandInTrafficManager:
 
 
 class StandInClient:
-    """carla.Client's face: set_timeout, versions, get_world, generate_opendrive_world, apply_batch(_sync)."""
+    """carla.Client's face: set_timeout, versions, get_world, generate_opendrive_world, load_world, reload_world,
+    apply_batch(_sync)."""
 
     def __init__(self, host: str = "localhost", port: int = 2000, worker_threads: int = 0):
         self.host, self.port = host, int(port)
@@ -648,7 +649,39 @@ class StandInClient:
         return [f"/Game/Carla/Maps/{self.world._map_name}"]
 
     def generate_opendrive_world(self, opendrive: str, parameters=None, reset_settings: bool = True) -> StandInWorld:
-        self.world = StandInWorld(opendrive, map_name="OpenDriveMap")
+        """As the server's: a text it cannot parse is refused ("opendrive could not be correctly parsed") and the
+        old world goes on; else a new world on that map, the old one's actors destroyed."""
+        try:
+            carla.Map("OpenDriveMap", opendrive)
+        except (RuntimeError, TypeError, ValueError):  # libcarla prints its parser's error on stderr first
+            raise RuntimeError("opendrive could not be correctly parsed") from None
+        return self._new_episode(opendrive, "OpenDriveMap", reset_settings)
+
+    def load_world(self, map_name: str, reset_settings: bool = True, map_layers=None) -> StandInWorld:
+        """As the server's: a map it does not have is "map not found" (the stand-in has one map, its own, under
+        the name get_available_maps lists or its last part); else a new world, the old one's actors destroyed."""
+        current = self.world._map_name
+        if str(map_name).rsplit("/", 1)[-1] != current:
+            raise RuntimeError("map not found")
+        return self._new_episode(self.world.opendrive, current, reset_settings)
+
+    def reload_world(self, reset_settings: bool = True) -> StandInWorld:
+        """The current map again, as a new world; the old one's actors destroyed."""
+        return self._new_episode(self.world.opendrive, self.world._map_name, reset_settings)
+
+    def _new_episode(self, opendrive: str, map_name: str, reset_settings: bool) -> StandInWorld:
+        """A new episode, as the server starts one: every actor of the old world is destroyed (an old handle's
+        is_alive is False), the world id changes, and the settings are the defaults unless reset_settings is
+        False (then the old ones, synchronous mode included, carry over)."""
+        old = self.world
+        settings = old.get_settings()
+        with old._lock:
+            for actor in old.actors.values():
+                actor._alive = False
+            old.actors.clear()
+        self.world = StandInWorld(opendrive, map_name=map_name)
+        if not reset_settings:
+            self.world.apply_settings(settings)
         return self.world
 
     def apply_batch(self, commands, do_tick: bool = False) -> None:

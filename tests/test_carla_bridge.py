@@ -419,6 +419,38 @@ def test_a_neural_clients_new_worlds_spawn_neural_cameras():
     car.destroy()
 
 
+def test_a_new_world_destroys_the_old_worlds_actors_and_cameras_as_the_server_does():
+    """The stand-in's generate_opendrive_world kept the old world's actors alive and it had no load_world /
+    reload_world; the server destroys every actor of the old episode (sensors too), keeps the settings only with
+    reset_settings=False, and refuses a map it cannot parse or does not have, the old world going on."""
+    from carla_bridge.client import NeuralClient
+    from neural_sensor.scene.layout import straight_road
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+    from neural_sensor.testing import make_street_scene
+
+    client = NeuralClient(StandInClient(), scene=make_street_scene(2000, seed=0), backend="cpu")
+    world = client.get_world()
+    library = world.get_blueprint_library()
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
+    camera = world.spawn_actor(library.find("sensor.camera.rgb"), carla.Transform(), attach_to=car)
+    world.apply_settings(carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    with pytest.raises(RuntimeError, match="map not found"):
+        client.load_world("Town10HD_Opt")
+    with pytest.raises(RuntimeError, match="opendrive could not be correctly parsed"):
+        client.generate_opendrive_world("not a map")
+    assert car.is_alive and camera.is_alive  # a refused world changes nothing
+
+    kept = client.reload_world(reset_settings=False)
+    assert not car.is_alive and not camera.is_alive
+    assert kept.id != world.id and kept.get_settings().synchronous_mode
+    assert [a.type_id for a in kept.get_actors()] == ["spectator"]
+    car = kept.spawn_actor(library.find("vehicle.tesla.model3"), kept.get_map().get_spawn_points()[0])
+    fresh = client.load_world(client.get_available_maps()[0])
+    assert not car.is_alive and fresh.get_settings().synchronous_mode is False
+    generated = client.generate_opendrive_world(layout_to_opendrive(straight_road(80.0)))
+    assert generated.get_map().name == "OpenDriveMap" and client.load_world("OpenDriveMap").id != generated.id
+
+
 def test_leaderboard_enable_from_the_environment_warms_the_renderer_and_a_second_enable_reaches_the_batch_client(
         monkeypatch, tmp_path):
     """A new user's findings on the leaderboard path: the shipped example's enable(scene) after the import's reset the
