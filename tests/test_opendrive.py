@@ -388,5 +388,89 @@ def test_what_the_reader_leaves_out_is_said():
         warnings.simplefilter("error")
         layout_from_opendrive(_one_road(TWO_WAY, extra=level), decorate=False)  # level: nothing to say
     border = TWO_WAY.replace('<width sOffset="0" a="3.5" b="0" c="0" d="0"/>', '<border sOffset="0" a="3.5"/>')
-    with pytest.raises(ValueError, match="lane 1 gives its width as <border>"):
+    with pytest.raises(ValueError, match="lane 1 of the lane section at s = 0 gives its width as <border>"):
         layout_from_opendrive(_one_road(border))
+
+
+def _sided(left: tuple, right: tuple) -> str:
+    """A lane section's lanes from (type, width) pairs, innermost first, on each side."""
+    side = lambda pairs, sign: "".join(LANE.format(id=sign * k, type=kind, w=w)
+                                       for k, (kind, w) in enumerate(pairs, start=1))
+    return (f'<left>{side(left, 1)}</left><center><lane id="0" type="none"/></center>'
+            f'<right>{side(right, -1)}</right>')
+
+
+def test_round_off_sections_and_roads_are_skipped():
+    """A new user's finding: a lane section 1e-7 m long (floating-point round-off between two sections, or at a
+    road's end) or a road 1e-7 m long made the whole map unreadable ("Lane 2.centre_m: a polyline needs >= 2
+    points"); such sections add nothing now, and an error inside a section names the map's lane."""
+    geometry = '<geometry s="0" x="0" y="0" hdg="0" length="30"><line/></geometry>'
+    for sections in (_section(0, 3.5) + _section(29.9999999, 3.5),
+                     _section(0, 3.5) + _section(10, 3.5) + _section(10.0000001, 3.0)):
+        layout = layout_from_opendrive(_road_xml(geometry, sections, 30.0), decorate=False)
+        assert {round(ln.width_m, 3) for ln in layout.lanes} <= {3.5, 3.0} and len(layout.lanes) in (2, 4)
+        assert max(ln.centre_m[:, 0].max() for ln in layout.lanes) == pytest.approx(30.0)
+    tiny = ('<road id="2" length="1e-7" junction="-1"><planView><geometry s="0" x="30" y="0" hdg="0" '
+            'length="1e-7"><line/></geometry></planView><lanes>' + _section(0, 3.5) + '</lanes></road>')
+    text = _road_xml(geometry, _section(0, 3.5), 30.0).replace("</OpenDRIVE>", tiny + "</OpenDRIVE>")
+    assert len(layout_from_opendrive(text, decorate=False).lanes) == 2
+
+
+def test_parking_shoulder_and_biking_lanes_are_road_surface_inside_the_kerb():
+    """A new user's finding: a map's parking, shoulder and biking lanes were drawn as grass between the road and
+    its kerb, and the kerb ran along the driving lane. They are paved (unmarked road surface) now, the kerb outside
+    them; a border lane outside the sidewalk stays off the road."""
+    from neural_sensor.scene.occupancy import _surface_labels
+
+    text = _one_road(_sided((("driving", 3.5), ("parking", 2.5), ("sidewalk", 3.0), ("border", 1.0)),
+                            (("driving", 3.5), ("shoulder", 1.0), ("biking", 1.5), ("sidewalk", 3.0))))
+    layout = layout_from_opendrive(text, decorate=False)
+    assert sorted(round(s.width_m, 2) for s in layout.paved) == [1.0, 1.5, 2.5]
+    assert sorted(round(float(e[0, 1]) - 300.0, 2) for e in layout.road_edges) == [-6.0, 6.0]
+    lateral_m = np.array([-7.5, -5.25, -4.0, -1.75, 1.75, 4.75, 7.5, 9.5])
+    labels, top = _surface_labels(layout, np.stack([np.full(len(lateral_m), 530.0), 300.0 + lateral_m], 1), 0.3)
+    assert [L(v).name for v in labels] == ["SIDEWALKS", "ROADS", "ROADS", "ROADS", "ROADS", "ROADS", "SIDEWALKS",
+                                           "TERRAIN"]
+    assert top[1:6].max() == 0.0
+    from neural_sensor.scene.layout import Layout
+
+    assert [s.width_m for s in Layout.from_json(layout.to_json()).paved] == [s.width_m for s in layout.paved]
+    assert "paved" not in straight_road(50.0).to_dict()  # (layouts without any keep their cache keys)
+
+
+def test_opendrive_1_7_and_1_8_lanes_are_read():
+    """New users' findings: direction="reversed" (1.7) was ignored, and bus / taxi / HOV (1.7) and walking (1.8,
+    sidewalk's new name) lanes were dropped without a word."""
+    reversed_lane = _sided((("driving", 3.5),), (("driving", 3.5),)).replace('<lane id="1" type="driving"',
+                                                                             '<lane id="1" type="driving" '
+                                                                             'direction="reversed"')
+    layout = layout_from_opendrive(_one_road(reversed_lane), decorate=False)
+    assert sorted((round(float(ln.centre_m[0, 1]) - 300.0, 2), ln.direction) for ln in layout.lanes) == [
+        (-1.75, 1), (1.75, 1)]
+    layout = layout_from_opendrive(_one_road(_sided((("bus", 3.5), ("walking", 2.0)),
+                                                    (("taxi", 3.5), ("HOV", 3.5), ("walking", 2.0)))),
+                                   decorate=False)
+    assert len(layout.lanes) == 3 and len(layout.sidewalks) == 2
+
+
+def test_what_a_map_gets_wrong_is_named_with_its_road():
+    """New users' findings: a road far from the origin got advice the CLI cannot follow ("Lane 0.centre_m ... move
+    the layout"), a bad elevation number did not name its road, a lane without a type read as "none" ("no
+    driving lanes found"), a plan view shorter than its road cut the road silently and a negative width dropped its
+    lane silently."""
+    from neural_sensor.scene.opendrive import OpenDriveWarning
+
+    far = _one_road(TWO_WAY).replace('x="500" y="300"', 'x="500000" y="4000000"')
+    with pytest.raises(ValueError, match=r"road '7': the road lies at x = 500000, y = 4000000 m, more than 100 km "
+                                         r"from the map's origin.*translate the map"):
+        layout_from_opendrive(far)
+    climb = '<elevationProfile><elevation s="0" a="x" b="0" c="0" d="0"/></elevationProfile>'
+    with pytest.raises(ValueError, match=r"road '7': <elevation a='x'> is not a number"):
+        layout_from_opendrive(_one_road(TWO_WAY, extra=climb))
+    with pytest.raises(ValueError, match=r"road '7': lane 1 of the lane section at s = 0 has no type attribute"):
+        layout_from_opendrive(_one_road(TWO_WAY.replace('<lane id="1" type="driving"', '<lane id="1"')))
+    with pytest.raises(ValueError, match=r"road '7': the plan view's geometries end at s = 40 but the road is 60 m"):
+        layout_from_opendrive(_one_road(TWO_WAY).replace('hdg="0" length="60"', 'hdg="0" length="40"'))
+    negative = _sided((("driving", 3.5),), (("shoulder", -1.0), ("driving", 3.5)))
+    with pytest.warns(OpenDriveWarning, match=r"road '7': lane -1 at s = 0 \(-1.00 m\) has a negative width"):
+        layout_from_opendrive(_one_road(negative), decorate=False)

@@ -6,6 +6,8 @@ World frame FLU (x forward, y left, z up), metres, radians. A layout holds:
   polyline, -1 against it);
 - road edges: kerb polylines (where the road surface ends);
 - sidewalks: strips (a centre polyline and a width), raised by the kerb height;
+- paved: strips of road surface that are not driving lanes (a map's parking, shoulder, biking or border lanes),
+  at road level and unmarked;
 - crosswalks: oriented rectangles painted on the road;
 - static objects: oriented 3D boxes with a class;
 - a style: time of day, weather palette and seed for appearance.
@@ -94,7 +96,7 @@ class Lane:
 
 @dataclass
 class Strip:
-    """A band of constant width around a centre polyline (sidewalks)."""
+    """A band of constant width around a centre polyline (sidewalks, paved strips)."""
 
     centre_m: np.ndarray
     width_m: float
@@ -187,6 +189,7 @@ class Layout:
     name: str = "layout"
     references: list[RoadReference] = field(default_factory=list)  # road structure, for OpenDRIVE export
     opendrive: str | None = None  # the OpenDRIVE map it was read from, which the exporter writes back whole
+    paved: list[Strip] = field(default_factory=list)  # road surface outside the lanes (parking, shoulder, ...)
 
     def __post_init__(self) -> None:
         if not self.lanes:
@@ -203,12 +206,13 @@ class Layout:
 
     def bounds_m(self, margin_m: float = 0.0) -> tuple[float, float, float, float]:
         """(x_min, y_min, x_max, y_max) covering every element, plus a margin."""
-        pts = [lane.centre_m for lane in self.lanes] + [s.centre_m for s in self.sidewalks] + list(self.road_edges)
+        strips = self.sidewalks + self.paved
+        pts = [lane.centre_m for lane in self.lanes] + [s.centre_m for s in strips] + list(self.road_edges)
         for box in self.objects + self.crosswalks:
             radius = 0.5 * math.hypot(box.size_m[0], box.size_m[1])
             pts.append(np.array([[box.centre_m[0] - radius, box.centre_m[1] - radius],
                                  [box.centre_m[0] + radius, box.centre_m[1] + radius]]))
-        pad = max([lane.width_m for lane in self.lanes] + [s.width_m for s in self.sidewalks]) + margin_m
+        pad = max([lane.width_m for lane in self.lanes] + [s.width_m for s in strips]) + margin_m
         allpts = np.concatenate(pts)
         return (float(allpts[:, 0].min() - pad), float(allpts[:, 1].min() - pad),
                 float(allpts[:, 0].max() + pad), float(allpts[:, 1].max() + pad))
@@ -228,6 +232,9 @@ class Layout:
                             "left_widths_m": list(r.left_widths_m), "sidewalk_width_m": r.sidewalk_width_m}
                            for r in self.references],
             **({"opendrive": self.opendrive} if self.opendrive is not None else {}),
+            # only where there are some: the layouts before this field keep their cache keys
+            **({"paved": [{"centre_m": s.centre_m.tolist(), "width_m": s.width_m} for s in self.paved]}
+               if self.paved else {}),
         }
 
     def to_json(self) -> str:
@@ -246,6 +253,7 @@ class Layout:
                 name=data.get("name", "layout"),
                 references=[RoadReference(**r) for r in data.get("references", [])],
                 opendrive=data.get("opendrive"),
+                paved=[Strip(**s) for s in data.get("paved", [])],
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"Layout: malformed layout description ({type(err).__name__}: {err})") from None

@@ -120,6 +120,11 @@ def _surface_labels_near(layout: Layout, xy: np.ndarray, voxel_m: float) -> tupl
         on = dist <= strip.width_m / 2
         label[on] = L.SIDEWALKS
         top[on] = KERB_HEIGHT_M
+    for strip in layout.paved:  # road surface, unmarked (a map's parking, shoulder, biking or border lanes)
+        dist, _, _ = _segment_distances(xy, strip.centre_m, reach_m=strip.width_m)
+        on = dist <= strip.width_m / 2
+        label[on] = L.ROADS
+        top[on] = 0.0
     per_lane = [_segment_distances(xy, lane.centre_m, reach_m=lane.width_m + 1.0) for lane in layout.lanes]
     lane_dist = np.stack([d for d, _, _ in per_lane], axis=1)
     lane_arc = np.stack([a for _, a, _ in per_lane], axis=1)

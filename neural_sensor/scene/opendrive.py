@@ -4,10 +4,13 @@ Reading (`layout_from_opendrive`): the plan view's geometries (line, arc,
 spiral, poly3, paramPoly3) are sampled along s; lane offsets, lane sections and
 lane width polynomials give every lane's boundaries; driving-type lanes become
 Layout lanes (travel direction from maliput's `vectorLane travelDir` user data
-when present, else right-hand traffic unless the road says rule="LHT"), sidewalk
-lanes become sidewalk strips, the outermost lane boundaries become road edges,
+when present, else right-hand traffic unless the road says rule="LHT", turned by
+OpenDRIVE 1.7's direction="reversed"), sidewalk (1.8: walking) lanes become
+sidewalk strips,
 and crosswalk objects become crosswalk boxes. Junction roads are read like any
-road, so their lanes pave the junction. Roadside buildings, trees and parked
+road, so their lanes pave the junction. Parking, shoulder, biking, border, stop and
+restricted lanes are road surface without markings (Layout.paved), and the kerb
+runs outside the outermost of them. Roadside buildings, trees and parked
 cars can be added procedurally (`decorate=True`): OpenDRIVE carries no
 buildings. A Layout lane has one width, so a lane whose width varies within a
 section takes its median width there.
@@ -39,15 +42,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.scene.layout import (Box, Lane, Layout, RoadReference, Strip, Style, densified, polyline_tangents,
-                                       roadside_objects)
+from neural_sensor.scene.layout import (MAX_COORD_M, Box, Lane, Layout, RoadReference, Strip, Style, densified,
+                                       polyline_tangents, roadside_objects)
 
 SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
 LANE_CLEARANCE_M = 2.0  # a generated building's footprint keeps this far from every driving lane's centre line,
 LANE_EDGE_CLEARANCE_M = 0.25  # and this far outside its edge (the two agree for 3.5 m lanes; wider ones need the edge)
 MAX_PLAN_GAP_M = 1.0  # a plan-view geometry must start within this of where the one before it ends
 MAX_ROAD_LENGTH_M = 100_000.0  # a layout lies within 100 km of its origin
-DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp"}
+DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp", "connectingRamp",
+                 "slipLane", "bus", "taxi", "HOV"}  # (the last four: OpenDRIVE 1.7 / 1.8)
+SIDEWALK_TYPES = {"sidewalk", "walking"}  # (walking: 1.8's name for it)
+PAVED_TYPES = {"parking", "shoulder", "biking", "border", "stop", "restricted"}  # road surface, no lane of ours
+MIN_SECTION_M = 1e-3  # a lane section (or road) shorter than this is round-off between two others: skipped
 FLAT_TOLERANCE_M = 0.5  # a map whose roads rise or fall more than this is said to be drawn flat
 
 
@@ -178,6 +185,10 @@ def _sample_road(road) -> _RoadSample:
             raise ValueError(f"OpenDRIVE: the plan view jumps {gap:.6g} m between the geometries at s = "
                              f"{_f(before, 's'):g} and s = {_f(after, 's'):g} (a geometry must start where the one "
                              f"before it ends, within {MAX_PLAN_GAP_M:g} m)")
+    plan_end = max(_f(g, "s") + _f(g, "length") for g in geometries)
+    if plan_end < length - MAX_PLAN_GAP_M:  # s past it would lie on no geometry (it was cut there, silently)
+        raise ValueError(f"OpenDRIVE: the plan view's geometries end at s = {plan_end:g} but the road is "
+                         f"{length:g} m long (they must cover it, within {MAX_PLAN_GAP_M:g} m)")
     section_starts = [_f(sec, "s") for sec in road.findall("lanes/laneSection")]
     s = np.unique(np.concatenate([np.arange(0.0, length, SAMPLE_STEP_M), [length],
                                   np.clip(section_starts, 0.0, length)]))
@@ -208,7 +219,8 @@ def _lane_direction(lane, lane_id: int, rule: str) -> int:
     if vector is not None and vector.get("travelDir") in ("forward", "backward"):
         return 1 if vector.get("travelDir") == "forward" else -1
     right_hand = rule != "LHT"
-    return (1 if lane_id < 0 else -1) if right_hand else (1 if lane_id > 0 else -1)
+    default = (1 if lane_id < 0 else -1) if right_hand else (1 if lane_id > 0 else -1)
+    return -default if lane.get("direction") == "reversed" else default  # OpenDRIVE 1.7 (standard, reversed, both)
 
 
 def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: Style | None = None,
@@ -228,10 +240,11 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
     if not roads:
         raise ValueError("OpenDRIVE: the document has no <road>")
     style = style or Style()
-    lanes, edges, sidewalks, crosswalks, references, half_widths = [], [], [], [], [], []
+    lanes, edges, sidewalks, paved, crosswalks, references, half_widths = [], [], [], [], [], [], []
     for road in roads:
         try:
-            _read_road(road, lanes, edges, sidewalks, crosswalks, references, half_widths)
+            _read_road(road, lanes, edges, sidewalks, paved, crosswalks, references, half_widths)
+            _check_profiles(road)
         except ValueError as err:
             raise ValueError(f"OpenDRIVE: road {road.get('id')!r}: {str(err).removeprefix('OpenDRIVE: ')}") from None
     if not lanes:
@@ -251,7 +264,7 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
                                          skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references,
-                  opendrive=_document_text(xodr, root))
+                  opendrive=_document_text(xodr, root), paved=paved)
 
 
 def _document_text(xodr: str | bytes, root) -> str:
@@ -269,6 +282,13 @@ def _document_text(xodr: str | bytes, root) -> str:
         return xodr.decode(codec)
     except (LookupError, UnicodeDecodeError):
         return ET.tostring(root, encoding="unicode")
+
+
+def _check_profiles(road) -> None:
+    """ValueError naming the record where a road's elevation or superelevation has a bad number (read here, within
+    the road's own error, rather than in `_say_if_not_flat` after every road)."""
+    _poly_records(road.findall("elevationProfile/elevation"), "s")
+    _poly_records(road.findall("lateralProfile/superelevation"), "s")
 
 
 def _say_if_not_flat(roads) -> None:
@@ -291,59 +311,84 @@ def _say_if_not_flat(roads) -> None:
                       "z = 0", OpenDriveWarning, stacklevel=3)
 
 
-def _read_road(road, lanes: list, edges: list, sidewalks: list, crosswalks: list, references: list,
+def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, crosswalks: list, references: list,
                half_widths: list) -> None:
-    """One <road>'s lanes, edges, sidewalks and crosswalks appended to the lists; a road outside a junction with
-    driving lanes also appends its RoadReference and, to half_widths, the largest distance from its reference
-    line to the outer edge of the lanes inside its sidewalks (driving, parking, biking, shoulder...: where the
-    roadside decoration starts). A road of length 0 (SUMO's netconvert writes junction connectors so) adds nothing."""
+    """One <road>'s lanes, edges, sidewalks, paved strips and crosswalks appended to the lists; a road outside a
+    junction with driving lanes also appends its RoadReference and, to half_widths, the largest distance from its
+    reference line to the outer edge of the lanes inside its sidewalks (driving, parking, biking, shoulder...: where
+    the roadside decoration starts). A road of length 0 (SUMO's netconvert writes junction connectors so) adds
+    nothing, and so does a lane section shorter than MIN_SECTION_M (round-off between two sections)."""
     if _f(road, "length") == 0.0:
         return
     sample = _sample_road(road)
+    if np.abs(sample.xy).max() > MAX_COORD_M:
+        x_m, y_m = sample.xy[np.argmax(np.abs(sample.xy).max(axis=1))]
+        raise ValueError(f"OpenDRIVE: the road lies at x = {x_m:.0f}, y = {y_m:.0f} m, more than "
+                         f"{MAX_COORD_M / 1000:.0f} km from the map's origin: the scene (float32, as CARLA's) needs its "
+                         "roads near (0, 0); translate the map first (subtract the same x and y from every "
+                         "<geometry>'s x and y attributes)")
     rule = road.get("rule", "RHT")
     sections = road.findall("lanes/laneSection")
     starts = [_f(sec, "s") for sec in sections]
     road_widths = {"left": [], "right": [], "sidewalk": 0.0}
     kerb_m = 0.0  # the largest distance from the reference line to a non-sidewalk lane's outer edge
+    negative: list[str] = []  # lanes whose width is negative (not drawn; said once per road)
     for k, section in enumerate(sections):
         end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1]
         sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))  # shares its end
-        if len(sel) < 2:
+        if len(sel) < 2 or sample.s[sel[-1]] - sample.s[sel[0]] < MIN_SECTION_M:
             continue
         s_sec = sample.s[sel] - starts[k]
         for side, sign in (("left", 1.0), ("right", -1.0)):
             entries = sorted(((_lane_id(lane), lane) for lane in section.findall(f"{side}/lane")),
                              key=lambda pair: abs(pair[0]))
             inner = np.zeros(len(sel))
-            outer_driving = None
+            outer_road = None  # the outer boundary of the outermost driving (or paved, inside a sidewalk) lane
             past_sidewalk = False
             for lane_id, lane in entries:
+                where = f"lane {lane_id} of the lane section at s = {starts[k]:g}"
                 if lane.find("border") is not None and lane.find("width") is None:
-                    raise ValueError(f"OpenDRIVE: lane {lane_id} gives its width as <border>, which is not read "
+                    raise ValueError(f"OpenDRIVE: {where} gives its width as <border>, which is not read "
                                      "(write it as <width> polynomials)")
+                kind = lane.get("type")
+                if kind is None:
+                    raise ValueError(f"OpenDRIVE: {where} has no type attribute (OpenDRIVE requires one: driving, "
+                                     "sidewalk, shoulder, none, ...)")
                 widths = _poly_records(lane.findall("width"), "sOffset")
                 width = _eval_poly(widths, s_sec) if widths else np.zeros(len(sel))
                 outer = inner + width
-                kind = lane.get("type", "none")
                 centre = sample.at(sel, sign * 0.5 * (inner + outer))
                 typical = float(np.median(width))
-                if kind == "sidewalk":
+                if kind in SIDEWALK_TYPES:
                     past_sidewalk = True  # lanes beyond it (a border) are not the road's
                 elif kind != "none" and not past_sidewalk:
                     kerb_m = max(kerb_m, float(np.max(np.abs(sample.offset[sel] + sign * outer))))
-                if typical > 0.05:
-                    if kind in DRIVING_TYPES:
-                        lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
-                                          len(lanes)))
-                        outer_driving = outer
-                        if k == 0:
-                            road_widths[side].append(typical)
-                    elif kind == "sidewalk":
-                        sidewalks.append(Strip(_dedupe(centre), typical))
-                        road_widths["sidewalk"] = typical
+                try:
+                    if typical > 0.05:
+                        if kind in DRIVING_TYPES:
+                            lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
+                                              len(lanes)))
+                            outer_road = outer
+                            if k == 0:
+                                road_widths[side].append(typical)
+                        elif kind in PAVED_TYPES and not past_sidewalk:
+                            paved.append(Strip(_dedupe(centre), typical))
+                            outer_road = outer
+                        elif kind in SIDEWALK_TYPES:
+                            sidewalks.append(Strip(_dedupe(centre), typical))
+                            road_widths["sidewalk"] = typical
+                    elif typical < -0.05:
+                        negative.append(f"{lane_id} at s = {starts[k]:g} ({typical:.2f} m)")
+                except ValueError as err:  # (Lane / Strip name their own index, not the map's lane)
+                    raise ValueError(f"OpenDRIVE: {where}: {err}") from None
                 inner = outer
-            if outer_driving is not None and road.get("junction", "-1") == "-1":
-                edges.append(_dedupe(sample.at(sel, sign * outer_driving)))
+            if outer_road is not None and road.get("junction", "-1") == "-1":
+                edges.append(_dedupe(sample.at(sel, sign * outer_road)))
+    if negative:
+        warnings.warn(f"OpenDRIVE: road {road.get('id')!r}: {'lanes' if len(negative) > 1 else 'lane'} "
+                      f"{', '.join(negative)} {'have' if len(negative) > 1 else 'has'} a negative width (median over "
+                      "its section): not drawn, and the lanes outside move in by that much",
+                      OpenDriveWarning, stacklevel=4)
     if road.get("junction", "-1") == "-1" and (road_widths["left"] or road_widths["right"]):
         references.append(RoadReference(_dedupe(sample.at(slice(None), np.zeros(len(sample.s)))),
                                         tuple(road_widths["right"]), tuple(road_widths["left"]),
