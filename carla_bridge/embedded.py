@@ -102,6 +102,10 @@ class AgentSpec:
                              f"got {self.size_m!r}")
         else:
             self.size_m = tuple(float(v) for v in self.size_m)
+        # plain Python numbers from here (numpy's went into log.jsonl and summary.json, which json cannot write)
+        self.agent_id, self.lane, self.target_lane = int(self.agent_id), int(self.lane), int(self.target_lane)
+        for name in ("start_s_m", "speed_mps", "trigger_m", "duration_s", "heading_rad", "distance_m"):
+            setattr(self, name, float(getattr(self, name)))
 
 
 OFF_ROAD_LIMIT_M = 60.0  # a crossing or parked agent placed farther than this from every lane is refused
@@ -128,6 +132,8 @@ class EgoStart:
         if not (isinstance(self.size_m, (tuple, list)) and len(self.size_m) == 3
                 and all(_is_finite_number(v) and v > 0 for v in self.size_m)):
             raise ValueError(f"the ego's start: size_m must be 3 positive lengths (m), got {self.size_m!r}")
+        self.lane, self.start_s_m, self.speed_mps = int(self.lane), float(self.start_s_m), float(self.speed_mps)
+        self.size_m = tuple(float(v) for v in self.size_m)
 
 
 def _is_index(value) -> bool:
@@ -182,6 +188,7 @@ def _near(a: AgentState, b: AgentState) -> bool:
 
 
 SOLID_CLASSES = ("building", "parked_vehicle")  # layout objects no agent may start inside
+SIGN_POST_M = 0.15  # a traffic sign's post, as a collision box this wide from the ground to its panel
 
 
 def _check_start_overlaps(start: WorldSnapshot, static: list[AgentState], classes: list[str]) -> None:
@@ -259,9 +266,16 @@ class EmbeddedSimulator:
                 if off_m > OFF_ROAD_LIMIT_M:
                     raise ValueError(f"agent {spec.agent_id}: start_xy_m {tuple(spec.start_xy_m)} is {off_m:.0f} m from "
                                      f"the nearest lane (more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
-        # static boxes an agent can hit: everything but crosswalk paint (reported as collision id -1)
-        self._static = [AgentState(-1, "car", box.size_m, pose_from_xyz_yaw(*box.centre_m, box.yaw_rad))
-                        for box in layout.objects]
+        # static boxes an agent can hit: everything but crosswalk paint (reported as collision id -1); a traffic
+        # sign's box is its panel, up in the air: the post it stands on (as the builder draws it) is a box too
+        self._static, static_classes = [], []
+        for box in layout.objects:
+            self._static.append(AgentState(-1, "car", box.size_m, pose_from_xyz_yaw(*box.centre_m, box.yaw_rad)))
+            static_classes.append(box.cls)
+            if box.cls == "traffic_sign" and box.centre_m[2] > 0.0:
+                self._static.append(AgentState(-1, "car", (SIGN_POST_M, SIGN_POST_M, box.centre_m[2]),
+                                               pose_from_xyz_yaw(box.centre_m[0], box.centre_m[1], 0.0, box.yaw_rad)))
+                static_classes.append("pole")
         rng = np.random.default_rng(seed)
         self._agents = []
         for spec in agents:
@@ -280,7 +294,7 @@ class EmbeddedSimulator:
         self._control = VehicleControl()
         self._frame = int(start_frame)
         self._steps = -1  # the first tick returns the initial state
-        _check_start_overlaps(self._snapshot(), self._static, [box.cls for box in layout.objects])
+        _check_start_overlaps(self._snapshot(), self._static, static_classes)
 
     # ------------------------------------------------------------------ API
     def set_ego_state(self, xy_m: np.ndarray, yaw_rad: float, speed_mps: float) -> None:

@@ -39,7 +39,9 @@ class VehicleControl:
     def __post_init__(self) -> None:
         for name, lo, hi in (("throttle", 0.0, 1.0), ("steer", -1.0, 1.0), ("brake", 0.0, 1.0)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+            # (numpy's numbers too: an agent's np.float32(0.5) was refused as if it were out of range)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) \
+                    or not lo <= value <= hi:
                 raise ValueError(f"VehicleControl.{name} must be a number in [{lo}, {hi}], got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("hand_brake", "reverse"):  # True / False, or 0 / 1 (libcarla's bool conversion takes both)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,7 +130,12 @@ def _number_text(value):
 
 
 def sensor_specs_from_leaderboard(sensors: Sequence[Mapping]) -> list[SensorSpec]:
-    """All cameras of an agent's `sensors()` list, in order."""
+    """All cameras of an agent's `sensors()` list, in order. ValueError where it is not a list of dicts (one dict
+    was read as its keys: "sensor must be a dict, got str")."""
+    if isinstance(sensors, (Mapping, str, bytes)) or not isinstance(sensors, Iterable):
+        raise ValueError(f"sensors() must return a list of sensor dicts (the leaderboard's), got "
+                         f"{type(sensors).__name__}" + (" (one sensor: put it in a list)"
+                                                         if isinstance(sensors, Mapping) else ""))
     return [sensor_spec_from_leaderboard(s) for s in sensors]
 
 

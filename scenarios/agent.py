@@ -135,11 +135,17 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
     except ValueError:  # no signature to read (a builtin): the call itself says
         pass
     try:
-        return cls(**kwargs)
+        agent = cls(**kwargs)
     except Exception as err:
         raise AgentError(dotted, "its constructor", err) from err
     except SystemExit as err:
         agent_exit(dotted, "its constructor", err)
+    # said before any scene is built (a missing run_step was an AttributeError traceback after it, exit 1)
+    missing = [f"{name}()" for name in ("sensors", "run_step") if not callable(getattr(agent, name, None))]
+    if missing:
+        raise ValueError(f"agent {dotted!r} has no {' and no '.join(missing)}: a driving agent has the leaderboard's "
+                         "sensors() -> [sensor dicts] and run_step(input_data, timestamp) -> control")
+    return agent
 
 
 def agent_call(agent_name: str | None, where: str, fn, *args, keys=None):

@@ -18,6 +18,7 @@ from neural_sensor.world import WorldSnapshot
 
 ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
 ROUTE_CORRIDOR_M = 5.0  # time to collision follows the ego's route while the ego is within this of it
+ROUTE_TRACK_M = 10.0  # the criteria follow the ego along its route within this of where it was a tick before
 ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
 
 
@@ -66,8 +67,10 @@ class Scenario:
                     or not math.isfinite(value) or value < low or (strict and value == low):
                 raise ValueError(f"scenario {self.name!r}: {name} must be a finite number {'>' if strict else '>='} "
                                  f"{low:g}, got {value!r}")
+            setattr(self, name, float(value))  # (a numpy number went into summary.json, which json cannot write)
         if isinstance(self.max_ticks, bool) or not isinstance(self.max_ticks, (int, np.integer)) or self.max_ticks < 1:
             raise ValueError(f"scenario {self.name!r}: max_ticks must be an integer >= 1, got {self.max_ticks!r}")
+        self.recorded_lane, self.max_ticks = int(self.recorded_lane), int(self.max_ticks)
         off_m, point = _route_off_road_m(self.layout, route)
         if off_m > 0.0:
             raise ValueError(f"scenario {self.name!r}: route_xy_m point {point} {route[point].round(1).tolist()} is "
@@ -184,6 +187,8 @@ class CriteriaState:
     max_offset_from_recorded_m: float = 0.0
     max_route_deviation_m: float = 0.0
     route_deviation_frame: int | None = None  # the first frame past the scenario's max_route_deviation_m
+    route_s_m: float | None = None  # where along the route the ego is (followed tick to tick)
+    _last_xy: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.route = Path(self.scenario.route_xy_m)
@@ -191,27 +196,39 @@ class CriteriaState:
 
     def update(self, snapshot: WorldSnapshot) -> None:
         ego = snapshot.ego
-        s, _ = self.route.project(ego.position_m[:2])
+        xy = np.asarray(ego.position_m[:2], np.float64)
+        # the ego's place along the route is followed within ROUTE_TRACK_M of where it was: a route that comes back
+        # near itself (a U-turn) was projected onto whichever leg was nearest, and 22 m of driving read as 175 m
+        window = None if self.route_s_m is None else (self.route_s_m - ROUTE_TRACK_M, self.route_s_m + ROUTE_TRACK_M)
+        s, _ = self.route.project(xy, window)
+        self.route_s_m = s
         if self.start_s_m is None:
             self.start_s_m = s
         self.progress_m = max(self.progress_m, s - self.start_s_m)
-        _, lateral = self.recorded.project(ego.position_m[:2])
+        _, lateral = self.recorded.project(xy)
         self.max_offset_from_recorded_m = max(self.max_offset_from_recorded_m, abs(lateral))
-        along_m, lateral_m = _along_route(self.route, ego.position_m)
+        along_m, lateral_m = _along_route(self.route, ego.position_m, window)
         # within the route its distance to the polyline (a projection's lateral is to one segment's line, which
         # near a corner is less: an ego going straight on past a turn read 0); beyond its ends, to the continuation
         inside = 0.0 < along_m < self.route.length_m
-        deviation = float(self.route.distances_m(np.asarray(ego.position_m[:2], np.float64)[None])[0]) if inside \
-            else abs(lateral_m)
+        deviation = float(self.route.distances_m(xy[None], window)[0]) if inside else abs(lateral_m)
         self.max_route_deviation_m = max(self.max_route_deviation_m, deviation)
         if deviation > self.scenario.max_route_deviation_m and self.route_deviation_frame is None:
             self.route_deviation_frame = snapshot.frame
         if snapshot.collisions and self.collision_frame is None:
             self.collision_frame, self.collision_with = snapshot.frame, snapshot.collisions
-        self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot, self.route))
+        # the ego's speed is a length (as CARLA's velocity's): which way it moves is told by its step since the last
+        # tick (an ego in reverse had its speed taken as forwards, and failed against a car it backed away from)
+        backwards = self._last_xy is not None and float(np.dot(xy - self._last_xy, (math.cos(ego.yaw_rad),
+                                                                                     math.sin(ego.yaw_rad)))) < 0.0
+        self._last_xy = xy
+        self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot, self.route, ego_s_m=s,
+                                                               ego_forward_mps=-ego.speed_mps if backwards else None))
 
     def results(self) -> dict:
-        completion = min(1.0, self.progress_m / self.scenario.route_goal_m)
+        # the end of the route reached is the whole route done (the run stops 1 m before its end, so a goal as long
+        # as the route ahead read 0.9 there)
+        completion = 1.0 if self.route_end_reached else min(1.0, self.progress_m / self.scenario.route_goal_m)
         route = {"passed": bool(completion >= 0.95), "value": round(float(completion), 4),
                  "progress_m": round(float(self.progress_m), 2)}
         if not route["passed"] and self.ticks is not None and self.ticks < self.scenario.max_ticks:
@@ -247,7 +264,8 @@ class CriteriaState:
                 if isinstance(v, dict) and "not_judged" in v]
 
 
-def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> float:
+def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None, *, ego_s_m: float | None = None,
+                      ego_forward_mps: float | None = None) -> float:
     """Smallest gap / closing speed over agents in the ego's corridor ahead (inf if none is closing).
 
     The corridor is as wide as the ego and the agent side by side. With the ego's `route` (what the run's criteria
@@ -257,23 +275,37 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> flo
     oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s); before the route's
     start and past its end the route continues straight. Without a route, with the ego more than ROUTE_CORRIDOR_M
     off it, or facing against it, the corridor runs straight along the ego's heading.
+    ego_s_m: where along the route the ego was found (CriteriaState follows it; None: its nearest point).
+    ego_forward_mps: the ego's signed speed along its heading (None: its speed_mps, forwards); an ego moving
+    backwards has its corridor behind it.
     """
     ego = snapshot.ego
+    forward_mps = ego.speed_mps if ego_forward_mps is None else float(ego_forward_mps)
+    if forward_mps < 0.0:  # reversing: what it may hit is behind it
+        return _ttc_straight(snapshot, -1.0, -forward_mps)
     if route is not None:
-        s_ego, lateral_ego = _along_route(route, ego.position_m)
+        window = None if ego_s_m is None else (ego_s_m - ROUTE_TRACK_M, ego_s_m + ROUTE_TRACK_M)
+        s_ego, lateral_ego = _along_route(route, ego.position_m, window)
         facing = math.cos(ego.yaw_rad - route.at(s_ego)[1]) > 0.0  # driving against the route: its heading
         if abs(lateral_ego) <= ROUTE_CORRIDOR_M and facing:
-            return _ttc_along(snapshot, route, s_ego, lateral_ego)
+            return _ttc_along(snapshot, route, s_ego, lateral_ego, forward_mps)
+    return _ttc_straight(snapshot, 1.0, forward_mps)
+
+
+def _ttc_straight(snapshot: WorldSnapshot, sign: float, speed_mps: float) -> float:
+    """`time_to_collision` in a straight corridor along the ego's heading (sign 1) or behind it (sign -1), the ego
+    moving that way at speed_mps."""
+    ego = snapshot.ego
     inv = np.linalg.inv(ego.pose_agent_to_world)
     best = math.inf
     for agent in snapshot.agents:
         local = inv @ np.append(agent.position_m, 1.0)
         half_widths = 0.5 * (ego.size_m[1] + agent.size_m[1])
-        if local[0] <= 0 or abs(local[1]) > half_widths:
+        if sign * local[0] <= 0 or abs(local[1]) > half_widths:
             continue
-        gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
-        agent_forward = math.cos(agent.yaw_rad - ego.yaw_rad) * agent.speed_mps
-        closing = ego.speed_mps - agent_forward
+        gap = sign * local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
+        agent_along = sign * math.cos(agent.yaw_rad - ego.yaw_rad) * agent.speed_mps
+        closing = speed_mps - agent_along
         if gap <= 0:
             return 0.0
         if closing > 1e-6:
@@ -281,12 +313,12 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None) -> flo
     return best
 
 
-def _along_route(route: Path, position_m) -> tuple[float, float]:
+def _along_route(route: Path, position_m, s_window_m: tuple[float, float] | None = None) -> tuple[float, float]:
     """(arc length, lateral offset) of a position along `route`, the arc length continued along the first / last
     segment before its start (negative) and past its end (Path.project clamps it there, which put an ego past the
     end ahead of agents behind it)."""
     xy = np.asarray(position_m[:2], np.float64)
-    s_m, lateral_m = route.project(xy)
+    s_m, lateral_m = route.project(xy, s_window_m)  # (s_window_m: Path.project's)
     for at_m, sign in ((0.0, -1.0), (route.length_m, 1.0)):
         if abs(s_m - at_m) < 1e-9:
             point, heading = route.at(at_m)
@@ -296,14 +328,15 @@ def _along_route(route: Path, position_m) -> tuple[float, float]:
     return s_m, lateral_m
 
 
-def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: float) -> float:
-    """`time_to_collision` in a corridor that follows `route` (the ego at arc length s_ego, lateral_ego off it)."""
+def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: float, speed_mps: float) -> float:
+    """`time_to_collision` in a corridor that follows `route` (the ego at arc length s_ego, lateral_ego off it,
+    moving forwards at speed_mps)."""
     ego = snapshot.ego
 
     def along(s_m: float, yaw_rad: float, speed_mps: float) -> float:  # a speed's component along the route
         return math.cos(yaw_rad - route.at(s_m)[1]) * speed_mps
 
-    ego_along = along(s_ego, ego.yaw_rad, ego.speed_mps)
+    ego_along = along(s_ego, ego.yaw_rad, speed_mps)
     best = math.inf
     for agent in snapshot.agents:
         s_agent, lateral = _along_route(route, agent.position_m)

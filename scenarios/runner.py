@@ -419,6 +419,26 @@ def _log_distance_to_ego_lane(scenario: Scenario, scene_meta: dict, log_folder: 
             "log_farthest_from_ego_lane_m": round(float(nearest.max()), 2)}
 
 
+def _world_record(snapshot) -> dict:
+    """log.jsonl's frame, time, ego and agents of a tick (plain numbers, copied out of the snapshot)."""
+    return {
+        "frame": int(snapshot.frame), "timestamp_s": round(float(snapshot.timestamp_s), 4),
+        "ego": {"x_m": round(float(snapshot.ego.position_m[0]), 3), "y_m": round(float(snapshot.ego.position_m[1]), 3),
+                "yaw_rad": round(snapshot.ego.yaw_rad, 4), "speed_mps": round(float(snapshot.ego.speed_mps), 3)},
+        "agents": [{"id": int(a.agent_id), "kind": a.kind, "x_m": round(float(a.position_m[0]), 3),
+                    "y_m": round(float(a.position_m[1]), 3), "yaw_rad": round(a.yaw_rad, 4),
+                    "speed_mps": round(float(a.speed_mps), 3)} for a in snapshot.agents],
+        "collisions": [int(c) for c in snapshot.collisions],
+    }
+
+
+def _json_number(value):
+    """json.dumps' default: a numpy number as its Python one (anything else is still a TypeError)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
@@ -452,6 +472,10 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             t2 = time.perf_counter()
             input_data = {sid: (f.frame, rgb_to_bgra(f.rgb)) for sid, f in frames.items()}
             input_data["world"] = (snapshot.frame, snapshot)
+            # judged and logged before the agent sees the snapshot: an agent that edits its arrays in place (a
+            # pose moved to its own frame) changed its verdict and the log
+            criteria.update(snapshot)
+            world_record = _world_record(snapshot)
             t3 = time.perf_counter()
             where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
             returned = agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s,
@@ -462,7 +486,6 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 raise ValueError(f"the agent {options.agent or 'builtin'} returned a bad control from {where}: "
                                  f"{err}") from None
             sim.apply_control(control)
-            criteria.update(snapshot)
             t4 = time.perf_counter()
             # what the video and strip show: the delivered images as RGB uint8 (one compiled pass each, the
             # rounding of rgb_to_bgra and _to_uint8; tested equal)
@@ -505,15 +528,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             if first.meta["enhanced"] and first.meta.get("enhancer_path"):
                 routes[first.meta["enhancer_path"]] = routes.get(first.meta["enhancer_path"], 0) + 1
             record = {
-                "frame": snapshot.frame, "timestamp_s": round(snapshot.timestamp_s, 4),
-                "ego": {"x_m": round(float(snapshot.ego.position_m[0]), 3),
-                        "y_m": round(float(snapshot.ego.position_m[1]), 3),
-                        "yaw_rad": round(snapshot.ego.yaw_rad, 4), "speed_mps": round(snapshot.ego.speed_mps, 3)},
-                "agents": [{"id": a.agent_id, "kind": a.kind, "x_m": round(float(a.position_m[0]), 3),
-                            "y_m": round(float(a.position_m[1]), 3), "yaw_rad": round(a.yaw_rad, 4),
-                            "speed_mps": round(a.speed_mps, 3)} for a in snapshot.agents],
-                "control": {"throttle": control.throttle, "steer": control.steer, "brake": control.brake},
-                "collisions": list(snapshot.collisions),
+                **world_record,
+                "control": {"throttle": control.throttle, "steer": control.steer, "brake": control.brake,
+                            "hand_brake": control.hand_brake, "reverse": control.reverse},
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
                 **({} if tick_truth is None else {"truth_psnr_db": tick_truth}),
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
@@ -529,7 +546,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             tick_ms.append(round((t5 - t0) * 1e3, 2))  # the whole tick, video (and --truth) included
             for key, value in record["ms"].items():
                 stages.setdefault(key, []).append(value)
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(record, default=_json_number) + "\n")
             ticks_run = tick + 1
             if criteria.route_end_reached and ticks_run < ticks:
                 stopped_early = (f"the ego reached the end of its route ({criteria.route.length_m:.0f} m) "
@@ -589,7 +606,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "transport": max(routes, key=routes.get) if routes else None, "transport_ticks": routes,
                 "transport_ms_median": _median(transport_ms) if transport_ms else None},
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_number))
         files = ["log.jsonl", "strip.png", "summary.json"] + (["video.mp4"] if options.video else [])
         if options.prompt_description is not None:  # in the record (its manifest) like the rest: a later run
             (tmp / "prompt.json").write_text(json.dumps(options.prompt_description, indent=1))  # replaces it

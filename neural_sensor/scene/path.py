@@ -32,19 +32,35 @@ class Path:
         point = self.points[i] + (s_m - self.cum[i]) * self.dirs[i]
         return point, math.atan2(self.dirs[i, 1], self.dirs[i, 0])
 
-    def distances_m(self, points_xy: np.ndarray) -> np.ndarray:
-        """[P] each point's distance to the polyline (to its nearest segment, not beyond the ends); points_xy [P, 2]."""
+    def _bounds_t(self, s_window_m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment: the range of t (metres along it) within arc lengths s_window_m = (lo, hi) (None: all of
+        it), and whether any of it is (the window clamped to the path, so at least one segment is)."""
+        if s_window_m is None:
+            return np.zeros_like(self.seg_len), self.seg_len, np.ones(len(self.seg_len), bool)
+        lo = min(max(float(s_window_m[0]), 0.0), self.length_m)
+        hi = min(max(float(s_window_m[1]), lo), self.length_m)
+        usable = (self.cum[1:] >= lo) & (self.cum[:-1] <= hi)
+        return np.clip(lo - self.cum[:-1], 0.0, self.seg_len), np.clip(hi - self.cum[:-1], 0.0, self.seg_len), usable
+
+    def distances_m(self, points_xy: np.ndarray, s_window_m: tuple[float, float] | None = None) -> np.ndarray:
+        """[P] each point's distance to the polyline (to its nearest segment, not beyond the ends); points_xy [P, 2].
+        s_window_m: (lo, hi) arc lengths: to that part of the polyline only."""
         points_xy = np.asarray(points_xy, dtype=np.float64)
         assert points_xy.ndim == 2 and points_xy.shape[1] == 2, points_xy.shape
+        lo_t, hi_t, usable = self._bounds_t(s_window_m)
         rel = points_xy[:, None, :] - self.points[None, :-1, :2]  # [P, S, 2]
-        t = np.clip(np.einsum("psd,sd->ps", rel, self.dirs[:, :2]), 0.0, self.seg_len)
-        return np.linalg.norm(rel - t[..., None] * self.dirs[None, :, :2], axis=2).min(axis=1)
+        t = np.clip(np.einsum("psd,sd->ps", rel, self.dirs[:, :2]), lo_t, hi_t)
+        distance = np.linalg.norm(rel - t[..., None] * self.dirs[None, :, :2], axis=2)
+        return np.where(usable[None], distance, np.inf).min(axis=1)
 
-    def project(self, xy: np.ndarray) -> tuple[float, float]:
-        """(arc length, signed lateral offset, left positive) of the closest point to xy."""
+    def project(self, xy: np.ndarray, s_window_m: tuple[float, float] | None = None) -> tuple[float, float]:
+        """(arc length, signed lateral offset, left positive) of the closest point to xy. s_window_m: (lo, hi) arc
+        lengths: the closest point within them (a route that comes back near itself: the part being driven, not
+        the leg that happens to be nearest)."""
+        lo_t, hi_t, usable = self._bounds_t(s_window_m)
         rel = xy[None, :] - self.points[:-1]
-        t = np.clip(np.einsum("sd,sd->s", rel, self.dirs), 0.0, self.seg_len)
+        t = np.clip(np.einsum("sd,sd->s", rel, self.dirs), lo_t, hi_t)
         closest = self.points[:-1] + t[:, None] * self.dirs
-        i = int(np.argmin(np.linalg.norm(xy[None, :] - closest, axis=1)))
+        i = int(np.argmin(np.where(usable, np.linalg.norm(xy[None, :] - closest, axis=1), np.inf)))
         lateral = self.dirs[i, 0] * rel[i, 1] - self.dirs[i, 1] * rel[i, 0]
         return float(self.cum[i] + t[i]), float(lateral)
