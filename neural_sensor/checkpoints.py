@@ -74,4 +74,31 @@ def checkpoint_problem(folder: Path | str, wanted: str | None) -> str | None:
         return "not a checkpoint folder (no readable config.json naming its model class)"
     if wanted is not None and found != wanted:
         return f"a checkpoint of class {found}, not {wanted}"
+    return _weights_problem(Path(folder))
+
+
+WEIGHTS_FILE = "model.safetensors"  # our checkpoints' weights (save_pretrained)
+
+
+def _weights_problem(folder: Path) -> str | None:
+    """Why our checkpoint's weights file cannot be read (missing, truncated: its header does not cover the file),
+    or None; a diffusers folder (config.json with "_class_name") keeps its weights under diffusers' names and is
+    read as they are. Only the header is read (milliseconds): a training run named such a folder after it had made
+    all its data (minutes to hours), a server after it had started."""
+    try:
+        ours = "class" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        return None
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        return f"its weights are missing (no {WEIGHTS_FILE}: a half-written or damaged checkpoint)"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as handle:
+            handle.keys()
+    except Exception as err:  # noqa: BLE001 -- safetensors raises its own SafetensorError
+        return f"its weights do not read ({WEIGHTS_FILE}: {err})"
     return None

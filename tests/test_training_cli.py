@@ -83,7 +83,19 @@ def test_bad_training_options_are_named_before_any_data_is_made(tmp_path, monkey
                                                                "finite weight >= 0"),
              (train_enhancer_run, ["--shift-weights", "3:nan"], "shift_weights 3:nan"),
              (train_enhancer_run, ["--shift-weights", "0:0,3:0"], "every weight is 0"),
-             (gpu_pipeline, ["--minutes", "-1"], "--minutes -1.0: must be a finite number of minutes")]
+             (gpu_pipeline, ["--minutes", "-1"], "--minutes -1.0: must be a finite number of minutes"),
+             # a new user's findings (2026-12-07): NaN weights trained a NaN net and saved it (exit 0); a negative
+             # one reversed its term; --pairs 0 and an incomplete --shift-weights failed after the data was made
+             (train_reconstructor_run, ["--view-depth-weight", "nan"],
+              "--view-depth-weight nan: must be a finite number, 0 or more"),
+             (train_reconstructor_run, ["--keep-weight", "-1"], "--keep-weight -1.0: must be a finite number"),
+             (train_enhancer_run, ["--temporal-weight", "-3"], "--temporal-weight -3.0: must be a finite number"),
+             (train_enhancer_run, ["--identity-fraction", "1.5"], "--identity-fraction 1.5: must be a fraction"),
+             (train_enhancer_run, ["--pairs", "0"], "pairs_per_world 0 makes no frame pairs, and the temporal term"),
+             (train_enhancer_run, ["--shift-weights", "0:1"], "no weight for the data's shift(s) 0.5, 1, 2, 3 m"),
+             (train_reconstructor_run, ["--depth-only"], "--depth-only needs --init"),
+             (cotrain, ["--reconstructor", "checkpoints/reconstructor-run"], "a net with ray inputs and a cost "
+                                                                            "volume (the run regime's")]
     if not torch.cuda.is_available():
         cases.append((train_reconstructor_run, ["--device", "cuda"], "no CUDA device"))
     for module, argv, message in cases:
@@ -188,7 +200,8 @@ def test_the_gpu_pipeline_keeps_a_trained_pair_as_every_script_keeps_its_checkpo
 
     _check_out(Parser(), out, ("reconstructor_data",), False, False)  # data alone: let through
     root = Path(__file__).resolve().parents[1] / "checkpoints"  # (the enhancer's data render with OUT/reconstructor)
-    (out / "reconstructor" / "config.json").write_text((root / "reconstructor-run" / "config.json").read_text())
+    for name in ("config.json", "model.safetensors"):  # (the weights too: a folder without them is refused)
+        (out / "reconstructor" / name).write_bytes((root / "reconstructor-run" / name).read_bytes())
     _check_out(Parser(), out, ("reconstructor_data", "enhancer_data"), False, False)
     _check_out(Parser(), out, ("reconstructor", "enhancer"), False, True)  # --overwrite: let through
 
@@ -325,3 +338,88 @@ def test_training_checkpoints_and_data_survive_what_a_new_user_did(tmp_path, mon
         with pytest.raises(SystemExit):
             train_reconstructor_run.main()
         assert seen["lr"] == lr, argv
+
+
+def test_a_resumed_training_takes_the_settings_it_was_started_with(tmp_path, monkeypatch, capsys):
+    """A new user's findings (2026-12-07): --resume without the options a run was started with trained on at their
+    defaults (24 worlds for a 2-world run, lr 1e-3 for 5e-4, temporal weight 5 for 20, a fused reconstructor
+    unfused) and its summary said the whole run had used them; an interrupted fresh run left no summary to take
+    them from. The settings saved at the start are taken back, and an option given with another value is refused."""
+    import argparse
+    import json
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    out = tmp_path / "enhancer"
+    out.mkdir()
+    (out / "config.json").write_text((root / "enhancer-run" / "config.json").read_text())
+    (out / "train_state.pt").write_bytes(b"")
+    config = train_enhancer_run.RunEnhancerTrainConfig(worlds=2, lr=5e-4, temporal_weight=20.0,
+                                                       shift_weights=((0.0, 1.0), (3.0, 2.0)))
+    state.begin_summary(out, config, reconstructor="checkpoints/reconstructor-run", init=None)
+    assert json.loads((out / "train_summary.json").read_text())["in_progress"] is True
+    err = _refusal(monkeypatch, capsys, train_enhancer_run, "--out", str(out), "--resume", "--steps", "9",
+                   "--lr", "1e-3", "--worlds", "2")
+    assert "--lr 0.001 (the run was started with 0.0005)" in err and "--worlds 2 (" not in err
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--worlds", type=int, default=24)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    argv = ["--out", str(out), "--resume"]
+    args = parser.parse_args(argv)
+    fresh = train_enhancer_run.RunEnhancerTrainConfig(worlds=24, lr=1e-3)
+    resumed = state.resumed_settings(parser, args, fresh, {"worlds": "worlds", "lr": "lr", "x": "temporal_weight",
+                                                           "y": "shift_weights"}, argv)
+    assert (resumed.worlds, resumed.lr, resumed.temporal_weight) == (2, 5e-4, 20.0)
+    assert resumed.shift_weights == ((0.0, 1.0), (3.0, 2.0))  # (a tuple again, as the config holds it)
+    assert state.resumed_settings(parser, parser.parse_args(["--out", str(out)]), fresh, {"lr": "lr"}) is fresh
+    # the summary at the end keeps what a resumed run was not told again (the reconstructor's "init": null)
+    state.begin_summary(out, config, init="checkpoints/reconstructor-run")
+    summary = state.write_summary(out, 9, 0.0, [{"step": 9}], config, init=None)
+    assert summary["init"] == "checkpoints/reconstructor-run" and "in_progress" not in summary
+
+
+def test_a_non_finite_loss_stops_the_training_before_its_update():
+    """A NaN loss was applied and the NaN net saved as the checkpoint (exit 0)."""
+    model = torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimiser = torch.optim.Adam(model.parameters())
+    loss = model(torch.ones(1, 2)).sum() * float("nan")
+    with pytest.raises(state.NonFiniteLoss, match="the training loss is nan: stopped before this step's update"):
+        state.apply_gradients(model, optimiser, loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_damaged_checkpoints_are_named_before_any_data_is_made(tmp_path, monkeypatch, capsys):
+    """A checkpoint folder whose weights are missing or truncated passed the check (its config.json named the
+    class), and the run failed after making all its data; gpu_pipeline's --resume with a step cap already reached
+    took no step; its report lost the stages of earlier calls."""
+    import json
+
+    from neural_sensor.checkpoints import checkpoint_problem
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "config.json").write_text((root / "enhancer-run" / "config.json").read_text())
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_text((root / "enhancer-run" / "config.json").read_text())
+    (truncated / "model.safetensors").write_bytes((root / "enhancer-run" / "model.safetensors").read_bytes()[:-100])
+    assert checkpoint_problem(missing, "Enhancer").startswith("its weights are missing (no model.safetensors")
+    assert checkpoint_problem(truncated, "Enhancer").startswith("its weights do not read (model.safetensors:")
+    err = _refusal(monkeypatch, capsys, train_enhancer_run, "--out", str(tmp_path / "new"), "--init", str(truncated))
+    assert "--init" in err and "its weights do not read" in err
+
+    out = tmp_path / "pair"
+    (out / "reconstructor").mkdir(parents=True)
+    (out / "reconstructor" / "config.json").write_text((root / "reconstructor-run" / "config.json").read_text())
+    torch.save({"step": 50, "optimiser": {}}, out / "reconstructor" / "train_state.pt")
+    assert "--recon-steps 40: " in _refusal(monkeypatch, capsys, gpu_pipeline, "--out", str(out), "--resume",
+                                            "--stages", "reconstructor", "--recon-steps", "40")
+    (out / "pipeline.json").write_text(json.dumps({"stages": {"reconstructor": {"wall_s": 1.0, "steps": 50}}}))
+    report = gpu_pipeline.run_pipeline(out, device="cpu", minutes=1.0, recon_worlds=1, enhancer_worlds=1,
+                                       reconstructor_init=root / "reconstructor-run",
+                                       enhancer_init=root / "enhancer-run", resume=True, stages=())
+    assert report["stages"] == {"reconstructor": {"wall_s": 1.0, "steps": 50}}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.reconstruct.model import ReconNet
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
@@ -106,14 +107,21 @@ def train(config: CotrainConfig, reconstructor: Path, enhancer: Path, out: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
-    parser.add_argument("--enhancer", type=Path, default=Path("checkpoints/enhancer-small"))
+    parser.add_argument("--reconstructor", type=Path, default=default_checkpoint("reconstructor-small"),
+                        help="a single-view reconstructor of the small regime (no ray inputs or cost volume)")
+    parser.add_argument("--enhancer", type=Path, default=default_checkpoint("enhancer-small"))
     add_out_options(parser, Path("out/reconstructor-cotrained"))
     parser.add_argument("--pseudo-weight", type=float, default=0.1,
                         help="weight of the enhancer targets; 0 = the control run (same steps, no enhancer)")
     args = parser.parse_args()
     check_out_options(parser, args)
     check_training_options(parser, args)
+    saved = json.loads((Path(args.reconstructor) / "config.json").read_text())  # (a ReconNet's: checked above)
+    needs = [name for name, key in (("ray inputs", "ray_inputs"), ("a cost volume", "cost_volume")) if saved.get(key)]
+    if needs:  # its network wants each view's intrinsics and neighbours, which this 160x96 regime does not pass
+        parser.error(f"--reconstructor {args.reconstructor}: a net with {' and '.join(needs)} (the run regime's, "
+                     "such as checkpoints/reconstructor-run); co-training here takes a single-view net of the small "
+                     "regime, such as checkpoints/reconstructor-small")
     config = CotrainConfig(steps=args.steps, pseudo_weight=args.pseudo_weight)
     print(json.dumps(train(config, args.reconstructor, args.enhancer, args.out, args.resume)))
 

@@ -42,7 +42,8 @@ import torch
 from neural_sensor.train import enhancer_run_data
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
-from neural_sensor.train.state import CHECKPOINT_FILES, STATE_FILE, check_training_options
+from neural_sensor.train.state import (CHECKPOINT_FILES, STATE_FILE, NonFiniteLoss, check_training_options,
+                                       saved_state)
 
 STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
@@ -104,6 +105,13 @@ def run_pipeline(out: Path, *, device: str, minutes: float, recon_worlds: int, e
     workers = workers or max(1, (os.cpu_count() or 1) - 1)
     start = time.perf_counter()
     report: dict = {"device": device, "minutes": minutes, "workers": workers, "stages": {}}
+    if resume:  # the stages of earlier calls keep their figures (a resumed call rewrote the report with its own only)
+        try:
+            earlier = json.loads((out / "pipeline.json").read_text()).get("stages")
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+        if isinstance(earlier, dict):
+            report["stages"].update(earlier)
     if device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
 
@@ -223,11 +231,18 @@ def main() -> None:
     if unknown or not stages:
         parser.error(f"--stages {args.stages!r}: the stages are {', '.join(STAGES)}")
     _check_out(parser, args.out, stages, args.resume, args.overwrite)
+    for stage, steps in (("reconstructor", args.recon_steps), ("enhancer", args.enhancer_steps)):
+        saved = saved_state(args.out / stage) if args.resume and stage in stages else None
+        if saved is not None and isinstance(saved.get("step"), int) and steps <= saved["step"]:
+            parser.error(f"--{'recon' if stage == 'reconstructor' else stage}-steps {steps}: {args.out / stage} is at "
+                         f"step {saved['step']} already; --resume trains on up to that cap, so give more")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         report = _run(args, device, stages)
     except KeyboardInterrupt:  # the training in flight saved and said so (`state.stop_requested`)
         raise SystemExit(130) from None
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(json.dumps(report))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -12,7 +13,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ from neural_sensor.host import write_problem
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
 HISTORY_FILE = "history.json"  # one record per step
+SUMMARY_FILE = "train_summary.json"  # the run's config and where it stands (in_progress until it ends)
 CHECKPOINT_FILES = ("config.json", "model.safetensors", STATE_FILE)  # any of these: the folder holds a checkpoint
 
 
@@ -87,6 +89,66 @@ def check_resumed_shape(parser, args, asked: dict) -> None:
                      + ". Drop the option, or start a new run in another --out")
 
 
+def given_options(parser, argv=None) -> set[str]:
+    """The dests of the options given on the command line `argv` (sys.argv[1:] when None), not left at defaults."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        given = parser.parse_known_args(argv)[0]
+    finally:
+        for action, default in defaults:
+            action.default = default
+    return set(vars(given))
+
+
+def saved_summary(out: Path | str) -> dict:
+    """The train_summary.json in `out` ({} where there is none or it does not read)."""
+    try:
+        data = json.loads((Path(out) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def resumed_settings(parser, args, config, options: dict[str, str], argv=None):
+    """On --resume, `config` with the settings the run in --out was started with (train_summary.json's "config"):
+    an option of `options` (its dest -> its config field) left out takes the saved value, and one given with
+    another value is refused by name (parser.error, exit 2, before any data is made). A resumed run had taken the
+    options' defaults instead (--worlds 24 for a 2-world run, another learning rate and loss weights) and its
+    summary then said the whole run had used them. A checkpoint saved without a summary keeps the options given."""
+    if not getattr(args, "resume", False):
+        return config
+    saved = saved_summary(args.out).get("config")
+    if not isinstance(saved, dict):
+        return config
+    given = given_options(parser, argv)
+    updates, clashes = {}, []
+    for dest, key in options.items():
+        if key not in saved:
+            continue
+        ours, theirs = getattr(config, key), saved[key]
+        if _shown(ours) == _shown(theirs):
+            continue
+        if dest in given:
+            clashes.append(f"--{dest.replace('_', '-')} {_shown(ours)} (the run was started with {_shown(theirs)})")
+        else:
+            updates[key] = _as_before(ours, theirs)
+    if clashes:
+        parser.error(f"--resume continues {args.out} with the settings it was started with: " + "; ".join(clashes)
+                     + ". Drop the option, or start a new run in another --out")
+    return replace(config, **updates)
+
+
+def _as_before(ours, theirs):
+    """A saved JSON value in the type of the config field's (tuples came back as lists)."""
+    if isinstance(ours, tuple) and isinstance(theirs, list):
+        return tuple(_as_before((), v) if isinstance(v, list) else v for v in theirs)
+    if isinstance(ours, float) and isinstance(theirs, int) and not isinstance(theirs, bool):
+        return float(theirs)
+    return theirs
+
+
 def _shown(value) -> str:
     """A config value as the user writes it (lists and tuples as 16,32,64; 1.0 as 1)."""
     if isinstance(value, (list, tuple)):
@@ -115,6 +177,12 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
     minutes = getattr(args, "minutes", None)  # NaN ran without a limit, a negative value took no step
     if minutes is not None and not (math.isfinite(minutes) and minutes >= 0):
         parser.error(f"--minutes {minutes}: must be a finite number of minutes, 0 or more")
+    for name, value in vars(args).items():  # loss weights (and fractions): NaN trained a NaN net and saved it
+        fraction = name.endswith("_fraction")
+        if (name.endswith("_weight") or fraction) and isinstance(value, float) \
+                and not (math.isfinite(value) and 0.0 <= value <= (1.0 if fraction else math.inf)):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be " + ("a fraction in [0, 1]" if fraction else
+                                                                            "a finite number, 0 or more"))
     for name in _RATES:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -284,8 +352,16 @@ def set_cosine_lr(optimiser, base_lr: float, step: int, steps: int, floor: float
     return lr
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A training step's loss was NaN or infinite (`apply_gradients`)."""
+
+
 def apply_gradients(model, optimiser, loss: torch.Tensor, clip_norm: float = 1.0) -> None:
-    """zero_grad, backward, clip the gradient norm, step."""
+    """zero_grad, backward, clip the gradient norm, step. A loss that is not finite raises NonFiniteLoss before the
+    update (the weights stay as they were: a NaN loss had been applied, and the NaN net saved as the checkpoint)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLoss(f"the training loss is {loss.item()}: stopped before this step's update (the last "
+                            "checkpoint saved is untouched); lower --lr or check the data and the loss weights")
     optimiser.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -311,11 +387,24 @@ def out_of_time(config, start_s: float) -> bool:
     return bool(config.time_budget_s) and time.perf_counter() - start_s > config.time_budget_s
 
 
+def begin_summary(out: Path, config, **extra) -> None:
+    """A fresh run's train_summary.json before its first step (step 0, in_progress, its config and extras): an
+    interrupted run's folder said nothing of how it was trained, and --resume could not take its settings back."""
+    summary = {"steps": 0, "in_progress": True, "final": {}, "config": asdict(config), **extra}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tmp = Path(out) / f".{SUMMARY_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    tmp.replace(Path(out) / SUMMARY_FILE)
+
+
 def write_summary(out: Path, step: int, start_s: float, history: list, config, **extra) -> dict:
-    """Write and return out/train_summary.json: steps, this run's wall time, the last record, the config, extras."""
+    """Write and return out/train_summary.json: steps, this run's wall time, the last record, the config, extras.
+    An extra given as None (a resumed run's --init, not given again) keeps the value the summary had."""
+    before = saved_summary(out)
+    extra = {k: before.get(k) if v is None else v for k, v in extra.items()}
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start_s, 1),
                "final": history[-1] if history else {}, "config": asdict(config), **extra}
-    (Path(out) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.enhance.warp import visibility_masks, warp_views
 from neural_sensor.metrics import psnr, ssim
@@ -39,7 +40,8 @@ from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstru
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
 from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       load_or_make_npz, save_checkpoint, set_cosine_lr, start_or_resume)
+                                       default_data_root, load_or_make_npz, save_checkpoint, set_cosine_lr,
+                                       start_or_resume)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -225,8 +227,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     add_out_options(parser, Path("out/enhancer-small"))
-    parser.add_argument("--data", type=Path, default=Path("out/enhancer-data"), help="pair cache (per reconstructor)")
-    parser.add_argument("--reconstructor", type=Path, default=Path("checkpoints/reconstructor-small"))
+    parser.add_argument("--data", type=Path, default=default_data_root("enhancer-data"),
+                        help="pair cache (per reconstructor; $NEURAL_SENSOR_CACHE/enhancer-data when that is set)")
+    parser.add_argument("--reconstructor", type=Path, default=default_checkpoint("reconstructor-small"))
     args = parser.parse_args()
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="Enhancer")

@@ -45,11 +45,13 @@ from tqdm import tqdm
 
 from neural_sensor.enhance.model import Enhancer, EnhancerConfig
 from neural_sensor.metrics import psnr
-from neural_sensor.train.enhancer_run_data import DATA_VERSION, REFERENCE_VIEWS, load_frames, load_pairs
+from neural_sensor.train.enhancer_run_data import DATA_VERSION, REFERENCE_VIEWS, SHIFTS_M, load_frames, load_pairs
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_resumed_shape,
-                                       check_training_options, default_data_root, finished_line, out_of_time,
-                                       record_step, set_cosine_lr, start_or_resume, stop_requested, write_summary)
+from neural_sensor.reconstruct.model import checkpoint_hash as recon_checkpoint_hash
+from neural_sensor.train.state import (NonFiniteLoss, add_out_options, apply_gradients, begin_summary,
+                                       check_out_options, check_resumed_shape, check_training_options,
+                                       default_data_root, finished_line, out_of_time, record_step, resumed_settings,
+                                       set_cosine_lr, start_or_resume, stop_requested, write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED
 
 SHIPPED_TEMPORAL_WEIGHT = 5.0  # the temporal term's CLI default (stages 4 and 5a trained at 5; stage 8 was
@@ -302,6 +304,13 @@ def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> No
             raise ValueError(f"shift_weights {shift:g}:{weight:g}: expected a shift >= 0 m and a finite weight >= 0")
     if config.shift_weights and not any(weight > 0 for _, weight in config.shift_weights):
         raise ValueError("shift_weights: every weight is 0, so no frame could be drawn")
+    missing = sorted({s for s in SHIFTS_M} - {round(float(s), 3) for s, _ in config.shift_weights})
+    if config.shift_weights and missing:  # (it failed after the data was made)
+        raise ValueError(f"shift_weights: no weight for the data's shift(s) {', '.join(f'{s:g}' for s in missing)} m "
+                         f"(the frames are drawn at {', '.join(f'{s:g}' for s in sorted(set(SHIFTS_M)))} m off the path)")
+    if config.temporal_weight > 0 and config.pairs_per_world == 0:  # (it failed on an empty array after the data)
+        raise ValueError(f"pairs_per_world 0 makes no frame pairs, and the temporal term (temporal_weight "
+                         f"{config.temporal_weight:g}) needs them: give temporal_weight 0 too")
 
 
 def pair_worlds(config: RunEnhancerTrainConfig) -> int:
@@ -395,7 +404,11 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
         lambda m: torch.optim.Adam(m.parameters(), lr=config.lr))
     rng = np.random.default_rng(config.seed + step)
     start = time.perf_counter()
+    extras = dict(frames=int(len(frames["rgb"])), reconstructor=str(recon_folder),
+                  reconstructor_hash=recon_checkpoint_hash(recon_folder), init=str(init) if init else None,
+                  data_version=DATA_VERSION)
     if step == 0:
+        begin_summary(out, config, **extras)
         record = {"step": 0, "heldout": monitor()}
         history.append(record)
         tqdm.write(json.dumps(record))
@@ -447,9 +460,7 @@ def train(config: RunEnhancerTrainConfig, out: Path, data_root: Path, recon_fold
             record_step(out, model, optimiser, step, history, record, config, monitor,
                         last=out_of_time(config, start))
     bar.close()
-    return write_summary(out, step, start, history, config, frames=int(len(frames["rgb"])),
-                         reconstructor=str(recon_folder), init=str(init) if init else None,
-                         data_version=DATA_VERSION)
+    return write_summary(out, step, start, history, config, **extras)
 
 
 def main() -> None:
@@ -510,6 +521,10 @@ def main() -> None:
                                     mse_weight=args.mse_weight, unseen_weight=args.unseen_weight,
                                     block_out_channels=block_channels,
                                     widen=args.widen)
+    config = resumed_settings(parser, args, config, {
+        "worlds": "worlds", "ticks": "ticks_per_world", "lr": "lr", "temporal_weight": "temporal_weight",
+        "pairs": "pairs_per_world", "pair_worlds": "pair_worlds", "identity_fraction": "identity_fraction",
+        "mse_weight": "mse_weight", "unseen_weight": "unseen_weight", "shift_weights": "shift_weights"})
     try:
         check_config(config, args.init)
     except ValueError as err:
@@ -532,6 +547,8 @@ def main() -> None:
         summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume, init=args.init)
     except KeyboardInterrupt:  # saved and said by `stop_requested`
         raise SystemExit(130) from None
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(finished_line(args.out, summary))
 
 

@@ -55,9 +55,10 @@ from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import (COST_VOLUME_LAYERS, SKY_LOGIT_THRESHOLD, ReconConfig, ReconNet,
                                              camera_tensors, gaussians_from_prediction, view_inputs)
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_resumed_shape,
-                                       check_training_options, default_data_root, finished_line, load_or_make_npz,
-                                       out_of_time, record_step, saved_state, start_or_resume, stop_requested,
+from neural_sensor.train.state import (NonFiniteLoss, add_out_options, apply_gradients, begin_summary,
+                                       check_out_options, check_resumed_shape, check_training_options,
+                                       default_data_root, finished_line, load_or_make_npz, out_of_time, record_step,
+                                       resumed_settings, saved_state, saved_summary, start_or_resume, stop_requested,
                                        write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, check_split, recorded_lane_xy_m, world_layout
 
@@ -408,6 +409,7 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
         for p in reference.parameters():
             p.requires_grad_(False)
     if step == 0:
+        begin_summary(out, config, init=str(init) if init else None, data_version=DATA_VERSION)
         history.append({"step": 0, "heldout": evaluate(model, eval_worlds, config)})
         tqdm.write(json.dumps(history[-1]))
     start = time.perf_counter()
@@ -441,6 +443,7 @@ def train(config: RunReconTrainConfig, out: Path, data_root: Path, init: Path | 
     from neural_sensor.render.differentiable import resolve_diff_backend
 
     return write_summary(out, step, start, history, config, init=str(init) if init else None,
+                         data_version=DATA_VERSION,
                          model_config=asdict(model.config),  # (config's flags say what this run added, not the net)
                          renderer_used=resolve_diff_backend(config.renderer, config.device))  # ("auto" resolved)
 
@@ -509,6 +512,10 @@ def main() -> None:
                         help="steps between checkpoints (a Ctrl-C or SIGTERM also saves the last step)")
     parser.add_argument("--data-only", action="store_true", help="make the worlds' data and stop")
     args = parser.parse_args()
+    if args.resume and args.init is None:  # a resumed --depth-only run holds its heads to the net it started from
+        before = saved_summary(args.out)
+        if (before.get("config") or {}).get("depth_only") and isinstance(before.get("init"), str):
+            args.init = Path(before["init"])
     if args.lr is None:  # a resumed run keeps the rate it was started with, where its summary says it
         args.lr = (resumed_rate(args.out) if args.resume else None) or (
             FINE_TUNE_LR if (args.init is not None or args.resume) else FROM_SCRATCH_LR)
@@ -535,6 +542,11 @@ def main() -> None:
                                  targets_per_step=args.targets_per_step, depth_only=args.depth_only,
                                  keep_weight=args.keep_weight, depth_bins=args.depth_bins,
                                  min_depth_m=args.min_depth_m)
+    config = resumed_settings(parser, args, config, {
+        name: name for name in ("worlds", "lr", "context_stations", "targets_per_step", "fuse", "view_depth_weight",
+                                "render_depth_weight", "depth_only", "keep_weight")})
+    if config.depth_only and args.init is None:  # (it was an exit 1 without the usage line, after the checks)
+        parser.error("--depth-only needs --init: the net whose appearance heads it holds")
     if args.data_only:
         for s in tqdm(range(config.worlds), desc="reconstructor data (train)", unit="world"):
             load_world(args.data, s, "train", config.targets, config.size)
@@ -545,6 +557,8 @@ def main() -> None:
         summary = train(config, args.out, args.data, init=args.init, resume=args.resume)
     except KeyboardInterrupt:  # saved and said by `stop_requested`
         raise SystemExit(130) from None
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(finished_line(args.out, summary))
 
 
