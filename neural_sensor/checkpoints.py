@@ -10,6 +10,7 @@ model.safetensors and CARD.md of each; the training states stay in the repositor
 
 from __future__ import annotations
 
+import functools
 import json
 import site
 import sys
@@ -24,11 +25,48 @@ _REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def _candidates(name: str) -> list[Path]:
-    roots = [_REPO_CHECKPOINTS]
+    roots = [_REPO_CHECKPOINTS, *_installed_roots()]
     for prefix in (sysconfig.get_path("data"), sys.prefix, getattr(site, "USER_BASE", None)):
         if prefix:
             roots.append(Path(prefix) / "share" / "neural-sensor" / "checkpoints")
     return [root / name for root in roots]
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[Path, ...]:
+    """Where the installed distribution's own record puts its checkpoints' data files (`pip install --target DIR`
+    or `--prefix` put them under DIR/share/..., which no interpreter prefix names), [] where it is not installed."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution("neural-sensor")
+    except metadata.PackageNotFoundError:
+        return ()
+    site_dir = Path(distribution.locate_file(""))
+    roots = []
+    for file in distribution.files or []:
+        parts = file.parts
+        if len(parts) >= 4 and parts[-1] == "config.json" and parts[-3] == "checkpoints" \
+                and parts[-4] == "neural-sensor":
+            # as recorded (relative to site-packages), and under the install folder itself: --target records
+            # ../../share/... but puts the files in DIR/share/...
+            inside = Path(*[part for part in parts if part != ".."])
+            for found in (Path(file.locate()), site_dir / inside):
+                roots.append(found.resolve().parents[1])
+    return tuple(dict.fromkeys(roots))
+
+
+def resolve_checkpoint(folder: Path | str) -> Path:
+    """A checkpoint option's folder: as given where it exists, else the shipped checkpoint its name ends with
+    (`checkpoints/enhancer-run`, as the README writes it, from any working folder and from an installed package),
+    else as given (the check then says it is missing)."""
+    path = Path(folder)
+    if not path.exists() and path.name in SHIPPED and path.parent in (Path("."), Path("checkpoints")):
+        try:
+            return checkpoint_path(path.name)
+        except ValueError:
+            return path
+    return path
 
 
 def checkpoint_path(name: str) -> Path:
@@ -78,19 +116,32 @@ def checkpoint_problem(folder: Path | str, wanted: str | None) -> str | None:
 
 
 WEIGHTS_FILE = "model.safetensors"  # our checkpoints' weights (save_pretrained)
+DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # a diffusers UNet2DModel folder's
 
 
 def _weights_problem(folder: Path) -> str | None:
-    """Why our checkpoint's weights file cannot be read (missing, truncated: its header does not cover the file),
-    or None; a diffusers folder (config.json with "_class_name") keeps its weights under diffusers' names and is
-    read as they are. Only the header is read (milliseconds): a training run named such a folder after it had made
-    all its data (minutes to hours), a server after it had started."""
+    """Why a checkpoint's weights file cannot be read (missing, truncated: its header does not cover the file, no
+    tensors), or None. Ours are model.safetensors; a diffusers folder (config.json with "_class_name") may keep
+    diffusers' name instead. Only the header is read
+    (milliseconds, no torch): a training run named such a folder after it had made all its data (minutes to
+    hours)."""
     try:
         ours = "class" in json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, TypeError):
         ours = False
-    if not ours:
-        return None
+    names = [WEIGHTS_FILE] if ours else [n for n in (WEIGHTS_FILE, DIFFUSERS_WEIGHTS_FILE) if (folder / n).is_file()]
+    if not names or not (folder / names[0]).is_file():
+        return (f"its weights are missing (no {WEIGHTS_FILE}" + ("" if ours else f" or {DIFFUSERS_WEIGHTS_FILE}")
+                + ": a half-written or damaged checkpoint)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / names[0]), framework="numpy") as handle:
+            if not list(handle.keys()):
+                return f"its weights do not read ({names[0]} holds no tensors)"
+    except Exception as err:  # noqa: BLE001 -- safetensors raises its own SafetensorError
+        return f"its weights do not read ({names[0]}: {err})"
+    return None
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         return f"its weights are missing (no {WEIGHTS_FILE}: a half-written or damaged checkpoint)"

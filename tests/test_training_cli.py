@@ -423,3 +423,35 @@ def test_damaged_checkpoints_are_named_before_any_data_is_made(tmp_path, monkeyp
                                        reconstructor_init=root / "reconstructor-run",
                                        enhancer_init=root / "enhancer-run", resume=True, stages=())
     assert report["stages"] == {"reconstructor": {"wall_s": 1.0, "steps": 50}}
+
+
+def test_shipped_checkpoints_are_found_wherever_the_package_went(tmp_path, monkeypatch):
+    """A new user's findings (2026-12-07): after `pip install --target DIR` the shipped checkpoints were not found
+    (pip records them as ../../share/... but puts them in DIR/share/...), and the README's training commands
+    (`--init checkpoints/reconstructor-run`) worked only from the repository's root."""
+    from importlib import metadata
+
+    from neural_sensor import checkpoints
+
+    target = tmp_path / "target"
+    shipped = target / "share" / "neural-sensor" / "checkpoints" / "enhancer-run"
+    shipped.mkdir(parents=True)
+
+    class Installed:
+        def __init__(self):
+            self.files = [metadata.PackagePath("../../share/neural-sensor/checkpoints/enhancer-run/config.json")]
+            self.files[0].dist = self
+
+        def locate_file(self, path):
+            return target / path
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Installed())
+    checkpoints._installed_roots.cache_clear()
+    try:
+        assert shipped.parent.resolve() in checkpoints._installed_roots()
+    finally:
+        checkpoints._installed_roots.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints.resolve_checkpoint("checkpoints/reconstructor-run") == \
+        checkpoints.checkpoint_path("reconstructor-run")
+    assert checkpoints.resolve_checkpoint("mine/reconstructor-run") == Path("mine/reconstructor-run")

@@ -156,21 +156,6 @@ def _ipc_in_use(path: str) -> bool:
         probe.close()
 
 
-def _check_weights(folder: Path) -> None:
-    """Read the weight file's header here (no torch needed), so a damaged checkpoint fails at start, by name."""
-    from safetensors import safe_open
-
-    names = [n for n in ("model.safetensors", "diffusion_pytorch_model.safetensors") if (folder / n).exists()]
-    if not names:
-        raise ValueError(f"enhancer checkpoint {folder}: no model.safetensors (or diffusion_pytorch_model.safetensors)")
-    try:
-        with safe_open(str(folder / names[0]), framework="numpy") as weights:
-            if not list(weights.keys()):
-                raise ValueError("no tensors")
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
-        raise ValueError(f"enhancer checkpoint {folder}: {names[0]} is damaged ({err})") from None
-
-
 # ------------------------------------------------------------------ broker
 class Broker:
     """The load-balancing broker (see the module docstring). `run()` blocks until `stop()`."""
@@ -196,7 +181,6 @@ class Broker:
         self.model_name = str(meta.get("model_name") or ckpt.name)
         views = meta.get("reference_views", 0)  # what the rig should send it (EnhancerConfig.reference_views)
         self.reference_views = views if isinstance(views, int) and not isinstance(views, bool) and views > 0 else 0
-        _check_weights(ckpt)
         self.checkpoint_hash = checkpoint_hash(ckpt)
         most = max(4, 2 * usable_cores())  # (1000 model processes spawned on two cores: none ready in 25 s)
         if not 1 <= config.workers <= most:

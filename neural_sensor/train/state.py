@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neural_sensor.checkpoints import checkpoint_problem
+from neural_sensor.checkpoints import checkpoint_problem, resolve_checkpoint
 from neural_sensor.host import write_problem
 
 STATE_FILE = "train_state.pt"  # optimiser state + step (torch.load(weights_only=True): no pickle of code)
@@ -199,6 +199,8 @@ def check_training_options(parser, args, init_class: str | None = None) -> None:
         value = getattr(args, name, None)
         if value is None:
             continue
+        value = resolve_checkpoint(value)  # a shipped one named as the README does, from any folder
+        setattr(args, name, value)
         problem = checkpoint_problem(value, wanted or init_class)
         if problem:
             parser.error(f"--{name.replace('_', '-')} {value}: "
