@@ -211,7 +211,10 @@ class CameraRig:
         if closed_before:
             return
         if self._tick_id is not None:
-            self.world.remove_on_tick(self._tick_id)
+            try:
+                self.world.remove_on_tick(self._tick_id)
+            except RuntimeError:  # libcarla: "trying to access an expired episode" (a new world was loaded: the
+                pass  # callback went with the old one)
             self._tick_id = None
         if self.enhancer_client is not None:
             self.enhancer_client.close()

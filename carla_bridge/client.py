@@ -29,6 +29,8 @@ readable; DestroyActor also takes a NeuralCamera object (libcarla's accepts a C+
 
 from __future__ import annotations
 
+import warnings
+
 import carla
 
 from carla_bridge.commands import LIBCARLA_DESTROY_ACTOR, DestroyActor, SpawnActor  # noqa: F401 (re-exported)
@@ -169,13 +171,25 @@ class NeuralClient:
     def generate_opendrive_world(self, *args, **kwargs) -> NeuralWorld:
         return self._new_episode(self._client.generate_opendrive_world, *args, **kwargs)
 
-    def _new_episode(self, call, *args, **kwargs) -> NeuralWorld:
+    def load_world_if_different(self, *args, **kwargs) -> NeuralWorld | None:
+        """libcarla's: None where the map is the one loaded (nothing changes), else a new world, as load_world."""
+        return self._new_episode(self._client.load_world_if_different, *args, **kwargs)
+
+    def _new_episode(self, call, *args, **kwargs) -> NeuralWorld | None:
         """A new world as the server makes one destroys every actor of the old, its cameras too: the old world's
-        neural cameras are destroyed once the call succeeds (a refused map leaves them running)."""
+        neural cameras are destroyed once the call succeeds (a refused map leaves them running), each on its own
+        (the old episode has expired: libcarla refuses its world's calls)."""
         old = neural_cameras_of(self._client.get_world())
-        world = NeuralWorld(call(*args, **kwargs), **self._options)
+        raw = call(*args, **kwargs)
+        if raw is None:  # (load_world_if_different on the same map)
+            return None
+        world = NeuralWorld(raw, **self._options)
         for camera in old:
-            camera.destroy()
+            try:
+                camera.destroy()
+            except Exception as err:  # noqa: BLE001 -- one camera's failure must not keep the others alive
+                warnings.warn(f"neural camera {camera.id}: destroying it with its old world failed ({err})",
+                              RuntimeWarning, stacklevel=3)
         return world
 
 

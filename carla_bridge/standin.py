@@ -415,19 +415,29 @@ class StandInWorld:
         self._stream_thread = threading.Thread(target=self._run_stream, name=f"standin-stream-{self.id}", daemon=True)
         self._stream_thread.carla_stream = True  # (libcarla's stream threads are C++ ones: the bridge tells them apart)
         self._stream_thread.start()
+        self._expired = False  # a new episode was started (StandInClient._new_episode): libcarla refuses this world
         self._spectator = self.spawn_actor(StandInBlueprint("spectator"), carla.Transform())
         self._snapshot = self._make_snapshot()
 
+    def _episode(self) -> None:
+        """As libcarla's EpisodeProxy: a world whose episode a new one replaced refuses its calls."""
+        if self._expired:
+            raise RuntimeError("trying to access an expired episode; a new episode was started in the simulation "
+                               "but an object tried accessing the old one.")
+
     # settings, map, weather
     def get_settings(self):
+        self._episode()
         return StandInSettings(self.settings.synchronous_mode, self.settings.fixed_delta_seconds)
 
     def apply_settings(self, settings) -> int:
+        self._episode()
         self.settings = StandInSettings(settings.synchronous_mode, settings.fixed_delta_seconds)
         self.settings_history.append(self.settings)
         return self.frame
 
     def get_map(self) -> StandInMap:
+        self._episode()
         if self._map is None:
             if not self.opendrive:
                 from neural_sensor.scene.layout import straight_road
@@ -438,15 +448,19 @@ class StandInWorld:
         return self._map
 
     def get_weather(self):
+        self._episode()
         return self._weather
 
     def set_weather(self, weather) -> None:
+        self._episode()
         self._weather = weather
 
     def get_blueprint_library(self) -> StandInLibrary:
+        self._episode()
         return StandInLibrary()
 
     def get_spectator(self) -> StandInActor:
+        self._episode()
         return self._spectator
 
     # actors
@@ -454,6 +468,7 @@ class StandInWorld:
         """libcarla's keyword names (bone, not socket_name: that is command.SpawnActor's). As the server's
         spawn_actor_with_parent, a parent that is gone is an error raised after the child was spawned (the server
         leaves that child in the world)."""
+        self._episode()
         attributes = {a.id: a.as_str() for a in blueprint} if hasattr(blueprint, "__iter__") else {}
         with self._lock:
             actor = StandInActor(self, next(self._ids), blueprint.id, transform, attach_to, attributes)
@@ -465,9 +480,11 @@ class StandInWorld:
 
     def try_spawn_actor(self, blueprint, transform, attach_to=None, attachment_type=None, bone: str = ""):
         """As spawn_actor: the stand-in has no collision test, so it never answers None."""
+        self._episode()
         return self.spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
 
     def get_actors(self, ids=None) -> StandInActorList:
+        self._episode()
         with self._lock:
             if ids is None:
                 return StandInActorList(self.actors.values())
@@ -476,10 +493,12 @@ class StandInWorld:
 
     def get_actor(self, actor_id: int):
         """As libcarla's: its client keeps every actor it has seen (dead ones too) in a cache read first."""
+        self._episode()
         return self.actors.get(actor_id) or self._seen.get(actor_id)
 
     # ticking
     def on_tick(self, callback) -> int:
+        self._episode()
         if not callable(callback):
             raise TypeError("callback argument must be callable!")
         callback_id = next(self._callback_ids)
@@ -487,9 +506,11 @@ class StandInWorld:
         return callback_id
 
     def remove_on_tick(self, callback_id: int) -> None:
+        self._episode()
         self._callbacks.pop(callback_id, None)
 
     def get_snapshot(self) -> StandInSnapshot:
+        self._episode()
         return self._snapshot
 
     def _make_snapshot(self) -> StandInSnapshot:
@@ -524,16 +545,21 @@ class StandInWorld:
 
     def tick(self, seconds: float = 10.0) -> int:
         """Advance one step; returns the new frame id. on_tick callbacks run afterwards on the stream thread."""
+        self._episode()
         return self._step()
 
     def wait_for_tick(self, seconds: float = 10.0) -> StandInSnapshot:
         """The stand-in has no free-running server: it advances one step itself and returns that snapshot."""
+        self._episode()
         self._step()
         return self._snapshot
 
     def _run_stream(self) -> None:
         while True:
             snapshot = self._stream.get()
+            if snapshot is None:  # the episode ended (the thread goes with it)
+                self._stream.task_done()
+                return
             for callback in list(self._callbacks.values()):
                 try:
                     callback(snapshot)
@@ -679,6 +705,8 @@ class StandInClient:
             for actor in old.actors.values():
                 actor._alive = False
             old.actors.clear()
+            old._expired = True
+        old._stream.put(None)
         self.world = StandInWorld(opendrive, map_name=map_name)
         if not reset_settings:
             self.world.apply_settings(settings)

@@ -19,6 +19,7 @@ from neural_sensor.world import WorldSnapshot
 ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
 ROUTE_CORRIDOR_M = 5.0  # time to collision follows the ego's route while the ego is within this of it
 ROUTE_TRACK_M = 10.0  # the criteria follow the ego along its route within this of where it was a tick before
+REVERSE_MIN_MPS, REVERSE_MIN_STEP_M = 0.1, 0.002  # an ego moving backwards: at least this fast and this far a tick
 ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
 
 
@@ -196,10 +197,13 @@ class CriteriaState:
 
     def update(self, snapshot: WorldSnapshot) -> None:
         ego = snapshot.ego
-        xy = np.asarray(ego.position_m[:2], np.float64)
-        # the ego's place along the route is followed within ROUTE_TRACK_M of where it was: a route that comes back
-        # near itself (a U-turn) was projected onto whichever leg was nearest, and 22 m of driving read as 175 m
-        window = None if self.route_s_m is None else (self.route_s_m - ROUTE_TRACK_M, self.route_s_m + ROUTE_TRACK_M)
+        xy = np.array(ego.position_m[:2], np.float64)  # (a copy: kept for the next tick)
+        # the ego's place along the route is followed within ROUTE_TRACK_M of where it was (and of how far it moved
+        # since: a set_transform): a route that comes back near itself (a U-turn) was projected onto whichever leg
+        # was nearest, and 22 m of driving read as 175 m
+        moved_m = 0.0 if self._last_xy is None else float(np.linalg.norm(xy - self._last_xy))
+        window = None if self.route_s_m is None else (self.route_s_m - ROUTE_TRACK_M - moved_m,
+                                                      self.route_s_m + ROUTE_TRACK_M + moved_m)
         s, _ = self.route.project(xy, window)
         self.route_s_m = s
         if self.start_s_m is None:
@@ -219,8 +223,10 @@ class CriteriaState:
             self.collision_frame, self.collision_with = snapshot.frame, snapshot.collisions
         # the ego's speed is a length (as CARLA's velocity's): which way it moves is told by its step since the last
         # tick (an ego in reverse had its speed taken as forwards, and failed against a car it backed away from)
-        backwards = self._last_xy is not None and float(np.dot(xy - self._last_xy, (math.cos(ego.yaw_rad),
-                                                                                     math.sin(ego.yaw_rad)))) < 0.0
+        # (a stopped car's physics jitters by a fraction of a millimetre: only a real step backwards counts)
+        backwards = (self._last_xy is not None and ego.speed_mps > REVERSE_MIN_MPS
+                     and float(np.dot(xy - self._last_xy, (math.cos(ego.yaw_rad), math.sin(ego.yaw_rad))))
+                     < -REVERSE_MIN_STEP_M)
         self._last_xy = xy
         self.min_ttc_s = min(self.min_ttc_s, time_to_collision(snapshot, self.route, ego_s_m=s,
                                                                ego_forward_mps=-ego.speed_mps if backwards else None))

@@ -25,6 +25,7 @@ file defining `make_scenario(seed) -> Scenario`, or an importable module doing s
 from __future__ import annotations
 
 import importlib
+import copy
 import json
 import math
 import os
@@ -471,9 +472,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             frames = rig.capture(snapshot)
             t2 = time.perf_counter()
             input_data = {sid: (f.frame, rgb_to_bgra(f.rgb)) for sid, f in frames.items()}
-            input_data["world"] = (snapshot.frame, snapshot)
-            # judged and logged before the agent sees the snapshot: an agent that edits its arrays in place (a
-            # pose moved to its own frame) changed its verdict and the log
+            # the agent's own copy: one that edited the snapshot's arrays in place (a pose moved to its own frame)
+            # changed its verdict, the log and the --truth cameras
+            input_data["world"] = (snapshot.frame, copy.deepcopy(snapshot))
             criteria.update(snapshot)
             world_record = _world_record(snapshot)
             t3 = time.perf_counter()

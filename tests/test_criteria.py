@@ -77,6 +77,21 @@ def test_an_ego_in_reverse_has_its_corridor_behind_it():
     for k, x_m in enumerate([5.0, 4.9, 4.75, 4.5, 4.2]):  # (a run starts forwards or at rest: the first tick)
         criteria.update(WorldSnapshot(k, 0.05 * k, _ego(x_m, -1.75, speed_mps=3.0 * (k > 0)), (ahead,)))
     assert criteria.min_ttc_s > 1.0
+    # a stopped car's physics jitters by a fraction of a millimetre: not reversing (a car closing from behind)
+    closing = AgentState(2, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(-3.0, -1.75, 0.0, 0.0), 3.0)
+    criteria = CriteriaState(_uturn_scenario())
+    for k in range(6):
+        criteria.update(WorldSnapshot(k, 0.05 * k, _ego(5.0 - 1e-4 * (k % 2), -1.75, speed_mps=0.01), (closing,)))
+    assert criteria.min_ttc_s == math.inf
+
+
+def test_an_ego_moved_far_in_one_tick_is_followed():
+    """The route is followed within 10 m of where the ego was, and of how far it moved since (a set_transform
+    that moved it 35 m was measured against the window's edge: 24.5 m off its route)."""
+    criteria = CriteriaState(_uturn_scenario())
+    for k, x_m in enumerate([5.0, 5.5, 40.0, 40.5, 41.0]):
+        criteria.update(WorldSnapshot(k, 0.05 * k, _ego(x_m, -1.75, speed_mps=8.0)))
+    assert criteria.max_route_deviation_m < 0.01 and criteria.progress_m == pytest.approx(36.0)
 
 
 def test_a_traffic_signs_post_is_hit():
@@ -123,10 +138,18 @@ class _EditsItsWorld:
         return [{"type": "sensor.camera.rgb", "id": "C", "x": 1.3, "y": 0.0, "z": 2.3, "roll": 0.0, "pitch": 0.0,
                  "yaw": 0.0, "width": 32, "height": 24, "fov": 90}]
 
+    edits = True
+
     def run_step(self, input_data, timestamp):
         _, world = input_data["world"]
-        world.ego.position_m[:2] -= self.origin
+        if self.edits:
+            world.ego.position_m[:2] -= self.origin
+            world.ego.pose_agent_to_world[:] = np.eye(4)  # (and every pose, the --truth cameras' too)
         return {"throttle": np.float32(0.5), "steer": np.float32(0.0), "brake": 0.0, "hand_brake": True}
+
+
+class _LeavesItsWorld(_EditsItsWorld):
+    edits = False
 
 
 def test_what_the_agent_does_to_its_snapshot_changes_neither_verdict_nor_log(tmp_path):
@@ -140,11 +163,15 @@ def test_what_the_agent_does_to_its_snapshot_changes_neither_verdict_nor_log(tmp
                         EgoStart(lane=1, start_s_m=np.float64(5.0), speed_mps=8.0), agents,
                         route_xy_m=lane_route(layout, 1, 0.0, 110.0), route_goal_m=np.float32(60.0), max_ticks=100)
     options = RunOptions(out_dir=tmp_path / "o", ticks=6, cache_dir=tmp_path / "scenes", progress=False,
-                         scene="builder", enhancer=None, video=False, agent=f"{__name__}:_EditsItsWorld")
+                         scene="builder", enhancer=None, video=False, agent=f"{__name__}:_EditsItsWorld", truth=True)
     summary = run_scenario(scenario, options)
     assert summary["criteria"]["route_deviation"]["passed"] and summary["criteria"]["route_deviation"]["value_m"] < 0.1
     records = [json.loads(line) for line in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
     assert all(r["ego"]["y_m"] == pytest.approx(-5.25) for r in records)
+    options.agent, options.out_dir = f"{__name__}:_LeavesItsWorld", tmp_path / "left"
+    run_scenario(scenario, options)
+    left = [json.loads(line) for line in (tmp_path / "left" / "log.jsonl").read_text().splitlines()]
+    assert [r["truth_psnr_db"] for r in records] == [r["truth_psnr_db"] for r in left]  # the truth: where it was
     assert records[-1]["control"] == {"throttle": 0.5, "steer": 0.0, "brake": 0.0, "hand_brake": True,
                                       "reverse": False}
     assert records[-1]["ego"]["speed_mps"] < records[0]["ego"]["speed_mps"]  # the hand brake held

@@ -414,6 +414,13 @@ def test_round_off_sections_and_roads_are_skipped():
             'length="1e-7"><line/></geometry></planView><lanes>' + _section(0, 3.5) + '</lanes></road>')
     text = _road_xml(geometry, _section(0, 3.5), 30.0).replace("</OpenDRIVE>", tiny + "</OpenDRIVE>")
     assert len(layout_from_opendrive(text, decorate=False).lanes) == 2
+    # a round-off first section: the road's widths (its reference, its decoration) come from the next one
+    long_line = '<geometry s="0" x="0" y="0" hdg="0" length="120"><line/></geometry>'
+    layouts = [layout_from_opendrive(_road_xml(long_line, sections, 120.0))
+               for sections in (_section(0, 3.5) + _section(60, 3.5),
+                                _section(0, 3.5) + _section(1e-7, 3.5) + _section(60, 3.5))]
+    assert [len(lay.references) for lay in layouts] == [1, 1]
+    assert len(layouts[1].objects) == len(layouts[0].objects) > 0
 
 
 def test_parking_shoulder_and_biking_lanes_are_road_surface_inside_the_kerb():
@@ -436,6 +443,15 @@ def test_parking_shoulder_and_biking_lanes_are_road_surface_inside_the_kerb():
 
     assert [s.width_m for s in Layout.from_json(layout.to_json()).paved] == [s.width_m for s in layout.paved]
     assert "paved" not in straight_road(50.0).to_dict()  # (layouts without any keep their cache keys)
+    # a paved strip never covers a sidewalk it overlaps, and a crosswalk is painted across it too
+    from neural_sensor.scene.layout import Box, Lane, Strip
+
+    line = np.array([[0.0, 0.0], [40.0, 0.0]])
+    overlapping = Layout([Lane(line - [0, 1.75], 3.5)], sidewalks=[Strip(line + [0, 6.0], 3.0)],
+                         paved=[Strip(line + [0, 4.5], 3.0)],
+                         crosswalks=[Box((20.0, 2.0, 0.0), (4.0, 12.0, 0.01), cls="crosswalk")])
+    labels, _ = _surface_labels(overlapping, np.array([[30.0, 5.5], [30.0, 3.5], [20.0, 3.75], [20.0, 3.25]]), 0.3)
+    assert [L(v).name for v in labels] == ["SIDEWALKS", "ROADS", "ROADS", "ROAD_LINE"]  # (stripes 0.5 m)
 
 
 def test_opendrive_1_7_and_1_8_lanes_are_read():

@@ -115,16 +115,15 @@ def _surface_labels_near(layout: Layout, xy: np.ndarray, voxel_m: float) -> tupl
     m = len(xy)
     label = np.full(m, int(L.TERRAIN), np.uint8)
     top = np.zeros(m)
+    for strip in layout.paved:  # road surface, unmarked (a map's parking, shoulder, biking or border lanes);
+        dist, _, _ = _segment_distances(xy, strip.centre_m, reach_m=strip.width_m)  # a sidewalk over it wins
+        label[dist <= strip.width_m / 2] = L.ROADS
     for strip in layout.sidewalks:
         dist, _, _ = _segment_distances(xy, strip.centre_m, reach_m=strip.width_m)
         on = dist <= strip.width_m / 2
         label[on] = L.SIDEWALKS
         top[on] = KERB_HEIGHT_M
-    for strip in layout.paved:  # road surface, unmarked (a map's parking, shoulder, biking or border lanes)
-        dist, _, _ = _segment_distances(xy, strip.centre_m, reach_m=strip.width_m)
-        on = dist <= strip.width_m / 2
-        label[on] = L.ROADS
-        top[on] = 0.0
+    on_paved = label == L.ROADS
     per_lane = [_segment_distances(xy, lane.centre_m, reach_m=lane.width_m + 1.0) for lane in layout.lanes]
     lane_dist = np.stack([d for d, _, _ in per_lane], axis=1)
     lane_arc = np.stack([a for _, a, _ in per_lane], axis=1)
@@ -150,7 +149,7 @@ def _surface_labels_near(layout: Layout, xy: np.ndarray, voxel_m: float) -> tupl
     for box in layout.crosswalks:
         inside, _, v = _inside_box_2d(xy, box)
         stripe = inside & ((v + box.size_m[1] / 2) % 1.0 < 0.5)
-        label[stripe & on_road] = L.ROAD_LINE
+        label[stripe & (on_road | on_paved)] = L.ROAD_LINE  # (across a parking or bike lane too)
     return label, top
 
 

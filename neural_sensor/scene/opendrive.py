@@ -333,11 +333,13 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, cro
     road_widths = {"left": [], "right": [], "sidewalk": 0.0}
     kerb_m = 0.0  # the largest distance from the reference line to a non-sidewalk lane's outer edge
     negative: list[str] = []  # lanes whose width is negative (not drawn; said once per road)
+    first_read = None  # the first section read (the road's widths are its: a round-off section 0 is skipped)
     for k, section in enumerate(sections):
         end = starts[k + 1] if k + 1 < len(sections) else sample.s[-1]
         sel = np.flatnonzero((sample.s >= starts[k] - 1e-9) & (sample.s <= end + 1e-9))  # shares its end
         if len(sel) < 2 or sample.s[sel[-1]] - sample.s[sel[0]] < MIN_SECTION_M:
             continue
+        first_read = k if first_read is None else first_read
         s_sec = sample.s[sel] - starts[k]
         for side, sign in (("left", 1.0), ("right", -1.0)):
             entries = sorted(((_lane_id(lane), lane) for lane in section.findall(f"{side}/lane")),
@@ -369,7 +371,7 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, cro
                             lanes.append(Lane(_dedupe(centre), typical, _lane_direction(lane, lane_id, rule),
                                               len(lanes)))
                             outer_road = outer
-                            if k == 0:
+                            if k == first_read:
                                 road_widths[side].append(typical)
                         elif kind in PAVED_TYPES and not past_sidewalk:
                             paved.append(Strip(_dedupe(centre), typical))

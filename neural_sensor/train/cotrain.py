@@ -29,8 +29,8 @@ from tqdm import tqdm
 from neural_sensor.checkpoints import default_checkpoint
 from neural_sensor.enhance.model import Enhancer, checkpoint_hash
 from neural_sensor.reconstruct.model import ReconNet
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       save_checkpoint, start_or_resume)
+from neural_sensor.train.state import (NonFiniteLoss, add_out_options, apply_gradients, check_out_options,
+                                       check_training_options, save_checkpoint, start_or_resume)
 from neural_sensor.train.synthetic import SHIFTS_M, WorldConfig, make_world
 from neural_sensor.train.train_reconstructor import context_views, predict, render_targets, supervised_losses
 
@@ -123,7 +123,10 @@ def main() -> None:
                      "such as checkpoints/reconstructor-run); co-training here takes a single-view net of the small "
                      "regime, such as checkpoints/reconstructor-small")
     config = CotrainConfig(steps=args.steps, pseudo_weight=args.pseudo_weight)
-    print(json.dumps(train(config, args.reconstructor, args.enhancer, args.out, args.resume)))
+    try:
+        print(json.dumps(train(config, args.reconstructor, args.enhancer, args.out, args.resume)))
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def given_options(parser, argv=None) -> set[str]:
     finally:
         for action, default in defaults:
             action.default = default
-    return set(vars(given))
+    return set(vars(given)) & {action.dest for action in parser._actions}  # (not set_defaults' keys)
 
 
 def saved_summary(out: Path | str) -> dict:

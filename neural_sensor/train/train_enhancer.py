@@ -39,9 +39,9 @@ from neural_sensor.metrics import psnr, ssim
 from neural_sensor.reconstruct.model import ReconNet, checkpoint_hash, reconstruct
 from neural_sensor.render import render
 from neural_sensor.train.losses import ssim_map_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       default_data_root, load_or_make_npz, save_checkpoint, set_cosine_lr,
-                                       start_or_resume)
+from neural_sensor.train.state import (NonFiniteLoss, add_out_options, apply_gradients, check_out_options,
+                                       check_training_options, default_data_root, load_or_make_npz, save_checkpoint,
+                                       set_cosine_lr, start_or_resume)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, TARGET_KINDS, WorldConfig, check_split, make_world
 
 CONTEXT = [t * 6 + c for t in (0, 2) for c in range(3)]  # front cameras at context timesteps 0 and 2
@@ -234,7 +234,10 @@ def main() -> None:
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="Enhancer")
     config = EnhancerTrainConfig(steps=args.steps, worlds=args.worlds, batch=args.batch, lr=args.lr)
-    summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
+    try:
+        summary = train(config, args.out, args.data, args.reconstructor, resume=args.resume)
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(json.dumps(summary["final"]))
 
 

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from neural_sensor.metrics import psnr
 from neural_sensor.reconstruct.model import ReconConfig, ReconNet, camera_tensors, gaussians_from_prediction
 from neural_sensor.render._torch_ref import render_torch
-from neural_sensor.train.state import (add_out_options, apply_gradients, check_out_options, check_training_options,
-                                       finished_line, record_step, start_or_resume, write_summary)
+from neural_sensor.train.state import (NonFiniteLoss, add_out_options, apply_gradients, check_out_options,
+                                       check_training_options, finished_line, record_step, start_or_resume,
+                                       write_summary)
 from neural_sensor.train.synthetic import HELDOUT_FIRST_SEED, WorldConfig, check_split, make_world
 
 CONTEXT_TIMESTEPS = (0, 2)
@@ -149,7 +150,10 @@ def main() -> None:
     args = parser.parse_args()
     check_out_options(parser, args)
     check_training_options(parser, args, init_class="ReconNet")
-    summary = train(TrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr), args.out, resume=args.resume)
+    try:
+        summary = train(TrainConfig(steps=args.steps, worlds=args.worlds, lr=args.lr), args.out, resume=args.resume)
+    except NonFiniteLoss as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(finished_line(args.out, summary))
 
 
