@@ -455,3 +455,27 @@ def test_shipped_checkpoints_are_found_wherever_the_package_went(tmp_path, monke
     assert checkpoints.resolve_checkpoint("checkpoints/reconstructor-run") == \
         checkpoints.checkpoint_path("reconstructor-run")
     assert checkpoints.resolve_checkpoint("mine/reconstructor-run") == Path("mine/reconstructor-run")
+
+
+def test_a_resumed_gpu_pipeline_takes_its_trainings_settings_back(tmp_path, monkeypatch, capsys):
+    """A reviewer's finding: gpu_pipeline --resume built its trainings from the options of that call (the two
+    training scripts take their saved settings back since 2026-12-07); it does the same now."""
+    import json
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    stage = tmp_path / "pair" / "reconstructor"
+    stage.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (stage / name).write_bytes((root / "reconstructor-run" / name).read_bytes())
+    torch.save({"step": 5, "optimiser": {}}, stage / "train_state.pt")
+    (stage / "train_summary.json").write_text(json.dumps({"steps": 5, "in_progress": True, "config": {
+        "lr": 1e-4, "context_stations": 4, "worlds": 2}}))
+    out = str(tmp_path / "pair")
+    assert "--recon-lr 0.002 (its reconstructor was started with 0.0001)" in _refusal(
+        monkeypatch, capsys, gpu_pipeline, "--out", out, "--resume", "--stages", "reconstructor", "--recon-lr", "2e-3")
+    taken = {}
+    monkeypatch.setattr(gpu_pipeline, "_run", lambda args, device, stages: taken.update(vars(args)) or {})
+    monkeypatch.setattr(sys, "argv", ["gpu_pipeline", "--out", out, "--resume", "--stages", "reconstructor",
+                                      "--recon-worlds", "2"])
+    gpu_pipeline.main()
+    assert (taken["recon_lr"], taken["context_stations"], taken["recon_worlds"]) == (1e-4, 4, 2)

@@ -43,7 +43,7 @@ from neural_sensor.train import enhancer_run_data
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
 from neural_sensor.train.state import (CHECKPOINT_FILES, STATE_FILE, NonFiniteLoss, check_training_options,
-                                       saved_state)
+                                       given_options, saved_state, saved_summary)
 
 STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
@@ -231,6 +231,7 @@ def main() -> None:
     if unknown or not stages:
         parser.error(f"--stages {args.stages!r}: the stages are {', '.join(STAGES)}")
     _check_out(parser, args.out, stages, args.resume, args.overwrite)
+    _resume_settings(parser, args, stages)
     for stage, steps in (("reconstructor", args.recon_steps), ("enhancer", args.enhancer_steps)):
         saved = saved_state(args.out / stage) if args.resume and stage in stages else None
         if saved is not None and isinstance(saved.get("step"), int) and steps <= saved["step"]:
@@ -244,6 +245,36 @@ def main() -> None:
     except NonFiniteLoss as err:
         raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(json.dumps(report))
+
+
+# a training stage's options and the fields of its saved config (OUT/<stage>/train_summary.json)
+_RESUMED = {"reconstructor": {"recon_lr": "lr", "context_stations": "context_stations", "recon_worlds": "worlds"},
+            "enhancer": {"enhancer_lr": "lr", "enhancer_worlds": "worlds"}}
+
+
+def _resume_settings(parser, args, stages: tuple[str, ...]) -> None:
+    """On --resume, each training stage's settings as its run was started with (as the training scripts take
+    theirs back): an option left out takes the saved value, one given with another is refused by name (a resume
+    had trained on at the options given then, and the report said the whole run had used them)."""
+    if not args.resume:
+        return
+    given = given_options(parser)
+    clashes = []
+    for stage, options in _RESUMED.items():
+        saved = saved_summary(args.out / stage).get("config") if stage in stages else None
+        if not isinstance(saved, dict):
+            continue
+        for dest, key in options.items():
+            if key not in saved or saved[key] == getattr(args, dest):
+                continue
+            if dest in given:
+                clashes.append(f"--{dest.replace('_', '-')} {getattr(args, dest)} (its {stage} was started with "
+                               f"{saved[key]})")
+            else:
+                setattr(args, dest, type(getattr(args, dest))(saved[key]))
+    if clashes:
+        parser.error(f"--resume continues {args.out} with the settings it was started with: " + "; ".join(clashes)
+                     + ". Drop the option, or start a new run in another --out")
 
 
 def _run(args, device: str, stages: tuple[str, ...]) -> dict:
