@@ -479,3 +479,28 @@ def test_a_resumed_gpu_pipeline_takes_its_trainings_settings_back(tmp_path, monk
                                       "--recon-worlds", "2"])
     gpu_pipeline.main()
     assert (taken["recon_lr"], taken["context_stations"], taken["recon_worlds"]) == (1e-4, 4, 2)
+
+
+def test_a_finished_training_writes_its_card_and_keeps_a_hand_written_one(tmp_path):
+    """docs/DESIGN.md: a checkpoint folder holds a CARD.md; the training scripts wrote none (a new user's finding)."""
+    from dataclasses import dataclass
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+
+    @dataclass
+    class Config:
+        steps: int = 3
+        lr: float = 1e-4
+
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((root / "enhancer-run" / name).read_bytes())
+    state.write_summary(tmp_path, 3, 0.0, [{"step": 3, "heldout": {"psnr_db": 30.1}}], Config(),
+                        reconstructor="checkpoints/reconstructor-run", init=None)
+    card = (tmp_path / "CARD.md").read_text()
+    from neural_sensor.enhance.model import checkpoint_hash
+
+    assert state.CARD_MARK in card and f"An Enhancer checkpoint (hash `{checkpoint_hash(tmp_path)}`" in card
+    assert '"psnr_db": 30.1' in card and "- reconstructor: `checkpoints/reconstructor-run`" in card
+    (tmp_path / "CARD.md").write_text("# mine\n")
+    state.write_summary(tmp_path, 3, 0.0, [], Config())
+    assert (tmp_path / "CARD.md").read_text() == "# mine\n"

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -407,7 +408,51 @@ def write_summary(out: Path, step: int, start_s: float, history: list, config, *
     summary = {"steps": step, "wall_s_this_run": round(time.perf_counter() - start_s, 1),
                "final": history[-1] if history else {}, "config": asdict(config), **extra}
     (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    write_card(Path(out), summary)
     return summary
+
+
+CARD_MARK = ("<!-- written by neural_sensor.train from train_summary.json: a CARD.md without this line is never "
+             "replaced -->")
+
+
+def write_card(out: Path, summary: dict) -> None:
+    """out/CARD.md from a finished run's summary (what the checkpoint is, its hash, how it was trained, from what,
+    its last held-out record), so that a trained folder describes itself as the shipped ones do; a CARD.md written
+    by hand (without CARD_MARK) is left alone."""
+    path = Path(out) / "CARD.md"
+    if path.exists() and CARD_MARK not in path.read_text(errors="replace"):
+        return
+    from neural_sensor.checkpoints import checkpoint_class
+
+    kind = checkpoint_class(out) or "unknown"
+    try:
+        if kind == "ReconNet":
+            from neural_sensor.reconstruct.model import checkpoint_hash
+        else:
+            from neural_sensor.enhance.model import checkpoint_hash
+        digest = checkpoint_hash(out)
+    except (OSError, ValueError):
+        digest = "unreadable"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = ("by `" + " ".join(["python", "-m", spec.name, *map(shlex.quote, sys.argv[1:])]) + "`"
+               if spec is not None and spec.name.startswith("neural_sensor.train.") else "from Python")
+    sources = [f"- {key}: `{summary[key]}`" for key in ("init", "reconstructor", "reconstructor_hash", "data_version",
+                                                         "frames") if summary.get(key) is not None]
+    text = "\n".join([
+        f"# {Path(out).resolve().name}", "", CARD_MARK, "",
+        f"{'An' if kind[:1] in 'AEIOU' else 'A'} {kind} checkpoint (hash `{digest}`: config.json and model.safetensors), trained {command} for "
+        f"{summary['steps']} steps ({summary['wall_s_this_run']:g} s in its last run) on worlds this project "
+        "generates (their street photographs, where torcs-data is installed: Free Art License 1.3 / GPL-2+).", "",
+        "Started from, and data:", *(sources or ["- a fresh network"]), "",
+        "The last record (held-out figures where the step evaluated):", "", "```json",
+        json.dumps(summary.get("final", {}), indent=1, default=str), "```", "",
+        "The settings (train_summary.json holds them too):", "", "```json",
+        json.dumps(summary.get("config", {}), indent=1, default=str), "```", "",
+        "Judge it in the run's regime before using it (README, \"Training\").", ""])
+    tmp = Path(out) / f".CARD.md.{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def finished_line(out: Path, summary: dict) -> str:
