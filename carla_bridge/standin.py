@@ -678,10 +678,12 @@ class StandInClient:
         """As the server's: a text it cannot parse is refused ("opendrive could not be correctly parsed") and the
         old world goes on; else a new world on that map, the old one's actors destroyed."""
         try:
-            carla.Map("OpenDriveMap", opendrive)
+            parsed = StandInMap("OpenDriveMap", opendrive)
         except (RuntimeError, TypeError, ValueError):  # libcarla prints its parser's error on stderr first
             raise RuntimeError("opendrive could not be correctly parsed") from None
-        return self._new_episode(opendrive, "OpenDriveMap", reset_settings)
+        world = self._new_episode(opendrive, "OpenDriveMap", reset_settings)
+        world._map = parsed  # (parsed once: the world's get_map() is this map)
+        return world
 
     def load_world(self, map_name: str, reset_settings: bool = True, map_layers=None) -> StandInWorld:
         """As the server's: a map it does not have is "map not found" (the stand-in has one map, its own, under

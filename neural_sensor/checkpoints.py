@@ -122,9 +122,8 @@ DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # a diffusers UN
 def _weights_problem(folder: Path) -> str | None:
     """Why a checkpoint's weights file cannot be read (missing, truncated: its header does not cover the file, no
     tensors), or None. Ours are model.safetensors; a diffusers folder (config.json with "_class_name") may keep
-    diffusers' name instead. Only the header is read
-    (milliseconds, no torch): a training run named such a folder after it had made all its data (minutes to
-    hours)."""
+    diffusers' name instead. Only the header is read (milliseconds, no torch): a training run named such a folder
+    after it had made all its data (minutes to hours)."""
     try:
         ours = "class" in json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -141,15 +140,4 @@ def _weights_problem(folder: Path) -> str | None:
                 return f"its weights do not read ({names[0]} holds no tensors)"
     except Exception as err:  # noqa: BLE001 -- safetensors raises its own SafetensorError
         return f"its weights do not read ({names[0]}: {err})"
-    return None
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        return f"its weights are missing (no {WEIGHTS_FILE}: a half-written or damaged checkpoint)"
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), "pt") as handle:
-            handle.keys()
-    except Exception as err:  # noqa: BLE001 -- safetensors raises its own SafetensorError
-        return f"its weights do not read ({WEIGHTS_FILE}: {err})"
     return None

@@ -43,7 +43,7 @@ from neural_sensor.train import enhancer_run_data
 from neural_sensor.train import train_enhancer_run as enhancer_run
 from neural_sensor.train import train_reconstructor_run as recon_run
 from neural_sensor.train.state import (CHECKPOINT_FILES, STATE_FILE, NonFiniteLoss, check_training_options,
-                                       given_options, saved_state, saved_summary)
+                                       given_options, refuse_clashes, saved_state, saved_summary, taken_back)
 
 STAGES = ("reconstructor_data", "reconstructor", "enhancer_data", "enhancer")
 
@@ -253,28 +253,20 @@ _RESUMED = {"reconstructor": {"recon_lr": "lr", "context_stations": "context_sta
 
 
 def _resume_settings(parser, args, stages: tuple[str, ...]) -> None:
-    """On --resume, each training stage's settings as its run was started with (as the training scripts take
-    theirs back): an option left out takes the saved value, one given with another is refused by name (a resume
-    had trained on at the options given then, and the report said the whole run had used them)."""
+    """On --resume, each training stage's settings as its run was started with (`state.taken_back`, as the training
+    scripts take theirs back): an option left out takes the saved value, one given with another is refused by name
+    (a resume had trained on at the options given then, and the report said the whole run had used them)."""
     if not args.resume:
         return
-    given = given_options(parser)
-    clashes = []
-    for stage, options in _RESUMED.items():
-        saved = saved_summary(args.out / stage).get("config") if stage in stages else None
-        if not isinstance(saved, dict):
-            continue
-        for dest, key in options.items():
-            if key not in saved or saved[key] == getattr(args, dest):
-                continue
-            if dest in given:
-                clashes.append(f"--{dest.replace('_', '-')} {getattr(args, dest)} (its {stage} was started with "
-                               f"{saved[key]})")
-            else:
-                setattr(args, dest, type(getattr(args, dest))(saved[key]))
-    if clashes:
-        parser.error(f"--resume continues {args.out} with the settings it was started with: " + "; ".join(clashes)
-                     + ". Drop the option, or start a new run in another --out")
+    given, clashes = given_options(parser), []
+    for stage in (stage for stage in _RESUMED if stage in stages):
+        current = {dest: (key, getattr(args, dest)) for dest, key in _RESUMED[stage].items()}
+        updates, stage_clashes = taken_back(saved_summary(args.out / stage).get("config"), current, given,
+                                            f"its {stage}")
+        clashes += stage_clashes
+        for dest, value in updates.items():
+            setattr(args, dest, value)
+    refuse_clashes(parser, args.out, clashes)
 
 
 def _run(args, device: str, stages: tuple[str, ...]) -> dict:

@@ -120,25 +120,36 @@ def resumed_settings(parser, args, config, options: dict[str, str], argv=None):
     summary then said the whole run had used them. A checkpoint saved without a summary keeps the options given."""
     if not getattr(args, "resume", False):
         return config
-    saved = saved_summary(args.out).get("config")
-    if not isinstance(saved, dict):
-        return config
-    given = given_options(parser, argv)
+    current = {dest: (key, getattr(config, key)) for dest, key in options.items()}
+    updates, clashes = taken_back(saved_summary(args.out).get("config"), current, given_options(parser, argv),
+                                  "the run")
+    refuse_clashes(parser, args.out, clashes)
+    return replace(config, **{options[dest]: value for dest, value in updates.items()})
+
+
+def taken_back(saved, current: dict[str, tuple[str, object]], given: set[str], who: str) -> tuple[dict, list[str]]:
+    """The settings a resumed run takes back from its saved config `saved` (None or not a dict: none).
+    current: option dest -> (its key in the saved config, its value now). Returns ({dest: the saved value, in the
+    type of the value now} for the options left out that differ, the clashes "--opt NOW (WHO was started with
+    THEN)" of the options given that differ)."""
     updates, clashes = {}, []
-    for dest, key in options.items():
-        if key not in saved:
-            continue
-        ours, theirs = getattr(config, key), saved[key]
-        if _shown(ours) == _shown(theirs):
+    if not isinstance(saved, dict):
+        return updates, clashes
+    for dest, (key, ours) in current.items():
+        if key not in saved or _shown(ours) == _shown(saved[key]):
             continue
         if dest in given:
-            clashes.append(f"--{dest.replace('_', '-')} {_shown(ours)} (the run was started with {_shown(theirs)})")
+            clashes.append(f"--{dest.replace('_', '-')} {_shown(ours)} ({who} was started with {_shown(saved[key])})")
         else:
-            updates[key] = _as_before(ours, theirs)
+            updates[dest] = _as_before(ours, saved[key])
+    return updates, clashes
+
+
+def refuse_clashes(parser, out, clashes: list[str]) -> None:
+    """parser.error naming `taken_back`'s clashes (none: nothing)."""
     if clashes:
-        parser.error(f"--resume continues {args.out} with the settings it was started with: " + "; ".join(clashes)
+        parser.error(f"--resume continues {out} with the settings it was started with: " + "; ".join(clashes)
                      + ". Drop the option, or start a new run in another --out")
-    return replace(config, **updates)
 
 
 def _as_before(ours, theirs):
@@ -273,6 +284,13 @@ def start_or_resume(out: Path, resume: bool, new_model: Callable, load_model: Ca
     return model, make_optimiser(model), 0, []
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` replaced whole (a reader never finds it half-written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> None:
     """The model (save_pretrained), the optimiser state and step, and the history."""
     out = Path(out)
@@ -280,10 +298,8 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
     tmp = out / f".{STATE_FILE}.{os.getpid()}"  # each file replaced whole: a reader never finds one half-written
     torch.save({"optimiser": optimiser.state_dict(), "step": step}, tmp)
     tmp.replace(out / STATE_FILE)
-    tmp = out / f".{HISTORY_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(history))
-    tmp.replace(out / HISTORY_FILE)
-    summary_path = out / "train_summary.json"
+    _write_atomic(out / HISTORY_FILE, json.dumps(history))
+    summary_path = out / SUMMARY_FILE
     if summary_path.exists():  # a previous run's summary follows the checkpoint (an interrupted run's said step 4 at 27)
         try:
             summary = json.loads(summary_path.read_text())
@@ -291,9 +307,7 @@ def save_checkpoint(out: Path, model, optimiser, step: int, history: list) -> No
             summary = None
         if isinstance(summary, dict) and summary.get("steps") != step:
             summary.update(steps=step, final=history[-1] if history else {}, in_progress=True)
-            tmp = out / f".train_summary.json.{os.getpid()}"
-            tmp.write_text(json.dumps(summary, indent=1, default=str))
-            tmp.replace(summary_path)
+            _write_atomic(summary_path, json.dumps(summary, indent=1, default=str))
 
 
 def _signal_exception(signum: int) -> BaseException:
@@ -395,9 +409,7 @@ def begin_summary(out: Path, config, **extra) -> None:
     interrupted run's folder said nothing of how it was trained, and --resume could not take its settings back."""
     summary = {"steps": 0, "in_progress": True, "final": {}, "config": asdict(config), **extra}
     Path(out).mkdir(parents=True, exist_ok=True)
-    tmp = Path(out) / f".{SUMMARY_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(Path(out) / SUMMARY_FILE)
+    _write_atomic(Path(out) / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
 
 
 def write_summary(out: Path, step: int, start_s: float, history: list, config, **extra) -> dict:
@@ -441,7 +453,8 @@ def write_card(out: Path, summary: dict) -> None:
                                                          "frames") if summary.get(key) is not None]
     text = "\n".join([
         f"# {Path(out).resolve().name}", "", CARD_MARK, "",
-        f"{'An' if kind[:1] in 'AEIOU' else 'A'} {kind} checkpoint (hash `{digest}`: config.json and model.safetensors), trained {command} for "
+        f"{'An' if kind[:1] in 'AEIOU' else 'A'} {kind} checkpoint (hash `{digest}`: config.json and "
+        f"model.safetensors), trained {command} for "
         f"{summary['steps']} steps ({summary['wall_s_this_run']:g} s in its last run) on worlds this project "
         "generates (their street photographs, where torcs-data is installed: Free Art License 1.3 / GPL-2+).", "",
         "Started from, and data:", *(sources or ["- a fresh network"]), "",
@@ -450,9 +463,7 @@ def write_card(out: Path, summary: dict) -> None:
         "The settings (train_summary.json holds them too):", "", "```json",
         json.dumps(summary.get("config", {}), indent=1, default=str), "```", "",
         "Judge it in the run's regime before using it (README, \"Training\").", ""])
-    tmp = Path(out) / f".CARD.md.{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)
+    _write_atomic(path, text)
 
 
 def finished_line(out: Path, summary: dict) -> str:

@@ -304,7 +304,7 @@ def check_config(config: RunEnhancerTrainConfig, init: Path | None = None) -> No
             raise ValueError(f"shift_weights {shift:g}:{weight:g}: expected a shift >= 0 m and a finite weight >= 0")
     if config.shift_weights and not any(weight > 0 for _, weight in config.shift_weights):
         raise ValueError("shift_weights: every weight is 0, so no frame could be drawn")
-    missing = sorted({s for s in SHIFTS_M} - {round(float(s), 3) for s, _ in config.shift_weights})
+    missing = sorted(set(SHIFTS_M) - {round(float(s), 3) for s, _ in config.shift_weights})
     if config.shift_weights and missing:  # (it failed after the data was made)
         raise ValueError(f"shift_weights: no weight for the data's shift(s) {', '.join(f'{s:g}' for s in missing)} m "
                          f"(the frames are drawn at {', '.join(f'{s:g}' for s in sorted(set(SHIFTS_M)))} m off the path)")
