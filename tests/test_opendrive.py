@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from neural_sensor.camera import Camera
 from neural_sensor.labels import CityObjectLabel as L
 from neural_sensor.render import render
-from neural_sensor.scene.layout import _footprint_distance_m, curve, densified, straight_road
+from neural_sensor.scene.layout import PARKED_SIZE_M, Style, _footprint_distance_m, curve, densified, straight_road
 from neural_sensor.scene.occupancy import _segment_distances, build_occupancy
 from neural_sensor.scene.opendrive import (LANE_CLEARANCE_M, LANE_EDGE_CLEARANCE_M, layout_from_opendrive,
                                           layout_to_opendrive)
@@ -490,3 +491,26 @@ def test_what_a_map_gets_wrong_is_named_with_its_road():
     negative = _sided((("driving", 3.5),), (("shoulder", -1.0), ("driving", 3.5)))
     with pytest.warns(OpenDriveWarning, match=r"road '7': lane -1 at s = 0 \(-1.00 m\) has a negative width"):
         layout_from_opendrive(_one_road(negative), decorate=False)
+
+
+def test_parked_cars_stand_in_a_maps_parking_lanes():
+    """A map's parking lanes stood empty, the roadside mix's parked cars half on the kerb outside them: the cars
+    stand in the lane now, along it, none on the kerb beside it, none within 2 m of a crosswalk; a lane too narrow
+    for a car keeps the kerb-side cars."""
+    def cars(parking_m: float, extra: str = "") -> list:
+        lanes_xml = _sided((("driving", 3.5), ("parking", parking_m), ("sidewalk", 2.0)),
+                           (("driving", 3.5), ("parking", parking_m), ("sidewalk", 2.0)))
+        layout = layout_from_opendrive(_one_road(lanes_xml, extra=extra), style=Style(seed=3))
+        return [o for o in layout.objects if o.cls == "parked_vehicle"]
+
+    in_lanes = cars(2.5)
+    assert len(in_lanes) >= 4  # 60 m of parking lane on each side, a slot of ~6 m, about half of them taken
+    for car in in_lanes:  # the road runs along +x at y = 300; the parking lanes' centres at 3.5 + 1.25 m
+        assert abs(abs(car.centre_m[1] - 300.0) - 4.75) < 1e-6 and abs(math.sin(car.yaw_rad)) < 1e-6
+    for side in (-1, 1):  # one behind another, never overlapping
+        xs = sorted(car.centre_m[0] for car in in_lanes if np.sign(car.centre_m[1] - 300.0) == side)
+        assert all(b - a >= PARKED_SIZE_M[0] for a, b in zip(xs, xs[1:]))
+    crosswalk = '<objects><object id="2" type="crosswalk" s="30" t="0" length="3" width="20"/></objects>'
+    assert all(abs(car.centre_m[0] - 530.0) >= 1.5 + 2.0 + 0.5 * PARKED_SIZE_M[0] for car in cars(2.5, crosswalk))
+    narrow = cars(1.2)  # a motorcycle bay: the kerb-side cars of the roadside mix, outside it, as before
+    assert narrow and all(abs(car.centre_m[1] - 300.0) > 3.5 + 1.2 for car in narrow)

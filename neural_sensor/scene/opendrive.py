@@ -12,8 +12,10 @@ road, so their lanes pave the junction. Parking, shoulder, biking, border, stop 
 restricted lanes are road surface without markings (Layout.paved), and the kerb
 runs outside the outermost of them. Roadside buildings, trees and parked
 cars can be added procedurally (`decorate=True`): OpenDRIVE carries no
-buildings. A Layout lane has one width, so a lane whose width varies within a
-section takes its median width there.
+buildings. Where a road has a parking lane its parked cars stand in that lane,
+one behind another, rather than half on the kerb. A Layout lane has one
+width, so a lane whose width varies within a section takes its median width
+there.
 
 Not read: elevation and superelevation (the scene is flat; a map whose roads
 climb is said once, as an OpenDriveWarning), road marks, and lane widths given
@@ -42,8 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_sensor.scene.layout import (MAX_COORD_M, Box, Lane, Layout, RoadReference, Strip, Style, densified,
-                                       polyline_tangents, roadside_objects)
+from neural_sensor.scene.layout import (MAX_COORD_M, PARKED_SIZE_M, Box, Lane, Layout, RoadReference, Strip, Style,
+                                       densified, polyline_tangents, roadside_objects)
 
 SAMPLE_STEP_M = 1.0  # spacing of the sampled reference line
 LANE_CLEARANCE_M = 2.0  # a generated building's footprint keeps this far from every driving lane's centre line,
@@ -54,6 +56,9 @@ DRIVING_TYPES = {"driving", "bidirectional", "entry", "exit", "onRamp", "offRamp
                  "slipLane", "bus", "taxi", "HOV"}  # (the last four: OpenDRIVE 1.7 / 1.8)
 SIDEWALK_TYPES = {"sidewalk", "walking"}  # (walking: 1.8's name for it)
 PAVED_TYPES = {"parking", "shoulder", "biking", "border", "stop", "restricted"}  # road surface, no lane of ours
+PARKING_OCCUPANCY = 0.55  # the share of a parking lane's car-length slots that hold a parked car
+PARKING_GAP_M = (0.8, 2.0)  # the gap between two slots' cars, uniform
+MIN_PARKING_WIDTH_M = 1.6  # a narrower parking lane (a motorcycle bay, a painted margin) gets no cars
 MIN_SECTION_M = 1e-3  # a lane section (or road) shorter than this is round-off between two others: skipped
 FLAT_TOLERANCE_M = 0.5  # a map whose roads rise or fall more than this is said to be drawn flat
 
@@ -241,9 +246,10 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
         raise ValueError("OpenDRIVE: the document has no <road>")
     style = style or Style()
     lanes, edges, sidewalks, paved, crosswalks, references, half_widths = [], [], [], [], [], [], []
+    parking: list[Strip] = []  # the parking lanes among the paved strips (roads outside junctions)
     for road in roads:
         try:
-            _read_road(road, lanes, edges, sidewalks, paved, crosswalks, references, half_widths)
+            _read_road(road, lanes, edges, sidewalks, paved, crosswalks, references, half_widths, parking)
             _check_profiles(road)
         except ValueError as err:
             raise ValueError(f"OpenDRIVE: road {road.get('id')!r}: {str(err).removeprefix('OpenDRIVE: ')}") from None
@@ -263,6 +269,9 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
             objects += roadside_objects(rng, ref.points_m, half, max(ref.sidewalk_width_m, 1.0), True,
                                          skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
+        if parking:  # (a map without parking lanes is decorated as it always was, bit for bit)
+            objects = _parked_in_parking_lanes(np.random.default_rng([style.seed, 1]), objects, parking, on_a_lane,
+                                               crosswalks)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references,
                   opendrive=_document_text(xodr, root), paved=paved)
 
@@ -312,8 +321,9 @@ def _say_if_not_flat(roads) -> None:
 
 
 def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, crosswalks: list, references: list,
-               half_widths: list) -> None:
-    """One <road>'s lanes, edges, sidewalks, paved strips and crosswalks appended to the lists; a road outside a
+               half_widths: list, parking: list) -> None:
+    """One <road>'s lanes, edges, sidewalks, paved strips and crosswalks appended to the lists (a parking lane of a
+    road outside a junction to parking as well as to paved); a road outside a
     junction with driving lanes also appends its RoadReference and, to half_widths, the largest distance from its
     reference line to the outer edge of the lanes inside its sidewalks (driving, parking, biking, shoulder...: where
     the roadside decoration starts). A road of length 0 (SUMO's netconvert writes junction connectors so) adds
@@ -376,6 +386,8 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, cro
                         elif kind in PAVED_TYPES and not past_sidewalk:
                             paved.append(Strip(_dedupe(centre), typical))
                             outer_road = outer
+                            if kind == "parking" and road.get("junction", "-1") == "-1":
+                                parking.append(paved[-1])
                         elif kind in SIDEWALK_TYPES:
                             sidewalks.append(Strip(_dedupe(centre), typical))
                             road_widths["sidewalk"] = typical
@@ -399,6 +411,53 @@ def _read_road(road, lanes: list, edges: list, sidewalks: list, paved: list, cro
     for obj in road.findall("objects/object"):
         if obj.get("type") == "crosswalk":
             crosswalks.append(_crosswalk_box(obj, sample))
+
+
+def _parked_in_parking_lanes(rng: np.random.Generator, objects: list[Box], parking: list[Strip], on_a_lane,
+                             crosswalks: list[Box]) -> list[Box]:
+    """objects with parked cars in the map's parking lanes: a kerb-side parked car of the roadside mix beside a
+    parking lane (it would stand half on the kerb, touching the lane's cars) is dropped, and each parking lane at
+    least MIN_PARKING_WIDTH_M wide is cut into slots of a car's length plus a PARKING_GAP_M gap, PARKING_OCCUPANCY of
+    them holding a car centred in the lane along it. A car whose centre or either end lies on a driving lane
+    (on_a_lane: a junction's lanes where the parking lane meets one) or within 2 m of a crosswalk is left out.
+    (Until 2026-12-07 a map's parking lanes stood empty, the cars on the kerb outside them.)"""
+    parking = [strip for strip in parking if strip.width_m >= MIN_PARKING_WIDTH_M]
+    strips = [(densified(strip.centre_m, 0.5), strip.width_m) for strip in parking]
+
+    def beside_parking(box: Box) -> bool:
+        p = np.asarray(box.centre_m[:2])
+        return any(np.min(np.linalg.norm(points - p, axis=1)) < 0.5 * width + PARKED_SIZE_M[1] + 0.5
+                   for points, width in strips)
+
+    def on_a_crosswalk(p: np.ndarray) -> bool:
+        for box in crosswalks:
+            c, s = math.cos(box.yaw_rad), math.sin(box.yaw_rad)
+            d = p - np.asarray(box.centre_m[:2])
+            if (abs(c * d[0] + s * d[1]) < 0.5 * box.size_m[0] + 2.0
+                    and abs(-s * d[0] + c * d[1]) < 0.5 * box.size_m[1] + 2.0):
+                return True
+        return False
+
+    kept = [box for box in objects if box.cls != "parked_vehicle" or not beside_parking(box)]
+    length_m = PARKED_SIZE_M[0]
+    for strip in parking:
+        line = strip.centre_m
+        seg = np.diff(line, axis=0)
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(seg, axis=1))])
+        s = rng.uniform(0.5, 3.0)
+        while s + length_m + 0.5 <= cum[-1]:
+            gap = rng.uniform(*PARKING_GAP_M)
+            if rng.uniform() < PARKING_OCCUPANCY:
+                mid = s + 0.5 * length_m
+                i = min(int(np.searchsorted(cum, mid, side="right")) - 1, len(seg) - 1)
+                d = seg[i] / np.linalg.norm(seg[i])
+                centre = line[i] + (mid - cum[i]) * d
+                ends = (centre - 0.5 * length_m * d, centre + 0.5 * length_m * d)
+                if not any(on_a_lane(p) or on_a_crosswalk(p) for p in (centre, *ends)):
+                    kept.append(Box((centre[0], centre[1], 0.0), PARKED_SIZE_M, math.atan2(d[1], d[0]),
+                                    "parked_vehicle"))
+            s += length_m + gap
+    return kept
 
 
 def _make_clearance_test(lane_points: np.ndarray, clearance_m: float):
