@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from carla_bridge.embedded import EmbeddedSimulator
 from carla_bridge.simulator import VehicleControl
+from carla_bridge.pseudo_sensors import PseudoSensors, split_sensors
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND
@@ -278,7 +279,10 @@ def _reconstructor(options: RunOptions) -> dict:
 def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,
                     log_folder: Path | None) -> dict:
     """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
-    specs = sensor_specs_from_leaderboard(agent_call(options.agent, "sensors()", agent.sensors))
+    sensors = agent_call(options.agent, "sensors()", agent.sensors)
+    # its GNSS / IMU / speedometer are computed from the snapshots (carla_bridge.pseudo_sensors), its cameras rendered
+    sensors, pseudo_dicts = split_sensors(sensors) if isinstance(sensors, (list, tuple)) else (sensors, [])
+    specs = sensor_specs_from_leaderboard(sensors)
     if not specs:  # (the video's size check said "max() arg is an empty sequence")
         raise ValueError(f"agent {options.agent}: sensors() returned no camera; a neural-sensor run renders the "
                          "cameras an agent asks for (leaderboard sensor dicts of type sensor.camera.rgb)")
@@ -301,8 +305,17 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
         # ... nor a request over its size: six 1920x1080 cameras went raw every tick, and the run passed
         check_request_size([(sp.width, sp.height) for sp in specs], options.log_reference and scene_kind != "builder",
                            what="--enhancer")
-    if any(spec.sensor_id == "world" for spec in specs):
+    ids = [spec.sensor_id for spec in specs] + [str(d.get("id", "<no id>")) for d in pseudo_dicts]
+    if "world" in ids:
         raise ValueError("sensor id 'world' is reserved for the runner's privileged world snapshot")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:  # (input_data is keyed by id: one sensor's data would hide the other's)
+        raise ValueError(f"agent {options.agent or 'builtin'}: sensors() gives the id {repeated[0]!r} to more than "
+                         "one sensor")
+    pseudo = None
+    if pseudo_dicts:  # said before any scene is built: a GNSS without the carla package, a bad mount
+        needs_map = any(d.get("type") == "sensor.other.gnss" for d in pseudo_dicts)
+        pseudo = PseudoSensors(pseudo_dicts, _opendrive_text(scenario.layout) if needs_map else None)
     if options.carla:  # connect first: a missing server is reported before any scene is built
         try:
             import carla  # noqa: F401
@@ -370,7 +383,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                 scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
             truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
                                         asset_seed=options.seed, lod_px=0.0, outputs=("rgb",))
-        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig)
+        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig, pseudo)
     finally:
         sim.close()
         if enhancer is not None:
@@ -440,7 +453,16 @@ def _json_number(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None) -> dict:
+def _opendrive_text(layout) -> str:
+    """The world's OpenDRIVE: a map's own document, or what a generated world's CARLA server would be given."""
+    if layout.opendrive:
+        return layout.opendrive
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+
+    return layout_to_opendrive(layout)
+
+
+def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
 
@@ -475,6 +497,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             # the agent's own copy: one that edited the snapshot's arrays in place (a pose moved to its own frame)
             # changed its verdict, the log and the --truth cameras
             input_data["world"] = (snapshot.frame, copy.deepcopy(snapshot))
+            if pseudo is not None:  # GNSS / IMU / speedometer, as the leaderboard's SensorInterface hands them
+                input_data.update(pseudo.readings(snapshot))
             criteria.update(snapshot)
             world_record = _world_record(snapshot)
             t3 = time.perf_counter()

@@ -1,0 +1,146 @@
+"""A leaderboard agent's GNSS, IMU and speedometer in a run (carla_bridge.pseudo_sensors).
+
+A new user's agent listed a sensor.other.gnss, a sensor.other.imu and a sensor.speedometer beside its cameras, as
+leaderboard agents do: the run refused it ("type 'sensor.other.gnss' is not an RGB camera"). They are computed from
+the snapshots now, as a CARLA 0.9.16 server and the leaderboard compute them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from _cli import TINY, cli as _cli
+from carla_bridge.pseudo_sensors import GRAVITY_MPS2, PseudoSensors, split_sensors
+from carla_bridge.transforms import flu_to_ue, ue_matrix
+from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+IMU = {"type": "sensor.other.imu", "id": "IMU", "x": 0.0, "y": 0.0, "z": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}
+SPEED = {"type": "sensor.speedometer", "id": "SPEED", "reading_frequency": 20}
+
+
+def _snapshot(frame: int, t_s: float, x_m: float, y_m: float, yaw_rad: float, speed_mps: float) -> WorldSnapshot:
+    ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(x_m, y_m, 0.0, yaw_rad), speed_mps)
+    return WorldSnapshot(frame, t_s, ego)
+
+
+def test_the_imu_and_speedometer_of_a_straight_and_a_turning_drive():
+    # straight east (FLU +x, CARLA +x) under a constant 2 m/s^2: the server's three-point formula is exact for it
+    sensors = PseudoSensors([IMU, SPEED])
+    dt = 0.05
+    for k in range(6):
+        t = k * dt
+        out = sensors.readings(_snapshot(k, t, 10.0 * t + t * t, 0.0, 0.0, 10.0 + 2.0 * t))
+    imu = out["IMU"][1]
+    assert out["IMU"][0] == 5 and imu.dtype == np.float64 and imu.shape == (7,)
+    np.testing.assert_allclose(imu[:3], [2.0, 0.0, GRAVITY_MPS2], atol=1e-6)
+    np.testing.assert_allclose(imu[3:6], 0.0, atol=1e-9)
+    assert imu[6] == pytest.approx(math.pi / 2)  # facing CARLA +x: north is -y, so east is 90 degrees clockwise
+    assert out["SPEED"] == (5, {"speed": pytest.approx(10.5)})
+    # the first two readings are gravity alone (no start-up artefact)
+    first = PseudoSensors([IMU]).readings(_snapshot(0, 0.0, 50.0, 0.0, 0.0, 10.0))["IMU"][1]
+    np.testing.assert_allclose(first[:3], [0.0, 0.0, GRAVITY_MPS2])
+    # a left turn on a 20 m circle at 10 m/s (FLU yaw rate +0.5 rad/s): UE's left-handed gyroscope says -0.5 about
+    # z, and the centripetal 5 m/s^2 points left, which is -y in the sensor's UE axes
+    sensors, radius, rate = PseudoSensors([IMU]), 20.0, 0.5
+    for k in range(4):
+        t = k * dt
+        yaw = rate * t
+        out = sensors.readings(_snapshot(k, t, radius * math.sin(yaw), radius * (1 - math.cos(yaw)), yaw, 10.0))
+    imu = out["IMU"][1]
+    np.testing.assert_allclose(imu[3:6], [0.0, 0.0, -rate], atol=1e-9)
+    # (the three-point acceleration is the middle tick's, turned into the sensor's axes of the last tick, as the
+    # server does: 0.025 rad of turn puts 5 x 0.025 m/s^2 of it along x)
+    np.testing.assert_allclose(imu[:3], [radius * rate ** 2 * rate * dt, -radius * rate ** 2, GRAVITY_MPS2], atol=0.01)
+
+
+@pytest.mark.parametrize("yaw_flu_deg, compass_rad", [(90.0, 0.0), (0.0, math.pi / 2), (-90.0, math.pi),
+                                                      (180.0, 3 * math.pi / 2), (45.0, math.pi / 4)])
+def test_the_compass_reads_clockwise_from_carlas_north(yaw_flu_deg, compass_rad):
+    """CARLA's north is (0, -1, 0) in its (UE) axes, which is FLU +y; the compass turns clockwise from it."""
+    out = PseudoSensors([IMU]).readings(_snapshot(0, 0.0, 0.0, 0.0, math.radians(yaw_flu_deg), 0.0))
+    assert out["IMU"][1][6] == pytest.approx(compass_rad % (2 * math.pi), abs=1e-9)
+    mounted = dict(IMU, yaw=90.0)  # a mount turned 90 degrees clockwise (UE) adds a quarter turn
+    out = PseudoSensors([mounted]).readings(_snapshot(0, 0.0, 0.0, 0.0, math.radians(yaw_flu_deg), 0.0))
+    assert out["IMU"][1][6] == pytest.approx((compass_rad + math.pi / 2) % (2 * math.pi), abs=1e-9)
+
+
+def test_the_speedometer_is_negative_in_reverse():
+    sensors = PseudoSensors([SPEED])
+    sensors.readings(_snapshot(0, 0.0, 10.0, 0.0, 0.0, 2.0))
+    assert sensors.readings(_snapshot(1, 0.05, 9.9, 0.0, 0.0, 2.0))["SPEED"][1]["speed"] == pytest.approx(-2.0)
+    assert sensors.readings(_snapshot(2, 0.10, 9.8, 0.0, 0.0, -2.0))["SPEED"][1]["speed"] == pytest.approx(-2.0)
+
+
+def test_gnss_is_libcarlas_projection_of_the_mount():
+    carla = pytest.importorskip("carla")
+    from neural_sensor.scene.layout import straight_road
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+
+    text = layout_to_opendrive(straight_road(100.0, buildings=False))
+    gnss = {"type": "sensor.other.gnss", "id": "GPS", "x": 1.5, "y": 0.5, "z": 2.0, "roll": 0.0, "pitch": 0.0,
+            "yaw": 0.0}
+    snapshot = _snapshot(3, 0.15, 30.0, -2.0, 0.3, 5.0)
+    frame, data = PseudoSensors([gnss], text).readings(snapshot)["GPS"]
+    where = (flu_to_ue(snapshot.ego.pose_agent_to_world) @ ue_matrix(1.5, 0.5, 2.0, 0, 0, 0))[:3, 3]
+    truth = carla.Map("t", text).transform_to_geolocation(carla.Location(*where))
+    assert frame == 3 and data.dtype == np.float64
+    np.testing.assert_allclose(data, [truth.latitude, truth.longitude, truth.altitude], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="needs the world's OpenDRIVE"):
+        PseudoSensors([gnss])
+
+
+def test_bad_pseudo_sensor_dicts_are_named():
+    with pytest.raises(ValueError, match="sensor 'IMU': yaw must be a finite number"):
+        PseudoSensors([dict(IMU, yaw=float("nan"))])
+    cameras, others = split_sensors([{"type": "sensor.camera.rgb", "id": "A"}, IMU, SPEED])
+    assert [c["id"] for c in cameras] == ["A"] and [o["id"] for o in others] == ["IMU", "SPEED"]
+
+
+LEADERBOARD_AGENT = '''
+import math
+import numpy as np
+from scenarios.agent import BuiltinAgent
+
+
+class GpsAgent(BuiltinAgent):
+    """A leaderboard agent's sensor list: cameras, GNSS, IMU and the speedometer."""
+    seen = []
+
+    def sensors(self):
+        return super().sensors()[:1] + [
+            {"type": "sensor.other.gnss", "x": 0.0, "y": 0.0, "z": 0.0, "id": "GPS"},
+            {"type": "sensor.other.imu", "x": 0.0, "y": 0.0, "z": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0,
+             "sensor_tick": 0.05, "id": "IMU"},
+            {"type": "sensor.speedometer", "reading_frequency": 20, "id": "SPEED"}]
+
+    def run_step(self, input_data, timestamp):
+        frame, gps = input_data["GPS"]
+        _, imu = input_data["IMU"]
+        _, speed = input_data["SPEED"]
+        assert gps.shape == (3,) and imu.shape == (7,) and math.isfinite(speed["speed"]), (gps, imu, speed)
+        with open("readings.jsonl", "a") as f:
+            f.write(__import__("json").dumps({"frame": frame, "gps": gps.tolist(), "imu": imu.tolist(),
+                                              "speed": speed["speed"]}) + "\\n")
+        return super().run_step(input_data, timestamp)
+'''
+
+
+def test_a_leaderboard_agents_gnss_imu_and_speedometer_reach_run_step(tmp_path):
+    pytest.importorskip("carla")
+    (tmp_path / "gps_agent.py").write_text(LEADERBOARD_AGENT)
+    run = _cli(["run", "cut_in", *TINY, "--ticks", "4", "--agent", "./gps_agent.py:GpsAgent", "-o",
+                str(tmp_path / "o")], tmp_path, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in (tmp_path / "readings.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["speed"] > 0 for r in rows) and rows[-1]["imu"][2] == pytest.approx(GRAVITY_MPS2, abs=2.0)
+    assert len({tuple(r["gps"]) for r in rows}) == 4  # the ego moves: each tick its own fix
+    clash = LEADERBOARD_AGENT.replace('"id": "SPEED"', '"id": "GPS"')
+    (tmp_path / "gps_agent.py").write_text(clash)
+    bad = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent", "./gps_agent.py:GpsAgent", "-o",
+                str(tmp_path / "o2")], tmp_path, cwd=tmp_path)
+    assert bad.returncode == 2 and "gives the id 'GPS' to more than one sensor" in bad.stderr, bad.stderr
