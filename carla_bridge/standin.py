@@ -39,6 +39,7 @@ import time
 import traceback
 
 import carla
+import numpy as np
 
 from carla_bridge.attributes import CAMERA_DEFINITIONS
 from carla_bridge.simulator import speed_after
@@ -52,6 +53,11 @@ _OTHER_SENSORS = ("sensor.other.collision", "sensor.other.gnss", "sensor.other.i
                   "sensor.other.obstacle", "sensor.lidar.ray_cast", "sensor.lidar.ray_cast_semantic",
                   "sensor.other.radar", "sensor.camera.optical_flow", "sensor.camera.dvs",
                   "sensor.camera.normals")
+_NOISE_ATTRIBUTES = {  # the GNSS's and the IMU's noise settings, as the server defines them (all 0 by default)
+    "sensor.other.gnss": ("noise_alt_bias", "noise_alt_stddev", "noise_lat_bias", "noise_lat_stddev",
+                          "noise_lon_bias", "noise_lon_stddev", "noise_seed"),
+    "sensor.other.imu": tuple(f"noise_{kind}_{axis}" for kind in ("accel_stddev", "gyro_bias", "gyro_stddev")
+                              for axis in "xyz") + ("noise_seed",)}
 _TYPES = {"bool": carla.ActorAttributeType.Bool, "int": carla.ActorAttributeType.Int,
           "float": carla.ActorAttributeType.Float, "string": carla.ActorAttributeType.String}
 _world_ids = itertools.count(start=1)
@@ -145,6 +151,9 @@ class StandInBlueprint:
         elif type_id.startswith(("sensor.",)):
             self._attributes["role_name"] = StandInAttribute("role_name", "string", "front")
             self._attributes["sensor_tick"] = StandInAttribute("sensor_tick", "float", "0.0")
+            for key in _NOISE_ATTRIBUTES.get(type_id, ()):  # (UActorBlueprintFunctionLibrary's GNSS / IMU sets)
+                self._attributes[key] = StandInAttribute(key, "int" if key == "noise_seed" else "float",
+                                                         "0" if key == "noise_seed" else "0.0")
         elif type_id.startswith("vehicle."):
             self._attributes["role_name"] = StandInAttribute("role_name", "string", "autopilot")
             self._attributes["number_of_wheels"] = StandInAttribute(
@@ -245,6 +254,7 @@ class StandInActor:
         self.autopilot = False
         self._alive = True
         self._callback = None
+        self._measuring = None  # a listening GNSS's / IMU's _MeasuringSensor
 
     # actor face
     @property
@@ -310,6 +320,8 @@ class StandInActor:
         if not callable(callback):
             raise TypeError("callback argument must be callable!")
         self._callback = callback
+        if self.type_id in _NOISE_ATTRIBUTES and self._measuring is None:  # a GNSS / IMU measures from now on
+            self._measuring = _MeasuringSensor(self)
 
     def stop(self) -> None:
         self._callback = None
@@ -324,6 +336,82 @@ class StandInActor:
 
     def __repr__(self) -> str:
         return f"Actor(id={self.id}, type={self.type_id})"
+
+
+class StandInGnssMeasurement:
+    """carla.GnssMeasurement's face (the real class cannot be made from Python)."""
+
+    def __init__(self, frame: int, timestamp: float, transform, latitude: float, longitude: float, altitude: float):
+        self.frame = self.frame_number = frame
+        self.timestamp, self.transform = timestamp, transform
+        self.latitude, self.longitude, self.altitude = latitude, longitude, altitude
+
+    def __repr__(self) -> str:
+        return (f"GnssMeasurement(frame={self.frame}, timestamp={self.timestamp:.6f}, lat={self.latitude:.6f}, "
+                f"lon={self.longitude:.6f}, alt={self.altitude:.6f})")
+
+
+class StandInIMUMeasurement:
+    """carla.IMUMeasurement's face (the real class cannot be made from Python)."""
+
+    def __init__(self, frame: int, timestamp: float, transform, accelerometer, gyroscope, compass: float):
+        self.frame = self.frame_number = frame
+        self.timestamp, self.transform = timestamp, transform
+        self.accelerometer, self.gyroscope, self.compass = accelerometer, gyroscope, compass
+
+    def __repr__(self) -> str:
+        return (f"IMUMeasurement(frame={self.frame}, timestamp={self.timestamp:.6f}, accelerometer="
+                f"{self.accelerometer}, gyroscope={self.gyroscope}, compass={self.compass:.6f})")
+
+
+class _MeasuringSensor:
+    """What a stand-in GNSS or IMU measures each tick: carla_bridge.pseudo_sensors' readings of its mount on its
+    parent (or of itself, unattached), with the blueprint's noise drawn from its noise_seed, every sensor_tick."""
+
+    def __init__(self, actor: "StandInActor"):
+        self.actor = actor
+        self._mount = None
+        self._sensors = None
+        self._last_emit_s = None
+        self._rng = np.random.default_rng(_atoi(actor.attributes.get("noise_seed", "0")))
+
+    def _number(self, key: str) -> float:
+        return _atof(self.actor.attributes.get(key, "0"))
+
+    def measure(self, frame: int, elapsed_s: float):
+        """The measurement of this tick, or None where sensor_tick says not yet."""
+        from carla_bridge.pseudo_sensors import PseudoSensors
+        from carla_bridge.transforms import pose_from_transform
+        from neural_sensor.world import AgentState, WorldSnapshot
+
+        actor, number = self.actor, self._number
+        tick_s = number("sensor_tick")
+        if self._last_emit_s is not None and tick_s > 0.0 and elapsed_s - self._last_emit_s < tick_s - 1e-9:
+            return None
+        carrier = actor.parent
+        t = actor._transform if carrier is not None else carla.Transform()
+        mount = (t.location.x, t.location.y, t.location.z, t.rotation.roll, t.rotation.pitch, t.rotation.yaw)
+        if mount != self._mount:  # a moved mount measures afresh (as a sensor spawned there)
+            self._mount = mount
+            sensor = dict(zip(("x", "y", "z", "roll", "pitch", "yaw"), mount), type=actor.type_id, id="s")
+            self._sensors = PseudoSensors([sensor], actor.world.get_map().to_opendrive()
+                                          if actor.type_id == "sensor.other.gnss" else None)
+        pose = pose_from_transform((carrier or actor).get_transform())
+        speed = carrier.speed_mps if carrier is not None else 0.0
+        snapshot = WorldSnapshot(frame, elapsed_s, AgentState(0, "car", (1.0, 1.0, 1.0), pose, speed))
+        _, data = self._sensors.readings(snapshot)["s"]
+        self._last_emit_s = elapsed_s
+        transform = actor.get_transform()
+        normal = lambda std: float(self._rng.normal(0.0, std)) if std > 0.0 else 0.0
+        if actor.type_id == "sensor.other.gnss":
+            lat, lon, alt = (float(v) + number(f"noise_{k}_bias") + normal(number(f"noise_{k}_stddev"))
+                             for v, k in zip(data, ("lat", "lon", "alt")))
+            return StandInGnssMeasurement(frame, elapsed_s, transform, lat, lon, alt)
+        accel = [float(v) + normal(number(f"noise_accel_stddev_{a}")) for v, a in zip(data[:3], "xyz")]
+        gyro = [float(v) + number(f"noise_gyro_bias_{a}") + normal(number(f"noise_gyro_stddev_{a}"))
+                for v, a in zip(data[3:6], "xyz")]
+        return StandInIMUMeasurement(frame, elapsed_s, transform, carla.Vector3D(*accel), carla.Vector3D(*gyro),
+                                     float(data[6]))
 
 
 class StandInActorList(list):
@@ -540,7 +628,13 @@ class StandInWorld:
             self.elapsed_seconds += delta
             self._delta_seconds = delta
             self._snapshot = snapshot = self._make_snapshot()
-        self._stream.put(snapshot)  # the callbacks run on the stream thread, after tick() has returned
+            measured = []  # (actor, its measurement) of each listening GNSS / IMU
+            for actor in self.actors.values():
+                if actor._measuring is not None and actor._callback is not None:
+                    data = actor._measuring.measure(self.frame, self.elapsed_seconds)
+                    if data is not None:
+                        measured.append((actor, data))
+        self._stream.put((snapshot, measured))  # the callbacks run on the stream thread, after tick() returned
         return self.frame
 
     def tick(self, seconds: float = 10.0) -> int:
@@ -556,13 +650,16 @@ class StandInWorld:
 
     def _run_stream(self) -> None:
         while True:
-            snapshot = self._stream.get()
-            if snapshot is None:  # the episode ended (the thread goes with it)
+            item = self._stream.get()
+            if item is None:  # the episode ended (the thread goes with it)
                 self._stream.task_done()
                 return
-            for callback in list(self._callbacks.values()):
+            snapshot, measured = item
+            calls = [(callback, snapshot) for callback in list(self._callbacks.values())]
+            calls += [(actor._callback, data) for actor, data in measured if actor._callback is not None]
+            for callback, value in calls:  # (a sensor's data after the tick's on_tick callbacks)
                 try:
-                    callback(snapshot)
+                    callback(value)
                 except Exception:  # noqa: BLE001 - libcarla's MakeCallback: PyErr_Print, then carry on
                     traceback.print_exc()
             self._stream.task_done()

@@ -518,3 +518,46 @@ def test_the_stand_ins_tick_is_unreals_float_and_whole_float_sizes_read_as_carla
     assert parse_value("sensor.camera.rgb", "image_size_x", "800.0") == 800
     with pytest.raises(ValueError, match="not an integer"):
         parse_value("sensor.camera.rgb", "image_size_x", "800.5")
+
+
+def test_the_standins_gnss_and_imu_measure_every_tick():
+    """A new user's CARLA script waited forever for its GNSS: the stand-in's GNSS and IMU never called their
+    listeners, and the leaderboard's noise attributes were unknown (IndexError). They measure now, as a server's
+    (carla_bridge.pseudo_sensors), on the stream thread after the tick's on_tick callbacks; noise as set."""
+    client = StandInClient("localhost", 2000)
+    world = client.get_world()
+    world.apply_settings(StandInSettings(True, 0.05))
+    library = world.get_blueprint_library()
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform(carla.Location(10, 5, 0)))
+    got = {"gnss": [], "imu": []}
+    mounts = {"gnss": carla.Transform(carla.Location(1.0, 0.0, 1.6)), "imu": carla.Transform()}
+    for kind in ("gnss", "imu"):
+        bp = library.find(f"sensor.other.{kind}")
+        if kind == "gnss":  # the leaderboard's settings
+            for key in ("noise_alt_stddev", "noise_lat_stddev", "noise_lon_stddev"):
+                bp.set_attribute(key, "0.0")
+            bp.set_attribute("noise_seed", "0")
+        world.spawn_actor(bp, mounts[kind], attach_to=car).listen(got[kind].append)
+    car.apply_control(carla.VehicleControl(throttle=1.0, steer=0.3))
+    for _ in range(5):
+        world.tick()
+    world.wait_for_callbacks()
+    assert [m.frame for m in got["gnss"]] == [m.frame for m in got["imu"]] == list(range(5001, 5006))
+    fix = got["gnss"][-1]
+    where = fix.transform.location
+    truth = world.get_map().transform_to_geolocation(where)
+    assert (fix.latitude, fix.longitude, fix.altitude) == pytest.approx((truth.latitude, truth.longitude,
+                                                                         truth.altitude), abs=1e-12)
+    assert where.x == pytest.approx(car.get_transform().location.x + 1.0, abs=0.1)  # its mount on the car
+    imu = got["imu"][-1]
+    assert imu.accelerometer.z == pytest.approx(9.81, abs=1.0) and imu.accelerometer.x > 0.5  # gaining speed
+    assert imu.gyroscope.z > 0.0  # a right turn (steer > 0) is +z in CARLA's left-handed axes
+    assert 0.0 <= imu.compass < 2 * math.pi and "IMUMeasurement(frame=5005" in repr(imu)
+    noisy = library.find("sensor.other.imu")
+    noisy.set_attribute("noise_gyro_bias_z", "0.5")
+    sensor = world.spawn_actor(noisy, carla.Transform(), attach_to=car)
+    readings = []
+    sensor.listen(readings.append)
+    world.tick()
+    world.wait_for_callbacks()
+    assert readings[0].gyroscope.z == pytest.approx(0.5)  # a first reading has no turn rate yet: the bias alone
