@@ -41,8 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from carla_bridge.embedded import EmbeddedSimulator
-from carla_bridge.simulator import VehicleControl
 from carla_bridge.pseudo_sensors import PseudoSensors, split_sensors
+from carla_bridge.simulator import VehicleControl
 from carla_bridge.transforms import rgb_to_bgra, sensor_specs_from_leaderboard
 from neural_sensor.enhance.protocol import to_uint8_into
 from neural_sensor.enhance.temporal import TEMPORAL_BLEND

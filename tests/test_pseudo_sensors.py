@@ -96,6 +96,8 @@ def test_gnss_is_libcarlas_projection_of_the_mount():
 def test_bad_pseudo_sensor_dicts_are_named():
     with pytest.raises(ValueError, match="sensor 'IMU': yaw must be a finite number"):
         PseudoSensors([dict(IMU, yaw=float("nan"))])
+    with pytest.raises(ValueError, match="a sensor.speedometer sensor: missing key 'id'"):
+        PseudoSensors([{"type": "sensor.speedometer"}])
     cameras, others = split_sensors([{"type": "sensor.camera.rgb", "id": "A"}, IMU, SPEED])
     assert [c["id"] for c in cameras] == ["A"] and [o["id"] for o in others] == ["IMU", "SPEED"]
 
