@@ -1,8 +1,9 @@
-"""A leaderboard agent's GNSS, IMU and speedometer, computed from the run's world snapshots.
+"""A leaderboard agent's GNSS, IMU, speedometer and map, computed from the run's world snapshots.
 
 A CARLA leaderboard agent's `sensors()` usually lists, besides its cameras, a
 `sensor.other.gnss`, a `sensor.other.imu` and the leaderboard's own
-`sensor.speedometer`. The neural sensor renders the cameras; these three are
+`sensor.speedometer` (a map track's agent, a `sensor.opendrive_map`). The neural sensor renders the
+cameras; these are
 computed here from the ego's pose in each tick's WorldSnapshot, the way the CARLA
 0.9.16 server computes them, and handed to `run_step` in the leaderboard's
 SensorInterface format (`input_data[id] = (frame, data)`):
@@ -18,6 +19,8 @@ SensorInterface format (`input_data[id] = (frame, data)`):
   the sensor's forward direction from north (CARLA's north is -y), clockwise, in [0, 2 pi).
 - speedometer: {"speed": m/s} along the vehicle's heading (negative when reversing), as the
   leaderboard's SpeedometerReader.
+- opendrive_map: {"opendrive": the world's OpenDRIVE text}, as the leaderboard's OpenDriveMapReader (every
+  tick: its reading_frequency is not applied).
 
 Differences from a server, said plainly: the readings are exact (the leaderboard's noise settings are
 not applied); the angular velocity is the rotation between two ticks over their time, not the physics
@@ -34,7 +37,7 @@ import numpy as np
 
 from carla_bridge.transforms import flu_to_ue, ue_matrix
 
-PSEUDO_SENSOR_TYPES = ("sensor.other.gnss", "sensor.other.imu", "sensor.speedometer")
+PSEUDO_SENSOR_TYPES = ("sensor.other.gnss", "sensor.other.imu", "sensor.speedometer", "sensor.opendrive_map")
 GRAVITY_MPS2 = 9.81  # as the server's InertialMeasurementUnit
 
 
@@ -81,10 +84,11 @@ class PseudoSensors:
                     raise ValueError(f"sensor {name!r}: {key} must be a finite number, got {value!r}")
                 values.append(float(value))
             self.sensors.append((str(name), sensor["type"], ue_matrix(*values)))
-        self._geolocation = None
-        if any(kind == "sensor.other.gnss" for _, kind, _ in self.sensors):
-            if opendrive is None:
-                raise ValueError("a sensor.other.gnss needs the world's OpenDRIVE map (for its geoReference)")
+        self._geolocation, self._opendrive = None, opendrive
+        kinds = {kind for _, kind, _ in self.sensors}
+        if opendrive is None and kinds & {"sensor.other.gnss", "sensor.opendrive_map"}:
+            raise ValueError("a sensor.other.gnss or sensor.opendrive_map needs the world's OpenDRIVE map")
+        if "sensor.other.gnss" in kinds:
             self._geolocation = geo_projection(opendrive)
         self._history: dict[str, list] = {name: [] for name, _, _ in self.sensors}  # (time s, location UE m)
         self._last_rotation = None  # (time s, the ego's FLU rotation) of the last tick
@@ -100,6 +104,8 @@ class PseudoSensors:
             pose = ego_ue @ mount_ue  # the sensor's CARLA (UE) world matrix
             if kind == "sensor.speedometer":
                 data = {"speed": speed}
+            elif kind == "sensor.opendrive_map":
+                data = {"opendrive": self._opendrive}
             elif kind == "sensor.other.gnss":
                 data = np.array(self._geolocation(*pose[:3, 3]), dtype=np.float64)
             else:

@@ -5,7 +5,9 @@ It has the CARLA leaderboard's face: `sensors()` lists leaderboard sensor dicts
 cameras it reads the embedded runner's privileged pseudo-sensor
 input_data["world"] = (frame, WorldSnapshot) for its own pose and the agents.
 A user's agent is any class with the same face, constructed as
-`Agent(route_xy_m=..., target_speed_mps=...)`.
+`Agent(route_xy_m=..., target_speed_mps=...)`, or a CARLA leaderboard 2.x
+agent (an AutonomousAgent: setup and set_global_plan), built and set up as the
+leaderboard does.
 
 `load_agent` builds the run's agent; `agent_call` and `destroy_agent` call into it, so that whatever the agent's
 code raises (its own sys.exit() included) comes out as an AgentError naming the agent and the call.
@@ -13,6 +15,7 @@ code raises (its own sys.exit() included) comes out as an AgentError naming the 
 
 from __future__ import annotations
 
+import enum
 import inspect
 import math
 import os
@@ -105,14 +108,77 @@ class AgentError(RuntimeError):
         super().__init__(f"the agent {self.agent} raised {detail} in {where}{given}")
 
 
-def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
+LEADERBOARD_PLAN_STEP_M = 1.0  # the leaderboard's route: interpolate_trajectory's 1 m hops
+LEADERBOARD_HOST_PORT = ("localhost", 2000)  # what a leaderboard agent's constructor is given without --carla
+
+
+def is_leaderboard_agent(cls) -> bool:
+    """A CARLA leaderboard 2.x AutonomousAgent's face: built as Class(host, port, debug), then set_global_plan(gps
+    route, world route) and setup(path_to_conf_file), as leaderboard_evaluator does."""
+    return all(callable(getattr(cls, name, None)) for name in ("setup", "set_global_plan", "sensors", "run_step"))
+
+
+def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
+    """The scenario's route as the leaderboard hands it to set_global_plan: (gps_route, route), a point every
+    LEADERBOARD_PLAN_STEP_M, [({"lat", "lon", "z"}, RoadOption.LANEFOLLOW)] and [(carla.Transform, RoadOption)] in
+    CARLA's frame (UE: y to the right, yaw clockwise, degrees). RoadOption is CARLA's own (agents.navigation) where
+    that package is importable, else an enum with its names and values. Needs the carla package."""
+    try:
+        import carla
+    except ImportError:
+        raise ValueError("a leaderboard agent is given its route as carla.Transforms: install the CARLA client "
+                         "package (pip install carla==0.9.16)") from None
+    from carla_bridge.pseudo_sensors import geo_projection
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+
+    try:
+        from agents.navigation.local_planner import RoadOption
+    except ImportError:
+        RoadOption = _RoadOption
+    path = Path(np.asarray(scenario.route_xy_m, dtype=np.float64))
+    stations = np.linspace(0.0, path.length_m, max(2, int(math.ceil(path.length_m / LEADERBOARD_PLAN_STEP_M)) + 1))
+    geolocation = geo_projection(layout_to_opendrive(scenario.layout))
+    gps_route, route = [], []
+    for s in stations:
+        (x, y), heading = path.at(float(s))
+        transform = carla.Transform(carla.Location(float(x), float(-y), 0.0),
+                                    carla.Rotation(yaw=float(-math.degrees(heading))))
+        lat, lon, alt = geolocation(x, -y, 0.0)
+        gps_route.append(({"lat": lat, "lon": lon, "z": alt}, RoadOption.LANEFOLLOW))
+        route.append((transform, RoadOption.LANEFOLLOW))
+    return gps_route, route
+
+
+class _RoadOption(enum.IntEnum):
+    """agents.navigation.local_planner.RoadOption's names and values (CARLA's PythonAPI), where it is not installed."""
+
+    VOID = -1
+    LEFT = 1
+    RIGHT = 2
+    STRAIGHT = 3
+    LANEFOLLOW = 4
+    CHANGELANELEFT = 5
+    CHANGELANERIGHT = 6
+
+
+def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, *, agent_config: str | None = None,
+               carla_address: str | None = None):
     """The run's driving agent: the BuiltinAgent (dotted None, its cameras width x height) or the user's class,
-    `package.module:Class` or `path/to/file.py:Class`, built as Class(route_xy_m=..., target_speed_mps=...).
-    ValueError names what cannot be loaded; AgentError wraps what the class's constructor raised."""
+    `package.module:Class` or `path/to/file.py:Class` (or `path/to/file.py` / `package.module` alone where the
+    module has the leaderboard's get_entry_point()).
+
+    A CARLA leaderboard 2.x agent (`is_leaderboard_agent`) is built as the leaderboard does: Class(host, port,
+    False) (the --carla server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and
+    setup(agent_config or ""). Any other class is built as Class(route_xy_m=..., target_speed_mps=...).
+    ValueError names what cannot be loaded; AgentError wraps what the agent's code raised."""
     if dotted is None:
+        if agent_config is not None:
+            raise ValueError("--agent-config is handed to a leaderboard agent's setup(): give the agent (--agent)")
         return BuiltinAgent(scenario.route_xy_m, scenario.target_speed_mps, width, height)
-    module_name, _, attr = dotted.rpartition(":")
-    if not module_name or not attr:
+    module_name, colon, attr = dotted.rpartition(":")
+    if not colon:  # the leaderboard's way: the module alone, its get_entry_point() names the class
+        module_name, attr = dotted, None
+    if not module_name or attr == "":
         raise ValueError(f"agent must be given as 'package.module:Class' or 'path/to/file.py:Class', got {dotted!r}")
     if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
         module = module_from_file(module_name, "agent")
@@ -124,9 +190,22 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
                     f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"
                     if isinstance(err, ModuleNotFoundError) else "")
             raise ValueError(f"cannot load agent {dotted!r}: {err}{hint}") from None
+    if attr is None:
+        entry = getattr(module, "get_entry_point", None)
+        if not callable(entry):
+            raise ValueError(f"agent {dotted!r}: give its class ('{dotted}:Class'); the module has no "
+                             "get_entry_point() (the leaderboard's way of naming it)")
+        attr = agent_call(dotted, "get_entry_point()", entry)
+        if not isinstance(attr, str):
+            raise ValueError(f"agent {dotted!r}: get_entry_point() must return the class's name, got {attr!r}")
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
+    if is_leaderboard_agent(cls):
+        return _leaderboard_agent(cls, dotted, scenario, agent_config, carla_address)
+    if agent_config is not None:
+        raise ValueError(f"--agent-config is handed to a leaderboard agent's setup(); agent {dotted!r} has no "
+                         "setup() and set_global_plan()")
     kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
     try:
         inspect.signature(cls).bind(**kwargs)
@@ -145,6 +224,24 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int):
     if missing:
         raise ValueError(f"agent {dotted!r} has no {' and no '.join(missing)}: a driving agent has the leaderboard's "
                          "sensors() -> [sensor dicts] and run_step(input_data, timestamp) -> control")
+    return agent
+
+
+def _leaderboard_agent(cls, dotted: str, scenario: Scenario, agent_config: str | None, carla_address: str | None):
+    """cls built and set up as leaderboard_evaluator does (see load_agent)."""
+    host, port = LEADERBOARD_HOST_PORT
+    if carla_address:
+        host, _, port_text = carla_address.rpartition(":")
+        port = int(port_text)
+    gps_route, route = leaderboard_plan(scenario)  # (before the agent is built: a missing carla package said first)
+    try:
+        agent = cls(host, port, False)
+    except Exception as err:
+        raise AgentError(dotted, "its constructor (the leaderboard's Class(host, port, debug))", err) from err
+    except SystemExit as err:
+        agent_exit(dotted, "its constructor", err)
+    agent_call(dotted, "set_global_plan()", agent.set_global_plan, gps_route, route)
+    agent_call(dotted, "setup()", agent.setup, "" if agent_config is None else str(agent_config))
     return agent
 
 

@@ -162,7 +162,11 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
     parser.add_argument("--seed", type=seed_int, default=0, help="scenario and simulator seed")
     parser.add_argument("--agent", default=None,
                         help="driving agent as 'package.module:Class' (on sys.path) or 'path/to/file.py:Class' "
-                             "(default: the built-in agent, scenarios.agent.BuiltinAgent)")
+                             "(or the module alone where it has the leaderboard's get_entry_point(); default: the "
+                             "built-in agent, scenarios.agent.BuiltinAgent)")
+    parser.add_argument("--agent-config", default=None, metavar="PATH",
+                        help="a CARLA leaderboard agent's configuration, handed to its setup() as the leaderboard's "
+                             "--agent-config is")
     if video:  # bench writes none
         parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
@@ -347,7 +351,8 @@ def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_descriptio
     enhancer = getattr(args, "enhancer", None) or ("none" if scene == "builder" else "local")
     enhancer = None if enhancer == "none" else enhancer
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
-                         backend=args.backend, seed=args.seed, agent=args.agent, video=video and not args.no_video,
+                         backend=args.backend, seed=args.seed, agent=args.agent, agent_config=args.agent_config,
+                         video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,
                          enhancer_precision=args.enhancer_precision, network_precision=args.network_precision,

@@ -54,6 +54,7 @@ from neural_sensor.render._common import check_lod_px
 from neural_sensor.render.upsample import check_scale
 from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
+from neural_sensor.scene.opendrive import layout_to_opendrive
 from neural_sensor.scene.to_gaussians import sky_rgb
 from scenarios.agent import ScenarioError, agent_call, destroy_agent, load_agent
 from scenarios.base import CriteriaState, Scenario
@@ -78,6 +79,7 @@ class RunOptions:
     backend: str = "auto"  # render backend: auto | cpu | torch | gsplat
     seed: int = 0  # scenario and simulator seed
     agent: str | None = None  # dotted path "package.module:Class" of a user agent; None = built-in
+    agent_config: str | None = None  # a leaderboard agent's setup(path_to_conf_file) argument (load_agent)
     video: bool = True  # write video.mp4
     cache_dir: Path | None = None  # scene cache; None = $NEURAL_SENSOR_CACHE or ~/.cache/neural_sensor
     progress: bool = True  # progress bars
@@ -261,7 +263,8 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     if ticks <= 0:
         raise ValueError(f"ticks must be positive, got {ticks}")
     check_out_dir(options.out_dir)  # after the scenario's own errors, before the agent is constructed
-    agent = load_agent(options.agent, scenario, options.width, options.height)
+    agent = load_agent(options.agent, scenario, options.width, options.height, agent_config=options.agent_config,
+                       carla_address=options.carla)
     try:
         summary = _run_with_agent(scenario, options, ticks, agent, scene_kind, log_folder)
     except BaseException:
@@ -314,8 +317,8 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                          "one sensor")
     pseudo = None
     if pseudo_dicts:  # said before any scene is built: a GNSS without the carla package, a bad mount
-        needs_map = any(d.get("type") == "sensor.other.gnss" for d in pseudo_dicts)
-        pseudo = PseudoSensors(pseudo_dicts, _opendrive_text(scenario.layout) if needs_map else None)
+        needs_map = any(d.get("type") in ("sensor.other.gnss", "sensor.opendrive_map") for d in pseudo_dicts)
+        pseudo = PseudoSensors(pseudo_dicts, layout_to_opendrive(scenario.layout) if needs_map else None)
     if options.carla:  # connect first: a missing server is reported before any scene is built
         try:
             import carla  # noqa: F401
@@ -451,15 +454,6 @@ def _json_number(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _opendrive_text(layout) -> str:
-    """The world's OpenDRIVE: a map's own document, or what a generated world's CARLA server would be given."""
-    if layout.opendrive:
-        return layout.opendrive
-    from neural_sensor.scene.opendrive import layout_to_opendrive
-
-    return layout_to_opendrive(layout)
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None) -> dict:

@@ -89,7 +89,7 @@ def test_gnss_is_libcarlas_projection_of_the_mount():
     truth = carla.Map("t", text).transform_to_geolocation(carla.Location(*where))
     assert frame == 3 and data.dtype == np.float64
     np.testing.assert_allclose(data, [truth.latitude, truth.longitude, truth.altitude], rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="needs the world's OpenDRIVE"):
+    with pytest.raises(ValueError, match="needs the world.s OpenDRIVE map"):
         PseudoSensors([gnss])
 
 
@@ -146,3 +146,67 @@ def test_a_leaderboard_agents_gnss_imu_and_speedometer_reach_run_step(tmp_path):
     bad = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent", "./gps_agent.py:GpsAgent", "-o",
                 str(tmp_path / "o2")], tmp_path, cwd=tmp_path)
     assert bad.returncode == 2 and "gives the id 'GPS' to more than one sensor" in bad.stderr, bad.stderr
+
+
+LEADERBOARD_2_AGENT = '''
+"""A leaderboard 2.x agent as its authors write it (the AutonomousAgent base's calls, without the package)."""
+import json
+import carla
+
+
+def get_entry_point():
+    return "MyAutonomousAgent"
+
+
+class MyAutonomousAgent:
+    def __init__(self, carla_host, carla_port, debug=False):
+        self.calls = [["init", carla_host, carla_port, debug]]
+        self._global_plan = None
+
+    def set_global_plan(self, global_plan_gps, global_plan_world_coord):
+        self.calls.append(["set_global_plan", len(global_plan_gps), global_plan_gps[0][0],
+                           int(global_plan_gps[0][1]), global_plan_world_coord[0][0].location.x,
+                           global_plan_world_coord[-1][0].location.x, global_plan_world_coord[0][0].rotation.yaw])
+        assert isinstance(global_plan_world_coord[0][0], carla.Transform)
+
+    def setup(self, path_to_conf_file):
+        self.calls.append(["setup", path_to_conf_file])
+
+    def sensors(self):
+        return [{"type": "sensor.camera.rgb", "x": 1.3, "y": 0.0, "z": 2.3, "roll": 0.0, "pitch": 0.0, "yaw": 0.0,
+                 "width": 64, "height": 36, "fov": 100, "id": "Center"},
+                {"type": "sensor.other.gnss", "x": 0.0, "y": 0.0, "z": 0.0, "id": "GPS"},
+                {"type": "sensor.opendrive_map", "reading_frequency": 1, "id": "OpenDRIVE"},
+                {"type": "sensor.speedometer", "reading_frequency": 20, "id": "SPEED"}]
+
+    def run_step(self, input_data, timestamp):
+        assert input_data["Center"][1].shape == (36, 64, 4) and "<OpenDRIVE" in input_data["OpenDRIVE"][1]["opendrive"]
+        self.calls.append(["run_step", input_data["GPS"][0], input_data["SPEED"][1]["speed"]])
+        return carla.VehicleControl(throttle=0.5)
+
+    def destroy(self):
+        with open("calls.json", "w") as f:
+            json.dump(self.calls + [["destroy"]], f)
+'''
+
+
+def test_a_leaderboard_2_agent_runs_as_the_leaderboard_runs_it(tmp_path):
+    """A new user's leaderboard agent needed a thin subclass (Class(route_xy_m, target_speed_mps), no setup): it is
+    built as leaderboard_evaluator does now, from its file alone (get_entry_point), with --agent-config."""
+    pytest.importorskip("carla")
+    (tmp_path / "my_lb_agent.py").write_text(LEADERBOARD_2_AGENT)
+    (tmp_path / "agent.yaml").write_text("model: none\n")
+    run = _cli(["run", "cut_in", *TINY, "--ticks", "3", "--agent", "my_lb_agent.py", "--agent-config", "agent.yaml",
+                "-o", str(tmp_path / "o")], tmp_path, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    assert calls[0] == ["init", "localhost", 2000, False]
+    name, points, first_gps, option, x0, x1, yaw = calls[1]
+    assert name == "set_global_plan" and option == 4  # RoadOption.LANEFOLLOW
+    assert set(first_gps) == {"lat", "lon", "z"} and points > 50 and x1 - x0 > 50  # one point a metre along +x
+    assert yaw == pytest.approx(0.0, abs=1e-3)
+    assert calls[2] == ["setup", "agent.yaml"]
+    assert [c[1] for c in calls[3:6]] == [1, 2, 3] and calls[-1] == ["destroy"]
+    wrong = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent-config", "agent.yaml", "-o", str(tmp_path / "o")],
+                 tmp_path, cwd=tmp_path)
+    assert wrong.returncode == 2 and "--agent-config is handed to a leaderboard agent's setup()" in wrong.stderr
