@@ -722,7 +722,10 @@ def _raw_ticks_line(enhancer: dict, ticks: int) -> str:
     elif "NotReady" in reason:
         hint = "the server was starting or restarting: its workers were loading the checkpoint"
     elif "not connected" in reason or reason.startswith("no connection"):
-        hint = "the connection to the server was lost: is it still running?"
+        restarts = enhancer.get("local_server_restarts")
+        hint = ("the connection to the server was lost: is it still running?" if restarts is None else
+                f"the run's local server exited and was restarted {restarts} time{'' if restarts == 1 else 's'}"
+                if restarts else "the run's local server did not answer (stalled: a loaded host?)")
     else:
         hint = "log.jsonl has each tick's enhancer_reason"
     others = len(reasons) - 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 from neural_sensor.enhance.protocol import MAX_DEADLINE_MS, is_loopback
 
 
@@ -115,3 +117,44 @@ def connect_enhancer(options):
             stop_server(server)
         raise
     return client, server
+
+
+LOCAL_RESTARTS = 3  # how often a run restarts its own local enhancer server after it exited mid-run
+
+
+class LocalServerKeeper:
+    """The run's own local enhancer server (`--enhancer local`), started again on its endpoint when it exits
+    mid-run (killed, out of memory): the client reconnects by itself, the ticks until its worker is ready get the
+    raw render. At most LOCAL_RESTARTS restarts; each is said once on stderr. (A server that died had left the rest of
+    the run raw, "reconnecting in the background", exit 0.)"""
+
+    def __init__(self, server):
+        self.server = server
+        self.restarts = 0
+        self._gave_up = False
+
+    def check(self, frame: int, options) -> None:
+        """Restart the server if it has exited (call on a tick the enhancer did not refine)."""
+        from neural_sensor.enhance.local import DEFAULT_CHECKPOINT, _remove_folders, start_server
+
+        code = self.server.process.poll()
+        if code is None or self._gave_up:
+            return
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        _remove_folders(self.server.folder)
+        if self.restarts >= LOCAL_RESTARTS:
+            self._gave_up = True
+            tqdm.write(f"neural-sensor: the local enhancer server exited again ({how}) at frame {frame}, after "
+                       f"{LOCAL_RESTARTS} restarts: the rest of the run gets the raw render", file=sys.stderr)
+            return
+        self.restarts += 1
+        tqdm.write(f"neural-sensor: the local enhancer server exited ({how}) at frame {frame}; restarting it on "
+                   f"{self.server.endpoint} ({self.restarts} of at most {LOCAL_RESTARTS}; the raw render until its "
+                   "worker is ready)", file=sys.stderr)
+        self.server = start_server(checkpoint=options.enhancer_checkpoint or DEFAULT_CHECKPOINT,
+                                   bind=self.server.endpoint, precision=options.enhancer_precision, wait=False)
+
+    def stop(self) -> None:
+        from neural_sensor.enhance.local import stop_server
+
+        stop_server(self.server)

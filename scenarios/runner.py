@@ -58,7 +58,7 @@ from neural_sensor.scene.opendrive import layout_to_opendrive
 from neural_sensor.scene.to_gaussians import sky_rgb
 from scenarios.agent import ScenarioError, agent_call, destroy_agent, load_agent
 from scenarios.base import CriteriaState, Scenario
-from scenarios.enhancer_link import check_enhancer_options, connect_enhancer
+from scenarios.enhancer_link import LocalServerKeeper, check_enhancer_options, connect_enhancer
 from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
                               remove_stale_temporaries, to_uint8)
 from scenarios.signals import raise_if_signalled, terminate_as_exception
@@ -330,7 +330,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
         sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
-    enhancer = server = None
+    enhancer = keeper = None
     try:  # (from here on the simulator is closed whatever happens: a CARLA server's settings restored, actors gone)
         if scene_kind != "builder":  # checked, and "auto"'s timed probe run (cached), before the enhancer server
             # starts beside this process and competes for the cores
@@ -339,6 +339,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
             resolve_cpu_precision(options.network_precision, "network precision")
         if options.enhancer is not None:
             enhancer, server = connect_enhancer(options)
+            keeper = LocalServerKeeper(server) if server is not None else None
         background = sky_rgb(scenario.layout.style)
         announce_compiling(_kernel_modules(options, scene_kind))  # a fresh install compiles on the way: say so
         scene_start = time.perf_counter()
@@ -386,15 +387,13 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                 scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
             truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
                                         asset_seed=options.seed, lod_px=0.0, outputs=("rgb",))
-        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig, pseudo)
+        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig, pseudo, keeper)
     finally:
         sim.close()
         if enhancer is not None:
             enhancer.close()
-        if server is not None:
-            from neural_sensor.enhance.local import stop_server
-
-            stop_server(server)
+        if keeper is not None:
+            keeper.stop()
 
 
 LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from a point of the ego's lane:
@@ -456,7 +455,8 @@ def _json_number(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None) -> dict:
+def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None,
+              keeper=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
 
@@ -539,6 +539,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             reference_ms = sum(f.meta.get("reference_ms", 0.0) for f in frames.values())  # the log warped in
             temporal_ms = sum(f.meta.get("temporal_ms", 0.0) for f in frames.values())  # the history blended in
             ticks_enhanced += bool(first.meta["enhanced"])
+            if keeper is not None and not first.meta["enhanced"]:  # the run's own server: restarted if it exited
+                keeper.check(snapshot.frame, options)
             if rig.enhancer is not None and not first.meta["enhanced"]:
                 reason = first.meta["enhancer_reason"]
                 raw_reasons[reason] = raw_reasons.get(reason, 0) + 1
@@ -620,6 +622,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 # the model that enhanced the run: its first hello's (a later server's other model is refused)
                 **{k: v for k, v in (rig.enhancer.model or {}).items() if v is not None},
                 "ticks_enhanced": ticks_enhanced, "ticks_raw": ticks - ticks_enhanced,
+                "local_server_restarts": None if keeper is None else keeper.restarts,
                 "raw_reasons": dict(sorted(raw_reasons.items(), key=lambda kv: -kv[1])),  # most frequent first
                 # the path most enhanced ticks took, and how many took each
                 "transport": max(routes, key=routes.get) if routes else None, "transport_ticks": routes,

@@ -557,3 +557,92 @@ def test_lent_frame_buffers_outgrown_by_a_request_fall_back_to_copies(server, bi
         got = result.rgb[-1 if big_first else 0]
         np.testing.assert_array_equal(got, np.full((8, 8, 3), 64 / 255, np.float32))  # uint8 wire now
         assert client.frame_buffers(1, 8, 8) is not None  # lent again from the new block
+
+
+def test_a_hung_worker_is_left_for_the_other_one(identity_checkpoint):
+    """A new user's finding: with two workers and one stopped (SIGSTOP: a long pause, a debugger, swapping), the
+    client left it after three timeouts, and its next hello (a second later) chose the same worker again and
+    counted afresh: ten of twelve calls were lost at the full deadline while the other worker sat idle. A worker
+    left is not taken again for DIRECT_LEAVE_S."""
+    import signal
+
+    from neural_sensor.enhance.client import DIRECT_TIMEOUTS_TO_LEAVE
+
+    with local_server(checkpoint=identity_checkpoint, workers=2, threads=1) as srv, \
+            EnhancerClient(srv.endpoint, deadline_ms=5_000) as client:
+        t_end = time.monotonic() + 60
+        while len(client.hello()["shm"]["direct"]) < 2 and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert client.enhance(_frames(51)).enhanced and client.route == "direct"
+        hung = _direct_socket(client)
+        pid = int(hung.name.split("-")[1].split(".")[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            results = []
+            for i in range(12):
+                results.append(client.enhance(_frames(52 + i), deadline_ms=300))
+                time.sleep(0.1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        lost = [r.reason for r in results if not r.enhanced]
+        # the three timeouts, and at most one more: a call through the broker before the next hello, which the
+        # broker may hand to the stopped worker
+        assert len(lost) <= DIRECT_TIMEOUTS_TO_LEAVE + 1, lost
+        assert all(r.enhanced for r in results[-6:]), [r.reason for r in results]
+        assert client.route == "direct" and _direct_socket(client) != hung
+
+
+def test_a_server_restarted_with_another_model_is_sent_no_ticks(identity_checkpoint, tmp_path):
+    """A new user's finding: after a restart with another checkpoint the client sent every tick, the server ran the
+    model on it, and the client threw the reply away (374 ms a tick for a raw render). The hello that names the other
+    model now stops the ticks at the client, and the client takes the server again when its own model is back."""
+    import socket
+
+    from neural_sensor.enhance.model import Enhancer, EnhancerConfig
+
+    other = tmp_path / "other"
+    Enhancer(EnhancerConfig(model_name="other", block_out_channels=(8, 16), norm_num_groups=4)).save_pretrained(other)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bind = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    first = start_server(checkpoint=identity_checkpoint, bind=bind, threads=1)
+    client = EnhancerClient(bind, deadline_ms=5_000)
+    try:
+        client.wait_ready()
+        assert client.enhance(_frames(61)).enhanced
+        first.kill()
+        second = start_server(checkpoint=other, bind=bind, threads=1)
+        try:
+            t_end = time.monotonic() + 30
+            result = client.enhance(_frames(62))
+            while "answered with checkpoint" not in result.reason and time.monotonic() < t_end:
+                time.sleep(0.1)
+                result = client.enhance(_frames(62))
+            assert "answered with checkpoint" in result.reason and "(identity)" in result.reason, result.reason
+            served = client.stats()["frames_enhanced"]
+            results = [client.enhance(_frames(63)) for _ in range(10)]
+            assert all("answered with checkpoint" in r.reason for r in results)
+            assert client.stats()["frames_enhanced"] == served  # nothing computed to be thrown away
+        finally:
+            stop_server(second)
+        third = start_server(checkpoint=identity_checkpoint, bind=bind, threads=1)
+        try:
+            t_end = time.monotonic() + 30
+            result = client.enhance(_frames(64))
+            while not result.enhanced and time.monotonic() < t_end:
+                time.sleep(0.2)
+                result = client.enhance(_frames(64))
+            assert result.enhanced, result.reason  # its own model back: enhanced again
+        finally:
+            stop_server(third)
+    finally:
+        client.close()
+
+
+def test_wait_ready_on_a_closed_client_raises_at_once():
+    client = EnhancerClient("tcp://127.0.0.1:9", deadline_ms=100)
+    client.close()
+    start = time.monotonic()
+    with pytest.raises(Exception, match="is closed"):
+        client.wait_ready(timeout_s=20)
+    assert time.monotonic() - start < 5  # (it slept out its whole timeout)

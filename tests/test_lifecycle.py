@@ -411,3 +411,55 @@ def test_an_exit_in_the_agents_code_is_told_from_a_signal(tmp_path, agent, handl
     result = subprocess.run([sys.executable, str(tmp_path / "host.py"), f"exiting_agents:{agent}",
                              str(tmp_path / "out"), handler], capture_output=True, text=True, timeout=300, env=env)
     assert result.stdout.strip().splitlines()[-1] == said, (result.stdout, result.stderr[-2000:])
+
+
+KILLS_ITS_ENHANCER = '''
+import os
+import signal
+import time
+
+from scenarios.agent import BuiltinAgent
+
+
+class KillsTheEnhancer(BuiltinAgent):
+    """At frame 3, SIGKILL this run's local enhancer server (a child of this process); then ticks a tenth of a
+    second apart, so that a restarted server has the time to load its model within the run."""
+
+    def run_step(self, input_data, timestamp):
+        frame = input_data["world"][0]
+        if frame == 3:
+            for pid in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        command = f.read()
+                    with open(f"/proc/{pid}/stat") as f:
+                        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == os.getpid() and b"neural_sensor.enhance.server" in command:
+                    os.kill(int(pid), signal.SIGKILL)
+        elif frame > 3:
+            time.sleep(0.1)
+        return super().run_step(input_data, timestamp)
+'''
+
+
+def test_a_local_enhancer_server_that_dies_mid_run_is_restarted(tmp_path, identity_checkpoint):
+    """A new user's finding: killing the run's own local server (kill -9, the out-of-memory killer) left the rest of
+    the run raw (132 of 160 ticks) with exit 0 and "reconnecting in the background ... is it still running?". The
+    run restarts it on its endpoint, says so once, and the ticks are enhanced again; nothing is left behind."""
+    marker = uuid.uuid4().hex
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    (tmp_path / "killer.py").write_text(KILLS_ITS_ENHANCER)
+    result = _cli(["demo", *TINY, "--ticks", "150", "--enhancer", "local", "--enhancer-checkpoint",
+                   str(identity_checkpoint), "--agent", f"{tmp_path / 'killer.py'}:KillsTheEnhancer", "-o",
+                   str(tmp_path / "out")], tmp_path, env={"TMPDIR": str(tmpdir), MARKER: marker})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("the local enhancer server exited (killed by signal 9) at frame") == 1, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["enhancer"]["local_server_restarts"] == 1
+    ticks = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    enhanced = [t["frame"] for t in ticks if t["enhanced"]]
+    assert enhanced and enhanced[-1] == ticks[-1]["frame"] and max(enhanced) > 40, enhanced[:5]
+    assert processes_with_marker(marker) == [] and list(tmpdir.iterdir()) == []

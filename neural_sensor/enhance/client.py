@@ -65,6 +65,7 @@ SHM_HELLO_EVERY_S = 1.0  # how often enhance() may hello to (re)negotiate shared
 NO_SHM_HELLO_EVERY_S = 30.0  # ... and how often when the server offered none (--no-shared-memory)
 SHM_HELLO_MS = 50.0  # the most such a hello may take out of a tick's budget
 DIRECT_TIMEOUTS_TO_LEAVE = 3  # direct requests in a row without a reply in time before the client leaves that worker
+DIRECT_LEAVE_S = 30.0  # how long a worker left for its timeouts is not taken again from a hello's list
 
 
 class EnhancerError(RuntimeError):
@@ -142,6 +143,7 @@ class EnhancerClient(SharedBlock):
         # by the first tick's deadline
         wire.to_float16_into(np.zeros(1, np.float32), np.empty(1, np.float16))
         self._direct_timeouts = 0  # direct requests in a row that got no reply in time
+        self._direct_left: dict[str, float] = {}  # worker socket path -> monotonic time until which it is not taken
         if wire_dtype == "uint8":
             wire.warm_codecs()  # the first tick's request must not wait for numba
         self._open()
@@ -211,11 +213,14 @@ class EnhancerClient(SharedBlock):
         names = offer.get("direct") if accepted is not None and self.direct else None
         names = [n for n in names if isinstance(n, str) and wire.DIRECT_SOCKET_NAME.fullmatch(n)] \
             if isinstance(names, list) else []
-        path = os.path.join(accepted["folder"], names[int(self._prefix, 16) % len(names)]) if names else None
+        now = time.monotonic()
+        self._direct_left = {p: t for p, t in self._direct_left.items() if t > now}
+        usable = [n for n in names if os.path.join(accepted["folder"], n) not in self._direct_left] if names else []
+        path = os.path.join(accepted["folder"], usable[int(self._prefix, 16) % len(usable)]) if usable else None
         if path != self._direct_path:
             self._close_direct()
+            self._direct_timeouts = 0
         self._direct_path = path if path is None or len(path.encode()) <= wire.DIRECT_MAX_PATH_BYTES else None
-        self._direct_timeouts = 0
         # a server with direct sockets, fewer ready than it has workers (starting, restarting): ask again in a
         # second, so that clients spread over all of them and find a replacement
         workers = hello.get("workers")
@@ -229,8 +234,9 @@ class EnhancerClient(SharedBlock):
     def _maybe_hello(self, t_end: float) -> None:
         """Negotiate shared memory again (after a restart of the server, or without an explicit hello) when due."""
         now = time.monotonic()
-        due = self._shm_offer is None or self._direct_rehello
-        if not self.shared_memory or not due or now < self._next_shm_hello:
+        due = (self.shared_memory and (self._shm_offer is None or self._direct_rehello)) \
+            or self._model_mismatch() is not None  # (another model: hello until the client's own is back)
+        if not due or now < self._next_shm_hello:
             return
         self._next_shm_hello = now + SHM_HELLO_EVERY_S
         budget = min(SHM_HELLO_MS, (t_end - now) * 1000.0 / 4)
@@ -334,6 +340,8 @@ class EnhancerClient(SharedBlock):
         """Hello until the server reports a ready worker (raises EnhancerError after timeout_s). `waiting`: called
         once with the seconds left when none is ready after `waiting_after_s` (to tell a person what the wait is:
         to ZeroMQ a closed port or a wrong host is only silence)."""
+        if self.closed:
+            raise EnhancerError(f"this EnhancerClient of {self.endpoint} is closed")
         t_end = time.monotonic() + timeout_s
         t_waiting = time.monotonic() + waiting_after_s
         last = "no reply"
@@ -402,6 +410,9 @@ class EnhancerClient(SharedBlock):
         start = time.monotonic()
         t_end = start + budget / 1000.0
         self._maybe_hello(t_end)
+        mismatch = self._model_mismatch()  # the last hello named another model: its reply would be refused anyway
+        if mismatch is not None:
+            return EnhanceResult(None, mismatch, (time.monotonic() - start) * 1000.0)
         if self._shm_offer is not None:
             result = self._enhance_shm(frames, budget, start, out)
             if result is not None:
@@ -508,6 +519,8 @@ class EnhancerClient(SharedBlock):
                 self._close_direct()  # the worker's late reply finds the connection gone
                 self._direct_timeouts += 1
                 if self._direct_timeouts >= DIRECT_TIMEOUTS_TO_LEAVE:  # hung or swamped: the broker, then a hello
+                    self._direct_left[path] = time.monotonic() + DIRECT_LEAVE_S  # not this one again for a while
+                    self._direct_timeouts = 0
                     self._lose_direct()
                 cited = budget_ms if deadline_ms is None else deadline_ms
                 return f"no reply from the enhancer's worker ({path}) within {_ms(cited)} ms"
@@ -537,6 +550,16 @@ class EnhancerClient(SharedBlock):
         self._direct_path = None
         self._direct_rehello = True
 
+    def _model_mismatch(self, served: str | None = None) -> str | None:
+        """The reason a server serving checkpoint `served` (default: the last hello's) is not used, or None."""
+        served = (self.server or {}).get("checkpoint_hash") if served is None else served
+        if self.model is None or not isinstance(served, str) or served == self.model["checkpoint_hash"]:
+            return None
+        name = self.model.get("model_name")
+        return (f"the enhancer at {self.endpoint} answered with checkpoint {served}, not "
+                f"{self.model['checkpoint_hash']}{f' ({name})' if name else ''} that this "
+                f"client started with (a server restarted with another model?)")
+
     def _bad_reply(self, reply, frames: list[dict], latency: float) -> EnhanceResult | None:
         """The raw-render result for a failed exchange, an error reply or a reply of the wrong cameras / sizes."""
         if isinstance(reply, str):
@@ -553,11 +576,8 @@ class EnhancerClient(SharedBlock):
         if isinstance(served, str):
             if self.model is None:  # no hello yet: the first reply fixes the model
                 self.model = {"checkpoint_hash": served}
-            elif served != self.model["checkpoint_hash"]:
-                name = self.model.get("model_name")
-                return EnhanceResult(None, f"the enhancer at {self.endpoint} answered with checkpoint {served}, not "
-                                           f"{self.model['checkpoint_hash']}{f' ({name})' if name else ''} that this "
-                                           f"client started with (a server restarted with another model?)", latency)
+            elif self._model_mismatch(served) is not None:
+                return EnhanceResult(None, self._model_mismatch(served), latency)
         return None
 
     def _wire_dtypes(self, frame: dict) -> dict:

@@ -54,7 +54,7 @@ def _remove_folders(folder: Path) -> None:
 
 def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp://127.0.0.1:*", workers: int = 1,
                  threads: int = 0, timeout_s: float = 120.0, quiet: bool = True,
-                 shared_memory: bool = True, precision: str = "auto") -> LocalServer:
+                 shared_memory: bool = True, precision: str = "auto", wait: bool = True) -> LocalServer:
     """Start `neural-sensor serve-enhancer` as a subprocess and wait until a worker is ready (`shared_memory`:
     offer same-host clients shared blocks; `precision`: the model's arithmetic on a CPU, as its --precision)."""
     check_cpu_precision(precision, "enhancer precision")  # before anything starts
@@ -74,6 +74,8 @@ def start_server(checkpoint: str | Path = DEFAULT_CHECKPOINT, bind: str = "tcp:/
     except BaseException:
         _remove_folders(folder)
         raise
+    if not wait:  # (a restart mid-run: the client's hellos find it ready; its ready file is not read)
+        return LocalServer(bind, proc, {}, folder)
     try:
         while not ready_file.exists():
             if proc.poll() is not None:
