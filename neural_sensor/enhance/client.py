@@ -167,10 +167,13 @@ class EnhancerClient(SharedBlock):
         self._connect_grace_until = time.monotonic() + CONNECT_GRACE_S
 
     def _reset(self) -> None:
-        """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
+        """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one. It gets no connect grace:
+        a server that let a request time out is stalled or gone, and a tick that waited the grace on the fresh
+        socket for a handshake a stopped server cannot complete lost its whole deadline (a new user's finding)."""
         self._socket.close(0)
         self.resets += 1
         self._open()
+        self._connect_grace_until = time.monotonic()
         self._next_shm_hello = min(self._next_shm_hello, time.monotonic())  # the server may have been replaced
 
     def close(self) -> None:
