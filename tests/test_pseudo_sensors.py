@@ -210,3 +210,21 @@ def test_a_leaderboard_2_agent_runs_as_the_leaderboard_runs_it(tmp_path):
     wrong = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent-config", "agent.yaml", "-o", str(tmp_path / "o")],
                  tmp_path, cwd=tmp_path)
     assert wrong.returncode == 2 and "--agent-config is handed to a leaderboard agent's setup()" in wrong.stderr
+
+
+def test_the_leaderboards_route_gps_is_its_own_mercator():
+    """set_global_plan's GPS is the leaderboard's route_manipulation._location_to_gps (CARLA's -y to the north),
+    not libcarla's projection of the GNSS sensor (which on 0.9.16 puts +y to the north)."""
+    from scenarios.agent import _leaderboard_gps, _leaderboard_latlon_ref
+
+    origin = _leaderboard_gps(42.0, 2.0, 0.0, 0.0, 1.5)
+    assert origin["lat"] == pytest.approx(42.0, abs=1e-12) and origin["lon"] == pytest.approx(2.0, abs=1e-12)
+    assert origin["z"] == 1.5
+    east = _leaderboard_gps(42.0, 2.0, 100.0, 0.0, 0.0)  # 100 m along x: the longitude, by 100 m / (R cos 42)
+    assert east["lon"] - 2.0 == pytest.approx(math.degrees(100.0 / (6378137.0 * math.cos(math.radians(42.0)))))
+    assert east["lat"] == pytest.approx(42.0, abs=1e-12)
+    south = _leaderboard_gps(42.0, 2.0, 0.0, 100.0, 0.0)  # CARLA's +y is south here
+    assert -1.2e-3 < south["lat"] - 42.0 < -0.8e-3
+    header = '<OpenDRIVE><header><geoReference><![CDATA[+proj=tmerc +lat_0=48.1 +lon_0=11.5 +k=1]]></geoReference>'
+    assert _leaderboard_latlon_ref(header + "</header></OpenDRIVE>") == (48.1, 11.5)
+    assert _leaderboard_latlon_ref("<OpenDRIVE><header/></OpenDRIVE>") == (42.0, 2.0)
