@@ -30,10 +30,8 @@ BLUEPRINTS = {"car": "vehicle.tesla.model3", "truck": "vehicle.carlamotors.carla
               "pedestrian": "walker.pedestrian.0001", "cyclist": "vehicle.diamondback.century"}
 
 
-def connect(address: str, timeout_s: float = 10.0):
-    """A carla.Client for "HOST:PORT" whose server answered, or RuntimeError with CARLA's own message."""
-    import carla
-
+def carla_address(address: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT", "HOST" or "HOST:" (port 2000), "" for localhost; ValueError naming bad input."""
     host, _, port = address.partition(":")
     try:
         port_number = int(port or 2000)
@@ -41,12 +39,20 @@ def connect(address: str, timeout_s: float = 10.0):
         raise ValueError(f"--carla must be HOST:PORT, got {address!r}") from None
     if not 0 < port_number < 65536:
         raise ValueError(f"--carla port must be in 1..65535, got {port_number}")
-    client = carla.Client(host or "localhost", port_number)
+    return host or "localhost", port_number
+
+
+def connect(address: str, timeout_s: float = 10.0):
+    """A carla.Client for "HOST:PORT" whose server answered, or RuntimeError with CARLA's own message."""
+    import carla
+
+    host, port = carla_address(address)
+    client = carla.Client(host, port)
     client.set_timeout(timeout_s)
     try:
         client.get_server_version()
     except RuntimeError as err:
-        raise RuntimeError(f"no CARLA server answered at {host or 'localhost'}:{port or 2000} "
+        raise RuntimeError(f"no CARLA server answered at {host}:{port} "
                            f"within {timeout_s:.0f} s (CARLA says: {err})") from None
     return client
 

@@ -312,6 +312,7 @@ class StandInActor:
         if not self._alive:
             return False
         self._alive = False
+        self._callback = None  # as libcarla's Sensor::Destroy: a listening sensor stops first
         self.world.actors.pop(self.id, None)
         return True
 

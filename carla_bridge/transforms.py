@@ -92,8 +92,8 @@ def sensor_spec_from_leaderboard(sensor: Mapping) -> SensorSpec:
     kind = sensor["type"]
     if kind != "sensor.camera.rgb":
         raise ValueError(f"sensor {name!r}: type {kind!r} is not an RGB camera (the neural sensor renders "
-                         "sensor.camera.rgb; a run also computes sensor.other.gnss, sensor.other.imu and "
-                         "sensor.speedometer)")
+                         "sensor.camera.rgb; a run also computes sensor.other.gnss, sensor.other.imu, "
+                         "sensor.speedometer and sensor.opendrive_map)")
     missing = [k for k in LEADERBOARD_SENSOR_KEYS if k not in sensor]
     if missing:
         raise ValueError(f"sensor {name!r}: missing keys {missing}")

@@ -195,8 +195,8 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
     `package.module:Class` or `path/to/file.py:Class` (or `path/to/file.py` / `package.module` alone where the
     module has the leaderboard's get_entry_point()).
 
-    A CARLA leaderboard 2.x agent (`is_leaderboard_agent`) is built as the leaderboard does: Class(host, port,
-    False) (the --carla server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and
+    A CARLA leaderboard 2.x agent (`is_leaderboard_agent`, its constructor Class(carla_host, carla_port, debug);
+    one that takes ours is built as ours) is built as the leaderboard does: Class(host, port, False) (the --carla server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and
     setup(agent_config or ""). Any other class is built as Class(route_xy_m=..., target_speed_mps=...).
     ValueError names what cannot be loaded; AgentError wraps what the agent's code raised."""
     if dotted is None:
@@ -229,18 +229,20 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
-    if is_leaderboard_agent(cls):
-        return _leaderboard_agent(cls, dotted, scenario, agent_config, carla_address)
-    if agent_config is not None:
-        raise ValueError(f"--agent-config is handed to a leaderboard agent's setup(); agent {dotted!r} has no "
-                         "setup() and set_global_plan()")
     kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
-    try:
-        inspect.signature(cls).bind(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {err}") from None
-    except ValueError:  # no signature to read (a builtin): the call itself says
-        pass
+    ours = _binds(cls, **kwargs)
+    if ours is not True and is_leaderboard_agent(cls):  # (one that takes ours is ours, setup() or not)
+        if _binds(cls, "localhost", 2000, False) is True:
+            return _leaderboard_agent(cls, dotted, scenario, agent_config, carla_address)
+        raise ValueError(f"agent {dotted!r} has a leaderboard agent's setup() and set_global_plan(), but its "
+                         "constructor takes neither the leaderboard 2.x Class(carla_host, carla_port, debug) nor "
+                         "Class(route_xy_m=..., target_speed_mps=...) (leaderboard 1.x's Class(path_to_conf_file) "
+                         "is not taken)")
+    if agent_config is not None:
+        raise ValueError(f"--agent-config is handed to a leaderboard agent's setup(); agent {dotted!r} is built as "
+                         "Class(route_xy_m=..., target_speed_mps=...)")
+    if isinstance(ours, TypeError):
+        raise ValueError(f"agent {dotted!r} must accept Class(route_xy_m=..., target_speed_mps=...): {ours}")
     try:
         agent = cls(**kwargs)
     except Exception as err:
@@ -255,12 +257,23 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
     return agent
 
 
+def _binds(cls, *args, **kwargs):
+    """True where cls(*args, **kwargs) binds its signature, the TypeError where not, None where it has none to read
+    (a builtin: the call itself says)."""
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as err:
+        return err
+    except ValueError:
+        return None
+    return True
+
+
 def _leaderboard_agent(cls, dotted: str, scenario: Scenario, agent_config: str | None, carla_address: str | None):
     """cls built and set up as leaderboard_evaluator does (see load_agent)."""
-    host, port = LEADERBOARD_HOST_PORT
-    if carla_address:
-        host, _, port_text = carla_address.rpartition(":")
-        port = int(port_text)
+    from carla_bridge.carla_world import carla_address as parse_address
+
+    host, port = parse_address(carla_address) if carla_address else LEADERBOARD_HOST_PORT
     gps_route, route = leaderboard_plan(scenario)  # (before the agent is built: a missing carla package said first)
     try:
         agent = cls(host, port, False)
@@ -268,8 +281,12 @@ def _leaderboard_agent(cls, dotted: str, scenario: Scenario, agent_config: str |
         raise AgentError(dotted, "its constructor (the leaderboard's Class(host, port, debug))", err) from err
     except SystemExit as err:
         agent_exit(dotted, "its constructor", err)
-    agent_call(dotted, "set_global_plan()", agent.set_global_plan, gps_route, route)
-    agent_call(dotted, "setup()", agent.setup, "" if agent_config is None else str(agent_config))
+    try:
+        agent_call(dotted, "set_global_plan()", agent.set_global_plan, gps_route, route)
+        agent_call(dotted, "setup()", agent.setup, "" if agent_config is None else str(agent_config))
+    except BaseException:  # built: its destroy() is called however the run ends, this way too
+        destroy_agent(agent, dotted, failing=True)
+        raise
     return agent
 
 

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,7 +285,9 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
     """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
     sensors = agent_call(options.agent, "sensors()", agent.sensors)
     # its GNSS / IMU / speedometer are computed from the snapshots (carla_bridge.pseudo_sensors), its cameras rendered
-    sensors, pseudo_dicts = split_sensors(sensors) if isinstance(sensors, (list, tuple)) else (sensors, [])
+    if isinstance(sensors, Iterable) and not isinstance(sensors, (Mapping, str, bytes)):
+        sensors = list(sensors)  # (a generator: read once)
+    sensors, pseudo_dicts = split_sensors(sensors) if isinstance(sensors, list) else (sensors, [])
     specs = sensor_specs_from_leaderboard(sensors)
     if not specs:  # (the video's size check said "max() arg is an empty sequence")
         raise ValueError(f"agent {options.agent}: sensors() returned no camera; a neural-sensor run renders the "

@@ -561,3 +561,8 @@ def test_the_standins_gnss_and_imu_measure_every_tick():
     world.tick()
     world.wait_for_callbacks()
     assert readings[0].gyroscope.z == pytest.approx(0.5)  # a first reading has no turn rate yet: the bias alone
+    sensor.destroy()  # as libcarla's: a destroyed sensor stops listening, and gets nothing more
+    assert not sensor.is_listening()
+    world.tick()
+    world.wait_for_callbacks()
+    assert len(readings) == 1

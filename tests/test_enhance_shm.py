@@ -592,7 +592,8 @@ def test_a_hung_worker_is_left_for_the_other_one(identity_checkpoint):
         assert client.route == "direct" and _direct_socket(client) != hung
 
 
-def test_a_server_restarted_with_another_model_is_sent_no_ticks(identity_checkpoint, tmp_path):
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "bytes"])
+def test_a_server_restarted_with_another_model_is_sent_no_ticks(identity_checkpoint, tmp_path, shared_memory):
     """A new user's finding: after a restart with another checkpoint the client sent every tick, the server ran the
     model on it, and the client threw the reply away (374 ms a tick for a raw render). The hello that names the other
     model now stops the ticks at the client, and the client takes the server again when its own model is back."""
@@ -606,7 +607,7 @@ def test_a_server_restarted_with_another_model_is_sent_no_ticks(identity_checkpo
         s.bind(("127.0.0.1", 0))
         bind = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     first = start_server(checkpoint=identity_checkpoint, bind=bind, threads=1)
-    client = EnhancerClient(bind, deadline_ms=5_000)
+    client = EnhancerClient(bind, deadline_ms=5_000, shared_memory=shared_memory)  # (bytes: as a remote server's)
     try:
         client.wait_ready()
         assert client.enhance(_frames(61)).enhanced

@@ -511,6 +511,12 @@ def test_parked_cars_stand_in_a_maps_parking_lanes():
         xs = sorted(car.centre_m[0] for car in in_lanes if np.sign(car.centre_m[1] - 300.0) == side)
         assert all(b - a >= PARKED_SIZE_M[0] for a, b in zip(xs, xs[1:]))
     crosswalk = '<objects><object id="2" type="crosswalk" s="30" t="0" length="3" width="20"/></objects>'
-    assert all(abs(car.centre_m[0] - 530.0) >= 1.5 + 2.0 + 0.5 * PARKED_SIZE_M[0] for car in cars(2.5, crosswalk))
+    crossed = cars(2.5, crosswalk)
+    assert crossed and all(abs(car.centre_m[0] - 530.0) >= 1.5 + 2.0 + 0.5 * PARKED_SIZE_M[0] for car in crossed)
+    # another road's 6 m lane elsewhere in the map leaves these cars where they are (the clearance is each lane's)
+    wide = _one_road(_sided((("driving", 3.5), ("parking", 2.5), ("sidewalk", 2.0)),
+                            (("driving", 6.0), ("sidewalk", 2.0))))
+    assert [c for c in layout_from_opendrive(wide, style=Style(seed=3)).objects if c.cls == "parked_vehicle"
+            and c.centre_m[1] > 300.0]
     narrow = cars(1.2)  # a motorcycle bay: the kerb-side cars of the roadside mix, outside it, as before
     assert narrow and all(abs(car.centre_m[1] - 300.0) > 3.5 + 1.2 for car in narrow)

@@ -228,3 +228,34 @@ def test_the_leaderboards_route_gps_is_its_own_mercator():
     header = '<OpenDRIVE><header><geoReference><![CDATA[+proj=tmerc +lat_0=48.1 +lon_0=11.5 +k=1]]></geoReference>'
     assert _leaderboard_latlon_ref(header + "</header></OpenDRIVE>") == (48.1, 11.5)
     assert _leaderboard_latlon_ref("<OpenDRIVE><header/></OpenDRIVE>") == (42.0, 2.0)
+
+
+def test_an_agent_that_takes_our_constructor_is_ours_and_a_leaderboard_agents_destroy_is_called(tmp_path,
+                                                                                              monkeypatch):
+    """A reviewer's findings: the thin wrapper the README recommended before (our constructor, plus the leaderboard
+    agent's setup / set_global_plan it wraps) was built as a leaderboard agent and failed; a leaderboard agent whose
+    setup() raised was never destroyed; `--carla HOST` without a port failed in int()."""
+    pytest.importorskip("carla")
+    from scenarios.agent import AgentError, load_agent
+    from scenarios.runner import load_scenario
+
+    scenario = load_scenario("cut_in")
+    monkeypatch.chdir(tmp_path)  # (the agent writes its calls.json there)
+    (tmp_path / "wrapped.py").write_text(
+        "from scenarios.agent import BuiltinAgent\n"
+        "class Thin(BuiltinAgent):\n"
+        "    def setup(self, path): raise AssertionError('not called')\n"
+        "    def set_global_plan(self, gps, route): raise AssertionError('not called')\n")
+    agent = load_agent(f"{tmp_path / 'wrapped.py'}:Thin", scenario, 64, 36)
+    assert type(agent).__name__ == "Thin"
+    (tmp_path / "lb.py").write_text(LEADERBOARD_2_AGENT)
+    agent = load_agent(f"{tmp_path / 'lb.py'}", scenario, 64, 36, carla_address="carlahost")
+    assert agent.calls[0] == ["init", "carlahost", 2000, False]
+    (tmp_path / "lb_fails.py").write_text(LEADERBOARD_2_AGENT + (
+        "\n\nclass SetupFails(MyAutonomousAgent):\n"
+        "    def setup(self, path_to_conf_file):\n"
+        "        raise RuntimeError('no model file')\n"))
+    with pytest.raises(AgentError, match="raised RuntimeError: no model file in setup"):
+        load_agent(f"{tmp_path / 'lb_fails.py'}:SetupFails", scenario, 64, 36, agent_config=str(tmp_path / "c"))
+    calls = json.loads((tmp_path / "calls.json").read_text())  # written by its destroy()
+    assert [c[0] for c in calls] == ["init", "set_global_plan", "destroy"]

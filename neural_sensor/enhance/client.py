@@ -580,6 +580,9 @@ class EnhancerClient(SharedBlock):
             if self.model is None:  # no hello yet: the first reply fixes the model
                 self.model = {"checkpoint_hash": served}
             elif self._model_mismatch(served) is not None:
+                # known now: the next ticks are not sent (also without shared memory, where no hello would tell),
+                # and a hello a second asks whether the client's own model is back
+                self.server = {**(self.server or {}), "checkpoint_hash": served}
                 return EnhanceResult(None, self._model_mismatch(served), latency)
         return None
 

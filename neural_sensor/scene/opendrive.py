@@ -270,8 +270,8 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
                                          skip_fn=on_a_lane, keep_clear_xy_m=lane_points,
                                          keep_clear_m=keep_clear_m, lane_width_m=min(outer, default=3.5))
         if parking:  # (a map without parking lanes is decorated as it always was, bit for bit)
-            objects = _parked_in_parking_lanes(np.random.default_rng([style.seed, 1]), objects, parking, on_a_lane,
-                                               crosswalks)
+            objects = _parked_in_parking_lanes(np.random.default_rng([style.seed, 1]), objects, parking,
+                                               _make_lane_test(lanes), crosswalks)
     return Layout(lanes, edges, sidewalks, crosswalks, objects, style, name=name, references=references,
                   opendrive=_document_text(xodr, root), paved=paved)
 
@@ -419,7 +419,7 @@ def _parked_in_parking_lanes(rng: np.random.Generator, objects: list[Box], parki
     parking lane (it would stand half on the kerb, touching the lane's cars) is dropped, and each parking lane at
     least MIN_PARKING_WIDTH_M wide is cut into slots of a car's length plus a PARKING_GAP_M gap, PARKING_OCCUPANCY of
     them holding a car centred in the lane along it. A car whose centre or either end lies on a driving lane
-    (on_a_lane: a junction's lanes where the parking lane meets one) or within 2 m of a crosswalk is left out.
+    (on_a_lane, `_make_lane_test`: a junction's lanes where the parking lane meets one) or within 2 m of a crosswalk is left out.
     (Until 2026-12-07 a map's parking lanes stood empty, the cars on the kerb outside them.)"""
     parking = [strip for strip in parking if strip.width_m >= MIN_PARKING_WIDTH_M]
     strips = [(densified(strip.centre_m, 0.5), strip.width_m) for strip in parking]
@@ -458,6 +458,17 @@ def _parked_in_parking_lanes(rng: np.random.Generator, objects: list[Box], parki
                                     "parked_vehicle"))
             s += length_m + gap
     return kept
+
+
+def _make_lane_test(lanes: list[Lane]):
+    """True where a point lies on a driving lane or within LANE_EDGE_CLEARANCE_M of its edge, each lane by its own
+    width (a parked car beside a 3.5 m lane is not on it because another lane of the map is 6 m wide)."""
+    points = np.concatenate([densified(lane.centre_m) for lane in lanes])
+    half = np.concatenate([np.full(len(densified(lane.centre_m)), 0.5 * lane.width_m) for lane in lanes])
+
+    def on_a_lane(p) -> bool:
+        return bool(np.min(np.linalg.norm(points - np.asarray(p)[None, :2], axis=1) - half) < LANE_EDGE_CLEARANCE_M)
+    return on_a_lane
 
 
 def _make_clearance_test(lane_points: np.ndarray, clearance_m: float):
