@@ -334,6 +334,9 @@ class CameraRig:
         else:
             ego_pose = np.eye(4)
         actor_snaps = list(world_snapshot)
+        if len(self._actors) > 2 * len(actor_snaps) + 64:  # actors destroyed since (traffic that respawns with new
+            present = {a.id for a in actor_snaps}  # ids): forgotten, or the table grew by one entry per actor
+            self._actors = {i: entry for i, entry in self._actors.items() if i in present}
         self._refresh_actors([a.id for a in actor_snaps])
         known = self._actors
         drawn, rows = [], []

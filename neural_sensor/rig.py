@@ -173,6 +173,9 @@ class SensorFrame:
     meta: dict = field(default_factory=dict)  # render_ms, compose_ms, backend, enhanced, enhancer_reason, enhance_ms
 
 
+ASSET_SLACK = 16  # agents' assets kept beyond twice the agents of a tick before those of absent agents are dropped
+
+
 class NeuralSensorRig:
     """Renders a rig of cameras on the ego from a Gaussian scene plus the snapshot's agents."""
 
@@ -317,6 +320,10 @@ class NeuralSensorRig:
             raise TypeError(f"NeuralSensorRig.capture: expected a WorldSnapshot, got {type(snapshot).__name__}")
         start = time.perf_counter()
         parts = compose(self.scene, [(self._asset(a), a.pose_agent_to_world) for a in snapshot.agents])
+        if len(self._assets) > 2 * len(snapshot.agents) + ASSET_SLACK:  # agents gone (traffic that respawns with new
+            present = {a.agent_id for a in snapshot.agents}  # ids): their assets go, or each cost ~0.4 MB for good
+            for key in [k for k in self._assets if k[1] not in present]:
+                del self._assets[key]
         compose_ms = (time.perf_counter() - start) * 1000.0
         pose_ego = snapshot.ego.pose_agent_to_world
         frames: dict[str, SensorFrame] = {}
