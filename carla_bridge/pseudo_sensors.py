@@ -2,11 +2,12 @@
 
 A CARLA leaderboard agent's `sensors()` usually lists, besides its cameras, a
 `sensor.other.gnss`, a `sensor.other.imu` and the leaderboard's own
-`sensor.speedometer` (a map track's agent, a `sensor.opendrive_map`). The neural sensor renders the
-cameras; these are
-computed here from the ego's pose in each tick's WorldSnapshot, the way the CARLA
-0.9.16 server computes them, and handed to `run_step` in the leaderboard's
-SensorInterface format (`input_data[id] = (frame, data)`):
+`sensor.speedometer` (a map track's agent also a `sensor.opendrive_map`). The
+neural sensor renders the cameras; these are computed here from the ego's pose
+in each tick's WorldSnapshot, the way the CARLA 0.9.16 server computes them
+(carla-simulator/carla#9389: its GNSS puts CARLA's +y to the north), and handed
+to `run_step` in the leaderboard's SensorInterface format (`input_data[id] =
+(frame, data)`):
 
 - gnss: float64 [latitude deg, longitude deg, altitude m] of the sensor's mount, through the map's
   geoReference by libcarla's own projection (`carla.Map.transform_to_geolocation` of the `carla` package,

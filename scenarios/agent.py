@@ -113,8 +113,9 @@ LEADERBOARD_HOST_PORT = ("localhost", 2000)  # what a leaderboard agent's constr
 
 
 def is_leaderboard_agent(cls) -> bool:
-    """A CARLA leaderboard 2.x AutonomousAgent's face: built as Class(host, port, debug), then set_global_plan(gps
-    route, world route) and setup(path_to_conf_file), as leaderboard_evaluator does."""
+    """A CARLA leaderboard AutonomousAgent's face (setup, set_global_plan, sensors, run_step); load_agent builds a
+    2.x one, Class(host, port, debug), then set_global_plan(gps route, world route) and setup(path_to_conf_file), as
+    leaderboard_evaluator does."""
     return all(callable(getattr(cls, name, None)) for name in ("setup", "set_global_plan", "sensors", "run_step"))
 
 
@@ -122,8 +123,8 @@ def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     """The scenario's route as the leaderboard hands it to set_global_plan: (gps_route, route), a point every
     LEADERBOARD_PLAN_STEP_M, [({"lat", "lon", "z"}, RoadOption.LANEFOLLOW)] (the leaderboard's own projection,
     `_leaderboard_gps`) and [(carla.Transform, RoadOption)] in CARLA's frame (UE: y to the right, yaw clockwise,
-    degrees). RoadOption is CARLA's own (agents.navigation) where
-    that package is importable, else an enum with its names and values. Needs the carla package."""
+    degrees). RoadOption is CARLA's own (agents.navigation) where that package is importable, else an enum with its
+    names and values. Needs the carla package."""
     try:
         import carla
     except ImportError:
@@ -196,8 +197,9 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
     module has the leaderboard's get_entry_point()).
 
     A CARLA leaderboard 2.x agent (`is_leaderboard_agent`, its constructor Class(carla_host, carla_port, debug);
-    one that takes ours is built as ours) is built as the leaderboard does: Class(host, port, False) (the --carla server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and
-    setup(agent_config or ""). Any other class is built as Class(route_xy_m=..., target_speed_mps=...).
+    one that takes ours is built as ours) is built as the leaderboard does: Class(host, port, False) (the --carla
+    server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and setup(agent_config or "").
+    Any other class is built as Class(route_xy_m=..., target_speed_mps=...).
     ValueError names what cannot be loaded; AgentError wraps what the agent's code raised."""
     if dotted is None:
         if agent_config is not None:
