@@ -4,14 +4,14 @@ A CARLA leaderboard agent's `sensors()` usually lists, besides its cameras, a
 `sensor.other.gnss`, a `sensor.other.imu` and the leaderboard's own
 `sensor.speedometer` (a map track's agent also a `sensor.opendrive_map`). The
 neural sensor renders the cameras; these are computed here from the ego's pose
-in each tick's WorldSnapshot, the way the CARLA 0.9.16 server computes them
-(carla-simulator/carla#9389: its GNSS puts CARLA's +y to the north), and handed
-to `run_step` in the leaderboard's SensorInterface format (`input_data[id] =
-(frame, data)`):
+in each tick's WorldSnapshot, the way the CARLA server computes them (the GNSS
+as CARLA up to 0.9.15 by default: see below), and handed to `run_step` in the
+leaderboard's SensorInterface format (`input_data[id] = (frame, data)`):
 
 - gnss: float64 [latitude deg, longitude deg, altitude m] of the sensor's mount, through the map's
-  geoReference by libcarla's own projection (`carla.Map.transform_to_geolocation` of the `carla` package,
-  which a GNSS therefore needs; the server's sensor projects with the same code).
+  geoReference: by default as CARLA up to 0.9.15 and the leaderboard's route GPS project it (`geo_projection`
+  "leaderboard"), or, asked for, as the 0.9.16 server does ("carla-0.9.16": libcarla's GeoProjection through the
+  `carla` package, CARLA's +y to the north, against the route and the compass: carla-simulator/carla#9389).
 - imu: float64 [accelerometer x, y, z m/s^2, gyroscope x, y, z rad/s, compass rad], in the sensor's
   UE axes (x forward, y right, z up) as the server's InertialMeasurementUnit: the acceleration is the
   second derivative of the mount's location over the last three ticks (the server's quadratic
@@ -42,15 +42,62 @@ PSEUDO_SENSOR_TYPES = ("sensor.other.gnss", "sensor.other.imu", "sensor.speedome
 GRAVITY_MPS2 = 9.81  # as the server's InertialMeasurementUnit
 
 
-def geo_projection(opendrive: str):
-    """The geolocation function (CARLA x, y, z m -> latitude deg, longitude deg, altitude m) of an OpenDRIVE map:
-    libcarla's own, through the `carla` package's `carla.Map.transform_to_geolocation` (the server's GNSS sensor
-    projects its location with the same GeoProjection of the same map). ValueError where the package is missing."""
+GNSS_PROJECTIONS = ("leaderboard", "carla-0.9.16")  # a GNSS's latitude / longitude (see geo_projection)
+# the leaderboard reads these keys of each pseudo sensor's dict (leaderboard_evaluator's setup_sensors): a KeyError
+REQUIRED_KEYS = {"sensor.other.gnss": ("x", "y", "z"), "sensor.other.imu": ("x", "y", "z", "roll", "pitch", "yaw"),
+                 "sensor.speedometer": ("reading_frequency",), "sensor.opendrive_map": ("reading_frequency",)}
+
+
+def leaderboard_latlon_ref(opendrive: str) -> tuple[float, float]:
+    """A map's reference latitude and longitude as the leaderboard reads them (route_manipulation._get_latlon_ref,
+    and libcarla up to 0.9.15): +lat_0 and +lon_0 of its geoReference, 42 and 2 where absent."""
+    import xml.etree.ElementTree as ET
+
+    lat_ref, lon_ref = 42.0, 2.0
+    header = ET.fromstring(opendrive).find("header")
+    reference = header.find("geoReference") if header is not None else None
+    for item in ((reference.text or "") if reference is not None else "").split(" "):
+        if "+lat_0" in item:
+            lat_ref = float(item.split("=")[1])
+        if "+lon_0" in item:
+            lon_ref = float(item.split("=")[1])
+    return lat_ref, lon_ref
+
+
+def leaderboard_gps(lat_ref: float, lon_ref: float, x_m: float, y_m: float, z_m: float) -> dict:
+    """A CARLA location (UE axes, metres) as the leaderboard's route GPS {"lat", "lon", "z"}
+    (route_manipulation._location_to_gps; libcarla's GeoLocation::Transform up to 0.9.15 is the same Mercator about
+    lat_ref, CARLA's -y to the north)."""
+    radius_m = 6378137.0
+    scale = math.cos(math.radians(lat_ref))
+    mx = scale * lon_ref * math.pi * radius_m / 180.0 + x_m
+    my = scale * radius_m * math.log(math.tan((90.0 + lat_ref) * math.pi / 360.0)) - y_m
+    lon = mx * 180.0 / (math.pi * radius_m * scale)
+    lat = 360.0 * math.atan(math.exp(my / (radius_m * scale))) / math.pi - 90.0
+    return {"lat": lat, "lon": lon, "z": z_m}
+
+
+def geo_projection(opendrive: str, projection: str = "leaderboard"):
+    """The geolocation function (CARLA x, y, z m -> latitude deg, longitude deg, altitude m) of a GNSS on an OpenDRIVE
+    map. "leaderboard": CARLA up to 0.9.15's, which is the leaderboard's route GPS (`leaderboard_gps`): route, GNSS
+    and compass agree, as the leaderboard 2.x agents were built for. "carla-0.9.16": libcarla 0.9.16's GeoProjection,
+    through the `carla` package's `carla.Map.transform_to_geolocation` (the 0.9.16 server's GNSS code path), which
+    puts CARLA's +y to the north (carla-simulator/carla#9389): against the route and the compass, mirrored.
+    ValueError for another name, or for "carla-0.9.16" where the package is missing."""
+    if projection not in GNSS_PROJECTIONS:
+        raise ValueError(f"gnss projection must be one of {GNSS_PROJECTIONS}, got {projection!r}")
+    if projection == "leaderboard":
+        lat_ref, lon_ref = leaderboard_latlon_ref(opendrive)
+
+        def mercator(x_m: float, y_m: float, z_m: float) -> tuple[float, float, float]:
+            gps = leaderboard_gps(lat_ref, lon_ref, float(x_m), float(y_m), float(z_m))
+            return gps["lat"], gps["lon"], gps["z"]
+        return mercator
     try:
         import carla
     except ImportError:
-        raise ValueError("a sensor.other.gnss is computed through the CARLA client package's map projection, which "
-                         "is not installed: pip install carla==0.9.16") from None
+        raise ValueError("the carla-0.9.16 GNSS projection is libcarla's own, through the CARLA client package, "
+                         "which is not installed: pip install carla==0.9.16") from None
     carla_map = carla.Map("gnss", opendrive)
 
     def geolocation(x_m: float, y_m: float, z_m: float) -> tuple[float, float, float]:
@@ -68,15 +115,21 @@ def split_sensors(sensors: Sequence[Mapping]) -> tuple[list[Mapping], list[Mappi
 class PseudoSensors:
     """The GNSS / IMU / speedometer readings of an agent's pseudo-sensor dicts, tick by tick (see the module).
 
-    sensors: leaderboard dicts of the PSEUDO_SENSOR_TYPES (id, type; x, y, z, roll, pitch, yaw in UE metres and
-    degrees, 0 where absent, as the leaderboard's defaults). opendrive: the world's map (for the GNSS)."""
+    sensors: leaderboard dicts of the PSEUDO_SENSOR_TYPES (id, type, and the keys the leaderboard reads,
+    REQUIRED_KEYS: x, y, z (and an IMU's roll, pitch, yaw) in UE metres and degrees, a GNSS's rotation 0 as the
+    leaderboard spawns it). opendrive: the world's map (for the GNSS and the map). gnss_projection: one of
+    GNSS_PROJECTIONS (`geo_projection`)."""
 
-    def __init__(self, sensors: Sequence[Mapping], opendrive: str | None = None):
+    def __init__(self, sensors: Sequence[Mapping], opendrive: str | None = None,
+                 gnss_projection: str = "leaderboard"):
         self.sensors = []
         for sensor in sensors:
             if "id" not in sensor:  # (the leaderboard reads sensor["id"])
                 raise ValueError(f"a {sensor['type']} sensor: missing key 'id'")
             name = sensor["id"]
+            missing = [k for k in REQUIRED_KEYS[sensor["type"]] if k not in sensor]
+            if missing:  # (the leaderboard: a KeyError; a default of 0 would put the sensor somewhere else)
+                raise ValueError(f"sensor {name!r} ({sensor['type']}): missing keys {missing}")
             values = []
             for key in ("x", "y", "z", "roll", "pitch", "yaw"):
                 value = sensor.get(key, 0.0)
@@ -90,7 +143,7 @@ class PseudoSensors:
         if opendrive is None and kinds & {"sensor.other.gnss", "sensor.opendrive_map"}:
             raise ValueError("a sensor.other.gnss or sensor.opendrive_map needs the world's OpenDRIVE map")
         if "sensor.other.gnss" in kinds:
-            self._geolocation = geo_projection(opendrive)
+            self._geolocation = geo_projection(opendrive, gnss_projection)
         self._history: dict[str, list] = {name: [] for name, _, _ in self.sensors}  # (time s, location UE m)
         self._last_rotation = None  # (time s, the ego's FLU rotation) of the last tick
         self._last_xy = None  # the ego's FLU position at the last tick

@@ -396,7 +396,8 @@ class _MeasuringSensor:
             self._mount = mount
             sensor = dict(zip(("x", "y", "z", "roll", "pitch", "yaw"), mount), type=actor.type_id, id="s")
             self._sensors = PseudoSensors([sensor], actor.world.get_map().to_opendrive()
-                                          if actor.type_id == "sensor.other.gnss" else None)
+                                          if actor.type_id == "sensor.other.gnss" else None,
+                                          gnss_projection="carla-0.9.16")  # (the stand-in is a 0.9.16 server)
         pose = pose_from_transform((carrier or actor).get_transform())
         speed = carrier.speed_mps if carrier is not None else 0.0
         snapshot = WorldSnapshot(frame, elapsed_s, AgentState(0, "car", (1.0, 1.0, 1.0), pose, speed))

@@ -122,7 +122,7 @@ def is_leaderboard_agent(cls) -> bool:
 def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     """The scenario's route as the leaderboard hands it to set_global_plan: (gps_route, route), a point every
     LEADERBOARD_PLAN_STEP_M, [({"lat", "lon", "z"}, RoadOption.LANEFOLLOW)] (the leaderboard's own projection,
-    `_leaderboard_gps`) and [(carla.Transform, RoadOption)] in CARLA's frame (UE: y to the right, yaw clockwise,
+    `carla_bridge.pseudo_sensors.leaderboard_gps`) and [(carla.Transform, RoadOption)] in CARLA's frame (UE: y to the right, yaw clockwise,
     degrees). RoadOption is CARLA's own (agents.navigation) where that package is importable, else an enum with its
     names and values. Needs the carla package."""
     try:
@@ -130,6 +130,7 @@ def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     except ImportError:
         raise ValueError("a leaderboard agent is given its route as carla.Transforms: install the CARLA client "
                          "package (pip install carla==0.9.16)") from None
+    from carla_bridge.pseudo_sensors import leaderboard_gps, leaderboard_latlon_ref
     from neural_sensor.scene.opendrive import layout_to_opendrive
 
     try:
@@ -138,44 +139,15 @@ def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
         RoadOption = _RoadOption
     path = Path(np.asarray(scenario.route_xy_m, dtype=np.float64))
     stations = np.linspace(0.0, path.length_m, max(2, int(math.ceil(path.length_m / LEADERBOARD_PLAN_STEP_M)) + 1))
-    lat_ref, lon_ref = _leaderboard_latlon_ref(layout_to_opendrive(scenario.layout))
+    lat_ref, lon_ref = leaderboard_latlon_ref(layout_to_opendrive(scenario.layout))
     gps_route, route = [], []
     for s in stations:
         (x, y), heading = path.at(float(s))
         transform = carla.Transform(carla.Location(float(x), float(-y), 0.0),
                                     carla.Rotation(yaw=float(-math.degrees(heading))))
-        gps_route.append((_leaderboard_gps(lat_ref, lon_ref, float(x), float(-y), 0.0), RoadOption.LANEFOLLOW))
+        gps_route.append((leaderboard_gps(lat_ref, lon_ref, float(x), float(-y), 0.0), RoadOption.LANEFOLLOW))
         route.append((transform, RoadOption.LANEFOLLOW))
     return gps_route, route
-
-
-def _leaderboard_latlon_ref(opendrive: str) -> tuple[float, float]:
-    """The leaderboard's reference latitude and longitude of a map (route_manipulation._get_latlon_ref): +lat_0 and
-    +lon_0 of its geoReference, 42 and 2 where absent."""
-    import xml.etree.ElementTree as ET
-
-    lat_ref, lon_ref = 42.0, 2.0
-    header = ET.fromstring(opendrive).find("header")
-    reference = header.find("geoReference") if header is not None else None
-    for item in ((reference.text or "") if reference is not None else "").split(" "):
-        if "+lat_0" in item:
-            lat_ref = float(item.split("=")[1])
-        if "+lon_0" in item:
-            lon_ref = float(item.split("=")[1])
-    return lat_ref, lon_ref
-
-
-def _leaderboard_gps(lat_ref: float, lon_ref: float, x_m: float, y_m: float, z_m: float) -> dict:
-    """A CARLA location (UE axes) as the leaderboard's route GPS (route_manipulation._location_to_gps: a Mercator
-    about lat_ref, CARLA's -y to the north). A CARLA 0.9.16 GNSS sensor projects by libcarla's GeoProjection, which
-    on the same map puts +y to the north: the two disagree off the x axis, in CARLA as here."""
-    radius_m = 6378137.0
-    scale = math.cos(math.radians(lat_ref))
-    mx = scale * lon_ref * math.pi * radius_m / 180.0 + x_m
-    my = scale * radius_m * math.log(math.tan((90.0 + lat_ref) * math.pi / 360.0)) - y_m
-    lon = mx * 180.0 / (math.pi * radius_m * scale)
-    lat = 360.0 * math.atan(math.exp(my / (radius_m * scale))) / math.pi - 90.0
-    return {"lat": lat, "lon": lon, "z": z_m}
 
 
 class _RoadOption(enum.IntEnum):

@@ -167,6 +167,10 @@ def _add_run_options(parser: argparse.ArgumentParser, default_out: str, video: b
     parser.add_argument("--agent-config", default=None, metavar="PATH",
                         help="a CARLA leaderboard agent's configuration, handed to its setup() as the leaderboard's "
                              "--agent-config is")
+    parser.add_argument("--gnss-projection", choices=("leaderboard", "carla-0.9.16"), default="leaderboard",
+                        help="an agent's sensor.other.gnss: as CARLA up to 0.9.15 and the leaderboard's route GPS "
+                             "(route, GNSS and compass agree), or as the CARLA 0.9.16 server (its +y to the north, "
+                             "mirrored against the route and the compass: carla-simulator/carla#9389)")
     if video:  # bench writes none
         parser.add_argument("--no-video", action="store_true", help="skip video.mp4")
     parser.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
@@ -352,6 +356,7 @@ def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_descriptio
     enhancer = None if enhancer == "none" else enhancer
     options = RunOptions(out_dir=args.out, ticks=args.ticks, width=args.width, height=args.height,
                          backend=args.backend, seed=args.seed, agent=args.agent, agent_config=args.agent_config,
+                         gnss_projection=args.gnss_projection,
                          video=video and not args.no_video,
                          cache_dir=args.cache, carla=args.carla, scene=scene, enhancer=enhancer,
                          enhancer_deadline_ms=args.enhancer_deadline_ms, enhancer_checkpoint=args.enhancer_checkpoint,

@@ -81,6 +81,8 @@ class RunOptions:
     seed: int = 0  # scenario and simulator seed
     agent: str | None = None  # dotted path "package.module:Class" of a user agent; None = built-in
     agent_config: str | None = None  # a leaderboard agent's setup(path_to_conf_file) argument (load_agent)
+    gnss_projection: str = "leaderboard"  # an agent's sensor.other.gnss: "leaderboard" (CARLA <= 0.9.15, the route
+    #                                       GPS's) | "carla-0.9.16" (+y north: carla-simulator/carla#9389)
     video: bool = True  # write video.mp4
     cache_dir: Path | None = None  # scene cache; None = $NEURAL_SENSOR_CACHE or ~/.cache/neural_sensor
     progress: bool = True  # progress bars
@@ -321,7 +323,8 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
     pseudo = None
     if pseudo_dicts:  # said before any scene is built: a GNSS without the carla package, a bad mount
         needs_map = any(d.get("type") in ("sensor.other.gnss", "sensor.opendrive_map") for d in pseudo_dicts)
-        pseudo = PseudoSensors(pseudo_dicts, layout_to_opendrive(scenario.layout) if needs_map else None)
+        pseudo = PseudoSensors(pseudo_dicts, layout_to_opendrive(scenario.layout) if needs_map else None,
+                               gnss_projection=options.gnss_projection)
     if options.carla:  # connect first: a missing server is reported before any scene is built
         try:
             import carla  # noqa: F401
@@ -616,6 +619,8 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "key", "checkpoint", "n_gaussians", "build_s", "cached", "scene_s", "path", "log", "network_precision",
                 "log_nearest_to_ego_start_m", "log_farthest_from_ego_lane_m")}},
             "agent": options.agent or "builtin", "paths": paths,
+            "gnss_projection": options.gnss_projection if pseudo is not None and any(
+                kind == "sensor.other.gnss" for _, kind, _ in pseudo.sensors) else None,
             "truth_psnr_db_median": None if truth_rig is None else {  # None: identical on half the ticks or more
                 sid: _median_db(values) for sid, values in truth_psnr.items()},
             "enhancer": None if rig.enhancer is None else {

@@ -75,22 +75,34 @@ def test_the_speedometer_is_negative_in_reverse():
     assert sensors.readings(_snapshot(2, 0.10, 9.8, 0.0, 0.0, -2.0))["SPEED"][1]["speed"] == pytest.approx(-2.0)
 
 
-def test_gnss_is_libcarlas_projection_of_the_mount():
+def test_gnss_is_the_leaderboards_projection_by_default_and_libcarla_0916s_when_asked():
+    """A new user's leaderboard agent (GNSS to local metres, route from set_global_plan, compass steering) left the
+    road within 2.3 s: the GNSS was libcarla 0.9.16's projection (CARLA's +y to the north, carla-simulator/carla#9389)
+    while the route GPS and the compass put -y there. By default the GNSS is now CARLA <= 0.9.15's, which is the
+    leaderboard's route GPS: the three agree; "carla-0.9.16" gives libcarla's, exactly."""
     carla = pytest.importorskip("carla")
+    from carla_bridge.pseudo_sensors import leaderboard_gps
     from neural_sensor.scene.layout import straight_road
     from neural_sensor.scene.opendrive import layout_to_opendrive
 
     text = layout_to_opendrive(straight_road(100.0, buildings=False))
-    gnss = {"type": "sensor.other.gnss", "id": "GPS", "x": 1.5, "y": 0.5, "z": 2.0, "roll": 0.0, "pitch": 0.0,
-            "yaw": 0.0}
+    gnss = {"type": "sensor.other.gnss", "id": "GPS", "x": 1.5, "y": 0.5, "z": 2.0}
     snapshot = _snapshot(3, 0.15, 30.0, -2.0, 0.3, 5.0)
-    frame, data = PseudoSensors([gnss], text).readings(snapshot)["GPS"]
     where = (flu_to_ue(snapshot.ego.pose_agent_to_world) @ ue_matrix(1.5, 0.5, 2.0, 0, 0, 0))[:3, 3]
-    truth = carla.Map("t", text).transform_to_geolocation(carla.Location(*where))
+    frame, data = PseudoSensors([gnss], text).readings(snapshot)["GPS"]
+    route = leaderboard_gps(0.0, 0.0, *where)  # (the generated map's geoReference: lat_0 = lon_0 = 0)
     assert frame == 3 and data.dtype == np.float64
+    np.testing.assert_allclose(data, [route["lat"], route["lon"], route["z"]], rtol=0, atol=1e-12)
+    north = PseudoSensors([gnss], text).readings(_snapshot(0, 0.0, 0.0, 10.0, 0.0, 0.0))["GPS"][1]
+    assert north[0] > 0.0  # FLU +y is CARLA's -y: north, as the compass says (facing it reads 0)
+    _, data = PseudoSensors([gnss], text, gnss_projection="carla-0.9.16").readings(snapshot)["GPS"]
+    truth = carla.Map("t", text).transform_to_geolocation(carla.Location(*where))
     np.testing.assert_allclose(data, [truth.latitude, truth.longitude, truth.altitude], rtol=0, atol=1e-12)
+    assert np.sign(data[0]) == -np.sign(route["lat"])  # 0.9.16's latitude mirrored
     with pytest.raises(ValueError, match="needs the world.s OpenDRIVE map"):
         PseudoSensors([gnss])
+    with pytest.raises(ValueError, match="gnss projection must be one of"):
+        PseudoSensors([gnss], text, gnss_projection="utm")
 
 
 def test_bad_pseudo_sensor_dicts_are_named():
@@ -98,6 +110,11 @@ def test_bad_pseudo_sensor_dicts_are_named():
         PseudoSensors([dict(IMU, yaw=float("nan"))])
     with pytest.raises(ValueError, match="a sensor.speedometer sensor: missing key 'id'"):
         PseudoSensors([{"type": "sensor.speedometer"}])
+    # the keys the leaderboard reads (a KeyError there; a default of 0 put the sensor somewhere else)
+    with pytest.raises(ValueError, match=r"sensor 'IMU' \(sensor.other.imu\): missing keys \['roll'\]"):
+        PseudoSensors([{k: v for k, v in IMU.items() if k != "roll"}])
+    with pytest.raises(ValueError, match=r"missing keys \['reading_frequency'\]"):
+        PseudoSensors([{"type": "sensor.speedometer", "id": "SPEED"}])
     cameras, others = split_sensors([{"type": "sensor.camera.rgb", "id": "A"}, IMU, SPEED])
     assert [c["id"] for c in cameras] == ["A"] and [o["id"] for o in others] == ["IMU", "SPEED"]
 
@@ -215,7 +232,8 @@ def test_a_leaderboard_2_agent_runs_as_the_leaderboard_runs_it(tmp_path):
 def test_the_leaderboards_route_gps_is_its_own_mercator():
     """set_global_plan's GPS is the leaderboard's route_manipulation._location_to_gps (CARLA's -y to the north),
     not libcarla's projection of the GNSS sensor (which on 0.9.16 puts +y to the north)."""
-    from scenarios.agent import _leaderboard_gps, _leaderboard_latlon_ref
+    from carla_bridge.pseudo_sensors import leaderboard_gps as _leaderboard_gps
+    from carla_bridge.pseudo_sensors import leaderboard_latlon_ref as _leaderboard_latlon_ref
 
     origin = _leaderboard_gps(42.0, 2.0, 0.0, 0.0, 1.5)
     assert origin["lat"] == pytest.approx(42.0, abs=1e-12) and origin["lon"] == pytest.approx(2.0, abs=1e-12)
