@@ -15,6 +15,8 @@ manager or the runner's finally).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -42,11 +44,36 @@ def carla_address(address: str) -> tuple[str, int]:
     return host or "localhost", port_number
 
 
+_PROBE = ("import sys, carla\n"
+          "client = carla.Client(sys.argv[1], int(sys.argv[2]))\n"
+          "client.set_timeout(float(sys.argv[3]))\n"
+          "print(client.get_server_version())\n")
+
+
+def _probe(host: str, port: int, timeout_s: float) -> None:
+    """Ask HOST:PORT for its version in a child process first: libcarla ends the whole process (std::terminate,
+    SIGABRT) when what answers is not a CARLA server (a web service on that port, a proxy), which had killed the run
+    in 0.5 s with no word and no agent's destroy() (a new user's finding). RuntimeError naming what happened."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, host, str(port), str(timeout_s)], capture_output=True,
+                               text=True, timeout=timeout_s + 60.0)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"no CARLA server answered at {host}:{port} within {timeout_s:.0f} s") from None
+    said = ([line.strip() for line in probe.stderr.splitlines() if line.strip()] or ["nothing"])[-1]
+    if probe.returncode < 0 or probe.returncode == 134:
+        raise RuntimeError(f"something at {host}:{port} answered, but not as a CARLA server (the CARLA client "
+                           f"aborted on its reply: {said}); is it the simulator's RPC port (2000 by default)?")
+    if probe.returncode != 0:
+        raise RuntimeError(f"no CARLA server answered at {host}:{port} within {timeout_s:.0f} s (CARLA says: {said})")
+
+
 def connect(address: str, timeout_s: float = 10.0):
-    """A carla.Client for "HOST:PORT" whose server answered, or RuntimeError with CARLA's own message."""
+    """A carla.Client for "HOST:PORT" whose server answered (asked in a child process first, `_probe`), or
+    RuntimeError with CARLA's own message."""
     import carla
 
     host, port = carla_address(address)
+    _probe(host, port, timeout_s)
     client = carla.Client(host, port)
     client.set_timeout(timeout_s)
     try:

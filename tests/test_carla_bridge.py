@@ -240,6 +240,41 @@ def test_no_server_is_a_clear_error():
         connect("localhost:twothousand")
 
 
+def test_something_that_is_not_a_carla_server_is_named_not_a_crash():
+    """A new user's finding: `--carla` at a port where another service answers (a web server, a proxy) killed the
+    run in 0.5 s with SIGABRT from inside libcarla (std::terminate on its reply), no word and no agent's destroy().
+    The connection is asked in a child process first."""
+    import socket
+    import threading
+
+    from carla_bridge.carla_world import connect
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def answer() -> None:  # an HTTP server's 400 to whatever arrives
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(RuntimeError, match=rf"something at 127.0.0.1:{port} answered, but not as a CARLA server"):
+            connect(f"127.0.0.1:{port}", timeout_s=5.0)
+    finally:
+        listener.close()
+
+
 needs_server = pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="needs a CARLA server (set CARLA_HOST)")
 
 
