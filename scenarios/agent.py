@@ -138,7 +138,13 @@ def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     except ImportError:
         RoadOption = _RoadOption
     path = Path(np.asarray(scenario.route_xy_m, dtype=np.float64))
-    stations = np.linspace(0.0, path.length_m, max(2, int(math.ceil(path.length_m / LEADERBOARD_PLAN_STEP_M)) + 1))
+    # from where the ego starts, as the leaderboard's route does (a lane route starts at the lane's beginning)
+    lane = scenario.layout.lanes[scenario.ego.lane]
+    start_xy, _ = Path(lane.travel_polyline()).at(scenario.ego.start_s_m)
+    start_m = path.project(start_xy, s_window_m=(0.0, min(60.0, path.length_m)))[0]  # (its first leg: a U-turn's
+    start_m = min(start_m, max(path.length_m - LEADERBOARD_PLAN_STEP_M, 0.0))  # way back may pass nearer)
+    stations = np.linspace(start_m, path.length_m,
+                           max(2, int(math.ceil((path.length_m - start_m) / LEADERBOARD_PLAN_STEP_M)) + 1))
     lat_ref, lon_ref = leaderboard_latlon_ref(layout_to_opendrive(scenario.layout))
     gps_route, route = [], []
     for s in stations:
@@ -189,7 +195,7 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
             module = import_user_module(module_name)
         except ImportError as err:
             hint = (f" (a module is found on sys.path: run from the folder above its package, set PYTHONPATH, or "
-                    f"give the file: --agent path/to/{module_name.replace('.', '/')}.py:{attr})"
+                    f"give the file: --agent path/to/{module_name.replace('.', '/')}.py{':' + attr if attr else ''})"
                     if isinstance(err, ModuleNotFoundError) else "")
             raise ValueError(f"cannot load agent {dotted!r}: {err}{hint}") from None
     if attr is None:

@@ -221,6 +221,12 @@ def test_a_leaderboard_2_agent_runs_as_the_leaderboard_runs_it(tmp_path):
     name, points, first_gps, option, x0, x1, yaw = calls[1]
     assert name == "set_global_plan" and option == 4  # RoadOption.LANEFOLLOW
     assert set(first_gps) == {"lat", "lon", "z"} and points > 50 and x1 - x0 > 50  # one point a metre along +x
+    from carla_bridge.embedded import EmbeddedSimulator
+    from scenarios.runner import load_scenario
+
+    scenario = load_scenario("cut_in")
+    ego_x = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents).tick().ego.position_m[0]
+    assert abs(x0 - ego_x) < 1.5  # from where the ego starts, as the leaderboard's route (not the lane's start)
     assert yaw == pytest.approx(0.0, abs=1e-3)
     assert calls[2] == ["setup", "agent.yaml"]
     assert [c[1] for c in calls[3:6]] == [1, 2, 3] and calls[-1] == ["destroy"]
