@@ -461,6 +461,9 @@ def _json_number(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+RAW_STREAK_SAID = 3  # raw ticks in a row (with an enhancer) that are said on stderr as they happen, with their end
+
+
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None,
               keeper=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
@@ -475,6 +478,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
     stages: dict[str, list[float]] = {k: [] for k in ("sim", "compose", "render", "reference", "enhance", "temporal",
                                                       "deliver", "agent", "record")}
     ticks_enhanced = 0
+    raw_streak = 0  # raw ticks in a row (with an enhancer); said live once it reaches RAW_STREAK_SAID
     raw_reasons: dict[str, int] = {}  # why the ticks the enhancer did not refine got the raw render, counted
     transport_ms: list[float] = []  # per enhanced tick: the enhancer's round trip above its model time
     routes: dict[str, int] = {}  # enhanced ticks per path they travelled ("shm/direct", ...)
@@ -550,6 +554,16 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             if rig.enhancer is not None and not first.meta["enhanced"]:
                 reason = first.meta["enhancer_reason"]
                 raw_reasons[reason] = raw_reasons.get(reason, 0) + 1
+                raw_streak += 1
+                if raw_streak == RAW_STREAK_SAID:  # an outage, said as it starts (not a deadline missed now and then)
+                    tqdm.write(f"neural-sensor: the enhancer has not refined the last {RAW_STREAK_SAID} ticks (frame "
+                               f"{snapshot.frame}: {reason}); the cameras get the raw render until it answers again",
+                               file=sys.stderr)
+            elif rig.enhancer is not None:
+                if raw_streak >= RAW_STREAK_SAID:  # ... and its end
+                    tqdm.write(f"neural-sensor: the enhancer refines the cameras again from frame {snapshot.frame} "
+                               f"(after {raw_streak} raw ticks)", file=sys.stderr)
+                raw_streak = 0
             if first.meta["enhanced"] and first.meta.get("enhancer_model_ms") is not None:
                 transport_ms.append(enhance_ms - first.meta["enhancer_model_ms"])
             if first.meta["enhanced"] and first.meta.get("enhancer_path"):

@@ -457,6 +457,9 @@ def test_a_local_enhancer_server_that_dies_mid_run_is_restarted(tmp_path, identi
                    str(tmp_path / "out")], tmp_path, env={"TMPDIR": str(tmpdir), MARKER: marker})
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("the local enhancer server exited (killed by signal 9) at frame") == 1, result.stderr
+    # the outage said as it starts and as it ends (it was one line at the end of the run)
+    assert result.stderr.count("the enhancer has not refined the last 3 ticks") == 1, result.stderr
+    assert result.stderr.count("the enhancer refines the cameras again from frame") == 1, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["enhancer"]["local_server_restarts"] == 1
     ticks = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
