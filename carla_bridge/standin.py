@@ -339,12 +339,19 @@ class StandInActor:
         return f"Actor(id={self.id}, type={self.type_id})"
 
 
-class StandInGnssMeasurement:
+class _StandInSensorData:
+    """carla.SensorData's face: frame (and its old name frame_number), timestamp, the sensor's world transform."""
+
+    def __init__(self, frame: int, timestamp: float, transform):
+        self.frame = self.frame_number = frame
+        self.timestamp, self.transform = timestamp, transform
+
+
+class StandInGnssMeasurement(_StandInSensorData):
     """carla.GnssMeasurement's face (the real class cannot be made from Python)."""
 
     def __init__(self, frame: int, timestamp: float, transform, latitude: float, longitude: float, altitude: float):
-        self.frame = self.frame_number = frame
-        self.timestamp, self.transform = timestamp, transform
+        super().__init__(frame, timestamp, transform)
         self.latitude, self.longitude, self.altitude = latitude, longitude, altitude
 
     def __repr__(self) -> str:
@@ -352,12 +359,11 @@ class StandInGnssMeasurement:
                 f"lon={self.longitude:.6f}, alt={self.altitude:.6f})")
 
 
-class StandInIMUMeasurement:
+class StandInIMUMeasurement(_StandInSensorData):
     """carla.IMUMeasurement's face (the real class cannot be made from Python)."""
 
     def __init__(self, frame: int, timestamp: float, transform, accelerometer, gyroscope, compass: float):
-        self.frame = self.frame_number = frame
-        self.timestamp, self.transform = timestamp, transform
+        super().__init__(frame, timestamp, transform)
         self.accelerometer, self.gyroscope, self.compass = accelerometer, gyroscope, compass
 
     def __repr__(self) -> str:

@@ -463,8 +463,9 @@ def _parked_in_parking_lanes(rng: np.random.Generator, objects: list[Box], parki
 def _make_lane_test(lanes: list[Lane]):
     """True where a point lies on a driving lane or within LANE_EDGE_CLEARANCE_M of its edge, each lane by its own
     width (a parked car beside a 3.5 m lane is not on it because another lane of the map is 6 m wide)."""
-    points = np.concatenate([densified(lane.centre_m) for lane in lanes])
-    half = np.concatenate([np.full(len(densified(lane.centre_m)), 0.5 * lane.width_m) for lane in lanes])
+    lines = [densified(lane.centre_m) for lane in lanes]
+    points = np.concatenate(lines)
+    half = np.concatenate([np.full(len(line), 0.5 * lane.width_m) for line, lane in zip(lines, lanes)])
 
     def on_a_lane(p) -> bool:
         return bool(np.min(np.linalg.norm(points - np.asarray(p)[None, :2], axis=1) - half) < LANE_EDGE_CLEARANCE_M)
