@@ -5,9 +5,9 @@ It has the CARLA leaderboard's face: `sensors()` lists leaderboard sensor dicts
 cameras it reads the embedded runner's privileged pseudo-sensor
 input_data["world"] = (frame, WorldSnapshot) for its own pose and the agents.
 A user's agent is any class with the same face, constructed as
-`Agent(route_xy_m=..., target_speed_mps=...)`, or a CARLA leaderboard 2.x
-agent (an AutonomousAgent: setup and set_global_plan), built and set up as the
-leaderboard does.
+`Agent(route_xy_m=..., target_speed_mps=...)`, or a CARLA leaderboard agent (an
+AutonomousAgent: setup and set_global_plan, of leaderboard 2.x or 1.0), built
+and set up as that leaderboard does, its run_step given the leaderboard's clock.
 
 `load_agent` builds the run's agent; `agent_call` and `destroy_agent` call into it, so that whatever the agent's
 code raises (its own sys.exit() included) comes out as an AgentError naming the agent and the call.
@@ -19,6 +19,7 @@ import enum
 import inspect
 import math
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -113,9 +114,8 @@ LEADERBOARD_HOST_PORT = ("localhost", 2000)  # what a leaderboard agent's constr
 
 
 def is_leaderboard_agent(cls) -> bool:
-    """A CARLA leaderboard AutonomousAgent's face (setup, set_global_plan, sensors, run_step); load_agent builds a
-    2.x one, Class(host, port, debug), then set_global_plan(gps route, world route) and setup(path_to_conf_file), as
-    leaderboard_evaluator does."""
+    """A CARLA leaderboard AutonomousAgent's face (setup, set_global_plan, sensors, run_step); load_agent builds one
+    as leaderboard_evaluator does (`leaderboard_major`: 2.x or 1.0)."""
     return all(callable(getattr(cls, name, None)) for name in ("setup", "set_global_plan", "sensors", "run_step"))
 
 
@@ -168,15 +168,77 @@ class _RoadOption(enum.IntEnum):
     CHANGELANERIGHT = 6
 
 
+LEADERBOARD_MAX_RADIUS_M = 3.0  # agent_wrapper.MAX_ALLOWED_RADIUS_SENSOR (leaderboard 1.0 and 2.x)
+LEADERBOARD_SENSOR_LIMITS = {  # agent_wrapper.SENSORS_LIMITS: 2.x's (its qualifier tracks': 4 cameras), 1.0's
+    2: {"sensor.camera.rgb": 8, "sensor.lidar.ray_cast": 2, "sensor.other.radar": 4, "sensor.other.gnss": 1,
+        "sensor.other.imu": 1, "sensor.opendrive_map": 1, "sensor.speedometer": 1},
+    1: {"sensor.camera.rgb": 4, "sensor.lidar.ray_cast": 1, "sensor.other.radar": 2, "sensor.other.gnss": 1,
+        "sensor.other.imu": 1, "sensor.opendrive_map": 1, "sensor.speedometer": 1},
+}
+LEADERBOARD_QUALIFIER_CAMERAS = 4  # 2.x's QUALIFIER_SENSORS_LIMITS["sensor.camera.rgb"]
+
+
+def leaderboard_major(cls) -> int | None:
+    """How load_agent builds an agent class: 2 as a leaderboard 2.x AutonomousAgent (Class(carla_host, carla_port,
+    debug)), 1 as a leaderboard 1.0 one (Class(path_to_conf_file), which calls setup() itself), None as ours
+    (Class(route_xy_m=..., target_speed_mps=...): one that takes ours is ours, setup() or not)."""
+    if not is_leaderboard_agent(cls) or _binds(cls, route_xy_m=None, target_speed_mps=None) is True:
+        return None
+    if _binds(cls, "localhost", 2000, False) is True:
+        return 2
+    if _binds(cls, "") is True:
+        return 1
+    return None
+
+
+def leaderboard_clock_s(timestamp_s: float, first_timestamp_s: float, dt_s: float) -> float:
+    """run_step's timestamp as the leaderboard gives it (scenario_runner's GameTime): the simulated seconds since
+    the route began, one step (dt_s) at its first tick; a tick's own timestamp_s starts at 0 (the embedded world) or
+    at the server's elapsed seconds (--carla)."""
+    return float(timestamp_s) - float(first_timestamp_s) + float(dt_s)
+
+
+def leaderboard_suite_breaks(agent, sensors, major: int) -> list[str]:
+    """What the CARLA leaderboard's `validate_sensor_configuration` would refuse in a leaderboard agent's sensor
+    dicts (major: 1 or 2, its version), in its words: opendrive_map on a SENSORS track (agent.track), a mount farther than
+    LEADERBOARD_MAX_RADIUS_M from the vehicle's origin, more sensors of a type than LEADERBOARD_SENSOR_LIMITS (a 2.x
+    qualifier track: LEADERBOARD_QUALIFIER_CAMERAS cameras). A run here renders them all; the list says what a
+    submission would meet. Types the leaderboard does not know, and repeated ids, are refused before this."""
+    track = getattr(agent, "track", None)  # (set by the leaderboard's AutonomousAgent: SENSORS unless setup() says)
+    track = "" if track is None else str(getattr(track, "value", track))  # (its Track enum, or the value)
+    limits = dict(LEADERBOARD_SENSOR_LIMITS[major])
+    if major == 2 and track.endswith("QUALIFIER"):
+        limits["sensor.camera.rgb"] = LEADERBOARD_QUALIFIER_CAMERAS
+    breaks, counts = [], {}
+    for sensor in sensors:
+        if not isinstance(sensor, Mapping):
+            continue
+        kind, name = sensor.get("type"), sensor.get("id")
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "sensor.opendrive_map" and track.startswith("SENSORS"):
+            breaks.append(f"sensor {name!r}: sensor.opendrive_map on the {track} track (the MAP track's)")
+        xyz = [sensor.get(k) for k in ("x", "y", "z")]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xyz):
+            radius = math.sqrt(sum(float(v) ** 2 for v in xyz))
+            if radius > LEADERBOARD_MAX_RADIUS_M:
+                breaks.append(f"sensor {name!r}: mounted {radius:.2f} m from the vehicle's origin (at most "
+                              f"{LEADERBOARD_MAX_RADIUS_M:g} m)")
+    for kind, count in counts.items():
+        if kind in limits and count > limits[kind]:
+            breaks.append(f"{count} {kind} (at most {limits[kind]})")
+    return breaks
+
+
 def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, *, agent_config: str | None = None,
                carla_address: str | None = None):
     """The run's driving agent: the BuiltinAgent (dotted None, its cameras width x height) or the user's class,
     `package.module:Class` or `path/to/file.py:Class` (or `path/to/file.py` / `package.module` alone where the
     module has the leaderboard's get_entry_point()).
 
-    A CARLA leaderboard 2.x agent (`is_leaderboard_agent`, its constructor Class(carla_host, carla_port, debug);
-    one that takes ours is built as ours) is built as the leaderboard does: Class(host, port, False) (the --carla
-    server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`) and setup(agent_config or "").
+    A CARLA leaderboard agent (`is_leaderboard_agent`; `leaderboard_major` tells 2.x from 1.0, and one that takes
+    our constructor is ours) is built as that leaderboard does: 2.x's Class(host, port, False) (the --carla
+    server's, else LEADERBOARD_HOST_PORT), set_global_plan(`leaderboard_plan`), setup(agent_config or ""); 1.0's
+    Class(agent_config or "") (its base class calls setup() from there), then set_global_plan.
     Any other class is built as Class(route_xy_m=..., target_speed_mps=...).
     ValueError names what cannot be loaded; AgentError wraps what the agent's code raised."""
     if dotted is None:
@@ -211,13 +273,13 @@ def load_agent(dotted: str | None, scenario: Scenario, width: int, height: int, 
         raise ValueError(f"cannot load agent {dotted!r}: {module_name} defines no {attr!r}")
     kwargs = {"route_xy_m": scenario.route_xy_m, "target_speed_mps": scenario.target_speed_mps}
     ours = _binds(cls, **kwargs)
-    if ours is not True and is_leaderboard_agent(cls):  # (one that takes ours is ours, setup() or not)
-        if _binds(cls, "localhost", 2000, False) is True:
-            return _leaderboard_agent(cls, dotted, scenario, agent_config, carla_address)
+    major = leaderboard_major(cls)
+    if major is not None:
+        return _leaderboard_agent(cls, major, dotted, scenario, agent_config, carla_address)
+    if ours is not True and is_leaderboard_agent(cls):
         raise ValueError(f"agent {dotted!r} has a leaderboard agent's setup() and set_global_plan(), but its "
-                         "constructor takes neither the leaderboard 2.x Class(carla_host, carla_port, debug) nor "
-                         "Class(route_xy_m=..., target_speed_mps=...) (leaderboard 1.x's Class(path_to_conf_file) "
-                         "is not taken)")
+                         "constructor takes neither leaderboard 2.x's Class(carla_host, carla_port, debug), 1.0's "
+                         "Class(path_to_conf_file) nor Class(route_xy_m=..., target_speed_mps=...)")
     if agent_config is not None:
         raise ValueError(f"--agent-config is handed to a leaderboard agent's setup(); agent {dotted!r} is built as "
                          "Class(route_xy_m=..., target_speed_mps=...)")
@@ -249,21 +311,26 @@ def _binds(cls, *args, **kwargs):
     return True
 
 
-def _leaderboard_agent(cls, dotted: str, scenario: Scenario, agent_config: str | None, carla_address: str | None):
-    """cls built and set up as leaderboard_evaluator does (see load_agent)."""
+def _leaderboard_agent(cls, major: int, dotted: str, scenario: Scenario, agent_config: str | None,
+                       carla_address: str | None):
+    """cls built and set up as leaderboard `major`'s leaderboard_evaluator does (see load_agent)."""
     from carla_bridge.carla_world import carla_address as parse_address
 
     host, port = parse_address(carla_address) if carla_address else LEADERBOARD_HOST_PORT
     gps_route, route = leaderboard_plan(scenario)  # (before the agent is built: a missing carla package said first)
+    config = "" if agent_config is None else str(agent_config)
     try:
-        agent = cls(host, port, False)
+        # 1.0: Class(path_to_conf_file), whose AutonomousAgent.__init__ calls setup(path_to_conf_file)
+        agent = cls(host, port, False) if major == 2 else cls(config)
     except Exception as err:
-        raise AgentError(dotted, "its constructor (the leaderboard's Class(host, port, debug))", err) from err
+        how = "Class(host, port, debug)" if major == 2 else "Class(path_to_conf_file), which calls setup()"
+        raise AgentError(dotted, f"its constructor (leaderboard {major}.x's {how})", err) from err
     except SystemExit as err:
         agent_exit(dotted, "its constructor", err)
     try:
         agent_call(dotted, "set_global_plan()", agent.set_global_plan, gps_route, route)
-        agent_call(dotted, "setup()", agent.setup, "" if agent_config is None else str(agent_config))
+        if major == 2:
+            agent_call(dotted, "setup()", agent.setup, config)
     except BaseException:  # built: its destroy() is called however the run ends, this way too
         destroy_agent(agent, dotted, failing=True)
         raise

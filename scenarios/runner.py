@@ -57,7 +57,8 @@ from neural_sensor.rig import NeuralSensorRig
 from neural_sensor.scene.build import build_scene
 from neural_sensor.scene.opendrive import layout_to_opendrive
 from neural_sensor.scene.to_gaussians import sky_rgb
-from scenarios.agent import ScenarioError, agent_call, destroy_agent, load_agent
+from scenarios.agent import (ScenarioError, agent_call, destroy_agent, leaderboard_clock_s, leaderboard_major,
+                             leaderboard_suite_breaks, load_agent)
 from scenarios.base import CriteriaState, Scenario
 from scenarios.enhancer_link import LocalServerKeeper, check_enhancer_options, connect_enhancer
 from scenarios.record import (check_out_dir, check_video_size, install_record, label_tiles, mosaic,
@@ -266,10 +267,13 @@ def _run_scenario(scenario: Scenario | str, options: RunOptions) -> dict:
     if ticks <= 0:
         raise ValueError(f"ticks must be positive, got {ticks}")
     check_out_dir(options.out_dir)  # after the scenario's own errors, before the agent is constructed
+    # the server is asked first, as the leaderboard does: an agent's setup() (a model loaded) ran before a missing
+    # server was said
+    client = _connect_carla(options.carla) if options.carla else None
     agent = load_agent(options.agent, scenario, options.width, options.height, agent_config=options.agent_config,
                        carla_address=options.carla)
     try:
-        summary = _run_with_agent(scenario, options, ticks, agent, scene_kind, log_folder)
+        summary = _run_with_agent(scenario, options, ticks, agent, scene_kind, log_folder, client)
     except BaseException:
         destroy_agent(agent, options.agent, failing=True)
         raise
@@ -282,9 +286,22 @@ def _reconstructor(options: RunOptions) -> dict:
     return {} if options.reconstructor_checkpoint is None else {"checkpoint": Path(options.reconstructor_checkpoint)}
 
 
+def _connect_carla(address: str):
+    """A carla.Client whose server answered at --carla's address (ValueError without the carla package)."""
+    try:
+        import carla  # noqa: F401
+    except ImportError:
+        raise ValueError("--carla needs the CARLA client package, which is not installed: "
+                         "pip install carla==0.9.16") from None
+    from carla_bridge.carla_world import connect
+
+    return connect(address)
+
+
 def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, scene_kind: str,
-                    log_folder: Path | None) -> dict:
-    """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends)."""
+                    log_folder: Path | None, client=None) -> dict:
+    """The run from the agent's sensors on (`_run_scenario` destroys the agent however this ends); client: the
+    --carla server's carla.Client."""
     sensors = agent_call(options.agent, "sensors()", agent.sensors)
     # its GNSS / IMU / speedometer are computed from the snapshots (carla_bridge.pseudo_sensors), its cameras rendered
     if isinstance(sensors, Iterable) and not isinstance(sensors, (Mapping, str, bytes)):
@@ -320,20 +337,20 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
     if repeated:  # (input_data is keyed by id: one sensor's data would hide the other's)
         raise ValueError(f"agent {options.agent or 'builtin'}: sensors() gives the id {repeated[0]!r} to more than "
                          "one sensor")
+    major = leaderboard_major(type(agent))
+    breaks = leaderboard_suite_breaks(agent, list(sensors) + pseudo_dicts, major) if major is not None else []
+    if breaks:  # a run here renders them all; a submission would meet the leaderboard's check
+        print(f"neural-sensor: note: the CARLA leaderboard {major}.x would refuse agent {options.agent}'s sensors "
+              f"(validate_sensor_configuration; this run renders them all): {'; '.join(breaks)}", file=sys.stderr)
     pseudo = None
     if pseudo_dicts:  # said before any scene is built: a GNSS without the carla package, a bad mount
         needs_map = any(d.get("type") in ("sensor.other.gnss", "sensor.opendrive_map") for d in pseudo_dicts)
         pseudo = PseudoSensors(pseudo_dicts, layout_to_opendrive(scenario.layout) if needs_map else None,
                                gnss_projection=options.gnss_projection)
-    if options.carla:  # connect first: a missing server is reported before any scene is built
-        try:
-            import carla  # noqa: F401
-        except ImportError:
-            raise ValueError("--carla needs the CARLA client package, which is not installed: "
-                             "pip install carla==0.9.16") from None
-        from carla_bridge.carla_world import CarlaSimulator, connect
+    if client is not None:
+        from carla_bridge.carla_world import CarlaSimulator
 
-        sim = CarlaSimulator(connect(options.carla), scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
+        sim = CarlaSimulator(client, scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     else:
         sim = EmbeddedSimulator(scenario.layout, scenario.ego, scenario.agents, seed=options.seed)
     enhancer = keeper = None
@@ -468,6 +485,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
               keeper=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
+    leaderboard, first_timestamp_s = leaderboard_major(type(agent)), None
 
     out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -507,7 +525,12 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             world_record = _world_record(snapshot)
             t3 = time.perf_counter()
             where = f"run_step at frame {snapshot.frame}"  # the frame of input_data and log.jsonl
-            returned = agent_call(options.agent, where, agent.run_step, input_data, snapshot.timestamp_s,
+            if first_timestamp_s is None:
+                first_timestamp_s = snapshot.timestamp_s
+            # a leaderboard agent's clock is the leaderboard's: one step at the first tick, from any server's time
+            timestamp_s = (snapshot.timestamp_s if leaderboard is None else
+                           leaderboard_clock_s(snapshot.timestamp_s, first_timestamp_s, sim.dt_s))
+            returned = agent_call(options.agent, where, agent.run_step, input_data, timestamp_s,
                                    keys=input_data)  # its keys are named only for a KeyError
             try:
                 control = VehicleControl.from_any(returned)

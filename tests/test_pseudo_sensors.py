@@ -198,7 +198,7 @@ class MyAutonomousAgent:
 
     def run_step(self, input_data, timestamp):
         assert input_data["Center"][1].shape == (36, 64, 4) and "<OpenDRIVE" in input_data["OpenDRIVE"][1]["opendrive"]
-        self.calls.append(["run_step", input_data["GPS"][0], input_data["SPEED"][1]["speed"]])
+        self.calls.append(["run_step", input_data["GPS"][0], input_data["SPEED"][1]["speed"], timestamp])
         return carla.VehicleControl(throttle=0.5)
 
     def destroy(self):
@@ -230,6 +230,9 @@ def test_a_leaderboard_2_agent_runs_as_the_leaderboard_runs_it(tmp_path):
     assert yaw == pytest.approx(0.0, abs=1e-3)
     assert calls[2] == ["setup", "agent.yaml"]
     assert [c[1] for c in calls[3:6]] == [1, 2, 3] and calls[-1] == ["destroy"]
+    # the leaderboard's clock (GameTime): one step at the first tick (the run's log starts at 0.0)
+    assert [c[3] for c in calls[3:6]] == pytest.approx([0.05, 0.10, 0.15])
+    assert "would refuse" not in run.stderr  # its suite is one the leaderboard takes
     wrong = _cli(["run", "cut_in", *TINY, "--ticks", "2", "--agent-config", "agent.yaml", "-o", str(tmp_path / "o")],
                  tmp_path, cwd=tmp_path)
     assert wrong.returncode == 2 and "--agent-config is handed to a leaderboard agent's setup()" in wrong.stderr
@@ -283,3 +286,98 @@ def test_an_agent_that_takes_our_constructor_is_ours_and_a_leaderboard_agents_de
         load_agent(f"{tmp_path / 'lb_fails.py'}:SetupFails", scenario, 64, 36, agent_config=str(tmp_path / "c"))
     calls = json.loads((tmp_path / "calls.json").read_text())  # written by its destroy()
     assert [c[0] for c in calls] == ["init", "set_global_plan", "destroy"]
+
+
+LEADERBOARD_1_AGENT = '''
+"""A leaderboard 1.0 agent as its authors write it: the AutonomousAgent base's constructor calls setup()."""
+import json
+from enum import Enum
+
+import carla
+
+
+class Track(Enum):
+    SENSORS = "SENSORS"
+    MAP = "MAP"
+
+
+def get_entry_point():
+    return "OldAgent"
+
+
+class OldAgent:
+    def __init__(self, path_to_conf_file):
+        self.track = Track.SENSORS
+        self.calls = [["init", path_to_conf_file]]
+        self.setup(path_to_conf_file)
+
+    def setup(self, path_to_conf_file):
+        self.calls.append(["setup", path_to_conf_file])
+
+    def set_global_plan(self, global_plan_gps, global_plan_world_coord):
+        self.calls.append(["set_global_plan", len(global_plan_gps)])
+
+    def sensors(self):  # five cameras (1.0 allows four), one 4 m up (at most 3 m), a map on the SENSORS track
+        cams = [{"type": "sensor.camera.rgb", "x": 1.3, "y": 0.0, "z": 2.3, "roll": 0.0, "pitch": 0.0,
+                 "yaw": 72.0 * i, "width": 32, "height": 18, "fov": 100, "id": f"Cam{i}"} for i in range(5)]
+        cams[4]["z"] = 4.0
+        return cams + [{"type": "sensor.opendrive_map", "reading_frequency": 1, "id": "OpenDRIVE"}]
+
+    def run_step(self, input_data, timestamp):
+        self.calls.append(["run_step", input_data["Cam0"][0], timestamp])
+        return carla.VehicleControl(throttle=0.3)
+
+    def destroy(self):
+        with open("calls.json", "w") as f:
+            json.dump(self.calls + [["destroy"]], f)
+'''
+
+
+def test_a_leaderboard_1_agent_runs_as_leaderboard_1_runs_it(tmp_path):
+    """Leaderboard 1.0 agents (Class(path_to_conf_file), setup() called from the base's constructor) were refused
+    by name: they are built as 1.0's leaderboard_evaluator does, then given the route; what the leaderboard's
+    sensor check would refuse is said (the run renders it all)."""
+    pytest.importorskip("carla")
+    (tmp_path / "old_agent.py").write_text(LEADERBOARD_1_AGENT)
+    run = _cli(["run", "cut_in", *TINY, "--ticks", "3", "--agent", "old_agent.py", "--agent-config", "cfg.txt",
+                "-o", str(tmp_path / "o")], tmp_path, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    assert calls[:2] == [["init", "cfg.txt"], ["setup", "cfg.txt"]] and calls[2][0] == "set_global_plan"
+    assert [c[1] for c in calls[3:6]] == [1, 2, 3] and calls[-1] == ["destroy"]
+    assert [c[2] for c in calls[3:6]] == pytest.approx([0.05, 0.10, 0.15])
+    note = next(line for line in run.stderr.splitlines() if "would refuse" in line)
+    assert "leaderboard 1.x" in note and "5 sensor.camera.rgb (at most 4)" in note, note
+    assert "sensor 'Cam4': mounted 4.21 m from the vehicle's origin (at most 3 m)" in note, note
+    assert "sensor 'OpenDRIVE': sensor.opendrive_map on the SENSORS track" in note, note
+
+
+def test_a_leaderboard_agent_under_carla_is_built_after_the_server_answers(tmp_path, monkeypatch):
+    """Under --carla the agent's constructor and setup() (a model loaded) ran before a missing server was said;
+    the leaderboard asks the server first. With the stand-in server its clock starts at one step, not at the
+    server's elapsed seconds."""
+    pytest.importorskip("carla")
+    import carla_bridge.carla_world as carla_world
+    from carla_bridge.standin import StandInClient
+    from scenarios.runner import RunOptions, run_scenario
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lb.py").write_text(LEADERBOARD_2_AGENT.replace(
+        "        self._global_plan = None\n", "        self._global_plan = None\n        open('built', 'w').close()\n"))
+
+    def no_server(address, timeout_s=10.0):
+        raise RuntimeError(f"no CARLA server answered at {address}")
+
+    monkeypatch.setattr(carla_world, "connect", no_server)
+    options = dict(ticks=3, width=64, height=36, backend="cpu", scene="builder", video=False,
+                   cache_dir=tmp_path / "cache", progress=False, agent=str(tmp_path / "lb.py"))
+    with pytest.raises(RuntimeError, match="no CARLA server answered at standin:2000"):
+        run_scenario("cut_in", RunOptions(out_dir=tmp_path / "run", carla="standin:2000", **options))
+    assert not (tmp_path / "built").exists()
+    monkeypatch.setattr(carla_world, "connect", lambda address, timeout_s=10.0: StandInClient())
+    run_scenario("cut_in", RunOptions(out_dir=tmp_path / "run", carla="standin:2000", **options))
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    assert calls[0] == ["init", "standin", 2000, False]
+    log = [json.loads(line)["timestamp_s"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    clock = [c[3] for c in calls if c[0] == "run_step"]  # (the log keeps the server's own elapsed seconds)
+    assert clock == pytest.approx([0.05, 0.10, 0.15]) and clock == pytest.approx([t - log[0] + 0.05 for t in log])
