@@ -91,8 +91,13 @@ def connect_enhancer(options):
             if server is not None or isinstance(err, EnhancerVersionError):
                 raise
             if client.server is None:
-                # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks)
-                raise EnhancerError(f"{err}; is a server running there? ({serve_hint(endpoint)}, or run with "
+                # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks);
+                # what listens there, if anything, is asked (to ZeroMQ a closed port and a web server are silence)
+                from neural_sensor.enhance.protocol import describe_listener
+
+                found = describe_listener(endpoint)
+                found = f"; {found}" if found else ""
+                raise EnhancerError(f"{err}{found}; is a server running there? ({serve_hint(endpoint)}, or run with "
                                     "--enhancer local, which starts one for the run, or --enhancer none for the raw "
                                     "render)") from None
             if client.server.get("stopping") is True:

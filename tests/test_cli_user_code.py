@@ -238,7 +238,8 @@ def test_carla_without_the_carla_package(tmp_path):
      "--enhancer: 6 camera(s) up to 1920x1080 make an enhancer request of 124 MB a tick (10 bytes a pixel with the "
      "drive log reference), over the protocol's 67 MB"),
     (["run", "cut_in", *TINY, "--enhancer", "tcp://127.0.0.1:9"],  # a remote server absent at the start
-     "; is a server running there? (start one with `neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
+     "; nothing listens at 127.0.0.1:9 (connection refused); is a server running there? (start one with "
+     "`neural-sensor serve-enhancer --bind tcp://127.0.0.1:9`"),
     (["demo", "--width", "6000", "--height", "36", "--scene", "builder"], "H.264 encodes no side longer than 16384"),
     (["serve-enhancer", "--threads", "-1"], "threads must be >= 0"),
     (["serve-enhancer", "--workers", "1000"], "workers must be in 1..4 (two per CPU core, or 4), got 1000"

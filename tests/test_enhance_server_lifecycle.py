@@ -433,3 +433,56 @@ def test_folders_of_a_server_killed_with_its_workers_are_swept_at_the_next_start
 
         for path in made:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_what_listens_where_no_enhancer_answered_is_named(tmp_path):
+    """A new user's endpoint pointed at another service (a web server, an ssh port) read as "is a server running
+    there?", as a closed port does: to ZeroMQ both are silence. The run's error now says which it is."""
+    import socket
+    import threading
+
+    import zmq
+
+    from neural_sensor.enhance.protocol import describe_listener
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    closed_port = free.getsockname()[1]
+    free.close()
+    assert describe_listener(f"tcp://127.0.0.1:{closed_port}") == (f"nothing listens at 127.0.0.1:{closed_port} "
+                                                                 "(connection refused)")
+    assert describe_listener(f"ipc://{tmp_path / 'none.sock'}").startswith("nothing listens at ipc://")
+    banner = socket.socket()
+    banner.bind(("127.0.0.1", 0))
+    banner.listen(8)
+
+    def greet() -> None:  # an ssh server's first line to every connection
+        while True:
+            try:
+                conn, _ = banner.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=greet, daemon=True).start()
+    silent = socket.socket()  # a web server: it waits for the client to speak first
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    try:
+        port = banner.getsockname()[1]
+        assert describe_listener(f"tcp://127.0.0.1:{port}") == (
+            f"something at 127.0.0.1:{port} answers, but not as a ZeroMQ server (it sent b'SSH-2.0-Op'; another "
+            "service on that port?)")
+        port = silent.getsockname()[1]
+        assert describe_listener(f"tcp://127.0.0.1:{port}", timeout_s=0.3).endswith("(it sent nothing; another "
+                                                                                      "service on that port?)")
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        assert describe_listener(f"tcp://127.0.0.1:{port}") is None  # a ZeroMQ peer greets: the hello says more
+    finally:
+        banner.close()
+        silent.close()
+        router.close(linger=0)
+        context.term()
