@@ -548,3 +548,76 @@ def test_a_curve_whose_inside_would_fold_through_its_centre_is_refused():
     with pytest.raises(ValueError, match="radius must be at least 26"):
         curve(20.0, 180.0, lanes_per_direction=6)
     assert curve(26.0, 90.0, lanes_per_direction=6).lanes
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a two hundred metre road", {"length_m": 200.0}),  # was 100 m: only the last number word was read
+    ("a road of five hundred feet", {"length_m": 152.4}),  # was 30 m, then refused by `run` as too short
+    ("one hundred and fifty metres of road", {"length_m": 150.0}),
+    ("two and a half km of road", {"length_m": 2500.0}),
+    ("a thousand metre road", {"length_m": 1000.0}),  # was the default 200 m, without a word
+    ("seventy metre road", {"length_m": 70.0}),
+    ("a road twenty five metres long", {"length_m": 25.0}),  # was refused as a 5 m road
+    ("a road 1/4 mile long", {"length_m": 402.336}),  # was refused as 4 miles
+    ("a 300,5 m road", {"length_m": 300.5}),
+    ("a road in town", {"buildings": True, "parked_cars": "some"}),  # was a country road: no buildings, no cars
+    ("a road in the evening", {"buildings": True, "parked_cars": "some", "time_of_day": "evening"}),
+    ("a long road in the rain", {"lane_width_m": 3.5, "weather": "wet"}),  # was widened ~ "a wide road"
+    ("a hairpin bend on a mountain road", {"template": "curve", "angle_deg": 180.0}),  # was a straight road
+    ("a street with no trees or parked cars", {"trees": "none", "parked_cars": "none"}),  # the cars stayed
+    ("a street without any trees or buildings", {"trees": "none", "buildings": False}),
+    ("no parked cars and lots of trees", {"parked_cars": "none", "trees": "many"}),
+    ("not so many parked cars", {"parked_cars": "few"}),  # was many
+    ("avoid parked cars", {"parked_cars": "none"}),
+    ("a road in the evening, not at night", {"time_of_day": "evening"}),  # was dusk, with a note on night
+    ("a straight two-lane-per-direction road about 250 m long", {"lanes_per_direction": 2, "length_m": 250.0}),
+    ("a 300 m road with \u2018four\u2019 lanes", {"lanes_per_direction": 2, "buildings": True}),  # was a motorway
+    ("a street with wider lanes", {"lane_width_m": 4.0, "lanes_per_direction": 2, "buildings": True}),
+    ("daytime", {"time_of_day": "noon"}),  # was dusk (0.72)
+    ("a road with no sunlight", {"template": "straight", "weather": "overcast"}),  # was a curve
+    ("a street with 10 parked cars", {"parked_cars": "some"}),
+    ("a street with office blocks", {"building_style": "office"}),
+])
+def test_prompts_at_scale_read_as_meant(text, expected):
+    """A new user's 163 prompts as AV engineers write them (2026-12-07): number words compounded ("two hundred"),
+    a plain road joined with the next clause read as a country road or a wide one (buildings and parked cars
+    gone unasked), negation reaching only the first noun of a list, quoted numbers, "-per-direction" with hyphens,
+    "daytime" as dusk."""
+    attributes = P.layout_from_prompt(text)[1]["attributes"]
+    assert {k: attributes[k] for k in expected} == expected, (text, attributes)
+
+
+@pytest.mark.parametrize("edit, changed", [
+    ("wider lanes", {"lane_width_m": 4.0}),  # was 3.0: ~ "narrow lanes" (0.93)
+    ("make the lanes wider", {"lane_width_m": 4.0}),
+    ("narrower lanes", {"lane_width_m": 3.0}),
+    ("add a lane", {"lanes_per_direction": 3}),  # was the lanes' width
+    ("one fewer lane", {"lanes_per_direction": 1}),
+    ("fewer parked cars", {"parked_cars": "some"}),  # stayed many
+    ("more trees", {"trees": "many"}),
+    ("longer", {"length_m": 450.0}),  # refused: "names nothing"
+    ("shorter", {"length_m": 200.0}),
+    ("double the length", {"length_m": 600.0}),
+    ("a road in the evening", {"time_of_day": "evening"}),  # had taken the buildings and parked cars away
+])
+def test_relative_edits_change_what_they_name_from_the_base(edit, changed):
+    _, base = P.layout_from_prompt("a 300 m street with many parked cars")
+    attributes = P.layout_from_prompt(edit, base=base)[1]["attributes"]
+    assert {k: v for k, v in attributes.items() if v != base["attributes"][k]} == changed, edit
+
+
+def test_an_intersections_extent_can_be_edited_and_contradictions_and_other_languages_are_noted():
+    _, base = P.layout_from_prompt("an intersection")
+    assert P.layout_from_prompt("150 m across", base=base)[1]["attributes"]["length_m"] == 150.0  # was refused
+    _, described = P.layout_from_prompt("a road with 2 lanes and 4 lanes")
+    assert any("lanes_per_direction is given twice" in note for note in described["notes"]), described["notes"]
+    for text, noted in (("a T-junction", "four-way crossing"), ("an S-curve", "one left-hand bend"),
+                        ("une route de 300 m sous la pluie", "read as English"),
+                        ("una calle de 300 m con lluvia", "read as English")):
+        notes = P.layout_from_prompt(text)[1]["notes"]
+        assert any(noted in note for note in notes), (text, notes)
+    assert not P.layout_from_prompt("a 300 m road \U0001f327\ufe0f at dusk")[1]["notes"]  # an emoji is no language
+    with pytest.raises(P.PromptError, match=r"\.\.\. \(3000 characters\)"):  # a long prompt is not echoed whole
+        P.layout_from_prompt("xyzzy " * 500)
+    with pytest.raises(P.PromptError, match="its attributes lack template"):
+        P.layout_from_prompt("at dusk", base={"attributes": {}})

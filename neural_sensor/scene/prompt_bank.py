@@ -17,6 +17,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("a scene", None), ("a place", None), ("a day", None), ("traffic", None), ("a neighbourhood", None),
         ("trees", None), ("parked cars", None), ("parked", None), ("lanes", None), ("sidewalks", None),
         ("a street with buildings", None), ("a road with buildings", None),  # ("a street buildings" ~ houses)
+        ("a long road", None), ("a long street", None),  # (a length: "a long road" ~ "a wide road" widened the lanes)
     ],
     "template": [
         ("a straight road", "straight"), ("a long straight street", "straight"), ("a boulevard", "straight"),
@@ -53,6 +54,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
     ],
     "building_style": [
         ("office towers", "office"), ("glass office buildings", "office"), ("the business district", "office"),
+        ("office blocks", "office"),
         ("downtown skyscrapers", "office"), ("commercial high-rises", "office"),
         ("apartment blocks", "apartment"), ("blocks of flats", "apartment"), ("a housing estate", "apartment"),
         ("residential tower blocks", "apartment"),
@@ -63,7 +65,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("a leafy suburb", {"building_style": "house", "trees": "many"}),
     ],
     "building_height": [
-        ("low buildings", [4.0, 8.0]), ("one or two storey buildings", [4.0, 8.0]),
+        ("low buildings", [4.0, 8.0]), ("one or two storey buildings", [4.0, 8.0]), ("low-rise houses", [4.0, 8.0]),
         ("mid-rise buildings", [9.0, 16.0]),
         ("tall buildings", [18.0, 24.0]), ("high-rise towers", [18.0, 24.0]), ("skyscrapers", [18.0, 24.0]),
     ],
@@ -73,6 +75,7 @@ ATTRIBUTE_BANK: dict[str, list[tuple[str, object]]] = {
         ("some parked cars", "some"), ("cars parked here and there", "some"),
         ("many parked cars", "many"), ("lined with parked cars", "many"), ("plenty of parked cars", "many"),
         ("cars parked bumper to bumper", "many"), ("a busy street full of parked cars", "many"),
+        ("cars parked on both sides", "many"), ("parked cars on one side only", "some"),
     ],
     "trees": [
         ("no trees", "none"), ("a treeless street", "none"),
