@@ -37,10 +37,11 @@ import numpy as np
 from neural_sensor.assets import compose, make_asset
 from neural_sensor.camera import MAX_SIDE_PX, Camera
 from neural_sensor.gaussians import GaussianScene
-from neural_sensor.poses import check_pose
 from neural_sensor.render import LOD_PX, render, resolve_backend
 from neural_sensor.render._common import check_lod_px
 from neural_sensor.render.upsample import check_scale
+from neural_sensor.parallel import parallel_section
+from neural_sensor.poses import check_pose
 from neural_sensor.world import WorldSnapshot
 
 FRAME_FIELDS = ("rgb", "depth", "semantic", "instance")  # what a SensorFrame can carry (NeuralSensorRig(outputs=))
@@ -212,11 +213,8 @@ class NeuralSensorRig:
             raise ValueError(f"NeuralSensorRig: enhancer must have an enhance(frames) method (an EnhancerClient), "
                              f"got {type(enhancer).__name__}")
         if enhancer is not None:
-            from neural_sensor.enhance.protocol import MAX_FRAMES, check_request_size
+            from neural_sensor.enhance.protocol import check_request_size
 
-            if len(sensors) > MAX_FRAMES:
-                raise ValueError(f"NeuralSensorRig: {len(sensors)} cameras; an enhancer request carries at most "
-                                 f"{MAX_FRAMES} (every camera of a tick goes in one request)")
             check_request_size([(s.width, s.height) for s in sensors], reference is not None,
                                getattr(enhancer, "wire_dtype", "uint8"), "NeuralSensorRig")
         if reference is not None and not callable(getattr(reference, "warp", None)):
@@ -315,9 +313,14 @@ class NeuralSensorRig:
         return self._assets[key]
 
     def capture(self, snapshot: WorldSnapshot) -> dict[str, SensorFrame]:
-        """Render every sensor for this snapshot; returns {sensor_id: SensorFrame}."""
+        """Render every sensor for this snapshot; returns {sensor_id: SensorFrame}. Rigs capture on threads of their
+        own (the CARLA bridge's); numba's kernels are entered as its threading layer allows (`parallel_section`)."""
         if not isinstance(snapshot, WorldSnapshot):
             raise TypeError(f"NeuralSensorRig.capture: expected a WorldSnapshot, got {type(snapshot).__name__}")
+        with parallel_section():
+            return self._capture(snapshot)
+
+    def _capture(self, snapshot: WorldSnapshot) -> dict[str, SensorFrame]:
         start = time.perf_counter()
         parts = compose(self.scene, [(self._asset(a), a.pose_agent_to_world) for a in snapshot.agents])
         if len(self._assets) > 2 * len(snapshot.agents) + ASSET_SLACK:  # agents gone (traffic that respawns with new

@@ -491,3 +491,45 @@ def test_the_assets_of_agents_gone_are_dropped():
     for k in range(30):  # an agent that stays keeps its asset (the same object, not rebuilt)
         rig.capture(WorldSnapshot(101 + k, 5.0 + 0.05 * k, ego, (kept,)))
     assert next(v for k, v in rig._assets.items() if k[1] == 999) is asset
+
+
+RIGS_ON_THREADS = """
+import threading
+from neural_sensor.rig import NeuralSensorRig, nuscenes_like_rig
+from neural_sensor.testing import make_street_scene
+from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
+
+scene = make_street_scene(seed=0)
+rigs = [NeuralSensorRig(scene, nuscenes_like_rig(64, 36), backend="cpu") for _ in range(3)]
+errors = []
+
+def capture(rig, k):
+    try:
+        for t in range(4):
+            ego = AgentState(0, "car", (4.5, 1.9, 1.5), pose_from_xyz_yaw(2.0 * k + t, 0.0, 0.0, 0.0), 5.0)
+            rig.capture(WorldSnapshot(t + 1, 0.05 * t, ego))
+    except Exception as err:
+        errors.append(err)
+
+threads = [threading.Thread(target=capture, args=(rig, k)) for k, rig in enumerate(rigs)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+import numba
+assert numba.threading_layer() == "workqueue" and not errors, errors
+"""
+
+
+def test_rigs_capturing_on_threads_of_their_own_under_numbas_workqueue_layer():
+    """A new user's finding: cameras on two egos, a parked car and a fixed camera (four rigs, each rendering on its
+    own thread) ended the process (exit 134) under numba's workqueue threading layer, which numba takes where the
+    machine has neither TBB nor libgomp: its parallel regions are entered one thread at a time there."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    result = subprocess.run([sys.executable, "-c", RIGS_ON_THREADS], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -177,6 +177,37 @@ def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn
     NeuralSensorRig(scene, nuscenes_like_rig(1280, 720), backend="cpu", enhancer=Enhancer())
 
 
+def test_a_seventeenth_camera_view_with_an_enhancer_is_refused_at_the_spawn(scene, caplog):
+    """A new user's finding: 17 small cameras with an enhancer were all spawned, then every frame of all of them
+    failed ("an enhancer request carries at most 16"). The 17th view is refused at the spawn, as one over the
+    request's bytes; views the spawn did not count (a set_transform) go unrefined, said once."""
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+
+    def spawn(yaw_deg):
+        return spawn_neural_camera(world, _bp(library, "rgb", (64, 36)), carla.Transform(MOUNT.location,
+                                   carla.Rotation(yaw=yaw_deg)), attach_to=ego, scene=scene, backend="cpu",
+                                   enhancer="tcp://127.0.0.1:9")
+
+    cameras = [spawn(20.0 * k) for k in range(16)]
+    try:
+        with pytest.raises(ValueError, match=r"\(17 distinct camera view\(s\) on one parent with an enhancer\): 17 "
+                                             r"cameras; an enhancer request carries at most 16"):
+            spawn(330.0)
+        assert len(cameras[0].rig.cameras) == 16
+        poses = [np.eye(4) for _ in range(17)]
+        for k, pose in enumerate(poses):
+            pose[0, 3] = 0.1 * k
+        views = tuple((64, 36, 90.0, tuple(pose.ravel())) for pose in poses)
+        with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+            assert cameras[0].rig._rig_for(views, ("rgb",)).enhancer is None
+        assert any("carries at most 16" in r.getMessage() for r in caplog.records)
+    finally:
+        for camera in cameras:
+            camera.destroy()
+
+
 def test_render_scale_reaches_the_rig_and_bad_values_are_named(scene):
     """render_scale travels from NeuralWorld / spawn_neural_camera to the rig (and its NeuralSensorRig); cameras of
     different scales never share a rig; 0 or above 1 is refused by name."""

@@ -513,11 +513,14 @@ class RequestTooLarge(ValueError):
 
 def check_request_size(sizes_wh, reference: bool, wire_dtype: str = "uint8", what: str = "the rig") -> None:
     """RequestTooLarge (a ValueError) where one enhance request with a frame of each (width, height) in `sizes_wh` would hold more
-    array bytes than MAX_MESSAGE_BYTES (every tick of such a rig went raw, the run passing without a word): said
+    than MAX_FRAMES frames or more array bytes than MAX_MESSAGE_BYTES (every tick of such a rig went raw, the run passing without a word): said
     with the largest size of that aspect that fits. `reference`: the frames carry the drive log's reference."""
     assert wire_dtype in _WIRE_BYTES_PER_PIXEL, wire_dtype
     per_px = _WIRE_BYTES_PER_PIXEL[wire_dtype][bool(reference)]
     sizes = [(int(w), int(h)) for w, h in sizes_wh]
+    if len(sizes) > MAX_FRAMES:  # (the bridge took a 17th camera, then failed every tick of all of them)
+        raise RequestTooLarge(f"{what}: {len(sizes)} cameras; an enhancer request carries at most {MAX_FRAMES} (every "
+                              "camera of a tick goes in one request): fewer cameras, or no enhancer")
     total = per_px * sum(w * h for w, h in sizes)
     room = MAX_MESSAGE_BYTES - (64 << 10)  # (the message's header and msgpack's framing: a few kB)
     if total <= room:
