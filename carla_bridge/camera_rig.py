@@ -6,8 +6,10 @@ threading, which the stand-in server reproduces): the server's world snapshot re
 callback on a client thread after `world.tick()` has returned; the rig converts the snapshot once (the parent
 is the ego, every vehicle and walker an agent), picks the cameras due this tick and queues the frame for its
 worker thread, which renders every due camera in one batched call per image size (cameras with the same view
-share one rendered view), lets each camera make its carla.Image (`NeuralCamera.image`) and calls each
-listener, lowest frame first. A render error is logged at once (logger "carla_bridge") and kept as a
+share one rendered view), lets each camera make its carla.Image (`NeuralCamera.image`) and hands it to the
+camera's own delivery thread, which calls its listener, lowest frame first (as libcarla's sensor streams, each
+with its own: a slow listener, one saving every image, holds up only its own camera; it had held up every camera
+of the vehicle, and their next renders). A render error is logged at once (logger "carla_bridge") and kept as a
 NeuralCameraError for the next call on any camera of the rig.
 
 Drive-log reference: given the reconstruction's log, the rig asks the enhancer's hello once how many log
@@ -54,6 +56,64 @@ MAX_ASSETS = 512  # agents' assets a camera rig keeps (ids only grow where traff
 
 class NeuralCameraError(RuntimeError):
     """A neural camera could not render a frame (raised by the next call on a camera of its rig)."""
+
+
+class _Delivery:
+    """One camera's listener calls, on a thread of its own, in the order the images were put (started with the
+    first). A listener's exception is printed and swallowed, as libcarla does; a stopped or destroyed camera's
+    images are dropped. `pending` counts the images put and not yet through the listener."""
+
+    def __init__(self, camera: "NeuralCamera", cond: threading.Condition):
+        self.camera = camera
+        self._cond = cond  # the rig's: flush() and wait_idle() wait on it
+        self._queue: list = []
+        self.pending = 0
+        self._said_backlog = False
+        self.thread: threading.Thread | None = None
+
+    def put(self, image) -> None:
+        with self._cond:
+            self._queue.append(image)
+            self.pending += 1
+            backlog = len(self._queue)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name=f"neural-camera-{self.camera.id}-listener")
+                self.thread.neural_delivery = True
+                self.thread.start()
+            self._cond.notify_all()
+        if backlog > BACKLOG_WARN_FRAMES and not self._said_backlog:
+            self._said_backlog = True
+            _log.warning("neural camera: %s %d's listener takes longer than the ticks: %d images wait for it (the "
+                         "queue, and its memory, grows)", self.camera.type_id, self.camera.id, backlog)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if not self.camera._alive:
+                        self.thread = None  # (a camera destroyed: the thread ends; `put` would start another)
+                        return
+                    self._cond.wait(1.0)
+                image = self._queue.pop(0)
+            try:
+                callback = self.camera._callback
+                if callback is not None and self.camera._alive:
+                    try:
+                        callback(image)
+                    except Exception:  # noqa: BLE001 - libcarla prints a sensor callback's exception and goes on
+                        traceback.print_exc()
+            finally:
+                with self._cond:
+                    self.pending -= 1
+                    if not self._queue:
+                        self._said_backlog = False
+                    self._cond.notify_all()
+
+
+def _on_delivery_thread() -> bool:
+    """Is this thread a camera's listener thread (`_Delivery`)? What a listener would wait for runs after it."""
+    return getattr(threading.current_thread(), "neural_delivery", False)
 
 
 _WARMED: set = set()  # (rgb backend, all-fields backend, scale below 1) that `warm_up` has loaded in this process
@@ -168,6 +228,7 @@ class CameraRig:
         self._closed = False
         self._busy = False
         self._current: tuple = ()  # the cameras of the frame being rendered
+        self._deliveries: dict = {}  # camera -> _Delivery (its listener's thread)
         self._said_backlog = False
         self.error: NeuralCameraError | None = None
         self.renders = 0  # batched render calls made (one per tick with a due, listening camera)
@@ -188,7 +249,9 @@ class CameraRig:
         with _rigs_lock:  # a camera joining this rig meanwhile either finds it open or makes a new one
             with self._cond:
                 self.cameras = [c for c in self.cameras if c is not camera]
+                self._deliveries.pop(camera, None)
                 empty = not self.cameras
+                self._cond.notify_all()  # (its listener thread ends once its queue is through)
             if empty and _rigs.get(self.key) is self:
                 del _rigs[self.key]
         if empty:
@@ -240,7 +303,7 @@ class CameraRig:
         """Wait until this rig's on_tick has taken the world's newest frame (libcarla calls it on its stream thread
         after world.tick() has returned: a destroy() or wait_idle() right after a tick came before it, and dropped
         or missed that frame); False after timeout_s, or at once when the world cannot say its frame."""
-        if _on_stream_thread() or threading.current_thread() is self._worker:
+        if _on_stream_thread() or threading.current_thread() is self._worker or _on_delivery_thread():
             return True  # (a listener, or an on_tick callback, destroying a camera: what it would wait for runs on
             #             this thread, after it)
         target = _current_frame(self.world)
@@ -278,22 +341,27 @@ class CameraRig:
                          "world.tick() (e.g. a queue.Queue filled by the listener, get() per tick)", backlog)
 
     def flush(self, camera, timeout_s: float) -> int:
-        """Wait until no queued or rendering frame is for `camera` (at most timeout_s); returns the frames still
-        waiting then (0 when flushed), after a warning naming them. Called from the worker (a listener destroying
-        its own camera) it waits for nothing."""
+        """Wait until no queued, rendering or undelivered frame is for `camera` (at most timeout_s); returns the
+        frames still waiting then (0 when flushed), after a warning naming them. Called from the worker or from the
+        camera's own listener (destroying its camera) it waits for nothing."""
         if threading.current_thread() is self._worker:
             return 0
+        delivery = self._deliveries.get(camera)
+        if delivery is not None and threading.current_thread() is delivery.thread:
+            return 0  # (its own listener destroying it: the images after this one wait for it)
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                left = sum(camera in job[3] for job in self._jobs) + (camera in self._current)
+                delivery = self._deliveries.get(camera)  # (made with its first image)
+                left = (sum(camera in job[3] for job in self._jobs) + (camera in self._current)
+                        + (delivery.pending if delivery is not None else 0))
                 wait_s = deadline - time.monotonic()
                 if not left or self._closed or wait_s <= 0:
                     break
                 self._cond.wait(wait_s)
         if left:
-            _log.warning("neural camera: %s %d destroyed with %d frame(s) of past ticks still to render after %.0f s: "
-                         "they are dropped", camera.type_id, camera.id, left, timeout_s)
+            _log.warning("neural camera: %s %d destroyed with %d frame(s) of past ticks still to render or deliver "
+                         "after %.0f s: they are dropped", camera.type_id, camera.id, left, timeout_s)
         return left
 
     def _refresh_actors(self, ids) -> None:
@@ -532,13 +600,13 @@ class CameraRig:
                 self._fail(frame, cameras, err)
                 continue
             for camera, image in images.items():
-                callback = camera._callback
-                if callback is None or not camera._alive:
+                if camera._callback is None or not camera._alive:
                     continue
-                try:
-                    callback(image)
-                except Exception:  # noqa: BLE001 - libcarla prints a sensor callback's exception and goes on
-                    traceback.print_exc()
+                with self._cond:
+                    delivery = self._deliveries.get(camera)
+                    if delivery is None:
+                        delivery = self._deliveries[camera] = _Delivery(camera, self._cond)
+                delivery.put(image)  # (its own thread calls the listener: the next frame renders meanwhile)
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until the world's newest tick has been taken (`catch_up`) and every queued frame rendered and
@@ -547,7 +615,7 @@ class CameraRig:
         if not self.catch_up(timeout_s):
             return False
         with self._cond:
-            while self._jobs or self._busy:
+            while self._jobs or self._busy or any(d.pending for d in self._deliveries.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

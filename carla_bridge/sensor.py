@@ -18,8 +18,9 @@ is the ego, every vehicle and walker an agent), picks the cameras due this tick 
 first tick at or after each period) and queues the frame for the rig's worker thread. The worker renders every due
 camera of the frame in one batched call (one per image size: the renderer batches cameras of one
 size; cameras with the same view share one rendered view, so an rgb, a depth and a semantic
-camera on one mount cost one view), encodes each as its blueprint says, and calls each listener,
-lowest frame first (frames queued while a render runs are taken in frame order). A listener's exception is printed and
+camera on one mount cost one view), encodes each as its blueprint says, and hands it to the camera's own
+listener thread, lowest frame first (frames queued while a render runs are taken in frame order): as libcarla's
+sensor streams, a slow listener holds up only its own camera. A listener's exception is printed and
 swallowed, as libcarla does with sensor callbacks. A render error is logged at once (logger
 "carla_bridge") and raised as NeuralCameraError, naming the camera and the frame, by the next
 call on any camera of the rig (listen, is_listening, get_transform, ...; never by stop() or destroy(),

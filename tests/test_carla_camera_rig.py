@@ -599,3 +599,38 @@ def test_traffic_that_respawns_is_forgotten(scene):
     assert len(camera.rig._actors) < 100 and len(camera.rig._assets) < 40, (len(camera.rig._actors),
                                                                              len(camera.rig._assets))
     camera.destroy()
+
+
+def test_a_slow_listener_holds_up_only_its_own_camera(scene):
+    """A new user's finding: one camera's listener that took 2 s (saving its image) held up the other cameras of
+    its vehicle by 2 s a frame, and their renders: the rig's thread called every listener. As libcarla's sensor
+    streams, each camera's listener now runs on a thread of its own, in frame order."""
+    import threading
+
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    slow = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    quick = spawn_neural_camera(world, _bp(library, "depth"), carla.Transform(MOUNT.location, carla.Rotation(yaw=90)),
+                                attach_to=ego, scene=scene, backend="cpu")
+    quick_frames, slow_frames = [], []
+    all_quick = threading.Event()
+
+    def blocked(image):  # holds its thread until the other camera has every frame (or 60 s)
+        all_quick.wait(60.0)
+        slow_frames.append(image.frame)
+
+    def record(image):
+        quick_frames.append(image.frame)
+        if len(quick_frames) == 3:
+            all_quick.set()
+
+    slow.listen(blocked)
+    quick.listen(record)
+    try:
+        frames = [world.tick() for _ in range(3)]
+        assert all_quick.wait(60.0) and quick_frames == frames  # while the slow listener still held its first image
+        assert quick.rig.wait_idle(60.0) and slow_frames == frames  # and then its own, in order
+    finally:
+        slow.destroy()
+        quick.destroy()
