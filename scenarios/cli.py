@@ -25,6 +25,7 @@ interrupted by Ctrl-C / SIGTERM. Nothing is left half-written on any of them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--length", type=float, default=None,
                          help="straight: road length; intersection: arm length (default 200 m; a curve takes none)")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
-    p_build.add_argument("--seed", type=seed_int, default=0, help="style seed")
+    p_build.add_argument("--seed", type=seed_int, default=None,
+                         help="style seed (default 0; a --layout file's own seed unless given)")
     p_build.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
                                                     "lane, the nuScenes-like rig) as a drive log",
@@ -334,12 +336,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from scenarios.runner import package_version
 
-    try:
-        return version("neural-sensor")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+    return package_version()
 
 
 def _run(args: argparse.Namespace, scenario: str, video: bool, prompt_description: dict | None = None) -> dict:
@@ -390,10 +389,11 @@ def _build_scene(args: argparse.Namespace) -> dict:
         if path is not None:
             check_writable_parent(option, path)
     length = 200.0 if args.length is None else args.length
-    style = Style(seed=args.seed)
+    seed = 0 if args.seed is None else args.seed
+    style = Style(seed=seed)
     description = None
     if args.prompt is not None:
-        layout, description = _layout_from_prompt(args.prompt, args.seed, args.voxel)
+        layout, description = _layout_from_prompt(args.prompt, seed, args.voxel)
     elif args.xodr is not None:
         data = _read_bytes(args.xodr, "OpenDRIVE map")  # the XML declaration names its encoding (UTF-8 without one)
         try:
@@ -406,6 +406,8 @@ def _build_scene(args: argparse.Namespace) -> dict:
             layout = Layout.from_json(text)
         except ValueError as err:
             raise ValueError(f"layout {args.layout}: {err}") from None
+        if args.seed is not None:  # (it was ignored without a word: the file's own seed was built)
+            layout.style = dataclasses.replace(layout.style, seed=args.seed)
     else:
         kwargs = {"straight": {"length_m": length}, "intersection": {"arm_length_m": length},
                   "curve": {}}[args.template]

@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -478,6 +479,23 @@ def _json_number(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def package_version() -> str:
+    """The installed neural-sensor's version (the record's and `--version`'s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neural-sensor")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _reason_without_address(reason: str) -> str:
+    """An enhancer's raw-tick reason without the server's port or worker socket, so that two runs' summaries count
+    the same reasons under the same keys ("no reply from the enhancer at tcp://127.0.0.1:39227 within 25 ms")."""
+    reason = re.sub(r" at (?:tcp|ipc)://\S+", "", reason)
+    return re.sub(r" \((?:/|ipc://|tcp://)[^)]*\)", "", reason)
+
+
 RAW_STREAK_SAID = 3  # raw ticks in a row (with an enhancer) that are said on stderr as they happen, with their end
 
 
@@ -575,7 +593,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
             if keeper is not None and not first.meta["enhanced"]:  # the run's own server: restarted if it exited
                 keeper.check(snapshot.frame, options)
             if rig.enhancer is not None and not first.meta["enhanced"]:
-                reason = first.meta["enhancer_reason"]
+                reason = _reason_without_address(first.meta["enhancer_reason"])  # (log.jsonl keeps it whole)
                 raw_reasons[reason] = raw_reasons.get(reason, 0) + 1
                 raw_streak += 1
                 if raw_streak == RAW_STREAK_SAID:  # an outage, said as it starts (not a deadline missed now and then)
@@ -641,6 +659,7 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
         if options.prompt_description is not None:
             paths["prompt"] = str(out_dir / "prompt.json")
         summary = {
+            "neural_sensor_version": package_version(),
             "scenario": scenario.name, "description": scenario.description, "seed": options.seed,
             "ticks": ticks, "ticks_requested": ticks_requested, "stopped_early": stopped_early,
             "wall_s": round(wall_s, 3), "ticks_per_s": round(ticks / wall_s, 3),
@@ -662,6 +681,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 sid: _median_db(values) for sid, values in truth_psnr.items()},
             "enhancer": None if rig.enhancer is None else {
                 "endpoint": rig.enhancer.endpoint, "deadline_ms": rig.enhancer.deadline_ms,
+                # what else makes the delivered images: the accumulation and the drive log sent (a record did not
+                # say, a new user's finding)
+                "temporal_blend": options.temporal_blend, "log_reference": rig.reference is not None,
                 **{k: (rig.enhancer.server or {}).get(k) for k in ("model_name", "checkpoint_hash", "server_version",
                                                                     "cpu_precision")},
                 # the model that enhanced the run: its first hello's (a later server's other model is refused)

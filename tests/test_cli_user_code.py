@@ -658,3 +658,18 @@ def test_the_memory_check_sees_a_containers_limit(tmp_path):
     check_memory(1024, "a kilobyte")  # passes
     with pytest.raises(MemoryError, match="a petabyte needs about 1048576.0 GiB and"):
         check_memory(2**50, "a petabyte")
+
+
+def test_build_scene_takes_seed_for_a_layout_file(tmp_path, capsys):
+    """A new user's finding: `build-scene --layout L.json --seed S` built the file's own seed without a word."""
+    from neural_sensor.scene.layout import Lane, Layout
+    from scenarios.cli import main as cli_main
+
+    layout_file = tmp_path / "mine.json"
+    layout_file.write_text(Layout([Lane(np.array([[0.0, 0.0], [40.0, 0.0]]))], name="mine").to_json())
+    keys = []
+    for extra in ([], ["--seed", "0"], ["--seed", "5"]):
+        assert cli_main(["build-scene", "--layout", str(layout_file), "--voxel", "1.0", "--cache",
+                         str(tmp_path / "cache"), *extra]) == 0
+        keys.append(json.loads(capsys.readouterr().out)["key"])
+    assert keys[0] == keys[1] != keys[2]

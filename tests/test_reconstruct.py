@@ -69,7 +69,7 @@ def test_shipped_checkpoint_reconstructs_a_held_out_world():
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
-def test_reconstructed_scene_of_a_drive_is_cached(tmp_path):
+def test_reconstructed_scene_of_a_drive_is_cached(tmp_path, monkeypatch):
     from neural_sensor.reconstruct.drive import reconstructed_scene
     from neural_sensor.scene.layout import straight_road
 
@@ -102,6 +102,19 @@ def test_reconstructed_scene_of_a_drive_is_cached(tmp_path):
         reconstructed_scene(layout, path, cache_dir=tmp_path, network_precision="half")
     with pytest.raises(ValueError, match="checkpoint not found"):
         reconstructed_scene(layout, path, checkpoint=tmp_path / "nothing", cache_dir=tmp_path)
+    # the world the drive is recorded from is part of the key: a reconstruction made before torcs-data was installed
+    # (the procedural colours) was served after it (a new user's finding)
+    import neural_sensor.reconstruct.drive as drive
+    from neural_sensor.scene.build import BUILDER_VERSION, build_inputs
+    from neural_sensor.scene.textures import load_library
+
+    assert meta["world"] == {"world_builder": BUILDER_VERSION, "world_textures": load_library().hash}
+    monkeypatch.setattr(drive, "build_inputs", lambda *a: {**build_inputs(*a), "textures": "procedural-v1"})
+    _, other_world = reconstructed_scene(layout, path, step_m=15.0, width=64, height=40, voxel_m=0.6,
+                                         cache_dir=tmp_path, record_size=(64, 40),
+                                         network_precision=meta["network_precision"])
+    assert other_world["cached"] is False and other_world["key"] != meta["key"]
+    assert other_world["world"]["world_textures"] == "procedural-v1"
 
 
 def test_neighbour_views_are_the_same_camera_one_station_back_and_ahead():

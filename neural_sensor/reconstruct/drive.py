@@ -53,6 +53,7 @@ from neural_sensor.reconstruct.photometric import DEFAULT_DEPTH_REFINE, DepthRef
 from neural_sensor.reconstruct.reference import FILE_NAME as REFERENCE_FILE
 from neural_sensor.reconstruct.reference import LogReference
 from neural_sensor.reconstruct.refine import DEFAULT_REFINE, RefineConfig, refine_colours
+from neural_sensor.scene.build import build_inputs
 from neural_sensor.scene.layout import Layout, marking_cache_inputs
 from neural_sensor.scene.path import Path as Polyline
 
@@ -125,7 +126,7 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
               "step_m": step_m, "size": [width, height], "record_size": list(record_size), "voxel_m": voxel_m,
               "checkpoint": checkpoint_hash(checkpoint), "drive_log_format": FORMAT_VERSION,
               "code": reconstruction_code_hash(), **refine.cache_inputs(), **depth_refine_inputs(depth_refine),
-              **precision, **marking_cache_inputs(layout)}
+              **precision, **marking_cache_inputs(layout), **_recorded_world_inputs(layout, voxel_m)}
 
     def build():
         if progress:  # a cache miss: the reconstruction's kernels run (a fresh install compiles them first)
@@ -145,10 +146,19 @@ def reconstructed_scene(layout: Layout, path_xy_m: np.ndarray, *, checkpoint: Pa
         images = images.astype(np.float32) / np.float32(255.0)
         scene, meta, reference = _reconstruct_views(images, cameras, ref_images, ref_cameras, log_meta, checkpoint,
                                                     progress, refine, depth_refine, _resolved(precision))
-        meta = {**meta, "log": None}  # the drive was never written (its images are in the reference)
+        meta = {**meta, "log": None,  # the drive was never written (its images are in the reference)
+                "world": {k: inputs[k] for k in ("world_builder", "world_textures")}}
         return scene, meta, layout.to_json(), {REFERENCE_FILE: reference.save}
 
     return _get_or_build(cache_dir, inputs, network_precision, build)
+
+
+def _recorded_world_inputs(layout: Layout, voxel_m: float) -> dict:
+    """What the builder's scene that the drive is recorded from depends on beyond the layout and voxel: its builder
+    version and the texture files' hash (`build_inputs`). A reconstruction made before torcs-data was installed
+    (the procedural colours) had been served after it, the same key for another world (a new user's finding)."""
+    world = build_inputs(layout, voxel_m)
+    return {"world_builder": world["builder"], "world_textures": world.get("textures")}
 
 
 def reconstructed_scene_from_log(folder: Path | str, *, checkpoint: Path = DEFAULT_CHECKPOINT,
