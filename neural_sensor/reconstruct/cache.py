@@ -29,6 +29,7 @@ builds, stores and returns it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -259,11 +260,48 @@ class SceneCache:
         hit = self.load(key)
         if hit is not None:
             return hit
-        start = time.perf_counter()
-        scene, meta, layout_json, *files = build()
-        meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
-        meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
+        with self._building(key):  # another process building the same key is waited for, then read
+            hit = self.load(key)
+            if hit is not None:
+                return hit
+            start = time.perf_counter()
+            scene, meta, layout_json, *files = build()
+            meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
+            meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
         return GaussianScene.load_ply(Path(meta["path"]) / "scene.ply"), meta  # what later runs load (above)
+
+    @contextlib.contextmanager
+    def _building(self, key: str):
+        """Hold the build of `key` across processes (an flock on root/.<key>.lock): two runs started at once on an
+        empty cache had both built the same scene, sharing the cores, each about 6x slower than one alone (a new
+        user's finding). The waiting one says so on stderr. Where no lock can be taken (a read-only root, a
+        filesystem without locks) the build goes on unguarded, as before: two copies, the first stored wins."""
+        try:
+            import fcntl
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock_path = self.root / f".{key}.lock"
+            handle = open(lock_path, "a+")
+        except (ImportError, OSError):
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"neural-sensor: another process is building scene {key} in {self.root}; waiting for it",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:  # (no locks on this filesystem)
+                pass
+            yield
+        finally:
+            try:  # (a process waiting on it takes it next and finds the entry stored; a lock file another
+                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:  # process made since is its own)
+                    lock_path.unlink()
+            except OSError:
+                pass
+            handle.close()
 
 
 def file_crc32(path: Path, chunk_bytes: int = 1 << 24) -> int:
