@@ -381,6 +381,7 @@ class NeuralSensorRig:
                         frame.rgb = self.temporal.apply(sid, views[sid][0], views[sid][1], alphas[sid], frame.rgb)
                     else:  # a raw tick between enhanced ones: the next enhanced one starts afresh
                         self.temporal.reset(sid)
+                    frame.meta["temporal_ticks"] = self.temporal.history_ticks(sid)
                 temporal_ms = (time.perf_counter() - start) * 1000.0
                 for frame in ordered.values():
                     frame.meta["temporal_ms"] = temporal_ms / len(ordered)

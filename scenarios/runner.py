@@ -614,6 +614,9 @@ def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, trut
                 "control": {"throttle": control.throttle, "steer": control.steer, "brake": control.brake,
                             "hand_brake": control.hand_brake, "reverse": control.reverse},
                 "enhanced": first.meta["enhanced"], "enhancer_reason": first.meta["enhancer_reason"],
+                # the ticks the delivered image accumulates (1 after a raw tick: the images differ from a run
+                # without that raw tick for a few ticks more, a new user's finding)
+                **({"temporal_ticks": first.meta["temporal_ticks"]} if "temporal_ticks" in first.meta else {}),
                 **({} if tick_truth is None else {"truth_psnr_db": tick_truth}),
                 "ms": {"sim": round((t1 - t0) * 1e3, 2), "compose": round(first.meta["compose_ms"], 2),
                        "render": round((t2 - t1) * 1e3 - first.meta["compose_ms"] - reference_ms - enhance_ms

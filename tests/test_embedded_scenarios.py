@@ -308,6 +308,10 @@ def test_the_cli_runs_the_neural_chain_by_default(tmp_path, scene_cache, capsys)
     assert summary["neural_sensor_version"] == __import__("scenarios.runner").runner.package_version()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(r["enhanced"] for r in records) == summary["enhancer"]["ticks_enhanced"]
+    history = 0  # the accumulation's age, tick by tick: one more each enhanced tick, none after a raw one
+    for record in records:
+        history = history + 1 if record["enhanced"] else 0
+        assert record["temporal_ticks"] == history, records
     plain = tmp_path / "plain"
     assert cli_main(["run", "lane_change", "--ticks", "2", "--width", "64", "--height", "36", "--out", str(plain),
                      "--no-video", "--cache", str(scene_cache), "--backend", "cpu", "--allow-fail",

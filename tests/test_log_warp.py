@@ -142,8 +142,11 @@ def test_temporal_filter_equals_its_twin_clamps_and_forgets():
     first = rng.random((24, 40, 3)).astype(np.float32)
     second = np.clip(first + 0.05 * rng.standard_normal(first.shape), 0, 1).astype(np.float32)
     f = TemporalFilter(0.5)
+    assert f.history_ticks("front") == 0
     np.testing.assert_array_equal(f.apply("front", prev_cam, depth_prev, alpha, first), first)  # no history yet
+    assert f.history_ticks("front") == 1
     fast = f.apply("front", cam, depth, alpha, second)
+    assert f.history_ticks("front") == 2  # (what a run's log.jsonl records as temporal_ticks)
     twin = accumulate_reference(cam, depth, alpha, second, prev_cam, first, depth_prev, 0.5)
     np.testing.assert_allclose(fast, twin, atol=2e-6)
     assert not np.array_equal(fast[3:], second[3:]) and np.array_equal(fast[:3], second[:3])  # sky as it is
@@ -155,6 +158,9 @@ def test_temporal_filter_equals_its_twin_clamps_and_forgets():
     far = TemporalFilter(0.5, max_jump_m=0.1)
     far.apply("front", prev_cam, depth_prev, alpha, first)
     np.testing.assert_array_equal(far.apply("front", cam, depth, alpha, second), second)
+    assert far.history_ticks("front") == 1
+    far.reset("front")
+    assert far.history_ticks("front") == 0
     for bad in (-0.1, 1.0, "0.5"):
         with pytest.raises(ValueError, match="blend"):
             TemporalFilter(bad)

@@ -42,13 +42,22 @@ class TemporalFilter:
         self.blend = float(blend)
         self.max_jump_m = float(max_jump_m)
         self._history: dict[str, tuple[Camera, np.ndarray, np.ndarray]] = {}
+        self._ticks: dict[str, int] = {}  # per camera: the ticks its history holds (1: this tick's alone)
 
     def reset(self, sensor_id: str | None = None) -> None:
         """Forget one camera's history (or every camera's)."""
         if sensor_id is None:
             self._history.clear()
+            self._ticks.clear()
         else:
             self._history.pop(sensor_id, None)
+            self._ticks.pop(sensor_id, None)
+
+    def history_ticks(self, sensor_id: str) -> int:
+        """How many ticks the camera's last delivered image accumulates (1: no history blended in, as after a raw
+        tick or a jump; 0: none delivered since the last reset). A record tells by it why two runs' images differ
+        a few ticks after a raw one."""
+        return self._ticks.get(sensor_id, 0)
 
     def apply(self, sensor_id: str, camera: Camera, depth_m: np.ndarray, alpha: np.ndarray, rgb: np.ndarray
               ) -> np.ndarray:
@@ -73,6 +82,7 @@ class TemporalFilter:
                                              prev_cam.pose_world_to_camera[None]), current,
                                prev_rgb[None], prev_depth[None], np.float32(self.blend), out)
         self._history[sensor_id] = (camera, out, depth)
+        self._ticks[sensor_id] = 1 if previous is None or self.blend == 0.0 else self._ticks.get(sensor_id, 0) + 1
         return out.copy()  # the caller's to keep or change; the history stays as delivered
 
 
