@@ -61,19 +61,29 @@ class NeuralCameraError(RuntimeError):
 class _Delivery:
     """One camera's listener calls, on a thread of its own, in the order the images were put (started with the
     first). A listener's exception is printed and swallowed, as libcarla does; a stopped or destroyed camera's
-    images are dropped. `pending` counts the images put and not yet through the listener."""
+    images are dropped. `pending` counts the images put and not yet through the listener. The camera's
+    last_render_ms / last_meta are its image's while its listener runs. The thread ends once its camera is
+    destroyed, or its rig closed, and its queue is through (at interpreter exit the rig joins it)."""
 
-    def __init__(self, camera: "NeuralCamera", cond: threading.Condition):
+    def __init__(self, camera: "NeuralCamera", rig: "CameraRig"):
         self.camera = camera
-        self._cond = cond  # the rig's: flush() and wait_idle() wait on it
+        self.rig = rig
+        self._cond = rig._cond  # flush() and wait_idle() wait on it
         self._queue: list = []
         self.pending = 0
         self._said_backlog = False
         self.thread: threading.Thread | None = None
 
-    def put(self, image) -> None:
+    def drop(self) -> None:
+        """Forget the images not yet handed to the listener (interpreter exit)."""
         with self._cond:
-            self._queue.append(image)
+            self.pending -= len(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def put(self, image, meta: tuple) -> None:
+        with self._cond:
+            self._queue.append((image, meta))
             self.pending += 1
             backlog = len(self._queue)
             if self.thread is None:
@@ -91,14 +101,15 @@ class _Delivery:
         while True:
             with self._cond:
                 while not self._queue:
-                    if not self.camera._alive:
-                        self.thread = None  # (a camera destroyed: the thread ends; `put` would start another)
+                    if not self.camera._alive or self.rig._closed:
+                        self.thread = None  # (the thread ends; `put` would start another)
                         return
                     self._cond.wait(1.0)
-                image = self._queue.pop(0)
+                image, (render_ms, meta) = self._queue.pop(0)
             try:
                 callback = self.camera._callback
                 if callback is not None and self.camera._alive:
+                    self.camera.last_render_ms, self.camera.last_meta = render_ms, meta
                     try:
                         callback(image)
                     except Exception:  # noqa: BLE001 - libcarla prints a sensor callback's exception and goes on
@@ -270,7 +281,15 @@ class CameraRig:
             closed_before, self._closed = self._closed, True
             self._cond.notify_all()
         if drop_queued and threading.current_thread() is not self._worker:
+            deadline = time.monotonic() + CLOSE_JOIN_S
             self._worker.join(CLOSE_JOIN_S)
+            with self._cond:
+                deliveries = list(self._deliveries.values())
+            for delivery in deliveries:  # a listener's call in progress ends (a script's end cut it off mid-call)
+                delivery.drop()
+                thread = delivery.thread
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
         if closed_before:
             return
         if self._tick_id is not None:
@@ -342,13 +361,11 @@ class CameraRig:
 
     def flush(self, camera, timeout_s: float) -> int:
         """Wait until no queued, rendering or undelivered frame is for `camera` (at most timeout_s); returns the
-        frames still waiting then (0 when flushed), after a warning naming them. Called from the worker or from the
-        camera's own listener (destroying its camera) it waits for nothing."""
-        if threading.current_thread() is self._worker:
-            return 0
-        delivery = self._deliveries.get(camera)
-        if delivery is not None and threading.current_thread() is delivery.thread:
-            return 0  # (its own listener destroying it: the images after this one wait for it)
+        frames still waiting then (0 when flushed), after a warning naming them. Called from the worker or from a
+        listener (destroying a camera) it waits for nothing, as when every listener ran on the worker."""
+        if threading.current_thread() is self._worker or _on_delivery_thread():
+            return 0  # (a listener destroying its own camera or another: what it would wait for may wait on it, as
+            #          two listeners destroying each other's cameras would, each for the other)
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
@@ -502,10 +519,12 @@ class CameraRig:
         return rig
 
     def capture(self, snapshot: WorldSnapshot, cameras, parent: AgentState | None = None,
-                placements: dict | None = None) -> dict:
+                placements: dict | None = None, metas: dict | None = None) -> dict:
         """{camera: NeuralImage} for every camera, from one batched render of their distinct views; `parent` (the
         vehicle they are mounted on, as an agent) is drawn for the cameras clear of its box, in a render of their
-        own. placements: {camera: (view key, mount FLU)} at the frame's tick (None: now)."""
+        own. placements: {camera: (view key, mount FLU)} at the frame's tick (None: now). metas: where given,
+        {camera: (render ms, frame meta)} is filled in instead of setting the cameras' last_render_ms / last_meta
+        (the worker: those are set as each image reaches its listener)."""
         placements = placements or {camera: camera._placement for camera in cameras}
         if parent is not None:
             seeing = [c for c in cameras if self._sees_parent(placements[c][1])]
@@ -513,8 +532,8 @@ class CameraRig:
                 rest = [c for c in cameras if c not in seeing]
                 with_parent = WorldSnapshot(snapshot.frame, snapshot.timestamp_s, snapshot.ego,
                                             snapshot.agents + (parent,), snapshot.collisions)
-                images = {**(self.capture(snapshot, rest, None, placements) if rest else {}),
-                          **self.capture(with_parent, seeing, None, placements)}
+                images = {**(self.capture(snapshot, rest, None, placements, metas) if rest else {}),
+                          **self.capture(with_parent, seeing, None, placements, metas)}
                 return {camera: images[camera] for camera in cameras}  # delivered in the cameras' order
         views, index = [], {}
         for camera in cameras:
@@ -533,8 +552,10 @@ class CameraRig:
         out = {}
         for camera in cameras:
             frame = frames[f"view{index[placements[camera][0]]}"]
-            camera.last_render_ms = render_ms
-            camera.last_meta = frame.meta
+            if metas is None:
+                camera.last_render_ms, camera.last_meta = render_ms, frame.meta
+            else:
+                metas[camera] = (render_ms, frame.meta)
             out[camera] = camera.image(snapshot, frame, placements[camera][1])
         return out
 
@@ -594,19 +615,20 @@ class CameraRig:
             cameras = [c for c in cameras if c._alive]
             if not cameras:
                 continue
+            metas: dict = {}
             try:
-                images = self.capture(snapshot, cameras, parent, placements)
+                images = self.capture(snapshot, cameras, parent, placements, metas)
             except Exception as err:  # noqa: BLE001 - logged now, raised by the camera at the next call
                 self._fail(frame, cameras, err)
                 continue
             for camera, image in images.items():
-                if camera._callback is None or not camera._alive:
-                    continue
-                with self._cond:
+                with self._cond:  # (a camera destroyed meanwhile has left the rig: no delivery made for it again)
+                    if camera._callback is None or not camera._alive or camera not in self.cameras:
+                        continue
                     delivery = self._deliveries.get(camera)
                     if delivery is None:
-                        delivery = self._deliveries[camera] = _Delivery(camera, self._cond)
-                delivery.put(image)  # (its own thread calls the listener: the next frame renders meanwhile)
+                        delivery = self._deliveries[camera] = _Delivery(camera, self)
+                delivery.put(image, metas[camera])  # (its own thread calls the listener: the next frame renders)
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until the world's newest tick has been taken (`catch_up`) and every queued frame rendered and

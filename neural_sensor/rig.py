@@ -260,7 +260,12 @@ class NeuralSensorRig:
         which loads their compiled kernels (numba's on-disk cache) or, on a fresh install, compiles them: ~4 s and
         ~2.5 s of a fresh clone's first two ticks before (2026-12-05). The run calls it while it loads: on the demo
         ~0.3 s out of its first tick when compiled. An enhancer that fails here is not an error (the first tick
-        reports it). Seconds taken."""
+        reports it). Seconds taken. Its kernels are entered as numba's threading layer allows (`parallel_section`:
+        a camera spawned while another rig renders)."""
+        with parallel_section():
+            return self._prepare()
+
+    def _prepare(self) -> float:
         start = time.perf_counter()
         camera = Camera.from_fov(8, 8, 90.0, np.eye(4))
         render([self.scene], [camera], backend=self.backend, background=self.background_rgb,

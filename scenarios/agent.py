@@ -215,7 +215,7 @@ def leaderboard_suite_breaks(agent, sensors, major: int) -> list[str]:
             continue
         kind, name = sensor.get("type"), sensor.get("id")
         counts[kind] = counts.get(kind, 0) + 1
-        if kind == "sensor.opendrive_map" and track.startswith("SENSORS"):
+        if kind == "sensor.opendrive_map" and track == "SENSORS":  # (2.x: Track.SENSORS alone, not its qualifier)
             breaks.append(f"sensor {name!r}: sensor.opendrive_map on the {track} track (the MAP track's)")
         xyz = [sensor.get(k) for k in ("x", "y", "z")]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xyz):

@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="straight: road length; intersection: arm length (default 200 m; a curve takes none)")
     p_build.add_argument("--voxel", type=float, default=0.3, help="voxel size, metres")
     p_build.add_argument("--seed", type=seed_int, default=None,
-                         help="style seed (default 0; a --layout file's own seed unless given)")
+                         help="style seed (default 0); for a --layout file, which holds its own objects and seed, "
+                              "it changes the surfaces' colours and grain only")
     p_build.add_argument("--cache", type=Path, default=None, help=f"scene cache folder {_CACHE_DEFAULT}")
     p_record = sub.add_parser("record-drive", help="'record' a drive of a scenario's generated world (its recorded "
                                                     "lane, the nuScenes-like rig) as a drive log",

@@ -514,6 +514,8 @@ def capture(rig, k):
 threads = [threading.Thread(target=capture, args=(rig, k)) for k, rig in enumerate(rigs)]
 for thread in threads:
     thread.start()
+for _ in range(3):  # a camera spawned meanwhile: its rig prepared (warmed up) on this thread
+    NeuralSensorRig(scene, nuscenes_like_rig(64, 36), backend="cpu", render_scale=0.5).prepare()
 for thread in threads:
     thread.join()
 import numba
@@ -524,7 +526,8 @@ assert numba.threading_layer() == "workqueue" and not errors, errors
 def test_rigs_capturing_on_threads_of_their_own_under_numbas_workqueue_layer():
     """A new user's finding: cameras on two egos, a parked car and a fixed camera (four rigs, each rendering on its
     own thread) ended the process (exit 134) under numba's workqueue threading layer, which numba takes where the
-    machine has neither TBB nor libgomp: its parallel regions are entered one thread at a time there."""
+    machine has neither TBB nor libgomp: its parallel regions are entered one thread at a time there (a reviewer's
+    finding: a rig prepared on the spawning thread while others render, too)."""
     import os
     import subprocess
     import sys

@@ -5,6 +5,7 @@ enhancer that takes it and the enhanced images accumulated over ticks."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -634,3 +635,82 @@ def test_a_slow_listener_holds_up_only_its_own_camera(scene):
     finally:
         slow.destroy()
         quick.destroy()
+
+
+def test_listeners_destroying_each_others_cameras_do_not_wait_for_each_other(scene, monkeypatch, caplog):
+    """A reviewer's finding: with a thread per listener, two listeners each destroying the other's camera (the
+    "on error, destroy every sensor" pattern) waited for each other's call in progress, DESTROY_FLUSH_S each, then
+    said frames were dropped. A listener's destroy() waits for nothing, as when every listener ran on the worker."""
+    import threading
+
+    import carla_bridge.sensor as sensor
+
+    monkeypatch.setattr(sensor, "DESTROY_FLUSH_S", 10.0)
+    world = StandInWorld()
+    library = world.get_blueprint_library()
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+    a = spawn_neural_camera(world, _bp(library, "rgb"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    b = spawn_neural_camera(world, _bp(library, "depth"), MOUNT, attach_to=ego, scene=scene, backend="cpu")
+    both_in_listeners = threading.Barrier(2, timeout=30)
+    finished = []
+
+    def destroying(me, other):
+        def listener(image):
+            both_in_listeners.wait()
+            other.destroy()
+            me.destroy()
+            finished.append(me.type_id)
+        return listener
+
+    a.listen(destroying(a, b))
+    b.listen(destroying(b, a))
+    with caplog.at_level(logging.WARNING, logger="carla_bridge"):
+        world.tick()
+        for _ in range(600):
+            if len(finished) == 2:
+                break
+            threading.Event().wait(0.05)
+    assert sorted(finished) == ["sensor.camera.depth", "sensor.camera.rgb"] and not (a.is_alive or b.is_alive)
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+EXIT_MID_LISTENER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import carla
+from _carla import MOUNT, camera_blueprint
+from carla_bridge.sensor import spawn_neural_camera
+from carla_bridge.standin import StandInWorld
+from neural_sensor.testing import make_street_scene
+
+world = StandInWorld()
+library = world.get_blueprint_library()
+ego = world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform())
+camera = spawn_neural_camera(world, camera_blueprint(library, "rgb"), MOUNT, attach_to=ego,
+                             scene=make_street_scene(5000, seed=0), backend="cpu")
+out = open(sys.argv[2], "w")
+
+def listener(image):
+    out.write(f"start {image.frame}\\n"); out.flush()
+    time.sleep(1.0)
+    out.write(f"end {image.frame}\\n"); out.flush()
+
+camera.listen(listener)
+world.tick()
+time.sleep(0.5)  # the listener is in its call when the script ends
+"""
+
+
+def test_a_script_that_ends_while_a_listener_runs_lets_it_finish(tmp_path):
+    """A reviewer's finding: with a thread per listener, a script ending without destroy() cut its listener off
+    mid-call (a half-written file): at exit each listener's call in progress ends first, as the frame in flight's
+    did when the rig's worker called them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "calls.txt"
+    result = subprocess.run([sys.executable, "-c", EXIT_MID_LISTENER, str(Path(__file__).parent), str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = out.read_text().split()
+    assert lines[0] == "start" and lines[-2] == "end" and lines[1] == lines[-1], lines

@@ -313,3 +313,60 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
     assert "warning: the scene cache /proc/scenes cannot be written" in capsys.readouterr().err
     _check_cache_folder(tmp_path / "fine", "run")
     assert capsys.readouterr().err == "" and not (tmp_path / "fine").exists()
+
+
+def _build_slowly(root, tag, queue):
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a forked child of pytest: Ctrl-C as a user's)
+
+    def build():
+        queue.put((tag, "building"))
+        time.sleep(2.0)
+        return make_street_scene(2000, seed=1), {"source": "street"}, None
+    try:
+        _, meta = SceneCache(root, max_bytes=None).get_or_build({"street": "slow"}, build)
+        queue.put((tag, "cached" if meta["cached"] else "built"))
+    except KeyboardInterrupt:
+        queue.put((tag, "interrupted"))
+
+
+def test_a_waiter_interrupted_leaves_the_builders_lock(tmp_path):
+    """A reviewer's finding: a process waiting for another's build, then interrupted (Ctrl-C, once it said it
+    waits), removed the builder's lock file, and the next process built the same scene alongside it."""
+    import signal
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    a = context.Process(target=_build_slowly, args=(tmp_path, "A", queue))
+    a.start()
+    assert queue.get(timeout=60) == ("A", "building")
+    b = context.Process(target=_build_slowly, args=(tmp_path, "B", queue))
+    b.start()
+    time.sleep(0.5)  # B waits on A's lock
+    os.kill(b.pid, signal.SIGINT)
+    b.join(30)
+    c = context.Process(target=_build_slowly, args=(tmp_path, "C", queue))
+    c.start()
+    a.join(60)
+    c.join(60)
+    said = [queue.get(timeout=5) for _ in range(3)]
+    assert ("B", "interrupted") in said and ("A", "built") in said and ("C", "cached") in said, said
+    assert [p.name for p in tmp_path.iterdir()] == [cache_key({"street": "slow"})]  # no lock file left
+
+
+def test_a_lock_file_left_by_a_killed_build_is_swept_and_a_held_one_is_not(tmp_path):
+    """Lock files of builds killed mid-build (SIGKILL: nothing removed them) are swept once untouched for an hour
+    and held by nobody; a held or a recent one stays."""
+    import fcntl
+
+    old = time.time() - 7200
+    stale, held, fresh = (tmp_path / f".{c * 20}.lock" for c in "abc")
+    for path in (stale, held, fresh):
+        path.write_text("")
+    for path in (stale, held):
+        os.utime(path, (old, old))
+    with open(held, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        SceneCache(tmp_path).sweep_abandoned_stores()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [held.name, fresh.name]

@@ -161,7 +161,19 @@ def describe_listener(endpoint: str, timeout_s: float = 1.0) -> str | None:
 
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
-        return None if os.path.exists(path) else f"nothing listens at {endpoint} (no socket file {path})"
+        if not os.path.exists(path):
+            return f"nothing listens at {endpoint} (no socket file {path})"
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.settimeout(timeout_s)
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return f"nothing listens at {endpoint} (its socket file was left by a server that is gone)"
+        except OSError:
+            return None
+        finally:
+            probe.close()
+        return None
     if not endpoint.startswith("tcp://"):
         return None
     host, _, port = endpoint[len("tcp://"):].rpartition(":")

@@ -45,6 +45,7 @@ from typing import Callable
 
 from neural_sensor.gaussians import GaussianScene
 from neural_sensor.host import abandoned
+from neural_sensor.parallel import parallel_section
 
 
 def default_cache_root() -> Path:
@@ -82,6 +83,7 @@ def bytes_from_gb(gb: float) -> int:
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")  # an entry's folder name, as cache_key makes it
 STORE_PATTERN = re.compile(r"\.[0-9a-f]{20}-(\d+)-\w+")  # a store in progress: .<key>-<pid>-<random>
+LOCK_PATTERN = re.compile(r"\.[0-9a-f]{20}\.lock")  # a build in progress (SceneCache._building)
 
 
 def cache_key(inputs: dict) -> str:
@@ -207,6 +209,9 @@ class SceneCache:
         if not self.root.is_dir():
             return gone
         for folder in self.root.iterdir():
+            if LOCK_PATTERN.fullmatch(folder.name):
+                _remove_stale_lock(folder)
+                continue
             match = STORE_PATTERN.fullmatch(folder.name)
             if match is None or not abandoned(folder, int(match.group(1))):
                 continue
@@ -265,7 +270,8 @@ class SceneCache:
             if hit is not None:
                 return hit
             start = time.perf_counter()
-            scene, meta, layout_json, *files = build()
+            with parallel_section():  # (a build runs numba's kernels, maybe while rigs render: neural_sensor.parallel)
+                scene, meta, layout_json, *files = build()
             meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
             meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
         return GaussianScene.load_ply(Path(meta["path"]) / "scene.ply"), meta  # what later runs load (above)
@@ -274,34 +280,73 @@ class SceneCache:
     def _building(self, key: str):
         """Hold the build of `key` across processes (an flock on root/.<key>.lock): two runs started at once on an
         empty cache had both built the same scene, sharing the cores, each about 6x slower than one alone (a new
-        user's finding). The waiting one says so on stderr. Where no lock can be taken (a read-only root, a
-        filesystem without locks) the build goes on unguarded, as before: two copies, the first stored wins."""
+        user's finding). The waiting one says so on stderr. The holder removes the file when done; a lock taken on
+        a file removed or replaced meanwhile is taken again on the path's file (the lock-file protocol). Where no
+        lock can be taken (a read-only root, a filesystem without locks) the build goes on unguarded, as before:
+        two copies, the first stored wins."""
         try:
             import fcntl
 
             self.root.mkdir(parents=True, exist_ok=True)
-            lock_path = self.root / f".{key}.lock"
-            handle = open(lock_path, "a+")
         except (ImportError, OSError):
             yield
             return
+        lock_path = self.root / f".{key}.lock"
+        handle, said, held = None, False, False
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"neural-sensor: another process is building scene {key} in {self.root}; waiting for it",
-                      file=sys.stderr, flush=True)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except OSError:  # (no locks on this filesystem)
-                pass
+            while True:
+                try:
+                    handle = open(lock_path, "a+")
+                except OSError:
+                    break  # (unguarded)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not said:
+                        said = True
+                        print(f"neural-sensor: another process is building scene {key} in {self.root}; waiting for it",
+                              file=sys.stderr, flush=True)
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                except OSError:  # (no locks on this filesystem)
+                    handle.close()
+                    handle = None
+                    break
+                try:
+                    same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+                except OSError:
+                    same = False
+                if same:
+                    held = True
+                    break
+                handle.close()  # (its holder removed it as we waited: lock the path's file)
+                handle = None
             yield
         finally:
-            try:  # (a process waiting on it takes it next and finds the entry stored; a lock file another
-                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:  # process made since is its own)
+            if held:  # removed, then released (a waiter on it locks the path's new file); a process interrupted
+                try:  # while it waited removes nothing (the holder's file stays the lock)
                     lock_path.unlink()
-            except OSError:
-                pass
-            handle.close()
+                except OSError:
+                    pass
+            if handle is not None:
+                handle.close()
+
+
+STALE_LOCK_S = 3600.0  # a build lock file untouched this long that nobody holds was left by a killed process
+
+
+def _remove_stale_lock(path: Path) -> None:
+    """Remove a build lock file (`SceneCache._building`) left by a process killed while it built (SIGKILL: nothing
+    removed it): untouched for STALE_LOCK_S and not held by anyone (a non-blocking lock succeeds)."""
+    try:
+        import fcntl
+
+        if time.time() - path.stat().st_mtime < STALE_LOCK_S:
+            return
+        with open(path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()
+    except (ImportError, OSError):  # (held, gone, or not ours to remove)
+        pass
 
 
 def file_crc32(path: Path, chunk_bytes: int = 1 << 24) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from neural_sensor.camera import Camera
 from neural_sensor.gaussians import GaussianScene, PlacedScene
+from neural_sensor.parallel import parallel_section
 from neural_sensor.render._common import (ALL_OUTPUTS, LOD_PX, RECONSTRUCTION_LOD_PX, SKY_RGB, check_background,
                                           check_lod_px, check_outputs, stack_cameras)
 from neural_sensor.render.upsample import RECONSTRUCTION_SCALE, check_scale, upsample
@@ -137,6 +138,11 @@ def render(
         RenderOutput with rgb [C, H, W, 3], depth [C, H, W], alpha [C, H, W],
         semantic [C, H, W] uint8, instance [C, H, W] int32, median_depth [C, H, W] (those requested).
     """
+    with parallel_section():  # (numba's workqueue layer takes one thread at a time: neural_sensor.parallel)
+        return _render(scene, cameras, backend, outputs, background, lod_px, out, scale)
+
+
+def _render(scene, cameras, backend, outputs, background, lod_px, out, scale) -> RenderOutput:
     single = isinstance(scene, (GaussianScene, PlacedScene))
     parts = [scene] if single else list(scene) if isinstance(scene, (list, tuple)) else None
     if not parts or not all(isinstance(p, (GaussianScene, PlacedScene)) for p in parts):
@@ -156,7 +162,7 @@ def render(
         cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
         small = [Camera(small_w, small_h, np.diag([small_w / w, small_h / h, 1.0]) @ cam.K, cam.pose_camera_to_world)
                  for cam in cams]
-        low = render(parts, small, backend=name, outputs=outputs, background=bg, lod_px=lod_px * small_w / w)
+        low = _render(parts, small, name, outputs, bg, lod_px * small_w / w, None, 1.0)
         images = {}
         for key in outputs:
             mode = "bilinear" if key in ("rgb", "depth", "alpha") else "nearest"

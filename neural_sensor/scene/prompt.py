@@ -94,8 +94,10 @@ _NEGATED = {  # what "no X" / "without X" / "remove the X" sets
 
 
 _NEGATION = (r"\b(?:no|not|without|zero|not any|free of|remove|delete|take away|get rid of|drop|never|no more|"
-             r"stop|isn't|is not|aren't|are not|avoid|lose|exclude)\s+(?:the\s+|any\s+|all\s+|a\s+|more\s+)?")
-_AND_NOUN = r"(?:\s*,\s*|\s+)(?:or|and|nor|,)?\s*(?:no\s+|any\s+|the\s+)?"  # "no trees or (any) parked cars"
+             r"stop|isn't|is not|aren't|are not|avoid|lose|exclude)\s+(?:the\s+|any\s+|all\s+|a\s+|more\s+|"
+             r"extra\s+|additional\s+)?")
+_AND_NOUN = (r"(?:\s*,\s*(?:(?P<conj>or|and|nor)\s+)?|\s+(?P<conj2>or|and|nor)\s+)"  # "no trees or (any)
+             r"(?:no\s+|any\s+|the\s+)?")  # parked cars"
 _NOT_MANY = r"\b(?:not|isn't|aren't)\s+(?:so\s+|too\s+|that\s+|very\s+)?(?:many|a\s+lot\s+of|lots\s+of)\s+"
 _NEGATED_CONDITIONS = [  # "no rain", "not sunny", "a dry road": (pattern, attribute, values it rules out, instead)
     (r"rain(?:y|ing|fall)?|wet|drizzl(?:e|y)|showers?|storms?|stormy|downpours?|puddles|snow(?:y|ing)?|sleet|icy|ice",
@@ -123,8 +125,8 @@ _NOT_EXPRESSIBLE = [  # road kinds no template draws: (pattern, what is drawn in
                                                          "curve; a right-hand one is not available)"),
     (r"roundabouts?|traffic\s+circles?|rotary", "the templates are a straight road, a curve and a four-way "
                                                 "intersection; the closest of them by the rest of the prompt is used"),
-    (r"[ty]\s*-?\s*(?:junctions?|intersections?)", "an intersection here is a four-way crossing"),
-    (r"s\s*-?\s*(?:curves?|bends?)|chicanes?|zig\s*-?\s*zags?", "a curve here is one left-hand bend"),
+    (r"(?<!')[ty]\s*-?\s*(?:junctions?|intersections?)", "an intersection here is a four-way crossing"),
+    (r"(?<!')s\s*-?\s*(?:curves?|bends?)|chicanes?|zig\s*-?\s*zags?", "a curve here is one left-hand bend"),
 ]
 MIN_SIDEWALK_M = 0.5  # the narrowest sidewalk a layout holds (`_check`); "no sidewalks" gets it, with a note
 CURVE_RADIUS_M = (8.0, 2000.0)  # the radii a curve holds (`_check`)
@@ -216,7 +218,8 @@ def _bank():
 # ------------------------------------------------------------------ rule-based parsing
 _NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d{1,2})?)"  # 300, 2.5, 1e3 (an exponent was dropped: "1e6 m" read as nothing;
 #                                             at most two digits, so that no number read is infinite: "1e400")
-_LENGTH_UNITS = r"(km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?)"
+_LENGTH_UNITS_RE = r"km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?"
+_LENGTH_UNITS = rf"({_LENGTH_UNITS_RE})"
 
 
 def _normalise(prompt: str) -> str:
@@ -242,7 +245,13 @@ def _parse_rules(text: str, base_template: str | None = None) -> tuple[dict, dic
     relative = {}
     for pattern, key, (op, amount) in _RELATIVE:  # first, and blanked: "add 1 lane" is no 1-lane road
         for match in re.finditer(pattern, text):
-            relative.setdefault(key, (op, amount, match.group(0).strip()))
+            groups = match.groupdict()
+            count = groups.get("n") or groups.get("n2")
+            if count is not None:  # "two more lanes", "100 m longer"
+                amount_here = amount * float(count) * (_metres_per(groups["unit"]) if groups.get("unit") else 1.0)
+            else:
+                amount_here = amount
+            relative.setdefault(key, (op, amount_here, match.group(0).strip()))
             spans.append(match.span())
             text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]
     if relative:
@@ -481,14 +490,23 @@ def _foreign(prompt: str) -> bool:
     return len(set(re.findall(r"[a-zß]+", prompt.lower())) & _FOREIGN) >= 2
 
 
-def _listed(text: str, start: int, nouns: str):
-    """The matches of the nouns listed one after another from `start` ("... or parked cars, and buildings")."""
+def _listed(text: str, start: int, nouns: str) -> list:
+    """The matches of the nouns a negation lists after its first one from `start`: joined by "or" / "nor", or by
+    "," / "and" up to a noun that ends its clause ("without trees, buildings and parked cars."); a noun that starts
+    a clause of its own is not negated ("no parked cars and trees everywhere", "without trees, cars parked bumper to
+    bumper": a reviewer's findings)."""
+    items, upto = [], 0
+    pattern = re.compile(_AND_NOUN + rf"(?:{nouns})\b")
     while True:
-        item = re.compile(_AND_NOUN + rf"(?:{nouns})\b").match(text, start)
+        item = pattern.match(text, start)
         if item is None or item.end() == start:
-            return
-        yield item
+            break
+        items.append(item)
+        if (item.group("conj") or item.group("conj2")) in ("or", "nor") or re.match(r"\s*(?:[,.;!?]|$)",
+                                                                                     text[item.end():]):
+            upto = len(items)
         start = item.end()
+    return items[:upto]
 
 
 _KIND_WORDS = r"\b(?:country|countryside|rural|farm\w*|fields?|highway|motorway|freeway|forest|woods?)\b"
@@ -497,24 +515,39 @@ _DAYTIME = r"\b(?:day\s*-?\s*time|during\s+the\s+day|by\s+day|(?:in\s+)?(?:broad
 _FOREIGN = {"une", "route", "rue", "avec", "sous", "pluie", "nuit", "voitures", "arbres", "una", "calle", "con",
             "lluvia", "noche", "carretera", "coches", "eine", "mit", "und", "regen", "nacht", "strasse", "bei",
             "straße", "strada", "pioggia", "della", "estrada", "chuva", "noite", "carros", "weg", "bij", "der", "des"}
+_NOT_BEFORE = r"(?<!\bno )(?<!\bnot )(?<!\bany )"  # "no more trees", "not more", "no longer": no change asked
+_LONGER = {"longer": 1.5, "shorter": 1 / 1.5}
 _RELATIVE = [  # changes said relative to what is there ("wider lanes" had narrowed them, ~ "narrow lanes" 0.93):
-    #   (pattern, attribute, ("add", amount) | ("times", factor) | ("level", steps))
+    #   (pattern, attribute, ("add", amount) | ("times", factor) | ("level", steps)); a group "n" multiplies the
+    #   amount (and a group "unit" turns it into metres)
     (r"\b(?:wider|broader)\s+lanes?\b|\bwiden(?:ing)?\s+(?:the\s+|all\s+)?lanes?\b|"
      r"\blanes?\s+(?:a\s+bit\s+|slightly\s+|much\s+)?(?:wider|broader)\b", "lane_width_m", ("add", 0.5)),
     (r"\b(?:narrower|tighter)\s+lanes?\b|\bnarrow(?:ing)?\s+(?:the\s+|all\s+)lanes?\b|"
      r"\blanes?\s+(?:a\s+bit\s+|slightly\s+|much\s+)?(?:narrower|tighter)\b", "lane_width_m", ("add", -0.5)),
-    (r"\b(?:add|adding)\s+(?:a|an|1|another)\s+(?:extra\s+|more\s+)?lane\b|\b(?:1|an?)\s+(?:more|extra|additional)"
-     r"\s+lanes?\b|\banother\s+lane\b|\bmore\s+lanes\b", "lanes_per_direction", ("add", 1)),
-    (r"\b(?:1|a|one)\s+(?:fewer|less)\s+lanes?\b|\b1\s+lanes?\s+(?:fewer|less)\b|\b(?:remove|drop|take\s+away|"
-     r"lose)\s+(?:a|an|1)\s+lane\b|\bfewer\s+lanes\b", "lanes_per_direction", ("add", -1)),
-    (r"\b(?:more|extra|additional)\s+parked\s+(?:cars?|vehicles?)\b", "parked_cars", ("level", 1)),
+    (_NOT_BEFORE + r"\b(?P<n>\d+)\s+(?:more|extra|additional)\s+lanes?\b", "lanes_per_direction", ("add", 1)),
+    (r"\b(?P<n>\d+)\s+(?:fewer|less)\s+lanes?\b|\b(?P<n2>1)\s+lanes?\s+(?:fewer|less)\b", "lanes_per_direction",
+     ("add", -1)),
+    (r"\b(?:add|adding)\s+(?:a|an|1|another)\s+(?:extra\s+|more\s+)?lane\b|\ban?\s+(?:more|extra|additional)"
+     r"\s+lanes?\b|\banother\s+lane\b|" + _NOT_BEFORE + r"\bmore\s+lanes\b", "lanes_per_direction", ("add", 1)),
+    (r"\b(?:a|one)\s+(?:fewer|less)\s+lanes?\b|\b(?:remove|drop|take\s+away|lose)\s+(?:a|an|1)\s+lane\b|"
+     r"\bfewer\s+lanes\b", "lanes_per_direction", ("add", -1)),
+    (_NOT_BEFORE + r"\b(?:more|extra|additional)\s+parked\s+(?:cars?|vehicles?)\b", "parked_cars", ("level", 1)),
     (r"\b(?:fewer|less)\s+parked\s+(?:cars?|vehicles?)\b", "parked_cars", ("level", -1)),
-    (r"\b(?:more|extra|additional)\s+(?:trees|greenery)\b", "trees", ("level", 1)),
+    (_NOT_BEFORE + r"\b(?:more|extra|additional)\s+(?:trees|greenery)\b", "trees", ("level", 1)),
     (r"\b(?:fewer|less)\s+(?:trees|greenery)\b", "trees", ("level", -1)),
+    (r"\b(?:taller|higher)\s+(?:buildings?|houses?|towers?)\b|\b(?:buildings?|houses?)\s+(?:a\s+bit\s+|much\s+)?"
+     r"(?:taller|higher)\b", "building_height_m", ("times", 1.5)),  # (~ "tall buildings"; "shorter" had too)
+    (r"\b(?:shorter|lower)\s+(?:buildings?|houses?|towers?)\b|\b(?:buildings?|houses?)\s+(?:a\s+bit\s+|much\s+)?"
+     r"(?:shorter|lower)\b", "building_height_m", ("times", 1 / 1.5)),
     (r"\b(?:double|twice)\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 2.0)),
     (r"\bhalf\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 0.5)),
-    (r"\blonger\b", "length_m", ("times", 1.5)),
-    (r"\bshorter\b", "length_m", ("times", 1 / 1.5)),
+    *[(rf"\b(?P<n>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>{_LENGTH_UNITS_RE})\s+{word}\b", "length_m",
+       ("add", 1.0 if word == "longer" else -1.0)) for word in _LONGER],  # "100 m longer"
+    *[(rf"{_NOT_BEFORE}\b(?:make|making)\s+(?:it|the\s+(?:road|street))\s+(?:a\s+bit\s+|much\s+|slightly\s+)?"
+       rf"{word}\b|\b(?:a\s+)?(?:much\s+|slightly\s+)?{word}\s+(?:road|street|drive|stretch)\b|"
+       rf"\b(?:road|street)\s+(?:is\s+|much\s+|a\s+bit\s+)?{word}\b|"
+       rf"^\s*(?:much\s+|a\s+bit\s+|slightly\s+)?{word}\b(?=\s*(?:[,;.!]|and\b|$))", "length_m",
+       ("times", factor)) for word, factor in _LONGER.items()],  # (the road's: not "shorter buildings")
 ]
 
 
@@ -529,10 +562,14 @@ def _apply_relative(attributes: dict, named: dict, why: dict, relative: dict) ->
         value = start[key]
         if op == "level":
             value = DENSITY_LEVELS[min(len(DENSITY_LEVELS) - 1, max(0, DENSITY_LEVELS.index(value) + amount))]
+        elif op == "times" and key == "building_height_m":  # (capped at the occupancy grid's height: `_resolve`)
+            value = [round(float(v) * amount, 1) for v in value]
         elif op == "times":
             value = round(float(value) * amount, 1)
         elif key == "lanes_per_direction":
-            value = min(MAX_LANES_PER_DIRECTION, max(1, int(value) + amount))
+            value = min(MAX_LANES_PER_DIRECTION, max(1, int(value) + int(round(amount))))
+        elif key == "length_m":
+            value = round(float(value) + amount, 1)  # (`_check` refuses a road too short or too long)
         else:
             value = min(LANE_WIDTH_M[1], max(LANE_WIDTH_M[0], round(float(value) + amount, 2)))
         attributes[key] = named[key] = value
