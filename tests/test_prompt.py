@@ -577,6 +577,15 @@ def test_a_curve_whose_inside_would_fold_through_its_centre_is_refused():
     ("a road with no sunlight", {"template": "straight", "weather": "overcast"}),  # was a curve
     ("a street with 10 parked cars", {"parked_cars": "some"}),
     ("a street with office blocks", {"building_style": "office"}),
+    # a reviewer's findings on the fixes: a negated list stops where a clause of its own starts
+    ("a street without trees, cars parked bumper to bumper", {"trees": "none", "parked_cars": "many"}),
+    ("no parked cars and trees everywhere", {"parked_cars": "none", "trees": "some"}),
+    ("a road without parked cars, trees on both sides", {"parked_cars": "none", "trees": "some", "buildings": True}),
+    ("a quiet road, no cars, trees and houses on both sides", {"parked_cars": "none", "trees": "some",
+                                                               "buildings": True}),
+    ("without trees, buildings and parked cars.", {"trees": "none", "buildings": False, "parked_cars": "none"}),
+    ("a street with zero trees", {"trees": "none", "parked_cars": "some"}),
+    ("a street with shorter buildings", {"length_m": 200.0, "building_height_m": [4.7, 13.3]}),
 ])
 def test_prompts_at_scale_read_as_meant(text, expected):
     """A new user's 163 prompts as AV engineers write them (2026-12-07): number words compounded ("two hundred"),
@@ -599,6 +608,13 @@ def test_prompts_at_scale_read_as_meant(text, expected):
     ("shorter", {"length_m": 200.0}),
     ("double the length", {"length_m": 600.0}),
     ("a road in the evening", {"time_of_day": "evening"}),  # had taken the buildings and parked cars away
+    ("two more lanes", {"lanes_per_direction": 4}),
+    ("make it 100 m longer", {"length_m": 400.0}),
+    ("no more parked cars", {"parked_cars": "none"}),  # a reviewer's: "no more X" / "no extra X" had added X
+    ("no extra parked cars", {"parked_cars": "none"}),
+    ("no longer any parked cars", {"parked_cars": "none"}),  # ("no longer" made the road longer)
+    ("shorter trees", {}),  # (not the road: it had been 200 m)
+    ("make the buildings taller", {"building_height_m": [10.5, 24.0]}),
 ])
 def test_relative_edits_change_what_they_name_from_the_base(edit, changed):
     _, base = P.layout_from_prompt("a 300 m street with many parked cars")
@@ -617,6 +633,7 @@ def test_an_intersections_extent_can_be_edited_and_contradictions_and_other_lang
         notes = P.layout_from_prompt(text)[1]["notes"]
         assert any(noted in note for note in notes), (text, notes)
     assert not P.layout_from_prompt("a 300 m road \U0001f327\ufe0f at dusk")[1]["notes"]  # an emoji is no language
+    assert not P.layout_from_prompt("a mountain road's bends through pine trees")[1]["notes"]  # no S-curve
     with pytest.raises(P.PromptError, match=r"\.\.\. \(3000 characters\)"):  # a long prompt is not echoed whole
         P.layout_from_prompt("xyzzy " * 500)
     with pytest.raises(P.PromptError, match="its attributes lack template"):
