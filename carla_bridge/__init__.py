@@ -12,3 +12,5 @@
 
 Imports run one way: scenarios -> carla_bridge -> neural_sensor.
 """
+
+import neural_sensor  # noqa: F401 - first: numba's cache folder and vector width are set before _kernels compiles

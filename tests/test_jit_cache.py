@@ -74,3 +74,35 @@ def test_a_run_names_only_the_kernels_it_will_use():
                                           temporal_blend=0.0), "log"))
     assert bare == chain - {"neural_sensor.enhance.log_warp", "neural_sensor.enhance.temporal"}
     assert compile_notice([]) is None
+
+
+def test_numba_caches_in_a_folder_of_the_users_own_where_it_has_none(tmp_path, monkeypatch):
+    """A new user's finding: an install the running user cannot write (root-owned site-packages under `docker run
+    --user`) with a HOME it cannot write either ended every command at import ("cannot cache function ...: no
+    locator available"). There NUMBA_CACHE_DIR is set to a folder of the user's own; a NUMBA_CACHE_DIR the user set
+    is kept, and where numba has a folder of its own nothing is set."""
+    import os
+
+    from neural_sensor import _numba_cache
+
+    package, home_cache = tmp_path / "site-packages" / "neural_sensor", tmp_path / "home" / ".cache" / "numba"
+    nothing_writable = lambda path: False  # noqa: E731
+    assert _numba_cache.fallback_cache_dir(package, home_cache, writable=lambda path: True) is None
+    assert _numba_cache.fallback_cache_dir(package, home_cache, writable=lambda p: p == home_cache) is None
+    fallback = _numba_cache.fallback_cache_dir(package, home_cache, writable=nothing_writable)
+    assert fallback is not None and fallback.name.startswith("neural_sensor-numba-")
+    monkeypatch.setattr(_numba_cache.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(_numba_cache, "fallback_cache_dir",
+                        lambda: _numba_cache.Path(tmp_path / "tmp" / "neural_sensor-numba-0"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    from numba.core import config
+
+    try:
+        folder = _numba_cache.ensure_numba_cache()
+        assert folder == tmp_path / "tmp" / "neural_sensor-numba-0" and folder.is_dir()
+        assert os.environ["NUMBA_CACHE_DIR"] == str(folder) and config.CACHE_DIR == str(folder)
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+        assert _numba_cache.ensure_numba_cache() is None and os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "mine")
+    finally:
+        monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+        config.reload_config()
