@@ -486,3 +486,60 @@ def test_what_listens_where_no_enhancer_answered_is_named(tmp_path):
         silent.close()
         router.close(linger=0)
         context.term()
+
+
+def test_a_full_dev_shm_puts_the_shared_blocks_in_the_servers_folder(tmp_path, monkeypatch, capsys):
+    """A new user's finding: with a container's /dev/shm full, `run --enhancer local` and `serve-enhancer` ended
+    with a bare "[Errno 28] No space left on device" (writing the shared folder's nonce). The server's own folder
+    holds the blocks then, said on stderr."""
+    import errno
+    from pathlib import Path
+
+    from neural_sensor.enhance import protocol as wire
+    from neural_sensor.enhance.server import Broker
+
+    full = tmp_path / "dev_shm" / "neural-sensor-x"
+    full.parent.mkdir()
+    monkeypatch.setattr(wire, "shm_folder_for", lambda server_folder: full)
+    original = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.parent == full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    broker = object.__new__(Broker)
+    broker.nonce = "abc"
+    server_folder = tmp_path / "server"
+    server_folder.mkdir()
+    broker._open_shm_folder(str(server_folder))
+    assert broker.shm_folder == server_folder / "shm" and (server_folder / "shm" / "nonce").read_text() == "abc"
+    assert not full.exists()
+    err = capsys.readouterr().err
+    assert "cannot keep shared blocks in" in err and "No space left on device" in err and "--shm-size" in err
+
+
+def test_a_shared_folder_without_room_for_the_block_is_said_once(tmp_path, monkeypatch, capsys):
+    """A new user's finding: with a container's 64 MB /dev/shm too small for the block, the ticks went over ZeroMQ's
+    bytes (~3x slower) and only summary.json said so. The client says it once on stderr."""
+    import errno
+    import os
+
+    from neural_sensor.enhance.client import EnhancerClient
+
+    def no_room(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    client = EnhancerClient("tcp://127.0.0.1:9")
+    try:
+        client._shm_offer = {"folder": str(tmp_path / "neural-sensor-x"), "nonce": "n"}
+        (tmp_path / "neural-sensor-x").mkdir()
+        assert client.frame_buffers(6, 270, 480) is None and client.frame_buffers(6, 270, 480) is None
+        err = capsys.readouterr().err
+        assert err.count("has no room for a") == 1 and "--shm-size" in err and str(tmp_path) in err, err
+        assert not list((tmp_path / "neural-sensor-x").iterdir())  # no half-made block left
+    finally:
+        client._shm_offer = None
+        client.close()

@@ -455,7 +455,8 @@ class EnhancerClient(SharedBlock):
             payload = self._shm_request(frames, layout, block_bytes, rid, budget)
         except wire.NaNImageError as err:
             return EnhanceResult(None, str(err), (time.monotonic() - start) * 1000.0)
-        except OSError:  # the folder is gone (the server stopped) or full: bytes, and hello again later
+        except OSError as err:  # the folder is gone (the server stopped) or full: bytes, and hello again later
+            self._say_no_room(err, block_bytes)
             self._shm_offer = None
             self._release_block()
             return None

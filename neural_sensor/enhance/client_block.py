@@ -9,9 +9,11 @@ what is not there yet in the wire's dtypes (`convert`) and makes the header-only
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
+import sys
 import uuid
 import weakref
 
@@ -41,6 +43,18 @@ class SharedBlock:
         self._block_address = 0  # where the block is mapped in this process
         self._lent_bytes = 0  # the block's bytes after its header that frame_buffers lent out (arrays lie after)
         self._lent_replies = (0, 0)  # [start, end) offsets of the lent "enhanced" arrays: reply slots as they lie
+        self._said_no_room = False  # a shared folder without room for the block was said (`_say_no_room`)
+
+    def _say_no_room(self, err: OSError, size: int) -> None:
+        """Say once on stderr that the shared folder had no room for a block of `size` bytes (the ticks go over
+        ZeroMQ's bytes then, ~3x slower: a container's 64 MB /dev/shm made this silent, a new user's finding)."""
+        if self._said_no_room or getattr(err, "errno", None) != errno.ENOSPC:
+            return
+        self._said_no_room = True
+        folder = os.path.dirname(self._shm_offer["folder"]) if self._shm_offer else "the shared folder"
+        print(f"enhancer client: {folder} has no room for a {size / 1e6:.0f} MB shared block ({err.strerror}): "
+              "the frames go over ZeroMQ instead, slower (a container's /dev/shm is 64 MB by default: docker run "
+              "--shm-size=1g)", file=sys.stderr, flush=True)
 
     def _release_block(self) -> None:
         if self._block is not None:
@@ -77,7 +91,8 @@ class SharedBlock:
         self._lent_bytes, self._lent_replies = 0, (0, 0)  # the old loan ends here: a new block may replace it
         try:
             _, mapping = self._block_for(wire.SHM_HEADER_BYTES + lent + rest)
-        except OSError:  # the folder is gone (the server stopped) or full: the tick renders into its own memory
+        except OSError as err:  # the folder is gone (the server stopped) or full: the tick renders into its own
+            self._say_no_room(err, wire.SHM_HEADER_BYTES + lent + rest)  # memory
             return None
         buffers, offset = {}, wire.SHM_HEADER_BYTES
         for name, shape in shapes.items():

@@ -280,8 +280,23 @@ class Broker:
             self._open_shm_folder(owned or self._tmp)
 
     def _open_shm_folder(self, server_folder: str) -> None:
-        """The folder of client blocks (mode 0700) and its nonce file, which proves to a client it is on our host."""
+        """The folder of client blocks (mode 0700) and its nonce file, which proves to a client it is on our host.
+        Where /dev/shm is full (a container's is 64 MB by default; a new user's server ended with a bare "[Errno
+        28] No space left on device"), the server's own folder holds them instead, said on stderr."""
         folder = wire.shm_folder_for(server_folder)
+        try:
+            self._make_shm_folder(folder)
+        except OSError as err:
+            fallback = Path(server_folder) / "shm"
+            if folder == fallback:
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"enhancer: cannot keep shared blocks in {folder.parent} ({err.strerror or err}); they go in "
+                  f"{fallback} instead (a container's /dev/shm is 64 MB by default: docker run --shm-size=1g)",
+                  file=sys.stderr, flush=True)
+            self._make_shm_folder(fallback)
+
+    def _make_shm_folder(self, folder: Path) -> None:
         folder.mkdir(mode=0o700, exist_ok=False)
         self.shm_folder = folder
         (folder / "nonce").write_text(self.nonce)
