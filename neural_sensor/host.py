@@ -116,16 +116,43 @@ ABANDONED_AFTER_S = 3600.0  # a temporary folder unwritten this long, its proces
 
 
 def abandoned(folder: Path, pid: int, quiet_s: float = ABANDONED_AFTER_S) -> bool:
-    """Whether a temporary folder that process `pid` was writing was left by a killed process: the pid is not
-    ours nor alive here, and nothing in the folder was written for quiet_s (a pid means nothing in a folder shared
-    with another container or machine, whose live writer keeps writing)."""
-    if pid == os.getpid() or process_alive(pid):
+    """Whether a temporary folder that process `pid` was writing was left by a killed process: nothing in it was
+    written for quiet_s, the pid is not ours, and no process of that pid here can be its writer: none is alive, or
+    the one alive is not it (`_not_the_writer`: started after the folder was made, or a kernel thread). Pids repeat
+    in every container: a restarted pod's new processes, or the host's kernel threads, had kept a killed run's
+    folders (a 64 MB /dev/shm filled up) for good (a new user's finding)."""
+    if pid == os.getpid():
         return False
     try:
-        written = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+        stamps = [folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()]
     except OSError:  # removed meanwhile
         return False
-    return time.time() - written >= quiet_s
+    if time.time() - max(stamps) < quiet_s:
+        return False
+    return not process_alive(pid) or _not_the_writer(pid, min(stamps))
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, from /proc), or None where that cannot be read."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _not_the_writer(pid: int, made_s: float) -> bool:
+    """Whether the live process `pid` cannot be the writer of a folder made at `made_s`: it started after that
+    (the pid was used again), or it is a kernel thread (no command line). False where that cannot be read."""
+    try:
+        if not Path(f"/proc/{pid}/cmdline").read_bytes():
+            return True
+    except OSError:
+        return False
+    started = process_start_time(pid)
+    return started is not None and started > made_s + 2.0  # (the clock tick and the mtimes' own rounding)
 
 
 def usable_cores() -> int:

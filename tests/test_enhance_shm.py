@@ -647,3 +647,36 @@ def test_wait_ready_on_a_closed_client_raises_at_once():
     with pytest.raises(Exception, match="is closed"):
         client.wait_ready(timeout_s=20)
     assert time.monotonic() - start < 5  # (it slept out its whole timeout)
+
+
+def test_a_killed_runs_folder_is_swept_though_its_pid_lives_again(tmp_path, monkeypatch):
+    """A new user's finding: pids repeat in every container (a restarted pod's processes, the host's kernel
+    threads), and a folder whose pid was alive again was kept for good (a 64 MB /dev/shm filled up after three
+    kills). A quiet folder is the writer's only while a process of its pid started before it was made."""
+    import os
+    import time
+
+    from neural_sensor import host
+
+    folder = tmp_path / "left"
+    folder.mkdir()
+    (folder / "block").write_bytes(b"x")
+    old = time.time() - 7200
+    for path in (folder / "block", folder):
+        os.utime(path, (old, old))
+    me = os.getpid()
+    assert not host.abandoned(folder, me)  # (ours)
+    child = os.fork()
+    if child == 0:  # a process alive now, started long after the folder was last written: not its writer
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert host.abandoned(folder, child)
+        assert host.abandoned(folder, 2) or not os.path.exists("/proc/2/cmdline")  # a kernel thread (kthreadd)
+        monkeypatch.setattr(host, "process_start_time", lambda pid: old - 60.0)  # started before: its writer
+        assert not host.abandoned(folder, child)
+        assert not host.abandoned(folder, child, quiet_s=1e9)  # (written too recently for that quiet time)
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+    assert host.abandoned(folder, child)  # gone
