@@ -491,7 +491,7 @@ def _check_cache_folder(folder: Path | None, command: str | None = None) -> None
         problem = write_problem(root)
         if problem:
             print(f"neural-sensor: warning: the scene cache {root} cannot be written ({problem}): a scene not in it "
-                  "yet is built and then cannot be kept (give --cache or $NEURAL_SENSOR_CACHE a folder you can "
+                  "yet is built and kept for this run only (give --cache or $NEURAL_SENSOR_CACHE a folder you can "
                   "write)", file=sys.stderr)
 
 
@@ -613,6 +613,16 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scenarios.signals import install_early_sigterm, remove_early_sigterm
+
+    install_early_sigterm()  # (a container's PID 1 would drop a SIGTERM until a run's own handler)
+    try:
+        return _main_with_args(argv)
+    finally:
+        remove_early_sigterm()  # (main() called in a host's process leaves its signals as they were)
+
+
+def _main_with_args(argv: list[str] | None) -> int:
     args = parse_args(build_parser(), argv)
     warnings.formatwarning = _format_warning
     ready = getattr(args, "ready_file", None) if args.command == "serve-enhancer" else None

@@ -13,6 +13,7 @@ Pictures: `mosaic` tiles the cameras for the video (H.264: no side over `VIDEO_M
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -175,7 +176,11 @@ def install_record(tmp: Path, out_dir: Path, files: list[str]) -> None:
     folder_fd = os.open(out_dir, os.O_RDONLY)
     try:  # runs finishing into one folder at once install one after the other (the later record stays, whole;
         # two threads had raced on one manifest's temporary file: FileNotFoundError)
-        fcntl.flock(folder_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(folder_fd, fcntl.LOCK_EX)
+        except OSError as err:  # a filesystem without locks (NFS without lockd): installed unguarded (a run had
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # failed after all
+                raise  # its work, "[Errno 37] No locks available", its record lost: a new user's finding)
         old = set(_record_files(out_dir))
         # a manifest naming old and new files first: an interruption from here on leaves a folder that the
         # next run still recognises (and cleans) as a record

@@ -15,6 +15,25 @@ SIGNALLED: list[int] = []  # the signals terminate_as_exception's handler took d
 OUR_HANDLERS: list = []  # the handler terminate_as_exception installs while a run goes on (host_handles_signals)
 
 
+def early_sigterm(signum, _frame):
+    """The CLI's SIGTERM handler from its first moment until a run's own (`terminate_as_exception`) takes over: a
+    container's PID 1 gets no default action for SIGTERM from the kernel, so a `docker stop` in the first second
+    (before a run's handler) was dropped and the run went on to its end, exit 0 (a new user's finding)."""
+    raise SystemExit(128 + signum)
+
+
+def install_early_sigterm() -> None:
+    """`early_sigterm` as SIGTERM's handler where it has its default action (the main thread only)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, early_sigterm)
+
+
+def remove_early_sigterm() -> None:
+    """SIGTERM's default action back where `install_early_sigterm` put `early_sigterm`."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is early_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def signal_exception(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
@@ -51,6 +70,8 @@ def terminate_as_exception():
     OUR_HANDLERS[:] = [_raise]
 
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    if signal.getsignal(signal.SIGTERM) is early_sigterm:  # (the CLI's, until now: put back after the run)
+        defaults[signal.SIGTERM] = early_sigterm
     installed = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
     for sig in installed:
         signal.signal(sig, _raise)
@@ -74,5 +95,5 @@ def host_handles_signals() -> bool:
     """Has the host application its own SIGTERM or SIGINT handler in place (neither ours nor a default)?"""
     if threading.current_thread() is not threading.main_thread():
         return False  # Python runs signal handlers in the main thread only: a SystemExit here is the agent's
-    ours = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None, *OUR_HANDLERS)
+    ours = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None, early_sigterm, *OUR_HANDLERS)
     return any(signal.getsignal(sig) not in ours for sig in (signal.SIGTERM, signal.SIGINT))

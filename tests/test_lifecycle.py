@@ -466,3 +466,45 @@ def test_a_local_enhancer_server_that_dies_mid_run_is_restarted(tmp_path, identi
     enhanced = [t["frame"] for t in ticks if t["enhanced"]]
     assert enhanced and enhanced[-1] == ticks[-1]["frame"] and max(enhanced) > 40, enhanced[:5]
     assert processes_with_marker(marker) == [] and list(tmpdir.iterdir()) == []
+
+
+def test_a_record_is_installed_on_a_filesystem_without_locks(tmp_path, monkeypatch):
+    """A new user's finding: an output folder on a filesystem without locks (NFS without lockd) failed the run after
+    all its work ("[Errno 37] No locks available"), its record lost. It is installed unguarded there."""
+    import errno
+
+    import scenarios.record as record
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(record.fcntl, "flock", no_locks)
+    tmp = tmp_path / ".out.run-1"
+    tmp.mkdir()
+    (tmp / "summary.json").write_text("{}")
+    record.install_record(tmp, tmp_path / "out", ["summary.json"])
+    assert (tmp_path / "out" / "summary.json").read_text() == "{}" and not tmp.exists()
+
+
+def test_the_cli_takes_sigterm_from_its_first_moment_and_leaves_signals_as_it_found_them():
+    """A new user's finding: as a container's PID 1 (which the kernel gives no default action for SIGTERM), a
+    `docker stop` before a run's own handler was dropped and the run went on to its end, exit 0. The CLI takes
+    SIGTERM from its start (SystemExit 143); a run's handler takes over and hands it back; main() returns the
+    process's handler as it was."""
+    from scenarios import signals
+    from scenarios.cli import main as cli_main
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    signals.install_early_sigterm()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signals.early_sigterm
+        with pytest.raises(SystemExit) as exit_:
+            signals.early_sigterm(signal.SIGTERM, None)
+        assert exit_.value.code == 143 and not signals.host_handles_signals()
+        with signals.terminate_as_exception():
+            assert signal.getsignal(signal.SIGTERM) is not signals.early_sigterm
+        assert signal.getsignal(signal.SIGTERM) is signals.early_sigterm
+    finally:
+        signals.remove_early_sigterm()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert cli_main(["cache"]) == 0 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

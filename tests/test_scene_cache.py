@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import time
 from pathlib import Path
 
@@ -281,14 +282,18 @@ def test_an_empty_cache_variable_counts_as_unset(monkeypatch, tmp_path):
 
 def test_a_cache_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
     """A read-only cache built the whole scene and then failed with a bare "[Errno 30] Read-only file system:
-    '.../.key-xxx'": the command warns first, and the store's error names the cache and how to choose another."""
+    '.../.key-xxx'": the command warns first, and the store names the cache and how to choose another, and keeps
+    the scene for the process (it had failed after the whole build: a new user's finding)."""
     from scenarios.cli import _check_cache_folder
 
     (tmp_path / "a_file").write_text("x")
     cache = SceneCache(tmp_path / "a_file" / "scenes")
-    with pytest.raises(OSError, match=r"the scene cache .*a_file/scenes cannot take the scene just built .*"
-                                      r"give --cache \(or \$NEURAL_SENSOR_CACHE\) a folder you can write"):
-        cache.get_or_build({"street": 7}, _builder(7))
+    scene, meta = cache.get_or_build({"street": 7}, _builder(7))
+    assert len(scene) == 2000 and meta["cached"] is False and Path(meta["path"]).name == meta["key"]
+    assert Path(meta["path"]).parent.name.startswith("neural_sensor-uncached-")
+    err = capsys.readouterr().err
+    assert re.search(r"the scene cache .*a_file/scenes cannot take the scene just built .*give --cache \(or "
+                     r"\$NEURAL_SENSOR_CACHE\) a folder you can write; this run keeps it in ", err), err
     for command in ("run", "cache"):  # a file on the way: refused before any build (a run warned, built the
         # whole scene, then failed to keep it; `cache` listed nothing without a word)
         with pytest.raises(ValueError, match=f"--cache {tmp_path}/a_file/scenes: {tmp_path}/a_file is a file"):
@@ -370,3 +375,24 @@ def test_a_lock_file_left_by_a_killed_build_is_swept_and_a_held_one_is_not(tmp_p
         fcntl.flock(handle, fcntl.LOCK_EX)
         SceneCache(tmp_path).sweep_abandoned_stores()
     assert sorted(p.name for p in tmp_path.iterdir()) == [held.name, fresh.name]
+
+
+def test_another_users_private_entry_is_named_not_rebuilt(tmp_path, monkeypatch):
+    """A new user's finding: in a shared cache, an entry another user made with umask 077 was "unreadable;
+    rebuilding it" twice (minutes each for a reconstruction), then failed all the same (PermissionError). It is
+    named at once, with its owner and the fix."""
+    cache = SceneCache(tmp_path)
+    _, meta = cache.get_or_build({"street": 7}, _builder(7))
+    original = Path.read_text
+
+    def private(self, *args, **kwargs):
+        if self.parent == Path(meta["path"]):
+            raise PermissionError(13, "Permission denied")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", private)
+    with pytest.raises(ValueError, match=r"cannot be read by this user \(Permission denied: uid \d+ made it.*"
+                                         r"chmod -R a\+rX .*NEURAL_SENSOR_CACHE"):
+        cache.get_or_build({"street": 7}, _builder(7))
+    monkeypatch.undo()
+    assert cache.load(meta["key"]) is not None  # left as it was

@@ -141,6 +141,15 @@ class SceneCache:
             scene = GaussianScene.load_ply(folder / "scene.ply")
             if len(scene) != meta.get("n_gaussians"):
                 raise ValueError(f"scene.ply holds {len(scene)} Gaussians, meta.json says {meta.get('n_gaussians')}")
+        except PermissionError as err:  # another user's entry, kept private by their umask: not damage, not ours
+            try:  # to remove (it had been "rebuilt" twice, minutes each, then failed all the same: a new user's
+                owner = f"uid {folder.stat().st_uid}"  # finding)
+            except OSError:
+                owner = "another user"
+            raise ValueError(f"scene cache entry {folder} cannot be read by this user ({err.strerror}: {owner} made "
+                             f"it, with a umask that keeps it private): ask them to run `chmod -R a+rX {folder}` "
+                             "(and set umask 022 or 002 for a shared cache), or use a cache of your own "
+                             "(NEURAL_SENSOR_CACHE=DIR, or --cache DIR)") from None
         except (ValueError, OSError) as err:
             print(f"neural-sensor: scene cache entry {folder} is unreadable ({err}); rebuilding it", file=sys.stderr)
             shutil.rmtree(folder, ignore_errors=True)
@@ -229,8 +238,9 @@ class SceneCache:
             self.sweep_abandoned_stores()
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=self.root))
         except OSError as err:  # (it was a bare "[Errno 30] Read-only file system: '.../.key-xxx'")
-            raise OSError(f"the scene cache {self.root} cannot take the scene just built ({err.strerror or err}): "
-                          "give --cache (or $NEURAL_SENSOR_CACHE) a folder you can write") from None
+            raise CacheNotWritable(f"the scene cache {self.root} cannot take the scene just built "
+                                   f"({err.strerror or err}): give --cache (or $NEURAL_SENSOR_CACHE) a folder you "
+                                   "can write") from None
         meta = {**meta, "key": key, "n_gaussians": len(scene)}
         try:
             scene.save_ply(tmp / "scene.ply")
@@ -273,7 +283,13 @@ class SceneCache:
             with parallel_section():  # (a build runs numba's kernels, maybe while rigs render: neural_sensor.parallel)
                 scene, meta, layout_json, *files = build()
             meta = {**meta, "build_s": round(time.perf_counter() - start, 2)}
-            meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
+            try:
+                meta = self.store(key, scene, meta, layout_json, files[0] if files else None)
+            except CacheNotWritable as err:  # kept for this process only, as the run's warning said (it failed
+                fallback = SceneCache(_process_scratch(), max_bytes=None)  # after the whole build: a new user's
+                print(f"neural-sensor: {err}; this run keeps it in {fallback.root} until it ends",  # finding)
+                      file=sys.stderr)
+                meta = fallback.store(key, scene, meta, layout_json, files[0] if files else None)
         return GaussianScene.load_ply(Path(meta["path"]) / "scene.ply"), meta  # what later runs load (above)
 
     @contextlib.contextmanager
@@ -329,6 +345,23 @@ class SceneCache:
                     pass
             if handle is not None:
                 handle.close()
+
+
+class CacheNotWritable(OSError):
+    """The scene cache's folder cannot take a new entry (read-only, another user's, full)."""
+
+
+_scratch: list[Path] = []
+
+
+def _process_scratch() -> Path:
+    """A temporary folder of this process's own for the scenes an unwritable cache cannot keep (removed at exit)."""
+    if not _scratch:
+        import atexit
+
+        _scratch.append(Path(tempfile.mkdtemp(prefix="neural_sensor-uncached-")))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    return _scratch[0]
 
 
 STALE_LOCK_S = 3600.0  # a build lock file untouched this long that nobody holds was left by a killed process
