@@ -128,6 +128,14 @@ def test_level_of_detail_reaches_the_rig_and_bad_values_are_named(scene):
         default.destroy()
 
 
+def _parted_views(count: int, width: int, height: int) -> tuple:
+    """A camera rig's view keys for `count` cameras 0.1 m apart (as a set_transform parting them makes)."""
+    poses = [np.eye(4) for _ in range(count)]
+    for k, pose in enumerate(poses):
+        pose[0, 3] = 0.1 * k
+    return tuple((width, height, 90.0, tuple(pose.ravel())) for pose in poses)
+
+
 def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn(scene, caplog):
     """Six 1920x1080 rgb cameras with an enhancer: each tick's request (every rgb camera of the parent) was over the
     protocol's 64 MiB, so every frame went unrefined without a word. The spawn that makes it too large is refused
@@ -156,10 +164,7 @@ def test_a_rig_whose_enhancer_request_would_be_too_large_is_refused_at_the_spawn
         assert len(cameras[0].rig.cameras) == 6
         # views the spawn did not count (a set_transform parting two cameras later): the render thread's rig is made
         # without the enhancer, said once (every frame had failed)
-        poses = [np.eye(4) for _ in range(6)]
-        for k, pose in enumerate(poses):
-            pose[0, 3] = 0.1 * k
-        views = tuple((1920, 1080, 90.0, tuple(pose.ravel())) for pose in poses)
+        views = _parted_views(6, 1920, 1080)
         with caplog.at_level(logging.WARNING, logger="carla_bridge"):
             assert cameras[0].rig._rig_for(views, ("rgb",)).enhancer is None
             assert cameras[0].rig._rig_for(views + views[:1], ("rgb",)).enhancer is None
@@ -197,10 +202,7 @@ def test_a_seventeenth_camera_view_with_an_enhancer_is_refused_at_the_spawn(scen
                                              r"cameras; an enhancer request carries at most 16"):
             spawn(330.0)
         assert len(cameras[0].rig.cameras) == 16
-        poses = [np.eye(4) for _ in range(17)]
-        for k, pose in enumerate(poses):
-            pose[0, 3] = 0.1 * k
-        views = tuple((64, 36, 90.0, tuple(pose.ravel())) for pose in poses)
+        views = _parted_views(17, 64, 36)
         with caplog.at_level(logging.WARNING, logger="carla_bridge"):
             assert cameras[0].rig._rig_for(views, ("rgb",)).enhancer is None
         assert any("carries at most 16" in r.getMessage() for r in caplog.records)
