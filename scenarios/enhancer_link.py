@@ -93,7 +93,7 @@ def connect_enhancer(options):
             if client.server is None:
                 # a remote server absent at the start is an error (one that goes away mid-run costs raw ticks);
                 # what listens there, if anything, is asked (to ZeroMQ a closed port and a web server are silence)
-                from neural_sensor.enhance.protocol import describe_listener
+                from neural_sensor.enhance.listener import describe_listener
 
                 found = describe_listener(endpoint)
                 found = f"; {found}" if found else ""

@@ -411,7 +411,8 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
                 scenario.layout, voxel_m=scenario.voxel_m, cache_dir=options.cache_dir, progress=options.progress)
             truth_rig = NeuralSensorRig(truth_scene, specs, backend=options.backend, background_rgb=background,
                                         asset_seed=options.seed, lod_px=0.0, outputs=("rgb",))
-        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig, pseudo, keeper)
+        return _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig, pseudo, keeper,
+                         major)
     finally:
         sim.close()
         if enhancer is not None:
@@ -500,10 +501,10 @@ RAW_STREAK_SAID = 3  # raw ticks in a row (with an enhancer) that are said on st
 
 
 def _run_loop(scenario, options, ticks, agent, specs, scene_meta, rig, sim, truth_rig=None, pseudo=None,
-              keeper=None) -> dict:
+              keeper=None, leaderboard=None) -> dict:
     criteria = CriteriaState(scenario, ticks=ticks)
     ticks_requested = ticks
-    leaderboard, first_timestamp_s = leaderboard_major(type(agent)), None
+    first_timestamp_s = None  # (leaderboard: the agent's leaderboard version, `leaderboard_major`, or None)
 
     out_dir = check_out_dir(options.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -443,7 +443,7 @@ def test_what_listens_where_no_enhancer_answered_is_named(tmp_path):
 
     import zmq
 
-    from neural_sensor.enhance.protocol import describe_listener
+    from neural_sensor.enhance.listener import describe_listener
 
     free = socket.socket()
     free.bind(("127.0.0.1", 0))

