@@ -28,6 +28,7 @@ from carla_bridge.simulator import VehicleControl
 from neural_sensor.rig import NUSCENES_LIKE_RIG
 from neural_sensor.scene.path import Path
 from scenarios.base import Scenario
+from scenarios.route_options import route_options
 from scenarios.signals import SIGNALLED, host_handles_signals
 from scenarios.user_code import import_user_module, module_from_file
 
@@ -39,6 +40,12 @@ def nuscenes_like_sensors(width: int = 480, height: int = 270) -> list[dict]:
             for name, x, y, z, yaw, fov in NUSCENES_LIKE_RIG]
 
 
+CURVE_LATERAL_MPS2 = 5.0  # the built-in agent takes a turn no faster than this across it (a 5 m corner at 5 m/s)
+CURVE_BRAKE_MPS2 = 1.5  # and slows for it at this
+CURVE_WINDOW_M = 4  # over this much of the route its curvature is measured (an even number of metres)
+CURVE_PREVIEW_S = 1.0  # the speed for a turn is asked for this much earlier (the cruise controller's lag)
+
+
 class BuiltinAgent:
     """Pure-pursuit lane keeping on the route plus a time-gap cruise controller."""
 
@@ -48,6 +55,14 @@ class BuiltinAgent:
         self.width, self.height = width, height
         self.time_gap_s = 1.5
         self.standstill_gap_m = 4.0
+        # the route's curvature a metre apart (its heading's change over CURVE_WINDOW_M): the cruise speed is
+        # held to what a turn allows (CURVE_LATERAL_MPS2 across it), braking for it in time (CURVE_BRAKE_MPS2)
+        self.stations_m = np.arange(0.0, self.route.length_m + 1.0, 1.0)
+        headings = np.unwrap([self.route.at(float(s))[1] for s in self.stations_m])
+        half = int(CURVE_WINDOW_M // 2)
+        ahead = np.concatenate([headings[half:], np.full(half, headings[-1])])
+        behind = np.concatenate([np.full(half, headings[0]), headings[:-half]])
+        self.curve_speed_mps = np.sqrt(CURVE_LATERAL_MPS2 / np.maximum(np.abs(ahead - behind) / (2 * half), 1e-6))
 
     def sensors(self) -> list[dict]:
         return nuscenes_like_sensors(self.width, self.height)
@@ -56,17 +71,21 @@ class BuiltinAgent:
         _, snapshot = input_data["world"]
         ego = snapshot.ego
         xy, yaw, speed = ego.position_m[:2], ego.yaw_rad, ego.speed_mps
-        # lateral: pure pursuit towards a point one look-ahead distance along the route
+        # lateral: pure pursuit towards a point one look-ahead distance along the route (a shorter one through a
+        # turn that holds the speed down: the long one cuts the corner and swings wide out of it)
         s, _ = self.route.project(xy)
-        lookahead = max(6.0, 0.9 * speed)
+        lookahead = max(4.0, 0.9 * speed)
+        if self._turn_within(s, lookahead):
+            lookahead = max(2.5, 0.5 * speed)
         target, _ = self.route.at(s + lookahead)
         rel = target - xy
         alpha = math.atan2(rel[1], rel[0]) - yaw
         curvature = 2.0 * math.sin(alpha) / max(float(np.linalg.norm(rel)), 1e-3)
         delta = math.atan(WHEELBASE_M * curvature)
         steer = float(np.clip(-delta / MAX_STEER_RAD, -1.0, 1.0))  # CARLA: positive steer turns right
-        # longitudinal: follow the closest agent in our corridor ahead, else cruise
-        desired = self.target_speed_mps
+        # longitudinal: follow the closest agent in our corridor ahead, else cruise (no faster than the turns ahead
+        # allow)
+        desired = min(self.target_speed_mps, self._curve_limit_mps(s, speed * CURVE_PREVIEW_S))
         inv = np.linalg.inv(ego.pose_agent_to_world)
         for agent in snapshot.agents:
             local = inv @ np.append(agent.position_m, 1.0)
@@ -80,6 +99,20 @@ class BuiltinAgent:
         throttle = float(np.clip(accel / 3.5, 0.0, 1.0))
         brake = float(np.clip(-accel / 6.0, 0.0, 1.0)) if accel < -0.3 else 0.0
         return VehicleControl(throttle, steer, brake)
+
+    def _turn_within(self, s_m: float, ahead_m: float) -> bool:
+        """Whether the route between s_m and ahead_m beyond it turns too sharply for the cruise speed."""
+        first = min(max(int(s_m), 0), len(self.stations_m) - 1)
+        return bool(self.curve_speed_mps[first:int(s_m + ahead_m) + 2].min() < self.target_speed_mps)
+
+    def _curve_limit_mps(self, s_m: float, early_m: float = 0.0) -> float:
+        """The fastest speed at arc length s_m from which every turn ahead can still be taken in time, braking
+        early_m sooner."""
+        ahead = self.stations_m >= s_m
+        distance_m = np.maximum(self.stations_m[ahead] - s_m - early_m, 0.0)
+        if not len(distance_m):
+            return math.inf
+        return float(np.min(np.sqrt(self.curve_speed_mps[ahead] ** 2 + 2.0 * CURVE_BRAKE_MPS2 * distance_m)))
 
     def destroy(self) -> None:
         pass
@@ -121,10 +154,12 @@ def is_leaderboard_agent(cls) -> bool:
 
 def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     """The scenario's route as the leaderboard hands it to set_global_plan: (gps_route, route), a point every
-    LEADERBOARD_PLAN_STEP_M, [({"lat", "lon", "z"}, RoadOption.LANEFOLLOW)] (the leaderboard's own projection,
-    `carla_bridge.pseudo_sensors.leaderboard_gps`) and [(carla.Transform, RoadOption)] in CARLA's frame (UE: y to the right, yaw clockwise,
-    degrees). RoadOption is CARLA's own (agents.navigation) where that package is importable, else an enum with its
-    names and values. Needs the carla package."""
+    LEADERBOARD_PLAN_STEP_M, [({"lat", "lon", "z"}, RoadOption)] (the leaderboard's own projection,
+    `carla_bridge.pseudo_sensors.leaderboard_gps`) and [(carla.Transform, RoadOption)] in CARLA's frame (UE: y to the
+    right, yaw clockwise, degrees). Each point's RoadOption is the command the leaderboard's route planner would
+    give it (`scenarios.route_options`: LEFT / RIGHT / STRAIGHT through a junction, CHANGELANELEFT / RIGHT where
+    the route leaves its lane for the next, else LANEFOLLOW); RoadOption is CARLA's own (agents.navigation) where
+    that package is importable, else an enum with its names and values. Needs the carla package."""
     try:
         import carla
     except ImportError:
@@ -146,13 +181,14 @@ def leaderboard_plan(scenario: Scenario) -> tuple[list, list]:
     stations = np.linspace(start_m, path.length_m,
                            max(2, int(math.ceil((path.length_m - start_m) / LEADERBOARD_PLAN_STEP_M)) + 1))
     lat_ref, lon_ref = leaderboard_latlon_ref(layout_to_opendrive(scenario.layout))
+    options = route_options(scenario.layout, path.points[:, :2], stations)
     gps_route, route = [], []
-    for s in stations:
+    for s, name in zip(stations, options):
         (x, y), heading = path.at(float(s))
         transform = carla.Transform(carla.Location(float(x), float(-y), 0.0),
                                     carla.Rotation(yaw=float(-math.degrees(heading))))
-        gps_route.append((leaderboard_gps(lat_ref, lon_ref, float(x), float(-y), 0.0), RoadOption.LANEFOLLOW))
-        route.append((transform, RoadOption.LANEFOLLOW))
+        gps_route.append((leaderboard_gps(lat_ref, lon_ref, float(x), float(-y), 0.0), RoadOption[name]))
+        route.append((transform, RoadOption[name]))
     return gps_route, route
 
 

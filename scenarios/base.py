@@ -142,6 +142,71 @@ def lane_change_route(layout: Layout, lane: int, start_s_m: float, change_at_s_m
     return np.asarray(points)
 
 
+def turn_route(layout: Layout, from_lane: int, to_lane: int, start_s_m: float, length_m: float,
+               radius_m: float | None = None) -> np.ndarray:
+    """[P, 2] a route a point a metre (m, the layout's frame): along from_lane from start_s_m, turning into to_lane
+    where their centre lines cross (an intersection's lanes) on a circular arc of radius_m (default
+    TURN_RADIUS_M: right or left), then along to_lane, length_m in all or to to_lane's end. Raises ValueError
+    where the two lanes' centre lines do not cross ahead of start_s_m, or cross at under 20 degrees (no turn), or
+    the arc would begin behind start_s_m."""
+    start = Path(layout.lanes[from_lane].travel_polyline())
+    end = Path(layout.lanes[to_lane].travel_polyline())
+    crossing = _first_crossing(start, end, start_s_m)
+    if crossing is None:
+        raise ValueError(f"turn_route: lane {from_lane}'s centre line does not cross lane {to_lane}'s beyond "
+                         f"{start_s_m:g} m (a turn goes from one road's lane into a crossing road's)")
+    s_from, s_to = crossing
+    heading_in, heading_out = start.at(s_from)[1], end.at(s_to)[1]
+    turn = math.remainder(heading_out - heading_in, 2.0 * math.pi)  # counter-clockwise (left) positive
+    if abs(turn) < math.radians(20.0):
+        raise ValueError(f"turn_route: lanes {from_lane} and {to_lane} cross at {abs(math.degrees(turn)):.0f} "
+                         "degrees: no turn (follow one lane with lane_route)")
+    radius = float(radius_m if radius_m is not None else TURN_RADIUS_M["left" if turn > 0 else "right"])
+    if not (math.isfinite(radius) and radius > 0.0):
+        raise ValueError(f"turn_route: radius_m must be a positive number of metres, got {radius_m!r}")
+    tangent_m = radius * math.tan(abs(turn) / 2.0)  # from the arc's ends to where the centre lines cross
+    if s_from - tangent_m < start_s_m:
+        raise ValueError(f"turn_route: the turn's arc (radius {radius:g} m) would start {tangent_m:.1f} m before "
+                         f"the crossing, behind start_s_m {start_s_m:g}: start earlier or give a smaller radius_m")
+    before = [start.at(float(s))[0] for s in np.arange(start_s_m, s_from - tangent_m, 1.0)]
+    p0, h0 = start.at(s_from - tangent_m)
+    side = math.copysign(1.0, turn)
+    centre = p0 + side * radius * np.array([-math.sin(h0), math.cos(h0)])
+    arc_m = radius * abs(turn)
+    arc = [centre + radius * np.array([math.cos(a), math.sin(a)])
+           for a in h0 - side * math.pi / 2.0 + side * np.linspace(0.0, abs(turn), max(2, int(arc_m) + 2))]
+    left_m = min(length_m - (s_from - tangent_m - start_s_m) - arc_m, end.length_m - s_to - tangent_m)
+    if left_m < 0.0:
+        raise ValueError(f"turn_route: length_m {length_m:g} ends before the turn does "
+                         f"({s_from - tangent_m - start_s_m + arc_m:.1f} m along the route)")
+    after = [end.at(float(s))[0] for s in s_to + tangent_m + np.arange(1.0, left_m + 1e-9, 1.0)]
+    return np.asarray(before + arc + after)
+
+
+TURN_RADIUS_M = {"right": 5.0, "left": 6.0}  # turn_route's default arcs (an urban corner, inside the junction)
+
+
+def _first_crossing(a: Path, b: Path, from_s_m: float) -> tuple[float, float] | None:
+    """(arc length along a, along b) of the first point beyond from_s_m along a where the two polylines cross."""
+    best = None
+    for i in range(len(a.seg_len)):
+        if a.cum[i + 1] < from_s_m:
+            continue
+        p, r = a.points[i, :2], a.dirs[i, :2] * a.seg_len[i]
+        q, d = b.points[:-1, :2], b.dirs[:, :2] * b.seg_len[:, None]
+        denominator = r[0] * d[:, 1] - r[1] * d[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((q[:, 0] - p[0]) * d[:, 1] - (q[:, 1] - p[1]) * d[:, 0]) / denominator
+            u = ((q[:, 0] - p[0]) * r[1] - (q[:, 1] - p[1]) * r[0]) / denominator
+        hit = np.flatnonzero((np.abs(denominator) > 1e-12) & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1))
+        hit = [j for j in hit if a.cum[i] + t[j] * a.seg_len[i] >= from_s_m]
+        if hit:
+            j = min(hit, key=lambda k: t[k])
+            best = (float(a.cum[i] + t[j] * a.seg_len[i]), float(b.cum[j] + u[j] * b.seg_len[j]))
+            break
+    return best
+
+
 def lane_route(layout: Layout, lane: int, start_s_m: float, length_m: float) -> np.ndarray:
     return lane_change_route(layout, lane, start_s_m, math.inf, 0.0, length_m)
 

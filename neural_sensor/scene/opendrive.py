@@ -276,6 +276,22 @@ def layout_from_opendrive(xodr: str | bytes, *, decorate: bool = True, style: St
                   opendrive=_document_text(xodr, root), paved=paved)
 
 
+def junction_lanes(xodr: str) -> list[Lane]:
+    """The driving lanes of an OpenDRIVE map's junction roads (its connecting roads: CARLA's waypoints there are
+    `is_junction`), read as `layout_from_opendrive` reads every road's; xodr the map's text."""
+    try:
+        root = ET.fromstring(xodr)
+    except ET.ParseError as err:
+        raise ValueError(f"OpenDRIVE: not well-formed XML ({err})") from None
+    lanes: list[Lane] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OpenDriveWarning)  # (said when the map was read)
+        for road in root.findall("road"):
+            if road.get("junction", "-1") != "-1":
+                _read_road(road, lanes, [], [], [], [], [], [], [])
+    return lanes
+
+
 def _document_text(xodr: str | bytes, root) -> str:
     """The map's own text (its comments, a licence's included), bytes decoded as the parser read them (a BOM, else
     the XML declaration's encoding, else UTF-8); the parsed tree re-serialised where that decoding fails."""

@@ -1,0 +1,167 @@
+"""The commands a leaderboard route carries (scenarios.route_options), the turn route and the built-in agent's
+speed through a turn."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path as FilePath
+
+import numpy as np
+import pytest
+
+from carla_bridge.embedded import EgoStart, EmbeddedSimulator
+from neural_sensor.scene.layout import Style, intersection, straight_road
+from neural_sensor.scene.path import Path
+from scenarios.agent import CURVE_LATERAL_MPS2, BuiltinAgent
+from scenarios.base import Scenario, lane_change_route, lane_route, turn_route
+from scenarios.route_options import route_options
+
+MAPS = FilePath(__file__).resolve().parents[2] / "shared" / "data" / "opendrive" / "maliput_xodr"
+JUNCTION_MAP = MAPS / "intersection_3_5m_width_crosswalk.xodr"
+
+
+def _labels(layout, route) -> tuple[np.ndarray, list[str]]:
+    stations = np.arange(0.0, Path(route).length_m, 1.0)
+    return stations, route_options(layout, route, stations)
+
+
+def _runs(stations, options) -> list[tuple[str, float, float]]:
+    """(option, first station, last station) of each run of one option."""
+    runs = []
+    for s, option in zip(stations, options):
+        if runs and runs[-1][0] == option:
+            runs[-1][2] = float(s)
+        else:
+            runs.append([option, float(s), float(s)])
+    return [tuple(run) for run in runs]
+
+
+@pytest.mark.parametrize("to_lane, option", [(2, "LEFT"), (3, "RIGHT")])
+def test_a_turn_at_a_template_intersection_is_labelled_through_its_bend(to_lane, option):
+    layout = intersection()
+    route = turn_route(layout, 0, to_lane, 10.0, 100.0)
+    stations, options = _labels(layout, route)
+    runs = _runs(stations, options)
+    assert [r[0] for r in runs] == ["LANEFOLLOW", option, "LANEFOLLOW"]
+    # the label covers the arc: from where it leaves the lane's line (y = -1.75) to where it joins the other's
+    points = np.array([Path(route).at(s)[0] for s in stations])
+    bent = np.flatnonzero((np.abs(points[:, 1] + 1.75) > 0.05) & (np.abs(np.abs(points[:, 0]) - 1.75) > 0.05))
+    turning = np.flatnonzero(np.array(options) == option)
+    assert turning[0] <= bent[0] + 1 and turning[-1] >= bent[-1] - 1
+    assert turning[-1] - turning[0] <= 20  # and no more than the junction and its bend
+
+
+def test_straight_through_an_intersection_is_straight_and_a_plain_road_is_lane_follow():
+    layout = intersection()
+    stations, options = _labels(layout, lane_route(layout, 0, 10.0, 100.0))
+    runs = _runs(stations, options)
+    assert [r[0] for r in runs] == ["LANEFOLLOW", "STRAIGHT", "LANEFOLLOW"]
+    points = np.array([Path(lane_route(layout, 0, 10.0, 100.0)).at(s)[0] for s in stations])
+    straight = points[np.array(options) == "STRAIGHT"]
+    assert np.abs(straight[:, 0]).max() <= 3.5 + 1.0  # the crossing road's width (7 m) and no more
+    road = straight_road(200.0)
+    assert set(_labels(road, lane_route(road, 0, 0.0, 190.0))[1]) == {"LANEFOLLOW"}
+
+
+@pytest.mark.parametrize("lane, offset_m, option", [(1, 3.0, "CHANGELANELEFT"), (0, -3.5, "CHANGELANERIGHT")])
+def test_a_lane_change_labels_one_point_where_it_starts(lane, offset_m, option):
+    road = straight_road(200.0)
+    route = lane_change_route(road, lane, 0.0, change_at_s_m=18.0, offset_m=offset_m, length_m=190.0)
+    stations, options = _labels(road, route)
+    changes = [(s, o) for s, o in zip(stations, options) if o != "LANEFOLLOW"]
+    assert len(changes) == 1 and changes[0][1] == option
+    assert 18.0 <= changes[0][0] <= 24.0  # where the route starts to leave its lane (its shift begins at 18 m)
+
+
+def test_moving_onto_an_oncoming_lane_is_no_lane_change():
+    road = straight_road(200.0)  # lane 0 at y = -1.75 (+x), lane 2 at y = +1.75 (-x)
+    route = lane_change_route(road, 0, 0.0, change_at_s_m=18.0, offset_m=3.5, length_m=190.0)
+    assert set(_labels(road, route)[1]) == {"LANEFOLLOW"}
+
+
+@pytest.mark.skipif(not JUNCTION_MAP.exists(), reason=f"third-party OpenDRIVE map not found at {JUNCTION_MAP}")
+def test_a_maps_junction_roads_are_the_junction():
+    """A layout read from OpenDRIVE keeps the map's junction records: the route is in a junction on a junction
+    road's lanes (here maliput's four-way crossing: lane 0 runs +x to the junction at x = 100, its connecting lane
+    turns to +y, lane 3's travel leaves northwards)."""
+    from neural_sensor.scene.opendrive import junction_lanes, layout_from_opendrive
+
+    text = JUNCTION_MAP.read_text()
+    layout = layout_from_opendrive(text, decorate=False)
+    connectors = junction_lanes(text)
+    assert len(connectors) == 12 and all(len(lane.centre_m) >= 2 for lane in connectors)
+    approach, exit_ = layout.lanes[0].travel_polyline(), layout.lanes[3].travel_polyline()
+    turn = next(lane.travel_polyline() for lane in connectors
+                if np.allclose(lane.travel_polyline()[0], approach[-1], atol=0.1)
+                and np.allclose(lane.travel_polyline()[-1], exit_[0], atol=0.1))
+    route = np.concatenate([approach[50:], turn[1:], exit_[1:50]])
+    stations, options = _labels(layout, route)
+    assert [r[0] for r in _runs(stations, options)] == ["LANEFOLLOW", "LEFT", "LANEFOLLOW"]
+    points = np.array([Path(route).at(s)[0] for s in stations])
+    inside = points[np.array(options) == "LEFT"]
+    assert inside[:, 0].min() >= 100.0 - 1.0 and inside[:, 1].max() <= 11.5 + 1.0  # the junction's box, no more
+
+
+def test_the_leaderboard_route_carries_the_turn():
+    carla = pytest.importorskip("carla")
+    del carla
+    from scenarios.agent import leaderboard_plan
+
+    layout = intersection(style=Style(seed=0), parked_car_density=0.0)
+    scenario = Scenario("left_turn", "a left turn", layout, EgoStart(lane=0, start_s_m=20.0, speed_mps=8.0), [],
+                        route_xy_m=turn_route(layout, 0, 2, 15.0, 100.0), target_speed_mps=9.0, route_goal_m=60.0)
+    gps_route, route = leaderboard_plan(scenario)
+    names = [option.name for _, option in route]
+    assert names == [option.name for _, option in gps_route]
+    assert names[0] == "LANEFOLLOW" and names[-1] == "LANEFOLLOW" and "LEFT" in names
+    assert set(names) == {"LANEFOLLOW", "LEFT"}
+    first = names.index("LEFT")
+    assert route[first][0].location.x == pytest.approx(1.75 - 6.0, abs=1.0)  # where the arc (radius 6 m) begins
+
+
+def test_turn_route_geometry_and_its_errors():
+    layout = intersection()
+    route = turn_route(layout, 0, 2, 10.0, 80.0, radius_m=7.0)
+    path = Path(route)
+    assert path.length_m == pytest.approx(80.0, abs=1.5) and np.abs(np.diff(route, axis=0)).max() <= 1.0 + 1e-9
+    assert route[-1][0] == pytest.approx(1.75) and route[0][1] == pytest.approx(-1.75)
+    # the arc: every point on it 7 m from its centre (x = 1.75 - 7, y = -1.75 + 7)
+    centre = np.array([1.75 - 7.0, -1.75 + 7.0])
+    on_arc = route[(route[:, 0] > centre[0] + 0.01) & (route[:, 1] < centre[1] - 0.01)]
+    assert len(on_arc) >= 5 and np.allclose(np.linalg.norm(on_arc - centre, axis=1), 7.0, atol=1e-6)
+    Scenario("t", "", layout, EgoStart(lane=0, start_s_m=12.0, speed_mps=5.0), [], route_xy_m=route,
+             route_goal_m=40.0)  # a route the scenario checks take (on the road, the ego's way)
+    long = turn_route(layout, 0, 2, 10.0, 1000.0)
+    assert long[-1][1] <= 60.0 + 1e-9  # no farther than the lane goes
+    for args, words in [((0, 1, 10.0, 80.0), "does not cross"), ((0, 0, 10.0, 80.0), "does not cross"),
+                        ((0, 2, 10.0, 80.0, 60.0), "behind start_s_m"), ((0, 2, 10.0, 20.0), "ends before the turn"),
+                        ((0, 2, 10.0, 80.0, -1.0), "positive number"), ((0, 2, 10.0, 80.0, math.nan), "positive")]:
+        with pytest.raises(ValueError, match=words):
+            turn_route(layout, *args)
+
+
+@pytest.mark.parametrize("to_lane, radius_m", [(2, 6.0), (3, 5.0)])
+def test_the_builtin_agent_slows_for_a_turn_and_keeps_to_it(to_lane, radius_m):
+    """It took a turn at the cruise speed and swung 0.5 m wide out of it, into the car parked past the corner."""
+    layout = intersection(style=Style(seed=0))  # (a car parked 0.25 m clear of a car in the middle of lane 2)
+    route = turn_route(layout, 0, to_lane, 15.0, 100.0)
+    sim = EmbeddedSimulator(layout, EgoStart(lane=0, start_s_m=20.0, speed_mps=9.0), [])
+    agent = BuiltinAgent(route, 9.0)
+    path, through_turn, deviation, cruising = Path(route), [], [], []
+    headings = np.array([path.at(s)[1] for s in np.arange(0.0, path.length_m, 0.25)])
+    bending = np.flatnonzero(np.minimum(np.abs(headings - headings[0]), np.abs(headings - headings[-1])) > 0.05)
+    arc_m = (bending[0] * 0.25, bending[-1] * 0.25)
+    for tick in range(200):
+        snapshot = sim.tick()
+        xy = snapshot.ego.position_m[:2]
+        deviation.append(path.distances_m(xy[None])[0])
+        if arc_m[0] <= path.project(xy)[0] <= arc_m[1]:  # on the arc
+            through_turn.append(snapshot.ego.speed_mps)
+        elif tick < 20:
+            cruising.append(snapshot.ego.speed_mps)
+        sim.apply_control(agent.run_step({"world": (snapshot.frame, snapshot)}, tick * 0.05))
+        assert not snapshot.collisions
+    limit = math.sqrt(CURVE_LATERAL_MPS2 * radius_m)
+    assert min(cruising) > 8.5 and through_turn and max(through_turn) < limit + 1.5  # (the cruise control lags)
+    assert max(deviation) < 0.3
+    assert path.project(snapshot.ego.position_m[:2])[0] > path.length_m - 40.0  # and goes on down the other road
