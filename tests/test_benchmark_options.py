@@ -25,6 +25,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     (["runtime.py", "--ticks", "0"], "argument --ticks: must be at least 1"),
     (["fusion.py", "--refine", "-1"], "argument --refine: must be at least 0"),
     (["lifecycle_soak.py", "--runs", "0"], "argument --runs: must be at least 1"),
+    (["route_commands.py", "--agents-path", "."], "CARLA's agents package not importable there"),
+    (["route_commands.py", "--agents-path", ".", "--routes", "0"], "argument --routes: must be at least 1"),
 ])
 def test_benchmarks_refuse_bad_options_by_name(args, message, tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / args[0]), *args[1:]], cwd=tmp_path,
