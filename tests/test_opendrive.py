@@ -520,3 +520,53 @@ def test_parked_cars_stand_in_a_maps_parking_lanes():
             and c.centre_m[1] > 300.0]
     narrow = cars(1.2)  # a motorcycle bay: the kerb-side cars of the roadside mix, outside it, as before
     assert narrow and all(abs(car.centre_m[1] - 300.0) > 3.5 + 1.2 for car in narrow)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_the_intersection_template_is_exported_with_its_junction(lanes):
+    """Its two roads were written whole, crossing without a junction record: CARLA's route planner could not route a
+    turn there and its traffic manager drove straight on. Now four arms from the junction's edge and a connecting
+    road for each way through, which join the arms' lanes end to start."""
+    from neural_sensor.scene.layout import intersection
+    from neural_sensor.scene.opendrive import junction_lanes
+
+    layout = intersection(lanes_per_direction=lanes)
+    text = layout_to_opendrive(layout)
+    root = ET.fromstring(text)
+    roads = root.findall("road")
+    connectors = [r for r in roads if r.get("junction") != "-1"]
+    assert len(roads) - len(connectors) == 4 and len(connectors) == 12 and len(root.findall("junction")) == 1
+    assert len(root.findall("junction/connection")) == 12
+    assert sum(len(c.findall("laneLink")) for c in root.findall("junction/connection")) == 4 * (lanes + 2)
+    back = layout_from_opendrive(text, decorate=False)
+    joins = junction_lanes(text)
+    arms = [lane for lane in back.lanes if not any(lane.centre_m.shape == j.centre_m.shape
+                                                   and np.allclose(lane.centre_m, j.centre_m) for j in joins)]
+    assert len(arms) == 4 * 2 * lanes
+    arm_ends = np.array([lane.travel_polyline()[-1] for lane in arms])
+    arm_starts = np.array([lane.travel_polyline()[0] for lane in arms])
+    for lane in joins:
+        path = lane.travel_polyline()
+        assert np.linalg.norm(arm_ends - path[0], axis=1).min() < 1e-3  # from where an arm's lane comes in
+        assert np.linalg.norm(arm_starts - path[-1], axis=1).min() < 1e-3  # to where another's goes out
+    # every lane of the template lies on the arms' lanes outside the junction
+    for lane in layout.lanes:
+        outside = lane.centre_m[np.abs(lane.centre_m).max(axis=1) > 3.5 * lanes + 0.01]
+        nearest = np.min([_segment_distances(outside, other.centre_m)[0] for other in arms], axis=0)
+        assert nearest.max() < 0.01
+
+
+def test_carla_routes_a_turn_through_the_exported_junction():
+    carla = pytest.importorskip("carla")
+    from neural_sensor.scene.layout import intersection
+
+    carla_map = carla.Map("intersection", layout_to_opendrive(intersection()))
+    waypoints = carla_map.generate_waypoints(2.0)
+    assert sum(w.is_junction for w in waypoints) > 0
+    # the lane running +x (CARLA: y = +1.75, the y axis flipped), 6 m before the junction's edge at x = -3.5
+    approach = carla_map.get_waypoint(carla.Location(-9.5, 1.75, 0.0))
+    ahead = approach.next(8.0)
+    assert len(ahead) == 3 and all(w.is_junction for w in ahead)  # straight on, left and right
+    exits = sorted((round(w.next(10.0)[0].transform.location.x), round(w.next(10.0)[0].transform.location.y))
+                   for w in ahead)
+    assert len(set(exits)) == 3
