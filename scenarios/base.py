@@ -41,6 +41,8 @@ class Scenario:
     voxel_m: float = 0.3
     max_route_deviation_m: float = 2.5  # the route deviation criterion: the ego's centre at most this far from its
     #                                     route (an agent that drove in the oncoming lane passed every criterion)
+    recorded_xy_m: np.ndarray | None = None  # [P, 2] where the drive was recorded, if not along recorded_lane (a
+    #                                          turn's route: the reconstruction sees the road it turns into)
 
     def __post_init__(self) -> None:
         """The fields a run reads before its simulator checks the rest (lanes, agents): ValueError naming one."""
@@ -78,6 +80,17 @@ class Scenario:
                              f"{off_m:.1f} m beyond the layout's lanes (a route runs on the road: within a lane's "
                              f"width + {ROUTE_SLACK_M:g} m of some lane's centre line, never past a road's end)")
         self._check_route_from_the_ego()
+        if self.recorded_xy_m is not None:
+            recorded = np.asarray(self.recorded_xy_m, dtype=np.float64)
+            if recorded.ndim != 2 or recorded.shape[1] != 2 or len(recorded) < 2 or not np.isfinite(recorded).all():
+                raise ValueError(f"scenario {self.name!r}: recorded_xy_m must be [P >= 2, 2] finite metres (or None: "
+                                 f"along recorded_lane), got shape {recorded.shape}")
+            off_m, point = _route_off_road_m(self.layout, recorded)
+            if off_m > 0.0:
+                raise ValueError(f"scenario {self.name!r}: recorded_xy_m point {point} "
+                                 f"{recorded[point].round(1).tolist()} is {off_m:.1f} m beyond the layout's lanes (the "
+                                 "drive is recorded on the road)")
+            self.recorded_xy_m = recorded
 
     def _check_route_from_the_ego(self) -> None:
         """The route must pass the ego's start, run the ego's way there, and reach route_goal_m beyond it (the
@@ -112,7 +125,10 @@ class Scenario:
 
     @property
     def recorded_path_xy_m(self) -> np.ndarray:
-        """[P, 2] the recorded lane's centre line in its direction of travel (where the drive was recorded)."""
+        """[P, 2] where the drive was recorded: recorded_xy_m where given, else the recorded lane's centre line in
+        its direction of travel."""
+        if self.recorded_xy_m is not None:
+            return self.recorded_xy_m
         return self.layout.lanes[self.recorded_lane].travel_polyline()
 
 

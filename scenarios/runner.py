@@ -370,6 +370,7 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
         if scene_kind == "reconstruction":
             from neural_sensor.reconstruct.drive import reconstructed_scene
 
+            _say_if_the_route_leaves_the_recording(scenario)
             scene, scene_meta = reconstructed_scene(scenario.layout, scenario.recorded_path_xy_m,
                                                     voxel_m=scenario.voxel_m, cache_dir=options.cache_dir,
                                                     progress=options.progress,
@@ -419,6 +420,28 @@ def _run_with_agent(scenario: Scenario, options: RunOptions, ticks: int, agent, 
             enhancer.close()
         if keeper is not None:
             keeper.stop()
+
+
+ROUTE_FAR_FROM_RECORDING_M = 10.0  # a route going farther than this from where the drive was recorded is said
+
+
+def _say_if_the_route_leaves_the_recording(scenario: Scenario) -> float:
+    """The farthest the route goes (m) from the path its world's drive is recorded along, said on stderr beyond
+    ROUTE_FAR_FROM_RECORDING_M (a turn into a road the recording never drove: its images there are smeared)."""
+    from neural_sensor.scene.path import Path as Polyline
+
+    route = Polyline(scenario.route_xy_m)
+    stations = np.arange(0.0, route.length_m + 1.0, 2.0)
+    points = np.array([route.at(float(s))[0] for s in stations])
+    farthest = float(Polyline(scenario.recorded_path_xy_m).distances_m(points).max())
+    if farthest > ROUTE_FAR_FROM_RECORDING_M:
+        where = ("the path given as recorded_xy_m" if scenario.recorded_xy_m is not None
+                 else f"recorded_lane {scenario.recorded_lane}")
+        print(f"neural-sensor: warning: the route of scenario {scenario.name!r} goes {farthest:.0f} m from where its "
+              f"world's drive is recorded ({where}): the reconstruction has not seen the road there and its images "
+              "will be smeared; to record the drive along the route, give the Scenario recorded_xy_m=route_xy_m",
+              file=sys.stderr)
+    return farthest
 
 
 LOG_FAR_FROM_EGO_M = 20.0  # a drive log whose cameras all pass farther than this from a point of the ego's lane:
