@@ -6,11 +6,12 @@ OpenDRIVE maps with junctions.
 For each map, random pairs of waypoints off junctions are traced by the planner (libcarla's `carla.Map`
 built from the map's text: no server); the traced waypoints, in our frame, are the route, labelled by both.
 Reported per map: the routes whose sequence of junction commands (LEFT / RIGHT / STRAIGHT, in order) agree,
-the share of points with the same command and the differences ("the planner's -> ours"); apart for the routes on which the planner changes lanes
-(its trace jumps to the next lane in one step, which no driven route does). Maps: --xodr files, or, with
-SUMO's netgenerate and netconvert on PATH (pip install eclipse-sumo), generated grid, spider and random
-networks. CARLA's `agents` package is not on PyPI: point --agents-path at a folder holding it (CARLA's
-PythonAPI/carla). Prints one JSON object and a summary line; writes benchmarks/results/route-commands-<machine>.json.
+the share of points with the same command and the differences ("the planner's -> ours"); apart for the routes
+on which the planner changes lanes (its trace jumps to the next lane in one step, which no driven route does).
+Maps: --xodr files, or the intersection template's own export and, with SUMO's netgenerate and netconvert on
+PATH (pip install eclipse-sumo), generated grid, spider and random networks. CARLA's `agents` package is not on PyPI: point
+--agents-path at a folder holding it (CARLA's PythonAPI/carla). Prints one JSON object and a summary line;
+writes benchmarks/results/route-commands-<machine>.json.
 
     python benchmarks/route_commands.py --agents-path ~/carla/PythonAPI/carla [--xodr MAP.xodr ...] [--routes 300]
 """
@@ -57,7 +58,7 @@ def main() -> int:
         from agents.navigation.global_route_planner import GlobalRoutePlanner
     except ImportError as err:
         parser.error(f"--agents-path {args.agents_path}: CARLA's agents package not importable there ({err})")
-    maps = {path.stem: path.read_text() for path in args.xodr} or _generated_maps(parser)
+    maps = {path.stem: path.read_text() for path in args.xodr} or _default_maps()
     per_map = {}
     for name, text in maps.items():
         per_map[name] = _compare(carla, GlobalRoutePlanner, text, args.routes, args.seed)
@@ -72,11 +73,17 @@ def main() -> int:
     return 0
 
 
-def _generated_maps(parser) -> dict[str, str]:
+def _default_maps() -> dict[str, str]:
+    """The intersection template's export (one and two lanes each way), and the generated networks where SUMO's
+    tools are on PATH."""
+    from neural_sensor.scene.layout import intersection
+    from neural_sensor.scene.opendrive import layout_to_opendrive
+
+    maps = {f"template_four_way_{n}_lane": layout_to_opendrive(intersection(lanes_per_direction=n)) for n in (1, 2)}
     if not (shutil.which("netgenerate") and shutil.which("netconvert")):
-        parser.error("no --xodr maps given, and SUMO's netgenerate / netconvert are not on PATH "
-                     "(pip install eclipse-sumo)")
-    maps = {}
+        print("route_commands: SUMO's netgenerate / netconvert are not on PATH (pip install eclipse-sumo): the "
+              "template's maps only", file=sys.stderr)
+        return maps
     with tempfile.TemporaryDirectory() as folder:
         for name, options in GENERATED.items():
             net, xodr = Path(folder) / f"{name}.net.xml", Path(folder) / f"{name}.xodr"

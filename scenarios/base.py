@@ -163,42 +163,137 @@ def turn_route(layout: Layout, from_lane: int, to_lane: int, start_s_m: float, l
     """[P, 2] a route a point a metre (m, the layout's frame): along from_lane from start_s_m, turning into to_lane
     where their centre lines cross (an intersection's lanes) on a circular arc of radius_m (default
     TURN_RADIUS_M: right or left), then along to_lane, length_m in all or to to_lane's end. Raises ValueError
-    where the two lanes' centre lines do not cross ahead of start_s_m, or cross at under 20 degrees (no turn), or
-    the arc would begin behind start_s_m."""
+    naming the problem: lanes that are not the layout's, or whose centre lines do not cross ahead of start_s_m,
+    or cross at under 20 degrees (no turn); an arc that would begin behind start_s_m, leave the road (the largest
+    radius that stays on it is named) or turn tighter than MIN_TURN_RADIUS_M; a length that ends before the turn
+    does. Lanes that end where the next begins (a map's junction): `chain_route`."""
+    for name, lane in (("from_lane", from_lane), ("to_lane", to_lane)):
+        _check_lane(layout, lane, f"turn_route: {name}")
+    for name, value in (("start_s_m", start_s_m), ("length_m", length_m)):
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"turn_route: {name} must be a number of metres >= 0, got {value!r}")
     start = Path(layout.lanes[from_lane].travel_polyline())
     end = Path(layout.lanes[to_lane].travel_polyline())
+    if start_s_m > start.length_m:
+        raise ValueError(f"turn_route: start_s_m {start_s_m:g} is beyond lane {from_lane}'s end "
+                         f"({start.length_m:.1f} m long)")
     crossing = _first_crossing(start, end, start_s_m)
     if crossing is None:
         raise ValueError(f"turn_route: lane {from_lane}'s centre line does not cross lane {to_lane}'s beyond "
-                         f"{start_s_m:g} m (a turn goes from one road's lane into a crossing road's)")
+                         f"{start_s_m:g} m (a turn goes from one road's lane into a crossing road's; U-turns are not "
+                         "made here; lanes that end where the next begins, as a map's junction's: chain_route)")
     s_from, s_to = crossing
     heading_in, heading_out = start.at(s_from)[1], end.at(s_to)[1]
     turn = math.remainder(heading_out - heading_in, 2.0 * math.pi)  # counter-clockwise (left) positive
     if abs(turn) < math.radians(20.0):
         raise ValueError(f"turn_route: lanes {from_lane} and {to_lane} cross at {abs(math.degrees(turn)):.0f} "
                          "degrees: no turn (follow one lane with lane_route)")
-    radius = float(radius_m if radius_m is not None else TURN_RADIUS_M["left" if turn > 0 else "right"])
-    if not (math.isfinite(radius) and radius > 0.0):
-        raise ValueError(f"turn_route: radius_m must be a positive number of metres, got {radius_m!r}")
+    radius = radius_m if radius_m is not None else TURN_RADIUS_M["left" if turn > 0 else "right"]
+    if not (isinstance(radius, (int, float, np.integer, np.floating)) and math.isfinite(radius)
+            and radius >= MIN_TURN_RADIUS_M):
+        raise ValueError(f"turn_route: radius_m must be a number of metres >= {MIN_TURN_RADIUS_M:g} (a car's "
+                         f"turning circle), got {radius_m!r}")
+    radius = float(radius)
     tangent_m = radius * math.tan(abs(turn) / 2.0)  # from the arc's ends to where the centre lines cross
     if s_from - tangent_m < start_s_m:
         raise ValueError(f"turn_route: the turn's arc (radius {radius:g} m) would start {tangent_m:.1f} m before "
                          f"the crossing, behind start_s_m {start_s_m:g}: start earlier or give a smaller radius_m")
-    before = [start.at(float(s))[0] for s in np.arange(start_s_m, s_from - tangent_m, 1.0)]
-    p0, h0 = start.at(s_from - tangent_m)
-    side = math.copysign(1.0, turn)
-    centre = p0 + side * radius * np.array([-math.sin(h0), math.cos(h0)])
+    arc = _turn_arc(start, s_from - tangent_m, turn, radius)
+    off_m, where = _off_the_lanes_m(layout, _turn_arc(start, s_from - tangent_m, turn, radius, 0.1))
+    if off_m > TURN_OFF_ROAD_M:
+        fits = [r for r in np.arange(radius - 0.5, MIN_TURN_RADIUS_M - 1e-9, -0.5)
+                if _off_the_lanes_m(layout, _turn_arc(start, s_from - r * math.tan(abs(turn) / 2.0), turn, r,
+                                                      0.1))[0] <= TURN_OFF_ROAD_M]
+        raise ValueError(f"turn_route: the turn's arc (radius {radius:g} m) leaves the road by {off_m:.1f} m at "
+                         f"{np.round(where, 1).tolist()}: "
+                         + (f"give radius_m {fits[0]:g} or less" if fits else "no radius keeps it on the road"))
     arc_m = radius * abs(turn)
-    arc = [centre + radius * np.array([math.cos(a), math.sin(a)])
-           for a in h0 - side * math.pi / 2.0 + side * np.linspace(0.0, abs(turn), max(2, int(arc_m) + 2))]
+    before = [start.at(float(s))[0] for s in np.arange(start_s_m, s_from - tangent_m, 1.0)]
     left_m = min(length_m - (s_from - tangent_m - start_s_m) - arc_m, end.length_m - s_to - tangent_m)
     if left_m < 0.0:
         raise ValueError(f"turn_route: length_m {length_m:g} ends before the turn does "
                          f"({s_from - tangent_m - start_s_m + arc_m:.1f} m along the route)")
     after = [end.at(float(s))[0] for s in s_to + tangent_m + np.arange(1.0, left_m + 1e-9, 1.0)]
-    return np.asarray(before + arc + after)
+    return np.asarray(before + list(arc) + after)
 
 
+def chain_route(layout: Layout, lanes: list[int], start_s_m: float = 0.0, length_m: float | None = None
+                ) -> np.ndarray:
+    """[P, 2] a route a point a metre along lanes one after another, each beginning within CHAIN_GAP_M of where the
+    one before ends (a map's lanes through its junctions: `lanes_after` lists them), from start_s_m along the
+    first, length_m in all (None: to the last lane's end). Raises ValueError naming a lane that is not the
+    layout's or does not follow the one before."""
+    if isinstance(lanes, (int, np.integer)) or len(lanes) < 1:
+        raise ValueError(f"chain_route: lanes must be a list of lane indices, got {lanes!r}")
+    for lane in lanes:
+        _check_lane(layout, lane, "chain_route: lanes")
+    points = [layout.lanes[lanes[0]].travel_polyline()]
+    for before, after in zip(lanes, lanes[1:]):
+        if after not in lanes_after(layout, before):
+            raise ValueError(f"chain_route: lane {after} does not begin where lane {before} ends (within "
+                             f"{CHAIN_GAP_M:g} m, going on its way); lanes_after(layout, {before}) = "
+                             f"{lanes_after(layout, before)}")
+        points.append(layout.lanes[after].travel_polyline()[1:])
+    path = Path(np.concatenate(points))
+    end_m = path.length_m if length_m is None else start_s_m + length_m
+    if not (math.isfinite(start_s_m) and 0.0 <= start_s_m < path.length_m and math.isfinite(end_m)
+            and end_m > start_s_m):
+        raise ValueError(f"chain_route: start_s_m {start_s_m!r} and length_m {length_m!r} must lie along the "
+                         f"chain's {path.length_m:.1f} m, length_m > 0")
+    return np.array([path.at(float(s))[0] for s in np.append(np.arange(start_s_m, min(end_m, path.length_m), 1.0),
+                                                             min(end_m, path.length_m))])
+
+
+def lanes_after(layout: Layout, lane: int) -> list[int]:
+    """The lanes that begin where `lane` ends (within CHAIN_GAP_M) going on its way (turning by less than
+    CHAIN_TURN_DEG where they meet): at a map's junction, its connecting lanes; after one, the road beyond."""
+    _check_lane(layout, lane, "lanes_after: lane")
+    end = Path(layout.lanes[lane].travel_polyline())
+    tip, heading = end.at(end.length_m)
+    found = []
+    for index, other in enumerate(layout.lanes):
+        if index == lane:
+            continue
+        start = Path(other.travel_polyline())
+        begin, other_heading = start.at(0.0)
+        if (np.linalg.norm(begin - tip) <= CHAIN_GAP_M
+                and abs(math.remainder(other_heading - heading, 2.0 * math.pi)) < math.radians(CHAIN_TURN_DEG)):
+            found.append(index)
+    return found
+
+
+CHAIN_GAP_M = 0.5  # chain_route: a lane begins this near where the one before ends
+CHAIN_TURN_DEG = 100.0  # lanes_after: and turns by less than this from it (no U-turn)
+
+
+def _turn_arc(start: Path, s_m: float, turn_rad: float, radius_m: float, step_m: float = 1.0) -> np.ndarray:
+    """[K, 2] a circular arc of radius_m leaving the path at s_m along its heading, turning by turn_rad (left
+    positive), a point about every step_m."""
+    p0, h0 = start.at(s_m)
+    side = math.copysign(1.0, turn_rad)
+    centre = p0 + side * radius_m * np.array([-math.sin(h0), math.cos(h0)])
+    count = max(2, int(radius_m * abs(turn_rad) / step_m) + 2)
+    angles = h0 - side * math.pi / 2.0 + side * np.linspace(0.0, abs(turn_rad), count)
+    return centre + radius_m * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _off_the_lanes_m(layout: Layout, points_xy_m: np.ndarray) -> tuple[float, np.ndarray]:
+    """(metres, the point) of the point farthest outside every lane (0 where all lie on some lane)."""
+    outside = np.full(len(points_xy_m), np.inf)
+    for lane in layout.lanes:
+        outside = np.minimum(outside, Path(lane.centre_m).distances_m(points_xy_m) - lane.width_m / 2.0)
+    worst = int(np.argmax(outside))
+    return max(0.0, float(outside[worst])), points_xy_m[worst]
+
+
+def _check_lane(layout: Layout, lane, name: str) -> None:
+    """A lane index of the layout, or ValueError naming it (-1 is not the last lane here)."""
+    if isinstance(lane, bool) or not isinstance(lane, (int, np.integer)) or not 0 <= lane < len(layout.lanes):
+        raise ValueError(f"{name} must be a lane of the layout (0..{len(layout.lanes) - 1}), got {lane!r}")
+
+
+MIN_TURN_RADIUS_M = 4.0  # a car's turning circle (WHEELBASE_M / tan(MAX_STEER_RAD))
+TURN_OFF_ROAD_M = 0.25  # a turn's arc may pass this far beyond the lanes' edges (a corner's kerb), no farther
 TURN_RADIUS_M = {"right": 5.0, "left": 6.0}  # turn_route's default arcs (an urban corner, inside the junction)
 
 

@@ -27,6 +27,7 @@ from neural_sensor.scene.path import Path
 
 JUNCTION_CROSSING_DEG = 30.0  # two lanes under a point at more than this to each other: a junction
 JUNCTION_MERGE_M = 3.0  # junction stretches closer than this along the route are one junction
+JUNCTION_EDGE_M = 2.0  # a route ending less than this into a junction ends at its edge (no turn taken)
 TURN_REACH_M = 10.0  # a junction's stretch reaches out at most this far along the route while it bends
 BENDING_RAD_PER_M = 1.0 / 60.0  # the route bends where its heading turns faster than this (a radius under 60 m)
 TURN_STRAIGHT_DEG = 35.0  # GlobalRoutePlanner._turn_decision's threshold
@@ -48,13 +49,15 @@ def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray
     path = Path(route_xy_m)
     points, headings = zip(*(path.at(float(s)) for s in stations_m))
     points, headings = np.asarray(points), np.unwrap(np.asarray(headings))
-    crossing, lane_of, lateral_of, ahead_of = _lanes_under(layout.lanes, points, headings)
+    crossing, lane_of, lateral_of, ahead_of, lane_heading_of = _lanes_under(layout.lanes, points, headings)
     if layout.opendrive is not None:
         crossing = _lanes_under(junction_lanes(layout.opendrive), points, headings, any_lane=True)[0]
     junction = _merged(crossing, stations_m, JUNCTION_MERGE_M)
     options = ["LANEFOLLOW"] * len(stations_m)
     turning = np.zeros(len(stations_m), bool)
     for first, last in _runs(junction):
+        if first == 0 or (last == len(stations_m) - 1 and stations_m[last] - stations_m[first] < JUNCTION_EDGE_M):
+            continue  # a route starting in a junction, or ending at its edge: no turn to tell (the planner's too)
         first, last = _while_bending(headings, stations_m, first, last)
         turning[first:last + 1] = True
         before, after = headings[max(first - 1, 0)], headings[min(last + 1, len(headings) - 1)]
@@ -63,7 +66,7 @@ def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray
             turn = math.remainder(turn, 2.0 * math.pi)  # (beyond it, a U-turn: its way round kept)
         option = "STRAIGHT" if abs(turn) < math.radians(TURN_STRAIGHT_DEG) else ("LEFT" if turn > 0 else "RIGHT")
         options[first:last + 1] = [option] * (last + 1 - first)
-    for start, side in _lane_changes(lane_of, lateral_of, ahead_of, turning):
+    for start, side in _lane_changes(lane_of, lateral_of, ahead_of, lane_heading_of, turning):
         options[start] = "CHANGELANELEFT" if side > 0 else "CHANGELANERIGHT"
     return options
 
@@ -71,15 +74,15 @@ def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray
 def _lanes_under(lanes: list[Lane], points: np.ndarray, headings: np.ndarray, any_lane: bool = False):
     """Per point [N]: whether two lanes under it cross (at more than JUNCTION_CROSSING_DEG; any_lane: whether any
     lane is under it), the lane the route is in (its index, -1 for none: the nearest lane under it running the
-    route's way), the point's signed lateral offset from that lane's centre (left positive) and how far that lane
-    goes on beyond the point (m)."""
+    route's way), the point's signed lateral offset from that lane's centre (left positive), how far that lane
+    goes on beyond the point (m) and its heading there (rad)."""
     n = len(points)
     any_under = np.zeros(n, bool)
     crossing = np.zeros(n, bool)
     first_axis = np.full((n, 2), np.nan)  # the first lane under each point: its direction, doubled (undirected)
     lane_of = np.full(n, -1)
     best_m = np.full(n, np.inf)
-    lateral_of, ahead_of = np.zeros(n), np.zeros(n)
+    lateral_of, ahead_of, heading_of = np.zeros(n), np.zeros(n), np.zeros(n)
     low, high = points.min(axis=0), points.max(axis=0)
     for index, lane in enumerate(lanes):
         centre = lane.travel_polyline()
@@ -99,8 +102,8 @@ def _lanes_under(lanes: list[Lane], points: np.ndarray, headings: np.ndarray, an
         angle = np.abs(np.remainder(lane_heading - headings + np.pi, 2.0 * np.pi) - np.pi)  # [0, pi]
         mine = under & (angle < math.radians(SAME_LANE_DEG)) & (distance < best_m)
         lane_of[mine], best_m[mine], lateral_of[mine] = index, distance[mine], lateral[mine]
-        ahead_of[mine] = lane_path.length_m - along[mine]
-    return (any_under if any_lane else crossing), lane_of, lateral_of, ahead_of
+        ahead_of[mine], heading_of[mine] = lane_path.length_m - along[mine], lane_heading[mine]
+    return (any_under if any_lane else crossing), lane_of, lateral_of, ahead_of, heading_of
 
 
 def _while_bending(headings: np.ndarray, stations_m: np.ndarray, first: int, last: int) -> tuple[int, int]:
@@ -135,10 +138,11 @@ def _merged(flags: np.ndarray, stations_m: np.ndarray, gap_m: float) -> np.ndarr
     return out
 
 
-def _lane_changes(lane_of: np.ndarray, lateral_of: np.ndarray, ahead_of: np.ndarray,
+def _lane_changes(lane_of: np.ndarray, lateral_of: np.ndarray, ahead_of: np.ndarray, heading_of: np.ndarray,
                   junction: np.ndarray) -> list[tuple[int, float]]:
     """(the point where the route starts to leave its lane, the side it leaves to: + left) for each move outside
-    junctions from one lane to another beside it (the old lane going on LANE_GOES_ON_M beyond)."""
+    junctions from one lane to another beside it (the old lane going on LANE_GOES_ON_M beyond, the two running
+    the same way within SAME_LANE_DEG: a U-turn onto the oncoming lane is none)."""
     changes = []
     previous, since, last = -1, 0, 0  # the lane the route was last in, where the route may start to leave it
     for i, lane in enumerate(lane_of):   # from, and the last point in it
@@ -147,7 +151,8 @@ def _lane_changes(lane_of: np.ndarray, lateral_of: np.ndarray, ahead_of: np.ndar
             continue
         if lane < 0:
             continue
-        if previous >= 0 and lane != previous and ahead_of[last] >= LANE_GOES_ON_M:
+        alongside = abs(math.remainder(heading_of[i] - heading_of[last], 2.0 * math.pi)) < math.radians(SAME_LANE_DEG)
+        if previous >= 0 and lane != previous and ahead_of[last] >= LANE_GOES_ON_M and alongside:
             near = [k for k in range(since, last + 1)
                      if lane_of[k] == previous and abs(lateral_of[k]) <= LANE_CHANGE_START_M]
             side = lateral_of[last] if abs(lateral_of[last]) > LANE_CHANGE_START_M else -lateral_of[i]

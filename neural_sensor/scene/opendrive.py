@@ -617,7 +617,8 @@ def _four_way_crossing(references: list[RoadReference]) -> tuple[np.ndarray, flo
     if len(references) != 2:
         return None
     a, b = references
-    if (a.right_widths_m, a.left_widths_m) != (b.right_widths_m, b.left_widths_m) or a.right_widths_m != a.left_widths_m:
+    if (a.right_widths_m, a.left_widths_m) != (b.right_widths_m, b.left_widths_m) \
+            or a.right_widths_m != a.left_widths_m:
         return None
     lines = []
     for ref in references:
