@@ -58,7 +58,7 @@ class BuiltinAgent:
         # the route's curvature a metre apart (its heading's change over CURVE_WINDOW_M): the cruise speed is
         # held to what a turn allows (CURVE_LATERAL_MPS2 across it), braking for it in time (CURVE_BRAKE_MPS2)
         self.stations_m = np.arange(0.0, self.route.length_m + 1.0, 1.0)
-        headings = np.unwrap([self.route.at(float(s))[1] for s in self.stations_m])
+        headings = np.unwrap(self.route.chord_headings(self.stations_m))
         half = int(CURVE_WINDOW_M // 2)
         ahead = np.concatenate([headings[half:], np.full(half, headings[-1])])
         behind = np.concatenate([np.full(half, headings[0]), headings[:-half]])
@@ -74,9 +74,7 @@ class BuiltinAgent:
         # lateral: pure pursuit towards a point one look-ahead distance along the route (a shorter one through a
         # turn that holds the speed down: the long one cuts the corner and swings wide out of it)
         s, _ = self.route.project(xy)
-        lookahead = max(4.0, 0.9 * speed)
-        if self._turn_within(s, lookahead):
-            lookahead = max(2.5, 0.5 * speed)
+        lookahead = self._lookahead_m(s, speed)
         target, _ = self.route.at(s + lookahead)
         rel = target - xy
         alpha = math.atan2(rel[1], rel[0]) - yaw
@@ -99,6 +97,12 @@ class BuiltinAgent:
         throttle = float(np.clip(accel / 3.5, 0.0, 1.0))
         brake = float(np.clip(-accel / 6.0, 0.0, 1.0)) if accel < -0.3 else 0.0
         return VehicleControl(throttle, steer, brake)
+
+    def _lookahead_m(self, s_m: float, speed_mps: float) -> float:
+        """How far ahead along the route the pure pursuit aims: max(6, 0.9 v), or max(2.5, 0.5 v) where a turn
+        within that distance holds the speed down."""
+        lookahead = max(6.0, 0.9 * speed_mps)
+        return max(2.5, 0.5 * speed_mps) if self._turn_within(s_m, lookahead) else lookahead
 
     def _turn_within(self, s_m: float, ahead_m: float) -> bool:
         """Whether the route between s_m and ahead_m beyond it turns too sharply for the cruise speed."""

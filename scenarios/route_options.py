@@ -17,6 +17,7 @@ oncoming lane (no lane-change edge joins them), is not one.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,8 +35,9 @@ TURN_STRAIGHT_DEG = 35.0  # GlobalRoutePlanner._turn_decision's threshold
 U_TURN_DEG = 150.0  # a turn sharper than this is a U-turn: left or right as the route goes round
 SAME_LANE_DEG = 30.0  # a lane within this of the route's heading, under it, is the lane the route is in
 LANE_GOES_ON_M = 2.0  # a lane change leaves a lane that goes on at least this far beyond the route's last point in it
-LANE_CHANGE_START_M = 0.25  # a lane change starts where the route was last this near its old lane's centre
+LANE_CHANGE_START_M = 0.25  # a lane change starts where the route was last this near its usual place in its lane
 LANE_EDGE_SLACK_M = 0.05  # a point this far beyond a lane's half width is still on it (a shared boundary)
+NEAREST_BLOCK = 512  # route points measured against a lane at a time
 
 
 def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray) -> list[str]:
@@ -47,17 +49,17 @@ def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray
     assert stations_m.ndim == 1 and len(stations_m) >= 1, stations_m.shape
     assert np.isfinite(stations_m).all() and (np.diff(stations_m) >= 0).all(), "stations_m ascending and finite"
     path = Path(route_xy_m)
-    points, headings = zip(*(path.at(float(s)) for s in stations_m))
-    points, headings = np.asarray(points), np.unwrap(np.asarray(headings))
+    points = np.array([path.at(float(s))[0] for s in stations_m])
+    headings = np.unwrap(path.chord_headings(stations_m, 0.5))  # (a noisy route's segments jitter)
     crossing, lane_of, lateral_of, ahead_of, lane_heading_of = _lanes_under(layout.lanes, points, headings)
     if layout.opendrive is not None:
-        crossing = _lanes_under(junction_lanes(layout.opendrive), points, headings, any_lane=True)[0]
+        crossing = _lanes_under(_junction_lanes(layout.opendrive), points, headings, any_lane=True)[0]
     junction = _merged(crossing, stations_m, JUNCTION_MERGE_M)
     options = ["LANEFOLLOW"] * len(stations_m)
     turning = np.zeros(len(stations_m), bool)
     for first, last in _runs(junction):
         if first == 0 or (last == len(stations_m) - 1 and stations_m[last] - stations_m[first] < JUNCTION_EDGE_M):
-            continue  # a route starting in a junction, or ending at its edge: no turn to tell (the planner's too)
+            continue  # a route starting in a junction, or ending at its edge: no turn to judge from where it starts
         first, last = _while_bending(headings, stations_m, first, last)
         turning[first:last + 1] = True
         before, after = headings[max(first - 1, 0)], headings[min(last + 1, len(headings) - 1)]
@@ -69,6 +71,12 @@ def route_options(layout: Layout, route_xy_m: np.ndarray, stations_m: np.ndarray
     for start, side in _lane_changes(lane_of, lateral_of, ahead_of, lane_heading_of, turning):
         options[start] = "CHANGELANELEFT" if side > 0 else "CHANGELANERIGHT"
     return options
+
+
+@functools.lru_cache(maxsize=4)
+def _junction_lanes(xodr: str) -> list[Lane]:
+    """`junction_lanes` of a map, read once per map (a route after another on the same map)."""
+    return junction_lanes(xodr)
 
 
 def _lanes_under(lanes: list[Lane], points: np.ndarray, headings: np.ndarray, any_lane: bool = False):
@@ -83,26 +91,31 @@ def _lanes_under(lanes: list[Lane], points: np.ndarray, headings: np.ndarray, an
     lane_of = np.full(n, -1)
     best_m = np.full(n, np.inf)
     lateral_of, ahead_of, heading_of = np.zeros(n), np.zeros(n), np.zeros(n)
-    low, high = points.min(axis=0), points.max(axis=0)
     for index, lane in enumerate(lanes):
         centre = lane.travel_polyline()
         reach = lane.width_m / 2.0 + LANE_EDGE_SLACK_M
-        if (centre.max(axis=0) < low - reach).any() or (centre.min(axis=0) > high + reach).any():
+        # only the route's points near the lane's box, a block at a time (a big map's lanes by a long route)
+        near = np.flatnonzero(((points >= centre.min(axis=0) - reach) & (points <= centre.max(axis=0) + reach))
+                              .all(axis=1))
+        if not len(near):
             continue
         lane_path = Path(centre)
-        distance, lateral, lane_heading, along = lane_path.nearest(points)
-        under = (distance <= reach) & (along > 0.0) & (along < lane_path.length_m)  # (not beyond its ends)
-        axis = np.stack([np.cos(2.0 * lane_heading), np.sin(2.0 * lane_heading)], axis=1)
-        seen = under & ~np.isnan(first_axis[:, 0])
-        crossing |= seen & (np.einsum("nd,nd->n", np.nan_to_num(first_axis), axis)
-                            < math.cos(math.radians(2.0 * JUNCTION_CROSSING_DEG)))
-        new = under & np.isnan(first_axis[:, 0])
-        first_axis[new] = axis[new]
-        any_under |= under
-        angle = np.abs(np.remainder(lane_heading - headings + np.pi, 2.0 * np.pi) - np.pi)  # [0, pi]
-        mine = under & (angle < math.radians(SAME_LANE_DEG)) & (distance < best_m)
-        lane_of[mine], best_m[mine], lateral_of[mine] = index, distance[mine], lateral[mine]
-        ahead_of[mine], heading_of[mine] = lane_path.length_m - along[mine], lane_heading[mine]
+        for block in np.array_split(near, max(1, len(near) // NEAREST_BLOCK)):
+            distance, lateral, lane_heading, along = lane_path.nearest(points[block])
+            under = (distance <= reach) & (along > 0.0) & (along < lane_path.length_m)  # (not beyond its ends)
+            at = block[under]
+            distance, lateral, lane_heading, along = distance[under], lateral[under], lane_heading[under], along[under]
+            axis = np.stack([np.cos(2.0 * lane_heading), np.sin(2.0 * lane_heading)], axis=1)
+            seen = ~np.isnan(first_axis[at, 0])
+            crossing[at] |= seen & (np.einsum("nd,nd->n", np.nan_to_num(first_axis[at]), axis)
+                                    < math.cos(math.radians(2.0 * JUNCTION_CROSSING_DEG)))
+            first_axis[at[~seen]] = axis[~seen]
+            any_under[at] = True
+            angle = np.abs(np.remainder(lane_heading - headings[at] + np.pi, 2.0 * np.pi) - np.pi)  # [0, pi]
+            mine = (angle < math.radians(SAME_LANE_DEG)) & (distance < best_m[at])
+            rows = at[mine]
+            lane_of[rows], best_m[rows], lateral_of[rows] = index, distance[mine], lateral[mine]
+            ahead_of[rows], heading_of[rows] = lane_path.length_m - along[mine], lane_heading[mine]
     return (any_under if any_lane else crossing), lane_of, lateral_of, ahead_of, heading_of
 
 
@@ -153,8 +166,9 @@ def _lane_changes(lane_of: np.ndarray, lateral_of: np.ndarray, ahead_of: np.ndar
             continue
         alongside = abs(math.remainder(heading_of[i] - heading_of[last], 2.0 * math.pi)) < math.radians(SAME_LANE_DEG)
         if previous >= 0 and lane != previous and ahead_of[last] >= LANE_GOES_ON_M and alongside:
-            near = [k for k in range(since, last + 1)
-                     if lane_of[k] == previous and abs(lateral_of[k]) <= LANE_CHANGE_START_M]
+            own = [k for k in range(since, last + 1) if lane_of[k] == previous]
+            usual = float(np.median(lateral_of[own]))  # (a route may run beside its lane's centre line)
+            near = [k for k in own if abs(lateral_of[k] - usual) <= LANE_CHANGE_START_M]
             side = lateral_of[last] if abs(lateral_of[last]) > LANE_CHANGE_START_M else -lateral_of[i]
             changes.append((near[-1] if near else since, float(side)))
             since = i

@@ -528,7 +528,7 @@ def test_the_intersection_template_is_exported_with_its_junction(lanes):
     turn there and its traffic manager drove straight on. Now four arms from the junction's edge and a connecting
     road for each way through, which join the arms' lanes end to start."""
     from neural_sensor.scene.layout import intersection
-    from neural_sensor.scene.opendrive import junction_lanes
+    from neural_sensor.scene.opendrive import JUNCTION_RIGHT_TURN_M, junction_lanes
 
     layout = intersection(lanes_per_direction=lanes)
     text = layout_to_opendrive(layout)
@@ -549,9 +549,12 @@ def test_the_intersection_template_is_exported_with_its_junction(lanes):
         path = lane.travel_polyline()
         assert np.linalg.norm(arm_ends - path[0], axis=1).min() < 1e-3  # from where an arm's lane comes in
         assert np.linalg.norm(arm_starts - path[-1], axis=1).min() < 1e-3  # to where another's goes out
-    # every lane of the template lies on the arms' lanes outside the junction
+    # every lane of the template lies on the arms' lanes outside the junction, which reaches as far as a right
+    # turn's lane needs for a 5 m radius (its own crossing square would have given it 1.75 m)
+    edge_m = JUNCTION_RIGHT_TURN_M + 3.5 * (lanes - 0.5)
+    assert min(np.abs(lane.centre_m).max(axis=1).min() for lane in arms) == pytest.approx(edge_m)
     for lane in layout.lanes:
-        outside = lane.centre_m[np.abs(lane.centre_m).max(axis=1) > 3.5 * lanes + 0.01]
+        outside = lane.centre_m[np.abs(lane.centre_m).max(axis=1) > edge_m + 0.01]
         nearest = np.min([_segment_distances(outside, other.centre_m)[0] for other in arms], axis=0)
         assert nearest.max() < 0.01
 
@@ -563,8 +566,8 @@ def test_carla_routes_a_turn_through_the_exported_junction():
     carla_map = carla.Map("intersection", layout_to_opendrive(intersection()))
     waypoints = carla_map.generate_waypoints(2.0)
     assert sum(w.is_junction for w in waypoints) > 0
-    # the lane running +x (CARLA: y = +1.75, the y axis flipped), 6 m before the junction's edge at x = -3.5
-    approach = carla_map.get_waypoint(carla.Location(-9.5, 1.75, 0.0))
+    # the lane running +x (CARLA: y = +1.75, the y axis flipped), 3 m before the junction's edge at x = -6.75
+    approach = carla_map.get_waypoint(carla.Location(-9.75, 1.75, 0.0))
     ahead = approach.next(8.0)
     assert len(ahead) == 3 and all(w.is_junction for w in ahead)  # straight on, left and right
     exits = sorted((round(w.next(10.0)[0].transform.location.x), round(w.next(10.0)[0].transform.location.y))

@@ -608,6 +608,7 @@ def layout_to_opendrive(layout: Layout, *, name: str | None = None) -> str:
 
 
 JUNCTION_ID = 1000  # the id of the four-way junction's <junction> (roads are numbered from 1)
+JUNCTION_RIGHT_TURN_M = 5.0  # the radius of a right turn's lane through the four-way junction
 
 
 def _four_way_crossing(references: list[RoadReference]) -> tuple[np.ndarray, float] | None:
@@ -634,14 +635,18 @@ def _four_way_crossing(references: list[RoadReference]) -> tuple[np.ndarray, flo
     # pa + t da = pb + u db
     t, u = np.linalg.solve(np.stack([da, -db], axis=1), pb - pa)
     half = float(sum(a.right_widths_m))
-    if min(t, la - t, u, lb - u) < 2.0 * half:
+    if min(t, la - t, u, lb - u) < 2.0 * half + JUNCTION_RIGHT_TURN_M:
         return None
     return pa + t * da, half
 
 
 def _write_four_way(root, references: list[RoadReference], centre: np.ndarray, half_m: float) -> None:
     """The four arms (reference lines from the junction's edge outwards: their left lanes come in, their right
-    lanes go out) and the junction's connecting roads (right lanes only, from an arm's edge to another's)."""
+    lanes go out) and the junction's connecting roads (right lanes only, from an arm's edge to another's). The
+    junction reaches JUNCTION_RIGHT_TURN_M beyond the outer lanes' centre lines, so that a right turn's lane is an
+    arc of that radius (the roads' own crossing square would give it half a lane)."""
+    outer = references[0].left_widths_m
+    half_m = max(half_m, JUNCTION_RIGHT_TURN_M + sum(outer[:-1]) + outer[-1] / 2.0)  # (where the arms begin)
     arms = []  # (road id, unit direction outwards, reference) per arm
     for ref in references:
         start, end = ref.points_m[0], ref.points_m[-1]

@@ -53,6 +53,16 @@ class Path:
         distance = np.linalg.norm(rel - t[..., None] * self.dirs[None, :, :2], axis=2)
         return np.where(usable[None], distance, np.inf).min(axis=1)
 
+    def chord_headings(self, stations_m: np.ndarray, half_m: float = 1.0) -> np.ndarray:
+        """[N] the heading (rad) at each arc length of stations_m [N]: of the chord from half_m before it to half_m
+        after it (clamped to the ends), so a densely sampled noisy polyline's segments do not jitter it."""
+        stations_m = np.asarray(stations_m, dtype=np.float64)
+        assert stations_m.ndim == 1, stations_m.shape
+        before = np.array([self.at(float(s))[0] for s in np.clip(stations_m - half_m, 0.0, self.length_m)])
+        after = np.array([self.at(float(s))[0] for s in np.clip(stations_m + half_m, 0.0, self.length_m)])
+        step = after[:, :2] - before[:, :2]
+        return np.arctan2(step[:, 1], step[:, 0])
+
     def nearest(self, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each point's nearest place on the polyline (not beyond its ends): ([P] distance m, [P] signed lateral
         offset m, left positive, [P] the heading there, rad, [P] its arc length m); points_xy [P, 2]."""
