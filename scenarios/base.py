@@ -52,11 +52,7 @@ class Scenario:
             raise ValueError(f"scenario {self.name!r}: ego must be an EgoStart, got {type(self.ego).__name__}")
         if not isinstance(self.agents, (list, tuple)) or not all(isinstance(a, AgentSpec) for a in self.agents):
             raise ValueError(f"scenario {self.name!r}: agents must be a list of AgentSpec")
-        lanes = len(self.layout.lanes)
-        if isinstance(self.recorded_lane, bool) or not isinstance(self.recorded_lane, (int, np.integer)) \
-                or not 0 <= self.recorded_lane < lanes:
-            raise ValueError(f"scenario {self.name!r}: recorded_lane must be a lane of the layout (0..{lanes - 1}), "
-                             f"got {self.recorded_lane!r}")
+        _check_lane(self.layout, self.recorded_lane, f"scenario {self.name!r}: recorded_lane")
         route = np.asarray(self.route_xy_m, dtype=np.float64) if self.route_xy_m is not None else np.zeros(0)
         if route.ndim != 2 or route.shape[1] != 2 or len(route) < 2 or not np.isfinite(route).all():
             raise ValueError(f"scenario {self.name!r}: route_xy_m must be [P >= 2, 2] finite metres, got shape "
@@ -132,14 +128,15 @@ class Scenario:
         return self.layout.lanes[self.recorded_lane].travel_polyline()
 
 
-def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray) -> tuple[float, int]:
+def _route_off_road_m(layout: Layout, route_xy_m: np.ndarray, width_share: float = 1.0,
+                      slack_m: float = ROUTE_SLACK_M) -> tuple[float, int]:
     """(metres, index) of the route point farthest beyond the road: its distance to the nearest lane's centre
-    polyline less that lane's width and ROUTE_SLACK_M (0 where every point is within that of some lane).
+    polyline less width_share of that lane's width and slack_m (0 where every point is within that of some lane).
     route_xy_m [P, 2]."""
     assert route_xy_m.ndim == 2 and route_xy_m.shape[1] == 2, route_xy_m.shape
     excess = np.full(len(route_xy_m), np.inf)
     for lane in layout.lanes:
-        excess = np.minimum(excess, Path(lane.centre_m).distances_m(route_xy_m) - lane.width_m - ROUTE_SLACK_M)
+        excess = np.minimum(excess, Path(lane.centre_m).distances_m(route_xy_m) - width_share * lane.width_m - slack_m)
     worst = int(np.argmax(excess))
     return max(0.0, float(excess[worst])), worst
 
@@ -199,11 +196,13 @@ def turn_route(layout: Layout, from_lane: int, to_lane: int, start_s_m: float, l
         raise ValueError(f"turn_route: the turn's arc (radius {radius:g} m) would start {tangent_m:.1f} m before "
                          f"the crossing, behind start_s_m {start_s_m:g}: start earlier or give a smaller radius_m")
     arc = _turn_arc(start, s_from - tangent_m, turn, radius)
-    off_m, where = _off_the_lanes_m(layout, _turn_arc(start, s_from - tangent_m, turn, radius, 0.1))
+    fine_arc = _turn_arc(start, s_from - tangent_m, turn, radius, 0.1)
+    off_m, worst = _route_off_road_m(layout, fine_arc, 0.5, 0.0)  # (beyond the lanes' edges)
+    where = fine_arc[worst]
     if off_m > TURN_OFF_ROAD_M:
         fits = [r for r in np.arange(radius - 0.5, MIN_TURN_RADIUS_M - 1e-9, -0.5)
-                if _off_the_lanes_m(layout, _turn_arc(start, s_from - r * math.tan(abs(turn) / 2.0), turn, r,
-                                                      0.1))[0] <= TURN_OFF_ROAD_M]
+                if _route_off_road_m(layout, _turn_arc(start, s_from - r * math.tan(abs(turn) / 2.0), turn, r, 0.1),
+                                     0.5, 0.0)[0] <= TURN_OFF_ROAD_M]
         raise ValueError(f"turn_route: the turn's arc (radius {radius:g} m) leaves the road by {off_m:.1f} m at "
                          f"{np.round(where, 1).tolist()}: "
                          + (f"give radius_m {fits[0]:g} or less" if fits else "no radius keeps it on the road"))
@@ -275,15 +274,6 @@ def _turn_arc(start: Path, s_m: float, turn_rad: float, radius_m: float, step_m:
     count = max(2, int(radius_m * abs(turn_rad) / step_m) + 2)
     angles = h0 - side * math.pi / 2.0 + side * np.linspace(0.0, abs(turn_rad), count)
     return centre + radius_m * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _off_the_lanes_m(layout: Layout, points_xy_m: np.ndarray) -> tuple[float, np.ndarray]:
-    """(metres, the point) of the point farthest outside every lane (0 where all lie on some lane)."""
-    outside = np.full(len(points_xy_m), np.inf)
-    for lane in layout.lanes:
-        outside = np.minimum(outside, Path(lane.centre_m).distances_m(points_xy_m) - lane.width_m / 2.0)
-    worst = int(np.argmax(outside))
-    return max(0.0, float(outside[worst])), points_xy_m[worst]
 
 
 def _check_lane(layout: Layout, lane, name: str) -> None:
