@@ -1,4 +1,5 @@
-"""The built-in driving agent: lane keeping (pure pursuit on the route) and adaptive cruise control.
+"""The built-in driving agent: lane keeping (pure pursuit on the route), adaptive cruise control, and yielding to
+road users whose way crosses its route (oncoming traffic across a left turn, a pedestrian about to step out).
 
 It has the CARLA leaderboard's face: `sensors()` lists leaderboard sensor dicts
 (UE frame, degrees), `run_step(input_data, timestamp) -> control`. Besides the
@@ -44,10 +45,26 @@ CURVE_LATERAL_MPS2 = 5.0  # the built-in agent takes a turn no faster than this 
 CURVE_BRAKE_MPS2 = 1.5  # and slows for it at this
 CURVE_WINDOW_M = 4  # over this much of the route its curvature is measured (an even number of metres)
 CURVE_PREVIEW_S = 1.0  # the speed for a turn is asked for this much earlier (the cruise controller's lag)
+# yielding: another road user's way is predicted YIELD_HORIZON_S ahead (constant speed and turn rate); where it
+# enters the route's corridor the agent passes only if it clears that place YIELD_GAP_S before the other arrives, or
+# gets there YIELD_GAP_S after the other has left (taking off at YIELD_ACCEL_MPS2); else it stops YIELD_STOP_M short
+YIELD_HORIZON_S = 6.0
+YIELD_STEP_S = 0.2
+YIELD_GAP_S = 1.5
+YIELD_ACCEL_MPS2 = 2.0
+YIELD_BRAKE_MPS2 = 3.0
+YIELD_STOP_M = 2.0
+TURN_RATE_S = 2.0  # another road user's turn rate is its heading's change over this long (at least half of it seen)
+HEAD_ON_DEG = 20.0  # a moving road user's way within this of head-on along the route is not a crossing (the cruise
+#                     controller's, as a car ahead in the lane: a prediction's drift on a bend is not a conflict)
+CORRIDOR_MARGIN_M = 0.4  # the corridor is the ego's and the other's half-widths plus this
+HOLD_BELOW_MPS = 0.1  # asked for less than this below 1 m/s, the agent brakes fully and stands
+STATION_M = 0.5  # the route's stations for yielding, this far apart
 
 
 class BuiltinAgent:
-    """Pure-pursuit lane keeping on the route plus a time-gap cruise controller."""
+    """Pure-pursuit lane keeping on the route, a time-gap cruise controller behind what is ahead in its lane, and
+    yielding where another road user's predicted way crosses the route ahead (`_yield_limit_mps`)."""
 
     def __init__(self, route_xy_m: np.ndarray, target_speed_mps: float = 10.0, width: int = 480, height: int = 270):
         self.route = Path(np.asarray(route_xy_m, dtype=np.float64))
@@ -63,6 +80,12 @@ class BuiltinAgent:
         ahead = np.concatenate([headings[half:], np.full(half, headings[-1])])
         behind = np.concatenate([np.full(half, headings[0]), headings[:-half]])
         self.curve_speed_mps = np.sqrt(CURVE_LATERAL_MPS2 / np.maximum(np.abs(ahead - behind) / (2 * half), 1e-6))
+        # the route every STATION_M for yielding: points, unit tangents and headings
+        self.yield_stations_m = np.arange(0.0, self.route.length_m + 1e-9, STATION_M)
+        self.yield_headings = np.unwrap(self.route.chord_headings(self.yield_stations_m, STATION_M))
+        self.yield_tangents = np.stack([np.cos(self.yield_headings), np.sin(self.yield_headings)], axis=1)
+        self.yield_xy_m = np.array([self.route.at(float(v))[0][:2] for v in self.yield_stations_m])
+        self._seen: dict[int, list[tuple[float, float]]] = {}  # agent id -> its (timestamp s, yaw rad) lately
 
     def sensors(self) -> list[dict]:
         return nuscenes_like_sensors(self.width, self.height)
@@ -83,19 +106,26 @@ class BuiltinAgent:
         steer = float(np.clip(-delta / MAX_STEER_RAD, -1.0, 1.0))  # CARLA: positive steer turns right
         # longitudinal: follow the closest agent in our corridor ahead, else cruise (no faster than the turns ahead
         # allow)
-        desired = min(self.target_speed_mps, self._curve_limit_mps(s, speed * CURVE_PREVIEW_S))
+        cruise = min(self.target_speed_mps, self._curve_limit_mps(s, speed * CURVE_PREVIEW_S))
+        desired = cruise
         inv = np.linalg.inv(ego.pose_agent_to_world)
+        ahead = set()
         for agent in snapshot.agents:
             local = inv @ np.append(agent.position_m, 1.0)
-            if local[0] <= 0 or local[0] > 60 or abs(local[1]) > 0.5 * (ego.size_m[1] + agent.size_m[1]) + 0.4:
+            if (local[0] <= 0 or local[0] > 60
+                    or abs(local[1]) > 0.5 * (ego.size_m[1] + agent.size_m[1]) + CORRIDOR_MARGIN_M):
                 continue
+            ahead.add(agent.agent_id)
             gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
             lead_speed = max(0.0, math.cos(agent.yaw_rad - yaw) * agent.speed_mps)
             safe = max(0.0, (gap - self.standstill_gap_m) / self.time_gap_s)
             desired = min(desired, lead_speed + 0.5 * (safe - lead_speed), safe)
+        desired = min(desired, self._yield_limit_mps(snapshot, s, speed, cruise, ahead))
         accel = 0.8 * (desired - speed)
         throttle = float(np.clip(accel / 3.5, 0.0, 1.0))
         brake = float(np.clip(-accel / 6.0, 0.0, 1.0)) if accel < -0.3 else 0.0
+        if desired < HOLD_BELOW_MPS and speed < 1.0:
+            brake = 1.0  # asked to stand: it holds (the dead band let it creep on into what it waited behind)
         return VehicleControl(throttle, steer, brake)
 
     def _lookahead_m(self, s_m: float, speed_mps: float) -> float:
@@ -118,8 +148,105 @@ class BuiltinAgent:
             return math.inf
         return float(np.min(np.sqrt(self.curve_speed_mps[ahead] ** 2 + 2.0 * CURVE_BRAKE_MPS2 * distance_m)))
 
+    def _yield_limit_mps(self, snapshot, s_m: float, speed_mps: float, cruise_mps: float, skip_ids: set) -> float:
+        """The speed from which the ego can still stop YIELD_STOP_M short of the first place ahead on its route
+        where another road user's predicted way crosses it too close in time (math.inf if none).
+
+        Each agent seen for at least half of TURN_RATE_S (its turn rate is its yaw's change over that) and not in
+        skip_ids (what the cruise controller follows) is moved ahead at its speed and turn rate, every YIELD_STEP_S for
+        YIELD_HORIZON_S; its box, turned to the route there, is in the route's corridor where its half-width
+        across the route plus the ego's plus CORRIDOR_MARGIN_M reaches the route, unless it is moving within
+        HEAD_ON_DEG of head-on (a car ahead in the lane is the cruise controller's). Those samples give the stretch
+        of route it takes and from when to when (for ever if it is still there at the horizon). The ego, taking
+        off from speed_mps at YIELD_ACCEL_MPS2 up to cruise_mps, passes if its rear clears the stretch YIELD_GAP_S
+        before the other arrives or its front gets there YIELD_GAP_S after the other has left; else it yields.
+        Agents moving the route's way where they reach it are the cruise controller's (a car merging ahead), and a
+        stretch the ego's front has already reached is passed (it does not stop in a junction it is in)."""
+        ego, now_s = snapshot.ego, float(snapshot.timestamp_s)
+        seen, self._seen = self._seen, {}
+        for agent in snapshot.agents:  # the last TURN_RATE_S of each one's headings (a lane's polyline turns
+            #                            it in steps: its turn rate over one tick is 0 or a jump)
+            kept = [(t, yaw) for t, yaw in seen.get(agent.agent_id, []) if now_s - TURN_RATE_S <= t < now_s]
+            self._seen[agent.agent_id] = kept + [(now_s, agent.yaw_rad)]
+        reach_m = max(cruise_mps, speed_mps) * YIELD_HORIZON_S + 20.0
+        lo = int(max(s_m, 0.0) // STATION_M)
+        hi = min(int((s_m + reach_m) // STATION_M) + 1, len(self.yield_stations_m))
+        if hi - lo < 2:
+            return math.inf
+        points, tangents = self.yield_xy_m[lo:hi], self.yield_tangents[lo:hi]
+        headings, stations = self.yield_headings[lo:hi], self.yield_stations_m[lo:hi]
+        times = np.arange(0.0, YIELD_HORIZON_S + 1e-9, YIELD_STEP_S)
+        ego_xy, half_length = ego.position_m[:2], 0.5 * ego.size_m[0]
+        candidates, rates = [], []
+        for agent in snapshot.agents:
+            history = self._seen[agent.agent_id]
+            if agent.agent_id in skip_ids or now_s - history[0][0] < 0.5 * TURN_RATE_S:
+                continue
+            v = max(agent.speed_mps, 0.0)
+            if np.linalg.norm(agent.position_m[:2] - ego_xy) > reach_m + v * YIELD_HORIZON_S + 10.0:
+                continue
+            turn_rate = math.remainder(agent.yaw_rad - history[0][1], 2.0 * math.pi) / (now_s - history[0][0])
+            rates.append(float(np.clip(turn_rate, -min(1.0, v / 3.0), min(1.0, v / 3.0))))  # no tighter than 3 m
+            candidates.append(agent)
+        if not candidates:
+            return math.inf
+        # every candidate's way at once: [N, K] headings, [N, K, 2] places, each place's nearest station [N, K]
+        yaw = np.array([a.yaw_rad for a in candidates])[:, None]
+        v = np.array([max(a.speed_mps, 0.0) for a in candidates])[:, None]
+        rate = np.array(rates)[:, None]
+        way = yaw + rate * times[None]
+        straight = np.abs(rate) < 1e-4
+        safe_rate = np.where(straight, 1.0, rate)
+        dx = np.where(straight, v * times * np.cos(yaw), v / safe_rate * (np.sin(way) - np.sin(yaw)))
+        dy = np.where(straight, v * times * np.sin(yaw), v / safe_rate * (np.cos(yaw) - np.cos(way)))
+        xy = np.array([a.position_m[:2] for a in candidates])[:, None, :] + np.stack([dx, dy], axis=2)
+        rel = xy[:, :, None, :] - points[None, None]  # [N, K, M, 2]
+        j = np.argmin(np.einsum("nkmd,nkmd->nkm", rel, rel), axis=2)
+        rel = np.take_along_axis(rel, j[..., None, None], axis=2)[:, :, 0]
+        along = np.einsum("nkd,nkd->nk", rel, tangents[j])
+        across = tangents[j][..., 0] * rel[..., 1] - tangents[j][..., 1] * rel[..., 0]
+        turned = way - headings[j]
+        size = np.array([a.size_m[:2] for a in candidates])
+        half_across = 0.5 * (size[:, :1] * np.abs(np.sin(turned)) + size[:, 1:] * np.abs(np.cos(turned)))
+        half_along_all = 0.5 * (size[:, :1] * np.abs(np.cos(turned)) + size[:, 1:] * np.abs(np.sin(turned)))
+        on_route = np.abs(along) <= 0.5 * STATION_M + 1e-6  # (not beyond the window's ends)
+        hits = on_route & (np.abs(across) <= 0.5 * ego.size_m[1] + half_across + CORRIDOR_MARGIN_M)
+        hits &= (v <= 0.5) | (np.cos(turned) > -math.cos(math.radians(HEAD_ON_DEG)))
+        limit = math.inf
+        for n in np.flatnonzero(hits.any(axis=1)):
+            hit, half_along = hits[n], half_along_all[n]
+            first = int(np.argmax(hit))
+            if v[n, 0] > 0.5 and math.cos(turned[n, first]) > 0.5:
+                continue  # moving the route's way: a car merging ahead is the cruise controller's
+            at_m = stations[j[n, hit]] + along[n, hit]
+            enter_m = float(np.min(at_m - half_along[hit])) - s_m - half_length  # the ego's front to the stretch
+            leave_m = float(np.max(at_m + half_along[hit])) - s_m + half_length  # its rear past it
+            if enter_m <= 0.0:
+                continue
+            arrives_s = float(times[first])
+            leaves_s = math.inf if hit[-1] else float(times[hit].max()) + YIELD_STEP_S
+            ego_in_s = _time_to_cover(enter_m, speed_mps, cruise_mps)
+            ego_out_s = _time_to_cover(leave_m, speed_mps, cruise_mps)
+            if ego_out_s + YIELD_GAP_S <= arrives_s or ego_in_s >= leaves_s + YIELD_GAP_S:
+                continue
+            room_m = enter_m - YIELD_STOP_M - speed_mps * CURVE_PREVIEW_S  # (asked for a cruise lag early)
+            limit = min(limit, math.sqrt(2.0 * YIELD_BRAKE_MPS2 * max(room_m, 0.0)))
+        return limit
+
     def destroy(self) -> None:
         pass
+
+
+def _time_to_cover(distance_m: float, speed_mps: float, cruise_mps: float) -> float:
+    """Seconds to drive distance_m from speed_mps, speeding up at YIELD_ACCEL_MPS2 to at most
+    max(cruise_mps, speed_mps, 1 m/s)."""
+    top = max(cruise_mps, speed_mps, 1.0)
+    v0 = max(speed_mps, 0.0)
+    accel_s = (top - v0) / YIELD_ACCEL_MPS2
+    accel_m = 0.5 * (v0 + top) * accel_s
+    if distance_m <= accel_m:
+        return (math.sqrt(v0 * v0 + 2.0 * YIELD_ACCEL_MPS2 * distance_m) - v0) / YIELD_ACCEL_MPS2
+    return accel_s + (distance_m - accel_m) / top
 
 
 class ScenarioError(RuntimeError):

@@ -18,6 +18,7 @@ from neural_sensor.world import WorldSnapshot
 
 ROUTE_FROM_EGO_M = 5.0  # the route must pass at most this far from the ego's start
 ROUTE_CORRIDOR_M = 5.0  # time to collision follows the ego's route while the ego is within this of it
+CROSSING_DEG = 30.0  # an agent moving across the route at this angle or more may cross out of the ego's corridor
 ROUTE_TRACK_M = 10.0  # the criteria follow the ego along its route within this of where it was a tick before
 REVERSE_MIN_MPS, REVERSE_MIN_STEP_M = 0.1, 0.002  # an ego moving backwards: at least this fast and this far a tick
 ROUTE_SLACK_M = 2.0  # a route may pass this far beyond a lane's width from its centre line (a wide turn's corner)
@@ -443,7 +444,8 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None, *, ego
     The corridor is as wide as the ego and the agent side by side. With the ego's `route` (what the run's criteria
     pass) it follows the route: an agent is in it when its lateral offset from the route is within that width of
     the ego's own, the gap is along the route and the speeds are along its tangents, so a car coming the other way
-    round a bend in its own lane is not ahead of the ego (a straight corridor along the ego's heading crosses the
+    round a bend in its own lane is not ahead of the ego, and one that will have crossed out of the corridor when the
+    gap closes (through a junction in front of a waiting ego) is not closing on it (a straight corridor along the ego's heading crosses the
     oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s); before the route's
     start and past its end the route continues straight. Without a route, with the ego more than ROUTE_CORRIDOR_M
     off it, or facing against it, the corridor runs straight along the ego's heading.
@@ -520,5 +522,12 @@ def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: 
         if gap <= 0:
             return 0.0
         if closing > 1e-6:
-            best = min(best, gap / closing)
+            # one crossing the corridor (at CROSSING_DEG or more to it: a car through a junction in front of a
+            # waiting ego) is on a collision course only if it is still in the corridor when the gap would close
+            turned = agent.yaw_rad - route.at(s_agent)[1]
+            crossing = math.sin(turned)
+            ahead_then = lateral + crossing * agent.speed_mps * gap / closing
+            across_m = 0.5 * (ego.size_m[1] + agent.size_m[0] * abs(crossing) + agent.size_m[1] * abs(math.cos(turned)))
+            if abs(crossing) < math.sin(math.radians(CROSSING_DEG)) or abs(ahead_then - lateral_ego) <= across_m:
+                best = min(best, gap / closing)
     return best
