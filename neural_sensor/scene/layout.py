@@ -42,6 +42,8 @@ BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facad
 
 PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
 PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
+SWEPT_CAR_SIZE_M = (4.8, 1.9)  # that car (the ego's 4.7 m and a little): on a bend its box swept along the lane
+PARKED_BEND_MAX_M = 1.5  # a parked car moves at most this much further onto the kerb on a bend for it
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
 MIN_DRIVE_LANE_M = 40.0  # a run's plain drive needs a lane at least this long (scenarios.base.drive_scenario)
@@ -347,6 +349,25 @@ def _footprint_distance_m(centre_xy: np.ndarray, yaw_rad: float, length_m: float
     return float(np.min(np.hypot(out_along, out_across))) if len(d) else math.inf
 
 
+def _swept_car_points(at, s_m: float, lateral_m: float) -> np.ndarray:
+    """[N, 2] the long sides of a SWEPT_CAR_SIZE_M car centred lateral_m off a road's reference and headed along
+    it, every 0.25 m of the reference within one and a half car lengths of s_m (at: the road's (s, lateral) ->
+    (xy, heading)), sampled every 0.25 m: on a bend its corners reach beyond the lane's edge line."""
+    length_m, width_m = SWEPT_CAR_SIZE_M
+    along = np.linspace(-length_m / 2, length_m / 2, int(length_m / 0.25) + 1)
+    points = []
+    reach_m = 1.5 * length_m + 1.0  # (stations of the reference: on the outside of a bend a lane's are longer)
+    for station in np.arange(max(s_m - reach_m, 1.0), s_m + reach_m + 1e-9, 0.25):  # (roadside_objects' at()
+        #                                                        takes no s < 0: it would read the last segment)
+        xy = at(station, lateral_m)[0]
+        forward = at(station + 1.0, lateral_m)[0] - at(station - 1.0, lateral_m)[0]  # (smooth over the vertices,
+        forward = forward / np.linalg.norm(forward)  # as a car turns)
+        left = np.array([-forward[1], forward[0]])
+        for across in (-width_m / 2, width_m / 2):
+            points.append(xy + along[:, None] * forward + across * left)
+    return np.concatenate(points)
+
+
 def densified(points_xy: np.ndarray, step_m: float = 1.0) -> np.ndarray:
     """[M, 2]: a polyline [N, 2] with points at most step_m apart along each segment (the vertices kept)."""
     points_xy = np.asarray(points_xy, np.float64)
@@ -442,8 +463,15 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
         while s < total - 2:
             kind = rng.choice(["vegetation", "pole", "traffic_sign", "parked_vehicle"], p=weights / weights.sum())
             if kind == "parked_vehicle":
-                # half up on the kerb, clear of a car centred in the outer lane (agents, and the ego, drive there)
-                centre, yaw = at(s, side * (half_road_m + parked_offset_m))
+                # half up on the kerb, PARKED_CLEARANCE_M clear of a car centred in the outer lane (agents, and the
+                # ego, drive there): on a bend further out, as far as that car's box swept along the lane needs
+                offset_m = parked_offset_m
+                centre, yaw = at(s, side * (half_road_m + offset_m))
+                swept = _swept_car_points(at, s, side * (half_road_m - lane_width_m / 2))
+                while (offset_m < parked_offset_m + PARKED_BEND_MAX_M and _footprint_distance_m(
+                        centre, yaw, PARKED_SIZE_M[0], PARKED_SIZE_M[1], swept) < PARKED_CLEARANCE_M - 1e-6):
+                    offset_m += 0.05
+                    centre, yaw = at(s, side * (half_road_m + offset_m))
                 box = Box((centre[0], centre[1], 0.0), PARKED_SIZE_M, yaw, kind)
             elif kind == "vegetation":
                 centre, yaw = at(s, side * (half_road_m + sidewalk_m * 0.75))
