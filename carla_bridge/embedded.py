@@ -21,11 +21,11 @@ import numpy as np
 
 from carla_bridge.simulator import VehicleControl, speed_after
 from neural_sensor.assets import AGENT_KINDS
-from neural_sensor.scene.layout import Layout
+from neural_sensor.scene.layout import Layout, densified
 from neural_sensor.scene.path import Path
 from neural_sensor.world import AgentState, WorldSnapshot, pose_from_xyz_yaw
 
-BEHAVIOURS = ("follow_lane", "cut_in", "cross", "parked")
+BEHAVIOURS = ("follow_lane", "cut_in", "cross", "parked", "follow_route")
 XY_BEHAVIOURS = ("cross", "parked")  # placed by start_xy_m, not by a lane and an arc length
 EGO_ID = 0  # the ego's id in snapshots (agents are > 0; the ego carries the cameras and is not rendered)
 WHEELBASE_M = 2.8
@@ -46,6 +46,9 @@ class AgentSpec:
     cross: walk / ride from `start_xy_m` along `heading_rad` at `speed_mps` for `distance_m`, once the ego is
         within `trigger_m` (straight-line distance).
     parked: stand at `start_xy_m`, `heading_rad`.
+    follow_route: drive `route_xy_m` ([P, 2] world metres: through a junction, say, made with
+        scenarios.base.turn_route or chain_route) from arc length `start_s_m` at `speed_mps` (past its end, on along
+        its last segment's heading).
     An agent's speed is `speed_mps` times a factor in [0.95, 1.05] drawn from the simulator's seed (the run's --seed),
     as traffic varies; the same seed gives the same speeds.
     """
@@ -63,6 +66,7 @@ class AgentSpec:
     heading_rad: float = 0.0
     distance_m: float = 12.0
     size_m: tuple[float, float, float] | None = None
+    route_xy_m: np.ndarray | None = field(default=None, compare=False)  # needed by (and only by) follow_route
 
     def __post_init__(self) -> None:
         if isinstance(self.agent_id, bool) or not isinstance(self.agent_id, (int, np.integer)) or self.agent_id <= 0:
@@ -94,6 +98,18 @@ class AgentSpec:
             if not _is_index(getattr(self, name)):
                 raise ValueError(f"agent {self.agent_id}: {name} must be an integer >= 0 (a lane of the layout), "
                                  f"got {getattr(self, name)!r}")
+        if (self.route_xy_m is not None) != (self.behaviour == "follow_route"):
+            raise ValueError(f"agent {self.agent_id}: route_xy_m is what a 'follow_route' agent drives (and only one), "
+                             f"got behaviour {self.behaviour!r} with route_xy_m "
+                             f"{'given' if self.route_xy_m is not None else 'missing'}")
+        if self.route_xy_m is not None:
+            route = np.asarray(self.route_xy_m, dtype=np.float64) if _numeric(self.route_xy_m) else np.zeros(0)
+            if route.ndim != 2 or route.shape[1] != 2 or len(route) < 2 or not np.isfinite(route).all():
+                raise ValueError(f"agent {self.agent_id}: route_xy_m must be [P >= 2, 2] finite world metres, got "
+                                 f"shape {route.shape}")
+            if np.linalg.norm(np.diff(route, axis=0), axis=1).sum() <= 0.0:
+                raise ValueError(f"agent {self.agent_id}: route_xy_m has no length (all its points at one place)")
+            self.route_xy_m = route
         if self.size_m is None:
             self.size_m = AGENT_KINDS[self.kind][1]
         elif not (isinstance(self.size_m, (tuple, list, np.ndarray)) and np.shape(self.size_m) == (3,)
@@ -138,6 +154,15 @@ class EgoStart:
 
 def _is_index(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 0
+
+
+def _numeric(value) -> bool:
+    """Whether value is an array or nested sequence of numbers (np.asarray(value, float) would take it)."""
+    try:
+        np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _is_finite_number(value) -> bool:
@@ -245,7 +270,23 @@ class EmbeddedSimulator:
                     raise ValueError(f"agent {spec.agent_id}: cut_in needs a different target lane running the "
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
         road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
+        self._routes = {}
         for spec in agents:
+            if spec.behaviour == "follow_route":
+                route = self._routes[spec.agent_id] = Path(spec.route_xy_m)
+                if spec.lane != 0 or spec.start_xy_m is not None:
+                    raise ValueError(f"agent {spec.agent_id}: a 'follow_route' agent drives route_xy_m from start_s_m "
+                                     "along it; lane and start_xy_m are not its")
+                if not 0.0 <= spec.start_s_m <= route.length_m:
+                    raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on its route (its "
+                                     f"length is {route.length_m:.1f} m)")
+                if road_xy is not None:
+                    off_m = float(np.max(np.min(np.linalg.norm(
+                        road_xy[None] - densified(spec.route_xy_m, 1.0)[:, None], axis=2), axis=1)))
+                    if off_m > OFF_ROAD_LIMIT_M:
+                        raise ValueError(f"agent {spec.agent_id}: route_xy_m goes {off_m:.0f} m from the nearest lane "
+                                         f"(more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
+                continue
             if spec.behaviour not in XY_BEHAVIOURS:
                 lane_m = self.lanes[spec.lane].length_m
                 if not 0.0 <= spec.start_s_m <= lane_m:
@@ -332,7 +373,7 @@ class EmbeddedSimulator:
     def _step_agent(self, agent: _AgentRuntime) -> None:
         spec, dt = agent.spec, self.dt_s
         t_now = (self._steps + 1) * dt
-        if spec.behaviour in ("follow_lane", "cut_in"):
+        if spec.behaviour in ("follow_lane", "cut_in", "follow_route"):
             agent.s_m += agent.speed_mps * dt
             if spec.behaviour == "cut_in" and agent.triggered_at_s is None:
                 ego_s, _ = self.lanes[spec.lane].project(self._ego["xy"])
@@ -349,6 +390,9 @@ class EmbeddedSimulator:
 
     def _agent_pose(self, agent: _AgentRuntime) -> tuple[np.ndarray, float, float]:
         spec = agent.spec
+        if spec.behaviour == "follow_route":
+            xy, yaw = self._routes[spec.agent_id].at(agent.s_m)
+            return xy, yaw, agent.speed_mps
         if spec.behaviour in ("follow_lane", "cut_in"):
             xy, yaw = self.lanes[spec.lane].at(agent.s_m)
             if spec.behaviour == "cut_in" and agent.triggered_at_s is not None:

@@ -55,6 +55,7 @@ YIELD_ACCEL_MPS2 = 2.0
 YIELD_BRAKE_MPS2 = 3.0
 YIELD_STOP_M = 2.0
 TURN_RATE_S = 2.0  # another road user's turn rate is its heading's change over this long (at least half of it seen)
+TURN_ONSET_S = 0.5  # or over this long, where that turns it more the same way (a car starting to turn across)
 HEAD_ON_DEG = 20.0  # a moving road user's way within this of head-on along the route is not a crossing (the cruise
 #                     controller's, as a car ahead in the lane: a prediction's drift on a bend is not a conflict)
 CORRIDOR_MARGIN_M = 0.4  # the corridor is the ego's and the other's half-widths plus this
@@ -186,6 +187,11 @@ class BuiltinAgent:
             if np.linalg.norm(agent.position_m[:2] - ego_xy) > reach_m + v * YIELD_HORIZON_S + 10.0:
                 continue
             turn_rate = math.remainder(agent.yaw_rad - history[0][1], 2.0 * math.pi) / (now_s - history[0][0])
+            recent = next((t, yaw) for t, yaw in history if now_s - t <= TURN_ONSET_S)
+            if now_s - recent[0] >= 0.5 * TURN_ONSET_S:  # a turn begun lately shows in the last TURN_ONSET_S first
+                onset = math.remainder(agent.yaw_rad - recent[1], 2.0 * math.pi) / (now_s - recent[0])
+                if onset * turn_rate >= 0.0 and abs(onset) > abs(turn_rate):
+                    turn_rate = onset
             rates.append(float(np.clip(turn_rate, -min(1.0, v / 3.0), min(1.0, v / 3.0))))  # no tighter than 3 m
             candidates.append(agent)
         if not candidates:
