@@ -444,11 +444,11 @@ def time_to_collision(snapshot: WorldSnapshot, route: Path | None = None, *, ego
     The corridor is as wide as the ego and the agent side by side. With the ego's `route` (what the run's criteria
     pass) it follows the route: an agent is in it when its lateral offset from the route is within that width of
     the ego's own, the gap is along the route and the speeds are along its tangents, so a car coming the other way
-    round a bend in its own lane is not ahead of the ego, and one that will have crossed out of the corridor when the
-    gap closes (through a junction in front of a waiting ego) is not closing on it (a straight corridor along the ego's heading crosses the
-    oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s); before the route's
-    start and past its end the route continues straight. Without a route, with the ego more than ROUTE_CORRIDOR_M
-    off it, or facing against it, the corridor runs straight along the ego's heading.
+    round a bend in its own lane is not ahead of the ego (a straight corridor along the ego's heading crosses the
+    oncoming lane there: a user's bend with oncoming traffic failed this criterion at 0.6 s), and one that will have
+    crossed out of the corridor when the gap closes (through a junction in front of a waiting ego) is not closing on
+    it; before the route's start and past its end the route continues straight. Without a route, with the ego
+    more than ROUTE_CORRIDOR_M off it, or facing against it, the corridor runs straight along the ego's heading.
     ego_s_m: where along the route the ego was found (CriteriaState follows it; None: its nearest point).
     ego_forward_mps: the ego's signed speed along its heading (None: its speed_mps, forwards); an ego moving
     backwards has its corridor behind it.
@@ -527,7 +527,8 @@ def _ttc_along(snapshot: WorldSnapshot, route: Path, s_ego: float, lateral_ego: 
             turned = agent.yaw_rad - route.at(s_agent)[1]
             crossing = math.sin(turned)
             ahead_then = lateral + crossing * agent.speed_mps * gap / closing
-            across_m = 0.5 * (ego.size_m[1] + agent.size_m[0] * abs(crossing) + agent.size_m[1] * abs(math.cos(turned)))
+            across_m = 0.5 * (ego.size_m[1] + agent.size_m[0] * abs(crossing)
+                              + agent.size_m[1] * abs(math.cos(turned)))
             if abs(crossing) < math.sin(math.radians(CROSSING_DEG)) or abs(ahead_then - lateral_ego) <= across_m:
                 best = min(best, gap / closing)
     return best
