@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from carla_bridge.simulator import VehicleControl, speed_after
 from neural_sensor.assets import AGENT_KINDS
@@ -125,6 +124,7 @@ class AgentSpec:
             setattr(self, name, float(getattr(self, name)))
 
 
+ROUTE_OFF_LANE_M = 5.0  # a follow_route agent's route keeps within this of some lane's centre line
 OFF_ROAD_LIMIT_M = 60.0  # a crossing or parked agent placed farther than this from every lane is refused
 
 
@@ -281,11 +281,12 @@ class EmbeddedSimulator:
                 if not 0.0 <= spec.start_s_m <= route.length_m:
                     raise ValueError(f"agent {spec.agent_id}: start_s_m {spec.start_s_m:g} is not on its route (its "
                                      f"length is {route.length_m:.1f} m)")
-                if road_xy is not None:  # (a k-d tree: a long route against a map's lanes is millions of pairs)
-                    off_m = float(np.max(cKDTree(road_xy).query(densified(spec.route_xy_m, 1.0))[0]))
-                    if off_m > OFF_ROAD_LIMIT_M:
-                        raise ValueError(f"agent {spec.agent_id}: route_xy_m goes {off_m:.0f} m from the nearest lane "
-                                         f"(more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
+                points = densified(spec.route_xy_m, 1.0)
+                off = np.min([lane.distances_m(points) for lane in self.lanes], axis=0)  # (to the lanes' segments)
+                if off.max() > ROUTE_OFF_LANE_M:
+                    where = np.round(points[int(np.argmax(off))], 1).tolist()
+                    raise ValueError(f"agent {spec.agent_id}: route_xy_m goes {off.max():.1f} m from the nearest lane's "
+                                     f"centre line at {where} (at most {ROUTE_OFF_LANE_M:g} m: a route keeps to the road)")
                 continue
             if spec.behaviour not in XY_BEHAVIOURS:
                 lane_m = self.lanes[spec.lane].length_m

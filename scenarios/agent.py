@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from carla_bridge.embedded import MAX_STEER_RAD, WHEELBASE_M
+from carla_bridge.embedded import MAX_BRAKE_MPS2, MAX_STEER_RAD, WHEELBASE_M
 from carla_bridge.simulator import VehicleControl
 from neural_sensor.rig import NUSCENES_LIKE_RIG
 from neural_sensor.scene.path import Path
@@ -54,10 +54,11 @@ YIELD_GAP_S = 1.5
 YIELD_ACCEL_MPS2 = 2.0
 YIELD_BRAKE_MPS2 = 3.0
 YIELD_STOP_M = 2.0
+YIELD_LAST_M = 0.5  # braking as hard as it takes, it stops at least this short of the other's way
 TURN_RATE_S = 2.0  # another road user's turn rate is its heading's change over this long (at least half of it seen)
-TURN_ONSET_S = 0.5  # or over this long, where that turns it more the same way (a car starting to turn across)
 HEAD_ON_DEG = 20.0  # a moving road user's way within this of head-on along the route is not a crossing (the cruise
 #                     controller's, as a car ahead in the lane: a prediction's drift on a bend is not a conflict)
+MERGE_BESIDE_M = 3.5  # a car this near the corridor (the lane beside) ahead or behind the ego is not yielded to
 CORRIDOR_MARGIN_M = 0.4  # the corridor is the ego's and the other's half-widths plus this
 HOLD_BELOW_MPS = 0.1  # asked for less than this below 1 m/s, the agent brakes fully and stands
 STATION_M = 0.5  # the route's stations for yielding, this far apart
@@ -87,6 +88,7 @@ class BuiltinAgent:
         self.yield_tangents = np.stack([np.cos(self.yield_headings), np.sin(self.yield_headings)], axis=1)
         self.yield_xy_m = np.array([self.route.at(float(v))[0][:2] for v in self.yield_stations_m])
         self._seen: dict[int, list[tuple[float, float]]] = {}  # agent id -> its (timestamp s, yaw rad) lately
+        self._yield_room_m = math.inf
 
     def sensors(self) -> list[dict]:
         return nuscenes_like_sensors(self.width, self.height)
@@ -121,10 +123,15 @@ class BuiltinAgent:
             lead_speed = max(0.0, math.cos(agent.yaw_rad - yaw) * agent.speed_mps)
             safe = max(0.0, (gap - self.standstill_gap_m) / self.time_gap_s)
             desired = min(desired, lead_speed + 0.5 * (safe - lead_speed), safe)
-        desired = min(desired, self._yield_limit_mps(snapshot, s, speed, cruise, ahead))
+        yield_mps = self._yield_limit_mps(snapshot, s, speed, cruise, ahead)
+        desired = min(desired, yield_mps)
         accel = 0.8 * (desired - speed)
         throttle = float(np.clip(accel / 3.5, 0.0, 1.0))
         brake = float(np.clip(-accel / 6.0, 0.0, 1.0)) if accel < -0.3 else 0.0
+        if yield_mps < speed and self._yield_room_m < math.inf:  # as hard as stopping short of the other's way needs
+            # (the cruise control's brake eases off as the speed falls: a walker stepping out 6 m ahead was hit)
+            needed_mps2 = speed * speed / (2.0 * max(self._yield_room_m - YIELD_LAST_M, 0.1))
+            brake = max(brake, float(min(1.0, needed_mps2 / MAX_BRAKE_MPS2)))
         if desired < HOLD_BELOW_MPS and speed < 1.0:
             brake = 1.0  # asked to stand: it holds (the dead band let it creep on into what it waited behind)
         return VehicleControl(throttle, steer, brake)
@@ -161,9 +168,14 @@ class BuiltinAgent:
         of route it takes and from when to when (for ever if it is still there at the horizon). The ego, taking
         off from speed_mps at YIELD_ACCEL_MPS2 up to cruise_mps, passes if its rear clears the stretch YIELD_GAP_S
         before the other arrives or its front gets there YIELD_GAP_S after the other has left; else it yields.
-        Agents moving the route's way where they reach it are the cruise controller's (a car merging ahead), and a
-        stretch the ego's front has already reached is passed (it does not stop in a junction it is in)."""
+        An agent moving the route's way where it reaches it is followed as the cruise control follows if it is in
+        the corridor ahead now (round a bend or a turn); is left alone if it is within MERGE_BESIDE_M of the corridor
+        and ahead of the ego or behind it (merging in ahead: followed once in; behind: nothing to do); else (level
+        with the ego, or coming through a junction into the lane it turns into) only the place where it reaches the
+        route counts. Where the ego's front is already in
+        the stretch, it goes on only if it clears it before the other arrives, and else stands."""
         ego, now_s = snapshot.ego, float(snapshot.timestamp_s)
+        self._yield_room_m = math.inf  # how far the ego's front is from the nearest way it yields to
         seen, self._seen = self._seen, {}
         for agent in snapshot.agents:  # the last TURN_RATE_S of each one's headings (a lane's polyline turns
             #                            it in steps: its turn rate over one tick is 0 or a jump)
@@ -187,11 +199,6 @@ class BuiltinAgent:
             if np.linalg.norm(agent.position_m[:2] - ego_xy) > reach_m + v * YIELD_HORIZON_S + 10.0:
                 continue
             turn_rate = math.remainder(agent.yaw_rad - history[0][1], 2.0 * math.pi) / (now_s - history[0][0])
-            recent = next((t, yaw) for t, yaw in history if now_s - t <= TURN_ONSET_S)
-            if now_s - recent[0] >= 0.5 * TURN_ONSET_S:  # a turn begun lately shows in the last TURN_ONSET_S first
-                onset = math.remainder(agent.yaw_rad - recent[1], 2.0 * math.pi) / (now_s - recent[0])
-                if onset * turn_rate >= 0.0 and abs(onset) > abs(turn_rate):
-                    turn_rate = onset
             rates.append(float(np.clip(turn_rate, -min(1.0, v / 3.0), min(1.0, v / 3.0))))  # no tighter than 3 m
             candidates.append(agent)
         if not candidates:
@@ -222,21 +229,40 @@ class BuiltinAgent:
         for n in np.flatnonzero(hits.any(axis=1)):
             hit, half_along = hits[n], half_along_all[n]
             first = int(np.argmax(hit))
-            if v[n, 0] > 0.5 and math.cos(turned[n, first]) > 0.5:
-                continue  # moving the route's way: a car merging ahead is the cruise controller's
+            arrives_s = float(times[first])
+            if v[n, 0] > 0.5 and math.cos(turned[n, first]) > 0.5:  # moving the route's way where it reaches it
+                now_m = stations[j[n, 0]] + along[n, 0]  # where it is along the route now
+                if first == 0 and now_m - half_along[0] > s_m + half_length:
+                    # in the corridor ahead (round a bend or a turn, where the cruise control's straight look
+                    # misses it): followed as the cruise control follows
+                    gap_m = now_m - half_along[0] - s_m - half_length
+                    lead_mps = max(0.0, v[n, 0] * math.cos(turned[n, 0]))
+                    safe_mps = max(0.0, (gap_m - self.standstill_gap_m) / self.time_gap_s)
+                    limit = min(limit, lead_mps + 0.5 * (safe_mps - lead_mps), safe_mps)
+                    continue
+                beside_m = abs(across[n, 0]) - 0.5 * ego.size_m[1] - half_across[n, 0]
+                if beside_m < MERGE_BESIDE_M and abs(now_m - s_m) > half_length:
+                    continue  # in the lane beside, ahead (merging in: followed once in) or behind (nothing to do)
+                # level with the ego, or coming into the route from a crossing road (through the junction into the
+                # lane the ego turns into): the place where it reaches the route is passed YIELD_GAP_S before it, or
+                # after it
+                hit = np.arange(len(hit)) == first
             at_m = stations[j[n, hit]] + along[n, hit]
             enter_m = float(np.min(at_m - half_along[hit])) - s_m - half_length  # the ego's front to the stretch
             leave_m = float(np.max(at_m + half_along[hit])) - s_m + half_length  # its rear past it
-            if enter_m <= 0.0:
-                continue
-            arrives_s = float(times[first])
             leaves_s = math.inf if hit[-1] else float(times[hit].max()) + YIELD_STEP_S
-            ego_in_s = _time_to_cover(enter_m, speed_mps, cruise_mps)
+            ego_in_s = _time_to_cover(max(enter_m, 0.0), speed_mps, cruise_mps)
             ego_out_s = _time_to_cover(leave_m, speed_mps, cruise_mps)
+            if enter_m <= 0.0:  # its front already in the stretch: through if it clears it before the other comes
+                if ego_out_s <= arrives_s:
+                    continue
+                limit, self._yield_room_m = 0.0, 0.0  # else it stands (a walker about to step in front of it)
+                continue
             if ego_out_s + YIELD_GAP_S <= arrives_s or ego_in_s >= leaves_s + YIELD_GAP_S:
                 continue
             room_m = enter_m - YIELD_STOP_M - speed_mps * CURVE_PREVIEW_S  # (asked for a cruise lag early)
             limit = min(limit, math.sqrt(2.0 * YIELD_BRAKE_MPS2 * max(room_m, 0.0)))
+            self._yield_room_m = min(self._yield_room_m, enter_m)
         return limit
 
     def destroy(self) -> None:

@@ -64,11 +64,26 @@ def test_a_follow_route_agent_placed_wrong_is_named(kwargs, match):
         EmbeddedSimulator(LAYOUT, EgoStart(lane=0, start_s_m=5.0), [spec])
 
 
-def test_a_route_outside_the_world_is_refused():
-    far = np.array([[0.0, 0.0], [0.0, 500.0]])
-    with pytest.raises(ValueError, match="route_xy_m goes 4[0-9][0-9] m from the nearest lane"):
+@pytest.mark.parametrize("route, match", [
+    ([[0.0, 0.0], [0.0, 500.0]], r"goes 4[0-9][0-9]\.[0-9] m from the nearest lane's centre line at \[0.0, 500.0\]"),
+    ([[-30.0, -1.75], [-20.0, -1.75], [-1.75, -20.0], [-1.75, -30.0]], r"goes [0-9.]+ m from .* at \[-[0-9.]+, -[0-9.]+\]"),
+])
+def test_a_route_off_the_road_is_refused(route, match):
+    """A route had only to come within 60 m of a lane's points: one cutting a junction's corner through the
+    buildings passed, and one along a lane whose points are 300 m apart was refused (the reviewer's)."""
+    with pytest.raises(ValueError, match=match):
         EmbeddedSimulator(LAYOUT, EgoStart(lane=0, start_s_m=5.0),
-                          [AgentSpec(1, "car", "follow_route", route_xy_m=far)])
+                          [AgentSpec(1, "car", "follow_route", route_xy_m=np.array(route))])
+
+
+def test_a_route_along_a_sparse_lane_is_taken():
+    from neural_sensor.scene.layout import Lane, Layout
+
+    sparse = Layout([Lane(np.array([[0.0, 0.0], [300.0, 0.0]])), Lane(np.array([[300.0, 3.5], [0.0, 3.5]]))])
+    along = np.stack([np.arange(10.0, 290.0, 1.0), np.zeros(280)], axis=1)
+    sim = EmbeddedSimulator(sparse, EgoStart(lane=1, start_s_m=5.0),
+                            [AgentSpec(1, "car", "follow_route", route_xy_m=along)])
+    assert sim.tick().agents[0].position_m[0] == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("from_lane, to_lane, start_m", [(3, 0, 20.0), (2, 1, 15.0)])
