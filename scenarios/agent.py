@@ -120,9 +120,7 @@ class BuiltinAgent:
                 continue
             ahead.add(agent.agent_id)
             gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
-            lead_speed = max(0.0, math.cos(agent.yaw_rad - yaw) * agent.speed_mps)
-            safe = max(0.0, (gap - self.standstill_gap_m) / self.time_gap_s)
-            desired = min(desired, lead_speed + 0.5 * (safe - lead_speed), safe)
+            desired = min(desired, self._follow_mps(gap, math.cos(agent.yaw_rad - yaw) * agent.speed_mps))
         yield_mps = self._yield_limit_mps(snapshot, s, speed, cruise, ahead)
         desired = min(desired, yield_mps)
         accel = 0.8 * (desired - speed)
@@ -135,6 +133,13 @@ class BuiltinAgent:
         if desired < HOLD_BELOW_MPS and speed < 1.0:
             brake = 1.0  # asked to stand: it holds (the dead band let it creep on into what it waited behind)
         return VehicleControl(throttle, steer, brake)
+
+    def _follow_mps(self, gap_m: float, lead_mps: float) -> float:
+        """The speed the cruise control asks for gap_m behind a car moving lead_mps along the ego's way: halfway
+        from the lead's speed to what keeps time_gap_s beyond standstill_gap_m, and no more than that."""
+        lead_mps = max(0.0, lead_mps)
+        safe_mps = max(0.0, (gap_m - self.standstill_gap_m) / self.time_gap_s)
+        return min(lead_mps + 0.5 * (safe_mps - lead_mps), safe_mps)
 
     def _lookahead_m(self, s_m: float, speed_mps: float) -> float:
         """How far ahead along the route the pure pursuit aims: max(6, 0.9 v), or max(2.5, 0.5 v) where a turn
@@ -172,8 +177,8 @@ class BuiltinAgent:
         the corridor ahead now (round a bend or a turn); is left alone if it is within MERGE_BESIDE_M of the corridor
         and ahead of the ego or behind it (merging in ahead: followed once in; behind: nothing to do); else (level
         with the ego, or coming through a junction into the lane it turns into) only the place where it reaches the
-        route counts. Where the ego's front is already in
-        the stretch, it goes on only if it clears it before the other arrives, and else stands."""
+        route counts. Where the ego's front is already in the stretch, it goes on only if it clears it before the
+        other arrives, and else stands."""
         ego, now_s = snapshot.ego, float(snapshot.timestamp_s)
         self._yield_room_m = math.inf  # how far the ego's front is from the nearest way it yields to
         seen, self._seen = self._seen, {}
@@ -236,9 +241,7 @@ class BuiltinAgent:
                     # in the corridor ahead (round a bend or a turn, where the cruise control's straight look
                     # misses it): followed as the cruise control follows
                     gap_m = now_m - half_along[0] - s_m - half_length
-                    lead_mps = max(0.0, v[n, 0] * math.cos(turned[n, 0]))
-                    safe_mps = max(0.0, (gap_m - self.standstill_gap_m) / self.time_gap_s)
-                    limit = min(limit, lead_mps + 0.5 * (safe_mps - lead_mps), safe_mps)
+                    limit = min(limit, self._follow_mps(gap_m, v[n, 0] * math.cos(turned[n, 0])))
                     continue
                 beside_m = abs(across[n, 0]) - 0.5 * ego.size_m[1] - half_across[n, 0]
                 if beside_m < MERGE_BESIDE_M and abs(now_m - s_m) > half_length:
