@@ -62,6 +62,7 @@ MERGE_BESIDE_M = 3.5  # a car this near the corridor (the lane beside) ahead or 
 CORRIDOR_MARGIN_M = 0.4  # the corridor is the ego's and the other's half-widths plus this
 HOLD_BELOW_MPS = 0.1  # asked for less than this below 1 m/s, the agent brakes fully and stands
 STATION_M = 0.5  # the route's stations for yielding, this far apart
+_PREFILTER = True  # False: every agent goes through the yield search (the reference the prefilter is tested against)
 
 
 class BuiltinAgent:
@@ -111,16 +112,18 @@ class BuiltinAgent:
         # allow)
         cruise = min(self.target_speed_mps, self._curve_limit_mps(s, speed * CURVE_PREVIEW_S))
         desired = cruise
-        inv = np.linalg.inv(ego.pose_agent_to_world)
         ahead = set()
-        for agent in snapshot.agents:
-            local = inv @ np.append(agent.position_m, 1.0)
-            if (local[0] <= 0 or local[0] > 60
-                    or abs(local[1]) > 0.5 * (ego.size_m[1] + agent.size_m[1]) + CORRIDOR_MARGIN_M):
-                continue
-            ahead.add(agent.agent_id)
-            gap = local[0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
-            desired = min(desired, self._follow_mps(gap, math.cos(agent.yaw_rad - yaw) * agent.speed_mps))
+        if snapshot.agents:  # every agent in the ego's frame at once (hundreds of them cost ms one by one)
+            inv = np.linalg.inv(ego.pose_agent_to_world)
+            local = np.array([a.pose_agent_to_world[:3, 3] for a in snapshot.agents]) @ inv[:3, :3].T + inv[:3, 3]
+            widths_m = np.array([a.size_m[1] for a in snapshot.agents])
+            near = ((local[:, 0] > 0) & (local[:, 0] <= 60)
+                    & (np.abs(local[:, 1]) <= 0.5 * (ego.size_m[1] + widths_m) + CORRIDOR_MARGIN_M))
+            for n in np.flatnonzero(near):
+                agent = snapshot.agents[n]
+                ahead.add(agent.agent_id)
+                gap = local[n, 0] - 0.5 * (ego.size_m[0] + agent.size_m[0])
+                desired = min(desired, self._follow_mps(gap, math.cos(agent.yaw_rad - yaw) * agent.speed_mps))
         yield_mps = self._yield_limit_mps(snapshot, s, speed, cruise, ahead)
         desired = min(desired, yield_mps)
         accel = 0.8 * (desired - speed)
@@ -194,15 +197,24 @@ class BuiltinAgent:
         points, tangents = self.yield_xy_m[lo:hi], self.yield_tangents[lo:hi]
         headings, stations = self.yield_headings[lo:hi], self.yield_stations_m[lo:hi]
         times = np.arange(0.0, YIELD_HORIZON_S + 1e-9, YIELD_STEP_S)
-        ego_xy, half_length = ego.position_m[:2], 0.5 * ego.size_m[0]
+        half_length = 0.5 * ego.size_m[0]
+        # an agent whose box cannot reach the corridor of this stretch of route within the horizon at its speed is
+        # left out before the [N, K, M] search below (with hundreds of agents that search was most of the cost)
+        everyone = snapshot.agents
+        if not everyone:
+            return math.inf
+        xy0 = np.array([a.pose_agent_to_world[:2, 3] for a in everyone])
+        boxes = np.array([a.size_m[:2] for a in everyone])
+        nearest_m = np.sqrt(np.min(((xy0[:, None, :] - points[None]) ** 2).sum(axis=2), axis=1))
+        reach_now_m = (np.maximum([a.speed_mps for a in everyone], 0.0) * YIELD_HORIZON_S + 0.5 * STATION_M
+                       + 0.5 * ego.size_m[1] + 0.5 * np.hypot(boxes[:, 0], boxes[:, 1]) + CORRIDOR_MARGIN_M)
         candidates, rates = [], []
-        for agent in snapshot.agents:
+        for n in np.flatnonzero((nearest_m <= reach_now_m + 1e-6) | (not _PREFILTER)):
+            agent = everyone[n]
             history = self._seen[agent.agent_id]
             if agent.agent_id in skip_ids or now_s - history[0][0] < 0.5 * TURN_RATE_S:
                 continue
             v = max(agent.speed_mps, 0.0)
-            if np.linalg.norm(agent.position_m[:2] - ego_xy) > reach_m + v * YIELD_HORIZON_S + 10.0:
-                continue
             turn_rate = math.remainder(agent.yaw_rad - history[0][1], 2.0 * math.pi) / (now_s - history[0][0])
             rates.append(float(np.clip(turn_rate, -min(1.0, v / 3.0), min(1.0, v / 3.0))))  # no tighter than 3 m
             candidates.append(agent)
