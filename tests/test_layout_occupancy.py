@@ -226,3 +226,29 @@ def test_ground_labels_tile_by_tile_as_in_one_batch():
     np.testing.assert_array_equal(label, ref_label)
     np.testing.assert_array_equal(top, ref_top)
     assert len(set(label.tolist())) >= 4  # road, marking, sidewalk and terrain all occur
+
+
+def _inside(box: Box, xy: np.ndarray) -> np.ndarray:
+    """[N] whether points [N, 2] are strictly inside box's footprint (5 mm in from its sides)."""
+    c, s = np.cos(box.yaw_rad), np.sin(box.yaw_rad)
+    d = xy - np.asarray(box.centre_m[:2])
+    along, across = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
+    return (np.abs(along) < box.size_m[0] / 2 - 0.005) & (np.abs(across) < box.size_m[1] / 2 - 0.005)
+
+
+@pytest.mark.parametrize("radius_m", [20.0, 25.0, 40.0])
+def test_no_parked_car_stands_in_a_building_tree_or_pole(radius_m):
+    """A review's: on the inside of a tight bend a parked car moved out for the lane stood up to 1.1 m in a building
+    (15 of 232 parked cars over radii 25-60 m, seeds 0-19, met a building, tree or pole); such a car is left out.
+    Checked by sampling each car's footprint on a 5 cm grid against every other box."""
+    for seed in range(8):
+        for lanes in (1, 2):
+            objects = curve(radius_m, lanes_per_direction=lanes, style=Style(seed=seed)).objects
+            others = [o for o in objects if o.cls in ("building", "vegetation", "pole")]
+            for car in (o for o in objects if o.cls == "parked_vehicle"):
+                u, v = np.meshgrid(np.linspace(-0.5, 0.5, 97) * car.size_m[0],
+                                   np.linspace(-0.5, 0.5, 39) * car.size_m[1])
+                c, s = np.cos(car.yaw_rad), np.sin(car.yaw_rad)
+                xy = np.stack([u.ravel() * c - v.ravel() * s, u.ravel() * s + v.ravel() * c], 1) + car.centre_m[:2]
+                for other in others:
+                    assert not _inside(other, xy).any(), (radius_m, seed, lanes, car, other)

@@ -43,6 +43,7 @@ BUILDING_STYLES = ("mixed", "office", "apartment", "old_town", "house")  # facad
 PARKED_SIZE_M = (4.5, 1.9, 1.5)  # a parked car's box (length, width, height)
 PARKED_CLEARANCE_M = 0.25  # at least this between a parked car and a car as wide centred in the outer lane
 SWEPT_CAR_SIZE_M = (4.8, 1.9)  # that car (the ego's 4.7 m and a little): on a bend its box swept along the lane
+PARKED_KEEP_OUT = ("building", "vegetation", "pole")  # a parked car and these never overlap (the later one is left out)
 PARKED_BEND_MAX_M = 1.5  # a parked car moves at most this much further onto the kerb on a bend for it
 MIN_BUILDING_LENGTH_M = 6.0  # a building shortened to keep a road clear is dropped below this
 ROAD_CLEARANCE_M = 0.5  # no building's footprint comes nearer than this to its own road's edge (a tight bend's inside)
@@ -349,6 +350,33 @@ def _footprint_distance_m(centre_xy: np.ndarray, yaw_rad: float, length_m: float
     return float(np.min(np.hypot(out_along, out_across))) if len(d) else math.inf
 
 
+def _footprints_overlap_m(a: "Box", b: "Box") -> float:
+    """How deep (m) two boxes' footprints overlap: the smallest penetration over the separating axes of both
+    rectangles (<= 0: they do not overlap)."""
+    corners = []
+    for box in (a, b):
+        c, s = math.cos(box.yaw_rad), math.sin(box.yaw_rad)
+        half = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]]) * (0.5 * np.array(box.size_m[:2]))
+        corners.append(np.asarray(box.centre_m[:2]) + half @ np.array([[c, s], [-s, c]]))
+    depth = math.inf
+    for box in (a, b):
+        for axis in ((math.cos(box.yaw_rad), math.sin(box.yaw_rad)), (-math.sin(box.yaw_rad), math.cos(box.yaw_rad))):
+            pa, pb = corners[0] @ axis, corners[1] @ axis
+            depth = min(depth, float(min(pa.max() - pb.min(), pb.max() - pa.min())))
+    return depth
+
+
+def _overlaps_any(box: "Box", placed: Sequence["Box"]) -> bool:
+    """Whether box's footprint overlaps one of placed's (those whose bounding circles meet are tested)."""
+    radius = 0.5 * math.hypot(box.size_m[0], box.size_m[1])
+    for other in placed:
+        reach = radius + 0.5 * math.hypot(other.size_m[0], other.size_m[1])
+        if (abs(other.centre_m[0] - box.centre_m[0]) < reach and abs(other.centre_m[1] - box.centre_m[1]) < reach
+                and _footprints_overlap_m(box, other) > 1e-6):
+            return True
+    return False
+
+
 def _swept_car_points(at, s_m: float, lateral_m: float) -> np.ndarray:
     """[N, 2] the long sides of a SWEPT_CAR_SIZE_M car centred lateral_m off a road's reference and headed along
     it, every 0.25 m of the reference within one and a half car lengths of s_m (at: the road's (s, lateral) ->
@@ -482,7 +510,11 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
             else:
                 centre, yaw = at(s, side * (half_road_m + 0.5))
                 box = Box((centre[0], centre[1], 1.8), (0.1, 0.8, 0.8), yaw, kind)
-            if skip_fn is None or not skip_fn(centre):
+            # a parked car does not stand in a building, a tree or a pole, nor one of those in a parked car (on the
+            # inside of a tight bend a car moved out for the lane, or a straight building's end, met them): left out
+            if (skip_fn is None or not skip_fn(centre)) and not _overlaps_any(
+                    box, [o for o in objects if o.cls in PARKED_KEEP_OUT] if kind == "parked_vehicle"
+                    else [o for o in objects if o.cls == "parked_vehicle"] if kind in PARKED_KEEP_OUT else []):
                 objects.append(box)
             # a denser mix of trees than the default also closes up the gap after each tree (the mix alone made
             # "many trees" only 1.5 x "some"); at the default and below the gaps are as they always were
