@@ -76,17 +76,18 @@ def connect_enhancer(options):
                                   precision=options.enhancer_precision)
             endpoint = server.endpoint
         client = EnhancerClient(endpoint, deadline_ms=options.enhancer_deadline_ms)
-        waiting = None
-        if server is None and options.progress:  # a remote server: say what the run is waiting for
-            def waiting(left_s: float) -> None:
-                if client.server is not None:  # it answered hello: its workers are loading the model
-                    print(f"neural-sensor: the enhancer at {endpoint} answers, but none of its workers is ready yet "
-                          f"(loading the model); waiting up to {left_s:.0f} s more", file=sys.stderr)
-                else:
-                    print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to "
-                          f"{left_s:.0f} s more", file=sys.stderr)
+
+        def say_waiting(left_s: float) -> None:  # a remote server: say what the run is waiting for
+            if client.server is not None:  # it answered hello: its workers are loading the model
+                print(f"neural-sensor: the enhancer at {endpoint} answers, but none of its workers is ready yet "
+                      f"(loading the model); waiting up to {left_s:.0f} s more", file=sys.stderr)
+            else:
+                print(f"neural-sensor: no answer from the enhancer at {endpoint} yet; waiting up to "
+                      f"{left_s:.0f} s more", file=sys.stderr)
+
         try:
-            client.wait_ready(timeout_s=REMOTE_WAIT_S, waiting=waiting)
+            client.wait_ready(timeout_s=REMOTE_WAIT_S,
+                              waiting=say_waiting if server is None and options.progress else None)
         except EnhancerError as err:
             if server is not None or isinstance(err, EnhancerVersionError):
                 raise
