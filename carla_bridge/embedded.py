@@ -4,7 +4,9 @@ Fixed step (0.05 s by default). The ego is a kinematic bicycle driven by
 throttle / steer / brake. Other agents move by behaviour along the layout's
 lanes: follow a lane at a speed, cut in from a neighbouring lane when the ego
 comes close, cross the road (pedestrians, cyclists) when the ego comes close,
-or stay parked. Footprints are oriented boxes; an overlap with the ego (and in
+or stay parked. Traffic on a lane or a route keeps its distance from whatever is
+ahead of it there (the ego, another agent, a walker on the crosswalk), as the
+intelligent driver model does (`_traffic_accel_mps2`), unless told not to. Footprints are oriented boxes; an overlap with the ego (and in
 height) is a collision, reported in the snapshot. Frame ids count up by one per
 tick from `start_frame`, timestamps are frame steps times dt. Hitting a static
 object of the layout (a parked car, a building, a pole) is a collision with id -1.
@@ -33,6 +35,15 @@ MAX_STEER_RAD = math.radians(35.0)
 MAX_ACCEL_MPS2 = 3.5
 MAX_BRAKE_MPS2 = 8.0
 ROLLING_DRAG_PER_S = 0.02  # fraction of speed lost per second without throttle
+# traffic keeping its distance (the intelligent driver model: Treiber, Hennecke and Helbing 2000)
+TRAFFIC_TIME_GAP_S = 1.2
+TRAFFIC_STANDSTILL_M = 2.0  # bumper to bumper, standing behind what it waits for
+TRAFFIC_ACCEL_MPS2 = 1.5
+TRAFFIC_COMFORT_BRAKE_MPS2 = 3.0
+TRAFFIC_LOOK_M = 60.0  # what is farther ahead along its way than this is not looked at
+TRAFFIC_MARGIN_M = 0.3  # something is in its way if its box comes within this of the agent's half-width across it
+TRAFFIC_ENTER_S = 2.0  # a walker crossing, or a car cutting in, is in its way this long before it is
+TRAFFIC_NEAR_MARGIN_M = 15.0  # (what is farther than TRAFFIC_LOOK_M and this from it is not placed along its way)
 
 
 @dataclass
@@ -50,7 +61,9 @@ class AgentSpec:
         scenarios.base.turn_route or chain_route) from arc length `start_s_m` at `speed_mps` (past its end, on along
         its last segment's heading).
     An agent's speed is `speed_mps` times a factor in [0.95, 1.05] drawn from the simulator's seed (the run's --seed),
-    as traffic varies; the same seed gives the same speeds.
+    as traffic varies; the same seed gives the same speeds. A follow_lane, cut_in or follow_route agent slows for
+    what is ahead on its lane or route (the ego, another agent, a walker crossing) and stands behind it, then
+    takes up its speed again; `keep_gap=False` drives at its speed whatever is there (a scripted adversary).
     """
 
     agent_id: int
@@ -67,6 +80,7 @@ class AgentSpec:
     distance_m: float = 12.0
     size_m: tuple[float, float, float] | None = None
     route_xy_m: np.ndarray | None = field(default=None, compare=False)  # needed by (and only by) follow_route
+    keep_gap: bool = True  # follow_lane, cut_in, follow_route: slow for what is ahead (False: its speed regardless)
 
     def __post_init__(self) -> None:
         if isinstance(self.agent_id, bool) or not isinstance(self.agent_id, (int, np.integer)) or self.agent_id <= 0:
@@ -84,6 +98,9 @@ class AgentSpec:
                 raise ValueError(f"agent {self.agent_id}: {name} must be >= 0, got {getattr(self, name)}")
         if self.duration_s <= 0:
             raise ValueError(f"agent {self.agent_id}: duration_s must be > 0, got {self.duration_s}")
+        if not isinstance(self.keep_gap, (bool, np.bool_)):
+            raise ValueError(f"agent {self.agent_id}: keep_gap must be True or False, got {self.keep_gap!r}")
+        self.keep_gap = bool(self.keep_gap)
         if abs(self.heading_rad) > 2.0 * math.pi:
             raise ValueError(f"agent {self.agent_id}: heading_rad {self.heading_rad:g} is more than a turn: it is in "
                              f"radians (degrees? math.radians({self.heading_rad:g}) = "
@@ -175,6 +192,7 @@ class _AgentRuntime:
     spec: AgentSpec
     s_m: float
     speed_mps: float
+    desired_mps: float = 0.0  # its speed with nothing ahead (speed_mps: what it drives now)
     triggered_at_s: float | None = None
     travelled_m: float = 0.0
     xy: np.ndarray = field(default_factory=lambda: np.zeros(2))
@@ -322,7 +340,7 @@ class EmbeddedSimulator:
         self._agents = []
         for spec in agents:
             jitter = 1.0 + 0.05 * rng.uniform(-1.0, 1.0)  # seeded speed variation
-            runtime = _AgentRuntime(spec, spec.start_s_m, spec.speed_mps * jitter)
+            runtime = _AgentRuntime(spec, spec.start_s_m, spec.speed_mps * jitter, spec.speed_mps * jitter)
             if spec.behaviour in XY_BEHAVIOURS:
                 runtime.xy, runtime.yaw = np.array(spec.start_xy_m, float), spec.heading_rad
             self._agents.append(runtime)
@@ -350,7 +368,10 @@ class EmbeddedSimulator:
     def tick(self) -> WorldSnapshot:
         if self._steps >= 0:
             self._step_ego()
+            accel_mps2 = self._traffic_accel_mps2()  # (from where everyone is before the agents move)
             for agent in self._agents:
+                if agent.spec.agent_id in accel_mps2:
+                    agent.speed_mps = max(0.0, agent.speed_mps + accel_mps2[agent.spec.agent_id] * self.dt_s)
                 self._step_agent(agent)
         self._steps += 1
         return self._snapshot()
@@ -388,6 +409,68 @@ class EmbeddedSimulator:
                 step = min(agent.speed_mps * dt, spec.distance_m - agent.travelled_m)
                 agent.xy = agent.xy + step * np.array([math.cos(spec.heading_rad), math.sin(spec.heading_rad)])
                 agent.travelled_m += step
+
+    def _traffic_accel_mps2(self) -> dict[int, float]:
+        """Each keep_gap agent on a lane or a route: its acceleration (m/s^2) by the intelligent driver model
+        towards its own speed, behind the nearest road user ahead along its way (the ego included) whose box comes
+        within its half-width plus TRAFFIC_MARGIN_M across it, no farther than TRAFFIC_LOOK_M: its gap bumper to
+        bumper and the speed it moves along that way (one coming the other way closes the faster). A crossing
+        walker or a car cutting in counts from TRAFFIC_ENTER_S before it gets there, at the speed it moves across;
+        other traffic (a car through a junction) from when it is there. Braking is capped at MAX_BRAKE_MPS2. A
+        cut_in agent looks along the lane it moves into once it has begun."""
+        followers = [a for a in self._agents if a.spec.keep_gap and a.spec.behaviour not in XY_BEHAVIOURS]
+        if not followers:
+            return {}
+        poses = [self._agent_pose(a) for a in self._agents]
+        xy = np.array([self._ego["xy"]] + [p[0] for p in poses])
+        yaw = np.array([self._ego["yaw"]] + [p[1] for p in poses])
+        speed = np.array([self._ego["speed"]] + [p[2] for p in poses])
+        size = np.array([self.ego_size_m[:2]] + [a.spec.size_m[:2] for a in self._agents])
+        ids = {agent_id: n for n, agent_id in enumerate([EGO_ID] + [a.spec.agent_id for a in self._agents])}
+        crossing = np.array([False] + [a.spec.behaviour in ("cross", "cut_in") for a in self._agents])
+        # only those near enough to be within TRAFFIC_LOOK_M along its way are placed along it (a map's hundreds of
+        # lanes and agents: each agent measured against everyone was 5 ms a tick with 40)
+        apart_m = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
+        out = {}
+        for agent in followers:
+            spec = agent.spec
+            if spec.behaviour == "follow_route":
+                path = self._routes[spec.agent_id]
+            else:
+                path = self.lanes[spec.target_lane if spec.behaviour == "cut_in" and agent.triggered_at_s is not None
+                                  else spec.lane]
+            v, v0 = agent.speed_mps, agent.desired_mps
+            free = 1.0 - (v / v0) ** 4 if v0 > 0.0 else -1.0
+            accel = TRAFFIC_ACCEL_MPS2 * free
+            near = np.flatnonzero(apart_m[ids[spec.agent_id]] <= TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M)
+            me = int(np.flatnonzero(near == ids[spec.agent_id])[0])
+            if len(near) > 1:
+                _, lateral_m, heading, s_m = path.nearest(xy[near])
+                turned = yaw[near] - heading
+                length_m, width_m = size[near, 0], size[near, 1]
+                half_across = 0.5 * (length_m * np.abs(np.sin(turned)) + width_m * np.abs(np.cos(turned)))
+                half_along = 0.5 * (length_m * np.abs(np.cos(turned)) + width_m * np.abs(np.sin(turned)))
+                ahead_m = s_m - s_m[me]
+                # in its way: across the lane, within its half-width and the other's, now or (one crossing it, one
+                # cutting in) within TRAFFIC_ENTER_S at the speed it moves across
+                reach_m = 0.5 * spec.size_m[1] + half_across + TRAFFIC_MARGIN_M
+                off_m = lateral_m - lateral_m[me]
+                across_mps = np.where(crossing[near], speed[near] * np.sin(turned), 0.0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    enters_s = np.where(np.abs(off_m) <= reach_m, 0.0,
+                                        np.where(off_m * across_mps < 0.0,
+                                                 (np.abs(off_m) - reach_m) / np.abs(across_mps), np.inf))
+                inside = (ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
+                inside[me] = False
+                if inside.any():
+                    gap_m = ahead_m - half_along - 0.5 * spec.size_m[0]
+                    n = int(np.flatnonzero(inside)[np.argmin(gap_m[inside])])
+                    lead_mps = speed[near[n]] * math.cos(turned[n])
+                    wanted_m = TRAFFIC_STANDSTILL_M + max(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - lead_mps) / (
+                        2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
+                    accel = TRAFFIC_ACCEL_MPS2 * (free - (wanted_m / max(gap_m[n], 0.1)) ** 2)
+            out[spec.agent_id] = float(max(-MAX_BRAKE_MPS2, min(accel, TRAFFIC_ACCEL_MPS2)))
+        return out
 
     def _agent_pose(self, agent: _AgentRuntime) -> tuple[np.ndarray, float, float]:
         spec = agent.spec
