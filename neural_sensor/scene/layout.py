@@ -385,8 +385,8 @@ def _swept_car_points(at, s_m: float, lateral_m: float) -> np.ndarray:
     along = np.linspace(-length_m / 2, length_m / 2, int(length_m / 0.25) + 1)
     points = []
     reach_m = 1.5 * length_m + 1.0  # (stations of the reference: on the outside of a bend a lane's are longer)
-    for station in np.arange(max(s_m - reach_m, 1.0), s_m + reach_m + 1e-9, 0.25):  # (roadside_objects' at()
-        #                                                        takes no s < 0: it would read the last segment)
+    for station in np.arange(max(s_m - reach_m, 1.0), s_m + reach_m + 1e-9, 0.25):  # (from 1 m, where at() once
+        #                                            read the last segment for s < 0: kept so, the worlds unchanged)
         xy = at(station, lateral_m)[0]
         forward = at(station + 1.0, lateral_m)[0] - at(station - 1.0, lateral_m)[0]  # (smooth over the vertices,
         forward = forward / np.linalg.norm(forward)  # as a car turns)
@@ -446,8 +446,8 @@ def roadside_objects(rng: np.random.Generator, reference: np.ndarray, half_road_
     cum = np.concatenate([[0.0], np.cumsum(seg_len)])
     total = cum[-1]
 
-    def at(s: float, lateral: float):
-        i = min(np.searchsorted(cum, s, side="right") - 1, len(seg) - 1)
+    def at(s: float, lateral: float):  # (before the start and past the end: along the first / last segment)
+        i = int(np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1))
         t = (s - cum[i]) / seg_len[i]
         p = reference[i] + t * seg[i]
         d = seg[i] / seg_len[i]
