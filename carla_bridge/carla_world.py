@@ -163,8 +163,11 @@ class CarlaSimulator:
         size, ego_pose = agent_box(self.ego.bounding_box, ego_snap.get_transform())
         v = ego_snap.get_velocity()
         ego = AgentState(0, "car", size, ego_pose, math.sqrt(v.x**2 + v.y**2 + v.z**2))
-        # the behaviours react to the real ego (cut-in and crossing triggers measure distance to it)
-        self._behaviours.set_ego_state(ego_pose[:2, 3], ego.yaw_rad, ego.speed_mps)
+        # the behaviours react to the real ego (cut-in and crossing triggers measure distance to it; the traffic
+        # behind it its speed, signed: backing up it closes on them)
+        forward = ego_snap.get_transform().get_forward_vector()
+        self._behaviours.set_ego_state(ego_pose[:2, 3], ego.yaw_rad, math.copysign(
+            ego.speed_mps, v.x * forward.x + v.y * forward.y + v.z * forward.z))
         agents = []
         for agent_id, actor in self._actors.items():
             size, pose = agent_box(actor.bounding_box, snapshot.find(actor.id).get_transform())

@@ -43,6 +43,7 @@ TRAFFIC_COMFORT_BRAKE_MPS2 = 3.0
 TRAFFIC_LOOK_M = 60.0  # what is farther ahead along its way than this is not looked at
 TRAFFIC_MARGIN_M = 0.3  # something is in its way if its box comes within this of the agent's half-width across it
 TRAFFIC_ENTER_S = 2.0  # a walker crossing, or a car cutting in, is in its way this long before it is
+TRAFFIC_PAST_END_M = 1000.0  # an agent's way for keeping its gap goes on this far past its lane's or route's end
 TRAFFIC_NEAR_MARGIN_M = 15.0  # (what is farther than TRAFFIC_LOOK_M and this from it is not placed along its way)
 
 
@@ -290,6 +291,7 @@ class EmbeddedSimulator:
                                      f"same way (lane {spec.lane} -> {spec.target_lane})")
         road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
         self._routes = {}
+        self._gap_ways: dict[tuple, Path] = {}  # (see _gap_way)
         for spec in agents:
             if spec.behaviour == "follow_route":
                 route = self._routes[spec.agent_id] = Path(spec.route_xy_m)
@@ -412,65 +414,90 @@ class EmbeddedSimulator:
 
     def _traffic_accel_mps2(self) -> dict[int, float]:
         """Each keep_gap agent on a lane or a route: its acceleration (m/s^2) by the intelligent driver model
-        towards its own speed, behind the nearest road user ahead along its way (the ego included) whose box comes
-        within its half-width plus TRAFFIC_MARGIN_M across it, no farther than TRAFFIC_LOOK_M: its gap bumper to
-        bumper and the speed it moves along that way (one coming the other way closes the faster). A crossing
-        walker or a car cutting in counts from TRAFFIC_ENTER_S before it gets there, at the speed it moves across;
-        other traffic (a car through a junction) from when it is there. Braking is capped at MAX_BRAKE_MPS2. A
-        cut_in agent looks along the lane it moves into once it has begun."""
-        followers = [a for a in self._agents if a.spec.keep_gap and a.spec.behaviour not in XY_BEHAVIOURS]
-        if not followers:
+        towards its own speed, behind the nearest road user ahead along its way (the ego included; its way goes on
+        past the lane's or route's end along the last heading, as the agent does) whose box comes within its
+        half-width plus TRAFFIC_MARGIN_M across it, no farther than TRAFFIC_LOOK_M: its gap bumper to bumper and
+        the speed it moves along that way (one coming the other way closes the faster). Other moving traffic
+        counts only with its centre within the agent's half-width plus TRAFFIC_MARGIN_M (it keeps to its lane: two
+        wide trucks passing in narrow lanes stood nose to nose). A crossing walker or a car cutting in counts, box
+        and all, from TRAFFIC_ENTER_S before it gets there, at the speed it moves across; the ego and anything
+        standing, box and all, from when it is there.
+        Braking is capped at MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun.
+        Followers sharing a way are worked out together (hundreds of agents: one projection a way a tick)."""
+        groups: dict[tuple, list[int]] = {}  # its way -> the followers' indices (0 is the ego)
+        for n, agent in enumerate(self._agents, start=1):
+            spec = agent.spec
+            if not spec.keep_gap or spec.behaviour in XY_BEHAVIOURS:
+                continue
+            if spec.behaviour == "follow_route":
+                key = ("route", spec.agent_id)
+            else:
+                key = ("lane", spec.target_lane if spec.behaviour == "cut_in" and agent.triggered_at_s is not None
+                       else spec.lane)
+            groups.setdefault(key, []).append(n)
+        if not groups:
             return {}
         poses = [self._agent_pose(a) for a in self._agents]
         xy = np.array([self._ego["xy"]] + [p[0] for p in poses])
         yaw = np.array([self._ego["yaw"]] + [p[1] for p in poses])
         speed = np.array([self._ego["speed"]] + [p[2] for p in poses])
         size = np.array([self.ego_size_m[:2]] + [a.spec.size_m[:2] for a in self._agents])
-        ids = {agent_id: n for n, agent_id in enumerate([EGO_ID] + [a.spec.agent_id for a in self._agents])}
         crossing = np.array([False] + [a.spec.behaviour in ("cross", "cut_in") for a in self._agents])
-        # only those near enough to be within TRAFFIC_LOOK_M along its way are placed along it (a map's hundreds of
-        # lanes and agents: each agent measured against everyone was 5 ms a tick with 40)
-        apart_m = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
         out = {}
-        for agent in followers:
-            spec = agent.spec
-            if spec.behaviour == "follow_route":
-                path = self._routes[spec.agent_id]
-            else:
-                path = self.lanes[spec.target_lane if spec.behaviour == "cut_in" and agent.triggered_at_s is not None
-                                  else spec.lane]
-            v, v0 = agent.speed_mps, agent.desired_mps
-            free = 1.0 - (v / v0) ** 4 if v0 > 0.0 else -1.0
-            accel = TRAFFIC_ACCEL_MPS2 * free
-            near = np.flatnonzero(apart_m[ids[spec.agent_id]] <= TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M)
-            me = int(np.flatnonzero(near == ids[spec.agent_id])[0])
-            if len(near) > 1:
-                _, lateral_m, heading, s_m = path.nearest(xy[near])
-                turned = yaw[near] - heading
-                length_m, width_m = size[near, 0], size[near, 1]
-                half_across = 0.5 * (length_m * np.abs(np.sin(turned)) + width_m * np.abs(np.cos(turned)))
-                half_along = 0.5 * (length_m * np.abs(np.cos(turned)) + width_m * np.abs(np.sin(turned)))
-                ahead_m = s_m - s_m[me]
-                # in its way: across the lane, within its half-width and the other's, now or (one crossing it, one
-                # cutting in) within TRAFFIC_ENTER_S at the speed it moves across
-                reach_m = 0.5 * spec.size_m[1] + half_across + TRAFFIC_MARGIN_M
-                off_m = lateral_m - lateral_m[me]
-                across_mps = np.where(crossing[near], speed[near] * np.sin(turned), 0.0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    enters_s = np.where(np.abs(off_m) <= reach_m, 0.0,
-                                        np.where(off_m * across_mps < 0.0,
-                                                 (np.abs(off_m) - reach_m) / np.abs(across_mps), np.inf))
-                inside = (ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
-                inside[me] = False
-                if inside.any():
-                    gap_m = ahead_m - half_along - 0.5 * spec.size_m[0]
-                    n = int(np.flatnonzero(inside)[np.argmin(gap_m[inside])])
-                    lead_mps = speed[near[n]] * math.cos(turned[n])
-                    wanted_m = TRAFFIC_STANDSTILL_M + max(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - lead_mps) / (
-                        2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
-                    accel = TRAFFIC_ACCEL_MPS2 * (free - (wanted_m / max(gap_m[n], 0.1)) ** 2)
-            out[spec.agent_id] = float(max(-MAX_BRAKE_MPS2, min(accel, TRAFFIC_ACCEL_MPS2)))
+        for key, followers in groups.items():
+            f = np.array(followers)
+            # only those near enough to be within TRAFFIC_LOOK_M along the way of one of them are placed along it
+            apart_m = np.linalg.norm(xy[f][:, None, :] - xy[None, :, :], axis=2)  # [F, N]
+            near_f = apart_m <= TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M
+            near = np.flatnonzero(near_f.any(axis=0))  # [U] (the followers themselves among them)
+            if len(near) == 1:  # one follower, no one near it: nothing to place along its way
+                agent = self._agents[f[0] - 1]
+                free = 1.0 - (agent.speed_mps / agent.desired_mps) ** 4 if agent.desired_mps > 0.0 else -1.0
+                out[agent.spec.agent_id] = float(np.clip(TRAFFIC_ACCEL_MPS2 * free, -MAX_BRAKE_MPS2, TRAFFIC_ACCEL_MPS2))
+                continue
+            _, lateral_m, heading, s_m = self._gap_way(key).nearest(xy[near])
+            turned = yaw[near] - heading
+            length_m, width_m = size[near, 0], size[near, 1]
+            half_across = 0.5 * (length_m * np.abs(np.sin(turned)) + width_m * np.abs(np.cos(turned)))
+            half_along = 0.5 * (length_m * np.abs(np.cos(turned)) + width_m * np.abs(np.sin(turned)))
+            mine = np.searchsorted(near, f)  # each follower's column among the near ones
+            half_width_f = 0.5 * size[f, 1][:, None]
+            ahead_m = s_m[None, :] - s_m[mine][:, None]  # [F, U]
+            off_m = np.abs(lateral_m[None, :] - lateral_m[mine][:, None])
+            lane_kept = (speed[near] > 0.5) & ~crossing[near] & (near != 0)  # moving traffic keeps to its lane
+            reach_m = half_width_f + np.where(lane_kept, 0.0, half_across)[None, :] + TRAFFIC_MARGIN_M
+            across_mps = np.where(crossing[near], speed[near] * np.sin(turned), 0.0)
+            signed_off = lateral_m[None, :] - lateral_m[mine][:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):  # when a crossing one gets into its way
+                enters_s = np.where(off_m <= reach_m, 0.0, np.where(signed_off * across_mps[None, :] < 0.0,
+                                                                    (off_m - reach_m) / np.abs(across_mps), np.inf))
+            inside = ((ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
+                      & near_f[:, near])
+            inside[np.arange(len(f)), mine] = False
+            gap_m = np.where(inside, ahead_m - half_along[None, :] - 0.5 * size[f, 0][:, None], np.inf)
+            rows, lead = np.arange(len(f)), np.argmin(gap_m, axis=1)
+            v = np.array([self._agents[n - 1].speed_mps for n in f])
+            v0 = np.array([self._agents[n - 1].desired_mps for n in f])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                free = np.where(v0 > 0.0, 1.0 - (v / v0) ** 4, -1.0)
+            lead_mps = speed[near[lead]] * np.cos(turned[lead])
+            wanted_m = TRAFFIC_STANDSTILL_M + np.maximum(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - lead_mps) / (
+                2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
+            behind = inside.any(axis=1)
+            gap_lead_m = np.where(behind, np.maximum(gap_m[rows, lead], 0.1), 1.0)
+            accel = TRAFFIC_ACCEL_MPS2 * (free - np.where(behind, (wanted_m / gap_lead_m) ** 2, 0.0))
+            for n, a in zip(f, np.clip(accel, -MAX_BRAKE_MPS2, TRAFFIC_ACCEL_MPS2)):
+                out[self._agents[n - 1].spec.agent_id] = float(a)
         return out
+
+    def _gap_way(self, key: tuple) -> Path:
+        """A lane's or a route's polyline for keeping the gap, going on TRAFFIC_PAST_END_M past its end along its
+        last heading (where an agent goes on past it: a lane ends at the junction)."""
+        if key not in self._gap_ways:
+            path = self._routes[key[1]] if key[0] == "route" else self.lanes[key[1]]
+            points = path.points[:, :2]
+            self._gap_ways[key] = Path(np.vstack([points, points[-1] + TRAFFIC_PAST_END_M * path.dirs[-1, :2]]))
+        return self._gap_ways[key]
 
     def _agent_pose(self, agent: _AgentRuntime) -> tuple[np.ndarray, float, float]:
         spec = agent.spec

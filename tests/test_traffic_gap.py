@@ -118,3 +118,57 @@ def test_a_cut_in_car_looks_along_the_lane_it_moves_into():
 def test_keep_gap_must_be_a_bool(bad):
     with pytest.raises(ValueError, match="keep_gap must be True or False"):
         AgentSpec(1, "car", "follow_lane", keep_gap=bad)
+
+
+def test_a_standing_ego_past_the_end_of_the_lane_is_not_driven_into():
+    """A review's: a lane ends at the junction, and what stood more than ~2 m past its end read as beside the lane
+    (its end point the nearest place): an ego waiting 6 m into the junction was hit at full speed. The way goes on
+    past the end along the last heading, as the agents do."""
+    follower = AgentSpec(1, "car", "follow_lane", lane=0, start_s_m=150.0, speed_mps=10.0)
+    sim = EmbeddedSimulator(ROAD, EgoStart(lane=0, start_s_m=199.0), [follower], seed=0)
+    for _ in range(300):
+        sim.set_ego_state(np.array([206.0, -1.75]), 0.0, 0.0)
+        snapshot = sim.tick()
+        assert not _obb_overlap(snapshot.agents[0], snapshot.ego)
+    assert snapshot.agents[0].speed_mps < 0.05 and snapshot.agents[0].position_m[0] > 195.0
+
+
+def test_two_cars_past_the_end_of_their_lane_keep_their_gap():
+    specs = [AgentSpec(1, "car", "follow_lane", lane=0, start_s_m=195.0, speed_mps=2.0),
+             AgentSpec(2, "car", "follow_lane", lane=0, start_s_m=170.0, speed_mps=6.0)]
+    sim = EmbeddedSimulator(ROAD, EgoStart(lane=3, start_s_m=5.0), specs, seed=0)
+    for snapshot in _run(sim, 600):
+        assert not _obb_overlap(*snapshot.agents)
+    assert snapshot.agents[1].speed_mps == pytest.approx(snapshot.agents[0].speed_mps, abs=0.1)
+
+
+def test_wide_trucks_in_narrow_lanes_pass_each_other_and_a_slower_one_beside():
+    """A review's: two 2.5 m trucks in 2.75 m lanes, oncoming in the lanes either side of the centre line, took
+    each other for head-on traffic in their own lane and stood nose to nose for good (and a truck in the next lane
+    held back the one beside it): moving traffic counts with its centre in the agent's way."""
+    road = straight_road(200.0, lane_width_m=2.75)
+    specs = [AgentSpec(1, "truck", "follow_lane", lane=0, start_s_m=40.0, speed_mps=8.0),
+             AgentSpec(2, "truck", "follow_lane", lane=2, start_s_m=40.0, speed_mps=8.0),
+             AgentSpec(3, "truck", "follow_lane", lane=1, start_s_m=60.0, speed_mps=4.0)]
+    sim = EmbeddedSimulator(road, EgoStart(lane=3, start_s_m=190.0), specs, seed=0)
+    first = sim.tick()
+    last = _run(sim, 400)[-1]
+    assert [a.speed_mps for a in last.agents] == [a.speed_mps for a in first.agents]
+
+
+def test_the_carla_ego_backing_up_is_closing_on_the_traffic_behind():
+    """Under --carla the ego's speed came as the velocity's length: backing towards the car behind it read as
+    pulling away. It is signed along the ego's heading now (as the embedded ego's)."""
+    from carla_bridge.carla_world import CarlaSimulator
+    from carla_bridge.standin import StandInClient
+
+    layout = straight_road(120.0, buildings=False)
+    layout.objects.clear()
+    follower = AgentSpec(1, "car", "follow_lane", lane=0, start_s_m=30.0, speed_mps=4.0)
+    sim = CarlaSimulator(StandInClient(), layout, EgoStart(lane=0, start_s_m=45.0), [follower], seed=0)
+    sim.tick()
+    for _ in range(20):
+        sim.apply_control(VehicleControl(throttle=0.6, reverse=True))
+        sim.tick()
+    assert sim._behaviours._ego["speed"] < -0.5
+    sim.close()
