@@ -6,11 +6,12 @@ lanes: follow a lane at a speed, cut in from a neighbouring lane when the ego
 comes close, cross the road (pedestrians, cyclists) when the ego comes close,
 or stay parked. Traffic on a lane or a route keeps its distance from whatever is
 ahead of it there (the ego, another agent, a walker on the crosswalk), as the
-intelligent driver model does (`_traffic_accel_mps2`), unless told not to. Footprints are oriented boxes; an overlap with the ego (and in
-height) is a collision, reported in the snapshot. Frame ids count up by one per
-tick from `start_frame`, timestamps are frame steps times dt. Hitting a static
-object of the layout (a parked car, a building, a pole) is a collision with id -1.
-The same inputs
+intelligent driver model does (`_traffic_accel_mps2`), unless told not to, and
+slows for the turns of its way. Footprints are oriented boxes; an overlap with
+the ego (and in height) is a collision, reported in the snapshot. Frame ids count
+up by one per tick from `start_frame`, timestamps are frame steps times dt.
+Hitting a static object of the layout (a parked car, a building, a pole) is a
+collision with id -1. The same inputs
 and seed give the same snapshots, bit for bit.
 """
 
@@ -43,6 +44,9 @@ TRAFFIC_COMFORT_BRAKE_MPS2 = 3.0
 TRAFFIC_LOOK_M = 60.0  # what is farther ahead along its way than this is not looked at
 TRAFFIC_MARGIN_M = 0.3  # something is in its way if its box comes within this of the agent's half-width across it
 TRAFFIC_ENTER_S = 2.0  # a walker crossing, or a car cutting in, is in its way this long before it is
+TRAFFIC_ALONG_DEG = 20.0  # moving traffic headed within this of the way (or against it) counts by its centre
+TRAFFIC_LATERAL_MPS2 = 3.0  # traffic takes a turn of its way no faster than this across it (a 6 m corner: 4.2 m/s)
+TRAFFIC_TURN_BRAKE_MPS2 = 2.0  # and slows for it at this
 TRAFFIC_PAST_END_M = 1000.0  # an agent's way for keeping its gap goes on this far past its lane's or route's end
 TRAFFIC_NEAR_MARGIN_M = 15.0  # (what is farther than TRAFFIC_LOOK_M and this from it is not placed along its way)
 
@@ -63,8 +67,9 @@ class AgentSpec:
         its last segment's heading).
     An agent's speed is `speed_mps` times a factor in [0.95, 1.05] drawn from the simulator's seed (the run's --seed),
     as traffic varies; the same seed gives the same speeds. A follow_lane, cut_in or follow_route agent slows for
-    what is ahead on its lane or route (the ego, another agent, a walker crossing) and stands behind it, then
-    takes up its speed again; `keep_gap=False` drives at its speed whatever is there (a scripted adversary).
+    what is ahead on its lane or route (the ego, another agent, a walker or a car crossing) and stands behind it,
+    then takes up its speed again, and slows for the turns of its way; `keep_gap=False` drives at its speed whatever
+    is there (a scripted adversary).
     """
 
     agent_id: int
@@ -81,7 +86,7 @@ class AgentSpec:
     distance_m: float = 12.0
     size_m: tuple[float, float, float] | None = None
     route_xy_m: np.ndarray | None = field(default=None, compare=False)  # needed by (and only by) follow_route
-    keep_gap: bool = True  # follow_lane, cut_in, follow_route: slow for what is ahead (False: its speed regardless)
+    keep_gap: bool = True  # follow_lane, cut_in, follow_route: slow for what is ahead and for turns (False: no)
 
     def __post_init__(self) -> None:
         if isinstance(self.agent_id, bool) or not isinstance(self.agent_id, (int, np.integer)) or self.agent_id <= 0:
@@ -200,6 +205,22 @@ class _AgentRuntime:
     yaw: float = 0.0
 
 
+def _ring(lead: dict) -> list:
+    """The members of a cycle in a who-waits-for-whom map (key -> the key it waits for, or None / a key not in
+    it), the first one found; [] if none. Each key is walked once."""
+    done: set = set()
+    for start in lead:
+        path, on_path, n = [], set(), start
+        while n in lead and n not in done and n not in on_path:
+            path.append(n)
+            on_path.add(n)
+            n = lead[n]
+        if n in on_path:
+            return path[path.index(n):]
+        done.update(path)
+    return []
+
+
 def _obb_overlap(a: AgentState, b: AgentState) -> bool:
     """Oriented-box overlap test: separating axes of the two footprints, then the height ranges."""
     def corners(state: AgentState) -> np.ndarray:
@@ -292,6 +313,8 @@ class EmbeddedSimulator:
         road_xy = np.concatenate([lane.points[:, :2] for lane in self.lanes]) if self.lanes else None
         self._routes = {}
         self._gap_ways: dict[tuple, Path] = {}  # (see _gap_way)
+        self._turn_speeds: dict[tuple, tuple] = {}  # (see _turn_limit_mps)
+        self._leads: dict[int, int] = {}  # (see _traffic_accel_mps2)
         for spec in agents:
             if spec.behaviour == "follow_route":
                 route = self._routes[spec.agent_id] = Path(spec.route_xy_m)
@@ -414,16 +437,18 @@ class EmbeddedSimulator:
 
     def _traffic_accel_mps2(self) -> dict[int, float]:
         """Each keep_gap agent on a lane or a route: its acceleration (m/s^2) by the intelligent driver model
-        towards its own speed, behind the nearest road user ahead along its way (the ego included; its way goes on
-        past the lane's or route's end along the last heading, as the agent does) whose box comes within its
-        half-width plus TRAFFIC_MARGIN_M across it, no farther than TRAFFIC_LOOK_M: its gap bumper to bumper and
-        the speed it moves along that way (one coming the other way closes the faster). Other moving traffic
-        counts only with its centre within the agent's half-width plus TRAFFIC_MARGIN_M (it keeps to its lane: two
-        wide trucks passing in narrow lanes stood nose to nose). A crossing walker or a car cutting in counts, box
-        and all, from TRAFFIC_ENTER_S before it gets there, at the speed it moves across; the ego and anything
-        standing, box and all, from when it is there.
-        Braking is capped at MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun.
-        Followers sharing a way are worked out together (hundreds of agents: one projection a way a tick)."""
+        towards its own speed (no faster than the turns of its way ahead allow: `_turn_limit_mps`), behind the
+        nearest road user ahead along its way (the ego included; the way goes on past the lane's or route's end
+        along its last heading, as the agent does), no farther than TRAFFIC_LOOK_M: its gap bumper to bumper and
+        the speed it moves along the way (one coming the other way closes the faster). In the way: the ego and
+        anything standing, turning or crossing where its box comes within the agent's half-width plus
+        TRAFFIC_MARGIN_M across the way; moving traffic headed within TRAFFIC_ALONG_DEG of the way (or against it)
+        only with its centre there (it keeps to its lane: two wide trucks passing in narrow lanes stood nose to
+        nose); a walker, a car cutting in and one crossing the way at 45 degrees or more also from TRAFFIC_ENTER_S
+        before it gets there, at the speed it moves across. A ring of agents each waiting for the next (two cars
+        turning left from opposite sides, three through a junction) is broken where the lead is least squarely in
+        the way. Braking is capped at MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has
+        begun. Followers sharing a way are worked out together (one projection a way a tick)."""
         groups: dict[tuple, list[int]] = {}  # its way -> the followers' indices (0 is the ego)
         for n, agent in enumerate(self._agents, start=1):
             spec = agent.spec
@@ -443,52 +468,88 @@ class EmbeddedSimulator:
         speed = np.array([self._ego["speed"]] + [p[2] for p in poses])
         size = np.array([self.ego_size_m[:2]] + [a.spec.size_m[:2] for a in self._agents])
         crossing = np.array([False] + [a.spec.behaviour in ("cross", "cut_in") for a in self._agents])
-        out = {}
+        # each follower's way: who is in it, how far ahead (pass 1); a pair each in the other's way (two cars
+        # turning left from opposite sides meet in the junction) would both stand for good: the one the other is
+        # less squarely in the way of goes on, the other waits for it (pass 2); then the model (pass 3)
+        found = {}  # follower's index -> (its way's key, near [U], inside [U], gap [U] m, off [U] m, along-speed [U])
         for key, followers in groups.items():
             f = np.array(followers)
             # only those near enough to be within TRAFFIC_LOOK_M along the way of one of them are placed along it
             apart_m = np.linalg.norm(xy[f][:, None, :] - xy[None, :, :], axis=2)  # [F, N]
             near_f = apart_m <= TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M
             near = np.flatnonzero(near_f.any(axis=0))  # [U] (the followers themselves among them)
-            if len(near) == 1:  # one follower, no one near it: nothing to place along its way
-                agent = self._agents[f[0] - 1]
-                free = 1.0 - (agent.speed_mps / agent.desired_mps) ** 4 if agent.desired_mps > 0.0 else -1.0
-                out[agent.spec.agent_id] = float(np.clip(TRAFFIC_ACCEL_MPS2 * free, -MAX_BRAKE_MPS2, TRAFFIC_ACCEL_MPS2))
-                continue
             _, lateral_m, heading, s_m = self._gap_way(key).nearest(xy[near])
             turned = yaw[near] - heading
             length_m, width_m = size[near, 0], size[near, 1]
             half_across = 0.5 * (length_m * np.abs(np.sin(turned)) + width_m * np.abs(np.cos(turned)))
             half_along = 0.5 * (length_m * np.abs(np.cos(turned)) + width_m * np.abs(np.sin(turned)))
             mine = np.searchsorted(near, f)  # each follower's column among the near ones
-            half_width_f = 0.5 * size[f, 1][:, None]
             ahead_m = s_m[None, :] - s_m[mine][:, None]  # [F, U]
-            off_m = np.abs(lateral_m[None, :] - lateral_m[mine][:, None])
-            lane_kept = (speed[near] > 0.5) & ~crossing[near] & (near != 0)  # moving traffic keeps to its lane
-            reach_m = half_width_f + np.where(lane_kept, 0.0, half_across)[None, :] + TRAFFIC_MARGIN_M
-            across_mps = np.where(crossing[near], speed[near] * np.sin(turned), 0.0)
             signed_off = lateral_m[None, :] - lateral_m[mine][:, None]
+            off_m = np.abs(signed_off)
+            # moving traffic along the way or against it keeps to its lane: its centre must be in the way; the ego,
+            # what stands, what turns or crosses: its box
+            lane_kept = ((speed[near] > 0.5) & ~crossing[near] & (near != 0)
+                         & (np.abs(np.sin(turned)) < math.sin(math.radians(TRAFFIC_ALONG_DEG))))
+            reach_m = 0.5 * size[f, 1][:, None] + np.where(lane_kept, 0.0, half_across)[None, :] + TRAFFIC_MARGIN_M
+            # what crosses its way (a walker, a car through the junction or turning across it) or cuts in: also
+            # from TRAFFIC_ENTER_S before it gets there (not the ego changing lanes, a car turning out of it)
+            predicted = crossing[near] | ((speed[near] > 0.5) & (np.abs(np.sin(turned)) > math.sin(math.radians(45.0))))
+            across_mps = np.where(predicted, speed[near] * np.sin(turned), 0.0)
             with np.errstate(divide="ignore", invalid="ignore"):  # when a crossing one gets into its way
                 enters_s = np.where(off_m <= reach_m, 0.0, np.where(signed_off * across_mps[None, :] < 0.0,
                                                                     (off_m - reach_m) / np.abs(across_mps), np.inf))
             inside = ((ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
                       & near_f[:, near])
             inside[np.arange(len(f)), mine] = False
-            gap_m = np.where(inside, ahead_m - half_along[None, :] - 0.5 * size[f, 0][:, None], np.inf)
-            rows, lead = np.arange(len(f)), np.argmin(gap_m, axis=1)
-            v = np.array([self._agents[n - 1].speed_mps for n in f])
-            v0 = np.array([self._agents[n - 1].desired_mps for n in f])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                free = np.where(v0 > 0.0, 1.0 - (v / v0) ** 4, -1.0)
-            lead_mps = speed[near[lead]] * np.cos(turned[lead])
-            wanted_m = TRAFFIC_STANDSTILL_M + np.maximum(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - lead_mps) / (
-                2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
-            behind = inside.any(axis=1)
-            gap_lead_m = np.where(behind, np.maximum(gap_m[rows, lead], 0.1), 1.0)
-            accel = TRAFFIC_ACCEL_MPS2 * (free - np.where(behind, (wanted_m / gap_lead_m) ** 2, 0.0))
-            for n, a in zip(f, np.clip(accel, -MAX_BRAKE_MPS2, TRAFFIC_ACCEL_MPS2)):
-                out[self._agents[n - 1].spec.agent_id] = float(a)
+            gap_m = ahead_m - half_along[None, :] - 0.5 * size[f, 0][:, None]
+            along_mps = speed[near] * np.cos(turned)
+            limit_mps = self._turn_limit_mps(key, s_m[mine])
+            for row, n in enumerate(f):
+                found[n] = (near, inside[row], gap_m[row], off_m[row], along_mps, limit_mps[row])
+        for _ in range(len(found)):  # a ring of road users each in the next one's way (two cars turning left
+            # from opposite sides; three through a junction) would stand for good: in the ring, the one whose lead
+            # is least squarely in its way (the largest offset across; a tie: the lowest id) no longer waits for it
+            lead = {n: int(near[np.argmin(np.where(inside, gap, np.inf))]) if inside.any() else None
+                    for n, (near, inside, gap, *_) in found.items()}
+            ring = _ring(lead)
+            if not ring:
+                break
+            goes = max(ring, key=lambda n: (found[n][3][np.searchsorted(found[n][0], lead[n])], -n))
+            near, inside, *rest = found[goes]
+            inside = inside.copy()
+            inside[np.searchsorted(near, lead[goes])] = False
+            found[goes] = (near, inside, *rest)
+        out, self._leads = {}, {}  # (who waits behind whom this tick: agent id -> agent id, 0 the ego)
+        for n, (near, inside, gap, _, along_mps, limit_mps) in found.items():
+            agent = self._agents[n - 1]
+            v, v0 = agent.speed_mps, min(agent.desired_mps, limit_mps)
+            free = 1.0 - (v / v0) ** 4 if v0 > 0.0 else -1.0
+            accel = TRAFFIC_ACCEL_MPS2 * free
+            if inside.any():
+                u = int(np.argmin(np.where(inside, gap, np.inf)))
+                self._leads[agent.spec.agent_id] = 0 if near[u] == 0 else self._agents[near[u] - 1].spec.agent_id
+                wanted_m = TRAFFIC_STANDSTILL_M + max(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - along_mps[u]) / (
+                    2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
+                accel = TRAFFIC_ACCEL_MPS2 * (free - (wanted_m / max(float(gap[u]), 0.1)) ** 2)
+            # and never faster than the turns allow (that limit falls at TRAFFIC_TURN_BRAKE_MPS2 along the way)
+            accel = min(accel, TRAFFIC_ACCEL_MPS2, (limit_mps - v) / self.dt_s)
+            out[agent.spec.agent_id] = float(max(-MAX_BRAKE_MPS2, accel))
         return out
+
+    def _turn_limit_mps(self, key: tuple, s_m: np.ndarray) -> np.ndarray:
+        """[F] the fastest speed at arc lengths s_m [F] of a way from which every turn of it within TRAFFIC_LOOK_M
+        ahead is taken at TRAFFIC_LATERAL_MPS2 across, braking at TRAFFIC_TURN_BRAKE_MPS2 (inf: none)."""
+        if key not in self._turn_speeds:
+            path = self._routes[key[1]] if key[0] == "route" else self.lanes[key[1]]
+            stations = np.arange(0.0, path.length_m + 1.0, 1.0)
+            headings = np.unwrap(path.chord_headings(stations, 2.0))
+            turn = np.abs(np.gradient(headings, stations)) if len(stations) > 1 else np.zeros(1)
+            self._turn_speeds[key] = (stations, np.sqrt(TRAFFIC_LATERAL_MPS2 / np.maximum(turn, 1e-9)))
+        stations, v_turn = self._turn_speeds[key]
+        to_go = stations[None, :] - np.asarray(s_m)[:, None]  # [F, M]
+        reachable = np.sqrt(v_turn[None, :] ** 2 + 2.0 * TRAFFIC_TURN_BRAKE_MPS2 * np.maximum(to_go, 0.0))
+        return np.min(np.where((to_go >= -1.0) & (to_go <= TRAFFIC_LOOK_M), reachable, np.inf), axis=1)
 
     def _gap_way(self, key: tuple) -> Path:
         """A lane's or a route's polyline for keeping the gap, going on TRAFFIC_PAST_END_M past its end along its

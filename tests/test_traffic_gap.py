@@ -172,3 +172,81 @@ def test_the_carla_ego_backing_up_is_closing_on_the_traffic_behind():
         sim.tick()
     assert sim._behaviours._ego["speed"] < -0.5
     sim.close()
+
+
+def _closest_approach(sim, ticks: int) -> tuple[int, dict]:
+    """Ticks in which two agents overlap, and each agent's ticks standing at the end (None: moving)."""
+    overlapping, standing = 0, {}
+    for _ in range(ticks):
+        sim.apply_control(VehicleControl(brake=1.0))
+        snapshot = sim.tick()
+        agents = snapshot.agents
+        overlapping += sum(_obb_overlap(a, b) for i, a in enumerate(agents) for b in agents[i + 1:])
+        for agent in agents:
+            standing[agent.agent_id] = (standing.get(agent.agent_id) or 0) + 1 if agent.speed_mps < 0.05 else None
+    return overlapping, standing
+
+
+@pytest.mark.parametrize("offset_m", [0.0, 1.0, 2.0, 3.0, 5.0])
+def test_two_cars_turning_left_from_opposite_sides_neither_meet_nor_stand_for_good(offset_m):
+    """A new user's: two cars turning left from opposite sides locked in the junction, each in the other's way,
+    for good (and the ego waiting behind them failed its route). The one the other is less squarely in the way of
+    goes on."""
+    specs = [AgentSpec(1, "car", "follow_route", route_xy_m=turn_route(CROSSING, 2, 1, 20.0, 80.0), speed_mps=6.0),
+             AgentSpec(2, "car", "follow_route", route_xy_m=turn_route(CROSSING, 3, 0, 20.0 + offset_m, 80.0),
+                       speed_mps=6.0)]
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=3, start_s_m=2.0), specs, seed=0)
+    overlapping, standing = _closest_approach(sim, 600)
+    assert overlapping == 0 and all(ticks is None for ticks in standing.values())
+
+
+@pytest.mark.parametrize("offset_m", [-5.0, -3.0, -1.0, 0.0, 2.0, 4.0])
+def test_cars_crossing_the_junction_let_each_other_through(offset_m):
+    """Two cars through the junction on crossing roads: the one crossing the other's way is seen 2 s before it gets
+    there, and the pair (each in the other's way) is resolved: no contact, no one left standing."""
+    specs = [AgentSpec(1, "car", "follow_lane", lane=0, start_s_m=30.0, speed_mps=8.0),
+             AgentSpec(2, "car", "follow_lane", lane=2, start_s_m=30.0 + offset_m, speed_mps=8.0)]
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=3, start_s_m=2.0), specs, seed=0)
+    overlapping, standing = _closest_approach(sim, 400)
+    assert overlapping == 0 and all(ticks is None for ticks in standing.values())
+
+
+def test_three_cars_each_in_the_next_ones_way_do_not_stand_for_good():
+    """A new user's junction: a truck going straight, a car turning left across it and a car coming up the crossing
+    road stood in a ring, each waiting for the next, for good; the ring is broken."""
+    specs = [AgentSpec(4, "truck", "follow_lane", lane=1, start_s_m=24.0, speed_mps=7.0),
+             AgentSpec(6, "car", "follow_route", route_xy_m=turn_route(CROSSING, 3, 0, 20.0, 90.0), speed_mps=7.5),
+             AgentSpec(7, "car", "follow_lane", lane=2, start_s_m=15.0, speed_mps=8.0)]
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=3, start_s_m=2.0), specs, seed=0)
+    overlapping, standing = _closest_approach(sim, 600)
+    assert overlapping == 0 and all(ticks is None for ticks in standing.values())
+
+
+def test_ring_finds_a_cycle_of_who_waits_for_whom():
+    from carla_bridge.embedded import _ring
+
+    assert _ring({1: 2, 2: 3, 3: None}) == []
+    assert sorted(_ring({1: 2, 2: 3, 3: 1, 4: 1})) == [1, 2, 3]
+    assert _ring({5: 0, 6: 5}) == []  # (0: the ego, who is no follower)
+    assert sorted(_ring({1: 2, 2: 1})) == [1, 2]
+
+
+def test_turning_traffic_slows_for_its_turn():
+    """A new user's: a follow_route car took a 6 m corner at 7 m/s (8 m/s^2 across); now no faster than 3 m/s^2
+    across allows (the route's curvature from its heading over +-2 m), and back to its speed after."""
+    from neural_sensor.scene.path import Path
+
+    route = turn_route(CROSSING, 1, 3, 20.0, 60.0)
+    path = Path(route)
+    stations = np.arange(0.0, path.length_m, 0.5)
+    curvature = np.abs(np.gradient(np.unwrap(path.chord_headings(stations, 2.0)), stations))
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=0, start_s_m=5.0),
+                            [AgentSpec(1, "car", "follow_route", route_xy_m=route, speed_mps=7.0)], seed=0)
+    first = sim.tick().agents[0]
+    lateral, speeds = [], []
+    for snapshot in _run(sim, 260, VehicleControl()):
+        agent = snapshot.agents[0]
+        speeds.append(agent.speed_mps)
+        lateral.append(agent.speed_mps ** 2 * np.interp(path.project(agent.position_m[:2])[0], stations, curvature))
+    assert max(lateral) < 3.5 and 1.0 / curvature.max() < 7.0  # (a tight corner; 3 m/s^2 on the 1 m stations)
+    assert min(speeds) < 4.5 and speeds[-1] == pytest.approx(first.speed_mps, abs=0.05)
