@@ -467,11 +467,15 @@ class EmbeddedSimulator:
         yaw = np.array([self._ego["yaw"]] + [p[1] for p in poses])
         speed = np.array([self._ego["speed"]] + [p[2] for p in poses])
         size = np.array([self.ego_size_m[:2]] + [a.spec.size_m[:2] for a in self._agents])
-        crossing = np.array([False] + [a.spec.behaviour in ("cross", "cut_in") for a in self._agents])
+        now_s = self._steps * self.dt_s  # (a cut_in agent crosses only while its lane change is under way)
+        crossing = np.array([False] + [a.spec.behaviour == "cross" or (
+            a.spec.behaviour == "cut_in" and a.triggered_at_s is not None
+            and now_s - a.triggered_at_s < a.spec.duration_s) for a in self._agents])
         # each follower's way: who is in it, how far ahead (pass 1); a pair each in the other's way (two cars
         # turning left from opposite sides meet in the junction) would both stand for good: the one the other is
         # less squarely in the way of goes on, the other waits for it (pass 2); then the model (pass 3)
-        found = {}  # follower's index -> (its way's key, near [U], inside [U], gap [U] m, off [U] m, along-speed [U])
+        found = {}  # follower's index -> (near [U], inside [U], gap [U] m, off [U] m, along-speed [U] m/s, its turn
+        #             limit m/s, whether each is only predicted to come into its way or passed box clear of box [U])
         for key, followers in groups.items():
             f = np.array(followers)
             # only those near enough to be within TRAFFIC_LOOK_M along the way of one of them are placed along it
@@ -506,22 +510,31 @@ class EmbeddedSimulator:
             along_mps = speed[near] * np.cos(turned)
             limit_mps = self._turn_limit_mps(key, s_m[mine])
             for row, n in enumerate(f):
-                found[n] = (near, inside[row], gap_m[row], off_m[row], along_mps, limit_mps[row])
+                found[n] = (near, inside[row], gap_m[row], off_m[row], along_mps, limit_mps[row],
+                            (enters_s[row] > 0.0) | (off_m[row] > reach_m[row] - TRAFFIC_MARGIN_M))
+        jammed: set = set()
         for _ in range(len(found)):  # a ring of road users each in the next one's way (two cars turning left
             # from opposite sides; three through a junction) would stand for good: in the ring, the one whose lead
             # is least squarely in its way (the largest offset across; a tie: the lowest id) no longer waits for it
             lead = {n: int(near[np.argmin(np.where(inside, gap, np.inf))]) if inside.any() else None
                     for n, (near, inside, gap, *_) in found.items()}
-            ring = _ring(lead)
+            ring = _ring({n: m for n, m in lead.items() if n not in jammed})
             if not ring:
                 break
-            goes = max(ring, key=lambda n: (found[n][3][np.searchsorted(found[n][0], lead[n])], -n))
+            # only one whose lead is not yet in its way (predicted to come), or whose box it would pass clear of
+            # (only the margin between them), may go: one with the other's box in its way stays (else it drove into
+            # a truck standing 2 m ahead); a ring of those is a true jam
+            free = [n for n in ring if found[n][6][np.searchsorted(found[n][0], lead[n])]]
+            if not free:
+                jammed.update(ring)
+                continue
+            goes = max(free, key=lambda n: (found[n][3][np.searchsorted(found[n][0], lead[n])], -n))
             near, inside, *rest = found[goes]
             inside = inside.copy()
             inside[np.searchsorted(near, lead[goes])] = False
             found[goes] = (near, inside, *rest)
         out, self._leads = {}, {}  # (who waits behind whom this tick: agent id -> agent id, 0 the ego)
-        for n, (near, inside, gap, _, along_mps, limit_mps) in found.items():
+        for n, (near, inside, gap, _, along_mps, limit_mps, _) in found.items():
             agent = self._agents[n - 1]
             v, v0 = agent.speed_mps, min(agent.desired_mps, limit_mps)
             free = 1.0 - (v / v0) ** 4 if v0 > 0.0 else -1.0
