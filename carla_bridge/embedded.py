@@ -44,6 +44,7 @@ TRAFFIC_COMFORT_BRAKE_MPS2 = 3.0
 TRAFFIC_LOOK_M = 60.0  # what is farther ahead along its way than this is not looked at
 TRAFFIC_MARGIN_M = 0.3  # something is in its way if its box comes within this of the agent's half-width across it
 TRAFFIC_ENTER_S = 2.0  # a walker crossing, or a car cutting in, is in its way this long before it is
+TRAFFIC_CROSS_DEG = 45.0  # moving traffic headed across the way at this or more is seen TRAFFIC_ENTER_S early
 TRAFFIC_ALONG_DEG = 20.0  # moving traffic headed within this of the way (or against it) counts by its centre
 TRAFFIC_LATERAL_MPS2 = 3.0  # traffic takes a turn of its way no faster than this across it (a 6 m corner: 4.2 m/s)
 TRAFFIC_TURN_BRAKE_MPS2 = 2.0  # and slows for it at this
@@ -314,7 +315,6 @@ class EmbeddedSimulator:
         self._routes = {}
         self._gap_ways: dict[tuple, Path] = {}  # (see _gap_way)
         self._turn_speeds: dict[tuple, tuple] = {}  # (see _turn_limit_mps)
-        self._leads: dict[int, int] = {}  # (see _traffic_accel_mps2)
         for spec in agents:
             if spec.behaviour == "follow_route":
                 route = self._routes[spec.agent_id] = Path(spec.route_xy_m)
@@ -444,11 +444,12 @@ class EmbeddedSimulator:
         anything standing, turning or crossing where its box comes within the agent's half-width plus
         TRAFFIC_MARGIN_M across the way; moving traffic headed within TRAFFIC_ALONG_DEG of the way (or against it)
         only with its centre there (it keeps to its lane: two wide trucks passing in narrow lanes stood nose to
-        nose); a walker, a car cutting in and one crossing the way at 45 degrees or more also from TRAFFIC_ENTER_S
-        before it gets there, at the speed it moves across. A ring of agents each waiting for the next (two cars
-        turning left from opposite sides, three through a junction) is broken where the lead is least squarely in
-        the way. Braking is capped at MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has
-        begun. Followers sharing a way are worked out together (one projection a way a tick)."""
+        nose); a walker, a car cutting in and one crossing the way at TRAFFIC_CROSS_DEG or more also from
+        TRAFFIC_ENTER_S before it gets there, at the speed it moves across. A ring of agents each waiting for the
+        next (two cars turning left from opposite sides, three through a junction) is broken where the lead is least
+        squarely in the way, among those whose lead is only predicted to come or whose box they would pass clear of
+        (a ring of agents each squarely in the next one's way is a jam and stands). Braking is capped at
+        MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun. Followers sharing a way are worked out together (one projection a way a tick)."""
         groups: dict[tuple, list[int]] = {}  # its way -> the followers' indices (0 is the ego)
         for n, agent in enumerate(self._agents, start=1):
             spec = agent.spec
@@ -471,9 +472,8 @@ class EmbeddedSimulator:
         crossing = np.array([False] + [a.spec.behaviour == "cross" or (
             a.spec.behaviour == "cut_in" and a.triggered_at_s is not None
             and now_s - a.triggered_at_s < a.spec.duration_s) for a in self._agents])
-        # each follower's way: who is in it, how far ahead (pass 1); a pair each in the other's way (two cars
-        # turning left from opposite sides meet in the junction) would both stand for good: the one the other is
-        # less squarely in the way of goes on, the other waits for it (pass 2); then the model (pass 3)
+        # each follower's way: who is in it, how far ahead (pass 1); rings of followers each waiting for the next
+        # broken where one can go (pass 2); then the model (pass 3)
         found = {}  # follower's index -> (near [U], inside [U], gap [U] m, off [U] m, along-speed [U] m/s, its turn
         #             limit m/s, whether each is only predicted to come into its way or passed box clear of box [U])
         for key, followers in groups.items():
@@ -498,7 +498,8 @@ class EmbeddedSimulator:
             reach_m = 0.5 * size[f, 1][:, None] + np.where(lane_kept, 0.0, half_across)[None, :] + TRAFFIC_MARGIN_M
             # what crosses its way (a walker, a car through the junction or turning across it) or cuts in: also
             # from TRAFFIC_ENTER_S before it gets there (not the ego changing lanes, a car turning out of it)
-            predicted = crossing[near] | ((speed[near] > 0.5) & (np.abs(np.sin(turned)) > math.sin(math.radians(45.0))))
+            predicted = crossing[near] | ((speed[near] > 0.5)
+                                          & (np.abs(np.sin(turned)) > math.sin(math.radians(TRAFFIC_CROSS_DEG))))
             across_mps = np.where(predicted, speed[near] * np.sin(turned), 0.0)
             with np.errstate(divide="ignore", invalid="ignore"):  # when a crossing one gets into its way
                 enters_s = np.where(off_m <= reach_m, 0.0, np.where(signed_off * across_mps[None, :] < 0.0,
@@ -533,7 +534,7 @@ class EmbeddedSimulator:
             inside = inside.copy()
             inside[np.searchsorted(near, lead[goes])] = False
             found[goes] = (near, inside, *rest)
-        out, self._leads = {}, {}  # (who waits behind whom this tick: agent id -> agent id, 0 the ego)
+        out = {}
         for n, (near, inside, gap, _, along_mps, limit_mps, _) in found.items():
             agent = self._agents[n - 1]
             v, v0 = agent.speed_mps, min(agent.desired_mps, limit_mps)
@@ -541,7 +542,6 @@ class EmbeddedSimulator:
             accel = TRAFFIC_ACCEL_MPS2 * free
             if inside.any():
                 u = int(np.argmin(np.where(inside, gap, np.inf)))
-                self._leads[agent.spec.agent_id] = 0 if near[u] == 0 else self._agents[near[u] - 1].spec.agent_id
                 wanted_m = TRAFFIC_STANDSTILL_M + max(0.0, v * TRAFFIC_TIME_GAP_S + v * (v - along_mps[u]) / (
                     2.0 * math.sqrt(TRAFFIC_ACCEL_MPS2 * TRAFFIC_COMFORT_BRAKE_MPS2)))
                 accel = TRAFFIC_ACCEL_MPS2 * (free - (wanted_m / max(float(gap[u]), 0.1)) ** 2)
@@ -554,7 +554,7 @@ class EmbeddedSimulator:
         """[F] the fastest speed at arc lengths s_m [F] of a way from which every turn of it within TRAFFIC_LOOK_M
         ahead is taken at TRAFFIC_LATERAL_MPS2 across, braking at TRAFFIC_TURN_BRAKE_MPS2 (inf: none)."""
         if key not in self._turn_speeds:
-            path = self._routes[key[1]] if key[0] == "route" else self.lanes[key[1]]
+            path = self._way(key)
             stations = np.arange(0.0, path.length_m + 1.0, 1.0)
             headings = np.unwrap(path.chord_headings(stations, 2.0))
             turn = np.abs(np.gradient(headings, stations)) if len(stations) > 1 else np.zeros(1)
@@ -564,11 +564,15 @@ class EmbeddedSimulator:
         reachable = np.sqrt(v_turn[None, :] ** 2 + 2.0 * TRAFFIC_TURN_BRAKE_MPS2 * np.maximum(to_go, 0.0))
         return np.min(np.where((to_go >= -1.0) & (to_go <= TRAFFIC_LOOK_M), reachable, np.inf), axis=1)
 
+    def _way(self, key: tuple) -> Path:
+        """A follower's way: ("lane", index) or ("route", agent id)."""
+        return self._routes[key[1]] if key[0] == "route" else self.lanes[key[1]]
+
     def _gap_way(self, key: tuple) -> Path:
         """A lane's or a route's polyline for keeping the gap, going on TRAFFIC_PAST_END_M past its end along its
         last heading (where an agent goes on past it: a lane ends at the junction)."""
         if key not in self._gap_ways:
-            path = self._routes[key[1]] if key[0] == "route" else self.lanes[key[1]]
+            path = self._way(key)
             points = path.points[:, :2]
             self._gap_ways[key] = Path(np.vstack([points, points[-1] + TRAFFIC_PAST_END_M * path.dirs[-1, :2]]))
         return self._gap_ways[key]
