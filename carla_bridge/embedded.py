@@ -449,7 +449,8 @@ class EmbeddedSimulator:
         next (two cars turning left from opposite sides, three through a junction) is broken where the lead is least
         squarely in the way, among those whose lead is only predicted to come or whose box they would pass clear of
         (a ring of agents each squarely in the next one's way is a jam and stands). Braking is capped at
-        MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun. Followers sharing a way are worked out together (one projection a way a tick)."""
+        MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun. Followers sharing a
+        way are worked out together (one projection a way a tick)."""
         groups: dict[tuple, list[int]] = {}  # its way -> the followers' indices (0 is the ego)
         for n, agent in enumerate(self._agents, start=1):
             spec = agent.spec
