@@ -590,7 +590,12 @@ class EmbeddedSimulator:
                 blend = 0.5 - 0.5 * math.cos(math.pi * max(t, 0.0))
                 # the target lane's point beside us (lanes need not share arc length, e.g. on curves)
                 target = self.lanes[spec.target_lane]
-                target_xy, _ = target.at(target.project(xy)[0])
+                target_s, _ = target.project(xy)
+                target_xy, target_yaw = target.at(target_s)
+                if not 0.0 < target_s < target.length_m:  # past its end (or before its start): its end segment's
+                    # line beside us, as the lanes' own points go on (it froze at the end reporting its speed)
+                    along = np.array([math.cos(target_yaw), math.sin(target_yaw)])
+                    target_xy = target_xy + float(np.dot(xy - target_xy, along)) * along
                 lateral = target_xy - xy
                 xy = xy + blend * lateral
                 # heading follows the motion: forward speed plus the rate of the sideways blend

@@ -274,3 +274,19 @@ def test_a_cut_in_car_that_has_not_begun_is_traffic_in_its_own_lane():
     sim = EmbeddedSimulator(road, EgoStart(lane=3, start_s_m=5.0), specs, seed=0)
     first = sim.tick()
     assert min(s.agents[1].speed_mps for s in _run(sim, 400)) == first.agents[1].speed_mps
+
+
+def test_a_car_cutting_in_drives_on_past_its_target_lanes_end():
+    """A cut_in car that reached the end of the lane it moved into froze there while reporting its speed (a stack
+    reading its velocity saw it move): it now goes on along that lane's last heading, as a follow_lane car does."""
+    spec = AgentSpec(1, "car", "cut_in", lane=1, target_lane=0, start_s_m=150.0, speed_mps=10.0, trigger_m=100.0,
+                     duration_s=2.0, keep_gap=False)
+    sim = EmbeddedSimulator(ROAD, EgoStart(lane=0, start_s_m=120.0), [spec], seed=0)
+    snapshots = _run(sim, 160)
+    end_x = sim.lanes[0].points[-1, 0]
+    speed = snapshots[-1].agents[0].speed_mps
+    assert snapshots[-1].agents[0].position_m[0] > end_x + 20.0
+    for before, after in zip(snapshots[100:], snapshots[101:]):  # well past the end: it moves as it says
+        moved_m = np.linalg.norm(after.agents[0].position_m[:2] - before.agents[0].position_m[:2])
+        assert moved_m == pytest.approx(speed * sim.dt_s, rel=1e-6)
+        assert after.agents[0].position_m[1] == pytest.approx(sim.lanes[0].points[-1, 1], abs=1e-6)
