@@ -49,6 +49,8 @@ TRAFFIC_ALONG_DEG = 20.0  # moving traffic headed within this of the way (or aga
 TRAFFIC_LATERAL_MPS2 = 3.0  # traffic takes a turn of its way no faster than this across it (a 6 m corner: 4.2 m/s)
 TRAFFIC_TURN_BRAKE_MPS2 = 2.0  # and slows for it at this
 TRAFFIC_PAST_END_M = 1000.0  # an agent's way for keeping its gap goes on this far past its lane's or route's end
+TRAFFIC_SAMPLE_S = 0.25  # a road user whose own way turns ahead is placed along it every this (to TRAFFIC_ENTER_S)
+TRAFFIC_TURNING_DEG = 10.0  # ... when its way's heading changes by more than this within TRAFFIC_ENTER_S
 TRAFFIC_NEAR_MARGIN_M = 15.0  # (what is farther than TRAFFIC_LOOK_M and this from it is not placed along its way)
 
 
@@ -315,6 +317,7 @@ class EmbeddedSimulator:
         self._routes = {}
         self._gap_ways: dict[tuple, Path] = {}  # (see _gap_way)
         self._turn_speeds: dict[tuple, tuple] = {}  # (see _turn_limit_mps)
+        self._way_turns: dict[tuple, bool] = {}  # (see _ways_ahead)
         for spec in agents:
             if spec.behaviour == "follow_route":
                 route = self._routes[spec.agent_id] = Path(spec.route_xy_m)
@@ -328,8 +331,9 @@ class EmbeddedSimulator:
                 off = np.min([lane.distances_m(points) for lane in self.lanes], axis=0)  # (to the lanes' segments)
                 if off.max() > ROUTE_OFF_LANE_M:
                     where = np.round(points[int(np.argmax(off))], 1).tolist()
-                    raise ValueError(f"agent {spec.agent_id}: route_xy_m goes {off.max():.1f} m from the nearest lane's "
-                                     f"centre line at {where} (at most {ROUTE_OFF_LANE_M:g} m: a route keeps to the road)")
+                    raise ValueError(f"agent {spec.agent_id}: route_xy_m goes {off.max():.1f} m from the nearest "
+                                     f"lane's centre line at {where} (at most {ROUTE_OFF_LANE_M:g} m: a route keeps "
+                                     "to the road)")
                 continue
             if spec.behaviour not in XY_BEHAVIOURS:
                 lane_m = self.lanes[spec.lane].length_m
@@ -349,8 +353,8 @@ class EmbeddedSimulator:
             if road_xy is not None:
                 off_m = float(np.min(np.linalg.norm(road_xy - np.asarray(spec.start_xy_m, float)[:2], axis=1)))
                 if off_m > OFF_ROAD_LIMIT_M:
-                    raise ValueError(f"agent {spec.agent_id}: start_xy_m {tuple(spec.start_xy_m)} is {off_m:.0f} m from "
-                                     f"the nearest lane (more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
+                    raise ValueError(f"agent {spec.agent_id}: start_xy_m {tuple(spec.start_xy_m)} is {off_m:.0f} m "
+                                     f"from the nearest lane (more than {OFF_ROAD_LIMIT_M:.0f} m: outside the world)")
         # static boxes an agent can hit: everything but crosswalk paint (reported as collision id -1); a traffic
         # sign's box is its panel, up in the air: the post it stands on (as the builder draws it) is a box too
         self._static, static_classes = [], []
@@ -445,12 +449,14 @@ class EmbeddedSimulator:
         TRAFFIC_MARGIN_M across the way; moving traffic headed within TRAFFIC_ALONG_DEG of the way (or against it)
         only with its centre there (it keeps to its lane: two wide trucks passing in narrow lanes stood nose to
         nose); a walker, a car cutting in and one crossing the way at TRAFFIC_CROSS_DEG or more also from
-        TRAFFIC_ENTER_S before it gets there, at the speed it moves across. A ring of agents each waiting for the
-        next (two cars turning left from opposite sides, three through a junction) is broken where the lead is least
-        squarely in the way, among those whose lead is only predicted to come or whose box they would pass clear of
-        (a ring of agents each squarely in the next one's way is a jam and stands). Braking is capped at
-        MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun. Followers sharing a
-        way are worked out together (one projection a way a tick)."""
+        TRAFFIC_ENTER_S before it gets there, at the speed it moves across; traffic whose own lane or route turns
+        within TRAFFIC_ENTER_S is placed along it instead (`_enters_along_own_way`: a car turning out of the way is
+        not waited for, one turning across it is waited for short of where it will cross). A ring of agents each
+        waiting for the next (two cars turning left from opposite sides, three through a junction) is broken where
+        the lead is least squarely in the way, among those whose lead is only predicted to come or whose box they
+        would pass clear of (a ring of agents each squarely in the next one's way is a jam and stands). Braking is
+        capped at MAX_BRAKE_MPS2. A cut_in agent looks along the lane it moves into once it has begun. Followers
+        sharing a way are worked out together (one projection a way a tick)."""
         groups: dict[tuple, list[int]] = {}  # its way -> the followers' indices (0 is the ego)
         for n, agent in enumerate(self._agents, start=1):
             spec = agent.spec
@@ -473,6 +479,7 @@ class EmbeddedSimulator:
         crossing = np.array([False] + [a.spec.behaviour == "cross" or (
             a.spec.behaviour == "cut_in" and a.triggered_at_s is not None
             and now_s - a.triggered_at_s < a.spec.duration_s) for a in self._agents])
+        ahead_xy, ahead_yaw, turning = self._ways_ahead(speed)
         # each follower's way: who is in it, how far ahead (pass 1); rings of followers each waiting for the next
         # broken where one can go (pass 2); then the model (pass 3)
         found = {}  # follower's index -> (near [U], inside [U], gap [U] m, off [U] m, along-speed [U] m/s, its turn
@@ -505,10 +512,27 @@ class EmbeddedSimulator:
             with np.errstate(divide="ignore", invalid="ignore"):  # when a crossing one gets into its way
                 enters_s = np.where(off_m <= reach_m, 0.0, np.where(signed_off * across_mps[None, :] < 0.0,
                                                                     (off_m - reach_m) / np.abs(across_mps), np.inf))
+            # one whose own way turns ahead: placed along it instead (a car turning right out of its way was
+            # predicted to drive on straight across it; one turning into it is seen coming)
+            # (and met where it comes in: a car stopping short of where one turning across now is stood in its path)
+            half_along_m = np.broadcast_to(half_along, ahead_m.shape)
+            bends = np.flatnonzero(turning[near])
+            if len(bends):
+                enters, meet_s_m, meet_half_along_m = self._enters_along_own_way(
+                    key, ahead_xy[near[bends]], ahead_yaw[near[bends]], size[near[bends]], lateral_m[bends],
+                    lateral_m[mine], size[f, 1])
+                there = off_m[:, bends] <= reach_m[:, bends]
+                enters_s[:, bends] = np.where(there, 0.0, enters)
+                coming = ~there & np.isfinite(enters)
+                ahead_m[:, bends] = np.where(coming, meet_s_m - s_m[mine][:, None], ahead_m[:, bends])
+                half_along_m = half_along_m.copy()
+                half_along_m[:, bends] = np.where(coming, meet_half_along_m, half_along_m[:, bends])
+                predicted = predicted.copy()
+                predicted[bends] = True
             inside = ((ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
                       & near_f[:, near])
             inside[np.arange(len(f)), mine] = False
-            gap_m = ahead_m - half_along[None, :] - 0.5 * size[f, 0][:, None]
+            gap_m = ahead_m - half_along_m - 0.5 * size[f, 0][:, None]
             along_mps = speed[near] * np.cos(turned)
             limit_mps = self._turn_limit_mps(key, s_m[mine])
             for row, n in enumerate(f):
@@ -550,6 +574,61 @@ class EmbeddedSimulator:
             accel = min(accel, TRAFFIC_ACCEL_MPS2, (limit_mps - v) / self.dt_s)
             out[agent.spec.agent_id] = float(max(-MAX_BRAKE_MPS2, accel))
         return out
+
+    def _ways_ahead(self, speed_mps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each road user goes along its own way (a follow_lane or follow_route agent's lane or route) at its
+        speed every TRAFFIC_SAMPLE_S to TRAFFIC_ENTER_S: ([N, K, 2] x, y m, [N, K] heading rad, [N] bool whether
+        its way turns by more than TRAFFIC_TURNING_DEG by then; only those are filled in); speed_mps [N], index 0
+        the ego (no way known). Agents sharing a way are placed along it together; a way that never turns is
+        skipped."""
+        times_s = np.arange(1, int(round(TRAFFIC_ENTER_S / TRAFFIC_SAMPLE_S)) + 1) * TRAFFIC_SAMPLE_S  # [K]
+        n = len(speed_mps)
+        xy, yaw = np.zeros((n, len(times_s), 2)), np.zeros((n, len(times_s)))
+        turning = np.zeros(n, bool)
+        on_way: dict[tuple, list[int]] = {}
+        for i, agent in enumerate(self._agents, start=1):
+            behaviour = agent.spec.behaviour
+            if behaviour in ("follow_lane", "follow_route") and speed_mps[i] > 0.5:
+                key = ("route", agent.spec.agent_id) if behaviour == "follow_route" else ("lane", agent.spec.lane)
+                on_way.setdefault(key, []).append(i)
+        for key, members in on_way.items():
+            way = self._way(key)
+            if key not in self._way_turns:  # the spread of its segments' headings
+                headings = np.unwrap(np.arctan2(way.dirs[:, 1], way.dirs[:, 0]))
+                self._way_turns[key] = np.ptp(headings) > math.radians(TRAFFIC_TURNING_DEG)
+            if not self._way_turns[key]:
+                continue
+            m = np.array(members)
+            s_now = np.array([self._agents[i - 1].s_m for i in members])
+            points, headings = way.at_many((s_now[:, None] + speed_mps[m][:, None] * times_s[None, :]).ravel())
+            xy[m], yaw[m] = points.reshape(len(m), -1, 2), headings.reshape(len(m), -1)
+            turned = np.abs((yaw[m] - way.at_many(s_now)[1][:, None] + math.pi) % (2.0 * math.pi) - math.pi)
+            turning[m] = turned.max(axis=1) > math.radians(TRAFFIC_TURNING_DEG)
+        return xy, yaw, turning
+
+    def _enters_along_own_way(self, key: tuple, xy_m: np.ndarray, yaw_rad: np.ndarray, size_m: np.ndarray,
+                              lateral_now_m: np.ndarray, follower_lateral_m: np.ndarray,
+                              follower_width_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """When and where each of B road users, placed along its own way (xy_m [B, K, 2], yaw_rad [B, K] every
+        TRAFFIC_SAMPLE_S; size_m [B, 2]; lateral_now_m [B] its offset across key's way now), first comes into the way
+        of each of F followers on key's way (follower_lateral_m [F] across it, follower_width_m [F]): its box within
+        the follower's half-width plus TRAFFIC_MARGIN_M across the way, or passing from one side of it to the other
+        between two samples. Returns [F, B] each: the time s (inf: not within TRAFFIC_ENTER_S), the arc length m
+        along key's way there and its box's half-extent m along the way there."""
+        b, k = yaw_rad.shape
+        _, lateral_m, heading, along_m = self._gap_way(key).nearest(xy_m.reshape(-1, 2))
+        lateral_m, turned, along_m = lateral_m.reshape(b, k), yaw_rad - heading.reshape(b, k), along_m.reshape(b, k)
+        half_across = 0.5 * (size_m[:, :1] * np.abs(np.sin(turned)) + size_m[:, 1:] * np.abs(np.cos(turned)))
+        half_along = 0.5 * (size_m[:, :1] * np.abs(np.cos(turned)) + size_m[:, 1:] * np.abs(np.sin(turned)))
+        reach_m = 0.5 * follower_width_m[:, None, None] + half_across[None] + TRAFFIC_MARGIN_M  # [F, B, K]
+        rel_m = lateral_m[None] - follower_lateral_m[:, None, None]  # [F, B, K]
+        before_m = np.concatenate([lateral_now_m[None, :, None] - follower_lateral_m[:, None, None], rel_m[..., :-1]],
+                                  axis=2)
+        hit = (np.abs(rel_m) <= reach_m) | (np.sign(rel_m) * np.sign(before_m) < 0.0)
+        first = np.argmax(hit, axis=2)  # [F, B]
+        column = np.arange(b)[None, :]
+        times_s = np.where(hit.any(axis=2), (first + 1) * TRAFFIC_SAMPLE_S, np.inf)
+        return times_s, along_m[column, first], half_along[column, first]
 
     def _turn_limit_mps(self, key: tuple, s_m: np.ndarray) -> np.ndarray:
         """[F] the fastest speed at arc lengths s_m [F] of a way from which every turn of it within TRAFFIC_LOOK_M

@@ -290,3 +290,45 @@ def test_a_car_cutting_in_drives_on_past_its_target_lanes_end():
         moved_m = np.linalg.norm(after.agents[0].position_m[:2] - before.agents[0].position_m[:2])
         assert moved_m == pytest.approx(speed * sim.dt_s, rel=1e-6)
         assert after.agents[0].position_m[1] == pytest.approx(sim.lanes[0].points[-1, 1], abs=1e-6)
+
+
+def test_path_at_many_is_at_for_each_arc_length():
+    """The vectorised lookup the traffic's prediction uses, against the scalar one (beyond both ends too)."""
+    from neural_sensor.scene.path import Path
+
+    path = Path(turn_route(CROSSING, 0, 2, 20.0, 60.0))
+    s_m = np.array([-5.0, 0.0, 0.3, 17.2, 33.3, path.length_m, path.length_m + 12.0])
+    xy, heading = path.at_many(s_m)
+    for i, s in enumerate(s_m):
+        point, yaw = path.at(float(s))
+        np.testing.assert_allclose(xy[i], point[:2], atol=1e-12)
+        assert heading[i] == pytest.approx(yaw, abs=1e-12)
+
+
+@pytest.mark.parametrize("start_s_m", [25.0, 30.0, 35.0])
+def test_a_car_going_straight_drives_on_past_one_turning_out_of_its_way(start_s_m):
+    """A car turning right from the crossing road, away from a car going straight through, was predicted along its
+    heading straight across the junction: the car going straight stood for it. Placed along its own route it never
+    comes into that car's way, which drives on at its speed."""
+    turning = AgentSpec(2, "car", "follow_route", route_xy_m=turn_route(CROSSING, 0, 3, start_s_m, 60.0),
+                        speed_mps=8.0)
+    straight = AgentSpec(1, "car", "follow_lane", lane=2, start_s_m=30.0, speed_mps=10.0)
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=1, start_s_m=5.0), [straight, turning], seed=0)
+    snapshots = _run(sim, 120)
+    speeds = [s.agents[0].speed_mps for s in snapshots]
+    assert min(speeds) == max(speeds)
+    assert not any(_obb_overlap(*s.agents) for s in snapshots)
+
+
+@pytest.mark.parametrize("start_s_m, speed_mps", [(20.0, 13.0), (25.0, 13.0), (27.5, 10.0), (30.0, 10.0)])
+def test_a_car_waits_for_one_turning_across_it_short_of_where_it_will_cross(start_s_m, speed_mps):
+    """An oncoming car turning left across a car going straight: seen coming along its route, it is waited for short
+    of where it will cross that car's lane (waiting short of where it was when first seen stood the car in its
+    path, and it was driven into), or passed ahead of it; the two never touch and both get through."""
+    turning = AgentSpec(2, "car", "follow_route", route_xy_m=turn_route(CROSSING, 3, 0, 40.0, 80.0), speed_mps=7.0)
+    straight = AgentSpec(1, "car", "follow_lane", lane=2, start_s_m=start_s_m, speed_mps=speed_mps)
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=1, start_s_m=5.0), [straight, turning], seed=0)
+    snapshots = _run(sim, 300)
+    assert not any(_obb_overlap(*s.agents) for s in snapshots)
+    last = snapshots[-1].agents
+    assert last[0].position_m[1] > 10.0 and last[1].position_m[0] > 10.0  # both through the junction

@@ -32,6 +32,15 @@ class Path:
         point = self.points[i] + (s_m - self.cum[i]) * self.dirs[i]
         return point, math.atan2(self.dirs[i, 1], self.dirs[i, 0])
 
+    def at_many(self, s_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`at` for many arc lengths: ([N, 2] x, y, [N] heading rad) at s_m [N] (beyond the ends: along the end
+        segments)."""
+        s_m = np.asarray(s_m, dtype=np.float64)
+        assert s_m.ndim == 1, s_m.shape
+        i = np.clip(np.searchsorted(self.cum, s_m, side="right") - 1, 0, len(self.seg_len) - 1)
+        points = self.points[i, :2] + (s_m - self.cum[i])[:, None] * self.dirs[i, :2]
+        return points, np.arctan2(self.dirs[i, 1], self.dirs[i, 0])
+
     def _bounds_t(self, s_window_m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per segment: the range of t (metres along it) within arc lengths s_window_m = (lo, hi) (None: all of
         it), and whether any of it is (the window clamped to the path, so at least one segment is)."""
