@@ -1,6 +1,6 @@
 """The memory bank of the text prompt (`neural_sensor.scene.prompt`): described values of each layout attribute and
 described scenes, as X-Scene's retrieval memory. A phrase of a prompt sets an attribute from its nearest entry here
-(all-MiniLM-L6-v2 embeddings); rules in prompt.py take precedence."""
+(all-MiniLM-L6-v2 embeddings); rules (prompt_rules.py) take precedence."""
 
 from __future__ import annotations
 

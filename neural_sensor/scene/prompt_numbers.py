@@ -6,7 +6,7 @@ every run that does not ("one or two", "two three") word by word. It also reads 
 comma before a unit ("300,5 m") as a point. Only the last word of a compound had been read ("two hundred metre"
 was 100 m, "five hundred feet" 30 m: a new user's findings); "seventy" and "a thousand" were not read at all.
 
-The text is expected lower-cased, as `prompt._normalise` hands it.
+The text is expected lower-cased, as `prompt_rules.normalise` hands it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
          "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
          "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "single": 1}  # (no "zero": "zero
-#   trees" is a negation, which prompt.py reads as such)
+#   trees" is a negation, which prompt_rules.py reads as such)
 TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
         "ninety": 90}
 SCALES = {"hundred": 100, "thousand": 1000, "dozen": 12}
@@ -26,7 +26,7 @@ _WORD = "|".join(sorted(list(UNITS) + list(TENS) + list(SCALES), key=len, revers
 # and fifty"), optionally "and a half"
 _RUN = re.compile(rf"(?<![\w.-])(?:(?:an?)\s+(?=(?:hundred|thousand|dozen)\b))?(?:{_WORD})"
                   rf"(?:(?:\s*-\s*|\s+and\s+|\s+)(?:{_WORD}))*(?:\s+and\s+an?\s+half)?(?![\w])")
-LENGTH_UNITS_RE = r"km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?"  # (prompt.py's too)
+LENGTH_UNITS_RE = r"km|kilomet(?:re|er)s?|mi|miles?|ft|feet|foot|yd|yards?|m|met(?:re|er)s?"  # (prompt_rules.py's too)
 _LENGTH_UNIT = rf"(?:{LENGTH_UNITS_RE})\b"
 
 
