@@ -514,21 +514,23 @@ class EmbeddedSimulator:
                                                                     (off_m - reach_m) / np.abs(across_mps), np.inf))
             # one whose own way turns ahead: placed along it instead (a car turning right out of its way was
             # predicted to drive on straight across it; one turning into it is seen coming)
-            # (and met where it comes in: a car stopping short of where one turning across now is stood in its path)
+            # (and waited for short of the nearest its box comes along the way: a car stopping short of where one
+            # turning across was when first seen stood in its path); one that would come in only beside or behind
+            # the follower's front is left to the straight-line rule (stopping there stood a truck in its path)
             half_along_m = np.broadcast_to(half_along, ahead_m.shape)
             bends = np.flatnonzero(turning[near])
             if len(bends):
-                enters, meet_s_m, meet_half_along_m = self._enters_along_own_way(
+                enters, edge_m = self._enters_along_own_way(
                     key, ahead_xy[near[bends]], ahead_yaw[near[bends]], size[near[bends]], lateral_m[bends],
-                    lateral_m[mine], size[f, 1])
+                    lateral_m[mine], s_m[mine], size[f, 1])
                 there = off_m[:, bends] <= reach_m[:, bends]
-                enters_s[:, bends] = np.where(there, 0.0, enters)
-                coming = ~there & np.isfinite(enters)
-                ahead_m[:, bends] = np.where(coming, meet_s_m - s_m[mine][:, None], ahead_m[:, bends])
+                coming = ~there & np.isfinite(enters) & (edge_m > (s_m[mine] + 0.5 * size[f, 0])[:, None])
+                beside = ~there & np.isfinite(enters) & ~coming
+                enters_s[:, bends] = np.where(there, 0.0, np.where(coming, enters, np.where(
+                    beside, enters_s[:, bends], np.inf)))
+                ahead_m[:, bends] = np.where(coming, edge_m - s_m[mine][:, None], ahead_m[:, bends])
                 half_along_m = half_along_m.copy()
-                half_along_m[:, bends] = np.where(coming, meet_half_along_m, half_along_m[:, bends])
-                predicted = predicted.copy()
-                predicted[bends] = True
+                half_along_m[:, bends] = np.where(coming, 0.0, half_along_m[:, bends])
             inside = ((ahead_m > 0.0) & (ahead_m <= TRAFFIC_LOOK_M) & (enters_s <= TRAFFIC_ENTER_S)
                       & near_f[:, near])
             inside[np.arange(len(f)), mine] = False
@@ -607,28 +609,34 @@ class EmbeddedSimulator:
         return xy, yaw, turning
 
     def _enters_along_own_way(self, key: tuple, xy_m: np.ndarray, yaw_rad: np.ndarray, size_m: np.ndarray,
-                              lateral_now_m: np.ndarray, follower_lateral_m: np.ndarray,
-                              follower_width_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """When and where each of B road users, placed along its own way (xy_m [B, K, 2], yaw_rad [B, K] every
-        TRAFFIC_SAMPLE_S; size_m [B, 2]; lateral_now_m [B] its offset across key's way now), first comes into the way
-        of each of F followers on key's way (follower_lateral_m [F] across it, follower_width_m [F]): its box within
-        the follower's half-width plus TRAFFIC_MARGIN_M across the way, or passing from one side of it to the other
-        between two samples. Returns [F, B] each: the time s (inf: not within TRAFFIC_ENTER_S), the arc length m
-        along key's way there and its box's half-extent m along the way there."""
+                              lateral_now_m: np.ndarray, follower_lateral_m: np.ndarray, follower_s_m: np.ndarray,
+                              follower_width_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """When and how near each of B road users, placed along its own way (xy_m [B, K, 2], yaw_rad [B, K] every
+        TRAFFIC_SAMPLE_S; size_m [B, 2]; lateral_now_m [B] its offset across key's way now), comes into the way of
+        each of F followers on key's way (follower_lateral_m [F] across it, follower_s_m [F] along it,
+        follower_width_m [F]; the way looked at from TRAFFIC_NEAR_MARGIN_M behind them to as far past
+        TRAFFIC_LOOK_M ahead, so that a long route costs what its stretch here does): its box within the
+        follower's half-width plus TRAFFIC_MARGIN_M across the way (by its centre where it moves along the way,
+        within TRAFFIC_ALONG_DEG: it keeps to its lane, as `_traffic_accel_mps2`), or passing from one side of it to
+        the other between two samples. Returns [F, B] each: the first such time s (inf: not within TRAFFIC_ENTER_S)
+        and the least arc length m along key's way its box reaches at any such sample (a turning truck's box sweeps
+        on towards the follower after it first comes in; inf: none)."""
         b, k = yaw_rad.shape
-        _, lateral_m, heading, along_m = self._gap_way(key).nearest(xy_m.reshape(-1, 2))
+        window_m = (follower_s_m.min() - TRAFFIC_NEAR_MARGIN_M,
+                    follower_s_m.max() + TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M)
+        _, lateral_m, heading, along_m = self._gap_way(key).nearest(xy_m.reshape(-1, 2), window_m)
         lateral_m, turned, along_m = lateral_m.reshape(b, k), yaw_rad - heading.reshape(b, k), along_m.reshape(b, k)
-        half_across = 0.5 * (size_m[:, :1] * np.abs(np.sin(turned)) + size_m[:, 1:] * np.abs(np.cos(turned)))
+        kept = np.abs(np.sin(turned)) < math.sin(math.radians(TRAFFIC_ALONG_DEG))
+        half_across = np.where(kept, 0.0, 0.5 * (size_m[:, :1] * np.abs(np.sin(turned))
+                                                 + size_m[:, 1:] * np.abs(np.cos(turned))))
         half_along = 0.5 * (size_m[:, :1] * np.abs(np.cos(turned)) + size_m[:, 1:] * np.abs(np.sin(turned)))
         reach_m = 0.5 * follower_width_m[:, None, None] + half_across[None] + TRAFFIC_MARGIN_M  # [F, B, K]
         rel_m = lateral_m[None] - follower_lateral_m[:, None, None]  # [F, B, K]
         before_m = np.concatenate([lateral_now_m[None, :, None] - follower_lateral_m[:, None, None], rel_m[..., :-1]],
                                   axis=2)
         hit = (np.abs(rel_m) <= reach_m) | (np.sign(rel_m) * np.sign(before_m) < 0.0)
-        first = np.argmax(hit, axis=2)  # [F, B]
-        column = np.arange(b)[None, :]
-        times_s = np.where(hit.any(axis=2), (first + 1) * TRAFFIC_SAMPLE_S, np.inf)
-        return times_s, along_m[column, first], half_along[column, first]
+        times_s = np.where(hit.any(axis=2), (np.argmax(hit, axis=2) + 1) * TRAFFIC_SAMPLE_S, np.inf)
+        return times_s, np.where(hit, (along_m - half_along)[None], np.inf).min(axis=2)
 
     def _turn_limit_mps(self, key: tuple, s_m: np.ndarray) -> np.ndarray:
         """[F] the fastest speed at arc lengths s_m [F] of a way from which every turn of it within TRAFFIC_LOOK_M

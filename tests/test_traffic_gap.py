@@ -8,7 +8,7 @@ import pytest
 
 from carla_bridge.embedded import TRAFFIC_STANDSTILL_M, AgentSpec, EgoStart, EmbeddedSimulator, _obb_overlap
 from carla_bridge.simulator import VehicleControl
-from neural_sensor.scene.layout import intersection, straight_road
+from neural_sensor.scene.layout import curve, intersection, straight_road
 from scenarios.base import turn_route
 
 ROAD = straight_road(200.0)  # lanes 0 and 1 run +x, 2 and 3 -x
@@ -154,6 +154,20 @@ def test_wide_trucks_in_narrow_lanes_pass_each_other_and_a_slower_one_beside():
     first = sim.tick()
     last = _run(sim, 400)[-1]
     assert [a.speed_mps for a in last.agents] == [a.speed_mps for a in first.agents]
+
+
+def test_wide_trucks_in_narrow_lanes_on_a_curve_pass_each_other_and_a_slower_one_beside():
+    """The same trucks on a bend: traffic whose lane turns is placed along it ahead (`_enters_along_own_way`), and
+    counted there by its box stood them nose to nose again (a review's); moving along the way it counts by its
+    centre there too."""
+    road = curve(60.0, 90.0, lanes_per_direction=2, lane_width_m=2.75)
+    specs = [AgentSpec(1, "truck", "follow_lane", lane=0, start_s_m=10.0, speed_mps=8.0),
+             AgentSpec(2, "truck", "follow_lane", lane=2, start_s_m=10.0, speed_mps=8.0),
+             AgentSpec(3, "truck", "follow_lane", lane=1, start_s_m=20.0, speed_mps=4.0)]
+    sim = EmbeddedSimulator(road, EgoStart(lane=3, start_s_m=80.0), specs, seed=0)
+    first = sim.tick()
+    snapshots = _run(sim, 200)
+    assert all(a.speed_mps == b.speed_mps for s in snapshots for a, b in zip(s.agents, first.agents))
 
 
 def test_the_carla_ego_backing_up_is_closing_on_the_traffic_behind():
@@ -332,3 +346,18 @@ def test_a_car_waits_for_one_turning_across_it_short_of_where_it_will_cross(star
     assert not any(_obb_overlap(*s.agents) for s in snapshots)
     last = snapshots[-1].agents
     assert last[0].position_m[1] > 10.0 and last[1].position_m[0] > 10.0  # both through the junction
+
+
+@pytest.mark.parametrize("truck_s_m, truck_mps, car_s_m, car_mps", [(36.0, 6.0, 16.0, 12.0), (32.0, 4.0, 22.0, 9.0),
+                                                                    (40.0, 8.0, 10.0, 12.0)])
+def test_a_car_waits_clear_of_a_truck_turning_across_it(truck_s_m, truck_mps, car_s_m, car_mps):
+    """A truck turning left across a car going straight: its 8 m box sweeps on towards the car after it first
+    comes into the car's lane, so the car waits short of the nearest the box comes, not of where it first came
+    in (a review's: the car stood 2 m short of that and the truck's box ran into it)."""
+    truck = AgentSpec(2, "truck", "follow_route", route_xy_m=turn_route(CROSSING, 3, 0, truck_s_m, 80.0),
+                      speed_mps=truck_mps)
+    car = AgentSpec(1, "car", "follow_lane", lane=2, start_s_m=car_s_m, speed_mps=car_mps)
+    sim = EmbeddedSimulator(CROSSING, EgoStart(lane=0, start_s_m=2.0), [car, truck], seed=0)
+    snapshots = _run(sim, 300)
+    assert not any(_obb_overlap(*s.agents) for s in snapshots)
+    assert snapshots[-1].agents[0].position_m[1] > 10.0  # and the car got through

@@ -72,21 +72,25 @@ class Path:
         step = after[:, :2] - before[:, :2]
         return np.arctan2(step[:, 1], step[:, 0])
 
-    def nearest(self, points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def nearest(self, points_xy: np.ndarray, s_window_m: tuple[float, float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each point's nearest place on the polyline (not beyond its ends): ([P] distance m, [P] signed lateral
-        offset m, left positive, [P] the heading there, rad, [P] its arc length m); points_xy [P, 2]."""
+        offset m, left positive, [P] the heading there, rad, [P] its arc length m); points_xy [P, 2].
+        s_window_m: (lo, hi) arc lengths: the nearest place within them (only their segments are looked at)."""
         points_xy = np.asarray(points_xy, dtype=np.float64)
         assert points_xy.ndim == 2 and points_xy.shape[1] == 2, points_xy.shape
-        rel = points_xy[:, None, :] - self.points[None, :-1, :2]  # [P, S, 2]
-        t = np.clip(np.einsum("psd,sd->ps", rel, self.dirs[:, :2]), 0.0, self.seg_len)
-        distance = np.linalg.norm(rel - t[..., None] * self.dirs[None, :, :2], axis=2)
-        i = np.argmin(distance, axis=1)
+        lo_t, hi_t, usable = self._bounds_t(s_window_m)
+        first, last = int(np.argmax(usable)), len(usable) - int(np.argmax(usable[::-1]))
+        dirs = self.dirs[first:last, :2]
+        rel = points_xy[:, None, :] - self.points[None, first:last, :2]  # [P, S, 2]
+        t = np.clip(np.einsum("psd,sd->ps", rel, dirs), lo_t[first:last], hi_t[first:last])
+        distance = np.linalg.norm(rel - t[..., None] * dirs[None], axis=2)
+        j = np.argmin(distance, axis=1)
         rows = np.arange(len(points_xy))
-        dirs = self.dirs[i, :2]
-        lateral = dirs[:, 0] * rel[rows, i, 1] - dirs[:, 1] * rel[rows, i, 0]
+        lateral = dirs[j, 0] * rel[rows, j, 1] - dirs[j, 1] * rel[rows, j, 0]
         side = np.where(lateral < 0.0, -1.0, 1.0)
-        return (distance[rows, i], side * distance[rows, i], np.arctan2(dirs[:, 1], dirs[:, 0]),
-                self.cum[i] + t[rows, i])
+        return (distance[rows, j], side * distance[rows, j], np.arctan2(dirs[j, 1], dirs[j, 0]),
+                self.cum[first + j] + t[rows, j])
 
     def project(self, xy: np.ndarray, s_window_m: tuple[float, float] | None = None) -> tuple[float, float]:
         """(arc length, signed lateral offset, left positive) of the closest point to xy. s_window_m: (lo, hi) arc
