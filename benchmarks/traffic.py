@@ -5,9 +5,12 @@ alternating in one process.
 Worlds: N cars on 1 km of a straight four-lane road (a quarter of them in each lane, evenly spaced, 8-12 m/s, the
 ego braking at the start of lane 0), and, with SUMO's netgenerate and netconvert on PATH (pip install eclipse-sumo),
 N cars on random lanes of a generated 5 x 5 grid (100 m blocks, two lanes each way) read through
-`layout_from_opendrive`. Prints one JSON object and a summary line; writes benchmarks/results/traffic-<machine>.json.
+`layout_from_opendrive`, and N cars on routes that all turn through one junction (`intersection(200 m, two lanes
+each way)`, every incoming lane's cars 9 m apart, each turning into a random other lane: the worst case of the
+traffic's own-way prediction, which places each turning car along its route for every other). Prints one JSON object and a summary line; writes benchmarks/results/traffic-<machine>.json.
 
-    python benchmarks/traffic.py [--agents 40,200,500] [--grid-agents 10,40] [--ticks 40] [--repeats 3]
+    python benchmarks/traffic.py [--agents 40,200,500] [--grid-agents 10,40] [--junction-agents 20,100]
+        [--ticks 40] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -94,10 +97,37 @@ def grid_world(layout, n: int, seed: int = 0):
             continue
 
 
+def junction_world(n: int, seed: int = 0):
+    """n cars on routes turning through one junction (see the module docstring)."""
+    from neural_sensor.scene.layout import intersection
+    from neural_sensor.scene.path import Path as Polyline
+    from scenarios.base import turn_route
+
+    layout = intersection(200.0, lanes_per_direction=2)
+    lengths = [Polyline(lane.travel_polyline()).length_m for lane in layout.lanes]
+    incoming = [i for i, length in enumerate(lengths) if length > 100.0]
+    rng = np.random.default_rng(seed)
+    specs = []
+    for j in range(int(np.ceil(n / len(incoming)))):
+        for lane in incoming:
+            if len(specs) == n:
+                break
+            for to in rng.permutation(len(layout.lanes)):
+                try:
+                    route = turn_route(layout, lane, int(to), 0.5 * lengths[lane] - 12.0 - 9.0 * j, 150.0)
+                except ValueError:  # no turn from this lane into that one
+                    continue
+                specs.append(AgentSpec(len(specs) + 1, "car", "follow_route", route_xy_m=route, speed_mps=8.0))
+                break
+    return layout, EgoStart(lane=incoming[0], start_s_m=2.0), specs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=_counts, default=[40, 200, 500], help="cars on the 1 km road")
     parser.add_argument("--grid-agents", type=_counts, default=[10, 40], help="cars on the generated grid")
+    parser.add_argument("--junction-agents", type=_counts, default=[20, 100],
+                        help="cars on routes turning through one junction")
     parser.add_argument("--ticks", type=count(), default=40)
     parser.add_argument("--repeats", type=count(), default=3)
     parser.add_argument("--json", type=Path, default=None, help="write here instead of benchmarks/results/")
@@ -106,6 +136,7 @@ def main() -> int:
     grid = grid_layout() if args.grid_agents else None
     if grid is not None:
         worlds.update({f"grid_5x5_{n}": grid_world(grid, n) for n in args.grid_agents})
+    worlds.update({f"junction_routes_{n}": junction_world(n) for n in args.junction_agents})
     rows = {}
     for name, (layout, ego, specs) in worlds.items():
         scripted = [dataclasses.replace(spec, keep_gap=False) for spec in specs]
