@@ -512,11 +512,11 @@ class EmbeddedSimulator:
             with np.errstate(divide="ignore", invalid="ignore"):  # when a crossing one gets into its way
                 enters_s = np.where(off_m <= reach_m, 0.0, np.where(signed_off * across_mps[None, :] < 0.0,
                                                                     (off_m - reach_m) / np.abs(across_mps), np.inf))
-            # one whose own way turns ahead: placed along it instead (a car turning right out of its way was
-            # predicted to drive on straight across it; one turning into it is seen coming)
-            # (and waited for short of the nearest its box comes along the way: a car stopping short of where one
-            # turning across was when first seen stood in its path); one that would come in only beside or behind
-            # the follower's front is left to the straight-line rule (stopping there stood a truck in its path)
+            # one whose own way turns ahead is placed along it instead (a car turning right out of its way was
+            # predicted to drive on straight across it) and, coming in, waited for short of the nearest its box
+            # comes along the way (short of where it was first seen coming in, a car stood in its path); one that
+            # would come in only beside or behind the follower's front is left to the straight-line rule (stopping
+            # for it there stood a truck in its path)
             half_along_m = np.broadcast_to(half_along, ahead_m.shape)
             bends = np.flatnonzero(turning[near])
             if len(bends):
