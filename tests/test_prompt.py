@@ -610,6 +610,10 @@ def test_prompts_at_scale_read_as_meant(text, expected):
     ("a road in the evening", {"time_of_day": "evening"}),  # had taken the buildings and parked cars away
     ("two more lanes", {"lanes_per_direction": 4}),
     ("make it 100 m longer", {"length_m": 400.0}),
+    ("shorter by 50 m", {"length_m": 250.0}),  # a new user's: read as a 50 m road
+    ("make the lanes 0.5 m narrower", {"lane_width_m": 3.0}),  # a new user's: refused, "length_m = 0.5"
+    ("1 m wider lanes", {"lane_width_m": 4.5}),  # (not a 1 m road)
+    ("halve the length", {"length_m": 150.0}),  # a new user's: refused
     ("no more parked cars", {"parked_cars": "none"}),  # a reviewer's: "no more X" / "no extra X" had added X
     ("no extra parked cars", {"parked_cars": "none"}),
     ("no longer any parked cars", {"parked_cars": "none"}),  # ("no longer" made the road longer)

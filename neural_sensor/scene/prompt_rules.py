@@ -88,6 +88,7 @@ _NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d{1,2})?)"  # 300, 2.5, 1e3 (an exponent was dr
 
 _LENGTH_UNITS = rf"({LENGTH_UNITS_RE})"
 
+
 def normalise(prompt: str) -> str:
     text = " " + prompt.lower().replace("–", "-").replace("—", " - ").replace("°", " degree ") + " "
     # typographic and plain quotes around words ("'four' lanes" retrieved a motorway: the number was not read); an
@@ -100,6 +101,7 @@ def normalise(prompt: str) -> str:
         text = re.sub(rf"\b(?:a\s+)?{word}(?:\s*-\s*|\s+an?\s+|\s+of\s+an?\s+|\s+)(mile|kilomet(?:re|er)|km)\b",
                       rf"{number} \1", text)
     return re.sub(r"\s+", " ", text)
+
 
 def parse_rules(text: str, base_template: str | None = None) -> tuple[dict, dict, list[tuple[int, int]]]:
     """Attributes set by rules, their evidence, and the character spans they used up (base_template: the template
@@ -337,6 +339,7 @@ def parse_rules(text: str, base_template: str | None = None) -> tuple[dict, dict
             take(match, {key: "some"})
     return found, evidence, spans
 
+
 def _listed(text: str, start: int, nouns: str) -> list:
     """The matches of the nouns a negation lists after its first one from `start`: joined by "or" / "nor", or by
     "," / "and" up to a noun that ends its clause ("without trees, buildings and parked cars."); a noun that starts
@@ -366,6 +369,11 @@ _LONGER = {"longer": 1.5, "shorter": 1 / 1.5}
 RELATIVE = [  # changes said relative to what is there ("wider lanes" had narrowed them, ~ "narrow lanes" 0.93):
     #   (pattern, attribute, ("add", amount) | ("times", factor) | ("level", steps)); a group "n" multiplies the
     #   amount (and a group "unit" turns it into metres)
+    *[(rf"(?:\b(?:make\s+|making\s+)?(?:the\s+|all\s+)?lanes?\s+)?\b(?P<n>\d+(?:\.\d+)?)\s*-?\s*"
+       rf"(?P<unit>{LENGTH_UNITS_RE})\s+{word}(?:\s+lanes?)?\b", "lane_width_m",
+       ("add", 1.0 if word == "wider" else -1.0)) for word in ("wider", "narrower")],
+    #   "make the lanes 0.5 m narrower", "1 m wider lanes" (a new user's: 0.5 m was read as the road's length, and
+    #   refused); before the plain "wider lanes", which would leave the number to be read as a length
     (r"\b(?:wider|broader)\s+lanes?\b|\bwiden(?:ing)?\s+(?:the\s+|all\s+)?lanes?\b|"
      r"\blanes?\s+(?:a\s+bit\s+|slightly\s+|much\s+)?(?:wider|broader)\b", "lane_width_m", ("add", 0.5)),
     (r"\b(?:narrower|tighter)\s+lanes?\b|\bnarrow(?:ing)?\s+(?:the\s+|all\s+)lanes?\b|"
@@ -389,12 +397,16 @@ RELATIVE = [  # changes said relative to what is there ("wider lanes" had narrow
     (r"\bhalf\s+(?:the\s+)?(?:length|as\s+long)\b", "length_m", ("times", 0.5)),
     *[(rf"\b(?P<n>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>{LENGTH_UNITS_RE})\s+{word}\b", "length_m",
        ("add", 1.0 if word == "longer" else -1.0)) for word in _LONGER],  # "100 m longer"
+    *[(rf"\b{word}\s+by\s+(?P<n>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>{LENGTH_UNITS_RE})\b", "length_m",
+       ("add", 1.0 if word == "longer" else -1.0)) for word in _LONGER],  # "shorter by 50 m" (a new user's: 50 m)
+    (r"\bhalve\s+(?:the\s+)?(?:length|road|street)\b", "length_m", ("times", 0.5)),
     *[(rf"{_NOT_BEFORE}\b(?:make|making)\s+(?:it|the\s+(?:road|street))\s+(?:a\s+bit\s+|much\s+|slightly\s+)?"
        rf"{word}\b|\b(?:a\s+)?(?:much\s+|slightly\s+)?{word}\s+(?:road|street|drive|stretch)\b|"
        rf"\b(?:road|street)\s+(?:is\s+|much\s+|a\s+bit\s+)?{word}\b|"
        rf"^\s*(?:much\s+|a\s+bit\s+|slightly\s+)?{word}\b(?=\s*(?:[,;.!]|and\b|$))", "length_m",
        ("times", factor)) for word, factor in _LONGER.items()],  # (the road's: not "shorter buildings")
 ]
+
 
 def metres_per(unit: str) -> float:
     """Metres in one of `_LENGTH_UNITS` (feet and miles were not read: "a 500 ft road" was 200 m, without a note)."""
