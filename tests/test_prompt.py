@@ -573,6 +573,7 @@ def test_a_curve_whose_inside_would_fold_through_its_centre_is_refused():
     ("a straight two-lane-per-direction road about 250 m long", {"lanes_per_direction": 2, "length_m": 250.0}),
     ("a 300 m road with \u2018four\u2019 lanes", {"lanes_per_direction": 2, "buildings": True}),  # was a motorway
     ("a street with wider lanes", {"lane_width_m": 4.0, "lanes_per_direction": 2, "buildings": True}),
+    ("a street with a lane each way", {"lanes_per_direction": 1, "lane_width_m": 3.5}),  # a new user's: 2 and 3.0
     ("daytime", {"time_of_day": "noon"}),  # was dusk (0.72)
     ("a road with no sunlight", {"template": "straight", "weather": "overcast"}),  # was a curve
     ("a street with 10 parked cars", {"parked_cars": "some"}),

@@ -139,9 +139,10 @@ def parse_rules(text: str, base_template: str | None = None) -> tuple[dict, dict
 
     taken: dict[str, tuple[int, int]] = {}
 
-    for match in re.finditer(rf"\b{_NUM}\s*-?\s*lanes?[\s-]+(?:in[\s-]+)?(?:each|per|every|either|a)[\s-]+"
-                             rf"(?:direction|way|side)", text):  # ("two-lane-per-direction" was 1 per direction)
-        take(match, {"lanes_per_direction": max(1, round(float(match.group(1))))})
+    for match in re.finditer(rf"\b(?:{_NUM}\s*-?\s*lanes?|an?\s+lane)[\s-]+(?:in[\s-]+)?(?:each|per|every|either|a)"
+                             rf"[\s-]+(?:direction|way|side)", text):
+        # ("two-lane-per-direction" was 1 per direction; a new user's "a lane each way" was 2)
+        take(match, {"lanes_per_direction": max(1, round(float(match.group(1) or 1)))})
     for match in re.finditer(r"\b(?:1\s*-?\s*lane|single\s*-?\s*lane|1\s*-?\s*track)\b", text):
         if "lanes_per_direction" not in found:
             found.setdefault("_notes", []).append(f"{match.group(0).strip()!r} laid out as 1 lane per direction "
