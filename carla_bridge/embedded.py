@@ -224,6 +224,12 @@ def _ring(lead: dict) -> list:
     return []
 
 
+def _box_half_extents_m(length_m, width_m, turned_rad) -> tuple[np.ndarray, np.ndarray]:
+    """A box's half-extents (m) across and along a way it is turned turned_rad from (arrays broadcast)."""
+    sin, cos = np.abs(np.sin(turned_rad)), np.abs(np.cos(turned_rad))
+    return 0.5 * (length_m * sin + width_m * cos), 0.5 * (length_m * cos + width_m * sin)
+
+
 def _obb_overlap(a: AgentState, b: AgentState) -> bool:
     """Oriented-box overlap test: separating axes of the two footprints, then the height ranges."""
     def corners(state: AgentState) -> np.ndarray:
@@ -479,7 +485,7 @@ class EmbeddedSimulator:
         crossing = np.array([False] + [a.spec.behaviour == "cross" or (
             a.spec.behaviour == "cut_in" and a.triggered_at_s is not None
             and now_s - a.triggered_at_s < a.spec.duration_s) for a in self._agents])
-        ahead_xy, ahead_yaw, turning = self._ways_ahead(speed)
+        ahead_xy, ahead_yaw, turning = self._ways_ahead(speed, yaw)
         # each follower's way: who is in it, how far ahead (pass 1); rings of followers each waiting for the next
         # broken where one can go (pass 2); then the model (pass 3)
         found = {}  # follower's index -> (near [U], inside [U], gap [U] m, off [U] m, along-speed [U] m/s, its turn
@@ -493,8 +499,7 @@ class EmbeddedSimulator:
             _, lateral_m, heading, s_m = self._gap_way(key).nearest(xy[near])
             turned = yaw[near] - heading
             length_m, width_m = size[near, 0], size[near, 1]
-            half_across = 0.5 * (length_m * np.abs(np.sin(turned)) + width_m * np.abs(np.cos(turned)))
-            half_along = 0.5 * (length_m * np.abs(np.cos(turned)) + width_m * np.abs(np.sin(turned)))
+            half_across, half_along = _box_half_extents_m(length_m, width_m, turned)
             mine = np.searchsorted(near, f)  # each follower's column among the near ones
             ahead_m = s_m[None, :] - s_m[mine][:, None]  # [F, U]
             signed_off = lateral_m[None, :] - lateral_m[mine][:, None]
@@ -577,12 +582,12 @@ class EmbeddedSimulator:
             out[agent.spec.agent_id] = float(max(-MAX_BRAKE_MPS2, accel))
         return out
 
-    def _ways_ahead(self, speed_mps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _ways_ahead(self, speed_mps: np.ndarray, yaw_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each road user goes along its own way (a follow_lane or follow_route agent's lane or route) at its
         speed every TRAFFIC_SAMPLE_S to TRAFFIC_ENTER_S: ([N, K, 2] x, y m, [N, K] heading rad, [N] bool whether
-        its way turns by more than TRAFFIC_TURNING_DEG by then; only those are filled in); speed_mps [N], index 0
-        the ego (no way known). Agents sharing a way are placed along it together; a way that never turns is
-        skipped."""
+        its way turns by more than TRAFFIC_TURNING_DEG by then; only those are filled in); speed_mps [N] and
+        yaw_rad [N] (each one's heading now, its way's there), index 0 the ego (no way known). Agents sharing a
+        way are placed along it together; a way that never turns is skipped."""
         times_s = np.arange(1, int(round(TRAFFIC_ENTER_S / TRAFFIC_SAMPLE_S)) + 1) * TRAFFIC_SAMPLE_S  # [K]
         n = len(speed_mps)
         xy, yaw = np.zeros((n, len(times_s), 2)), np.zeros((n, len(times_s)))
@@ -604,7 +609,7 @@ class EmbeddedSimulator:
             s_now = np.array([self._agents[i - 1].s_m for i in members])
             points, headings = way.at_many((s_now[:, None] + speed_mps[m][:, None] * times_s[None, :]).ravel())
             xy[m], yaw[m] = points.reshape(len(m), -1, 2), headings.reshape(len(m), -1)
-            turned = np.abs((yaw[m] - way.at_many(s_now)[1][:, None] + math.pi) % (2.0 * math.pi) - math.pi)
+            turned = np.abs((yaw[m] - yaw_rad[m][:, None] + math.pi) % (2.0 * math.pi) - math.pi)
             turning[m] = turned.max(axis=1) > math.radians(TRAFFIC_TURNING_DEG)
         return xy, yaw, turning
 
@@ -626,10 +631,8 @@ class EmbeddedSimulator:
                     follower_s_m.max() + TRAFFIC_LOOK_M + TRAFFIC_NEAR_MARGIN_M)
         _, lateral_m, heading, along_m = self._gap_way(key).nearest(xy_m.reshape(-1, 2), window_m)
         lateral_m, turned, along_m = lateral_m.reshape(b, k), yaw_rad - heading.reshape(b, k), along_m.reshape(b, k)
-        kept = np.abs(np.sin(turned)) < math.sin(math.radians(TRAFFIC_ALONG_DEG))
-        half_across = np.where(kept, 0.0, 0.5 * (size_m[:, :1] * np.abs(np.sin(turned))
-                                                 + size_m[:, 1:] * np.abs(np.cos(turned))))
-        half_along = 0.5 * (size_m[:, :1] * np.abs(np.cos(turned)) + size_m[:, 1:] * np.abs(np.sin(turned)))
+        half_across, half_along = _box_half_extents_m(size_m[:, :1], size_m[:, 1:], turned)
+        half_across = np.where(np.abs(np.sin(turned)) < math.sin(math.radians(TRAFFIC_ALONG_DEG)), 0.0, half_across)
         reach_m = 0.5 * follower_width_m[:, None, None] + half_across[None] + TRAFFIC_MARGIN_M  # [F, B, K]
         rel_m = lateral_m[None] - follower_lateral_m[:, None, None]  # [F, B, K]
         before_m = np.concatenate([lateral_now_m[None, :, None] - follower_lateral_m[:, None, None], rel_m[..., :-1]],
